@@ -1,0 +1,63 @@
+"""Errors raised by :mod:`engines`, grouped by the phase in which they happen.
+
+::
+
+    EngineError
+     +-- ModelRegistryError       asking for a model the registry does not know
+     +-- ModelFetchError          a download or copy failed (network, disk, 404)
+     |    +-- ModelIntegrityError a file's size or sha256 is not what the registry says
+     +-- ModelMissingError        a model file is not where it should be, or is not verified
+     +-- ModelPreparationError    an ONNX graph edit failed or changed the model's outputs
+     +-- BackendUnavailableError  the back-end's library cannot be imported (also NotImplementedError)
+     +-- EngineLoadError          the library is there but cannot load this model, or its I/O differs
+     +-- InferenceError           a run failed: wrong input shape or dtype, runtime error, closed
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error raised by :mod:`engines`."""
+
+
+class ModelRegistryError(EngineError, KeyError):
+    """A model name that is not in the registry, e.g. a typo on the command line."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelFetchError(EngineError):
+    """Fetching a model failed: the server or mirror is unreachable, answers 404, or the disk is full."""
+
+
+class ModelIntegrityError(ModelFetchError):
+    """A fetched or stored model file does not have the registry's size and sha256.
+
+    Example scenarios: a truncated download, a corrupted mirror, an upstream file replaced in place.
+    """
+
+
+class ModelMissingError(EngineError):
+    """A model the configuration needs is absent or fails verification in the models directory."""
+
+
+class ModelPreparationError(EngineError):
+    """ONNX preparation (e.g. making the batch dimension dynamic) failed or altered the outputs."""
+
+
+class BackendUnavailableError(EngineError, NotImplementedError):
+    """The requested back-end's runtime cannot be imported on this machine.
+
+    Example scenarios: ``tensorrt`` asked for on a machine without TensorRT; ``onnxruntime`` not
+    installed because the ``cpu`` extra was not.
+    """
+
+
+class EngineLoadError(EngineError):
+    """The runtime is present but cannot load this model, or the model's inputs and outputs do not
+    match the registry (wrong names, ranks, fixed sizes or dtypes)."""
+
+
+class InferenceError(EngineError):
+    """A run failed: inputs of the wrong name, shape or dtype, a runtime error, or a closed back-end."""

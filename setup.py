@@ -1,0 +1,61 @@
+"""Packaging for the face access appliance (see README.md)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "appliance" / "__init__.py").read_text(), re.M
+).group(1)
+
+setup(
+    name="face-appliance",
+    version=VERSION,
+    description=(
+        "Face-recognition access-control appliance for NVIDIA Jetson: MTCNN + MobileFaceNet, "
+        "Faiss gallery, MQTT events, model hot-swap over CAN"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.8",
+    packages=find_packages(include=["appliance", "appliance.*", "engines", "engines.*",
+                                    "calibration", "calibration.*"]),
+    package_data={"appliance": ["py.typed"], "engines": ["py.typed"]},
+    install_requires=[
+        "numpy>=1.19",
+        "onnx>=1.12",
+        "pydantic>=2.4,<3",
+        "tomli>=1.1; python_version < '3.11'",
+        "typing_extensions>=4.6",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # ONNX Runtime on the CPU, and the pip OpenCV wheel. OpenCV is pinned below 5: 5.x dropped
+        # APIs (cv2.dnn.readNetFromCaffe among them) and JetPack ships 4.x, so 4.x is what we test.
+        "cpu": [
+            "onnxruntime>=1.15",
+            "opencv-python-headless>=4.5.4,<5",
+        ],
+        # On a Jetson: TensorRT and OpenCV (with GStreamer) come from JetPack's apt packages and
+        # must not be shadowed by pip wheels, so this extra names only pycuda.
+        "jetson": [
+            "pycuda>=2022.1",
+        ],
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            "ruff>=0.5",
+            "vermin>=1.6",
+        ],
+    },
+    entry_points={"console_scripts": ["face-appliance = appliance.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.8",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
