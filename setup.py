@@ -21,8 +21,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.8",
-    packages=find_packages(include=["appliance", "appliance.*", "engines", "engines.*",
-                                    "calibration", "calibration.*"]),
+    packages=find_packages(
+        include=["appliance", "appliance.*", "engines", "engines.*", "calibration", "calibration.*"]
+    ),
     package_data={"appliance": ["py.typed"], "engines": ["py.typed"]},
     install_requires=[
         "numpy>=1.19",

@@ -9,6 +9,7 @@
      +-- ModelMissingError        a model file is not where it should be, or is not verified
      +-- ModelPreparationError    an ONNX graph edit failed or changed the model's outputs
      +-- BackendUnavailableError  the back-end's library cannot be imported (also NotImplementedError)
+     +-- EngineBuildError         TensorRT cannot parse the ONNX model or build an engine from it
      +-- EngineLoadError          the library is there but cannot load this model, or its I/O differs
      +-- InferenceError           a run failed: wrong input shape or dtype, runtime error, closed
 """
@@ -51,6 +52,15 @@ class BackendUnavailableError(EngineError, NotImplementedError):
 
     Example scenarios: ``tensorrt`` asked for on a machine without TensorRT; ``onnxruntime`` not
     installed because the ``cpu`` extra was not.
+    """
+
+
+class EngineBuildError(EngineError):
+    """Building a TensorRT engine failed.
+
+    Example scenarios: the ONNX parser rejects an operator (every parser error is listed), the
+    builder runs out of workspace or finds no tactic, the build was cancelled, the engine cache
+    cannot be written (a full disk).
     """
 
 

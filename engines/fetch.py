@@ -60,8 +60,12 @@ class _Source(ABC):
         """The URL or path ``spec`` is read from (for messages)."""
 
     @abstractmethod
-    def open(self, spec: ModelSpec, offset: int) -> ContextManager[Tuple[BinaryIO, int]]:
-        """Open ``spec``'s bytes from ``offset``; yields the stream and the offset it really starts at."""
+    def open(self, spec: ModelSpec, offset: int) -> ContextManager[Tuple[BinaryIO, int, Optional[int]]]:
+        """Open ``spec``'s bytes from ``offset``.
+
+        Yields the stream, the offset it really starts at, and the total size the source announced
+        (``None`` when it did not), so a connection closed early is told from a short file.
+        """
 
 
 class _FolderSource(_Source):
@@ -72,7 +76,7 @@ class _FolderSource(_Source):
         return os.fspath(self.root / spec.file)
 
     @contextlib.contextmanager
-    def open(self, spec: ModelSpec, offset: int) -> Iterator[Tuple[BinaryIO, int]]:
+    def open(self, spec: ModelSpec, offset: int) -> Iterator[Tuple[BinaryIO, int, Optional[int]]]:
         path = self.root / spec.file
         try:
             stream = open(path, "rb")
@@ -84,7 +88,7 @@ class _FolderSource(_Source):
             size = os.fstat(stream.fileno()).st_size
             start = offset if 0 < offset <= size else 0
             stream.seek(start)
-            yield stream, start
+            yield stream, start, None
 
 
 class _HttpSource(_Source):
@@ -98,7 +102,7 @@ class _HttpSource(_Source):
         return self.base_url + urllib.parse.quote(spec.file)
 
     @contextlib.contextmanager
-    def open(self, spec: ModelSpec, offset: int) -> Iterator[Tuple[BinaryIO, int]]:
+    def open(self, spec: ModelSpec, offset: int) -> Iterator[Tuple[BinaryIO, int, Optional[int]]]:
         url = self.locate(spec)
         headers = {"User-Agent": USER_AGENT}
         if offset > 0:
@@ -123,18 +127,19 @@ class _HttpSource(_Source):
                 if start != offset:
                     raise _TransientError(f"server resumed at {content_range!r}, asked for byte {offset}")
             length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and start + int(length) > spec.size:
+            total = start + int(length) if length is not None and length.isdigit() else None
+            if total is not None and total > spec.size:
                 raise ModelIntegrityError(
-                    f"{spec.name}: {url} offers {start + int(length)} bytes, the registry expects "
+                    f"{spec.name}: {url} offers {total} bytes, the registry expects "
                     f"{spec.size}; refusing the download"
                 )
-            yield response, start
+            yield response, start, total
 
 
 def _range_start(content_range: str) -> int:
     # "bytes 1000-2047/2048"
     try:
-        return int(content_range.split()[1].split("-")[0])
+        return int(content_range.split()[1].split("-", maxsplit=1)[0])
     except (IndexError, ValueError):
         return -1
 
@@ -149,7 +154,9 @@ def make_source(source: Optional[str], timeout_s: float = 30.0) -> _Source:
     if parsed.scheme == "file":
         return _FolderSource(Path(urllib.request.url2pathname(parsed.path)))
     if parsed.scheme and len(parsed.scheme) > 1:
-        raise ModelFetchError(f"unsupported source {source!r}: give a folder, file://, http:// or https:// URL")
+        raise ModelFetchError(
+            f"unsupported source {source!r}: give a folder, file://, http:// or https:// URL"
+        )
     folder = Path(source)
     if not folder.is_dir():
         raise ModelFetchError(f"model mirror {source!r} is not a folder")
@@ -171,8 +178,15 @@ def tqdm_progress(spec: ModelSpec, initial: int) -> ContextManager[Callable[[int
     @contextlib.contextmanager
     def bar() -> Iterator[Callable[[int], object]]:
         with tqdm(
-            total=spec.size, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=spec.name, leave=True, dynamic_ncols=True,
+            total=spec.size,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=spec.name,
+            leave=True,
+            dynamic_ncols=True,
+            disable=None,  # None: off when not a terminal
         ) as progress:
             yield progress.update
 
@@ -230,7 +244,11 @@ class ModelFetcher:
                 delay = min(30.0, self.backoff_s * 2 ** (attempt - 1))
                 logger.warning(
                     "%s: %s; retrying in %.1f s (attempt %d of %d)",
-                    spec.name, last_error, delay, attempt + 1, self.retries + 1,
+                    spec.name,
+                    last_error,
+                    delay,
+                    attempt + 1,
+                    self.retries + 1,
                 )
                 time.sleep(delay)
             offset = _usable_part_size(part, spec.size)
@@ -276,7 +294,7 @@ class ModelFetcher:
     def _download(self, spec: ModelSpec, part: Path, offset: int) -> Tuple[int, int]:
         """Append the source's bytes from ``offset`` to ``part``; returns (start offset, bytes written)."""
         transferred = 0
-        with self.source.open(spec, offset) as (stream, start):
+        with self.source.open(spec, offset) as (stream, start, announced):
             with open(part, "ab" if start > 0 else "wb") as out, self.progress(spec, start) as advance:
                 if start > 0:
                     out.truncate(start)
@@ -287,10 +305,12 @@ class ModelFetcher:
                         chunk = stream.read(CHUNK_BYTES)
                     except (OSError, http.client.HTTPException) as err:
                         out.flush()
-                        raise _TransientError(
-                            f"transfer interrupted after {written} bytes: {err!r}"
-                        ) from err
+                        raise _TransientError(f"transfer interrupted after {written} bytes: {err!r}") from err
                     if not chunk:
+                        if announced is not None and written < announced:
+                            # http.client returns b"" rather than raising when a peer closes early
+                            out.flush()
+                            raise _TransientError(f"connection closed after {written} of {announced} bytes")
                         break
                     written += len(chunk)
                     if written > spec.size:

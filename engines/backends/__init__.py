@@ -28,7 +28,7 @@ BACKENDS: Dict[str, tuple] = {
 _HINTS = {
     "cpu": "install the CPU extra: pip install 'face-appliance[cpu]'",
     "tensorrt": (
-        "on a Jetson, TensorRT comes with JetPack (apt install python3-libnvinfer) and pycuda with "
+        "on a Jetson, TensorRT comes with JetPack (sudo apt install nvidia-jetpack) and pycuda with "
         "pip install 'face-appliance[jetson]'; elsewhere set backend.type = \"cpu\""
     ),
 }

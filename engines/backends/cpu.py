@@ -14,8 +14,14 @@ from .base import InferenceBackend
 
 logger = logging.getLogger(__name__)
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+}
 
 
 class OnnxRuntimeBackend(InferenceBackend):
@@ -56,6 +62,6 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._session = None
 
 
-def _tensor(arg: "ort.NodeArg") -> TensorSpec:
+def _tensor(arg: ort.NodeArg) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in arg.shape)
     return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, arg.type))

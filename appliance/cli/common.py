@@ -1,0 +1,62 @@
+"""Helpers shared by the sub-commands: the --config option and loading the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ..config import DEFAULT_CONFIG_PATH, ApplianceConfig
+from ..config_load import default_config, load_config
+from ..logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+CONFIG_ENV = "FACE_APPLIANCE_CONFIG"
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """The configuration file named by --config, the environment, or the default path."""
+    if getattr(args, "config", None) is not None:
+        return Path(args.config)
+    from_env = os.environ.get(CONFIG_ENV)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def config_named(args: argparse.Namespace) -> bool:
+    """Whether the user named a configuration file (option or environment)."""
+    return getattr(args, "config", None) is not None or bool(os.environ.get(CONFIG_ENV))
+
+
+def load_cli_config(args: argparse.Namespace, required: bool = False) -> ApplianceConfig:
+    """Load the configuration for a sub-command.
+
+    Without --config, a missing default file means "use the defaults" unless ``required``.
+
+    Raises:
+        ConfigError: the file is missing (when named or required) or invalid.
+    """
+    path = config_path(args)
+    if not required and not config_named(args) and not path.exists():
+        logger.info("no configuration at %s; using the defaults", path)
+        config = default_config()
+    else:
+        config = load_config(path)
+    if getattr(args, "log_level", None) is None:
+        setup_logging(config.logging.level)
+    return config

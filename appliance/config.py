@@ -1,0 +1,450 @@
+"""The appliance's configuration: one TOML file validated into typed, strict models.
+
+Every section refuses unknown keys and wrong types (no silent coercion of ``"1883"`` to 1883);
+ranges and cross-field rules are checked; all problems are reported at once with their key path,
+the value found and what is allowed (see :mod:`appliance.config_errors`).
+
+Paths may be relative: they are resolved against the folder of the configuration file. A path
+may start with ``${CREDENTIALS_DIRECTORY}`` to name a systemd credential (``LoadCredential=``).
+Secrets (``SecretStr``) are never printed; ``mqtt.password_file`` is read when the file is loaded.
+
+``config/appliance.toml`` is generated from these models (:func:`render_default_toml`), so it
+documents every key with its default; ``config/appliance.schema.json`` is the exported JSON schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    model_validator,
+)
+from typing_extensions import Annotated, Literal
+
+CREDENTIALS_VARIABLE = "${CREDENTIALS_DIRECTORY}"
+DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    text = os.fspath(value)
+    if text.startswith(CREDENTIALS_VARIABLE):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(
+                "names a systemd credential but CREDENTIALS_DIRECTORY is not set "
+                "(run under systemd with LoadCredential=, or give a plain path)"
+            )
+        value = Path(directory + text[len(CREDENTIALS_VARIABLE) :])
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+#: A filesystem path; relative paths are taken from the configuration file's folder.
+ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path)]
+
+
+def _host_name() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "face-appliance"
+    return name if re.match(_NAME_PATTERN, name) else "face-appliance"
+
+
+class StrictModel(BaseModel):
+    """Base of every section: unknown keys and implicit type conversions are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DeviceConfig(StrictModel):
+    """[device] — Who this appliance is."""
+
+    id: str = Field(
+        default_factory=_host_name,
+        pattern=_NAME_PATTERN,
+        description="Device identifier: the last level of the MQTT topic root {prefix}/{id}. "
+        "Letters, digits, '_', '.', '-'. Default: the host name.",
+        json_schema_extra={"example": "door-1"},
+    )
+    name: str = Field("", max_length=128, description="Human-readable name, e.g. for Home Assistant.")
+
+
+class CameraConfig(StrictModel):
+    """[camera] — Where frames come from."""
+
+    id: str = Field("cam0", pattern=_NAME_PATTERN, description="Camera identifier carried in events.")
+    source: str = Field(
+        "/dev/video0",
+        min_length=1,
+        description="A video file, a folder of images, a V4L2 device (/dev/videoN or an index), "
+        "an rtsp:// URL, or a GStreamer pipeline ending in appsink.",
+    )
+    type: Literal["auto", "file", "folder", "v4l2", "rtsp", "gstreamer"] = Field(
+        "auto", description="How to read `source`; auto guesses from its form."
+    )
+    at_end: Literal["stop", "loop"] = Field(
+        "stop", description="When a video file or image folder ends: stop the daemon cleanly, or loop."
+    )
+    width: Optional[int] = Field(
+        None,
+        ge=16,
+        le=8192,
+        description="Requested frame width (live sources).",
+        json_schema_extra={"example": 1280},
+    )
+    height: Optional[int] = Field(
+        None,
+        ge=16,
+        le=8192,
+        description="Requested frame height (live sources).",
+        json_schema_extra={"example": 720},
+    )
+    fps: Optional[float] = Field(
+        None,
+        gt=0,
+        le=240,
+        description="Requested frame rate (live sources); files play as fast as processed.",
+        json_schema_extra={"example": 30.0},
+    )
+    reconnect_min_s: float = Field(
+        1.0, ge=0.1, le=60, description="First reconnect delay after a live source fails."
+    )
+    reconnect_max_s: float = Field(
+        30.0, ge=1, le=3600, description="Longest reconnect delay (exponential back-off)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CameraConfig:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("camera.width and camera.height must be given together")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"camera.reconnect_min_s ({self.reconnect_min_s}) is above camera.reconnect_max_s "
+                f"({self.reconnect_max_s})"
+            )
+        return self
+
+
+class MqttTlsConfig(StrictModel):
+    """[mqtt.tls] — TLS to the broker."""
+
+    enabled: bool = Field(False, description="Connect with TLS (usually port 8883).")
+    ca_file: Optional[ConfigPath] = Field(
+        None,
+        description="CA certificate(s) to check the broker with; default: the system store.",
+        json_schema_extra={"example": "/etc/face-appliance/ca.crt"},
+    )
+    cert_file: Optional[ConfigPath] = Field(
+        None,
+        description="Client certificate, for brokers that require one.",
+        json_schema_extra={"example": "/etc/face-appliance/client.crt"},
+    )
+    key_file: Optional[ConfigPath] = Field(
+        None,
+        description="Client private key (may be a systemd credential).",
+        json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/mqtt_client_key"},
+    )
+    insecure: bool = Field(False, description="Skip the broker host-name check (testing only).")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.tls.cert_file and mqtt.tls.key_file must be given together")
+        if not self.enabled and (self.ca_file or self.cert_file or self.insecure):
+            raise ValueError("mqtt.tls settings are given but mqtt.tls.enabled is false")
+        return self
+
+
+class HomeAssistantConfig(StrictModel):
+    """[mqtt.homeassistant] — Opt-in Home Assistant MQTT discovery."""
+
+    discovery: bool = Field(False, description="Publish Home Assistant discovery messages.")
+    prefix: str = Field(
+        "homeassistant", pattern=r"^[^#+/]+$", description="Home Assistant's discovery prefix."
+    )
+
+
+class MqttConfig(StrictModel):
+    """[mqtt] — The broker that events go to and commands come from."""
+
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
+    prefix: str = Field(
+        "face-appliance",
+        pattern=r"^[^#+/]+(/[^#+/]+)*$",
+        description="Topic prefix; topics are {prefix}/{device.id}/… (no wildcards, no leading or trailing '/').",
+    )
+    client_id: Optional[str] = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id; default face-appliance-{device.id}.",
+        json_schema_extra={"example": "face-appliance-door-1"},
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="Keep-alive interval in seconds.")
+    username: Optional[str] = Field(
+        None,
+        min_length=1,
+        description="User name for password authentication.",
+        json_schema_extra={"example": "door-1"},
+    )
+    password: Optional[SecretStr] = Field(
+        None,
+        description="Password (prefer password_file: a secret in this file is readable by whoever reads it).",
+        json_schema_extra={"example": "change-me"},
+    )
+    password_file: Optional[ConfigPath] = Field(
+        None,
+        description="File holding the password (first line), e.g. a systemd credential.",
+        json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/mqtt_password"},
+    )
+    reconnect_min_s: float = Field(1.0, ge=0.1, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(60.0, ge=1, le=3600, description="Longest reconnect delay.")
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+
+    _password_from_file: Optional[SecretStr] = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("mqtt.password and mqtt.password_file are both set; keep one")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a password is set but mqtt.username is not")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"mqtt.reconnect_min_s ({self.reconnect_min_s}) is above mqtt.reconnect_max_s ({self.reconnect_max_s})"
+            )
+        return self
+
+    def secret_password(self) -> Optional[SecretStr]:
+        """The password from ``password`` or from ``password_file`` (read at load time)."""
+        return self.password if self.password is not None else self._password_from_file
+
+
+class StorageConfig(StrictModel):
+    """[storage] — The appliance's state: gallery, outbox, staged models, engines."""
+
+    dir: ConfigPath = Field(
+        Path("/var/lib/face-appliance"), description="State directory (created if absent)."
+    )
+
+
+class ModelsConfig(StrictModel):
+    """[models] — Where the ONNX models are."""
+
+    dir: ConfigPath = Field(
+        Path("/var/lib/face-appliance/models"),
+        description="Models directory, laid out like the mirror (see `face-appliance models fetch`).",
+    )
+
+
+class TensorRTConfig(StrictModel):
+    """[backend.tensorrt] — TensorRT engines on a Jetson."""
+
+    precision: Literal["auto", "int8", "fp16", "fp32"] = Field(
+        "auto", description="auto: INT8 where the GPU has fast INT8 (Xavier, Orin), else FP16 (Nano)."
+    )
+    device: int = Field(0, ge=0, le=15, description="CUDA device index.")
+    engine_dir: Optional[ConfigPath] = Field(
+        None,
+        description="Engine cache; default {storage.dir}/engines.",
+        json_schema_extra={"example": "/var/lib/face-appliance/engines"},
+    )
+    workspace_mb: int = Field(256, ge=16, le=16384, description="Builder workspace limit in MiB.")
+    max_batch: int = Field(16, ge=1, le=64, description="Largest batch of faces an engine accepts.")
+    dla_core: Optional[int] = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Run on this DLA core (Xavier/Orin), GPU fallback for unsupported layers.",
+        json_schema_extra={"example": 0},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TensorRTConfig:
+        if self.dla_core is not None and self.precision == "fp32":
+            raise ValueError("backend.tensorrt.dla_core needs precision fp16, int8 or auto: DLA has no FP32")
+        return self
+
+
+class BackendConfig(StrictModel):
+    """[backend] — Which inference runtime runs the models."""
+
+    type: Literal["cpu", "tensorrt"] = Field(
+        "cpu", description="cpu: ONNX Runtime; tensorrt: TensorRT engines."
+    )
+    fallback: Literal["cpu", "none"] = Field(
+        "cpu",
+        description="If TensorRT cannot start: continue on the CPU (logged and published as degraded), or fail.",
+    )
+    threads: int = Field(
+        0, ge=0, le=64, description="CPU back-end: threads per inference (0 = one per core)."
+    )
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+
+
+class MtcnnConfig(StrictModel):
+    """[detector.mtcnn] — MTCNN cascade settings."""
+
+    scale_factor: float = Field(0.709, gt=0.1, lt=0.95, description="Image pyramid scale step.")
+    thresholds: List[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [0.6, 0.7, 0.7], min_length=3, max_length=3, description="Face score thresholds of P-, R- and O-Net."
+    )
+
+
+class YunetConfig(StrictModel):
+    """[detector.yunet] — YuNet settings."""
+
+    score_threshold: float = Field(0.6, gt=0, lt=1, description="Face score threshold.")
+    nms_threshold: float = Field(0.3, gt=0, lt=1, description="Overlap above which boxes are merged.")
+    max_side: int = Field(640, ge=64, le=4096, description="Frames are scaled down to at most this side.")
+
+
+class DetectorConfig(StrictModel):
+    """[detector] — Face detection."""
+
+    type: Literal["mtcnn", "yunet"] = Field("mtcnn", description="mtcnn (accurate) or yunet (faster).")
+    min_face_px: int = Field(40, ge=12, le=2048, description="Smallest face side, in pixels, to look for.")
+    mtcnn: MtcnnConfig = Field(default_factory=MtcnnConfig)
+    yunet: YunetConfig = Field(default_factory=YunetConfig)
+
+
+class EmbedderConfig(StrictModel):
+    """[embedder] — Face embeddings."""
+
+    model: Literal["mobilefacenet"] = Field("mobilefacenet", description="Embedding model.")
+    batch_size: int = Field(8, ge=1, le=64, description="Faces embedded per inference.")
+
+
+class LivenessConfig(StrictModel):
+    """[liveness] — presentation-attack detection (MiniFASNet ×2)."""
+
+    enabled: bool = Field(False, description="Check liveness before granting access.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Fused live score needed to pass.")
+
+
+class MatchConfig(StrictModel):
+    """[match] — Gallery matching."""
+
+    threshold: float = Field(
+        0.40,
+        gt=0,
+        le=1,
+        description="Cosine similarity needed to accept an identity (derive it from `evaluate`).",
+    )
+
+
+class LoggingConfig(StrictModel):
+    """[logging] — Log output (to stderr; journald adds timestamps under systemd)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class ApplianceConfig(StrictModel):
+    """The whole configuration file."""
+
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
+    match: MatchConfig = Field(default_factory=MatchConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def engine_dir(self) -> Path:
+        """Where TensorRT engines are cached."""
+        return self.backend.tensorrt.engine_dir or self.storage.dir / "engines"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"face-appliance-{self.device.id}"
+
+
+def config_schema() -> Dict[str, Any]:
+    """The JSON schema of :class:`ApplianceConfig` (what ``config/appliance.schema.json`` holds)."""
+    schema = ApplianceConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "face-appliance configuration"
+    return schema
+
+
+# -- the documented default file ---------------------------------------------------------------------
+
+_HEADER = """\
+# Face access appliance — configuration (TOML).
+#
+# Every key is listed with its default. Keys that are commented out have no default; the value shown
+# is an example. Relative paths are taken from this file's folder; a path may start with
+# ${CREDENTIALS_DIRECTORY} to read a systemd credential (LoadCredential=). Check a file with
+#   face-appliance config check --config /etc/face-appliance/appliance.toml
+# This file is generated from the configuration model (face-appliance config default).
+"""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Path):
+        value = os.fspath(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _render_section(model: type, path: Tuple[str, ...], lines: List[str]) -> None:
+    tables: List[Tuple[str, type]] = []
+    if path:
+        lines.append("")
+        lines.append(f"[{'.'.join(path)}]")
+        doc = (model.__doc__ or "").split("—", 1)[-1].strip()
+        if doc and doc != f"[{'.'.join(path)}]":
+            lines.append(f"# {doc}")
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, StrictModel):
+            tables.append((name, annotation))
+            continue
+        description = field.description or ""
+        lines.append(f"# {description}")
+        example = (
+            (field.json_schema_extra or {}).get("example")
+            if isinstance(field.json_schema_extra, dict)
+            else None
+        )
+        if field.default_factory is not None or field.default is None:
+            lines.append(f"# {name} = {_toml_value(example)}")
+        else:
+            default = (
+                field.default.get_secret_value() if isinstance(field.default, SecretStr) else field.default
+            )
+            lines.append(f"{name} = {_toml_value(default)}")
+    for name, section in tables:
+        _render_section(section, (*path, name), lines)
+
+
+def render_default_toml() -> str:
+    """The documented default configuration file, generated from the models."""
+    lines: List[str] = [_HEADER.rstrip("\n")]
+    _render_section(ApplianceConfig, (), lines)
+    return "\n".join(lines).strip("\n") + "\n"

@@ -1,0 +1,291 @@
+"""``doctor``: what an installer needs to know before the appliance can run, and what to do about it.
+
+Each check returns :class:`Check` results (ok / warn / fail) with a hint for anything not ok. The
+smoke check loads every model the configured pipeline needs on the configured back-end and runs a
+batch through it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from engines.backends import BackendOptions, backend_class, backend_status, open_model
+from engines.errors import BackendUnavailableError, EngineError
+from engines.prepare import compare_batched, load_model_bytes
+from engines.registry import MODELS, ModelSpec, required_models
+from engines.store import ModelStore
+
+from .config import ApplianceConfig
+from .config_load import secret_file_warnings
+
+logger = logging.getLogger(__name__)
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+PREPARED_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding."""
+
+    status: str  # OK, WARN or FAIL
+    subject: str
+    detail: str
+    hint: str = ""
+
+
+def jetson_release() -> Optional[str]:
+    """The L4T release line of a Jetson (``/etc/nv_tegra_release``), or ``None`` elsewhere."""
+    try:
+        with open("/etc/nv_tegra_release", encoding="utf-8") as stream:
+            return stream.readline().strip().lstrip("# ")
+    except OSError:
+        return None
+
+
+def backend_options(config: ApplianceConfig) -> BackendOptions:
+    """The engines-side options for the configured back-end."""
+    trt = config.backend.tensorrt
+    return BackendOptions(
+        threads=config.backend.threads,
+        device=trt.device,
+        precision=trt.precision,
+        engine_dir=os.fspath(config.engine_dir),
+        max_batch=trt.max_batch,
+        workspace_mb=trt.workspace_mb,
+        dla_core=trt.dla_core,
+    )
+
+
+def pipeline_models(config: ApplianceConfig) -> List[ModelSpec]:
+    """The models the configured pipeline loads."""
+    return required_models(config.detector.type, config.embedder.model, config.liveness.enabled)
+
+
+def check_platform() -> List[Check]:
+    checks = [
+        Check(
+            OK if sys.version_info >= (3, 8) else FAIL,
+            "python",
+            platform.python_version(),
+            "Python 3.8 or later is needed",
+        )
+    ]
+    release = jetson_release()
+    checks.append(
+        Check(OK, "platform", f"Jetson, {release}" if release else f"{platform.machine()}, not a Jetson")
+    )
+    return checks
+
+
+def _module_version(name: str) -> Optional[str]:
+    try:
+        module = importlib.import_module(name)
+    except Exception:  # a broken install can raise anything on import
+        return None
+    return str(getattr(module, "__version__", "installed"))
+
+
+def _has_gstreamer(build_information: str) -> bool:
+    for line in build_information.splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+def check_packages(config: ApplianceConfig) -> List[Check]:
+    checks: List[Check] = []
+    for name in ("numpy", "onnx", "pydantic"):
+        version = _module_version(name)
+        checks.append(
+            Check(OK if version else FAIL, name, version or "not importable", "pip install face-appliance")
+        )
+    cv2_version = _module_version("cv2")
+    if cv2_version is None:
+        hint = (
+            "use JetPack's OpenCV (apt install python3-opencv)"
+            if jetson_release()
+            else "pip install 'face-appliance[cpu]'"
+        )
+        checks.append(Check(FAIL, "opencv", "cv2 is not importable", hint))
+    else:
+        import cv2
+
+        gstreamer = _has_gstreamer(cv2.getBuildInformation())
+        status = OK if cv2_version.startswith("4.") else WARN
+        detail = f"{cv2_version}, GStreamer {'yes' if gstreamer else 'no'}"
+        hint = "" if status == OK else "OpenCV 4.x is what the appliance is tested with"
+        if jetson_release() and not gstreamer:
+            status, hint = WARN, "a pip OpenCV shadows JetPack's: pip uninstall opencv-python-headless"
+        checks.append(Check(status, "opencv", detail, hint))
+    return checks
+
+
+def check_backends(config: ApplianceConfig) -> List[Check]:
+    checks: List[Check] = []
+    needed = {config.backend.type}
+    if config.backend.type == "tensorrt" and config.backend.fallback == "cpu":
+        needed.add("cpu")
+    for key, reason in backend_status().items():
+        if reason is None:
+            checks.append(Check(OK, f"back-end {key}", "importable"))
+        elif key == config.backend.type:
+            checks.append(Check(FAIL, f"back-end {key}", reason, 'or set backend.type = "cpu"'))
+        elif key in needed:
+            checks.append(Check(WARN, f"back-end {key}", f"fallback unavailable: {reason}"))
+        else:
+            checks.append(Check(OK, f"back-end {key}", "not installed (not used by this configuration)"))
+    return checks
+
+
+def check_models(config: ApplianceConfig) -> List[Check]:
+    store = ModelStore(config.models.dir)
+    needed = {spec.name for spec in pipeline_models(config)}
+    checks: List[Check] = []
+    missing: List[str] = []
+    for status in store.check_all(MODELS):
+        if status.ok:
+            checks.append(Check(OK, f"model {status.spec.name}", "present, sha256 verified"))
+        elif status.spec.name in needed:
+            missing.append(status.spec.name)
+            checks.append(
+                Check(
+                    FAIL,
+                    f"model {status.spec.name}",
+                    status.detail,
+                    f"face-appliance models fetch {status.spec.name} --dest {store.root}",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    OK, f"model {status.spec.name}", f"{status.state.value} (not used by this configuration)"
+                )
+            )
+    return checks
+
+
+def check_prepared(config: ApplianceConfig) -> List[Check]:
+    """Prepared (dynamic-batch) models give the original's outputs, batched vs one by one."""
+    store = ModelStore(config.models.dir)
+    checks: List[Check] = []
+    for spec in MODELS:
+        if not spec.prepare or not store.check(spec).ok:
+            continue
+        try:
+            path = store.path(spec)
+            worst, _ = compare_batched(path.read_bytes(), load_model_bytes(spec, path), batch=4)
+        except (EngineError, ImportError) as err:
+            checks.append(Check(FAIL, f"prepared {spec.name}", str(err)))
+            continue
+        status = OK if worst < PREPARED_TOLERANCE else FAIL
+        checks.append(
+            Check(
+                status,
+                f"prepared {spec.name}",
+                f"dynamic batch, max |diff| {worst:.2e} vs original",
+                "report this: the graph edit changed the outputs",
+            )
+        )
+    return checks
+
+
+def check_smoke(config: ApplianceConfig) -> List[Check]:
+    """Load each pipeline model on the configured back-end and run a batch of 2."""
+    checks: List[Check] = []
+    key = config.backend.type
+    try:
+        backend_class(key)
+    except BackendUnavailableError as err:
+        if config.backend.fallback != "cpu":
+            return [
+                Check(FAIL, "inference", str(err), 'install the back-end or set backend.fallback = "cpu"')
+            ]
+        checks.append(
+            Check(WARN, "inference", f"{key} unavailable, the daemon would run degraded on the CPU")
+        )
+        key = "cpu"
+    options = backend_options(config)
+    for spec in pipeline_models(config):
+        started = time.perf_counter()
+        try:
+            with open_model(key, spec, config.models.dir, options) as backend:
+                load_ms = (time.perf_counter() - started) * 1000
+                backend.warmup(iterations=1, batch=2)
+                started = time.perf_counter()
+                backend.warmup(iterations=1, batch=2)
+                run_ms = (time.perf_counter() - started) * 1000
+        except EngineError as err:
+            checks.append(Check(FAIL, f"inference {spec.name}", str(err)))
+            continue
+        checks.append(
+            Check(
+                OK,
+                f"inference {spec.name}",
+                f"{key}: loaded in {load_ms:.0f} ms, batch of 2 in {run_ms:.1f} ms",
+            )
+        )
+    return checks
+
+
+def check_storage(config: ApplianceConfig) -> List[Check]:
+    checks: List[Check] = []
+    directory: Path = config.storage.dir
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        checks.append(
+            Check(
+                FAIL,
+                "storage",
+                f"{directory} is not writable (checked {probe})",
+                "create it for the service user, e.g. systemd StateDirectory=face-appliance",
+            )
+        )
+    else:
+        free_mb = shutil.disk_usage(probe).free / 2**20
+        status = OK if free_mb >= 200 else WARN
+        checks.append(
+            Check(
+                status,
+                "storage",
+                f"{directory} writable, {free_mb:.0f} MiB free",
+                "keep at least 200 MiB free for staged models and the outbox",
+            )
+        )
+    for key, path in (
+        ("mqtt.tls.ca_file", config.mqtt.tls.ca_file),
+        ("mqtt.tls.cert_file", config.mqtt.tls.cert_file),
+        ("mqtt.tls.key_file", config.mqtt.tls.key_file),
+    ):
+        if path is not None and not path.is_file():
+            checks.append(Check(FAIL, key, f"{path} does not exist"))
+    checks.extend(Check(WARN, "secrets", warning) for warning in secret_file_warnings(config))
+    return checks
+
+
+def run_checks(config: ApplianceConfig, smoke: bool = True) -> List[Check]:
+    """Every check, in the order an installer would fix things."""
+    groups: List[Callable[[ApplianceConfig], List[Check]]] = [
+        lambda _: check_platform(),
+        check_packages,
+        check_backends,
+        check_models,
+        check_storage,
+    ]
+    if smoke:
+        groups.extend([check_prepared, check_smoke])
+    checks: List[Check] = []
+    for group in groups:
+        checks.extend(group(config))
+    return checks

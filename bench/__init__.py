@@ -1,0 +1,1 @@
+"""Benchmarks (not timed tests): run them as ``python -m bench.<name>``; each prints a table."""

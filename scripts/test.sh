@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (system packages, .venv, the project with its cpu and dev extras) and run the test suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k fetch
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/bootstrap.sh "cpu,dev"
+. .venv/bin/activate
+python -m pytest "$@"
