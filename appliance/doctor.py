@@ -63,6 +63,9 @@ def backend_options(config: ApplianceConfig) -> BackendOptions:
         max_batch=trt.max_batch,
         workspace_mb=trt.workspace_mb,
         dla_core=trt.dla_core,
+        max_frame=(config.camera.height or 1080, config.camera.width or 1920),
+        min_face=config.detector.min_face_px,
+        yunet_max_side=config.detector.yunet.max_side,
     )
 
 

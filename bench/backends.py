@@ -38,10 +38,13 @@ def _median_ms(run: Callable[[], object], runs: int) -> float:
     return statistics.median(samples)
 
 
-def _opencv_runner(spec: ModelSpec, model: bytes, feeds: Dict[str, np.ndarray]) -> Optional[Callable[[], object]]:
+def _opencv_runner(
+    spec: ModelSpec, model: bytes, feeds: Dict[str, np.ndarray]
+) -> Optional[Callable[[], object]]:
     """An OpenCV DNN forward pass over the same model and inputs, or None when OpenCV cannot load it."""
     import cv2
 
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         net = cv2.dnn.readNetFromONNX(np.frombuffer(model, np.uint8))
         (name,) = feeds
@@ -65,19 +68,25 @@ def bench(models_dir: Path, runs: int) -> List[Dict[str, object]]:
         path = store.require(spec)
         for batch in (1, 8):
             rng = np.random.default_rng(0)
-            feeds = {t.name: rng.uniform(-1, 1, t.concrete_shape(batch)).astype(np.float32) for t in spec.inputs}
+            feeds = {
+                t.name: rng.uniform(-1, 1, t.concrete_shape(batch)).astype(np.float32) for t in spec.inputs
+            }
             before = rss_mib()
             with open_model("cpu", spec, models_dir) as backend:
                 loaded = rss_mib() - before
-                ours = _median_ms(lambda: backend.run(feeds), runs)
+                ours = _median_ms(lambda backend=backend, feeds=feeds: backend.run(feeds), runs)
             opencv = _opencv_runner(spec, load_model_bytes(spec, path), feeds)
             peer = _median_ms(opencv, runs) if opencv is not None else None
-            rows.append({
-                "model": spec.name, "batch": batch,
-                "input": "x".join(str(d) for d in spec.inputs[0].concrete_shape(batch)),
-                "onnxruntime_ms": round(ours, 2), "opencv_dnn_ms": None if peer is None else round(peer, 2),
-                "rss_mib": round(loaded, 1),
-            })
+            rows.append(
+                {
+                    "model": spec.name,
+                    "batch": batch,
+                    "input": "x".join(str(d) for d in spec.inputs[0].concrete_shape(batch)),
+                    "onnxruntime_ms": round(ours, 2),
+                    "opencv_dnn_ms": None if peer is None else round(peer, 2),
+                    "rss_mib": round(loaded, 1),
+                }
+            )
     return rows
 
 
@@ -95,7 +104,9 @@ def main() -> None:
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for row in rows:
         peer = "cannot load" if row["opencv_dnn_ms"] is None else f"{row['opencv_dnn_ms']:.2f}"
-        print(f"| {row['model']} | {row['batch']} | {row['input']} | {row['onnxruntime_ms']:.2f} | {peer} | {row['rss_mib']} |")
+        print(
+            f"| {row['model']} | {row['batch']} | {row['input']} | {row['onnxruntime_ms']:.2f} | {peer} | {row['rss_mib']} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))

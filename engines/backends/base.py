@@ -35,6 +35,11 @@ class BackendOptions:
         max_batch: the largest batch a TensorRT optimization profile must cover.
         workspace_mb: TensorRT builder workspace limit.
         dla_core: DLA core for TensorRT on Xavier/Orin, ``None`` for the GPU.
+        max_frame: the largest camera frame ``(height, width)`` the TensorRT P-Net profile covers.
+        min_face: the MTCNN minimum face size in pixels; with ``max_frame`` it sets the largest
+            P-Net pyramid level (frame × 12 / min_face) the TensorRT profile covers.
+        yunet_max_side: the longest input side the TensorRT YuNet profile covers (multiple of 32).
+        calibration_cache: path of the model's INT8 calibration cache (TensorRT), ``None`` without.
     """
 
     threads: int = 0
@@ -44,6 +49,10 @@ class BackendOptions:
     max_batch: int = 16
     workspace_mb: int = 256
     dla_core: Optional[int] = None
+    max_frame: Tuple[int, int] = (1080, 1920)
+    min_face: int = 20
+    yunet_max_side: int = 640
+    calibration_cache: Optional[str] = None
 
 
 class InferenceBackend(ABC):
@@ -142,7 +151,7 @@ class InferenceBackend(ABC):
         self._closed = True
         self._release()
 
-    def __enter__(self) -> "InferenceBackend":
+    def __enter__(self) -> InferenceBackend:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -158,7 +167,9 @@ class InferenceBackend(ABC):
 
     def _check_io(self) -> None:
         inputs, outputs = self._io()
-        problems = _compare(self.spec.inputs, inputs, "input") + _compare(self.spec.outputs, outputs, "output")
+        problems = _compare(self.spec.inputs, inputs, "input") + _compare(
+            self.spec.outputs, outputs, "output"
+        )
         if problems:
             raise EngineLoadError(
                 f"{self.spec.name}: the loaded model does not match the registry: {'; '.join(problems)}"
@@ -208,7 +219,9 @@ def _compare(expected: Sequence[TensorSpec], actual: Sequence[TensorSpec], what:
         if got.dtype != tensor.dtype:
             problems.append(f"{what} {tensor.name!r} is {got.dtype}, expected {tensor.dtype}")
         if len(got.shape) != len(tensor.shape):
-            problems.append(f"{what} {got.describe()} has rank {len(got.shape)}, expected {tensor.describe()}")
+            problems.append(
+                f"{what} {got.describe()} has rank {len(got.shape)}, expected {tensor.describe()}"
+            )
             continue
         for axis, (want, have) in enumerate(zip(tensor.shape, got.shape)):
             if want is None and have is not None:

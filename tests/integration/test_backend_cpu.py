@@ -95,7 +95,9 @@ def test_context_manager_closes(shared_models: Path) -> None:
 def test_tensorrt_without_tensorrt_is_a_clear_unavailable_error() -> None:
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
-    with pytest.raises(BackendUnavailableError, match=r"TensorRT back-end unavailable: No module named .(tensorrt|pycuda)") as caught:
+    with pytest.raises(
+        BackendUnavailableError, match=r"TensorRT back-end unavailable: No module named .tensorrt"
+    ) as caught:
         backend_class("tensorrt")
     assert isinstance(caught.value, NotImplementedError)
     assert "JetPack" in str(caught.value)

@@ -1,0 +1,699 @@
+"""Build TensorRT engines from the registry's ONNX models, on the device that will run them.
+
+:class:`EngineBuilder` parses ONNX bytes with TensorRT's ONNX parser, chooses the precision for this
+GPU, adds the optimization profile of :func:`engines.trt_engine_cache.optimization_profile`, builds
+with ``Builder.build_serialized_network`` and writes the engine and its manifest into the engine cache.
+It supports TensorRT 8.5 and later, including 10.x:
+
+* explicit-batch networks (``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` before TensorRT 10, where
+  every network is explicit-batch and the flag is deprecated);
+* the workspace limit through ``IBuilderConfig.set_memory_pool_limit`` (``max_workspace_size`` only on
+  older releases);
+* INT8 where the GPU has fast INT8 (``Builder.platform_has_fast_int8`` before TensorRT 10; from the
+  compute capability on 10.x, where that property is deprecated) and there is INT8 data — a calibrator,
+  a calibration cache, or Q/DQ layers in the graph; FP16 where the GPU has fast FP16; FP32 on request.
+  Every fallback is logged with its reason and recorded in the manifest;
+* a DLA core on request (Xavier/Orin), with GPU fallback for the layers the DLA cannot run;
+* a timing cache per TensorRT version and GPU in the engine directory, loaded before and saved after
+  each build;
+* progress reports through ``IProgressMonitor`` (TensorRT 10+, which can also cancel a build), or
+  per phase on older releases.
+
+TensorRT's log goes to the Python logger ``"tensorrt"`` through :class:`TrtLogBridge`.
+
+This module imports ``tensorrt`` at import time; it is imported only where engines are built or run.
+``pycuda`` is imported lazily to identify the GPU and to make its primary context current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorrt as trt
+
+from .errors import EngineBuildError
+from .files import PathLike, atomic_writer
+from .registry import ModelSpec
+from .trt_engine_cache import (
+    INT8_FROM_CALIBRATION,
+    INT8_FROM_QDQ,
+    EngineManifest,
+    EngineRequest,
+    EngineTensor,
+    PlatformInfo,
+    ProfileRange,
+    choose_precision,
+    fast_precisions,
+    make_manifest,
+    read_l4t_version,
+    sha256_bytes,
+    store,
+    timing_cache_path,
+)
+
+logger = logging.getLogger(__name__)
+
+#: TensorRT's own messages are logged here (INFO mapped to DEBUG, VERBOSE to :data:`VERBOSE`).
+TRT_LOG = logging.getLogger("tensorrt")
+#: A level below DEBUG for TensorRT's VERBOSE chatter.
+VERBOSE = 5
+
+TRT_VERSION: str = str(trt.__version__)
+TRT_MAJOR: int = int(TRT_VERSION.split(".", 1)[0]) if TRT_VERSION.split(".", 1)[0].isdigit() else 0
+
+#: ``progress(phase, done, total)``: ``done`` of ``total`` steps of ``phase`` are complete.
+ProgressCallback = Callable[[str, int, int], None]
+
+_SEVERITY_LEVELS: Dict[Any, int] = {
+    trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL,
+    trt.ILogger.Severity.ERROR: logging.ERROR,
+    trt.ILogger.Severity.WARNING: logging.WARNING,
+    trt.ILogger.Severity.INFO: logging.DEBUG,
+    trt.ILogger.Severity.VERBOSE: VERBOSE,
+}
+_ERROR_SEVERITIES = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
+
+
+class TrtLogBridge(trt.ILogger):
+    """A ``trt.ILogger`` that forwards TensorRT's messages to the Python logger ``"tensorrt"``.
+
+    Error messages are also collected by :meth:`capture_errors` (per thread), so a failed parse,
+    build or deserialization can say what TensorRT complained about. TensorRT requires the logger to
+    outlive every object created with it, so one process-wide instance is used (:func:`get_trt_logger`).
+    """
+
+    def __init__(self) -> None:
+        trt.ILogger.__init__(self)
+        self._local = threading.local()
+
+    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:  # called by TensorRT
+        """Forward one TensorRT message (called from TensorRT, possibly from its worker threads)."""
+        level = _SEVERITY_LEVELS.get(severity, logging.WARNING)
+        if severity in _ERROR_SEVERITIES:
+            captured: Optional[List[str]] = getattr(self._local, "errors", None)
+            if captured is not None:
+                captured.append(str(msg))
+        if TRT_LOG.isEnabledFor(level):
+            TRT_LOG.log(level, "%s", msg)
+
+    @contextlib.contextmanager
+    def capture_errors(self) -> Iterator[List[str]]:
+        """Collect the ERROR and INTERNAL_ERROR messages TensorRT logs on this thread meanwhile."""
+        previous = getattr(self._local, "errors", None)
+        errors: List[str] = []
+        self._local.errors = errors
+        try:
+            yield errors
+        finally:
+            self._local.errors = previous
+
+
+_LOGGER_LOCK = threading.Lock()
+_LOGGER: Optional[TrtLogBridge] = None
+
+
+def get_trt_logger() -> TrtLogBridge:
+    """The process-wide TensorRT logger bridge (created, and TensorRT's plugins registered, once)."""
+    global _LOGGER  # noqa: PLW0603 - one logger for the process, as TensorRT requires
+    with _LOGGER_LOCK:
+        if _LOGGER is None:
+            bridge = TrtLogBridge()
+            # Registers TensorRT's bundled plugins, which some ONNX operators map to.
+            trt.init_libnvinfer_plugins(bridge, "")
+            _LOGGER = bridge
+        return _LOGGER
+
+
+def errors_text(errors: Sequence[str]) -> str:
+    """`` TensorRT said: a | b`` for an exception message, or ``""`` when it said nothing."""
+    return f" TensorRT said: {' | '.join(errors[-5:])}" if errors else ""
+
+
+def probe_platform(device: int = 0) -> PlatformInfo:
+    """The running TensorRT version and CUDA device ``device`` (name, compute capability), plus L4T.
+
+    Raises:
+        EngineBuildError: pycuda is missing or the device cannot be queried.
+    """
+    try:
+        import pycuda.driver as cuda
+    except ImportError as err:
+        raise EngineBuildError(f"pycuda is needed to identify the GPU: {err}") from err
+    try:
+        cuda.init()
+        handle = cuda.Device(device)
+        name = str(handle.name())
+        major, minor = handle.compute_capability()
+    except cuda.Error as err:
+        raise EngineBuildError(f"CUDA device {device} cannot be queried: {err}") from err
+    return PlatformInfo(TRT_VERSION, name, (int(major), int(minor)), read_l4t_version())
+
+
+@contextlib.contextmanager
+def cuda_device_context(device: int) -> Iterator[None]:
+    """Make CUDA device ``device``'s primary context current on this thread for the block.
+
+    Raises:
+        EngineBuildError: pycuda is missing or the context cannot be made current.
+    """
+    try:
+        import pycuda.driver as cuda
+    except ImportError as err:
+        raise EngineBuildError(f"pycuda is needed to select CUDA device {device}: {err}") from err
+    try:
+        cuda.init()
+        context = cuda.Device(device).retain_primary_context()
+        context.push()
+    except cuda.Error as err:
+        raise EngineBuildError(f"cannot make CUDA device {device} current: {err}") from err
+    try:
+        yield
+    finally:
+        try:
+            cuda.Context.pop()
+        finally:
+            context.detach()
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    """The result of :meth:`EngineBuilder.build`.
+
+    ``engine`` is the serialized engine; ``path`` where it was cached, ``None`` when no engine
+    directory was given.
+    """
+
+    engine: bytes
+    manifest: EngineManifest
+    path: Optional[Path]
+
+
+_HAS_CALIBRATORS = hasattr(trt, "IInt8EntropyCalibrator2")
+
+if _HAS_CALIBRATORS:  # implicit quantization: deprecated from TensorRT 10.1
+
+    class _CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
+        """An INT8 calibrator that only replays a calibration cache (no images, no device memory).
+
+        This is how an engine is built on the device from the calibration cache shipped in a model
+        package: TensorRT reads the scales from ``read_calibration_cache`` and never asks for a batch.
+        """
+
+        def __init__(self, cache: bytes) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._cache = cache
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: List[str]) -> Optional[List[int]]:
+            del names  # no calibration batches: the cache holds the scales
+            return None
+
+        def read_calibration_cache(self) -> bytes:
+            return self._cache
+
+        def write_calibration_cache(self, cache: bytes) -> None:
+            del cache  # the cache came from the model package and is not rewritten
+
+
+if hasattr(trt, "IProgressMonitor"):
+
+    class _ProgressMonitor(trt.IProgressMonitor):  # TensorRT 10+
+        """Forwards TensorRT's build phases to a :data:`ProgressCallback`; cancels when asked."""
+
+        def __init__(self, report: Optional[ProgressCallback], cancel: Optional[threading.Event]) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._report = report
+            self._cancel = cancel
+            self._totals: Dict[str, int] = {}
+            self._lock = threading.Lock()
+
+        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+            with self._lock:
+                self._totals[phase_name] = int(num_steps)
+            logger.debug("build phase %r started (%d steps, parent %r)", phase_name, num_steps, parent_phase)
+            _safe_report(self._report, phase_name, 0, int(num_steps))
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                total = self._totals.get(phase_name, 0)
+            _safe_report(self._report, phase_name, int(step) + 1, total)
+            # Returning False asks TensorRT to cancel the build.
+            return not (self._cancel is not None and self._cancel.is_set())
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                total = self._totals.pop(phase_name, 0)
+            _safe_report(self._report, phase_name, total, total)
+
+
+def _safe_report(report: Optional[ProgressCallback], phase: str, done: int, total: int) -> None:
+    """Call the progress callback; its failures are logged, never passed back into TensorRT."""
+    if report is None:
+        return
+    try:
+        report(phase, done, total)
+    except Exception:  # a progress bar must not break a build, nor raise into TensorRT's C++ caller
+        logger.exception("the build progress callback failed for phase %r", phase)
+
+
+class EngineBuilder:
+    """Builds TensorRT engines for registry models on one CUDA device.
+
+    Args:
+        device: CUDA device index.
+        workspace_mb: builder workspace limit in MiB.
+        platform: the running platform; probed with :func:`probe_platform` when ``None``.
+        progress: called as ``progress(phase, done, total)`` during a build.
+        cancel: set it (from another thread) to cancel a running build; honoured between phases, and
+            within TensorRT's own phases on TensorRT 10+.
+        manage_context: make the device's primary CUDA context current around each build. Pass
+            ``False`` when the caller already holds a current context on this thread (the TensorRT
+            back-end does).
+        timing_cache: load and save the timing cache in the engine directory.
+
+    Raises:
+        EngineBuildError: ``platform`` is ``None`` and the device cannot be probed.
+    """
+
+    def __init__(
+        self,
+        device: int = 0,
+        workspace_mb: int = 256,
+        platform: Optional[PlatformInfo] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[threading.Event] = None,
+        manage_context: bool = True,
+        timing_cache: bool = True,
+    ) -> None:
+        if workspace_mb < 1:
+            raise EngineBuildError(f"workspace_mb must be >= 1, got {workspace_mb}")
+        self.device = device
+        self.workspace_mb = workspace_mb
+        self.platform = platform if platform is not None else probe_platform(device)
+        self.progress = progress
+        self.cancel = cancel
+        self.manage_context = manage_context
+        self.use_timing_cache = timing_cache
+        self._trt_logger = get_trt_logger()
+
+    # -- public --------------------------------------------------------------------------------
+
+    def build(
+        self,
+        spec: ModelSpec,
+        onnx: bytes,
+        request: EngineRequest,
+        engine_dir: Optional[PathLike] = None,
+        calibrator: Optional[trt.IInt8Calibrator] = None,
+        calibration_cache: Optional[bytes] = None,
+    ) -> BuiltEngine:
+        """Build the engine ``request`` describes from ``onnx`` and cache it in ``engine_dir``.
+
+        Args:
+            spec: the registry entry (names the model; its inputs must match the network's).
+            onnx: the prepared ONNX bytes (:func:`engines.prepare.load_model_bytes`); their sha256
+                must be ``request.onnx_sha256``.
+            request: the cache request (precision, DLA core, profiles, calibration digest).
+            engine_dir: the engine cache; ``None`` builds without caching (and without timing cache).
+            calibrator: an ``IInt8Calibrator`` (e.g. an ``IInt8EntropyCalibrator2`` subclass) whose
+                batches have the calibration profile's shape: batch ``calibrator.get_batch_size()``,
+                other dimensions the profile's opt. ``request.calibration_sha256`` must identify its
+                calibration data.
+            calibration_cache: the bytes of an INT8 calibration cache, used when ``calibrator`` is
+                ``None``; their sha256 must be ``request.calibration_sha256``.
+
+        Returns:
+            The engine bytes, its manifest, and its path in the cache (``None`` without a cache).
+
+        Raises:
+            EngineBuildError: the inputs disagree, the ONNX parser fails (every error listed), the
+                build fails or is cancelled, or the cache cannot be written.
+        """
+        self._check_inputs(spec, onnx, request, calibrator, calibration_cache)
+        context = cuda_device_context(self.device) if self.manage_context else contextlib.nullcontext()
+        started = time.monotonic()
+        with context, self._trt_logger.capture_errors() as errors:
+            engine, tensors, precision, reason, target = self._build(
+                spec, onnx, request, engine_dir, calibrator, calibration_cache, errors
+            )
+        seconds = time.monotonic() - started
+        manifest = make_manifest(request, engine, tensors, precision, reason, target, seconds)
+        logger.info(
+            "built %s engine for %s in %.1f s (%s, %d bytes): %s",
+            precision.upper(),
+            spec.name,
+            seconds,
+            target,
+            len(engine),
+            reason,
+        )
+        path: Optional[Path] = None
+        if engine_dir is not None:
+            self._report("save", 0, 1)
+            try:
+                path = store(engine_dir, manifest, engine)
+            except OSError as err:
+                raise EngineBuildError(
+                    f"{spec.name}: the engine was built but cannot be cached in {engine_dir}: {err}"
+                ) from err
+            self._report("save", 1, 1)
+        return BuiltEngine(engine, manifest, path)
+
+    # -- the build -----------------------------------------------------------------------------
+
+    def _build(
+        self,
+        spec: ModelSpec,
+        onnx: bytes,
+        request: EngineRequest,
+        engine_dir: Optional[PathLike],
+        calibrator: Optional[trt.IInt8Calibrator],
+        calibration_cache: Optional[bytes],
+        errors: List[str],
+    ) -> Tuple[bytes, List[EngineTensor], str, str, str]:
+        self._check_cancel(spec)
+        self._report("parse", 0, 1)
+        builder = trt.Builder(self._trt_logger)
+        network = builder.create_network(_network_flags())
+        parser = trt.OnnxParser(network, self._trt_logger)
+        if not parser.parse(onnx):
+            problems = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+            for problem in problems:
+                logger.error("%s: ONNX parser: %s", spec.name, problem)
+            raise EngineBuildError(
+                f"{spec.name}: TensorRT's ONNX parser rejected the model ({len(problems)} error(s)): "
+                + " | ".join(problems or ["no error reported"])
+                + errors_text(errors)
+            )
+        self._report("parse", 1, 1)
+        tensors = _describe_network(spec, network)
+
+        config = builder.create_builder_config()
+        _set_workspace(config, self.workspace_mb << 20)
+        qdq = _has_qdq_layers(network)
+        int8_calibrator = calibrator
+        if int8_calibrator is None and calibration_cache is not None:
+            if not _HAS_CALIBRATORS:
+                raise EngineBuildError(
+                    f"{spec.name}: TensorRT {TRT_VERSION} has no implicit INT8 calibration; "
+                    "ship an explicitly quantized (Q/DQ) ONNX model instead of a calibration cache"
+                )
+            int8_calibrator = _CacheOnlyCalibrator(calibration_cache)
+        int8_source = (
+            INT8_FROM_QDQ if qdq else (INT8_FROM_CALIBRATION if int8_calibrator is not None else None)
+        )
+        if TRT_MAJOR < 10:
+            fast_fp16: Optional[bool] = bool(builder.platform_has_fast_fp16)
+            fast_int8: Optional[bool] = bool(builder.platform_has_fast_int8)
+        else:  # deprecated on 10.x: decide from the compute capability
+            fast_fp16, fast_int8 = None, None
+        precision, reason = choose_precision(
+            request.precision, self.platform.compute_capability, int8_source, fast_fp16, fast_int8
+        )
+        if request.precision not in (precision, "auto"):
+            logger.warning("%s: %s", spec.name, reason)
+        else:
+            logger.info("%s: %s", spec.name, reason)
+        if qdq and precision != "int8":
+            logger.warning(
+                "%s: the network has Q/DQ layers but is built %s; TensorRT may refuse it",
+                spec.name,
+                precision.upper(),
+            )
+        has_fp16 = (
+            fast_fp16 if fast_fp16 is not None else fast_precisions(self.platform.compute_capability)[0]
+        )
+        if precision == "fp16" or (precision == "int8" and has_fp16):
+            # With INT8, FP16 lets the layers without INT8 kernels avoid FP32.
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "fp32" and request.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            # TF32 is on by default for FP32 layers on Ampere and later (Orin); an explicit FP32
+            # request is the accuracy reference, so it gets IEEE FP32.
+            config.clear_flag(trt.BuilderFlag.TF32)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            if int8_source == INT8_FROM_CALIBRATION and not qdq:
+                config.int8_calibrator = int8_calibrator
+
+        profile = self._add_profile(spec, builder, network, config, request.profiles)
+        if precision == "int8" and int8_source == INT8_FROM_CALIBRATION and profile is not None:
+            self._add_calibration_profile(spec, builder, config, request.profiles, int8_calibrator)
+
+        target, device_note = self._place(spec, builder, config, request.dla_core, precision)
+        if device_note:
+            reason = f"{reason}; {device_note}"
+
+        timing_file = None
+        if engine_dir is not None and self.use_timing_cache:
+            timing_file = timing_cache_path(engine_dir, self.platform)
+            _load_timing_cache(config, timing_file)
+
+        monitor = None
+        if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
+            monitor = _ProgressMonitor(self.progress, self.cancel)
+            config.progress_monitor = monitor  # kept alive by `monitor` until the build returns
+        self._check_cancel(spec)
+        self._report("build", 0, 1)
+        logger.info(
+            "building %s engine for %s on %s (this can take minutes on a Jetson)",
+            precision.upper(),
+            spec.name,
+            self.platform.describe(),
+        )
+        try:
+            serialized = builder.build_serialized_network(network, config)
+        except (RuntimeError, TypeError) as err:
+            raise EngineBuildError(
+                f"{spec.name}: the TensorRT build failed: {err}{errors_text(errors)}"
+            ) from err
+        if serialized is None:
+            if self.cancel is not None and self.cancel.is_set():
+                raise EngineBuildError(f"{spec.name}: the engine build was cancelled")
+            raise EngineBuildError(
+                f"{spec.name}: TensorRT could not build the engine "
+                f"(build_serialized_network returned nothing).{errors_text(errors)}"
+            )
+        self._report("build", 1, 1)
+        engine = bytes(memoryview(serialized))
+        if timing_file is not None:
+            _save_timing_cache(config, timing_file)
+        return engine, tensors, precision, reason, target
+
+    def _add_profile(
+        self,
+        spec: ModelSpec,
+        builder: trt.Builder,
+        network: trt.INetworkDefinition,
+        config: trt.IBuilderConfig,
+        ranges: Sequence[ProfileRange],
+    ) -> Optional[trt.IOptimizationProfile]:
+        """Add one optimization profile covering ``ranges``; ``None`` when no input is dynamic."""
+        by_name = {item.name: item for item in ranges}
+        inputs = [network.get_input(index) for index in range(network.num_inputs)]
+        unknown = sorted(set(by_name) - {tensor.name for tensor in inputs})
+        if unknown:
+            raise EngineBuildError(f"{spec.name}: profile ranges name inputs the network lacks: {unknown}")
+        profile = builder.create_optimization_profile()
+        dynamic = False
+        for tensor in inputs:
+            shape = tuple(int(dim) for dim in tensor.shape)
+            wanted = by_name.get(tensor.name)
+            if wanted is None:
+                if any(dim < 0 for dim in shape):
+                    raise EngineBuildError(
+                        f"{spec.name}: input {tensor.name!r} has dynamic shape {shape} and no profile range"
+                    )
+                continue
+            fits = len(shape) == len(wanted.min) and all(
+                dim < 0 or lo == dim == hi for dim, lo, hi in zip(shape, wanted.min, wanted.max)
+            )
+            if not fits:
+                raise EngineBuildError(
+                    f"{spec.name}: profile {wanted.describe()} does not fit the network input shape {shape}"
+                )
+            if all(dim >= 0 for dim in shape):
+                continue
+            dynamic = True
+            profile.set_shape(tensor.name, wanted.min, wanted.opt, wanted.max)
+            logger.debug("%s: optimization profile %s", spec.name, wanted.describe())
+        if not dynamic:
+            return None
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineBuildError(f"{spec.name}: TensorRT refused the optimization profile")
+        return profile
+
+    def _add_calibration_profile(
+        self,
+        spec: ModelSpec,
+        builder: trt.Builder,
+        config: trt.IBuilderConfig,
+        ranges: Sequence[ProfileRange],
+        calibrator: Optional[trt.IInt8Calibrator],
+    ) -> None:
+        """Give implicit INT8 calibration of a dynamic-shape network the one shape it calibrates at."""
+        if calibrator is None or not hasattr(config, "set_calibration_profile"):
+            return
+        batch = int(calibrator.get_batch_size())
+        profile = builder.create_optimization_profile()
+        for item in ranges:
+            shape = (min(max(batch, item.min[0]), item.max[0]), *item.opt[1:])
+            profile.set_shape(item.name, shape, shape, shape)
+        if not config.set_calibration_profile(profile):
+            raise EngineBuildError(f"{spec.name}: TensorRT refused the calibration profile")
+
+    def _place(
+        self,
+        spec: ModelSpec,
+        builder: trt.Builder,
+        config: trt.IBuilderConfig,
+        dla_core: Optional[int],
+        precision: str,
+    ) -> Tuple[str, str]:
+        """Target the DLA core when asked and possible; return ``(target, note about a fallback)``."""
+        if dla_core is None:
+            return "gpu", ""
+        if precision == "fp32":
+            note = f"DLA core {dla_core} not used: the DLA runs only FP16 and INT8, the engine is FP32"
+            logger.warning("%s: %s", spec.name, note)
+            return "gpu", note
+        cores = int(getattr(builder, "num_DLA_cores", 0))
+        if dla_core >= cores:
+            note = f"DLA core {dla_core} not used: this device has {cores} DLA core(s); building for the GPU"
+            logger.warning("%s: %s", spec.name, note)
+            return "gpu", note
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        logger.info("%s: targeting DLA core %d with GPU fallback", spec.name, dla_core)
+        return f"dla:{dla_core}", ""
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_inputs(
+        self,
+        spec: ModelSpec,
+        onnx: bytes,
+        request: EngineRequest,
+        calibrator: Optional[trt.IInt8Calibrator],
+        calibration_cache: Optional[bytes],
+    ) -> None:
+        if request.model != spec.name:
+            raise EngineBuildError(f"the request is for {request.model!r}, the spec for {spec.name!r}")
+        if request.platform != self.platform:
+            raise EngineBuildError(
+                f"{spec.name}: the request is for {request.platform.describe()}, "
+                f"this builder runs {self.platform.describe()}"
+            )
+        if sha256_bytes(onnx) != request.onnx_sha256:
+            raise EngineBuildError(f"{spec.name}: the ONNX bytes do not have the request's sha256")
+        if calibrator is not None and calibration_cache is not None:
+            raise EngineBuildError(f"{spec.name}: pass a calibrator or a calibration cache, not both")
+        if calibration_cache is not None and sha256_bytes(calibration_cache) != request.calibration_sha256:
+            raise EngineBuildError(
+                f"{spec.name}: the calibration cache does not have the request's calibration_sha256"
+            )
+        if calibrator is not None and request.calibration_sha256 is None:
+            raise EngineBuildError(
+                f"{spec.name}: a calibrator needs request.calibration_sha256 (the digest of its "
+                "calibration data or cache), so engines built from different data are cached apart"
+            )
+        if request.calibration_sha256 is not None and calibrator is None and calibration_cache is None:
+            raise EngineBuildError(
+                f"{spec.name}: the request names calibration data {request.calibration_sha256[:12]}… "
+                "but neither a calibrator nor a calibration cache was given"
+            )
+
+    def _check_cancel(self, spec: ModelSpec) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise EngineBuildError(f"{spec.name}: the engine build was cancelled")
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        _safe_report(self.progress, phase, done, total)
+
+
+def _network_flags() -> int:
+    """Explicit batch before TensorRT 10; from 10 on every network is explicit-batch (flag deprecated)."""
+    if TRT_MAJOR < 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    return 0
+
+
+def _set_workspace(config: trt.IBuilderConfig, limit: int) -> None:
+    if hasattr(config, "set_memory_pool_limit"):  # TensorRT 8.4+
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, limit)
+    else:
+        config.max_workspace_size = limit
+
+
+def _has_qdq_layers(network: trt.INetworkDefinition) -> bool:
+    """Whether the parsed network is explicitly quantized (has Quantize/Dequantize layers)."""
+    kinds = {
+        getattr(trt.LayerType, name) for name in ("QUANTIZE", "DEQUANTIZE") if hasattr(trt.LayerType, name)
+    }
+    return any(network.get_layer(index).type in kinds for index in range(network.num_layers))
+
+
+def _describe_network(spec: ModelSpec, network: trt.INetworkDefinition) -> List[EngineTensor]:
+    """Log the network's inputs and outputs and return them as :class:`EngineTensor` records."""
+    tensors: List[EngineTensor] = []
+    for mode, count, getter in (
+        ("input", network.num_inputs, network.get_input),
+        ("output", network.num_outputs, network.get_output),
+    ):
+        for index in range(count):
+            tensor = getter(index)
+            shape = tuple(int(dim) for dim in tensor.shape)
+            dtype = numpy_dtype_name(tensor.dtype)
+            logger.info("%s: network %s %r shape %s %s", spec.name, mode, tensor.name, shape, dtype)
+            tensors.append(EngineTensor(str(tensor.name), mode, shape, dtype))
+    return tensors
+
+
+def numpy_dtype_name(dtype: trt.DataType) -> str:
+    """The numpy name of a TensorRT data type (``"float32"``), or TensorRT's own name without one."""
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:  # BF16, FP8, INT4 have no numpy type
+        return str(dtype).rsplit(".", 1)[-1].lower()
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Start the build from the saved timing cache, or from an empty one when it is absent or refused."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        blob = b""
+    except OSError as err:
+        logger.warning("cannot read the timing cache %s (%s); starting an empty one", path, err.strerror)
+        blob = b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, False):
+        if blob:
+            logger.debug("using timing cache %s (%d bytes)", path, len(blob))
+        return
+    logger.warning("TensorRT refused the timing cache %s; starting an empty one", path)
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Save the config's timing cache for the next build; a failure only costs build time, so it warns."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    try:
+        blob = bytes(memoryview(cache.serialize()))
+        with atomic_writer(path) as stream:
+            stream.write(blob)
+    except OSError as err:
+        logger.warning("cannot save the timing cache %s: %s", path, err)
+    else:
+        logger.debug("saved timing cache %s (%d bytes)", path, len(blob))

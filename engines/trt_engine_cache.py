@@ -1,0 +1,880 @@
+"""The TensorRT engine cache: engines built on the device, keyed by what makes them valid, with manifests.
+
+A serialized TensorRT engine only loads on the TensorRT version and the GPU it was built on, so the
+appliance ships ONNX and builds engines on the device (DESIGN §2). Each engine is cached under a key
+derived from everything that changes the engine:
+
+* the sha256 of the (prepared) ONNX bytes,
+* the TensorRT version,
+* the GPU name and compute capability,
+* the requested precision (``auto``, ``int8``, ``fp16``, ``fp32``) and DLA core,
+* the optimization-profile ranges,
+* the sha256 of the INT8 calibration cache, or ``None``.
+
+The requested precision is part of the key rather than the precision actually built: the choice is a
+function of the platform and the calibration data, which are in the key too, so the key can be
+computed before anything is built.
+
+Layout::
+
+    <engine_dir>/<model name>/<key>.engine   the serialized engine
+    <engine_dir>/<model name>/<key>.json     its manifest (EngineManifest), written after the engine
+    <engine_dir>/timing-<platform>.cache     the builder's timing cache for one TensorRT + GPU
+
+Both files are written atomically (:func:`engines.files.atomic_writer`); the manifest is written last,
+so a manifest never names a missing or half-written engine. :func:`lookup` returns an engine path only
+when its manifest matches the running platform, and otherwise a sentence saying why, so the daemon can
+log it and rebuild in the background.
+
+This module is pure Python: it never imports ``tensorrt`` or ``pycuda``, so it is unit-tested
+anywhere. :mod:`engines.trt_builder` and :mod:`engines.backends.tensorrt` fill in the platform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .files import PathLike, atomic_writer, sha256_file
+from .registry import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+#: Version of the manifest format; a manifest of another version is never trusted.
+MANIFEST_SCHEMA = 1
+
+#: Precisions a caller may ask for, and the ones an engine can actually have.
+REQUESTED_PRECISIONS: Tuple[str, ...] = ("auto", "int8", "fp16", "fp32")
+BUILT_PRECISIONS: Tuple[str, ...] = ("int8", "fp16", "fp32")
+
+ENGINE_SUFFIX = ".engine"
+MANIFEST_SUFFIX = ".json"
+KEY_LENGTH = 24  # hex characters of the sha256 used as the file name
+
+#: Where L4T (the Jetson Linux BSP underneath JetPack) records its release.
+NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+
+#: Smallest P-Net input side: one 12×12 cell.
+PNET_MIN_SIDE = 12
+#: YuNet's strides go up to 32, so its input sides are multiples of 32.
+YUNET_MULTIPLE = 32
+
+_RELEASE_PATTERN = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+Shape = Tuple[int, ...]
+
+
+# -- value types ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileRange:
+    """The optimization-profile range of one engine input: min, opt and max shape.
+
+    Shapes are complete and concrete (every dimension a positive int), in the input's own layout,
+    e.g. ``(1, 648, 1152, 3)`` for the transposed NHWC P-Net input.
+    """
+
+    name: str
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def __post_init__(self) -> None:
+        shapes = (self.min, self.opt, self.max)
+        if len({len(shape) for shape in shapes}) != 1:
+            raise ValueError(f"profile for {self.name!r}: min, opt and max have different ranks")
+        for lo, mid, hi in zip(*shapes):
+            if not 1 <= lo <= mid <= hi:
+                raise ValueError(
+                    f"profile for {self.name!r}: need 1 <= min <= opt <= max on every axis, got "
+                    f"min {self.min}, opt {self.opt}, max {self.max}"
+                )
+
+    def contains(self, shape: Sequence[int]) -> bool:
+        """Whether a concrete input shape lies within ``[min, max]`` on every axis."""
+        return len(shape) == len(self.min) and all(
+            lo <= dim <= hi for lo, dim, hi in zip(self.min, shape, self.max)
+        )
+
+    def describe(self) -> str:
+        """``input_1 min 1x12x12x3 opt ... max ...``."""
+
+        def fmt(shape: Shape) -> str:
+            return "x".join(str(d) for d in shape)
+
+        return f"{self.name} min {fmt(self.min)} opt {fmt(self.opt)} max {fmt(self.max)}"
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProfileRange:
+        return cls(
+            str(data["name"]),
+            _int_tuple(data["min"]),
+            _int_tuple(data["opt"]),
+            _int_tuple(data["max"]),
+        )
+
+
+@dataclass(frozen=True)
+class EngineTensor:
+    """One input or output of a built engine.
+
+    ``shape`` is the engine's declared shape with ``-1`` for a dynamic dimension; ``dtype`` a numpy
+    dtype name (``"float32"``); ``mode`` is ``"input"`` or ``"output"``.
+    """
+
+    name: str
+    mode: str
+    shape: Shape
+    dtype: str
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "mode": self.mode, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EngineTensor:
+        return cls(str(data["name"]), str(data["mode"]), _int_tuple(data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    """What an engine is tied to: the TensorRT version and the GPU, plus the L4T release on a Jetson.
+
+    ``l4t_version`` is read from ``/etc/nv_tegra_release`` (``"35.4.1"``), ``None`` off a Jetson.
+    JetPack releases are named after their L4T release in NVIDIA's JetPack archive; the L4T version
+    is what the device itself records, so that is what the manifest keeps.
+    """
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: Tuple[int, int]
+    l4t_version: Optional[str] = None
+
+    @property
+    def tensorrt_major(self) -> int:
+        """The major TensorRT version (8, 10, …); 0 when the version string is not numeric."""
+        head = self.tensorrt_version.split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
+    def sm(self) -> str:
+        """``SM 8.7``."""
+        return f"SM {self.compute_capability[0]}.{self.compute_capability[1]}"
+
+    def describe(self) -> str:
+        """``TensorRT 8.5.2.2 on Orin (SM 8.7), L4T 35.4.1``."""
+        text = f"TensorRT {self.tensorrt_version} on {self.gpu_name} ({self.sm})"
+        return f"{text}, L4T {self.l4t_version}" if self.l4t_version else text
+
+    def slug(self) -> str:
+        """A file-name-safe tag for files tied to this TensorRT and GPU (the timing cache)."""
+        major, minor = self.compute_capability
+        gpu = _SAFE_NAME.sub("-", self.gpu_name).strip("-").lower() or "gpu"
+        return f"trt{self.tensorrt_version}-{gpu}-sm{major}{minor}"
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """Everything that decides which engine a model needs on this device (the cache key's inputs).
+
+    Attributes:
+        model: registry name of the model (the cache sub-directory).
+        onnx_sha256: hex sha256 of the ONNX bytes the engine is built from (after preparation).
+        platform: the running TensorRT and GPU.
+        precision: the requested precision, one of :data:`REQUESTED_PRECISIONS`.
+        dla_core: the DLA core asked for, ``None`` for the GPU.
+        profiles: one range per dynamic input (see :func:`optimization_profile`).
+        calibration_sha256: hex sha256 of the INT8 calibration cache, ``None`` without one.
+    """
+
+    model: str
+    onnx_sha256: str
+    platform: PlatformInfo
+    precision: str = "auto"
+    dla_core: Optional[int] = None
+    profiles: Tuple[ProfileRange, ...] = ()
+    calibration_sha256: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in REQUESTED_PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(REQUESTED_PRECISIONS)}")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise ValueError(f"dla_core must be >= 0 or None, got {self.dla_core}")
+        if not self.model or _SAFE_NAME.search(self.model):
+            raise ValueError(f"model name {self.model!r} cannot be used as a directory name")
+
+    @property
+    def key(self) -> str:
+        """The cache key: the first :data:`KEY_LENGTH` hex digits of a sha256 over the inputs."""
+        return cache_key(
+            onnx_sha256=self.onnx_sha256,
+            tensorrt_version=self.platform.tensorrt_version,
+            gpu_name=self.platform.gpu_name,
+            compute_capability=self.platform.compute_capability,
+            precision=self.precision,
+            dla_core=self.dla_core,
+            profiles=self.profiles,
+            calibration_sha256=self.calibration_sha256,
+        )
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """The record written next to each engine (``<key>.json``).
+
+    Attributes:
+        model: registry name of the model.
+        key: the cache key the engine is stored under.
+        tensorrt_version, gpu_name, compute_capability, l4t_version: the platform it was built on.
+        requested_precision: what was asked for (part of the key).
+        precision: what was built (``int8``, ``fp16`` or ``fp32``).
+        precision_reason: why that precision (e.g. the INT8 → FP16 fallback and its cause).
+        dla_core: DLA core asked for (part of the key), ``None`` for the GPU.
+        target: where the engine runs: ``"gpu"``, or ``"dla:<core>"`` (with GPU fallback for the
+            layers the DLA cannot run); ``"gpu"`` when the DLA was asked for but could not be used.
+        tensors: the engine's inputs and outputs.
+        profiles: the optimization-profile ranges it was built with.
+        onnx_sha256: sha256 of the ONNX bytes it was built from.
+        calibration_sha256: sha256 of the calibration cache used, ``None`` without one.
+        engine_sha256, engine_size: the engine file's digest and length, checked by :func:`lookup`.
+        created: RFC 3339 UTC timestamp of the build.
+        build_seconds: wall time of the build.
+        schema: manifest format version (:data:`MANIFEST_SCHEMA`).
+    """
+
+    model: str
+    key: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: Tuple[int, int]
+    l4t_version: Optional[str]
+    requested_precision: str
+    precision: str
+    precision_reason: str
+    dla_core: Optional[int]
+    target: str
+    tensors: Tuple[EngineTensor, ...]
+    profiles: Tuple[ProfileRange, ...]
+    onnx_sha256: str
+    calibration_sha256: Optional[str]
+    engine_sha256: str
+    engine_size: int
+    created: str
+    build_seconds: float = 0.0
+    schema: int = MANIFEST_SCHEMA
+
+    @property
+    def platform(self) -> PlatformInfo:
+        """The platform the engine was built on."""
+        return PlatformInfo(self.tensorrt_version, self.gpu_name, self.compute_capability, self.l4t_version)
+
+    def to_json(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["compute_capability"] = list(self.compute_capability)
+        data["tensors"] = [tensor.to_json() for tensor in self.tensors]
+        data["profiles"] = [profile.to_json() for profile in self.profiles]
+        return data
+
+    def dumps(self) -> str:
+        """The manifest as indented, key-sorted JSON text."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EngineManifest:
+        """Parse a manifest.
+
+        Raises:
+            ValueError: a field is missing or has the wrong type, or the schema is unknown.
+        """
+        try:
+            schema = int(data.get("schema", 0))
+            if schema != MANIFEST_SCHEMA:
+                raise ValueError(f"manifest schema {schema}, this code reads schema {MANIFEST_SCHEMA}")
+            capability = _int_tuple(data["compute_capability"])
+            if len(capability) != 2:
+                raise ValueError(f"compute_capability {capability} is not (major, minor)")
+            dla = data["dla_core"]
+            calibration = data["calibration_sha256"]
+            l4t = data["l4t_version"]
+            return cls(
+                model=str(data["model"]),
+                key=str(data["key"]),
+                tensorrt_version=str(data["tensorrt_version"]),
+                gpu_name=str(data["gpu_name"]),
+                compute_capability=(capability[0], capability[1]),
+                l4t_version=None if l4t is None else str(l4t),
+                requested_precision=str(data["requested_precision"]),
+                precision=str(data["precision"]),
+                precision_reason=str(data["precision_reason"]),
+                dla_core=None if dla is None else int(dla),
+                target=str(data["target"]),
+                tensors=tuple(EngineTensor.from_json(item) for item in data["tensors"]),
+                profiles=tuple(ProfileRange.from_json(item) for item in data["profiles"]),
+                onnx_sha256=str(data["onnx_sha256"]),
+                calibration_sha256=None if calibration is None else str(calibration),
+                engine_sha256=str(data["engine_sha256"]),
+                engine_size=int(data["engine_size"]),
+                created=str(data["created"]),
+                build_seconds=float(data.get("build_seconds", 0.0)),
+                schema=schema,
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed manifest: {type(err).__name__}: {err}") from err
+
+    @classmethod
+    def loads(cls, text: str) -> EngineManifest:
+        """Parse manifest JSON text (raises ``ValueError`` when it is not a valid manifest)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls.from_json(data)
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What :func:`lookup` found.
+
+    Exactly one of ``path`` (a usable engine) and ``reason`` (why there is none) is set; ``manifest``
+    is the usable engine's manifest, or the closest stale one when there was one to compare with.
+    """
+
+    path: Optional[Path]
+    reason: Optional[str]
+    manifest: Optional[EngineManifest] = None
+    stale: Tuple[Path, ...] = field(default=())
+
+    @property
+    def hit(self) -> bool:
+        return self.path is not None
+
+
+# -- the cache key and layout --------------------------------------------------------------------
+
+
+def cache_key(
+    onnx_sha256: str,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: Tuple[int, int],
+    precision: str,
+    dla_core: Optional[int],
+    profiles: Sequence[ProfileRange],
+    calibration_sha256: Optional[str],
+) -> str:
+    """The cache key for one engine: hex sha256 (first :data:`KEY_LENGTH` digits) of canonical JSON.
+
+    The profiles are sorted by input name, so their order does not matter.
+    """
+    payload = {
+        "onnx_sha256": onnx_sha256.lower(),
+        "tensorrt_version": tensorrt_version,
+        "gpu_name": gpu_name,
+        "compute_capability": [int(compute_capability[0]), int(compute_capability[1])],
+        "precision": precision,
+        "dla_core": dla_core,
+        "profiles": [profile.to_json() for profile in sorted(profiles, key=lambda p: p.name)],
+        "calibration_sha256": None if calibration_sha256 is None else calibration_sha256.lower(),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def model_dir(engine_dir: PathLike, model: str) -> Path:
+    """``<engine_dir>/<model>``."""
+    return Path(engine_dir) / model
+
+
+def engine_path(engine_dir: PathLike, model: str, key: str) -> Path:
+    """``<engine_dir>/<model>/<key>.engine``."""
+    return model_dir(engine_dir, model) / f"{key}{ENGINE_SUFFIX}"
+
+
+def manifest_path(engine_dir: PathLike, model: str, key: str) -> Path:
+    """``<engine_dir>/<model>/<key>.json``."""
+    return model_dir(engine_dir, model) / f"{key}{MANIFEST_SUFFIX}"
+
+
+def timing_cache_path(engine_dir: PathLike, platform: PlatformInfo) -> Path:
+    """``<engine_dir>/timing-<platform slug>.cache``: one builder timing cache per TensorRT and GPU."""
+    return Path(engine_dir) / f"timing-{platform.slug()}.cache"
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data`` (the ONNX bytes, a calibration cache)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc_timestamp(moment: Optional[datetime] = None) -> str:
+    """RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.000Z``."""
+    moment = moment or datetime.now(timezone.utc)
+    return (
+        moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+# -- the platform --------------------------------------------------------------------------------
+
+
+def parse_l4t_release(text: str) -> Optional[str]:
+    """The L4T version in ``/etc/nv_tegra_release`` text, e.g. ``"# R35 (release), REVISION: 4.1, …"``
+    gives ``"35.4.1"``; ``None`` when the text does not have that form."""
+    match = _RELEASE_PATTERN.search(text)
+    if match is None:
+        return None
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+def read_l4t_version(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
+    """The L4T release of this Jetson, or ``None`` when the file is absent or unreadable (not a Jetson)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    version = parse_l4t_release(text)
+    if version is None:
+        logger.warning("%s does not have the expected '# R<major> (release), REVISION: …' form", path)
+    return version
+
+
+# -- precision ------------------------------------------------------------------------------------
+
+#: Where INT8 data can come from: a calibrator (or its cache), or Q/DQ layers in the ONNX graph.
+INT8_FROM_CALIBRATION = "calibration"
+INT8_FROM_QDQ = "qdq"
+
+
+def fast_precisions(compute_capability: Tuple[int, int]) -> Tuple[bool, bool]:
+    """``(fast_fp16, fast_int8)`` for a GPU, decided from its compute capability.
+
+    Used on TensorRT 10 and later, where ``Builder.platform_has_fast_fp16/int8`` are deprecated.
+    Fast INT8 (DP4A / tensor cores): SM 6.1 and SM 7.0 and later — not the Jetson Nano (SM 5.3) nor
+    the Jetson TX2 (SM 6.2), neither of which TensorRT runs in INT8. Fast FP16: SM 5.3 (Nano),
+    6.0, 6.2 (TX2) and SM 7.0 and later; consumer Pascal (SM 6.1) has slow FP16.
+    """
+    major, minor = int(compute_capability[0]), int(compute_capability[1])
+    fast_int8 = (major, minor) == (6, 1) or major >= 7
+    fast_fp16 = (major, minor) in ((5, 3), (6, 0), (6, 2)) or major >= 7
+    return fast_fp16, fast_int8
+
+
+def choose_precision(
+    requested: str,
+    compute_capability: Tuple[int, int],
+    int8_source: Optional[str],
+    fast_fp16: Optional[bool] = None,
+    fast_int8: Optional[bool] = None,
+) -> Tuple[str, str]:
+    """Decide the precision to build and say why.
+
+    Args:
+        requested: one of :data:`REQUESTED_PRECISIONS`.
+        compute_capability: the GPU's ``(major, minor)``.
+        int8_source: :data:`INT8_FROM_CALIBRATION`, :data:`INT8_FROM_QDQ`, or ``None`` when there is
+            no INT8 data (no calibrator or calibration cache, no Q/DQ layers).
+        fast_fp16, fast_int8: what TensorRT reports (``Builder.platform_has_fast_fp16/int8`` before
+            TensorRT 10); ``None`` decides from the compute capability (:func:`fast_precisions`).
+
+    Returns:
+        ``(precision, reason)``: the precision (one of :data:`BUILT_PRECISIONS`) and a sentence that
+        names any fallback and its cause, for the log and the manifest.
+
+    Rules: ``fp32`` is honoured as asked. ``auto`` and ``int8`` build INT8 when the GPU has fast INT8
+    and there is INT8 data; otherwise FP16 where the GPU has fast FP16, else FP32. ``fp16`` falls back
+    to FP32 on a GPU without fast FP16.
+    """
+    if requested not in REQUESTED_PRECISIONS:
+        raise ValueError(f"precision {requested!r} is not one of {', '.join(REQUESTED_PRECISIONS)}")
+    derived_fp16, derived_int8 = fast_precisions(compute_capability)
+    has_fp16 = derived_fp16 if fast_fp16 is None else fast_fp16
+    has_int8 = derived_int8 if fast_int8 is None else fast_int8
+    sm = f"SM {compute_capability[0]}.{compute_capability[1]}"
+    if requested == "fp32":
+        return "fp32", "FP32 as requested"
+    if requested == "fp16":
+        if has_fp16:
+            return "fp16", "FP16 as requested"
+        return "fp32", f"FP16 requested, but {sm} has no fast FP16: falling back to FP32"
+    if has_int8 and int8_source is not None:
+        source = "the calibration cache" if int8_source == INT8_FROM_CALIBRATION else "the Q/DQ layers"
+        return "int8", f"INT8 ({requested}): {sm} has fast INT8, scales from {source}"
+    if not has_int8:
+        why = f"{sm} has no fast INT8" + (" (Jetson Nano)" if tuple(compute_capability) == (5, 3) else "")
+    else:
+        why = "there is no INT8 calibration cache or calibrator and the network has no Q/DQ layers"
+    if has_fp16:
+        lead = "INT8 requested, but" if requested == "int8" else "auto:"
+        return "fp16", f"{lead} {why}: building FP16"
+    lead = "INT8 requested, but" if requested == "int8" else "auto:"
+    return "fp32", f"{lead} {why} and no fast FP16: building FP32"
+
+
+# -- lookup and store ----------------------------------------------------------------------------
+
+
+def read_manifest(path: PathLike) -> EngineManifest:
+    """Read and parse one manifest file.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not a valid manifest.
+    """
+    return EngineManifest.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def lookup(engine_dir: PathLike, request: EngineRequest, verify_digest: bool = False) -> LookupResult:
+    """Find the cached engine for ``request``, if there is one that this platform can load.
+
+    The engine path is returned only when its manifest exists, parses, names this request's key,
+    ONNX, precision, profiles and calibration, was built on the running TensorRT version, GPU and L4T
+    release, and the engine file has the recorded size (and sha256 with ``verify_digest``).
+
+    Otherwise ``reason`` says what is missing or different, naming both sides, e.g.
+    ``"mobilefacenet: the cached engine was built with TensorRT 8.5.2.2, this device runs 8.6.1"``.
+    When nothing is stored under the key, other manifests of the same model are compared with the
+    request so the reason names what changed (a new ONNX, a TensorRT upgrade, …); their paths are
+    returned in ``stale``.
+    """
+    key = request.key
+    directory = model_dir(engine_dir, request.model)
+    json_path = manifest_path(engine_dir, request.model, key)
+    prefix = f"{request.model}:"
+    if not json_path.exists():
+        stale = _other_manifests(directory, key)
+        closest = _closest(stale, request)
+        if closest is not None:
+            manifest, _ = closest
+            reason = f"{prefix} no engine cached for key {key}; " + "; ".join(_differences(manifest, request))
+            return LookupResult(None, reason, manifest, tuple(path for _, path in stale))
+        where = f"in {directory}" if directory.exists() else f"({directory} does not exist)"
+        return LookupResult(None, f"{prefix} no engine cached for key {key} {where}", None, ())
+    try:
+        manifest = read_manifest(json_path)
+    except (OSError, ValueError) as err:
+        return LookupResult(None, f"{prefix} the manifest {json_path} is unusable: {err}")
+    differences = _differences(manifest, request)
+    if manifest.key != key:
+        differences.insert(0, f"the manifest names key {manifest.key}, its file name says {key}")
+    if differences:
+        return LookupResult(None, f"{prefix} " + "; ".join(differences), manifest)
+    path = engine_path(engine_dir, request.model, key)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return LookupResult(None, f"{prefix} the engine file {path} is unreadable: {err.strerror}", manifest)
+    if size != manifest.engine_size:
+        return LookupResult(
+            None,
+            f"{prefix} the engine file {path} has {size} bytes, its manifest says {manifest.engine_size}",
+            manifest,
+        )
+    if verify_digest:
+        try:
+            digest = sha256_file(path)
+        except OSError as err:
+            return LookupResult(
+                None, f"{prefix} the engine file {path} is unreadable: {err.strerror}", manifest
+            )
+        if digest != manifest.engine_sha256:
+            return LookupResult(
+                None, f"{prefix} the engine file {path} does not match its manifest's sha256", manifest
+            )
+    return LookupResult(path, None, manifest)
+
+
+def make_manifest(
+    request: EngineRequest,
+    engine: bytes,
+    tensors: Sequence[EngineTensor],
+    precision: str,
+    precision_reason: str,
+    target: str = "gpu",
+    build_seconds: float = 0.0,
+    created: Optional[str] = None,
+) -> EngineManifest:
+    """The manifest for ``engine``, built for ``request`` at ``precision`` (one of :data:`BUILT_PRECISIONS`)."""
+    if precision not in BUILT_PRECISIONS:
+        raise ValueError(f"built precision {precision!r} is not one of {', '.join(BUILT_PRECISIONS)}")
+    platform = request.platform
+    return EngineManifest(
+        model=request.model,
+        key=request.key,
+        tensorrt_version=platform.tensorrt_version,
+        gpu_name=platform.gpu_name,
+        compute_capability=platform.compute_capability,
+        l4t_version=platform.l4t_version,
+        requested_precision=request.precision,
+        precision=precision,
+        precision_reason=precision_reason,
+        dla_core=request.dla_core,
+        target=target,
+        tensors=tuple(tensors),
+        profiles=tuple(request.profiles),
+        onnx_sha256=request.onnx_sha256,
+        calibration_sha256=request.calibration_sha256,
+        engine_sha256=sha256_bytes(engine),
+        engine_size=len(engine),
+        created=created or utc_timestamp(),
+        build_seconds=round(float(build_seconds), 3),
+    )
+
+
+def store(engine_dir: PathLike, manifest: EngineManifest, engine: bytes) -> Path:
+    """Write ``engine`` and then its manifest into the cache, each atomically; return the engine path.
+
+    Raises:
+        ValueError: the manifest does not describe these bytes.
+        OSError: the directory cannot be created or written (a full disk, a read-only mount).
+    """
+    if len(engine) != manifest.engine_size or sha256_bytes(engine) != manifest.engine_sha256:
+        raise ValueError(f"{manifest.model}: the manifest does not describe these engine bytes")
+    path = engine_path(engine_dir, manifest.model, manifest.key)
+    with atomic_writer(path) as stream:
+        stream.write(engine)
+    with atomic_writer(manifest_path(engine_dir, manifest.model, manifest.key)) as stream:
+        stream.write(manifest.dumps().encode("utf-8"))
+    logger.info(
+        "cached %s %s engine %s (%d bytes, %s)",
+        manifest.model,
+        manifest.precision,
+        path,
+        manifest.engine_size,
+        manifest.platform.describe(),
+    )
+    return path
+
+
+def prune(engine_dir: PathLike, model: str, keep: Sequence[str]) -> List[Path]:
+    """Delete the cached engines of ``model`` whose key is not in ``keep``; return what was removed.
+
+    Manifests go first, so an interrupted prune leaves at worst an engine without a manifest, which
+    :func:`lookup` never returns. Files that cannot be removed are logged and left.
+    """
+    directory = model_dir(engine_dir, model)
+    if not directory.is_dir():
+        return []
+    keep_set = set(keep)
+    removed: List[Path] = []
+    for suffix in (MANIFEST_SUFFIX, ENGINE_SUFFIX):
+        for path in sorted(directory.glob(f"*{suffix}")):
+            if path.name[: -len(suffix)] in keep_set:
+                continue
+            try:
+                path.unlink()
+            except OSError as err:
+                logger.warning("cannot remove stale engine file %s: %s", path, err.strerror)
+                continue
+            removed.append(path)
+    return removed
+
+
+def _other_manifests(directory: Path, key: str) -> List[Tuple[EngineManifest, Path]]:
+    found: List[Tuple[EngineManifest, Path]] = []
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.glob(f"*{MANIFEST_SUFFIX}")):
+        if path.name == f"{key}{MANIFEST_SUFFIX}":
+            continue
+        try:
+            found.append((read_manifest(path), path))
+        except (OSError, ValueError) as err:
+            logger.debug("ignoring unreadable manifest %s: %s", path, err)
+    return found
+
+
+def _closest(
+    candidates: Sequence[Tuple[EngineManifest, Path]], request: EngineRequest
+) -> Optional[Tuple[EngineManifest, Path]]:
+    """The candidate with the fewest differences from ``request``, the newest among equals."""
+    if not candidates:
+        return None
+    newest_first = sorted(candidates, key=lambda item: item[0].created, reverse=True)
+    return min(newest_first, key=lambda item: len(_differences(item[0], request)))
+
+
+def _differences(manifest: EngineManifest, request: EngineRequest) -> List[str]:
+    """Sentences naming each way ``manifest`` does not fit ``request`` (empty when it fits)."""
+    platform = request.platform
+    found: List[str] = []
+    if manifest.model != request.model:
+        found.append(f"the manifest is for model {manifest.model!r}")
+    if manifest.tensorrt_version != platform.tensorrt_version:
+        found.append(
+            f"the cached engine was built with TensorRT {manifest.tensorrt_version}, "
+            f"this device runs {platform.tensorrt_version}"
+        )
+    if manifest.gpu_name != platform.gpu_name or manifest.compute_capability != platform.compute_capability:
+        found.append(
+            f"the cached engine was built for {manifest.gpu_name} ({manifest.platform.sm}), "
+            f"this device has {platform.gpu_name} ({platform.sm})"
+        )
+    if manifest.l4t_version != platform.l4t_version:
+        found.append(
+            f"the cached engine was built on L4T {manifest.l4t_version or 'none'}, "
+            f"this device runs L4T {platform.l4t_version or 'none'}"
+        )
+    if manifest.onnx_sha256 != request.onnx_sha256:
+        found.append(
+            f"the ONNX model changed (cached {manifest.onnx_sha256[:12]}…, now {request.onnx_sha256[:12]}…)"
+        )
+    if manifest.requested_precision != request.precision:
+        found.append(
+            f"precision {request.precision!r} is asked for, the cached engine was built for "
+            f"{manifest.requested_precision!r}"
+        )
+    if manifest.dla_core != request.dla_core:
+        found.append(
+            f"DLA core {_dla(request.dla_core)} is asked for, the cached engine targets {_dla(manifest.dla_core)}"
+        )
+    if _profiles_key(manifest.profiles) != _profiles_key(request.profiles):
+        found.append(
+            "the optimization profiles differ (cached: "
+            + ", ".join(p.describe() for p in manifest.profiles)
+            + "; wanted: "
+            + ", ".join(p.describe() for p in request.profiles)
+            + ")"
+        )
+    if manifest.calibration_sha256 != request.calibration_sha256:
+        found.append(
+            f"the INT8 calibration cache differs (cached {_short(manifest.calibration_sha256)}, "
+            f"now {_short(request.calibration_sha256)})"
+        )
+    return found
+
+
+def _profiles_key(profiles: Sequence[ProfileRange]) -> List[Dict[str, Any]]:
+    return [profile.to_json() for profile in sorted(profiles, key=lambda p: p.name)]
+
+
+def _dla(core: Optional[int]) -> str:
+    return "none (GPU)" if core is None else str(core)
+
+
+def _short(digest: Optional[str]) -> str:
+    return "none" if digest is None else f"{digest[:12]}…"
+
+
+def _int_tuple(values: Any) -> Shape:
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"expected a list of integers, got {type(values).__name__}")
+    return tuple(int(value) for value in values)
+
+
+# -- optimization profiles -----------------------------------------------------------------------
+
+
+def optimization_profile(
+    spec: ModelSpec,
+    max_batch: int = 16,
+    max_frame: Tuple[int, int] = (1080, 1920),
+    min_face: int = 20,
+    yunet_max_side: int = 640,
+) -> Tuple[ProfileRange, ...]:
+    """The optimization-profile ranges (one per input) for ``spec``'s engine.
+
+    Args:
+        spec: the registry entry.
+        max_batch: the largest batch R-Net, O-Net, the embedder and the liveness models take; larger
+            sets are split by the caller.
+        max_frame: the largest camera frame, ``(height, width)`` in pixels.
+        min_face: the MTCNN minimum face size in pixels. The largest P-Net pyramid level is the frame
+            scaled by ``12 / min_face`` (capped at 1: the pyramid never upsamples past the frame when
+            ``min_face`` >= 12), so a smaller ``min_face`` needs a larger profile.
+        yunet_max_side: the longest side YuNet is fed (frames are resized and padded to multiples of 32).
+
+    Returns:
+        One :class:`ProfileRange` per input, in ``spec.inputs`` order:
+
+        * P-Net: batch 1, height and width from 12 up to the largest pyramid level, in the input's
+          own layout (NHWC with height and width swapped: ``(1, W, H, 3)``); opt is the largest level,
+          which dominates the pyramid's cost.
+        * R-Net, O-Net, embedder, liveness: batch ``1 .. max_batch``; opt ``max_batch`` for R-Net
+          (hundreds of P-Net candidates per frame), ``max_batch // 2`` for O-Net, and 4 for the
+          embedder and liveness (a door sees a few faces at a time), all capped at ``max_batch``.
+        * YuNet: batch 1, height and width from 32 to ``yunet_max_side`` rounded up to a multiple of 32;
+          opt the registry's example shape (640×480) when it fits, else the maximum.
+        * Any other model with only a dynamic batch: ``1 .. max_batch``, opt ``max_batch``.
+
+    Raises:
+        ValueError: an argument is out of range, or the model has dynamic dimensions other than the
+            batch and no rule here covers it.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    frame_h, frame_w = max_frame
+    if frame_h < PNET_MIN_SIDE or frame_w < PNET_MIN_SIDE:
+        raise ValueError(f"max_frame must be at least {PNET_MIN_SIDE}x{PNET_MIN_SIDE}, got {max_frame}")
+    if min_face < 1:
+        raise ValueError(f"min_face must be >= 1 pixel, got {min_face}")
+    if yunet_max_side < YUNET_MULTIPLE:
+        raise ValueError(f"yunet_max_side must be >= {YUNET_MULTIPLE}, got {yunet_max_side}")
+
+    if spec.family == "mtcnn" and spec.stage == "pnet":
+        scale = min(1.0, PNET_MIN_SIDE / float(min_face))
+        top_h = max(PNET_MIN_SIDE, math.ceil(frame_h * scale))
+        top_w = max(PNET_MIN_SIDE, math.ceil(frame_w * scale))
+        low = _image_shape(spec, 1, PNET_MIN_SIDE, PNET_MIN_SIDE)
+        high = _image_shape(spec, 1, top_h, top_w)
+        return (ProfileRange(spec.inputs[0].name, low, high, high),)
+    if spec.family == "yunet":
+        side = -(-yunet_max_side // YUNET_MULTIPLE) * YUNET_MULTIPLE
+        low = _image_shape(spec, 1, YUNET_MULTIPLE, YUNET_MULTIPLE)
+        high = _image_shape(spec, 1, side, side)
+        example = spec.inputs[0].example_shape
+        ranged = ProfileRange(spec.inputs[0].name, low, high, high)
+        opt = high if example is None or not ranged.contains(example) else tuple(example)
+        return (ProfileRange(spec.inputs[0].name, low, opt, high),)
+
+    opt_batch = {"rnet": max_batch, "onet": max(1, max_batch // 2), "embed": 4, "liveness": 4}.get(
+        spec.stage, max_batch
+    )
+    opt_batch = min(opt_batch, max_batch)
+    ranges: List[ProfileRange] = []
+    for tensor in spec.inputs:
+        rest = tensor.shape[1:]
+        if any(dim is None for dim in rest):
+            raise ValueError(
+                f"{spec.name}: input {tensor.describe()} has dynamic dimensions other than the batch "
+                "and no optimization-profile rule covers this model"
+            )
+        fixed = tuple(int(dim) for dim in rest if dim is not None)
+        if tensor.shape[0] is None:
+            ranges.append(ProfileRange(tensor.name, (1, *fixed), (opt_batch, *fixed), (max_batch, *fixed)))
+        else:
+            static = (int(tensor.shape[0]), *fixed)
+            ranges.append(ProfileRange(tensor.name, static, static, static))
+    return tuple(ranges)
+
+
+def _image_shape(spec: ModelSpec, batch: int, height: int, width: int) -> Shape:
+    """A full input shape for an image of ``height`` × ``width`` in ``spec``'s layout."""
+    pre = spec.preprocessing
+    first, second = (width, height) if pre.transpose_hw else (height, width)
+    if pre.layout == "NHWC":
+        return (batch, first, second, 3)
+    return (batch, 3, first, second)
+
+
+def file_sha256_or_none(path: Optional[PathLike]) -> Optional[str]:
+    """sha256 of the file at ``path``, or ``None`` for no path (the calibration cache helper).
+
+    Raises:
+        OSError: the path is given but cannot be read.
+    """
+    if path is None:
+        return None
+    return sha256_file(os.fspath(path))
