@@ -50,7 +50,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if base is not None and not value.is_absolute():
         value = Path(base) / value
-    return value
+    return Path(os.path.normpath(value)) if value.is_absolute() else value
 
 
 #: A filesystem path; relative paths are taken from the configuration file's folder.
