@@ -45,7 +45,9 @@ setup(
         "jetson": [
             "pycuda>=2022.1",
         ],
+        "plot": ["matplotlib>=3.3"],
         "dev": [
+            "matplotlib>=3.3",
             "pytest>=7",
             "pytest-timeout>=2.1",
             "ruff>=0.5",

@@ -310,7 +310,9 @@ class YunetConfig(StrictModel):
 
     score_threshold: float = Field(0.6, gt=0, lt=1, description="Face score threshold.")
     nms_threshold: float = Field(0.3, gt=0, lt=1, description="Overlap above which boxes are merged.")
-    max_side: int = Field(640, ge=64, le=4096, description="Frames are scaled down to at most this side.")
+    input_side: int = Field(
+        640, ge=64, le=4096, description="Network input: the longer side of a frame is scaled down to this."
+    )
 
 
 class DetectorConfig(StrictModel):
@@ -318,6 +320,13 @@ class DetectorConfig(StrictModel):
 
     type: Literal["mtcnn", "yunet"] = Field("mtcnn", description="mtcnn (accurate) or yunet (faster).")
     min_face_px: int = Field(40, ge=12, le=2048, description="Smallest face side, in pixels, to look for.")
+    max_side: int = Field(
+        1920,
+        ge=160,
+        le=8192,
+        description="Larger images are scaled down to this longer side before detection (boxes and "
+        "landmarks are mapped back; alignment uses the full image).",
+    )
     mtcnn: MtcnnConfig = Field(default_factory=MtcnnConfig)
     yunet: YunetConfig = Field(default_factory=YunetConfig)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from engines.backends import BackendOptions, backend_class, backend_status, open_model
+from engines.backends import backend_class, backend_status, open_model
 from engines.errors import BackendUnavailableError, EngineError
 from engines.prepare import compare_batched, load_model_bytes
 from engines.registry import MODELS, ModelSpec, required_models
@@ -26,6 +26,7 @@ from engines.store import ModelStore
 
 from .config import ApplianceConfig
 from .config_load import secret_file_warnings
+from .vision.analyzer import backend_options
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +51,6 @@ def jetson_release() -> Optional[str]:
             return stream.readline().strip().lstrip("# ")
     except OSError:
         return None
-
-
-def backend_options(config: ApplianceConfig) -> BackendOptions:
-    """The engines-side options for the configured back-end."""
-    trt = config.backend.tensorrt
-    return BackendOptions(
-        threads=config.backend.threads,
-        device=trt.device,
-        precision=trt.precision,
-        engine_dir=os.fspath(config.engine_dir),
-        max_batch=trt.max_batch,
-        workspace_mb=trt.workspace_mb,
-        dla_core=trt.dla_core,
-        max_frame=(config.camera.height or 1080, config.camera.width or 1920),
-        min_face=config.detector.min_face_px,
-        yunet_max_side=config.detector.yunet.max_side,
-    )
 
 
 def pipeline_models(config: ApplianceConfig) -> List[ModelSpec]:

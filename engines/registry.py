@@ -95,15 +95,29 @@ class Preprocessing:
         """
         if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
-        pixels = images_bgr[..., ::-1] if self.color == "RGB" else images_bgr
+        view = images_bgr
+        if self.transpose_hw:
+            view = view.transpose(0, 2, 1, 3)
+        if self.color == "RGB":
+            view = view[..., ::-1]
+        if self.layout == "NCHW":
+            view = view.transpose(0, 3, 1, 2)
+        # One pass gathers the strided view into a contiguous float32 array; the arithmetic then
+        # runs in place (no temporaries on the per-frame path).
+        blob = np.empty(view.shape, np.float32)
+        np.copyto(blob, view, casting="unsafe")
         scale = np.float32(self.input_scale) / np.asarray(self.std, dtype=np.float32)
         offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
-        blob = pixels.astype(np.float32) * scale + offset
-        if self.transpose_hw:
-            blob = blob.transpose(0, 2, 1, 3)
-        if self.layout == "NCHW":
-            blob = blob.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(blob, dtype=np.float32)
+        if np.all(scale == scale[0]) and np.all(offset == offset[0]):
+            if scale[0] != 1:
+                blob *= scale[0]
+            if offset[0] != 0:
+                blob += offset[0]
+        else:
+            shape = (1, 3, 1, 1) if self.layout == "NCHW" else (1, 1, 1, 3)
+            blob *= scale.reshape(shape)
+            blob += offset.reshape(shape)
+        return blob
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,7 @@ def _minifasnet(name: str, file_name: str, size: int, sha256: str, crop_scale: f
         kind=KIND_LIVENESS,
         family="minifasnet",
         stage="liveness",
-        version=f"silentface-{crop_scale:g}",
+        version="silentface-2020",
         file=f"minifasnet/{file_name}",
         size=size,
         sha256=sha256,

@@ -1,0 +1,200 @@
+"""``face-appliance detect`` and ``face-appliance evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..config import ApplianceConfig
+from ..evaluation import plot_report, verification_report
+from ..vision.analyzer import Analysis, FaceAnalyzer
+from ..vision.image import ImageError, read_image
+from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: Any) -> None:
+    detect = subparsers.add_parser(
+        "detect",
+        help="find faces in images: box, score, landmarks (and liveness when enabled)",
+        description="Detect faces in each image. Exit 1 if an image could not be read.",
+    )
+    detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    detect.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    detect.add_argument("--liveness", action="store_true", help="check liveness even if the config does not")
+    detect.add_argument("--min-face", type=int, default=None, help="override detector.min_face_px")
+    add_config_option(detect)
+    detect.set_defaults(handler=_detect)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR",
+        description="Embed the largest face of every labelled image, form all genuine and impostor "
+        "pairs, and report ROC AUC, EER and TAR at FAR 0.1, 0.01, 0.001 with the threshold at each. "
+        "Set match.threshold from the threshold at the FAR you need.",
+    )
+    evaluate.add_argument("dir", type=Path, metavar="DIR", help="folder the CSV's paths are relative to")
+    evaluate.add_argument(
+        "--labels", type=Path, required=True, metavar="CSV", help="CSV with columns path, identity"
+    )
+    evaluate.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
+    evaluate.add_argument(
+        "--plot", type=Path, default=None, metavar="OUT.png", help="ROC/DET curves and histograms"
+    )
+    evaluate.add_argument("--min-face", type=int, default=None, help="override detector.min_face_px")
+    add_config_option(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _config(args: argparse.Namespace) -> ApplianceConfig:
+    config = load_cli_config(args)
+    if args.min_face is not None:
+        config.detector.min_face_px = max(12, args.min_face)
+    return config
+
+
+def _face_json(analysis: Analysis, index: int) -> Dict[str, Any]:
+    faces = analysis.faces
+    item: Dict[str, Any] = {
+        "box": [round(float(v), 1) for v in faces.xywh()[index]],
+        "score": round(float(faces.scores[index]), 4),
+        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in faces.landmarks[index]],
+        "liveness": None,
+    }
+    if analysis.liveness is not None:
+        item["liveness"] = {
+            "score": round(float(analysis.liveness.scores[index]), 4),
+            "passed": bool(analysis.liveness.passed[index]),
+        }
+    return item
+
+
+def _detect(args: argparse.Namespace) -> int:
+    config = _config(args)
+    results: List[Dict[str, Any]] = []
+    failed = False
+    with FaceAnalyzer.from_config(config, liveness=True if args.liveness else None) as analyzer:
+        for path in args.images:
+            try:
+                image = read_image(path)
+            except ImageError as err:
+                failed = True
+                results.append({"image": str(path), "error": str(err), "faces": []})
+                if not args.json:
+                    sys.stderr.write(f"{err}\n")
+                continue
+            analysis = analyzer.analyze(image, still=True, embed=False)
+            faces = [_face_json(analysis, i) for i in range(len(analysis.faces))]
+            results.append(
+                {"image": str(path), "width": image.shape[1], "height": image.shape[0], "faces": faces}
+            )
+            if not args.json:
+                print(f"{path}: {len(faces)} face(s)")
+                for number, face in enumerate(faces, 1):
+                    x, y, w, h = face["box"]
+                    live = ""
+                    if face["liveness"] is not None:
+                        verdict = "live" if face["liveness"]["passed"] else "SPOOF"
+                        live = f"  liveness {face['liveness']['score']:.3f} {verdict}"
+                    print(f"  {number}. box x={x} y={y} w={w} h={h}  score {face['score']:.3f}{live}")
+        if args.json:
+            print(json.dumps({"models": analyzer.model_versions, "images": results}, indent=2))
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def read_labels(path: Path) -> List[Dict[str, str]]:
+    """Rows of a labels CSV with at least the columns ``path`` and ``identity``.
+
+    Raises:
+        ValueError: the file lacks those columns or has no rows.
+    """
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        missing = {"path", "identity"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; found {reader.fieldnames}"
+            )
+        rows = [row for row in reader if row.get("path") and row.get("identity")]
+    if not rows:
+        raise ValueError(f"{path}: no labelled rows")
+    return rows
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        rows = read_labels(args.labels)
+    except (OSError, ValueError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_CONFIG
+    config = _config(args)
+    crops: List[np.ndarray] = []
+    labels: List[str] = []
+    failed: List[Dict[str, str]] = []
+    with FaceAnalyzer.from_config(config, liveness=False) as analyzer:
+        from tqdm import tqdm
+
+        for row in tqdm(rows, desc="embedding", unit="image", disable=None):
+            path = args.dir / row["path"]
+            try:
+                image = read_image(path)
+            except ImageError as err:
+                failed.append({"path": row["path"], "reason": str(err)})
+                continue
+            faces = analyzer.detect(image, still=True)
+            largest = faces.largest()
+            if largest is None:
+                failed.append({"path": row["path"], "reason": "no face found"})
+                continue
+            crops.append(analyzer.analyze(image, embed=False, faces=faces.take([largest])).crops[0])  # type: ignore[index]
+            labels.append(row["identity"])
+        if len(crops) < 2:
+            sys.stderr.write(f"error: only {len(crops)} image(s) with a face; nothing to compare\n")
+            return EXIT_FAILURE
+        embeddings = analyzer.embedder.embed(np.stack(crops))
+        models = analyzer.model_versions
+    from ..evaluation import pair_scores
+
+    genuine, impostor = pair_scores(embeddings, labels)
+    try:
+        report = verification_report(genuine, impostor)
+    except ValueError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_FAILURE
+    document = {
+        **report.to_json(),
+        "failed": failed,
+        "images": {"labelled": len(rows), "embedded": len(crops), "identities": len(set(labels))},
+        "models": models,
+        "min_face_px": config.detector.min_face_px,
+    }
+    print(f"images: {len(rows)} labelled, {len(crops)} embedded, {len(set(labels))} identities")
+    print(f"pairs: {report.genuine} genuine, {report.impostor} impostor")
+    print(f"ROC AUC {report.auc:.5f}   EER {report.eer:.4f} at threshold {report.eer_threshold:.3f}")
+    for key, tar in report.tar_at_far.items():
+        if tar is None:
+            print(f"TAR @ FAR {key}: not measurable")
+        else:
+            print(f"TAR @ FAR {key}: {tar:.4f}   threshold {report.thresholds[key]:.4f}")
+    for note in report.notes:
+        print(f"note: {note}")
+    for item in failed:
+        print(f"failed: {item['path']}: {item['reason']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2))
+    if args.plot:
+        try:
+            plot_report(genuine, impostor, report, str(args.plot))
+        except ImportError:
+            sys.stderr.write("error: --plot needs matplotlib: pip install 'face-appliance[plot]'\n")
+            return EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,84 @@
+"""5-point alignment: a similarity transform of each face's landmarks onto the ArcFace 112×112 template.
+
+The transform is the least-squares similarity (rotation, uniform scale, translation; no reflection)
+of Umeyama (1991), solved for all faces at once; the crops are then sampled for all faces in one
+``cv2.remap`` call.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from engines.registry import ARCFACE_TEMPLATE_112
+
+TEMPLATE = np.asarray(ARCFACE_TEMPLATE_112, np.float64)  # (5, 2)
+CROP_SIZE = 112
+
+
+def similarity_transforms(landmarks: np.ndarray, template: np.ndarray = TEMPLATE) -> np.ndarray:
+    """Least-squares similarity transforms mapping each face's landmarks onto ``template``.
+
+    Args:
+        landmarks: ``(N, 5, 2)`` source points (x, y).
+        template: ``(5, 2)`` destination points.
+
+    Returns:
+        ``(N, 2, 3)`` float64 affine matrices ``[[a, -b, tx], [b, a, ty]]`` (source → template).
+    """
+    source = np.asarray(landmarks, np.float64)
+    count = source.shape[0]
+    source_mean = source.mean(axis=1, keepdims=True)
+    target_mean = template.mean(axis=0)
+    centred_source = source - source_mean  # (N, 5, 2)
+    centred_target = template - target_mean  # (5, 2)
+    # For a similarity [a -b; b a]: a = Σ(x·u + y·v) / Σ|p|², b = Σ(x·v − y·u) / Σ|p|².
+    x, y = centred_source[..., 0], centred_source[..., 1]
+    u, v = centred_target[:, 0], centred_target[:, 1]
+    norm = np.maximum((x**2 + y**2).sum(axis=1), 1e-12)
+    a = (x * u + y * v).sum(axis=1) / norm
+    b = (x * v - y * u).sum(axis=1) / norm
+    matrices = np.zeros((count, 2, 3))
+    matrices[:, 0, 0], matrices[:, 0, 1] = a, -b
+    matrices[:, 1, 0], matrices[:, 1, 1] = b, a
+    rotated_mean = np.einsum("nij,nj->ni", matrices[:, :, :2], source_mean[:, 0, :])
+    matrices[:, :, 2] = target_mean - rotated_mean
+    return matrices
+
+
+def align_faces(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """Aligned face crops.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 BGR.
+        landmarks: ``(N, 5, 2)`` landmarks in ``image`` pixels.
+        size: crop side; the template is for 112 and is scaled for other sizes.
+
+    Returns:
+        ``(N, size, size, 3)`` uint8 BGR crops; outside the image reads as black.
+    """
+    count = len(landmarks)
+    if count == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    per_mosaic = 32000 // size  # cv2.remap takes fewer than 32767 map rows
+    if count > per_mosaic:
+        return np.concatenate(
+            [
+                align_faces(image, landmarks[start : start + per_mosaic], size)
+                for start in range(0, count, per_mosaic)
+            ]
+        )
+    matrices = similarity_transforms(landmarks, TEMPLATE * (size / CROP_SIZE))
+    # Inverse of [A | t]: crop pixel q → image point A⁻¹(q − t); for a similarity A⁻¹ = Aᵀ / det.
+    linear = matrices[:, :, :2]
+    det = (linear[:, 0, 0] ** 2 + linear[:, 1, 0] ** 2)[:, None, None]
+    inverse = np.transpose(linear, (0, 2, 1)) / det
+    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).reshape(-1, 2).astype(np.float64)
+    shifted = grid[None, :, :] - matrices[:, None, :, 2]  # (N, size², 2)
+    source = np.einsum("nij,npj->npi", inverse, shifted)  # (N, size², 2)
+    map_x = source[..., 0].reshape(count * size, size).astype(np.float32)
+    map_y = source[..., 1].reshape(count * size, size).astype(np.float32)
+    mosaic = cv2.remap(
+        image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+    )
+    return mosaic.reshape(count, size, size, 3)

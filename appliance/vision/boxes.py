@@ -1,0 +1,164 @@
+"""Box arithmetic shared by the detectors: NMS, squaring, and cutting many patches out of an image at once.
+
+Patches are sampled with one ``cv2.remap`` call per pyramid level for all boxes together (a mosaic of
+sampling grids), so there is no per-box Python loop; each box is read from the pyramid level at which
+it is closest to (and not smaller than) the patch size, which keeps the bilinear sampling from
+aliasing the way a direct downscale of a large face would.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+#: A pyramid level: the resized image and its (x, y) scale relative to the original.
+Level = Tuple[np.ndarray, float, float]
+
+
+def iou_matrix(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box of ``first`` ``(N, 4)`` with every box of ``second`` ``(M, 4)``.
+
+    Boxes are ``[x1, y1, x2, y2]``; returns ``(N, M)`` float32.
+    """
+    top_left = np.maximum(first[:, None, :2], second[None, :, :2])
+    bottom_right = np.minimum(first[:, None, 2:4], second[None, :, 2:4])
+    overlap = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_first = (first[:, 2] - first[:, 0]) * (first[:, 3] - first[:, 1])
+    area_second = (second[:, 2] - second[:, 0]) * (second[:, 3] - second[:, 1])
+    union = area_first[:, None] + area_second[None, :] - overlap
+    return (overlap / np.maximum(union, 1e-9)).astype(np.float32)
+
+
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union", inclusive: bool = False
+) -> np.ndarray:
+    """Greedy non-maximum suppression.
+
+    Args:
+        boxes: ``(N, 4)`` ``[x1, y1, x2, y2]``.
+        scores: ``(N,)``.
+        threshold: overlap above which the lower-scored box is dropped.
+        mode: ``"union"`` (IoU) or ``"min"`` (intersection over the smaller box, MTCNN's last stage).
+        inclusive: pixel-inclusive areas (``x2 - x1 + 1``), as the MTCNN reference computes them.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, best first. The loop runs once per *kept* box,
+        each step vectorised over the remaining ones.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    add = 1.0 if inclusive else 0.0
+    x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
+    areas = (x2 - x1 + add) * (y2 - y1 + add)
+    order = np.argsort(-scores, kind="stable")
+    keep: List[int] = []
+    while order.size:
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        width = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + add)
+        height = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + add)
+        inter = width * height
+        if mode == "min":
+            overlap = inter / np.minimum(areas[best], areas[rest])
+        else:
+            overlap = inter / (areas[best] + areas[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, np.int64)
+
+
+def square(boxes: np.ndarray) -> np.ndarray:
+    """Boxes grown to squares about their centres (side = the longer side). ``(N, 4)`` → ``(N, 4)``."""
+    out = boxes.astype(np.float64, copy=True)
+    width = out[:, 2] - out[:, 0]
+    height = out[:, 3] - out[:, 1]
+    side = np.maximum(width, height)
+    out[:, 0] = out[:, 0] + width * 0.5 - side * 0.5
+    out[:, 1] = out[:, 1] + height * 0.5 - side * 0.5
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def pyramid_level(source: np.ndarray, original_size: Tuple[int, int], scale: float) -> Level:
+    """The original image scaled by ``scale`` (sizes rounded up), resized from ``source`` with area
+    interpolation; ``source`` may be an already smaller level of the same image, which is much cheaper
+    than resizing the full frame again. Returns the level and its exact per-axis scales.
+
+    Args:
+        source: the original image or a larger pyramid level of it.
+        original_size: ``(height, width)`` of the original image.
+        scale: the level's scale relative to the original.
+    """
+    height, width = original_size
+    new_width, new_height = int(np.ceil(width * scale)), int(np.ceil(height * scale))
+    if (new_height, new_width) == source.shape[:2]:
+        resized = source
+    else:
+        resized = cv2.resize(source, (new_width, new_height), interpolation=cv2.INTER_AREA)
+    return resized, new_width / width, new_height / height
+
+
+def sample_patches(levels: Sequence[Level], regions: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Cut ``regions`` out of an image and resize each to ``size``, padding with zeros outside the image.
+
+    Args:
+        levels: the image at several scales; the first must be the original (scale 1).
+        regions: ``(N, 4)`` ``[left, top, right, bottom]`` in original-image pixel coordinates
+            (continuous: a region may extend past the image, which reads as black).
+        size: ``(height, width)`` of each patch.
+
+    Returns:
+        ``(N, height, width, 3)`` uint8 patches.
+    """
+    out_h, out_w = size
+    count = len(regions)
+    patches = np.zeros((count, out_h, out_w, 3), np.uint8)
+    if count == 0:
+        return patches
+    regions = regions.astype(np.float64)
+    widths = regions[:, 2] - regions[:, 0]
+    heights = regions[:, 3] - regions[:, 1]
+    # Per box, the smallest level at which the region is still at least the patch size.
+    scale_x = np.array([level[1] for level in levels])
+    scale_y = np.array([level[2] for level in levels])
+    big_enough = (widths[:, None] * scale_x[None, :] >= out_w) & (
+        heights[:, None] * scale_y[None, :] >= out_h
+    )
+    choice = np.where(big_enough, scale_x[None, :], np.inf).argmin(axis=1)
+    choice[~big_enough.any(axis=1)] = 0  # smaller than the patch even at full size: upsample the original
+
+    grid_x = (np.arange(out_w) + 0.5) / out_w
+    grid_y = (np.arange(out_h) + 0.5) / out_h
+    # cv2.remap needs fewer than 32767 rows of map, so very many boxes go in several mosaics.
+    per_mosaic = max(1, 32000 // out_h)
+    for level_index in np.unique(choice):
+        level_members = np.nonzero(choice == level_index)[0]
+        image, sx, sy = levels[int(level_index)]
+        for start in range(0, len(level_members), per_mosaic):
+            members = level_members[start : start + per_mosaic]
+            patches[members] = _remap_mosaic(image, sx, sy, regions[members], grid_x, grid_y)
+    return patches
+
+
+def _remap_mosaic(
+    image: np.ndarray, sx: float, sy: float, regions: np.ndarray, grid_x: np.ndarray, grid_y: np.ndarray
+) -> np.ndarray:
+    count, out_h, out_w = len(regions), len(grid_y), len(grid_x)
+    widths = regions[:, 2] - regions[:, 0]
+    heights = regions[:, 3] - regions[:, 1]
+    xs = (regions[:, 0, None] + grid_x[None, :] * widths[:, None]) * sx - 0.5  # (n, out_w)
+    ys = (regions[:, 1, None] + grid_y[None, :] * heights[:, None]) * sy - 0.5  # (n, out_h)
+    map_x = np.broadcast_to(xs[:, None, :], (count, out_h, out_w)).reshape(-1, out_w)
+    map_y = np.broadcast_to(ys[:, :, None], (count, out_h, out_w)).reshape(-1, out_w)
+    mosaic = cv2.remap(
+        image,
+        map_x.astype(np.float32),
+        map_y.astype(np.float32),
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+    return mosaic.reshape(count, out_h, out_w, 3)

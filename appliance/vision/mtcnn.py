@@ -1,0 +1,185 @@
+"""MTCNN face detection (Zhang et al. 2016): P-Net over an image pyramid, then R-Net and O-Net on crops.
+
+The networks are the original Caffe weights (``engines`` registry ``mtcnn-*``), which read images
+transposed (MATLAB heritage): the registry's pre-processing transposes the input and this module
+transposes P-Net's maps back. Box arithmetic follows the reference implementation's pixel-inclusive
+convention internally (a box ``[x1, y1, x2, y2]`` covers pixels ``x1-1 … x2-1``); :class:`Faces`
+come out in plain 0-based coordinates.
+
+Everything after the network calls is vectorised numpy; crops for R-Net and O-Net are cut for all
+boxes at once (:func:`boxes.sample_patches`) and run in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from engines.backends import InferenceBackend
+
+from .boxes import Level, nms, pyramid_level, sample_patches, square
+from .faces import Faces
+
+logger = logging.getLogger(__name__)
+
+CELL = 12
+STRIDE = 2
+NMS_PER_SCALE = 0.5
+NMS_ACROSS_SCALES = 0.7
+NMS_RNET = 0.7
+NMS_ONET = 0.7
+
+
+@dataclass(frozen=True)
+class MtcnnSettings:
+    """Cascade parameters (defaults are the reference's, but for the minimum face size)."""
+
+    min_face: int = 40
+    scale_factor: float = 0.709
+    thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7)
+
+
+class MtcnnDetector:
+    """The three-stage cascade on three loaded back-ends.
+
+    Args:
+        pnet, rnet, onet: back-ends for ``mtcnn-pnet``, ``mtcnn-rnet``, ``mtcnn-onet``.
+        settings: minimum face size, pyramid step and score thresholds.
+        max_batch: the largest batch R-Net and O-Net take at once (a TensorRT profile's limit);
+            ``None`` for no limit.
+    """
+
+    def __init__(
+        self,
+        pnet: InferenceBackend,
+        rnet: InferenceBackend,
+        onet: InferenceBackend,
+        settings: Optional[MtcnnSettings] = None,
+        max_batch: Optional[int] = None,
+    ) -> None:
+        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.settings = settings or MtcnnSettings()
+        self.max_batch = max_batch
+
+    def scales(self, height: int, width: int) -> List[float]:
+        """Pyramid scales: the first maps ``min_face`` to P-Net's 12 px cell, each next one × factor."""
+        first = CELL / self.settings.min_face
+        scales: List[float] = []
+        side = min(height, width) * first
+        while side >= CELL:
+            scales.append(first * self.settings.scale_factor ** len(scales))
+            side *= self.settings.scale_factor
+        return scales
+
+    def detect(self, image: np.ndarray) -> Faces:
+        """Find faces in one ``(H, W, 3)`` uint8 BGR image."""
+        height, width = image.shape[:2]
+        levels: List[Level] = [(image, 1.0, 1.0)]
+        candidates: List[np.ndarray] = []
+        for scale in self.scales(height, width):
+            level = pyramid_level(levels[-1][0], (height, width), scale)
+            levels.append(level)
+            candidates.append(self._pnet_candidates(level, scale))
+        boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9))
+        if not len(boxes):
+            return Faces.empty()
+        keep = nms(boxes[:, :4], boxes[:, 4], NMS_ACROSS_SCALES, inclusive=True)
+        boxes = boxes[keep]
+        # P-Net's regression is relative to the box side without the +1 (reference behaviour).
+        sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, axis=1)
+        refined = boxes[:, :4] + boxes[:, 5:9] * sides
+        boxes = np.fix(square(refined))
+
+        boxes, scores, offsets = self._refine(levels, boxes, self.rnet, 24, self.settings.thresholds[1])
+        if not len(boxes):
+            return Faces.empty()
+        keep = nms(boxes, scores, NMS_RNET, inclusive=True)
+        boxes = np.fix(square(_regress(boxes[keep], offsets[keep])))
+
+        boxes, scores, offsets, points = self._output(levels, boxes)
+        if not len(boxes):
+            return Faces.empty()
+        boxes = _regress(boxes, offsets)
+        keep = nms(boxes, scores, NMS_ONET, mode="min", inclusive=True)
+        boxes, scores, points = boxes[keep], scores[keep], points[keep]
+        # Back to 0-based coordinates: the reference box covers pixels x1-1 … x2-1.
+        boxes = boxes - np.array([1.0, 1.0, 0.0, 0.0])
+        return Faces.of(boxes, scores, points)
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def _pnet_candidates(self, level: Level, scale: float) -> np.ndarray:
+        """P-Net on one pyramid level → ``(K, 9)``: box (4), score, regression (4), after per-scale NMS."""
+        resized = level[0]
+        blob = self.pnet.spec.preprocessing.to_blob(resized[None])
+        outputs = self.pnet.run(blob)
+        reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
+        # Outputs come back transposed like the input: (1, W', H', C) → (H', W', C).
+        probability = outputs[prob_name][0].transpose(1, 0, 2)[:, :, 1]
+        regression = outputs[reg_name][0].transpose(1, 0, 2)
+        rows, cols = np.nonzero(probability >= self.settings.thresholds[0])
+        if not len(rows):
+            return np.zeros((0, 9))
+        corner = np.stack([cols, rows], axis=1).astype(np.float64) * STRIDE
+        top_left = np.fix((corner + 1) / scale)
+        bottom_right = np.fix((corner + CELL) / scale)
+        scores = probability[rows, cols].astype(np.float64)
+        boxes = np.concatenate(
+            [top_left, bottom_right, scores[:, None], regression[rows, cols].astype(np.float64)], axis=1
+        )
+        keep = nms(boxes[:, :4], scores, NMS_PER_SCALE, inclusive=True)
+        return boxes[keep]
+
+    def _run_batched(self, backend: InferenceBackend, blob: np.ndarray) -> List[np.ndarray]:
+        """Run ``blob`` in chunks of at most ``max_batch``; outputs in the registry's order."""
+        step = self.max_batch or len(blob)
+        chunks = [backend.run(blob[start : start + step]) for start in range(0, len(blob), step)]
+        return [np.concatenate([chunk[t.name] for chunk in chunks]) for t in backend.spec.outputs]
+
+    def _crops(
+        self, levels: Sequence[Level], boxes: np.ndarray, size: int, backend: InferenceBackend
+    ) -> np.ndarray:
+        # Reference boxes cover pixels x1-1 … x2-1, i.e. the continuous region [x1-1, x2).
+        regions = boxes - np.array([1.0, 1.0, 0.0, 0.0])
+        patches = sample_patches(levels, regions, (size, size))
+        return backend.spec.preprocessing.to_blob(patches)
+
+    def _refine(
+        self,
+        levels: Sequence[Level],
+        boxes: np.ndarray,
+        backend: InferenceBackend,
+        size: int,
+        threshold: float,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """R-Net: keep boxes scoring above ``threshold``; returns boxes, scores, regression offsets."""
+        regression, probability = self._run_batched(backend, self._crops(levels, boxes, size, backend))
+        passed = probability[:, 1] > threshold
+        return boxes[passed], probability[passed, 1].astype(np.float64), regression[passed].astype(np.float64)
+
+    def _output(
+        self, levels: Sequence[Level], boxes: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """O-Net: scores, regression and landmarks ``(K, 5, 2)`` of the boxes above the threshold."""
+        regression, landmarks, probability = self._run_batched(
+            self.onet, self._crops(levels, boxes, 48, self.onet)
+        )
+        passed = probability[:, 1] > self.settings.thresholds[2]
+        boxes = boxes[passed]
+        landmarks = landmarks[passed].astype(np.float64)
+        width = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        height = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        xs = boxes[:, 0:1] + width * landmarks[:, 0:5] - 1
+        ys = boxes[:, 1:2] + height * landmarks[:, 5:10] - 1
+        points = np.stack([xs, ys], axis=2)
+        return boxes, probability[passed, 1].astype(np.float64), regression[passed].astype(np.float64), points
+
+
+def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Apply R-/O-Net box regression, relative to the pixel-inclusive box size."""
+    width = boxes[:, 2] - boxes[:, 0] + 1
+    height = boxes[:, 3] - boxes[:, 1] + 1
+    return boxes + offsets * np.stack([width, height, width, height], axis=1)
