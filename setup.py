@@ -46,6 +46,17 @@ setup(
             "pycuda>=2022.1",
         ],
         "plot": ["matplotlib>=3.3"],
+        # The peer library of bench/vision.py, face_recognition (dlib), less face_recognition itself:
+        # it depends on `dlib`, which pip would compile from source, so it is installed apart with
+        # `pip install --no-deps face_recognition`; dlib-bin is the same library prebuilt.
+        # face_recognition_models imports pkg_resources, which setuptools 82 removed.
+        "peer": [
+            "dlib-bin>=19.7",
+            "face_recognition_models>=0.3.0",
+            "Click>=6.0",
+            "Pillow",
+            "setuptools<82",
+        ],
         "dev": [
             "matplotlib>=3.3",
             "pytest>=7",
