@@ -291,7 +291,7 @@ class BackendConfig(StrictModel):
         description="If TensorRT cannot start: continue on the CPU (logged and published as degraded), or fail.",
     )
     threads: int = Field(
-        0, ge=0, le=64, description="CPU back-end: threads per inference (0 = one per core)."
+        0, ge=0, le=64, description="CPU back-end: threads in the pool all models share (0 = one per core)."
     )
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
 

@@ -145,12 +145,10 @@ def compare_batched(
     Returns:
         The largest absolute difference over all outputs, and the prepared model's outputs.
     """
-    import onnxruntime as ort
+    from .backends.cpu import new_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    single = ort.InferenceSession(original, options, providers=["CPUExecutionProvider"])
-    batched = ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
+    single = new_session(original)
+    batched = new_session(prepared)
     input_meta = single.get_inputs()[0]
     if inputs is None:
         sample_shape = [int(d) for d in input_meta.shape[1:]]

@@ -95,6 +95,8 @@ class Preprocessing:
         """
         if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
+        if self.layout == "NHWC" and len(images_bgr) == 1 and images_bgr.dtype == np.uint8:
+            return self._single_nhwc(images_bgr[0])
         view = images_bgr
         if self.transpose_hw:
             view = view.transpose(0, 2, 1, 3)
@@ -117,6 +119,22 @@ class Preprocessing:
             shape = (1, 3, 1, 1) if self.layout == "NCHW" else (1, 1, 1, 3)
             blob *= scale.reshape(shape)
             blob += offset.reshape(shape)
+        return blob
+
+    def _single_nhwc(self, image: np.ndarray) -> np.ndarray:
+        """Fast path of :meth:`to_blob` for one uint8 image (P-Net's pyramid levels): OpenCV does the
+        transpose and the channel swap, ~3× quicker than numpy's strided gather."""
+        import cv2
+
+        if self.transpose_hw:
+            image = cv2.transpose(image)
+        if self.color == "RGB":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        blob = image.astype(np.float32)[None]
+        scale = np.float32(self.input_scale) / np.asarray(self.std, dtype=np.float32)
+        offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
+        blob *= scale
+        blob += offset
         return blob
 
 

@@ -70,14 +70,13 @@ def align_faces(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE)
         )
     matrices = similarity_transforms(landmarks, TEMPLATE * (size / CROP_SIZE))
     # Inverse of [A | t]: crop pixel q → image point A⁻¹(q − t); for a similarity A⁻¹ = Aᵀ / det.
-    linear = matrices[:, :, :2]
-    det = (linear[:, 0, 0] ** 2 + linear[:, 1, 0] ** 2)[:, None, None]
-    inverse = np.transpose(linear, (0, 2, 1)) / det
-    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).reshape(-1, 2).astype(np.float64)
-    shifted = grid[None, :, :] - matrices[:, None, :, 2]  # (N, size², 2)
-    source = np.einsum("nij,npj->npi", inverse, shifted)  # (N, size², 2)
-    map_x = source[..., 0].reshape(count * size, size).astype(np.float32)
-    map_y = source[..., 1].reshape(count * size, size).astype(np.float32)
+    a = matrices[:, 0, 0, None, None]
+    b = matrices[:, 1, 0, None, None]
+    det = a**2 + b**2
+    qx = np.arange(size, dtype=np.float64)[None, None, :] - matrices[:, 0, 2, None, None]  # (N, 1, size)
+    qy = np.arange(size, dtype=np.float64)[None, :, None] - matrices[:, 1, 2, None, None]  # (N, size, 1)
+    map_x = ((a * qx + b * qy) / det).astype(np.float32).reshape(count * size, size)
+    map_y = ((a * qy - b * qx) / det).astype(np.float32).reshape(count * size, size)
     mosaic = cv2.remap(
         image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
     )

@@ -93,3 +93,12 @@ def test_liveness_preprocessing_is_raw_bgr() -> None:
 def test_to_blob_refuses_non_images() -> None:
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         get_model("yunet").preprocessing.to_blob(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_single_image_fast_path_equals_the_batch_path() -> None:
+    pre = get_model("mtcnn-pnet").preprocessing
+    image = np.random.default_rng(2).integers(0, 256, (1, 37, 53, 3), dtype=np.uint8)
+    single = pre.to_blob(image)
+    batched = pre.to_blob(np.concatenate([image, image]))[:1]
+    assert single.shape == (1, 53, 37, 3) and single.flags.c_contiguous
+    np.testing.assert_array_equal(single, batched)
