@@ -84,10 +84,10 @@ class Preprocessing:
     crop_scale: Optional[float] = None  # liveness: face box scaled about its centre before the crop
 
     def to_blob(self, images_bgr: np.ndarray) -> np.ndarray:
-        """Turn a batch of BGR images into the network input.
+        """Turn a batch of BGR images into the network input (:meth:`arrange` then :meth:`normalize`).
 
         Args:
-            images_bgr: ``(N, H, W, 3)`` uint8 (or float32 in 0–255), BGR as OpenCV decodes them.
+            images_bgr: ``(N, H, W, 3)`` uint8, BGR as OpenCV decodes them.
 
         Returns:
             float32, C-contiguous: ``(N, 3, H, W)`` for NCHW, ``(N, H, W, 3)`` for NHWC, with H and
@@ -95,46 +95,46 @@ class Preprocessing:
         """
         if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
-        if self.layout == "NHWC" and len(images_bgr) == 1 and images_bgr.dtype == np.uint8:
-            return self._single_nhwc(images_bgr[0])
-        view = images_bgr
+        if len(images_bgr) == 1:
+            return self.normalize(self.arrange(images_bgr[0])[None])
+        view = images_bgr.transpose(0, 2, 1, 3) if self.transpose_hw else images_bgr
+        return self.normalize(view[..., ::-1] if self.color == "RGB" else view)
+
+    def arrange(self, image_bgr: np.ndarray) -> np.ndarray:
+        """One ``(H, W, 3)`` uint8 BGR image in the network's pixel arrangement, still uint8.
+
+        Returns ``(W, H, 3)`` when ``transpose_hw``, RGB when ``color`` is RGB; C-contiguous. Code
+        that cuts many patches (MTCNN) arranges the frame once and works in that space.
+        """
+        import cv2
+
         if self.transpose_hw:
-            view = view.transpose(0, 2, 1, 3)
+            image_bgr = cv2.transpose(image_bgr)
         if self.color == "RGB":
-            view = view[..., ::-1]
+            image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        return np.ascontiguousarray(image_bgr)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Arranged ``(N, h, w, 3)`` pixels (see :meth:`arrange`) → the float32 input in ``layout``."""
         if self.layout == "NCHW":
-            view = view.transpose(0, 3, 1, 2)
-        # One pass gathers the strided view into a contiguous float32 array; the arithmetic then
-        # runs in place (no temporaries on the per-frame path).
-        blob = np.empty(view.shape, np.float32)
-        np.copyto(blob, view, casting="unsafe")
+            blob = np.empty((pixels.shape[0], 3, pixels.shape[1], pixels.shape[2]), np.float32)
+            np.copyto(blob, pixels.transpose(0, 3, 1, 2), casting="unsafe")
+            channel_shape: Tuple[int, ...] = (1, 3, 1, 1)
+        else:
+            blob = np.empty(pixels.shape, np.float32)
+            np.copyto(blob, pixels, casting="unsafe")
+            channel_shape = (1, 1, 1, 3)
         scale = np.float32(self.input_scale) / np.asarray(self.std, dtype=np.float32)
         offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
+        # In place: no temporaries on the per-frame path.
         if np.all(scale == scale[0]) and np.all(offset == offset[0]):
             if scale[0] != 1:
                 blob *= scale[0]
             if offset[0] != 0:
                 blob += offset[0]
         else:
-            shape = (1, 3, 1, 1) if self.layout == "NCHW" else (1, 1, 1, 3)
-            blob *= scale.reshape(shape)
-            blob += offset.reshape(shape)
-        return blob
-
-    def _single_nhwc(self, image: np.ndarray) -> np.ndarray:
-        """Fast path of :meth:`to_blob` for one uint8 image (P-Net's pyramid levels): OpenCV does the
-        transpose and the channel swap, ~3× quicker than numpy's strided gather."""
-        import cv2
-
-        if self.transpose_hw:
-            image = cv2.transpose(image)
-        if self.color == "RGB":
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        blob = image.astype(np.float32)[None]
-        scale = np.float32(self.input_scale) / np.asarray(self.std, dtype=np.float32)
-        offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
-        blob *= scale
-        blob += offset
+            blob *= scale.reshape(channel_shape)
+            blob += offset.reshape(channel_shape)
         return blob
 
 

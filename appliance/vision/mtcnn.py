@@ -63,6 +63,13 @@ class MtcnnDetector:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
         self.settings = settings or MtcnnSettings()
         self.max_batch = max_batch
+        self._pre = pnet.spec.preprocessing
+        if any(
+            (net.spec.preprocessing.color, net.spec.preprocessing.transpose_hw)
+            != (self._pre.color, self._pre.transpose_hw)
+            for net in (rnet, onet)
+        ):
+            raise ValueError("the three MTCNN stages must share one pixel arrangement")
 
     def scales(self, height: int, width: int) -> List[float]:
         """Pyramid scales: the first maps ``min_face`` to P-Net's 12 px cell, each next one × factor."""
@@ -77,10 +84,13 @@ class MtcnnDetector:
     def detect(self, image: np.ndarray) -> Faces:
         """Find faces in one ``(H, W, 3)`` uint8 BGR image."""
         height, width = image.shape[:2]
-        levels: List[Level] = [(image, 1.0, 1.0)]
+        # All work happens on the frame as the networks see it (RGB, transposed): arranged once, the
+        # pyramid levels and the R-/O-Net patches need no per-patch conversion.
+        arranged = self._pre.arrange(image)
+        levels: List[Level] = [(arranged, 1.0, 1.0)]
         candidates: List[np.ndarray] = []
         for scale in self.scales(height, width):
-            level = pyramid_level(levels[-1][0], (height, width), scale)
+            level = pyramid_level(levels[-1][0], arranged.shape[:2], scale)
             levels.append(level)
             candidates.append(self._pnet_candidates(level, scale))
         boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9))
@@ -116,23 +126,20 @@ class MtcnnDetector:
 
     def _pnet_candidates(self, level: Level, scale: float) -> np.ndarray:
         """P-Net on one pyramid level → ``(K, 9)``: box (4), score, regression (4), after per-scale NMS."""
-        resized = level[0]
-        blob = self.pnet.spec.preprocessing.to_blob(resized[None])
-        outputs = self.pnet.run(blob)
+        outputs = self.pnet.run(self._pre.normalize(level[0][None]))
         reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
-        # Outputs come back transposed like the input: (1, W', H', C) → (H', W', C).
-        probability = outputs[prob_name][0].transpose(1, 0, 2)[:, :, 1]
-        regression = outputs[reg_name][0].transpose(1, 0, 2)
-        rows, cols = np.nonzero(probability >= self.settings.thresholds[0])
-        if not len(rows):
+        probability = outputs[prob_name][0, :, :, 1]
+        first, second = np.nonzero(probability >= self.settings.thresholds[0])
+        if not len(first):
             return np.zeros((0, 9))
+        # The maps are laid out like the input: (x, y) cells when the input was transposed.
+        cols, rows = (first, second) if self._pre.transpose_hw else (second, first)
         corner = np.stack([cols, rows], axis=1).astype(np.float64) * STRIDE
         top_left = np.fix((corner + 1) / scale)
         bottom_right = np.fix((corner + CELL) / scale)
-        scores = probability[rows, cols].astype(np.float64)
-        boxes = np.concatenate(
-            [top_left, bottom_right, scores[:, None], regression[rows, cols].astype(np.float64)], axis=1
-        )
+        scores = probability[first, second].astype(np.float64)
+        regression = outputs[reg_name][0][first, second].astype(np.float64)
+        boxes = np.concatenate([top_left, bottom_right, scores[:, None], regression], axis=1)
         keep = nms(boxes[:, :4], scores, NMS_PER_SCALE, inclusive=True)
         return boxes[keep]
 
@@ -147,8 +154,10 @@ class MtcnnDetector:
     ) -> np.ndarray:
         # Reference boxes cover pixels x1-1 … x2-1, i.e. the continuous region [x1-1, x2).
         regions = boxes - np.array([1.0, 1.0, 0.0, 0.0])
+        if self._pre.transpose_hw:
+            regions = regions[:, [1, 0, 3, 2]]  # the levels are transposed: (y, x) is their (x, y)
         patches = sample_patches(levels, regions, (size, size))
-        return backend.spec.preprocessing.to_blob(patches)
+        return backend.spec.preprocessing.normalize(patches)
 
     def _refine(
         self,

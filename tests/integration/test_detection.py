@@ -168,10 +168,14 @@ def test_pnet_stage_matches_a_plain_loop_reimplementation(mtcnn: FaceAnalyzer, s
     assert isinstance(detector, MtcnnDetector)
     image = read_image(shared_data / "multi_face/fr_two_people.jpg")
     scale = detector.scales(*image.shape[:2])[1]
-    level = pyramid_level(image, image.shape[:2], scale)
+    pre = detector.pnet.spec.preprocessing
+    arranged = pre.arrange(image)
+    level = pyramid_level(arranged, arranged.shape[:2], scale)
     ours = detector._pnet_candidates(level, scale)
 
-    outputs = detector.pnet.run(detector.pnet.spec.preprocessing.to_blob(level[0][None]))
+    # The same level back in plain BGR, through the general to_blob path, then loops.
+    level_bgr = cv2.transpose(cv2.cvtColor(level[0], cv2.COLOR_RGB2BGR))
+    outputs = detector.pnet.run(pre.to_blob(level_bgr[None]))
     regression, probability = outputs["conv2d_4"][0], outputs["softmax"][0]  # (W', H', C): transposed
     rows: List[List[float]] = []
     for col in range(probability.shape[0]):
