@@ -28,6 +28,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from typing_extensions import Annotated, Literal
@@ -88,8 +89,9 @@ class CameraConfig(StrictModel):
     source: str = Field(
         "/dev/video0",
         min_length=1,
-        description="A video file, a folder of images, a V4L2 device (/dev/videoN or an index), "
-        "an rtsp:// URL, or a GStreamer pipeline ending in appsink.",
+        description="A video file, a folder of images (relative paths: from this file's folder), a V4L2 "
+        "device (/dev/videoN or an index), an rtsp:// URL, or a GStreamer pipeline ending in appsink "
+        "(Jetson CSI camera: see README).",
     )
     type: Literal["auto", "file", "folder", "v4l2", "rtsp", "gstreamer"] = Field(
         "auto", description="How to read `source`; auto guesses from its form."
@@ -124,6 +126,17 @@ class CameraConfig(StrictModel):
     reconnect_max_s: float = Field(
         30.0, ge=1, le=3600, description="Longest reconnect delay (exponential back-off)."
     )
+
+    @field_validator("source")
+    @classmethod
+    def _relative_paths(cls, value: str, info: ValidationInfo) -> str:
+        # A relative video file or image folder is taken from the configuration file's folder, like
+        # every other path; URLs, pipelines, devices and indexes are left alone.
+        base = (info.context or {}).get("base_dir")
+        looks_like_path = not ("://" in value or "!" in value or value.isdigit() or value.startswith("/"))
+        if base is not None and looks_like_path:
+            return os.path.normpath(os.path.join(os.fspath(base), value))
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> CameraConfig:
@@ -349,11 +362,125 @@ class MatchConfig(StrictModel):
     """[match] — Gallery matching."""
 
     threshold: float = Field(
-        0.40,
+        0.50,
         gt=0,
         le=1,
         description="Cosine similarity needed to accept an identity (derive it from `evaluate`).",
     )
+
+
+class GalleryConfig(StrictModel):
+    """[gallery] — Enrolled identities: the encrypted template store and its search index."""
+
+    key_file: Optional[ConfigPath] = Field(
+        None,
+        description="AES-256 key that encrypts embeddings and crops at rest (32 bytes, mode 0600); "
+        "default {storage.dir}/gallery.key, created with the gallery. May be a systemd credential.",
+        json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/gallery_key"},
+    )
+    approximate_above: int = Field(
+        200_000,
+        ge=1000,
+        le=100_000_000,
+        description="Above this many templates, search uses an approximate (HNSW) index.",
+    )
+    hnsw_ef_search: int = Field(
+        96, ge=8, le=4096, description="HNSW search breadth: higher is more exact and slower."
+    )
+    duplicate_threshold: float = Field(
+        0.6, gt=0, le=1, description="Enrolment warns when a new face is this similar to another identity."
+    )
+    min_face_px: int = Field(
+        64, ge=24, le=2048, description="Enrolment: smallest accepted face (box side, pixels)."
+    )
+    min_sharpness: float = Field(
+        20.0,
+        ge=0,
+        le=10_000,
+        description="Enrolment: least variance of the Laplacian of the aligned crop (blur).",
+    )
+    max_yaw_deg: float = Field(
+        40.0, gt=0, le=90, description="Enrolment: largest head turn, estimated from landmarks."
+    )
+    max_pitch_deg: float = Field(35.0, gt=0, le=90, description="Enrolment: largest head tilt up or down.")
+
+
+class DecisionConfig(StrictModel):
+    """[decision] — From per-frame matches to one access decision per passage."""
+
+    votes: int = Field(
+        3, ge=1, le=50, description="Matches of the same identity needed among the last `window`."
+    )
+    window: int = Field(5, ge=1, le=100, description="Frames of a track considered for the vote.")
+    margin: float = Field(
+        0.05, ge=0, le=1, description="Least lead of the best identity's score over the runner-up identity."
+    )
+    unknown_after_frames: int = Field(
+        12,
+        ge=1,
+        le=10_000,
+        description="A track with no decision after this many frames is announced `unknown`.",
+    )
+    reannounce_s: float = Field(
+        30.0, ge=0, le=86_400, description="A person still in view is announced again after this long."
+    )
+    track_iou: float = Field(0.3, gt=0, lt=1, description="Overlap that ties a face to an existing track.")
+    track_max_missed: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="Frames a track survives without its face (occlusion, a missed detection).",
+    )
+    best_frames: int = Field(5, ge=1, le=100, description="Best-quality frames each track keeps.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DecisionConfig:
+        if self.votes > self.window:
+            raise ValueError(f"decision.votes ({self.votes}) is more than decision.window ({self.window})")
+        return self
+
+
+class OutboxConfig(StrictModel):
+    """[outbox] — Access events kept on disk until the broker acknowledges them."""
+
+    max_events: int = Field(
+        100_000,
+        ge=100,
+        le=10_000_000,
+        description="Events kept at most; above it the oldest are dropped and counted.",
+    )
+    max_age_h: float = Field(
+        168.0, gt=0, le=8760, description="Events older than this are dropped and counted (default a week)."
+    )
+    drain_s: float = Field(
+        5.0, ge=0, le=60, description="At shutdown, time allowed to publish what is pending."
+    )
+
+
+class EventsConfig(StrictModel):
+    """[events] — What access events carry."""
+
+    face_crop: bool = Field(False, description="Include a JPEG face crop (base64) in each access event.")
+    crop_quality: int = Field(85, ge=10, le=100, description="JPEG quality of that crop.")
+
+
+class CommandsConfig(StrictModel):
+    """[commands] — Remote commands on {prefix}/{device.id}/cmd/{name}."""
+
+    enabled: bool = Field(True, description="Subscribe to commands (authorise them in the broker's ACL).")
+    max_payload_kb: int = Field(
+        4096, ge=1, le=65536, description="Larger command payloads are refused with an error result."
+    )
+
+
+class MetricsConfig(StrictModel):
+    """[metrics] — Health figures in {prefix}/{device.id}/state and, opt-in, for Prometheus."""
+
+    state_interval_s: float = Field(
+        10.0, ge=1, le=3600, description="How often the retained state is republished."
+    )
+    prometheus: bool = Field(False, description="Serve Prometheus metrics on 127.0.0.1.")
+    prometheus_port: int = Field(9108, ge=1024, le=65535, description="Port of the Prometheus endpoint.")
 
 
 class LoggingConfig(StrictModel):
@@ -375,6 +502,12 @@ class ApplianceConfig(StrictModel):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     match: MatchConfig = Field(default_factory=MatchConfig)
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
@@ -383,8 +516,18 @@ class ApplianceConfig(StrictModel):
         return self.backend.tensorrt.engine_dir or self.storage.dir / "engines"
 
     @property
+    def gallery_key_file(self) -> Path:
+        """The gallery's encryption key file."""
+        return self.gallery.key_file or self.storage.dir / "gallery.key"
+
+    @property
     def mqtt_client_id(self) -> str:
         return self.mqtt.client_id or f"face-appliance-{self.device.id}"
+
+    @property
+    def topic_root(self) -> str:
+        """``{mqtt.prefix}/{device.id}``: the root of every topic of this appliance."""
+        return f"{self.mqtt.prefix}/{self.device.id}"
 
 
 def config_schema() -> Dict[str, Any]:

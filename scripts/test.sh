@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/bootstrap.sh "cpu,dev"
+bash scripts/bootstrap.sh "cpu,dev" mosquitto systemd
 . .venv/bin/activate
 python -m pytest "$@"

@@ -109,3 +109,43 @@ class MirrorServer:
 def files_under(root: Path) -> List[str]:
     """Every file under ``root``, relative, sorted."""
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def make_passage_video(
+    path: Path,
+    passages: List[tuple],
+    size: tuple = (640, 480),
+    fps: float = 10.0,
+) -> Path:
+    """Write an MJPG ``.avi`` in which people pass: each passage is ``(photo or None, frames)``.
+
+    A photo is shown growing from 80 % to 95 % of the frame height while it drifts sideways (a person
+    walking up to the door); ``None`` is an empty gray scene. Returns ``path``.
+    """
+    import cv2
+    import numpy as np
+
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    try:
+        for photo, count in passages:
+            image = None if photo is None else cv2.imread(str(photo), cv2.IMREAD_COLOR)
+            for step in range(count):
+                frame = np.full((height, width, 3), 96, np.uint8)
+                if image is not None:
+                    scale = (0.80 + 0.15 * step / max(count - 1, 1)) * height / image.shape[0]
+                    resized = cv2.resize(
+                        image, (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
+                    )
+                    resized = resized[:, : min(resized.shape[1], width)]
+                    top = (height - resized.shape[0]) // 2
+                    left = min(
+                        max(0, (width - resized.shape[1]) // 2 + step * 2 - count), width - resized.shape[1]
+                    )
+                    frame[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
+                writer.write(frame)
+    finally:
+        writer.release()
+    return path

@@ -15,12 +15,12 @@ from engines.errors import EngineError, ModelRegistryError
 from .. import __version__
 from ..errors import ApplianceError, ConfigError
 from ..logs import setup_logging
-from . import config_cmd, doctor_cmd, models_cmd, vision_cmd
+from . import config_cmd, doctor_cmd, gallery_cmd, models_cmd, run_cmd, vision_cmd
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-_COMMANDS = (config_cmd, models_cmd, vision_cmd, doctor_cmd)
+_COMMANDS = (run_cmd, config_cmd, models_cmd, vision_cmd, gallery_cmd, doctor_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

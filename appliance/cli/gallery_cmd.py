@@ -1,0 +1,349 @@
+"""``face-appliance enroll``, ``identify`` and ``gallery list | remove | export | import | check``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+from ..config import ApplianceConfig
+from ..enrollment import Enroller, EnrollmentResult
+from ..gallery.errors import BundleError, GalleryError, IdentityError
+from ..gallery.gallery import Gallery
+from ..gallery.store import check_identity_id, slugify, utc_now
+from ..vision.analyzer import FaceAnalyzer
+from ..vision.image import ImageError, read_image
+from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+PASSPHRASE_ENV = "FACE_APPLIANCE_BUNDLE_PASSPHRASE"
+
+
+def add_parser(subparsers: Any) -> None:
+    enroll = subparsers.add_parser(
+        "enroll",
+        help="add a person (or a folder of people) to the gallery from photos",
+        description="Enrol photos of a person, or with --from-dir one sub-folder per person (the folder "
+        "name is the id and the name). Each photo is checked (one face, size, sharpness, pose) and the "
+        "reason is printed for each refused one. Enrolling asserts that the person consented (GDPR art. 9); "
+        "the consent time is stored.",
+    )
+    enroll.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
+    enroll.add_argument("--name", help="the person's name (required for a new identity)")
+    enroll.add_argument(
+        "--id", dest="identity_id", help="identity id (default: from the name); an existing id adds photos"
+    )
+    enroll.add_argument("--external-id", help="an id in another system, e.g. a badge number")
+    enroll.add_argument("--consent-at", help="when consent was given, RFC 3339 (default: now)")
+    enroll.add_argument("--from-dir", type=Path, help="one sub-folder of photos per person")
+    choose = enroll.add_mutually_exclusive_group()
+    choose.add_argument(
+        "--face", type=int, help="use face N (1-based, as `detect` numbers them) of each photo"
+    )
+    choose.add_argument("--largest", action="store_true", help="use the largest face of each photo")
+    enroll.add_argument("--json", action="store_true", help="machine-readable report")
+    add_config_option(enroll)
+    enroll.set_defaults(handler=_enroll)
+
+    identify = subparsers.add_parser(
+        "identify", help="who is in these photos: identity, score, threshold, decision per face"
+    )
+    identify.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    identify.add_argument("--json", action="store_true")
+    add_config_option(identify)
+    identify.set_defaults(handler=_identify)
+
+    gallery = subparsers.add_parser("gallery", help="list, remove, export, import or check identities")
+    actions = gallery.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser("list", help="identities with their template counts (no biometric data)")
+    listing.add_argument("--json", action="store_true")
+    add_config_option(listing)
+    listing.set_defaults(handler=_list)
+    remove = actions.add_parser("remove", help="delete an identity, its templates, crops and index entries")
+    remove.add_argument("identity_id", metavar="ID")
+    add_config_option(remove)
+    remove.set_defaults(handler=_remove)
+    for name, handler, text in (
+        ("export", _export, "write every identity to an encrypted bundle"),
+        ("import", _import, "read identities from an encrypted bundle"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("file", type=Path, metavar="FILE")
+        action.add_argument(
+            "--passphrase-file",
+            type=Path,
+            help=f"file holding the bundle passphrase (else ${PASSPHRASE_ENV}, else a prompt)",
+        )
+        if name == "import":
+            action.add_argument(
+                "--replace", action="store_true", help="replace identities that already exist"
+            )
+        add_config_option(action)
+        action.set_defaults(handler=handler)
+    check = actions.add_parser("check", help="integrity check: database, key, every sealed template")
+    add_config_option(check)
+    check.set_defaults(handler=_check)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _open_gallery(config: ApplianceConfig) -> Gallery:
+    """The gallery for the configured embedder, without loading any model."""
+    from engines.registry import EMBEDDER_MODELS, get_model
+
+    spec = get_model(EMBEDDER_MODELS[config.embedder.model][0])
+    return Gallery.open(config, spec.qualified_version, int(spec.embedding_dim or 0))
+
+
+def _open_with_analyzer(config: ApplianceConfig) -> Tuple[FaceAnalyzer, Gallery]:
+    analyzer = FaceAnalyzer.from_config(config, liveness=False)
+    try:
+        return analyzer, Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim)
+    except BaseException:
+        analyzer.close()
+        raise
+
+
+def _images_of(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _load(paths: List[Path]) -> Iterator[Tuple[str, Any]]:
+    for path in paths:
+        try:
+            yield str(path), read_image(path)
+        except ImageError as err:
+            yield str(path), err
+
+
+def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
+    if args.passphrase_file is not None:
+        text = args.passphrase_file.read_text(encoding="utf-8").splitlines()
+        return text[0] if text else ""
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    if not sys.stdin.isatty():
+        raise BundleError(f"no passphrase: give --passphrase-file or set {PASSPHRASE_ENV}")
+    first = getpass.getpass("bundle passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise BundleError("the passphrases differ")
+    return first
+
+
+def _report(result: EnrollmentResult) -> None:
+    print(f"{result.identity_id} ({result.name}): {len(result.template_ids)} template(s) stored")
+    for photo in result.photos:
+        print(f"  {'ok ' if photo.accepted else 'NO '} {photo.source}: {photo.reason}")
+    for warning in result.duplicates:
+        print(f"  warning: {warning}")
+
+
+def _result_json(result: EnrollmentResult) -> Dict[str, Any]:
+    return {
+        "id": result.identity_id,
+        "name": result.name,
+        "templates": len(result.template_ids),
+        "photos": [{"source": p.source, "accepted": p.accepted, "reason": p.reason} for p in result.photos],
+        "duplicates": result.duplicates,
+    }
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    if bool(args.from_dir) == bool(args.images):
+        sys.stderr.write("error: give photos, or --from-dir DIR (not both)\n")
+        return EXIT_CONFIG
+    config = load_cli_config(args)
+    jobs: List[Tuple[str, str, List[Path]]] = []
+    if args.from_dir:
+        if not args.from_dir.is_dir():
+            sys.stderr.write(f"error: {args.from_dir} is not a folder\n")
+            return EXIT_CONFIG
+        for folder in sorted(p for p in args.from_dir.iterdir() if p.is_dir()):
+            jobs.append((slugify(folder.name), folder.name, _images_of(folder)))
+        if not jobs:
+            sys.stderr.write(f"error: {args.from_dir} has no sub-folders (one per person)\n")
+            return EXIT_CONFIG
+    else:
+        identity_id = args.identity_id or (slugify(args.name) if args.name else None)
+        if identity_id is None:
+            sys.stderr.write("error: give --name (and optionally --id)\n")
+            return EXIT_CONFIG
+        check_identity_id(identity_id)
+        jobs.append((identity_id, args.name or "", list(args.images)))
+    analyzer, gallery = _open_with_analyzer(config)
+    results: List[EnrollmentResult] = []
+    failed = False
+    from tqdm import tqdm
+
+    with analyzer, gallery:
+        enroller = Enroller(analyzer, gallery, config.gallery)
+        existing = {identity.id: identity for identity in gallery.identities()}
+        total = sum(len(paths) for _, _, paths in jobs)
+        with tqdm(total=total, unit="photo", desc="enrolling", disable=None) as progress:
+            for identity_id, name, paths in jobs:
+                known = existing.get(identity_id)
+                if known is None and not name:
+                    sys.stderr.write(f"error: {identity_id!r} is a new identity: give --name\n")
+                    return EXIT_CONFIG
+                if known is not None and not args.from_dir and args.identity_id is None:
+                    sys.stderr.write(
+                        f"error: identity {identity_id!r} ({known.name}) exists; pass --id {identity_id} to add "
+                        f"photos to it, or another --id for a different person\n"
+                    )
+                    return EXIT_CONFIG
+                photos = []
+                for item in _load(paths):
+                    photos.append(item)
+                    progress.update(1)
+                try:
+                    result = enroller.enroll(
+                        identity_id,
+                        name or (known.name if known else ""),
+                        photos,
+                        args.external_id,
+                        args.consent_at or utc_now(),
+                        args.face,
+                        args.largest,
+                    )
+                except IdentityError as err:
+                    sys.stderr.write(f"error: {err}\n")
+                    failed = True
+                    continue
+                results.append(result)
+                failed = failed or not result.template_ids
+    if args.json:
+        print(json.dumps([_result_json(r) for r in results], indent=2))
+    else:
+        for result in results:
+            _report(result)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _identify(args: argparse.Namespace) -> int:
+    config = load_cli_config(args)
+    analyzer, gallery = _open_with_analyzer(config)
+    threshold = config.match.threshold
+    documents = []
+    failed = False
+    with analyzer, gallery:
+        for source, image in _load(list(args.images)):
+            if isinstance(image, Exception):
+                failed = True
+                documents.append({"image": source, "error": str(image), "faces": []})
+                continue
+            analysis = analyzer.analyze(image, still=True)
+            faces = []
+            if analysis.embeddings is not None:
+                for index, candidates in enumerate(gallery.search(analysis.embeddings)):
+                    best = candidates[0] if candidates else None
+                    granted = best is not None and best.score >= threshold
+                    faces.append(
+                        {
+                            "box": [round(float(v), 1) for v in analysis.faces.xywh()[index]],
+                            "identity": {"id": best.identity_id, "name": best.name}
+                            if granted and best
+                            else None,
+                            "best_match": {"id": best.identity_id, "name": best.name} if best else None,
+                            "score": round(best.score, 4) if best else None,
+                            "threshold": threshold,
+                            "decision": "granted" if granted else "unknown",
+                        }
+                    )
+            documents.append({"image": source, "faces": faces})
+    if args.json:
+        print(json.dumps({"gallery_templates": len(gallery), "images": documents}, indent=2))
+    else:
+        for document in documents:
+            if "error" in document:
+                sys.stderr.write(f"{document['error']}\n")
+                continue
+            print(f"{document['image']}: {len(document['faces'])} face(s)")
+            for number, face in enumerate(document["faces"], 1):
+                who = face["identity"]["name"] if face["identity"] else "unknown"
+                score = "-" if face["score"] is None else f"{face['score']:.3f}"
+                print(f"  {number}. {face['decision']:8} {who}  score {score} (threshold {threshold:g})")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    gallery = _open_gallery(load_cli_config(args))
+    with gallery:
+        identities = gallery.identities()
+        versions = gallery.store.model_versions()
+        if args.json:
+            rows = [identity.__dict__ for identity in identities]
+            print(
+                json.dumps(
+                    {"identities": rows, "templates_by_model": versions, "searchable": len(gallery)}, indent=2
+                )
+            )
+            return EXIT_OK
+        print(f"{len(identities)} identities, {sum(versions.values())} templates ({len(gallery)} searchable)")
+        for identity in identities:
+            external = f"  external id {identity.external_id}" if identity.external_id else ""
+            print(f"  {identity.id:24} {identity.name:28} {identity.templates} template(s){external}")
+    return EXIT_OK
+
+
+def _remove(args: argparse.Namespace) -> int:
+    gallery = _open_gallery(load_cli_config(args))
+    with gallery:
+        count = gallery.remove(args.identity_id)
+    print(f"removed {args.identity_id}: {count} template(s) and crops deleted, index updated")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = load_cli_config(args)
+    passphrase = _passphrase(args, confirm=True)
+    gallery = _open_gallery(config)
+    with gallery:
+        data = gallery.export(passphrase)
+        count = len(gallery.identities())
+    from engines.files import atomic_writer
+
+    with atomic_writer(args.file, mode=0o600) as stream:
+        stream.write(data)
+    print(f"exported {count} identities to {args.file} ({len(data)} bytes, encrypted)")
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    config = load_cli_config(args)
+    try:
+        data = args.file.read_bytes()
+    except OSError as err:
+        sys.stderr.write(f"error: cannot read {args.file}: {err.strerror}\n")
+        return EXIT_FAILURE
+    passphrase = _passphrase(args, confirm=False)
+    gallery = _open_gallery(config)
+    with gallery:
+        report = gallery.import_bundle(data, passphrase, replace=args.replace)
+    print(f"imported {len(report.imported)}, replaced {len(report.replaced)}, skipped {len(report.skipped)}")
+    for identity_id, reason in report.skipped.items():
+        print(f"  skipped {identity_id}: {reason}")
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    gallery = _open_gallery(load_cli_config(args))
+    with gallery:
+        problems = gallery.store.check()
+    if problems:
+        for problem in problems:
+            print(f"problem: {problem}")
+        return EXIT_FAILURE
+    print(f"gallery ok: {gallery.store.path}")
+    return EXIT_OK
+
+
+__all__ = ["GalleryError", "add_parser"]

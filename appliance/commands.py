@@ -1,0 +1,154 @@
+"""Remote commands: schemas, and their results.
+
+A command arrives as JSON on ``{prefix}/{device_id}/cmd/{name}`` and is answered on
+``…/cmd/{name}/result`` with ``{"request_id", "ok": true, "result", "ts"}`` or
+``{"request_id", "ok": false, "error": {"code", "message"}, "ts"}``; error codes: ``invalid_json``,
+``unknown_command``, ``invalid``, ``refused`` (valid but not possible: unknown id, no face…),
+``busy``, ``failed``, and from the MQTT link ``payload_too_large``, ``retained``, ``handler_failed``. Payloads are
+validated strictly (unknown keys, wrong types and out-of-range values are refused with the key
+path) before anything is done; a refused command changes nothing.
+
+=============== ================================================================ ==================
+command         payload                                                          result
+=============== ================================================================ ==================
+``enroll``      ``request_id``, ``name``, ``image`` (base64 JPEG/PNG), optional  identity id,
+                ``id``, ``external_id``, ``consent_at``, ``face`` (1-based)       templates, photo
+                                                                                 verdict, duplicates
+``remove``      ``request_id``, ``id``                                           templates removed
+``reload``      ``request_id``                                                   gallery size,
+                                                                                 threshold
+``status``      ``request_id``                                                   the state document
+``set_threshold`` ``request_id``, ``threshold`` (0 < t ≤ 1)                      old and new value
+=============== ================================================================ ==================
+
+``set_threshold`` lasts until the next reload or restart (the configuration file stays the source
+of truth); ``reload`` (or SIGHUP) re-reads the thresholds from the file and the gallery from disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Dict, Optional, Tuple, Type
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config_load import ConfigIssue
+from .events import rfc3339_now
+
+MAX_IMAGE_BYTES = 8 * 2**20
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; ``code`` and the message go into the error result."""
+
+    def __init__(self, message: str, code: str = "refused", request_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(min_length=1, max_length=128)
+
+
+class EnrollCommand(_Command):
+    name: str = Field(min_length=1, max_length=200)
+    image: str = Field(min_length=4, description="base64 of a JPEG, PNG or WebP photo")
+    id: Optional[str] = Field(None, min_length=1, max_length=64)
+    external_id: Optional[str] = Field(None, min_length=1, max_length=200)
+    consent_at: Optional[str] = Field(None, min_length=1, max_length=40)
+    face: Optional[int] = Field(None, ge=1, le=100)
+
+    def image_bytes(self) -> bytes:
+        try:
+            data = base64.b64decode(self.image, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise CommandError(f"image: not valid base64 ({err})", "invalid") from err
+        if len(data) > MAX_IMAGE_BYTES:
+            raise CommandError(f"image: {len(data)} bytes is more than {MAX_IMAGE_BYTES}", "invalid")
+        return data
+
+
+class RemoveCommand(_Command):
+    id: str = Field(min_length=1, max_length=64)
+
+
+class ReloadCommand(_Command):
+    pass
+
+
+class StatusCommand(_Command):
+    pass
+
+
+class SetThresholdCommand(_Command):
+    threshold: float = Field(gt=0, le=1)
+
+
+COMMANDS: Dict[str, Type[_Command]] = {
+    "enroll": EnrollCommand,
+    "remove": RemoveCommand,
+    "reload": ReloadCommand,
+    "status": StatusCommand,
+    "set_threshold": SetThresholdCommand,
+}
+
+
+def parse(name: str, payload: bytes) -> Tuple[Optional[str], _Command]:
+    """Validate a command.
+
+    Returns:
+        ``(request_id, command)``.
+
+    Raises:
+        CommandError: unknown command, not JSON, or invalid; carries the request id when it could
+            be read (``.request_id``) so the error result can quote it.
+    """
+    request_id: Optional[str] = None
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CommandError(f"not valid JSON: {err}", "invalid_json") from None
+    if isinstance(document, dict) and isinstance(document.get("request_id"), str):
+        request_id = document["request_id"][:128]
+    model = COMMANDS.get(name)
+    if model is None:
+        raise CommandError(
+            f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}", "unknown_command", request_id
+        )
+    if not isinstance(document, dict):
+        raise CommandError("the payload must be a JSON object", "invalid", request_id)
+    try:
+        return request_id, model.model_validate(document)
+    except ValidationError as err:
+        problems = "; ".join(str(_issue(error)) for error in err.errors())
+        raise CommandError(f"invalid {name} command: {problems}", "invalid", request_id) from None
+
+
+def _issue(error: Dict[str, Any]) -> ConfigIssue:
+    path = ".".join(str(part) for part in error.get("loc", ()))
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return ConfigIssue(path, "unknown key")
+    if kind == "missing":
+        return ConfigIssue(path, "required")
+    return ConfigIssue(path, str(error.get("msg", "invalid")).replace("Input should be", "must be"))
+
+
+def result(request_id: Optional[str], outcome: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A success document."""
+    return {"request_id": request_id, "ok": True, "result": outcome or {}, "ts": rfc3339_now()}
+
+
+def failure(request_id: Optional[str], code: str, message: str) -> Dict[str, Any]:
+    """An error document (the same shape the MQTT link uses for its own refusals)."""
+    return {
+        "request_id": request_id,
+        "ok": False,
+        "error": {"code": code, "message": message},
+        "ts": rfc3339_now(),
+    }

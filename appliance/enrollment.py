@@ -1,0 +1,172 @@
+"""Enrolment: turning photos of a person into gallery templates, refusing photos that would hurt.
+
+Each photo is checked before anything is stored: exactly one face (or the one asked for), large
+enough, sharp enough, not turned too far. Accepted photos of one person are stored in one
+transaction. A face very similar to *another* identity is stored but reported as a possible
+duplicate (the same person enrolled twice, or a look-alike the operator should know about).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .config import GalleryConfig
+from .gallery.gallery import Gallery
+from .vision.analyzer import FaceAnalyzer
+from .vision.quality import FaceQuality, assess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PhotoVerdict:
+    """What happened to one photo."""
+
+    source: str
+    accepted: bool
+    reason: str
+    quality: Optional[FaceQuality] = None
+
+
+@dataclass
+class EnrollmentResult:
+    """The outcome for one identity."""
+
+    identity_id: str
+    name: str
+    photos: List[PhotoVerdict] = field(default_factory=list)
+    template_ids: List[int] = field(default_factory=list)
+    duplicates: List[str] = field(default_factory=list)  # human-readable warnings
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for photo in self.photos if photo.accepted)
+
+
+@dataclass
+class _Accepted:
+    crop: np.ndarray  # (112, 112, 3) uint8
+    embedding: np.ndarray  # (D,) float32
+    quality: FaceQuality
+
+
+class Enroller:
+    """Checks photos and stores the good ones.
+
+    Args:
+        analyzer: detection, alignment and embedding.
+        gallery: where templates go.
+        settings: the ``[gallery]`` section (quality limits, duplicate threshold).
+    """
+
+    def __init__(self, analyzer: FaceAnalyzer, gallery: Gallery, settings: GalleryConfig) -> None:
+        self.analyzer = analyzer
+        self.gallery = gallery
+        self.settings = settings
+
+    def check_photo(
+        self, image: np.ndarray, source: str, face: Optional[int] = None, largest: bool = False
+    ) -> tuple:
+        """Detect, choose the face, check its quality and embed it.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 BGR.
+            face: 1-based index of the face to use when the photo shows several (in detection order,
+                as ``detect`` prints them); ``largest`` picks the largest instead.
+
+        Returns:
+            ``(PhotoVerdict, _Accepted or None)``.
+        """
+        faces = self.analyzer.detect(image, still=True)
+        if not len(faces):
+            return PhotoVerdict(source, False, "no face found"), None
+        if face is not None:
+            if not 1 <= face <= len(faces):
+                return PhotoVerdict(source, False, f"face {face} asked for, {len(faces)} found"), None
+            chosen = face - 1
+        elif largest:
+            chosen = int(faces.largest() or 0)
+        elif len(faces) > 1:
+            return PhotoVerdict(
+                source, False, f"{len(faces)} faces found; choose one with --face N or --largest"
+            ), None
+        else:
+            chosen = 0
+        analysis = self.analyzer.analyze(image, faces=faces.take([chosen]))
+        embeddings = analysis.embeddings
+        if analysis.crops is None or embeddings is None:
+            return PhotoVerdict(source, False, "the face could not be embedded"), None
+        (quality,) = assess(analysis.faces.boxes, analysis.faces.landmarks, analysis.crops)
+        limits = self.settings
+        problem = None
+        if quality.size < limits.min_face_px:
+            problem = f"face too small ({quality.size:.0f} px, at least {limits.min_face_px})"
+        elif quality.sharpness < limits.min_sharpness:
+            problem = f"too blurred (sharpness {quality.sharpness:.1f}, at least {limits.min_sharpness:g})"
+        elif abs(quality.yaw) > limits.max_yaw_deg:
+            problem = f"head turned too far ({quality.yaw:+.0f}°, at most ±{limits.max_yaw_deg:g}°)"
+        elif abs(quality.pitch) > limits.max_pitch_deg:
+            problem = f"head tilted too far ({quality.pitch:+.0f}°, at most ±{limits.max_pitch_deg:g}°)"
+        if problem is not None:
+            return PhotoVerdict(source, False, problem, quality), None
+        accepted = _Accepted(analysis.crops[0], embeddings[0], quality)
+        return PhotoVerdict(source, True, f"accepted (quality {quality.score:.2f})", quality), accepted
+
+    def enroll(
+        self,
+        identity_id: str,
+        name: str,
+        photos: Sequence[tuple],
+        external_id: Optional[str] = None,
+        consent_at: Optional[str] = None,
+        face: Optional[int] = None,
+        largest: bool = False,
+    ) -> EnrollmentResult:
+        """Check every photo and store the accepted ones for one identity.
+
+        Args:
+            photos: ``(source label, image or an Exception from reading it)`` pairs.
+
+        Raises:
+            IdentityError: the id is taken by another name, or is not allowed.
+        """
+        result = EnrollmentResult(identity_id, name)
+        good: List[_Accepted] = []
+        for source, image in photos:
+            if isinstance(image, Exception):
+                result.photos.append(PhotoVerdict(source, False, str(image)))
+                continue
+            verdict, accepted = self.check_photo(image, source, face, largest)
+            result.photos.append(verdict)
+            if accepted is not None:
+                good.append(accepted)
+        if not good:
+            return result
+        embeddings = np.stack([item.embedding for item in good])
+        for candidates in self.gallery.search(embeddings, identities=3):
+            for candidate in candidates:
+                if (
+                    candidate.identity_id != identity_id
+                    and candidate.score >= self.settings.duplicate_threshold
+                ):
+                    warning = (
+                        f"very similar to identity {candidate.identity_id!r} ({candidate.name}): "
+                        f"score {candidate.score:.2f} ≥ {self.settings.duplicate_threshold:g}; possible duplicate"
+                    )
+                    if warning not in result.duplicates:
+                        result.duplicates.append(warning)
+        result.template_ids = self.gallery.add(
+            identity_id,
+            name,
+            embeddings,
+            np.stack([item.crop for item in good]),
+            [item.quality.score for item in good],
+            external_id,
+            consent_at,
+        )
+        logger.info("enrolled %d template(s) for one identity", len(result.template_ids))
+        return result

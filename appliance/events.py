@@ -1,0 +1,89 @@
+"""Access events: the versioned JSON documents published on ``{prefix}/{device_id}/events``.
+
+Schema 1 (DESIGN §5.3)::
+
+    {"schema": 1, "event_id": UUID, "ts": RFC 3339 UTC with ms, "device_id", "camera_id",
+     "decision": "granted" | "denied" | "unknown", "identity": {"id", "name"} | null,
+     "score", "threshold", "track_id", "frames", "liveness": {"score", "passed"} | null,
+     "models": {"detector", "embedder", …}, "face": {"box": [x, y, w, h], "quality"},
+     "latency_ms", "reason"}
+
+plus ``"crop"`` (base64 JPEG of the face) only when ``events.face_crop`` is on. Never an embedding.
+``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Dict, Mapping, Optional
+
+import cv2
+import numpy as np
+
+from .decisions import Decision
+
+SCHEMA_VERSION = 1
+
+
+def rfc3339_now() -> str:
+    """The current UTC time, RFC 3339 with milliseconds: ``2026-11-23T17:40:12.345Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def access_event(
+    decision: Decision,
+    device_id: str,
+    camera_id: str,
+    models: Mapping[str, str],
+    latency_ms: float,
+    crop: Optional[np.ndarray] = None,
+    crop_quality: int = 85,
+) -> Dict[str, Any]:
+    """The event document for one decision.
+
+    Args:
+        crop: ``(112, 112, 3)`` uint8 aligned face to embed as JPEG, or ``None``.
+    """
+    x1, y1, x2, y2 = (float(v) for v in decision.box)
+    event: Dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "event_id": str(uuid.uuid4()),
+        "ts": rfc3339_now(),
+        "device_id": device_id,
+        "camera_id": camera_id,
+        "decision": decision.decision,
+        "identity": (
+            {"id": decision.identity_id, "name": decision.name}
+            if decision.decision == "granted" and decision.identity_id is not None
+            else None
+        ),
+        "score": None if decision.score is None else round(float(decision.score), 4),
+        "threshold": round(float(decision.threshold), 4),
+        "track_id": int(decision.track_id),
+        "frames": int(decision.frames),
+        "liveness": (
+            None
+            if decision.liveness is None
+            else {"score": round(float(decision.liveness[0]), 4), "passed": bool(decision.liveness[1])}
+        ),
+        "models": dict(models),
+        "face": {
+            "box": [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)],
+            "quality": round(float(decision.quality), 3),
+        },
+        "latency_ms": round(float(latency_ms), 1),
+        "reason": decision.reason,
+    }
+    if crop is not None:
+        ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])
+        if ok:
+            event["crop"] = base64.b64encode(jpeg.tobytes()).decode("ascii")
+    return event
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,1 @@
+"""The gallery: enrolled identities, their encrypted templates, and the index that searches them."""

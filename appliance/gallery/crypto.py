@@ -1,0 +1,118 @@
+"""Encryption of biometric data at rest: the gallery key and AES-256-GCM sealing.
+
+Each sealed value is ``nonce (12 bytes) ‖ ciphertext ‖ tag``, with associated data naming what the
+value is and whom it belongs to, so a blob copied into another row or column does not open.
+
+The key is 32 random bytes in a file that only its owner may read (mode 0600), or a systemd
+credential. A missing key is created only for a gallery that holds nothing yet; a gallery with data
+and no key, or with another key, is an error — a silently new key would make every template
+unreadable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import GalleryKeyError, GalleryStoreError
+
+logger = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+def _under_credentials(path: Path) -> bool:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return bool(directory) and Path(directory) in path.resolve().parents
+
+
+def read_key(path: Path) -> bytes:
+    """Read a 32-byte key: raw bytes, or 64 hex digits, or base64, in the file.
+
+    Raises:
+        GalleryKeyError: unreadable, readable by group or others (outside systemd's credential
+            directory), or not a 32-byte key.
+    """
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as err:
+        raise GalleryKeyError(f"cannot read the gallery key {path}: {err.strerror}") from err
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and not _under_credentials(path):
+        raise GalleryKeyError(
+            f"the gallery key {path} is readable by other users (mode {stat.filemode(mode)}); chmod 600 {path}"
+        )
+    if len(data) == KEY_BYTES:
+        return data
+    text = data.strip()
+    for decode in (binascii.unhexlify, base64.b64decode):
+        try:
+            key = decode(text)
+        except (binascii.Error, ValueError):
+            continue
+        if len(key) == KEY_BYTES:
+            return key
+    raise GalleryKeyError(
+        f"{path} does not hold a {KEY_BYTES}-byte key (found {len(data)} bytes; raw, hex or base64 accepted)"
+    )
+
+
+def create_key(path: Path) -> bytes:
+    """Create a new random key file with mode 0600; refuses to overwrite an existing file.
+
+    Raises:
+        GalleryKeyError: the file exists or cannot be written.
+    """
+    key = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as err:
+        raise GalleryKeyError(f"refusing to overwrite the existing key {path}") from err
+    except OSError as err:
+        raise GalleryKeyError(f"cannot create the gallery key {path}: {err.strerror}") from err
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(key)
+        stream.flush()
+        os.fsync(stream.fileno())
+    logger.info("created a new gallery key at %s; back it up: the gallery cannot be read without it", path)
+    return key
+
+
+class Sealer:
+    """AES-256-GCM with the gallery key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise GalleryKeyError(f"the gallery key must be {KEY_BYTES} bytes, not {len(key)}")
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, context: str) -> bytes:
+        """Encrypt ``plaintext`` bound to ``context`` (associated data)."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, context.encode("utf-8"))
+
+    def open(self, sealed: bytes, context: str) -> bytes:
+        """Decrypt a value sealed for ``context``.
+
+        Raises:
+            GalleryStoreError: the value was altered, belongs to another context, or another key.
+        """
+        if len(sealed) < NONCE_BYTES + 16:
+            raise GalleryStoreError(
+                f"sealed value for {context.split(':', maxsplit=1)[0]} is truncated ({len(sealed)} bytes)"
+            )
+        try:
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context.encode("utf-8"))
+        except InvalidTag:
+            raise GalleryStoreError(
+                f"a sealed {context.split(':', maxsplit=1)[0]} does not decrypt: altered, moved, or another key"
+            ) from None

@@ -1,0 +1,34 @@
+"""Errors of the gallery, by phase.
+
+::
+
+    GalleryError (ApplianceError)
+     +-- GalleryKeyError       the encryption key is missing, unreadable, exposed or the wrong one
+     +-- GalleryStoreError     the database cannot be opened, is newer than this firmware, or is damaged
+     +-- IdentityError         enrolment or removal asked for something impossible (unknown id, clash)
+     +-- BundleError           an export bundle is unreadable, forged, or has the wrong passphrase
+"""
+
+from __future__ import annotations
+
+from ..errors import ApplianceError
+
+
+class GalleryError(ApplianceError):
+    """Base class of the gallery's errors."""
+
+
+class GalleryKeyError(GalleryError):
+    """The gallery key: missing while data exists, readable by others, malformed, or not this gallery's."""
+
+
+class GalleryStoreError(GalleryError):
+    """The template database: unreadable, corrupted, altered, or from a newer schema."""
+
+
+class IdentityError(GalleryError):
+    """An identity operation that cannot be done: unknown id, id taken by another name, bad id."""
+
+
+class BundleError(GalleryError):
+    """An export bundle that cannot be imported: not a bundle, wrong passphrase, tampered, or invalid."""

@@ -1,0 +1,249 @@
+"""The gallery: the encrypted template store plus the search index derived from it.
+
+Only templates of the active embedder version are indexed and searched. The index is saved next to
+the store with the store's generation; it is rebuilt when missing, stale (other model version or
+generation) or corrupt — it never holds anything the store does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..config import ApplianceConfig
+from ..decisions import Candidate
+from .bundle import BundleIdentity, export_bundle, read_bundle
+from .errors import IdentityError
+from .index import GalleryIndexError, TemplateIndex
+from .store import Identity, TemplateStore
+
+logger = logging.getLogger(__name__)
+
+STORE_FILE = "gallery.db"
+INDEX_FILE = "gallery.index"
+#: Templates fetched per query before they are grouped by identity.
+SEARCH_DEPTH = 10
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What :meth:`Gallery.import_identities` did, per identity id."""
+
+    imported: List[str]
+    replaced: List[str]
+    skipped: Dict[str, str]
+
+
+class Gallery:
+    """Store + index for one embedder version. Thread-safe; :meth:`close` is idempotent.
+
+    Args:
+        store: the opened template store.
+        model_version: the active embedder's ``name@version``.
+        dim: its embedding length.
+        index_path: where the derived index is saved.
+    """
+
+    def __init__(
+        self,
+        store: TemplateStore,
+        model_version: str,
+        dim: int,
+        index_path: Path,
+        approximate_above: int = 200_000,
+        ef_search: int = 96,
+    ) -> None:
+        self.store = store
+        self.model_version = model_version
+        self.dim = dim
+        self.index_path = index_path
+        self._approximate_above = approximate_above
+        self._ef_search = ef_search
+        self._lock = threading.RLock()
+        self._index: Optional[TemplateIndex] = None
+        self._owners: Dict[int, str] = {}
+        self._names: Dict[str, str] = {}
+        self.refresh()
+
+    @classmethod
+    def open(cls, config: ApplianceConfig, model_version: str, dim: int) -> Gallery:
+        """Open the gallery of ``config.storage.dir`` for the active embedder.
+
+        Raises:
+            GalleryKeyError, GalleryStoreError: see :meth:`TemplateStore.open`.
+        """
+        store = TemplateStore.open(config.storage.dir / STORE_FILE, config.gallery_key_file)
+        try:
+            return cls(
+                store,
+                model_version,
+                dim,
+                config.storage.dir / INDEX_FILE,
+                config.gallery.approximate_above,
+                config.gallery.hnsw_ef_search,
+            )
+        except BaseException:
+            store.close()
+            raise
+
+    # -- index ---------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Load the saved index if it matches the store, else rebuild and save it."""
+        with self._lock:
+            generation = self.store.generation
+            ids, vectors, owners = self.store.embeddings(self.model_version)
+            self._owners = dict(zip(ids.tolist(), owners))
+            self._names = self.store.names()
+            try:
+                index = TemplateIndex.load(self.index_path, self.model_version, generation)
+                if len(index) != len(ids):
+                    raise GalleryIndexError(f"index holds {len(index)} templates, the store {len(ids)}")
+            except GalleryIndexError as err:
+                if self.index_path.exists():
+                    logger.info("rebuilding the gallery index: %s", err)
+                index = self._build(ids, vectors)
+                index.save(self.index_path, self.model_version, generation)
+            self._index = index
+
+    def _build(self, ids: np.ndarray, vectors: np.ndarray) -> TemplateIndex:
+        if not len(ids):
+            vectors = np.zeros((0, self.dim), np.float32)
+        return TemplateIndex.build(self.dim, ids, vectors, self._approximate_above, self._ef_search)
+
+    def __len__(self) -> int:
+        """Templates searchable now (active embedder version)."""
+        with self._lock:
+            return len(self._index) if self._index is not None else 0
+
+    # -- queries -------------------------------------------------------------------------------------
+
+    def search(self, embeddings: np.ndarray, identities: int = 2) -> List[List[Candidate]]:
+        """Best identities for each embedding.
+
+        Args:
+            embeddings: ``(Q, D)`` float32 unit vectors.
+            identities: how many distinct identities to return per query (best first).
+
+        Returns:
+            Per query, up to ``identities`` :class:`Candidate` (an identity's score is its best
+            template's cosine similarity).
+        """
+        embeddings = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
+        with self._lock:
+            if self._index is None or not len(self._index) or not len(embeddings):
+                return [[] for _ in range(len(embeddings))]
+            scores, ids = self._index.search(embeddings, min(SEARCH_DEPTH, len(self._index)))
+            owners, names = self._owners, self._names
+        results: List[List[Candidate]] = []
+        for row_scores, row_ids in zip(scores, ids):
+            best: Dict[str, float] = {}
+            for score, template_id in zip(row_scores.tolist(), row_ids.tolist()):
+                owner = owners.get(template_id)
+                if owner is not None and owner not in best:
+                    best[owner] = score
+            ranked = sorted(best.items(), key=lambda item: -item[1])[:identities]
+            results.append(
+                [Candidate(owner, names.get(owner, owner), float(score)) for owner, score in ranked]
+            )
+        return results
+
+    def identities(self) -> List[Identity]:
+        return self.store.identities()
+
+    # -- changes -------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        identity_id: str,
+        name: str,
+        embeddings: np.ndarray,
+        crops: Optional[np.ndarray] = None,
+        qualities: Optional[Sequence[float]] = None,
+        external_id: Optional[str] = None,
+        consent_at: Optional[str] = None,
+    ) -> List[int]:
+        """Store templates of the active embedder for an identity (created if new), then reindex."""
+        with self._lock:
+            ids = self.store.add(
+                identity_id, name, self.model_version, embeddings, crops, qualities, external_id, consent_at
+            )
+            self.refresh()
+        return ids
+
+    def remove(self, identity_id: str) -> int:
+        """Delete an identity, its templates and crops, and its index entries. Returns templates removed."""
+        with self._lock:
+            count = self.store.remove(identity_id)
+            self.refresh()
+        logger.info("gallery: an identity and %d template(s) were removed", count)
+        return count
+
+    def export(self, passphrase: str) -> bytes:
+        """An encrypted bundle of every identity (see :mod:`.bundle`)."""
+        return export_bundle(self.store, passphrase)
+
+    def import_bundle(self, data: bytes, passphrase: str, replace: bool = False) -> ImportReport:
+        """Import a bundle; existing identities are skipped unless ``replace``.
+
+        Each identity is one transaction: an interrupted import leaves whole identities only.
+
+        Raises:
+            BundleError: the bundle does not open or does not validate (nothing is imported).
+        """
+        return self.import_identities(read_bundle(data, passphrase), replace)
+
+    def import_identities(self, identities: Sequence[BundleIdentity], replace: bool = False) -> ImportReport:
+        imported: List[str] = []
+        replaced: List[str] = []
+        skipped: Dict[str, str] = {}
+        with self._lock:
+            existing = {identity.id for identity in self.store.identities()}
+            for identity in identities:
+                if identity.id in existing:
+                    if not replace:
+                        skipped[identity.id] = "already in the gallery (use --replace)"
+                        continue
+                    self.store.remove(identity.id)
+                    replaced.append(identity.id)
+                by_version: Dict[str, list] = {}
+                for template in identity.templates:
+                    by_version.setdefault(template.model_version, []).append(template)
+                try:
+                    for version, templates in by_version.items():
+                        dims = {t.embedding.shape[0] for t in templates}
+                        if len(dims) != 1:
+                            raise IdentityError(f"templates of {version} have several lengths {sorted(dims)}")
+                        crops = [t.crop for t in templates]
+                        self.store.add(
+                            identity.id,
+                            identity.name,
+                            version,
+                            np.stack([t.embedding for t in templates]),
+                            np.stack(crops) if all(c is not None for c in crops) else None,  # type: ignore[arg-type]
+                            [t.quality if t.quality is not None else 0.0 for t in templates],
+                            identity.external_id,
+                            identity.consent_at,
+                        )
+                except IdentityError as err:
+                    skipped[identity.id] = str(err)
+                    continue
+                if identity.id not in replaced:
+                    imported.append(identity.id)
+            self.refresh()
+        return ImportReport(imported, replaced, skipped)
+
+    def close(self) -> None:
+        """Close the store. Safe to call more than once."""
+        self.store.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,781 @@
+"""Template search: inner product (= cosine) over L2-normalised embeddings, exact or HNSW by size.
+
+The index is derived data (DESIGN §5.5): the encrypted template store is the truth, and whenever the
+file below is missing, stale or damaged the caller rebuilds the index from the store.
+
+Shapes and dtypes follow Faiss: ``x: (n, d) float32, C-contiguous; ids: (n,) int64; -1 means no
+match``. Inputs of other float or integer dtypes are converted; every vector is L2-normalised on a
+copy (``faiss.normalize_L2`` works in place), so scores are cosine similarities in [-1, 1].
+
+Two kinds of index, chosen by the number of templates:
+
+``exact``  ``IndexIDMap2(IndexFlatIP(d))``: a scan of every template, exact, removes in place.
+           Bandwidth-bound: one query reads n·d·4 bytes (100 k × 128 ≈ 51 MB).
+``hnsw``   ``IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))`` above ``approximate_above``
+           templates: a graph search whose breadth is ``ef_search`` (``gallery.hnsw_ef_search``).
+           Scores are exact inner products of the templates it finds, but it may miss the best
+           one; :func:`measure_recall` says how often (logged whenever one is built). HNSW cannot
+           remove vectors, so a removal rebuilds it from the kept vectors (reconstructed from the
+           index itself, no second copy is kept).
+
+File format (:meth:`TemplateIndex.save`, :meth:`TemplateIndex.load`), little-endian::
+
+    8 bytes   magic b"FAGALIDX"
+    uint16    format version (1)
+    uint32    header length H
+    H bytes   header, UTF-8 JSON: model_version, generation, count, dim, kind, payload_bytes,
+              payload_sha256, approximate_above, ef_search, hnsw_m, ef_construction
+    uint32    CRC-32 of the H header bytes
+    payload   ``faiss.write_index`` of the IndexIDMap2, payload_bytes long, then end of file
+
+The file is written atomically (:func:`engines.files.atomic_writer`) and streamed through Faiss's
+Python I/O callbacks in both directions, so saving or loading never holds a second copy of the index
+in memory. Thread safety: every method may be called from any thread; searches run against the
+current index while a rebuild (HNSW removal, or growth past ``approximate_above``) builds its
+replacement, which is swapped in before the call returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import operator
+import os
+import struct
+import threading
+import time
+import zlib
+from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
+
+import faiss
+import numpy as np
+
+from engines.files import atomic_writer
+
+from ..errors import ApplianceError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+EXACT = "exact"
+HNSW = "hnsw"
+KINDS = (EXACT, HNSW)
+
+DEFAULT_APPROXIMATE_ABOVE = 200_000
+DEFAULT_EF_SEARCH = 96
+#: HNSW graph degree (level 0 keeps 2·M links: ≈ 8·M bytes per vector on top of the vector itself).
+DEFAULT_HNSW_M = 32
+#: HNSW construction breadth: higher builds a better graph, more slowly.
+DEFAULT_EF_CONSTRUCTION = 100
+#: Perturbed stored templates used to measure an HNSW index's recall@1 when it is built (0: skip).
+DEFAULT_RECALL_SAMPLE = 1000
+#: Recall@1 below which building an HNSW index logs a warning.
+RECALL_WARNING_BELOW = 0.99
+MAX_K = 1024
+MAX_DIM = 65_536
+
+MAGIC = b"FAGALIDX"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sHI")
+_CRC = struct.Struct("<I")
+_MAX_HEADER_BYTES = 64 * 1024
+_CHUNK_BYTES = 1 << 20
+_HEADER_FIELDS = {
+    "model_version": str,
+    "generation": int,
+    "count": int,
+    "dim": int,
+    "kind": str,
+    "payload_bytes": int,
+    "payload_sha256": str,
+    "approximate_above": int,
+    "ef_search": int,
+    "hnsw_m": int,
+    "ef_construction": int,
+}
+#: Noise added to stored templates to make recall probes (relative norm ≈ 0.75: cosine ≈ 0.8 to the
+#: template, about what a new capture of an enrolled person scores).
+_PROBE_NOISE = 0.75
+_TIE_TOLERANCE = 1e-5
+_EXACT_CHUNK_ROWS = 16_384
+
+
+class GalleryIndexError(ApplianceError):
+    """The saved template index cannot be used; the caller rebuilds it from the template store."""
+
+
+class IndexMissingError(GalleryIndexError, FileNotFoundError):
+    """There is no saved index file (first start, or it was deleted)."""
+
+
+class IndexStaleError(GalleryIndexError):
+    """A well-formed index file built for another embedding model version or store generation.
+
+    Example scenarios: the embedder was swapped over CAN; templates were enrolled or removed after
+    the index was saved and the process died before saving it again.
+    """
+
+
+class IndexCorruptError(GalleryIndexError):
+    """An index file that is not one: wrong magic or format version, a damaged or inconsistent
+    header, a checksum mismatch, or a payload Faiss cannot read.
+
+    Example scenarios: a file truncated by power loss on a medium that ignores fsync, a flipped bit,
+    an empty file, some other file under the index's name.
+    """
+
+
+def _check_int(value: object, name: str, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        upper = f" and ≤ {high}" if high is not None else ""
+        raise ValueError(f"{name} must be ≥ {low}{upper}, got {number}")
+    return number
+
+
+def as_ids(ids: Any, name: str = "ids") -> np.ndarray:
+    """Validate template ids and return them as ``(n,) int64``, C-contiguous.
+
+    Accepts any integer array or sequence whose values fit in int64 and are ≥ 0 (-1 means no
+    match in results, so negative ids are refused). Floats, booleans and other types are refused
+    rather than truncated.
+    """
+    try:
+        array = np.asarray(ids)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: not an array of integers ({err})") from err
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected shape (n,), got {array.shape}")
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    kind = array.dtype.kind
+    if kind == "O":
+        try:
+            values = [operator.index(value) for value in array]
+            array = np.array(values, dtype=np.int64)
+        except (TypeError, OverflowError) as err:
+            raise ValueError(f"{name}: every id must be an integer that fits in int64 ({err})") from err
+    elif kind == "u":
+        if int(array.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"{name}: id {int(array.max())} does not fit in int64")
+    elif kind != "i":
+        raise ValueError(f"{name}: ids must be integers, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.int64)
+    if int(array.min()) < 0:
+        raise ValueError(f"{name}: ids must be ≥ 0 (-1 means no match), got {int(array.min())}")
+    return array
+
+
+def _duplicates(ids: np.ndarray) -> np.ndarray:
+    ordered = np.sort(ids)
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
+def as_unit_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray:
+    """Validate embeddings and return an L2-normalised copy: ``(n, dim) float32``, C-contiguous.
+
+    Refuses a wrong rank or dimension, non-numeric dtypes, non-finite values (including float64
+    values beyond float32's range) and zero vectors. The input is never modified.
+    """
+    try:
+        array = np.asarray(vectors)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: not an array of numbers ({err})") from err
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected a float array, got dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"{name}: expected shape (n, {dim}), got {array.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.array(array, dtype=np.float32, order="C", copy=True)
+    if x.size and not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name}: row {row} has non-finite values (NaN, inf, or beyond float32)")
+    if x.shape[0]:
+        squared = np.einsum("ij,ij->i", x, x)
+        if not (squared > 0).all():
+            row = int(np.flatnonzero(~(squared > 0))[0])
+            raise ValueError(f"{name}: row {row} is a zero vector (cannot be normalised)")
+        faiss.normalize_L2(x)
+    return x
+
+
+def _new_faiss_index(kind: str, dim: int, hnsw_m: int, ef_construction: int, ef_search: int) -> Any:
+    """An empty ``IndexIDMap2`` of the given kind that owns its inner index."""
+    if kind == EXACT:
+        inner = faiss.IndexFlatIP(dim)
+    else:
+        inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = ef_construction
+        inner.hnsw.efSearch = ef_search
+    index = faiss.IndexIDMap2(inner)
+    inner.this.disown()  # the C++ IndexIDMap2 deletes it, as for an index read from a file
+    index.own_fields = True
+    return index
+
+
+def _kind_of(index: Any) -> Optional[str]:
+    """``exact``, ``hnsw``, or None when the Faiss index is not one this module builds."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        return None
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexHNSWFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return HNSW
+    if isinstance(inner, faiss.IndexFlatIP):
+        return EXACT
+    return None
+
+
+def _stored_ids(index: Any) -> np.ndarray:
+    """``(ntotal,) int64``: the id of each stored vector, in storage order."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+
+
+def exact_top_k(
+    vectors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = _EXACT_CHUNK_ROWS
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k with numpy (BLAS), in chunks of stored rows.
+
+    vectors: (n, d) float32; queries: (q, d) float32. Returns scores (q, k) float32, descending,
+    and row numbers (q, k) int64 into ``vectors``; -inf and -1 where n < k.
+    """
+    q = queries.shape[0]
+    best_scores = np.full((q, k), -np.inf, dtype=np.float32)
+    best_rows = np.full((q, k), -1, dtype=np.int64)
+    for start in range(0, vectors.shape[0], chunk_rows):
+        scores = queries @ vectors[start : start + chunk_rows].T
+        take = min(k, scores.shape[1])
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        merged_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
+        merged_rows = np.concatenate([best_rows, top + start], axis=1)
+        keep = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(merged_scores, keep, axis=1)
+        best_rows = np.take_along_axis(merged_rows, keep, axis=1)
+    return best_scores, best_rows
+
+
+def measure_recall(index: TemplateIndex, exact_vectors: Any, ids: Any, queries: Any, k: int = 1) -> float:
+    """Recall@k of ``index`` against exact search over the same templates.
+
+    exact_vectors: (n, d) float32, the templates ``index`` holds (normalised here on a copy);
+    ids: (n,) int64, their ids; queries: (q, d) float32. For each query, a result counts when it is
+    one of the exact top k, where a template whose true similarity equals the k-th best within 1e-5
+    also counts (duplicate templates tie). Returns hits / (q · min(k, n)); 1.0 when there is nothing
+    to find.
+    """
+    k = _check_int(k, "k", 1, MAX_K)
+    vectors = as_unit_vectors(exact_vectors, index.dim, "exact_vectors")
+    id_array = as_ids(ids)
+    if id_array.shape[0] != vectors.shape[0]:
+        raise ValueError(f"ids: {id_array.shape[0]} ids for {vectors.shape[0]} exact_vectors")
+    return _recall(index, vectors, id_array, as_unit_vectors(queries, index.dim, "queries"), k)
+
+
+def _recall(
+    index: TemplateIndex, vectors: np.ndarray, id_array: np.ndarray, probes: np.ndarray, k: int
+) -> float:
+    """:func:`measure_recall` on inputs already validated and normalised (no copy of ``vectors``)."""
+    wanted = min(k, vectors.shape[0])
+    if wanted == 0 or probes.shape[0] == 0:
+        return 1.0
+    exact_scores, _ = exact_top_k(vectors, probes, wanted)
+    threshold = exact_scores[:, wanted - 1] - _TIE_TOLERANCE
+    _, found = index.search(probes, k)
+    order = np.argsort(id_array, kind="stable")
+    sorted_ids = id_array[order]
+    hits = 0
+    for row in range(probes.shape[0]):
+        candidates = np.unique(found[row][found[row] >= 0])
+        where = np.searchsorted(sorted_ids, candidates)
+        where = np.minimum(where, sorted_ids.shape[0] - 1)
+        known = sorted_ids[where] == candidates
+        true_scores = vectors[order[where[known]]] @ probes[row]
+        hits += min(wanted, int(np.count_nonzero(true_scores >= threshold[row])))
+    return hits / (probes.shape[0] * wanted)
+
+
+def probe_queries(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Perturbed copies of ``count`` stored templates, for recall probes: (count, d) float32, unit.
+
+    Each is a template plus isotropic Gaussian noise of relative norm ≈ 0.75 (cosine ≈ 0.8 to
+    the template), renormalised: roughly how a new capture of an enrolled person scores.
+    """
+    rng = np.random.default_rng(seed)
+    n, d = vectors.shape
+    rows = rng.choice(n, size=min(count, n), replace=False)
+    noise = rng.standard_normal((rows.shape[0], d)).astype(np.float32) * (_PROBE_NOISE / np.sqrt(d))
+    probes = np.ascontiguousarray(vectors[rows] + noise, dtype=np.float32)
+    faiss.normalize_L2(probes)
+    return probes
+
+
+class TemplateIndex:
+    """Nearest-template search over L2-normalised embeddings by inner product (cosine).
+
+    Holds ``IndexIDMap2(IndexFlatIP(d))`` up to ``approximate_above`` templates and
+    ``IndexIDMap2(IndexHNSWFlat(d, hnsw_m, METRIC_INNER_PRODUCT))`` above; it switches kind by
+    rebuilding when an addition or removal crosses that size. Ids are the store's template ids:
+    int64, ≥ 0, unique.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        approximate_above: int = DEFAULT_APPROXIMATE_ABOVE,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        *,
+        hnsw_m: int = DEFAULT_HNSW_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        recall_sample: int = DEFAULT_RECALL_SAMPLE,
+    ) -> None:
+        """An empty exact index for ``dim``-dimensional embeddings (use :meth:`build` to fill one)."""
+        self._dim = _check_int(dim, "dim", 1, MAX_DIM)
+        self.approximate_above = _check_int(approximate_above, "approximate_above", 1)
+        self._ef_search = _check_int(ef_search, "ef_search", 1, 1 << 20)
+        self.hnsw_m = _check_int(hnsw_m, "hnsw_m", 2, 512)
+        self.ef_construction = _check_int(ef_construction, "ef_construction", 1, 1 << 20)
+        self.recall_sample = _check_int(recall_sample, "recall_sample", 0)
+        #: recall@1 measured when the current HNSW index was built; None for exact or unmeasured.
+        self.recall_at_1: Optional[float] = None
+        self._index = _new_faiss_index(EXACT, self._dim, self.hnsw_m, self.ef_construction, self._ef_search)
+        self._kind = EXACT
+        self._index_lock = threading.Lock()  # held while the Faiss index is read or changed in place
+        self._writer_lock = threading.Lock()  # serialises add, remove and save
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        dim: int,
+        ids: Any,
+        vectors: Any,
+        approximate_above: int = DEFAULT_APPROXIMATE_ABOVE,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        *,
+        hnsw_m: int = DEFAULT_HNSW_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        recall_sample: int = DEFAULT_RECALL_SAMPLE,
+    ) -> TemplateIndex:
+        """An index over ``vectors``: exact when n ≤ ``approximate_above``, HNSW above.
+
+        ids: (n,) int64, ≥ 0, unique; vectors: (n, dim) float32 (normalised here on a copy).
+        Building HNSW also measures its recall@1 on ``recall_sample`` perturbed templates and logs
+        it (INFO; WARNING below 0.99).
+        """
+        index = cls(
+            dim,
+            approximate_above,
+            ef_search,
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+            recall_sample=recall_sample,
+        )
+        id_array, x = index._validated(ids, vectors)
+        if id_array.shape[0]:
+            index._replace(id_array, x)
+        return index
+
+    def _validated(self, ids: Any, vectors: Any) -> Tuple[np.ndarray, np.ndarray]:
+        id_array = as_ids(ids)
+        x = as_unit_vectors(vectors, self._dim)
+        if id_array.shape[0] != x.shape[0]:
+            raise ValueError(f"{id_array.shape[0]} ids for {x.shape[0]} vectors")
+        duplicated = _duplicates(id_array)
+        if duplicated.size:
+            raise ValueError(f"ids: duplicated ids {duplicated[:10].tolist()}")
+        return id_array, x
+
+    def _make(self, ids: np.ndarray, x: np.ndarray) -> Tuple[Any, str, Optional[float]]:
+        """A new Faiss index over ``x`` (unit rows) of the kind its size calls for, not yet installed."""
+        kind = HNSW if ids.shape[0] > self.approximate_above else EXACT
+        index = _new_faiss_index(kind, self._dim, self.hnsw_m, self.ef_construction, self._ef_search)
+        started = time.monotonic()
+        index.add_with_ids(x, ids)
+        if kind == EXACT:
+            logger.debug("exact index over %d templates built", ids.shape[0])
+            return index, kind, None
+        built_s = time.monotonic() - started
+        recall = None
+        if self.recall_sample:
+            probe = TemplateIndex(self._dim, self.approximate_above, self._ef_search, recall_sample=0)
+            probe._index, probe._kind = index, kind
+            recall = _recall(probe, x, ids, probe_queries(x, self.recall_sample), 1)
+        level = logging.WARNING if recall is not None and recall < RECALL_WARNING_BELOW else logging.INFO
+        logger.log(
+            level,
+            "HNSW index over %d templates (M=%d, efConstruction=%d, efSearch=%d) built in %.1f s; "
+            "recall@1 vs exact on %d perturbed templates: %s%s",
+            ids.shape[0],
+            self.hnsw_m,
+            self.ef_construction,
+            self._ef_search,
+            built_s,
+            min(self.recall_sample, ids.shape[0]),
+            "not measured" if recall is None else f"{recall:.4f}",
+            " (raise gallery.hnsw_ef_search)" if level == logging.WARNING else "",
+        )
+        return index, kind, recall
+
+    def _replace(self, ids: np.ndarray, x: np.ndarray) -> None:
+        index, kind, recall = self._make(ids, x)
+        with self._index_lock:
+            self._index, self._kind, self.recall_at_1 = index, kind, recall
+
+    def _all_vectors(self, keep: Optional[np.ndarray] = None) -> np.ndarray:
+        """(m, d) float32: the stored vectors (where ``keep`` is True), reconstructed in chunks."""
+        total = self._index.ntotal
+        inner = faiss.downcast_index(self._index.index)
+        parts: List[np.ndarray] = []
+        for start in range(0, total, _EXACT_CHUNK_ROWS * 4):
+            count = min(_EXACT_CHUNK_ROWS * 4, total - start)
+            part = inner.reconstruct_n(start, count)
+            parts.append(part if keep is None else part[keep[start : start + count]])
+        if not parts:
+            return np.empty((0, self._dim), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension d."""
+        return self._dim
+
+    @property
+    def kind(self) -> str:
+        """``"exact"`` or ``"hnsw"``."""
+        return self._kind
+
+    @property
+    def ef_search(self) -> int:
+        """HNSW search breadth (used when ``kind == "hnsw"``): higher is more exact and slower."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        value = _check_int(value, "ef_search", 1, 1 << 20)
+        with self._index_lock:
+            self._ef_search = value
+            if self._kind == HNSW:
+                faiss.downcast_index(self._index.index).hnsw.efSearch = value
+
+    def __len__(self) -> int:
+        """Number of templates."""
+        return int(self._index.ntotal)
+
+    def __repr__(self) -> str:
+        return f"<TemplateIndex {self._kind} dim={self._dim} n={len(self)}>"
+
+    def ids(self) -> np.ndarray:
+        """(n,) int64: the stored template ids, in storage order."""
+        with self._index_lock:
+            return _stored_ids(self._index)
+
+    # -- search ------------------------------------------------------------------------------
+
+    def search(self, queries: Any, k: int = 2) -> Tuple[np.ndarray, np.ndarray]:
+        """The k most similar templates of each query.
+
+        queries: (q, d) float32 (normalised here on a copy); 1 ≤ k ≤ 1024.
+        Returns scores: (q, k) float32, cosine similarity, descending; ids: (q, k) int64.
+        Where fewer than k templates are found the ids are -1 and the scores -inf.
+        """
+        k = _check_int(k, "k", 1, MAX_K)
+        x = as_unit_vectors(queries, self._dim, "queries")
+        with self._index_lock:
+            if self._index.ntotal == 0 or x.shape[0] == 0:
+                scores = np.full((x.shape[0], k), -np.inf, dtype=np.float32)
+                return scores, np.full((x.shape[0], k), -1, dtype=np.int64)
+            scores, ids = self._index.search(x, k)
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def add(self, ids: Any, vectors: Any) -> None:
+        """Add templates. ids: (n,) int64, ≥ 0, not already present; vectors: (n, d) float32.
+
+        Growing past ``approximate_above`` rebuilds the index as HNSW (searches keep using the
+        old one meanwhile).
+        """
+        id_array, x = self._validated(ids, vectors)
+        if id_array.shape[0] == 0:
+            return
+        with self._writer_lock:
+            present = np.isin(id_array, _stored_ids(self._index))
+            if present.any():
+                raise ValueError(f"ids: already in the index: {id_array[present][:10].tolist()}")
+            total = len(self) + id_array.shape[0]
+            if self._kind == EXACT and total > self.approximate_above:
+                all_ids = np.concatenate([_stored_ids(self._index), id_array])
+                self._replace(all_ids, np.concatenate([self._all_vectors(), x]))
+                return
+            with self._index_lock:
+                self._index.add_with_ids(x, id_array)
+
+    def remove(self, ids: Any) -> int:
+        """Remove the templates with these ids (unknown ids are ignored); returns how many went.
+
+        ids: (m,) int64. The exact index removes in place; HNSW is rebuilt from the kept vectors
+        (as exact when they are no more than ``approximate_above``), so a removed template is
+        gone from memory, not merely hidden, once this returns.
+        """
+        id_array = np.unique(as_ids(ids))
+        if id_array.shape[0] == 0:
+            return 0
+        with self._writer_lock:
+            if self._kind == EXACT:
+                with self._index_lock:
+                    return int(self._index.remove_ids(id_array))
+            stored = _stored_ids(self._index)
+            keep = ~np.isin(stored, id_array)
+            removed = int(stored.shape[0] - np.count_nonzero(keep))
+            if removed:
+                self._replace(np.ascontiguousarray(stored[keep]), self._all_vectors(keep))
+            return removed
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, path: PathLike, model_version: str, generation: int) -> int:
+        """Write the index to ``path`` atomically; returns the file's size in bytes.
+
+        model_version: the embedding model's version string; generation: the template store's
+        change counter (≥ 0). :meth:`load` refuses the file when either differs.
+        """
+        if not isinstance(model_version, str) or not model_version:
+            raise ValueError(f"model_version must be a non-empty string, got {model_version!r}")
+        generation = _check_int(generation, "generation", 0)
+        with self._writer_lock:
+            digest, size = _hash_payload(self._index)
+            header = {
+                "model_version": model_version,
+                "generation": generation,
+                "count": len(self),
+                "dim": self._dim,
+                "kind": self._kind,
+                "payload_bytes": size,
+                "payload_sha256": digest,
+                "approximate_above": self.approximate_above,
+                "ef_search": self._ef_search,
+                "hnsw_m": self.hnsw_m,
+                "ef_construction": self.ef_construction,
+            }
+            encoded = json.dumps(header, sort_keys=True).encode("utf-8")
+            with atomic_writer(path) as stream:
+                stream.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(encoded)))
+                stream.write(encoded)
+                stream.write(_CRC.pack(zlib.crc32(encoded)))
+                written = _write_payload(self._index, stream)
+                if written != (digest, size):
+                    raise RuntimeError("the index changed while it was being saved")
+        total = _PREFIX.size + len(encoded) + _CRC.size + size
+        logger.info(
+            "saved %s index of %d templates to %s (%.1f MiB, generation %d)",
+            self._kind,
+            header["count"],
+            path,
+            total / 2**20,
+            generation,
+        )
+        return total
+
+    @classmethod
+    def load(
+        cls,
+        path: PathLike,
+        model_version: str,
+        generation: int,
+        *,
+        approximate_above: Optional[int] = None,
+        ef_search: Optional[int] = None,
+    ) -> TemplateIndex:
+        """Read an index written by :meth:`save` for this model version and store generation.
+
+        ``approximate_above`` and ``ef_search`` override the saved ones (pass the configuration's).
+        Raises IndexMissingError (no file), IndexStaleError (another model version or
+        generation), IndexCorruptError (anything else wrong with the file); OSError for a file
+        that exists but cannot be read.
+        """
+        where = os.fspath(path)
+        try:
+            stream = open(where, "rb")
+        except FileNotFoundError as err:
+            raise IndexMissingError(f"{where}: no saved gallery index") from err
+        with stream:
+            header = _read_header(stream, where)
+            if header["model_version"] != model_version or header["generation"] != generation:
+                raise IndexStaleError(
+                    f"{where}: index of model {header['model_version']!r} generation "
+                    f"{header['generation']}, expected model {model_version!r} generation {generation}; "
+                    f"rebuild it from the template store"
+                )
+            payload_start = stream.tell()
+            _verify_payload(stream, where, header)
+            stream.seek(payload_start)
+            faiss_index = _read_payload(stream, where)
+        kind = _kind_of(faiss_index)
+        problems = []
+        if kind != header["kind"]:
+            problems.append(
+                f"payload is a {kind or type(faiss_index).__name__} index, header says {header['kind']}"
+            )
+        if faiss_index.d != header["dim"] or faiss_index.ntotal != header["count"]:
+            problems.append(
+                f"payload holds {faiss_index.ntotal} × {faiss_index.d}, header says "
+                f"{header['count']} × {header['dim']}"
+            )
+        if problems:
+            raise IndexCorruptError(f"{where}: {'; '.join(problems)}")
+        threshold = header["approximate_above"] if approximate_above is None else approximate_above
+        wanted = HNSW if header["count"] > threshold else EXACT
+        if wanted != kind:
+            raise IndexStaleError(
+                f"{where}: a {kind} index of {header['count']} templates, but approximate_above="
+                f"{threshold} calls for {wanted}; rebuild it from the template store"
+            )
+        index = cls(
+            header["dim"],
+            threshold,
+            header["ef_search"] if ef_search is None else ef_search,
+            hnsw_m=header["hnsw_m"],
+            ef_construction=header["ef_construction"],
+        )
+        index._index, index._kind = faiss_index, header["kind"]
+        index.ef_search = index._ef_search  # applies it to the HNSW graph
+        logger.info("loaded %s index of %d templates from %s", index.kind, len(index), where)
+        return index
+
+
+# -- file helpers ------------------------------------------------------------------------------
+
+
+class _Sink:
+    """Faiss writer callback: hashes and counts the bytes, and optionally writes them.
+
+    Exceptions from ``stream.write`` (a full disk) are kept and re-raised after Faiss returns,
+    rather than thrown through Faiss's C++ frames.
+    """
+
+    def __init__(self, stream: Optional[BinaryIO]) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.error: Optional[BaseException] = None
+
+    def __call__(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self.stream is not None:
+                self.stream.write(data)
+        except BaseException as err:  # re-raised by _drain after faiss.write_index returns
+            self.error = err
+            return
+        self.digest.update(data)
+        self.size += len(data)
+
+
+def _drain(index: Any, sink: _Sink) -> Tuple[str, int]:
+    writer = faiss.PyCallbackIOWriter(sink)
+    try:
+        faiss.write_index(index, writer)
+    finally:
+        del writer
+    if sink.error is not None:
+        raise sink.error
+    return sink.digest.hexdigest(), sink.size
+
+
+def _hash_payload(index: Any) -> Tuple[str, int]:
+    """Hex sha256 and length of ``faiss.write_index(index)``, without keeping the bytes."""
+    return _drain(index, _Sink(None))
+
+
+def _write_payload(index: Any, stream: BinaryIO) -> Tuple[str, int]:
+    return _drain(index, _Sink(stream))
+
+
+def _read_exactly(stream: BinaryIO, size: int, where: str, what: str) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise IndexCorruptError(f"{where}: truncated {what} ({len(data)} of {size} bytes)")
+    return data
+
+
+def _read_header(stream: BinaryIO, where: str) -> Dict[str, Any]:
+    prefix = stream.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size:
+        raise IndexCorruptError(f"{where}: {len(prefix)} bytes, too short to be a gallery index")
+    magic, version, length = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise IndexCorruptError(f"{where}: not a gallery index (magic {magic!r}, expected {MAGIC!r})")
+    if version != FORMAT_VERSION:
+        raise IndexCorruptError(f"{where}: format version {version}, this software reads {FORMAT_VERSION}")
+    if not 0 < length <= _MAX_HEADER_BYTES:
+        raise IndexCorruptError(f"{where}: header length {length} out of range")
+    encoded = _read_exactly(stream, length, where, "header")
+    (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, where, "header checksum"))
+    if zlib.crc32(encoded) != crc:
+        raise IndexCorruptError(f"{where}: header checksum mismatch")
+    try:
+        header = json.loads(encoded.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise IndexCorruptError(f"{where}: unreadable header ({err})") from err
+    if not isinstance(header, dict):
+        raise IndexCorruptError(f"{where}: header is not an object")
+    for field, kind in _HEADER_FIELDS.items():
+        value = header.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise IndexCorruptError(f"{where}: header field {field!r} missing or not {kind.__name__}")
+    if header["kind"] not in KINDS:
+        raise IndexCorruptError(f"{where}: unknown index kind {header['kind']!r}")
+    return header
+
+
+def _verify_payload(stream: BinaryIO, where: str, header: Dict[str, Any]) -> None:
+    """Hash the payload in 1 MiB chunks; it must be exactly payload_bytes long and match the hash."""
+    digest = hashlib.sha256()
+    remaining = header["payload_bytes"]
+    while remaining:
+        chunk = stream.read(min(remaining, _CHUNK_BYTES))
+        if not chunk:
+            raise IndexCorruptError(
+                f"{where}: truncated payload ({header['payload_bytes'] - remaining} of "
+                f"{header['payload_bytes']} bytes)"
+            )
+        digest.update(chunk)
+        remaining -= len(chunk)
+    if stream.read(1):
+        raise IndexCorruptError(f"{where}: data after the payload")
+    if digest.hexdigest() != header["payload_sha256"]:
+        raise IndexCorruptError(f"{where}: payload checksum mismatch")
+
+
+def _read_payload(stream: BinaryIO, where: str) -> Any:
+    reader = faiss.PyCallbackIOReader(stream.read)
+    try:
+        return faiss.read_index(reader)
+    except RuntimeError as err:  # Faiss's C++ exceptions
+        raise IndexCorruptError(f"{where}: Faiss cannot read the payload ({err})") from err
+    finally:
+        del reader
+
+
+__all__ = [
+    "EXACT",
+    "HNSW",
+    "GalleryIndexError",
+    "IndexCorruptError",
+    "IndexMissingError",
+    "IndexStaleError",
+    "TemplateIndex",
+    "as_ids",
+    "as_unit_vectors",
+    "exact_top_k",
+    "measure_recall",
+    "probe_queries",
+]

@@ -1,0 +1,488 @@
+"""The template store: identities and their encrypted templates in SQLite.
+
+* WAL journal, ``synchronous=FULL``: a transaction that returned is on disk; a process killed at any
+  point leaves the previous or the next state, never a mix (enrolment and removal are one
+  transaction each).
+* ``secure_delete`` plus a WAL checkpoint after removals: deleted embeddings, crops and names are
+  overwritten in the database file and no copy stays in the WAL.
+* Embeddings (float32) and aligned crops (PNG) are sealed with AES-256-GCM (:mod:`.crypto`).
+* The schema is versioned (``meta.schema_version``) and migrated forward in a transaction; a
+  database from a newer firmware is refused rather than guessed at.
+* ``meta.generation`` increases with every change, so the derived search index knows it is stale.
+
+All methods are thread-safe (one connection behind a lock): the daemon's pipeline reads while
+commands enroll or remove.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .crypto import Sealer, create_key, read_key
+from .errors import GalleryKeyError, GalleryStoreError, IdentityError
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+KEY_CHECK_PLAINTEXT = b"face-appliance gallery key check v1"
+
+#: Schema migrations: version → statements that bring version-1 to version.
+MIGRATIONS: Dict[int, Sequence[str]] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE identities (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            external_id TEXT,
+            consent_at TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE templates (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            model_version TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            crop BLOB,
+            quality REAL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX templates_by_identity ON templates(identity_id)",
+        "CREATE INDEX templates_by_model ON templates(model_version)",
+    ),
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC timestamp with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def slugify(name: str) -> str:
+    """An identity id derived from a name: ``"Ada Lovelace"`` → ``"ada-lovelace"``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64]
+    return slug or "person"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One enrolled person (no biometric data here)."""
+
+    id: str
+    name: str
+    external_id: Optional[str]
+    consent_at: str
+    created_at: str
+    templates: int = 0
+
+
+@dataclass(frozen=True)
+class Template:
+    """One stored template, decrypted.
+
+    ``embedding``: ``(D,)`` float32, unit norm. ``crop``: ``(112, 112, 3)`` uint8 BGR or ``None``.
+    """
+
+    id: int
+    identity_id: str
+    model_version: str
+    embedding: np.ndarray
+    crop: Optional[np.ndarray]
+    quality: Optional[float]
+    created_at: str
+
+
+class TemplateStore:
+    """The gallery database. Use :meth:`open`; :meth:`close` is idempotent."""
+
+    def __init__(self, connection: sqlite3.Connection, sealer: Sealer, path: Path) -> None:
+        self._db = connection
+        self._sealer = sealer
+        self._lock = threading.RLock()
+        self.path = path
+
+    # -- opening -------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, key_file: Path) -> TemplateStore:
+        """Open (or create) the store at ``path`` with the key in ``key_file``.
+
+        Raises:
+            GalleryKeyError: the key is missing while the store holds data, exposed, or not this store's.
+            GalleryStoreError: the file is not a usable database, or its schema is newer than ours.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists() and path.stat().st_size > 0
+        try:
+            connection = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA secure_delete=ON")
+            version = cls._schema_version(connection)
+        except sqlite3.DatabaseError as err:
+            raise GalleryStoreError(f"{path} is not a usable gallery database: {err}") from err
+        try:
+            key_check = cls._meta(connection, "key_check") if version else None
+            if key_file.exists():
+                key = read_key(key_file)
+            elif existed and key_check is not None:
+                raise GalleryKeyError(
+                    f"the gallery {path} is encrypted but its key {key_file} is missing; restore the key "
+                    f"from its backup (a new key would make every stored template unreadable)"
+                )
+            else:
+                key = create_key(key_file)
+            sealer = Sealer(key)
+            store = cls(connection, sealer, path)
+            store._migrate(version)
+            store._check_key()
+        except BaseException:
+            connection.close()
+            raise
+        return store
+
+    @staticmethod
+    def _schema_version(connection: sqlite3.Connection) -> int:
+        has_meta = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return 0
+        row = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _meta(connection: sqlite3.Connection, key: str) -> Optional[str]:
+        row = connection.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def _migrate(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise GalleryStoreError(
+                f"{self.path} has schema version {version}, newer than this firmware's {SCHEMA_VERSION}; "
+                f"update the firmware or restore an older backup"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    db.execute(statement)
+                logger.info("gallery %s migrated to schema version %d", self.path, target)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if version == 0:
+                check = self._sealer.seal(KEY_CHECK_PLAINTEXT, "key-check")
+                db.execute("INSERT INTO meta VALUES ('key_check', ?)", (base64.b64encode(check).decode(),))
+                db.execute("INSERT INTO meta VALUES ('generation', '0')")
+                db.execute("INSERT INTO meta VALUES ('created_at', ?)", (utc_now(),))
+
+    def _check_key(self) -> None:
+        stored = self._meta(self._db, "key_check")
+        if stored is None:
+            raise GalleryStoreError(
+                f"{self.path} has no key check record; it was not created by this firmware"
+            )
+        try:
+            plaintext = self._sealer.open(base64.b64decode(stored), "key-check")
+        except GalleryStoreError:
+            raise GalleryKeyError(
+                f"the gallery key does not open {self.path}: it was encrypted with another key"
+            ) from None
+        if plaintext != KEY_CHECK_PLAINTEXT:
+            raise GalleryKeyError(f"the gallery key check of {self.path} does not match")
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    class _Transaction:
+        def __init__(self, store: TemplateStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            try:
+                self.store._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store._lock.release()
+                raise
+            return self.store._db
+
+        def __exit__(self, kind: object, value: object, trace: object) -> None:
+            try:
+                self.store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                self.store._lock.release()
+
+    def _transaction(self) -> TemplateStore._Transaction:
+        return TemplateStore._Transaction(self)
+
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+
+    @property
+    def generation(self) -> int:
+        """Increases with every change of identities or templates."""
+        with self._lock:
+            return int(self._meta(self._db, "generation") or 0)
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close. Safe to call more than once."""
+        with self._lock:
+            if self._db is None:  # type: ignore[comparison-overlap]
+                return
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as err:
+                logger.warning("gallery checkpoint at close failed: %s", err)
+            self._db.close()
+            self._db = None  # type: ignore[assignment]
+
+    def __enter__(self) -> TemplateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sealing -------------------------------------------------------------------------------------
+
+    def _seal_embedding(self, identity_id: str, model_version: str, embedding: np.ndarray) -> bytes:
+        data = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
+        return self._sealer.seal(data, f"embedding:{identity_id}:{model_version}")
+
+    def _seal_crop(self, identity_id: str, model_version: str, crop: Optional[np.ndarray]) -> Optional[bytes]:
+        if crop is None:
+            return None
+        ok, png = cv2.imencode(".png", crop)
+        if not ok:
+            raise GalleryStoreError("cannot encode an enrolment crop")
+        return self._sealer.seal(png.tobytes(), f"crop:{identity_id}:{model_version}")
+
+    def _template(self, row: Tuple) -> Template:
+        template_id, identity_id, model_version, embedding, crop, quality, created_at = row
+        vector = np.frombuffer(
+            self._sealer.open(embedding, f"embedding:{identity_id}:{model_version}"), "<f4"
+        )
+        image = None
+        if crop is not None:
+            png = self._sealer.open(crop, f"crop:{identity_id}:{model_version}")
+            image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        return Template(
+            int(template_id),
+            identity_id,
+            model_version,
+            vector.astype(np.float32),
+            image,
+            quality,
+            created_at,
+        )
+
+    # -- identities ----------------------------------------------------------------------------------
+
+    def identities(self) -> List[Identity]:
+        """Every identity with its template count, by id."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.id, i.name, i.external_id, i.consent_at, i.created_at, COUNT(t.id) "
+                "FROM identities i LEFT JOIN templates t ON t.identity_id = i.id GROUP BY i.id ORDER BY i.id"
+            ).fetchall()
+        return [Identity(*row) for row in rows]
+
+    def identity(self, identity_id: str) -> Optional[Identity]:
+        return next((i for i in self.identities() if i.id == identity_id), None)
+
+    def names(self) -> Dict[str, str]:
+        """identity id → name."""
+        with self._lock:
+            return dict(self._db.execute("SELECT id, name FROM identities").fetchall())
+
+    def add(
+        self,
+        identity_id: str,
+        name: str,
+        model_version: str,
+        embeddings: np.ndarray,
+        crops: Optional[np.ndarray] = None,
+        qualities: Optional[Sequence[float]] = None,
+        external_id: Optional[str] = None,
+        consent_at: Optional[str] = None,
+        create: bool = True,
+    ) -> List[int]:
+        """Add templates to an identity, creating it when ``create`` and it does not exist. One transaction.
+
+        Args:
+            embeddings: ``(N, D)`` float32 unit vectors.
+            crops: ``(N, 112, 112, 3)`` uint8 aligned crops, or ``None``.
+
+        Returns:
+            The new template ids.
+
+        Raises:
+            IdentityError: bad id, the id belongs to someone with another name, or it does not
+                exist and ``create`` is false.
+        """
+        check_identity_id(identity_id)
+        if not name.strip() or len(name) > 200:
+            raise IdentityError("a name must be 1–200 characters")
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.ndim != 2 or not len(embeddings) or not np.isfinite(embeddings).all():
+            raise IdentityError(f"need (N, D) finite embeddings, got shape {embeddings.shape}")
+        now = utc_now()
+        ids: List[int] = []
+        with self._transaction() as db:
+            row = db.execute("SELECT name FROM identities WHERE id=?", (identity_id,)).fetchone()
+            if row is None:
+                if not create:
+                    raise IdentityError(f"no identity {identity_id!r}")
+                db.execute(
+                    "INSERT INTO identities VALUES (?, ?, ?, ?, ?)",
+                    (identity_id, name, external_id, consent_at or now, now),
+                )
+            elif row[0] != name:
+                raise IdentityError(f"identity {identity_id!r} belongs to another name; choose another id")
+            for index, embedding in enumerate(embeddings):
+                crop = None if crops is None else crops[index]
+                quality = None if qualities is None else float(qualities[index])
+                cursor = db.execute(
+                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        identity_id,
+                        model_version,
+                        self._seal_embedding(identity_id, model_version, embedding),
+                        self._seal_crop(identity_id, model_version, crop),
+                        quality,
+                        now,
+                    ),
+                )
+                ids.append(int(cursor.lastrowid or 0))
+            self._bump(db)
+        return ids
+
+    def remove(self, identity_id: str) -> int:
+        """Delete an identity with all its templates and crops, for real. Returns the templates removed.
+
+        Raises:
+            IdentityError: no such identity.
+        """
+        with self._transaction() as db:
+            count = db.execute(
+                "SELECT COUNT(*) FROM templates WHERE identity_id=?", (identity_id,)
+            ).fetchone()[0]
+            deleted = db.execute("DELETE FROM identities WHERE id=?", (identity_id,)).rowcount
+            if not deleted:
+                raise IdentityError(f"no identity {identity_id!r}")
+            db.execute("DELETE FROM templates WHERE identity_id=?", (identity_id,))
+            self._bump(db)
+        self._purge()
+        return int(count)
+
+    def _purge(self) -> None:
+        """Copy the WAL into the database and empty it, so deleted pages survive nowhere."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- templates -----------------------------------------------------------------------------------
+
+    def templates(
+        self, model_version: Optional[str] = None, identity_id: Optional[str] = None
+    ) -> Iterator[Template]:
+        """Decrypted templates, optionally of one model version and/or one identity, by id."""
+        query = "SELECT id, identity_id, model_version, embedding, crop, quality, created_at FROM templates"
+        clauses, args = [], []
+        if model_version is not None:
+            clauses.append("model_version=?")
+            args.append(model_version)
+        if identity_id is not None:
+            clauses.append("identity_id=?")
+            args.append(identity_id)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        for row in rows:
+            yield self._template(row)
+
+    def embeddings(self, model_version: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        """All embeddings of one model version without their crops.
+
+        Returns:
+            ``(ids (N,) int64, vectors (N, D) float32, identity ids)``.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, identity_id, embedding FROM templates WHERE model_version=? ORDER BY id",
+                (model_version,),
+            ).fetchall()
+        if not rows:
+            return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
+        vectors = np.stack(
+            [
+                np.frombuffer(self._sealer.open(blob, f"embedding:{owner}:{model_version}"), "<f4")
+                for _, owner, blob in rows
+            ]
+        ).astype(np.float32)
+        return np.array([row[0] for row in rows], np.int64), vectors, [row[1] for row in rows]
+
+    def model_versions(self) -> Dict[str, int]:
+        """Template counts per embedder model version."""
+        with self._lock:
+            return dict(
+                self._db.execute("SELECT model_version, COUNT(*) FROM templates GROUP BY model_version")
+            )
+
+    # -- health --------------------------------------------------------------------------------------
+
+    def check(self, progress: Optional[Callable[[int], None]] = None) -> List[str]:
+        """Integrity problems: SQLite's own check, dangling templates, and every sealed value opened."""
+        problems: List[str] = []
+        with self._lock:
+            result = [row[0] for row in self._db.execute("PRAGMA integrity_check").fetchall()]
+            if result != ["ok"]:
+                problems.extend(f"sqlite: {line}" for line in result)
+            dangling = self._db.execute("PRAGMA foreign_key_check").fetchall()
+            if dangling:
+                problems.append(f"{len(dangling)} template(s) without an identity")
+            rows = self._db.execute(
+                "SELECT id, identity_id, model_version, embedding, crop, quality, created_at FROM templates"
+            ).fetchall()
+        for row in rows:
+            try:
+                self._template(row)
+            except GalleryStoreError as err:
+                problems.append(f"template {row[0]}: {err}")
+            if progress is not None:
+                progress(1)
+        return problems
+
+
+def check_identity_id(identity_id: str) -> str:
+    """Return ``identity_id`` when allowed, else raise :class:`IdentityError`."""
+    if not IDENTITY_ID_PATTERN.match(identity_id):
+        raise IdentityError(
+            f"identity id {identity_id!r} is not allowed: 1–64 letters, digits, '_', '.', '@', '-'"
+        )
+    return identity_id
+
+
+__all__ = [
+    "GalleryKeyError",
+    "Identity",
+    "Template",
+    "TemplateStore",
+    "check_identity_id",
+    "slugify",
+    "utc_now",
+]

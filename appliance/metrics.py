@@ -1,0 +1,155 @@
+"""Run-time figures: frame rate, per-stage latency percentiles, counters; and an opt-in Prometheus endpoint.
+
+All recorders are thread-safe and bounded (a ring of the last samples), so a daemon that runs for
+years holds the same memory on day one and day thousand.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Deque, Dict, Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLES = 512
+
+
+class RateMeter:
+    """Events per second over a sliding window of the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self._window = window_s
+        self._times: Deque[float] = collections.deque(maxlen=10_000)
+        self._lock = threading.Lock()
+
+    def tick(self, now: Optional[float] = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: Optional[float] = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and self._times[0] < now - self._window:
+                self._times.popleft()
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class Latencies:
+    """The last :data:`SAMPLES` durations (ms) of each named stage, with percentiles."""
+
+    def __init__(self) -> None:
+        self._samples: Dict[str, Deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, stage: str, milliseconds: float) -> None:
+        with self._lock:
+            self._samples.setdefault(stage, collections.deque(maxlen=SAMPLES)).append(milliseconds)
+
+    def percentiles(self, quantiles: Iterable[float] = (50, 90, 99)) -> Dict[str, Dict[str, float]]:
+        """``{stage: {"p50": ms, "p90": ms, "p99": ms}}`` over the retained samples."""
+        wanted = list(quantiles)
+        with self._lock:
+            snapshot = {stage: list(values) for stage, values in self._samples.items() if values}
+        return {
+            stage: {f"p{q:g}": round(float(v), 2) for q, v in zip(wanted, np.percentile(values, wanted))}
+            for stage, values in snapshot.items()
+        }
+
+
+class StageTimer:
+    """``with timer.stage("detect"): ...`` records the block's wall time into :class:`Latencies`."""
+
+    def __init__(self, latencies: Latencies) -> None:
+        self._latencies = latencies
+
+    class _Block:
+        def __init__(self, latencies: Latencies, name: str) -> None:
+            self._latencies, self._name = latencies, name
+
+        def __enter__(self) -> None:
+            self._started = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            self._latencies.record(self._name, (time.perf_counter() - self._started) * 1000.0)
+
+    def stage(self, name: str) -> StageTimer._Block:
+        return StageTimer._Block(self._latencies, name)
+
+
+def _flatten(prefix: str, value: object, out: Dict[str, float]) -> None:
+    if isinstance(value, bool):
+        out[prefix] = float(value)
+    elif isinstance(value, (int, float)):
+        out[prefix] = float(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(f"{prefix}_{key}" if prefix else str(key), item, out)
+
+
+def prometheus_text(state: Mapping[str, object], namespace: str = "face_appliance") -> str:
+    """Numeric leaves of the state document in the Prometheus text exposition format."""
+    flat: Dict[str, float] = {}
+    _flatten("", state, flat)
+    lines = []
+    for key in sorted(flat):
+        name = f"{namespace}_{key}".replace(".", "_").replace("-", "_")
+        name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+        lines.append(f"# TYPE {name} gauge")
+        lines.append(f"{name} {flat[key]:.6g}")
+    return "\n".join(lines) + "\n"
+
+
+class PrometheusServer:
+    """``GET /metrics`` on 127.0.0.1:``port`` from a state provider; own thread; idempotent stop."""
+
+    def __init__(self, port: int, provider: Callable[[], Mapping[str, object]]) -> None:
+        self._provider = provider
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                try:
+                    body = prometheus_text(outer._provider()).encode("utf-8")
+                except Exception:
+                    logger.exception("building the Prometheus metrics failed")
+                    self.send_error(500)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="prometheus", daemon=True)
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+        logger.info("Prometheus metrics on http://%s:%d/metrics", *self.address)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()

@@ -1,0 +1,818 @@
+"""The broker side of the appliance: availability, state, access events and commands over MQTT.
+
+Topics (``{root}`` is ``config.topic_root`` = ``{mqtt.prefix}/{device.id}``):
+
+==============================  ========  ====  ===============================================
+topic                           retained  QoS   content
+==============================  ========  ====  ===============================================
+``{root}/availability``         yes       1     ``online`` on connect; ``offline`` at stop and
+                                                as the last will (set before connecting)
+``{root}/state``                yes       0     JSON from :meth:`MqttLink.publish_state`
+``{root}/model``                yes       0     JSON from :meth:`MqttLink.publish_model`
+``{root}/events``               no        1     access events, from the outbox
+``{root}/cmd/{name}``           no        1     commands in (subscribed when enabled)
+``{root}/cmd/{name}/result``    no        1     command results out
+``{ha}/sensor/{node}/…/config`` yes       1     Home Assistant discovery (opt-in)
+==============================  ========  ====  ===============================================
+
+Protocol: **MQTT 3.1.1**. Everything this contract needs (QoS 1, retained messages, a retained last
+will) exists in 3.1.1, and 3.1.1 is what every broker a building may run speaks (older Mosquitto,
+VerneMQ, EMQX, cloud IoT hubs, PLC gateways). MQTT 5's extras (reason strings, request/response
+properties) are not needed: commands carry their ``request_id`` in the payload. Clean session:
+the broker keeps nothing for us while we are away. Delivery of events rests on the on-disk outbox,
+not on a broker session, and a command sent while the appliance is offline should time out at the
+sender rather than run hours later.
+
+Events (at least once)
+----------------------
+The daemon puts each access event into the :class:`~appliance.outbox.Outbox` (committed to disk)
+and calls :meth:`MqttLink.notify`. A publisher thread of this module takes the pending entries
+oldest first and publishes them with QoS 1, at most ``window`` (10) in flight. An entry is deleted
+from the outbox only when its PUBACK arrives (``on_publish`` with its message id). After a lost
+connection, paho re-sends the unacknowledged messages, oldest first, as soon as it is connected
+again; the publisher sends nothing newer until those are acknowledged, so order is kept. After a
+restart of the process, the outbox still holds whatever was not acknowledged and it is sent again.
+An event can therefore arrive **twice** (its PUBACK was lost, or the process died before deleting
+it): consumers must de-duplicate by ``event_id``. Should a broker keep events unacknowledged for a
+minute on a live connection, they are sent again from the oldest pending one (a safety net; it does
+not happen with a working broker).
+
+Why a thread of its own rather than paho's loop: deleting an acknowledged entry is an SQLite commit
+with ``synchronous=FULL`` (an fsync: milliseconds, tens of them on an SD card) that must not stall
+paho's network loop (keep-alives, PUBACKs, commands); and paho calls ``on_publish`` while holding
+its own message lock, so the callback only records the message id and wakes the publisher.
+
+State and model documents are published with QoS 0 and retained: the latest document always wins.
+QoS 1 would make paho queue every state update in memory during an outage and replay stale ones
+after the fresh document of the reconnect. The latest documents are republished on every connect.
+
+Commands
+--------
+``{root}/cmd/{name}`` messages are handed to ``on_command(name, payload)`` **on paho's network
+thread**: the handler must be quick (validate, queue the work, return) and answer later with
+:meth:`MqttLink.publish_result`. Results are JSON documents; errors produced here look like
+``{"request_id": <id or null>, "ok": false, "error": {"code": "...", "message": "..."}}``, and the
+daemon's own results should follow the same shape (``"ok": true, "result": …``). A payload above
+``commands.max_payload_kb`` is refused without being parsed (``payload_too_large``); a retained
+command is refused (``retained``: it would run again at every reconnect); an exception in the
+handler is logged and answered (``handler_failed``), never propagated into paho.
+
+Broker ACL (what the appliance's user needs)::
+
+    topic write {root}/availability
+    topic write {root}/state
+    topic write {root}/model
+    topic write {root}/events
+    topic read  {root}/cmd/+
+    topic write {root}/cmd/+/result
+    topic write {ha}/sensor/{node}/+/config      # only with mqtt.homeassistant.discovery
+
+Works with paho-mqtt 2.0 to 2.2 (2.2 needs Python 3.9; Python 3.8 gets 2.1).
+
+Threads: :meth:`MqttLink.start` and :meth:`MqttLink.stop` run on the caller's thread (the daemon's
+main thread); paho's network thread (``paho-mqtt-client-…``) runs the ``on_*`` callbacks and
+``on_command``; the ``mqtt-publisher`` thread moves outbox entries to paho and deletes acknowledged
+ones. ``notify``, ``drain``, ``publish_*`` and ``status`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from . import __version__
+from .config import ApplianceConfig
+from .errors import ApplianceError
+from .outbox import Outbox, OutboxError
+
+logger = logging.getLogger(__name__)
+_paho_logger = logging.getLogger(__name__ + ".paho")
+
+#: Events in flight (published, PUBACK not yet received) at most.
+DEFAULT_WINDOW = 10
+ONLINE = "online"
+OFFLINE = "offline"
+_MODEL_NAME = "Face access appliance"
+_ORIGIN_NAME = "face-appliance"
+
+#: An event connected this long without its PUBACK is sent again (a broker that lost it).
+_UNACKED_RESEND_S = 60.0
+
+CommandHandler = Callable[[str, bytes], None]
+
+
+class MqttLinkError(ApplianceError):
+    """The MQTT link cannot start.
+
+    Example scenarios: ``mqtt.tls.ca_file`` does not exist or is not PEM; the client certificate
+    and key do not match.
+    """
+
+
+class _InFlight(NamedTuple):
+    seq: int
+    #: The connection (count of successful connects) it was published on.
+    generation: int
+    #: When it was handed to paho (monotonic seconds).
+    sent_at: float
+
+
+def encode_document(doc: Dict[str, Any]) -> bytes:
+    """A document as it goes on the wire: compact JSON, UTF-8, no NaN or infinity.
+
+    Raises:
+        ValueError: the document holds NaN or infinity, or a value JSON cannot express.
+    """
+    try:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"document cannot be sent as JSON: {err}") from err
+    return text.encode("utf-8")
+
+
+def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[str, Any]]]:
+    """Home Assistant MQTT discovery messages: ``(topic, config document)`` pairs.
+
+    One ``sensor`` component per topic ``{prefix}/sensor/{node}/{object}/config`` (the
+    single-component form, understood by old and new Home Assistant releases): the last access
+    decision and the last identity (from the events topic) and the frame rate (from the state
+    document's ``fps``). All share the availability topic and a device block, so they appear as one
+    device named after ``device.name`` (or ``device.id``).
+    """
+    root = config.topic_root
+    events = f"{root}/events"
+    node = re.sub(r"[^A-Za-z0-9_-]", "_", config.device.id)
+    shared: Dict[str, Any] = {
+        "availability_topic": f"{root}/availability",
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "device": {
+            "identifiers": [config.device.id],
+            "name": config.device.name or config.device.id,
+            "model": _MODEL_NAME,
+            "sw_version": __version__,
+        },
+        "origin": {"name": _ORIGIN_NAME, "sw_version": __version__},
+    }
+    sensors: List[Tuple[str, Dict[str, Any]]] = [
+        (
+            "last_decision",
+            {
+                "name": "Last access decision",
+                "icon": "mdi:door",
+                "state_topic": events,
+                "value_template": "{{ value_json.decision }}",
+                "json_attributes_topic": events,
+                "json_attributes_template": (
+                    "{{ {'event_id': value_json.event_id, 'ts': value_json.ts, "
+                    "'camera_id': value_json.camera_id, 'score': value_json.score, "
+                    "'identity_id': (value_json.identity.id if value_json.identity else none)} | tojson }}"
+                ),
+            },
+        ),
+        (
+            "last_identity",
+            {
+                "name": "Last identity",
+                "icon": "mdi:account",
+                "state_topic": events,
+                "value_template": (
+                    "{{ (value_json.identity.name or value_json.identity.id) "
+                    "if value_json.identity else 'none' }}"
+                ),
+            },
+        ),
+        (
+            "fps",
+            {
+                "name": "Frame rate",
+                "icon": "mdi:speedometer",
+                "entity_category": "diagnostic",
+                "state_topic": f"{root}/state",
+                "value_template": "{{ value_json.fps }}",
+                "unit_of_measurement": "fps",
+                "state_class": "measurement",
+            },
+        ),
+    ]
+    prefix = config.mqtt.homeassistant.prefix
+    messages = []
+    for object_id, fields in sensors:
+        document = dict(shared)
+        document["unique_id"] = f"{node}_{object_id}"
+        document.update(fields)
+        messages.append((f"{prefix}/sensor/{node}/{object_id}/config", document))
+    return messages
+
+
+class MqttLink:
+    """Publishes availability, state, model and outbox events; receives commands.
+
+    Args:
+        config: the appliance configuration (``mqtt``, ``commands``, ``device``).
+        outbox: where access events wait; the link deletes what the broker acknowledged. The
+            daemon owns it (opens and closes it).
+        on_command: ``(name, payload)`` for each message on ``{root}/cmd/{name}``; called on
+            paho's network thread, so it must return quickly (hand work off to another thread).
+        window: events in flight at most.
+
+    A link is started once and stopped once; see the module docstring for threads and topics.
+    """
+
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        outbox: Outbox,
+        on_command: CommandHandler,
+        *,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        self._config = config
+        self._outbox = outbox
+        self._on_command = on_command
+        self._window = window
+        self._root = config.topic_root
+        self._availability_topic = self.topic("availability")
+        self._state_topic = self.topic("state")
+        self._model_topic = self.topic("model")
+        self._command_filter = self.topic("cmd/+")
+        self._broker = f"{config.mqtt.host}:{config.mqtt.port}"
+
+        self._lock = threading.Lock()  # status fields below; never held while calling into paho
+        self._doc_lock = threading.Lock()  # held across remembering and publishing a document
+        self._progress = threading.Condition()  # notified when acknowledged events were deleted
+        self._wake = threading.Event()
+        self._stop_event = threading.Event()
+        self._connected_event = threading.Event()
+        self._acks: Deque[int] = deque()  # message ids from on_publish, consumed by the publisher
+        self._inflight: Dict[int, _InFlight] = {}  # publisher thread only (and stop() after it)
+
+        self._client: Optional[mqtt.Client] = None
+        self._publisher: Optional[threading.Thread] = None
+        self._started = False
+        self._stopped = False
+        self._stopping = False
+        self._connected = False
+        self._generation = 0
+        self._connects = 0
+        self._last_error: Optional[str] = None
+        self._reported_error: Optional[str] = None
+        self._lost_at: Optional[float] = None
+        self._connected_at = 0.0
+        self._in_flight_count = 0
+        self._published_total = 0
+        self._state_doc: Optional[bytes] = None
+        self._model_doc: Optional[bytes] = None
+
+    # -- topics ------------------------------------------------------------------------------------
+
+    def topic(self, suffix: str) -> str:
+        """``{topic_root}/{suffix}``."""
+        return f"{self._root}/{suffix}"
+
+    def result_topic(self, command: str) -> str:
+        """Where the result of ``command`` is published."""
+        return self.topic(f"cmd/{command}/result")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Configure the client and start connecting in the background (never blocks on the broker).
+
+        Raises:
+            RuntimeError: the link was already started.
+            MqttLinkError: TLS files cannot be loaded.
+        """
+        settings = self._config.mqtt
+        context = self._tls_context() if settings.tls.enabled else None
+        with self._lock:
+            if self._started:
+                raise RuntimeError("MqttLink.start() was already called; a link is started once")
+            self._started = True
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._config.mqtt_client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        client.suppress_exceptions = True  # second line of defence; every callback catches anyway
+        if context is not None:
+            client.tls_set_context(context)
+            if settings.tls.insecure:
+                client.tls_insecure_set(True)
+                logger.warning("mqtt.tls.insecure is set: the broker's host name is not checked")
+        if settings.username is not None:
+            secret = settings.secret_password()
+            client.username_pw_set(settings.username, None if secret is None else secret.get_secret_value())
+        client.will_set(self._availability_topic, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(self._window + 20)
+        client.max_queued_messages_set(self._window + 200)
+        client.on_connect = self._guard("on_connect", self._on_connect)
+        client.on_connect_fail = self._guard("on_connect_fail", self._on_connect_fail)
+        client.on_disconnect = self._guard("on_disconnect", self._on_disconnect)
+        client.on_publish = self._guard("on_publish", self._on_publish)
+        client.on_subscribe = self._guard("on_subscribe", self._on_subscribe)
+        client.on_message = self._guard("on_message", self._on_unexpected_message)
+        if self._config.commands.enabled:
+            client.message_callback_add(
+                self._command_filter, self._guard("command", self._on_command_message)
+            )
+        if _paho_logger.isEnabledFor(logging.DEBUG):
+            client.on_log = self._guard("on_log", self._on_log)
+        self._client = client
+
+        self._publisher = threading.Thread(target=self._run_publisher, name="mqtt-publisher", daemon=True)
+        self._publisher.start()
+        client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+        client.loop_start()
+        logger.info(
+            "MQTT: connecting to %s as %s (%s, topics under %s)",
+            self._broker,
+            self._config.mqtt_client_id,
+            "TLS" if settings.tls.enabled else "no TLS",
+            self._root,
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish ``offline`` (retained), disconnect and stop the threads, within ``timeout``.
+
+        Events still pending stay in the outbox (call :meth:`drain` first to send them). Idempotent;
+        do not call it from ``on_command``.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stopping = True
+            started = self._started
+        if not started:
+            return
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._stop_event.set()
+        self._wake.set()
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.join(_remaining(deadline, cap=max(0.5, timeout / 2)))
+            if publisher.is_alive():
+                logger.warning("MQTT publisher thread did not stop in time (blocked on the outbox?)")
+        client = self._client
+        if client is None:
+            return
+        with self._lock:
+            connected = self._connected
+        if connected:
+            self._publish_offline(client, deadline)
+        if publisher is None or not publisher.is_alive():
+            try:
+                self._settle_acks()  # PUBACKs that came after the publisher stopped
+            except OutboxError as err:
+                logger.warning("Could not record the last acknowledged events: %s", err)
+        client.disconnect()
+        self._stop_network_thread(client, deadline)
+        self._connected_event.clear()
+        with self._progress:
+            self._progress.notify_all()
+
+    # -- daemon API --------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake the publisher: an event was put into the outbox."""
+        self._wake.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (everything acknowledged) or ``timeout`` passes.
+
+        Returns:
+            True if the outbox is empty.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._wake.set()
+        with self._progress:
+            while True:
+                try:
+                    if self._outbox.depth() == 0:
+                        return True
+                except OutboxError:
+                    return False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop_event.is_set():
+                    return False
+                self._progress.wait(min(remaining, 0.25))
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until the link is connected; True if it is."""
+        return self._connected_event.wait(max(0.0, timeout))
+
+    def publish_state(self, doc: Dict[str, Any]) -> None:
+        """Publish ``{root}/state`` (retained) now if connected, and again on every (re)connect.
+
+        Raises:
+            ValueError: ``doc`` cannot be encoded as JSON (NaN, infinity, objects).
+        """
+        payload = encode_document(doc)
+        with self._doc_lock:
+            self._state_doc = payload
+            self._publish_document(self._state_topic, payload)
+
+    def publish_model(self, doc: Dict[str, Any]) -> None:
+        """Publish ``{root}/model`` (retained) now if connected, and again on every (re)connect.
+
+        Raises:
+            ValueError: ``doc`` cannot be encoded as JSON.
+        """
+        payload = encode_document(doc)
+        with self._doc_lock:
+            self._model_doc = payload
+            self._publish_document(self._model_topic, payload)
+
+    def publish_result(self, command: str, doc: Dict[str, Any]) -> bool:
+        """Publish a command's result on ``{root}/cmd/{command}/result`` (QoS 1, not retained).
+
+        Returns:
+            True if it was handed to the client (sent now, or after a reconnect of this process).
+
+        Raises:
+            ValueError: ``command`` is not a single topic level, or ``doc`` cannot be encoded.
+        """
+        if not command or any(char in command for char in "/+#\x00"):
+            raise ValueError(f"command name {command!r} is not a single topic level")
+        payload = encode_document(doc)
+        client = self._client
+        if client is None or self._stopped:
+            logger.warning("Result of command %r not sent: the MQTT link is not running", command)
+            return False
+        info = client.publish(self.result_topic(command), payload, qos=1, retain=False)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            logger.warning("Result of command %r not sent: %s", command, mqtt.error_string(info.rc))
+            return False
+        return True
+
+    def status(self) -> Dict[str, Any]:
+        """Figures for the ``…/state`` document.
+
+        Returns:
+            ``connected`` (bool), ``reconnects`` (successful connects after the first),
+            ``last_error`` (the most recent connection problem, or None), ``in_flight`` (events
+            awaiting their PUBACK) and ``published_total`` (events acknowledged by the broker since
+            start).
+        """
+        with self._lock:
+            return {
+                "connected": self._connected,
+                "reconnects": max(0, self._connects - 1),
+                "last_error": self._last_error,
+                "in_flight": self._in_flight_count,
+                "published_total": self._published_total,
+            }
+
+    # -- paho callbacks (paho's network thread) ----------------------------------------------------
+
+    def _guard(self, name: str, callback: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a callback so that no exception ever reaches (and ends) paho's network thread."""
+
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception:
+                logger.exception("Unexpected error in the MQTT %s callback; the link keeps running", name)
+
+        guarded.__name__ = f"guarded_{name}"
+        return guarded
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            hint = ""
+            if str(reason_code) in ("Bad user name or password", "Not authorized"):
+                hint = " (check mqtt.username and the password)"
+            self._note_error(f"the broker {self._broker} refused the connection: {reason_code}{hint}", True)
+            return
+        with self._lock:
+            if self._stopping:
+                return  # stop() is about to disconnect: do not announce `online` now
+            self._connected = True
+            self._generation += 1
+            self._connects += 1
+            first = self._connects == 1
+            now = time.monotonic()
+            offline_s = None if self._lost_at is None else now - self._lost_at
+            self._lost_at = None
+            self._connected_at = now
+            self._reported_error = None
+        self._connected_event.set()
+        if first:
+            logger.info("MQTT: connected to %s", self._broker)
+        elif offline_s is not None:
+            logger.info("MQTT: reconnected to %s after %.1f s offline", self._broker, offline_s)
+        else:
+            logger.info("MQTT: reconnected to %s", self._broker)
+        # Discovery before `online`: Home Assistant then knows the entities when they become available.
+        if self._config.mqtt.homeassistant.discovery:
+            for topic, document in home_assistant_discovery(self._config):
+                client.publish(topic, encode_document(document), qos=1, retain=True)
+        client.publish(self._availability_topic, ONLINE, qos=1, retain=True)
+        with self._doc_lock:
+            for topic, payload in (
+                (self._state_topic, self._state_doc),
+                (self._model_topic, self._model_doc),
+            ):
+                if payload is not None:
+                    client.publish(topic, payload, qos=0, retain=True)
+        if self._config.commands.enabled:
+            result, _mid = client.subscribe(self._command_filter, qos=1)
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                logger.warning(
+                    "MQTT: subscribing to %s failed: %s", self._command_filter, mqtt.error_string(result)
+                )
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError` block, so the error is the one in flight.
+        error = sys.exc_info()[1]
+        detail = str(error) if error is not None else "unknown reason"
+        hint = ""
+        if isinstance(error, ssl.SSLCertVerificationError):
+            hint = " (the broker's certificate is not trusted or does not match mqtt.host: check mqtt.tls.ca_file)"
+        elif isinstance(error, ssl.SSLError):
+            hint = " (TLS handshake failed: is mqtt.tls.enabled right for this port?)"
+        elif isinstance(error, ConnectionRefusedError):
+            hint = " (is the broker running? check mqtt.host and mqtt.port)"
+        self._note_error(f"cannot connect to {self._broker}: {detail}{hint}", False)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            detail = f"the broker closed it: {reason_code}"
+        else:
+            detail = "the connection closed or timed out"
+        with self._lock:
+            was_connected = self._connected
+            self._connected = False
+            stopping = self._stopping
+            if was_connected and not stopping:
+                self._lost_at = time.monotonic()
+                self._last_error = f"connection lost: {detail}"
+        if not was_connected:
+            return  # a failed attempt: its reason was reported where it was known
+        self._connected_event.clear()
+        if stopping:
+            logger.info("MQTT: disconnected from %s", self._broker)
+            return
+        logger.warning(
+            "MQTT: connection to %s lost (%s); reconnecting with back-off up to %.0f s, events wait in the outbox",
+            self._broker,
+            detail,
+            self._config.mqtt.reconnect_max_s,
+        )
+        self._wake.set()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        # Called with paho's message lock held: only record the id; the publisher does the rest.
+        self._acks.append(mid)
+        self._wake.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            logger.error(
+                "MQTT: the broker refused the subscription to %s (%s): commands will not arrive; "
+                "grant read access to it in the broker's ACL",
+                self._command_filter,
+                ", ".join(refused),
+            )
+
+    def _on_command_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        name = message.topic.rsplit("/", 1)[-1]
+        payload = bytes(message.payload)
+        if message.retain:
+            logger.warning("MQTT: ignored a retained command %r (commands must not be retained)", name)
+            self._reply_error(
+                name,
+                None,
+                "retained",
+                "retained commands are refused: they would run again at every reconnect; "
+                "publish commands without the retain flag (and clear this one with an empty retained message)",
+            )
+            return
+        limit = self._config.commands.max_payload_kb * 1024
+        if len(payload) > limit:
+            logger.warning(
+                "MQTT: refused command %r: its payload of %d bytes is above commands.max_payload_kb (%d KiB)",
+                name,
+                len(payload),
+                self._config.commands.max_payload_kb,
+            )
+            self._reply_error(
+                name,
+                None,
+                "payload_too_large",
+                f"payload of {len(payload)} bytes is above the limit of {limit} bytes",
+            )
+            return
+        try:
+            self._on_command(name, payload)
+        except Exception as err:
+            logger.exception("MQTT: the handler of command %r failed", name)
+            self._reply_error(name, _request_id(payload), "handler_failed", f"{type(err).__name__}: {err}")
+
+    def _on_unexpected_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        logger.debug("MQTT: ignored a message on %s", message.topic)
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        # paho reports every lost connection at its ERR level; this module logs those itself.
+        _paho_logger.debug("%s", text)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _note_error(self, message: str, refused: bool) -> None:
+        """Record a connection problem; log it once until it changes or a connection succeeds."""
+        with self._lock:
+            self._last_error = message
+            repeated = message == self._reported_error
+            self._reported_error = message
+        if repeated:
+            logger.debug("MQTT: %s (still)", message)
+            return
+        logger.log(
+            logging.ERROR if refused else logging.WARNING,
+            "MQTT: %s; retrying with back-off up to %.0f s",
+            message,
+            self._config.mqtt.reconnect_max_s,
+        )
+
+    def _reply_error(self, command: str, request_id: Any, code: str, message: str) -> None:
+        doc = {"request_id": request_id, "ok": False, "error": {"code": code, "message": message}}
+        try:
+            self.publish_result(command, doc)
+        except ValueError as err:  # a command name that cannot be a result topic
+            logger.warning("MQTT: cannot answer command %r: %s", command, err)
+
+    def _publish_document(self, topic: str, payload: bytes) -> None:
+        """Publish a retained document now if connected (caller holds ``_doc_lock``)."""
+        client = self._client
+        with self._lock:
+            connected = self._connected and not self._stopping
+        if client is None or not connected:
+            return  # published on the next connect
+        client.publish(topic, payload, qos=0, retain=True)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self._config.mqtt.tls
+        try:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=None if tls.ca_file is None else str(tls.ca_file)
+            )
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if tls.cert_file is not None and tls.key_file is not None:
+                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            raise MqttLinkError(
+                f"cannot load the MQTT TLS files (mqtt.tls: ca_file={tls.ca_file}, cert_file={tls.cert_file}, "
+                f"key_file={tls.key_file}): {err}"
+            ) from err
+        return context
+
+    def _publish_offline(self, client: mqtt.Client, deadline: float) -> None:
+        try:
+            info = client.publish(self._availability_topic, OFFLINE, qos=1, retain=True)
+            info.wait_for_publish(_remaining(deadline, floor=0.2))
+            if info.is_published():
+                return
+            logger.warning("MQTT: the broker did not acknowledge 'offline' in time")
+        except (RuntimeError, ValueError) as err:
+            logger.warning("MQTT: could not publish 'offline': %s", err)
+
+    def _stop_network_thread(self, client: mqtt.Client, deadline: float) -> None:
+        """``loop_stop`` joins paho's thread without a timeout (it may be in a blocking connect); bound it."""
+        stopper = threading.Thread(target=client.loop_stop, name="mqtt-loop-stop", daemon=True)
+        stopper.start()
+        stopper.join(_remaining(deadline, floor=0.5))
+        if stopper.is_alive():
+            logger.warning(
+                "MQTT network thread did not stop in time (blocked connecting to %s?); left to finish on its own",
+                self._broker,
+            )
+
+    # -- the publisher thread ----------------------------------------------------------------------
+
+    def _run_publisher(self) -> None:
+        failures = 0
+        while not self._stop_event.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self._stop_event.is_set():
+                break
+            try:
+                self._settle_acks()
+                self._fill_window()
+            except OutboxError as err:
+                failures += 1
+                if failures == 1:
+                    logger.error("MQTT publisher: the outbox failed (%s); retrying", err)
+                self._stop_event.wait(min(30.0, 0.5 * 2**failures))
+                continue
+            except Exception:
+                logger.exception("MQTT publisher: unexpected error; retrying in 1 s")
+                self._stop_event.wait(1.0)
+                continue
+            if failures:
+                logger.info("MQTT publisher: the outbox works again")
+                failures = 0
+
+    def _settle_acks(self) -> None:
+        """Delete the outbox entries whose PUBACK arrived (publisher thread)."""
+        seqs: List[int] = []
+        while True:
+            try:
+                mid = self._acks.popleft()
+            except IndexError:
+                break
+            entry = self._inflight.pop(mid, None)  # other ids: state, results, discovery
+            if entry is not None:
+                seqs.append(entry.seq)
+        if not seqs:
+            return
+        with self._lock:
+            self._published_total += len(seqs)
+            self._in_flight_count = len(self._inflight)
+        # If this fails the entries stay in the outbox and are sent again later: a duplicate, not a loss.
+        self._outbox.ack_many(seqs)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _fill_window(self) -> None:
+        """Publish pending entries up to the window (publisher thread)."""
+        client = self._client
+        with self._lock:
+            ready = self._connected and not self._stopping
+            generation = self._generation
+            connected_at = self._connected_at
+        if client is None or not ready:
+            return
+        if self._inflight:
+            now = time.monotonic()
+            oldest = min(self._inflight.values(), key=lambda entry: entry.seq)
+            if now - max(oldest.sent_at, connected_at) > _UNACKED_RESEND_S:
+                logger.warning(
+                    "MQTT: %d event(s) not acknowledged after %.0f s; sending them again",
+                    len(self._inflight),
+                    _UNACKED_RESEND_S,
+                )
+                self._inflight.clear()  # they are still in the outbox: re-sent from the oldest below
+            elif any(entry.generation != generation for entry in self._inflight.values()):
+                return  # paho re-sends those first after a reconnect; newer events wait for them
+        room = self._window - len(self._inflight)
+        if room <= 0:
+            return
+        after = max((entry.seq for entry in self._inflight.values()), default=0)
+        for entry in self._outbox.pending(room, after_seq=after):
+            if self._stop_event.is_set():
+                break
+            try:
+                info = client.publish(self.topic(entry.topic_suffix), entry.payload, qos=1, retain=False)
+            except ValueError as err:  # cannot be an MQTT message at all: would block the queue forever
+                logger.error("MQTT: outbox entry %d cannot be published (%s); dropping it", entry.seq, err)
+                self._outbox.ack(entry.seq)
+                continue
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                break
+            self._inflight[info.mid] = _InFlight(entry.seq, generation, time.monotonic())
+        with self._lock:
+            self._in_flight_count = len(self._inflight)
+
+
+def _request_id(payload: bytes) -> Any:
+    """The ``request_id`` of a JSON command payload, if it has a usable one."""
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(document, dict):
+        value = document.get("request_id")
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _remaining(deadline: float, cap: Optional[float] = None, floor: float = 0.0) -> float:
+    remaining = max(floor, deadline - time.monotonic())
+    return remaining if cap is None else min(cap, remaining)

@@ -1,0 +1,135 @@
+"""The per-frame pipeline: detect → track → align and assess → (liveness, embed, match) → decide.
+
+Runs on the daemon's pipeline thread only (it owns the back-ends; with TensorRT, the CUDA context).
+Expensive work is done only where a decision still needs it: a track that is decided (until its
+re-announce is due) is tracked but not embedded, which is what lets a 2-core box keep up with a
+door camera. Each decision comes out with the best-quality crop of its track and the capture time
+of the frame that completed it, for the event's latency.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .decisions import Candidate, Decision, DecisionEngine, DecisionSettings, Observation
+from .gallery.gallery import Gallery
+from .metrics import Latencies, StageTimer
+from .tracking import IouTracker
+from .vision.align import align_faces
+from .vision.analyzer import FaceAnalyzer
+from .vision.quality import assess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A decision with what the event needs: the frame's capture time and the track's best crop."""
+
+    decision: Decision
+    captured_at: float
+    crop: Optional[np.ndarray]  # (112, 112, 3) uint8
+
+
+class Pipeline:
+    """One camera's per-frame processing.
+
+    Args:
+        analyzer: loaded models.
+        gallery: identities to match against.
+        settings: decision rules (``DecisionSettings.from_config``).
+        latencies: where stage timings go (``detect``, ``align``, ``liveness``, ``embed``, ``match``,
+            ``frame``).
+    """
+
+    def __init__(
+        self, analyzer: FaceAnalyzer, gallery: Gallery, settings: DecisionSettings, latencies: Latencies
+    ) -> None:
+        self.analyzer = analyzer
+        self.gallery = gallery
+        self.settings = settings
+        self.tracker = IouTracker(settings.track_iou, settings.track_max_missed)
+        self.engine = DecisionEngine(settings)
+        self._timer = StageTimer(latencies)
+        self._best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
+
+    def set_threshold(self, threshold: float) -> None:
+        """Change the match threshold for decisions from now on."""
+        from dataclasses import replace
+
+        self.settings = replace(self.settings, threshold=threshold)
+        self.engine.settings = self.settings
+
+    def process(self, image: np.ndarray, captured_at: float) -> List[Outcome]:
+        """Process one ``(H, W, 3)`` uint8 BGR frame captured at ``captured_at`` (monotonic seconds)."""
+        outcomes: List[Outcome] = []
+        with self._timer.stage("frame"):
+            with self._timer.stage("detect"):
+                faces = self.analyzer.detect(image)
+            track_ids = self.tracker.update(faces.boxes)
+            for ended in self.tracker.ended():
+                outcomes.extend(self._end(ended, captured_at))
+            if not len(faces):
+                return outcomes
+            with self._timer.stage("align"):
+                crops = align_faces(image, faces.landmarks)
+                qualities = assess(faces.boxes, faces.landmarks, crops)
+            wanted = [
+                i for i, track in enumerate(track_ids) if self.engine.wants_embedding(track, captured_at)
+            ]
+            candidates: Dict[int, List[Candidate]] = {}
+            liveness: Dict[int, Tuple[float, bool]] = {}
+            if wanted:
+                chosen = np.asarray(wanted)
+                if self.analyzer.liveness is not None:
+                    with self._timer.stage("liveness"):
+                        result = self.analyzer.liveness.check(image, faces.boxes[chosen])
+                    liveness = {
+                        i: (float(s), bool(p)) for i, s, p in zip(wanted, result.scores, result.passed)
+                    }
+                with self._timer.stage("embed"):
+                    embeddings = self.analyzer.embedder.embed(crops[chosen])
+                with self._timer.stage("match"):
+                    for i, found in zip(wanted, self.gallery.search(embeddings)):
+                        candidates[i] = found
+            for i, track in enumerate(track_ids):
+                quality = qualities[i].score
+                best = self._best_crop.get(track)
+                if best is None or quality > best[0]:
+                    self._best_crop[track] = (quality, crops[i])
+                observation = Observation(
+                    timestamp=captured_at,
+                    box=faces.boxes[i],
+                    quality=quality,
+                    candidates=candidates.get(i, ()),
+                    embedded=i in candidates,
+                    liveness=liveness.get(i),
+                )
+                decision = self.engine.observe(track, observation)
+                if decision is not None:
+                    outcomes.append(self._outcome(decision, captured_at, keep=True))
+        return outcomes
+
+    def finish(self, now: float) -> List[Outcome]:
+        """End every track (the video ended, or the daemon stops): their last decisions, if any."""
+        outcomes: List[Outcome] = []
+        for track in self.tracker.close_all():
+            outcomes.extend(self._end(track, now))
+        return outcomes
+
+    def _end(self, track: int, now: float) -> List[Outcome]:
+        decision = self.engine.end_track(track, now)
+        outcomes = [self._outcome(decision, now, keep=False)] if decision is not None else []
+        self._best_crop.pop(track, None)
+        return outcomes
+
+    def _outcome(self, decision: Decision, captured_at: float, keep: bool) -> Outcome:
+        best = self._best_crop.get(decision.track_id)
+        if keep and best is not None:
+            # The next announcement of this track starts a fresh choice of its best crop.
+            self._best_crop.pop(decision.track_id, None)
+        return Outcome(decision, captured_at, None if best is None else best[1])

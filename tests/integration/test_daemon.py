@@ -1,0 +1,448 @@
+"""The daemon as a subprocess against a real Mosquitto: events, outages, signals, systemd, commands, camera.
+
+Each test enrols people in a fresh storage folder, writes a video made of real photos, and runs
+``python -m appliance run`` on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+from appliance.config_load import validate_config
+from appliance.enrollment import Enroller
+from appliance.gallery.gallery import Gallery
+from appliance.vision.analyzer import FaceAnalyzer
+from appliance.vision.image import read_image
+from tests.conftest import REPO_ROOT
+from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.support import make_passage_video
+
+DEVICE = "door-test"
+ROOT = f"face-appliance/{DEVICE}"
+EVENT_KEYS = {
+    "schema",
+    "event_id",
+    "ts",
+    "device_id",
+    "camera_id",
+    "decision",
+    "identity",
+    "score",
+    "threshold",
+    "track_id",
+    "frames",
+    "liveness",
+    "models",
+    "face",
+    "latency_ms",
+    "reason",
+}
+
+
+@pytest.fixture(scope="module")
+def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
+    with FaceAnalyzer.from_config(
+        validate_config({"models": {"dir": str(shared_models)}}), liveness=False
+    ) as loaded:
+        yield loaded
+
+
+@pytest.fixture
+def storage(tmp_path: Path, analyzer: FaceAnalyzer, shared_data: Path) -> Path:
+    """A storage folder whose gallery holds Barack Obama (one photo)."""
+    folder = tmp_path / "state"
+    config = validate_config({"storage": {"dir": str(folder)}})
+    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
+        result = Enroller(analyzer, gallery, config.gallery).enroll(
+            "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
+        )
+        assert result.template_ids
+    return folder
+
+
+def _video(tmp_path: Path, shared_data: Path, name: str = "door.avi", rounds: int = 1) -> Path:
+    person, stranger = (
+        shared_data / "faces/fr_obama/obama2.jpg",
+        shared_data / "faces/fr_kit_harington/john1.jpeg",
+    )
+    passages: List[tuple] = [(None, 3)]
+    for _ in range(rounds):
+        passages += [(person, 25), (None, 12), (stranger, 25), (None, 12)]
+    return make_passage_video(tmp_path / name, passages)
+
+
+def _config(
+    tmp_path: Path, storage: Path, models: Path, broker: MosquittoBroker, source: Path, **sections: str
+) -> Path:
+    extra = {
+        "camera": f'source = "{source}"\nat_end = "stop"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
+        "outbox": "drain_s = 10.0",
+        "metrics": "state_interval_s = 1.0",
+    }
+    extra.update(sections)
+    text = (
+        f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        f"keepalive_s = 5\n"
+    )
+    for section, body in extra.items():
+        text += f"[{section}]\n{body}\n"
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+class Daemon:
+    """``python -m appliance run`` in a subprocess; stderr is collected in the background."""
+
+    def __init__(self, config: Path, env: Optional[Dict[str, str]] = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(config)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.log: List[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line.rstrip())
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.log) < count:
+            if time.monotonic() > deadline or (self.process.poll() is not None and not self._reader.is_alive()):
+                raise AssertionError(f"{text!r} ×{count} not logged; log:\n" + "\n".join(self.log[-40:]))
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.log)
+
+
+def _events(recorder: Recorder) -> List[dict]:
+    return [json.loads(m.payload) for m in recorder.on(f"{ROOT}/events")]
+
+
+def _unique(events: List[dict]) -> List[dict]:
+    seen, unique = set(), []
+    for event in events:
+        if event["event_id"] not in seen:
+            seen.add(event["event_id"])
+            unique.append(event)
+    return unique
+
+
+def test_person_granted_and_stranger_unknown(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    config = _config(tmp_path, storage, shared_models, mosquitto, _video(tmp_path, shared_data))
+    daemon = Daemon(config)
+    try:
+        assert daemon.wait(timeout=120) == 0, daemon.text
+    finally:
+        daemon.close()
+    events = _unique(_events(recorder))
+    assert [e["decision"] for e in events] == ["granted", "unknown"], daemon.text
+    granted, unknown = events
+    assert granted["identity"] == {"id": "obama", "name": "Barack Obama"}
+    assert granted["score"] >= granted["threshold"] and unknown["identity"] is None
+    for event in events:
+        assert set(event) == EVENT_KEYS, set(event) ^ EVENT_KEYS
+        assert event["schema"] == 1 and event["device_id"] == DEVICE and event["camera_id"] == "cam0"
+        assert event["ts"].endswith("Z") and len(event["face"]["box"]) == 4
+        assert event["models"]["embedder"].startswith("mobilefacenet@") and "embedding" not in json.dumps(
+            event
+        )
+    availability = [m.text for m in recorder.on(f"{ROOT}/availability")]
+    assert availability[0] == "online" and availability[-1] == "offline"
+    state = json.loads(recorder.on(f"{ROOT}/state")[-1].payload)
+    assert state["gallery"]["identities"] == 1 and state["frames"] == 3 + 25 + 12 + 25 + 12
+    assert state["outbox"]["depth"] == 0 and state["camera"]["dropped"] == 0
+
+
+def test_events_survive_a_broker_outage_and_a_sigkill(
+    tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
+) -> None:
+    with Recorder(
+        mosquitto.host, mosquitto.port, f"{ROOT}/events", client_id="consumer", clean_session=False
+    ):
+        pass  # register a persistent session: the broker keeps its QoS 1 messages while the consumer is away
+    consumer = Recorder(
+        mosquitto.host, mosquitto.port, f"{ROOT}/events", client_id="consumer", clean_session=False
+    )
+    consumer.start()
+    try:
+        # 1. The broker goes away before any event: they wait in the outbox, then all arrive in order.
+        mosquitto.stop()
+        config = _config(
+            tmp_path,
+            storage,
+            shared_models,
+            mosquitto,
+            _video(tmp_path, shared_data, rounds=2),
+            outbox="drain_s = 60.0",
+        )
+        daemon = Daemon(config)
+        try:
+            daemon.wait_log("access event", count=4, timeout=120)
+            mosquitto.start()
+            assert daemon.wait(timeout=90) == 0, daemon.text
+        finally:
+            daemon.close()
+        events = consumer.wait_for(
+            lambda ms: len({json.loads(m.payload)["event_id"] for m in ms}) >= 4, 30, "4 events"
+        )
+        unique = _unique([json.loads(m.payload) for m in events])
+        assert [e["decision"] for e in unique] == ["granted", "unknown", "granted", "unknown"]
+        assert [e["ts"] for e in unique] == sorted(e["ts"] for e in unique)
+
+        # 2. Killed with events still in the outbox: the next start delivers them.
+        consumer.clear()
+        mosquitto.stop()
+        config = _config(
+            tmp_path, storage, shared_models, mosquitto, _video(tmp_path, shared_data, "second.avi")
+        )
+        daemon = Daemon(config)
+        try:
+            daemon.wait_log("access event", count=2, timeout=120)
+            daemon.signal(signal.SIGKILL)
+            daemon.wait(timeout=30)
+        finally:
+            daemon.close()
+        mosquitto.start()
+        empty = make_passage_video(tmp_path / "empty.avi", [(None, 20)])
+        daemon = Daemon(_config(tmp_path, storage, shared_models, mosquitto, empty))
+        try:
+            assert daemon.wait(timeout=90) == 0, daemon.text
+        finally:
+            daemon.close()
+        delivered = consumer.wait_for(lambda ms: len(ms) >= 2, 30, "the killed run's events")
+        assert [json.loads(m.payload)["decision"] for m in delivered][:2] == ["granted", "unknown"]
+    finally:
+        consumer.close()
+
+
+def test_sigterm_publishes_offline_and_sigkill_the_last_will(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    video = _video(tmp_path, shared_data)
+    config = _config(
+        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
+    )
+    daemon = Daemon(config)
+    try:
+        recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=60)
+        daemon.wait_log("ready after")
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0, daemon.text
+        assert time.monotonic() - started < 20, "stopping took longer than the unit's stop timeout"
+    finally:
+        daemon.close()
+    assert recorder.on(f"{ROOT}/availability")[-1].payload == b"offline"
+
+    recorder.clear()
+    daemon = Daemon(config)
+    try:
+        recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=60)
+        daemon.signal(signal.SIGKILL)
+        daemon.wait(timeout=30)
+        recorder.wait_for_message(f"{ROOT}/availability", b"offline", timeout=15)  # the broker's last will
+    finally:
+        daemon.close()
+
+
+def test_systemd_ready_and_watchdog_only_while_frames_flow(
+    tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(0.5)
+    video = _video(tmp_path, shared_data)
+    config = _config(
+        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
+    )
+    env = {
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "2000000",  # ping every second; a stall is declared after two missed pings
+        "FACE_APPLIANCE_FAULTS": "stall_pipeline_after:120",
+    }
+    messages: List[tuple] = []
+    started = time.monotonic()
+    daemon = Daemon(config, env)
+    try:
+        stalled_at = None
+        while time.monotonic() - started < 90:
+            try:
+                data = listener.recv(4096).decode()
+            except socket.timeout:
+                data = ""
+            if data:
+                messages.append((time.monotonic(), data))
+            if stalled_at is None and any("pipeline stalls now" in line for line in daemon.log):
+                stalled_at = time.monotonic()
+            if stalled_at is not None and time.monotonic() - stalled_at > 8:
+                break
+        assert stalled_at is not None, daemon.text
+        daemon.signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    finally:
+        daemon.close()
+        listener.close()
+    ready = [t for t, text in messages if "READY=1" in text]
+    pings = [t for t, text in messages if "WATCHDOG=1" in text]
+    assert ready and ready[0] - started < 30
+    before = [t for t in pings if ready[0] <= t < stalled_at]
+    assert len(before) >= 3, f"{len(before)} pings while frames flowed"
+    assert not [t for t in pings if t > stalled_at + 4.5], "the watchdog kept being fed by a stalled pipeline"
+    assert any(text.startswith("STATUS=") and "fps" in text for _, text in messages)
+
+
+def test_bad_commands_get_error_results_and_change_nothing(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    video = _video(tmp_path, shared_data)
+    config = _config(
+        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
+    )
+    daemon = Daemon(config)
+
+    def command(name: str, payload: bytes) -> dict:
+        recorder.publish(f"{ROOT}/cmd/{name}", payload)
+        message = recorder.wait_for(lambda ms: any(m.topic == f"{ROOT}/cmd/{name}/result" for m in ms), 60)
+        results = [json.loads(m.payload) for m in message if m.topic == f"{ROOT}/cmd/{name}/result"]
+        recorder.clear()
+        return results[-1]
+
+    try:
+        recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=60)
+        bad = [
+            ("enroll", b"{not json"),
+            ("enroll", json.dumps({"request_id": "r2", "name": 7, "image": "x"}).encode()),
+            ("frobnicate", json.dumps({"request_id": "r3"}).encode()),
+            ("set_threshold", json.dumps({"request_id": "r4", "threshold": 1.5}).encode()),
+            ("remove", json.dumps({"request_id": "r5", "id": "nobody"}).encode()),
+            ("enroll", json.dumps({"request_id": "r6", "name": "x", "image": "A" * (10 * 2**20)}).encode()),
+            (
+                "enroll",
+                json.dumps(
+                    {
+                        "request_id": "r7",
+                        "name": "Dog",
+                        "image": base64.b64encode(
+                            (shared_data / "no_face/dlib_dog.jpg").read_bytes()
+                        ).decode(),
+                    }
+                ).encode(),
+            ),
+        ]
+        for name, payload in bad:
+            outcome = command(name, payload)
+            assert outcome["ok"] is False and outcome["error"], (name, outcome)
+        status = command("status", b'{"request_id": "s1"}')
+        assert (
+            status["ok"] and status["request_id"] == "s1" and status["result"]["gallery"]["identities"] == 1
+        )
+        assert daemon.process.poll() is None
+
+        threshold = command("set_threshold", b'{"request_id": "t1", "threshold": 0.6}')
+        assert threshold["ok"] and threshold["result"]["threshold"] == 0.6
+        photo = base64.b64encode((shared_data / "faces/fr_biden/biden.jpg").read_bytes()).decode()
+        enrolled = command(
+            "enroll", json.dumps({"request_id": "e1", "name": "Joe Biden", "image": photo}).encode()
+        )
+        assert enrolled["ok"] and enrolled["result"]["id"] == "joe-biden", enrolled
+        assert command("status", b'{"request_id": "s2"}')["result"]["gallery"]["identities"] == 2
+        removed = command("remove", b'{"request_id": "d1", "id": "joe-biden"}')
+        assert removed["ok"] and removed["result"]["templates_removed"] == 1
+        assert command("status", b'{"request_id": "s3"}')["result"]["threshold"] == 0.6
+    finally:
+        daemon.signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        daemon.close()
+
+
+def test_missing_camera_file_is_retried_until_it_appears(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    later = tmp_path / "later.avi"
+    config = _config(tmp_path, storage, shared_models, mosquitto, later)
+    daemon = Daemon(config)
+    try:
+        recorder.wait_for(
+            lambda ms: any(
+                m.topic == f"{ROOT}/state" and json.loads(m.payload)["camera"]["state"] == "lost" for m in ms
+            ),
+            60,
+            "a state with the camera lost",
+        )
+        lost = [
+            json.loads(m.payload)
+            for m in recorder.on(f"{ROOT}/state")
+            if json.loads(m.payload)["camera"]["state"] == "lost"
+        ]
+        assert "does not exist" in lost[-1]["camera"]["last_error"]
+        time.sleep(1.5)  # a few retries
+        _video(tmp_path, shared_data, "staging.avi").rename(later)
+        assert daemon.wait(timeout=120) == 0, daemon.text
+    finally:
+        daemon.close()
+    assert [e["decision"] for e in _unique(_events(recorder))] == ["granted", "unknown"]
+    warnings = [line for line in daemon.log if "WARNING" in line and "camera" in line.lower()]
+    assert len(warnings) == 1, warnings
+    assert sum("recovered" in line for line in daemon.log) == 1

@@ -1,0 +1,490 @@
+"""The template index: real Faiss on seeded synthetic embeddings, checked against numpy brute force."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Iterator, List, Tuple
+
+import faiss
+import numpy as np
+import pytest
+
+from appliance.errors import ApplianceError
+from appliance.gallery import index as index_module
+from appliance.gallery.index import (
+    MAGIC,
+    GalleryIndexError,
+    IndexCorruptError,
+    IndexMissingError,
+    IndexStaleError,
+    TemplateIndex,
+    exact_top_k,
+    measure_recall,
+    probe_queries,
+)
+
+D = 128
+MODEL = "mobilefacenet@1"
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def gaussian(n: int, d: int = D, seed: int = 0) -> np.ndarray:
+    """(n, d) float32, not normalised (the index must normalise)."""
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32) * 3
+
+
+def identities(n: int, per_identity: int = 3, d: int = D, seed: int = 1) -> np.ndarray:
+    """(n, d) float32 unit templates: random identity centres, each template cos ≈ 0.8 to its centre."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal(((n + per_identity - 1) // per_identity, d)))
+    noise = rng.standard_normal((n, d)) * (0.75 / np.sqrt(d))
+    return unit(centres[np.arange(n) // per_identity] + noise)
+
+
+def brute_force(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    scores = unit(q) @ unit(x).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def some_ids(n: int, seed: int = 2) -> np.ndarray:
+    """Unique, unordered, large int64 ids (not 0..n-1, so ids and positions cannot be confused)."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(np.arange(10**12, 10**12 + 50 * n, dtype=np.int64), size=n, replace=False)
+
+
+# -- search --------------------------------------------------------------------------------------
+
+
+def test_exact_search_equals_numpy_brute_force() -> None:
+    x, ids, q = gaussian(3000), some_ids(3000), gaussian(40, seed=9)
+    index = TemplateIndex.build(D, ids, x)
+    assert index.kind == "exact" and len(index) == 3000 and index.dim == D
+    scores, found = index.search(q, k=10)
+    ref_scores, ref_ids = brute_force(x, ids, q, 10)
+    assert scores.dtype == np.float32 and found.dtype == np.int64 and found.shape == (40, 10)
+    np.testing.assert_array_equal(found, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_top2_is_the_template_itself_then_the_next_best() -> None:
+    x, ids = identities(600), some_ids(600)
+    index = TemplateIndex.build(D, ids, x)
+    scores, found = index.search(x[:50])  # k=2 by default
+    assert found.shape == (50, 2)
+    np.testing.assert_array_equal(found[:, 0], ids[:50])
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert (scores[:, 0] >= scores[:, 1]).all()
+    _, ref_ids = brute_force(x, ids, x[:50], 2)
+    np.testing.assert_array_equal(found[:, 1], ref_ids[:, 1])
+
+
+def test_scores_are_cosine_and_inputs_are_not_modified() -> None:
+    x = gaussian(100)
+    before = x.copy()
+    index = TemplateIndex.build(D, np.arange(100), x)
+    np.testing.assert_array_equal(x, before)  # normalised on a copy
+    query = x[7:8] * 0.01  # same direction, another norm
+    scores, found = index.search(query, 1)
+    assert found[0, 0] == 7
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_array_equal(query, x[7:8] * 0.01)
+
+
+def test_fewer_templates_than_k_gives_minus_one_and_minus_inf() -> None:
+    index = TemplateIndex.build(D, [5, 6, 7], gaussian(3))
+    scores, found = index.search(gaussian(2, seed=3), k=5)
+    assert (found[:, 3:] == -1).all() and (found[:, :3] >= 5).all()
+    assert np.isneginf(scores[:, 3:]).all() and np.isfinite(scores[:, :3]).all()
+
+
+def test_empty_index_finds_nothing() -> None:
+    for index in (TemplateIndex(D), TemplateIndex.build(D, [], np.empty((0, D), np.float32))):
+        scores, found = index.search(gaussian(2), k=2)
+        assert len(index) == 0 and index.kind == "exact"
+        assert (found == -1).all() and np.isneginf(scores).all()
+
+
+def test_exact_top_k_helper_matches_brute_force_across_chunks() -> None:
+    x, q = unit(gaussian(1000)), unit(gaussian(7, seed=4))
+    scores, rows = exact_top_k(x, q, 4, chunk_rows=128)
+    ref_scores, ref_rows = brute_force(x, np.arange(1000), q, 4)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+# -- approximate index ---------------------------------------------------------------------------
+
+
+def test_hnsw_reaches_recall_at_1_of_0_99_on_20k_templates() -> None:
+    x, ids = identities(20_000), some_ids(20_000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=500)
+    assert index.kind == "hnsw" and len(index) == 20_000
+    assert index.recall_at_1 is not None and index.recall_at_1 >= 0.99  # measured and logged by build
+    fresh = identities(20_000, seed=1)[::20] + np.random.default_rng(5).standard_normal((1000, D)) * 0.05
+    assert measure_recall(index, x, ids, fresh, k=1) >= 0.99
+    assert measure_recall(index, x, ids, probe_queries(x, 1000, seed=6), k=1) >= 0.99
+
+
+def test_measure_recall_is_one_for_exact_and_counts_ties() -> None:
+    x, ids = identities(2000), some_ids(2000)
+    exact = TemplateIndex.build(D, ids, x)
+    q = probe_queries(x, 200)
+    assert measure_recall(exact, x, ids, q) == 1.0
+    assert measure_recall(exact, x, ids, q, k=5) == 1.0
+    # a duplicated template: whichever of the two copies comes back is a hit
+    twins = np.concatenate([x, x[:1]])
+    twin_ids = np.concatenate([ids, [7]])
+    assert measure_recall(TemplateIndex.build(D, twin_ids, twins), twins, twin_ids, x[:1]) == 1.0
+    # an index over different templates finds none of the exact neighbours
+    other = TemplateIndex.build(D, ids, identities(2000, seed=8))
+    assert measure_recall(other, x, ids, q) < 0.05
+
+
+def test_hnsw_ef_search_is_applied_and_changeable() -> None:
+    x = identities(3000)
+    index = TemplateIndex.build(D, np.arange(3000), x, approximate_above=1000, ef_search=40, recall_sample=0)
+    assert index.ef_search == 40 and index.recall_at_1 is None
+    index.ef_search = 200
+    assert index.ef_search == 200
+    with pytest.raises(ValueError, match="ef_search"):
+        index.ef_search = 0
+
+
+# -- add and remove ------------------------------------------------------------------------------
+
+
+def _all_found(index: TemplateIndex, queries: np.ndarray) -> np.ndarray:
+    return index.search(queries, k=min(len(index), 200))[1].ravel()
+
+
+@pytest.mark.parametrize("approximate_above", [10_000, 500], ids=["exact", "hnsw"])
+def test_removed_ids_never_come_back(approximate_above: int) -> None:
+    x, ids = identities(2000), some_ids(2000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=approximate_above, recall_sample=0)
+    kind = index.kind
+    gone = ids[::7]
+    assert index.remove(np.concatenate([gone, [123]])) == gone.shape[0]  # unknown ids are ignored
+    assert len(index) == 2000 - gone.shape[0] and index.kind == kind
+    assert not np.isin(_all_found(index, x[::7]), gone).any()
+    assert not np.isin(index.ids(), gone).any()
+    kept = np.setdiff1d(np.arange(2000), np.arange(0, 2000, 7))
+    _, found = index.search(x[kept[:100]], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[kept[:100]])
+    assert index.remove(gone) == 0
+
+
+def test_hnsw_removal_below_the_threshold_becomes_exact_and_stays_correct() -> None:
+    x, ids = identities(1200), some_ids(1200)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    assert index.kind == "hnsw"
+    assert index.remove(ids[:300]) == 300
+    assert index.kind == "exact" and len(index) == 900
+    scores, found = index.search(x[:400], 3)
+    ref_scores, ref_ids = brute_force(x[300:], ids[300:], x[:400], 3)
+    np.testing.assert_array_equal(found, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_add_then_search_and_growth_past_the_threshold_becomes_hnsw() -> None:
+    x, ids = identities(1500), some_ids(1500)
+    index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
+    index.add(ids[:800], x[:800])
+    index.add([], np.empty((0, D), np.float32))
+    assert index.kind == "exact" and len(index) == 800
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(ids[799:801], x[799:801])
+    assert len(index) == 800  # nothing of the refused batch went in
+    index.add(ids[800:], x[800:])
+    assert index.kind == "hnsw" and len(index) == 1500
+    _, found = index.search(x, 1)
+    assert np.mean(found[:, 0] == ids) >= 0.99
+    assert sorted(index.ids().tolist()) == sorted(ids.tolist())
+
+
+def test_searches_continue_while_an_hnsw_index_is_rebuilt() -> None:
+    x, ids = identities(3000), some_ids(3000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    errors: List[BaseException] = []
+    stop = threading.Event()
+
+    def searching() -> None:
+        try:
+            while not stop.is_set():
+                index.search(x[:4], 2)
+        except BaseException as err:  # reported to the test below
+            errors.append(err)
+
+    worker = threading.Thread(target=searching, name="searcher")
+    worker.start()
+    try:
+        assert index.remove(ids[:100]) == 100
+        index.add(ids[:50], x[:50])
+    finally:
+        stop.set()
+        worker.join()
+    assert errors == [] and len(index) == 2950
+
+
+# -- persistence ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("approximate_above", [10_000, 1000], ids=["exact", "hnsw"])
+def test_save_load_round_trip(tmp_path: Path, approximate_above: int) -> None:
+    x, ids, q = identities(2000), some_ids(2000), probe_queries(identities(2000), 100)
+    index = TemplateIndex.build(D, ids, x, approximate_above=approximate_above, ef_search=64, recall_sample=0)
+    path = tmp_path / "sub" / "gallery.index"
+    size = index.save(path, MODEL, generation=7)
+    assert path.stat().st_size == size
+    assert [p.name for p in path.parent.iterdir()] == ["gallery.index"]  # no temporary left over
+    loaded = TemplateIndex.load(path, MODEL, 7)
+    assert (loaded.kind, len(loaded), loaded.dim, loaded.ef_search) == (index.kind, 2000, D, 64)
+    for a, b in zip(index.search(q, 3), loaded.search(q, 3)):
+        np.testing.assert_array_equal(a, b)
+    assert TemplateIndex.load(path, MODEL, 7, ef_search=128).ef_search == 128
+    # the loaded index keeps working: add, remove, save again
+    assert loaded.remove(ids[:10]) == 10
+    loaded.add(ids[:5], x[:5])
+    loaded.save(path, MODEL, generation=8)
+    assert len(TemplateIndex.load(path, MODEL, 8)) == 1995
+
+
+def test_save_replaces_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "gallery.index"
+    TemplateIndex.build(D, [1, 2], gaussian(2)).save(path, MODEL, 1)
+    TemplateIndex.build(D, [1, 2, 3], gaussian(3)).save(path, MODEL, 2)
+    assert len(TemplateIndex.load(path, MODEL, 2)) == 3
+
+
+class _FullDisk:
+    """A stream that fails like a full disk once ``limit`` bytes have been written."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream, self.left = stream, limit
+
+    def write(self, data: bytes) -> int:
+        self.left -= len(data)
+        if self.left < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.stream.write(data)
+
+
+def test_a_failed_save_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gallery.index"
+    TemplateIndex.build(D, [1, 2], gaussian(2)).save(path, MODEL, 1)
+    before = path.read_bytes()
+    real = index_module.atomic_writer
+
+    @contextlib.contextmanager
+    def full_disk(final: Path, mode: int = 0o644) -> Iterator[_FullDisk]:
+        with real(final, mode) as stream:
+            yield _FullDisk(stream, limit=5000)
+
+    monkeypatch.setattr(index_module, "atomic_writer", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        TemplateIndex.build(D, np.arange(100), gaussian(100)).save(path, MODEL, 2)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.index"]
+    assert len(TemplateIndex.load(path, MODEL, 1)) == 2
+
+
+def test_save_refuses_bad_arguments(tmp_path: Path) -> None:
+    index = TemplateIndex.build(D, [1], gaussian(1))
+    with pytest.raises(ValueError, match="model_version"):
+        index.save(tmp_path / "i", "", 1)
+    with pytest.raises(ValueError, match="generation"):
+        index.save(tmp_path / "i", MODEL, -1)
+    assert not (tmp_path / "i").exists()
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> Path:
+    path = tmp_path / "gallery.index"
+    TemplateIndex.build(D, some_ids(500), identities(500)).save(path, MODEL, generation=3)
+    return path
+
+
+def test_stale_model_version_or_generation(saved: Path) -> None:
+    with pytest.raises(IndexStaleError, match="model 'mobilefacenet@1' generation 3"):
+        TemplateIndex.load(saved, "mobilefacenet@2", 3)
+    with pytest.raises(IndexStaleError, match="expected model 'mobilefacenet@1' generation 4"):
+        TemplateIndex.load(saved, MODEL, 4)
+    with pytest.raises(IndexStaleError, match="calls for hnsw"):
+        TemplateIndex.load(saved, MODEL, 3, approximate_above=100)
+    assert issubclass(IndexStaleError, GalleryIndexError) and issubclass(GalleryIndexError, ApplianceError)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(IndexMissingError) as caught:
+        TemplateIndex.load(tmp_path / "absent", MODEL, 1)
+    assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, GalleryIndexError)
+
+
+def _payload_start(path: Path) -> int:
+    _, _, length = struct.unpack("<8sHI", path.read_bytes()[:14])
+    return 14 + length + 4
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    start = _payload_start(path)
+    if how == "empty":
+        data = bytearray()
+    elif how == "magic":
+        data[:8] = b"NOTANIDX"
+    elif how == "version":
+        data[8] ^= 0x02
+    elif how == "header byte":
+        data[20] ^= 0x01
+    elif how == "header length":
+        data[10:14] = struct.pack("<I", 1 << 30)
+    elif how.startswith("truncated"):
+        data = data[
+            : {"in prefix": 5, "in header": 30, "in payload": start + 100, "by one": len(data) - 1}[how[10:]]
+        ]
+    elif how == "payload byte":
+        data[start + (len(data) - start) // 2] ^= 0x40
+    elif how == "last byte":
+        data[-1] ^= 0x01
+    elif how == "trailing data":
+        data += b"\0"
+    elif how == "garbage":
+        data = bytearray(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "empty",
+        "magic",
+        "version",
+        "header byte",
+        "header length",
+        "truncated in prefix",
+        "truncated in header",
+        "truncated in payload",
+        "truncated by one",
+        "payload byte",
+        "last byte",
+        "trailing data",
+        "garbage",
+    ],
+)
+def test_corrupt_files_are_detected(saved: Path, how: str) -> None:
+    _corrupt(saved, how)
+    with pytest.raises(IndexCorruptError):
+        TemplateIndex.load(saved, MODEL, 3)
+
+
+def _forge(path: Path, payload: bytes, **overrides: object) -> None:
+    """A file with a consistent header and checksum around an arbitrary payload."""
+    header = {
+        "model_version": MODEL,
+        "generation": 3,
+        "count": 10,
+        "dim": D,
+        "kind": "exact",
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "approximate_above": 200_000,
+        "ef_search": 96,
+        "hnsw_m": 32,
+        "ef_construction": 80,
+    }
+    header.update(overrides)
+    encoded = json.dumps(header).encode()
+    prefix = struct.pack("<8sHI", MAGIC, 1, len(encoded))
+    path.write_bytes(prefix + encoded + struct.pack("<I", zlib.crc32(encoded)) + payload)
+
+
+def test_consistent_files_with_a_wrong_payload_are_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "forged.index"
+    _forge(path, b"\x00" * 64)  # checksum right, Faiss cannot read it
+    with pytest.raises(IndexCorruptError, match="Faiss cannot read"):
+        TemplateIndex.load(path, MODEL, 3)
+    flat = faiss.IndexFlatL2(D)  # readable, but not an IndexIDMap2 of inner product
+    flat.add(unit(gaussian(10)))
+    _forge(path, faiss.serialize_index(flat).tobytes())
+    with pytest.raises(IndexCorruptError, match="header says exact"):
+        TemplateIndex.load(path, MODEL, 3)
+    good = TemplateIndex.build(D, np.arange(10), gaussian(10))
+    good.save(tmp_path / "good.index", MODEL, 3)
+    payload = (tmp_path / "good.index").read_bytes()[_payload_start(tmp_path / "good.index") :]
+    _forge(path, payload, count=11)
+    with pytest.raises(IndexCorruptError, match="header says 11"):
+        TemplateIndex.load(path, MODEL, 3)
+    _forge(path, payload, generation="3")
+    with pytest.raises(IndexCorruptError, match="'generation'"):
+        TemplateIndex.load(path, MODEL, 3)
+    _forge(path, payload, kind="ivf")
+    with pytest.raises(IndexCorruptError, match="unknown index kind"):
+        TemplateIndex.load(path, MODEL, 3)
+    _forge(path, payload)
+    assert len(TemplateIndex.load(path, MODEL, 3)) == 10
+
+
+# -- invalid input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "vectors", "match"),
+    [
+        (np.arange(3), np.ones((3, D + 1), np.float32), r"expected shape \(n, 128\)"),
+        (np.arange(3), np.ones(D, np.float32), r"expected shape \(n, 128\)"),
+        (np.arange(3), np.full((3, D), np.nan, np.float32), "row 0 has non-finite"),
+        (np.arange(3), np.array([[1.0] * D, [np.inf] * D, [1.0] * D]), "row 1 has non-finite"),
+        (np.arange(3), np.full((3, D), 1e300), "non-finite"),  # beyond float32
+        (np.arange(3), np.vstack([np.ones((2, D)), np.zeros((1, D))]), "row 2 is a zero vector"),
+        (np.arange(3), np.full((3, D), "a"), "expected a float array"),
+        (np.arange(3), [[1.0, 2.0], [3.0]], "not an array of numbers|expected"),
+        (np.arange(3.0), np.ones((3, D)), "ids must be integers"),
+        (np.array([True, False, True]), np.ones((3, D)), "ids must be integers"),
+        (np.array([1, -1, 2]), np.ones((3, D)), "ids must be ≥ 0"),
+        (np.array([2**64 - 1, 1, 2], dtype=np.uint64), np.ones((3, D)), "does not fit in int64"),
+        (np.array([2**70, 1, 2], dtype=object), np.ones((3, D)), "fits in int64"),
+        (np.array([1.5, 1, 2], dtype=object), np.ones((3, D)), "must be an integer"),
+        (np.arange(6).reshape(3, 2), np.ones((3, D)), r"expected shape \(n,\)"),
+        (np.arange(4), np.ones((3, D)), "4 ids for 3 vectors"),
+        (np.array([4, 5, 4]), np.ones((3, D)), r"duplicated ids \[4\]"),
+    ],
+)
+def test_invalid_inputs_are_refused(ids: object, vectors: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TemplateIndex.build(D, ids, vectors)
+    index = TemplateIndex.build(D, [1000], gaussian(1))
+    with pytest.raises(ValueError, match=match):
+        index.add(ids, vectors)
+    assert len(index) == 1
+
+
+def test_invalid_queries_and_parameters_are_refused() -> None:
+    index = TemplateIndex.build(D, np.arange(5), gaussian(5))
+    with pytest.raises(ValueError, match=r"queries: expected shape \(n, 128\), got \(128,\)"):
+        index.search(gaussian(1)[0])
+    with pytest.raises(ValueError, match="queries: row 0 has non-finite"):
+        index.search(np.full((1, D), np.nan))
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(gaussian(1), k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(gaussian(1), k=10**9)
+    with pytest.raises(ValueError, match="ids must be ≥ 0"):
+        index.remove([-1])
+    for bad in (0, True, 2.0, "128"):
+        with pytest.raises(ValueError, match="dim"):
+            TemplateIndex(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="approximate_above"):
+        TemplateIndex(D, approximate_above=0)
+    with pytest.raises(ValueError, match="ef_search"):
+        TemplateIndex.build(D, [1], gaussian(1), ef_search=0)
