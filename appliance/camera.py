@@ -1046,6 +1046,9 @@ class CameraThread:
                     self._cond.wait(POLL_S)
                 if self._stopping():
                     return
+                # A file frame "arrives" when the consumer can take it, as a camera running at the
+                # processing rate would deliver it; time spent decoding ahead is not latency.
+                captured = time.monotonic()
             previous = self._state
             down_s = captured - self._lost_since
             if previous == "lost":

@@ -344,6 +344,7 @@ class Appliance:
                 outcome.decision.track_id,
                 outcome.decision.frames,
             )
+            logger.debug("track %d: %s", outcome.decision.track_id, outcome.decision.reason)
             if self.print_events:
                 sys.stdout.write(payload.decode("utf-8") + "\n")
                 sys.stdout.flush()

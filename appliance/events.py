@@ -6,10 +6,12 @@ Schema 1 (DESIGN §5.3)::
      "decision": "granted" | "denied" | "unknown", "identity": {"id", "name"} | null,
      "score", "threshold", "track_id", "frames", "liveness": {"score", "passed"} | null,
      "models": {"detector", "embedder", …}, "face": {"box": [x, y, w, h], "quality"},
-     "latency_ms", "reason"}
+     "latency_ms"}
 
 plus ``"crop"`` (base64 JPEG of the face) only when ``events.face_crop`` is on. Never an embedding.
-``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
+``event_id`` is unique per event: consumers de-duplicate redelivered events by it. The decision's
+reason stays out of the event (it names the runner-up identity, someone who is not at the door); it
+is logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ def access_event(
             "quality": round(float(decision.quality), 3),
         },
         "latency_ms": round(float(latency_ms), 1),
-        "reason": decision.reason,
     }
     if crop is not None:
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])

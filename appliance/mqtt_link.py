@@ -520,6 +520,14 @@ class MqttLink:
             logger.info("MQTT: reconnected to %s after %.1f s offline", self._broker, offline_s)
         else:
             logger.info("MQTT: reconnected to %s", self._broker)
+        # Subscribe before `online`: the broker handles one connection's packets in order, so a client that
+        # sees `online` and sends a command at once finds the subscription in place.
+        if self._config.commands.enabled:
+            result, _mid = client.subscribe(self._command_filter, qos=1)
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                logger.warning(
+                    "MQTT: subscribing to %s failed: %s", self._command_filter, mqtt.error_string(result)
+                )
         # Discovery before `online`: Home Assistant then knows the entities when they become available.
         if self._config.mqtt.homeassistant.discovery:
             for topic, document in home_assistant_discovery(self._config):
@@ -532,12 +540,6 @@ class MqttLink:
             ):
                 if payload is not None:
                     client.publish(topic, payload, qos=0, retain=True)
-        if self._config.commands.enabled:
-            result, _mid = client.subscribe(self._command_filter, qos=1)
-            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                logger.warning(
-                    "MQTT: subscribing to %s failed: %s", self._command_filter, mqtt.error_string(result)
-                )
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

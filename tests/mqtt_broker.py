@@ -329,6 +329,7 @@ class Message(NamedTuple):
     payload: bytes
     retain: bool
     qos: int
+    received_at: float = 0.0  # time.time() when the subscriber got it
 
     @property
     def text(self) -> str:
@@ -400,7 +401,7 @@ class Recorder:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._condition:
             self._messages.append(
-                Message(message.topic, bytes(message.payload), bool(message.retain), message.qos)
+                Message(message.topic, bytes(message.payload), bool(message.retain), message.qos, time.time())
             )
             self._condition.notify_all()
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from engines.files import atomic_writer
 
-from ..errors import ApplianceError
+from .errors import GalleryError
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ _TIE_TOLERANCE = 1e-5
 _EXACT_CHUNK_ROWS = 16_384
 
 
-class GalleryIndexError(ApplianceError):
+class GalleryIndexError(GalleryError):
     """The saved template index cannot be used; the caller rebuilds it from the template store."""
 
 

@@ -294,6 +294,10 @@ def test_sigkill_during_enrolment_and_removal_leaves_old_or_new(tmp_path: Path) 
             counts = {identity.id: identity.templates for identity in store.identities()}
         assert all(count == 3 for count in counts.values()), "a half-written enrolment survived"
         present = set(counts)
-        assert acknowledged_added - acknowledged_removed <= present, "an acknowledged enrolment was lost"
+        # p{k} (k even) is removed right after "added p{k+1}" is printed: a kill there may leave the
+        # removal committed but not acknowledged, so such an identity may be present or absent.
+        maybe_removed = {f"p{int(i[1:]) - 1}" for i in acknowledged_added if int(i[1:]) % 2}
+        must_exist = acknowledged_added - acknowledged_removed - maybe_removed
+        assert must_exist <= present, f"acknowledged enrolments lost: {sorted(must_exist - present)[:5]}"
         assert not (acknowledged_removed & present), "an acknowledged removal came back"
     assert len(acknowledged_added) > 10

@@ -1,0 +1,238 @@
+"""The daemon end to end: start-up to READY, frame to published event, and a soak with resource sampling.
+
+    python -m bench.daemon [--minutes 2] [--sample-s 10] [--json OUT]
+
+Starts a real Mosquitto on a free loopback port, enrols one person, writes a looping video in which
+that person and a stranger keep walking up to the door, and runs ``face-appliance run`` on it as a
+subprocess (CPU back-end) with a ``NOTIFY_SOCKET`` the bench reads. It reports:
+
+* start-up: process start → ``READY=1`` (models already fetched);
+* latency: frame capture → event in the outbox (the event's ``latency_ms``) plus outbox → received by
+  a subscriber, p50/p90/p99 over every event;
+* soak: resident memory, threads, open files and outbox depth sampled every ``--sample-s``; growth
+  per hour by a least-squares line over the second half of the run (after warm-up);
+* the daemon's own figures from its last ``…/state`` (fps, stage latencies, dropped frames).
+
+Use ``--minutes 20`` (or 60) for a real soak; the default is a short run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .machine import describe
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+DEVICE = "bench-door"
+
+
+def _proc(pid: int) -> Dict[str, float]:
+    values: Dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as stream:
+            for line in stream:
+                if line.startswith("VmRSS:"):
+                    values["rss_mib"] = int(line.split()[1]) / 1024
+                elif line.startswith("Threads:"):
+                    values["threads"] = float(line.split()[1])
+        values["fds"] = float(len(os.listdir(f"/proc/{pid}/fd")))
+    except OSError:
+        pass
+    return values
+
+
+def _percentiles(values: List[float]) -> Dict[str, float]:
+    if not values:
+        return {}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "p50": round(float(p50), 1),
+        "p90": round(float(p90), 1),
+        "p99": round(float(p99), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def _slope_per_hour(times: List[float], values: List[float]) -> Optional[float]:
+    if len(times) < 4:
+        return None
+    half = len(times) // 2
+    t, v = np.asarray(times[half:]), np.asarray(values[half:])
+    if np.ptp(t) <= 0:
+        return None
+    return float(np.polyfit(t, v, 1)[0] * 3600)
+
+
+def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from appliance.config_load import validate_config
+    from appliance.enrollment import Enroller
+    from appliance.gallery.gallery import Gallery
+    from appliance.vision.analyzer import FaceAnalyzer
+    from appliance.vision.image import read_image
+    from tests.mqtt_broker import MosquittoBroker, Recorder
+    from tests.support import make_passage_video
+
+    models, data = SHARED / "models", SHARED / "data"
+    storage = workdir / "state"
+    config = validate_config({"models": {"dir": str(models)}, "storage": {"dir": str(storage)}})
+    with FaceAnalyzer.from_config(config, liveness=False) as analyzer, Gallery.open(
+        config, analyzer.embedder.version, analyzer.embedder.dim
+    ) as gallery:
+        Enroller(analyzer, gallery, config.gallery).enroll(
+            "obama", "Barack Obama", [("obama.jpg", read_image(data / "faces/fr_obama/obama.jpg"))]
+        )
+    video = make_passage_video(
+        workdir / "door.avi",
+        [
+            (None, 5),
+            (data / "faces/fr_obama/obama2.jpg", 30),
+            (None, 15),
+            (data / "faces/fr_kit_harington/john1.jpeg", 30),
+            (None, 15),
+        ],
+    )
+    broker = MosquittoBroker(workdir / "mosquitto").start()
+    config_file = workdir / "appliance.toml"
+    config_file.write_text(
+        f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
+        f'[camera]\nsource = "{video}"\nat_end = "loop"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f"[metrics]\nstate_interval_s = 5.0\n"
+    )
+    notify = workdir / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.settimeout(0.2)
+    received: List[tuple] = []
+    recorder = Recorder(broker.host, broker.port, f"face-appliance/{DEVICE}/#").start()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(config_file)],
+        cwd=REPO,
+        env={**os.environ, "NOTIFY_SOCKET": str(notify)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ready_s: Optional[float] = None
+    samples: List[Dict[str, float]] = []
+    try:
+        deadline = started + 120
+        while ready_s is None and time.monotonic() < deadline:
+            try:
+                if b"READY=1" in listener.recv(4096):
+                    ready_s = time.monotonic() - started
+            except socket.timeout:
+                if process.poll() is not None:
+                    raise RuntimeError("the daemon exited during start-up") from None
+        end = time.monotonic() + minutes * 60
+        next_sample = time.monotonic()
+        while time.monotonic() < end:
+            if time.monotonic() >= next_sample:
+                sample = {"t": time.monotonic() - started, **_proc(process.pid)}
+                states = recorder.on(f"face-appliance/{DEVICE}/state")
+                if states:
+                    sample["outbox"] = float(json.loads(states[-1].payload)["outbox"].get("depth", 0))
+                samples.append(sample)
+                next_sample += sample_s
+            time.sleep(0.2)
+        events_messages = recorder.on(f"face-appliance/{DEVICE}/events")
+        for message in events_messages:
+            received.append((message, json.loads(message.payload)))
+        state = json.loads(recorder.on(f"face-appliance/{DEVICE}/state")[-1].payload)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        recorder.close()
+        broker.stop()
+        listener.close()
+    latencies = [float(event["latency_ms"]) for _, event in received]
+    publish_delays = [
+        max(0.0, message.received_at - datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp())
+        * 1000
+        for message, event in received
+    ]
+    total = [a + b for a, b in zip(latencies, publish_delays)]
+    times = [s["t"] for s in samples]
+    soak: Dict[str, Dict[str, Optional[float]]] = {}
+    for key in ("rss_mib", "threads", "fds", "outbox"):
+        values = [s.get(key, 0.0) for s in samples]
+        if values:
+            slope = _slope_per_hour(times, values)
+            soak[key] = {
+                "first": round(values[0], 1),
+                "last": round(values[-1], 1),
+                "max": round(max(values), 1),
+                "growth_per_hour": None if slope is None else round(slope, 2),
+            }
+    decisions: Dict[str, int] = {}
+    for _, event in received:
+        decisions[event["decision"]] = decisions.get(event["decision"], 0) + 1
+    return {
+        "ready_s": None if ready_s is None else round(ready_s, 2),
+        "minutes": minutes,
+        "events": len(received),
+        "decisions": decisions,
+        "latency_ms": {
+            "frame_to_outbox": _percentiles(latencies),
+            "outbox_to_subscriber": _percentiles(publish_delays),
+            "frame_to_subscriber": _percentiles(total),
+        },
+        "soak": soak,
+        "daemon_state": {k: state.get(k) for k in ("fps", "frames", "latency_ms", "camera", "outbox")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    machine = describe()
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as folder:
+        report = run(args.minutes, args.sample_s, Path(folder))
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    print(f"\nstart → READY=1: {report['ready_s']} s (target ≤ 5 s)")
+    print(f"events: {report['events']} {report['decisions']} in {args.minutes:g} min")
+    print("\n| latency | p50 ms | p90 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, figures in report["latency_ms"].items():
+        if figures:
+            print(f"| {name} | {figures['p50']} | {figures['p90']} | {figures['p99']} | {figures['max']} |")
+    print(
+        "\n| resource | first | last | max | growth per hour (second half) |\n| --- | ---: | ---: | ---: | ---: |"
+    )
+    for name, figures in report["soak"].items():
+        print(
+            f"| {name} | {figures['first']} | {figures['last']} | {figures['max']} | {figures['growth_per_hour']} |"
+        )
+    state = report["daemon_state"]
+    print(
+        f"\ndaemon: {state.get('fps')} fps, {state.get('frames')} frames, dropped {state.get('camera', {}).get('dropped')}"
+    )
+    print("stage latency (ms): " + json.dumps(state.get("latency_ms")))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, **report}, indent=2))
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
