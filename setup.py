@@ -35,6 +35,10 @@ setup(
         "tomli>=1.1; python_version < '3.11'",
         "typing_extensions>=4.6",
         "tqdm>=4.60",
+        # Model updates over CAN: the daemon's UDS server and push-model (pure Python, small).
+        "python-can>=4.2",
+        "can-isotp>=2.0,<3",
+        "udsoncan>=1.21",
     ],
     extras_require={
         # ONNX Runtime on the CPU, and the pip OpenCV wheel. OpenCV is pinned below 5: 5.x dropped
@@ -61,9 +65,15 @@ setup(
             "setuptools<82",
         ],
         "dev": [
+            # Property-based fuzzing of every parser of outside input (tests/fuzz).
+            "hypothesis>=6.0",
             "matplotlib>=3.3",
             "pytest>=7",
             "pytest-timeout>=2.1",
+            # python-can's `serial` interface: the cross-process CAN test and bench (over socat).
+            "pyserial>=3.4",
+            # python-can's `udp_multicast` interface: CAN FD between the daemon and push-model in tests.
+            "msgpack>=1.0",
             "ruff>=0.5",
             "vermin>=1.6",
         ],

@@ -89,6 +89,9 @@ RTSP_LATENCY_MS = 200
 POLL_S = 0.1
 #: Window over which ``status()["fps"]`` measures the capture rate.
 FPS_WINDOW_S = 5.0
+#: A source whose read has not returned for this long is reported as ``stalled`` (a hung driver, a
+#: camera that stopped sending without closing the stream).
+STALL_S = 5.0
 
 
 class CameraError(ApplianceError):
@@ -799,6 +802,9 @@ class CameraThread:
         self._last_error: Optional[str] = None
         self._lost_since = 0.0
         self._times: Deque[float] = collections.deque(maxlen=1024)
+        # When the current source.read() started (None between reads), and whether its stall was logged.
+        self._reading_since: Optional[float] = None
+        self._stall_logged = False
         # Used by the thread only:
         self._delay = config.reconnect_min_s
 
@@ -897,8 +903,11 @@ class CameraThread:
             flowed again after a loss), ``retries`` (failed open/read attempts), ``last_error`` (the
             latest failure, kept after recovery; ``None`` if none), ``source`` (:meth:`describe`),
             ``id`` (``camera.id``) and ``fps`` (capture rate over the last :data:`FPS_WINDOW_S`).
+            ``state`` is ``"stalled"`` while a streaming source's read has not returned for
+            :data:`STALL_S` (``stalled_s``: for how long; ``None`` otherwise).
         """
         now = time.monotonic()
+        stalled_s = self.stalled_for(now)
         with self._cond:
             recent = [t for t in self._times if t >= now - FPS_WINDOW_S]
             fps = (
@@ -908,7 +917,8 @@ class CameraThread:
             )
             return {
                 "id": self.config.id,
-                "state": self._state,
+                "state": "stalled" if stalled_s and self._state == "streaming" else self._state,
+                "stalled_s": round(stalled_s, 1) if stalled_s else None,
                 "frames": self._frames,
                 "dropped": self._dropped,
                 "reconnects": self._reconnects,
@@ -917,6 +927,30 @@ class CameraThread:
                 "source": self.source.describe(),
                 "fps": round(fps, 2),
             }
+
+    def stalled_for(self, now: Optional[float] = None) -> float:
+        """Seconds the source's current read has been blocked, once past :data:`STALL_S`; else 0."""
+        started = self._reading_since
+        if started is None:
+            return 0.0
+        blocked = (time.monotonic() if now is None else now) - started
+        return blocked if blocked >= STALL_S else 0.0
+
+    def check_stall(self) -> bool:
+        """Log a stall once when it starts (the camera thread, blocked in the read, cannot); ``True`` while stalled.
+
+        Called by the daemon's supervisor; the recovery is logged by the camera thread when the read returns.
+        """
+        stalled = self.stalled_for()
+        if stalled and not self._stall_logged:
+            self._stall_logged = True
+            logger.warning(
+                "Camera %s stalled: %s has delivered nothing for %.0f s (a hung driver or stream?)",
+                self.config.id,
+                self.source.describe(),
+                stalled,
+            )
+        return bool(stalled)
 
     # -- the thread
 
@@ -962,6 +996,7 @@ class CameraThread:
                         continue
                     is_open = True
                     frames_this_pass = 0
+                self._reading_since = time.monotonic()
                 try:
                     image = self.source.read()
                 except Exception as err:
@@ -970,6 +1005,8 @@ class CameraThread:
                     if self._failed(err, "read failed"):
                         break
                     continue
+                finally:
+                    self._end_read()
                 if image is None:
                     self._close_for_retry()
                     is_open = False
@@ -1000,6 +1037,18 @@ class CameraThread:
                 self._finished = True
                 self._cond.notify_all()
             logger.debug("Thread %s ended", self.name)
+
+    def _end_read(self) -> None:
+        """A read returned: log the end of a stall that was reported."""
+        started, self._reading_since = self._reading_since, None
+        if self._stall_logged:
+            self._stall_logged = False
+            logger.info(
+                "Camera %s recovered from a stall of %.1f s: %s delivers again",
+                self.config.id,
+                time.monotonic() - (started or time.monotonic()),
+                self.source.describe(),
+            )
 
     def _failed(self, err: BaseException, what: str) -> bool:
         """Record a failure, log it (WARNING when it starts an outage), back off; ``True`` if stopped."""

@@ -113,6 +113,16 @@ def parse(name: str, payload: bytes) -> Tuple[Optional[str], _Command]:
         document = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise CommandError(f"not valid JSON: {err}", "invalid_json") from None
+    except RecursionError:
+        raise CommandError("not valid JSON: nested too deeply", "invalid_json") from None
+    try:
+        # JSON may escape an unpaired surrogate ("\ud800"): not text, and it could go neither into
+        # the answer nor into the gallery's database.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandError(
+            "the payload holds an unpaired surrogate escape (\\ud800-\\udfff): not valid Unicode", "invalid"
+        ) from None
     if isinstance(document, dict) and isinstance(document.get("request_id"), str):
         request_id = document["request_id"][:128]
     model = COMMANDS.get(name)

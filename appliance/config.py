@@ -285,6 +285,12 @@ class TensorRTConfig(StrictModel):
         description="Run on this DLA core (Xavier/Orin), GPU fallback for unsupported layers.",
         json_schema_extra={"example": 0},
     )
+    calibration_dir: Optional[ConfigPath] = Field(
+        None,
+        description="INT8 calibration sets (<model>.npy from `face-appliance calibrate`); a model with a "
+        "set gets an INT8 engine where the GPU has fast INT8. Default {storage.dir}/calibration.",
+        json_schema_extra={"example": "/var/lib/face-appliance/calibration"},
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TensorRTConfig:
@@ -305,6 +311,11 @@ class BackendConfig(StrictModel):
     )
     threads: int = Field(
         0, ge=0, le=64, description="CPU back-end: threads in the pool all models share (0 = one per core)."
+    )
+    int8: bool = Field(
+        False,
+        description="CPU back-end: load each model's INT8 (QDQ) version when `face-appliance calibrate` "
+        "installed one that passed its gate (see [calibration]); FP32 otherwise, with a warning.",
     )
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
 
@@ -483,6 +494,225 @@ class MetricsConfig(StrictModel):
     prometheus_port: int = Field(9108, ge=1024, le=65535, description="Port of the Prometheus endpoint.")
 
 
+class UpdatesCanConfig(StrictModel):
+    """[updates.can] — The CAN link that model packages arrive on, and the UDS server's timers."""
+
+    interface: str = Field(
+        "socketcan",
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="python-can interface: socketcan on a Jetson (the link is brought up outside the "
+        "daemon, e.g. `ip link set can0 up type can bitrate 500000`); virtual or serial for tests.",
+    )
+    channel: str = Field(
+        "can0", min_length=1, max_length=256, description="python-can channel: can0, a serial device, …"
+    )
+    bitrate: int = Field(
+        500_000,
+        ge=10_000,
+        le=1_000_000,
+        description="Nominal bit rate in bit/s (interfaces that configure the controller themselves; "
+        "socketcan takes it from `ip link`).",
+    )
+    fd: bool = Field(False, description="Use CAN FD frames (Xavier/Orin MTTCAN; not the Nano's MCP2515).")
+    data_bitrate: Optional[int] = Field(
+        None,
+        ge=10_000,
+        le=15_000_000,
+        description="CAN FD data-phase bit rate in bit/s (bit-rate switching); required with fd.",
+        json_schema_extra={"example": 2_000_000},
+    )
+    rx_id: int = Field(
+        0x7E0,
+        ge=0,
+        le=0x1FFFFFFF,
+        description="CAN id the appliance receives UDS requests on (0x7E0 = 2016; TOML also takes 0x7E0).",
+    )
+    tx_id: int = Field(
+        0x7E8,
+        ge=0,
+        le=0x1FFFFFFF,
+        description="CAN id the appliance answers on (0x7E8 = 2024).",
+    )
+    extended_ids: bool = Field(False, description="29-bit CAN ids instead of 11-bit ones.")
+    block_size: int = Field(
+        0,
+        ge=0,
+        le=255,
+        description="ISO-TP block size in our flow control: consecutive frames the tester sends before "
+        "waiting for the next flow control (0 = no limit).",
+    )
+    st_min_ms: float = Field(
+        0.0,
+        ge=0,
+        le=127,
+        description="ISO-TP STmin in our flow control: least gap between the tester's consecutive "
+        "frames, in ms: 0, 0.1 to 0.9 in steps of 0.1, or whole ms 1 to 127. Raise it for controllers "
+        "that drop back-to-back frames (MCP2515).",
+    )
+    max_frame_data: Optional[Literal[8, 12, 16, 20, 24, 32, 48, 64]] = Field(
+        None,
+        description="Data bytes per CAN frame we send: default 8 (classic) or 64 (fd).",
+        json_schema_extra={"example": 64},
+    )
+    transfer_block_bytes: int = Field(
+        4095,
+        ge=64,
+        le=65535,
+        description="maxNumberOfBlockLength announced to the tester: bytes of one TransferData request "
+        "(service id, counter, data), also the largest ISO-TP message accepted. Above 4095 the tester "
+        "needs ISO 15765-2:2016 long first frames.",
+    )
+    session_timeout_s: float = Field(
+        5.0,
+        ge=0.2,
+        le=3600,
+        description="S3 timer: without a request for this long the programming session ends "
+        "(back to the default session, security locked, the download paused).",
+    )
+    security_max_attempts: int = Field(
+        3, ge=1, le=255, description="Wrong SecurityAccess keys before requests are delayed."
+    )
+    security_delay_s: float = Field(
+        10.0,
+        ge=0.1,
+        le=86_400,
+        description="After too many wrong keys, SecurityAccess is refused for this long.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> UpdatesCanConfig:
+        if self.fd and self.data_bitrate is None:
+            raise ValueError("updates.can.fd needs updates.can.data_bitrate (the data-phase bit rate)")
+        if not self.fd and self.data_bitrate is not None:
+            raise ValueError("updates.can.data_bitrate is set but updates.can.fd is false")
+        if self.data_bitrate is not None and self.data_bitrate < self.bitrate:
+            raise ValueError(
+                f"updates.can.data_bitrate ({self.data_bitrate}) is below updates.can.bitrate ({self.bitrate})"
+            )
+        if not self.fd and self.max_frame_data not in (None, 8):
+            raise ValueError(
+                f"updates.can.max_frame_data {self.max_frame_data} needs updates.can.fd (classic CAN carries 8)"
+            )
+        limit = 0x1FFFFFFF if self.extended_ids else 0x7FF
+        for key, value in (("rx_id", self.rx_id), ("tx_id", self.tx_id)):
+            if value > limit:
+                raise ValueError(
+                    f"updates.can.{key} 0x{value:X} does not fit {'a 29' if self.extended_ids else 'an 11'}-bit "
+                    f"CAN id (at most 0x{limit:X}); set updates.can.extended_ids for 29-bit ids"
+                )
+        if self.rx_id == self.tx_id:
+            raise ValueError(
+                f"updates.can.rx_id and updates.can.tx_id are both 0x{self.rx_id:X}; they must differ"
+            )
+        if 0 < self.st_min_ms < 1:
+            if abs(self.st_min_ms * 10 - round(self.st_min_ms * 10)) > 1e-9:
+                raise ValueError(
+                    f"updates.can.st_min_ms {self.st_min_ms} below 1 ms must be a multiple of 0.1 ms"
+                )
+        elif self.st_min_ms != int(self.st_min_ms):
+            raise ValueError(f"updates.can.st_min_ms {self.st_min_ms} above 1 ms must be whole milliseconds")
+        return self
+
+    @property
+    def frame_data_bytes(self) -> int:
+        """Data bytes per CAN frame we send (8 classic, ``max_frame_data`` or 64 with FD)."""
+        if self.max_frame_data is not None:
+            return int(self.max_frame_data)
+        return 64 if self.fd else 8
+
+
+class UpdatesConfig(StrictModel):
+    """[updates] — Model packages pushed over the CAN bus (UDS server, `face-appliance push-model`)."""
+
+    enabled: bool = Field(False, description="Run the UDS server that receives model packages.")
+    trusted_keys_dir: ConfigPath = Field(
+        Path("/etc/face-appliance/trusted-keys"),
+        description="Folder of the Ed25519 public keys whose package signatures are accepted.",
+    )
+    security_secret_file: Optional[ConfigPath] = Field(
+        None,
+        description="File holding the provisioned SecurityAccess secret (first line, at least 16 "
+        "characters, e.g. `openssl rand -hex 32`); the key for a seed is HMAC-SHA256(secret, seed). "
+        "Required when updates are enabled; may be a systemd credential.",
+        json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/uds_secret"},
+    )
+    max_package_mb: int = Field(
+        64, ge=1, le=4095, description="Largest package accepted (RequestDownload of more: refused)."
+    )
+    staging_dir: Optional[ConfigPath] = Field(
+        None,
+        description="Where an incoming package is received (resumable); default {storage.dir}/updates.",
+        json_schema_extra={"example": "/var/lib/face-appliance/updates"},
+    )
+    health_frames: int = Field(
+        30,
+        ge=1,
+        le=10000,
+        description="Frames watched after a model switch before it is final (else rollback).",
+    )
+    health_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait for those frames; without frames a self-test decides."
+    )
+    latency_factor: float = Field(
+        3.0,
+        ge=1.0,
+        le=100.0,
+        description="A new model may be at most this many times slower than the active one.",
+    )
+    can: UpdatesCanConfig = Field(default_factory=UpdatesCanConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> UpdatesConfig:
+        if self.enabled and self.security_secret_file is None:
+            raise ValueError(
+                "updates.enabled needs updates.security_secret_file (the SecurityAccess secret shared with "
+                "push-model)"
+            )
+        return self
+
+    @property
+    def max_package_bytes(self) -> int:
+        """``max_package_mb`` in bytes."""
+        return self.max_package_mb * 1024 * 1024
+
+
+class CalibrationConfig(StrictModel):
+    """[calibration] — INT8 models made by `face-appliance calibrate`, and the gate they must pass to be installed."""
+
+    min_cosine_mean: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="Embedder: least mean cosine between INT8 and FP32 embeddings of the same aligned faces.",
+    )
+    max_tar_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Embedder: largest drop of the true accept rate at FAR 1e-2 and 1e-3, INT8 against "
+        "FP32 (0.01 = 1 point).",
+    )
+    min_detection_agreement: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="MTCNN: least share of the faces FP32 finds that INT8 finds too (box IoU >= 0.8).",
+    )
+    min_liveness_agreement: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="Liveness: least share of faces given the same live/spoof decision (at "
+        "liveness.threshold) by INT8 and FP32.",
+    )
+    int8_dir: Optional[ConfigPath] = Field(
+        None,
+        description="Where INT8 models that passed the gate are installed, and read from with "
+        "backend.int8; default {models.dir}/int8.",
+        json_schema_extra={"example": "/var/lib/face-appliance/models/int8"},
+    )
+
+
 class LoggingConfig(StrictModel):
     """[logging] — Log output (to stderr; journald adds timestamps under systemd)."""
 
@@ -508,6 +738,8 @@ class ApplianceConfig(StrictModel):
     events: EventsConfig = Field(default_factory=EventsConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
@@ -516,9 +748,24 @@ class ApplianceConfig(StrictModel):
         return self.backend.tensorrt.engine_dir or self.storage.dir / "engines"
 
     @property
+    def calibration_dir(self) -> Path:
+        """Where the INT8 calibration sets for the TensorRT engines are."""
+        return self.backend.tensorrt.calibration_dir or self.storage.dir / "calibration"
+
+    @property
+    def int8_dir(self) -> Path:
+        """Where gate-passed INT8 (QDQ) models are installed (``calibration.int8_dir`` or {models.dir}/int8)."""
+        return self.calibration.int8_dir or self.models.dir / "int8"
+
+    @property
     def gallery_key_file(self) -> Path:
         """The gallery's encryption key file."""
         return self.gallery.key_file or self.storage.dir / "gallery.key"
+
+    @property
+    def updates_staging_dir(self) -> Path:
+        """Where incoming model packages are received (``updates.staging_dir`` or {storage.dir}/updates)."""
+        return self.updates.staging_dir or self.storage.dir / "updates"
 
     @property
     def mqtt_client_id(self) -> str:

@@ -27,6 +27,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.8-3.10
     import tomli as tomllib
 
+#: Largest secret file read (a password or key file holds one short line).
+MAX_SECRET_BYTES = 64 * 1024
+
 _TYPE_WORDS = {
     "int": "an integer",
     "float": "a number",
@@ -117,11 +120,26 @@ def default_config() -> ApplianceConfig:
 def read_secret_file(path: Path) -> str:
     """First line of a secret file, without its line ending.
 
+    Only a regular file of at most :data:`MAX_SECRET_BYTES` is read: a device (``/dev/zero``), a
+    FIFO or a huge file named by mistake must not hang the start-up or exhaust memory.
+
     Raises:
         OSError: the file cannot be read.
-        ValueError: the file is empty.
+        ValueError: the file is empty, not a regular file, too large, not UTF-8, or its path is not
+            a valid file name (a NUL character).
     """
-    text = path.read_text(encoding="utf-8")
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("is not a regular file")
+        data = stream.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"is larger than {MAX_SECRET_BYTES} bytes; a secret file holds one line")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"is not UTF-8 text ({err.reason} at byte {err.start})") from None
     first = text.splitlines()[0] if text else ""
     if not first:
         raise ValueError("is empty")

@@ -31,10 +31,10 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .camera import CameraThread
+from .camera import CameraThread, create_source
 from .commands import (
     CommandError,
     EnrollCommand,
@@ -55,10 +55,12 @@ from .faults import Faults
 from .gallery.gallery import Gallery
 from .metrics import Latencies, PrometheusServer, RateMeter
 from .mqtt_link import MqttLink
-from .outbox import Outbox
+from .outbox import Outbox, OutboxError
 from .pipeline import Outcome, Pipeline
 from .sdnotify import SystemdNotifier
-from .vision.analyzer import FaceAnalyzer, effective_backend
+from .trt_engines import SWITCH_TIMEOUT_S, EngineService, EngineSupervisor, EngineTarget, supervisor_for
+from .updates.swap import SwapManager
+from .vision.analyzer import FaceAnalyzer, backend_options, effective_backend
 from .vision.image import ImageError, decode_image
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,9 @@ class Appliance:
         self.faults = Faults.from_environment()
         self.frames_processed = 0
         self.events_total = 0
+        #: Events that could not be written to the outbox (a full disk), ever; and the current error.
+        self.events_lost = 0
+        self._outbox_error: Optional[str] = None
         self.ready = False
         self.error: Optional[str] = None
         self.analyzer: Optional[FaceAnalyzer] = None
@@ -115,6 +120,15 @@ class Appliance:
         self._pipeline_done = threading.Event()
         self._state_published = 0.0
         self._degraded: List[str] = []
+        #: callables for the pipeline thread, run between two frames: (action, done event, [result, error])
+        self._actions: queue.Queue = queue.Queue()
+        self._replaced: Optional[FaceAnalyzer] = None  # the analyzer part a model switch took out
+        self.swap: Optional[SwapManager] = None
+        self.uds: Optional[Any] = None
+        self._last_transfer: Optional[Dict[str, Any]] = None
+        #: TensorRT engines: which model runs where, and the background builds (backend.type = tensorrt)
+        self.engines: Optional[EngineSupervisor] = None
+        self._engine_service: Optional[EngineService] = None
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -147,26 +161,37 @@ class Appliance:
         if degraded:
             self._degraded.append(f"backend: {degraded}")
         self.notifier.status("loading models")
-        self.analyzer = FaceAnalyzer.from_config(config)
+        self.engines = self._engine_supervisor(key)
+        self.analyzer = FaceAnalyzer.from_config(
+            config, opener=self.engines.opener() if self.engines is not None else None
+        )
         if self.analyzer.degraded and f"backend: {self.analyzer.degraded}" not in self._degraded:
             self._degraded.append(f"backend: {self.analyzer.degraded}")
         for backend in self.analyzer._backends:
             backend.warmup(iterations=1)
         self.gallery = Gallery.open(config, self.analyzer.embedder.version, self.analyzer.embedder.dim)
+        self._align_gallery()
         self.pipeline = Pipeline(
             self.analyzer, self.gallery, DecisionSettings.from_config(config), self.latencies
         )
         self.link = MqttLink(config, self.outbox, self._on_command)
+        self._start_updates()
         self.link.publish_state(self.state())
         self.link.publish_model(self.model_document())
         self.link.start()
         if config.metrics.prometheus:
             self.prometheus = PrometheusServer(config.metrics.prometheus_port, self.state)
             self.prometheus.start()
-        self.camera = CameraThread(config.camera, self.stop_event)
+        self.camera = CameraThread(
+            config.camera,
+            self.stop_event,
+            self.faults.camera_source(create_source(config.camera), self.stop_event),
+        )
         self.camera.start()
         self._pipeline_thread = threading.Thread(target=self._pipeline_main, name="pipeline", daemon=False)
         self._pipeline_thread.start()
+        if self.engines is not None:
+            self.engines.start(self._switch_engine)
         logger.info(
             "started: device %s, camera %s, back-end %s, %d templates in the gallery",
             config.device.id,
@@ -183,6 +208,12 @@ class Appliance:
         self.stop_event.set()
         self.notifier.stopping()
         budget = time.monotonic() + self.config.outbox.drain_s + 10.0
+        if self.engines is not None:
+            self.engines.close()
+        if self.uds is not None:
+            self.uds.close()
+        if self.swap is not None:
+            self.swap.close()
         if self.camera is not None:
             self.camera.stop(timeout=5.0)
         if self._pipeline_thread is not None:
@@ -198,7 +229,7 @@ class Appliance:
             self.link.stop(timeout=5.0)
         if self.prometheus is not None:
             self.prometheus.stop()
-        for closable in (self.analyzer, self.gallery, self.outbox):
+        for closable in (self._replaced, self.analyzer, self.gallery, self.outbox):
             if closable is not None:
                 try:
                     closable.close()
@@ -249,6 +280,8 @@ class Appliance:
             if interval is not None and healthy and now - last_ping >= interval:
                 self.notifier.watchdog()
                 last_ping = now
+            if self.camera is not None and self.camera.check_stall() and now - self._state_published >= 1.0:
+                self._publish_state(now)  # show the stall at once, not at the next state interval
             if now - self._state_published >= self.config.metrics.state_interval_s:
                 self._publish_state(now)
             if self._pipeline_done.is_set():
@@ -275,6 +308,10 @@ class Appliance:
         state = self.state()
         if self.link is not None:
             self.link.publish_state(state)
+            transfer = self._transfer_document()
+            if transfer != self._last_transfer:
+                self._last_transfer = transfer
+                self.publish_model()
         gallery_size = state["gallery"]["identities"]
         self.notifier.status(
             f"{state['fps']:.1f} fps, {gallery_size} identities, outbox {state['outbox'].get('depth', 0)}"
@@ -310,7 +347,17 @@ class Appliance:
                 self.loop_heartbeat = time.monotonic()
                 continue
             self.faults.maybe_stall(self.frames_processed, self.stop_event)
-            outcomes = pipeline.process(frame.image, frame.timestamp)
+            try:
+                if self.faults.fail_after_switch and self.swap is not None and self.swap.in_health_check():
+                    from .faults import InjectedFault
+
+                    raise InjectedFault("fault injection: a frame fails after the model switch")
+                outcomes = pipeline.process(frame.image, frame.timestamp)
+            except Exception as err:
+                if self.swap is None or not self.swap.pipeline_failed(err):
+                    raise
+                logger.error("a frame failed right after a model switch: %s", err)
+                continue
             self.frames_processed += 1
             self.fps.tick()
             self.heartbeat = self.loop_heartbeat = time.monotonic()
@@ -335,7 +382,12 @@ class Appliance:
                 self.config.events.crop_quality,
             )
             payload = encode(event)
-            self.outbox.put(event["event_id"], payload)
+            try:
+                self.outbox.put(event["event_id"], payload)
+            except OutboxError as err:  # disk full, I/O error: keep recognising, report, retry next event
+                self._outbox_failed(err, event["decision"])
+                continue
+            self._outbox_works()
             self.events_total += 1
             self.latencies.record("decision_to_outbox", latency_ms)
             logger.info(
@@ -350,6 +402,24 @@ class Appliance:
                 sys.stdout.flush()
         if self.link is not None:
             self.link.notify()
+
+    def _outbox_failed(self, err: OutboxError, decision: str) -> None:
+        """An event could not be stored: counted, logged once per episode, shown in the state."""
+        self.events_lost += 1
+        if self._outbox_error is None:
+            logger.error(
+                "the outbox cannot store events (%s); access events are lost until it can again (is the "
+                "disk full?); the daemon keeps running",
+                err,
+            )
+        else:
+            logger.warning("access event lost (%s): the outbox still cannot store events", decision)
+        self._outbox_error = str(err)
+
+    def _outbox_works(self) -> None:
+        if self._outbox_error is not None:
+            logger.info("the outbox stores events again; %d event(s) were lost in all", self.events_lost)
+            self._outbox_error = None
 
     # -- commands ------------------------------------------------------------------------------------
 
@@ -366,10 +436,16 @@ class Appliance:
             self._answer(name, failure(request_id, "busy", "too many commands waiting; try again"))
 
     def _answer(self, name: str, document: Dict[str, Any]) -> None:
-        if self.link is not None:
+        """Publish a command's answer. Never raises: a bad answer must not end the pipeline thread."""
+        if self.link is None:
+            return
+        try:
             self.link.publish_result(name, document)
+        except ValueError as err:  # a command name or a result that cannot go on the wire
+            logger.warning("the answer to command %r cannot be sent: %s", name[:64], err)
 
     def _run_commands(self) -> None:
+        self._run_actions()
         while True:
             try:
                 name, request_id, command = self.commands.get_nowait()
@@ -466,6 +542,172 @@ class Appliance:
             self.notifier.ready()
         return {"threshold": self.config.match.threshold, "templates": len(self.gallery or [])}
 
+    # -- TensorRT engines ----------------------------------------------------------------------------
+
+    def _engine_supervisor(self, key: str) -> Optional[EngineSupervisor]:
+        """With TensorRT in use: the supervisor that opens each model from its cached engine, or on the
+        CPU while the engine is built in the background (``fallback = "none"``: builds it first)."""
+        if key != "tensorrt":
+            return None
+        self._engine_service = EngineService(backend_options(self.config, build_missing=False))
+        return supervisor_for(
+            self.config, self._engine_service, backend_options(self.config), self.notifier.extend_timeout
+        )
+
+    def _switch_engine(self, target: EngineTarget) -> bool:
+        """Put a freshly built engine in place of the model's CPU back-end, between two frames.
+
+        Runs on the pipeline thread (which owns the models and the CUDA context); ``False`` when the
+        model no longer runs on the CPU or was replaced meanwhile by a model update.
+        """
+        service = self._engine_service
+        if service is None:
+            return False
+
+        def switch() -> bool:
+            analyzer = self.analyzer
+            if analyzer is None:
+                return False
+            current = analyzer.loaded.get(target.name)
+            if current is None or current.key != "cpu" or current.spec != target.spec:
+                return False  # already on TensorRT, or replaced by a model update meanwhile
+            backend = service.open(target)
+            try:
+                backend.warmup(iterations=1)
+                fresh = analyzer.replaced(target.name, backend)
+            except BaseException:
+                backend.close()
+                raise
+            self.analyzer = fresh
+            if self.pipeline is not None:
+                self.pipeline.analyzer = fresh
+            analyzer.close()  # it holds only the CPU back-end that was replaced
+            return True
+
+        return bool(self.run_between_frames(switch, SWITCH_TIMEOUT_S))
+
+    # -- model updates -------------------------------------------------------------------------------
+
+    def _start_updates(self) -> None:
+        """The swap manager, and the UDS server on the CAN bus when ``updates.enabled``."""
+        from .updates.swap import SwapManager, SwapSettings
+
+        updates = self.config.updates
+        trusted: Dict[str, Any] = {}
+        if updates.enabled or updates.trusted_keys_dir.is_dir():
+            from .updates.keys import load_trusted_keys
+
+            trusted = load_trusted_keys(updates.trusted_keys_dir)
+        self.swap = SwapManager(
+            self,
+            trusted,
+            SwapSettings(
+                health_frames=updates.health_frames,
+                health_timeout_s=updates.health_timeout_s,
+                latency_factor=updates.latency_factor,
+            ),
+            updates.max_package_mb * 2**20,
+        )
+        self.swap.active.prune()
+        if not updates.enabled:
+            return
+        from .updates.uds_server import open_uds_server
+
+        self.uds = open_uds_server(self.config, self.swap)
+        self.uds.start()
+        logger.info("model updates: UDS server on %s %s", updates.can.interface, updates.can.channel)
+
+    def run_between_frames(self, action: Callable[[], Any], timeout: float) -> Any:
+        """Run ``action`` on the pipeline thread between two frames and return its result.
+
+        Raises:
+            whatever ``action`` raised; UpdateError when the pipeline did not get to it in time.
+        """
+        from .updates.errors import UpdateError
+
+        if threading.current_thread() is self._pipeline_thread or self._pipeline_thread is None:
+            return action()
+        done = threading.Event()
+        outcome: List[Any] = [None, None]
+        self._actions.put((action, done, outcome))
+        if not done.wait(timeout):
+            raise UpdateError(f"the pipeline did not reach a frame boundary within {timeout:.0f} s")
+        if outcome[1] is not None:
+            raise outcome[1]
+        return outcome[0]
+
+    def _run_actions(self) -> None:
+        while True:
+            try:
+                action, done, outcome = self._actions.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome[0] = action()
+            except BaseException as err:  # handed to the waiting thread
+                outcome[1] = err
+            finally:
+                done.set()
+
+    def analyzer_replaced(self, name: str, backend: Any) -> None:
+        """Put ``backend`` in place of model ``name`` (pipeline thread); the old part is kept for undo."""
+        if self.analyzer is None:
+            return
+        if self._replaced is not None:
+            self._replaced.close()
+        old = self.analyzer
+        self.analyzer = old.replaced(name, backend)
+        self._replaced = old
+        if self.pipeline is not None:
+            self.pipeline.analyzer = self.analyzer
+
+    def release_replaced(self) -> None:
+        """The switch is final: release the back-end it took out."""
+        replaced, self._replaced = self._replaced, None
+        if replaced is not None:
+            replaced.close()
+
+    def restore_replaced(self) -> None:
+        """Undo the last :meth:`analyzer_replaced` (pipeline thread)."""
+        replaced, self._replaced = self._replaced, None
+        if replaced is None or self.analyzer is None:
+            return
+        ((name, backend),) = replaced.loaded.items()
+        fresh = self.analyzer
+        self.analyzer = fresh.replaced(name, backend)
+        fresh.close()  # now holds only the back-end that is being undone
+        if self.pipeline is not None:
+            self.pipeline.analyzer = self.analyzer
+
+    def publish_model(self) -> None:
+        if self.link is not None:
+            self.link.publish_model(self.model_document())
+
+    def _align_gallery(self) -> None:
+        """Templates for the active embedder: re-embed from the crops when the store has only other versions.
+
+        That happens after a model change that did not complete its switch here (a damaged package
+        fell back to the registry model, or the pointer was reset by hand).
+        """
+        from .gallery.reembed import reembed, rows_for
+
+        gallery, analyzer = self.gallery, self.analyzer
+        if gallery is None or analyzer is None or len(gallery):
+            return
+        versions = {v: n for v, n in gallery.store.model_versions().items() if v != gallery.model_version}
+        if not versions:
+            return
+        source = max(versions, key=lambda version: versions[version])
+        logger.warning(
+            "the gallery has no templates of %s but %d of %s: re-embedding them from the enrolment crops",
+            gallery.model_version,
+            versions[source],
+            source,
+        )
+        result = reembed(gallery.store, source, analyzer.embedder.embed)
+        gallery.store.put_version(gallery.model_version, rows_for(gallery.store, result))
+        gallery.refresh()
+
     # -- documents -----------------------------------------------------------------------------------
 
     def state(self) -> Dict[str, Any]:
@@ -473,8 +715,14 @@ class Appliance:
         identities = len(self.gallery.identities()) if self.gallery is not None else 0
         camera = self._camera_status()
         degraded = list(self._degraded)
+        if self.engines is not None:
+            degraded.extend(f"backend: {text}" for text in self.engines.degraded())
         if camera.get("state") == "lost":
             degraded.append("camera: " + str(camera.get("last_error")))
+        elif camera.get("state") == "stalled":
+            degraded.append(f"camera: stalled, no frame for {camera.get('stalled_s')} s")
+        if self._outbox_error is not None:
+            degraded.append(f"outbox: {self._outbox_error}")
         return {
             "firmware": __version__,
             "device_id": self.config.device.id,
@@ -484,6 +732,7 @@ class Appliance:
             "backend": {
                 "type": self.config.backend.type,
                 "degraded": self.analyzer.degraded if self.analyzer else None,
+                "engines": self.engines.status() if self.engines is not None else {},
             },
             "models": self.analyzer.model_versions if self.analyzer is not None else {},
             "gallery": {
@@ -496,6 +745,7 @@ class Appliance:
             "fps": round(self.fps.rate(), 2),
             "frames": self.frames_processed,
             "events": self.events_total,
+            "events_lost": self.events_lost,
             "camera": camera,
             "latency_ms": self.latencies.percentiles(),
             "outbox": self.outbox.stats() if self.outbox is not None else {},
@@ -504,16 +754,25 @@ class Appliance:
             "pid": os.getpid(),
         }
 
+    def _transfer_document(self) -> Optional[Dict[str, Any]]:
+        if self.uds is None:
+            return None
+        progress = self.uds.progress()
+        return {"state": progress.state.value, "size": progress.size, "received": progress.received}
+
     def model_document(self) -> Dict[str, Any]:
         """The retained ``…/model`` document (the CAN update fills the staged and transfer parts)."""
-        return {
+        document: Dict[str, Any] = {
             "active": self.analyzer.model_versions if self.analyzer is not None else {},
             "staged": None,
-            "transfer": None,
+            "transfer": self._transfer_document(),
             "swap": None,
             "last_error": None,
-            "ts": rfc3339_now(),
         }
+        if self.swap is not None:
+            document.update(self.swap.document())
+        document["ts"] = rfc3339_now()
+        return document
 
 
 def run_daemon(config: ApplianceConfig, config_path: Optional[Path], print_events: bool = False) -> int:

@@ -2,7 +2,8 @@
 
 Each check returns :class:`Check` results (ok / warn / fail) with a hint for anything not ok. The
 smoke check loads every model the configured pipeline needs on the configured back-end and runs a
-batch through it.
+batch through it. Where TensorRT runs (a Jetson), the parity check compares the TensorRT pipeline with
+the CPU one on a few images (:mod:`appliance.trt_parity`); elsewhere it is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from engines.backends import backend_class, backend_status, open_model
 from engines.errors import BackendUnavailableError, EngineError
@@ -224,6 +225,47 @@ def check_smoke(config: ApplianceConfig) -> List[Check]:
     return checks
 
 
+def check_tensorrt_parity(config: ApplianceConfig, images: Sequence[Path] = ()) -> List[Check]:
+    """TensorRT against the CPU back-end on ``images`` (synthetic crops without): the same faces
+    (IoU >= 0.8) and the same embeddings (cosine >= 0.99). Skipped, with the reason, without TensorRT."""
+    from .trt_engines import tensorrt_unavailable
+    from .trt_parity import MIN_COSINE, MIN_IOU, compare
+    from .vision.analyzer import FaceAnalyzer
+    from .vision.image import ImageError, read_image
+
+    reason = tensorrt_unavailable()
+    if reason is not None:
+        return [Check(OK, "tensorrt parity", f"skipped: TensorRT unavailable: {reason}")]
+    loaded = []
+    for path in images:
+        try:
+            loaded.append((Path(path).name, read_image(path)))
+        except ImageError as err:
+            return [Check(FAIL, "tensorrt parity", str(err), "pass readable photos with faces")]
+    backend = config.backend
+    on_cpu = config.model_copy(update={"backend": backend.model_copy(update={"type": "cpu"})})
+    on_trt = config.model_copy(
+        update={"backend": backend.model_copy(update={"type": "tensorrt", "fallback": "none"})}
+    )
+    try:
+        with FaceAnalyzer.from_config(on_cpu) as cpu, FaceAnalyzer.from_config(on_trt) as accelerated:
+            result = compare(cpu, accelerated, loaded)
+    except EngineError as err:
+        return [Check(FAIL, "tensorrt parity", f"cannot load the pipeline: {err}")]
+    hint = "" if loaded else "pass --parity-images DIR (photos with faces) to compare detections too"
+    if result.ok:
+        return [Check(OK, "tensorrt parity", result.describe(), hint)]
+    return [
+        Check(
+            FAIL,
+            "tensorrt parity",
+            f"{result.describe()}; " + "; ".join(result.problems[:5]),
+            f"TensorRT and the CPU disagree beyond IoU {MIN_IOU} / cosine {MIN_COSINE}: rebuild the engines "
+            "at a higher precision (face-appliance engines build --precision fp16 --force)",
+        )
+    ]
+
+
 def check_storage(config: ApplianceConfig) -> List[Check]:
     checks: List[Check] = []
     directory: Path = config.storage.dir
@@ -261,8 +303,11 @@ def check_storage(config: ApplianceConfig) -> List[Check]:
     return checks
 
 
-def run_checks(config: ApplianceConfig, smoke: bool = True) -> List[Check]:
-    """Every check, in the order an installer would fix things."""
+def run_checks(
+    config: ApplianceConfig, smoke: bool = True, parity_images: Sequence[Path] = ()
+) -> List[Check]:
+    """Every check, in the order an installer would fix things (``parity_images``: for the TensorRT
+    parity check, part of the smoke checks)."""
     groups: List[Callable[[ApplianceConfig], List[Check]]] = [
         lambda _: check_platform(),
         check_packages,
@@ -271,7 +316,7 @@ def run_checks(config: ApplianceConfig, smoke: bool = True) -> List[Check]:
         check_storage,
     ]
     if smoke:
-        groups.extend([check_prepared, check_smoke])
+        groups.extend([check_prepared, check_smoke, lambda cfg: check_tensorrt_parity(cfg, parity_images)])
     checks: List[Check] = []
     for group in groups:
         checks.extend(group(config))

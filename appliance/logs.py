@@ -17,6 +17,8 @@ QUIET_LOGGERS: Dict[str, int] = {
     "can": logging.WARNING,
     "isotp": logging.WARNING,
     "udsoncan": logging.WARNING,
+    "UdsClient": logging.CRITICAL,  # udsoncan's client: push-model raises and reports its errors
+    "Connection": logging.WARNING,  # udsoncan's connection logger
     "paho": logging.WARNING,
     "PIL": logging.WARNING,
 }

@@ -59,13 +59,20 @@ handler is logged and answered (``handler_failed``), never propagated into paho.
 
 Broker ACL (what the appliance's user needs)::
 
-    topic write {root}/availability
+    topic readwrite {root}/availability          # read: the echo check below
     topic write {root}/state
     topic write {root}/model
     topic write {root}/events
     topic read  {root}/cmd/+
     topic write {root}/cmd/+/result
     topic write {ha}/sensor/{node}/+/config      # only with mqtt.homeassistant.discovery
+
+MQTT 3.1.1 gives a client no way to learn that the broker's ACL drops what it publishes (the
+broker acknowledges and discards), and Mosquitto grants a denied subscription without saying so. So
+the link subscribes to its own ``{root}/availability`` and expects its retained ``online`` back: if
+it does not come within :data:`ECHO_TIMEOUT_S` of a connection, the link reports (ERROR, and in
+``last_error``) that the broker does not pass its messages — a user outside the ACL, or an ACL
+missing these lines — instead of looking connected while nothing gets through.
 
 Works with paho-mqtt 2.0 to 2.2 (2.2 needs Python 3.9; Python 3.8 gets 2.1).
 
@@ -107,6 +114,8 @@ _ORIGIN_NAME = "face-appliance"
 
 #: An event connected this long without its PUBACK is sent again (a broker that lost it).
 _UNACKED_RESEND_S = 60.0
+#: After a connection, our own ``online`` must come back within this long (the ACL check).
+ECHO_TIMEOUT_S = 10.0
 
 CommandHandler = Callable[[str, bytes], None]
 
@@ -275,6 +284,10 @@ class MqttLink:
         self._published_total = 0
         self._state_doc: Optional[bytes] = None
         self._model_doc: Optional[bytes] = None
+        self._echoed = False  # our `online` came back on this connection
+        self._echo_reported = False  # the missing echo was reported on this connection
+        self._refused = False  # the last attempt's CONNACK refused us (reported by _on_connect)
+        self._socket_error: Optional[str] = None  # paho's last socket error (from its log)
 
     # -- topics ------------------------------------------------------------------------------------
 
@@ -330,8 +343,10 @@ class MqttLink:
             client.message_callback_add(
                 self._command_filter, self._guard("command", self._on_command_message)
             )
-        if _paho_logger.isEnabledFor(logging.DEBUG):
-            client.on_log = self._guard("on_log", self._on_log)
+        client.message_callback_add(self._availability_topic, self._guard("echo", self._on_echo))
+        # Always on: a socket error that ends an attempt before CONNACK (a TLS alert such as
+        # "certificate required") is only ever told through paho's log.
+        client.on_log = self._guard("on_log", self._on_log)
         self._client = client
 
         self._publisher = threading.Thread(target=self._run_publisher, name="mqtt-publisher", daemon=True)
@@ -496,6 +511,8 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if reason_code.is_failure:
+            with self._lock:
+                self._refused = True
             hint = ""
             if str(reason_code) in ("Bad user name or password", "Not authorized"):
                 hint = " (check mqtt.username and the password)"
@@ -513,6 +530,10 @@ class MqttLink:
             self._lost_at = None
             self._connected_at = now
             self._reported_error = None
+            self._echoed = False
+            self._echo_reported = False
+            self._refused = False
+            self._socket_error = None
         self._connected_event.set()
         if first:
             logger.info("MQTT: connected to %s", self._broker)
@@ -528,6 +549,8 @@ class MqttLink:
                 logger.warning(
                     "MQTT: subscribing to %s failed: %s", self._command_filter, mqtt.error_string(result)
                 )
+        # Our own `online` must come back: the check that the broker's ACL lets us through.
+        client.subscribe(self._availability_topic, qos=0)
         # Discovery before `online`: Home Assistant then knows the entities when they become available.
         if self._config.mqtt.homeassistant.discovery:
             for topic, document in home_assistant_discovery(self._config):
@@ -569,8 +592,22 @@ class MqttLink:
             if was_connected and not stopping:
                 self._lost_at = time.monotonic()
                 self._last_error = f"connection lost: {detail}"
+            refused, self._refused = self._refused, False
+            socket_error, self._socket_error = self._socket_error, None
         if not was_connected:
-            return  # a failed attempt: its reason was reported where it was known
+            if not refused and not stopping:  # closed before any CONNACK: nothing reported it yet
+                hint = ""
+                if socket_error and "certificate" in socket_error:
+                    hint = (
+                        " (the broker wants a client certificate it trusts: check mqtt.tls.cert_file and "
+                        "mqtt.tls.key_file)"
+                    )
+                reason = socket_error or detail
+                self._note_error(
+                    f"the broker {self._broker} closed the connection before accepting it: {reason}{hint}",
+                    True,
+                )
+            return
         self._connected_event.clear()
         if stopping:
             logger.info("MQTT: disconnected from %s", self._broker)
@@ -636,12 +673,48 @@ class MqttLink:
             logger.exception("MQTT: the handler of command %r failed", name)
             self._reply_error(name, _request_id(payload), "handler_failed", f"{type(err).__name__}: {err}")
 
+    def _on_echo(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if bytes(message.payload) != ONLINE.encode():
+            return  # the retained `offline` of an earlier last will
+        with self._lock:
+            reported, self._echoed = self._echo_reported, True
+            if reported:
+                self._last_error = None
+        if reported:
+            logger.info("MQTT: the broker passes our messages now")
+
+    def _check_echo(self) -> None:
+        """Report once per connection when our own `online` has not come back (publisher thread)."""
+        with self._lock:
+            overdue = (
+                self._connected
+                and not self._stopping
+                and not self._echoed
+                and not self._echo_reported
+                and time.monotonic() - self._connected_at > ECHO_TIMEOUT_S
+            )
+            if overdue:
+                self._echo_reported = True
+        if overdue:
+            user = self._config.mqtt.username
+            self._note_error(
+                f"the broker {self._broker} accepted the connection but does not pass our messages: "
+                f"{self._availability_topic} did not come back within {ECHO_TIMEOUT_S:.0f} s. Its ACL "
+                f"probably denies this client ({'user ' + repr(user) if user else 'anonymous'}); grant it the "
+                f"topics listed in the README (events and command answers are not getting through)",
+                True,
+            )
+
     def _on_unexpected_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         logger.debug("MQTT: ignored a message on %s", message.topic)
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
         # paho reports every lost connection at its ERR level; this module logs those itself.
-        _paho_logger.debug("%s", text)
+        if level == mqtt.MQTT_LOG_ERR:
+            with self._lock:
+                self._socket_error = text
+        if _paho_logger.isEnabledFor(logging.DEBUG):
+            _paho_logger.debug("%s", text)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -726,6 +799,7 @@ class MqttLink:
             try:
                 self._settle_acks()
                 self._fill_window()
+                self._check_echo()
             except OutboxError as err:
                 failures += 1
                 if failures == 1:

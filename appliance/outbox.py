@@ -24,6 +24,12 @@ Events stamped before 2020 are never dropped for their age: such a stamp means t
 yet set when the event was written (a device without a battery-backed clock boots in the past and
 jumps forward once NTP answers), and dropping them would lose the events of every early boot.
 
+Privacy
+-------
+Events name the people who passed the door. Deleted events are overwritten in the database file
+(``secure_delete``), and whenever the outbox has drained, the WAL is checkpointed and truncated, so
+no copy of an acknowledged event survives in the WAL either (the state a power cut would leave).
+
 The outbox is owned by one process; it is thread-safe (one connection behind a lock).
 """
 
@@ -418,7 +424,10 @@ class Outbox:
             self._age_episode += expired
 
     def _note_drained_locked(self) -> None:
-        if self._depth > 0 or not (self._overflow_episode or self._age_episode):
+        if self._depth > 0:
+            return
+        self._truncate_wal_locked()
+        if not (self._overflow_episode or self._age_episode):
             return
         logger.info(
             "Outbox drained; %d event(s) were dropped while it was backed up (%d for the count bound, "
@@ -430,6 +439,16 @@ class Outbox:
         self._overflow_episode = 0
         self._age_episode = 0
 
+    def _truncate_wal_locked(self) -> None:
+        """Copy the WAL into the database and empty it: acknowledged events leave no copy behind."""
+        db = self._db
+        if db is None:
+            return
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as err:  # the events are safe either way; only the old copies stay longer
+            logger.debug("Outbox WAL checkpoint failed: %s", err)
+
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open the database, set durability pragmas and create or check the schema."""
@@ -439,6 +458,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         if mode is None or str(mode[0]).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch to WAL journaling (got {mode!r})")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA secure_delete=ON")  # not every SQLite build has it on by default
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > _SCHEMA_VERSION:
             raise sqlite3.OperationalError(

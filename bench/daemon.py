@@ -13,7 +13,10 @@ subprocess (CPU back-end) with a ``NOTIFY_SOCKET`` the bench reads. It reports:
   per hour by a least-squares line over the second half of the run (after warm-up);
 * the daemon's own figures from its last ``…/state`` (fps, stage latencies, dropped frames).
 
-Use ``--minutes 20`` (or 60) for a real soak; the default is a short run.
+Use ``--minutes 20`` (or 60) for a real soak; the default is a short run. ``python -m bench.soak``
+runs the same measurement as a soak (20 minutes by default) and prints every sample and a leak
+verdict per resource (:func:`leak_report`); ``tests/integration/test_soak.py`` is its one-minute CI
+version.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -76,6 +79,50 @@ def _slope_per_hour(times: List[float], values: List[float]) -> Optional[float]:
     if np.ptp(t) <= 0:
         return None
     return float(np.polyfit(t, v, 1)[0] * 3600)
+
+
+#: Resources sampled in a soak, with the growth per hour above which the verdict is "growing" and a
+#: unit: threads and file descriptors must not grow at all; memory may wobble (allocator, caches).
+SOAK_LIMITS: Dict[str, Tuple[float, str]] = {
+    "rss_mib": (20.0, "MiB"),
+    "threads": (0.0, ""),
+    "fds": (0.0, ""),
+    "outbox": (0.0, "events"),
+}
+
+
+def leak_report(samples: List[Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
+    """Per resource: first, last, max, growth per hour (least squares over the second half of the
+    run, after warm-up) and a verdict.
+
+    Verdicts: ``flat`` (the second half stays within the first half's range, or grows slower than
+    :data:`SOAK_LIMITS`), ``growing`` (a leak, or a backlog for the outbox), ``too short`` (fewer
+    than 4 samples).
+    """
+    report: Dict[str, Dict[str, Any]] = {}
+    for key, (limit, unit) in SOAK_LIMITS.items():
+        times = [s["t"] for s in samples if key in s]
+        values = [s[key] for s in samples if key in s]
+        if not values:
+            continue
+        slope = _slope_per_hour(times, values)
+        half = len(values) // 2
+        within_range = bool(values[:half]) and max(values[half:]) <= max(values[:half])
+        if slope is None:
+            verdict = "too short"
+        elif within_range or slope <= limit:
+            verdict = "flat"
+        else:
+            verdict = "growing"
+        report[key] = {
+            "first": round(values[0], 1),
+            "last": round(values[-1], 1),
+            "max": round(max(values), 1),
+            "growth_per_hour": None if slope is None else round(slope, 2),
+            "unit": unit,
+            "verdict": verdict,
+        }
+    return report
 
 
 def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
@@ -196,6 +243,8 @@ def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
             "frame_to_subscriber": _percentiles(total),
         },
         "soak": soak,
+        "samples": samples,
+        "leaks": leak_report(samples),
         "daemon_state": {k: state.get(k) for k in ("fps", "frames", "latency_ms", "camera", "outbox")},
     }
 

@@ -11,6 +11,7 @@
      +-- BackendUnavailableError  the back-end's library cannot be imported (also NotImplementedError)
      +-- EngineBuildError         TensorRT cannot parse the ONNX model or build an engine from it
      +-- EngineLoadError          the library is there but cannot load this model, or its I/O differs
+     |    +-- EngineMissingError  no cached TensorRT engine fits (and building on open is off)
      +-- InferenceError           a run failed: wrong input shape or dtype, runtime error, closed
 """
 
@@ -67,6 +68,15 @@ class EngineBuildError(EngineError):
 class EngineLoadError(EngineError):
     """The runtime is present but cannot load this model, or the model's inputs and outputs do not
     match the registry (wrong names, ranks, fixed sizes or dtypes)."""
+
+
+class EngineMissingError(EngineLoadError):
+    """No cached TensorRT engine fits this model on this device, and the back-end was told not to build one.
+
+    Example scenarios: the engine cache is empty after an install, a TensorRT upgrade or a new ONNX
+    model made the cached engine stale, a cached engine no longer deserializes. The message says what
+    did not match; ``face-appliance engines build`` (or the daemon, in the background) builds it.
+    """
 
 
 class InferenceError(EngineError):

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorrt as trt
@@ -94,14 +94,21 @@ class TrtLogBridge(trt.ILogger):
         self._local = threading.local()
 
     def log(self, severity: trt.ILogger.Severity, msg: str) -> None:  # called by TensorRT
-        """Forward one TensorRT message (called from TensorRT, possibly from its worker threads)."""
-        level = _SEVERITY_LEVELS.get(severity, logging.WARNING)
-        if severity in _ERROR_SEVERITIES:
-            captured: Optional[List[str]] = getattr(self._local, "errors", None)
-            if captured is not None:
-                captured.append(str(msg))
-        if TRT_LOG.isEnabledFor(level):
-            TRT_LOG.log(level, "%s", msg)
+        """Forward one TensorRT message (called from TensorRT, possibly from its worker threads).
+
+        ``ILogger::log`` is ``noexcept`` in C++: an exception escaping the Python override cannot be
+        handled there, so none is let out.
+        """
+        try:
+            level = _SEVERITY_LEVELS.get(severity, logging.WARNING)
+            if severity in _ERROR_SEVERITIES:
+                captured: Optional[List[str]] = getattr(self._local, "errors", None)
+                if captured is not None:
+                    captured.append(str(msg))
+            if TRT_LOG.isEnabledFor(level):
+                TRT_LOG.log(level, "%s", msg)
+        except Exception:  # a broken log handler must not take TensorRT down
+            logger.debug("forwarding a TensorRT log message failed", exc_info=True)
 
     @contextlib.contextmanager
     def capture_errors(self) -> Iterator[List[str]]:
@@ -324,10 +331,11 @@ class EngineBuilder:
                 must be ``request.onnx_sha256``.
             request: the cache request (precision, DLA core, profiles, calibration digest).
             engine_dir: the engine cache; ``None`` builds without caching (and without timing cache).
-            calibrator: an ``IInt8Calibrator`` (e.g. an ``IInt8EntropyCalibrator2`` subclass) whose
-                batches have the calibration profile's shape: batch ``calibrator.get_batch_size()``,
-                other dimensions the profile's opt. ``request.calibration_sha256`` must identify its
-                calibration data.
+            calibrator: an ``IInt8Calibrator`` (e.g. :class:`calibration.trt_calibrator.EntropyCalibrator`)
+                whose batches have the calibration profile's shape: its ``batch_shapes`` when it has
+                them, else batch ``calibrator.get_batch_size()`` by the profile's opt dimensions.
+                ``request.calibration_sha256`` must identify its calibration data. A failure it kept
+                in an ``error`` attribute (its callbacks cannot raise into TensorRT) fails the build.
             calibration_cache: the bytes of an INT8 calibration cache, used when ``calibrator`` is
                 ``None``; their sha256 must be ``request.calibration_sha256``.
 
@@ -475,6 +483,9 @@ class EngineBuilder:
             raise EngineBuildError(
                 f"{spec.name}: the TensorRT build failed: {err}{errors_text(errors)}"
             ) from err
+        failure = getattr(int8_calibrator, "error", None) if precision == "int8" else None
+        if failure is not None:  # kept by a calibrator whose callback failed (it cannot raise into TensorRT)
+            raise EngineBuildError(f"{spec.name}: INT8 calibration failed: {failure}{errors_text(errors)}")
         if serialized is None:
             if self.cancel is not None and self.cancel.is_set():
                 raise EngineBuildError(f"{spec.name}: the engine build was cancelled")
@@ -539,13 +550,31 @@ class EngineBuilder:
         ranges: Sequence[ProfileRange],
         calibrator: Optional[trt.IInt8Calibrator],
     ) -> None:
-        """Give implicit INT8 calibration of a dynamic-shape network the one shape it calibrates at."""
+        """Give implicit INT8 calibration of a dynamic-shape network the one shape it calibrates at.
+
+        TensorRT calibrates a network with runtime dimensions at the calibration profile's shape (its
+        MIN and MAX are overwritten by OPT), so the batches the calibrator hands over must have that
+        shape. A calibrator with a ``batch_shapes`` mapping (input name → full batch shape, e.g.
+        :class:`calibration.trt_calibrator.EntropyCalibrator`) says what it feeds; otherwise the
+        shape is ``get_batch_size()`` (clipped to the profile) by the profile's opt dimensions.
+        """
         if calibrator is None or not hasattr(config, "set_calibration_profile"):
             return
+        declared: Mapping[str, Sequence[int]] = getattr(calibrator, "batch_shapes", None) or {}
         batch = int(calibrator.get_batch_size())
         profile = builder.create_optimization_profile()
         for item in ranges:
-            shape = (min(max(batch, item.min[0]), item.max[0]), *item.opt[1:])
+            wanted = declared.get(item.name)
+            if wanted is not None:
+                shape = tuple(int(dim) for dim in wanted)
+                if len(shape) != len(item.min):
+                    raise EngineBuildError(
+                        f"{spec.name}: the calibration batches of {item.name!r} have shape {shape}, "
+                        f"the network input has rank {len(item.min)}"
+                    )
+            else:
+                shape = (min(max(batch, item.min[0]), item.max[0]), *item.opt[1:])
+            logger.debug("%s: calibration profile %s %s", spec.name, item.name, shape)
             profile.set_shape(item.name, shape, shape, shape)
         if not config.set_calibration_profile(profile):
             raise EngineBuildError(f"{spec.name}: TensorRT refused the calibration profile")
@@ -658,10 +687,41 @@ def _describe_network(spec: ModelSpec, network: trt.INetworkDefinition) -> List[
     return tensors
 
 
+# TensorRT data type -> numpy. Not ``trt.nptype``: in TensorRT 8.5 it maps BOOL to ``np.bool``, which
+# NumPy 1.24 removed, so *every* call raises AttributeError there (NVIDIA/TensorRT#2557, fixed in 8.6);
+# JetPack 5 pairs TensorRT 8.5 with Python 3.8, where NumPy 1.24 installs. Members a release lacks
+# (UINT8 before 8.5, INT64 before 10) are skipped.
+_NUMPY_TYPES: Dict[Any, np.dtype] = {
+    getattr(trt.DataType, name): np.dtype(numpy_type)
+    for name, numpy_type in (
+        ("FLOAT", np.float32),
+        ("HALF", np.float16),
+        ("INT8", np.int8),
+        ("INT32", np.int32),
+        ("BOOL", np.bool_),
+        ("UINT8", np.uint8),
+        ("INT64", np.int64),
+    )
+    if hasattr(trt.DataType, name)
+}
+
+
+def numpy_dtype(dtype: trt.DataType) -> np.dtype:
+    """The numpy dtype of a TensorRT data type.
+
+    Raises:
+        TypeError: the type has no numpy equivalent (BF16, FP8, INT4).
+    """
+    try:
+        return _NUMPY_TYPES[dtype]
+    except KeyError:
+        raise TypeError(f"TensorRT data type {dtype} has no numpy equivalent") from None
+
+
 def numpy_dtype_name(dtype: trt.DataType) -> str:
     """The numpy name of a TensorRT data type (``"float32"``), or TensorRT's own name without one."""
     try:
-        return np.dtype(trt.nptype(dtype)).name
+        return numpy_dtype(dtype).name
     except TypeError:  # BF16, FP8, INT4 have no numpy type
         return str(dtype).rsplit(".", 1)[-1].lower()
 
@@ -675,7 +735,11 @@ def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     except OSError as err:
         logger.warning("cannot read the timing cache %s (%s); starting an empty one", path, err.strerror)
         blob = b""
-    cache = config.create_timing_cache(blob)
+    try:
+        cache = config.create_timing_cache(blob)
+    except (RuntimeError, TypeError, ValueError) as err:
+        logger.warning("TensorRT cannot read the timing cache %s (%s); starting an empty one", path, err)
+        cache = None
     if cache is not None and config.set_timing_cache(cache, False):
         if blob:
             logger.debug("using timing cache %s (%d bytes)", path, len(blob))

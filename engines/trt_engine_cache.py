@@ -41,10 +41,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .files import PathLike, atomic_writer, sha256_file
 from .registry import ModelSpec
+
+if TYPE_CHECKING:  # the options type only; this module stays free of imports beyond the registry
+    from .backends.base import BackendOptions
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ BUILT_PRECISIONS: Tuple[str, ...] = ("int8", "fp16", "fp32")
 ENGINE_SUFFIX = ".engine"
 MANIFEST_SUFFIX = ".json"
 KEY_LENGTH = 24  # hex characters of the sha256 used as the file name
+
+#: A model's INT8 calibration set in a calibration folder: ``<dir>/<model name>.npy``.
+CALIBRATION_SET_SUFFIX = ".npy"
 
 #: Where L4T (the Jetson Linux BSP underneath JetPack) records its release.
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -783,28 +789,35 @@ def optimization_profile(
     max_frame: Tuple[int, int] = (1080, 1920),
     min_face: int = 20,
     yunet_max_side: int = 640,
+    opt_frame: Optional[Tuple[int, int]] = None,
+    embedder_batch: Optional[int] = None,
 ) -> Tuple[ProfileRange, ...]:
     """The optimization-profile ranges (one per input) for ``spec``'s engine.
 
     Args:
         spec: the registry entry.
-        max_batch: the largest batch R-Net, O-Net, the embedder and the liveness models take; larger
-            sets are split by the caller.
-        max_frame: the largest camera frame, ``(height, width)`` in pixels.
-        min_face: the MTCNN minimum face size in pixels. The largest P-Net pyramid level is the frame
-            scaled by ``12 / min_face`` (capped at 1: the pyramid never upsamples past the frame when
-            ``min_face`` >= 12), so a smaller ``min_face`` needs a larger profile.
+        max_batch: the largest batch R-Net, O-Net, the embedder and the liveness models take in one
+            inference; the TensorRT back-end splits larger batches.
+        max_frame: the largest image ``(height, width)`` in pixels MTCNN is run on.
+        min_face: the MTCNN minimum face size in pixels. The largest P-Net pyramid level is the
+            image scaled by ``12 / min_face`` (:func:`pyramid_sizes`, as the detector computes it;
+            above 1 — an upsampled image — when ``min_face`` < 12).
         yunet_max_side: the longest side YuNet is fed (frames are resized and padded to multiples of 32).
+        opt_frame: the image ``(height, width)`` to tune P-Net for (the camera frame); ``None`` tunes
+            for ``max_frame``. Its largest pyramid level is the profile's opt (it dominates the
+            pyramid's cost); clipped to the maximum.
+        embedder_batch: the embedder's opt batch (``embedder.batch_size``); ``None`` for 4.
 
     Returns:
         One :class:`ProfileRange` per input, in ``spec.inputs`` order:
 
-        * P-Net: batch 1, height and width from 12 up to the largest pyramid level, in the input's
-          own layout (NHWC with height and width swapped: ``(1, W, H, 3)``); opt is the largest level,
-          which dominates the pyramid's cost.
+        * P-Net: batch 1, height and width from 12 up to the largest pyramid level of ``max_frame``,
+          in the input's own layout (NHWC with height and width swapped: ``(1, W, H, 3)``); opt the
+          largest level of ``opt_frame``.
         * R-Net, O-Net, embedder, liveness: batch ``1 .. max_batch``; opt ``max_batch`` for R-Net
-          (hundreds of P-Net candidates per frame), ``max_batch // 2`` for O-Net, and 4 for the
-          embedder and liveness (a door sees a few faces at a time), all capped at ``max_batch``.
+          (hundreds of P-Net candidates per frame), ``max_batch // 2`` for O-Net, ``embedder_batch``
+          (default 4) for the embedder and 4 for liveness (a door sees a few faces at a time), all
+          capped at ``max_batch``.
         * YuNet: batch 1, height and width from 32 to ``yunet_max_side`` rounded up to a multiple of 32;
           opt the registry's example shape (640×480) when it fits, else the maximum.
         * Any other model with only a dynamic batch: ``1 .. max_batch``, opt ``max_batch``.
@@ -818,18 +831,22 @@ def optimization_profile(
     frame_h, frame_w = max_frame
     if frame_h < PNET_MIN_SIDE or frame_w < PNET_MIN_SIDE:
         raise ValueError(f"max_frame must be at least {PNET_MIN_SIDE}x{PNET_MIN_SIDE}, got {max_frame}")
+    if opt_frame is not None and (opt_frame[0] < PNET_MIN_SIDE or opt_frame[1] < PNET_MIN_SIDE):
+        raise ValueError(f"opt_frame must be at least {PNET_MIN_SIDE}x{PNET_MIN_SIDE}, got {opt_frame}")
     if min_face < 1:
         raise ValueError(f"min_face must be >= 1 pixel, got {min_face}")
     if yunet_max_side < YUNET_MULTIPLE:
         raise ValueError(f"yunet_max_side must be >= {YUNET_MULTIPLE}, got {yunet_max_side}")
+    if embedder_batch is not None and embedder_batch < 1:
+        raise ValueError(f"embedder_batch must be >= 1, got {embedder_batch}")
 
     if spec.family == "mtcnn" and spec.stage == "pnet":
-        scale = min(1.0, PNET_MIN_SIDE / float(min_face))
-        top_h = max(PNET_MIN_SIDE, math.ceil(frame_h * scale))
-        top_w = max(PNET_MIN_SIDE, math.ceil(frame_w * scale))
+        top_h, top_w = pnet_top_level(frame_h, frame_w, min_face)
+        tune_h, tune_w = pnet_top_level(*(opt_frame or max_frame), min_face)
         low = _image_shape(spec, 1, PNET_MIN_SIDE, PNET_MIN_SIDE)
         high = _image_shape(spec, 1, top_h, top_w)
-        return (ProfileRange(spec.inputs[0].name, low, high, high),)
+        opt = _image_shape(spec, 1, min(tune_h, top_h), min(tune_w, top_w))
+        return (ProfileRange(spec.inputs[0].name, low, opt, high),)
     if spec.family == "yunet":
         side = -(-yunet_max_side // YUNET_MULTIPLE) * YUNET_MULTIPLE
         low = _image_shape(spec, 1, YUNET_MULTIPLE, YUNET_MULTIPLE)
@@ -839,9 +856,12 @@ def optimization_profile(
         opt = high if example is None or not ranged.contains(example) else tuple(example)
         return (ProfileRange(spec.inputs[0].name, low, opt, high),)
 
-    opt_batch = {"rnet": max_batch, "onet": max(1, max_batch // 2), "embed": 4, "liveness": 4}.get(
-        spec.stage, max_batch
-    )
+    opt_batch = {
+        "rnet": max_batch,
+        "onet": max(1, max_batch // 2),
+        "embed": embedder_batch or 4,
+        "liveness": 4,
+    }.get(spec.stage, max_batch)
     opt_batch = min(opt_batch, max_batch)
     ranges: List[ProfileRange] = []
     for tensor in spec.inputs:
@@ -858,6 +878,35 @@ def optimization_profile(
             static = (int(tensor.shape[0]), *fixed)
             ranges.append(ProfileRange(tensor.name, static, static, static))
     return tuple(ranges)
+
+
+def pyramid_sizes(height: int, width: int, min_face: int, scale_factor: float) -> List[Tuple[int, int]]:
+    """The ``(height, width)`` of every MTCNN pyramid level P-Net sees for an image of that size.
+
+    Mirrors :meth:`appliance.vision.mtcnn.MtcnnDetector.scales` and
+    :func:`appliance.vision.boxes.pyramid_level`: the first level maps ``min_face`` onto P-Net's
+    12-pixel cell (scale ``12 / min_face``), each next one is ``scale_factor`` times smaller while
+    its shorter side stays at least 12 pixels; sizes are rounded up.
+    """
+    if min_face < 1 or not 0.0 < scale_factor < 1.0:
+        raise ValueError(f"need min_face >= 1 and 0 < scale_factor < 1, got {min_face}, {scale_factor}")
+    first = PNET_MIN_SIDE / min_face
+    sizes: List[Tuple[int, int]] = []
+    side = min(height, width) * first
+    while side >= PNET_MIN_SIDE:
+        scale = first * scale_factor ** len(sizes)
+        sizes.append((math.ceil(height * scale), math.ceil(width * scale)))
+        side *= scale_factor
+    return sizes
+
+
+def pnet_top_level(height: int, width: int, min_face: int) -> Tuple[int, int]:
+    """The largest P-Net pyramid level ``(height, width)`` for an image of that size (at least 12×12)."""
+    scale = PNET_MIN_SIDE / float(min_face)
+    return (
+        max(PNET_MIN_SIDE, math.ceil(height * scale)),
+        max(PNET_MIN_SIDE, math.ceil(width * scale)),
+    )
 
 
 def _image_shape(spec: ModelSpec, batch: int, height: int, width: int) -> Shape:
@@ -878,3 +927,82 @@ def file_sha256_or_none(path: Optional[PathLike]) -> Optional[str]:
     if path is None:
         return None
     return sha256_file(os.fspath(path))
+
+
+# -- requests from back-end options ----------------------------------------------------------------
+
+
+def calibration_set_path(calibration_dir: Optional[PathLike], model: str) -> Optional[Path]:
+    """``<calibration_dir>/<model>.npy`` when that file exists, else ``None`` (also for no folder)."""
+    if calibration_dir is None:
+        return None
+    path = Path(calibration_dir) / f"{model}{CALIBRATION_SET_SUFFIX}"
+    return path if path.is_file() else None
+
+
+def calibration_source(spec: ModelSpec, options: BackendOptions) -> Optional[Path]:
+    """The INT8 calibration data of ``spec``'s engine: ``options.calibration_cache``, else the model's
+    set in ``options.calibration_dir``, else ``None``."""
+    if options.calibration_cache is not None:
+        return Path(options.calibration_cache)
+    return calibration_set_path(options.calibration_dir, spec.name)
+
+
+def engine_request(
+    spec: ModelSpec,
+    onnx: bytes,
+    platform: PlatformInfo,
+    options: BackendOptions,
+    calibration_sha256: Optional[str] = None,
+) -> EngineRequest:
+    """The :class:`EngineRequest` for ``spec``'s ONNX bytes on ``platform`` with back-end ``options``.
+
+    This is the one place the request (hence the cache key) is derived from the configuration, used
+    alike by the TensorRT back-end at open, by ``face-appliance engines build`` and by the daemon, so
+    an engine built by one is found by the others.
+
+    Args:
+        calibration_sha256: the digest of the calibration data; ``None`` reads the file named by
+            :func:`calibration_source` (no file: no calibration).
+
+    Raises:
+        ValueError: the options give an invalid profile or request.
+        OSError: the calibration file cannot be read.
+    """
+    profiles = optimization_profile(
+        spec,
+        max_batch=options.max_batch,
+        max_frame=options.max_frame,
+        min_face=options.min_face,
+        yunet_max_side=options.yunet_max_side,
+        opt_frame=options.opt_frame,
+        embedder_batch=options.embedder_batch,
+    )
+    if calibration_sha256 is None:
+        calibration_sha256 = file_sha256_or_none(calibration_source(spec, options))
+    return EngineRequest(
+        model=spec.name,
+        onnx_sha256=sha256_bytes(onnx),
+        platform=platform,
+        precision=options.precision,
+        dla_core=options.dla_core,
+        profiles=profiles,
+        calibration_sha256=calibration_sha256,
+    )
+
+
+def calibration_cache_path(engine_dir: PathLike, request: EngineRequest) -> Path:
+    """Where the TensorRT calibrator keeps the INT8 scales it computed for ``request``.
+
+    ``<engine_dir>/<model>/calibration-<onnx>-<data>-trt<version>.cache``: the scales depend on the
+    network (its ONNX), the calibration data and the TensorRT version that wrote the cache, and are
+    reused by every later build with the same three (a different precision, profile or DLA core).
+
+    Raises:
+        ValueError: the request has no calibration data.
+    """
+    if request.calibration_sha256 is None:
+        raise ValueError(f"{request.model}: the request has no calibration data")
+    version = _SAFE_NAME.sub("-", request.platform.tensorrt_version)
+    name = f"calibration-{request.onnx_sha256[:12]}-{request.calibration_sha256[:12]}-trt{version}.cache"
+    return model_dir(engine_dir, request.model) / name

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/bootstrap.sh "cpu,dev" mosquitto systemd
+bash scripts/bootstrap.sh "cpu,dev" mosquitto systemd socat
 . .venv/bin/activate
 python -m pytest "$@"

@@ -251,8 +251,11 @@ write_new_file "$CRED_DIR/gallery_key" "$cred_mode" "$cred_owner" \
 write_new_file "$CRED_DIR/mqtt_password" "$cred_mode" "$cred_owner" "it holds the broker password" empty
 write_new_file "$CRED_DIR/package_public_key" "$cred_mode" "$cred_owner" \
     "it decides which model packages are trusted" empty
+# The SecurityAccess secret of the UDS server: give the same file to push-model (--secret-file).
+write_new_file "$CRED_DIR/uds_secret" "$cred_mode" "$cred_owner" \
+    "push-model tools hold the same secret" random_key_hex
 if ((!DRY_RUN)); then
-    for cred in gallery_key mqtt_password package_public_key; do
+    for cred in gallery_key mqtt_password package_public_key uds_secret; do
         set_owner "$CRED_DIR/$cred" "$cred_mode" "$cred_owner"
     done
 fi

@@ -5,8 +5,9 @@ configuration written into a temporary folder (anonymous access, no persistence 
 waits until the port accepts connections (no fixed sleeps). ``extra_config`` is appended after the
 ``listener`` line, so it can hold global options (``password_file``, ``acl_file``,
 ``allow_anonymous false``; ``per_listener_settings`` is false) as well as options of that listener
-(``cafile``/``certfile``/``keyfile`` make it a TLS listener). :func:`make_password_file` and
-:func:`make_pki` write the files such options name.
+(``cafile``/``certfile``/``keyfile`` make it a TLS listener, ``require_certificate true`` asks
+clients for a certificate). :func:`make_password_file`, :func:`make_pki`,
+:func:`make_client_certificate` and :func:`make_acl_file` write the files such options name.
 
 :class:`Recorder` is a paho client subscribed to a topic filter that records every message
 (topic, payload, retain, qos) and waits for conditions on them (:meth:`Recorder.wait_for`).
@@ -27,7 +28,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -240,6 +241,21 @@ class Pki(NamedTuple):
     ca_cert: Path
     server_cert: Path
     server_key: Path
+    #: The CA's private key, to sign client certificates (:func:`make_client_certificate`).
+    ca_key: Optional[Path] = None
+
+
+def _write_key(path: Path, key: object) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(path, 0o600)
 
 
 def make_pki(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), name: str = "test") -> Pki:
@@ -303,23 +319,70 @@ def make_pki(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
         )
         .sign(ca_key, hashes.SHA256())
     )
-    paths = Pki(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    paths = Pki(
+        directory / "ca.crt", directory / "server.crt", directory / "server.key", directory / "ca.key"
+    )
     paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths.server_key.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    os.chmod(paths.server_key, 0o600)
+    _write_key(paths.server_key, server_key)
+    assert paths.ca_key is not None
+    _write_key(paths.ca_key, ca_key)
     return paths
 
 
-def tls_listener_config(pki: Pki) -> str:
-    """``extra_config`` lines that make the broker's listener a TLS one."""
-    return f"cafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+def make_client_certificate(pki: Pki, name: str, directory: Optional[Path] = None) -> Tuple[Path, Path]:
+    """A client certificate (common name ``name``, EC P-256) signed by ``pki``'s CA: ``(cert, key)`` PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if pki.ca_key is None:
+        raise ValueError("this Pki has no CA key (made by an older make_pki)")
+    directory = Path(directory or pki.ca_cert.parent)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
+def make_acl_file(path: Path, rules: Dict[str, Sequence[Tuple[str, str]]]) -> Path:
+    """A Mosquitto ACL file: per user name, ``(access, topic filter)`` pairs (access: read, write, readwrite).
+
+    A user without rules gets no access at all (Mosquitto still lets it connect).
+    """
+    lines: List[str] = []
+    for user, entries in rules.items():
+        lines.append(f"user {user}")
+        lines.extend(f"topic {access} {topic}" for access, topic in entries)
+        lines.append("")
+    path = Path(path)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def tls_listener_config(pki: Pki, require_certificate: bool = False) -> str:
+    """``extra_config`` lines that make the broker's listener a TLS one (optionally asking for client certificates)."""
+    lines = f"cafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+    if require_certificate:
+        lines += "require_certificate true\n"
+    return lines
 
 
 class Message(NamedTuple):
@@ -351,6 +414,7 @@ class Recorder:
         clean_session: see above.
         username, password: for brokers with a password file.
         ca_file: connect with TLS, trusting this CA.
+        cert_file, key_file: a client certificate, for brokers that ask for one.
     """
 
     def __init__(
@@ -364,6 +428,8 @@ class Recorder:
         username: Optional[str] = None,
         password: Optional[str] = None,
         ca_file: Optional[Path] = None,
+        cert_file: Optional[Path] = None,
+        key_file: Optional[Path] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -380,7 +446,10 @@ class Recorder:
         if username is not None:
             self._client.username_pw_set(username, password)
         if ca_file is not None:
-            self._client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+            context = ssl.create_default_context(cafile=str(ca_file))
+            if cert_file is not None:
+                context.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
+            self._client.tls_set_context(context)
         self._client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe

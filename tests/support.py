@@ -1,14 +1,20 @@
-"""Test helpers that are real servers, not mocks: a loopback HTTP mirror with Range support."""
+"""Test helpers that are real things, not mocks: a loopback HTTP mirror with Range support, door videos
+made of real photos, and the daemon as a subprocess (:class:`Daemon`) with its configuration."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 
 @dataclass
@@ -149,3 +155,206 @@ def make_passage_video(
     finally:
         writer.release()
     return path
+
+
+# -- the daemon as a subprocess ----------------------------------------------------------------------------
+
+#: The device id of the daemon tests, and its topic root.
+DEVICE = "door-test"
+ROOT = f"face-appliance/{DEVICE}"
+
+
+def passage_video(
+    tmp_path: Path, shared_data: Path, name: str = "door.avi", rounds: int = 1, pause: int = 12
+) -> Path:
+    """A door video: an enrolled person (Barack Obama) and a stranger walk up, ``rounds`` times."""
+    person, stranger = (
+        shared_data / "faces/fr_obama/obama2.jpg",
+        shared_data / "faces/fr_kit_harington/john1.jpeg",
+    )
+    passages: List[tuple] = [(None, 3)]
+    for _ in range(rounds):
+        passages += [(person, 25), (None, pause), (stranger, 25), (None, pause)]
+    return make_passage_video(tmp_path / name, passages)
+
+
+def daemon_config(
+    tmp_path: Path, storage: Path, models: Path, broker: Any, source: Path, **sections: str
+) -> Path:
+    """Write ``appliance.toml`` for a daemon test: the broker, the video, quick reconnects.
+
+    ``sections`` replace or add whole sections (``camera='source = "…"'``; ``mqtt`` replaces the
+    broker settings); ``broker`` has ``host`` and ``port``.
+    """
+    extra = {
+        "camera": f'source = "{source}"\nat_end = "stop"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
+        "mqtt": f'host = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        "keepalive_s = 5",
+        "outbox": "drain_s = 10.0",
+        "metrics": "state_interval_s = 1.0",
+    }
+    extra.update(sections)
+    text = f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
+    for section, body in extra.items():
+        text += f"[{section}]\n{body}\n"
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+#: ``python -c`` program that limits the size of the files it writes, then runs ``python -m appliance``.
+_LIMITED_START = (
+    "import resource, runpy, signal, sys; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+    "sys.argv[0] = 'appliance'; "
+    "runpy.run_module('appliance', run_name='__main__', alter_sys=True)"
+)
+
+
+class Daemon:
+    """``python -m appliance run`` in a subprocess; stderr is collected in the background.
+
+    Args:
+        config: the configuration file.
+        env: extra environment variables (``FACE_APPLIANCE_FAULTS``, ``NOTIFY_SOCKET``, …).
+        args: extra arguments of ``run`` (``--print-events``); stdout lines are kept in ``stdout``.
+        file_size_limit: run it under ``RLIMIT_FSIZE`` of this many bytes with ``SIGXFSZ`` ignored, so
+            that writing past it fails with EFBIG as a full disk fails with ENOSPC (a "full disk" that
+            :meth:`give_disk_space` removes).
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        env: Optional[Dict[str, str]] = None,
+        args: Sequence[str] = (),
+        file_size_limit: Optional[int] = None,
+    ) -> None:
+        command = [sys.executable, "-m", "appliance", "run", "--config", str(config), *args]
+        if file_size_limit is not None:
+            command[1:3] = ["-c", _LIMITED_START.format(limit=int(file_size_limit))]
+        self.process = subprocess.Popen(
+            command,
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.log: List[str] = []
+        self.stdout: List[str] = []
+        self._reader = threading.Thread(target=self._read, args=(self.process.stderr, self.log), daemon=True)
+        self._reader.start()
+        self._out_reader = threading.Thread(
+            target=self._read, args=(self.process.stdout, self.stdout), daemon=True
+        )
+        self._out_reader.start()
+
+    def give_disk_space(self) -> None:
+        """Lift the ``file_size_limit``: the "disk" has room again."""
+        import resource
+
+        infinity = resource.RLIM_INFINITY
+        resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE, (infinity, infinity))
+
+    @staticmethod
+    def _read(stream: Any, lines: List[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip())
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> None:
+        """Wait until ``text`` appears in ``count`` log lines.
+
+        Raises:
+            AssertionError: it did not in time, or the process ended first.
+        """
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.log) < count:
+            if time.monotonic() > deadline or (
+                self.process.poll() is not None and not self._reader.is_alive()
+            ):
+                raise AssertionError(f"{text!r} ×{count} not logged; log:\n" + "\n".join(self.log[-40:]))
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Wait for the process to end; its exit code."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        self._out_reader.join(timeout=5)
+        return code
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        """SIGTERM, wait (then SIGKILL if it hangs), close; the exit code of a process still running."""
+        code = None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.close()
+        return code
+
+    def close(self) -> None:
+        """Kill the process if it still runs and release its pipes. Idempotent."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        self._out_reader.join(timeout=5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    @property
+    def text(self) -> str:
+        """The whole log so far."""
+        return "\n".join(self.log)
+
+
+def event_documents(messages: Sequence[Any]) -> List[Dict[str, Any]]:
+    """The access events among recorded messages (``Recorder.messages``), in order of arrival."""
+    return [json.loads(m.payload) for m in messages if m.topic == f"{ROOT}/events"]
+
+
+def unique_events(events: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Events without redeliveries (the first of each ``event_id``), in order."""
+    seen, unique = set(), []
+    for event in events:
+        if event["event_id"] not in seen:
+            seen.add(event["event_id"])
+            unique.append(event)
+    return unique
+
+
+def wait_online(recorder: Any, daemon: Daemon, timeout: float = 90.0) -> None:
+    """Wait until the daemon announced ``online``; the failure shows the daemon's log."""
+    try:
+        recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=timeout)
+    except AssertionError as err:
+        raise AssertionError(
+            f"{err}\nexit code {daemon.process.poll()}; daemon log:\n{daemon.text[-6000:]}"
+        ) from None
+
+
+def command(recorder: Any, name: str, document: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
+    """Send a command (a JSON document with a ``request_id``) and wait for its answer."""
+    request_id = document["request_id"]
+    topic = f"{ROOT}/cmd/{name}/result"
+    recorder.publish(f"{ROOT}/cmd/{name}", json.dumps(document).encode("utf-8"))
+
+    def answered(messages: List[Any]) -> bool:
+        return any(
+            m.topic == topic and json.loads(m.payload).get("request_id") == request_id for m in messages
+        )
+
+    messages = recorder.wait_for(answered, timeout, f"the answer to {name} {request_id}")
+    return next(
+        json.loads(m.payload)
+        for m in reversed(messages)
+        if m.topic == topic and json.loads(m.payload).get("request_id") == request_id
+    )

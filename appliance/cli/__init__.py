@@ -15,12 +15,36 @@ from engines.errors import EngineError, ModelRegistryError
 from .. import __version__
 from ..errors import ApplianceError, ConfigError
 from ..logs import setup_logging
-from . import config_cmd, doctor_cmd, gallery_cmd, models_cmd, run_cmd, vision_cmd
+from . import (
+    calibrate_cmd,
+    config_cmd,
+    doctor_cmd,
+    engines_cmd,
+    gallery_cmd,
+    keys_cmd,
+    models_cmd,
+    package_cmd,
+    push_cmd,
+    run_cmd,
+    vision_cmd,
+)
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-_COMMANDS = (run_cmd, config_cmd, models_cmd, vision_cmd, gallery_cmd, doctor_cmd)
+_COMMANDS = (
+    run_cmd,
+    config_cmd,
+    models_cmd,
+    vision_cmd,
+    gallery_cmd,
+    doctor_cmd,
+    keys_cmd,
+    package_cmd,
+    engines_cmd,
+    push_cmd,
+    calibrate_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, List, Optional
 
 from ..config_load import default_config
 from ..doctor import FAIL, OK, WARN, Check, run_checks
@@ -22,6 +23,14 @@ def add_parser(subparsers: Any) -> None:
         "Exit 0 when nothing failed, 1 otherwise.",
     )
     parser.add_argument("--no-smoke", action="store_true", help="skip loading and running the models")
+    parser.add_argument(
+        "--parity-images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="photos with faces for the TensorRT-vs-CPU parity check (where TensorRT runs); default: "
+        "synthetic crops, embeddings only",
+    )
     add_config_option(parser)
     parser.set_defaults(handler=_doctor)
 
@@ -31,6 +40,15 @@ def _print(check: Check) -> None:
     if check.hint and check.status != OK:
         line += f"\n       → {check.hint}"
     print(line)
+
+
+def _parity_images(directory: Optional[Path]) -> List[Path]:
+    """The photos in ``directory`` (sorted; at most 8, a few are enough), none without a folder."""
+    if directory is None:
+        return []
+    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    found = sorted(path for path in Path(directory).rglob("*") if path.suffix.lower() in suffixes)
+    return found[:8]
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -44,7 +62,9 @@ def _doctor(args: argparse.Namespace) -> int:
             _print(Check(FAIL, "config", str(issue), "fix it, then: face-appliance config check"))
         print("       (continuing with the default configuration)")
         config = default_config()
-    for check in run_checks(config, smoke=not args.no_smoke):
+    for check in run_checks(
+        config, smoke=not args.no_smoke, parity_images=_parity_images(args.parity_images)
+    ):
         _print(check)
         failed = failed or check.status == FAIL
     sys.stdout.flush()

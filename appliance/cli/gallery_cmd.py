@@ -95,9 +95,11 @@ def add_parser(subparsers: Any) -> None:
 
 def _open_gallery(config: ApplianceConfig) -> Gallery:
     """The gallery for the configured embedder, without loading any model."""
-    from engines.registry import EMBEDDER_MODELS, get_model
+    from engines.registry import EMBEDDER_MODELS
 
-    spec = get_model(EMBEDDER_MODELS[config.embedder.model][0])
+    from ..updates.active import resolve_model
+
+    spec, _folder = resolve_model(config, EMBEDDER_MODELS[config.embedder.model][0])
     return Gallery.open(config, spec.qualified_version, int(spec.embedding_dim or 0))
 
 

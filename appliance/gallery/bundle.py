@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -31,6 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ..vision.image import image_dimensions
 from .errors import BundleError
 from .store import IDENTITY_ID_PATTERN, TemplateStore, utc_now
 
@@ -123,10 +125,19 @@ def read_bundle(data: bytes, passphrase: str) -> List[BundleIdentity]:
         payload = AESGCM(_key(passphrase, salt)).decrypt(nonce, data[header:], MAGIC)
     except InvalidTag:
         raise BundleError("the bundle does not decrypt: wrong passphrase, or the file was altered") from None
+    return parse_payload(payload)
+
+
+def parse_payload(payload: bytes) -> List[BundleIdentity]:
+    """Validate the decrypted content of a bundle (UTF-8 JSON, see the module docstring).
+
+    Raises:
+        BundleError: not JSON, another format, or a field that is missing or invalid (named).
+    """
     try:
         document = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise BundleError(f"the bundle's content is not valid JSON: {err}") from err
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise BundleError(f"the bundle's content is not valid JSON: {err}") from None
     if not isinstance(document, dict) or document.get("format") != 1:
         raise BundleError("unsupported bundle format (expected format 1)")
     entries = document.get("identities")
@@ -163,9 +174,12 @@ def _identity(entry: Any, where: str) -> BundleIdentity:
     templates = entry.get("templates")
     if not isinstance(templates, list) or not 1 <= len(templates) <= MAX_TEMPLATES_PER_IDENTITY:
         raise BundleError(f"{where}.templates: expected 1–{MAX_TEMPLATES_PER_IDENTITY} templates")
+    name = _text(entry, "name", where) or ""
+    if not name.strip():
+        raise BundleError(f"{where}.name: only blanks")
     return BundleIdentity(
         id=identity_id,
-        name=_text(entry, "name", where) or "",
+        name=name,
         external_id=_text(entry, "external_id", where, optional=True),
         consent_at=_text(entry, "consent_at", where, limit=40) or "",
         templates=[_template(t, f"{where}.templates[{i}]") for i, t in enumerate(templates)],
@@ -194,10 +208,16 @@ def _template(entry: Any, where: str) -> BundleTemplate:
             png = base64.b64decode(_text(entry, "crop", where, limit=4 * 2**20) or "", validate=True)
         except (binascii.Error, ValueError) as err:
             raise BundleError(f"{where}.crop: not base64: {err}") from err
+        # The size is read from the header first: a crop declaring 30 000 × 30 000 pixels (a
+        # decompression bomb of a few kilobytes) is refused without being decoded.
+        if image_dimensions(png) != ("PNG", (112, 112)):
+            raise BundleError(f"{where}.crop: not a 112×112 PNG image")
         crop = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
         if crop is None or crop.shape != (112, 112, 3):
             raise BundleError(f"{where}.crop: not a 112×112 image")
     quality = entry.get("quality")
-    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))):
-        raise BundleError(f"{where}.quality: expected a number or null")
+    if quality is not None and (
+        isinstance(quality, bool) or not isinstance(quality, (int, float)) or not math.isfinite(quality)
+    ):
+        raise BundleError(f"{where}.quality: expected a finite number or null")
     return BundleTemplate(model_version, embedding, crop, None if quality is None else float(quality))

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+TAG_BYTES = 16
+#: A sealed value is this much longer than its plaintext (nonce and tag).
+SEAL_OVERHEAD_BYTES = NONCE_BYTES + TAG_BYTES
 
 
 def _under_credentials(path: Path) -> bool:
@@ -106,7 +109,7 @@ class Sealer:
         Raises:
             GalleryStoreError: the value was altered, belongs to another context, or another key.
         """
-        if len(sealed) < NONCE_BYTES + 16:
+        if len(sealed) < SEAL_OVERHEAD_BYTES:
             raise GalleryStoreError(
                 f"sealed value for {context.split(':', maxsplit=1)[0]} is truncated ({len(sealed)} bytes)"
             )

@@ -19,7 +19,7 @@ import numpy as np
 from ..config import ApplianceConfig
 from ..decisions import Candidate
 from .bundle import BundleIdentity, export_bundle, read_bundle
-from .errors import IdentityError
+from .errors import BundleError, IdentityError
 from .index import GalleryIndexError, TemplateIndex
 from .store import Identity, TemplateStore
 
@@ -108,12 +108,34 @@ class Gallery:
                 index = TemplateIndex.load(self.index_path, self.model_version, generation)
                 if len(index) != len(ids):
                     raise GalleryIndexError(f"index holds {len(index)} templates, the store {len(ids)}")
-            except GalleryIndexError as err:
-                if self.index_path.exists():
+            except (GalleryIndexError, OSError) as err:  # OSError: an unreadable file is rebuilt too
+                if self.index_path.exists() or not isinstance(err, FileNotFoundError):
                     logger.info("rebuilding the gallery index: %s", err)
                 index = self._build(ids, vectors)
-                index.save(self.index_path, self.model_version, generation)
+                self._save_index(index, generation)
             self._index = index
+
+    def switch_model(self, model_version: str, dim: int) -> None:
+        """Search the templates of another embedder version from now on (rebuilds the index)."""
+        with self._lock:
+            self.model_version, self.dim = model_version, dim
+            self.refresh()
+
+    def _save_index(self, index: TemplateIndex, generation: int) -> None:
+        """Save the derived index; a failure (disk full, I/O error) is logged, not raised.
+
+        The store is the truth and already holds the change: the index in memory serves searches,
+        and a file left stale is rebuilt from the store at the next start.
+        """
+        try:
+            index.save(self.index_path, self.model_version, generation)
+        except OSError as err:
+            logger.warning(
+                "could not save the gallery index %s (%s); searching with the one in memory, it is rebuilt "
+                "from the store at the next start",
+                self.index_path,
+                err,
+            )
 
     def _build(self, ids: np.ndarray, vectors: np.ndarray) -> TemplateIndex:
         if not len(ids):
@@ -184,7 +206,7 @@ class Gallery:
             self._index.add(np.asarray(ids, np.int64), np.asarray(embeddings, np.float32))
             self._owners.update((template_id, identity_id) for template_id in ids)
             self._names[identity_id] = name
-            self._index.save(self.index_path, self.model_version, self.store.generation)
+            self._save_index(self._index, self.store.generation)
         return ids
 
     def remove(self, identity_id: str) -> int:
@@ -199,7 +221,7 @@ class Gallery:
                 for template_id in gone:
                     del self._owners[template_id]
                 self._names.pop(identity_id, None)
-                self._index.save(self.index_path, self.model_version, self.store.generation)
+                self._save_index(self._index, self.store.generation)
         logger.info("gallery: an identity and %d template(s) were removed", count)
         return count
 
@@ -218,10 +240,17 @@ class Gallery:
         return self.import_identities(read_bundle(data, passphrase), replace)
 
     def import_identities(self, identities: Sequence[BundleIdentity], replace: bool = False) -> ImportReport:
+        """Import validated identities (from :func:`.bundle.read_bundle`).
+
+        Raises:
+            BundleError: a template's length differs from what the gallery holds for its model
+                version (checked before anything is written: nothing is imported).
+        """
         imported: List[str] = []
         replaced: List[str] = []
         skipped: Dict[str, str] = {}
         with self._lock:
+            self._check_lengths(identities)
             existing = {identity.id for identity in self.store.identities()}
             for identity in identities:
                 if identity.id in existing:
@@ -256,6 +285,27 @@ class Gallery:
                     imported.append(identity.id)
             self.refresh()
         return ImportReport(imported, replaced, skipped)
+
+    def _check_lengths(self, identities: Sequence[BundleIdentity]) -> None:
+        """Refuse templates whose length is not the gallery's for their model version.
+
+        Without this, one bundle could put 96-long and 128-long embeddings of one version into the
+        store: the index could then never be built again, and the daemon would not start.
+        """
+        expected: Dict[str, int] = {}
+        for version, lengths in self.store.embedding_lengths().items():
+            if len(lengths) == 1:
+                expected[version] = next(iter(lengths))
+        expected[self.model_version] = self.dim
+        for identity in identities:
+            for template in identity.templates:
+                length = int(template.embedding.shape[0])
+                wanted = expected.setdefault(template.model_version, length)
+                if length != wanted:
+                    raise BundleError(
+                        f"identity {identity.id!r}: a template of {template.model_version} has {length} values "
+                        f"where this gallery's have {wanted} (a bundle from another model?); nothing was imported"
+                    )
 
     def close(self) -> None:
         """Close the store. Safe to call more than once."""

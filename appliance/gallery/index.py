@@ -565,7 +565,8 @@ class TemplateIndex:
                 "ef_construction": self.ef_construction,
             }
             encoded = json.dumps(header, sort_keys=True).encode("utf-8")
-            with atomic_writer(path) as stream:
+            # 0600: the payload holds the embeddings of the active model in the clear.
+            with atomic_writer(path, mode=0o600) as stream:
                 stream.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(encoded)))
                 stream.write(encoded)
                 stream.write(_CRC.pack(zlib.crc32(encoded)))

@@ -24,17 +24,18 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import cv2
 import numpy as np
 
-from .crypto import Sealer, create_key, read_key
+from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+#: ``\Z``, not ``$``: ``$`` would also accept a trailing newline.
+IDENTITY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 KEY_CHECK_PLAINTEXT = b"face-appliance gallery key check v1"
 
 #: Schema migrations: version → statements that bring version-1 to version.
@@ -208,6 +209,9 @@ class TemplateStore:
     # -- plumbing ------------------------------------------------------------------------------------
 
     class _Transaction:
+        """One write transaction under the store's lock; SQLite failures (a full disk, an I/O error)
+        come out as :class:`GalleryStoreError`, after a rollback, with nothing of it written."""
+
         def __init__(self, store: TemplateStore) -> None:
             self.store = store
 
@@ -215,14 +219,32 @@ class TemplateStore:
             self.store._lock.acquire()
             try:
                 self.store._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                self.store._lock.release()
+                raise GalleryStoreError(f"cannot write to the gallery {self.store.path}: {err}") from err
             except BaseException:
                 self.store._lock.release()
                 raise
             return self.store._db
 
         def __exit__(self, kind: object, value: object, trace: object) -> None:
+            db = self.store._db
             try:
-                self.store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+                if kind is None:
+                    try:
+                        db.execute("COMMIT")
+                        return
+                    except sqlite3.Error as err:
+                        value, kind = err, type(err)
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as err:  # the original error is the one worth reporting
+                        logger.debug("gallery rollback failed: %s", err)
+                if isinstance(value, sqlite3.Error):
+                    raise GalleryStoreError(
+                        f"cannot write to the gallery {self.store.path}: {value} (is the disk full?)"
+                    ) from value
             finally:
                 self.store._lock.release()
 
@@ -389,10 +411,71 @@ class TemplateStore:
         self._purge()
         return int(count)
 
+    def put_version(
+        self,
+        model_version: str,
+        rows: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray], Optional[float]]],
+    ) -> int:
+        """Replace every template of ``model_version`` with ``rows``, in one transaction.
+
+        This is how a new embedder's templates are written (re-embedded from the enrolment crops): an
+        interrupted attempt leaves either the old set of that version or the new one. Rows of identities
+        that no longer exist are skipped.
+
+        Args:
+            rows: ``(identity id, (D,) float32 unit embedding, (112, 112, 3) uint8 crop or None, quality)``.
+
+        Returns:
+            The templates written.
+        """
+        now = utc_now()
+        written = 0
+        with self._transaction() as db:
+            db.execute("DELETE FROM templates WHERE model_version=?", (model_version,))
+            existing = {row[0] for row in db.execute("SELECT id FROM identities")}
+            for identity_id, embedding, crop, quality in rows:
+                if identity_id not in existing:
+                    continue
+                vector = np.asarray(embedding, np.float32).reshape(-1)
+                if not np.isfinite(vector).all():
+                    raise IdentityError(f"a re-embedded template of {identity_id!r} is not finite")
+                db.execute(
+                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        identity_id,
+                        model_version,
+                        self._seal_embedding(identity_id, model_version, vector),
+                        self._seal_crop(identity_id, model_version, crop),
+                        quality,
+                        now,
+                    ),
+                )
+                written += 1
+            self._bump(db)
+        return written
+
+    def drop_versions(self, keep: str) -> int:
+        """Delete the templates of every model version but ``keep`` (after a model switch). Returns how many."""
+        with self._transaction() as db:
+            dropped = db.execute("DELETE FROM templates WHERE model_version<>?", (keep,)).rowcount
+            if dropped:
+                self._bump(db)
+        if dropped:
+            self._purge()
+        return int(dropped)
+
     def _purge(self) -> None:
-        """Copy the WAL into the database and empty it, so deleted pages survive nowhere."""
+        """Copy the WAL into the database and empty it, so deleted pages survive nowhere.
+
+        The deletion itself is committed already; a checkpoint that fails (a full disk) is retried
+        by the next removal and at close, so it is logged, not raised.
+        """
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as err:
+                logger.warning("gallery %s: the WAL checkpoint after a removal failed: %s", self.path, err)
 
     # -- templates -----------------------------------------------------------------------------------
 
@@ -442,6 +525,17 @@ class TemplateStore:
             return dict(
                 self._db.execute("SELECT model_version, COUNT(*) FROM templates GROUP BY model_version")
             )
+
+    def embedding_lengths(self) -> Dict[str, Set[int]]:
+        """The embedding lengths stored per model version, from the sealed sizes (nothing is decrypted)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT model_version, length(embedding) FROM templates"
+            ).fetchall()
+        lengths: Dict[str, Set[int]] = {}
+        for version, size in rows:
+            lengths.setdefault(str(version), set()).add((int(size) - SEAL_OVERHEAD_BYTES) // 4)
+        return lengths
 
     # -- health --------------------------------------------------------------------------------------
 

@@ -40,6 +40,17 @@ class BackendOptions:
             P-Net pyramid level (frame × 12 / min_face) the TensorRT profile covers.
         yunet_max_side: the longest input side the TensorRT YuNet profile covers (multiple of 32).
         calibration_cache: path of the model's INT8 calibration cache (TensorRT), ``None`` without.
+        calibration_dir: folder of INT8 calibration sets, ``<dir>/<model name>.npy`` (TensorRT; see
+            :mod:`calibration.sets`). A model's set is part of its engine's cache key; the engine is
+            built from it by ``face-appliance engines build`` or the daemon. ``calibration_cache``,
+            when given, takes precedence.
+        opt_frame: the camera frame ``(height, width)`` the TensorRT P-Net profile is tuned for
+            (its opt shape); ``None`` tunes for ``max_frame``.
+        embedder_batch: the batch the TensorRT embedder profile is tuned for (its opt), ``None`` for
+            the default.
+        build_missing: TensorRT: build the engine at open when no cached engine fits. ``False``
+            raises :class:`engines.errors.EngineMissingError` instead, so the caller can serve on
+            the CPU while it builds the engine elsewhere (the daemon does).
     """
 
     threads: int = 0
@@ -53,6 +64,10 @@ class BackendOptions:
     min_face: int = 20
     yunet_max_side: int = 640
     calibration_cache: Optional[str] = None
+    calibration_dir: Optional[str] = None
+    opt_frame: Optional[Tuple[int, int]] = None
+    embedder_batch: Optional[int] = None
+    build_missing: bool = True
 
 
 class InferenceBackend(ABC):

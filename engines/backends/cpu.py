@@ -26,6 +26,11 @@ _ORT_DTYPES = {
 }
 
 
+#: ONNX Runtime 1.19 (the last release for Python 3.8, i.e. JetPack 5) has no process-wide pool in Python:
+#: there each session gets its own pool of the same size instead.
+_HAS_GLOBAL_POOL = hasattr(ort, "set_global_thread_pool_sizes") and hasattr(
+    ort.SessionOptions(), "use_per_session_threads"
+)
 _pool_lock = threading.Lock()
 _pool: Dict[str, int] = {}  # "threads": the size of the process-wide pool, once created
 
@@ -40,6 +45,9 @@ def _global_pool(threads: int) -> int:
     with _pool_lock:
         if "threads" not in _pool:
             size = threads if threads > 0 else (os.cpu_count() or 1)
+            if not _HAS_GLOBAL_POOL:
+                _pool["threads"] = size
+                return size
             ort.set_global_thread_pool_sizes(size, 1)
             _pool["threads"] = size
             logger.debug("ONNX Runtime global thread pool: %d threads", size)
@@ -56,10 +64,14 @@ def new_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
     Raises:
         Exception: ONNX Runtime's own error when the model cannot be loaded.
     """
-    _global_pool(threads)
+    size = _global_pool(threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.use_per_session_threads = False
+    if _HAS_GLOBAL_POOL:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = size
+        options.inter_op_num_threads = 1
     # ONNX Runtime's arena keeps the largest buffers ever used (e.g. a 270-crop R-Net batch); without
     # it the process stays ~80 MiB smaller at no measurable cost for these small models.
     options.enable_cpu_mem_arena = False

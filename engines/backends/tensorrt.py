@@ -6,18 +6,34 @@ back-end registry turns the ``ImportError`` into "TensorRT back-end unavailable:
 Threading and the CUDA context
 ------------------------------
 The back-end uses the *primary* CUDA context of ``options.device``
-(``pycuda.driver.Device(n).retain_primary_context()``), retained once at open and released once at
-close. It is pushed onto the calling thread's context stack around each call (open, run, close) and
-popped afterwards, so no context stays current on any thread between calls. The thread that uses the
-back-end — the pipeline thread — owns it: construct it, run it and close it there. A lock serialises
-calls anyway, because the page-locked and device buffers are shared by all calls.
+(``pycuda.driver.Device(n).retain_primary_context()``), the one the CUDA runtime inside TensorRT uses
+too (``Device.make_context`` would create a second, private context, which TensorRT would not see
+as current on other threads). It is retained once at open and released once at close, and pushed
+onto the calling thread's context stack around each call (open, run, close) and popped afterwards,
+so no context stays current on any thread between calls. The thread that uses the back-end — the
+pipeline thread — owns it: construct it, run it and close it there. pycuda releases a context only
+from the thread that retained it (``Context.detach`` from another thread leaves the retain to process
+exit), so a back-end closed elsewhere keeps its reference on the primary context until then, which is
+harmless. A lock serialises calls anyway, because the page-locked and device buffers are shared by
+all calls.
 
 Memory
 ------
 One execution context and one CUDA stream. Page-locked host buffers and device buffers are allocated
 once, for the optimization profile's largest shapes; each call sets its input shapes, copies the
-inputs in, runs, and copies out only the bytes the actual output shapes need. ``close()`` frees the
-buffers, the stream, the TensorRT objects and the context explicitly; nothing is freed in ``__del__``.
+inputs in, runs, and copies out only the bytes the actual output shapes need. A batch larger than the
+profile's maximum is run in profile-sized parts and the outputs are concatenated, so callers can pass
+any batch, as on the CPU back-end. ``close()`` frees the buffers, the stream, the TensorRT objects and
+the context explicitly; nothing is freed in ``__del__``.
+
+The engine cache
+----------------
+At open the engine for these ONNX bytes, this device and these options is looked up in
+``options.engine_dir`` (:func:`engines.trt_engine_cache.lookup`): its manifest is checked *before*
+anything is deserialized. Without a fitting engine (or when the cached one does not deserialize) the
+back-end builds it, or, with ``options.build_missing = False``, raises
+:class:`engines.errors.EngineMissingError` saying what did not match, so the daemon can serve on the
+CPU while the engine is built in the background.
 
 TensorRT 8 and 10
 -----------------
@@ -41,18 +57,16 @@ import tensorrt as trt  # first: its absence is the usual reason this back-end i
 # isort: split
 import pycuda.driver as cuda
 
-from ..errors import EngineBuildError, EngineLoadError, InferenceError
+from ..errors import EngineBuildError, EngineLoadError, EngineMissingError, InferenceError
 from ..registry import TensorSpec
-from ..trt_builder import EngineBuilder, errors_text, get_trt_logger
+from ..trt_builder import EngineBuilder, errors_text, get_trt_logger, numpy_dtype
 from ..trt_engine_cache import (
     EngineManifest,
     EngineRequest,
     PlatformInfo,
-    file_sha256_or_none,
+    engine_request,
     lookup,
-    optimization_profile,
     read_l4t_version,
-    sha256_bytes,
 )
 from .base import InferenceBackend
 
@@ -63,8 +77,8 @@ logger = logging.getLogger(__name__)
 class _Tensor:
     """One engine input or output with its buffers.
 
-    ``engine_shape`` has ``-1`` for dynamic dimensions; ``min_shape``/``max_shape`` are the profile's
-    range (inputs) or the shape at the profile's largest inputs (outputs); ``host`` is a flat
+    ``engine_shape`` has ``-1`` for dynamic dimensions; ``min_shape``/``opt_shape``/``max_shape`` are
+    the profile's (inputs) or the shape at the profile's largest inputs (outputs); ``host`` is a flat
     page-locked array of ``max_shape``'s volume; ``device`` the device allocation of the same size.
     """
 
@@ -75,6 +89,7 @@ class _Tensor:
     engine_shape: Tuple[int, ...]
     min_shape: Tuple[int, ...]
     max_shape: Tuple[int, ...]
+    opt_shape: Tuple[int, ...] = ()
     host: Optional[np.ndarray] = None
     device: Optional[Any] = None  # pycuda.driver.DeviceAllocation
 
@@ -88,7 +103,8 @@ class TensorRTBackend(InferenceBackend):
     ``engine_dir`` the engine is built in memory at every open (logged as a warning).
 
     Options read: ``device``, ``precision``, ``engine_dir``, ``max_batch``, ``workspace_mb``,
-    ``dla_core``, ``max_frame``, ``min_face``, ``yunet_max_side``, ``calibration_cache``.
+    ``dla_core``, ``max_frame``, ``opt_frame``, ``min_face``, ``yunet_max_side``, ``embedder_batch``,
+    ``calibration_cache``, ``calibration_dir``, ``build_missing``.
     """
 
     key = "tensorrt"
@@ -144,38 +160,24 @@ class TensorRTBackend(InferenceBackend):
     def _load(self, model: bytes, platform: PlatformInfo) -> None:
         """With the context current: find or build the engine, deserialize it, allocate buffers."""
         name = self.spec.name
-        options = self.options
         try:
-            profiles = optimization_profile(
-                self.spec,
-                max_batch=options.max_batch,
-                max_frame=options.max_frame,
-                min_face=options.min_face,
-                yunet_max_side=options.yunet_max_side,
-            )
-            calibration_sha256 = file_sha256_or_none(options.calibration_cache)
-            request = EngineRequest(
-                model=name,
-                onnx_sha256=sha256_bytes(model),
-                platform=platform,
-                precision=options.precision,
-                dla_core=options.dla_core,
-                profiles=profiles,
-                calibration_sha256=calibration_sha256,
-            )
+            request = engine_request(self.spec, model, platform, self.options)
         except (ValueError, OSError) as err:
             raise EngineLoadError(f"{name}: invalid TensorRT options: {err}") from err
 
         trt_logger = get_trt_logger()
         self._runtime = trt.Runtime(trt_logger)
-        engine_bytes, from_cache = self._engine_bytes(model, request, platform)
+        engine_bytes, from_cache = self._engine_bytes(model, request)
         with trt_logger.capture_errors() as errors:
+            self._select_dla()
             engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if engine is None and from_cache:
-                logger.warning(
-                    "%s: the cached engine does not deserialize; rebuilding it%s", name, errors_text(errors)
-                )
-                engine_bytes = self._build(model, request, platform)
+                reason = f"{name}: the cached engine does not deserialize{errors_text(errors)}"
+                if not self.options.build_missing:
+                    raise EngineMissingError(f"{reason}; it has to be built again")
+                logger.warning("%s; rebuilding it", reason)
+                engine_bytes = self._build(model, request)
+                self._select_dla()
                 engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if engine is None:
                 raise EngineLoadError(f"{name}: TensorRT cannot deserialize the engine.{errors_text(errors)}")
@@ -192,42 +194,65 @@ class TensorRTBackend(InferenceBackend):
             self._allocate()
         except cuda.Error as err:
             raise EngineLoadError(f"{name}: CUDA allocation failed: {err}") from err
+        except TypeError as err:  # a tensor type without a numpy equivalent
+            raise EngineLoadError(f"{name}: {err}") from err
         logger.info(
-            "%s: TensorRT %s engine ready on %s (%s API)",
+            "%s: TensorRT %s engine ready on %s (%s, %s API)",
             name,
             trt.__version__,
             platform.gpu_name,
+            self.manifest.precision if self.manifest is not None else "?",
             "tensor" if self._v3 else "binding",
         )
 
-    def _engine_bytes(
-        self, model: bytes, request: EngineRequest, platform: PlatformInfo
-    ) -> Tuple[bytes, bool]:
-        """The serialized engine from the cache, or a new build; and whether it came from the cache."""
+    def _select_dla(self) -> None:
+        """Tell the runtime which DLA core an engine built for one runs on (before deserializing).
+
+        ``IRuntime.DLA_core`` is "the DLA core that the engine executes on" and defaults to core 0, so
+        an engine built for core 1 must have it set.
+        """
+        target = self.manifest.target if self.manifest is not None else "gpu"
+        if target.startswith("dla:"):
+            self._runtime.DLA_core = int(target.split(":", 1)[1])
+
+    def _engine_bytes(self, model: bytes, request: EngineRequest) -> Tuple[bytes, bool]:
+        """The serialized engine from the cache, or a new build; and whether it came from the cache.
+
+        The manifest is checked before anything is deserialized.
+
+        Raises:
+            EngineMissingError: no cached engine fits and ``options.build_missing`` is off.
+        """
         engine_dir = self.options.engine_dir
         if engine_dir is None:
+            if not self.options.build_missing:
+                raise EngineMissingError(
+                    f"{self.spec.name}: no engine_dir configured, so no engine is cached"
+                )
             logger.warning(
                 "%s: no engine_dir configured: building the TensorRT engine in memory (not cached)",
                 self.spec.name,
             )
-            return self._build(model, request, platform), False
+            return self._build(model, request), False
         found = lookup(engine_dir, request)
+        reason = found.reason
         if found.path is not None:
             try:
                 engine = found.path.read_bytes()
             except OSError as err:
-                logger.warning(
-                    "%s: cannot read cached engine %s (%s); rebuilding", self.spec.name, found.path, err
-                )
+                reason = f"{self.spec.name}: cannot read cached engine {found.path} ({err.strerror})"
             else:
                 self.manifest = found.manifest
                 logger.info("%s: using cached engine %s", self.spec.name, found.path)
                 return engine, True
-        else:
-            logger.info("%s: building a TensorRT engine: %s", self.spec.name, found.reason)
-        return self._build(model, request, platform), False
+        if not self.options.build_missing:
+            raise EngineMissingError(
+                f"{reason}; build it with `face-appliance engines build --models {self.spec.name}`"
+            )
+        logger.info("%s: building a TensorRT engine: %s", self.spec.name, reason)
+        return self._build(model, request), False
 
-    def _build(self, model: bytes, request: EngineRequest, platform: PlatformInfo) -> bytes:
+    def _build(self, model: bytes, request: EngineRequest) -> bytes:
         options = self.options
         calibration: Optional[bytes] = None
         if options.calibration_cache is not None:
@@ -237,11 +262,17 @@ class TensorRTBackend(InferenceBackend):
                 raise EngineLoadError(
                     f"{self.spec.name}: cannot read the calibration cache {options.calibration_cache}: {err}"
                 ) from err
+        elif request.calibration_sha256 is not None:
+            raise EngineLoadError(
+                f"{self.spec.name}: INT8 calibration from a calibration set needs its calibrator; build the "
+                f"engine with `face-appliance engines build --models {self.spec.name}` (or let the daemon "
+                "build it), then open the model again"
+            )
         try:
             builder = EngineBuilder(
                 device=options.device,
                 workspace_mb=options.workspace_mb,
-                platform=platform,
+                platform=request.platform,
                 manage_context=False,  # our context is current
             )
             built = builder.build(
@@ -261,23 +292,23 @@ class TensorRTBackend(InferenceBackend):
             for index, tensor_name in enumerate(names):
                 is_input = engine.get_tensor_mode(tensor_name) == trt.TensorIOMode.INPUT
                 shape = tuple(int(d) for d in engine.get_tensor_shape(tensor_name))
-                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor_name)))
-                low, high = shape, shape
+                dtype = numpy_dtype(engine.get_tensor_dtype(tensor_name))
+                low = opt = high = shape
                 if is_input and any(d < 0 for d in shape):
-                    low, _opt, high = (
+                    low, opt, high = (
                         tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(tensor_name, 0)
                     )
-                tensors.append(_Tensor(tensor_name, index, is_input, dtype, shape, low, high))
+                tensors.append(_Tensor(tensor_name, index, is_input, dtype, shape, low, high, opt))
         else:
             for index in range(engine.num_bindings):
                 tensor_name = engine.get_binding_name(index)
                 is_input = bool(engine.binding_is_input(index))
                 shape = tuple(int(d) for d in engine.get_binding_shape(index))
-                dtype = np.dtype(trt.nptype(engine.get_binding_dtype(index)))
-                low, high = shape, shape
+                dtype = numpy_dtype(engine.get_binding_dtype(index))
+                low = opt = high = shape
                 if is_input and any(d < 0 for d in shape):
-                    low, _opt, high = (tuple(int(d) for d in s) for s in engine.get_profile_shape(0, index))
-                tensors.append(_Tensor(tensor_name, index, is_input, dtype, shape, low, high))
+                    low, opt, high = (tuple(int(d) for d in s) for s in engine.get_profile_shape(0, index))
+                tensors.append(_Tensor(tensor_name, index, is_input, dtype, shape, low, high, opt))
         # The outputs' largest shapes: set every input to its profile max and read the outputs back.
         try:
             for tensor in tensors:
@@ -320,12 +351,28 @@ class TensorRTBackend(InferenceBackend):
 
     # -- run -----------------------------------------------------------------------------------
 
+    def warmup(self, iterations: int = 2, batch: int = 1) -> None:
+        """Run ``iterations`` batches of zeros at the profile's opt shape with batch ``batch``.
+
+        The registry's example shapes need not lie inside this engine's profile (a P-Net engine for a
+        large minimum face size takes smaller images than the example), so the profile decides.
+        """
+        feeds: Dict[str, np.ndarray] = {}
+        for tensor in getattr(self, "_tensors", []):
+            if tensor.is_input:
+                shape = list(tensor.opt_shape or tensor.max_shape)
+                shape[0] = max(tensor.min_shape[0], batch)
+                feeds[tensor.name] = np.zeros(shape, np.float32)
+        for _ in range(iterations):
+            self.run(feeds)
+
     def _run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """Run one batch.
 
         Args:
             feeds: input name → C-contiguous float32 array (checked by the base class), each within
-                the engine's optimization profile.
+                the engine's optimization profile but for the batch, which may exceed the profile's
+                maximum when the profile starts at batch 1: it is then run in parts.
 
         Returns:
             float32 arrays in ``spec.outputs`` order, freshly allocated (not views of the buffers).
@@ -338,28 +385,49 @@ class TensorRTBackend(InferenceBackend):
             if self._exec is None or self._context is None:
                 raise InferenceError(f"{name}: the tensorrt back-end is closed")
             inputs = [t for t in self._tensors if t.is_input]
-            for tensor in inputs:
-                shape = feeds[tensor.name].shape
-                if len(shape) != len(tensor.min_shape) or not all(
-                    lo <= d <= hi for lo, d, hi in zip(tensor.min_shape, shape, tensor.max_shape)
-                ):
-                    raise InferenceError(
-                        f"{name}: input {tensor.name!r} shape {tuple(shape)} is outside the engine's "
-                        f"profile {tensor.min_shape}..{tensor.max_shape} (rebuild with larger "
-                        "max_batch/max_frame/yunet_max_side, or split the batch)"
-                    )
+            step = self._batch_step(feeds, inputs)
             try:
                 self._context.push()
             except cuda.Error as err:
                 raise InferenceError(f"{name}: cannot make the CUDA context current: {err}") from err
             try:
-                return self._execute(feeds, inputs)
+                batch = int(feeds[inputs[0].name].shape[0])
+                if batch <= step:
+                    return self._execute(feeds, inputs)
+                parts = [
+                    self._execute({key: array[start : start + step] for key, array in feeds.items()}, inputs)
+                    for start in range(0, batch, step)
+                ]
+                return [np.concatenate([part[i] for part in parts]) for i in range(len(self.spec.outputs))]
             except cuda.Error as err:
                 raise InferenceError(f"{name}: CUDA failed: {err}") from err
             except (RuntimeError, TypeError, ValueError) as err:
                 raise InferenceError(f"{name}: TensorRT failed: {err}") from err
             finally:
                 self._pop()
+
+    def _batch_step(self, feeds: Dict[str, np.ndarray], inputs: List[_Tensor]) -> int:
+        """The largest batch one execution takes; checks every other dimension against the profile.
+
+        Raises:
+            InferenceError: a shape outside the profile (other than a batch that can be split).
+        """
+        step = min(tensor.max_shape[0] for tensor in inputs) if inputs else 1
+        for tensor in inputs:
+            shape = feeds[tensor.name].shape
+            splittable = tensor.min_shape[0] == 1 and len(shape) == len(tensor.min_shape) and shape[0] >= 1
+            fits = len(shape) == len(tensor.min_shape) and all(
+                lo <= d <= hi
+                for axis, (lo, d, hi) in enumerate(zip(tensor.min_shape, shape, tensor.max_shape))
+                if not (axis == 0 and splittable)
+            )
+            if not fits:
+                raise InferenceError(
+                    f"{self.spec.name}: input {tensor.name!r} shape {tuple(shape)} is outside the engine's "
+                    f"profile {tensor.min_shape}..{tensor.max_shape} (rebuild the engine with a larger "
+                    "max_frame/yunet_max_side, see `face-appliance engines build`)"
+                )
+        return max(1, step)
 
     def _execute(self, feeds: Dict[str, np.ndarray], inputs: List[_Tensor]) -> List[np.ndarray]:
         stream = self._stream

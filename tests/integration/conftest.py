@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: a real Mosquitto broker per test and a recording client."""
+"""Fixtures of the integration tests: a real Mosquitto broker per test, a recording client, the real
+models loaded once per module, and a storage folder with one enrolled person."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from typing import Iterator
 
 import pytest
 
+from appliance.config_load import validate_config
+from appliance.enrollment import Enroller
+from appliance.gallery.gallery import Gallery
+from appliance.vision.analyzer import FaceAnalyzer
+from appliance.vision.image import read_image
 from tests.mqtt_broker import MosquittoBroker, MosquittoMissingError, Recorder
 
 
@@ -32,3 +38,25 @@ def recorder(mosquitto: MosquittoBroker) -> Iterator[Recorder]:
     """A client subscribed to ``#`` on the ``mosquitto`` broker, recording every message."""
     with Recorder(mosquitto.host, mosquitto.port, "#") as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
+    """The real models (CPU back-end, no liveness), loaded once per test module."""
+    with FaceAnalyzer.from_config(
+        validate_config({"models": {"dir": str(shared_models)}}), liveness=False
+    ) as loaded:
+        yield loaded
+
+
+@pytest.fixture
+def storage(tmp_path: Path, analyzer: FaceAnalyzer, shared_data: Path) -> Path:
+    """A storage folder whose gallery holds Barack Obama (one photo)."""
+    folder = tmp_path / "state"
+    config = validate_config({"storage": {"dir": str(folder)}})
+    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
+        result = Enroller(analyzer, gallery, config.gallery).enroll(
+            "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
+        )
+        assert result.template_ids
+    return folder

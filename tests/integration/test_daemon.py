@@ -8,29 +8,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import List
 
-import pytest
-
-from appliance.config_load import validate_config
-from appliance.enrollment import Enroller
-from appliance.gallery.gallery import Gallery
-from appliance.vision.analyzer import FaceAnalyzer
-from appliance.vision.image import read_image
-from tests.conftest import REPO_ROOT
 from tests.mqtt_broker import MosquittoBroker, Recorder
-from tests.support import make_passage_video
+from tests.support import (
+    DEVICE,
+    ROOT,
+    Daemon,
+    daemon_config,
+    event_documents,
+    make_passage_video,
+    passage_video,
+    unique_events,
+)
 
-DEVICE = "door-test"
-ROOT = f"face-appliance/{DEVICE}"
 EVENT_KEYS = {
     "schema",
     "event_id",
@@ -50,123 +45,6 @@ EVENT_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
-    with FaceAnalyzer.from_config(
-        validate_config({"models": {"dir": str(shared_models)}}), liveness=False
-    ) as loaded:
-        yield loaded
-
-
-@pytest.fixture
-def storage(tmp_path: Path, analyzer: FaceAnalyzer, shared_data: Path) -> Path:
-    """A storage folder whose gallery holds Barack Obama (one photo)."""
-    folder = tmp_path / "state"
-    config = validate_config({"storage": {"dir": str(folder)}})
-    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
-        result = Enroller(analyzer, gallery, config.gallery).enroll(
-            "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
-        )
-        assert result.template_ids
-    return folder
-
-
-def _video(tmp_path: Path, shared_data: Path, name: str = "door.avi", rounds: int = 1) -> Path:
-    person, stranger = (
-        shared_data / "faces/fr_obama/obama2.jpg",
-        shared_data / "faces/fr_kit_harington/john1.jpeg",
-    )
-    passages: List[tuple] = [(None, 3)]
-    for _ in range(rounds):
-        passages += [(person, 25), (None, 12), (stranger, 25), (None, 12)]
-    return make_passage_video(tmp_path / name, passages)
-
-
-def _config(
-    tmp_path: Path, storage: Path, models: Path, broker: MosquittoBroker, source: Path, **sections: str
-) -> Path:
-    extra = {
-        "camera": f'source = "{source}"\nat_end = "stop"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
-        "outbox": "drain_s = 10.0",
-        "metrics": "state_interval_s = 1.0",
-    }
-    extra.update(sections)
-    text = (
-        f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-        f"keepalive_s = 5\n"
-    )
-    for section, body in extra.items():
-        text += f"[{section}]\n{body}\n"
-    path = tmp_path / "appliance.toml"
-    path.write_text(text)
-    return path
-
-
-class Daemon:
-    """``python -m appliance run`` in a subprocess; stderr is collected in the background."""
-
-    def __init__(self, config: Path, env: Optional[Dict[str, str]] = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "run", "--config", str(config)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        self.log: List[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line.rstrip())
-
-    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while sum(text in line for line in self.log) < count:
-            if time.monotonic() > deadline or (
-                self.process.poll() is not None and not self._reader.is_alive()
-            ):
-                raise AssertionError(f"{text!r} ×{count} not logged; log:\n" + "\n".join(self.log[-40:]))
-            time.sleep(0.05)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-    def signal(self, number: int) -> None:
-        self.process.send_signal(number)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.log)
-
-
-def _events(recorder: Recorder) -> List[dict]:
-    return [json.loads(m.payload) for m in recorder.on(f"{ROOT}/events")]
-
-
-def _unique(events: List[dict]) -> List[dict]:
-    seen, unique = set(), []
-    for event in events:
-        if event["event_id"] not in seen:
-            seen.add(event["event_id"])
-            unique.append(event)
-    return unique
-
-
 def test_person_granted_and_stranger_unknown(
     tmp_path: Path,
     storage: Path,
@@ -175,13 +53,13 @@ def test_person_granted_and_stranger_unknown(
     mosquitto: MosquittoBroker,
     recorder: Recorder,
 ) -> None:
-    config = _config(tmp_path, storage, shared_models, mosquitto, _video(tmp_path, shared_data))
+    config = daemon_config(tmp_path, storage, shared_models, mosquitto, passage_video(tmp_path, shared_data))
     daemon = Daemon(config)
     try:
         assert daemon.wait(timeout=120) == 0, daemon.text
     finally:
         daemon.close()
-    events = _unique(_events(recorder))
+    events = unique_events(event_documents(recorder.messages))
     assert [e["decision"] for e in events] == ["granted", "unknown"], daemon.text
     granted, unknown = events
     assert granted["identity"] == {"id": "obama", "name": "Barack Obama"}
@@ -214,12 +92,12 @@ def test_events_survive_a_broker_outage_and_a_sigkill(
     try:
         # 1. The broker goes away before any event: they wait in the outbox, then all arrive in order.
         mosquitto.stop()
-        config = _config(
+        config = daemon_config(
             tmp_path,
             storage,
             shared_models,
             mosquitto,
-            _video(tmp_path, shared_data, rounds=2),
+            passage_video(tmp_path, shared_data, rounds=2),
             outbox="drain_s = 60.0",
         )
         daemon = Daemon(config)
@@ -232,15 +110,15 @@ def test_events_survive_a_broker_outage_and_a_sigkill(
         events = consumer.wait_for(
             lambda ms: len({json.loads(m.payload)["event_id"] for m in ms}) >= 4, 30, "4 events"
         )
-        unique = _unique([json.loads(m.payload) for m in events])
+        unique = unique_events([json.loads(m.payload) for m in events])
         assert [e["decision"] for e in unique] == ["granted", "unknown", "granted", "unknown"]
         assert [e["ts"] for e in unique] == sorted(e["ts"] for e in unique)
 
         # 2. Killed with events still in the outbox: the next start delivers them.
         consumer.clear()
         mosquitto.stop()
-        config = _config(
-            tmp_path, storage, shared_models, mosquitto, _video(tmp_path, shared_data, "second.avi")
+        config = daemon_config(
+            tmp_path, storage, shared_models, mosquitto, passage_video(tmp_path, shared_data, "second.avi")
         )
         daemon = Daemon(config)
         try:
@@ -251,7 +129,7 @@ def test_events_survive_a_broker_outage_and_a_sigkill(
             daemon.close()
         mosquitto.start()
         empty = make_passage_video(tmp_path / "empty.avi", [(None, 20)])
-        daemon = Daemon(_config(tmp_path, storage, shared_models, mosquitto, empty))
+        daemon = Daemon(daemon_config(tmp_path, storage, shared_models, mosquitto, empty))
         try:
             assert daemon.wait(timeout=90) == 0, daemon.text
         finally:
@@ -270,8 +148,8 @@ def test_sigterm_publishes_offline_and_sigkill_the_last_will(
     mosquitto: MosquittoBroker,
     recorder: Recorder,
 ) -> None:
-    video = _video(tmp_path, shared_data)
-    config = _config(
+    video = passage_video(tmp_path, shared_data)
+    config = daemon_config(
         tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
     )
     daemon = Daemon(config)
@@ -304,8 +182,8 @@ def test_systemd_ready_and_watchdog_only_while_frames_flow(
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify_path))
     listener.settimeout(0.5)
-    video = _video(tmp_path, shared_data)
-    config = _config(
+    video = passage_video(tmp_path, shared_data)
+    config = daemon_config(
         tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
     )
     env = {
@@ -354,9 +232,9 @@ def test_bad_commands_get_error_results_and_change_nothing(
 ) -> None:
     from tests.mqtt_broker import free_port
 
-    video = _video(tmp_path, shared_data)
+    video = passage_video(tmp_path, shared_data)
     port = free_port()
-    config = _config(
+    config = daemon_config(
         tmp_path,
         storage,
         shared_models,
@@ -440,7 +318,7 @@ def test_missing_camera_file_is_retried_until_it_appears(
     recorder: Recorder,
 ) -> None:
     later = tmp_path / "later.avi"
-    config = _config(tmp_path, storage, shared_models, mosquitto, later)
+    config = daemon_config(tmp_path, storage, shared_models, mosquitto, later)
     daemon = Daemon(config)
     try:
         recorder.wait_for(
@@ -457,11 +335,14 @@ def test_missing_camera_file_is_retried_until_it_appears(
         ]
         assert "does not exist" in lost[-1]["camera"]["last_error"]
         time.sleep(1.5)  # a few retries
-        _video(tmp_path, shared_data, "staging.avi").rename(later)
+        passage_video(tmp_path, shared_data, "staging.avi").rename(later)
         assert daemon.wait(timeout=120) == 0, daemon.text
     finally:
         daemon.close()
-    assert [e["decision"] for e in _unique(_events(recorder))] == ["granted", "unknown"]
+    assert [e["decision"] for e in unique_events(event_documents(recorder.messages))] == [
+        "granted",
+        "unknown",
+    ]
     warnings = [line for line in daemon.log if "WARNING" in line and "camera" in line.lower()]
     assert len(warnings) == 1, warnings
     assert sum("recovered" in line for line in daemon.log) == 1

@@ -44,6 +44,7 @@ def test_the_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path) -> None
         "etc/face-appliance/credentials/gallery_key",
         "etc/face-appliance/credentials/mqtt_password",
         "etc/face-appliance/credentials/package_public_key",
+        "etc/face-appliance/credentials/uds_secret",
         "var/lib/face-appliance/",
         "etc/systemd/system/face-appliance.service",
     ):
@@ -60,9 +61,10 @@ def test_an_install_lays_out_config_credentials_state_and_unit(tmp_path: Path) -
     assert mode(etc) == 0o750
     assert mode(etc / "appliance.toml") == 0o640
     assert mode(credentials) == 0o700
-    for name in ("gallery_key", "mqtt_password", "package_public_key"):
+    for name in ("gallery_key", "mqtt_password", "package_public_key", "uds_secret"):
         assert mode(credentials / name) == 0o600, name
     assert re.fullmatch(r"[0-9a-f]{64}\n", (credentials / "gallery_key").read_text())
+    assert re.fullmatch(r"[0-9a-f]{64}\n", (credentials / "uds_secret").read_text())
     assert (credentials / "mqtt_password").read_bytes() == b""
     assert mode(tmp_path / "var" / "lib" / "face-appliance") == 0o700
     unit = tmp_path / "etc" / "systemd" / "system" / "face-appliance.service"

@@ -519,10 +519,11 @@ class TestOptimizationProfile:
         assert profile.max == (1, 1152, 648, 3)
         assert profile.opt == profile.max
 
-    def test_pnet_with_a_small_min_face_covers_the_whole_frame(self) -> None:
+    def test_pnet_with_a_small_min_face_covers_the_upsampled_frame(self) -> None:
+        # The detector maps min_face onto the 12-pixel cell, so below 12 it upsamples the frame.
         spec = get_model("mtcnn-pnet")
         assert optimization_profile(spec, max_frame=(720, 1280), min_face=12)[0].max == (1, 1280, 720, 3)
-        assert optimization_profile(spec, max_frame=(720, 1280), min_face=6)[0].max == (1, 1280, 720, 3)
+        assert optimization_profile(spec, max_frame=(720, 1280), min_face=6)[0].max == (1, 2560, 1440, 3)
 
     def test_pnet_pyramid_levels_fit(self) -> None:
         (profile,) = optimization_profile(get_model("mtcnn-pnet"), max_frame=(480, 640), min_face=20)

@@ -1,0 +1,523 @@
+"""TensorRT engines for the configured pipeline: which to build, building them, and the daemon's switch-over.
+
+Two parts:
+
+* :class:`EngineService` — the TensorRT edge. For a model of the configured pipeline it derives the
+  engine request (:func:`engines.trt_engine_cache.engine_request`, the cache key's inputs: ONNX,
+  TensorRT, GPU, precision, profiles from the detector settings, calibration set), checks the cache
+  by the manifest, builds the engine (with :class:`calibration.trt_calibrator.EntropyCalibrator` when
+  the model has an INT8 calibration set) and opens it from the cache. ``tensorrt`` and ``pycuda`` are
+  imported only here, and only when an engine is built or opened. ``face-appliance engines build``
+  and the daemon use it.
+* :class:`EngineSupervisor` — the daemon's decisions, free of TensorRT so they are unit-tested with
+  fakes: a model whose cached engine matches the device (the manifest is checked *before* anything
+  is deserialized) runs on TensorRT; otherwise, with ``backend.fallback = "cpu"``, it serves on the
+  CPU back-end while its engine is built in a background thread and switches to TensorRT between
+  two frames; with ``fallback = "none"`` the engine is built first, stretching systemd's start
+  timeout (``EXTEND_TIMEOUT_USEC``) while it builds. A failed build leaves the model on the CPU with
+  the reason in the state document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+
+from engines.backends import BackendOptions, InferenceBackend, open_model
+from engines.errors import EngineBuildError, EngineError, EngineLoadError, EngineMissingError
+from engines.prepare import load_model_bytes
+from engines.registry import ModelSpec, required_models
+from engines.store import ModelStore
+from engines.trt_engine_cache import (
+    EngineRequest,
+    LookupResult,
+    PlatformInfo,
+    calibration_cache_path,
+    calibration_set_path,
+    engine_request,
+    lookup,
+)
+
+from .config import ApplianceConfig
+from .updates.active import resolve_model
+
+if TYPE_CHECKING:
+    from engines.trt_builder import BuiltEngine, ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+#: While an engine is built before READY (``fallback = "none"``), systemd's start timeout is pushed
+#: out by EXTEND_BY_S every EXTEND_EVERY_S: a Nano needs minutes per engine.
+EXTEND_EVERY_S = 20.0
+EXTEND_BY_S = 90.0
+#: Bounded waits of the daemon side.
+SWITCH_TIMEOUT_S = 60.0
+JOIN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """One model of the pipeline: its registry name, the spec to load, and the folder of its ONNX file
+    (``models.dir``, or an installed package's folder after a model update)."""
+
+    name: str
+    spec: ModelSpec
+    folder: Path
+
+
+def pipeline_targets(config: ApplianceConfig, names: Optional[Sequence[str]] = None) -> List[EngineTarget]:
+    """The models the configured pipeline loads (or ``names``), resolved to the active files.
+
+    Raises:
+        ModelRegistryError: a name the registry does not know.
+    """
+    if names is None:
+        wanted = [
+            spec.name
+            for spec in required_models(config.detector.type, config.embedder.model, config.liveness.enabled)
+        ]
+    else:
+        wanted = list(dict.fromkeys(names))
+    targets = []
+    for name in wanted:
+        spec, folder = resolve_model(config, name)
+        targets.append(EngineTarget(name, spec, folder))
+    return targets
+
+
+def tensorrt_unavailable() -> Optional[str]:
+    """Why TensorRT engines cannot be built or run here, or ``None`` when they can."""
+    try:
+        import engines.trt_builder  # noqa: F401 - imports tensorrt
+    except Exception as err:  # ImportError, or OSError for a missing libnvinfer
+        return f"cannot import tensorrt ({type(err).__name__}: {err})"
+    try:
+        import pycuda.driver as cuda
+    except Exception as err:
+        return f"cannot import pycuda ({type(err).__name__}: {err})"
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as err:  # pycuda.driver.Error, or a driver library problem
+        return f"CUDA is not usable ({type(err).__name__}: {err})"
+    if count < 1:
+        return "no CUDA device found"
+    return None
+
+
+class EngineService:
+    """Plans, builds and opens the TensorRT engines of pipeline models on one device.
+
+    Args:
+        options: the TensorRT back-end options (``backend_options(config)``), which decide the
+            engine requests; ``options.engine_dir`` is the cache.
+        progress: ``progress(phase, done, total)`` during builds (TensorRT 10's build phases).
+        cancel: set it to cancel a running build.
+        platform: the device; probed (TensorRT version, GPU, L4T) on first use when ``None``.
+    """
+
+    def __init__(
+        self,
+        options: BackendOptions,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[threading.Event] = None,
+        platform: Optional[PlatformInfo] = None,
+    ) -> None:
+        if options.engine_dir is None:
+            raise EngineLoadError("the TensorRT engine service needs an engine directory")
+        self.options = options
+        self.engine_dir = Path(options.engine_dir)
+        self.progress = progress
+        self.cancel = cancel
+        self._platform = platform
+
+    @property
+    def platform(self) -> PlatformInfo:
+        """The running TensorRT and GPU (probed once).
+
+        Raises:
+            EngineBuildError: TensorRT or pycuda is missing, or the GPU cannot be queried.
+        """
+        if self._platform is None:
+            from engines.trt_builder import probe_platform
+
+            self._platform = probe_platform(self.options.device)
+        return self._platform
+
+    def onnx(self, target: EngineTarget) -> bytes:
+        """The prepared ONNX bytes of ``target`` (verified against the registry's sha256 first).
+
+        Raises:
+            ModelMissingError, ModelPreparationError: as :func:`engines.backends.open_model`.
+        """
+        path = ModelStore(target.folder).require(target.spec)
+        return load_model_bytes(target.spec, path)
+
+    def request(self, target: EngineTarget) -> EngineRequest:
+        """The engine request (cache key inputs) of ``target`` on this device.
+
+        Raises:
+            EngineLoadError: the options give no valid profile, or the calibration data is unreadable.
+        """
+        try:
+            return engine_request(target.spec, self.onnx(target), self.platform, self.options)
+        except (ValueError, OSError) as err:
+            raise EngineLoadError(f"{target.name}: invalid TensorRT options: {err}") from err
+
+    def lookup(self, target: EngineTarget) -> LookupResult:
+        """What the cache holds for ``target``: a usable engine, or the reason there is none."""
+        return lookup(self.engine_dir, self.request(target))
+
+    def check(self, target: EngineTarget) -> Optional[str]:
+        """``None`` when a cached engine's manifest fits ``target`` on this device, else why not."""
+        return self.lookup(target).reason
+
+    def build(self, target: EngineTarget, cancel: Optional[threading.Event] = None) -> BuiltEngine:
+        """Build ``target``'s engine into the cache (INT8-calibrated from its set when it has one).
+
+        Raises:
+            EngineBuildError: the build failed or was cancelled.
+            CalibrationDataError: the calibration set does not fit the model.
+        """
+        from engines.trt_builder import EngineBuilder
+
+        request = self.request(target)
+        onnx = self.onnx(target)
+        builder = EngineBuilder(
+            device=self.options.device,
+            workspace_mb=self.options.workspace_mb,
+            platform=self.platform,
+            progress=self.progress,
+            cancel=cancel or self.cancel,
+        )
+        if self.options.calibration_cache is not None:
+            try:
+                cache = Path(self.options.calibration_cache).read_bytes()
+            except OSError as err:
+                raise EngineBuildError(
+                    f"{target.name}: cannot read the calibration cache {self.options.calibration_cache}: {err}"
+                ) from err
+            return builder.build(target.spec, onnx, request, self.engine_dir, calibration_cache=cache)
+        set_path = calibration_set_path(self.options.calibration_dir, target.name)
+        if set_path is None or request.calibration_sha256 is None:
+            return builder.build(target.spec, onnx, request, self.engine_dir)
+        from calibration.trt_calibrator import EntropyCalibrator
+
+        with EntropyCalibrator.from_set(
+            target.spec, set_path, calibration_cache_path(self.engine_dir, request)
+        ) as calibrator:
+            return builder.build(target.spec, onnx, request, self.engine_dir, calibrator=calibrator)
+
+    def open(self, target: EngineTarget) -> InferenceBackend:
+        """Open ``target`` on the TensorRT back-end from the cache; never builds.
+
+        Raises:
+            EngineMissingError: no cached engine fits (the message says what differs), or the cached
+                one does not deserialize.
+            EngineLoadError: TensorRT or CUDA failed otherwise.
+        """
+        options = dataclasses.replace(self.options, build_missing=False)
+        return open_model("tensorrt", target.spec, target.folder, options)
+
+
+# -- the daemon's decisions ---------------------------------------------------------------------------
+
+TENSORRT, CPU = "tensorrt", "cpu"
+
+
+@dataclass
+class ModelEngineState:
+    """Where one model runs and why (the ``engines`` part of ``…/state``)."""
+
+    backend: str  # TENSORRT or CPU
+    state: str  # "ready", "queued", "building", "failed", "superseded"
+    reason: Optional[str] = None  # why it is not (yet) on TensorRT
+    since: float = dataclasses.field(default_factory=time.monotonic)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"backend": self.backend, "state": self.state, "reason": self.reason}
+
+
+class EngineSupervisor:
+    """Decides, per model, whether it runs from its cached TensorRT engine, on the CPU while the
+    engine is built in the background, or only after the engine is built.
+
+    Every side effect is injected, so the decisions are tested without TensorRT:
+
+    Args:
+        fallback: ``backend.fallback``: ``"cpu"`` serves on the CPU back-end while a missing or
+            stale engine is built in the background; ``"none"`` builds it before the model opens.
+        check: ``check(target)`` → ``None`` when a cached engine's manifest fits the device, else
+            the reason (a TensorRT upgrade, a new ONNX model, no engine yet). Nothing is
+            deserialized here.
+        build: ``build(target, cancel)`` builds the engine into the cache; raises on failure.
+        open_trt: ``open_trt(target)`` opens the cached engine (never builds); raises
+            :class:`EngineMissingError` when it does not fit or does not deserialize.
+        open_cpu: ``open_cpu(target)`` opens the model on the CPU back-end.
+        extend_timeout: ``extend_timeout(seconds)`` (systemd ``EXTEND_TIMEOUT_USEC``), called while a
+            build holds up the start; ``None`` without systemd.
+    """
+
+    def __init__(
+        self,
+        fallback: str,
+        check: Callable[[EngineTarget], Optional[str]],
+        build: Callable[[EngineTarget, threading.Event], Any],
+        open_trt: Callable[[EngineTarget], InferenceBackend],
+        open_cpu: Callable[[EngineTarget], InferenceBackend],
+        extend_timeout: Optional[Callable[[float], Any]] = None,
+        extend_every_s: float = EXTEND_EVERY_S,
+        extend_by_s: float = EXTEND_BY_S,
+    ) -> None:
+        if fallback not in ("cpu", "none"):
+            raise ValueError(f"fallback must be 'cpu' or 'none', got {fallback!r}")
+        self.fallback = fallback
+        self._check = check
+        self._build = build
+        self._open_trt = open_trt
+        self._open_cpu = open_cpu
+        self._extend = extend_timeout
+        self._extend_every_s = extend_every_s
+        self._extend_by_s = extend_by_s
+        self._lock = threading.Lock()
+        self._states: Dict[str, ModelEngineState] = {}
+        self._queue: List[EngineTarget] = []
+        self._cancel = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+
+    # -- opening (start-up, the caller's thread) ------------------------------------------------------
+
+    def open(self, target: EngineTarget) -> InferenceBackend:
+        """Open ``target``: from its cached engine when the manifest fits, else per the fallback rule.
+
+        Raises:
+            EngineError: with ``fallback = "none"``, the engine could not be built or opened; with
+                ``"cpu"``, the model cannot be opened on the CPU either.
+        """
+        try:
+            reason = self._check(target)
+        except EngineError as err:  # the device cannot be probed, the ONNX is missing, …
+            if self.fallback == "none":
+                raise
+            return self._on_cpu(target, "failed", f"the engine cache cannot be checked: {err}")
+        if reason is None:
+            try:
+                backend = self._open_trt(target)
+            except EngineMissingError as err:  # the manifest fits, the engine does not deserialize
+                reason = str(err)
+            except EngineLoadError as err:
+                if self.fallback == "none":
+                    raise
+                return self._on_cpu(target, "failed", f"TensorRT cannot load the engine: {err}")
+            else:
+                self._set(target.name, ModelEngineState(TENSORRT, "ready"))
+                return backend
+        logger.info("%s: no usable TensorRT engine: %s", target.name, reason)
+        if self.fallback == "none":
+            self._build_now(target, reason)
+            backend = self._open_trt(target)
+            self._set(target.name, ModelEngineState(TENSORRT, "ready"))
+            return backend
+        backend = self._on_cpu(target, "queued", reason)
+        with self._lock:
+            self._queue.append(target)
+        return backend
+
+    def opener(self) -> Callable[[str, ModelSpec, Path], InferenceBackend]:
+        """:meth:`open` in the form :meth:`appliance.vision.analyzer.FaceAnalyzer.from_config` takes."""
+
+        def open_model_(name: str, spec: ModelSpec, folder: Path) -> InferenceBackend:
+            return self.open(EngineTarget(name, spec, folder))
+
+        return open_model_
+
+    def _on_cpu(self, target: EngineTarget, state: str, reason: str) -> InferenceBackend:
+        backend = self._open_cpu(target)
+        self._set(target.name, ModelEngineState(CPU, state, reason))
+        logger.warning("%s serves on the CPU back-end: %s", target.name, reason)
+        return backend
+
+    def _build_now(self, target: EngineTarget, reason: str) -> None:
+        """Build before the model opens, keeping systemd's start timeout ahead of the build."""
+        logger.warning("%s: building its TensorRT engine before start-up completes (%s)", target.name, reason)
+        self._set(target.name, ModelEngineState(CPU, "building", reason))
+        done = threading.Event()
+        ticker: Optional[threading.Thread] = None
+        if self._extend is not None:
+            extend = self._extend
+
+            def keep_extending() -> None:
+                while True:
+                    try:
+                        extend(self._extend_by_s)
+                    except Exception:  # systemd notification is best effort
+                        logger.debug("extending the start timeout failed", exc_info=True)
+                    if done.wait(self._extend_every_s):
+                        return
+
+            ticker = threading.Thread(target=keep_extending, name=f"extend-{target.name}", daemon=True)
+            ticker.start()
+        try:
+            self._build(target, self._cancel)
+        except BaseException as err:
+            self._set(target.name, ModelEngineState(CPU, "failed", f"engine build failed: {err}"))
+            raise
+        finally:
+            done.set()
+            if ticker is not None:
+                ticker.join(timeout=JOIN_TIMEOUT_S)
+
+    # -- background builds and the switch (after start-up) --------------------------------------------
+
+    @property
+    def pending(self) -> List[str]:
+        """Models waiting for their engine to be built in the background."""
+        with self._lock:
+            return [target.name for target in self._queue]
+
+    def start(self, switch: Callable[[EngineTarget], bool]) -> bool:
+        """Build the queued engines one after the other in a background thread.
+
+        After each build ``switch(target)`` is called (from the background thread); it must put the
+        new engine in place between two frames and return ``True``, or ``False`` when the model was
+        replaced meanwhile (a model update), so the engine is no longer wanted. Returns whether a
+        thread was started (there was something to build).
+        """
+        with self._lock:
+            if self._closed or self._thread is not None or not self._queue:
+                return False
+            self._thread = threading.Thread(
+                target=self._run, args=(switch,), name="engine-builder", daemon=True
+            )
+            self._thread.start()
+        return True
+
+    def _run(self, switch: Callable[[EngineTarget], bool]) -> None:
+        while not self._cancel.is_set():
+            with self._lock:
+                if not self._queue:
+                    return
+                target = self._queue.pop(0)
+            reason = self._state_reason(target.name)
+            self._set(target.name, ModelEngineState(CPU, "building", reason))
+            logger.info("%s: building its TensorRT engine in the background (%s)", target.name, reason)
+            try:
+                self._build(target, self._cancel)
+            except Exception as err:
+                text = (
+                    "the engine build was cancelled"
+                    if self._cancel.is_set()
+                    else f"engine build failed: {err}"
+                )
+                logger.error("%s stays on the CPU back-end: %s", target.name, text)
+                self._set(target.name, ModelEngineState(CPU, "failed", text))
+                continue
+            if self._cancel.is_set():
+                return
+            try:
+                switched = switch(target)
+            except Exception as err:
+                logger.error(
+                    "%s stays on the CPU back-end: the new engine did not load: %s", target.name, err
+                )
+                self._set(target.name, ModelEngineState(CPU, "failed", f"the new engine did not load: {err}"))
+                continue
+            if switched:
+                logger.info("%s switched to its TensorRT engine", target.name)
+                self._set(target.name, ModelEngineState(TENSORRT, "ready"))
+            else:
+                self._set(
+                    target.name,
+                    ModelEngineState(CPU, "superseded", "the model changed while its engine was built"),
+                )
+
+    def wait(self, timeout: float) -> bool:
+        """Wait (bounded) for the background builds to finish; ``True`` when they have."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout=timeout)
+        return not thread.is_alive()
+
+    def close(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        """Cancel the background builds and wait for the thread (bounded). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._cancel.set()
+        if thread is not None:
+            thread.join(timeout=timeout)
+            if thread.is_alive():
+                logger.warning(
+                    "the engine build thread is still running after %.0f s (TensorRT busy)", timeout
+                )
+
+    # -- status ---------------------------------------------------------------------------------------
+
+    def status(self) -> Dict[str, Dict[str, Any]]:
+        """Model name → where it runs, the build state and the reason it is not on TensorRT."""
+        with self._lock:
+            return {name: state.to_json() for name, state in self._states.items()}
+
+    def degraded(self) -> List[str]:
+        """One sentence per model that runs on the CPU instead of TensorRT."""
+        with self._lock:
+            return [
+                f"{name} runs on the CPU ({state.state}): {state.reason}"
+                for name, state in self._states.items()
+                if state.backend == CPU
+            ]
+
+    def _set(self, name: str, state: ModelEngineState) -> None:
+        with self._lock:
+            self._states[name] = state
+
+    def _state_reason(self, name: str) -> Optional[str]:
+        with self._lock:
+            state = self._states.get(name)
+            return state.reason if state is not None else None
+
+
+def supervisor_for(
+    config: ApplianceConfig,
+    service: EngineService,
+    cpu_options: BackendOptions,
+    extend_timeout: Optional[Callable[[float], Any]] = None,
+) -> EngineSupervisor:
+    """The daemon's :class:`EngineSupervisor` wired to a real :class:`EngineService`."""
+
+    def build(target: EngineTarget, cancel: threading.Event) -> None:
+        service.build(target, cancel)
+
+    def open_cpu(target: EngineTarget) -> InferenceBackend:
+        return open_model(CPU, target.spec, target.folder, cpu_options)
+
+    return EngineSupervisor(
+        config.backend.fallback,
+        service.check,
+        build,
+        service.open,
+        open_cpu,
+        extend_timeout,
+    )
+
+
+__all__ = [
+    "CPU",
+    "TENSORRT",
+    "EngineService",
+    "EngineSupervisor",
+    "EngineTarget",
+    "ModelEngineState",
+    "pipeline_targets",
+    "supervisor_for",
+    "tensorrt_unavailable",
+]

@@ -1,0 +1,40 @@
+"""Errors raised by :mod:`calibration`, part of the :class:`engines.errors.EngineError` tree.
+
+::
+
+    EngineError
+     +-- CalibrationError
+          +-- CalibrationDataError  no usable source image, an empty set, a set file that does not
+          |                         match its sets.json, a labelled folder without labels
+          +-- QuantizationError     ONNX Runtime's static quantizer failed, or its model does not load
+                                    on the CPU back-end with the registry's inputs and outputs
+
+An INT8 model that falls outside the configured limits is not an error: the gate reports which limit
+failed (:class:`calibration.report.GateResult`) and the command exits 1.
+"""
+
+from __future__ import annotations
+
+from engines.errors import EngineError
+
+
+class CalibrationError(EngineError):
+    """Base class of the calibration errors."""
+
+
+class CalibrationDataError(CalibrationError):
+    """The calibration or evaluation data cannot be used.
+
+    Example scenarios: every source image fails to decode; no face is found in any image, so the
+    embedder's set is empty; ``sets.json`` names a shape or a sha256 its ``.npy`` file does not have
+    (a set copied half-way); a labelled folder with fewer than two identities.
+    """
+
+
+class QuantizationError(CalibrationError):
+    """Making the INT8 (QDQ) model failed.
+
+    Example scenarios: ONNX Runtime's quantizer rejects the graph or runs out of memory; the QDQ
+    model it wrote cannot be loaded by the CPU back-end or its inputs and outputs differ from the
+    registry's.
+    """

@@ -1,0 +1,290 @@
+"""The model swap inside a running daemon: a real package of the real MobileFaceNet, a video, a broker.
+
+The daemon runs in this process (``Appliance.run`` on a thread) so the test can hand the swap manager
+a package directly; the CAN transport in front of it is tested in test_uds.py. Everything else is
+real: the ONNX models, the encrypted gallery, Mosquitto, the video.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import numpy as np
+import pytest
+
+from appliance.config_load import load_config
+from appliance.daemon import Appliance
+from appliance.gallery.store import TemplateStore
+from appliance.updates.active import ActiveModels
+from appliance.updates.errors import PackageError, UpdateError
+from appliance.updates.keys import generate_keypair
+from appliance.updates.package import aligned_faces, build_package
+from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.support import ROOT, daemon_config, event_documents, passage_video, unique_events
+
+MFN = "mobilefacenet_foamliu/MobileFaceNet.onnx"
+REGISTRY_VERSION = "mobilefacenet@foamliu-v1.0"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("trusted")
+    generate_keypair(folder, "release")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_faces(shared_data: Path, shared_models: Path) -> np.ndarray:
+    images = [shared_data / "faces/fr_obama/obama.jpg", shared_data / "faces/fr_biden/biden.jpg"]
+    return aligned_faces(images, shared_models)
+
+
+def _package(
+    folder: Path, keys: Path, shared_models: Path, faces: np.ndarray, version: str, release: int
+) -> Path:
+    out = folder / f"mobilefacenet-{version}.pkg"
+    build_package(
+        shared_models / MFN,
+        "mobilefacenet",
+        "mobilefacenet",
+        version,
+        release,
+        keys / "release.key",
+        out,
+        reference_faces=faces,
+    )
+    return out
+
+
+class Running:
+    """An :class:`Appliance` running on a thread until :meth:`stop`."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.app = Appliance(load_config(config_path), config_path)
+        self.code: List[int] = []
+        self.thread = threading.Thread(target=lambda: self.code.append(self.app.run()), name="test-daemon")
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.app.ready:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise AssertionError(f"the daemon did not get ready: {self.app.error}")
+            time.sleep(0.1)
+
+    def wait_swap(self, states: tuple, timeout: float = 180.0) -> str:
+        assert self.app.swap is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.app.swap.status().swap_state
+            if state in states:
+                return state
+            time.sleep(0.1)
+        raise AssertionError(f"the swap stayed in {self.app.swap.status()}")
+
+    def stop(self) -> int:
+        self.app.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+        return self.code[0]
+
+
+@pytest.fixture
+def config_path(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    keys: Path,
+) -> Path:
+    video = passage_video(tmp_path, shared_data)
+    return daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        video,
+        camera=f'source = "{video}"\nat_end = "loop"',
+        updates=f'trusted_keys_dir = "{keys}"\nhealth_frames = 20',
+    )
+
+
+@pytest.fixture
+def running(config_path: Path) -> Iterator[Running]:
+    daemon = Running(config_path)
+    try:
+        yield daemon
+    finally:
+        if daemon.thread.is_alive():
+            daemon.stop()
+
+
+def _model_states(recorder: Recorder) -> List[str]:
+    states = []
+    for message in recorder.on(f"{ROOT}/model"):
+        swap = json.loads(message.payload).get("swap") or {}
+        if swap.get("state") and (not states or states[-1] != swap["state"]):
+            states.append(swap["state"])
+    return states
+
+
+def _granted_by(recorder: Recorder) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for event in unique_events(event_documents(recorder.messages)):
+        if event["decision"] == "granted":
+            version = event["models"]["embedder"]
+            counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
+def test_embedder_swap_while_serving_then_rollback(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    keys: Path,
+    reference_faces: np.ndarray,
+    running: Running,
+    recorder: Recorder,
+) -> None:
+    app = running.app
+    package = _package(tmp_path, keys, shared_models, reference_faces, "2.0.0", 2)
+    recorder.wait_for(
+        lambda ms: any(e["decision"] == "granted" for e in event_documents(ms)), 90, "a first grant"
+    )
+    frames_before = app.frames_processed
+
+    assert app.swap is not None
+    assert app.swap.verify(package) == "2.0.0"
+    app.swap.activate()
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "done", app.swap.status()
+
+    # The switch happened between frames: frames kept coming and none failed.
+    assert app.frames_processed > frames_before + 20
+    assert app.analyzer is not None and app.analyzer.embedder.version == "mobilefacenet@2.0.0"
+    assert app.gallery is not None and app.gallery.model_version == "mobilefacenet@2.0.0"
+    assert len(app.gallery) == 1  # Obama's template, re-embedded from his encrypted crop
+    # Enrolled people are still recognised, by the new embedder.
+    recorder.wait_for(
+        lambda ms: "mobilefacenet@2.0.0" in _granted_by_messages(ms), 90, "a grant by the new embedder"
+    )
+    granted = _granted_by(recorder)
+    assert granted.get("mobilefacenet@foamliu-v1.0", 0) >= 1 and granted["mobilefacenet@2.0.0"] >= 1
+    states = _model_states(recorder)
+    for step in ("staging", "preparing", "validating", "reembedding", "switching", "health_check", "done"):
+        assert step in states, states
+    assert states.index("staging") < states.index("switching") < states.index("done")
+    model = json.loads(recorder.on(f"{ROOT}/model")[-1].payload)
+    assert model["active"]["embedder"] == "mobilefacenet@2.0.0" and model["releases"] == {"mobilefacenet": 2}
+
+    # The same package again is a replay: refused, nothing changes.
+    with pytest.raises(PackageError) as refused:
+        app.swap.verify(package)
+    assert refused.value.reason == "not_newer"
+
+    # Rollback returns to the registry's model, re-embedding the gallery back.
+    app.swap.rollback()
+    assert running.wait_swap(("rolled_back", "failed")) == "rolled_back", app.swap.status()
+    assert app.analyzer.embedder.version == REGISTRY_VERSION
+    assert app.gallery.model_version == REGISTRY_VERSION and len(app.gallery) == 1
+    assert running.stop() == 0
+
+    # On disk: the pointer names the registry model again and keeps the highest release seen.
+    active = ActiveModels(storage)
+    assert active.entry("mobilefacenet") is None and active.release("mobilefacenet") == 2
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
+        assert REGISTRY_VERSION in store.model_versions() and store.check() == []
+
+
+def _granted_by_messages(messages: List[Any]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for event in unique_events(event_documents(messages)):
+        if event["decision"] == "granted":
+            counts[event["models"]["embedder"]] = counts.get(event["models"]["embedder"], 0) + 1
+    return counts
+
+
+def test_a_package_that_fails_validation_changes_nothing(
+    tmp_path: Path, shared_models: Path, keys: Path, reference_faces: np.ndarray, running: Running
+) -> None:
+    """Reference outputs that the model does not reproduce (a wrong reference, correctly signed)."""
+    app = running.app
+    assert app.swap is not None and app.analyzer is not None
+    faces = reference_faces.copy()
+    package = tmp_path / "liar.pkg"
+    build_package(
+        shared_models / MFN,
+        "mobilefacenet",
+        "mobilefacenet",
+        "3.0.0",
+        3,
+        keys / "release.key",
+        package,
+        reference_faces=faces,
+    )
+    tampered = tmp_path / "liar-signed.pkg"
+    _resign_with_other_reference(package, tampered, keys / "release.key")
+    app.swap.verify(tampered)
+    app.swap.activate()
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "failed"
+    assert "reference outputs" in app.swap.status().last_error
+    assert app.analyzer.embedder.version == REGISTRY_VERSION
+    assert ActiveModels(app.config.storage.dir).entry("mobilefacenet") is None
+    with pytest.raises(UpdateError, match="no verified package"):
+        app.swap.activate()
+
+
+def _resign_with_other_reference(source: Path, target: Path, key_path: Path) -> None:
+    """Rewrite a package's reference outputs (shuffled rows) and sign the manifest again."""
+    import hashlib
+    import io
+
+    from appliance.updates.keys import load_private_key
+    from tests.package_tools import read_members, resign, write_members
+
+    members = read_members(source)
+    manifest = json.loads(members[0].data)
+    outputs_name = manifest["reference"]["outputs"]
+    member = next(m for m in members if m.name == f"payload/{outputs_name}")
+    arrays = dict(np.load(io.BytesIO(member.data)))
+    arrays = {name: value[::-1].copy() for name, value in arrays.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    member.data = buffer.getvalue()
+    manifest["files"][outputs_name] = {
+        "size": len(member.data),
+        "sha256": hashlib.sha256(member.data).hexdigest(),
+    }
+    write_members(target, resign(members, load_private_key(key_path), manifest))
+
+
+def test_frames_failing_after_the_switch_roll_it_back(
+    tmp_path: Path,
+    config_path: Path,
+    shared_models: Path,
+    keys: Path,
+    reference_faces: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FACE_APPLIANCE_FAULTS", "fail_after_switch:1")
+    daemon = Running(config_path)
+    try:
+        app = daemon.app
+        assert app.swap is not None and app.analyzer is not None
+        app.swap.verify(_package(tmp_path, keys, shared_models, reference_faces, "2.0.0", 2))
+        app.swap.activate()
+        assert daemon.wait_swap(("done", "failed", "rolled_back")) == "rolled_back"
+        assert "health check failed" in app.swap.status().last_error
+        assert app.analyzer.embedder.version == REGISTRY_VERSION
+        assert app.gallery is not None and app.gallery.model_version == REGISTRY_VERSION
+        assert len(app.gallery) == 1
+        frames = app.frames_processed
+        deadline = time.monotonic() + 30
+        while app.frames_processed < frames + 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app.frames_processed >= frames + 10, "the pipeline does not serve after the rollback"
+    finally:
+        assert daemon.stop() == 0
+    assert ActiveModels(config_path.parent / "state").entry("mobilefacenet") is None
