@@ -349,9 +349,9 @@ class Appliance:
             self.faults.maybe_stall(self.frames_processed, self.stop_event)
             try:
                 if self.faults.fail_after_switch and self.swap is not None and self.swap.in_health_check():
-                    from .faults import InjectedFault
+                    from .faults import InjectedFaultError
 
-                    raise InjectedFault("fault injection: a frame fails after the model switch")
+                    raise InjectedFaultError("fault injection: a frame fails after the model switch")
                 outcomes = pipeline.process(frame.image, frame.timestamp)
             except Exception as err:
                 if self.swap is None or not self.swap.pipeline_failed(err):

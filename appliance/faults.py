@@ -83,7 +83,7 @@ class Faults:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class InjectedFault(RuntimeError):
+class InjectedFaultError(RuntimeError):
     """An error raised on purpose by fault injection."""
 
 

@@ -148,13 +148,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
         for item in summary.skipped:
             print(f"skipped: {item.path}: {item.reason}")
-        for warning in summary.warnings:
-            print(f"warning: {warning}")
+        set_warnings = summary.warnings
     else:
-        document = read_sets(out)
-        print(f"using the calibration sets in {out} (made {document.get('created')})")
-        for warning in document.get("warnings", []):
-            print(f"warning: {warning}")
+        index = read_sets(out)
+        print(f"using the calibration sets in {out} (made {index.get('created')})")
+        set_warnings = list(index.get("warnings", []))
+    for warning in set_warnings:
+        print(f"warning: {warning}")
 
     # 2. QDQ models
     made: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
@@ -203,6 +203,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         "calibration_sets": str(out),
         "method": args.method,
         "models": {name: details for name, (_, details) in made.items()},
+        "calibration_set_warnings": set_warnings,
         **comparison.document,
         "gate": {
             "limits": config.calibration.model_dump(exclude={"int8_dir"}),

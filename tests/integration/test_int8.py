@@ -1,8 +1,9 @@
 """INT8 (QDQ) models against FP32 on the real models and images, on the CPU back-end.
 
-The module fixture builds the calibration sets from shared/data images that are *not* in the
-labelled set (multi-face photos, the videos, the anti-spoofing samples, the no-face images),
-quantizes the six models once, and compares INT8 with FP32 on the labelled faces
+The module fixture builds the calibration sets from shared/data images that are not in the labelled
+set (multi-face photos, the videos, the anti-spoofing samples, the no-face images, the edge cases —
+two of those three are copies of labelled photos), quantizes the six models once, and compares INT8
+with FP32 on the labelled faces
 (``faces_identities.csv``). The tests then check the issue's figures (embedder cosine and TAR, MTCNN
 agreement), the QDQ format TensorRT needs, the gate, the install and the ``backend.int8`` switch,
 and the ``calibrate`` command end to end. Nothing is mocked.
@@ -36,7 +37,7 @@ from engines.int8 import INDEX_FILE, int8_file
 from engines.registry import get_model
 from tests.conftest import REPO_ROOT
 
-CALIBRATION_SOURCES = ("multi_face", "video", "antispoof", "no_face")
+CALIBRATION_SOURCES = ("multi_face", "video", "antispoof", "edge_cases", "no_face")
 MAX_COUNT = 160
 LABELS = "faces_identities.csv"
 
@@ -312,6 +313,7 @@ def test_calibrate_command_end_to_end(
     report = json.loads((out / "report.json").read_text())
     assert report["gate"]["groups"]["embedder"]["passed"] is True
     assert report["embedder"]["cosine"]["mean"] >= 0.99
+    assert any("mobilefacenet: only 48" in w for w in report["calibration_set_warnings"])  # below 100
     assert (out / "report.png").is_file()
     index = json.loads((models / "int8" / INDEX_FILE).read_text())
     assert list(index["models"]) == ["mobilefacenet"] and index["models"]["mobilefacenet"]["gate_passed"]
