@@ -167,6 +167,7 @@ def secret_file_warnings(config: ApplianceConfig) -> List[str]:
     for key, path in (
         ("mqtt.password_file", config.mqtt.password_file),
         ("mqtt.tls.key_file", config.mqtt.tls.key_file),
+        ("updates.security_secret_file", config.updates.security_secret_file),
     ):
         if path is None:
             continue

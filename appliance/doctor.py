@@ -303,6 +303,41 @@ def check_storage(config: ApplianceConfig) -> List[Check]:
     return checks
 
 
+def check_updates(config: ApplianceConfig) -> List[Check]:
+    """Model updates over CAN: the trusted keys, the SecurityAccess secret and the CAN interface."""
+    updates = config.updates
+    if not updates.enabled:
+        return [Check(OK, "updates", "disabled (updates.enabled = false)")]
+    from .updates.can_link import CanLinkError, open_bus
+    from .updates.errors import UpdateError
+    from .updates.keys import load_trusted_keys
+    from .updates.uds_protocol import read_security_secret
+
+    checks: List[Check] = []
+    try:
+        trusted = load_trusted_keys(updates.trusted_keys_dir)
+    except UpdateError as err:
+        checks.append(Check(FAIL, "updates keys", str(err), "copy the release key's .pub file there"))
+    else:
+        status = OK if trusted else WARN
+        detail = f"{len(trusted)} trusted key(s) in {updates.trusted_keys_dir}"
+        checks.append(Check(status, "updates keys", detail, "without one every package is refused"))
+    try:
+        read_security_secret(updates.security_secret_file)  # type: ignore[arg-type]
+    except (UpdateError, OSError, ValueError) as err:
+        checks.append(Check(FAIL, "updates secret", str(err), "one line of at least 16 characters"))
+    else:
+        checks.append(Check(OK, "updates secret", "readable"))
+    try:
+        bus = open_bus(updates.can, server=True)
+    except CanLinkError as err:
+        checks.append(Check(FAIL, "updates CAN", str(err)))
+    else:
+        bus.shutdown()
+        checks.append(Check(OK, "updates CAN", f"{updates.can.interface} {updates.can.channel} opens"))
+    return checks
+
+
 def run_checks(
     config: ApplianceConfig, smoke: bool = True, parity_images: Sequence[Path] = ()
 ) -> List[Check]:
@@ -314,6 +349,7 @@ def run_checks(
         check_backends,
         check_models,
         check_storage,
+        check_updates,
     ]
     if smoke:
         groups.extend([check_prepared, check_smoke, lambda cfg: check_tensorrt_parity(cfg, parity_images)])
