@@ -58,6 +58,7 @@ class Gallery:
         index_path: Path,
         approximate_above: int = 200_000,
         ef_search: int = 96,
+        precision: str = "float32",
     ) -> None:
         self.store = store
         self.model_version = model_version
@@ -65,6 +66,7 @@ class Gallery:
         self.index_path = index_path
         self._approximate_above = approximate_above
         self._ef_search = ef_search
+        self._precision = precision
         self._lock = threading.RLock()
         # One query at a time: OpenMP threads only add overhead to a single search (measured 3×
         # slower with two threads at 100k templates) and compete with the inference thread pool.
@@ -90,6 +92,7 @@ class Gallery:
                 config.storage.dir / INDEX_FILE,
                 config.gallery.approximate_above,
                 config.gallery.hnsw_ef_search,
+                config.gallery.index_precision,
             )
         except BaseException:
             store.close()
@@ -105,7 +108,9 @@ class Gallery:
             self._owners = dict(zip(ids.tolist(), owners))
             self._names = self.store.names()
             try:
-                index = TemplateIndex.load(self.index_path, self.model_version, generation)
+                index = TemplateIndex.load(
+                    self.index_path, self.model_version, generation, precision=self._precision
+                )
                 if len(index) != len(ids):
                     raise GalleryIndexError(f"index holds {len(index)} templates, the store {len(ids)}")
             except (GalleryIndexError, OSError) as err:  # OSError: an unreadable file is rebuilt too
@@ -140,7 +145,9 @@ class Gallery:
     def _build(self, ids: np.ndarray, vectors: np.ndarray) -> TemplateIndex:
         if not len(ids):
             vectors = np.zeros((0, self.dim), np.float32)
-        return TemplateIndex.build(self.dim, ids, vectors, self._approximate_above, self._ef_search)
+        return TemplateIndex.build(
+            self.dim, ids, vectors, self._approximate_above, self._ef_search, precision=self._precision
+        )
 
     def __len__(self) -> int:
         """Templates searchable now (active embedder version)."""

@@ -488,3 +488,33 @@ def test_invalid_queries_and_parameters_are_refused() -> None:
         TemplateIndex(D, approximate_above=0)
     with pytest.raises(ValueError, match="ef_search"):
         TemplateIndex.build(D, [1], gaussian(1), ef_search=0)
+
+
+# -- float16 storage -----------------------------------------------------------------------------
+
+
+def test_float16_exact_index_agrees_with_float32_removes_and_round_trips(tmp_path: Path) -> None:
+    x, ids = identities(3000), some_ids(3000)
+    queries = probe_queries(x, 200)
+    half = TemplateIndex.build(D, ids, x, precision="float16")
+    assert half.kind == "exact" and half.precision == "float16"
+    scores, found = half.search(queries, k=5)
+    ref_scores, ref_ids = brute_force(x, ids, queries, 5)
+    np.testing.assert_allclose(scores, ref_scores, atol=2e-3)  # float16 storage, float32 arithmetic
+    assert np.mean(found[:, 0] == ref_ids[:, 0]) >= 0.99
+    assert measure_recall(half, x, ids, queries, 1) >= 0.99
+
+    gone = ids[:100]
+    assert half.remove(gone) == 100 and len(half) == 2900
+    assert not np.isin(half.search(queries, k=5)[1], gone).any()
+
+    path = tmp_path / "gallery.index"
+    half.save(path, MODEL, 7)
+    loaded = TemplateIndex.load(path, MODEL, 7, precision="float16")
+    assert loaded.precision == "float16" and len(loaded) == 2900
+    np.testing.assert_array_equal(loaded.search(queries, k=5)[1], half.search(queries, k=5)[1])
+    # A file of the other precision is stale: the gallery rebuilds it from the store.
+    with pytest.raises(IndexStaleError, match="float16 index, but float32"):
+        TemplateIndex.load(path, MODEL, 7, precision="float32")
+    with pytest.raises(ValueError, match="precision"):
+        TemplateIndex(D, precision="int8")
