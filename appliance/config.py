@@ -398,6 +398,11 @@ class GalleryConfig(StrictModel):
     hnsw_ef_search: int = Field(
         96, ge=8, le=4096, description="HNSW search breadth: higher is more exact and slower."
     )
+    persist_index: bool = Field(
+        True,
+        description="Save the search index next to the store (quick start for large galleries). false: "
+        "embeddings exist on disk only encrypted; the index is rebuilt from the store at every start.",
+    )
     index_precision: Literal["float32", "float16"] = Field(
         "float32",
         description="Exact index storage: float16 halves memory and search time (scores within ~0.001); "

@@ -59,6 +59,7 @@ class Gallery:
         approximate_above: int = 200_000,
         ef_search: int = 96,
         precision: str = "float32",
+        persist_index: bool = True,
     ) -> None:
         self.store = store
         self.model_version = model_version
@@ -67,6 +68,7 @@ class Gallery:
         self._approximate_above = approximate_above
         self._ef_search = ef_search
         self._precision = precision
+        self._persist_index = persist_index
         self._lock = threading.RLock()
         # One query at a time: OpenMP threads only add overhead to a single search (measured 3×
         # slower with two threads at 100k templates) and compete with the inference thread pool.
@@ -93,6 +95,7 @@ class Gallery:
                 config.gallery.approximate_above,
                 config.gallery.hnsw_ef_search,
                 config.gallery.index_precision,
+                config.gallery.persist_index,
             )
         except BaseException:
             store.close()
@@ -107,6 +110,10 @@ class Gallery:
             ids, vectors, owners = self.store.embeddings(self.model_version)
             self._owners = dict(zip(ids.tolist(), owners))
             self._names = self.store.names()
+            if not self._persist_index:
+                self._forget_index_file()
+                self._index = self._build(ids, vectors)
+                return
             try:
                 index = TemplateIndex.load(
                     self.index_path, self.model_version, generation, precision=self._precision
@@ -126,12 +133,25 @@ class Gallery:
             self.model_version, self.dim = model_version, dim
             self.refresh()
 
+    def _forget_index_file(self) -> None:
+        """``gallery.persist_index = false``: no plaintext embeddings on disk, not even an old index."""
+        try:
+            self.index_path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            logger.warning("could not delete the saved gallery index %s: %s", self.index_path, err)
+            return
+        logger.info("deleted the saved gallery index %s (gallery.persist_index is off)", self.index_path)
+
     def _save_index(self, index: TemplateIndex, generation: int) -> None:
         """Save the derived index; a failure (disk full, I/O error) is logged, not raised.
 
         The store is the truth and already holds the change: the index in memory serves searches,
         and a file left stale is rebuilt from the store at the next start.
         """
+        if not self._persist_index:
+            return
         try:
             index.save(self.index_path, self.model_version, generation)
         except OSError as err:

@@ -252,3 +252,30 @@ def _forge(document: object, passphrase: str = "correct horse battery") -> bytes
 def test_forged_bundles_are_refused_with_the_field(document: object, reason: str) -> None:
     with pytest.raises(BundleError, match=reason):
         read_bundle(_forge(document), "correct horse battery")
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_a_gallery_without_a_saved_index_keeps_embeddings_only_encrypted(
+    tmp_path: Path, precision: str
+) -> None:
+    from appliance.config_load import validate_config
+    from appliance.gallery.gallery import INDEX_FILE, Gallery
+
+    embeddings = _vectors(4, seed=5)
+    saving = validate_config({"storage": {"dir": str(tmp_path)}, "gallery": {"index_precision": precision}})
+    with Gallery.open(saving, VERSION, 128) as gallery:
+        gallery.add("ada", "Ada", embeddings[:2])
+    assert (tmp_path / INDEX_FILE).exists()
+
+    private = validate_config(
+        {"storage": {"dir": str(tmp_path)}, "gallery": {"persist_index": False, "index_precision": precision}}
+    )
+    with Gallery.open(private, VERSION, 128) as gallery:
+        assert not (tmp_path / INDEX_FILE).exists()  # the old plaintext index is gone at open
+        gallery.add("bob", "Bob", embeddings[2:])
+        gallery.remove("ada")
+        assert not (tmp_path / INDEX_FILE).exists()
+        (best,) = gallery.search(embeddings[3:])[0][:1]
+        assert best.identity_id == "bob" and best.score > 0.99
+    with Gallery.open(private, VERSION, 128) as gallery:  # rebuilt from the store at start
+        assert len(gallery) == 2 and [i.id for i in gallery.identities()] == ["bob"]
