@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -179,15 +180,22 @@ def passage_video(
 
 
 def daemon_config(
-    tmp_path: Path, storage: Path, models: Path, broker: Any, source: Path, **sections: str
+    tmp_path: Path,
+    storage: Path,
+    models: Path,
+    broker: Any,
+    source: Path,
+    at_end: str = "stop",
+    **sections: str,
 ) -> Path:
     """Write ``appliance.toml`` for a daemon test: the broker, the video, quick reconnects.
 
-    ``sections`` replace or add whole sections (``camera='source = "…"'``; ``mqtt`` replaces the
-    broker settings); ``broker`` has ``host`` and ``port``.
+    ``at_end``: ``camera.at_end`` (``"loop"`` keeps the video playing). ``sections`` replace or add
+    whole sections (``camera='source = "…"'``; ``mqtt`` replaces the broker settings); ``broker`` has
+    ``host`` and ``port``.
     """
     extra = {
-        "camera": f'source = "{source}"\nat_end = "stop"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
+        "camera": f'source = "{source}"\nat_end = "{at_end}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
         "mqtt": f'host = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
         "keepalive_s = 5",
         "outbox": "drain_s = 10.0",
@@ -358,3 +366,33 @@ def command(recorder: Any, name: str, document: Dict[str, Any], timeout: float =
         for m in reversed(messages)
         if m.topic == topic and json.loads(m.payload).get("request_id") == request_id
     )
+
+
+def notify_listener(path: Path, timeout: float) -> socket.socket:
+    """A bound ``AF_UNIX`` datagram socket at ``path`` to stand for systemd's ``NOTIFY_SOCKET``."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(timeout)
+    return listener
+
+
+def grants_by_embedder(messages: Sequence[Any]) -> Dict[str, int]:
+    """How many distinct ``granted`` events each embedder version decided, among recorded messages."""
+    counts: Dict[str, int] = {}
+    for event in unique_events(event_documents(messages)):
+        if event["decision"] == "granted":
+            version = event["models"]["embedder"]
+            counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
+def swap_states(messages: Sequence[Any]) -> List[str]:
+    """The model swap's states as ``…/model`` reported them, in order, repeats folded."""
+    states: List[str] = []
+    for message in messages:
+        if message.topic != f"{ROOT}/model":
+            continue
+        state = (json.loads(message.payload).get("swap") or {}).get("state")
+        if state and (not states or states[-1] != state):
+            states.append(state)
+    return states

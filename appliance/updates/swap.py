@@ -89,12 +89,22 @@ class SwapHost(Protocol):
     analyzer: Optional[FaceAnalyzer]
     gallery: Optional[Gallery]
     frames_processed: int
+    faults: Faults
 
     def run_between_frames(self, action: Callable[[], Any], timeout: float) -> Any:
         """Run ``action`` on the pipeline thread between two frames; its result, or its exception."""
 
     def publish_model(self) -> None:
         """Republish ``…/model``."""
+
+    def analyzer_replaced(self, name: str, backend: InferenceBackend) -> None:
+        """Put ``backend`` in place of model ``name`` (pipeline thread), keeping the old one for undo."""
+
+    def release_replaced(self) -> None:
+        """The switch is final: release the back-end it took out."""
+
+    def restore_replaced(self) -> None:
+        """Undo the last :meth:`analyzer_replaced` (pipeline thread)."""
 
 
 @dataclass(frozen=True)
@@ -143,9 +153,8 @@ class SwapManager:
         self._last_error = ""
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._health: Optional[Dict[str, Any]] = None
-        self._failures = 0
-        self._faults = getattr(host, "faults", None) or Faults()
+        self._watching = False  # a switch is under its health check
+        self._health_error: Optional[str] = None  # the first frame error seen while watching
 
     # -- the handler interface -----------------------------------------------------------------------
 
@@ -262,15 +271,15 @@ class SwapManager:
     def in_health_check(self) -> bool:
         """A switch is being watched (frames that fail now roll it back)."""
         with self._lock:
-            return self._health is not None
+            return self._watching
 
     def pipeline_failed(self, error: BaseException) -> bool:
         """A frame raised ``error``. True when a swap's health check owns it (it will roll back)."""
         with self._lock:
-            if self._health is None:
+            if not self._watching:
                 return False
-            self._failures += 1
-            self._health["error"] = f"{type(error).__name__}: {error}"
+            if self._health_error is None:
+                self._health_error = f"{type(error).__name__}: {error}"
         return True
 
     # -- the swap (its own thread) -------------------------------------------------------------------
@@ -281,12 +290,12 @@ class SwapManager:
         try:
             self._set_state(SwapState.STAGING, f"writing {name} {staged.version} to disk")
             entry = self._stage(staged)
-            self._faults.maybe_kill("staged")
+            self.host.faults.maybe_kill("staged")
             self._set_state(SwapState.PREPARING, "loading the model")
             backend = self._open(name, entry)
             self._set_state(SwapState.VALIDATING, "reference outputs and latency")
             self._validate(name, staged.package, backend)
-            self._faults.maybe_kill("validated")
+            self.host.faults.maybe_kill("validated")
             reembedding = self._reembed_in_background(name, backend)
             self._switch(name, entry, backend, reembedding)
             backend = None  # the analyzer owns it now
@@ -415,9 +424,9 @@ class SwapManager:
                 embedder = Embedder(backend, host.config.embedder.batch_size)
                 reembed(gallery.store, reembedding.source_version, embedder.embed, done=reembedding)
                 gallery.store.put_version(new_version, rows_for(gallery.store, reembedding))
-            self._faults.maybe_kill("templates_written")
+            self.host.faults.maybe_kill("templates_written")
             self.active.commit(pointer)
-            self._faults.maybe_kill("committed")
+            self.host.faults.maybe_kill("committed")
             host.analyzer_replaced(name, backend)
             if reembedding is not None and gallery is not None:
                 gallery.switch_model(new_version, dim)
@@ -429,24 +438,19 @@ class SwapManager:
         self._set_state(SwapState.HEALTH_CHECK, f"watching {self.settings.health_frames} frames")
         start_frames = self.host.frames_processed
         with self._lock:
-            self._health = {"error": None}
-            self._failures = 0
+            self._watching, self._health_error = True, None
         deadline = time.monotonic() + self.settings.health_timeout_s
-        self._faults.maybe_kill("health")
+        self.host.faults.maybe_kill("health")
         try:
-            while time.monotonic() < deadline:
-                with self._lock:
-                    error = self._health["error"] if self._health else None
-                if error is not None:
-                    break
+            while time.monotonic() < deadline and self._health_error is None:
                 if self.host.frames_processed - start_frames >= self.settings.health_frames:
                     break
                 if self._stop.wait(0.1):
                     break
         finally:
             with self._lock:
-                health, self._health = self._health, None
-        error = health.get("error") if health else None
+                self._watching = False
+                error = self._health_error
         if error is None and self.host.frames_processed == start_frames:
             error = self._self_test(name)
         if error is not None:

@@ -262,11 +262,7 @@ def test_running_daemon_survives_a_burst(
     budget: Any,
 ) -> None:
     video = passage_video(tmp_path, shared_data)
-    daemon = Daemon(
-        daemon_config(
-            tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
-        )
-    )
+    daemon = Daemon(daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop"))
     spent = budget("commands: live daemon burst")
     try:
         recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=90)

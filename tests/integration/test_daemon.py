@@ -22,6 +22,7 @@ from tests.support import (
     daemon_config,
     event_documents,
     make_passage_video,
+    notify_listener,
     passage_video,
     unique_events,
 )
@@ -149,9 +150,7 @@ def test_sigterm_publishes_offline_and_sigkill_the_last_will(
     recorder: Recorder,
 ) -> None:
     video = passage_video(tmp_path, shared_data)
-    config = daemon_config(
-        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
-    )
+    config = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop")
     daemon = Daemon(config)
     try:
         recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=60)
@@ -179,13 +178,9 @@ def test_systemd_ready_and_watchdog_only_while_frames_flow(
     tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
 ) -> None:
     notify_path = tmp_path / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify_path))
-    listener.settimeout(0.5)
+    listener = notify_listener(notify_path, 0.5)
     video = passage_video(tmp_path, shared_data)
-    config = daemon_config(
-        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
-    )
+    config = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop")
     env = {
         "NOTIFY_SOCKET": str(notify_path),
         "WATCHDOG_USEC": "2000000",  # ping every second; a stall is declared after two missed pings
@@ -240,7 +235,7 @@ def test_bad_commands_get_error_results_and_change_nothing(
         shared_models,
         mosquitto,
         video,
-        camera=f'source = "{video}"\nat_end = "loop"',
+        at_end="loop",
         metrics=f"state_interval_s = 1.0\nprometheus = true\nprometheus_port = {port}",
     )
     daemon = Daemon(config)

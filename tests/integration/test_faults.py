@@ -45,7 +45,7 @@ from appliance.outbox import Outbox
 from appliance.vision.analyzer import FaceAnalyzer
 from tests.conftest import REPO_ROOT
 from tests.mqtt_broker import MosquittoBroker, Recorder
-from tests.support import ROOT, Daemon, command, daemon_config, passage_video, wait_online
+from tests.support import ROOT, Daemon, command, daemon_config, notify_listener, passage_video, wait_online
 
 #: Repetitions of the repeated faults (broker kills, SIGKILLs of the daemon).
 REPEATS = int(os.environ.get("FAULT_REPEATS", "3"))
@@ -210,7 +210,7 @@ def test_disk_full_while_the_daemon_runs(
             shared_models,
             broker,
             video,
-            camera=f'source = "{video}"\nat_end = "loop"',
+            at_end="loop",
             outbox="drain_s = 30.0",
         )
         # 128 KiB: the outbox's WAL (a few pages per event) fills it after some ten events.
@@ -309,13 +309,9 @@ def test_camera_stall_is_shown_and_recovers(
     recorder: Recorder,
 ) -> None:
     notify_path = tmp_path / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify_path))
-    listener.settimeout(0.2)
+    listener = notify_listener(notify_path, 0.2)
     video = passage_video(tmp_path, shared_data)
-    config = daemon_config(
-        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
-    )
+    config = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop")
     env = {
         "NOTIFY_SOCKET": str(notify_path),
         "WATCHDOG_USEC": "2000000",
@@ -406,7 +402,7 @@ def test_sigkill_at_random_points_of_a_busy_run(
         shared_models,
         mosquitto,
         video,
-        camera=f'source = "{video}"\nat_end = "loop"',
+        at_end="loop",
         outbox="drain_s = 20.0",
     )
     photo = base64.b64encode((shared_data / "faces/fr_biden/biden.jpg").read_bytes()).decode()

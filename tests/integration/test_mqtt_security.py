@@ -136,7 +136,7 @@ def test_daemon_over_tls_with_acl_and_no_secrets_in_its_debug_log(
         shared_models,
         secure.broker,
         video,
-        camera=f'source = "{video}"\nat_end = "loop"',
+        at_end="loop",
         mqtt=(
             f'host = "{secure.broker.host}"\nport = {secure.broker.port}\nusername = "door-1"\n'
             f'password_file = "{password_file}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'

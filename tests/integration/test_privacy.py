@@ -78,9 +78,7 @@ def test_no_personal_data_in_logs_or_events_and_no_trace_after_removal(
 ) -> None:
     # The stranger of the door video is enrolled with the command line, at INFO.
     video = passage_video(tmp_path, shared_data)
-    config_path = daemon_config(
-        tmp_path, storage, shared_models, mosquitto, video, camera=f'source = "{video}"\nat_end = "loop"'
-    )
+    config_path = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop")
     photo = shared_data / "faces/fr_kit_harington/john2.jpeg"
     arguments = [
         "--log-level",

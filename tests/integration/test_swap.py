@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Iterator, List
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ from appliance.updates.errors import PackageError, UpdateError
 from appliance.updates.keys import generate_keypair
 from appliance.updates.package import aligned_faces, build_package
 from tests.mqtt_broker import MosquittoBroker, Recorder
-from tests.support import ROOT, daemon_config, event_documents, passage_video, unique_events
+from tests.support import ROOT, daemon_config, event_documents, grants_by_embedder, passage_video, swap_states
 
 MFN = "mobilefacenet_foamliu/MobileFaceNet.onnx"
 REGISTRY_VERSION = "mobilefacenet@foamliu-v1.0"
@@ -107,7 +107,7 @@ def config_path(
         shared_models,
         mosquitto,
         video,
-        camera=f'source = "{video}"\nat_end = "loop"',
+        at_end="loop",
         updates=f'trusted_keys_dir = "{keys}"\nhealth_frames = 20',
     )
 
@@ -120,24 +120,6 @@ def running(config_path: Path) -> Iterator[Running]:
     finally:
         if daemon.thread.is_alive():
             daemon.stop()
-
-
-def _model_states(recorder: Recorder) -> List[str]:
-    states = []
-    for message in recorder.on(f"{ROOT}/model"):
-        swap = json.loads(message.payload).get("swap") or {}
-        if swap.get("state") and (not states or states[-1] != swap["state"]):
-            states.append(swap["state"])
-    return states
-
-
-def _granted_by(recorder: Recorder) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for event in unique_events(event_documents(recorder.messages)):
-        if event["decision"] == "granted":
-            version = event["models"]["embedder"]
-            counts[version] = counts.get(version, 0) + 1
-    return counts
 
 
 def test_embedder_swap_while_serving_then_rollback(
@@ -168,11 +150,11 @@ def test_embedder_swap_while_serving_then_rollback(
     assert len(app.gallery) == 1  # Obama's template, re-embedded from his encrypted crop
     # Enrolled people are still recognised, by the new embedder.
     recorder.wait_for(
-        lambda ms: "mobilefacenet@2.0.0" in _granted_by_messages(ms), 90, "a grant by the new embedder"
+        lambda ms: "mobilefacenet@2.0.0" in grants_by_embedder(ms), 90, "a grant by the new embedder"
     )
-    granted = _granted_by(recorder)
+    granted = grants_by_embedder(recorder.messages)
     assert granted.get("mobilefacenet@foamliu-v1.0", 0) >= 1 and granted["mobilefacenet@2.0.0"] >= 1
-    states = _model_states(recorder)
+    states = swap_states(recorder.messages)
     for step in ("staging", "preparing", "validating", "reembedding", "switching", "health_check", "done"):
         assert step in states, states
     assert states.index("staging") < states.index("switching") < states.index("done")
@@ -196,14 +178,6 @@ def test_embedder_swap_while_serving_then_rollback(
     assert active.entry("mobilefacenet") is None and active.release("mobilefacenet") == 2
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
         assert REGISTRY_VERSION in store.model_versions() and store.check() == []
-
-
-def _granted_by_messages(messages: List[Any]) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for event in unique_events(event_documents(messages)):
-        if event["decision"] == "granted":
-            counts[event["models"]["embedder"]] = counts.get(event["models"]["embedder"], 0) + 1
-    return counts
 
 
 def test_a_package_that_fails_validation_changes_nothing(

@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 
@@ -28,9 +28,9 @@ from tests.support import (
     ROOT,
     Daemon,
     daemon_config,
-    event_documents,
+    grants_by_embedder,
     passage_video,
-    unique_events,
+    swap_states,
     wait_online,
 )
 
@@ -104,7 +104,7 @@ def _config(
         shared_models,
         mosquitto,
         video,
-        camera=f'source = "{video}"\nat_end = "loop"',
+        at_end="loop",
         updates=(
             f'enabled = true\ntrusted_keys_dir = "{package["trusted"]}"\n'
             f'security_secret_file = "{package["secret"]}"\nhealth_frames = 20'
@@ -136,23 +136,6 @@ def _push(config: Path, package: Path, *args: str, timeout: float = 300) -> subp
     )
 
 
-def _swap_states(recorder: Recorder) -> List[str]:
-    states: List[str] = []
-    for message in recorder.on(f"{ROOT}/model"):
-        state = (json.loads(message.payload).get("swap") or {}).get("state")
-        if state and (not states or states[-1] != state):
-            states.append(state)
-    return states
-
-
-def _grants(messages: list) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for event in unique_events(event_documents(messages)):
-        if event["decision"] == "granted":
-            counts[event["models"]["embedder"]] = counts.get(event["models"]["embedder"], 0) + 1
-    return counts
-
-
 def test_push_model_swaps_the_embedder_of_a_running_daemon(
     tmp_path: Path,
     storage: Path,
@@ -167,11 +150,11 @@ def test_push_model_swaps_the_embedder_of_a_running_daemon(
     daemon = Daemon(config)
     try:
         wait_online(recorder, daemon)
-        recorder.wait_for(lambda ms: OLD in _grants(ms), 90, "a grant before the update")
+        recorder.wait_for(lambda ms: OLD in grants_by_embedder(ms), 90, "a grant before the update")
         push = _push(config, package["package"], "--activate")
         assert push.returncode == 0, push.stdout + push.stderr + daemon.text[-3000:]
         assert "done" in push.stdout
-        recorder.wait_for(lambda ms: NEW in _grants(ms), 90, "a grant by the new embedder")
+        recorder.wait_for(lambda ms: NEW in grants_by_embedder(ms), 90, "a grant by the new embedder")
         transfer = [
             json.loads(m.payload)["transfer"]
             for m in recorder.on(f"{ROOT}/model")
@@ -182,7 +165,7 @@ def test_push_model_swaps_the_embedder_of_a_running_daemon(
             and transfer[-1]["state"] == "complete"
             and transfer[-1]["received"] == transfer[-1]["size"]
         )
-        states = _swap_states(recorder)
+        states = swap_states(recorder.messages)
         for step in (
             "verified",
             "staging",
@@ -246,7 +229,9 @@ def test_sigkill_during_a_swap_leaves_the_last_committed_model(
     try:
         wait_online(recorder, daemon)
         expected = NEW if committed else OLD
-        recorder.wait_for(lambda ms: expected in _grants(ms), 90, f"a grant by {expected} after the restart")
+        recorder.wait_for(
+            lambda ms: expected in grants_by_embedder(ms), 90, f"a grant by {expected} after the restart"
+        )
         state = json.loads(recorder.on(f"{ROOT}/state")[-1].payload)
         assert state["models"]["embedder"] == expected and state["gallery"]["identities"] == 1
         daemon.signal(15)
