@@ -46,6 +46,8 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from engines.tensorrt.platform import is_jetson
+
 from .config import CameraConfig
 from .errors import ApplianceError
 from .vision.image import ImageError, read_image, to_bgr
@@ -75,7 +77,6 @@ JETSON_RTSP_H264_PIPELINE = (
 )
 
 #: The file that exists on a Jetson (L4T) and nowhere else.
-JETSON_RELEASE_FILE = Path("/etc/nv_tegra_release")
 
 #: How long an RTSP source may take to connect, and to deliver the next frame, before it counts as failed.
 RTSP_OPEN_TIMEOUT_S = 10.0
@@ -133,11 +134,6 @@ def opencv_has_gstreamer(build_information: Optional[str] = None) -> bool:
     text = _build_information() if build_information is None else build_information
     match = re.search(r"^\s*GStreamer:\s*(\S+)", text, re.MULTILINE)
     return bool(match and match.group(1).upper().startswith("YES"))
-
-
-def is_jetson() -> bool:
-    """Whether this machine is an NVIDIA Jetson (it has ``/etc/nv_tegra_release``)."""
-    return JETSON_RELEASE_FILE.exists()
 
 
 def _framerate(fps: float) -> str:

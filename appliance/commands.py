@@ -35,12 +35,13 @@ from typing import Any, Dict, Optional, Tuple, Type
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config_load import ConfigIssue
+from .errors import ApplianceError
 from .events import rfc3339_now
 
 MAX_IMAGE_BYTES = 8 * 2**20
 
 
-class CommandError(Exception):
+class CommandError(ApplianceError):
     """A command that cannot be carried out; ``code`` and the message go into the error result."""
 
     def __init__(self, message: str, code: str = "refused", request_id: Optional[str] = None) -> None:

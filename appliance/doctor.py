@@ -24,6 +24,7 @@ from engines.errors import BackendUnavailableError, EngineError
 from engines.prepare import compare_batched, load_model_bytes
 from engines.registry import MODELS, ModelSpec, required_models
 from engines.store import ModelStore
+from engines.tensorrt.platform import jetson_release_line
 
 from .config import ApplianceConfig
 from .config_load import secret_file_warnings
@@ -45,15 +46,6 @@ class Check:
     hint: str = ""
 
 
-def jetson_release() -> Optional[str]:
-    """The L4T release line of a Jetson (``/etc/nv_tegra_release``), or ``None`` elsewhere."""
-    try:
-        with open("/etc/nv_tegra_release", encoding="utf-8") as stream:
-            return stream.readline().strip().lstrip("# ")
-    except OSError:
-        return None
-
-
 def pipeline_models(config: ApplianceConfig) -> List[ModelSpec]:
     """The models the configured pipeline loads."""
     return required_models(config.detector.type, config.embedder.model, config.liveness.enabled)
@@ -68,7 +60,7 @@ def check_platform() -> List[Check]:
             "Python 3.8 or later is needed",
         )
     ]
-    release = jetson_release()
+    release = jetson_release_line()
     checks.append(
         Check(OK, "platform", f"Jetson, {release}" if release else f"{platform.machine()}, not a Jetson")
     )
@@ -101,7 +93,7 @@ def check_packages(config: ApplianceConfig) -> List[Check]:
     if cv2_version is None:
         hint = (
             "use JetPack's OpenCV (apt install python3-opencv)"
-            if jetson_release()
+            if jetson_release_line()
             else "pip install 'face-appliance[cpu]'"
         )
         checks.append(Check(FAIL, "opencv", "cv2 is not importable", hint))
@@ -112,7 +104,7 @@ def check_packages(config: ApplianceConfig) -> List[Check]:
         status = OK if cv2_version.startswith("4.") else WARN
         detail = f"{cv2_version}, GStreamer {'yes' if gstreamer else 'no'}"
         hint = "" if status == OK else "OpenCV 4.x is what the appliance is tested with"
-        if jetson_release() and not gstreamer:
+        if jetson_release_line() and not gstreamer:
             status, hint = WARN, "a pip OpenCV shadows JetPack's: pip uninstall opencv-python-headless"
         checks.append(Check(status, "opencv", detail, hint))
     return checks
@@ -228,7 +220,8 @@ def check_smoke(config: ApplianceConfig) -> List[Check]:
 def check_tensorrt_parity(config: ApplianceConfig, images: Sequence[Path] = ()) -> List[Check]:
     """TensorRT against the CPU back-end on ``images`` (synthetic crops without): the same faces
     (IoU >= 0.8) and the same embeddings (cosine >= 0.99). Skipped, with the reason, without TensorRT."""
-    from .trt_engines import tensorrt_unavailable
+    from engines.tensorrt.platform import tensorrt_unavailable
+
     from .trt_parity import MIN_COSINE, MIN_IOU, compare
     from .vision.analyzer import FaceAnalyzer
     from .vision.image import ImageError, read_image

@@ -2,10 +2,18 @@
 
 ::
 
-    ApplianceError
-     +-- ConfigError    the configuration file is missing, not TOML, or invalid (all issues listed)
+    FaceApplianceError (engines.errors)  the project's one root
+     +-- EngineError (engines.errors)     models, back-ends, TensorRT engines, calibration
+     +-- ApplianceError
+          +-- ConfigError     the configuration file is missing, not TOML, or invalid (all issues listed)
+          +-- CameraError     a camera source cannot be opened or read (appliance.camera)
+          +-- ImageError      an image that cannot be decoded or is too large (appliance.vision.image)
+          +-- GalleryError    the template store, its key, index or bundles (appliance.gallery.errors)
+          +-- OutboxError     the durable event outbox (appliance.outbox)
+          +-- MqttLinkError   the broker connection's settings (appliance.mqtt_link)
+          +-- CommandError    a remote command that is refused (appliance.commands)
+          +-- UpdateError     model packages, CAN transfers, the model swap (appliance.updates.errors)
 
-Errors from models and back-ends are :class:`engines.errors.EngineError`.
 """
 
 from __future__ import annotations
@@ -13,12 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from engines.errors import FaceApplianceError
+
 if TYPE_CHECKING:
     from .config_load import ConfigIssue
 
 
-class ApplianceError(Exception):
-    """Base class of the appliance's own errors."""
+class ApplianceError(FaceApplianceError):
+    """Base class of the appliance's own errors (the sibling of :class:`engines.errors.EngineError`)."""
 
 
 class ConfigError(ApplianceError):

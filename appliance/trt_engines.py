@@ -3,9 +3,9 @@
 Two parts:
 
 * :class:`EngineService` — the TensorRT edge. For a model of the configured pipeline it derives the
-  engine request (:func:`engines.trt_engine_cache.engine_request`, the cache key's inputs: ONNX,
+  engine request (:func:`engines.tensorrt.cache.engine_request`, the cache key's inputs: ONNX,
   TensorRT, GPU, precision, profiles from the detector settings, calibration set), checks the cache
-  by the manifest, builds the engine (with :class:`calibration.trt_calibrator.EntropyCalibrator` when
+  by the manifest, builds the engine (with :class:`engines.tensorrt.calibrator.EntropyCalibrator` when
   the model has an INT8 calibration set) and opens it from the cache. ``tensorrt`` and ``pycuda`` are
   imported only here, and only when an engine is built or opened. ``face-appliance engines build``
   and the daemon use it.
@@ -26,28 +26,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from engines.backends import BackendOptions, InferenceBackend, open_model
-from engines.errors import EngineBuildError, EngineError, EngineLoadError, EngineMissingError
-from engines.prepare import load_model_bytes
+from engines.errors import EngineError, EngineLoadError, EngineMissingError
 from engines.registry import ModelSpec, required_models
-from engines.store import ModelStore
-from engines.trt_engine_cache import (
-    EngineRequest,
-    LookupResult,
-    PlatformInfo,
-    calibration_cache_path,
-    calibration_set_path,
-    engine_request,
-    lookup,
-)
+from engines.tensorrt.platform import tensorrt_unavailable
+from engines.tensorrt.service import EngineService, EngineTarget
 
 from .config import ApplianceConfig
 from .updates.active import resolve_model
-
-if TYPE_CHECKING:
-    from engines.trt_builder import BuiltEngine, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +46,6 @@ EXTEND_BY_S = 90.0
 #: Bounded waits of the daemon side.
 SWITCH_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True)
-class EngineTarget:
-    """One model of the pipeline: its registry name, the spec to load, and the folder of its ONNX file
-    (``models.dir``, or an installed package's folder after a model update)."""
-
-    name: str
-    spec: ModelSpec
-    folder: Path
 
 
 def pipeline_targets(config: ApplianceConfig, names: Optional[Sequence[str]] = None) -> List[EngineTarget]:
@@ -88,141 +66,6 @@ def pipeline_targets(config: ApplianceConfig, names: Optional[Sequence[str]] = N
         spec, folder = resolve_model(config, name)
         targets.append(EngineTarget(name, spec, folder))
     return targets
-
-
-def tensorrt_unavailable() -> Optional[str]:
-    """Why TensorRT engines cannot be built or run here, or ``None`` when they can."""
-    try:
-        import engines.trt_builder  # noqa: F401 - imports tensorrt
-    except Exception as err:  # ImportError, or OSError for a missing libnvinfer
-        return f"cannot import tensorrt ({type(err).__name__}: {err})"
-    try:
-        import pycuda.driver as cuda
-    except Exception as err:
-        return f"cannot import pycuda ({type(err).__name__}: {err})"
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as err:  # pycuda.driver.Error, or a driver library problem
-        return f"CUDA is not usable ({type(err).__name__}: {err})"
-    if count < 1:
-        return "no CUDA device found"
-    return None
-
-
-class EngineService:
-    """Plans, builds and opens the TensorRT engines of pipeline models on one device.
-
-    Args:
-        options: the TensorRT back-end options (``backend_options(config)``), which decide the
-            engine requests; ``options.engine_dir`` is the cache.
-        progress: ``progress(phase, done, total)`` during builds (TensorRT 10's build phases).
-        cancel: set it to cancel a running build.
-        platform: the device; probed (TensorRT version, GPU, L4T) on first use when ``None``.
-    """
-
-    def __init__(
-        self,
-        options: BackendOptions,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[threading.Event] = None,
-        platform: Optional[PlatformInfo] = None,
-    ) -> None:
-        if options.engine_dir is None:
-            raise EngineLoadError("the TensorRT engine service needs an engine directory")
-        self.options = options
-        self.engine_dir = Path(options.engine_dir)
-        self.progress = progress
-        self.cancel = cancel
-        self._platform = platform
-
-    @property
-    def platform(self) -> PlatformInfo:
-        """The running TensorRT and GPU (probed once).
-
-        Raises:
-            EngineBuildError: TensorRT or pycuda is missing, or the GPU cannot be queried.
-        """
-        if self._platform is None:
-            from engines.trt_builder import probe_platform
-
-            self._platform = probe_platform(self.options.device)
-        return self._platform
-
-    def onnx(self, target: EngineTarget) -> bytes:
-        """The prepared ONNX bytes of ``target`` (verified against the registry's sha256 first).
-
-        Raises:
-            ModelMissingError, ModelPreparationError: as :func:`engines.backends.open_model`.
-        """
-        path = ModelStore(target.folder).require(target.spec)
-        return load_model_bytes(target.spec, path)
-
-    def request(self, target: EngineTarget) -> EngineRequest:
-        """The engine request (cache key inputs) of ``target`` on this device.
-
-        Raises:
-            EngineLoadError: the options give no valid profile, or the calibration data is unreadable.
-        """
-        try:
-            return engine_request(target.spec, self.onnx(target), self.platform, self.options)
-        except (ValueError, OSError) as err:
-            raise EngineLoadError(f"{target.name}: invalid TensorRT options: {err}") from err
-
-    def lookup(self, target: EngineTarget) -> LookupResult:
-        """What the cache holds for ``target``: a usable engine, or the reason there is none."""
-        return lookup(self.engine_dir, self.request(target))
-
-    def check(self, target: EngineTarget) -> Optional[str]:
-        """``None`` when a cached engine's manifest fits ``target`` on this device, else why not."""
-        return self.lookup(target).reason
-
-    def build(self, target: EngineTarget, cancel: Optional[threading.Event] = None) -> BuiltEngine:
-        """Build ``target``'s engine into the cache (INT8-calibrated from its set when it has one).
-
-        Raises:
-            EngineBuildError: the build failed or was cancelled.
-            CalibrationDataError: the calibration set does not fit the model.
-        """
-        from engines.trt_builder import EngineBuilder
-
-        request = self.request(target)
-        onnx = self.onnx(target)
-        builder = EngineBuilder(
-            device=self.options.device,
-            workspace_mb=self.options.workspace_mb,
-            platform=self.platform,
-            progress=self.progress,
-            cancel=cancel or self.cancel,
-        )
-        if self.options.calibration_cache is not None:
-            try:
-                cache = Path(self.options.calibration_cache).read_bytes()
-            except OSError as err:
-                raise EngineBuildError(
-                    f"{target.name}: cannot read the calibration cache {self.options.calibration_cache}: {err}"
-                ) from err
-            return builder.build(target.spec, onnx, request, self.engine_dir, calibration_cache=cache)
-        set_path = calibration_set_path(self.options.calibration_dir, target.name)
-        if set_path is None or request.calibration_sha256 is None:
-            return builder.build(target.spec, onnx, request, self.engine_dir)
-        from calibration.trt_calibrator import EntropyCalibrator
-
-        with EntropyCalibrator.from_set(
-            target.spec, set_path, calibration_cache_path(self.engine_dir, request)
-        ) as calibrator:
-            return builder.build(target.spec, onnx, request, self.engine_dir, calibrator=calibrator)
-
-    def open(self, target: EngineTarget) -> InferenceBackend:
-        """Open ``target`` on the TensorRT back-end from the cache; never builds.
-
-        Raises:
-            EngineMissingError: no cached engine fits (the message says what differs), or the cached
-                one does not deserialize.
-            EngineLoadError: TensorRT or CUDA failed otherwise.
-        """
-        options = dataclasses.replace(self.options, build_missing=False)
-        return open_model("tensorrt", target.spec, target.folder, options)
 
 
 # -- the daemon's decisions ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Errors raised by :mod:`calibration`, part of the :class:`engines.errors.EngineError` tree.
+"""Errors raised by :mod:`calibration` (the first two live in :mod:`engines.errors`, which the TensorRT
+calibrator shares), part of the :class:`engines.errors.EngineError` tree.
 
 ::
 
@@ -15,20 +16,9 @@ failed (:class:`calibration.report.GateResult`) and the command exits 1.
 
 from __future__ import annotations
 
-from engines.errors import EngineError
+from engines.errors import CalibrationDataError, CalibrationError
 
-
-class CalibrationError(EngineError):
-    """Base class of the calibration errors."""
-
-
-class CalibrationDataError(CalibrationError):
-    """The calibration or evaluation data cannot be used.
-
-    Example scenarios: every source image fails to decode; no face is found in any image, so the
-    embedder's set is empty; ``sets.json`` names a shape or a sha256 its ``.npy`` file does not have
-    (a set copied half-way); a labelled folder with fewer than two identities.
-    """
+__all__ = ["CalibrationDataError", "CalibrationError", "QuantizationError"]
 
 
 class QuantizationError(CalibrationError):

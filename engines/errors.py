@@ -2,23 +2,34 @@
 
 ::
 
-    EngineError
-     +-- ModelRegistryError       asking for a model the registry does not know
-     +-- ModelFetchError          a download or copy failed (network, disk, 404)
-     |    +-- ModelIntegrityError a file's size or sha256 is not what the registry says
-     +-- ModelMissingError        a model file is not where it should be, or is not verified
-     +-- ModelPreparationError    an ONNX graph edit failed or changed the model's outputs
-     +-- BackendUnavailableError  the back-end's library cannot be imported (also NotImplementedError)
-     +-- EngineBuildError         TensorRT cannot parse the ONNX model or build an engine from it
-     +-- EngineLoadError          the library is there but cannot load this model, or its I/O differs
-     |    +-- EngineMissingError  no cached TensorRT engine fits (and building on open is off)
-     +-- InferenceError           a run failed: wrong input shape or dtype, runtime error, closed
+    FaceApplianceError             the project's one root; appliance.errors.ApplianceError is its other branch
+     +-- EngineError
+         +-- ModelRegistryError       asking for a model the registry does not know
+         +-- ModelFetchError          a download or copy failed (network, disk, 404)
+         |    +-- ModelIntegrityError a file's size or sha256 is not what the registry says
+         +-- ModelMissingError        a model file is not where it should be, or is not verified
+         +-- ModelPreparationError    an ONNX graph edit failed or changed the model's outputs
+         +-- BackendUnavailableError  the back-end's library cannot be imported (also NotImplementedError)
+         +-- EngineBuildError         TensorRT cannot parse the ONNX model or build an engine from it
+         +-- EngineLoadError          the library is there but cannot load this model, or its I/O differs
+         |    +-- EngineMissingError  no cached TensorRT engine fits (and building on open is off)
+         +-- InferenceError           a run failed: wrong input shape or dtype, runtime error, closed
+         +-- CalibrationError         INT8 calibration (:mod:`calibration`, the TensorRT calibrator)
+              +-- CalibrationDataError  calibration data that cannot be used (see calibration.errors)
 """
 
 from __future__ import annotations
 
 
-class EngineError(Exception):
+class FaceApplianceError(Exception):
+    """The project's one error root: every error of :mod:`engines`, :mod:`calibration` and :mod:`appliance`.
+
+    It lives here because :mod:`engines` is the bottom layer (DESIGN §3: ``appliance → engines``,
+    ``calibration → engines``); :class:`appliance.errors.ApplianceError` derives from it.
+    """
+
+
+class EngineError(FaceApplianceError):
     """Base class of every error raised by :mod:`engines`."""
 
 
@@ -81,3 +92,17 @@ class EngineMissingError(EngineLoadError):
 
 class InferenceError(EngineError):
     """A run failed: inputs of the wrong name, shape or dtype, a runtime error, or a closed back-end."""
+
+
+class CalibrationError(EngineError):
+    """Base class of the INT8 calibration errors (:mod:`calibration`, :mod:`engines.tensorrt.calibrator`)."""
+
+
+class CalibrationDataError(CalibrationError):
+    """The calibration or evaluation data cannot be used.
+
+    Example scenarios: every source image fails to decode; no face is found in any image, so the
+    embedder's set is empty; ``sets.json`` names a shape or a sha256 its ``.npy`` file does not have
+    (a set copied half-way); a labelled folder with fewer than two identities; a calibration batch
+    file of the wrong shape.
+    """

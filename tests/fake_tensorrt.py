@@ -1,7 +1,7 @@
 """Stand-ins for the ``tensorrt`` and ``pycuda.driver`` modules, for tests on machines without a GPU.
 
 TensorRT and CUDA are hardware that does not exist on the development machines or in CI, so the
-unit tests of :mod:`engines.trt_builder`, :mod:`engines.backends.tensorrt` and the daemon's engine
+unit tests of :mod:`engines.tensorrt.builder`, :mod:`engines.tensorrt.backend` and the daemon's engine
 path replace them with these fakes. They implement only the part of the Python API the project
 uses, with the names and argument orders of the TensorRT 8.5 and 10.x bindings
 (``python/src/infer/pyCore.cpp``, ``pyInt8.cpp``, ``parsers/pyOnnx.cpp``) and of pycuda's driver
@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 #: Project modules that import tensorrt or pycuda at import time.
-TRT_MODULES = ("engines.trt_builder", "engines.backends.tensorrt", "calibration.trt_calibrator")
+TRT_MODULES = ("engines.tensorrt.builder", "engines.tensorrt.backend", "engines.tensorrt.calibrator")
 
 MAGIC = b"FAKE-TRT-ENGINE\n"
 

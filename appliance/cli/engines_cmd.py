@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from engines.errors import EngineError
-from engines.trt_engine_cache import BUILT_PRECISIONS, REQUESTED_PRECISIONS, read_manifest
+from engines.tensorrt.cache import BUILT_PRECISIONS, REQUESTED_PRECISIONS, read_manifest
+from engines.tensorrt.platform import tensorrt_unavailable
+from engines.tensorrt.service import EngineService, EngineTarget
 
-from ..trt_engines import EngineService, EngineTarget, pipeline_targets, tensorrt_unavailable
+from ..trt_engines import pipeline_targets
 from ..vision.analyzer import backend_options
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
 

@@ -22,7 +22,7 @@ __all__ = ["BACKENDS", "BackendOptions", "InferenceBackend", "backend_class", "b
 #: key → (module, class name)
 BACKENDS: Dict[str, tuple] = {
     "cpu": ("engines.backends.cpu", "OnnxRuntimeBackend"),
-    "tensorrt": ("engines.backends.tensorrt", "TensorRTBackend"),
+    "tensorrt": ("engines.tensorrt.backend", "TensorRTBackend"),
 }
 
 _HINTS = {

@@ -8,7 +8,7 @@ than the optimization profile's maximum (run in parts).
 
 Tolerances: outputs are compared as ``max |trt - cpu| / max(1, max |cpu|)``, i.e. absolute for
 probabilities and relative to the output's scale for logits, box offsets and embeddings.
-FP32 engines are built without TF32 (see :mod:`engines.trt_builder`), so only kernel choice and
+FP32 engines are built without TF32 (see :mod:`engines.tensorrt.builder`), so only kernel choice and
 summation order differ: 1e-3. FP16 keeps about three significant digits through each layer: 5e-2,
 and an embedding must keep a cosine similarity of at least 0.995 to the FP32 CPU one.
 """
@@ -24,7 +24,7 @@ import pytest
 from engines.backends import BackendOptions, InferenceBackend, open_model
 from engines.errors import InferenceError
 from engines.registry import KIND_EMBEDDER, MODELS, ModelSpec
-from engines.trt_engine_cache import EngineRequest, engine_path, lookup
+from engines.tensorrt.cache import EngineRequest, engine_path, lookup
 
 pytestmark = pytest.mark.gpu
 

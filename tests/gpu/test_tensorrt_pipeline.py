@@ -31,7 +31,7 @@ from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer, backend_options
 from appliance.vision.image import read_image
 from engines.registry import get_model
-from engines.trt_engine_cache import calibration_cache_path, fast_precisions
+from engines.tensorrt.cache import calibration_cache_path, fast_precisions
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.gpu

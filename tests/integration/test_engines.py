@@ -20,7 +20,7 @@ from appliance.trt_parity import compare
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from engines.registry import get_model
-from engines.trt_engine_cache import EngineRequest, EngineTensor, PlatformInfo, make_manifest, store
+from engines.tensorrt.cache import EngineRequest, EngineTensor, PlatformInfo, make_manifest, store
 from tests.conftest import REPO_ROOT
 
 NO_TENSORRT = tensorrt_unavailable()

@@ -1,8 +1,8 @@
 """The INT8 calibration data path: fixed-size batches of a calibration set, the calibration cache file,
 and the TensorRT entropy calibrator that feeds them.
 
-:mod:`calibration.trt_batches` is pure numpy and is tested as it is. For
-:class:`calibration.trt_calibrator.EntropyCalibrator`, TensorRT and pycuda are FAKED (no GPU here):
+:mod:`engines.tensorrt.batches` is pure numpy and is tested as it is. For
+:class:`engines.tensorrt.calibrator.EntropyCalibrator`, TensorRT and pycuda are FAKED (no GPU here):
 ``tensorrt`` is replaced by a module with an ``IInt8EntropyCalibrator2`` base class, and
 ``pycuda.driver`` by one whose "device memory" is a host ``bytearray``, so what the calibrator copies
 and which address it hands TensorRT can be checked. The samples are real: face photos from
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from calibration.errors import CalibrationDataError
-from calibration.trt_batches import CalibrationBatches, read_cache, write_cache
 from engines.registry import get_model
+from engines.tensorrt.batches import CalibrationBatches, read_cache, write_cache
 
 # -- real samples -----------------------------------------------------------------------------------
 
@@ -163,10 +163,10 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
     monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.delitem(sys.modules, "calibration.trt_calibrator", raising=False)
-    state["module"] = importlib.import_module("calibration.trt_calibrator")
+    monkeypatch.delitem(sys.modules, "engines.tensorrt.calibrator", raising=False)
+    state["module"] = importlib.import_module("engines.tensorrt.calibrator")
     yield state
-    sys.modules.pop("calibration.trt_calibrator", None)  # never leave the faked module imported
+    sys.modules.pop("engines.tensorrt.calibrator", None)  # never leave the faked module imported
 
 
 def test_the_calibrator_feeds_every_batch_then_ends(

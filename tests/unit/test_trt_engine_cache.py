@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from engines.registry import MODELS, TensorSpec, get_model
-from engines.trt_engine_cache import (
+from engines.tensorrt.cache import (
     BUILT_PRECISIONS,
     INT8_FROM_CALIBRATION,
     INT8_FROM_QDQ,
@@ -20,7 +20,6 @@ from engines.trt_engine_cache import (
     EngineManifest,
     EngineRequest,
     EngineTensor,
-    PlatformInfo,
     ProfileRange,
     cache_key,
     choose_precision,
@@ -31,14 +30,13 @@ from engines.trt_engine_cache import (
     make_manifest,
     manifest_path,
     optimization_profile,
-    parse_l4t_release,
     prune,
-    read_l4t_version,
     sha256_bytes,
     store,
     timing_cache_path,
     utc_timestamp,
 )
+from engines.tensorrt.platform import PlatformInfo, parse_l4t_release, read_l4t_version
 
 ORIN = PlatformInfo("8.5.2.2", "Orin", (8, 7), "35.4.1")
 NANO = PlatformInfo("8.2.1.8", "NVIDIA Tegra X1", (5, 3), "32.7.1")

@@ -24,7 +24,7 @@ import pytest
 from engines.backends import BackendOptions, open_model
 from engines.errors import EngineBuildError, EngineMissingError, InferenceError
 from engines.registry import MODELS, ModelSpec, get_model
-from engines.trt_engine_cache import calibration_cache_path, lookup
+from engines.tensorrt.cache import calibration_cache_path, lookup
 from tests import fake_tensorrt
 
 MAX_FRAME = (96, 128)  # small P-Net/YuNet profiles keep the fake "engines" quick

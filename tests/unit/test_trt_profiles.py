@@ -22,7 +22,7 @@ from appliance.vision.boxes import pyramid_level
 from appliance.vision.mtcnn import MtcnnDetector, MtcnnSettings
 from engines.backends import BackendOptions
 from engines.registry import get_model
-from engines.trt_engine_cache import (
+from engines.tensorrt.cache import (
     INT8_FROM_CALIBRATION,
     INT8_FROM_QDQ,
     PlatformInfo,

@@ -22,7 +22,7 @@ from appliance.trt_engines import CPU, TENSORRT, EngineService, EngineSupervisor
 from engines.backends import BackendOptions
 from engines.errors import EngineBuildError, EngineLoadError, EngineMissingError, ModelMissingError
 from engines.registry import get_model
-from engines.trt_engine_cache import EngineTensor, PlatformInfo, make_manifest, store
+from engines.tensorrt.cache import EngineTensor, PlatformInfo, make_manifest, store
 
 WAIT_S = 30.0  # a bound for joins, never an expectation about speed
 

@@ -10,14 +10,14 @@ version, which then needs no batches (and no device memory) at all.
 The TensorRT Python binding calls these methods from C++ functions declared ``noexcept``: an exception
 escaping ``get_batch`` or the cache methods cannot be handled there. So none escapes: the first
 failure is kept in :attr:`EntropyCalibrator.error`, calibration is ended (``get_batch`` returns
-``None``), and :class:`engines.trt_builder.EngineBuilder` raises it after the build.
+``None``), and :class:`engines.tensorrt.builder.EngineBuilder` raises it after the build.
 
 Implicit quantization with a calibrator is deprecated from TensorRT 10.1 in favour of explicit Q/DQ
 models (:mod:`calibration.quantize`); it still works there and is the normal path on JetPack 5
 (TensorRT 8.5).
 
 This module imports ``tensorrt`` and ``pycuda`` when it is imported: import it only where an INT8
-engine is built on a device. The batching and cache rules are in :mod:`calibration.trt_batches`.
+engine is built on a device. The batching and cache rules are in :mod:`engines.tensorrt.batches`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import pycuda.driver as cuda
 from engines.files import PathLike
 from engines.registry import ModelSpec
 
-from .errors import CalibrationDataError
-from .trt_batches import DEFAULT_BATCH, CalibrationBatches, read_cache, write_cache
+from ..errors import CalibrationDataError
+from .batches import DEFAULT_BATCH, CalibrationBatches, read_cache, write_cache
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the TensorRT calibrator feeds, without TensorRT: fixed-size batches of a calibration set, and
 the calibration cache file.
 
-:class:`calibration.trt_calibrator.EntropyCalibrator` hands TensorRT one batch per ``get_batch`` call;
+:class:`engines.tensorrt.calibrator.EntropyCalibrator` hands TensorRT one batch per ``get_batch`` call;
 TensorRT calibrates a network with runtime dimensions at one shape (its calibration profile), so
 every batch has the same shape, ``(batch, *sample)``. The set's samples are taken in order; the
 remainder that does not fill a last batch is left out (and logged), as a smaller last batch would
@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.files import PathLike, atomic_writer
 
-from .errors import CalibrationDataError
+from ..errors import CalibrationDataError
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ when its manifest matches the running platform, and otherwise a sentence saying 
 log it and rebuild in the background.
 
 This module is pure Python: it never imports ``tensorrt`` or ``pycuda``, so it is unit-tested
-anywhere. :mod:`engines.trt_builder` and :mod:`engines.backends.tensorrt` fill in the platform.
+anywhere. :mod:`engines.tensorrt.builder` and :mod:`engines.tensorrt.backend` fill in the platform.
 """
 
 from __future__ import annotations
@@ -37,17 +37,18 @@ import json
 import logging
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .files import PathLike, atomic_writer, sha256_file
-from .registry import ModelSpec
+from ..files import PathLike, atomic_writer, sha256_file
+from ..registry import ModelSpec
+from .platform import SAFE_NAME as _SAFE_NAME
+from .platform import PlatformInfo
 
 if TYPE_CHECKING:  # the options type only; this module stays free of imports beyond the registry
-    from .backends.base import BackendOptions
+    from ..backends.base import BackendOptions
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,11 @@ KEY_LENGTH = 24  # hex characters of the sha256 used as the file name
 #: A model's INT8 calibration set in a calibration folder: ``<dir>/<model name>.npy``.
 CALIBRATION_SET_SUFFIX = ".npy"
 
-#: Where L4T (the Jetson Linux BSP underneath JetPack) records its release.
-NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
-
 #: Smallest P-Net input side: one 12×12 cell.
 PNET_MIN_SIDE = 12
 #: YuNet's strides go up to 32, so its input sides are multiples of 32.
 YUNET_MULTIPLE = 32
 
-_RELEASE_PATTERN = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 Shape = Tuple[int, ...]
 
@@ -152,43 +148,6 @@ class EngineTensor:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EngineTensor:
         return cls(str(data["name"]), str(data["mode"]), _int_tuple(data["shape"]), str(data["dtype"]))
-
-
-@dataclass(frozen=True)
-class PlatformInfo:
-    """What an engine is tied to: the TensorRT version and the GPU, plus the L4T release on a Jetson.
-
-    ``l4t_version`` is read from ``/etc/nv_tegra_release`` (``"35.4.1"``), ``None`` off a Jetson.
-    JetPack releases are named after their L4T release in NVIDIA's JetPack archive; the L4T version
-    is what the device itself records, so that is what the manifest keeps.
-    """
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: Tuple[int, int]
-    l4t_version: Optional[str] = None
-
-    @property
-    def tensorrt_major(self) -> int:
-        """The major TensorRT version (8, 10, …); 0 when the version string is not numeric."""
-        head = self.tensorrt_version.split(".", 1)[0]
-        return int(head) if head.isdigit() else 0
-
-    @property
-    def sm(self) -> str:
-        """``SM 8.7``."""
-        return f"SM {self.compute_capability[0]}.{self.compute_capability[1]}"
-
-    def describe(self) -> str:
-        """``TensorRT 8.5.2.2 on Orin (SM 8.7), L4T 35.4.1``."""
-        text = f"TensorRT {self.tensorrt_version} on {self.gpu_name} ({self.sm})"
-        return f"{text}, L4T {self.l4t_version}" if self.l4t_version else text
-
-    def slug(self) -> str:
-        """A file-name-safe tag for files tied to this TensorRT and GPU (the timing cache)."""
-        major, minor = self.compute_capability
-        gpu = _SAFE_NAME.sub("-", self.gpu_name).strip("-").lower() or "gpu"
-        return f"trt{self.tensorrt_version}-{gpu}-sm{major}{minor}"
 
 
 @dataclass(frozen=True)
@@ -431,30 +390,6 @@ def utc_timestamp(moment: Optional[datetime] = None) -> str:
     return (
         moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     )
-
-
-# -- the platform --------------------------------------------------------------------------------
-
-
-def parse_l4t_release(text: str) -> Optional[str]:
-    """The L4T version in ``/etc/nv_tegra_release`` text, e.g. ``"# R35 (release), REVISION: 4.1, …"``
-    gives ``"35.4.1"``; ``None`` when the text does not have that form."""
-    match = _RELEASE_PATTERN.search(text)
-    if match is None:
-        return None
-    return f"{match.group(1)}.{match.group(2)}"
-
-
-def read_l4t_version(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
-    """The L4T release of this Jetson, or ``None`` when the file is absent or unreadable (not a Jetson)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    version = parse_l4t_release(text)
-    if version is None:
-        logger.warning("%s does not have the expected '# R<major> (release), REVISION: …' form", path)
-    return version
 
 
 # -- precision ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Build TensorRT engines from the registry's ONNX models, on the device that will run them.
 
 :class:`EngineBuilder` parses ONNX bytes with TensorRT's ONNX parser, chooses the precision for this
-GPU, adds the optimization profile of :func:`engines.trt_engine_cache.optimization_profile`, builds
+GPU, adds the optimization profile of :func:`engines.tensorrt.cache.optimization_profile`, builds
 with ``Builder.build_serialized_network`` and writes the engine and its manifest into the engine cache.
 It supports TensorRT 8.5 and later, including 10.x:
 
@@ -38,25 +38,24 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import tensorrt as trt
 
-from .errors import EngineBuildError
-from .files import PathLike, atomic_writer
-from .registry import ModelSpec
-from .trt_engine_cache import (
+from ..errors import EngineBuildError
+from ..files import PathLike, atomic_writer
+from ..registry import ModelSpec
+from .cache import (
     INT8_FROM_CALIBRATION,
     INT8_FROM_QDQ,
     EngineManifest,
     EngineRequest,
     EngineTensor,
-    PlatformInfo,
     ProfileRange,
     choose_precision,
     fast_precisions,
     make_manifest,
-    read_l4t_version,
     sha256_bytes,
     store,
     timing_cache_path,
 )
+from .platform import PlatformInfo, probe_platform
 
 logger = logging.getLogger(__name__)
 
@@ -141,26 +140,6 @@ def get_trt_logger() -> TrtLogBridge:
 def errors_text(errors: Sequence[str]) -> str:
     """`` TensorRT said: a | b`` for an exception message, or ``""`` when it said nothing."""
     return f" TensorRT said: {' | '.join(errors[-5:])}" if errors else ""
-
-
-def probe_platform(device: int = 0) -> PlatformInfo:
-    """The running TensorRT version and CUDA device ``device`` (name, compute capability), plus L4T.
-
-    Raises:
-        EngineBuildError: pycuda is missing or the device cannot be queried.
-    """
-    try:
-        import pycuda.driver as cuda
-    except ImportError as err:
-        raise EngineBuildError(f"pycuda is needed to identify the GPU: {err}") from err
-    try:
-        cuda.init()
-        handle = cuda.Device(device)
-        name = str(handle.name())
-        major, minor = handle.compute_capability()
-    except cuda.Error as err:
-        raise EngineBuildError(f"CUDA device {device} cannot be queried: {err}") from err
-    return PlatformInfo(TRT_VERSION, name, (int(major), int(minor)), read_l4t_version())
 
 
 @contextlib.contextmanager
@@ -331,7 +310,7 @@ class EngineBuilder:
                 must be ``request.onnx_sha256``.
             request: the cache request (precision, DLA core, profiles, calibration digest).
             engine_dir: the engine cache; ``None`` builds without caching (and without timing cache).
-            calibrator: an ``IInt8Calibrator`` (e.g. :class:`calibration.trt_calibrator.EntropyCalibrator`)
+            calibrator: an ``IInt8Calibrator`` (e.g. :class:`engines.tensorrt.calibrator.EntropyCalibrator`)
                 whose batches have the calibration profile's shape: its ``batch_shapes`` when it has
                 them, else batch ``calibrator.get_batch_size()`` by the profile's opt dimensions.
                 ``request.calibration_sha256`` must identify its calibration data. A failure it kept
@@ -555,7 +534,7 @@ class EngineBuilder:
         TensorRT calibrates a network with runtime dimensions at the calibration profile's shape (its
         MIN and MAX are overwritten by OPT), so the batches the calibrator hands over must have that
         shape. A calibrator with a ``batch_shapes`` mapping (input name → full batch shape, e.g.
-        :class:`calibration.trt_calibrator.EntropyCalibrator`) says what it feeds; otherwise the
+        :class:`engines.tensorrt.calibrator.EntropyCalibrator`) says what it feeds; otherwise the
         shape is ``get_batch_size()`` (clipped to the profile) by the profile's opt dimensions.
         """
         if calibrator is None or not hasattr(config, "set_calibration_profile"):

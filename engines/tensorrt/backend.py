@@ -29,7 +29,7 @@ the context explicitly; nothing is freed in ``__del__``.
 The engine cache
 ----------------
 At open the engine for these ONNX bytes, this device and these options is looked up in
-``options.engine_dir`` (:func:`engines.trt_engine_cache.lookup`): its manifest is checked *before*
+``options.engine_dir`` (:func:`engines.tensorrt.cache.lookup`): its manifest is checked *before*
 anything is deserialized. Without a fitting engine (or when the cached one does not deserialize) the
 back-end builds it, or, with ``options.build_missing = False``, raises
 :class:`engines.errors.EngineMissingError` saying what did not match, so the daemon can serve on the
@@ -57,18 +57,17 @@ import tensorrt as trt  # first: its absence is the usual reason this back-end i
 # isort: split
 import pycuda.driver as cuda
 
+from ..backends.base import InferenceBackend
 from ..errors import EngineBuildError, EngineLoadError, EngineMissingError, InferenceError
 from ..registry import TensorSpec
-from ..trt_builder import EngineBuilder, errors_text, get_trt_logger, numpy_dtype
-from ..trt_engine_cache import (
+from .builder import EngineBuilder, errors_text, get_trt_logger, numpy_dtype
+from .cache import (
     EngineManifest,
     EngineRequest,
-    PlatformInfo,
     engine_request,
     lookup,
-    read_l4t_version,
 )
-from .base import InferenceBackend
+from .platform import PlatformInfo, probe_platform
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class TensorRTBackend(InferenceBackend):
     """TensorRT on a CUDA device (Jetson or desktop GPU).
 
     ``_open`` looks the engine for these ONNX bytes up in ``options.engine_dir`` (see
-    :mod:`engines.trt_engine_cache`) and builds it with :class:`engines.trt_builder.EngineBuilder`
+    :mod:`engines.tensorrt.cache`) and builds it with :class:`engines.tensorrt.builder.EngineBuilder`
     when it is absent or was built for another platform, precision or profile. Without an
     ``engine_dir`` the engine is built in memory at every open (logged as a warning).
 
@@ -143,13 +142,11 @@ class TensorRTBackend(InferenceBackend):
                 f"{name}: cannot make CUDA device {self.options.device} current: {err}"
             ) from err
         try:
-            major, minor = device.compute_capability()
-            platform = PlatformInfo(
-                str(trt.__version__), str(device.name()), (int(major), int(minor)), read_l4t_version()
-            )
-            self._load(model, platform)
+            self._load(model, probe_platform(self.options.device))
         except BaseException as err:
             self._free(pushed=True)
+            if isinstance(err, EngineBuildError) and not isinstance(err, EngineLoadError):
+                raise EngineLoadError(f"{name}: {err}") from err
             if isinstance(err, (cuda.Error, RuntimeError, TypeError, ValueError)):
                 raise EngineLoadError(
                     f"{name}: CUDA/TensorRT failed while loading the engine: {err}"

@@ -1,0 +1,169 @@
+"""The device TensorRT runs on: one probe, one reader of the L4T release, one "is TensorRT usable" check.
+
+Nothing here imports ``tensorrt`` or ``pycuda`` at import time, so the CLI, ``doctor`` and the engine
+cache use it on any machine; :func:`probe_platform` and :func:`tensorrt_unavailable` import them
+when called.
+
+* :class:`PlatformInfo` — what an engine is bound to: TensorRT version, GPU name and compute
+  capability, and the L4T release on a Jetson.
+* :func:`read_l4t_version` / :func:`jetson_release_line` — the only readers of
+  ``/etc/nv_tegra_release``; :func:`is_jetson`.
+* :func:`probe_platform` — the running TensorRT and CUDA device.
+* :func:`tensorrt_unavailable` — why TensorRT engines cannot be built or run here, or ``None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+from ..errors import EngineBuildError
+from ..files import PathLike
+
+logger = logging.getLogger(__name__)
+
+#: Where L4T (the Jetson Linux BSP underneath JetPack) records its release.
+NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+#: At most this much of the release file is read (it is one line).
+RELEASE_FILE_MAX_BYTES = 4096
+
+_RELEASE_PATTERN = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
+#: Characters not allowed in file names derived from platform or model names.
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    """What an engine is tied to: the TensorRT version and the GPU, plus the L4T release on a Jetson.
+
+    ``l4t_version`` is read from ``/etc/nv_tegra_release`` (``"35.4.1"``), ``None`` off a Jetson.
+    JetPack releases are named after their L4T release in NVIDIA's JetPack archive; the L4T version
+    is what the device itself records, so that is what the manifest keeps.
+    """
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: Tuple[int, int]
+    l4t_version: Optional[str] = None
+
+    @property
+    def tensorrt_major(self) -> int:
+        """The major TensorRT version (8, 10, …); 0 when the version string is not numeric."""
+        head = self.tensorrt_version.split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
+    def sm(self) -> str:
+        """``SM 8.7``."""
+        return f"SM {self.compute_capability[0]}.{self.compute_capability[1]}"
+
+    def describe(self) -> str:
+        """``TensorRT 8.5.2.2 on Orin (SM 8.7), L4T 35.4.1``."""
+        text = f"TensorRT {self.tensorrt_version} on {self.gpu_name} ({self.sm})"
+        return f"{text}, L4T {self.l4t_version}" if self.l4t_version else text
+
+    def slug(self) -> str:
+        """A file-name-safe tag for files tied to this TensorRT and GPU (the timing cache)."""
+        major, minor = self.compute_capability
+        gpu = SAFE_NAME.sub("-", self.gpu_name).strip("-").lower() or "gpu"
+        return f"trt{self.tensorrt_version}-{gpu}-sm{major}{minor}"
+
+
+# -- L4T --------------------------------------------------------------------------------
+
+
+def parse_l4t_release(text: str) -> Optional[str]:
+    """The L4T version in ``/etc/nv_tegra_release`` text, e.g. ``"# R35 (release), REVISION: 4.1, …"``
+    gives ``"35.4.1"``; ``None`` when the text does not have that form."""
+    match = _RELEASE_PATTERN.search(text)
+    if match is None:
+        return None
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+def _release_text(path: PathLike) -> Optional[str]:
+    """The first :data:`RELEASE_FILE_MAX_BYTES` of the release file, or ``None`` when it is absent,
+    unreadable or not a regular file (a FIFO or device there must not hang or flood a reader)."""
+    candidate = Path(path)
+    try:
+        if not candidate.is_file():
+            return None
+        with candidate.open("rb") as stream:
+            return stream.read(RELEASE_FILE_MAX_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def read_l4t_version(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
+    """The L4T release of this Jetson (``"35.4.1"``), or ``None`` when the file is absent or unreadable
+    (not a Jetson)."""
+    text = _release_text(path)
+    if text is None:
+        return None
+    version = parse_l4t_release(text)
+    if version is None:
+        logger.warning("%s does not have the expected '# R<major> (release), REVISION: …' form", path)
+    return version
+
+
+def jetson_release_line(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
+    """The release file's first line without its ``#`` (``"R35 (release), REVISION: 4.1, …"``), for
+    ``doctor``; ``None`` off a Jetson."""
+    text = _release_text(path)
+    if text is None:
+        return None
+    return text.splitlines()[0].strip().lstrip("# ") if text.strip() else None
+
+
+def is_jetson(path: PathLike = NV_TEGRA_RELEASE) -> bool:
+    """Whether this machine is an NVIDIA Jetson (it has ``/etc/nv_tegra_release``)."""
+    return Path(path).exists()
+
+
+def probe_platform(device: int = 0) -> PlatformInfo:
+    """The running TensorRT version and CUDA device ``device`` (name, compute capability), plus L4T.
+
+    Raises:
+        EngineBuildError: TensorRT or pycuda is missing, or the device cannot be queried.
+    """
+    try:
+        import tensorrt as trt
+    except Exception as err:  # ImportError, or OSError for a missing libnvinfer
+        raise EngineBuildError(f"TensorRT cannot be imported: {type(err).__name__}: {err}") from err
+    try:
+        import pycuda.driver as cuda
+    except Exception as err:
+        raise EngineBuildError(f"pycuda is needed to identify the GPU: {err}") from err
+    try:
+        cuda.init()
+        handle = cuda.Device(device)
+        name = str(handle.name())
+        major, minor = handle.compute_capability()
+    except cuda.Error as err:
+        raise EngineBuildError(f"CUDA device {device} cannot be queried: {err}") from err
+    return PlatformInfo(str(trt.__version__), name, (int(major), int(minor)), read_l4t_version())
+
+
+def tensorrt_unavailable() -> Optional[str]:
+    """Why TensorRT engines cannot be built or run here, or ``None`` when they can.
+
+    The one check the CLI, ``doctor`` and the daemon share: the project's TensorRT modules import
+    (``tensorrt`` and ``pycuda`` with them), and CUDA has a device.
+    """
+    try:
+        import engines.tensorrt.backend  # noqa: F401 - imports tensorrt, pycuda and the builder
+    except Exception as err:  # ImportError, or OSError for a missing libnvinfer
+        return f"cannot import tensorrt or pycuda ({type(err).__name__}: {err})"
+    import pycuda.driver as cuda
+
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as err:  # pycuda.driver.Error, or a driver library problem
+        return f"CUDA is not usable ({type(err).__name__}: {err})"
+    if count < 1:
+        return "no CUDA device found"
+    return None
