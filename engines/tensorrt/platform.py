@@ -84,10 +84,11 @@ def parse_l4t_release(text: str) -> Optional[str]:
     return f"{match.group(1)}.{match.group(2)}"
 
 
-def _release_text(path: PathLike) -> Optional[str]:
-    """The first :data:`RELEASE_FILE_MAX_BYTES` of the release file, or ``None`` when it is absent,
+def _release_text(path: Optional[PathLike]) -> Optional[str]:
+    """The first :data:`RELEASE_FILE_MAX_BYTES` of the release file (default :data:`NV_TEGRA_RELEASE`, looked
+    up at call time so tests can point it elsewhere), or ``None`` when it is absent,
     unreadable or not a regular file (a FIFO or device there must not hang or flood a reader)."""
-    candidate = Path(path)
+    candidate = Path(path) if path is not None else NV_TEGRA_RELEASE
     try:
         if not candidate.is_file():
             return None
@@ -97,7 +98,7 @@ def _release_text(path: PathLike) -> Optional[str]:
         return None
 
 
-def read_l4t_version(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
+def read_l4t_version(path: Optional[PathLike] = None) -> Optional[str]:
     """The L4T release of this Jetson (``"35.4.1"``), or ``None`` when the file is absent or unreadable
     (not a Jetson)."""
     text = _release_text(path)
@@ -105,11 +106,13 @@ def read_l4t_version(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
         return None
     version = parse_l4t_release(text)
     if version is None:
-        logger.warning("%s does not have the expected '# R<major> (release), REVISION: …' form", path)
+        logger.warning(
+            "%s does not have the expected '# R<major> (release), REVISION: …' form", path or NV_TEGRA_RELEASE
+        )
     return version
 
 
-def jetson_release_line(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
+def jetson_release_line(path: Optional[PathLike] = None) -> Optional[str]:
     """The release file's first line without its ``#`` (``"R35 (release), REVISION: 4.1, …"``), for
     ``doctor``; ``None`` off a Jetson."""
     text = _release_text(path)
@@ -118,9 +121,9 @@ def jetson_release_line(path: PathLike = NV_TEGRA_RELEASE) -> Optional[str]:
     return text.splitlines()[0].strip().lstrip("# ") if text.strip() else None
 
 
-def is_jetson(path: PathLike = NV_TEGRA_RELEASE) -> bool:
+def is_jetson(path: Optional[PathLike] = None) -> bool:
     """Whether this machine is an NVIDIA Jetson (it has ``/etc/nv_tegra_release``)."""
-    return Path(path).exists()
+    return (Path(path) if path is not None else NV_TEGRA_RELEASE).exists()
 
 
 def probe_platform(device: int = 0) -> PlatformInfo:
