@@ -28,7 +28,7 @@ from engines.tensorrt.platform import jetson_release_line
 
 from .config import ApplianceConfig
 from .config_load import secret_file_warnings
-from .vision.analyzer import backend_options
+from .runtime.loading import backend_options, load_analyzer
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,6 @@ def check_tensorrt_parity(config: ApplianceConfig, images: Sequence[Path] = ()) 
     from engines.tensorrt.platform import tensorrt_unavailable
 
     from .trt_parity import MIN_COSINE, MIN_IOU, compare
-    from .vision.analyzer import FaceAnalyzer
     from .vision.image import ImageError, read_image
 
     reason = tensorrt_unavailable()
@@ -241,7 +240,7 @@ def check_tensorrt_parity(config: ApplianceConfig, images: Sequence[Path] = ()) 
         update={"backend": backend.model_copy(update={"type": "tensorrt", "fallback": "none"})}
     )
     try:
-        with FaceAnalyzer.from_config(on_cpu) as cpu, FaceAnalyzer.from_config(on_trt) as accelerated:
+        with load_analyzer(on_cpu) as cpu, load_analyzer(on_trt) as accelerated:
             result = compare(cpu, accelerated, loaded)
     except EngineError as err:
         return [Check(FAIL, "tensorrt parity", f"cannot load the pipeline: {err}")]

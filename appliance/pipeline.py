@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -35,11 +35,19 @@ class Outcome:
     crop: Optional[np.ndarray]  # (112, 112, 3) uint8
 
 
+class ModelSource(Protocol):
+    """Where the live models are read from once per frame: the daemon's
+    :class:`appliance.runtime.ModelRuntime` (a switch between two frames changes what it returns)."""
+
+    @property
+    def analyzer(self) -> FaceAnalyzer: ...
+
+
 class Pipeline:
     """One camera's per-frame processing.
 
     Args:
-        analyzer: loaded models.
+        models: the live models (read once per frame).
         gallery: identities to match against.
         settings: decision rules (``DecisionSettings.from_config``).
         latencies: where stage timings go (``detect``, ``align``, ``liveness``, ``embed``, ``match``,
@@ -47,9 +55,9 @@ class Pipeline:
     """
 
     def __init__(
-        self, analyzer: FaceAnalyzer, gallery: Gallery, settings: DecisionSettings, latencies: Latencies
+        self, models: ModelSource, gallery: Gallery, settings: DecisionSettings, latencies: Latencies
     ) -> None:
-        self.analyzer = analyzer
+        self.models = models
         self.gallery = gallery
         self.settings = settings
         self.tracker = IouTracker(settings.track_iou, settings.track_max_missed)
@@ -67,9 +75,10 @@ class Pipeline:
     def process(self, image: np.ndarray, captured_at: float) -> List[Outcome]:
         """Process one ``(H, W, 3)`` uint8 BGR frame captured at ``captured_at`` (monotonic seconds)."""
         outcomes: List[Outcome] = []
+        analyzer = self.models.analyzer
         with self._timer.stage("frame"):
             with self._timer.stage("detect"):
-                faces = self.analyzer.detect(image)
+                faces = analyzer.detect(image)
             track_ids = self.tracker.update(faces.boxes)
             for ended in self.tracker.ended():
                 outcomes.extend(self._end(ended, captured_at))
@@ -85,14 +94,14 @@ class Pipeline:
             liveness: Dict[int, Tuple[float, bool]] = {}
             if wanted:
                 chosen = np.asarray(wanted)
-                if self.analyzer.liveness is not None:
+                if analyzer.liveness is not None:
                     with self._timer.stage("liveness"):
-                        result = self.analyzer.liveness.check(image, faces.boxes[chosen])
+                        result = analyzer.liveness.check(image, faces.boxes[chosen])
                     liveness = {
                         i: (float(s), bool(p)) for i, s, p in zip(wanted, result.scores, result.passed)
                     }
                 with self._timer.stage("embed"):
-                    embeddings = self.analyzer.embedder.embed(crops[chosen])
+                    embeddings = analyzer.embedder.embed(crops[chosen])
                 with self._timer.stage("match"):
                     for i, found in zip(wanted, self.gallery.search(embeddings)):
                         candidates[i] = found

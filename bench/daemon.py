@@ -37,6 +37,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from appliance.runtime.loading import load_analyzer
+
 from .machine import describe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +132,6 @@ def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
     from appliance.config_load import validate_config
     from appliance.enrollment import Enroller
     from appliance.gallery.gallery import Gallery
-    from appliance.vision.analyzer import FaceAnalyzer
     from appliance.vision.image import read_image
     from tests.mqtt_broker import MosquittoBroker, Recorder
     from tests.support import make_passage_video
@@ -138,7 +139,7 @@ def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
     models, data = SHARED / "models", SHARED / "data"
     storage = workdir / "state"
     config = validate_config({"models": {"dir": str(models)}, "storage": {"dir": str(storage)}})
-    with FaceAnalyzer.from_config(config, liveness=False) as analyzer, Gallery.open(
+    with load_analyzer(config, liveness=False) as analyzer, Gallery.open(
         config, analyzer.embedder.version, analyzer.embedder.dim
     ) as gallery:
         Enroller(analyzer, gallery, config.gallery).enroll(

@@ -25,7 +25,7 @@ from appliance.config_load import validate_config
 from appliance.enrollment import Enroller
 from appliance.gallery.gallery import Gallery
 from appliance.gallery.store import slugify
-from appliance.vision.analyzer import FaceAnalyzer
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.image import read_image
 
 from .machine import describe
@@ -66,7 +66,7 @@ def run(rounds: int) -> Dict[str, Any]:
             files.append((person, target))
         config = validate_config({"models": {"dir": str(SHARED / "models")}, "storage": {"dir": folder}})
         results: Dict[str, Any] = {"photos": len(files), "rounds": []}
-        with FaceAnalyzer.from_config(config, liveness=False) as analyzer:
+        with load_analyzer(config, liveness=False) as analyzer:
             analyzer.embedder.embed(np.zeros((1, 112, 112, 3), np.uint8))  # warm
             for round_index in range(rounds):
                 storage = Path(folder) / f"state{round_index}"

@@ -43,6 +43,7 @@ import numpy as np
 from appliance.config import ApplianceConfig
 from appliance.config_load import validate_config
 from appliance.evaluation import VerificationReport, far_key, pair_scores, verification_report
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import ImageError, read_image
@@ -584,7 +585,7 @@ def main() -> None:
     )
     document: Dict[str, Any] = {"machine": machine, "frames": frames, "threads": args.threads}
     rss_before = rss_mib()
-    with FaceAnalyzer.from_config(make_config(args.models_dir, args.threads)) as analyzer:
+    with load_analyzer(make_config(args.models_dir, args.threads)) as analyzer:
         document["models"] = analyzer.model_versions
         print("models: " + ", ".join(f"{k} {v}" for k, v in analyzer.model_versions.items()))
         print()

@@ -15,8 +15,7 @@ from engines.tensorrt.cache import BUILT_PRECISIONS, REQUESTED_PRECISIONS, read_
 from engines.tensorrt.platform import tensorrt_unavailable
 from engines.tensorrt.service import EngineService, EngineTarget
 
-from ..trt_engines import pipeline_targets
-from ..vision.analyzer import backend_options
+from ..runtime.loading import backend_options, model_targets
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
 
 _INSTALL_HINT = (
@@ -128,7 +127,9 @@ def _build(args: argparse.Namespace) -> int:
         precision=args.precision or config.backend.tensorrt.precision,
         calibration_dir=str(calibration),
     )
-    targets = pipeline_targets(config, args.models)
+    targets, notes = model_targets(config, names=args.models)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())
     service = EngineService(options, progress=progress.report)
     print(f"engine cache: {service.engine_dir}")

@@ -15,6 +15,7 @@ from ..enrollment import Enroller, EnrollmentResult
 from ..gallery.errors import BundleError, GalleryError, IdentityError
 from ..gallery.gallery import Gallery
 from ..gallery.store import check_identity_id, slugify, utc_now
+from ..runtime.loading import load_analyzer
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.image import ImageError, read_image
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
@@ -104,7 +105,7 @@ def _open_gallery(config: ApplianceConfig) -> Gallery:
 
 
 def _open_with_analyzer(config: ApplianceConfig) -> Tuple[FaceAnalyzer, Gallery]:
-    analyzer = FaceAnalyzer.from_config(config, liveness=False)
+    analyzer = load_analyzer(config, liveness=False)
     try:
         return analyzer, Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim)
     except BaseException:

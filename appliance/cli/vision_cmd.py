@@ -14,7 +14,8 @@ import numpy as np
 
 from ..config import ApplianceConfig
 from ..evaluation import plot_report, verification_report
-from ..vision.analyzer import Analysis, FaceAnalyzer
+from ..runtime.loading import load_analyzer
+from ..vision.analyzer import Analysis
 from ..vision.image import ImageError, read_image
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
 
@@ -81,7 +82,7 @@ def _detect(args: argparse.Namespace) -> int:
     config = _config(args)
     results: List[Dict[str, Any]] = []
     failed = False
-    with FaceAnalyzer.from_config(config, liveness=True if args.liveness else None) as analyzer:
+    with load_analyzer(config, liveness=True if args.liveness else None) as analyzer:
         for path in args.images:
             try:
                 image = read_image(path)
@@ -139,7 +140,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     crops: List[np.ndarray] = []
     labels: List[str] = []
     failed: List[Dict[str, str]] = []
-    with FaceAnalyzer.from_config(config, liveness=False) as analyzer:
+    with load_analyzer(config, liveness=False) as analyzer:
         from tqdm import tqdm
 
         for row in tqdm(rows, desc="embedding", unit="image", disable=None):

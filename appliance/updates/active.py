@@ -49,6 +49,8 @@ class InstalledModel:
     sha256: str
     key_id: str = ""
     installed_at: str = ""
+    #: the package's INT8 calibration cache (relative to directory), which its INT8 engine is built from
+    calibration_file: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,6 +66,11 @@ class InstalledModel:
             raise ValueError("release and size must be integers")
         if Path(entry.directory).is_absolute() or ".." in Path(entry.directory).parts:
             raise ValueError(f"directory {entry.directory!r} leaves the models folder")
+        for name in (entry.file, entry.calibration_file):
+            if name is not None and (
+                not isinstance(name, str) or Path(name).name != name or name in (".", "..")
+            ):
+                raise ValueError(f"file {name!r} is not a plain file name")
         return entry
 
     def spec(self, base: ModelSpec) -> ModelSpec:

@@ -4,18 +4,24 @@ Steps (DESIGN §5.4), each reported on ``…/model`` and through the UDS status 
 
 1. **verify** (:meth:`SwapManager.verify`): signature, digests, compatibility, anti-rollback.
 2. **stage**: the payload is written (fsync'd) to ``<storage>/models/packages/<name>-<version>-r<release>``.
-3. **prepare**: the model is opened on the back-end in a background thread (an ONNX Runtime session
-   here; on a Jetson the back-end builds or loads its TensorRT engine).
-4. **validate**: the I/O is checked on load; the package's reference inputs must reproduce its
-   reference outputs within the package's tolerance; the latency at batch 1 must stay within
-   ``latency_factor`` of the active model's.
-5. **re-embed** (a new embedder): every enrolled template computed again from its encrypted crop, in
-   the background.
+3. **prepare**: on TensorRT, the model's engine is built into the engine cache on the swap's thread
+   (files only) — INT8 from the package's own calibration cache (``calibration_cache``) where the
+   TensorRT version and GPU allow it; then the pipeline thread opens the model as a *candidate*
+   beside the live one (an ONNX Runtime session on the CPU back-end).
+4. **validate** (pipeline thread): the I/O is checked on load; the package's reference inputs must
+   reproduce its reference outputs within the package's tolerance; the latency at batch 1 must stay
+   within ``latency_factor`` of the active model's.
+5. **re-embed** (a new embedder; pipeline thread, one batch of templates between two frames): every
+   enrolled template computed again from its encrypted crop.
 6. **switch**, between two frames on the pipeline thread: templates enrolled meanwhile are re-embedded,
    the new templates are written in one transaction, the active pointer is replaced atomically
-   (fsync'd) — that is the commit — and the analyzer and gallery switch to the new model.
+   (fsync'd) — that is the commit — and the runtime and the gallery switch to the new model.
 7. **health check** over the next frames: any pipeline error, or no frame processed and a failed
    self-test, rolls back (the same switch in reverse).
+
+The swap's thread never touches a model or the gallery: every step that does is a job submitted to
+the model runtime (:class:`appliance.runtime.ModelRuntime`), run by the pipeline thread, its result
+coming back through a future.
 
 A power cut before the commit leaves the old pointer, and the old model's templates untouched; after
 it, the new pointer and the new templates. Leftovers of an interrupted attempt (a staging folder,
@@ -33,26 +39,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol
 
-import numpy as np
-
-from engines.backends import BackendOptions, InferenceBackend, open_model
-from engines.registry import KIND_EMBEDDER, get_model
+from engines.registry import get_model
+from engines.tensorrt.service import EngineTarget
 
 from .. import __version__
 from ..config import ApplianceConfig
 from ..events import rfc3339_now
 from ..faults import Faults
-from ..gallery.gallery import Gallery
-from ..gallery.reembed import Reembedding, reembed, rows_for
-from ..vision.analyzer import FaceAnalyzer, backend_options, effective_backend
-from ..vision.embedder import Embedder
-from .active import ActiveModels, InstalledModel
+from ..runtime import ModelRuntime, ValidationError, target_for
+from ..runtime.engines import EngineSupervisor
+from .active import ActiveModels, InstalledModel, Pointer
 from .errors import PackageError, UpdateError
 from .handler import UpdateStatus
 
 logger = logging.getLogger(__name__)
-
-LATENCY_RUNS = 5
 
 
 class SwapState(str, enum.Enum):
@@ -86,25 +86,17 @@ class SwapHost(Protocol):
     """What the daemon offers the swap manager."""
 
     config: ApplianceConfig
-    analyzer: Optional[FaceAnalyzer]
-    gallery: Optional[Gallery]
-    frames_processed: int
+    runtime: Optional[ModelRuntime]
+    engines: Optional[EngineSupervisor]
     faults: Faults
+    stop_event: threading.Event
 
-    def run_between_frames(self, action: Callable[[], Any], timeout: float) -> Any:
-        """Run ``action`` on the pipeline thread between two frames; its result, or its exception."""
+    @property
+    def frames_processed(self) -> int:
+        """Frames the pipeline has processed so far."""
 
     def publish_model(self) -> None:
         """Republish ``…/model``."""
-
-    def analyzer_replaced(self, name: str, backend: InferenceBackend) -> None:
-        """Put ``backend`` in place of model ``name`` (pipeline thread), keeping the old one for undo."""
-
-    def release_replaced(self) -> None:
-        """The switch is final: release the back-end it took out."""
-
-    def restore_replaced(self) -> None:
-        """Undo the last :meth:`analyzer_replaced` (pipeline thread)."""
 
 
 @dataclass(frozen=True)
@@ -261,10 +253,10 @@ class SwapManager:
             }
 
     def _active_text(self) -> str:
-        analyzer = self.host.analyzer
-        if analyzer is None:
+        runtime = self.host.runtime
+        if runtime is None:
             return ""
-        return ",".join(f"{kind}={version}" for kind, version in sorted(analyzer.model_versions.items()))
+        return ",".join(f"{kind}={version}" for kind, version in sorted(runtime.model_versions.items()))
 
     # -- health: called from the pipeline thread -----------------------------------------------------
 
@@ -284,25 +276,35 @@ class SwapManager:
 
     # -- the swap (its own thread) -------------------------------------------------------------------
 
+    def _call(self, action: Callable[[ModelRuntime], Any], what: str) -> Any:
+        """Run ``action`` on the pipeline thread (which owns the models) and return its result."""
+        runtime = self.host.runtime
+        if runtime is None:
+            raise UpdateError("the pipeline has no models loaded")
+        return runtime.call(action, what, self.settings.switch_timeout_s, self._stop)
+
     def _run(self, staged: _Staged) -> None:
         name = staged.name
-        backend: Optional[InferenceBackend] = None
+        opened = False
         try:
             self._set_state(SwapState.STAGING, f"writing {name} {staged.version} to disk")
             entry = self._stage(staged)
             self.host.faults.maybe_kill("staged")
-            self._set_state(SwapState.PREPARING, "loading the model")
-            backend = self._open(name, entry)
+            self._set_state(SwapState.PREPARING, "building or loading the model")
+            target = target_for(self.host.config, name, entry)
+            self._prepare(target)
+            opened = True
+            self._call(lambda rt: rt.open_candidate(target), f"opening {name} {staged.version}")
             self._set_state(SwapState.VALIDATING, "reference outputs and latency")
-            self._validate(name, staged.package, backend)
+            self._validate(name, staged.package)
             self.host.faults.maybe_kill("validated")
-            reembedding = self._reembed_in_background(name, backend)
-            self._switch(name, entry, backend, reembedding)
-            backend = None  # the analyzer owns it now
+            self._reembed(name)
+            self._switch(name, self.active.with_active(entry))
+            opened = False  # the runtime serves it now
             self._health_check(name)
         except Exception as err:
-            if backend is not None:
-                backend.close()
+            if opened:
+                self._discard(name)
             self._fail(err)
         finally:
             with self._lock:
@@ -310,22 +312,26 @@ class SwapManager:
             self.host.publish_model()
 
     def _run_rollback(self, name: str) -> None:
-        backend: Optional[InferenceBackend] = None
+        opened = False
         try:
             pointer = self.active.with_rollback(name)
             entry = pointer.active.get(name)
             self._set_state(SwapState.PREPARING, f"loading the previous {name}")
-            backend = self._open(name, entry)
-            reembedding = self._reembed_in_background(name, backend)
-            self._switch(name, entry, backend, reembedding, pointer=pointer)
-            backend = None
+            target = target_for(self.host.config, name, entry)
+            self._prepare(target)
+            opened = True
+            self._call(lambda rt: rt.open_candidate(target), f"opening the previous {name}")
+            self._reembed(name)
+            self._switch(name, pointer)
+            opened = False
+            self._call(lambda rt: rt.finish_switch(name), f"releasing the rolled-back {name}")
             with self._lock:
                 self._state = SwapState.ROLLED_BACK
                 self._step = f"{name} rolled back to {entry.version if entry else 'the registry default'}"
             logger.info("update: %s", self._step)
         except Exception as err:
-            if backend is not None:
-                backend.close()
+            if opened:
+                self._discard(name)
             self._fail(err)
         finally:
             self.host.publish_model()
@@ -349,90 +355,81 @@ class SwapManager:
             sha256=digest,
             key_id=str(staged.package.key_id),
             installed_at=rfc3339_now(),
+            # The package's INT8 calibration cache: what its INT8 TensorRT engine is built from.
+            calibration_file=staged.package.manifest.calibration_file,
         )
 
-    def _open(self, name: str, entry: Optional[InstalledModel]) -> InferenceBackend:
-        config = self.host.config
-        key, _degraded = effective_backend(config)
-        options: BackendOptions = backend_options(config)
-        base = get_model(name)
-        if entry is None:
-            return open_model(key, base, config.models.dir, options)
-        return open_model(key, entry.spec(base), self.active.root / entry.directory, options)
+    def _prepare(self, target: EngineTarget) -> None:
+        """On TensorRT, build the model's engine into the cache here (files only; the pipeline thread
+        opens it). The calibration cache of the package (``target.calibration_cache``) makes it INT8."""
+        engines = self.host.engines
+        if engines is None:
+            return
+        if target.calibration_cache is not None:
+            logger.info(
+                "update: %s: INT8 from the package's calibration cache %s",
+                target.name,
+                target.calibration_cache,
+            )
+        reason = engines.prepare(target, self._stop)
+        if reason is not None:
+            logger.warning("update: %s will run on the CPU back-end: %s", target.name, reason)
 
-    def _validate(self, name: str, package: Any, backend: InferenceBackend) -> None:
-        if package.reference() is not None:
-            check = package.check_backend(backend)
-            if not check.ok:
-                raise UpdateError(
-                    "validation: the package's reference outputs are not reproduced: "
-                    + "; ".join(check.problems)
-                )
+    def _discard(self, name: str) -> None:
+        try:
+            self._call(lambda rt: rt.discard_candidate(name), f"discarding the candidate {name}")
+        except Exception:
+            logger.warning("update: the candidate %s could not be discarded", name, exc_info=True)
+
+    def _validate(self, name: str, package: Any) -> None:
+        reference_check = package.check_backend if package.reference() is not None else None
+        settings = self.settings
+        try:
+            report = self._call(
+                lambda rt: rt.validate_candidate(
+                    name, reference_check, settings.latency_factor, settings.latency_floor_ms
+                ),
+                f"validating {name}",
+            )
+        except ValidationError as err:
+            raise UpdateError(str(err)) from None
+        if "min_cosine" in report:
             logger.info(
                 "update: %s reproduces the package's reference outputs (max |diff| %.3g, min cosine %.4f)",
                 name,
-                max(check.max_abs.values(), default=0.0),
-                min(check.min_cosine.values(), default=1.0),
+                report["max_abs"],
+                report["min_cosine"],
             )
-        analyzer = self.host.analyzer
-        current = analyzer.loaded.get(name) if analyzer is not None else None
-        new_ms = _latency_ms(backend)
-        if current is not None and not current.closed:
-            old_ms = _latency_ms(current)
-            budget = max(old_ms * self.settings.latency_factor, old_ms + self.settings.latency_floor_ms)
-            if new_ms > budget:
-                raise UpdateError(
-                    f"validation: {name} takes {new_ms:.1f} ms per call, over the budget of {budget:.1f} ms "
-                    f"(the active model takes {old_ms:.1f} ms)"
-                )
-            logger.info("update: %s latency %.1f ms (active model %.1f ms)", name, new_ms, old_ms)
+        logger.info(
+            "update: %s latency %.1f ms (active model %s ms)",
+            name,
+            report["latency_ms"],
+            f"{report['active_latency_ms']:.1f}" if "active_latency_ms" in report else "n/a",
+        )
 
-    def _reembed_in_background(self, name: str, backend: InferenceBackend) -> Optional[Reembedding]:
-        if get_model(name).kind != KIND_EMBEDDER or self.host.gallery is None:
-            return None
-        self._set_state(SwapState.REEMBEDDING, "re-embedding the gallery")
-        embedder = Embedder(backend, self.host.config.embedder.batch_size)
-        gallery = self.host.gallery
-
-        def progress(done: int, total: int) -> None:
+    def _reembed(self, name: str) -> None:
+        """A new embedder: the gallery's templates computed again, one batch per job between frames."""
+        total = self._call(lambda rt: rt.begin_reembedding(name), "planning the re-embedding")
+        if not total:
+            return
+        self._set_state(SwapState.REEMBEDDING, f"re-embedding {total} template(s)")
+        done = 0
+        while done < total:
+            if self._stop.is_set():
+                raise UpdateError("the daemon is stopping")
+            done, total = self._call(lambda rt: rt.reembed_step(name), "re-embedding templates")
             with self._lock:
                 self._progress = round(done / total, 3) if total else None
+        logger.info("update: %d template(s) re-embedded for %s", total, name)
 
-        result = reembed(gallery.store, gallery.model_version, embedder.embed, progress=progress)
-        logger.info("update: %d template(s) re-embedded for %s", len(result.embeddings), embedder.version)
-        return result
-
-    def _switch(
-        self,
-        name: str,
-        entry: Optional[InstalledModel],
-        backend: InferenceBackend,
-        reembedding: Optional[Reembedding],
-        pointer: Any = None,
-    ) -> None:
+    def _switch(self, name: str, pointer: Pointer) -> None:
         self._set_state(SwapState.SWITCHING, "switching between two frames")
-        pointer = pointer if pointer is not None else self.active.with_active(entry)  # type: ignore[arg-type]
-        host = self.host
-
-        def switch() -> None:
-            analyzer, gallery = host.analyzer, host.gallery
-            if analyzer is None:
-                raise UpdateError("the pipeline has no models loaded")
-            new_version = backend.spec.qualified_version
-            dim = int(backend.spec.embedding_dim or 0)
-            if reembedding is not None and gallery is not None:
-                embedder = Embedder(backend, host.config.embedder.batch_size)
-                reembed(gallery.store, reembedding.source_version, embedder.embed, done=reembedding)
-                gallery.store.put_version(new_version, rows_for(gallery.store, reembedding))
-            self.host.faults.maybe_kill("templates_written")
-            self.active.commit(pointer)
-            self.host.faults.maybe_kill("committed")
-            host.analyzer_replaced(name, backend)
-            if reembedding is not None and gallery is not None:
-                gallery.switch_model(new_version, dim)
-
-        host.run_between_frames(switch, self.settings.switch_timeout_s)
-        logger.info("update: switched %s to %s", name, backend.spec.qualified_version)
+        faults = self.host.faults
+        version = self._call(
+            lambda rt: rt.switch_to_candidate(name, lambda: self.active.commit(pointer), faults.maybe_kill),
+            f"switching {name}",
+        )
+        logger.info("update: switched %s to %s", name, version)
 
     def _health_check(self, name: str) -> None:
         self._set_state(SwapState.HEALTH_CHECK, f"watching {self.settings.health_frames} frames")
@@ -452,54 +449,25 @@ class SwapManager:
                 self._watching = False
                 error = self._health_error
         if error is None and self.host.frames_processed == start_frames:
-            error = self._self_test(name)
+            error = self._call(lambda rt: rt.self_test(name), f"self-testing {name}")
+            if error is None:
+                logger.info("update: no frames during the health window; the self-test passed")
         if error is not None:
             logger.error("update: %s failed its health check (%s); rolling back", name, error)
             self._undo(name)
             raise UpdateError(f"health check failed: {error}; rolled back")
-        self.host.run_between_frames(self._finish_commit, self.settings.switch_timeout_s)
+        dropped = self._call(lambda rt: rt.finish_switch(name), f"releasing the previous {name}")
+        if dropped:
+            logger.info("update: %d template(s) of the previous embedder deleted", dropped)
         with self._lock:
             self._state = SwapState.DONE
             self._step = f"{name} active"
             self._progress = None
         logger.info("update: %s passed its health check; the swap is done", name)
 
-    def _self_test(self, name: str) -> Optional[str]:
-        """No frames came during the health window: run the new model once on a neutral input."""
-        analyzer = self.host.analyzer
-        backend = analyzer.loaded.get(name) if analyzer is not None else None
-        if backend is None:
-            return f"{name} is not loaded"
-        try:
-            output = backend.run(_neutral_feeds(backend))
-        except Exception as err:
-            return f"self-test: {type(err).__name__}: {err}"
-        if not all(np.isfinite(np.asarray(value, np.float64)).all() for value in output.values()):
-            return "self-test: non-finite outputs"
-        logger.info("update: no frames during the health window; the self-test passed")
-        return None
-
-    def _finish_commit(self) -> None:
-        """After a healthy switch: release the old back-end and the old version's templates."""
-        self.host.release_replaced()
-        gallery = self.host.gallery
-        if gallery is not None:
-            dropped = gallery.store.drop_versions(gallery.model_version)
-            if dropped:
-                logger.info("update: %d template(s) of the previous embedder deleted", dropped)
-
     def _undo(self, name: str) -> None:
         pointer = self.active.with_rollback(name)
-        host = self.host
-
-        def back() -> None:
-            host.restore_replaced()
-            self.active.commit(pointer)
-            gallery, analyzer = host.gallery, host.analyzer
-            if gallery is not None and analyzer is not None:
-                gallery.switch_model(analyzer.embedder.version, analyzer.embedder.dim)
-
-        host.run_between_frames(back, self.settings.switch_timeout_s)
+        self._call(lambda rt: rt.undo_switch(name, lambda: self.active.commit(pointer)), f"undoing {name}")
         with self._lock:
             self._state = SwapState.ROLLED_BACK
 
@@ -534,8 +502,12 @@ class SwapManager:
         logger.error("update: the swap failed: %s", err)
         logger.debug("swap failure", exc_info=err)
 
+    def cancel(self) -> None:
+        """Make a running swap fail at its next step (the daemon is stopping)."""
+        self._stop.set()
+
     def close(self, timeout: float = 10.0) -> None:
-        """Stop waiting in a health check and join the swap thread. Idempotent."""
+        """Stop the swap (a running one fails at its next step) and join its thread (bounded). Idempotent."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
@@ -556,29 +528,6 @@ def model_name(manifest: Any) -> str:
             f"the package is for model {name!r}, which this firmware does not know", reason="incompatible"
         ) from None
     return name
-
-
-def _latency_ms(backend: InferenceBackend) -> float:
-    feeds = _neutral_feeds(backend)
-    backend.run(feeds)  # warm
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        backend.run(feeds)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(times))
-
-
-def _neutral_feeds(backend: InferenceBackend) -> Dict[str, np.ndarray]:
-    """Zeros of each input's shape (batch 1; P-Net's free height/width at 48)."""
-    feeds: Dict[str, np.ndarray] = {}
-    for tensor in backend.inputs:
-        shape = [
-            1 if i == 0 and dim is None else (dim if dim is not None else 48)
-            for i, dim in enumerate(tensor.shape)
-        ]
-        feeds[tensor.name] = np.zeros(shape, np.dtype(tensor.dtype))
-    return feeds
 
 
 __all__ = ["BUSY", "SwapHost", "SwapManager", "SwapSettings", "SwapState", "model_name"]

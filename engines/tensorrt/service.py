@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +38,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: A TensorRT INT8 calibration cache is a few kilobytes (one scale per tensor); refuse anything huge.
+CALIBRATION_CACHE_MAX_BYTES = 16 * 2**20
+
+
+def read_calibration_cache(model: str, path: Path) -> bytes:
+    """The bytes of a calibration cache file, read with a size bound and only from a regular file.
+
+    Raises:
+        EngineBuildError: the file is missing, not a regular file, too large or unreadable.
+    """
+    try:
+        if not path.is_file():
+            raise EngineBuildError(f"{model}: the calibration cache {path} is not a regular file")
+        with path.open("rb") as stream:
+            data = stream.read(CALIBRATION_CACHE_MAX_BYTES + 1)
+    except OSError as err:
+        raise EngineBuildError(f"{model}: cannot read the calibration cache {path}: {err}") from err
+    if len(data) > CALIBRATION_CACHE_MAX_BYTES:
+        raise EngineBuildError(
+            f"{model}: the calibration cache {path} is larger than {CALIBRATION_CACHE_MAX_BYTES} bytes; "
+            "it is not a TensorRT calibration cache"
+        )
+    return data
+
 
 @dataclass(frozen=True)
 class EngineTarget:
     """One model of the pipeline: its registry name, the spec to load, and the folder of its ONNX file
-    (``models.dir``, or an installed package's folder after a model update)."""
+    (``models.dir``, or an installed package's folder after a model update).
+
+    ``calibration_cache`` is the INT8 calibration cache that came with the model (a model package's
+    ``calibration.cache``); when set, the INT8 engine is built from it rather than from the
+    configured calibration set or cache.
+    """
 
     name: str
     spec: ModelSpec
     folder: Path
+    calibration_cache: Optional[Path] = None
 
 
 class EngineService:
@@ -82,7 +113,7 @@ class EngineService:
             EngineBuildError: TensorRT or pycuda is missing, or the GPU cannot be queried.
         """
         if self._platform is None:
-            from .builder import probe_platform
+            from .platform import probe_platform
 
             self._platform = probe_platform(self.options.device)
         return self._platform
@@ -103,9 +134,15 @@ class EngineService:
             EngineLoadError: the options give no valid profile, or the calibration data is unreadable.
         """
         try:
-            return engine_request(target.spec, self.onnx(target), self.platform, self.options)
+            return engine_request(target.spec, self.onnx(target), self.platform, self.options_for(target))
         except (ValueError, OSError) as err:
             raise EngineLoadError(f"{target.name}: invalid TensorRT options: {err}") from err
+
+    def options_for(self, target: EngineTarget) -> BackendOptions:
+        """The back-end options of ``target``: the service's, with the model's own calibration cache."""
+        if target.calibration_cache is None:
+            return self.options
+        return dataclasses.replace(self.options, calibration_cache=os.fspath(target.calibration_cache))
 
     def lookup(self, target: EngineTarget) -> LookupResult:
         """What the cache holds for ``target``: a usable engine, or the reason there is none."""
@@ -133,13 +170,9 @@ class EngineService:
             progress=self.progress,
             cancel=cancel or self.cancel,
         )
-        if self.options.calibration_cache is not None:
-            try:
-                cache = Path(self.options.calibration_cache).read_bytes()
-            except OSError as err:
-                raise EngineBuildError(
-                    f"{target.name}: cannot read the calibration cache {self.options.calibration_cache}: {err}"
-                ) from err
+        calibration_cache = self.options_for(target).calibration_cache
+        if calibration_cache is not None:
+            cache = read_calibration_cache(target.name, Path(calibration_cache))
             return builder.build(target.spec, onnx, request, self.engine_dir, calibration_cache=cache)
         set_path = calibration_set_path(self.options.calibration_dir, target.name)
         if set_path is None or request.calibration_sha256 is None:
@@ -159,8 +192,8 @@ class EngineService:
                 one does not deserialize.
             EngineLoadError: TensorRT or CUDA failed otherwise.
         """
-        options = dataclasses.replace(self.options, build_missing=False)
+        options = dataclasses.replace(self.options_for(target), build_missing=False)
         return open_model("tensorrt", target.spec, target.folder, options)
 
 
-__all__ = ["EngineService", "EngineTarget"]
+__all__ = ["CALIBRATION_CACHE_MAX_BYTES", "EngineService", "EngineTarget", "read_calibration_cache"]

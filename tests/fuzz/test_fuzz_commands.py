@@ -2,7 +2,7 @@
 
 * :func:`appliance.commands.parse` on arbitrary bytes, arbitrary JSON and near-valid commands: a
   command of the right class or :class:`CommandError` with a known code; nothing else.
-* The daemon's own command path (``Appliance._on_command`` → queue → ``_run_commands`` on the
+* The daemon's own command path (``CommandService.receive`` → queue → ``run_pending`` on the
   pipeline side) with the real models, gallery and outbox, no camera and no broker: every command
   gets exactly one answer that can go on the wire; a refused command leaves the gallery as it was.
 * A running daemon (subprocess, real Mosquitto) takes a burst of random payloads on random command
@@ -21,6 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from appliance.command_service import CommandService
 from appliance.commands import COMMANDS, CommandError, parse
 from appliance.config_load import validate_config
 from appliance.daemon import OUTBOX_FILE, Appliance
@@ -30,7 +31,7 @@ from appliance.gallery.gallery import Gallery
 from appliance.mqtt_link import encode_document
 from appliance.outbox import Outbox
 from appliance.pipeline import Pipeline
-from appliance.vision.analyzer import FaceAnalyzer
+from appliance.runtime import ModelLoader, ModelRuntime, model_targets
 from appliance.vision.image import read_image
 from tests.fuzz.conftest import fuzz_settings
 from tests.mqtt_broker import MosquittoBroker, Recorder
@@ -150,25 +151,29 @@ class _Answering(Appliance):
 
 
 @pytest.fixture
-def appliance(
-    tmp_path: Path, shared_models: Path, shared_data: Path, analyzer: FaceAnalyzer
-) -> Iterator[_Answering]:
+def appliance(tmp_path: Path, shared_models: Path, shared_data: Path) -> Iterator[_Answering]:
     config = validate_config(
         {"device": {"id": DEVICE}, "models": {"dir": str(shared_models)}, "storage": {"dir": str(tmp_path)}}
     )
     daemon = _Answering(config)
     daemon.outbox = Outbox.open(tmp_path / OUTBOX_FILE, 1000, 3600.0)
-    daemon.analyzer = analyzer
-    daemon.gallery = Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim)
+    runtime = ModelRuntime(config, ModelLoader(config))
+    runtime.own()  # this test's thread plays the pipeline thread
+    runtime.load(*model_targets(config, liveness=False))
+    daemon.runtime = runtime
+    daemon.gallery = Gallery.open(config, *runtime.embedder)
+    runtime.attach_gallery(daemon.gallery)
     daemon.pipeline = Pipeline(
-        analyzer, daemon.gallery, DecisionSettings.from_config(config), daemon.latencies
+        runtime, daemon.gallery, DecisionSettings.from_config(config), daemon.latencies
     )
-    Enroller(analyzer, daemon.gallery, config.gallery).enroll(
+    daemon.commands = CommandService(config, None, runtime, daemon.pipeline, daemon._answer, daemon.state)
+    Enroller(runtime.analyzer, daemon.gallery, config.gallery).enroll(
         "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
     )
     try:
         yield daemon
     finally:
+        runtime.close()
         daemon.gallery.close()
         daemon.outbox.close()
 
@@ -210,8 +215,9 @@ def test_daemon_command_handler(appliance: _Answering, shared_data: Path, budget
         name, payload = case
         before = _gallery_state(appliance)
         appliance.answers.clear()
-        appliance._on_command(name, payload)
-        appliance._run_commands()
+        assert appliance.commands is not None
+        appliance.commands.receive(name, payload)
+        appliance.commands.run_pending()
         assert len(appliance.answers) == 1, appliance.answers
         answered, document = appliance.answers[0]
         assert answered == name

@@ -18,6 +18,7 @@ import pytest
 
 from appliance.config_load import validate_config
 from appliance.doctor import OK, check_tensorrt_parity
+from appliance.runtime.loading import backend_options, load_analyzer
 from appliance.trt_engines import (
     CPU,
     TENSORRT,
@@ -28,7 +29,7 @@ from appliance.trt_engines import (
 )
 from appliance.trt_parity import MIN_COSINE, compare, cosines
 from appliance.vision.align import align_faces
-from appliance.vision.analyzer import FaceAnalyzer, backend_options
+from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from engines.registry import get_model
 from engines.tensorrt.cache import calibration_cache_path, fast_precisions
@@ -77,7 +78,7 @@ def photos(shared_data: Path) -> List[Tuple[str, np.ndarray]]:
 def cpu_pipeline(models_dir: Path, state_dir: Path) -> Iterator[FaceAnalyzer]:
     config = make_config(models_dir, state_dir)
     on_cpu = config.model_copy(update={"backend": config.backend.model_copy(update={"type": "cpu"})})
-    with FaceAnalyzer.from_config(on_cpu) as analyzer:
+    with load_analyzer(on_cpu) as analyzer:
         yield analyzer
 
 
@@ -85,7 +86,7 @@ def test_the_tensorrt_pipeline_finds_and_embeds_what_the_cpu_one_does(
     models_dir: Path, state_dir: Path, cpu_pipeline: FaceAnalyzer, photos: List[Tuple[str, np.ndarray]]
 ) -> None:
     config = make_config(models_dir, state_dir, precision="fp16")
-    with FaceAnalyzer.from_config(config) as accelerated:
+    with load_analyzer(config) as accelerated:
         assert {backend.key for backend in accelerated._backends} == {TENSORRT}
         result = compare(cpu_pipeline, accelerated, photos)
     assert result.ok, result.problems

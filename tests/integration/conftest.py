@@ -11,6 +11,7 @@ import pytest
 from appliance.config_load import validate_config
 from appliance.enrollment import Enroller
 from appliance.gallery.gallery import Gallery
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from tests.mqtt_broker import MosquittoBroker, MosquittoMissingError, Recorder
@@ -43,9 +44,7 @@ def recorder(mosquitto: MosquittoBroker) -> Iterator[Recorder]:
 @pytest.fixture(scope="module")
 def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
     """The real models (CPU back-end, no liveness), loaded once per test module."""
-    with FaceAnalyzer.from_config(
-        validate_config({"models": {"dir": str(shared_models)}}), liveness=False
-    ) as loaded:
+    with load_analyzer(validate_config({"models": {"dir": str(shared_models)}}), liveness=False) as loaded:
         yield loaded
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from appliance.config_load import validate_config
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.boxes import nms, pyramid_level
 from appliance.vision.image import read_image
@@ -27,7 +28,7 @@ SINGLE_FACE_DIRS = ("faces", "edge_cases")
 
 def _analyzer(models: Path, **detector: object) -> FaceAnalyzer:
     config = validate_config({"models": {"dir": str(models)}, "detector": {"min_face_px": 20, **detector}})
-    return FaceAnalyzer.from_config(config, liveness=False)
+    return load_analyzer(config, liveness=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,7 @@ def test_no_face_on_any_no_face_image(mtcnn: FaceAnalyzer, shared_data: Path) ->
 
 
 def test_a_face_on_every_single_identity_photo(shared_models: Path, shared_data: Path) -> None:
-    default = FaceAnalyzer.from_config(
-        validate_config({"models": {"dir": str(shared_models)}}), liveness=False
-    )
+    default = load_analyzer(validate_config({"models": {"dir": str(shared_models)}}), liveness=False)
     paths: List[Path] = []
     for folder in SINGLE_FACE_DIRS:
         paths.extend(p for p in sorted((shared_data / folder).rglob("*")) if p.is_file())

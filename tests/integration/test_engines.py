@@ -15,6 +15,7 @@ import pytest
 
 from appliance.config_load import validate_config
 from appliance.doctor import OK, check_tensorrt_parity
+from appliance.runtime.loading import load_analyzer
 from appliance.trt_engines import tensorrt_unavailable
 from appliance.trt_parity import compare
 from appliance.vision.analyzer import FaceAnalyzer
@@ -85,7 +86,7 @@ def photos(shared_data: Path) -> List[Tuple[str, np.ndarray]]:
 
 
 def pipeline(models: Path, state: Path, **detector: object) -> FaceAnalyzer:
-    return FaceAnalyzer.from_config(
+    return load_analyzer(
         validate_config(
             {"models": {"dir": str(models)}, "storage": {"dir": str(state)}, "detector": dict(detector)}
         )

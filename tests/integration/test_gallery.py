@@ -21,6 +21,7 @@ from appliance.config_load import validate_config
 from appliance.enrollment import Enroller
 from appliance.gallery.gallery import Gallery
 from appliance.gallery.store import TemplateStore
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from tests.conftest import REPO_ROOT
@@ -29,7 +30,7 @@ from tests.conftest import REPO_ROOT
 @pytest.fixture(scope="module")
 def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
     config = validate_config({"models": {"dir": str(shared_models)}})
-    with FaceAnalyzer.from_config(config, liveness=False) as loaded:
+    with load_analyzer(config, liveness=False) as loaded:
         yield loaded
 
 

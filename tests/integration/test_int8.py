@@ -25,13 +25,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from appliance.calibration_inputs import FileDecoder, analyzer_from, labelled_items, vision_side
 from appliance.config import ApplianceConfig
 from appliance.config_load import validate_config
 from appliance.evaluation import far_key
-from appliance.vision.analyzer import FaceAnalyzer
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.image import read_image
+from calibration.interfaces import VisionSide
 from calibration.quantize import KEEP_FLOAT, MIN_OPSET, fp32_model_bytes, quantize_model
-from calibration.report import Comparison, compare, gate, install, labelled_items, open_pipelines
+from calibration.report import Comparison, compare, gate, install, open_backends, open_pipelines
 from calibration.sets import CALIBRATED_MODELS, BuildSummary, build_sets, iter_frames, list_sources, load_set
 from engines.int8 import INDEX_FILE, int8_file
 from engines.registry import get_model
@@ -54,6 +56,7 @@ def _linked_models(folder: Path, shared_models: Path) -> Path:
 @dataclass
 class Calibrated:
     config: ApplianceConfig
+    vision: VisionSide
     sets_dir: Path
     summary: BuildSummary
     qdq: Dict[str, bytes]
@@ -67,9 +70,10 @@ def calibrated(
     root = tmp_path_factory.mktemp("int8")
     models = _linked_models(root / "models", shared_models)
     config = validate_config({"models": {"dir": str(models)}, "storage": {"dir": str(root / "state")}})
+    vision = vision_side(config)
     sets_dir = root / "sets"
     summary = build_sets(
-        config, [shared_data / sub for sub in CALIBRATION_SOURCES], CALIBRATED_MODELS, sets_dir, MAX_COUNT
+        vision, [shared_data / sub for sub in CALIBRATION_SOURCES], CALIBRATED_MODELS, sets_dir, MAX_COUNT
     )
     qdq: Dict[str, bytes] = {}
     for name in CALIBRATED_MODELS:
@@ -79,13 +83,13 @@ def calibrated(
         )
         qdq[name] = result.path.read_bytes()
     items = labelled_items(shared_data, shared_data / LABELS)
-    fp32, int8, backends = open_pipelines(config, qdq, liveness=True)
+    fp32, int8, backends = open_pipelines(vision, qdq, liveness=True)
     try:
-        comparison = compare(config, fp32, int8, items, list(qdq))
+        comparison = compare(vision, fp32, int8, items, list(qdq))
     finally:
         for backend in backends:
             backend.close()
-    return Calibrated(config, sets_dir, summary, qdq, comparison)
+    return Calibrated(config, vision, sets_dir, summary, qdq, comparison)
 
 
 # -- the calibration sets ---------------------------------------------------------------------------
@@ -110,10 +114,11 @@ def test_sets_hold_what_the_networks_are_fed(calibrated: Calibrated, shared_data
     }
 
     # The first embedder sample is the first face of the first source, preprocessed by the inference path.
-    first = next(iter_frames(list_sources([shared_data / CALIBRATION_SOURCES[0]]), [], []))
-    fp32, _, backends = open_pipelines(calibrated.config, {}, liveness=False)
+    first = next(iter_frames(FileDecoder(), list_sources([shared_data / CALIBRATION_SOURCES[0]]), [], []))
+    config = calibrated.config
+    fp32, _, backends = open_backends(config.models.dir, config.backend.threads, {}, liveness=False)
     try:
-        analysis = fp32.analyze(first.image, still=True, embed=False)
+        analysis = analyzer_from(config, fp32).analyze(first.image, still=True, embed=False)
     finally:
         for backend in backends:
             backend.close()
@@ -198,7 +203,10 @@ def test_passed_models_are_installed_and_the_cpu_backend_uses_them(
     report = tmp_path / "report.json"
     report.write_text(json.dumps(calibrated.comparison.document))
     installed = install(
-        config, results, {n: (calibrated.qdq[n], {"method": "percentile"}) for n in calibrated.qdq}, report
+        config.int8_dir,
+        results,
+        {n: (calibrated.qdq[n], {"method": "percentile"}) for n in calibrated.qdq},
+        report,
     )
     assert sorted(p.name for p in installed) == sorted(Path(int8_file(get_model(n))).name for n in passed)
     assert (config.int8_dir / "report.json").is_file()
@@ -207,8 +215,8 @@ def test_passed_models_are_installed_and_the_cpu_backend_uses_them(
     switched = config.model_copy(deep=True)
     switched.backend.int8 = True
     switched.liveness.enabled = True
-    with caplog.at_level(logging.INFO, logger="appliance.vision.analyzer"):
-        with FaceAnalyzer.from_config(switched) as int8, FaceAnalyzer.from_config(config) as fp32:
+    with caplog.at_level(logging.INFO, logger="appliance.runtime.loading"):
+        with load_analyzer(switched) as int8, load_analyzer(config) as fp32:
             quantized = int8.analyze(image, still=True)
             reference = fp32.analyze(image, still=True, faces=quantized.faces)
     loaded = [
@@ -222,8 +230,8 @@ def test_passed_models_are_installed_and_the_cpu_backend_uses_them(
     caplog.clear()
     elsewhere = switched.model_copy(deep=True)
     elsewhere.calibration.int8_dir = tmp_path / "no-int8-here"
-    with caplog.at_level(logging.WARNING, logger="appliance.vision.analyzer"):
-        with FaceAnalyzer.from_config(elsewhere) as fallback:
+    with caplog.at_level(logging.WARNING, logger="appliance.runtime.loading"):
+        with load_analyzer(elsewhere) as fallback:
             assert len(fallback.detect(image, still=True)) >= 1
     warned = [r.getMessage() for r in caplog.records if "using the FP32 model" in r.getMessage()]
     assert len(warned) == 6
@@ -242,10 +250,10 @@ def test_gate_refuses_a_badly_calibrated_model_and_installs_nothing(
         item for item in labelled_items(shared_data, shared_data / LABELS) if "/deepface_" in str(item.path)
     ]
     fp32, int8, backends = open_pipelines(
-        calibrated.config, {spec.name: bad.path.read_bytes()}, liveness=False
+        calibrated.vision, {spec.name: bad.path.read_bytes()}, liveness=False
     )
     try:
-        comparison = compare(calibrated.config, fp32, int8, items, [spec.name])
+        comparison = compare(calibrated.vision, fp32, int8, items, [spec.name])
     finally:
         for backend in backends:
             backend.close()
@@ -257,7 +265,7 @@ def test_gate_refuses_a_badly_calibrated_model_and_installs_nothing(
     config.calibration.int8_dir = tmp_path / "int8"
     report = tmp_path / "report.json"
     report.write_text("{}")
-    assert install(config, [result], {spec.name: (bad.path.read_bytes(), {})}, report) == []
+    assert install(config.int8_dir, [result], {spec.name: (bad.path.read_bytes(), {})}, report) == []
     assert not (tmp_path / "int8").exists()
 
 

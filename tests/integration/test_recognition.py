@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from appliance.config_load import validate_config
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.align import TEMPLATE, align_faces, similarity_transforms
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
@@ -22,7 +23,7 @@ from tests.conftest import REPO_ROOT
 @pytest.fixture(scope="module")
 def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
     config = validate_config({"models": {"dir": str(shared_models)}, "liveness": {"enabled": True}})
-    with FaceAnalyzer.from_config(config) as loaded:
+    with load_analyzer(config) as loaded:
         yield loaded
 
 

@@ -145,7 +145,7 @@ def test_embedder_swap_while_serving_then_rollback(
 
     # The switch happened between frames: frames kept coming and none failed.
     assert app.frames_processed > frames_before + 20
-    assert app.analyzer is not None and app.analyzer.embedder.version == "mobilefacenet@2.0.0"
+    assert app.runtime is not None and app.runtime.model_versions["embedder"] == "mobilefacenet@2.0.0"
     assert app.gallery is not None and app.gallery.model_version == "mobilefacenet@2.0.0"
     assert len(app.gallery) == 1  # Obama's template, re-embedded from his encrypted crop
     # Enrolled people are still recognised, by the new embedder.
@@ -169,7 +169,7 @@ def test_embedder_swap_while_serving_then_rollback(
     # Rollback returns to the registry's model, re-embedding the gallery back.
     app.swap.rollback()
     assert running.wait_swap(("rolled_back", "failed")) == "rolled_back", app.swap.status()
-    assert app.analyzer.embedder.version == REGISTRY_VERSION
+    assert app.runtime.model_versions["embedder"] == REGISTRY_VERSION
     assert app.gallery.model_version == REGISTRY_VERSION and len(app.gallery) == 1
     assert running.stop() == 0
 
@@ -185,7 +185,7 @@ def test_a_package_that_fails_validation_changes_nothing(
 ) -> None:
     """Reference outputs that the model does not reproduce (a wrong reference, correctly signed)."""
     app = running.app
-    assert app.swap is not None and app.analyzer is not None
+    assert app.swap is not None and app.runtime is not None
     faces = reference_faces.copy()
     package = tmp_path / "liar.pkg"
     build_package(
@@ -204,7 +204,7 @@ def test_a_package_that_fails_validation_changes_nothing(
     app.swap.activate()
     assert running.wait_swap(("done", "failed", "rolled_back")) == "failed"
     assert "reference outputs" in app.swap.status().last_error
-    assert app.analyzer.embedder.version == REGISTRY_VERSION
+    assert app.runtime.model_versions["embedder"] == REGISTRY_VERSION
     assert ActiveModels(app.config.storage.dir).entry("mobilefacenet") is None
     with pytest.raises(UpdateError, match="no verified package"):
         app.swap.activate()
@@ -246,12 +246,12 @@ def test_frames_failing_after_the_switch_roll_it_back(
     daemon = Running(config_path)
     try:
         app = daemon.app
-        assert app.swap is not None and app.analyzer is not None
+        assert app.swap is not None and app.runtime is not None
         app.swap.verify(_package(tmp_path, keys, shared_models, reference_faces, "2.0.0", 2))
         app.swap.activate()
         assert daemon.wait_swap(("done", "failed", "rolled_back")) == "rolled_back"
         assert "health check failed" in app.swap.status().last_error
-        assert app.analyzer.embedder.version == REGISTRY_VERSION
+        assert app.runtime.model_versions["embedder"] == REGISTRY_VERSION
         assert app.gallery is not None and app.gallery.model_version == REGISTRY_VERSION
         assert len(app.gallery) == 1
         frames = app.frames_processed

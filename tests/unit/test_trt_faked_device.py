@@ -150,7 +150,7 @@ def test_progress_and_cancel_on_tensorrt_10(
 ) -> None:
     record = fake_tensorrt.install(monkeypatch, "10.3.0.26")
     try:
-        from appliance.trt_engines import EngineService, EngineTarget
+        from engines.tensorrt.service import EngineService, EngineTarget
 
         reports: List[tuple] = []
         target = EngineTarget("mtcnn-onet", get_model("mtcnn-onet"), shared_models)
@@ -179,7 +179,7 @@ def test_progress_and_cancel_on_tensorrt_10(
 
 
 def test_int8_from_a_calibration_set(trt8: fake_tensorrt.Record, tmp_path: Path, shared_models: Path) -> None:
-    from appliance.trt_engines import EngineService, EngineTarget
+    from engines.tensorrt.service import EngineService, EngineTarget
 
     trt8.compute_capability = (7, 2)  # Xavier
     spec = get_model("mobilefacenet")

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from appliance.config_load import validate_config
-from appliance.vision.analyzer import RETRY_PAD_FRACTION, backend_options
+from appliance.runtime.loading import backend_options
+from appliance.vision.analyzer import RETRY_PAD_FRACTION
 from appliance.vision.boxes import pyramid_level
 from appliance.vision.mtcnn import MtcnnDetector, MtcnnSettings
 from engines.backends import BackendOptions

@@ -18,11 +18,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from appliance.trt_engines import CPU, TENSORRT, EngineService, EngineSupervisor, EngineTarget
+from appliance.runtime.engines import CPU, TENSORRT, EngineSupervisor
 from engines.backends import BackendOptions
 from engines.errors import EngineBuildError, EngineLoadError, EngineMissingError, ModelMissingError
 from engines.registry import get_model
-from engines.tensorrt.cache import EngineTensor, PlatformInfo, make_manifest, store
+from engines.tensorrt.cache import EngineTensor, make_manifest, store
+from engines.tensorrt.platform import PlatformInfo
+from engines.tensorrt.service import EngineService, EngineTarget
 
 WAIT_S = 30.0  # a bound for joins, never an expectation about speed
 
@@ -285,12 +287,29 @@ def test_an_unknown_fallback_is_refused(fake: FakeTensorRT) -> None:
         fake.supervisor("gpu")
 
 
-def test_the_opener_adapts_to_the_analyzer(fake: FakeTensorRT) -> None:
-    fake.cached = {"mobilefacenet"}
+def test_an_update_is_prepared_by_building_its_engine_on_the_callers_thread(fake: FakeTensorRT) -> None:
+    """A model update's engine is built before the runtime opens it; a fitting cached engine is kept."""
     supervisor = fake.supervisor()
-    spec = get_model("mobilefacenet")
-    assert supervisor.opener()("mobilefacenet", spec, Path("/models")).key == TENSORRT
+    cancel = threading.Event()
+    assert supervisor.prepare(target("mobilefacenet"), cancel) is None
+    assert fake.calls.count("build mobilefacenet") == 1
+    assert supervisor.prepare(target("mobilefacenet"), cancel) is None  # cached now: no second build
+    assert fake.calls.count("build mobilefacenet") == 1
+    assert supervisor.open(target("mobilefacenet")).key == TENSORRT
     supervisor.close()
+
+
+def test_a_failed_update_build_serves_on_the_cpu_or_fails_without_fallback(fake: FakeTensorRT) -> None:
+    fake.build_error["mobilefacenet"] = EngineBuildError("out of workspace")
+    supervisor = fake.supervisor()
+    reason = supervisor.prepare(target("mobilefacenet"), threading.Event())
+    assert reason is not None and "out of workspace" in reason
+    assert supervisor.status()["mobilefacenet"]["state"] == "failed"
+    strict = fake.supervisor("none")
+    with pytest.raises(EngineBuildError, match="out of workspace"):
+        strict.prepare(target("mobilefacenet"), threading.Event())
+    supervisor.close()
+    strict.close()
 
 
 def test_the_service_checks_the_manifest_before_anything_is_deserialized(

@@ -1,21 +1,21 @@
-"""TensorRT engines for the configured pipeline: which to build, building them, and the daemon's switch-over.
+"""TensorRT engines in the daemon: which model runs from its engine, the builds, and the switch-over.
 
-Two parts:
+:class:`EngineSupervisor` holds the daemon's decisions, free of TensorRT so they are unit-tested with
+fakes (the TensorRT edge is :class:`engines.tensorrt.service.EngineService`):
 
-* :class:`EngineService` — the TensorRT edge. For a model of the configured pipeline it derives the
-  engine request (:func:`engines.tensorrt.cache.engine_request`, the cache key's inputs: ONNX,
-  TensorRT, GPU, precision, profiles from the detector settings, calibration set), checks the cache
-  by the manifest, builds the engine (with :class:`engines.tensorrt.calibrator.EntropyCalibrator` when
-  the model has an INT8 calibration set) and opens it from the cache. ``tensorrt`` and ``pycuda`` are
-  imported only here, and only when an engine is built or opened. ``face-appliance engines build``
-  and the daemon use it.
-* :class:`EngineSupervisor` — the daemon's decisions, free of TensorRT so they are unit-tested with
-  fakes: a model whose cached engine matches the device (the manifest is checked *before* anything
-  is deserialized) runs on TensorRT; otherwise, with ``backend.fallback = "cpu"``, it serves on the
-  CPU back-end while its engine is built in a background thread and switches to TensorRT between
-  two frames; with ``fallback = "none"`` the engine is built first, stretching systemd's start
-  timeout (``EXTEND_TIMEOUT_USEC``) while it builds. A failed build leaves the model on the CPU with
-  the reason in the state document.
+* **opening** (:meth:`EngineSupervisor.open`, called by the model runtime on the pipeline thread): a
+  model whose cached engine matches the device (the manifest is checked *before* anything is
+  deserialized) runs on TensorRT; otherwise, with ``backend.fallback = "cpu"``, it serves on the CPU
+  back-end and its engine is queued for a background build; with ``fallback = "none"`` the engine is
+  built first, stretching systemd's start timeout (``EXTEND_TIMEOUT_USEC``) while it builds.
+* **background builds** (:meth:`EngineSupervisor.start`): one thread builds the queued engines into
+  the cache — it produces files only. After each build it hands ``switch(target)`` to the caller,
+  which submits the switch to the model runtime: the engine is opened, warmed and put in place on the
+  pipeline thread, between two frames. A failed build leaves the model on the CPU with the reason in
+  the state document.
+* **preparing a model update** (:meth:`EngineSupervisor.prepare`, on the swap's thread): the engine
+  of a package's model is built into the cache (INT8 from the package's calibration cache where the
+  TensorRT version and GPU allow it) before the runtime opens it.
 """
 
 from __future__ import annotations
@@ -25,17 +25,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
-from engines.backends import BackendOptions, InferenceBackend, open_model
+from engines.backends import InferenceBackend
 from engines.errors import EngineError, EngineLoadError, EngineMissingError
-from engines.registry import ModelSpec, required_models
-from engines.tensorrt.platform import tensorrt_unavailable
 from engines.tensorrt.service import EngineService, EngineTarget
 
-from .config import ApplianceConfig
-from .updates.active import resolve_model
+from ..config import ApplianceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +40,7 @@ logger = logging.getLogger(__name__)
 EXTEND_EVERY_S = 20.0
 EXTEND_BY_S = 90.0
 #: Bounded waits of the daemon side.
-SWITCH_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = 10.0
-
-
-def pipeline_targets(config: ApplianceConfig, names: Optional[Sequence[str]] = None) -> List[EngineTarget]:
-    """The models the configured pipeline loads (or ``names``), resolved to the active files.
-
-    Raises:
-        ModelRegistryError: a name the registry does not know.
-    """
-    if names is None:
-        wanted = [
-            spec.name
-            for spec in required_models(config.detector.type, config.embedder.model, config.liveness.enabled)
-        ]
-    else:
-        wanted = list(dict.fromkeys(names))
-    targets = []
-    for name in wanted:
-        spec, folder = resolve_model(config, name)
-        targets.append(EngineTarget(name, spec, folder))
-    return targets
 
 
 # -- the daemon's decisions ---------------------------------------------------------------------------
@@ -132,6 +107,7 @@ class EngineSupervisor:
         self._queue: List[EngineTarget] = []
         self._cancel = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._switch: Optional[Callable[[EngineTarget], bool]] = None
         self._closed = False
 
     # -- opening (start-up, the caller's thread) ------------------------------------------------------
@@ -170,15 +146,10 @@ class EngineSupervisor:
         backend = self._on_cpu(target, "queued", reason)
         with self._lock:
             self._queue.append(target)
+            switch = self._switch
+        if switch is not None:  # after start-up (a model update on the CPU): build it now
+            self.start(switch)
         return backend
-
-    def opener(self) -> Callable[[str, ModelSpec, Path], InferenceBackend]:
-        """:meth:`open` in the form :meth:`appliance.vision.analyzer.FaceAnalyzer.from_config` takes."""
-
-        def open_model_(name: str, spec: ModelSpec, folder: Path) -> InferenceBackend:
-            return self.open(EngineTarget(name, spec, folder))
-
-        return open_model_
 
     def _on_cpu(self, target: EngineTarget, state: str, reason: str) -> InferenceBackend:
         backend = self._open_cpu(target)
@@ -233,7 +204,9 @@ class EngineSupervisor:
         thread was started (there was something to build).
         """
         with self._lock:
-            if self._closed or self._thread is not None or not self._queue:
+            self._switch = switch
+            running = self._thread is not None and self._thread.is_alive()
+            if self._closed or running or not self._queue or self._cancel.is_set():
                 return False
             self._thread = threading.Thread(
                 target=self._run, args=(switch,), name="engine-builder", daemon=True
@@ -288,6 +261,20 @@ class EngineSupervisor:
         thread.join(timeout=timeout)
         return not thread.is_alive()
 
+    def open_engine(self, target: EngineTarget) -> InferenceBackend:
+        """Open ``target``'s cached engine (never builds); the calling thread owns the back-end.
+
+        Raises:
+            EngineMissingError: no cached engine fits, or it does not deserialize.
+            EngineLoadError: TensorRT or CUDA failed otherwise.
+        """
+        return self._open_trt(target)
+
+    def cancel(self) -> None:
+        """Ask the running build to stop (TensorRT 10+ stops within a build phase; older versions
+        after the current build) and take no more from the queue."""
+        self._cancel.set()
+
     def close(self, timeout: float = JOIN_TIMEOUT_S) -> None:
         """Cancel the background builds and wait for the thread (bounded). Idempotent."""
         with self._lock:
@@ -302,6 +289,37 @@ class EngineSupervisor:
                 logger.warning(
                     "the engine build thread is still running after %.0f s (TensorRT busy)", timeout
                 )
+
+    # -- model updates (the swap's thread) -------------------------------------------------------------
+
+    def prepare(self, target: EngineTarget, cancel: threading.Event) -> Optional[str]:
+        """Build ``target``'s engine into the cache unless a fitting one is there (the caller's thread).
+
+        Returns ``None`` when the engine is ready to open, else why not (with ``fallback = "cpu"``
+        the model then opens on the CPU back-end).
+
+        Raises:
+            EngineError: with ``fallback = "none"``, the engine cannot be built.
+        """
+        try:
+            reason = self._check(target)
+        except EngineError as err:
+            if self.fallback == "none":
+                raise
+            return f"the engine cache cannot be checked: {err}"
+        if reason is None:
+            return None
+        logger.info("%s: building its TensorRT engine for the update (%s)", target.name, reason)
+        self._set(target.name, ModelEngineState(CPU, "building", reason))
+        try:
+            self._build(target, cancel)
+        except EngineError as err:
+            text = "the engine build was cancelled" if cancel.is_set() else f"engine build failed: {err}"
+            self._set(target.name, ModelEngineState(CPU, "failed", text))
+            if self.fallback == "none":
+                raise
+            return text
+        return None
 
     # -- status ---------------------------------------------------------------------------------------
 
@@ -332,16 +350,13 @@ class EngineSupervisor:
 def supervisor_for(
     config: ApplianceConfig,
     service: EngineService,
-    cpu_options: BackendOptions,
+    open_cpu: Callable[[EngineTarget], InferenceBackend],
     extend_timeout: Optional[Callable[[float], Any]] = None,
 ) -> EngineSupervisor:
     """The daemon's :class:`EngineSupervisor` wired to a real :class:`EngineService`."""
 
     def build(target: EngineTarget, cancel: threading.Event) -> None:
         service.build(target, cancel)
-
-    def open_cpu(target: EngineTarget) -> InferenceBackend:
-        return open_model(CPU, target.spec, target.folder, cpu_options)
 
     return EngineSupervisor(
         config.backend.fallback,
@@ -356,11 +371,7 @@ def supervisor_for(
 __all__ = [
     "CPU",
     "TENSORRT",
-    "EngineService",
     "EngineSupervisor",
-    "EngineTarget",
     "ModelEngineState",
-    "pipeline_targets",
     "supervisor_for",
-    "tensorrt_unavailable",
 ]

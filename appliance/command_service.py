@@ -1,0 +1,199 @@
+"""Remote commands (``…/cmd/{name}``) and reload, carried out on the pipeline thread.
+
+:meth:`CommandService.receive` is called from paho's network thread: it validates the command and
+queues it (a full queue or a malformed command is answered at once, never dropped silently).
+:meth:`CommandService.run_pending` runs on the pipeline thread between two frames, so commands use
+the live models and the gallery without racing the frames. Every command gets one answer on
+``…/cmd/{name}/result``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from .commands import (
+    CommandError,
+    EnrollCommand,
+    ReloadCommand,
+    RemoveCommand,
+    SetThresholdCommand,
+    StatusCommand,
+    failure,
+    parse,
+    result,
+)
+from .config import ApplianceConfig
+from .config_load import load_config
+from .enrollment import Enroller
+from .pipeline import Pipeline
+from .runtime import ModelRuntime
+from .vision.image import ImageError, decode_image
+
+logger = logging.getLogger(__name__)
+
+#: Commands waiting for the pipeline thread at most; more are answered "busy".
+MAX_QUEUED = 100
+
+#: ``answer(command name, result document)``: publish a command's answer (never raises).
+Answer = Callable[[str, Dict[str, Any]], None]
+
+
+class CommandService:
+    """Queues remote commands and carries them out on the pipeline thread.
+
+    Args:
+        config: the live configuration (reload changes its thresholds in place).
+        config_path: the file to re-read on reload, if any.
+        runtime: the models and the gallery (owner: the pipeline thread).
+        pipeline: the per-frame pipeline (its threshold).
+        answer: publishes an answer.
+        state: the ``…/state`` document, for ``status``.
+        reloading, reloaded: systemd's RELOADING=1 / READY=1 around a reload.
+    """
+
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        config_path: Optional[Path],
+        runtime: ModelRuntime,
+        pipeline: Pipeline,
+        answer: Answer,
+        state: Callable[[], Dict[str, Any]],
+        reloading: Callable[[], Any] = lambda: None,
+        reloaded: Callable[[], Any] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self._answer = answer
+        self._state = state
+        self._reloading = reloading
+        self._reloaded = reloaded
+        self._queue: queue.Queue[tuple] = queue.Queue(maxsize=MAX_QUEUED)
+
+    # -- paho's thread ----------------------------------------------------------------------------------
+
+    def receive(self, name: str, payload: bytes) -> None:
+        """Validate and queue a command (called from paho's thread)."""
+        try:
+            request_id, command = parse(name, payload)
+        except CommandError as err:
+            self._answer(name, failure(err.request_id, err.code, str(err)))
+            return
+        try:
+            self._queue.put_nowait((name, request_id, command))
+        except queue.Full:
+            self._answer(name, failure(request_id, "busy", "too many commands waiting; try again"))
+
+    # -- the pipeline thread ----------------------------------------------------------------------------
+
+    def run_pending(self) -> None:
+        """Carry out the queued commands, answering each."""
+        while True:
+            try:
+                name, request_id, command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome = self.execute(command)
+            except CommandError as err:
+                self._answer(name, failure(request_id, err.code, str(err)))
+            except Exception as err:
+                logger.exception("command %s failed", name)
+                self._answer(name, failure(request_id, "failed", f"{type(err).__name__}: {err}"))
+            else:
+                self._answer(name, result(request_id, outcome))
+
+    def execute(self, command: object) -> Dict[str, Any]:
+        """Carry out one validated command and return its result document."""
+        gallery = self.runtime.gallery
+        if gallery is None:
+            raise CommandError("not ready", "busy")
+        if isinstance(command, StatusCommand):
+            return self._state()
+        if isinstance(command, SetThresholdCommand):
+            old = self.pipeline.settings.threshold
+            self.pipeline.set_threshold(command.threshold)
+            logger.info("match threshold changed from %.3f to %.3f by command", old, command.threshold)
+            return {"old": old, "threshold": command.threshold}
+        if isinstance(command, ReloadCommand):
+            return self.reload()
+        if isinstance(command, RemoveCommand):
+            from .gallery.errors import IdentityError
+
+            try:
+                removed = gallery.remove(command.id)
+            except IdentityError as err:
+                raise CommandError(str(err)) from None
+            return {"id": command.id, "templates_removed": removed}
+        if isinstance(command, EnrollCommand):
+            return self._enroll(command)
+        raise CommandError("unsupported command")
+
+    def _enroll(self, command: EnrollCommand) -> Dict[str, Any]:
+        from .gallery.errors import IdentityError
+        from .gallery.store import check_identity_id, slugify, utc_now
+
+        gallery = self.runtime.gallery
+        if gallery is None:
+            raise CommandError("not ready", "busy")
+        try:
+            image = decode_image(command.image_bytes(), "image")
+        except ImageError as err:
+            raise CommandError(str(err), "invalid") from None
+        identity_id = command.id or slugify(command.name)
+        try:
+            check_identity_id(identity_id)
+            enroller = Enroller(self.runtime.analyzer, gallery, self.config.gallery)
+            outcome = enroller.enroll(
+                identity_id,
+                command.name,
+                [("image", image)],
+                command.external_id,
+                command.consent_at or utc_now(),
+                command.face,
+            )
+        except IdentityError as err:
+            raise CommandError(str(err)) from None
+        photo = outcome.photos[0]
+        if not outcome.template_ids:
+            raise CommandError(f"photo refused: {photo.reason}")
+        return {
+            "id": identity_id,
+            "templates": len(outcome.template_ids),
+            "photo": photo.reason,
+            "duplicates": outcome.duplicates,
+        }
+
+    def reload(self) -> Dict[str, Any]:
+        """Re-read thresholds from the configuration file and the gallery from disk (SIGHUP, ``reload``).
+
+        Runs on the pipeline thread, like every other change to the live models or the gallery.
+        """
+        self._reloading()
+        gallery = self.runtime.gallery
+        try:
+            if self.config_path is not None:
+                fresh = load_config(self.config_path)
+                self.config.match.threshold = fresh.match.threshold
+                self.config.decision = fresh.decision
+                self.config.liveness.threshold = fresh.liveness.threshold
+            self.pipeline.set_threshold(self.config.match.threshold)
+            liveness = self.runtime.analyzer.liveness
+            if liveness is not None:
+                liveness.threshold = self.config.liveness.threshold
+            if gallery is not None:
+                gallery.refresh()
+            logger.info(
+                "reloaded: threshold %.3f, %d templates", self.config.match.threshold, len(gallery or [])
+            )
+        finally:
+            self._reloaded()
+        return {"threshold": self.config.match.threshold, "templates": len(gallery or [])}
+
+
+__all__ = ["MAX_QUEUED", "CommandService"]

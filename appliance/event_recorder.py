@@ -1,0 +1,108 @@
+"""Decisions become access events: written to the durable outbox before anyone is told.
+
+:class:`EventRecorder` runs on the pipeline thread. An event that cannot be stored (a full disk) is
+counted and reported in ``…/state``; recognition keeps running and the next event tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+from .config import ApplianceConfig
+from .events import access_event, encode
+from .metrics import Latencies
+from .outbox import Outbox, OutboxError
+from .pipeline import Outcome
+
+logger = logging.getLogger(__name__)
+
+
+class EventRecorder:
+    """Turns pipeline outcomes into stored access events.
+
+    Args:
+        config: device, camera and event settings.
+        outbox: the durable outbox.
+        latencies: where ``decision_to_outbox`` goes.
+        notify: tells the MQTT link that events are waiting.
+        print_events: also write each event as a JSON line to stdout (the demo's view).
+    """
+
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        outbox: Outbox,
+        latencies: Latencies,
+        notify: Callable[[], None],
+        print_events: bool = False,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.latencies = latencies
+        self._notify = notify
+        self.print_events = print_events
+        self.events_total = 0
+        #: Events that could not be written to the outbox (a full disk), ever; and the current error.
+        self.events_lost = 0
+        self.outbox_error: Optional[str] = None
+
+    def record(self, outcomes: List[Outcome], models: Dict[str, str]) -> None:
+        """Store one event per outcome, then notify the link once."""
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            latency_ms = (time.monotonic() - outcome.captured_at) * 1000.0
+            crop = outcome.crop if self.config.events.face_crop else None
+            event = access_event(
+                outcome.decision,
+                self.config.device.id,
+                self.config.camera.id,
+                models,
+                latency_ms,
+                crop,
+                self.config.events.crop_quality,
+            )
+            payload = encode(event)
+            try:
+                self.outbox.put(event["event_id"], payload)
+            except OutboxError as err:  # disk full, I/O error: keep recognising, report, retry next event
+                self._failed(err, event["decision"])
+                continue
+            self._works()
+            self.events_total += 1
+            self.latencies.record("decision_to_outbox", latency_ms)
+            logger.info(
+                "access event: %s, track %d, %d frames",
+                event["decision"],
+                outcome.decision.track_id,
+                outcome.decision.frames,
+            )
+            logger.debug("track %d: %s", outcome.decision.track_id, outcome.decision.reason)
+            if self.print_events:
+                sys.stdout.write(payload.decode("utf-8") + "\n")
+                sys.stdout.flush()
+        self._notify()
+
+    def _failed(self, err: OutboxError, decision: str) -> None:
+        """An event could not be stored: counted, logged once per episode, shown in the state."""
+        self.events_lost += 1
+        if self.outbox_error is None:
+            logger.error(
+                "the outbox cannot store events (%s); access events are lost until it can again (is the "
+                "disk full?); the daemon keeps running",
+                err,
+            )
+        else:
+            logger.warning("access event lost (%s): the outbox still cannot store events", decision)
+        self.outbox_error = str(err)
+
+    def _works(self) -> None:
+        if self.outbox_error is not None:
+            logger.info("the outbox stores events again; %d event(s) were lost in all", self.events_lost)
+            self.outbox_error = None
+
+
+__all__ = ["EventRecorder"]

@@ -1,0 +1,115 @@
+"""The retained documents the daemon publishes: ``…/state`` and ``…/model`` (DESIGN §5.3).
+
+Built on the supervisor (main) thread from thread-safe views only: the model runtime's snapshots,
+counters, the camera's and the link's status.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from . import __version__
+from .events import rfc3339_now
+
+if TYPE_CHECKING:
+    from .daemon import Appliance
+
+
+class StateReporter:
+    """Composes the state and model documents of one :class:`appliance.daemon.Appliance`."""
+
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self._last_transfer: Optional[Dict[str, Any]] = None
+
+    def camera_status(self) -> Dict[str, Any]:
+        camera = self.app.camera
+        return camera.status() if camera is not None else {"state": "stopped"}
+
+    def degraded(self) -> list:
+        """One sentence per way the appliance runs below its configuration."""
+        app = self.app
+        degraded = list(app.degraded)
+        if app.runtime is not None and app.runtime.degraded:
+            degraded.append(f"backend: {app.runtime.degraded}")
+        if app.engines is not None:
+            degraded.extend(f"backend: {text}" for text in app.engines.degraded())
+        camera = self.camera_status()
+        if camera.get("state") == "lost":
+            degraded.append("camera: " + str(camera.get("last_error")))
+        elif camera.get("state") == "stalled":
+            degraded.append(f"camera: stalled, no frame for {camera.get('stalled_s')} s")
+        if app.recorder is not None and app.recorder.outbox_error is not None:
+            degraded.append(f"outbox: {app.recorder.outbox_error}")
+        return list(dict.fromkeys(degraded))
+
+    def state(self) -> Dict[str, Any]:
+        """The retained ``…/state`` document."""
+        app = self.app
+        gallery = app.gallery
+        worker = app.worker
+        recorder = app.recorder
+        return {
+            "firmware": __version__,
+            "device_id": app.config.device.id,
+            "ts": rfc3339_now(),
+            "uptime_s": round(time.monotonic() - app.started_at, 1),
+            "ready": app.ready,
+            "backend": {
+                "type": app.config.backend.type,
+                "degraded": app.runtime.degraded if app.runtime is not None else None,
+                "engines": app.engines.status() if app.engines is not None else {},
+            },
+            "models": app.runtime.model_versions if app.runtime is not None else {},
+            "gallery": {
+                "identities": len(gallery.identities()) if gallery is not None else 0,
+                "templates": len(gallery) if gallery is not None else 0,
+            },
+            "threshold": app.pipeline.settings.threshold
+            if app.pipeline is not None
+            else app.config.match.threshold,
+            "fps": round(app.fps.rate(), 2),
+            "frames": worker.frames_processed if worker is not None else 0,
+            "events": recorder.events_total if recorder is not None else 0,
+            "events_lost": recorder.events_lost if recorder is not None else 0,
+            "camera": self.camera_status(),
+            "latency_ms": app.latencies.percentiles(),
+            "outbox": app.outbox.stats() if app.outbox is not None else {},
+            "mqtt": app.link.status() if app.link is not None else {},
+            "degraded": self.degraded(),
+            "pid": os.getpid(),
+        }
+
+    def transfer(self) -> Optional[Dict[str, Any]]:
+        """The CAN transfer's progress, or ``None`` without a UDS server."""
+        if self.app.uds is None:
+            return None
+        progress = self.app.uds.progress()
+        return {"state": progress.state.value, "size": progress.size, "received": progress.received}
+
+    def transfer_changed(self) -> bool:
+        """Whether the transfer progressed since the last call (``…/model`` is then republished)."""
+        transfer = self.transfer()
+        changed = transfer != self._last_transfer
+        self._last_transfer = transfer
+        return changed
+
+    def model_document(self) -> Dict[str, Any]:
+        """The retained ``…/model`` document (the CAN update fills the staged and transfer parts)."""
+        app = self.app
+        document: Dict[str, Any] = {
+            "active": app.runtime.model_versions if app.runtime is not None else {},
+            "staged": None,
+            "transfer": self.transfer(),
+            "swap": None,
+            "last_error": None,
+        }
+        if app.swap is not None:
+            document.update(app.swap.document())
+        document["ts"] = rfc3339_now()
+        return document
+
+
+__all__ = ["StateReporter"]
