@@ -150,7 +150,7 @@ def test_a_candidate_that_misses_its_latency_budget_is_refused(runtime: ModelRun
 def test_reference_outputs_that_do_not_match_refuse_the_candidate(runtime: ModelRuntime) -> None:
     class Mismatch:
         ok = False
-        problems = ["output 'fc1' differs by 0.5"]
+        problems = ("output 'fc1' differs by 0.5",)
 
     runtime.open_candidate(target_for(runtime.config, "mobilefacenet", None))
     with pytest.raises(ValidationError, match="reference outputs are not reproduced: output 'fc1'"):
