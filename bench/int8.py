@@ -31,11 +31,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from appliance.calibration_inputs import analyzer_from, vision_side
 from appliance.config import ApplianceConfig
 from appliance.config_load import validate_config
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
-from calibration.report import open_pipelines
+from calibration.report import open_backends
 from calibration.sets import CALIBRATED_MODELS, build_sets, load_set
 from engines.backends import InferenceBackend, open_model
 from engines.backends.base import BackendOptions
@@ -106,7 +107,11 @@ def make_int8(config: ApplianceConfig, data_dir: Path, folder: Path) -> Dict[str
 
     sets = folder / "sets"
     build_sets(
-        config, [data_dir / sub for sub in CALIBRATION_SOURCES], CALIBRATED_MODELS, sets, CALIBRATION_COUNT
+        vision_side(config),
+        [data_dir / sub for sub in CALIBRATION_SOURCES],
+        CALIBRATED_MODELS,
+        sets,
+        CALIBRATION_COUNT,
     )
     seconds: Dict[str, float] = {}
     for name in CALIBRATED_MODELS:
@@ -157,9 +162,12 @@ def bench_frames(
     config: ApplianceConfig, data_dir: Path, int8_dir: Path, frames: int
 ) -> List[Dict[str, Any]]:
     quantized = {name: (int8_dir / int8_file(get_model(name))).read_bytes() for name in CALIBRATED_MODELS}
-    fp32, int8, backends = open_pipelines(config, quantized, liveness=False)
+    fp32_backends, int8_backends, backends = open_backends(
+        config.models.dir, config.backend.threads, quantized, liveness=False
+    )
     rows: List[Dict[str, Any]] = []
     try:
+        fp32, int8 = analyzer_from(config, fp32_backends), analyzer_from(config, int8_backends)
         single = read_image(next(data_dir / p for p in SINGLE_FACE_PHOTOS if (data_dir / p).is_file()))
         scenes = [
             ("1 face", noisy_copies(single_face_frame(fp32, single, FRAME), 4, 0)),

@@ -1,8 +1,9 @@
 """INT8 against FP32 on a labelled folder, the gate that decides what is installed, and the install.
 
-Both pipelines run on the CPU back-end through the same vision code (:func:`calibration.sets.analyzer_from`):
-FP32 with the registry models, INT8 with the QDQ models in place of the FP32 ones that were
-quantized. On every labelled image:
+Both pipelines run on the CPU back-end through the same vision code — the appliance's, built by
+``vision.build`` (:class:`calibration.interfaces.VisionSide`; this package does not reach the
+vision code directly, DESIGN §3): FP32 with the registry models, INT8 with the QDQ models in place
+of the FP32 ones that were quantized. On every labelled image:
 
 * **detection** (when an MTCNN stage is INT8): both detect (``still=True``, as ``evaluate`` does);
   each FP32 face is matched one-to-one to an INT8 face, best overlap first; the agreement is the
@@ -11,8 +12,8 @@ quantized. On every labelled image:
 * **embeddings** (when the embedder is INT8): the largest FP32 face is aligned once and the *same*
   crop is embedded by both; the cosine between the two embeddings of each face, and the
   verification figures of each (all genuine and impostor pairs: ROC AUC, EER, TAR at FAR 1e-1, 1e-2,
-  1e-3, from :mod:`appliance.evaluation`) — also, for information, those of the INT8 pipeline end to
-  end (INT8 detection, alignment and embedding);
+  1e-3, the figures ``evaluate`` reports, through ``vision.measures``) — also, for information,
+  those of the INT8 pipeline end to end (INT8 detection, alignment and embedding);
 * **liveness** (when a liveness model is INT8): both score every FP32 face; the score difference and
   the share of faces given the same decision at ``liveness.threshold``.
 
@@ -20,8 +21,8 @@ The gate (:func:`gate`) applies the ``[calibration]`` limits per group of models
 stages go together), the embedder, the liveness pair — and :func:`install` installs the QDQ models of
 the groups that passed (:mod:`engines.int8`), with the report.
 
-A labelled folder is either the layout ``evaluate`` reads (a CSV with columns ``path`` and
-``identity``, paths relative to the folder) or, without a CSV, one sub-folder per identity.
+The labelled images come as :class:`Labelled` items: the folder's layouts (``evaluate``'s CSV, or
+one sub-folder per identity) are the appliance's to read (``appliance.calibration_inputs``).
 """
 
 from __future__ import annotations
@@ -34,20 +35,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from appliance.config import ApplianceConfig, CalibrationConfig
-from appliance.evaluation import far_key, pair_scores, verification_report
-from appliance.vision.align import align_faces
-from appliance.vision.analyzer import FaceAnalyzer
-from appliance.vision.boxes import iou_matrix
-from appliance.vision.image import ImageError, read_image
 from engines.backends import InferenceBackend, open_model
 from engines.backends.base import BackendOptions
 from engines.files import atomic_writer
 from engines.int8 import install as install_int8
 from engines.registry import LIVENESS_MODELS, get_model
 
-from .errors import CalibrationDataError
-from .sets import EMBEDDER_MODEL, IMAGE_SUFFIXES, MTCNN_MODELS, analyzer_from, utc_now
+from .errors import SourceError
+from .interfaces import FacePipeline, GateLimits, Measures, Verification, VisionSide
+from .sets import EMBEDDER_MODEL, MTCNN_MODELS, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +52,9 @@ REPORT_FILE = "report.json"
 PLOT_FILE = "report.png"
 #: An INT8 face "is" an FP32 face when their boxes overlap at least this much.
 MATCH_IOU = 0.8
-#: The FARs whose TAR the gate compares; a folder too small to measure the first fails the gate.
-GATED_FARS: Tuple[float, ...] = (1e-2, 1e-3)
+#: The FARs whose TAR the gate compares, as the report's keys (those of ``Verification.tar_at_far``:
+#: 1e-2 and 1e-3); a folder too small to measure the first fails the gate.
+GATED_FARS: Tuple[str, ...] = ("0.01", "0.001")
 
 #: Models gated (and installed) together.
 GROUPS: Dict[str, Tuple[str, ...]] = {
@@ -67,7 +64,7 @@ GROUPS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-# -- the labelled folder -------------------------------------------------------------------------------
+# -- the labelled images -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -78,61 +75,22 @@ class Labelled:
     identity: str
 
 
-def labelled_items(directory: Path, labels: Optional[Path] = None) -> List[Labelled]:
-    """The labelled images of ``directory``, in a deterministic order.
-
-    Args:
-        directory: the folder.
-        labels: a CSV with columns ``path`` and ``identity`` (paths relative to ``directory``), as
-            ``evaluate`` reads; ``None``: one sub-folder per identity, its images labelled with its name.
-
-    Raises:
-        CalibrationDataError: no such folder, an unreadable CSV, or no labelled image.
-    """
-    if not directory.is_dir():
-        raise CalibrationDataError(f"labelled folder {directory} does not exist or is not a folder")
-    items: List[Labelled] = []
-    if labels is not None:
-        from appliance.cli.vision_cmd import read_labels
-
-        try:
-            rows = read_labels(labels)
-        except (OSError, ValueError) as err:
-            raise CalibrationDataError(f"labels {labels}: {err}") from err
-        items = [Labelled(directory / row["path"], row["identity"]) for row in rows]
-    else:
-        for folder in sorted(entry for entry in directory.iterdir() if entry.is_dir()):
-            if folder.name.startswith("."):
-                continue
-            for image in sorted(folder.iterdir()):
-                if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
-                    items.append(Labelled(image, folder.name))
-    if not items:
-        raise CalibrationDataError(
-            f"no labelled image in {directory}: give a CSV (--labels) with columns path, identity, "
-            "or one sub-folder of images per identity"
-        )
-    return items
-
-
 # -- pure comparisons ----------------------------------------------------------------------------------
 
 
-def match_boxes(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """One-to-one matching of boxes, best overlap first.
+def match_overlaps(overlaps: np.ndarray) -> np.ndarray:
+    """One-to-one matching of boxes from their overlaps, best overlap first.
 
     Args:
-        reference: ``(N, 4)`` ``[x1, y1, x2, y2]`` (FP32 faces).
-        candidate: ``(M, 4)`` (INT8 faces).
+        overlaps: ``(N, M)`` IoU of each reference box (FP32 faces) with each candidate (INT8 faces).
 
     Returns:
         ``(N,)`` float32: the IoU of each reference box with the candidate matched to it, 0 when none
         overlaps (each candidate is matched at most once).
     """
-    best = np.zeros((len(reference),), np.float32)
-    if not len(reference) or not len(candidate):
+    best = np.zeros((overlaps.shape[0],), np.float32)
+    if not overlaps.size:
         return best
-    overlaps = iou_matrix(np.asarray(reference, np.float32), np.asarray(candidate, np.float32))
     order = np.argsort(-overlaps, axis=None, kind="stable")
     used_reference, used_candidate = set(), set()
     for flat in order:
@@ -190,21 +148,28 @@ class Comparison:
     live: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
-def open_pipelines(
-    config: ApplianceConfig, int8: Mapping[str, bytes], liveness: bool
-) -> Tuple[FaceAnalyzer, FaceAnalyzer, List[InferenceBackend]]:
-    """The FP32 and the INT8 pipeline on the CPU back-end, and every back-end to close afterwards.
+def open_backends(
+    models_dir: Path, threads: int, int8: Mapping[str, bytes], liveness: bool
+) -> Tuple[Dict[str, InferenceBackend], Dict[str, InferenceBackend], List[InferenceBackend]]:
+    """The FP32 and the INT8 models on the CPU back-end, and every back-end to close afterwards.
 
     Args:
-        int8: QDQ model bytes by registry name; the other models are FP32 in both pipelines.
+        models_dir: the registry's FP32 model files.
+        threads: ONNX Runtime threads (0: one per core).
+        int8: QDQ model bytes by registry name; the other models are FP32 in both sets.
         liveness: load the liveness models.
+
+    Returns:
+        ``(fp32, int8, opened)``: back-ends by registry name (the MTCNN stages, the embedder, and the
+        liveness models when asked for) — a model not in ``int8`` is the same back-end in both —
+        and the list of every back-end opened.
 
     Raises:
         EngineError: a model is missing or does not load.
     """
     from engines.backends.cpu import OnnxRuntimeBackend
 
-    options = BackendOptions(threads=config.backend.threads)
+    options = BackendOptions(threads=threads)
     names = [*MTCNN_MODELS, EMBEDDER_MODEL, *(LIVENESS_MODELS if liveness else ())]
     opened: List[InferenceBackend] = []
     try:
@@ -212,7 +177,7 @@ def open_pipelines(
         quantized: Dict[str, InferenceBackend] = {}
         for name in names:
             spec = get_model(name)
-            fp32[name] = open_model("cpu", spec, config.models.dir, options)
+            fp32[name] = open_model("cpu", spec, models_dir, options)
             opened.append(fp32[name])
             if name in int8:
                 quantized[name] = OnnxRuntimeBackend(spec, int8[name], options)
@@ -223,13 +188,35 @@ def open_pipelines(
         for backend in opened:
             backend.close()
         raise
-    return analyzer_from(config, fp32, liveness), analyzer_from(config, quantized, liveness), opened
+    return fp32, quantized, opened
+
+
+def open_pipelines(
+    vision: VisionSide, int8: Mapping[str, bytes], liveness: bool
+) -> Tuple[FacePipeline, FacePipeline, List[InferenceBackend]]:
+    """The FP32 and the INT8 pipeline on the CPU back-end, and every back-end to close afterwards.
+
+    Args:
+        vision: the models folder, the CPU threads and the pipeline builder.
+        int8: QDQ model bytes by registry name; the other models are FP32 in both pipelines.
+        liveness: load the liveness models.
+
+    Raises:
+        EngineError: a model is missing or does not load.
+    """
+    fp32, quantized, opened = open_backends(vision.models_dir, vision.threads, int8, liveness)
+    try:
+        return vision.build(fp32), vision.build(quantized), opened
+    except BaseException:
+        for backend in opened:
+            backend.close()
+        raise
 
 
 def compare(
-    config: ApplianceConfig,
-    fp32: FaceAnalyzer,
-    int8: FaceAnalyzer,
+    vision: VisionSide,
+    fp32: FacePipeline,
+    int8: FacePipeline,
     items: Sequence[Labelled],
     quantized: Sequence[str],
     progress: Optional[Callable[[int], None]] = None,
@@ -237,6 +224,7 @@ def compare(
     """Measure INT8 against FP32 on the labelled images (see the module docstring).
 
     Args:
+        vision: the decoder the images are read with and the measures.
         fp32, int8: the two pipelines (:func:`open_pipelines`).
         items: the labelled images.
         quantized: registry names of the models that are INT8 in ``int8``; a section is measured
@@ -249,7 +237,8 @@ def compare(
     """
     check_detection = any(name in quantized for name in MTCNN_MODELS)
     check_embedder = EMBEDDER_MODEL in quantized
-    check_liveness = any(name in quantized for name in LIVENESS_MODELS) and fp32.liveness is not None
+    threshold = fp32.liveness_threshold
+    check_liveness = any(name in quantized for name in LIVENESS_MODELS) and threshold is not None
     unreadable: List[Dict[str, str]] = []
     no_face: List[str] = []
     crops: List[np.ndarray] = []
@@ -261,31 +250,29 @@ def compare(
     live: List[np.ndarray] = []
     for item in items:
         try:
-            image = read_image(item.path)
-        except ImageError as err:
+            image = vision.decoder.read_image(item.path)
+        except SourceError as err:
             unreadable.append({"path": str(item.path), "reason": str(err)})
             if progress is not None:
                 progress(1)
             continue
-        faces = fp32.detect(image, still=True)
+        faces = fp32.find(image)
         if check_detection or check_embedder:
-            found = int8.detect(image, still=True) if check_detection else faces
+            found = int8.find(image) if check_detection else faces
             if check_detection:
-                ious.append(match_boxes(faces.boxes, found.boxes))
+                ious.append(match_overlaps(vision.measures.iou_matrix(faces.boxes, found.boxes)))
                 int8_faces += len(found)
-            index = found.largest()
-            if check_embedder and index is not None:
-                pipeline_crops.append(align_faces(image, found.landmarks[index : index + 1])[0])
+            if check_embedder and found.largest is not None:
+                pipeline_crops.append(found.largest)
                 pipeline_labels.append(item.identity)
-        largest = faces.largest()
-        if largest is None:
+        if faces.largest is None:
             no_face.append(str(item.path))
         else:
-            crops.append(align_faces(image, faces.landmarks[largest : largest + 1])[0])
+            crops.append(faces.largest)
             labels.append(item.identity)
-            if check_liveness and fp32.liveness is not None and int8.liveness is not None:
-                reference = fp32.liveness.check(image, faces.boxes).scores
-                candidate = int8.liveness.check(image, faces.boxes).scores
+            if check_liveness:
+                reference = fp32.live_scores(image, faces.boxes)
+                candidate = int8.live_scores(image, faces.boxes)
                 live.append(np.stack([reference, candidate], axis=1))
         if progress is not None:
             progress(1)
@@ -316,19 +303,19 @@ def compare(
             "mean_iou": float(matched.mean()) if len(matched) else None,
         }
     if check_embedder:
-        comparison.document["embedder"] = _embedder_section(fp32, int8, crops, labels, comparison)
+        measures = vision.measures
+        comparison.document["embedder"] = _embedder_section(measures, fp32, int8, crops, labels, comparison)
         if len(pipeline_crops) >= 2:
-            embeddings = int8.embedder.embed(np.stack(pipeline_crops))
+            embeddings = int8.embed(np.stack(pipeline_crops))
             section = comparison.document["embedder"]
             try:
-                report = verification_report(*pair_scores(embeddings, pipeline_labels))
+                report = measures.verification_report(*measures.pair_scores(embeddings, pipeline_labels))
                 section["int8_pipeline"] = {"faces": len(pipeline_crops), **report.to_json()}
             except ValueError as err:
                 section["int8_pipeline"] = {"faces": len(pipeline_crops), "error": str(err)}
-    if check_liveness:
+    if check_liveness and threshold is not None:
         pairs = np.concatenate(live) if live else np.zeros((0, 2), np.float32)
         comparison.live = pairs
-        threshold = fp32.liveness.threshold if fp32.liveness is not None else config.liveness.threshold
         same = (pairs[:, 0] >= threshold) == (pairs[:, 1] >= threshold)
         difference = np.abs(pairs[:, 0] - pairs[:, 1]).astype(np.float64)
         comparison.document["liveness"] = {
@@ -343,8 +330,9 @@ def compare(
 
 
 def _embedder_section(
-    fp32: FaceAnalyzer,
-    int8: FaceAnalyzer,
+    measures: Measures,
+    fp32: FacePipeline,
+    int8: FacePipeline,
     crops: Sequence[np.ndarray],
     labels: Sequence[str],
     comparison: Comparison,
@@ -352,23 +340,22 @@ def _embedder_section(
     if not crops:
         return {"faces": 0, "cosine": _summary(np.zeros((0,))), "fp32": None, "int8": None, "tar_drop": {}}
     batch = np.stack(crops)
-    reference = fp32.embedder.embed(batch)
-    candidate = int8.embedder.embed(batch)
+    reference = fp32.embed(batch)
+    candidate = int8.embed(batch)
     cosines = cosine_rows(reference, candidate)
     comparison.cosines = cosines
     section: Dict[str, Any] = {"faces": len(crops), "cosine": _summary(cosines)}
-    reports = {}
+    reports: Dict[str, Verification] = {}
     for precision, embeddings in (("fp32", reference), ("int8", candidate)):
-        genuine, impostor = pair_scores(embeddings, labels)
+        genuine, impostor = measures.pair_scores(embeddings, labels)
         comparison.scores[precision] = (genuine, impostor)
         try:
-            reports[precision] = verification_report(genuine, impostor)
+            reports[precision] = measures.verification_report(genuine, impostor)
             section[precision] = reports[precision].to_json()
         except ValueError as err:
             section[precision] = {"error": str(err)}
     drops: Dict[str, Optional[float]] = {}
-    for far in GATED_FARS:
-        key = far_key(far)
+    for key in GATED_FARS:
         before = reports["fp32"].tar_at_far.get(key) if "fp32" in reports else None
         after = reports["int8"].tar_at_far.get(key) if "int8" in reports else None
         drops[key] = None if before is None or after is None else float(before - after)
@@ -425,10 +412,9 @@ def _limit(
         result.failures.append(sentence)
 
 
-def gate(
-    document: Mapping[str, Any], limits: CalibrationConfig, quantized: Sequence[str]
-) -> List[GateResult]:
-    """Apply the limits to each group that has a quantized model; see the module docstring."""
+def gate(document: Mapping[str, Any], limits: GateLimits, quantized: Sequence[str]) -> List[GateResult]:
+    """Apply the limits (the configuration's ``[calibration]``) to each group that has a quantized model;
+    see the module docstring."""
     results: List[GateResult] = []
     for group, members in GROUPS.items():
         models = tuple(name for name in members if name in quantized)
@@ -452,8 +438,7 @@ def gate(
                 result, "mean cosine INT8 vs FP32", cosine, limits.min_cosine_mean, True, "min_cosine_mean"
             )
             drops = section.get("tar_drop") or {}
-            for index, far in enumerate(GATED_FARS):
-                key = far_key(far)
+            for index, key in enumerate(GATED_FARS):
                 drop = drops.get(key)
                 if drop is None and index > 0:
                     result.notes.append(
@@ -528,15 +513,17 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
 
 
 def install(
-    config: ApplianceConfig,
+    folder: Path,
     results: Sequence[GateResult],
     models: Mapping[str, Tuple[bytes, Mapping[str, Any]]],
     report: Path,
     plot: Optional[Path] = None,
 ) -> List[Path]:
-    """Install the QDQ models of the groups that passed into ``config.int8_dir``, with the report.
+    """Install the QDQ models of the groups that passed into ``folder``, with the report.
 
     Args:
+        folder: the INT8 folder the CPU back-end reads with ``backend.int8`` (the configuration's
+            ``int8_dir``).
         results: the gate's verdicts.
         models: per registry name, the QDQ bytes and what the index records about it (method, samples…).
         report, plot: the report (and plot) copied next to the models.
@@ -544,7 +531,6 @@ def install(
     Returns:
         The installed model files. Nothing is installed for a group that failed.
     """
-    folder = config.int8_dir
     installed: List[Path] = []
     passed = [result for result in results if result.passed]
     if not passed:

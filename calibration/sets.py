@@ -6,6 +6,12 @@ crops, the 5-point alignment, the liveness context crops, every network's ``Prep
 each back-end wrapped in a :class:`RecordingBackend`, so a stored tensor is preprocessed by the very
 code path inference uses; nothing is re-implemented here.
 
+That pipeline and the image and video readers belong to the appliance, which this package never
+reaches directly (DESIGN §3: ``calibration → engines``): :func:`build_sets` is handed them as a
+:class:`calibration.interfaces.VisionSide`. This module loads the models, wraps them in recorders,
+has the pipeline built on the recorders, decodes the sources through the given decoder, and owns
+everything about the sets themselves — which samples are kept, their layout, and the files.
+
 One file per model, ``<dir>/<model name>.npy``: float32, batch first, **in the network's own input
 layout** (which is what a calibrator feeds and what ONNX Runtime's quantizer runs):
 
@@ -52,19 +58,13 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from appliance.camera import CameraError, FileSource
-from appliance.config import ApplianceConfig
-from appliance.vision.analyzer import FaceAnalyzer
-from appliance.vision.embedder import Embedder
-from appliance.vision.image import ImageError, read_image
-from appliance.vision.liveness import LivenessChecker
-from appliance.vision.mtcnn import MtcnnDetector, MtcnnSettings
 from engines.backends import InferenceBackend, open_model
 from engines.backends.base import BackendOptions, Feeds
 from engines.files import atomic_writer, sha256_file
 from engines.registry import LIVENESS_MODELS, ModelSpec, get_model
 
-from .errors import CalibrationDataError
+from .errors import CalibrationDataError, SourceError
+from .interfaces import FrameDecoder, VisionSide
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +246,7 @@ class Frame:
 
 
 def iter_frames(
+    decoder: FrameDecoder,
     sources: Sequence[Source],
     skipped: List[Skipped],
     frame_counts: List[int],
@@ -255,16 +256,17 @@ def iter_frames(
     """Decode the sources one after the other: each image once, every ``video_step``-th video frame
     (the first included) up to ``max_video_frames`` per video.
 
-    A source that cannot be read, is not decodable, or (a video) yields no frame is appended to
-    ``skipped`` with the reason, and the iteration goes on. ``frame_counts`` gets one entry per
-    source (the frames it yielded, 0 for a skipped one), appended as each source is finished.
+    A source that cannot be read, is not decodable (``decoder`` raises :class:`SourceError`), or (a
+    video) yields no frame is appended to ``skipped`` with the reason, and the iteration goes on.
+    ``frame_counts`` gets one entry per source (the frames it yielded, 0 for a skipped one), appended
+    as each source is finished.
     """
     step = max(1, video_step)
     for index, source in enumerate(sources):
         if source.kind == "image":
             try:
-                image = read_image(source.path)
-            except ImageError as err:
+                image = decoder.read_image(source.path)
+            except SourceError as err:
                 skipped.append(Skipped(str(source.path), str(err)))
                 frame_counts.append(0)
                 logger.warning("calibration source skipped: %s", err)
@@ -272,21 +274,20 @@ def iter_frames(
             frame_counts.append(1)
             yield Frame(index, image, True)
             continue
-        video = FileSource(source.path)
+        video = decoder.read_video(source.path)
         yielded = 0
         reason = "no decodable frame"
         try:
-            video.open()
             position = 0
             while yielded < max_video_frames:
-                image = video.read()
+                image = next(video, None)
                 if image is None:
                     break
                 if position % step == 0:
                     yielded += 1
                     yield Frame(index, image, False)
                 position += 1
-        except CameraError as err:
+        except SourceError as err:
             reason = str(err)
             if yielded:
                 logger.warning("calibration video cut short after %d frames: %s", yielded, err)
@@ -302,7 +303,7 @@ def iter_frames(
 
 
 class RecordingBackend:
-    """Stands in for an :class:`InferenceBackend` in the vision code: runs the wrapped back-end and
+    """Stands in for an :class:`InferenceBackend` in the vision pipeline: runs the wrapped back-end and
     keeps a float32 copy of every input batch it was given (single-input models)."""
 
     def __init__(self, backend: InferenceBackend) -> None:
@@ -474,56 +475,35 @@ class BuildSummary:
         return [s.warning for s in self.sets.values() if s.warning]
 
 
-def _mtcnn_settings(config: ApplianceConfig) -> MtcnnSettings:
-    return MtcnnSettings(
-        min_face=config.detector.min_face_px,
-        scale_factor=config.detector.mtcnn.scale_factor,
-        thresholds=cast(Tuple[float, float, float], tuple(config.detector.mtcnn.thresholds)),
-    )
-
-
-def analyzer_from(
-    config: ApplianceConfig, backends: Mapping[str, InferenceBackend], liveness: bool = True
-) -> FaceAnalyzer:
-    """The configured MTCNN pipeline on loaded back-ends keyed by registry name (the caller keeps
-    ownership of them). Liveness is checked when ``liveness`` and both liveness models are there."""
-    detector = MtcnnDetector(
-        backends["mtcnn-pnet"], backends["mtcnn-rnet"], backends["mtcnn-onet"], _mtcnn_settings(config)
-    )
-    checker = None
-    if liveness and all(name in backends for name in LIVENESS_MODELS):
-        checker = LivenessChecker([backends[name] for name in LIVENESS_MODELS], config.liveness.threshold)
-    embedder = Embedder(backends[EMBEDDER_MODEL], config.embedder.batch_size)
-    return FaceAnalyzer(detector, embedder, checker, config.detector.max_side)
-
-
 def collect(
-    config: ApplianceConfig,
+    vision: VisionSide,
     models: Sequence[str],
     frames: Iterator[Frame],
     progress: Optional[Callable[[int], None]] = None,
 ) -> Collector:
     """Run the FP32 pipeline (CPU back-end) on ``frames`` and record what ``models`` are fed.
 
-    MTCNN always runs (it finds the faces the embedder and liveness crops come from); the liveness
-    models run only when one of them is asked for. ``progress`` is called with 1 after each frame.
+    The models are loaded from ``vision.models_dir``, wrapped in :class:`RecordingBackend` and the
+    pipeline is built on the recorders with ``vision.build``. MTCNN always runs (it finds the faces
+    the embedder and liveness crops come from); the liveness models are loaded, and run, only when
+    one of them is asked for. ``progress`` is called with 1 after each frame.
     """
-    options = BackendOptions(threads=config.backend.threads)
+    options = BackendOptions(threads=vision.threads)
     needed = [*MTCNN_MODELS, EMBEDDER_MODEL]
     if any(name in LIVENESS_MODELS for name in models):
         needed.extend(LIVENESS_MODELS)
     loaded: Dict[str, InferenceBackend] = {}
     try:
         for name in needed:
-            loaded[name] = open_model("cpu", get_model(name), config.models.dir, options)
+            loaded[name] = open_model("cpu", get_model(name), vision.models_dir, options)
         recorders = {name: RecordingBackend(backend) for name, backend in loaded.items()}
         # The vision classes take back-ends; a recorder has the two members they use (spec, run).
         as_backend = {name: cast(InferenceBackend, recorder) for name, recorder in recorders.items()}
-        analyzer = analyzer_from(config, as_backend, liveness=any(name in LIVENESS_MODELS for name in models))
+        pipeline = vision.build(as_backend)
         collector = Collector({name: sample_shape(get_model(name)) for name in models})
         embed = EMBEDDER_MODEL in models
         for frame in frames:
-            analyzer.analyze(frame.image, still=frame.still, embed=embed)
+            pipeline.run(frame.image, still=frame.still, embed=embed)
             for name, recorder in recorders.items():
                 batches = recorder.take()
                 if name not in models:
@@ -551,7 +531,7 @@ def _per_frame(spec: ModelSpec, batches: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def build_sets(
-    config: ApplianceConfig,
+    vision: VisionSide,
     sources: Sequence[Path],
     models: Sequence[str],
     out_dir: Path,
@@ -563,7 +543,7 @@ def build_sets(
     """Build and write the calibration sets of ``models`` from the images and videos under ``sources``.
 
     Args:
-        config: models directory, MTCNN and liveness settings, back-end threads.
+        vision: the models folder, CPU threads, pipeline, decoder and pipeline settings.
         sources: image files, video files and folders of them.
         models: registry names (see :func:`resolve_models`).
         out_dir: where ``<model>.npy`` and ``sets.json`` are written (atomically, file by file).
@@ -586,8 +566,8 @@ def build_sets(
         )
     skipped: List[Skipped] = []
     frame_counts: List[int] = []
-    frames = iter_frames(listed, skipped, frame_counts, video_step, max_video_frames)
-    collector = collect(config, models, frames, progress)
+    frames = iter_frames(vision.decoder, listed, skipped, frame_counts, video_step, max_video_frames)
+    collector = collect(vision, models, frames, progress)
     if not any(frame_counts):
         raise CalibrationDataError(
             f"none of the {len(listed)} calibration sources could be decoded (first: {skipped[0].reason})"
@@ -599,10 +579,7 @@ def build_sets(
             "give images with faces at least detector.min_face_px wide"
         )
     settings = {
-        "min_face_px": config.detector.min_face_px,
-        "scale_factor": config.detector.mtcnn.scale_factor,
-        "thresholds": list(config.detector.mtcnn.thresholds),
-        "max_side": config.detector.max_side,
+        **vision.settings,
         "video_step": video_step,
         "max_video_frames": max_video_frames,
         "pnet_tile": PNET_TILE,

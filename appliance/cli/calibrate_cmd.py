@@ -12,6 +12,10 @@ Steps (each with a progress bar):
    passed into ``calibration.int8_dir`` (unless ``--no-install``), where ``backend.int8 = true``
    makes the CPU back-end use them.
 
+The calibration code takes the configuration and the vision pipeline as
+:class:`calibration.interfaces.VisionSide` (:func:`appliance.calibration_inputs.vision_side`):
+:mod:`calibration` itself imports only :mod:`engines` (DESIGN §3). This command is where both meet.
+
 Exit codes: 0 every group passed (or nothing to gate with ``--no-install``), 1 a group failed the gate
 (the limits it failed are printed; that group is not installed) or the work failed, 2 usage or
 configuration error.
@@ -106,7 +110,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         compare,
         gate,
         install,
-        labelled_items,
         open_pipelines,
         plot_comparison,
         write_report,
@@ -114,6 +117,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from calibration.sets import LIVENESS_MODELS, build_sets, load_set, read_sets, resolve_models, utc_now
     from engines.int8 import int8_file
     from engines.registry import get_model
+
+    from ..calibration_inputs import labelled_items, vision_side
 
     if args.max_count < 1:
         sys.stderr.write(f"error: --max-count must be at least 1, got {args.max_count}\n")
@@ -136,11 +141,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     out: Path = args.out or config.calibration_dir
     bars = not args.no_progress
+    vision = vision_side(config)
 
     # 1. calibration sets
     if args.images:
         with tqdm(desc="calibration frames", unit="frame", disable=not bars or None) as bar:
-            summary = build_sets(config, args.images, models, out, args.max_count, progress=bar.update)
+            summary = build_sets(vision, args.images, models, out, args.max_count, progress=bar.update)
         print(
             f"calibration sets in {out}: "
             + ", ".join(f"{name} {s.count}" for name, s in summary.sets.items())
@@ -187,10 +193,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     # 3. report, gate, install
     quantized = list(made)
     liveness = any(name in LIVENESS_MODELS for name in quantized)
-    fp32, int8, backends = open_pipelines(config, {name: qdq for name, (qdq, _) in made.items()}, liveness)
+    fp32, int8, backends = open_pipelines(vision, {name: qdq for name, (qdq, _) in made.items()}, liveness)
     try:
         with tqdm(total=len(items), desc="INT8 vs FP32", unit="image", disable=not bars or None) as bar:
-            comparison = compare(config, fp32, int8, items, quantized, progress=bar.update)
+            comparison = compare(vision, fp32, int8, items, quantized, progress=bar.update)
     finally:
         for backend in backends:
             backend.close()
@@ -230,7 +236,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.no_install:
         print("--no-install: nothing installed")
     else:
-        installed = install(config, results, made, report_path, plot_path if plotted else None)
+        installed = install(config.int8_dir, results, made, report_path, plot_path if plotted else None)
         for path in installed:
             print(f"installed: {path}")
         if installed:

@@ -1,5 +1,6 @@
 """Calibration-set assembly on small synthetic inputs: source order, decoding and skipping, P-Net tiles,
-thinning to a maximum count, warnings, the files and their checks; and the gate's pure logic."""
+thinning to a maximum count, warnings, the files and their checks; the gate's pure logic; and the
+appliance's side of the calibration interfaces (file decoder, labelled folders, measures)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
+from appliance.calibration_inputs import ApplianceMeasures, FileDecoder, labelled_items
 from appliance.config import CalibrationConfig
-from calibration.errors import CalibrationDataError
-from calibration.report import GROUPS, gate, labelled_items, match_boxes
+from appliance.evaluation import far_key
+from appliance.vision.boxes import iou_matrix
+from calibration.errors import CalibrationDataError, SourceError
+from calibration.report import GATED_FARS, GROUPS, gate, match_overlaps
 from calibration.sets import (
     CALIBRATED_MODELS,
     PNET_TILE,
@@ -97,7 +101,7 @@ def test_undecodable_sources_are_skipped_and_counted(
     counts: List[int] = []
 
     with caplog.at_level(logging.WARNING, logger="calibration.sets"):
-        frames = list(iter_frames(sources, skipped, counts, video_step=3, max_video_frames=3))
+        frames = list(iter_frames(FileDecoder(), sources, skipped, counts, video_step=3, max_video_frames=3))
 
     assert [s.path for s in sources] == [good, broken, empty, not_video, video]
     assert counts == [1, 0, 0, 0, 3]  # frames 0, 3, 6 of the video (the cap stops before 9)
@@ -267,10 +271,32 @@ def test_sets_are_written_with_their_index_and_checked_when_read(tmp_path: Path)
 def test_boxes_are_matched_one_to_one_best_first() -> None:
     reference = np.array([[0, 0, 10, 10], [100, 100, 120, 120], [0, 0, 9, 10]], np.float32)
     candidate = np.array([[0, 0, 10, 10], [300, 300, 310, 310]], np.float32)
-    ious = match_boxes(reference, candidate)
+    none = np.zeros((0, 4), np.float32)
+    ious = match_overlaps(iou_matrix(reference, candidate))
     assert ious.tolist() == [1.0, 0.0, 0.0]  # the candidate went to the better reference box
-    assert match_boxes(reference, np.zeros((0, 4), np.float32)).tolist() == [0.0, 0.0, 0.0]
-    assert match_boxes(np.zeros((0, 4), np.float32), candidate).shape == (0,)
+    assert match_overlaps(iou_matrix(reference, none)).tolist() == [0.0, 0.0, 0.0]
+    assert match_overlaps(iou_matrix(none, candidate)).shape == (0,)
+    assert ApplianceMeasures().iou_matrix(reference, candidate).shape == (3, 2)
+
+
+def test_the_gated_fars_are_the_verification_figures_keys() -> None:
+    # The report looks the TARs up in the verification figures by these keys.
+    assert GATED_FARS == (far_key(1e-2), far_key(1e-3))
+
+
+def test_the_file_decoder_reports_unreadable_files_as_source_errors(tmp_path: Path) -> None:
+    decoder = FileDecoder()
+    image = decoder.read_image(_image(tmp_path / "ok.png", 70))
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(SourceError, match=r"broken\.jpg"):
+        decoder.read_image(tmp_path / "broken.jpg")
+    with pytest.raises(SourceError, match="does not exist"):
+        next(decoder.read_video(tmp_path / "absent.avi"))
+    frames = decoder.read_video(_video(tmp_path / "clip.avi", 4))
+    assert next(frames).shape == (48, 64, 3)
+    frames.close()  # stopping early releases the file
+    assert len(list(decoder.read_video(tmp_path / "clip.avi"))) == 4
 
 
 def _document(agreement: float, cosine: float, drops: Dict[str, object], live: float) -> Dict[str, object]:
