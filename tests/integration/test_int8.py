@@ -29,7 +29,7 @@ from appliance.calibration_inputs import FileDecoder, analyzer_from, labelled_it
 from appliance.config import ApplianceConfig
 from appliance.config_load import validate_config
 from appliance.evaluation import far_key
-from appliance.vision.analyzer import FaceAnalyzer
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.image import read_image
 from calibration.interfaces import VisionSide
 from calibration.quantize import KEEP_FLOAT, MIN_OPSET, fp32_model_bytes, quantize_model
@@ -215,8 +215,8 @@ def test_passed_models_are_installed_and_the_cpu_backend_uses_them(
     switched = config.model_copy(deep=True)
     switched.backend.int8 = True
     switched.liveness.enabled = True
-    with caplog.at_level(logging.INFO, logger="appliance.vision.analyzer"):
-        with FaceAnalyzer.from_config(switched) as int8, FaceAnalyzer.from_config(config) as fp32:
+    with caplog.at_level(logging.INFO, logger="appliance.runtime.loading"):
+        with load_analyzer(switched) as int8, load_analyzer(config) as fp32:
             quantized = int8.analyze(image, still=True)
             reference = fp32.analyze(image, still=True, faces=quantized.faces)
     loaded = [
@@ -230,8 +230,8 @@ def test_passed_models_are_installed_and_the_cpu_backend_uses_them(
     caplog.clear()
     elsewhere = switched.model_copy(deep=True)
     elsewhere.calibration.int8_dir = tmp_path / "no-int8-here"
-    with caplog.at_level(logging.WARNING, logger="appliance.vision.analyzer"):
-        with FaceAnalyzer.from_config(elsewhere) as fallback:
+    with caplog.at_level(logging.WARNING, logger="appliance.runtime.loading"):
+        with load_analyzer(elsewhere) as fallback:
             assert len(fallback.detect(image, still=True)) >= 1
     warned = [r.getMessage() for r in caplog.records if "using the FP32 model" in r.getMessage()]
     assert len(warned) == 6
