@@ -73,7 +73,7 @@ class CommandService:
         self._state = state
         self._reloading = reloading
         self._reloaded = reloaded
-        self._queue: queue.Queue[tuple] = queue.Queue(maxsize=MAX_QUEUED)
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)  # of (name, request id, command)
 
     # -- paho's thread ----------------------------------------------------------------------------------
 

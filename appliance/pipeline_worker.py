@@ -68,7 +68,7 @@ class PipelineWorker:
         self.faults = faults
         self.fps = fps
         #: The gallery once the models are loaded, or the start-up error.
-        self.loaded: Future[Gallery] = Future()
+        self.loaded: Future = Future()  # of Gallery
         self.frames_processed = 0
         self.heartbeat = 0.0  # last frame processed (monotonic)
         self.loop_heartbeat = 0.0  # last turn of the loop

@@ -61,6 +61,7 @@ class StateReporter:
                 "type": app.config.backend.type,
                 "degraded": app.runtime.degraded if app.runtime is not None else None,
                 "engines": app.engines.status() if app.engines is not None else {},
+                "precisions": app.runtime.engine_precisions() if app.runtime is not None else {},
             },
             "models": app.runtime.model_versions if app.runtime is not None else {},
             "gallery": {

@@ -396,3 +396,37 @@ def swap_states(messages: Sequence[Any]) -> List[str]:
         if state and (not states or states[-1] != state):
             states.append(state)
     return states
+
+
+class Running:
+    """An :class:`Appliance` running on a thread until :meth:`stop`."""
+
+    def __init__(self, config_path: Path) -> None:
+        from appliance.config_load import load_config
+        from appliance.daemon import Appliance
+
+        self.app = Appliance(load_config(config_path), config_path)
+        self.code: List[int] = []
+        self.thread = threading.Thread(target=lambda: self.code.append(self.app.run()), name="test-daemon")
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.app.ready:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise AssertionError(f"the daemon did not get ready: {self.app.error}")
+            time.sleep(0.1)
+
+    def wait_swap(self, states: tuple, timeout: float = 180.0) -> str:
+        assert self.app.swap is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.app.swap.status().swap_state
+            if state in states:
+                return state
+            time.sleep(0.1)
+        raise AssertionError(f"the swap stayed in {self.app.swap.status()}")
+
+    def stop(self) -> int:
+        self.app.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+        return self.code[0]

@@ -73,7 +73,7 @@ class ValidationError(ApplianceError):
 class _Job:
     action: Job
     what: str
-    future: Future[Any]
+    future: Future  # of Any (unsubscripted: Python 3.8)
 
 
 @dataclass
@@ -103,7 +103,7 @@ class ModelRuntime:
     def __init__(self, config: ApplianceConfig, loader: ModelLoader) -> None:
         self.config = config
         self.loader = loader
-        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._jobs: queue.Queue = queue.Queue()  # of _Job
         self._owner: Optional[threading.Thread] = None
         self._loaded: Dict[str, InferenceBackend] = {}
         self._analyzer: Optional[FaceAnalyzer] = None
@@ -114,6 +114,7 @@ class ModelRuntime:
         self._lock = threading.Lock()  # guards the snapshots and the closed flag
         self._versions: Dict[str, str] = {}
         self._keys: Dict[str, str] = {}
+        self._precisions: Dict[str, Dict[str, str]] = {}
         self._embedder: Tuple[str, int] = ("", 0)
         self._closed = False
 
@@ -166,6 +167,11 @@ class ModelRuntime:
         with self._lock:
             self._versions = analyzer.model_versions
             self._keys = {name: backend.key for name, backend in loaded.items()}
+            self._precisions = {
+                name: {"precision": manifest.precision, "reason": manifest.precision_reason}
+                for name, manifest in ((n, getattr(b, "manifest", None)) for n, b in loaded.items())
+                if manifest is not None
+            }
             self._embedder = (analyzer.embedder.version, analyzer.embedder.dim)
 
     @property
@@ -194,6 +200,12 @@ class ModelRuntime:
         """Registry model name → the back-end it runs on (``cpu``, ``tensorrt``)."""
         with self._lock:
             return dict(self._keys)
+
+    def engine_precisions(self) -> Dict[str, Dict[str, str]]:
+        """Model → ``{"precision", "reason"}`` of each model that runs from a TensorRT engine (from the
+        engine's manifest: what was built, and why that precision)."""
+        with self._lock:
+            return {name: dict(value) for name, value in self._precisions.items()}
 
     @property
     def degraded(self) -> Optional[str]:
@@ -228,9 +240,9 @@ class ModelRuntime:
 
     # -- jobs -----------------------------------------------------------------------------------------
 
-    def submit(self, action: Job, what: str) -> Future[Any]:
+    def submit(self, action: Job, what: str) -> Future:
         """Queue ``action(runtime)`` for the owner thread; its result or exception go to the future."""
-        future: Future[Any] = Future()
+        future: Future = Future()
         with self._lock:
             closed = self._closed
         if closed:

@@ -18,21 +18,15 @@ import pytest
 
 from appliance.config_load import validate_config
 from appliance.doctor import OK, check_tensorrt_parity
-from appliance.runtime.loading import backend_options, load_analyzer
-from appliance.trt_engines import (
-    CPU,
-    TENSORRT,
-    EngineService,
-    EngineTarget,
-    pipeline_targets,
-    supervisor_for,
-)
+from appliance.runtime.engines import CPU, TENSORRT, supervisor_for
+from appliance.runtime.loading import ModelLoader, backend_options, load_analyzer, model_targets
 from appliance.trt_parity import MIN_COSINE, compare, cosines
 from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from engines.registry import get_model
 from engines.tensorrt.cache import calibration_cache_path, fast_precisions
+from engines.tensorrt.service import EngineService, EngineTarget
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.gpu
@@ -117,7 +111,7 @@ def test_int8_from_a_calibration_set(
     config = make_config(models_dir, state_dir, precision="auto")
     options = backend_options(config)
     service = EngineService(options)
-    (target,) = pipeline_targets(config, ["mobilefacenet"])
+    (target,), _ = model_targets(config, names=["mobilefacenet"])
     built = service.build(target)
     request = service.request(target)
     assert request.calibration_sha256 is not None
@@ -142,8 +136,8 @@ def test_the_daemon_serves_on_the_cpu_then_switches_to_the_built_engine(
 ) -> None:
     config = make_config(models_dir, tmp_path, precision="fp16", fallback="cpu")
     service = EngineService(backend_options(config, build_missing=False))
-    supervisor = supervisor_for(config, service, backend_options(config))
-    (target,) = pipeline_targets(config, ["mtcnn-onet"])
+    supervisor = supervisor_for(config, service, ModelLoader(config).open_cpu)
+    (target,), _ = model_targets(config, names=["mtcnn-onet"])
     backend = supervisor.open(target)
     assert backend.key == CPU and supervisor.status()["mtcnn-onet"]["state"] == "queued"
     switched: List[Any] = []

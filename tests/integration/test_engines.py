@@ -16,7 +16,7 @@ import pytest
 from appliance.config_load import validate_config
 from appliance.doctor import OK, check_tensorrt_parity
 from appliance.runtime.loading import load_analyzer
-from appliance.trt_engines import tensorrt_unavailable
+from engines.tensorrt.platform import tensorrt_unavailable
 from appliance.trt_parity import compare
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image

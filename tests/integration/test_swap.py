@@ -8,23 +8,28 @@ real: the ONNX models, the encrypted gallery, Mosquitto, the video.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator
 
 import numpy as np
 import pytest
 
-from appliance.config_load import load_config
-from appliance.daemon import Appliance
 from appliance.gallery.store import TemplateStore
 from appliance.updates.active import ActiveModels
 from appliance.updates.errors import PackageError, UpdateError
 from appliance.updates.keys import generate_keypair
 from appliance.updates.package import aligned_faces, build_package
 from tests.mqtt_broker import MosquittoBroker, Recorder
-from tests.support import ROOT, daemon_config, event_documents, grants_by_embedder, passage_video, swap_states
+from tests.support import (
+    ROOT,
+    Running,
+    daemon_config,
+    event_documents,
+    grants_by_embedder,
+    passage_video,
+    swap_states,
+)
 
 MFN = "mobilefacenet_foamliu/MobileFaceNet.onnx"
 REGISTRY_VERSION = "mobilefacenet@foamliu-v1.0"
@@ -58,37 +63,6 @@ def _package(
         reference_faces=faces,
     )
     return out
-
-
-class Running:
-    """An :class:`Appliance` running on a thread until :meth:`stop`."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.app = Appliance(load_config(config_path), config_path)
-        self.code: List[int] = []
-        self.thread = threading.Thread(target=lambda: self.code.append(self.app.run()), name="test-daemon")
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.app.ready:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise AssertionError(f"the daemon did not get ready: {self.app.error}")
-            time.sleep(0.1)
-
-    def wait_swap(self, states: tuple, timeout: float = 180.0) -> str:
-        assert self.app.swap is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self.app.swap.status().swap_state
-            if state in states:
-                return state
-            time.sleep(0.1)
-        raise AssertionError(f"the swap stayed in {self.app.swap.status()}")
-
-    def stop(self) -> int:
-        self.app.stop_event.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the daemon did not stop"
-        return self.code[0]
 
 
 @pytest.fixture

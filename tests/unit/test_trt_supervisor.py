@@ -1,11 +1,11 @@
-"""The daemon's TensorRT engine decisions (:class:`appliance.trt_engines.EngineSupervisor`).
+"""The daemon's TensorRT engine decisions (:class:`appliance.runtime.engines.EngineSupervisor`).
 
 TensorRT and CUDA are FAKED here: there is no GPU on the development machines and in CI. The
 supervisor takes its TensorRT edge as injected callables — the cache check (manifest), the engine
 build, opening the cached engine — and these tests pass recording fakes for them, with stand-in
 back-ends that only have the ``key`` and ``close()`` the supervisor uses. The manifest check itself
 is real in :func:`test_the_service_checks_the_manifest_before_anything_is_deserialized`, which runs
-:class:`appliance.trt_engines.EngineService` on the real models with a stated platform (nothing
+:class:`engines.tensorrt.service.EngineService` on the real models with a stated platform (nothing
 there needs TensorRT). The real TensorRT path is exercised by the ``gpu`` suite on a Jetson.
 """
 
