@@ -10,12 +10,13 @@ The back-end uses the *primary* CUDA context of ``options.device``
 too (``Device.make_context`` would create a second, private context, which TensorRT would not see
 as current on other threads). It is retained once at open and released once at close, and pushed
 onto the calling thread's context stack around each call (open, run, close) and popped afterwards,
-so no context stays current on any thread between calls. The thread that uses the back-end — the
-pipeline thread — owns it: construct it, run it and close it there. pycuda releases a context only
-from the thread that retained it (``Context.detach`` from another thread leaves the retain to process
-exit), so a back-end closed elsewhere keeps its reference on the primary context until then, which is
-harmless. A lock serialises calls anyway, because the page-locked and device buffers are shared by
-all calls.
+so no context stays current on any thread between calls. The thread that opens the back-end — the
+pipeline thread — owns it: the pycuda context object, the TensorRT runtime, engine and execution
+context and the device buffers were all made there with that context current, and are used only
+there. :meth:`run` or :meth:`close` from another thread raises :class:`engines.errors.InferenceError`
+naming both threads (a close from the wrong thread leaves the back-end open, so that its owner can
+still close it). A lock serialises calls anyway, because the page-locked and device buffers are
+shared by all calls.
 
 Memory
 ------
@@ -35,12 +36,14 @@ back-end builds it, or, with ``options.build_missing = False``, raises
 :class:`engines.errors.EngineMissingError` saying what did not match, so the daemon can serve on the
 CPU while the engine is built in the background.
 
-TensorRT 8 and 10
------------------
+TensorRT 8, 10 and 11
+---------------------
 The name-based I/O API (``num_io_tensors``, ``get_tensor_name``, ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``; TensorRT 8.5+, the only one in 10.x) is used when the
-execution context has ``execute_async_v3``; otherwise the binding API (``num_bindings``,
-``set_binding_shape``, ``execute_async_v2``) of TensorRT 8.
+``set_tensor_address``, ``execute_async_v3``; TensorRT 8.5+, the only one in 10.x and 11.x) is used
+when the execution context has ``execute_async_v3``; otherwise the binding API (``num_bindings``,
+``set_binding_shape``, ``execute_async_v2``) of TensorRT 8.2 (the Jetson Nano's), which 10.0 removed.
+Engines built from the FP16 or Q/DQ ONNX (TensorRT 11) keep float32 inputs and outputs, so the
+buffers are the same for every precision.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class TensorRTBackend(InferenceBackend):
     _tensors: List[_Tensor]
     _lock: threading.Lock
     _v3: bool = True
+    _owner: int = 0  # the thread that opened the back-end (threading.get_ident())
+    _owner_name: str = ""
     #: the manifest of the engine in use: built precision, target, platform (for status reports)
     manifest: Optional[EngineManifest] = None
 
@@ -126,6 +131,8 @@ class TensorRTBackend(InferenceBackend):
         self._tensors = []
         self._lock = threading.Lock()
         self._bindings: List[int] = []
+        current = threading.current_thread()
+        self._owner, self._owner_name = threading.get_ident(), current.name
         name = self.spec.name
         try:
             cuda.init()
@@ -169,7 +176,10 @@ class TensorRTBackend(InferenceBackend):
             self._select_dla()
             engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if engine is None and from_cache:
-                reason = f"{name}: the cached engine does not deserialize{errors_text(errors)}"
+                reason = (
+                    f"{name}: the cached engine does not deserialize on {platform.describe()} (built for "
+                    "another TensorRT version or GPU, or damaged)" + errors_text(errors)
+                )
                 if not self.options.build_missing:
                     raise EngineMissingError(f"{reason}; it has to be built again")
                 logger.warning("%s; rebuilding it", reason)
@@ -177,7 +187,11 @@ class TensorRTBackend(InferenceBackend):
                 self._select_dla()
                 engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if engine is None:
-                raise EngineLoadError(f"{name}: TensorRT cannot deserialize the engine.{errors_text(errors)}")
+                raise EngineLoadError(
+                    f"{name}: TensorRT cannot deserialize the engine it just built on "
+                    f"{platform.describe()}.{errors_text(errors)} Check the TensorRT installation "
+                    "(face-appliance doctor)"
+                )
             self._engine = engine
             self._exec = engine.create_execution_context()
             if self._exec is None:
@@ -185,6 +199,10 @@ class TensorRTBackend(InferenceBackend):
                     f"{name}: TensorRT cannot create an execution context.{errors_text(errors)}"
                 )
         self._v3 = hasattr(self._exec, "execute_async_v3")
+        if not self._v3 and not hasattr(self._engine, "num_bindings"):
+            raise EngineLoadError(
+                f"{name}: TensorRT {trt.__version__} offers neither execute_async_v3 nor the binding API"
+            )
         try:
             self._stream = cuda.Stream()
             self._tensors = self._discover()
@@ -259,7 +277,7 @@ class TensorRTBackend(InferenceBackend):
                 raise EngineLoadError(
                     f"{self.spec.name}: cannot read the calibration cache {options.calibration_cache}: {err}"
                 ) from err
-        elif request.calibration_sha256 is not None:
+        elif request.plan.int8_source is not None and request.calibration_sha256 is not None:
             raise EngineLoadError(
                 f"{self.spec.name}: INT8 calibration from a calibration set needs its calibrator; build the "
                 f"engine with `face-appliance engines build --models {self.spec.name}` (or let the daemon "
@@ -378,6 +396,7 @@ class TensorRTBackend(InferenceBackend):
             InferenceError: a shape outside the profile, a closed back-end, or a CUDA/TensorRT failure.
         """
         name = self.spec.name
+        self._check_thread("run")
         with self._lock:
             if self._exec is None or self._context is None:
                 raise InferenceError(f"{name}: the tensorrt back-end is closed")
@@ -472,7 +491,22 @@ class TensorRTBackend(InferenceBackend):
 
     # -- release -------------------------------------------------------------------------------
 
+    def _check_thread(self, action: str) -> None:
+        """Refuse a call from a thread other than the one that opened the back-end (see the module docs)."""
+        if threading.get_ident() == self._owner:
+            return
+        raise InferenceError(
+            f"{self.spec.name}: cannot {action} the TensorRT back-end on thread "
+            f"{threading.current_thread().name!r}: it was opened on thread {self._owner_name!r}, which owns "
+            "its CUDA context and TensorRT objects; open, run and close it on one thread (the pipeline thread)"
+        )
+
     def _release(self) -> None:
+        try:
+            self._check_thread("close")
+        except InferenceError:
+            self._closed = False  # still open: its owner thread can close it
+            raise
         with self._lock:
             pushed = False
             if self._context is not None:

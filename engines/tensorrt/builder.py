@@ -1,28 +1,35 @@
 """Build TensorRT engines from the registry's ONNX models, on the device that will run them.
 
-:class:`EngineBuilder` parses ONNX bytes with TensorRT's ONNX parser, chooses the precision for this
-GPU, adds the optimization profile of :func:`engines.tensorrt.cache.optimization_profile`, builds
-with ``Builder.build_serialized_network`` and writes the engine and its manifest into the engine cache.
-It supports TensorRT 8.5 and later, including 10.x:
+:class:`EngineBuilder` carries out the request's :class:`~engines.tensorrt.cache.PrecisionPlan`: it
+parses the ONNX the plan names (the registry's FP32 model, an FP16 model converted on the device by
+:mod:`engines.tensorrt.fp16`, or the Q/DQ INT8 model of ``face-appliance calibrate``) with TensorRT's
+ONNX parser, sets the precision the TensorRT version allows, adds the optimization profile of
+:func:`engines.tensorrt.cache.optimization_profile`, builds with ``Builder.build_serialized_network``
+and writes the engine and its manifest (which ONNX, its sha256, the precision and why) into the cache.
 
-* explicit-batch networks (``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` before TensorRT 10, where
-  every network is explicit-batch and the flag is deprecated);
-* the workspace limit through ``IBuilderConfig.set_memory_pool_limit`` (``max_workspace_size`` only on
-  older releases);
-* INT8 where the GPU has fast INT8 (``Builder.platform_has_fast_int8`` before TensorRT 10; from the
-  compute capability on 10.x, where that property is deprecated) and there is INT8 data — a calibrator,
-  a calibration cache, or Q/DQ layers in the graph; FP16 where the GPU has fast FP16; FP32 on request.
-  Every fallback is logged with its reason and recorded in the manifest;
-* a DLA core on request (Xavier/Orin), with GPU fallback for the layers the DLA cannot run;
-* a timing cache per TensorRT version and GPU in the engine directory, loaded before and saved after
-  each build;
-* progress reports through ``IProgressMonitor`` (TensorRT 10+, which can also cancel a build), or
-  per phase on older releases.
+Per TensorRT version (each checked against that version's Python bindings, docs/tensorrt-review.md):
 
-TensorRT's log goes to the Python logger ``"tensorrt"`` through :class:`TrtLogBridge`.
+* **8.2** (Jetson Nano, JetPack 4.6): explicit batch through
+  ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``; the workspace through ``max_workspace_size``
+  (``set_memory_pool_limit`` came in 8.4); ``Builder.platform_has_fast_fp16/int8`` decide; FP16 by
+  ``BuilderFlag.FP16`` (the Nano has no INT8).
+* **8.5, 8.6** (JetPack 5/6): ``set_memory_pool_limit``; FP16/INT8 builder flags; INT8 from an
+  ``IInt8EntropyCalibrator2`` (or its cache) or from Q/DQ layers.
+* **10.x** (JetPack 6/7.0): every network is explicit-batch (``EXPLICIT_BATCH`` deprecated, not
+  passed); ``platform_has_fast_*`` deprecated (10.5), so the compute capability decides; the
+  calibrator API is deprecated (10.1) but present and used; ``IProgressMonitor`` reports and cancels.
+* **11.x** (JetPack 7.2): strongly typed networks only (``STRONGLY_TYPED`` is deprecated there and
+  ignored, always on; it is not passed). There are no precision flags, no ``int8_calibrator``, no
+  ``IInt8EntropyCalibrator2``: FP16 comes from the FP16 ONNX, INT8 from the Q/DQ ONNX; calibration
+  data is refused with what to do instead.
+
+Also: a DLA core on request (Xavier/Orin), with GPU fallback; a timing cache per TensorRT version and
+GPU in the engine directory; progress per phase. TensorRT's log goes to the Python logger
+``"tensorrt"`` through :class:`TrtLogBridge`; every TensorRT failure becomes an
+:class:`engines.errors.EngineBuildError` saying what TensorRT said and what to do.
 
 This module imports ``tensorrt`` at import time; it is imported only where engines are built or run.
-``pycuda`` is imported lazily to identify the GPU and to make its primary context current.
+``pycuda`` is imported lazily to make the device's primary context current.
 """
 
 from __future__ import annotations
@@ -41,18 +48,24 @@ import tensorrt as trt
 from ..errors import EngineBuildError
 from ..files import PathLike, atomic_writer
 from ..registry import ModelSpec
+from . import fp16
 from .cache import (
     INT8_FROM_CALIBRATION,
     INT8_FROM_QDQ,
+    NETWORK_FP16,
+    NETWORK_ONNX,
+    NETWORK_QDQ,
     EngineManifest,
     EngineRequest,
     EngineTensor,
+    PrecisionPlan,
     ProfileRange,
-    choose_precision,
     fast_precisions,
     make_manifest,
+    no_implicit_int8,
     sha256_bytes,
     store,
+    tensorrt_features,
     timing_cache_path,
 )
 from .platform import PlatformInfo, probe_platform
@@ -66,6 +79,8 @@ VERBOSE = 5
 
 TRT_VERSION: str = str(trt.__version__)
 TRT_MAJOR: int = int(TRT_VERSION.split(".", 1)[0]) if TRT_VERSION.split(".", 1)[0].isdigit() else 0
+#: What the running TensorRT offers (strongly typed only, precision flags, implicit INT8).
+FEATURES = tensorrt_features(TRT_VERSION)
 
 #: ``progress(phase, done, total)``: ``done`` of ``total`` steps of ``phase`` are complete.
 ProgressCallback = Callable[[str, int, int], None]
@@ -181,9 +196,24 @@ class BuiltEngine:
     path: Optional[Path]
 
 
-_HAS_CALIBRATORS = hasattr(trt, "IInt8EntropyCalibrator2")
+@dataclass(frozen=True)
+class _Result:
+    """What :meth:`EngineBuilder._build` made."""
 
-if _HAS_CALIBRATORS:  # implicit quantization: deprecated from TensorRT 10.1
+    engine: bytes
+    tensors: List[EngineTensor]
+    precision: str
+    reason: str
+    target: str
+    network: str
+    network_sha256: str
+
+
+#: Implicit INT8 calibration: ``IInt8EntropyCalibrator2`` and ``IBuilderConfig.int8_calibrator``
+#: (deprecated from TensorRT 10.1, removed in 11.0).
+_HAS_CALIBRATORS = hasattr(trt, "IInt8EntropyCalibrator2") and hasattr(trt.IBuilderConfig, "int8_calibrator")
+
+if _HAS_CALIBRATORS:
 
     class _CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
         """An INT8 calibrator that only replays a calibration cache (no images, no device memory).
@@ -308,40 +338,57 @@ class EngineBuilder:
             spec: the registry entry (names the model; its inputs must match the network's).
             onnx: the prepared ONNX bytes (:func:`engines.prepare.load_model_bytes`); their sha256
                 must be ``request.onnx_sha256``.
-            request: the cache request (precision, DLA core, profiles, calibration digest).
+            request: the cache request (precision, DLA core, profiles, INT8 data); its
+                :attr:`~engines.tensorrt.cache.EngineRequest.plan` says which ONNX is parsed (the
+                Q/DQ model is read from ``request.int8_onnx_path`` and checked against its sha256;
+                the FP16 model is converted from ``onnx``) and at which precision.
             engine_dir: the engine cache; ``None`` builds without caching (and without timing cache).
             calibrator: an ``IInt8Calibrator`` (e.g. :class:`engines.tensorrt.calibrator.EntropyCalibrator`)
                 whose batches have the calibration profile's shape: its ``batch_shapes`` when it has
                 them, else batch ``calibrator.get_batch_size()`` by the profile's opt dimensions.
                 ``request.calibration_sha256`` must identify its calibration data. A failure it kept
                 in an ``error`` attribute (its callbacks cannot raise into TensorRT) fails the build.
+                Ignored (with a log line) when the plan does not calibrate.
             calibration_cache: the bytes of an INT8 calibration cache, used when ``calibrator`` is
-                ``None``; their sha256 must be ``request.calibration_sha256``.
+                ``None``; their sha256 must be ``request.calibration_sha256``. Ignored (logged) when
+                the plan does not calibrate.
 
         Returns:
             The engine bytes, its manifest, and its path in the cache (``None`` without a cache).
 
         Raises:
-            EngineBuildError: the inputs disagree, the ONNX parser fails (every error listed), the
-                build fails or is cancelled, or the cache cannot be written.
+            EngineBuildError: the request cannot be met on this TensorRT and GPU (an explicit INT8 or
+                FP16 request; the message says why and what to do), the inputs disagree, the ONNX
+                parser fails (every error listed), the build fails or is cancelled, or the cache
+                cannot be written.
         """
-        self._check_inputs(spec, onnx, request, calibrator, calibration_cache)
+        calibrator, calibration_cache = self._check_inputs(spec, onnx, request, calibrator, calibration_cache)
         context = cuda_device_context(self.device) if self.manage_context else contextlib.nullcontext()
         started = time.monotonic()
         with context, self._trt_logger.capture_errors() as errors:
-            engine, tensors, precision, reason, target = self._build(
-                spec, onnx, request, engine_dir, calibrator, calibration_cache, errors
-            )
+            result = self._build(spec, onnx, request, engine_dir, calibrator, calibration_cache, errors)
         seconds = time.monotonic() - started
-        manifest = make_manifest(request, engine, tensors, precision, reason, target, seconds)
-        logger.info(
-            "built %s engine for %s in %.1f s (%s, %d bytes): %s",
-            precision.upper(),
-            spec.name,
+        engine = result.engine
+        manifest = make_manifest(
+            request,
+            engine,
+            result.tensors,
+            result.precision,
+            result.reason,
+            result.target,
             seconds,
-            target,
+            network=result.network,
+            network_sha256=result.network_sha256,
+        )
+        logger.info(
+            "built %s engine for %s from %s in %.1f s (%s, %d bytes): %s",
+            result.precision.upper(),
+            spec.name,
+            result.network,
+            seconds,
+            result.target,
             len(engine),
-            reason,
+            result.reason,
         )
         path: Optional[Path] = None
         if engine_dir is not None:
@@ -366,73 +413,57 @@ class EngineBuilder:
         calibrator: Optional[trt.IInt8Calibrator],
         calibration_cache: Optional[bytes],
         errors: List[str],
-    ) -> Tuple[bytes, List[EngineTensor], str, str, str]:
+    ) -> _Result:
         self._check_cancel(spec)
+        plan = request.plan
+        if plan.precision is None:
+            raise EngineBuildError(f"{spec.name}: {plan.error}")
+        builder = self._new(spec, "the builder", lambda: trt.Builder(self._trt_logger), errors)
+        plan = self._check_reported_precisions(spec, builder, request, plan)
+        precision, reason = str(plan.precision), plan.reason
+        network_bytes, network_sha256 = self._network_bytes(spec, onnx, request, plan)
+
         self._report("parse", 0, 1)
-        builder = trt.Builder(self._trt_logger)
-        network = builder.create_network(_network_flags())
-        parser = trt.OnnxParser(network, self._trt_logger)
-        if not parser.parse(onnx):
+        network = self._new(spec, "the network", lambda: builder.create_network(_network_flags()), errors)
+        parser = self._new(spec, "the ONNX parser", lambda: trt.OnnxParser(network, self._trt_logger), errors)
+        if not parser.parse(network_bytes):
             problems = [str(parser.get_error(index)) for index in range(parser.num_errors)]
             for problem in problems:
                 logger.error("%s: ONNX parser: %s", spec.name, problem)
             raise EngineBuildError(
-                f"{spec.name}: TensorRT's ONNX parser rejected the model ({len(problems)} error(s)): "
+                f"{spec.name}: TensorRT's ONNX parser rejected the {plan.network} model "
+                f"({len(problems)} error(s)): "
                 + " | ".join(problems or ["no error reported"])
                 + errors_text(errors)
             )
         self._report("parse", 1, 1)
         tensors = _describe_network(spec, network)
-
-        config = builder.create_builder_config()
-        _set_workspace(config, self.workspace_mb << 20)
         qdq = _has_qdq_layers(network)
-        int8_calibrator = calibrator
-        if int8_calibrator is None and calibration_cache is not None:
-            if not _HAS_CALIBRATORS:
-                raise EngineBuildError(
-                    f"{spec.name}: TensorRT {TRT_VERSION} has no implicit INT8 calibration; "
-                    "ship an explicitly quantized (Q/DQ) ONNX model instead of a calibration cache"
-                )
-            int8_calibrator = _CacheOnlyCalibrator(calibration_cache)
-        int8_source = (
-            INT8_FROM_QDQ if qdq else (INT8_FROM_CALIBRATION if int8_calibrator is not None else None)
-        )
-        if TRT_MAJOR < 10:
-            fast_fp16: Optional[bool] = bool(builder.platform_has_fast_fp16)
-            fast_int8: Optional[bool] = bool(builder.platform_has_fast_int8)
-        else:  # deprecated on 10.x: decide from the compute capability
-            fast_fp16, fast_int8 = None, None
-        precision, reason = choose_precision(
-            request.precision, self.platform.compute_capability, int8_source, fast_fp16, fast_int8
-        )
-        if request.precision not in (precision, "auto"):
-            logger.warning("%s: %s", spec.name, reason)
-        else:
-            logger.info("%s: %s", spec.name, reason)
-        if qdq and precision != "int8":
+        if plan.int8_source == INT8_FROM_QDQ and not qdq:
+            raise EngineBuildError(
+                f"{spec.name}: the Q/DQ INT8 model {request.int8_onnx_path or ''} has no Quantize/Dequantize "
+                "layers TensorRT recognises; make it again with `face-appliance calibrate`"
+            )
+        if qdq and plan.int8_source != INT8_FROM_QDQ:
             logger.warning(
-                "%s: the network has Q/DQ layers but is built %s; TensorRT may refuse it",
+                "%s: the %s model has Q/DQ layers but is built %s; TensorRT may refuse it",
                 spec.name,
+                plan.network,
                 precision.upper(),
             )
-        has_fp16 = (
-            fast_fp16 if fast_fp16 is not None else fast_precisions(self.platform.compute_capability)[0]
-        )
-        if precision == "fp16" or (precision == "int8" and has_fp16):
-            # With INT8, FP16 lets the layers without INT8 kernels avoid FP32.
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "fp32" and request.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-            # TF32 is on by default for FP32 layers on Ampere and later (Orin); an explicit FP32
-            # request is the accuracy reference, so it gets IEEE FP32.
-            config.clear_flag(trt.BuilderFlag.TF32)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            if int8_source == INT8_FROM_CALIBRATION and not qdq:
-                config.int8_calibrator = int8_calibrator
+
+        config = self._new(spec, "the builder config", builder.create_builder_config, errors)
+        _set_workspace(config, self.workspace_mb << 20)
+        int8_calibrator = None
+        if plan.int8_source == INT8_FROM_CALIBRATION:
+            int8_calibrator = (
+                calibrator if calibrator is not None else _CacheOnlyCalibrator(calibration_cache)
+            )
+        self._set_precision(config, request, plan, int8_calibrator)
+        logger.info("%s: %s", spec.name, reason)
 
         profile = self._add_profile(spec, builder, network, config, request.profiles)
-        if precision == "int8" and int8_source == INT8_FROM_CALIBRATION and profile is not None:
+        if int8_calibrator is not None and profile is not None:
             self._add_calibration_profile(spec, builder, config, request.profiles, int8_calibrator)
 
         target, device_note = self._place(spec, builder, config, request.dla_core, precision)
@@ -451,18 +482,19 @@ class EngineBuilder:
         self._check_cancel(spec)
         self._report("build", 0, 1)
         logger.info(
-            "building %s engine for %s on %s (this can take minutes on a Jetson)",
+            "building %s engine for %s from the %s model on %s (this can take minutes on a Jetson)",
             precision.upper(),
             spec.name,
+            plan.network,
             self.platform.describe(),
         )
         try:
             serialized = builder.build_serialized_network(network, config)
-        except (RuntimeError, TypeError) as err:
+        except (RuntimeError, TypeError, ValueError) as err:
             raise EngineBuildError(
                 f"{spec.name}: the TensorRT build failed: {err}{errors_text(errors)}"
             ) from err
-        failure = getattr(int8_calibrator, "error", None) if precision == "int8" else None
+        failure = getattr(int8_calibrator, "error", None)
         if failure is not None:  # kept by a calibrator whose callback failed (it cannot raise into TensorRT)
             raise EngineBuildError(f"{spec.name}: INT8 calibration failed: {failure}{errors_text(errors)}")
         if serialized is None:
@@ -473,10 +505,107 @@ class EngineBuilder:
                 f"(build_serialized_network returned nothing).{errors_text(errors)}"
             )
         self._report("build", 1, 1)
-        engine = bytes(memoryview(serialized))
+        engine = bytes(serialized)  # IHostMemory exposes the buffer protocol
         if timing_file is not None:
             _save_timing_cache(config, timing_file)
-        return engine, tensors, precision, reason, target
+        return _Result(engine, tensors, precision, reason, target, plan.network, network_sha256)
+
+    def _new(self, spec: ModelSpec, what: str, make: Callable[[], Any], errors: List[str]) -> Any:
+        """``make()``, or :class:`EngineBuildError` when TensorRT raises or returns nothing (out of memory,
+        no CUDA context, a broken install) — never a raw TensorRT exception."""
+        try:
+            made = make()
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise EngineBuildError(
+                f"{spec.name}: TensorRT cannot create {what}: {err}{errors_text(errors)}; check that the "
+                "CUDA device works (face-appliance doctor)"
+            ) from err
+        if made is None:
+            raise EngineBuildError(
+                f"{spec.name}: TensorRT cannot create {what}.{errors_text(errors)} Check that the CUDA "
+                "device works (face-appliance doctor)"
+            )
+        return made
+
+    def _check_reported_precisions(
+        self, spec: ModelSpec, builder: trt.Builder, request: EngineRequest, plan: PrecisionPlan
+    ) -> PrecisionPlan:
+        """Before TensorRT 10, ``Builder.platform_has_fast_fp16/int8`` are the authority on the GPU: when
+        they deny what the compute-capability table granted, ``auto`` falls back (re-planned without
+        the INT8 data) and an explicit request fails."""
+        if not FEATURES.reports_fast_precisions:
+            return plan
+        has_fp16 = bool(builder.platform_has_fast_fp16)
+        has_int8 = bool(builder.platform_has_fast_int8)
+        denied = None
+        if plan.precision == "int8" and not has_int8:
+            denied = "INT8"
+        elif plan.precision == "fp16" and not has_fp16:
+            denied = "FP16"
+        if denied is None:
+            return plan
+        why = f"TensorRT {TRT_VERSION} reports no fast {denied} on {self.platform.gpu_name} ({self.platform.sm})"
+        if request.precision != "auto":
+            raise EngineBuildError(f"{spec.name}: {request.precision.upper()} requested, but {why}")
+        fallback = "fp16" if has_fp16 and denied == "INT8" else "fp32"
+        logger.warning("%s: %s; building %s", spec.name, why, fallback.upper())
+        return PrecisionPlan(fallback, NETWORK_ONNX, None, f"auto: {why}: building {fallback.upper()}")
+
+    def _network_bytes(
+        self, spec: ModelSpec, onnx: bytes, request: EngineRequest, plan: PrecisionPlan
+    ) -> Tuple[bytes, str]:
+        """The ONNX bytes the plan builds from, and their sha256."""
+        if plan.network == NETWORK_FP16:
+            installed = fp16.converter_version()
+            if installed != request.fp16_converter:
+                raise EngineBuildError(
+                    f"{spec.name}: the request was made for {request.fp16_converter}, "
+                    f"{installed or 'no converter'} is installed; derive the request again"
+                )
+            converted = fp16.convert(onnx, spec.name)
+            return converted, sha256_bytes(converted)
+        if plan.network == NETWORK_QDQ:
+            where = request.int8_onnx_path
+            if where is None:
+                raise EngineBuildError(f"{spec.name}: the request names a Q/DQ INT8 model but not its file")
+            try:
+                data = Path(where).read_bytes()
+            except OSError as err:
+                raise EngineBuildError(
+                    f"{spec.name}: cannot read the Q/DQ INT8 model {where}: {err.strerror or err}"
+                ) from err
+            digest = sha256_bytes(data)
+            if digest != request.int8_onnx_sha256:
+                raise EngineBuildError(
+                    f"{spec.name}: the Q/DQ INT8 model {where} changed since the request was made "
+                    f"(sha256 {digest[:12]}…, expected {str(request.int8_onnx_sha256)[:12]}…); derive the "
+                    "request again"
+                )
+            return data, digest
+        return onnx, request.onnx_sha256
+
+    def _set_precision(
+        self,
+        config: trt.IBuilderConfig,
+        request: EngineRequest,
+        plan: PrecisionPlan,
+        int8_calibrator: Optional[trt.IInt8Calibrator],
+    ) -> None:
+        """Set the builder flags the plan needs (weakly typed TensorRT only) and the calibrator."""
+        if plan.precision == "fp32" and request.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            # TF32 is on by default for FP32 layers on Ampere and later (Orin); an explicit FP32
+            # request is the accuracy reference, so it gets IEEE FP32.
+            config.clear_flag(trt.BuilderFlag.TF32)
+        if plan.strongly_typed or not FEATURES.precision_flags:
+            return  # the ONNX's tensor types decide (the FP16 or Q/DQ model)
+        has_fp16 = fast_precisions(self.platform.compute_capability)[0]
+        if plan.precision == "fp16" or (plan.precision == "int8" and has_fp16):
+            # With INT8, FP16 lets the layers without INT8 kernels avoid FP32.
+            config.set_flag(trt.BuilderFlag.FP16)
+        if plan.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            if int8_calibrator is not None:
+                config.int8_calibrator = int8_calibrator
 
     def _add_profile(
         self,
@@ -593,7 +722,8 @@ class EngineBuilder:
         request: EngineRequest,
         calibrator: Optional[trt.IInt8Calibrator],
         calibration_cache: Optional[bytes],
-    ) -> None:
+    ) -> Tuple[Optional[trt.IInt8Calibrator], Optional[bytes]]:
+        """Check the inputs against the request; return the calibrator and cache the plan uses."""
         if request.model != spec.name:
             raise EngineBuildError(f"the request is for {request.model!r}, the spec for {spec.name!r}")
         if request.platform != self.platform:
@@ -601,24 +731,31 @@ class EngineBuilder:
                 f"{spec.name}: the request is for {request.platform.describe()}, "
                 f"this builder runs {self.platform.describe()}"
             )
+        if request.platform.tensorrt_version != TRT_VERSION:
+            raise EngineBuildError(
+                f"{spec.name}: the request is for TensorRT {request.platform.tensorrt_version}, "
+                f"TensorRT {TRT_VERSION} is imported"
+            )
         if sha256_bytes(onnx) != request.onnx_sha256:
             raise EngineBuildError(f"{spec.name}: the ONNX bytes do not have the request's sha256")
         if calibrator is not None and calibration_cache is not None:
             raise EngineBuildError(f"{spec.name}: pass a calibrator or a calibration cache, not both")
+        if request.plan.int8_source != INT8_FROM_CALIBRATION:
+            if calibrator is not None or calibration_cache is not None:
+                logger.info("%s: the INT8 calibration data is not used: %s", spec.name, request.plan.reason)
+            return None, None
+        if not _HAS_CALIBRATORS:
+            raise EngineBuildError(f"{spec.name}: {no_implicit_int8(f'TensorRT {TRT_VERSION}')}")
         if calibration_cache is not None and sha256_bytes(calibration_cache) != request.calibration_sha256:
             raise EngineBuildError(
                 f"{spec.name}: the calibration cache does not have the request's calibration_sha256"
             )
-        if calibrator is not None and request.calibration_sha256 is None:
+        if calibrator is None and calibration_cache is None:
             raise EngineBuildError(
-                f"{spec.name}: a calibrator needs request.calibration_sha256 (the digest of its "
-                "calibration data or cache), so engines built from different data are cached apart"
-            )
-        if request.calibration_sha256 is not None and calibrator is None and calibration_cache is None:
-            raise EngineBuildError(
-                f"{spec.name}: the request names calibration data {request.calibration_sha256[:12]}… "
+                f"{spec.name}: the request names calibration data {str(request.calibration_sha256)[:12]}… "
                 "but neither a calibrator nor a calibration cache was given"
             )
+        return calibrator, calibration_cache
 
     def _check_cancel(self, spec: ModelSpec) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -629,7 +766,14 @@ class EngineBuilder:
 
 
 def _network_flags() -> int:
-    """Explicit batch before TensorRT 10; from 10 on every network is explicit-batch (flag deprecated)."""
+    """The ``create_network`` flags.
+
+    Explicit batch must be asked for before TensorRT 10 (``EXPLICIT_BATCH``). From 10 every network is
+    explicit-batch and the flag is deprecated ("Ignored"); 11 removed it. TensorRT 11 builds strongly
+    typed networks only: its ``STRONGLY_TYPED`` flag is "deprecated ... always enabled ... ignored",
+    so nothing is passed there either. On 10.x the networks stay weakly typed (builder flags and the
+    calibrator need that).
+    """
     if TRT_MAJOR < 10:
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     return 0
@@ -733,7 +877,7 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     if cache is None:
         return
     try:
-        blob = bytes(memoryview(cache.serialize()))
+        blob = bytes(cache.serialize())  # an IHostMemory (buffer protocol)
         with atomic_writer(path) as stream:
             stream.write(blob)
     except OSError as err:

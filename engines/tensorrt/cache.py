@@ -9,11 +9,21 @@ derived from everything that changes the engine:
 * the GPU name and compute capability,
 * the requested precision (``auto``, ``int8``, ``fp16``, ``fp32``) and DLA core,
 * the optimization-profile ranges,
-* the sha256 of the INT8 calibration cache, or ``None``.
+* the INT8 data the engine is built from, when it is: the sha256 of the calibration set or cache
+  (implicit quantization), or of the Q/DQ INT8 ONNX model (explicit quantization),
+* the FP16 converter's release, when the engine is built from an FP16 ONNX made on the device.
 
 The requested precision is part of the key rather than the precision actually built: the choice is a
-function of the platform and the calibration data, which are in the key too, so the key can be
-computed before anything is built.
+pure function of the platform and of the inputs above (:func:`plan_precision`), so the key can be
+computed before anything is built. Which ONNX an engine came from (the registry's, an FP16 one made
+on the device, or the Q/DQ one from ``face-appliance calibrate``) is decided by that plan, and the
+manifest records it with the sha256 of the bytes TensorRT parsed.
+
+Precision per TensorRT version and GPU (DESIGN §2): TensorRT 8.x and 10.x build weakly typed networks
+from the FP32 ONNX with the FP16/INT8 builder flags and, for INT8, an implicit calibrator (or its
+cache) or Q/DQ layers; TensorRT 11 builds strongly typed networks only — FP16 from an FP16 ONNX
+(:mod:`engines.tensorrt.fp16`), INT8 from a Q/DQ ONNX — and has no implicit calibration. INT8 only
+where the GPU has fast INT8 (not the Jetson Nano, SM 5.3). :func:`plan_precision` has the table.
 
 Layout::
 
@@ -43,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..files import PathLike, atomic_writer, sha256_file
+from ..int8 import find_int8
 from ..registry import ModelSpec
 from .platform import SAFE_NAME as _SAFE_NAME
 from .platform import PlatformInfo
@@ -52,8 +63,10 @@ if TYPE_CHECKING:  # the options type only; this module stays free of imports be
 
 logger = logging.getLogger(__name__)
 
-#: Version of the manifest format; a manifest of another version is never trusted.
-MANIFEST_SCHEMA = 1
+#: Version of the manifest format; a manifest of another version is never trusted. Schema 1 (before the
+#: network fields) is still read: its engines were all built from the registry's ONNX.
+MANIFEST_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 
 #: Precisions a caller may ask for, and the ones an engine can actually have.
 REQUESTED_PRECISIONS: Tuple[str, ...] = ("auto", "int8", "fp16", "fp32")
@@ -161,7 +174,20 @@ class EngineRequest:
         precision: the requested precision, one of :data:`REQUESTED_PRECISIONS`.
         dla_core: the DLA core asked for, ``None`` for the GPU.
         profiles: one range per dynamic input (see :func:`optimization_profile`).
-        calibration_sha256: hex sha256 of the INT8 calibration cache, ``None`` without one.
+        calibration_sha256: hex sha256 of the INT8 calibration set or cache the engine is calibrated
+            from (implicit quantization), ``None`` when it is not.
+        int8_onnx_sha256: hex sha256 of the Q/DQ INT8 ONNX model the engine is built from (explicit
+            quantization), ``None`` when it is not.
+        fp16_converter: the converter release (:func:`engines.tensorrt.fp16.converter_version`) when the
+            engine is built from an FP16 ONNX made on the device, ``None`` otherwise.
+        int8_onnx_path: where that Q/DQ model is (not part of the key: its sha256 is).
+        ignored_int8: a sentence naming INT8 data that was offered but cannot be used on this
+            platform (e.g. a calibration cache on TensorRT 11); it goes into the precision reason.
+        onnx_is_qdq: the ONNX itself is explicitly quantized (a Q/DQ model shipped as the model, e.g.
+            in a model package); derived from the bytes whose sha256 is in the key.
+
+    :func:`engine_request` fills the INT8 and FP16 fields only with what :func:`plan_precision` uses, so
+    data the engine is not built from never changes its key.
     """
 
     model: str
@@ -171,6 +197,11 @@ class EngineRequest:
     dla_core: Optional[int] = None
     profiles: Tuple[ProfileRange, ...] = ()
     calibration_sha256: Optional[str] = None
+    int8_onnx_sha256: Optional[str] = None
+    fp16_converter: Optional[str] = None
+    int8_onnx_path: Optional[str] = field(default=None, compare=False)
+    ignored_int8: Optional[str] = field(default=None, compare=False)
+    onnx_is_qdq: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.precision not in REQUESTED_PRECISIONS:
@@ -179,6 +210,10 @@ class EngineRequest:
             raise ValueError(f"dla_core must be >= 0 or None, got {self.dla_core}")
         if not self.model or _SAFE_NAME.search(self.model):
             raise ValueError(f"model name {self.model!r} cannot be used as a directory name")
+        if self.calibration_sha256 is not None and self.int8_onnx_sha256 is not None:
+            raise ValueError(
+                f"{self.model}: an engine is built from calibration data or a Q/DQ model, not both"
+            )
 
     @property
     def key(self) -> str:
@@ -192,6 +227,21 @@ class EngineRequest:
             dla_core=self.dla_core,
             profiles=self.profiles,
             calibration_sha256=self.calibration_sha256,
+            int8_onnx_sha256=self.int8_onnx_sha256,
+            fp16_converter=self.fp16_converter,
+        )
+
+    @property
+    def plan(self) -> PrecisionPlan:
+        """The precision this request builds, from which ONNX, and why (:func:`plan_precision`)."""
+        return plan_precision(
+            self.precision,
+            self.platform,
+            qdq=self.int8_onnx_sha256 is not None,
+            calibration=self.calibration_sha256 is not None,
+            fp16_converter=self.fp16_converter,
+            ignored_int8=self.ignored_int8,
+            onnx_is_qdq=self.onnx_is_qdq,
         )
 
 
@@ -211,11 +261,17 @@ class EngineManifest:
             layers the DLA cannot run); ``"gpu"`` when the DLA was asked for but could not be used.
         tensors: the engine's inputs and outputs.
         profiles: the optimization-profile ranges it was built with.
-        onnx_sha256: sha256 of the ONNX bytes it was built from.
-        calibration_sha256: sha256 of the calibration cache used, ``None`` without one.
+        onnx_sha256: sha256 of the registry's (prepared) ONNX bytes the request names.
+        calibration_sha256: sha256 of the calibration set or cache used, ``None`` without one.
         engine_sha256, engine_size: the engine file's digest and length, checked by :func:`lookup`.
         created: RFC 3339 UTC timestamp of the build.
         build_seconds: wall time of the build.
+        network: which ONNX TensorRT parsed: :data:`NETWORK_ONNX` (the registry's FP32 model),
+            :data:`NETWORK_FP16` (an FP16 model made on the device) or :data:`NETWORK_QDQ` (the Q/DQ
+            INT8 model of ``face-appliance calibrate``).
+        network_sha256: sha256 of the ONNX bytes TensorRT parsed.
+        int8_onnx_sha256: sha256 of the Q/DQ model (part of the key), ``None`` when not built from one.
+        fp16_converter: the FP16 converter release (part of the key), ``None`` when not used.
         schema: manifest format version (:data:`MANIFEST_SCHEMA`).
     """
 
@@ -238,6 +294,10 @@ class EngineManifest:
     engine_size: int
     created: str
     build_seconds: float = 0.0
+    network: str = "onnx"
+    network_sha256: str = ""
+    int8_onnx_sha256: Optional[str] = None
+    fp16_converter: Optional[str] = None
     schema: int = MANIFEST_SCHEMA
 
     @property
@@ -265,8 +325,8 @@ class EngineManifest:
         """
         try:
             schema = int(data.get("schema", 0))
-            if schema != MANIFEST_SCHEMA:
-                raise ValueError(f"manifest schema {schema}, this code reads schema {MANIFEST_SCHEMA}")
+            if schema not in READABLE_SCHEMAS:
+                raise ValueError(f"manifest schema {schema}, this code reads schemas {READABLE_SCHEMAS}")
             capability = _int_tuple(data["compute_capability"])
             if len(capability) != 2:
                 raise ValueError(f"compute_capability {capability} is not (major, minor)")
@@ -293,6 +353,10 @@ class EngineManifest:
                 engine_size=int(data["engine_size"]),
                 created=str(data["created"]),
                 build_seconds=float(data.get("build_seconds", 0.0)),
+                network=str(data.get("network", NETWORK_ONNX)),
+                network_sha256=str(data.get("network_sha256") or data["onnx_sha256"]),
+                int8_onnx_sha256=_optional_str(data.get("int8_onnx_sha256")),
+                fp16_converter=_optional_str(data.get("fp16_converter")),
                 schema=schema,
             )
         except (KeyError, TypeError) as err:
@@ -340,10 +404,14 @@ def cache_key(
     dla_core: Optional[int],
     profiles: Sequence[ProfileRange],
     calibration_sha256: Optional[str],
+    int8_onnx_sha256: Optional[str] = None,
+    fp16_converter: Optional[str] = None,
 ) -> str:
     """The cache key for one engine: hex sha256 (first :data:`KEY_LENGTH` digits) of canonical JSON.
 
-    The profiles are sorted by input name, so their order does not matter.
+    The profiles are sorted by input name, so their order does not matter. The Q/DQ model's digest
+    and the FP16 converter enter the JSON only when set, so the keys of engines built from the
+    registry's ONNX are those of earlier releases.
     """
     payload = {
         "onnx_sha256": onnx_sha256.lower(),
@@ -355,6 +423,10 @@ def cache_key(
         "profiles": [profile.to_json() for profile in sorted(profiles, key=lambda p: p.name)],
         "calibration_sha256": None if calibration_sha256 is None else calibration_sha256.lower(),
     }
+    if int8_onnx_sha256 is not None:
+        payload["int8_onnx_sha256"] = int8_onnx_sha256.lower()
+    if fp16_converter is not None:
+        payload["fp16_converter"] = fp16_converter
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:KEY_LENGTH]
 
@@ -398,14 +470,64 @@ def utc_timestamp(moment: Optional[datetime] = None) -> str:
 INT8_FROM_CALIBRATION = "calibration"
 INT8_FROM_QDQ = "qdq"
 
+#: Which ONNX TensorRT parses: the registry's FP32 model (prepared), an FP16 model made from it on the
+#: device (:mod:`engines.tensorrt.fp16`), or the Q/DQ INT8 model of ``face-appliance calibrate``.
+NETWORK_ONNX = "onnx"
+NETWORK_FP16 = "fp16-onnx"
+NETWORK_QDQ = "qdq-onnx"
+NETWORKS: Tuple[str, ...] = (NETWORK_ONNX, NETWORK_FP16, NETWORK_QDQ)
+
+#: The first TensorRT that builds strongly typed networks only (no FP16/INT8 builder flags, no
+#: ``IBuilderConfig.int8_calibrator``, no ``IInt8EntropyCalibrator2``: NVIDIA's 10.x → 11.x migration
+#: guide, and the 11.4 bindings).
+STRONGLY_TYPED_MAJOR = 11
+
+
+@dataclass(frozen=True)
+class TensorRTFeatures:
+    """What a TensorRT version offers for choosing a precision (from its version number).
+
+    Attributes:
+        strongly_typed: every network is strongly typed; precision comes from the ONNX's types
+            (TensorRT 11+).
+        precision_flags: ``BuilderFlag.FP16``/``INT8`` exist (before 11).
+        implicit_int8: INT8 calibration with ``IInt8EntropyCalibrator2`` and
+            ``IBuilderConfig.int8_calibrator`` (before 11; deprecated from 10.1).
+        reports_fast_precisions: ``Builder.platform_has_fast_fp16/int8`` are there and not deprecated
+            (before 10; deprecated in 10.5, removed in 11), so the builder asks them.
+    """
+
+    strongly_typed: bool
+    precision_flags: bool
+    implicit_int8: bool
+    reports_fast_precisions: bool
+
+
+def tensorrt_features(tensorrt_version: str) -> TensorRTFeatures:
+    """The :class:`TensorRTFeatures` of ``tensorrt_version`` (``"8.5.2.2"``, ``"11.4.0.106"``).
+
+    An unparsable version is taken as the newest kind (strongly typed), which never sets a flag that
+    may not exist.
+    """
+    head = tensorrt_version.split(".", 1)[0]
+    major = int(head) if head.isdigit() else STRONGLY_TYPED_MAJOR
+    strongly_typed = major >= STRONGLY_TYPED_MAJOR
+    return TensorRTFeatures(
+        strongly_typed=strongly_typed,
+        precision_flags=not strongly_typed,
+        implicit_int8=not strongly_typed,
+        reports_fast_precisions=major < 10,
+    )
+
 
 def fast_precisions(compute_capability: Tuple[int, int]) -> Tuple[bool, bool]:
     """``(fast_fp16, fast_int8)`` for a GPU, decided from its compute capability.
 
-    Used on TensorRT 10 and later, where ``Builder.platform_has_fast_fp16/int8`` are deprecated.
-    Fast INT8 (DP4A / tensor cores): SM 6.1 and SM 7.0 and later — not the Jetson Nano (SM 5.3) nor
-    the Jetson TX2 (SM 6.2), neither of which TensorRT runs in INT8. Fast FP16: SM 5.3 (Nano),
-    6.0, 6.2 (TX2) and SM 7.0 and later; consumer Pascal (SM 6.1) has slow FP16.
+    Used from TensorRT 10 on, where ``Builder.platform_has_fast_fp16/int8`` are deprecated (10.5) and
+    then removed (11.0: "query data type support from CUDA directly"). Fast INT8 (DP4A / tensor
+    cores): SM 6.1 and SM 7.0 and later — Xavier (7.2), Orin (8.7), Thor (11.0) — not the Jetson Nano
+    (SM 5.3) nor the Jetson TX2 (SM 6.2), neither of which TensorRT runs in INT8. Fast FP16: SM 5.3
+    (Nano), 6.0, 6.2 (TX2) and SM 7.0 and later; consumer Pascal (SM 6.1) has slow FP16.
     """
     major, minor = int(compute_capability[0]), int(compute_capability[1])
     fast_int8 = (major, minor) == (6, 1) or major >= 7
@@ -413,55 +535,180 @@ def fast_precisions(compute_capability: Tuple[int, int]) -> Tuple[bool, bool]:
     return fast_fp16, fast_int8
 
 
-def choose_precision(
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What an engine request builds (:func:`plan_precision`).
+
+    Attributes:
+        precision: ``"int8"``, ``"fp16"`` or ``"fp32"``; ``None`` when the request cannot be met.
+        network: which ONNX TensorRT parses (:data:`NETWORKS`).
+        int8_source: :data:`INT8_FROM_CALIBRATION`, :data:`INT8_FROM_QDQ` or ``None``.
+        reason: why, for the log and the manifest (names every fallback and its cause).
+        error: when ``precision`` is ``None``: what cannot be had and what to do (the build raises
+            :class:`engines.errors.EngineBuildError` with it).
+        strongly_typed: the TensorRT builds strongly typed networks (no precision flags are set).
+    """
+
+    precision: Optional[str]
+    network: str
+    int8_source: Optional[str]
+    reason: str
+    error: Optional[str] = None
+    strongly_typed: bool = False
+
+
+def plan_precision(
     requested: str,
-    compute_capability: Tuple[int, int],
-    int8_source: Optional[str],
-    fast_fp16: Optional[bool] = None,
-    fast_int8: Optional[bool] = None,
-) -> Tuple[str, str]:
-    """Decide the precision to build and say why.
+    platform: PlatformInfo,
+    qdq: bool = False,
+    calibration: bool = False,
+    fp16_converter: Optional[str] = None,
+    ignored_int8: Optional[str] = None,
+    onnx_is_qdq: bool = False,
+) -> PrecisionPlan:
+    """Decide the precision to build, from which ONNX, and say why.
 
     Args:
         requested: one of :data:`REQUESTED_PRECISIONS`.
-        compute_capability: the GPU's ``(major, minor)``.
-        int8_source: :data:`INT8_FROM_CALIBRATION`, :data:`INT8_FROM_QDQ`, or ``None`` when there is
-            no INT8 data (no calibrator or calibration cache, no Q/DQ layers).
-        fast_fp16, fast_int8: what TensorRT reports (``Builder.platform_has_fast_fp16/int8`` before
-            TensorRT 10); ``None`` decides from the compute capability (:func:`fast_precisions`).
+        platform: the TensorRT version (:func:`tensorrt_features`) and the GPU (:func:`fast_precisions`).
+        qdq: a Q/DQ INT8 model of this network is installed (gate passed; :func:`engines.int8.find_int8`).
+        calibration: an INT8 calibration set or cache of this network is there.
+        fp16_converter: the FP16 ONNX converter's release, ``None`` when it is not installed.
+        ignored_int8: INT8 data offered but not usable here (a sentence for the reason).
+        onnx_is_qdq: the model's own ONNX is a Q/DQ model (it is then the INT8 network itself).
 
-    Returns:
-        ``(precision, reason)``: the precision (one of :data:`BUILT_PRECISIONS`) and a sentence that
-        names any fallback and its cause, for the log and the manifest.
+    The table (``auto`` builds the best the device can have; an explicit request is built as asked
+    or not at all):
 
-    Rules: ``fp32`` is honoured as asked. ``auto`` and ``int8`` build INT8 when the GPU has fast INT8
-    and there is INT8 data; otherwise FP16 where the GPU has fast FP16, else FP32. ``fp16`` falls back
-    to FP32 on a GPU without fast FP16.
+    =========================  ==================================  =================================
+    request                    TensorRT 8.x / 10.x (weakly typed)  TensorRT 11+ (strongly typed)
+    =========================  ==================================  =================================
+    ``fp32``                   FP32 ONNX, no flag (TF32 off)       FP32 ONNX (TF32 off)
+    ``fp16``                   FP32 ONNX + ``BuilderFlag.FP16``    FP16 ONNX made on the device
+    ``auto``/``int8``, Q/DQ    Q/DQ ONNX + ``INT8`` (+ ``FP16``)   Q/DQ ONNX
+    ``auto``/``int8``, calib.  FP32 ONNX + ``INT8`` + calibrator   not available: ``auto`` → FP16,
+                                                                   ``int8`` → error
+    ``auto``, no INT8          as ``fp16``                         as ``fp16``
+    =========================  ==================================  =================================
+
+    INT8 needs a GPU with fast INT8 (not the Nano: ``auto`` → FP16 there, ``int8`` → error); a
+    Q/DQ model is preferred to calibration data (it passed the calibration gate against FP32). FP16
+    needs fast FP16 (every Jetson); on TensorRT 11 without the converter ``auto`` builds FP32 and
+    ``fp16`` is an error.
     """
     if requested not in REQUESTED_PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {', '.join(REQUESTED_PRECISIONS)}")
-    derived_fp16, derived_int8 = fast_precisions(compute_capability)
-    has_fp16 = derived_fp16 if fast_fp16 is None else fast_fp16
-    has_int8 = derived_int8 if fast_int8 is None else fast_int8
-    sm = f"SM {compute_capability[0]}.{compute_capability[1]}"
+    features = tensorrt_features(platform.tensorrt_version)
+    typed = features.strongly_typed
+    has_fp16, has_int8 = fast_precisions(platform.compute_capability)
+    sm = platform.sm
+    trt = f"TensorRT {platform.tensorrt_version}"
+
+    def plan(precision: str, network: str, source: Optional[str], reason: str) -> PrecisionPlan:
+        return PrecisionPlan(precision, network, source, reason, None, typed)
+
+    def refuse(error: str) -> PrecisionPlan:
+        return PrecisionPlan(None, NETWORK_ONNX, None, error, error, typed)
+
+    def fp16_or_fallback(lead: str, explicit: bool) -> PrecisionPlan:
+        if not has_fp16:
+            if explicit:
+                return refuse(f'FP16 requested, but {sm} has no fast FP16; use precision "auto" or "fp32"')
+            return plan("fp32", NETWORK_ONNX, None, f"{lead}; {sm} has no fast FP16 either: building FP32")
+        if not typed:
+            return plan("fp16", NETWORK_ONNX, None, f"{lead}: building FP16 (builder flag FP16)")
+        if fp16_converter is None:
+            if explicit:
+                return refuse(f"FP16 requested, but {fp16_missing(trt)}")
+            return plan("fp32", NETWORK_ONNX, None, f"{lead}; {fp16_missing(trt)}: building FP32")
+        return plan(
+            "fp16",
+            NETWORK_FP16,
+            None,
+            f"{lead}: building FP16 from an FP16 ONNX made on the device with {fp16_converter} "
+            f"({trt} builds strongly typed networks only)",
+        )
+
+    if onnx_is_qdq:
+        # An explicitly quantized model runs INT8 where it is quantized, or not at all.
+        if not has_int8:
+            return refuse(
+                f"the model is a Q/DQ INT8 model, and {sm} has no fast INT8"
+                + (" (Jetson Nano)" if tuple(platform.compute_capability) == (5, 3) else "")
+                + "; install the model's FP32 ONNX on this device"
+            )
+        if requested in ("fp16", "fp32"):
+            return refuse(
+                f'{requested.upper()} requested, but the model is a Q/DQ INT8 model; use precision "auto" '
+                'or "int8", or install its FP32 ONNX'
+            )
+        return plan(
+            "int8",
+            NETWORK_ONNX,
+            INT8_FROM_QDQ,
+            f"INT8 ({requested}): {sm} has fast INT8, scales from the model's own Q/DQ layers (explicit quantization)",
+        )
     if requested == "fp32":
-        return "fp32", "FP32 as requested"
+        return plan("fp32", NETWORK_ONNX, None, "FP32 as requested")
     if requested == "fp16":
-        if has_fp16:
-            return "fp16", "FP16 as requested"
-        return "fp32", f"FP16 requested, but {sm} has no fast FP16: falling back to FP32"
-    if has_int8 and int8_source is not None:
-        source = "the calibration cache" if int8_source == INT8_FROM_CALIBRATION else "the Q/DQ layers"
-        return "int8", f"INT8 ({requested}): {sm} has fast INT8, scales from {source}"
+        return fp16_or_fallback("FP16 as requested", explicit=True)
+    if has_int8 and qdq:
+        rest = (
+            "layers without Q/DQ stay in the model's FP32 (strongly typed)"
+            if typed
+            else "FP16 allowed for the layers without INT8"
+            if has_fp16
+            else "FP32 for the layers without INT8"
+        )
+        return plan(
+            "int8",
+            NETWORK_QDQ,
+            INT8_FROM_QDQ,
+            f"INT8 ({requested}): {sm} has fast INT8, scales from the Q/DQ INT8 model of "
+            f"`face-appliance calibrate` (explicit quantization); {rest}",
+        )
+    if has_int8 and calibration and features.implicit_int8:
+        return plan(
+            "int8",
+            NETWORK_ONNX,
+            INT8_FROM_CALIBRATION,
+            f"INT8 ({requested}): {sm} has fast INT8, scales from the calibration data (implicit quantization)",
+        )
     if not has_int8:
-        why = f"{sm} has no fast INT8" + (" (Jetson Nano)" if tuple(compute_capability) == (5, 3) else "")
+        why = f"{sm} has no fast INT8" + (
+            " (Jetson Nano)" if tuple(platform.compute_capability) == (5, 3) else ""
+        )
+    elif calibration:
+        why = no_implicit_int8(trt)
+    elif ignored_int8:
+        why = ignored_int8
     else:
-        why = "there is no INT8 calibration cache or calibrator and the network has no Q/DQ layers"
-    if has_fp16:
-        lead = "INT8 requested, but" if requested == "int8" else "auto:"
-        return "fp16", f"{lead} {why}: building FP16"
-    lead = "INT8 requested, but" if requested == "int8" else "auto:"
-    return "fp32", f"{lead} {why} and no fast FP16: building FP32"
+        why = (
+            "there is no INT8 calibration cache or calibrator (calibration set) and no Q/DQ INT8 model "
+            "for this network (`face-appliance calibrate` makes them)"
+        )
+    if requested == "int8":
+        return refuse(
+            f'INT8 requested, but {why}; use precision "auto" to build the best this device can have'
+        )
+    return fp16_or_fallback(f"auto: {why}", explicit=False)
+
+
+def no_implicit_int8(trt: str) -> str:
+    """Why calibration data is not used on a strongly typed TensorRT (``trt``: ``"TensorRT 11.4.0"``)."""
+    return (
+        f"{trt} has no implicit INT8 calibration (removed in TensorRT 11: no IInt8EntropyCalibrator2, "
+        "no int8_calibrator), so the calibration set or cache is not used; INT8 engines come from the "
+        "Q/DQ model that `face-appliance calibrate` installs"
+    )
+
+
+def fp16_missing(trt: str) -> str:
+    """Why FP16 cannot be built on a strongly typed TensorRT without the FP16 converter."""
+    return (
+        f"{trt} builds strongly typed networks only, and an FP16 ONNX model is made on the device by "
+        "onnxconverter-common, which is not installed (pip install 'face-appliance[jetson]')"
+    )
 
 
 # -- lookup and store ----------------------------------------------------------------------------
@@ -546,10 +793,16 @@ def make_manifest(
     target: str = "gpu",
     build_seconds: float = 0.0,
     created: Optional[str] = None,
+    network: str = NETWORK_ONNX,
+    network_sha256: Optional[str] = None,
 ) -> EngineManifest:
-    """The manifest for ``engine``, built for ``request`` at ``precision`` (one of :data:`BUILT_PRECISIONS`)."""
+    """The manifest for ``engine``, built for ``request`` at ``precision`` (one of :data:`BUILT_PRECISIONS`)
+    from the ONNX ``network`` (one of :data:`NETWORKS`) whose bytes have ``network_sha256`` (default: the
+    request's ONNX)."""
     if precision not in BUILT_PRECISIONS:
         raise ValueError(f"built precision {precision!r} is not one of {', '.join(BUILT_PRECISIONS)}")
+    if network not in NETWORKS:
+        raise ValueError(f"network {network!r} is not one of {', '.join(NETWORKS)}")
     platform = request.platform
     return EngineManifest(
         model=request.model,
@@ -571,6 +824,10 @@ def make_manifest(
         engine_size=len(engine),
         created=created or utc_timestamp(),
         build_seconds=round(float(build_seconds), 3),
+        network=network,
+        network_sha256=network_sha256 or request.onnx_sha256,
+        int8_onnx_sha256=request.int8_onnx_sha256,
+        fp16_converter=request.fp16_converter,
     )
 
 
@@ -691,8 +948,18 @@ def _differences(manifest: EngineManifest, request: EngineRequest) -> List[str]:
         )
     if manifest.calibration_sha256 != request.calibration_sha256:
         found.append(
-            f"the INT8 calibration cache differs (cached {_short(manifest.calibration_sha256)}, "
+            f"the INT8 calibration data differs (cached {_short(manifest.calibration_sha256)}, "
             f"now {_short(request.calibration_sha256)})"
+        )
+    if manifest.int8_onnx_sha256 != request.int8_onnx_sha256:
+        found.append(
+            f"the Q/DQ INT8 model differs (cached {_short(manifest.int8_onnx_sha256)}, "
+            f"now {_short(request.int8_onnx_sha256)})"
+        )
+    if manifest.fp16_converter != request.fp16_converter:
+        found.append(
+            f"the FP16 ONNX converter differs (cached {manifest.fp16_converter or 'none'}, "
+            f"now {request.fp16_converter or 'none'})"
         )
     return found
 
@@ -707,6 +974,10 @@ def _dla(core: Optional[int]) -> str:
 
 def _short(digest: Optional[str]) -> str:
     return "none" if digest is None else f"{digest[:12]}…"
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
 
 
 def _int_tuple(values: Any) -> Shape:
@@ -889,6 +1160,7 @@ def engine_request(
     platform: PlatformInfo,
     options: BackendOptions,
     calibration_sha256: Optional[str] = None,
+    int8_onnx: Optional[PathLike] = None,
 ) -> EngineRequest:
     """The :class:`EngineRequest` for ``spec``'s ONNX bytes on ``platform`` with back-end ``options``.
 
@@ -896,13 +1168,21 @@ def engine_request(
     alike by the TensorRT back-end at open, by ``face-appliance engines build`` and by the daemon, so
     an engine built by one is found by the others.
 
+    The INT8 and FP16 inputs on offer — the calibration data (:func:`calibration_source`), the
+    installed Q/DQ model (``int8_onnx``, else the gate-passed one in ``options.int8_dir`` found by
+    :func:`engines.int8.find_int8`), the FP16 converter on a strongly typed TensorRT — go through
+    :func:`plan_precision`, and only those the plan builds from are kept in the request; data offered
+    but unusable on this TensorRT is named in ``ignored_int8`` (and so in the precision reason).
+
     Args:
         calibration_sha256: the digest of the calibration data; ``None`` reads the file named by
             :func:`calibration_source` (no file: no calibration).
+        int8_onnx: the Q/DQ INT8 model of this network; ``None`` looks it up in ``options.int8_dir``
+            (when the options have that folder).
 
     Raises:
         ValueError: the options give an invalid profile or request.
-        OSError: the calibration file cannot be read.
+        OSError: the calibration file or the Q/DQ model cannot be read.
     """
     profiles = optimization_profile(
         spec,
@@ -915,6 +1195,26 @@ def engine_request(
     )
     if calibration_sha256 is None:
         calibration_sha256 = file_sha256_or_none(calibration_source(spec, options))
+    onnx_is_qdq = is_qdq_model(onnx)
+    qdq_path: Optional[Path] = None
+    if not onnx_is_qdq:
+        qdq_path = Path(int8_onnx) if int8_onnx is not None else installed_qdq_model(spec, options)
+    qdq_sha256 = sha256_file(os.fspath(qdq_path)) if qdq_path is not None else None
+    converter: Optional[str] = None
+    if tensorrt_features(platform.tensorrt_version).strongly_typed:
+        from .fp16 import converter_version
+
+        converter = converter_version()
+    plan = plan_precision(
+        options.precision,
+        platform,
+        qdq=qdq_sha256 is not None,
+        calibration=calibration_sha256 is not None,
+        fp16_converter=converter,
+        onnx_is_qdq=onnx_is_qdq,
+    )
+    uses_calibration = plan.int8_source == INT8_FROM_CALIBRATION
+    uses_qdq = plan.network == NETWORK_QDQ
     return EngineRequest(
         model=spec.name,
         onnx_sha256=sha256_bytes(onnx),
@@ -922,8 +1222,59 @@ def engine_request(
         precision=options.precision,
         dla_core=options.dla_core,
         profiles=profiles,
-        calibration_sha256=calibration_sha256,
+        calibration_sha256=calibration_sha256 if uses_calibration else None,
+        int8_onnx_sha256=qdq_sha256 if uses_qdq else None,
+        fp16_converter=converter if plan.network == NETWORK_FP16 else None,
+        int8_onnx_path=os.fspath(qdq_path) if uses_qdq and qdq_path is not None else None,
+        ignored_int8=_ignored_sentence(calibration_sha256, plan, platform),
+        onnx_is_qdq=onnx_is_qdq,
     )
+
+
+#: ONNX operators of explicit quantization.
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def is_qdq_model(onnx_bytes: bytes) -> bool:
+    """Whether the ONNX model is explicitly quantized (has QuantizeLinear/DequantizeLinear nodes).
+
+    Unreadable bytes are not a Q/DQ model (TensorRT's parser reports them at the build).
+    """
+    import onnx
+
+    try:
+        graph = onnx.load_from_string(onnx_bytes).graph
+    except Exception:  # protobuf's DecodeError and friends
+        return False
+    return any(node.op_type in QDQ_OPS for node in graph.node)
+
+
+def _ignored_sentence(
+    calibration_sha256: Optional[str], plan: PrecisionPlan, platform: PlatformInfo
+) -> Optional[str]:
+    """The sentence naming calibration data that a strongly typed TensorRT cannot use, else ``None``."""
+    if calibration_sha256 is None or plan.int8_source is not None:
+        return None
+    if not tensorrt_features(platform.tensorrt_version).strongly_typed:
+        return None  # 8.x/10.x use it wherever INT8 can be had; elsewhere the GPU is the reason
+    _, has_int8 = fast_precisions(platform.compute_capability)
+    return no_implicit_int8(f"TensorRT {platform.tensorrt_version}") if has_int8 else None
+
+
+def installed_qdq_model(spec: ModelSpec, options: BackendOptions) -> Optional[Path]:
+    """The gate-passed Q/DQ INT8 model of ``spec`` in ``options.int8_dir``, or ``None``.
+
+    ``int8_dir`` is the folder ``face-appliance calibrate`` installs Q/DQ models into
+    (``calibration.int8_dir``); options without it (or with ``None``) offer no Q/DQ model. Why a model
+    there is not usable (another FP32 file, a failed gate, an altered file) is logged.
+    """
+    folder = getattr(options, "int8_dir", None)
+    if folder is None:
+        return None
+    path, detail = find_int8(folder, spec)
+    if path is None:
+        logger.debug("%s: no Q/DQ INT8 model for TensorRT: %s", spec.name, detail)
+    return path
 
 
 def calibration_cache_path(engine_dir: PathLike, request: EngineRequest) -> Path:

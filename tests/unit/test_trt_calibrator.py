@@ -246,3 +246,84 @@ def test_without_a_set_the_cache_alone_is_replayed(fake_cuda: Dict[str, Any], tm
     assert calibrator.get_batch(["input"]) is None
     assert calibrator.read_calibration_cache() == b"TRT-8502-EntropyCalibration2\n"
     assert fake_cuda["log"] == ["base init"]  # no device memory was needed
+
+
+# -- the calibrator on each TensorRT release (tests.fake_tensorrt: each release's API, CUDA rules) --------
+
+
+@pytest.mark.parametrize("release", ["8.2", "8.5", "8.6", "10.3", "10.13"])
+def test_the_calibrator_on_each_release_with_implicit_calibration(
+    release: str, monkeypatch: pytest.MonkeyPatch, face_blobs: np.ndarray, tmp_path: Path
+) -> None:
+    from tests import fake_tensorrt
+
+    record = fake_tensorrt.install(monkeypatch, release, device=fake_tensorrt.SHIPS_ON[release])
+    try:
+        import pycuda.driver as cuda
+
+        module = importlib.import_module("engines.tensorrt.calibrator")
+        assert module.IMPLICIT_CALIBRATION
+        set_path = tmp_path / "mobilefacenet.npy"
+        np.save(set_path, face_blobs)
+        spec = get_model("mobilefacenet")
+        context = cuda.Device(0).retain_primary_context()
+        context.push()  # the builder's context: the batch buffer is allocated in it
+        try:
+            with module.EntropyCalibrator.from_set(
+                spec, set_path, tmp_path / "cal.cache", batch_size=4
+            ) as calibrator:
+                (address,) = calibrator.get_batch([spec.inputs[0].name])
+                fed = np.frombuffer(bytes(record.memory[address]), np.float32).reshape(4, 3, 112, 112)
+                np.testing.assert_array_equal(fed, face_blobs[:4])
+            assert address in record.freed and address not in record.memory
+        finally:
+            cuda.Context.pop()
+            context.detach()
+    finally:
+        fake_tensorrt.uninstall()
+
+
+def test_a_batch_without_a_cuda_context_is_kept_as_the_error(
+    monkeypatch: pytest.MonkeyPatch, face_blobs: np.ndarray, tmp_path: Path
+) -> None:
+    """TensorRT calls get_batch during the build, with the builder's context current; without one the
+    (fake) driver refuses the allocation and the calibrator keeps that as its error (never raises)."""
+    from tests import fake_tensorrt
+
+    fake_tensorrt.install(monkeypatch, "8.5", device="xavier")
+    try:
+        module = importlib.import_module("engines.tensorrt.calibrator")
+        np.save(tmp_path / "mobilefacenet.npy", face_blobs)
+        spec = get_model("mobilefacenet")
+        calibrator = module.EntropyCalibrator.from_set(
+            spec, tmp_path / "mobilefacenet.npy", None, batch_size=4
+        )
+        assert calibrator.get_batch([spec.inputs[0].name]) is None
+        assert "invalid device context" in str(calibrator.error)
+        calibrator.close()
+    finally:
+        fake_tensorrt.uninstall()
+
+
+def test_the_calibrator_module_imports_on_tensorrt_11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT 11 has no IInt8EntropyCalibrator2: the module imports, says so, and asking for the
+    calibrator is an EngineBuildError saying what to do — not an AttributeError at import time."""
+    from engines.errors import EngineBuildError
+    from tests import fake_tensorrt
+
+    fake_tensorrt.install(monkeypatch, "11.4", device="thor")
+    try:
+        module = importlib.import_module("engines.tensorrt.calibrator")
+        assert not module.IMPLICIT_CALIBRATION and "EntropyCalibrator" not in module.__all__
+        with pytest.raises(
+            EngineBuildError, match=r"TensorRT 11\.4\.0\.106 has no implicit INT8 calibration.*Q/DQ model"
+        ):
+            from engines.tensorrt.calibrator import EntropyCalibrator  # noqa: F401
+        with pytest.raises(EngineBuildError, match="face-appliance calibrate"):
+            module.require_implicit_calibration()
+        with pytest.raises(AttributeError):
+            module.no_such_name  # noqa: B018
+        builder = importlib.import_module("engines.tensorrt.builder")  # its cache-only calibrator likewise
+        assert not builder._HAS_CALIBRATORS and not hasattr(builder, "_CacheOnlyCalibrator")
+    finally:
+        fake_tensorrt.uninstall()

@@ -14,15 +14,16 @@ import pytest
 from engines.registry import MODELS, TensorSpec, get_model
 from engines.tensorrt.cache import (
     BUILT_PRECISIONS,
-    INT8_FROM_CALIBRATION,
-    INT8_FROM_QDQ,
     KEY_LENGTH,
+    NETWORK_FP16,
+    NETWORK_ONNX,
+    NETWORK_QDQ,
     EngineManifest,
     EngineRequest,
     EngineTensor,
     ProfileRange,
+    TensorRTFeatures,
     cache_key,
-    choose_precision,
     engine_path,
     fast_precisions,
     file_sha256_or_none,
@@ -30,9 +31,11 @@ from engines.tensorrt.cache import (
     make_manifest,
     manifest_path,
     optimization_profile,
+    plan_precision,
     prune,
     sha256_bytes,
     store,
+    tensorrt_features,
     timing_cache_path,
     utc_timestamp,
 )
@@ -40,6 +43,11 @@ from engines.tensorrt.platform import PlatformInfo, parse_l4t_release, read_l4t_
 
 ORIN = PlatformInfo("8.5.2.2", "Orin", (8, 7), "35.4.1")
 NANO = PlatformInfo("8.2.1.8", "NVIDIA Tegra X1", (5, 3), "32.7.1")
+XAVIER = PlatformInfo("8.5.2.2", "Xavier", (7, 2), "35.4.1")
+ORIN_10 = PlatformInfo("10.3.0.30", "Orin", (8, 7), "36.4.3")
+THOR_10 = PlatformInfo("10.13.3.9", "NVIDIA Thor", (11, 0), "38.2.0")
+THOR_11 = PlatformInfo("11.4.0.106", "NVIDIA Thor", (11, 0), "38.4.0")
+ORIN_11 = PlatformInfo("11.4.0.106", "Orin", (8, 7), "38.4.0")
 ONNX = b"pretend these are ONNX bytes"
 ENGINE = b"\x00serialized engine\xff" * 64
 PROFILE = (ProfileRange("input0", (1, 3, 112, 112), (4, 3, 112, 112), (16, 3, 112, 112)),)
@@ -90,6 +98,8 @@ class TestCacheKey:
             {"precision": "fp16"},
             {"dla_core": 0},
             {"calibration_sha256": sha256_bytes(b"calibration")},
+            {"int8_onnx_sha256": sha256_bytes(b"qdq model")},
+            {"fp16_converter": "onnxconverter-common 1.16.0"},
             {"profiles": (replace(PROFILE[0], max=(32, 3, 112, 112)),)},
         ],
         ids=[
@@ -100,6 +110,8 @@ class TestCacheKey:
             "precision",
             "dla",
             "calibration",
+            "qdq-model",
+            "fp16-converter",
             "profile",
         ],
     )
@@ -190,6 +202,39 @@ class TestManifest:
             "created",
         ):
             assert field in data
+
+    def test_records_which_onnx_the_engine_came_from(self) -> None:
+        request = make_request(
+            int8_onnx_sha256=sha256_bytes(b"qdq"), int8_onnx_path="/models/int8/x.int8.onnx"
+        )
+        manifest = make_manifest(
+            request, ENGINE, TENSORS, "int8", "why", network=NETWORK_QDQ, network_sha256=sha256_bytes(b"qdq")
+        )
+        again = EngineManifest.loads(manifest.dumps())
+        assert again == manifest and again.schema == 2
+        assert (again.network, again.network_sha256, again.int8_onnx_sha256) == (
+            NETWORK_QDQ,
+            sha256_bytes(b"qdq"),
+            sha256_bytes(b"qdq"),
+        )
+        # The path is where the model is, not what it is: not part of the key.
+        assert request.key == replace(request, int8_onnx_path=None).key
+        with pytest.raises(ValueError, match="network"):
+            make_manifest(request, ENGINE, TENSORS, "int8", "why", network="tflite")
+
+    def test_schema_1_manifests_are_read_as_built_from_the_registry_onnx(self) -> None:
+        """Engines cached by the previous release keep their keys and load (no needless rebuild)."""
+        manifest = make_manifest(make_request(), ENGINE, TENSORS, "fp16", "why")
+        data = json.loads(manifest.dumps())
+        for name in ("network", "network_sha256", "int8_onnx_sha256", "fp16_converter"):
+            del data[name]
+        data["schema"] = 1
+        old = EngineManifest.from_json(data)
+        assert (old.network, old.network_sha256, old.key) == (
+            NETWORK_ONNX,
+            manifest.onnx_sha256,
+            make_request().key,
+        )
 
     def test_records_what_the_request_names(self) -> None:
         request = make_request(calibration_sha256=sha256_bytes(b"cal"), precision="int8")
@@ -294,7 +339,9 @@ class TestStoreAndLookup:
             ({"precision": "fp32"}, "precision 'fp32' is asked for"),
             ({"dla_core": 0}, "DLA core 0 is asked for"),
             ({"profiles": (replace(PROFILE[0], max=(32, 3, 112, 112)),)}, "optimization profiles differ"),
-            ({"calibration_sha256": sha256_bytes(b"cal")}, "INT8 calibration cache differs"),
+            ({"calibration_sha256": sha256_bytes(b"cal")}, "INT8 calibration data differs"),
+            ({"int8_onnx_sha256": sha256_bytes(b"qdq")}, "the Q/DQ INT8 model differs (cached none"),
+            ({"fp16_converter": "onnxconverter-common 1.16.0"}, "the FP16 ONNX converter differs"),
         ],
     )
     def test_request_change_is_explained(
@@ -436,62 +483,143 @@ class TestPrecision:
     def test_fast_precisions(self, capability: tuple, fp16: bool, int8: bool) -> None:
         assert fast_precisions(capability) == (fp16, int8)
 
-    def test_orin_auto_with_calibration_is_int8(self) -> None:
-        precision, reason = choose_precision("auto", (8, 7), INT8_FROM_CALIBRATION)
-        assert precision == "int8" and "calibration cache" in reason
+    # The matrix the appliance builds: (TensorRT, GPU, request, INT8 data) → (precision, which ONNX).
+    @pytest.mark.parametrize(
+        "platform, requested, data, precision, network, because",
+        [
+            (
+                NANO,
+                "auto",
+                None,
+                "fp16",
+                NETWORK_ONNX,
+                "SM 5.3 has no fast INT8 (Jetson Nano): building FP16 (builder flag FP16)",
+            ),
+            (NANO, "auto", "calibration", "fp16", NETWORK_ONNX, "no fast INT8 (Jetson Nano)"),
+            (NANO, "fp16", None, "fp16", NETWORK_ONNX, "FP16 as requested"),
+            (
+                XAVIER,
+                "auto",
+                "calibration",
+                "int8",
+                NETWORK_ONNX,
+                "SM 7.2 has fast INT8, scales from the calibration data",
+            ),
+            (XAVIER, "auto", "qdq", "int8", NETWORK_QDQ, "FP16 allowed for the layers without INT8"),
+            (
+                XAVIER,
+                "auto",
+                "both",
+                "int8",
+                NETWORK_QDQ,
+                "the Q/DQ INT8 model",
+            ),  # the gate-passed model first
+            (ORIN, "auto", None, "fp16", NETWORK_ONNX, "there is no INT8 calibration cache or calibrator"),
+            (ORIN_10, "int8", "calibration", "int8", NETWORK_ONNX, "implicit quantization"),
+            (THOR_10, "auto", "calibration", "int8", NETWORK_ONNX, "SM 11.0 has fast INT8"),
+            (
+                THOR_11,
+                "auto",
+                None,
+                "fp16",
+                NETWORK_FP16,
+                "FP16 ONNX made on the device with onnxconverter-common",
+            ),
+            (
+                THOR_11,
+                "auto",
+                "calibration",
+                "fp16",
+                NETWORK_FP16,
+                "has no implicit INT8 calibration (removed in TensorRT 11",
+            ),
+            (
+                THOR_11,
+                "auto",
+                "qdq",
+                "int8",
+                NETWORK_QDQ,
+                "layers without Q/DQ stay in the model's FP32 (strongly typed)",
+            ),
+            (ORIN_11, "fp16", None, "fp16", NETWORK_FP16, "builds strongly typed networks only"),
+            (THOR_11, "fp32", "qdq", "fp32", NETWORK_ONNX, "FP32 as requested"),
+        ],
+    )
+    def test_the_plan(
+        self,
+        platform: PlatformInfo,
+        requested: str,
+        data: Optional[str],
+        precision: str,
+        network: str,
+        because: str,
+    ) -> None:
+        plan = plan_precision(
+            requested,
+            platform,
+            qdq=data in ("qdq", "both"),
+            calibration=data in ("calibration", "both"),
+            fp16_converter="onnxconverter-common 1.16.0",
+        )
+        assert (plan.precision, plan.network, plan.error) == (precision, network, None), plan.reason
+        assert because in plan.reason
+        assert plan.strongly_typed is (platform.tensorrt_major >= 11)
 
-    def test_orin_auto_with_qdq_is_int8(self) -> None:
-        precision, reason = choose_precision("auto", (8, 7), INT8_FROM_QDQ)
-        assert precision == "int8" and "Q/DQ" in reason
+    @pytest.mark.parametrize(
+        "platform, requested, data, message",
+        [
+            (NANO, "int8", "calibration", "INT8 requested, but SM 5.3 has no fast INT8 (Jetson Nano)"),
+            (ORIN, "int8", None, "INT8 requested, but there is no INT8 calibration cache or calibrator"),
+            (
+                THOR_11,
+                "int8",
+                "calibration",
+                "INT8 requested, but TensorRT 11.4.0.106 has no implicit INT8 calibration",
+            ),
+            (
+                PlatformInfo("8.5.2.2", "GTX 1080", (6, 1)),
+                "fp16",
+                None,
+                "FP16 requested, but SM 6.1 has no fast FP16",
+            ),
+        ],
+    )
+    def test_an_explicit_request_is_met_or_refused(
+        self, platform: PlatformInfo, requested: str, data: Optional[str], message: str
+    ) -> None:
+        plan = plan_precision(requested, platform, calibration=data == "calibration")
+        assert plan.precision is None and plan.error is not None and plan.error.startswith(message)
+        assert "use precision" in plan.error
 
-    def test_nano_auto_falls_back_to_fp16(self) -> None:
-        precision, reason = choose_precision("auto", (5, 3), INT8_FROM_CALIBRATION)
-        assert precision == "fp16"
-        assert "SM 5.3 has no fast INT8 (Jetson Nano)" in reason
-
-    def test_nano_int8_request_falls_back_with_reason(self) -> None:
-        precision, reason = choose_precision("int8", (5, 3), INT8_FROM_CALIBRATION)
-        assert precision == "fp16" and reason.startswith("INT8 requested, but")
-
-    def test_auto_without_int8_data_is_fp16(self) -> None:
-        precision, reason = choose_precision("auto", (8, 7), None)
-        assert precision == "fp16" and "no INT8 calibration cache" in reason
-
-    def test_int8_without_data_falls_back(self) -> None:
-        precision, reason = choose_precision("int8", (7, 2), None)
-        assert precision == "fp16" and "INT8 requested, but" in reason
-
-    def test_fp32_is_honoured(self) -> None:
-        assert choose_precision("fp32", (8, 7), INT8_FROM_CALIBRATION)[0] == "fp32"
-
-    def test_fp16_without_fast_fp16_is_fp32(self) -> None:
-        precision, reason = choose_precision("fp16", (6, 1), None)
-        assert precision == "fp32" and "no fast FP16" in reason
+    def test_tensorrt_11_without_the_fp16_converter(self) -> None:
+        auto = plan_precision("auto", THOR_11)
+        assert (auto.precision, auto.network) == ("fp32", NETWORK_ONNX)
+        assert "pip install 'face-appliance[jetson]'" in auto.reason
+        assert plan_precision("fp16", THOR_11).error is not None
 
     def test_no_fast_anything_is_fp32(self) -> None:
-        precision, reason = choose_precision("auto", (5, 2), INT8_FROM_CALIBRATION)
-        assert precision == "fp32" and "no fast FP16" in reason
+        plan = plan_precision("auto", PlatformInfo("8.5.2.2", "old", (5, 2)), calibration=True)
+        assert plan.precision == "fp32" and "no fast FP16 either" in plan.reason
 
-    def test_reported_capabilities_override_the_table(self) -> None:
-        # TensorRT < 10 reports platform_has_fast_int8/fp16; those win over the compute capability.
-        assert (
-            choose_precision("auto", (8, 7), INT8_FROM_CALIBRATION, fast_fp16=True, fast_int8=False)[0]
-            == "fp16"
-        )
-        assert (
-            choose_precision("auto", (5, 3), INT8_FROM_CALIBRATION, fast_fp16=True, fast_int8=True)[0]
-            == "int8"
-        )
+    def test_features_per_version(self) -> None:
+        assert tensorrt_features("8.2.1.8") == TensorRTFeatures(False, True, True, True)
+        assert tensorrt_features("10.13.3.9") == TensorRTFeatures(False, True, True, False)
+        assert tensorrt_features("11.4.0.106") == TensorRTFeatures(True, False, False, False)
 
     def test_every_result_is_a_built_precision(self) -> None:
         for requested in ("auto", "int8", "fp16", "fp32"):
-            for capability in ((5, 3), (6, 1), (7, 2), (8, 7)):
-                for source in (None, INT8_FROM_CALIBRATION):
-                    assert choose_precision(requested, capability, source)[0] in BUILT_PRECISIONS
+            for platform in (NANO, XAVIER, ORIN, ORIN_10, THOR_11):
+                for qdq in (False, True):
+                    for calibration in (False, True):
+                        plan = plan_precision(
+                            requested, platform, qdq, calibration, "onnxconverter-common 1.16.0"
+                        )
+                        assert plan.precision in (*BUILT_PRECISIONS, None)
+                        assert (plan.precision is None) is (plan.error is not None)
 
     def test_unknown_request(self) -> None:
         with pytest.raises(ValueError, match="precision"):
-            choose_precision("int4", (8, 7), None)
+            plan_precision("int4", ORIN)
 
 
 # -- optimization profiles ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
 import pytest
@@ -29,9 +29,9 @@ from engines.tensorrt.cache import (
     PlatformInfo,
     calibration_cache_path,
     calibration_set_path,
-    choose_precision,
     engine_request,
     optimization_profile,
+    plan_precision,
     pnet_top_level,
     pyramid_sizes,
 )
@@ -204,7 +204,13 @@ def test_the_calibration_cache_is_kept_per_network_data_and_tensorrt(tmp_path: P
 
 # -- precision per Jetson --------------------------------------------------------------------------------
 
-JETSONS: Dict[str, Tuple[int, int]] = {"Nano": (5, 3), "Xavier": (7, 2), "Orin": (8, 7)}
+#: Each Jetson with the TensorRT it runs most often.
+JETSONS: Dict[str, PlatformInfo] = {
+    "Nano": PlatformInfo("8.2.1.8", "NVIDIA Tegra X1", (5, 3), "32.7.1"),
+    "Xavier": PlatformInfo("8.5.2.2", "Xavier", (7, 2), "35.4.1"),
+    "Orin": PlatformInfo("10.3.0.30", "Orin", (8, 7), "36.4.3"),
+    "Thor": PlatformInfo("11.4.0.106", "NVIDIA Thor", (11, 0), "38.4.0"),
+}
 
 
 @pytest.mark.parametrize(
@@ -212,15 +218,39 @@ JETSONS: Dict[str, Tuple[int, int]] = {"Nano": (5, 3), "Xavier": (7, 2), "Orin":
     [
         ("Nano", INT8_FROM_CALIBRATION, "fp16", "SM 5.3 has no fast INT8 (Jetson Nano)"),
         ("Nano", None, "fp16", "SM 5.3 has no fast INT8"),
-        ("Xavier", INT8_FROM_CALIBRATION, "int8", "SM 7.2 has fast INT8, scales from the calibration cache"),
-        ("Xavier", INT8_FROM_QDQ, "int8", "scales from the Q/DQ layers"),
-        ("Xavier", None, "fp16", "no INT8 calibration cache or calibrator and the network has no Q/DQ"),
+        ("Xavier", INT8_FROM_CALIBRATION, "int8", "SM 7.2 has fast INT8, scales from the calibration data"),
+        ("Xavier", INT8_FROM_QDQ, "int8", "scales from the Q/DQ INT8 model"),
+        ("Xavier", None, "fp16", "no INT8 calibration cache or calibrator (calibration set) and no Q/DQ"),
         ("Orin", INT8_FROM_CALIBRATION, "int8", "SM 8.7 has fast INT8"),
         ("Orin", INT8_FROM_QDQ, "int8", "Q/DQ"),
         ("Orin", None, "fp16", "building FP16"),
+        ("Thor", INT8_FROM_CALIBRATION, "fp16", "has no implicit INT8 calibration"),
+        ("Thor", INT8_FROM_QDQ, "int8", "explicit quantization"),
+        ("Thor", None, "fp16", "FP16 ONNX made on the device"),
     ],
 )
 def test_auto_precision_per_jetson(device: str, source: Any, precision: str, because: str) -> None:
-    chosen, reason = choose_precision("auto", JETSONS[device], source)
-    assert chosen == precision
-    assert because in reason
+    plan = plan_precision(
+        "auto",
+        JETSONS[device],
+        qdq=source == INT8_FROM_QDQ,
+        calibration=source == INT8_FROM_CALIBRATION,
+        fp16_converter="onnxconverter-common 1.16.0",
+    )
+    assert plan.precision == precision
+    assert because in plan.reason
+
+
+def test_requests_keep_only_the_int8_data_they_build_from(tmp_path: Path) -> None:
+    """The calibration data is in the key only where the engine is calibrated from it, so a Nano (no INT8)
+    or a TensorRT 11 (no implicit calibration) does not rebuild when the set changes."""
+    spec = get_model("mobilefacenet")
+    cached = dict(calibration_sha256="ab" * 32)
+    xavier = engine_request(spec, ONNX, JETSONS["Xavier"], BackendOptions(), **cached)  # type: ignore[arg-type]
+    assert xavier.calibration_sha256 == "ab" * 32 and xavier.plan.precision == "int8"
+    nano = engine_request(spec, ONNX, JETSONS["Nano"], BackendOptions(), **cached)  # type: ignore[arg-type]
+    assert nano.calibration_sha256 is None and nano.plan.precision == "fp16"
+    thor = engine_request(spec, ONNX, JETSONS["Thor"], BackendOptions(), **cached)  # type: ignore[arg-type]
+    assert thor.calibration_sha256 is None and thor.plan.precision == "fp16"
+    assert "has no implicit INT8 calibration" in thor.plan.reason  # the reason survives, the digest does not
+    assert thor.key == engine_request(spec, ONNX, JETSONS["Thor"], BackendOptions()).key
