@@ -8,11 +8,12 @@
 #   5. checks the fake and the trace against the surfaces and prints one line per TensorRT version.
 # Exits 1 on a missing name or an argument that does not convert, 2 when it cannot set itself up.
 # Everything is cached in .trt-conformance/ (git-ignored); delete it to start again.
-# Environment: TRT_CONFORMANCE_PYTHONS="python3.11 /opt/py38/bin/python3" tries those interpreters first.
+# Environment: TRT_CONFORMANCE_PYTHONS="python3.11 /opt/py38/bin/python3" tries those interpreters first;
+# TRT_CONFORMANCE_CACHE=DIR puts the cache elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cache=.trt-conformance
+cache=${TRT_CONFORMANCE_CACHE:-.trt-conformance}
 # label|pip requirement; the label is the surface file's name and the version the checker maps to.
 targets=(
     "8.6.1|tensorrt-bindings==8.6.1"
@@ -23,6 +24,9 @@ targets=(
 fake_versions=(8.2 8.5 8.6 10.3 10.13 11.4)
 machine=$(uname -m)
 platforms=(--platform "manylinux_2_28_$machine" --platform "manylinux_2_17_$machine" --platform "manylinux2014_$machine")
+
+# What pip logs when it cannot talk to the index (it then also says "No matching distribution").
+network_errors="could not fetch url|connection|max retries|name resolution|network is unreachable|timed out|proxyerror|sslerror|name or service not known"
 
 say() { echo "trt-conformance: $*"; }
 fail() {
@@ -41,6 +45,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pytest, numpy, onn
 fi
 project_python=.venv/bin/python
 mkdir -p "$cache/wheels" "$cache/surfaces" "$cache/logs"
+cache=$(cd "$cache" && pwd)
 
 # -- interpreters to try for the wheels (their cpXY tags differ per TensorRT release) -------------------
 interpreters=()
@@ -73,11 +78,13 @@ fetch_wheel() {
         log="$cache/logs/download-${dist}-${tag}.log"
         if ! "$project_python" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" \
             "${platforms[@]}" --timeout 20 --retries 1 -d "$cache/wheels" "$requirement" >"$log" 2>&1; then
+            if grep -q -i -E "$network_errors" "$log"; then
+                fail "cannot reach the package index to download $requirement (is PyPI reachable from here? a proxy?); pip's log: $log"
+            fi
             if grep -q -e "No matching distribution" -e "Could not find a version" "$log"; then
                 return 1
             fi
-            tail -n 3 "$log" >&2
-            fail "cannot download $requirement from the package index (is PyPI reachable from here?); pip's log: $log"
+            fail "pip could not download $requirement; its log: $log"
         fi
         found=$(find "$cache/wheels" -name "${dist}-${requirement##*==}-${tag}-*.whl" -print -quit)
     fi
@@ -120,7 +127,7 @@ for target in "${targets[@]}"; do
     "$project_python" -m tests.trt_conformance.standins --site-packages "$site" --out "$cache/standins-$label" \
         --version "$label" >"$cache/logs/standins-$label.log" 2>&1 ||
         fail "building the stand-in libraries for $label failed: $(tail -n 1 "$cache/logs/standins-$label.log")"
-    LD_LIBRARY_PATH="$PWD/$cache/standins-$label${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    LD_LIBRARY_PATH="$cache/standins-$label${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
         "$venv/bin/python" -m tests.trt_conformance.dump_surface --out "$cache/surfaces/$label.json" \
         >"$cache/logs/surface-$label.log" 2>&1 ||
         fail "importing the real bindings $label failed: $(tail -n 1 "$cache/logs/surface-$label.log")"

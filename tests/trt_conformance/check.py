@@ -18,7 +18,8 @@ major's closest minor: fake 8.2/8.5/8.6 → real 8.6):
    calls on the fake's private helper classes (``_Engine``) cannot be checked and are warnings, with
    the real classes that have every method the project called on them;
 3. the ``trt.X.Y`` chains in the project's TensorRT code (:mod:`.chains`): a chain that resolves in
-   none of the surfaces is an error; the versions it does not resolve in are listed as information.
+   none of the surfaces is an error (a warning when only one surface is given: the chain may be on
+   another version's code path); the versions it does not resolve in are listed as information.
 
 It prints the findings, then one line per real version, and exits 1 when there is an error.
 """
@@ -152,11 +153,18 @@ def _compatible(fake_kind: str, real_kind: str) -> bool:
     return {fake_kind, real_kind} <= {"value", "property"}
 
 
+def _is_fake_class(klass: type, fake_file: str) -> bool:
+    """Defined in the fake's file, or built by it for a version's module (``__module__`` "tensorrt")."""
+    if klass.__module__ == "tensorrt":
+        return True
+    return getattr(sys.modules.get(klass.__module__), "__file__", None) == fake_file
+
+
 def _fake_members(cls: type, fake_file: str) -> Dict[str, Any]:
     """Public members (and API dunders) the fake class or its fake bases define: name → raw attribute."""
     members: Dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
-        if getattr(sys.modules.get(klass.__module__), "__file__", None) != fake_file:
+        if not _is_fake_class(klass, fake_file):
             continue
         for name, raw in vars(klass).items():
             if name.startswith("_") and name not in API_DUNDERS:
@@ -454,9 +462,10 @@ def check_trace(report: Report, records: Sequence[Mapping[str, Any]], surfaces: 
         surface = nearest(str(record.get("version", "")), surfaces)
         if surface is None:
             report.add(
-                ERROR,
+                WARNING,
                 "",
-                f"traced fake version {record.get('version')!r} has no real surface to check against",
+                f"traced fake version {record.get('version')!r}: no real surface of its major version given; "
+                "its records are not checked",
             )
             continue
         if record.get("event") == "call" and record.get("exported") != "pycuda":
@@ -510,11 +519,12 @@ def check_chains(report: Report, found: Sequence[chain_scan.Chain], surfaces: Se
             total, unresolved = report.chains[surface.version]
             report.chains[surface.version] = (total, unresolved + 1)
         if len(missing) == len(surfaces):
-            level = WARNING if probe else ERROR
+            # With one version given, the chain may sit on a code path for other versions: a warning.
+            level = WARNING if probe or len(surfaces) == 1 else ERROR
             what = "probe for" if probe else "chain"
             for surface in surfaces:
                 report.add(
-                    level, surface.version, f"{what} {dotted} ({where}) resolves in no version", MISSING
+                    level, surface.version, f"{what} {dotted} ({where}) resolves in no version given", MISSING
                 )
         elif not probe:
             for surface in missing:

@@ -19,13 +19,34 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 logger = logging.getLogger(__name__)
 
-PREFIXES = ("tensorrt.tensorrt.", "tensorrt.")
+# Module prefixes of the bindings' own types, and C++ namespaces pybind11 shows for types it had not
+# registered yet when the docstring was made (``nvinfer1::ILogger::Severity``).
+PREFIXES = ("tensorrt.tensorrt.", "tensorrt.", "nvinfer1.", "nvonnxparser.")
 ANY_TYPES = {"object", "Any", "typing.Any", "handle", ""}
+INT_TYPES = {"int", "SupportsInt", "typing.SupportsInt", "SupportsIndex", "typing.SupportsIndex"}
+FLOAT_TYPES = {"float", "SupportsFloat", "typing.SupportsFloat"}
 DIMS_TYPES = {"Dims", "Dims2", "Dims3", "Dims4", "DimsHW", "Permutation"}
-SEQUENCE_PREFIXES = ("List[", "Sequence[", "typing.List[", "typing.Sequence[", "Iterable[")
-BUFFER_TYPES = {"buffer", "Buffer", "collections.abc.Buffer"}
+SEQUENCE_PREFIXES = (
+    "List[",
+    "Sequence[",
+    "typing.List[",
+    "typing.Sequence[",
+    "collections.abc.Sequence[",
+    "Iterable[",
+    "typing.Iterable[",
+    "collections.abc.Iterable[",
+)
+BARE_SEQUENCES = {
+    "Sequence",
+    "Iterable",
+    "collections.abc.Sequence",
+    "collections.abc.Iterable",
+    "typing.Iterable",
+}
+# ``py::buffer`` as pybind11 2.x shows it, and as the 11.x bindings (newer pybind11) do.
+BUFFER_TYPES = {"buffer", "Buffer", "collections.abc.Buffer", "typing_extensions.Buffer"}
 # A ``void*`` parameter (shown as ``capsule``) takes None, a capsule, or an instance of a bound class.
-VOID_POINTERS = {"capsule", "types.CapsuleType"}
+VOID_POINTERS = {"capsule", "types.CapsuleType", "typing_extensions.CapsuleType"}
 OPENERS, CLOSERS = "([{<", ")]}>"
 
 
@@ -40,7 +61,7 @@ class Param(NamedTuple):
 
 def normalize_type(text: str) -> str:
     """Drop the bindings' module prefix: ``tensorrt.tensorrt.ILogger.Severity`` → ``ILogger.Severity``."""
-    text = text.strip()
+    text = text.strip().replace("::", ".")
     for prefix in PREFIXES:
         text = text.replace(prefix, "")
     return text
@@ -199,11 +220,11 @@ def _converts_to(arg: Mapping[str, Any], type_text: str, surface: Surface) -> Tu
     if type_text in ANY_TYPES:
         return True, ""
     if kind == "int":
-        return type_text in ("int", "float", "SupportsInt", "typing.SupportsInt", "SupportsIndex"), ""
+        return type_text in INT_TYPES | FLOAT_TYPES, ""
     if kind == "bool":
-        return type_text in ("bool", "int", "float"), ""
+        return type_text in INT_TYPES | FLOAT_TYPES | {"bool"}, ""
     if kind == "float":
-        return type_text == "float", ""
+        return type_text in FLOAT_TYPES, ""
     if kind == "str":
         return type_text in ("str", "os.PathLike", "PathLike"), ""
     if kind in ("bytes", "bytearray", "memoryview"):
@@ -234,20 +255,26 @@ def _sequence_converts(arg: Mapping[str, Any], type_text: str) -> Tuple[bool, st
     kind = arg.get("type")
     item_type = _sequence_item(type_text)
     if item_type is not None:
-        if not items:
+        if not items or item_type in ANY_TYPES:
             return True, ""
-        if item_type in ("int", "SupportsInt"):
+        if item_type in INT_TYPES:
             return items <= {"int", "bool"}, ""
-        if item_type == "float":
+        if item_type in FLOAT_TYPES:
             return items <= {"int", "float", "bool"}, ""
+        if item_type == "bool":
+            return items <= {"bool", "int"}, ""
         if item_type == "str":
             return items <= {"str", "bytes"}, ""
-        return item_type in ANY_TYPES, ""
+        if item_type in DIMS_TYPES:
+            return items <= {"list", "tuple"}, ""
+        if items <= {"object", "enum"}:
+            return True, f"the elements' classes are not checked against {item_type}"
+        return False, ""
     if type_text in DIMS_TYPES or type_text.startswith(("Tuple[", "typing.Tuple[")):
         return items <= {"int", "bool"}, ""
     if type_text in ("tuple", "list"):
         return kind == type_text, ""
-    return False, ""
+    return type_text in BARE_SEQUENCES, ""
 
 
 def _enum_converts(arg: Mapping[str, Any], type_text: str, surface: Surface) -> Tuple[bool, str]:
@@ -295,10 +322,13 @@ def match_overload(
     for param, arg in zip(plain, positional):
         supplied.add(param.name)
         ok, note = converts(arg, param, surface)
-        if note:
-            notes.append(note)
-        if not ok:
-            problems.append(f"{param.name}: {describe_arg(arg)} does not convert to {param.type or '?'}")
+        _collect(
+            ok,
+            note,
+            f"{param.name}: {describe_arg(arg)} does not convert to {param.type or '?'}",
+            problems,
+            notes,
+        )
     by_name = {p.name: p for p in plain}
     for name, arg in keywords.items():
         param = by_name.get(name)
@@ -311,14 +341,21 @@ def match_overload(
             continue
         supplied.add(name)
         ok, note = converts(arg, param, surface)
-        if note:
-            notes.append(note)
-        if not ok:
-            problems.append(f"{name}: {describe_arg(arg)} does not convert to {param.type or '?'}")
+        _collect(
+            ok, note, f"{name}: {describe_arg(arg)} does not convert to {param.type or '?'}", problems, notes
+        )
     missing = [p.name for p in plain if p.name not in supplied and p.default is None]
     if missing:
         problems.append(f"missing required {', '.join(missing)}")
     return not problems, problems, notes
+
+
+def _collect(ok: bool, note: str, problem: str, problems: List[str], notes: List[str]) -> None:
+    """Keep a failed conversion as a problem (with its note), a note of a passed one as a note."""
+    if not ok:
+        problems.append(f"{problem} ({note})" if note else problem)
+    elif note:
+        notes.append(note)
 
 
 def fake_params_accepted(fake: Sequence[str], real: Sequence[Param]) -> Tuple[bool, str]:

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DIRS = ("engines", "appliance", "calibration")
 FAKE_MODULE = "tests.fake_tensorrt"
+#: ``__module__`` of the classes the fake builds per version (and of its pycuda double).
+FAKE_MODULE_NAMES = ("tensorrt", "pycuda.driver")
 ENV_VAR = "TRT_TRACE_FILE"
 MAX_SITES = 3
 
@@ -96,8 +98,25 @@ def describe(value: Any, fake_file: str) -> Dict[str, Any]:
 
 
 def _defined_in(klass: type, fake_file: str) -> bool:
+    """Whether ``klass`` is one of the fake's: defined in its file, or built by it for a fake module
+    (``__module__`` ``"tensorrt"``: no real TensorRT is imported while the fake is installed)."""
+    if klass.__module__ in FAKE_MODULE_NAMES:
+        return True
     module = sys.modules.get(klass.__module__)
     return getattr(module, "__file__", None) == fake_file
+
+
+def _functions_of(raw: Any) -> List[Tuple[Any, str]]:
+    """The functions behind a class attribute, with how they are called: call, static, get, set."""
+    if isinstance(raw, staticmethod):
+        return [(raw.__func__, "static")]
+    if isinstance(raw, classmethod):
+        return [(raw.__func__, "call")]
+    if isinstance(raw, property):
+        return [(accessor, kind) for accessor, kind in ((raw.fget, "get"), (raw.fset, "set")) if accessor]
+    if inspect.isfunction(raw):
+        return [(raw, "call")]
+    return []
 
 
 class CallSites:
@@ -180,19 +199,14 @@ class Tracer:
 
     def _index_class(self, cls: type) -> None:
         for name, raw in vars(cls).items():
-            if isinstance(raw, staticmethod):
-                self._codes[raw.__func__.__code__] = (cls.__name__, name, "static", raw.__func__)
-            elif isinstance(raw, classmethod):
-                self._codes[raw.__func__.__code__] = (cls.__name__, name, "call", raw.__func__)
-            elif isinstance(raw, property):
-                for accessor, kind in ((raw.fget, "get"), (raw.fset, "set")):
-                    if accessor is not None and hasattr(accessor, "__code__"):
-                        self._codes[accessor.__code__] = (cls.__name__, name, kind, accessor)
-            elif inspect.isfunction(raw):
-                self._codes[raw.__code__] = (cls.__name__, name, "call", raw)
+            for function, kind in _functions_of(raw):
+                if hasattr(function, "__code__"):
+                    self._codes[function.__code__] = (cls.__name__, name, kind, function)
 
     def _wrap_class(self, cls: type) -> None:
         if issubclass(cls, (enum.Enum, BaseException)) or any(k.__module__ == "numpy" for k in cls.__mro__):
+            return
+        if any(patched is cls for patched, _, _ in self._patched):
             return
         tracer = self
         get_original = cls.__getattribute__
@@ -212,9 +226,9 @@ class Tracer:
 
         def __setattr__(obj: Any, name: str, value: Any) -> None:  # noqa: N807 - the slot's name
             caller = sys._getframe(1)
+            set_original(obj, name, value)  # a write the fake refuses raises, as the bindings would
             if not name.startswith("_") and tracer._locations.project(caller.f_code.co_filename):
                 tracer._attribute(obj, name, "write", True, value, caller)
-            set_original(obj, name, value)
 
         for slot, wrapper in (("__getattribute__", __getattribute__), ("__setattr__", __setattr__)):
             self._patched.append((cls, slot, cls.__dict__.get(slot)))
@@ -313,11 +327,34 @@ class Tracer:
         }
         self._add(record, self._site(caller))
 
+    def _resolve(self, frame: Any) -> Optional[Tuple[str, str, str, Any]]:
+        """``(owner class, member or function name, kind, function)`` of a frame of fake code.
+
+        A method is found on the class of its ``self`` (the fake builds classes per version and may
+        install a function under another name), else by its code object, else among the functions of
+        the fake ``tensorrt`` module.
+        """
+        code = frame.f_code
+        if code.co_argcount and code.co_varnames[0] == "self" and "self" in frame.f_locals:
+            for klass in type(frame.f_locals["self"]).__mro__:
+                for name, raw in vars(klass).items():
+                    for function, kind in _functions_of(raw):
+                        if getattr(function, "__code__", None) is code:
+                            return klass.__name__, name, kind, function
+        entry = self._codes.get(code)
+        if entry is not None:
+            return entry
+        module = sys.modules.get("tensorrt")
+        for name, value in (vars(module) if module is not None else {}).items():
+            if getattr(value, "__code__", None) is code:
+                return "", name, "function", value
+        return None
+
     def _call(self, frame: Any) -> None:
         caller = frame.f_back
         if caller is None or not self._locations.project(caller.f_code.co_filename):
             return
-        entry = self._codes.get(frame.f_code)
+        entry = self._resolve(frame)
         if entry is None:
             return
         owner, name, kind, function = entry
@@ -390,8 +427,12 @@ class Tracer:
                 self._instrument_module(arg)
 
     def _instrument_module(self, module: types.ModuleType) -> None:
+        """Record the project's reads of a fake ``tensorrt`` module and of its classes' instances."""
         if isinstance(module, _RecordingModule):
             return
+        for value in list(vars(module).values()):
+            if inspect.isclass(value) and _defined_in(value, self.fake_file):
+                self._wrap_class(value)
         module.__class__ = _RecordingModule
         object.__setattr__(module, "_trt_conformance_tracer", self)
 
@@ -402,8 +443,9 @@ class Tracer:
         threading.setprofile(self.profile)
 
     def stop(self) -> None:
-        """Remove the profile hooks and the class wrappers."""
-        sys.setprofile(self._previous_profile)
+        """Remove the profile hooks and the class wrappers (idempotent)."""
+        if sys.getprofile() == self.profile:
+            sys.setprofile(self._previous_profile)
         threading.setprofile(None)  # type: ignore[arg-type]
         self.detach()
 
@@ -479,12 +521,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             sys.setprofile(tracer.profile)
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop tracing and write the file."""
-    tracer: Optional[Tracer] = getattr(config, _TRACER_KEY, None)
-    path = _output(config)
+    tracer: Optional[Tracer] = getattr(session.config, _TRACER_KEY, None)
+    path = _output(session.config)
     if tracer is None or path is None:
         return
     tracer.stop()
     tracer.write(path)
-    logger.info("fake TensorRT trace: %d records written to %s", len(tracer.records), path)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say where the trace went."""
+    tracer: Optional[Tracer] = getattr(config, _TRACER_KEY, None)
+    path = _output(config)
+    if tracer is not None and path is not None:
+        terminalreporter.write_line(f"fake TensorRT trace: {len(tracer.records)} records written to {path}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Make sure the hooks are gone even when the session did not finish normally."""
+    tracer: Optional[Tracer] = getattr(config, _TRACER_KEY, None)
+    if tracer is not None:
+        tracer.stop()
