@@ -48,9 +48,13 @@ setup(
             "opencv-python-headless>=4.5.4,<5",
         ],
         # On a Jetson: TensorRT and OpenCV (with GStreamer) come from JetPack's apt packages and
-        # must not be shadowed by pip wheels, so this extra names only pycuda.
+        # must not be shadowed by pip wheels, so this extra names only pycuda and the FP16 converter.
+        # TensorRT 11 (JetPack 7.2) builds strongly typed networks only: FP16 engines come from an FP16
+        # ONNX made on the device (engines/tensorrt/fp16.py). onnxconverter-common is pure Python and
+        # supports Python >= 3.8; 1.14 pinned protobuf==3.20.2, so 1.15 is the floor.
         "jetson": [
             "pycuda>=2022.1",
+            "onnxconverter-common>=1.15",
         ],
         "plot": ["matplotlib>=3.3"],
         # The peer library of bench/vision.py, face_recognition (dlib), less face_recognition itself:
@@ -76,6 +80,9 @@ setup(
             "msgpack>=1.0",
             "ruff>=0.5",
             "vermin>=1.6",
+            # The FP16 ONNX converter of the TensorRT 11 path, checked against FP32 on the CPU
+            # (tests/integration/test_fp16.py) and used by the faked-device tests.
+            "onnxconverter-common>=1.15",
         ],
     },
     entry_points={"console_scripts": ["face-appliance = appliance.cli:main"]},

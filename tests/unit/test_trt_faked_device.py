@@ -324,6 +324,35 @@ def test_int8_from_the_qdq_model_on_tensorrt_8_with_fp16_for_the_rest(
         fake_tensorrt.uninstall()
 
 
+@pytest.mark.parametrize(("release", "device"), [("11.4", "thor"), ("10.3", "orin"), ("8.2", "nano")])
+def test_a_model_shipped_as_a_qdq_onnx_is_its_own_int8_network(
+    release: str, device: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_models: Path
+) -> None:
+    """A model package may carry the Q/DQ model as the model itself: it is built INT8 from its own Q/DQ
+    layers where the GPU has INT8, and refused (with what to do) on the Nano."""
+    from engines.tensorrt.platform import probe_platform
+
+    record = fake_tensorrt.install(monkeypatch, release, device=device)
+    try:
+        from engines.tensorrt.builder import EngineBuilder
+
+        spec = get_model("mtcnn-onet")
+        qdq = qdq_model(spec, shared_models)
+        request = engine_request(spec, qdq, probe_platform(0), options(tmp_path, precision="auto"))
+        builder = EngineBuilder(platform=request.platform)
+        if device == "nano":
+            with pytest.raises(EngineBuildError, match=r"Q/DQ INT8 model, and SM 5\.3 has no fast INT8"):
+                builder.build(spec, qdq, request, tmp_path / "engines")
+            return
+        built = builder.build(spec, qdq, request, tmp_path / "engines")
+        assert (built.manifest.precision, built.manifest.network) == ("int8", NETWORK_ONNX)
+        assert "the model's own Q/DQ layers" in built.manifest.precision_reason
+        assert record.builds[-1]["precision"] == "int8"
+        assert flags_of(record.configs[-1]) == ([] if release == "11.4" else ["FP16", "INT8"])
+    finally:
+        fake_tensorrt.uninstall()
+
+
 @pytest.mark.parametrize("release", WEAKLY_TYPED[1:])  # the Nano has no INT8
 def test_int8_from_a_calibration_set_with_the_implicit_calibrator(
     release: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_models: Path
