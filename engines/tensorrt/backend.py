@@ -158,6 +158,11 @@ class TensorRTBackend(InferenceBackend):
                 raise EngineLoadError(
                     f"{name}: CUDA/TensorRT failed while loading the engine: {err}"
                 ) from err
+            if isinstance(err, AttributeError):  # an API this TensorRT lacks: a bug here
+                raise EngineLoadError(
+                    f"{name}: TensorRT {trt.__version__} lacks an API the back-end uses ({err}); report it "
+                    "with the output of `face-appliance doctor`"
+                ) from err
             raise
         self._pop()
 
@@ -417,7 +422,7 @@ class TensorRTBackend(InferenceBackend):
                 return [np.concatenate([part[i] for part in parts]) for i in range(len(self.spec.outputs))]
             except cuda.Error as err:
                 raise InferenceError(f"{name}: CUDA failed: {err}") from err
-            except (RuntimeError, TypeError, ValueError) as err:
+            except (RuntimeError, TypeError, ValueError, AttributeError) as err:
                 raise InferenceError(f"{name}: TensorRT failed: {err}") from err
             finally:
                 self._pop()

@@ -319,7 +319,13 @@ class EngineBuilder:
         self.cancel = cancel
         self.manage_context = manage_context
         self.use_timing_cache = timing_cache
-        self._trt_logger = get_trt_logger()
+        try:
+            self._trt_logger = get_trt_logger()
+        except (RuntimeError, TypeError) as err:  # init_libnvinfer_plugins failed
+            raise EngineBuildError(
+                f"TensorRT {TRT_VERSION} cannot load its plugins: {err}; check the installation "
+                "(face-appliance doctor)"
+            ) from err
 
     # -- public --------------------------------------------------------------------------------
 
@@ -366,7 +372,17 @@ class EngineBuilder:
         context = cuda_device_context(self.device) if self.manage_context else contextlib.nullcontext()
         started = time.monotonic()
         with context, self._trt_logger.capture_errors() as errors:
-            result = self._build(spec, onnx, request, engine_dir, calibrator, calibration_cache, errors)
+            try:
+                result = self._build(spec, onnx, request, engine_dir, calibrator, calibration_cache, errors)
+            except (RuntimeError, TypeError, ValueError) as err:  # raised by TensorRT's bindings
+                raise EngineBuildError(
+                    f"{spec.name}: TensorRT {TRT_VERSION} failed while building: {err}{errors_text(errors)}"
+                ) from err
+            except AttributeError as err:  # an API this TensorRT lacks: a bug here, not the user's
+                raise EngineBuildError(
+                    f"{spec.name}: TensorRT {TRT_VERSION} lacks an API the engine builder uses ({err}); "
+                    "report it with the output of `face-appliance doctor`"
+                ) from err
         seconds = time.monotonic() - started
         engine = result.engine
         manifest = make_manifest(

@@ -697,6 +697,18 @@ def test_a_failed_build_says_what_tensorrt_logged(
         open_model("tensorrt", get_model("mtcnn-onet"), shared_models, options(tmp_path))
 
 
+def test_a_tensorrt_exception_becomes_the_projects_error(
+    trt8: fake_tensorrt.Record, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_models: Path
+) -> None:
+    def refuse(*args: Any) -> None:
+        raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
+
+    monkeypatch.setattr(trt().IOptimizationProfile, "set_shape", refuse)
+    with pytest.raises(EngineLoadError, match=r"TensorRT 8\.5\.2\.2 failed while building: Shape provided"):
+        open_model("tensorrt", get_model("mobilefacenet"), shared_models, options(tmp_path))
+    assert trt8.pushes == trt8.pops and not trt8.memory
+
+
 def test_the_dla_core_is_targeted_and_selected_at_load(
     trt8: fake_tensorrt.Record, tmp_path: Path, shared_models: Path
 ) -> None:
