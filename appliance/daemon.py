@@ -70,6 +70,8 @@ CAMERA_WAIT_S = 60.0
 STOP_BUDGET_S = 25.0
 #: Kept from the outbox drain for publishing the last state and ``offline``.
 OFFLINE_RESERVE_S = 3.0
+#: The longest the stop waits for a cancelled engine build (within the shared deadline).
+BUILD_JOIN_S = 3.0
 #: How long a background thread waits for the pipeline thread to take a job (an engine switch).
 JOB_TIMEOUT_S = 60.0
 
@@ -159,6 +161,10 @@ class Appliance:
         try:
             self.start()
         except Exception as err:
+            if self.stop_event.is_set():  # SIGTERM while starting (an engine build, say): a clean stop
+                logger.info("stopped during start-up (%s)", err)
+                self.stop()
+                return 0
             logger.error("start-up failed: %s", err)
             logger.debug("start-up failure", exc_info=True)
             self.error = str(err)
@@ -262,13 +268,18 @@ class Appliance:
             self.camera.stop(timeout=deadline.remaining(OFFLINE_RESERVE_S))
         pipeline_ended = True
         if self.worker is not None:
-            pipeline_ended = self.worker.join(deadline.remaining(OFFLINE_RESERVE_S))
+            budget = deadline.remaining(OFFLINE_RESERVE_S)
+            if not self.worker.loaded.done():  # still loading: maybe inside an uninterruptible build
+                budget = min(BUILD_JOIN_S, budget)
+            pipeline_ended = self.worker.join(budget)
             if not pipeline_ended:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
         if self.swap is not None:
             self.swap.close(deadline.remaining(OFFLINE_RESERVE_S))
         if self.engines is not None:
-            self.engines.close(deadline.remaining(OFFLINE_RESERVE_S))
+            # A TensorRT 10+ build stops at its next step; an 8.x build cannot be interrupted and is
+            # left behind (it writes the cache only through atomic renames; the process exit ends it).
+            self.engines.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         if self.link is not None:
             if self.outbox is not None and self.outbox.depth():
                 drained = self.link.drain(

@@ -88,7 +88,9 @@ class PipelineWorker:
 
     def start(self, load: Callable[[], Gallery]) -> None:
         """Start the thread; it runs ``load()`` (models, then the gallery) before anything else."""
-        self._thread = threading.Thread(target=self._main, args=(load,), name="pipeline", daemon=False)
+        # A daemon thread: a model call stuck past the stop deadline (a TensorRT 8 engine build during
+        # start-up cannot be interrupted) must not keep the process alive after systemd's stop timeout.
+        self._thread = threading.Thread(target=self._main, args=(load,), name="pipeline", daemon=True)
         self._thread.start()
 
     def wait_loaded(self) -> Gallery:

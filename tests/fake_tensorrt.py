@@ -57,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,10 @@ import numpy as np
 TRT_MODULES = ("engines.tensorrt.builder", "engines.tensorrt.backend", "engines.tensorrt.calibrator")
 
 MAGIC = b"FAKE-TRT-ENGINE\n"
+#: Sleep per extra build step of :attr:`Record.build_seconds` (the progress monitor sees each step).
+BUILD_STEP_S = 0.1
+#: ``VERSION,DEVICE[,BUILD_SECONDS]``: makes a daemon subprocess run on the fakes (tests/fake_site).
+ENVIRONMENT = "FACE_APPLIANCE_FAKE_TENSORRT"
 
 Version = Tuple[int, int]
 
@@ -170,6 +175,9 @@ class Record:
     fail_build: bool = False
     corrupt_engines: bool = False
     progress_cancel_at: Optional[int] = None
+    #: Each build takes this long (a Nano needs minutes per engine), in steps the progress monitor
+    #: (TensorRT 10+) sees and may cancel; older versions cannot be interrupted, as on the device.
+    build_seconds: float = 0.0
     release_file: Optional[Path] = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -988,9 +996,14 @@ class Builder(_Binding, _Owned):
             )
             return None
         monitor = config._monitor
-        if monitor is not None:
-            monitor.phase_start("Building engine", None, 3)
-            for step in range(3):
+        steps = 3 + int(RECORD.build_seconds / BUILD_STEP_S)
+        if monitor is None:
+            time.sleep(RECORD.build_seconds)
+        else:
+            monitor.phase_start("Building engine", None, steps)
+            for step in range(steps):
+                if step >= 3:
+                    time.sleep(BUILD_STEP_S)
                 if not monitor.step_complete("Building engine", step) or RECORD.progress_cancel_at == step:
                     monitor.phase_finish("Building engine")
                     _trt_log(self._logger, "ERROR", "the build was cancelled by the progress monitor")
@@ -1459,6 +1472,26 @@ def install(monkeypatch: Any, version: str = "8.5.2.2", device: Optional[str] = 
     for name in TRT_MODULES:
         monkeypatch.delitem(sys.modules, name, raising=False)
     return RECORD
+
+
+def install_from_environment() -> Optional[Record]:
+    """Install the fakes for the whole process when :data:`ENVIRONMENT` asks for them (a daemon started
+    as a subprocess by a test; ``tests/fake_site/sitecustomize.py`` calls this at interpreter start).
+
+    Returns the record, or ``None`` when the variable is not set.
+    """
+    import os
+
+    value = os.environ.get(ENVIRONMENT)
+    if not value:
+        return None
+    parts = value.split(",")
+    from _pytest.monkeypatch import MonkeyPatch  # a process-long patch: never undone
+
+    record = install(MonkeyPatch(), parts[0], device=parts[1] if len(parts) > 1 and parts[1] else None)
+    if len(parts) > 2:
+        record.build_seconds = float(parts[2])
+    return record
 
 
 def uninstall() -> None:

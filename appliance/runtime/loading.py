@@ -70,6 +70,7 @@ def backend_options(config: ApplianceConfig, build_missing: bool = True) -> Back
         min_face=config.detector.min_face_px,
         yunet_max_side=config.detector.yunet.input_side,
         calibration_dir=os.fspath(config.calibration_dir),
+        int8_dir=os.fspath(config.int8_dir),
         opt_frame=opt_frame,
         embedder_batch=config.embedder.batch_size,
         build_missing=build_missing,

@@ -44,6 +44,9 @@ class BackendOptions:
             :mod:`calibration.sets`). A model's set is part of its engine's cache key; the engine is
             built from it by ``face-appliance engines build`` or the daemon. ``calibration_cache``,
             when given, takes precedence.
+        int8_dir: folder of the gate-passed Q/DQ INT8 models ``face-appliance calibrate`` installs
+            (``calibration.int8_dir``); TensorRT builds a model's INT8 engine from its Q/DQ model
+            there (the only INT8 source on TensorRT 11), ``None`` offers none.
         opt_frame: the camera frame ``(height, width)`` the TensorRT P-Net profile is tuned for
             (its opt shape); ``None`` tunes for ``max_frame``.
         embedder_batch: the batch the TensorRT embedder profile is tuned for (its opt), ``None`` for
@@ -65,6 +68,7 @@ class BackendOptions:
     yunet_max_side: int = 640
     calibration_cache: Optional[str] = None
     calibration_dir: Optional[str] = None
+    int8_dir: Optional[str] = None
     opt_frame: Optional[Tuple[int, int]] = None
     embedder_batch: Optional[int] = None
     build_missing: bool = True

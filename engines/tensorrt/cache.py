@@ -1268,7 +1268,7 @@ def installed_qdq_model(spec: ModelSpec, options: BackendOptions) -> Optional[Pa
     (``calibration.int8_dir``); options without it (or with ``None``) offer no Q/DQ model. Why a model
     there is not usable (another FP32 file, a failed gate, an altered file) is logged.
     """
-    folder = getattr(options, "int8_dir", None)
+    folder = options.int8_dir
     if folder is None:
         return None
     path, detail = find_int8(folder, spec)

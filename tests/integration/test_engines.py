@@ -16,12 +16,12 @@ import pytest
 from appliance.config_load import validate_config
 from appliance.doctor import OK, check_tensorrt_parity
 from appliance.runtime.loading import load_analyzer
-from engines.tensorrt.platform import tensorrt_unavailable
 from appliance.trt_parity import compare
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from engines.registry import get_model
 from engines.tensorrt.cache import EngineRequest, EngineTensor, PlatformInfo, make_manifest, store
+from engines.tensorrt.platform import tensorrt_unavailable
 from tests.conftest import REPO_ROOT
 
 NO_TENSORRT = tensorrt_unavailable()

@@ -18,6 +18,9 @@ every model call on the pipeline thread, which the fake enforces.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -32,8 +35,9 @@ from appliance.updates.package import aligned_faces, build_package
 from appliance.updates.push import PushOptions, push_package
 from engines.registry import get_model
 from tests import fake_tensorrt
+from tests.conftest import REPO_ROOT as REPO
 from tests.mqtt_broker import MosquittoBroker
-from tests.support import Running, daemon_config, passage_video
+from tests.support import Daemon, Running, daemon_config, passage_video
 
 MFN = "mobilefacenet_foamliu/MobileFaceNet.onnx"
 SECRET = "a-test-secret-for-faked-devices"
@@ -248,3 +252,61 @@ def test_a_model_call_off_the_pipeline_thread_fails(
         running.stop()
     assert len(errors) == 1, "the fake CUDA let another thread run the pipeline's engine"
     assert "thread" in str(errors[0]).lower(), errors[0]
+
+
+#: The unit's TimeoutStopSec (systemd/face-appliance.service): systemd kills what still runs then.
+TIMEOUT_STOP_S = 30.0
+
+
+@pytest.mark.parametrize(
+    ("version", "device", "fallback", "building"),
+    [
+        pytest.param("8.5", "xavier", "cpu", "in the background", id="xavier-trt8.5-background"),
+        pytest.param("10.3", "orin", "cpu", "in the background", id="orin-trt10.3-background"),
+        pytest.param("8.5", "xavier", "none", "before start-up completes", id="xavier-trt8.5-at-start"),
+        pytest.param("11.4", "thor", "none", "before start-up completes", id="thor-trt11.4-at-start"),
+    ],
+)
+def test_sigterm_during_an_engine_build_stops_within_the_stop_timeout(
+    version: str,
+    device: str,
+    fallback: str,
+    building: str,
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+) -> None:
+    """``python -m appliance run`` (a subprocess on the fake TensorRT, whose builds here take ten
+    minutes, as a Nano's can) gets SIGTERM while an engine builds and exits 0 within TimeoutStopSec:
+    one deadline shared by every join; a TensorRT 10+ build is cancelled through its progress monitor,
+    an 8.x build (which cannot be interrupted) is left behind."""
+    config = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        passage_video(tmp_path, shared_data),
+        at_end="loop",
+        backend=f'type = "tensorrt"\nfallback = "{fallback}"\n[backend.tensorrt]\nmax_batch = 4',
+        detector="max_side = 320",
+    )
+    env = {
+        fake_tensorrt.ENVIRONMENT: f"{version},{device},600",
+        "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}",
+    }
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_log(f"building its TensorRT engine {building}", timeout=120)
+        daemon.signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(timeout=TIMEOUT_STOP_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running {TIMEOUT_STOP_S:.0f} s after SIGTERM; log:\n" + "\n".join(daemon.log[-30:])
+            ) from None
+    finally:
+        daemon.close()
+    assert code == 0, daemon.text
+    assert "Traceback" not in daemon.text
