@@ -25,24 +25,10 @@ DEFAULT_MODELS_DIR = (
 
 @lru_cache(maxsize=1)
 def gpu_unavailable_reason() -> Optional[str]:
-    """Why the TensorRT back-end cannot run here, or ``None`` when it can."""
-    try:
-        import tensorrt
-    except Exception as err:  # ImportError, or OSError for a missing libnvinfer
-        return f"TensorRT is not importable here ({type(err).__name__}: {err})"
-    try:
-        import pycuda.driver as cuda
-    except Exception as err:
-        return f"pycuda is not importable here ({type(err).__name__}: {err})"
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as err:  # pycuda.driver.Error, or a driver library problem
-        return f"CUDA is not usable here ({type(err).__name__}: {err})"
-    if count < 1:
-        return "no CUDA device found"
-    del tensorrt
-    return None
+    """Why the TensorRT back-end cannot run here, or ``None`` when it can (the product's own check)."""
+    from engines.tensorrt.platform import tensorrt_unavailable
+
+    return tensorrt_unavailable()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

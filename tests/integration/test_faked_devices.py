@@ -117,30 +117,35 @@ def _config(
     shared_models: Path,
     shared_data: Path,
     mosquitto: MosquittoBroker,
-    release: Dict[str, Any],
-    fd: bool,
+    fallback: str = "cpu",
+    **sections: str,
 ) -> Path:
-    video = passage_video(tmp_path, shared_data)
-    can = f'interface = "virtual"\nchannel = "faked-{tmp_path.name}"\n'
-    can += "fd = true\ndata_bitrate = 2000000" if fd else "fd = false"
+    """A daemon on the TensorRT back-end (small frames keep the fake engines quick), a looping video."""
     return daemon_config(
         tmp_path,
         storage,
         shared_models,
         mosquitto,
-        video,
+        passage_video(tmp_path, shared_data),
         at_end="loop",
         backend=(
-            'type = "tensorrt"\nfallback = "cpu"\n[backend.tensorrt]\nprecision = "auto"\n'
+            f'type = "tensorrt"\nfallback = "{fallback}"\n[backend.tensorrt]\nprecision = "auto"\n'
             "max_batch = 4\nworkspace_mb = 64"
         ),
         detector="max_side = 320",
-        updates=(
-            f'enabled = true\ntrusted_keys_dir = "{release["folder"] / "trusted"}"\n'
-            f'security_secret_file = "{release["secret"]}"\nhealth_frames = 10'
-        ),
-        **{"updates.can": can},
+        **sections,
     )
+
+
+def _updates(tmp_path: Path, release: Dict[str, Any], fd: bool) -> Dict[str, str]:
+    """The ``[updates]`` sections: trusted keys, the secret, a ``virtual`` CAN channel (FD or classic)."""
+    can = f'interface = "virtual"\nchannel = "faked-{tmp_path.name}"\n'
+    can += "fd = true\ndata_bitrate = 2000000" if fd else "fd = false"
+    updates = (
+        f'enabled = true\ntrusted_keys_dir = "{release["folder"] / "trusted"}"\n'
+        f'security_secret_file = "{release["secret"]}"\nhealth_frames = 10'
+    )
+    return {"updates": updates, "updates.can": can}
 
 
 def _wait(condition: Any, what: str, app: Any, timeout: float = WAIT_S) -> None:
@@ -173,7 +178,9 @@ def test_cpu_first_then_engines_then_a_can_pushed_embedder(
     mosquitto: MosquittoBroker,
     release: Dict[str, Any],
 ) -> None:
-    config_path = _config(tmp_path, storage, shared_models, shared_data, mosquitto, release, fd)
+    config_path = _config(
+        tmp_path, storage, shared_models, shared_data, mosquitto, **_updates(tmp_path, release, fd)
+    )
     running = Running(config_path)
     app = running.app
     try:
@@ -230,7 +237,9 @@ def test_a_model_call_off_the_pipeline_thread_fails(
     """The rule is enforced twice: the runtime refuses a thread that is not its owner, and the fake
     CUDA refuses an engine run from a thread that does not hold its context — so moving a model call
     off the pipeline thread makes the device suite fail."""
-    running = Running(_config(tmp_path, storage, shared_models, shared_data, mosquitto, release, True))
+    running = Running(
+        _config(tmp_path, storage, shared_models, shared_data, mosquitto, **_updates(tmp_path, release, True))
+    )
     app = running.app
     errors: List[BaseException] = []
     try:
@@ -282,16 +291,7 @@ def test_sigterm_during_an_engine_build_stops_within_the_stop_timeout(
     minutes, as a Nano's can) gets SIGTERM while an engine builds and exits 0 within TimeoutStopSec:
     one deadline shared by every join; a TensorRT 10+ build is cancelled through its progress monitor,
     an 8.x build (which cannot be interrupted) is left behind."""
-    config = daemon_config(
-        tmp_path,
-        storage,
-        shared_models,
-        mosquitto,
-        passage_video(tmp_path, shared_data),
-        at_end="loop",
-        backend=f'type = "tensorrt"\nfallback = "{fallback}"\n[backend.tensorrt]\nmax_batch = 4',
-        detector="max_side = 320",
-    )
+    config = _config(tmp_path, storage, shared_models, shared_data, mosquitto, fallback)
     env = {
         fake_tensorrt.ENVIRONMENT: f"{version},{device},600",
         "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}",
