@@ -64,6 +64,9 @@ class Pipeline:
         self.engine = DecisionEngine(settings)
         self._timer = StageTimer(latencies)
         self._best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
+        #: The best match score of each face embedded in the last frame (a model swap's health check
+        #: watches their distribution: a collapsed embedder scores every face alike).
+        self.last_scores: List[float] = []
 
     def set_threshold(self, threshold: float) -> None:
         """Change the match threshold for decisions from now on."""
@@ -75,6 +78,7 @@ class Pipeline:
     def process(self, image: np.ndarray, captured_at: float) -> List[Outcome]:
         """Process one ``(H, W, 3)`` uint8 BGR frame captured at ``captured_at`` (monotonic seconds)."""
         outcomes: List[Outcome] = []
+        self.last_scores = []
         analyzer = self.models.analyzer
         with self._timer.stage("frame"):
             with self._timer.stage("detect"):
@@ -105,6 +109,8 @@ class Pipeline:
                 with self._timer.stage("match"):
                     for i, found in zip(wanted, self.gallery.search(embeddings)):
                         candidates[i] = found
+                        if found:
+                            self.last_scores.append(found[0].score)
             for i, track in enumerate(track_ids):
                 quality = qualities[i].score
                 best = self._best_crop.get(track)

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Optional, Protocol
+from typing import Callable, List, Optional, Protocol
 
 from .camera import CameraThread
 from .command_service import CommandService
@@ -41,6 +41,8 @@ class HealthWatch(Protocol):
     def in_health_check(self) -> bool: ...
 
     def pipeline_failed(self, error: BaseException) -> bool: ...
+
+    def observe_scores(self, scores: List[float]) -> None: ...
 
 
 class PipelineWorker:
@@ -195,6 +197,8 @@ class PipelineWorker:
                     raise
                 logger.error("a frame failed right after a model switch: %s", err)
                 continue
+            if self._health is not None and pipeline.last_scores and self._health.in_health_check():
+                self._health.observe_scores(pipeline.last_scores)
             self.frames_processed += 1
             self.fps.tick()
             self.heartbeat = self.loop_heartbeat = time.monotonic()

@@ -90,6 +90,8 @@ class _Reembedding:
     result: Reembedding
     pending: List[Any] = field(default_factory=list)  # templates with crops still to embed
     total: int = 0
+    #: template id → (identity id, the live embedder's ``(D,)`` embedding), for the discrimination check
+    known: Dict[int, Tuple[str, np.ndarray]] = field(default_factory=dict)
 
 
 class ModelRuntime:
@@ -411,7 +413,8 @@ class ModelRuntime:
         templates = list(gallery.store.templates(gallery.model_version))
         pending = [t for t in templates if t.crop is not None]
         result.without_crop.extend(t.id for t in templates if t.crop is None)
-        self._reembedding = _Reembedding(name, result, pending, len(pending))
+        known = {t.id: (t.identity_id, np.asarray(t.embedding, np.float32)) for t in pending}
+        self._reembedding = _Reembedding(name, result, pending, len(pending), known)
         return len(pending)
 
     def reembed_step(self, name: str) -> Tuple[int, int]:
@@ -427,6 +430,56 @@ class ModelRuntime:
             for template, vector in zip(batch, vectors):
                 plan.result.embeddings[template.id] = vector
         return (plan.total - len(plan.pending), plan.total)
+
+    def check_discrimination(
+        self, name: str, threshold: float, samples: Optional[Dict[str, np.ndarray]] = None
+    ) -> Dict[str, Any]:
+        """Does candidate embedder ``name`` still tell people apart? Checked before the switch.
+
+        Reference outputs alone cannot show it: a package's references are its own outputs, so a
+        model that maps every face to one vector reproduces them. Compared with the live embedder on
+        the same faces — the enrolled crops (re-embedded by the plan; the live embeddings are the
+        stored templates) and the package's reference inputs ``samples`` (``{input name: (N, …)}``):
+
+        * **collapse**: the mean cosine between different faces must not approach 1;
+        * **impostors**: no larger share of pairs of different enrolled identities at or above the
+          match ``threshold`` than the live embedder has (it would grant strangers);
+        * **identification**: each enrolled crop's nearest other crop must belong to its own identity
+          as often as with the live embedder.
+
+        Raises:
+            ValidationError: what failed, with the figures.
+        """
+        self._require_owner("checking a candidate embedder")
+        candidate = self._candidate(name)
+        if candidate.target.spec.kind != KIND_EMBEDDER:
+            return {}
+        plan = self._reembedding if self._reembedding is not None and self._reembedding.name == name else None
+        new_rows: List[np.ndarray] = []
+        old_rows: List[np.ndarray] = []
+        labels: List[str] = []
+        if plan is not None:
+            for template_id, (identity, old) in plan.known.items():
+                vector = plan.result.embeddings.get(template_id)
+                if vector is not None:
+                    new_rows.append(vector)
+                    old_rows.append(old)
+                    labels.append(identity)
+        if samples:
+            live = self._loaded.get(name)
+            output = candidate.backend.spec.outputs[0].name
+            new_rows.extend(candidate.backend.run(samples)[output])
+            if live is not None:
+                old_rows.extend(live.run(samples)[output])
+        new = _unit(np.asarray(new_rows, np.float32))
+        old = _unit(np.asarray(old_rows, np.float32)) if len(old_rows) == len(new_rows) else None
+        report = discrimination(new, labels, threshold)
+        if old is not None:
+            report["live"] = discrimination(old, labels, threshold)
+        problem = _discrimination_problem(report)
+        if problem is not None:
+            raise ValidationError(f"validation: {name} does not tell faces apart: {problem}")
+        return report
 
     def switch_to_candidate(self, name: str, commit: Callable[[], None], step: Callable[[str], None]) -> str:
         """Put the candidate in place of the live model, between two frames.
@@ -528,6 +581,78 @@ class ModelRuntime:
         return True
 
 
+#: Mean cosine between different faces above which an embedder has collapsed (live models: ≈ 0.0–0.3).
+COLLAPSE_COSINE = 0.9
+#: How much worse than the live embedder a candidate may be on the enrolled faces.
+IMPOSTOR_SLACK = 0.05
+RANK1_SLACK = 0.1
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """``(N, D)`` rows scaled to unit length (an empty array stays empty)."""
+    if vectors.size == 0:
+        return vectors.reshape(0, 0)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def discrimination(vectors: np.ndarray, labels: Sequence[str], threshold: float) -> Dict[str, Any]:
+    """How well ``(N, D)`` unit embeddings separate faces; the first ``len(labels)`` rows are labelled
+    by identity (the rest are other faces, used for the collapse figure only).
+
+    Returns ``faces``, ``mean_cosine`` (over all pairs of rows), ``impostor_pairs`` and
+    ``impostor_above`` (share of pairs of different identities at or above ``threshold``),
+    ``rank1_faces`` and ``rank1`` (share of labelled rows of identities with two or more rows whose
+    nearest other labelled row has their identity).
+    """
+    count = len(vectors)
+    report: Dict[str, Any] = {"faces": count}
+    if count >= 2:
+        cosines = vectors @ vectors.T
+        upper = np.triu_indices(count, 1)
+        report["mean_cosine"] = round(float(cosines[upper].mean()), 4)
+    labelled = len(labels)
+    if labelled >= 2:
+        names = np.asarray(labels)
+        cosines = vectors[:labelled] @ vectors[:labelled].T
+        different = names[:, None] != names[None, :]
+        pairs = np.triu(different, 1)
+        if pairs.any():
+            report["impostor_pairs"] = int(pairs.sum())
+            report["impostor_above"] = round(float((cosines[pairs] >= threshold).mean()), 4)
+        np.fill_diagonal(cosines, -np.inf)
+        repeated = [i for i in range(labelled) if (names == names[i]).sum() >= 2]
+        if repeated:
+            nearest = np.argmax(cosines[repeated], axis=1)
+            report["rank1_faces"] = len(repeated)
+            report["rank1"] = round(float((names[nearest] == names[repeated]).mean()), 4)
+    return report
+
+
+def _discrimination_problem(report: Dict[str, Any]) -> Optional[str]:
+    """Why a candidate's :func:`discrimination` report fails against the live embedder's, or ``None``."""
+    live = report.get("live", {})
+    mean = report.get("mean_cosine")
+    if mean is not None and mean > max(COLLAPSE_COSINE, live.get("mean_cosine", 0.0) + 0.3):
+        return (
+            f"different faces have a mean cosine of {mean:.3f} (the live embedder: "
+            f"{live.get('mean_cosine', float('nan')):.3f}) — its embeddings have collapsed"
+        )
+    above = report.get("impostor_above")
+    if above is not None and above > live.get("impostor_above", 0.0) + IMPOSTOR_SLACK:
+        return (
+            f"{above:.1%} of pairs of different enrolled people score at or above the threshold "
+            f"(the live embedder: {live.get('impostor_above', 0.0):.1%}) — it would grant strangers"
+        )
+    rank1 = report.get("rank1")
+    if rank1 is not None and rank1 < live.get("rank1", 0.0) - RANK1_SLACK:
+        return (
+            f"{rank1:.1%} of enrolled faces have their own identity nearest (the live embedder: "
+            f"{live.get('rank1', 0.0):.1%}) — it confuses enrolled people"
+        )
+    return None
+
+
 def _neutral_feeds(backend: InferenceBackend) -> Dict[str, np.ndarray]:
     """Zeros of each input's shape (batch 1; P-Net's free height/width at 48)."""
     feeds: Dict[str, np.ndarray] = {}
@@ -561,4 +686,4 @@ def _latency_ms(backend: InferenceBackend) -> float:
     return float(np.median(times))
 
 
-__all__ = ["ModelOwnershipError", "ModelRuntime", "RuntimeJobError", "ValidationError"]
+__all__ = ["ModelOwnershipError", "ModelRuntime", "RuntimeJobError", "ValidationError", "discrimination"]

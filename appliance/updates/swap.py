@@ -37,7 +37,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol
+
+import numpy as np
 
 from engines.registry import get_model
 from engines.tensorrt.service import EngineTarget
@@ -147,6 +149,7 @@ class SwapManager:
         self._stop = threading.Event()
         self._watching = False  # a switch is under its health check
         self._health_error: Optional[str] = None  # the first frame error seen while watching
+        self._health_scores: List[float] = []  # best match scores seen while watching
 
     # -- the handler interface -----------------------------------------------------------------------
 
@@ -265,6 +268,12 @@ class SwapManager:
         with self._lock:
             return self._watching
 
+    def observe_scores(self, scores: List[float]) -> None:
+        """The best match scores of a frame's faces during the health check (pipeline thread)."""
+        with self._lock:
+            if self._watching and len(self._health_scores) < HEALTH_SCORES_MAX:
+                self._health_scores.extend(scores)
+
     def pipeline_failed(self, error: BaseException) -> bool:
         """A frame raised ``error``. True when a swap's health check owns it (it will roll back)."""
         with self._lock:
@@ -299,6 +308,7 @@ class SwapManager:
             self._validate(name, staged.package)
             self.host.faults.maybe_kill("validated")
             self._reembed(name)
+            self._check_discrimination(name, staged.package)
             self._switch(name, self.active.with_active(entry))
             opened = False  # the runtime serves it now
             self._health_check(name)
@@ -422,6 +432,22 @@ class SwapManager:
                 self._progress = round(done / total, 3) if total else None
         logger.info("update: %d template(s) re-embedded for %s", total, name)
 
+    def _check_discrimination(self, name: str, package: Any) -> None:
+        """A new embedder must still tell people apart (on the enrolled faces and the package's own
+        reference faces), not only reproduce its own reference outputs."""
+        reference = package.reference()
+        samples = reference[0] if reference is not None else None
+        threshold = self.host.config.match.threshold
+        try:
+            report = self._call(
+                lambda rt: rt.check_discrimination(name, threshold, samples),
+                f"checking that {name} tells faces apart",
+            )
+        except ValidationError as err:
+            raise UpdateError(str(err)) from None
+        if report:
+            logger.info("update: %s tells faces apart: %s", name, report)
+
     def _switch(self, name: str, pointer: Pointer) -> None:
         self._set_state(SwapState.SWITCHING, "switching between two frames")
         faults = self.host.faults
@@ -435,7 +461,7 @@ class SwapManager:
         self._set_state(SwapState.HEALTH_CHECK, f"watching {self.settings.health_frames} frames")
         start_frames = self.host.frames_processed
         with self._lock:
-            self._watching, self._health_error = True, None
+            self._watching, self._health_error, self._health_scores = True, None, []
         deadline = time.monotonic() + self.settings.health_timeout_s
         self.host.faults.maybe_kill("health")
         try:
@@ -447,7 +473,7 @@ class SwapManager:
         finally:
             with self._lock:
                 self._watching = False
-                error = self._health_error
+                error = self._health_error or collapsed_scores(self._health_scores)
         if error is None and self.host.frames_processed == start_frames:
             error = self._call(lambda rt: rt.self_test(name), f"self-testing {name}")
             if error is None:
@@ -512,6 +538,28 @@ class SwapManager:
         thread = self._thread
         if thread is not None and thread.is_alive():
             thread.join(timeout)
+
+
+#: Scores kept from one health check, and how many make the collapse test meaningful.
+HEALTH_SCORES_MAX = 10_000
+HEALTH_SCORES_MIN = 5
+
+
+def collapsed_scores(scores: List[float]) -> Optional[str]:
+    """Why the best match scores seen after a switch show a collapsed embedder, or ``None``.
+
+    A working embedder gives a face in front of the door a score that varies from frame to frame;
+    one that maps every face to one vector scores every face alike, near 1.0.
+    """
+    if len(scores) < HEALTH_SCORES_MIN:
+        return None
+    values = np.asarray(scores, np.float64)
+    if float(values.min()) > 0.98 and float(np.ptp(values)) < 1e-3:
+        return (
+            f"every one of {len(values)} faces matched with a score of {values.mean():.4f}: the new "
+            "embedder maps faces to one vector"
+        )
+    return None
 
 
 def model_name(manifest: Any) -> str:

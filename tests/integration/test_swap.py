@@ -184,6 +184,65 @@ def test_a_package_that_fails_validation_changes_nothing(
         app.swap.activate()
 
 
+def _collapsing_embedder(path: Path) -> Path:
+    """An ONNX with MobileFaceNet's inputs and outputs that maps every face to one 128-d vector."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    vector = np.random.default_rng(7).normal(size=(1, 128)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["input0", "axes"], ["mean"], keepdims=0),  # (N,)
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("Unsqueeze", ["nothing", "one_axis"], ["column"]),  # (N, 1)
+        helper.make_node("Add", ["column", "vector"], ["output0"]),  # (N, 128), the same row for all
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "collapse",
+        [helper.make_tensor_value_info("input0", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 128])],
+        [
+            helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("one_axis", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("vector", TensorProto.FLOAT, [1, 128], vector.ravel().tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_signed_embedder_that_collapses_every_face_is_refused(
+    tmp_path: Path, keys: Path, reference_faces: np.ndarray, running: Running
+) -> None:
+    """Signed, the right I/O, its own reference outputs reproduced — and useless: every face becomes
+    one vector, so everyone enrolled would be granted. The check that it tells faces apart refuses
+    it before the switch, and nothing changes."""
+    app = running.app
+    assert app.swap is not None and app.runtime is not None
+    package = tmp_path / "collapse.pkg"
+    build_package(
+        _collapsing_embedder(tmp_path / "collapse.onnx"),
+        "mobilefacenet",
+        "mobilefacenet",
+        "6.6.6",
+        6,
+        keys / "release.key",
+        package,
+        reference_faces=reference_faces,
+    )
+    app.swap.verify(package)
+    app.swap.activate()
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "failed", app.swap.status()
+    assert "does not tell faces apart" in app.swap.status().last_error
+    assert "collapsed" in app.swap.status().last_error
+    assert app.runtime.model_versions["embedder"] == REGISTRY_VERSION
+    assert ActiveModels(app.config.storage.dir).entry("mobilefacenet") is None
+    assert app.gallery is not None and app.gallery.model_version == REGISTRY_VERSION and len(app.gallery) == 1
+
+
 def _resign_with_other_reference(source: Path, target: Path, key_path: Path) -> None:
     """Rewrite a package's reference outputs (shuffled rows) and sign the manifest again."""
     import hashlib

@@ -168,3 +168,51 @@ def test_frames_read_the_analyzer_of_the_moment(runtime: ModelRuntime, shared_da
     faces = after.detect(image, still=True)
     assert len(faces) >= 1 and np.isfinite(faces.boxes).all()
     assert runtime.finish_switch("mtcnn-onet") == 0  # no gallery attached: nothing to drop
+
+
+# -- a new embedder must still tell people apart (issue 12, finding 3) ------------------------------
+
+
+def _faces(identities: int, per_identity: int, dim: int = 16, spread: float = 0.1, seed: int = 0) -> tuple:
+    """Unit vectors around one random centre per identity, and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(identities, dim))
+    rows, labels = [], []
+    for identity, centre in enumerate(centres):
+        for _ in range(per_identity):
+            rows.append(centre + spread * rng.normal(size=dim))
+            labels.append(f"id{identity}")
+    vectors = np.asarray(rows, np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels
+
+
+def test_discrimination_refuses_a_collapsed_a_promiscuous_and_a_confused_embedder() -> None:
+    from appliance.runtime.runtime import _discrimination_problem, discrimination
+
+    good, labels = _faces(5, 3)
+    live = discrimination(good, labels, 0.5)
+    assert live["rank1"] == 1.0 and live["impostor_above"] == 0.0 and live["mean_cosine"] < 0.5
+    assert _discrimination_problem({**discrimination(good, labels, 0.5), "live": live}) is None
+
+    collapsed = np.tile(good[:1], (len(good), 1))  # every face → one vector
+    report = {**discrimination(collapsed, labels, 0.5), "live": live}
+    assert "collapsed" in str(_discrimination_problem(report))
+
+    squeezed = good * 0.3 + np.ones_like(good) * 0.7 / np.sqrt(good.shape[1])  # all faces drawn together
+    squeezed /= np.linalg.norm(squeezed, axis=1, keepdims=True)
+    report = {**discrimination(squeezed, labels, 0.5), "live": live}
+    problem = str(_discrimination_problem(report))
+    assert "grant strangers" in problem or "collapsed" in problem
+
+    shuffled = good[np.random.default_rng(1).permutation(len(good))]  # right spread, wrong people
+    # (a threshold no pair reaches isolates the identification figure)
+    report = {**discrimination(shuffled, labels, 1.01), "live": discrimination(good, labels, 1.01)}
+    assert "confuses enrolled people" in str(_discrimination_problem(report))
+
+
+def test_the_health_check_sees_every_face_scored_alike() -> None:
+    from appliance.updates.swap import collapsed_scores
+
+    assert collapsed_scores([1.0, 1.0, 0.99995, 1.0, 1.0, 1.0]) is not None
+    assert collapsed_scores([0.61, 0.58, 0.64, 0.6, 0.59]) is None  # a real face at the door varies
+    assert collapsed_scores([1.0, 1.0]) is None  # too few to tell
