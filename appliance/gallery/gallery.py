@@ -3,6 +3,11 @@
 Only templates of the active embedder version are indexed and searched. The index is saved next to
 the store with the store's generation; it is rebuilt when missing, stale (other model version or
 generation) or corrupt — it never holds anything the store does not.
+
+A missing store is not always a new one: an index saved at a later generation than an empty store
+proves that enrolments existed (the database was deleted or truncated). Starting empty would deny
+every enrolled person without a word and overwrite the index — the last copy of their templates —
+so :meth:`Gallery.open` refuses instead (:func:`check_store_not_lost`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import numpy as np
 from ..config import ApplianceConfig
 from ..decisions import Candidate
 from .bundle import BundleIdentity, export_bundle, read_bundle
-from .errors import BundleError, IdentityError
-from .index import GalleryIndexError, TemplateIndex
+from .errors import BundleError, GalleryStoreError, IdentityError
+from .index import GalleryIndexError, IndexMissingError, IndexStaleError, TemplateIndex, saved_generation
 from .store import Identity, TemplateStore
 
 logger = logging.getLogger(__name__)
@@ -83,9 +88,13 @@ class Gallery:
         """Open the gallery of ``config.storage.dir`` for the active embedder.
 
         Raises:
-            GalleryKeyError, GalleryStoreError: see :meth:`TemplateStore.open`.
+            GalleryKeyError, GalleryStoreError: see :meth:`TemplateStore.open`; GalleryStoreError
+                also when the store is missing or empty but the saved index proves it held
+                enrolments (:func:`check_store_not_lost`): nothing is created or overwritten then.
         """
-        store = TemplateStore.open(config.storage.dir / STORE_FILE, config.gallery_key_file)
+        store_path = config.storage.dir / STORE_FILE
+        check_store_not_lost(store_path, config.storage.dir / INDEX_FILE, config.gallery_key_file)
+        store = TemplateStore.open(store_path, config.gallery_key_file)
         try:
             return cls(
                 store,
@@ -121,11 +130,35 @@ class Gallery:
                 if len(index) != len(ids):
                     raise GalleryIndexError(f"index holds {len(index)} templates, the store {len(ids)}")
             except (GalleryIndexError, OSError) as err:  # OSError: an unreadable file is rebuilt too
+                if isinstance(err, IndexStaleError):
+                    self._check_not_emptied(generation)
                 if self.index_path.exists() or not isinstance(err, FileNotFoundError):
                     logger.info("rebuilding the gallery index: %s", err)
                 index = self._build(ids, vectors)
                 self._save_index(index, generation)
             self._index = index
+
+    def _check_not_emptied(self, generation: int) -> None:
+        """Before a stale index is replaced: refuse when the store is new but the index is not.
+
+        :func:`check_store_not_lost` catches a vanished store before it is recreated; this catches
+        one recreated empty already (by an older firmware, or by opening the store on its own). A
+        store at a lower, non-zero generation than its index (a restored backup) is rebuilt from.
+        """
+        try:
+            saved = saved_generation(self.index_path)
+        except (GalleryIndexError, OSError):
+            return
+        if generation == 0 and saved > 0:
+            raise GalleryStoreError(_lost_store_message(self.store.path, self.index_path, saved, "is empty"))
+        if saved > generation:
+            logger.warning(
+                "the gallery store %s is at generation %d, older than its index (generation %d): a restored "
+                "backup? rebuilding the index from the store",
+                self.store.path,
+                generation,
+                saved,
+            )
 
     def switch_model(self, model_version: str, dim: int) -> None:
         """Search the templates of another embedder version from now on (rebuilds the index)."""
@@ -343,3 +376,58 @@ class Gallery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _store_missing(store_path: Path) -> Optional[str]:
+    """``"is missing"`` / ``"is empty"`` when there is no database to open at ``store_path``, else ``None``."""
+    try:
+        size = store_path.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    except OSError:
+        return None  # unreadable: TemplateStore.open says why
+    return "is empty (0 bytes)" if size == 0 else None
+
+
+def check_store_not_lost(store_path: Path, index_path: Path, key_file: Path) -> None:
+    """Refuse to create a new, empty store where the saved index proves one held enrolments.
+
+    A first start (no store and no index, with or without a key) passes, and so does an index saved
+    at generation 0 (a gallery that never held anyone). An index file whose header cannot be read
+    is evidence too: only a gallery writes one.
+
+    Raises:
+        GalleryStoreError: the store is missing or empty and the index is not (the message says how
+            to restore it, or how to really start again).
+    """
+    missing = _store_missing(store_path)
+    if missing is None:
+        return
+    try:
+        saved: Optional[int] = saved_generation(index_path)
+    except IndexMissingError:
+        return
+    except (GalleryIndexError, OSError) as err:
+        logger.debug("the gallery index %s cannot be read: %s", index_path, err)
+        saved = None
+    if saved == 0:
+        return
+    key = f" and its key {key_file} is still there" if key_file.exists() else ""
+    raise GalleryStoreError(_lost_store_message(store_path, index_path, saved, missing, key))
+
+
+def _lost_store_message(
+    store_path: Path, index_path: Path, saved: Optional[int], missing: str, key_note: str = ""
+) -> str:
+    """What was found (store, index, key), what is refused, and what to do."""
+    found = (
+        f"the search index {index_path} was saved at generation {saved}"
+        if saved is not None
+        else f"a search index {index_path} exists (its header cannot be read)"
+    )
+    return (
+        f"the gallery database {store_path} {missing}, but {found}{key_note}: the gallery held enrolments. Refusing to "
+        f"start with an empty gallery, which would deny every enrolled person and overwrite the index. Restore "
+        f"{store_path.name} from its backup; to really start with no one enrolled, move {index_path.name} "
+        f"away (and the empty {store_path.name}, if any)"
+    )

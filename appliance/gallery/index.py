@@ -691,6 +691,25 @@ class TemplateIndex:
         return index
 
 
+def saved_generation(path: PathLike) -> int:
+    """The template-store generation an index file was saved for, from its header alone.
+
+    The payload is neither read nor verified: this is how a gallery whose store vanished tells that
+    the store once held changes (see :meth:`Gallery.open <appliance.gallery.gallery.Gallery.open>`).
+
+    Raises:
+        IndexMissingError: there is no file. IndexCorruptError: the header is not a valid one.
+        OSError: the file exists but cannot be read.
+    """
+    where = os.fspath(path)
+    try:
+        stream = open(where, "rb")
+    except FileNotFoundError as err:
+        raise IndexMissingError(f"{where}: no saved gallery index") from err
+    with stream:
+        return int(_read_header(stream, where)["generation"])
+
+
 # -- file helpers ------------------------------------------------------------------------------
 
 
@@ -819,4 +838,5 @@ __all__ = [
     "exact_top_k",
     "measure_recall",
     "probe_queries",
+    "saved_generation",
 ]
