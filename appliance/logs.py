@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Dict
+import threading
+import time
+from typing import Any, Callable, Dict
 
 #: Below DEBUG: per-frame and per-CAN-frame chatter, so that DEBUG stays readable on a device.
 TRACE = 5
@@ -41,3 +43,52 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for name, quiet_level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(quiet_level, root.level))
+
+
+class RateLimitedLog:
+    """WARNING records that input from outside can cause, at most one per key and interval.
+
+    A node on a bus or a broker can repeat the same fault thousands of times a second; each repeat
+    within ``interval_s`` of the last WARNING of its key goes to TRACE and is counted, and the next
+    WARNING of the key says how many were held back. Thread-safe.
+
+    Args:
+        logger: where the records go.
+        interval_s: the shortest time between two WARNINGs of one key.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: Dict[str, float] = {}
+        self._held: Dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: Any) -> bool:
+        """Log ``message % args`` as a WARNING unless one of ``key`` went out recently (then TRACE).
+
+        Returns:
+            Whether the WARNING went out.
+        """
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                held = -1
+            else:
+                held = self._held.pop(key, 0)
+                self._last[key] = now
+        if held < 0:
+            self.logger.log(TRACE, message, *args)
+            return False
+        if held and last is not None:
+            text = message % args if args else message
+            self.logger.warning("%s (%d more like it in the last %.0f s)", text, held, now - last)
+        else:
+            self.logger.warning(message, *args)
+        return True

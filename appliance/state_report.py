@@ -88,7 +88,13 @@ class StateReporter:
         if self.app.uds is None:
             return None
         progress = self.app.uds.progress()
-        return {"state": progress.state.value, "size": progress.size, "received": progress.received}
+        document: Dict[str, Any] = {
+            "state": progress.state.value,
+            "size": progress.size,
+            "received": progress.received,
+        }
+        document.update(self.app.uds.drops())  # requests and frames a flooding node made it drop
+        return document
 
     def transfer_changed(self) -> bool:
         """Whether the transfer progressed since the last call (``…/model`` is then republished)."""

@@ -23,7 +23,9 @@ Interfaces: ``socketcan`` on the device (bring the link up outside the daemon, e
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+import queue
+import threading
+from typing import Any, Dict, Optional
 
 import can
 import isotp
@@ -37,6 +39,17 @@ logger = logging.getLogger(__name__)
 PADDING_BYTE = 0xCC
 #: ISO-TP N_Bs / N_Cr: waiting for a flow control or the next consecutive frame, in ms.
 ISOTP_TIMEOUT_MS = 1000
+#: can-isotp's own logger (the tester's stacks).
+ISOTP_LOGGER = "isotp"
+#: The logger of the appliance's ISO-TP stack. can-isotp logs a WARNING for every bad frame, so any
+#: node on the bus could fill the journal; the server reports those errors itself, rate-limited
+#: (``error_handler``), and this logger passes ERROR records only.
+ISOTP_SERVER_LOGGER = "isotp.uds-server"
+logging.getLogger(ISOTP_SERVER_LOGGER).setLevel(logging.ERROR)
+#: CAN frames waiting for the server's ISO-TP thread at most; more are dropped (and counted).
+MAX_PENDING_FRAMES = 4096
+#: Complete requests waiting for the UDS server at most; the oldest are dropped (and counted).
+MAX_PENDING_REQUESTS = 32
 
 
 class CanLinkError(UpdateError):
@@ -65,7 +78,10 @@ def isotp_address(can_config: UpdatesCanConfig, server: bool) -> isotp.Address:
 
 
 def isotp_params(
-    can_config: UpdatesCanConfig, max_message_bytes: int, blocking_send: bool = False
+    can_config: UpdatesCanConfig,
+    max_message_bytes: int,
+    blocking_send: bool = False,
+    logger_name: str = ISOTP_LOGGER,
 ) -> Dict[str, Any]:
     """can-isotp parameters for either end.
 
@@ -75,6 +91,7 @@ def isotp_params(
             flow-control overflow (``max_frame_size``).
         blocking_send: ``send`` returns once the message is on the bus (the tester uses it, so that
             its response timer starts after a long TransferData has gone out, not before).
+        logger_name: the logger can-isotp writes to (:data:`ISOTP_SERVER_LOGGER` on the appliance).
     """
     return {
         "stmin": stmin_byte(can_config.st_min_ms),
@@ -87,8 +104,81 @@ def isotp_params(
         "rx_flowcontrol_timeout": ISOTP_TIMEOUT_MS,
         "rx_consecutive_frame_timeout": ISOTP_TIMEOUT_MS,
         "blocking_send": blocking_send,
-        "logger_name": "isotp",
+        "logger_name": logger_name,
     }
+
+
+class DropOldestQueue(queue.Queue):  # type: ignore[type-arg]
+    """A FIFO that keeps at most ``limit`` items: a put into a full queue drops the oldest one.
+
+    It never blocks the producer (can-isotp's thread, which also sends the responses), and it keeps
+    what waits recent, so a flood cannot put the server seconds behind the bus.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.dropped = 0
+
+    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        with self.not_full:
+            while self._qsize() >= self.limit:
+                self._get()
+                self.dropped += 1
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
+class BoundedNotifierStack(isotp.NotifierBasedCanStack):
+    """can-isotp's ``NotifierBasedCanStack`` with bounded receive queues.
+
+    can-isotp queues CAN frames and complete messages without a bound: a node sending requests
+    faster than the server answers them made the daemon fall seconds behind (a legitimate tester
+    then got the answers to the flood's requests) and grow by hundreds of MB. Here at most
+    ``max_frames`` CAN frames wait for the ISO-TP thread (newer ones are dropped) and at most
+    ``max_requests`` complete messages wait for :meth:`recv` (the oldest are dropped). Both drops
+    are counted (:attr:`dropped_frames`, :attr:`dropped_requests`).
+    """
+
+    def __init__(
+        self,
+        bus: can.BusABC,
+        notifier: can.Notifier,
+        *args: Any,
+        max_frames: int = MAX_PENDING_FRAMES,
+        max_requests: int = MAX_PENDING_REQUESTS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(bus, notifier, *args, **kwargs)
+        self.max_frames = max_frames
+        self.rx_queue = DropOldestQueue(max_requests)
+        self._dropped_frames = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def dropped_frames(self) -> int:
+        """CAN frames dropped because ``max_frames`` were waiting."""
+        return self._dropped_frames
+
+    @property
+    def dropped_requests(self) -> int:
+        """Complete requests dropped (the oldest) because ``max_requests`` were waiting."""
+        rx_queue = self.rx_queue
+        return rx_queue.dropped if isinstance(rx_queue, DropOldestQueue) else 0
+
+    def pending_frames(self) -> int:
+        """CAN frames received and not yet processed by the ISO-TP thread (approximate)."""
+        reader = self.buffered_reader
+        waiting = reader.buffer.qsize() if reader is not None else 0
+        return waiting + self.rx_relay_queue.qsize()
+
+    def _on_message_received(self, msg: can.Message) -> None:
+        if self.buffered_reader is not None and self.pending_frames() >= self.max_frames:
+            with self._count_lock:
+                self._dropped_frames += 1
+            return
+        super()._on_message_received(msg)
 
 
 def open_bus(can_config: UpdatesCanConfig, server: bool) -> can.BusABC:
@@ -132,4 +222,15 @@ def open_bus(can_config: UpdatesCanConfig, server: bool) -> can.BusABC:
     return bus
 
 
-__all__ = ["CanLinkError", "isotp_address", "isotp_params", "open_bus", "stmin_byte"]
+__all__ = [
+    "ISOTP_SERVER_LOGGER",
+    "MAX_PENDING_FRAMES",
+    "MAX_PENDING_REQUESTS",
+    "BoundedNotifierStack",
+    "CanLinkError",
+    "DropOldestQueue",
+    "isotp_address",
+    "isotp_params",
+    "open_bus",
+    "stmin_byte",
+]

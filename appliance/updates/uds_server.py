@@ -83,11 +83,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import can
-import isotp
 
 from .. import __version__
 from ..config import ApplianceConfig
-from .can_link import isotp_address, isotp_params, open_bus
+from ..logs import RateLimitedLog
+from .can_link import ISOTP_SERVER_LOGGER, BoundedNotifierStack, isotp_address, isotp_params, open_bus
 from .errors import PackageError, UpdateError
 from .handler import UpdateHandler, UpdateStatus
 from .transfer import (
@@ -649,12 +649,15 @@ class UdsServer:
             config.updates_staging_dir, sync_every=sync_every, reserve_bytes=reserve_bytes
         )
         self.service = UdsService(config, handler, self.incoming, secret, pending=self._send_pending)
-        self._stack: Optional[isotp.NotifierBasedCanStack] = None
+        self._stack: Optional[BoundedNotifierStack] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._ready = threading.Event()
+        #: requests and frames dropped by stacks already stopped
+        self._dropped: Tuple[int, int] = (0, 0)
         self._closed = False
-        self._last_errors: Dict[str, float] = {}
+        self._errors_log = RateLimitedLog(logger, _ERROR_REPEAT_S)
+        self._drops_logged = 0
 
     def __enter__(self) -> UdsServer:
         self.start()
@@ -666,6 +669,21 @@ class UdsServer:
     def progress(self) -> TransferProgress:
         """The staging file's state (for ``…/model``); callable from any thread."""
         return self.incoming.progress()
+
+    def drops(self) -> Dict[str, int]:
+        """What a flood made the server drop so far: ``dropped_requests``, ``dropped_frames``."""
+        stack = self._stack
+        if stack is None:
+            return {"dropped_requests": self._dropped[0], "dropped_frames": self._dropped[1]}
+        return {
+            "dropped_requests": self._dropped[0] + stack.dropped_requests,
+            "dropped_frames": self._dropped[1] + stack.dropped_frames,
+        }
+
+    @property
+    def dropped_requests(self) -> int:
+        """Requests dropped unanswered (the oldest waiting) because the server fell behind the bus."""
+        return self.drops()["dropped_requests"]
 
     def start(self) -> None:
         """Start ISO-TP and the server thread.
@@ -679,12 +697,14 @@ class UdsServer:
         can_config = self.config.updates.can
         if self._notifier is None:
             self._notifier = can.Notifier(self.bus, [], timeout=POLL_S)
-        self._stack = isotp.NotifierBasedCanStack(
+        self._stack = BoundedNotifierStack(
             self.bus,
             self._notifier,
             address=isotp_address(can_config, server=True),
             error_handler=self._on_isotp_error,
-            params=isotp_params(can_config, max_message_bytes=can_config.transfer_block_bytes),
+            params=isotp_params(
+                can_config, max_message_bytes=can_config.transfer_block_bytes, logger_name=ISOTP_SERVER_LOGGER
+            ),
         )
         try:
             self._stack.start()
@@ -724,6 +744,10 @@ class UdsServer:
             self.service.close()
         stack, self._stack = self._stack, None
         if stack is not None:
+            self._dropped = (
+                self._dropped[0] + stack.dropped_requests,
+                self._dropped[1] + stack.dropped_frames,
+            )
             stack.stop()
         self._stop_notifier()
 
@@ -752,6 +776,7 @@ class UdsServer:
         while not self._stop.is_set():
             try:
                 request = stack.recv(block=True, timeout=POLL_S)
+                self._report_drops(stack)
                 if request is None:
                     self.service.poll()
                     continue
@@ -767,18 +792,24 @@ class UdsServer:
         if stack is not None:
             stack.send(negative_response(service_id, NRC_RESPONSE_PENDING))
 
+    def _report_drops(self, stack: BoundedNotifierStack) -> None:
+        """A WARNING (rate-limited) when a flood made the stack drop frames or requests."""
+        dropped = stack.dropped_requests + stack.dropped_frames
+        if dropped != self._drops_logged:
+            self._drops_logged = dropped
+            self._errors_log.warning(
+                "drops",
+                "UDS: %d request(s) and %d CAN frame(s) dropped so far: a node sends faster than the "
+                "server answers; check the bus for a misbehaving node",
+                stack.dropped_requests,
+                stack.dropped_frames,
+            )
+
     def _on_isotp_error(self, error: Exception) -> None:
-        # Called on can-isotp's thread. A tester cut mid-message gives one timeout; a confused one
-        # can give many: the first of a kind is a warning, repeats within _ERROR_REPEAT_S are debug.
+        # Called on can-isotp's thread. A tester cut mid-message gives one timeout; any node on the
+        # bus can give thousands: one WARNING per kind and _ERROR_REPEAT_S, the repeats at TRACE.
         kind = type(error).__name__
-        now = time.monotonic()
-        level = (
-            logging.DEBUG
-            if now - self._last_errors.get(kind, -_ERROR_REPEAT_S) < _ERROR_REPEAT_S
-            else logging.WARNING
-        )
-        self._last_errors[kind] = now
-        logger.log(level, "ISO-TP: %s: %s", kind, error)
+        self._errors_log.warning(kind, "ISO-TP: %s: %s", kind, error)
 
 
 def open_uds_server(config: ApplianceConfig, handler: UpdateHandler) -> UdsServer:
