@@ -32,11 +32,12 @@ import binascii
 import json
 from typing import Any, Dict, Optional, Tuple, Type
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .config_load import ConfigIssue
 from .errors import ApplianceError
 from .events import rfc3339_now
+from .gallery.text import MAX_NAME, text_problem
 
 MAX_IMAGE_BYTES = 8 * 2**20
 
@@ -63,6 +64,17 @@ class EnrollCommand(_Command):
     external_id: Optional[str] = Field(None, min_length=1, max_length=200)
     consent_at: Optional[str] = Field(None, min_length=1, max_length=40)
     face: Optional[int] = Field(None, ge=1, le=100)
+
+    @field_validator("name", "external_id")
+    @classmethod
+    def _person_text(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        """No control characters or bidi overrides: the gallery's own check (:mod:`.gallery.text`)."""
+        if value is None:
+            return None
+        problem = text_problem(value, (info.field_name or "name").replace("_", " "), MAX_NAME)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     def image_bytes(self) -> bytes:
         try:

@@ -15,6 +15,7 @@ from ..enrollment import Enroller, EnrollmentResult
 from ..gallery.errors import BundleError, GalleryError, IdentityError
 from ..gallery.gallery import Gallery
 from ..gallery.store import check_identity_id, slugify, utc_now
+from ..gallery.text import check_external_id, check_name, printable
 from ..runtime.loading import load_analyzer
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.image import ImageError, read_image
@@ -140,11 +141,12 @@ def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
 
 
 def _report(result: EnrollmentResult) -> None:
-    print(f"{result.identity_id} ({result.name}): {len(result.template_ids)} template(s) stored")
+    """An enrolment on the terminal; names (in the duplicate warnings too) are escaped."""
+    print(f"{result.identity_id} ({printable(result.name)}): {len(result.template_ids)} template(s) stored")
     for photo in result.photos:
-        print(f"  {'ok ' if photo.accepted else 'NO '} {photo.source}: {photo.reason}")
+        print(f"  {'ok ' if photo.accepted else 'NO '} {printable(photo.source)}: {printable(photo.reason)}")
     for warning in result.duplicates:
-        print(f"  warning: {warning}")
+        print(f"  warning: {printable(warning)}")
 
 
 def _result_json(result: EnrollmentResult) -> Dict[str, Any]:
@@ -171,7 +173,7 @@ def _enroll(args: argparse.Namespace) -> int:
             sys.stderr.write(f"error: {args.from_dir} is not a folder\n")
             return EXIT_CONFIG
         for folder in sorted(p for p in args.from_dir.iterdir() if p.is_dir()):
-            jobs.append((slugify(folder.name), folder.name, _images_of(folder)))
+            jobs.append((slugify(folder.name), check_name(folder.name), _images_of(folder)))
         if not jobs:
             sys.stderr.write(f"error: {args.from_dir} has no sub-folders (one per person)\n")
             return EXIT_CONFIG
@@ -181,7 +183,10 @@ def _enroll(args: argparse.Namespace) -> int:
             sys.stderr.write("error: give --name (and optionally --id)\n")
             return EXIT_CONFIG
         check_identity_id(identity_id)
+        if args.name is not None:
+            check_name(args.name)
         jobs.append((identity_id, args.name or "", list(args.images)))
+    check_external_id(args.external_id)
     analyzer, gallery = _open_with_analyzer(config)
     results: List[EnrollmentResult] = []
     failed = False
@@ -199,8 +204,8 @@ def _enroll(args: argparse.Namespace) -> int:
                     return EXIT_CONFIG
                 if known is not None and not args.from_dir and args.identity_id is None:
                     sys.stderr.write(
-                        f"error: identity {identity_id!r} ({known.name}) exists; pass --id {identity_id} to add "
-                        f"photos to it, or another --id for a different person\n"
+                        f"error: identity {identity_id!r} ({printable(known.name)}) exists; pass --id "
+                        f"{identity_id} to add photos to it, or another --id for a different person\n"
                     )
                     return EXIT_CONFIG
                 photos = []
@@ -271,7 +276,7 @@ def _identify(args: argparse.Namespace) -> int:
                 continue
             print(f"{document['image']}: {len(document['faces'])} face(s)")
             for number, face in enumerate(document["faces"], 1):
-                who = face["identity"]["name"] if face["identity"] else "unknown"
+                who = printable(face["identity"]["name"]) if face["identity"] else "unknown"
                 score = "-" if face["score"] is None else f"{face['score']:.3f}"
                 print(f"  {number}. {face['decision']:8} {who}  score {score} (threshold {threshold:g})")
     return EXIT_FAILURE if failed else EXIT_OK
@@ -292,8 +297,10 @@ def _list(args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"{len(identities)} identities, {sum(versions.values())} templates ({len(gallery)} searchable)")
         for identity in identities:
-            external = f"  external id {identity.external_id}" if identity.external_id else ""
-            print(f"  {identity.id:24} {identity.name:28} {identity.templates} template(s){external}")
+            external = f"  external id {printable(identity.external_id)}" if identity.external_id else ""
+            print(
+                f"  {identity.id:24} {printable(identity.name):28} {identity.templates} template(s){external}"
+            )
     return EXIT_OK
 
 
@@ -333,7 +340,7 @@ def _import(args: argparse.Namespace) -> int:
         report = gallery.import_bundle(data, passphrase, replace=args.replace)
     print(f"imported {len(report.imported)}, replaced {len(report.replaced)}, skipped {len(report.skipped)}")
     for identity_id, reason in report.skipped.items():
-        print(f"  skipped {identity_id}: {reason}")
+        print(f"  skipped {identity_id}: {printable(reason)}")
     return EXIT_OK
 
 

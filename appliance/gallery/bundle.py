@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from ..vision.image import image_dimensions
 from .errors import BundleError
 from .store import IDENTITY_ID_PATTERN, TemplateStore, utc_now
+from .text import MAX_NAME, text_problem
 
 MAGIC = b"FAGALLERY\x01"
 SALT_BYTES = 16
@@ -165,6 +166,14 @@ def _text(
     return value
 
 
+def _person_text(value: str, where: str, what: str) -> str:
+    """A name or external id, checked as every way into the gallery checks it (:mod:`.text`)."""
+    problem = text_problem(value, what, MAX_NAME)
+    if problem is not None:
+        raise BundleError(f"{where}: {problem}; nothing was imported")
+    return value
+
+
 def _identity(entry: Any, where: str) -> BundleIdentity:
     if not isinstance(entry, dict):
         raise BundleError(f"{where}: expected an object")
@@ -174,13 +183,14 @@ def _identity(entry: Any, where: str) -> BundleIdentity:
     templates = entry.get("templates")
     if not isinstance(templates, list) or not 1 <= len(templates) <= MAX_TEMPLATES_PER_IDENTITY:
         raise BundleError(f"{where}.templates: expected 1–{MAX_TEMPLATES_PER_IDENTITY} templates")
-    name = _text(entry, "name", where) or ""
-    if not name.strip():
-        raise BundleError(f"{where}.name: only blanks")
+    name = _person_text(_text(entry, "name", where) or "", f"{where}.name", "name")
+    external_id = _text(entry, "external_id", where, optional=True)
+    if external_id is not None:
+        external_id = _person_text(external_id, f"{where}.external_id", "external id")
     return BundleIdentity(
         id=identity_id,
         name=name,
-        external_id=_text(entry, "external_id", where, optional=True),
+        external_id=external_id,
         consent_at=_text(entry, "consent_at", where, limit=40) or "",
         templates=[_template(t, f"{where}.templates[{i}]") for i, t in enumerate(templates)],
     )

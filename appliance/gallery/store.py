@@ -31,6 +31,7 @@ import numpy as np
 
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
+from .text import check_external_id, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -352,12 +353,11 @@ class TemplateStore:
             The new template ids.
 
         Raises:
-            IdentityError: bad id, the id belongs to someone with another name, or it does not
-                exist and ``create`` is false.
+            IdentityError: bad id, a name or external id that is empty, too long or holds control
+                characters (:mod:`.text`), the id belongs to someone with another name, or it does
+                not exist and ``create`` is false.
         """
         check_identity_id(identity_id)
-        if not name.strip() or len(name) > 200:
-            raise IdentityError("a name must be 1–200 characters")
         embeddings = np.asarray(embeddings, np.float32)
         if embeddings.ndim != 2 or not len(embeddings) or not np.isfinite(embeddings).all():
             raise IdentityError(f"need (N, D) finite embeddings, got shape {embeddings.shape}")
@@ -368,6 +368,10 @@ class TemplateStore:
             if row is None:
                 if not create:
                     raise IdentityError(f"no identity {identity_id!r}")
+                # Checked for new identities only: one stored before the check existed keeps its
+                # name (printed escaped) and can still get photos.
+                check_name(name)
+                check_external_id(external_id)
                 db.execute(
                     "INSERT INTO identities VALUES (?, ?, ?, ?, ?)",
                     (identity_id, name, external_id, consent_at or now, now),
