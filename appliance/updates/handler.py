@@ -10,8 +10,9 @@ The received file
 ``verify(package_path)`` gets the path of the complete, hash-checked package
 (``{updates staging dir}/received.pkg``). The server leaves that file alone until the *next*
 transfer completes, which replaces it atomically (``os.replace``: a reader that opened it keeps the
-old contents). A handler that needs the payload after that — while a swap runs — keeps the file
-open or copies what it needs during ``verify`` or at the start of ``activate``.
+old contents). A handler that needs the payload after that — while a swap runs — must keep what it
+verified: the swap manager gives the file a name of its own (a hard link) in ``verify`` and verifies
+that, so the next transfer cannot change what is activated.
 
 How refusals reach the tester
 -----------------------------
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: ``swap_state`` when the last swap (or rollback) committed.
 SWAP_DONE = "done"
@@ -101,6 +102,25 @@ class UpdateHandler(Protocol):
         ...
 
 
+@runtime_checkable
+class UpdateRecorder(Protocol):
+    """A handler that keeps the one update record (the swap manager) also takes the transport's
+    refusals, so that the last-error identifier and ``…/model`` are rendered from that record alone.
+
+    ``source`` is ``"transfer"`` for a refused download, transfer or transfer exit, else the routine
+    (``"verify"``, ``"activate"``, ``"rollback"``) that failed unexpectedly. A handler without these
+    methods keeps the older behaviour: the server's own last error, else the handler's.
+    """
+
+    def record_error(self, source: str, text: str) -> None:
+        """``text`` (``"{reason}: {message}"``) is now the latest error, given by ``source``."""
+        ...
+
+    def clear_error(self, source: str) -> None:
+        """The latest error, if ``source`` gave it, is over (a new download started)."""
+        ...
+
+
 __all__ = [
     "SWAP_DONE",
     "SWAP_FAILED",
@@ -108,5 +128,6 @@ __all__ = [
     "SWAP_ROLLED_BACK",
     "TERMINAL_SWAP_STATES",
     "UpdateHandler",
+    "UpdateRecorder",
     "UpdateStatus",
 ]

@@ -25,19 +25,25 @@ coming back through a future.
 
 A power cut before the commit leaves the old pointer, and the old model's templates untouched; after
 it, the new pointer and the new templates. Leftovers of an interrupted attempt (a staging folder,
-templates of a version that is not active) are harmless and cleared by the next attempt.
+templates of a version that is not active) are harmless and cleared by the next attempt. Every end of
+a swap (done, failed, rolled back) removes the extracted package folders that the pointer names
+neither as active nor as previous, so they do not pile up until a restart.
+
+Where updates stand (state, step, staged package, the latest error with its source and time) is one
+record, :class:`~appliance.updates.update_state.UpdateState`, owned here and rendered from one
+snapshot for the UDS identifiers and for ``…/model``.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
+import os
 import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -53,35 +59,17 @@ from ..runtime.engines import EngineSupervisor
 from .active import ActiveModels, InstalledModel, Pointer
 from .errors import PackageError, UpdateError
 from .handler import UpdateStatus
+from .update_state import (
+    BUSY,
+    SOURCE_ACTIVATE,
+    SOURCE_ROLLBACK,
+    SOURCE_VERIFY,
+    Staged,
+    SwapState,
+    UpdateState,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class SwapState(str, enum.Enum):
-    """Where the swap stands (``swap_state`` in ``…/model`` and the UDS identifier)."""
-
-    IDLE = "idle"
-    VERIFIED = "verified"
-    STAGING = "staging"
-    PREPARING = "preparing"
-    VALIDATING = "validating"
-    REEMBEDDING = "reembedding"
-    SWITCHING = "switching"
-    HEALTH_CHECK = "health_check"
-    DONE = "done"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"
-
-
-#: States in which a swap is under way (no second one may start).
-BUSY = {
-    SwapState.STAGING,
-    SwapState.PREPARING,
-    SwapState.VALIDATING,
-    SwapState.REEMBEDDING,
-    SwapState.SWITCHING,
-    SwapState.HEALTH_CHECK,
-}
 
 
 class SwapHost(Protocol):
@@ -112,19 +100,30 @@ class SwapSettings:
     switch_timeout_s: float = 30.0
 
 
-@dataclass
-class _Staged:
-    name: str
-    package: Any  # VerifiedPackage
-    version: str
-    release: int
+#: The verified package's own file (``<storage>/models/verified.pkg``), what ``activate`` installs.
+VERIFIED_NAME = "verified.pkg"
+
+
+class _RolledBackError(UpdateError):
+    """The health check failed and the switch was undone (the swap ends ``rolled_back``)."""
 
 
 class SwapManager:
     """Carries out verify → … → health check for packages received over the CAN bus (or a file).
 
     Implements :class:`appliance.updates.handler.UpdateHandler`. Thread-safe; the swap runs on its own
-    thread, the switch on the pipeline thread.
+    thread, the switch on the pipeline thread. Where updates stand is one record,
+    :attr:`state` (:class:`~appliance.updates.update_state.UpdateState`), from which both the UDS
+    identifiers (:meth:`status`) and ``…/model`` (:meth:`document`) are rendered.
+
+    What was verified is what is activated: :meth:`verify` first gives the received file a name of
+    its own (``<storage>/models/verified.pkg``, a hard link — no copy — or a copy where the staging
+    folder is on another file system) and verifies *that* file, which nothing else writes. The UDS
+    server replaces ``received.pkg`` when the next transfer completes (``os.replace``): the kept
+    file still holds the verified bytes, so a second push that completes its transfer but not its
+    verify, or a transfer completing during a swap, changes neither FD01 nor what the swap installs.
+    Keeping rather than refusing transfers lets an operator send the next package while a swap runs;
+    the kept file is removed when the staged package is dropped or its swap ends.
     """
 
     def __init__(
@@ -139,57 +138,53 @@ class SwapManager:
         self.settings = settings or SwapSettings()
         self.max_package_bytes = max_package_bytes
         self.active = ActiveModels(host.config.storage.dir)
-        self._lock = threading.Lock()
-        self._state = SwapState.IDLE
-        self._step = ""
-        self._progress: Optional[float] = None
-        self._staged: Optional[_Staged] = None
-        self._last_error = ""
+        self.state = UpdateState(on_change=host.publish_model)
+        self._lock = threading.Lock()  # the health check's fields
+        self._verify_lock = threading.Lock()  # one verify at a time (they share the kept file)
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._watching = False  # a switch is under its health check
         self._health_error: Optional[str] = None  # the first frame error seen while watching
         self._health_scores: List[float] = []  # best match scores seen while watching
+        self._remove_kept()  # left by a run that stopped with a package staged
+
+    @property
+    def kept_path(self) -> Path:
+        """The verified package's own file (see the class notes)."""
+        return self.active.root / VERIFIED_NAME
 
     # -- the handler interface -----------------------------------------------------------------------
 
     def verify(self, package_path: Path) -> str:
         """Verify a received package and keep it as the staged one; returns its version.
 
+        The file is first kept under its own name (see the class notes); what is verified is that file.
+
         Raises:
             PackageError: refused (``reason`` says why); the staged package, if any, is dropped.
-            UpdateError: a swap is under way.
+            UpdateError: a swap is under way, or the file cannot be kept.
         """
-        from .package import verify_package
-
-        with self._lock:
-            if self._state in BUSY:
-                raise UpdateError(f"a swap is under way ({self._state.value}); wait for it to finish")
-        try:
-            package = verify_package(
-                package_path,
-                self.trusted_keys,
-                active_release=None,
-                firmware_version=__version__,
-                max_size=self.max_package_bytes,
-            )
-            name = model_name(package.manifest)
-            self._check_release(name, package.manifest)
-        except PackageError as err:
-            with self._lock:
-                self._staged = None
-                self._set_error(f"{err.reason}: {err}")
-            self.host.publish_model()
-            raise
-        manifest = package.manifest
-        with self._lock:
-            self._staged = _Staged(name, package, str(manifest.version), int(manifest.release))
-            self._state = SwapState.VERIFIED
-            self._step = f"{name} {manifest.version} (release {manifest.release}) verified"
-            self._last_error = ""
+        with self._verify_lock:
+            try:
+                self.state.start_verify(f"verifying {Path(package_path).name}")
+            except UpdateError as err:
+                self.state.record_error(SOURCE_VERIFY, str(err))
+                raise
+            self._remove_kept()
+            try:
+                package, name = self._verified(self._keep(Path(package_path)))
+                manifest = package.manifest
+                staged = Staged(name, str(manifest.version), int(manifest.release), package)
+                self.state.verified(
+                    staged, f"{name} {manifest.version} (release {manifest.release}) verified"
+                )
+            except Exception as err:
+                self._remove_kept()
+                reason = f"{err.reason}: {err}" if isinstance(err, PackageError) else str(err)
+                self.state.refused(SOURCE_VERIFY, reason, "nothing staged: the package was refused")
+                raise
         logger.info("update: package %s %s release %d verified", name, manifest.version, manifest.release)
-        self.host.publish_model()
-        return str(manifest.version)
+        return staged.version
 
     def activate(self) -> None:
         """Start the swap to the verified package in the background.
@@ -197,15 +192,14 @@ class SwapManager:
         Raises:
             UpdateError: nothing verified, or a swap is under way.
         """
-        with self._lock:
-            if self._state in BUSY:
-                raise UpdateError(f"a swap is under way ({self._state.value})")
-            staged = self._staged
-            if staged is None:
-                raise UpdateError("no verified package to activate; transfer and verify one first")
-            self._state = SwapState.STAGING
-            self._thread = threading.Thread(target=self._run, args=(staged,), name="model-swap", daemon=True)
-            self._thread.start()
+        try:
+            staged = self.state.begin(SwapState.STAGING, "starting the swap", need_staged=True)
+        except UpdateError as err:
+            self.state.record_error(SOURCE_ACTIVATE, str(err))
+            raise
+        assert staged is not None
+        self._thread = threading.Thread(target=self._run, args=(staged,), name="model-swap", daemon=True)
+        self._thread.start()
 
     def rollback(self) -> None:
         """Return the most recently switched model to what was active before it (in the background).
@@ -214,46 +208,74 @@ class SwapManager:
             UpdateError: no previous model, or a swap is under way.
         """
         pointer = self.active.snapshot()
-        with self._lock:
-            if self._state in BUSY:
-                raise UpdateError(f"a swap is under way ({self._state.value})")
-            name = pointer.last
+        name = pointer.last
+        try:
             if name is None or name not in pointer.previous:
                 raise UpdateError("no previous model to roll back to")
-            self._state = SwapState.PREPARING
-            self._thread = threading.Thread(
-                target=self._run_rollback, args=(name,), name="model-rollback", daemon=True
-            )
-            self._thread.start()
+            self.state.begin(SwapState.PREPARING, f"loading the previous {name}", need_staged=False)
+        except UpdateError as err:
+            self.state.record_error(SOURCE_ROLLBACK, str(err))
+            raise
+        self._thread = threading.Thread(
+            target=self._run_rollback, args=(name,), name="model-rollback", daemon=True
+        )
+        self._thread.start()
 
     def status(self) -> UpdateStatus:
-        with self._lock:
-            staged = self._staged
-            state = self._state.value
-            error = self._last_error
-        return UpdateStatus(
-            active_version=self._active_text(),
-            staged_version=f"{staged.name}@{staged.version}" if staged is not None else "",
-            swap_state=state,
-            last_error=error,
-        )
+        return self.state.snapshot().status(self._active_text())
+
+    def record_error(self, source: str, text: str) -> None:
+        """A refusal of the transport (the UDS server's ``transfer`` refusals) joins the update record."""
+        self.state.record_error(source, text)
+
+    def clear_error(self, source: str) -> None:
+        """The transport's error is over (a new download started)."""
+        self.state.clear_error(source)
 
     # -- documents -----------------------------------------------------------------------------------
 
     def document(self) -> Dict[str, Any]:
-        """The swap part of ``…/model``."""
-        with self._lock:
-            staged = self._staged
-            return {
-                "staged": (
-                    {"model": staged.name, "version": staged.version, "release": staged.release}
-                    if staged is not None
-                    else None
-                ),
-                "swap": {"state": self._state.value, "step": self._step, "progress": self._progress},
-                "last_error": self._last_error or None,
-                "releases": self.active.snapshot().max_release,
-            }
+        """The swap part of ``…/model``, rendered from the same record as the UDS identifiers."""
+        document = self.state.snapshot().document()
+        document["releases"] = self.active.snapshot().max_release
+        return document
+
+    # -- the kept package ----------------------------------------------------------------------------
+
+    def _keep(self, received: Path) -> Path:
+        """Give ``received`` a name of its own (hard link, else copy); returns that path."""
+        kept = self.kept_path
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(received, kept)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(received, kept)
+        except OSError as err:
+            raise UpdateError(f"cannot keep the received package as {kept}: {err.strerror or err}") from err
+        return kept
+
+    def _remove_kept(self) -> None:
+        try:
+            self.kept_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.warning("update: cannot remove %s: %s", self.kept_path, err.strerror)
+
+    def _verified(self, path: Path) -> Tuple[Any, str]:
+        from .package import verify_package
+
+        package = verify_package(
+            path,
+            self.trusted_keys,
+            active_release=None,
+            firmware_version=__version__,
+            max_size=self.max_package_bytes,
+        )
+        name = model_name(package.manifest)
+        self._check_release(name, package.manifest)
+        return package, name
 
     def _active_text(self) -> str:
         runtime = self.host.runtime
@@ -292,7 +314,7 @@ class SwapManager:
             raise UpdateError("the pipeline has no models loaded")
         return runtime.call(action, what, self.settings.switch_timeout_s, self._stop)
 
-    def _run(self, staged: _Staged) -> None:
+    def _run(self, staged: Staged) -> None:
         name = staged.name
         opened = False
         try:
@@ -316,10 +338,9 @@ class SwapManager:
             if opened:
                 self._discard(name)
             self._fail(err)
-        finally:
-            with self._lock:
-                self._staged = None
-            self.host.publish_model()
+        else:
+            self._end(SwapState.DONE, f"{name} active")
+            logger.info("update: %s passed its health check; the swap is done", name)
 
     def _run_rollback(self, name: str) -> None:
         opened = False
@@ -335,18 +356,16 @@ class SwapManager:
             self._switch(name, pointer)
             opened = False
             self._call(lambda rt: rt.finish_switch(name), f"releasing the rolled-back {name}")
-            with self._lock:
-                self._state = SwapState.ROLLED_BACK
-                self._step = f"{name} rolled back to {entry.version if entry else 'the registry default'}"
-            logger.info("update: %s", self._step)
         except Exception as err:
             if opened:
                 self._discard(name)
-            self._fail(err)
-        finally:
-            self.host.publish_model()
+            self._fail(err, keep_staged=True)
+        else:
+            step = f"{name} rolled back to {entry.version if entry else 'the registry default'}"
+            self._end(SwapState.ROLLED_BACK, step, keep_staged=True)
+            logger.info("update: %s", step)
 
-    def _stage(self, staged: _Staged) -> InstalledModel:
+    def _stage(self, staged: Staged) -> InstalledModel:
         directory = f"{staged.name}-{staged.version}-r{staged.release}"
         target = self.active.packages_dir / directory
         if target.exists():
@@ -428,8 +447,7 @@ class SwapManager:
             if self._stop.is_set():
                 raise UpdateError("the daemon is stopping")
             done, total = self._call(lambda rt: rt.reembed_step(name), "re-embedding templates")
-            with self._lock:
-                self._progress = round(done / total, 3) if total else None
+            self.state.set_progress(round(done / total, 3) if total else None)
         logger.info("update: %d template(s) re-embedded for %s", total, name)
 
     def _check_discrimination(self, name: str, package: Any) -> None:
@@ -481,21 +499,14 @@ class SwapManager:
         if error is not None:
             logger.error("update: %s failed its health check (%s); rolling back", name, error)
             self._undo(name)
-            raise UpdateError(f"health check failed: {error}; rolled back")
+            raise _RolledBackError(f"health check failed: {error}; rolled back")
         dropped = self._call(lambda rt: rt.finish_switch(name), f"releasing the previous {name}")
         if dropped:
             logger.info("update: %d template(s) of the previous embedder deleted", dropped)
-        with self._lock:
-            self._state = SwapState.DONE
-            self._step = f"{name} active"
-            self._progress = None
-        logger.info("update: %s passed its health check; the swap is done", name)
 
     def _undo(self, name: str) -> None:
         pointer = self.active.with_rollback(name)
         self._call(lambda rt: rt.undo_switch(name, lambda: self.active.commit(pointer)), f"undoing {name}")
-        with self._lock:
-            self._state = SwapState.ROLLED_BACK
 
     # -- bookkeeping ---------------------------------------------------------------------------------
 
@@ -509,24 +520,36 @@ class SwapManager:
             )
 
     def _set_state(self, state: SwapState, step: str) -> None:
-        with self._lock:
-            self._state = state
-            self._step = step
-            self._progress = None
+        self.state.advance(state, step)
         logger.info("update: %s — %s", state.value, step)
-        self.host.publish_model()
 
-    def _set_error(self, text: str) -> None:
-        self._last_error = text[:500]
-
-    def _fail(self, err: BaseException) -> None:
-        with self._lock:
-            if self._state != SwapState.ROLLED_BACK:
-                self._state = SwapState.FAILED
-            self._set_error(str(err))
-            self._progress = None
+    def _fail(self, err: BaseException, keep_staged: bool = False) -> None:
+        state = SwapState.ROLLED_BACK if isinstance(err, _RolledBackError) else SwapState.FAILED
         logger.error("update: the swap failed: %s", err)
         logger.debug("swap failure", exc_info=err)
+        self._end(state, "", str(err) or type(err).__name__, keep_staged)
+
+    def _end(self, state: SwapState, step: str, error: str = "", keep_staged: bool = False) -> None:
+        """A terminal state (done, failed, rolled back).
+
+        First the leftovers go — the extracted package folders that the pointer names neither as
+        active nor as previous, and the kept verified package unless ``keep_staged`` (a rollback
+        leaves a staged package staged) — while the swap still counts as under way, so that a new
+        swap cannot start staging into a folder being removed; then the end is recorded and published.
+        """
+        self._clean_up(keep_staged)
+        self.state.finish(state, step, error, keep_staged)
+
+    def _clean_up(self, keep_staged: bool) -> None:
+        try:
+            removed = self.active.prune()
+        except OSError as err:
+            logger.warning("update: cannot clean %s: %s", self.active.packages_dir, err.strerror or err)
+        else:
+            for folder in removed:
+                logger.info("update: removed %s (no active or previous model uses it)", folder.name)
+        if not keep_staged:
+            self._remove_kept()
 
     def cancel(self) -> None:
         """Make a running swap fail at its next step (the daemon is stopping)."""

@@ -64,7 +64,9 @@ Checked in ISO 14229-1's order — service, session, security, length, sub-funct
   every 2 s (each one restarts the tester's P2* of 5 s) until the final response.
 
 Why a refusal happened (the handler's ``reason`` and message, or the transfer's) is readable from
-data identifier 0xFD06 until the next download or routine starts.
+data identifier 0xFD06. A handler that keeps the update record (:class:`~appliance.updates.handler.UpdateRecorder`,
+the swap manager) is handed the transfer's refusals, and FD06 is rendered from that one record, like
+``…/model``; with another handler, until the next download or routine starts.
 
 Threads: ``uds-server`` runs the protocol; can-isotp runs two daemon threads and python-can's
 ``Notifier`` one; ``uds-slow`` runs one slow call at a time while ``uds-server`` sends 0x78.
@@ -89,7 +91,7 @@ from ..config import ApplianceConfig
 from ..logs import RateLimitedLog
 from .can_link import ISOTP_SERVER_LOGGER, BoundedNotifierStack, isotp_address, isotp_params, open_bus
 from .errors import PackageError, UpdateError
-from .handler import UpdateHandler, UpdateStatus
+from .handler import UpdateHandler, UpdateRecorder, UpdateStatus
 from .transfer import (
     DEFAULT_RESERVE_BYTES,
     DEFAULT_SYNC_EVERY,
@@ -420,7 +422,7 @@ class UdsService:
         offset = int.from_bytes(request[3 : 3 + address_bytes], "big")
         size = int.from_bytes(request[3 + address_bytes :], "big")
         if size == 0 or size > self.max_package_bytes:
-            self.last_error = (
+            self._report(
                 f"too_large: {size} bytes announced; this appliance accepts 1 to {self.max_package_bytes}"
             )
             raise _RefusedError(NRC_REQUEST_OUT_OF_RANGE)
@@ -429,13 +431,13 @@ class UdsService:
         try:
             self.incoming.begin(offset, size, self._announced)
         except TransferRangeError as err:
-            self.last_error = f"bad_offset: {err}"
+            self._report(f"bad_offset: {err}")
             raise _RefusedError(NRC_REQUEST_OUT_OF_RANGE) from None
         except (NoSpaceError, StagingIOError) as err:
-            self.last_error = f"no_space: {err}" if isinstance(err, NoSpaceError) else f"io_error: {err}"
+            self._report(f"no_space: {err}" if isinstance(err, NoSpaceError) else f"io_error: {err}")
             logger.warning("UDS: download refused: %s", err)
             raise _RefusedError(NRC_UPLOAD_DOWNLOAD_NOT_ACCEPTED) from None
-        self.last_error = ""
+        self._report("")
         self._expected_counter = 1
         self._previous_block = None
         return bytes((SID_REQUEST_DOWNLOAD + POSITIVE_OFFSET, 0x20)) + self.block_length.to_bytes(2, "big")
@@ -459,7 +461,7 @@ class UdsService:
         try:
             self.incoming.write(data)
         except StagingIOError as err:
-            self.last_error = f"io_error: {err}"
+            self._report(f"io_error: {err}")
             logger.error("UDS: %s", err)
             raise _RefusedError(NRC_GENERAL_PROGRAMMING_FAILURE) from None
         self._previous_block = (counter, data)
@@ -476,11 +478,11 @@ class UdsService:
         try:
             self._slow(SID_REQUEST_TRANSFER_EXIT, self.incoming.finish)
         except TransferIntegrityError as err:
-            self.last_error = f"sha256_mismatch: {err}"
+            self._report(f"sha256_mismatch: {err}")
             logger.warning("UDS: %s", err)
             raise _RefusedError(NRC_GENERAL_PROGRAMMING_FAILURE) from None
         except StagingIOError as err:
-            self.last_error = f"io_error: {err}"
+            self._report(f"io_error: {err}")
             logger.error("UDS: %s", err)
             raise _RefusedError(NRC_GENERAL_PROGRAMMING_FAILURE) from None
         self._previous_block = None
@@ -550,7 +552,7 @@ class UdsService:
             logger.warning("UDS: %s refused: %s", what, err)
             raise _RefusedError(NRC_CONDITIONS_NOT_CORRECT) from None
         except Exception as err:
-            self.last_error = f"internal_error: {type(err).__name__} in {what}"
+            self._report(f"internal_error: {type(err).__name__} in {what}", what)
             logger.exception("UDS: %s failed unexpectedly", what)
             raise _RefusedError(NRC_GENERAL_PROGRAMMING_FAILURE) from None
 
@@ -602,8 +604,25 @@ class UdsService:
                 return _text(current.staged_version)
             if identifier == DID_SWAP_STATE:
                 return _text(current.swap_state)
+            if isinstance(self.handler, UpdateRecorder):
+                return _text(current.last_error)  # the handler's record holds the transfer's errors too
             return _text(self.last_error or current.last_error)
         return None
+
+    def _report(self, text: str, source: str = "transfer") -> None:
+        """A refusal's text (``""``: the transfer's error is over), also into the handler's update
+        record when it keeps one (the swap manager does: FD06 and ``…/model`` come from that record)."""
+        self.last_error = text
+        handler = self.handler
+        if not isinstance(handler, UpdateRecorder):
+            return
+        try:
+            if text:
+                handler.record_error(source, text)
+            else:
+                handler.clear_error(source)
+        except Exception:  # the report must not turn a refusal into a crash of the protocol
+            logger.exception("UDS: the update handler did not take the error report")
 
 
 class UdsServer:

@@ -295,3 +295,95 @@ def test_frames_failing_after_the_switch_roll_it_back(
     finally:
         assert daemon.stop() == 0
     assert ActiveModels(config_path.parent / "state").entry("mobilefacenet") is None
+
+
+def test_what_was_verified_is_activated_when_the_next_transfer_completes(
+    tmp_path: Path, shared_models: Path, keys: Path, reference_faces: np.ndarray, running: Running
+) -> None:
+    """A second push replaces ``received.pkg`` after the first was verified and before it was activated
+    (its link dropped after RequestTransferExit, before its own verify): the staged package, what FD01
+    reports and what the swap installs, is still the verified one (issue 12, finding 9)."""
+    import os
+    import shutil
+
+    app = running.app
+    assert app.swap is not None and app.runtime is not None
+    received = tmp_path / "updates" / "received.pkg"
+    received.parent.mkdir()
+    shutil.copyfile(_package(tmp_path, keys, shared_models, reference_faces, "2.0.0", 2), received)
+    assert app.swap.verify(received) == "2.0.0"
+
+    # The next transfer completes: the UDS server replaces the file atomically, as transfer.finish does.
+    second = tmp_path / "updates" / "incoming.part"
+    second.write_bytes(b"the first bytes of another package " * 100)
+    os.replace(second, received)
+    assert app.swap.status().staged_version == "mobilefacenet@2.0.0"
+
+    app.swap.activate()
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "done", app.swap.status()
+    assert app.runtime.model_versions["embedder"] == "mobilefacenet@2.0.0"
+    assert not app.swap.kept_path.exists()  # the kept package went with its swap
+
+
+def test_a_failed_swap_cleans_up_and_the_next_refusal_is_one_event(
+    tmp_path: Path,
+    shared_models: Path,
+    keys: Path,
+    reference_faces: np.ndarray,
+    running: Running,
+    recorder: Recorder,
+) -> None:
+    """After a failed swap: no extracted folder is left (finding 13), and a package refused at verify
+    is reported alone — state, step and error of that verify, the same in the status identifiers and
+    on ``…/model`` — not beside the failed swap's step (finding 12)."""
+    app = running.app
+    assert app.swap is not None
+    package = _package(tmp_path, keys, shared_models, reference_faces, "3.0.0", 3)
+    liar = tmp_path / "liar-signed.pkg"
+    _resign_with_other_reference(package, liar, keys / "release.key")
+    app.swap.verify(liar)
+    app.swap.activate()
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "failed"
+    packages = ActiveModels(app.config.storage.dir).packages_dir
+    assert not packages.exists() or list(packages.iterdir()) == []
+    failed = app.swap.document()
+    assert failed["swap"]["step"] == "reference outputs and latency"
+    assert failed["last_error"] == failed["swap"]["error"] == app.swap.status().last_error
+
+    # Verified, then a package signed by a key the appliance does not trust.
+    app.swap.verify(_package(tmp_path, keys, shared_models, reference_faces, "2.0.0", 2))
+    assert app.swap.status().swap_state == "verified"
+    stranger = tmp_path / "stranger"
+    generate_keypair(stranger, "stranger")
+    foreign = tmp_path / "foreign.pkg"
+    build_package(
+        shared_models / MFN,
+        "mobilefacenet",
+        "mobilefacenet",
+        "4.0.0",
+        4,
+        stranger / "stranger.key",
+        foreign,
+        reference=False,
+    )
+    with pytest.raises(PackageError) as refused:
+        app.swap.verify(foreign)
+    assert refused.value.reason == "unknown_key"
+    status = app.swap.status()
+    assert (status.swap_state, status.staged_version) == ("idle", "")
+    assert status.last_error.startswith("unknown_key:")
+    document = app.swap.document()
+    assert document["staged"] is None and document["swap"]["state"] == "idle"
+    assert "reference outputs" not in document["swap"]["step"] and document["swap"]["error"] is None
+    assert document["last_error"] == status.last_error and document["last_error_source"] == "verify"
+    recorder.wait_for(
+        lambda ms: any(
+            json.loads(m.payload).get("last_error_source") == "verify"
+            for m in ms
+            if m.topic == f"{ROOT}/model"
+        ),
+        30,
+        "…/model with the refused verify",
+    )
+    published = json.loads(recorder.on(f"{ROOT}/model")[-1].payload)
+    assert published["swap"]["state"] == "idle" and published["last_error"] == status.last_error
