@@ -78,7 +78,16 @@ def add_parser(subparsers: Any) -> None:
     build.add_argument(
         "--rollback",
         action="store_true",
-        help="allow installing this release even where a higher one is active (a signed downgrade)",
+        help="allow installing this release where a higher one was activated (a signed downgrade); "
+        "without --rollback-from it goes back one release at most",
+    )
+    build.add_argument(
+        "--rollback-from",
+        type=int,
+        default=None,
+        metavar="RELEASE",
+        help="a rollback that replaces exactly this release (the highest activated on the appliances); "
+        "implies --rollback, and the package is void once a higher release is activated",
     )
     build.add_argument("--json", action="store_true", help="machine-readable summary")
     add_config_option(build)
@@ -131,7 +140,8 @@ def summary_lines(package: VerifiedPackage) -> List[str]:
     lines = [
         f"package {package.path}: ok ({package.size} bytes)",
         f"  model      {manifest.qualified_version} ({manifest.name}), release {manifest.release}"
-        + (", rollback allowed" if manifest.rollback else ""),
+        + (", rollback allowed" if manifest.rollback else "")
+        + (f" from release {manifest.rollback_from}" if manifest.rollback_from is not None else ""),
         f"  signed by  key {package.key_id}",
         f"  firmware   {manifest.min_firmware} or newer",
         f"  created    {manifest.created}",
@@ -179,6 +189,8 @@ def _build_problems(args: argparse.Namespace) -> Optional[str]:
         return f"--min-firmware {args.min_firmware!r}: use a numeric version such as 0.2.0"
     if args.release < 1:
         return f"--release {args.release}: releases start at 1"
+    if args.rollback_from is not None and args.rollback_from <= args.release:
+        return f"--rollback-from {args.rollback_from}: a rollback replaces a release above --release {args.release}"
     if not args.model.is_file():
         return f"{args.model} is not a file"
     if args.calibration is not None and not args.calibration.is_file():
@@ -232,6 +244,7 @@ def _build(args: argparse.Namespace) -> int:
             min_cosine=args.min_cosine,
             min_firmware=args.min_firmware,
             rollback=args.rollback,
+            rollback_from=args.rollback_from,
         )
     except PackageError as err:
         return _refused(err, args.json)

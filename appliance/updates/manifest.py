@@ -1,14 +1,16 @@
-"""The manifest of a model package (schema 1), and whether a package's model fits the pipeline.
+"""The manifest of a model package (schema 1 or 2), and whether a package's model fits the pipeline.
 
 ``manifest.json`` is a strict JSON object (unknown keys, duplicate keys, NaN are refused)::
 
-    schema          1
+    schema          1, or 2 for a rollback package that names the release it rolls back from
     kind            the registry model the package replaces: "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet",
                     "yunet", "mobilefacenet", "minifasnet-v2" or "minifasnet-v1se"
     name, version   the package's model name and version (events and the gallery record kind@version)
     release         a monotonic counter per kind: a package must carry a higher release than the active
                     one (anti-rollback) ...
     rollback        ... unless this signed flag allows installing a release that is not higher
+    rollback_from   (schema 2 only, with rollback) the release this rollback replaces: it is accepted
+                    only where that release is the highest ever activated (see :func:`release_problem`)
     files           {file name: {"size", "sha256"}} for every payload file (flat names, no folders)
     model_file      the file name of the ONNX model (a ``files`` key)
     calibration_file  the INT8 calibration cache's file name, or null
@@ -18,6 +20,10 @@
     min_firmware    the oldest firmware (appliance version, numeric dotted) that may install it
     reference       {"inputs", "outputs", "atol", "min_cosine"} or null: validation data and tolerances
     created         RFC 3339 time of the build
+
+Schema 2 differs from schema 1 by ``rollback_from`` only, and only rollback packages use it:
+other packages stay schema 1, readable by older firmware, and an older firmware refuses a schema-2
+rollback (as ``malformed``) instead of installing it without the bound it cannot check.
 
 A package fits when :func:`compatibility_problems` finds nothing: its inputs and outputs have the
 names, dtypes and shapes the pipeline feeds and reads (the registry's spec of ``kind``), and its
@@ -48,6 +54,8 @@ from . import errors as codes
 from .errors import PackageError
 
 SCHEMA = 1
+#: the schema of a rollback package that names the release it rolls back from
+ROLLBACK_SCHEMA = 2
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PAYLOAD_PREFIX = "payload/"
@@ -207,14 +215,15 @@ class ReferenceEntry(_Frozen):
 
 
 class Manifest(_Frozen):
-    """``manifest.json``, schema 1 (see the module documentation)."""
+    """``manifest.json``, schema 1 or 2 (see the module documentation)."""
 
-    schema_version: Literal[1] = Field(alias="schema")
+    schema_version: Literal[1, 2] = Field(alias="schema")
     kind: str = Field(min_length=1, max_length=64)
     name: str = Field(pattern=LABEL_PATTERN)
     version: str = Field(pattern=LABEL_PATTERN)
     release: int = Field(ge=1, le=MAX_RELEASE)
     rollback: bool = False
+    rollback_from: Optional[int] = Field(default=None, ge=2, le=MAX_RELEASE)
     created: str = Field(max_length=40)
     min_firmware: str = Field(pattern=FIRMWARE_PATTERN)
     model_file: str = Field(pattern=_FILE_NAME)
@@ -257,6 +266,22 @@ class Manifest(_Frozen):
         return value
 
     @model_validator(mode="after")
+    def _rollback_bound(self) -> Manifest:
+        if self.schema_version == SCHEMA:
+            if self.rollback_from is not None:
+                raise ValueError(f"rollback_from needs schema {ROLLBACK_SCHEMA}")
+            return self
+        if not self.rollback or self.rollback_from is None:
+            raise ValueError(
+                f"schema {ROLLBACK_SCHEMA} is for rollback packages: set rollback and rollback_from"
+            )
+        if self.rollback_from <= self.release:
+            raise ValueError(
+                f"rollback_from {self.rollback_from} must be above the package's release {self.release}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _files_referenced(self) -> Manifest:
         used = {self.model_file: "model_file"}
         if self.calibration_file is not None:
@@ -290,12 +315,18 @@ class Manifest(_Frozen):
 
     def to_bytes(self) -> bytes:
         """The canonical JSON (sorted keys, two-space indent, ASCII, final newline) that is signed."""
-        document = self.model_dump(mode="json", by_alias=True)
+        document = self.summary()
         return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
 
     def summary(self) -> Dict[str, Any]:
-        """The manifest as a JSON-able dict (the ``schema`` key spelled as in the file)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The manifest as a JSON-able dict (the ``schema`` key spelled as in the file).
+
+        Schema 1 has no ``rollback_from`` key (older firmware refuses unknown keys).
+        """
+        document = self.model_dump(mode="json", by_alias=True)
+        if self.schema_version == SCHEMA:
+            document.pop("rollback_from", None)
+        return document
 
 
 class SignatureEntry(_Frozen):
@@ -321,6 +352,42 @@ def utc_now() -> str:
 
 
 # -- versions and compatibility -----------------------------------------------------------------------
+
+
+def release_problem(manifest: Manifest, highest_release: Optional[int]) -> Optional[str]:
+    """Why the anti-rollback rule refuses ``manifest`` (``None``: it may be installed).
+
+    Args:
+        manifest: the package's (authentic) manifest.
+        highest_release: the highest release of the kind ever activated on the appliance (``None``:
+            only the registry's model so far).
+
+    A release above the highest is accepted. A lower or equal one needs a rollback package, and a
+    rollback is bounded so that a captured one cannot downgrade a device later: a schema-2 rollback
+    replaces exactly its ``rollback_from`` release (once a higher release is activated it is void);
+    a schema-1 rollback (built before the bound existed) goes back at most one release.
+    """
+    if highest_release is None or manifest.release > highest_release:
+        return None
+    what = (
+        f"{manifest.qualified_version} has release {manifest.release}, not above release {highest_release}, "
+        f"the highest activated for {manifest.kind}"
+    )
+    if not manifest.rollback:
+        return f"{what}; an older model needs a rollback package (package build --rollback-from {highest_release})"
+    if manifest.rollback_from is not None:
+        if manifest.rollback_from == highest_release:
+            return None
+        return (
+            f"{what}; it is a rollback from release {manifest.rollback_from} only: build a rollback "
+            f"package with --rollback-from {highest_release}"
+        )
+    if manifest.release >= highest_release - 1:
+        return None
+    return (
+        f"{what}; a rollback package without rollback_from goes back one release at most: build one "
+        f"with --rollback-from {highest_release}"
+    )
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
@@ -517,7 +584,7 @@ def validation_summary(err: ValidationError) -> str:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse and validate ``manifest.json`` bytes (schema 1, unknown keys refused).
+    """Parse and validate ``manifest.json`` bytes (schema 1 or 2, unknown keys refused).
 
     Raises:
         PackageError: ``malformed``, with every problem's key path.
@@ -536,6 +603,7 @@ __all__ = [
     "KINDS",
     "LABEL_PATTERN",
     "MANIFEST_NAME",
+    "ROLLBACK_SCHEMA",
     "SCHEMA",
     "SIGNATURE_NAME",
     "FileEntry",
@@ -549,6 +617,7 @@ __all__ = [
     "parse_manifest",
     "parse_version",
     "read_onnx_io",
+    "release_problem",
     "strict_json",
     "utc_now",
     "validation_summary",

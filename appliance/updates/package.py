@@ -71,6 +71,7 @@ from .manifest import (
     REFERENCE_INPUTS_FILE,
     REFERENCE_MIN_SIDE,
     REFERENCE_OUTPUTS_FILE,
+    ROLLBACK_SCHEMA,
     SCHEMA,
     SIGNATURE_ALG,
     SIGNATURE_NAME,
@@ -85,6 +86,7 @@ from .manifest import (
     parse_manifest,
     parse_version,
     read_onnx_io,
+    release_problem,
     strict_json,
     utc_now,
     validation_summary,
@@ -543,7 +545,8 @@ def verify_package(
         trusted_keys: key id → public key (:func:`appliance.updates.keys.load_trusted_keys`).
         active_release: the release installed now for the package's kind (``None``: none yet, any
             release is accepted). Callers pass the highest release ever activated, so an old package
-            cannot come back unless it is signed with ``rollback``.
+            cannot come back unless it is a rollback package bounded to that release
+            (:func:`~appliance.updates.manifest.release_problem`).
         firmware_version: this firmware's version (``appliance.__version__``).
         max_size: the largest package accepted in bytes (default 64 MiB).
 
@@ -697,12 +700,9 @@ def _verify_tar(
             f"{firmware_version}: update the firmware first",
             codes.FIRMWARE_TOO_OLD,
         )
-    if active_release is not None and manifest.release <= active_release and not manifest.rollback:
-        raise _refuse(
-            f"{manifest.qualified_version} has release {manifest.release}, not above the active release "
-            f"{active_release} of {manifest.kind}; an older model needs a package signed with rollback",
-            codes.NOT_NEWER,
-        )
+    too_old = release_problem(manifest, active_release)
+    if too_old is not None:
+        raise _refuse(too_old, codes.NOT_NEWER)
     if manifest.payload_bytes > limit:
         raise _refuse(
             f"the payload is {manifest.payload_bytes} bytes; at most {limit} are accepted", codes.TOO_LARGE
@@ -959,6 +959,7 @@ def build_package(
     min_cosine: Optional[float] = None,
     min_firmware: str = __version__,
     rollback: bool = False,
+    rollback_from: Optional[int] = None,
     created: Optional[str] = None,
     max_size: Optional[int] = None,
     seed: int = 0,
@@ -983,7 +984,10 @@ def build_package(
         atol, min_cosine: tolerances recorded for the reference (defaults: ``min_cosine`` 0.98 for
             an embedder, ``atol`` 0.05 for the other kinds).
         min_firmware: the oldest firmware that may install the package (default: this one).
-        rollback: sign a permission to install this release even when it is not above the active one.
+        rollback: sign a permission to install this release even when it is not above the active one
+            (without ``rollback_from``: one release back at most, schema 1).
+        rollback_from: the release this rollback replaces (implies ``rollback``; schema 2): the
+            package is accepted only where that release is the highest ever activated.
         created: the RFC 3339 build time (default: now).
         max_size: refuse to write a package larger than this (default 64 MiB, what appliances accept).
         seed: the seed of the noise inputs.
@@ -1025,12 +1029,13 @@ def build_package(
     if calibration_bytes is not None:
         payload[CALIBRATION_FILE] = calibration_bytes
     fields: Dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": SCHEMA if rollback_from is None else ROLLBACK_SCHEMA,
         "kind": kind,
         "name": name,
         "version": version,
         "release": release,
-        "rollback": rollback,
+        "rollback": rollback or rollback_from is not None,
+        "rollback_from": rollback_from,
         "created": created or utc_now(),
         "min_firmware": min_firmware,
         "model_file": MODEL_FILE,

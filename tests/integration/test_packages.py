@@ -261,8 +261,25 @@ def test_anti_rollback_and_the_rollback_permission(
         reference=False,
         rollback=True,
     )
-    accepted = _verify(downgrade, trusted, active_release=5)
+    accepted = _verify(downgrade, trusted, active_release=4)
     assert accepted.manifest.rollback and accepted.manifest.release == 3
+    # without rollback_from (schema 1) a rollback goes back one release at most: a captured one
+    # cannot downgrade a device that has moved on
+    assert _reason(downgrade, trusted, active_release=5) == codes.NOT_NEWER
+    bounded = tmp_path / "bounded.pkg"
+    build_package(
+        shared_models / MFN,
+        "mobilefacenet",
+        "mobilefacenet",
+        "1.1",
+        3,
+        keys["signer"],  # type: ignore[arg-type]
+        bounded,
+        reference=False,
+        rollback_from=5,
+    )
+    assert _verify(bounded, trusted, active_release=5).manifest.rollback_from == 5
+    assert _reason(bounded, trusted, active_release=6) == codes.NOT_NEWER
 
     # the flag is signed: setting it on the old package breaks the signature
     members = read_members(old)
