@@ -302,3 +302,57 @@ def test_sigkill_during_enrolment_and_removal_leaves_old_or_new(tmp_path: Path) 
         assert must_exist <= present, f"acknowledged enrolments lost: {sorted(must_exist - present)[:5]}"
         assert not (acknowledged_removed & present), "an acknowledged removal came back"
     assert len(acknowledged_added) > 10
+
+
+# -- issue 12: a vanished store, names with control characters ---------------------------------------
+
+
+def test_run_refuses_a_vanished_gallery(tmp_path: Path, shared_models: Path) -> None:
+    """The daemon must not start with "0 templates" when gallery.db was deleted (issue 12, finding 1)."""
+    import numpy as np
+
+    from tests.support import Daemon
+
+    state = tmp_path / "state"
+    with Gallery.open(validate_config({"storage": {"dir": str(state)}}), "m@1", 8) as gallery:
+        for number in range(3):
+            gallery.add(f"p{number}", f"Person {number}", np.eye(8, dtype=np.float32)[number : number + 1])
+    (state / "gallery.db").unlink()
+    index, key = (state / "gallery.index").read_bytes(), (state / "gallery.key").read_bytes()
+    config = tmp_path / "appliance.toml"
+    config.write_text(
+        f'[models]\ndir = "{shared_models}"\n[storage]\ndir = "{state}"\n'
+        f'[camera]\nsource = "{tmp_path / "no-video.mp4"}"\n[mqtt]\nhost = "127.0.0.1"\nport = 1\n'
+    )
+    daemon = Daemon(config)
+    try:
+        assert daemon.wait(timeout=120) == 1, daemon.text
+    finally:
+        daemon.close()
+    assert "start-up failed" in daemon.text and "saved at generation 3" in daemon.text, daemon.text
+    assert not (state / "gallery.db").exists()
+    assert (state / "gallery.index").read_bytes() == index and (state / "gallery.key").read_bytes() == key
+
+
+def test_identify_escapes_names_stored_before_the_check(
+    tmp_path: Path, analyzer: FaceAnalyzer, shared_models: Path, shared_data: Path
+) -> None:
+    """A name an older firmware stored with ESC / CR / U+202E is printed escaped (issue 12, finding 6)."""
+    import sqlite3
+
+    with _gallery(tmp_path, analyzer) as gallery:
+        photo = read_image(shared_data / "faces/fr_obama/obama.jpg")
+        result = Enroller(analyzer, gallery, validate_config({}).gallery).enroll(
+            "obama", "Obama", [("a", photo)]
+        )
+        assert result.template_ids
+    with sqlite3.connect(str(tmp_path / "gallery.db")) as db:
+        db.execute(
+            "UPDATE identities SET name=? WHERE id='obama'", ("\x1b[2J\u202eamabO\r  2. granted  Biden",)
+        )
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'[models]\ndir = "{shared_models}"\n[storage]\ndir = "{tmp_path}"\n')
+    identified = _cli("identify", "--config", str(config), str(shared_data / "faces/fr_obama/obama3.jpg"))
+    assert identified.returncode == 0, identified.stderr
+    assert "granted  \\x1b[2J\\u202eamabO\\x0d  2. granted  Biden" in identified.stdout, identified.stdout
+    assert not any(char in identified.stdout for char in "\x1b\r\u202e")
