@@ -325,7 +325,32 @@ def test_what_was_verified_is_activated_when_the_next_transfer_completes(
     assert not app.swap.kept_path.exists()  # the kept package went with its swap
 
 
-def test_a_failed_swap_cleans_up_and_the_next_refusal_is_one_event(
+def _failed_swap(
+    tmp_path: Path, shared_models: Path, keys: Path, faces: np.ndarray, running: Running
+) -> None:
+    """A swap of a signed package whose reference outputs the model does not reproduce: it fails."""
+    app = running.app
+    assert app.swap is not None
+    package = _package(tmp_path, keys, shared_models, faces, "3.0.0", 3)
+    liar = tmp_path / "liar-signed.pkg"
+    _resign_with_other_reference(package, liar, keys / "release.key")
+    app.swap.verify(liar)
+    app.swap.activate()
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "failed"
+
+
+def test_a_failed_swap_leaves_no_extracted_folder(
+    tmp_path: Path, shared_models: Path, keys: Path, reference_faces: np.ndarray, running: Running
+) -> None:
+    """Every end of a swap removes the package folders no model uses, not only a restart (finding 13)."""
+    _failed_swap(tmp_path, shared_models, keys, reference_faces, running)
+    app = running.app
+    packages = ActiveModels(app.config.storage.dir).packages_dir
+    assert not packages.exists() or list(packages.iterdir()) == []
+    assert app.swap is not None and not app.swap.kept_path.exists()
+
+
+def test_a_refused_verify_after_a_failed_swap_is_one_event(
     tmp_path: Path,
     shared_models: Path,
     keys: Path,
@@ -333,19 +358,12 @@ def test_a_failed_swap_cleans_up_and_the_next_refusal_is_one_event(
     running: Running,
     recorder: Recorder,
 ) -> None:
-    """After a failed swap: no extracted folder is left (finding 13), and a package refused at verify
-    is reported alone — state, step and error of that verify, the same in the status identifiers and
-    on ``…/model`` — not beside the failed swap's step (finding 12)."""
+    """After a failed swap, a package refused at verify is reported alone — state, step and error of
+    that verify, the same in the status identifiers and on ``…/model`` — not beside the failed swap's
+    step; a refused verify after a verified one leaves nothing staged and says so (finding 12)."""
+    _failed_swap(tmp_path, shared_models, keys, reference_faces, running)
     app = running.app
     assert app.swap is not None
-    package = _package(tmp_path, keys, shared_models, reference_faces, "3.0.0", 3)
-    liar = tmp_path / "liar-signed.pkg"
-    _resign_with_other_reference(package, liar, keys / "release.key")
-    app.swap.verify(liar)
-    app.swap.activate()
-    assert running.wait_swap(("done", "failed", "rolled_back")) == "failed"
-    packages = ActiveModels(app.config.storage.dir).packages_dir
-    assert not packages.exists() or list(packages.iterdir()) == []
     failed = app.swap.document()
     assert failed["swap"]["step"] == "reference outputs and latency"
     assert failed["last_error"] == failed["swap"]["error"] == app.swap.status().last_error
