@@ -112,6 +112,8 @@ class StateReporter:
             "transfer": self.transfer(),
             "swap": None,
             "last_error": None,
+            "last_error_source": None,
+            "last_error_at": None,
         }
         if app.swap is not None:
             document.update(app.swap.document())

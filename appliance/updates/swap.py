@@ -542,12 +542,9 @@ class SwapManager:
 
     def _clean_up(self, keep_staged: bool) -> None:
         try:
-            removed = self.active.prune()
+            self.active.prune()  # logs what it removed
         except OSError as err:
             logger.warning("update: cannot clean %s: %s", self.active.packages_dir, err.strerror or err)
-        else:
-            for folder in removed:
-                logger.info("update: removed %s (no active or previous model uses it)", folder.name)
         if not keep_staged:
             self._remove_kept()
 
