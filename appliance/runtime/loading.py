@@ -111,8 +111,9 @@ def model_targets(
     """The models the configured pipeline loads (or ``names``), resolved to their active files.
 
     Returns:
-        ``(targets, notes)``: ``notes`` says which installed packages were found damaged; those
-        models fall back to the registry's file so the door does not stay shut.
+        ``(targets, notes)``: ``notes`` says which installed packages, or whether the active-model
+        pointer, were found damaged; those models fall back to the registry's file so the door does
+        not stay shut.
 
     Raises:
         ModelRegistryError: a name the registry does not know.
@@ -124,7 +125,7 @@ def model_targets(
         ]
     active = ActiveModels(config.storage.dir)
     targets: List[EngineTarget] = []
-    notes: List[str] = []
+    notes: List[str] = [active.damaged] if active.damaged else []
     for name in dict.fromkeys(names):
         entry = active.entry(name)
         target = target_for(config, name, entry)
