@@ -378,6 +378,8 @@ class PushClient:
             raise PushError(
                 f"the swap ended {swap_state}: {reason or 'no reason given'}", step="swap", reason=reason
             )
+        if swap_state == SWAP_DONE:
+            _confirm_active(staged, active)
         return PushResult(
             size=size,
             sha256=digest.hex(),
@@ -487,6 +489,33 @@ class PushClient:
         logger.debug("push: ISO-TP: %s: %s", type(error).__name__, error)
 
 
+def names_version(active: str, version: str) -> bool:
+    """Whether the active-version text (0xFD00, e.g. ``"detector=1.0,embedder=2.0.0"``) names ``version``."""
+    parts = [part.strip() for part in active.split(",")]
+    return any(part == version or part.split("=", 1)[-1] == version for part in parts)
+
+
+def _confirm_active(staged: str, active: str) -> None:
+    """Check that the swap reported ``done`` really made the pushed version active.
+
+    UDS on CAN has no sender address: another node answering on the appliance's response id can
+    report ``done`` in 0xFD02. The active version read afterwards (0xFD00) must name the version the
+    verify routine staged.
+
+    Raises:
+        PushError: step ``confirm``.
+    """
+    if names_version(active, staged):
+        return
+    raise PushError(
+        f"the swap was reported done, but the appliance's active models ({active or 'none reported'}) "
+        f"do not include the pushed {staged}: the answer may have come from another node on the bus "
+        "(UDS on CAN has no sender address); check the model on the appliance (MQTT …/model, or "
+        "read 0xFD00 again) before relying on it",
+        step="confirm",
+    )
+
+
 def push_package(
     can_config: UpdatesCanConfig,
     secret: bytes,
@@ -517,6 +546,7 @@ __all__ = [
     "PushOptions",
     "PushResult",
     "data_identifier_codecs",
+    "names_version",
     "push_package",
     "tqdm_progress",
 ]
