@@ -325,6 +325,28 @@ def test_what_was_verified_is_activated_when_the_next_transfer_completes(
     assert not app.swap.kept_path.exists()  # the kept package went with its swap
 
 
+def test_a_transfer_completing_during_a_swap_does_not_change_what_it_installs(
+    tmp_path: Path, shared_models: Path, keys: Path, reference_faces: np.ndarray, running: Running
+) -> None:
+    """Staging and validation read the package after ``activate``; the next transfer replacing
+    ``received.pkg`` meanwhile must not fail the swap (issue 12, finding 9)."""
+    import os
+    import shutil
+
+    app = running.app
+    assert app.swap is not None and app.runtime is not None
+    received = tmp_path / "updates" / "received.pkg"
+    received.parent.mkdir()
+    shutil.copyfile(_package(tmp_path, keys, shared_models, reference_faces, "2.0.0", 2), received)
+    assert app.swap.verify(received) == "2.0.0"
+    app.swap.activate()
+    second = tmp_path / "updates" / "incoming.part"
+    second.write_bytes(b"x" * 1000)
+    os.replace(second, received)  # before the swap's staging and validation have read the package
+    assert running.wait_swap(("done", "failed", "rolled_back")) == "done", app.swap.status()
+    assert app.runtime.model_versions["embedder"] == "mobilefacenet@2.0.0"
+
+
 def _failed_swap(
     tmp_path: Path, shared_models: Path, keys: Path, faces: np.ndarray, running: Running
 ) -> None:
