@@ -25,7 +25,8 @@ How refusals reach the tester
 ``swap_state``
 --------------
 A short word read by ``push-model`` from the swap-state identifier. ``"idle"`` when nothing has
-happened, a step name while a swap runs (``"staging"``, ``"preparing"``, …), then one of the
+happened or a verify refused the package (nothing is staged then), ``"verified"`` when a package was just
+staged, a step name while a swap runs (``"staging"``, ``"preparing"``, …), then one of the
 terminal words :data:`SWAP_DONE`, :data:`SWAP_FAILED` or :data:`SWAP_ROLLED_BACK`. ``activate`` and
 ``rollback`` must move ``swap_state`` away from a terminal word *before they return*, so that a
 tester polling right after the positive response does not read the previous swap's outcome.
