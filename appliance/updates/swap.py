@@ -59,6 +59,7 @@ from ..runtime.engines import EngineSupervisor
 from .active import ActiveModels, InstalledModel, Pointer
 from .errors import PackageError, UpdateError
 from .handler import UpdateStatus
+from .manifest import release_problem
 from .update_state import (
     BUSY,
     SOURCE_ACTIVATE,
@@ -511,13 +512,10 @@ class SwapManager:
     # -- bookkeeping ---------------------------------------------------------------------------------
 
     def _check_release(self, name: str, manifest: Any) -> None:
-        active = self.active.release(name)
-        if active is not None and int(manifest.release) <= active and not bool(manifest.rollback):
-            raise PackageError(
-                f"{name} release {manifest.release} is not above the active release {active}; a package "
-                "must carry a higher release counter (or be signed as a rollback)",
-                reason="not_newer",
-            )
+        # the rule of package verification (a rollback is bounded), against the counter of ``name``
+        problem = release_problem(manifest, self.active.release(name))
+        if problem is not None:
+            raise PackageError(problem, reason="not_newer")
 
     def _set_state(self, state: SwapState, step: str) -> None:
         self.state.advance(state, step)

@@ -101,3 +101,25 @@ def test_rollback_from_is_signed_and_schema_checked(
         path = write_members(tmp_path / "changed.pkg", resigned)
         assert _reason(path, trusted, None) == codes.MALFORMED, change
     assert parse_manifest(read_members(plain)[0].data).rollback_from is None
+
+
+def test_the_swap_manager_applies_the_same_bound(
+    tmp_path: Path, rnet_file: Path, keypair: Ed25519PrivateKey, trusted: Dict[str, Ed25519PublicKey]
+) -> None:
+    from types import SimpleNamespace
+
+    from appliance.updates.active import ActiveModels, InstalledModel
+    from appliance.updates.swap import SwapManager
+
+    active = ActiveModels(tmp_path / "storage")
+    installed = InstalledModel("mtcnn-rnet", "0.9", 9, "packages/rnet-9", "model.onnx", 1, "0" * 64)
+    active.commit(active.with_active(installed))
+    manager = SimpleNamespace(active=active)  # _check_release reads only the pointer
+    legacy = _verify(_build(tmp_path, rnet_file, keypair, "legacy", release=1, rollback=True), trusted, None)
+    with pytest.raises(PackageError) as refused:
+        SwapManager._check_release(manager, "mtcnn-rnet", legacy.manifest)  # type: ignore[arg-type]
+    assert refused.value.reason == codes.NOT_NEWER
+    bounded = _verify(
+        _build(tmp_path, rnet_file, keypair, "bounded", release=8, rollback_from=9), trusted, None
+    )
+    SwapManager._check_release(manager, "mtcnn-rnet", bounded.manifest)  # type: ignore[arg-type]
