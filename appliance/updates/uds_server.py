@@ -71,6 +71,11 @@ the swap manager) is handed the transfer's refusals, and FD06 is rendered from t
 Threads: ``uds-server`` runs the protocol; can-isotp runs two daemon threads and python-can's
 ``Notifier`` one; ``uds-slow`` runs one slow call at a time while ``uds-server`` sends 0x78.
 :meth:`UdsServer.stop` is bounded; :meth:`UdsServer.close` is idempotent.
+
+A node flooding the bus: at most 4 096 CAN frames and 32 complete requests wait (the oldest
+requests are dropped, both counted in :meth:`UdsServer.drops` and ``…/model``'s ``transfer``), so
+the server never falls behind the bus; can-isotp's per-frame warnings go to a logger that passes
+ERROR only, and the server's own ISO-TP and drop warnings come once per kind and 10 s.
 """
 
 from __future__ import annotations
