@@ -68,7 +68,7 @@ class RateLimitedLog:
         self._last: Dict[str, float] = {}
         self._held: Dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: Any) -> bool:
+    def report(self, key: str, message: str, *args: Any) -> bool:
         """Log ``message % args`` as a WARNING unless one of ``key`` went out recently (then TRACE).
 
         Returns:

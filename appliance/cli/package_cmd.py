@@ -108,7 +108,11 @@ def add_parser(subparsers: Any) -> None:
         help="folder of trusted *.pub keys (or one .pub)",
     )
     verify.add_argument(
-        "--active-release", type=int, default=None, help="the release active on the appliance (anti-rollback)"
+        "--active-release",
+        type=int,
+        default=None,
+        help="the highest release ever activated on the appliance (anti-rollback; a rollback package "
+        "must name it with --rollback-from)",
     )
     verify.add_argument(
         "--firmware-version", default=__version__, help=f"the appliance's firmware (default {__version__})"

@@ -821,7 +821,7 @@ class UdsServer:
         dropped = stack.dropped_requests + stack.dropped_frames
         if dropped != self._drops_logged:
             self._drops_logged = dropped
-            self._errors_log.warning(
+            self._errors_log.report(
                 "drops",
                 "UDS: %d request(s) and %d CAN frame(s) dropped so far: a node sends faster than the "
                 "server answers; check the bus for a misbehaving node",
@@ -833,7 +833,7 @@ class UdsServer:
         # Called on can-isotp's thread. A tester cut mid-message gives one timeout; any node on the
         # bus can give thousands: one WARNING per kind and _ERROR_REPEAT_S, the repeats at TRACE.
         kind = type(error).__name__
-        self._errors_log.warning(kind, "ISO-TP: %s: %s", kind, error)
+        self._errors_log.report(kind, "ISO-TP: %s: %s", kind, error)
 
 
 def open_uds_server(config: ApplianceConfig, handler: UpdateHandler) -> UdsServer:
