@@ -18,7 +18,7 @@ command         payload                                                         
 ``reload``      ``request_id``                                                   gallery size,
                                                                                  threshold
 ``status``      ``request_id``                                                   the state document
-``set_threshold`` ``request_id``, ``threshold`` (0 < t ≤ 1)                      old and new value
+``set_threshold`` ``request_id``, ``threshold`` (0.2 ≤ t ≤ 0.95)                 old and new value
 =============== ================================================================ ==================
 
 ``set_threshold`` lasts until the next reload or restart (the configuration file stays the source
@@ -34,6 +34,7 @@ from typing import Any, Dict, Optional, Tuple, Type
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .config import MATCH_THRESHOLD_MAX, MATCH_THRESHOLD_MIN
 from .config_load import ConfigIssue
 from .errors import ApplianceError
 from .events import rfc3339_now
@@ -99,7 +100,7 @@ class StatusCommand(_Command):
 
 
 class SetThresholdCommand(_Command):
-    threshold: float = Field(gt=0, le=1)
+    threshold: float = Field(ge=MATCH_THRESHOLD_MIN, le=MATCH_THRESHOLD_MAX)  # as match.threshold
 
 
 COMMANDS: Dict[str, Type[_Command]] = {

@@ -36,6 +36,13 @@ from typing_extensions import Annotated, Literal
 CREDENTIALS_VARIABLE = "${CREDENTIALS_DIRECTORY}"
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Lowest ``match.threshold`` (and ``set_threshold``): a cosine similarity of L2-normalised
+#: embeddings below it accepts a large share of strangers (at 0.14, 10 % of impostor pairs in the
+#: README's evaluation), and a tiny value grants the nearest match to anyone.
+MATCH_THRESHOLD_MIN = 0.2
+#: Highest ``match.threshold``: two photos of one person never reach 1, so a threshold near it
+#: accepts nobody.
+MATCH_THRESHOLD_MAX = 0.95
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -374,9 +381,10 @@ class MatchConfig(StrictModel):
 
     threshold: float = Field(
         0.50,
-        gt=0,
-        le=1,
-        description="Cosine similarity needed to accept an identity (derive it from `evaluate`).",
+        ge=MATCH_THRESHOLD_MIN,
+        le=MATCH_THRESHOLD_MAX,
+        description=f"Cosine similarity needed to accept an identity (derive it from `evaluate`); "
+        f"{MATCH_THRESHOLD_MIN} to {MATCH_THRESHOLD_MAX}: lower accepts strangers, near 1 accepts nobody.",
     )
 
 

@@ -19,6 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from engines.errors import FileReadError
+from engines.files import read_bounded, read_bounded_text
+
 from .config import ApplianceConfig, StrictModel
 from .errors import ConfigError
 
@@ -29,6 +32,12 @@ else:  # pragma: no cover - exercised on Python 3.8-3.10
 
 #: Largest secret file read (a password or key file holds one short line).
 MAX_SECRET_BYTES = 64 * 1024
+#: Largest configuration file read (the full commented default is ~30 KB).
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Largest gallery key file (32 raw bytes, 64 hex digits or 44 base64 characters, and a line end).
+MAX_GALLERY_KEY_BYTES = 4 * 1024
+#: Largest TLS file checked (a CA bundle of a few hundred certificates).
+MAX_TLS_FILE_BYTES = 4 * 1024 * 1024
 
 _TYPE_WORDS = {
     "int": "an integer",
@@ -72,20 +81,12 @@ def load_config(path: Union[str, os.PathLike[str]]) -> ApplianceConfig:
     """
     config_path = Path(path)
     try:
-        raw = config_path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            config_path,
-            [ConfigIssue("", f"{config_path} does not exist (create it from config/appliance.toml)")],
-        ) from None
-    except OSError as err:
-        raise ConfigError(
-            config_path, [ConfigIssue("", f"cannot read {config_path}: {err.strerror}")]
-        ) from err
+        text = read_bounded_text(config_path, MAX_CONFIG_BYTES)
+    except FileReadError as err:
+        hint = " (create it from config/appliance.toml)" if err.missing else ""
+        raise ConfigError(config_path, [ConfigIssue("", f"{err}{hint}")]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(config_path, [ConfigIssue("", f"not UTF-8 text: {err}")]) from err
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(config_path, [ConfigIssue("", f"not valid TOML: {err}")]) from err
     return validate_config(data, base_dir=config_path.resolve().parent, source=config_path)
@@ -120,44 +121,65 @@ def default_config() -> ApplianceConfig:
 def read_secret_file(path: Path) -> str:
     """First line of a secret file, without its line ending.
 
-    Only a regular file of at most :data:`MAX_SECRET_BYTES` is read: a device (``/dev/zero``), a
-    FIFO or a huge file named by mistake must not hang the start-up or exhaust memory.
+    Only a regular file of at most :data:`MAX_SECRET_BYTES` is read (:func:`engines.files.read_bounded`):
+    a device (``/dev/zero``), a FIFO or a huge file named by mistake must not hang the start-up or
+    exhaust memory.
 
     Raises:
-        OSError: the file cannot be read.
-        ValueError: the file is empty, not a regular file, too large, not UTF-8, or its path is not
-            a valid file name (a NUL character).
+        FileReadError: the file is missing, unreadable, not a regular file, too large, not UTF-8,
+            or empty.
     """
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("is not a regular file")
-        data = stream.read(MAX_SECRET_BYTES + 1)
-    if len(data) > MAX_SECRET_BYTES:
-        raise ValueError(f"is larger than {MAX_SECRET_BYTES} bytes; a secret file holds one line")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = read_bounded_text(path, MAX_SECRET_BYTES)
     first = text.splitlines()[0] if text else ""
     if not first:
-        raise ValueError("is empty")
+        raise FileReadError(str(path), "is empty; write the secret on its first line")
     return first
 
 
 def _load_secrets(config: ApplianceConfig) -> List[ConfigIssue]:
+    """Read ``mqtt.password_file`` and check every other file the configuration names."""
     issues: List[ConfigIssue] = []
     password_file = config.mqtt.password_file
     if password_file is not None:
         try:
             secret = read_secret_file(password_file)
-        except OSError as err:
-            issues.append(ConfigIssue("mqtt.password_file", f"cannot read {password_file}: {err.strerror}"))
-        except ValueError as err:
-            issues.append(ConfigIssue("mqtt.password_file", f"{password_file} {err}"))
+        except FileReadError as err:
+            issues.append(ConfigIssue("mqtt.password_file", str(err)))
         else:
             config.mqtt._password_from_file = SecretStr(secret)
+    issues.extend(_check_named_files(config))
+    return issues
+
+
+def _named_files(config: ApplianceConfig) -> List[Tuple[str, Optional[Path], int]]:
+    """(key, path, largest size accepted) of the files the configuration names, other than secrets read."""
+    tls = config.mqtt.tls
+    return [
+        ("gallery.key_file", config.gallery_key_file, MAX_GALLERY_KEY_BYTES),
+        ("mqtt.tls.ca_file", tls.ca_file, MAX_TLS_FILE_BYTES),
+        ("mqtt.tls.cert_file", tls.cert_file, MAX_TLS_FILE_BYTES),
+        ("mqtt.tls.key_file", tls.key_file, MAX_TLS_FILE_BYTES),
+        ("updates.security_secret_file", config.updates.security_secret_file, MAX_SECRET_BYTES),
+    ]
+
+
+def _check_named_files(config: ApplianceConfig) -> List[ConfigIssue]:
+    """Files that exist under a configured name but are not regular files of a bounded size.
+
+    A file that does not exist yet is left to its user (the gallery key is created with the gallery);
+    one that exists is read once, bounded, so that ``config check`` refuses ``/dev/zero``, a FIFO or
+    a symlink loop before the daemon would hang or run out of memory on it.
+    """
+    issues: List[ConfigIssue] = []
+    for key, path, max_bytes in _named_files(config):
+        if path is None or not os.path.lexists(path):
+            continue
+        if os.path.exists(path) and not os.access(path, os.R_OK):
+            continue  # another user's file (the daemon's, checked by `config check` run by a person)
+        try:
+            read_bounded(path, max_bytes)
+        except FileReadError as err:
+            issues.append(ConfigIssue(key, str(err)))
     return issues
 
 

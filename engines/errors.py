@@ -3,6 +3,7 @@
 ::
 
     FaceApplianceError             the project's one root; appliance.errors.ApplianceError is its other branch
+     +-- FileReadError            a file that cannot be read safely: missing, not a regular file, too large
      +-- EngineError
          +-- ModelRegistryError       asking for a model the registry does not know
          +-- ModelFetchError          a download or copy failed (network, disk, 404)
@@ -27,6 +28,26 @@ class FaceApplianceError(Exception):
     It lives here because :mod:`engines` is the bottom layer (DESIGN §3: ``appliance → engines``,
     ``calibration → engines``); :class:`appliance.errors.ApplianceError` derives from it.
     """
+
+
+class FileReadError(FaceApplianceError):
+    """A file named by the configuration or the command line that cannot be read safely.
+
+    Example scenarios: the path names ``/dev/zero`` (or a link to it), a FIFO, a directory, a symlink
+    loop, or a file larger than the reader accepts; the file is missing or unreadable.
+    :func:`engines.files.read_bounded` raises it; callers add the key or option that named the file.
+
+    Attributes:
+        path: the file.
+        reason: what is wrong, worded to follow the path ("is not a regular file (a character device)").
+        missing: the file does not exist (callers often say how to create it).
+    """
+
+    def __init__(self, path: str, reason: str, missing: bool = False) -> None:
+        self.path = path
+        self.reason = reason
+        self.missing = missing
+        super().__init__(f"{path} {reason}")
 
 
 class EngineError(FaceApplianceError):

@@ -1,17 +1,113 @@
-"""File helpers shared by everything that must never leave a half-written file under its final name."""
+"""File helpers: bounded reads of regular files only, and writes that never leave a half-written file.
+
+Every file named by the configuration or the command line is read through :func:`read_bounded`
+(or opened through :func:`open_regular` when it is streamed): a device (``/dev/zero``), a FIFO, a
+directory, a symlink loop or a file larger than the reader accepts is refused with
+:class:`~engines.errors.FileReadError` instead of exhausting memory or hanging. A systemd credential
+(``$CREDENTIALS_DIRECTORY/...``) is a regular file and reads like any other.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Tuple, Union
 
+from .errors import FileReadError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 CHUNK_BYTES = 1 << 20
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, words in _KINDS:
+        if test(mode):
+            return words
+    return "a special file"
+
+
+def _open_error(path: str, err: OSError) -> FileReadError:
+    """A :class:`FileReadError` for an ``open`` that failed."""
+    if err.errno == errno.ENOENT:
+        return FileReadError(path, "does not exist", missing=True)
+    if err.errno == errno.ELOOP:
+        return FileReadError(path, "is a symlink loop (or too many levels of links); name a regular file")
+    return FileReadError(path, f"cannot be read: {err.strerror or err}")
+
+
+def open_regular(path: PathLike) -> BinaryIO:
+    """Open a regular file for reading in binary mode; anything else is refused before a byte is read.
+
+    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer; ``fstat`` on the open file
+    (links followed, so a link to ``/dev/zero`` is seen as the device) refuses it just after.
+
+    Raises:
+        FileReadError: the file is missing, unreadable, a symlink loop, or not a regular file.
+    """
+    name = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(name, flags)
+    except OSError as err:
+        raise _open_error(name, err) from None
+    except ValueError:  # a NUL character
+        raise FileReadError(repr(name), "is not a valid file name (it holds a NUL character)") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as err:
+        os.close(fd)
+        raise _open_error(name, err) from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise FileReadError(name, f"is not a regular file ({_kind(mode)}); name a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: PathLike, max_bytes: int) -> bytes:
+    """All bytes of a regular file of at most ``max_bytes`` (at most ``max_bytes + 1`` are ever read).
+
+    Raises:
+        FileReadError: missing, unreadable, not a regular file, or larger than ``max_bytes``.
+    """
+    name = os.fspath(path)
+    with open_regular(name) as stream:
+        try:
+            data = stream.read(max_bytes + 1)
+        except OSError as err:
+            raise FileReadError(name, f"cannot be read: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise FileReadError(name, f"is larger than the {max_bytes} bytes accepted here")
+    return data
+
+
+def read_bounded_text(path: PathLike, max_bytes: int) -> str:
+    """A regular file of at most ``max_bytes`` decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises:
+        FileReadError: as :func:`read_bounded`, or the bytes are not UTF-8.
+    """
+    data = read_bounded(path, max_bytes)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise FileReadError(
+            os.fspath(path), f"is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
 
 
 def digest_and_size(path: PathLike) -> Tuple[str, int]:

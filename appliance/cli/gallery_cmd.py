@@ -10,8 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
+from engines.errors import FileReadError
+from engines.files import read_bounded
+
 from ..config import ApplianceConfig
+from ..config_load import read_secret_file
 from ..enrollment import Enroller, EnrollmentResult
+from ..gallery.bundle import MAX_BUNDLE_BYTES
 from ..gallery.errors import BundleError, GalleryError, IdentityError
 from ..gallery.gallery import Gallery
 from ..gallery.store import check_identity_id, slugify, utc_now
@@ -128,8 +133,10 @@ def _load(paths: List[Path]) -> Iterator[Tuple[str, Any]]:
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
     if args.passphrase_file is not None:
-        text = args.passphrase_file.read_text(encoding="utf-8").splitlines()
-        return text[0] if text else ""
+        try:
+            return read_secret_file(args.passphrase_file)
+        except FileReadError as err:
+            raise BundleError(f"the passphrase file (--passphrase-file) {err}") from None
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
     if not sys.stdin.isatty():
@@ -330,10 +337,10 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     try:
-        data = args.file.read_bytes()
-    except OSError as err:
-        sys.stderr.write(f"error: cannot read {args.file}: {err.strerror}\n")
-        return EXIT_FAILURE
+        data = read_bounded(args.file, MAX_BUNDLE_BYTES)
+    except FileReadError as err:
+        sys.stderr.write(f"error: the bundle file {err}\n")
+        return EXIT_CONFIG
     passphrase = _passphrase(args, confirm=False)
     gallery = _open_gallery(config)
     with gallery:

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from engines.errors import FileReadError
+
+from ..config_load import read_secret_file
 from ..updates.errors import KeyFileError
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
@@ -54,12 +57,9 @@ def read_passphrase(path: Optional[Path]) -> Optional[bytes]:
     if path is None:
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise KeyFileError(f"cannot read the passphrase file {path}: {err.strerror}") from err
-    if not lines or not lines[0]:
-        raise KeyFileError(f"the passphrase file {path} is empty")
-    return lines[0].encode("utf-8")
+        return read_secret_file(path).encode("utf-8")
+    except FileReadError as err:
+        raise KeyFileError(f"the passphrase file (--passphrase-file) {err}") from None
 
 
 def _generate(args: argparse.Namespace) -> int:

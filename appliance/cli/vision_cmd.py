@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+
+from engines.errors import FileReadError
+from engines.files import read_bounded_text
 
 from ..config import ApplianceConfig
 from ..evaluation import plot_report, verification_report
@@ -111,13 +115,22 @@ def _detect(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+#: Largest labels CSV read (a million rows of short paths and names).
+MAX_LABELS_BYTES = 64 * 1024 * 1024
+
+
 def read_labels(path: Path) -> List[Dict[str, str]]:
     """Rows of a labels CSV with at least the columns ``path`` and ``identity``.
 
     Raises:
-        ValueError: the file lacks those columns or has no rows.
+        ValueError: the file is not a readable regular file of at most :data:`MAX_LABELS_BYTES`, lacks
+            those columns or has no rows.
     """
-    with open(path, newline="", encoding="utf-8") as stream:
+    try:
+        text = read_bounded_text(path, MAX_LABELS_BYTES)
+    except FileReadError as err:
+        raise ValueError(f"the labels file {err}") from None
+    with io.StringIO(text, newline="") as stream:
         reader = csv.DictReader(stream)
         missing = {"path", "identity"} - set(reader.fieldnames or [])
         if missing:

@@ -21,11 +21,16 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from engines.errors import FileReadError
+from engines.files import read_bounded
+
 from .errors import GalleryKeyError, GalleryStoreError
 
 logger = logging.getLogger(__name__)
 
 KEY_BYTES = 32
+#: Largest key file read (raw, hex or base64 key and a line end fit many times over).
+MAX_KEY_FILE_BYTES = 4 * 1024
 NONCE_BYTES = 12
 TAG_BYTES = 16
 #: A sealed value is this much longer than its plaintext (nonce and tag).
@@ -45,8 +50,10 @@ def read_key(path: Path) -> bytes:
             directory), or not a 32-byte key.
     """
     try:
+        data = read_bounded(path, MAX_KEY_FILE_BYTES)
         mode = path.stat().st_mode
-        data = path.read_bytes()
+    except FileReadError as err:
+        raise GalleryKeyError(f"the gallery key {err}; check gallery.key_file") from None
     except OSError as err:
         raise GalleryKeyError(f"cannot read the gallery key {path}: {err.strerror}") from err
     if mode & (stat.S_IRWXG | stat.S_IRWXO) and not _under_credentials(path):
@@ -79,7 +86,7 @@ def create_key(path: Path) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as err:
-        raise GalleryKeyError(f"refusing to overwrite the existing key {path}") from err
+        raise GalleryKeyError(_existing_key_message(path)) from err
     except OSError as err:
         raise GalleryKeyError(f"cannot create the gallery key {path}: {err.strerror}") from err
     with os.fdopen(fd, "wb") as stream:
@@ -88,6 +95,16 @@ def create_key(path: Path) -> bytes:
         os.fsync(stream.fileno())
     logger.info("created a new gallery key at %s; back it up: the gallery cannot be read without it", path)
     return key
+
+
+def _existing_key_message(path: Path) -> str:
+    """Why a key cannot be created where something already is: a key, or a link that leads nowhere."""
+    if path.is_symlink() and not path.exists():
+        return (
+            f"the gallery key {path} is a symlink loop or a link to a missing file, not a regular file; "
+            "point gallery.key_file at the key file (or remove the link to create a new key)"
+        )
+    return f"refusing to overwrite the existing key {path}"
 
 
 class Sealer:

@@ -22,7 +22,8 @@ from typing import Dict, Iterable, Optional, Union
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from engines.files import fsync_dir
+from engines.errors import FileReadError
+from engines.files import fsync_dir, read_bounded
 
 from .errors import KeyFileError
 
@@ -128,16 +129,11 @@ def generate_keypair(
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
+    """A key file's bytes, through the bounded regular-file reader (a FIFO or a device is refused)."""
     try:
-        with open(path, "rb") as stream:
-            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-                raise KeyFileError(f"the {what} {path} is not a regular file")
-            data = stream.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as err:
-        raise KeyFileError(f"cannot read the {what} {path}: {err.strerror or err}") from err
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"the {what} {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key file")
-    return data
+        return read_bounded(path, MAX_KEY_FILE_BYTES)
+    except FileReadError as err:
+        raise KeyFileError(f"the {what} {err}") from None
 
 
 def load_private_key(path: Union[str, os.PathLike], passphrase: Optional[bytes] = None) -> Ed25519PrivateKey:

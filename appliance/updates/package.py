@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from engines.errors import EngineError
-from engines.files import CHUNK_BYTES, atomic_writer, commit_file, fsync_dir
+from engines.errors import EngineError, FileReadError
+from engines.files import CHUNK_BYTES, atomic_writer, commit_file, fsync_dir, open_regular, read_bounded
 from engines.registry import KIND_EMBEDDER, ModelSpec, TensorSpec
 
 from .. import __version__
@@ -233,11 +232,9 @@ class VerifiedPackage:
         digest = hashlib.sha256()
         remaining = member.size
         try:
-            stream = open(self.path, "rb")
-        except OSError as err:
-            raise PackageError(
-                f"cannot read {self.path}: {err.strerror or err}", reason=codes.UNREADABLE
-            ) from err
+            stream = open_regular(self.path)
+        except FileReadError as err:
+            raise PackageError(f"the package {err}", reason=codes.UNREADABLE) from None
         with stream:
             while remaining:
                 try:
@@ -585,13 +582,11 @@ def _verify(
     limit: int,
 ) -> VerifiedPackage:
     try:
-        raw = open(package, "rb")
-    except OSError as err:
-        raise _refuse(f"cannot open {package}: {err.strerror or err}", codes.UNREADABLE) from err
+        raw = open_regular(package)  # O_NONBLOCK: a FIFO is refused, not waited on
+    except FileReadError as err:
+        raise _refuse(f"the package {err}", codes.UNREADABLE) from None
     try:
         info = os.fstat(raw.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise _refuse(f"{package} is not a regular file", codes.UNREADABLE)
         file_size = info.st_size
         if file_size > limit:
             raise _refuse(
@@ -603,7 +598,7 @@ def _verify(
                 f"{package} is {file_size} bytes, shorter than one tar header: transfer it again",
                 codes.TRUNCATED,
             )
-        with open(package, "rb") as data:
+        with open_regular(package) as data:
             return _verify_open(
                 package, raw, data, file_size, trusted_keys, active_release, firmware_version, limit
             )
@@ -1013,8 +1008,10 @@ def build_package(
             raise PackageError(
                 f"{model_file} is larger than the {limit} bytes a package may hold", reason=codes.TOO_LARGE
             )
-        model_bytes = model_file.read_bytes()
-        calibration_bytes = Path(calibration).read_bytes() if calibration is not None else None
+        model_bytes = read_bounded(model_file, limit)
+        calibration_bytes = read_bounded(calibration, limit) if calibration is not None else None
+    except FileReadError as err:
+        raise UpdateError(f"the model or calibration file {err}") from None
     except OSError as err:
         raise UpdateError(f"cannot read {err.filename}: {err.strerror}") from err
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ from udsoncan.exceptions import (
     TimeoutException,
     UnexpectedResponseException,
 )
+
+from engines.errors import FileReadError
+from engines.files import open_regular
 
 from ..config import UpdatesCanConfig
 from .can_link import isotp_address, isotp_params, open_bus
@@ -241,10 +245,23 @@ def tqdm_progress(total: int, initial: int) -> ContextManager[Callable[[int], ob
 def package_digest(path: Path) -> bytes:
     """sha256 of a package file (32 bytes)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with open_regular(path) as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.digest()
+
+
+def _package_size(package: Path) -> int:
+    """The size of a package file, refused unless it is a regular file (a FIFO or a device is not).
+
+    Raises:
+        PushError: the package is missing, unreadable or not a regular file (step ``package``).
+    """
+    try:
+        with open_regular(package) as stream:
+            return os.fstat(stream.fileno()).st_size
+    except FileReadError as err:
+        raise PushError(f"the package {err}", step="package") from None
 
 
 class PushClient:
@@ -343,7 +360,7 @@ class PushClient:
             PushError: the appliance refused a step (``nrc``, ``reason``) or stopped answering.
             OSError: the package cannot be read.
         """
-        size = package.stat().st_size
+        size = _package_size(package)
         if size == 0 or size > MAX_PACKAGE_BYTES:
             raise PushError(
                 f"{package} has {size} bytes; a package has 1 to {MAX_PACKAGE_BYTES}", step="package"
@@ -407,7 +424,7 @@ class PushClient:
                 f"the appliance allows blocks of {block + 2} bytes; too small", step="RequestDownload"
             )
         counter, position = 1, offset
-        with open(package, "rb") as stream, progress(size, offset) as advance:
+        with open_regular(package) as stream, progress(size, offset) as advance:
             stream.seek(offset)
             while position < size:
                 data = stream.read(min(block, size - position))

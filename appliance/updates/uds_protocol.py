@@ -53,6 +53,8 @@ import hashlib
 import hmac
 from pathlib import Path
 
+from engines.errors import FileReadError
+
 from .errors import UpdateError
 
 # -- services ---------------------------------------------------------------------------------------
@@ -144,13 +146,10 @@ def read_security_secret(path: Path) -> bytes:
 
     try:
         text = read_secret_file(path)
-    except OSError as err:
+    except FileReadError as err:
         raise UpdateError(
-            f"cannot read the SecurityAccess secret {path}: {err.strerror}; check "
-            "updates.security_secret_file (or --secret-file)"
-        ) from err
-    except ValueError as err:
-        raise UpdateError(f"the SecurityAccess secret file {path} {err}") from err
+            f"the SecurityAccess secret file {err}; check updates.security_secret_file (or --secret-file)"
+        ) from None
     if len(text.strip()) < MIN_SECRET_CHARS:
         raise UpdateError(
             f"the SecurityAccess secret in {path} is shorter than {MIN_SECRET_CHARS} characters; "

@@ -28,6 +28,9 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
 import cv2
 import numpy as np
 
+from engines.errors import FileReadError
+from engines.files import read_bounded
+
 from ..errors import ApplianceError
 
 #: Largest encoded image accepted (bytes) and largest decoded one (pixels).
@@ -234,12 +237,9 @@ def read_image(path: Union[str, os.PathLike[str]]) -> np.ndarray:
     """
     file = Path(path)
     try:
-        size = file.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ImageError(f"{file}: {size} bytes is more than the {MAX_IMAGE_BYTES} accepted")
-        data = file.read_bytes()
-    except OSError as err:
-        raise ImageError(f"{file}: cannot read: {err.strerror or err}") from err
+        data = read_bounded(file, MAX_IMAGE_BYTES)
+    except FileReadError as err:
+        raise ImageError(f"{err} (an image file of at most {MAX_IMAGE_BYTES} bytes is read)") from None
     return decode_image(data, str(file))
 
 

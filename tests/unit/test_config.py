@@ -48,7 +48,7 @@ def test_the_three_classic_mistakes_are_reported_together() -> None:
     issues = _issues(data)
     assert set(issues) == {"mqtt.hots", "match.threshold", "mqtt.port"}
     assert "unknown key" in issues["mqtt.hots"] and "did you mean 'host'" in issues["mqtt.hots"]
-    assert "-0.2" in issues["match.threshold"] and "> 0" in issues["match.threshold"]
+    assert "-0.2" in issues["match.threshold"] and "≥ 0.2" in issues["match.threshold"]
     assert "expected an integer" in issues["mqtt.port"] and "'1883'" in issues["mqtt.port"]
     assert "≤ 65535" in issues["mqtt.port"]
 
@@ -137,7 +137,7 @@ def test_unreadable_or_empty_password_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("")
     issues = _issues({"mqtt": {"username": "u", "password_file": str(tmp_path / "absent")}})
-    assert "cannot read" in issues["mqtt.password_file"]
+    assert "does not exist" in issues["mqtt.password_file"]
     issues = _issues({"mqtt": {"username": "u", "password_file": str(empty)}})
     assert "is empty" in issues["mqtt.password_file"]
 
@@ -154,6 +154,9 @@ def test_file_errors(tmp_path: Path) -> None:
     broken.write_text("[mqtt\nport = 1\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[match]\nthreshold = 0.6\n")  # Windows editors write a UTF-8 BOM
+    assert load_config(bom).match.threshold == 0.6
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not UTF-8"):

@@ -101,5 +101,5 @@ def test_secret_file(tmp_path: Path) -> None:
     with pytest.raises(UpdateError, match="shorter than 16") as caught:
         read_security_secret(short)
     assert "hunter2" not in str(caught.value)
-    with pytest.raises(UpdateError, match="cannot read"):
+    with pytest.raises(UpdateError, match="does not exist"):
         read_security_secret(tmp_path / "absent")
