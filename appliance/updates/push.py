@@ -507,9 +507,16 @@ class PushClient:
 
 
 def names_version(active: str, version: str) -> bool:
-    """Whether the active-version text (0xFD00, e.g. ``"detector=1.0,embedder=2.0.0"``) names ``version``."""
-    parts = [part.strip() for part in active.split(",")]
-    return any(part == version or part.split("=", 1)[-1] == version for part in parts)
+    """Whether the active-version text (0xFD00) names ``version``.
+
+    0xFD00 reads like ``"detector=mtcnn@1.0,embedder=mobilefacenet@2.0.0"``; the verify routine
+    answers the package's version (``"2.0.0"``) or its ``name@version``.
+    """
+    for part in (item.strip() for item in active.split(",")):
+        value = part.split("=", 1)[-1]
+        if version in (part, value, value.rsplit("@", 1)[-1]):
+            return True
+    return False
 
 
 def _confirm_active(staged: str, active: str) -> None:

@@ -60,3 +60,12 @@ def test_a_real_done_is_confirmed(tmp_path: Path) -> None:
     result = _push(tmp_path, RecordingHandler)
     assert result.swap_state == SWAP_DONE
     assert result.active_version == "embedder@9.9.9"
+
+
+def test_names_version_reads_the_appliance_s_format() -> None:
+    from appliance.updates.push import names_version
+
+    active = "detector=mtcnn@kpzhang93-v1,embedder=mobilefacenet@2.0.0"
+    assert names_version(active, "2.0.0") and names_version(active, "mobilefacenet@2.0.0")
+    assert not names_version(active, "2.0") and not names_version(active, "1.0.0")
+    assert names_version("embedder@9.9.9", "embedder@9.9.9") and not names_version("", "2.0.0")
