@@ -239,10 +239,28 @@ class ActiveModels:
         return self.root / PACKAGES_DIR
 
     def _load(self) -> Pointer:
-        """The pointer on disk, its counter raised to the separate counter's where that is higher."""
+        """The pointer on disk, its counter raised to the separate counter's where that is higher.
+
+        A missing pointer where the counter records activated releases and installed package folders
+        remain is damage too (the pointer was deleted): the registry's models run, degraded, and the
+        folders are kept for whoever restores the pointer.
+        """
         pointer = self._read_pointer()
-        pointer.max_release = _highest(pointer.max_release, self.counter.read())
+        counted = self.counter.read()
+        if not self.path.exists() and counted and self._installed_folders():
+            self._fall_back(FileNotFoundError(2, "it is missing although models were installed"))
+        pointer.max_release = _highest(pointer.max_release, counted)
         return pointer
+
+    def _installed_folders(self) -> List[Path]:
+        try:
+            return (
+                sorted(p for p in self.packages_dir.iterdir() if p.is_dir())
+                if self.packages_dir.is_dir()
+                else []
+            )
+        except OSError:
+            return []
 
     def _read_pointer(self) -> Pointer:
         try:
@@ -347,8 +365,12 @@ class ActiveModels:
     def prune(self) -> List[Path]:
         """Delete installed package folders the pointer names neither as active nor as previous.
 
-        They are what an interrupted staging left behind. Returns the folders removed.
+        They are what an interrupted staging left behind. Nothing is removed while the pointer is
+        damaged or missing (it would name what to keep). Returns the folders removed.
         """
+        if self.damaged is not None:  # the pointer that names what to keep is lost: delete nothing
+            logger.warning("not removing package folders: %s", self.damaged)
+            return []
         pointer = self.snapshot()
         keep = {entry.directory for entry in pointer.active.values()}
         keep.update(entry.directory for entry in pointer.previous.values() if entry is not None)

@@ -95,3 +95,34 @@ def test_the_daemon_reports_a_damaged_pointer_as_degraded(tmp_path: Path) -> Non
     assert targets[0].spec.version == get_model(EMBEDDER).version
     assert targets[0].folder == config.models.dir
     assert any("pointer" in note and "registry" in note for note in notes)
+
+
+def test_a_missing_pointer_with_installed_packages_is_damage_and_nothing_is_pruned(tmp_path: Path) -> None:
+    """Deleting ``active.json`` must neither look like a fresh device nor let the start-up prune
+    delete the installed packages (the evidence of what ran)."""
+    _activate(tmp_path, 3)
+    folder = tmp_path / "models" / "packages" / f"{EMBEDDER}-3"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "models" / POINTER_FILE).unlink()
+    active = ActiveModels(tmp_path)
+    assert active.damaged is not None and "missing although models were installed" in active.damaged
+    assert active.prune() == [] and folder.is_dir()
+    assert active.release(EMBEDDER) == 3
+    targets, notes = model_targets(validate_config({"storage": {"dir": str(tmp_path)}}), names=[EMBEDDER])
+    assert targets[0].spec == get_model(EMBEDDER) and any("missing" in note for note in notes)
+
+
+def test_a_damaged_pointer_prunes_nothing(tmp_path: Path) -> None:
+    _activate(tmp_path, 3)
+    folder = tmp_path / "models" / "packages" / f"{EMBEDDER}-3"
+    folder.mkdir(parents=True)
+    (tmp_path / "models" / POINTER_FILE).write_bytes(b"\x00garbage")
+    active = ActiveModels(tmp_path)
+    assert active.damaged is not None
+    assert active.prune() == [] and folder.is_dir()
+
+
+def test_a_fresh_device_is_not_damaged(tmp_path: Path) -> None:
+    active = ActiveModels(tmp_path)
+    assert active.damaged is None and active.prune() == []
