@@ -48,14 +48,28 @@ after the fresh document of the reconnect. The latest documents are republished 
 
 Commands
 --------
-``{root}/cmd/{name}`` messages are handed to ``on_command(name, payload)`` **on paho's network
-thread**: the handler must be quick (validate, queue the work, return) and answer later with
-:meth:`MqttLink.publish_result`. Results are JSON documents; errors produced here look like
+``{root}/cmd/{name}`` messages are handed to ``on_command(name, payload)`` on paho's network thread
+(or on the publisher thread, for a command held back): the handler must be quick (validate, queue the
+work, return) and answer each command exactly once, now or later, with :meth:`MqttLink.publish_result`.
+
+Every command gets its answer: a command is taken only with one of :data:`ANSWER_SLOTS` answer slots
+free, and its slot is held until the broker acknowledges the answer (paho's outgoing queue has room
+for all slots, so an answer is never refused there). With no slot free, commands are held back in
+order of arrival, **not acknowledged** to the broker (QoS 1 acknowledgements are manual), and taken
+as answers are acknowledged; a broker that bounds what a client has unacknowledged (Mosquitto's
+``max_inflight_messages``) then keeps the rest queued (Mosquitto: ``max_queued_messages``, 1000 by
+default, beyond which the broker drops them). Beyond :data:`MAX_DEFERRED_BYTES` held back, a
+command is dropped unanswered, without running, and an ERROR is logged. Results are JSON documents; errors produced here look like
 ``{"request_id": <id or null>, "ok": false, "error": {"code": "...", "message": "..."}}``, and the
 daemon's own results should follow the same shape (``"ok": true, "result": …``). A payload above
-``commands.max_payload_kb`` is refused without being parsed (``payload_too_large``); a retained
-command is refused (``retained``: it would run again at every reconnect); an exception in the
-handler is logged and answered (``handler_failed``), never propagated into paho.
+``commands.max_payload_kb`` is refused without being parsed (``payload_too_large``; its
+``request_id`` is the first ``"request_id"`` member in its first :data:`REQUEST_ID_SCAN_BYTES`
+bytes, if any); a command the broker flags retained is refused (``retained``: it would run again at
+every reconnect); an exception in the handler is logged and answered (``handler_failed``), never
+propagated into paho. MQTT 3.1.1 clears the retain flag of a message sent to a live subscriber, so a
+command published with ``retain=True`` while the link is connected runs once, and is refused at
+every later (re)subscription; a stamped command (``ts``) older than ``commands.max_age_s`` is
+refused by the command service (``stale``).
 
 Broker ACL (what the appliance's user needs)::
 
@@ -92,7 +106,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -116,6 +130,17 @@ _ORIGIN_NAME = "face-appliance"
 _UNACKED_RESEND_S = 60.0
 #: After a connection, our own ``online`` must come back within this long (the ACL check).
 ECHO_TIMEOUT_S = 10.0
+#: Command answers outstanding at most: owed (the command was taken, its answer not yet published)
+#: plus published and not yet acknowledged by the broker. A command is taken only with a slot free.
+ANSWER_SLOTS = 1000
+#: Answers (and other messages besides events) sent unacknowledged at most; more wait in paho's queue.
+_ANSWERS_IN_FLIGHT = 100
+#: Other QoS 1 messages paho may hold besides events and answers (availability, discovery).
+_OTHER_QUEUED = 20
+#: Payload bytes of the commands held back (not taken, not acknowledged) at most. A broker may bound
+#: what it sends unacknowledged (Mosquitto's ``max_inflight_messages``), but not every release does;
+#: beyond this a command is dropped unanswered, without running, and logged.
+MAX_DEFERRED_BYTES = 16 * 2**20
 
 CommandHandler = Callable[[str, bytes], None]
 
@@ -126,6 +151,14 @@ class MqttLinkError(ApplianceError):
     Example scenarios: ``mqtt.tls.ca_file`` does not exist or is not PEM; the client certificate
     and key do not match.
     """
+
+
+class _Deferred(NamedTuple):
+    """A command not taken yet: no answer slot was free when it arrived."""
+
+    message: mqtt.MQTTMessage
+    #: The connection it arrived on (it is acknowledged only on that one).
+    generation: int
 
 
 class _InFlight(NamedTuple):
@@ -267,6 +300,14 @@ class MqttLink:
         self._connected_event = threading.Event()
         self._acks: Deque[int] = deque()  # message ids from on_publish, consumed by the publisher
         self._inflight: Dict[int, _InFlight] = {}  # publisher thread only (and stop() after it)
+        # Answer slots: held while calling into paho (publish), so that a PUBACK is matched after its mid is known.
+        self._answer_lock = threading.Lock()
+        self._take_lock = threading.Lock()  # commands are taken one at a time, in order of arrival
+        self._answers_owed = 0
+        self._answer_mids: Set[int] = set()
+        self._deferred: Deque[_Deferred] = deque()
+        self._deferred_bytes = 0
+        self._commands_dropped = 0
 
         self._client: Optional[mqtt.Client] = None
         self._publisher: Optional[threading.Thread] = None
@@ -319,6 +360,7 @@ class MqttLink:
             client_id=self._config.mqtt_client_id,
             clean_session=True,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,  # a command is acknowledged once taken (see _on_command_message)
         )
         client.suppress_exceptions = True  # second line of defence; every callback catches anyway
         if context is not None:
@@ -331,8 +373,8 @@ class MqttLink:
             client.username_pw_set(settings.username, None if secret is None else secret.get_secret_value())
         client.will_set(self._availability_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
-        client.max_inflight_messages_set(self._window + 20)
-        client.max_queued_messages_set(self._window + 200)
+        client.max_inflight_messages_set(self._window + _ANSWERS_IN_FLIGHT)
+        client.max_queued_messages_set(self._window + ANSWER_SLOTS + _OTHER_QUEUED)
         client.on_connect = self._guard("on_connect", self._on_connect)
         client.on_connect_fail = self._guard("on_connect_fail", self._on_connect_fail)
         client.on_disconnect = self._guard("on_disconnect", self._on_disconnect)
@@ -456,24 +498,38 @@ class MqttLink:
     def publish_result(self, command: str, doc: Dict[str, Any]) -> bool:
         """Publish a command's result on ``{root}/cmd/{command}/result`` (QoS 1, not retained).
 
+        Call it once per command handed to ``on_command``: the answer slot that the command was
+        taken with passes to this message until the broker acknowledges it.
+
         Returns:
             True if it was handed to the client (sent now, or after a reconnect of this process).
 
         Raises:
             ValueError: ``command`` is not a single topic level, or ``doc`` cannot be encoded.
         """
+        with self._answer_lock:
+            self._answers_owed = max(0, self._answers_owed - 1)  # this answer's slot: now its mid's
         if not command or any(char in command for char in "/+#\x00"):
+            self._wake.set()  # the slot is free: a held-back command may be taken
             raise ValueError(f"command name {command!r} is not a single topic level")
-        payload = encode_document(doc)
+        try:
+            payload = encode_document(doc)
+        except ValueError:
+            self._wake.set()
+            raise
         client = self._client
         if client is None or self._stopped:
             logger.warning("Result of command %r not sent: the MQTT link is not running", command)
             return False
-        info = client.publish(self.result_topic(command), payload, qos=1, retain=False)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        with self._answer_lock:
+            info = client.publish(self.result_topic(command), payload, qos=1, retain=False)
+            sent = info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+            if sent:
+                self._answer_mids.add(info.mid)
+        if not sent:
             logger.warning("Result of command %r not sent: %s", command, mqtt.error_string(info.rc))
-            return False
-        return True
+            self._wake.set()
+        return sent
 
     def status(self) -> Dict[str, Any]:
         """Figures for the ``…/state`` document.
@@ -640,20 +696,86 @@ class MqttLink:
             )
 
     def _on_command_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        name = message.topic.rsplit("/", 1)[-1]
-        payload = bytes(message.payload)
-        if message.retain:
+        """Take a command now if an answer slot is free; otherwise hold it back, unacknowledged."""
+        with self._lock:
+            generation = self._generation
+        with self._take_lock:
+            with self._answer_lock:
+                if self._deferred or self._free_answer_slots() <= 0:
+                    self._defer(message, generation)
+                    return
+                self._answers_owed += 1
+            self._take_command(client, message, generation)
+
+    def _defer(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        """Hold a command back until an answer slot is free (caller holds ``_answer_lock``)."""
+        size = len(message.payload)
+        if self._deferred_bytes + size > MAX_DEFERRED_BYTES:
+            self._commands_dropped += 1
+            if self._commands_dropped == 1 or self._commands_dropped % 1000 == 0:
+                logger.error(
+                    "MQTT: %d command(s) dropped unanswered, without running: %d answers are outstanding and "
+                    "%d bytes of commands wait; the sender floods the appliance",
+                    self._commands_dropped,
+                    ANSWER_SLOTS,
+                    self._deferred_bytes,
+                )
+            if (
+                message.qos > 0 and self._client is not None
+            ):  # a broker that bounds the unacknowledged goes on
+                self._client.ack(message.mid, message.qos)
+            return
+        self._deferred.append(_Deferred(message, generation))
+        self._deferred_bytes += size
+        if len(self._deferred) == 1:
+            logger.info("MQTT: %d command answers outstanding; holding commands back", ANSWER_SLOTS)
+
+    def _take_deferred(self) -> None:
+        """Take the held-back commands, oldest first, while answer slots are free (publisher thread)."""
+        client = self._client
+        if client is None:
+            return
+        while True:
+            with self._take_lock:
+                with self._answer_lock:
+                    if not self._deferred or self._free_answer_slots() <= 0:
+                        return
+                    entry = self._deferred.popleft()
+                    self._deferred_bytes -= len(entry.message.payload)
+                    self._answers_owed += 1
+                self._take_command(client, entry.message, entry.generation)
+
+    def _free_answer_slots(self) -> int:
+        """Answer slots not owed nor in flight (caller holds ``_answer_lock``)."""
+        return ANSWER_SLOTS - self._answers_owed - len(self._answer_mids)
+
+    def _take_command(self, client: mqtt.Client, message: mqtt.MQTTMessage, generation: int) -> None:
+        """Handle a command that holds an answer slot, then acknowledge it to the broker."""
+        try:
+            self._handle_command(
+                message.topic.rsplit("/", 1)[-1], bytes(message.payload), bool(message.retain)
+            )
+        finally:
+            with self._lock:
+                current = generation == self._generation and self._connected
+            if message.qos > 0 and current:  # on a later connection the mid means another message
+                client.ack(message.mid, message.qos)
+
+    def _handle_command(self, name: str, payload: bytes, retained: bool) -> None:
+        """Refuse a retained or oversized command, or hand it to ``on_command``; one answer either way."""
+        limit = self._config.commands.max_payload_kb * 1024
+        oversized = len(payload) > limit
+        if retained:
             logger.warning("MQTT: ignored a retained command %r (commands must not be retained)", name)
             self._reply_error(
                 name,
-                None,
+                request_id_prefix(payload) if oversized else _request_id(payload),
                 "retained",
                 "retained commands are refused: they would run again at every reconnect; "
                 "publish commands without the retain flag (and clear this one with an empty retained message)",
             )
             return
-        limit = self._config.commands.max_payload_kb * 1024
-        if len(payload) > limit:
+        if oversized:
             logger.warning(
                 "MQTT: refused command %r: its payload of %d bytes is above commands.max_payload_kb (%d KiB)",
                 name,
@@ -662,7 +784,7 @@ class MqttLink:
             )
             self._reply_error(
                 name,
-                None,
+                request_id_prefix(payload),
                 "payload_too_large",
                 f"payload of {len(payload)} bytes is above the limit of {limit} bytes",
             )
@@ -674,6 +796,8 @@ class MqttLink:
             self._reply_error(name, _request_id(payload), "handler_failed", f"{type(err).__name__}: {err}")
 
     def _on_echo(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.qos > 0:  # subscribed with QoS 0; acknowledgements are manual (for commands)
+            client.ack(message.mid, message.qos)
         if bytes(message.payload) != ONLINE.encode():
             return  # the retained `offline` of an earlier last will
         with self._lock:
@@ -707,6 +831,8 @@ class MqttLink:
 
     def _on_unexpected_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         logger.debug("MQTT: ignored a message on %s", message.topic)
+        if message.qos > 0:  # acknowledgements are manual (for commands)
+            client.ack(message.mid, message.qos)
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
         # paho reports every lost connection at its ERR level; this module logs those itself.
@@ -798,6 +924,7 @@ class MqttLink:
                 break
             try:
                 self._settle_acks()
+                self._take_deferred()
                 self._fill_window()
                 self._check_echo()
             except OutboxError as err:
@@ -817,6 +944,7 @@ class MqttLink:
     def _settle_acks(self) -> None:
         """Delete the outbox entries whose PUBACK arrived (publisher thread)."""
         seqs: List[int] = []
+        others: List[int] = []
         while True:
             try:
                 mid = self._acks.popleft()
@@ -825,6 +953,11 @@ class MqttLink:
             entry = self._inflight.pop(mid, None)  # other ids: state, results, discovery
             if entry is not None:
                 seqs.append(entry.seq)
+            else:
+                others.append(mid)
+        if others:
+            with self._answer_lock:  # taken after publish_result recorded the mid
+                self._answer_mids.difference_update(others)
         if not seqs:
             return
         with self._lock:
@@ -874,6 +1007,36 @@ class MqttLink:
             self._inflight[info.mid] = _InFlight(entry.seq, generation, time.monotonic())
         with self._lock:
             self._in_flight_count = len(self._inflight)
+
+
+#: How much of an oversized payload is scanned for its ``request_id``.
+REQUEST_ID_SCAN_BYTES = 4096
+_REQUEST_ID_FIELD = re.compile(
+    rb'(?<!\\)"request_id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,256}"|-?\d{1,18}(?![\d.eE]))'
+)
+
+
+def request_id_prefix(payload: bytes) -> Any:
+    """The ``request_id`` of a payload too large to parse: the first ``"request_id": …`` member in its
+    first :data:`REQUEST_ID_SCAN_BYTES` bytes (a string of up to 128 characters, or an integer).
+
+    A bounded scan, not a parse: the member is found wherever it is nested, and a payload that puts
+    it later than the scanned prefix gets None.
+    """
+    match = _REQUEST_ID_FIELD.search(payload[:REQUEST_ID_SCAN_BYTES])
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(1).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # an unpaired surrogate escape could not go into the answer
+        except UnicodeEncodeError:
+            return None
+        return value[:128]
+    return value
 
 
 def _request_id(payload: bytes) -> Any:
