@@ -80,7 +80,7 @@ class CommandService:
     def receive(self, name: str, payload: bytes) -> None:
         """Validate and queue a command (called from paho's thread)."""
         try:
-            request_id, command = parse(name, payload)
+            request_id, command = parse(name, payload, self.config.commands.max_age_s)
         except CommandError as err:
             self._answer(name, failure(err.request_id, err.code, str(err)))
             return

@@ -4,7 +4,7 @@ A command arrives as JSON on ``{prefix}/{device_id}/cmd/{name}`` and is answered
 ``…/cmd/{name}/result`` with ``{"request_id", "ok": true, "result", "ts"}`` or
 ``{"request_id", "ok": false, "error": {"code", "message"}, "ts"}``; error codes: ``invalid_json``,
 ``unknown_command``, ``invalid``, ``refused`` (valid but not possible: unknown id, no face…),
-``busy``, ``failed``, and from the MQTT link ``payload_too_large``, ``retained``, ``handler_failed``. Payloads are
+``busy``, ``stale``, ``failed``, and from the MQTT link ``payload_too_large``, ``retained``, ``handler_failed``. Payloads are
 validated strictly (unknown keys, wrong types and out-of-range values are refused with the key
 path) before anything is done; a refused command changes nothing.
 
@@ -21,6 +21,9 @@ command         payload                                                         
 ``set_threshold`` ``request_id``, ``threshold`` (0.2 ≤ t ≤ 0.95)                 old and new value
 =============== ================================================================ ==================
 
+Every command may carry ``ts``, when it was sent (RFC 3339 with an offset): a command stamped more
+than ``commands.max_age_s`` before (or ahead of) the appliance's clock is refused as ``stale``.
+
 ``set_threshold`` lasts until the next reload or restart (the configuration file stays the source
 of truth); ``reload`` (or SIGHUP) re-reads the thresholds from the file and the gallery from disk.
 """
@@ -30,6 +33,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Tuple, Type
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -52,10 +57,39 @@ class CommandError(ApplianceError):
         self.request_id = request_id
 
 
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-]\d{2}:\d{2}))$"
+)
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 date-time with its offset (``2026-12-03T18:00:00Z``, ``…+01:00``, fractions).
+
+    Raises:
+        ValueError: not such a time (no offset, out of range…).
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ValueError("must be an RFC 3339 time with an offset, e.g. 2026-12-03T18:00:00Z")
+    day, clock, fraction, zulu, offset = match.groups()
+    micro = (fraction or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{day}T{clock}.{micro}{'+00:00' if zulu else offset}")
+
+
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str = Field(min_length=1, max_length=128)
+    ts: Optional[str] = Field(
+        None, min_length=1, max_length=40, description="when it was sent (RFC 3339): the freshness check"
+    )
+
+    @field_validator("ts")
+    @classmethod
+    def _check_ts(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            parse_rfc3339(value)
+        return value
 
 
 class EnrollCommand(_Command):
@@ -112,8 +146,8 @@ COMMANDS: Dict[str, Type[_Command]] = {
 }
 
 
-def parse(name: str, payload: bytes) -> Tuple[Optional[str], _Command]:
-    """Validate a command.
+def parse(name: str, payload: bytes, max_age_s: Optional[float] = None) -> Tuple[Optional[str], _Command]:
+    """Validate a command; with ``max_age_s``, also its freshness (see :func:`check_fresh`).
 
     Returns:
         ``(request_id, command)``.
@@ -147,10 +181,39 @@ def parse(name: str, payload: bytes) -> Tuple[Optional[str], _Command]:
     if not isinstance(document, dict):
         raise CommandError("the payload must be a JSON object", "invalid", request_id)
     try:
-        return request_id, model.model_validate(document)
+        command = model.model_validate(document)
     except ValidationError as err:
         problems = "; ".join(str(_issue(error)) for error in err.errors())
         raise CommandError(f"invalid {name} command: {problems}", "invalid", request_id) from None
+    if max_age_s is not None:
+        check_fresh(command, max_age_s)
+    return request_id, command
+
+
+def check_fresh(command: _Command, max_age_s: float, now: Optional[datetime] = None) -> None:
+    """Refuse a stamped command sent more than ``max_age_s`` ago, or stamped that far ahead of this
+    clock (one of the clocks is wrong). A command without ``ts`` is not checked.
+
+    Raises:
+        CommandError: ``stale``.
+    """
+    if command.ts is None:
+        return
+    age = ((now or datetime.now(timezone.utc)) - parse_rfc3339(command.ts)).total_seconds()
+    if age > max_age_s:
+        raise CommandError(
+            f"sent {age:.0f} s ago (ts {command.ts}), more than commands.max_age_s = {max_age_s:g} s: "
+            "not carried out; send it again if it is still wanted",
+            "stale",
+            command.request_id,
+        )
+    if age < -max_age_s:
+        raise CommandError(
+            f"ts {command.ts} is {-age:.0f} s ahead of the appliance's clock (more than commands.max_age_s = "
+            f"{max_age_s:g} s): check the sender's and the appliance's clocks (NTP)",
+            "stale",
+            command.request_id,
+        )
 
 
 def _issue(error: Dict[str, Any]) -> ConfigIssue:

@@ -500,6 +500,13 @@ class CommandsConfig(StrictModel):
     max_payload_kb: int = Field(
         4096, ge=1, le=65536, description="Larger command payloads are refused with an error result."
     )
+    max_age_s: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="A command stamped (`ts`, RFC 3339) longer ago than this, or this far ahead of the "
+        "appliance's clock, is refused as stale. Commands without `ts` are not checked.",
+    )
 
 
 class MetricsConfig(StrictModel):

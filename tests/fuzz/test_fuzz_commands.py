@@ -38,7 +38,7 @@ from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import DEVICE, ROOT, Daemon, daemon_config, passage_video
 
 #: Error codes the daemon itself may answer with (the link adds payload_too_large, retained, handler_failed).
-DAEMON_CODES = {"invalid_json", "unknown_command", "invalid", "refused", "busy", "failed"}
+DAEMON_CODES = {"invalid_json", "unknown_command", "invalid", "refused", "busy", "stale", "failed"}
 
 _json = st.recursive(
     st.none()
