@@ -48,15 +48,15 @@ after the fresh document of the reconnect. The latest documents are republished 
 
 Commands
 --------
-``{root}/cmd/{name}`` messages are handed to ``on_command(name, payload)`` on paho's network thread
-(or on the publisher thread, for a command held back): the handler must be quick (validate, queue the
+``{root}/cmd/{name}`` messages are handed to ``on_command(name, payload)`` on the ``mqtt-publisher``
+thread, in order of arrival: the handler must be quick (validate, queue the
 work, return) and answer each command exactly once, now or later, with :meth:`MqttLink.publish_result`.
 
 Every command gets its answer: a command is taken only with one of :data:`ANSWER_SLOTS` answer slots
 free, and its slot is held until the broker acknowledges the answer (paho's outgoing queue has room
-for all slots, so an answer is never refused there). With no slot free, commands are held back in
-order of arrival, **not acknowledged** to the broker (QoS 1 acknowledgements are manual), and taken
-as answers are acknowledged; a broker that bounds what a client has unacknowledged (Mosquitto's
+for all slots, so an answer is never refused there). A command is acknowledged to the broker (QoS 1
+acknowledgements are manual) once taken; with no slot free, commands wait in order of arrival, **not
+acknowledged**, and are taken as answers are acknowledged; a broker that bounds what a client has unacknowledged (Mosquitto's
 ``max_inflight_messages``) then keeps the rest queued (Mosquitto: ``max_queued_messages``, 1000 by
 default, beyond which the broker drops them). Beyond :data:`MAX_DEFERRED_BYTES` held back, a
 command is dropped unanswered, without running, and an ERROR is logged. Results are JSON documents; errors produced here look like
@@ -91,8 +91,8 @@ missing these lines — instead of looking connected while nothing gets through.
 Works with paho-mqtt 2.0 to 2.2 (2.2 needs Python 3.9; Python 3.8 gets 2.1).
 
 Threads: :meth:`MqttLink.start` and :meth:`MqttLink.stop` run on the caller's thread (the daemon's
-main thread); paho's network thread (``paho-mqtt-client-…``) runs the ``on_*`` callbacks and
-``on_command``; the ``mqtt-publisher`` thread moves outbox entries to paho and deletes acknowledged
+main thread); paho's network thread (``paho-mqtt-client-…``) runs the ``on_*`` callbacks; the
+``mqtt-publisher`` thread runs ``on_command``, moves outbox entries to paho and deletes acknowledged
 ones. ``notify``, ``drain``, ``publish_*`` and ``status`` may be called from any thread.
 """
 
@@ -264,8 +264,9 @@ class MqttLink:
         config: the appliance configuration (``mqtt``, ``commands``, ``device``).
         outbox: where access events wait; the link deletes what the broker acknowledged. The
             daemon owns it (opens and closes it).
-        on_command: ``(name, payload)`` for each message on ``{root}/cmd/{name}``; called on
-            paho's network thread, so it must return quickly (hand work off to another thread).
+        on_command: ``(name, payload)`` for each message on ``{root}/cmd/{name}``; called on the
+            publisher thread, so it must return quickly (hand work off to another thread), and must
+            answer each command once with :meth:`publish_result`.
         window: events in flight at most.
 
     A link is started once and stopped once; see the module docstring for threads and topics.
@@ -300,14 +301,15 @@ class MqttLink:
         self._connected_event = threading.Event()
         self._acks: Deque[int] = deque()  # message ids from on_publish, consumed by the publisher
         self._inflight: Dict[int, _InFlight] = {}  # publisher thread only (and stop() after it)
-        # Answer slots: held while calling into paho (publish), so that a PUBACK is matched after its mid is known.
+        # Answer slots. Held while calling into paho (publish), so that a PUBACK is matched after its mid
+        # is known; so never taken in a paho callback (paho holds its callback lock, which publish may need).
         self._answer_lock = threading.Lock()
-        self._take_lock = threading.Lock()  # commands are taken one at a time, in order of arrival
         self._answers_owed = 0
         self._answer_mids: Set[int] = set()
-        self._deferred: Deque[_Deferred] = deque()
+        self._deferred: Deque[_Deferred] = deque()  # commands not taken yet (under _lock)
         self._deferred_bytes = 0
         self._commands_dropped = 0
+        self._holding = False  # commands wait for answer slots (logged once)
 
         self._client: Optional[mqtt.Client] = None
         self._publisher: Optional[threading.Thread] = None
@@ -696,54 +698,63 @@ class MqttLink:
             )
 
     def _on_command_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        """Take a command now if an answer slot is free; otherwise hold it back, unacknowledged."""
+        """Queue a command for the publisher thread, which takes it when an answer slot is free.
+
+        Nothing here waits for a lock that is held while calling into paho: paho runs this callback
+        holding its callback lock, which its ``publish`` may need.
+        """
+        size = len(message.payload)
         with self._lock:
             generation = self._generation
-        with self._take_lock:
-            with self._answer_lock:
-                if self._deferred or self._free_answer_slots() <= 0:
-                    self._defer(message, generation)
-                    return
-                self._answers_owed += 1
-            self._take_command(client, message, generation)
-
-    def _defer(self, message: mqtt.MQTTMessage, generation: int) -> None:
-        """Hold a command back until an answer slot is free (caller holds ``_answer_lock``)."""
-        size = len(message.payload)
-        if self._deferred_bytes + size > MAX_DEFERRED_BYTES:
-            self._commands_dropped += 1
-            if self._commands_dropped == 1 or self._commands_dropped % 1000 == 0:
-                logger.error(
-                    "MQTT: %d command(s) dropped unanswered, without running: %d answers are outstanding and "
-                    "%d bytes of commands wait; the sender floods the appliance",
-                    self._commands_dropped,
-                    ANSWER_SLOTS,
-                    self._deferred_bytes,
-                )
-            if (
-                message.qos > 0 and self._client is not None
-            ):  # a broker that bounds the unacknowledged goes on
-                self._client.ack(message.mid, message.qos)
+            dropped = self._deferred_bytes + size > MAX_DEFERRED_BYTES
+            if dropped:
+                self._commands_dropped += 1
+                count = self._commands_dropped
+            else:
+                self._deferred.append(_Deferred(message, generation))
+                self._deferred_bytes += size
+        if not dropped:
+            self._wake.set()
             return
-        self._deferred.append(_Deferred(message, generation))
-        self._deferred_bytes += size
-        if len(self._deferred) == 1:
-            logger.info("MQTT: %d command answers outstanding; holding commands back", ANSWER_SLOTS)
+        if count == 1 or count % 1000 == 0:
+            logger.error(
+                "MQTT: %d command(s) dropped unanswered, without running: %d answers are outstanding and "
+                "%d bytes of commands wait; a sender floods the appliance",
+                count,
+                ANSWER_SLOTS,
+                MAX_DEFERRED_BYTES,
+            )
+        if message.qos > 0:  # a broker that bounds what is unacknowledged goes on
+            client.ack(message.mid, message.qos)
 
     def _take_deferred(self) -> None:
-        """Take the held-back commands, oldest first, while answer slots are free (publisher thread)."""
+        """Take the waiting commands, oldest first, while answer slots are free (publisher thread)."""
         client = self._client
         if client is None:
             return
         while True:
-            with self._take_lock:
-                with self._answer_lock:
-                    if not self._deferred or self._free_answer_slots() <= 0:
-                        return
-                    entry = self._deferred.popleft()
-                    self._deferred_bytes -= len(entry.message.payload)
-                    self._answers_owed += 1
-                self._take_command(client, entry.message, entry.generation)
+            with self._answer_lock:
+                free = self._free_answer_slots() > 0
+                with self._lock:
+                    entry = self._deferred.popleft() if free and self._deferred else None
+                    if entry is not None:
+                        self._deferred_bytes -= len(entry.message.payload)
+                    waiting = len(self._deferred)
+                if entry is None:
+                    self._note_holding(waiting)
+                    return
+                self._answers_owed += 1
+            self._take_command(client, entry.message, entry.generation)
+
+    def _note_holding(self, waiting: int) -> None:
+        """Log once when commands start waiting for answer slots (caller holds ``_answer_lock``)."""
+        if waiting and not self._holding:
+            logger.info(
+                "MQTT: %d command answers outstanding; holding %d command(s) back, unacknowledged",
+                ANSWER_SLOTS,
+                waiting,
+            )
+        self._holding = bool(waiting)
 
     def _free_answer_slots(self) -> int:
         """Answer slots not owed nor in flight (caller holds ``_answer_lock``)."""
@@ -923,8 +934,10 @@ class MqttLink:
             if self._stop_event.is_set():
                 break
             try:
-                self._settle_acks()
-                self._take_deferred()
+                try:
+                    self._settle_acks()
+                finally:
+                    self._take_deferred()  # commands do not wait for a failing outbox
                 self._fill_window()
                 self._check_echo()
             except OutboxError as err:
