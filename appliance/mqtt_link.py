@@ -539,8 +539,10 @@ class MqttLink:
         Returns:
             ``connected`` (bool), ``reconnects`` (successful connects after the first),
             ``last_error`` (the most recent connection problem, or None), ``in_flight`` (events
-            awaiting their PUBACK) and ``published_total`` (events acknowledged by the broker since
-            start).
+            awaiting their PUBACK), ``published_total`` (events acknowledged by the broker since
+            start), ``commands_waiting`` (received, waiting for an answer slot) and
+            ``commands_dropped`` (dropped unanswered since start: more than ``MAX_DEFERRED_BYTES``
+            were waiting).
         """
         with self._lock:
             return {
@@ -549,6 +551,8 @@ class MqttLink:
                 "last_error": self._last_error,
                 "in_flight": self._in_flight_count,
                 "published_total": self._published_total,
+                "commands_waiting": len(self._deferred),
+                "commands_dropped": self._commands_dropped,
             }
 
     # -- paho callbacks (paho's network thread) ----------------------------------------------------

@@ -177,8 +177,44 @@ def test_every_command_of_a_flood_gets_exactly_one_answer(
     refused = [answer for answer in answers if not answer["ok"]]
     assert all(answer["error"]["code"] == "busy" for answer in refused), refused[:3]
     assert not [r for r in caplog.records if "not sent" in r.getMessage()]
+    assert started.link is not None
+    status = started.link.status()
+    assert status["commands_waiting"] == 0 and status["commands_dropped"] == 0
     if slots is not None:
         assert any("command(s) back" in r.getMessage() for r in caplog.records)
+
+
+def test_beyond_the_waiting_bound_commands_are_dropped_without_running(
+    mosquitto: MosquittoBroker, recorder: Recorder, service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mqtt_link, "ANSWER_SLOTS", 4)
+    monkeypatch.setattr(mqtt_link, "MAX_DEFERRED_BYTES", 2000)  # some 25 commands wait at most
+    config = make_config(mosquitto.port)
+    root = config.topic_root
+    started = service(config, period_s=0.05)
+    recorder.wait_for_message(f"{root}/availability", b"online")
+    count = 600
+    thresholds = {0.2 + (n + 1) / 100000: f"r{n}" for n in range(count)}
+    _flood(
+        mosquitto,
+        [
+            (f"{root}/cmd/set_threshold", json.dumps({"request_id": rid, "threshold": value}).encode())
+            for value, rid in thresholds.items()
+        ],
+    )
+    link = started.link
+    assert link is not None
+    wait_until(
+        lambda: len(_answers(recorder, root)) + link.status()["commands_dropped"] >= count,
+        60,
+        "every command answered or dropped",
+    )
+    dropped = link.status()["commands_dropped"]
+    answers = _answers(recorder, root)
+    ids = [answer["request_id"] for answer in answers]
+    assert dropped > 0 and len(ids) == len(set(ids)) == count - dropped
+    executed = {thresholds[value] for value in started.pipeline.executed}
+    assert executed == {answer["request_id"] for answer in answers if answer["ok"]}
 
 
 def test_refusals_quote_the_request_id(mosquitto: MosquittoBroker, recorder: Recorder, service: Any) -> None:
