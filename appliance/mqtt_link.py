@@ -302,7 +302,7 @@ class MqttLink:
         self._acks: Deque[int] = deque()  # message ids from on_publish, consumed by the publisher
         self._inflight: Dict[int, _InFlight] = {}  # publisher thread only (and stop() after it)
         # Answer slots. Held while calling into paho (publish), so that a PUBACK is matched after its mid
-        # is known; so never taken in a paho callback (paho holds its callback lock, which publish may need).
+        # is known; never taken on paho's network thread, which must not block behind a publish.
         self._answer_lock = threading.Lock()
         self._answers_owed = 0
         self._answer_mids: Set[int] = set()
@@ -704,8 +704,8 @@ class MqttLink:
     def _on_command_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """Queue a command for the publisher thread, which takes it when an answer slot is free.
 
-        Nothing here waits for a lock that is held while calling into paho: paho runs this callback
-        holding its callback lock, which its ``publish`` may need.
+        Nothing here waits for a lock that is held while calling into paho (``_answer_lock``): the
+        network thread never blocks behind a publish, and keeps reading the PUBACKs that free slots.
         """
         size = len(message.payload)
         with self._lock:
