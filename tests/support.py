@@ -430,3 +430,18 @@ class Running:
         self.thread.join(60)
         assert not self.thread.is_alive(), "the daemon did not stop"
         return self.code[0]
+
+
+def run_cli(
+    *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m appliance ARGS`` from the repository root; output captured, never raises on exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import cv2
 import pytest
@@ -25,6 +25,7 @@ from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from tests.conftest import REPO_ROOT
+from tests.support import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -132,20 +133,6 @@ def test_enrolment_refuses_bad_photos_with_a_reason(
         assert any("'obama'" in warning and "possible duplicate" in warning for warning in again.duplicates)
 
 
-def _cli(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path) -> None:
     config = tmp_path / "appliance.toml"
     config.write_text(f'[models]\ndir = "{shared_models}"\n[storage]\ndir = "{tmp_path / "state"}"\n')
@@ -155,12 +142,12 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
         source = "fr_obama" if "Obama" in folder else "fr_biden"
         for name in files:
             (people / folder / name).write_bytes((shared_data / "faces" / source / name).read_bytes())
-    result = _cli("enroll", "--from-dir", str(people), "--config", str(config), "--json")
+    result = run_cli("enroll", "--from-dir", str(people), "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     report = {item["id"]: item for item in json.loads(result.stdout)}
     assert report["barack-obama"]["templates"] == 2 and report["joe-biden"]["templates"] == 1
 
-    identified = _cli(
+    identified = run_cli(
         "identify",
         "--json",
         "--config",
@@ -178,7 +165,7 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
     )
     assert images[2]["faces"][0]["decision"] == "unknown" and images[2]["faces"][0]["identity"] is None
 
-    listing = json.loads(_cli("gallery", "list", "--json", "--config", str(config)).stdout)
+    listing = json.loads(run_cli("gallery", "list", "--json", "--config", str(config)).stdout)
     assert [i["id"] for i in listing["identities"]] == ["barack-obama", "joe-biden"] and listing[
         "searchable"
     ] == 3
@@ -186,15 +173,15 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
     secret = tmp_path / "passphrase"
     secret.write_text("a long enough passphrase\n")
     bundle = tmp_path / "gallery.bundle"
-    exported = _cli(
+    exported = run_cli(
         "gallery", "export", str(bundle), "--passphrase-file", str(secret), "--config", str(config)
     )
     assert exported.returncode == 0, exported.stderr
     assert bundle.stat().st_mode & 0o077 == 0
 
-    removed = _cli("gallery", "remove", "joe-biden", "--config", str(config))
+    removed = run_cli("gallery", "remove", "joe-biden", "--config", str(config))
     assert removed.returncode == 0, removed.stderr
-    after = _cli(
+    after = run_cli(
         "identify", "--json", "--config", str(config), str(shared_data / "faces/fr_biden/biden2.jpg")
     )
     face = json.loads(after.stdout)["images"][0]["faces"][0]
@@ -204,7 +191,7 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
 
     other = tmp_path / "other.toml"
     other.write_text(f'[models]\ndir = "{shared_models}"\n[storage]\ndir = "{tmp_path / "other"}"\n')
-    imported = _cli(
+    imported = run_cli(
         "gallery",
         "import",
         str(bundle),
@@ -214,7 +201,7 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
     )
     assert imported.returncode == 0, imported.stderr
     assert "imported 2" in imported.stdout
-    again = _cli(
+    again = run_cli(
         "gallery",
         "import",
         str(bundle),
@@ -223,7 +210,7 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
         env={"FACE_APPLIANCE_BUNDLE_PASSPHRASE": "a long enough passphrase"},
     )
     assert "skipped 2" in again.stdout
-    wrong = _cli(
+    wrong = run_cli(
         "gallery",
         "import",
         str(bundle),
@@ -232,9 +219,9 @@ def test_gallery_commands(tmp_path: Path, shared_models: Path, shared_data: Path
         env={"FACE_APPLIANCE_BUNDLE_PASSPHRASE": "not the passphrase"},
     )
     assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
-    checked = _cli("gallery", "check", "--config", str(other))
+    checked = run_cli("gallery", "check", "--config", str(other))
     assert checked.returncode == 0 and "gallery ok" in checked.stdout
-    missing = _cli("gallery", "remove", "nobody", "--config", str(config))
+    missing = run_cli("gallery", "remove", "nobody", "--config", str(config))
     assert missing.returncode == 1 and "no identity 'nobody'" in missing.stderr
 
 
@@ -352,7 +339,7 @@ def test_identify_escapes_names_stored_before_the_check(
         )
     config = tmp_path / "appliance.toml"
     config.write_text(f'[models]\ndir = "{shared_models}"\n[storage]\ndir = "{tmp_path}"\n')
-    identified = _cli("identify", "--config", str(config), str(shared_data / "faces/fr_obama/obama3.jpg"))
+    identified = run_cli("identify", "--config", str(config), str(shared_data / "faces/fr_obama/obama3.jpg"))
     assert identified.returncode == 0, identified.stderr
     assert "granted  \\x1b[2J\\u202eamabO\\x0d  2. granted  Biden" in identified.stdout, identified.stdout
     assert not any(char in identified.stdout for char in "\x1b\r\u202e")

@@ -14,11 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator
 
 import numpy as np
 import onnx
@@ -37,7 +35,7 @@ from calibration.report import Comparison, compare, gate, install, open_backends
 from calibration.sets import CALIBRATED_MODELS, BuildSummary, build_sets, iter_frames, list_sources, load_set
 from engines.int8 import INDEX_FILE, int8_file
 from engines.registry import get_model
-from tests.conftest import REPO_ROOT
+from tests.support import run_cli
 
 CALIBRATION_SOURCES = ("multi_face", "video", "antispoof", "edge_cases", "no_face")
 MAX_COUNT = 160
@@ -272,11 +270,6 @@ def test_gate_refuses_a_badly_calibrated_model_and_installs_nothing(
 # -- the command ------------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    command: List[str] = [sys.executable, "-m", "appliance", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, check=False)
-
-
 @pytest.fixture
 def small_labels(tmp_path: Path, shared_data: Path) -> Iterator[Path]:
     """The deepface identities of the labels CSV (about 50 photos: TAR at FAR 1e-3 is measurable)."""
@@ -307,10 +300,10 @@ def test_calibrate_command_end_to_end(
         "--no-progress",
     ]
 
-    usage = _cli("calibrate", "--config", str(config), "--models", "mobilefacenet")
+    usage = run_cli("calibrate", "--config", str(config), "--models", "mobilefacenet")
     assert usage.returncode == 2 and "--labelled" in usage.stderr
 
-    passed = _cli(
+    passed = run_cli(
         "calibrate", "--config", str(config), "--models", "mobilefacenet", "--max-count", "48",
         "--images", str(shared_data / "multi_face"), str(shared_data / "antispoof"), *common,
     )  # fmt: skip
@@ -334,7 +327,7 @@ def test_calibrate_command_end_to_end(
         f'[models]\ndir = "{strict_models}"\n[storage]\ndir = "{tmp_path / "state"}"\n'
         "[calibration]\nmin_cosine_mean = 1.0\n"
     )
-    failed = _cli("calibrate", "--config", str(strict), "--models", "mobilefacenet", *common)
+    failed = run_cli("calibrate", "--config", str(strict), "--models", "mobilefacenet", *common)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "limit failed" in failed.stdout and "min_cosine_mean" in failed.stdout
     assert not (strict_models / "int8").exists()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, List
 
@@ -17,7 +15,7 @@ from appliance.runtime.loading import load_analyzer
 from appliance.vision.align import TEMPLATE, align_faces, similarity_transforms
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
-from tests.conftest import REPO_ROOT
+from tests.support import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +122,6 @@ def test_liveness_rejects_both_spoofs_and_accepts_live_faces(
     assert accepted == present
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
-        check=False,
-    )
-
-
 def _config_file(tmp_path: Path, models: Path, extra: str = "") -> str:
     path = tmp_path / "appliance.toml"
     path.write_text(f'[models]\ndir = "{models}"\n[storage]\ndir = "{tmp_path}"\n{extra}')
@@ -144,7 +131,7 @@ def _config_file(tmp_path: Path, models: Path, extra: str = "") -> str:
 def test_detect_command_json(tmp_path: Path, shared_models: Path, shared_data: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes((shared_data / "faces/fr_obama/obama.jpg").read_bytes()[:2000])
-    result = _cli(
+    result = run_cli(
         "detect",
         "--json",
         "--liveness",
@@ -170,7 +157,7 @@ def test_evaluate_command_meets_the_accuracy_bar(
     tmp_path: Path, shared_models: Path, shared_data: Path
 ) -> None:
     out, plot = tmp_path / "eval.json", tmp_path / "roc.png"
-    result = _cli(
+    result = run_cli(
         "evaluate",
         str(shared_data),
         "--labels",
@@ -204,7 +191,7 @@ def test_evaluate_reports_unreadable_and_faceless_images(
         "faces/fr_biden/biden.jpg,biden\nno_face/dlib_dog.jpg,dog\nmissing.jpg,nobody\n"
     )
     out = tmp_path / "eval.json"
-    result = _cli(
+    result = run_cli(
         "evaluate",
         str(shared_data),
         "--labels",
@@ -224,6 +211,6 @@ def test_evaluate_reports_unreadable_and_faceless_images(
 def test_evaluate_refuses_a_csv_without_the_columns(tmp_path: Path, shared_data: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("file,name\na.jpg,x\n")
-    result = _cli("evaluate", str(shared_data), "--labels", str(labels))
+    result = run_cli("evaluate", str(shared_data), "--labels", str(labels))
     assert result.returncode == 2
     assert "missing column(s) identity, path" in result.stderr

@@ -11,7 +11,6 @@ import base64
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, List
 
@@ -23,7 +22,7 @@ from appliance.gallery.bundle import read_bundle
 from appliance.gallery.errors import BundleError, IdentityError
 from appliance.gallery.store import TemplateStore
 from appliance.gallery.text import printable
-from tests.conftest import REPO_ROOT
+from tests.support import run_cli
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 PASSPHRASE = "correct horse battery"
@@ -150,17 +149,6 @@ def test_printable_escapes_what_older_data_may_hold() -> None:
 # -- the CLI ---------------------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-        check=False,
-    )
-
-
 def _toml(tmp_path: Path) -> Path:
     toml = tmp_path / "appliance.toml"
     toml.write_text(f'[storage]\ndir = "{tmp_path / "state"}"\n[models]\ndir = "{tmp_path / "no-models"}"\n')
@@ -172,12 +160,14 @@ def test_cli_enroll_refuses_control_characters_before_loading_anything(tmp_path:
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(b"not read")
     runs: List[subprocess.CompletedProcess] = [
-        _cli("enroll", "--name", "\x1b[2JMallory", "--id", "mallory", str(photo), "--config", str(toml)),
-        _cli("enroll", "--name", "Mallory", "--external-id", "B\u202e7", str(photo), "--config", str(toml)),
+        run_cli("enroll", "--name", "\x1b[2JMallory", "--id", "mallory", str(photo), "--config", str(toml)),
+        run_cli(
+            "enroll", "--name", "Mallory", "--external-id", "B\u202e7", str(photo), "--config", str(toml)
+        ),
     ]
     people = tmp_path / "people"
     (people / "Mal\rlory").mkdir(parents=True)
-    runs.append(_cli("enroll", "--from-dir", str(people), "--config", str(toml)))
+    runs.append(run_cli("enroll", "--from-dir", str(people), "--config", str(toml)))
     for result in runs:
         assert result.returncode == 1, (result.stdout, result.stderr)
         assert "holds U+" in result.stderr and _terminal_safe(result.stderr + result.stdout), result.stderr
@@ -187,19 +177,19 @@ def test_cli_enroll_refuses_control_characters_before_loading_anything(tmp_path:
 
 def test_gallery_list_escapes_names_stored_before_the_check(tmp_path: Path) -> None:
     toml = _toml(tmp_path)
-    assert _cli("gallery", "list", "--config", str(toml)).returncode == 0  # creates the gallery
+    assert run_cli("gallery", "list", "--config", str(toml)).returncode == 0  # creates the gallery
     hostile = "Mallory\r  alice                    Alice Smith    "
     with sqlite3.connect(str(tmp_path / "state" / "gallery.db")) as db:  # as older firmware could store it
         db.execute(
             "INSERT INTO identities VALUES ('mallory', ?, ?, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')",
             (hostile, "\x1b]0;owned\x07\u202e71-B"),
         )
-    listed = _cli("gallery", "list", "--config", str(toml))
+    listed = run_cli("gallery", "list", "--config", str(toml))
     assert listed.returncode == 0, listed.stderr
     assert _terminal_safe(listed.stdout) and len(listed.stdout.splitlines()) == 2
     assert (
         "Mallory\\x0d  alice" in listed.stdout
         and "external id \\x1b]0;owned\\x07\\u202e71-B" in listed.stdout
     )
-    as_json = json.loads(_cli("gallery", "list", "--json", "--config", str(toml)).stdout)
+    as_json = json.loads(run_cli("gallery", "list", "--json", "--config", str(toml)).stdout)
     assert as_json["identities"][0]["name"] == hostile  # JSON escapes it itself, and keeps the data exact

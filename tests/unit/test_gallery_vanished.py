@@ -9,8 +9,6 @@ first start (no store, no index, with or without a provisioned key) still works.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict
 
@@ -22,7 +20,7 @@ from appliance.config_load import validate_config
 from appliance.gallery.errors import GalleryStoreError
 from appliance.gallery.gallery import INDEX_FILE, STORE_FILE, Gallery
 from appliance.gallery.store import TemplateStore
-from tests.conftest import REPO_ROOT
+from tests.support import run_cli
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 
@@ -117,17 +115,6 @@ def test_an_older_backup_is_rebuilt_from(tmp_path: Path, caplog: pytest.LogCaptu
     assert "a restored backup?" in caplog.text
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_gallery_list_and_check_refuse_a_vanished_store(tmp_path: Path) -> None:
     from appliance.cli.gallery_cmd import _open_gallery
 
@@ -138,12 +125,12 @@ def test_gallery_list_and_check_refuse_a_vanished_store(tmp_path: Path) -> None:
     with _open_gallery(config) as gallery:  # the CLI's own embedder version and length
         version, dim = gallery.model_version, gallery.dim
     _enrol_three(config, version, dim)
-    listed = _cli("gallery", "list", "--config", str(toml))
+    listed = run_cli("gallery", "list", "--config", str(toml))
     assert listed.returncode == 0 and "3 identities" in listed.stdout, listed.stderr
     _lose(state, "deleted")
     before = _files(state)
     for action in ("list", "check"):
-        result = _cli("gallery", action, "--config", str(toml))
+        result = run_cli("gallery", action, "--config", str(toml))
         assert result.returncode == 1, (action, result.stdout, result.stderr)
         assert "gallery ok" not in result.stdout and "0 identities" not in result.stdout
         assert (

@@ -12,7 +12,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -34,24 +34,6 @@ from appliance.updates.manifest import (
 )
 from appliance.updates.package import build_package, compare_reference, verify_package
 from tests.package_tools import Member, read_members, resign, tiny_embedder, tiny_rnet, write_members
-
-
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed25519PrivateKey]:
-    pair = generate_keypair(tmp_path_factory.mktemp("keys"), "unit")
-    yield load_private_key(pair.private_path)
-
-
-@pytest.fixture(scope="module")
-def trusted(keypair: Ed25519PrivateKey) -> Dict[str, Ed25519PublicKey]:
-    return {key_id(keypair.public_key()): keypair.public_key()}
-
-
-@pytest.fixture
-def rnet_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rnet.onnx"
-    path.write_bytes(tiny_rnet())
-    return path
 
 
 def _build(tmp_path: Path, model: Path, key: Ed25519PrivateKey, **kwargs: object) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -15,28 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from appliance import __version__
 from appliance.updates import errors as codes
 from appliance.updates.errors import PackageError
-from appliance.updates.keys import generate_keypair, key_id, load_private_key
 from appliance.updates.manifest import ROLLBACK_SCHEMA, SCHEMA, parse_manifest
 from appliance.updates.package import VerifiedPackage, build_package, verify_package
-from tests.package_tools import Member, read_members, resign, tiny_rnet, write_members
-
-
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed25519PrivateKey]:
-    pair = generate_keypair(tmp_path_factory.mktemp("keys"), "rollback")
-    yield load_private_key(pair.private_path)
-
-
-@pytest.fixture(scope="module")
-def trusted(keypair: Ed25519PrivateKey) -> Dict[str, Ed25519PublicKey]:
-    return {key_id(keypair.public_key()): keypair.public_key()}
-
-
-@pytest.fixture
-def rnet_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rnet.onnx"
-    path.write_bytes(tiny_rnet())
-    return path
+from tests.package_tools import Member, read_members, resign, write_members
 
 
 def _build(tmp_path: Path, model: Path, key: Ed25519PrivateKey, name: str, **kwargs: object) -> Path:

@@ -1,0 +1,33 @@
+"""Fixtures the model-package unit tests share: a signing key pair, its trust store, a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from appliance.updates.keys import generate_keypair, key_id, load_private_key
+from tests.package_tools import tiny_rnet
+
+
+@pytest.fixture(scope="module")
+def keypair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed25519PrivateKey]:
+    """A release signing key (private half)."""
+    pair = generate_keypair(tmp_path_factory.mktemp("keys"), "unit")
+    yield load_private_key(pair.private_path)
+
+
+@pytest.fixture(scope="module")
+def trusted(keypair: Ed25519PrivateKey) -> Dict[str, Ed25519PublicKey]:
+    """The trust store that holds :func:`keypair`'s public half."""
+    return {key_id(keypair.public_key()): keypair.public_key()}
+
+
+@pytest.fixture
+def rnet_file(tmp_path: Path) -> Path:
+    """A tiny ONNX model with R-Net's inputs and outputs."""
+    path = tmp_path / "rnet.onnx"
+    path.write_bytes(tiny_rnet())
+    return path
