@@ -260,7 +260,11 @@ def test_broker_killed_and_restarted_during_a_burst_of_events(
         # each SIGKILL the broker reloads it and queues events for the consumer until it is back.
         broker.restart()
         video = passage_video(tmp_path, shared_data, rounds=REPEATS + 2, pause=6)
-        config = daemon_config(tmp_path, storage, shared_models, broker, video, outbox="drain_s = 30.0")
+        # The video loops: a fast machine plays a short video before the kills are done, and a kill
+        # during the final drain would leave nothing to reconnect to. SIGTERM ends the stream below.
+        config = daemon_config(
+            tmp_path, storage, shared_models, broker, video, at_end="loop", outbox="drain_s = 30.0"
+        )
         daemon = Daemon(config, args=["--print-events"])
 
         def connects() -> int:  # "connected to" and "reconnected to"
@@ -277,7 +281,11 @@ def test_broker_killed_and_restarted_during_a_burst_of_events(
             kills += 1
             time.sleep(0.3 + 0.4 * kills)
             broker.start()
-        assert kills == REPEATS, f"the video ended after {kills} kills; make it longer\n{daemon.text[-3000:]}"
+        assert kills == REPEATS, f"the daemon ended after {kills} kills\n{daemon.text[-3000:]}"
+        deadline = time.monotonic() + 60
+        while sum("reconnected to" in line for line in daemon.log) < REPEATS and time.monotonic() < deadline:
+            time.sleep(0.1)
+        daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=180) == 0, daemon.text[-4000:]
         written = _printed_events(daemon)
         ids = [event["event_id"] for event in written]
