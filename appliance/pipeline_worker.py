@@ -84,10 +84,6 @@ class PipelineWorker:
         self._recorder: Optional[EventRecorder] = None
         self._health: Optional[HealthWatch] = None
 
-    @property
-    def thread(self) -> Optional[threading.Thread]:
-        return self._thread
-
     def start(self, load: Callable[[], Gallery]) -> None:
         """Start the thread; it runs ``load()`` (models, then the gallery) before anything else."""
         # A daemon thread: a model call stuck past the stop deadline (a TensorRT 8 engine build during
@@ -202,7 +198,8 @@ class PipelineWorker:
             self.frames_processed += 1
             self.fps.tick()
             self.heartbeat = self.loop_heartbeat = time.monotonic()
-            recorder.record(outcomes, self.runtime.model_versions)
+            if outcomes:  # the versions are a locked copy: taken only when there is an event
+                recorder.record(outcomes, self.runtime.model_versions)
         recorder.record(pipeline.finish(time.monotonic()), self.runtime.model_versions)
         self._between_frames()
 

@@ -29,7 +29,7 @@ from engines.errors import BackendUnavailableError, EngineLoadError, ModelMissin
 from engines.int8 import find_int8
 from engines.registry import get_model, required_models
 from engines.store import ModelStore
-from engines.tensorrt.service import EngineTarget
+from engines.tensorrt.service import EngineTarget, target_options
 
 from ..config import ApplianceConfig
 from ..updates.active import ActiveModels, InstalledModel
@@ -192,7 +192,9 @@ class ModelLoader:
             if self.engines is not None:
                 return self.engines.open(target)
             try:
-                return open_model("tensorrt", target.spec, target.folder, self._trt_options(target))
+                return open_model(
+                    "tensorrt", target.spec, target.folder, target_options(self.options, target)
+                )
             except EngineLoadError as err:
                 if self.config.backend.fallback != "cpu":
                     raise
@@ -206,13 +208,6 @@ class ModelLoader:
         if self.config.backend.int8:
             return open_int8_or_fp32(target, self.config, self.options)
         return open_model("cpu", target.spec, target.folder, self.options)
-
-    def _trt_options(self, target: EngineTarget) -> BackendOptions:
-        if target.calibration_cache is None:
-            return self.options
-        import dataclasses
-
-        return dataclasses.replace(self.options, calibration_cache=os.fspath(target.calibration_cache))
 
     @property
     def max_batch(self) -> Optional[int]:

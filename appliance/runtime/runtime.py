@@ -126,10 +126,6 @@ class ModelRuntime:
         """Make the calling thread the owner (the pipeline thread, before it loads anything)."""
         self._owner = threading.current_thread()
 
-    @property
-    def owner(self) -> Optional[threading.Thread]:
-        return self._owner
-
     def on_owner_thread(self) -> bool:
         return self._owner is not None and threading.current_thread() is self._owner
 

@@ -276,12 +276,12 @@ class TensorRTBackend(InferenceBackend):
         options = self.options
         calibration: Optional[bytes] = None
         if options.calibration_cache is not None:
+            from .service import read_calibration_cache
+
             try:
-                calibration = Path(options.calibration_cache).read_bytes()
-            except OSError as err:
-                raise EngineLoadError(
-                    f"{self.spec.name}: cannot read the calibration cache {options.calibration_cache}: {err}"
-                ) from err
+                calibration = read_calibration_cache(self.spec.name, Path(options.calibration_cache))
+            except EngineBuildError as err:
+                raise EngineLoadError(str(err)) from err
         elif request.plan.int8_source is not None and request.calibration_sha256 is not None:
             raise EngineLoadError(
                 f"{self.spec.name}: INT8 calibration from a calibration set needs its calibrator; build the "

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..backends import BackendOptions, InferenceBackend, open_model
-from ..errors import EngineBuildError, EngineLoadError
+from ..errors import EngineBuildError, EngineLoadError, FileReadError
+from ..files import read_bounded
 from ..prepare import load_model_bytes
 from ..registry import ModelSpec
 from ..store import ModelStore
@@ -43,24 +44,26 @@ CALIBRATION_CACHE_MAX_BYTES = 16 * 2**20
 
 
 def read_calibration_cache(model: str, path: Path) -> bytes:
-    """The bytes of a calibration cache file, read with a size bound and only from a regular file.
+    """The bytes of a calibration cache file, read with a size bound and only from a regular file
+    (:func:`engines.files.read_bounded`).
 
     Raises:
         EngineBuildError: the file is missing, not a regular file, too large or unreadable.
     """
     try:
-        if not path.is_file():
-            raise EngineBuildError(f"{model}: the calibration cache {path} is not a regular file")
-        with path.open("rb") as stream:
-            data = stream.read(CALIBRATION_CACHE_MAX_BYTES + 1)
-    except OSError as err:
-        raise EngineBuildError(f"{model}: cannot read the calibration cache {path}: {err}") from err
-    if len(data) > CALIBRATION_CACHE_MAX_BYTES:
+        return read_bounded(path, CALIBRATION_CACHE_MAX_BYTES)
+    except FileReadError as err:
         raise EngineBuildError(
-            f"{model}: the calibration cache {path} is larger than {CALIBRATION_CACHE_MAX_BYTES} bytes; "
-            "it is not a TensorRT calibration cache"
-        )
-    return data
+            f"{model}: the calibration cache {err}; a TensorRT calibration cache is a regular file of at most "
+            f"{CALIBRATION_CACHE_MAX_BYTES} bytes"
+        ) from err
+
+
+def target_options(options: BackendOptions, target: EngineTarget) -> BackendOptions:
+    """``options`` for ``target``: with the model's own calibration cache (a package's) when it has one."""
+    if target.calibration_cache is None:
+        return options
+    return dataclasses.replace(options, calibration_cache=os.fspath(target.calibration_cache))
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,7 @@ class EngineService:
 
     def options_for(self, target: EngineTarget) -> BackendOptions:
         """The back-end options of ``target``: the service's, with the model's own calibration cache."""
-        if target.calibration_cache is None:
-            return self.options
-        return dataclasses.replace(self.options, calibration_cache=os.fspath(target.calibration_cache))
+        return target_options(self.options, target)
 
     def lookup(self, target: EngineTarget) -> LookupResult:
         """What the cache holds for ``target``: a usable engine, or the reason there is none."""
@@ -196,4 +197,10 @@ class EngineService:
         return open_model("tensorrt", target.spec, target.folder, options)
 
 
-__all__ = ["CALIBRATION_CACHE_MAX_BYTES", "EngineService", "EngineTarget", "read_calibration_cache"]
+__all__ = [
+    "CALIBRATION_CACHE_MAX_BYTES",
+    "EngineService",
+    "EngineTarget",
+    "read_calibration_cache",
+    "target_options",
+]

@@ -8,8 +8,6 @@ such configurations valid. Every case here must be refused quickly, with the key
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Dict
 
@@ -26,6 +24,7 @@ from appliance.vision.image import ImageError, read_image
 from engines.errors import FileReadError
 from engines.files import open_regular, read_bounded, read_bounded_text
 from tests.conftest import REPO_ROOT
+from tests.support import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -167,14 +166,7 @@ def test_config_check_refuses_a_gallery_key_on_dev_zero_or_a_fifo_with_exit_2(
     key = _fifo(tmp_path) if name == "fifo" else Path(name)
     config = tmp_path / "appliance.toml"
     config.write_text(f'[storage]\ndir = "{tmp_path / "state"}"\n[gallery]\nkey_file = "{key}"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "appliance", "config", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=50,
-        check=False,
-    )
+    result = run_cli("config", "check", "--config", str(config), timeout=50)
     assert result.returncode == 2, result.stderr
     assert "gallery.key_file" in result.stderr and "not a regular file" in result.stderr
 
@@ -184,14 +176,7 @@ def test_config_check_on_dev_zero_or_a_fifo_exits_2(tmp_path: Path, name: str) -
     if name == "fifo" and not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs on this platform")
     path = _fifo(tmp_path) if name == "fifo" else Path(name)
-    result = subprocess.run(
-        [sys.executable, "-m", "appliance", "config", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=50,
-        check=False,
-    )
+    result = run_cli("config", "check", "--config", str(path), timeout=50)
     assert result.returncode == 2, result.stderr
     assert "not a regular file" in result.stderr and "MemoryError" not in result.stderr
 
