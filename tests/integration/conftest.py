@@ -9,11 +9,9 @@ from typing import Iterator
 import pytest
 
 from appliance.config_load import validate_config
-from appliance.enrollment import Enroller
-from appliance.gallery.gallery import Gallery
 from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
-from appliance.vision.image import read_image
+from tests.fault_runs import door_storage
 from tests.mqtt_broker import MosquittoBroker, MosquittoMissingError, Recorder
 
 
@@ -51,11 +49,4 @@ def analyzer(shared_models: Path) -> Iterator[FaceAnalyzer]:
 @pytest.fixture
 def storage(tmp_path: Path, analyzer: FaceAnalyzer, shared_data: Path) -> Path:
     """A storage folder whose gallery holds Barack Obama (one photo)."""
-    folder = tmp_path / "state"
-    config = validate_config({"storage": {"dir": str(folder)}})
-    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
-        result = Enroller(analyzer, gallery, config.gallery).enroll(
-            "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
-        )
-        assert result.template_ids
-    return folder
+    return door_storage(tmp_path / "state", analyzer, shared_data)

@@ -2,7 +2,8 @@
 
 After each fault: nothing that was accepted is lost, the SQLite stores pass their integrity checks,
 and the daemon recovers by itself. Repetitions are small in CI; ``FAULT_REPEATS`` raises them (e.g.
-``FAULT_REPEATS=20`` for a long run).
+``FAULT_REPEATS=20`` for a long run). The broker and daemon kills are :mod:`tests.fault_runs`, which
+``python -m bench.reliability`` runs a hundred times.
 
 * **Disk full**: a subprocess (:mod:`tests.fault_writers`) writes into the outbox or the gallery under
   ``RLIMIT_FSIZE`` (SIGXFSZ ignored, so writes fail with EFBIG like ENOSPC) and, where this machine
@@ -19,33 +20,29 @@ and the daemon recovers by itself. Repetitions are small in CI; ``FAULT_REPEATS`
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
-import signal
 import socket
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pytest
 
 from appliance.camera import STALL_S
-from appliance.config_load import validate_config
 from appliance.gallery.gallery import Gallery
 from appliance.gallery.store import TemplateStore
 from appliance.outbox import Outbox
 from appliance.vision.analyzer import FaceAnalyzer
 from tests.conftest import REPO_ROOT
+from tests.fault_runs import broker_outages, daemon_sigkills, failures_logged, printed_events, sqlite_problems
 from tests.mqtt_broker import MosquittoBroker, Recorder
-from tests.support import ROOT, Daemon, command, daemon_config, notify_listener, passage_video, wait_online
+from tests.support import ROOT, Daemon, daemon_config, notify_listener, passage_video, wait_online
 
 #: Repetitions of the repeated faults (broker kills, SIGKILLs of the daemon).
 REPEATS = int(os.environ.get("FAULT_REPEATS", "3"))
@@ -122,8 +119,7 @@ def _fill(kind: str, target: Path, limit: int) -> Tuple[List[str], List[str]]:
 
 
 def _integrity(path: Path) -> None:
-    with sqlite3.connect(str(path)) as db:
-        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert sqlite_problems(path) == []
 
 
 def test_disk_full_while_writing_the_outbox(full_disk: FullDisk) -> None:
@@ -181,15 +177,6 @@ def test_an_index_that_cannot_be_saved_does_not_fail_the_gallery(tmp_path: Path)
 # -- the daemon under faults ---------------------------------------------------------------------------------
 
 
-def _printed_events(daemon: Daemon) -> List[Dict[str, Any]]:
-    """The events the daemon wrote to its outbox (``--print-events`` prints each after the commit)."""
-    return [json.loads(line) for line in daemon.stdout if line.startswith("{")]
-
-
-def _no_tracebacks(daemon: Daemon) -> None:
-    assert not [line for line in daemon.log if "Traceback" in line or "failed; stopping" in line], daemon.text
-
-
 def test_disk_full_while_the_daemon_runs(
     tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path
 ) -> None:
@@ -218,14 +205,14 @@ def test_disk_full_while_the_daemon_runs(
         daemon.wait_log("the outbox cannot store events", timeout=120)
         daemon.wait_log("access event lost", timeout=60)
         assert daemon.process.poll() is None, daemon.text[-3000:]
-        stored_while_full = len(_printed_events(daemon))
+        stored_while_full = len(printed_events(daemon))
         daemon.give_disk_space()
         daemon.wait_log("the outbox stores events again", timeout=60)
         broker.start()
         daemon.wait_log("MQTT: connected to", timeout=60)  # its first connection: the broker was away
         daemon.wait_log("access event:", count=stored_while_full + 4, timeout=60)
         assert daemon.stop() == 0, daemon.text[-3000:]
-        written = [event["event_id"] for event in _printed_events(daemon)]
+        written = [event["event_id"] for event in printed_events(daemon)]
         assert len(written) > stored_while_full
         delivered = consumer.wait_for(
             lambda ms: (
@@ -238,7 +225,7 @@ def test_disk_full_while_the_daemon_runs(
         assert final["events_lost"] >= 1 and not [d for d in final["degraded"] if d.startswith("outbox")], (
             final
         )
-        _no_tracebacks(daemon)
+        assert not failures_logged(daemon), daemon.text
         _integrity(storage / "outbox.db")
     finally:
         if daemon is not None:
@@ -250,62 +237,20 @@ def test_disk_full_while_the_daemon_runs(
 def test_broker_killed_and_restarted_during_a_burst_of_events(
     tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path
 ) -> None:
-    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
-    broker.start()
-    consumer = Recorder(broker.host, broker.port, f"{ROOT}/events", client_id="consumer", clean_session=False)
-    daemon: Optional[Daemon] = None
-    try:
-        consumer.start()
-        # A graceful restart writes the consumer's session to the broker's persistence file: after
-        # each SIGKILL the broker reloads it and queues events for the consumer until it is back.
-        broker.restart()
-        video = passage_video(tmp_path, shared_data, rounds=REPEATS + 2, pause=6)
-        # The video loops: a fast machine plays a short video before the kills are done, and a kill
-        # during the final drain would leave nothing to reconnect to. SIGTERM ends the stream below.
-        config = daemon_config(
-            tmp_path, storage, shared_models, broker, video, at_end="loop", outbox="drain_s = 30.0"
-        )
-        daemon = Daemon(config, args=["--print-events"])
-
-        def connects() -> int:  # "connected to" and "reconnected to"
-            return sum("connected to" in line for line in daemon.log)  # type: ignore[union-attr]
-
-        kills = seen = connected = 0
-        while kills < REPEATS and daemon.process.poll() is None:
-            # Kill it while the daemon is connected and events are flowing.
-            if len(_printed_events(daemon)) <= seen or connects() <= connected:
-                time.sleep(0.05)
-                continue
-            seen, connected = len(_printed_events(daemon)), connects()
-            broker.stop(kill=True)
-            kills += 1
-            time.sleep(0.3 + 0.4 * kills)
-            broker.start()
-        assert kills == REPEATS, f"the daemon ended after {kills} kills\n{daemon.text[-3000:]}"
-        deadline = time.monotonic() + 60
-        while sum("reconnected to" in line for line in daemon.log) < REPEATS and time.monotonic() < deadline:
-            time.sleep(0.1)
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait(timeout=180) == 0, daemon.text[-4000:]
-        written = _printed_events(daemon)
-        ids = [event["event_id"] for event in written]
-        assert len(ids) == len(set(ids)), "two events share an event_id"
-        assert len(ids) >= 2 * 3
-        delivered = consumer.wait_for(
-            lambda ms: {json.loads(m.payload)["event_id"] for m in ms} >= set(ids), 60, "every event written"
-        )
-        received = [json.loads(m.payload)["event_id"] for m in delivered]
-        assert set(received) == set(ids), "an event arrived that the daemon never wrote"
-        _no_tracebacks(daemon)
-        assert sum("reconnected to" in line for line in daemon.log) >= REPEATS, daemon.text[-3000:]
-        print(
-            f"\nbroker kills: {kills}, events: {len(ids)}, deliveries: {len(received)} (duplicates {len(received) - len(ids)})"
-        )
-    finally:
-        if daemon is not None:
-            daemon.close()
-        consumer.close()
-        broker.stop()
+    report = broker_outages(
+        tmp_path, storage, shared_models, shared_data, REPEATS, lambda kill: 0.3 + 0.4 * kill
+    )
+    assert report.kills == REPEATS, report.summary()
+    assert not report.failures, report.failures
+    assert len(report.written) == len(set(report.written)), "two events share an event_id"
+    assert len(report.written) >= 2 * 3
+    assert not report.lost, f"events written but never delivered: {report.lost}"
+    assert not report.unexpected, "an event arrived that the daemon never wrote"
+    assert report.recoveries >= REPEATS
+    print(
+        f"\nbroker kills: {report.kills}, events: {len(report.written)}, deliveries: {len(report.received)} "
+        f"(duplicates {report.duplicates})"
+    )
 
 
 def test_camera_stall_is_shown_and_recovers(
@@ -363,36 +308,6 @@ def test_camera_stall_is_shown_and_recovers(
         listener.close()
 
 
-def _check_stores(storage: Path, analyzer: FaceAnalyzer) -> Dict[str, Any]:
-    """Integrity of the outbox and the gallery of a daemon that is not running; what they hold."""
-    _integrity(storage / "outbox.db")
-    _integrity(storage / "gallery.db")
-    config = validate_config({"storage": {"dir": str(storage)}})
-    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
-        assert gallery.store.check() == []
-        identities = {identity.id for identity in gallery.identities()}
-        assert len(gallery) == sum(identity.templates for identity in gallery.identities())
-    with Outbox.open(storage / "outbox.db", 100_000, 3600.0) as outbox:
-        pending = outbox.depth()
-    return {"identities": identities, "pending": pending}
-
-
-def _busy_commands(recorder: Recorder, photo: str, stop: threading.Event) -> None:
-    """Enrol and remove someone over and over (the gallery is being written when the kill comes)."""
-    number = 0
-    while not stop.is_set():
-        number += 1
-        for name, document in (
-            ("enroll", {"request_id": f"e{number}", "name": "Joe Biden", "image": photo}),
-            ("remove", {"request_id": f"r{number}", "id": "joe-biden"}),
-        ):
-            try:
-                command(recorder, name, document, timeout=5)
-            except AssertionError:
-                if stop.is_set():
-                    return
-
-
 def test_sigkill_at_random_points_of_a_busy_run(
     tmp_path: Path,
     storage: Path,
@@ -403,60 +318,11 @@ def test_sigkill_at_random_points_of_a_busy_run(
     recorder: Recorder,
 ) -> None:
     rng = random.Random(int(os.environ.get("FAULT_SEED", "8")))
-    video = passage_video(tmp_path, shared_data, pause=4)
-    config = daemon_config(
-        tmp_path,
-        storage,
-        shared_models,
-        mosquitto,
-        video,
-        at_end="loop",
-        outbox="drain_s = 20.0",
+    report = daemon_sigkills(
+        tmp_path, storage, shared_models, shared_data, mosquitto, recorder, analyzer, REPEATS, rng
     )
-    photo = base64.b64encode((shared_data / "faces/fr_biden/biden.jpg").read_bytes()).decode()
-    consumer = Recorder(
-        mosquitto.host, mosquitto.port, f"{ROOT}/events", client_id="consumer", clean_session=False
-    )
-    consumer.start()
-    written: List[str] = []
-    kills: List[float] = []
-    try:
-        for _ in range(REPEATS):
-            daemon = Daemon(config, args=["--print-events"])
-            stop = threading.Event()
-            busy = threading.Thread(target=_busy_commands, args=(recorder, photo, stop), daemon=True)
-            try:
-                wait_online(recorder, daemon)
-                busy.start()
-                delay = rng.uniform(0.5, 5.0)
-                kills.append(round(delay, 1))
-                time.sleep(delay)
-                daemon.signal(signal.SIGKILL)
-                daemon.wait(timeout=30)
-            finally:
-                stop.set()
-                busy.join(timeout=10)
-                daemon.close()
-            written += [event["event_id"] for event in _printed_events(daemon)]
-            held = _check_stores(storage, analyzer)
-            assert "obama" in held["identities"], held
-            recorder.clear()
-        # The next start recovers by itself and delivers what the killed runs left in the outbox.
-        daemon = Daemon(config, args=["--print-events"])
-        try:
-            wait_online(recorder, daemon)
-            daemon.wait_log("ready after", timeout=60)
-            assert daemon.stop() == 0, daemon.text[-3000:]
-        finally:
-            daemon.close()
-        written += [event["event_id"] for event in _printed_events(daemon)]
-        _no_tracebacks(daemon)
-        assert _check_stores(storage, analyzer)["pending"] == 0
-        consumer.wait_for(
-            lambda ms: {json.loads(m.payload)["event_id"] for m in ms} >= set(written),
-            60,
-            "every event written",
-        )
-        print(f"\nSIGKILLs after {kills} s; {len(written)} events written, all delivered")
-    finally:
-        consumer.close()
+    assert report.kills == REPEATS
+    assert not report.failures, report.failures
+    assert not report.lost, f"events written but never delivered: {report.lost}"
+    delays = [detail["after_s"] for detail in report.details]
+    print(f"\nSIGKILLs after {delays} s; {len(report.written)} events written, all delivered")
