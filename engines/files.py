@@ -148,6 +148,34 @@ def commit_file(temporary: PathLike, final: PathLike) -> None:
     fsync_dir(Path(final).parent)
 
 
+def write_new_file(path: PathLike, data: bytes, mode: int) -> None:
+    """Create ``path`` holding ``data``, whole or not at all; never replace an existing file.
+
+    The bytes go to a temporary file beside ``path`` (fsync'd), which is then hard-linked to the name
+    (``link`` fails when the name exists, so nothing is replaced, even by a concurrent writer), and
+    the directory is synced. A process killed at any point leaves no ``path`` or the complete one,
+    never an empty or partial file (a key created on first start must not become one that no later
+    start accepts).
+
+    Raises:
+        FileExistsError: ``path`` exists (a dangling symbolic link included).
+        OSError: it cannot be written.
+    """
+    final = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            os.fchmod(stream.fileno(), mode)
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.link(temporary, final)
+        fsync_dir(final.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
 @contextlib.contextmanager
 def atomic_writer(final: PathLike, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Write a file so that readers see either the old content or the complete new one.

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engines.errors import FileReadError
-from engines.files import read_bounded
+from engines.files import read_bounded, write_new_file
 
 from .errors import GalleryKeyError, GalleryStoreError
 
@@ -78,21 +78,21 @@ def read_key(path: Path) -> bytes:
 def create_key(path: Path) -> bytes:
     """Create a new random key file with mode 0600; refuses to overwrite an existing file.
 
+    The file appears whole or not at all (:func:`engines.files.write_new_file`): a first start
+    killed while it creates the key leaves no key, and the next start creates one, instead of an
+    empty key file that every later start refuses.
+
     Raises:
         GalleryKeyError: the file exists or cannot be written.
     """
     key = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_file(path, key, 0o600)
     except FileExistsError as err:
         raise GalleryKeyError(_existing_key_message(path)) from err
     except OSError as err:
         raise GalleryKeyError(f"cannot create the gallery key {path}: {err.strerror}") from err
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(key)
-        stream.flush()
-        os.fsync(stream.fileno())
     logger.info("created a new gallery key at %s; back it up: the gallery cannot be read without it", path)
     return key
 

@@ -8,13 +8,11 @@ of the sha256 of the raw 32-byte public key, so renaming a ``.pub`` file changes
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
@@ -23,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engines.errors import FileReadError
-from engines.files import fsync_dir, read_bounded
+from engines.files import fsync_dir, read_bounded, write_new_file
 
 from .errors import KeyFileError
 
@@ -50,22 +48,6 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """The key id: the first 16 hex digits of sha256 over the raw 32-byte public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:KEY_ID_HEX]
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, hard link); refuse an existing ``path``."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            os.fchmod(stream.fileno(), mode)
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        # link() fails when the name exists, so a key is never replaced, even by a concurrent run.
-        os.link(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
 
 
 def generate_keypair(
@@ -108,9 +90,9 @@ def generate_keypair(
     )
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_new(private_path, private_pem, 0o600)
+        write_new_file(private_path, private_pem, 0o600)
         try:
-            _write_new(public_path, public_pem, 0o644)
+            write_new_file(public_path, public_pem, 0o644)
         except BaseException:
             private_path.unlink()
             raise
