@@ -1,0 +1,1 @@
+"""The long-run reliability campaign (see __main__)."""
