@@ -33,6 +33,7 @@ setup(
         "cryptography>=41",
         "paho-mqtt>=2.0,<3",
         "tomli>=1.1; python_version < '3.11'",
+        "backports.zoneinfo>=0.2.1; python_version < '3.9'",
         "typing_extensions>=4.6",
         "tqdm>=4.60",
         # Model updates over CAN: the daemon's UDS server and push-model (pure Python, small).

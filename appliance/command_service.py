@@ -14,11 +14,18 @@ import queue
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from .access.errors import PolicyError
 from .commands import (
+    AccessCommand,
     CommandError,
     EnrollCommand,
     ReloadCommand,
+    RemoveCalendarCommand,
     RemoveCommand,
+    RemoveGroupCommand,
+    SetCalendarCommand,
+    SetGroupCommand,
+    SetPolicyCommand,
     SetThresholdCommand,
     StatusCommand,
     failure,
@@ -132,6 +139,47 @@ class CommandService:
             return {"id": command.id, "templates_removed": removed}
         if isinstance(command, EnrollCommand):
             return self._enroll(command)
+        return self._access(command, gallery.store)
+
+    def _access(self, command: object, store: Any) -> Dict[str, Any]:
+        """The access-policy commands: an identity's policy, groups, calendars (see :mod:`.commands`)."""
+        if isinstance(command, SetPolicyCommand):
+            identity = store.identity(command.id)
+            if identity is None:
+                raise CommandError(f"no identity {command.id!r}")
+            try:
+                policy = identity.policy.changed(command.changes())
+            except PolicyError as err:  # e.g. valid_until now before the stored valid_from
+                raise CommandError(str(err), "invalid") from None
+            store.set_policy(identity.id, policy)
+            logger.info("access policy of an identity changed by command")
+            return {"id": identity.id, "policy": policy.document()}
+        if isinstance(command, SetGroupCommand):
+            group = command.group()
+            store.put_group(group)
+            return group.document()
+        if isinstance(command, SetCalendarCommand):
+            calendar = command.calendar()
+            store.put_calendar(calendar)
+            return {"name": calendar.name, "days": len(calendar.days)}
+        if isinstance(command, RemoveGroupCommand):
+            if not store.remove_group(command.name):
+                raise CommandError(f"no group {command.name!r}")
+            return {"name": command.name, "removed": True}
+        if isinstance(command, RemoveCalendarCommand):
+            if not store.remove_calendar(command.name):
+                raise CommandError(f"no holiday calendar {command.name!r}")
+            return {"name": command.name, "removed": True}
+        if isinstance(command, AccessCommand):
+            tables = store.policy_tables()
+            return {
+                "door": {
+                    "groups": list(self.config.access.groups),
+                    "time_zone": self.config.access.time_zone,
+                },
+                "groups": [group.document() for _, group in sorted(tables.groups.items())],
+                "calendars": [calendar.document() for _, calendar in sorted(tables.calendars.items())],
+            }
         raise CommandError("unsupported command")
 
     def _enroll(self, command: EnrollCommand) -> Dict[str, Any]:
@@ -156,6 +204,7 @@ class CommandService:
                 command.external_id,
                 command.consent_at or utc_now(),
                 command.face,
+                policy=command.policy(),
             )
         except IdentityError as err:
             raise CommandError(str(err)) from None

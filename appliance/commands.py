@@ -19,7 +19,22 @@ command         payload                                                         
                                                                                  threshold
 ``status``      ``request_id``                                                   the state document
 ``set_threshold`` ``request_id``, ``threshold`` (0.2 ≤ t ≤ 0.95)                 old and new value
+``set_policy``  ``request_id``, ``id``, any of ``valid_from``, ``valid_until``    the identity's
+                (ISO 8601 with an offset; ``null`` removes the bound),            policy
+                ``suspended``, ``groups`` (replaces), ``add_groups``,
+                ``remove_groups``
+``set_group``   ``request_id``, ``name``, ``schedule`` (windows, e.g.            the group
+                ``"mon-fri 08:00-18:00"``), optional ``holidays`` (calendars)
+``remove_group`` ``request_id``, ``name``                                        removed or not
+``set_calendar`` ``request_id``, ``name``, ``days`` (``YYYY-MM-DD`` …)           the day count
+``remove_calendar`` ``request_id``, ``name``                                     removed or not
+``access``      ``request_id``                                                   the door's groups,
+                                                                                 every group and
+                                                                                 calendar
 =============== ================================================================ ==================
+
+``enroll`` also takes ``valid_from``, ``valid_until`` and ``groups`` for a new identity (see
+:mod:`appliance.access.policy`).
 
 Every command may carry ``ts``, when it was sent (RFC 3339 with an offset): a command stamped more
 than ``commands.max_age_s`` before (or ahead of) the appliance's clock is refused as ``stale``.
@@ -35,10 +50,19 @@ import binascii
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from .access.policy import AccessGroup, HolidayCalendar, IdentityPolicy
 from .config import MATCH_THRESHOLD_MAX, MATCH_THRESHOLD_MIN
 from .config_load import ConfigIssue
 from .errors import ApplianceError
@@ -99,6 +123,20 @@ class EnrollCommand(_Command):
     external_id: Optional[str] = Field(None, min_length=1, max_length=200)
     consent_at: Optional[str] = Field(None, min_length=1, max_length=40)
     face: Optional[int] = Field(None, ge=1, le=100)
+    valid_from: Optional[str] = Field(None, min_length=1, max_length=64)
+    valid_until: Optional[str] = Field(None, min_length=1, max_length=64)
+    groups: List[str] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _policy(self) -> EnrollCommand:
+        self.policy()  # a malformed date or group name is refused before anything is done
+        return self
+
+    def policy(self) -> IdentityPolicy:
+        """The new identity's access policy."""
+        return IdentityPolicy().changed(
+            {"valid_from": self.valid_from, "valid_until": self.valid_until, "groups": self.groups}
+        )
 
     @field_validator("name", "external_id")
     @classmethod
@@ -125,6 +163,72 @@ class RemoveCommand(_Command):
     id: str = Field(min_length=1, max_length=64)
 
 
+class SetPolicyCommand(_Command):
+    id: str = Field(min_length=1, max_length=64)
+    valid_from: Optional[str] = Field(None, min_length=1, max_length=64)
+    valid_until: Optional[str] = Field(None, min_length=1, max_length=64)
+    suspended: Optional[bool] = None
+    groups: Optional[List[str]] = Field(None, max_length=64)
+    add_groups: Optional[List[str]] = Field(None, max_length=64)
+    remove_groups: Optional[List[str]] = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _something(self) -> SetPolicyCommand:
+        if not self.changes():
+            raise ValueError(
+                "nothing to change: give valid_from, valid_until, suspended, groups, add_groups or remove_groups"
+            )
+        IdentityPolicy().changed(self.changes())  # malformed values are refused before anything is done
+        return self
+
+    def changes(self) -> Dict[str, object]:
+        """The keys the sender gave (``null`` clears a validity bound; an absent key keeps its value)."""
+        given = self.model_fields_set - {"request_id", "ts", "id"}
+        return {key: getattr(self, key) for key in sorted(given) if key in _POLICY_KEYS}
+
+
+_POLICY_KEYS = ("valid_from", "valid_until", "suspended", "groups", "add_groups", "remove_groups")
+
+
+class SetGroupCommand(_Command):
+    name: str = Field(min_length=1, max_length=64)
+    schedule: List[str] = Field(max_length=64)
+    holidays: List[str] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SetGroupCommand:
+        self.group()
+        return self
+
+    def group(self) -> AccessGroup:
+        return AccessGroup.from_parts(self.name, self.schedule, self.holidays)
+
+
+class SetCalendarCommand(_Command):
+    name: str = Field(min_length=1, max_length=64)
+    days: List[str] = Field(max_length=1000)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SetCalendarCommand:
+        self.calendar()
+        return self
+
+    def calendar(self) -> HolidayCalendar:
+        return HolidayCalendar.from_parts(self.name, self.days)
+
+
+class RemoveGroupCommand(_Command):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class RemoveCalendarCommand(_Command):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class AccessCommand(_Command):
+    pass
+
+
 class ReloadCommand(_Command):
     pass
 
@@ -143,6 +247,12 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "reload": ReloadCommand,
     "status": StatusCommand,
     "set_threshold": SetThresholdCommand,
+    "set_policy": SetPolicyCommand,
+    "set_group": SetGroupCommand,
+    "remove_group": RemoveGroupCommand,
+    "set_calendar": SetCalendarCommand,
+    "remove_calendar": RemoveCalendarCommand,
+    "access": AccessCommand,
 }
 
 

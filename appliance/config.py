@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -33,7 +30,11 @@ from pydantic import (
 )
 from typing_extensions import Annotated, Literal
 
-CREDENTIALS_VARIABLE = "${CREDENTIALS_DIRECTORY}"
+from .access.settings import AccessConfig
+from .config_types import ConfigPath, StrictModel
+from .door.settings import DoorConfig
+from .osdp.settings import OsdpConfig
+
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Lowest ``match.threshold`` (and ``set_threshold``): a cosine similarity of L2-normalised
@@ -45,35 +46,9 @@ MATCH_THRESHOLD_MIN = 0.2
 MATCH_THRESHOLD_MAX = 0.95
 
 
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    text = os.fspath(value)
-    if text.startswith(CREDENTIALS_VARIABLE):
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ValueError(
-                "names a systemd credential but CREDENTIALS_DIRECTORY is not set "
-                "(run under systemd with LoadCredential=, or give a plain path)"
-            )
-        value = Path(directory + text[len(CREDENTIALS_VARIABLE) :])
-    base = (info.context or {}).get("base_dir")
-    if base is not None and not value.is_absolute():
-        value = Path(base) / value
-    return Path(os.path.normpath(value)) if value.is_absolute() else value
-
-
-#: A filesystem path; relative paths are taken from the configuration file's folder.
-ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path)]
-
-
 def _host_name() -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "face-appliance"
     return name if re.match(_NAME_PATTERN, name) else "face-appliance"
-
-
-class StrictModel(BaseModel):
-    """Base of every section: unknown keys and implicit type conversions are refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
 class DeviceConfig(StrictModel):
@@ -761,6 +736,9 @@ class ApplianceConfig(StrictModel):
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    door: DoorConfig = Field(default_factory=DoorConfig)
+    osdp: OsdpConfig = Field(default_factory=OsdpConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
@@ -841,7 +819,8 @@ def _render_section(model: type, path: Tuple[str, ...], lines: List[str]) -> Non
     if path:
         lines.append("")
         lines.append(f"[{'.'.join(path)}]")
-        doc = (model.__doc__ or "").split("—", 1)[-1].strip()
+        summary = (model.__doc__ or "").strip().split("\n\n", 1)[0]  # the first paragraph, on one line
+        doc = " ".join(summary.split("—", 1)[-1].split())
         if doc and doc != f"[{'.'.join(path)}]":
             lines.append(f"# {doc}")
     for name, field in model.model_fields.items():  # type: ignore[attr-defined]

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Dict, List, Optional
 
+from .access.judge import AccessJudge
 from .camera import CameraThread, create_source
 from .command_service import CommandService
 from .config import ApplianceConfig
@@ -46,6 +47,7 @@ from .gallery.gallery import Gallery
 from .metrics import Latencies, PrometheusServer, RateMeter
 from .mqtt_link import MqttLink
 from .outbox import Outbox
+from .peripherals import PeripheralHub, create_peripherals
 from .pipeline import Pipeline
 from .pipeline_worker import PipelineWorker
 from .runtime import ModelLoader, ModelRuntime, model_targets
@@ -133,6 +135,7 @@ class Appliance:
         self.prometheus: Optional[PrometheusServer] = None
         self.swap: Optional[SwapManager] = None
         self.uds: Optional[Any] = None
+        self.door: Optional[PeripheralHub] = None
         self.reporter = StateReporter(self)
         self._state_published = 0.0
         self._stopped = False
@@ -209,11 +212,36 @@ class Appliance:
 
         self.worker.start(load)
         self.gallery = self.worker.wait_loaded()
+        store = self.gallery.store
         self.pipeline = Pipeline(
-            self.runtime, self.gallery, DecisionSettings.from_config(config), self.latencies
+            self.runtime,
+            self.gallery,
+            DecisionSettings.from_config(config),
+            self.latencies,
+            AccessJudge.for_door(config.access, store),
         )
+        outbox = self.outbox
+        self.door = PeripheralHub(
+            create_peripherals(config),
+            config.device.id,
+            lambda event_id, payload: outbox.put(event_id, payload, "door"),
+            self._notify_link,
+        )
+        self.door.start()
+        self.degraded.extend(self.door.failures)
+
+        def credential_of(identity_id: str) -> Optional[str]:
+            identity = store.identity(identity_id)
+            return identity.external_id if identity is not None else None
+
         self.recorder = EventRecorder(
-            config, self.outbox, self.latencies, self._notify_link, self.print_events
+            config,
+            self.outbox,
+            self.latencies,
+            self._notify_link,
+            self.print_events,
+            self.door.on_passage if self.door.peripherals else None,
+            credential_of,
         )
         self.commands = CommandService(
             config,
@@ -276,6 +304,8 @@ class Appliance:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
         if self.swap is not None:
             self.swap.close(deadline.remaining(OFFLINE_RESERVE_S))
+        if self.door is not None:  # after the pipeline: its last passages still reach the door
+            self.door.close(lambda: deadline.remaining(OFFLINE_RESERVE_S))
         if self.engines is not None:
             # A TensorRT 10+ build stops at its next step; an 8.x build cannot be interrupted and is
             # left behind (it writes the cache only through atomic renames; the process exit ends it).

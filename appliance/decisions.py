@@ -141,6 +141,9 @@ class Decision:
         decided_at: timestamp of the observation that decided (or the ``now`` of ``end_track``).
         reason: why, for DEBUG logs and tests (identity ids, never names), e.g.
             ``"3 of 5 votes for id-a, mean 0.62, margin 0.21 over id-b"``.
+        access_reason: why a recognised person is ``denied``: ``liveness`` from the vote, or the access
+            policy's reason (``expired``, ``outside_schedule``, … — :mod:`appliance.access.policy`);
+            ``None`` for ``granted`` and ``unknown``.
     """
 
     track_id: int
@@ -156,6 +159,7 @@ class Decision:
     first_seen: float
     decided_at: float
     reason: str
+    access_reason: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -571,6 +575,7 @@ class DecisionEngine:
             first_seen=state.first_seen,
             decided_at=now,
             reason=reason,
+            access_reason="liveness" if kind == DENIED else None,
         )
 
     def _unknown(self, track_id: int, state: _TrackState, now: float, reason: str) -> Decision:

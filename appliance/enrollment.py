@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .access.policy import IdentityPolicy
 from .config import GalleryConfig
 from .gallery.gallery import Gallery
 from .vision.analyzer import FaceAnalyzer
@@ -125,11 +126,13 @@ class Enroller:
         consent_at: Optional[str] = None,
         face: Optional[int] = None,
         largest: bool = False,
+        policy: Optional[IdentityPolicy] = None,
     ) -> EnrollmentResult:
         """Check every photo and store the accepted ones for one identity.
 
         Args:
             photos: ``(source label, image or an Exception from reading it)`` pairs.
+            policy: a new identity's access policy (validity, groups); an existing one keeps its own.
 
         Raises:
             IdentityError: the id is taken by another name, or is not allowed.
@@ -167,6 +170,7 @@ class Enroller:
             [item.quality.score for item in good],
             external_id,
             consent_at,
+            policy=policy,
         )
         logger.info("enrolled %d template(s) for one identity", len(result.template_ids))
         return result

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .config import ApplianceConfig
 from .events import access_event, encode
 from .metrics import Latencies
 from .outbox import Outbox, OutboxError
+from .peripherals import Passage
 from .pipeline import Outcome
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class EventRecorder:
         latencies: where ``decision_to_outbox`` goes.
         notify: tells the MQTT link that events are waiting.
         print_events: also write each event as a JSON line to stdout (the demo's view).
+        on_passage: told of each stored event (the door's relay, an OSDP panel), after it is stored.
+        credential_of: an identity's ``external_id`` (the badge number a panel knows), or ``None``.
     """
 
     def __init__(
@@ -38,8 +41,12 @@ class EventRecorder:
         latencies: Latencies,
         notify: Callable[[], None],
         print_events: bool = False,
+        on_passage: Optional[Callable[[Passage], None]] = None,
+        credential_of: Optional[Callable[[str], Optional[str]]] = None,
     ) -> None:
         self.config = config
+        self._on_passage = on_passage
+        self._credential_of = credential_of
         self.outbox = outbox
         self.latencies = latencies
         self._notify = notify
@@ -84,7 +91,18 @@ class EventRecorder:
             if self.print_events:
                 sys.stdout.write(payload.decode("utf-8") + "\n")
                 sys.stdout.flush()
+            self._tell_door(event)
         self._notify()
+
+    def _tell_door(self, event: Dict[str, Any]) -> None:
+        """The stored event, as the door's devices need it (pipeline thread; they must not block)."""
+        if self._on_passage is None:
+            return
+        identity = event["identity"]["id"] if event["identity"] else None
+        credential = None
+        if identity is not None and self._credential_of is not None:
+            credential = self._credential_of(identity)
+        self._on_passage(Passage(event["event_id"], event["decision"], event["reason"], identity, credential))
 
     def _failed(self, err: OutboxError, decision: str) -> None:
         """An event could not be stored: counted, logged once per episode, shown in the state."""

@@ -3,15 +3,23 @@
 Schema 1 (DESIGN §5.3)::
 
     {"schema": 1, "event_id": UUID, "ts": RFC 3339 UTC with ms, "device_id", "camera_id",
-     "decision": "granted" | "denied" | "unknown", "identity": {"id", "name"} | null,
+     "decision": "granted" | "denied" | "unknown", "reason": null | "expired" | …,
+     "identity": {"id", "name"} | null,
      "score", "threshold", "track_id", "frames", "liveness": {"score", "passed"} | null,
      "models": {"detector", "embedder", …}, "face": {"box": [x, y, w, h], "quality"},
      "latency_ms"}
 
 plus ``"crop"`` (base64 JPEG of the face) only when ``events.face_crop`` is on. Never an embedding.
-``event_id`` is unique per event: consumers de-duplicate redelivered events by it. The decision's
-reason stays out of the event (it names the runner-up identity, someone who is not at the door); it
-is logged at DEBUG.
+``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
+
+``reason`` says why a ``denied`` passage was denied: ``liveness`` (the vote's liveness check failed;
+``identity`` stays null, as the face may be a photo of someone) or the access policy's reason
+(``expired``, ``not_yet_valid``, ``suspended``, ``not_in_group``, ``outside_schedule``, ``holiday``;
+``identity`` names the recognised person). It is null for ``granted`` and ``unknown``. It was added
+within schema 1: a schema-1 consumer that ignores unknown keys reads the same documents as before,
+only ``denied`` is now also sent for recognised people outside their policy. The vote's own reasoning
+stays out of the event (it names the runner-up identity, someone who is not at the door); it is
+logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -57,9 +65,11 @@ def access_event(
         "device_id": device_id,
         "camera_id": camera_id,
         "decision": decision.decision,
+        "reason": decision.access_reason,
         "identity": (
             {"id": decision.identity_id, "name": decision.name}
-            if decision.decision == "granted" and decision.identity_id is not None
+            if decision.identity_id is not None
+            and (decision.decision == "granted" or decision.access_reason not in (None, "liveness"))
             else None
         ),
         "score": None if decision.score is None else round(float(decision.score), 4),
@@ -82,6 +92,32 @@ def access_event(
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])
         if ok:
             event["crop"] = base64.b64encode(jpeg.tobytes()).decode("ascii")
+    return event
+
+
+#: Keys a door event's details may not override.
+DOOR_EVENT_KEYS = ("schema", "event_id", "ts", "device_id", "source", "kind")
+
+
+def door_event(device_id: str, source: str, kind: str, details: Mapping[str, Any]) -> Dict[str, Any]:
+    """A door event (``{prefix}/{device_id}/door``, see :mod:`appliance.peripherals`) from a peripheral.
+
+    Args:
+        source: the peripheral's name (``door``, ``osdp``).
+        kind: what happened (``door_forced``, ``exit_request``, ``panel_granted``, …).
+        details: JSON-ready fields of that kind; they cannot replace the envelope's keys.
+    """
+    event: Dict[str, Any] = {key: value for key, value in details.items() if key not in DOOR_EVENT_KEYS}
+    event.update(
+        {
+            "schema": SCHEMA_VERSION,
+            "event_id": str(uuid.uuid4()),
+            "ts": rfc3339_now(),
+            "device_id": device_id,
+            "source": source,
+            "kind": kind,
+        }
+    )
     return event
 
 

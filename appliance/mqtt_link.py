@@ -10,6 +10,8 @@ topic                           retained  QoS   content
 ``{root}/state``                yes       0     JSON from :meth:`MqttLink.publish_state`
 ``{root}/model``                yes       0     JSON from :meth:`MqttLink.publish_model`
 ``{root}/events``               no        1     access events, from the outbox
+``{root}/door``                 no        1     door events (relay inputs, OSDP panel), from the
+                                                outbox (:mod:`appliance.peripherals`)
 ``{root}/cmd/{name}``           no        1     commands in (subscribed when enabled)
 ``{root}/cmd/{name}/result``    no        1     command results out
 ``{ha}/sensor/{node}/…/config`` yes       1     Home Assistant discovery (opt-in)
@@ -77,6 +79,7 @@ Broker ACL (what the appliance's user needs)::
     topic write {root}/state
     topic write {root}/model
     topic write {root}/events
+    topic write {root}/door
     topic read  {root}/cmd/+
     topic write {root}/cmd/+/result
     topic write {ha}/sensor/{node}/+/config      # only with mqtt.homeassistant.discovery

@@ -10,12 +10,22 @@ of the frame that completed it, for the event's latency.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .decisions import Candidate, Decision, DecisionEngine, DecisionSettings, Observation
+from .access.judge import GONE, AccessJudge
+from .decisions import (
+    DENIED,
+    GRANTED,
+    UNKNOWN,
+    Candidate,
+    Decision,
+    DecisionEngine,
+    DecisionSettings,
+    Observation,
+)
 from .gallery.gallery import Gallery
 from .metrics import Latencies, StageTimer
 from .tracking import IouTracker
@@ -52,13 +62,20 @@ class Pipeline:
         settings: decision rules (``DecisionSettings.from_config``).
         latencies: where stage timings go (``detect``, ``align``, ``liveness``, ``embed``, ``match``,
             ``frame``).
+        judge: the access policy a ``granted`` vote must pass (``None``: every recognised person passes).
     """
 
     def __init__(
-        self, models: ModelSource, gallery: Gallery, settings: DecisionSettings, latencies: Latencies
+        self,
+        models: ModelSource,
+        gallery: Gallery,
+        settings: DecisionSettings,
+        latencies: Latencies,
+        judge: Optional[AccessJudge] = None,
     ) -> None:
         self.models = models
         self.gallery = gallery
+        self.judge = judge
         self.settings = settings
         self.tracker = IouTracker(settings.track_iou, settings.track_max_missed)
         self.engine = DecisionEngine(settings)
@@ -70,8 +87,6 @@ class Pipeline:
 
     def set_threshold(self, threshold: float) -> None:
         """Change the match threshold for decisions from now on."""
-        from dataclasses import replace
-
         self.settings = replace(self.settings, threshold=threshold)
         self.engine.settings = self.settings
 
@@ -142,7 +157,20 @@ class Pipeline:
         self._best_crop.pop(track, None)
         return outcomes
 
+    def _admit(self, decision: Decision) -> Decision:
+        """A vote's ``granted`` checked against the access policy: ``denied`` with the reason when it fails."""
+        if self.judge is None or decision.decision != GRANTED or decision.identity_id is None:
+            return decision
+        reason = self.judge.judge(decision.identity_id)
+        if reason is None:
+            return decision
+        if reason == GONE:  # removed from the gallery while in view: no longer anyone we know
+            return replace(decision, decision=UNKNOWN, identity_id=None, name=None)
+        logger.debug("track %d: recognised but denied by the access policy: %s", decision.track_id, reason)
+        return replace(decision, decision=DENIED, access_reason=reason)
+
     def _outcome(self, decision: Decision, captured_at: float, keep: bool) -> Outcome:
+        decision = self._admit(decision)
         best = self._best_crop.get(decision.track_id)
         if keep and best is not None:
             # The next announcement of this track starts a fresh choice of its best crop.

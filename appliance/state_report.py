@@ -79,6 +79,7 @@ class StateReporter:
             "latency_ms": app.latencies.percentiles(),
             "outbox": app.outbox.stats() if app.outbox is not None else {},
             "mqtt": app.link.status() if app.link is not None else {},
+            "door": app.door.state() if app.door is not None else {},
             "degraded": self.degraded(),
             "pid": os.getpid(),
         }

@@ -13,9 +13,11 @@ from typing import List, Optional
 from engines.errors import EngineError, ModelRegistryError
 
 from .. import __version__
+from ..access.errors import PolicyError
 from ..errors import ApplianceError, ConfigError
 from ..logs import setup_logging
 from . import (
+    access_cmd,
     calibrate_cmd,
     config_cmd,
     doctor_cmd,
@@ -38,6 +40,7 @@ _COMMANDS = (
     models_cmd,
     vision_cmd,
     gallery_cmd,
+    access_cmd,
     doctor_cmd,
     keys_cmd,
     package_cmd,
@@ -74,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(args.log_level or "INFO")
     try:
         return int(args.handler(args))
-    except (ConfigError, ModelRegistryError) as err:
+    except (ConfigError, ModelRegistryError, PolicyError) as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_CONFIG
     except (ApplianceError, EngineError) as err:

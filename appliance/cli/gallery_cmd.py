@@ -1,4 +1,4 @@
-"""``face-appliance enroll``, ``identify`` and ``gallery list | remove | export | import | check``."""
+"""``face-appliance enroll``, ``identify`` and ``gallery list | set | remove | export | import | check``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 from engines.errors import FileReadError
 from engines.files import read_bounded
 
+from ..access.judge import GONE, AccessJudge
+from ..access.policy import IdentityPolicy
 from ..config import ApplianceConfig
 from ..config_load import read_secret_file
 from ..enrollment import Enroller, EnrollmentResult
@@ -24,6 +26,7 @@ from ..gallery.text import check_external_id, check_name, printable
 from ..runtime.loading import load_analyzer
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.image import ImageError, read_image
+from .access_cmd import add_policy_options, policy_changes
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -52,6 +55,7 @@ def add_parser(subparsers: Any) -> None:
         "--face", type=int, help="use face N (1-based, as `detect` numbers them) of each photo"
     )
     choose.add_argument("--largest", action="store_true", help="use the largest face of each photo")
+    add_policy_options(enroll, changing=False)
     enroll.add_argument("--json", action="store_true", help="machine-readable report")
     add_config_option(enroll)
     enroll.set_defaults(handler=_enroll)
@@ -71,6 +75,14 @@ def add_parser(subparsers: Any) -> None:
     listing.add_argument("--json", action="store_true")
     add_config_option(listing)
     listing.set_defaults(handler=_list)
+    change = actions.add_parser(
+        "set", help="change an identity's access policy: validity, groups, suspension"
+    )
+    change.add_argument("identity_id", metavar="ID")
+    add_policy_options(change, changing=True)
+    change.add_argument("--json", action="store_true")
+    add_config_option(change)
+    change.set_defaults(handler=_set)
     remove = actions.add_parser("remove", help="delete an identity, its templates, crops and index entries")
     remove.add_argument("identity_id", metavar="ID")
     add_config_option(remove)
@@ -100,7 +112,7 @@ def add_parser(subparsers: Any) -> None:
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def _open_gallery(config: ApplianceConfig) -> Gallery:
+def open_gallery(config: ApplianceConfig) -> Gallery:
     """The gallery for the configured embedder, without loading any model."""
     from engines.registry import EMBEDDER_MODELS
 
@@ -194,6 +206,7 @@ def _enroll(args: argparse.Namespace) -> int:
             check_name(args.name)
         jobs.append((identity_id, args.name or "", list(args.images)))
     check_external_id(args.external_id)
+    policy = IdentityPolicy().changed(policy_changes(args), "")
     analyzer, gallery = _open_with_analyzer(config)
     results: List[EnrollmentResult] = []
     failed = False
@@ -228,6 +241,7 @@ def _enroll(args: argparse.Namespace) -> int:
                         args.consent_at or utc_now(),
                         args.face,
                         args.largest,
+                        policy,
                     )
                 except IdentityError as err:
                     sys.stderr.write(f"error: {err}\n")
@@ -250,6 +264,7 @@ def _identify(args: argparse.Namespace) -> int:
     documents = []
     failed = False
     with analyzer, gallery:
+        judge = AccessJudge.for_door(config.access, gallery.store)
         for source, image in _load(list(args.images)):
             if isinstance(image, Exception):
                 failed = True
@@ -260,17 +275,22 @@ def _identify(args: argparse.Namespace) -> int:
             if analysis.embeddings is not None:
                 for index, candidates in enumerate(gallery.search(analysis.embeddings)):
                     best = candidates[0] if candidates else None
-                    granted = best is not None and best.score >= threshold
+                    recognised = best is not None and best.score >= threshold
+                    reason = judge.judge(best.identity_id) if recognised and best else None
+                    decision = (
+                        "unknown" if not recognised or reason == GONE else "denied" if reason else "granted"
+                    )
                     faces.append(
                         {
                             "box": [round(float(v), 1) for v in analysis.faces.xywh()[index]],
                             "identity": {"id": best.identity_id, "name": best.name}
-                            if granted and best
+                            if decision != "unknown" and best
                             else None,
                             "best_match": {"id": best.identity_id, "name": best.name} if best else None,
                             "score": round(best.score, 4) if best else None,
                             "threshold": threshold,
-                            "decision": "granted" if granted else "unknown",
+                            "decision": decision,
+                            "reason": reason if decision == "denied" else None,
                         }
                     )
             documents.append({"image": source, "faces": faces})
@@ -285,17 +305,18 @@ def _identify(args: argparse.Namespace) -> int:
             for number, face in enumerate(document["faces"], 1):
                 who = printable(face["identity"]["name"]) if face["identity"] else "unknown"
                 score = "-" if face["score"] is None else f"{face['score']:.3f}"
-                print(f"  {number}. {face['decision']:8} {who}  score {score} (threshold {threshold:g})")
+                why = f" [{face['reason']}]" if face["reason"] else ""
+                print(f"  {number}. {face['decision']:8} {who}{why}  score {score} (threshold {threshold:g})")
     return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _list(args: argparse.Namespace) -> int:
-    gallery = _open_gallery(load_cli_config(args))
+    gallery = open_gallery(load_cli_config(args))
     with gallery:
         identities = gallery.identities()
         versions = gallery.store.model_versions()
         if args.json:
-            rows = [identity.__dict__ for identity in identities]
+            rows = [identity.document() for identity in identities]
             print(
                 json.dumps(
                     {"identities": rows, "templates_by_model": versions, "searchable": len(gallery)}, indent=2
@@ -307,12 +328,50 @@ def _list(args: argparse.Namespace) -> int:
             external = f"  external id {printable(identity.external_id)}" if identity.external_id else ""
             print(
                 f"  {identity.id:24} {printable(identity.name):28} {identity.templates} template(s){external}"
+                f"{_policy_text(identity.policy)}"
             )
     return EXIT_OK
 
 
+def _policy_text(policy: IdentityPolicy) -> str:
+    """`` · groups a, b · until 2026-12-31T17:00:00Z · SUSPENDED`` (empty for an unrestricted identity)."""
+    parts = []
+    if policy.groups:
+        parts.append("groups " + ", ".join(policy.groups))
+    document = policy.document()
+    if document["valid_from"]:
+        parts.append(f"from {document['valid_from']}")
+    if document["valid_until"]:
+        parts.append(f"until {document['valid_until']}")
+    if policy.suspended:
+        parts.append("SUSPENDED")
+    return "".join(f" · {part}" for part in parts)
+
+
+def _set(args: argparse.Namespace) -> int:
+    changes = policy_changes(args)
+    if not changes:
+        sys.stderr.write(
+            "error: nothing to change: give --valid-from, --valid-until, --groups, --add-group, "
+            "--remove-group, --suspend or --resume\n"
+        )
+        return EXIT_CONFIG
+    gallery = open_gallery(load_cli_config(args))
+    with gallery:
+        identity = gallery.store.identity(args.identity_id)
+        if identity is None:
+            raise IdentityError(f"no identity {args.identity_id!r}")
+        policy = identity.policy.changed(changes, "")
+        gallery.store.set_policy(identity.id, policy)
+    if args.json:
+        print(json.dumps({"id": identity.id, "policy": policy.document()}))
+    else:
+        print(f"{identity.id}:{_policy_text(policy) or ' no restriction'}")
+    return EXIT_OK
+
+
 def _remove(args: argparse.Namespace) -> int:
-    gallery = _open_gallery(load_cli_config(args))
+    gallery = open_gallery(load_cli_config(args))
     with gallery:
         count = gallery.remove(args.identity_id)
     print(f"removed {args.identity_id}: {count} template(s) and crops deleted, index updated")
@@ -322,7 +381,7 @@ def _remove(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     passphrase = _passphrase(args, confirm=True)
-    gallery = _open_gallery(config)
+    gallery = open_gallery(config)
     with gallery:
         data = gallery.export(passphrase)
         count = len(gallery.identities())
@@ -342,17 +401,20 @@ def _import(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: the bundle file {err}\n")
         return EXIT_CONFIG
     passphrase = _passphrase(args, confirm=False)
-    gallery = _open_gallery(config)
+    gallery = open_gallery(config)
     with gallery:
         report = gallery.import_bundle(data, passphrase, replace=args.replace)
     print(f"imported {len(report.imported)}, replaced {len(report.replaced)}, skipped {len(report.skipped)}")
+    if report.tables_defined or report.tables_kept:
+        kept = f"; kept as defined here: {', '.join(report.tables_kept)}" if report.tables_kept else ""
+        print(f"access: defined {', '.join(report.tables_defined) or 'nothing'}{kept}")
     for identity_id, reason in report.skipped.items():
         print(f"  skipped {identity_id}: {printable(reason)}")
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
-    gallery = _open_gallery(load_cli_config(args))
+    gallery = open_gallery(load_cli_config(args))
     with gallery:
         problems = gallery.store.check()
     if problems:

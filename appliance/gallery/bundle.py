@@ -8,8 +8,14 @@ where ``key = scrypt(passphrase, salt, n=2**15, r=8, p=1)`` and ``payload`` is U
 
     {"format": 1, "exported_at": "...", "identities": [
         {"id", "name", "external_id", "consent_at", "created_at",
+         "policy": {"valid_from", "valid_until", "suspended", "groups"},
          "templates": [{"model_version", "embedding": base64 of little-endian float32,
-                        "crop": base64 PNG or null, "quality", "created_at"}]}]}
+                        "crop": base64 PNG or null, "quality", "created_at"}]}],
+     "access": {"groups": [{"name", "schedule": [window, …], "holidays": [calendar, …]}],
+                "calendars": [{"name", "days": ["YYYY-MM-DD", …]}]}}
+
+``policy`` and ``access`` (:mod:`appliance.access.policy`) were added within format 1: a bundle
+without them imports with no restriction and no groups, and an older firmware ignores them.
 
 A bundle moves a gallery between devices (each device keeps its own at-rest key). Importing validates
 every field before anything is written; a wrong passphrase and a tampered file are the same error
@@ -23,7 +29,7 @@ import binascii
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import cv2
@@ -32,6 +38,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ..access.errors import PolicyError
+from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
 from ..vision.image import image_dimensions
 from .errors import BundleError
 from .store import IDENTITY_ID_PATTERN, TemplateStore, utc_now
@@ -82,10 +90,18 @@ def export_bundle(store: TemplateStore, passphrase: str) -> bytes:
                 "external_id": identity.external_id,
                 "consent_at": identity.consent_at,
                 "created_at": identity.created_at,
+                "policy": identity.policy.document(),
                 "templates": templates,
             }
         )
-    payload = json.dumps({"format": 1, "exported_at": utc_now(), "identities": identities}).encode("utf-8")
+    tables = store.policy_tables()
+    access = {
+        "groups": [group.document() for group in tables.groups.values()],
+        "calendars": [calendar.document() for calendar in tables.calendars.values()],
+    }
+    payload = json.dumps(
+        {"format": 1, "exported_at": utc_now(), "identities": identities, "access": access}
+    ).encode("utf-8")
     salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
     sealed = AESGCM(_key(passphrase, salt)).encrypt(nonce, payload, MAGIC)
     return MAGIC + salt + nonce + sealed
@@ -106,9 +122,23 @@ class BundleIdentity:
     external_id: Optional[str]
     consent_at: str
     templates: List[BundleTemplate]
+    policy: IdentityPolicy = field(default_factory=IdentityPolicy)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle's validated content: the identities and the access groups and calendars."""
+
+    identities: List[BundleIdentity]
+    tables: PolicyTables = field(default_factory=PolicyTables)
 
 
 def read_bundle(data: bytes, passphrase: str) -> List[BundleIdentity]:
+    """The identities of a bundle (see :func:`open_bundle`)."""
+    return open_bundle(data, passphrase).identities
+
+
+def open_bundle(data: bytes, passphrase: str) -> Bundle:
     """Decrypt and validate a bundle.
 
     Raises:
@@ -126,10 +156,15 @@ def read_bundle(data: bytes, passphrase: str) -> List[BundleIdentity]:
         payload = AESGCM(_key(passphrase, salt)).decrypt(nonce, data[header:], MAGIC)
     except InvalidTag:
         raise BundleError("the bundle does not decrypt: wrong passphrase, or the file was altered") from None
-    return parse_payload(payload)
+    return parse_bundle(payload)
 
 
 def parse_payload(payload: bytes) -> List[BundleIdentity]:
+    """The identities of a decrypted bundle (see :func:`parse_bundle`)."""
+    return parse_bundle(payload).identities
+
+
+def parse_bundle(payload: bytes) -> Bundle:
     """Validate the decrypted content of a bundle (UTF-8 JSON, see the module docstring).
 
     Raises:
@@ -152,7 +187,51 @@ def parse_payload(payload: bytes) -> List[BundleIdentity]:
             raise BundleError(f"identities[{position}]: identity {identity.id!r} appears twice")
         seen.add(identity.id)
         identities.append(identity)
-    return identities
+    return Bundle(identities, _tables(document.get("access")))
+
+
+def _tables(access: Any) -> PolicyTables:
+    if access is None:
+        return PolicyTables()
+    if not isinstance(access, dict) or set(access) - {"groups", "calendars"}:
+        raise BundleError("access: expected an object with 'groups' and 'calendars'")
+    groups: Dict[str, AccessGroup] = {}
+    calendars: Dict[str, HolidayCalendar] = {}
+    for key, kind in (("groups", AccessGroup), ("calendars", HolidayCalendar)):
+        entries = access.get(key, [])
+        if not isinstance(entries, list) or len(entries) > 1000:
+            raise BundleError(f"access.{key}: expected a list of at most 1000 entries")
+        for position, entry in enumerate(entries):
+            where = f"access.{key}[{position}]"
+            try:
+                if not isinstance(entry, dict):
+                    raise PolicyError("expected an object")
+                if kind is AccessGroup:
+                    _only(entry, {"name", "schedule", "holidays"}, where)
+                    group = AccessGroup.from_parts(
+                        entry.get("name"), _strings(entry, "schedule"), _strings(entry, "holidays")
+                    )
+                    groups[group.name] = group
+                else:
+                    _only(entry, {"name", "days"}, where)
+                    calendar = HolidayCalendar.from_parts(entry.get("name"), _strings(entry, "days"))
+                    calendars[calendar.name] = calendar
+            except PolicyError as err:
+                raise BundleError(f"{where}: {err}; nothing was imported") from None
+    return PolicyTables(groups, calendars)
+
+
+def _only(entry: Dict[str, Any], keys: set, where: str) -> None:
+    unknown = set(entry) - keys
+    if unknown:
+        raise PolicyError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+
+
+def _strings(entry: Dict[str, Any], key: str) -> List[str]:
+    value = entry.get(key, [])
+    if not isinstance(value, list) or len(value) > 1000 or not all(isinstance(item, str) for item in value):
+        raise PolicyError(f"{key}: expected a list of texts")
+    return value
 
 
 def _text(
@@ -187,12 +266,22 @@ def _identity(entry: Any, where: str) -> BundleIdentity:
     external_id = _text(entry, "external_id", where, optional=True)
     if external_id is not None:
         external_id = _person_text(external_id, f"{where}.external_id", "external id")
+    policy = entry.get("policy")
+    try:
+        if policy is not None and not isinstance(policy, dict):
+            raise PolicyError(f"{where}.policy: expected an object")
+        parsed_policy = (
+            IdentityPolicy() if policy is None else IdentityPolicy.from_document(policy, f"{where}.policy")
+        )
+    except PolicyError as err:
+        raise BundleError(f"{err}; nothing was imported") from None
     return BundleIdentity(
         id=identity_id,
         name=name,
         external_id=external_id,
         consent_at=_text(entry, "consent_at", where, limit=40) or "",
         templates=[_template(t, f"{where}.templates[{i}]") for i, t in enumerate(templates)],
+        policy=parsed_policy,
     )
 
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
 
+from ..access.policy import IdentityPolicy
 from ..config import ApplianceConfig
 from ..decisions import Candidate
-from .bundle import BundleIdentity, export_bundle, read_bundle
+from .bundle import Bundle, BundleIdentity, export_bundle, open_bundle
 from .errors import BundleError, GalleryStoreError, IdentityError
 from .index import GalleryIndexError, IndexMissingError, IndexStaleError, TemplateIndex, saved_generation
 from .store import Identity, TemplateStore
@@ -43,6 +45,10 @@ class ImportReport:
     imported: List[str]
     replaced: List[str]
     skipped: Dict[str, str]
+    #: Access groups and holiday calendars defined (``group:NAME``, ``calendar:NAME``), and those kept
+    #: because the gallery defines them already (without ``replace``).
+    tables_defined: List[str] = field(default_factory=list)
+    tables_kept: List[str] = field(default_factory=list)
 
 
 class Gallery:
@@ -253,11 +259,20 @@ class Gallery:
         qualities: Optional[Sequence[float]] = None,
         external_id: Optional[str] = None,
         consent_at: Optional[str] = None,
+        policy: Optional[IdentityPolicy] = None,
     ) -> List[int]:
-        """Store templates of the active embedder for an identity (created if new), then reindex."""
+        """Store templates of the active embedder for an identity (created if new, with ``policy``), then reindex."""
         with self._lock:
             ids = self.store.add(
-                identity_id, name, self.model_version, embeddings, crops, qualities, external_id, consent_at
+                identity_id,
+                name,
+                self.model_version,
+                embeddings,
+                crops,
+                qualities,
+                external_id,
+                consent_at,
+                policy=policy,
             )
             if self._index is None:
                 self.refresh()
@@ -297,10 +312,32 @@ class Gallery:
         Raises:
             BundleError: the bundle does not open or does not validate (nothing is imported).
         """
-        return self.import_identities(read_bundle(data, passphrase), replace)
+        bundle = open_bundle(data, passphrase)
+        report = self.import_identities(bundle.identities, replace)
+        defined, kept = self._import_tables(bundle, replace)
+        return replace_fields(report, tables_defined=defined, tables_kept=kept)
+
+    def _import_tables(self, bundle: Bundle, replace: bool) -> Tuple[List[str], List[str]]:
+        """Define the bundle's access groups and calendars; existing ones are kept unless ``replace``."""
+        defined: List[str] = []
+        kept: List[str] = []
+        existing = self.store.policy_tables()
+        for name, group in bundle.tables.groups.items():
+            if name in existing.groups and not replace:
+                kept.append(f"group:{name}")
+                continue
+            self.store.put_group(group)
+            defined.append(f"group:{name}")
+        for name, calendar in bundle.tables.calendars.items():
+            if name in existing.calendars and not replace:
+                kept.append(f"calendar:{name}")
+                continue
+            self.store.put_calendar(calendar)
+            defined.append(f"calendar:{name}")
+        return defined, kept
 
     def import_identities(self, identities: Sequence[BundleIdentity], replace: bool = False) -> ImportReport:
-        """Import validated identities (from :func:`.bundle.read_bundle`).
+        """Import validated identities (from :func:`.bundle.read_bundle`), with their access policy.
 
         Raises:
             BundleError: a template's length differs from what the gallery holds for its model
@@ -337,6 +374,7 @@ class Gallery:
                             [t.quality if t.quality is not None else 0.0 for t in templates],
                             identity.external_id,
                             identity.consent_at,
+                            policy=identity.policy,
                         )
                 except IdentityError as err:
                     skipped[identity.id] = str(err)

@@ -17,11 +17,12 @@ commands enroll or remove.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -29,6 +30,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 import cv2
 import numpy as np
 
+from ..access.errors import PolicyError
+from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
 from .text import check_external_id, check_name
@@ -62,6 +65,15 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
         "CREATE INDEX templates_by_identity ON templates(identity_id)",
         "CREATE INDEX templates_by_model ON templates(model_version)",
     ),
+    # The access policy (appliance.access.policy): per identity, and the groups and calendars.
+    2: (
+        "ALTER TABLE identities ADD COLUMN valid_from TEXT",
+        "ALTER TABLE identities ADD COLUMN valid_until TEXT",
+        "ALTER TABLE identities ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE identities ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'",
+        "CREATE TABLE access_groups (name TEXT PRIMARY KEY, schedule TEXT NOT NULL, holidays TEXT NOT NULL)",
+        "CREATE TABLE holiday_calendars (name TEXT PRIMARY KEY, days TEXT NOT NULL)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -87,6 +99,19 @@ class Identity:
     consent_at: str
     created_at: str
     templates: int = 0
+    policy: IdentityPolicy = field(default_factory=IdentityPolicy)
+
+    def document(self) -> Dict[str, object]:
+        """JSON-ready form (``gallery list --json``)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "external_id": self.external_id,
+            "consent_at": self.consent_at,
+            "created_at": self.created_at,
+            "templates": self.templates,
+            "policy": self.policy.document(),
+        }
 
 
 @dataclass(frozen=True)
@@ -314,17 +339,59 @@ class TemplateStore:
 
     # -- identities ----------------------------------------------------------------------------------
 
+    _IDENTITY_COLUMNS = (
+        "i.id, i.name, i.external_id, i.consent_at, i.created_at, "
+        "(SELECT COUNT(*) FROM templates t WHERE t.identity_id = i.id), "
+        "i.valid_from, i.valid_until, i.suspended, i.groups"
+    )
+
     def identities(self) -> List[Identity]:
-        """Every identity with its template count, by id."""
+        """Every identity with its template count and policy, by id."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT i.id, i.name, i.external_id, i.consent_at, i.created_at, COUNT(t.id) "
-                "FROM identities i LEFT JOIN templates t ON t.identity_id = i.id GROUP BY i.id ORDER BY i.id"
+                f"SELECT {self._IDENTITY_COLUMNS} FROM identities i ORDER BY i.id"
             ).fetchall()
-        return [Identity(*row) for row in rows]
+        return [self._identity(row) for row in rows]
 
     def identity(self, identity_id: str) -> Optional[Identity]:
-        return next((i for i in self.identities() if i.id == identity_id), None)
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._IDENTITY_COLUMNS} FROM identities i WHERE i.id=?", (identity_id,)
+            ).fetchone()
+        return None if row is None else self._identity(row)
+
+    def _identity(self, row: Tuple) -> Identity:
+        identity_id, name, external_id, consent_at, created_at, templates = row[:6]
+        return Identity(
+            identity_id,
+            name,
+            external_id,
+            consent_at,
+            created_at,
+            int(templates),
+            self._policy(identity_id, row[6:]),
+        )
+
+    def _policy(self, identity_id: str, columns: Sequence) -> IdentityPolicy:
+        valid_from, valid_until, suspended, groups = columns
+        try:
+            return IdentityPolicy.from_document(
+                {
+                    "valid_from": valid_from,
+                    "valid_until": valid_until,
+                    "suspended": bool(suspended),
+                    "groups": json.loads(groups),
+                },
+                f"the stored policy of {identity_id!r}",
+            )
+        except (PolicyError, ValueError, TypeError) as err:
+            # A damaged row must not grant: the identity is treated as suspended, and `gallery check` says why.
+            logger.error(
+                "identity %r: its stored access policy is unreadable (%s); treated as suspended",
+                identity_id,
+                err,
+            )
+            return IdentityPolicy(suspended=True)
 
     def names(self) -> Dict[str, str]:
         """identity id → name."""
@@ -342,12 +409,14 @@ class TemplateStore:
         external_id: Optional[str] = None,
         consent_at: Optional[str] = None,
         create: bool = True,
+        policy: Optional[IdentityPolicy] = None,
     ) -> List[int]:
         """Add templates to an identity, creating it when ``create`` and it does not exist. One transaction.
 
         Args:
             embeddings: ``(N, D)`` float32 unit vectors.
             crops: ``(N, 112, 112, 3)`` uint8 aligned crops, or ``None``.
+            policy: the new identity's access policy (ignored for an existing one: see :meth:`set_policy`).
 
         Returns:
             The new template ids.
@@ -373,9 +442,10 @@ class TemplateStore:
                 check_name(name)
                 check_external_id(external_id)
                 db.execute(
-                    "INSERT INTO identities VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, ?, ?, ?)",
                     (identity_id, name, external_id, consent_at or now, now),
                 )
+                self._write_policy(db, identity_id, policy or IdentityPolicy())
             elif row[0] != name:
                 raise IdentityError(f"identity {identity_id!r} belongs to another name; choose another id")
             for index, embedding in enumerate(embeddings):
@@ -414,6 +484,78 @@ class TemplateStore:
             self._bump(db)
         self._purge()
         return int(count)
+
+    # -- access policy (appliance.access.policy) ------------------------------------------------------
+
+    @staticmethod
+    def _write_policy(db: sqlite3.Connection, identity_id: str, policy: IdentityPolicy) -> None:
+        document = policy.document()
+        db.execute(
+            "UPDATE identities SET valid_from=?, valid_until=?, suspended=?, groups=? WHERE id=?",
+            (
+                document["valid_from"],
+                document["valid_until"],
+                int(policy.suspended),
+                json.dumps(list(policy.groups)),
+                identity_id,
+            ),
+        )
+
+    def set_policy(self, identity_id: str, policy: IdentityPolicy) -> None:
+        """Replace an identity's access policy (one transaction).
+
+        Raises:
+            IdentityError: no such identity.
+        """
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
+                raise IdentityError(f"no identity {identity_id!r}")
+            self._write_policy(db, identity_id, policy)
+
+    def policy_tables(self) -> PolicyTables:
+        """The defined access groups and holiday calendars (a damaged row is logged and left out)."""
+        groups: Dict[str, AccessGroup] = {}
+        calendars: Dict[str, HolidayCalendar] = {}
+        with self._lock:
+            group_rows = self._db.execute("SELECT name, schedule, holidays FROM access_groups").fetchall()
+            calendar_rows = self._db.execute("SELECT name, days FROM holiday_calendars").fetchall()
+        for name, schedule, holidays in group_rows:
+            try:
+                groups[name] = AccessGroup.from_parts(name, json.loads(schedule), json.loads(holidays))
+            except (PolicyError, ValueError, TypeError) as err:
+                logger.error("access group %r is unreadable (%s): it admits nobody", name, err)
+        for name, days in calendar_rows:
+            try:
+                calendars[name] = HolidayCalendar.from_parts(name, json.loads(days))
+            except (PolicyError, ValueError, TypeError) as err:
+                logger.error("holiday calendar %r is unreadable (%s): it is ignored", name, err)
+        return PolicyTables(groups, calendars)
+
+    def put_group(self, group: AccessGroup) -> None:
+        """Define or replace an access group."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO access_groups VALUES (?, ?, ?)",
+                (group.name, json.dumps(list(group.schedule.texts())), json.dumps(list(group.holidays))),
+            )
+
+    def put_calendar(self, calendar: HolidayCalendar) -> None:
+        """Define or replace a holiday calendar."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO holiday_calendars VALUES (?, ?)",
+                (calendar.name, json.dumps(calendar.document()["days"])),
+            )
+
+    def remove_group(self, name: str) -> bool:
+        """Delete a group's definition (identities keep naming it; it then admits nobody)."""
+        with self._transaction() as db:
+            return bool(db.execute("DELETE FROM access_groups WHERE name=?", (name,)).rowcount)
+
+    def remove_calendar(self, name: str) -> bool:
+        """Delete a holiday calendar (groups naming it are then open on those days)."""
+        with self._transaction() as db:
+            return bool(db.execute("DELETE FROM holiday_calendars WHERE name=?", (name,)).rowcount)
 
     def put_version(
         self,

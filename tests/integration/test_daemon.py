@@ -34,6 +34,7 @@ EVENT_KEYS = {
     "device_id",
     "camera_id",
     "decision",
+    "reason",
     "identity",
     "score",
     "threshold",

@@ -181,7 +181,8 @@ def test_gallery_list_escapes_names_stored_before_the_check(tmp_path: Path) -> N
     hostile = "Mallory\r  alice                    Alice Smith    "
     with sqlite3.connect(str(tmp_path / "state" / "gallery.db")) as db:  # as older firmware could store it
         db.execute(
-            "INSERT INTO identities VALUES ('mallory', ?, ?, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')",
+            "INSERT INTO identities (id, name, external_id, consent_at, created_at) "
+            "VALUES ('mallory', ?, ?, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')",
             (hostile, "\x1b]0;owned\x07\u202e71-B"),
         )
     listed = run_cli("gallery", "list", "--config", str(toml))

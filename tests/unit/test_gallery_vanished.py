@@ -116,13 +116,13 @@ def test_an_older_backup_is_rebuilt_from(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_gallery_list_and_check_refuse_a_vanished_store(tmp_path: Path) -> None:
-    from appliance.cli.gallery_cmd import _open_gallery
+    from appliance.cli.gallery_cmd import open_gallery
 
     state = tmp_path / "state"
     toml = tmp_path / "appliance.toml"
     toml.write_text(f'[storage]\ndir = "{state}"\n')
     config = _config(state)
-    with _open_gallery(config) as gallery:  # the CLI's own embedder version and length
+    with open_gallery(config) as gallery:  # the CLI's own embedder version and length
         version, dim = gallery.model_version, gallery.dim
     _enrol_three(config, version, dim)
     listed = run_cli("gallery", "list", "--config", str(toml))

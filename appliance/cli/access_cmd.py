@@ -1,0 +1,209 @@
+"""``face-appliance access …``: the access groups, their schedules and holiday calendars, and what the
+policy says about one identity at this door (see :mod:`appliance.access.policy`).
+
+Also the policy options that ``enroll`` and ``gallery set`` share (:func:`add_policy_options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from typing import Any, Dict, List
+
+from ..access.judge import GONE, AccessJudge
+from ..access.policy import REASONS, AccessGroup, HolidayCalendar, parse_instant
+from ..gallery.errors import IdentityError
+from ..gallery.text import printable
+from .common import EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
+
+CLEAR = "none"
+
+
+def add_policy_options(parser: argparse.ArgumentParser, changing: bool) -> None:
+    """``--valid-from``, ``--valid-until``, ``--groups`` (and with ``changing``: add/remove, suspend/resume)."""
+    clear = f" ('{CLEAR}' removes it)" if changing else ""
+    parser.add_argument("--valid-from", metavar="TIME", help=f"valid from, ISO 8601 with an offset{clear}")
+    parser.add_argument(
+        "--valid-until", metavar="TIME", help=f"valid until (exclusive), ISO 8601 with an offset{clear}"
+    )
+    parser.add_argument("--groups", metavar="A,B", help="access groups, comma-separated (replaces the list)")
+    if changing:
+        parser.add_argument("--add-group", action="append", default=[], metavar="GROUP")
+        parser.add_argument("--remove-group", action="append", default=[], metavar="GROUP")
+        suspend = parser.add_mutually_exclusive_group()
+        suspend.add_argument("--suspend", action="store_true", help="deny at every door until resumed")
+        suspend.add_argument("--resume", action="store_true", help="lift a suspension")
+
+
+def policy_changes(args: argparse.Namespace) -> Dict[str, object]:
+    """The policy options given on the command line, as :meth:`IdentityPolicy.changed` takes them."""
+    changes: Dict[str, object] = {}
+    for key in ("valid_from", "valid_until"):
+        value = getattr(args, key, None)
+        if value is not None:
+            changes[key] = None if value.lower() == CLEAR else value
+    if getattr(args, "groups", None) is not None:
+        changes["groups"] = [name.strip() for name in args.groups.split(",") if name.strip()]
+    if getattr(args, "add_group", None):
+        changes["add_groups"] = list(args.add_group)
+    if getattr(args, "remove_group", None):
+        changes["remove_groups"] = list(args.remove_group)
+    if getattr(args, "suspend", False):
+        changes["suspended"] = True
+    if getattr(args, "resume", False):
+        changes["suspended"] = False
+    return changes
+
+
+def add_parser(subparsers: Any) -> None:
+    access = subparsers.add_parser(
+        "access",
+        help="access groups, weekly schedules, holiday calendars; check an identity against the policy",
+        description="Groups and holiday calendars are stored in the gallery (carried in bundles, changed by "
+        "MQTT commands too); which groups this door admits and its time zone are in the configuration "
+        "([access]). Schedule windows: 'DAYS HH:MM-HH:MM' in local time, e.g. 'mon-fri 08:00-18:00', "
+        "'sat 22:00-06:00' (crosses midnight), 'daily 00:00-24:00'.",
+    )
+    actions = access.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    show = actions.add_parser("show", help="this door's groups, every group and calendar")
+    show.add_argument("--json", action="store_true")
+    add_config_option(show)
+    show.set_defaults(handler=_show)
+
+    group = actions.add_parser("group", help="define or remove an access group")
+    group_actions = group.add_subparsers(dest="group_action", metavar="ACTION")
+    group_actions.required = True
+    group_set = group_actions.add_parser("set", help="define (or replace) a group")
+    group_set.add_argument("name", metavar="NAME")
+    group_set.add_argument(
+        "--schedule", action="append", default=[], metavar="WINDOW", help="a window; repeat for more"
+    )
+    group_set.add_argument(
+        "--holidays", default="", metavar="CAL,CAL", help="holiday calendars it is closed on"
+    )
+    add_config_option(group_set)
+    group_set.set_defaults(handler=_group_set)
+    group_remove = group_actions.add_parser("remove", help="delete a group's definition")
+    group_remove.add_argument("name", metavar="NAME")
+    add_config_option(group_remove)
+    group_remove.set_defaults(handler=_group_remove)
+
+    calendar = actions.add_parser("calendar", help="define or remove a holiday calendar")
+    calendar_actions = calendar.add_subparsers(dest="calendar_action", metavar="ACTION")
+    calendar_actions.required = True
+    calendar_set = calendar_actions.add_parser("set", help="define (or replace) a calendar: its days")
+    calendar_set.add_argument("name", metavar="NAME")
+    calendar_set.add_argument("days", nargs="*", metavar="YYYY-MM-DD")
+    add_config_option(calendar_set)
+    calendar_set.set_defaults(handler=_calendar_set)
+    calendar_remove = calendar_actions.add_parser("remove", help="delete a calendar")
+    calendar_remove.add_argument("name", metavar="NAME")
+    add_config_option(calendar_remove)
+    calendar_remove.set_defaults(handler=_calendar_remove)
+
+    check = actions.add_parser("check", help="would this identity pass this door now (or at --at)?")
+    check.add_argument("identity_id", metavar="ID")
+    check.add_argument("--at", metavar="TIME", help="ISO 8601 time with an offset (default: now)")
+    check.add_argument("--json", action="store_true")
+    add_config_option(check)
+    check.set_defaults(handler=_check)
+
+
+def _gallery(args: argparse.Namespace) -> Any:
+    from .gallery_cmd import open_gallery
+
+    config = load_cli_config(args)
+    return config, open_gallery(config)
+
+
+def _show(args: argparse.Namespace) -> int:
+    config, gallery = _gallery(args)
+    with gallery:
+        tables = gallery.store.policy_tables()
+    document = {
+        "door": {"groups": list(config.access.groups), "time_zone": config.access.time_zone},
+        "groups": [group.document() for group in sorted(tables.groups.values(), key=lambda g: g.name)],
+        "calendars": [c.document() for c in sorted(tables.calendars.values(), key=lambda c: c.name)],
+    }
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    door_groups = ", ".join(config.access.groups) or "(not checked: every valid identity)"
+    print(f"this door admits: {door_groups}; time zone {config.access.time_zone}")
+    for group in document["groups"]:
+        holidays = f"; closed on {', '.join(group['holidays'])}" if group["holidays"] else ""
+        print(
+            f"  group {group['name']}: {'; '.join(group['schedule']) or 'no window (admits nobody)'}{holidays}"
+        )
+    for calendar in document["calendars"]:
+        print(
+            f"  calendar {calendar['name']}: {len(calendar['days'])} day(s) {' '.join(calendar['days'][:6])}"
+        )
+    return EXIT_OK
+
+
+def _split(text: str) -> List[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _group_set(args: argparse.Namespace) -> int:
+    group = AccessGroup.from_parts(args.name, args.schedule, _split(args.holidays))
+    _config, gallery = _gallery(args)
+    with gallery:
+        gallery.store.put_group(group)
+    windows = "; ".join(group.schedule.texts()) or "no window: admits nobody"
+    print(f"group {group.name}: {windows}")
+    return EXIT_OK
+
+
+def _group_remove(args: argparse.Namespace) -> int:
+    _config, gallery = _gallery(args)
+    with gallery:
+        removed = gallery.store.remove_group(args.name)
+    print(f"group {printable(args.name)} {'removed' if removed else 'was not defined'}")
+    return EXIT_OK if removed else EXIT_FAILURE
+
+
+def _calendar_set(args: argparse.Namespace) -> int:
+    calendar = HolidayCalendar.from_parts(args.name, args.days)
+    _config, gallery = _gallery(args)
+    with gallery:
+        gallery.store.put_calendar(calendar)
+    print(f"calendar {calendar.name}: {len(calendar.days)} day(s)")
+    return EXIT_OK
+
+
+def _calendar_remove(args: argparse.Namespace) -> int:
+    _config, gallery = _gallery(args)
+    with gallery:
+        removed = gallery.store.remove_calendar(args.name)
+    print(f"calendar {printable(args.name)} {'removed' if removed else 'was not defined'}")
+    return EXIT_OK if removed else EXIT_FAILURE
+
+
+def _check(args: argparse.Namespace) -> int:
+    at = parse_instant(args.at, "--at") if args.at else datetime.now(timezone.utc)
+    config, gallery = _gallery(args)
+    with gallery:
+        judge = AccessJudge.for_door(config.access, gallery.store)
+        reason = judge.judge(args.identity_id, at)
+    if reason == GONE:
+        raise IdentityError(f"no identity {args.identity_id!r} in the gallery")
+    document = {
+        "id": args.identity_id,
+        "at": at.isoformat(),
+        "decision": "denied" if reason else "granted",
+        "reason": reason,
+    }
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(
+            f"{printable(args.identity_id)} at {at.isoformat()}: {document['decision']}{f' ({reason})' if reason else ''}"
+        )
+    return EXIT_OK if reason is None else EXIT_FAILURE
+
+
+__all__ = ["REASONS", "add_parser", "add_policy_options", "policy_changes"]
