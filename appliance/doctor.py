@@ -330,6 +330,103 @@ def check_updates(config: ApplianceConfig) -> List[Check]:
     return checks
 
 
+def check_access(config: ApplianceConfig) -> List[Check]:
+    """The access policy as this door will apply it: its groups defined and open some time, nobody
+    left out by accident (read from the gallery; nothing is created when there is none yet)."""
+    from .access.errors import PolicyError
+    from .gallery.errors import GalleryError
+    from .gallery.gallery import STORE_FILE
+    from .gallery.store import TemplateStore
+
+    access = config.access
+    path = config.storage.dir / STORE_FILE
+    if not path.is_file():
+        return [Check(OK, "access policy", f"no gallery at {path} yet")]
+    try:
+        with TemplateStore.open(path, config.gallery_key_file) as store:
+            tables = store.policy_tables()
+            identities = store.identities()
+    except (GalleryError, PolicyError, OSError) as err:
+        return [
+            Check(FAIL, "access policy", f"cannot read the gallery: {err}", "face-appliance gallery check")
+        ]
+    checks: List[Check] = []
+    suspended = sum(identity.policy.suspended for identity in identities)
+    if not access.groups:
+        checks.append(
+            Check(
+                OK,
+                "access policy",
+                f"groups not checked at this door; {len(identities)} identities, {suspended} suspended",
+            )
+        )
+    for name in access.groups:
+        group = tables.groups.get(name)
+        if group is None:
+            checks.append(
+                Check(
+                    FAIL,
+                    f"access group {name}",
+                    "admitted by this door (access.groups) but not defined: it admits nobody",
+                    f"face-appliance access group set {name} --schedule 'mon-fri 08:00-18:00'",
+                )
+            )
+        elif not group.schedule.windows:
+            checks.append(Check(WARN, f"access group {name}", "has no schedule window: it admits nobody"))
+        else:
+            members = sum(name in identity.policy.groups for identity in identities)
+            checks.append(
+                Check(OK, f"access group {name}", f"{'; '.join(group.schedule.texts())}; {members} member(s)")
+            )
+        for calendar in group.holidays if group is not None else ():
+            if calendar not in tables.calendars:
+                checks.append(
+                    Check(
+                        WARN,
+                        f"access group {name}",
+                        f"names holiday calendar {calendar!r}, which is not defined",
+                    )
+                )
+    if access.groups:
+        admitted = [
+            i for i in identities if set(i.policy.groups) & set(access.groups) and not i.policy.suspended
+        ]
+        if identities and not admitted:
+            checks.append(
+                Check(
+                    WARN,
+                    "access policy",
+                    f"this door admits {', '.join(access.groups)}, and none of the "
+                    f"{len(identities)} identities is in one of them (not suspended): it admits nobody",
+                    "face-appliance gallery set ID --add-group GROUP",
+                )
+            )
+        unknown = sorted({g for i in identities for g in i.policy.groups} - set(tables.groups))
+        if unknown:
+            checks.append(
+                Check(WARN, "access policy", f"identities name undefined groups: {', '.join(unknown[:10])}")
+            )
+    return checks
+
+
+def check_door(config: ApplianceConfig) -> List[Check]:
+    """The door's GPIO lines and the OSDP port, when enabled."""
+    checks: List[Check] = []
+    if config.door.enabled:
+        from .door.doctor import doctor_checks as door_checks
+
+        checks.extend(Check(*found) for found in door_checks(config.door))
+    else:
+        checks.append(Check(OK, "door I/O", "disabled (door.enabled = false)"))
+    if config.osdp.enabled:
+        from .osdp.doctor import doctor_checks as osdp_checks
+
+        checks.extend(Check(*found) for found in osdp_checks(config.osdp))
+    else:
+        checks.append(Check(OK, "OSDP", "disabled (osdp.enabled = false)"))
+    return checks
+
+
 def run_checks(
     config: ApplianceConfig, smoke: bool = True, parity_images: Sequence[Path] = ()
 ) -> List[Check]:
@@ -342,6 +439,8 @@ def run_checks(
         check_models,
         check_storage,
         check_updates,
+        check_access,
+        check_door,
     ]
     if smoke:
         groups.extend([check_prepared, check_smoke, lambda cfg: check_tensorrt_parity(cfg, parity_images)])

@@ -11,7 +11,16 @@ from typing import Any, Dict, List
 from appliance.access.policy import IdentityPolicy, parse_instant
 from appliance.gallery.store import TemplateStore
 from tests.mqtt_broker import MosquittoBroker, Recorder
-from tests.support import Daemon, daemon_config, event_documents, passage_video, run_cli, unique_events
+from tests.support import (
+    Daemon,
+    command,
+    daemon_config,
+    event_documents,
+    passage_video,
+    run_cli,
+    unique_events,
+    wait_online,
+)
 
 
 def _config(tmp_path: Path, models: Path, access: str = "") -> Path:
@@ -137,3 +146,73 @@ def test_the_daemon_reports_why_a_recognised_person_is_denied(
     )
     assert events[0]["identity"] == {"id": "obama", "name": "Barack Obama"}  # recognised, outside policy
     assert events[1]["identity"] is None
+
+
+def test_the_policy_is_managed_over_mqtt_on_a_running_daemon(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    config = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        passage_video(tmp_path, shared_data),
+        at_end="loop",
+        access='groups = ["staff"]\ntime_zone = "Europe/Berlin"',
+    )
+    daemon = Daemon(config)
+    try:
+        wait_online(recorder, daemon)
+        answer = command(
+            recorder,
+            "set_group",
+            {"request_id": "g1", "name": "staff", "schedule": ["daily 00:00-24:00"], "holidays": ["public"]},
+        )
+        assert answer["ok"] and answer["result"]["schedule"] == ["daily 00:00-24:00"], answer
+        answer = command(
+            recorder, "set_calendar", {"request_id": "c1", "name": "public", "days": ["2026-12-25"]}
+        )
+        assert answer["ok"] and answer["result"]["days"] == 1, answer
+        answer = command(
+            recorder,
+            "set_policy",
+            {
+                "request_id": "p1",
+                "id": "obama",
+                "add_groups": ["staff"],
+                "valid_until": "2099-01-01T00:00:00+01:00",
+            },
+        )
+        assert answer["result"]["policy"] == {
+            "valid_from": None,
+            "valid_until": "2098-12-31T23:00:00Z",
+            "suspended": False,
+            "groups": ["staff"],
+        }, answer
+        answer = command(recorder, "access", {"request_id": "a1"})
+        assert answer["result"]["door"] == {"groups": ["staff"], "time_zone": "Europe/Berlin"}
+        assert [g["name"] for g in answer["result"]["groups"]] == ["staff"]
+        # refused, each with its request id, and nothing changed
+        refused = command(recorder, "set_policy", {"request_id": "p2", "id": "nobody", "suspended": True})
+        assert refused["error"]["code"] == "refused" and "no identity" in refused["error"]["message"]
+        refused = command(
+            recorder, "set_policy", {"request_id": "p3", "id": "obama", "valid_from": "2100-01-01T00:00:00Z"}
+        )
+        assert refused["error"]["code"] == "invalid" and "not after" in refused["error"]["message"], refused
+        refused = command(recorder, "remove_group", {"request_id": "r1", "name": "night"})
+        assert refused["error"]["code"] == "refused"
+        # the next passages of the enrolled person are granted through the staff group
+        recorder.wait_for(
+            lambda messages: any(e["decision"] == "granted" for e in event_documents(messages)), 90, "a grant"
+        )
+    finally:
+        daemon.stop()
+        daemon.close()
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:  # survives the restart
+        assert store.identity("obama").policy.groups == ("staff",)
+        assert set(store.policy_tables().calendars) == {"public"}

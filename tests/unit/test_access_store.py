@@ -185,3 +185,28 @@ def test_policy_commands_validate_before_anything_is_done() -> None:
         assert raised.value.code == "invalid" and raised.value.request_id == "r"
     with pytest.raises(PolicyError):
         AccessGroup.from_parts("x", ["mon 25:00-26:00"], [])
+
+
+def test_a_model_swap_rewrites_templates_and_keeps_the_policy(store: TemplateStore) -> None:
+    store.add("vera", "Vera", VERSION, _vector(), policy=VISITOR)
+    store.put_version("other@2.0", [("vera", _vector(5), None, 0.9)])
+    store.drop_versions(keep="other@2.0")
+    assert store.model_versions() == {"other@2.0": 1} and store.identity("vera").policy == VISITOR
+
+
+def test_doctor_says_when_the_door_admits_nobody(tmp_path: Path) -> None:
+    from appliance.config_load import validate_config
+    from appliance.doctor import FAIL, OK, WARN, check_access
+
+    config = validate_config({"storage": {"dir": str(tmp_path)}, "access": {"groups": ["staff", "night"]}})
+    assert [c.status for c in check_access(config)] == [OK]  # no gallery yet: nothing is created
+    assert not (tmp_path / "gallery.db").exists()
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add("ada", "Ada", VERSION, _vector(), policy=IdentityPolicy(groups=("cleaners",)))
+        store.put_group(AccessGroup.from_parts("staff", ["mon-fri 08:00-18:00"], ["xmas"]))
+    checks = check_access(config)
+    found = {(c.status, c.subject, c.detail.split(":")[0]) for c in checks}
+    assert (FAIL, "access group night", "admitted by this door (access.groups) but not defined") in found
+    assert (WARN, "access group staff", "names holiday calendar 'xmas', which is not defined") in found
+    assert any(c.status == WARN and "none of the 1 identities" in c.detail for c in checks)
+    assert any(c.status == WARN and "undefined groups: cleaners" in c.detail for c in checks)
