@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from .access.errors import PolicyError
+from .access.judge import AccessJudge
 from .commands import (
     AccessCommand,
     CommandError,
@@ -219,7 +220,8 @@ class CommandService:
         }
 
     def reload(self) -> Dict[str, Any]:
-        """Re-read thresholds from the configuration file and the gallery from disk (SIGHUP, ``reload``).
+        """Re-read thresholds and ``[access]`` from the configuration file and the gallery from disk
+        (SIGHUP, ``reload``).
 
         Runs on the pipeline thread, like every other change to the live models or the gallery.
         """
@@ -231,6 +233,9 @@ class CommandService:
                 self.config.match.threshold = fresh.match.threshold
                 self.config.decision = fresh.decision
                 self.config.liveness.threshold = fresh.liveness.threshold
+                self.config.access = fresh.access
+                if gallery is not None:  # this door's groups and time zone, from the next passage on
+                    self.pipeline.judge = AccessJudge.for_door(fresh.access, gallery.store)
             self.pipeline.set_threshold(self.config.match.threshold)
             liveness = self.runtime.analyzer.liveness
             if liveness is not None:

@@ -210,6 +210,11 @@ def test_the_policy_is_managed_over_mqtt_on_a_running_daemon(
         recorder.wait_for(
             lambda messages: any(e["decision"] == "granted" for e in event_documents(messages)), 90, "a grant"
         )
+        # the door's groups and time zone are re-read on reload, like the thresholds
+        config.write_text(config.read_text().replace('groups = ["staff"]', 'groups = ["night"]'))
+        assert command(recorder, "reload", {"request_id": "l1"})["ok"]
+        answer = command(recorder, "access", {"request_id": "a2"})
+        assert answer["result"]["door"]["groups"] == ["night"], answer
     finally:
         daemon.stop()
         daemon.close()
