@@ -162,14 +162,18 @@ def _temporary_files(folder: Path) -> List[str]:
     return sorted(_generic(str(path.relative_to(folder))) for path in found)
 
 
+def _reopen(opener: Callable[[Path], Any], folder: Path, errors: Any, what: str) -> Any:
+    """``opener(folder)``, its documented error class (``errors``) becoming :class:`InconsistentError`."""
+    try:
+        return opener(folder)
+    except errors as err:
+        raise InconsistentError(f"the {what} does not open: {err}") from None
+
+
 def _observe_gallery(folder: Path) -> Dict[str, Any]:
     from appliance.gallery.errors import GalleryError
 
-    try:
-        gallery = _gallery(folder)
-    except GalleryError as err:
-        raise InconsistentError(f"the gallery does not open: {err}") from None
-    with gallery:
+    with _reopen(_gallery, folder, GalleryError, "gallery") as gallery:
         problems = gallery.store.check()
         if problems:
             raise InconsistentError(f"the gallery's own check: {problems}")
@@ -236,11 +240,7 @@ def _outbox_with(count: int) -> Callable[[Path], None]:
 def _observe_outbox(folder: Path) -> Dict[str, Any]:
     from appliance.outbox import OutboxError
 
-    try:
-        outbox = _outbox(folder)
-    except OutboxError as err:
-        raise InconsistentError(f"the outbox does not open: {err}") from None
-    with outbox:
+    with _reopen(_outbox, folder, OutboxError, "outbox") as outbox:
         quarantined = sorted(path.name for path in folder.glob(f"{OUTBOX_FILE}.corrupt-*"))
         if quarantined:
             raise InconsistentError(f"the outbox was found corrupt and moved aside: {quarantined}")

@@ -252,51 +252,36 @@ int mkdirat(int dir, const char *path, mode_t mode) {
 }
 
 #define CREATES(flags) ((flags) & (O_CREAT | O_TRUNC))
+/* The optional third argument of open(): the mode, present with O_CREAT or O_TMPFILE. */
+#define TAKE_MODE(flags)                        \
+    mode_t mode = 0;                            \
+    if ((flags) & (O_CREAT | O_TMPFILE)) {      \
+        va_list args;                           \
+        va_start(args, flags);                  \
+        mode = va_arg(args, mode_t);            \
+        va_end(args);                           \
+    }
 
 int open(const char *path, int flags, ...) {
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    TAKE_MODE(flags)
     if (CREATES(flags)) point("open", -1, path);
     return REAL(open)(path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...) {
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    TAKE_MODE(flags)
     if (CREATES(flags)) point("open", -1, path);
     return REAL(open64)(path, flags, mode);
 }
 
 int openat(int dir, const char *path, int flags, ...) {
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    TAKE_MODE(flags)
     if (CREATES(flags)) point("openat", -1, path);
     return REAL(openat)(dir, path, flags, mode);
 }
 
 int openat64(int dir, const char *path, int flags, ...) {
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    TAKE_MODE(flags)
     if (CREATES(flags)) point("openat", -1, path);
     return REAL(openat64)(dir, path, flags, mode);
 }

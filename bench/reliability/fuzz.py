@@ -360,7 +360,7 @@ def _command_seeds(context: Dict[str, Any]) -> List[bytes]:
     ]
 
 
-def _commands_parse(context: Dict[str, Any], rng: random.Random) -> int:
+def _parse(context: Dict[str, Any], rng: random.Random) -> int:
     names = context["names"]
     kind = rng.randrange(10)
     if kind == 0:
@@ -406,18 +406,6 @@ def _images_setup(folder: Path) -> Dict[str, Any]:
     return {"img": img, "small": small, "photos": photos}
 
 
-_MAGIC = [
-    b"\x89PNG\r\n\x1a\n",
-    b"\xff\xd8\xff",
-    b"RIFF\x00\x00\x00\x00WEBP",
-    b"BM",
-    b"II*\x00",
-    b"P6",
-    b"GIF89a",
-]
-_SIDES = [0, 1, 2, 65535, 65536, 100_000, 2**31 - 1]
-
-
 def _image_mutation(context: Dict[str, Any], data: bytes, rng: random.Random) -> bytes:
     action = rng.randrange(6)
     if action == 0:
@@ -428,10 +416,10 @@ def _image_mutation(context: Dict[str, Any], data: bytes, rng: random.Random) ->
         position = rng.randint(0, min(len(data), 4096))
         return data[:position] + rng.randbytes(rng.randint(1, 64)) + data[position:]
     if action == 3:
-        side = lambda: rng.choice(_SIDES) if rng.random() < 0.5 else rng.randrange(2**32)  # noqa: E731
+        side = lambda: rng.choice(context["img"].ODD_SIDES) if rng.random() < 0.5 else rng.randrange(2**32)  # noqa: E731
         return context["img"]._patch_dimensions(data, side(), side())
     if action == 4:
-        return rng.choice(_MAGIC) + rng.randbytes(rng.randint(0, 200))
+        return rng.choice(context["img"].MAGIC_NUMBERS) + rng.randbytes(rng.randint(0, 200))
     return rng.randbytes(rng.randint(0, 300))
 
 
@@ -788,53 +776,40 @@ def _uds_unlocked(context: Dict[str, Any], rng: random.Random) -> int:
     return steps + 3
 
 
+def _config_seeds(context: Dict[str, Any]) -> List[bytes]:
+    return [context["original"]]
+
+
+def _image_seeds(context: Dict[str, Any]) -> List[bytes]:
+    return list(context["small"])
+
+
+def _bundle_seeds(context: Dict[str, Any]) -> List[bytes]:
+    return [context["payload"]]
+
+
+def _manifest_seeds(context: Dict[str, Any]) -> List[bytes]:
+    return [context["manifest"]]
+
+
 # -- the lanes, by target --------------------------------------------------------------------------------------
 
 LANES: List[Lane] = [
     Lane("config: mutated tables", "config", 0.45, _config_setup, _config_tables),
-    Lane(
-        "config: mutated file bytes", "config", 0.45, _config_setup, _config_bytes, lambda c: [c["original"]]
-    ),
+    Lane("config: mutated file bytes", "config", 0.45, _config_setup, _config_bytes, _config_seeds),
     Lane("config: arbitrary text", "config", 0.10, _config_setup, _config_text),
     Lane(
-        "commands: parse (bytes, JSON, near-valid)",
-        "commands",
-        0.9,
-        _commands_setup,
-        _commands_parse,
-        _command_seeds,
+        "commands: parse (bytes, JSON, near-valid)", "commands", 0.9, _commands_setup, _parse, _command_seeds
     ),
     Lane("commands: live-burst generator", "commands", 0.1, _commands_setup, _commands_burst, per_run=16),
-    Lane(
-        "images: small seeds (7 formats)", "images", 0.99, _images_setup, _images_small, lambda c: c["small"]
-    ),
+    Lane("images: small seeds (7 formats)", "images", 0.99, _images_setup, _images_small, _image_seeds),
     Lane("images: real photos", "images", 0.01, _images_setup, _images_photos),
-    Lane(
-        "bundle: parse mutated content",
-        "bundle",
-        0.988,
-        _bundle_setup,
-        _bundle_parse,
-        lambda c: [c["payload"]],
-    ),
+    Lane("bundle: parse mutated content", "bundle", 0.988, _bundle_setup, _bundle_parse, _bundle_seeds),
     Lane("bundle: sealed bytes (read_bundle)", "bundle", 0.01, _bundle_setup, _bundle_sealed_bytes),
     Lane("bundle: import mutated (sealed) into a gallery", "bundle", 0.002, _bundle_setup, _bundle_import),
-    Lane(
-        "packages: manifest parser",
-        "packages",
-        0.82,
-        _packages_setup,
-        _packages_manifest,
-        lambda c: [c["manifest"]],
-    ),
+    Lane("packages: manifest parser", "packages", 0.82, _packages_setup, _packages_manifest, _manifest_seeds),
     Lane("packages: mutated package bytes (verify)", "packages", 0.15, _packages_setup, _packages_bytes),
-    Lane(
-        "packages: re-signed mutated manifests (verify)",
-        "packages",
-        0.03,
-        _packages_setup,
-        _packages_resigned,
-    ),
+    Lane("packages: re-signed manifests (verify)", "packages", 0.03, _packages_setup, _packages_resigned),
     Lane("uds: arbitrary requests, locked", "uds", 0.5, _uds_setup, _uds_locked, per_run=15.5),
     Lane("uds: download services, unlocked", "uds", 0.5, _uds_setup, _uds_unlocked, per_run=18.5),
 ]

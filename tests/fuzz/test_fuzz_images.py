@@ -32,6 +32,20 @@ SHARED_PHOTOS = (
 )
 
 
+#: Magic numbers of image formats, accepted and not (GIF), put before garbage.
+MAGIC_NUMBERS = [
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"RIFF\x00\x00\x00\x00WEBP",
+    b"BM",
+    b"II*\x00",
+    b"P6",
+    b"GIF89a",
+]
+#: Widths and heights written into headers: zero, tiny, at and past 16-bit limits, huge.
+ODD_SIDES = [0, 1, 2, 65535, 65536, 100_000, 2**31 - 1]
+
+
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return (
         struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
@@ -106,23 +120,10 @@ def _mutated(draw: st.DrawFn, seeds: List[bytes]) -> bytes:
         position = draw(st.integers(min_value=0, max_value=min(len(data), 4096)))
         return data[:position] + draw(st.binary(min_size=1, max_size=64)) + data[position:]
     if action == "dimensions":
-        side = st.sampled_from([0, 1, 2, 65535, 65536, 100_000, 2**31 - 1]) | st.integers(0, 2**32 - 1)
+        side = st.sampled_from(ODD_SIDES) | st.integers(0, 2**32 - 1)
         return _patch_dimensions(data, draw(side), draw(side))
     if action == "magic":
-        magic = draw(
-            st.sampled_from(
-                [
-                    b"\x89PNG\r\n\x1a\n",
-                    b"\xff\xd8\xff",
-                    b"RIFF\x00\x00\x00\x00WEBP",
-                    b"BM",
-                    b"II*\x00",
-                    b"P6",
-                    b"GIF89a",
-                ]
-            )
-        )
-        return magic + draw(st.binary(max_size=200))
+        return draw(st.sampled_from(MAGIC_NUMBERS)) + draw(st.binary(max_size=200))
     return draw(st.binary(max_size=300))
 
 
