@@ -58,6 +58,15 @@ setup(
             "onnxconverter-common>=1.15",
         ],
         "plot": ["matplotlib>=3.3"],
+        # The door's own I/O (appliance/door, [door] in the config): libgpiod v2's bindings, whose first
+        # aarch64 wheels are gpiod 2.2 and whose releases need Python >= 3.9. On Python 3.8 (JetPack 5)
+        # `pip install gpiod` would pick the unrelated pure-Python gpiod 1.5, so gpiod is not named there:
+        # a JetPack 5 board takes apt's python3-libgpiod (door.backend = "gpiod1", a venv made with
+        # --system-site-packages) or NVIDIA's Jetson.GPIO (pure Python; door.backend = "jetson-gpio").
+        "door": [
+            "gpiod>=2.2; python_version >= '3.9'",
+            "Jetson.GPIO>=2.1; python_version < '3.9' and platform_machine == 'aarch64'",
+        ],
         # The peer library of bench/vision.py, face_recognition (dlib), less face_recognition itself:
         # it depends on `dlib`, which pip would compile from source, so it is installed apart with
         # `pip install --no-deps face_recognition`; dlib-bin is the same library prebuilt.
