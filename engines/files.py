@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
+import logging
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import BinaryIO, Iterator, Tuple, Union
+from typing import BinaryIO, Iterator, List, Tuple, Union
 
 from .errors import FileReadError
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -148,6 +153,42 @@ def commit_file(temporary: PathLike, final: PathLike) -> None:
     fsync_dir(Path(final).parent)
 
 
+#: A writer's temporary file (``.NAME.*.tmp``) unchanged this long was left by a writer that died (a
+#: live writer's file changes as it writes): the next write of ``NAME`` removes it.
+STALE_TEMPORARY_S = 300.0
+
+
+def remove_stale_temporaries(final: PathLike, now: float = 0.0) -> List[Path]:
+    """Remove the temporary files that writers of ``final`` killed mid-write left beside it.
+
+    A kill between creating the temporary file and renaming it leaves a full or partial copy of
+    what was being written (for the gallery index: embeddings in plain text) that nothing would
+    ever delete. Only regular files unchanged for :data:`STALE_TEMPORARY_S` are removed.
+
+    Returns:
+        The files removed.
+    """
+    target = Path(final)
+    now = now or time.time()
+    removed: List[Path] = []
+    for name in glob.glob(
+        os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}.*.tmp")
+    ):
+        path = Path(name)
+        try:
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_TEMPORARY_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        logger.info(
+            "removed %d temporary file(s) an interrupted write of %s left behind", len(removed), target
+        )
+    return removed
+
+
 def write_new_file(path: PathLike, data: bytes, mode: int) -> None:
     """Create ``path`` holding ``data``, whole or not at all; never replace an existing file.
 
@@ -162,6 +203,7 @@ def write_new_file(path: PathLike, data: bytes, mode: int) -> None:
         OSError: it cannot be written.
     """
     final = Path(path)
+    remove_stale_temporaries(final)
     fd, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
@@ -182,9 +224,12 @@ def atomic_writer(final: PathLike, mode: int = 0o644) -> Iterator[BinaryIO]:
 
     Yields a binary stream on a temporary file in the same directory; on a clean exit the file is
     fsynced and renamed over ``final``; on an exception it is removed and ``final`` is untouched.
+    Temporary files of earlier writers that were killed are removed first
+    (:func:`remove_stale_temporaries`).
     """
     final_path = Path(final)
     final_path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final_path)
     fd, temporary = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
