@@ -13,6 +13,10 @@
           +-- MqttLinkError   the broker connection's settings (appliance.mqtt_link)
           +-- CommandError    a remote command that is refused (appliance.commands)
           +-- UpdateError     model packages, CAN transfers, the model swap (appliance.updates.errors)
+          +-- PolicyError     the access policy: dates, schedules, groups (appliance.access.errors)
+          +-- DoorError       the door's GPIO lines (appliance.door.errors)
+          +-- OsdpError       the OSDP reader and its serial port (appliance.osdp.errors)
+          +-- FleetError      fleet records, keys and the authority (appliance.fleet.errors)
 
 """
 

@@ -196,8 +196,10 @@ if ((SYSTEM_ACTIONS)); then
         run useradd --system --gid "$SERVICE_USER" --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin --comment "Face access appliance" "$SERVICE_USER"
     fi
-    # video: cameras and the L4T GPU nodes; render: DRM render nodes (JetPack 6), where it exists.
-    for group in video render; do
+    # video: cameras and the L4T GPU nodes; render: DRM render nodes (JetPack 6); gpio: /dev/gpiochip*
+    # (the udev rule of Jetson.GPIO, 99-gpio.rules, makes it); dialout: serial ports (the OSDP bus) —
+    # each where it exists.
+    for group in video render gpio dialout; do
         if ! getent group "$group" >/dev/null; then
             [[ "$group" == "video" ]] && echo "warning: no group 'video' on this system; camera and GPU access may fail" >&2
             continue
@@ -210,7 +212,7 @@ if ((SYSTEM_ACTIONS)); then
         fi
     done
 else
-    say "skip" "user/group $SERVICE_USER and groups video/render (--root: create them on the target)"
+    say "skip" "user/group $SERVICE_USER and groups video/render/gpio/dialout (--root: create them on the target)"
 fi
 
 # --- 2. configuration --------------------------------------------------------------------------
