@@ -33,6 +33,7 @@ from typing_extensions import Annotated, Literal
 from .access.settings import AccessConfig
 from .config_types import ConfigPath, StrictModel
 from .door.settings import DoorConfig
+from .fleet.door_settings import FleetConfig
 from .osdp.settings import OsdpConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
@@ -739,6 +740,7 @@ class ApplianceConfig(StrictModel):
     access: AccessConfig = Field(default_factory=AccessConfig)
     door: DoorConfig = Field(default_factory=DoorConfig)
     osdp: OsdpConfig = Field(default_factory=OsdpConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig)

@@ -136,6 +136,7 @@ class Appliance:
         self.swap: Optional[SwapManager] = None
         self.uds: Optional[Any] = None
         self.door: Optional[PeripheralHub] = None
+        self.fleet: Optional[Any] = None  # appliance.fleet.member.FleetMember with [fleet] enabled
         self.reporter = StateReporter(self)
         self._state_published = 0.0
         self._stopped = False
@@ -254,6 +255,7 @@ class Appliance:
             self.notifier.ready,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
+        self.fleet = self._fleet_member(self.link)
         self._start_updates()
         self.link.publish_state(self.state())
         self.link.publish_model(self.model_document())
@@ -268,6 +270,8 @@ class Appliance:
         )
         self.camera.start()
         self.worker.go(self.pipeline, self.camera, self.commands, self.recorder, self.swap)
+        if self.fleet is not None:
+            self.fleet.start()  # reads what the gallery holds through the pipeline thread, which runs now
         if self.engines is not None:
             self.engines.start(self._adopt_engine)
         logger.info(
@@ -292,6 +296,8 @@ class Appliance:
             self.swap.cancel()
         if self.uds is not None:
             self.uds.close()
+        if self.fleet is not None:  # its batches wait on the pipeline thread: stopped first
+            self.fleet.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         if self.camera is not None:
             self.camera.stop(timeout=deadline.remaining(OFFLINE_RESERVE_S))
         pipeline_ended = True
@@ -452,6 +458,30 @@ class Appliance:
                 self.stop_event,
             )
         )
+
+    def _fleet_member(self, link: MqttLink) -> Optional[Any]:
+        """With ``[fleet]`` enabled: the member that applies the site's records, subscribed on ``link``.
+        Keys that cannot be read leave the door running on what it holds, degraded and saying why."""
+        if not self.config.fleet.enabled:
+            return None
+        from .fleet.errors import FleetError
+        from .fleet.member import FleetMember
+
+        try:
+            member = FleetMember(
+                self.config.fleet, self.config.device.id, self._runtime(), link.publish_retained
+            )
+        except (FleetError, OSError) as err:
+            logger.error("fleet: cannot take part (%s); running on the identities held here", err)
+            self.degraded.append(f"fleet: {err}")
+            return None
+        for topic_filter, handler in member.subscriptions():
+            link.subscribe(topic_filter, handler)
+        return member
+
+    def _runtime(self) -> ModelRuntime:
+        assert self.runtime is not None
+        return self.runtime
 
     def _start_updates(self) -> None:
         """The swap manager, and the UDS server on the CAN bus when ``updates.enabled``."""

@@ -427,6 +427,36 @@ def check_door(config: ApplianceConfig) -> List[Check]:
     return checks
 
 
+def check_fleet(config: ApplianceConfig) -> List[Check]:
+    """``[fleet]``: the site's fleet key and the trusted authority keys (the records themselves are
+    checked by the daemon, each with its reason in ``…/state``)."""
+    fleet = config.fleet
+    if not fleet.enabled:
+        return [Check(OK, "fleet", "disabled (fleet.enabled = false)")]
+    from .fleet.errors import FleetError
+    from .fleet.records import read_fleet_key
+    from .updates.keys import load_trusted_keys
+
+    checks: List[Check] = []
+    assert fleet.fleet_key_file is not None and fleet.trusted_keys_dir is not None
+    try:
+        read_fleet_key(fleet.fleet_key_file)
+        checks.append(Check(OK, "fleet key", f"{fleet.fleet_key_file} readable, 32 bytes"))
+    except (FleetError, OSError) as err:
+        checks.append(
+            Check(FAIL, "fleet key", str(err), "copy the site's fleet key (face-appliance fleet init) there")
+        )
+    try:
+        trusted = load_trusted_keys(fleet.trusted_keys_dir)
+    except Exception as err:
+        checks.append(Check(FAIL, "fleet authorities", str(err)))
+    else:
+        status = OK if trusted else FAIL
+        detail = f"{len(trusted)} trusted authority key(s) in {fleet.trusted_keys_dir}"
+        checks.append(Check(status, "fleet authorities", detail, "copy the authority's .pub key there"))
+    return checks
+
+
 def run_checks(
     config: ApplianceConfig, smoke: bool = True, parity_images: Sequence[Path] = ()
 ) -> List[Check]:
@@ -441,6 +471,7 @@ def run_checks(
         check_updates,
         check_access,
         check_door,
+        check_fleet,
     ]
     if smoke:
         groups.extend([check_prepared, check_smoke, lambda cfg: check_tensorrt_parity(cfg, parity_images)])

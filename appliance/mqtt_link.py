@@ -146,6 +146,21 @@ _OTHER_QUEUED = 20
 MAX_DEFERRED_BYTES = 16 * 2**20
 
 CommandHandler = Callable[[str, bytes], None]
+#: ``handler(topic, payload, retained)`` of an extra subscription (:meth:`MqttLink.subscribe`).
+MessageHandler = Callable[[str, bytes, bool], None]
+
+
+def _deliver_to(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+    """A paho message callback that acknowledges (acknowledgements are manual, for commands) and hands
+    the message to ``handler``; the handler only queues it, so acknowledging first loses nothing the
+    broker would not send again (retained records come back at every connect)."""
+
+    def deliver(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.qos > 0:
+            client.ack(message.mid, message.qos)
+        handler(message.topic, bytes(message.payload), bool(message.retain))
+
+    return deliver
 
 
 class MqttLinkError(ApplianceError):
@@ -334,6 +349,10 @@ class MqttLink:
         self._echo_reported = False  # the missing echo was reported on this connection
         self._refused = False  # the last attempt's CONNACK refused us (reported by _on_connect)
         self._socket_error: Optional[str] = None  # paho's last socket error (from its log)
+        #: Subscriptions outside the topic root (the fleet's records): filter → (QoS, handler).
+        self._extra: Dict[str, Tuple[int, MessageHandler]] = {}
+        #: Retained documents outside the root (the fleet digest): topic → payload, republished on connect.
+        self._extra_docs: Dict[str, bytes] = {}
 
     # -- topics ------------------------------------------------------------------------------------
 
@@ -344,6 +363,23 @@ class MqttLink:
     def result_topic(self, command: str) -> str:
         """Where the result of ``command`` is published."""
         return self.topic(f"cmd/{command}/result")
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Subscribe to ``topic_filter`` (outside the root too) at every connect; call before :meth:`start`.
+
+        ``handler(topic, payload, retained)`` runs on paho's network thread: it must only hand the
+        message on (a bounded queue), never block. Empty payloads (a cleared retained message) reach it too.
+        """
+        with self._lock:
+            if self._started:
+                raise RuntimeError("MqttLink.subscribe() must be called before start()")
+            self._extra[topic_filter] = (qos, handler)
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish a retained document (QoS 1) now if connected, and again on every (re)connect."""
+        with self._doc_lock:
+            self._extra_docs[topic] = payload
+            self._publish_document(topic, payload, qos=1)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -391,6 +427,8 @@ class MqttLink:
                 self._command_filter, self._guard("command", self._on_command_message)
             )
         client.message_callback_add(self._availability_topic, self._guard("echo", self._on_echo))
+        for topic_filter, (_qos, handler) in self._extra.items():
+            client.message_callback_add(topic_filter, self._guard(topic_filter, _deliver_to(handler)))
         # Always on: a socket error that ends an attempt before CONNACK (a TLS alert such as
         # "certificate required") is only ever told through paho's log.
         client.on_log = self._guard("on_log", self._on_log)
@@ -614,6 +652,8 @@ class MqttLink:
                 logger.warning(
                     "MQTT: subscribing to %s failed: %s", self._command_filter, mqtt.error_string(result)
                 )
+        for topic_filter, (qos, _handler) in self._extra.items():
+            client.subscribe(topic_filter, qos=qos)
         # Our own `online` must come back: the check that the broker's ACL lets us through.
         client.subscribe(self._availability_topic, qos=0)
         # Discovery before `online`: Home Assistant then knows the entities when they become available.
@@ -628,6 +668,8 @@ class MqttLink:
             ):
                 if payload is not None:
                     client.publish(topic, payload, qos=0, retain=True)
+            for topic, payload in self._extra_docs.items():
+                client.publish(topic, payload, qos=1, retain=True)
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -885,14 +927,14 @@ class MqttLink:
         except ValueError as err:  # a command name that cannot be a result topic
             logger.warning("MQTT: cannot answer command %r: %s", command, err)
 
-    def _publish_document(self, topic: str, payload: bytes) -> None:
+    def _publish_document(self, topic: str, payload: bytes, qos: int = 0) -> None:
         """Publish a retained document now if connected (caller holds ``_doc_lock``)."""
         client = self._client
         with self._lock:
             connected = self._connected and not self._stopping
         if client is None or not connected:
             return  # published on the next connect
-        client.publish(topic, payload, qos=0, retain=True)
+        client.publish(topic, payload, qos=qos, retain=True)
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self._config.mqtt.tls

@@ -80,6 +80,7 @@ class StateReporter:
             "outbox": app.outbox.stats() if app.outbox is not None else {},
             "mqtt": app.link.status() if app.link is not None else {},
             "door": app.door.state() if app.door is not None else {},
+            "fleet": app.fleet.state() if app.fleet is not None else None,
             "degraded": self.degraded(),
             "pid": os.getpid(),
         }

@@ -300,6 +300,79 @@ class Gallery:
         logger.info("gallery: an identity and %d template(s) were removed", count)
         return count
 
+    def apply_fleet_identity(
+        self,
+        identity_id: str,
+        revision: int,
+        name: str,
+        external_id: Optional[str],
+        consent_at: str,
+        policy: IdentityPolicy,
+        embeddings: np.ndarray,
+        crops: np.ndarray,
+        qualities: Sequence[float],
+        save: bool = True,
+    ) -> None:
+        """Store a fleet record's identity (embedded with the active embedder) and update the index.
+
+        Args:
+            embeddings: ``(N, D)`` float32 unit vectors; ``crops``: ``(N, 112, 112, 3)`` uint8.
+            save: write the index file now (a catch-up saves once at its end: :meth:`save_index`).
+        """
+        with self._lock:
+            removed, added = self.store.put_fleet_identity(
+                identity_id,
+                revision,
+                name,
+                external_id,
+                consent_at,
+                policy,
+                self.model_version,
+                embeddings,
+                crops,
+                qualities,
+            )
+            self._update_index(removed, added, embeddings, identity_id, name, save)
+
+    def remove_fleet_identity(self, identity_id: str, revision: int, save: bool = True) -> int:
+        """Apply a fleet tombstone (deleted for real, as :meth:`remove`). Returns the templates removed."""
+        with self._lock:
+            removed = self.store.remove_fleet_identity(identity_id, revision)
+            self._update_index(removed, [], None, identity_id, None, save)
+        return len(removed)
+
+    def _update_index(
+        self,
+        removed: Sequence[int],
+        added: Sequence[int],
+        embeddings: Optional[np.ndarray],
+        identity_id: str,
+        name: Optional[str],
+        save: bool,
+    ) -> None:
+        if self._index is None:
+            self.refresh()
+            return
+        if removed:
+            self._index.remove(np.asarray(removed, np.int64))
+            for template_id in removed:
+                self._owners.pop(template_id, None)
+        if added and embeddings is not None:
+            self._index.add(np.asarray(added, np.int64), np.asarray(embeddings, np.float32))
+            self._owners.update((template_id, identity_id) for template_id in added)
+        if name is None:
+            self._names.pop(identity_id, None)
+        else:
+            self._names[identity_id] = name
+        if save:
+            self._save_index(self._index, self.store.generation)
+
+    def save_index(self) -> None:
+        """Write the index file now (after changes applied with ``save=False``)."""
+        with self._lock:
+            if self._index is not None:
+                self._save_index(self._index, self.store.generation)
+
     def export(self, passphrase: str) -> bytes:
         """An encrypted bundle of every identity (see :mod:`.bundle`)."""
         return export_bundle(self.store, passphrase)

@@ -74,6 +74,15 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
         "CREATE TABLE access_groups (name TEXT PRIMARY KEY, schedule TEXT NOT NULL, holidays TEXT NOT NULL)",
         "CREATE TABLE holiday_calendars (name TEXT PRIMARY KEY, days TEXT NOT NULL)",
     ),
+    # The fleet (appliance.fleet): the revision last applied per identity id, of a record or a tombstone.
+    3: (
+        """CREATE TABLE fleet_records (
+            id TEXT PRIMARY KEY,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        )""",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -556,6 +565,134 @@ class TemplateStore:
         """Delete a holiday calendar (groups naming it are then open on those days)."""
         with self._transaction() as db:
             return bool(db.execute("DELETE FROM holiday_calendars WHERE name=?", (name,)).rowcount)
+
+    # -- fleet records (appliance.fleet) -------------------------------------------------------------
+
+    def fleet_revisions(self) -> Dict[str, Tuple[int, str]]:
+        """identity id → ``(revision, kind)`` of the fleet record last applied (``identity`` or ``tombstone``)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, revision, kind FROM fleet_records").fetchall()
+        return {str(row[0]): (int(row[1]), str(row[2])) for row in rows}
+
+    def fleet_identities(self) -> Dict[str, int]:
+        """The fleet's identities present in this gallery: id → revision (what the door's digest covers)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.id, f.revision FROM fleet_records f JOIN identities i ON i.id = f.id WHERE f.kind='identity'"
+            ).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    def put_fleet_identity(
+        self,
+        identity_id: str,
+        revision: int,
+        name: str,
+        external_id: Optional[str],
+        consent_at: str,
+        policy: IdentityPolicy,
+        model_version: str,
+        embeddings: np.ndarray,
+        crops: np.ndarray,
+        qualities: Sequence[float],
+    ) -> Tuple[List[int], List[int]]:
+        """Apply a fleet record in one transaction: the identity, its policy and its templates replace
+        what an older revision stored.
+
+        Args:
+            embeddings: ``(N, D)`` float32 unit vectors of this door's embedder, from ``crops``.
+            crops: ``(N, 112, 112, 3)`` uint8 aligned crops (kept: a model swap re-embeds them).
+
+        Returns:
+            ``(template ids removed, template ids added)``, for the search index.
+
+        Raises:
+            IdentityError: the id belongs to a local enrolment (the fleet never overwrites one), or a
+                name, external id or embedding that the store refuses.
+        """
+        check_identity_id(identity_id)
+        check_name(name)
+        check_external_id(external_id)
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != len(crops) or not np.isfinite(embeddings).all():
+            raise IdentityError(
+                f"need (N, D) finite embeddings for {len(crops)} crops, got {embeddings.shape}"
+            )
+        now = utc_now()
+        added: List[int] = []
+        with self._transaction() as db:
+            local = db.execute(
+                "SELECT 1 FROM identities i WHERE i.id=? AND NOT EXISTS "
+                "(SELECT 1 FROM fleet_records f WHERE f.id = i.id AND f.kind='identity')",
+                (identity_id,),
+            ).fetchone()
+            if local:
+                raise IdentityError(
+                    f"identity {identity_id!r} was enrolled locally; the fleet does not replace it"
+                )
+            removed = [
+                int(row[0])
+                for row in db.execute("SELECT id FROM templates WHERE identity_id=?", (identity_id,))
+            ]
+            db.execute("DELETE FROM templates WHERE identity_id=?", (identity_id,))
+            db.execute(
+                "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET name=excluded.name, external_id=excluded.external_id, "
+                "consent_at=excluded.consent_at",
+                (identity_id, name, external_id, consent_at, now),
+            )
+            self._write_policy(db, identity_id, policy)
+            for embedding, crop, quality in zip(embeddings, crops, qualities):
+                cursor = db.execute(
+                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        identity_id,
+                        model_version,
+                        self._seal_embedding(identity_id, model_version, embedding),
+                        self._seal_crop(identity_id, model_version, crop),
+                        float(quality),
+                        now,
+                    ),
+                )
+                added.append(int(cursor.lastrowid or 0))
+            self._note_fleet(db, identity_id, revision, "identity", now)
+            self._bump(db)
+        if removed:
+            self._purge()
+        return removed, added
+
+    def remove_fleet_identity(self, identity_id: str, revision: int) -> List[int]:
+        """Apply a fleet tombstone: delete the identity for real (as :meth:`remove`) and remember the
+        revision, so an older record never brings it back. Returns the template ids removed.
+
+        Raises:
+            IdentityError: the id belongs to a local enrolment.
+        """
+        now = utc_now()
+        with self._transaction() as db:
+            fleet = db.execute("SELECT kind FROM fleet_records WHERE id=?", (identity_id,)).fetchone()
+            exists = db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone()
+            if exists and (fleet is None or fleet[0] != "identity"):
+                raise IdentityError(
+                    f"identity {identity_id!r} was enrolled locally; a fleet tombstone does not remove it"
+                )
+            removed = [
+                int(row[0])
+                for row in db.execute("SELECT id FROM templates WHERE identity_id=?", (identity_id,))
+            ]
+            db.execute("DELETE FROM templates WHERE identity_id=?", (identity_id,))
+            db.execute("DELETE FROM identities WHERE id=?", (identity_id,))
+            self._note_fleet(db, identity_id, revision, "tombstone", now)
+            self._bump(db)
+        self._purge()
+        return removed
+
+    @staticmethod
+    def _note_fleet(db: sqlite3.Connection, identity_id: str, revision: int, kind: str, now: str) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO fleet_records (id, revision, kind, applied_at) VALUES (?, ?, ?, ?)",
+            (identity_id, int(revision), kind, now),
+        )
 
     def put_version(
         self,

@@ -19,7 +19,7 @@ from appliance.commands import CommandError, parse
 from appliance.gallery.bundle import open_bundle, parse_bundle
 from appliance.gallery.crypto import Sealer, create_key
 from appliance.gallery.errors import BundleError, IdentityError
-from appliance.gallery.store import KEY_CHECK_PLAINTEXT, MIGRATIONS, TemplateStore
+from appliance.gallery.store import KEY_CHECK_PLAINTEXT, MIGRATIONS, SCHEMA_VERSION, TemplateStore
 from tests.unit.test_gallery_store import _forge
 
 VERSION = "mobilefacenet@foamliu-v1.0"
@@ -66,7 +66,7 @@ def test_a_schema_1_gallery_is_migrated_and_its_people_keep_passing(tmp_path: Pa
         assert store.policy_tables().groups == {}
         assert AccessJudge(AccessPolicy([], "UTC"), store).judge("ada") is None
     with sqlite3.connect(str(db_path)) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 def test_policy_is_stored_changed_and_survives_a_reopen(tmp_path: Path) -> None:

@@ -1,0 +1,407 @@
+"""The door's side of the fleet: records from the site's authority, verified, decrypted and applied.
+
+Threads and ownership:
+
+* paho's network thread hands each message on the site's record and manifest topics to
+  :meth:`FleetMember.receive`, which only queues it (bounded by ``fleet.max_pending``; a message that
+  does not fit is counted and dropped — retained records come again at the next connect).
+* the **fleet** thread (this module) verifies the signature (against ``fleet.trusted_keys_dir``),
+  decrypts (``fleet.fleet_key_file``), validates and decodes the crops — the work that needs no
+  model — and batches what passed.
+* the **pipeline** thread, the one owner of the models and the gallery, runs each batch as a job
+  (:meth:`appliance.runtime.ModelRuntime.call`): it embeds the crops with *this door's* active
+  embedder and applies each record in one store transaction (identity, policy, templates, revision),
+  updating the search index. A model swap later re-embeds these templates from their crops like
+  local ones.
+
+Rules:
+
+* A record is applied only when its revision is newer than the one this door applied for that id
+  (records and tombstones alike): a stale or replayed record never wins. The same revision again —
+  every retained record comes back at each reconnect — is skipped quietly.
+* A tombstone deletes the identity for real (as ``remove`` does) and its revision is remembered.
+* The signed manifest lists the site's live identities. Fleet identities this door holds that are
+  not in a newer manifest (their tombstones pruned while the door was away) are removed.
+* A local enrolment is never overwritten or removed by the fleet (refused: ``local_identity``).
+* A refused record changes nothing; it is counted, shown in ``…/state`` (``fleet.refused``) and
+  logged (rate-limited), with its reason.
+* After every change the door publishes its digest document, retained, on
+  ``{prefix}/{site}/doors/{device_id}``: the count and the hash over ``(id, revision)`` of the fleet
+  identities it holds, so ``fleet status`` tells in step from not.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..events import rfc3339_now
+from ..gallery.errors import IdentityError
+from ..logs import RateLimitedLog
+from .door_settings import FleetConfig
+from .errors import FleetError
+from .records import (
+    FleetRecordError,
+    IdentityRecord,
+    Manifest,
+    Tombstone,
+    door_topic,
+    fleet_digest,
+    manifest_topic,
+    open_manifest,
+    open_record,
+    read_fleet_key,
+    records_filter,
+)
+
+if TYPE_CHECKING:
+    from ..runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
+
+#: Crops embedded per pipeline job at most: a catch-up must not stall the door's frames for long.
+CROPS_PER_JOB = 32
+#: How long the fleet thread waits for the pipeline thread to take a batch.
+JOB_TIMEOUT_S = 60.0
+#: Retried after a batch the pipeline did not take (stopping, or models reloading).
+RETRY_S = 1.0
+
+Record = Union[IdentityRecord, Tombstone]
+
+
+class FleetMember:
+    """This door's membership of the site's fleet.
+
+    Args:
+        config: the ``[fleet]`` section.
+        device_id: this door's id (its digest topic).
+        runtime: the model runtime; batches run on its owner thread.
+        publish: ``publish(topic, payload)`` of a retained document (:meth:`MqttLink.publish_retained`).
+
+    Raises:
+        FleetError: the fleet key or the trusted authority keys cannot be read.
+    """
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        device_id: str,
+        runtime: ModelRuntime,
+        publish: Callable[[str, bytes], None],
+    ) -> None:
+        from ..updates.keys import load_trusted_keys
+
+        assert (
+            config.fleet_key_file is not None and config.trusted_keys_dir is not None
+        )  # the config checks it
+        self.config = config
+        self.device_id = device_id
+        self._runtime = runtime
+        self._publish = publish
+        self._key = read_fleet_key(config.fleet_key_file)
+        try:
+            self._trusted = load_trusted_keys(config.trusted_keys_dir)
+        except Exception as err:
+            raise FleetError(f"fleet.trusted_keys_dir: {err}") from None
+        if not self._trusted:
+            raise FleetError(
+                f"fleet.trusted_keys_dir {config.trusted_keys_dir} holds no authority key (.pub): every record "
+                "would be refused; copy the authority's public key there"
+            )
+        self._records_filter = records_filter(config.prefix, config.site)
+        self._manifest_topic = manifest_topic(config.prefix, config.site)
+        self._door_topic = door_topic(config.prefix, config.site, device_id)
+        self._queue: queue.Queue = queue.Queue(maxsize=config.max_pending)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._warnings = RateLimitedLog(logger)
+        self._dropped = 0
+        self._applied_total = 0
+        self._removed_total = 0
+        self._refused = 0
+        self._last_refusal: Optional[Dict[str, Any]] = None
+        self._manifest_revision: Optional[int] = None
+        self._entries: Dict[str, int] = {}
+        self._published: Optional[bytes] = None
+
+    # -- wiring (before the link starts) ---------------------------------------------------------------
+
+    def subscriptions(self) -> List[Tuple[str, Callable[[str, bytes, bool], None]]]:
+        """``(topic filter, handler)`` pairs for :meth:`MqttLink.subscribe`."""
+        return [(self._records_filter, self.receive), (self._manifest_topic, self.receive)]
+
+    def receive(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A message from the broker (paho's thread): queued, never processed here."""
+        if not payload:
+            return  # a cleared retained record (the authority pruned an old tombstone)
+        try:
+            self._queue.put_nowait((topic, payload))
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+            self._warnings.report(
+                "full",
+                "fleet: %d records are waiting already; one was dropped (the broker sends it again at the next connect)",
+                self.config.max_pending,
+            )
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read what this door holds, publish its digest, and start the fleet thread."""
+        self._entries = self._runtime.call(
+            lambda rt: rt.gallery.store.fleet_identities(), "reading the fleet's identities", JOB_TIMEOUT_S
+        )
+        self._publish_digest()
+        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+        self._thread.start()
+        logger.info(
+            "fleet: site %s, %d identities from the fleet held here", self.config.site, len(self._entries)
+        )
+
+    def close(self, timeout: float) -> None:
+        """Stop the fleet thread within ``timeout`` seconds (what is queued comes again at the next start)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
+            if self._thread.is_alive():
+                logger.warning("fleet: the fleet thread did not stop in time")
+
+    def state(self) -> Dict[str, Any]:
+        """``…/state`` → ``fleet``."""
+        with self._lock:
+            return {
+                "site": self.config.site,
+                "applied": len(self._entries),
+                "digest": fleet_digest(self._entries),
+                "manifest_revision": self._manifest_revision,
+                "pending": self._queue.qsize(),
+                "dropped": self._dropped,
+                "changes": self._applied_total + self._removed_total,
+                "refused": {"count": self._refused, "last": self._last_refusal},
+            }
+
+    # -- the fleet thread --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch: List[Record] = []
+            manifests: List[Manifest] = []
+            crops = 0
+            item: Optional[Tuple[str, bytes]] = first
+            while item is not None:
+                opened = self._open(*item)
+                if isinstance(opened, Manifest):
+                    manifests.append(opened)
+                elif opened is not None:
+                    batch.append(opened)
+                    crops += len(opened.crops) if isinstance(opened, IdentityRecord) else 0
+                if crops >= CROPS_PER_JOB or len(batch) >= CROPS_PER_JOB:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            try:
+                if batch:
+                    self._apply(batch)
+                for manifest in manifests:
+                    self._apply_manifest(manifest)
+            except Exception as err:  # the pipeline is stopping or busy: the broker sends them again
+                if self._stop.is_set():
+                    return
+                logger.warning("fleet: %d record(s) not applied now (%s); retrying", len(batch), err)
+                for record in batch:
+                    self._requeue(record)
+                time.sleep(RETRY_S)
+                continue
+            self._publish_digest()
+
+    def _requeue(self, record: Record) -> None:
+        """Put a verified record back (as an already opened item) for the next batch."""
+        try:
+            self._queue.put_nowait(("", record))  # type: ignore[arg-type]
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+
+    def _open(self, topic: str, payload: Any) -> Union[Record, Manifest, None]:
+        """Verify, decrypt and validate one message; ``None`` (counted, logged) when refused."""
+        if not topic:
+            return payload  # requeued after a failed batch: verified already
+        try:
+            if topic == self._manifest_topic:
+                return open_manifest(payload, self.config.site, self._trusted)
+            topic_id = topic.rsplit("/", 1)[-1]
+            return open_record(payload, self.config.site, self._key, self._trusted, topic_id=topic_id)
+        except FleetRecordError as err:
+            self._refuse(topic.rsplit("/", 1)[-1], err.reason, str(err))
+            return None
+
+    def _refuse(self, identity_id: str, reason: str, message: str) -> None:
+        with self._lock:
+            self._refused += 1
+            self._last_refusal = {"id": identity_id[:64], "reason": reason, "at": rfc3339_now()}
+        self._warnings.report(
+            reason,
+            "fleet: a record for %s was refused (%s): %s; nothing changed",
+            identity_id[:64],
+            reason,
+            message,
+        )
+
+    def _apply(self, batch: List[Record]) -> None:
+        """Hand a batch to the pipeline thread and wait for it."""
+        save = self._queue.empty()
+        outcome = self._runtime.call(
+            lambda rt: apply_batch(rt, batch, save),
+            f"applying {len(batch)} fleet record(s)",
+            JOB_TIMEOUT_S,
+            self._stop,
+        )
+        applied, removed, refusals, entries = outcome
+        with self._lock:
+            self._applied_total += applied
+            self._removed_total += removed
+            self._entries = entries
+        for identity_id, reason, message in refusals:
+            self._refuse(identity_id, reason, message)
+
+    def _apply_manifest(self, manifest: Manifest) -> None:
+        with self._lock:
+            if self._manifest_revision is not None and manifest.revision <= self._manifest_revision:
+                return
+        removed, entries = self._runtime.call(
+            lambda rt: prune_to_manifest(rt, manifest),
+            "applying the fleet manifest",
+            JOB_TIMEOUT_S,
+            self._stop,
+        )
+        with self._lock:
+            self._manifest_revision = manifest.revision
+            self._removed_total += removed
+            self._entries = entries
+        if removed:
+            logger.info("fleet: %d identit(ies) gone from the site's manifest were removed", removed)
+
+    def _publish_digest(self) -> None:
+        import json
+
+        with self._lock:
+            document = {
+                "device_id": self.device_id,
+                "site": self.config.site,
+                "manifest_revision": self._manifest_revision,
+                "applied": len(self._entries),
+                "digest": fleet_digest(self._entries),
+                "refused": {"count": self._refused, "last": self._last_refusal},
+                "ts": rfc3339_now(),
+            }
+        payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        if payload != self._published:
+            self._publish(self._door_topic, payload)
+            self._published = payload
+
+
+# -- on the pipeline thread ----------------------------------------------------------------------------------
+
+
+def apply_batch(
+    runtime: ModelRuntime, batch: List[Record], save: bool
+) -> Tuple[int, int, List[Tuple[str, str, str]], Dict[str, int]]:
+    """Apply verified records (pipeline thread): embed the crops with the active embedder, one store
+    transaction per record.
+
+    Returns:
+        ``(identities applied, identities removed, refusals (id, reason, message), fleet entries now)``.
+    """
+    gallery = runtime.gallery
+    if gallery is None:
+        raise FleetError("the gallery is not open")
+    known = gallery.store.fleet_revisions()
+    refusals: List[Tuple[str, str, str]] = []
+    fresh: List[Record] = []
+    for record in _newest_per_id(batch):
+        held = known.get(record.id)
+        if held is not None and record.revision < held[0]:
+            refusals.append(
+                (
+                    record.id,
+                    "replayed",
+                    f"revision {record.revision} is older than the {held[0]} applied here",
+                )
+            )
+        elif held is None or record.revision > held[0]:
+            fresh.append(record)
+    identities = [r for r in fresh if isinstance(r, IdentityRecord)]
+    embeddings: List[np.ndarray] = []
+    if identities:
+        stacked = np.stack([crop for record in identities for crop in record.crops])
+        vectors = runtime.analyzer.embedder.embed(stacked)
+        offset = 0
+        for record in identities:
+            embeddings.append(vectors[offset : offset + len(record.crops)])
+            offset += len(record.crops)
+    applied = removed = 0
+    vectors_of = {id(record): vectors for record, vectors in zip(identities, embeddings)}
+    for record in fresh:
+        try:
+            if isinstance(record, IdentityRecord):
+                gallery.apply_fleet_identity(
+                    record.id,
+                    record.revision,
+                    record.name,
+                    record.external_id,
+                    record.consent_at,
+                    record.policy,
+                    vectors_of[id(record)],
+                    np.stack(record.crops),
+                    record.qualities,
+                    save=False,
+                )
+                applied += 1
+            else:
+                gallery.remove_fleet_identity(record.id, record.revision, save=False)
+                removed += 1
+        except IdentityError as err:
+            reason = "local_identity" if "locally" in str(err) else "invalid"
+            refusals.append((record.id, reason, str(err)))
+    if save and (applied or removed):
+        gallery.save_index()
+    return applied, removed, refusals, gallery.store.fleet_identities()
+
+
+def _newest_per_id(batch: List[Record]) -> List[Record]:
+    newest: Dict[str, Record] = {}
+    for record in batch:
+        if record.id not in newest or record.revision > newest[record.id].revision:
+            newest[record.id] = record
+    return list(newest.values())
+
+
+def prune_to_manifest(runtime: ModelRuntime, manifest: Manifest) -> Tuple[int, Dict[str, int]]:
+    """Remove the fleet identities a newer manifest no longer lists (pipeline thread)."""
+    gallery = runtime.gallery
+    if gallery is None:
+        raise FleetError("the gallery is not open")
+    removed = 0
+    for identity_id, revision in gallery.store.fleet_identities().items():
+        if identity_id not in manifest.entries and revision <= manifest.revision:
+            gallery.remove_fleet_identity(identity_id, manifest.revision, save=False)
+            removed += 1
+    if removed:
+        gallery.save_index()
+    return removed, gallery.store.fleet_identities()
+
+
+__all__ = ["FleetMember", "apply_batch", "prune_to_manifest"]
