@@ -185,7 +185,8 @@ class DoorConfig(StrictModel):
             seen[where] = name
         if self.backend == "jetson-gpio":
             self._check_jetson()
-        elif "jetson_pin_mode" in self.model_fields_set:
+        elif "jetson_pin_mode" in self.model_fields_set and self.jetson_pin_mode != "BOARD":
+            # (the default, as the documented default file writes it, is harmless with any back-end)
             raise ValueError(
                 f"door.jetson_pin_mode applies to door.backend = 'jetson-gpio' only (door.backend is "
                 f"{self.backend!r}); remove it"
