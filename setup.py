@@ -57,6 +57,10 @@ setup(
             "pycuda>=2022.1",
             "onnxconverter-common>=1.15",
         ],
+        # OSDP reader mode (appliance/osdp): libosdp, the C library with its Python bindings. 3.2.0 is
+        # the last release with Python 3.8 wheels (JetPack 5, x86_64 and aarch64); the reader drives
+        # its C extension `osdp_sys`, which every 3.x release has (the `osdp` wrapper needs 3.9+).
+        "osdp": ["libosdp>=3.2,<4"],
         "plot": ["matplotlib>=3.3"],
         # The door's own I/O (appliance/door, [door] in the config): libgpiod v2's bindings, whose first
         # aarch64 wheels are gpiod 2.2 and whose releases need Python >= 3.9. On Python 3.8 (JetPack 5)

@@ -93,9 +93,14 @@ class OsdpCredentialConfig(StrictModel):
         ge=0,
         le=24,
         description="Facility-code width of wiegand34 (default 16; 0 for a 32-bit card number); wiegand26 is 8.",
+        json_schema_extra={"example": 16},
     )
     bits: Optional[int] = Field(
-        None, ge=1, le=MAX_RAW_BITS, description="Bit length of a raw credential (needed for raw)."
+        None,
+        ge=1,
+        le=MAX_RAW_BITS,
+        description="Bit length of a raw credential (needed for raw).",
+        json_schema_extra={"example": 32},
     )
     number_base: Literal[10, 16] = Field(
         10, description="How external_id is read: 10 (decimal digits) or 16 (hex digits, e.g. a card UID)."
@@ -172,6 +177,7 @@ class OsdpConfig(StrictModel):
         min_length=1,
         max_length=64,
         description="Card number reported for an unknown face (e.g. so the panel logs it); none: nothing is sent.",
+        json_schema_extra={"example": "0"},
     )
     card_read_ttl_s: float = Field(
         2.0,

@@ -1,0 +1,104 @@
+"""``doctor`` checks of the OSDP reader: libosdp importable, the serial port, the Secure Channel key.
+
+Each finding is ``(status, subject, detail, hint)`` with status ``ok`` / ``warn`` / ``fail``, for
+:mod:`appliance.doctor` to show with its own checks. Nothing here logs or returns the key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from importlib import metadata
+from typing import List, Tuple
+
+from .binding import INSTALL_HINT, load
+from .channel import open_port
+from .errors import OsdpError
+from .keys import KEY_FORM, load_scbk
+from .settings import OsdpConfig
+
+Finding = Tuple[str, str, str, str]
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+def _library() -> Finding:
+    try:
+        lib = load()
+    except OsdpError as err:
+        return (FAIL, "osdp library", str(err), INSTALL_HINT)
+    try:
+        detail = f"libosdp {metadata.version('libosdp')} ({lib.__name__})"
+    except metadata.PackageNotFoundError:  # built from source without package metadata
+        detail = f"libosdp importable ({lib.__name__})"
+    return (OK, "osdp library", detail, "")
+
+
+def _port(config: OsdpConfig) -> Finding:
+    port = config.port or ""
+    try:
+        fd = open_port(port, config.baud_rate)
+    except OsdpError as err:
+        busy = "in use by another program" in str(err)
+        hint = (
+            "if the appliance is running it holds the port: that is expected"
+            if busy
+            else "check the device name, the adapter, and that the service user is in the 'dialout' group"
+        )
+        return (WARN if busy else FAIL, "osdp port", str(err), hint)
+    os.close(fd)
+    return (OK, "osdp port", f"{port} opens at {config.baud_rate} baud, address {config.address}", "")
+
+
+def _key(config: OsdpConfig) -> List[Finding]:
+    if not config.secure_channel:
+        return [
+            (
+                WARN,
+                "osdp secure channel",
+                "osdp.secure_channel is false: card numbers cross the bus in the clear",
+                "set a key (osdp.scbk_file) on the panel and here, and osdp.secure_channel = true",
+            )
+        ]
+    path = config.scbk_file
+    if path is None:
+        return [(FAIL, "osdp secure channel", "osdp.scbk_file is not set", f"write {KEY_FORM}")]
+    findings: List[Finding] = []
+    if config.install_mode:
+        findings.append(
+            (
+                WARN,
+                "osdp install mode",
+                "osdp.install_mode is on: the well-known key SCBK-D is accepted",
+                "commission the reader (the panel sends its key), then set osdp.install_mode = false",
+            )
+        )
+        if not path.exists():
+            findings.append((OK, "osdp secure channel", f"{path} will hold the panel's key", ""))
+            return findings
+    try:
+        load_scbk(path)
+    except OsdpError as err:
+        findings.append((FAIL, "osdp secure channel", str(err), f"write {KEY_FORM}"))
+        return findings
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        findings.append(
+            (WARN, "osdp secure channel", f"{path} is readable by other users", f"chmod 600 {path}")
+        )
+    else:
+        findings.append((OK, "osdp secure channel", f"key in {path} is well formed", ""))
+    return findings
+
+
+def doctor_checks(config: OsdpConfig) -> List[Finding]:
+    """The findings about ``[osdp]`` (none when it is disabled)."""
+    if not config.enabled:
+        return []
+    findings = [_library()]
+    if config.port is not None:
+        findings.append(_port(config))
+    findings.extend(_key(config))
+    return findings
+
+
+__all__ = ["doctor_checks"]
