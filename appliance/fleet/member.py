@@ -49,7 +49,9 @@ from .records import (
     FleetRecordError,
     IdentityRecord,
     Manifest,
+    Refusal,
     Tombstone,
+    door_document,
     door_topic,
     fleet_digest,
     manifest_topic,
@@ -298,15 +300,16 @@ class FleetMember:
         import json
 
         with self._lock:
-            document = {
-                "device_id": self.device_id,
-                "site": self.config.site,
-                "manifest_revision": self._manifest_revision,
-                "applied": len(self._entries),
-                "digest": fleet_digest(self._entries),
-                "refused": {"count": self._refused, "last": self._last_refusal},
-                "ts": rfc3339_now(),
-            }
+            last = self._last_refusal
+            document = door_document(
+                self.device_id,
+                self.config.site,
+                self._manifest_revision,
+                self._entries,
+                self._refused,
+                None if last is None else Refusal(last["id"], last["reason"], last["at"]),
+                rfc3339_now(),
+            )
         payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
         if payload != self._published:
             self._publish(self._door_topic, payload)
