@@ -97,6 +97,8 @@ setup(
             # The FP16 ONNX converter of the TensorRT 11 path, checked against FP32 on the CPU
             # (tests/integration/test_fp16.py) and used by the faked-device tests.
             "onnxconverter-common>=1.15",
+            # The door tests check their Jetson.GPIO double against its source (pure Python).
+            "Jetson.GPIO>=2.1",
         ],
     },
     entry_points={"console_scripts": ["face-appliance = appliance.cli:main"]},

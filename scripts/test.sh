@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/bootstrap.sh "cpu,dev" mosquitto systemd socat
+bash scripts/bootstrap.sh "cpu,dev,door,osdp" mosquitto systemd socat python3-libgpiod
 . .venv/bin/activate
 python -m pytest "$@"
