@@ -22,7 +22,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from engines.errors import FileReadError
 from engines.files import read_bounded, read_bounded_text
 
-from .config import ApplianceConfig, StrictModel
+from .config import ApplianceConfig, MqttConfig, StrictModel
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -80,16 +80,24 @@ def load_config(path: Union[str, os.PathLike[str]]) -> ApplianceConfig:
             problem found.
     """
     config_path = Path(path)
-    try:
-        text = read_bounded_text(config_path, MAX_CONFIG_BYTES)
-    except FileReadError as err:
-        hint = " (create it from config/appliance.toml)" if err.missing else ""
-        raise ConfigError(config_path, [ConfigIssue("", f"{err}{hint}")]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(config_path, [ConfigIssue("", f"not valid TOML: {err}")]) from err
+    data = read_toml_file(config_path, " (create it from config/appliance.toml)")
     return validate_config(data, base_dir=config_path.resolve().parent, source=config_path)
+
+
+def read_toml_file(path: Path, missing_hint: str = "") -> Dict[str, Any]:
+    """A configuration file's TOML, read bounded (:data:`MAX_CONFIG_BYTES`, regular files only).
+
+    Raises:
+        ConfigError: missing (``missing_hint`` is added to the message), unreadable, or not TOML.
+    """
+    try:
+        text = read_bounded_text(path, MAX_CONFIG_BYTES)
+    except FileReadError as err:
+        raise ConfigError(path, [ConfigIssue("", f"{err}{missing_hint if err.missing else ''}")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, [ConfigIssue("", f"not valid TOML: {err}")]) from err
 
 
 def validate_config(
@@ -103,7 +111,7 @@ def validate_config(
     try:
         config = ApplianceConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
-        raise ConfigError(source, [_issue(error, data) for error in err.errors()]) from None
+        raise ConfigError(source, validation_issues(err, data)) from None
     issues = _load_secrets(config)
     if issues:
         raise ConfigError(source, issues)
@@ -138,17 +146,21 @@ def read_secret_file(path: Path) -> str:
 
 def _load_secrets(config: ApplianceConfig) -> List[ConfigIssue]:
     """Read ``mqtt.password_file`` and check every other file the configuration names."""
-    issues: List[ConfigIssue] = []
-    password_file = config.mqtt.password_file
-    if password_file is not None:
-        try:
-            secret = read_secret_file(password_file)
-        except FileReadError as err:
-            issues.append(ConfigIssue("mqtt.password_file", str(err)))
-        else:
-            config.mqtt._password_from_file = SecretStr(secret)
-    issues.extend(_check_named_files(config))
+    issues = load_mqtt_password(config.mqtt)
+    issues.extend(check_named_files(_named_files(config)))
     return issues
+
+
+def load_mqtt_password(mqtt: MqttConfig, key: str = "mqtt") -> List[ConfigIssue]:
+    """Read ``password_file`` of an ``[mqtt]`` section into it; the problems found, with their key path."""
+    if mqtt.password_file is None:
+        return []
+    try:
+        secret = read_secret_file(mqtt.password_file)
+    except FileReadError as err:
+        return [ConfigIssue(f"{key}.password_file", str(err))]
+    mqtt._password_from_file = SecretStr(secret)
+    return []
 
 
 def _named_files(config: ApplianceConfig) -> List[Tuple[str, Optional[Path], int]]:
@@ -163,15 +175,17 @@ def _named_files(config: ApplianceConfig) -> List[Tuple[str, Optional[Path], int
     ]
 
 
-def _check_named_files(config: ApplianceConfig) -> List[ConfigIssue]:
+def check_named_files(files: Sequence[Tuple[str, Optional[Path], int]]) -> List[ConfigIssue]:
     """Files that exist under a configured name but are not regular files of a bounded size.
+
+    ``files`` holds ``(key path, path or None, largest size accepted)``.
 
     A file that does not exist yet is left to its user (the gallery key is created with the gallery);
     one that exists is read once, bounded, so that ``config check`` refuses ``/dev/zero``, a FIFO or
     a symlink loop before the daemon would hang or run out of memory on it.
     """
     issues: List[ConfigIssue] = []
-    for key, path, max_bytes in _named_files(config):
+    for key, path, max_bytes in files:
         if path is None or not os.path.lexists(path):
             continue
         if os.path.exists(path) and not os.access(path, os.R_OK):
@@ -217,9 +231,11 @@ def _format_path(loc: Sequence[Union[str, int]]) -> str:
     return text
 
 
-def _walk(loc: Sequence[Union[str, int]]) -> Tuple[Optional[Type[BaseModel]], Any]:
+def _walk(
+    loc: Sequence[Union[str, int]], root: Type[BaseModel] = ApplianceConfig
+) -> Tuple[Optional[Type[BaseModel]], Any]:
     """The model class owning the last key of ``loc``, and that key's FieldInfo (or None)."""
-    model: Optional[Type[BaseModel]] = ApplianceConfig
+    model: Optional[Type[BaseModel]] = root
     field = None
     for part in loc:
         if isinstance(part, int) or model is None:
@@ -278,11 +294,21 @@ def _describe_value(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _issue(error: Dict[str, Any], data: Dict[str, Any]) -> ConfigIssue:
+def validation_issues(
+    err: ValidationError, data: Dict[str, Any], root: Type[BaseModel] = ApplianceConfig
+) -> List[ConfigIssue]:
+    """Every problem pydantic found validating ``data`` as ``root`` (a file of another shape, e.g. the
+    fleet authority's), with key paths, values (secrets masked) and what is allowed."""
+    return [_issue(error, data, root) for error in err.errors()]
+
+
+def _issue(
+    error: Dict[str, Any], data: Dict[str, Any], root: Type[BaseModel] = ApplianceConfig
+) -> ConfigIssue:
     loc = tuple(error.get("loc", ()))
     kind = error.get("type", "")
     path = _format_path(loc)
-    model, field = _walk(loc)
+    model, field = _walk(loc, root)
     secret = _is_secret(field)
     if loc and isinstance(loc[-1], int):
         field = None  # an array item: the array's own length limits do not apply to it

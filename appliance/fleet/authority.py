@@ -1,0 +1,868 @@
+"""The site's enrolment authority: publishes identity records, tombstones and the manifest, and tells
+which doors are in step — the operator's side of the fleet, run from the command line (no daemon).
+
+State (``authority.state_dir``, mode 0700, every file 0600, written atomically: temporary file, fsync,
+rename)::
+
+    revision        the revision counter (one decimal line)
+    index.json      what was published: live ids (revision, and with keep_names their name and
+                    external id) and retained tombstones (revision, removal time)
+    records/ID.json the sealed record or tombstone last published for each id (already encrypted and
+                    signed), so `fleet republish` can restore a broker that lost its retained messages
+    manifest.json   the sealed manifest last published
+    lock            held (flock) by the command changing the state: one at a time
+
+Rules:
+
+* **Revisions only grow.** A change takes ``max(counter, newest in the index, the broker's manifest
+  revision) + 1`` and writes the counter *before* anything is published, so a crash, a restored
+  backup of the state or a second authority machine never reuses a revision.
+* **The state is the intent.** A change is written to the state, then published (record, then
+  manifest, each retained with QoS 1 and acknowledged). When the broker fails half-way the command
+  says so, and ``fleet republish`` sends the state again.
+* **The broker's manifest is adopted.** Before a change, a manifest on the broker (signed by this
+  authority's key) that lists newer revisions than the index — this state was restored from an older
+  backup — is merged into the index (ids without names), so the next manifest drops nothing.
+* **Tombstones** are retained for ``tombstone_days`` and cleared by ``fleet prune`` (an empty retained
+  payload on their topics); the manifest keeps doors that were away longer correct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from engines.errors import FileReadError
+from engines.files import atomic_writer, read_bounded
+
+from ..access.policy import IdentityPolicy, parse_instant
+from ..config_load import read_secret_file
+from ..gallery.store import IDENTITY_ID_PATTERN, utc_now
+from ..updates.errors import KeyFileError
+from ..updates.keys import key_id, load_private_key
+from .broker import FleetBroker, Messages
+from .errors import FleetError, FleetRecordError
+from .records import (
+    MAX_REVISION,
+    DoorDigest,
+    IdentityRecord,
+    Manifest,
+    Tombstone,
+    doors_filter,
+    manifest_topic,
+    open_manifest,
+    open_record,
+    parse_door_document,
+    read_fleet_key,
+    record_topic,
+    seal_manifest,
+    seal_record,
+    topic_level,
+)
+from .settings import AuthorityConfig, AuthorityFile
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+MAX_STATE_FILE_BYTES = 256 * 2**20
+RANDOM_ID_HEX = 12
+
+
+def random_identity_id() -> str:
+    """An opaque identity id, ``p-`` and 12 random hex digits: the topic names nobody."""
+    return "p-" + os.urandom(RANDOM_ID_HEX // 2).hex()
+
+
+# -- the state folder -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One live identity in the authority's index (no biometric data)."""
+
+    revision: int
+    published_at: str
+    name: Optional[str] = None
+    external_id: Optional[str] = None
+
+    def document(self) -> Dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "published_at": self.published_at,
+            "name": self.name,
+            "external_id": self.external_id,
+        }
+
+
+@dataclass
+class Removal:
+    """One retained tombstone in the index."""
+
+    revision: int
+    removed_at: str
+
+    def document(self) -> Dict[str, Any]:
+        return {"revision": self.revision, "removed_at": self.removed_at}
+
+
+@dataclass
+class Index:
+    """What the authority published: live identities and retained tombstones, by id."""
+
+    site: str
+    identities: Dict[str, Entry] = field(default_factory=dict)
+    tombstones: Dict[str, Removal] = field(default_factory=dict)
+
+    def newest(self) -> int:
+        """The highest revision the index holds (0 for none)."""
+        revisions = [e.revision for e in self.identities.values()] + [
+            t.revision for t in self.tombstones.values()
+        ]
+        return max(revisions, default=0)
+
+    def held(self, identity_id: str) -> int:
+        """The revision held for ``identity_id``, live or tombstoned (0 for none)."""
+        live = self.identities.get(identity_id)
+        gone = self.tombstones.get(identity_id)
+        return max(live.revision if live else 0, gone.revision if gone else 0)
+
+    def manifest(self, revision: int, published_at: Optional[str] = None) -> Manifest:
+        return Manifest(
+            revision,
+            {i: e.revision for i, e in self.identities.items()},
+            {i: t.revision for i, t in self.tombstones.items()},
+            published_at or utc_now(),
+        )
+
+    def document(self) -> Dict[str, Any]:
+        return {
+            "format": INDEX_FORMAT,
+            "site": self.site,
+            "identities": {i: e.document() for i, e in sorted(self.identities.items())},
+            "tombstones": {i: t.document() for i, t in sorted(self.tombstones.items())},
+        }
+
+    @classmethod
+    def from_document(cls, document: Any, where: str) -> Index:
+        """Raises :class:`FleetError` naming ``where`` when the document is not an index."""
+        try:
+            if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
+                raise ValueError(f"not an index of format {INDEX_FORMAT}")
+            identities = {
+                str(i): Entry(int(e["revision"]), str(e["published_at"]), e.get("name"), e.get("external_id"))
+                for i, e in document["identities"].items()
+            }
+            tombstones = {
+                str(i): Removal(int(t["revision"]), str(t["removed_at"]))
+                for i, t in document["tombstones"].items()
+            }
+            return cls(str(document["site"]), identities, tombstones)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise FleetError(f"{where} is damaged ({err}); restore it from a backup") from None
+
+
+class AuthorityState:
+    """The authority's state folder (see the module docstring).
+
+    Args:
+        directory: ``authority.state_dir`` (created, mode 0700).
+        site: the site; a folder used for another site is refused.
+    """
+
+    def __init__(self, directory: Path, site: str) -> None:
+        self.directory = Path(directory)
+        self.site = site
+        self.counter_path = self.directory / "revision"
+        self.index_path = self.directory / "index.json"
+        self.manifest_path = self.directory / "manifest.json"
+        self.records_dir = self.directory / "records"
+        self._index: Optional[Index] = None
+
+    # -- files --------------------------------------------------------------------------------------
+
+    def _read(self, path: Path) -> Optional[bytes]:
+        try:
+            return read_bounded(path, MAX_STATE_FILE_BYTES)
+        except FileReadError as err:
+            if err.missing:
+                return None
+            raise FleetError(f"the authority's state file {err}") from None
+
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with atomic_writer(path, mode=0o600) as stream:
+                stream.write(data)
+        except OSError as err:
+            raise FleetError(f"cannot write the authority's state {path}: {err.strerror or err}") from err
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[AuthorityState]:
+        """Hold the state's lock (one changing command at a time) and re-read the state.
+
+        Raises:
+            FleetError: another fleet command holds it, or the folder cannot be created.
+        """
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(os.fspath(self.directory / "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise FleetError(f"cannot use the state folder {self.directory}: {err.strerror or err}") from err
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise FleetError(
+                    f"another fleet command is changing {self.directory}; wait for it and try again"
+                ) from None
+            self._index = None
+            yield self
+        finally:
+            os.close(fd)
+
+    # -- the revision counter -------------------------------------------------------------------------
+
+    @property
+    def counter(self) -> int:
+        """The counter file's value (0 when there is none yet).
+
+        Raises:
+            FleetError: the file is damaged (never silently reset: that would reuse revisions).
+        """
+        data = self._read(self.counter_path)
+        if data is None:
+            return 0
+        text = data.decode("ascii", "replace").strip()
+        if not re.match(r"^[0-9]{1,16}\Z", text) or int(text) > MAX_REVISION:
+            raise FleetError(
+                f"the revision counter {self.counter_path} is damaged ({text[:20]!r}); restore it from a "
+                "backup, or write a number above every revision published"
+            )
+        return int(text)
+
+    @property
+    def revision(self) -> int:
+        """The newest revision this state knows: the counter's, or a newer one in the index."""
+        return max(self.counter, self.index.newest())
+
+    def allocate(self, floor: int = 0) -> int:
+        """The next revision, above the state's and ``floor`` (the broker's manifest), made durable
+        before it is returned."""
+        revision = max(self.revision, floor) + 1
+        if revision > MAX_REVISION:
+            raise FleetError("the revision counter is exhausted")
+        self._write(self.counter_path, f"{revision}\n".encode("ascii"))
+        return revision
+
+    # -- the index and the sealed records -------------------------------------------------------------
+
+    @property
+    def index(self) -> Index:
+        """The index (read once per lock; empty when there is none)."""
+        if self._index is None:
+            data = self._read(self.index_path)
+            if data is None:
+                self._index = Index(self.site)
+            else:
+                try:
+                    document = json.loads(data.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError) as err:
+                    raise FleetError(
+                        f"{self.index_path} is not JSON ({err}); restore it from a backup"
+                    ) from None
+                self._index = Index.from_document(document, str(self.index_path))
+            if self._index.site != self.site:
+                raise FleetError(
+                    f"{self.directory} is the state of site {self._index.site!r}, not of {self.site!r}; "
+                    "give each site its own authority.state_dir"
+                )
+        return self._index
+
+    def save_index(self) -> None:
+        self._write(self.index_path, json.dumps(self.index.document(), indent=1).encode("utf-8"))
+
+    def _record_path(self, identity_id: str) -> Path:
+        if not IDENTITY_ID_PATTERN.match(identity_id):
+            raise FleetError(f"identity id {identity_id!r} is not allowed")
+        return self.records_dir / f"{identity_id}.json"
+
+    def sealed(self, identity_id: str) -> Optional[bytes]:
+        """The sealed record last published for ``identity_id``, if this state has it."""
+        return self._read(self._record_path(identity_id))
+
+    def put_sealed(self, identity_id: str, payload: bytes) -> None:
+        self._write(self._record_path(identity_id), payload)
+
+    def drop_sealed(self, identity_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._record_path(identity_id).unlink()
+
+    def sealed_manifest(self) -> Optional[bytes]:
+        return self._read(self.manifest_path)
+
+    def put_manifest(self, payload: bytes) -> None:
+        self._write(self.manifest_path, payload)
+
+    def adopt(self, manifest: Manifest) -> int:
+        """Merge a (verified) manifest with newer revisions than the index; returns how many ids changed.
+
+        An id the manifest holds at a newer revision takes it (without a name: this state never saw
+        that change); the sealed record kept for it, older, is dropped so that it is never republished
+        over the newer one.
+        """
+        index = self.index
+        changed = 0
+        news = [(i, r, True) for i, r in manifest.entries.items()]
+        news += [(i, r, False) for i, r in manifest.tombstones.items()]
+        for identity_id, revision, live in news:
+            if revision <= index.held(identity_id):
+                continue
+            index.identities.pop(identity_id, None)
+            index.tombstones.pop(identity_id, None)
+            if live:
+                index.identities[identity_id] = Entry(revision, manifest.published_at)
+            else:
+                index.tombstones[identity_id] = Removal(revision, manifest.published_at)
+            self.drop_sealed(identity_id)
+            changed += 1
+        if changed:
+            self.save_index()
+        return changed
+
+
+# -- door status ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DoorStatus:
+    """One door as ``fleet status`` sees it."""
+
+    device_id: str
+    reachable: Optional[bool]
+    in_step: bool
+    expected: int
+    digest: Optional[DoorDigest] = None
+    problem: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """In step and not known to be offline."""
+        return self.in_step and self.reachable is not False
+
+    def differences(self, manifest: Manifest) -> List[str]:
+        """What differs from the manifest, in words (empty when in step)."""
+        if self.problem is not None:
+            return [self.problem]
+        door = self.digest
+        if door is None or self.in_step:
+            return []
+        notes: List[str] = []
+        if door.applied != self.expected:
+            word = "missing" if door.applied < self.expected else "extra"
+            notes.append(
+                f"{abs(self.expected - door.applied)} identit(ies) {word} ({door.applied} of {self.expected})"
+            )
+        else:
+            notes.append(f"{door.applied} identities but other revisions (stale or refused records)")
+        seen = door.manifest_revision
+        if seen is None:
+            notes.append("has not received a manifest")
+        elif seen < manifest.revision:
+            notes.append(f"last manifest r{seen}, the site's is r{manifest.revision}")
+        elif seen > manifest.revision:
+            notes.append(f"has seen manifest r{seen}, newer than r{manifest.revision}: run `fleet republish`")
+        if door.refused:
+            last = door.last_refused
+            detail = f" (last: {last.id} {last.reason} at {last.at})" if last is not None else ""
+            notes.append(f"{door.refused} record(s) refused{detail}")
+        return notes
+
+    def document(self, manifest: Manifest) -> Dict[str, Any]:
+        door = self.digest
+        return {
+            "device_id": self.device_id,
+            "reachable": self.reachable,
+            "in_step": self.in_step,
+            "expected": self.expected,
+            "applied": None if door is None else door.applied,
+            "manifest_revision": None if door is None else door.manifest_revision,
+            "digest": None if door is None else door.digest,
+            "refused": None if door is None else door.document()["refused"],
+            "ts": None if door is None else door.ts,
+            "differences": self.differences(manifest),
+        }
+
+
+def compare_doors(
+    manifest: Manifest,
+    site: str,
+    documents: Mapping[str, bytes],
+    availability: Optional[Mapping[str, str]] = None,
+) -> List[DoorStatus]:
+    """Each door's digest document against the manifest, sorted by device id.
+
+    Args:
+        documents: device id (the last level of its door topic) → the retained document.
+        availability: device id → its ``…/availability`` payload (``online``/``offline``), when known.
+    """
+    availability = availability or {}
+    expected_digest, expected = manifest.digest, len(manifest.entries)
+    statuses = []
+    for device_id in sorted(documents):
+        state = availability.get(device_id)
+        reachable = None if state is None else state == "online"
+        try:
+            door = parse_door_document(documents[device_id])
+        except FleetRecordError as err:
+            statuses.append(
+                DoorStatus(device_id, reachable, False, expected, problem=f"unreadable document: {err}")
+            )
+            continue
+        problem = None
+        if door.site != site:
+            problem = f"the document is of site {door.site!r}"
+        elif door.device_id != device_id:
+            problem = f"the document names device {door.device_id!r}"
+        in_step = problem is None and door.digest == expected_digest and door.applied == expected
+        statuses.append(DoorStatus(device_id, reachable, in_step, expected, door, problem))
+    return statuses
+
+
+@dataclass
+class StatusReport:
+    """``fleet status``: the manifest compared, where it came from, and every door."""
+
+    manifest: Manifest
+    source: str
+    doors: List[DoorStatus]
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def all_in_step(self) -> bool:
+        """At least one door, and every door in step and not offline."""
+        return bool(self.doors) and all(door.ok for door in self.doors)
+
+    def document(self) -> Dict[str, Any]:
+        return {
+            "manifest": {
+                "revision": self.manifest.revision,
+                "entries": len(self.manifest.entries),
+                "tombstones": len(self.manifest.tombstones),
+                "digest": self.manifest.digest,
+                "source": self.source,
+            },
+            "doors": [door.document(self.manifest) for door in self.doors],
+            "in_step": self.all_in_step,
+            "notes": list(self.notes),
+        }
+
+
+# -- the authority ----------------------------------------------------------------------------------------
+
+
+def load_signing_key(settings: AuthorityConfig) -> Ed25519PrivateKey:
+    """The authority's signing key (with its passphrase file, when one is configured).
+
+    Raises:
+        FleetError: missing or unusable; the message names the key and ``fleet init``.
+    """
+    passphrase = None
+    if settings.signing_key_passphrase_file is not None:
+        try:
+            passphrase = read_secret_file(settings.signing_key_passphrase_file).encode("utf-8")
+        except FileReadError as err:
+            raise FleetError(f"authority.signing_key_passphrase_file: {err}") from None
+    try:
+        return load_private_key(settings.signing_key, passphrase)
+    except KeyFileError as err:
+        hint = "; `face-appliance fleet init` creates it" if not settings.signing_key.exists() else ""
+        raise FleetError(f"authority.signing_key: {err}{hint}") from None
+
+
+@dataclass
+class Published:
+    """What one change published."""
+
+    identity_id: str
+    revision: int
+    kind: str
+    topic: str
+
+
+class Authority:
+    """The site's enrolment authority: its configuration, keys and state, and the broker.
+
+    Args:
+        config: the authority file.
+        signing_key: the authority's Ed25519 private key.
+        fleet_key: the site's 32-byte fleet key.
+        broker: makes a connected-on-enter :class:`FleetBroker` (tests may replace it).
+    """
+
+    def __init__(
+        self,
+        config: AuthorityFile,
+        signing_key: Ed25519PrivateKey,
+        fleet_key: bytes,
+        broker: Optional[Callable[[], FleetBroker]] = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.authority
+        self.site = config.authority.site
+        self.prefix = config.authority.prefix
+        self.signing_key = signing_key
+        self.fleet_key = fleet_key
+        public = signing_key.public_key()
+        self.key_id = key_id(public)
+        self.trusted: Dict[str, Ed25519PublicKey] = {self.key_id: public}
+        self.state = AuthorityState(config.authority.state_dir, self.site)
+        self._broker = broker or (
+            lambda: FleetBroker(config.mqtt, config.client_id(), config.authority.timeout_s)
+        )
+
+    @classmethod
+    def open(cls, config: AuthorityFile) -> Authority:
+        """Load the signing key and the fleet key named by ``config``.
+
+        Raises:
+            FleetError: a key is missing or unusable (the message names the file and ``fleet init``).
+        """
+        return cls(
+            config, load_signing_key(config.authority), read_fleet_key(config.authority.fleet_key_file)
+        )
+
+    # -- the broker's view ----------------------------------------------------------------------------
+
+    def _broker_manifest(self, broker: FleetBroker) -> Optional[Manifest]:
+        """The manifest retained on the broker, verified with this authority's key (``None`` if none)."""
+        topic = manifest_topic(self.prefix, self.site)
+        broker.subscribe([topic])
+        payload = broker.collect(self.settings.broker_wait_s, lambda m: topic in m).get(topic)
+        if payload is None:
+            return None
+        try:
+            return open_manifest(payload, self.site, self.trusted)
+        except FleetRecordError as err:
+            logger.warning("the manifest retained on the broker is not usable (%s); it will be replaced", err)
+            return None
+
+    def _catch_up(self, broker: FleetBroker) -> int:
+        """Adopt the broker's manifest when newer; the floor for the next revision."""
+        manifest = self._broker_manifest(broker)
+        if manifest is None:
+            return 0
+        changed = self.state.adopt(manifest)
+        if changed:
+            logger.warning(
+                "the broker's manifest r%d holds %d change(s) this state lacks (restored from a backup, or "
+                "another authority machine): adopted",
+                manifest.revision,
+                changed,
+            )
+        return manifest.revision
+
+    def _publish_manifest(self, broker: FleetBroker, revision: int) -> Manifest:
+        manifest = self.state.index.manifest(revision)
+        payload = seal_manifest(manifest, self.site, self.signing_key)
+        self.state.put_manifest(payload)
+        self._send(broker, manifest_topic(self.prefix, self.site), payload)
+        return manifest
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[Tuple[FleetBroker, Callable[[], int]]]:
+        """Lock the state, connect, adopt the broker's manifest; yields the broker and what allocates
+        the change's revision (called once the change is known to be possible)."""
+        with self.state.locked(), self._broker() as broker:
+            floor = self._catch_up(broker)
+            yield broker, lambda: self.state.allocate(floor)
+
+    def _send(self, broker: FleetBroker, topic: str, payload: bytes) -> None:
+        """Publish what the state already holds; a failure says how to finish the change."""
+        try:
+            broker.publish(topic, payload)
+        except FleetError as err:
+            raise FleetError(
+                f"{err}. The change is in the authority's state: run `face-appliance fleet republish` when "
+                "the broker is back"
+            ) from None
+
+    # -- changes --------------------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        identity_id: Optional[str],
+        name: str,
+        external_id: Optional[str],
+        consent_at: str,
+        policy: IdentityPolicy,
+        crops: Sequence[np.ndarray],
+        qualities: Sequence[float],
+        replace: bool = False,
+    ) -> Published:
+        """Publish an identity record (a new id is random unless given), then the manifest.
+
+        Args:
+            crops: ``(112, 112, 3)`` uint8 BGR aligned faces, 1–20.
+            qualities: their quality scores in [0, 1].
+            replace: an id that is live already is replaced (photos, name, policy) instead of refused.
+
+        Raises:
+            FleetError: the id is live and ``replace`` is not set, the broker fails.
+            FleetRecordError: ``invalid``: a field no door would accept.
+        """
+        with self._change() as (broker, allocate):
+            index = self.state.index
+            if identity_id is None:
+                identity_id = random_identity_id()
+                while identity_id in index.identities or identity_id in index.tombstones:
+                    identity_id = random_identity_id()
+            elif identity_id in index.identities and not replace:
+                raise FleetError(
+                    f"identity {identity_id!r} is enrolled already (r{index.identities[identity_id].revision}); "
+                    "pass --replace to replace its photos and details, or use `fleet set` for its policy"
+                )
+            record = IdentityRecord(
+                identity_id, allocate(), name, external_id, consent_at, policy, tuple(crops), tuple(qualities)
+            )
+            return self._publish_record(broker, record)
+
+    def set_policy(self, identity_id: str, changes: Mapping[str, object]) -> Published:
+        """Republish a live identity with its policy changed (validity, groups, suspension).
+
+        The current record is taken from this state, else from the broker, and opened with the fleet
+        key: the photos need not be given again.
+
+        Raises:
+            FleetError: the id is not live, or its record cannot be found or opened.
+            PolicyError: a malformed change.
+        """
+        with self._change() as (broker, allocate):
+            current = self._current_record(broker, identity_id)
+            policy = current.policy.changed(changes, "")
+            record = IdentityRecord(
+                identity_id,
+                allocate(),
+                current.name,
+                current.external_id,
+                current.consent_at,
+                policy,
+                current.crops,
+                current.qualities,
+            )
+            return self._publish_record(broker, record)
+
+    def remove(self, identity_id: str, removed_at: Optional[str] = None) -> Published:
+        """Publish a signed tombstone for a live identity (every door deletes it), then the manifest.
+
+        Raises:
+            FleetError: the id is not live here nor in the broker's manifest.
+        """
+        with self._change() as (broker, allocate):
+            if identity_id not in self.state.index.identities:
+                raise FleetError(
+                    f"identity {identity_id!r} is not enrolled in site {self.site!r} (`fleet list`)"
+                )
+            return self._publish_record(broker, Tombstone(identity_id, allocate(), removed_at or utc_now()))
+
+    def _publish_record(self, broker: FleetBroker, record: Union[IdentityRecord, Tombstone]) -> Published:
+        payload = seal_record(record, self.site, self.fleet_key, self.signing_key)
+        index = self.state.index
+        if isinstance(record, IdentityRecord):
+            keep = self.settings.keep_names
+            index.identities[record.id] = Entry(
+                record.revision,
+                utc_now(),
+                record.name if keep else None,
+                record.external_id if keep else None,
+            )
+            index.tombstones.pop(record.id, None)
+            kind = "identity"
+        else:
+            index.identities.pop(record.id, None)
+            index.tombstones[record.id] = Removal(record.revision, record.removed_at)
+            kind = "tombstone"
+        self.state.put_sealed(record.id, payload)
+        self.state.save_index()
+        topic = record_topic(self.prefix, self.site, record.id)
+        self._send(broker, topic, payload)
+        self._publish_manifest(broker, record.revision)
+        logger.info("published the %s of %s at revision %d", kind, record.id, record.revision)
+        return Published(record.id, record.revision, kind, topic)
+
+    def _current_record(self, broker: FleetBroker, identity_id: str) -> IdentityRecord:
+        if identity_id not in self.state.index.identities:
+            raise FleetError(f"identity {identity_id!r} is not enrolled in site {self.site!r} (`fleet list`)")
+        payload = self.state.sealed(identity_id)
+        if payload is None:
+            topic = record_topic(self.prefix, self.site, identity_id)
+            broker.subscribe([topic])
+            payload = broker.collect(self.settings.broker_wait_s, lambda m: topic in m).get(topic)
+        if payload is None:
+            raise FleetError(f"the record of {identity_id!r} is neither in this state nor on the broker")
+        try:
+            record = open_record(payload, self.site, self.fleet_key, self.trusted, topic_id=identity_id)
+        except FleetRecordError as err:
+            raise FleetError(f"the current record of {identity_id!r} cannot be opened: {err}") from None
+        if not isinstance(record, IdentityRecord):
+            raise FleetError(f"identity {identity_id!r} was removed")
+        return record
+
+    def prune(self, now: Optional[datetime] = None) -> List[str]:
+        """Clear the tombstones older than ``tombstone_days`` from the broker and the manifest.
+
+        Returns:
+            The ids whose tombstones were cleared (none: nothing is published).
+        """
+        moment = now or datetime.now(timezone.utc)
+        limit = timedelta(days=self.settings.tombstone_days)
+        with self.state.locked(), self._broker() as broker:
+            floor = self._catch_up(broker)
+            index = self.state.index
+            old = sorted(
+                identity_id
+                for identity_id, removal in index.tombstones.items()
+                if moment - parse_instant(removal.removed_at, "removed_at") > limit
+            )
+            if not old:
+                return []
+            revision = self.state.allocate(floor)
+            for identity_id in old:
+                del index.tombstones[identity_id]
+                self.state.drop_sealed(identity_id)
+            self.state.save_index()
+            for identity_id in old:
+                self._send(broker, record_topic(self.prefix, self.site, identity_id), b"")
+            self._publish_manifest(broker, revision)
+        logger.info("cleared %d tombstone(s) older than %d days", len(old), self.settings.tombstone_days)
+        return old
+
+    def republish(self) -> Tuple[int, Manifest]:
+        """Publish every sealed record this state holds again, and a new manifest (a broker that lost
+        its retained messages is restored; doors skip what they hold already).
+
+        Returns:
+            ``(records published, the manifest)``.
+        """
+        with self.state.locked(), self._broker() as broker:
+            floor = self._catch_up(broker)
+            index = self.state.index
+            count = 0
+            for identity_id in sorted(set(index.identities) | set(index.tombstones)):
+                payload = self.state.sealed(identity_id)
+                if payload is None:
+                    continue  # adopted from the broker's manifest: the broker has it
+                broker.publish(record_topic(self.prefix, self.site, identity_id), payload)
+                count += 1
+            manifest = self._publish_manifest(broker, self.state.allocate(floor))
+        return count, manifest
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def status(self, wait_s: float) -> StatusReport:
+        """Every door's retained digest document against the manifest.
+
+        The manifest compared is the newer of this state's and the broker's (verified); a difference
+        between the two is noted. Doors' ``{door_prefix}/{device}/availability`` tells who is offline
+        (when the broker lets the authority read it).
+        """
+        doors = doors_filter(self.prefix, self.site)
+        manifest_at = manifest_topic(self.prefix, self.site)
+        availability_filter = f"{self.settings.door_prefix}/+/availability"
+        notes: List[str] = []
+        with self._broker() as broker:
+            granted = broker.subscribe([doors, manifest_at, availability_filter])
+            if not granted[0]:
+                raise FleetError(f"the broker does not let the authority read {doors}")
+            if not granted[2]:
+                notes.append(f"cannot read {availability_filter}: whether doors are online is unknown")
+            messages = broker.collect(wait_s)
+        on_broker: Optional[Manifest] = None
+        if manifest_at in messages:
+            try:
+                on_broker = open_manifest(messages[manifest_at], self.site, self.trusted)
+            except FleetRecordError as err:
+                notes.append(f"the broker's manifest is not usable: {err}")
+        local_revision = self.state.revision
+        local = self.state.index.manifest(local_revision) if local_revision else None
+        manifest, source = _newest(local, on_broker, notes)
+        return StatusReport(
+            manifest,
+            source,
+            compare_doors(
+                manifest,
+                self.site,
+                _by_level(messages, doors),
+                _availability(messages, self.settings.door_prefix),
+            ),
+            notes,
+        )
+
+
+def _newest(
+    local: Optional[Manifest], on_broker: Optional[Manifest], notes: List[str]
+) -> Tuple[Manifest, str]:
+    if on_broker is None and local is None:
+        notes.append("nothing published yet")
+        return Manifest(0, {}, {}, utc_now()), "none"
+    if on_broker is None:
+        notes.append("the broker holds no manifest of this site: run `face-appliance fleet republish`")
+        return local, "state"  # type: ignore[return-value]
+    if local is None or on_broker.revision >= local.revision:
+        if local is not None and on_broker.digest != local.digest:
+            notes.append(
+                f"the broker's manifest r{on_broker.revision} differs from this state's: another authority "
+                "machine, or a restored state (the next change adopts it)"
+            )
+        return on_broker, "broker"
+    if on_broker.digest != local.digest:
+        notes.append(
+            f"the broker's manifest r{on_broker.revision} is older than this state's r{local.revision}: "
+            "run `face-appliance fleet republish`"
+        )
+    return local, "state"
+
+
+def _by_level(messages: Messages, filter_: str) -> Dict[str, bytes]:
+    found: Dict[str, bytes] = {}
+    for topic, payload in messages.items():
+        level = topic_level(topic, filter_)
+        if level is not None:
+            found[level] = payload
+    return found
+
+
+def _availability(messages: Messages, door_prefix: str) -> Dict[str, str]:
+    """Device id → its ``{door_prefix}/{device}/availability`` payload (``online`` / ``offline``)."""
+    found: Dict[str, str] = {}
+    head, tail = f"{door_prefix}/", "/availability"
+    for topic, payload in messages.items():
+        device = topic[len(head) : -len(tail)] if topic.startswith(head) and topic.endswith(tail) else ""
+        if device and "/" not in device:
+            found[device] = payload.decode("utf-8", "replace").strip()[:16]
+    return found
+
+
+__all__ = [
+    "Authority",
+    "AuthorityState",
+    "DoorStatus",
+    "Entry",
+    "Index",
+    "Published",
+    "Removal",
+    "StatusReport",
+    "compare_doors",
+    "load_signing_key",
+    "random_identity_id",
+]

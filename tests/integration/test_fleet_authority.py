@@ -1,0 +1,246 @@
+"""The enrolment authority's command line against a real Mosquitto and the real models: `fleet init`,
+`fleet enroll` of a real photo (the retained record opens with the fleet key and holds the aligned
+crop; the broker never sees the name or the image), `fleet remove` (a tombstone), `fleet status`
+against door documents (in step, then not), and a broker that is not there."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.access.errors import PolicyError
+from appliance.cli import fleet_cmd
+from appliance.errors import ApplianceError, ConfigError
+from appliance.fleet.records import (
+    IdentityRecord,
+    Tombstone,
+    door_document,
+    door_topic,
+    manifest_topic,
+    open_manifest,
+    open_record,
+    read_fleet_key,
+    record_topic,
+)
+from appliance.updates.keys import load_trusted_keys
+from tests.mqtt_broker import MosquittoBroker, Recorder, free_port
+
+PREFIX = "face-appliance-fleet"
+SITE = "hq"
+NAME = "Barack Hussein Obama"
+NOW = "2026-01-02T03:04:05Z"
+
+
+def fleet(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:
+    """Run ``face-appliance fleet …`` in this process, with the exit codes of ``appliance.cli.main``
+    (through it once the command is registered there)."""
+    from appliance import cli
+
+    capsys.readouterr()
+    if fleet_cmd in getattr(cli, "_COMMANDS", ()):
+        code = cli.main(["fleet", *argv])
+    else:
+        parser = argparse.ArgumentParser()
+        fleet_cmd.add_parser(parser.add_subparsers())
+        args = parser.parse_args(["fleet", *argv])
+        args.log_level = "WARNING"
+        try:
+            code = int(args.handler(args))
+        except (ConfigError, PolicyError) as err:
+            sys.stderr.write(f"error: {err}\n")
+            code = 2
+        except ApplianceError as err:
+            sys.stderr.write(f"error: {err}\n")
+            code = 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def auth_file(tmp_path: Path, mosquitto: MosquittoBroker, shared_models: Path) -> Path:
+    path = tmp_path / "authority" / "AUTH.toml"
+    path.parent.mkdir()
+    path.write_text(
+        f'[authority]\nsite = "{SITE}"\nsigning_key = "keys/authority.key"\nfleet_key_file = "keys/fleet.key"\n'
+        f'state_dir = "state"\nbroker_wait_s = 0.3\n'
+        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        f'[models]\ndir = "{shared_models}"\n[logging]\nlevel = "WARNING"\n'
+    )
+    return path
+
+
+def _status(capsys: pytest.CaptureFixture, auth_file: Path) -> Tuple[int, Dict[str, Any]]:
+    code, out, err = fleet(capsys, "status", "--config", str(auth_file), "--wait", "0.5", "--json")
+    assert code in (0, 1), err
+    return code, json.loads(out)
+
+
+def test_enroll_status_remove(
+    capsys: pytest.CaptureFixture,
+    auth_file: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+    shared_data: Path,
+) -> None:
+    photo = shared_data / "faces" / "fr_obama" / "obama.jpg"
+    code, out, err = fleet(capsys, "init", "--config", str(auth_file), "--json")
+    assert code == 0, err
+    keys = json.loads(out)
+    keys_dir = auth_file.parent / "keys"
+    assert keys["public_key"] == str(keys_dir / "authority.pub")
+    assert oct((keys_dir / "fleet.key").stat().st_mode & 0o777) == "0o600"
+    assert fleet(capsys, "init", "--config", str(auth_file))[0] == 0  # again: everything is kept
+    fleet_key = read_fleet_key(keys_dir / "fleet.key")
+    trusted = load_trusted_keys(keys_dir)
+    assert list(trusted) == [keys["key_id"]]
+
+    code, out, err = fleet(
+        capsys,
+        "enroll",
+        "--config",
+        str(auth_file),
+        "--name",
+        NAME,
+        "--external-id",
+        "B-4444",
+        "--groups",
+        "staff",
+        "--valid-until",
+        "2030-01-01T00:00:00Z",
+        "--json",
+        str(photo),
+    )
+    assert code == 0, err
+    published = json.loads(out)
+    identity_id = published["id"]
+    assert identity_id.startswith("p-") and published["revision"] == 1 and published["crops"] == 1
+    assert published["topic"] == record_topic(PREFIX, SITE, identity_id)
+
+    recorder.wait_for_message(manifest_topic(PREFIX, SITE))
+    with Recorder(mosquitto.host, mosquitto.port, f"{PREFIX}/#") as late:  # what a door joining now gets
+        late.wait_for(lambda ms: len(ms) >= 2, what="the retained record and manifest")
+        retained = {m.topic: m for m in late.messages}
+    record_message = retained[record_topic(PREFIX, SITE, identity_id)]
+    assert record_message.retain
+    record = open_record(record_message.payload, SITE, fleet_key, trusted, topic_id=identity_id)
+    assert isinstance(record, IdentityRecord)
+    assert (record.name, record.external_id, record.revision) == (NAME, "B-4444", 1)
+    assert record.policy.groups == ("staff",) and record.policy.valid_until is not None
+    assert len(record.crops) == 1 and record.crops[0].shape == (112, 112, 3)
+    assert 0 < record.qualities[0] <= 1
+    manifest = open_manifest(retained[manifest_topic(PREFIX, SITE)].payload, SITE, trusted)
+    assert manifest.entries == {identity_id: 1} and manifest.revision == 1
+
+    # The broker never sees the person: no name, no badge, no image, raw or base64.
+    jpeg = photo.read_bytes()
+    for m in recorder.messages:
+        for secret in (b"Obama", b"Barack", b"B-4444", b"\x89PNG", b"iVBORw0KGgo", b"\xff\xd8\xff"):
+            assert secret not in m.payload, (m.topic, secret)
+        assert jpeg[1000:1064] not in m.payload
+        assert base64.b64encode(jpeg[999:1047]) not in m.payload
+
+    # `fleet list` shows the name from the authority's own state.
+    code, out, _ = fleet(capsys, "list", "--config", str(auth_file))
+    assert code == 0 and identity_id in out and NAME in out
+
+    # A door in step, online.
+    door = door_topic(PREFIX, SITE, "door-1")
+    recorder.publish(
+        door,
+        json.dumps(door_document("door-1", SITE, 1, {identity_id: 1}, 0, None, NOW)).encode(),
+        retain=True,
+    )
+    recorder.publish("face-appliance/door-1/availability", b"online", retain=True)
+    code, report = _status(capsys, auth_file)
+    assert code == 0, report
+    (row,) = report["doors"]
+    assert row["device_id"] == "door-1" and row["in_step"] and row["reachable"] is True
+    assert report["manifest"]["source"] == "broker" and report["in_step"]
+
+    # Removal: a signed tombstone retained on the identity's topic, and a new manifest.
+    code, out, err = fleet(capsys, "remove", "--config", str(auth_file), identity_id, "--json")
+    assert code == 0, err
+    assert json.loads(out)["revision"] == 2
+    recorder.wait_for(
+        lambda ms: len([m for m in ms if m.topic == record_topic(PREFIX, SITE, identity_id)]) == 2,
+        what="the tombstone",
+    )
+    tombstone_message = recorder.on(record_topic(PREFIX, SITE, identity_id))[-1]
+    tombstone = open_record(tombstone_message.payload, SITE, fleet_key, trusted, topic_id=identity_id)
+    assert isinstance(tombstone, Tombstone) and tombstone.revision == 2
+
+    # The door has not applied it yet: out of step, and named.
+    code, report = _status(capsys, auth_file)
+    assert code == 1
+    (row,) = report["doors"]
+    assert not row["in_step"] and row["applied"] == 1 and row["expected"] == 0
+    assert any("extra" in note for note in row["differences"])
+    code, out, _ = fleet(capsys, "status", "--config", str(auth_file), "--wait", "0.5")
+    assert code == 1 and "1 of 1 door(s) not in step: door-1" in out
+
+    # It applies the tombstone: in step again.
+    recorder.publish(
+        door, json.dumps(door_document("door-1", SITE, 2, {}, 0, None, NOW)).encode(), retain=True
+    )
+    code, report = _status(capsys, auth_file)
+    assert code == 0, report
+
+    # Policy change of a removed identity, unknown ids: refused, nothing published.
+    assert fleet(capsys, "remove", "--config", str(auth_file), identity_id)[0] == 1
+    assert fleet(capsys, "set", "--config", str(auth_file), identity_id, "--suspend")[0] == 1
+
+
+def test_refused_photos_publish_nothing(
+    capsys: pytest.CaptureFixture, auth_file: Path, recorder: Recorder, tmp_path: Path
+) -> None:
+    assert fleet(capsys, "init", "--config", str(auth_file))[0] == 0
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("hello")
+    code, out, err = fleet(
+        capsys,
+        "enroll",
+        "--config",
+        str(auth_file),
+        "--name",
+        "Nobody",
+        "--json",
+        str(blank),
+        str(not_an_image),
+    )
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["published"] is False
+    reasons = [photo["reason"] for photo in report["photos"]]
+    assert reasons[0] == "no face found" and "not a decodable image" in reasons[1]
+    assert not [m for m in recorder.messages if m.topic.startswith(PREFIX)]
+    # Hostile text is refused before any model loads (exit 2).
+    code, _, err = fleet(capsys, "enroll", "--config", str(auth_file), "--name", "\x1b[2JAdmin", str(blank))
+    assert code == 2 and "ESCAPE" in err
+
+
+def test_broker_unreachable_is_a_clear_error(
+    capsys: pytest.CaptureFixture, tmp_path: Path, shared_models: Path
+) -> None:
+    path = tmp_path / "AUTH.toml"
+    path.write_text(
+        f'[authority]\nsite = "{SITE}"\nsigning_key = "authority.key"\nfleet_key_file = "fleet.key"\n'
+        f'state_dir = "state"\ntimeout_s = 2\n[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        f'[models]\ndir = "{shared_models}"\n'
+    )
+    assert fleet(capsys, "init", "--config", str(path))[0] == 0
+    code, _, err = fleet(capsys, "remove", "--config", str(path), "p-000000000000")
+    assert code == 1 and "cannot reach the MQTT broker 127.0.0.1:" in err
+    code, _, err = fleet(capsys, "status", "--config", str(path), "--wait", "0.2")
+    assert code == 1 and "cannot reach" in err
+    state: List[Path] = sorted((tmp_path / "state").iterdir())
+    assert [p.name for p in state] == ["lock"]  # nothing allocated, nothing written

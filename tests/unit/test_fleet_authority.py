@@ -1,0 +1,374 @@
+"""The enrolment authority without a broker: its revision counter (monotonic across restarts and a
+restored older state), the adoption of the broker's manifest, the door status comparison, and its
+configuration file's errors with key paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.access.policy import IdentityPolicy
+from appliance.errors import ConfigError
+from appliance.fleet.authority import Authority, AuthorityState, Entry, StatusReport, compare_doors
+from appliance.fleet.errors import FleetError
+from appliance.fleet.records import (
+    IdentityRecord,
+    Manifest,
+    Refusal,
+    Tombstone,
+    door_document,
+    door_topic,
+    fleet_digest,
+    manifest_topic,
+    open_manifest,
+    open_record,
+    record_topic,
+)
+from appliance.fleet.settings import load_authority_config, validate_authority
+
+SITE = "hq"
+PREFIX = "face-appliance-fleet"
+NOW = "2026-01-02T03:04:05Z"
+
+
+class FakeBroker:
+    """What a broker retains, shared by every connection made from it (the authority's commands)."""
+
+    def __init__(self) -> None:
+        self.retained: Dict[str, bytes] = {}
+        self.published: List[str] = []
+        self.down = False
+        self._filters: List[str] = []
+
+    def __call__(self) -> FakeBroker:
+        return self
+
+    def __enter__(self) -> FakeBroker:
+        if self.down:
+            raise FleetError("cannot reach the MQTT broker fake:1883: connection refused")
+        self._filters = []
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        self.published.append(topic)
+        if payload:
+            self.retained[topic] = payload
+        else:
+            self.retained.pop(topic, None)
+
+    def subscribe(self, filters: Sequence[str]) -> List[bool]:
+        self._filters.extend(filters)
+        return [True] * len(filters)
+
+    def collect(
+        self, wait_s: float, enough: Optional[Callable[[Dict[str, bytes]], bool]] = None
+    ) -> Dict[str, bytes]:
+        def matches(topic: str, filter_: str) -> bool:
+            parts, wanted = topic.split("/"), filter_.split("/")
+            return len(parts) == len(wanted) and all(w in ("+", p) for p, w in zip(parts, wanted))
+
+        return {t: p for t, p in self.retained.items() if any(matches(t, f) for f in self._filters)}
+
+
+@pytest.fixture(scope="module")
+def signer() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def _config(tmp_path: Path, **authority: Any) -> Any:
+    section = {
+        "site": SITE,
+        "signing_key": "keys/a.key",
+        "fleet_key_file": "keys/fleet.key",
+        "state_dir": "state",
+        **authority,
+    }
+    return validate_authority({"authority": section}, base_dir=tmp_path)
+
+
+def _authority(tmp_path: Path, signer: Ed25519PrivateKey, broker: FakeBroker, **settings: Any) -> Authority:
+    return Authority(_config(tmp_path, **settings), signer, bytes(32), broker)
+
+
+def _enroll(authority: Authority, identity_id: Optional[str] = None, name: str = "Ada") -> Any:
+    crop = np.full((112, 112, 3), 120, np.uint8)
+    return authority.enroll(identity_id, name, None, NOW, IdentityPolicy(), [crop], [0.8], replace=True)
+
+
+# -- the revision counter ----------------------------------------------------------------------------------
+
+
+def test_counter_grows_across_restarts(tmp_path: Path) -> None:
+    state = AuthorityState(tmp_path / "state", SITE)
+    with state.locked():
+        assert state.revision == 0
+        assert [state.allocate(), state.allocate(), state.allocate()] == [1, 2, 3]
+    again = AuthorityState(tmp_path / "state", SITE)
+    with again.locked():
+        assert again.revision == 3
+        assert again.allocate() == 4
+        assert again.allocate(floor=10) == 11  # the broker's manifest is newer: above it
+        assert again.allocate(floor=5) == 12
+    assert (tmp_path / "state" / "revision").read_text() == "12\n"
+    assert oct((tmp_path / "state" / "revision").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
+
+
+def test_counter_lost_or_damaged(tmp_path: Path) -> None:
+    state = AuthorityState(tmp_path / "state", SITE)
+    with state.locked():
+        state.index.identities["p-1"] = Entry(9, NOW)
+        state.save_index()
+    # Without its counter file the state still knows revision 9 from its index.
+    with state.locked():
+        assert state.allocate() == 10
+    (tmp_path / "state" / "revision").write_text("ten\n")
+    with state.locked(), pytest.raises(FleetError, match="damaged"):
+        state.allocate()
+
+
+def test_one_changing_command_at_a_time(tmp_path: Path) -> None:
+    state = AuthorityState(tmp_path / "state", SITE)
+    with state.locked(), pytest.raises(FleetError, match="another fleet command"):
+        with AuthorityState(tmp_path / "state", SITE).locked():
+            pass
+
+
+def test_state_of_another_site_is_refused(tmp_path: Path) -> None:
+    with AuthorityState(tmp_path / "state", SITE).locked() as state:
+        state.save_index()
+    with pytest.raises(FleetError, match="site 'hq'"):
+        _ = AuthorityState(tmp_path / "state", "annex").index
+
+
+def test_restored_older_state_never_reuses_a_revision(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    first = _enroll(authority, "p-aaaaaaaaaaaa")
+    assert first.revision == 1
+    backup = tmp_path / "backup"
+    shutil.copytree(tmp_path / "state", backup)
+    second = _enroll(authority, "p-bbbbbbbbbbbb", "Grace")
+    gone = authority.remove("p-aaaaaaaaaaaa")
+    assert (second.revision, gone.revision) == (2, 3)
+
+    # The authority machine is restored from the backup taken after the first enrolment.
+    shutil.rmtree(tmp_path / "state")
+    shutil.copytree(backup, tmp_path / "state")
+    restored = _authority(tmp_path, signer, broker)
+    third = _enroll(restored, "p-cccccccccccc", "Hedy")
+    assert third.revision == 4  # above the broker's manifest r3, not 2 again
+    manifest = open_manifest(broker.retained[manifest_topic(PREFIX, SITE)], SITE, restored.trusted)
+    # What the restored state lacked was adopted, so nothing is dropped from the manifest.
+    assert manifest.entries == {"p-bbbbbbbbbbbb": 2, "p-cccccccccccc": 4}
+    assert manifest.tombstones == {"p-aaaaaaaaaaaa": 3}
+    assert manifest.revision == 4
+    # The stale sealed record of the removed identity is never sent again over its tombstone.
+    count, _ = restored.republish()
+    assert count == 1  # only p-cccc…: the others were adopted from the broker
+    tombstone = open_record(
+        broker.retained[record_topic(PREFIX, SITE, "p-aaaaaaaaaaaa")], SITE, bytes(32), restored.trusted
+    )
+    assert isinstance(tombstone, Tombstone) and tombstone.revision == 3
+
+
+def test_enroll_remove_set_prune(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker, tombstone_days=30)
+    published = _enroll(authority)
+    assert published.identity_id.startswith("p-") and len(published.identity_id) == 14
+    with pytest.raises(FleetError, match="enrolled already"):
+        authority.enroll(
+            published.identity_id,
+            "Ada",
+            None,
+            NOW,
+            IdentityPolicy(),
+            [np.zeros((112, 112, 3), np.uint8)],
+            [0.5],
+        )
+    changed = authority.set_policy(published.identity_id, {"suspended": True, "add_groups": ["night"]})
+    record = open_record(broker.retained[changed.topic], SITE, bytes(32), authority.trusted)
+    assert isinstance(record, IdentityRecord) and record.revision == 2 and record.name == "Ada"
+    assert record.policy.suspended and record.policy.groups == ("night",)
+    assert authority.state.index.identities[published.identity_id].name == "Ada"
+
+    removal = authority.remove(published.identity_id, removed_at=NOW)
+    assert removal.kind == "tombstone" and authority.state.index.identities == {}
+    with pytest.raises(FleetError, match="not enrolled"):
+        authority.remove(published.identity_id)
+    assert authority.prune(now=datetime(2026, 1, 20, tzinfo=timezone.utc)) == []
+    cleared = authority.prune(now=datetime(2026, 1, 2, tzinfo=timezone.utc) + timedelta(days=31))
+    assert cleared == [published.identity_id]
+    assert record_topic(PREFIX, SITE, published.identity_id) not in broker.retained
+    manifest = open_manifest(broker.retained[manifest_topic(PREFIX, SITE)], SITE, authority.trusted)
+    assert (manifest.revision, manifest.entries, manifest.tombstones) == (4, {}, {})
+
+
+def test_names_are_not_kept_when_asked(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    authority = _authority(tmp_path, signer, FakeBroker(), keep_names=False)
+    _enroll(authority, "p-aaaaaaaaaaaa", "Ada Lovelace")
+    assert b"Ada" not in (tmp_path / "state" / "index.json").read_bytes()
+    assert oct((tmp_path / "state" / "index.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_broker_down_changes_nothing_then_republish(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    broker.down = True
+    with pytest.raises(FleetError, match="cannot reach"):
+        _enroll(authority)
+    assert authority.state.revision == 0 and authority.state.index.identities == {}
+    broker.down = False
+    _enroll(authority, "p-aaaaaaaaaaaa")
+    broker.retained.clear()  # the broker lost its retained messages
+    count, manifest = authority.republish()
+    assert count == 1 and manifest.revision == 2
+    assert set(broker.retained) == {
+        record_topic(PREFIX, SITE, "p-aaaaaaaaaaaa"),
+        manifest_topic(PREFIX, SITE),
+    }
+
+
+# -- status ------------------------------------------------------------------------------------------------
+
+
+def _door(device_id: str, entries: Dict[str, int], revision: Optional[int], **changes: Any) -> bytes:
+    document = door_document(device_id, SITE, revision, entries, 0, None, NOW)
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+def test_compare_doors() -> None:
+    manifest = Manifest(9, {"p-1": 3, "p-2": 9}, {"p-3": 8}, NOW)
+    documents = {
+        "door-1": _door("door-1", {"p-1": 3, "p-2": 9}, 9),
+        "door-2": _door("door-2", {"p-1": 3}, 7),  # offline during the last enrolment
+        "door-3": _door("door-3", {"p-1": 3, "p-2": 8}, 9),  # a stale record
+        "door-4": _door("door-4", {"p-1": 3, "p-2": 9, "p-3": 4}, 9),  # missed a tombstone
+        "door-5": b"{not json",
+        "door-6": _door("door-6", {"p-1": 3, "p-2": 9}, 9, site="annex"),
+        "door-7": _door("elsewhere", {"p-1": 3, "p-2": 9}, 9),
+        "door-8": _door("door-8", {"p-1": 3, "p-2": 9}, 9),
+    }
+    refused = door_document(
+        "door-3", SITE, 9, {"p-1": 3, "p-2": 8}, 2, Refusal("p-2", "bad_signature", NOW), NOW
+    )
+    documents["door-3"] = json.dumps(refused).encode()
+    statuses = {
+        s.device_id: s
+        for s in compare_doors(manifest, SITE, documents, {"door-1": "online", "door-8": "offline"})
+    }
+    assert [statuses[d].in_step for d in sorted(statuses)] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert statuses["door-1"].ok and statuses["door-1"].reachable is True
+    assert statuses["door-2"].reachable is None and not statuses["door-2"].ok
+    assert not statuses["door-8"].ok  # in step, but offline
+    notes = {d: " | ".join(s.differences(manifest)) for d, s in statuses.items()}
+    assert notes["door-1"] == ""
+    assert "1 identit(ies) missing (1 of 2)" in notes["door-2"] and "last manifest r7" in notes["door-2"]
+    assert "other revisions" in notes["door-3"] and "2 record(s) refused" in notes["door-3"]
+    assert "bad_signature" in notes["door-3"]
+    assert "1 identit(ies) extra" in notes["door-4"]
+    assert "unreadable" in notes["door-5"]
+    assert "site 'annex'" in notes["door-6"]
+    assert "names device 'elsewhere'" in notes["door-7"]
+    document = statuses["door-2"].document(manifest)
+    assert document["applied"] == 1 and document["expected"] == 2 and document["manifest_revision"] == 7
+
+    report = StatusReport(manifest, "broker", [statuses["door-1"]])
+    assert report.all_in_step and report.document()["manifest"]["digest"] == fleet_digest(manifest.entries)
+    assert not StatusReport(manifest, "broker", []).all_in_step  # no door reported: not "all in step"
+    assert not StatusReport(manifest, "broker", list(statuses.values())).all_in_step
+
+
+def test_status_against_the_broker(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    published = _enroll(authority, "p-aaaaaaaaaaaa")
+    broker.retained[door_topic(PREFIX, SITE, "door-1")] = _door("door-1", {"p-aaaaaaaaaaaa": 1}, 1)
+    broker.retained["face-appliance/door-1/availability"] = b"online"
+    report = authority.status(0.1)
+    assert report.source == "broker" and report.all_in_step and report.notes == []
+    authority.remove(published.identity_id)
+    report = authority.status(0.1)
+    assert not report.all_in_step and report.manifest.revision == 2
+    # The broker lost the manifest: the state's is compared, and a note says to republish.
+    del broker.retained[manifest_topic(PREFIX, SITE)]
+    report = authority.status(0.1)
+    assert report.source == "state" and any("republish" in note for note in report.notes)
+
+
+# -- configuration -----------------------------------------------------------------------------------------
+
+
+def test_config_file_resolves_paths_and_reads_secrets(tmp_path: Path) -> None:
+    (tmp_path / "mqtt_password").write_text("s3cret\n")
+    path = tmp_path / "AUTH.toml"
+    path.write_text(
+        '[authority]\nsite = "hq"\nsigning_key = "keys/a.key"\nfleet_key_file = "/etc/fleet.key"\n'
+        'state_dir = "state"\n[mqtt]\nhost = "broker"\nusername = "authority"\npassword_file = "mqtt_password"\n'
+        "[gallery]\nmin_face_px = 80\n"
+    )
+    config = load_authority_config(path)
+    assert config.authority.signing_key == tmp_path / "keys" / "a.key"
+    assert config.authority.fleet_key_file == Path("/etc/fleet.key")
+    assert config.authority.state_dir == tmp_path / "state"
+    assert config.authority.prefix == PREFIX and config.authority.tombstone_days == 30
+    secret = config.mqtt.secret_password()
+    assert secret is not None and secret.get_secret_value() == "s3cret"
+    appliance = config.appliance_config()
+    assert appliance.gallery.min_face_px == 80 and appliance.storage.dir == tmp_path / "state"
+
+
+def test_config_errors_name_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "AUTH.toml"
+    path.write_text(
+        '[authority]\nsite = "h q"\nsigning_ky = "a.key"\ntombstone_days = 0\nprefix = "a//b"\n'
+        '[mqtt]\nprefix = "x"\nport = "1883"\npassword_file = "absent"\nusername = "u"\n[camera]\nsource = "x"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_authority_config(path)
+    issues = {issue.path: issue.message for issue in caught.value.issues}
+    assert "pattern" in issues["authority.site"]
+    assert "did you mean 'signing_key'" in issues["authority.signing_ky"]
+    assert issues["authority.signing_key"] == "required key is missing"
+    assert issues["authority.fleet_key_file"] == "required key is missing"
+    assert "≥ 1" in issues["authority.tombstone_days"]
+    assert "empty topic level" in issues["authority.prefix"]
+    assert "authority.prefix" in issues["mqtt.prefix"]
+    assert "'1883'" in issues["mqtt.port"]
+    assert "keys allowed in the top level: authority, backend" in issues["camera"]
+    assert str(path) in str(caught.value)
+
+    with pytest.raises(ConfigError) as caught:
+        load_authority_config(tmp_path / "absent.toml")
+    assert "does not exist" in str(caught.value)
+    path.write_text(
+        '[authority]\nsite = "hq"\nsigning_key = "a.key"\nfleet_key_file = "f"\nstate_dir = "s"\n'
+        '[mqtt]\nusername = "u"\npassword_file = "absent"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_authority_config(path)
+    assert [issue.path for issue in caught.value.issues] == ["mqtt.password_file"]
+    path.write_text("[authority\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_authority_config(path)
