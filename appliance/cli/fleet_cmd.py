@@ -249,6 +249,12 @@ def _enroll(args: argparse.Namespace) -> int:
     if len(args.images) > MAX_CROPS:
         return _usage(f"{len(args.images)} photos: a record carries at most {MAX_CROPS}")
     authority = Authority.open(config)  # the keys before the models: fail fast
+    known = authority.state.index.identities.get(args.identity_id or "")
+    if known is not None and not args.replace:
+        return _usage(
+            f"identity {args.identity_id!r} is enrolled already (r{known.revision}); pass --replace to replace "
+            "its photos and details, or use `fleet set` for its policy"
+        )
     verdicts: List[Dict[str, Any]] = []
     crops, qualities = [], []
     with load_analyzer(config.appliance_config(), liveness=False) as analyzer:

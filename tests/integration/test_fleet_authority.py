@@ -151,6 +151,12 @@ def test_enroll_status_remove(
     code, out, _ = fleet(capsys, "list", "--config", str(auth_file))
     assert code == 0 and identity_id in out and NAME in out
 
+    # The same id again without --replace: refused before any model loads.
+    code, _, err = fleet(
+        capsys, "enroll", "--config", str(auth_file), "--name", NAME, "--id", identity_id, str(photo)
+    )
+    assert code == 2 and "enrolled already" in err
+
     # A door in step, online.
     door = door_topic(PREFIX, SITE, "door-1")
     recorder.publish(
