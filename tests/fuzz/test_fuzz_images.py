@@ -186,3 +186,17 @@ def test_jpeg_declaring_a_huge_frame_is_refused_before_decoding(shared_data: Pat
     with pytest.raises(ImageError, match="refused before decoding"):
         decode_image(huge, "huge.jpg")
     assert _peak_rss_mib() - before < 100
+
+
+def test_png_chunk_declaring_more_than_the_file_is_refused_before_decoding() -> None:
+    """Found by ``python -m bench.reliability``: a 2 KB PNG whose IDAT declares 3.6 GB made OpenCV
+    allocate 3.4 GiB and spend seconds before refusing it."""
+    small = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    png = _encoded(small, ".png")
+    assert png[37:41] == b"IDAT"
+    damaged = png[:33] + struct.pack(">I", 3_607_103_779) + png[37:]
+    before = _peak_rss_mib()
+    with pytest.raises(ImageError, match="truncated or damaged"):
+        decode_image(damaged, "upload")
+    assert _peak_rss_mib() - before < 100, f"peak memory grew by {_peak_rss_mib() - before:.0f} MiB"
+    assert decode_image(png, "upload").shape == (24, 32, 3)  # the undamaged one still decodes
