@@ -172,6 +172,13 @@ def parse_bundle(payload: bytes) -> Bundle:
     """
     try:
         document = json.loads(payload.decode("utf-8"))
+        # JSON may escape an unpaired surrogate ("\ud800") in any text (a model version, a group):
+        # not text, it could go neither into the sealed values' associated data nor the database.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BundleError(
+            "the bundle holds an unpaired surrogate escape (\\ud800-\\udfff): not valid text"
+        ) from None
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise BundleError(f"the bundle's content is not valid JSON: {err}") from None
     if not isinstance(document, dict) or document.get("format") != 1:

@@ -148,7 +148,10 @@ def _check_parsed(payload: bytes) -> None:
         return
     for identity in identities:
         assert identity.id == identity.id.strip() and "\n" not in identity.id
+        for text in (identity.id, identity.name, identity.external_id or "", identity.consent_at):
+            text.encode("utf-8")  # goes into the database (an unpaired surrogate would not)
         for template in identity.templates:
+            template.model_version.encode("utf-8")  # goes into the sealed values' associated data
             assert template.embedding.dtype == np.float32 and template.embedding.ndim == 1
             assert np.isfinite(template.embedding).all()
             assert template.crop is None or template.crop.shape == (112, 112, 3)
@@ -218,12 +221,15 @@ def test_import_mutated_bundles(
     active_other_dim["identities"][0]["templates"][1]["embedding"] = other_dim
     blank_name_replacing = copy.deepcopy(document)
     blank_name_replacing["identities"][0].update(id="obama", name="   ")
+    surrogate_version = copy.deepcopy(document)
+    surrogate_version["identities"][0]["templates"][0]["model_version"] = "\ud800"
 
     @fuzz_settings(25)
     @given(_mutated(document, specials) | st.just(document))
     @example(same_version_other_dim)  # the active version with a 64-long embedding: bricked the index
     @example(active_other_dim)  # one identity entirely of the wrong length
     @example(blank_name_replacing)  # replaced "obama", then could not add the new one: obama was lost
+    @example(surrogate_version)  # a UnicodeEncodeError when sealing, not a refusal (bench.reliability)
     def run(mutated: Any) -> None:
         if not spent.spend():
             return
