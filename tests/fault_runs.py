@@ -193,9 +193,11 @@ def broker_outages(
     """Kill the broker ``kills`` times (SIGKILL, restart after ``outage_s(kill number)`` seconds) while
     the daemon streams events; then stop the daemon (SIGTERM) and wait for every written event.
 
-    Each kill comes while the daemon is connected and after it wrote a new event. The broker keeps
-    the consumer's session in its persistence file (written by one graceful restart before the
-    daemon starts), so events published while the consumer is cut off wait for it.
+    Each kill comes while the daemon is connected, after it wrote a new event, and while the consumer
+    is subscribed. The broker keeps the consumer's session in its persistence file (written by one
+    graceful restart before the daemon starts), so events published while the consumer is cut off
+    wait for it (in the broker's memory: a kill before the consumer is back would lose them there,
+    after the daemon's PUBACK, which is why the next kill waits for it).
 
     Args:
         timeout_s: the longest wait for one kill's conditions (a new event, a reconnection).
@@ -224,8 +226,10 @@ def broker_outages(
         seen = connected = 0
         waiting_since = time.monotonic()
         while report.kills < kills and daemon.process.poll() is None:
-            # Kill it while the daemon is connected and events are flowing.
-            if len(printed_events(daemon)) <= seen or connects() <= connected:
+            # Kill it while the daemon is connected and events are flowing, and the consumer is back:
+            # what the broker holds for an absent consumer is in its memory only, and a SIGKILL
+            # would lose it there, after the daemon had its PUBACK (the broker's loss, not ours).
+            if len(printed_events(daemon)) <= seen or connects() <= connected or not consumer.subscribed:
                 if time.monotonic() - waiting_since > timeout_s:
                     report.failures.append(
                         f"no new event or reconnection within {timeout_s:.0f} s after kill {report.kills}"

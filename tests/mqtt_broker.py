@@ -452,6 +452,7 @@ class Recorder:
             self._client.tls_set_context(context)
         self._client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._started = False
@@ -466,6 +467,16 @@ class Recorder:
         self, client: mqtt.Client, userdata: object, mid: int, codes: object, props: object
     ) -> None:
         self._subscribed.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        self._subscribed.clear()
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and the broker acknowledged the subscription (again, after a reconnection)."""
+        return self._subscribed.is_set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._condition:
