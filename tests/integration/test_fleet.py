@@ -1,0 +1,268 @@
+"""The fleet end to end: a real Mosquitto, the enrolment authority's command line, and three appliances
+(subprocesses) on a looping video of a person. Enrol once, every door grants; remove, every door
+forgets (for real); a door stopped during both catches up; hostile records change nothing anywhere."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.fleet.records import (
+    IdentityRecord,
+    open_record,
+    read_fleet_key,
+    record_topic,
+    seal_record,
+)
+from appliance.updates.keys import key_id, load_public_key
+from tests.mqtt_broker import MosquittoBroker, Recorder, wait_until
+from tests.support import Daemon, passage_video, run_cli
+
+SITE = "hq"
+PREFIX = "face-appliance-fleet"
+DOORS = ("door-a", "door-b", "door-c")
+PERSON = "p-obama"  # the person of the video
+OTHER = "p-ada"
+
+
+@pytest.fixture
+def authority(tmp_path: Path, shared_models: Path, mosquitto: MosquittoBroker) -> Path:
+    folder = tmp_path / "authority"
+    folder.mkdir()
+    config = folder / "auth.toml"
+    config.write_text(
+        f'[authority]\nsite = "{SITE}"\nsigning_key = "keys/authority.key"\nfleet_key_file = "keys/fleet.key"\n'
+        f'state_dir = "state"\n[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        f'[models]\ndir = "{shared_models}"\n'
+    )
+    _ok("fleet", "init", "--config", str(config))
+    return config
+
+
+def _ok(*args: str) -> str:
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _door(
+    tmp_path: Path, device: str, authority: Path, models: Path, broker: MosquittoBroker, video: Path
+) -> Path:
+    folder = tmp_path / device
+    trusted = folder / "trusted"
+    trusted.mkdir(parents=True)
+    keys = authority.parent / "keys"
+    shutil.copy(keys / "authority.pub", trusted / "authority.pub")
+    config = folder / "appliance.toml"
+    config.write_text(
+        f'[device]\nid = "{device}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{folder / "state"}"\n'
+        f'[camera]\nsource = "{video}"\nat_end = "loop"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        f"[metrics]\nstate_interval_s = 1.0\n"
+        f'[fleet]\nenabled = true\nsite = "{SITE}"\nfleet_key_file = "{keys / "fleet.key"}"\n'
+        f'trusted_keys_dir = "{trusted}"\n'
+    )
+    return config
+
+
+def _state(recorder: Recorder, device: str) -> Dict[str, Any]:
+    states = recorder.on(f"face-appliance/{device}/state")
+    return json.loads(states[-1].payload) if states else {}
+
+
+def _fleet_applied(recorder: Recorder, device: str) -> Dict[str, Any]:
+    return _state(recorder, device).get("fleet") or {}
+
+
+def _decisions_since(recorder: Recorder, device: str, since: float) -> List[Dict[str, Any]]:
+    messages = [
+        m
+        for m in recorder.messages
+        if m.topic == f"face-appliance/{device}/events" and m.received_at >= since
+    ]
+    return [json.loads(m.payload) for m in messages]
+
+
+def _wait_decision(recorder: Recorder, device: str, since: float, check: Any, what: str) -> None:
+    recorder.wait_for(
+        lambda _: any(check(e) for e in _decisions_since(recorder, device, since)), 120, f"{device}: {what}"
+    )
+
+
+def _bytes_of(store: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (store, store.with_name(store.name + "-wal")) if p.exists())
+
+
+@pytest.fixture
+def doors(
+    tmp_path: Path, authority: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
+) -> Iterator[Dict[str, Path]]:
+    video = passage_video(tmp_path, shared_data)
+    yield {device: _door(tmp_path, device, authority, shared_models, mosquitto, video) for device in DOORS}
+
+
+def test_enrol_once_every_door_knows(
+    tmp_path: Path,
+    authority: Path,
+    doors: Dict[str, Path],
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    faces = shared_data / "faces"
+    auth = ("--config", str(authority))
+    running = {device: Daemon(config) for device, config in doors.items()}
+    try:
+        for device in DOORS:
+            recorder.wait_for(
+                lambda _, device=device: _fleet_applied(recorder, device).get("applied") == 0,
+                120,
+                f"{device} in the fleet",
+            )
+        status = json.loads(_ok("fleet", "status", *auth, "--json"))
+        assert {door["device_id"] for door in status["doors"]} == set(DOORS)
+
+        running["door-c"].stop()  # door C is away during both changes
+        since = time.time()
+        _ok(
+            "fleet",
+            "enroll",
+            *auth,
+            "--name",
+            "Barack Obama",
+            "--id",
+            PERSON,
+            str(faces / "fr_obama/obama.jpg"),
+        )
+        _ok(
+            "fleet",
+            "enroll",
+            *auth,
+            "--name",
+            "Ada",
+            "--id",
+            OTHER,
+            "--groups",
+            "staff",
+            str(faces / "deepface_personA/img1.jpg"),
+        )
+        for device in ("door-a", "door-b"):
+            _wait_decision(
+                recorder,
+                device,
+                since,
+                lambda e: e["decision"] == "granted" and (e["identity"] or {}).get("id") == PERSON,
+                "grants the person",
+            )
+        record = json.loads(recorder.on(record_topic(PREFIX, SITE, PERSON))[-1].payload)
+        assert (
+            b"Barack" not in recorder.on(record_topic(PREFIX, SITE, PERSON))[-1].payload
+            and record["kind"] == "identity"
+        )
+        out_of_step = run_cli("fleet", "status", *auth, "--json")
+        assert out_of_step.returncode == 1
+        behind = [d["device_id"] for d in json.loads(out_of_step.stdout)["doors"] if not d["in_step"]]
+        assert behind == ["door-c"], out_of_step.stdout
+
+        since = time.time()
+        _ok("fleet", "remove", *auth, PERSON)
+        for device in ("door-a", "door-b"):
+            wait_until(
+                lambda device=device: PERSON not in _store_ids(doors[device]),
+                60,
+                f"{device} removes the person",
+            )
+            _wait_decision(
+                recorder, device, since, lambda e: e["decision"] == "unknown", "no longer knows the person"
+            )
+            assert b"Barack Obama" not in _bytes_of(doors[device].parent / "state" / "gallery.db")
+
+        running["door-c"] = Daemon(doors["door-c"])  # catches up from the retained records
+        wait_until(lambda: run_cli("fleet", "status", *auth).returncode == 0, 120, "every door in step")
+        assert _store_ids(doors["door-c"]) == {OTHER}
+
+        # hostile records: refused by all three, nothing changed anywhere
+        before = {device: _store_ids(config) for device, config in doors.items()}
+        keys = authority.parent / "keys"
+        fleet_key = read_fleet_key(keys / "fleet.key")
+        forger = Ed25519PrivateKey.generate()
+        genuine = recorder.on(record_topic(PREFIX, SITE, OTHER))[-1].payload
+        opened = open_record(
+            genuine,
+            SITE,
+            fleet_key,
+            {key_id(load_public_key(keys / "authority.pub")): load_public_key(keys / "authority.pub")},
+        )
+        assert isinstance(opened, IdentityRecord)
+        forged = seal_record(
+            IdentityRecord(
+                "p-mallory",
+                opened.revision + 100,
+                "Mallory",
+                None,
+                opened.consent_at,
+                opened.policy,
+                opened.crops,
+                opened.qualities,
+            ),
+            SITE,
+            fleet_key,
+            forger,
+        )
+        recorder.publish(record_topic(PREFIX, SITE, "p-mallory"), forged, retain=True)
+        _ok("fleet", "set", *auth, OTHER, "--add-group", "night")  # a newer revision of Ada's record
+        for device in DOORS:
+            wait_until(
+                lambda device=device: "night" in _policy_groups(doors[device], OTHER),
+                60,
+                f"{device} applies the newer record",
+            )
+        envelope = json.loads(recorder.on(record_topic(PREFIX, SITE, OTHER))[-1].payload)
+        ciphertext = bytearray(base64.b64decode(envelope["ciphertext"]))
+        ciphertext[len(ciphertext) // 2] ^= 1
+        envelope["ciphertext"] = base64.b64encode(bytes(ciphertext)).decode()
+        recorder.publish(
+            record_topic(PREFIX, SITE, OTHER), json.dumps(envelope).encode(), retain=True
+        )  # tampered
+        recorder.publish(
+            record_topic(PREFIX, SITE, OTHER), genuine, retain=True
+        )  # the older revision, replayed
+        for device in DOORS:
+            wait_until(
+                lambda device=device: (
+                    (_fleet_applied(recorder, device).get("refused") or {}).get("count", 0) >= 3
+                ),
+                60,
+                f"{device} refuses the three hostile records",
+            )
+            assert _store_ids(doors[device]) == before[device] and "night" in _policy_groups(
+                doors[device], OTHER
+            )
+    finally:
+        for daemon in running.values():
+            daemon.stop()
+            daemon.close()
+
+
+def _store_ids(config: Path) -> set:
+    from appliance.gallery.store import TemplateStore
+
+    state = config.parent / "state"
+    with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
+        return {identity.id for identity in store.identities()}
+
+
+def _policy_groups(config: Path, identity_id: str) -> tuple:
+    from appliance.gallery.store import TemplateStore
+
+    state = config.parent / "state"
+    with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
+        identity = store.identity(identity_id)
+        return identity.policy.groups if identity is not None else ()
