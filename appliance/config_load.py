@@ -172,6 +172,8 @@ def _named_files(config: ApplianceConfig) -> List[Tuple[str, Optional[Path], int
         ("mqtt.tls.cert_file", tls.cert_file, MAX_TLS_FILE_BYTES),
         ("mqtt.tls.key_file", tls.key_file, MAX_TLS_FILE_BYTES),
         ("updates.security_secret_file", config.updates.security_secret_file, MAX_SECRET_BYTES),
+        ("osdp.scbk_file", config.osdp.scbk_file, MAX_SECRET_BYTES),
+        ("fleet.fleet_key_file", config.fleet.fleet_key_file, MAX_SECRET_BYTES),
     ]
 
 
@@ -204,6 +206,8 @@ def secret_file_warnings(config: ApplianceConfig) -> List[str]:
         ("mqtt.password_file", config.mqtt.password_file),
         ("mqtt.tls.key_file", config.mqtt.tls.key_file),
         ("updates.security_secret_file", config.updates.security_secret_file),
+        ("osdp.scbk_file", config.osdp.scbk_file),
+        ("fleet.fleet_key_file", config.fleet.fleet_key_file),
     ):
         if path is None:
             continue

@@ -134,6 +134,8 @@ def test_a_huge_config_file_is_refused(tmp_path: Path) -> None:
         "mqtt.tls.key_file",
         "mqtt.password_file",
         "updates.security_secret_file",
+        "osdp.scbk_file",
+        "fleet.fleet_key_file",
     ],
 )
 def test_a_named_file_that_is_not_a_regular_file_is_an_issue_at_its_key(key: str, bad_file: Path) -> None:
