@@ -61,7 +61,14 @@ def test_an_install_lays_out_config_credentials_state_and_unit(tmp_path: Path) -
     assert mode(etc) == 0o750
     assert mode(etc / "appliance.toml") == 0o640
     assert mode(credentials) == 0o700
-    for name in ("gallery_key", "mqtt_password", "package_public_key", "uds_secret"):
+    for name in (
+        "gallery_key",
+        "mqtt_password",
+        "package_public_key",
+        "uds_secret",
+        "fleet_key",
+        "osdp_scbk",
+    ):
         assert mode(credentials / name) == 0o600, name
     assert re.fullmatch(r"[0-9a-f]{64}\n", (credentials / "gallery_key").read_text())
     assert re.fullmatch(r"[0-9a-f]{64}\n", (credentials / "uds_secret").read_text())

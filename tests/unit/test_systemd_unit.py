@@ -66,7 +66,15 @@ def test_credentials_are_the_files_install_sh_creates() -> None:
     credentials = dict(value.split(":", 1) for value in settings("Service")["LoadCredential"])
     assert credentials == {
         name: f"/etc/face-appliance/credentials/{name}"
-        for name in ("mqtt_password", "gallery_key", "package_public_key", "uds_secret")
+        for name in (
+            "mqtt_password",
+            "gallery_key",
+            "package_public_key",
+            "uds_secret",
+            "fleet_key",
+            "fleet_authority_key",
+            "osdp_scbk",
+        )
     }
     install = (REPO_ROOT / "systemd" / "install.sh").read_text(encoding="utf-8")
     for name in credentials:
