@@ -115,7 +115,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from . import __version__
-from .config import ApplianceConfig
+from .config import ApplianceConfig, MqttTlsConfig
 from .errors import ApplianceError
 from .outbox import Outbox, OutboxError
 
@@ -148,6 +148,28 @@ MAX_DEFERRED_BYTES = 16 * 2**20
 CommandHandler = Callable[[str, bytes], None]
 #: ``handler(topic, payload, retained)`` of an extra subscription (:meth:`MqttLink.subscribe`).
 MessageHandler = Callable[[str, bytes, bool], None]
+
+
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+    """The client's TLS context of ``[mqtt.tls]``: TLS 1.2 at least, the CA and the client certificate
+    when given (the daemon's link and the fleet authority's connection).
+
+    Raises:
+        MqttLinkError: a TLS file cannot be loaded.
+    """
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=None if tls.ca_file is None else str(tls.ca_file)
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        raise MqttLinkError(
+            f"cannot load the MQTT TLS files (mqtt.tls: ca_file={tls.ca_file}, cert_file={tls.cert_file}, "
+            f"key_file={tls.key_file}): {err}"
+        ) from err
+    return context
 
 
 def _deliver_to(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
@@ -391,7 +413,7 @@ class MqttLink:
             MqttLinkError: TLS files cannot be loaded.
         """
         settings = self._config.mqtt
-        context = self._tls_context() if settings.tls.enabled else None
+        context = tls_context(settings.tls) if settings.tls.enabled else None
         with self._lock:
             if self._started:
                 raise RuntimeError("MqttLink.start() was already called; a link is started once")
@@ -935,22 +957,6 @@ class MqttLink:
         if client is None or not connected:
             return  # published on the next connect
         client.publish(topic, payload, qos=qos, retain=True)
-
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self._config.mqtt.tls
-        try:
-            context = ssl.create_default_context(
-                ssl.Purpose.SERVER_AUTH, cafile=None if tls.ca_file is None else str(tls.ca_file)
-            )
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if tls.cert_file is not None and tls.key_file is not None:
-                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-            raise MqttLinkError(
-                f"cannot load the MQTT TLS files (mqtt.tls: ca_file={tls.ca_file}, cert_file={tls.cert_file}, "
-                f"key_file={tls.key_file}): {err}"
-            ) from err
-        return context
 
     def _publish_offline(self, client: mqtt.Client, deadline: float) -> None:
         try:

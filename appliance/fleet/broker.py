@@ -13,7 +13,6 @@ authority's user to write ``{prefix}/{site}/records/+`` and ``{prefix}/{site}/ma
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -22,32 +21,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..config import MqttConfig
+from ..mqtt_link import tls_context
 from .errors import FleetError
 
 logger = logging.getLogger(__name__)
 
 Messages = Dict[str, bytes]
-
-
-def tls_context(settings: MqttConfig) -> ssl.SSLContext:
-    """The TLS context of ``[mqtt.tls]`` (TLS 1.2 at least; the CA and client certificate if given).
-
-    Raises:
-        FleetError: a TLS file cannot be loaded.
-    """
-    tls = settings.tls
-    try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=None if tls.ca_file is None else str(tls.ca_file)
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-        raise FleetError(f"cannot load the MQTT TLS files (mqtt.tls): {err}") from err
-    if tls.insecure:
-        context.check_hostname = False
-    return context
 
 
 class FleetBroker:
@@ -137,7 +116,7 @@ class FleetBroker:
         """
         settings = self.settings
         if settings.tls.enabled:
-            self._client.tls_set_context(tls_context(settings))
+            self._client.tls_set_context(tls_context(settings.tls))
             if settings.tls.insecure:
                 self._client.tls_insecure_set(True)
         if settings.username is not None:
@@ -221,4 +200,4 @@ class FleetBroker:
             return dict(self._messages)
 
 
-__all__ = ["FleetBroker", "Messages", "tls_context"]
+__all__ = ["FleetBroker", "Messages"]
