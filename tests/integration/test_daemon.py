@@ -81,6 +81,18 @@ def test_person_granted_and_stranger_unknown(
 
 
 def test_events_survive_a_broker_outage_and_a_sigkill(
+    tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path
+) -> None:
+    # A broker that keeps the consumer's session across its restarts: what the daemon publishes before
+    # the consumer is back is queued for it, whichever of the two reconnects first.
+    mosquitto = MosquittoBroker(tmp_path / "persistent-broker", persistence=True).start()
+    try:
+        _outage_and_sigkill(tmp_path, storage, shared_models, shared_data, mosquitto)
+    finally:
+        mosquitto.stop()
+
+
+def _outage_and_sigkill(
     tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
 ) -> None:
     with Recorder(
