@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Deque, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -95,16 +95,84 @@ def _flatten(prefix: str, value: object, out: Dict[str, float]) -> None:
             _flatten(f"{prefix}_{key}" if prefix else str(key), item, out)
 
 
+def _label(value: object) -> str:
+    """A label value escaped as the text exposition format requires (backslash, quote, newline)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: object) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _flag(value: object) -> Optional[float]:
+    return float(value) if isinstance(value, bool) else None
+
+
+def _gauge(lines: List[str], name: str, help_text: str, samples: List[Tuple[str, float]]) -> None:
+    if samples:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f"{name}{labels} {value:.6g}" for labels, value in samples)
+
+
+def board_metrics(board: Mapping[str, object], namespace: str = "face_appliance") -> List[str]:
+    """The board's health (``…/state`` → ``board``, :mod:`appliance.board_health`) as labelled gauges.
+
+    ``{namespace}_board_temperature_celsius{zone="…"}``, ``{namespace}_gpu_load_ratio`` (0–1),
+    ``{namespace}_board_throttling`` (0/1), ``{namespace}_clocks_locked`` (0/1) and
+    ``{namespace}_board_power_mode{id="…",name="…"}`` (1). A value the board did not give (``null``)
+    is left out rather than reported as 0; off a Jetson there are none.
+    """
+    lines: List[str] = []
+    if board.get("jetson") is not True:
+        return lines
+    temperatures = board.get("temperatures_c")
+    zones: List[Tuple[str, float]] = []
+    if isinstance(temperatures, Mapping):
+        for zone, value in sorted(temperatures.items(), key=lambda item: str(item[0])):
+            number = _number(value)
+            if number is not None:
+                zones.append((f'{{zone="{_label(zone)}"}}', number))
+    _gauge(lines, f"{namespace}_board_temperature_celsius", "Thermal zone temperature.", zones)
+    load = _number(board.get("gpu_load_pct"))
+    scalars = (
+        ("gpu_load_ratio", "GPU load (0-1).", round(load / 100.0, 4) if load is not None else None),
+        (
+            "board_throttling",
+            "1 while a thermal zone is at a passive or hot trip point, or over-current events occur.",
+            _flag(board.get("throttling")),
+        ),
+        (
+            "clocks_locked",
+            "1 when jetson_clocks holds the CPU and GPU clocks at their maximum.",
+            _flag(board.get("clocks_locked")),
+        ),
+    )
+    for suffix, help_text, value in scalars:
+        _gauge(lines, f"{namespace}_{suffix}", help_text, [("", value)] if value is not None else [])
+    mode = board.get("power_mode")
+    if isinstance(mode, Mapping) and mode.get("id") is not None:
+        labels = f'{{id="{_label(mode.get("id"))}",name="{_label(mode.get("name") or "")}"}}'
+        _gauge(lines, f"{namespace}_board_power_mode", "The nvpmodel power mode in force.", [(labels, 1.0)])
+    return lines
+
+
 def prometheus_text(state: Mapping[str, object], namespace: str = "face_appliance") -> str:
-    """Numeric leaves of the state document in the Prometheus text exposition format."""
+    """Numeric leaves of the state document in the Prometheus text exposition format; the board's
+    health (``board``) as the labelled gauges of :func:`board_metrics`."""
     flat: Dict[str, float] = {}
-    _flatten("", state, flat)
+    _flatten("", {key: value for key, value in state.items() if key != "board"}, flat)
     lines = []
     for key in sorted(flat):
         name = f"{namespace}_{key}".replace(".", "_").replace("-", "_")
         name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
         lines.append(f"# TYPE {name} gauge")
         lines.append(f"{name} {flat[key]:.6g}")
+    board = state.get("board")
+    if isinstance(board, Mapping):
+        lines.extend(board_metrics(board, namespace))
     return "\n".join(lines) + "\n"
 
 

@@ -130,6 +130,12 @@ class PeripheralHub:
             started.append(peripheral)
         self.peripherals = started
 
+    def emitter(self, source: str) -> EmitDoorEvent:
+        """The ``emit(kind, details)`` of a door-event source that is not a peripheral (``board``:
+        :class:`appliance.board_health.BoardMonitor` reports throttling with it); counted with the
+        peripherals' events."""
+        return self._emitter(source)
+
     def _emitter(self, source: str) -> EmitDoorEvent:
         from .events import door_event, encode
 

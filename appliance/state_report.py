@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from . import __version__
+from .board_health import BoardMonitor
 from .events import rfc3339_now
 
 if TYPE_CHECKING:
@@ -18,10 +19,17 @@ if TYPE_CHECKING:
 
 
 class StateReporter:
-    """Composes the state and model documents of one :class:`appliance.daemon.Appliance`."""
+    """Composes the state and model documents of one :class:`appliance.daemon.Appliance`.
 
-    def __init__(self, app: Appliance) -> None:
+    Args:
+        app: the appliance.
+        board: the board's health (default: read from ``/``, sampled at most every few seconds); the
+            daemon attaches the door hub's emitter to it so throttling becomes a door event.
+    """
+
+    def __init__(self, app: Appliance, board: Optional[BoardMonitor] = None) -> None:
         self.app = app
+        self.board = board if board is not None else BoardMonitor()
         self._last_transfer: Optional[Dict[str, Any]] = None
 
     def camera_status(self) -> Dict[str, Any]:
@@ -43,6 +51,10 @@ class StateReporter:
             degraded.append(f"camera: stalled, no frame for {camera.get('stalled_s')} s")
         if app.recorder is not None and app.recorder.outbox_error is not None:
             degraded.append(f"outbox: {app.recorder.outbox_error}")
+        board = self.board.document()
+        if board.get("throttling"):
+            zones = ", ".join(str(zone.get("zone")) for zone in board.get("throttling_zones") or [])
+            degraded.append(f"board: throttling ({zones or 'over-current'})")
         return list(dict.fromkeys(degraded))
 
     def state(self) -> Dict[str, Any]:
@@ -81,6 +93,7 @@ class StateReporter:
             "mqtt": app.link.status() if app.link is not None else {},
             "door": app.door.state() if app.door is not None else {},
             "fleet": app.fleet.state() if app.fleet is not None else None,
+            "board": self.board.document(),
             "degraded": self.degraded(),
             "pid": os.getpid(),
         }
