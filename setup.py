@@ -62,6 +62,12 @@ setup(
         # its C extension `osdp_sys`, which every 3.x release has (the `osdp` wrapper needs 3.9+).
         "osdp": ["libosdp>=3.2,<4"],
         "plot": ["matplotlib>=3.3"],
+        # The service protocol (sd_notify: READY, WATCHDOG, …) and the journal's structured records
+        # (appliance/systemd_notify.py, appliance/logs.py). A C extension over libsystemd: pip builds
+        # it with libsystemd-dev, pkg-config and a compiler (scripts/bootstrap.sh installs them); on a
+        # Jetson apt's python3-systemd (234 on Ubuntu 20.04/22.04) satisfies it in a venv made with
+        # --system-site-packages. Without it the daemon runs, but systemd hears nothing from it.
+        "systemd": ["systemd-python>=234; sys_platform == 'linux'"],
         # The door's own I/O (appliance/door, [door] in the config): libgpiod v2's bindings, whose first
         # aarch64 wheels are gpiod 2.2 and whose releases need Python >= 3.9. On Python 3.8 (JetPack 5)
         # `pip install gpiod` would pick the unrelated pure-Python gpiod 1.5, so gpiod is not named there:
@@ -99,6 +105,8 @@ setup(
             "onnxconverter-common>=1.15",
             # The door tests check their Jetson.GPIO double against its source (pure Python).
             "Jetson.GPIO>=2.1",
+            # The systemd tests drive the real sd_notify and JournalHandler (the systemd extra).
+            "systemd-python>=234; sys_platform == 'linux'",
         ],
     },
     entry_points={"console_scripts": ["face-appliance = appliance.cli:main"]},

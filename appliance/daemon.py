@@ -44,6 +44,7 @@ from .decisions import DecisionSettings
 from .event_recorder import EventRecorder
 from .faults import Faults
 from .gallery.gallery import Gallery
+from .logs import model_fields
 from .metrics import Latencies, PrometheusServer, RateMeter
 from .mqtt_link import MqttLink
 from .outbox import Outbox
@@ -52,8 +53,8 @@ from .pipeline import Pipeline
 from .pipeline_worker import PipelineWorker
 from .runtime import ModelLoader, ModelRuntime, model_targets
 from .runtime.engines import EngineSupervisor
-from .sdnotify import SystemdNotifier
 from .state_report import StateReporter
+from .systemd_notify import SystemdNotifier
 from .updates.swap import SwapManager
 
 logger = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ class Appliance:
             self.camera.source.describe(),
             loader.key,
             len(self.gallery),
+            extra=model_fields(self.runtime.model_versions),
         )
 
     def stop(self) -> None:

@@ -13,12 +13,38 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .config import ApplianceConfig
 from .events import access_event, encode
+from .logs import journal_fields, model_fields
 from .metrics import Latencies
 from .outbox import Outbox, OutboxError
 from .peripherals import Passage
 from .pipeline import Outcome
 
 logger = logging.getLogger(__name__)
+
+#: ``MESSAGE_ID`` of the journal record of every stored access event (``journalctl MESSAGE_ID=…``).
+ACCESS_EVENT_MESSAGE_ID = "8037ef14ad984b498dce0ba7b315f228"
+
+
+def access_event_fields(event: Dict[str, Any]) -> Dict[str, str]:
+    """The journal fields of a stored access event: ids, the decision and the model versions.
+
+    ``DECISION``, ``REASON`` (``denied`` only), ``EVENT_ID``, ``IDENTITY_ID`` (when the event names
+    an identity), ``TRACK_ID``, ``MODEL_DETECTOR``/``MODEL_EMBEDDER``/… and ``MESSAGE_ID``; never
+    the name, the face crop, the score or the box.
+    """
+    identity = event.get("identity")
+    fields = journal_fields(
+        {
+            "MESSAGE_ID": ACCESS_EVENT_MESSAGE_ID,
+            "DECISION": event["decision"],
+            "REASON": event.get("reason"),
+            "EVENT_ID": event["event_id"],
+            "IDENTITY_ID": identity["id"] if identity else None,
+            "TRACK_ID": event["track_id"],
+        }
+    )
+    fields.update(model_fields(event.get("models") or {}))
+    return fields
 
 
 class EventRecorder:
@@ -86,6 +112,7 @@ class EventRecorder:
                 event["decision"],
                 outcome.decision.track_id,
                 outcome.decision.frames,
+                extra=access_event_fields(event),
             )
             logger.debug("track %d: %s", outcome.decision.track_id, outcome.decision.reason)
             if self.print_events:
@@ -123,4 +150,4 @@ class EventRecorder:
             self.outbox_error = None
 
 
-__all__ = ["EventRecorder"]
+__all__ = ["ACCESS_EVENT_MESSAGE_ID", "EventRecorder", "access_event_fields"]

@@ -1,13 +1,27 @@
-"""Logging set-up for the command line and the daemon: stderr, and no timestamps under journald."""
+"""Logging set-up for the command line and the daemon: stderr, or the journal's native protocol.
+
+Under systemd (``JOURNAL_STREAM`` names stderr's device and inode, as ``systemd.exec(5)`` sets it
+when stderr is connected to journald) and with ``systemd-python`` installed, records go to journald
+through ``systemd.journal.JournalHandler`` with ``SYSLOG_IDENTIFIER=face-appliance``: each carries
+``PRIORITY``, ``LOGGER``, ``THREAD_NAME``, ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` (the logging
+call's location, taken from the record by the handler) and the UPPER_CASE fields a call passes in
+``extra=`` (:func:`journal_fields`), e.g. ``DECISION``/``EVENT_ID`` of an access event, so that
+``journalctl -u face-appliance DECISION=denied`` works. Elsewhere, or without the library, plain
+text goes to stderr (without timestamps when journald stores it: it has its own).
+
+Structured fields carry ids, decisions and versions only: never a face, an embedding, a name or a
+secret.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict
+from typing import IO, Any, Callable, Dict, Mapping, Optional
 
 #: Below DEBUG: per-frame and per-CAN-frame chatter, so that DEBUG stays readable on a device.
 TRACE = 5
@@ -25,17 +39,96 @@ QUIET_LOGGERS: Dict[str, int] = {
     "PIL": logging.WARNING,
 }
 
+#: ``SYSLOG_IDENTIFIER`` of the journal records, as the unit's ``SyslogIdentifier=`` (``journalctl -t``).
+JOURNAL_IDENTIFIER = "face-appliance"
+#: Text of a record: with the time on a terminal or in a file, without it where journald stores it.
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+#: A field name a client may send to journald: upper-case letters, digits and ``_``, not starting
+#: with a digit or ``_`` (those are journald's own), at most 64 characters. journald drops others.
+_JOURNAL_FIELD = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+def stderr_is_journal(stream: Optional[IO[str]] = None, environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether ``stream`` (default stderr) is the journald stream systemd connected the service to.
+
+    systemd sets ``JOURNAL_STREAM=<device>:<inode>`` of that stream; a process whose stderr was
+    redirected since (a shell started by a service, a test harness's pipe) has other numbers.
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        status = os.fstat((sys.stderr if stream is None else stream).fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both of the first two
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+def journal_field_name(name: str) -> str:
+    """``name`` as a journal field: upper case, other characters as ``_`` (``anti-spoof`` → ``ANTI_SPOOF``).
+
+    Raises:
+        ValueError: nothing usable is left (it must start with a letter).
+    """
+    field = re.sub(r"[^A-Z0-9_]", "_", name.upper())[:64]
+    if not _JOURNAL_FIELD.fullmatch(field):
+        raise ValueError(f"{name!r} cannot be a journal field name")
+    return field
+
+
+def journal_fields(fields: Mapping[str, Any]) -> Dict[str, str]:
+    """Structured journal fields for a logging call's ``extra=``; None values are left out.
+
+    Names go through :func:`journal_field_name`; values become text. The stderr handler ignores them.
+    Pass ids, decisions and versions, never a face, an embedding, a name or a secret.
+    """
+    return {journal_field_name(name): str(value) for name, value in fields.items() if value is not None}
+
+
+def model_fields(models: Mapping[str, Optional[str]]) -> Dict[str, str]:
+    """``MODEL_DETECTOR``, ``MODEL_EMBEDDER``, … fields from ``{"detector": version, …}``."""
+    return journal_fields({f"MODEL_{name}": version for name, version in models.items()})
+
+
+def _send_to_journal(text: str, /, **fields: Any) -> None:
+    """``JournalHandler``'s sender: only valid field names, and stderr if journald cannot be reached.
+
+    The handler passes every attribute of the record (``msg``, ``args``, …) besides its journal
+    fields; journald would drop the lower-case ones, they are dropped here already.
+    """
+    from systemd import journal
+
+    kept = {name: value for name, value in fields.items() if _JOURNAL_FIELD.fullmatch(name)}
+    try:
+        journal.send(text, **kept)
+    except OSError:  # journald restarting or gone: the line is not lost
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def journal_handler() -> Optional[logging.Handler]:
+    """A ``systemd.journal.JournalHandler`` for this appliance, or None without ``systemd-python``."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return None
+    handler: logging.Handler = journal.JournalHandler(
+        sender_function=_send_to_journal, SYSLOG_IDENTIFIER=JOURNAL_IDENTIFIER
+    )
+    handler.setFormatter(logging.Formatter(JOURNAL_TEXT_FORMAT))
+    return handler
+
 
 def setup_logging(level: str = "INFO") -> None:
-    """Send log records to stderr at ``level``; journald (``JOURNAL_STREAM``) adds its own timestamps."""
-    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = (
-        "%(levelname)s %(name)s: %(message)s"
-        if under_journald
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    """Send log records at ``level`` to journald (under systemd, with ``systemd-python``) or stderr."""
+    under_journald = stderr_is_journal()
+    handler = journal_handler() if under_journald else None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(JOURNAL_TEXT_FORMAT if under_journald else TEXT_FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -22,6 +22,19 @@ if ! "$python" -m venv --without-pip /tmp/.face-appliance-venv-probe >/dev/null 
 fi
 rm -rf /tmp/.face-appliance-venv-probe
 
+# systemd-python (the systemd and dev extras) is a C extension that pip builds: libsystemd's headers,
+# pkg-config, a compiler, and the interpreter's headers (python3.X-dev for Debian's own Python; a
+# pyenv Python has its own).
+case ",$extras," in
+*,systemd,* | *,dev,*)
+    apt_packages+=(libsystemd-dev pkg-config gcc)
+    if ! "$python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+        apt_packages+=("python$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev")
+    fi
+    ;;
+esac
+
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

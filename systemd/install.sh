@@ -279,11 +279,18 @@ elif ((WITH_VENV)); then
         # JetPack's TensorRT and OpenCV (with GStreamer) are apt packages built against NumPy 1.x:
         # the venv sees them through --system-site-packages, pip must not install an OpenCV wheel
         # over them, and NumPy stays below 2. pycuda is compiled here and needs nvcc on PATH.
-        packages=("${SOURCE}[jetson]" onnxruntime "numpy<2")
+        packages=("${SOURCE}[jetson,systemd]" onnxruntime "numpy<2")
         pip_env=(env "PATH=/usr/local/cuda/bin:$PATH")
     else
-        packages=("${SOURCE}[cpu]")
+        packages=("${SOURCE}[cpu,systemd]")
         pip_env=()
+    fi
+    # systemd-python sends READY=1 and the watchdog pings of this Type=notify unit (without it the
+    # start times out) and the journal's structured records: apt's python3-systemd, which the venv
+    # sees through --system-site-packages, or pip builds it against libsystemd-dev.
+    if ((!DRY_RUN)) && ! "$PYTHON" -c 'import systemd.daemon' >/dev/null 2>&1 &&
+        ! pkg-config --exists libsystemd >/dev/null 2>&1; then
+        die "systemd-python is missing for $PYTHON: apt-get install python3-systemd (or libsystemd-dev pkg-config gcc and the Python headers, to build it)"
     fi
     if [[ -x "$OPT_DIR/bin/python" ]]; then
         say "keep" "virtualenv $OPT_DIR (upgrading the packages)"
