@@ -24,7 +24,13 @@ from engines.errors import BackendUnavailableError, EngineError
 from engines.prepare import compare_batched, load_model_bytes
 from engines.registry import MODELS, ModelSpec, required_models
 from engines.store import ModelStore
-from engines.tensorrt.platform import jetson_release_line
+from engines.tensorrt.platform import (
+    L4T_JETPACK4,
+    LIBNVINFER,
+    jetpack4_pieces,
+    jetson_release_line,
+    l4t_major,
+)
 
 from .config import ApplianceConfig
 from .config_load import secret_file_warnings
@@ -33,6 +39,8 @@ from .runtime.loading import backend_options, load_analyzer
 logger = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+#: Builds TensorRT's bindings and pycuda for Python 3.8 on JetPack 4 (a Nano).
+NANO_SCRIPT = "scripts/nano-tensorrt-py38.sh"
 PREPARED_TOLERANCE = 1e-5
 
 
@@ -63,6 +71,53 @@ def check_platform() -> List[Check]:
     release = jetson_release_line()
     checks.append(
         Check(OK, "platform", f"Jetson, {release}" if release else f"{platform.machine()}, not a Jetson")
+    )
+    checks.extend(check_jetpack4())
+    return checks
+
+
+def check_jetpack4() -> List[Check]:
+    """On JetPack 4 (L4T R32, the Nano's last): which piece TensorRT needs under this Python is missing.
+
+    JetPack 4.6 ships Python 3.6 with TensorRT's bindings and pycuda for 3.6 only, and the appliance
+    runs on 3.8 or later: without bindings built for this interpreter it runs on the CPU fallback.
+    Each piece is a warning (the CPU fallback works); :func:`check_backends` fails when the
+    configuration asks for TensorRT.
+    """
+    if l4t_major() != L4T_JETPACK4:
+        return []
+    python = platform.python_version()
+    build = f"{NANO_SCRIPT} {sys.prefix}"
+    checks = [
+        Check(
+            OK,
+            "JetPack 4 python",
+            f"{python} in {sys.prefix} (JetPack 4.6's own Python 3.6 cannot run the appliance)",
+        )
+    ]
+    pieces = jetpack4_pieces()
+    for module, what in (("tensorrt", "TensorRT's bindings do"), ("pycuda", "pycuda does")):
+        reason = pieces[module]
+        checks.append(
+            Check(OK, f"JetPack 4 {module}", f"{_module_version(module)} imports in Python {python}")
+            if reason is None
+            else Check(
+                WARN,
+                f"JetPack 4 {module}",
+                f"{what} not import in Python {python}: {reason}",
+                f"run {build}",
+            )
+        )
+    reason = pieces[LIBNVINFER]
+    checks.append(
+        Check(OK, f"JetPack 4 {LIBNVINFER}", "present")
+        if reason is None
+        else Check(
+            WARN,
+            f"JetPack 4 {LIBNVINFER}",
+            f"TensorRT 8's library is {reason}",
+            "install JetPack 4.6.1 or later's TensorRT 8.2: sudo apt install nvidia-tensorrt",
+        )
     )
     return checks
 

@@ -7,18 +7,21 @@ when called.
 * :class:`PlatformInfo` — what an engine is bound to: TensorRT version, GPU name and compute
   capability, and the L4T release on a Jetson.
 * :func:`read_l4t_version` / :func:`jetson_release_line` — the only readers of
-  ``/etc/nv_tegra_release``; :func:`is_jetson`.
+  ``/etc/nv_tegra_release``; :func:`is_jetson`, :func:`l4t_major`.
+* :func:`jetpack4_pieces` — on JetPack 4 (a Nano), which of TensorRT's bindings, pycuda and
+  ``libnvinfer.so.8`` this interpreter lacks.
 * :func:`probe_platform` — the running TensorRT and CUDA device.
 * :func:`tensorrt_unavailable` — why TensorRT engines cannot be built or run here, or ``None``.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from ..errors import EngineBuildError
 from ..files import PathLike
@@ -29,6 +32,12 @@ logger = logging.getLogger(__name__)
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 #: At most this much of the release file is read (it is one line).
 RELEASE_FILE_MAX_BYTES = 4096
+#: JetPack 4's L4T major release (the last for the Nano: Python 3.6, TensorRT 8.2).
+L4T_JETPACK4 = 32
+#: Where JetPack installs TensorRT's libraries.
+L4T_LIBRARY_DIR = Path("/usr/lib/aarch64-linux-gnu")
+#: The TensorRT 8 runtime library the bindings load.
+LIBNVINFER = "libnvinfer.so.8"
 
 _RELEASE_PATTERN = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
 #: Characters not allowed in file names derived from platform or model names.
@@ -119,6 +128,34 @@ def jetson_release_line(path: Optional[PathLike] = None) -> Optional[str]:
     if text is None:
         return None
     return text.splitlines()[0].strip().lstrip("# ") if text.strip() else None
+
+
+def l4t_major(path: Optional[PathLike] = None) -> Optional[int]:
+    """The L4T major release (32 for JetPack 4, 35 for JetPack 5, 36 for JetPack 6), or ``None``."""
+    version = read_l4t_version(path)
+    return int(version.split(".", 1)[0]) if version else None
+
+
+def jetpack4_pieces(library_dir: Optional[PathLike] = None) -> Dict[str, Optional[str]]:
+    """What the TensorRT back-end needs on JetPack 4 (L4T R32: a Nano) that JetPack does not give a
+    Python 3.8 interpreter: ``{piece: None when present, else why not}`` for ``tensorrt`` and
+    ``pycuda`` importable here, and ``libnvinfer.so.8`` in ``library_dir`` (default
+    :data:`L4T_LIBRARY_DIR`, looked up at call time so tests can point it elsewhere).
+
+    JetPack 4.6 ships TensorRT's bindings and pycuda for Python 3.6 only;
+    ``scripts/nano-tensorrt-py38.sh`` builds both for 3.8.
+    """
+    pieces: Dict[str, Optional[str]] = {}
+    for module in ("tensorrt", "pycuda.driver"):
+        try:
+            importlib.import_module(module)
+            pieces[module.split(".")[0]] = None
+        except Exception as err:  # ImportError, or OSError for a library the module loads
+            pieces[module.split(".")[0]] = f"{type(err).__name__}: {err}"
+    directory = Path(library_dir) if library_dir is not None else L4T_LIBRARY_DIR
+    library = directory / LIBNVINFER
+    pieces[LIBNVINFER] = None if library.exists() else f"not in {directory}"
+    return pieces
 
 
 def is_jetson(path: Optional[PathLike] = None) -> bool:
