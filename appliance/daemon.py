@@ -231,6 +231,7 @@ class Appliance:
         )
         self.door.start()
         self.degraded.extend(self.door.failures)
+        self.reporter.board.attach(self.door.emitter("board"))  # throttling start/end as door events
 
         def credential_of(identity_id: str) -> Optional[str]:
             identity = store.identity(identity_id)
