@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -208,6 +209,44 @@ def daemon_config(
     path = tmp_path / "appliance.toml"
     path.write_text(text)
     return path
+
+
+def fleet_authority_config(folder: Path, site: str, broker: Any, models: Path) -> Path:
+    """Write ``folder/auth.toml``: an enrolment authority of ``site`` on ``broker`` (``host``, ``port``).
+
+    Its keys go to ``folder/keys`` (``authority.key``/``.pub``, ``fleet.key``) and its state to
+    ``folder/state`` when ``face-appliance fleet init`` runs on it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "auth.toml"
+    config.write_text(
+        f'[authority]\nsite = "{site}"\nsigning_key = "keys/authority.key"\nfleet_key_file = "keys/fleet.key"\n'
+        f'state_dir = "state"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'[models]\ndir = "{models}"\n'
+    )
+    return config
+
+
+def fleet_door_config(
+    folder: Path, device: str, site: str, authority: Path, models: Path, broker: Any, video: Path
+) -> Path:
+    """Write ``folder/appliance.toml``: door ``device`` of ``site`` in the fleet of the authority whose
+    ``auth.toml`` is ``authority`` (its fleet key, a copy of its public key in ``folder/trusted``), on a
+    looping ``video``, with quick reconnects and a ``…/state`` every second."""
+    keys = authority.parent / "keys"
+    trusted = folder / "trusted"
+    trusted.mkdir(parents=True)
+    shutil.copy(keys / "authority.pub", trusted / "authority.pub")
+    config = folder / "appliance.toml"
+    config.write_text(
+        f'[device]\nid = "{device}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{folder / "state"}"\n'
+        f'[camera]\nsource = "{video}"\nat_end = "loop"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        f"[metrics]\nstate_interval_s = 1.0\n"
+        f'[fleet]\nenabled = true\nsite = "{site}"\nfleet_key_file = "{keys / "fleet.key"}"\n'
+        f'trusted_keys_dir = "{trusted}"\n'
+    )
+    return config
 
 
 #: ``python -c`` program that limits the size of the files it writes, then runs ``python -m appliance``.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -23,7 +22,7 @@ from appliance.fleet.records import (
 )
 from appliance.updates.keys import key_id, load_public_key
 from tests.mqtt_broker import MosquittoBroker, Recorder, wait_until
-from tests.support import Daemon, passage_video, run_cli
+from tests.support import Daemon, fleet_authority_config, fleet_door_config, passage_video, run_cli
 
 SITE = "hq"
 PREFIX = "face-appliance-fleet"
@@ -34,14 +33,7 @@ OTHER = "p-ada"
 
 @pytest.fixture
 def authority(tmp_path: Path, shared_models: Path, mosquitto: MosquittoBroker) -> Path:
-    folder = tmp_path / "authority"
-    folder.mkdir()
-    config = folder / "auth.toml"
-    config.write_text(
-        f'[authority]\nsite = "{SITE}"\nsigning_key = "keys/authority.key"\nfleet_key_file = "keys/fleet.key"\n'
-        f'state_dir = "state"\n[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        f'[models]\ndir = "{shared_models}"\n'
-    )
+    config = fleet_authority_config(tmp_path / "authority", SITE, mosquitto, shared_models)
     _ok("fleet", "init", "--config", str(config))
     return config
 
@@ -50,26 +42,6 @@ def _ok(*args: str) -> str:
     done = run_cli(*args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-def _door(
-    tmp_path: Path, device: str, authority: Path, models: Path, broker: MosquittoBroker, video: Path
-) -> Path:
-    folder = tmp_path / device
-    trusted = folder / "trusted"
-    trusted.mkdir(parents=True)
-    keys = authority.parent / "keys"
-    shutil.copy(keys / "authority.pub", trusted / "authority.pub")
-    config = folder / "appliance.toml"
-    config.write_text(
-        f'[device]\nid = "{device}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{folder / "state"}"\n'
-        f'[camera]\nsource = "{video}"\nat_end = "loop"\n'
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-        f"[metrics]\nstate_interval_s = 1.0\n"
-        f'[fleet]\nenabled = true\nsite = "{SITE}"\nfleet_key_file = "{keys / "fleet.key"}"\n'
-        f'trusted_keys_dir = "{trusted}"\n'
-    )
-    return config
 
 
 def _state(recorder: Recorder, device: str) -> Dict[str, Any]:
@@ -105,7 +77,10 @@ def doors(
     tmp_path: Path, authority: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
 ) -> Iterator[Dict[str, Path]]:
     video = passage_video(tmp_path, shared_data)
-    yield {device: _door(tmp_path, device, authority, shared_models, mosquitto, video) for device in DOORS}
+    yield {
+        device: fleet_door_config(tmp_path / device, device, SITE, authority, shared_models, mosquitto, video)
+        for device in DOORS
+    }
 
 
 def test_enrol_once_every_door_knows(
