@@ -82,9 +82,16 @@ def check_stores(storage: Path, model_version: str, dim: int) -> Dict[str, Any]:
         identities = gallery.identities()
         if len(gallery) != sum(identity.templates for identity in identities):
             problems.append(f"the index holds {len(gallery)} templates, the store others")
-    with Outbox.open(storage / "outbox.db", 1_000_000, 3600.0) as outbox:
-        pending = [entry.event_id for entry in outbox.pending(1_000_000)]
+    pending = outbox_figures(storage)["pending"]
     return {"problems": problems, "identities": {i.id for i in identities}, "pending": pending}
+
+
+def outbox_figures(storage: Path) -> Dict[str, Any]:
+    """What the outbox of a stopped daemon holds: ``pending`` event ids and its counters."""
+    with Outbox.open(storage / "outbox.db", 1_000_000, 3600.0) as outbox:
+        figures = dict(outbox.stats())
+        figures["pending"] = [entry.event_id for entry in outbox.pending(1_000_000)]
+    return figures
 
 
 def busy_commands(recorder: Recorder, photo: str, stop: threading.Event) -> None:
@@ -120,11 +127,27 @@ class DeliveryReport:
     seconds: float = 0.0
     #: Per fault: when it came, and what the daemon had written by then.
     details: List[Dict[str, Any]] = field(default_factory=list)
+    #: The daemon's outbox after its last run: ``pending`` ids and its counters (:meth:`Outbox.stats`).
+    outbox: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def lost(self) -> Set[str]:
         """Written but never received."""
         return set(self.written) - set(self.received)
+
+    @property
+    def lost_after_puback(self) -> Set[str]:
+        """Lost events the broker had acknowledged: the outbox deletes an event only on its PUBACK
+        (or counts a drop), so a lost event neither pending nor dropped was the broker's to deliver
+        (a broker SIGKILLed between its PUBACK and the delivery to the consumer loses it)."""
+        if not self.outbox or self.outbox.get("dropped_overflow") or self.outbox.get("dropped_age"):
+            return set()
+        return self.lost - set(self.outbox.get("pending", []))
+
+    @property
+    def lost_by_appliance(self) -> Set[str]:
+        """Lost events the appliance never had acknowledged (all of them, without outbox figures)."""
+        return self.lost - self.lost_after_puback
 
     @property
     def unexpected(self) -> Set[str]:
@@ -145,7 +168,11 @@ class DeliveryReport:
             "deliveries": len(self.received),
             "duplicates": self.duplicates,
             "lost": sorted(self.lost),
+            "lost_by_appliance": sorted(self.lost_by_appliance),
+            "lost_after_puback": sorted(self.lost_after_puback),
             "unexpected": sorted(self.unexpected),
+            "kills_with_events": sum(1 for d in self.details if d.get("events_before", d.get("printed", 0))),
+            "outbox": {key: value for key, value in self.outbox.items() if key != "pending"},
             "recoveries": self.recoveries,
             "failures": self.failures,
             "seconds": round(self.seconds, 1),
@@ -261,6 +288,7 @@ def broker_outages(
         if code != 0:
             report.failures.append(f"the daemon exited with {code} after SIGTERM")
         report.written = [event["event_id"] for event in printed_events(daemon)]
+        report.outbox = outbox_figures(storage)
         _wait_delivered(consumer, report.written, 60)
         report.received = _received_ids(consumer)
         report.failures += failures_logged(daemon)
@@ -284,6 +312,7 @@ def daemon_sigkills(
     kills: int,
     rng: random.Random,
     delay_s: Sequence[float] = (0.5, 5.0),
+    after_event: bool = False,
 ) -> DeliveryReport:
     """SIGKILL the daemon ``kills`` times, each a random ``delay_s`` after it came online, while it
     streams events and takes enrolments and removals; check the stores after each kill; then start
@@ -292,6 +321,8 @@ def daemon_sigkills(
     Args:
         broker, recorder: a running broker and a client subscribed to ``#`` on it (sends commands).
         analyzer: the models (their embedder's version and length open the gallery for the checks).
+        after_event: count the delay from the run's first event rather than from ``online``, so that
+            every kill comes while events stream (on a slow machine the first passage takes a while).
     """
     started = time.monotonic()
     report = DeliveryReport()
@@ -312,6 +343,8 @@ def daemon_sigkills(
             try:
                 wait_online(recorder, daemon)
                 busy.start()
+                if after_event:
+                    daemon.wait_log("access event:", timeout=120)
                 delay = rng.uniform(*delay_s)
                 time.sleep(delay)
                 daemon.signal(signal.SIGKILL)
@@ -360,6 +393,7 @@ def daemon_sigkills(
         if held["pending"]:
             report.failures.append(f"{len(held['pending'])} event(s) still pending after the last run")
         report.written = written
+        report.outbox = outbox_figures(storage)
         _wait_delivered(consumer, written, 60)
         report.received = _received_ids(consumer)
     finally:
