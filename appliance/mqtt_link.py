@@ -397,6 +397,22 @@ class MqttLink:
                 raise RuntimeError("MqttLink.subscribe() must be called before start()")
             self._extra[topic_filter] = (qos, handler)
 
+    def fetch_retained(self, topics: List[str]) -> bool:
+        """Ask the broker to send these topics' retained messages again (subscribe, then unsubscribe at
+        once; they arrive through the :meth:`subscribe` handler whose filter they match). Any thread.
+
+        Returns:
+            False when not connected (nothing asked).
+        """
+        client = self._client
+        with self._lock:
+            connected = self._connected and not self._stopping
+        if client is None or not connected or not topics:
+            return False
+        client.subscribe([(topic, 0) for topic in topics])
+        client.unsubscribe(list(topics))
+        return True
+
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish a retained document (QoS 1) now if connected, and again on every (re)connect."""
         with self._doc_lock:

@@ -40,6 +40,14 @@ class FleetConfig(StrictModel):
         description="Records received and not yet applied, at most (more are counted and dropped; the broker sends them again at the next connect).",
     )
 
+    max_pending_mb: int = Field(
+        128,
+        ge=8,
+        le=4096,
+        description="Megabytes of records received and not yet applied, at most (a record with its crops is "
+        "about 50 KB; what does not fit is fetched again later).",
+    )
+
     @model_validator(mode="after")
     def _needs_keys(self) -> FleetConfig:
         if self.enabled and (self.fleet_key_file is None or self.trusted_keys_dir is None):

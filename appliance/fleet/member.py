@@ -21,7 +21,12 @@ Rules:
   every retained record comes back at each reconnect — is skipped quietly.
 * A tombstone deletes the identity for real (as ``remove`` does) and its revision is remembered.
 * The signed manifest lists the site's live identities. Fleet identities this door holds that are
-  not in a newer manifest (their tombstones pruned while the door was away) are removed.
+  not in a newer manifest (their tombstones pruned while the door was away) are removed; the ones it
+  lists that this door lacks (or holds at an older revision) are asked for again, by topic, in chunks
+  of :data:`FETCH_CHUNK` — a broker drops part of a large retained burst (Mosquitto sends at most
+  ``max_queued_messages`` at once), and a fresh door must still get every record.
+* What waits to be applied is bounded by count (``fleet.max_pending``) and by bytes
+  (``fleet.max_pending_mb``); what does not fit is dropped, counted and fetched again later.
 * A local enrolment is never overwritten or removed by the fleet (refused: ``local_identity``).
 * A refused record changes nothing; it is counted, shown in ``…/state`` (``fleet.refused``) and
   logged (rate-limited), with its reason.
@@ -58,6 +63,7 @@ from .records import (
     open_manifest,
     open_record,
     read_fleet_key,
+    record_topic,
     records_filter,
 )
 
@@ -72,6 +78,12 @@ CROPS_PER_JOB = 32
 JOB_TIMEOUT_S = 60.0
 #: Retried after a batch the pipeline did not take (stopping, or models reloading).
 RETRY_S = 1.0
+#: Record topics asked for again per SUBSCRIBE when the manifest lists what this door lacks: a broker
+#: sends at most ``max_queued_messages`` (Mosquitto: 1000) to a client at once and drops the rest of
+#: a big retained burst, so a fresh door fetches what it missed in small chunks.
+FETCH_CHUNK = 500
+#: The quiet time (no record waiting) before missing records are asked for again.
+FETCH_IDLE_S = 1.0
 
 Record = Union[IdentityRecord, Tombstone]
 
@@ -129,6 +141,12 @@ class FleetMember:
         self._refused = 0
         self._last_refusal: Optional[Dict[str, Any]] = None
         self._manifest_revision: Optional[int] = None
+        self._manifest: Optional[Manifest] = None
+        #: ``fetch(topics)``: ask the broker for these retained records again (MqttLink.fetch_retained).
+        self.fetch: Optional[Callable[[List[str]], bool]] = None
+        self._fetch_after = 0.0
+        self._fetched_rounds = 0
+        self._queued_bytes = 0
         self._entries: Dict[str, int] = {}
         self._published: Optional[bytes] = None
 
@@ -136,20 +154,30 @@ class FleetMember:
 
     def subscriptions(self) -> List[Tuple[str, Callable[[str, bytes, bool], None]]]:
         """``(topic filter, handler)`` pairs for :meth:`MqttLink.subscribe`."""
-        return [(self._records_filter, self.receive), (self._manifest_topic, self.receive)]
+        # The manifest first: its retained copy then comes before the burst of records a broker may cut.
+        return [(self._manifest_topic, self.receive), (self._records_filter, self.receive)]
 
     def receive(self, topic: str, payload: bytes, retained: bool) -> None:
         """A message from the broker (paho's thread): queued, never processed here."""
         if not payload:
             return  # a cleared retained record (the authority pruned an old tombstone)
+        with self._lock:
+            full = self._queued_bytes + len(payload) > self.config.max_pending_mb * 2**20
+            if not full:
+                self._queued_bytes += len(payload)
         try:
+            if full:
+                raise queue.Full
             self._queue.put_nowait((topic, payload))
         except queue.Full:
             with self._lock:
                 self._dropped += 1
+                if not full:
+                    self._queued_bytes -= len(payload)
             self._warnings.report(
                 "full",
-                "fleet: %d records are waiting already; one was dropped (the broker sends it again at the next connect)",
+                "fleet: %d records (or fleet.max_pending_mb) are waiting already; one was dropped (it is asked "
+                "for again once the queue is empty)",
                 self.config.max_pending,
             )
 
@@ -184,6 +212,7 @@ class FleetMember:
                 "digest": fleet_digest(self._entries),
                 "manifest_revision": self._manifest_revision,
                 "pending": self._queue.qsize(),
+                "missing": len(self._missing()),
                 "dropped": self._dropped,
                 "changes": self._applied_total + self._removed_total,
                 "refused": {"count": self._refused, "last": self._last_refusal},
@@ -196,7 +225,9 @@ class FleetMember:
             try:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
+                self._fetch_missing()
                 continue
+            self._fetch_after = time.monotonic() + FETCH_IDLE_S
             batch: List[Record] = []
             manifests: List[Manifest] = []
             crops = 0
@@ -237,10 +268,43 @@ class FleetMember:
             with self._lock:
                 self._dropped += 1
 
+    def _missing(self) -> List[str]:
+        """Ids the last manifest lists at a newer revision than this door holds (caller may hold no lock)."""
+        manifest = self._manifest
+        if manifest is None:
+            return []
+        entries = self._entries
+        return [i for i, revision in manifest.entries.items() if entries.get(i, -1) < revision]
+
+    def _fetch_missing(self) -> None:
+        """With nothing waiting: ask the broker again for the records the manifest says are missing."""
+        if self.fetch is None or time.monotonic() < self._fetch_after:
+            return
+        if self._manifest is None:  # none yet (or the broker cut it from a burst): ask for it alone
+            chunk: List[str] = []
+            topics = [self._manifest_topic]
+        else:
+            missing = self._missing()
+            if not missing:
+                self._fetched_rounds = 0
+                return
+            chunk = sorted(missing)[:FETCH_CHUNK]
+            topics = [record_topic(self.config.prefix, self.config.site, i) for i in chunk]
+        self._fetched_rounds += 1
+        # Backs off while the same records keep not arriving (removed by the authority meanwhile, or
+        # refused): the next manifest settles it.
+        self._fetch_after = time.monotonic() + min(60.0, FETCH_IDLE_S * self._fetched_rounds)
+        if self.fetch(topics) and chunk:
+            logger.info(
+                "fleet: asking again for %d records the manifest lists and this door lacks", len(chunk)
+            )
+
     def _open(self, topic: str, payload: Any) -> Union[Record, Manifest, None]:
         """Verify, decrypt and validate one message; ``None`` (counted, logged) when refused."""
         if not topic:
             return payload  # requeued after a failed batch: verified already
+        with self._lock:
+            self._queued_bytes = max(0, self._queued_bytes - len(payload))
         try:
             if topic == self._manifest_topic:
                 return open_manifest(payload, self.config.site, self._trusted)
@@ -291,6 +355,7 @@ class FleetMember:
         )
         with self._lock:
             self._manifest_revision = manifest.revision
+            self._manifest = manifest
             self._removed_total += removed
             self._entries = entries
         if removed:

@@ -241,3 +241,33 @@ def _policy_groups(config: Path, identity_id: str) -> tuple:
     with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
         identity = store.identity(identity_id)
         return identity.policy.groups if identity is not None else ()
+
+
+def test_a_fresh_door_gets_every_record_from_a_broker_that_drops_part_of_the_burst(
+    tmp_path: Path, analyzer: Any
+) -> None:
+    """Mosquitto sends a client at most ``max_queued_messages`` at once and drops the rest of a retained
+    burst (a door stopped at 1 805 of 10 000 on the defaults); with a limit of 20 and 150 records, the
+    door must still get them all, by asking for what the signed manifest lists and it lacks."""
+    import numpy as np
+
+    from appliance.updates.keys import load_private_key
+    from bench.fleet import _authority, _scene, catch_up, reference_crop, seal_identities
+    from tests.mqtt_broker import free_port
+
+    nowhere = type("Nowhere", (), {"host": "127.0.0.1", "port": free_port()})()
+    authority = _authority(tmp_path / "authority", nowhere, "catch-up")
+    keys = authority.parent / "keys"
+    signing_key = load_private_key(keys / "authority.key")
+    sealed, _, _ = seal_identities(
+        150,
+        reference_crop(analyzer),
+        read_fleet_key(keys / "fleet.key"),
+        signing_key,
+        np.random.default_rng(3),
+    )
+    result = catch_up(
+        tmp_path / "run", authority, sealed, signing_key, _scene(tmp_path, "empty"), "max_queued_messages 20"
+    )
+    assert result["broker_dropped_log_lines"] > 0, "the broker did not drop anything: the test proves nothing"
+    assert result["complete"] and result["applied"] == 150 and result["after_restart"] is None, result
