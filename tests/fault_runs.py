@@ -129,6 +129,8 @@ class DeliveryReport:
     details: List[Dict[str, Any]] = field(default_factory=list)
     #: The daemon's outbox after its last run: ``pending`` ids and its counters (:meth:`Outbox.stats`).
     outbox: Dict[str, Any] = field(default_factory=dict)
+    #: What the broker's debug log says it did with the events (:func:`broker_accounting`).
+    broker: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def lost(self) -> Set[str]:
@@ -173,11 +175,53 @@ class DeliveryReport:
             "unexpected": sorted(self.unexpected),
             "kills_with_events": sum(1 for d in self.details if d.get("events_before", d.get("printed", 0))),
             "outbox": {key: value for key, value in self.outbox.items() if key != "pending"},
+            "broker": self.broker,
             "recoveries": self.recoveries,
             "failures": self.failures,
             "seconds": round(self.seconds, 1),
             "details": self.details,
         }
+
+
+def broker_accounting(
+    log: str, publisher: str = "face-appliance-door-test", consumer: str = CONSUMER_ID
+) -> Dict[str, Any]:
+    """From a Mosquitto debug log over several runs (one per start): the events each broker process
+    acknowledged to ``publisher`` and forwarded to ``consumer``.
+
+    Mosquitto acknowledges a QoS 1 PUBLISH at once and forwards it then, or, with the consumer away,
+    when it comes back; a process killed before that loses what it still held in memory.
+
+    Returns:
+        ``runs`` (broker processes), ``acknowledged`` and ``forwarded`` (events, over all runs) and
+        ``held_when_killed``: per run, events acknowledged and never forwarded before it ended.
+    """
+    runs = [
+        part for part in log.split(" starting\n") if "Received PUBLISH" in part or "Sending PUBLISH" in part
+    ]
+    held = []
+    acknowledged = forwarded = 0
+    for part in runs:
+        received = sum(
+            1
+            for line in part.splitlines()
+            if f"Received PUBLISH from {publisher} (" in line and "/events'" in line
+        )
+        sent = sum(
+            1
+            for line in part.splitlines()
+            if f"Sending PUBLISH to {consumer} (" in line and "/events'" in line
+        )
+        acknowledged, forwarded = acknowledged + received, forwarded + sent
+        if received > sent:
+            held.append(received - sent)
+    return {
+        "runs": len(runs),
+        "acknowledged": acknowledged,
+        "forwarded": forwarded,
+        "held_when_killed": sum(held),
+        "runs_holding": len(held),
+    }
 
 
 def _extend_unique(target: List[str], ids: Sequence[str]) -> None:
@@ -231,7 +275,8 @@ def broker_outages(
     """
     started = time.monotonic()
     report = DeliveryReport()
-    broker = MosquittoBroker(workdir / "broker", persistence=True)
+    # Debug logging: every PUBLISH in and out, so that the broker's own losses can be counted.
+    broker = MosquittoBroker(workdir / "broker", extra_config="log_type debug", persistence=True)
     broker.start()
     consumer = Recorder(
         broker.host, broker.port, f"{ROOT}/events", client_id=CONSUMER_ID, clean_session=False
@@ -292,6 +337,7 @@ def broker_outages(
         _wait_delivered(consumer, report.written, 60)
         report.received = _received_ids(consumer)
         report.failures += failures_logged(daemon)
+        report.broker = broker_accounting(broker.log_text())
     finally:
         if daemon is not None:
             daemon.close()

@@ -101,6 +101,8 @@ def _fault_rows(report: Dict[str, Any]) -> List[Tuple[str, str]]:
                 f"{outages['kills']} kills during an event stream: {_count(outages['events_written'])} events "
                 f"written, {_count(outages['events_received'])} delivered, {len(outages['lost_by_appliance'])} "
                 f"lost by the appliance, {len(outages['lost_after_puback'])} lost by the broker after its PUBACK "
+                f"(its log: {outages.get('broker', {}).get('held_when_killed', '?')} acknowledged and not yet "
+                f"forwarded when it was killed) "
                 f"({outages['duplicates']} redelivered), {outages['recoveries']} reconnections, "
                 f"{len(outages['failures'])} failures, {_duration(outages['seconds'])}",
             )
