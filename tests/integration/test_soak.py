@@ -26,9 +26,12 @@ def test_no_unbounded_growth_in_a_short_soak(tmp_path: Path, shared_models: Path
     assert len(samples) >= 10 and report["events"] >= 4, report
     warm = samples[len(samples) // 4 :]  # after warm-up (models, caches, first events)
     half = len(warm) // 2
-    for key in ("threads", "fds"):
-        first, second = [s[key] for s in warm[:half]], [s[key] for s in warm[half:]]
-        assert max(second) <= max(first), f"{key} grew: {[s[key] for s in samples]}"
+    threads = [s["threads"] for s in warm]
+    assert max(threads[half:]) <= max(threads[:half]), f"threads grew: {[s['threads'] for s in samples]}"
+    # libsystemd's sd_notify opens a socket for each notification and closes it at once: a sample may
+    # catch one. A leak keeps its descriptors, so even the fewest of the second half exceed the first.
+    fds = [s["fds"] for s in warm]
+    assert min(fds[half:]) <= max(fds[:half]), f"fds grew: {[s['fds'] for s in samples]}"
     rss = [s["rss_mib"] for s in warm]
     assert max(rss) - rss[0] < RSS_GROWTH_LIMIT_MIB, f"resident memory grew: {[round(v) for v in rss]} MiB"
     outbox = [s.get("outbox", 0.0) for s in warm]
