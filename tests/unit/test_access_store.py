@@ -66,7 +66,9 @@ def test_a_schema_1_gallery_is_migrated_and_its_people_keep_passing(tmp_path: Pa
         assert store.policy_tables().groups == {}
         assert AccessJudge(AccessPolicy([], "UTC"), store).judge("ada") is None
     with sqlite3.connect(str(db_path)) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+            SCHEMA_VERSION
+        )
 
 
 def test_policy_is_stored_changed_and_survives_a_reopen(tmp_path: Path) -> None:

@@ -64,7 +64,9 @@ def test_tombstones_delete_for_real_and_are_remembered(gallery: Gallery) -> None
     _apply(gallery, "p-1", 3, seed=1)
     assert b"Person 1" in _bytes_on_disk(gallery)
     assert gallery.remove_fleet_identity("p-1", 4) == 2
-    assert gallery.store.identity("p-1") is None and len(gallery) == 0 and gallery.store.fleet_identities() == {}
+    assert (
+        gallery.store.identity("p-1") is None and len(gallery) == 0 and gallery.store.fleet_identities() == {}
+    )
     assert gallery.store.fleet_revisions() == {"p-1": (4, "tombstone")}
     assert b"Person 1" not in _bytes_on_disk(gallery)  # secure_delete and the WAL checkpoint
 
