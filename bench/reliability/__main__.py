@@ -2,7 +2,8 @@
 
     python -m bench.reliability [--quick] [--json OUT] [--only faults fuzz crash]
                                 [--broker-kills N] [--daemon-kills N] [--inputs N] [--atheris-s S]
-                                [--workers 2] [--stores gallery outbox pointer]
+                                [--workers 2] [--stores gallery outbox pointer] [--markdown OUT.md]
+    python -m bench.reliability --render OUT.json [--markdown OUT.md]
 
 Three parts, each its own module (runnable alone), none of them run in CI
 (``tests/integration/test_reliability_campaign.py`` runs each at a tiny size so the command keeps
@@ -91,6 +92,19 @@ def _fuzz_rows(report: Dict[str, Any]) -> List[Tuple[str, str]]:
     return rows
 
 
+def _broker_log(figures: Dict[str, Any]) -> str:
+    """What the broker's debug log says it did with the events (:func:`tests.fault_runs.broker_accounting`)."""
+    if not figures:
+        return "no broker log"
+    text = (
+        f"its log: {_count(figures['acknowledged'])} acknowledged to the daemon, {_count(figures['forwarded'])} "
+        f"sent on to the consumer"
+    )
+    if figures["held_when_killed"]:
+        text += f", {figures['held_when_killed']} held for an absent consumer when it was killed"
+    return text
+
+
 def _fault_rows(report: Dict[str, Any]) -> List[Tuple[str, str]]:
     rows = []
     outages = report.get("broker_outages")
@@ -101,9 +115,8 @@ def _fault_rows(report: Dict[str, Any]) -> List[Tuple[str, str]]:
                 f"{outages['kills']} kills during an event stream: {_count(outages['events_written'])} events "
                 f"written, {_count(outages['events_received'])} delivered, {len(outages['lost_by_appliance'])} "
                 f"lost by the appliance, {len(outages['lost_after_puback'])} lost by the broker after its PUBACK "
-                f"(its log: {outages.get('broker', {}).get('held_when_killed', '?')} acknowledged and not yet "
-                f"forwarded when it was killed) "
-                f"({outages['duplicates']} redelivered), {outages['recoveries']} reconnections, "
+                f"({_broker_log(outages.get('broker') or {})}), "
+                f"{outages['duplicates']} redelivered, {outages['recoveries']} reconnections, "
                 f"{len(outages['failures'])} failures, {_duration(outages['seconds'])}",
             )
         )
@@ -212,6 +225,31 @@ def failed(results: Dict[str, Any]) -> List[str]:
     return problems
 
 
+def report_text(
+    machine: Dict[str, str], wall: float, seconds: Dict[str, float], results: Dict[str, Any]
+) -> str:
+    """The printed report: the machine, the wall time, the table, the details, what failed."""
+    problems = failed(results)
+    text = "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + "\n"
+    text += f"wall time: {_duration(wall)} ({', '.join(f'{part} {_duration(s)}' for part, s in seconds.items())})\n"
+    text += "\n| check | long run |\n| --- | --- |\n"
+    text += "".join(f"| {check} | {reached} |\n" for check, reached in table(results))
+    text += details(results)
+    verdict = (
+        "\n".join(f"FAILED: {problem}" for problem in problems)
+        if problems
+        else "nothing lost, crashed, hung or inconsistent"
+    )
+    return text + "\n" + verdict + "\n"
+
+
+def render(path: Path) -> str:
+    """The printed report of an earlier run, from its ``--json`` document (no run)."""
+    document = json.loads(path.read_text())
+    results = {part: document[part] for part in PARTS if part in document}
+    return report_text(document["machine"], document["wall_s"], document["part_s"], results)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="every part small (minutes, not an hour)")
@@ -232,7 +270,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--no-torn", action="store_true", help="crash sweep: no torn writes")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument(
+        "--render", type=Path, default=None, help="print the report of an earlier --json; no run"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        text = render(args.render)
+        print(text)
+        if args.markdown:
+            args.markdown.write_text(text)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     size = {key: full_quick[1 if args.quick else 0] for key, full_quick in SIZES.items()}
     for key in size:
@@ -265,21 +312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seconds["faults"] = time.monotonic() - began
     wall = time.monotonic() - started
     rows = table(results)
-    text = "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + "\n"
-    text += f"wall time: {_duration(wall)} ({', '.join(f'{part} {_duration(s)}' for part, s in seconds.items())})\n"
-    text += "\n| check | long run |\n| --- | --- |\n"
-    text += "".join(f"| {check} | {reached} |\n" for check, reached in rows)
-    text += details(results)
     problems = failed(results)
-    text += (
-        "\n"
-        + (
-            "\n".join(f"FAILED: {problem}" for problem in problems)
-            if problems
-            else "nothing lost, crashed, hung or inconsistent"
-        )
-        + "\n"
-    )
+    text = report_text(machine, wall, seconds, results)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
