@@ -159,10 +159,15 @@ def _group_set(args: argparse.Namespace) -> int:
 
 
 def _group_remove(args: argparse.Namespace) -> int:
+    return _remove(args, "group", lambda store: store.remove_group(args.name))
+
+
+def _remove(args: argparse.Namespace, what: str, remove: Any) -> int:
+    """Delete a group's or a calendar's definition; exit 1 when there was none."""
     _config, gallery = _gallery(args)
     with gallery:
-        removed = gallery.store.remove_group(args.name)
-    print(f"group {printable(args.name)} {'removed' if removed else 'was not defined'}")
+        removed = remove(gallery.store)
+    print(f"{what} {printable(args.name)} {'removed' if removed else 'was not defined'}")
     return EXIT_OK if removed else EXIT_FAILURE
 
 
@@ -176,11 +181,7 @@ def _calendar_set(args: argparse.Namespace) -> int:
 
 
 def _calendar_remove(args: argparse.Namespace) -> int:
-    _config, gallery = _gallery(args)
-    with gallery:
-        removed = gallery.store.remove_calendar(args.name)
-    print(f"calendar {printable(args.name)} {'removed' if removed else 'was not defined'}")
-    return EXIT_OK if removed else EXIT_FAILURE
+    return _remove(args, "calendar", lambda store: store.remove_calendar(args.name))
 
 
 def _check(args: argparse.Namespace) -> int:
