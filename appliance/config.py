@@ -18,7 +18,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin
 
 from pydantic import (
     Field,
@@ -37,7 +37,9 @@ from .fleet.door_settings import FleetConfig
 from .osdp.settings import OsdpConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: What an identifier (``device.id``, a camera's ``id``) may hold: it goes into MQTT topics, events and
+#: log fields, so no '/', '+', '#', spaces or control characters.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Lowest ``match.threshold`` (and ``set_threshold``): a cosine similarity of L2-normalised
 #: embeddings below it accepts a large share of strangers (at 0.14, 10 % of impostor pairs in the
 #: README's evaluation), and a tiny value grants the nearest match to anyone.
@@ -49,7 +51,7 @@ MATCH_THRESHOLD_MAX = 0.95
 
 def _host_name() -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "face-appliance"
-    return name if re.match(_NAME_PATTERN, name) else "face-appliance"
+    return name if re.match(NAME_PATTERN, name) else "face-appliance"
 
 
 class DeviceConfig(StrictModel):
@@ -57,7 +59,7 @@ class DeviceConfig(StrictModel):
 
     id: str = Field(
         default_factory=_host_name,
-        pattern=_NAME_PATTERN,
+        pattern=NAME_PATTERN,
         description="Device identifier: the last level of the MQTT topic root {prefix}/{id}. "
         "Letters, digits, '_', '.', '-'. Default: the host name.",
         json_schema_extra={"example": "door-1"},
@@ -66,9 +68,14 @@ class DeviceConfig(StrictModel):
 
 
 class CameraConfig(StrictModel):
-    """[camera] — Where frames come from."""
+    """[camera] — Where frames come from (several cameras: one [[cameras]] table each, with these keys)."""
 
-    id: str = Field("cam0", pattern=_NAME_PATTERN, description="Camera identifier carried in events.")
+    id: str = Field(
+        "cam0",
+        pattern=NAME_PATTERN,
+        description="Camera identifier carried in events (camera_id), logs and the state topic. "
+        "Letters, digits, '_', '.', '-'.",
+    )
     source: str = Field(
         "/dev/video0",
         min_length=1,
@@ -80,7 +87,9 @@ class CameraConfig(StrictModel):
         "auto", description="How to read `source`; auto guesses from its form."
     )
     at_end: Literal["stop", "loop"] = Field(
-        "stop", description="When a video file or image folder ends: stop the daemon cleanly, or loop."
+        "stop",
+        description="When a video file or image folder ends: stop the daemon cleanly, or loop. With "
+        "several cameras, 'stop' ends this camera; the daemon stops once every camera has ended.",
     )
     width: Optional[int] = Field(
         None,
@@ -725,6 +734,16 @@ class ApplianceConfig(StrictModel):
 
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
+    cameras: Optional[List[CameraConfig]] = Field(
+        None,
+        description="Several cameras on one appliance, instead of [camera]: one [[cameras]] table per "
+        "camera, with the keys of [camera] and an id of its own (required, unique). The models, the "
+        "gallery, the decision and access settings and the door are shared by every camera; each "
+        "camera has its own tracks and decisions, and its events carry its id as camera_id.",
+        json_schema_extra={
+            "example": [{"id": "entry", "source": "/dev/video0"}, {"id": "exit", "source": "/dev/video1"}]
+        },
+    )
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -746,6 +765,46 @@ class ApplianceConfig(StrictModel):
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("cameras")
+    @classmethod
+    def _distinct_cameras(cls, cameras: Optional[List[CameraConfig]]) -> Optional[List[CameraConfig]]:
+        if cameras is None:
+            return None
+        if not cameras:
+            raise ValueError(
+                "an empty list; give one [[cameras]] table per camera, or leave cameras out and "
+                "describe a single camera in [camera]"
+            )
+        first_of: Dict[str, int] = {}
+        for index, camera in enumerate(cameras):
+            if "id" not in camera.model_fields_set:
+                raise ValueError(
+                    f"cameras[{index}] has no id: every [[cameras]] table names its camera (e.g. "
+                    f'id = "entry"); events carry it as camera_id'
+                )
+            if camera.id in first_of:
+                raise ValueError(
+                    f"cameras[{index}] has the id {camera.id!r} of cameras[{first_of[camera.id]}]; give "
+                    "every camera an id of its own (it tells their events apart)"
+                )
+            first_of[camera.id] = index
+        return cameras
+
+    @model_validator(mode="after")
+    def _one_camera_form(self) -> ApplianceConfig:
+        if self.cameras is not None and "camera" in self.model_fields_set:
+            raise ValueError(
+                "[camera] and [[cameras]] are both given; keep [camera] for one camera, or move its keys "
+                "into one more [[cameras]] table with an id of its own"
+            )
+        return self
+
+    @property
+    def configured_cameras(self) -> List[CameraConfig]:
+        """The cameras this appliance runs, in the file's order: the ``[[cameras]]`` tables, or the
+        single ``[camera]``."""
+        return list(self.cameras) if self.cameras is not None else [self.camera]
 
     @property
     def engine_dir(self) -> Path:
@@ -816,8 +875,32 @@ def _toml_value(value: Any) -> str:
     return f'"{text}"'
 
 
+def _table_list_model(annotation: Any) -> Optional[type]:
+    """The item model of an optional list of tables (``Optional[List[CameraConfig]]``), else ``None``."""
+    for argument in get_args(annotation):
+        if get_origin(argument) in (list, List):
+            items = get_args(argument)
+            if items and isinstance(items[0], type) and issubclass(items[0], StrictModel):
+                return items[0]
+    return None
+
+
+def _render_table_list(name: str, field: Any, path: Tuple[str, ...], lines: List[str]) -> None:
+    """An array of tables (``[[cameras]]``), absent by default: its description and its example, commented."""
+    key = ".".join((*path, name))
+    lines.append("")
+    lines.append(f"# [[{key}]] — {field.description}")
+    examples = (
+        (field.json_schema_extra or {}).get("example") if isinstance(field.json_schema_extra, dict) else None
+    )
+    lines.append("# Default: none. For example:")
+    for example in examples or []:
+        lines.append(f"# [[{key}]]")
+        lines.extend(f"# {item} = {_toml_value(value)}" for item, value in example.items())
+
+
 def _render_section(model: type, path: Tuple[str, ...], lines: List[str]) -> None:
-    tables: List[Tuple[str, type]] = []
+    tables: List[Tuple[str, Any]] = []
     if path:
         lines.append("")
         lines.append(f"[{'.'.join(path)}]")
@@ -829,6 +912,9 @@ def _render_section(model: type, path: Tuple[str, ...], lines: List[str]) -> Non
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, StrictModel):
             tables.append((name, annotation))
+            continue
+        if _table_list_model(annotation) is not None:
+            tables.append((name, field))
             continue
         description = field.description or ""
         lines.append(f"# {description}")
@@ -845,7 +931,10 @@ def _render_section(model: type, path: Tuple[str, ...], lines: List[str]) -> Non
             )
             lines.append(f"{name} = {_toml_value(default)}")
     for name, section in tables:
-        _render_section(section, (*path, name), lines)
+        if isinstance(section, type):
+            _render_section(section, (*path, name), lines)
+        else:
+            _render_table_list(name, section, path, lines)
 
 
 def render_default_toml() -> str:

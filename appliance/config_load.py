@@ -14,7 +14,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, get_args
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -22,7 +22,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from engines.errors import FileReadError
 from engines.files import read_bounded, read_bounded_text
 
-from .config import ApplianceConfig, MqttConfig, StrictModel
+from .config import NAME_PATTERN, ApplianceConfig, MqttConfig, StrictModel
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -47,6 +47,11 @@ _TYPE_WORDS = {
     "list": "an array",
     "dict": "a table",
     "NoneType": "nothing",
+}
+#: What to try when a value does not match a field's pattern, by pattern.
+_PATTERN_HINTS = {
+    NAME_PATTERN: "use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or a digit "
+    "(ids go into MQTT topics, events and log fields)",
 }
 _EXPECTED_WORDS = {
     "int_type": "an integer",
@@ -247,14 +252,23 @@ def _walk(
         field = model.model_fields.get(part)
         if field is None:
             return model, None
-        annotation = field.annotation
-        next_model = (
-            annotation if isinstance(annotation, type) and issubclass(annotation, StrictModel) else None
-        )
+        next_model = _section_model(field.annotation)
         if next_model is None:
             return model, field
         model = next_model
     return model, field
+
+
+def _section_model(annotation: Any) -> Optional[Type[BaseModel]]:
+    """The section model a field holds: itself, or the items of a list of tables (``[[cameras]]``),
+    optional or not; ``None`` for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, StrictModel):
+        return annotation
+    for argument in get_args(annotation):  # Optional[List[CameraConfig]] → List[CameraConfig] → …
+        model = _section_model(argument)
+        if model is not None:
+            return model
+    return None
 
 
 def _is_secret(field: Any) -> bool:
@@ -332,6 +346,11 @@ def _issue(
     if kind in _EXPECTED_WORDS:
         found = _TYPE_WORDS.get(type(error.get("input")).__name__, type(error.get("input")).__name__)
         allowed = _allowed(field)
+        if kind == "list_type" and isinstance(error.get("input"), dict):
+            # [cameras] where [[cameras]] was meant: a table, not an array of tables.
+            return ConfigIssue(
+                path, f"expected an array, found a table; write one [[{path}]] table (two brackets) per entry"
+            )
         return ConfigIssue(
             path,
             f"expected {_EXPECTED_WORDS[kind]}, found {found} {value}" + (f" ({allowed})" if allowed else ""),
@@ -345,7 +364,12 @@ def _issue(
         return ConfigIssue(path, message)
     if kind in ("string_pattern_mismatch",):
         pattern = (error.get("ctx") or {}).get("pattern", "")
-        return ConfigIssue(path, f"{value} has characters or a form that is not allowed (pattern {pattern})")
+        hint = _PATTERN_HINTS.get(pattern)
+        return ConfigIssue(
+            path,
+            f"{value} has characters or a form that is not allowed (pattern {pattern})"
+            + (f"; {hint}" if hint else ""),
+        )
     message = str(error.get("msg", "invalid")).replace("Input should be", "must be")
     allowed = _allowed(field)
     if isinstance(_value_at(data, loc), dict):

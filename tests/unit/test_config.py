@@ -180,8 +180,11 @@ def test_default_file_documents_every_key() -> None:
     def walk(node: Dict[str, Any], prefix: str) -> None:
         for name, prop in node.get("properties", {}).items():
             ref = prop.get("$ref") or (prop.get("allOf") or [{}])[0].get("$ref")
+            tables = [a for a in prop.get("anyOf", []) if a.get("type") == "array" and "$ref" in a["items"]]
             if ref:
                 walk(schema["$defs"][ref.split("/")[-1]], f"{prefix}{name}.")
+            elif tables:  # an array of tables ([[cameras]]): shown as a commented example
+                assert f"\n# [[{prefix}{name}]]" in text, f"{prefix}{name} is not documented"
             else:
                 assert f"\n{name} = " in text or f"\n# {name} = " in text, f"{prefix}{name} is not documented"
 
@@ -199,3 +202,82 @@ def test_demo_config_is_valid() -> None:
     config = load_config(REPO_ROOT / "config" / "demo.toml")
     assert config.backend.type == "cpu"
     assert os.fspath(config.storage.dir).startswith(os.fspath(REPO_ROOT))
+
+
+# -- several cameras ([[cameras]]) -------------------------------------------------------------------------
+
+TWO_CAMERAS: Dict[str, Any] = {
+    **{key: value for key, value in MINIMAL.items() if key != "camera"},
+    "cameras": [
+        {"id": "entry", "source": "entry.avi", "at_end": "loop"},
+        {"id": "exit", "source": "rtsp://10.0.0.7/stream", "width": 1280, "height": 720},
+    ],
+}
+
+
+def test_a_single_camera_table_is_the_one_camera() -> None:
+    config = validate_config(copy.deepcopy(MINIMAL), base_dir=Path("/etc/fa"))
+    assert config.cameras is None
+    assert [camera.id for camera in config.configured_cameras] == ["cam0"]
+    assert config.configured_cameras[0].source == "/srv/clip.mp4"
+    assert [camera.id for camera in default_config().configured_cameras] == ["cam0"]
+
+
+def test_a_list_of_cameras_each_with_its_id_and_settings() -> None:
+    config = validate_config(copy.deepcopy(TWO_CAMERAS), base_dir=Path("/etc/fa"))
+    entry, exit_ = config.configured_cameras
+    assert (entry.id, exit_.id) == ("entry", "exit")
+    assert entry.source == "/etc/fa/entry.avi" and entry.at_end == "loop"  # relative to the file
+    assert exit_.source == "rtsp://10.0.0.7/stream" and exit_.width == 1280
+
+
+def test_cameras_as_toml_arrays_of_tables(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text(
+        '[[cameras]]\nid = "entry"\nsource = "a.avi"\n[[cameras]]\nid = "exit"\nsource = "b.avi"\n'
+    )
+    config = load_config(path)
+    assert [(c.id, c.source) for c in config.configured_cameras] == [
+        ("entry", str(tmp_path / "a.avi")),
+        ("exit", str(tmp_path / "b.avi")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cameras", "path", "fragments"),
+    [
+        ([], "cameras", ("an empty list", "[[cameras]]")),
+        (
+            [{"id": "door", "source": "a"}, {"id": "door", "source": "b"}],
+            "cameras",
+            ("cameras[1] has the id 'door' of cameras[0]", "an id of its own"),
+        ),
+        ([{"id": "a"}, {"source": "b"}], "cameras", ("cameras[1] has no id", 'id = "entry"')),
+        ([{"id": "entry/1"}], "cameras[0].id", ("not allowed", "letters, digits", "MQTT topics")),
+        ([{"id": "in #1"}], "cameras[0].id", ("not allowed",)),
+        (
+            [{"id": "a", "sorce": "x"}],
+            "cameras[0].sorce",
+            ("keys allowed in cameras[0]", "did you mean 'source'"),
+        ),
+        ([{"id": "a", "width": 8}], "cameras[0].width", ("≥ 16",)),
+        ([{"id": "a", "width": 640}], "cameras[0]", ("width and camera.height",)),
+        ({"id": "a"}, "cameras", ("found a table", "[[cameras]]")),
+    ],
+)
+def test_camera_list_refusals_name_the_key_and_what_to_try(cameras: Any, path: str, fragments: tuple) -> None:
+    data = copy.deepcopy(TWO_CAMERAS)
+    data["cameras"] = cameras
+    issues = _issues(data)
+    assert path in issues, issues
+    for fragment in fragments:
+        assert fragment in issues[path], issues[path]
+
+
+def test_camera_and_cameras_together_are_refused() -> None:
+    data = copy.deepcopy(TWO_CAMERAS)
+    data["camera"] = {"source": "/dev/video0"}
+    issues = _issues(data)
+    assert list(issues) == [""], issues  # a rule of the whole file: the message names both keys
+    assert "[camera] and [[cameras]] are both given" in issues[""]
+    assert "one more [[cameras]] table" in issues[""]
