@@ -9,7 +9,7 @@ softmax outputs are summed; class 1 is "live". The live score is that sum's clas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -73,14 +73,35 @@ class LivenessChecker:
 
     def check(self, image: np.ndarray, boxes: np.ndarray) -> LivenessResult:
         """Live scores for the faces at ``boxes`` ``(N, 4)`` in ``image`` ``(H, W, 3)`` uint8 BGR."""
-        count = len(boxes)
+        return self.check_many([(image, boxes)])
+
+    def check_many(self, faces: Sequence[Tuple[np.ndarray, np.ndarray]]) -> LivenessResult:
+        """Live scores for the faces of several images (the frames of several cameras) in one model
+        call per network.
+
+        Args:
+            faces: ``(image, boxes)`` pairs: ``(H, W, 3)`` uint8 BGR and its ``(N_i, 4)`` face boxes.
+
+        Returns:
+            one score per face, in the order of ``faces`` and of their boxes.
+        """
+        count = sum(len(boxes) for _, boxes in faces)
         if count == 0:
             return LivenessResult(np.zeros((0,), np.float32), np.zeros((0,), bool))
         total = np.zeros((count, 3), np.float64)
         for backend in self.backends:
             pre = backend.spec.preprocessing
-            regions = context_regions(boxes, image.shape[:2], pre.crop_scale or 1.0)
-            patches = sample_patches([(image, 1.0, 1.0)], regions, pre.input_size or (80, 80))
+            size = pre.input_size or (80, 80)
+            patches = np.concatenate(
+                [
+                    sample_patches(
+                        [(image, 1.0, 1.0)],
+                        context_regions(boxes, image.shape[:2], pre.crop_scale or 1.0),
+                        size,
+                    )
+                    for image, boxes in faces
+                ]
+            )
             logits = backend.run(pre.to_blob(patches))[backend.spec.outputs[0].name].astype(np.float64)
             logits -= logits.max(axis=1, keepdims=True)
             probabilities = np.exp(logits)
