@@ -764,9 +764,11 @@ class CameraThread:
     the source and closes it.
 
     Args:
-        config: the ``[camera]`` section.
+        config: the ``[camera]`` section (or one ``[[cameras]]`` table).
         stop_event: the daemon's stop event; only read here.
         source: the source to run; default :func:`create_source` ``(config)``. Tests pass fakes.
+        wake: set whenever a frame is ready to be taken, and when the thread ends or :attr:`ended` is
+            set: one consumer of several cameras waits on one event for all of them.
 
     Attributes:
         ended: set when a file or folder ended with ``at_end = "stop"``.
@@ -777,11 +779,13 @@ class CameraThread:
         config: CameraConfig,
         stop_event: threading.Event,
         source: Optional[CameraSource] = None,
+        wake: Optional[threading.Event] = None,
     ) -> None:
         self.config = config
         self.source = source if source is not None else create_source(config)
         self.name = f"camera-{config.id}"
         self.ended = threading.Event()
+        self._wake = wake
         self._shared_stop = stop_event
         self._own_stop = threading.Event()
         self._cond = threading.Condition()
@@ -1032,7 +1036,13 @@ class CameraThread:
                     self._state = "stopped"
                 self._finished = True
                 self._cond.notify_all()
+            self._tell_consumer()
             logger.debug("Thread %s ended", self.name)
+
+    def _tell_consumer(self) -> None:
+        """Wake the consumer that waits on several cameras (``wake``)."""
+        if self._wake is not None:
+            self._wake.set()
 
     def _end_read(self) -> None:
         """A read returned: log the end of a stall that was reported."""
@@ -1105,6 +1115,7 @@ class CameraThread:
             self._frames += 1
             self._times.append(captured)
             self._cond.notify_all()
+        self._tell_consumer()
         self._delay = self.config.reconnect_min_s
         if previous == "lost":
             logger.info(
@@ -1134,4 +1145,5 @@ class CameraThread:
             self._state = "ended"
             frames = self._frames
         self.ended.set()
+        self._tell_consumer()
         logger.info("End of %s after %d frames (camera.at_end = stop)", self.source.describe(), frames)

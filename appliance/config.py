@@ -40,6 +40,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
 #: What an identifier (``device.id``, a camera's ``id``) may hold: it goes into MQTT topics, events and
 #: log fields, so no '/', '+', '#', spaces or control characters.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: The id of the single ``[camera]`` when it does not name itself.
+DEFAULT_CAMERA_ID = "cam0"
 #: Lowest ``match.threshold`` (and ``set_threshold``): a cosine similarity of L2-normalised
 #: embeddings below it accepts a large share of strangers (at 0.14, 10 % of impostor pairs in the
 #: README's evaluation), and a tiny value grants the nearest match to anyone.
@@ -71,7 +73,7 @@ class CameraConfig(StrictModel):
     """[camera] — Where frames come from (several cameras: one [[cameras]] table each, with these keys)."""
 
     id: str = Field(
-        "cam0",
+        DEFAULT_CAMERA_ID,
         pattern=NAME_PATTERN,
         description="Camera identifier carried in events (camera_id), logs and the state topic. "
         "Letters, digits, '_', '.', '-'.",

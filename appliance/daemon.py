@@ -4,11 +4,14 @@ Threads (DESIGN §4), all stopped through one :class:`threading.Event`:
 
 * **pipeline** (:class:`appliance.pipeline_worker.PipelineWorker`): the one owner of the loaded
   models (:class:`appliance.runtime.ModelRuntime`; with TensorRT, the CUDA context). It loads them,
-  then per frame detects, tracks, embeds where a decision still needs it and decides; between two
-  frames it runs the jobs other threads submitted (an engine switch-over, a model update's steps)
-  and the remote commands (:class:`appliance.command_service.CommandService`).
-* **camera** (:class:`appliance.camera.CameraThread`): newest frame only for live sources, every frame
-  for files; reconnects by itself.
+  then per turn takes the newest frame of every camera, detects and tracks per camera, embeds (and
+  checks liveness) where a decision still needs it — every camera's faces in one batched call — and
+  decides per camera; between two turns it runs the jobs other threads submitted (an engine
+  switch-over, a model update's steps) and the remote commands
+  (:class:`appliance.command_service.CommandService`).
+* **camera** (:class:`appliance.camera.CameraThread`), one per configured camera (``[camera]`` or
+  each ``[[cameras]]`` table): newest frame only for live sources, every frame for files; reconnects
+  by itself. A camera that is lost or stalls only stops contributing frames; the others go on.
 * **MQTT** (:class:`appliance.mqtt_link.MqttLink`, paho's network thread): publishes the outbox in
   order, deletes an event on PUBACK, receives commands.
 * **engine-builder** (:class:`appliance.runtime.engines.EngineSupervisor`, TensorRT only) and
@@ -20,10 +23,14 @@ Threads (DESIGN §4), all stopped through one :class:`threading.Event`:
   (:class:`appliance.state_report.StateReporter`).
 
 Shutdown is staged within one deadline that every join shares (:data:`STOP_BUDGET_S`, inside the
-unit's ``TimeoutStopSec``): cancel the builds and the swap, stop the camera, let the pipeline end its
-tracks (their decisions still become events) and close the models on its own thread, drain the
-outbox, publish ``offline``, close the stores. A video file that ends with ``camera.at_end = "stop"``
-takes the same path and the process exits 0.
+unit's ``TimeoutStopSec``): cancel the builds and the swap, stop the cameras, let the pipeline end
+its tracks (their decisions still become events) and close the models on its own thread, drain the
+outbox, publish ``offline``, close the stores. Video files that end with ``camera.at_end = "stop"``
+take the same path once every camera has ended, and the process exits 0.
+
+Every camera's grant drives the one door of ``[door]`` (and the ``[osdp]`` panel): an appliance with
+an entry and an exit camera opens the same door for either; the door events that follow a grant
+name its ``access_event_id``, whose event carries the ``camera_id``.
 """
 
 from __future__ import annotations
@@ -132,7 +139,7 @@ class Appliance:
         self.recorder: Optional[EventRecorder] = None
         self.commands: Optional[CommandService] = None
         self.link: Optional[MqttLink] = None
-        self.camera: Optional[CameraThread] = None
+        self.cameras: List[CameraThread] = []
         self.prometheus: Optional[PrometheusServer] = None
         self.swap: Optional[SwapManager] = None
         self.uds: Optional[Any] = None
@@ -143,6 +150,11 @@ class Appliance:
         self._stopped = False
 
     # -- what the swap and the reporter read -----------------------------------------------------------
+
+    @property
+    def camera(self) -> Optional[CameraThread]:
+        """The first camera (the only one of a ``[camera]`` configuration)."""
+        return self.cameras[0] if self.cameras else None
 
     @property
     def frames_processed(self) -> int:
@@ -221,6 +233,7 @@ class Appliance:
             DecisionSettings.from_config(config),
             self.latencies,
             AccessJudge.for_door(config.access, store),
+            [camera.id for camera in config.configured_cameras],
         )
         outbox = self.outbox
         self.door = PeripheralHub(
@@ -265,21 +278,30 @@ class Appliance:
         if config.metrics.prometheus:
             self.prometheus = PrometheusServer(config.metrics.prometheus_port, self.state)
             self.prometheus.start()
-        self.camera = CameraThread(
-            config.camera,
-            self.stop_event,
-            self.faults.camera_source(create_source(config.camera), self.stop_event),
-        )
-        self.camera.start()
-        self.worker.go(self.pipeline, self.camera, self.commands, self.recorder, self.swap)
+        for camera_config in config.configured_cameras:
+            camera = CameraThread(
+                camera_config,
+                self.stop_event,
+                self.faults.camera_source(create_source(camera_config), self.stop_event),
+                wake=self.worker.frame_ready,
+            )
+            self.cameras.append(camera)  # before start(): stop() stops whatever was created
+            camera.start()
+        self.worker.go(self.pipeline, self.cameras, self.commands, self.recorder, self.swap)
         if self.fleet is not None:
             self.fleet.start()  # reads what the gallery holds through the pipeline thread, which runs now
         if self.engines is not None:
             self.engines.start(self._adopt_engine)
         logger.info(
-            "started: device %s, camera %s, back-end %s, %d templates in the gallery",
+            "started: device %s, %s %s, back-end %s, %d templates in the gallery",
             config.device.id,
-            self.camera.source.describe(),
+            "camera" if len(self.cameras) == 1 else "cameras",
+            ", ".join(
+                camera.source.describe()
+                if len(self.cameras) == 1
+                else f"{camera.config.id} ({camera.source.describe()})"
+                for camera in self.cameras
+            ),
             loader.key,
             len(self.gallery),
             extra=model_fields(self.runtime.model_versions),
@@ -301,8 +323,8 @@ class Appliance:
             self.uds.close()
         if self.fleet is not None:  # its batches wait on the pipeline thread: stopped first
             self.fleet.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
-        if self.camera is not None:
-            self.camera.stop(timeout=deadline.remaining(OFFLINE_RESERVE_S))
+        for camera in self.cameras:  # all are stopping already (the shared stop event): joined in turn
+            camera.stop(timeout=deadline.remaining(OFFLINE_RESERVE_S))
         pipeline_ended = True
         if self.worker is not None:
             budget = deadline.remaining(OFFLINE_RESERVE_S)
@@ -376,8 +398,9 @@ class Appliance:
                 and now - worker.loop_heartbeat < self.stall_s
             ):
                 self.ready = True
+                away = [c for c in self.reporter.camera_statuses() if c.get("state") != "streaming"]
                 self.notifier.ready(
-                    "running without a camera: " + str(self.reporter.camera_status().get("last_error"))
+                    "running without a camera: " + "; ".join(str(c.get("last_error")) for c in away)
                 )
                 logger.warning(
                     "ready without a camera after %.0f s; still retrying it", now - self.started_at
@@ -385,7 +408,8 @@ class Appliance:
             if interval is not None and healthy and now - last_ping >= interval:
                 self.notifier.watchdog()
                 last_ping = now
-            if self.camera is not None and self.camera.check_stall() and now - self._state_published >= 1.0:
+            stalled = [camera.check_stall() for camera in self.cameras]  # each logs its own stall once
+            if any(stalled) and now - self._state_published >= 1.0:
                 self._publish_state(now)  # show the stall at once, not at the next state interval
             if now - self._state_published >= self.config.metrics.state_interval_s:
                 self._publish_state(now)
@@ -394,7 +418,7 @@ class Appliance:
         self._publish_state(time.monotonic())
 
     def _healthy(self, now: float) -> bool:
-        """Frames are being processed — or the camera is known to be away and the loop is alive.
+        """Frames are being processed — or every camera is known to be away and the loop is alive.
 
         A pipeline stuck in a call (its loop no longer turning), or a camera that streams while no
         frame gets processed, is unhealthy: the watchdog pings stop and systemd restarts us.
@@ -404,8 +428,10 @@ class Appliance:
             return False  # not ready: models warm, but no frame processed yet
         loop_alive = now - worker.loop_heartbeat < self.stall_s
         frames_flow = now - worker.heartbeat < self.stall_s
-        camera_away = self.reporter.camera_status().get("state") in ("lost", "starting")
-        return loop_alive and (frames_flow or camera_away)
+        cameras_away = all(
+            camera.get("state") in ("lost", "starting", "ended") for camera in self.reporter.camera_statuses()
+        )
+        return loop_alive and (frames_flow or cameras_away)
 
     def _publish_state(self, now: float) -> None:
         state = self.state()

@@ -29,8 +29,8 @@ def access_event_fields(event: Dict[str, Any]) -> Dict[str, str]:
     """The journal fields of a stored access event: ids, the decision and the model versions.
 
     ``DECISION``, ``REASON`` (``denied`` only), ``EVENT_ID``, ``IDENTITY_ID`` (when the event names
-    an identity), ``TRACK_ID``, ``MODEL_DETECTOR``/``MODEL_EMBEDDER``/… and ``MESSAGE_ID``; never
-    the name, the face crop, the score or the box.
+    an identity), ``CAMERA_ID``, ``TRACK_ID``, ``MODEL_DETECTOR``/``MODEL_EMBEDDER``/… and
+    ``MESSAGE_ID``; never the name, the face crop, the score or the box.
     """
     identity = event.get("identity")
     fields = journal_fields(
@@ -40,6 +40,7 @@ def access_event_fields(event: Dict[str, Any]) -> Dict[str, str]:
             "REASON": event.get("reason"),
             "EVENT_ID": event["event_id"],
             "IDENTITY_ID": identity["id"] if identity else None,
+            "CAMERA_ID": event.get("camera_id"),
             "TRACK_ID": event["track_id"],
         }
     )
@@ -48,10 +49,10 @@ def access_event_fields(event: Dict[str, Any]) -> Dict[str, str]:
 
 
 class EventRecorder:
-    """Turns pipeline outcomes into stored access events.
+    """Turns pipeline outcomes into stored access events (each with the ``camera_id`` of its outcome).
 
     Args:
-        config: device, camera and event settings.
+        config: device and event settings.
         outbox: the durable outbox.
         latencies: where ``decision_to_outbox`` goes.
         notify: tells the MQTT link that events are waiting.
@@ -78,6 +79,11 @@ class EventRecorder:
         self._notify = notify
         self.print_events = print_events
         self.events_total = 0
+        #: Events stored per camera id.
+        self.camera_events: Dict[str, int] = {}
+        # With several cameras the log line names the camera (with one, it reads as it always did).
+        cameras = config.configured_cameras
+        self._camera_words = {c.id: f"camera {c.id}, " for c in cameras} if len(cameras) > 1 else {}
         #: Events that could not be written to the outbox (a full disk), ever; and the current error.
         self.events_lost = 0
         self.outbox_error: Optional[str] = None
@@ -92,7 +98,7 @@ class EventRecorder:
             event = access_event(
                 outcome.decision,
                 self.config.device.id,
-                self.config.camera.id,
+                outcome.camera_id,
                 models,
                 latency_ms,
                 crop,
@@ -106,15 +112,22 @@ class EventRecorder:
                 continue
             self._works()
             self.events_total += 1
+            self.camera_events[outcome.camera_id] = self.camera_events.get(outcome.camera_id, 0) + 1
             self.latencies.record("decision_to_outbox", latency_ms)
             logger.info(
-                "access event: %s, track %d, %d frames",
+                "access event: %s, %strack %d, %d frames",
                 event["decision"],
+                self._camera_words.get(outcome.camera_id, ""),
                 outcome.decision.track_id,
                 outcome.decision.frames,
                 extra=access_event_fields(event),
             )
-            logger.debug("track %d: %s", outcome.decision.track_id, outcome.decision.reason)
+            logger.debug(
+                "camera %s, track %d: %s",
+                outcome.camera_id,
+                outcome.decision.track_id,
+                outcome.decision.reason,
+            )
             if self.print_events:
                 sys.stdout.write(payload.decode("utf-8") + "\n")
                 sys.stdout.flush()

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -159,9 +159,42 @@ def board_metrics(board: Mapping[str, object], namespace: str = "face_appliance"
     return lines
 
 
+#: Per-camera gauges: (key in a ``cameras`` entry of ``…/state``, gauge suffix, help text).
+CAMERA_GAUGES = (
+    ("processed_fps", "cameras_processed_fps", "Frames per second the pipeline processes from the camera."),
+    ("fps", "cameras_capture_fps", "Frames per second the camera delivers."),
+    ("frames_processed", "cameras_frames_processed", "Frames of the camera processed since the start."),
+    ("dropped", "cameras_dropped", "Live frames replaced by a newer one before they were processed."),
+    ("reconnects", "cameras_reconnects", "Times the camera delivered again after a loss."),
+    ("events", "cameras_events", "Access events from the camera since the start."),
+)
+
+
+def camera_metrics(cameras: Sequence[object], namespace: str = "face_appliance") -> List[str]:
+    """Each camera of ``…/state`` → ``cameras`` as gauges labelled ``camera="<id>"``
+    (``{namespace}_cameras_processed_fps{camera="entry"}`` …), and ``{namespace}_cameras_streaming``
+    (1 while it delivers frames, 0 when lost, stalled or ended)."""
+    entries = [entry for entry in cameras if isinstance(entry, Mapping)]
+    lines: List[str] = []
+    for key, suffix, help_text in CAMERA_GAUGES:
+        samples: List[Tuple[str, float]] = []
+        for entry in entries:
+            number = _number(entry.get(key))
+            if number is not None:
+                samples.append((f'{{camera="{_label(entry.get("id"))}"}}', number))
+        _gauge(lines, f"{namespace}_{suffix}", help_text, samples)
+    streaming = [
+        (f'{{camera="{_label(entry.get("id"))}"}}', 1.0 if entry.get("state") == "streaming" else 0.0)
+        for entry in entries
+    ]
+    _gauge(lines, f"{namespace}_cameras_streaming", "1 while the camera delivers frames.", streaming)
+    return lines
+
+
 def prometheus_text(state: Mapping[str, object], namespace: str = "face_appliance") -> str:
     """Numeric leaves of the state document in the Prometheus text exposition format; the board's
-    health (``board``) as the labelled gauges of :func:`board_metrics`."""
+    health (``board``) as the labelled gauges of :func:`board_metrics`, each camera (``cameras``) as
+    those of :func:`camera_metrics`."""
     flat: Dict[str, float] = {}
     _flatten("", {key: value for key, value in state.items() if key != "board"}, flat)
     lines = []
@@ -173,6 +206,9 @@ def prometheus_text(state: Mapping[str, object], namespace: str = "face_applianc
     board = state.get("board")
     if isinstance(board, Mapping):
         lines.extend(board_metrics(board, namespace))
+    cameras = state.get("cameras")
+    if isinstance(cameras, Sequence) and not isinstance(cameras, str):
+        lines.extend(camera_metrics(cameras, namespace))
     return "\n".join(lines) + "\n"
 
 

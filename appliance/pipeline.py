@@ -5,17 +5,25 @@ Expensive work is done only where a decision still needs it: a track that is dec
 re-announce is due) is tracked but not embedded, which is what lets a 2-core box keep up with a
 door camera. Each decision comes out with the best-quality crop of its track and the capture time
 of the frame that completed it, for the event's latency.
+
+Several cameras share the models, the gallery and the decision rules; each has a
+:class:`CameraLane` of its own (tracker, decisions, best crops). One turn
+(:meth:`Pipeline.process_frames`) takes a frame from each camera that has one: detection, tracking
+and alignment run per frame, then liveness, embedding and matching run once over the wanted faces of
+every frame together (one batched model call each), and each face's result goes back to its
+camera's decisions.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from .access.judge import GONE, AccessJudge
+from .config import DEFAULT_CAMERA_ID
 from .decisions import (
     DENIED,
     GRANTED,
@@ -31,18 +39,65 @@ from .metrics import Latencies, StageTimer
 from .tracking import IouTracker
 from .vision.align import align_faces
 from .vision.analyzer import FaceAnalyzer
-from .vision.quality import assess
+from .vision.faces import Faces
+from .vision.quality import FaceQuality, assess
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A decision with what the event needs: the frame's capture time and the track's best crop."""
+    """A decision with what the event needs: the frame's capture time, the track's best crop and the
+    camera that saw it."""
 
     decision: Decision
     captured_at: float
     crop: Optional[np.ndarray]  # (112, 112, 3) uint8
+    camera_id: str = DEFAULT_CAMERA_ID
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One camera's frame for a turn of the pipeline.
+
+    Attributes:
+        camera_id: the camera's ``id`` (one of the pipeline's lanes).
+        image: ``(H, W, 3)`` uint8 BGR.
+        captured_at: capture time, monotonic seconds.
+    """
+
+    camera_id: str
+    image: np.ndarray
+    captured_at: float
+
+
+class CameraLane:
+    """What the pipeline keeps per camera: its tracker, its decisions and its tracks' best crops.
+
+    Args:
+        camera_id: the camera's ``id``.
+        settings: the decision rules (shared by every camera).
+    """
+
+    def __init__(self, camera_id: str, settings: DecisionSettings) -> None:
+        self.camera_id = camera_id
+        self.tracker = IouTracker(settings.track_iou, settings.track_max_missed)
+        self.engine = DecisionEngine(settings)
+        #: track id → (quality, its best ``(112, 112, 3)`` uint8 crop so far)
+        self.best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
+
+
+@dataclass
+class _Seen:
+    """The faces one frame of a turn holds, between detection and the decisions."""
+
+    lane: CameraLane
+    frame: CameraFrame
+    faces: Faces
+    track_ids: List[int]
+    crops: np.ndarray  # (N, 112, 112, 3) uint8
+    qualities: List[FaceQuality]
+    wanted: List[int]  # the faces to check for liveness, embed and match
 
 
 class ModelSource(Protocol):
@@ -54,15 +109,20 @@ class ModelSource(Protocol):
 
 
 class Pipeline:
-    """One camera's per-frame processing.
+    """The processing of one or more cameras' frames on shared models.
 
     Args:
-        models: the live models (read once per frame).
+        models: the live models (read once per turn).
         gallery: identities to match against.
-        settings: decision rules (``DecisionSettings.from_config``).
-        latencies: where stage timings go (``detect``, ``align``, ``liveness``, ``embed``, ``match``,
-            ``frame``).
+        settings: decision rules (``DecisionSettings.from_config``), the same for every camera.
+        latencies: where stage timings go: ``detect`` and ``align`` per frame; ``liveness``, ``embed``
+            and ``match`` per turn (every camera's faces in one call); ``frame`` per turn (with one
+            camera, a turn is one frame).
         judge: the access policy a ``granted`` vote must pass (``None``: every recognised person passes).
+        camera_ids: the cameras, one lane each (default: the single ``[camera]``'s default id).
+
+    Raises:
+        ValueError: no camera, or a camera id given twice.
     """
 
     def __init__(
@@ -72,89 +132,149 @@ class Pipeline:
         settings: DecisionSettings,
         latencies: Latencies,
         judge: Optional[AccessJudge] = None,
+        camera_ids: Sequence[str] = (DEFAULT_CAMERA_ID,),
     ) -> None:
+        if not camera_ids or len(set(camera_ids)) != len(camera_ids):
+            raise ValueError(f"a pipeline needs one or more distinct camera ids, got {list(camera_ids)}")
         self.models = models
         self.gallery = gallery
         self.judge = judge
         self.settings = settings
-        self.tracker = IouTracker(settings.track_iou, settings.track_max_missed)
-        self.engine = DecisionEngine(settings)
+        self.lanes: Dict[str, CameraLane] = {
+            camera_id: CameraLane(camera_id, settings) for camera_id in camera_ids
+        }
         self._timer = StageTimer(latencies)
-        self._best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
-        #: The best match score of each face embedded in the last frame (a model swap's health check
+        #: The best match score of each face embedded in the last turn (a model swap's health check
         #: watches their distribution: a collapsed embedder scores every face alike).
         self.last_scores: List[float] = []
 
     def set_threshold(self, threshold: float) -> None:
-        """Change the match threshold for decisions from now on."""
+        """Change the match threshold for decisions from now on (every camera)."""
         self.settings = replace(self.settings, threshold=threshold)
-        self.engine.settings = self.settings
+        for lane in self.lanes.values():
+            lane.engine.settings = self.settings
 
-    def process(self, image: np.ndarray, captured_at: float) -> List[Outcome]:
-        """Process one ``(H, W, 3)`` uint8 BGR frame captured at ``captured_at`` (monotonic seconds)."""
+    def process_frames(self, frames: Sequence[CameraFrame]) -> List[Outcome]:
+        """Process one turn: at most one frame per camera.
+
+        Detection, tracking and alignment run per frame; liveness, embedding and matching run once
+        for the wanted faces of all the frames together.
+
+        Raises:
+            ValueError: a frame of a camera the pipeline was not made for.
+        """
         outcomes: List[Outcome] = []
         self.last_scores = []
         analyzer = self.models.analyzer
         with self._timer.stage("frame"):
-            with self._timer.stage("detect"):
-                faces = analyzer.detect(image)
-            track_ids = self.tracker.update(faces.boxes)
-            for ended in self.tracker.ended():
-                outcomes.extend(self._end(ended, captured_at))
-            if not len(faces):
-                return outcomes
-            with self._timer.stage("align"):
-                crops = align_faces(image, faces.landmarks)
-                qualities = assess(faces.boxes, faces.landmarks, crops)
-            wanted = [
-                i for i, track in enumerate(track_ids) if self.engine.wants_embedding(track, captured_at)
-            ]
-            candidates: Dict[int, List[Candidate]] = {}
-            liveness: Dict[int, Tuple[float, bool]] = {}
-            if wanted:
-                chosen = np.asarray(wanted)
-                if analyzer.liveness is not None:
-                    with self._timer.stage("liveness"):
-                        result = analyzer.liveness.check(image, faces.boxes[chosen])
-                    liveness = {
-                        i: (float(s), bool(p)) for i, s, p in zip(wanted, result.scores, result.passed)
-                    }
-                with self._timer.stage("embed"):
-                    embeddings = analyzer.embedder.embed(crops[chosen])
-                with self._timer.stage("match"):
-                    for i, found in zip(wanted, self.gallery.search(embeddings)):
-                        candidates[i] = found
-                        if found:
-                            self.last_scores.append(found[0].score)
-            for i, track in enumerate(track_ids):
-                quality = qualities[i].score
-                best = self._best_crop.get(track)
-                if best is None or quality > best[0]:
-                    self._best_crop[track] = (quality, crops[i])
-                observation = Observation(
-                    timestamp=captured_at,
-                    box=faces.boxes[i],
-                    quality=quality,
-                    candidates=candidates.get(i, ()),
-                    embedded=i in candidates,
-                    liveness=liveness.get(i),
-                )
-                decision = self.engine.observe(track, observation)
-                if decision is not None:
-                    outcomes.append(self._outcome(decision, captured_at, keep=True))
+            seen: List[_Seen] = []
+            for frame in frames:
+                lane = self._lane(frame.camera_id)
+                with self._timer.stage("detect"):
+                    faces = analyzer.detect(frame.image)
+                track_ids = lane.tracker.update(faces.boxes)
+                for ended in lane.tracker.ended():
+                    outcomes.extend(self._end(lane, ended, frame.captured_at))
+                if not len(faces):
+                    continue
+                with self._timer.stage("align"):
+                    crops = align_faces(frame.image, faces.landmarks)
+                    qualities = assess(faces.boxes, faces.landmarks, crops)
+                wanted = [
+                    i
+                    for i, track in enumerate(track_ids)
+                    if lane.engine.wants_embedding(track, frame.captured_at)
+                ]
+                seen.append(_Seen(lane, frame, faces, track_ids, crops, qualities, wanted))
+            candidates, liveness = self._identify(analyzer, seen)
+            for k, item in enumerate(seen):
+                outcomes.extend(self._observe(item, candidates.get(k, {}), liveness.get(k, {})))
         return outcomes
 
     def finish(self, now: float) -> List[Outcome]:
-        """End every track (the video ended, or the daemon stops): their last decisions, if any."""
+        """End every camera's tracks (the daemon stops): their last decisions, if any."""
         outcomes: List[Outcome] = []
-        for track in self.tracker.close_all():
-            outcomes.extend(self._end(track, now))
+        for camera_id in self.lanes:
+            outcomes.extend(self.finish_camera(camera_id, now))
         return outcomes
 
-    def _end(self, track: int, now: float) -> List[Outcome]:
-        decision = self.engine.end_track(track, now)
-        outcomes = [self._outcome(decision, now, keep=False)] if decision is not None else []
-        self._best_crop.pop(track, None)
+    def finish_camera(self, camera_id: str, now: float) -> List[Outcome]:
+        """End one camera's tracks (its video ended): their last decisions, if any."""
+        lane = self._lane(camera_id)
+        outcomes: List[Outcome] = []
+        for track in lane.tracker.close_all():
+            outcomes.extend(self._end(lane, track, now))
+        return outcomes
+
+    def _lane(self, camera_id: str) -> CameraLane:
+        lane = self.lanes.get(camera_id)
+        if lane is None:
+            raise ValueError(f"no camera {camera_id!r} in this pipeline (cameras: {', '.join(self.lanes)})")
+        return lane
+
+    def _identify(
+        self, analyzer: FaceAnalyzer, seen: Sequence[_Seen]
+    ) -> Tuple[Dict[int, Dict[int, List[Candidate]]], Dict[int, Dict[int, Tuple[float, bool]]]]:
+        """Liveness, embedding and matching of the wanted faces of every frame: one call each.
+
+        Returns:
+            per frame (index in ``seen``), per face: the gallery's candidates, and ``(score, passed)``
+            when liveness is on.
+        """
+        candidates: Dict[int, Dict[int, List[Candidate]]] = {}
+        liveness: Dict[int, Dict[int, Tuple[float, bool]]] = {}
+        wanted = [(k, i) for k, item in enumerate(seen) for i in item.wanted]
+        if not wanted:
+            return candidates, liveness
+        chosen = [(item, np.asarray(item.wanted)) for item in seen if item.wanted]
+        if analyzer.liveness is not None:
+            with self._timer.stage("liveness"):
+                result = analyzer.liveness.check_many(
+                    [(item.frame.image, item.faces.boxes[faces]) for item, faces in chosen]
+                )
+            for (k, i), score, passed in zip(wanted, result.scores, result.passed):
+                liveness.setdefault(k, {})[i] = (float(score), bool(passed))
+        with self._timer.stage("embed"):
+            crops = [item.crops[faces] for item, faces in chosen]
+            embeddings = analyzer.embedder.embed(crops[0] if len(crops) == 1 else np.concatenate(crops))
+        with self._timer.stage("match"):
+            for (k, i), found in zip(wanted, self.gallery.search(embeddings)):
+                candidates.setdefault(k, {})[i] = found
+                if found:
+                    self.last_scores.append(found[0].score)
+        return candidates, liveness
+
+    def _observe(
+        self,
+        item: _Seen,
+        candidates: Dict[int, List[Candidate]],
+        liveness: Dict[int, Tuple[float, bool]],
+    ) -> List[Outcome]:
+        """Each face of one frame to its camera's decisions."""
+        outcomes: List[Outcome] = []
+        lane, captured_at = item.lane, item.frame.captured_at
+        for i, track in enumerate(item.track_ids):
+            quality = item.qualities[i].score
+            best = lane.best_crop.get(track)
+            if best is None or quality > best[0]:
+                lane.best_crop[track] = (quality, item.crops[i])
+            observation = Observation(
+                timestamp=captured_at,
+                box=item.faces.boxes[i],
+                quality=quality,
+                candidates=candidates.get(i, ()),
+                embedded=i in candidates,
+                liveness=liveness.get(i),
+            )
+            decision = lane.engine.observe(track, observation)
+            if decision is not None:
+                outcomes.append(self._outcome(lane, decision, captured_at, keep=True))
+        return outcomes
+
+    def _end(self, lane: CameraLane, track: int, now: float) -> List[Outcome]:
+        decision = lane.engine.end_track(track, now)
+        outcomes = [self._outcome(lane, decision, now, keep=False)] if decision is not None else []
+        lane.best_crop.pop(track, None)
         return outcomes
 
     def _admit(self, decision: Decision) -> Decision:
@@ -169,10 +289,10 @@ class Pipeline:
         logger.debug("track %d: recognised but denied by the access policy: %s", decision.track_id, reason)
         return replace(decision, decision=DENIED, access_reason=reason)
 
-    def _outcome(self, decision: Decision, captured_at: float, keep: bool) -> Outcome:
+    def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:
         decision = self._admit(decision)
-        best = self._best_crop.get(decision.track_id)
+        best = lane.best_crop.get(decision.track_id)
         if keep and best is not None:
             # The next announcement of this track starts a fresh choice of its best crop.
-            self._best_crop.pop(decision.track_id, None)
-        return Outcome(decision, captured_at, None if best is None else best[1])
+            lane.best_crop.pop(decision.track_id, None)
+        return Outcome(decision, captured_at, None if best is None else best[1], lane.camera_id)

@@ -7,9 +7,13 @@ gallery to the daemon's start-up through a future, then turns the loop:
 1. run the model jobs other threads submitted (engine switch-overs, a model update's validation,
    re-embedding and switch) — :meth:`appliance.runtime.ModelRuntime.run_jobs`;
 2. run the queued remote commands; reload on SIGHUP;
-3. take the newest frame, process it, store the decisions as events.
+3. take the newest frame of every camera that has one (waiting on one event all the camera threads
+   set), process them together (:meth:`appliance.pipeline.Pipeline.process_frames`: the models are
+   shared, embedding and liveness batched across cameras), store the decisions as events.
 
-On the way out it closes the runtime (every back-end) on this same thread.
+A camera that is lost only stops contributing frames; one whose video ended has its tracks closed
+(their decisions become events) and the loop ends once every camera has ended. On the way out it
+closes the runtime (every back-end) on this same thread.
 """
 
 from __future__ import annotations
@@ -18,21 +22,23 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
-from .camera import CameraThread
+from .camera import CameraThread, Frame
 from .command_service import CommandService
 from .event_recorder import EventRecorder
 from .faults import Faults
 from .gallery.gallery import Gallery
 from .metrics import RateMeter
-from .pipeline import Pipeline
+from .pipeline import CameraFrame, Pipeline
 from .runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
 #: How long the loop waits for a frame before it turns again (jobs and commands are served meanwhile).
 FRAME_WAIT_S = 0.2
+#: Window of the per-camera processing rates.
+CAMERA_FPS_WINDOW_S = 5.0
 
 
 class HealthWatch(Protocol):
@@ -53,7 +59,7 @@ class PipelineWorker:
         stop: the daemon's stop event.
         reload: set by SIGHUP; the loop reloads on its next turn.
         faults: fault injection for the reliability tests (a stall, a failing frame).
-        fps: the frame rate meter.
+        fps: the frame rate meter (every camera's frames).
     """
 
     def __init__(
@@ -72,6 +78,11 @@ class PipelineWorker:
         #: The gallery once the models are loaded, or the start-up error.
         self.loaded: Future = Future()  # of Gallery
         self.frames_processed = 0
+        #: Per camera id: frames processed, and their rate (filled by :meth:`go`).
+        self.camera_frames: Dict[str, int] = {}
+        self.camera_fps: Dict[str, RateMeter] = {}
+        #: Set by the camera threads when a frame is ready (their ``wake``): the loop waits on it.
+        self.frame_ready = threading.Event()
         self.heartbeat = 0.0  # last frame processed (monotonic)
         self.loop_heartbeat = 0.0  # last turn of the loop
         self.error: Optional[str] = None
@@ -79,7 +90,7 @@ class PipelineWorker:
         self._go = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._pipeline: Optional[Pipeline] = None
-        self._camera: Optional[CameraThread] = None
+        self._cameras: List[CameraThread] = []
         self._commands: Optional[CommandService] = None
         self._recorder: Optional[EventRecorder] = None
         self._health: Optional[HealthWatch] = None
@@ -114,13 +125,16 @@ class PipelineWorker:
     def go(
         self,
         pipeline: Pipeline,
-        camera: CameraThread,
+        cameras: Sequence[CameraThread],
         commands: CommandService,
         recorder: EventRecorder,
         health: Optional[HealthWatch] = None,
     ) -> None:
-        """Start processing frames."""
-        self._pipeline, self._camera, self._commands = pipeline, camera, commands
+        """Start processing frames of ``cameras`` (created with ``wake=`` :attr:`frame_ready`)."""
+        for camera in cameras:
+            self.camera_frames.setdefault(camera.config.id, 0)
+            self.camera_fps.setdefault(camera.config.id, RateMeter(CAMERA_FPS_WINDOW_S))
+        self._pipeline, self._cameras, self._commands = pipeline, list(cameras), commands
         self._recorder, self._health = recorder, health
         self._go.set()
 
@@ -166,42 +180,68 @@ class PipelineWorker:
             self._commands.reload()
 
     def _loop(self) -> None:
-        pipeline, camera, recorder = self._pipeline, self._camera, self._recorder
-        assert pipeline is not None and camera is not None and recorder is not None
+        pipeline, cameras, recorder = self._pipeline, self._cameras, self._recorder
+        assert pipeline is not None and cameras and recorder is not None
+        ended: Set[str] = set()  # cameras whose video ended, their tracks closed
         while not self.stop.is_set():
             self._between_frames()
-            frame = camera.get(timeout=FRAME_WAIT_S)
-            if frame is None:
-                if camera.ended.is_set():
-                    logger.info("the video ended; finishing")
-                    break
+            self.frame_ready.wait(FRAME_WAIT_S)
+            self.frame_ready.clear()  # before taking: a frame that comes meanwhile sets it again
+            taken: List[Tuple[str, Frame]] = []
+            for camera in cameras:
+                frame = camera.get(timeout=0.0)
+                if frame is not None:
+                    taken.append((camera.config.id, frame))
+                elif camera.ended.is_set() and camera.config.id not in ended:
+                    # Its last frame was taken (ended is set only then): close its tracks.
+                    ended.add(camera.config.id)
+                    recorder.record(
+                        pipeline.finish_camera(camera.config.id, time.monotonic()),
+                        self.runtime.model_versions,
+                    )
+                    if len(cameras) > 1 and len(ended) < len(cameras):
+                        logger.info("camera %s: the video ended; the other cameras go on", camera.config.id)
+            if taken:
+                self._process(pipeline, recorder, taken)
+            elif len(ended) == len(cameras):
+                logger.info(
+                    "the video ended; finishing" if len(cameras) == 1 else "every video ended; finishing"
+                )
+                break
+            else:
                 self.loop_heartbeat = time.monotonic()
-                continue
-            self.faults.maybe_stall(self.frames_processed, self.stop)
-            try:
-                if (
-                    self.faults.fail_after_switch
-                    and self._health is not None
-                    and self._health.in_health_check()
-                ):
-                    from .faults import InjectedFaultError
-
-                    raise InjectedFaultError("fault injection: a frame fails after the model switch")
-                outcomes = pipeline.process(frame.image, frame.timestamp)
-            except Exception as err:
-                if self._health is None or not self._health.pipeline_failed(err):
-                    raise
-                logger.error("a frame failed right after a model switch: %s", err)
-                continue
-            if self._health is not None and pipeline.last_scores and self._health.in_health_check():
-                self._health.observe_scores(pipeline.last_scores)
-            self.frames_processed += 1
-            self.fps.tick()
-            self.heartbeat = self.loop_heartbeat = time.monotonic()
-            if outcomes:  # the versions are a locked copy: taken only when there is an event
-                recorder.record(outcomes, self.runtime.model_versions)
         recorder.record(pipeline.finish(time.monotonic()), self.runtime.model_versions)
         self._between_frames()
+
+    def _process(
+        self, pipeline: Pipeline, recorder: EventRecorder, taken: Sequence[Tuple[str, Frame]]
+    ) -> None:
+        """One turn: the frames taken from the cameras, processed together; their decisions stored."""
+        self.faults.maybe_stall(self.frames_processed, self.stop)
+        try:
+            if self.faults.fail_after_switch and self._health is not None and self._health.in_health_check():
+                from .faults import InjectedFaultError
+
+                raise InjectedFaultError("fault injection: a frame fails after the model switch")
+            outcomes = pipeline.process_frames(
+                [CameraFrame(camera_id, frame.image, frame.timestamp) for camera_id, frame in taken]
+            )
+        except Exception as err:
+            if self._health is None or not self._health.pipeline_failed(err):
+                raise
+            logger.error("a frame failed right after a model switch: %s", err)
+            return
+        if self._health is not None and pipeline.last_scores and self._health.in_health_check():
+            self._health.observe_scores(pipeline.last_scores)
+        now = time.monotonic()
+        for camera_id, _ in taken:
+            self.frames_processed += 1
+            self.camera_frames[camera_id] += 1
+            self.camera_fps[camera_id].tick(now)
+            self.fps.tick(now)
+        self.heartbeat = self.loop_heartbeat = now
+        if outcomes:  # the versions are a locked copy: taken only when there is an event
+            recorder.record(outcomes, self.runtime.model_versions)
 
 
 __all__ = ["FRAME_WAIT_S", "HealthWatch", "PipelineWorker"]

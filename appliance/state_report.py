@@ -1,14 +1,20 @@
 """The retained documents the daemon publishes: ``…/state`` and ``…/model`` (DESIGN §5.3).
 
 Built on the supervisor (main) thread from thread-safe views only: the model runtime's snapshots,
-counters, the camera's and the link's status.
+counters, the cameras' and the link's status.
+
+Cameras: ``cameras`` lists every camera in the configuration's order, each with its capture status
+(:meth:`appliance.camera.CameraThread.status`: ``id``, ``state``, ``fps`` of capture, ``dropped`` …)
+and what the pipeline made of it: ``processed_fps``, ``frames_processed`` and ``events``. ``camera``
+is the first camera's capture status, as it was with a single camera; ``fps`` and ``frames`` count
+every camera's frames.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
 from .board_health import BoardMonitor
@@ -33,8 +39,26 @@ class StateReporter:
         self._last_transfer: Optional[Dict[str, Any]] = None
 
     def camera_status(self) -> Dict[str, Any]:
-        camera = self.app.camera
-        return camera.status() if camera is not None else {"state": "stopped"}
+        """The first camera's capture status (the ``camera`` key of a single-camera appliance)."""
+        cameras = self.app.cameras
+        return cameras[0].status() if cameras else {"state": "stopped"}
+
+    def camera_statuses(self) -> List[Dict[str, Any]]:
+        """Every camera's capture status, in the configuration's order."""
+        return [camera.status() for camera in self.app.cameras or []]
+
+    def cameras(self) -> List[Dict[str, Any]]:
+        """The ``cameras`` list: each camera's capture status and what the pipeline made of it."""
+        worker, recorder = self.app.worker, self.app.recorder
+        documents = []
+        for status in self.camera_statuses():
+            camera_id = status["id"]
+            meter = worker.camera_fps.get(camera_id) if worker is not None else None
+            status["processed_fps"] = round(meter.rate(), 2) if meter is not None else 0.0
+            status["frames_processed"] = worker.camera_frames.get(camera_id, 0) if worker is not None else 0
+            status["events"] = recorder.camera_events.get(camera_id, 0) if recorder is not None else 0
+            documents.append(status)
+        return documents
 
     def degraded(self) -> list:
         """One sentence per way the appliance runs below its configuration."""
@@ -44,11 +68,13 @@ class StateReporter:
             degraded.append(f"backend: {app.runtime.degraded}")
         if app.engines is not None:
             degraded.extend(f"backend: {text}" for text in app.engines.degraded())
-        camera = self.camera_status()
-        if camera.get("state") == "lost":
-            degraded.append("camera: " + str(camera.get("last_error")))
-        elif camera.get("state") == "stalled":
-            degraded.append(f"camera: stalled, no frame for {camera.get('stalled_s')} s")
+        statuses = self.camera_statuses()
+        for camera in statuses:
+            which = "camera" if len(statuses) == 1 else f"camera {camera.get('id')}"
+            if camera.get("state") == "lost":
+                degraded.append(f"{which}: " + str(camera.get("last_error")))
+            elif camera.get("state") == "stalled":
+                degraded.append(f"{which}: stalled, no frame for {camera.get('stalled_s')} s")
         if app.recorder is not None and app.recorder.outbox_error is not None:
             degraded.append(f"outbox: {app.recorder.outbox_error}")
         board = self.board.document()
@@ -88,6 +114,7 @@ class StateReporter:
             "events": recorder.events_total if recorder is not None else 0,
             "events_lost": recorder.events_lost if recorder is not None else 0,
             "camera": self.camera_status(),
+            "cameras": self.cameras(),
             "latency_ms": app.latencies.percentiles(),
             "outbox": app.outbox.stats() if app.outbox is not None else {},
             "mqtt": app.link.status() if app.link is not None else {},

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -185,15 +185,17 @@ def daemon_config(
     storage: Path,
     models: Path,
     broker: Any,
-    source: Path,
+    source: Optional[Path],
     at_end: str = "stop",
+    cameras: Sequence[Tuple[str, Path, str]] = (),
     **sections: str,
 ) -> Path:
     """Write ``appliance.toml`` for a daemon test: the broker, the video, quick reconnects.
 
-    ``at_end``: ``camera.at_end`` (``"loop"`` keeps the video playing). ``sections`` replace or add
-    whole sections (``camera='source = "…"'``; ``mqtt`` replaces the broker settings); ``broker`` has
-    ``host`` and ``port``.
+    ``at_end``: ``camera.at_end`` (``"loop"`` keeps the video playing). ``cameras``: several cameras
+    instead (``[[cameras]]``), each ``(id, video, at_end)``; ``source`` is then ``None``. ``sections``
+    replace or add whole sections (``camera='source = "…"'``; ``mqtt`` replaces the broker settings);
+    ``broker`` has ``host`` and ``port``.
     """
     extra = {
         "camera": f'source = "{source}"\nat_end = "{at_end}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
@@ -202,10 +204,17 @@ def daemon_config(
         "outbox": "drain_s = 10.0",
         "metrics": "state_interval_s = 1.0",
     }
+    if cameras:
+        del extra["camera"]
     extra.update(sections)
     text = f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
     for section, body in extra.items():
         text += f"[{section}]\n{body}\n"
+    for camera_id, video, camera_at_end in cameras:
+        text += (
+            f'[[cameras]]\nid = "{camera_id}"\nsource = "{video}"\nat_end = "{camera_at_end}"\n'
+            "reconnect_min_s = 0.2\nreconnect_max_s = 1.0\n"
+        )
     path = tmp_path / "appliance.toml"
     path.write_text(text)
     return path

@@ -345,7 +345,7 @@ def fake_app() -> SimpleNamespace:
             "runtime",
             "engines",
             "pipeline",
-            "camera",
+            "cameras",
             "outbox",
             "link",
             "door",
