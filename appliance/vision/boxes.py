@@ -60,6 +60,35 @@ def nms(
     return nms_reference(boxes, scores, threshold, mode, inclusive)
 
 
+def nms_per_group(
+    boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, inclusive: bool = False
+) -> np.ndarray:
+    """Greedy IoU suppression within each group, all groups in one :func:`nms` call.
+
+    Each group is shifted along x by more than the extent of all boxes, so boxes of different groups
+    never overlap and never suppress each other: the result is that of :func:`nms` run per group.
+
+    Args:
+        boxes: ``(N, 4)`` ``[x1, y1, x2, y2]``.
+        scores: ``(N,)``.
+        groups: ``(N,)`` integer group of each box (MTCNN: the pyramid level).
+        threshold, inclusive: as for :func:`nms`.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, by group (ascending), best first within a group.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    groups = np.asarray(groups, np.int64)
+    shifted = boxes[:, :4].astype(np.float64, copy=True)
+    span = float(shifted[:, 2].max() - shifted[:, 0].min()) + (1.0 if inclusive else 0.0) + 1.0
+    offset = (groups - groups.min()) * span
+    shifted[:, 0] += offset
+    shifted[:, 2] += offset
+    kept = nms(shifted, scores, threshold, inclusive=inclusive)
+    return kept[np.argsort(groups[kept], kind="stable")]
+
+
 def nms_reference(
     boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union", inclusive: bool = False
 ) -> np.ndarray:
@@ -123,7 +152,9 @@ def pyramid_level(source: np.ndarray, original_size: Tuple[int, int], scale: flo
     return resized, new_width / width, new_height / height
 
 
-def sample_patches(levels: Sequence[Level], regions: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def sample_patches(
+    levels: Sequence[Level], regions: np.ndarray, size: Tuple[int, int], transpose: bool = False
+) -> np.ndarray:
     """Cut ``regions`` out of an image and resize each to ``size``, padding with zeros outside the image.
 
     Args:
@@ -131,13 +162,15 @@ def sample_patches(levels: Sequence[Level], regions: np.ndarray, size: Tuple[int
         regions: ``(N, 4)`` ``[left, top, right, bottom]`` in original-image pixel coordinates
             (continuous: a region may extend past the image, which reads as black).
         size: ``(height, width)`` of each patch.
+        transpose: sample each patch transposed (rows along x), as networks that read images
+            transposed want them; free here, where transposing afterwards is a strided copy.
 
     Returns:
-        ``(N, height, width, 3)`` uint8 patches.
+        ``(N, height, width, 3)`` uint8 patches, or ``(N, width, height, 3)`` when ``transpose``.
     """
     out_h, out_w = size
     count = len(regions)
-    patches = np.zeros((count, out_h, out_w, 3), np.uint8)
+    patches = np.zeros((count, out_w, out_h, 3) if transpose else (count, out_h, out_w, 3), np.uint8)
     if count == 0:
         return patches
     regions = regions.astype(np.float64)
@@ -155,26 +188,38 @@ def sample_patches(levels: Sequence[Level], regions: np.ndarray, size: Tuple[int
     grid_x = (np.arange(out_w) + 0.5) / out_w
     grid_y = (np.arange(out_h) + 0.5) / out_h
     # cv2.remap needs fewer than 32767 rows of map, so very many boxes go in several mosaics.
-    per_mosaic = max(1, 32000 // out_h)
+    per_mosaic = max(1, 32000 // max(out_h, out_w))
     for level_index in np.unique(choice):
         level_members = np.nonzero(choice == level_index)[0]
         image, sx, sy = levels[int(level_index)]
         for start in range(0, len(level_members), per_mosaic):
             members = level_members[start : start + per_mosaic]
-            patches[members] = _remap_mosaic(image, sx, sy, regions[members], grid_x, grid_y)
+            patches[members] = _remap_mosaic(image, sx, sy, regions[members], grid_x, grid_y, transpose)
     return patches
 
 
 def _remap_mosaic(
-    image: np.ndarray, sx: float, sy: float, regions: np.ndarray, grid_x: np.ndarray, grid_y: np.ndarray
+    image: np.ndarray,
+    sx: float,
+    sy: float,
+    regions: np.ndarray,
+    grid_x: np.ndarray,
+    grid_y: np.ndarray,
+    transpose: bool,
 ) -> np.ndarray:
     count, out_h, out_w = len(regions), len(grid_y), len(grid_x)
     widths = regions[:, 2] - regions[:, 0]
     heights = regions[:, 3] - regions[:, 1]
     xs = (regions[:, 0, None] + grid_x[None, :] * widths[:, None]) * sx - 0.5  # (n, out_w)
     ys = (regions[:, 1, None] + grid_y[None, :] * heights[:, None]) * sy - 0.5  # (n, out_h)
-    map_x = np.broadcast_to(xs[:, None, :], (count, out_h, out_w)).reshape(-1, out_w)
-    map_y = np.broadcast_to(ys[:, :, None], (count, out_h, out_w)).reshape(-1, out_w)
+    if transpose:  # patch rows follow x, columns follow y
+        rows, cols = out_w, out_h
+        map_x = np.broadcast_to(xs[:, :, None], (count, rows, cols)).reshape(-1, cols)
+        map_y = np.broadcast_to(ys[:, None, :], (count, rows, cols)).reshape(-1, cols)
+    else:
+        rows, cols = out_h, out_w
+        map_x = np.broadcast_to(xs[:, None, :], (count, rows, cols)).reshape(-1, cols)
+        map_y = np.broadcast_to(ys[:, :, None], (count, rows, cols)).reshape(-1, cols)
     mosaic = cv2.remap(
         image,
         map_x.astype(np.float32),
@@ -183,4 +228,4 @@ def _remap_mosaic(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0, 0, 0),
     )
-    return mosaic.reshape(count, out_h, out_w, 3)
+    return mosaic.reshape(count, rows, cols, 3)

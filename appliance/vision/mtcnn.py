@@ -7,7 +7,9 @@ convention internally (a box ``[x1, y1, x2, y2]`` covers pixels ``x1-1 … x2-1`
 come out in plain 0-based coordinates.
 
 Everything after the network calls is vectorised numpy; crops for R-Net and O-Net are cut for all
-boxes at once (:func:`boxes.sample_patches`) and run in batches.
+boxes at once (:func:`boxes.sample_patches`, already transposed) and run in batches. The pyramid is
+built from the frame as it arrives (BGR, not transposed); only the small levels and patches are put in
+the networks' arrangement.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import logging
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from engines.backends import InferenceBackend
 
-from .boxes import Level, nms, pyramid_level, sample_patches, square
+from .boxes import Level, nms, nms_per_group, pyramid_level, sample_patches, square
 from .faces import Faces
 
 logger = logging.getLogger(__name__)
@@ -84,16 +87,15 @@ class MtcnnDetector:
     def detect(self, image: np.ndarray) -> Faces:
         """Find faces in one ``(H, W, 3)`` uint8 BGR image."""
         height, width = image.shape[:2]
-        # All work happens on the frame as the networks see it (RGB, transposed): arranged once, the
-        # pyramid levels and the R-/O-Net patches need no per-patch conversion.
-        arranged = self._pre.arrange(image)
-        levels: List[Level] = [(arranged, 1.0, 1.0)]
-        candidates: List[np.ndarray] = []
-        for scale in self.scales(height, width):
-            level = pyramid_level(levels[-1][0], arranged.shape[:2], scale)
-            levels.append(level)
-            candidates.append(self._pnet_candidates(level, scale))
-        boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9))
+        # The pyramid is built from the frame as it comes (BGR, not transposed) and each level is put
+        # in the networks' pixel arrangement only when it is fed: arranging the full frame first
+        # (a transpose and a colour conversion of every pixel) cost more than the rest of the
+        # pyramid. R-Net and O-Net patches are cut from the same BGR levels and arranged as patches.
+        levels: List[Level] = [(image, 1.0, 1.0)]
+        scales = self.scales(height, width)
+        for scale in scales:
+            levels.append(pyramid_level(levels[-1][0], (height, width), scale))
+        boxes = self._pnet_candidates(levels[1:], scales)
         if not len(boxes):
             return Faces.empty()
         keep = nms(boxes[:, :4], boxes[:, 4], NMS_ACROSS_SCALES, inclusive=True)
@@ -124,24 +126,44 @@ class MtcnnDetector:
 
     # -- stages -------------------------------------------------------------------------------------
 
-    def _pnet_candidates(self, level: Level, scale: float) -> np.ndarray:
-        """P-Net on one pyramid level → ``(K, 9)``: box (4), score, regression (4), after per-scale NMS."""
-        outputs = self.pnet.run(self._pre.normalize(level[0][None]))
+    def _pnet_candidates(self, levels: Sequence[Level], scales: Sequence[float]) -> np.ndarray:
+        """P-Net on every pyramid level → ``(K, 9)``: box (4), score, regression (4).
+
+        Args:
+            levels: the BGR pyramid levels, largest first, one per scale.
+            scales: each level's nominal scale (the reference maps cells back with it, not with the
+                level's exact per-axis scale).
+
+        Returns:
+            The candidates after NMS within each level, level by level and best first within a
+            level, as the reference orders them. The per-level suppressions run as one OpenCV call.
+        """
         reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
-        probability = outputs[prob_name][0, :, :, 1]
-        first, second = np.nonzero(probability >= self.settings.thresholds[0])
-        if not len(first):
+        found: List[np.ndarray] = []
+        for (pixels, _, _), scale in zip(levels, scales):
+            outputs = self.pnet.run(self._pre.to_blob(pixels[None]))
+            probability = outputs[prob_name][0, :, :, 1]
+            first, second = np.nonzero(probability >= self.settings.thresholds[0])
+            if not len(first):
+                continue
+            # The maps are laid out like the input: (x, y) cells when the input was transposed.
+            cols, rows = (first, second) if self._pre.transpose_hw else (second, first)
+            corner = np.stack([cols, rows], axis=1).astype(np.float64) * STRIDE
+            top_left = np.fix((corner + 1) / scale)
+            bottom_right = np.fix((corner + CELL) / scale)
+            scores = probability[first, second].astype(np.float64)
+            regression = outputs[reg_name][0][first, second].astype(np.float64)
+            found.append(np.concatenate([top_left, bottom_right, scores[:, None], regression], axis=1))
+        if not found:
             return np.zeros((0, 9))
-        # The maps are laid out like the input: (x, y) cells when the input was transposed.
-        cols, rows = (first, second) if self._pre.transpose_hw else (second, first)
-        corner = np.stack([cols, rows], axis=1).astype(np.float64) * STRIDE
-        top_left = np.fix((corner + 1) / scale)
-        bottom_right = np.fix((corner + CELL) / scale)
-        scores = probability[first, second].astype(np.float64)
-        regression = outputs[reg_name][0][first, second].astype(np.float64)
-        boxes = np.concatenate([top_left, bottom_right, scores[:, None], regression], axis=1)
-        keep = nms(boxes[:, :4], scores, NMS_PER_SCALE, inclusive=True)
-        return boxes[keep]
+        keep = nms_per_group(
+            np.concatenate(found)[:, :4],
+            np.concatenate([f[:, 4] for f in found]),
+            np.repeat(np.arange(len(found)), [len(f) for f in found]),
+            NMS_PER_SCALE,
+            inclusive=True,
+        )
+        return np.concatenate(found)[keep]
 
     def _run_batched(self, backend: InferenceBackend, blob: np.ndarray) -> List[np.ndarray]:
         """Run ``blob`` in chunks of at most ``max_batch``; outputs in the registry's order."""
@@ -154,10 +176,13 @@ class MtcnnDetector:
     ) -> np.ndarray:
         # Reference boxes cover pixels x1-1 … x2-1, i.e. the continuous region [x1-1, x2).
         regions = boxes - np.array([1.0, 1.0, 0.0, 0.0])
-        if self._pre.transpose_hw:
-            regions = regions[:, [1, 0, 3, 2]]  # the levels are transposed: (y, x) is their (x, y)
-        patches = sample_patches(levels, regions, (size, size))
-        return backend.spec.preprocessing.normalize(patches)
+        pre = backend.spec.preprocessing
+        patches = sample_patches(levels, regions, (size, size), transpose=pre.transpose_hw)
+        if pre.color == "RGB" and len(patches):
+            # All patches as one tall image: one colour conversion instead of one per patch.
+            mosaic = patches.reshape(-1, patches.shape[2], 3)
+            patches = cv2.cvtColor(mosaic, cv2.COLOR_BGR2RGB).reshape(patches.shape)
+        return pre.normalize(patches)
 
     def _refine(
         self,

@@ -168,13 +168,12 @@ def test_pnet_stage_matches_a_plain_loop_reimplementation(mtcnn: FaceAnalyzer, s
     image = read_image(shared_data / "multi_face/fr_two_people.jpg")
     scale = detector.scales(*image.shape[:2])[1]
     pre = detector.pnet.spec.preprocessing
-    arranged = pre.arrange(image)
-    level = pyramid_level(arranged, arranged.shape[:2], scale)
-    ours = detector._pnet_candidates(level, scale)
+    level = pyramid_level(image, image.shape[:2], scale)
+    ours = detector._pnet_candidates([level], [scale])
 
-    # The same level back in plain BGR, through the general to_blob path, then loops.
-    level_bgr = cv2.transpose(cv2.cvtColor(level[0], cv2.COLOR_RGB2BGR))
-    outputs = detector.pnet.run(pre.to_blob(level_bgr[None]))
+    # The same level through the general to_blob path (one image at a time is a special case there),
+    # then loops.
+    outputs = detector.pnet.run(pre.to_blob(np.stack([level[0], level[0]]))[:1])
     regression, probability = outputs["conv2d_4"][0], outputs["softmax"][0]  # (W', H', C): transposed
     rows: List[List[float]] = []
     for col in range(probability.shape[0]):

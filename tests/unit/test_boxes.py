@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.vision.boxes import iou_matrix, nms, nms_reference, sample_patches, square
+from appliance.vision.boxes import (
+    iou_matrix,
+    nms,
+    nms_per_group,
+    nms_reference,
+    pyramid_level,
+    sample_patches,
+    square,
+)
 
 
 @pytest.mark.parametrize("inclusive", [True, False])
@@ -21,6 +29,26 @@ def test_opencv_nms_equals_the_reference(count: int, inclusive: bool) -> None:
             nms(boxes, scores, threshold, inclusive=inclusive),
             nms_reference(boxes, scores, threshold, inclusive=inclusive),
         )
+
+
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_grouped_nms_is_nms_within_each_group(inclusive: bool) -> None:
+    rng = np.random.default_rng(7)
+    count = 300
+    corner = rng.uniform(0, 200, (count, 2))
+    boxes = np.fix(np.concatenate([corner, corner + rng.uniform(12, 60, (count, 1))], axis=1))
+    scores = rng.uniform(0.6, 1.0, count)
+    groups = rng.integers(0, 6, count)  # overlapping boxes of different groups must all survive
+    expected = np.concatenate(
+        [
+            np.flatnonzero(groups == group)[
+                nms_reference(boxes[groups == group], scores[groups == group], 0.5, inclusive=inclusive)
+            ]
+            for group in np.unique(groups)
+        ]
+    )
+    np.testing.assert_array_equal(nms_per_group(boxes, scores, groups, 0.5, inclusive=inclusive), expected)
+    assert len(nms_per_group(boxes[:0], scores[:0], groups[:0], 0.5)) == 0
 
 
 def test_min_mode_suppresses_a_box_inside_another() -> None:
@@ -43,3 +71,15 @@ def test_patches_match_a_resize_and_pad_outside() -> None:
     assert np.abs(patch.astype(int) - reference.astype(int)).max() <= 1
     (outside,) = sample_patches([(image, 1.0, 1.0)], np.array([[-40.0, -40.0, -10.0, -10.0]]), (12, 12))
     assert not outside.any()
+
+
+def test_transposed_patches_are_the_patches_transposed() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    levels = [(image, 1.0, 1.0), pyramid_level(image, image.shape[:2], 0.5)]
+    regions = np.array([[10.0, 5.0, 58.0, 53.0], [-8.0, 20.0, 100.0, 128.0], [30.5, 2.25, 41.0, 20.0]])
+    plain = sample_patches(levels, regions, (24, 24))
+    flipped = sample_patches(levels, regions, (24, 24), transpose=True)
+    np.testing.assert_array_equal(flipped, plain.transpose(0, 2, 1, 3))
+    wide = sample_patches(levels, regions, (12, 20), transpose=True)
+    assert wide.shape == (3, 20, 12, 3)
+    np.testing.assert_array_equal(wide, sample_patches(levels, regions, (12, 20)).transpose(0, 2, 1, 3))
