@@ -101,8 +101,8 @@ class _Seen:
 
 
 class ModelSource(Protocol):
-    """Where the live models are read from once per frame: the daemon's
-    :class:`appliance.runtime.ModelRuntime` (a switch between two frames changes what it returns)."""
+    """Where the live models are read from once per turn: the daemon's
+    :class:`appliance.runtime.ModelRuntime` (a switch between two turns changes what it returns)."""
 
     @property
     def analyzer(self) -> FaceAnalyzer: ...

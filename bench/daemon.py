@@ -1,6 +1,6 @@
 """The daemon end to end: start-up to READY, frame to published event, and a soak with resource sampling.
 
-    python -m bench.daemon [--minutes 2] [--sample-s 10] [--json OUT]
+    python -m bench.daemon [--minutes 2] [--sample-s 10] [--cameras 1 2] [--json OUT]
 
 Starts a real Mosquitto on a free loopback port, enrols one person, writes a looping video in which
 that person and a stranger keep walking up to the door, and runs ``face-appliance run`` on it as a
@@ -11,7 +11,11 @@ subprocess (CPU back-end) with a ``NOTIFY_SOCKET`` the bench reads. It reports:
   a subscriber, p50/p90/p99 over every event;
 * soak: resident memory, threads, open files and outbox depth sampled every ``--sample-s``; growth
   per hour by a least-squares line over the second half of the run (after warm-up);
-* the daemon's own figures from its last ``…/state`` (fps, stage latencies, dropped frames).
+* the daemon's own figures from its last ``…/state`` (fps, stage latencies, dropped frames);
+* per camera: frames processed per second (between the first ``…/state`` after READY and the last),
+  frames and events. ``--cameras 2`` runs the daemon with two cameras (``[[cameras]]``) playing the
+  same video, so every passage is seen by both; ``--cameras 1 2`` runs one daemon after the other
+  and prints both, to show what a second camera costs the first.
 
 Use ``--minutes 20`` (or 60) for a real soak; the default is a short run. ``python -m bench.soak``
 runs the same measurement as a soak (20 minutes by default) and prints every sample and a leak
@@ -127,7 +131,37 @@ def leak_report(samples: List[Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
     return report
 
 
-def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
+def _per_camera(states: List[Dict[str, Any]], events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Each camera's processed frames per second between the first and the last state (after READY),
+    its frames and its events by decision."""
+    first, last = states[0], states[-1]
+    before = {camera["id"]: camera for camera in first.get("cameras", [])}
+    span = float(last["uptime_s"]) - float(first["uptime_s"])
+    rows: List[Dict[str, Any]] = []
+    for camera in last.get("cameras", []):
+        frames = int(camera["frames_processed"]) - int(
+            before.get(camera["id"], {}).get("frames_processed", 0)
+        )
+        decisions: Dict[str, int] = {}
+        for event in events:
+            if event.get("camera_id") == camera["id"]:
+                decisions[event["decision"]] = decisions.get(event["decision"], 0) + 1
+        rows.append(
+            {
+                "id": camera["id"],
+                "fps": round(frames / span, 2) if span > 0 else None,
+                "frames": int(camera["frames_processed"]),
+                "dropped": camera.get("dropped"),
+                "events": sum(decisions.values()),
+                "decisions": decisions,
+            }
+        )
+    return rows
+
+
+def run(minutes: float, sample_s: float, workdir: Path, cameras: int = 1) -> Dict[str, Any]:
+    """One daemon run of ``minutes`` on ``cameras`` video cameras (1: a ``[camera]`` table as a
+    single-camera appliance has; more: ``[[cameras]]`` ``cam0``, ``cam1``, … on the same video)."""
     sys.path.insert(0, str(REPO))
     from appliance.config_load import validate_config
     from appliance.enrollment import Enroller
@@ -157,9 +191,16 @@ def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
     )
     broker = MosquittoBroker(workdir / "mosquitto").start()
     config_file = workdir / "appliance.toml"
+    if cameras == 1:
+        camera_tables = f'[camera]\nsource = "{video}"\nat_end = "loop"\n'
+    else:
+        camera_tables = "".join(
+            f'[[cameras]]\nid = "cam{index}"\nsource = "{video}"\nat_end = "loop"\n'
+            for index in range(cameras)
+        )
     config_file.write_text(
         f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
-        f'[camera]\nsource = "{video}"\nat_end = "loop"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'{camera_tables}[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
         f"[metrics]\nstate_interval_s = 5.0\n"
     )
     notify = workdir / "notify.sock"
@@ -201,7 +242,11 @@ def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
         events_messages = recorder.on(f"face-appliance/{DEVICE}/events")
         for message in events_messages:
             received.append((message, json.loads(message.payload)))
-        state = json.loads(recorder.on(f"face-appliance/{DEVICE}/state")[-1].payload)
+        states = [json.loads(message.payload) for message in recorder.on(f"face-appliance/{DEVICE}/state")]
+        state = states[-1]
+        running = [
+            s for s in states if s.get("ready")
+        ] or states  # from READY on: no model loading in the rate
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -246,22 +291,16 @@ def run(minutes: float, sample_s: float, workdir: Path) -> Dict[str, Any]:
         "soak": soak,
         "samples": samples,
         "leaks": leak_report(samples),
-        "daemon_state": {k: state.get(k) for k in ("fps", "frames", "latency_ms", "camera", "outbox")},
+        "daemon_state": {
+            k: state.get(k) for k in ("fps", "frames", "latency_ms", "camera", "cameras", "outbox")
+        },
+        "cameras": _per_camera(running, [event for _, event in received]),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=2.0)
-    parser.add_argument("--sample-s", type=float, default=10.0)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    machine = describe()
-    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as folder:
-        report = run(args.minutes, args.sample_s, Path(folder))
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+def _print_report(report: Dict[str, Any], minutes: float) -> None:
     print(f"\nstart → READY=1: {report['ready_s']} s (target ≤ 5 s)")
-    print(f"events: {report['events']} {report['decisions']} in {args.minutes:g} min")
+    print(f"events: {report['events']} {report['decisions']} in {minutes:g} min")
     print("\n| latency | p50 ms | p90 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
     for name, figures in report["latency_ms"].items():
         if figures:
@@ -278,9 +317,61 @@ def main() -> None:
         f"\ndaemon: {state.get('fps')} fps, {state.get('frames')} frames, dropped {state.get('camera', {}).get('dropped')}"
     )
     print("stage latency (ms): " + json.dumps(state.get("latency_ms")))
+
+
+def _print_cameras(reports: Dict[int, Dict[str, Any]]) -> None:
+    print(
+        "\n| cameras | camera | fps | frames | dropped | events | granted | unknown | denied |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    for count, report in reports.items():
+        rows = report["cameras"]
+        for row in rows:
+            decisions = row["decisions"]
+            print(
+                f"| {count} | {row['id']} | {row['fps']} | {row['frames']} | {row['dropped']} | {row['events']} | "
+                f"{decisions.get('granted', 0)} | {decisions.get('unknown', 0)} | {decisions.get('denied', 0)} |"
+            )
+        if len(rows) > 1:
+            total = sum(row["fps"] or 0.0 for row in rows)
+            print(
+                f"| {count} | all | {total:.2f} | {sum(row['frames'] for row in rows)} | | "
+                f"{sum(row['events'] for row in rows)} | | | |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=2.0, help="length of each run")
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument(
+        "--cameras",
+        type=int,
+        nargs="+",
+        choices=(1, 2),
+        default=[1],
+        help="video cameras of the daemon (1 or 2); '1 2' runs both, one after the other",
+    )
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    machine = describe()
+    reports: Dict[int, Dict[str, Any]] = {}
+    for count in dict.fromkeys(args.cameras):
+        with tempfile.TemporaryDirectory(prefix="bench-daemon-") as folder:
+            reports[count] = run(args.minutes, args.sample_s, Path(folder), count)
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    for count, report in reports.items():
+        if len(reports) > 1:
+            print(f"\n## {count} camera{'s' if count > 1 else ''}")
+        _print_report(report, args.minutes)
+    _print_cameras(reports)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, **report}, indent=2))
+        if len(reports) == 1:
+            document: Dict[str, Any] = {"machine": machine, **next(iter(reports.values()))}
+        else:
+            document = {"machine": machine, "runs": {str(count): report for count, report in reports.items()}}
+        args.json.write_text(json.dumps(document, indent=2))
 
 
 if __name__ == "__main__":
