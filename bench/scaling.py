@@ -128,19 +128,24 @@ def bench_faces(
 
 
 def cameras_from(document: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """``[{"cameras": n, "fps_per_camera": [...], "fps_total": x}]`` from ``bench.daemon --json``."""
-    runs = document.get("cameras_runs") or document.get("runs") or []
+    """``[{"cameras": n, "fps_per_camera": [...], "fps_total": x}]`` from ``bench.daemon --json``.
+
+    A run of several camera counts (``--cameras 1 2``) keeps each under ``runs``; a run of one count
+    is the document itself.
+    """
+    runs = document.get("runs") or {str(len(document.get("cameras") or [])): document}
     out = []
-    for run in runs:
-        per_camera = run.get("fps_per_camera") or {}
-        values = list(per_camera.values()) if isinstance(per_camera, dict) else list(per_camera)
+    for count, run in sorted(runs.items(), key=lambda item: int(item[0])):
+        values = [
+            float(camera["fps"]) for camera in run.get("cameras") or [] if camera.get("fps") is not None
+        ]
         if not values:
             continue
         out.append(
             {
-                "cameras": int(run.get("cameras", len(values))),
-                "fps_per_camera": [round(float(v), 1) for v in values],
-                "fps_total": round(float(sum(values)), 1),
+                "cameras": int(count),
+                "fps_per_camera": [round(value, 1) for value in values],
+                "fps_total": round(sum(values), 1),
             }
         )
     return out
