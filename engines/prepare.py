@@ -7,25 +7,44 @@ starts with the old batch of 1 gets a 0 there ("copy that dimension from the inp
 are untouched. :func:`compare_batched` proves the edit by running the original image by image and
 the prepared model on the whole batch.
 
-The prepared model is produced in memory when a back-end loads the model (milliseconds for these
-sizes), so a read-only models directory such as a mirror works as it is.
+The prepared model is produced in memory when a back-end loads the model, so a read-only models
+directory such as a mirror works as it is. The edit itself takes milliseconds, but importing the
+``onnx`` package for it takes about 0.4 s on a 2-core x86 machine (its ``ml_dtypes`` extension), more
+than the rest of a one-photo command: with a ``cache_dir`` (the appliance passes
+``{engine_dir}/prepared``), :func:`load_model_bytes` keeps the prepared bytes there, named by the
+source file's sha256, the steps and :data:`PREPARE_REVISION`, beside a checksum of their own, and later
+processes load them without importing ``onnx``. A cache that cannot be written is skipped (the
+model is prepared in memory every time); a cached file that fails its checksum is prepared again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelPreparationError
+from .errors import FileReadError, ModelPreparationError
+from .files import PathLike, atomic_writer, read_bounded
 from .registry import PREPARE_DYNAMIC_BATCH, ModelSpec
 
 logger = logging.getLogger(__name__)
 
 BATCH_DIM_NAME = "batch"
+
+#: Revision of the edits' output: bump it when :func:`make_batch_dynamic` changes what it writes, so
+#: models prepared by the earlier code are not loaded from a cache.
+PREPARE_REVISION = 1
+#: A cached prepared model: ``<name>-<source sha256[:16]>-<steps>-r<revision>.onnx``, and beside it the
+#: same name with ``.sha256`` added: ``<sha256 of the prepared bytes> <sha256 of the source>``.
+PREPARED_SUFFIX = ".onnx"
+CHECKSUM_SUFFIX = ".sha256"
+#: A cached prepared model larger than this many times its source (plus 1 MiB) is not read.
+_MAX_GROWTH = 4
 
 
 def make_batch_dynamic(model_bytes: bytes, dim_name: str = BATCH_DIM_NAME) -> bytes:
@@ -108,22 +127,77 @@ def prepare_bytes(spec: ModelSpec, model_bytes: bytes) -> bytes:
     return model_bytes
 
 
+def prepared_path(cache_dir: PathLike, spec: ModelSpec, source_sha256: str) -> Path:
+    """Where :func:`load_model_bytes` caches ``spec``'s model prepared from a source of that sha256."""
+    steps = "+".join(spec.prepare)
+    name = f"{spec.name}-{source_sha256[:16]}-{steps}-r{PREPARE_REVISION}{PREPARED_SUFFIX}"
+    return Path(cache_dir) / name
+
+
+def _read_prepared(file: Path, source: bytes, source_sha256: str) -> Optional[bytes]:
+    """The cached prepared model at ``file`` when it is there and matches its checksum line."""
+    checksum = file.with_name(file.name + CHECKSUM_SUFFIX)
+    try:
+        expected = read_bounded(checksum, 1024).decode("ascii", "replace").split()
+        data = read_bounded(file, _MAX_GROWTH * len(source) + 2**20)
+    except FileReadError as err:
+        logger.debug("no usable prepared model in the cache (%s)", err)
+        return None
+    if expected != [hashlib.sha256(data).hexdigest(), source_sha256]:
+        logger.warning("%s does not match its checksum in %s; preparing the model again", file, checksum.name)
+        return None
+    return data
+
+
+def _write_prepared(file: Path, prepared: bytes, source_sha256: str) -> None:
+    """Cache ``prepared`` at ``file``, then its checksum line (a reader needs both); failures are logged."""
+    checksum = file.with_name(file.name + CHECKSUM_SUFFIX)
+    try:
+        with atomic_writer(file) as stream:
+            stream.write(prepared)
+        with atomic_writer(checksum) as stream:
+            stream.write(f"{hashlib.sha256(prepared).hexdigest()} {source_sha256}\n".encode("ascii"))
+    except OSError as err:
+        logger.debug("cannot cache the prepared model in %s (%s); it is prepared again next time", file, err)
+
+
 @lru_cache(maxsize=16)
-def _prepared_cached(spec: ModelSpec, path: str, mtime_ns: int, size: int) -> bytes:
+def _prepared_cached(
+    spec: ModelSpec, path: str, mtime_ns: int, size: int, cache_dir: Optional[str] = None
+) -> bytes:
     del mtime_ns, size  # part of the cache key only
     data = Path(path).read_bytes()
+    source_sha256 = hashlib.sha256(data).hexdigest()
+    cached = None if cache_dir is None else prepared_path(cache_dir, spec, source_sha256)
+    if cached is not None:
+        prepared = _read_prepared(cached, data, source_sha256)
+        if prepared is not None:
+            logger.debug("%s: prepared model from the cache %s", spec.name, cached)
+            return prepared
     try:
-        return prepare_bytes(spec, data)
+        prepared = prepare_bytes(spec, data)
     except ModelPreparationError as err:
         raise ModelPreparationError(f"{spec.name} ({path}): {err}") from err
+    if cached is not None:
+        _write_prepared(cached, prepared, source_sha256)
+    return prepared
 
 
-def load_model_bytes(spec: ModelSpec, path: Path) -> bytes:
-    """The bytes a back-end should load for ``spec``: the file at ``path``, prepared if needed."""
+def load_model_bytes(spec: ModelSpec, path: Path, cache_dir: Optional[PathLike] = None) -> bytes:
+    """The bytes a back-end should load for ``spec``: the file at ``path``, prepared if needed.
+
+    Args:
+        cache_dir: where prepared models are kept between processes (created when needed); ``None``
+            prepares the model in memory (once per process and file version). Every reader of one
+            machine's models (the back-ends, the TensorRT engine builder) passes the same folder, so
+            they see the same bytes, and an engine's key (the ONNX bytes' sha256) stays the same
+            when an ``onnx`` upgrade would write the edit differently.
+    """
     if not spec.prepare:
         return path.read_bytes()
     stat = path.stat()
-    return _prepared_cached(spec, str(path), stat.st_mtime_ns, stat.st_size)
+    folder = None if cache_dir is None else os.fspath(cache_dir)
+    return _prepared_cached(spec, str(path), stat.st_mtime_ns, stat.st_size, folder)
 
 
 def compare_batched(

@@ -10,12 +10,9 @@ from pathlib import Path
 from ..config import DEFAULT_CONFIG_PATH, ApplianceConfig
 from ..config_load import default_config, load_config
 from ..logs import setup_logging
+from . import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 CONFIG_ENV = "FACE_APPLIANCE_CONFIG"
 
@@ -60,3 +57,15 @@ def load_cli_config(args: argparse.Namespace, required: bool = False) -> Applian
     if getattr(args, "log_level", None) is None:
         setup_logging(config.logging.level)
     return config
+
+
+__all__ = [
+    "CONFIG_ENV",
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "add_config_option",
+    "config_named",
+    "config_path",
+    "load_cli_config",
+]

@@ -8,8 +8,11 @@ import io
 import json
 import logging
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Deque, Dict, Generator, List, Sequence, Union
 
 import numpy as np
 
@@ -86,7 +89,7 @@ def _detect(args: argparse.Namespace) -> int:
     config = _config(args)
     results: List[Dict[str, Any]] = []
     failed = False
-    with load_analyzer(config, liveness=True if args.liveness else None) as analyzer:
+    with load_analyzer(config, liveness=True if args.liveness else None, embedder=False) as analyzer:
         for path in args.images:
             try:
                 image = read_image(path)
@@ -143,6 +146,38 @@ def read_labels(path: Path) -> List[Dict[str, str]]:
     return rows
 
 
+#: Images ``evaluate`` decodes ahead of the one being analysed.
+READ_AHEAD = 2
+
+
+def _read_or_error(path: Path) -> Union[np.ndarray, ImageError]:
+    try:
+        return read_image(path)
+    except ImageError as err:
+        return err
+
+
+def read_ahead(
+    paths: Sequence[Path], ahead: int = READ_AHEAD
+) -> Generator[Union[np.ndarray, ImageError], None, None]:
+    """The image at each of ``paths`` (as :func:`read_image` returns it), or the :class:`ImageError`
+    reading it raised, in order.
+
+    A helper thread reads and decodes up to ``ahead`` images beyond the one the caller holds. OpenCV
+    decodes with the GIL released, so where a core is free a photo is decoded while the one before is
+    analysed: decoding is a fifth to a quarter of ``evaluate``'s work on photos of up to 12 MP. Only
+    when the images are decoded changes, not what they are. Close the iterator to stop early.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending: Deque[Future] = deque()
+        for path in paths:
+            pending.append(pool.submit(_read_or_error, path))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     try:
         rows = read_labels(args.labels)
@@ -156,20 +191,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     with load_analyzer(config, liveness=False) as analyzer:
         from tqdm import tqdm
 
-        for row in tqdm(rows, desc="embedding", unit="image", disable=None):
-            path = args.dir / row["path"]
-            try:
-                image = read_image(path)
-            except ImageError as err:
-                failed.append({"path": row["path"], "reason": str(err)})
-                continue
-            faces = analyzer.detect(image, still=True)
-            largest = faces.largest()
-            if largest is None:
-                failed.append({"path": row["path"], "reason": "no face found"})
-                continue
-            crops.append(analyzer.analyze(image, embed=False, faces=faces.take([largest])).crops[0])  # type: ignore[index]
-            labels.append(row["identity"])
+        with closing(read_ahead([args.dir / row["path"] for row in rows])) as images:
+            for row, image in tqdm(
+                zip(rows, images), total=len(rows), desc="embedding", unit="image", disable=None
+            ):
+                if isinstance(image, ImageError):
+                    failed.append({"path": row["path"], "reason": str(image)})
+                    continue
+                faces = analyzer.detect(image, still=True)
+                largest = faces.largest()
+                if largest is None:
+                    failed.append({"path": row["path"], "reason": "no face found"})
+                    continue
+                crops.append(analyzer.analyze(image, embed=False, faces=faces.take([largest])).crops[0])  # type: ignore[index]
+                labels.append(row["identity"])
         if len(crops) < 2:
             sys.stderr.write(f"error: only {len(crops)} image(s) with a face; nothing to compare\n")
             return EXIT_FAILURE

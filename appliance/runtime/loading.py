@@ -12,7 +12,8 @@
   builds), the CPU back-end from the gate-passed INT8 (QDQ) model when ``backend.int8`` is set, or
   the FP32 model.
 * :func:`load_analyzer` — the configured models as a :class:`FaceAnalyzer`, for the command line
-  (one thread: the caller's).
+  (one thread: the caller's); a command that never embeds (``detect``) has its embedder opened on
+  first use only (:class:`DeferredBackend`).
 
 The vision code receives back-ends; it never decides a fallback or looks for INT8 files.
 """
@@ -22,12 +23,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from engines.backends import BackendOptions, InferenceBackend, backend_class, open_model
 from engines.errors import BackendUnavailableError, EngineLoadError, ModelMissingError
 from engines.int8 import find_int8
-from engines.registry import get_model, required_models
+from engines.registry import KIND_EMBEDDER, ModelSpec, TensorSpec, get_model, required_models
 from engines.store import ModelStore
 from engines.tensorrt.service import EngineTarget, target_options
 
@@ -48,7 +51,9 @@ def backend_options(config: ApplianceConfig, build_missing: bool = True) -> Back
     ``detector.max_side`` on either side (a portrait camera is as possible as a landscape one), and
     up to ``RETRY_PAD_FRACTION`` more on each side when a still photo is retried with a border; P-Net
     is tuned for the camera's frame when its size is configured. ``build_missing`` is the TensorRT
-    back-end's (the daemon turns it off and builds missing engines in the background).
+    back-end's (the daemon turns it off and builds missing engines in the background). Prepared ONNX
+    models (MobileFaceNet with a dynamic batch) are cached in ``{engine_dir}/prepared``, beside the
+    engines: a later process then needs no ``onnx`` import to load them.
     """
     trt = config.backend.tensorrt
     side = config.detector.max_side
@@ -74,6 +79,7 @@ def backend_options(config: ApplianceConfig, build_missing: bool = True) -> Back
         opt_frame=opt_frame,
         embedder_batch=config.embedder.batch_size,
         build_missing=build_missing,
+        prepared_dir=os.fspath(config.engine_dir / "prepared"),
     )
 
 
@@ -228,13 +234,71 @@ def open_all(loader: ModelLoader, targets: Sequence[EngineTarget]) -> Dict[str, 
     return loaded
 
 
-def load_analyzer(config: ApplianceConfig, liveness: Optional[bool] = None) -> FaceAnalyzer:
+class DeferredBackend(InferenceBackend):
+    """A model opened the first time it runs, not before.
+
+    ``detect`` never embeds, yet the analyzer has an embedder and reports its version: the embedder's
+    spec is all it reads. Opening MobileFaceNet costs about 0.5 s on a 2-core machine (its batch
+    dimension is made dynamic with the ``onnx`` package, whose import alone is 0.4 s), most of a
+    one-photo ``detect``. The file is verified when the deferred back-end is made, so a missing or
+    damaged model fails as early as before.
+
+    Args:
+        spec: the model's registry entry.
+        opener: opens the real back-end; called once, on the first :meth:`run` (or :meth:`warmup`).
+    """
+
+    key = "deferred"
+
+    def __init__(self, spec: ModelSpec, opener: Callable[[], InferenceBackend]) -> None:
+        # InferenceBackend.__init__ opens the model; this one only keeps the way to open it.
+        self.spec = spec
+        self.options = BackendOptions()
+        self._opener: Optional[Callable[[], InferenceBackend]] = opener
+        self._backend: Optional[InferenceBackend] = None
+        self._closed = False
+
+    @property
+    def opened(self) -> bool:
+        """Whether the real back-end has been opened."""
+        return self._backend is not None
+
+    def _target(self) -> InferenceBackend:
+        if self._backend is None:
+            if self._opener is None:
+                raise EngineLoadError(f"{self.spec.name}: the deferred back-end is closed")
+            logger.debug("%s: opening the deferred model on first use", self.spec.name)
+            self._backend, self._opener = self._opener(), None
+        return self._backend
+
+    def _open(self, model: bytes) -> None:
+        raise EngineLoadError(f"{self.spec.name}: a deferred back-end opens through its opener")
+
+    def _io(self) -> Tuple[List[TensorSpec], List[TensorSpec]]:
+        backend = self._target()
+        return list(backend.inputs), list(backend.outputs)
+
+    def _run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        outputs = self._target().run(feeds)
+        return [outputs[tensor.name] for tensor in self.spec.outputs]
+
+    def _release(self) -> None:
+        backend, self._backend, self._opener = self._backend, None, None
+        if backend is not None:
+            backend.close()
+
+
+def load_analyzer(
+    config: ApplianceConfig, liveness: Optional[bool] = None, embedder: bool = True
+) -> FaceAnalyzer:
     """Load the configured models on the configured back-end, for the command line.
 
     The analyzer owns the back-ends (close it); the calling thread is their owner.
 
     Args:
         liveness: override ``liveness.enabled``.
+        embedder: open the embedder now; ``False`` opens it on its first use (:class:`DeferredBackend`),
+            for a command that may never embed.
 
     Raises:
         EngineError: a model is missing, fails verification, or cannot be loaded.
@@ -243,11 +307,29 @@ def load_analyzer(config: ApplianceConfig, liveness: Optional[bool] = None) -> F
     targets, notes = model_targets(config, liveness)
     for note in notes:
         loader.note(note)
-    loaded = open_all(loader, targets)
+    deferred = [] if embedder else [target for target in targets if target.spec.kind == KIND_EMBEDDER]
+    opened = open_all(loader, [target for target in targets if target not in deferred])
+    loaded: Dict[str, InferenceBackend] = {}
+    try:
+        for target in targets:  # in the targets' order: model_versions lists them so
+            if target in deferred:
+                ModelStore(target.folder).require(target.spec)
+                loaded[target.name] = DeferredBackend(target.spec, _opener(loader, target))
+            else:
+                loaded[target.name] = opened[target.name]
+    except BaseException:
+        for backend in opened.values():
+            backend.close()
+        raise
     return FaceAnalyzer.assemble(config, loaded, loader.max_batch, loader.degraded)
 
 
+def _opener(loader: ModelLoader, target: EngineTarget) -> Callable[[], InferenceBackend]:
+    return lambda: loader.open(target)
+
+
 __all__ = [
+    "DeferredBackend",
     "ModelLoader",
     "backend_options",
     "effective_backend",

@@ -82,4 +82,5 @@ def open_model(
     """
     backend = backend_class(key)
     path = ModelStore(models_dir).require(spec)
-    return backend(spec, load_model_bytes(spec, path), options)
+    cache_dir = options.prepared_dir if options is not None else None
+    return backend(spec, load_model_bytes(spec, path, cache_dir), options)

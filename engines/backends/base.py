@@ -54,6 +54,8 @@ class BackendOptions:
         build_missing: TensorRT: build the engine at open when no cached engine fits. ``False``
             raises :class:`engines.errors.EngineMissingError` instead, so the caller can serve on
             the CPU while it builds the engine elsewhere (the daemon does).
+        prepared_dir: where :func:`engines.prepare.load_model_bytes` keeps prepared ONNX models
+            (dynamic batch) between processes, ``None`` to prepare them in memory at every start.
     """
 
     threads: int = 0
@@ -72,6 +74,7 @@ class BackendOptions:
     opt_frame: Optional[Tuple[int, int]] = None
     embedder_batch: Optional[int] = None
     build_missing: bool = True
+    prepared_dir: Optional[str] = None
 
 
 class InferenceBackend(ABC):

@@ -128,7 +128,7 @@ class EngineService:
             ModelMissingError, ModelPreparationError: as :func:`engines.backends.open_model`.
         """
         path = ModelStore(target.folder).require(target.spec)
-        return load_model_bytes(target.spec, path)
+        return load_model_bytes(target.spec, path, self.options.prepared_dir)
 
     def request(self, target: EngineTarget) -> EngineRequest:
         """The engine request (cache key inputs) of ``target`` on this device.
