@@ -50,7 +50,7 @@ def backend_options(config: ApplianceConfig, build_missing: bool = True) -> Back
     The TensorRT profiles follow the detector settings: MTCNN sees images of at most
     ``detector.max_side`` on either side (a portrait camera is as possible as a landscape one), and
     up to ``RETRY_PAD_FRACTION`` more on each side when a still photo is retried with a border; P-Net
-    is tuned for the camera's frame when its size is configured. ``build_missing`` is the TensorRT
+    is tuned for the camera's frame when its size is configured (the largest, with several cameras). ``build_missing`` is the TensorRT
     back-end's (the daemon turns it off and builds missing engines in the background). Prepared ONNX
     models (MobileFaceNet with a dynamic batch) are cached in ``{engine_dir}/prepared``, beside the
     engines: a later process then needs no ``onnx`` import to load them.
@@ -58,11 +58,14 @@ def backend_options(config: ApplianceConfig, build_missing: bool = True) -> Back
     trt = config.backend.tensorrt
     side = config.detector.max_side
     padded = side + 2 * round(RETRY_PAD_FRACTION * side)
-    camera = config.camera
     opt_frame = (side, side)
-    if camera.width is not None and camera.height is not None:
-        shrink = min(1.0, side / max(camera.width, camera.height))
-        opt_frame = (max(12, round(camera.height * shrink)), max(12, round(camera.width * shrink)))
+    # With several cameras, P-Net is tuned for the largest configured frame.
+    sized = [c for c in config.configured_cameras if c.width is not None and c.height is not None]
+    if sized:
+        camera = max(sized, key=lambda c: int(c.width or 0) * int(c.height or 0))
+        width, height = int(camera.width or 0), int(camera.height or 0)
+        shrink = min(1.0, side / max(width, height))
+        opt_frame = (max(12, round(height * shrink)), max(12, round(width * shrink)))
     return BackendOptions(
         threads=config.backend.threads,
         device=trt.device,

@@ -116,6 +116,17 @@ def test_pnet_is_tuned_for_the_camera_frame() -> None:
     big = backend_options(config_with(camera={"width": 3840, "height": 2160}, detector={"max_side": 1920}))
     assert big.opt_frame == (1080, 1920)
 
+    # Several cameras: tuned for the largest frame; one without a size does not count.
+    several = config_with(
+        cameras=[
+            {"id": "entry", "width": 640, "height": 480},
+            {"id": "exit", "width": 1280, "height": 720},
+            {"id": "side"},
+        ],
+        detector={"max_side": 1920},
+    )
+    assert backend_options(several).opt_frame == (720, 1280)
+
 
 def test_an_opt_frame_beyond_the_maximum_is_clipped() -> None:
     (profile,) = optimization_profile(
