@@ -12,6 +12,7 @@ real images).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -119,23 +120,32 @@ class Preprocessing:
         if self.layout == "NCHW":
             blob = np.empty((pixels.shape[0], 3, pixels.shape[1], pixels.shape[2]), np.float32)
             np.copyto(blob, pixels.transpose(0, 3, 1, 2), casting="unsafe")
-            channel_shape: Tuple[int, ...] = (1, 3, 1, 1)
         else:
             blob = np.empty(pixels.shape, np.float32)
             np.copyto(blob, pixels, casting="unsafe")
-            channel_shape = (1, 1, 1, 3)
-        scale = np.float32(self.input_scale) / np.asarray(self.std, dtype=np.float32)
-        offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
+        scale, offset = self._affine
         # In place: no temporaries on the per-frame path.
-        if np.all(scale == scale[0]) and np.all(offset == offset[0]):
-            if scale[0] != 1:
-                blob *= scale[0]
-            if offset[0] != 0:
-                blob += offset[0]
+        if scale.ndim == 0:
+            if scale != 1:
+                blob *= scale
+            if offset != 0:
+                blob += offset
         else:
-            blob *= scale.reshape(channel_shape)
-            blob += offset.reshape(channel_shape)
+            shape = (1, 3, 1, 1) if self.layout == "NCHW" else (1, 1, 1, 3)
+            blob *= scale.reshape(shape)
+            blob += offset.reshape(shape)
         return blob
+
+    @cached_property
+    def _affine(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``value = pixel * scale + offset`` per channel, float32; 0-d arrays when every channel is alike
+        (computed once: this runs for every model call)."""
+        std = np.asarray(self.std, dtype=np.float32)
+        scale = np.float32(self.input_scale) / std
+        offset = -np.asarray(self.mean, dtype=np.float32) / std
+        if np.all(scale == scale[0]) and np.all(offset == offset[0]):
+            return np.asarray(scale[0]), np.asarray(offset[0])
+        return scale, offset
 
 
 @dataclass(frozen=True)

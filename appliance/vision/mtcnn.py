@@ -140,8 +140,8 @@ class MtcnnDetector:
         """
         reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
         found: List[np.ndarray] = []
-        for (pixels, _, _), scale in zip(levels, scales):
-            outputs = self.pnet.run(self._pre.to_blob(pixels[None]))
+        for blob, scale in zip(self._pnet_inputs(levels), scales):
+            outputs = self.pnet.run(blob)
             probability = outputs[prob_name][0, :, :, 1]
             first, second = np.nonzero(probability >= self.settings.thresholds[0])
             if not len(first):
@@ -164,6 +164,33 @@ class MtcnnDetector:
             inclusive=True,
         )
         return np.concatenate(found)[keep]
+
+    def _pnet_inputs(self, levels: Sequence[Level]) -> List[np.ndarray]:
+        """P-Net's input for every level, ``(1, w, h, 3)`` float32 each (``(1, h, w, 3)`` untransposed).
+
+        The levels are arranged into one buffer and converted to float in one pass over it, rather
+        than with a conversion per level: each input is a contiguous view into that buffer.
+        """
+        pre = self._pre
+        if pre.layout != "NHWC":  # a channels-first P-Net has no one-buffer form: level by level
+            return [pre.to_blob(pixels[None]) for pixels, _, _ in levels]
+        shapes = [(p.shape[1], p.shape[0]) if pre.transpose_hw else p.shape[:2] for p, _, _ in levels]
+        sizes = [rows * cols * 3 for rows, cols in shapes]
+        ends = np.cumsum(sizes).tolist()
+        pixels = np.empty(ends[-1] if ends else 0, np.uint8)
+        for (level, _, _), (rows, cols), end, size in zip(levels, shapes, ends, sizes):
+            np.copyto(
+                pixels[end - size : end].reshape(rows, cols, 3),
+                cv2.transpose(level) if pre.transpose_hw else level,
+            )
+        flat = pixels.reshape(1, -1, 1, 3)
+        if pre.color == "RGB":
+            flat = cv2.cvtColor(flat[0], cv2.COLOR_BGR2RGB)[None]
+        values = pre.normalize(flat).reshape(-1)
+        return [
+            values[end - size : end].reshape(1, rows, cols, 3)
+            for (rows, cols), end, size in zip(shapes, ends, sizes)
+        ]
 
     def _run_batched(self, backend: InferenceBackend, blob: np.ndarray) -> List[np.ndarray]:
         """Run ``blob`` in chunks of at most ``max_batch``; outputs in the registry's order."""
