@@ -5,10 +5,8 @@ against door documents (in step, then not), and a broker that is not there."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -16,9 +14,6 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.access.errors import PolicyError
-from appliance.cli import fleet_cmd
-from appliance.errors import ApplianceError, ConfigError
 from appliance.fleet.records import (
     IdentityRecord,
     Tombstone,
@@ -40,26 +35,11 @@ NOW = "2026-01-02T03:04:05Z"
 
 
 def fleet(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:
-    """Run ``face-appliance fleet …`` in this process, with the exit codes of ``appliance.cli.main``
-    (through it once the command is registered there)."""
+    """Run ``face-appliance fleet …`` in this process through ``appliance.cli.main`` (its exit codes)."""
     from appliance import cli
 
     capsys.readouterr()
-    if fleet_cmd in getattr(cli, "_COMMANDS", ()):
-        code = cli.main(["fleet", *argv])
-    else:
-        parser = argparse.ArgumentParser()
-        fleet_cmd.add_parser(parser.add_subparsers())
-        args = parser.parse_args(["fleet", *argv])
-        args.log_level = "WARNING"
-        try:
-            code = int(args.handler(args))
-        except (ConfigError, PolicyError) as err:
-            sys.stderr.write(f"error: {err}\n")
-            code = 2
-        except ApplianceError as err:
-            sys.stderr.write(f"error: {err}\n")
-            code = 1
+    code = cli.main(["fleet", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
