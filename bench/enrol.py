@@ -1,12 +1,30 @@
-"""Enrolling a folder: photos per second on the CPU back-end, as `face-appliance enroll --from-dir` does.
+"""Enrolling: photos per second on the CPU back-end, and what one enrolment costs in a large gallery.
 
     python -m bench.enrol [--rounds 3] [--json OUT]
+    python -m bench.enrol --index [--sizes 1000,10000,100000] [--enrolments 40] [--removals 5]
+                          [--json OUT]
 
-Every photo of ``../shared/data/faces`` (one folder per person), scaled down to at most 1 MP (the
-issue's condition), is enrolled into a fresh encrypted gallery through :class:`Enroller` — detection,
-quality checks, alignment, embedding, the duplicate check, the encrypted write and the index update.
-Reported with and without reading the files (decoding JPEG/PNG is part of a real enrolment).
-Target: ≥ 20 photos/s.
+Photos per second (the default): every photo of ``../shared/data/faces`` (one folder per person),
+scaled down to at most 1 MP (the issue's condition), is enrolled into a fresh encrypted gallery
+through :class:`Enroller` — detection, quality checks, alignment, embedding, the duplicate check, the
+encrypted write and the index update. Reported with and without reading the files (decoding
+JPEG/PNG is part of a real enrolment). Target: ≥ 20 photos/s.
+
+Index cost (``--index``, issue 16 part 5): per gallery size, a store is pre-filled with synthetic
+identities (3 templates each, in one transaction, sealed like any other), the gallery opened (the
+index built and saved), then ``--enrolments`` real :meth:`Gallery.add` calls (one template and its
+crop each) and ``--removals`` :meth:`Gallery.remove` calls are timed one by one. Bytes written per
+call: the index files' (counted by :class:`~appliance.gallery.delta.SavedIndex`) and the whole
+process's (``wchar`` of ``/proc/self/io``: the store's SQLite writes included). Three settings:
+
+* ``before``: float32, ``index_delta_ratio = 0`` — the whole index file rewritten at every change,
+  as before deltas (the same code path as the old ``Gallery._save_index``);
+* ``float32 + delta``: the delta alone;
+* ``after``: the defaults (float16, ``index_delta_ratio = 0.1``).
+
+With a delta, the few enrolments timed rarely reach a compaction; the amortised bytes per enrolment
+including compactions is computed as record + snapshot × record / threshold (one snapshot per
+threshold / record enrolments).
 """
 
 from __future__ import annotations
@@ -16,16 +34,15 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
+from appliance.access.policy import IdentityPolicy
 from appliance.config_load import validate_config
-from appliance.enrollment import Enroller
 from appliance.gallery.gallery import Gallery
-from appliance.gallery.store import slugify
-from appliance.runtime.loading import load_analyzer
+from appliance.gallery.store import TemplateStore, slugify, utc_now
 from appliance.vision.image import read_image
 
 from .machine import describe
@@ -55,6 +72,9 @@ def _at_most_1mp(image: np.ndarray) -> np.ndarray:
 
 
 def run(rounds: int) -> Dict[str, Any]:
+    from appliance.enrollment import Enroller
+    from appliance.runtime.loading import load_analyzer
+
     photos = _photos(SHARED / "data" / "faces")
     with tempfile.TemporaryDirectory() as folder:
         small = Path(folder) / "photos"
@@ -99,13 +119,199 @@ def run(rounds: int) -> Dict[str, Any]:
     return results
 
 
+# -- index cost per enrolment (issue 16, part 5) ----------------------------------------------------
+
+INDEX_VERSION = "mobilefacenet@bench"
+INDEX_DIM = 128
+PER_IDENTITY = 3
+#: (label, gallery.index_precision, gallery.index_delta_ratio)
+SETTINGS = (("before", "float32", 0.0), ("float32 + delta", "float32", 0.1), ("after", "float16", 0.1))
+
+
+def _unit(rng: np.random.Generator, count: int) -> np.ndarray:
+    vectors = rng.standard_normal((count, INDEX_DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _crops(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Aligned-crop-sized images that compress about like photos (a gradient and some noise)."""
+    ramp = np.linspace(0, 200, 112, dtype=np.float32)
+    base = ramp[None, :, None] + ramp[:, None, None] * 0.2
+    return np.clip(base[None] + rng.integers(0, 24, (count, 112, 112, 3)), 0, 255).astype(np.uint8)
+
+
+def prefill(folder: Path, templates: int, seed: int = 0) -> None:
+    """A store of ``templates`` synthetic templates (``PER_IDENTITY`` per identity, no crops) written
+    in one transaction (an enrolment per transaction would take minutes at 10⁵ with fsyncs)."""
+    rng = np.random.default_rng(seed)
+    vectors = _unit(rng, templates)
+    now = utc_now()
+    with TemplateStore.open(folder / "gallery.db", folder / "gallery.key") as store:
+        with store._transaction() as db:  # the store's own sealing and policy rows, in bulk
+            for start in range(0, templates, PER_IDENTITY):
+                identity = f"bench-{start // PER_IDENTITY}"
+                db.execute(
+                    "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, NULL, ?, ?)",
+                    (identity, f"Bench {start // PER_IDENTITY}", now, now),
+                )
+                store._write_policy(db, identity, IdentityPolicy())
+                db.executemany(
+                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
+                    "VALUES (?, ?, ?, NULL, 0.9, ?)",
+                    [
+                        (identity, INDEX_VERSION, store._seal_embedding(identity, INDEX_VERSION, vector), now)
+                        for vector in vectors[start : start + PER_IDENTITY]
+                    ],
+                )
+            store._bump(db)
+
+
+def _process_written() -> int:
+    """Bytes this process has passed to write(2) so far (``wchar``); -1 where /proc/self/io is absent."""
+    try:
+        with open("/proc/self/io", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def _summary(times_s: List[float], index_bytes: List[int], process_bytes: List[int]) -> Dict[str, Any]:
+    times = np.array(times_s) * 1000
+    return {
+        "calls": len(times_s),
+        "ms_p50": round(float(np.percentile(times, 50)), 2),
+        "ms_mean": round(float(np.mean(times)), 2),
+        "ms_max": round(float(np.max(times)), 2),
+        "index_bytes_mean": int(np.mean(index_bytes)),
+        "process_bytes_mean": int(np.mean(process_bytes)) if min(process_bytes) >= 0 else None,
+    }
+
+
+def index_cost(
+    size: int, label: str, precision: str, ratio: float, enrolments: int, removals: int
+) -> Dict[str, Any]:
+    """Time ``enrolments`` adds and ``removals`` removes on a gallery pre-filled with ``size`` templates."""
+    rng = np.random.default_rng(size)
+    with tempfile.TemporaryDirectory(prefix="bench-enrol-") as folder:
+        state = Path(folder)
+        prefill(state, size)
+        config = validate_config(
+            {
+                "storage": {"dir": folder},
+                "gallery": {"index_precision": precision, "index_delta_ratio": ratio},
+            }
+        )
+        started = time.perf_counter()
+        with Gallery.open(config, INDEX_VERSION, INDEX_DIM) as gallery:
+            open_s = time.perf_counter() - started
+            snapshot_bytes = (state / "gallery.index").stat().st_size
+            crops = _crops(rng, enrolments)
+            vectors = _unit(rng, enrolments)
+            added: Dict[str, List[Any]] = {"times": [], "index": [], "process": []}
+            for number in range(enrolments):
+                before_index, before_process = gallery.saved.bytes_written, _process_written()
+                started = time.perf_counter()
+                gallery.add(
+                    f"new-{number}", f"New {number}", vectors[number : number + 1], crops[number : number + 1]
+                )
+                added["times"].append(time.perf_counter() - started)
+                added["index"].append(gallery.saved.bytes_written - before_index)
+                added["process"].append(_process_written() - before_process if before_process >= 0 else -1)
+            threshold = gallery.saved.compact_above
+            removed: Dict[str, List[Any]] = {"times": [], "index": [], "process": []}
+            for number in range(removals):
+                before_index, before_process = gallery.saved.bytes_written, _process_written()
+                started = time.perf_counter()
+                gallery.remove(f"bench-{number}")
+                removed["times"].append(time.perf_counter() - started)
+                removed["index"].append(gallery.saved.bytes_written - before_index)
+                removed["process"].append(_process_written() - before_process if before_process >= 0 else -1)
+    enrol = _summary(added["times"], added["index"], added["process"])
+    record = min(added["index"]) if ratio > 0 else None
+    amortised: Optional[int] = None
+    if record is not None and record > 0:
+        amortised = int(record + snapshot_bytes * record / max(threshold, record))
+    return {
+        "templates": size,
+        "setting": label,
+        "precision": precision,
+        "index_delta_ratio": ratio,
+        "open_s": round(open_s, 2),
+        "snapshot_bytes": snapshot_bytes,
+        "compact_above_bytes": threshold if ratio > 0 else None,
+        "enrol": enrol,
+        "enrol_amortised_index_bytes": amortised if ratio > 0 else enrol["index_bytes_mean"],
+        "remove": _summary(removed["times"], removed["index"], removed["process"]) if removals else None,
+    }
+
+
+def run_index(sizes: List[int], enrolments: int, removals: int) -> List[Dict[str, Any]]:
+    results = []
+    for size in sizes:
+        for label, precision, ratio in SETTINGS:
+            result = index_cost(size, label, precision, ratio, enrolments, removals)
+            print(
+                f"  {size:,} templates, {label}: enrol p50 {result['enrol']['ms_p50']} ms, "
+                f"{result['enrol']['index_bytes_mean']:,} index bytes",
+                flush=True,
+            )
+            results.append(result)
+    return results
+
+
+def _print_index(results: List[Dict[str, Any]]) -> None:
+    print(
+        "\n| templates | setting | enrol ms p50 / mean / max | index bytes per enrolment (amortised) "
+        "| process bytes per enrolment | remove ms p50 | index bytes per removal |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in results:
+        enrol, remove = row["enrol"], row["remove"]
+        process = f"{enrol['process_bytes_mean']:,}" if enrol["process_bytes_mean"] is not None else "n/a"
+        removal = (
+            f"| {remove['ms_p50']} | {remove['index_bytes_mean']:,} |" if remove is not None else "| – | – |"
+        )
+        print(
+            f"| {row['templates']:,} | {row['setting']} | {enrol['ms_p50']} / {enrol['ms_mean']} / {enrol['ms_max']} "
+            f"| {enrol['index_bytes_mean']:,} ({row['enrol_amortised_index_bytes']:,}) | {process} {removal}"
+        )
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--index", action="store_true", help="the index cost per enrolment and removal instead"
+    )
+    parser.add_argument("--sizes", type=_int_list, default=[1000, 10_000, 100_000])
+    parser.add_argument("--enrolments", type=int, default=40, help="enrolments timed per size and setting")
+    parser.add_argument("--removals", type=int, default=5, help="removals timed per size and setting")
     args = parser.parse_args()
     machine = describe()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    if args.index:
+        if args.enrolments < 1 or args.removals < 0:
+            parser.error("--enrolments must be ≥ 1 and --removals ≥ 0")
+        rows = run_index(args.sizes, args.enrolments, args.removals)
+        _print_index(rows)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"machine": machine, "index_cost": rows}, indent=2))
+        return 0
     result = run(args.rounds)
     print(f"{result['photos']} photos (≤ 1 MP) enrolled per round, CPU back-end\n")
     print("| round | s | photos/s | photos/s without decoding | accepted |")

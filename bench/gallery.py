@@ -1,44 +1,68 @@
-"""Gallery search, one query at a time as the daemon does: exact Faiss inner product, HNSW, and a plain
-numpy brute force, on synthetic identity-like embeddings of the registry's embedder dimension.
+"""Gallery search, one query at a time as the daemon does: every index kind side by side — exact in
+float32 and in float16 (the default), 8-bit codes re-ranked in float32, HNSW in both precisions over
+a range of ``ef_search``, IVF (flat, and 8-bit codes re-ranked) over a range of ``nprobe`` — on
+synthetic identity-like embeddings of the registry's embedder dimension.
 
-    python -m bench.gallery [--sizes 1000,10000,100000,1000000] [--queries N] [--json OUT]
-                            [--ef-search 32,64,96,128,192,256,384,512] [--hnsw-m M] [--ef-construction N]
-                            [--max-hnsw N] [--per-identity N]
+    python -m bench.gallery [--sizes 1000,10000,100000] [--large] [--queries N] [--json OUT]
+                            [--ef-search 32,64,...] [--nprobe 8,16,...] [--hnsw-m M]
+                            [--ef-construction N] [--approximate-from N] [--per-identity N]
+                            [--compare-real]
+    python -m bench.gallery --render OUT.json
+
+``--large`` adds 10⁶ templates: 40 minutes on a 2-core machine (each HNSW graph takes about 11
+minutes to build there, IVF under a minute), 3 GB of memory. ``--render`` prints the tables of an
+earlier ``--json`` again; the JSON's ``rows`` (one per index and search parameter: ``templates``, ``kind``,
+``p50_ms``, ``p99_ms``, ``default`` …) are what the README's tables and ``bench.scaling`` are built
+from.
 
 Data: ``n / per_identity`` identities (3 templates each by default). Each identity's centre is a
 random direction, uniform on the unit sphere of R^d; each template is the centre plus isotropic
 Gaussian noise of norm ≈ 0.75, renormalised, so a template has cosine ≈ 0.8 to its centre, two
 templates of one identity ≈ 0.64, and two identities ≈ 0 ± 1/√d. Queries are fresh samples of
-enrolled identities drawn the same way (a new capture of an enrolled person). Uniform centres are
-the hard case for graph search: real face embeddings occupy a manifold of far lower intrinsic
-dimension (9–12 for FaceNet's 128-d, Gong, Boddeti & Jain, arXiv 1803.09672), so measure recall on
-real embeddings too — building an HNSW index logs it.
+enrolled identities drawn the same way (a new capture of an enrolled person: cosine ≈ 0.64 to each
+of that person's templates).
 
-Figures: build time of :class:`~appliance.gallery.index.TemplateIndex` (HNSW without its recall
-probe); the saved file's size (vectors, ids and graph; the id map's in-memory hash adds ≈ 40 B per
-template) and the process's resident-size growth over the build; per-query latency p50/p99 over
-``--queries`` queries after a warm-up, through ``TemplateIndex.search`` (validation and
-normalisation included) with Faiss's OpenMP pool set to one thread (a single query is not split
-across threads; the pool only adds overhead), then with the default pool for comparison; recall@1
-against exact search (a tie within 1e-5 counts) and identity recall (the top template belongs to the
-query's identity); and the memory-bandwidth floor of an exact scan, n·d·4 bytes over the best read
-bandwidth measured here. numpy's matrix-vector product runs on its BLAS's own threads.
+How that resembles real embeddings (``--compare-real`` measures it on MobileFaceNet embeddings of the
+98 photos of ``shared/data/faces``, 26 people, against a synthetic set of the same shape): impostor
+pairs score 0.01 ± 0.10 for real embeddings and 0.00 ± 0.09 for synthetic ones; genuine pairs 0.72 ±
+0.10 and 0.64 ± 0.04; the nearest impostor of each embedding 0.28 (at most 0.50) and 0.21 (at most
+0.33). The synthetic set is thus close in its impostor distribution (real embeddings spread slightly
+wider: about 94 effective dimensions of 128, 1/variance of the impostor scores) and harder in its
+genuine scores (lower, and a query's templates closer to each other in score); uniform centres are
+the hard case for an approximate index — nothing clusters, so IVF must probe a large share of its
+lists (below) — and real galleries may be kinder. 98 embeddings cannot tell more (their intrinsic
+dimension, say).
+
+Figures per index: build time (Faiss's default OpenMP pool; the appliance builds with one thread,
+:class:`~appliance.gallery.gallery.Gallery` sets it, so about the pool size times longer), bytes per
+template of the saved index (vectors, ids, graph or lists; the id map's in-memory hash adds ≈ 40 B),
+per-query latency p50/p99 over ``--queries`` queries after a warm-up, wall clock and the thread's CPU
+time (which a busy machine's preemption does not inflate), with Faiss on one OpenMP thread as in the
+daemon; through :class:`~appliance.gallery.index.TemplateIndex` (validation and normalisation
+included) for the kinds the appliance builds, Faiss directly for the evaluated ones; recall@1 against
+exact float32 search (a tie within 1e-5 counts: for the exact kinds this is "the same top-1 as
+float32"), identity recall (the top template belongs to the query's identity), and the largest
+difference between the reported top score and the float32 inner product of the template found. The
+memory-bandwidth floor of an exact scan is n·d·4 bytes (·2 in float16) over the best read bandwidth
+measured here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import faiss
 import numpy as np
 
 from appliance.gallery.index import (
+    DEFAULT_APPROXIMATE_ABOVE,
     DEFAULT_EF_CONSTRUCTION,
     DEFAULT_EF_SEARCH,
     DEFAULT_HNSW_M,
@@ -54,6 +78,9 @@ EXACT_TARGET = (100_000, 2.0)  # n, p99 ms
 APPROXIMATE_TARGET = (1_000_000, 2.0, 0.99)  # n, p99 ms, recall@1
 WARM_UP = 20
 BANDWIDTH_BYTES = 512 * 2**20
+#: Candidates re-ranked in float32 per result wanted, for the 8-bit variants.
+RERANK_FACTOR = 8
+Search = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -107,37 +134,29 @@ def read_bandwidth() -> Dict[str, float]:
     }
 
 
-def _latencies(search: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], queries: np.ndarray) -> Any:
+def _latencies(search: Search, queries: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Wall and thread-CPU ms per query, and the top score and id of each."""
     for row in range(min(WARM_UP, queries.shape[0])):
         search(queries[row : row + 1])
-    times = np.empty(queries.shape[0])
+    wall = np.empty(queries.shape[0])
+    cpu = np.empty(queries.shape[0])
     scores = np.empty(queries.shape[0], dtype=np.float32)
     found = np.empty(queries.shape[0], dtype=np.int64)
     for row in range(queries.shape[0]):
         query = queries[row : row + 1]
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter_ns(), time.thread_time_ns()
         score, ids = search(query)
-        times[row] = time.perf_counter() - started
+        cpu[row] = time.thread_time_ns() - started_cpu
+        wall[row] = time.perf_counter_ns() - started
         scores[row], found[row] = score[0, 0], ids[0, 0]
-    return times * 1000, scores, found
+    return wall / 1e6, cpu / 1e6, scores, found
 
 
-def _percentiles(times_ms: np.ndarray) -> Dict[str, float]:
+def _percentiles(times_ms: np.ndarray, prefix: str = "") -> Dict[str, float]:
     return {
-        "p50_ms": round(float(np.percentile(times_ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(times_ms, 99)), 3),
+        f"{prefix}p50_ms": round(float(np.percentile(times_ms, 50)), 3),
+        f"{prefix}p99_ms": round(float(np.percentile(times_ms, 99)), 3),
     }
-
-
-def _numpy_search(
-    vectors: np.ndarray, ids: np.ndarray
-) -> Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]:
-    def search(query: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        scores = vectors @ query[0]
-        best = int(np.argmax(scores))
-        return scores[best : best + 1].reshape(1, 1), ids[best : best + 1].reshape(1, 1)
-
-    return search
 
 
 def _with_threads(threads: int, run: Callable[[], Any]) -> Any:
@@ -149,236 +168,386 @@ def _with_threads(threads: int, run: Callable[[], Any]) -> Any:
         faiss.omp_set_num_threads(previous)
 
 
-def _file_mib(index: TemplateIndex) -> float:
+def _saved_bytes(index: TemplateIndex) -> int:
     with tempfile.TemporaryDirectory() as directory:
-        size = index.save(Path(directory) / "gallery.index", "bench", 0)
-    return size / 2**20
+        return index.save(Path(directory) / "gallery.index", "bench", 0)
 
 
-def bench_size(
-    n: int,
-    dim: int,
-    queries: int,
-    ef_list: List[int],
-    hnsw_m: int,
-    ef_construction: int,
-    per_identity: int,
-    max_hnsw: int,
-    bandwidth_gbs: float,
-) -> Dict[str, Any]:
-    """All figures for one gallery size."""
-    identities = Identities(max(1, -(-n // per_identity)), dim, seed=n)
-    owners = np.arange(n) // per_identity
-    vectors = identities.sample(owners)
-    ids = np.arange(n, dtype=np.int64)
-    query_owners = identities.rng.integers(0, identities.centres.shape[0], queries)
-    probes = identities.sample(query_owners)
-    truth_scores, truth_rows = exact_top_k(vectors, probes, 1)
-    truth_scores, truth_rows = truth_scores[:, 0], truth_rows[:, 0]
+def _numpy_search(vectors: np.ndarray, ids: np.ndarray) -> Search:
+    def search(query: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        scores = vectors @ query[0]
+        best = int(np.argmax(scores))
+        return scores[best : best + 1].reshape(1, 1), ids[best : best + 1].reshape(1, 1)
 
-    def quality(scores: np.ndarray, found: np.ndarray) -> Dict[str, float]:
-        hit = (found == ids[truth_rows]) | (scores >= truth_scores - 1e-5)
-        same = owners[np.clip(found, 0, n - 1)] == query_owners
-        return {
+    return search
+
+
+def _faiss_search(index: Any, k: int = 1) -> Search:
+    return lambda query: index.search(query, k)
+
+
+def _reranked(coarse: Any) -> Any:
+    """``coarse`` (which it then owns) with its top ``RERANK_FACTOR``·k re-scored in float32 (the
+    refining index keeps a float32 copy of every template, added with them)."""
+    refined = faiss.IndexRefineFlat(coarse)
+    coarse.this.disown()
+    refined.own_fields = True
+    refined.k_factor = RERANK_FACTOR
+    return refined
+
+
+def nlist_for(n: int) -> int:
+    """IVF lists: the power of two nearest 4·√n (1 024 at 10⁵, 4 096 at 10⁶), at least 16."""
+    return max(16, 2 ** round(math.log2(4 * math.sqrt(n))))
+
+
+class SizeBench:
+    """Every measurement at one gallery size; :meth:`rows` yields one dict per index and parameter."""
+
+    def __init__(self, n: int, dim: int, args: argparse.Namespace, bandwidth_gbs: float) -> None:
+        self.n, self.dim, self.args = n, dim, args
+        identities = Identities(max(1, -(-n // args.per_identity)), dim, seed=n)
+        self.owners = np.arange(n) // args.per_identity
+        self.vectors = identities.sample(self.owners)
+        self.ids = np.arange(n, dtype=np.int64)
+        self.query_owners = identities.rng.integers(0, identities.centres.shape[0], args.queries)
+        self.queries = identities.sample(self.query_owners)
+        scores, rows = exact_top_k(self.vectors, self.queries, 1)
+        self.truth_scores, self.truth_rows = scores[:, 0], rows[:, 0]
+        self.floor_ms = n * dim * 4 / (bandwidth_gbs * 1e9) * 1000
+        self.identity_count = int(identities.centres.shape[0])
+
+    def measure(self, kind: str, search: Search, **fields: Any) -> Dict[str, Any]:
+        wall, cpu, scores, found = _with_threads(1, lambda: _latencies(search, self.queries))
+        answered = found >= 0
+        valid = np.clip(found, 0, self.n - 1)
+        true_scores = np.einsum("qd,qd->q", self.queries, self.vectors[valid])
+        hit = ((found == self.truth_rows) | (true_scores >= self.truth_scores - 1e-5)) & answered
+        same = (self.owners[valid] == self.query_owners) & answered
+        errors = np.abs(scores - true_scores)[answered]
+        row = {
+            "templates": self.n,
+            "kind": kind,
+            **fields,
+            **_percentiles(wall),
+            **_percentiles(cpu, "cpu_"),
             "recall_at_1": round(float(np.mean(hit)), 4),
-            "identity_recall": round(float(np.mean(same & (found >= 0))), 4),
+            "identity_recall": round(float(np.mean(same)), 4),
+            "max_score_error": float(f"{float(errors.max()) if errors.size else 0.0:.2e}"),
         }
-
-    floor_ms = n * dim * 4 / (bandwidth_gbs * 1e9) * 1000
-    result: Dict[str, Any] = {"n": n, "dim": dim, "identities": int(identities.centres.shape[0])}
-    builds: List[Dict[str, Any]] = []
-    searches: List[Dict[str, Any]] = []
-    threads: List[Dict[str, Any]] = []
-
-    def timed(method: str, search: Callable[[np.ndarray], Any], **extra: Any) -> Dict[str, Any]:
-        times, scores, found = _with_threads(1, lambda: _latencies(search, probes))
-        row = {"method": method, **_percentiles(times), **quality(scores, found), **extra}
-        searches.append(row)
+        print(
+            f"    {kind} {fields.get('param', '')}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+            f"recall@1 {row['recall_at_1']}",
+            flush=True,
+        )
         return row
 
-    timed("numpy brute force", _numpy_search(vectors, ids), floor_ms=round(floor_ms, 3))
-
-    before = rss_mib()
-    started = time.perf_counter()
-    exact = TemplateIndex.build(dim, ids, vectors, approximate_above=n + 1)
-    builds.append(
-        {
-            "kind": "exact",
-            "params": "IndexIDMap2(IndexFlatIP)",
-            "build_s": round(time.perf_counter() - started, 2),
-            "file_mib": round(_file_mib(exact), 1),
-            "rss_growth_mib": round(rss_mib() - before, 1),
-        }
-    )
-    timed("faiss exact", lambda q: exact.search(q, 1), floor_ms=round(floor_ms, 3))
-    before = rss_mib()
-    started = time.perf_counter()
-    half = TemplateIndex.build(dim, ids, vectors, approximate_above=n + 1, precision="float16")
-    builds.append(
-        {
-            "kind": "exact float16",
-            "params": "IndexIDMap2(IndexScalarQuantizer QT_fp16)",
-            "build_s": round(time.perf_counter() - started, 2),
-            "file_mib": round(_file_mib(half), 1),
-            "rss_growth_mib": round(rss_mib() - before, 1),
-        }
-    )
-    timed("faiss exact float16", lambda q: half.search(q, 1), floor_ms=round(floor_ms / 2, 3))
-    subset = probes[: min(200, queries)]
-
-    def compare_threads(method: str, search: Callable[[np.ndarray], Any]) -> None:
-        one = _with_threads(1, lambda: _latencies(search, subset))[0]
-        default = _latencies(search, subset)[0]
-        threads.append(
-            {"method": method, "one_thread": _percentiles(one), "default_threads": _percentiles(default)}
-        )
-
-    compare_threads("faiss exact", lambda q: exact.search(q, 1))
-
-    if n > max_hnsw:
-        result["hnsw_skipped"] = f"n > --max-hnsw {max_hnsw}"
-    else:
+    @staticmethod
+    def built(make: Callable[[], Any]) -> Tuple[Any, float, float]:
+        """(index, build seconds, resident-memory growth MiB)."""
         before = rss_mib()
         started = time.perf_counter()
-        hnsw = TemplateIndex.build(
-            dim,
-            ids,
-            vectors,
-            approximate_above=1,
-            ef_search=DEFAULT_EF_SEARCH,
-            hnsw_m=hnsw_m,
-            ef_construction=ef_construction,
-            recall_sample=0,
+        index = make()
+        return index, round(time.perf_counter() - started, 2), round(rss_mib() - before, 1)
+
+    def rows(self) -> Iterator[Dict[str, Any]]:
+        n, dim, args = self.n, self.dim, self.args
+        default_approximate = n > DEFAULT_APPROXIMATE_ABOVE
+        if n <= args.numpy_up_to:
+            yield self.measure(
+                "numpy brute force", _numpy_search(self.vectors, self.ids), family="reference", param="", build_s=0.0,
+                bytes_per_template=4 * dim, floor_ms=round(self.floor_ms, 3),
+            )  # fmt: skip
+        for precision in ("float32", "float16"):
+            index, build_s, _ = self.built(
+                lambda precision=precision: TemplateIndex.build(  # type: ignore[misc]
+                    dim, self.ids, self.vectors, approximate_above=n + 1, precision=precision
+                )
+            )
+            yield self.measure(
+                f"exact {precision}",
+                lambda q, index=index: index.search(q, 1),  # type: ignore[misc]
+                family="exact",
+                param="",
+                build_s=build_s,
+                bytes_per_template=round(_saved_bytes(index) / n, 1),
+                floor_ms=round(self.floor_ms / (2 if precision == "float16" else 1), 3),
+                default=precision == "float16" and not default_approximate,
+            )
+            del index
+        sq8, build_s, _ = self.built(
+            lambda: self._trained(
+                _reranked(
+                    faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+                )
+            )
         )
-        builds.append(
-            {
-                "kind": "hnsw",
-                "params": f"M={hnsw_m} efConstruction={ef_construction}",
-                "build_s": round(time.perf_counter() - started, 2),
-                "file_mib": round(_file_mib(hnsw), 1),
-                "rss_growth_mib": round(rss_mib() - before, 1),
-            }
+        yield self.measure(
+            "exact 8-bit + float32 re-rank",
+            _faiss_search(sq8),
+            family="exact (evaluated)",
+            param=f"re-rank {RERANK_FACTOR}·k",
+            build_s=build_s,
+            bytes_per_template=round(len(faiss.serialize_index(sq8)) / n, 1),
         )
-        chosen: Optional[int] = None
-        for ef in ef_list:
-            hnsw.ef_search = ef
-            row = timed(f"hnsw ef_search={ef}", lambda q: hnsw.search(q, 1), ef_search=ef)
-            if chosen is None and row["recall_at_1"] >= APPROXIMATE_TARGET[2]:
-                chosen = ef
-        hnsw.ef_search = chosen if chosen is not None else max(ef_list)
-        compare_threads(f"hnsw ef_search={hnsw.ef_search}", lambda q: hnsw.search(q, 1))
-        result["hnsw_ef_for_target_recall"] = chosen
-    result.update(builds=builds, searches=searches, threads=threads)
-    return result
+        del sq8
+        if n < args.approximate_from:
+            return
+        yield from self.hnsw_rows("float16", default_approximate)
+        yield from self.hnsw_rows("float32", False)
+        yield from self.ivf_rows()
+
+    def _trained(self, index: Any) -> Any:
+        sample = self.vectors[: min(self.n, 262_144)]
+        index.train(sample)
+        index.add(self.vectors)
+        return index
+
+    def hnsw_rows(self, precision: str, default: bool) -> Iterator[Dict[str, Any]]:
+        args, n = self.args, self.n
+        index, build_s, rss = self.built(
+            lambda: TemplateIndex.build(
+                self.dim,
+                self.ids,
+                self.vectors,
+                approximate_above=1,
+                ef_search=DEFAULT_EF_SEARCH,
+                hnsw_m=args.hnsw_m,
+                ef_construction=args.ef_construction,
+                recall_sample=0,
+                precision=precision,
+            )
+        )
+        size = round(_saved_bytes(index) / n, 1)
+        params = f"M={args.hnsw_m} efConstruction={args.ef_construction}"
+        for ef in args.ef_search:
+            index.ef_search = ef
+            yield self.measure(
+                f"hnsw {precision}",
+                lambda q: index.search(q, 1),
+                family="approximate",
+                param=f"ef_search={ef}",
+                search_param=ef,
+                params=params,
+                build_s=build_s,
+                rss_growth_mib=rss,
+                bytes_per_template=size,
+                default=default and ef == DEFAULT_EF_SEARCH,
+            )
+
+    def ivf_rows(self) -> Iterator[Dict[str, Any]]:
+        n, dim = self.n, self.dim
+        nlist = nlist_for(n)
+
+        def ivf(coded: bool) -> Any:
+            quantizer = faiss.IndexFlatIP(dim)
+            if coded:
+                inner = faiss.IndexIVFScalarQuantizer(
+                    quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+                )
+            else:
+                inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            quantizer.this.disown()
+            inner.own_fields = True
+            return _reranked(inner) if coded else inner
+
+        for coded, kind in ((False, "ivf flat"), (True, "ivf 8-bit + float32 re-rank")):
+            index, build_s, _ = self.built(lambda coded=coded: self._trained(ivf(coded)))  # type: ignore[misc]
+            size = round(len(faiss.serialize_index(index)) / n, 1)
+            inner = faiss.downcast_index(index.base_index) if coded else index
+            for nprobe in self.args.nprobe:
+                if nprobe > nlist:
+                    break
+                inner.nprobe = nprobe
+                yield self.measure(
+                    kind,
+                    _faiss_search(index),
+                    family="approximate (evaluated)",
+                    param=f"nprobe={nprobe}",
+                    search_param=nprobe,
+                    params=f"nlist={nlist}",
+                    build_s=build_s,
+                    bytes_per_template=size,
+                )
+            del index
+
+
+def compare_threads(bench: SizeBench) -> Dict[str, Any]:
+    """The default exact index searched on one OpenMP thread and on the default pool."""
+    index = TemplateIndex.build(
+        bench.dim, bench.ids, bench.vectors, approximate_above=bench.n + 1, precision="float16"
+    )
+    subset = bench.queries[:200]
+    one = _with_threads(1, lambda: _latencies(lambda q: index.search(q, 1), subset))[0]
+    pool = _latencies(lambda q: index.search(q, 1), subset)[0]
+    return {
+        "templates": bench.n,
+        "kind": "exact float16",
+        "one_thread": _percentiles(one),
+        "default_threads": _percentiles(pool),
+        "threads": faiss.omp_get_max_threads(),
+    }
+
+
+# -- real embeddings ---------------------------------------------------------------------------------
+
+
+def _pair_statistics(embeddings: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    scores = embeddings @ embeddings.T
+    same = labels[:, None] == labels[None, :]
+    upper = np.triu_indices(len(labels), 1)
+    genuine, impostor = scores[upper][same[upper]], scores[upper][~same[upper]]
+    np.fill_diagonal(scores, -np.inf)
+    nearest_impostor = np.where(same, -np.inf, scores).max(axis=1)
+    return {
+        "embeddings": len(labels),
+        "identities": len(set(labels.tolist())),
+        "genuine_mean": round(float(genuine.mean()), 3),
+        "genuine_std": round(float(genuine.std()), 3),
+        "impostor_mean": round(float(impostor.mean()), 3),
+        "impostor_std": round(float(impostor.std()), 3),
+        "impostor_p99": round(float(np.percentile(impostor, 99)), 3),
+        "nearest_impostor_mean": round(float(nearest_impostor.mean()), 3),
+        "nearest_impostor_max": round(float(nearest_impostor.max()), 3),
+        "effective_dim": round(float(1 / impostor.var()), 1),
+    }
+
+
+def compare_real(models: Path, data: Path, dim: int) -> Dict[str, Dict[str, float]]:
+    """Pair statistics of MobileFaceNet embeddings of ``data/faces`` (the largest face of each photo)
+    and of a synthetic set with the same identities and counts."""
+    import csv
+
+    from appliance.config_load import validate_config
+    from appliance.runtime.loading import load_analyzer
+    from appliance.vision.image import read_image
+
+    config = validate_config({"models": {"dir": str(models)}})
+    embeddings, labels = [], []
+    with open(data / "faces_identities.csv", newline="", encoding="utf-8") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["path"].startswith("faces/")]
+    with load_analyzer(config, liveness=False) as analyzer:
+        for row in rows:
+            analysis = analyzer.analyze(read_image(data / row["path"]), still=True)
+            if analysis.embeddings is None or not len(analysis.embeddings):
+                continue
+            boxes = np.asarray(analysis.faces.boxes)
+            largest = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+            embeddings.append(analysis.embeddings[largest])
+            labels.append(row["identity"])
+    real = np.asarray(embeddings, np.float32)
+    label_array = np.asarray(labels)
+    names = sorted(set(labels))
+    identities = Identities(len(names), dim, seed=1)
+    synthetic = identities.sample(np.array([names.index(label) for label in labels]))
+    return {
+        "real": _pair_statistics(real, label_array),
+        "synthetic": _pair_statistics(synthetic, label_array),
+    }
 
 
 # -- report ----------------------------------------------------------------------------------------
 
 
-def _targets(results: List[Dict[str, Any]]) -> List[str]:
+def _targets(rows: List[Dict[str, Any]]) -> List[str]:
     lines = []
     n, p99 = EXACT_TARGET
-    row = next((r for r in results if r["n"] == n), None)
-    if row is None:
-        lines.append(f"exact {n:,} × d, one query, p99 ≤ {p99} ms: not measured (size not run)")
-    else:
-        exact = next(s for s in row["searches"] if s["method"] == "faiss exact")
-        verdict = "MET" if exact["p99_ms"] <= p99 else "NOT MET"
+    exact = [r for r in rows if r["templates"] == n and r["kind"] in ("exact float32", "exact float16")]
+    if not exact:
+        lines.append(f"exact {n:,}, one query, p99 ≤ {p99} ms: not measured (size not run)")
+    for row in exact:
+        verdict = "MET" if row["p99_ms"] <= p99 else "NOT MET"
+        default = " (the default)" if row.get("default") else ""
         lines.append(
-            f"exact {n:,} × {row['dim']}, one query, p99 ≤ {p99} ms: {exact['p99_ms']:.2f} ms "
-            f"(floor {exact['floor_ms']:.2f} ms) → {verdict}"
+            f"{row['kind']}{default} at {n:,}, p99 ≤ {p99} ms: {row['p99_ms']:.2f} ms (CPU p99 {row['cpu_p99_ms']:.2f}, "
+            f"floor {row['floor_ms']:.2f}), same top-1 as float32 {row['recall_at_1']:.4f}, largest score "
+            f"difference {row['max_score_error']:.1e} → {verdict}"
         )
-        half = next((s for s in row["searches"] if s["method"] == "faiss exact float16"), None)
-        if half is not None:
-            verdict = "MET" if half["p99_ms"] <= p99 else "NOT MET"
-            lines.append(
-                f"exact {n:,} × {row['dim']} stored as float16 (gallery.index_precision), p99 ≤ {p99} ms: "
-                f"{half['p99_ms']:.2f} ms at recall@1 {half['recall_at_1']:.4f} → {verdict}"
-            )
     n, p99, recall = APPROXIMATE_TARGET
-    row = next((r for r in results if r["n"] == n), None)
-    if row is None or "hnsw_skipped" in row:
-        lines.append(f"approximate {n:,}, p99 ≤ {p99} ms at recall@1 ≥ {recall}: not measured")
-    else:
-        hnsw = [s for s in row["searches"] if s["method"].startswith("hnsw")]
-        good = [s for s in hnsw if s["recall_at_1"] >= recall]
-        fast = [s for s in good if s["p99_ms"] <= p99]
-        if fast:
-            best = fast[0]
+    approximate = [r for r in rows if r["templates"] == n and r["family"].startswith("approximate")]
+    if not approximate:
+        lines.append(
+            f"approximate {n:,}, p99 ≤ {p99} ms at recall@1 ≥ {recall}: not measured (run with --large)"
+        )
+    for kind in dict.fromkeys(r["kind"] for r in approximate):
+        mine = [r for r in approximate if r["kind"] == kind]
+        good = [r for r in mine if r["recall_at_1"] >= recall]
+        if not good:
+            best = max(mine, key=lambda r: r["recall_at_1"])
             lines.append(
-                f"approximate {n:,} × {row['dim']}, p99 ≤ {p99} ms at recall@1 ≥ {recall}: "
-                f"ef_search={best['ef_search']} gives {best['p99_ms']:.2f} ms at {best['recall_at_1']:.4f} → MET"
+                f"{kind} at {n:,}: recall@1 ≥ {recall} not reached (best {best['recall_at_1']:.4f} at "
+                f"{best['param']}, p99 {best['p99_ms']:.2f} ms) → NOT MET"
             )
-        else:
-            best = max(hnsw, key=lambda s: s["recall_at_1"])
-            within = [s for s in hnsw if s["p99_ms"] <= p99]
-            at_budget = max(within, key=lambda s: s["recall_at_1"]) if within else None
-            budget_text = (
-                f"; within {p99} ms the best is ef_search={at_budget['ef_search']}: recall@1 "
-                f"{at_budget['recall_at_1']:.4f} at {at_budget['p99_ms']:.2f} ms"
-                if at_budget
-                else ""
-            )
-            lines.append(
-                f"approximate {n:,} × {row['dim']}, p99 ≤ {p99} ms at recall@1 ≥ {recall}: NOT MET — "
-                f"best recall@1 {best['recall_at_1']:.4f} (ef_search={best['ef_search']}, p99 "
-                f"{best['p99_ms']:.2f} ms){budget_text}"
-            )
+            continue
+        first = good[0]
+        verdict = (
+            "MET"
+            if first["p99_ms"] <= p99
+            else ("MET in CPU time" if first["cpu_p99_ms"] <= p99 else "NOT MET")
+        )
+        lines.append(
+            f"{kind} at {n:,}: smallest {first['param']} with recall@1 ≥ {recall}: {first['recall_at_1']:.4f}, p50 "
+            f"{first['p50_ms']:.2f} / p99 {first['p99_ms']:.2f} ms (CPU p99 {first['cpu_p99_ms']:.2f}), build "
+            f"{first['build_s']:.0f} s, {first['bytes_per_template']:.0f} B/template → {verdict}"
+        )
     return lines
 
 
-def _print(bandwidth: Dict[str, float], settings: Dict[str, Any], results: List[Dict[str, Any]]) -> None:
+def render(document: Dict[str, Any]) -> None:
+    """Print the tables of a ``--json`` document."""
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in document["machine"].items()))
+    bandwidth = document["bandwidth_gbs"]
     print(
         "read bandwidth: "
         + ", ".join(f"{name} {gbs:.1f} GB/s" for name, gbs in bandwidth.items())
         + f"; floor = n·d·4 B / {max(bandwidth.values()):.1f} GB/s"
     )
-    print("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
+    print("settings: " + ", ".join(f"{k} {v}" for k, v in document["settings"].items()))
     print()
-    print("Build and memory")
+    print(
+        "Single-query search, k=1, Faiss on one OpenMP thread (default: what the appliance builds at that size)"
+    )
     print()
-    print("| n | index | parameters | build s | file MiB | RSS growth MiB |")
-    print("| ---: | --- | --- | ---: | ---: | ---: |")
-    for result in results:
-        for build in result["builds"]:
+    print(
+        "| templates | index | parameter | build s | B/template | p50 ms | p99 ms | CPU p50 / p99 ms | recall@1 "
+        "| identity recall | largest score error |"
+    )
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in document["rows"]:
+        mark = " **(default)**" if row.get("default") else ""
+        print(
+            f"| {row['templates']:,} | {row['kind']}{mark} | {row.get('param', '')} | {row['build_s']:.2f} | "
+            f"{row['bytes_per_template']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
+            f"{row['cpu_p50_ms']:.3f} / {row['cpu_p99_ms']:.3f} | {row['recall_at_1']:.4f} | "
+            f"{row['identity_recall']:.4f} | {row['max_score_error']:.1e} |"
+        )
+    threads = document.get("threads") or []
+    if threads:
+        print()
+        print(
+            "OpenMP threads for a single query (first 200 queries, exact float16): one thread vs the default pool"
+        )
+        print()
+        print("| templates | 1 thread p50 / p99 ms | default pool p50 / p99 ms |")
+        print("| ---: | ---: | ---: |")
+        for row in threads:
+            one, pool = row["one_thread"], row["default_threads"]
             print(
-                f"| {result['n']:,} | {build['kind']} | {build['params']} | {build['build_s']:.2f} | "
-                f"{build['file_mib']:.1f} | {build['rss_growth_mib']:.1f} |"
+                f"| {row['templates']:,} | {one['p50_ms']:.3f} / {one['p99_ms']:.3f} | "
+                f"{pool['p50_ms']:.3f} / {pool['p99_ms']:.3f} ({row['threads']} threads) |"
             )
-        if "hnsw_skipped" in result:
-            print(f"| {result['n']:,} | hnsw | skipped: {result['hnsw_skipped']} | | | |")
+    real = document.get("real_vs_synthetic")
+    if real:
+        print()
+        print("Real MobileFaceNet embeddings (shared/data/faces) against a synthetic set of the same shape")
+        print()
+        keys = list(real["real"])
+        print("| set | " + " | ".join(keys) + " |")
+        print("| --- | " + " | ".join("---:" for _ in keys) + " |")
+        for name in ("real", "synthetic"):
+            print(f"| {name} | " + " | ".join(str(real[name][key]) for key in keys) + " |")
     print()
-    print("Single-query search, k=1, Faiss on one OpenMP thread")
-    print()
-    print("| n | method | p50 ms | p99 ms | bandwidth floor ms | recall@1 vs exact | identity recall |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for result in results:
-        for row in result["searches"]:
-            floor = f"{row['floor_ms']:.3f}" if "floor_ms" in row else ""
-            print(
-                f"| {result['n']:,} | {row['method']} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {floor} | "
-                f"{row['recall_at_1']:.4f} | {row['identity_recall']:.4f} |"
-            )
-    print()
-    print("OpenMP threads for a single query (first 200 queries): one thread vs the default pool")
-    print()
-    print(f"| n | method | 1 thread p50 / p99 ms | {faiss.omp_get_max_threads()} threads p50 / p99 ms |")
-    print("| ---: | --- | ---: | ---: |")
-    for result in results:
-        for row in result["threads"]:
-            one, default = row["one_thread"], row["default_threads"]
-            print(
-                f"| {result['n']:,} | {row['method']} | {one['p50_ms']:.3f} / {one['p99_ms']:.3f} | "
-                f"{default['p50_ms']:.3f} / {default['p99_ms']:.3f} |"
-            )
-    print()
-    for result in results:
-        if "hnsw_ef_for_target_recall" in result:
-            ef = result["hnsw_ef_for_target_recall"]
-            text = f"ef_search={ef}" if ef is not None else "none of the ef_search values tried"
-            print(f"n={result['n']:,}: smallest ef_search with recall@1 ≥ {APPROXIMATE_TARGET[2]}: {text}")
-    print()
-    for line in _targets(results):
+    for line in document.get("targets", []):
         print("target: " + line)
 
 
@@ -392,26 +561,44 @@ def _int_list(text: str) -> List[int]:
     return values
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> int:
+    repo = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=_int_list, default=[1000, 10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=_int_list, default=[1000, 10_000, 100_000])
+    parser.add_argument("--large", action="store_true", help="add 1 000 000 templates (about an hour here)")
     parser.add_argument("--queries", type=int, default=1000, help="queries per size (default 1000)")
-    parser.add_argument("--ef-search", type=_int_list, default=[32, 64, 96, 128, 192, 256, 384, 512])
+    parser.add_argument("--ef-search", type=_int_list, default=[32, 64, 96, 128, 160, 192, 256, 384])
+    parser.add_argument("--nprobe", type=_int_list, default=[8, 16, 32, 64, 128, 256])
     parser.add_argument("--hnsw-m", type=int, default=DEFAULT_HNSW_M)
     parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     parser.add_argument("--per-identity", type=int, default=3, help="templates per identity (default 3)")
-    parser.add_argument("--max-hnsw", type=int, default=1_000_000, help="skip HNSW above this size")
+    parser.add_argument(
+        "--approximate-from",
+        type=int,
+        default=10_000,
+        help="measure the approximate indexes from this size on",
+    )
+    parser.add_argument("--numpy-up-to", type=int, default=100_000, help="numpy brute force up to this size")
+    parser.add_argument(
+        "--compare-real", action="store_true", help="pair statistics of real and synthetic embeddings"
+    )
+    parser.add_argument("--models", type=Path, default=repo.parent / "shared" / "models")
+    parser.add_argument("--data", type=Path, default=repo.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
+    parser.add_argument("--render", type=Path, default=None, help="print the tables of an earlier --json")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        render(json.loads(args.render.read_text(encoding="utf-8")))
+        return 0
     if args.queries < 1 or args.per_identity < 1:
         parser.error("--queries and --per-identity must be ≥ 1")
-
     dim = get_model("mobilefacenet").embedding_dim
     if dim is None:
         parser.error("the registry's mobilefacenet has no fixed embedding dimension")
     machine = describe()
     machine["faiss"] = faiss.__version__
     machine["omp threads"] = str(faiss.omp_get_max_threads())
+    machine["load average"] = " ".join(f"{value:.1f}" for value in os.getloadavg())
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if name in os.environ:
             machine[name] = os.environ[name]
@@ -424,37 +611,33 @@ def main() -> None:
         "hnsw M": args.hnsw_m,
         "efConstruction": args.ef_construction,
         "ef_search tried": ",".join(map(str, args.ef_search)),
+        "nprobe tried": ",".join(map(str, args.nprobe)),
+        "re-rank": f"{RERANK_FACTOR}·k",
+        "approximate_above (default)": DEFAULT_APPROXIMATE_ABOVE,
     }
-    results = []
-    for n in args.sizes:
+    document: Dict[str, Any] = {"machine": machine, "bandwidth_gbs": bandwidth, "settings": settings}
+    if args.compare_real:
+        document["real_vs_synthetic"] = compare_real(args.models, args.data, dim)
+    rows: List[Dict[str, Any]] = []
+    threads: List[Dict[str, Any]] = []
+    sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))
+    for n in sizes:
         started = time.perf_counter()
-        results.append(
-            bench_size(
-                n,
-                dim,
-                args.queries,
-                args.ef_search,
-                args.hnsw_m,
-                args.ef_construction,
-                args.per_identity,
-                args.max_hnsw,
-                max(bandwidth.values()),
-            )
-        )
+        print(f"  n={n:,}", flush=True)
+        bench = SizeBench(n, dim, args, max(bandwidth.values()))
+        rows.extend(bench.rows())
+        threads.append(compare_threads(bench))
+        del bench
         print(f"  n={n:,} measured in {time.perf_counter() - started:.0f} s", flush=True)
+    document.update(rows=rows, threads=threads, targets=_targets(rows))
+    machine["load average after"] = " ".join(f"{value:.1f}" for value in os.getloadavg())
     print()
-    _print(bandwidth, settings, results)
+    render(document)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "machine": machine,
-            "bandwidth_gbs": bandwidth,
-            "settings": settings,
-            "results": results,
-            "targets": _targets(results),
-        }
-        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+        args.json.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

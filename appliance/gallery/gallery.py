@@ -1,7 +1,9 @@
 """The gallery: the encrypted template store plus the search index derived from it.
 
 Only templates of the active embedder version are indexed and searched. The index is saved next to
-the store with the store's generation; it is rebuilt when missing, stale (other model version or
+the store with the store's generation, as a snapshot plus an append-only delta of the enrolments
+since (:mod:`.delta`: an enrolment writes one small record, a removal a new snapshot); it is rebuilt
+when missing, stale (other model version or generation, a delta that does not reach the store's
 generation) or corrupt — it never holds anything the store does not.
 
 A missing store is not always a new one: an index saved at a later generation than an empty store
@@ -26,8 +28,17 @@ from ..access.policy import IdentityPolicy
 from ..config import ApplianceConfig
 from ..decisions import Candidate
 from .bundle import Bundle, BundleIdentity, export_bundle, open_bundle
+from .delta import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DeltaRecord, SavedIndex, saved_generation
 from .errors import BundleError, GalleryStoreError, IdentityError
-from .index import GalleryIndexError, IndexMissingError, IndexStaleError, TemplateIndex, saved_generation
+from .index import (
+    DEFAULT_EF_SEARCH,
+    FLOAT16,
+    GalleryIndexError,
+    IndexMissingError,
+    IndexStaleError,
+    TemplateIndex,
+    as_unit_vectors,
+)
 from .store import Identity, TemplateStore
 
 logger = logging.getLogger(__name__)
@@ -58,7 +69,9 @@ class Gallery:
         store: the opened template store.
         model_version: the active embedder's ``name@version``.
         dim: its embedding length.
-        index_path: where the derived index is saved.
+        index_path: where the derived index is saved (its delta beside it).
+        compact_ratio, compact_min_bytes: when the delta is folded into a new snapshot
+            (:class:`.delta.SavedIndex`); ``compact_ratio`` 0 rewrites the whole file at every change.
     """
 
     def __init__(
@@ -68,9 +81,12 @@ class Gallery:
         dim: int,
         index_path: Path,
         approximate_above: int = 200_000,
-        ef_search: int = 96,
-        precision: str = "float32",
+        ef_search: int = DEFAULT_EF_SEARCH,
+        precision: str = FLOAT16,
         persist_index: bool = True,
+        *,
+        compact_ratio: float = DEFAULT_COMPACT_RATIO,
+        compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
     ) -> None:
         self.store = store
         self.model_version = model_version
@@ -80,6 +96,11 @@ class Gallery:
         self._ef_search = ef_search
         self._precision = precision
         self._persist_index = persist_index
+        self._compaction = (compact_ratio, compact_min_bytes)
+        self.saved = SavedIndex(index_path, model_version, compact_ratio, compact_min_bytes)
+        #: Changes applied with ``save=False``, written by :meth:`save_index` (or at :meth:`close`).
+        self._pending: List[DeltaRecord] = []
+        self._pending_removal = False
         self._lock = threading.RLock()
         # One query at a time: OpenMP threads only add overhead to a single search (measured 3×
         # slower with two threads at 100k templates) and compete with the inference thread pool.
@@ -90,8 +111,16 @@ class Gallery:
         self.refresh()
 
     @classmethod
-    def open(cls, config: ApplianceConfig, model_version: str, dim: int) -> Gallery:
+    def open(
+        cls,
+        config: ApplianceConfig,
+        model_version: str,
+        dim: int,
+        compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+    ) -> Gallery:
         """Open the gallery of ``config.storage.dir`` for the active embedder.
+
+        ``compact_min_bytes``: the smallest delta folded into a new snapshot (tests make it 0).
 
         Raises:
             GalleryKeyError, GalleryStoreError: see :meth:`TemplateStore.open`; GalleryStoreError
@@ -111,6 +140,8 @@ class Gallery:
                 config.gallery.hnsw_ef_search,
                 config.gallery.index_precision,
                 config.gallery.persist_index,
+                compact_ratio=config.gallery.index_delta_ratio,
+                compact_min_bytes=compact_min_bytes,
             )
         except BaseException:
             store.close()
@@ -119,22 +150,25 @@ class Gallery:
     # -- index ---------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Load the saved index if it matches the store, else rebuild and save it."""
+        """Load the saved index (snapshot and delta) if it matches the store, else rebuild and save it."""
         with self._lock:
             generation = self.store.generation
             ids, vectors, owners = self.store.embeddings(self.model_version)
             self._owners = dict(zip(ids.tolist(), owners))
             self._names = self.store.names()
+            self._pending, self._pending_removal = [], False
             if not self._persist_index:
                 self._forget_index_file()
                 self._index = self._build(ids, vectors)
                 return
             try:
-                index = TemplateIndex.load(
-                    self.index_path, self.model_version, generation, precision=self._precision
+                index = self.saved.load(
+                    generation,
+                    approximate_above=self._approximate_above,
+                    ef_search=self._ef_search,
+                    precision=self._precision,
                 )
-                if len(index) != len(ids):
-                    raise GalleryIndexError(f"index holds {len(index)} templates, the store {len(ids)}")
+                _check_same_ids(index, ids)
             except (GalleryIndexError, OSError) as err:  # OSError: an unreadable file is rebuilt too
                 if isinstance(err, IndexStaleError):
                     self._check_not_emptied(generation)
@@ -170,21 +204,15 @@ class Gallery:
         """Search the templates of another embedder version from now on (rebuilds the index)."""
         with self._lock:
             self.model_version, self.dim = model_version, dim
+            self.saved = SavedIndex(self.index_path, model_version, *self._compaction)
             self.refresh()
 
     def _forget_index_file(self) -> None:
-        """``gallery.persist_index = false``: no plaintext embeddings on disk, not even an old index."""
-        try:
-            self.index_path.unlink()
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            logger.warning("could not delete the saved gallery index %s: %s", self.index_path, err)
-            return
-        logger.info("deleted the saved gallery index %s (gallery.persist_index is off)", self.index_path)
+        """``gallery.persist_index = false``: no plaintext embeddings on disk, not even an old index or delta."""
+        self.saved.forget()
 
     def _save_index(self, index: TemplateIndex, generation: int) -> None:
-        """Save the derived index; a failure (disk full, I/O error) is logged, not raised.
+        """Save the derived index as a new snapshot; a failure (disk full, I/O error) is logged, not raised.
 
         The store is the truth and already holds the change: the index in memory serves searches,
         and a file left stale is rebuilt from the store at the next start.
@@ -192,14 +220,51 @@ class Gallery:
         if not self._persist_index:
             return
         try:
-            index.save(self.index_path, self.model_version, generation)
+            self.saved.save(index, generation)
         except OSError as err:
-            logger.warning(
-                "could not save the gallery index %s (%s); searching with the one in memory, it is rebuilt "
-                "from the store at the next start",
-                self.index_path,
-                err,
-            )
+            self._unsaved(err)
+
+    def _unsaved(self, err: OSError) -> None:
+        self.saved.invalidate()
+        logger.warning(
+            "could not save the gallery index %s (%s); searching with the one in memory, it is rebuilt "
+            "from the store at the next start",
+            self.index_path,
+            err,
+        )
+
+    def _persist(self, records: List[DeltaRecord], removal: bool, save: bool) -> None:
+        """Write the changes just applied to the index: ``records`` (the templates they added, one
+        record per store change) appended to the delta, or — after a removal — a new snapshot, so
+        no file keeps a removed embedding. ``save=False`` keeps them for :meth:`save_index`."""
+        if not self._persist_index or self._index is None:
+            return
+        self._pending.extend(records)
+        self._pending_removal = self._pending_removal or removal
+        if save:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the pending changes (nothing when the files are current and none are pending)."""
+        assert self._index is not None
+        records, removal = self._pending, self._pending_removal
+        self._pending, self._pending_removal = [], False
+        generation = self.store.generation
+        try:
+            if removal or (not records and self.saved.generation != generation):
+                self.saved.save(self._index, generation)
+            elif records:
+                self.saved.append(self._index, records)
+        except OSError as err:
+            self._unsaved(err)
+
+    def _record(self, ids: Sequence[int], vectors: Optional[np.ndarray]) -> DeltaRecord:
+        """The delta record of the store change just committed (the store bumps its generation once)."""
+        generation = self.store.generation
+        id_array = np.asarray(ids, np.int64)
+        if vectors is None or not len(id_array):
+            vectors = np.zeros((0, self.dim), np.float32)
+        return DeltaRecord(generation - 1, generation, id_array, vectors)
 
     def _build(self, ids: np.ndarray, vectors: np.ndarray) -> TemplateIndex:
         if not len(ids):
@@ -278,10 +343,11 @@ class Gallery:
                 self.refresh()
                 return ids
             # Extend the live index rather than rebuilding it from the store.
-            self._index.add(np.asarray(ids, np.int64), np.asarray(embeddings, np.float32))
+            vectors = as_unit_vectors(embeddings, self.dim)
+            self._index.add(np.asarray(ids, np.int64), vectors)
             self._owners.update((template_id, identity_id) for template_id in ids)
             self._names[identity_id] = name
-            self._save_index(self._index, self.store.generation)
+            self._persist([self._record(ids, vectors)], removal=False, save=True)
         return ids
 
     def remove(self, identity_id: str) -> int:
@@ -296,7 +362,8 @@ class Gallery:
                 for template_id in gone:
                     del self._owners[template_id]
                 self._names.pop(identity_id, None)
-                self._save_index(self._index, self.store.generation)
+                # A new snapshot when templates went (none of them may stay in a file); else a record.
+                self._persist([self._record([], None)], removal=bool(gone), save=True)
         logger.info("gallery: an identity and %d template(s) were removed", count)
         return count
 
@@ -357,21 +424,24 @@ class Gallery:
             self._index.remove(np.asarray(removed, np.int64))
             for template_id in removed:
                 self._owners.pop(template_id, None)
+        vectors: Optional[np.ndarray] = None
         if added and embeddings is not None:
-            self._index.add(np.asarray(added, np.int64), np.asarray(embeddings, np.float32))
+            vectors = as_unit_vectors(embeddings, self.dim)
+            self._index.add(np.asarray(added, np.int64), vectors)
             self._owners.update((template_id, identity_id) for template_id in added)
         if name is None:
             self._names.pop(identity_id, None)
         else:
             self._names[identity_id] = name
-        if save:
-            self._save_index(self._index, self.store.generation)
+        record = self._record(added if vectors is not None else [], vectors)
+        self._persist([record], removal=bool(removed), save=save)
 
     def save_index(self) -> None:
-        """Write the index file now (after changes applied with ``save=False``)."""
+        """Write the changes applied with ``save=False`` now: appended to the delta, or a new
+        snapshot when one of them removed templates (or the files are not current)."""
         with self._lock:
-            if self._index is not None:
-                self._save_index(self._index, self.store.generation)
+            if self._index is not None and self._persist_index:
+                self._flush()
 
     def export(self, passphrase: str) -> bytes:
         """An encrypted bundle of every identity (see :mod:`.bundle`)."""
@@ -479,14 +549,26 @@ class Gallery:
                     )
 
     def close(self) -> None:
-        """Close the store. Safe to call more than once."""
-        self.store.close()
+        """Write changes still pending (``save=False``), close the store. Safe to call more than once."""
+        with self._lock:
+            if self._index is not None and (self._pending or self._pending_removal):
+                self._flush()
+            self.store.close()
 
     def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_same_ids(index: TemplateIndex, ids: np.ndarray) -> None:
+    """Refuse a saved index whose template ids are not exactly the store's (``ids``: (n,) int64)."""
+    held = index.ids()
+    if held.shape[0] != ids.shape[0]:
+        raise GalleryIndexError(f"index holds {held.shape[0]} templates, the store {ids.shape[0]}")
+    if not np.array_equal(np.sort(held), np.sort(np.asarray(ids, np.int64))):
+        raise GalleryIndexError(f"index holds {held.shape[0]} templates, as the store, but not the same ones")
 
 
 def _store_missing(store_path: Path) -> Optional[str]:

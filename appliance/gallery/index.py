@@ -7,31 +7,43 @@ Shapes and dtypes follow Faiss: ``x: (n, d) float32, C-contiguous; ids: (n,) int
 match``. Inputs of other float or integer dtypes are converted; every vector is L2-normalised on a
 copy (``faiss.normalize_L2`` works in place), so scores are cosine similarities in [-1, 1].
 
-Two kinds of index, chosen by the number of templates:
+Two kinds of index, chosen by the number of templates, each storing its templates in the
+``precision`` asked for (``gallery.index_precision``):
 
-``exact``  ``IndexIDMap2(IndexFlatIP(d))``: a scan of every template, exact, removes in place.
-           Bandwidth-bound: one query reads n·d·4 bytes (100 k × 128 ≈ 51 MB). With
-           ``precision="float16"`` (``gallery.index_precision``) the templates are kept as float16
-           (``IndexScalarQuantizer`` QT_fp16): half the bytes to read, about twice as fast, scores
-           within ~1e-3 of float32 (unit vectors).
-``hnsw``   ``IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))`` above ``approximate_above``
-           templates: a graph search whose breadth is ``ef_search`` (``gallery.hnsw_ef_search``).
-           Scores are exact inner products of the templates it finds, but it may miss the best
-           one; :func:`measure_recall` says how often (logged whenever one is built). HNSW cannot
-           remove vectors, so a removal rebuilds it from the kept vectors (reconstructed from the
-           index itself, no second copy is kept).
+``exact``  a scan of every template, removes in place. ``float16`` (the appliance's default):
+           ``IndexIDMap2(IndexScalarQuantizer(d, QT_fp16))``, 2·d bytes per template; float32:
+           ``IndexIDMap2(IndexFlatIP(d))``, 4·d. Bandwidth-bound: one query reads n·d·2 (or ·4) bytes
+           (100 k × 128: 26 MB, or 51 MB), so float16 is about twice as fast. A float16 score is
+           within 2⁻¹¹ ≈ 0.00049 of the float32 one (:data:`FLOAT16_SCORE_BOUND`: each component is
+           rounded to 11 significant bits, and Σ|qᵢ||xᵢ| ≤ 1 for unit vectors), so the top-1 can differ
+           from float32's only between templates within 0.001 of each other — far inside the decision
+           margin that must separate the best identity from the runner-up.
+``hnsw``   above ``approximate_above`` templates, a graph search whose breadth is ``ef_search``
+           (``gallery.hnsw_ef_search``): ``IndexIDMap2(IndexHNSWSQ(d, QT_fp16, M))`` in float16,
+           ``IndexIDMap2(IndexHNSWFlat(d, M))`` in float32, inner product; the graph adds ≈ 8·M bytes
+           per template. Scores are the inner products (float16-bounded as above) of the templates
+           it finds, but it may miss the best one; :func:`measure_recall` says how often (logged
+           whenever one is built). ``ef_construction`` (200) builds a graph that reaches a given
+           recall with about half the breadth that 100 needs (``python -m bench.gallery``), at twice
+           the build time. HNSW cannot remove vectors, so a removal rebuilds it from the kept vectors
+           (reconstructed from the index itself, no second copy is kept). A saved HNSW index is used
+           in the precision it was built in (a rebuild of a large graph takes minutes); an exact one
+           of another precision is stale and rebuilt.
 
-File format (:meth:`TemplateIndex.save`, :meth:`TemplateIndex.load`), little-endian::
+Persistence (:meth:`TemplateIndex.save`, :meth:`TemplateIndex.load`): one file, the snapshot; the
+gallery appends enrolments to a delta file beside it (:mod:`.delta`). Format, little-endian::
 
     8 bytes   magic b"FAGALIDX"
-    uint16    format version (1)
+    uint16    format version (2; version 1, without snapshot_id, is still read)
     uint32    header length H
     H bytes   header, UTF-8 JSON: model_version, generation, count, dim, kind, payload_bytes,
-              payload_sha256, approximate_above, ef_search, hnsw_m, ef_construction
+              payload_sha256, approximate_above, ef_search, hnsw_m, ef_construction, snapshot_id
+              (32 hex digits, version 2: what a delta names to extend this snapshot)
     uint32    CRC-32 of the H header bytes
     payload   ``faiss.write_index`` of the IndexIDMap2, payload_bytes long, then end of file
 
-The file is written atomically (:func:`engines.files.atomic_writer`) and streamed through Faiss's
+An unknown version, kind or storage is refused (IndexCorruptError): the gallery rebuilds from the
+store. The file is written atomically (:func:`engines.files.atomic_writer`) and streamed through Faiss's
 Python I/O callbacks in both directions, so saving or loading never holds a second copy of the index
 in memory. Thread safety: every method may be called from any thread; searches run against the
 current index while a rebuild (HNSW removal, or growth past ``approximate_above``) builds its
@@ -70,20 +82,28 @@ FLOAT16 = "float16"
 PRECISIONS = (FLOAT32, FLOAT16)
 
 DEFAULT_APPROXIMATE_ABOVE = 200_000
-DEFAULT_EF_SEARCH = 96
+#: HNSW search breadth: with efConstruction 200, recall@1 ≥ 0.99 at 10⁶ identity-like templates
+#: (``python -m bench.gallery --large``).
+DEFAULT_EF_SEARCH = 192
 #: HNSW graph degree (level 0 keeps 2·M links: ≈ 8·M bytes per vector on top of the vector itself).
 DEFAULT_HNSW_M = 32
-#: HNSW construction breadth: higher builds a better graph, more slowly.
-DEFAULT_EF_CONSTRUCTION = 100
+#: HNSW construction breadth: higher builds a better graph, more slowly (200: the ef_search that
+#: reaches recall@1 0.99 at 10⁶ templates halves against 100, for twice the build time).
+DEFAULT_EF_CONSTRUCTION = 200
 #: Perturbed stored templates used to measure an HNSW index's recall@1 when it is built (0: skip).
 DEFAULT_RECALL_SAMPLE = 1000
 #: Recall@1 below which building an HNSW index logs a warning.
 RECALL_WARNING_BELOW = 0.99
+#: Largest difference between a float16 score and the float32 one, for unit vectors (2⁻¹¹).
+FLOAT16_SCORE_BOUND = 2.0**-11
 MAX_K = 1024
 MAX_DIM = 65_536
 
 MAGIC = b"FAGALIDX"
-FORMAT_VERSION = 1
+#: Version 2 adds the header field ``snapshot_id``, which binds a delta file to its snapshot
+#: (:mod:`.delta`). Version 1 files are still read (without a delta); this software writes version 2.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sHI")
 _CRC = struct.Struct("<I")
 _MAX_HEADER_BYTES = 64 * 1024
@@ -101,6 +121,9 @@ _HEADER_FIELDS = {
     "hnsw_m": int,
     "ef_construction": int,
 }
+#: Fields a version-2 header has on top of the version-1 ones.
+_HEADER_FIELDS_V2 = {"snapshot_id": str}
+_SNAPSHOT_ID_HEX = 32
 #: Noise added to stored templates to make recall probes (relative norm ≈ 0.75: cosine ≈ 0.8 to the
 #: template, about what a new capture of an enrolled person scores).
 _PROBE_NOISE = 0.75
@@ -212,13 +235,16 @@ def as_unit_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray
 def _new_faiss_index(
     kind: str, dim: int, hnsw_m: int, ef_construction: int, ef_search: int, precision: str = FLOAT32
 ) -> Any:
-    """An empty ``IndexIDMap2`` of the given kind that owns its inner index (``precision``: exact only)."""
+    """An empty ``IndexIDMap2`` of the given kind and storage precision that owns its inner index."""
     if kind == EXACT and precision == FLOAT16:
         inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     elif kind == EXACT:
         inner = faiss.IndexFlatIP(dim)
     else:
-        inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        if precision == FLOAT16:
+            inner = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = ef_construction
         inner.hnsw.efSearch = ef_search
     index = faiss.IndexIDMap2(inner)
@@ -232,22 +258,30 @@ def _kind_of(index: Any) -> Optional[str]:
     if not isinstance(index, faiss.IndexIDMap2):
         return None
     inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexHNSWFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
+    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    if isinstance(inner, faiss.IndexHNSWFlat):
         return HNSW
-    if isinstance(inner, faiss.IndexFlatIP):
-        return EXACT
-    if (
-        isinstance(inner, faiss.IndexScalarQuantizer)
-        and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
-        and inner.metric_type == faiss.METRIC_INNER_PRODUCT
-    ):
+    if isinstance(inner, faiss.IndexHNSWSQ) and _is_fp16(faiss.downcast_index(inner.storage)):
+        return HNSW
+    if isinstance(inner, faiss.IndexFlatIP) or _is_fp16(inner):
         return EXACT
     return None
 
 
+def _is_fp16(index: Any) -> bool:
+    return (
+        isinstance(index, faiss.IndexScalarQuantizer)
+        and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+        and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    )
+
+
 def _precision_of(index: Any) -> str:
-    """``float16`` for a scalar-quantised index, else ``float32``."""
+    """``float16`` for templates stored as float16 (exact or HNSW), else ``float32``."""
     inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexHNSWSQ):
+        return FLOAT16
     return FLOAT16 if isinstance(inner, faiss.IndexScalarQuantizer) else FLOAT32
 
 
@@ -337,10 +371,9 @@ def probe_queries(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
 class TemplateIndex:
     """Nearest-template search over L2-normalised embeddings by inner product (cosine).
 
-    Holds ``IndexIDMap2(IndexFlatIP(d))`` up to ``approximate_above`` templates and
-    ``IndexIDMap2(IndexHNSWFlat(d, hnsw_m, METRIC_INNER_PRODUCT))`` above; it switches kind by
-    rebuilding when an addition or removal crosses that size. Ids are the store's template ids:
-    int64, ≥ 0, unique.
+    Holds an exact index up to ``approximate_above`` templates and an HNSW graph above (both storing
+    the templates in ``precision``: see the module's docstring); it switches kind by rebuilding when
+    an addition or removal crosses that size. Ids are the store's template ids: int64, ≥ 0, unique.
     """
 
     def __init__(
@@ -572,15 +605,25 @@ class TemplateIndex:
 
     # -- persistence -------------------------------------------------------------------------
 
-    def save(self, path: PathLike, model_version: str, generation: int) -> int:
+    def save(
+        self, path: PathLike, model_version: str, generation: int, *, snapshot_id: Optional[str] = None
+    ) -> int:
         """Write the index to ``path`` atomically; returns the file's size in bytes.
 
         model_version: the embedding model's version string; generation: the template store's
-        change counter (≥ 0). :meth:`load` refuses the file when either differs.
+        change counter (≥ 0). :meth:`load` refuses the file when either differs. snapshot_id: 32
+        lowercase hex digits naming this snapshot (a delta file names the snapshot it extends, see
+        :mod:`.delta`); random when not given.
         """
         if not isinstance(model_version, str) or not model_version:
             raise ValueError(f"model_version must be a non-empty string, got {model_version!r}")
         generation = _check_int(generation, "generation", 0)
+        if snapshot_id is None:
+            snapshot_id = os.urandom(_SNAPSHOT_ID_HEX // 2).hex()
+        elif not _is_snapshot_id(snapshot_id):
+            raise ValueError(
+                f"snapshot_id must be {_SNAPSHOT_ID_HEX} lowercase hex digits, got {snapshot_id!r}"
+            )
         with self._writer_lock:
             digest, size = _hash_payload(self._index)
             header = {
@@ -595,6 +638,7 @@ class TemplateIndex:
                 "ef_search": self._ef_search,
                 "hnsw_m": self.hnsw_m,
                 "ef_construction": self.ef_construction,
+                "snapshot_id": snapshot_id,
             }
             encoded = json.dumps(header, sort_keys=True).encode("utf-8")
             # 0600: the payload holds the embeddings of the active model in the clear.
@@ -629,11 +673,40 @@ class TemplateIndex:
     ) -> TemplateIndex:
         """Read an index written by :meth:`save` for this model version and store generation.
 
-        ``approximate_above`` and ``ef_search`` override the saved ones (pass the configuration's).
-        Raises IndexMissingError (no file), IndexStaleError (another model version or
-        generation), IndexCorruptError (anything else wrong with the file); OSError for a file
+        The snapshot alone: a delta file beside it is not replayed (:class:`.delta.SavedIndex` does
+        that). ``approximate_above`` and ``ef_search`` override the saved ones (pass the
+        configuration's). Raises IndexMissingError (no file), IndexStaleError (another model version
+        or generation), IndexCorruptError (anything else wrong with the file); OSError for a file
         that exists but cannot be read.
         """
+        index, _ = cls._read(path, model_version, generation, approximate_above, ef_search, precision)
+        return index
+
+    @classmethod
+    def load_snapshot(
+        cls,
+        path: PathLike,
+        model_version: str,
+        *,
+        approximate_above: Optional[int] = None,
+        ef_search: Optional[int] = None,
+        precision: Optional[str] = None,
+    ) -> Tuple[TemplateIndex, Dict[str, Any]]:
+        """As :meth:`load`, whatever the store generation it was saved at; returns the index and its
+        header (``generation``, ``snapshot_id`` — None for a version-1 file — ``count``, ``dim`` …).
+        """
+        return cls._read(path, model_version, None, approximate_above, ef_search, precision)
+
+    @classmethod
+    def _read(
+        cls,
+        path: PathLike,
+        model_version: str,
+        generation: Optional[int],
+        approximate_above: Optional[int],
+        ef_search: Optional[int],
+        precision: Optional[str],
+    ) -> Tuple[TemplateIndex, Dict[str, Any]]:
         where = os.fspath(path)
         try:
             stream = open(where, "rb")
@@ -641,10 +714,13 @@ class TemplateIndex:
             raise IndexMissingError(f"{where}: no saved gallery index") from err
         with stream:
             header = _read_header(stream, where)
-            if header["model_version"] != model_version or header["generation"] != generation:
+            if header["model_version"] != model_version or (
+                generation is not None and header["generation"] != generation
+            ):
+                expected = f" generation {generation}" if generation is not None else ""
                 raise IndexStaleError(
                     f"{where}: index of model {header['model_version']!r} generation "
-                    f"{header['generation']}, expected model {model_version!r} generation {generation}; "
+                    f"{header['generation']}, expected model {model_version!r}{expected}; "
                     f"rebuild it from the template store"
                 )
             payload_start = stream.tell()
@@ -688,7 +764,26 @@ class TemplateIndex:
         index._index, index._kind = faiss_index, header["kind"]
         index.ef_search = index._ef_search  # applies it to the HNSW graph
         logger.info("loaded %s index of %d templates from %s", index.kind, len(index), where)
-        return index
+        return index, header
+
+
+def read_snapshot_header(path: PathLike) -> Dict[str, Any]:
+    """The validated header of an index file, its payload neither read nor verified.
+
+    Besides the header's fields: ``format`` (the file's format version) and ``snapshot_id`` (None
+    in a version-1 file).
+
+    Raises:
+        IndexMissingError: there is no file. IndexCorruptError: the header is not a valid one.
+        OSError: the file exists but cannot be read.
+    """
+    where = os.fspath(path)
+    try:
+        stream = open(where, "rb")
+    except FileNotFoundError as err:
+        raise IndexMissingError(f"{where}: no saved gallery index") from err
+    with stream:
+        return _read_header(stream, where)
 
 
 def saved_generation(path: PathLike) -> int:
@@ -701,13 +796,7 @@ def saved_generation(path: PathLike) -> int:
         IndexMissingError: there is no file. IndexCorruptError: the header is not a valid one.
         OSError: the file exists but cannot be read.
     """
-    where = os.fspath(path)
-    try:
-        stream = open(where, "rb")
-    except FileNotFoundError as err:
-        raise IndexMissingError(f"{where}: no saved gallery index") from err
-    with stream:
-        return int(_read_header(stream, where)["generation"])
+    return int(read_snapshot_header(path)["generation"])
 
 
 # -- file helpers ------------------------------------------------------------------------------
@@ -773,8 +862,9 @@ def _read_header(stream: BinaryIO, where: str) -> Dict[str, Any]:
     magic, version, length = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise IndexCorruptError(f"{where}: not a gallery index (magic {magic!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise IndexCorruptError(f"{where}: format version {version}, this software reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise IndexCorruptError(f"{where}: format version {version}, this software reads {readable}")
     if not 0 < length <= _MAX_HEADER_BYTES:
         raise IndexCorruptError(f"{where}: header length {length} out of range")
     encoded = _read_exactly(stream, length, where, "header")
@@ -787,13 +877,27 @@ def _read_header(stream: BinaryIO, where: str) -> Dict[str, Any]:
         raise IndexCorruptError(f"{where}: unreadable header ({err})") from err
     if not isinstance(header, dict):
         raise IndexCorruptError(f"{where}: header is not an object")
-    for field, kind in _HEADER_FIELDS.items():
+    fields = dict(_HEADER_FIELDS, **_HEADER_FIELDS_V2) if version >= 2 else _HEADER_FIELDS
+    for field, kind in fields.items():
         value = header.get(field)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise IndexCorruptError(f"{where}: header field {field!r} missing or not {kind.__name__}")
     if header["kind"] not in KINDS:
         raise IndexCorruptError(f"{where}: unknown index kind {header['kind']!r}")
+    if version >= 2 and not _is_snapshot_id(header["snapshot_id"]):
+        raise IndexCorruptError(f"{where}: header field 'snapshot_id' is not {_SNAPSHOT_ID_HEX} hex digits")
+    header["format"] = version
+    if version < 2:
+        header["snapshot_id"] = None  # a version-1 file has no delta
     return header
+
+
+def _is_snapshot_id(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == _SNAPSHOT_ID_HEX
+        and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def _verify_payload(stream: BinaryIO, where: str, header: Dict[str, Any]) -> None:

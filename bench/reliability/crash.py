@@ -138,11 +138,39 @@ def _crops(seed: int, count: int) -> Any:
     return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
 
 
-def _gallery(folder: Path, model: str = MODEL) -> Any:
+def _gallery(folder: Path, model: str = MODEL, compact_min_bytes: Optional[int] = None) -> Any:
     from appliance.config_load import validate_config
     from appliance.gallery.gallery import Gallery
 
-    return Gallery.open(validate_config({"storage": {"dir": str(folder)}}), model, DIM)
+    config = validate_config({"storage": {"dir": str(folder)}})
+    if compact_min_bytes is None:
+        return Gallery.open(config, model, DIM)
+    return Gallery.open(config, model, DIM, compact_min_bytes=compact_min_bytes)
+
+
+def _compacting_gallery(folder: Path) -> Any:
+    """A gallery whose next enrolment folds the delta into a new snapshot (no 1 MiB floor)."""
+    return _gallery(folder, compact_min_bytes=0)
+
+
+def _fleet_record_saved_later(gallery: Any) -> None:
+    """A fleet record applied without saving (as a catch-up batch does), then :meth:`save_index`:
+    the pending record appended to the delta."""
+    from appliance.access.policy import IdentityPolicy
+
+    gallery.apply_fleet_identity(
+        "fleet-a",
+        1,
+        "Fleet A",
+        None,
+        "2026-01-01T00:00:00Z",
+        IdentityPolicy(),
+        _vectors(50, 1),
+        _crops(50, 1),
+        [0.9],
+        save=False,
+    )
+    gallery.save_index()
 
 
 def _enrol(gallery: Any, identity: str, name: str, seed: int) -> None:
@@ -181,7 +209,26 @@ def _observe_gallery(folder: Path) -> Dict[str, Any]:
         versions = sorted([version, count] for version, count in gallery.store.model_versions().items())
         if len(gallery) != dict(versions).get(MODEL, 0):
             raise InconsistentError(f"the index holds {len(gallery)} templates, the store {versions}")
+        _check_index_matches_store(gallery)
         return {"identities": identities, "versions": versions, "generation": gallery.store.generation}
+
+
+def _check_index_matches_store(gallery: Any) -> None:
+    """The searchable templates are exactly the store's: every stored embedding of the active model
+    finds its own identity first, at a cosine of ≈ 1 (a wrong id or a template removed from the
+    store but still in the index, replayed from a delta for instance, would not)."""
+    import numpy as np
+
+    templates = list(gallery.store.templates(MODEL))
+    if not templates:
+        return
+    queries = np.stack([template.embedding for template in templates]).astype(np.float32)
+    for template, hits in zip(templates, gallery.search(queries, 1)):
+        if not hits or hits[0].identity_id != template.identity_id or hits[0].score < 0.99:
+            found = f"{hits[0].identity_id} at {hits[0].score:.3f}" if hits else "nothing"
+            raise InconsistentError(
+                f"template {template.id} of {template.identity_id} finds {found} in the index"
+            )
 
 
 def _gallery_with(*people: Tuple[str, str, int]) -> Callable[[Path], None]:
@@ -358,6 +405,22 @@ OPERATIONS: List[Operation] = [
         _gallery_with(("obama", "Barack Obama", 1)),
         _gallery,
         _close_after(lambda g: _enrol(g, "ada", "Ada Lovelace", 2)),
+        _observe_gallery,
+    ),
+    Operation(
+        "gallery: enrol, the delta folded into a new snapshot",
+        "gallery",
+        _gallery_with(("obama", "Barack Obama", 1)),
+        _compacting_gallery,
+        _close_after(lambda g: _enrol(g, "ada", "Ada Lovelace", 2)),
+        _observe_gallery,
+    ),
+    Operation(
+        "gallery: fleet record applied, then save_index (a pending delta record)",
+        "gallery",
+        _gallery_with(("obama", "Barack Obama", 1)),
+        _gallery,
+        _close_after(_fleet_record_saved_later),
         _observe_gallery,
     ),
     Operation(
@@ -612,12 +675,21 @@ def _copy(source: Path, target: Path) -> Path:
     return target
 
 
-def _worker(names: Sequence[str], torn: bool, out: Path) -> None:
+def _selected(names: Sequence[str], matching: Sequence[str]) -> List[Operation]:
+    """The operations of the stores ``names`` whose name holds one of ``matching`` (all when empty)."""
+    return [
+        op
+        for op in OPERATIONS
+        if op.store in names and (not matching or any(text in op.name for text in matching))
+    ]
+
+
+def _worker(names: Sequence[str], torn: bool, out: Path, matching: Sequence[str] = ()) -> None:
     """The worker's body (``--worker``): sweep the operations of the named stores, write the results."""
     counter = _Counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="crash-sweep-") as folder:
-        for number, operation in enumerate(op for op in OPERATIONS if op.store in names):
+        for number, operation in enumerate(_selected(names, matching)):
             scratch = Path(folder) / f"op{number}"
             scratch.mkdir()
             result = sweep_operation(counter, operation, scratch, torn)
@@ -635,9 +707,14 @@ def _worker(names: Sequence[str], torn: bool, out: Path) -> None:
 
 
 def sweep(
-    stores: Sequence[str] = ("gallery", "outbox", "pointer"), torn: bool = True, timeout_s: float = 3600
+    stores: Sequence[str] = ("gallery", "outbox", "pointer"),
+    torn: bool = True,
+    timeout_s: float = 3600,
+    matching: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Run the sweep in a worker process with the crash-point library preloaded.
+
+    ``matching``: only the operations whose name holds one of these strings (all when empty).
 
     Returns:
         ``{"operations": [per operation: write points, outcomes, findings, …], "seconds": …}``.
@@ -659,6 +736,8 @@ def sweep(
         command = [sys.executable, "-m", "bench.reliability.crash", "--worker", str(out), "--only", *stores]
         if not torn:
             command.append("--no-torn")
+        if matching:
+            command += ["--matching", *matching]
         # stderr is a pipe, not a file: the worker's log lines are then no write points.
         done = subprocess.run(
             command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -685,15 +764,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         choices=["gallery", "outbox", "pointer"],
     )
     parser.add_argument("--no-torn", action="store_true", help="kill before each point only (no torn writes)")
+    parser.add_argument(
+        "--matching", nargs="+", default=[], help="only the operations whose name holds one of these"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     if args.worker is not None:
         logging.getLogger("appliance").setLevel(logging.CRITICAL)  # a kill's aftermath is expected noise
-        _worker(args.only, not args.no_torn, args.worker)
+        _worker(args.only, not args.no_torn, args.worker, args.matching)
         return 0
-    report = sweep(args.only, not args.no_torn)
+    report = sweep(args.only, not args.no_torn, matching=args.matching)
     for result in report["operations"]:
         print(
             f"{result['operation']}: {result['write_points']} write points {result['calls']}; "
