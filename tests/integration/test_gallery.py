@@ -343,3 +343,30 @@ def test_identify_escapes_names_stored_before_the_check(
     assert identified.returncode == 0, identified.stderr
     assert "granted  \\x1b[2J\\u202eamabO\\x0d  2. granted  Biden" in identified.stdout, identified.stdout
     assert not any(char in identified.stdout for char in "\x1b\r\u202e")
+
+
+def test_a_search_from_another_thread_runs_on_one_openmp_thread(
+    tmp_path: Path, analyzer: FaceAnalyzer
+) -> None:
+    import threading
+
+    import faiss
+    import numpy as np
+
+    gallery = _gallery(tmp_path, analyzer)
+    try:
+        vector = np.ones((1, gallery.dim), np.float32) / np.sqrt(gallery.dim)
+        gallery.add("ada", "Ada", vector)
+        seen: List[int] = []
+
+        def search() -> None:
+            faiss.omp_set_num_threads(2)  # OpenMP's count is per thread: this thread's own default
+            assert gallery.search(vector)[0][0].identity_id == "ada"
+            seen.append(faiss.omp_get_max_threads())
+
+        thread = threading.Thread(target=search)
+        thread.start()
+        thread.join()
+        assert seen == [1]
+    finally:
+        gallery.close()
