@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -25,26 +26,52 @@ _ORT_DTYPES = {
 }
 
 
-def new_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session whose ``threads`` intra-op threads (0 = one per core) never spin.
+#: ONNX Runtime 1.19 (the last release for Python 3.8, i.e. JetPack 5) has no process-wide pool in Python:
+#: there each session gets its own pool of the same size instead.
+_HAS_GLOBAL_POOL = hasattr(ort, "set_global_thread_pool_sizes") and hasattr(
+    ort.SessionOptions(), "use_per_session_threads"
+)
+_pool_lock = threading.Lock()
+_pool: Dict[str, int] = {}  # "threads": the size of the process-wide pool, once created
 
-    ONNX Runtime's worker threads spin after every run by default, waiting for the next one. The
-    pipeline runs up to seven small networks one after the other with its own work in between, on
-    the same cores as the camera's decoder and the MQTT threads: a spinning worker takes a core
-    from all of them. Measured on the 2-core development machine with one other busy process,
-    frames took about twice as long end to end with spinning workers (one process-wide pool, as
-    before) as with sleeping ones; on an idle machine sleeping workers cost nothing measurable
-    (README, Benchmarks). Per-session pools also work the same on ONNX Runtime 1.19 (JetPack 5's
-    Python 3.8), which has no process-wide pool in Python.
+
+def _global_pool(threads: int) -> int:
+    """Create ONNX Runtime's process-wide thread pool once; returns its size.
+
+    All CPU sessions share one pool: the pipeline runs up to seven small networks one after the
+    other, and separate per-session pools (whose threads spin after each run) fight over the cores —
+    measured 1.4–2.7× slower end to end on a 2-core machine. The first back-end opened fixes the size.
+    """
+    with _pool_lock:
+        if "threads" not in _pool:
+            size = threads if threads > 0 else (os.cpu_count() or 1)
+            if not _HAS_GLOBAL_POOL:
+                _pool["threads"] = size
+                return size
+            ort.set_global_thread_pool_sizes(size, 1)
+            _pool["threads"] = size
+            logger.debug("ONNX Runtime global thread pool: %d threads", size)
+        elif threads and threads != _pool["threads"]:
+            logger.info(
+                "ONNX Runtime's thread pool already has %d threads; %d requested", _pool["threads"], threads
+            )
+        return _pool["threads"]
+
+
+def new_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on the shared thread pool (``threads`` sizes it if it is the first).
 
     Raises:
         Exception: ONNX Runtime's own error when the model cannot be loaded.
     """
+    size = _global_pool(threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if _HAS_GLOBAL_POOL:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = size
+        options.inter_op_num_threads = 1
     # ONNX Runtime's arena keeps the largest buffers ever used (e.g. a 270-crop R-Net batch); without
     # it the process stays ~80 MiB smaller at no measurable cost for these small models.
     options.enable_cpu_mem_arena = False
@@ -53,7 +80,7 @@ def new_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
 
 
 class OnnxRuntimeBackend(InferenceBackend):
-    """ONNX Runtime on the CPU, ``options.threads`` intra-op threads per session (0 = one per core)."""
+    """ONNX Runtime on the CPU; all sessions share one thread pool of ``options.threads`` (0 = one per core)."""
 
     key = "cpu"
 
