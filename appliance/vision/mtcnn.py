@@ -139,31 +139,36 @@ class MtcnnDetector:
             level, as the reference orders them. The per-level suppressions run as one OpenCV call.
         """
         reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
-        found: List[np.ndarray] = []
+        # Per level only what needs its own maps (threshold, gather); the box arithmetic runs once
+        # over every level's cells.
+        cells: List[np.ndarray] = []  # (n, 2) map indices
+        values: List[np.ndarray] = []  # (n, 5) score and regression
+        cell_scales: List[np.ndarray] = []
         for blob, scale in zip(self._pnet_inputs(levels), scales):
             outputs = self.pnet.run(blob)
             probability = outputs[prob_name][0, :, :, 1]
-            first, second = np.nonzero(probability >= self.settings.thresholds[0])
-            if not len(first):
+            index = np.argwhere(probability >= self.settings.thresholds[0])
+            if not len(index):
                 continue
-            # The maps are laid out like the input: (x, y) cells when the input was transposed.
-            cols, rows = (first, second) if self._pre.transpose_hw else (second, first)
-            corner = np.stack([cols, rows], axis=1).astype(np.float64) * STRIDE
-            top_left = np.fix((corner + 1) / scale)
-            bottom_right = np.fix((corner + CELL) / scale)
-            scores = probability[first, second].astype(np.float64)
-            regression = outputs[reg_name][0][first, second].astype(np.float64)
-            found.append(np.concatenate([top_left, bottom_right, scores[:, None], regression], axis=1))
-        if not found:
+            first, second = index[:, 0], index[:, 1]
+            cells.append(index)
+            values.append(
+                np.concatenate([probability[first, second, None], outputs[reg_name][0][first, second]], 1)
+            )
+            cell_scales.append(np.full(len(index), scale))
+        if not cells:
             return np.zeros((0, 9))
-        keep = nms_per_group(
-            np.concatenate(found)[:, :4],
-            np.concatenate([f[:, 4] for f in found]),
-            np.repeat(np.arange(len(found)), [len(f) for f in found]),
-            NMS_PER_SCALE,
-            inclusive=True,
+        index = np.concatenate(cells)
+        scale_of = np.concatenate(cell_scales)[:, None]
+        # The maps are laid out like the input: (x, y) cells when the input was transposed.
+        corner = (index if self._pre.transpose_hw else index[:, ::-1]).astype(np.float64) * STRIDE
+        boxes = np.concatenate(
+            [np.fix((corner + 1) / scale_of), np.fix((corner + CELL) / scale_of), np.concatenate(values)],
+            axis=1,
         )
-        return np.concatenate(found)[keep]
+        level_of = np.repeat(np.arange(len(cells)), [len(c) for c in cells])
+        keep = nms_per_group(boxes[:, :4], boxes[:, 4], level_of, NMS_PER_SCALE, inclusive=True)
+        return boxes[keep]
 
     def _pnet_inputs(self, levels: Sequence[Level]) -> List[np.ndarray]:
         """P-Net's input for every level, ``(1, w, h, 3)`` float32 each (``(1, h, w, 3)`` untransposed).
@@ -196,6 +201,8 @@ class MtcnnDetector:
         """Run ``blob`` in chunks of at most ``max_batch``; outputs in the registry's order."""
         step = self.max_batch or len(blob)
         chunks = [backend.run(blob[start : start + step]) for start in range(0, len(blob), step)]
+        if len(chunks) == 1:
+            return [chunks[0][t.name] for t in backend.spec.outputs]
         return [np.concatenate([chunk[t.name] for chunk in chunks]) for t in backend.spec.outputs]
 
     def _crops(
