@@ -1,6 +1,6 @@
 """How the cost grows with the work: faces per frame, cameras, gallery size — one table and one plot.
 
-    python -m bench.scaling [--faces 1 5 10 20] [--frames N] [--daemon-json FILE] [--gallery-json FILE]
+    python -m bench.scaling [--faces 1 5 10 20] [--frames N] [--daemon-json FILE] [--gallery-json FILE...]
                             [--json OUT] [--plot OUT.png]
 
 Faces per frame is measured here: 1280×720 synthetic camera frames holding 1, 5, 10 or 20 different
@@ -11,7 +11,8 @@ frame (as :mod:`bench.vision` builds its frames). Each count runs through the sa
 liveness, model time and the pipeline's own overhead).
 
 Cameras and gallery size come from the runs of the benchmarks that measure them, read from their
-JSON (``python -m bench.daemon --cameras 1 2 --json FILE`` and ``python -m bench.gallery --json FILE``):
+JSON (``python -m bench.daemon --cameras 1 2 --json FILE`` and ``python -m bench.gallery --json FILE``,
+several gallery files allowed — e.g. a ``--large`` run for 10⁶ and a quieter run for the smaller sizes):
 running those here would repeat minutes of set-up (a 10⁶-template index takes minutes to build).
 Either may be left out; the table and the plot then show what was given.
 """
@@ -271,7 +272,13 @@ def main() -> None:
     parser.add_argument("--faces", type=int, nargs="+", default=list(FACE_COUNTS))
     parser.add_argument("--frames", type=int, default=30, help="timed frames per face count and mode")
     parser.add_argument("--daemon-json", type=Path, help="bench.daemon --cameras 1 2 --json output")
-    parser.add_argument("--gallery-json", type=Path, help="bench.gallery --json output")
+    parser.add_argument(
+        "--gallery-json",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="bench.gallery --json output(s); a later file's row replaces an earlier one's of the same size",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--plot", type=Path, help="write the plot here (PNG; needs matplotlib)")
     args = parser.parse_args()
@@ -289,7 +296,10 @@ def main() -> None:
         finally:
             clock.remove()
     cameras = cameras_from(json.loads(args.daemon_json.read_text())) if args.daemon_json else []
-    gallery = gallery_from(json.loads(args.gallery_json.read_text())) if args.gallery_json else []
+    by_size: Dict[int, Dict[str, Any]] = {}
+    for path in args.gallery_json:
+        by_size.update({row["templates"]: row for row in gallery_from(json.loads(path.read_text()))})
+    gallery = [by_size[size] for size in sorted(by_size)]
     print_tables(faces, cameras, gallery)
     document: Dict[str, Any] = {"machine": machine, "faces": faces, "cameras": cameras, "gallery": gallery}
     if args.json:
