@@ -45,6 +45,7 @@ from appliance.gallery.gallery import Gallery
 from appliance.gallery.store import TemplateStore, slugify, utc_now
 from appliance.vision.image import read_image
 
+from .arguments import positive_int_list
 from .machine import describe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,16 +281,6 @@ def _print_index(results: List[Dict[str, Any]]) -> None:
         )
 
 
-def _int_list(text: str) -> List[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -297,7 +288,7 @@ def main() -> int:
     parser.add_argument(
         "--index", action="store_true", help="the index cost per enrolment and removal instead"
     )
-    parser.add_argument("--sizes", type=_int_list, default=[1000, 10_000, 100_000])
+    parser.add_argument("--sizes", type=positive_int_list, default=[1000, 10_000, 100_000])
     parser.add_argument("--enrolments", type=int, default=40, help="enrolments timed per size and setting")
     parser.add_argument("--removals", type=int, default=5, help="removals timed per size and setting")
     args = parser.parse_args()

@@ -71,6 +71,7 @@ from appliance.gallery.index import (
 )
 from engines.registry import get_model
 
+from .arguments import positive_int_list
 from .machine import describe, rss_mib
 
 TEMPLATE_NOISE = 0.75
@@ -551,24 +552,14 @@ def render(document: Dict[str, Any]) -> None:
         print("target: " + line)
 
 
-def _int_list(text: str) -> List[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     repo = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=_int_list, default=[1000, 10_000, 100_000])
+    parser.add_argument("--sizes", type=positive_int_list, default=[1000, 10_000, 100_000])
     parser.add_argument("--large", action="store_true", help="add 1 000 000 templates (about an hour here)")
     parser.add_argument("--queries", type=int, default=1000, help="queries per size (default 1000)")
-    parser.add_argument("--ef-search", type=_int_list, default=[32, 64, 96, 128, 160, 192, 256, 384])
-    parser.add_argument("--nprobe", type=_int_list, default=[8, 16, 32, 64, 128, 256])
+    parser.add_argument("--ef-search", type=positive_int_list, default=[32, 64, 96, 128, 160, 192, 256, 384])
+    parser.add_argument("--nprobe", type=positive_int_list, default=[8, 16, 32, 64, 128, 256])
     parser.add_argument("--hnsw-m", type=int, default=DEFAULT_HNSW_M)
     parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     parser.add_argument("--per-identity", type=int, default=3, help="templates per identity (default 3)")
