@@ -166,3 +166,118 @@ def plot_report(genuine: np.ndarray, impostor: np.ndarray, report: VerificationR
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+# -- the door's protocol --------------------------------------------------------------------------------
+
+
+@dataclass
+class DoorReport:
+    """``evaluate --enroll-per-identity N``: enrol N photos per person, identify every other photo.
+
+    A probe is *granted* when its best identity (an identity's score is its best template's) scores at
+    least the threshold, as ``identify`` decides one photo. People with N photos or fewer are not
+    enrolled: all their photos are strangers' probes.
+    """
+
+    per_identity: int
+    threshold: float
+    enrolled_identities: int
+    templates: int
+    genuine: int  # probes of enrolled people
+    granted: int  # granted as themselves
+    granted_wrong: int  # granted as someone else
+    rank1: int  # their own identity scored best, whatever the threshold
+    strangers: int  # probes of people not enrolled
+    strangers_granted: int
+    genuine_scores: List[float] = field(default_factory=list)  # each genuine probe's own identity's score
+    stranger_scores: List[float] = field(default_factory=list)  # each stranger probe's best score
+
+    def to_json(self) -> Dict[str, Any]:
+        def rate(count: int, total: int) -> Optional[float]:
+            return round(count / total, 4) if total else None
+
+        def spread(values: List[float]) -> Optional[Dict[str, float]]:
+            if not values:
+                return None
+            array = np.asarray(values)
+            return {
+                k: round(float(v), 4)
+                for k, v in (("min", array.min()), ("median", np.median(array)), ("max", array.max()))
+            }
+
+        return {
+            "per_identity": self.per_identity,
+            "threshold": self.threshold,
+            "enrolled_identities": self.enrolled_identities,
+            "templates": self.templates,
+            "genuine_probes": self.genuine,
+            "granted": self.granted,
+            "granted_rate": rate(self.granted, self.genuine),
+            "granted_as_someone_else": self.granted_wrong,
+            "rank1": rate(self.rank1, self.genuine),
+            "stranger_probes": self.strangers,
+            "strangers_granted": self.strangers_granted,
+            "genuine_score": spread(self.genuine_scores),
+            "stranger_best_score": spread(self.stranger_scores),
+        }
+
+
+def door_protocol(
+    embeddings: np.ndarray, labels: Sequence[str], per_identity: int, threshold: float
+) -> DoorReport:
+    """The door's case: the first ``per_identity`` photos of each person enrolled, the rest identified.
+
+    Args:
+        embeddings: ``(N, D)`` float32 unit vectors, in the labelled file's order (which decides
+            which photos are enrolled).
+        labels: ``N`` identity labels.
+        per_identity: photos enrolled per person (≥ 1); people with no more photos than that are
+            strangers.
+        threshold: the match threshold (``match.threshold``).
+
+    Raises:
+        ValueError: ``per_identity`` below 1, or a length mismatch.
+    """
+    if per_identity < 1:
+        raise ValueError(f"photos enrolled per identity must be at least 1, got {per_identity}")
+    if len(embeddings) != len(labels):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(labels)} labels")
+    positions: Dict[str, List[int]] = {}
+    for index, label in enumerate(labels):
+        positions.setdefault(label, []).append(index)
+    enrolled = {label: rows[:per_identity] for label, rows in positions.items() if len(rows) > per_identity}
+    owners = [label for label, rows in enrolled.items() for _ in rows]
+    template_rows = [row for rows in enrolled.values() for row in rows]
+    report = DoorReport(per_identity, float(threshold), len(enrolled), len(template_rows), 0, 0, 0, 0, 0, 0)
+    if not template_rows:
+        report.strangers = len(labels)
+        return report
+    vectors = embeddings.astype(np.float64)
+    scores = vectors @ vectors[template_rows].T  # (N, templates)
+    names = sorted(enrolled)
+    column_of = {name: i for i, name in enumerate(names)}
+    # An identity's score is its best template's.
+    by_identity = np.full((len(labels), len(names)), -np.inf)
+    for template, owner in enumerate(owners):
+        column = column_of[owner]
+        by_identity[:, column] = np.maximum(by_identity[:, column], scores[:, template])
+    enrolled_rows = {row for rows in enrolled.values() for row in rows}
+    for index, label in enumerate(labels):
+        if index in enrolled_rows:
+            continue
+        best = int(by_identity[index].argmax())
+        best_score = float(by_identity[index, best])
+        granted = best_score >= threshold
+        if label in enrolled:
+            own = float(by_identity[index, column_of[label]])
+            report.genuine += 1
+            report.genuine_scores.append(own)
+            report.rank1 += int(names[best] == label)
+            report.granted += int(granted and names[best] == label)
+            report.granted_wrong += int(granted and names[best] != label)
+        else:
+            report.strangers += 1
+            report.stranger_scores.append(best_score)
+            report.strangers_granted += int(granted)
+    return report

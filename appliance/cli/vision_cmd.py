@@ -58,6 +58,14 @@ def add_parser(subparsers: Any) -> None:
         "--plot", type=Path, default=None, metavar="OUT.png", help="ROC/DET curves and histograms"
     )
     evaluate.add_argument("--min-face", type=int, default=None, help="override detector.min_face_px")
+    evaluate.add_argument(
+        "--enroll-per-identity",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also the door's protocol: enrol the first N photos of each person, identify the rest "
+        "at match.threshold (granted rate, rank-1, strangers granted)",
+    )
     add_config_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -184,6 +192,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_CONFIG
+    if args.enroll_per_identity is not None and args.enroll_per_identity < 1:
+        sys.stderr.write(f"error: --enroll-per-identity must be at least 1, got {args.enroll_per_identity}\n")
+        return EXIT_CONFIG
     config = _config(args)
     crops: List[np.ndarray] = []
     labels: List[str] = []
@@ -235,6 +246,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"TAR @ FAR {key}: {tar:.4f}   threshold {report.thresholds[key]:.4f}")
     for note in report.notes:
         print(f"note: {note}")
+    if args.enroll_per_identity is not None:
+        from ..evaluation import door_protocol
+
+        door = door_protocol(embeddings, labels, args.enroll_per_identity, config.match.threshold).to_json()
+        document["door"] = door
+        _print_door(door)
     for item in failed:
         print(f"failed: {item['path']}: {item['reason']}")
     if args.json:
@@ -247,3 +264,22 @@ def _evaluate(args: argparse.Namespace) -> int:
             sys.stderr.write("error: --plot needs matplotlib: pip install 'face-appliance[plot]'\n")
             return EXIT_FAILURE
     return EXIT_OK
+
+
+def _print_door(door: Dict[str, Any]) -> None:
+    """The door's protocol in a few lines (see :class:`appliance.evaluation.DoorReport`)."""
+    print(
+        f"door: {door['per_identity']} photo(s) enrolled per person, {door['enrolled_identities']} people, "
+        f"threshold {door['threshold']:g}"
+    )
+    if door["genuine_probes"]:
+        print(
+            f"  granted {door['granted']} of {door['genuine_probes']} photos of enrolled people "
+            f"({100 * door['granted_rate']:.1f} %), rank-1 {100 * door['rank1']:.1f} %, "
+            f"granted as someone else {door['granted_as_someone_else']}"
+        )
+    else:
+        print("  no enrolled person has another photo to identify")
+    print(
+        f"  strangers granted {door['strangers_granted']} of {door['stranger_probes']} photos of people not enrolled"
+    )

@@ -166,11 +166,23 @@ def test_evaluate_command_meets_the_accuracy_bar(
         str(out),
         "--plot",
         str(plot),
+        "--enroll-per-identity",
+        "1",
         "--config",
         _config_file(tmp_path, shared_models),
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
+    # The door's protocol: one photo enrolled per person, every other photo identified.
+    door = report["door"]
+    assert door["per_identity"] == 1 and door["threshold"] == 0.5 and door["enrolled_identities"] >= 20
+    assert (
+        door["genuine_probes"] + door["enrolled_identities"] + door["stranger_probes"]
+        == report["images"]["embedded"]
+    )
+    assert door["rank1"] == 1.0 and door["granted_as_someone_else"] == 0 and door["strangers_granted"] == 0
+    assert 0.8 <= door["granted_rate"] <= 1.0 and door["stranger_probes"] > 0
+    assert "door: 1 photo(s) enrolled per person" in result.stdout
     assert report["auc"] >= 0.999
     assert report["tar_at_far"]["0.001"] >= 0.98
     assert set(report["tar_at_far"]) == set(report["thresholds"]) == {"0.1", "0.01", "0.001"}
@@ -214,3 +226,17 @@ def test_evaluate_refuses_a_csv_without_the_columns(tmp_path: Path, shared_data:
     result = run_cli("evaluate", str(shared_data), "--labels", str(labels))
     assert result.returncode == 2
     assert "missing column(s) identity, path" in result.stderr
+
+
+def test_evaluate_refuses_no_photo_enrolled(tmp_path: Path, shared_models: Path, shared_data: Path) -> None:
+    result = run_cli(
+        "evaluate",
+        str(shared_data),
+        "--labels",
+        str(shared_data / "faces_identities.csv"),
+        "--enroll-per-identity",
+        "0",
+        "--config",
+        _config_file(tmp_path, shared_models),
+    )
+    assert result.returncode == 2 and "--enroll-per-identity must be at least 1, got 0" in result.stderr

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from appliance.evaluation import (
+    door_protocol,
     equal_error_rate,
     far_key,
     pair_scores,
@@ -63,3 +64,41 @@ def test_report_says_what_it_cannot_measure() -> None:
     assert document["pairs"] == {"genuine": 50, "impostor": 500}
     with pytest.raises(ValueError, match="genuine and impostor"):
         verification_report(np.array([]), np.array([0.1]))
+
+
+def _unit(vector: list) -> np.ndarray:
+    array = np.asarray(vector, np.float64)
+    return array / np.linalg.norm(array)
+
+
+def test_door_protocol_enrols_the_first_photos_and_identifies_the_rest() -> None:
+    ada, bob, cy = np.eye(3)
+    embeddings = np.stack(
+        [
+            _unit(ada),  # ada's first photo: enrolled
+            _unit(ada + 0.3 * bob),  # granted as ada (0.96)
+            _unit(ada + 1.2 * bob),  # closer to bob than to ada: rank-1 wrong, granted as bob
+            _unit(bob),  # bob's first photo: enrolled
+            _unit(bob + 1.5 * cy),  # bob, but below the threshold (0.55 < 0.6): not granted
+            _unit(cy),  # cy has one photo: a stranger, not granted (0.0)
+            _unit(cy + bob),  # dee, one photo: a stranger granted as bob (0.71)
+        ]
+    ).astype(np.float32)
+    labels = ["ada", "ada", "ada", "bob", "bob", "cy", "dee"]
+    report = door_protocol(embeddings, labels, per_identity=1, threshold=0.6)
+    assert (report.enrolled_identities, report.templates) == (2, 2)
+    assert (report.genuine, report.granted, report.granted_wrong, report.rank1) == (3, 1, 1, 2)
+    assert (report.strangers, report.strangers_granted) == (2, 1)
+    figures = report.to_json()
+    assert figures["granted_rate"] == round(1 / 3, 4) and figures["rank1"] == round(2 / 3, 4)
+    assert figures["genuine_score"]["max"] == pytest.approx(0.9578, abs=1e-4)
+
+    # Two photos enrolled: only ada has a photo left to identify; bob, with two photos, is not
+    # enrolled, so his photos are strangers' too.
+    two = door_protocol(embeddings, labels, per_identity=2, threshold=0.6)
+    assert (two.enrolled_identities, two.templates, two.genuine, two.strangers) == (1, 2, 1, 4)
+    # Nobody with enough photos: every photo is a stranger's.
+    none = door_protocol(embeddings, labels, per_identity=5, threshold=0.6)
+    assert (none.enrolled_identities, none.genuine, none.strangers, none.strangers_granted) == (0, 0, 7, 0)
+    with pytest.raises(ValueError, match="at least 1"):
+        door_protocol(embeddings, labels, per_identity=0, threshold=0.6)
