@@ -414,29 +414,35 @@ def _pair_statistics(embeddings: np.ndarray, labels: np.ndarray) -> Dict[str, fl
     }
 
 
-def compare_real(models: Path, data: Path, dim: int) -> Dict[str, Dict[str, float]]:
-    """Pair statistics of MobileFaceNet embeddings of ``data/faces`` (the largest face of each photo)
-    and of a synthetic set with the same identities and counts."""
+def labelled_face_embeddings(analyzer: Any, data: Path) -> Tuple[np.ndarray, List[str]]:
+    """MobileFaceNet embeddings ``(n, d)`` float32 of the largest face of each labelled photo under
+    ``data/faces`` (``faces_identities.csv``; photos with no face are left out), and their labels."""
     import csv
 
-    from appliance.config_load import validate_config
-    from appliance.runtime.loading import load_analyzer
     from appliance.vision.image import read_image
 
-    config = validate_config({"models": {"dir": str(models)}})
     embeddings, labels = [], []
     with open(data / "faces_identities.csv", newline="", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["path"].startswith("faces/")]
+    for row in rows:
+        analysis = analyzer.analyze(read_image(data / row["path"]), still=True)
+        largest = analysis.faces.largest()
+        if analysis.embeddings is None or largest is None:
+            continue
+        embeddings.append(analysis.embeddings[largest])
+        labels.append(row["identity"])
+    return np.asarray(embeddings, np.float32), labels
+
+
+def compare_real(models: Path, data: Path, dim: int) -> Dict[str, Dict[str, float]]:
+    """Pair statistics of MobileFaceNet embeddings of ``data/faces`` (the largest face of each photo)
+    and of a synthetic set with the same identities and counts."""
+    from appliance.config_load import validate_config
+    from appliance.runtime.loading import load_analyzer
+
+    config = validate_config({"models": {"dir": str(models)}})
     with load_analyzer(config, liveness=False) as analyzer:
-        for row in rows:
-            analysis = analyzer.analyze(read_image(data / row["path"]), still=True)
-            if analysis.embeddings is None or not len(analysis.embeddings):
-                continue
-            boxes = np.asarray(analysis.faces.boxes)
-            largest = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-            embeddings.append(analysis.embeddings[largest])
-            labels.append(row["identity"])
-    real = np.asarray(embeddings, np.float32)
+        real, labels = labelled_face_embeddings(analyzer, data)
     label_array = np.asarray(labels)
     names = sorted(set(labels))
     identities = Identities(len(names), dim, seed=1)

@@ -7,36 +7,19 @@ query, in a gallery of all the others, exact in float32 and in float16 (the defa
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 
 from appliance.gallery.index import FLOAT16_SCORE_BOUND, TemplateIndex
 from appliance.vision.analyzer import FaceAnalyzer
-from appliance.vision.image import read_image
-
-
-def _embeddings(analyzer: FaceAnalyzer, shared_data: Path) -> Tuple[np.ndarray, List[str]]:
-    embeddings, labels = [], []
-    with open(shared_data / "faces_identities.csv", newline="", encoding="utf-8") as stream:
-        rows = [row for row in csv.DictReader(stream) if row["path"].startswith("faces/")]
-    for row in rows:
-        analysis = analyzer.analyze(read_image(shared_data / row["path"]), still=True)
-        if analysis.embeddings is None or not len(analysis.embeddings):
-            continue
-        boxes = np.asarray(analysis.faces.boxes)
-        largest = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-        embeddings.append(analysis.embeddings[largest])
-        labels.append(row["identity"])
-    return np.asarray(embeddings, np.float32), labels
+from bench.gallery import labelled_face_embeddings
 
 
 def test_float16_identifies_real_embeddings_as_float32_does(
     analyzer: FaceAnalyzer, shared_data: Path
 ) -> None:
-    embeddings, labels = _embeddings(analyzer, shared_data)
+    embeddings, labels = labelled_face_embeddings(analyzer, shared_data)
     assert len(labels) >= 90
     for leave_out in range(len(labels)):
         keep = np.arange(len(labels)) != leave_out
