@@ -180,6 +180,14 @@ def test_push_model_swaps_the_embedder_of_a_running_daemon(
         assert not [line for line in daemon.log if "a frame failed" in line or "Traceback" in line], (
             daemon.text
         )
+        # …/state is published once a second: the grant can come before the first one after the switch.
+        recorder.wait_for(
+            lambda ms: any(
+                m.topic == f"{ROOT}/state" and json.loads(m.payload)["models"]["embedder"] == NEW for m in ms
+            ),
+            10,
+            "a state document naming the new embedder",
+        )
         state = json.loads(recorder.on(f"{ROOT}/state")[-1].payload)
         assert state["models"]["embedder"] == NEW and state["gallery"]["identities"] == 1
         daemon.signal(15)
