@@ -44,14 +44,28 @@ def add_parser(subparsers: Any) -> None:
 
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR",
+        help="verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR "
+        "(--liveness: APCER, BPCER per ISO/IEC 30107-3)",
         description="Embed the largest face of every labelled image, form all genuine and impostor "
         "pairs, and report ROC AUC, EER and TAR at FAR 0.1, 0.01, 0.001 with the threshold at each. "
-        "Set match.threshold from the threshold at the FAR you need.",
+        "Set match.threshold from the threshold at the FAR you need. With --liveness: score the "
+        "largest face of every image labelled bona_fide or with an attack type (print, replay, mask, "
+        "cutout, other) and report, per ISO/IEC 30107-3, APCER per attack type and their maximum, "
+        "BPCER at liveness.threshold, BPCER20 and BPCER10 (at APCER 5 %% and 10 %%) with the threshold "
+        "at each, and the images in which no face was found.",
     )
     evaluate.add_argument("dir", type=Path, metavar="DIR", help="folder the CSV's paths are relative to")
     evaluate.add_argument(
-        "--labels", type=Path, required=True, metavar="CSV", help="CSV with columns path, identity"
+        "--labels",
+        type=Path,
+        required=True,
+        metavar="CSV",
+        help="CSV with columns path, identity (with --liveness: exactly path, label)",
+    )
+    evaluate.add_argument(
+        "--liveness",
+        action="store_true",
+        help="evaluate liveness (presentation-attack detection) instead of recognition",
     )
     evaluate.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
     evaluate.add_argument(
@@ -187,6 +201,8 @@ def read_ahead(
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.liveness:
+        return _evaluate_liveness(args)
     try:
         rows = read_labels(args.labels)
     except (OSError, ValueError) as err:
@@ -283,3 +299,60 @@ def _print_door(door: Dict[str, Any]) -> None:
     print(
         f"  strangers granted {door['strangers_granted']} of {door['stranger_probes']} photos of people not enrolled"
     )
+
+
+def _evaluate_liveness(args: argparse.Namespace) -> int:
+    """``evaluate --liveness``: the figures of :mod:`appliance.liveness_evaluation`."""
+    from ..liveness_evaluation import (
+        LivenessEvaluationError,
+        LivenessLabelsError,
+        evaluate_presentations,
+        pad_report,
+        plot_pad_report,
+        read_presentations,
+        report_lines,
+    )
+
+    if args.enroll_per_identity is not None:
+        sys.stderr.write("error: --enroll-per-identity is for recognition; it does not go with --liveness\n")
+        return EXIT_CONFIG
+    try:
+        presentations = read_presentations(args.labels, args.dir)
+    except LivenessLabelsError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_CONFIG
+    config = _config(args)
+    with load_analyzer(config, liveness=True, embedder=False) as analyzer:
+        from tqdm import tqdm
+
+        with closing(read_ahead([item.file for item in presentations])) as images:
+            progress = tqdm(images, total=len(presentations), desc="liveness", unit="image", disable=None)
+            results, unreadable = evaluate_presentations(analyzer, presentations, progress)
+        models = analyzer.model_versions
+    try:
+        report = pad_report(results, config.liveness.threshold)
+    except LivenessEvaluationError as err:
+        sys.stderr.write(f"error: {err}\n")
+        for item in unreadable:
+            sys.stderr.write(f"unreadable: {item['path']}: {item['reason']}\n")
+        return EXIT_FAILURE
+    for line in report_lines(report):
+        print(line)
+    for item in unreadable:
+        print(f"unreadable: {item['path']} ({item['label']}): {item['reason']}")
+    if args.json:
+        document = {
+            **report.to_json(),
+            "unreadable": unreadable,
+            "models": models,
+            "min_face_px": config.detector.min_face_px,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2))
+    if args.plot:
+        try:
+            plot_pad_report(report, args.plot)
+        except ImportError:
+            sys.stderr.write("error: --plot needs matplotlib: pip install 'face-appliance[plot]'\n")
+            return EXIT_FAILURE
+    return EXIT_FAILURE if unreadable else EXIT_OK
