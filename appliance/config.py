@@ -431,6 +431,13 @@ class GalleryConfig(StrictModel):
         40.0, gt=0, le=90, description="Enrolment: largest head turn, estimated from landmarks."
     )
     max_pitch_deg: float = Field(35.0, gt=0, le=90, description="Enrolment: largest head tilt up or down.")
+    max_enrolled_templates: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Enrolment keeps at most this many photos per identity (those it holds already count): "
+        "the accepted photos are ranked by quality and the best kept; the others are reported as not kept.",
+    )
 
 
 class DecisionConfig(StrictModel):
@@ -466,6 +473,54 @@ class DecisionConfig(StrictModel):
         if self.votes > self.window:
             raise ValueError(f"decision.votes ({self.votes}) is more than decision.window ({self.window})")
         return self
+
+
+class AdaptiveConfig(StrictModel):
+    """[adaptive] — Template update from confident passes: a granted passage can teach its identity a
+    new template (opt-in). Each one is recorded (event, score, margin) and can be listed and removed
+    with `gallery templates ID`."""
+
+    enabled: bool = Field(
+        False, description="Add a template from a passage granted with the margins below (off by default)."
+    )
+    min_margin: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Least lead of the granted identity's mean score over the runner-up identity's "
+        "(decision.margin is what a grant needs; this is what learning from it needs).",
+    )
+    min_quality: float = Field(
+        0.60,
+        ge=0,
+        le=1,
+        description="Least quality (size, sharpness, pose; 0 to 1) of the frame that becomes the template.",
+    )
+    min_enrolled_similarity: float = Field(
+        0.50,
+        ge=MATCH_THRESHOLD_MIN,
+        le=MATCH_THRESHOLD_MAX,
+        description="Least cosine similarity of the new template to one of the identity's *enrolled* templates. "
+        "Bounds drift: a look-alike granted now and then cannot pull the identity towards itself step by step.",
+    )
+    max_per_identity: int = Field(
+        3,
+        ge=1,
+        le=50,
+        description="Adaptive templates kept per identity; the oldest goes first (enrolled ones never).",
+    )
+    min_interval_s: float = Field(
+        3600.0,
+        ge=0,
+        le=30 * 86_400,
+        description="Least time between two adaptive templates of one identity (one person standing in view, "
+        "re-announced every reannounce_s, teaches one template, not a run of near-copies).",
+    )
+    require_liveness: bool = Field(
+        True,
+        description="Learn only from passages whose liveness passed; then liveness.enabled must be true. false: "
+        "also learn without a liveness check (a photo held up to the camera that is granted is learned too).",
+    )
 
 
 class OutboxConfig(StrictModel):
@@ -768,6 +823,7 @@ class ApplianceConfig(StrictModel):
     match: MatchConfig = Field(default_factory=MatchConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
@@ -811,6 +867,15 @@ class ApplianceConfig(StrictModel):
             raise ValueError(
                 "[camera] and [[cameras]] are both given; keep [camera] for one camera, or move its keys "
                 "into one more [[cameras]] table with an id of its own"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _adaptive_needs_liveness(self) -> ApplianceConfig:
+        if self.adaptive.enabled and self.adaptive.require_liveness and not self.liveness.enabled:
+            raise ValueError(
+                "adaptive.enabled learns only from live passages (adaptive.require_liveness) but liveness.enabled "
+                "is false; enable liveness, or set adaptive.require_liveness = false to learn without it"
             )
         return self
 

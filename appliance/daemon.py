@@ -62,6 +62,7 @@ from .runtime import ModelLoader, ModelRuntime, model_targets
 from .runtime.engines import EngineSupervisor
 from .state_report import StateReporter
 from .systemd_notify import SystemdNotifier
+from .template_update import TemplateUpdater
 from .updates.swap import SwapManager
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Appliance:
         self.pipeline: Optional[Pipeline] = None
         self.outbox: Optional[Outbox] = None
         self.recorder: Optional[EventRecorder] = None
+        self.templates: Optional[TemplateUpdater] = None  # adaptive.enabled
         self.commands: Optional[CommandService] = None
         self.link: Optional[MqttLink] = None
         self.cameras: List[CameraThread] = []
@@ -234,7 +236,10 @@ class Appliance:
             self.latencies,
             AccessJudge.for_door(config.access, store),
             [camera.id for camera in config.configured_cameras],
+            samples=config.adaptive.enabled,
         )
+        if config.adaptive.enabled:
+            self.templates = TemplateUpdater(self.gallery, config.adaptive, config.liveness.enabled)
         outbox = self.outbox
         self.door = PeripheralHub(
             create_peripherals(config),
@@ -258,6 +263,7 @@ class Appliance:
             self.print_events,
             self.door.on_passage if self.door.peripherals else None,
             credential_of,
+            self.templates.on_stored if self.templates is not None else None,
         )
         self.commands = CommandService(
             config,

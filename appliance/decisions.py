@@ -144,6 +144,8 @@ class Decision:
         access_reason: why a recognised person is ``denied``: ``liveness`` from the vote, or the access
             policy's reason (``expired``, ``outside_schedule``, … — :mod:`appliance.access.policy`);
             ``None`` for ``granted`` and ``unknown``.
+        margin: ``granted``/``denied``: the vote's margin (``score`` minus the runner-up identity's
+            mean), ``None`` when no runner-up was listed or for ``unknown``.
     """
 
     track_id: int
@@ -160,6 +162,7 @@ class Decision:
     decided_at: float
     reason: str
     access_reason: Optional[str] = None
+    margin: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -576,6 +579,7 @@ class DecisionEngine:
             decided_at=now,
             reason=reason,
             access_reason="liveness" if kind == DENIED else None,
+            margin=vote.lead,
         )
 
     def _unknown(self, track_id: int, state: _TrackState, now: float, reason: str) -> Decision:

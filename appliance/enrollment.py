@@ -1,8 +1,11 @@
 """Enrolment: turning photos of a person into gallery templates, refusing photos that would hurt.
 
 Each photo is checked before anything is stored: exactly one face (or the one asked for), large
-enough, sharp enough, not turned too far. Accepted photos of one person are stored in one
-transaction. A face very similar to *another* identity is stored but reported as a possible
+enough, sharp enough, not turned too far. The accepted photos are ranked by their quality score
+(:func:`appliance.vision.quality.assess`: size, sharpness, pose) and the best are kept, up to
+``gallery.max_enrolled_templates`` enrolled templates per identity (those it holds count); every
+photo's verdict says whether it was kept, its quality and rank, or why not. The kept photos of one
+person are stored in one transaction. A face very similar to *another* identity is stored but reported as a possible
 duplicate (the same person enrolled twice, or a look-alike the operator should know about).
 """
 
@@ -17,6 +20,7 @@ import numpy as np
 from .access.policy import IdentityPolicy
 from .config import GalleryConfig
 from .gallery.gallery import Gallery
+from .gallery.store import ENROLLED
 from .vision.analyzer import FaceAnalyzer
 from .vision.quality import FaceQuality, assess
 
@@ -25,12 +29,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PhotoVerdict:
-    """What happened to one photo."""
+    """What happened to one photo: ``accepted`` means stored. ``rank``: its place (1 = best) by
+    quality among the photos that passed the checks, ``None`` for a refused one."""
 
     source: str
     accepted: bool
     reason: str
     quality: Optional[FaceQuality] = None
+    rank: Optional[int] = None
 
 
 @dataclass
@@ -53,6 +59,7 @@ class _Accepted:
     crop: np.ndarray  # (112, 112, 3) uint8
     embedding: np.ndarray  # (D,) float32
     quality: FaceQuality
+    verdict: Optional[PhotoVerdict] = None
 
 
 class Enroller:
@@ -127,12 +134,16 @@ class Enroller:
         face: Optional[int] = None,
         largest: bool = False,
         policy: Optional[IdentityPolicy] = None,
+        keep: Optional[int] = None,
     ) -> EnrollmentResult:
-        """Check every photo and store the accepted ones for one identity.
+        """Check every photo and store the best accepted ones for one identity.
 
         Args:
             photos: ``(source label, image or an Exception from reading it)`` pairs.
             policy: a new identity's access policy (validity, groups); an existing one keeps its own.
+            keep: enrolled templates the identity may hold after this enrolment (default
+                ``gallery.max_enrolled_templates``); the accepted photos beyond the free places are
+                the lowest in quality and are reported as not kept.
 
         Raises:
             IdentityError: the id is taken by another name, or is not allowed.
@@ -146,7 +157,9 @@ class Enroller:
             verdict, accepted = self.check_photo(image, source, face, largest)
             result.photos.append(verdict)
             if accepted is not None:
+                accepted.verdict = verdict
                 good.append(accepted)
+        good = self._best(identity_id, good, self.settings.max_enrolled_templates if keep is None else keep)
         if not good:
             return result
         embeddings = np.stack([item.embedding for item in good])
@@ -174,3 +187,38 @@ class Enroller:
         )
         logger.info("enrolled %d template(s) for one identity", len(result.template_ids))
         return result
+
+    def _best(self, identity_id: str, good: List[_Accepted], keep: int) -> List[_Accepted]:
+        """Rank the accepted photos by quality (best first, ties in the given order) and keep those
+        that fit in ``keep`` minus the enrolled templates the identity holds; each verdict says which."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        held = self._enrolled_held(identity_id)
+        free = max(0, keep - held)
+        ranked = sorted(good, key=lambda item: -item.quality.score)
+        for rank, item in enumerate(ranked, 1):
+            verdict = item.verdict
+            assert verdict is not None
+            verdict.rank = rank
+            score = item.quality.score
+            if rank <= free:
+                verdict.reason = f"kept (quality {score:.2f}, rank {rank} of {len(ranked)})"
+                continue
+            verdict.accepted = False
+            held_text = f", {held} held already" if held else ""
+            verdict.reason = (
+                f"not kept: quality {score:.2f}, rank {rank} of {len(ranked)}; at most {keep} enrolled "
+                f"template(s) per identity{held_text} (gallery.max_enrolled_templates or --keep)"
+            )
+        return ranked[:free]
+
+    def _enrolled_held(self, identity_id: str) -> int:
+        """The enrolled templates of the active embedder the identity holds (0 for a new identity)."""
+        store = self.gallery.store
+        if store.identity(identity_id) is None:
+            return 0
+        return sum(
+            1
+            for info in store.template_infos(identity_id)
+            if info.origin.kind == ENROLLED and info.model_version == self.gallery.model_version
+        )

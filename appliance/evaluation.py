@@ -192,6 +192,7 @@ class DoorReport:
     strangers_granted: int
     genuine_scores: List[float] = field(default_factory=list)  # each genuine probe's own identity's score
     stranger_scores: List[float] = field(default_factory=list)  # each stranger probe's best score
+    choice: str = "first"  # which photos were enrolled: "first" (file order) or "quality" (best first)
 
     def to_json(self) -> Dict[str, Any]:
         def rate(count: int, total: int) -> Optional[float]:
@@ -208,6 +209,7 @@ class DoorReport:
 
         return {
             "per_identity": self.per_identity,
+            "choice": self.choice,
             "threshold": self.threshold,
             "enrolled_identities": self.enrolled_identities,
             "templates": self.templates,
@@ -224,17 +226,24 @@ class DoorReport:
 
 
 def door_protocol(
-    embeddings: np.ndarray, labels: Sequence[str], per_identity: int, threshold: float
+    embeddings: np.ndarray,
+    labels: Sequence[str],
+    per_identity: int,
+    threshold: float,
+    qualities: Optional[Sequence[float]] = None,
 ) -> DoorReport:
-    """The door's case: the first ``per_identity`` photos of each person enrolled, the rest identified.
+    """The door's case: ``per_identity`` photos of each person enrolled, the rest identified.
 
     Args:
         embeddings: ``(N, D)`` float32 unit vectors, in the labelled file's order (which decides
-            which photos are enrolled).
+            which photos are enrolled without ``qualities``).
         labels: ``N`` identity labels.
         per_identity: photos enrolled per person (≥ 1); people with no more photos than that are
             strangers.
         threshold: the match threshold (``match.threshold``).
+        qualities: ``N`` face quality scores (:func:`appliance.vision.quality.assess`): enrol each
+            person's ``per_identity`` best photos by quality (ties in file order), as enrolment
+            ranks them; ``None``: the first ones in file order.
 
     Raises:
         ValueError: ``per_identity`` below 1, or a length mismatch.
@@ -243,13 +252,22 @@ def door_protocol(
         raise ValueError(f"photos enrolled per identity must be at least 1, got {per_identity}")
     if len(embeddings) != len(labels):
         raise ValueError(f"{len(embeddings)} embeddings for {len(labels)} labels")
+    if qualities is not None and len(qualities) != len(labels):
+        raise ValueError(f"{len(qualities)} qualities for {len(labels)} labels")
     positions: Dict[str, List[int]] = {}
     for index, label in enumerate(labels):
         positions.setdefault(label, []).append(index)
-    enrolled = {label: rows[:per_identity] for label, rows in positions.items() if len(rows) > per_identity}
+    if qualities is not None:
+        ranked = {
+            label: sorted(rows, key=lambda row: -float(qualities[row])) for label, rows in positions.items()
+        }
+    else:
+        ranked = positions
+    enrolled = {label: rows[:per_identity] for label, rows in ranked.items() if len(rows) > per_identity}
     owners = [label for label, rows in enrolled.items() for _ in rows]
     template_rows = [row for rows in enrolled.values() for row in rows]
     report = DoorReport(per_identity, float(threshold), len(enrolled), len(template_rows), 0, 0, 0, 0, 0, 0)
+    report.choice = "first" if qualities is None else "quality"
     if not template_rows:
         report.strangers = len(labels)
         return report

@@ -59,6 +59,8 @@ class EventRecorder:
         print_events: also write each event as a JSON line to stdout (the demo's view).
         on_passage: told of each stored event (the door's relay, an OSDP panel), after it is stored.
         credential_of: an identity's ``external_id`` (the badge number a panel knows), or ``None``.
+        on_stored: told of each outcome whose event was stored, with its ``event_id`` (the template
+            update, :mod:`appliance.template_update`); pipeline thread, after the door is told.
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class EventRecorder:
         print_events: bool = False,
         on_passage: Optional[Callable[[Passage], None]] = None,
         credential_of: Optional[Callable[[str], Optional[str]]] = None,
+        on_stored: Optional[Callable[[Outcome, str], None]] = None,
     ) -> None:
         self.config = config
+        self._on_stored = on_stored
         self._on_passage = on_passage
         self._credential_of = credential_of
         self.outbox = outbox
@@ -132,6 +136,8 @@ class EventRecorder:
                 sys.stdout.write(payload.decode("utf-8") + "\n")
                 sys.stdout.flush()
             self._tell_door(event)
+            if self._on_stored is not None:
+                self._on_stored(outcome, event["event_id"])
         self._notify()
 
     def _tell_door(self, event: Dict[str, Any]) -> None:

@@ -45,15 +45,37 @@ from .vision.quality import FaceQuality, assess
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, eq=False)
+class FaceSample:
+    """A track's best-quality *embedded* frame of the evaluation that decided: what a template update
+    (:mod:`appliance.template_update`) may learn from. Never logged.
+
+    Attributes:
+        quality: the frame's face quality in ``[0, 1]``.
+        embedding: ``(D,)`` float32 unit vector of ``model_version``.
+        crop: ``(112, 112, 3)`` uint8 aligned crop.
+        liveness: ``(score, passed)`` of that frame, ``None`` when not checked.
+        model_version: the gallery's embedder version when it was embedded (a model switch between
+            the frame and the decision makes it unusable).
+    """
+
+    quality: float
+    embedding: np.ndarray
+    crop: np.ndarray
+    liveness: Optional[Tuple[float, bool]]
+    model_version: str
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A decision with what the event needs: the frame's capture time, the track's best crop and the
-    camera that saw it."""
+    camera that saw it; with ``samples`` on, the :class:`FaceSample` of its best embedded frame."""
 
     decision: Decision
     captured_at: float
     crop: Optional[np.ndarray]  # (112, 112, 3) uint8
     camera_id: str = DEFAULT_CAMERA_ID
+    sample: Optional[FaceSample] = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,8 @@ class CameraLane:
         self.engine = DecisionEngine(settings)
         #: track id → (quality, its best ``(112, 112, 3)`` uint8 crop so far)
         self.best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
+        #: track id → its best-quality embedded frame so far (only with the pipeline's ``samples``)
+        self.best_sample: Dict[int, FaceSample] = {}
 
 
 @dataclass
@@ -120,6 +144,8 @@ class Pipeline:
             camera, a turn is one frame).
         judge: the access policy a ``granted`` vote must pass (``None``: every recognised person passes).
         camera_ids: the cameras, one lane each (default: the single ``[camera]``'s default id).
+        samples: keep each track's best embedded frame for its outcome (:class:`FaceSample`; on when
+            ``adaptive.enabled``).
 
     Raises:
         ValueError: no camera, or a camera id given twice.
@@ -133,6 +159,7 @@ class Pipeline:
         latencies: Latencies,
         judge: Optional[AccessJudge] = None,
         camera_ids: Sequence[str] = (DEFAULT_CAMERA_ID,),
+        samples: bool = False,
     ) -> None:
         if not camera_ids or len(set(camera_ids)) != len(camera_ids):
             raise ValueError(f"a pipeline needs one or more distinct camera ids, got {list(camera_ids)}")
@@ -144,6 +171,7 @@ class Pipeline:
             camera_id: CameraLane(camera_id, settings) for camera_id in camera_ids
         }
         self._timer = StageTimer(latencies)
+        self.samples = samples
         #: The best match score of each face embedded in the last turn (a model swap's health check
         #: watches their distribution: a collapsed embedder scores every face alike).
         self.last_scores: List[float] = []
@@ -186,9 +214,11 @@ class Pipeline:
                     if lane.engine.wants_embedding(track, frame.captured_at)
                 ]
                 seen.append(_Seen(lane, frame, faces, track_ids, crops, qualities, wanted))
-            candidates, liveness = self._identify(analyzer, seen)
+            candidates, liveness, vectors = self._identify(analyzer, seen)
             for k, item in enumerate(seen):
-                outcomes.extend(self._observe(item, candidates.get(k, {}), liveness.get(k, {})))
+                outcomes.extend(
+                    self._observe(item, candidates.get(k, {}), liveness.get(k, {}), vectors.get(k, {}))
+                )
         return outcomes
 
     def finish(self, now: float) -> List[Outcome]:
@@ -214,18 +244,23 @@ class Pipeline:
 
     def _identify(
         self, analyzer: FaceAnalyzer, seen: Sequence[_Seen]
-    ) -> Tuple[Dict[int, Dict[int, List[Candidate]]], Dict[int, Dict[int, Tuple[float, bool]]]]:
+    ) -> Tuple[
+        Dict[int, Dict[int, List[Candidate]]],
+        Dict[int, Dict[int, Tuple[float, bool]]],
+        Dict[int, Dict[int, np.ndarray]],
+    ]:
         """Liveness, embedding and matching of the wanted faces of every frame: one call each.
 
         Returns:
-            per frame (index in ``seen``), per face: the gallery's candidates, and ``(score, passed)``
-            when liveness is on.
+            per frame (index in ``seen``), per face: the gallery's candidates, ``(score, passed)``
+            when liveness is on, and (with ``samples``) the ``(D,)`` float32 embedding.
         """
         candidates: Dict[int, Dict[int, List[Candidate]]] = {}
         liveness: Dict[int, Dict[int, Tuple[float, bool]]] = {}
+        vectors: Dict[int, Dict[int, np.ndarray]] = {}
         wanted = [(k, i) for k, item in enumerate(seen) for i in item.wanted]
         if not wanted:
-            return candidates, liveness
+            return candidates, liveness, vectors
         chosen = [(item, np.asarray(item.wanted)) for item in seen if item.wanted]
         if analyzer.liveness is not None:
             with self._timer.stage("liveness"):
@@ -242,13 +277,17 @@ class Pipeline:
                 candidates.setdefault(k, {})[i] = found
                 if found:
                     self.last_scores.append(found[0].score)
-        return candidates, liveness
+        if self.samples:
+            for (k, i), vector in zip(wanted, embeddings):
+                vectors.setdefault(k, {})[i] = vector
+        return candidates, liveness, vectors
 
     def _observe(
         self,
         item: _Seen,
         candidates: Dict[int, List[Candidate]],
         liveness: Dict[int, Tuple[float, bool]],
+        vectors: Dict[int, np.ndarray],
     ) -> List[Outcome]:
         """Each face of one frame to its camera's decisions."""
         outcomes: List[Outcome] = []
@@ -258,6 +297,16 @@ class Pipeline:
             best = lane.best_crop.get(track)
             if best is None or quality > best[0]:
                 lane.best_crop[track] = (quality, item.crops[i])
+            if i in vectors:
+                sample = lane.best_sample.get(track)
+                if sample is None or quality > sample.quality:
+                    lane.best_sample[track] = FaceSample(
+                        quality,
+                        np.array(vectors[i], np.float32),
+                        item.crops[i],
+                        liveness.get(i),
+                        self.gallery.model_version,
+                    )
             observation = Observation(
                 timestamp=captured_at,
                 box=item.faces.boxes[i],
@@ -275,6 +324,7 @@ class Pipeline:
         decision = lane.engine.end_track(track, now)
         outcomes = [self._outcome(lane, decision, now, keep=False)] if decision is not None else []
         lane.best_crop.pop(track, None)
+        lane.best_sample.pop(track, None)
         return outcomes
 
     def _admit(self, decision: Decision) -> Decision:
@@ -292,7 +342,9 @@ class Pipeline:
     def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:
         decision = self._admit(decision)
         best = lane.best_crop.get(decision.track_id)
-        if keep and best is not None:
-            # The next announcement of this track starts a fresh choice of its best crop.
+        sample = lane.best_sample.get(decision.track_id)
+        if keep:
+            # The next announcement of this track starts a fresh choice of its best crop and sample.
             lane.best_crop.pop(decision.track_id, None)
-        return Outcome(decision, captured_at, None if best is None else best[1], lane.camera_id)
+            lane.best_sample.pop(decision.track_id, None)
+        return Outcome(decision, captured_at, None if best is None else best[1], lane.camera_id, sample)

@@ -1,4 +1,4 @@
-"""``face-appliance enroll``, ``identify`` and ``gallery list | set | remove | export | import | check``."""
+"""``face-appliance enroll``, ``identify`` and ``gallery list | set | remove | templates | export | import | check``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,14 @@ def add_parser(subparsers: Any) -> None:
         "--face", type=int, help="use face N (1-based, as `detect` numbers them) of each photo"
     )
     choose.add_argument("--largest", action="store_true", help="use the largest face of each photo")
+    enroll.add_argument(
+        "--keep",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="keep at most N enrolled templates per identity, the best photos by quality "
+        "(default gallery.max_enrolled_templates; templates it holds already count)",
+    )
     add_policy_options(enroll, changing=False)
     enroll.add_argument("--json", action="store_true", help="machine-readable report")
     add_config_option(enroll)
@@ -87,6 +95,19 @@ def add_parser(subparsers: Any) -> None:
     remove.add_argument("identity_id", metavar="ID")
     add_config_option(remove)
     remove.set_defaults(handler=_remove)
+    templates = actions.add_parser(
+        "templates",
+        help="an identity's templates: enrolled or adaptive, when, source event, quality; --remove one",
+        description="List an identity's templates (no biometric data): kind (enrolled from a photo, or "
+        "adaptive from a granted passage, see [adaptive]), model version, when, quality, and for an adaptive "
+        "one the access event it came from with its score and margin. --remove deletes one for real "
+        "(secure delete, WAL checkpoint, new index snapshot); the last enrolled template is refused.",
+    )
+    templates.add_argument("identity_id", metavar="ID")
+    templates.add_argument("--remove", type=_positive_int, default=None, metavar="TEMPLATE_ID")
+    templates.add_argument("--json", action="store_true")
+    add_config_option(templates)
+    templates.set_defaults(handler=_templates)
     for name, handler, text in (
         ("export", _export, "write every identity to an encrypted bundle"),
         ("import", _import, "read identities from an encrypted bundle"),
@@ -107,9 +128,23 @@ def add_parser(subparsers: Any) -> None:
     check = actions.add_parser("check", help="integrity check: database, key, every sealed template")
     add_config_option(check)
     check.set_defaults(handler=_check)
+    from .sightings_cmd import add_actions
+
+    add_actions(actions)  # not-this, impostors, unknowns, enroll-unknown
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def open_gallery(config: ApplianceConfig) -> Gallery:
@@ -173,7 +208,16 @@ def _result_json(result: EnrollmentResult) -> Dict[str, Any]:
         "id": result.identity_id,
         "name": result.name,
         "templates": len(result.template_ids),
-        "photos": [{"source": p.source, "accepted": p.accepted, "reason": p.reason} for p in result.photos],
+        "photos": [
+            {
+                "source": p.source,
+                "accepted": p.accepted,
+                "reason": p.reason,
+                "quality": None if p.quality is None else round(p.quality.score, 4),
+                "rank": p.rank,
+            }
+            for p in result.photos
+        ],
         "duplicates": result.duplicates,
     }
 
@@ -242,6 +286,7 @@ def _enroll(args: argparse.Namespace) -> int:
                         args.face,
                         args.largest,
                         policy,
+                        keep=args.keep,
                     )
                 except IdentityError as err:
                     sys.stderr.write(f"error: {err}\n")
@@ -274,8 +319,11 @@ def _identify(args: argparse.Namespace) -> int:
             faces = []
             if analysis.embeddings is not None:
                 for index, candidates in enumerate(gallery.search(analysis.embeddings)):
-                    best = candidates[0] if candidates else None
-                    recognised = best is not None and best.score >= threshold
+                    # "this is not X": a candidate closer to one of its impostor examples is passed over
+                    vetoed = next((c for c in candidates if c.impostor is not None and c.score >= threshold), None)
+                    allowed = [c for c in candidates if c.impostor is None]
+                    best = allowed[0] if allowed else (candidates[0] if candidates else None)
+                    recognised = best is not None and best.impostor is None and best.score >= threshold
                     reason = judge.judge(best.identity_id) if recognised and best else None
                     decision = (
                         "unknown" if not recognised or reason == GONE else "denied" if reason else "granted"
@@ -290,7 +338,17 @@ def _identify(args: argparse.Namespace) -> int:
                             "score": round(best.score, 4) if best else None,
                             "threshold": threshold,
                             "decision": decision,
-                            "reason": reason if decision == "denied" else None,
+                            "reason": reason
+                            if decision == "denied"
+                            else ("impostor_example" if vetoed is not None and decision == "unknown" else None),
+                            "impostor": None
+                            if vetoed is None or vetoed.impostor is None
+                            else {
+                                "identity": vetoed.identity_id,
+                                "example": vetoed.impostor[0],
+                                "score": round(vetoed.impostor[1], 4),
+                                "identity_score": round(vetoed.score, 4),
+                            },
                         }
                     )
             documents.append({"image": source, "faces": faces})
@@ -375,6 +433,37 @@ def _remove(args: argparse.Namespace) -> int:
     with gallery:
         count = gallery.remove(args.identity_id)
     print(f"removed {args.identity_id}: {count} template(s) and crops deleted, index updated")
+    return EXIT_OK
+
+
+def _templates(args: argparse.Namespace) -> int:
+    gallery = open_gallery(load_cli_config(args))
+    with gallery:
+        if args.remove is not None:
+            info = gallery.remove_template(args.identity_id, args.remove)
+            if args.json:
+                print(json.dumps({"id": args.identity_id, "removed": info.document()}))
+            else:
+                print(
+                    f"removed template {info.id} ({info.origin.kind}) of {args.identity_id}: embedding and crop "
+                    f"deleted, index updated"
+                )
+            return EXIT_OK
+        infos = gallery.store.template_infos(args.identity_id)
+    if args.json:
+        print(
+            json.dumps({"id": args.identity_id, "templates": [info.document() for info in infos]}, indent=2)
+        )
+        return EXIT_OK
+    print(f"{args.identity_id}: {len(infos)} template(s)")
+    for info in infos:
+        quality = "-" if info.quality is None else f"{info.quality:.2f}"
+        line = f"  {info.id:>6}  {info.origin.kind:8}  {info.created_at}  quality {quality}  {info.model_version}"
+        if info.origin.source_event is not None:
+            score = "-" if info.origin.score is None else f"{info.origin.score:.3f}"
+            margin = "none" if info.origin.margin is None else f"{info.origin.margin:.3f}"
+            line += f"  event {printable(info.origin.source_event)} score {score} margin {margin}"
+        print(line)
     return EXIT_OK
 
 

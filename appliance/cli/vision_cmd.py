@@ -77,8 +77,15 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="also the door's protocol: enrol the first N photos of each person, identify the rest "
+        help="also the door's protocol: enrol N photos of each person, identify the rest "
         "at match.threshold (granted rate, rank-1, strangers granted)",
+    )
+    evaluate.add_argument(
+        "--enroll-choice",
+        choices=("first", "quality"),
+        default="first",
+        help="with --enroll-per-identity: enrol each person's first N photos in the CSV's order (default), "
+        "or the N best by face quality, as enrolment keeps them",
     )
     add_config_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -212,7 +219,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: --enroll-per-identity must be at least 1, got {args.enroll_per_identity}\n")
         return EXIT_CONFIG
     config = _config(args)
+    from ..vision.quality import assess
+
     crops: List[np.ndarray] = []
+    qualities: List[float] = []
     labels: List[str] = []
     failed: List[Dict[str, str]] = []
     with load_analyzer(config, liveness=False) as analyzer:
@@ -230,7 +240,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                 if largest is None:
                     failed.append({"path": row["path"], "reason": "no face found"})
                     continue
-                crops.append(analyzer.analyze(image, embed=False, faces=faces.take([largest])).crops[0])  # type: ignore[index]
+                analysis = analyzer.analyze(image, embed=False, faces=faces.take([largest]))
+                assert analysis.crops is not None
+                crops.append(analysis.crops[0])
+                (quality,) = assess(analysis.faces.boxes, analysis.faces.landmarks, analysis.crops)
+                qualities.append(quality.score)
                 labels.append(row["identity"])
         if len(crops) < 2:
             sys.stderr.write(f"error: only {len(crops)} image(s) with a face; nothing to compare\n")
@@ -265,7 +279,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.enroll_per_identity is not None:
         from ..evaluation import door_protocol
 
-        door = door_protocol(embeddings, labels, args.enroll_per_identity, config.match.threshold).to_json()
+        door = door_protocol(
+            embeddings,
+            labels,
+            args.enroll_per_identity,
+            config.match.threshold,
+            qualities if args.enroll_choice == "quality" else None,
+        ).to_json()
         document["door"] = door
         _print_door(door)
     for item in failed:
@@ -285,7 +305,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _print_door(door: Dict[str, Any]) -> None:
     """The door's protocol in a few lines (see :class:`appliance.evaluation.DoorReport`)."""
     print(
-        f"door: {door['per_identity']} photo(s) enrolled per person, {door['enrolled_identities']} people, "
+        f"door: {door['per_identity']} photo(s) enrolled per person ({door['choice']}), "
+        f"{door['enrolled_identities']} people, "
         f"threshold {door['threshold']:g}"
     )
     if door["genuine_probes"]:

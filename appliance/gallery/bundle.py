@@ -42,7 +42,7 @@ from ..access.errors import PolicyError
 from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
 from ..vision.image import image_dimensions
 from .errors import BundleError
-from .store import IDENTITY_ID_PATTERN, TemplateStore, utc_now
+from .store import ENROLLED, IDENTITY_ID_PATTERN, TemplateStore, utc_now
 from .text import MAX_NAME, text_problem
 
 MAGIC = b"FAGALLERY\x01"
@@ -65,11 +65,13 @@ def _b64(data: bytes) -> str:
 
 
 def export_bundle(store: TemplateStore, passphrase: str) -> bytes:
-    """Every identity of ``store`` with all its templates, as an encrypted bundle."""
+    """Every identity of ``store`` with its enrolled templates (adaptive ones stay on this door), as an encrypted bundle."""
     identities: List[Dict[str, Any]] = []
     for identity in store.identities():
         templates = []
         for template in store.templates(identity_id=identity.id):
+            if template.origin.kind != ENROLLED:
+                continue  # adaptive templates are what this door learned; they stay on it
             crop = None
             if template.crop is not None:
                 ok, png = cv2.imencode(".png", template.crop)

@@ -39,7 +39,7 @@ from .index import (
     TemplateIndex,
     as_unit_vectors,
 )
-from .store import Identity, TemplateStore
+from .store import Identity, TemplateInfo, TemplateOrigin, TemplateStore
 
 logger = logging.getLogger(__name__)
 
@@ -381,6 +381,55 @@ class Gallery:
                 self._persist([self._record([], None)], removal=bool(gone), save=True)
         logger.info("gallery: an identity and %d template(s) were removed", count)
         return count
+
+    def add_adaptive(
+        self,
+        identity_id: str,
+        embedding: np.ndarray,
+        crop: Optional[np.ndarray],
+        quality: float,
+        origin: TemplateOrigin,
+        keep: int,
+        save: bool = True,
+    ) -> Tuple[int, List[int]]:
+        """Store one adaptive template of the active embedder (evicting the identity's oldest adaptive
+        ones beyond ``keep``, see :meth:`TemplateStore.add_adaptive`) and update the index in memory.
+
+        Args:
+            embedding: ``(D,)`` float32 unit vector; ``crop``: ``(112, 112, 3)`` uint8 or ``None``.
+            save: write the index file now; the daemon passes ``False`` so a passage costs one store
+                transaction and no index write on the pipeline thread — the change is written with the
+                next enrolment or removal, or at close (after a crash the stale index is rebuilt from
+                the store).
+
+        Returns:
+            ``(the new template id, the template ids evicted)``.
+        """
+        with self._lock:
+            added, evicted = self.store.add_adaptive(
+                identity_id,
+                self.model_version,
+                np.asarray(embedding, np.float32).reshape(1, -1)[0],
+                crop,
+                quality,
+                origin,
+                keep,
+            )
+            name = self._names.get(identity_id, identity_id)
+            self._update_index(
+                evicted, [added], np.asarray(embedding, np.float32).reshape(1, -1), identity_id, name, save
+            )
+        return added, evicted
+
+    def remove_template(self, identity_id: str, template_id: int) -> TemplateInfo:
+        """Delete one template (see :meth:`TemplateStore.remove_template`) and its index entry; the
+        index file is rewritten as a new snapshot, so the removed embedding is in no file."""
+        with self._lock:
+            info = self.store.remove_template(identity_id, template_id)
+            name = self._names.get(identity_id, identity_id)
+            self._update_index([info.id], [], None, identity_id, name, True)
+        logger.info("gallery: one %s template was removed", info.origin.kind)
+        return info
 
     def apply_fleet_identity(
         self,

@@ -9,18 +9,18 @@ is counted.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .store import TemplateStore
+from .store import TemplateOrigin, TemplateStore
 
 logger = logging.getLogger(__name__)
 
 #: ``(N, 112, 112, 3)`` uint8 BGR crops → ``(N, D)`` float32 unit embeddings.
 EmbedFunction = Callable[[np.ndarray], np.ndarray]
-Row = Tuple[str, np.ndarray, Optional[np.ndarray], Optional[float]]
+Row = Tuple[str, np.ndarray, Optional[np.ndarray], Optional[float], TemplateOrigin]
 
 BATCH = 32
 
@@ -82,7 +82,9 @@ def rows_for(store: TemplateStore, reembedding: Reembedding) -> List[Row]:
     for template in store.templates(reembedding.source_version):
         vector = reembedding.embeddings.get(template.id)
         if vector is not None:
-            rows.append((template.identity_id, vector, template.crop, template.quality))
+            # The origin travels: an adaptive template stays adaptive (and evictable), with its event.
+            origin = replace(template.origin, created_at=template.created_at)
+            rows.append((template.identity_id, vector, template.crop, template.quality, origin))
     return rows
 
 

@@ -83,6 +83,15 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
             applied_at TEXT NOT NULL
         )""",
     ),
+    # Template origins (appliance.template_update): ``enrolled`` from photos, or ``adaptive`` from a
+    # confident granted passage, with the access event, its score and its margin over the runner-up.
+    4: (
+        "ALTER TABLE templates ADD COLUMN kind TEXT NOT NULL DEFAULT 'enrolled'",
+        "ALTER TABLE templates ADD COLUMN source_event TEXT",
+        "ALTER TABLE templates ADD COLUMN score REAL",
+        "ALTER TABLE templates ADD COLUMN margin REAL",
+        "CREATE INDEX templates_by_kind ON templates(identity_id, kind)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -123,6 +132,30 @@ class Identity:
         }
 
 
+#: A template made from an enrolment photo (``gallery enroll``, the MQTT ``enroll``, a bundle, the fleet).
+ENROLLED = "enrolled"
+#: A template added from a confident granted passage (:mod:`appliance.template_update`).
+ADAPTIVE = "adaptive"
+TEMPLATE_KINDS = (ENROLLED, ADAPTIVE)
+
+
+@dataclass(frozen=True)
+class TemplateOrigin:
+    """Where a template came from (no biometric data).
+
+    ``kind``: :data:`ENROLLED` or :data:`ADAPTIVE`; for an adaptive one, ``source_event`` is the
+    access event's ``event_id``, ``score`` the passage's mean score for the identity and ``margin``
+    its lead over the runner-up (``None``: no runner-up was listed). ``created_at``: kept across a
+    re-embedding for another model (``None``: now).
+    """
+
+    kind: str = ENROLLED
+    source_event: Optional[str] = None
+    score: Optional[float] = None
+    margin: Optional[float] = None
+    created_at: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class Template:
     """One stored template, decrypted.
@@ -137,6 +170,32 @@ class Template:
     crop: Optional[np.ndarray]
     quality: Optional[float]
     created_at: str
+    origin: TemplateOrigin = field(default_factory=TemplateOrigin)
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """One template as ``gallery templates ID`` lists it: no embedding, no crop."""
+
+    id: int
+    identity_id: str
+    model_version: str
+    quality: Optional[float]
+    created_at: str
+    origin: TemplateOrigin
+
+    def document(self) -> Dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "kind": self.origin.kind,
+            "model_version": self.model_version,
+            "created_at": self.created_at,
+            "quality": None if self.quality is None else round(float(self.quality), 4),
+            "source_event": self.origin.source_event,
+            "score": None if self.origin.score is None else round(float(self.origin.score), 4),
+            "margin": None if self.origin.margin is None else round(float(self.origin.margin), 4),
+        }
 
 
 class TemplateStore:
@@ -327,8 +386,11 @@ class TemplateStore:
             raise GalleryStoreError("cannot encode an enrolment crop")
         return self._sealer.seal(png.tobytes(), f"crop:{identity_id}:{model_version}")
 
+    #: The columns :meth:`_template` reads, in its order.
+    _TEMPLATE_COLUMNS = "id, identity_id, model_version, embedding, crop, quality, created_at, kind, source_event, score, margin"
+
     def _template(self, row: Tuple) -> Template:
-        template_id, identity_id, model_version, embedding, crop, quality, created_at = row
+        template_id, identity_id, model_version, embedding, crop, quality, created_at = row[:7]
         vector = np.frombuffer(
             self._sealer.open(embedding, f"embedding:{identity_id}:{model_version}"), "<f4"
         )
@@ -344,6 +406,7 @@ class TemplateStore:
             image,
             quality,
             created_at,
+            _origin(row[7:]),
         )
 
     # -- identities ----------------------------------------------------------------------------------
@@ -629,11 +692,15 @@ class TemplateStore:
                 raise IdentityError(
                     f"identity {identity_id!r} was enrolled locally; the fleet does not replace it"
                 )
+            # The record's templates replace the enrolled ones; this door's adaptive templates of the
+            # identity stay (they are local: no fleet record carries them, so none is duplicated).
             removed = [
                 int(row[0])
-                for row in db.execute("SELECT id FROM templates WHERE identity_id=?", (identity_id,))
+                for row in db.execute(
+                    "SELECT id FROM templates WHERE identity_id=? AND kind=?", (identity_id, ENROLLED)
+                )
             ]
-            db.execute("DELETE FROM templates WHERE identity_id=?", (identity_id,))
+            db.execute("DELETE FROM templates WHERE identity_id=? AND kind=?", (identity_id, ENROLLED))
             db.execute(
                 "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, external_id=excluded.external_id, "
@@ -694,11 +761,7 @@ class TemplateStore:
             (identity_id, int(revision), kind, now),
         )
 
-    def put_version(
-        self,
-        model_version: str,
-        rows: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray], Optional[float]]],
-    ) -> int:
+    def put_version(self, model_version: str, rows: Sequence[Tuple]) -> int:
         """Replace every template of ``model_version`` with ``rows``, in one transaction.
 
         This is how a new embedder's templates are written (re-embedded from the enrolment crops): an
@@ -706,7 +769,9 @@ class TemplateStore:
         that no longer exist are skipped.
 
         Args:
-            rows: ``(identity id, (D,) float32 unit embedding, (112, 112, 3) uint8 crop or None, quality)``.
+            rows: ``(identity id, (D,) float32 unit embedding, (112, 112, 3) uint8 crop or None, quality)``,
+                optionally followed by the template's :class:`TemplateOrigin` (default: enrolled now),
+                so an adaptive template stays adaptive, with its event, under the new model.
 
         Returns:
             The templates written.
@@ -716,22 +781,28 @@ class TemplateStore:
         with self._transaction() as db:
             db.execute("DELETE FROM templates WHERE model_version=?", (model_version,))
             existing = {row[0] for row in db.execute("SELECT id FROM identities")}
-            for identity_id, embedding, crop, quality in rows:
+            for row in rows:
+                identity_id, embedding, crop, quality = row[:4]
+                origin = row[4] if len(row) > 4 else TemplateOrigin()
                 if identity_id not in existing:
                     continue
                 vector = np.asarray(embedding, np.float32).reshape(-1)
                 if not np.isfinite(vector).all():
                     raise IdentityError(f"a re-embedded template of {identity_id!r} is not finite")
                 db.execute(
-                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at, "
+                    "kind, source_event, score, margin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         identity_id,
                         model_version,
                         self._seal_embedding(identity_id, model_version, vector),
                         self._seal_crop(identity_id, model_version, crop),
                         quality,
-                        now,
+                        origin.created_at or now,
+                        origin.kind,
+                        origin.source_event,
+                        origin.score,
+                        origin.margin,
                     ),
                 )
                 written += 1
@@ -762,11 +833,138 @@ class TemplateStore:
 
     # -- templates -----------------------------------------------------------------------------------
 
+    def template_infos(self, identity_id: str) -> List[TemplateInfo]:
+        """An identity's templates without their biometric data, oldest first.
+
+        Raises:
+            IdentityError: no such identity.
+        """
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
+                raise IdentityError(f"no identity {identity_id!r}")
+            rows = self._db.execute(
+                "SELECT id, identity_id, model_version, quality, created_at, kind, source_event, score, margin "
+                "FROM templates WHERE identity_id=? ORDER BY id",
+                (identity_id,),
+            ).fetchall()
+        return [
+            TemplateInfo(int(row[0]), str(row[1]), str(row[2]), row[3], str(row[4]), _origin(row[5:]))
+            for row in rows
+        ]
+
+    def add_adaptive(
+        self,
+        identity_id: str,
+        model_version: str,
+        embedding: np.ndarray,
+        crop: Optional[np.ndarray],
+        quality: float,
+        origin: TemplateOrigin,
+        keep: int,
+    ) -> Tuple[int, List[int]]:
+        """Add one adaptive template and evict the identity's oldest adaptive ones of ``model_version``
+        beyond ``keep``, in one transaction. Enrolled templates are never evicted.
+
+        Args:
+            embedding: ``(D,)`` float32 unit vector; ``crop``: ``(112, 112, 3)`` uint8 (kept, so a model
+                swap re-embeds it like an enrolled one) or ``None``.
+            origin: its event, score and margin (``kind`` is set to :data:`ADAPTIVE`).
+            keep: adaptive templates the identity may hold per model version (≥ 1).
+
+        Returns:
+            ``(the new template id, the template ids evicted)``.
+
+        Raises:
+            IdentityError: no such identity (removed meanwhile), a bad ``keep`` or a non-finite embedding.
+        """
+        if keep < 1:
+            raise IdentityError(f"an identity must be allowed at least 1 adaptive template, got {keep}")
+        vector = np.asarray(embedding, np.float32).reshape(-1)
+        if not len(vector) or not np.isfinite(vector).all():
+            raise IdentityError(f"need a finite (D,) embedding, got shape {np.shape(embedding)}")
+        now = utc_now()
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
+                raise IdentityError(f"no identity {identity_id!r}")
+            cursor = db.execute(
+                "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at, "
+                "kind, source_event, score, margin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    identity_id,
+                    model_version,
+                    self._seal_embedding(identity_id, model_version, vector),
+                    self._seal_crop(identity_id, model_version, crop),
+                    float(quality),
+                    now,
+                    ADAPTIVE,
+                    origin.source_event,
+                    origin.score,
+                    origin.margin,
+                ),
+            )
+            added = int(cursor.lastrowid or 0)
+            evicted = [
+                int(row[0])
+                for row in db.execute(
+                    "SELECT id FROM templates WHERE identity_id=? AND model_version=? AND kind=? "
+                    "ORDER BY id DESC LIMIT -1 OFFSET ?",
+                    (identity_id, model_version, ADAPTIVE, int(keep)),
+                )
+            ]
+            if evicted:
+                db.execute(f"DELETE FROM templates WHERE id IN ({', '.join('?' * len(evicted))})", evicted)
+            self._bump(db)
+        if evicted:
+            self._purge()
+        return added, evicted
+
+    def remove_template(self, identity_id: str, template_id: int) -> TemplateInfo:
+        """Delete one template of an identity, for real (``secure_delete``, WAL checkpoint).
+
+        The last enrolled template of a model version is refused: an identity known only from what
+        the door learned has nothing left that adaptive templates are checked against
+        (:mod:`appliance.template_update`); remove the identity, or enrol a photo first.
+
+        Returns:
+            What was removed.
+
+        Raises:
+            IdentityError: no such identity or template of it, or the last enrolled one.
+        """
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
+                raise IdentityError(f"no identity {identity_id!r}")
+            row = db.execute(
+                "SELECT id, identity_id, model_version, quality, created_at, kind, source_event, score, margin "
+                "FROM templates WHERE id=? AND identity_id=?",
+                (int(template_id), identity_id),
+            ).fetchone()
+            if row is None:
+                raise IdentityError(
+                    f"identity {identity_id!r} has no template {template_id}; list them with "
+                    f"`face-appliance gallery templates {identity_id}`"
+                )
+            info = TemplateInfo(int(row[0]), str(row[1]), str(row[2]), row[3], str(row[4]), _origin(row[5:]))
+            if info.origin.kind == ENROLLED:
+                others = db.execute(
+                    "SELECT COUNT(*) FROM templates WHERE identity_id=? AND model_version=? AND kind=? AND id<>?",
+                    (identity_id, info.model_version, ENROLLED, info.id),
+                ).fetchone()[0]
+                if not others:
+                    raise IdentityError(
+                        f"template {info.id} is the last enrolled template of {identity_id!r}; enrol another "
+                        f"photo first, or remove the whole identity with `face-appliance gallery remove {identity_id}`"
+                    )
+            db.execute("DELETE FROM templates WHERE id=?", (info.id,))
+            self._bump(db)
+        self._purge()
+        return info
+
     def templates(
         self, model_version: Optional[str] = None, identity_id: Optional[str] = None
     ) -> Iterator[Template]:
         """Decrypted templates, optionally of one model version and/or one identity, by id."""
-        query = "SELECT id, identity_id, model_version, embedding, crop, quality, created_at FROM templates"
+        query = f"SELECT {self._TEMPLATE_COLUMNS} FROM templates"
         clauses, args = [], []
         if model_version is not None:
             clauses.append("model_version=?")
@@ -832,9 +1030,7 @@ class TemplateStore:
             dangling = self._db.execute("PRAGMA foreign_key_check").fetchall()
             if dangling:
                 problems.append(f"{len(dangling)} template(s) without an identity")
-            rows = self._db.execute(
-                "SELECT id, identity_id, model_version, embedding, crop, quality, created_at FROM templates"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {self._TEMPLATE_COLUMNS} FROM templates").fetchall()
         for row in rows:
             try:
                 self._template(row)
@@ -843,6 +1039,17 @@ class TemplateStore:
             if progress is not None:
                 progress(1)
         return problems
+
+
+def _origin(columns: Sequence) -> TemplateOrigin:
+    """A :class:`TemplateOrigin` from the ``kind, source_event, score, margin`` columns."""
+    kind, source_event, score, margin = columns
+    return TemplateOrigin(
+        str(kind),
+        None if source_event is None else str(source_event),
+        None if score is None else float(score),
+        None if margin is None else float(margin),
+    )
 
 
 def check_identity_id(identity_id: str) -> str:
@@ -855,9 +1062,13 @@ def check_identity_id(identity_id: str) -> str:
 
 
 __all__ = [
+    "ADAPTIVE",
+    "ENROLLED",
     "GalleryKeyError",
     "Identity",
     "Template",
+    "TemplateInfo",
+    "TemplateOrigin",
     "TemplateStore",
     "check_identity_id",
     "slugify",
