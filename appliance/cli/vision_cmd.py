@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
         "Set match.threshold from the threshold at the FAR you need. With --liveness: score the "
         "largest face of every image labelled bona_fide or with an attack type (print, replay, mask, "
         "cutout, other) and report, per ISO/IEC 30107-3, APCER per attack type and their maximum, "
-        "BPCER at liveness.threshold, BPCER20 and BPCER10 (at APCER 5 %% and 10 %%) with the threshold "
+        "BPCER at liveness.threshold, BPCER20 and BPCER10 (at APCER 5 % and 10 %) with the threshold "
         "at each, and the images in which no face was found.",
     )
     evaluate.add_argument("dir", type=Path, metavar="DIR", help="folder the CSV's paths are relative to")
@@ -69,7 +69,11 @@ def add_parser(subparsers: Any) -> None:
     )
     evaluate.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
     evaluate.add_argument(
-        "--plot", type=Path, default=None, metavar="OUT.png", help="ROC/DET curves and histograms"
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="OUT.png",
+        help="ROC/DET curves and histograms (with --liveness: live scores per class and the DET)",
     )
     evaluate.add_argument("--min-face", type=int, default=None, help="override detector.min_face_px")
     evaluate.add_argument(
