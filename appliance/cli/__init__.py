@@ -38,7 +38,11 @@ _COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("config", "config_cmd", "check, show or document the configuration"),
     ("models", "models_cmd", "fetch and list the ONNX models"),
     ("detect", "vision_cmd", "find faces in images: box, score, landmarks (and liveness when enabled)"),
-    ("evaluate", "vision_cmd", "verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR"),
+    (
+        "evaluate",
+        "vision_cmd",
+        "verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR; --liveness: APCER, BPCER",
+    ),
     ("enroll", "gallery_cmd", "add a person (or a folder of people) to the gallery from photos"),
     ("identify", "gallery_cmd", "who is in these photos: identity, score, threshold, decision per face"),
     ("gallery", "gallery_cmd", "list, remove, export, import or check identities"),

@@ -44,8 +44,7 @@ def add_parser(subparsers: Any) -> None:
 
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR "
-        "(--liveness: APCER, BPCER per ISO/IEC 30107-3)",
+        help="verification accuracy on a labelled folder: ROC AUC, EER, TAR at FAR; --liveness: APCER, BPCER",
         description="Embed the largest face of every labelled image, form all genuine and impostor "
         "pairs, and report ROC AUC, EER and TAR at FAR 0.1, 0.01, 0.001 with the threshold at each. "
         "Set match.threshold from the threshold at the FAR you need. With --liveness: score the "
