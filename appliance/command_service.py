@@ -20,6 +20,7 @@ from .commands import (
     AccessCommand,
     CommandError,
     EnrollCommand,
+    NotThisCommand,
     ReloadCommand,
     RemoveCalendarCommand,
     RemoveCommand,
@@ -38,6 +39,7 @@ from .config_load import load_config
 from .enrollment import Enroller
 from .pipeline import Pipeline
 from .runtime import ModelRuntime
+from .sightings.store import SightingStore
 from .vision.image import ImageError, decode_image
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class CommandService:
         answer: publishes an answer.
         state: the ``…/state`` document, for ``status``.
         reloading, reloaded: systemd's RELOADING=1 / READY=1 around a reload.
+        sightings: the store of kept faces (``events.keep_crops_h``), for ``not_this``; ``None`` when off.
     """
 
     def __init__(
@@ -72,7 +75,9 @@ class CommandService:
         state: Callable[[], Dict[str, Any]],
         reloading: Callable[[], Any] = lambda: None,
         reloaded: Callable[[], Any] = lambda: None,
+        sightings: Optional[SightingStore] = None,
     ) -> None:
+        self.sightings = sightings
         self.config = config
         self.config_path = config_path
         self.runtime = runtime
@@ -140,6 +145,8 @@ class CommandService:
             return {"id": command.id, "templates_removed": removed}
         if isinstance(command, EnrollCommand):
             return self._enroll(command)
+        if isinstance(command, NotThisCommand):
+            return self._not_this(command)
         return self._access(command, gallery.store)
 
     def _access(self, command: object, store: Any) -> Dict[str, Any]:
@@ -182,6 +189,27 @@ class CommandService:
                 "calendars": [calendar.document() for _, calendar in sorted(tables.calendars.items())],
             }
         raise CommandError("unsupported command")
+
+    def _not_this(self, command: NotThisCommand) -> Dict[str, Any]:
+        """``not_this``, "this is not X" (:func:`appliance.sightings.impostors.mark_not`); refusals carry their code."""
+        from .sightings.errors import SightingError
+        from .sightings.impostors import mark_not
+
+        gallery = self.runtime.gallery
+        if gallery is None:
+            raise CommandError("not ready", "busy")
+        sightings = self.sightings if self.config.events.keep_crops_h > 0 else None
+        try:
+            return mark_not(
+                gallery,
+                sightings,
+                command.event_id,
+                command.id,
+                self.runtime.analyzer.embedder.embed,
+                self.config.events.keep_crops_h,
+            )
+        except SightingError as err:
+            raise CommandError(str(err), err.code) from None
 
     def _enroll(self, command: EnrollCommand) -> Dict[str, Any]:
         from .gallery.errors import IdentityError

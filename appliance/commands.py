@@ -3,7 +3,8 @@
 A command arrives as JSON on ``{prefix}/{device_id}/cmd/{name}`` and is answered on
 ``…/cmd/{name}/result`` with ``{"request_id", "ok": true, "result", "ts"}`` or
 ``{"request_id", "ok": false, "error": {"code", "message"}, "ts"}``; error codes: ``invalid_json``,
-``unknown_command``, ``invalid``, ``refused`` (valid but not possible: unknown id, no face…),
+``unknown_command``, ``invalid``, ``refused`` (valid but not possible: unknown id, no face…; ``not_this``
+has finer ones, below),
 ``busy``, ``stale``, ``failed``, and from the MQTT link ``payload_too_large``, ``retained``, ``handler_failed``. Payloads are
 validated strictly (unknown keys, wrong types and out-of-range values are refused with the key
 path) before anything is done; a refused command changes nothing.
@@ -31,7 +32,15 @@ command         payload                                                         
 ``access``      ``request_id``                                                   the door's groups,
                                                                                  every group and
                                                                                  calendar
+``not_this``    ``request_id``, ``event_id``, optional ``id``: the event's face  the impostor
+                is not that identity ("this is not X"; needs                      example's id, the
+                ``events.keep_crops_h``)                                          identity's count
 =============== ================================================================ ==================
+
+``not_this`` is refused with its own codes: ``not_kept`` (no face kept for that event: keeping is off,
+it expired, or not this appliance's event), ``not_a_grant`` (the event was denied or unknown),
+``wrong_identity`` (granted to another identity than ``id``), ``no_identity`` (removed since),
+``too_many`` (the identity's impostor examples are full), ``other_model``.
 
 ``enroll`` also takes ``valid_from``, ``valid_until`` and ``groups`` for a new identity (see
 :mod:`appliance.access.policy`).
@@ -241,6 +250,14 @@ class SetThresholdCommand(_Command):
     threshold: float = Field(ge=MATCH_THRESHOLD_MIN, le=MATCH_THRESHOLD_MAX)  # as match.threshold
 
 
+class NotThisCommand(_Command):
+    """``not_this`` ("this is not X"): the face of access event ``event_id`` becomes an impostor example of the identity
+    it was granted to (``id``, optional, must be that identity)."""
+
+    event_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    id: Optional[str] = Field(None, min_length=1, max_length=64)
+
+
 COMMANDS: Dict[str, Type[_Command]] = {
     "enroll": EnrollCommand,
     "remove": RemoveCommand,
@@ -253,6 +270,7 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "set_calendar": SetCalendarCommand,
     "remove_calendar": RemoveCalendarCommand,
     "access": AccessCommand,
+    "not_this": NotThisCommand,
 }
 
 

@@ -545,6 +545,47 @@ class EventsConfig(StrictModel):
 
     face_crop: bool = Field(False, description="Include a JPEG face crop (base64) in each access event.")
     crop_quality: int = Field(85, ge=10, le=100, description="JPEG quality of that crop.")
+    keep_crops_h: float = Field(
+        0.0,
+        ge=0,
+        le=720,
+        description="Keep each access event's face (aligned crop and embedding, encrypted with the gallery key, "
+        "in {storage.dir}/sightings.db) for this many hours, so an operator can mark a wrong grant "
+        '("this is not X": `gallery not-this EVENT_ID`, the not_this command). 0 = off (nothing kept); at most 720.',
+    )
+    keep_crops_max: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="Faces kept at most (events.keep_crops_h and [unknowns] together, about 30 KB each); the "
+        "oldest are deleted first.",
+    )
+
+
+class UnknownsConfig(StrictModel):
+    """[unknowns] — Unknown visitors (opt-in): faces decided `unknown` kept encrypted for a while and
+    grouped by likeness, so an operator can see who comes often (`gallery unknowns`), enrol them
+    (`gallery enroll-unknown`) or purge them. Everything expires at the retention."""
+
+    enabled: bool = Field(False, description="Keep and cluster the faces decided unknown (off by default).")
+    retention_h: float = Field(
+        72.0, gt=0, le=720, description="Hours an unknown face (and a cluster with it) is kept; at most 720."
+    )
+    cluster_threshold: float = Field(
+        0.55,
+        ge=MATCH_THRESHOLD_MIN,
+        le=MATCH_THRESHOLD_MAX,
+        description="Cosine similarity to a cluster's centroid that joins a face to it (else it starts a new one).",
+    )
+    max_clusters: int = Field(
+        200, ge=1, le=10_000, description="Clusters kept at most; the one seen least recently makes room."
+    )
+    max_crops_per_cluster: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Best-quality crops kept per cluster (the other faces keep only their time).",
+    )
 
 
 class CommandsConfig(StrictModel):
@@ -826,6 +867,7 @@ class ApplianceConfig(StrictModel):
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
     door: DoorConfig = Field(default_factory=DoorConfig)
     osdp: OsdpConfig = Field(default_factory=OsdpConfig)

@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .access.judge import AccessJudge
 from .camera import CameraThread, create_source
@@ -56,10 +56,12 @@ from .metrics import Latencies, PrometheusServer, RateMeter
 from .mqtt_link import MqttLink
 from .outbox import Outbox
 from .peripherals import PeripheralHub, create_peripherals
-from .pipeline import Pipeline
+from .pipeline import Outcome, Pipeline
 from .pipeline_worker import PipelineWorker
 from .runtime import ModelLoader, ModelRuntime, model_targets
 from .runtime.engines import EngineSupervisor
+from .sightings.keeper import KeepSettings, SightingKeeper
+from .sightings.store import STORE_FILE, ClusterSettings, SightingStore
 from .state_report import StateReporter
 from .systemd_notify import SystemdNotifier
 from .template_update import TemplateUpdater
@@ -68,6 +70,7 @@ from .updates.swap import SwapManager
 logger = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.db"
+SIGHTINGS_FILE = STORE_FILE  # appliance.sightings.store: sightings.db
 #: A pipeline heartbeat older than this means frames are not being processed (no watchdog ping);
 #: under a systemd watchdog it is two ping intervals, within these bounds.
 STALL_S = 10.0
@@ -139,6 +142,8 @@ class Appliance:
         self.outbox: Optional[Outbox] = None
         self.recorder: Optional[EventRecorder] = None
         self.templates: Optional[TemplateUpdater] = None  # adaptive.enabled
+        self.sightings: Optional[SightingStore] = None  # faces kept (events.keep_crops_h, [unknowns])
+        self.keeper: Optional[SightingKeeper] = None
         self.commands: Optional[CommandService] = None
         self.link: Optional[MqttLink] = None
         self.cameras: List[CameraThread] = []
@@ -229,6 +234,7 @@ class Appliance:
         self.worker.start(load)
         self.gallery = self.worker.wait_loaded()
         store = self.gallery.store
+        self._open_sightings()
         self.pipeline = Pipeline(
             self.runtime,
             self.gallery,
@@ -236,7 +242,7 @@ class Appliance:
             self.latencies,
             AccessJudge.for_door(config.access, store),
             [camera.id for camera in config.configured_cameras],
-            samples=config.adaptive.enabled,
+            samples=config.adaptive.enabled or keep_settings(config).active,
         )
         if config.adaptive.enabled:
             self.templates = TemplateUpdater(self.gallery, config.adaptive, config.liveness.enabled)
@@ -263,7 +269,7 @@ class Appliance:
             self.print_events,
             self.door.on_passage if self.door.peripherals else None,
             credential_of,
-            self.templates.on_stored if self.templates is not None else None,
+            self._stored_listener(),
         )
         self.commands = CommandService(
             config,
@@ -274,6 +280,7 @@ class Appliance:
             self.state,
             self.notifier.reloading,
             self.notifier.ready,
+            sightings=self.sightings,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
         self.fleet = self._fleet_member(self.link)
@@ -339,6 +346,8 @@ class Appliance:
             pipeline_ended = self.worker.join(budget)
             if not pipeline_ended:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
+        if self.keeper is not None:  # after the pipeline: the faces of its last events are written
+            self.keeper.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         if self.swap is not None:
             self.swap.close(deadline.remaining(OFFLINE_RESERVE_S))
         if self.door is not None:  # after the pipeline: its last passages still reach the door
@@ -359,7 +368,8 @@ class Appliance:
         if self.prometheus is not None:
             self.prometheus.stop()
         # The gallery belongs to the pipeline thread: closed here only once that thread has ended.
-        closables = [self.gallery, self.outbox] if pipeline_ended else [self.outbox]
+        closables: List[Any] = [self.gallery, self.outbox] if pipeline_ended else [self.outbox]
+        closables.append(self.sightings)
         for closable in closables:
             if closable is not None:
                 try:
@@ -452,6 +462,43 @@ class Appliance:
         self._state_published = now
 
     # -- wiring ---------------------------------------------------------------------------------------
+
+    def _open_sightings(self) -> None:
+        """The store of kept faces and its writer thread: with ``events.keep_crops_h`` or ``[unknowns]`` on,
+        and also when a store exists from before (its faces still expire on time; nothing new is kept)."""
+        config = self.config
+        settings = keep_settings(config)
+        path = config.storage.dir / SIGHTINGS_FILE
+        if not settings.active and not path.exists():
+            return
+        self.sightings = SightingStore.open(path, config.gallery_key_file, config.events.keep_crops_max)
+        self.keeper = SightingKeeper(self.sightings, settings)
+        self.keeper.start()
+        if settings.active:
+            logger.info(
+                "keeping faces: every event's for %g h, unknown visitors' %s",
+                config.events.keep_crops_h,
+                f"for {config.unknowns.retention_h:g} h" if config.unknowns.enabled else "not",
+            )
+
+    def _stored_listener(self) -> Optional[Callable[[Outcome, str], None]]:
+        """What is told of each stored event (pipeline thread): the template update and the keeper of faces."""
+        listeners = [
+            listener
+            for listener in (
+                self.templates.on_stored if self.templates is not None else None,
+                self.keeper.offer if self.keeper is not None and self.keeper.settings.active else None,
+            )
+            if listener is not None
+        ]
+        if not listeners:
+            return None
+
+        def stored(outcome: Outcome, event_id: str) -> None:
+            for listener in listeners:
+                listener(outcome, event_id)
+
+        return stored
 
     def _notify_link(self) -> None:
         if self.link is not None:
@@ -551,6 +598,22 @@ class Appliance:
         self.uds = open_uds_server(self.config, self.swap)
         self.uds.start()
         logger.info("model updates: UDS server on %s %s", updates.can.interface, updates.can.channel)
+
+
+def keep_settings(config: ApplianceConfig) -> KeepSettings:
+    """What the daemon keeps of the faces it sees (``events.keep_crops_h``, ``[unknowns]``)."""
+    unknowns = config.unknowns
+    clusters = (
+        ClusterSettings(
+            unknowns.cluster_threshold,
+            unknowns.retention_h * 3600.0,
+            unknowns.max_clusters,
+            unknowns.max_crops_per_cluster,
+        )
+        if unknowns.enabled
+        else None
+    )
+    return KeepSettings(config.events.keep_crops_h * 3600.0, clusters)
 
 
 def run_daemon(config: ApplianceConfig, config_path: Optional[Path], print_events: bool = False) -> int:

@@ -11,7 +11,9 @@ Rules (``DecisionSettings`` names in brackets):
   (quality gate, a track already decided) counts towards ``Decision.frames`` and may become one of the
   best frames, but neither votes nor pushes votes out of the window.
 - **A frame's vote.** Per frame, an identity's score is its best candidate score (the gallery may list
-  an identity more than once). The frame votes for its highest-scoring identity when that score is
+  an identity more than once). A candidate the gallery marks with an ``impostor`` (the face is closer
+  to one of the identity's impostor examples, "this is not X", than to its templates) is left out of
+  the frame: that identity neither gets its vote nor stands as a rival in it. The frame votes for its highest-scoring identity when that score is
   ≥ ``threshold`` (cosine); otherwise it votes for nobody.
 - **The vote** runs over the last ``window`` embedded frames. The *leader* is the identity with the
   most votes there; if two identities tie for most votes, nobody leads. The leader wins when
@@ -78,11 +80,15 @@ class Candidate:
         identity_id: the identity's stable id.
         name: its display name (never logged above DEBUG).
         score: cosine similarity of the face's embedding to the identity, in ``[-1, 1]``.
+        impostor: ``(impostor example id, cosine)`` when the face is closer to one of the identity's
+            impostor examples ("this is not X") than ``score``: the face is not granted to it, and
+            the identity's score does not vote in this frame. ``None`` otherwise.
     """
 
     identity_id: str
     name: str
     score: float
+    impostor: Optional[Tuple[int, float]] = None
 
 
 @dataclass(eq=False)
@@ -251,6 +257,8 @@ def _frame(observation: Observation, threshold: float) -> _Frame:
     scores: Dict[str, float] = {}
     names: Dict[str, str] = {}
     for candidate in observation.candidates:
+        if candidate.impostor is not None:
+            continue  # closer to one of its impostor examples than to its templates: no vote, no rival
         score = float(candidate.score)
         if candidate.identity_id not in scores or score > scores[candidate.identity_id]:
             scores[candidate.identity_id] = score

@@ -122,6 +122,9 @@ class Gallery:
         self._index: Optional[TemplateIndex] = None
         self._owners: Dict[int, str] = {}
         self._names: Dict[str, str] = {}
+        #: identity id → (impostor example ids (K,) int64, their (K, D) float32 embeddings) of the
+        #: active embedder: "this is not X" (see :meth:`search`).
+        self._impostors: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
         self.refresh()
 
     @classmethod
@@ -170,6 +173,7 @@ class Gallery:
             ids, vectors, owners = self.store.embeddings(self.model_version)
             self._owners = dict(zip(ids.tolist(), owners))
             self._names = self.store.names()
+            self._impostors = self.store.impostor_vectors(self.model_version)
             self._pending, self._pending_removal = [], False
             if not self._persist_index:
                 self._forget_index_file()
@@ -303,7 +307,9 @@ class Gallery:
 
         Returns:
             Per query, up to ``identities`` :class:`Candidate` (an identity's score is its best
-            template's cosine similarity).
+            template's cosine similarity). A candidate whose identity has an impostor example
+            ("this is not X") closer to the face than that score carries it in ``impostor``
+            (an exact check over that identity's few examples; the decisions do not grant it).
         """
         embeddings = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
         _one_openmp_thread()
@@ -311,9 +317,9 @@ class Gallery:
             if self._index is None or not len(self._index) or not len(embeddings):
                 return [[] for _ in range(len(embeddings))]
             scores, ids = self._index.search(embeddings, min(SEARCH_DEPTH, len(self._index)))
-            owners, names = self._owners, self._names
+            owners, names, impostors = self._owners, self._names, self._impostors
         results: List[List[Candidate]] = []
-        for row_scores, row_ids in zip(scores, ids):
+        for query, row_scores, row_ids in zip(embeddings, scores, ids):
             best: Dict[str, float] = {}
             for score, template_id in zip(row_scores.tolist(), row_ids.tolist()):
                 owner = owners.get(template_id)
@@ -321,7 +327,15 @@ class Gallery:
                     best[owner] = score
             ranked = sorted(best.items(), key=lambda item: -item[1])[:identities]
             results.append(
-                [Candidate(owner, names.get(owner, owner), float(score)) for owner, score in ranked]
+                [
+                    Candidate(
+                        owner,
+                        names.get(owner, owner),
+                        float(score),
+                        _impostor(impostors, owner, query, score),
+                    )
+                    for owner, score in ranked
+                ]
             )
         return results
 
@@ -377,6 +391,7 @@ class Gallery:
                 for template_id in gone:
                     del self._owners[template_id]
                 self._names.pop(identity_id, None)
+                self._impostors.pop(identity_id, None)  # deleted with it (ON DELETE CASCADE)
                 # A new snapshot when templates went (none of them may stay in a file); else a record.
                 self._persist([self._record([], None)], removal=bool(gone), save=True)
         logger.info("gallery: an identity and %d template(s) were removed", count)
@@ -430,6 +445,41 @@ class Gallery:
             self._update_index([info.id], [], None, identity_id, name, True)
         logger.info("gallery: one %s template was removed", info.origin.kind)
         return info
+
+    def add_impostor(
+        self,
+        identity_id: str,
+        embedding: np.ndarray,
+        crop: Optional[np.ndarray],
+        source_event: str,
+        score: Optional[float],
+    ) -> int:
+        """Store an impostor example of ``identity_id`` for the active embedder ("this is not X") and
+        use it from the next search on. ``embedding``: ``(D,)`` float32 unit vector; ``crop``:
+        ``(112, 112, 3)`` uint8. Returns its id.
+
+        Raises:
+            IdentityError: no such identity, or the embedding is not of this embedder's length.
+        """
+        vector = np.asarray(embedding, np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise IdentityError(
+                f"an impostor example needs a {self.dim}-value embedding, got {vector.shape[0]}"
+            )
+        with self._lock:
+            impostor_id = self.store.add_impostor(
+                identity_id, self.model_version, vector, crop, source_event, score
+            )
+            self._impostors = self.store.impostor_vectors(self.model_version)
+        logger.info("gallery: an impostor example was added to an identity")
+        return impostor_id
+
+    def remove_impostor(self, impostor_id: int) -> bool:
+        """Delete an impostor example (a mark made in error). Returns whether it existed."""
+        with self._lock:
+            removed = self.store.remove_impostor(impostor_id) is not None
+            self._impostors = self.store.impostor_vectors(self.model_version)
+        return removed
 
     def apply_fleet_identity(
         self,
@@ -495,6 +545,7 @@ class Gallery:
             self._owners.update((template_id, identity_id) for template_id in added)
         if name is None:
             self._names.pop(identity_id, None)
+            self._impostors.pop(identity_id, None)  # a tombstone deleted them with the identity
         else:
             self._names[identity_id] = name
         record = self._record(added if vectors is not None else [], vectors)
@@ -624,6 +675,22 @@ class Gallery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _impostor(
+    impostors: Dict[str, Tuple[np.ndarray, np.ndarray]], owner: str, query: np.ndarray, score: float
+) -> Optional[Tuple[int, float]]:
+    """``(impostor example id, cosine)`` of ``owner``'s example nearest to ``query`` ((D,) float32) when
+    it is closer than ``score`` (the identity's best template), else ``None``."""
+    examples = impostors.get(owner)
+    if examples is None:
+        return None
+    ids, vectors = examples
+    similarities = vectors @ query
+    nearest = int(np.argmax(similarities))
+    if float(similarities[nearest]) <= score:
+        return None
+    return int(ids[nearest]), float(similarities[nearest])
 
 
 def _check_same_ids(index: TemplateIndex, ids: np.ndarray) -> None:

@@ -92,6 +92,22 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
         "ALTER TABLE templates ADD COLUMN margin REAL",
         "CREATE INDEX templates_by_kind ON templates(identity_id, kind)",
     ),
+    # Impostor examples ("this is not X", appliance.sightings.impostors): a face wrongly granted to an
+    # identity, sealed, so that a face closer to it than to the identity's templates is not granted to
+    # it; deleted with the identity.
+    5: (
+        """CREATE TABLE impostors (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            model_version TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            crop BLOB,
+            source_event TEXT NOT NULL,
+            score REAL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX impostors_by_identity ON impostors(identity_id)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -195,6 +211,28 @@ class TemplateInfo:
             "source_event": self.origin.source_event,
             "score": None if self.origin.score is None else round(float(self.origin.score), 4),
             "margin": None if self.origin.margin is None else round(float(self.origin.margin), 4),
+        }
+
+
+@dataclass(frozen=True)
+class ImpostorInfo:
+    """One impostor example of an identity ("this is not X"), without biometric data."""
+
+    id: int
+    identity_id: str
+    model_version: str
+    source_event: str
+    score: Optional[float]
+    created_at: str
+
+    def document(self) -> Dict[str, object]:
+        return {
+            "id": self.id,
+            "identity_id": self.identity_id,
+            "model_version": self.model_version,
+            "source_event": self.source_event,
+            "score": None if self.score is None else round(float(self.score), 4),
+            "created_at": self.created_at,
         }
 
 
@@ -810,12 +848,14 @@ class TemplateStore:
         return written
 
     def drop_versions(self, keep: str) -> int:
-        """Delete the templates of every model version but ``keep`` (after a model switch). Returns how many."""
+        """Delete the templates (and impostor examples) of every model version but ``keep`` (after a model
+        switch). Returns how many templates."""
         with self._transaction() as db:
             dropped = db.execute("DELETE FROM templates WHERE model_version<>?", (keep,)).rowcount
+            impostors = db.execute("DELETE FROM impostors WHERE model_version<>?", (keep,)).rowcount
             if dropped:
                 self._bump(db)
-        if dropped:
+        if dropped or impostors:
             self._purge()
         return int(dropped)
 
@@ -1017,6 +1057,152 @@ class TemplateStore:
         for version, size in rows:
             lengths.setdefault(str(version), set()).add((int(size) - SEAL_OVERHEAD_BYTES) // 4)
         return lengths
+
+    # -- impostor examples ("this is not X", appliance.sightings.impostors) ---------------------------
+
+    def add_impostor(
+        self,
+        identity_id: str,
+        model_version: str,
+        embedding: np.ndarray,
+        crop: Optional[np.ndarray],
+        source_event: str,
+        score: Optional[float],
+    ) -> int:
+        """Store a face wrongly granted to ``identity_id`` as an impostor example of it.
+
+        Args:
+            embedding: ``(D,)`` float32 unit vector of ``model_version``.
+            crop: ``(112, 112, 3)`` uint8 aligned crop (kept, sealed, so a new embedder can re-embed it).
+            source_event: the access event the operator marked.
+            score: that event's score for the identity.
+
+        Returns:
+            The impostor example's id.
+
+        Raises:
+            IdentityError: no such identity, or an embedding that is not finite.
+        """
+        vector = np.asarray(embedding, np.float32).reshape(-1)
+        if not vector.size or not np.isfinite(vector).all():
+            raise IdentityError("an impostor example's embedding is empty or not finite")
+        with self._transaction() as db:
+            if not db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone():
+                raise IdentityError(f"no identity {identity_id!r}")
+            cursor = db.execute(
+                "INSERT INTO impostors (identity_id, model_version, embedding, crop, source_event, score, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    identity_id,
+                    model_version,
+                    self._sealer.seal(
+                        np.ascontiguousarray(vector, "<f4").tobytes(),
+                        f"impostor-embedding:{identity_id}:{model_version}",
+                    ),
+                    self._seal_impostor_crop(identity_id, crop),
+                    source_event,
+                    None if score is None else float(score),
+                    utc_now(),
+                ),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def _seal_impostor_crop(self, identity_id: str, crop: Optional[np.ndarray]) -> Optional[bytes]:
+        if crop is None:
+            return None
+        ok, png = cv2.imencode(".png", crop)
+        if not ok:
+            raise GalleryStoreError("cannot encode an impostor example's crop")
+        return self._sealer.seal(png.tobytes(), f"impostor-crop:{identity_id}")
+
+    def impostors(self, identity_id: Optional[str] = None) -> List[ImpostorInfo]:
+        """The impostor examples (no biometric data), of one identity or of all, by id."""
+        query = "SELECT id, identity_id, model_version, source_event, score, created_at FROM impostors"
+        args: List[str] = []
+        if identity_id is not None:
+            query += " WHERE identity_id=?"
+            args.append(identity_id)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [ImpostorInfo(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5])) for r in rows]
+
+    def impostor_vectors(self, model_version: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """identity id → ``(impostor ids (K,) int64, embeddings (K, D) float32)`` of one embedder version."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, identity_id, embedding FROM impostors WHERE model_version=? ORDER BY id",
+                (model_version,),
+            ).fetchall()
+        grouped: Dict[str, Tuple[List[int], List[np.ndarray]]] = {}
+        for impostor_id, owner, blob in rows:
+            vector = np.frombuffer(
+                self._sealer.open(blob, f"impostor-embedding:{owner}:{model_version}"), "<f4"
+            ).astype(np.float32)
+            ids, vectors = grouped.setdefault(str(owner), ([], []))
+            ids.append(int(impostor_id))
+            vectors.append(vector)
+        return {
+            owner: (np.asarray(ids, np.int64), np.stack(vectors)) for owner, (ids, vectors) in grouped.items()
+        }
+
+    def impostor_crops(self, model_version: str) -> List[Tuple[int, str, np.ndarray]]:
+        """``(id, identity id, (112, 112, 3) uint8 crop)`` of the impostor examples of every other embedder
+        version than ``model_version`` that have a crop (to re-embed them for it)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, identity_id, crop FROM impostors WHERE model_version<>? AND crop IS NOT NULL ORDER BY id",
+                (model_version,),
+            ).fetchall()
+        crops = []
+        for impostor_id, owner, blob in rows:
+            png = self._sealer.open(blob, f"impostor-crop:{owner}")
+            crops.append(
+                (int(impostor_id), str(owner), cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR))
+            )
+        return crops
+
+    def copy_impostors(self, model_version: str, embeddings: Dict[int, np.ndarray]) -> int:
+        """Impostor examples re-embedded for another embedder (id → ``(D,)`` float32 of ``model_version``)
+        stored as examples of that version too, in one transaction (the old ones go with
+        :meth:`drop_versions` once the switch is final). Returns how many were written."""
+        written = 0
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM impostors WHERE model_version=? AND source_event IN "
+                f"(SELECT source_event FROM impostors WHERE id IN ({','.join('?' * len(embeddings))}))",
+                (model_version, *[int(key) for key in embeddings]),
+            )
+            for impostor_id, vector in embeddings.items():
+                row = db.execute(
+                    "SELECT identity_id, crop, source_event, score, created_at FROM impostors WHERE id=?",
+                    (int(impostor_id),),
+                ).fetchone()
+                if row is None:
+                    continue
+                sealed = self._sealer.seal(
+                    np.ascontiguousarray(np.asarray(vector, np.float32).reshape(-1), "<f4").tobytes(),
+                    f"impostor-embedding:{row[0]}:{model_version}",
+                )
+                db.execute(
+                    "INSERT INTO impostors (identity_id, model_version, embedding, crop, source_event, score, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row[0], model_version, sealed, row[1], row[2], row[3], row[4]),
+                )
+                written += 1
+        return written
+
+    def remove_impostor(self, impostor_id: int) -> Optional[ImpostorInfo]:
+        """Delete one impostor example (a mark made in error); returns what it was, ``None`` if absent."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id, identity_id, model_version, source_event, score, created_at FROM impostors WHERE id=?",
+                (int(impostor_id),),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM impostors WHERE id=?", (int(impostor_id),))
+        self._purge()
+        return ImpostorInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), row[4], str(row[5]))
 
     # -- health --------------------------------------------------------------------------------------
 

@@ -1,0 +1,170 @@
+""" "This is not X" with the real models, the real daemon and a real broker (issue 17, part 2).
+
+A wrong grant is made the way it happens at a door: person A is enrolled from one photo and the match
+threshold is low (0.40), so Kate Siegel — whose photo scores 0.49 against A's, the closest stranger
+pair in ``shared/data`` — is granted as A when she walks up. The operator marks that event with the MQTT
+``not_this`` command. From then on Kate's passages are no longer granted to A, while A's own passages
+still are; ``identify --json`` says why; removing A leaves no trace of the impostor example.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Dict, List
+
+from appliance.config_load import validate_config
+from appliance.enrollment import Enroller
+from appliance.gallery.gallery import STORE_FILE, Gallery
+from appliance.sightings.store import STORE_FILE as SIGHTINGS_FILE
+from appliance.vision.analyzer import FaceAnalyzer
+from appliance.vision.image import read_image
+from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.support import (
+    Daemon,
+    command,
+    daemon_config,
+    event_documents,
+    make_passage_video,
+    run_cli,
+    unique_events,
+    wait_online,
+)
+
+PERSON_A = "faces/deepface_personA/img5.jpg"  # enrolled
+PERSON_A_WALKS = "faces/deepface_personA/img10.jpg"  # A at the door
+KATE = "faces/fnp_kate_siegel/1.jpg"  # the stranger granted as A at 0.40
+
+
+def _storage(folder: Path, analyzer: FaceAnalyzer, data: Path) -> Path:
+    config = validate_config({"storage": {"dir": str(folder)}})
+    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
+        result = Enroller(analyzer, gallery, config.gallery).enroll(
+            "person-a", "Person A", [("a.jpg", read_image(data / PERSON_A))]
+        )
+        assert result.template_ids
+    return folder
+
+
+def _grants(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [e for e in events if e["decision"] == "granted"]
+
+
+def _files(folder: Path, name: str) -> bytes:
+    return b"".join(
+        (folder / f"{name}{suffix}").read_bytes()
+        for suffix in ("", "-wal", "-shm")
+        if (folder / f"{name}{suffix}").exists()
+    )
+
+
+def test_a_marked_wrong_grant_is_no_longer_granted_while_the_identity_still_is(
+    tmp_path: Path,
+    shared_models: Path,
+    shared_data: Path,
+    analyzer: FaceAnalyzer,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    storage = _storage(tmp_path / "state", analyzer, shared_data)
+    video = make_passage_video(
+        tmp_path / "door.avi",
+        [(None, 3), (shared_data / PERSON_A_WALKS, 25), (None, 12), (shared_data / KATE, 25), (None, 12)],
+    )
+    config_path = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        video,
+        at_end="loop",
+        match="threshold = 0.40",
+        events="keep_crops_h = 1.0",
+    )
+    daemon = Daemon(config_path)
+    try:
+        wait_online(recorder, daemon)
+        # Kate's wrong grant (her score against A is far below A's own, 0.84).
+        messages = recorder.wait_for(
+            lambda ms: any(e["score"] < 0.6 for e in _grants(event_documents(ms))), 180, "Kate granted as A"
+        )
+        wrong = next(e for e in _grants(event_documents(messages)) if e["score"] < 0.6)
+        assert wrong["identity"]["id"] == "person-a"
+
+        # Every refusal is answered with its code; nothing changes.
+        unknown = command(recorder, "not_this", {"request_id": "n1", "event_id": "0000-not-an-event"})
+        assert unknown["ok"] is False and unknown["error"]["code"] == "not_kept", unknown
+        other = command(
+            recorder, "not_this", {"request_id": "n2", "event_id": wrong["event_id"], "id": "bob"}
+        )
+        assert other["ok"] is False and other["error"]["code"] == "wrong_identity", other
+        malformed = command(recorder, "not_this", {"request_id": "n3", "event_id": "a/b"})
+        assert malformed["ok"] is False and malformed["error"]["code"] == "invalid", malformed
+
+        marked = command(
+            recorder, "not_this", {"request_id": "n4", "event_id": wrong["event_id"], "id": "person-a"}
+        )
+        assert marked["ok"] is True, marked
+        assert marked["result"]["identity_id"] == "person-a" and marked["result"]["impostors"] == 1
+        again = command(recorder, "not_this", {"request_id": "n5", "event_id": wrong["event_id"]})
+        assert again["ok"] is True and again["result"]["already"] is True, again
+        mark_index = len(recorder.messages)
+
+        # Two more rounds: Kate is unknown now, A is still granted.
+        def after(ms: List[Any]) -> List[Dict[str, Any]]:
+            return unique_events(event_documents(ms[mark_index:]))
+
+        recorder.wait_for(
+            lambda ms: (
+                sum(e["decision"] == "unknown" for e in after(ms)) >= 2
+                and sum(e["decision"] == "granted" for e in after(ms)) >= 2
+            ),
+            240,
+            "two rounds after the mark",
+        )
+        events = after(recorder.messages)
+        first_unknown = next(i for i, e in enumerate(events) if e["decision"] == "unknown")
+        settled = events[first_unknown:]  # a passage under way at the mark may have been decided before it
+        assert [e for e in settled if e["decision"] == "granted" and e["score"] < 0.6] == [], settled
+        assert [e for e in settled if e["decision"] == "granted" and e["score"] >= 0.7], settled
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.text[-3000:]
+
+    # identify --json says why Kate's photo is not granted; A's photo still is.
+    identified = run_cli(
+        "identify",
+        "--json",
+        "--config",
+        str(config_path),
+        str(shared_data / KATE),
+        str(shared_data / PERSON_A_WALKS),
+    )
+    assert identified.returncode == 0, identified.stderr
+    kate, person = (document["faces"][0] for document in json.loads(identified.stdout)["images"])
+    assert kate["decision"] == "unknown" and kate["reason"] == "impostor_example", kate
+    assert (
+        kate["impostor"]["identity"] == "person-a"
+        and kate["impostor"]["score"] > kate["impostor"]["identity_score"]
+    )
+    assert person["decision"] == "granted" and person["identity"]["id"] == "person-a", person
+    assert person["impostor"] is None
+
+    # The marked face left the sightings store; removing A removes its impostor example, leaving no trace.
+    with sqlite3.connect(f"file:{storage / STORE_FILE}?mode=ro", uri=True) as db:
+        blobs = [bytes(b) for row in db.execute("SELECT embedding, crop FROM impostors") for b in row if b]
+        events_marked = [row[0] for row in db.execute("SELECT source_event FROM impostors")]
+    assert len(blobs) == 2 and events_marked == [wrong["event_id"]]
+    with sqlite3.connect(f"file:{storage / SIGHTINGS_FILE}?mode=ro", uri=True) as db:
+        assert (
+            db.execute("SELECT COUNT(*) FROM faces WHERE event_id=?", (wrong["event_id"],)).fetchone()[0] == 0
+        )
+    listed = run_cli("gallery", "impostors", "--json", "--config", str(config_path))
+    assert [row["source_event"] for row in json.loads(listed.stdout)["impostors"]] == [wrong["event_id"]]
+    removed = run_cli("gallery", "remove", "person-a", "--config", str(config_path))
+    assert removed.returncode == 0, removed.stderr
+    gallery_bytes = _files(storage, STORE_FILE)
+    traces = [n for n, blob in enumerate(blobs) if blob[12:44] in gallery_bytes]
+    traces += ["event id"] if wrong["event_id"].encode() in gallery_bytes else []
+    assert not traces, traces

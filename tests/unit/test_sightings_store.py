@@ -1,0 +1,137 @@
+"""The store of faces seen at the door: sealed, expiring on an injected clock, bounded, no trace left."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+
+from appliance.config_load import validate_config
+from appliance.errors import ConfigError
+from appliance.gallery.crypto import create_key
+from appliance.sightings.errors import NotKeptError, SightingStoreError
+from appliance.sightings.store import ClusterSettings, SeenFace, SightingStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _face(event_id: str, vector: np.ndarray, decision: str = "granted", quality: float = 0.8) -> SeenFace:
+    rng = np.random.default_rng(abs(hash(event_id)) % 2**32)
+    return SeenFace(
+        event_id,
+        1_800_000_000.0,
+        "cam0",
+        decision,
+        "person-a" if decision == "granted" else None,
+        0.5,
+        quality,
+        "mobilefacenet@v1",
+        vector / np.linalg.norm(vector),
+        rng.integers(0, 255, (112, 112, 3), dtype=np.uint8),
+    )
+
+
+def _bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def _sealed(path: Path) -> List[bytes]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT embedding, crop FROM faces").fetchall()
+        rows += db.execute("SELECT centroid, NULL FROM clusters").fetchall()
+    return [bytes(blob) for row in rows for blob in row if blob is not None]
+
+
+def test_a_face_is_sealed_kept_until_its_retention_and_then_leaves_no_trace(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "sightings.db"
+    vector = np.arange(1, 129, dtype=np.float32)
+    with SightingStore.open(path, tmp_path / "gallery.key", clock=clock) as store:
+        store.put(_face("event-1", vector), keep_s=3600)
+        kept = store.face("event-1")
+        assert kept is not None and kept.identity_id == "person-a" and kept.crop is not None
+        np.testing.assert_allclose(kept.embedding, vector / np.linalg.norm(vector), rtol=1e-6)
+        blobs = _sealed(path)
+        assert len(blobs) == 2
+        assert np.asarray(vector / np.linalg.norm(vector), "<f4").tobytes()[:32] not in _bytes(path)
+        clock.now += 3599
+        assert store.face("event-1") is not None
+        clock.now += 2
+        assert store.face("event-1") is None  # past its retention, even before the expiry ran
+        assert store.expire() == 1
+        data = _bytes(path)
+        assert not [n for n, blob in enumerate(blobs) if blob[12:44] in data]
+        assert b"event-1" not in data and b"person-a" not in data
+
+
+def test_the_row_count_is_bounded_oldest_first(tmp_path: Path) -> None:
+    clock = Clock()
+    with SightingStore.open(tmp_path / "s.db", tmp_path / "k", max_faces=3, clock=clock) as store:
+        for n in range(5):
+            clock.now += 1
+            store.put(_face(f"e{n}", np.random.default_rng(n).normal(size=128).astype(np.float32)), 3600)
+        assert [face.event_id for face in store.faces()] == ["e2", "e3", "e4"]
+        assert store.counts()["dropped_full"] == 2
+
+
+def test_unknown_faces_cluster_expire_at_the_retention_and_a_purge_leaves_nothing(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.db"
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=128).astype(np.float32), rng.normal(size=128).astype(np.float32)
+    settings = ClusterSettings(threshold=0.6, retention_s=100.0, max_clusters=10, max_crops=2)
+    with SightingStore.open(path, tmp_path / "k", clock=clock) as store:
+        ids = []
+        for n in range(4):
+            clock.now += 10
+            noisy = a + 0.1 * rng.normal(size=128).astype(np.float32)
+            ids.append(store.put(_face(f"a{n}", noisy, "unknown", quality=0.5 + n / 10), 0.0, settings))
+        clock.now += 10
+        other = store.put(_face("b0", b, "unknown"), 0.0, settings)
+        assert len(set(ids)) == 1 and other != ids[0]
+        clusters = {c.id: c for c in store.clusters()}
+        assert clusters[ids[0]].seen == 4 and clusters[ids[0]].crops == 2  # the 2 best crops kept
+        assert [f.event_id for f in store.cluster_faces(ids[0])] == ["a3", "a2"]
+        # a0 (seen 40 s before b0) expires first; the cluster lives on with the others.
+        clock.now += 61
+        clusters = {c.id: c for c in store.clusters()}
+        assert clusters[ids[0]].seen == 3
+        blobs_b = [bytes(x) for x in _sealed(path)]
+        assert store.purge_cluster(other) == 1
+        with pytest.raises(NotKeptError):
+            store.purge_cluster(other)
+        clock.now += 100
+        assert store.clusters() == []
+        data = _bytes(path)
+        assert not [n for n, blob in enumerate(blobs_b) if blob[12:44] in data]
+
+
+def test_another_key_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    with SightingStore.open(tmp_path / "s.db", tmp_path / "k1", clock=clock) as store:
+        store.put(_face("e", np.ones(128, np.float32)), 60)
+    with pytest.raises(SightingStoreError, match="missing"):
+        SightingStore.open(tmp_path / "s.db", tmp_path / "k2", clock=clock)
+    create_key(tmp_path / "k2")
+    with pytest.raises(SightingStoreError, match="another key"):
+        SightingStore.open(tmp_path / "s.db", tmp_path / "k2", clock=clock)
+
+
+def test_the_retention_settings_are_validated() -> None:
+    assert validate_config({}).events.keep_crops_h == 0 and not validate_config({}).unknowns.enabled
+    for bad in (
+        {"events": {"keep_crops_h": -1.0}},
+        {"events": {"keep_crops_h": 721.0}},
+        {"unknowns": {"retention_h": 0.0}},
+    ):
+        with pytest.raises(ConfigError):
+            validate_config(bad)
