@@ -202,7 +202,7 @@ class Enroller:
             verdict.rank = rank
             score = item.quality.score
             if rank <= free:
-                verdict.reason = f"kept (quality {score:.2f}, rank {rank} of {len(ranked)})"
+                verdict.reason = f"accepted (quality {score:.2f}, rank {rank} of {len(ranked)})"
                 continue
             verdict.accepted = False
             held_text = f", {held} held already" if held else ""
