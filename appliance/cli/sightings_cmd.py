@@ -68,7 +68,8 @@ def _not_this(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     gallery = open_gallery(config)
     with gallery:
-        sightings = open_sightings(config, required=False)
+        # As the daemon: with events.keep_crops_h 0 no kept face is used (those kept before only expire).
+        sightings = open_sightings(config, required=False) if config.events.keep_crops_h > 0 else None
         try:
             analyzer = None
 

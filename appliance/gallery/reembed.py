@@ -88,4 +88,18 @@ def rows_for(store: TemplateStore, reembedding: Reembedding) -> List[Row]:
     return rows
 
 
-__all__ = ["EmbedFunction", "Reembedding", "reembed", "rows_for"]
+def reembed_impostors(store: TemplateStore, model_version: str, embed: EmbedFunction) -> int:
+    """Embed the crops of the impostor examples ("this is not X") of other embedder versions for
+    ``model_version`` and store them as examples of it (the old ones go with
+    :meth:`TemplateStore.drop_versions` once the switch is final). They are few: one batch. Returns
+    how many were written; an example without a crop cannot follow and is dropped then."""
+    crops = store.impostor_crops(model_version)
+    if not crops:
+        return 0
+    vectors = np.asarray(embed(np.stack([crop for _, _, crop in crops])), np.float32)
+    return store.copy_impostors(
+        model_version, {impostor_id: vector for (impostor_id, _, _), vector in zip(crops, vectors)}
+    )
+
+
+__all__ = ["EmbedFunction", "Reembedding", "reembed", "reembed_impostors", "rows_for"]

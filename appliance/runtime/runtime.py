@@ -41,7 +41,7 @@ from engines.tensorrt.service import EngineTarget
 from ..config import ApplianceConfig
 from ..errors import ApplianceError
 from ..gallery.gallery import Gallery
-from ..gallery.reembed import BATCH, Reembedding, reembed, rows_for
+from ..gallery.reembed import BATCH, Reembedding, reembed, reembed_impostors, rows_for
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.embedder import Embedder
 from .loading import ModelLoader, open_all
@@ -230,6 +230,7 @@ class ModelRuntime:
         )
         result = reembed(gallery.store, source, self.analyzer.embedder.embed)
         gallery.store.put_version(gallery.model_version, rows_for(gallery.store, result))
+        reembed_impostors(gallery.store, gallery.model_version, self.analyzer.embedder.embed)
         gallery.refresh()
 
     @property
@@ -496,6 +497,7 @@ class ModelRuntime:
             embedder = Embedder(backend, self.config.embedder.batch_size)
             reembed(gallery.store, plan.result.source_version, embedder.embed, done=plan.result)
             gallery.store.put_version(new_version, rows_for(gallery.store, plan.result))
+            reembed_impostors(gallery.store, new_version, embedder.embed)
         step("templates_written")
         commit()
         step("committed")

@@ -14,6 +14,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
+
 from appliance.config_load import validate_config
 from appliance.enrollment import Enroller
 from appliance.gallery.gallery import STORE_FILE, Gallery
@@ -128,9 +130,19 @@ def test_a_marked_wrong_grant_is_no_longer_granted_while_the_identity_still_is(
         settled = events[first_unknown:]  # a passage under way at the mark may have been decided before it
         assert [e for e in settled if e["decision"] == "granted" and e["score"] < 0.6] == [], settled
         assert [e for e in settled if e["decision"] == "granted" and e["score"] >= 0.7], settled
+        # An unknown event's face is kept too (keep_crops_h keeps every decision's), but it is no grant.
+        unknown_event = next(e for e in settled if e["decision"] == "unknown")
+        refused = command(recorder, "not_this", {"request_id": "n6", "event_id": unknown_event["event_id"]})
+        assert refused["ok"] is False and refused["error"]["code"] == "not_a_grant", refused
     finally:
         code = daemon.stop()
     assert code == 0, daemon.text[-3000:]
+
+    # The command line refuses the same way, with the code.
+    cli = run_cli("gallery", "not-this", unknown_event["event_id"], "--json", "--config", str(config_path))
+    assert cli.returncode == 1 and json.loads(cli.stdout)["error"]["code"] == "not_a_grant", (
+        cli.stdout + cli.stderr
+    )
 
     # identify --json says why Kate's photo is not granted; A's photo still is.
     identified = run_cli(
@@ -168,3 +180,25 @@ def test_a_marked_wrong_grant_is_no_longer_granted_while_the_identity_still_is(
     traces = [n for n, blob in enumerate(blobs) if blob[12:44] in gallery_bytes]
     traces += ["event id"] if wrong["event_id"].encode() in gallery_bytes else []
     assert not traces, traces
+
+
+def test_impostor_examples_follow_a_new_embedder_from_their_crop(
+    tmp_path: Path, shared_data: Path, analyzer: FaceAnalyzer
+) -> None:
+    """A model swap re-embeds the impostor examples from their sealed crop (here the same network under
+    another version name, so the new embedding must equal the old one); the old ones go at the end."""
+    from appliance.gallery.reembed import reembed_impostors
+
+    storage = _storage(tmp_path / "state", analyzer, shared_data)
+    config = validate_config({"storage": {"dir": str(storage)}})
+    analysis = analyzer.analyze(read_image(shared_data / KATE), still=True)
+    assert analysis.crops is not None and analysis.embeddings is not None
+    with Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim) as gallery:
+        gallery.add_impostor("person-a", analysis.embeddings[0], analysis.crops[0], "event-1", 0.49)
+        (candidate,) = gallery.search(analysis.embeddings)[0][:1]
+        assert candidate.identity_id == "person-a" and candidate.impostor is not None
+        assert reembed_impostors(gallery.store, "next@v2", analyzer.embedder.embed) == 1
+        _, vectors = gallery.store.impostor_vectors("next@v2")["person-a"]
+        np.testing.assert_allclose(vectors[0], analysis.embeddings[0], atol=1e-3)
+        gallery.store.drop_versions("next@v2")
+        assert [row.model_version for row in gallery.store.impostors()] == ["next@v2"]
