@@ -1,4 +1,5 @@
-"""``face-appliance gallery not-this | impostors``: the faces seen at the door (:mod:`appliance.sightings`)."""
+"""``face-appliance gallery not-this | impostors | unknowns | enroll-unknown``: the faces seen at the door
+(:mod:`appliance.sightings`)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,34 @@ def add_actions(actions: Any) -> None:
     impostors.add_argument("--json", action="store_true")
     add_config_option(impostors)
     impostors.set_defaults(handler=_impostors)
+
+    unknowns = actions.add_parser(
+        "unknowns",
+        help="unknown visitors ([unknowns]): clusters, times seen, first/last seen; export a crop or purge",
+        description="List the clusters of faces decided unknown (kept encrypted for unknowns.retention_h): "
+        "cluster id, times seen, first and last seen. --export-crop CLUSTER DIR writes its best crop (PNG); "
+        "--purge CLUSTER deletes it and its faces for real. Everything also expires at the retention.",
+    )
+    unknowns.add_argument("--export-crop", nargs=2, metavar=("CLUSTER", "DIR"))
+    unknowns.add_argument("--purge", metavar="CLUSTER")
+    unknowns.add_argument("--json", action="store_true")
+    add_config_option(unknowns)
+    unknowns.set_defaults(handler=_unknowns)
+
+    enrol = actions.add_parser(
+        "enroll-unknown",
+        help="enrol a frequent unknown visitor from the crops of their cluster (with their consent)",
+        description="Enrol the person of a cluster of unknown visitors from its kept crops, through the "
+        "enrolment checks of `enroll` (one face, size, sharpness, pose). --consent asserts that the person "
+        "consented (GDPR art. 9). The cluster is purged once enrolled.",
+    )
+    enrol.add_argument("cluster", metavar="CLUSTER")
+    enrol.add_argument("--id", dest="identity_id", required=True)
+    enrol.add_argument("--name", required=True)
+    enrol.add_argument("--consent", action="store_true", help="the person consented to enrolment")
+    enrol.add_argument("--json", action="store_true")
+    add_config_option(enrol)
+    enrol.set_defaults(handler=_enroll_unknown)
 
 
 def open_sightings(config: ApplianceConfig, required: bool = True) -> Optional[SightingStore]:
@@ -133,4 +162,113 @@ def _impostors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-__all__ = ["add_actions", "open_sightings"]
+def _unknowns(args: argparse.Namespace) -> int:
+    config = load_cli_config(args)
+    store = open_sightings(config, required=False)
+    if store is None:
+        clusters: list = []
+    else:
+        with store:
+            if args.purge is not None:
+                faces = store.purge_cluster(args.purge)
+                print(f"purged cluster {args.purge}: {faces} face(s) deleted")
+                return EXIT_OK
+            if args.export_crop is not None:
+                return _export_crop(store, *args.export_crop)
+            clusters = store.clusters()
+    if args.json:
+        print(json.dumps({"clusters": [cluster.document() for cluster in clusters]}, indent=2))
+        return EXIT_OK
+    print(f"{len(clusters)} cluster(s) of unknown visitors")
+    for cluster in clusters:
+        document = cluster.document()
+        print(
+            f"  {cluster.id}  seen {cluster.seen:4}  first {document['first_seen']}  last {document['last_seen']}"
+            f"  crops {cluster.crops}  expires {document['expires_at']}"
+        )
+    return EXIT_OK
+
+
+def _export_crop(store: SightingStore, cluster_id: str, folder: str) -> int:
+    from pathlib import Path
+
+    import cv2
+
+    faces = store.cluster_faces(cluster_id)
+    if not faces or faces[0].crop is None:
+        raise NotKeptError(f"cluster {cluster_id!r} has no crop kept")
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"unknown-{cluster_id}.png"
+    ok, png = cv2.imencode(".png", faces[0].crop)
+    if not ok:
+        raise SightingError("cannot encode the crop")
+    from engines.files import atomic_writer
+
+    with atomic_writer(path, mode=0o600) as stream:
+        stream.write(png.tobytes())
+    print(f"wrote {path} (the best of {len(faces)} crop(s) kept; it is personal data: delete it when done)")
+    return EXIT_OK
+
+
+def crop_as_photo(crop: Any) -> Any:
+    """An aligned ``(112, 112, 3)`` uint8 crop as a photo the enrolment path reads: doubled and framed
+    (``(352, 352, 3)`` uint8), so the detector and the quality checks see a face with margins."""
+    import cv2
+
+    large = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_CUBIC)
+    return cv2.copyMakeBorder(large, 64, 64, 64, 64, cv2.BORDER_CONSTANT, value=(96, 96, 96))
+
+
+def _enroll_unknown(args: argparse.Namespace) -> int:
+    from ..enrollment import Enroller
+    from ..gallery.store import check_identity_id, utc_now
+    from ..gallery.text import check_name
+    from .gallery_cmd import _open_with_analyzer
+
+    if not args.consent:
+        sys.stderr.write(
+            "error: enrolling a person needs their consent: pass --consent once they have given it\n"
+        )
+        return EXIT_FAILURE
+    check_identity_id(args.identity_id)
+    check_name(args.name)
+    config = load_cli_config(args)
+    store = open_sightings(config)
+    assert store is not None
+    with store:
+        faces = store.cluster_faces(args.cluster)
+        photos = [(f"cluster {args.cluster} face {n}", crop_as_photo(f.crop)) for n, f in enumerate(faces, 1)]
+        if not photos:
+            raise NotKeptError(f"cluster {args.cluster!r} has no crop kept")
+        analyzer, gallery = _open_with_analyzer(config)
+        with analyzer, gallery:
+            if gallery.store.identity(args.identity_id) is not None:
+                sys.stderr.write(f"error: identity {args.identity_id!r} exists; choose another --id\n")
+                return EXIT_FAILURE
+            result = Enroller(analyzer, gallery, config.gallery).enroll(
+                args.identity_id, args.name, photos, consent_at=utc_now(), largest=True
+            )
+        if result.template_ids:
+            store.purge_cluster(args.cluster)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": result.identity_id,
+                    "templates": len(result.template_ids),
+                    "photos": [
+                        {"source": p.source, "accepted": p.accepted, "reason": p.reason}
+                        for p in result.photos
+                    ],
+                }
+            )
+        )
+    else:
+        print(f"{result.identity_id}: {len(result.template_ids)} template(s) from cluster {args.cluster}")
+        for photo in result.photos:
+            print(f"  {'ok ' if photo.accepted else 'NO '} {photo.source}: {photo.reason}")
+    return EXIT_OK if result.template_ids else EXIT_FAILURE
+
+
+__all__ = ["add_actions", "crop_as_photo", "open_sightings"]
