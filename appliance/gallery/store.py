@@ -1207,7 +1207,8 @@ class TemplateStore:
     # -- health --------------------------------------------------------------------------------------
 
     def check(self, progress: Optional[Callable[[int], None]] = None) -> List[str]:
-        """Integrity problems: SQLite's own check, dangling templates, and every sealed value opened."""
+        """Integrity problems: SQLite's own check, dangling templates, and every sealed value opened
+        (templates and impostor examples)."""
         problems: List[str] = []
         with self._lock:
             result = [row[0] for row in self._db.execute("PRAGMA integrity_check").fetchall()]
@@ -1224,6 +1225,17 @@ class TemplateStore:
                 problems.append(f"template {row[0]}: {err}")
             if progress is not None:
                 progress(1)
+        with self._lock:
+            impostors = self._db.execute(
+                "SELECT id, identity_id, model_version, embedding, crop FROM impostors"
+            ).fetchall()
+        for impostor_id, owner, version, embedding, crop in impostors:
+            try:
+                self._sealer.open(embedding, f"impostor-embedding:{owner}:{version}")
+                if crop is not None:
+                    self._sealer.open(crop, f"impostor-crop:{owner}")
+            except GalleryStoreError as err:
+                problems.append(f"impostor example {impostor_id}: {err}")
         return problems
 
 

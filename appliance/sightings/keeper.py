@@ -145,15 +145,6 @@ class SightingKeeper:
             logger.info("sightings: faces are kept again (%d lost in all)", self.lost)
             self.error = None
 
-    def drain(self, timeout: float = 5.0) -> bool:
-        """Wait until the faces offered so far are written (tests, the stop). ``True`` when they are."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within ``timeout``), stop the thread. The store stays open (its owner closes it)."""
         if self._closed:

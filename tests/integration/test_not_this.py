@@ -197,6 +197,7 @@ def test_impostor_examples_follow_a_new_embedder_from_their_crop(
         gallery.add_impostor("person-a", analysis.embeddings[0], analysis.crops[0], "event-1", 0.49)
         (candidate,) = gallery.search(analysis.embeddings)[0][:1]
         assert candidate.identity_id == "person-a" and candidate.impostor is not None
+        assert gallery.store.check() == []  # the impostor example's sealed values open
         assert reembed_impostors(gallery.store, "next@v2", analyzer.embedder.embed) == 1
         _, vectors = gallery.store.impostor_vectors("next@v2")["person-a"]
         np.testing.assert_allclose(vectors[0], analysis.embeddings[0], atol=1e-3)

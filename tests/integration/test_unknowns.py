@@ -45,20 +45,20 @@ def test_unknown_visitors_are_clustered_listed_purged_and_expire(
         unknowns="enabled = true\nretention_h = 2.0",
         decision="unknown_after_frames = 6\nreannounce_s = 600.0",
     )
-    daemon = Daemon(config_path, args=["--print-events"])
-    code = daemon.wait(timeout=300)
-    assert code == 0, daemon.text[-3000:]
-    unknown_events = [e for e in printed_events(daemon) if e["decision"] == "unknown"]
-    assert unknown_events, "the clip gave no unknown event"
+    # The audience comes twice: the clip is played two times.
+    runs = []
+    for _ in range(2):
+        daemon = Daemon(config_path, args=["--print-events"])
+        assert daemon.wait(timeout=300) == 0, daemon.text[-3000:]
+        runs.append([e for e in printed_events(daemon) if e["decision"] == "unknown"])
+    assert runs[0], "the clip gave no unknown event"
 
     listed = run_cli("gallery", "unknowns", "--json", "--config", str(config_path))
     assert listed.returncode == 0, listed.stderr
     clusters = json.loads(listed.stdout)["clusters"]
-    assert clusters and sum(c["seen"] for c in clusters) == len(unknown_events), (
-        clusters,
-        len(unknown_events),
-    )
-    assert len(clusters) <= len(unknown_events)
+    # Every unknown face of the second visit joined the cluster of its first (9 faces: 9 clusters seen twice).
+    assert sum(c["seen"] for c in clusters) == len(runs[0]) + len(runs[1]), (clusters, [len(r) for r in runs])
+    assert len(clusters) == len(runs[0]) and all(c["seen"] == 2 for c in clusters), clusters
     assert all(c["crops"] >= 1 and c["first_seen"] <= c["last_seen"] for c in clusters)
 
     # The best crop of the most seen cluster, on request.
