@@ -77,6 +77,8 @@ class StateReporter:
                 degraded.append(f"{which}: stalled, no frame for {camera.get('stalled_s')} s")
         if app.recorder is not None and app.recorder.outbox_error is not None:
             degraded.append(f"outbox: {app.recorder.outbox_error}")
+        if app.keeper is not None and app.keeper.error is not None:
+            degraded.append(f"sightings: faces are not kept: {app.keeper.error}")
         board = self.board.document()
         if board.get("throttling"):
             zones = ", ".join(str(zone.get("zone")) for zone in board.get("throttling_zones") or [])
@@ -120,6 +122,9 @@ class StateReporter:
             "mqtt": app.link.status() if app.link is not None else {},
             "door": app.door.state() if app.door is not None else {},
             "fleet": app.fleet.state() if app.fleet is not None else None,
+            "sightings": {"kept": app.keeper.kept, "lost": app.keeper.lost, "error": app.keeper.error}
+            if app.keeper is not None
+            else None,
             "board": self.board.document(),
             "degraded": self.degraded(),
             "pid": os.getpid(),

@@ -24,6 +24,7 @@ from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
+    ROOT,
     Daemon,
     command,
     daemon_config,
@@ -130,6 +131,9 @@ def test_a_marked_wrong_grant_is_no_longer_granted_while_the_identity_still_is(
         settled = events[first_unknown:]  # a passage under way at the mark may have been decided before it
         assert [e for e in settled if e["decision"] == "granted" and e["score"] < 0.6] == [], settled
         assert [e for e in settled if e["decision"] == "granted" and e["score"] >= 0.7], settled
+        # The …/state document counts the faces kept (none lost).
+        states = [json.loads(m.payload) for m in recorder.messages if m.topic == f"{ROOT}/state"]
+        assert states[-1]["sightings"]["kept"] >= 3 and states[-1]["sightings"]["lost"] == 0, states[-1]
         # An unknown event's face is kept too (keep_crops_h keeps every decision's), but it is no grant.
         unknown_event = next(e for e in settled if e["decision"] == "unknown")
         refused = command(recorder, "not_this", {"request_id": "n6", "event_id": unknown_event["event_id"]})
