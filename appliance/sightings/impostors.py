@@ -49,7 +49,9 @@ def mark_not(
         keep_h: ``events.keep_crops_h``, for the messages.
 
     Returns:
-        ``{"event_id", "identity_id", "impostor_id", "impostors", "already"}``.
+        ``{"event_id", "identity_id", "impostor_id", "impostors", "already"}``, and
+        ``"templates_removed"``: the adaptive templates the wrong grant had taught the identity
+        (``[adaptive]``, their ``source_event`` is the event), deleted with the mark.
 
     Raises:
         NotKeptError: no face is kept for that event (keeping is off, it expired, not this
@@ -104,9 +106,17 @@ def mark_not(
             )
         embedding = np.asarray(embed(face.crop[None]), np.float32)[0]
     impostor_id = gallery.add_impostor(owner, embedding, face.crop, event_id, face.score)
+    # A wrong grant may have taught the identity an adaptive template ([adaptive]): it goes too.
+    learned = [
+        info.id for info in gallery.store.template_infos(owner) if info.origin.source_event == event_id
+    ]
+    for template_id in learned:
+        gallery.remove_template(owner, template_id)
     sightings.forget_event(event_id)
     logger.info("an access event's face became an impostor example of its identity")
-    return _result(gallery, event_id, owner, impostor_id, already=False)
+    result = _result(gallery, event_id, owner, impostor_id, already=False)
+    result["templates_removed"] = learned
+    return result
 
 
 def _result(gallery: Gallery, event_id: str, owner: str, impostor_id: int, already: bool) -> Dict[str, Any]:
@@ -116,6 +126,7 @@ def _result(gallery: Gallery, event_id: str, owner: str, impostor_id: int, alrea
         "impostor_id": impostor_id,
         "impostors": len(gallery.store.impostors(owner)),
         "already": already,
+        "templates_removed": [],
     }
 
 

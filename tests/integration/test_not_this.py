@@ -207,3 +207,49 @@ def test_impostor_examples_follow_a_new_embedder_from_their_crop(
         np.testing.assert_allclose(vectors[0], analysis.embeddings[0], atol=1e-3)
         gallery.store.drop_versions("next@v2")
         assert [row.model_version for row in gallery.store.impostors()] == ["next@v2"]
+
+
+def test_a_mark_also_removes_the_adaptive_template_the_wrong_grant_taught(
+    tmp_path: Path, shared_data: Path, analyzer: FaceAnalyzer
+) -> None:
+    """With [adaptive] on, Kate's wrong grant may have become a template of A (its source_event is the
+    event): marking the event deletes it with the mark, or Kate would keep being granted through it."""
+    from appliance.gallery.store import ADAPTIVE, TemplateOrigin
+    from appliance.sightings.impostors import mark_not
+    from appliance.sightings.store import SeenFace, SightingStore
+
+    storage = _storage(tmp_path / "state", analyzer, shared_data)
+    config = validate_config({"storage": {"dir": str(storage)}})
+    analysis = analyzer.analyze(read_image(shared_data / KATE), still=True)
+    assert analysis.crops is not None and analysis.embeddings is not None
+    version = analyzer.embedder.version
+    with Gallery.open(config, version, analyzer.embedder.dim) as gallery, SightingStore.open(
+        storage / SIGHTINGS_FILE, config.gallery_key_file
+    ) as sightings:
+        face = SeenFace(
+            "event-k",
+            0.0,
+            "cam0",
+            "granted",
+            "person-a",
+            0.49,
+            0.9,
+            version,
+            analysis.embeddings[0],
+            analysis.crops[0],
+        )
+        sightings.put(face, keep_s=3600)
+        learned, _ = gallery.add_adaptive(
+            "person-a",
+            analysis.embeddings[0],
+            analysis.crops[0],
+            0.9,
+            TemplateOrigin(ADAPTIVE, "event-k", 0.49, 0.2),
+            3,
+        )
+        assert gallery.search(analysis.embeddings)[0][0].score > 0.99  # Kate matches her own learned template
+        outcome = mark_not(gallery, sightings, "event-k", "person-a", keep_h=1.0)
+        assert outcome["templates_removed"] == [learned] and outcome["impostors"] == 1
+        (candidate,) = gallery.search(analysis.embeddings)[0][:1]
+        assert candidate.score < 0.6 and candidate.impostor is not None, candidate
+        assert sightings.face("event-k") is None
