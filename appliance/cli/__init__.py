@@ -45,7 +45,11 @@ _COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ),
     ("enroll", "gallery_cmd", "add a person (or a folder of people) to the gallery from photos"),
     ("identify", "gallery_cmd", "who is in these photos: identity, score, threshold, decision per face"),
-    ("gallery", "gallery_cmd", "list, remove, export, import or check identities"),
+    (
+        "gallery",
+        "gallery_cmd",
+        "identities, their templates, impostor examples and unknown visitors: list, remove, export, import, check",
+    ),
     (
         "access",
         "access_cmd",

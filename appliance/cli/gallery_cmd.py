@@ -76,7 +76,10 @@ def add_parser(subparsers: Any) -> None:
     add_config_option(identify)
     identify.set_defaults(handler=_identify)
 
-    gallery = subparsers.add_parser("gallery", help="list, remove, export, import or check identities")
+    gallery = subparsers.add_parser(
+        "gallery",
+        help="identities, their templates, impostor examples and unknown visitors: list, remove, export, import, check",
+    )
     actions = gallery.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     listing = actions.add_parser("list", help="identities with their template counts (no biometric data)")
@@ -320,7 +323,9 @@ def _identify(args: argparse.Namespace) -> int:
             if analysis.embeddings is not None:
                 for index, candidates in enumerate(gallery.search(analysis.embeddings)):
                     # "this is not X": a candidate closer to one of its impostor examples is passed over
-                    vetoed = next((c for c in candidates if c.impostor is not None and c.score >= threshold), None)
+                    vetoed = next(
+                        (c for c in candidates if c.impostor is not None and c.score >= threshold), None
+                    )
                     allowed = [c for c in candidates if c.impostor is None]
                     best = allowed[0] if allowed else (candidates[0] if candidates else None)
                     recognised = best is not None and best.impostor is None and best.score >= threshold
@@ -340,7 +345,9 @@ def _identify(args: argparse.Namespace) -> int:
                             "decision": decision,
                             "reason": reason
                             if decision == "denied"
-                            else ("impostor_example" if vetoed is not None and decision == "unknown" else None),
+                            else (
+                                "impostor_example" if vetoed is not None and decision == "unknown" else None
+                            ),
                             "impostor": None
                             if vetoed is None or vetoed.impostor is None
                             else {

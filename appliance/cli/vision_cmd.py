@@ -86,9 +86,9 @@ def add_parser(subparsers: Any) -> None:
     evaluate.add_argument(
         "--enroll-choice",
         choices=("first", "quality"),
-        default="first",
-        help="with --enroll-per-identity: enrol each person's first N photos in the CSV's order (default), "
-        "or the N best by face quality, as enrolment keeps them",
+        default="quality",
+        help="with --enroll-per-identity: enrol each person's N best photos by face quality, as enrolment "
+        "keeps them (default), or the first N in the CSV's order",
     )
     add_config_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)

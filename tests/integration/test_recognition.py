@@ -176,6 +176,7 @@ def test_evaluate_command_meets_the_accuracy_bar(
     # The door's protocol: one photo enrolled per person, every other photo identified.
     door = report["door"]
     assert door["per_identity"] == 1 and door["threshold"] == 0.5 and door["enrolled_identities"] >= 20
+    assert door["choice"] == "quality"  # each person's best photo, as enrolment keeps them
     assert (
         door["genuine_probes"] + door["enrolled_identities"] + door["stranger_probes"]
         == report["images"]["embedded"]
