@@ -22,7 +22,7 @@ import logging
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -412,6 +412,37 @@ class TemplateStore:
 
     # -- sealing -------------------------------------------------------------------------------------
 
+    def _insert_template(
+        self,
+        db: sqlite3.Connection,
+        identity_id: str,
+        model_version: str,
+        embedding: np.ndarray,
+        crop: Optional[np.ndarray],
+        quality: Optional[float],
+        created_at: str,
+        origin: TemplateOrigin = TemplateOrigin(),
+    ) -> int:
+        """Seal and insert one template (``embedding`` ``(D,)`` float32, ``crop`` ``(112, 112, 3)``
+        uint8 or ``None``) inside the caller's transaction; returns its id."""
+        cursor = db.execute(
+            "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at, "
+            "kind, source_event, score, margin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                identity_id,
+                model_version,
+                self._seal_embedding(identity_id, model_version, embedding),
+                self._seal_crop(identity_id, model_version, crop),
+                quality,
+                created_at,
+                origin.kind,
+                origin.source_event,
+                origin.score,
+                origin.margin,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
     def _seal_embedding(self, identity_id: str, model_version: str, embedding: np.ndarray) -> bytes:
         data = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
         return self._sealer.seal(data, f"embedding:{identity_id}:{model_version}")
@@ -561,19 +592,9 @@ class TemplateStore:
             for index, embedding in enumerate(embeddings):
                 crop = None if crops is None else crops[index]
                 quality = None if qualities is None else float(qualities[index])
-                cursor = db.execute(
-                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        identity_id,
-                        model_version,
-                        self._seal_embedding(identity_id, model_version, embedding),
-                        self._seal_crop(identity_id, model_version, crop),
-                        quality,
-                        now,
-                    ),
+                ids.append(
+                    self._insert_template(db, identity_id, model_version, embedding, crop, quality, now)
                 )
-                ids.append(int(cursor.lastrowid or 0))
             self._bump(db)
         return ids
 
@@ -747,19 +768,11 @@ class TemplateStore:
             )
             self._write_policy(db, identity_id, policy)
             for embedding, crop, quality in zip(embeddings, crops, qualities):
-                cursor = db.execute(
-                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        identity_id,
-                        model_version,
-                        self._seal_embedding(identity_id, model_version, embedding),
-                        self._seal_crop(identity_id, model_version, crop),
-                        float(quality),
-                        now,
-                    ),
+                added.append(
+                    self._insert_template(
+                        db, identity_id, model_version, embedding, crop, float(quality), now
+                    )
                 )
-                added.append(int(cursor.lastrowid or 0))
             self._note_fleet(db, identity_id, revision, "identity", now)
             self._bump(db)
         if removed:
@@ -827,21 +840,8 @@ class TemplateStore:
                 vector = np.asarray(embedding, np.float32).reshape(-1)
                 if not np.isfinite(vector).all():
                     raise IdentityError(f"a re-embedded template of {identity_id!r} is not finite")
-                db.execute(
-                    "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at, "
-                    "kind, source_event, score, margin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        identity_id,
-                        model_version,
-                        self._seal_embedding(identity_id, model_version, vector),
-                        self._seal_crop(identity_id, model_version, crop),
-                        quality,
-                        origin.created_at or now,
-                        origin.kind,
-                        origin.source_event,
-                        origin.score,
-                        origin.margin,
-                    ),
+                self._insert_template(
+                    db, identity_id, model_version, vector, crop, quality, origin.created_at or now, origin
                 )
                 written += 1
             self._bump(db)
@@ -926,23 +926,16 @@ class TemplateStore:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
                 raise IdentityError(f"no identity {identity_id!r}")
-            cursor = db.execute(
-                "INSERT INTO templates (identity_id, model_version, embedding, crop, quality, created_at, "
-                "kind, source_event, score, margin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    identity_id,
-                    model_version,
-                    self._seal_embedding(identity_id, model_version, vector),
-                    self._seal_crop(identity_id, model_version, crop),
-                    float(quality),
-                    now,
-                    ADAPTIVE,
-                    origin.source_event,
-                    origin.score,
-                    origin.margin,
-                ),
+            added = self._insert_template(
+                db,
+                identity_id,
+                model_version,
+                vector,
+                crop,
+                float(quality),
+                now,
+                replace(origin, kind=ADAPTIVE),
             )
-            added = int(cursor.lastrowid or 0)
             evicted = [
                 int(row[0])
                 for row in db.execute(
