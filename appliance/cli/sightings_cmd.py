@@ -180,6 +180,8 @@ def _unknowns(args: argparse.Namespace) -> int:
         print(json.dumps({"clusters": [cluster.document() for cluster in clusters]}, indent=2))
         return EXIT_OK
     print(f"{len(clusters)} cluster(s) of unknown visitors")
+    if not config.unknowns.enabled:
+        print("  (unknowns.enabled is false: no unknown faces are kept; set it to keep and group them)")
     for cluster in clusters:
         document = cluster.document()
         print(
