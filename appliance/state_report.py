@@ -125,6 +125,9 @@ class StateReporter:
             "sightings": {"kept": app.keeper.kept, "lost": app.keeper.lost, "error": app.keeper.error}
             if app.keeper is not None
             else None,
+            "adaptive": {"added": app.templates.added, "refused": dict(app.templates.refused)}
+            if app.templates is not None
+            else None,
             "board": self.board.document(),
             "degraded": self.degraded(),
             "pid": os.getpid(),

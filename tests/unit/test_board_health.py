@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Tuple
@@ -350,6 +351,8 @@ def fake_app() -> SimpleNamespace:
             "link",
             "door",
             "fleet",
+            "keeper",
+            "templates",
         )
     )
     return SimpleNamespace(
@@ -418,3 +421,16 @@ def test_prometheus_leaves_unknown_values_out_and_escapes_labels() -> None:
     )
     assert "face_appliance_board_throttling 1" in lines
     assert board_metrics({"jetson": False}) == []
+
+
+def test_the_state_counts_kept_faces_and_learnt_templates(tmp_path: Path) -> None:
+    app = fake_app()
+    reporter = StateReporter(app, BoardMonitor(BoardHealthReader(tmp_path)))  # type: ignore[arg-type]
+    state = reporter.state()
+    assert state["sightings"] is None and state["adaptive"] is None  # both off
+    app.keeper = SimpleNamespace(kept=12, lost=1, error=None)
+    app.templates = SimpleNamespace(added=3, refused=Counter({"low margin": 2, "too soon": 5}))
+    state = reporter.state()
+    assert state["sightings"] == {"kept": 12, "lost": 1, "error": None}
+    assert state["adaptive"] == {"added": 3, "refused": {"low margin": 2, "too soon": 5}}
+    json.dumps(state)
