@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
@@ -25,11 +25,13 @@ from .commands import (
     RemoveCalendarCommand,
     RemoveCommand,
     RemoveGroupCommand,
+    RemoveTemplateCommand,
     SetCalendarCommand,
     SetGroupCommand,
     SetPolicyCommand,
     SetThresholdCommand,
     StatusCommand,
+    TemplatesCommand,
     failure,
     parse,
     result,
@@ -143,6 +145,8 @@ class CommandService:
             except IdentityError as err:
                 raise CommandError(str(err)) from None
             return {"id": command.id, "templates_removed": removed}
+        if isinstance(command, (TemplatesCommand, RemoveTemplateCommand)):
+            return self._templates(command, gallery)
         if isinstance(command, EnrollCommand):
             return self._enroll(command)
         if isinstance(command, NotThisCommand):
@@ -189,6 +193,22 @@ class CommandService:
                 "calendars": [calendar.document() for _, calendar in sorted(tables.calendars.items())],
             }
         raise CommandError("unsupported command")
+
+    def _templates(
+        self, command: Union[TemplatesCommand, RemoveTemplateCommand], gallery: Any
+    ) -> Dict[str, Any]:
+        """``templates`` lists an identity's templates; ``remove_template`` deletes one at once (the
+        search stops using it before the answer goes out)."""
+        from .gallery.errors import IdentityError
+
+        try:
+            if isinstance(command, RemoveTemplateCommand):
+                info = gallery.remove_template(command.id, command.template_id)
+                return {"id": command.id, "removed": info.document()}
+            infos = gallery.store.template_infos(command.id)
+        except IdentityError as err:
+            raise CommandError(str(err)) from None
+        return {"id": command.id, "templates": [info.document() for info in infos]}
 
     def _not_this(self, command: NotThisCommand) -> Dict[str, Any]:
         """``not_this``, "this is not X" (:func:`appliance.sightings.impostors.mark_not`); refusals carry their code."""

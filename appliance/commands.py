@@ -172,6 +172,20 @@ class RemoveCommand(_Command):
     id: str = Field(min_length=1, max_length=64)
 
 
+class TemplatesCommand(_Command):
+    """``templates``: an identity's templates (no biometric data), as ``gallery templates ID`` lists them."""
+
+    id: str = Field(min_length=1, max_length=64)
+
+
+class RemoveTemplateCommand(_Command):
+    """``remove_template``: delete one template of an identity (e.g. an adaptive one learnt by mistake);
+    the last enrolled template is refused."""
+
+    id: str = Field(min_length=1, max_length=64)
+    template_id: int = Field(ge=1)
+
+
 class SetPolicyCommand(_Command):
     id: str = Field(min_length=1, max_length=64)
     valid_from: Optional[str] = Field(None, min_length=1, max_length=64)
@@ -271,6 +285,8 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "remove_calendar": RemoveCalendarCommand,
     "access": AccessCommand,
     "not_this": NotThisCommand,
+    "templates": TemplatesCommand,
+    "remove_template": RemoveTemplateCommand,
 }
 
 

@@ -138,6 +138,26 @@ def test_a_marked_wrong_grant_is_no_longer_granted_while_the_identity_still_is(
         unknown_event = next(e for e in settled if e["decision"] == "unknown")
         refused = command(recorder, "not_this", {"request_id": "n6", "event_id": unknown_event["event_id"]})
         assert refused["ok"] is False and refused["error"]["code"] == "not_a_grant", refused
+
+        # The templates commands: A's one enrolled template is listed, and it cannot be removed (the
+        # last enrolled one); an unknown identity and a malformed template id are refused.
+        listed = command(recorder, "templates", {"request_id": "t1", "id": "person-a"})
+        assert listed["ok"] is True, listed
+        (only,) = listed["result"]["templates"]
+        assert only["kind"] == "enrolled" and "embedding" not in only and "crop" not in only, only
+        last = command(
+            recorder, "remove_template", {"request_id": "t2", "id": "person-a", "template_id": only["id"]}
+        )
+        assert last["ok"] is False and last["error"]["code"] == "refused", last
+        assert "enrolled" in last["error"]["message"], last
+        nobody = command(recorder, "templates", {"request_id": "t3", "id": "nobody"})
+        assert nobody["ok"] is False and nobody["error"]["code"] == "refused", nobody
+        zero = command(recorder, "remove_template", {"request_id": "t4", "id": "person-a", "template_id": 0})
+        assert zero["ok"] is False and zero["error"]["code"] == "invalid", zero
+        assert (
+            command(recorder, "templates", {"request_id": "t5", "id": "person-a"})["result"]
+            == listed["result"]
+        )
     finally:
         code = daemon.stop()
     assert code == 0, daemon.text[-3000:]

@@ -19,6 +19,7 @@ import json
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import cv2
@@ -26,6 +27,8 @@ import numpy as np
 import pytest
 
 from appliance.cli import main
+from appliance.command_service import CommandService
+from appliance.commands import CommandError, RemoveTemplateCommand, TemplatesCommand
 from appliance.config import ApplianceConfig
 from appliance.config_load import validate_config
 from appliance.decisions import GRANTED, DecisionEngine, DecisionSettings, Observation
@@ -299,6 +302,47 @@ def _files(storage: Path) -> Dict[str, bytes]:
         delta_path(storage / INDEX_FILE).name,
     ]
     return {name: (storage / name).read_bytes() for name in names if (storage / name).exists()}
+
+
+def test_the_templates_commands_list_and_remove_an_adaptive_template_in_the_running_gallery(
+    tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]]
+) -> None:
+    """The MQTT ``templates`` / ``remove_template`` commands as the pipeline thread runs them: the
+    removal takes effect in the daemon's own gallery at once (no reload), the last enrolled template
+    is refused. (The wire, with a broker, is in tests/integration/test_not_this.py.)"""
+    person = _of(labelled, "deepface_personC")
+    _enrol(gallery, "c", [person[0][1]])
+    updater = TemplateUpdater(gallery, _config(tmp_path, min_quality=0.0).adaptive, False)
+    learned = updater.consider(_passage(gallery, person[1][1]), "ev-7").added
+    assert learned is not None
+    probe = person[1][1].embedding[None]
+    assert gallery.search(probe)[0][0].score > 0.99  # the probe is the learnt template itself
+    service = CommandService(
+        validate_config({"storage": {"dir": str(tmp_path / "state")}}),
+        None,
+        SimpleNamespace(gallery=gallery),  # type: ignore[arg-type]
+        SimpleNamespace(settings=SimpleNamespace(threshold=0.5)),  # type: ignore[arg-type]
+        lambda name, document: None,
+        dict,
+    )
+    listed = service.execute(TemplatesCommand(request_id="r", id="c"))
+    assert [(t["id"], t["kind"], t["source_event"]) for t in listed["templates"]][1] == (
+        learned,
+        ADAPTIVE,
+        "ev-7",
+    )
+    (enrolled_id,) = [t["id"] for t in listed["templates"] if t["kind"] == ENROLLED]
+    with pytest.raises(CommandError, match="last enrolled template"):
+        service.execute(RemoveTemplateCommand(request_id="r", id="c", template_id=enrolled_id))
+    with pytest.raises(CommandError, match="no identity 'nobody'"):
+        service.execute(TemplatesCommand(request_id="r", id="nobody"))
+
+    removed = service.execute(RemoveTemplateCommand(request_id="r", id="c", template_id=learned))
+    assert removed["removed"]["id"] == learned and removed["removed"]["kind"] == ADAPTIVE
+    assert [t["id"] for t in service.execute(TemplatesCommand(request_id="r", id="c"))["templates"]] == [
+        enrolled_id
+    ]
+    assert gallery.search(probe)[0][0].score < 0.99  # the running gallery no longer holds it
 
 
 def test_gallery_templates_lists_and_removes_and_the_removed_one_leaves_no_trace(
