@@ -42,6 +42,7 @@ from .enrollment import Enroller
 from .pipeline import Pipeline
 from .runtime import ModelRuntime
 from .sightings.store import SightingStore
+from .template_update import TemplateUpdater
 from .vision.image import ImageError, decode_image
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ class CommandService:
         reloading: Callable[[], Any] = lambda: None,
         reloaded: Callable[[], Any] = lambda: None,
         sightings: Optional[SightingStore] = None,
+        templates: Optional[TemplateUpdater] = None,
     ) -> None:
         self.sightings = sightings
+        self.templates = templates
         self.config = config
         self.config_path = config_path
         self.runtime = runtime
@@ -194,6 +197,17 @@ class CommandService:
             }
         raise CommandError("unsupported command")
 
+    def _reload_adaptive(self, fresh: ApplianceConfig) -> None:
+        if self.templates is not None:
+            self.templates.settings = fresh.adaptive
+        elif fresh.adaptive.enabled:
+            logger.warning(
+                "[adaptive] is enabled in the configuration file but was off at the start: "
+                "it takes effect at the next start"
+            )
+            return
+        self.config.adaptive = fresh.adaptive
+
     def _templates(
         self, command: Union[TemplatesCommand, RemoveTemplateCommand], gallery: Any
     ) -> Dict[str, Any]:
@@ -268,8 +282,11 @@ class CommandService:
         }
 
     def reload(self) -> Dict[str, Any]:
-        """Re-read thresholds and ``[access]`` from the configuration file and the gallery from disk
-        (SIGHUP, ``reload``).
+        """Re-read thresholds, ``[decision]``, ``[access]`` and ``[adaptive]``'s rules from the
+        configuration file and the gallery from disk (SIGHUP, ``reload``).
+
+        ``[adaptive]`` can be tightened, loosened or turned off at a reload; turning it on needs a
+        restart when it was off at the start (the pipeline keeps no frame to learn from then).
 
         Runs on the pipeline thread, like every other change to the live models or the gallery.
         """
@@ -282,6 +299,7 @@ class CommandService:
                 self.config.decision = fresh.decision
                 self.config.liveness.threshold = fresh.liveness.threshold
                 self.config.access = fresh.access
+                self._reload_adaptive(fresh)
                 if gallery is not None:  # this door's groups and time zone, from the next passage on
                     self.pipeline.judge = AccessJudge.for_door(fresh.access, gallery.store)
             self.pipeline.set_threshold(self.config.match.threshold)

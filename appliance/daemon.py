@@ -281,6 +281,7 @@ class Appliance:
             self.notifier.reloading,
             self.notifier.ready,
             sightings=self.sightings,
+            templates=self.templates,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
         self.fleet = self._fleet_member(self.link)

@@ -28,9 +28,9 @@ import pytest
 
 from appliance.cli import main
 from appliance.command_service import CommandService
-from appliance.commands import CommandError, RemoveTemplateCommand, TemplatesCommand
+from appliance.commands import CommandError, ReloadCommand, RemoveTemplateCommand, TemplatesCommand
 from appliance.config import ApplianceConfig
-from appliance.config_load import validate_config
+from appliance.config_load import load_config, validate_config
 from appliance.decisions import GRANTED, DecisionEngine, DecisionSettings, Observation
 from appliance.enrollment import Enroller
 from appliance.event_recorder import EventRecorder
@@ -343,6 +343,58 @@ def test_the_templates_commands_list_and_remove_an_adaptive_template_in_the_runn
         enrolled_id
     ]
     assert gallery.search(probe)[0][0].score < 0.99  # the running gallery no longer holds it
+
+
+def test_a_reload_applies_the_adaptive_rules_and_turns_the_update_off(
+    tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGHUP / ``reload`` re-reads ``[adaptive]``: a stricter margin refuses what the old one took, and
+    ``enabled = false`` stops learning; turning it on needs a restart when it was off at the start."""
+    person = _of(labelled, "deepface_personC")
+    _enrol(gallery, "c", [person[0][1]])
+    _enrol(gallery, "obama", [face for _, face in _of(labelled, "fr_obama")[:1]])  # a runner-up: a margin
+    path = tmp_path / "appliance.toml"
+
+    def write(adaptive: str) -> ApplianceConfig:
+        path.write_text(f'[storage]\ndir = "{tmp_path / "state"}"\n[adaptive]\n{adaptive}\n')
+        return load_config(path)
+
+    config = write("enabled = true\nrequire_liveness = false\nmin_quality = 0.0\nmin_interval_s = 0.0")
+    updater = TemplateUpdater(gallery, config.adaptive, False)
+    pipeline = SimpleNamespace(settings=SimpleNamespace(threshold=0.5), set_threshold=lambda value: None)
+    runtime = SimpleNamespace(gallery=gallery, analyzer=SimpleNamespace(liveness=None))
+    service = CommandService(
+        config,
+        path,
+        runtime,
+        pipeline,
+        lambda *_: None,
+        dict,
+        templates=updater,  # type: ignore[arg-type]
+    )
+    passage = _passage(gallery, person[1][1])
+    assert passage.decision.margin is not None and 0.1 <= passage.decision.margin < 1.0, passage.decision
+    assert updater.consider(passage, "ev-0").added is not None  # the rules at the start take it
+
+    strict = (
+        "enabled = true\nrequire_liveness = false\nmin_quality = 0.0\nmin_interval_s = 0.0\nmin_margin = 1.0"
+    )
+    write(strict)
+    service.execute(ReloadCommand(request_id="r"))
+    assert updater.settings.min_margin == 1.0 and service.config.adaptive.min_margin == 1.0
+    assert updater.consider(passage, "ev-1").reason.startswith("low margin")
+
+    write("enabled = false")
+    service.execute(ReloadCommand(request_id="r"))
+    assert updater.consider(passage, "ev-2").reason == "disabled"
+
+    # Off at the start: no updater; a reload that turns it on says it needs a restart.
+    service = CommandService(load_config(path), path, runtime, pipeline, lambda *_: None, dict)  # type: ignore[arg-type]
+    write("enabled = true\nrequire_liveness = false")
+    with caplog.at_level("WARNING", logger="appliance.command_service"):
+        service.execute(ReloadCommand(request_id="r"))
+    assert "takes effect at the next start" in caplog.text
+    assert service.config.adaptive.enabled is False
 
 
 def test_gallery_templates_lists_and_removes_and_the_removed_one_leaves_no_trace(
