@@ -6,24 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 from appliance.access.policy import IdentityPolicy
 from appliance.config_load import validate_config
 from appliance.gallery.errors import IdentityError
 from appliance.gallery.gallery import Gallery
+from tests.synthetic import random_crops, unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
-
-
-def _vectors(count: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(count, 128)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _crops(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 112, 112, 3), dtype=np.uint8)
 
 
 @pytest.fixture
@@ -40,8 +31,8 @@ def _apply(gallery: Gallery, identity_id: str, revision: int, seed: int, count: 
         f"B-{seed}",
         "2026-12-01T00:00:00Z",
         IdentityPolicy(groups=("staff",)),
-        _vectors(count, seed),
-        _crops(count, seed),
+        unit_vectors(count, seed),
+        random_crops(count, seed),
         [0.9] * count,
     )
 
@@ -49,12 +40,12 @@ def _apply(gallery: Gallery, identity_id: str, revision: int, seed: int, count: 
 def test_records_replace_older_revisions_and_are_searchable(gallery: Gallery) -> None:
     _apply(gallery, "p-1", 3, seed=1)
     assert gallery.store.fleet_identities() == {"p-1": 3} and len(gallery) == 2
-    (hit,) = gallery.search(_vectors(1, 1))[0][:1]
+    (hit,) = gallery.search(unit_vectors(1, 1))[0][:1]
     assert hit.identity_id == "p-1" and hit.score > 0.99 and hit.name == "Person 1"
     _apply(gallery, "p-1", 5, seed=2, count=3)  # a newer record: name, templates and policy replaced
     assert gallery.store.fleet_identities() == {"p-1": 5} and len(gallery) == 3
-    assert gallery.search(_vectors(1, 2))[0][0].name == "Person 2"
-    assert gallery.search(_vectors(1, 1))[0][0].score < 0.5  # the old templates are gone from the index
+    assert gallery.search(unit_vectors(1, 2))[0][0].name == "Person 2"
+    assert gallery.search(unit_vectors(1, 1))[0][0].score < 0.5  # the old templates are gone from the index
     identity = gallery.store.identity("p-1")
     assert identity.external_id == "B-2" and identity.policy.groups == ("staff",) and identity.templates == 3
     assert [t.crop.shape for t in gallery.store.templates(identity_id="p-1")] == [(112, 112, 3)] * 3
@@ -77,7 +68,7 @@ def _bytes_on_disk(gallery: Gallery) -> bytes:
 
 
 def test_local_enrolments_are_never_replaced_or_removed_by_the_fleet(gallery: Gallery) -> None:
-    gallery.add("ada", "Ada", _vectors(1, 7))
+    gallery.add("ada", "Ada", unit_vectors(1, 7))
     with pytest.raises(IdentityError, match="enrolled locally"):
         _apply(gallery, "ada", 9, seed=8)
     with pytest.raises(IdentityError, match="enrolled locally"):

@@ -35,15 +35,11 @@ from appliance.gallery.delta import (
 from appliance.gallery.gallery import INDEX_FILE, Gallery
 from appliance.gallery.index import as_unit_vectors, read_snapshot_header
 from appliance.gallery.store import TemplateStore
+from tests.synthetic import unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 D = 128
 RECORD_OF_ONE = 8 + 24 + 8 + 4 * D  # prefix, head, one id, one vector
-
-
-def _vectors(count: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(count, D)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def _open(state: Path, precision: str = "float16", min_bytes: int = 1 << 20, **gallery: object) -> Gallery:
@@ -57,7 +53,7 @@ def _fill(state: Path, people: int, seed: int = 100) -> None:
     """``people`` identities of two templates each, straight into the store, then a snapshot."""
     with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
         for number in range(people):
-            store.add(f"p{number}", f"P {number}", VERSION, _vectors(2, seed + number))
+            store.add(f"p{number}", f"P {number}", VERSION, unit_vectors(2, seed + number, dim=D))
     with _open(state):
         pass
 
@@ -82,10 +78,10 @@ def _files(state: Path) -> List[str]:
 def test_an_enrolment_appends_one_record_and_leaves_the_snapshot(state: Path) -> None:
     snapshot = (state / INDEX_FILE).read_bytes()
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
         assert (state / INDEX_FILE).read_bytes() == snapshot
         assert delta_path(state / INDEX_FILE).stat().st_size == DELTA_HEADER_BYTES + RECORD_OF_ONE
-        gallery.add("bob", "Bob", _vectors(3, 2))
+        gallery.add("bob", "Bob", unit_vectors(3, 2, dim=D))
         assert delta_path(state / INDEX_FILE).stat().st_size == DELTA_HEADER_BYTES + 2 * RECORD_OF_ONE + 2 * (
             8 + 4 * D
         )
@@ -103,12 +99,12 @@ def test_an_enrolment_appends_one_record_and_leaves_the_snapshot(state: Path) ->
 def test_reopening_replays_the_delta_without_a_rebuild(state: Path, caplog: pytest.LogCaptureFixture) -> None:
     with _open(state) as gallery:
         for number in range(5):
-            gallery.add(f"new{number}", f"New {number}", _vectors(1, 1000 + number))
-        before = _top(gallery, _vectors(1, 1003))
+            gallery.add(f"new{number}", f"New {number}", unit_vectors(1, 1000 + number, dim=D))
+        before = _top(gallery, unit_vectors(1, 1003, dim=D))
     caplog.set_level(logging.INFO)
     with _open(state) as gallery:
-        assert len(gallery) == 105 and _top(gallery, _vectors(1, 1003)) == before == ["new3"]
-        assert _top(gallery, _vectors(2, 100)) == ["p0", "p0"]
+        assert len(gallery) == 105 and _top(gallery, unit_vectors(1, 1003, dim=D)) == before == ["new3"]
+        assert _top(gallery, unit_vectors(2, 100, dim=D)) == ["p0", "p0"]
     assert "replayed 5 delta record(s)" in caplog.text and "rebuilding" not in caplog.text
 
 
@@ -118,13 +114,13 @@ def test_the_delta_is_folded_into_a_snapshot_once_past_its_ratio(tmp_path: Path)
     with _open(tmp_path, min_bytes=0, index_delta_ratio=0.25) as gallery:
         appended = 0
         while gallery.saved.snapshots_written == 0:
-            gallery.add(f"n{appended}", f"N {appended}", _vectors(1, 500 + appended))
+            gallery.add(f"n{appended}", f"N {appended}", unit_vectors(1, 500 + appended, dim=D))
             appended += 1
         # It compacted at the first append past a quarter of the snapshot, not before.
         assert DELTA_HEADER_BYTES + (appended - 1) * RECORD_OF_ONE <= snapshot_bytes / 4 + RECORD_OF_ONE
         assert _files(tmp_path) == [INDEX_FILE]
         assert read_snapshot_header(tmp_path / INDEX_FILE)["generation"] == gallery.store.generation
-        gallery.add("after", "After", _vectors(1, 999))  # a new delta against the new snapshot
+        gallery.add("after", "After", unit_vectors(1, 999, dim=D))  # a new delta against the new snapshot
         assert _files(tmp_path) == [INDEX_FILE, INDEX_FILE + ".delta"]
     with _open(tmp_path) as gallery:
         assert len(gallery) == 20 + appended + 1
@@ -132,8 +128,8 @@ def test_the_delta_is_folded_into_a_snapshot_once_past_its_ratio(tmp_path: Path)
 
 def test_a_ratio_of_zero_rewrites_the_snapshot_at_every_change(state: Path) -> None:
     with _open(state, index_delta_ratio=0) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
-        gallery.add("bob", "Bob", _vectors(1, 2))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
+        gallery.add("bob", "Bob", unit_vectors(1, 2, dim=D))
         assert gallery.saved.snapshots_written == 2 and _files(state) == [INDEX_FILE]
 
 
@@ -143,7 +139,7 @@ def test_fleet_changes_applied_without_saving_are_appended_together(state: Path)
         for number in range(3):
             gallery.apply_fleet_identity(
                 f"f{number}", 1, f"F {number}", None, "2026-01-01T00:00:00Z", IdentityPolicy(),
-                _vectors(1, 700 + number), np.zeros((1, 112, 112, 3), np.uint8), [0.9], save=False,
+                unit_vectors(1, 700 + number, dim=D), np.zeros((1, 112, 112, 3), np.uint8), [0.9], save=False,
             )  # fmt: skip
         assert not delta_path(state / INDEX_FILE).exists()
         gallery.save_index()
@@ -153,13 +149,13 @@ def test_fleet_changes_applied_without_saving_are_appended_together(state: Path)
         gallery.save_index()  # a removal among them: a new snapshot, no delta
         assert _files(state) == [INDEX_FILE] and (state / INDEX_FILE).read_bytes() != snapshot
     with _open(state) as gallery:
-        assert len(gallery) == 102 and _top(gallery, _vectors(1, 702)) == ["f2"]
+        assert len(gallery) == 102 and _top(gallery, unit_vectors(1, 702, dim=D)) == ["f2"]
 
 
 def test_changes_not_saved_yet_are_written_at_close(state: Path) -> None:
     with _open(state) as gallery:
         gallery.apply_fleet_identity(
-            "f0", 1, "F", None, "2026-01-01T00:00:00Z", IdentityPolicy(), _vectors(1, 9),
+            "f0", 1, "F", None, "2026-01-01T00:00:00Z", IdentityPolicy(), unit_vectors(1, 9, dim=D),
             np.zeros((1, 112, 112, 3), np.uint8), [0.9], save=False,
         )  # fmt: skip
     assert saved_generation(state / INDEX_FILE) == 51
@@ -173,12 +169,12 @@ def test_a_removal_writes_a_snapshot_and_leaves_no_trace_in_either_file(
     tmp_path: Path, precision: str
 ) -> None:
     _fill(tmp_path, 20)
-    removed = _vectors(2, 4242)
+    removed = unit_vectors(2, 4242, dim=D)
     unit = as_unit_vectors(removed, D)  # as the index normalises them
     traces = [unit.astype("<f4").tobytes()[:64], unit.astype("<f2").tobytes()[:32]]
     with _open(tmp_path, precision) as gallery:
         gallery.add("gone", "Gone", removed)
-        gallery.add("kept", "Kept", _vectors(1, 4343))
+        gallery.add("kept", "Kept", unit_vectors(1, 4343, dim=D))
         files = (tmp_path / INDEX_FILE).read_bytes() + delta_path(tmp_path / INDEX_FILE).read_bytes()
         assert traces[0] in files  # the scan finds it while enrolled (the delta holds float32 rows)
         gallery.remove("gone")
@@ -187,18 +183,18 @@ def test_a_removal_writes_a_snapshot_and_leaves_no_trace_in_either_file(
         assert not [trace for trace in traces if trace in snapshot]
         assert _top(gallery, removed[:1]) != ["gone"]
     with _open(tmp_path, precision) as gallery:
-        assert len(gallery) == 41 and _top(gallery, _vectors(1, 4343)) == ["kept"]
+        assert len(gallery) == 41 and _top(gallery, unit_vectors(1, 4343, dim=D)) == ["kept"]
 
 
 def test_a_delta_left_beside_a_newer_snapshot_is_deleted_at_open(state: Path) -> None:
     """Killed between the snapshot's rename and the delta's deletion: the old delta is ignored."""
     with _open(state) as gallery:
-        gallery.add("gone", "Gone", _vectors(1, 1))
+        gallery.add("gone", "Gone", unit_vectors(1, 1, dim=D))
         old = delta_path(state / INDEX_FILE).read_bytes()
         gallery.remove("gone")
     delta_path(state / INDEX_FILE).write_bytes(old)
     with _open(state) as gallery:
-        assert len(gallery) == 100 and _top(gallery, _vectors(1, 1)) != ["gone"]
+        assert len(gallery) == 100 and _top(gallery, unit_vectors(1, 1, dim=D)) != ["gone"]
     assert _files(state) == [INDEX_FILE]
 
 
@@ -208,11 +204,11 @@ def test_a_delta_left_beside_a_newer_snapshot_is_deleted_at_open(state: Path) ->
 def test_a_store_ahead_of_the_delta_is_rebuilt_from(state: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Killed between the store's commit and the append: the delta ends one generation short."""
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
-        gallery.store.add("bob", "Bob", VERSION, _vectors(1, 2))  # committed, never appended
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
+        gallery.store.add("bob", "Bob", VERSION, unit_vectors(1, 2, dim=D))  # committed, never appended
     caplog.set_level(logging.INFO)
     with _open(state) as gallery:
-        assert len(gallery) == 102 and _top(gallery, _vectors(1, 2)) == ["bob"]
+        assert len(gallery) == 102 and _top(gallery, unit_vectors(1, 2, dim=D)) == ["bob"]
     assert "reach generation 51, the store is at 52" in caplog.text
     assert _files(state) == [INDEX_FILE]  # rebuilt and saved as a snapshot
 
@@ -220,27 +216,27 @@ def test_a_store_ahead_of_the_delta_is_rebuilt_from(state: Path, caplog: pytest.
 @pytest.mark.parametrize("cut", [1, 9, RECORD_OF_ONE - 1])
 def test_a_torn_last_record_is_refused_and_the_store_decides(state: Path, cut: int) -> None:
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
-        gallery.add("bob", "Bob", _vectors(1, 2))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
+        gallery.add("bob", "Bob", unit_vectors(1, 2, dim=D))
     path = delta_path(state / INDEX_FILE)
     path.write_bytes(path.read_bytes()[:-cut])
     found = read_delta(path, 1 << 20)
     assert len(found.records) == 1 and "truncated" in (found.problem or "")
     with _open(state) as gallery:
-        assert len(gallery) == 102 and _top(gallery, _vectors(1, 2)) == ["bob"]
+        assert len(gallery) == 102 and _top(gallery, unit_vectors(1, 2, dim=D)) == ["bob"]
 
 
 def test_a_damaged_tail_past_the_store_generation_is_cut_back(
     state: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
     path = delta_path(state / INDEX_FILE)
     good = path.read_bytes()
     path.write_bytes(good + b"\x07" * 100)
     with _open(state) as gallery:
         assert len(gallery) == 101 and gallery.saved.snapshots_written == 0
-        gallery.add("bob", "Bob", _vectors(1, 2))  # appended after the last good record
+        gallery.add("bob", "Bob", unit_vectors(1, 2, dim=D))  # appended after the last good record
     assert "cut the gallery index delta" in caplog.text
     assert path.read_bytes()[: len(good)] == good and len(read_delta(path, 1 << 20).records) == 2
     with _open(state) as gallery:
@@ -251,7 +247,7 @@ def test_a_bad_tail_that_cannot_be_cut_makes_the_next_write_a_snapshot(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
     path = delta_path(state / INDEX_FILE)
     path.write_bytes(path.read_bytes() + b"\x07" * 100)
 
@@ -262,7 +258,7 @@ def test_a_bad_tail_that_cannot_be_cut_makes_the_next_write_a_snapshot(
     with _open(state) as gallery:
         assert len(gallery) == 101 and gallery.saved.generation is None
         monkeypatch.undo()
-        gallery.add("bob", "Bob", _vectors(1, 2))  # never appended after the bad tail
+        gallery.add("bob", "Bob", unit_vectors(1, 2, dim=D))  # never appended after the bad tail
         assert gallery.saved.snapshots_written == 1 and _files(state) == [INDEX_FILE]
     with _open(state) as gallery:
         assert len(gallery) == 102
@@ -272,12 +268,12 @@ def test_a_delta_past_the_store_is_not_replayed(state: Path, caplog: pytest.LogC
     """A restored backup of the store: the records past its generation never come back."""
     backup = (state / "gallery.db").read_bytes()
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
     (state / "gallery.db").write_bytes(backup)
     for suffix in ("-wal", "-shm"):
         Path(f"{state / 'gallery.db'}{suffix}").unlink(missing_ok=True)
     with _open(state) as gallery:
-        assert len(gallery) == 100 and _top(gallery, _vectors(1, 1)) != ["ada"]
+        assert len(gallery) == 100 and _top(gallery, unit_vectors(1, 1, dim=D)) != ["ada"]
     assert "a restored backup?" in caplog.text and _files(state) == [INDEX_FILE]
 
 
@@ -296,12 +292,12 @@ def _forge(state: Path, records: bytes, *, base: int = 50, snapshot_id: Optional
 def test_forged_records_with_wrong_ids_are_refused(state: Path) -> None:
     """A well-formed record naming a template id the store gives another person: never used."""
     with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
-        store.add("eve", "Eve", VERSION, _vectors(1, 5))
+        store.add("eve", "Eve", VERSION, unit_vectors(1, 5, dim=D))
         eve_id = max(t.id for t in store.templates(VERSION))
-    _forge(state, encode_record(DeltaRecord(50, 51, np.array([eve_id + 7]), _vectors(1, 6))))
+    _forge(state, encode_record(DeltaRecord(50, 51, np.array([eve_id + 7]), unit_vectors(1, 6, dim=D))))
     with _open(state) as gallery:
-        assert len(gallery) == 101 and _top(gallery, _vectors(1, 5)) == ["eve"]
-        assert gallery.search(_vectors(1, 6), 1)[0][0].score < 0.5
+        assert len(gallery) == 101 and _top(gallery, unit_vectors(1, 5, dim=D)) == ["eve"]
+        assert gallery.search(unit_vectors(1, 6, dim=D), 1)[0][0].score < 0.5
 
 
 @pytest.mark.parametrize(
@@ -309,7 +305,7 @@ def test_forged_records_with_wrong_ids_are_refused(state: Path) -> None:
     ["huge length", "flipped bit", "zero vector", "negative id", "repeated id", "two generations", "header"],
 )
 def test_hostile_deltas_are_refused_quickly(state: Path, damage: str) -> None:
-    record = bytearray(encode_record(DeltaRecord(50, 51, np.array([10**6]), _vectors(1, 6))))
+    record = bytearray(encode_record(DeltaRecord(50, 51, np.array([10**6]), unit_vectors(1, 6, dim=D))))
     if damage == "huge length":
         record[:4] = struct.pack("<I", 0xFFFFFFF0)
     elif damage == "flipped bit":
@@ -323,7 +319,9 @@ def test_hostile_deltas_are_refused_quickly(state: Path, damage: str) -> None:
         elif damage == "two generations":
             body[8:16] = struct.pack("<Q", 52)
         elif damage == "repeated id":
-            body = bytearray(encode_record(DeltaRecord(50, 51, np.array([3, 3]), _vectors(2, 6)))[8:])
+            body = bytearray(
+                encode_record(DeltaRecord(50, 51, np.array([3, 3]), unit_vectors(2, 6, dim=D)))[8:]
+            )
         record = bytearray(struct.pack("<II", len(body), zlib.crc32(bytes(body))) + bytes(body))
     _forge(state, bytes(record))
     if damage == "header":
@@ -333,15 +331,16 @@ def test_hostile_deltas_are_refused_quickly(state: Path, damage: str) -> None:
     else:
         assert read_delta(delta_path(state / INDEX_FILE), 1 << 20).records == []
     with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
-        store.add("eve", "Eve", VERSION, _vectors(1, 5))  # the store moved on: generation 51
+        store.add("eve", "Eve", VERSION, unit_vectors(1, 5, dim=D))  # the store moved on: generation 51
     with _open(state) as gallery:
-        assert len(gallery) == 101 and _top(gallery, _vectors(1, 5)) == ["eve"]
+        assert len(gallery) == 101 and _top(gallery, unit_vectors(1, 5, dim=D)) == ["eve"]
     assert _files(state) == [INDEX_FILE]
 
 
 def test_a_delta_beyond_the_read_bounds_stops_there(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = b"".join(
-        encode_record(DeltaRecord(50 + n, 51 + n, np.array([10**6 + n]), _vectors(1, n))) for n in range(3)
+        encode_record(DeltaRecord(50 + n, 51 + n, np.array([10**6 + n]), unit_vectors(1, n, dim=D)))
+        for n in range(3)
     )
     _forge(state, records)
     found = read_delta(delta_path(state / INDEX_FILE), DELTA_HEADER_BYTES + 2 * RECORD_OF_ONE)
@@ -355,14 +354,14 @@ def test_a_delta_beyond_the_read_bounds_stops_there(state: Path, monkeypatch: py
 def test_a_fifo_in_place_of_the_delta_does_not_hang(state: Path) -> None:
     os.mkfifo(delta_path(state / INDEX_FILE))
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
         assert len(gallery) == 101
     with _open(state) as gallery:
         assert len(gallery) == 101
 
 
 def test_a_delta_of_another_snapshot_or_model_is_ignored(state: Path) -> None:
-    record = encode_record(DeltaRecord(50, 51, np.array([10**6]), _vectors(1, 6)))
+    record = encode_record(DeltaRecord(50, 51, np.array([10**6]), unit_vectors(1, 6, dim=D)))
     _forge(state, record, snapshot_id="0" * 32)
     with _open(state) as gallery:
         assert len(gallery) == 100
@@ -386,14 +385,14 @@ def _as_version_1(path: Path) -> None:
 
 def test_a_version_1_snapshot_is_read_and_a_delta_beside_it_deleted(state: Path) -> None:
     """An index file written before deltas existed: still a valid snapshot, and nothing extends it."""
-    _forge(state, encode_record(DeltaRecord(50, 51, np.array([10**6]), _vectors(1, 6))))
+    _forge(state, encode_record(DeltaRecord(50, 51, np.array([10**6]), unit_vectors(1, 6, dim=D))))
     _as_version_1(state / INDEX_FILE)
     assert read_snapshot_header(state / INDEX_FILE)["snapshot_id"] is None
     assert saved_generation(state / INDEX_FILE) == 50
     with _open(state) as gallery:
         assert len(gallery) == 100 and gallery.saved.snapshots_written == 0
         assert _files(state) == [INDEX_FILE]
-        gallery.add("ada", "Ada", _vectors(1, 1))  # not a delta of a version-1 file: a snapshot
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))  # not a delta of a version-1 file: a snapshot
         assert read_snapshot_header(state / INDEX_FILE)["format"] == 2
     with _open(state) as gallery:
         assert len(gallery) == 101
@@ -406,7 +405,7 @@ def test_a_full_disk_during_an_append_leaves_no_torn_record(
     state: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
         size = delta_path(state / INDEX_FILE).stat().st_size
         real_write = os.write
 
@@ -415,12 +414,12 @@ def test_a_full_disk_during_an_append_leaves_no_torn_record(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         monkeypatch.setattr(delta_module.os, "write", full)
-        gallery.add("bob", "Bob", _vectors(1, 2))  # stored; the index file could not follow
+        gallery.add("bob", "Bob", unit_vectors(1, 2, dim=D))  # stored; the index file could not follow
         monkeypatch.undo()
         assert delta_path(state / INDEX_FILE).stat().st_size == size  # cut back to the last record
         assert "could not save the gallery index" in caplog.text
-        assert _top(gallery, _vectors(1, 2)) == ["bob"]  # searchable from memory
-        gallery.add("cy", "Cy", _vectors(1, 3))  # the files were behind: a snapshot now
+        assert _top(gallery, unit_vectors(1, 2, dim=D)) == ["bob"]  # searchable from memory
+        gallery.add("cy", "Cy", unit_vectors(1, 3, dim=D))  # the files were behind: a snapshot now
         assert _files(state) == [INDEX_FILE]
     with _open(state) as gallery:
         assert len(gallery) == 103 and gallery.saved.snapshots_written == 0
@@ -428,8 +427,8 @@ def test_a_full_disk_during_an_append_leaves_no_torn_record(
 
 def test_persist_index_off_deletes_the_delta_too(state: Path) -> None:
     with _open(state) as gallery:
-        gallery.add("ada", "Ada", _vectors(1, 1))
+        gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))
     with _open(state, persist_index=False) as gallery:
-        gallery.add("bob", "Bob", _vectors(1, 2))
+        gallery.add("bob", "Bob", unit_vectors(1, 2, dim=D))
         assert _files(state) == []
     assert _files(state) == []

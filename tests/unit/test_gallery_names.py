@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 from typing import Iterator, List
 
-import numpy as np
 import pytest
 
 from appliance.commands import CommandError, parse
@@ -23,6 +22,7 @@ from appliance.gallery.errors import BundleError, IdentityError
 from appliance.gallery.store import TemplateStore
 from appliance.gallery.text import printable
 from tests.support import run_cli
+from tests.synthetic import unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 PASSPHRASE = "correct horse battery"
@@ -52,11 +52,6 @@ FRIENDLY = [
 RAW = ("\x1b", "\r", "\n", "\x00", "\x9b", "\u202e", "\u2066", "\u200f")
 
 
-def _vectors(count: int = 1) -> np.ndarray:
-    vectors = np.random.default_rng(0).normal(size=(count, 128)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 def _raw_free(text: str) -> bool:
     return not any(char in text for char in RAW)
 
@@ -76,16 +71,16 @@ def store(tmp_path: Path) -> Iterator[TemplateStore]:
 @pytest.mark.parametrize("name", HOSTILE)
 def test_the_store_refuses_control_characters(store: TemplateStore, name: str) -> None:
     with pytest.raises(IdentityError, match=r"name '.*' holds U\+[0-9A-F]{4} .* at position \d+") as caught:
-        store.add("mallory", name, VERSION, _vectors())
+        store.add("mallory", name, VERSION, unit_vectors(1))
     assert _raw_free(str(caught.value))
     with pytest.raises(IdentityError, match=r"external id '.*' holds U\+"):
-        store.add("mallory", "Mallory", VERSION, _vectors(), external_id=name)
+        store.add("mallory", "Mallory", VERSION, unit_vectors(1), external_id=name)
     assert store.identities() == []
 
 
 @pytest.mark.parametrize("name", FRIENDLY)
 def test_names_of_any_script_are_kept(store: TemplateStore, name: str) -> None:
-    store.add("person", name, VERSION, _vectors(), external_id=f"B-{name}")
+    store.add("person", name, VERSION, unit_vectors(1), external_id=f"B-{name}")
     (identity,) = store.identities()
     assert identity.name == name and printable(name) == name
 
@@ -128,7 +123,7 @@ def test_a_bundle_import_refuses_control_characters(name: str) -> None:
         "name": "Mallory",
         "consent_at": "2024-01-01T00:00:00Z",
         "templates": [
-            {"model_version": VERSION, "embedding": base64.b64encode(_vectors().tobytes()).decode()}
+            {"model_version": VERSION, "embedding": base64.b64encode(unit_vectors(1).tobytes()).decode()}
         ],
     }
     assert read_bundle(_forge(good), PASSPHRASE)[0].name == "Mallory"

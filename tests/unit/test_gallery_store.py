@@ -13,17 +13,9 @@ import pytest
 from appliance.gallery.bundle import MAGIC, export_bundle, read_bundle
 from appliance.gallery.errors import BundleError, GalleryKeyError, GalleryStoreError, IdentityError
 from appliance.gallery.store import SCHEMA_VERSION, TemplateStore, slugify
+from tests.synthetic import random_crops, unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
-
-
-def _vectors(count: int, seed: int = 0, dim: int = 128) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _crops(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 112, 112, 3), dtype=np.uint8)
 
 
 @pytest.fixture
@@ -38,7 +30,7 @@ def store(paths: Tuple[Path, Path]) -> Iterator[TemplateStore]:
 
 
 def test_round_trip_and_generation(store: TemplateStore) -> None:
-    embeddings, crops = _vectors(3), _crops(3)
+    embeddings, crops = unit_vectors(3), random_crops(3)
     ids = store.add("ada", "Ada Lovelace", VERSION, embeddings, crops, [0.9, 0.8, 0.7], external_id="B-17")
     assert len(ids) == 3 and store.generation == 1
     (identity,) = store.identities()
@@ -61,7 +53,7 @@ def test_round_trip_and_generation(store: TemplateStore) -> None:
 def test_a_new_key_is_created_only_for_an_empty_gallery(paths: Tuple[Path, Path]) -> None:
     database, key = paths
     with TemplateStore.open(database, key) as store:
-        store.add("ada", "Ada", VERSION, _vectors(1))
+        store.add("ada", "Ada", VERSION, unit_vectors(1))
     assert key.stat().st_mode & 0o777 == 0o600
     key.rename(key.with_suffix(".bak"))
     with pytest.raises(GalleryKeyError, match=r"its key .* is missing"):
@@ -103,9 +95,9 @@ def test_key_file_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_values_are_encrypted_and_bound_to_their_row(store: TemplateStore, paths: Tuple[Path, Path]) -> None:
-    embeddings = _vectors(1)
-    store.add("ada", "Ada", VERSION, embeddings, _crops(1))
-    store.add("bob", "Bob", VERSION, _vectors(1, seed=1))
+    embeddings = unit_vectors(1)
+    store.add("ada", "Ada", VERSION, embeddings, random_crops(1))
+    store.add("bob", "Bob", VERSION, unit_vectors(1, seed=1))
     raw = paths[0].read_bytes() + paths[0].with_name(paths[0].name + "-wal").read_bytes()
     assert embeddings.tobytes() not in raw and embeddings[0, :8].tobytes() not in raw
     # Move Ada's sealed embedding into Bob's row: it must not open there.
@@ -119,8 +111,8 @@ def test_values_are_encrypted_and_bound_to_their_row(store: TemplateStore, paths
 
 
 def test_remove_leaves_no_bytes_behind(store: TemplateStore, paths: Tuple[Path, Path]) -> None:
-    store.add("keep", "Kept Person", VERSION, _vectors(2, seed=5), _crops(2, seed=5))
-    store.add("gone", "Removed Person Xyzzy", VERSION, _vectors(3, seed=7), _crops(3, seed=7))
+    store.add("keep", "Kept Person", VERSION, unit_vectors(2, seed=5), random_crops(2, seed=5))
+    store.add("gone", "Removed Person Xyzzy", VERSION, unit_vectors(3, seed=7), random_crops(3, seed=7))
     db = sqlite3.connect(str(paths[0]))
     blobs = [row for row in db.execute("SELECT embedding, crop FROM templates WHERE identity_id='gone'")]
     db.close()
@@ -137,15 +129,15 @@ def test_remove_leaves_no_bytes_behind(store: TemplateStore, paths: Tuple[Path, 
 
 
 def test_identity_rules(store: TemplateStore) -> None:
-    store.add("ada", "Ada", VERSION, _vectors(1))
+    store.add("ada", "Ada", VERSION, unit_vectors(1))
     with pytest.raises(IdentityError, match="another name"):
-        store.add("ada", "Bob", VERSION, _vectors(1))
+        store.add("ada", "Bob", VERSION, unit_vectors(1))
     with pytest.raises(IdentityError, match="not allowed"):
-        store.add("../etc", "Eve", VERSION, _vectors(1))
+        store.add("../etc", "Eve", VERSION, unit_vectors(1))
     with pytest.raises(IdentityError, match="finite"):
         store.add("nan", "Nan", VERSION, np.full((1, 128), np.nan, np.float32))
     with pytest.raises(IdentityError, match="no identity"):
-        store.add("nobody", "Nobody", VERSION, _vectors(1), create=False)
+        store.add("nobody", "Nobody", VERSION, unit_vectors(1), create=False)
     assert slugify("Ada  Lovelace!") == "ada-lovelace" and slugify("!!!") == "person"
 
 
@@ -165,17 +157,17 @@ def test_newer_schema_and_garbage_files_are_refused(paths: Tuple[Path, Path], tm
 
 
 def test_bundle_round_trip(store: TemplateStore, tmp_path: Path) -> None:
-    store.add("ada", "Ada", VERSION, _vectors(2), _crops(2), [0.5, 0.6], external_id="B-1")
+    store.add("ada", "Ada", VERSION, unit_vectors(2), random_crops(2), [0.5, 0.6], external_id="B-1")
     data = export_bundle(store, "correct horse battery")
     assert data.startswith(MAGIC) and b"Ada" not in data
     (identity,) = read_bundle(data, "correct horse battery")
     assert identity.id == "ada" and identity.external_id == "B-1" and len(identity.templates) == 2
-    np.testing.assert_array_equal(identity.templates[0].embedding, _vectors(2)[0])
-    np.testing.assert_array_equal(identity.templates[1].crop, _crops(2)[1])
+    np.testing.assert_array_equal(identity.templates[0].embedding, unit_vectors(2)[0])
+    np.testing.assert_array_equal(identity.templates[1].crop, random_crops(2)[1])
 
 
 def test_bundle_refusals(store: TemplateStore) -> None:
-    store.add("ada", "Ada", VERSION, _vectors(1))
+    store.add("ada", "Ada", VERSION, unit_vectors(1))
     data = export_bundle(store, "correct horse battery")
     with pytest.raises(BundleError, match="wrong passphrase"):
         read_bundle(data, "wrong horse battery")
@@ -261,7 +253,7 @@ def test_a_gallery_without_a_saved_index_keeps_embeddings_only_encrypted(
     from appliance.config_load import validate_config
     from appliance.gallery.gallery import INDEX_FILE, Gallery
 
-    embeddings = _vectors(4, seed=5)
+    embeddings = unit_vectors(4, seed=5)
     saving = validate_config({"storage": {"dir": str(tmp_path)}, "gallery": {"index_precision": precision}})
     with Gallery.open(saving, VERSION, 128) as gallery:
         gallery.add("ada", "Ada", embeddings[:2])

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import pytest
 
 from appliance.config import ApplianceConfig
@@ -21,13 +20,9 @@ from appliance.gallery.errors import GalleryStoreError
 from appliance.gallery.gallery import INDEX_FILE, STORE_FILE, Gallery
 from appliance.gallery.store import TemplateStore
 from tests.support import run_cli
+from tests.synthetic import unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
-
-
-def _vectors(count: int, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(count, 128)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def _config(state: Path) -> ApplianceConfig:
@@ -37,7 +32,7 @@ def _config(state: Path) -> ApplianceConfig:
 def _enrol_three(config: ApplianceConfig, version: str = VERSION, dim: int = 128) -> None:
     with Gallery.open(config, version, dim) as gallery:
         for number, name in enumerate(["Ada", "Bob", "Cy"]):
-            gallery.add(name.lower(), name, _vectors(1, seed=number)[:, :dim])
+            gallery.add(name.lower(), name, unit_vectors(1, seed=number)[:, :dim])
 
 
 def _files(state: Path) -> Dict[str, bytes]:
@@ -100,13 +95,13 @@ def test_first_start_and_an_empty_past_still_open(tmp_path: Path) -> None:
         assert len(gallery) == 0
     _lose(tmp_path / "fresh", "deleted")  # an index of generation 0: no one was ever enrolled
     with Gallery.open(fresh, VERSION, 128) as gallery:
-        gallery.add("ada", "Ada", _vectors(1))
+        gallery.add("ada", "Ada", unit_vectors(1))
 
 
 def test_an_older_backup_is_rebuilt_from(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = _config(tmp_path)
     with Gallery.open(config, VERSION, 128) as gallery:
-        gallery.add("ada", "Ada", _vectors(1))
+        gallery.add("ada", "Ada", unit_vectors(1))
     backup = (tmp_path / STORE_FILE).read_bytes()
     _enrol_three(config)
     (tmp_path / STORE_FILE).write_bytes(backup)

@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 from appliance.access.policy import IdentityPolicy
@@ -31,18 +30,10 @@ from appliance.gallery.store import (
     TemplateOrigin,
     TemplateStore,
 )
+from tests.synthetic import random_crops, unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 NEW = "mobilefacenet@next"
-
-
-def _vectors(count: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(count, 128)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _crops(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 112, 112, 3), dtype=np.uint8)
 
 
 @pytest.fixture
@@ -54,8 +45,8 @@ def gallery(tmp_path: Path) -> Iterator[Gallery]:
 def _adapt(gallery: Gallery, identity_id: str, seed: int, keep: int = 3, event: str = "ev") -> int:
     added, _ = gallery.add_adaptive(
         identity_id,
-        _vectors(1, seed)[0],
-        _crops(1, seed)[0],
+        unit_vectors(1, seed)[0],
+        random_crops(1, seed)[0],
         0.8,
         TemplateOrigin(ADAPTIVE, event, 0.7, 0.2),
         keep,
@@ -83,7 +74,7 @@ def test_a_schema_3_gallery_is_migrated_and_its_templates_are_enrolled(tmp_path:
         db.execute(
             "INSERT INTO identities (id, name, consent_at, created_at) VALUES ('ada', 'Ada', 'x', 'x')"
         )
-        blob = sealer.seal(_vectors(1, 1)[0].tobytes(), f"embedding:ada:{VERSION}")
+        blob = sealer.seal(unit_vectors(1, 1)[0].tobytes(), f"embedding:ada:{VERSION}")
         db.execute(
             "INSERT INTO templates (identity_id, model_version, embedding, quality, created_at) "
             "VALUES ('ada', ?, ?, 0.9, '2026-01-01T00:00:00.000Z')",
@@ -97,8 +88,8 @@ def test_a_schema_3_gallery_is_migrated_and_its_templates_are_enrolled(tmp_path:
 
 
 def test_eviction_is_per_identity_and_never_touches_enrolled_templates(gallery: Gallery) -> None:
-    gallery.add("ada", "Ada", _vectors(2, 1), _crops(2, 1), [0.9, 0.8])
-    gallery.add("bob", "Bob", _vectors(1, 2), _crops(1, 2), [0.9])
+    gallery.add("ada", "Ada", unit_vectors(2, 1), random_crops(2, 1), [0.9, 0.8])
+    gallery.add("bob", "Bob", unit_vectors(1, 2), random_crops(1, 2), [0.9])
     bob = _adapt(gallery, "bob", 30, keep=1)
     ada = [_adapt(gallery, "ada", seed, keep=2) for seed in (10, 11, 12)]
     kinds = [(info.id, info.origin.kind) for info in gallery.store.template_infos("ada")]
@@ -130,8 +121,8 @@ def test_a_fleet_record_replaces_the_enrolled_templates_and_keeps_the_adaptive_o
             None,
             "2026-12-01T00:00:00Z",
             IdentityPolicy(),
-            _vectors(2, seed),
-            _crops(2, seed),
+            unit_vectors(2, seed),
+            random_crops(2, seed),
             [0.9, 0.9],
         )
 
@@ -141,7 +132,7 @@ def test_a_fleet_record_replaces_the_enrolled_templates_and_keeps_the_adaptive_o
     infos = gallery.store.template_infos("p-1")
     assert [info.origin.kind for info in infos] == [ADAPTIVE, ENROLLED, ENROLLED]  # by id: learnt first
     assert infos[0].id == learnt and infos[0].origin.source_event == "ev"
-    assert len(gallery) == 3 and gallery.search(_vectors(1, 1))[0][0].score < 0.5  # revision 1's are gone
+    assert len(gallery) == 3 and gallery.search(unit_vectors(1, 1))[0][0].score < 0.5  # revision 1's are gone
     gallery.remove_fleet_identity("p-1", 3)  # a tombstone deletes everything, adaptive included
     assert gallery.store.identity("p-1") is None and len(gallery) == 0
 
@@ -149,11 +140,11 @@ def test_a_fleet_record_replaces_the_enrolled_templates_and_keeps_the_adaptive_o
 def test_a_re_embedding_keeps_each_template_kind_and_event_and_bundles_carry_enrolled_ones_only(
     gallery: Gallery,
 ) -> None:
-    gallery.add("ada", "Ada", _vectors(1, 1), _crops(1, 1), [0.9])
+    gallery.add("ada", "Ada", unit_vectors(1, 1), random_crops(1, 1), [0.9])
     learnt = _adapt(gallery, "ada", 7, event="ev-7")
     (before,) = [info for info in gallery.store.template_infos("ada") if info.id == learnt]
     store = gallery.store
-    result = reembed(store, VERSION, lambda crops: _vectors(len(crops), 99))
+    result = reembed(store, VERSION, lambda crops: unit_vectors(len(crops), 99))
     assert store.put_version(NEW, rows_for(store, result)) == 2
     moved = [info for info in store.template_infos("ada") if info.model_version == NEW]
     assert [info.origin.kind for info in moved] == [ENROLLED, ADAPTIVE]
