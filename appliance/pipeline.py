@@ -40,6 +40,7 @@ from .tracking import IouTracker
 from .vision.align import align_faces
 from .vision.analyzer import FaceAnalyzer
 from .vision.faces import Faces
+from .vision.liveness import colourless
 from .vision.quality import FaceQuality, assess
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,21 @@ class CameraLane:
         self.best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
         #: track id → its best-quality embedded frame so far (only with the pipeline's ``samples``)
         self.best_sample: Dict[int, FaceSample] = {}
+        #: Whether the faces last checked for liveness had no colour (an infrared / night-mode camera):
+        #: liveness then refuses nearly every live face. ``None`` until liveness has checked a face.
+        self.colourless: Optional[bool] = None
+
+    def note_colour(self, colourless: bool) -> None:
+        """Record whether the faces just checked for liveness had colour; say so when it changes."""
+        if colourless and not self.colourless:
+            logger.warning(
+                "camera %s: the faces have no colour (an infrared / night mode?); the liveness model "
+                "refuses nearly every live face without colour, so passages will be denied for liveness",
+                self.camera_id,
+            )
+        elif not colourless and self.colourless:
+            logger.info("camera %s: the faces have colour again; liveness can judge them", self.camera_id)
+        self.colourless = colourless
 
 
 @dataclass
@@ -269,6 +285,8 @@ class Pipeline:
                 )
             for (k, i), score, passed in zip(wanted, result.scores, result.passed):
                 liveness.setdefault(k, {})[i] = (float(score), bool(passed))
+            for item, faces in chosen:
+                item.lane.note_colour(colourless(item.frame.image, item.faces.boxes[faces]))
         with self._timer.stage("embed"):
             crops = [item.crops[faces] for item, faces in chosen]
             embeddings = analyzer.embedder.embed(crops[0] if len(crops) == 1 else np.concatenate(crops))

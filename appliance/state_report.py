@@ -57,8 +57,15 @@ class StateReporter:
             status["processed_fps"] = round(meter.rate(), 2) if meter is not None else 0.0
             status["frames_processed"] = worker.camera_frames.get(camera_id, 0) if worker is not None else 0
             status["events"] = recorder.camera_events.get(camera_id, 0) if recorder is not None else 0
+            status["colourless"] = self._colourless(camera_id)
             documents.append(status)
         return documents
+
+    def _colourless(self, camera_id: str) -> Optional[bool]:
+        """Whether the camera's faces last checked for liveness had no colour (``None``: not checked)."""
+        pipeline = self.app.pipeline
+        lane = pipeline.lanes.get(camera_id) if pipeline is not None else None
+        return lane.colourless if lane is not None else None
 
     def degraded(self) -> list:
         """One sentence per way the appliance runs below its configuration."""
@@ -75,6 +82,11 @@ class StateReporter:
                 degraded.append(f"{which}: " + str(camera.get("last_error")))
             elif camera.get("state") == "stalled":
                 degraded.append(f"{which}: stalled, no frame for {camera.get('stalled_s')} s")
+            if self._colourless(str(camera.get("id"))):
+                degraded.append(
+                    f"{which}: faces without colour (an infrared / night mode?); liveness refuses nearly "
+                    "every live face without colour: passages are denied for liveness"
+                )
         if app.recorder is not None and app.recorder.outbox_error is not None:
             degraded.append(f"outbox: {app.recorder.outbox_error}")
         if app.keeper is not None and app.keeper.error is not None:

@@ -434,3 +434,21 @@ def test_the_state_counts_kept_faces_and_learnt_templates(tmp_path: Path) -> Non
     assert state["sightings"] == {"kept": 12, "lost": 1, "error": None}
     assert state["adaptive"] == {"added": 3, "refused": {"low margin": 2, "too soon": 5}}
     json.dumps(state)
+
+
+def test_a_camera_whose_faces_have_no_colour_degrades_the_state(tmp_path: Path) -> None:
+    """Liveness cannot judge faces without colour (an infrared / night-mode camera): the state says so
+    per camera (``colourless``) and in ``degraded``."""
+    app = fake_app()
+    lane = SimpleNamespace(colourless=None)
+    app.pipeline = SimpleNamespace(settings=SimpleNamespace(threshold=0.5), lanes={"door": lane})
+    app.cameras = [SimpleNamespace(status=lambda: {"id": "door", "state": "running"})]
+    reporter = StateReporter(app, BoardMonitor(BoardHealthReader(tmp_path)))  # type: ignore[arg-type]
+    assert reporter.state()["cameras"][0]["colourless"] is None and reporter.state()["degraded"] == []
+    lane.colourless = True
+    state = reporter.state()
+    assert state["cameras"][0]["colourless"] is True
+    (line,) = state["degraded"]
+    assert line.startswith("camera: faces without colour") and "denied for liveness" in line
+    lane.colourless = False
+    assert reporter.state()["degraded"] == []
