@@ -13,10 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -493,3 +494,18 @@ def run_cli(
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+@contextmanager
+def live_runtime(config: Any) -> Iterator[Any]:
+    """The configured models with liveness, loaded and owned by the calling thread (it plays the
+    pipeline thread), as an :class:`appliance.runtime.ModelRuntime`; closed afterwards."""
+    from appliance.runtime import ModelLoader, ModelRuntime, model_targets
+
+    runtime = ModelRuntime(config, ModelLoader(config))
+    runtime.own()
+    runtime.load(*model_targets(config, liveness=True))
+    try:
+        yield runtime
+    finally:
+        runtime.close()

@@ -22,7 +22,7 @@ from appliance.enrollment import Enroller
 from appliance.gallery.gallery import Gallery
 from appliance.metrics import Latencies, prometheus_text
 from appliance.pipeline import CameraFrame, Outcome, Pipeline
-from appliance.runtime import ModelLoader, ModelRuntime, model_targets
+from appliance.runtime import ModelRuntime
 from appliance.vision.image import read_image
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
@@ -30,6 +30,7 @@ from tests.support import (
     Daemon,
     daemon_config,
     event_documents,
+    live_runtime,
     make_passage_video,
     passage_video,
     unique_events,
@@ -65,18 +66,11 @@ class Calls:
 def models(tmp_path: Path, shared_models: Path, shared_data: Path) -> Iterator[Tuple[ModelRuntime, Gallery]]:
     """The real models with liveness on this test's thread (the owner), and Obama in the gallery."""
     config = validate_config({"models": {"dir": str(shared_models)}, "storage": {"dir": str(tmp_path)}})
-    runtime = ModelRuntime(config, ModelLoader(config))
-    runtime.own()
-    runtime.load(*model_targets(config, liveness=True))
-    gallery = Gallery.open(config, *runtime.embedder)
-    try:
+    with live_runtime(config) as runtime, Gallery.open(config, *runtime.embedder) as gallery:
         Enroller(runtime.analyzer, gallery, config.gallery).enroll(
             "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
         )
         yield runtime, gallery
-    finally:
-        runtime.close()
-        gallery.close()
 
 
 def test_one_embedding_and_one_liveness_call_per_turn_for_both_cameras(

@@ -21,11 +21,12 @@ from appliance.decisions import DecisionSettings
 from appliance.gallery.gallery import Gallery
 from appliance.metrics import Latencies
 from appliance.pipeline import CameraFrame, Pipeline
-from appliance.runtime import ModelLoader, ModelRuntime, model_targets
+from appliance.runtime import ModelRuntime
 from appliance.state_report import StateReporter
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from appliance.vision.liveness import colourless
+from tests.support import live_runtime
 
 GREY_ORIGINALS = "faces/faceapi_"  # face-api.js's 150×150 crops are greyscale already
 
@@ -65,13 +66,8 @@ def live_models(tmp_path: Path, shared_models: Path) -> Iterator[Tuple[ModelRunt
             "liveness": {"enabled": True},
         }
     )
-    runtime = ModelRuntime(config, ModelLoader(config))
-    runtime.own()
-    runtime.load(*model_targets(config, liveness=True))
-    try:
+    with live_runtime(config) as runtime:
         yield runtime, config
-    finally:
-        runtime.close()
 
 
 def test_the_pipeline_and_the_state_say_when_a_cameras_faces_lose_their_colour(

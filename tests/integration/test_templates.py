@@ -40,11 +40,12 @@ from appliance.gallery.store import ADAPTIVE, ENROLLED
 from appliance.metrics import Latencies
 from appliance.outbox import Outbox
 from appliance.pipeline import CameraFrame, FaceSample, Outcome, Pipeline
-from appliance.runtime import ModelLoader, ModelRuntime, model_targets
+from appliance.runtime import ModelRuntime
 from appliance.template_update import TemplateUpdater
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from appliance.vision.quality import assess
+from tests.support import live_runtime
 
 #: Frames a still photo is shown for as one passage (the default vote needs 3 of 5).
 PASSAGE_FRAMES = 5
@@ -526,13 +527,8 @@ def live_models(tmp_path: Path, shared_models: Path) -> Iterator[Tuple[ModelRunt
             "adaptive": {"enabled": True, "min_interval_s": 0.0},
         }
     )
-    runtime = ModelRuntime(config, ModelLoader(config))
-    runtime.own()
-    runtime.load(*model_targets(config, liveness=True))
-    try:
+    with live_runtime(config) as runtime:
         yield runtime, config
-    finally:
-        runtime.close()
 
 
 def test_the_pipeline_teaches_the_gallery_after_a_stored_granted_event(
