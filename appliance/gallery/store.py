@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, Policy
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
 from .text import check_external_id, check_name
+from .transaction import write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -340,48 +341,10 @@ class TemplateStore:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    class _Transaction:
+    def _transaction(self) -> ContextManager[sqlite3.Connection]:
         """One write transaction under the store's lock; SQLite failures (a full disk, an I/O error)
         come out as :class:`GalleryStoreError`, after a rollback, with nothing of it written."""
-
-        def __init__(self, store: TemplateStore) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._lock.acquire()
-            try:
-                self.store._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as err:
-                self.store._lock.release()
-                raise GalleryStoreError(f"cannot write to the gallery {self.store.path}: {err}") from err
-            except BaseException:
-                self.store._lock.release()
-                raise
-            return self.store._db
-
-        def __exit__(self, kind: object, value: object, trace: object) -> None:
-            db = self.store._db
-            try:
-                if kind is None:
-                    try:
-                        db.execute("COMMIT")
-                        return
-                    except sqlite3.Error as err:
-                        value, kind = err, type(err)
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error as err:  # the original error is the one worth reporting
-                        logger.debug("gallery rollback failed: %s", err)
-                if isinstance(value, sqlite3.Error):
-                    raise GalleryStoreError(
-                        f"cannot write to the gallery {self.store.path}: {value} (is the disk full?)"
-                    ) from value
-            finally:
-                self.store._lock.release()
-
-    def _transaction(self) -> TemplateStore._Transaction:
-        return TemplateStore._Transaction(self)
+        return write_transaction(self._lock, lambda: self._db, GalleryStoreError, f"the gallery {self.path}")
 
     def _bump(self, db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")

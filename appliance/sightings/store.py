@@ -32,13 +32,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from ..gallery.crypto import Sealer, create_key, read_key
 from ..gallery.errors import GalleryKeyError, GalleryStoreError
+from ..gallery.transaction import write_transaction
 from .errors import SightingStoreError
 
 logger = logging.getLogger(__name__)
@@ -302,50 +303,10 @@ class SightingStore:
             raise SightingStoreError(f"the sightings store {self.path} is closed")
         return self._db
 
-    class _Write:
-        def __init__(self, store: SightingStore) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._lock.acquire()
-            try:
-                db = self.store._conn()
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as err:
-                self.store._lock.release()
-                raise SightingStoreError(
-                    f"cannot write to the sightings store {self.store.path}: {err}"
-                ) from err
-            except BaseException:
-                self.store._lock.release()
-                raise
-            return db
-
-        def __exit__(self, kind: object, value: object, trace: object) -> None:
-            db = self.store._db
-            try:
-                if db is None:
-                    return
-                if kind is None:
-                    try:
-                        db.execute("COMMIT")
-                        return
-                    except sqlite3.Error as err:
-                        value = err
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error as err:
-                        logger.debug("sightings rollback failed: %s", err)
-                if isinstance(value, sqlite3.Error):
-                    raise SightingStoreError(
-                        f"cannot write to the sightings store {self.store.path}: {value} (is the disk full?)"
-                    ) from value
-            finally:
-                self.store._lock.release()
-
-    def _write(self) -> SightingStore._Write:
-        return SightingStore._Write(self)
+    def _write(self) -> ContextManager[sqlite3.Connection]:
+        return write_transaction(
+            self._lock, self._conn, SightingStoreError, f"the sightings store {self.path}"
+        )
 
     def _checkpoint(self) -> None:
         """After a deletion: the WAL copied into the database and emptied, so no old page survives."""
