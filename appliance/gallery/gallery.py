@@ -118,7 +118,6 @@ class Gallery:
         self._pending: List[DeltaRecord] = []
         self._pending_removal = False
         self._lock = threading.RLock()
-        _one_openmp_thread()
         self._index: Optional[TemplateIndex] = None
         self._owners: Dict[int, str] = {}
         self._names: Dict[str, str] = {}
@@ -420,20 +419,13 @@ class Gallery:
         Returns:
             ``(the new template id, the template ids evicted)``.
         """
+        vectors = np.asarray(embedding, np.float32).reshape(1, -1)
         with self._lock:
             added, evicted = self.store.add_adaptive(
-                identity_id,
-                self.model_version,
-                np.asarray(embedding, np.float32).reshape(1, -1)[0],
-                crop,
-                quality,
-                origin,
-                keep,
+                identity_id, self.model_version, vectors[0], crop, quality, origin, keep
             )
             name = self._names.get(identity_id, identity_id)
-            self._update_index(
-                evicted, [added], np.asarray(embedding, np.float32).reshape(1, -1), identity_id, name, save
-            )
+            self._update_index(evicted, [added], vectors, identity_id, name, save)
         return added, evicted
 
     def remove_template(self, identity_id: str, template_id: int) -> TemplateInfo:
