@@ -152,6 +152,45 @@ def pyramid_level(source: np.ndarray, original_size: Tuple[int, int], scale: flo
     return resized, new_width / width, new_height / height
 
 
+def pyramid(image: np.ndarray, scales: Sequence[float]) -> List[Level]:
+    """The levels :func:`pyramid_level` makes for ``scales`` (largest first), each resized from the one
+    before, the same pixels for less time.
+
+    OpenCV's area resampling by a non-integer ratio is about a quarter cheaper on float32 than on
+    uint8 and rounds the same way (it accumulates in float32 either way, then rounds half to even),
+    so those steps run on float32 copies holding whole values, rounded after each step, and every
+    level is handed out as uint8. Halvings stay in uint8, where OpenCV has a fast path that rounds
+    halves up (a float copy holds whole values, so it converts back losslessly).
+    ``tests/unit/test_boxes.py`` holds this to :func:`pyramid_level` pixel for pixel.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        scales: each level's scale relative to ``image``, decreasing.
+
+    Returns:
+        One :data:`Level` per scale: ``(h, w, 3)`` uint8 and its exact per-axis scales.
+    """
+    height, width = image.shape[:2]
+    levels: List[Level] = []
+    source = image  # uint8, or float32 with whole values after a non-integer step
+    for scale in scales:
+        new_width, new_height = int(np.ceil(width * scale)), int(np.ceil(height * scale))
+        while source.shape[1] >= 2 * new_width and source.shape[0] >= 2 * new_height:
+            source = cv2.resize(
+                _as_uint8(source), (source.shape[1] // 2, source.shape[0] // 2), interpolation=cv2.INTER_AREA
+            )
+        if source.shape[:2] != (new_height, new_width):
+            floats = source if source.dtype == np.float32 else source.astype(np.float32)
+            source = cv2.resize(floats, (new_width, new_height), interpolation=cv2.INTER_AREA)
+            np.rint(source, out=source)
+        levels.append((_as_uint8(source), new_width / width, new_height / height))
+    return levels
+
+
+def _as_uint8(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.dtype == np.uint8 else pixels.astype(np.uint8)
+
+
 def sample_patches(
     levels: Sequence[Level], regions: np.ndarray, size: Tuple[int, int], transpose: bool = False
 ) -> np.ndarray:
@@ -170,7 +209,7 @@ def sample_patches(
     """
     out_h, out_w = size
     count = len(regions)
-    patches = np.zeros((count, out_w, out_h, 3) if transpose else (count, out_h, out_w, 3), np.uint8)
+    patches = np.empty((count, out_w, out_h, 3) if transpose else (count, out_h, out_w, 3), np.uint8)
     if count == 0:
         return patches
     regions = regions.astype(np.float64)
@@ -185,47 +224,39 @@ def sample_patches(
     choice = np.where(big_enough, scale_x[None, :], np.inf).argmin(axis=1)
     choice[~big_enough.any(axis=1)] = 0  # smaller than the patch even at full size: upsample the original
 
+    # The sampling grids of all boxes at once, boxes grouped by level: each level's boxes are then one
+    # run of map rows, and a level costs one cv2.remap call and no numpy work of its own.
+    order = np.argsort(choice, kind="stable")
+    chosen = choice[order]
+    regions, widths, heights = regions[order], widths[order], heights[order]
     grid_x = (np.arange(out_w) + 0.5) / out_w
     grid_y = (np.arange(out_h) + 0.5) / out_h
-    # cv2.remap needs fewer than 32767 rows of map, so very many boxes go in several mosaics.
-    per_mosaic = max(1, 32000 // max(out_h, out_w))
-    for level_index in np.unique(choice):
-        level_members = np.nonzero(choice == level_index)[0]
-        image, sx, sy = levels[int(level_index)]
-        for start in range(0, len(level_members), per_mosaic):
-            members = level_members[start : start + per_mosaic]
-            patches[members] = _remap_mosaic(image, sx, sy, regions[members], grid_x, grid_y, transpose)
-    return patches
-
-
-def _remap_mosaic(
-    image: np.ndarray,
-    sx: float,
-    sy: float,
-    regions: np.ndarray,
-    grid_x: np.ndarray,
-    grid_y: np.ndarray,
-    transpose: bool,
-) -> np.ndarray:
-    count, out_h, out_w = len(regions), len(grid_y), len(grid_x)
-    widths = regions[:, 2] - regions[:, 0]
-    heights = regions[:, 3] - regions[:, 1]
-    xs = (regions[:, 0, None] + grid_x[None, :] * widths[:, None]) * sx - 0.5  # (n, out_w)
-    ys = (regions[:, 1, None] + grid_y[None, :] * heights[:, None]) * sy - 0.5  # (n, out_h)
+    level_x, level_y = scale_x[chosen, None], scale_y[chosen, None]
+    xs = (regions[:, 0, None] + grid_x[None, :] * widths[:, None]) * level_x - 0.5  # (n, out_w)
+    ys = (regions[:, 1, None] + grid_y[None, :] * heights[:, None]) * level_y - 0.5  # (n, out_h)
     if transpose:  # patch rows follow x, columns follow y
         rows, cols = out_w, out_h
-        map_x = np.broadcast_to(xs[:, :, None], (count, rows, cols)).reshape(-1, cols)
-        map_y = np.broadcast_to(ys[:, None, :], (count, rows, cols)).reshape(-1, cols)
+        map_x = np.broadcast_to(xs[:, :, None].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
+        map_y = np.broadcast_to(ys[:, None, :].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
     else:
         rows, cols = out_h, out_w
-        map_x = np.broadcast_to(xs[:, None, :], (count, rows, cols)).reshape(-1, cols)
-        map_y = np.broadcast_to(ys[:, :, None], (count, rows, cols)).reshape(-1, cols)
-    mosaic = cv2.remap(
-        image,
-        map_x.astype(np.float32),
-        map_y.astype(np.float32),
-        interpolation=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(0, 0, 0),
-    )
-    return mosaic.reshape(count, rows, cols, 3)
+        map_x = np.broadcast_to(xs[:, None, :].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
+        map_y = np.broadcast_to(ys[:, :, None].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
+    mosaic = np.empty((count * rows, cols, 3), np.uint8)
+    # cv2.remap needs fewer than 32767 rows of map, so very many boxes go in several calls.
+    per_call = max(1, 32000 // rows)
+    bounds = np.searchsorted(chosen, np.arange(len(levels) + 1)).tolist()
+    for level_index, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for start in range(first, last, per_call):
+            span = slice(start * rows, min(last, start + per_call) * rows)
+            cv2.remap(
+                levels[level_index][0],
+                map_x[span],
+                map_y[span],
+                interpolation=cv2.INTER_LINEAR,
+                dst=mosaic[span],
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=(0, 0, 0),
+            )
+    patches[order] = mosaic.reshape(count, rows, cols, 3)
+    return patches

@@ -23,7 +23,7 @@ import numpy as np
 
 from engines.backends import InferenceBackend
 
-from .boxes import Level, nms, nms_per_group, pyramid_level, sample_patches, square
+from .boxes import Level, nms, nms_per_group, pyramid, sample_patches, square
 from .faces import Faces
 
 logger = logging.getLogger(__name__)
@@ -91,10 +91,8 @@ class MtcnnDetector:
         # in the networks' pixel arrangement only when it is fed: arranging the full frame first
         # (a transpose and a colour conversion of every pixel) cost more than the rest of the
         # pyramid. R-Net and O-Net patches are cut from the same BGR levels and arranged as patches.
-        levels: List[Level] = [(image, 1.0, 1.0)]
         scales = self.scales(height, width)
-        for scale in scales:
-            levels.append(pyramid_level(levels[-1][0], (height, width), scale))
+        levels: List[Level] = [(image, 1.0, 1.0), *pyramid(image, scales)]
         boxes = self._pnet_candidates(levels[1:], scales)
         if not len(boxes):
             return Faces.empty()
@@ -141,32 +139,36 @@ class MtcnnDetector:
         reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
         # Per level only what needs its own maps (threshold, gather); the box arithmetic runs once
         # over every level's cells.
-        cells: List[np.ndarray] = []  # (n, 2) map indices
-        values: List[np.ndarray] = []  # (n, 5) score and regression
-        cell_scales: List[np.ndarray] = []
-        for blob, scale in zip(self._pnet_inputs(levels), scales):
+        firsts: List[np.ndarray] = []  # map indices (along x when the input was transposed)
+        seconds: List[np.ndarray] = []
+        scores: List[np.ndarray] = []
+        regressions: List[np.ndarray] = []  # (n, 4) each
+        counts: List[int] = []
+        for blob in self._pnet_inputs(levels):
             outputs = self.pnet.run(blob)
             probability = outputs[prob_name][0, :, :, 1]
-            index = np.argwhere(probability >= self.settings.thresholds[0])
-            if not len(index):
-                continue
-            first, second = index[:, 0], index[:, 1]
-            cells.append(index)
-            values.append(
-                np.concatenate([probability[first, second, None], outputs[reg_name][0][first, second]], 1)
-            )
-            cell_scales.append(np.full(len(index), scale))
-        if not cells:
+            first, second = np.nonzero(probability >= self.settings.thresholds[0])
+            firsts.append(first)
+            seconds.append(second)
+            scores.append(probability[first, second])
+            regressions.append(outputs[reg_name][0][first, second])
+            counts.append(len(first))
+        if not sum(counts):
             return np.zeros((0, 9))
-        index = np.concatenate(cells)
-        scale_of = np.concatenate(cell_scales)[:, None]
+        level_of = np.repeat(np.arange(len(counts)), counts)
+        scale_of = np.asarray(scales, np.float64)[level_of, None]
+        index = np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1)
         # The maps are laid out like the input: (x, y) cells when the input was transposed.
         corner = (index if self._pre.transpose_hw else index[:, ::-1]).astype(np.float64) * STRIDE
         boxes = np.concatenate(
-            [np.fix((corner + 1) / scale_of), np.fix((corner + CELL) / scale_of), np.concatenate(values)],
+            [
+                np.fix((corner + 1) / scale_of),
+                np.fix((corner + CELL) / scale_of),
+                np.concatenate(scores)[:, None],
+                np.concatenate(regressions),
+            ],
             axis=1,
         )
-        level_of = np.repeat(np.arange(len(cells)), [len(c) for c in cells])
         keep = nms_per_group(boxes[:, :4], boxes[:, 4], level_of, NMS_PER_SCALE, inclusive=True)
         return boxes[keep]
 

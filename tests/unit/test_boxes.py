@@ -11,6 +11,7 @@ from appliance.vision.boxes import (
     nms,
     nms_per_group,
     nms_reference,
+    pyramid,
     pyramid_level,
     sample_patches,
     square,
@@ -83,3 +84,53 @@ def test_transposed_patches_are_the_patches_transposed() -> None:
     wide = sample_patches(levels, regions, (12, 20), transpose=True)
     assert wide.shape == (3, 20, 12, 3)
     np.testing.assert_array_equal(wide, sample_patches(levels, regions, (12, 20)).transpose(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize(
+    "height, width, first, factor",
+    [
+        (720, 1280, 0.3, 0.709),  # a 720p camera, minimum face 40
+        (480, 640, 0.6, 0.709),  # minimum face 20: no halving first
+        (481, 643, 1.0, 0.709),  # minimum face 12: the first level is the frame itself
+        (500, 375, 0.3, 0.45),  # steps under one half: halvings inside the cascade
+        (601, 900, 0.5, 0.5),  # exact and inexact halvings
+        (600, 900, 1 / 3, 0.5),  # whole-number ratios other than 2
+        (97, 131, 0.9, 0.8),
+    ],
+)
+def test_the_pyramid_is_the_cascade_of_levels_pixel_for_pixel(
+    height: int, width: int, first: float, factor: float
+) -> None:
+    rng = np.random.default_rng(height * width)
+    # A smooth image and noise: both give the resampler sums that fall on or near halves.
+    smooth = cv2.resize(
+        rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8), (width, height)
+    )
+    noisy = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    scales = [
+        first * factor**index for index in range(12) if min(height, width) * first * factor**index >= 12
+    ]
+    for image in (smooth, noisy):
+        expected = [(image, 1.0, 1.0)]
+        for scale in scales:
+            expected.append(pyramid_level(expected[-1][0], (height, width), scale))
+        levels = pyramid(image, scales)
+        assert len(levels) == len(scales)
+        for (pixels, sx, sy), (reference, rx, ry) in zip(levels, expected[1:]):
+            assert pixels.dtype == np.uint8 and (sx, sy) == (rx, ry)
+            np.testing.assert_array_equal(pixels, reference)
+
+
+def test_many_patches_from_many_levels_are_each_patch_on_its_own() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    levels = [(image, 1.0, 1.0), *pyramid(image, [0.5, 0.35, 0.25, 0.12])]
+    corner = rng.uniform(-30, 350, (900, 2))
+    # 700 boxes under 96 px read from the full image: two remap calls there (maps under 32 767 rows).
+    sides = np.concatenate([rng.uniform(10, 90, 700), rng.uniform(90, 250, 200)])[:, None]
+    regions = np.concatenate([corner, corner + sides], axis=1)
+    for transpose in (False, True):
+        together = sample_patches(levels, regions, (48, 48), transpose=transpose)
+        for index in rng.choice(len(regions), 60, replace=False):
+            alone = sample_patches(levels, regions[index : index + 1], (48, 48), transpose=transpose)
+            np.testing.assert_array_equal(together[index], alone[0])
