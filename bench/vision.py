@@ -3,7 +3,7 @@ overhead over the model calls, peak memory, and a side-by-side with the ``face_r
 (dlib) on the same labelled photos.
 
     python -m bench.vision [--models-dir DIR] [--data-dir DIR] [--frames N] [--threads N]
-                           [--json OUT] [--no-peer]
+                           [--json OUT] [--no-peer] [--against REV]
 
 Camera frames are synthetic but built from real photos: a single-identity photo scaled so the face is
 a door-camera size (a quarter of the frame height) on a plain grey background, and a five-person TV
@@ -11,6 +11,9 @@ still letterboxed into the frame; each frame gets its own sensor noise. Stage la
 and 90th percentiles over ``--frames`` frames after a warm-up; frames per second are frames over the
 wall time of the whole loop. Model time is measured by wrapping every loaded back-end's ``run``
 (so it includes the back-end's input checks), and the overhead is the rest of the end-to-end time.
+``--against REV`` also times git revision REV's detector and alignment against the working tree's in
+this process, taking turns frame by frame (:mod:`bench.against`): the way to see a change to the
+pipeline's own work on a machine whose separate runs differ by more than the change.
 
 The peer (optional) is installed with::
 
@@ -48,6 +51,7 @@ from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import ImageError, read_image
 
+from .against import bench_against, print_against
 from .machine import describe, rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -574,6 +578,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = one per core)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--no-peer", action="store_true", help="skip the labelled photos and the peer")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        default=None,
+        help="also time the pipeline's own work against git revision REV, in this process (bench.against)",
+    )
     args = parser.parse_args()
     frames = max(1, args.frames)
 
@@ -603,6 +613,14 @@ def main() -> None:
         document["scenes"] = rows
         document["memory"] = memory
         print_scenes(rows)
+        if args.against:
+            clock = ModelClock(analyzer._backends)
+            try:
+                document["against"] = bench_against(analyzer, clock, scenes, args.against, ROOT, frames)
+            finally:
+                clock.remove()
+            print()
+            print_against(document["against"])
         print()
         print(
             f"memory after the frames: RSS {memory['rss_mib']:.1f} MiB, peak RSS (ru_maxrss) "
