@@ -148,10 +148,16 @@ def compare_scene(
 
 
 def bench_against(
-    analyzer: FaceAnalyzer, clock: Any, scenes: List[Any], revision: str, repo: Path, count: int
+    analyzer: FaceAnalyzer,
+    clock: Any,
+    scenes: List[Any],
+    revision: str,
+    imported: Tuple[str, ModuleType],
+    count: int,
 ) -> Dict[str, Any]:
-    """REV against the working tree on every scene, with and without liveness."""
-    sha, package = import_revision(revision, repo)
+    """REV (as :func:`import_revision` returned it) against the working tree on every scene, with and
+    without liveness."""
+    sha, package = imported
     pipelines: Dict[str, Pipeline] = {
         "revision": revision_pipeline(package, analyzer),
         "working_tree": (analyzer.detector.detect, align_faces),

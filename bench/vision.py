@@ -51,7 +51,7 @@ from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import ImageError, read_image
 
-from .against import bench_against, print_against
+from .against import RevisionError, bench_against, import_revision, print_against
 from .machine import describe, rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -586,6 +586,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     frames = max(1, args.frames)
+    against = None
+    if args.against:  # before anything is timed: a wrong revision is refused at once
+        try:
+            against = import_revision(args.against, ROOT)
+        except RevisionError as err:
+            parser.error(str(err))
 
     machine = describe()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
@@ -613,10 +619,10 @@ def main() -> None:
         document["scenes"] = rows
         document["memory"] = memory
         print_scenes(rows)
-        if args.against:
+        if against is not None:
             clock = ModelClock(analyzer._backends)
             try:
-                document["against"] = bench_against(analyzer, clock, scenes, args.against, ROOT, frames)
+                document["against"] = bench_against(analyzer, clock, scenes, args.against, against, frames)
             finally:
                 clock.remove()
             print()
