@@ -53,15 +53,15 @@ def import_revision(revision: str, repo: Path) -> Tuple[str, ModuleType]:
     """
     try:
         sha = _git(repo, "rev-parse", "--verify", f"{revision}^{{commit}}").decode().strip()
+        name = f"appliance_at_{sha[:12]}"
+        if name in sys.modules:
+            return sha, sys.modules[name]
         archive = _git(repo, "archive", "--format=tar", sha, "appliance")
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", b"") or str(err).encode()
         raise RevisionError(
             f"--against {revision}: not a commit of {repo} ({detail.decode(errors='replace').strip()})"
         ) from err
-    name = f"appliance_at_{sha[:12]}"
-    if name in sys.modules:
-        return sha, sys.modules[name]
     folder = Path(tempfile.mkdtemp(prefix="bench-against-"))
     atexit.register(shutil.rmtree, folder, True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:

@@ -609,22 +609,19 @@ def main() -> None:
         try:
             scenes = build_scenes(analyzer, args.data_dir, min(VARIANTS, frames))
             rows = [bench_scene(analyzer, clock, scene, frames) for scene in scenes]
+            memory = {
+                "rss_before_load_mib": round(rss_before, 1),
+                "rss_mib": round(rss_mib(), 1),
+                "peak_rss_mib": round(peak_rss_mib(), 1),
+            }
+            if against is not None:
+                document["against"] = bench_against(analyzer, clock, scenes, args.against, against, frames)
         finally:
             clock.remove()
-        memory = {
-            "rss_before_load_mib": round(rss_before, 1),
-            "rss_mib": round(rss_mib(), 1),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-        }
         document["scenes"] = rows
         document["memory"] = memory
         print_scenes(rows)
         if against is not None:
-            clock = ModelClock(analyzer._backends)
-            try:
-                document["against"] = bench_against(analyzer, clock, scenes, args.against, against, frames)
-            finally:
-                clock.remove()
             print()
             print_against(document["against"])
         print()

@@ -128,40 +128,18 @@ def square(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def pyramid_level(source: np.ndarray, original_size: Tuple[int, int], scale: float) -> Level:
-    """The original image scaled by ``scale`` (sizes rounded up), resized from ``source`` with area
-    interpolation; ``source`` may be an already smaller level of the same image, which is much cheaper
-    than resizing the full frame again. Returns the level and its exact per-axis scales.
-
-    Args:
-        source: the original image or a larger pyramid level of it.
-        original_size: ``(height, width)`` of the original image.
-        scale: the level's scale relative to the original.
-    """
-    height, width = original_size
-    new_width, new_height = int(np.ceil(width * scale)), int(np.ceil(height * scale))
-    resized = source
-    # OpenCV's area resize is ~8× cheaper for an exact halving than for an arbitrary ratio, so large
-    # reductions halve first (a box filter, as the area resize itself is) and finish with one small step.
-    while resized.shape[1] >= 2 * new_width and resized.shape[0] >= 2 * new_height:
-        resized = cv2.resize(
-            resized, (resized.shape[1] // 2, resized.shape[0] // 2), interpolation=cv2.INTER_AREA
-        )
-    if (new_height, new_width) != resized.shape[:2]:
-        resized = cv2.resize(resized, (new_width, new_height), interpolation=cv2.INTER_AREA)
-    return resized, new_width / width, new_height / height
-
-
 def pyramid(image: np.ndarray, scales: Sequence[float]) -> List[Level]:
-    """The levels :func:`pyramid_level` makes for ``scales`` (largest first), each resized from the one
-    before, the same pixels for less time.
+    """The image at each of ``scales`` (largest first, sizes rounded up), each level area-resampled
+    from the one before: much cheaper than resizing the full frame again.
 
-    OpenCV's area resampling by a non-integer ratio is about a quarter cheaper on float32 than on
-    uint8 and rounds the same way (it accumulates in float32 either way, then rounds half to even),
-    so those steps run on float32 copies holding whole values, rounded after each step, and every
-    level is handed out as uint8. Halvings stay in uint8, where OpenCV has a fast path that rounds
-    halves up (a float copy holds whole values, so it converts back losslessly).
-    ``tests/unit/test_boxes.py`` holds this to :func:`pyramid_level` pixel for pixel.
+    The levels are those of the plain uint8 cascade (``cv2.resize(..., INTER_AREA)`` level by level,
+    halving first while a step is at least 2×: OpenCV's exact halving is ~8× cheaper than an
+    arbitrary ratio), computed for less time: the area resize by a non-integer ratio is about a
+    quarter cheaper on float32 and rounds the same way (it accumulates in float32 either way, then
+    rounds half to even), so those steps run on float32 copies holding whole values, rounded after
+    each step. Halvings stay in uint8, where OpenCV's fast path rounds halves up (a float copy holds
+    whole values, so it converts back losslessly). ``tests/unit/test_boxes.py`` holds this to the
+    uint8 cascade pixel for pixel.
 
     Args:
         image: ``(H, W, 3)`` uint8.

@@ -1090,7 +1090,7 @@ def pyramid_sizes(height: int, width: int, min_face: int, scale_factor: float) -
     """The ``(height, width)`` of every MTCNN pyramid level P-Net sees for an image of that size.
 
     Mirrors :meth:`appliance.vision.mtcnn.MtcnnDetector.scales` and
-    :func:`appliance.vision.boxes.pyramid_level`: the first level maps ``min_face`` onto P-Net's
+    :func:`appliance.vision.boxes.pyramid`: the first level maps ``min_face`` onto P-Net's
     12-pixel cell (scale ``12 / min_face``), each next one is ``scale_factor`` times smaller while
     its shorter side stays at least 12 pixels; sizes are rounded up.
     """

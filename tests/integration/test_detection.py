@@ -18,7 +18,7 @@ import pytest
 from appliance.config_load import validate_config
 from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
-from appliance.vision.boxes import nms, pyramid_level
+from appliance.vision.boxes import nms, pyramid
 from appliance.vision.image import read_image
 from appliance.vision.mtcnn import MtcnnDetector, MtcnnSettings
 from engines.registry import get_model
@@ -168,7 +168,7 @@ def test_pnet_stage_matches_a_plain_loop_reimplementation(mtcnn: FaceAnalyzer, s
     image = read_image(shared_data / "multi_face/fr_two_people.jpg")
     scale = detector.scales(*image.shape[:2])[1]
     pre = detector.pnet.spec.preprocessing
-    level = pyramid_level(image, image.shape[:2], scale)
+    (level,) = pyramid(image, [scale])
     ours = detector._pnet_candidates([level], [scale])
 
     # The same level through the general to_blob path (one image at a time is a special case there),

@@ -3,7 +3,7 @@ detector's real pyramid, batch profiles, calibration data in the cache key, and 
 Jetson gets.
 
 The pyramid is checked against the detector's own code (:meth:`MtcnnDetector.scales` and
-:func:`pyramid_level` on real arrays), so the profile and the detector cannot drift apart.
+:func:`pyramid` on real arrays), so the profile and the detector cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from appliance.config_load import validate_config
 from appliance.runtime.loading import backend_options
 from appliance.vision.analyzer import RETRY_PAD_FRACTION
-from appliance.vision.boxes import pyramid_level
+from appliance.vision.boxes import pyramid
 from appliance.vision.mtcnn import MtcnnDetector, MtcnnSettings
 from engines.backends import BackendOptions
 from engines.registry import get_model
@@ -45,7 +45,7 @@ def detector_levels(height: int, width: int, min_face: int, factor: float) -> li
     holder = SimpleNamespace(settings=MtcnnSettings(min_face=min_face, scale_factor=factor))
     scales = MtcnnDetector.scales(holder, height, width)  # type: ignore[arg-type]
     image = np.zeros((height, width, 3), np.uint8)
-    return [pyramid_level(image, (height, width), scale)[0].shape[:2] for scale in scales]
+    return [level.shape[:2] for level, _, _ in pyramid(image, scales)]
 
 
 @pytest.mark.parametrize(
