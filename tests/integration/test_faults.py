@@ -255,6 +255,10 @@ def test_broker_killed_and_restarted_during_a_burst_of_events(
     )
 
 
+#: how late the daemon's log lines may reach the test on a loaded machine
+LOG_LAG_S = 2.0
+
+
 def test_camera_stall_is_shown_and_recovers(
     tmp_path: Path,
     storage: Path,
@@ -270,7 +274,7 @@ def test_camera_stall_is_shown_and_recovers(
     env = {
         "NOTIFY_SOCKET": str(notify_path),
         "WATCHDOG_USEC": "2000000",
-        "FACE_APPLIANCE_FAULTS": f"stall_camera_after:40,stall_camera_s:{STALL_S + 5:.0f}",
+        "FACE_APPLIANCE_FAULTS": f"stall_camera_after:40,stall_camera_s:{STALL_S + 8:.0f}",
     }
     pings: List[float] = []
     daemon = Daemon(config, env)
@@ -298,9 +302,10 @@ def test_camera_stall_is_shown_and_recovers(
         assert states[-1]["camera"]["state"] == "streaming", states[-1]["camera"]
         assert states[-1]["frames"] > stalled[-1]["frames"], "frames did not flow again"
         # Not fed while the camera was stalled (after the daemon's own stall threshold), fed again after.
-        assert not [t for t in pings if stalled_at + STALL_S + 1 < t < resumed_at], (
-            "watchdog fed during the stall"
-        )
+        # The stall's end is seen here through the daemon's stderr, which a loaded machine delivers late:
+        # a ping in the last LOG_LAG_S before it was seen may already follow the recovery.
+        fed = [t for t in pings if stalled_at + STALL_S + 1 < t < resumed_at - LOG_LAG_S]
+        assert not fed, f"watchdog fed during the stall (stall seen {stalled_at}–{resumed_at}): {fed}"
         assert [t for t in pings if t > resumed_at], "watchdog not fed again after the recovery"
         assert sum("Camera cam0 stalled" in line for line in daemon.log) == 1, daemon.text[-3000:]
         assert sum("recovered from a stall" in line for line in daemon.log) == 1, daemon.text[-3000:]
