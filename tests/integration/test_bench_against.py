@@ -12,6 +12,7 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
+from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from bench.against import RevisionError, compare_scene, import_revision, revision_pipeline
@@ -83,7 +84,7 @@ def test_both_pipelines_find_the_same_faces_and_are_timed_in_turns(
     clock = FakeClock()
     pipelines: Dict[str, Any] = {
         "revision": (detect, align),
-        "working_tree": (analyzer.detector.detect, align),
+        "working_tree": (analyzer.detector.detect, align_faces),
     }
     result = compare_scene(analyzer, clock, [image], pipelines, count=3, liveness=False)
     assert clock.resets == 2 * (3 + 2)  # every frame of both pipelines, warm-up included
