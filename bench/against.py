@@ -33,6 +33,8 @@ from appliance.vision.align import align_faces
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.mtcnn import MtcnnDetector
 
+from .figures import fmt, overhead
+
 #: A pipeline under test: the detector's ``detect`` and the alignment function.
 Pipeline = Tuple[Callable[[np.ndarray], Any], Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
@@ -138,12 +140,7 @@ def compare_scene(
     result = {}
     for name in names:
         e2e_ms, model_ms = total[name] * 1000 / count, model[name] * 1000 / count
-        result[name] = {
-            "mean": round(e2e_ms, 2),
-            "model_ms": round(model_ms, 2),
-            "overhead_ms": round(e2e_ms - model_ms, 2),
-            "overhead_pct": round(100 * (e2e_ms - model_ms) / model_ms, 1) if model_ms else None,
-        }
+        result[name] = {"mean": round(e2e_ms, 2), **overhead(e2e_ms, model_ms)}
     return result
 
 
@@ -187,13 +184,9 @@ def print_against(result: Dict[str, Any]) -> None:
     for row in result["scenes"]:
         before, after = row["revision"], row["working_tree"]
         cells = [
-            f"{_number(before[key], digits)} → **{_number(after[key], digits)}**"
+            f"{fmt(before[key], digits)} → **{fmt(after[key], digits)}**"
             for key, digits in (("mean", 2), ("model_ms", 2), ("overhead_ms", 2), ("overhead_pct", 1))
         ]
         print(
             f"| {row['frame']} | {row['faces']} | {'yes' if row['liveness'] else 'no'} | {' | '.join(cells)} |"
         )
-
-
-def _number(value: Any, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"

@@ -52,6 +52,7 @@ from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import ImageError, read_image
 
 from .against import RevisionError, bench_against, import_revision, print_against
+from .figures import fmt, overhead
 from .machine import describe, rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,9 +270,7 @@ def bench_scene(analyzer: FaceAnalyzer, clock: ModelClock, scene: Scene, frames:
             end_to_end[mode] = {
                 **_stats_ms(samples),
                 "fps": round(frames / wall, 2),
-                "model_ms": round(model_ms, 2),
-                "overhead_ms": round(total_ms - model_ms, 2),
-                "overhead_pct": round(100 * (total_ms - model_ms) / model_ms, 1) if model_ms else None,
+                **overhead(total_ms, model_ms),
                 "by_model_ms": {
                     name: round(seconds * 1000 / frames, 2) for name, seconds in clock.seconds.items()
                 },
@@ -415,10 +414,6 @@ def import_peer() -> Tuple[Any, Optional[str]]:
 # -- printing ------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Optional[float], digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def print_scenes(rows: List[Dict[str, Any]]) -> None:
     print("Synthetic camera frames (faces found by analyzer.detect on each distinct frame):")
     print()
@@ -468,7 +463,7 @@ def print_scenes(rows: List[Dict[str, Any]]) -> None:
             print(
                 f"| {row['frame']} | {row['expected_faces']} | {'yes' if mode == 'liveness' else 'no'} | "
                 f"{e2e['mean']:.2f} | {e2e['model_ms']:.2f} | {e2e['overhead_ms']:.2f} | "
-                f"{_fmt(e2e['overhead_pct'], 1)} |"
+                f"{fmt(e2e['overhead_pct'], 1)} |"
             )
     print()
     names = list(
@@ -542,7 +537,7 @@ def print_photos(result: Dict[str, Any], threads: int) -> None:
             if report is None:
                 print(f"| {name} | {label}: too few | | | | |" + " |" * len(far_cols))
                 continue
-            tars = [_fmt(report["tar_at_far"][k], 4) for k in far_cols]
+            tars = [fmt(report["tar_at_far"][k], 4) for k in far_cols]
             print(
                 f"| {name} | {label}: {report['images']} | {report['pairs']['genuine']} | "
                 f"{report['pairs']['impostor']} | {report['auc']:.5f} | {report['eer']:.4f} | "
