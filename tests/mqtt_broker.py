@@ -393,7 +393,6 @@ class Message(NamedTuple):
     retain: bool
     qos: int
     received_at: float = 0.0  # time.time() when the subscriber got it
-    dup: bool = False  # the broker marked it a redelivery (QoS 1 and 2)
 
     @property
     def text(self) -> str:
@@ -482,14 +481,7 @@ class Recorder:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._condition:
             self._messages.append(
-                Message(
-                    message.topic,
-                    bytes(message.payload),
-                    bool(message.retain),
-                    message.qos,
-                    time.time(),
-                    bool(message.dup),
-                )
+                Message(message.topic, bytes(message.payload), bool(message.retain), message.qos, time.time())
             )
             self._condition.notify_all()
 
