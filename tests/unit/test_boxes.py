@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from appliance.vision import boxes
 from appliance.vision.boxes import (
     iou_matrix,
     nms,
@@ -105,7 +106,9 @@ def uint8_cascade_level(source: np.ndarray, original_size: Tuple[int, int], scal
 @pytest.mark.parametrize(
     "height, width, first, factor",
     [
-        (720, 1280, 0.3, 0.709),  # a 720p camera, minimum face 40
+        (720, 1280, 0.3, 0.709),  # a 720p camera, minimum face 40: halving, then 5:3
+        (1080, 1920, 0.3, 0.709),  # 1080p, minimum face 40
+        (480, 640, 0.4, 0.709),  # minimum face 30: halving, then 5:4
         (480, 640, 0.6, 0.709),  # minimum face 20: no halving first
         (481, 643, 1.0, 0.709),  # minimum face 12: the first level is the frame itself
         (500, 375, 0.3, 0.45),  # steps under one half: halvings inside the cascade
@@ -151,3 +154,32 @@ def test_many_patches_from_many_levels_are_each_patch_on_its_own() -> None:
         for index in rng.choice(len(regions), 60, replace=False):
             alone = sample_patches(levels, regions[index : index + 1], (48, 48), transpose=transpose)
             np.testing.assert_array_equal(together[index], alone[0])
+
+
+@pytest.mark.parametrize(
+    "rows, columns",
+    [((5, 3), (5, 3)), ((5, 4), (5, 4)), ((7, 3), (9, 8)), ((15, 8), (3, 2)), ((11, 7), (13, 12))],
+)
+def test_whole_weight_area_steps_are_opencvs_area_resize(
+    rows: Tuple[int, int], columns: Tuple[int, int]
+) -> None:
+    """The claim :func:`boxes._area_by_whole_weights` rests on: with odd numerators no pixel's area
+    average falls on a half, so whole-number sums give OpenCV's uint8 area resize exactly."""
+    rng = np.random.default_rng(rows[0] * 100 + columns[0])
+    height, width = rows[0] * 13, columns[0] * 17
+    smooth = cv2.resize(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), (width, height))
+    noisy = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    extremes = np.where(rng.random((height, width, 3)) < 0.5, 0, 255).astype(np.uint8)
+    size = (width // columns[0] * columns[1], height // rows[0] * rows[1])
+    assert boxes._whole_weight_ratios((height, width), size[::-1]) == (rows, columns)
+    for image in (smooth, noisy, extremes, np.full_like(noisy, 255)):
+        expected = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(boxes._area_by_whole_weights(image, rows, columns), expected)
+
+
+def test_only_odd_small_non_whole_ratios_take_whole_weights() -> None:
+    assert boxes._whole_weight_ratios((360, 640), (216, 384)) == ((5, 3), (5, 3))
+    assert boxes._whole_weight_ratios((216, 384), (154, 273)) is None  # 108:77 and 128:91
+    assert boxes._whole_weight_ratios((400, 400), (300, 300)) is None  # 4:3, halves possible
+    assert boxes._whole_weight_ratios((300, 300), (100, 100)) is None  # 3:1, OpenCV's whole-ratio path
+    assert boxes._whole_weight_ratios((170, 170), (80, 80)) is None  # 17:8, sums past uint16
