@@ -118,33 +118,58 @@ class Preprocessing:
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Arranged ``(N, h, w, 3)`` uint8 pixels (see :meth:`arrange`) → the float32 input in ``layout``.
 
-        One table look-up per value (``cv2.LUT``): the table holds what ``pixel * scale + offset``
-        gives in float32 for each of the 256 values of each channel, so the result is that
-        arithmetic's to the bit, at one pass over the pixels instead of three.
-
         Raises:
             ValueError: ``pixels`` are not uint8 with 3 channels.
         """
-        import cv2
-
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (N, h, w, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
-        values = cv2.LUT(np.ascontiguousarray(pixels).reshape(-1, pixels.shape[2], 3), self._table)
-        values = values.reshape(pixels.shape)
+        scale, offset = self._affine
+        if self.layout == "NHWC" and scale.ndim == 0 and pixels.flags.c_contiguous:
+            # One table look-up per value, holding what the arithmetic below gives: the same bits in
+            # one pass instead of three (MTCNN's P-Net input of a 1280×720 frame: 0.07 against 0.13 ms).
+            import cv2
+
+            return cv2.LUT(pixels.reshape(len(pixels), -1), self._table).reshape(pixels.shape)
         if self.layout == "NCHW":
-            return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
-        return values
+            blob = np.empty((pixels.shape[0], 3, pixels.shape[1], pixels.shape[2]), np.float32)
+            np.copyto(blob, pixels.transpose(0, 3, 1, 2), casting="unsafe")
+        else:
+            blob = np.empty(pixels.shape, np.float32)
+            np.copyto(blob, pixels, casting="unsafe")
+        # In place: no temporaries on the per-frame path.
+        if scale.ndim == 0:
+            if scale != 1:
+                blob *= scale
+            if offset != 0:
+                blob += offset
+        else:
+            shape = (1, 3, 1, 1) if self.layout == "NCHW" else (1, 1, 1, 3)
+            blob *= scale.reshape(shape)
+            blob += offset.reshape(shape)
+        return blob
 
     @cached_property
     def _table(self) -> np.ndarray:
-        """``(256, 1, 3)`` float32: ``pixel * scale + offset`` per channel, computed once (this runs
-        for every model call), in float32 as a per-pixel computation would do it."""
+        """``(256,)`` float32: every uint8 value normalised as :meth:`normalize` computes it, for a
+        scale and offset shared by the channels."""
+        scale, offset = self._affine
+        table = np.arange(256, dtype=np.float32)
+        if scale != 1:
+            table *= scale
+        if offset != 0:
+            table += offset
+        return table
+
+    @cached_property
+    def _affine(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``value = pixel * scale + offset`` per channel, float32; 0-d arrays when every channel is alike
+        (computed once: this runs for every model call)."""
         std = np.asarray(self.std, dtype=np.float32)
         scale = np.float32(self.input_scale) / std
         offset = -np.asarray(self.mean, dtype=np.float32) / std
-        table = np.arange(256, dtype=np.float32)[:, None, None] * scale
-        table += offset
-        return table
+        if np.all(scale == scale[0]) and np.all(offset == offset[0]):
+            return np.asarray(scale[0]), np.asarray(offset[0])
+        return scale, offset
 
 
 @dataclass(frozen=True)

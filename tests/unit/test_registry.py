@@ -102,3 +102,31 @@ def test_single_image_fast_path_equals_the_batch_path() -> None:
     batched = pre.to_blob(np.concatenate([image, image]))[:1]
     assert single.shape == (1, 53, 37, 3) and single.flags.c_contiguous
     np.testing.assert_array_equal(single, batched)
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_normalize_is_the_documented_arithmetic_to_the_bit(spec) -> None:  # type: ignore[no-untyped-def]
+    """``(pixel * input_scale - mean) / std`` as float32 arithmetic, whether :meth:`normalize` runs it
+    or reads it from its look-up table (contiguous channel-alike NHWC input)."""
+    pre = spec.preprocessing
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 9, 7, 3), dtype=np.uint8)
+    pixels[0, 0, :4] = [[0, 0, 0], [255, 255, 255], [127, 128, 129], [1, 2, 254]]
+    std = np.asarray(pre.std, np.float32)
+    scale = (np.float32(pre.input_scale) / std).reshape(1, 1, 1, 3)
+    offset = (-np.asarray(pre.mean, np.float32) / std).reshape(1, 1, 1, 3)
+    for arranged in (pixels, pixels.transpose(0, 2, 1, 3)):  # contiguous, and a strided view
+        expected = arranged.astype(np.float32) * scale + offset
+        if pre.layout == "NCHW":
+            expected = expected.transpose(0, 3, 1, 2)
+        got = pre.normalize(arranged)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        # Bit patterns: -0.0 and 0.0 differ there.
+        np.testing.assert_array_equal(got.view(np.uint32), np.ascontiguousarray(expected).view(np.uint32))
+
+
+def test_normalize_refuses_what_is_not_uint8_pixels() -> None:
+    pre = get_model("mtcnn-pnet").preprocessing
+    with pytest.raises(ValueError, match="uint8"):
+        pre.normalize(np.zeros((1, 4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(1, 4, 4\)"):
+        pre.normalize(np.zeros((1, 4, 4), np.uint8))
