@@ -231,15 +231,17 @@ def _area_by_whole_weights(image: np.ndarray, rows: Ratio, columns: Ratio) -> np
     ``p``, computed in whole numbers: ``(H, W, 3)`` uint8 → ``(H·q/p, W·q/p, 3)`` uint8, the same pixels.
 
     Why it is the same: along an axis every weight is a whole multiple of ``1/p``, so the exact
-    area average is a whole multiple of ``1/(p_rows·p_columns)``, an odd number: it never falls on
-    a half, and is at least ``1/450`` from one. OpenCV's float32 sum is far closer to the exact
-    value than that, so both round to the same whole number. Here the sums are exact (uint16) and
-    only the final division is in floating point. Measured 0.40 ms against OpenCV's 0.70 ms for
-    640×360 → 384×216 (5:3, the 720p frame's first non-halving step).
+    area average is a whole multiple of ``1/(p_rows·p_columns)``, whose denominator is odd: it never
+    falls on a half, and is at least ``1/450`` from one. OpenCV's float32 sum is far closer to the
+    exact value than that, so both round to the same whole number. Here the sums are exact (uint16)
+    and only the final division is in floating point. For 640×360 → 384×216 (5:3, the 720p frame's
+    first step after the halving) timed alone: 0.40 ms against OpenCV's 0.70 ms; inside the
+    pipeline, where less of the data is in the cache, the pyramid gained 0.07–0.25 ms a 720p frame.
     """
-    sums = _area_rows(image, *rows)  # rows first, while the pixels are bytes
-    sums = cv2.transpose(_area_rows(cv2.transpose(sums), *columns))
-    return cv2.convertScaleAbs(sums, alpha=1.0 / (rows[0] * columns[0]))
+    # Rows first, while the pixels are bytes; the columns as rows of the transposed sums; the last
+    # transpose after the division, on bytes again.
+    sums = _area_rows(cv2.transpose(_area_rows(image, *rows)), *columns)
+    return cv2.transpose(cv2.convertScaleAbs(sums, alpha=1.0 / (rows[0] * columns[0])))
 
 
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:
