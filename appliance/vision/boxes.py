@@ -201,14 +201,11 @@ def _whole_weights(p: int, q: int) -> Tuple[Tuple[Tuple[int, int], ...], ...]:
     Target pixel ``j`` covers source span ``[j·p/q, (j+1)·p/q)``; in units of ``1/q`` every overlap
     is a whole number, and a target pixel's overlaps add up to ``p``.
     """
-    return tuple(
-        tuple(
-            (i, min((j + 1) * p, (i + 1) * q) - max(j * p, i * q))
-            for i in range(p)
-            if min((j + 1) * p, (i + 1) * q) > max(j * p, i * q)
-        )
-        for j in range(q)
-    )
+    spans = []
+    for j in range(q):
+        overlaps = ((i, min((j + 1) * p, (i + 1) * q) - max(j * p, i * q)) for i in range(p))
+        spans.append(tuple((i, overlap) for i, overlap in overlaps if overlap > 0))
+    return tuple(spans)
 
 
 def _area_rows(pixels: np.ndarray, p: int, q: int) -> np.ndarray:
