@@ -27,7 +27,8 @@ _ORT_DTYPES = {
 
 
 #: ONNX Runtime 1.19 (the last release for Python 3.8, i.e. JetPack 5) has no process-wide pool in Python:
-#: there each session gets its own pool of the same size instead.
+#: there each session gets its own pool of the same size instead, whose workers stop spinning when a
+#: run returns (:func:`session_options`).
 _HAS_GLOBAL_POOL = hasattr(ort, "set_global_thread_pool_sizes") and hasattr(
     ort.SessionOptions(), "use_per_session_threads"
 )
@@ -39,8 +40,10 @@ def _global_pool(threads: int) -> int:
     """Create ONNX Runtime's process-wide thread pool once; returns its size.
 
     All CPU sessions share one pool: the pipeline runs up to seven small networks one after the
-    other, and separate per-session pools (whose threads spin after each run) fight over the cores —
-    measured 1.4–2.7× slower end to end on a 2-core machine. The first back-end opened fixes the size.
+    other, and separate per-session pools whose workers keep spinning after each run fight over the
+    cores (measured 1.4–2.7× slower end to end on a 2-core machine with ONNX Runtime 1.32, and 2–4×
+    with 1.19 on Python 3.8, before its pools stopped spinning after a run). The first back-end opened
+    fixes the size.
     """
     with _pool_lock:
         if "threads" not in _pool:
@@ -64,19 +67,30 @@ def new_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
     Raises:
         Exception: ONNX Runtime's own error when the model cannot be loaded.
     """
-    size = _global_pool(threads)
+    return ort.InferenceSession(
+        model, session_options(_global_pool(threads)), providers=["CPUExecutionProvider"]
+    )
+
+
+def session_options(pool_size: int) -> ort.SessionOptions:
+    """The options of every CPU session: the shared pool where ONNX Runtime has one, else a pool of
+    ``pool_size`` threads per session whose workers stop spinning when a run returns."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if _HAS_GLOBAL_POOL:
         options.use_per_session_threads = False
     else:
-        options.intra_op_num_threads = size
+        options.intra_op_num_threads = pool_size
         options.inter_op_num_threads = 1
+        # Workers still spin between the operators of a run (that is what makes a run fast), but
+        # not after it: otherwise each of the pipeline's networks leaves its pool spinning on the
+        # cores the next network's run needs (ONNX Runtime >= 1.12).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     # ONNX Runtime's arena keeps the largest buffers ever used (e.g. a 270-crop R-Net batch); without
     # it the process stays ~80 MiB smaller at no measurable cost for these small models.
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 3  # errors only; they become our exceptions anyway
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return options
 
 
 class OnnxRuntimeBackend(InferenceBackend):
