@@ -44,8 +44,12 @@ setup(
     extras_require={
         # ONNX Runtime on the CPU, and the pip OpenCV wheel. OpenCV is pinned below 5: 5.x dropped
         # APIs (cv2.dnn.readNetFromCaffe among them) and JetPack ships 4.x, so 4.x is what we test.
+        # ONNX Runtime stays below 1.27: from 1.27 to 1.32 (the newest, December 2026) PRelu with a
+        # per-channel slope is 7-13x slower (0.71 against 0.09 ms for a (1, 10, 142, 190) tensor on
+        # 2 threads), MTCNN has 12 of them, and a frame took 20-25 % longer (README, Benchmarks).
+        # Lift the cap once a release runs it as fast again (bench.vision shows it).
         "cpu": [
-            "onnxruntime>=1.15",
+            "onnxruntime>=1.15,<1.27",
             "opencv-python-headless>=4.5.4,<5",
         ],
         # On a Jetson: TensorRT and OpenCV (with GStreamer) come from JetPack's apt packages and
