@@ -41,9 +41,8 @@ def _global_pool(threads: int) -> int:
 
     All CPU sessions share one pool: the pipeline runs up to seven small networks one after the
     other, and separate per-session pools whose workers keep spinning after each run fight over the
-    cores (measured 1.4–2.7× slower end to end on a 2-core machine with ONNX Runtime 1.32, and 2–4×
-    with 1.19 on Python 3.8, before its pools stopped spinning after a run). The first back-end opened
-    fixes the size.
+    cores (measured 1.4–2.7× slower end to end on a 2-core machine, and 2–4× with ONNX Runtime 1.19 on
+    Python 3.8 before its pools stopped spinning after a run). The first back-end opened fixes the size.
     """
     with _pool_lock:
         if "threads" not in _pool:

@@ -19,7 +19,7 @@ def _doubling_model() -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "double", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7  # readable by every ONNX Runtime the project supports (1.19 and later)
+    model.ir_version = 7  # readable by every ONNX Runtime the project supports (1.15 and later)
     return model.SerializeToString()
 
 
