@@ -279,7 +279,7 @@ elif ((WITH_VENV)); then
         # JetPack's TensorRT and OpenCV (with GStreamer) are apt packages built against NumPy 1.x:
         # the venv sees them through --system-site-packages, pip must not install an OpenCV wheel
         # over them, and NumPy stays below 2. pycuda is compiled here and needs nvcc on PATH.
-        packages=("${SOURCE}[jetson,systemd]" "onnxruntime>=1.15,<1.27" "numpy<2")
+        packages=("${SOURCE}[jetson,systemd]" "onnxruntime[symbolic]>=1.15,<1.27" "numpy<2")
         pip_env=(env "PATH=/usr/local/cuda/bin:$PATH")
     else
         packages=("${SOURCE}[cpu,systemd]")

@@ -209,6 +209,7 @@ def _collapsing_embedder(path: Path) -> Path:
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # opset 18's; the newest onnx writes a newer IR than ONNX Runtime < 1.27 reads
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
