@@ -1,8 +1,7 @@
 """5-point alignment: a similarity transform of each face's landmarks onto the ArcFace 112×112 template.
 
 The transform is the least-squares similarity (rotation, uniform scale, translation; no reflection)
-of Umeyama (1991), solved for all faces at once; the crops are then sampled for all faces in one
-``cv2.remap`` call.
+of Umeyama (1991), solved for all faces at once; each crop is then one ``cv2.warpAffine``.
 """
 
 from __future__ import annotations
@@ -58,25 +57,11 @@ def align_faces(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE)
         ``(N, size, size, 3)`` uint8 BGR crops. Outside the image the edge pixels are repeated: a face
         cut by the border embeds closer to itself that way than with black (measured on shared/data).
     """
-    count = len(landmarks)
-    if count == 0:
-        return np.zeros((0, size, size, 3), np.uint8)
-    per_mosaic = 32000 // size  # cv2.remap takes fewer than 32767 map rows
-    if count > per_mosaic:
-        return np.concatenate(
-            [
-                align_faces(image, landmarks[start : start + per_mosaic], size)
-                for start in range(0, count, per_mosaic)
-            ]
+    crops = np.empty((len(landmarks), size, size, 3), np.uint8)
+    # One warpAffine per face, as the ArcFace reference aligns: it computes each crop's sampling
+    # positions itself, about half the time of one remap over numpy-built maps for all faces.
+    for crop, matrix in zip(crops, similarity_transforms(landmarks, TEMPLATE * (size / CROP_SIZE))):
+        cv2.warpAffine(
+            image, matrix, (size, size), dst=crop, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
-    matrices = similarity_transforms(landmarks, TEMPLATE * (size / CROP_SIZE))
-    # Inverse of [A | t]: crop pixel q → image point A⁻¹(q − t); for a similarity A⁻¹ = Aᵀ / det.
-    a = matrices[:, 0, 0, None, None]
-    b = matrices[:, 1, 0, None, None]
-    det = a**2 + b**2
-    qx = np.arange(size, dtype=np.float64)[None, None, :] - matrices[:, 0, 2, None, None]  # (N, 1, size)
-    qy = np.arange(size, dtype=np.float64)[None, :, None] - matrices[:, 1, 2, None, None]  # (N, size, 1)
-    map_x = ((a * qx + b * qy) / det).astype(np.float32).reshape(count * size, size)
-    map_y = ((a * qy - b * qx) / det).astype(np.float32).reshape(count * size, size)
-    mosaic = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return mosaic.reshape(count, size, size, 3)
+    return crops
