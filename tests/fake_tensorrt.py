@@ -50,6 +50,7 @@ real ONNX graph (inputs, outputs, Q/DQ nodes, FP16 tensors) with the ``onnx`` pa
 
 from __future__ import annotations
 
+import atexit
 import enum
 import itertools
 import json
@@ -1460,6 +1461,7 @@ def install(monkeypatch: Any, version: str = "8.5.2.2", device: Optional[str] = 
             preset.dla_cores,
         )
         folder = Path(tempfile.mkdtemp(prefix="fake-l4t-"))
+        atexit.register(shutil.rmtree, folder, True)  # no teardown reaches here: gone at process exit
         RECORD.release_file = folder / "nv_tegra_release"
         RECORD.release_file.write_text(release_line(version, device))
         from engines.tensorrt import platform
