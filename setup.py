@@ -46,7 +46,7 @@ setup(
         # APIs (cv2.dnn.readNetFromCaffe among them) and JetPack ships 4.x, so 4.x is what we test.
         # ONNX Runtime stays below 1.27: from 1.27 to 1.32 (the newest, December 2026) PRelu with a
         # per-channel slope is 7-13x slower (0.71 against 0.09 ms for a (1, 10, 142, 190) tensor on
-        # 2 threads), MTCNN has 12 of them, and a frame took 19-37 % longer (README, Benchmarks).
+        # 2 threads), MTCNN has 12 of them, and a frame took 19-37 % longer (docs/performance-history.md).
         # Lift the cap once a release runs it as fast again (bench.vision shows it). [symbolic] brings
         # sympy, which these releases' quantizer pre-processing imports (calibration/quantize.py); 1.19,
         # the last for Python 3.8, has no such extra and needs sympy anyway.

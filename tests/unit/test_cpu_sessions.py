@@ -1,7 +1,8 @@
 """The CPU back-end's sessions: one process-wide thread pool where ONNX Runtime offers it, else one pool
 per session whose workers stop spinning when a run returns (ONNX Runtime 1.19 on Python 3.8, JetPack 5).
 
-The speed itself is measured, not tested: ``python -m bench.vision`` on Python 3.8 (README, Benchmarks).
+The speed itself is measured, not tested: ``python -m bench.vision`` on Python 3.8
+(``docs/performance-history.md``, eighth round).
 """
 
 from __future__ import annotations
