@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import shlex
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, Iterator, List, Set, Tuple
@@ -195,6 +196,22 @@ def test_jetpack_images_keep_nvidia_opencv_and_tensorrt(jetpack: str) -> None:
     assert any(f'"{ort}"' in line for line in installs), f"{dockerfile.name} does not install {ort!r}"
     # The check that no pip OpenCV got in, and that cv2 and tensorrt come from outside the venv.
     assert "opencv-python-headless" in text and "find_spec" in text
+
+
+def test_install_script_gives_a_jetson_the_onnx_runtime_of_the_cpu_extra() -> None:
+    """install.sh's Jetson branch names ONNX Runtime itself (the cpu extra would bring pip's OpenCV):
+    the same requirement as setup.py's, so that moving the cap there cannot leave the boards behind."""
+    ort = next(r for r in extras()["cpu"] if Requirement(r).name == "onnxruntime")
+    script = (REPO_ROOT / "systemd" / "install.sh").read_text(encoding="utf-8")
+    jetson = [
+        line for line in script.splitlines() if line.strip().startswith("packages=(") and "[jetson" in line
+    ]
+    assert len(jetson) == 1, "install.sh should set its Jetson packages in one packages=(...) line"
+    words = shlex.split(jetson[0].split("packages=(", 1)[1].rsplit(")", 1)[0])
+    named = [Requirement(word) for word in words if "$" not in word]  # not "${SOURCE}[jetson,…]"
+    assert [str(r) for r in named if r.name == "onnxruntime"] == [str(Requirement(ort))], (
+        f"install.sh installs {jetson[0].strip()!r} on a Jetson; setup.py's cpu extra says {ort!r}"
+    )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
