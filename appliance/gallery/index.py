@@ -208,7 +208,8 @@ def as_unit_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray
     """Validate embeddings and return an L2-normalised copy: ``(n, dim) float32``, C-contiguous.
 
     Refuses a wrong rank or dimension, non-numeric dtypes, non-finite values (including float64
-    values beyond float32's range) and zero vectors. The input is never modified.
+    values beyond float32's range), zero vectors and vectors whose norm float32 cannot hold. The
+    input is never modified.
     """
     try:
         array = np.asarray(vectors)
@@ -218,18 +219,40 @@ def as_unit_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray
         raise ValueError(f"{name}: expected a float array, got dtype {array.dtype}")
     if array.ndim != 2 or array.shape[1] != dim:
         raise ValueError(f"{name}: expected shape (n, {dim}), got {array.shape}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = np.array(array, dtype=np.float32, order="C", copy=True)
-    if x.size and not np.isfinite(x).all():
-        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+    rows = array.shape[0]
+    unit = np.empty((rows, dim), dtype=np.float32)
+    # Every frame's search comes this way right after the embedder, whose run leaves the caches
+    # cold: then each numpy call costs several microseconds, and one the frame has not made yet
+    # (einsum, isfinite, Faiss's own normalisation) 20–30. So the norms are taken as the embedder
+    # takes them, and one row norm carries every fault: NaN or inf anywhere makes it NaN or inf, a
+    # zero vector makes it 0, float32 values of 1.8e19 or more overflow it (with numpy's warning).
+    # Chunks bound the squares and casts numpy makes for a whole gallery's rebuild.
+    for start in range(0, rows, _EXACT_CHUNK_ROWS):
+        part = array[start : start + _EXACT_CHUNK_ROWS]
+        if part.dtype != np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range → inf, refused below
+                part = part.astype(np.float32)
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        if not (norms.min() > 0 and norms.max() < np.inf):
+            _refuse_rows(part, norms[:, 0], name, start)
+        np.divide(part, norms, out=unit[start : start + _EXACT_CHUNK_ROWS])
+    return unit
+
+
+def _refuse_rows(x: np.ndarray, norms: np.ndarray, name: str, first_row: int) -> None:
+    """Raise for the first row of ``x`` ((n, d) float32, L2 norms ``(n,)``; row ``first_row`` of the
+    caller's array) that cannot be normalised."""
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        row = first_row + int(np.flatnonzero(~finite)[0])
         raise ValueError(f"{name}: row {row} has non-finite values (NaN, inf, or beyond float32)")
-    if x.shape[0]:
-        squared = np.einsum("ij,ij->i", x, x)
-        if not (squared > 0).all():
-            row = int(np.flatnonzero(~(squared > 0))[0])
-            raise ValueError(f"{name}: row {row} is a zero vector (cannot be normalised)")
-        faiss.normalize_L2(x)
-    return x
+    if not (norms > 0).all():
+        row = first_row + int(np.flatnonzero(~(norms > 0))[0])
+        raise ValueError(f"{name}: row {row} is a zero vector (cannot be normalised)")
+    row = first_row + int(np.flatnonzero(~(norms < np.inf))[0])
+    raise ValueError(
+        f"{name}: row {row}'s norm is beyond float32's range (1.8e19 or more); scale the vector down"
+    )
 
 
 def _new_faiss_index(
@@ -551,11 +574,16 @@ class TemplateIndex:
         """
         k = _check_int(k, "k", 1, MAX_K)
         x = as_unit_vectors(queries, self._dim, "queries")
-        with self._index_lock:
-            if self._index.ntotal == 0 or x.shape[0] == 0:
-                scores = np.full((x.shape[0], k), -np.inf, dtype=np.float32)
-                return scores, np.full((x.shape[0], k), -1, dtype=np.int64)
-            scores, ids = self._index.search(x, k)
+        scores = np.empty((x.shape[0], k), dtype=np.float32)
+        ids = np.empty((x.shape[0], k), dtype=np.int64)
+        if x.shape[0]:
+            with self._index_lock:
+                # Faiss's Python `search` checks again what as_unit_vectors has checked and reads
+                # the index's dimension through SWIG: 20–30 µs per frame on the cold cache the embedder
+                # leaves. Its C++ entry point fills our buffers; an empty index gives ids -1.
+                self._index.search_c(
+                    x.shape[0], faiss.swig_ptr(x), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids)
+                )
         scores[ids < 0] = -np.inf
         return scores, ids
 

@@ -439,6 +439,52 @@ def test_consistent_files_with_a_wrong_payload_are_corrupt(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
+    "layout",
+    ["float32", "float64", "int", "fortran", "every other row", "one row"],
+)
+def test_vectors_are_normalised_into_a_c_contiguous_float32_copy(layout: str) -> None:
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(8, D)) * rng.uniform(0.01, 100.0, size=(8, 1))
+    given = {
+        "float32": base.astype(np.float32),
+        "float64": base,
+        "int": np.rint(base * 100).astype(np.int64),
+        "fortran": np.asfortranarray(base.astype(np.float32)),
+        "every other row": base.astype(np.float32)[::2],
+        "one row": base.astype(np.float32)[:1],
+    }[layout]
+    before = given.copy()
+    unit = index_module.as_unit_vectors(given, D)
+    assert unit.dtype == np.float32 and unit.flags.c_contiguous and unit.shape == given.shape
+    np.testing.assert_allclose(np.linalg.norm(unit.astype(np.float64), axis=1), 1.0, atol=1e-6)
+    expected = given / np.linalg.norm(given.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_allclose(unit, expected, atol=1e-6)
+    np.testing.assert_array_equal(given, before)  # the input is never modified
+    assert not np.shares_memory(unit, given)
+    empty = index_module.as_unit_vectors(np.empty((0, D), np.float32), D)
+    assert empty.shape == (0, D) and empty.dtype == np.float32
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy's, on the 1e19 row
+def test_vectors_are_normalised_in_chunks_and_faults_name_the_callers_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    vectors = gaussian(10)
+    whole = index_module.as_unit_vectors(vectors, D)
+    monkeypatch.setattr(index_module, "_EXACT_CHUNK_ROWS", 3)
+    np.testing.assert_array_equal(index_module.as_unit_vectors(vectors, D), whole)
+    for row, fault, match in [
+        (7, np.nan, "row 7 has non-finite"),
+        (5, 0.0, "row 5 is a zero vector"),
+        (4, 1e19, "row 4's norm"),
+    ]:
+        damaged = vectors.copy()
+        damaged[row] = fault
+        with pytest.raises(ValueError, match=match):
+            index_module.as_unit_vectors(damaged, D)
+
+
+@pytest.mark.parametrize(
     ("ids", "vectors", "match"),
     [
         (np.arange(3), np.ones((3, D + 1), np.float32), r"expected shape \(n, 128\)"),
@@ -447,6 +493,17 @@ def test_consistent_files_with_a_wrong_payload_are_corrupt(tmp_path: Path) -> No
         (np.arange(3), np.array([[1.0] * D, [np.inf] * D, [1.0] * D]), "row 1 has non-finite"),
         (np.arange(3), np.full((3, D), 1e300), "non-finite"),  # beyond float32
         (np.arange(3), np.vstack([np.ones((2, D)), np.zeros((1, D))]), "row 2 is a zero vector"),
+        # Finite float32 values whose norm overflows float32 (they used to become zero vectors).
+        (
+            np.arange(3),
+            np.vstack([np.ones((1, D)), np.full((2, D), 1e19)]).astype(np.float32),
+            "row 1's norm is beyond",
+        ),
+        (
+            np.arange(3),
+            np.vstack([np.ones((2, D)), np.full((1, D), np.nan)]).astype(np.float32),
+            "row 2 has non-finite",
+        ),
         (np.arange(3), np.full((3, D), "a"), "expected a float array"),
         (np.arange(3), [[1.0, 2.0], [3.0]], "not an array of numbers|expected"),
         (np.arange(3.0), np.ones((3, D)), "ids must be integers"),
@@ -460,6 +517,7 @@ def test_consistent_files_with_a_wrong_payload_are_corrupt(tmp_path: Path) -> No
         (np.array([4, 5, 4]), np.ones((3, D)), r"duplicated ids \[4\]"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy's, on the 1e19 rows
 def test_invalid_inputs_are_refused(ids: object, vectors: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TemplateIndex.build(D, ids, vectors)
