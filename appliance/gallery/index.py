@@ -128,7 +128,9 @@ _SNAPSHOT_ID_HEX = 32
 #: template, about what a new capture of an enrolled person scores).
 _PROBE_NOISE = 0.75
 _TIE_TOLERANCE = 1e-5
-_EXACT_CHUNK_ROWS = 16_384
+#: Rows of a whole gallery handled at a time (normalising, exact top-k, reading vectors back), so that
+#: numpy's temporaries do not grow with the gallery.
+_CHUNK_ROWS = 16_384
 
 
 class GalleryIndexError(GalleryError):
@@ -226,16 +228,15 @@ def as_unit_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray
     # (einsum, isfinite, Faiss's own normalisation) 20–30. So the norms are taken as the embedder
     # takes them, and one row norm carries every fault: NaN or inf anywhere makes it NaN or inf, a
     # zero vector makes it 0, float32 values of 1.8e19 or more overflow it (with numpy's warning).
-    # Chunks bound the squares and casts numpy makes for a whole gallery's rebuild.
-    for start in range(0, rows, _EXACT_CHUNK_ROWS):
-        part = array[start : start + _EXACT_CHUNK_ROWS]
+    for start in range(0, rows, _CHUNK_ROWS):
+        part = array[start : start + _CHUNK_ROWS]
         if part.dtype != np.float32:
             with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range → inf, refused below
                 part = part.astype(np.float32)
         norms = np.linalg.norm(part, axis=1, keepdims=True)
         if not (norms.min() > 0 and norms.max() < np.inf):
             _refuse_rows(part, norms[:, 0], name, start)
-        np.divide(part, norms, out=unit[start : start + _EXACT_CHUNK_ROWS])
+        np.divide(part, norms, out=unit[start : start + _CHUNK_ROWS])
     return unit
 
 
@@ -314,7 +315,7 @@ def _stored_ids(index: Any) -> np.ndarray:
 
 
 def exact_top_k(
-    vectors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = _EXACT_CHUNK_ROWS
+    vectors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = _CHUNK_ROWS
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Brute-force inner-product top-k with numpy (BLAS), in chunks of stored rows.
 
@@ -518,8 +519,8 @@ class TemplateIndex:
         total = self._index.ntotal
         inner = faiss.downcast_index(self._index.index)
         parts: List[np.ndarray] = []
-        for start in range(0, total, _EXACT_CHUNK_ROWS * 4):
-            count = min(_EXACT_CHUNK_ROWS * 4, total - start)
+        for start in range(0, total, _CHUNK_ROWS * 4):
+            count = min(_CHUNK_ROWS * 4, total - start)
             part = inner.reconstruct_n(start, count)
             parts.append(part if keep is None else part[keep[start : start + count]])
         if not parts:

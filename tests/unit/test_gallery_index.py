@@ -471,7 +471,7 @@ def test_vectors_are_normalised_in_chunks_and_faults_name_the_callers_row(
 ) -> None:
     vectors = gaussian(10)
     whole = index_module.as_unit_vectors(vectors, D)
-    monkeypatch.setattr(index_module, "_EXACT_CHUNK_ROWS", 3)
+    monkeypatch.setattr(index_module, "_CHUNK_ROWS", 3)
     np.testing.assert_array_equal(index_module.as_unit_vectors(vectors, D), whole)
     for row, fault, match in [
         (7, np.nan, "row 7 has non-finite"),
