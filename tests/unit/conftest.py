@@ -1,15 +1,19 @@
-"""Fixtures the model-package unit tests share: a signing key pair, its trust store, a tiny model."""
+"""Fixtures unit tests share: a signing key pair, its trust store, a tiny model (model packages); an
+empty gallery."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import TYPE_CHECKING, Dict, Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.updates.keys import generate_keypair, key_id, load_private_key
 from tests.package_tools import tiny_rnet
+
+if TYPE_CHECKING:
+    from appliance.gallery.gallery import Gallery
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +35,15 @@ def rnet_file(tmp_path: Path) -> Path:
     path = tmp_path / "rnet.onnx"
     path.write_bytes(tiny_rnet())
     return path
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    """An empty gallery in ``tmp_path``: 128-d templates of ``mobilefacenet@foamliu-v1.0``."""
+    from appliance.config_load import validate_config  # imported here: most unit tests need no Faiss
+    from appliance.gallery.gallery import Gallery
+
+    with Gallery.open(
+        validate_config({"storage": {"dir": str(tmp_path)}}), "mobilefacenet@foamliu-v1.0", 128
+    ) as opened:
+        yield opened

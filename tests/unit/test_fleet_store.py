@@ -3,24 +3,12 @@ member, tombstones delete for real and are remembered, local enrolments never to
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 from appliance.access.policy import IdentityPolicy
-from appliance.config_load import validate_config
 from appliance.gallery.errors import IdentityError
 from appliance.gallery.gallery import Gallery
 from tests.synthetic import random_crops, unit_vectors
-
-VERSION = "mobilefacenet@foamliu-v1.0"
-
-
-@pytest.fixture
-def gallery(tmp_path: Path) -> Iterator[Gallery]:
-    with Gallery.open(validate_config({"storage": {"dir": str(tmp_path)}}), VERSION, 128) as opened:
-        yield opened
 
 
 def _apply(gallery: Gallery, identity_id: str, revision: int, seed: int, count: int = 2) -> None:

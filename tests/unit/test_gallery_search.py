@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict
 
 import numpy as np
 import pytest
 
-from appliance.config_load import validate_config
 from appliance.gallery.gallery import Gallery
 from tests.synthetic import unit_vectors
 
-VERSION = "mobilefacenet@foamliu-v1.0"
-D = 128
-
-
-@pytest.fixture
-def gallery(tmp_path: Path) -> Iterator[Gallery]:
-    with Gallery.open(validate_config({"storage": {"dir": str(tmp_path)}}), VERSION, D) as opened:
-        yield opened
+D = 128  # the shared gallery fixture's (tests/unit/conftest.py)
 
 
 @pytest.mark.parametrize("identities", [1, 2, 3])

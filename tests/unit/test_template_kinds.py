@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -34,12 +33,6 @@ from tests.synthetic import random_crops, unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 NEW = "mobilefacenet@next"
-
-
-@pytest.fixture
-def gallery(tmp_path: Path) -> Iterator[Gallery]:
-    with Gallery.open(validate_config({"storage": {"dir": str(tmp_path)}}), VERSION, 128) as opened:
-        yield opened
 
 
 def _adapt(gallery: Gallery, identity_id: str, seed: int, keep: int = 3, event: str = "ev") -> int:
