@@ -1,0 +1,134 @@
+"""Where the pipeline's own work goes: the time of each step of ``analyzer.analyze`` outside the model
+calls, for an MTCNN analyzer without liveness (the case issue 16's part 1 measures).
+
+:func:`own_work_by_step` runs the frames once more with a timer around each step, so the figures of
+the main loop are not touched by the timers (about 20 timed calls a frame, well under 1 % of the
+pipeline's own work). Steps are the detector's and the analyzer's own functions, timed where the
+pipeline calls them; a step's model calls and the steps nested in it are taken out, so the steps add
+up to the pipeline's own work, and ``other`` is what no step holds (box arithmetic between the
+stages, result assembly, the calls themselves).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from appliance.vision import analyzer as analyzer_module
+from appliance.vision import mtcnn as mtcnn_module
+from appliance.vision.analyzer import FaceAnalyzer
+from appliance.vision.mtcnn import MtcnnDetector
+
+#: The steps, in the order the pipeline runs them, as the JSON and the table name them.
+STEPS = (
+    "pyramid",
+    "pnet_inputs",
+    "pnet_candidates",
+    "suppression",
+    "patches",
+    "alignment",
+    "embedding",
+    "other",
+)
+
+#: Where each timed function lives: ``(owner, attribute)`` pairs are filled in per analyzer.
+_MODULE_STEPS = (
+    (mtcnn_module, "pyramid"),
+    (mtcnn_module, "nms"),
+    (mtcnn_module, "nms_per_group"),
+    (analyzer_module, "align_faces"),
+)
+_DETECTOR_STEPS = ("_pnet_inputs", "_pnet_candidates", "_crops")
+
+
+class _Timers:
+    """Inclusive seconds per wrapped function name."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        self.seconds[name] = 0.0
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - started
+
+        return timed
+
+
+@contextmanager
+def _timed_steps(analyzer: FaceAnalyzer) -> Iterator[_Timers]:
+    """Every step of ``analyzer`` wrapped in a timer while inside; all put back on the way out."""
+    timers = _Timers()
+    detector, embedder = analyzer.detector, analyzer.embedder
+    patched: List[Any] = []  # (owner, attribute, original or None for an instance attribute)
+    try:
+        for module, name in _MODULE_STEPS:
+            original = getattr(module, name)
+            patched.append((module, name, original))
+            setattr(module, name, timers.wrap(name, original))
+        for owner, name in [(detector, step) for step in _DETECTOR_STEPS] + [(embedder, "embed")]:
+            patched.append((owner, name, None))
+            setattr(owner, name, timers.wrap(name, getattr(owner, name)))
+        yield timers
+    finally:
+        for owner, name, original in reversed(patched):
+            if original is None:
+                delattr(owner, name)  # the class's method shows through again
+            else:
+                setattr(owner, name, original)
+
+
+def own_work_by_step(
+    analyzer: FaceAnalyzer, clock: Any, frames: Sequence[np.ndarray], count: int
+) -> Optional[Dict[str, float]]:
+    """The pipeline's own work per step, ms per frame (mean over ``count`` frames, without liveness).
+
+    Args:
+        analyzer: an analyzer whose back-ends ``clock`` times (:class:`bench.vision.ModelClock`).
+        frames: ``(H, W, 3)`` uint8 BGR frames, cycled.
+        count: frames to time.
+
+    Returns:
+        ``{step: ms}`` for every name in :data:`STEPS` plus ``total`` (end to end minus model time in
+        this pass), or ``None`` when the detector is not MTCNN (its steps are MTCNN's).
+    """
+    detector = analyzer.detector
+    if not isinstance(detector, MtcnnDetector):
+        return None
+    checker, analyzer.liveness = analyzer.liveness, None
+    try:
+        with _timed_steps(analyzer) as timers:
+            clock.reset()
+            started = time.perf_counter()
+            for index in range(count):
+                analyzer.analyze(frames[index % len(frames)])
+            wall = time.perf_counter() - started
+    finally:
+        analyzer.liveness = checker
+    inclusive = timers.seconds
+    pnet_model = clock.seconds[detector.pnet.spec.name]
+    embedder_model = clock.seconds[analyzer.embedder.backend.spec.name]
+    steps = {
+        "pyramid": inclusive["pyramid"],
+        "pnet_inputs": inclusive["_pnet_inputs"],
+        "pnet_candidates": inclusive["_pnet_candidates"]
+        - inclusive["_pnet_inputs"]
+        - inclusive["nms_per_group"]
+        - pnet_model,
+        "suppression": inclusive["nms"] + inclusive["nms_per_group"],
+        "patches": inclusive["_crops"],
+        "alignment": inclusive["align_faces"],
+        "embedding": inclusive["embed"] - embedder_model,
+    }
+    total = wall - clock.total
+    steps["other"] = total - sum(steps.values())
+    by_step = {name: round(seconds * 1000 / count, 3) for name, seconds in steps.items()}
+    return {**by_step, "total": round(total * 1000 / count, 3)}

@@ -1,0 +1,115 @@
+"""``bench.own_work``: the pipeline's own work split by step, on the real models and a real photo.
+
+Time is attributed, not asserted: a known delay is put into one step (or into a model call) and the
+test checks which step it lands in. The delays are lower bounds, so a slow machine cannot fail them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import pytest
+
+from appliance.config_load import validate_config
+from appliance.runtime.loading import load_analyzer
+from appliance.vision import analyzer as analyzer_module
+from appliance.vision import mtcnn as mtcnn_module
+from appliance.vision.analyzer import FaceAnalyzer
+from appliance.vision.image import read_image
+from bench.own_work import STEPS, own_work_by_step
+from bench.vision import ModelClock
+
+DELAY_S = 0.003
+FRAMES = 3
+
+
+@pytest.fixture
+def frame(shared_data: Path) -> np.ndarray:
+    return read_image(shared_data / "multi_face" / "fr_two_people.jpg")
+
+
+@pytest.fixture
+def clock(analyzer: FaceAnalyzer) -> Any:
+    installed = ModelClock(analyzer._backends)
+    yield installed
+    installed.remove()
+
+
+def _originals(analyzer: FaceAnalyzer) -> Dict[str, Any]:
+    return {
+        "pyramid": mtcnn_module.pyramid,
+        "nms": mtcnn_module.nms,
+        "nms_per_group": mtcnn_module.nms_per_group,
+        "align_faces": analyzer_module.align_faces,
+        "detector": dict(vars(analyzer.detector)),
+        "embedder": dict(vars(analyzer.embedder)),
+    }
+
+
+def test_every_step_is_reported_and_everything_is_put_back(
+    analyzer: FaceAnalyzer, clock: Any, frame: np.ndarray
+) -> None:
+    before = _originals(analyzer)
+    steps = own_work_by_step(analyzer, clock, [frame], FRAMES)
+    assert steps is not None
+    assert set(steps) == {*STEPS, "total"}
+    for name in ("pyramid", "pnet_inputs", "patches", "alignment"):
+        assert steps[name] > 0, name  # two faces: every step ran
+    assert steps["total"] == pytest.approx(sum(steps[name] for name in STEPS), abs=0.01)
+    assert _originals(analyzer) == before
+    assert len(analyzer.analyze(frame).faces) == 2
+
+
+def test_a_delay_in_the_pyramid_is_the_pyramids(
+    analyzer: FaceAnalyzer, clock: Any, frame: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pyramid = mtcnn_module.pyramid
+
+    def slow(*args: Any) -> Any:
+        time.sleep(DELAY_S)
+        return pyramid(*args)
+
+    monkeypatch.setattr(mtcnn_module, "pyramid", slow)
+    steps = own_work_by_step(analyzer, clock, [frame], FRAMES)
+    assert steps is not None
+    assert steps["pyramid"] >= DELAY_S * 1000
+    assert mtcnn_module.pyramid is slow  # put back as it was found
+
+
+def test_a_delay_inside_p_nets_run_is_model_time_not_the_candidates(
+    analyzer: FaceAnalyzer, frame: np.ndarray
+) -> None:
+    pnet = analyzer.detector.pnet  # type: ignore[attr-defined]
+    run = pnet.run
+
+    def slow(feeds: Any) -> Any:
+        time.sleep(DELAY_S)
+        return run(feeds)
+
+    pnet.run = slow
+    try:
+        clock = ModelClock(analyzer._backends)  # wraps the slow run: the delay is inside a model call
+        steps = own_work_by_step(analyzer, clock, [frame], FRAMES)
+        pnet_ms = clock.seconds[pnet.spec.name] * 1000 / FRAMES
+    finally:
+        clock.remove()  # drops the instance's run, the slow one with it
+    assert "run" not in vars(pnet)
+    assert steps is not None
+    levels = len(analyzer.detector.scales(*frame.shape[:2]))  # type: ignore[attr-defined]
+    assert pnet_ms >= DELAY_S * 1000 * levels
+    # A delay per level went to the model, not to the step around the calls (which is well under
+    # one delay a frame without them).
+    assert steps["pnet_candidates"] < DELAY_S * 1000
+
+
+def test_a_detector_other_than_mtcnn_has_no_steps(shared_models: Path, frame: np.ndarray) -> None:
+    config = validate_config({"models": {"dir": str(shared_models)}, "detector": {"type": "yunet"}})
+    with load_analyzer(config, liveness=False) as yunet:
+        clock = ModelClock(yunet._backends)
+        try:
+            assert own_work_by_step(yunet, clock, [frame], 1) is None
+        finally:
+            clock.remove()
