@@ -50,8 +50,8 @@ def nms(
         (``cv2.dnn.NMSBoxes``, the same greedy rule); ``"min"`` loops once per *kept* box, each step
         vectorised over the remaining ones.
     """
-    if len(boxes) == 0:
-        return np.zeros((0,), np.int64)
+    if len(boxes) <= 1:  # nothing to suppress (O-Net's last suppression mostly sees one face)
+        return np.arange(len(boxes), dtype=np.int64)
     add = 1.0 if inclusive else 0.0
     if mode == "union":
         # OpenCV's rectangles are (x, y, w, h) with overlap min(x+w) - max(x): w = x2 - x1 + add
@@ -268,44 +268,44 @@ def sample_patches(
         ``(N, height, width, 3)`` uint8 patches, or ``(N, width, height, 3)`` when ``transpose``.
     """
     out_h, out_w = size
+    rows, cols = (out_w, out_h) if transpose else (out_h, out_w)  # transposed: patch rows follow x
     count = len(regions)
-    patches = np.empty((count, out_w, out_h, 3) if transpose else (count, out_h, out_w, 3), np.uint8)
+    patches = np.empty((count, rows, cols, 3), np.uint8)
     if count == 0:
         return patches
     regions = regions.astype(np.float64)
-    widths = regions[:, 2] - regions[:, 0]
-    heights = regions[:, 3] - regions[:, 1]
+    extents = regions[:, 2:4] - regions[:, :2]  # (N, 2): width, height
+    scales = np.array([level[1:] for level in levels])  # (L, 2): x, y
     # Per box, the smallest level at which the region is still at least the patch size.
-    scale_x = np.array([level[1] for level in levels])
-    scale_y = np.array([level[2] for level in levels])
-    big_enough = (widths[:, None] * scale_x[None, :] >= out_w) & (
-        heights[:, None] * scale_y[None, :] >= out_h
-    )
-    choice = np.where(big_enough, scale_x[None, :], np.inf).argmin(axis=1)
+    big_enough = (extents[:, None, :] * scales[None, :, :] >= (out_w, out_h)).all(axis=2)  # (N, L)
+    choice = np.where(big_enough, scales[None, :, 0], np.inf).argmin(axis=1)
     choice[~big_enough.any(axis=1)] = 0  # smaller than the patch even at full size: upsample the original
 
     # The sampling grids of all boxes at once, boxes grouped by level: each level's boxes are then one
-    # run of map rows, and a level costs one cv2.remap call and no numpy work of its own.
-    order = np.argsort(choice, kind="stable")
-    chosen = choice[order]
-    regions, widths, heights = regions[order], widths[order], heights[order]
-    grid_x = (np.arange(out_w) + 0.5) / out_w
-    grid_y = (np.arange(out_h) + 0.5) / out_h
-    level_x, level_y = scale_x[chosen, None], scale_y[chosen, None]
-    xs = (regions[:, 0, None] + grid_x[None, :] * widths[:, None]) * level_x - 0.5  # (n, out_w)
-    ys = (regions[:, 1, None] + grid_y[None, :] * heights[:, None]) * level_y - 0.5  # (n, out_h)
-    if transpose:  # patch rows follow x, columns follow y
-        rows, cols = out_w, out_h
-        map_x = np.broadcast_to(xs[:, :, None].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
-        map_y = np.broadcast_to(ys[:, None, :].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
-    else:
-        rows, cols = out_h, out_w
-        map_x = np.broadcast_to(xs[:, None, :].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
-        map_y = np.broadcast_to(ys[:, :, None].astype(np.float32), (count, rows, cols)).reshape(-1, cols)
-    mosaic = np.empty((count * rows, cols, 3), np.uint8)
+    # run of map rows, and a level costs one cv2.remap call and no numpy work of its own. One box (as
+    # O-Net mostly gets) needs no grouping and is sampled straight into the output.
+    order = np.argsort(choice, kind="stable") if count > 1 else None
+    if order is not None:
+        choice, regions, extents = choice[order], regions[order], extents[order]
+    level_scales = scales[choice]  # (n, 2)
+    x_scale, y_scale = level_scales[:, 0, None], level_scales[:, 1, None]
+    xs = (
+        regions[:, 0, None] + _unit_grid(out_w)[None, :] * extents[:, 0, None]
+    ) * x_scale - 0.5  # (n, out_w)
+    ys = (
+        regions[:, 1, None] + _unit_grid(out_h)[None, :] * extents[:, 1, None]
+    ) * y_scale - 0.5  # (n, out_h)
+    # The maps filled by broadcasting, cast to float32 first while they are small.
+    xs, ys = xs.astype(np.float32), ys.astype(np.float32)
+    map_x = np.empty((count, rows, cols), np.float32)
+    map_y = np.empty((count, rows, cols), np.float32)
+    map_x[...] = xs[:, :, None] if transpose else xs[:, None, :]
+    map_y[...] = ys[:, None, :] if transpose else ys[:, :, None]
+    map_x, map_y = map_x.reshape(-1, cols), map_y.reshape(-1, cols)
+    mosaic = patches.reshape(-1, cols, 3) if order is None else np.empty((count * rows, cols, 3), np.uint8)
     # cv2.remap needs fewer than 32767 rows of map, so very many boxes go in several calls.
     per_call = max(1, 32000 // rows)
-    bounds = np.searchsorted(chosen, np.arange(len(levels) + 1)).tolist()
+    bounds = np.searchsorted(choice, np.arange(len(levels) + 1)).tolist()
     for level_index, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
         for start in range(first, last, per_call):
             span = slice(start * rows, min(last, start + per_call) * rows)
@@ -318,5 +318,14 @@ def sample_patches(
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=(0, 0, 0),
             )
-    patches[order] = mosaic.reshape(count, rows, cols, 3)
+    if order is not None:
+        patches[order] = mosaic.reshape(count, rows, cols, 3)
     return patches
+
+
+@lru_cache(maxsize=None)
+def _unit_grid(size: int) -> np.ndarray:
+    """``(size,)`` float64: the centres of ``size`` equal cells of the unit interval, ``(j + 0.5) / size``."""
+    grid = (np.arange(size) + 0.5) / size
+    grid.flags.writeable = False  # shared by every call
+    return grid

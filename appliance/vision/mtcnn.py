@@ -34,6 +34,10 @@ NMS_PER_SCALE = 0.5
 NMS_ACROSS_SCALES = 0.7
 NMS_RNET = 0.7
 NMS_ONET = 0.7
+#: Subtracted from a reference box ``[x1, y1, x2, y2]`` (pixels ``x1-1 … x2-1``): the continuous region
+#: ``[x1-1, x2)``, which is also the 0-based box.
+TO_ZERO_BASED = np.array([1.0, 1.0, 0.0, 0.0])
+TO_ZERO_BASED.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,7 @@ class MtcnnDetector:
         boxes = _regress(boxes, offsets)
         keep = nms(boxes, scores, NMS_ONET, mode="min", inclusive=True)
         boxes, scores, points = boxes[keep], scores[keep], points[keep]
-        # Back to 0-based coordinates: the reference box covers pixels x1-1 … x2-1.
-        boxes = boxes - np.array([1.0, 1.0, 0.0, 0.0])
+        boxes = boxes - TO_ZERO_BASED
         return Faces.of(boxes, scores, points)
 
     # -- stages -------------------------------------------------------------------------------------
@@ -210,8 +213,7 @@ class MtcnnDetector:
     def _crops(
         self, levels: Sequence[Level], boxes: np.ndarray, size: int, backend: InferenceBackend
     ) -> np.ndarray:
-        # Reference boxes cover pixels x1-1 … x2-1, i.e. the continuous region [x1-1, x2).
-        regions = boxes - np.array([1.0, 1.0, 0.0, 0.0])
+        regions = boxes - TO_ZERO_BASED
         pre = backend.spec.preprocessing
         patches = sample_patches(levels, regions, (size, size), transpose=pre.transpose_hw)
         if pre.color == "RGB" and len(patches):

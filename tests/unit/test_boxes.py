@@ -20,17 +20,19 @@ from appliance.vision.boxes import (
 )
 
 
+@pytest.mark.parametrize("mode", ["union", "min"])
 @pytest.mark.parametrize("inclusive", [True, False])
-@pytest.mark.parametrize("count", [1, 40, 400])
-def test_opencv_nms_equals_the_reference(count: int, inclusive: bool) -> None:
+@pytest.mark.parametrize("count", [0, 1, 40, 400])
+def test_opencv_nms_equals_the_reference(count: int, inclusive: bool, mode: str) -> None:
     rng = np.random.default_rng(count)
     corner = rng.uniform(0, 300, (count, 2))
     boxes = np.fix(np.concatenate([corner, corner + rng.uniform(12, 60, (count, 1))], axis=1))
     scores = rng.uniform(0.6, 1.0, count)
     for threshold in (0.3, 0.5, 0.7):
+        kept = nms(boxes, scores, threshold, mode, inclusive=inclusive)
+        assert kept.dtype == np.int64
         np.testing.assert_array_equal(
-            nms(boxes, scores, threshold, inclusive=inclusive),
-            nms_reference(boxes, scores, threshold, inclusive=inclusive),
+            kept, nms_reference(boxes, scores, threshold, mode, inclusive=inclusive)
         )
 
 
