@@ -1,4 +1,5 @@
-"""``bench.own_work``: the pipeline's own work split by step, on the real models and a real photo.
+"""``bench.own_work``: the pipeline's own work split by step, on the real models and a real photo, with
+the networks running and replayed from a recording.
 
 Time is attributed, not asserted: a known delay is put into one step (or into a model call) and the
 test checks which step it lands in. The delays are lower bounds, so a slow machine cannot fail them.
@@ -19,7 +20,7 @@ from appliance.vision import analyzer as analyzer_module
 from appliance.vision import mtcnn as mtcnn_module
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
-from bench.own_work import STEPS, own_work_by_step
+from bench.own_work import STEPS, Replay, ReplayError, own_work_by_step
 from bench.vision import ModelClock
 
 DELAY_S = 0.003
@@ -53,14 +54,18 @@ def test_every_step_is_reported_and_everything_is_put_back(
     analyzer: FaceAnalyzer, clock: Any, frame: np.ndarray
 ) -> None:
     before = _originals(analyzer)
-    steps = own_work_by_step(analyzer, clock, [frame], FRAMES)
-    assert steps is not None
-    assert set(steps) == {*STEPS, "total"}
-    for name in ("pyramid", "pnet_inputs", "patches", "alignment"):
-        assert steps[name] > 0, name  # two faces: every step ran
-    assert steps["total"] == pytest.approx(sum(steps[name] for name in STEPS), abs=0.01)
+    passes = own_work_by_step(analyzer, clock, [frame], FRAMES)
+    assert passes is not None and set(passes) == {"with_networks", "networks_replayed"}
+    for steps in passes.values():
+        assert set(steps) == {*STEPS, "total"}
+        for name in ("pyramid", "pnet_inputs", "patches", "alignment"):
+            assert steps[name] > 0, name  # two faces: every step ran
+        assert steps["total"] == pytest.approx(sum(steps[name] for name in STEPS), abs=0.01)
     assert _originals(analyzer) == before
     assert len(analyzer.analyze(frame).faces) == 2
+    clock.reset()
+    analyzer.analyze(frame)
+    assert clock.calls[analyzer.detector.pnet.spec.name] > 0  # type: ignore[attr-defined]  # timed again
 
 
 def test_a_delay_in_the_pyramid_is_the_pyramids(
@@ -73,9 +78,10 @@ def test_a_delay_in_the_pyramid_is_the_pyramids(
         return pyramid(*args)
 
     monkeypatch.setattr(mtcnn_module, "pyramid", slow)
-    steps = own_work_by_step(analyzer, clock, [frame], FRAMES)
-    assert steps is not None
-    assert steps["pyramid"] >= DELAY_S * 1000
+    passes = own_work_by_step(analyzer, clock, [frame], FRAMES)
+    assert passes is not None
+    assert passes["with_networks"]["pyramid"] >= DELAY_S * 1000
+    assert passes["networks_replayed"]["pyramid"] >= DELAY_S * 1000
     assert mtcnn_module.pyramid is slow  # put back as it was found
 
 
@@ -92,17 +98,39 @@ def test_a_delay_inside_p_nets_run_is_model_time_not_the_candidates(
     pnet.run = slow
     try:
         clock = ModelClock(analyzer._backends)  # wraps the slow run: the delay is inside a model call
-        steps = own_work_by_step(analyzer, clock, [frame], FRAMES)
-        pnet_ms = clock.seconds[pnet.spec.name] * 1000 / FRAMES
+        clock.reset()
+        analyzer.analyze(frame)
+        pnet_ms = clock.seconds[pnet.spec.name] * 1000
+        passes = own_work_by_step(analyzer, clock, [frame], FRAMES)
     finally:
         clock.remove()  # drops the instance's run, the slow one with it
     assert "run" not in vars(pnet)
-    assert steps is not None
+    assert passes is not None
     levels = len(analyzer.detector.scales(*frame.shape[:2]))  # type: ignore[attr-defined]
     assert pnet_ms >= DELAY_S * 1000 * levels
     # A delay per level went to the model, not to the step around the calls (which is well under
-    # one delay a frame without them).
-    assert steps["pnet_candidates"] < DELAY_S * 1000
+    # one delay a frame without them); replayed, the recorded outputs come back without the delay.
+    assert passes["with_networks"]["pnet_candidates"] < DELAY_S * 1000
+    assert passes["networks_replayed"]["total"] < DELAY_S * 1000 * levels
+
+
+def test_the_replay_hands_back_the_recorded_outputs_and_refuses_to_diverge(
+    analyzer: FaceAnalyzer, clock: Any, frame: np.ndarray
+) -> None:
+    expected = analyzer.analyze(frame)
+    replay = Replay(clock.backends)
+    replay.record(analyzer, [frame])
+    with replay.replaying() as load:
+        load(0)
+        replayed = analyzer.analyze(frame)
+        np.testing.assert_array_equal(replayed.faces.boxes, expected.faces.boxes)
+        np.testing.assert_array_equal(replayed.embeddings, expected.embeddings)
+        with pytest.raises(ReplayError, match="no further call"):
+            analyzer.analyze(frame)  # the tape of that frame is used up
+        load(0)
+        with pytest.raises(ReplayError, match=r"mtcnn-pnet was called with \(1, 60, 40, 3\)"):
+            analyzer.detector.pnet.run(np.zeros((1, 60, 40, 3), np.float32))  # type: ignore[attr-defined]
+    assert all(vars(backend).get("run") is not None for backend in clock.backends)  # the clock's again
 
 
 def test_a_detector_other_than_mtcnn_has_no_steps(shared_models: Path, frame: np.ndarray) -> None:
