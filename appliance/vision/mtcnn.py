@@ -55,8 +55,8 @@ class MtcnnDetector:
     Args:
         pnet, rnet, onet: back-ends for ``mtcnn-pnet``, ``mtcnn-rnet``, ``mtcnn-onet``.
         settings: minimum face size, pyramid step and score thresholds.
-        max_batch: the largest batch R-Net and O-Net take at once (a TensorRT profile's limit);
-            ``None`` for no limit.
+        max_batch: the largest batch R-Net and O-Net take at once (a TensorRT profile's limit, or
+            the size past which ONNX Runtime gets slower per row); ``None`` for no limit.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from appliance.config_load import validate_config
-from appliance.runtime.loading import load_analyzer
+from appliance.runtime.loading import CPU_MAX_BATCH, load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.boxes import nms, pyramid
 from appliance.vision.image import read_image
@@ -188,6 +188,26 @@ def test_pnet_stage_matches_a_plain_loop_reimplementation(mtcnn: FaceAnalyzer, s
     assert len(kept) == len(ours) > 0
     key = lambda a: a[np.lexsort(a[:, :4].T[::-1])]  # noqa: E731
     np.testing.assert_allclose(key(ours), key(kept), rtol=1e-6, atol=1e-6)
+
+
+def test_r_net_in_chunks_finds_what_one_call_finds(mtcnn: FaceAnalyzer, shared_data: Path) -> None:
+    detector = mtcnn.detector
+    assert isinstance(detector, MtcnnDetector) and detector.max_batch == CPU_MAX_BATCH
+    unlimited = MtcnnDetector(detector.pnet, detector.rnet, detector.onet, detector.settings, None)
+    image = read_image(shared_data / "multi_face/faceapi_bbt1.jpg")
+    rows: List[int] = []
+    run = detector.rnet.run
+    detector.rnet.run = lambda feeds: rows.append(len(feeds)) or run(feeds)  # type: ignore[method-assign]
+    try:
+        chunked, whole = detector.detect(image), unlimited.detect(image)
+    finally:
+        del detector.rnet.run
+    *chunks, one_call = rows  # the chunked detector's R-Net calls, then the unlimited one's
+    assert len(chunks) >= 3 and max(chunks) == CPU_MAX_BATCH and sum(chunks) == one_call
+    assert len(chunked) == len(whole) > 0
+    np.testing.assert_array_equal(chunked.boxes, whole.boxes)
+    np.testing.assert_array_equal(chunked.scores, whole.scores)
+    np.testing.assert_array_equal(chunked.landmarks, whole.landmarks)
 
 
 # -- awkward inputs ------------------------------------------------------------------------------------
