@@ -288,13 +288,9 @@ def sample_patches(
     if order is not None:
         choice, regions, extents = choice[order], regions[order], extents[order]
     level_scales = scales[choice]  # (n, 2)
-    x_scale, y_scale = level_scales[:, 0, None], level_scales[:, 1, None]
-    xs = (
-        regions[:, 0, None] + _unit_grid(out_w)[None, :] * extents[:, 0, None]
-    ) * x_scale - 0.5  # (n, out_w)
-    ys = (
-        regions[:, 1, None] + _unit_grid(out_h)[None, :] * extents[:, 1, None]
-    ) * y_scale - 0.5  # (n, out_h)
+    grid_x, grid_y = _unit_grid(out_w)[None, :], _unit_grid(out_h)[None, :]
+    xs = (regions[:, 0, None] + grid_x * extents[:, 0, None]) * level_scales[:, 0, None] - 0.5  # (n, out_w)
+    ys = (regions[:, 1, None] + grid_y * extents[:, 1, None]) * level_scales[:, 1, None] - 0.5  # (n, out_h)
     # The maps filled by broadcasting, cast to float32 first while they are small.
     xs, ys = xs.astype(np.float32), ys.astype(np.float32)
     map_x = np.empty((count, rows, cols), np.float32)
