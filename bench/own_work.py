@@ -11,7 +11,8 @@ stages, result assembly, the calls themselves).
 It then runs the same frames with the networks *replayed*: every back-end call hands back the
 outputs recorded for that call of that frame, without running. The pipeline does exactly the same
 work, but no network run comes between its steps to take the caches and the cores; the difference
-between the two passes is what the network runs cost the pipeline's own work.
+between the two passes is what the network runs cost the pipeline's own work. (Answering a call from
+the recording costs about 0.3 µs, 11 calls a one-face frame, which the replayed pass counts as own work.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ STEPS = (
     "other",
 )
 
-#: Where each timed function lives: ``(owner, attribute)`` pairs are filled in per analyzer.
+#: The module-level functions timed where the pipeline looks them up; the detector's methods and the
+#: embedder's ``embed`` are timed on the analyzer's own objects.
 _MODULE_STEPS = (
     (mtcnn_module, "pyramid"),
     (mtcnn_module, "nms"),
