@@ -12,7 +12,8 @@ It then runs the same frames with the networks *replayed*: every back-end call h
 outputs recorded for that call of that frame, without running. The pipeline does exactly the same
 work, but no network run comes between its steps to take the caches and the cores; the difference
 between the two passes is what the network runs cost the pipeline's own work. (Answering a call from
-the recording costs about 0.3 µs, 11 or 12 calls a one-face frame, which the replayed pass counts as own work.)
+the recording costs about 0.3 µs, 11 or 12 calls a one-face frame, which the replayed pass counts as
+own work.)
 """
 
 from __future__ import annotations
