@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 #: The largest batch R-Net and O-Net get per call on ONNX Runtime: not a limit of the back-end but of
 #: its speed. Between 256 and 281 rows, one call of R-Net comes to take twice what the same rows take
 #: in chunks (281 rows: 15.7 ms in one call, 7.4–7.8 ms in chunks of 64 to 128, bit for bit the same
-#: outputs; 256 rows: 7.0–7.5 ms either way). A 1280×720 frame with five faces gives R-Net ~280 rows.
+#: outputs; 256 rows: 6.7–7.5 ms either way). A 1280×720 frame with five faces gives R-Net ~280 rows.
 CPU_MAX_BATCH = 128
 
 
