@@ -1,6 +1,6 @@
 """The vision pipeline on the CPU back-end: per-stage latency, frames per second, the pipeline's own
-overhead over the model calls, peak memory, and a side-by-side with the ``face_recognition`` library
-(dlib) on the same labelled photos.
+overhead over the model calls and where it goes step by step (:mod:`bench.own_work`), peak memory,
+and a side-by-side with the ``face_recognition`` library (dlib) on the same labelled photos.
 
     python -m bench.vision [--models-dir DIR] [--data-dir DIR] [--frames N] [--threads N]
                            [--json OUT] [--no-peer] [--against REV]
@@ -288,7 +288,8 @@ def bench_scene(analyzer: FaceAnalyzer, clock: ModelClock, scene: Scene, frames:
         "face_width_px": [round(w) for w in widths],
         "stages_ms": {name: _stats_ms(samples) for name, samples in stages.items()},
         "end_to_end": end_to_end,
-        # A separate pass with a timer around each step, so the figures above carry no timers.
+        # Separate passes (timers around each step; then the networks replayed), so the figures above
+        # carry no timers.
         "own_work_by_step_ms": own_work_by_step(analyzer, clock, scene.frames, frames),
     }
 
