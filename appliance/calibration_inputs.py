@@ -36,7 +36,6 @@ from engines.registry import LIVENESS_MODELS
 from .camera import CameraError, FileSource
 from .config import ApplianceConfig
 from .evaluation import VerificationReport, pair_scores, verification_report
-from .runtime.loading import CPU_MAX_BATCH
 from .vision.align import align_faces
 from .vision.analyzer import FaceAnalyzer
 from .vision.boxes import iou_matrix
@@ -95,12 +94,8 @@ def analyzer_from(
 ) -> FaceAnalyzer:
     """The configured MTCNN pipeline on loaded back-ends keyed by registry name (the caller keeps
     ownership of them). Liveness is checked when ``liveness`` and both liveness models are there."""
-    detector = MtcnnDetector(  # calibration runs on ONNX Runtime: its batch limit applies
-        backends["mtcnn-pnet"],
-        backends["mtcnn-rnet"],
-        backends["mtcnn-onet"],
-        mtcnn_settings(config),
-        CPU_MAX_BATCH,
+    detector = MtcnnDetector(
+        backends["mtcnn-pnet"], backends["mtcnn-rnet"], backends["mtcnn-onet"], mtcnn_settings(config)
     )
     checker = None
     if liveness and all(name in backends for name in LIVENESS_MODELS):

@@ -309,6 +309,7 @@ class RecordingBackend:
     def __init__(self, backend: InferenceBackend) -> None:
         self.backend = backend
         self.spec = backend.spec
+        self.max_rows_per_run = backend.max_rows_per_run  # batches as the wrapped back-end is fed
         self._name = backend.spec.inputs[0].name
         self._batches: List[np.ndarray] = []
 

@@ -43,12 +43,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The largest batch R-Net and O-Net get per call on ONNX Runtime: not a limit of the back-end but of
-#: its speed. Between 256 and 281 rows, one call of R-Net comes to take twice what the same rows take
-#: in chunks (281 rows: 15.7 ms in one call, 7.4–7.8 ms in chunks of 64 to 128, bit for bit the same
-#: outputs; 256 rows: 6.7–7.5 ms either way). A 1280×720 frame with five faces gives R-Net ~280 rows.
-CPU_MAX_BATCH = 128
-
 
 def backend_options(config: ApplianceConfig, build_missing: bool = True) -> BackendOptions:
     """The engines-side options for the configured back-end.
@@ -225,10 +219,9 @@ class ModelLoader:
         return open_model("cpu", target.spec, target.folder, self.options)
 
     @property
-    def max_batch(self) -> int:
-        """The largest batch R-Net and O-Net are given in one call: TensorRT's profile, or
-        :data:`CPU_MAX_BATCH` on the CPU back-end."""
-        return self.options.max_batch if self.key == "tensorrt" else CPU_MAX_BATCH
+    def max_batch(self) -> Optional[int]:
+        """The largest batch the back-ends take in one call (TensorRT's profile), ``None`` for any."""
+        return self.options.max_batch if self.key == "tensorrt" else None
 
 
 def open_all(loader: ModelLoader, targets: Sequence[EngineTarget]) -> Dict[str, InferenceBackend]:

@@ -882,7 +882,6 @@ def aligned_faces(
     from engines.backends import open_model
     from engines.registry import DETECTOR_MODELS
 
-    from ..runtime.loading import CPU_MAX_BATCH
     from ..vision.align import align_faces
     from ..vision.analyzer import RETRY_PAD_FRACTION
     from ..vision.image import ImageError, read_image
@@ -893,7 +892,7 @@ def aligned_faces(
     try:
         for name in DETECTOR_MODELS["mtcnn"]:
             nets.append(open_model("cpu", KINDS[name], Path(models_dir)))
-        detector = MtcnnDetector(nets[0], nets[1], nets[2], max_batch=CPU_MAX_BATCH)
+        detector = MtcnnDetector(nets[0], nets[1], nets[2])
         for path in images:
             if len(crops) >= limit:
                 break

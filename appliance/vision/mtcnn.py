@@ -55,8 +55,8 @@ class MtcnnDetector:
     Args:
         pnet, rnet, onet: back-ends for ``mtcnn-pnet``, ``mtcnn-rnet``, ``mtcnn-onet``.
         settings: minimum face size, pyramid step and score thresholds.
-        max_batch: the largest batch R-Net and O-Net take at once (a TensorRT profile's limit, or
-            the size past which ONNX Runtime gets slower per row); ``None`` for no limit.
+        max_batch: the largest batch R-Net and O-Net take at once (a TensorRT profile's limit);
+            ``None`` for no limit. A back-end's own ``max_rows_per_run`` applies as well.
     """
 
     def __init__(
@@ -203,8 +203,11 @@ class MtcnnDetector:
         ]
 
     def _run_batched(self, backend: InferenceBackend, blob: np.ndarray) -> List[np.ndarray]:
-        """Run ``blob`` in chunks of at most ``max_batch``; outputs in the registry's order."""
-        step = self.max_batch or len(blob)
+        """Run ``blob`` in chunks of at most ``max_batch`` and the back-end's ``max_rows_per_run``;
+        outputs in the registry's order."""
+        step = min(
+            (limit for limit in (self.max_batch, backend.max_rows_per_run) if limit), default=len(blob)
+        )
         chunks = [backend.run(blob[start : start + step]) for start in range(0, len(blob), step)]
         if len(chunks) == 1:
             return [chunks[0][t.name] for t in backend.spec.outputs]

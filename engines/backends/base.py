@@ -91,6 +91,9 @@ class InferenceBackend(ABC):
 
     #: registry key, also the value of ``backend.type`` in the configuration
     key: ClassVar[str]
+    #: The most rows a caller that batches many crops (MTCNN's R-Net and O-Net) should give one
+    #: ``run``, when larger batches are slower per row on this back-end; ``None``: no such limit.
+    max_rows_per_run: ClassVar[Optional[int]] = None
 
     # Until __init__ has finished there is nothing to release (python-can's _is_shutdown trick).
     _closed: bool = True

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from appliance.config_load import validate_config
-from appliance.runtime.loading import CPU_MAX_BATCH, load_analyzer
+from appliance.runtime.loading import load_analyzer
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.boxes import nms, pyramid
 from appliance.vision.image import read_image
 from appliance.vision.mtcnn import MtcnnDetector, MtcnnSettings
+from engines.backends.cpu import OnnxRuntimeBackend
 from engines.registry import get_model
 
 SINGLE_FACE_DIRS = ("faces", "edge_cases")
@@ -114,6 +115,8 @@ def test_landmarks_are_where_faces_are(mtcnn: FaceAnalyzer, shared_data: Path) -
 class CaffeNet:
     """An original Caffe MTCNN stage through OpenCV DNN, speaking the registry's ONNX tensor layout."""
 
+    max_rows_per_run = None  # as an InferenceBackend without a batch limit
+
     def __init__(self, models: Path, name: str, stem: str, outputs: List[str]) -> None:
         self.spec = get_model(name)
         folder = models / "mtcnn_caffe"
@@ -192,18 +195,22 @@ def test_pnet_stage_matches_a_plain_loop_reimplementation(mtcnn: FaceAnalyzer, s
 
 def test_r_net_in_chunks_finds_what_one_call_finds(mtcnn: FaceAnalyzer, shared_data: Path) -> None:
     detector = mtcnn.detector
-    assert isinstance(detector, MtcnnDetector) and detector.max_batch == CPU_MAX_BATCH
-    unlimited = MtcnnDetector(detector.pnet, detector.rnet, detector.onet, detector.settings, None)
+    assert isinstance(detector, MtcnnDetector) and isinstance(detector.rnet, OnnxRuntimeBackend)
+    limit = OnnxRuntimeBackend.max_rows_per_run
+    assert limit is not None
     image = read_image(shared_data / "multi_face/faceapi_bbt1.jpg")
     rows: List[int] = []
     run = detector.rnet.run
     detector.rnet.run = lambda feeds: rows.append(len(feeds)) or run(feeds)  # type: ignore[method-assign]
     try:
-        chunked, whole = detector.detect(image), unlimited.detect(image)
+        chunked = detector.detect(image)
+        detector.rnet.max_rows_per_run = None  # type: ignore[misc]  # this back-end only, for one call
+        whole = detector.detect(image)
     finally:
         del detector.rnet.run
-    *chunks, one_call = rows  # the chunked detector's R-Net calls, then the unlimited one's
-    assert len(chunks) >= 3 and max(chunks) == CPU_MAX_BATCH and sum(chunks) == one_call
+        vars(detector.rnet).pop("max_rows_per_run", None)
+    *chunks, one_call = rows  # the chunked detection's R-Net calls, then the unlimited one's
+    assert len(chunks) >= 3 and max(chunks) == limit and sum(chunks) == one_call
     assert len(chunked) == len(whole) > 0
     np.testing.assert_array_equal(chunked.boxes, whole.boxes)
     np.testing.assert_array_equal(chunked.scores, whole.scores)
