@@ -102,7 +102,8 @@ class ReplayError(RuntimeError):
     """A replayed pipeline asked for a call other than the one recorded at that point."""
 
 
-def _input_shape(feeds: Any) -> Tuple[int, ...]:
+def input_shape(feeds: Any) -> Tuple[int, ...]:
+    """The shape of a ``run``'s first input (``feeds`` a dict of arrays, or one array)."""
     first = next(iter(feeds.values())) if isinstance(feeds, dict) else feeds
     return tuple(np.shape(first))
 
@@ -137,7 +138,7 @@ class Replay:
         def recording(backend: Any, run: Callable[..., Any]) -> Callable[..., Any]:
             def record_call(feeds: Any) -> Any:
                 outputs = run(feeds)
-                self.tapes[-1].append((backend.spec.name, _input_shape(feeds), outputs))
+                self.tapes[-1].append((backend.spec.name, input_shape(feeds), outputs))
                 return outputs
 
             return record_call
@@ -157,9 +158,9 @@ class Replay:
 
             def answer(feeds: Any) -> Any:
                 recorded = next(self._next, None)
-                if recorded is None or recorded[:2] != (name, _input_shape(feeds)):
+                if recorded is None or recorded[:2] != (name, input_shape(feeds)):
                     raise ReplayError(
-                        f"{name} was called with {_input_shape(feeds)} where the recording has "
+                        f"{name} was called with {input_shape(feeds)} where the recording has "
                         f"{'no further call' if recorded is None else recorded[:2]}"
                     )
                 return recorded[2]

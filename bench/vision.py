@@ -54,7 +54,7 @@ from appliance.vision.image import ImageError, read_image
 from .against import RevisionError, bench_against, import_revision, print_against
 from .figures import fmt, overhead
 from .machine import describe, rss_mib
-from .own_work import STEPS, own_work_by_step
+from .own_work import STEPS, input_shape, own_work_by_step
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT.parent / "shared" / "models"
@@ -98,8 +98,7 @@ class ModelClock:
             finally:
                 self.seconds[name] += time.perf_counter() - started
                 self.calls[name] += 1
-                first = next(iter(feeds.values())) if isinstance(feeds, dict) else feeds
-                self.rows[name] += int(np.shape(first)[0])
+                self.rows[name] += input_shape(feeds)[0]
 
         return timed
 

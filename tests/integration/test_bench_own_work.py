@@ -60,7 +60,9 @@ def test_every_step_is_reported_and_everything_is_put_back(
         assert set(steps) == {*STEPS, "total"}
         for name in ("pyramid", "pnet_inputs", "patches", "alignment"):
             assert steps[name] > 0, name  # two faces: every step ran
-        assert steps["total"] == pytest.approx(sum(steps[name] for name in STEPS), abs=0.01)
+        # The steps are disjoint parts of the own work: counting one twice would push "other" below
+        # zero (by more than the rounding of nine figures to 3 decimals).
+        assert steps["other"] >= -0.005
     assert _originals(analyzer) == before
     assert len(analyzer.analyze(frame).faces) == 2
     clock.reset()
