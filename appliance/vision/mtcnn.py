@@ -105,7 +105,9 @@ class MtcnnDetector:
         # P-Net's regression is relative to the box side without the +1 (reference behaviour).
         sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, axis=1)
         refined = boxes[:, :4] + boxes[:, 5:9] * sides
-        boxes = np.fix(square(refined))
+        # The reference's fix() is truncation toward zero: np.trunc is the same on floats in one call,
+        # where NumPy 1.x's np.fix (JetPack 5's Python 3.8) makes three and took 4 against 0.4 µs.
+        boxes = np.trunc(square(refined))
 
         boxes, scores, offsets = self._refine(levels, boxes, self.rnet, 24, self.settings.thresholds[1])
         if not len(boxes):
@@ -114,7 +116,7 @@ class MtcnnDetector:
         # of one face converge, so O-Net sees ~1 crop per face instead of ~8, for the same output.
         boxes = _regress(boxes, offsets)
         keep = nms(boxes, scores, NMS_RNET, inclusive=True)
-        boxes = np.fix(square(boxes[keep]))
+        boxes = np.trunc(square(boxes[keep]))
 
         boxes, scores, offsets, points = self._output(levels, boxes)
         if not len(boxes):
@@ -165,8 +167,8 @@ class MtcnnDetector:
         corner = (index if self._pre.transpose_hw else index[:, ::-1]).astype(np.float64) * STRIDE
         boxes = np.concatenate(
             [
-                np.fix((corner + 1) / scale_of),
-                np.fix((corner + CELL) / scale_of),
+                np.trunc((corner + 1) / scale_of),
+                np.trunc((corner + CELL) / scale_of),
                 np.concatenate(scores)[:, None],
                 np.concatenate(regressions),
             ],
