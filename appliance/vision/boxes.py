@@ -276,17 +276,20 @@ def sample_patches(
     regions = regions.astype(np.float64)
     extents = regions[:, 2:4] - regions[:, :2]  # (N, 2): width, height
     scales = np.array([level[1:] for level in levels])  # (L, 2): x, y
-    # Per box, the smallest level at which the region is still at least the patch size.
-    big_enough = (extents[:, None, :] * scales[None, :, :] >= (out_w, out_h)).all(axis=2)  # (N, L)
-    choice = np.where(big_enough, scales[None, :, 0], np.inf).argmin(axis=1)
-    choice[~big_enough.any(axis=1)] = 0  # smaller than the patch even at full size: upsample the original
-
-    # The sampling grids of all boxes at once, boxes grouped by level: each level's boxes are then one
-    # run of map rows, and a level costs one cv2.remap call and no numpy work of its own. One box (as
-    # O-Net mostly gets) needs no grouping and is sampled straight into the output.
-    order = np.argsort(choice, kind="stable") if count > 1 else None
-    if order is not None:
-        choice, regions, extents = choice[order], regions[order], extents[order]
+    order = None
+    if len(levels) == 1:  # one image (liveness's context crops): nothing to choose
+        choice = np.zeros(count, np.intp)
+    else:
+        # Per box, the smallest level at which the region is still at least the patch size.
+        big_enough = (extents[:, None, :] * scales[None, :, :] >= (out_w, out_h)).all(axis=2)  # (N, L)
+        choice = np.where(big_enough, scales[None, :, 0], np.inf).argmin(axis=1)
+        choice[~big_enough.any(axis=1)] = 0  # smaller than the patch even at full size: upsample the original
+        # The sampling grids of all boxes at once, boxes grouped by level: each level's boxes are then
+        # one run of map rows, and a level costs one cv2.remap call and no numpy work of its own. One
+        # box (as O-Net mostly gets) needs no grouping and is sampled straight into the output.
+        if count > 1:
+            order = np.argsort(choice, kind="stable")
+            choice, regions, extents = choice[order], regions[order], extents[order]
     level_scales = scales[choice]  # (n, 2)
     grid_x, grid_y = _unit_grid(out_w)[None, :], _unit_grid(out_h)[None, :]
     xs = (regions[:, 0, None] + grid_x * extents[:, 0, None]) * level_scales[:, 0, None] - 0.5  # (n, out_w)
@@ -301,8 +304,12 @@ def sample_patches(
     mosaic = patches.reshape(-1, cols, 3) if order is None else np.empty((count * rows, cols, 3), np.uint8)
     # cv2.remap needs fewer than 32767 rows of map, so very many boxes go in several calls.
     per_call = max(1, 32000 // rows)
-    bounds = np.searchsorted(choice, np.arange(len(levels) + 1)).tolist()
-    for level_index, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+    if order is None:  # one box, or one level: a single run
+        runs = [(int(choice[0]), 0, count)]
+    else:
+        bounds = np.searchsorted(choice, np.arange(len(levels) + 1)).tolist()
+        runs = [(level, first, last) for level, (first, last) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    for level_index, first, last in runs:
         for start in range(first, last, per_call):
             span = slice(start * rows, min(last, start + per_call) * rows)
             cv2.remap(

@@ -58,8 +58,11 @@ def context_regions(boxes: np.ndarray, image_size: tuple, scale: float) -> np.nd
     shift = np.where(bottom > height - 1, bottom - (height - 1), 0.0)
     top, bottom = top - shift, bottom - shift
     # Upstream takes integer corners and the pixels between them inclusively.
-    left, top, right, bottom = (np.trunc(v) for v in (left, top, right, bottom))
-    return np.stack([left, top, right + 1, bottom + 1], axis=1)
+    regions = np.empty((len(boxes), 4), left.dtype)
+    regions[:, 0], regions[:, 1], regions[:, 2], regions[:, 3] = left, top, right, bottom
+    np.trunc(regions, out=regions)
+    regions[:, 2:] += 1
+    return regions
 
 
 class LivenessChecker:
