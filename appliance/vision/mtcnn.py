@@ -195,10 +195,11 @@ class MtcnnDetector:
         ends = list(accumulate(sizes))
         pixels = np.empty(ends[-1] if ends else 0, np.uint8)
         for (level, _, _), (rows, cols), end, size in zip(levels, shapes, ends, sizes):
-            np.copyto(
-                pixels[end - size : end].reshape(rows, cols, 3),
-                cv2.transpose(level) if pre.transpose_hw else level,
-            )
+            place = pixels[end - size : end].reshape(rows, cols, 3)
+            if pre.transpose_hw:
+                cv2.transpose(level, dst=place)  # written in place: the view is the size it needs
+            else:
+                np.copyto(place, level)
         flat = pixels.reshape(1, -1, 1, 3)
         if pre.color == "RGB":
             flat = cv2.cvtColor(flat[0], cv2.COLOR_BGR2RGB)[None]
