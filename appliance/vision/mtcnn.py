@@ -143,38 +143,38 @@ class MtcnnDetector:
             level, as the reference orders them. The per-level suppressions run as one OpenCV call.
         """
         reg_name, prob_name = (tensor.name for tensor in self.pnet.spec.outputs)
-        # Per level only what needs its own maps (threshold, gather); the box arithmetic runs once
-        # over every level's cells.
-        firsts: List[np.ndarray] = []  # map indices (along x when the input was transposed)
-        seconds: List[np.ndarray] = []
-        scores: List[np.ndarray] = []
-        regressions: List[np.ndarray] = []  # (n, 4) each
-        counts: List[int] = []
+        # Every level's maps as rows of two tables (cells row-major, level after level), so that the
+        # threshold and the gathers are a few calls for the whole pyramid instead of a few per level.
+        probabilities: List[np.ndarray] = []  # (cells, 2) per level
+        regressions: List[np.ndarray] = []  # (cells, 4) per level
+        widths: List[int] = []  # each level's map row length
         for blob in self._pnet_inputs(levels):
             outputs = self.pnet.run(blob)
-            probability = outputs[prob_name][0, :, :, 1]
-            first, second = (probability >= self.settings.thresholds[0]).nonzero()
-            firsts.append(first)
-            seconds.append(second)
-            scores.append(probability[first, second])
-            regressions.append(outputs[reg_name][0][first, second])
-            counts.append(len(first))
-        if not sum(counts):
+            probability = outputs[prob_name][0]  # (rows, cols, 2)
+            probabilities.append(probability.reshape(-1, 2))
+            regressions.append(outputs[reg_name][0].reshape(-1, 4))
+            widths.append(probability.shape[1])
+        live = np.concatenate(probabilities)[:, 1]
+        cells = np.flatnonzero(live >= self.settings.thresholds[0])  # ascending: level by level
+        if not len(cells):
             return np.zeros((0, 9))
-        level_of = np.repeat(np.arange(len(counts)), counts)
+        sizes = np.array([len(table) for table in probabilities])
+        ends = sizes.cumsum()
+        level_of = ends.searchsorted(cells, side="right")
+        # Map indices: (x, y) cells when the input was transposed, (y, x) otherwise.
+        first, second = np.divmod(cells - (ends - sizes)[level_of], np.array(widths)[level_of])
         scale_of = np.asarray(scales, np.float64)[level_of, None]
-        # The maps are laid out like the input: (x, y) cells when the input was transposed.
-        corner = np.empty((len(level_of), 2))  # (K, 2) x, y of each cell's corner
+        corner = np.empty((len(cells), 2))  # (K, 2) x, y of each cell's corner
         x_column = 0 if self._pre.transpose_hw else 1
-        corner[:, x_column] = np.concatenate(firsts)
-        corner[:, 1 - x_column] = np.concatenate(seconds)
+        corner[:, x_column] = first
+        corner[:, 1 - x_column] = second
         corner *= STRIDE
         boxes = np.concatenate(
             [
                 np.trunc((corner + 1) / scale_of),
                 np.trunc((corner + CELL) / scale_of),
-                np.concatenate(scores)[:, None],
-                np.concatenate(regressions),
+                live[cells, None],
+                np.concatenate(regressions)[cells],
             ],
             axis=1,
         )
