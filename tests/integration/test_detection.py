@@ -7,6 +7,7 @@ reimplementation of P-Net's box generation for one pyramid level.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -215,6 +216,49 @@ def test_r_net_in_chunks_finds_what_one_call_finds(mtcnn: FaceAnalyzer, shared_d
     np.testing.assert_array_equal(chunked.boxes, whole.boxes)
     np.testing.assert_array_equal(chunked.scores, whole.scores)
     np.testing.assert_array_equal(chunked.landmarks, whole.landmarks)
+
+
+class Untransposed:
+    """A registry MTCNN stage presented as a network that reads images the plain way (rows along y):
+    its spec says ``transpose_hw=False``, and it hands the real network the transposed input it wants
+    and its maps back untransposed. The real network sees exactly what the transposed path feeds it."""
+
+    def __init__(self, backend: OnnxRuntimeBackend) -> None:
+        self.backend = backend
+        pre = dataclasses.replace(backend.spec.preprocessing, transpose_hw=False)
+        self.spec = dataclasses.replace(backend.spec, preprocessing=pre)
+        self.max_rows_per_run = backend.max_rows_per_run
+
+    def run(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
+        outputs = self.backend.run(np.ascontiguousarray(blob.transpose(0, 2, 1, 3)))
+        return {name: out.transpose(0, 2, 1, 3) if out.ndim == 4 else out for name, out in outputs.items()}
+
+
+def test_an_untransposed_mtcnn_finds_what_the_registry_one_finds(
+    mtcnn: FaceAnalyzer, shared_data: Path
+) -> None:
+    # The detector supports networks either way round; the registry's read images transposed, so
+    # this checks the other way (P-Net's inputs and map indices, the patches) on the same networks.
+    detector = mtcnn.detector
+    assert isinstance(detector, MtcnnDetector) and detector.pnet.spec.preprocessing.transpose_hw
+    plain = MtcnnDetector(
+        *(Untransposed(net) for net in (detector.pnet, detector.rnet, detector.onet)),  # type: ignore[arg-type]
+        detector.settings,
+        detector.max_batch,
+    )
+    found = 0
+    for relative in (
+        "multi_face/faceapi_bbt1.jpg",
+        "multi_face/fr_two_people.jpg",
+        "faces/fr_obama/obama.jpg",
+    ):
+        image = read_image(shared_data / relative)
+        ours, theirs = plain.detect(image), detector.detect(image)
+        np.testing.assert_array_equal(ours.boxes, theirs.boxes, err_msg=relative)
+        np.testing.assert_array_equal(ours.scores, theirs.scores, err_msg=relative)
+        np.testing.assert_array_equal(ours.landmarks, theirs.landmarks, err_msg=relative)
+        found += len(ours)
+    assert found >= 7
 
 
 # -- awkward inputs ------------------------------------------------------------------------------------
