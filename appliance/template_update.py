@@ -17,6 +17,10 @@ otherwise pull the identity towards itself, one template at a time):
 * **rate**: at most one per ``adaptive.min_interval_s`` per identity (a person standing in view is
   re-announced every ``decision.reannounce_s``; that must not fill every slot with near-copies).
 
+Above ``gallery.approximate_above`` templates the index is an HNSW graph, which cannot remove a
+template in place: there an identity whose adaptive templates are full learns no more (reason
+``approximate index``) rather than having one evicted by a rebuild of the graph on the pipeline thread.
+
 Every addition is recorded (the template's ``kind``, ``source_event`` = the access event's id, the
 passage's score and margin, the model version, the time) and reversible: ``gallery templates ID``
 lists them and ``--remove`` deletes one for real.
@@ -40,7 +44,7 @@ from .config import AdaptiveConfig
 from .decisions import GRANTED
 from .gallery.errors import GalleryError
 from .gallery.gallery import Gallery
-from .gallery.store import ADAPTIVE, ENROLLED, TemplateOrigin
+from .gallery.store import ADAPTIVE, ENROLLED, TemplateInfo, TemplateOrigin
 from .pipeline import Outcome
 
 logger = logging.getLogger(__name__)
@@ -148,6 +152,17 @@ class TemplateUpdater:
                 [],
                 similarity,
             )
+        if self.gallery.approximate and self._adaptive_count(infos) >= settings.max_per_identity:
+            # Making room evicts the oldest adaptive template, and an HNSW graph cannot remove in
+            # place: its rebuild (seconds at 10⁴ templates, minutes at 10⁶) would hold the pipeline
+            # thread, and the door with it.
+            return UpdateVerdict(
+                None,
+                f"approximate index: the identity holds {settings.max_per_identity} adaptive templates "
+                "and replacing one would rebuild the HNSW graph on the pipeline thread",
+                [],
+                similarity,
+            )
         origin = TemplateOrigin(ADAPTIVE, event_id, decision.score, decision.margin)
         added, evicted = self.gallery.add_adaptive(
             identity_id,
@@ -169,12 +184,17 @@ class TemplateUpdater:
         )
         return UpdateVerdict(added, "added", evicted, similarity)
 
-    def _too_soon(self, infos: List) -> bool:
+    def _too_soon(self, infos: List[TemplateInfo]) -> bool:
         if self.settings.min_interval_s <= 0:
             return False
         times = [_epoch(info.created_at) for info in infos if info.origin.kind == ADAPTIVE]
         latest = max((t for t in times if t is not None), default=None)
         return latest is not None and self._clock() - latest < self.settings.min_interval_s
+
+    def _adaptive_count(self, infos: List[TemplateInfo]) -> int:
+        """The identity's adaptive templates of the active model (those an addition may evict)."""
+        version = self.gallery.model_version
+        return sum(1 for info in infos if info.origin.kind == ADAPTIVE and info.model_version == version)
 
     def _enrolled_embeddings(self, identity_id: str) -> np.ndarray:
         """``(E, D)`` float32: the identity's enrolled templates of the active model."""

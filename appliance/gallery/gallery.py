@@ -33,6 +33,7 @@ from .errors import BundleError, GalleryStoreError, IdentityError
 from .index import (
     DEFAULT_EF_SEARCH,
     FLOAT16,
+    HNSW,
     GalleryIndexError,
     IndexMissingError,
     IndexStaleError,
@@ -294,6 +295,13 @@ class Gallery:
         """Templates searchable now (active embedder version)."""
         with self._lock:
             return len(self._index) if self._index is not None else 0
+
+    @property
+    def approximate(self) -> bool:
+        """Whether search runs on the approximate (HNSW) index, above ``gallery.approximate_above``
+        templates: a template's removal then rebuilds the whole graph (:meth:`TemplateIndex.remove`)."""
+        with self._lock:
+            return self._index is not None and self._index.kind == HNSW
 
     # -- queries -------------------------------------------------------------------------------------
 

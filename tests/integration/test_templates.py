@@ -279,6 +279,51 @@ def test_the_bound_evicts_the_oldest_adaptive_template_never_an_enrolled_one(
     assert sorted(index.ids().tolist()) == sorted(ids.tolist())
 
 
+def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebuilding_the_graph(
+    tmp_path: Path, analyzer: FaceAnalyzer, labelled: List[Tuple[str, str, Face]]
+) -> None:
+    """Above ``gallery.approximate_above`` the index is HNSW, whose removal rebuilds the graph: the
+    update adds adaptive templates up to the bound, then refuses instead of evicting one."""
+    config = validate_config(
+        {
+            "storage": {"dir": str(tmp_path / "state")},
+            "gallery": {"approximate_above": 1000},
+            "adaptive": {
+                "enabled": True,
+                "require_liveness": False,
+                "min_interval_s": 0.0,
+                "max_per_identity": 2,
+                "min_quality": 0.0,
+            },
+        }
+    )
+    gallery = Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim)
+    try:
+        rng = np.random.default_rng(16)
+        for number in range(201):  # 1 005 templates of strangers: past approximate_above
+            vectors = rng.standard_normal((5, gallery.dim)).astype(np.float32)
+            gallery.add(
+                f"stranger-{number}", f"stranger {number}", vectors / np.linalg.norm(vectors, axis=1)[:, None]
+            )
+        person = _of(labelled, "deepface_personC")
+        _enrol(gallery, "c", [person[0][1]])
+        assert gallery.approximate
+        updater = TemplateUpdater(gallery, config.adaptive, False)
+        verdicts = [
+            updater.consider(_passage(gallery, face), f"ev-{Path(path).stem}") for path, face in person[1:]
+        ]
+        added = [verdict.added for verdict in verdicts if verdict.added is not None]
+        full = [verdict for verdict in verdicts if verdict.reason.startswith("approximate index")]
+        assert len(added) == 2 and full, [verdict.reason for verdict in verdicts]
+        assert not any(verdict.evicted for verdict in verdicts)
+        assert updater.refused["approximate index"] == len(full)
+        kept = [info.id for info in gallery.store.template_infos("c") if info.origin.kind == ADAPTIVE]
+        assert kept == added
+        assert gallery.approximate and len(gallery) == 1005 + 1 + 2
+    finally:
+        gallery.close()
+
+
 # -- gallery templates ID [--remove] ----------------------------------------------------------------
 
 
