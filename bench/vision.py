@@ -2,8 +2,13 @@
 overhead over the model calls and where it goes step by step (:mod:`bench.own_work`), peak memory,
 and a side-by-side with the ``face_recognition`` library (dlib) on the same labelled photos.
 
-    python -m bench.vision [--models-dir DIR] [--data-dir DIR] [--frames N] [--threads N]
-                           [--json OUT] [--no-peer] [--against REV]
+    python -m bench.vision [--models-dir DIR] [--threads N | --config FILE] [--data-dir DIR]
+                           [--frames N] [--json OUT] [--no-peer] [--against REV]
+
+``--config FILE`` takes the models and the back-end from an appliance configuration instead: on a
+Jetson, ``backend.type = "tensorrt"`` after ``face-appliance engines build``, which is how the
+pipeline's own work over TensorRT's model time is measured (``served by`` names each model's
+back-end: with ``backend.fallback = "cpu"`` a model whose engine is missing runs on the CPU).
 
 Camera frames are synthetic but built from real photos: a single-identity photo scaled so the face is
 a door-camera size (a quarter of the frame height) on a plain grey background, and a five-person TV
@@ -44,7 +49,8 @@ import cv2
 import numpy as np
 
 from appliance.config import ApplianceConfig
-from appliance.config_load import validate_config
+from appliance.config_load import read_toml_file, validate_config
+from appliance.errors import ConfigError
 from appliance.evaluation import VerificationReport, far_key, pair_scores, verification_report
 from appliance.runtime.loading import load_analyzer
 from appliance.vision.align import align_faces
@@ -509,7 +515,7 @@ def print_own_work(rows: List[Dict[str, Any]]) -> None:
             print(f"| {row['frame']} | {row['expected_faces']} | {' | '.join(cells)} |")
 
 
-def print_photos(result: Dict[str, Any], threads: int) -> None:
+def print_photos(result: Dict[str, Any], backend: str) -> None:
     systems = result["systems"]
     print(
         f"Labelled photos ({LABELS}): {result['images']} images; per image, the largest face is detected, "
@@ -517,7 +523,7 @@ def print_photos(result: Dict[str, Any], threads: int) -> None:
     )
     print(
         f"ours: read_image, then timed: analyzer.detect(still=True) + align + MobileFaceNet, "
-        f"ONNX Runtime threads={threads} (0 = one per core), no liveness."
+        f"{backend}, no liveness."
     )
     differ = result["pixels_differ"]
     if differ is not None:
@@ -590,12 +596,40 @@ def make_config(models_dir: Path, threads: int) -> ApplianceConfig:
     )
 
 
+def config_from_file(path: Path) -> ApplianceConfig:
+    """The appliance's configuration file, for its models and back-end (TensorRT on a Jetson), with the
+    bench's detector (MTCNN, :data:`MIN_FACE_PX`) and liveness on, so that its figures compare with
+    the CPU back-end's.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or invalid.
+    """
+    data = read_toml_file(path)
+    detector = data.setdefault("detector", {})
+    liveness = data.setdefault("liveness", {})
+    if isinstance(detector, dict):  # anything else is refused by the validation, with its key path
+        detector.update(type="mtcnn", min_face_px=MIN_FACE_PX)
+    if isinstance(liveness, dict):
+        liveness["enabled"] = True
+    return validate_config(data, base_dir=path.resolve().parent, source=path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
+    parser.add_argument("--models-dir", type=Path, default=None, help=f"default {DEFAULT_MODELS}")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--frames", type=int, default=40, help="timed frames per scene and mode")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime threads (default 0 = one per core)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the appliance's configuration file instead of the CPU back-end: its models and back-end "
+        "(TensorRT on a Jetson, after `face-appliance engines build`), with MTCNN at a 40 px minimum "
+        "face and liveness on",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--no-peer", action="store_true", help="skip the labelled photos and the peer")
     parser.add_argument(
@@ -605,7 +639,18 @@ def main() -> None:
         help="also time the pipeline's own work against git revision REV, in this process (bench.against)",
     )
     args = parser.parse_args()
+    if args.config is not None and (args.models_dir is not None or args.threads is not None):
+        parser.error(
+            "--config takes the models and the back-end from the file: drop --models-dir and --threads"
+        )
     frames = max(1, args.frames)
+    if args.config is not None:
+        try:
+            config = config_from_file(args.config)
+        except ConfigError as err:
+            parser.error(str(err))
+    else:
+        config = make_config(args.models_dir or DEFAULT_MODELS, args.threads or 0)
     against = None
     if args.against:  # before anything is timed: a wrong revision is refused at once
         try:
@@ -615,15 +660,31 @@ def main() -> None:
 
     machine = describe()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
-    print(
-        f"back-end cpu (ONNX Runtime), threads {args.threads}, detector mtcnn, min face {MIN_FACE_PX} px, "
-        f"{frames} timed frames per scene"
+    backend = config.backend
+    backend_words = (
+        f"ONNX Runtime threads={backend.threads} (0 = one per core)"
+        if backend.type == "cpu"
+        else backend.type
     )
-    document: Dict[str, Any] = {"machine": machine, "frames": frames, "threads": args.threads}
+    print(
+        f"back-end {backend.type} ({backend_words}{', from ' + str(args.config) if args.config else ''}), "
+        f"detector mtcnn, min face {MIN_FACE_PX} px, {frames} timed frames per scene"
+    )
+    document: Dict[str, Any] = {
+        "machine": machine,
+        "frames": frames,
+        "threads": backend.threads,
+        "backend": backend.type,
+        "config": None if args.config is None else str(args.config),
+    }
     rss_before = rss_mib()
-    with load_analyzer(make_config(args.models_dir, args.threads)) as analyzer:
+    with load_analyzer(config) as analyzer:
         document["models"] = analyzer.model_versions
+        # Per model, the back-end that serves it: with TensorRT's CPU fallback a model whose engine
+        # is not built yet runs on the CPU, and its figures are not the device's.
+        document["served_by"] = {b.spec.name: b.key for b in analyzer._backends}
         print("models: " + ", ".join(f"{k} {v}" for k, v in analyzer.model_versions.items()))
+        print("served by: " + ", ".join(f"{k} {v}" for k, v in document["served_by"].items()))
         print()
         clock = ModelClock(analyzer._backends)
         try:
@@ -660,7 +721,7 @@ def main() -> None:
                 print()
             photos = bench_photos(analyzer, args.data_dir, peer)
             document["photos"] = photos
-            print_photos(photos, args.threads)
+            print_photos(photos, backend_words)
             print()
             document["memory"]["peak_rss_after_photos_mib"] = round(peak_rss_mib(), 1)
             print(
