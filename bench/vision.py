@@ -664,7 +664,7 @@ def main() -> None:
     backend_words = (
         f"ONNX Runtime threads={backend.threads} (0 = one per core)"
         if backend.type == "cpu"
-        else backend.type
+        else f"TensorRT, precision {backend.tensorrt.precision}, fallback {backend.fallback}"
     )
     print(
         f"back-end {backend.type} ({backend_words}{', from ' + str(args.config) if args.config else ''}), "
