@@ -17,9 +17,11 @@ otherwise pull the identity towards itself, one template at a time):
 * **rate**: at most one per ``adaptive.min_interval_s`` per identity (a person standing in view is
   re-announced every ``decision.reannounce_s``; that must not fill every slot with near-copies).
 
-Above ``gallery.approximate_above`` templates the index is an HNSW graph, which cannot remove a
-template in place: there an identity whose adaptive templates are full learns no more (reason
-``approximate index``) rather than having one evicted by a rebuild of the graph on the pipeline thread.
+Above ``gallery.approximate_above`` templates the index is an HNSW graph, where an eviction detaches
+a node with a scan of the graph's links (tens of milliseconds at 10⁵ templates, holding searches
+off) and every so often rebuilds the graph (minutes at 10⁶): there an identity whose adaptive
+templates are full learns no more (reason ``approximate index``) rather than have the pipeline thread
+pay that.
 
 Every addition is recorded (the template's ``kind``, ``source_event`` = the access event's id, the
 passage's score and margin, the model version, the time) and reversible: ``gallery templates ID``
@@ -153,13 +155,13 @@ class TemplateUpdater:
                 similarity,
             )
         if self.gallery.approximate and self._adaptive_count(infos) >= settings.max_per_identity:
-            # Making room evicts the oldest adaptive template, and an HNSW graph cannot remove in
-            # place: its rebuild (seconds at 10⁴ templates, minutes at 10⁶) would hold the pipeline
-            # thread, and the door with it.
+            # Making room evicts the oldest adaptive template: on an HNSW graph a detachment that
+            # scans the graph's links, and now and then a rebuild of the graph (minutes at 10⁶),
+            # both on the pipeline thread, with the door waiting.
             return UpdateVerdict(
                 None,
                 f"approximate index: the identity holds {settings.max_per_identity} adaptive templates "
-                "and replacing one would rebuild the HNSW graph on the pipeline thread",
+                "and replacing one would change the HNSW graph on the pipeline thread",
                 [],
                 similarity,
             )

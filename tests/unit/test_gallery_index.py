@@ -11,7 +11,7 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Tuple
+from typing import Any, BinaryIO, Iterator, List, Tuple
 
 import faiss
 import numpy as np
@@ -235,6 +235,106 @@ def test_searches_continue_while_an_hnsw_index_is_rebuilt() -> None:
         stop.set()
         worker.join()
     assert errors == [] and len(index) == 2950
+
+
+def _graph(index: TemplateIndex) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """An HNSW index's neighbour slots (int32), node offsets, node levels and the HNSW object."""
+    hnsw = faiss.downcast_index(index._index.index).hnsw
+    neighbors = faiss.vector_to_array(hnsw.neighbors)
+    return (
+        neighbors,
+        faiss.vector_to_array(hnsw.offsets).astype(np.int64),
+        faiss.vector_to_array(hnsw.levels),
+        hnsw,
+    )
+
+
+def _lists(index: TemplateIndex) -> Iterator[np.ndarray]:
+    """Every node's neighbour list at every level it is on."""
+    neighbors, offsets, levels, hnsw = _graph(index)
+    for node in range(len(levels)):
+        for level in range(int(levels[node])):
+            start = offsets[node] + hnsw.cum_nb_neighbors(level)
+            yield neighbors[start : offsets[node] + hnsw.cum_nb_neighbors(level + 1)]
+
+
+def test_an_hnsw_removal_detaches_the_nodes_and_leaves_nothing_of_them(tmp_path: Path) -> None:
+    """No search reaches a removed template, no link leads to or from it, its vector is gone from
+    memory and from the saved file, and the graph's entry point moves when it is the one removed."""
+    x, ids = identities(3000), some_ids(3000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)  # float32: bytes as given
+    _, _, _, hnsw = _graph(index)
+    entry = int(hnsw.entry_point)
+    doomed = np.unique(
+        np.concatenate([[entry], np.arange(5, 3000, 150)])
+    )  # 21 nodes, the entry point's first
+    stored = index._all_vectors()  # the vectors as the index holds them (normalised again, float32)
+    before = tmp_path / "before.index"
+    index.save(before, MODEL, 1)
+    assert all(stored[row].tobytes() in before.read_bytes() for row in doomed)  # what the check below seeks
+    assert index.remove(ids[doomed]) == doomed.shape[0]
+    assert (index.kind, index.detached, len(index)) == ("hnsw", doomed.shape[0], 3000 - doomed.shape[0])
+    assert not np.isin(index.ids(), ids[doomed]).any() and index.ids().shape[0] == len(index)
+    assert not np.isin(_all_found(index, x[doomed]), ids[doomed]).any()
+    kept = np.setdiff1d(np.arange(3000), doomed)
+    _, found = index.search(x[kept], 1)
+    assert np.mean(found[:, 0] == ids[kept]) >= 0.99
+    neighbors, offsets, levels, hnsw = _graph(index)
+    assert not np.isin(neighbors, doomed).any()  # no link to a detached node
+    assert all((neighbors[offsets[node] : offsets[node + 1]] == -1).all() for node in doomed)  # none from one
+    for links in _lists(index):  # Faiss reads a list up to its first -1: each is packed
+        assert not (links[1:] >= 0)[links[:-1] < 0].any()
+    assert hnsw.entry_point not in doomed and hnsw.max_level == levels[hnsw.entry_point] - 1
+    after = tmp_path / "after.index"
+    index.save(after, MODEL, 2)
+    assert not any(stored[row].tobytes() in after.read_bytes() for row in doomed)
+    loaded = TemplateIndex.load(after, MODEL, 2)
+    assert (loaded.detached, len(loaded)) == (doomed.shape[0], len(index))
+    for a, b in zip(index.search(x[:50], 3), loaded.search(x[:50], 3)):
+        np.testing.assert_array_equal(a, b)
+    loaded.add(ids[doomed[:3]], x[doomed[:3]])  # a removed id may come back, as a new node
+    assert (
+        len(loaded) == len(index) + 3
+        and loaded.search(x[doomed[:3]], 1)[1][:, 0].tolist() == ids[doomed[:3]].tolist()
+    )
+
+
+def test_past_the_detached_share_a_removal_rebuilds_the_graph() -> None:
+    x, ids = identities(3000), some_ids(3000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    bound = int(index_module.MAX_DETACHED_SHARE * 3000)
+    assert index.remove(ids[:bound]) == bound and index.detached == bound  # up to the bound: detached
+    assert index.remove(ids[bound : bound + 1]) == 1  # one more: rebuilt from the kept vectors
+    assert (index.kind, index.detached, len(index), index._index.ntotal) == (
+        "hnsw",
+        0,
+        2999 - bound,
+        2999 - bound,
+    )
+    _, found = index.search(x[bound + 1 :], 1)
+    assert np.mean(found[:, 0] == ids[bound + 1 :]) >= 0.99
+
+
+def test_a_header_whose_detached_count_disagrees_with_the_payload_is_corrupt(tmp_path: Path) -> None:
+    x, ids = identities(1200), some_ids(1200)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    index.remove(ids[:5])
+    saved = tmp_path / "saved.index"
+    index.save(saved, MODEL, 3)
+    payload = saved.read_bytes()[_payload_start(saved) :]
+    common = {"kind": "hnsw", "approximate_above": 1000, "snapshot_id": "0" * 32}
+    path = tmp_path / "forged.index"
+    _forge(path, payload, count=1195, detached=5, **common)
+    assert (TemplateIndex.load(path, MODEL, 3).detached, len(TemplateIndex.load(path, MODEL, 3))) == (5, 1195)
+    _forge(path, payload, count=1200, **common)  # the detached nodes counted as templates
+    with pytest.raises(IndexCorruptError, match="header says 0 detached nodes, the hnsw payload holds 5"):
+        TemplateIndex.load(path, MODEL, 3)
+    _forge(path, payload, count=1194, detached=6, **common)
+    with pytest.raises(IndexCorruptError, match="6 detached nodes"):
+        TemplateIndex.load(path, MODEL, 3)
+    _forge(path, payload, count=1195, detached=-5, **common)
+    with pytest.raises(IndexCorruptError, match="'detached' is not a count"):
+        TemplateIndex.load(path, MODEL, 3)
 
 
 # -- persistence ---------------------------------------------------------------------------------

@@ -105,7 +105,11 @@ def test_a_saved_exact_index_of_another_precision_is_stale_an_hnsw_one_is_used(t
     assert loaded.kind == "hnsw" and isinstance(
         faiss.downcast_index(loaded._index.index), faiss.IndexHNSWFlat
     )
-    assert loaded.remove(ids[:10]) == 10  # rebuilt, now in the precision asked for
+    assert loaded.remove(ids[:10]) == 10  # detached in place: still the saved graph
+    assert loaded.detached == 10
+    assert isinstance(faiss.downcast_index(loaded._index.index), faiss.IndexHNSWFlat)
+    assert loaded.remove(ids[10:200]) == 190  # past MAX_DETACHED_SHARE: rebuilt, in the precision asked for
+    assert (loaded.detached, len(loaded)) == (0, 1300)
     assert isinstance(faiss.downcast_index(loaded._index.index), faiss.IndexHNSWSQ)
 
 
