@@ -33,6 +33,12 @@ the hard case for an approximate index — nothing clusters, so IVF must probe a
 lists (below) — and real galleries may be kinder. 98 embeddings cannot tell more (their intrinsic
 dimension, say).
 
+Removals: after its search rows, the float16 HNSW graph loses identities that no query asks for —
+:data:`REMOVALS_TIMED` one by one, each timed (a removal detaches the nodes,
+:meth:`~appliance.gallery.index.TemplateIndex.remove`), then more at once up to
+:data:`DETACHED_SHARE` of the templates — and is searched again at the default ``ef_search``
+(``removal_p50_ms``, ``removal_max_ms``, ``detached`` in its row).
+
 Figures per index: build time (Faiss's default OpenMP pool; the appliance builds with one thread,
 :class:`~appliance.gallery.gallery.Gallery` sets it, so about the pool size times longer), bytes per
 template of the saved index (vectors, ids, graph or lists; the id map's in-memory hash adds ≈ 40 B),
@@ -81,6 +87,10 @@ WARM_UP = 20
 BANDWIDTH_BYTES = 512 * 2**20
 #: Candidates re-ranked in float32 per result wanted, for the 8-bit variants.
 RERANK_FACTOR = 8
+#: Identities removed one by one from the float16 HNSW graph, each timed; then more at once, up to
+#: :data:`DETACHED_SHARE` of the templates, before recall is measured again.
+REMOVALS_TIMED = 20
+DETACHED_SHARE = 0.05
 Search = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 
@@ -335,6 +345,48 @@ class SizeBench:
                 bytes_per_template=size,
                 default=default and ef == DEFAULT_EF_SEARCH,
             )
+        if precision == "float16":
+            yield self.detached_row(index, params, build_s, size)
+
+    def detached_row(self, index: TemplateIndex, params: str, build_s: float, size: float) -> Dict[str, Any]:
+        """Removals from the graph (each detaches nodes, :meth:`TemplateIndex.remove`): identities that
+        no query asks for, :data:`REMOVALS_TIMED` of them one by one and timed, then more in one call up
+        to :data:`DETACHED_SHARE` of the templates; then the search row again at the default breadth."""
+        per = self.args.per_identity
+        asked = np.zeros(self.identity_count, bool)
+        asked[self.query_owners] = True
+        spare = np.random.default_rng(self.n).permutation(np.flatnonzero(~asked))
+        wanted = max(REMOVALS_TIMED, int(DETACHED_SHARE * self.n / per))
+        chosen = spare[:wanted]
+        times_ms = []
+        for owner in chosen[:REMOVALS_TIMED].tolist():
+            started = time.perf_counter()
+            index.remove(self.ids[owner * per : (owner + 1) * per])
+            times_ms.append((time.perf_counter() - started) * 1000)
+        rest = chosen[REMOVALS_TIMED:]
+        if rest.shape[0]:
+            index.remove((rest[:, None] * per + np.arange(per)[None, :]).ravel())
+        index.ef_search = DEFAULT_EF_SEARCH
+        share = index.detached / (len(index) + index.detached)
+        print(
+            f"    removal of one identity ({per} templates) from the float16 graph: p50 "
+            f"{np.median(times_ms):.1f} ms, max {max(times_ms):.1f} ms; {index.detached} detached "
+            f"({100 * share:.1f} %)",
+            flush=True,
+        )
+        return self.measure(
+            f"hnsw float16, {100 * share:.0f} % detached",
+            lambda q: index.search(q, 1),
+            family="approximate",
+            param=f"ef_search={DEFAULT_EF_SEARCH}",
+            search_param=DEFAULT_EF_SEARCH,
+            params=params,
+            build_s=build_s,
+            bytes_per_template=size,
+            removal_p50_ms=round(float(np.median(times_ms)), 2),
+            removal_max_ms=round(float(max(times_ms)), 2),
+            detached=index.detached,
+        )
 
     def ivf_rows(self) -> Iterator[Dict[str, Any]]:
         n, dim = self.n, self.dim
@@ -528,6 +580,21 @@ def render(document: Dict[str, Any]) -> None:
             f"{row['cpu_p50_ms']:.3f} / {row['cpu_p99_ms']:.3f} | {row['recall_at_1']:.4f} | "
             f"{row['identity_recall']:.4f} | {row['max_score_error']:.1e} |"
         )
+    removals = [row for row in document["rows"] if "removal_p50_ms" in row]
+    if removals:
+        print()
+        print(
+            f"Removal from the float16 HNSW graph ({document['settings'].get('templates per identity', 3)} templates per "
+            f"identity, {REMOVALS_TIMED} timed one by one), and search with the detached nodes"
+        )
+        print()
+        print("| templates | removal p50 / max ms | detached | p50 / p99 ms | recall@1 |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for row in removals:
+            print(
+                f"| {row['templates']:,} | {row['removal_p50_ms']:.1f} / {row['removal_max_ms']:.1f} | "
+                f"{row['detached']:,} | {row['p50_ms']:.3f} / {row['p99_ms']:.3f} | {row['recall_at_1']:.4f} |"
+            )
     threads = document.get("threads") or []
     if threads:
         print()

@@ -26,6 +26,7 @@ def test_the_gallery_bench_measures_every_kind_and_renders_its_json(
         "exact float16",
         "exact 8-bit + float32 re-rank",
         "hnsw float16",
+        "hnsw float16, 5 % detached",
         "hnsw float32",
         "ivf flat",
         "ivf 8-bit + float32 re-rank",
@@ -34,9 +35,15 @@ def test_the_gallery_bench_measures_every_kind_and_renders_its_json(
     assert default["kind"] == "exact float16" and default["templates"] == 2000
     for row in document["rows"]:
         assert {"p50_ms", "p99_ms", "cpu_p99_ms", "recall_at_1", "bytes_per_template", "build_s"} <= set(row)
+    (detached,) = [row for row in document["rows"] if "removal_p50_ms" in row]
+    assert (
+        detached["detached"] == 33 * 3 and detached["recall_at_1"] >= 0.99
+    )  # 5 % of 2 000, whole identities
     capsys.readouterr()
     assert gallery_bench.main(["--render", str(out)]) == 0
-    assert "| 2,000 | exact float16 **(default)** |" in capsys.readouterr().out
+    rendered = capsys.readouterr().out
+    assert "| 2,000 | exact float16 **(default)** |" in rendered
+    assert "| templates | removal p50 / max ms | detached |" in rendered
 
 
 def test_the_enrolment_bench_counts_the_index_bytes_of_each_setting() -> None:
