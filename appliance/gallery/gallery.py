@@ -299,7 +299,8 @@ class Gallery:
     @property
     def approximate(self) -> bool:
         """Whether search runs on the approximate (HNSW) index, above ``gallery.approximate_above``
-        templates: a template's removal then rebuilds the whole graph (:meth:`TemplateIndex.remove`)."""
+        templates: a template's removal then edits the graph, now and then rebuilds it
+        (:meth:`TemplateIndex.remove`)."""
         with self._lock:
             return self._index is not None and self._index.kind == HNSW
 
