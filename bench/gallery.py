@@ -329,26 +329,27 @@ class SizeBench:
                 precision=precision,
             )
         )
-        size = round(_saved_bytes(index) / n, 1)
-        params = f"M={args.hnsw_m} efConstruction={args.ef_construction}"
+        graph = {
+            "family": "approximate",
+            "params": f"M={args.hnsw_m} efConstruction={args.ef_construction}",
+            "build_s": build_s,
+            "bytes_per_template": round(_saved_bytes(index) / n, 1),
+        }
         for ef in args.ef_search:
             index.ef_search = ef
             yield self.measure(
                 f"hnsw {precision}",
                 lambda q: index.search(q, 1),
-                family="approximate",
                 param=f"ef_search={ef}",
                 search_param=ef,
-                params=params,
-                build_s=build_s,
                 rss_growth_mib=rss,
-                bytes_per_template=size,
                 default=default and ef == DEFAULT_EF_SEARCH,
+                **graph,
             )
         if precision == "float16":
-            yield self.detached_row(index, params, build_s, size)
+            yield self.detached_row(index, graph)
 
-    def detached_row(self, index: TemplateIndex, params: str, build_s: float, size: float) -> Dict[str, Any]:
+    def detached_row(self, index: TemplateIndex, graph: Dict[str, Any]) -> Dict[str, Any]:
         """Removals from the graph (each detaches nodes, :meth:`TemplateIndex.remove`): identities that
         no query asks for, :data:`REMOVALS_TIMED` of them one by one and timed, then more in one call up
         to :data:`DETACHED_SHARE` of the templates; then the search row again at the default breadth."""
@@ -377,15 +378,12 @@ class SizeBench:
         return self.measure(
             f"hnsw float16, {100 * share:.0f} % detached",
             lambda q: index.search(q, 1),
-            family="approximate",
             param=f"ef_search={DEFAULT_EF_SEARCH}",
             search_param=DEFAULT_EF_SEARCH,
-            params=params,
-            build_s=build_s,
-            bytes_per_template=size,
             removal_p50_ms=round(float(np.median(times_ms)), 2),
             removal_max_ms=round(float(max(times_ms)), 2),
             detached=index.detached,
+            **graph,
         )
 
     def ivf_rows(self) -> Iterator[Dict[str, Any]]:
