@@ -586,32 +586,32 @@ def print_photos(result: Dict[str, Any], backend: str) -> None:
 
 
 def make_config(models_dir: Path, threads: int) -> ApplianceConfig:
-    return validate_config(
-        {
-            "models": {"dir": str(models_dir)},
-            "backend": {"type": "cpu", "threads": threads},
-            "detector": {"min_face_px": MIN_FACE_PX},
-            "liveness": {"enabled": True},
-        }
-    )
+    """The CPU back-end on ``models_dir`` with the bench's detector and liveness."""
+    data = {"models": {"dir": str(models_dir)}, "backend": {"type": "cpu", "threads": threads}}
+    return validate_config(_with_bench_settings(data))
 
 
 def config_from_file(path: Path) -> ApplianceConfig:
     """The appliance's configuration file, for its models and back-end (TensorRT on a Jetson), with the
-    bench's detector (MTCNN, :data:`MIN_FACE_PX`) and liveness on, so that its figures compare with
-    the CPU back-end's.
+    bench's detector and liveness, so that its figures compare with the CPU back-end's.
 
     Raises:
         ConfigError: the file is missing, not TOML, or invalid.
     """
-    data = read_toml_file(path)
+    data = _with_bench_settings(read_toml_file(path))
+    return validate_config(data, base_dir=path.resolve().parent, source=path)
+
+
+def _with_bench_settings(data: Dict[str, Any]) -> Dict[str, Any]:
+    """``data`` (a configuration as TOML gives it) with MTCNN at :data:`MIN_FACE_PX` and liveness on,
+    what every scene of the bench is measured with."""
     detector = data.setdefault("detector", {})
     liveness = data.setdefault("liveness", {})
     if isinstance(detector, dict):  # anything else is refused by the validation, with its key path
         detector.update(type="mtcnn", min_face_px=MIN_FACE_PX)
     if isinstance(liveness, dict):
         liveness["enabled"] = True
-    return validate_config(data, base_dir=path.resolve().parent, source=path)
+    return data
 
 
 def main() -> None:
