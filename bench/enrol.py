@@ -15,7 +15,10 @@ identities (3 templates each, in one transaction, sealed like any other), the ga
 index built and saved), then ``--enrolments`` real :meth:`Gallery.add` calls (one template and its
 crop each) and ``--removals`` :meth:`Gallery.remove` calls are timed one by one. Bytes written per
 call: the index files' (counted by :class:`~appliance.gallery.delta.SavedIndex`) and the whole
-process's (``wchar`` of ``/proc/self/io``: the store's SQLite writes included). Three settings:
+process's (``wchar`` of ``/proc/self/io``: the store's SQLite writes included). Meanwhile a second
+thread searches the gallery as the door's pipeline does (one query, then 1 ms of pause, over and
+over): the longest search that overlapped each kind of change is how long a change can keep the
+door waiting. Three settings:
 
 * ``before``: float32, ``index_delta_ratio = 0`` — the whole index file rewritten at every change,
   as before deltas (the same code path as the old ``Gallery._save_index``);
@@ -32,9 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -191,6 +196,41 @@ def _summary(times_s: List[float], index_bytes: List[int], process_bytes: List[i
     }
 
 
+class _DoorSearches:
+    """A thread searching the gallery while changes run, as the pipeline does: one query, a 1 ms
+    pause, again. :meth:`longest_during` is the longest search that overlapped a window, in ms."""
+
+    PAUSE_S = 0.001
+
+    def __init__(self, gallery: Gallery, query: np.ndarray) -> None:
+        self.gallery, self.query = gallery, query
+        self.spans: List[Tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="door-searches", daemon=True)
+
+    def __enter__(self) -> _DoorSearches:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self.gallery.search(self.query)
+            self.spans.append((started, time.perf_counter()))
+            time.sleep(self.PAUSE_S)
+
+    def longest_during(self, windows: List[Tuple[float, float]]) -> float:
+        longest = 0.0
+        for start, end in list(self.spans):
+            if any(start < window_end and end > window_start for window_start, window_end in windows):
+                longest = max(longest, end - start)
+        return round(longest * 1000, 2)
+
+
 def index_cost(
     size: int, label: str, precision: str, ratio: float, enrolments: int, removals: int
 ) -> Dict[str, Any]:
@@ -211,26 +251,23 @@ def index_cost(
             snapshot_bytes = (state / "gallery.index").stat().st_size
             crops = _crops(rng, enrolments)
             vectors = _unit(rng, enrolments)
-            added: Dict[str, List[Any]] = {"times": [], "index": [], "process": []}
-            for number in range(enrolments):
-                before_index, before_process = gallery.saved.bytes_written, _process_written()
-                started = time.perf_counter()
-                gallery.add(
-                    f"new-{number}", f"New {number}", vectors[number : number + 1], crops[number : number + 1]
-                )
-                added["times"].append(time.perf_counter() - started)
-                added["index"].append(gallery.saved.bytes_written - before_index)
-                added["process"].append(_process_written() - before_process if before_process >= 0 else -1)
+            added: Dict[str, List[Any]] = {"times": [], "index": [], "process": [], "windows": []}
+            removed: Dict[str, List[Any]] = {"times": [], "index": [], "process": [], "windows": []}
+            with _DoorSearches(gallery, _unit(rng, 1)) as door:
+                for number in range(enrolments):
+                    one = slice(number, number + 1)
+                    enrolment = partial(
+                        gallery.add, f"new-{number}", f"New {number}", vectors[one], crops[one]
+                    )
+                    _timed(gallery, added, enrolment)
+                for number in range(removals):
+                    _timed(gallery, removed, partial(gallery.remove, f"bench-{number}"))
             threshold = gallery.saved.compact_above
-            removed: Dict[str, List[Any]] = {"times": [], "index": [], "process": []}
-            for number in range(removals):
-                before_index, before_process = gallery.saved.bytes_written, _process_written()
-                started = time.perf_counter()
-                gallery.remove(f"bench-{number}")
-                removed["times"].append(time.perf_counter() - started)
-                removed["index"].append(gallery.saved.bytes_written - before_index)
-                removed["process"].append(_process_written() - before_process if before_process >= 0 else -1)
     enrol = _summary(added["times"], added["index"], added["process"])
+    enrol["search_wait_ms_max"] = door.longest_during(added["windows"])
+    remove = _summary(removed["times"], removed["index"], removed["process"]) if removals else None
+    if remove is not None:
+        remove["search_wait_ms_max"] = door.longest_during(removed["windows"])
     record = min(added["index"]) if ratio > 0 else None
     amortised: Optional[int] = None
     if record is not None and record > 0:
@@ -245,8 +282,20 @@ def index_cost(
         "compact_above_bytes": threshold if ratio > 0 else None,
         "enrol": enrol,
         "enrol_amortised_index_bytes": amortised if ratio > 0 else enrol["index_bytes_mean"],
-        "remove": _summary(removed["times"], removed["index"], removed["process"]) if removals else None,
+        "remove": remove,
     }
+
+
+def _timed(gallery: Gallery, into: Dict[str, List[Any]], change: Callable[[], object]) -> None:
+    """Run one gallery change, noting its time, the bytes it wrote and its window."""
+    before_index, before_process = gallery.saved.bytes_written, _process_written()
+    started = time.perf_counter()
+    change()
+    ended = time.perf_counter()
+    into["times"].append(ended - started)
+    into["windows"].append((started, ended))
+    into["index"].append(gallery.saved.bytes_written - before_index)
+    into["process"].append(_process_written() - before_process if before_process >= 0 else -1)
 
 
 def run_index(sizes: List[int], enrolments: int, removals: int) -> List[Dict[str, Any]]:
@@ -266,14 +315,18 @@ def run_index(sizes: List[int], enrolments: int, removals: int) -> List[Dict[str
 def _print_index(results: List[Dict[str, Any]]) -> None:
     print(
         "\n| templates | setting | enrol ms p50 / mean / max | index bytes per enrolment (amortised) "
-        "| process bytes per enrolment | remove ms p50 | index bytes per removal |"
+        "| process bytes per enrolment | remove ms p50 | index bytes per removal "
+        "| longest search during an enrolment / a removal, ms |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in results:
         enrol, remove = row["enrol"], row["remove"]
         process = f"{enrol['process_bytes_mean']:,}" if enrol["process_bytes_mean"] is not None else "n/a"
         removal = (
-            f"| {remove['ms_p50']} | {remove['index_bytes_mean']:,} |" if remove is not None else "| – | – |"
+            f"| {remove['ms_p50']} | {remove['index_bytes_mean']:,} "
+            f"| {enrol['search_wait_ms_max']} / {remove['search_wait_ms_max']} |"
+            if remove is not None
+            else f"| – | – | {enrol['search_wait_ms_max']} / – |"
         )
         print(
             f"| {row['templates']:,} | {row['setting']} | {enrol['ms_p50']} / {enrol['ms_mean']} / {enrol['ms_max']} "
