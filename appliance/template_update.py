@@ -21,7 +21,8 @@ Above ``gallery.approximate_above`` templates the index is an HNSW graph, where 
 a node with a scan of the graph's links (tens of milliseconds at 10⁵ templates, holding searches
 off) and every so often rebuilds the graph (minutes at 10⁶): there an identity whose adaptive
 templates are full learns no more (reason ``approximate index``) rather than have the pipeline thread
-pay that.
+pay that. Nor does the update wait for the gallery: while another change is in progress or an index
+file is being written, the passage teaches nothing (reason ``gallery busy``).
 
 Every addition is recorded (the template's ``kind``, ``source_event`` = the access event's id, the
 passage's score and margin, the model version, the time) and reversible: ``gallery templates ID``
@@ -44,7 +45,7 @@ import numpy as np
 
 from .config import AdaptiveConfig
 from .decisions import GRANTED
-from .gallery.errors import GalleryError
+from .gallery.errors import GalleryBusyError, GalleryError
 from .gallery.gallery import Gallery
 from .gallery.store import ADAPTIVE, ENROLLED, TemplateInfo, TemplateOrigin
 from .pipeline import Outcome
@@ -166,15 +167,23 @@ class TemplateUpdater:
                 similarity,
             )
         origin = TemplateOrigin(ADAPTIVE, event_id, decision.score, decision.margin)
-        added, evicted = self.gallery.add_adaptive(
-            identity_id,
-            sample.embedding,
-            sample.crop,
-            sample.quality,
-            origin,
-            settings.max_per_identity,
-            save=False,
-        )
+        try:
+            added, evicted = self.gallery.add_adaptive(
+                identity_id,
+                sample.embedding,
+                sample.crop,
+                sample.quality,
+                origin,
+                settings.max_per_identity,
+                save=False,
+                wait=False,
+            )
+        except GalleryBusyError:
+            # Another change, or an index file being written (a removal's snapshot: seconds at
+            # 10⁶ templates): the door's next passage is worth more than this template.
+            return UpdateVerdict(
+                None, "gallery busy: another change or an index write was in progress", [], similarity
+            )
         self.added += 1
         logger.info(
             "template update: an adaptive template from event %s (score %.3f, margin %s, quality %.2f); %d evicted",

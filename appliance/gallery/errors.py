@@ -7,6 +7,7 @@
      +-- GalleryStoreError     the database cannot be opened, is newer than this firmware, or is damaged
      +-- IdentityError         enrolment or removal asked for something impossible (unknown id, clash)
      +-- BundleError           an export bundle is unreadable, forged, or has the wrong passphrase
+     +-- GalleryBusyError      a change that would not wait found the gallery busy
 """
 
 from __future__ import annotations
@@ -32,3 +33,8 @@ class IdentityError(GalleryError):
 
 class BundleError(GalleryError):
     """An export bundle that cannot be imported: not a bundle, wrong passphrase, tampered, or invalid."""
+
+
+class GalleryBusyError(GalleryError):
+    """A change asked not to wait (the pipeline's template update) found the gallery busy: another
+    change in progress, or its index file being written. Nothing was changed."""

@@ -10,6 +10,11 @@ A missing store is not always a new one: an index saved at a later generation th
 proves that enrolments existed (the database was deleted or truncated). Starting empty would deny
 every enrolled person without a word and overwrite the index — the last copy of their templates —
 so :meth:`Gallery.open` refuses instead (:func:`check_store_not_lost`).
+
+Locking (:mod:`.lock`): a change holds the gallery's lock exclusively while it edits the store and
+the index in memory, then writes the index files holding it shared, as searches do; so the door
+keeps searching while a removal's snapshot reaches the disk. The files are written one change after
+another (``_files_lock``), each write taking every change made until then.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from ..config import ApplianceConfig
 from ..decisions import Candidate
 from .bundle import Bundle, BundleIdentity, export_bundle, open_bundle
 from .delta import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DeltaRecord, SavedIndex, saved_generation
-from .errors import BundleError, GalleryStoreError, IdentityError
+from .errors import BundleError, GalleryBusyError, GalleryStoreError, IdentityError
 from .index import (
     DEFAULT_EF_SEARCH,
     FLOAT16,
@@ -40,6 +45,7 @@ from .index import (
     TemplateIndex,
     as_unit_vectors,
 )
+from .lock import SharedLock
 from .store import Identity, TemplateInfo, TemplateOrigin, TemplateStore
 
 logger = logging.getLogger(__name__)
@@ -118,7 +124,9 @@ class Gallery:
         #: Changes applied with ``save=False``, written by :meth:`save_index` (or at :meth:`close`).
         self._pending: List[DeltaRecord] = []
         self._pending_removal = False
-        self._lock = threading.RLock()
+        self._lock = SharedLock()
+        #: Held while the index files are written: one write at a time, in the order of the changes.
+        self._files_lock = threading.Lock()
         self._index: Optional[TemplateIndex] = None
         self._owners: Dict[int, str] = {}
         self._names: Dict[str, str] = {}
@@ -168,7 +176,7 @@ class Gallery:
 
     def refresh(self) -> None:
         """Load the saved index (snapshot and delta) if it matches the store, else rebuild and save it."""
-        with self._lock:
+        with self._lock.exclusive():
             generation = self.store.generation
             ids, vectors, owners = self.store.embeddings(self.model_version)
             self._owners = dict(zip(ids.tolist(), owners))
@@ -220,7 +228,7 @@ class Gallery:
 
     def switch_model(self, model_version: str, dim: int) -> None:
         """Search the templates of another embedder version from now on (rebuilds the index)."""
-        with self._lock:
+        with self._lock.exclusive():
             self.model_version, self.dim = model_version, dim
             self.saved = SavedIndex(self.index_path, model_version, *self._compaction)
             self.refresh()
@@ -251,19 +259,36 @@ class Gallery:
             err,
         )
 
-    def _persist(self, records: List[DeltaRecord], removal: bool, save: bool) -> None:
-        """Write the changes just applied to the index: ``records`` (the templates they added, one
-        record per store change) appended to the delta, or — after a removal — a new snapshot, so
-        no file keeps a removed embedding. ``save=False`` keeps them for :meth:`save_index`."""
+    def _queue(self, records: List[DeltaRecord], removal: bool) -> None:
+        """Queue the change just applied to the index (under the exclusive lock) for the files:
+        ``records`` (the templates it added, one record per store change) for the delta, and whether
+        it removed templates (then a new snapshot, so no file keeps a removed embedding). Written by
+        :meth:`_write_files`, at once or — for changes made with ``save=False`` — by
+        :meth:`save_index` or :meth:`close`."""
         if not self._persist_index or self._index is None:
             return
         self._pending.extend(records)
         self._pending_removal = self._pending_removal or removal
-        if save:
-            self._flush()
+
+    def _write_files(self) -> None:
+        """Write every change queued so far, holding the lock shared: searches go on meanwhile, and
+        no change can come between the index in memory and its file.
+
+        Called by a change after it released the exclusive side, and before it returns: when it
+        returns, its change is on disk (written by this call, or by an earlier one that took it
+        from the queue — ``_files_lock`` makes this call wait for that one).
+        """
+        with self._files_lock:
+            self._lock.acquire_shared()
+            try:
+                if self._index is not None and self._persist_index:
+                    self._flush()
+            finally:
+                self._lock.release_shared()
 
     def _flush(self) -> None:
-        """Write the pending changes (nothing when the files are current and none are pending)."""
+        """Write the pending changes (nothing when the files are current and none are pending).
+        Under the lock, shared (:meth:`_write_files`) or exclusive (:meth:`close`)."""
         assert self._index is not None
         records, removal = self._pending, self._pending_removal
         self._pending, self._pending_removal = [], False
@@ -293,7 +318,7 @@ class Gallery:
 
     def __len__(self) -> int:
         """Templates searchable now (active embedder version)."""
-        with self._lock:
+        with self._lock.shared():
             return len(self._index) if self._index is not None else 0
 
     @property
@@ -301,7 +326,7 @@ class Gallery:
         """Whether search runs on the approximate (HNSW) index, above ``gallery.approximate_above``
         templates: a template's removal then edits the graph, now and then rebuilds it
         (:meth:`TemplateIndex.remove`)."""
-        with self._lock:
+        with self._lock.shared():
             return self._index is not None and self._index.kind == HNSW
 
     # -- queries -------------------------------------------------------------------------------------
@@ -323,7 +348,10 @@ class Gallery:
             raise ValueError(f"identities must be ≥ 1, got {identities}")
         embeddings = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
         _one_openmp_thread()
-        with self._lock:
+        # Shared: a search waits for a change in progress, not for an index file being written.
+        # (acquire/release rather than a context manager: a generator per frame for nothing.)
+        self._lock.acquire_shared()
+        try:
             # The owners hold exactly the index's template ids (refresh checks them against the
             # store); counting them spares a call into Faiss, which costs 20 µs on a cold cache.
             templates = len(self._owners)
@@ -331,6 +359,8 @@ class Gallery:
                 return [[] for _ in range(len(embeddings))]
             scores, ids = self._index.search(embeddings, min(SEARCH_DEPTH, templates))
             owners, names, impostors = self._owners, self._names, self._impostors
+        finally:
+            self._lock.release_shared()
         results: List[List[Candidate]] = []
         for query, row_scores, row_ids in zip(embeddings, scores.tolist(), ids.tolist()):
             # Faiss returns each row best first, so an identity's first template is its best and
@@ -369,7 +399,7 @@ class Gallery:
         policy: Optional[IdentityPolicy] = None,
     ) -> List[int]:
         """Store templates of the active embedder for an identity (created if new, with ``policy``), then reindex."""
-        with self._lock:
+        with self._lock.exclusive():
             ids = self.store.add(
                 identity_id,
                 name,
@@ -389,12 +419,13 @@ class Gallery:
             self._index.add(np.asarray(ids, np.int64), vectors)
             self._owners.update((template_id, identity_id) for template_id in ids)
             self._names[identity_id] = name
-            self._persist([self._record(ids, vectors)], removal=False, save=True)
+            self._queue([self._record(ids, vectors)], removal=False)
+        self._write_files()
         return ids
 
     def remove(self, identity_id: str) -> int:
         """Delete an identity, its templates and crops, and its index entries. Returns templates removed."""
-        with self._lock:
+        with self._lock.exclusive():
             count = self.store.remove(identity_id)
             gone = [template_id for template_id, owner in self._owners.items() if owner == identity_id]
             if self._index is None:
@@ -406,7 +437,8 @@ class Gallery:
                 self._names.pop(identity_id, None)
                 self._impostors.pop(identity_id, None)  # deleted with it (ON DELETE CASCADE)
                 # A new snapshot when templates went (none of them may stay in a file); else a record.
-                self._persist([self._record([], None)], removal=bool(gone), save=True)
+                self._queue([self._record([], None)], removal=bool(gone))
+        self._write_files()
         logger.info("gallery: an identity and %d template(s) were removed", count)
         return count
 
@@ -419,6 +451,7 @@ class Gallery:
         origin: TemplateOrigin,
         keep: int,
         save: bool = True,
+        wait: bool = True,
     ) -> Tuple[int, List[int]]:
         """Store one adaptive template of the active embedder (evicting the identity's oldest adaptive
         ones beyond ``keep``, see :meth:`TemplateStore.add_adaptive`) and update the index in memory.
@@ -429,26 +462,41 @@ class Gallery:
                 transaction and no index write on the pipeline thread — the change is written with the
                 next enrolment or removal, or at close (after a crash the stale index is rebuilt from
                 the store).
+            wait: ``False`` to refuse rather than wait while another change is in progress or an
+                index file is being written (the pipeline thread must not wait for a disk).
 
         Returns:
             ``(the new template id, the template ids evicted)``.
+
+        Raises:
+            GalleryBusyError: with ``wait=False``, the gallery was busy; nothing was stored.
         """
         vectors = np.asarray(embedding, np.float32).reshape(1, -1)
-        with self._lock:
+        if not self._lock.acquire_exclusive(blocking=wait):
+            raise GalleryBusyError(
+                "the gallery is busy (another change, or its index file being written); the template "
+                "was not added"
+            )
+        try:
             added, evicted = self.store.add_adaptive(
                 identity_id, self.model_version, vectors[0], crop, quality, origin, keep
             )
             name = self._names.get(identity_id, identity_id)
-            self._update_index(evicted, [added], vectors, identity_id, name, save)
+            self._update_index(evicted, [added], vectors, identity_id, name)
+        finally:
+            self._lock.release_exclusive()
+        if save:
+            self._write_files()
         return added, evicted
 
     def remove_template(self, identity_id: str, template_id: int) -> TemplateInfo:
         """Delete one template (see :meth:`TemplateStore.remove_template`) and its index entry; the
         index file is rewritten as a new snapshot, so the removed embedding is in no file."""
-        with self._lock:
+        with self._lock.exclusive():
             info = self.store.remove_template(identity_id, template_id)
             name = self._names.get(identity_id, identity_id)
-            self._update_index([info.id], [], None, identity_id, name, True)
+            self._update_index([info.id], [], None, identity_id, name)
+        self._write_files()
         logger.info("gallery: one %s template was removed", info.origin.kind)
         return info
 
@@ -472,7 +520,7 @@ class Gallery:
             raise IdentityError(
                 f"an impostor example needs a {self.dim}-value embedding, got {vector.shape[0]}"
             )
-        with self._lock:
+        with self._lock.exclusive():
             impostor_id = self.store.add_impostor(
                 identity_id, self.model_version, vector, crop, source_event, score
             )
@@ -482,7 +530,7 @@ class Gallery:
 
     def remove_impostor(self, impostor_id: int) -> bool:
         """Delete an impostor example (a mark made in error). Returns whether it existed."""
-        with self._lock:
+        with self._lock.exclusive():
             removed = self.store.remove_impostor(impostor_id) is not None
             self._impostors = self.store.impostor_vectors(self.model_version)
         return removed
@@ -506,7 +554,7 @@ class Gallery:
             embeddings: ``(N, D)`` float32 unit vectors; ``crops``: ``(N, 112, 112, 3)`` uint8.
             save: write the index file now (a catch-up saves once at its end: :meth:`save_index`).
         """
-        with self._lock:
+        with self._lock.exclusive():
             removed, added = self.store.put_fleet_identity(
                 identity_id,
                 revision,
@@ -519,13 +567,17 @@ class Gallery:
                 crops,
                 qualities,
             )
-            self._update_index(removed, added, embeddings, identity_id, name, save)
+            self._update_index(removed, added, embeddings, identity_id, name)
+        if save:
+            self._write_files()
 
     def remove_fleet_identity(self, identity_id: str, revision: int, save: bool = True) -> int:
         """Apply a fleet tombstone (deleted for real, as :meth:`remove`). Returns the templates removed."""
-        with self._lock:
+        with self._lock.exclusive():
             removed = self.store.remove_fleet_identity(identity_id, revision)
-            self._update_index(removed, [], None, identity_id, None, save)
+            self._update_index(removed, [], None, identity_id, None)
+        if save:
+            self._write_files()
         return len(removed)
 
     def _update_index(
@@ -535,8 +587,8 @@ class Gallery:
         embeddings: Optional[np.ndarray],
         identity_id: str,
         name: Optional[str],
-        save: bool,
     ) -> None:
+        """Apply a store change to the index in memory and queue it for the files (exclusive lock)."""
         if self._index is None:
             self.refresh()
             return
@@ -555,14 +607,12 @@ class Gallery:
         else:
             self._names[identity_id] = name
         record = self._record(added if vectors is not None else [], vectors)
-        self._persist([record], removal=bool(removed), save=save)
+        self._queue([record], removal=bool(removed))
 
     def save_index(self) -> None:
         """Write the changes applied with ``save=False`` now: appended to the delta, or a new
         snapshot when one of them removed templates (or the files are not current)."""
-        with self._lock:
-            if self._index is not None and self._persist_index:
-                self._flush()
+        self._write_files()
 
     def export(self, passphrase: str) -> bytes:
         """An encrypted bundle of every identity (see :mod:`.bundle`)."""
@@ -610,7 +660,7 @@ class Gallery:
         imported: List[str] = []
         replaced: List[str] = []
         skipped: Dict[str, str] = {}
-        with self._lock:
+        with self._lock.exclusive():
             self._check_lengths(identities)
             existing = {identity.id for identity in self.store.identities()}
             for identity in identities:
@@ -671,7 +721,7 @@ class Gallery:
 
     def close(self) -> None:
         """Write changes still pending (``save=False``), close the store. Safe to call more than once."""
-        with self._lock:
+        with self._lock.exclusive():
             if self._index is not None and (self._pending or self._pending_removal):
                 self._flush()
             self.store.close()

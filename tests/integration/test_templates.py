@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -322,6 +323,38 @@ def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebui
         assert gallery.approximate and len(gallery) == 1005 + 1 + 2
     finally:
         gallery.close()
+
+
+def test_a_busy_gallery_is_not_waited_for_and_the_passage_teaches_nothing(
+    tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]]
+) -> None:
+    """The update runs on the pipeline thread, which must not wait for a disk: while another thread
+    writes the gallery's index files (a removal's snapshot: it holds the lock shared, as a search
+    does), a passage that qualifies is refused as ``gallery busy``; once the gallery is free, the
+    same passage is learnt."""
+    person = _of(labelled, "deepface_personC")
+    _enrol(gallery, "c", [person[0][1]])
+    updater = TemplateUpdater(gallery, _config(tmp_path, min_quality=0.0).adaptive, False)
+    outcome = _passage(gallery, person[1][1])
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_gallery() -> None:
+        with gallery._lock.shared():
+            held.set()
+            release.wait(10.0)
+
+    holder = threading.Thread(target=hold_the_gallery)
+    holder.start()
+    try:
+        assert held.wait(10.0)
+        verdict = updater.consider(outcome, "ev-busy")
+    finally:
+        release.set()
+        holder.join(10.0)
+    assert verdict.added is None and verdict.reason.startswith("gallery busy"), verdict.reason
+    assert updater.refused["gallery busy"] == 1 and _kinds(gallery, "c") == [ENROLLED]
+    learnt = updater.consider(outcome, "ev-free")
+    assert learnt.added is not None and _kinds(gallery, "c") == [ENROLLED, ADAPTIVE]
 
 
 # -- gallery templates ID [--remove] ----------------------------------------------------------------

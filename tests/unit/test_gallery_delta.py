@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import List, Optional
@@ -32,9 +33,10 @@ from appliance.gallery.delta import (
     read_delta,
     saved_generation,
 )
+from appliance.gallery.errors import GalleryBusyError
 from appliance.gallery.gallery import INDEX_FILE, Gallery
 from appliance.gallery.index import as_unit_vectors, read_snapshot_header
-from appliance.gallery.store import TemplateStore
+from appliance.gallery.store import ADAPTIVE, TemplateOrigin, TemplateStore
 from tests.synthetic import unit_vectors
 
 VERSION = "mobilefacenet@foamliu-v1.0"
@@ -184,6 +186,71 @@ def test_a_removal_writes_a_snapshot_and_leaves_no_trace_in_either_file(
         assert _top(gallery, removed[:1]) != ["gone"]
     with _open(tmp_path, precision) as gallery:
         assert len(gallery) == 41 and _top(gallery, unit_vectors(1, 4343, dim=D)) == ["kept"]
+
+
+def test_the_door_searches_on_while_a_removals_snapshot_is_written(
+    state: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The removal's snapshot is held at the start of its write (a slow disk). Meanwhile a search
+    runs, a template update that must not wait is refused, and an enrolment waits for the write:
+    it would change the index being written. Every join has a deadline, so a search that waits for
+    the disk fails the test instead of hanging it."""
+    deadline_s = 10.0
+    removed = unit_vectors(2, 4242, dim=D)
+    traces = [as_unit_vectors(removed, D).astype("<f2").tobytes()[:32]]
+    with _open(state) as gallery:
+        gallery.add("gone", "Gone", removed)
+        writing, release = threading.Event(), threading.Event()
+        save = gallery.saved.save
+
+        def slow_save(index: object, generation: int) -> int:
+            writing.set()
+            assert release.wait(deadline_s)
+            return save(index, generation)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gallery.saved, "save", slow_save)
+        threads: List[threading.Thread] = []
+        found: List[List[Optional[str]]] = []
+        enrolled = threading.Event()
+        try:
+            threads.append(threading.Thread(target=gallery.remove, args=("gone",)))
+            threads[-1].start()
+            assert writing.wait(deadline_s)
+            threads.append(threading.Thread(target=lambda: found.append(_top(gallery, removed[:1]))))
+            threads[-1].start()
+            threads[-1].join(deadline_s)
+            assert found and found[0] != ["gone"]  # searched during the write, without the removed
+            with pytest.raises(GalleryBusyError, match="busy"):
+                gallery.add_adaptive(
+                    "p1",
+                    unit_vectors(1, 7, dim=D)[0],
+                    None,
+                    0.9,
+                    TemplateOrigin(ADAPTIVE, "e1"),
+                    3,
+                    save=False,
+                    wait=False,
+                )
+
+            def enrol() -> None:
+                gallery.add("late", "Late", unit_vectors(1, 4545, dim=D))
+                enrolled.set()
+
+            threads.append(threading.Thread(target=enrol))
+            threads[-1].start()
+            assert not enrolled.wait(0.2)  # waits for the snapshot
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join(deadline_s)
+        assert enrolled.is_set() and not any(thread.is_alive() for thread in threads)
+        assert not [trace for trace in traces if trace in (state / INDEX_FILE).read_bytes()]
+        assert _files(state) == [INDEX_FILE, INDEX_FILE + ".delta"]  # the enrolment after the snapshot
+    with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
+        assert len(list(store.templates(VERSION, "p1"))) == 2  # the refused update stored nothing
+    with caplog.at_level(logging.INFO, logger="appliance.gallery"), _open(state) as gallery:
+        assert len(gallery) == 101 and _top(gallery, unit_vectors(1, 4545, dim=D)) == ["late"]
+    assert "rebuilding" not in caplog.text  # the snapshot and the delta after it chain to the store
 
 
 def test_a_delta_left_beside_a_newer_snapshot_is_deleted_at_open(state: Path) -> None:
