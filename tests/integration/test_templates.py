@@ -328,10 +328,10 @@ def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebui
 def test_a_busy_gallery_is_not_waited_for_and_the_passage_teaches_nothing(
     tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]]
 ) -> None:
-    """The update runs on the pipeline thread, which must not wait for a disk: while another thread
-    writes the gallery's index files (a removal's snapshot: it holds the lock shared, as a search
-    does), a passage that qualifies is refused as ``gallery busy``; once the gallery is free, the
-    same passage is learnt."""
+    """The update runs on the pipeline thread, which must not wait for a disk: while another thread's
+    change is in progress (a removal writing its snapshot, an enrolment's store transaction), a
+    passage that qualifies is refused as ``gallery busy``; once the gallery is free, the same
+    passage is learnt."""
     person = _of(labelled, "deepface_personC")
     _enrol(gallery, "c", [person[0][1]])
     updater = TemplateUpdater(gallery, _config(tmp_path, min_quality=0.0).adaptive, False)
@@ -339,7 +339,7 @@ def test_a_busy_gallery_is_not_waited_for_and_the_passage_teaches_nothing(
     held, release = threading.Event(), threading.Event()
 
     def hold_the_gallery() -> None:
-        with gallery._lock.shared():
+        with gallery._changes:
             held.set()
             release.wait(10.0)
 

@@ -253,6 +253,40 @@ def test_the_door_searches_on_while_a_removals_snapshot_is_written(
     assert "rebuilding" not in caplog.text  # the snapshot and the delta after it chain to the store
 
 
+def test_the_door_searches_on_while_a_reload_loads_the_index(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload (SIGHUP) reads the snapshot and the delta again, or rebuilds: the search meanwhile
+    uses the index in memory, which the new one replaces at the end."""
+    deadline_s = 10.0
+    vector = unit_vectors(1, 4646, dim=D)
+    with _open(state) as gallery:
+        gallery.add("ada", "Ada", vector)
+        loading, release = threading.Event(), threading.Event()
+        load = gallery.saved.load
+
+        def slow_load(*args: object, **kwargs: object) -> object:
+            loading.set()
+            assert release.wait(deadline_s)
+            return load(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gallery.saved, "load", slow_load)
+        found: List[List[Optional[str]]] = []
+        reloader = threading.Thread(target=gallery.refresh)
+        searcher = threading.Thread(target=lambda: found.append(_top(gallery, vector)))
+        try:
+            reloader.start()
+            assert loading.wait(deadline_s)
+            searcher.start()
+            searcher.join(deadline_s)
+            assert found == [["ada"]]
+        finally:
+            release.set()
+            reloader.join(deadline_s)
+            searcher.join(deadline_s)
+        assert not reloader.is_alive() and _top(gallery, vector) == ["ada"] and len(gallery) == 101
+
+
 def test_a_delta_left_beside_a_newer_snapshot_is_deleted_at_open(state: Path) -> None:
     """Killed between the snapshot's rename and the delta's deletion: the old delta is ignored."""
     with _open(state) as gallery:
