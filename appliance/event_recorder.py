@@ -54,7 +54,8 @@ class EventRecorder:
     Args:
         config: device and event settings.
         outbox: the durable outbox.
-        latencies: where ``decision_to_outbox`` goes.
+        latencies: where ``capture_to_outbox`` goes (the frame's capture to the event in the outbox:
+            the event's own ``latency_ms``).
         notify: tells the MQTT link that events are waiting.
         print_events: also write each event as a JSON line to stdout (the demo's view).
         on_passage: told of each stored event (the door's relay, an OSDP panel), after it is stored.
@@ -117,7 +118,7 @@ class EventRecorder:
             self._works()
             self.events_total += 1
             self.camera_events[outcome.camera_id] = self.camera_events.get(outcome.camera_id, 0) + 1
-            self.latencies.record("decision_to_outbox", latency_ms)
+            self.latencies.record("capture_to_outbox", latency_ms)
             logger.info(
                 "access event: %s, %strack %d, %d frames",
                 event["decision"],

@@ -78,6 +78,11 @@ def test_person_granted_and_stranger_unknown(
     state = json.loads(recorder.on(f"{ROOT}/state")[-1].payload)
     assert state["gallery"]["identities"] == 1 and state["frames"] == 3 + 25 + 12 + 25 + 12
     assert state["outbox"]["depth"] == 0 and state["camera"]["dropped"] == 0
+    stages = state["latency_ms"]
+    assert {"detect", "align", "embed", "match", "capture_to_outbox"} <= set(stages), stages
+    # capture_to_outbox is the events' own latency_ms (rounded to 0.1 there): its median lies between.
+    latencies = [event["latency_ms"] for event in events]
+    assert min(latencies) - 0.06 <= stages["capture_to_outbox"]["p50"] <= max(latencies) + 0.06, stages
 
 
 def test_events_survive_a_broker_outage_and_a_sigkill(
