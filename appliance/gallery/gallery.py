@@ -17,7 +17,8 @@ time, so no change comes between the index in memory and the file written from i
 only ``_lock``, which a change holds just while it swaps or edits the maps beside the index; the
 :class:`~.index.TemplateIndex` has locks of its own, so a search also goes on while a template is
 added to it, and while a new HNSW graph is built (it waits only for an in-place edit: an exact
-index's removal, an HNSW detachment). So a removal's snapshot (26 MB at 10⁵ float16 templates, 536
+index's removal, an HNSW detachment); what it reports goes through the owners map, which a removal
+empties first (:meth:`Gallery._update_index`). So a removal's snapshot (26 MB at 10⁵ float16 templates, 536
 MB for an HNSW graph of 10⁶), a store's fsync and a reload's rebuild no longer hold the door.
 """
 
@@ -346,10 +347,10 @@ class Gallery:
         embeddings = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
         _one_openmp_thread()
         with self._lock:
-            # The owners hold the index's template ids (refresh checks them against the store; a
-            # change edits the index first and the owners after it, so an id just added is skipped
-            # once, and template ids are never reused); counting them spares a call into Faiss,
-            # which costs 20 µs on a cold cache.
+            # The owners hold the index's template ids (refresh checks them against the store), but
+            # for a change under way: removed ids leave them before the index, added ones join after
+            # it (_update_index), and template ids are never reused. Counting them spares a call
+            # into Faiss, which costs 20 µs on a cold cache.
             templates = len(self._owners)
             if self._index is None or not templates or not len(embeddings):
                 return [[] for _ in range(len(embeddings))]
@@ -431,12 +432,12 @@ class Gallery:
             if self._index is None:
                 self.refresh()
             else:
-                self._index.remove(np.asarray(gone, np.int64))
-                with self._lock:
+                with self._lock:  # first: see _update_index
                     for template_id in gone:
                         self._owners.pop(template_id, None)
                     self._names.pop(identity_id, None)
                     self._impostors.pop(identity_id, None)  # deleted with it (ON DELETE CASCADE)
+                self._index.remove(np.asarray(gone, np.int64))
                 # A new snapshot when templates went (none of them may stay in a file); else a record.
                 self._persist([self._record([], None)], removal=bool(gone), save=True)
         logger.info("gallery: an identity and %d template(s) were removed", count)
@@ -587,11 +588,23 @@ class Gallery:
         save: bool,
     ) -> None:
         """Apply a store change (just committed, holding ``_changes``) to the index in memory, then
-        to its files. The index first and the owners after it: a search in between skips an id
-        just added, and finds none just removed."""
+        to its files.
+
+        A search holds ``_lock`` but not ``_changes``, and reports a template only through the
+        owners map: so removed templates leave the owners *before* the index (whose removal may
+        rebuild an HNSW graph for minutes, searched meanwhile), and added ones join them *after* it.
+        A search in between skips them: a revoked person is not granted from the moment the
+        owners let go, whatever the index still holds.
+        """
         if self._index is None:
             self.refresh()
             return
+        with self._lock:
+            for template_id in removed:
+                self._owners.pop(template_id, None)
+            if name is None:
+                self._names.pop(identity_id, None)
+                self._impostors.pop(identity_id, None)  # a tombstone deleted them with the identity
         if removed:
             self._index.remove(np.asarray(removed, np.int64))
         vectors: Optional[np.ndarray] = None
@@ -599,14 +612,9 @@ class Gallery:
             vectors = as_unit_vectors(embeddings, self.dim)
             self._index.add(np.asarray(added, np.int64), vectors)
         with self._lock:
-            for template_id in removed:
-                self._owners.pop(template_id, None)
             if vectors is not None:
                 self._owners.update((template_id, identity_id) for template_id in added)
-            if name is None:
-                self._names.pop(identity_id, None)
-                self._impostors.pop(identity_id, None)  # a tombstone deleted them with the identity
-            else:
+            if name is not None:
                 self._names[identity_id] = name
         record = self._record(added if vectors is not None else [], vectors)
         self._persist([record], removal=bool(removed), save=save)

@@ -253,6 +253,59 @@ def test_the_door_searches_on_while_a_removals_snapshot_is_written(
     assert "rebuilding" not in caplog.text  # the snapshot and the delta after it chain to the store
 
 
+@pytest.mark.parametrize("tombstone", [False, True])
+def test_a_removed_person_is_not_found_while_the_index_is_still_being_changed(
+    state: Path, monkeypatch: pytest.MonkeyPatch, tombstone: bool
+) -> None:
+    """The index's own removal is held (an HNSW rebuild: minutes at 10⁶, searched meanwhile): a
+    search then already finds no template of the removed identity, and does not wait."""
+    deadline_s = 10.0
+    vectors = unit_vectors(2, 4747, dim=D)
+    with _open(state) as gallery:
+        if tombstone:
+            gallery.apply_fleet_identity(
+                "gone",
+                1,
+                "Gone",
+                None,
+                "2026-12-05T00:00:00Z",
+                IdentityPolicy(),
+                vectors,
+                np.zeros((2, 112, 112, 3), np.uint8),
+                [0.9, 0.9],
+            )
+        else:
+            gallery.add("gone", "Gone", vectors)
+        assert _top(gallery, vectors) == ["gone", "gone"]
+        assert gallery._index is not None
+        removing, release = threading.Event(), threading.Event()
+        remove = gallery._index.remove
+
+        def slow_remove(ids: object) -> int:
+            removing.set()
+            assert release.wait(deadline_s)
+            return remove(ids)
+
+        monkeypatch.setattr(gallery._index, "remove", slow_remove)
+        found: List[List[Optional[str]]] = []
+        if tombstone:
+            remover = threading.Thread(target=gallery.remove_fleet_identity, args=("gone", 2))
+        else:
+            remover = threading.Thread(target=gallery.remove, args=("gone",))
+        searcher = threading.Thread(target=lambda: found.append(_top(gallery, vectors)))
+        try:
+            remover.start()
+            assert removing.wait(deadline_s)
+            searcher.start()
+            searcher.join(deadline_s)
+            assert found and "gone" not in found[0], found
+        finally:
+            release.set()
+            remover.join(deadline_s)
+            searcher.join(deadline_s)
+        assert not remover.is_alive() and "gone" not in _top(gallery, vectors)
+
+
 def test_the_door_searches_on_while_a_reload_loads_the_index(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
