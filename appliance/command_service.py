@@ -1,16 +1,24 @@
-"""Remote commands (``…/cmd/{name}``) and reload, carried out on the pipeline thread.
+"""Remote commands (``…/cmd/{name}``) and reload, carried out in order, between two frames.
 
 :meth:`CommandService.receive` is called from paho's network thread: it validates the command and
 queues it (a full queue or a malformed command is answered at once, never dropped silently).
 :meth:`CommandService.run_pending` runs on the pipeline thread between two frames, so commands use
 the live models and the gallery without racing the frames. Every command gets one answer on
 ``…/cmd/{name}/result``.
+
+The removals (``remove``, ``remove_template``) need no model but write a new index snapshot, so that
+no file keeps the removed face: 26 MB at 10⁵ templates, 536 MB for an HNSW graph of 10⁶ — tens of
+milliseconds to seconds of disk. They run on a thread of their own (``gallery-change``), and the
+pipeline goes on with its frames and its searches meanwhile (the gallery's locks allow it: see
+:mod:`appliance.gallery.gallery`). The commands after one wait until it is answered, so every command
+still sees the ones before it done; a reload waits too (:meth:`CommandService.busy`).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -49,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 #: Commands waiting for the pipeline thread at most; more are answered "busy".
 MAX_QUEUED = 100
+
+#: Commands carried out on their own thread: they need no model, and write the index's snapshot.
+OFF_THE_PIPELINE = (RemoveCommand, RemoveTemplateCommand)
 
 #: ``answer(command name, result document)``: publish a command's answer (never raises).
 Answer = Callable[[str, Dict[str, Any]], None]
@@ -92,6 +103,8 @@ class CommandService:
         self._reloading = reloading
         self._reloaded = reloaded
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)  # of (name, request id, command)
+        #: The removal under way off the pipeline thread, if any (see the module).
+        self._change: Optional[threading.Thread] = None
 
     # -- paho's thread ----------------------------------------------------------------------------------
 
@@ -109,22 +122,45 @@ class CommandService:
 
     # -- the pipeline thread ----------------------------------------------------------------------------
 
+    def busy(self) -> bool:
+        """Whether a removal is under way off the pipeline thread (the next commands wait for it)."""
+        return self._change is not None and self._change.is_alive()
+
     def run_pending(self) -> None:
-        """Carry out the queued commands, answering each."""
-        while True:
+        """Carry out the queued commands in order, answering each; a removal is handed to its own
+        thread, and the commands after it stay queued until it is answered."""
+        while not self.busy():
             try:
                 name, request_id, command = self._queue.get_nowait()
             except queue.Empty:
                 return
-            try:
-                outcome = self.execute(command)
-            except CommandError as err:
-                self._answer(name, failure(request_id, err.code, str(err)))
-            except Exception as err:
-                logger.exception("command %s failed", name)
-                self._answer(name, failure(request_id, "failed", f"{type(err).__name__}: {err}"))
-            else:
-                self._answer(name, result(request_id, outcome))
+            if isinstance(command, OFF_THE_PIPELINE):
+                self._change = threading.Thread(
+                    target=self._carry_out,
+                    args=(name, request_id, command),
+                    name="gallery-change",
+                    daemon=True,
+                )
+                self._change.start()
+                return
+            self._carry_out(name, request_id, command)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a removal under way (the daemon's stop)."""
+        change = self._change
+        if change is not None:
+            change.join(max(0.0, timeout))
+
+    def _carry_out(self, name: str, request_id: Optional[str], command: object) -> None:
+        try:
+            outcome = self.execute(command)
+        except CommandError as err:
+            self._answer(name, failure(request_id, err.code, str(err)))
+        except Exception as err:
+            logger.exception("command %s failed", name)
+            self._answer(name, failure(request_id, "failed", f"{type(err).__name__}: {err}"))
+        else:
+            self._answer(name, result(request_id, outcome))
 
     def execute(self, command: object) -> Dict[str, Any]:
         """Carry out one validated command and return its result document."""

@@ -347,6 +347,14 @@ class Appliance:
             pipeline_ended = self.worker.join(budget)
             if not pipeline_ended:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
+        gallery_free = True
+        if self.commands is not None:  # a removal's snapshot under way: finished, and answered
+            self.commands.join(deadline.remaining(OFFLINE_RESERVE_S))
+            gallery_free = not self.commands.busy()
+            if not gallery_free:
+                logger.warning(
+                    "a gallery removal did not finish in time; the index is rebuilt at the next start"
+                )
         if self.keeper is not None:  # after the pipeline: the faces of its last events are written
             self.keeper.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         if self.swap is not None:
@@ -368,8 +376,11 @@ class Appliance:
             self.link.stop(timeout=max(0.5, deadline.remaining()))
         if self.prometheus is not None:
             self.prometheus.stop()
-        # The gallery belongs to the pipeline thread: closed here only once that thread has ended.
-        closables: List[Any] = [self.gallery, self.outbox] if pipeline_ended else [self.outbox]
+        # The gallery belongs to the pipeline thread: closed here only once that thread has ended
+        # (and a removal's own thread too).
+        closables: List[Any] = (
+            [self.gallery, self.outbox] if pipeline_ended and gallery_free else [self.outbox]
+        )
         closables.append(self.sightings)
         for closable in closables:
             if closable is not None:

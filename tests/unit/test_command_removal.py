@@ -1,0 +1,106 @@
+"""A removal command runs off the pipeline thread: the frames and their searches go on while its
+snapshot is written, and the commands after it wait for its answer (:mod:`appliance.command_service`).
+
+The snapshot's write is held on an event (a slow disk); every wait has a deadline, so a pipeline
+that blocks on the write fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+from appliance.command_service import CommandService
+from appliance.config_load import validate_config
+from appliance.gallery.gallery import INDEX_FILE, Gallery
+from appliance.gallery.index import as_unit_vectors
+from tests.synthetic import unit_vectors
+
+D = 128
+DEADLINE_S = 10.0
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    config = validate_config({"storage": {"dir": str(tmp_path)}})
+    with Gallery.open(config, "mobilefacenet@foamliu-v1.0", D) as opened:
+        for number in range(20):
+            opened.add(f"p{number}", f"P {number}", unit_vectors(2, 100 + number, dim=D))
+        yield opened
+
+
+def _service(gallery: Gallery, tmp_path: Path, answers: List[Tuple[str, Dict[str, Any]]]) -> CommandService:
+    return CommandService(
+        validate_config({"storage": {"dir": str(tmp_path)}}),
+        None,
+        SimpleNamespace(gallery=gallery),  # type: ignore[arg-type]
+        SimpleNamespace(settings=SimpleNamespace(threshold=0.5)),  # type: ignore[arg-type]
+        lambda name, document: answers.append((name, document)),
+        dict,
+    )
+
+
+def test_the_pipeline_goes_on_while_a_removal_writes_its_snapshot(
+    gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removed = unit_vectors(2, 4242, dim=D)
+    gallery.add("gone", "Gone", removed)
+    writing, release = threading.Event(), threading.Event()
+    save = gallery.saved.save
+
+    def slow_save(index: Any, generation: int) -> int:
+        writing.set()
+        assert release.wait(DEADLINE_S)
+        return save(index, generation)
+
+    monkeypatch.setattr(gallery.saved, "save", slow_save)
+    answers: List[Tuple[str, Dict[str, Any]]] = []
+    service = _service(gallery, tmp_path, answers)
+    service.receive("remove", json.dumps({"request_id": "r1", "id": "gone"}).encode())
+    service.receive("templates", json.dumps({"request_id": "r2", "id": "p3"}).encode())
+    try:
+        service.run_pending()  # this thread is the pipeline's: it returns with the write under way
+        assert writing.wait(DEADLINE_S) and service.busy()
+        # The frames go on: a search from the pipeline's thread, without the removed identity.
+        assert [hits[0].identity_id for hits in gallery.search(removed, 1)] != ["gone", "gone"]
+        service.run_pending()  # the next command waits for the removal's answer
+        assert answers == []
+    finally:
+        release.set()
+        service.join(DEADLINE_S)
+    assert not service.busy()
+    service.run_pending()
+    assert [(name, document["request_id"], document["ok"]) for name, document in answers] == [
+        ("remove", "r1", True),
+        ("templates", "r2", True),
+    ]
+    assert answers[0][1]["result"] == {"id": "gone", "templates_removed": 2}
+    trace = as_unit_vectors(removed, D).astype("<f2").tobytes()[:32]
+    assert trace not in (tmp_path / INDEX_FILE).read_bytes()  # answered once no file keeps it
+
+
+def test_a_refused_removal_off_the_pipeline_is_answered_and_the_queue_goes_on(
+    gallery: Gallery, tmp_path: Path
+) -> None:
+    answers: List[Tuple[str, Dict[str, Any]]] = []
+    service = _service(gallery, tmp_path, answers)
+    service.receive("remove", json.dumps({"request_id": "r1", "id": "nobody"}).encode())
+    service.receive(
+        "remove_template", json.dumps({"request_id": "r2", "id": "p1", "template_id": 1}).encode()
+    )
+    service.receive("status", json.dumps({"request_id": "r3"}).encode())
+    for _ in range(3):
+        service.run_pending()
+        service.join(DEADLINE_S)
+    service.run_pending()
+    assert [(document["request_id"], document["ok"]) for _, document in answers] == [
+        ("r1", False),
+        ("r2", False),  # template 1 is p0's, not p1's
+        ("r3", True),
+    ]
+    assert answers[0][1]["error"]["code"] == "refused" and "nobody" in answers[0][1]["error"]["message"]
