@@ -18,8 +18,10 @@ only ``_lock``, which a change holds just while it swaps or edits the maps besid
 :class:`~.index.TemplateIndex` has locks of its own, so a search also goes on while a template is
 added to it, and while a new HNSW graph is built (it waits only for an in-place edit: an exact
 index's removal, an HNSW detachment); what it reports goes through the owners map, which a removal
-empties first (:meth:`Gallery._update_index`). So a removal's snapshot (26 MB at 10⁵ float16 templates, 536
-MB for an HNSW graph of 10⁶), a store's fsync and a reload's rebuild no longer hold the door.
+empties first (:meth:`Gallery._update_index`). So a change on one thread — a removal's snapshot
+(26 MB at 10⁵ float16 templates, 536 MB for an HNSW graph of 10⁶), a store's fsync, a refresh —
+does not hold the searches of another: the daemon runs its removals off the pipeline thread
+(:mod:`appliance.command_service`) for that.
 """
 
 from __future__ import annotations
