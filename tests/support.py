@@ -509,3 +509,34 @@ def live_runtime(config: Any) -> Iterator[Any]:
         yield runtime
     finally:
         runtime.close()
+
+
+class Held:
+    """A method held at its start until :meth:`release` — a slow disk or a long rebuild, made
+    deterministic: ``entered`` is set when a caller reaches it. Patched with pytest's monkeypatch,
+    so it is undone after the test; a hold past ``deadline_s`` fails the caller."""
+
+    def __init__(self, monkeypatch: Any, owner: Any, name: str, deadline_s: float = 10.0) -> None:
+        self.entered, self._release = threading.Event(), threading.Event()
+        original = getattr(owner, name)
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            if not self._release.wait(deadline_s):
+                raise AssertionError(f"{name} was held past {deadline_s} s")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, held)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+def meanwhile(work: Any, deadline_s: float = 10.0) -> List[Any]:
+    """Run ``work()`` on another thread and wait up to ``deadline_s`` for it: ``[its result]``, or
+    ``[]`` when it did not return in time (it was blocked)."""
+    results: List[Any] = []
+    thread = threading.Thread(target=lambda: results.append(work()), daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    return results

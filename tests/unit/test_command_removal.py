@@ -8,7 +8,6 @@ that blocks on the write fails the test instead of hanging it.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Iterator, List, Tuple
@@ -19,6 +18,7 @@ from appliance.command_service import CommandService
 from appliance.config_load import validate_config
 from appliance.gallery.gallery import INDEX_FILE, Gallery
 from appliance.gallery.index import as_unit_vectors
+from tests.support import Held
 from tests.synthetic import unit_vectors
 
 D = 128
@@ -50,28 +50,20 @@ def test_the_pipeline_goes_on_while_a_removal_writes_its_snapshot(
 ) -> None:
     removed = unit_vectors(2, 4242, dim=D)
     gallery.add("gone", "Gone", removed)
-    writing, release = threading.Event(), threading.Event()
-    save = gallery.saved.save
-
-    def slow_save(index: Any, generation: int) -> int:
-        writing.set()
-        assert release.wait(DEADLINE_S)
-        return save(index, generation)
-
-    monkeypatch.setattr(gallery.saved, "save", slow_save)
+    write = Held(monkeypatch, gallery.saved, "save", DEADLINE_S)
     answers: List[Tuple[str, Dict[str, Any]]] = []
     service = _service(gallery, tmp_path, answers)
     service.receive("remove", json.dumps({"request_id": "r1", "id": "gone"}).encode())
     service.receive("templates", json.dumps({"request_id": "r2", "id": "p3"}).encode())
     try:
         service.run_pending()  # this thread is the pipeline's: it returns with the write under way
-        assert writing.wait(DEADLINE_S) and service.busy()
+        assert write.entered.wait(DEADLINE_S) and service.busy()
         # The frames go on: a search from the pipeline's thread, without the removed identity.
         assert [hits[0].identity_id for hits in gallery.search(removed, 1)] != ["gone", "gone"]
         service.run_pending()  # the next command waits for the removal's answer
         assert answers == []
     finally:
-        release.set()
+        write.release()
         service.join(DEADLINE_S)
     assert not service.busy()
     service.run_pending()

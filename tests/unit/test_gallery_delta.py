@@ -37,8 +37,10 @@ from appliance.gallery.errors import GalleryBusyError
 from appliance.gallery.gallery import INDEX_FILE, Gallery
 from appliance.gallery.index import as_unit_vectors, read_snapshot_header
 from appliance.gallery.store import ADAPTIVE, TemplateOrigin, TemplateStore
+from tests.support import Held, meanwhile
 from tests.synthetic import unit_vectors
 
+DEADLINE_S = 10.0  # every wait on another thread: a gallery that blocks fails instead of hanging
 VERSION = "mobilefacenet@foamliu-v1.0"
 D = 128
 RECORD_OF_ONE = 8 + 24 + 8 + 4 * D  # prefix, head, one id, one vector
@@ -188,37 +190,29 @@ def test_a_removal_writes_a_snapshot_and_leaves_no_trace_in_either_file(
         assert len(gallery) == 41 and _top(gallery, unit_vectors(1, 4343, dim=D)) == ["kept"]
 
 
-def test_the_door_searches_on_while_a_removals_snapshot_is_written(
+def test_a_search_goes_on_while_a_removals_snapshot_is_written(
     state: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The removal's snapshot is held at the start of its write (a slow disk). Meanwhile a search
-    runs, a template update that must not wait is refused, and an enrolment waits for the write:
-    it would change the index being written. Every join has a deadline, so a search that waits for
-    the disk fails the test instead of hanging it."""
-    deadline_s = 10.0
+    from another thread runs, a template update that must not wait is refused, and an enrolment
+    waits for the write: it would change the index being written."""
     removed = unit_vectors(2, 4242, dim=D)
     traces = [as_unit_vectors(removed, D).astype("<f2").tobytes()[:32]]
     with _open(state) as gallery:
         gallery.add("gone", "Gone", removed)
-        writing, release = threading.Event(), threading.Event()
-        save = gallery.saved.save
-
-        def slow_save(index: object, generation: int) -> int:
-            writing.set()
-            assert release.wait(deadline_s)
-            return save(index, generation)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(gallery.saved, "save", slow_save)
-        threads: List[threading.Thread] = []
-        found: List[List[Optional[str]]] = []
+        write = Held(monkeypatch, gallery.saved, "save")
+        remover = threading.Thread(target=gallery.remove, args=("gone",))
         enrolled = threading.Event()
+
+        def enrol() -> None:
+            gallery.add("late", "Late", unit_vectors(1, 4545, dim=D))
+            enrolled.set()
+
+        enroller = threading.Thread(target=enrol)
         try:
-            threads.append(threading.Thread(target=gallery.remove, args=("gone",)))
-            threads[-1].start()
-            assert writing.wait(deadline_s)
-            threads.append(threading.Thread(target=lambda: found.append(_top(gallery, removed[:1]))))
-            threads[-1].start()
-            threads[-1].join(deadline_s)
+            remover.start()
+            assert write.entered.wait(DEADLINE_S)
+            found = meanwhile(lambda: _top(gallery, removed[:1]))
             assert found and found[0] != ["gone"]  # searched during the write, without the removed
             with pytest.raises(GalleryBusyError, match="busy"):
                 gallery.add_adaptive(
@@ -231,19 +225,13 @@ def test_the_door_searches_on_while_a_removals_snapshot_is_written(
                     save=False,
                     wait=False,
                 )
-
-            def enrol() -> None:
-                gallery.add("late", "Late", unit_vectors(1, 4545, dim=D))
-                enrolled.set()
-
-            threads.append(threading.Thread(target=enrol))
-            threads[-1].start()
+            enroller.start()
             assert not enrolled.wait(0.2)  # waits for the snapshot
         finally:
-            release.set()
-            for thread in threads:
-                thread.join(deadline_s)
-        assert enrolled.is_set() and not any(thread.is_alive() for thread in threads)
+            write.release()
+            remover.join(DEADLINE_S)
+            enroller.join(DEADLINE_S)
+        assert enrolled.is_set() and not remover.is_alive()
         assert not [trace for trace in traces if trace in (state / INDEX_FILE).read_bytes()]
         assert _files(state) == [INDEX_FILE, INDEX_FILE + ".delta"]  # the enrolment after the snapshot
     with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
@@ -259,85 +247,46 @@ def test_a_removed_person_is_not_found_while_the_index_is_still_being_changed(
 ) -> None:
     """The index's own removal is held (an HNSW rebuild: minutes at 10⁶, searched meanwhile): a
     search then already finds no template of the removed identity, and does not wait."""
-    deadline_s = 10.0
     vectors = unit_vectors(2, 4747, dim=D)
     with _open(state) as gallery:
         if tombstone:
+            crops = np.zeros((2, 112, 112, 3), np.uint8)
             gallery.apply_fleet_identity(
-                "gone",
-                1,
-                "Gone",
-                None,
-                "2026-12-05T00:00:00Z",
-                IdentityPolicy(),
-                vectors,
-                np.zeros((2, 112, 112, 3), np.uint8),
-                [0.9, 0.9],
+                "gone", 1, "Gone", None, "2026-12-05T00:00:00Z", IdentityPolicy(), vectors, crops, [0.9, 0.9]
             )
-        else:
-            gallery.add("gone", "Gone", vectors)
-        assert _top(gallery, vectors) == ["gone", "gone"]
-        assert gallery._index is not None
-        removing, release = threading.Event(), threading.Event()
-        remove = gallery._index.remove
-
-        def slow_remove(ids: object) -> int:
-            removing.set()
-            assert release.wait(deadline_s)
-            return remove(ids)
-
-        monkeypatch.setattr(gallery._index, "remove", slow_remove)
-        found: List[List[Optional[str]]] = []
-        if tombstone:
             remover = threading.Thread(target=gallery.remove_fleet_identity, args=("gone", 2))
         else:
+            gallery.add("gone", "Gone", vectors)
             remover = threading.Thread(target=gallery.remove, args=("gone",))
-        searcher = threading.Thread(target=lambda: found.append(_top(gallery, vectors)))
+        assert _top(gallery, vectors) == ["gone", "gone"] and gallery._index is not None
+        removal = Held(monkeypatch, gallery._index, "remove")
         try:
             remover.start()
-            assert removing.wait(deadline_s)
-            searcher.start()
-            searcher.join(deadline_s)
+            assert removal.entered.wait(DEADLINE_S)
+            found = meanwhile(lambda: _top(gallery, vectors))
             assert found and "gone" not in found[0], found
         finally:
-            release.set()
-            remover.join(deadline_s)
-            searcher.join(deadline_s)
+            removal.release()
+            remover.join(DEADLINE_S)
         assert not remover.is_alive() and "gone" not in _top(gallery, vectors)
 
 
-def test_the_door_searches_on_while_a_reload_loads_the_index(
-    state: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reload (SIGHUP) reads the snapshot and the delta again, or rebuilds: the search meanwhile
-    uses the index in memory, which the new one replaces at the end."""
-    deadline_s = 10.0
+def test_a_search_goes_on_while_the_index_is_refreshed(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh reads the snapshot and the delta again, or rebuilds: a search from another thread
+    meanwhile uses the index in memory, which the new one replaces at the end."""
     vector = unit_vectors(1, 4646, dim=D)
     with _open(state) as gallery:
         gallery.add("ada", "Ada", vector)
-        loading, release = threading.Event(), threading.Event()
-        load = gallery.saved.load
-
-        def slow_load(*args: object, **kwargs: object) -> object:
-            loading.set()
-            assert release.wait(deadline_s)
-            return load(*args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(gallery.saved, "load", slow_load)
-        found: List[List[Optional[str]]] = []
-        reloader = threading.Thread(target=gallery.refresh)
-        searcher = threading.Thread(target=lambda: found.append(_top(gallery, vector)))
+        load = Held(monkeypatch, gallery.saved, "load")
+        refresher = threading.Thread(target=gallery.refresh)
         try:
-            reloader.start()
-            assert loading.wait(deadline_s)
-            searcher.start()
-            searcher.join(deadline_s)
-            assert found == [["ada"]]
+            refresher.start()
+            assert load.entered.wait(DEADLINE_S)
+            assert meanwhile(lambda: _top(gallery, vector)) == [["ada"]]
         finally:
-            release.set()
-            reloader.join(deadline_s)
-            searcher.join(deadline_s)
-        assert not reloader.is_alive() and _top(gallery, vector) == ["ada"] and len(gallery) == 101
+            load.release()
+            refresher.join(DEADLINE_S)
+        assert not refresher.is_alive() and _top(gallery, vector) == ["ada"] and len(gallery) == 101
 
 
 def test_a_delta_left_beside_a_newer_snapshot_is_deleted_at_open(state: Path) -> None:
