@@ -218,6 +218,7 @@ def test_daemon_command_handler(appliance: _Answering, shared_data: Path, budget
         assert appliance.commands is not None
         appliance.commands.receive(name, payload)
         appliance.commands.run_pending()
+        appliance.commands.join(60.0)  # a removal is carried out, and answered, on its own thread
         assert len(appliance.answers) == 1, appliance.answers
         answered, document = appliance.answers[0]
         assert answered == name
