@@ -12,6 +12,12 @@ milliseconds to seconds of disk. They run on a thread of their own (``gallery-ch
 pipeline goes on with its frames and its searches meanwhile (the gallery's locks allow it: see
 :mod:`appliance.gallery.gallery`). The commands after one wait until it is answered, so every command
 still sees the ones before it done; a reload waits too (:meth:`CommandService.busy`).
+
+The same thread reads the gallery again when another process changed its store — the command line's
+``gallery remove``, ``enroll``, ``templates --remove``, ``not-this`` while the daemon runs —
+checked every :data:`STORE_WATCH_S` between two frames (:meth:`CommandService.watch_store`): such a
+change takes effect within seconds, without a reload, and the frames go on with the index in memory
+until the new one replaces it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -60,6 +67,9 @@ MAX_QUEUED = 100
 
 #: Commands carried out on their own thread: they need no model, and write the index's snapshot.
 OFF_THE_PIPELINE = (RemoveCommand, RemoveTemplateCommand)
+
+#: How often, at most, the pipeline asks whether another process changed the gallery's store (s).
+STORE_WATCH_S = 2.0
 
 #: ``answer(command name, result document)``: publish a command's answer (never raises).
 Answer = Callable[[str, Dict[str, Any]], None]
@@ -103,8 +113,9 @@ class CommandService:
         self._reloading = reloading
         self._reloaded = reloaded
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)  # of (name, request id, command)
-        #: The removal under way off the pipeline thread, if any (see the module).
+        #: The removal or reading under way off the pipeline thread, if any (see the module).
         self._change: Optional[threading.Thread] = None
+        self._watched_at = float("-inf")
 
     # -- paho's thread ----------------------------------------------------------------------------------
 
@@ -123,7 +134,8 @@ class CommandService:
     # -- the pipeline thread ----------------------------------------------------------------------------
 
     def busy(self) -> bool:
-        """Whether a removal is under way off the pipeline thread (the next commands wait for it)."""
+        """Whether a removal, or a reading of the gallery, is under way off the pipeline thread (the
+        next commands wait for it)."""
         return self._change is not None and self._change.is_alive()
 
     def run_pending(self) -> None:
@@ -145,8 +157,42 @@ class CommandService:
                 return
             self._carry_out(name, request_id, command)
 
+    def watch_store(self, now: Optional[float] = None) -> bool:
+        """Between two frames: when another process changed the gallery's store, read the gallery
+        again on the ``gallery-change`` thread (see the module). Asks at most every
+        :data:`STORE_WATCH_S`, and not while a removal or a reading is under way. Returns whether a
+        reading started."""
+        now = time.monotonic() if now is None else now
+        if self.busy() or now - self._watched_at < STORE_WATCH_S:
+            return False
+        self._watched_at = now
+        gallery = self.runtime.gallery
+        if gallery is None or not gallery.changed_elsewhere():
+            return False
+        self._change = threading.Thread(
+            target=self._read_again, args=(gallery,), name="gallery-change", daemon=True
+        )
+        self._change.start()
+        return True
+
+    @staticmethod
+    def _read_again(gallery: Any) -> None:
+        try:
+            gallery.refresh()
+        except Exception:
+            logger.exception(
+                "the gallery's store was changed by another process, and reading it again failed; "
+                "searching with the gallery in memory until the next change or reload"
+            )
+        else:
+            logger.info(
+                "the gallery's store was changed by another process (the command line?): read again, "
+                "%d templates",
+                len(gallery),
+            )
+
     def join(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for a removal under way (the daemon's stop)."""
+        """Wait up to ``timeout`` seconds for a removal or reading under way (the daemon's stop)."""
         change = self._change
         if change is not None:
             change.join(max(0.0, timeout))

@@ -348,12 +348,12 @@ class Appliance:
             if not pipeline_ended:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
         gallery_free = True
-        if self.commands is not None:  # a removal's snapshot under way: finished, and answered
+        if self.commands is not None:  # a removal (its snapshot) or a reading of the gallery under way
             self.commands.join(deadline.remaining(OFFLINE_RESERVE_S))
             gallery_free = not self.commands.busy()
             if not gallery_free:
                 logger.warning(
-                    "a gallery removal did not finish in time; the index is rebuilt at the next start"
+                    "a gallery change did not finish in time; the index is rebuilt at the next start"
                 )
         if self.keeper is not None:  # after the pipeline: the faces of its last events are written
             self.keeper.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))

@@ -175,6 +175,7 @@ class PipelineWorker:
         self.runtime.run_jobs()
         assert self._commands is not None
         self._commands.run_pending()
+        self._commands.watch_store()
         # A reload refreshes the gallery here: it waits while a removal writes its snapshot, rather
         # than hold the frames behind that write.
         if self.reload.is_set() and not self._commands.busy():

@@ -135,6 +135,8 @@ class Gallery:
         #: Held while ``_index`` and the maps beside it are swapped, edited or searched: briefly.
         self._lock = threading.RLock()
         self._index: Optional[TemplateIndex] = None
+        #: The store's data version when it was last read whole (see :meth:`changed_elsewhere`).
+        self._read_version: Optional[int] = None
         self._owners: Dict[int, str] = {}
         self._names: Dict[str, str] = {}
         #: identity id → (impostor example ids (K,) int64, their (K, D) float32 embeddings) of the
@@ -187,6 +189,8 @@ class Gallery:
         Searches go on with the index in memory while the new one is loaded or built; it replaces
         that one at the end, with its maps, at once."""
         with self._changes:
+            # First: what another process commits from here on shows as a change still to read.
+            self._read_version = self.store.data_version()
             generation = self.store.generation
             ids, vectors, owners = self.store.embeddings(self.model_version)
             names = self.store.names()
@@ -200,6 +204,12 @@ class Gallery:
             with self._lock:
                 self._owners = dict(zip(ids.tolist(), owners))
                 self._names, self._impostors, self._index = names, impostors, index
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another process (the command line: an enrolment, a removal, a "not this" mark)
+        committed to the store since it was last read whole by :meth:`refresh`. This gallery's own
+        changes do not count: they are in memory already. One SQLite pragma, no lock of the gallery's."""
+        return self._read_version is not None and self.store.data_version() != self._read_version
 
     def _load_or_rebuild(self, generation: int, ids: np.ndarray, vectors: np.ndarray) -> TemplateIndex:
         try:

@@ -355,6 +355,13 @@ class TemplateStore:
         with self._lock:
             return int(self._meta(self._db, "generation") or 0)
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of this connection: it changes when *another* connection
+        commits to the database (the command line, while the daemon runs), never for this one's own
+        commits."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         """Checkpoint the WAL and close. Safe to call more than once."""
         with self._lock:

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from appliance.command_service import CommandService
+from appliance.command_service import STORE_WATCH_S, CommandService
 from appliance.config_load import validate_config
 from appliance.gallery.gallery import INDEX_FILE, Gallery
 from appliance.gallery.index import as_unit_vectors
@@ -96,3 +96,30 @@ def test_a_refused_removal_off_the_pipeline_is_answered_and_the_queue_goes_on(
         ("r3", True),
     ]
     assert answers[0][1]["error"]["code"] == "refused" and "nobody" in answers[0][1]["error"]["message"]
+
+
+def test_a_change_made_by_another_process_is_read_again_without_a_reload(
+    gallery: Gallery, tmp_path: Path
+) -> None:
+    """The command line changes the store while the daemon runs: between two frames the daemon
+    notices it (at most every STORE_WATCH_S) and reads the gallery again off the pipeline thread."""
+    answers: List[Tuple[str, Dict[str, Any]]] = []
+    service = _service(gallery, tmp_path, answers)
+    kept, added = unit_vectors(2, 103, dim=D), unit_vectors(1, 5151, dim=D)
+    gallery.add("own", "Own", unit_vectors(1, 5050, dim=D))  # the daemon's own change: in memory already
+    assert not gallery.changed_elsewhere() and not service.watch_store(now=100.0)
+    other = Gallery.open(validate_config({"storage": {"dir": str(tmp_path)}}), gallery.model_version, D)
+    try:  # the command line: `gallery remove p3`, then an enrolment
+        other.remove("p3")
+        other.add("cli", "Cli", added)
+    finally:
+        other.close()
+    assert [hits[0].identity_id for hits in gallery.search(kept, 1)] == ["p3", "p3"]  # not seen yet
+    assert gallery.changed_elsewhere()
+    assert not service.watch_store(now=101.0)  # asked less than STORE_WATCH_S ago
+    assert service.watch_store(now=100.0 + STORE_WATCH_S)
+    service.join(DEADLINE_S)
+    assert not service.busy() and not gallery.changed_elsewhere()
+    assert "p3" not in [hits[0].identity_id for hits in gallery.search(kept, 1)]
+    assert [hits[0].identity_id for hits in gallery.search(added, 1)] == ["cli"]
+    assert not service.watch_store(now=200.0) and answers == []
