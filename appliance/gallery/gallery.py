@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from dataclasses import replace as replace_fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -204,6 +204,12 @@ class Gallery:
             with self._lock:
                 self._owners = dict(zip(ids.tolist(), owners))
                 self._names, self._impostors, self._index = names, impostors, index
+
+    def changing(self) -> ContextManager[Any]:
+        """Hold off every other change of this gallery (a removal on its own thread, a re-reading)
+        for a sequence of store steps that must see none between them: a model switch's templates
+        read, re-embedded, written, and the switch. Reentrant on the holding thread."""
+        return self._changes
 
     def changed_elsewhere(self) -> bool:
         """Whether another process (the command line: an enrolment, a removal, a "not this" mark)

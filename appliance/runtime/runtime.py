@@ -29,6 +29,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
@@ -493,28 +494,33 @@ class ModelRuntime:
         new_version = backend.spec.qualified_version
         gallery = self._gallery
         plan = self._reembedding if self._reembedding is not None and self._reembedding.name == name else None
-        if plan is not None and gallery is not None:
-            embedder = Embedder(backend, self.config.embedder.batch_size)
-            reembed(gallery.store, plan.result.source_version, embedder.embed, done=plan.result)
-            gallery.store.put_version(new_version, rows_for(gallery.store, plan.result))
-            reembed_impostors(gallery.store, new_version, embedder.embed)
-        step("templates_written")
-        commit()
-        step("committed")
-        loaded = dict(self._loaded)
-        old = loaded.get(name)
-        loaded[name] = backend
-        self._install(loaded)
-        del self._candidates[name]
-        self._reembedding = None
-        if old is not None:
-            previous = self._taken_out.pop(name, None)
-            if previous is not None:
-                previous.close()
-            self._taken_out[name] = old
-        if plan is not None and gallery is not None:
-            gallery.switch_model(new_version, int(backend.spec.embedding_dim or 0))
-        return new_version
+        # No other gallery change (a removal on its own thread, a re-reading) may come between the
+        # templates read for the new model, their rows written and the switch: a template removed
+        # in between would come back under the new model.
+        hold = gallery.changing() if plan is not None and gallery is not None else nullcontext()
+        with hold:
+            if plan is not None and gallery is not None:
+                embedder = Embedder(backend, self.config.embedder.batch_size)
+                reembed(gallery.store, plan.result.source_version, embedder.embed, done=plan.result)
+                gallery.store.put_version(new_version, rows_for(gallery.store, plan.result))
+                reembed_impostors(gallery.store, new_version, embedder.embed)
+            step("templates_written")
+            commit()
+            step("committed")
+            loaded = dict(self._loaded)
+            old = loaded.get(name)
+            loaded[name] = backend
+            self._install(loaded)
+            del self._candidates[name]
+            self._reembedding = None
+            if old is not None:
+                previous = self._taken_out.pop(name, None)
+                if previous is not None:
+                    previous.close()
+                self._taken_out[name] = old
+            if plan is not None and gallery is not None:
+                gallery.switch_model(new_version, int(backend.spec.embedding_dim or 0))
+            return new_version
 
     def finish_switch(self, name: str) -> int:
         """The switch of ``name`` passed its health check: release the model it took out and the old

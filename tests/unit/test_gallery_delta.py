@@ -289,6 +289,28 @@ def test_a_search_goes_on_while_the_index_is_refreshed(state: Path, monkeypatch:
         assert not refresher.is_alive() and _top(gallery, vector) == ["ada"] and len(gallery) == 101
 
 
+def test_a_sequence_of_store_steps_holds_off_other_changes_not_searches(state: Path) -> None:
+    """A model switch reads the templates, writes them for the new model and switches, holding
+    ``changing()``: a removal on another thread waits until it is done (else the removed template
+    would come back under the new model); a search does not wait."""
+    vectors = unit_vectors(2, 4848, dim=D)
+    with _open(state) as gallery:
+        gallery.add("gone", "Gone", vectors)
+        removed = threading.Event()
+
+        def remove() -> None:
+            gallery.remove("gone")
+            removed.set()
+
+        remover = threading.Thread(target=remove)
+        with gallery.changing():
+            remover.start()
+            assert not removed.wait(0.2)  # the removal waits for the sequence
+            assert meanwhile(lambda: _top(gallery, vectors)) == [["gone", "gone"]]
+        remover.join(DEADLINE_S)
+        assert removed.is_set() and "gone" not in _top(gallery, vectors)
+
+
 def test_a_delta_left_beside_a_newer_snapshot_is_deleted_at_open(state: Path) -> None:
     """Killed between the snapshot's rename and the delta's deletion: the old delta is ignored."""
     with _open(state) as gallery:
