@@ -45,7 +45,7 @@ import numpy as np
 
 from .config import AdaptiveConfig
 from .decisions import GRANTED
-from .gallery.errors import GalleryBusyError, GalleryError
+from .gallery.errors import GalleryBusyError, GalleryError, IdentityError
 from .gallery.gallery import Gallery
 from .gallery.store import ADAPTIVE, ENROLLED, TemplateInfo, TemplateOrigin
 from .pipeline import Outcome
@@ -116,6 +116,14 @@ class TemplateUpdater:
         return verdict
 
     def _judge(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
+        try:
+            return self._judge_passage(outcome, event_id)
+        except IdentityError:
+            # A removal runs on its own thread (appliance.command_service): the person granted a
+            # moment ago may be gone by the time the update looks at them. Nothing to learn.
+            return UpdateVerdict(None, "removed: the identity was removed since the passage", [])
+
+    def _judge_passage(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
         settings = self.settings
         decision, sample = outcome.decision, outcome.sample
         if not settings.enabled:

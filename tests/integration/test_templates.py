@@ -357,6 +357,21 @@ def test_a_busy_gallery_is_not_waited_for_and_the_passage_teaches_nothing(
     assert learnt.added is not None and _kinds(gallery, "c") == [ENROLLED, ADAPTIVE]
 
 
+def test_a_passage_of_someone_removed_since_teaches_nothing_and_is_counted(
+    tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]]
+) -> None:
+    """A removal runs on its own thread: the identity a passage was granted to may be gone when the
+    update runs. That is a refusal of its own (``removed``), not a store error."""
+    person = _of(labelled, "deepface_personC")
+    _enrol(gallery, "c", [person[0][1]])
+    updater = TemplateUpdater(gallery, _config(tmp_path, min_quality=0.0).adaptive, False)
+    outcome = _passage(gallery, person[1][1])
+    gallery.remove("c")
+    updater.on_stored(outcome, "ev-gone")
+    assert dict(updater.refused) == {"removed": 1} and updater.added == 0
+    assert len(gallery) == 0
+
+
 # -- gallery templates ID [--remove] ----------------------------------------------------------------
 
 
