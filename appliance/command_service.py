@@ -147,15 +147,14 @@ class CommandService:
             except queue.Empty:
                 return
             if isinstance(command, OFF_THE_PIPELINE):
-                self._change = threading.Thread(
-                    target=self._carry_out,
-                    args=(name, request_id, command),
-                    name="gallery-change",
-                    daemon=True,
-                )
-                self._change.start()
+                self._off_the_pipeline(self._carry_out, name, request_id, command)
                 return
             self._carry_out(name, request_id, command)
+
+    def _off_the_pipeline(self, work: Callable[..., None], *args: Any) -> None:
+        """Start ``work(*args)`` on the ``gallery-change`` thread (one at a time: see :meth:`busy`)."""
+        self._change = threading.Thread(target=work, args=args, name="gallery-change", daemon=True)
+        self._change.start()
 
     def watch_store(self, now: Optional[float] = None) -> bool:
         """Between two frames: when another process changed the gallery's store, read the gallery
@@ -163,16 +162,13 @@ class CommandService:
         :data:`STORE_WATCH_S`, and not while a removal or a reading is under way. Returns whether a
         reading started."""
         now = time.monotonic() if now is None else now
-        if self.busy() or now - self._watched_at < STORE_WATCH_S:
+        if now - self._watched_at < STORE_WATCH_S or self.busy():  # every frame: the cheap test first
             return False
         self._watched_at = now
         gallery = self.runtime.gallery
         if gallery is None or not gallery.changed_elsewhere():
             return False
-        self._change = threading.Thread(
-            target=self._read_again, args=(gallery,), name="gallery-change", daemon=True
-        )
-        self._change.start()
+        self._off_the_pipeline(self._read_again, gallery)
         return True
 
     @staticmethod
