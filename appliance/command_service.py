@@ -138,18 +138,22 @@ class CommandService:
         next commands wait for it)."""
         return self._change is not None and self._change.is_alive()
 
-    def run_pending(self) -> None:
+    def run_pending(self) -> int:
         """Carry out the queued commands in order, answering each; a removal is handed to its own
-        thread, and the commands after it stay queued until it is answered."""
+        thread, and the commands after it stay queued until it is answered. Returns how many were
+        taken from the queue."""
+        taken = 0
         while not self.busy():
             try:
                 name, request_id, command = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
+            taken += 1
             if isinstance(command, OFF_THE_PIPELINE):
                 self._off_the_pipeline(self._carry_out, name, request_id, command)
-                return
+                break
             self._carry_out(name, request_id, command)
+        return taken
 
     def _off_the_pipeline(self, work: Callable[..., None], *args: Any) -> None:
         """Start ``work(*args)`` on the ``gallery-change`` thread (one at a time: see :meth:`busy`)."""

@@ -217,7 +217,9 @@ class Appliance:
             loader.engines = self.engines
         self.runtime = ModelRuntime(config, loader)
         targets, notes = model_targets(config)
-        self.worker = PipelineWorker(self.runtime, self.stop_event, self.reload_event, self.faults, self.fps)
+        self.worker = PipelineWorker(
+            self.runtime, self.stop_event, self.reload_event, self.faults, self.fps, self.latencies
+        )
         runtime = self.runtime
 
         def load() -> Gallery:  # on the pipeline thread: it owns what it opens

@@ -29,7 +29,7 @@ from .command_service import CommandService
 from .event_recorder import EventRecorder
 from .faults import Faults
 from .gallery.gallery import Gallery
-from .metrics import RateMeter
+from .metrics import Latencies, RateMeter
 from .pipeline import CameraFrame, Pipeline
 from .runtime import ModelRuntime
 
@@ -60,6 +60,9 @@ class PipelineWorker:
         reload: set by SIGHUP; the loop reloads on its next turn.
         faults: fault injection for the reliability tests (a stall, a failing frame).
         fps: the frame rate meter (every camera's frames).
+        latencies: where the ``between_frames`` stage goes: the time this thread spent on jobs and
+            commands between two turns, recorded for the turns that had any (what the door's frames
+            waited for: a fleet batch's embedding, an enrolment, a model switch, a reload).
     """
 
     def __init__(
@@ -69,12 +72,14 @@ class PipelineWorker:
         reload: threading.Event,
         faults: Faults,
         fps: RateMeter,
+        latencies: Latencies,
     ) -> None:
         self.runtime = runtime
         self.stop = stop
         self.reload = reload
         self.faults = faults
         self.fps = fps
+        self.latencies = latencies
         #: The gallery once the models are loaded, or the start-up error.
         self.loaded: Future = Future()  # of Gallery
         self.frames_processed = 0
@@ -172,15 +177,19 @@ class PipelineWorker:
                 self.done.set()
 
     def _between_frames(self) -> None:
-        self.runtime.run_jobs()
+        started = time.monotonic()
+        done = self.runtime.run_jobs()
         assert self._commands is not None
-        self._commands.run_pending()
+        done += self._commands.run_pending()
         self._commands.watch_store()
         # A reload refreshes the gallery here: it waits while a removal writes its snapshot, rather
         # than hold the frames behind that write.
         if self.reload.is_set() and not self._commands.busy():
             self.reload.clear()
             self._commands.reload()
+            done += 1
+        if done:
+            self.latencies.record("between_frames", (time.monotonic() - started) * 1000.0)
 
     def _loop(self) -> None:
         pipeline, cameras, recorder = self._pipeline, self._cameras, self._recorder

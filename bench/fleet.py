@@ -368,7 +368,7 @@ def catch_up(
             watched = _watch_catch_up(
                 door, documents, topic, count, expected, time.time(), broker_pid, STALL_S
             )
-            fleet_state = _fresh_fleet_state(states)
+            door_state = _fresh_state(states)
             logs += _fleet_lines(door)
             if not watched["digest_ok"]:  # does a reconnection bring the rest?
                 door.stop()
@@ -405,8 +405,12 @@ def catch_up(
         "door_peak_rss_mib": watched["door_peak_rss_mib"],
         "broker_peak_rss_mib": watched["broker_peak_rss_mib"],
         "door_fleet_state": {
-            k: fleet_state.get(k) for k in ("applied", "pending", "dropped", "changes", "refused")
+            k: (door_state.get("fleet") or {}).get(k)
+            for k in ("applied", "pending", "dropped", "changes", "refused")
         },
+        # What the door's frames waited for between two turns (the batches' part on the pipeline
+        # thread), over the last turns that had any.
+        "door_between_frames_ms": (door_state.get("latency_ms") or {}).get("between_frames"),
         "broker_dropped_log_lines": broker.log_text().count("being dropped"),
         "publish_s": round(publish_s, 2),
         "record_bytes_mean": round(float(np.mean(sizes)), 1),
@@ -424,14 +428,14 @@ def _fleet_lines(door: Daemon) -> List[str]:
     return [line for line in door.log if "appliance.fleet" in line]
 
 
-def _fresh_fleet_state(states: Recorder, timeout: float = 5.0) -> Dict[str, Any]:
-    """The ``fleet`` part of the door's first ``…/state`` received from now on (the last one if none comes)."""
+def _fresh_state(states: Recorder, timeout: float = 5.0) -> Dict[str, Any]:
+    """The door's first ``…/state`` received from now on (the last one if none comes)."""
     since = time.time()
     try:
         messages = states.wait_for(lambda ms: bool(ms) and ms[-1].received_at >= since, timeout, "a state")
     except AssertionError:
         messages = states.messages
-    return (json.loads(messages[-1].payload).get("fleet") or {}) if messages else {}
+    return json.loads(messages[-1].payload) if messages else {}
 
 
 def _watch_catch_up(
@@ -697,7 +701,8 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
     best = {**first, **{r["identities"]: r for r in runs if r["complete"]}}  # a complete run where one is
     print(
         f"\nA fresh door catching up (one daemon, CPU back-end, {report['options']['scene']} scene looping, "
-        "records subscribed at QoS 0):\n"
+        "records subscribed at QoS 0; frames waited: the pipeline thread's time on jobs between two turns "
+        "that had any, `…/state` → `latency_ms.between_frames` over its last 512 such turns):\n"
     )
     _table(
         (
@@ -709,6 +714,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
             "catch-up (s)",
             "per identity (ms)",
             "identities/s",
+            "frames waited p50 / p99 (ms)",
             "door peak RSS (MiB)",
         ),
         [
@@ -721,6 +727,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
                 _ms(r["catch_up_s"]),
                 _ms(r["per_identity_ms"]),
                 _ms(r["identities_per_s"]),
+                _waited(r.get("door_between_frames_ms")),
                 r["door_peak_rss_mib"],
             )
             for r in runs
@@ -810,6 +817,10 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
         print("\nfindings:\n" + "\n".join(f"- {f}" for f in found))
     else:
         print("\nno finding: every door applied everything and converged")
+
+
+def _waited(percentiles: Optional[Dict[str, float]]) -> str:
+    return "–" if not percentiles else f"{percentiles['p50']:.1f} / {percentiles['p99']:.1f}"
 
 
 def _restarted(run: Dict[str, Any]) -> str:
