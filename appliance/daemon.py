@@ -305,7 +305,7 @@ class Appliance:
             camera.start()
         self.worker.go(self.pipeline, self.cameras, self.commands, self.recorder, self.swap)
         if self.fleet is not None:
-            self.fleet.start()  # reads what the gallery holds through the pipeline thread, which runs now
+            self.fleet.start()  # its thread embeds through the pipeline thread, which runs now
         if self.engines is not None:
             self.engines.start(self._adopt_engine)
         logger.info(
@@ -337,8 +337,9 @@ class Appliance:
             self.swap.cancel()
         if self.uds is not None:
             self.uds.close()
-        if self.fleet is not None:  # its batches wait on the pipeline thread: stopped first
-            self.fleet.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
+        fleet_ended = True
+        if self.fleet is not None:  # its embeddings wait on the pipeline thread: stopped first
+            fleet_ended = self.fleet.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         for camera in self.cameras:  # all are stopping already (the shared stop event): joined in turn
             camera.stop(timeout=deadline.remaining(OFFLINE_RESERVE_S))
         pipeline_ended = True
@@ -349,11 +350,11 @@ class Appliance:
             pipeline_ended = self.worker.join(budget)
             if not pipeline_ended:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
-        gallery_free = True
+        gallery_free = fleet_ended  # the fleet thread applies its records to the gallery
         if self.commands is not None:  # a removal (its snapshot) or a reading of the gallery under way
             self.commands.join(deadline.remaining(OFFLINE_RESERVE_S))
-            gallery_free = not self.commands.busy()
-            if not gallery_free:
+            gallery_free = gallery_free and not self.commands.busy()
+            if self.commands.busy():
                 logger.warning(
                     "a gallery change did not finish in time; the index is rebuilt at the next start"
                 )
@@ -379,7 +380,7 @@ class Appliance:
         if self.prometheus is not None:
             self.prometheus.stop()
         # The gallery belongs to the pipeline thread: closed here only once that thread has ended
-        # (and a removal's own thread too).
+        # (and a removal's own thread and the fleet thread too).
         closables: List[Any] = (
             [self.gallery, self.outbox] if pipeline_ended and gallery_free else [self.outbox]
         )

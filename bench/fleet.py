@@ -24,7 +24,8 @@ back-end with ``[fleet]`` enabled, the authority's command line for the converge
    *verify* (:func:`open_record` on the record with one signature bit flipped: envelope, base64,
    Ed25519), *decrypt* (with a wrong fleet key: AES-GCM over the whole ciphertext, minus verify),
    *decode* (the genuine record: JSON, PNG crop, checks, minus the two), *embed* (the active embedder
-   on batches of 32 crops, as the door does, per crop) and *store* (``Gallery.apply_fleet_identity``
+   on one embedder batch, a pipeline job's worth as the door does, per crop) and *store*
+   (``Gallery.apply_fleet_identity``, on the fleet thread in the door,
    with ``save=False`` on a fresh gallery, every one of the N records, so at that gallery's size).
 3. **Bytes.** Each record's payload (mean, max), a noise-free crop's PNG and record, the manifest at
    N, and the broker's resident memory before and after the records are retained.
@@ -62,7 +63,6 @@ from appliance.config import MqttConfig
 from appliance.config_load import validate_config
 from appliance.fleet.broker import FleetBroker
 from appliance.fleet.errors import BAD_SIGNATURE, DECRYPT_FAILED, FleetRecordError
-from appliance.fleet.member import CROPS_PER_JOB
 from appliance.fleet.records import (
     IdentityRecord,
     Manifest,
@@ -278,7 +278,8 @@ def per_identity_costs(
         PASSES,
     )
     whole = _ms_each(sample, lambda r: open_record(r[2], CATCH_UP_SITE, fleet_key, trusted, r[0]), PASSES)
-    batch = np.stack([crops[i % len(crops)] for i in range(CROPS_PER_JOB)])
+    # One pipeline job's worth: one embedder batch, as the door embeds a catch-up.
+    batch = np.stack([crops[i % len(crops)] for i in range(analyzer.embedder.batch_size)])
     vectors = analyzer.embedder.embed(batch)  # warm
     embed = _ms_each(range(embed_rounds), lambda _: analyzer.embedder.embed(batch), PASSES) / len(batch)
     config = validate_config({"models": {"dir": str(SHARED / "models")}, "storage": {"dir": str(folder)}})
@@ -310,6 +311,7 @@ def per_identity_costs(
         "decrypt_ms": round(max(0.0, up_to_decrypt - verify), 3),
         "decode_ms": round(max(0.0, whole - up_to_decrypt), 3),
         "embed_ms_per_crop": round(embed, 3),
+        "embed_batch": len(batch),
         "store_ms": round(store_ms, 3),
         "sum_ms": round(whole + embed + store_ms, 3),
         "index_save_s": round(save_index_s, 3),
@@ -734,8 +736,9 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
         ],
     )
     print(
-        "\nPer identity, in-process with the real code (ms; one crop per identity; embed on batches of "
-        f"{CROPS_PER_JOB}; store on a gallery growing to N, save=False):\n"
+        "\nPer identity, in-process with the real code (ms; one crop per identity; embed on one embedder "
+        f"batch of {next(iter(best.values()))['costs']['embed_batch']}, a pipeline job's worth; the store "
+        "on the fleet thread, on a gallery growing to N, save=False):\n"
     )
     _table(
         ("identities", "verify", "decrypt", "decode", "embed", "store", "sum", "in the door (catch-up / N)"),

@@ -8,11 +8,17 @@ Threads and ownership:
 * the **fleet** thread (this module) verifies the signature (against ``fleet.trusted_keys_dir``),
   decrypts (``fleet.fleet_key_file``), validates and decodes the crops — the work that needs no
   model — and batches what passed.
-* the **pipeline** thread, the one owner of the models and the gallery, runs each batch as a job
-  (:meth:`appliance.runtime.ModelRuntime.call`): it embeds the crops with *this door's* active
-  embedder and applies each record in one store transaction (identity, policy, templates, revision),
-  updating the search index. A model swap later re-embeds these templates from their crops like
-  local ones.
+* the **pipeline** thread, the one owner of the models, embeds the crops with *this door's* active
+  embedder, one embedder batch (``embedder.batch_size`` crops) per job
+  (:meth:`appliance.runtime.ModelRuntime.call`) between two frames: that is all the door's frames
+  wait for, and a catch-up's jobs take turns with the frames.
+* the fleet thread then applies each record in one store transaction (identity, policy, templates,
+  revision) and updates the search index, under the gallery's change lock, as the command thread's
+  removals do, while the pipeline thread embeds the next group; tombstones and the manifest's
+  removals need no model and never reach the pipeline thread. A model switch may come between the embedding and the store: the gallery refuses
+  embeddings of an embedder it no longer holds (:class:`~appliance.gallery.errors.StaleEmbeddingError`,
+  checked under the same lock the switch holds), and the rest of the batch is embedded again. A
+  model swap later re-embeds these templates from their crops like local ones.
 
 Rules:
 
@@ -41,12 +47,12 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
 from ..events import rfc3339_now
-from ..gallery.errors import IdentityError
+from ..gallery.errors import IdentityError, StaleEmbeddingError
 from ..logs import RateLimitedLog
 from .door_settings import FleetConfig
 from .errors import FleetError
@@ -68,15 +74,19 @@ from .records import (
 )
 
 if TYPE_CHECKING:
+    from ..gallery.gallery import Gallery
     from ..runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
-#: Crops embedded per pipeline job at most: a catch-up must not stall the door's frames for long.
-CROPS_PER_JOB = 32
-#: How long the fleet thread waits for the pipeline thread to take a batch.
+#: Crops (or records) taken from the queue per batch at most; the digest is published after each.
+CROPS_PER_BATCH = 32
+#: Embeddings of one batch made again at most this often when model switches keep coming between
+#: the embedding and the store.
+EMBED_TRIES = 3
+#: How long the fleet thread waits for the pipeline thread to take an embedding job.
 JOB_TIMEOUT_S = 60.0
-#: Retried after a batch the pipeline did not take (stopping, or models reloading).
+#: Retried after a batch that could not be applied (the pipeline stopping or busy, the store failing).
 RETRY_S = 1.0
 #: Record topics asked for again per SUBSCRIBE when the manifest lists what this door lacks: a broker
 #: sends at most ``max_queued_messages`` (Mosquitto: 1000) to a client at once and drops the rest of
@@ -185,9 +195,7 @@ class FleetMember:
 
     def start(self) -> None:
         """Read what this door holds, publish its digest, and start the fleet thread."""
-        self._entries = self._runtime.call(
-            lambda rt: rt.gallery.store.fleet_identities(), "reading the fleet's identities", JOB_TIMEOUT_S
-        )
+        self._entries = self._gallery().store.fleet_identities()
         self._publish_digest()
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         self._thread.start()
@@ -195,13 +203,16 @@ class FleetMember:
             "fleet: site %s, %d identities from the fleet held here", self.config.site, len(self._entries)
         )
 
-    def close(self, timeout: float) -> None:
-        """Stop the fleet thread within ``timeout`` seconds (what is queued comes again at the next start)."""
+    def close(self, timeout: float) -> bool:
+        """Stop the fleet thread within ``timeout`` seconds (what is queued comes again at the next
+        start). Returns whether it has ended: until then it may be changing the gallery."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.0, timeout))
             if self._thread.is_alive():
                 logger.warning("fleet: the fleet thread did not stop in time")
+                return False
+        return True
 
     def state(self) -> Dict[str, Any]:
         """``…/state`` → ``fleet``."""
@@ -239,7 +250,7 @@ class FleetMember:
                 elif opened is not None:
                     batch.append(opened)
                     crops += len(opened.crops) if isinstance(opened, IdentityRecord) else 0
-                if crops >= CROPS_PER_JOB or len(batch) >= CROPS_PER_JOB:
+                if crops >= CROPS_PER_BATCH or len(batch) >= CROPS_PER_BATCH:
                     break
                 try:
                     item = self._queue.get_nowait()
@@ -326,16 +337,22 @@ class FleetMember:
             message,
         )
 
+    def _gallery(self) -> Gallery:
+        gallery = self._runtime.gallery
+        if gallery is None:
+            raise FleetError("the gallery is not open")
+        return gallery
+
+    def _embed(self, crops: np.ndarray) -> PipelineEmbedding:
+        return PipelineEmbedding(self._runtime, crops, self._stop)
+
     def _apply(self, batch: List[Record]) -> None:
-        """Hand a batch to the pipeline thread and wait for it."""
-        save = self._queue.empty()
-        outcome = self._runtime.call(
-            lambda rt: apply_batch(rt, batch, save),
-            f"applying {len(batch)} fleet record(s)",
-            JOB_TIMEOUT_S,
-            self._stop,
+        """Apply a batch (this thread; the embedding on the pipeline thread)."""
+        gallery = self._gallery()
+        applied, removed, refusals = apply_batch(
+            gallery, batch, self._embed, self._runtime.config.embedder.batch_size, save=self._queue.empty()
         )
-        applied, removed, refusals, entries = outcome
+        entries = gallery.store.fleet_identities()
         with self._lock:
             self._applied_total += applied
             self._removed_total += removed
@@ -347,12 +364,9 @@ class FleetMember:
         with self._lock:
             if self._manifest_revision is not None and manifest.revision <= self._manifest_revision:
                 return
-        removed, entries = self._runtime.call(
-            lambda rt: prune_to_manifest(rt, manifest),
-            "applying the fleet manifest",
-            JOB_TIMEOUT_S,
-            self._stop,
-        )
+        gallery = self._gallery()
+        removed = prune_to_manifest(gallery, manifest)
+        entries = gallery.store.fleet_identities()
         with self._lock:
             self._manifest_revision = manifest.revision
             self._manifest = manifest
@@ -381,24 +395,72 @@ class FleetMember:
             self._published = payload
 
 
-# -- on the pipeline thread ----------------------------------------------------------------------------------
+# -- the batch's steps -----------------------------------------------------------------------------------
+
+
+def embed_crops(runtime: ModelRuntime, crops: np.ndarray) -> Tuple[str, np.ndarray]:
+    """(Pipeline thread.) ``(N, 112, 112, 3)`` uint8 crops → the active embedder's ``name@version``
+    and its ``(N, D)`` float32 unit vectors, read together so that they cannot disagree."""
+    embedder = runtime.analyzer.embedder
+    return embedder.version, embedder.embed(crops)
+
+
+class EmbeddingJob(Protocol):
+    """An embedding under way: ``result()`` → ``(embedder version, (N, D) float32)``; ``cancel()``
+    drops it if it has not started (a :class:`concurrent.futures.Future` is one)."""
+
+    def result(self) -> Tuple[str, np.ndarray]: ...
+
+    def cancel(self) -> bool: ...
+
+
+class PipelineEmbedding:
+    """:func:`embed_crops` submitted as a job of ``runtime``'s owner thread; :meth:`result` waits for
+    it as :meth:`ModelRuntime.call` does (:data:`JOB_TIMEOUT_S`, ended by ``stop``)."""
+
+    def __init__(self, runtime: ModelRuntime, crops: np.ndarray, stop: threading.Event) -> None:
+        self._runtime, self._stop = runtime, stop
+        self._what = f"embedding {len(crops)} fleet crop(s)"
+        self._future = runtime.submit(lambda rt: embed_crops(rt, crops), self._what)
+
+    def result(self) -> Tuple[str, np.ndarray]:
+        return self._runtime.wait(self._future, self._what, JOB_TIMEOUT_S, self._stop)  # type: ignore[no-any-return]
+
+    def cancel(self) -> bool:
+        return self._future.cancel()
 
 
 def apply_batch(
-    runtime: ModelRuntime, batch: List[Record], save: bool
-) -> Tuple[int, int, List[Tuple[str, str, str]], Dict[str, int]]:
-    """Apply verified records (pipeline thread): embed the crops with the active embedder, one store
-    transaction per record.
+    gallery: Gallery,
+    batch: List[Record],
+    embed: Callable[[np.ndarray], EmbeddingJob],
+    crops_per_embedding: int,
+    save: bool,
+) -> Tuple[int, int, List[Tuple[str, str, str]]]:
+    """Apply verified records, one store transaction each, off the pipeline thread.
+
+    The records are embedded in groups of at most ``crops_per_embedding`` crops (more only for one
+    record that has more), and the next group's embedding is started before this group is stored:
+    the pipeline thread embeds one group while this thread stores the one before.
+
+    Args:
+        gallery: the door's gallery; each change holds its change lock.
+        batch: the records, in any order (the newest revision of each id wins).
+        embed: ``embed(crops)`` starts embedding ``(N, 112, 112, 3)`` uint8 crops where the models
+            are, and returns the job.
+        save: write the index files after the batch (the last batch of a burst); otherwise the
+            store holds the truth and the next save or start catches the files up.
 
     Returns:
-        ``(identities applied, identities removed, refusals (id, reason, message), fleet entries now)``.
+        ``(identities applied, identities removed, refusals (id, reason, message))``.
+
+    Raises:
+        FleetError: model switches kept coming between the embedding and the store
+            (:data:`EMBED_TRIES`); what was applied stays, the rest comes again.
     """
-    gallery = runtime.gallery
-    if gallery is None:
-        raise FleetError("the gallery is not open")
     known = gallery.store.fleet_revisions()
     refusals: List[Tuple[str, str, str]] = []
-    fresh: List[Record] = []
+    pending: List[Record] = []
     for record in _newest_per_id(batch):
         held = known.get(record.id)
         if held is not None and record.revision < held[0]:
@@ -410,43 +472,91 @@ def apply_batch(
                 )
             )
         elif held is None or record.revision > held[0]:
-            fresh.append(record)
-    identities = [r for r in fresh if isinstance(r, IdentityRecord)]
-    embeddings: List[np.ndarray] = []
-    if identities:
-        stacked = np.stack([crop for record in identities for crop in record.crops])
-        vectors = runtime.analyzer.embedder.embed(stacked)
-        offset = 0
-        for record in identities:
-            embeddings.append(vectors[offset : offset + len(record.crops)])
-            offset += len(record.crops)
-    applied = removed = 0
-    vectors_of = {id(record): vectors for record, vectors in zip(identities, embeddings)}
-    for record in fresh:
-        try:
-            if isinstance(record, IdentityRecord):
-                gallery.apply_fleet_identity(
-                    record.id,
-                    record.revision,
-                    record.name,
-                    record.external_id,
-                    record.consent_at,
-                    record.policy,
-                    vectors_of[id(record)],
-                    np.stack(record.crops),
-                    record.qualities,
-                    save=False,
-                )
-                applied += 1
-            else:
-                gallery.remove_fleet_identity(record.id, record.revision, save=False)
-                removed += 1
-        except IdentityError as err:
-            reason = "local_identity" if "locally" in str(err) else "invalid"
-            refusals.append((record.id, reason, str(err)))
+            pending.append(record)
+    groups = _groups(pending, crops_per_embedding)
+    jobs = [_start(groups[0], embed)] if groups else []  # jobs[i] embeds groups[i]
+    applied = removed = tries = 0
+    try:
+        while groups:
+            group, job = groups.pop(0), jobs.pop(0)
+            version, vectors_of = _vectors_of(group, job)
+            if groups and not jobs:  # the next group is embedded while this one is stored
+                jobs.append(_start(groups[0], embed))
+            for position, record in enumerate(group):
+                try:
+                    if isinstance(record, IdentityRecord):
+                        gallery.apply_fleet_identity(
+                            record.id,
+                            record.revision,
+                            record.name,
+                            record.external_id,
+                            record.consent_at,
+                            record.policy,
+                            vectors_of[record.id],
+                            np.stack(record.crops),
+                            record.qualities,
+                            save=False,
+                            embedded_with=version,
+                        )
+                        applied += 1
+                    else:
+                        gallery.remove_fleet_identity(record.id, record.revision, save=False)
+                        removed += 1
+                except StaleEmbeddingError as err:  # a model switch came in between: embed the rest again
+                    tries += 1
+                    if tries >= EMBED_TRIES:
+                        raise FleetError(f"{err}; {EMBED_TRIES} tries, the records come again") from None
+                    groups.insert(0, group[position:])
+                    jobs.insert(0, _start(groups[0], embed))
+                    break
+                except IdentityError as err:
+                    reason = "local_identity" if "locally" in str(err) else "invalid"
+                    refusals.append((record.id, reason, str(err)))
+    finally:
+        for job in jobs:  # stopped or failed: what has not started need not run
+            if job is not None:
+                job.cancel()
     if save and (applied or removed):
         gallery.save_index()
-    return applied, removed, refusals, gallery.store.fleet_identities()
+    return applied, removed, refusals
+
+
+def _groups(records: List[Record], crops: int) -> List[List[Record]]:
+    """``records`` in order, cut into groups that carry at most ``crops`` crops each (a record with
+    more is a group of its own; a tombstone carries none)."""
+    groups: List[List[Record]] = []
+    group: List[Record] = []
+    taken = 0
+    for record in records:
+        count = len(record.crops) if isinstance(record, IdentityRecord) else 0
+        if group and taken + count > crops:
+            groups.append(group)
+            group, taken = [], 0
+        group.append(record)
+        taken += count
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _start(group: List[Record], embed: Callable[[np.ndarray], EmbeddingJob]) -> Optional[EmbeddingJob]:
+    """Start embedding the group's crops, all its identity records' in one call (``None``: none)."""
+    crops = [crop for record in group if isinstance(record, IdentityRecord) for crop in record.crops]
+    return embed(np.stack(crops)) if crops else None
+
+
+def _vectors_of(group: List[Record], job: Optional[EmbeddingJob]) -> Tuple[str, Dict[str, np.ndarray]]:
+    """The group's embeddings once ``job`` is done: ``(version, {id: (N, D) float32})``."""
+    if job is None:
+        return "", {}
+    version, vectors = job.result()
+    of: Dict[str, np.ndarray] = {}
+    offset = 0
+    for record in group:
+        if isinstance(record, IdentityRecord):
+            of[record.id] = vectors[offset : offset + len(record.crops)]
+            offset += len(record.crops)
+    return version, of
 
 
 def _newest_per_id(batch: List[Record]) -> List[Record]:
@@ -457,11 +567,8 @@ def _newest_per_id(batch: List[Record]) -> List[Record]:
     return list(newest.values())
 
 
-def prune_to_manifest(runtime: ModelRuntime, manifest: Manifest) -> Tuple[int, Dict[str, int]]:
-    """Remove the fleet identities a newer manifest no longer lists (pipeline thread)."""
-    gallery = runtime.gallery
-    if gallery is None:
-        raise FleetError("the gallery is not open")
+def prune_to_manifest(gallery: Gallery, manifest: Manifest) -> int:
+    """Remove the fleet identities a newer manifest no longer lists; returns how many."""
     removed = 0
     for identity_id, revision in gallery.store.fleet_identities().items():
         if identity_id not in manifest.entries and revision <= manifest.revision:
@@ -469,7 +576,14 @@ def prune_to_manifest(runtime: ModelRuntime, manifest: Manifest) -> Tuple[int, D
             removed += 1
     if removed:
         gallery.save_index()
-    return removed, gallery.store.fleet_identities()
+    return removed
 
 
-__all__ = ["FleetMember", "apply_batch", "prune_to_manifest"]
+__all__ = [
+    "EmbeddingJob",
+    "FleetMember",
+    "PipelineEmbedding",
+    "apply_batch",
+    "embed_crops",
+    "prune_to_manifest",
+]

@@ -8,6 +8,7 @@
      +-- IdentityError         enrolment or removal asked for something impossible (unknown id, clash)
      +-- BundleError           an export bundle is unreadable, forged, or has the wrong passphrase
      +-- GalleryBusyError      a change that would not wait found the gallery busy
+     +-- StaleEmbeddingError   embeddings made by another embedder than the one the gallery holds now
 """
 
 from __future__ import annotations
@@ -38,3 +39,8 @@ class BundleError(GalleryError):
 class GalleryBusyError(GalleryError):
     """A change asked not to wait (the pipeline's template update) found the gallery busy: another
     change in progress, or its index file being written. Nothing was changed."""
+
+
+class StaleEmbeddingError(GalleryError):
+    """Embeddings computed off the change lock came from an embedder the gallery no longer holds (a
+    model switch came in between). Nothing was changed: embed again with the active embedder."""

@@ -41,7 +41,7 @@ from ..config import ApplianceConfig
 from ..decisions import Candidate
 from .bundle import Bundle, BundleIdentity, export_bundle, open_bundle
 from .delta import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DeltaRecord, SavedIndex, saved_generation
-from .errors import BundleError, GalleryBusyError, GalleryStoreError, IdentityError
+from .errors import BundleError, GalleryBusyError, GalleryStoreError, IdentityError, StaleEmbeddingError
 from .index import (
     DEFAULT_EF_SEARCH,
     FLOAT16,
@@ -567,14 +567,26 @@ class Gallery:
         crops: np.ndarray,
         qualities: Sequence[float],
         save: bool = True,
+        embedded_with: Optional[str] = None,
     ) -> None:
         """Store a fleet record's identity (embedded with the active embedder) and update the index.
 
         Args:
             embeddings: ``(N, D)`` float32 unit vectors; ``crops``: ``(N, 112, 112, 3)`` uint8.
             save: write the index file now (a catch-up saves once at its end: :meth:`save_index`).
+            embedded_with: the ``name@version`` that made ``embeddings``, when they were made on
+                another thread than this call's: checked under the change lock, against a model
+                switch that came in between.
+
+        Raises:
+            StaleEmbeddingError: ``embedded_with`` is not the gallery's model now; nothing changed.
         """
         with self._changes:
+            if embedded_with is not None and embedded_with != self.model_version:
+                raise StaleEmbeddingError(
+                    f"identity {identity_id!r}: embedded with {embedded_with}, but the gallery now holds "
+                    f"{self.model_version} templates (a model switch came in between); embed it again"
+                )
             removed, added = self.store.put_fleet_identity(
                 identity_id,
                 revision,

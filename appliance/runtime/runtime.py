@@ -266,7 +266,10 @@ class ModelRuntime:
         """
         if self.on_owner_thread():
             return action(self)
-        future = self.submit(action, what)
+        return self.wait(self.submit(action, what), what, timeout, stop)
+
+    def wait(self, future: Future, what: str, timeout: float, stop: Optional[threading.Event] = None) -> Any:
+        """The result of a :meth:`submit`-ted job, waited for as :meth:`call` does (same errors)."""
         deadline = time.monotonic() + timeout
         while True:
             try:

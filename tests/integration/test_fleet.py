@@ -162,6 +162,12 @@ def test_enrol_once_every_door_knows(
         running["door-c"] = Daemon(doors["door-c"])  # catches up from the retained records
         wait_until(lambda: run_cli("fleet", "status", *auth).returncode == 0, 120, "every door in step")
         assert _store_ids(doors["door-c"]) == {OTHER}
+        # Its catch-up's embedding ran as a job between two frames, and the door reports that wait.
+        wait_until(
+            lambda: "between_frames" in (_state(recorder, "door-c").get("latency_ms") or {}),
+            60,
+            "door-c's between_frames stage in …/state",
+        )
 
         # hostile records: refused by all three, nothing changed anywhere
         before = {device: _store_ids(config) for device, config in doors.items()}

@@ -1,0 +1,253 @@
+"""A fleet batch off the pipeline thread (:func:`appliance.fleet.member.apply_batch`): the pipeline
+thread only embeds the crops, the fleet thread stores them, and a model switch that comes between the
+two has the rest embedded again — on the real models (CPU back-end), a real runtime and gallery.
+
+The test's thread plays the pipeline thread (it owns the models and turns :meth:`run_jobs`); the
+fleet's side runs on a thread of its own. Every wait has a deadline, so a pipeline thread that blocks
+on the store fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Tuple
+
+import numpy as np
+import pytest
+
+from appliance.access.policy import IdentityPolicy
+from appliance.config_load import validate_config
+from appliance.fleet.errors import FleetError
+from appliance.fleet.member import PipelineEmbedding, apply_batch, embed_crops, prune_to_manifest
+from appliance.fleet.records import IdentityRecord, Manifest, Tombstone
+from appliance.gallery.gallery import Gallery
+from appliance.runtime import ModelLoader, ModelRuntime, model_targets
+from appliance.runtime.loading import target_for
+from appliance.vision.image import read_image
+from tests.support import Held
+from tests.synthetic import random_crops, unit_vectors
+
+DEADLINE_S = 30.0  # a bound for waits, never an expectation about speed
+CONSENT_AT = "2026-12-01T00:00:00Z"
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, shared_models: Path) -> Iterator[ModelRuntime]:
+    config = validate_config({"models": {"dir": str(shared_models)}, "storage": {"dir": str(tmp_path)}})
+    models = ModelRuntime(config, ModelLoader(config))
+    models.own()  # the test's thread plays the pipeline thread
+    models.load(*model_targets(config, liveness=False))
+    gallery = Gallery.open(config, *models.embedder)
+    models.attach_gallery(gallery)
+    yield models
+    gallery.close()
+    models.close()
+
+
+def _record(identity_id: str, revision: int, crop: np.ndarray) -> IdentityRecord:
+    return IdentityRecord(
+        identity_id, revision, "Fleet Person", None, CONSENT_AT, IdentityPolicy(), (crop,), (0.9,)
+    )
+
+
+def _crop(runtime: ModelRuntime, shared_data: Path) -> np.ndarray:
+    analysis = runtime.analyzer.analyze(
+        read_image(shared_data / "faces/fr_obama/obama.jpg"), still=True, embed=False
+    )
+    assert analysis.crops is not None and len(analysis.crops) == 1
+    return np.asarray(analysis.crops[0])
+
+
+class _FleetThread:
+    """``apply_batch`` on a thread of its own, embedding through the runtime's jobs as the door does;
+    the version of every embedding it used is kept."""
+
+    def __init__(self, runtime: ModelRuntime, batch: List[Any]) -> None:
+        self.versions: List[str] = []
+        self.outcome: List[Any] = []
+        versions = self.versions
+
+        class Recorded(PipelineEmbedding):
+            def result(self) -> Tuple[str, np.ndarray]:
+                version, vectors = super().result()
+                versions.append(version)
+                return version, vectors
+
+        assert runtime.gallery is not None
+        gallery, stop = runtime.gallery, threading.Event()
+        self.thread = threading.Thread(
+            target=lambda: self.outcome.append(
+                apply_batch(
+                    gallery,
+                    batch,
+                    lambda crops: Recorded(runtime, crops, stop),
+                    runtime.config.embedder.batch_size,
+                    save=True,
+                )
+            ),
+            name="fleet",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def turn_until(self, runtime: ModelRuntime, done: Callable[[], bool]) -> None:
+        """Turn the pipeline's jobs until ``done()`` (bounded)."""
+        deadline = threading.Event()
+        timer = threading.Timer(DEADLINE_S, deadline.set)
+        timer.start()
+        try:
+            while not done():
+                assert not deadline.is_set(), "the fleet thread did not get there in time"
+                runtime.run_jobs()
+                deadline.wait(0.01)
+        finally:
+            timer.cancel()
+
+
+def test_the_pipeline_thread_only_embeds_and_goes_on_while_the_store_is_written(
+    runtime: ModelRuntime, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gallery = runtime.gallery
+    assert gallery is not None
+    crop = _crop(runtime, shared_data)
+    write = Held(monkeypatch, gallery.store, "put_fleet_identity", DEADLINE_S)
+    fleet = _FleetThread(runtime, [_record("p-000000000001", 1, crop)])
+    try:
+        fleet.turn_until(runtime, write.entered.is_set)  # the embedding ran here, as a job
+        # The store is being written on the fleet thread: this thread's jobs and searches go on.
+        assert fleet.versions == [runtime.model_versions["embedder"]]
+        assert runtime.run_jobs() == 0
+        probe = runtime.analyzer.embedder.embed(crop[None])
+        assert gallery.search(probe, 1) == [[]]  # not there yet
+    finally:
+        write.release()
+        fleet.thread.join(DEADLINE_S)
+    assert not fleet.thread.is_alive() and fleet.outcome == [(1, 0, [])]
+    hit = gallery.search(probe, 1)[0][0]
+    assert hit.identity_id == "p-000000000001" and hit.score > 0.99
+    assert gallery.store.fleet_identities() == {"p-000000000001": 1}
+
+
+def test_a_model_switch_between_the_embedding_and_the_store_has_the_crops_embedded_again(
+    runtime: ModelRuntime, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gallery = runtime.gallery
+    assert gallery is not None
+    crop = _crop(runtime, shared_data)
+    old_version = gallery.model_version
+    store = Held(monkeypatch, gallery, "apply_fleet_identity", DEADLINE_S)
+    fleet = _FleetThread(runtime, [_record("p-000000000002", 1, crop)])
+    try:
+        fleet.turn_until(runtime, store.entered.is_set)  # embedded with the old model, not yet stored
+        # Meanwhile, between two frames, an embedder update switches the model (the registry's file
+        # under another version name).
+        target = target_for(runtime.config, "mobilefacenet", None)
+        runtime.open_candidate(
+            dataclasses.replace(target, spec=dataclasses.replace(target.spec, version="2.0.0-test"))
+        )
+        runtime.begin_reembedding("mobilefacenet")
+        new_version = runtime.switch_to_candidate("mobilefacenet", lambda: None, lambda step: None)
+    finally:
+        store.release()
+    fleet.turn_until(runtime, lambda: not fleet.thread.is_alive())
+    assert fleet.versions == [old_version, new_version]  # refused under the lock, embedded again
+    assert fleet.outcome == [(1, 0, [])]
+    stored = [t for t in gallery.store.templates(new_version) if t.identity_id == "p-000000000002"]
+    assert len(stored) == 1
+    assert not [t for t in gallery.store.templates(old_version) if t.identity_id == "p-000000000002"]
+
+
+def test_model_switches_that_keep_coming_leave_the_records_for_later(
+    runtime: ModelRuntime, shared_data: Path
+) -> None:
+    gallery = runtime.gallery
+    assert gallery is not None
+
+    def embed_then_switch(crops: np.ndarray) -> Future[Tuple[str, np.ndarray]]:
+        version, vectors = embed_crops(runtime, crops)  # this thread owns the models here
+        gallery.switch_model(f"{version}-next", gallery.dim)  # a switch before every store
+        return _done((version, vectors))
+
+    with pytest.raises(FleetError, match="model switch came in between"):
+        apply_batch(
+            gallery, [_record("p-000000000003", 1, _crop(runtime, shared_data))], embed_then_switch, 8, True
+        )
+    assert gallery.store.fleet_identities() == {}
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    config = validate_config({"storage": {"dir": str(tmp_path)}})
+    with Gallery.open(config, "mobilefacenet@foamliu-v1.0", 128) as opened:
+        yield opened
+
+
+def _no_model(crops: np.ndarray) -> Future[Tuple[str, np.ndarray]]:
+    raise AssertionError("a removal asked for the models")
+
+
+def _done(value: Tuple[str, np.ndarray]) -> Future[Tuple[str, np.ndarray]]:
+    future: Future[Tuple[str, np.ndarray]] = Future()
+    future.set_result(value)
+    return future
+
+
+def test_tombstones_and_the_manifest_never_reach_the_models(gallery: Gallery) -> None:
+    for number in (1, 2, 3):
+        gallery.apply_fleet_identity(
+            f"p-00000000000{number}",
+            1,
+            f"P {number}",
+            None,
+            CONSENT_AT,
+            IdentityPolicy(),
+            unit_vectors(1, number, dim=128),
+            random_crops(1, number),
+            [0.9],
+        )
+    batch = [Tombstone("p-000000000001", 2, CONSENT_AT), Tombstone("p-000000000001", 3, CONSENT_AT)]
+    assert apply_batch(gallery, batch, _no_model, 8, save=True) == (0, 1, [])
+    assert apply_batch(gallery, [Tombstone("p-000000000002", 1, CONSENT_AT)], _no_model, 8, True) == (
+        0,
+        0,
+        [],  # the same revision again: skipped quietly
+    )
+    manifest = Manifest(5, {"p-000000000002": 1}, {}, CONSENT_AT)
+    assert prune_to_manifest(gallery, manifest) == 1  # p-3 is gone from the site's list
+    assert gallery.store.fleet_identities() == {"p-000000000002": 1} and len(gallery) == 1
+
+
+def test_a_catch_up_is_embedded_one_embedder_batch_per_job_the_next_while_this_one_is_stored(
+    gallery: Gallery,
+) -> None:
+    stored_before: List[int] = []
+    sizes: List[int] = []
+
+    def embed(crops: np.ndarray) -> Future[Tuple[str, np.ndarray]]:
+        stored_before.append(len(gallery.store.fleet_identities()))
+        sizes.append(len(crops))
+        return _done((gallery.model_version, unit_vectors(len(crops), len(sizes), dim=128)))
+
+    crops = random_crops(3, 7)
+    batch: List[Any] = [
+        IdentityRecord(
+            f"p-{number:012d}",
+            1,
+            "P",
+            None,
+            CONSENT_AT,
+            IdentityPolicy(),
+            tuple(crops[: 1 + number % 3]),
+            (0.9,) * (1 + number % 3),
+        )
+        for number in range(10)
+    ]  # 1, 2, 3, 1, 2, … crops: 19 in all
+    batch.insert(4, Tombstone("p-000000000099", 1, CONSENT_AT))
+    assert apply_batch(gallery, batch, embed, 8, save=True) == (10, 1, [])
+    # Whole records, at most 8 crops a call (1+2+3+1 and the tombstone, 2+3+1+2, 3+1); the second
+    # group's embedding starts before the first group is stored, the third once it is.
+    assert sizes == [7, 8, 4] and stored_before == [0, 0, 4]
+    assert len(gallery) == 19
