@@ -13,6 +13,7 @@ import dataclasses
 import threading
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, List, Tuple
 
 import numpy as np
@@ -251,3 +252,20 @@ def test_a_catch_up_is_embedded_one_embedder_batch_per_job_the_next_while_this_o
     # group's embedding starts before the first group is stored, the third once it is.
     assert sizes == [7, 8, 4] and stored_before == [0, 0, 4]
     assert len(gallery) == 19
+
+
+@pytest.mark.parametrize("fleet_ended", [True, False])
+def test_the_daemon_closes_the_gallery_only_once_the_fleet_thread_has_ended(
+    gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet_ended: bool
+) -> None:
+    from appliance.daemon import Appliance
+
+    events: List[str] = []
+    close = gallery.close
+    monkeypatch.setattr(gallery, "close", lambda: events.append("gallery closed") or close())
+    appliance = Appliance(validate_config({"storage": {"dir": str(tmp_path)}}), stop_budget_s=2.0)
+    appliance.gallery = gallery
+    appliance.fleet = SimpleNamespace(close=lambda timeout: events.append("fleet stopped") or fleet_ended)
+    appliance.stop()  # nothing else was started: stop is safe after a failed start
+    # A fleet thread still storing a record keeps the gallery open (the process exit ends both).
+    assert events == (["fleet stopped", "gallery closed"] if fleet_ended else ["fleet stopped"])
