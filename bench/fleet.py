@@ -63,6 +63,7 @@ from appliance.config import MqttConfig
 from appliance.config_load import validate_config
 from appliance.fleet.broker import FleetBroker
 from appliance.fleet.errors import BAD_SIGNATURE, DECRYPT_FAILED, FleetRecordError
+from appliance.fleet.member import store_identity
 from appliance.fleet.records import (
     IdentityRecord,
     Manifest,
@@ -288,18 +289,7 @@ def per_identity_costs(
         def store(position: int) -> None:
             identity_id, revision, _ = sealed[position]
             record = identity(identity_id, revision, crops[position])
-            gallery.apply_fleet_identity(
-                record.id,
-                record.revision,
-                record.name,
-                record.external_id,
-                record.consent_at,
-                record.policy,
-                vectors[position % len(vectors)][None, :],
-                np.stack(record.crops),
-                record.qualities,
-                save=False,
-            )
+            store_identity(gallery, record, vectors[position % len(vectors)][None, :])
 
         store_ms = _ms_each(range(len(sealed)), store)
         started = time.perf_counter()

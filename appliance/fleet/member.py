@@ -10,15 +10,16 @@ Threads and ownership:
   model — and batches what passed.
 * the **pipeline** thread, the one owner of the models, embeds the crops with *this door's* active
   embedder, one embedder batch (``embedder.batch_size`` crops) per job
-  (:meth:`appliance.runtime.ModelRuntime.call`) between two frames: that is all the door's frames
+  (:meth:`appliance.runtime.ModelRuntime.submit`) between two frames: that is all the door's frames
   wait for, and a catch-up's jobs take turns with the frames.
-* the fleet thread then applies each record in one store transaction (identity, policy, templates,
-  revision) and updates the search index, under the gallery's change lock, as the command thread's
-  removals do, while the pipeline thread embeds the next group; tombstones and the manifest's
-  removals need no model and never reach the pipeline thread. A model switch may come between the embedding and the store: the gallery refuses
-  embeddings of an embedder it no longer holds (:class:`~appliance.gallery.errors.StaleEmbeddingError`,
-  checked under the same lock the switch holds), and the rest of the batch is embedded again. A
-  model swap later re-embeds these templates from their crops like local ones.
+* the fleet thread stores each record in one transaction (identity, policy, templates, revision) and
+  updates the search index, under the gallery's change lock as the command thread's removals do,
+  while the pipeline thread embeds the next batch. Tombstones and the manifest's removals need no
+  model and never reach the pipeline thread. A model switch may come between an embedding and its
+  store: the gallery refuses embeddings of an embedder it no longer holds
+  (:class:`~appliance.gallery.errors.StaleEmbeddingError`, checked under the lock the switch holds
+  too), and the rest is embedded again. A model swap later re-embeds these templates from their
+  crops like local ones.
 
 Rules:
 
@@ -485,19 +486,7 @@ def apply_batch(
             for position, record in enumerate(group):
                 try:
                     if isinstance(record, IdentityRecord):
-                        gallery.apply_fleet_identity(
-                            record.id,
-                            record.revision,
-                            record.name,
-                            record.external_id,
-                            record.consent_at,
-                            record.policy,
-                            vectors_of[record.id],
-                            np.stack(record.crops),
-                            record.qualities,
-                            save=False,
-                            embedded_with=version,
-                        )
+                        store_identity(gallery, record, vectors_of[record.id], version)
                         applied += 1
                     else:
                         gallery.remove_fleet_identity(record.id, record.revision, save=False)
@@ -519,6 +508,26 @@ def apply_batch(
     if save and (applied or removed):
         gallery.save_index()
     return applied, removed, refusals
+
+
+def store_identity(
+    gallery: Gallery, record: IdentityRecord, embeddings: np.ndarray, embedded_with: Optional[str] = None
+) -> None:
+    """One identity record into the gallery, its index files left for the next save
+    (:meth:`Gallery.apply_fleet_identity`; ``embeddings``: ``(N, D)`` float32, one per crop)."""
+    gallery.apply_fleet_identity(
+        record.id,
+        record.revision,
+        record.name,
+        record.external_id,
+        record.consent_at,
+        record.policy,
+        embeddings,
+        np.stack(record.crops),
+        record.qualities,
+        save=False,
+        embedded_with=embedded_with,
+    )
 
 
 def _groups(records: List[Record], crops: int) -> List[List[Record]]:
