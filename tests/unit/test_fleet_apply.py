@@ -22,7 +22,13 @@ import pytest
 from appliance.access.policy import IdentityPolicy
 from appliance.config_load import validate_config
 from appliance.fleet.errors import FleetError
-from appliance.fleet.member import PipelineEmbedding, apply_batch, embed_crops, prune_to_manifest
+from appliance.fleet.member import (
+    EmbeddingJob,
+    PipelineEmbedding,
+    apply_batch,
+    embed_crops,
+    prune_to_manifest,
+)
 from appliance.fleet.records import IdentityRecord, Manifest, Tombstone
 from appliance.gallery.gallery import Gallery
 from appliance.runtime import ModelLoader, ModelRuntime, model_targets
@@ -167,7 +173,7 @@ def test_model_switches_that_keep_coming_leave_the_records_for_later(
     gallery = runtime.gallery
     assert gallery is not None
 
-    def embed_then_switch(crops: np.ndarray) -> Future[Tuple[str, np.ndarray]]:
+    def embed_then_switch(crops: np.ndarray) -> EmbeddingJob:
         version, vectors = embed_crops(runtime, crops)  # this thread owns the models here
         gallery.switch_model(f"{version}-next", gallery.dim)  # a switch before every store
         return _done((version, vectors))
@@ -186,12 +192,12 @@ def gallery(tmp_path: Path) -> Iterator[Gallery]:
         yield opened
 
 
-def _no_model(crops: np.ndarray) -> Future[Tuple[str, np.ndarray]]:
+def _no_model(crops: np.ndarray) -> EmbeddingJob:
     raise AssertionError("a removal asked for the models")
 
 
-def _done(value: Tuple[str, np.ndarray]) -> Future[Tuple[str, np.ndarray]]:
-    future: Future[Tuple[str, np.ndarray]] = Future()
+def _done(value: Tuple[str, np.ndarray]) -> EmbeddingJob:
+    future: Future = Future()  # a finished job: it is an EmbeddingJob
     future.set_result(value)
     return future
 
@@ -227,7 +233,7 @@ def test_a_catch_up_is_embedded_one_embedder_batch_per_job_the_next_while_this_o
     stored_before: List[int] = []
     sizes: List[int] = []
 
-    def embed(crops: np.ndarray) -> Future[Tuple[str, np.ndarray]]:
+    def embed(crops: np.ndarray) -> EmbeddingJob:
         stored_before.append(len(gallery.store.fleet_identities()))
         sizes.append(len(crops))
         return _done((gallery.model_version, unit_vectors(len(crops), len(sizes), dim=128)))
