@@ -9,8 +9,7 @@ aliasing the way a direct downscale of a large face would.
 from __future__ import annotations
 
 from functools import lru_cache
-from math import gcd
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -131,19 +130,19 @@ def square(boxes: np.ndarray) -> np.ndarray:
 
 
 def pyramid(image: np.ndarray, scales: Sequence[float]) -> List[Level]:
-    """The image at each of ``scales`` (largest first, sizes rounded up), each level area-resampled
-    from the one before: much cheaper than resizing the full frame again.
+    """The image at each of ``scales`` (largest first, sizes rounded up), each level resampled from the
+    one before: much cheaper than resizing the full frame again.
 
-    The levels are those of the plain uint8 cascade (``cv2.resize(..., INTER_AREA)`` level by level,
-    halving first while a step is at least 2×: OpenCV's exact halving is ~8× cheaper than an
-    arbitrary ratio), computed for less time: the area resize by a non-integer ratio is about a
-    quarter cheaper on float32 and rounds the same way (it accumulates in float32 either way, then
-    rounds half to even), so those steps run on float32 copies holding whole values, rounded after
-    each step. Halvings stay in uint8, where OpenCV's fast path rounds halves up (a float copy holds
-    whole values, so it converts back losslessly). A step by a ratio of small whole numbers whose
-    numerators are odd (5:3, the one a 40 px minimum face takes at 480p, 720p and 1080p after the
-    halving) runs in whole numbers instead: see :func:`_area_by_whole_weights`.
-    ``tests/unit/test_boxes.py`` holds all this to the uint8 cascade pixel for pixel.
+    A step of at least 2× is first taken by exact halvings (``cv2.resize(..., INTER_AREA)`` by 2, the
+    2×2 average, OpenCV's fast path). The rest of the step, a ratio under 2, is bilinear
+    (``INTER_LINEAR``: fixed point and vectorised): 5:3 after the halving at a 40 px minimum face, then
+    1/0.709 from level to level. Ratios above :data:`MAX_BILINEAR_RATIO`, where bilinear sampling
+    skips pixels and aliases sharp edges, go bilinear to twice the level's size (an enlargement) and
+    are then halved. OpenCV's area resize by a non-integer ratio, which the cascade used before, is a
+    generic loop: the whole pyramid took four times as long with it. Against levels area-resized
+    straight from the frame (the reference implementation's pyramid) the detections of ``shared/data``
+    are as close with bilinear steps as with area steps, with and without sensor noise (the figures
+    are in ``docs/performance-history.md``, sixteenth round).
 
     Args:
         image: ``(H, W, 3)`` uint8.
@@ -154,101 +153,35 @@ def pyramid(image: np.ndarray, scales: Sequence[float]) -> List[Level]:
     """
     height, width = image.shape[:2]
     levels: List[Level] = []
-    source = image  # uint8, or float32 with whole values after a non-integer step
+    source = image
     for scale in scales:
         new_width, new_height = int(np.ceil(width * scale)), int(np.ceil(height * scale))
         while source.shape[1] >= 2 * new_width and source.shape[0] >= 2 * new_height:
-            source = cv2.resize(
-                _as_uint8(source), (source.shape[1] // 2, source.shape[0] // 2), interpolation=cv2.INTER_AREA
-            )
+            source = _halve(source)
         if source.shape[:2] != (new_height, new_width):
-            large = source.shape[0] * source.shape[1] >= MIN_WHOLE_WEIGHT_PIXELS
-            ratios = _whole_weight_ratios(source.shape[:2], (new_height, new_width)) if large else None
-            if ratios is not None:
-                source = _area_by_whole_weights(_as_uint8(source), *ratios)
+            steep = (
+                source.shape[1] > MAX_BILINEAR_RATIO * new_width
+                or source.shape[0] > MAX_BILINEAR_RATIO * new_height
+            )
+            if steep:
+                source = _halve(
+                    cv2.resize(source, (2 * new_width, 2 * new_height), interpolation=cv2.INTER_LINEAR)
+                )
             else:
-                floats = source if source.dtype == np.float32 else source.astype(np.float32)
-                source = cv2.resize(floats, (new_width, new_height), interpolation=cv2.INTER_AREA)
-                np.rint(source, out=source)
-        levels.append((_as_uint8(source), new_width / width, new_height / height))
+                source = cv2.resize(source, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+        levels.append((source, new_width / width, new_height / height))
     return levels
 
 
-#: The smallest source (in pixels) :func:`pyramid` steps by whole weights: below it the fixed cost of
-#: their OpenCV calls is more than OpenCV's float loop costs (timed alone: 26 against 8 µs at 28×49,
-#: 39 against 41 µs at 90×160, 137 against 205 µs at 240×320).
-MIN_WHOLE_WEIGHT_PIXELS = 16_384
-
-#: The largest numerator :func:`_area_by_whole_weights` takes: 255 × 15² still fits in uint16.
-MAX_WHOLE_WEIGHT_NUMERATOR = 15
-
-Ratio = Tuple[int, int]
+#: The largest ratio :func:`pyramid` resamples bilinearly in one step (7:4); MTCNN's steps at its
+#: default factor are 1.41, and 5:3 or 5:4 after a halving at the usual minimum face sizes.
+MAX_BILINEAR_RATIO = 1.75
 
 
-def _whole_weight_ratios(source: Tuple[int, int], target: Tuple[int, int]) -> Optional[Tuple[Ratio, Ratio]]:
-    """The ``(p, q)`` ratios (``p`` source pixels to ``q`` target pixels, in lowest terms) of a
-    downscale from ``source`` to ``target`` ``(height, width)``, or ``None`` when one is not a
-    reduction by an odd ``p`` of at most :data:`MAX_WHOLE_WEIGHT_NUMERATOR` (or is a whole ratio,
-    which OpenCV's own area resize handles on its integer path)."""
-    ratios = []
-    for before, after in zip(source, target):
-        divisor = gcd(before, after)
-        p, q = before // divisor, after // divisor
-        if not (p % 2 and q > 1 and p > q and p <= MAX_WHOLE_WEIGHT_NUMERATOR):
-            return None
-        ratios.append((p, q))
-    return ratios[0], ratios[1]
-
-
-@lru_cache(maxsize=None)
-def _whole_weights(p: int, q: int) -> Tuple[Tuple[Tuple[int, int], ...], ...]:
-    """For each of the ``q`` target pixels of ``p`` source pixels: ``(source index, weight)`` pairs.
-
-    Target pixel ``j`` covers source span ``[j·p/q, (j+1)·p/q)``; in units of ``1/q`` every overlap
-    is a whole number, and a target pixel's overlaps add up to ``p``.
-    """
-    spans = []
-    for j in range(q):
-        overlaps = ((i, min((j + 1) * p, (i + 1) * q) - max(j * p, i * q)) for i in range(p))
-        spans.append(tuple((i, overlap) for i, overlap in overlaps if overlap > 0))
-    return tuple(spans)
-
-
-def _area_rows(pixels: np.ndarray, p: int, q: int) -> np.ndarray:
-    """Rows ``(k·p, …)`` (uint8 or uint16) → ``(k·q, …)`` uint16: each target row the whole-weighted
-    sum of its source rows, ``p`` times their area average. A handful of whole-array OpenCV calls."""
-    groups = pixels.reshape(pixels.shape[0] // p, p, -1)
-    out = np.empty((groups.shape[0], q, groups.shape[2]), np.uint16)
-    for j, ((first, first_weight), (second, second_weight), *rest) in enumerate(_whole_weights(p, q)):
-        target = out[:, j]
-        cv2.addWeighted(
-            groups[:, first], first_weight, groups[:, second], second_weight, 0, dst=target, dtype=cv2.CV_16U
-        )
-        for index, weight in rest:
-            cv2.addWeighted(target, 1, groups[:, index], weight, 0, dst=target, dtype=cv2.CV_16U)
-    return out.reshape(groups.shape[0] * q, *pixels.shape[1:])
-
-
-def _area_by_whole_weights(image: np.ndarray, rows: Ratio, columns: Ratio) -> np.ndarray:
-    """``cv2.resize(image, ..., INTER_AREA)`` by ``rows`` and ``columns`` ratios ``(p, q)`` with odd
-    ``p``, computed in whole numbers: ``(H, W, 3)`` uint8 → ``(H·q/p, W·q/p, 3)`` uint8, the same pixels.
-
-    Why it is the same: along an axis every weight is a whole multiple of ``1/p``, so the exact
-    area average is a whole multiple of ``1/(p_rows·p_columns)``, whose denominator is odd: it never
-    falls on a half, and is at least ``1/450`` from one. OpenCV's float32 sum is far closer to the
-    exact value than that, so both round to the same whole number. Here the sums are exact (uint16)
-    and only the final division is in floating point. For 640×360 → 384×216 (5:3, the 720p frame's
-    first step after the halving) timed alone: 0.40 ms against OpenCV's 0.70 ms; inside the
-    pipeline, where less of the data is in the cache, the pyramid gained 0.07–0.25 ms a 720p frame.
-    """
-    # Rows first, while the pixels are bytes; the columns as rows of the transposed sums; the last
-    # transpose after the division, on bytes again.
-    sums = _area_rows(cv2.transpose(_area_rows(image, *rows)), *columns)
-    return cv2.transpose(cv2.convertScaleAbs(sums, alpha=1.0 / (rows[0] * columns[0])))
-
-
-def _as_uint8(pixels: np.ndarray) -> np.ndarray:
-    return pixels if pixels.dtype == np.uint8 else pixels.astype(np.uint8)
+def _halve(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 → ``(H // 2, W // 2, 3)``: each pixel the average of 2×2 (a last odd row or
+    column dropped)."""
+    return cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
 
 
 def sample_patches(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import cv2
 import numpy as np
 import pytest
 
-from appliance.vision import boxes
 from appliance.vision.boxes import (
+    MAX_BILINEAR_RATIO,
     iou_matrix,
     nms,
     nms_per_group,
@@ -90,9 +90,10 @@ def test_transposed_patches_are_the_patches_transposed() -> None:
     np.testing.assert_array_equal(wide, sample_patches(levels, regions, (12, 20)).transpose(0, 2, 1, 3))
 
 
-def uint8_cascade_level(source: np.ndarray, original_size: Tuple[int, int], scale: float) -> np.ndarray:
-    """The definition :func:`pyramid` follows: the original scaled by ``scale`` (sizes rounded up),
-    area-resampled in uint8 from ``source`` (a larger level), halving first while a step is ≥ 2×."""
+def area_level(source: np.ndarray, original_size: Tuple[int, int], scale: float, step: int) -> np.ndarray:
+    """The original scaled by ``scale`` (sizes rounded up) from ``source`` (a larger level): halvings
+    by area while a step is ≥ 2×, then the rest of the step by ``step`` (an OpenCV interpolation);
+    a bilinear rest steeper than ``MAX_BILINEAR_RATIO`` goes to twice the size and is halved."""
     height, width = original_size
     new_width, new_height = int(np.ceil(width * scale)), int(np.ceil(height * scale))
     resized = source
@@ -101,46 +102,92 @@ def uint8_cascade_level(source: np.ndarray, original_size: Tuple[int, int], scal
             resized, (resized.shape[1] // 2, resized.shape[0] // 2), interpolation=cv2.INTER_AREA
         )
     if (new_height, new_width) != resized.shape[:2]:
-        resized = cv2.resize(resized, (new_width, new_height), interpolation=cv2.INTER_AREA)
+        if step == cv2.INTER_LINEAR and (
+            resized.shape[1] > MAX_BILINEAR_RATIO * new_width
+            or resized.shape[0] > MAX_BILINEAR_RATIO * new_height
+        ):
+            double = cv2.resize(resized, (2 * new_width, 2 * new_height), interpolation=cv2.INTER_LINEAR)
+            return cv2.resize(double, (new_width, new_height), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(resized, (new_width, new_height), interpolation=step)
     return resized
 
 
-@pytest.mark.parametrize(
-    "height, width, first, factor",
-    [
-        (720, 1280, 0.3, 0.709),  # a 720p camera, minimum face 40: halving, then 5:3
-        (1080, 1920, 0.3, 0.709),  # 1080p, minimum face 40
-        (480, 640, 0.4, 0.709),  # minimum face 30: halving, then 5:4
-        (480, 640, 0.6, 0.709),  # minimum face 20: no halving first
-        (481, 643, 1.0, 0.709),  # minimum face 12: the first level is the frame itself
-        (500, 375, 0.3, 0.45),  # steps under one half: halvings inside the cascade
-        (601, 900, 0.5, 0.5),  # exact and inexact halvings
-        (600, 900, 1 / 3, 0.5),  # whole-number ratios other than 2
-        (97, 131, 0.9, 0.8),
-    ],
-)
-def test_the_pyramid_is_the_cascade_of_levels_pixel_for_pixel(
-    height: int, width: int, first: float, factor: float
-) -> None:
+PYRAMIDS = [
+    (720, 1280, 0.3, 0.709),  # a 720p camera, minimum face 40: halving, then 5:3
+    (1080, 1920, 0.3, 0.709),  # 1080p, minimum face 40
+    (480, 640, 0.4, 0.709),  # minimum face 30: halving, then 5:4
+    (480, 640, 0.6, 0.709),  # minimum face 20: no halving first
+    (481, 643, 1.0, 0.709),  # minimum face 12: the first level is the frame itself
+    (500, 375, 0.3, 0.45),  # steps under one half: halvings inside the cascade
+    (601, 900, 0.5, 0.5),  # exact and inexact halvings
+    (600, 900, 1 / 3, 0.5),  # whole-number ratios other than 2
+    (97, 131, 0.9, 0.8),
+]
+
+
+def _test_images(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A smooth image and noise, ``(height, width, 3)`` uint8."""
     rng = np.random.default_rng(height * width)
-    # A smooth image and noise: both give the resampler sums that fall on or near halves.
     smooth = cv2.resize(
         rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8), (width, height)
     )
-    noisy = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    scales = [
-        first * factor**index for index in range(12) if min(height, width) * first * factor**index >= 12
-    ]
-    for image in (smooth, noisy):
+    return smooth, rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _scales(height: int, width: int, first: float, factor: float) -> List[float]:
+    return [first * factor**index for index in range(12) if min(height, width) * first * factor**index >= 12]
+
+
+@pytest.mark.parametrize("height, width, first, factor", PYRAMIDS)
+def test_the_pyramid_halves_by_area_then_steps_bilinearly_level_from_level(
+    height: int, width: int, first: float, factor: float
+) -> None:
+    scales = _scales(height, width, first, factor)
+    for image in _test_images(height, width):
         expected = [image]
         for scale in scales:
-            expected.append(uint8_cascade_level(expected[-1], (height, width), scale))
+            expected.append(area_level(expected[-1], (height, width), scale, cv2.INTER_LINEAR))
         levels = pyramid(image, scales)
         assert len(levels) == len(scales)
         for (pixels, sx, sy), reference in zip(levels, expected[1:]):
             assert pixels.dtype == np.uint8
             assert (sx, sy) == (reference.shape[1] / width, reference.shape[0] / height)
             np.testing.assert_array_equal(pixels, reference)
+
+
+@pytest.mark.parametrize("height, width, first, factor", PYRAMIDS)
+def test_the_pyramid_is_as_close_to_direct_area_levels_as_an_area_cascade(
+    height: int, width: int, first: float, factor: float
+) -> None:
+    """The reference implementation resizes the frame to every level by area. Bilinear steps (ratios
+    under 2) stay as close to those levels as the area-resampled cascade did before them: within one
+    grey level per level, and no farther over the whole pyramid."""
+    scales = _scales(height, width, first, factor)
+    smooth, _ = _test_images(height, width)
+    photo = cv2.resize(_face_like(), (width, height), interpolation=cv2.INTER_AREA)
+    for image in (smooth, photo):
+        cascade = [image]
+        for scale in scales:
+            cascade.append(area_level(cascade[-1], (height, width), scale, cv2.INTER_AREA))
+        ours, theirs = [], []
+        for (pixels, _, _), area in zip(pyramid(image, scales), cascade[1:]):
+            direct = cv2.resize(image, pixels.shape[1::-1], interpolation=cv2.INTER_AREA).astype(np.int16)
+            ours.append(np.abs(pixels - direct).mean())
+            theirs.append(np.abs(area - direct).mean())
+        assert all(mine <= area + 1.0 for mine, area in zip(ours, theirs)), (ours, theirs)
+        assert sum(ours) <= sum(theirs) + 0.5, (ours, theirs)
+
+
+def _face_like() -> np.ndarray:
+    """A 400×300 image with edges at every scale (ellipses, bars, a gradient), like a scene's."""
+    rng = np.random.default_rng(7)
+    image = np.tile(np.linspace(40, 200, 400, dtype=np.uint8)[None, :, None], (300, 1, 3))
+    for _ in range(40):
+        centre = (int(rng.integers(0, 400)), int(rng.integers(0, 300)))
+        axes = (int(rng.integers(3, 80)), int(rng.integers(3, 80)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.ellipse(image, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
+    return image
 
 
 def test_many_patches_from_many_levels_are_each_patch_on_its_own() -> None:
@@ -156,32 +203,3 @@ def test_many_patches_from_many_levels_are_each_patch_on_its_own() -> None:
         for index in rng.choice(len(regions), 60, replace=False):
             alone = sample_patches(levels, regions[index : index + 1], (48, 48), transpose=transpose)
             np.testing.assert_array_equal(together[index], alone[0])
-
-
-@pytest.mark.parametrize(
-    "rows, columns",
-    [((5, 3), (5, 3)), ((5, 4), (5, 4)), ((7, 3), (9, 8)), ((15, 8), (3, 2)), ((11, 7), (13, 12))],
-)
-def test_whole_weight_area_steps_are_opencvs_area_resize(
-    rows: Tuple[int, int], columns: Tuple[int, int]
-) -> None:
-    """The claim :func:`boxes._area_by_whole_weights` rests on: with odd numerators no pixel's area
-    average falls on a half, so whole-number sums give OpenCV's uint8 area resize exactly."""
-    rng = np.random.default_rng(rows[0] * 100 + columns[0])
-    height, width = rows[0] * 13, columns[0] * 17
-    smooth = cv2.resize(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), (width, height))
-    noisy = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    extremes = np.where(rng.random((height, width, 3)) < 0.5, 0, 255).astype(np.uint8)
-    size = (width // columns[0] * columns[1], height // rows[0] * rows[1])
-    assert boxes._whole_weight_ratios((height, width), size[::-1]) == (rows, columns)
-    for image in (smooth, noisy, extremes, np.full_like(noisy, 255)):
-        expected = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        np.testing.assert_array_equal(boxes._area_by_whole_weights(image, rows, columns), expected)
-
-
-def test_only_odd_small_non_whole_ratios_take_whole_weights() -> None:
-    assert boxes._whole_weight_ratios((360, 640), (216, 384)) == ((5, 3), (5, 3))
-    assert boxes._whole_weight_ratios((216, 384), (154, 273)) is None  # 108:77 and 128:91
-    assert boxes._whole_weight_ratios((400, 400), (300, 300)) is None  # 4:3, halves possible
-    assert boxes._whole_weight_ratios((300, 300), (100, 100)) is None  # 3:1, OpenCV's whole-ratio path
-    assert boxes._whole_weight_ratios((170, 170), (80, 80)) is None  # 17:8, sums past uint16
