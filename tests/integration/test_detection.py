@@ -274,10 +274,10 @@ def test_grayscale_rgba_webp_and_odd_sizes(mtcnn: FaceAnalyzer, shared_data: Pat
     photo = read_image(shared_data / "faces/fr_obama/obama.jpg")
     x1, y1, x2, y2 = mtcnn.detect(photo).boxes[0].astype(int)
     side = x2 - x1
-    odd = np.ascontiguousarray(
-        photo[max(0, y1 - side // 2) : y2 + side // 2 + 1, max(0, x1 - side // 2) : x2 + side // 3]
-    )
-    assert odd.shape[0] % 2 == 1 or odd.shape[1] % 2 == 1
+    around = photo[max(0, y1 - side // 2) : y2 + side // 2, max(0, x1 - side // 2) : x2 + side // 3]
+    # Odd on both sides whatever the box's exact corners: halvings drop a row and a column.
+    odd = np.ascontiguousarray(around[: around.shape[0] // 2 * 2 - 1, : around.shape[1] // 2 * 2 - 1])
+    assert odd.shape[0] % 2 == 1 and odd.shape[1] % 2 == 1
     assert len(mtcnn.detect(odd, still=True)) == 1
 
 
