@@ -159,13 +159,14 @@ def test_the_pyramid_halves_by_area_then_steps_bilinearly_level_from_level(
 def test_the_pyramid_is_as_close_to_direct_area_levels_as_an_area_cascade(
     height: int, width: int, first: float, factor: float
 ) -> None:
-    """The reference implementation resizes the frame to every level by area. Bilinear steps (ratios
-    under 2) stay as close to those levels as the area-resampled cascade did before them: within one
-    grey level per level, and no farther over the whole pyramid."""
+    """The reference implementation resizes the frame to every level by area. The pyramid's steps
+    (bilinear up to ``MAX_BILINEAR_RATIO``, enlarged and halved above) stay as close to those levels as
+    the area-resampled cascade did before them: within one grey level per level, and no farther over
+    the whole pyramid."""
     scales = _scales(height, width, first, factor)
     smooth, _ = _test_images(height, width)
-    photo = cv2.resize(_face_like(), (width, height), interpolation=cv2.INTER_AREA)
-    for image in (smooth, photo):
+    edges = cv2.resize(_sharp_edges(), (width, height), interpolation=cv2.INTER_AREA)
+    for image in (smooth, edges):
         cascade = [image]
         for scale in scales:
             cascade.append(area_level(cascade[-1], (height, width), scale, cv2.INTER_AREA))
@@ -178,8 +179,8 @@ def test_the_pyramid_is_as_close_to_direct_area_levels_as_an_area_cascade(
         assert sum(ours) <= sum(theirs) + 0.5, (ours, theirs)
 
 
-def _face_like() -> np.ndarray:
-    """A 400×300 image with edges at every scale (ellipses, bars, a gradient), like a scene's."""
+def _sharp_edges() -> np.ndarray:
+    """A 400×300 image with sharp edges at every scale: filled ellipses on a gradient."""
     rng = np.random.default_rng(7)
     image = np.tile(np.linspace(40, 200, 400, dtype=np.uint8)[None, :, None], (300, 1, 3))
     for _ in range(40):
