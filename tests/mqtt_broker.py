@@ -34,6 +34,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 HOST = "127.0.0.1"
+#: A :meth:`Recorder.wait_for` predicate that takes longer than this is evaluated at most a tenth
+#: of the time.
+PREDICATE_PACING_FLOOR_S = 0.001
 
 
 class MosquittoMissingError(RuntimeError):
@@ -535,20 +538,30 @@ class Recorder:
             AssertionError: it did not hold in time (the message lists what was received).
         """
         deadline = time.monotonic() + timeout
-        with self._condition:
-            while not predicate(list(self._messages)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = "\n".join(
-                        f"  {m.topic} retain={m.retain} qos={m.qos} {m.payload[:120]!r}"
-                        for m in self._messages[-30:]
-                    )
-                    raise AssertionError(
-                        f"timed out after {timeout} s waiting for {what}; received {len(self._messages)} "
-                        f"message(s), the last ones:\n{seen}"
-                    )
-                self._condition.wait(min(remaining, 0.5))
-            return list(self._messages)
+        while True:
+            # The predicate runs outside the lock: a slow one (thousands of messages) must not hold
+            # up the network thread, which takes the lock for every message it records.
+            messages = self.messages
+            started = time.monotonic()
+            if predicate(messages):
+                return messages
+            spent = time.monotonic() - started
+            if spent > PREDICATE_PACING_FLOOR_S:
+                # Evaluated on every message, such a predicate would take the CPU from the clients
+                # the test waits for (a flood of thousands of messages): keep it to a tenth.
+                time.sleep(min(9 * spent, max(0.0, deadline - time.monotonic())))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = "\n".join(
+                    f"  {m.topic} retain={m.retain} qos={m.qos} {m.payload[:120]!r}" for m in messages[-30:]
+                )
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}; received {len(messages)} "
+                    f"message(s), the last ones:\n{seen}"
+                )
+            with self._condition:
+                if len(self._messages) == len(messages):
+                    self._condition.wait(min(remaining, 0.5))
 
     def wait_for_message(self, topic: str, payload: Optional[bytes] = None, timeout: float = 10.0) -> Message:
         """Wait for a message on ``topic`` (with ``payload``, if given) and return the first such."""

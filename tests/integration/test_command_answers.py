@@ -27,7 +27,7 @@ from appliance.config import ApplianceConfig
 from appliance.mqtt_link import MqttLink
 from appliance.outbox import Outbox
 from tests.integration.test_mqtt_link import make_config
-from tests.mqtt_broker import MosquittoBroker, Recorder, wait_until
+from tests.mqtt_broker import Message, MosquittoBroker, Recorder, wait_until
 
 #: Mosquitto queues at most ``max_queued_messages`` (1000 by default) QoS 1 messages for a client
 #: beyond those in flight and drops the rest: a flood faster than the appliance answers would lose
@@ -127,12 +127,17 @@ def _flood(broker: MosquittoBroker, commands: List[Tuple[str, bytes]]) -> None:
         client.loop_stop()
 
 
+def _is_answer(message: Message, root: str) -> bool:
+    return message.topic.startswith(f"{root}/cmd/") and message.topic.endswith("/result")
+
+
+def _answer_count(messages: List[Message], root: str) -> int:
+    """How many answers ``messages`` holds, without parsing them (the flood's wait polls this)."""
+    return sum(1 for message in messages if _is_answer(message, root))
+
+
 def _answers(recorder: Recorder, root: str) -> List[Dict[str, Any]]:
-    return [
-        json.loads(m.payload)
-        for m in recorder.messages
-        if m.topic.startswith(f"{root}/cmd/") and m.topic.endswith("/result")
-    ]
+    return [json.loads(m.payload) for m in recorder.messages if _is_answer(m, root)]
 
 
 @pytest.mark.parametrize(
@@ -166,7 +171,14 @@ def test_every_command_of_a_flood_gets_exactly_one_answer(
         for value, request_id in thresholds.items()
     ]
     _flood(mosquitto, commands)
-    recorder.wait_for(lambda ms: len(_answers(recorder, root)) >= count, 90, f"{count} answers")
+    try:
+        recorder.wait_for(lambda ms: _answer_count(ms, root) >= count, 90, f"{count} answers")
+    except AssertionError as err:
+        assert started.link is not None
+        raise AssertionError(
+            f"{err}\nthe link: {started.link.status()}; {len(started.pipeline.executed)} executed, "
+            f"{started.commands._queue.qsize()} queued\nthe broker's log, the end:\n{mosquitto.log_text()[-3000:]}"
+        ) from None
     wait_until(lambda: not started.commands._queue.qsize(), 10, "the command queue to empty")
     answers = _answers(recorder, root)
     ids = [answer["request_id"] for answer in answers]
