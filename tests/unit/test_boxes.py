@@ -90,26 +90,42 @@ def test_transposed_patches_are_the_patches_transposed() -> None:
     np.testing.assert_array_equal(wide, sample_patches(levels, regions, (12, 20)).transpose(0, 2, 1, 3))
 
 
-def area_level(source: np.ndarray, original_size: Tuple[int, int], scale: float, step: int) -> np.ndarray:
-    """The original scaled by ``scale`` (sizes rounded up) from ``source`` (a larger level): halvings
-    by area while a step is ≥ 2×, then the rest of the step by ``step`` (an OpenCV interpolation);
-    a bilinear rest steeper than ``MAX_BILINEAR_RATIO`` goes to twice the size and is halved."""
+def _level_size(original_size: Tuple[int, int], scale: float) -> Tuple[int, int]:
+    """``(width, height)`` of the original scaled by ``scale``, rounded up."""
     height, width = original_size
-    new_width, new_height = int(np.ceil(width * scale)), int(np.ceil(height * scale))
-    resized = source
-    while resized.shape[1] >= 2 * new_width and resized.shape[0] >= 2 * new_height:
-        resized = cv2.resize(
-            resized, (resized.shape[1] // 2, resized.shape[0] // 2), interpolation=cv2.INTER_AREA
+    return int(np.ceil(width * scale)), int(np.ceil(height * scale))
+
+
+def _halved_towards(source: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``source`` halved by area while it is at least twice ``size`` (width, height) on both sides."""
+    while source.shape[1] >= 2 * size[0] and source.shape[0] >= 2 * size[1]:
+        source = cv2.resize(
+            source, (source.shape[1] // 2, source.shape[0] // 2), interpolation=cv2.INTER_AREA
         )
-    if (new_height, new_width) != resized.shape[:2]:
-        if step == cv2.INTER_LINEAR and (
-            resized.shape[1] > MAX_BILINEAR_RATIO * new_width
-            or resized.shape[0] > MAX_BILINEAR_RATIO * new_height
-        ):
-            double = cv2.resize(resized, (2 * new_width, 2 * new_height), interpolation=cv2.INTER_LINEAR)
-            return cv2.resize(double, (new_width, new_height), interpolation=cv2.INTER_AREA)
-        resized = cv2.resize(resized, (new_width, new_height), interpolation=step)
-    return resized
+    return source
+
+
+def defined_level(source: np.ndarray, original_size: Tuple[int, int], scale: float) -> np.ndarray:
+    """The pyramid's definition, restated: from ``source`` (the level before), halvings by area, then
+    the rest of the step bilinear, or, steeper than ``MAX_BILINEAR_RATIO``, bilinear to twice the
+    size and halved."""
+    width, height = _level_size(original_size, scale)
+    halved = _halved_towards(source, (width, height))
+    if halved.shape[:2] == (height, width):
+        return halved
+    if halved.shape[1] > MAX_BILINEAR_RATIO * width or halved.shape[0] > MAX_BILINEAR_RATIO * height:
+        double = cv2.resize(halved, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(double, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(halved, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def area_cascade_level(source: np.ndarray, original_size: Tuple[int, int], scale: float) -> np.ndarray:
+    """The cascade the pyramid replaced: halvings by area, then the rest of the step by area too."""
+    width, height = _level_size(original_size, scale)
+    halved = _halved_towards(source, (width, height))
+    if halved.shape[:2] == (height, width):
+        return halved
+    return cv2.resize(halved, (width, height), interpolation=cv2.INTER_AREA)
 
 
 PYRAMIDS = [
@@ -146,7 +162,7 @@ def test_the_pyramid_halves_by_area_then_steps_bilinearly_level_from_level(
     for image in _test_images(height, width):
         expected = [image]
         for scale in scales:
-            expected.append(area_level(expected[-1], (height, width), scale, cv2.INTER_LINEAR))
+            expected.append(defined_level(expected[-1], (height, width), scale))
         levels = pyramid(image, scales)
         assert len(levels) == len(scales)
         for (pixels, sx, sy), reference in zip(levels, expected[1:]):
@@ -169,7 +185,7 @@ def test_the_pyramid_is_as_close_to_direct_area_levels_as_an_area_cascade(
     for image in (smooth, edges):
         cascade = [image]
         for scale in scales:
-            cascade.append(area_level(cascade[-1], (height, width), scale, cv2.INTER_AREA))
+            cascade.append(area_cascade_level(cascade[-1], (height, width), scale))
         ours, theirs = [], []
         for (pixels, _, _), area in zip(pyramid(image, scales), cascade[1:]):
             direct = cv2.resize(image, pixels.shape[1::-1], interpolation=cv2.INTER_AREA).astype(np.int16)
