@@ -51,16 +51,28 @@ def is_project_file(filename: str) -> bool:
 
 
 class _Locations:
-    """Cache of :func:`is_project_file` by file name (called on every traced event)."""
+    """Cache of :func:`is_project_file` and of relative paths by file name (called on every traced event)."""
 
     def __init__(self) -> None:
         self._known: Dict[str, bool] = {}
+        self._relative: Dict[str, str] = {}
 
     def project(self, filename: str) -> bool:
         known = self._known.get(filename)
         if known is None:
             known = self._known[filename] = is_project_file(filename)
         return known
+
+    def relative(self, filename: str) -> str:
+        """``filename`` relative to the repository when it is inside it, else as given."""
+        relative = self._relative.get(filename)
+        if relative is None:
+            try:
+                relative = str(Path(filename).resolve().relative_to(ROOT))
+            except ValueError:
+                relative = str(Path(filename))
+            self._relative[filename] = relative
+        return relative
 
 
 def describe(value: Any, fake_file: str) -> Dict[str, Any]:
@@ -120,10 +132,15 @@ def _functions_of(raw: Any) -> List[Tuple[Any, str]]:
 
 
 class CallSites:
-    """Keyword names and positional counts of calls in project files, from their AST."""
+    """Keyword names and positional counts of calls in project files, from their AST.
+
+    Each site is looked up once: a traced call into the fake repeats its site on every frame, and a
+    walk of the caller's whole tree per call was most of the traced run's time.
+    """
 
     def __init__(self) -> None:
         self._trees: Dict[str, Optional[ast.AST]] = {}
+        self._found: Dict[Tuple[str, int, Tuple[str, ...]], Optional[Tuple[int, List[str], bool]]] = {}
 
     def _tree(self, filename: str) -> Optional[ast.AST]:
         if filename not in self._trees:
@@ -139,6 +156,15 @@ class CallSites:
         *Explicit self* is a call of ``X.__init__(...)`` other than ``super().__init__(...)``: the
         instance is its first positional argument.
         """
+        key = (filename, line, names)
+        if key not in self._found:
+            self._found[key] = self._search(filename, line, names)
+        found = self._found[key]
+        return None if found is None else (found[0], list(found[1]), found[2])
+
+    def _search(
+        self, filename: str, line: int, names: Tuple[str, ...]
+    ) -> Optional[Tuple[int, List[str], bool]]:
         tree = self._tree(filename)
         if tree is None:
             return None
@@ -279,13 +305,8 @@ class Tracer:
             if site not in entry["sites"] and len(entry["sites"]) < MAX_SITES:
                 entry["sites"].append(site)
 
-    @staticmethod
-    def _site(frame: Any) -> str:
-        try:
-            relative = Path(frame.f_code.co_filename).resolve().relative_to(ROOT)
-        except ValueError:
-            relative = Path(frame.f_code.co_filename)
-        return f"{relative}:{frame.f_lineno}"
+    def _site(self, frame: Any) -> str:
+        return f"{self._locations.relative(frame.f_code.co_filename)}:{frame.f_lineno}"
 
     def _owner_of(self, obj: Any, name: str) -> Tuple[str, str]:
         """The fake class a looked-up attribute belongs to, and the class of ``obj`` as the project sees it."""

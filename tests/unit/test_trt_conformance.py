@@ -497,6 +497,9 @@ def test_call_sites_give_keyword_names(tmp_path: Path) -> None:
         "builder.create_network(*flags)\n"
     )
     sites = trace.CallSites()
+    first = sites.find(str(source), 2, ("execute_async_v3",))
+    assert first == (0, ["stream_handle"], False)
+    first[1].append("changed by a caller")  # a site is looked up once; its answer is not shared
     assert sites.find(str(source), 2, ("execute_async_v3",)) == (0, ["stream_handle"], False)
     assert sites.find(str(source), 4, ("__init__", "IInt8EntropyCalibrator2")) == (1, [], True)
     assert sites.find(str(source), 5, ("__init__",)) == (1, [], False)
