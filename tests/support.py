@@ -3,6 +3,7 @@ made of real photos, and the daemon as a subprocess (:class:`Daemon`) with its c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -540,3 +541,25 @@ def meanwhile(work: Any, deadline_s: float = 10.0) -> List[Any]:
     thread.start()
     thread.join(deadline_s)
     return results
+
+
+def received_package(staging_dir: Path, package: Path, upto: Optional[int] = None) -> None:
+    """Put ``package`` in an appliance's staging folder as if it had come over the bus, written by the
+    UDS server's own writer (:class:`~appliance.updates.transfer.IncomingPackage`): complete, or with
+    ``upto`` bytes received and the download paused (a cut link). ``push-model`` then sends nothing,
+    or resumes at ``upto``: what a test is about is after the transfer, or only its end."""
+    from appliance.updates.transfer import IncomingPackage
+
+    data = package.read_bytes()
+    incoming = IncomingPackage(staging_dir)
+    try:
+        incoming.begin(0, len(data), hashlib.sha256(data).digest())
+        end = len(data) if upto is None else upto
+        for start in range(0, end, 1 << 16):
+            incoming.write(data[start : min(start + (1 << 16), end)])
+        if upto is None:
+            incoming.finish()
+        else:
+            incoming.pause()
+    finally:
+        incoming.close()
