@@ -260,6 +260,7 @@ def broker_outages(
     kills: int,
     outage_s: Callable[[int], float],
     timeout_s: float = 120.0,
+    min_events: int = 0,
 ) -> DeliveryReport:
     """Kill the broker ``kills`` times (SIGKILL, restart after ``outage_s(kill number)`` seconds) while
     the daemon streams events; then stop the daemon (SIGTERM) and wait for every written event.
@@ -272,6 +273,9 @@ def broker_outages(
 
     Args:
         timeout_s: the longest wait for one kill's conditions (a new event, a reconnection).
+        min_events: after the last kill, the daemon runs on until it has written this many events
+            (within ``timeout_s``; fewer is a failure): a slow machine sees fewer passages between
+            kills, and waiting for them is what makes the count a condition, not a speed.
     """
     started = time.monotonic()
     report = DeliveryReport()
@@ -324,10 +328,15 @@ def broker_outages(
         deadline = time.monotonic() + timeout_s
         while (
             sum("reconnected to" in line for line in daemon.log) < report.kills
-            and time.monotonic() < deadline
-        ):
+            or len(printed_events(daemon)) < min_events
+        ) and time.monotonic() < deadline:
             time.sleep(0.1)
         report.recoveries = sum("reconnected to" in line for line in daemon.log)
+        if len(printed_events(daemon)) < min_events:
+            report.failures.append(
+                f"{len(printed_events(daemon))} events written, {min_events} wanted, within "
+                f"{timeout_s:.0f} s after the last kill"
+            )
         daemon.signal(signal.SIGTERM)
         code = daemon.wait(timeout=180)
         if code != 0:
