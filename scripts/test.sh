@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (system packages, .venv, the project with its cpu and dev extras) and run the test suite.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k fetch
+# Extra arguments go to pytest, e.g. scripts/test.sh -k fetch; --setup-only sets up and stops there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,4 +10,5 @@ bash scripts/bootstrap.sh "cpu,dev,door,osdp" mosquitto systemd socat python3-li
 # shellcheck source=/dev/null
 . .venv/bin/activate
 python -c "import systemd.daemon, systemd.journal" # systemd-python, built by pip from the dev extra
+if [ "${1:-}" = --setup-only ]; then exit 0; fi
 python -m pytest "$@"
