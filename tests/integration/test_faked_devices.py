@@ -55,10 +55,10 @@ DEVICES = [
     pytest.param(("thor", "11.4"), True, "qdq", "int8", id="thor-jp7.2-trt11.4"),
 ]
 
-#: A calibration cache as TensorRT writes it: a header naming the calibrator, then one scale per tensor.
 #: What a classic CAN push sends (the rest is received before, as a cut transfer).
 CLASSIC_TAIL_BYTES = 512 * 1024
 
+#: A calibration cache as TensorRT writes it: a header naming the calibrator, then one scale per tensor.
 CALIBRATION_CACHE = b"TRT-8502-EntropyCalibration2\ninput: 3c010a14\n" + b"".join(
     f"onnx::Conv_{i}: {0x3C000000 + 977 * i:08x}\n".encode() for i in range(64)
 )
