@@ -28,6 +28,11 @@ setup(
     install_requires=[
         "numpy>=1.19",
         "onnx>=1.12",
+        # onnx imports ml_dtypes, whose 0.7.0 spends 1.3 s of CPU in its import where 0.6.0 takes
+        # 0.15 s (with NumPy 2.2 and 2.4 alike): every process that prepares a model, quantizes one or
+        # checks an update package paid it (importing onnx: 1.7 against 0.3 s). Lift the cap once a
+        # release imports as fast again. Python 3.8 gets an older release (0.2-0.4) in any case.
+        "ml_dtypes<0.7",
         "pydantic>=2.4,<3",
         "faiss-cpu>=1.7.3",
         "cryptography>=41",
