@@ -9,9 +9,9 @@ the prepared model on the whole batch.
 
 The prepared model is produced in memory when a back-end loads the model, so a read-only models
 directory such as a mirror works as it is. The edit itself takes milliseconds, but importing the
-``onnx`` package for it takes about 0.3 s on a 2-core x86 machine (1.7 s with ``ml_dtypes`` 0.7.0, which
-``setup.py`` holds back), more than the rest of a one-photo command: with a ``cache_dir`` (the appliance passes
-``{engine_dir}/prepared``), :func:`load_model_bytes` keeps the prepared bytes there, named by the
+``onnx`` package for it takes about 0.3 s on a 2-core x86 machine (1.7 s with ``ml_dtypes`` 0.7.0,
+which ``setup.py`` holds back), more than the rest of a one-photo command: with a ``cache_dir`` (the
+appliance passes ``{engine_dir}/prepared``), :func:`load_model_bytes` keeps the prepared bytes there, named by the
 source file's sha256, the steps and :data:`PREPARE_REVISION`, beside a checksum of their own, and later
 processes load them without importing ``onnx``. A cache that cannot be written is skipped (the
 model is prepared in memory every time); a cached file that fails its checksum is prepared again.

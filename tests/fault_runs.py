@@ -332,10 +332,10 @@ def broker_outages(
         ) and time.monotonic() < deadline:
             time.sleep(0.1)
         report.recoveries = sum("reconnected to" in line for line in daemon.log)
-        if len(printed_events(daemon)) < min_events:
+        printed = len(printed_events(daemon))
+        if printed < min_events:
             report.failures.append(
-                f"{len(printed_events(daemon))} events written, {min_events} wanted, within "
-                f"{timeout_s:.0f} s after the last kill"
+                f"{printed} events written, {min_events} wanted, within {timeout_s:.0f} s after the last kill"
             )
         daemon.signal(signal.SIGTERM)
         code = daemon.wait(timeout=180)
