@@ -388,7 +388,10 @@ class Appliance:
         for closable in closables:
             if closable is not None:
                 try:
-                    closable.close()
+                    if closable is self.gallery:  # a rebuild of its index stops within the deadline
+                        self.gallery.close(rebuild_stop_s=deadline.remaining())
+                    else:
+                        closable.close()
                 except Exception:
                     logger.exception("closing %s failed", type(closable).__name__)
         logger.info("stopped")

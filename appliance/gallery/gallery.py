@@ -135,6 +135,7 @@ class Gallery:
         #: Held while ``_index`` and the maps beside it are swapped, edited or searched: briefly.
         self._lock = threading.RLock()
         self._index: Optional[TemplateIndex] = None
+        self._closed = False
         #: The store's data version when it was last read whole (see :meth:`changed_elsewhere`).
         self._read_version: Optional[int] = None
         self._owners: Dict[int, str] = {}
@@ -203,7 +204,11 @@ class Gallery:
                 index = self._load_or_rebuild(generation, ids, vectors)
             with self._lock:
                 self._owners = dict(zip(ids.tolist(), owners))
-                self._names, self._impostors, self._index = names, impostors, index
+                previous, self._index = self._index, index
+                self._names, self._impostors = names, impostors
+            index.on_rebuilt = self._rebuilt
+            if previous is not None:
+                previous.close()  # a rebuild of the index replaced has nothing left to do
 
     def changing(self) -> ContextManager[Any]:
         """Hold off every other change of this gallery (a removal on its own thread, a re-reading)
@@ -761,9 +766,37 @@ class Gallery:
                         f"where this gallery's have {wanted} (a bundle from another model?); nothing was imported"
                     )
 
-    def close(self) -> None:
-        """Write changes still pending (``save=False``), close the store. Safe to call more than once."""
+    def wait_rebuilt(self, timeout: Optional[float] = None) -> bool:
+        """Wait until no rebuild of the index is under way on its own thread (growth past
+        ``gallery.approximate_above``, removals past the detached share; see
+        :meth:`.index.TemplateIndex.add`) and its snapshot is saved; returns whether none is."""
+        index = self._index
+        return index is None or index.wait_rebuilt(timeout)
+
+    def _rebuilt(self) -> None:
+        """On the index's rebuild thread, once the graph built there is in use: save it as a new
+        snapshot, so that the next start loads it instead of building it again."""
         with self._changes:
+            if not self._closed and self._index is not None:
+                self._persist([], removal=True, save=True)
+
+    def close(self, rebuild_stop_s: Optional[float] = None) -> None:
+        """Write changes still pending (``save=False``) and close the store. Safe to call more than once.
+
+        A rebuild of the index under way on its own thread (:meth:`TemplateIndex.add
+        <.index.TemplateIndex.add>`, :meth:`~.index.TemplateIndex.remove`) is first let finish and
+        saved (``rebuild_stop_s`` None: the command line, whose change is then complete), or
+        stopped, waiting up to ``rebuild_stop_s`` seconds for its thread (the daemon's stop, within
+        its deadline; the next start builds it again).
+        """
+        index = self._index
+        if index is not None:  # before taking _changes, which the rebuild's save takes
+            if rebuild_stop_s is None:
+                self.wait_rebuilt()
+            elif not index.close(rebuild_stop_s):
+                logger.warning("the gallery index's rebuild did not stop within %.1f s", rebuild_stop_s)
+        with self._changes:
+            self._closed = True
             if self._index is not None and (self._pending or self._pending_removal):
                 self._flush()
             self.store.close()

@@ -10,17 +10,21 @@ copy (``faiss.normalize_L2`` works in place), so scores are cosine similarities 
 Two kinds of index, chosen by the number of templates, each storing its templates in the
 ``precision`` asked for (``gallery.index_precision``):
 
-``exact``  a scan of every template, removes in place. ``float16`` (the appliance's default):
-           ``IndexIDMap2(IndexScalarQuantizer(d, QT_fp16))``, 2·d bytes per template; float32:
-           ``IndexIDMap2(IndexFlatIP(d))``, 4·d. Bandwidth-bound: one query reads n·d·2 (or ·4) bytes
+``exact``  a scan of every template. ``float16`` (the appliance's default):
+           ``IndexIDMap(IndexScalarQuantizer(d, QT_fp16))``, 2·d bytes per template; float32:
+           ``IndexIDMap(IndexFlatIP(d))``, 4·d. Bandwidth-bound: one query reads n·d·2 (or ·4) bytes
            (100 k × 128: 26 MB, or 51 MB), so float16 is about twice as fast. A float16 score is
            within 2⁻¹¹ ≈ 0.00049 of the float32 one (:data:`FLOAT16_SCORE_BOUND`: each component is
            rounded to 11 significant bits, and Σ|qᵢ||xᵢ| ≤ 1 for unit vectors), so the top-1 can differ
            from float32's only between templates within 0.001 of each other — far inside the decision
-           margin that must separate the best identity from the runner-up.
+           margin that must separate the best identity from the runner-up. A removal edits it in
+           place: the last templates move into the removed ones' rows (a scan does not care about
+           order) and the rows given up are zeroed, so searches wait for a few row copies, not for
+           the whole index to shift: 0.2 ms at 10⁵ templates, where Faiss's ``remove_ids`` with
+           ``IndexIDMap2``'s reverse map held them 8.5–8.9 ms (16 ms at 2·10⁵).
 ``hnsw``   above ``approximate_above`` templates, a graph search whose breadth is ``ef_search``
-           (``gallery.hnsw_ef_search``): ``IndexIDMap2(IndexHNSWSQ(d, QT_fp16, M))`` in float16,
-           ``IndexIDMap2(IndexHNSWFlat(d, M))`` in float32, inner product; the graph adds ≈ 8·M bytes
+           (``gallery.hnsw_ef_search``): ``IndexIDMap(IndexHNSWSQ(d, QT_fp16, M))`` in float16,
+           ``IndexIDMap(IndexHNSWFlat(d, M))`` in float32, inner product; the graph adds ≈ 8·M bytes
            per template. Scores are the inner products (float16-bounded as above) of the templates
            it finds, but it may miss the best one; :func:`measure_recall` says how often (logged
            whenever one is built). ``ef_construction`` (200) builds a graph that reaches a given
@@ -32,33 +36,50 @@ Two kinds of index, chosen by the number of templates, each storing its template
            in memory or in the next file. That costs a scan of the graph's links, linear in the
            graph (22 ms at 10⁵ templates) instead of a rebuild (minutes at 10⁶). The graph keeps the
            detached nodes' slots, and their neighbours keep one link fewer each, until detached
-           nodes make up :data:`MAX_DETACHED_SHARE` of it: that removal rebuilds it from the kept
-           vectors (reconstructed from the index itself, no second copy is kept), as does one that
-           leaves no more than ``approximate_above`` templates (then exact). A saved HNSW index is
-           used in the precision it was built in (a rebuild of a large graph takes minutes); an exact
-           one of another precision is stale and rebuilt.
+           nodes pass :data:`MAX_DETACHED_SHARE` of it: that removal detaches its nodes too, and
+           has the graph rebuilt from the kept vectors on a thread of its own (below). One that
+           leaves no more than ``approximate_above`` templates rebuilds the index as exact, at once
+           (a copy, not a graph). A saved HNSW index is used in the precision it was built in (a
+           rebuild of a large graph takes minutes); an exact one of another precision is stale and
+           rebuilt.
+
+Building a graph takes minutes at 10⁶ templates (667 s on two cores of the development Xeon), so
+it never holds the change that asks for it: the addition that takes the index past
+``approximate_above`` returns with the exact index holding it, and a removal past the detached share
+once its nodes are detached. The graph is built on a thread of its own (``gallery-index-rebuild``,
+on half the cores: the door's frames need the rest), from a copy of the live templates; searches and
+changes go on with the live index meanwhile, the changes are replayed on the new graph (additions
+added, removals detached) and it is swapped in, then :attr:`TemplateIndex.on_rebuilt` runs (the
+gallery saves a snapshot). A rebuild that removals made needless (the index back under
+``approximate_above``) is dropped; :meth:`TemplateIndex.close` stops one between two chunks of
+templates.
 
 Persistence (:meth:`TemplateIndex.save`, :meth:`TemplateIndex.load`): one file, the snapshot; the
 gallery appends enrolments to a delta file beside it (:mod:`.delta`). Format, little-endian::
 
     8 bytes   magic b"FAGALIDX"
-    uint16    format version (2; version 1, without snapshot_id, is still read)
+    uint16    format version (3; versions 1 and 2 are still read)
     uint32    header length H
     H bytes   header, UTF-8 JSON: model_version, generation, count, dim, kind, payload_bytes,
               payload_sha256, approximate_above, ef_search, hnsw_m, ef_construction, snapshot_id
-              (32 hex digits, version 2: what a delta names to extend this snapshot), and
+              (32 hex digits, since version 2: what a delta names to extend this snapshot), and
               ``detached`` (HNSW nodes of removed templates, id -1; absent means 0): the payload
               holds count + detached vectors
     uint32    CRC-32 of the H header bytes
-    payload   ``faiss.write_index`` of the IndexIDMap2, payload_bytes long, then end of file
+    payload   ``faiss.write_index`` of the IndexIDMap, payload_bytes long, then end of file
+
+Versions 1 and 2 held an ``IndexIDMap2``: the same, with a reverse map from id to row that nothing
+here reads, which cost a hash map entry per template in memory and a rebuild of that map at every
+removal. Such a payload is read and taken over by an ``IndexIDMap`` (no copy of the templates), and
+the next save writes version 3.
 
 An unknown version, kind or storage is refused (IndexCorruptError): the gallery rebuilds from the
 store. The file is written atomically (:func:`engines.files.atomic_writer`) and streamed through Faiss's
 Python I/O callbacks in both directions, so saving or loading never holds a second copy of the index
 in memory. Thread safety: every method may be called from any thread; searches run against the
 current index while a rebuild (an HNSW removal past :data:`MAX_DETACHED_SHARE`, or growth past
-``approximate_above``) builds its replacement, which is swapped in before the call returns; a
-detachment edits the graph in place while holding searches off.
+``approximate_above``) builds its replacement, which is swapped in before the call returns; an
+exact removal and an HNSW detachment edit the index in place while holding searches off.
 """
 
 from __future__ import annotations
@@ -72,7 +93,7 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 import faiss
 import numpy as np
@@ -112,9 +133,11 @@ MAX_DIM = 65_536
 
 MAGIC = b"FAGALIDX"
 #: Version 2 adds the header field ``snapshot_id``, which binds a delta file to its snapshot
-#: (:mod:`.delta`). Version 1 files are still read (without a delta); this software writes version 2.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: (:mod:`.delta`); version 3's payload is an ``IndexIDMap`` where 1 and 2 had an ``IndexIDMap2``
+#: (the same, with a reverse map). Versions 1 (without a delta) and 2 are still read; this software
+#: writes version 3, which software that reads only 1 and 2 refuses, and rebuilds from the store.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _PREFIX = struct.Struct("<8sHI")
 _CRC = struct.Struct("<I")
 _MAX_HEADER_BYTES = 64 * 1024
@@ -139,8 +162,11 @@ _LINK_CHUNK = 1 << 22
 #: The id a detached HNSW node keeps (a removed template's; Faiss's own "no match").
 DETACHED_ID = -1
 #: The share of an HNSW graph's nodes that may be detached (removed templates) before a removal
-#: rebuilds the graph instead: each detached node leaves its neighbours one link short.
+#: has the graph rebuilt: each detached node leaves its neighbours one link short.
 MAX_DETACHED_SHARE = 0.1
+#: Templates added to a graph being rebuilt on its own thread at a time; between two, the rebuild
+#: checks that it is still wanted (a stop, a newer index). About a second of one core at 10⁶.
+_REBUILD_CHUNK = 1024
 _SNAPSHOT_ID_HEX = 32
 #: Noise added to stored templates to make recall probes (relative norm ≈ 0.75: cosine ≈ 0.8 to the
 #: template, about what a new capture of an enrolled person scores).
@@ -149,6 +175,29 @@ _TIE_TOLERANCE = 1e-5
 #: Rows of a whole gallery handled at a time (normalising, exact top-k, reading vectors back), so that
 #: numpy's temporaries do not grow with the gallery.
 _CHUNK_ROWS = 16_384
+
+
+class _RebuildAbandonedError(Exception):
+    """A rebuild on its own thread was stopped between two chunks (:meth:`TemplateIndex.close`, or a
+    newer index replaced the one it was for)."""
+
+
+class _Rebuild:
+    """A replacement index being built on a thread of its own, and the changes made meanwhile to the
+    live index, in order: ``(ids, vectors)`` for an addition, ``(ids, None)`` for a removal."""
+
+    def __init__(self) -> None:
+        self.changes: List[Tuple[np.ndarray, Optional[np.ndarray]]] = []
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def forget(self, ids: np.ndarray) -> None:
+        """Record a removal; vectors of these ids added meanwhile are zeroed (nothing of a removed
+        face stays in memory) and detached from the replacement once it is built."""
+        for added, vectors in self.changes:
+            if vectors is not None:
+                vectors[np.isin(added, ids)] = 0.0
+        self.changes.append((ids, None))
 
 
 class GalleryIndexError(GalleryError):
@@ -277,7 +326,7 @@ def _refuse_rows(x: np.ndarray, norms: np.ndarray, name: str, first_row: int) ->
 def _new_faiss_index(
     kind: str, dim: int, hnsw_m: int, ef_construction: int, ef_search: int, precision: str = FLOAT32
 ) -> Any:
-    """An empty ``IndexIDMap2`` of the given kind and storage precision that owns its inner index."""
+    """An empty ``IndexIDMap`` of the given kind and storage precision that owns its inner index."""
     if kind == EXACT and precision == FLOAT16:
         inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     elif kind == EXACT:
@@ -289,15 +338,15 @@ def _new_faiss_index(
             inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = ef_construction
         inner.hnsw.efSearch = ef_search
-    index = faiss.IndexIDMap2(inner)
-    inner.this.disown()  # the C++ IndexIDMap2 deletes it, as for an index read from a file
+    index = faiss.IndexIDMap(inner)
+    inner.this.disown()  # the C++ IndexIDMap deletes it, as for an index read from a file
     index.own_fields = True
     return index
 
 
 def _kind_of(index: Any) -> Optional[str]:
     """``exact``, ``hnsw``, or None when the Faiss index is not one this module builds."""
-    if not isinstance(index, faiss.IndexIDMap2):
+    if not isinstance(index, faiss.IndexIDMap):
         return None
     inner = faiss.downcast_index(index.index)
     if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -334,7 +383,7 @@ def _stored_ids(index: Any) -> np.ndarray:
 
 
 def _detach(index: Any, nodes: np.ndarray) -> None:
-    """Take ``nodes`` (positions in storage order) out of an HNSW ``IndexIDMap2``, in place: no link
+    """Take ``nodes`` (positions in storage order) out of an HNSW ``IndexIDMap``, in place: no link
     leads to them or from them, their vectors are zeros and their ids :data:`DETACHED_ID`.
 
     Faiss's search reads a node's neighbour list up to its first -1, so each list that loses a link
@@ -379,7 +428,49 @@ def _detach(index: Any, nodes: np.ndarray) -> None:
     codes = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size()).reshape(total, -1)
     codes[nodes] = 0
     faiss.rev_swig_ptr(index.id_map.data(), total)[nodes] = DETACHED_ID
-    index.construct_rev_map()
+
+
+def _remove_rows(index: Any, rows: np.ndarray) -> None:
+    """Take ``rows`` (ascending positions in storage order) out of an exact ``IndexIDMap``, in place.
+
+    Faiss's ``remove_ids`` moves every later row down, a pass over the whole index while searches
+    wait. A scan does not care about order, so the last kept rows move into the removed ones'
+    places instead: as many row copies as rows removed. The rows given up are zeroed before the
+    arrays shrink (a vector keeps its capacity), so nothing of a removed face stays in memory. The
+    caller holds searches off.
+    """
+    inner = faiss.downcast_index(index.index)
+    total = int(index.ntotal)
+    kept = total - rows.shape[0]
+    codes = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size()).reshape(total, -1)
+    id_map = faiss.rev_swig_ptr(index.id_map.data(), total)
+    holes = rows[rows < kept]
+    movers = np.setdiff1d(np.arange(kept, total), rows, assume_unique=True)  # as many as the holes
+    codes[holes] = codes[movers]
+    id_map[holes] = id_map[movers]
+    codes[kept:] = 0
+    inner.codes.resize(kept * inner.code_size)
+    index.id_map.resize(kept)
+    inner.ntotal = kept
+    index.ntotal = kept
+
+
+def _without_reverse_map(index: Any) -> Any:
+    """The Faiss index of a file: an ``IndexIDMap2`` (formats 1 and 2) taken over by an ``IndexIDMap``
+    over the same inner index and ids, without its reverse map; any other index as it is."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        return index
+    inner = index.index
+    total = inner.ntotal
+    inner.ntotal = 0  # Faiss wraps only an empty index; the rows are the same either way
+    try:
+        plain = faiss.IndexIDMap(inner)
+    finally:
+        inner.ntotal = total
+    faiss.copy_array_to_vector(faiss.vector_to_array(index.id_map), plain.id_map)
+    plain.ntotal = index.ntotal
+    index.own_fields, plain.own_fields = False, True  # the inner index changes hands
+    return plain
 
 
 def exact_top_k(
@@ -497,7 +588,11 @@ class TemplateIndex:
         self._kind = EXACT
         self._detached = 0  # HNSW nodes of removed templates still in the graph (see _detach)
         self._index_lock = threading.Lock()  # held while the Faiss index is read or changed in place
-        self._writer_lock = threading.Lock()  # serialises add, remove and save
+        self._writer_lock = threading.Lock()  # serialises add, remove, save and a rebuild's swap
+        self._rebuild: Optional[_Rebuild] = None  # a replacement being built on its own thread
+        #: Called on the rebuild's thread once a replacement built there is in use (the gallery saves
+        #: it as a new snapshot); outside this index's locks.
+        self.on_rebuilt: Optional[Callable[[], None]] = None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -545,14 +640,24 @@ class TemplateIndex:
             raise ValueError(f"ids: duplicated ids {duplicated[:10].tolist()}")
         return id_array, x
 
-    def _make(self, ids: np.ndarray, x: np.ndarray) -> Tuple[Any, str, Optional[float]]:
-        """A new Faiss index over ``x`` (unit rows) of the kind its size calls for, not yet installed."""
+    def _make(
+        self, ids: np.ndarray, x: np.ndarray, stop: Optional[threading.Event] = None
+    ) -> Tuple[Any, str, Optional[float]]:
+        """A new Faiss index over ``x`` (unit rows) of the kind its size calls for, not yet installed.
+
+        With ``stop`` (a rebuild on its own thread) the templates go in by :data:`_REBUILD_CHUNK`,
+        and :class:`_RebuildAbandonedError` is raised once ``stop`` is set.
+        """
         kind = HNSW if ids.shape[0] > self.approximate_above else EXACT
         index = _new_faiss_index(
             kind, self._dim, self.hnsw_m, self.ef_construction, self._ef_search, self.precision
         )
         started = time.monotonic()
-        index.add_with_ids(x, ids)
+        step = ids.shape[0] if stop is None else _REBUILD_CHUNK
+        for start in range(0, ids.shape[0], max(step, 1)):
+            if stop is not None and stop.is_set():
+                raise _RebuildAbandonedError()
+            index.add_with_ids(x[start : start + step], ids[start : start + step])
         if kind == EXACT:
             logger.debug("exact index over %d templates built", ids.shape[0])
             return index, kind, None
@@ -579,10 +684,113 @@ class TemplateIndex:
         return index, kind, recall
 
     def _replace(self, ids: np.ndarray, x: np.ndarray) -> None:
+        """Build the index over ``ids``/``x`` on this thread and install it; a rebuild under way on
+        its own thread is superseded (the caller holds the writer lock, or owns the index alone)."""
         index, kind, recall = self._make(ids, x)
         with self._index_lock:
             self._index, self._kind, self.recall_at_1 = index, kind, recall
             self._detached = 0
+        self._abandon_rebuild()
+
+    # -- rebuilding on a thread of its own ------------------------------------------------------
+
+    def _rebuild_later(self) -> None:
+        """Start building an HNSW graph over the live templates on a thread of its own (the caller
+        holds the writer lock): at 10⁶ templates that takes minutes, which neither the change that
+        asks for it — an addition past ``approximate_above``, a removal past
+        :data:`MAX_DETACHED_SHARE` — nor the changes and searches after it should wait for. They go
+        on with the live index; the changes are replayed on the new graph before it is swapped in.
+        One rebuild at a time: one under way already takes this change in with the others."""
+        if self._rebuild is not None:
+            return
+        stored = _stored_ids(self._index)
+        ids = np.ascontiguousarray(stored[stored != DETACHED_ID]) if self._detached else stored
+        rebuild = _Rebuild()
+        rebuild.thread = threading.Thread(
+            target=self._build_replacement,
+            args=(rebuild, ids, self._all_vectors()),
+            name="gallery-index-rebuild",
+            daemon=True,
+        )
+        self._rebuild = rebuild
+        logger.info(
+            "rebuilding the gallery index as an HNSW graph over %d templates on its own thread "
+            "(%d detached nodes); searching the one in memory meanwhile",
+            ids.shape[0],
+            self._detached,
+        )
+        rebuild.thread.start()
+
+    def _build_replacement(self, rebuild: _Rebuild, ids: np.ndarray, x: np.ndarray) -> None:
+        """The rebuild's thread: build, then replay the changes made meanwhile and swap it in."""
+        # Half the cores (OpenMP's count is per thread): the door's frames need the rest meanwhile.
+        faiss.omp_set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+        try:
+            index, kind, recall = self._make(ids, x, rebuild.stop)
+        except _RebuildAbandonedError:
+            logger.info("a rebuild of the gallery index was abandoned (stopped, or superseded)")
+            return
+        except Exception:  # the live index goes on serving; the next trigger tries again
+            logger.exception("rebuilding the gallery index failed; searching the one in memory")
+            with self._writer_lock:
+                if self._rebuild is rebuild:
+                    self._rebuild = None
+            return
+        finally:
+            x.fill(0.0)  # this copy of the templates: nothing of one removed meanwhile stays in memory
+        with self._writer_lock:
+            if self._rebuild is not rebuild or rebuild.stop.is_set():
+                return  # superseded: the live index was replaced meanwhile
+            self._rebuild = None
+            for changed, vectors in rebuild.changes:
+                if vectors is not None:
+                    index.add_with_ids(vectors, changed)
+                else:
+                    gone = np.flatnonzero(np.isin(_stored_ids(index), changed))
+                    if gone.shape[0]:
+                        _detach(index, gone)
+            stored = _stored_ids(index)
+            detached = int(np.count_nonzero(stored == DETACHED_ID))
+            if stored.shape[0] - detached <= self.approximate_above:  # removals took it back under
+                logger.info("the rebuilt gallery index is not needed any more (%d templates)", len(self))
+                return
+            with self._index_lock:
+                self._index, self._kind, self.recall_at_1 = index, kind, recall
+                self._detached = detached
+        logger.info("the rebuilt gallery index is in use: %d templates", stored.shape[0] - detached)
+        if self.on_rebuilt is not None:
+            try:
+                self.on_rebuilt()
+            except Exception:  # the index in memory is right; only its file lags
+                logger.exception("after the gallery index was rebuilt")
+
+    def _abandon_rebuild(self) -> None:
+        if self._rebuild is not None:
+            self._rebuild.stop.set()
+            self._rebuild = None
+
+    @property
+    def rebuilding(self) -> bool:
+        """Whether a replacement is being built on its own thread (see :meth:`add`, :meth:`remove`)."""
+        return self._rebuild is not None
+
+    def wait_rebuilt(self, timeout: Optional[float] = None) -> bool:
+        """Wait until no rebuild is under way; returns whether none is."""
+        rebuild = self._rebuild
+        if rebuild is not None and rebuild.thread is not None:
+            rebuild.thread.join(timeout)
+        return self._rebuild is None
+
+    def close(self, timeout: float = 0.0) -> bool:
+        """Stop a rebuild under way (it ends at its next chunk) and wait up to ``timeout`` seconds for
+        its thread; returns whether it has ended. The index stays usable; safe to call again."""
+        with self._writer_lock:
+            rebuild, self._rebuild = self._rebuild, None
+        if rebuild is None or rebuild.thread is None:
+            return True
+        rebuild.stop.set()
+        rebuild.thread.join(max(0.0, timeout))
+        return not rebuild.thread.is_alive()
 
     def _all_vectors(self, keep: Optional[np.ndarray] = None) -> np.ndarray:
         """(m, d) float32: the stored vectors (where ``keep`` is True; never a detached node's),
@@ -673,8 +881,9 @@ class TemplateIndex:
     def add(self, ids: Any, vectors: Any) -> None:
         """Add templates. ids: (n,) int64, ≥ 0, not already present; vectors: (n, d) float32.
 
-        Growing past ``approximate_above`` rebuilds the index as HNSW (searches keep using the
-        old one meanwhile).
+        Growing past ``approximate_above`` has the index rebuilt as HNSW on a thread of its own
+        (:meth:`_rebuild_later`): the exact index takes the templates now, and serves until the
+        graph is ready.
         """
         id_array, x = self._validated(ids, vectors)
         if id_array.shape[0] == 0:
@@ -683,54 +892,56 @@ class TemplateIndex:
             present = np.isin(id_array, _stored_ids(self._index))
             if present.any():
                 raise ValueError(f"ids: already in the index: {id_array[present][:10].tolist()}")
-            total = len(self) + id_array.shape[0]
-            if self._kind == EXACT and total > self.approximate_above:
-                all_ids = np.concatenate([_stored_ids(self._index), id_array])
-                self._replace(all_ids, np.concatenate([self._all_vectors(), x]))
-                return
             with self._index_lock:
                 self._index.add_with_ids(x, id_array)
+            if self._rebuild is not None:
+                self._rebuild.changes.append((id_array, x))
+            elif self._kind == EXACT and len(self) > self.approximate_above:
+                self._rebuild_later()
 
     def remove(self, ids: Any) -> int:
         """Remove the templates with these ids (unknown ids are ignored); returns how many went.
 
         ids: (m,) int64. The exact index removes in place; HNSW detaches the templates' nodes (see the
-        module's docstring), or is rebuilt from the kept vectors when detached nodes would pass
-        :data:`MAX_DETACHED_SHARE` of the graph or no more than ``approximate_above`` templates
-        would be left (then as exact). Either way a removed template is gone from memory, not
+        module's docstring), and once detached nodes pass :data:`MAX_DETACHED_SHARE` of the graph
+        has it rebuilt on a thread of its own (:meth:`_rebuild_later`). When no more than
+        ``approximate_above`` templates are left the index is rebuilt as exact, here (a copy of
+        the templates, not a graph). Either way a removed template is gone from memory, not
         merely hidden, once this returns.
         """
         id_array = np.unique(as_ids(ids))
         if id_array.shape[0] == 0:
             return 0
         with self._writer_lock:
-            if self._kind == EXACT:
-                with self._index_lock:
-                    return int(self._index.remove_ids(id_array))
             stored = _stored_ids(self._index)
             doomed = np.flatnonzero(np.isin(stored, id_array))
             if not doomed.shape[0]:
                 return 0
-            detached = self._detached + doomed.shape[0]
-            if (
-                stored.shape[0] - detached > self.approximate_above
-                and detached <= MAX_DETACHED_SHARE * stored.shape[0]
-            ):
-                started = time.monotonic()
+            if self._rebuild is not None:
+                self._rebuild.forget(stored[doomed])
+            if self._kind == EXACT:
                 with self._index_lock:
-                    _detach(self._index, doomed)
-                    self._detached = detached
-                logger.debug(
-                    "%d HNSW node(s) detached in %.3f s (%d detached of %d)",
-                    doomed.shape[0],
-                    time.monotonic() - started,
-                    detached,
-                    stored.shape[0],
-                )
+                    _remove_rows(self._index, doomed)
                 return int(doomed.shape[0])
-            keep = stored != DETACHED_ID
-            keep[doomed] = False
-            self._replace(np.ascontiguousarray(stored[keep]), self._all_vectors(keep))
+            detached = self._detached + doomed.shape[0]
+            if stored.shape[0] - detached <= self.approximate_above:
+                keep = stored != DETACHED_ID
+                keep[doomed] = False
+                self._replace(np.ascontiguousarray(stored[keep]), self._all_vectors(keep))
+                return int(doomed.shape[0])
+            started = time.monotonic()
+            with self._index_lock:
+                _detach(self._index, doomed)
+                self._detached = detached
+            logger.debug(
+                "%d HNSW node(s) detached in %.3f s (%d detached of %d)",
+                doomed.shape[0],
+                time.monotonic() - started,
+                detached,
+                stored.shape[0],
+            )
+            if detached > MAX_DETACHED_SHARE * stored.shape[0]:
+                self._rebuild_later()
             return int(doomed.shape[0])
 
     # -- persistence -------------------------------------------------------------------------
@@ -857,7 +1068,7 @@ class TemplateIndex:
             payload_start = stream.tell()
             _verify_payload(stream, where, header)
             stream.seek(payload_start)
-            faiss_index = _read_payload(stream, where)
+            faiss_index = _without_reverse_map(_read_payload(stream, where))
         kind = _kind_of(faiss_index)
         problems = []
         if kind != header["kind"]:

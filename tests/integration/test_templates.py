@@ -308,7 +308,7 @@ def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebui
             )
         person = _of(labelled, "deepface_personC")
         _enrol(gallery, "c", [person[0][1]])
-        assert gallery.approximate
+        assert gallery.wait_rebuilt(30.0) and gallery.approximate  # the graph is built on its own thread
         updater = TemplateUpdater(gallery, config.adaptive, False)
         verdicts = [
             updater.consider(_passage(gallery, face), f"ev-{Path(path).stem}") for path, face in person[1:]

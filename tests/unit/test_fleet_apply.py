@@ -268,7 +268,7 @@ def test_the_daemon_closes_the_gallery_only_once_the_fleet_thread_has_ended(
 
     events: List[str] = []
     close = gallery.close
-    monkeypatch.setattr(gallery, "close", lambda: events.append("gallery closed") or close())
+    monkeypatch.setattr(gallery, "close", lambda **kwargs: events.append("gallery closed") or close(**kwargs))
     appliance = Appliance(validate_config({"storage": {"dir": str(tmp_path)}}), stop_budget_s=2.0)
     appliance.gallery = gallery
     appliance.fleet = SimpleNamespace(close=lambda timeout: events.append("fleet stopped") or fleet_ended)

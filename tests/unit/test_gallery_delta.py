@@ -35,7 +35,7 @@ from appliance.gallery.delta import (
 )
 from appliance.gallery.errors import GalleryBusyError
 from appliance.gallery.gallery import INDEX_FILE, Gallery
-from appliance.gallery.index import as_unit_vectors, read_snapshot_header
+from appliance.gallery.index import FORMAT_VERSION, as_unit_vectors, read_snapshot_header
 from appliance.gallery.store import ADAPTIVE, TemplateOrigin, TemplateStore
 from tests.support import Held, meanwhile
 from tests.synthetic import unit_vectors
@@ -497,6 +497,30 @@ def test_a_delta_of_another_snapshot_or_model_is_ignored(state: Path) -> None:
     assert _files(state) == [INDEX_FILE]
 
 
+def test_a_graph_built_on_its_own_thread_is_saved_as_a_new_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The enrolment that takes the gallery past ``approximate_above`` returns before the graph is
+    built; once it is, it is saved as a snapshot, and the next start loads it instead of building it."""
+    _fill(tmp_path, 499)  # 998 templates: exact
+    with _open(tmp_path, approximate_above=1000) as gallery:
+        gallery.add("ada", "Ada", unit_vectors(3, 1, dim=D))
+        assert gallery.wait_rebuilt(DEADLINE_S) and gallery.approximate and len(gallery) == 1001
+        header = read_snapshot_header(tmp_path / INDEX_FILE)
+        assert (header["kind"], header["count"], header["generation"]) == (
+            "hnsw",
+            1001,
+            gallery.store.generation,
+        )
+        assert _files(tmp_path) == [INDEX_FILE]
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    with _open(tmp_path, approximate_above=1000) as gallery:
+        assert gallery.approximate and _top(gallery, unit_vectors(3, 1, dim=D)[:1]) == ["ada"]
+    assert "loaded hnsw index of 1001 templates" in caplog.text, caplog.text
+    assert "rebuilding" not in caplog.text and "HNSW index over" not in caplog.text  # no graph built
+
+
 def _as_version_1(path: Path) -> None:
     """Rewrite an index file as this software's predecessor wrote it: format 1, no snapshot_id."""
     data = path.read_bytes()
@@ -518,7 +542,7 @@ def test_a_version_1_snapshot_is_read_and_a_delta_beside_it_deleted(state: Path)
         assert len(gallery) == 100 and gallery.saved.snapshots_written == 0
         assert _files(state) == [INDEX_FILE]
         gallery.add("ada", "Ada", unit_vectors(1, 1, dim=D))  # not a delta of a version-1 file: a snapshot
-        assert read_snapshot_header(state / INDEX_FILE)["format"] == 2
+        assert read_snapshot_header(state / INDEX_FILE)["format"] == FORMAT_VERSION
     with _open(state) as gallery:
         assert len(gallery) == 101
 

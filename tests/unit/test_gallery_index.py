@@ -6,9 +6,11 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, List, Tuple
@@ -33,6 +35,7 @@ from appliance.gallery.index import (
 
 D = 128
 MODEL = "mobilefacenet@1"
+DEADLINE_S = 30.0  # every wait on another thread: a rebuild that hangs fails the test instead
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -185,6 +188,69 @@ def test_removed_ids_never_come_back(approximate_above: int) -> None:
     assert index.remove(gone) == 0
 
 
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_an_exact_removal_leaves_nothing_of_the_templates_in_memory(precision: str) -> None:
+    """The removed rows are filled with the last ones and the rows given up are zeroed before the
+    arrays shrink: no byte of a removed template is left in the buffer, its spare capacity included
+    (Faiss's own removal left the last rows there), and the index searches as one built without them."""
+    x, ids = identities(500), some_ids(500)
+    index = TemplateIndex.build(D, ids, x, precision=precision)
+    inner = faiss.downcast_index(index._index.index)
+    size, row = inner.codes.size(), inner.code_size
+    before = faiss.rev_swig_ptr(inner.codes.data(), size).tobytes()  # the rows as the index holds them
+    doomed = np.array([0, 3, 250, 496, 499])  # the first, the middle, among the rows that move, the last
+    assert index.remove(np.concatenate([ids[doomed], [7]])) == doomed.shape[0]  # unknown ids are ignored
+    kept = np.setdiff1d(np.arange(500), doomed)
+    assert len(index) == index._index.ntotal == inner.ntotal == kept.shape[0]
+    assert inner.codes.size() == kept.shape[0] * row and index._index.id_map.size() == kept.shape[0]
+    assert sorted(index.ids().tolist()) == sorted(ids[kept].tolist())
+    buffer = faiss.rev_swig_ptr(inner.codes.data(), size).tobytes()  # a shrunk vector keeps its buffer
+    assert not any(before[r * row : (r + 1) * row] in buffer for r in doomed)
+    assert all(before[r * row : (r + 1) * row] in buffer for r in kept[::25])  # the check can find rows
+    scores, found = index.search(x[:60], 3)
+    reference = TemplateIndex.build(D, ids[kept], x[kept], precision=precision)
+    ref_scores, ref_found = reference.search(x[:60], 3)
+    np.testing.assert_array_equal(found, ref_found)
+    np.testing.assert_array_equal(scores, ref_scores)
+    index.add(ids[doomed[:2]], x[doomed[:2]])  # a removed id may come back
+    assert index.search(x[doomed[:2]], 1)[1][:, 0].tolist() == ids[doomed[:2]].tolist()
+    assert index.remove(ids) == kept.shape[0] + 2 and len(index) == 0 and inner.codes.size() == 0
+    assert not faiss.rev_swig_ptr(inner.codes.data(), size).any()
+    assert (index.search(x[:2], 1)[1] == -1).all()
+
+
+@pytest.mark.parametrize("approximate_above", [10_000, 100], ids=["exact", "hnsw"])
+def test_a_file_of_formats_1_and_2_is_read_and_saved_as_format_3(
+    tmp_path: Path, approximate_above: int
+) -> None:
+    """Formats 1 and 2 held an IndexIDMap2 (an IndexIDMap with a reverse map): it is read into an
+    IndexIDMap over the same templates, searches as the file's index does, changes, and the next
+    save writes format 3."""
+    x, ids = identities(300), some_ids(300)
+    kind = "exact" if approximate_above > 300 else "hnsw"
+    inner = (
+        faiss.IndexFlatIP(D) if kind == "exact" else faiss.IndexHNSWFlat(D, 16, faiss.METRIC_INNER_PRODUCT)
+    )
+    old = faiss.IndexIDMap2(inner)  # as the software before this one built it
+    old.add_with_ids(unit(x), ids)
+    path = tmp_path / "old.index"
+    payload = faiss.serialize_index(old).tobytes()
+    assert payload[:4] == b"IxM2"
+    _forge(path, payload, count=300, kind=kind, approximate_above=approximate_above, hnsw_m=16)
+    loaded = TemplateIndex.load(path, MODEL, 3)
+    assert type(loaded._index) is faiss.IndexIDMap and loaded.kind == kind and len(loaded) == 300
+    scores, found = loaded.search(x[:40], 1)  # each template finds itself, as in the file's index
+    assert found[:, 0].tolist() == old.search(unit(x[:40]), 1)[1][:, 0].tolist() == ids[:40].tolist()
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert loaded.remove(ids[:5]) == 5 and not np.isin(_all_found(loaded, x[:5]), ids[:5]).any()
+    loaded.save(path, MODEL, 4)
+    header = index_module.read_snapshot_header(path)
+    assert header["format"] == index_module.FORMAT_VERSION == 3
+    assert path.read_bytes()[_payload_start(path) :][:4] == b"IxMp"
+    again = TemplateIndex.load(path, MODEL, 4)
+    assert len(again) == 295 and sorted(again.ids().tolist()) == sorted(ids[5:].tolist())
+
+
 def test_hnsw_removal_below_the_threshold_becomes_exact_and_stays_correct() -> None:
     x, ids = identities(1200), some_ids(1200)
     index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
@@ -207,13 +273,142 @@ def test_add_then_search_and_growth_past_the_threshold_becomes_hnsw() -> None:
         index.add(ids[799:801], x[799:801])
     assert len(index) == 800  # nothing of the refused batch went in
     index.add(ids[800:], x[800:])
-    assert index.kind == "hnsw" and len(index) == 1500
+    assert len(index) == 1500 and index.wait_rebuilt(DEADLINE_S) and index.kind == "hnsw"
     _, found = index.search(x, 1)
     assert np.mean(found[:, 0] == ids) >= 0.99
     assert sorted(index.ids().tolist()) == sorted(ids.tolist())
 
 
+def _held_rebuild(
+    index: TemplateIndex, monkeypatch: pytest.MonkeyPatch
+) -> Tuple[threading.Event, threading.Event]:
+    """Hold a rebuild on its own thread before it builds anything: ``(started, release)``."""
+    started, release = threading.Event(), threading.Event()
+    real = index._make
+
+    def make(ids: np.ndarray, x: np.ndarray, stop: Any = None) -> Any:
+        if stop is not None:  # the rebuild's thread (a rebuild here passes no stop)
+            started.set()
+            assert release.wait(DEADLINE_S)
+        return real(ids, x, stop)
+
+    monkeypatch.setattr(index, "_make", make)
+    return started, release
+
+
+def test_growth_past_the_threshold_builds_the_graph_on_its_own_thread_and_replays_the_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The addition that crosses ``approximate_above`` returns with the exact index holding it; the
+    graph is built meanwhile from the templates of that moment, and the additions and removals made
+    while it was built are replayed on it before it replaces the exact index."""
+    x, ids = identities(1600), some_ids(1600)
+    index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
+    started, release = _held_rebuild(index, monkeypatch)
+    index.add(ids[:1200], x[:1200])
+    assert started.wait(DEADLINE_S) and index.rebuilding and (index.kind, len(index)) == ("exact", 1200)
+    np.testing.assert_array_equal(index.search(x[:50], 1)[1][:, 0], ids[:50])  # the exact index serves
+    index.add(ids[1200:], x[1200:])  # meanwhile: templates added,
+    assert index.remove(ids[:30]) == 30  # removed from those the graph is built from,
+    assert index.remove(ids[1500:1510]) == 10  # and from those added meanwhile
+    assert (index.kind, len(index)) == ("exact", 1560)
+    release.set()
+    assert index.wait_rebuilt(DEADLINE_S) and not index.rebuilding
+    assert (index.kind, len(index), index.detached) == ("hnsw", 1560, 40)
+    gone = np.concatenate([ids[:30], ids[1500:1510]])
+    assert sorted(index.ids().tolist()) == sorted(np.setdiff1d(ids, gone).tolist())
+    assert not np.isin(_all_found(index, np.concatenate([x[:30], x[1500:1510]])), gone).any()
+    kept = np.setdiff1d(np.arange(1600), np.r_[0:30, 1500:1510])
+    _, found = index.search(x[kept], 1)
+    assert np.mean(found[:, 0] == ids[kept]) >= 0.99
+
+
+def test_past_the_detached_share_the_graph_is_rebuilt_on_its_own_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The removal that takes detached nodes past MAX_DETACHED_SHARE detaches them too, and returns:
+    they are gone from the searches at once. The graph is rebuilt without the detached nodes
+    meanwhile, and the changes made in between are replayed on it."""
+    x, ids = identities(3000), some_ids(3000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    started, release = _held_rebuild(index, monkeypatch)
+    bound = int(index_module.MAX_DETACHED_SHARE * 3000)
+    assert index.remove(ids[:bound]) == bound and not index.rebuilding  # up to the bound: detached
+    assert index.remove(ids[bound : bound + 1]) == 1  # one more: detached, and the graph rebuilt
+    assert started.wait(DEADLINE_S) and index.rebuilding and index.detached == bound + 1
+    assert not np.isin(_all_found(index, x[: bound + 1]), ids[: bound + 1]).any()
+    index.add(ids[:5], x[:5])  # meanwhile: removed ids come back,
+    assert index.remove(ids[bound + 1 : bound + 11]) == 10  # and more go
+    release.set()
+    assert index.wait_rebuilt(DEADLINE_S)
+    assert (index.kind, index.detached, len(index)) == ("hnsw", 10, 3000 - (bound + 11) + 5)
+    assert index._index.ntotal == 3000 - (bound + 1) + 5  # the graph holds none of the first removals
+    assert not np.isin(_all_found(index, x[bound + 1 : bound + 11]), ids[bound + 1 : bound + 11]).any()
+    kept = np.r_[0:5, bound + 11 : 3000]
+    _, found = index.search(x[kept], 1)
+    assert np.mean(found[:, 0] == ids[kept]) >= 0.99
+
+
+def test_a_graph_no_longer_needed_when_built_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removals during the growth's rebuild took the index back under ``approximate_above``: the
+    graph is dropped and the exact index stays; the same when a removal rebuilt it as exact."""
+    x, ids = identities(1100), some_ids(1100)
+    index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
+    started, release = _held_rebuild(index, monkeypatch)
+    index.add(ids, x)
+    assert started.wait(DEADLINE_S)
+    assert index.remove(ids[:200]) == 200
+    release.set()
+    assert index.wait_rebuilt(DEADLINE_S) and (index.kind, len(index)) == ("exact", 900)
+    np.testing.assert_array_equal(index.search(x[200:300], 1)[1][:, 0], ids[200:300])
+
+    x, ids = identities(3000), some_ids(3000)
+    graph = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    started, release = _held_rebuild(graph, monkeypatch)
+    assert graph.remove(ids[:400]) == 400 and started.wait(DEADLINE_S)  # past the share: rebuilt meanwhile
+    assert graph.remove(ids[400:2100]) == 1700  # 900 left: rebuilt as exact here, the graph not wanted
+    assert (graph.kind, len(graph), graph.rebuilding) == ("exact", 900, False)
+    release.set()
+    assert graph.wait_rebuilt(DEADLINE_S)
+    assert (graph.kind, len(graph)) == ("exact", 900)
+    np.testing.assert_array_equal(graph.search(x[2100:2200], 1)[1][:, 0], ids[2100:2200])
+
+
+def test_close_stops_a_rebuild_between_two_chunks(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, ids = identities(1500), some_ids(1500)
+    index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
+    started, release = _held_rebuild(index, monkeypatch)
+    index.add(ids, x)
+    assert started.wait(DEADLINE_S)
+    caplog.set_level(logging.INFO, logger=index_module.__name__)
+    ended: List[bool] = []
+    closer = threading.Thread(target=lambda: ended.append(index.close(DEADLINE_S)), name="closer")
+    closer.start()
+    try:
+        assert _eventually(lambda: index._rebuild is None)  # close has taken the rebuild, set its stop
+    finally:
+        release.set()
+        closer.join(DEADLINE_S)
+    assert ended == [True] and not index.rebuilding and (index.kind, len(index)) == ("exact", 1500)
+    assert "a rebuild of the gallery index was abandoned" in caplog.text
+    assert "rebuilt gallery index is in use" not in caplog.text
+    np.testing.assert_array_equal(index.search(x[:20], 1)[1][:, 0], ids[:20])
+
+
+def _eventually(condition: Any, timeout: float = DEADLINE_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_searches_continue_while_an_hnsw_index_is_rebuilt() -> None:
+    """A removal past the detached share has the graph rebuilt on its own thread; searches on
+    another thread go on throughout, and so do changes."""
     x, ids = identities(3000), some_ids(3000)
     index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
     errors: List[BaseException] = []
@@ -229,12 +424,13 @@ def test_searches_continue_while_an_hnsw_index_is_rebuilt() -> None:
     worker = threading.Thread(target=searching, name="searcher")
     worker.start()
     try:
-        assert index.remove(ids[:100]) == 100
+        assert index.remove(ids[:400]) == 400 and index.rebuilding
         index.add(ids[:50], x[:50])
+        assert index.wait_rebuilt(DEADLINE_S)
     finally:
         stop.set()
         worker.join()
-    assert errors == [] and len(index) == 2950
+    assert errors == [] and len(index) == 2650 and (index.kind, index.detached) == ("hnsw", 0)
 
 
 def _graph(index: TemplateIndex) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
@@ -297,22 +493,6 @@ def test_an_hnsw_removal_detaches_the_nodes_and_leaves_nothing_of_them(tmp_path:
         len(loaded) == len(index) + 3
         and loaded.search(x[doomed[:3]], 1)[1][:, 0].tolist() == ids[doomed[:3]].tolist()
     )
-
-
-def test_past_the_detached_share_a_removal_rebuilds_the_graph() -> None:
-    x, ids = identities(3000), some_ids(3000)
-    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
-    bound = int(index_module.MAX_DETACHED_SHARE * 3000)
-    assert index.remove(ids[:bound]) == bound and index.detached == bound  # up to the bound: detached
-    assert index.remove(ids[bound : bound + 1]) == 1  # one more: rebuilt from the kept vectors
-    assert (index.kind, index.detached, len(index), index._index.ntotal) == (
-        "hnsw",
-        0,
-        2999 - bound,
-        2999 - bound,
-    )
-    _, found = index.search(x[bound + 1 :], 1)
-    assert np.mean(found[:, 0] == ids[bound + 1 :]) >= 0.99
 
 
 def test_a_header_whose_detached_count_disagrees_with_the_payload_is_corrupt(tmp_path: Path) -> None:
@@ -444,7 +624,7 @@ def _corrupt(path: Path, how: str) -> None:
     elif how == "magic":
         data[:8] = b"NOTANIDX"
     elif how == "version":
-        data[8] ^= 0x02
+        data[8:10] = struct.pack("<H", max(index_module.READABLE_VERSIONS) + 1)
     elif how == "header byte":
         data[20] ^= 0x01
     elif how == "header length":
@@ -514,7 +694,7 @@ def test_consistent_files_with_a_wrong_payload_are_corrupt(tmp_path: Path) -> No
     _forge(path, b"\x00" * 64)  # checksum right, Faiss cannot read it
     with pytest.raises(IndexCorruptError, match="Faiss cannot read"):
         TemplateIndex.load(path, MODEL, 3)
-    flat = faiss.IndexFlatL2(D)  # readable, but not an IndexIDMap2 of inner product
+    flat = faiss.IndexFlatL2(D)  # readable, but not an IndexIDMap of inner product
     flat.add(unit(gaussian(10)))
     _forge(path, faiss.serialize_index(flat).tobytes())
     with pytest.raises(IndexCorruptError, match="header says exact"):

@@ -18,6 +18,7 @@ import pytest
 
 from appliance.gallery.index import (
     FLOAT16_SCORE_BOUND,
+    FORMAT_VERSION,
     IndexCorruptError,
     IndexStaleError,
     TemplateIndex,
@@ -92,7 +93,7 @@ def test_float16_save_load_round_trip(tmp_path: Path, approximate_above: int) ->
     path = tmp_path / "gallery.index"
     index.save(path, MODEL, 4)
     header = read_snapshot_header(path)
-    assert header["format"] == 2 and len(header["snapshot_id"]) == 32
+    assert header["format"] == FORMAT_VERSION and len(header["snapshot_id"]) == 32
     loaded = TemplateIndex.load(path, MODEL, 4, precision="float16")
     assert (loaded.kind, loaded.precision, len(loaded)) == (index.kind, "float16", 2000)
     for a, b in zip(index.search(q, 3), loaded.search(q, 3)):
@@ -114,7 +115,7 @@ def test_a_saved_exact_index_of_another_precision_is_stale_an_hnsw_one_is_used(t
     assert loaded.detached == 10
     assert isinstance(faiss.downcast_index(loaded._index.index), faiss.IndexHNSWFlat)
     assert loaded.remove(ids[10:200]) == 190  # past MAX_DETACHED_SHARE: rebuilt, in the precision asked for
-    assert (loaded.detached, len(loaded)) == (0, 1300)
+    assert loaded.wait_rebuilt(30.0) and (loaded.detached, len(loaded)) == (0, 1300)
     assert isinstance(faiss.downcast_index(loaded._index.index), faiss.IndexHNSWSQ)
 
 
@@ -137,7 +138,11 @@ def test_float16_growth_across_the_threshold_and_back() -> None:
     index.add(ids[:900], x[:900])
     assert index.kind == "exact"
     index.add(ids[900:], x[900:])
-    assert index.kind == "hnsw" and isinstance(faiss.downcast_index(index._index.index), faiss.IndexHNSWSQ)
+    assert (
+        index.wait_rebuilt(30.0)
+        and index.kind == "hnsw"
+        and isinstance(faiss.downcast_index(index._index.index), faiss.IndexHNSWSQ)
+    )
     assert np.mean(index.search(x, 1)[1][:, 0] == ids) >= 0.99
     assert index.remove(ids[:600]) == 600
     assert index.kind == "exact" and index.precision == "float16" and len(index) == 900
