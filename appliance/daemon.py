@@ -229,7 +229,7 @@ class Appliance:
             try:
                 runtime.attach_gallery(gallery)
             except BaseException:
-                gallery.close()
+                gallery.close(rebuild_stop_s=0.0)  # a failed start waits for no rebuild of its index
                 raise
             return gallery
 

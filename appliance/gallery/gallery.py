@@ -30,6 +30,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from dataclasses import replace as replace_fields
+from functools import partial
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
@@ -206,7 +207,7 @@ class Gallery:
                 self._owners = dict(zip(ids.tolist(), owners))
                 previous, self._index = self._index, index
                 self._names, self._impostors = names, impostors
-            index.on_rebuilt = self._rebuilt
+            index.on_rebuilt = partial(self._rebuilt, index)
             if previous is not None:
                 previous.close()  # a rebuild of the index replaced has nothing left to do
 
@@ -773,11 +774,12 @@ class Gallery:
         index = self._index
         return index is None or index.wait_rebuilt(timeout)
 
-    def _rebuilt(self) -> None:
-        """On the index's rebuild thread, once the graph built there is in use: save it as a new
-        snapshot, so that the next start loads it instead of building it again."""
+    def _rebuilt(self, index: TemplateIndex) -> None:
+        """On ``index``'s rebuild thread, once the graph built there is in use: save it as a new
+        snapshot, so that the next start loads it instead of building it again (unless the gallery
+        has closed, or replaced that index meanwhile)."""
         with self._changes:
-            if not self._closed and self._index is not None:
+            if not self._closed and self._index is index:
                 self._persist([], removal=True, save=True)
 
     def close(self, rebuild_stop_s: Optional[float] = None) -> None:

@@ -556,7 +556,8 @@ class TemplateIndex:
 
     Holds an exact index up to ``approximate_above`` templates and an HNSW graph above (both storing
     the templates in ``precision``: see the module's docstring); it switches kind by rebuilding when
-    an addition or removal crosses that size. Ids are the store's template ids: int64, ≥ 0, unique.
+    an addition or removal crosses that size — to a graph on a thread of its own, to exact at once.
+    Ids are the store's template ids: int64, ≥ 0, unique.
     """
 
     def __init__(
