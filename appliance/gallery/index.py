@@ -705,11 +705,12 @@ class TemplateIndex:
         if self._rebuild is not None:
             return
         stored = _stored_ids(self._index)
-        ids = np.ascontiguousarray(stored[stored != DETACHED_ID]) if self._detached else stored
+        keep = stored != DETACHED_ID if self._detached else None
+        ids = stored if keep is None else np.ascontiguousarray(stored[keep])
         rebuild = _Rebuild()
         rebuild.thread = threading.Thread(
             target=self._build_replacement,
-            args=(rebuild, ids, self._all_vectors()),
+            args=(rebuild, ids, self._all_vectors(keep)),
             name="gallery-index-rebuild",
             daemon=True,
         )
@@ -786,10 +787,10 @@ class TemplateIndex:
         """Stop a rebuild under way (it ends at its next chunk) and wait up to ``timeout`` seconds for
         its thread; returns whether it has ended. The index stays usable; safe to call again."""
         with self._writer_lock:
-            rebuild, self._rebuild = self._rebuild, None
+            rebuild = self._rebuild
+            self._abandon_rebuild()
         if rebuild is None or rebuild.thread is None:
             return True
-        rebuild.stop.set()
         rebuild.thread.join(max(0.0, timeout))
         return not rebuild.thread.is_alive()
 

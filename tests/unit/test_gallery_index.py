@@ -10,7 +10,6 @@ import logging
 import os
 import struct
 import threading
-import time
 import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, List, Tuple
@@ -32,6 +31,8 @@ from appliance.gallery.index import (
     measure_recall,
     probe_queries,
 )
+from tests.mqtt_broker import wait_until
+from tests.support import Held
 
 D = 128
 MODEL = "mobilefacenet@1"
@@ -279,23 +280,6 @@ def test_add_then_search_and_growth_past_the_threshold_becomes_hnsw() -> None:
     assert sorted(index.ids().tolist()) == sorted(ids.tolist())
 
 
-def _held_rebuild(
-    index: TemplateIndex, monkeypatch: pytest.MonkeyPatch
-) -> Tuple[threading.Event, threading.Event]:
-    """Hold a rebuild on its own thread before it builds anything: ``(started, release)``."""
-    started, release = threading.Event(), threading.Event()
-    real = index._make
-
-    def make(ids: np.ndarray, x: np.ndarray, stop: Any = None) -> Any:
-        if stop is not None:  # the rebuild's thread (a rebuild here passes no stop)
-            started.set()
-            assert release.wait(DEADLINE_S)
-        return real(ids, x, stop)
-
-    monkeypatch.setattr(index, "_make", make)
-    return started, release
-
-
 def test_growth_past_the_threshold_builds_the_graph_on_its_own_thread_and_replays_the_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -304,15 +288,15 @@ def test_growth_past_the_threshold_builds_the_graph_on_its_own_thread_and_replay
     while it was built are replayed on it before it replaces the exact index."""
     x, ids = identities(1600), some_ids(1600)
     index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
-    started, release = _held_rebuild(index, monkeypatch)
+    held = Held(monkeypatch, index, "_build_replacement", DEADLINE_S)  # the rebuild, before it builds
     index.add(ids[:1200], x[:1200])
-    assert started.wait(DEADLINE_S) and index.rebuilding and (index.kind, len(index)) == ("exact", 1200)
+    assert held.entered.wait(DEADLINE_S) and index.rebuilding and (index.kind, len(index)) == ("exact", 1200)
     np.testing.assert_array_equal(index.search(x[:50], 1)[1][:, 0], ids[:50])  # the exact index serves
     index.add(ids[1200:], x[1200:])  # meanwhile: templates added,
     assert index.remove(ids[:30]) == 30  # removed from those the graph is built from,
     assert index.remove(ids[1500:1510]) == 10  # and from those added meanwhile
     assert (index.kind, len(index)) == ("exact", 1560)
-    release.set()
+    held.release()
     assert index.wait_rebuilt(DEADLINE_S) and not index.rebuilding
     assert (index.kind, len(index), index.detached) == ("hnsw", 1560, 40)
     gone = np.concatenate([ids[:30], ids[1500:1510]])
@@ -331,15 +315,15 @@ def test_past_the_detached_share_the_graph_is_rebuilt_on_its_own_thread(
     meanwhile, and the changes made in between are replayed on it."""
     x, ids = identities(3000), some_ids(3000)
     index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
-    started, release = _held_rebuild(index, monkeypatch)
+    held = Held(monkeypatch, index, "_build_replacement", DEADLINE_S)  # the rebuild, before it builds
     bound = int(index_module.MAX_DETACHED_SHARE * 3000)
     assert index.remove(ids[:bound]) == bound and not index.rebuilding  # up to the bound: detached
     assert index.remove(ids[bound : bound + 1]) == 1  # one more: detached, and the graph rebuilt
-    assert started.wait(DEADLINE_S) and index.rebuilding and index.detached == bound + 1
+    assert held.entered.wait(DEADLINE_S) and index.rebuilding and index.detached == bound + 1
     assert not np.isin(_all_found(index, x[: bound + 1]), ids[: bound + 1]).any()
     index.add(ids[:5], x[:5])  # meanwhile: removed ids come back,
     assert index.remove(ids[bound + 1 : bound + 11]) == 10  # and more go
-    release.set()
+    held.release()
     assert index.wait_rebuilt(DEADLINE_S)
     assert (index.kind, index.detached, len(index)) == ("hnsw", 10, 3000 - (bound + 11) + 5)
     assert index._index.ntotal == 3000 - (bound + 1) + 5  # the graph holds none of the first removals
@@ -354,21 +338,23 @@ def test_a_graph_no_longer_needed_when_built_is_dropped(monkeypatch: pytest.Monk
     graph is dropped and the exact index stays; the same when a removal rebuilt it as exact."""
     x, ids = identities(1100), some_ids(1100)
     index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
-    started, release = _held_rebuild(index, monkeypatch)
+    held = Held(monkeypatch, index, "_build_replacement", DEADLINE_S)  # the rebuild, before it builds
     index.add(ids, x)
-    assert started.wait(DEADLINE_S)
+    assert held.entered.wait(DEADLINE_S)
     assert index.remove(ids[:200]) == 200
-    release.set()
+    held.release()
     assert index.wait_rebuilt(DEADLINE_S) and (index.kind, len(index)) == ("exact", 900)
     np.testing.assert_array_equal(index.search(x[200:300], 1)[1][:, 0], ids[200:300])
 
     x, ids = identities(3000), some_ids(3000)
     graph = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
-    started, release = _held_rebuild(graph, monkeypatch)
-    assert graph.remove(ids[:400]) == 400 and started.wait(DEADLINE_S)  # past the share: rebuilt meanwhile
+    held = Held(monkeypatch, graph, "_build_replacement", DEADLINE_S)  # the rebuild, before it builds
+    assert graph.remove(ids[:400]) == 400 and held.entered.wait(
+        DEADLINE_S
+    )  # past the share: rebuilt meanwhile
     assert graph.remove(ids[400:2100]) == 1700  # 900 left: rebuilt as exact here, the graph not wanted
     assert (graph.kind, len(graph), graph.rebuilding) == ("exact", 900, False)
-    release.set()
+    held.release()
     assert graph.wait_rebuilt(DEADLINE_S)
     assert (graph.kind, len(graph)) == ("exact", 900)
     np.testing.assert_array_equal(graph.search(x[2100:2200], 1)[1][:, 0], ids[2100:2200])
@@ -379,31 +365,22 @@ def test_close_stops_a_rebuild_between_two_chunks(
 ) -> None:
     x, ids = identities(1500), some_ids(1500)
     index = TemplateIndex(D, approximate_above=1000, recall_sample=0)
-    started, release = _held_rebuild(index, monkeypatch)
+    held = Held(monkeypatch, index, "_build_replacement", DEADLINE_S)  # the rebuild, before it builds
     index.add(ids, x)
-    assert started.wait(DEADLINE_S)
+    assert held.entered.wait(DEADLINE_S)
     caplog.set_level(logging.INFO, logger=index_module.__name__)
     ended: List[bool] = []
     closer = threading.Thread(target=lambda: ended.append(index.close(DEADLINE_S)), name="closer")
     closer.start()
     try:
-        assert _eventually(lambda: index._rebuild is None)  # close has taken the rebuild, set its stop
+        wait_until(lambda: index._rebuild is None, DEADLINE_S, "close to take the rebuild and set its stop")
     finally:
-        release.set()
+        held.release()
         closer.join(DEADLINE_S)
     assert ended == [True] and not index.rebuilding and (index.kind, len(index)) == ("exact", 1500)
     assert "a rebuild of the gallery index was abandoned" in caplog.text
     assert "rebuilt gallery index is in use" not in caplog.text
     np.testing.assert_array_equal(index.search(x[:20], 1)[1][:, 0], ids[:20])
-
-
-def _eventually(condition: Any, timeout: float = DEADLINE_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_searches_continue_while_an_hnsw_index_is_rebuilt() -> None:
