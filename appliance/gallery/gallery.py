@@ -207,9 +207,11 @@ class Gallery:
                 self._owners = dict(zip(ids.tolist(), owners))
                 previous, self._index = self._index, index
                 self._names, self._impostors = names, impostors
-            index.on_rebuilt = partial(self._rebuilt, index)
             if previous is not None:
                 previous.close()  # a rebuild of the index replaced has nothing left to do
+            # A graph this gallery calls for is built on its own thread, the exact index serving
+            # meanwhile: one built from the store, or a snapshot saved during such a build.
+            index.rebuild_if_due(partial(self._rebuilt, index))
 
     def changing(self) -> ContextManager[Any]:
         """Hold off every other change of this gallery (a removal on its own thread, a re-reading)
@@ -335,7 +337,13 @@ class Gallery:
         if not len(ids):
             vectors = np.zeros((0, self.dim), np.float32)
         return TemplateIndex.build(
-            self.dim, ids, vectors, self._approximate_above, self._ef_search, precision=self._precision
+            self.dim,
+            ids,
+            vectors,
+            self._approximate_above,
+            self._ef_search,
+            precision=self._precision,
+            graph_later=True,
         )
 
     def __len__(self) -> int:

@@ -41,7 +41,8 @@ Two kinds of index, chosen by the number of templates, each storing its template
            leaves no more than ``approximate_above`` templates rebuilds the index as exact, at once
            (a copy, not a graph). A saved HNSW index is used in the precision it was built in (a
            rebuild of a large graph takes minutes); an exact one of another precision is stale and
-           rebuilt.
+           rebuilt. A saved exact index above ``approximate_above`` (saved while its graph was being
+           built, or the threshold lowered since) is used, and the graph built on its own thread.
 
 Building a graph takes minutes at 10⁶ templates (667 s on two cores of the development Xeon), so
 it never holds the change that asks for it: the addition that takes the index past
@@ -52,7 +53,9 @@ changes go on with the live index meanwhile, the changes are replayed on the new
 added, removals detached) and it is swapped in, then :attr:`TemplateIndex.on_rebuilt` runs (the
 gallery saves a snapshot). A rebuild that removals made needless (the index back under
 ``approximate_above``) is dropped; :meth:`TemplateIndex.close` stops one between two chunks of
-templates.
+templates. An index loaded from a file, or built with ``graph_later`` (an exact index whatever its
+size), starts no rebuild until its owner calls :meth:`TemplateIndex.rebuild_if_due`, which starts
+the one it is due: so a gallery opening over 10⁶ templates serves with an exact index at once.
 
 Persistence (:meth:`TemplateIndex.save`, :meth:`TemplateIndex.load`): one file, the snapshot; the
 gallery appends enrolments to a delta file beside it (:mod:`.delta`). Format, little-endian::
@@ -591,6 +594,9 @@ class TemplateIndex:
         self._index_lock = threading.Lock()  # held while the Faiss index is read or changed in place
         self._writer_lock = threading.Lock()  # serialises add, remove, save and a rebuild's swap
         self._rebuild: Optional[_Rebuild] = None  # a replacement being built on its own thread
+        #: Loaded or built for a gallery (``graph_later``): rebuilds wait for :meth:`rebuild_if_due`,
+        #: which the owner calls once the index is in place and ``on_rebuilt`` is set.
+        self._rebuilds_held = False
         #: Called on the rebuild's thread once a replacement built there is in use (the gallery saves
         #: it as a new snapshot); outside this index's locks.
         self.on_rebuilt: Optional[Callable[[], None]] = None
@@ -610,12 +616,15 @@ class TemplateIndex:
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         recall_sample: int = DEFAULT_RECALL_SAMPLE,
         precision: str = FLOAT32,
+        graph_later: bool = False,
     ) -> TemplateIndex:
         """An index over ``vectors``: exact when n ≤ ``approximate_above``, HNSW above.
 
         ids: (n,) int64, ≥ 0, unique; vectors: (n, dim) float32 (normalised here on a copy).
         Building HNSW also measures its recall@1 on ``recall_sample`` perturbed templates and logs
-        it (INFO; WARNING below 0.99).
+        it (INFO; WARNING below 0.99). ``graph_later``: build the exact index whatever n (a copy of
+        the templates: a second at 10⁶), so that a gallery opening over a store that calls for a
+        graph serves at once; :meth:`rebuild_if_due` then builds the graph on its own thread.
         """
         index = cls(
             dim,
@@ -628,7 +637,8 @@ class TemplateIndex:
         )
         id_array, x = index._validated(ids, vectors)
         if id_array.shape[0]:
-            index._replace(id_array, x)
+            index._replace(id_array, x, EXACT if graph_later else None)
+        index._rebuilds_held = graph_later
         return index
 
     def _validated(self, ids: Any, vectors: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -642,14 +652,20 @@ class TemplateIndex:
         return id_array, x
 
     def _make(
-        self, ids: np.ndarray, x: np.ndarray, stop: Optional[threading.Event] = None
+        self,
+        ids: np.ndarray,
+        x: np.ndarray,
+        stop: Optional[threading.Event] = None,
+        kind: Optional[str] = None,
     ) -> Tuple[Any, str, Optional[float]]:
-        """A new Faiss index over ``x`` (unit rows) of the kind its size calls for, not yet installed.
+        """A new Faiss index over ``x`` (unit rows) of ``kind`` (None: the one its size calls for),
+        not yet installed.
 
         With ``stop`` (a rebuild on its own thread) the templates go in by :data:`_REBUILD_CHUNK`,
         and :class:`_RebuildAbandonedError` is raised once ``stop`` is set.
         """
-        kind = HNSW if ids.shape[0] > self.approximate_above else EXACT
+        if kind is None:
+            kind = HNSW if ids.shape[0] > self.approximate_above else EXACT
         index = _new_faiss_index(
             kind, self._dim, self.hnsw_m, self.ef_construction, self._ef_search, self.precision
         )
@@ -684,10 +700,10 @@ class TemplateIndex:
         )
         return index, kind, recall
 
-    def _replace(self, ids: np.ndarray, x: np.ndarray) -> None:
+    def _replace(self, ids: np.ndarray, x: np.ndarray, kind: Optional[str] = None) -> None:
         """Build the index over ``ids``/``x`` on this thread and install it; a rebuild under way on
         its own thread is superseded (the caller holds the writer lock, or owns the index alone)."""
-        index, kind, recall = self._make(ids, x)
+        index, kind, recall = self._make(ids, x, kind=kind)
         with self._index_lock:
             self._index, self._kind, self.recall_at_1 = index, kind, recall
             self._detached = 0
@@ -701,8 +717,9 @@ class TemplateIndex:
         asks for it — an addition past ``approximate_above``, a removal past
         :data:`MAX_DETACHED_SHARE` — nor the changes and searches after it should wait for. They go
         on with the live index; the changes are replayed on the new graph before it is swapped in.
-        One rebuild at a time: one under way already takes this change in with the others."""
-        if self._rebuild is not None:
+        One rebuild at a time: one under way already takes this change in with the others; none
+        while rebuilds are held (:meth:`rebuild_if_due` starts the one due then)."""
+        if self._rebuild is not None or self._rebuilds_held:
             return
         stored = _stored_ids(self._index)
         keep = stored != DETACHED_ID if self._detached else None
@@ -765,6 +782,27 @@ class TemplateIndex:
                 self.on_rebuilt()
             except Exception:  # the index in memory is right; only its file lags
                 logger.exception("after the gallery index was rebuilt")
+
+    def rebuild_if_due(self, on_rebuilt: Optional[Callable[[], None]] = None) -> bool:
+        """Set :attr:`on_rebuilt`, let rebuilds start from now on, and start the one this index is
+        due, if any; returns whether one is under way.
+
+        An index loaded from a file, or built with ``graph_later``, holds its rebuilds until this is
+        called: its owner calls it once the index is in place, so a rebuild cannot end before
+        ``on_rebuilt`` is there to save it. Due: an exact index above ``approximate_above`` (a
+        snapshot saved while a graph was being built, a delta replayed past the threshold, the
+        threshold lowered, or ``graph_later``), or an HNSW graph whose detached nodes pass
+        :data:`MAX_DETACHED_SHARE` (a snapshot saved while it was being rebuilt).
+        """
+        with self._writer_lock:
+            self.on_rebuilt = on_rebuilt
+            self._rebuilds_held = False
+            total = self._index.ntotal
+            if (self._kind == EXACT and total > self.approximate_above) or (
+                self._kind == HNSW and self._detached > MAX_DETACHED_SHARE * total
+            ):
+                self._rebuild_later()
+            return self._rebuild is not None
 
     def _abandon_rebuild(self) -> None:
         if self._rebuild is not None:
@@ -1021,7 +1059,7 @@ class TemplateIndex:
         that). ``approximate_above`` and ``ef_search`` override the saved ones (pass the
         configuration's). Raises IndexMissingError (no file), IndexStaleError (another model version
         or generation), IndexCorruptError (anything else wrong with the file); OSError for a file
-        that exists but cannot be read.
+        that exists but cannot be read. The index starts no rebuild until :meth:`rebuild_if_due`.
         """
         index, _ = cls._read(path, model_version, generation, approximate_above, ef_search, precision)
         return index
@@ -1090,11 +1128,13 @@ class TemplateIndex:
         if problems:
             raise IndexCorruptError(f"{where}: {'; '.join(problems)}")
         threshold = header["approximate_above"] if approximate_above is None else approximate_above
-        wanted = HNSW if header["count"] > threshold else EXACT
-        if wanted != kind:
+        if kind == HNSW and header["count"] <= threshold:
+            # An exact index is a copy of the templates: rebuilt at once. The other way round (an
+            # exact snapshot that calls for a graph) is used as it is, and the graph built on its
+            # own thread once the owner calls rebuild_if_due: the door serves meanwhile.
             raise IndexStaleError(
-                f"{where}: a {kind} index of {header['count']} templates, but approximate_above="
-                f"{threshold} calls for {wanted}; rebuild it from the template store"
+                f"{where}: an hnsw index of {header['count']} templates, but approximate_above="
+                f"{threshold} calls for exact; rebuild it from the template store"
             )
         stored_precision = _precision_of(faiss_index)
         if kind == EXACT and precision is not None and precision != stored_precision:
@@ -1111,6 +1151,7 @@ class TemplateIndex:
             precision=stored_precision if precision is None else precision,
         )
         index._index, index._kind, index._detached = faiss_index, header["kind"], detached
+        index._rebuilds_held = True
         index.ef_search = index._ef_search  # applies it to the HNSW graph
         logger.info("loaded %s index of %d templates from %s", index.kind, len(index), where)
         return index, header

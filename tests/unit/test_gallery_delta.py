@@ -35,7 +35,7 @@ from appliance.gallery.delta import (
 )
 from appliance.gallery.errors import GalleryBusyError
 from appliance.gallery.gallery import INDEX_FILE, Gallery
-from appliance.gallery.index import FORMAT_VERSION, as_unit_vectors, read_snapshot_header
+from appliance.gallery.index import FORMAT_VERSION, TemplateIndex, as_unit_vectors, read_snapshot_header
 from appliance.gallery.store import ADAPTIVE, TemplateOrigin, TemplateStore
 from tests.support import Held, meanwhile
 from tests.synthetic import unit_vectors
@@ -519,6 +519,34 @@ def test_a_graph_built_on_its_own_thread_is_saved_as_a_new_snapshot(
         assert gallery.approximate and _top(gallery, unit_vectors(3, 1, dim=D)[:1]) == ["ada"]
     assert "loaded hnsw index of 1001 templates" in caplog.text, caplog.text
     assert "rebuilding" not in caplog.text and "HNSW index over" not in caplog.text  # no graph built
+
+
+@pytest.mark.parametrize("snapshot", ["exact above the threshold", "none"])
+def test_a_gallery_that_calls_for_a_graph_opens_with_the_exact_index_and_builds_the_graph_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, snapshot: str
+) -> None:
+    """A door restarted while its graph was being built finds an exact snapshot above
+    ``approximate_above`` (so does one whose threshold was lowered); one with no usable snapshot
+    builds from the store. Either way it opens with the exact index and serves while the graph is
+    built on its own thread, then saves it: the door does not wait minutes for the graph."""
+    _fill(tmp_path, 600)  # 1 200 templates, an exact snapshot
+    if snapshot == "none":
+        (tmp_path / INDEX_FILE).unlink()
+    held = Held(monkeypatch, TemplateIndex, "_build_replacement", DEADLINE_S)
+    caplog.set_level(logging.INFO)
+    with _open(tmp_path, approximate_above=1000) as gallery:
+        assert held.entered.wait(DEADLINE_S)  # the graph's build has started, and is held
+        assert not gallery.approximate and len(gallery) == 1200
+        assert _top(gallery, unit_vectors(2, 107, dim=D)[:1]) == ["p7"]  # the exact index serves
+        header = read_snapshot_header(tmp_path / INDEX_FILE)
+        assert (header["kind"], header["count"]) == ("exact", 1200)
+        held.release()
+        assert gallery.wait_rebuilt(DEADLINE_S) and gallery.approximate
+        assert _top(gallery, unit_vectors(2, 107, dim=D)[:1]) == ["p7"]
+        header = read_snapshot_header(tmp_path / INDEX_FILE)
+        assert (header["kind"], header["count"]) == ("hnsw", 1200)
+    loaded = "loaded exact index of 1200 templates" in caplog.text
+    assert loaded == (snapshot != "none"), caplog.text
 
 
 def _as_version_1(path: Path) -> None:

@@ -577,9 +577,63 @@ def test_stale_model_version_or_generation(saved: Path) -> None:
         TemplateIndex.load(saved, "mobilefacenet@2", 3)
     with pytest.raises(IndexStaleError, match="expected model 'mobilefacenet@1' generation 4"):
         TemplateIndex.load(saved, MODEL, 4)
-    with pytest.raises(IndexStaleError, match="calls for hnsw"):
-        TemplateIndex.load(saved, MODEL, 3, approximate_above=100)
+    graph = saved.with_name("graph.index")
+    TemplateIndex.build(D, some_ids(500), identities(500), approximate_above=100, recall_sample=0).save(
+        graph, MODEL, generation=3
+    )
+    with pytest.raises(
+        IndexStaleError, match="an hnsw index of 500 templates, but approximate_above=500 calls"
+    ):
+        TemplateIndex.load(graph, MODEL, 3, approximate_above=500)  # an exact index: a copy, made at once
     assert issubclass(IndexStaleError, GalleryIndexError) and issubclass(GalleryIndexError, ApplianceError)
+
+
+def test_a_saved_exact_index_above_the_threshold_is_used_and_builds_its_graph_when_let(saved: Path) -> None:
+    """Saved while its graph was being built, or the threshold lowered since: not stale. Loaded, it
+    serves as it is and starts no rebuild — not even for a delta's additions — until its owner has
+    it in place and calls rebuild_if_due, whose ``on_rebuilt`` then runs once the graph is in use."""
+    index = TemplateIndex.load(saved, MODEL, 3, approximate_above=100)
+    assert (index.kind, len(index), index.rebuilding) == ("exact", 500, False)
+    x, ids = identities(500), some_ids(500)
+    more, more_ids = identities(100, seed=9), some_ids(100) + 10**11
+    index.add(more_ids, more)  # a delta replayed
+    assert (index.kind, len(index), index.rebuilding) == ("exact", 600, False)
+    np.testing.assert_array_equal(index.search(x[:10], 1)[1][:, 0], ids[:10])
+    np.testing.assert_array_equal(index.search(more[:10], 1)[1][:, 0], more_ids[:10])
+    rebuilt: List[str] = []
+    assert index.rebuild_if_due(lambda: rebuilt.append(index.kind))
+    assert index.wait_rebuilt(DEADLINE_S) and (index.kind, len(index), rebuilt) == ("hnsw", 600, ["hnsw"])
+    assert not index.rebuild_if_due()  # nothing due now
+
+
+def test_built_with_graph_later_an_index_is_exact_until_rebuild_if_due() -> None:
+    x, ids = identities(1200), some_ids(1200)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0, graph_later=True)
+    assert (index.kind, len(index), index.rebuilding) == ("exact", 1200, False)
+    np.testing.assert_array_equal(index.search(x[:20], 1)[1][:, 0], ids[:20])
+    assert index.rebuild_if_due() and index.wait_rebuilt(DEADLINE_S) and index.kind == "hnsw"
+    small = TemplateIndex.build(D, ids[:10], x[:10], approximate_above=1000, graph_later=True)
+    assert not small.rebuild_if_due() and small.kind == "exact"
+
+
+def test_a_graph_saved_past_the_detached_share_is_rebuilt_once_let(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal saves a snapshot while the rebuild it started is under way; a restart then loads a
+    graph whose detached nodes are past MAX_DETACHED_SHARE, and rebuilds it on its own thread."""
+    x, ids = identities(1500), some_ids(1500)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    held = Held(monkeypatch, index, "_build_replacement", DEADLINE_S)
+    assert index.remove(ids[:200]) == 200 and held.entered.wait(DEADLINE_S)
+    path = tmp_path / "gallery.index"
+    index.save(path, MODEL, generation=5)
+    held.release()
+    assert index.close(DEADLINE_S)  # the held rebuild is abandoned at its first chunk
+    loaded = TemplateIndex.load(path, MODEL, 5)
+    assert (loaded.kind, loaded.detached, loaded.rebuilding) == ("hnsw", 200, False)
+    assert loaded.rebuild_if_due() and loaded.wait_rebuilt(DEADLINE_S)
+    assert (loaded.kind, loaded.detached, len(loaded)) == ("hnsw", 0, 1300)
+    assert not np.isin(loaded.search(x[:200], 5)[1], ids[:200]).any()
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ def test_a_saved_exact_index_of_another_precision_is_stale_an_hnsw_one_is_used(t
     with pytest.raises(IndexStaleError, match="a float32 index, but float16 is asked for"):
         TemplateIndex.load(exact, MODEL, 1, precision="float16")
     loaded = TemplateIndex.load(graph, MODEL, 1, precision="float16")  # a rebuild of a graph takes minutes
+    assert not loaded.rebuild_if_due()  # in place: rebuilds may start from now on, none is due
     assert loaded.kind == "hnsw" and isinstance(
         faiss.downcast_index(loaded._index.index), faiss.IndexHNSWFlat
     )
