@@ -45,6 +45,7 @@ from .delta import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DeltaRecord
 from .errors import BundleError, GalleryBusyError, GalleryStoreError, IdentityError, StaleEmbeddingError
 from .index import (
     DEFAULT_EF_SEARCH,
+    DEFAULT_PREFILTER_ABOVE,
     FLOAT16,
     HNSW,
     GalleryIndexError,
@@ -102,6 +103,8 @@ class Gallery:
         index_path: where the derived index is saved (its delta beside it).
         compact_ratio, compact_min_bytes: when the delta is folded into a new snapshot
             (:class:`.delta.SavedIndex`); ``compact_ratio`` 0 rewrites the whole file at every change.
+        prefilter_above: from this many templates an exact index searches through a prefilter
+            (:mod:`.prefilter`), built on a thread of its own.
     """
 
     def __init__(
@@ -117,12 +120,14 @@ class Gallery:
         *,
         compact_ratio: float = DEFAULT_COMPACT_RATIO,
         compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+        prefilter_above: int = DEFAULT_PREFILTER_ABOVE,
     ) -> None:
         self.store = store
         self.model_version = model_version
         self.dim = dim
         self.index_path = index_path
         self._approximate_above = approximate_above
+        self._prefilter_above = prefilter_above
         self._ef_search = ef_search
         self._precision = precision
         self._persist_index = persist_index
@@ -178,6 +183,7 @@ class Gallery:
                 config.gallery.persist_index,
                 compact_ratio=config.gallery.index_delta_ratio,
                 compact_min_bytes=compact_min_bytes,
+                prefilter_above=config.gallery.prefilter_above,
             )
         except BaseException:
             store.close()
@@ -210,7 +216,9 @@ class Gallery:
             if previous is not None:
                 previous.close()  # a rebuild of the index replaced has nothing left to do
             # A graph this gallery calls for is built on its own thread, the exact index serving
-            # meanwhile: one built from the store, or a snapshot saved during such a build.
+            # meanwhile: one built from the store, or a snapshot saved during such a build; so is
+            # a large exact index's prefilter.
+            index.prefilter_above = self._prefilter_above
             index.rebuild_if_due(partial(self._rebuilt, index))
 
     def changing(self) -> ContextManager[Any]:
@@ -797,13 +805,14 @@ class Gallery:
         <.index.TemplateIndex.add>`, :meth:`~.index.TemplateIndex.remove`) is first let finish and
         saved (``rebuild_stop_s`` None: the command line, whose change is then complete), or
         stopped, waiting up to ``rebuild_stop_s`` seconds for its thread (the daemon's stop, within
-        its deadline; the next start builds it again).
+        its deadline; the next start builds it again). A prefilter being built (:mod:`.prefilter`:
+        a second or two) is dropped, its thread waited for as long (None) or as the rebuild's.
         """
         index = self._index
         if index is not None:  # before taking _changes, which the rebuild's save takes
             if rebuild_stop_s is None:
                 self.wait_rebuilt()
-            elif not index.close(rebuild_stop_s):
+            if not index.close(rebuild_stop_s):
                 logger.warning("the gallery index's rebuild did not stop within %.1f s", rebuild_stop_s)
         with self._changes:
             self._closed = True

@@ -21,7 +21,10 @@ Two kinds of index, chosen by the number of templates, each storing its template
            place: the last templates move into the removed ones' rows (a scan does not care about
            order) and the rows given up are zeroed, so searches wait for a few row copies, not for
            the whole index to shift: 0.2 ms at 10⁵ templates, where Faiss's ``remove_ids`` with
-           ``IndexIDMap2``'s reverse map held them 8.5–8.9 ms (16 ms at 2·10⁵).
+           ``IndexIDMap2``'s reverse map held them 8.5–8.9 ms (16 ms at 2·10⁵). From
+           ``prefilter_above`` templates a search goes through a prefilter (:mod:`.prefilter`): a
+           32-byte code per row picks 256 candidates, which the rows score exactly. It is built on
+           a thread of its own, follows additions, and is rebuilt after a removal (the rows move).
 ``hnsw``   above ``approximate_above`` templates, a graph search whose breadth is ``ef_search``
            (``gallery.hnsw_ef_search``): ``IndexIDMap(IndexHNSWSQ(d, QT_fp16, M))`` in float16,
            ``IndexIDMap(IndexHNSWFlat(d, M))`` in float32, inner product; the graph adds ≈ 8·M bytes
@@ -103,7 +106,9 @@ import numpy as np
 
 from engines.files import atomic_writer
 
+from . import prefilter as prefilters
 from .errors import GalleryError
+from .prefilter import Prefilter
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +122,9 @@ FLOAT16 = "float16"
 PRECISIONS = (FLOAT32, FLOAT16)
 
 DEFAULT_APPROXIMATE_ABOVE = 200_000
+#: From this many templates an exact index searches through a prefilter (:mod:`.prefilter`): at 10⁴
+#: float16 templates a full scan costs 0.38 ms on the development VM, about what the prefilter does.
+DEFAULT_PREFILTER_ABOVE = 20_000
 #: HNSW search breadth: with efConstruction 200, recall@1 ≥ 0.99 at 10⁶ identity-like templates
 #: (``python -m bench.gallery --large``).
 DEFAULT_EF_SEARCH = 192
@@ -573,6 +581,7 @@ class TemplateIndex:
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         recall_sample: int = DEFAULT_RECALL_SAMPLE,
         precision: str = FLOAT32,
+        prefilter_above: int = DEFAULT_PREFILTER_ABOVE,
     ) -> None:
         """An empty exact index for ``dim``-dimensional embeddings (use :meth:`build` to fill one)."""
         if precision not in PRECISIONS:
@@ -584,6 +593,8 @@ class TemplateIndex:
         self.hnsw_m = _check_int(hnsw_m, "hnsw_m", 2, 512)
         self.ef_construction = _check_int(ef_construction, "ef_construction", 1, 1 << 20)
         self.recall_sample = _check_int(recall_sample, "recall_sample", 0)
+        #: An exact index of at least this many templates searches through a prefilter, once built.
+        self.prefilter_above = _check_int(prefilter_above, "prefilter_above", 1)
         #: recall@1 measured when the current HNSW index was built; None for exact or unmeasured.
         self.recall_at_1: Optional[float] = None
         self._index = _new_faiss_index(
@@ -597,6 +608,14 @@ class TemplateIndex:
         #: Loaded or built for a gallery (``graph_later``): rebuilds wait for :meth:`rebuild_if_due`,
         #: which the owner calls once the index is in place and ``on_rebuilt`` is set.
         self._rebuilds_held = False
+        #: In use: a code per row of the exact index, in its order (None: every search scans all).
+        self._prefilter: Optional[Prefilter] = None
+        #: Codebooks trained for this index's templates (no rows): the next prefilter's.
+        self._codebook: Optional[Prefilter] = None
+        #: The thread building a prefilter; one no longer named here is superseded.
+        self._prefilter_job: Optional[threading.Thread] = None
+        #: A prefilter was built and did not find the exact top-1 often enough: scan every template.
+        self._prefilter_refused = False
         #: Called on the rebuild's thread once a replacement built there is in use (the gallery saves
         #: it as a new snapshot); outside this index's locks.
         self.on_rebuilt: Optional[Callable[[], None]] = None
@@ -617,6 +636,7 @@ class TemplateIndex:
         recall_sample: int = DEFAULT_RECALL_SAMPLE,
         precision: str = FLOAT32,
         graph_later: bool = False,
+        prefilter_above: int = DEFAULT_PREFILTER_ABOVE,
     ) -> TemplateIndex:
         """An index over ``vectors``: exact when n ≤ ``approximate_above``, HNSW above.
 
@@ -634,11 +654,12 @@ class TemplateIndex:
             ef_construction=ef_construction,
             recall_sample=recall_sample,
             precision=precision,
+            prefilter_above=prefilter_above,
         )
         id_array, x = index._validated(ids, vectors)
+        index._rebuilds_held = graph_later
         if id_array.shape[0]:
             index._replace(id_array, x, EXACT if graph_later else None)
-        index._rebuilds_held = graph_later
         return index
 
     def _validated(self, ids: Any, vectors: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -707,7 +728,9 @@ class TemplateIndex:
         with self._index_lock:
             self._index, self._kind, self.recall_at_1 = index, kind, recall
             self._detached = 0
+            self._drop_prefilter()
         self._abandon_rebuild()
+        self._prefilter_later()
 
     # -- rebuilding on a thread of its own ------------------------------------------------------
 
@@ -718,7 +741,8 @@ class TemplateIndex:
         :data:`MAX_DETACHED_SHARE` — nor the changes and searches after it should wait for. They go
         on with the live index; the changes are replayed on the new graph before it is swapped in.
         One rebuild at a time: one under way already takes this change in with the others; none
-        while rebuilds are held (:meth:`rebuild_if_due` starts the one due then)."""
+        while rebuilds are held (:meth:`rebuild_if_due` starts the one due then; the same holds
+        for a prefilter's build)."""
         if self._rebuild is not None or self._rebuilds_held:
             return
         stored = _stored_ids(self._index)
@@ -776,6 +800,7 @@ class TemplateIndex:
             with self._index_lock:
                 self._index, self._kind, self.recall_at_1 = index, kind, recall
                 self._detached = detached
+                self._drop_prefilter()
         logger.info("the rebuilt gallery index is in use: %d templates", stored.shape[0] - detached)
         if self.on_rebuilt is not None:
             try:
@@ -792,7 +817,9 @@ class TemplateIndex:
         ``on_rebuilt`` is there to save it. Due: an exact index above ``approximate_above`` (a
         snapshot saved while a graph was being built, a delta replayed past the threshold, the
         threshold lowered, or ``graph_later``), or an HNSW graph whose detached nodes pass
-        :data:`MAX_DETACHED_SHARE` (a snapshot saved while it was being rebuilt).
+        :data:`MAX_DETACHED_SHARE` (a snapshot saved while it was being rebuilt). An exact index
+        of ``prefilter_above`` templates or more also starts building its prefilter (not saved:
+        about a second at 10⁵ templates).
         """
         with self._writer_lock:
             self.on_rebuilt = on_rebuilt
@@ -802,6 +829,7 @@ class TemplateIndex:
                 self._kind == HNSW and self._detached > MAX_DETACHED_SHARE * total
             ):
                 self._rebuild_later()
+            self._prefilter_later()
             return self._rebuild is not None
 
     def _abandon_rebuild(self) -> None:
@@ -821,16 +849,133 @@ class TemplateIndex:
             rebuild.thread.join(timeout)
         return self._rebuild is None
 
-    def close(self, timeout: float = 0.0) -> bool:
-        """Stop a rebuild under way (it ends at its next chunk) and wait up to ``timeout`` seconds for
-        its thread; returns whether it has ended. The index stays usable; safe to call again."""
+    def close(self, timeout: Optional[float] = 0.0) -> bool:
+        """Stop a rebuild under way (it ends at its next chunk) and a prefilter's build (its result is
+        dropped), and wait up to ``timeout`` seconds (None: as long as they take) for their threads;
+        returns whether they have ended. The index stays usable; safe to call again."""
         with self._writer_lock:
             rebuild = self._rebuild
             self._abandon_rebuild()
-        if rebuild is None or rebuild.thread is None:
-            return True
-        rebuild.thread.join(max(0.0, timeout))
-        return not rebuild.thread.is_alive()
+            job, self._prefilter_job = self._prefilter_job, None
+        threads = [thread for thread in (rebuild and rebuild.thread, job) if thread is not None]
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    # -- the prefilter: a first pass for large exact indexes ----------------------------------------
+
+    def _stored_rows(self) -> np.ndarray:
+        """(ntotal, d) float16 or float32: a view of the exact index's rows (valid until it changes)."""
+        inner = faiss.downcast_index(self._index.index)
+        total = int(self._index.ntotal)
+        if not total:
+            return np.empty((0, self._dim), dtype=np.float32)
+        flat = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size())
+        return flat.view(np.float16 if _is_fp16(inner) else np.float32).reshape(total, self._dim)
+
+    def _prefilter_later(self) -> None:
+        """Start building a prefilter over the rows of this moment on a thread of its own (the caller
+        holds the writer lock, or owns the index alone), when it is due: an exact index of
+        ``prefilter_above`` templates or more with none in use or under way, rebuilds not held."""
+        if (
+            self._prefilter is not None
+            or self._prefilter_job is not None
+            or self._prefilter_refused
+            or self._rebuilds_held
+            or self._kind != EXACT
+            or self._index.ntotal < max(self.prefilter_above, prefilters.MIN_TRAINING_ROWS)
+            or self._dim % 2
+        ):
+            return
+        rows = self._stored_rows().copy()  # the index may change meanwhile (a removal moves rows)
+        job = threading.Thread(
+            target=self._build_prefilter, args=(rows,), name="gallery-prefilter", daemon=True
+        )
+        self._prefilter_job = job
+        job.start()
+
+    def _build_prefilter(self, rows: np.ndarray) -> None:
+        """The prefilter's thread: train (once per index), encode ``rows`` ((n, d) copy of the exact
+        rows, zeroed afterwards), measure, then append the rows added meanwhile and put it in use.
+        A removal or a new index meanwhile supersedes it: it is wiped, and the next one built."""
+        faiss.omp_set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+        job = threading.current_thread()
+        started = time.monotonic()
+        prefilter = None
+        try:
+            codebook = self._codebook
+            if codebook is None:
+                picked = np.random.default_rng(0).choice(
+                    rows.shape[0], min(rows.shape[0], prefilters.TRAINING_ROWS), replace=False
+                )
+                sample = rows[np.sort(picked)].astype(np.float32)
+                codebook = Prefilter.trained(sample)
+                sample.fill(0)
+            prefilter = codebook.emptied()
+            prefilter.add(rows)
+            probes = prefilters.probes_for(rows)
+            agreement = prefilters.top1_agreement(prefilter, rows, probes, prefilters.CANDIDATES)
+        except Exception:  # searches go on scanning every template
+            logger.exception(
+                "building the gallery index's prefilter failed; every search scans all templates"
+            )
+            if prefilter is not None:
+                prefilter.wipe()
+            with self._writer_lock:
+                if self._prefilter_job is job:
+                    self._prefilter_job, self._prefilter_refused = None, True
+            return
+        finally:
+            rows.fill(0)
+        with self._writer_lock:
+            if self._prefilter_job is not job:
+                prefilter.wipe()
+                return
+            self._prefilter_job, self._codebook = None, codebook
+            if agreement < prefilters.MIN_AGREEMENT:
+                prefilter.wipe()
+                self._prefilter_refused = True
+                logger.warning(
+                    "the gallery index's prefilter found the exact top-1 for %.3f of %d probes (< %.3f): "
+                    "every search scans all %d templates",
+                    agreement,
+                    probes.shape[0],
+                    prefilters.MIN_AGREEMENT,
+                    rows.shape[0],
+                )
+                return
+            if self._index.ntotal > rows.shape[0]:  # additions meanwhile (a removal supersedes)
+                prefilter.add(self._stored_rows()[rows.shape[0] :])
+            with self._index_lock:
+                self._prefilter = prefilter
+        logger.info(
+            "gallery index prefilter in use: %d templates, exact top-1 found for %.3f of %d probes, built in %.1f s",
+            len(prefilter),
+            agreement,
+            probes.shape[0],
+            time.monotonic() - started,
+        )
+
+    def _drop_prefilter(self) -> None:
+        """Wipe the prefilter in use and supersede one being built (the caller holds both locks, or
+        owns the index alone): the exact index's rows are about to move, or it was replaced."""
+        if self._prefilter is not None:
+            self._prefilter.wipe()
+            self._prefilter = None
+        self._prefilter_job = None
+
+    @property
+    def prefiltered(self) -> bool:
+        """Whether searches go through a prefilter now (:mod:`.prefilter`)."""
+        return self._prefilter is not None
+
+    def wait_prefilter(self, timeout: Optional[float] = None) -> bool:
+        """Wait for a prefilter being built; returns whether one is in use."""
+        job = self._prefilter_job
+        if job is not None:
+            job.join(timeout)
+        return self._prefilter is not None
 
     def _all_vectors(self, keep: Optional[np.ndarray] = None) -> np.ndarray:
         """(m, d) float32: the stored vectors (where ``keep`` is True; never a detached node's),
@@ -907,14 +1052,35 @@ class TemplateIndex:
         ids = np.empty((x.shape[0], k), dtype=np.int64)
         if x.shape[0]:
             with self._index_lock:
-                # Faiss's Python `search` checks again what as_unit_vectors has checked and reads
-                # the index's dimension through SWIG: 20–30 µs per frame on the cold cache the embedder
-                # leaves. Its C++ entry point fills our buffers; an empty index gives ids -1.
-                self._index.search_c(
-                    x.shape[0], faiss.swig_ptr(x), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids)
-                )
+                depth = max(prefilters.CANDIDATES, 8 * k)
+                if self._prefilter is not None and depth < self._index.ntotal:
+                    self._search_prefiltered(self._prefilter, x, depth, scores, ids)
+                else:
+                    # Faiss's Python `search` checks again what as_unit_vectors has checked and
+                    # reads the index's dimension through SWIG: 20–30 µs per frame on the cold cache
+                    # the embedder leaves. Its C++ entry point fills our buffers; an empty index
+                    # gives ids -1.
+                    self._index.search_c(
+                        x.shape[0], faiss.swig_ptr(x), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids)
+                    )
         scores[ids < 0] = -np.inf
         return scores, ids
+
+    def _search_prefiltered(
+        self, prefilter: Prefilter, x: np.ndarray, depth: int, scores: np.ndarray, ids: np.ndarray
+    ) -> None:
+        """Fill ``scores``/``ids`` ((q, k)) for the unit queries ``x`` ((q, d) float32): the prefilter's
+        ``depth`` candidates scored exactly from the stored rows (the caller holds the index lock)."""
+        stored = self._stored_rows()
+        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), stored.shape[0])
+        scores.fill(-np.inf)
+        ids.fill(-1)
+        for i in range(x.shape[0]):
+            best, rows = prefilters.rescored(
+                prefilter.candidates(x[i : i + 1], depth), stored, x[i], ids.shape[1]
+            )
+            scores[i, : best.shape[0]] = best
+            ids[i, : best.shape[0]] = id_map[rows]
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -934,10 +1100,13 @@ class TemplateIndex:
                 raise ValueError(f"ids: already in the index: {id_array[present][:10].tolist()}")
             with self._index_lock:
                 self._index.add_with_ids(x, id_array)
+                if self._prefilter is not None:
+                    self._prefilter.add(x)  # its rows follow the exact index's
             if self._rebuild is not None:
                 self._rebuild.changes.append((id_array, x))
             elif self._kind == EXACT and len(self) > self.approximate_above:
                 self._rebuild_later()
+            self._prefilter_later()
 
     def remove(self, ids: Any) -> int:
         """Remove the templates with these ids (unknown ids are ignored); returns how many went.
@@ -962,6 +1131,8 @@ class TemplateIndex:
             if self._kind == EXACT:
                 with self._index_lock:
                     _remove_rows(self._index, doomed)
+                    self._drop_prefilter()  # rows moved: searches scan all until the next one is built
+                self._prefilter_later()
                 return int(doomed.shape[0])
             detached = self._detached + doomed.shape[0]
             if stored.shape[0] - detached <= self.approximate_above:

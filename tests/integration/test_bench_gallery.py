@@ -24,6 +24,7 @@ def test_the_gallery_bench_measures_every_kind_and_renders_its_json(
         "numpy brute force",
         "exact float32",
         "exact float16",
+        "exact float16 + prefilter",
         "exact 8-bit + float32 re-rank",
         "hnsw float16",
         "hnsw float16, 5 % detached",
@@ -35,6 +36,8 @@ def test_the_gallery_bench_measures_every_kind_and_renders_its_json(
     assert default["kind"] == "exact float16" and default["templates"] == 2000
     for row in document["rows"]:
         assert {"p50_ms", "p99_ms", "cpu_p99_ms", "recall_at_1", "bytes_per_template", "build_s"} <= set(row)
+    (prefiltered,) = [row for row in document["rows"] if row["kind"] == "exact float16 + prefilter"]
+    assert prefiltered["recall_at_1"] >= 0.99 and prefiltered["stranger_recall_at_1"] >= 0.99
     (detached,) = [row for row in document["rows"] if "removal_p50_ms" in row]
     assert (
         detached["detached"] == 33 * 3 and detached["recall_at_1"] >= 0.99
