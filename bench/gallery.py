@@ -513,9 +513,10 @@ def _pair_statistics(embeddings: np.ndarray, labels: np.ndarray) -> Dict[str, fl
     }
 
 
-def labelled_face_embeddings(analyzer: Any, data: Path) -> Tuple[np.ndarray, List[str]]:
+def labelled_face_embeddings(analyzer: Any, data: Path, limit: int = 0) -> Tuple[np.ndarray, List[str]]:
     """MobileFaceNet embeddings ``(n, d)`` float32 of the largest face of each labelled photo under
-    ``data/faces`` (``faces_identities.csv``; photos with no face are left out), and their labels."""
+    ``data/faces`` (``faces_identities.csv``; the first ``limit``, 0: all; photos with no face are
+    left out), and their labels."""
     import csv
 
     from appliance.vision.image import read_image
@@ -523,6 +524,8 @@ def labelled_face_embeddings(analyzer: Any, data: Path) -> Tuple[np.ndarray, Lis
     embeddings, labels = [], []
     with open(data / "faces_identities.csv", newline="", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["path"].startswith("faces/")]
+    if limit:
+        rows = rows[:limit]
     for row in rows:
         analysis = analyzer.analyze(read_image(data / row["path"]), still=True)
         largest = analysis.faces.largest()
