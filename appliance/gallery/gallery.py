@@ -813,7 +813,10 @@ class Gallery:
             if rebuild_stop_s is None:
                 self.wait_rebuilt()
             if not index.close(rebuild_stop_s):
-                logger.warning("the gallery index's rebuild did not stop within %.1f s", rebuild_stop_s)
+                logger.warning(
+                    "the gallery index's rebuild or prefilter build did not stop within %.1f s",
+                    rebuild_stop_s,
+                )
         with self._changes:
             self._closed = True
             if self._index is not None and (self._pending or self._pending_removal):
