@@ -562,6 +562,16 @@ def probe_queries(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     return probes
 
 
+def _prefilter_probes(rows: np.ndarray, count: int = prefilters.PROBES) -> np.ndarray:
+    """(count, d) float32 unit probes for a prefilter's check: half new captures of stored rows
+    (:func:`probe_queries`), half random directions (strangers, whose best templates crowd)."""
+    captures = probe_queries(rows, count // 2)
+    strangers = np.random.default_rng(1).standard_normal((count - captures.shape[0], rows.shape[1]))
+    strangers = np.ascontiguousarray(strangers, dtype=np.float32)
+    faiss.normalize_L2(strangers)
+    return np.concatenate([captures, strangers])
+
+
 class TemplateIndex:
     """Nearest-template search over L2-normalised embeddings by inner product (cosine).
 
@@ -914,7 +924,7 @@ class TemplateIndex:
                 sample.fill(0)
             prefilter = codebook.emptied()
             prefilter.add(rows)
-            probes = prefilters.probes_for(rows)
+            probes = _prefilter_probes(rows)
             agreement = prefilters.top1_agreement(prefilter, rows, probes, prefilters.CANDIDATES)
         except Exception:  # searches go on scanning every template
             logger.exception(

@@ -21,13 +21,10 @@ index, so it drops the prefilter (:meth:`Prefilter.wipe`) and builds another fro
 
 from __future__ import annotations
 
-import logging
 from typing import Tuple
 
 import faiss
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 #: Rows scored exactly per query (at least; 8·k for k results).
 CANDIDATES = 256
@@ -40,7 +37,6 @@ MIN_TRAINING_ROWS = 640
 PROBES = 400
 #: Share of the probes whose exact top-1 the prefilter must find for it to be used.
 MIN_AGREEMENT = 0.995
-_PROBE_NOISE = 0.75
 #: Templates encoded at a time (float32 temporaries bounded).
 _CHUNK_ROWS = 16_384
 
@@ -113,18 +109,6 @@ def rescored(
     scores = stored[rows].astype(np.float32) @ query
     order = np.argsort(-scores, kind="stable")[:k]
     return scores[order], rows[order]
-
-
-def probes_for(vectors: np.ndarray, count: int = PROBES, seed: int = 0) -> np.ndarray:
-    """(≤ count, d) float32 unit probes: perturbed copies of stored rows, then random directions."""
-    rng = np.random.default_rng(seed)
-    n, d = vectors.shape
-    half = min(count // 2, n)
-    picked = vectors[rng.choice(n, size=half, replace=False)].astype(np.float32)
-    noise = rng.standard_normal((half, d)).astype(np.float32) * (_PROBE_NOISE / np.sqrt(d))
-    probes = np.concatenate([picked + noise, rng.standard_normal((count - half, d)).astype(np.float32)])
-    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-    return np.ascontiguousarray(probes, dtype=np.float32)
 
 
 def top1_agreement(prefilter: Prefilter, stored: np.ndarray, probes: np.ndarray, depth: int) -> float:
