@@ -17,19 +17,11 @@ from appliance.gallery.index import FLOAT16_SCORE_BOUND, TemplateIndex, probe_qu
 from appliance.gallery.store import TemplateStore
 from tests.support import Held
 from tests.synthetic import unit_vectors
+from tests.unit.test_gallery_index import identities
 
 D = 128
 N = 3000
 DEADLINE_S = 30.0  # every wait on another thread: a build that hangs fails the test instead
-
-
-def identities(n: int, seed: int = 1) -> np.ndarray:
-    """(n, D) float32 unit templates, three per identity, each cos ≈ 0.8 to its identity's centre."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal(((n + 2) // 3, D)).astype(np.float32)
-    x = centres[np.arange(n) // 3] / np.linalg.norm(centres[np.arange(n) // 3], axis=1, keepdims=True)
-    x = x + rng.standard_normal((n, D)).astype(np.float32) * (0.75 / np.sqrt(D))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def ids_for(n: int, offset: int = 10**12) -> np.ndarray:
