@@ -356,6 +356,9 @@ def test_a_graph_no_longer_needed_when_built_is_dropped(monkeypatch: pytest.Monk
     assert (graph.kind, len(graph), graph.rebuilding) == ("exact", 900, False)
     held.release()
     assert graph.wait_rebuilt(DEADLINE_S)
+    for thread in threading.enumerate():  # the abandoned build ends, and logs so, within this test
+        if thread.name == "gallery-index-rebuild":
+            thread.join(DEADLINE_S)
     assert (graph.kind, len(graph)) == ("exact", 900)
     np.testing.assert_array_equal(graph.search(x[2100:2200], 1)[1][:, 0], ids[2100:2200])
 
