@@ -925,7 +925,8 @@ class TemplateIndex:
             prefilter = codebook.emptied()
             prefilter.add(rows)
             probes = _prefilter_probes(rows)
-            agreement = prefilters.top1_agreement(prefilter, rows, probes, prefilters.CANDIDATES)
+            best, _ = exact_top_k(rows, probes, 1)
+            agreement = prefilters.top1_agreement(prefilter, rows, probes, best[:, 0], prefilters.CANDIDATES)
         except Exception:  # searches go on scanning every template
             logger.exception(
                 "building the gallery index's prefilter failed; every search scans all templates"

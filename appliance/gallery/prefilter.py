@@ -111,15 +111,14 @@ def rescored(
     return scores[order], rows[order]
 
 
-def top1_agreement(prefilter: Prefilter, stored: np.ndarray, probes: np.ndarray, depth: int) -> float:
-    """Share of ``probes`` ((q, d) float32) whose exact top-1 over ``stored`` ((n, d) float16 or
-    float32) the prefilter finds among its ``depth`` candidates (a tie within 1e-5 counts)."""
+def top1_agreement(
+    prefilter: Prefilter, stored: np.ndarray, probes: np.ndarray, best: np.ndarray, depth: int
+) -> float:
+    """Share of ``probes`` ((q, d) float32) whose exact top-1 score over ``stored`` ((n, d) float16
+    or float32), ``best`` ((q,) float32), the prefilter reaches among its ``depth`` candidates (a tie
+    within 1e-5 counts)."""
     if not probes.shape[0]:
         return 1.0
-    best = np.full(probes.shape[0], -np.inf, dtype=np.float32)
-    for start in range(0, stored.shape[0], _CHUNK_ROWS):
-        chunk = stored[start : start + _CHUNK_ROWS].astype(np.float32)
-        best = np.maximum(best, (probes @ chunk.T).max(axis=1))
     found = 0
     for query, wanted in zip(probes, best):
         rows = prefilter.candidates(query[None, :], depth)
