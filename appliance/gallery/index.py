@@ -37,7 +37,9 @@ Two kinds of index, chosen by the number of templates, each storing its template
            every link to it is taken out of its neighbours' lists (which stay packed, as Faiss's
            search reads them), so no search can reach it and nothing of the removed face is left
            in memory or in the next file. That costs a scan of the graph's links, linear in the
-           graph (22 ms at 10⁵ templates) instead of a rebuild (minutes at 10⁶). The graph keeps the
+           graph (about 10 ms per identity at 10⁵ templates on the 2-core AMD host), instead of a
+           rebuild (minutes at 10⁶); the scan only reads the graph, so searches go on meanwhile and
+           wait only for the edit of the lists it found (:func:`_detachment`). The graph keeps the
            detached nodes' slots, and their neighbours keep one link fewer each, until detached
            nodes pass :data:`MAX_DETACHED_SHARE` of it: that removal detaches its nodes too, and
            has the graph rebuilt from the kept vectors on a thread of its own (below). One that
@@ -85,7 +87,8 @@ Python I/O callbacks in both directions, so saving or loading never holds a seco
 in memory. Thread safety: every method may be called from any thread; searches run against the
 current index while a rebuild (an HNSW removal past :data:`MAX_DETACHED_SHARE`, or growth past
 ``approximate_above``) builds its replacement, which is swapped in before the call returns; an
-exact removal and an HNSW detachment edit the index in place while holding searches off.
+exact removal and an HNSW detachment edit the index in place while holding searches off (a
+detachment's scan for the links to edit comes before, with searches going on).
 """
 
 from __future__ import annotations
@@ -123,8 +126,9 @@ PRECISIONS = (FLOAT32, FLOAT16)
 
 DEFAULT_APPROXIMATE_ABOVE = 200_000
 #: From this many templates an exact index searches through a prefilter (:mod:`.prefilter`): at 10⁴
-#: float16 templates a full scan costs 0.38 ms on the development VM, about what the prefilter does.
-DEFAULT_PREFILTER_ABOVE = 20_000
+#: float16 templates a full scan costs 0.38 ms on the development VM, the prefilter 0.21 ms; at
+#: 5·10³ 0.21 and 0.18 ms, where its build and 32 B per template are not worth it.
+DEFAULT_PREFILTER_ABOVE = 10_000
 #: HNSW search breadth: with efConstruction 200, recall@1 ≥ 0.99 at 10⁶ identity-like templates
 #: (``python -m bench.gallery --large``).
 DEFAULT_EF_SEARCH = 192
@@ -168,8 +172,13 @@ _HEADER_FIELDS = {
 }
 #: Fields a version-2 header has on top of the version-1 ones.
 _HEADER_FIELDS_V2 = {"snapshot_id": str}
-#: Links of an HNSW graph scanned at a time when nodes are detached (int32: 16 MB).
-_LINK_CHUNK = 1 << 22
+#: Links of an HNSW graph scanned at a time when nodes are detached (int32: 1 MB, which stays in the
+#: cache while it is compared with each node).
+_LINK_CHUNK = 1 << 18
+#: Up to this many detached at once, the links are compared with each node in turn (14 ms per node
+#: at 10⁶ templates on the 2-core AMD host); more are looked up in a table of the detached nodes
+#: (about 0.3 s there, whatever their number).
+_COMPARED_NODES = 16
 #: The id a detached HNSW node keeps (a removed template's; Faiss's own "no match").
 DETACHED_ID = -1
 #: The share of an HNSW graph's nodes that may be detached (removed templates) before a removal
@@ -393,13 +402,42 @@ def _stored_ids(index: Any) -> np.ndarray:
     return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
 
 
-def _detach(index: Any, nodes: np.ndarray) -> None:
-    """Take ``nodes`` (positions in storage order) out of an HNSW ``IndexIDMap``, in place: no link
-    leads to them or from them, their vectors are zeros and their ids :data:`DETACHED_ID`.
+def _links_to(neighbors: np.ndarray, nodes: np.ndarray, gone: np.ndarray) -> np.ndarray:
+    """``(m,) int64``: the slots of ``neighbors`` (an HNSW graph's links, ``(slots,) int32``) that
+    lead to one of ``nodes`` (``(n,) int64``), which ``gone`` marks too (``(total + 1,) bool``, indexed
+    by node + 1, so that a list's -1 padding reads False). Reads the graph only: searches may go on
+    meanwhile."""
+    # In chunks: at 10⁶ templates the links are 260 MB, and a whole-array temporary would double
+    # that on a Jetson. Python ints keep the comparisons in int32 (a NumPy int64 would widen them).
+    compared = [int(node) for node in nodes] if nodes.shape[0] <= _COMPARED_NODES else None
+    found = np.empty(_LINK_CHUNK, bool)
+    one = np.empty(_LINK_CHUNK, bool)
+    links = [np.zeros(0, np.int64)]
+    for start in range(0, neighbors.shape[0], _LINK_CHUNK):
+        chunk = neighbors[start : start + _LINK_CHUNK]
+        mask, other = found[: chunk.shape[0]], one[: chunk.shape[0]]
+        if compared is None:
+            np.take(gone, chunk + 1, out=mask)
+        else:
+            mask.fill(False)
+            for node in compared:
+                mask |= np.equal(chunk, node, out=other)
+        links.append(np.flatnonzero(mask) + start)
+    return np.concatenate(links)
 
-    Faiss's search reads a node's neighbour list up to its first -1, so each list that loses a link
-    is packed again. Where the graph's entry point goes, the remaining node on the most levels
-    takes its place. The caller holds searches off.
+
+def _detachment(index: Any, nodes: np.ndarray) -> Callable[[], None]:
+    """The edit that takes ``nodes`` (``(n,) int64``, positions in storage order) out of an HNSW
+    ``IndexIDMap``, in place: once it has run no link leads to them or from them, their vectors are
+    zeros and their ids :data:`DETACHED_ID`.
+
+    This finds the links to the nodes — a scan of the graph, linear in it (50 ms for one identity at
+    10⁶ templates on the 2-core AMD host) — and works out the lists that lose them. That only reads
+    the graph, so searches go on meanwhile; the caller keeps every other change out until the edit
+    has run (the writer lock), so the graph cannot change in between. The edit writes what was
+    worked out, and is all that searches must wait for. Faiss's search reads a node's neighbour
+    list up to its first -1, so each list that loses a link is packed again. Where the graph's
+    entry point goes, the remaining node on the most levels takes its place.
     """
     inner = faiss.downcast_index(index.index)
     hnsw = inner.hnsw
@@ -407,38 +445,45 @@ def _detach(index: Any, nodes: np.ndarray) -> None:
     neighbors = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())  # (slots,) int32, in place
     offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)  # (total + 1,) node i's first slot
     levels = faiss.vector_to_array(hnsw.levels)  # (total,) int32: levels node i is on
-    gone = np.zeros(total + 1, bool)  # indexed by node + 1, so that a list's -1 padding reads False
+    gone = np.zeros(total + 1, bool)
     gone[nodes + 1] = True
     # Every list holding a link to a detached node: its node, and its level from the node's slot.
-    # The links are read in chunks: at 10⁶ templates they are 260 MB, and a whole-array temporary
-    # would double that on a Jetson.
-    links = np.concatenate(
-        [
-            np.flatnonzero(gone[neighbors[start : start + _LINK_CHUNK] + 1]) + start
-            for start in range(0, neighbors.shape[0], _LINK_CHUNK)
-        ]
-        or [np.zeros(0, np.int64)]
-    )
+    links = _links_to(neighbors, nodes, gone)
     owner = np.searchsorted(offsets, links, side="right") - 1
     first_slot = np.array([hnsw.cum_nb_neighbors(level) for level in range(int(levels.max()) + 1)], np.int64)
     level = np.searchsorted(first_slot, links - offsets[owner], side="right") - 1
-    starts = offsets[owner] + first_slot[level]
-    ends = offsets[owner] + first_slot[level + 1]
-    for start, end in set(zip(starts.tolist(), ends.tolist())):
-        links_of = neighbors[start:end]
-        kept = links_of[(links_of >= 0) & ~gone[links_of + 1]]
-        links_of[: kept.shape[0]] = kept
-        links_of[kept.shape[0] :] = -1
-    for node in nodes.tolist():
-        neighbors[offsets[node] : offsets[node + 1]] = -1
-    if gone[hnsw.entry_point + 1]:
-        reach = np.where(gone[1:], -1, levels)
-        hnsw.entry_point = int(reach.argmax())
-        hnsw.max_level = int(reach[hnsw.entry_point]) - 1
+    starts, first = np.unique(offsets[owner] + first_slot[level], return_index=True)
+    lengths = first_slot[level + 1][first] - first_slot[level][first]
+    # Each list packed again without the detached links, kept ones in their order, grouped by length
+    # (a level-0 list holds 2·M links, the others M): ((lists, length) slots, the same shape of links).
+    packed_lists: List[Tuple[np.ndarray, np.ndarray]] = []
+    for length in np.unique(lengths).tolist():
+        slots = starts[lengths == length][:, None] + np.arange(length)
+        links_of = neighbors[slots]
+        kept = (links_of >= 0) & ~gone[links_of + 1]
+        order = np.argsort(~kept, axis=1, kind="stable")
+        packed = np.take_along_axis(links_of, order, axis=1)
+        packed[~np.take_along_axis(kept, order, axis=1)] = -1
+        packed_lists.append((slots, packed))
+    # The detached nodes' own lists: node i's slots are offsets[i] .. offsets[i + 1].
+    sizes = offsets[nodes + 1] - offsets[nodes]
+    own = np.arange(int(sizes.sum())) + np.repeat(offsets[nodes] - (np.cumsum(sizes) - sizes), sizes)
+    reach = np.where(gone[1:], -1, levels) if gone[hnsw.entry_point + 1] else None
     storage = faiss.downcast_index(inner.storage)
     codes = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size()).reshape(total, -1)
-    codes[nodes] = 0
-    faiss.rev_swig_ptr(index.id_map.data(), total)[nodes] = DETACHED_ID
+    id_map = faiss.rev_swig_ptr(index.id_map.data(), total)
+
+    def edit() -> None:
+        for slots, packed in packed_lists:
+            neighbors[slots] = packed
+        neighbors[own] = -1  # after the lists above: a detached node may have linked to another
+        if reach is not None:
+            hnsw.entry_point = int(reach.argmax())
+            hnsw.max_level = int(reach[hnsw.entry_point]) - 1
+        codes[nodes] = 0
+        id_map[nodes] = DETACHED_ID
+
+    return edit
 
 
 def _remove_rows(index: Any, rows: np.ndarray) -> None:
@@ -611,7 +656,7 @@ class TemplateIndex:
             EXACT, self._dim, self.hnsw_m, self.ef_construction, self._ef_search, precision
         )
         self._kind = EXACT
-        self._detached = 0  # HNSW nodes of removed templates still in the graph (see _detach)
+        self._detached = 0  # HNSW nodes of removed templates still in the graph (see _detachment)
         self._index_lock = threading.Lock()  # held while the Faiss index is read or changed in place
         self._writer_lock = threading.Lock()  # serialises add, remove, save and a rebuild's swap
         self._rebuild: Optional[_Rebuild] = None  # a replacement being built on its own thread
@@ -801,7 +846,7 @@ class TemplateIndex:
                 else:
                     gone = np.flatnonzero(np.isin(_stored_ids(index), changed))
                     if gone.shape[0]:
-                        _detach(index, gone)
+                        _detachment(index, gone)()
             stored = _stored_ids(index)
             detached = int(np.count_nonzero(stored == DETACHED_ID))
             if stored.shape[0] - detached <= self.approximate_above:  # removals took it back under
@@ -958,6 +1003,7 @@ class TemplateIndex:
                 return
             if self._index.ntotal > rows.shape[0]:  # additions meanwhile (a removal supersedes)
                 prefilter.add(self._stored_rows()[rows.shape[0] :])
+            prefilter.score_from(faiss.downcast_index(self._index.index))
             with self._index_lock:
                 self._prefilter = prefilter
         logger.info(
@@ -1082,16 +1128,9 @@ class TemplateIndex:
     ) -> None:
         """Fill ``scores``/``ids`` ((q, k)) for the unit queries ``x`` ((q, d) float32): the prefilter's
         ``depth`` candidates scored exactly from the stored rows (the caller holds the index lock)."""
-        stored = self._stored_rows()
-        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), stored.shape[0])
-        scores.fill(-np.inf)
-        ids.fill(-1)
-        for i in range(x.shape[0]):
-            best, rows = prefilters.rescored(
-                prefilter.candidates(x[i : i + 1], depth), stored, x[i], ids.shape[1]
-            )
-            scores[i, : best.shape[0]] = best
-            ids[i, : best.shape[0]] = id_map[rows]
+        prefilter.search(x, depth, scores, ids)  # ids holds storage rows until mapped here
+        found = ids >= 0
+        ids[found] = faiss.rev_swig_ptr(self._index.id_map.data(), int(self._index.ntotal))[ids[found]]
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -1152,8 +1191,9 @@ class TemplateIndex:
                 self._replace(np.ascontiguousarray(stored[keep]), self._all_vectors(keep))
                 return int(doomed.shape[0])
             started = time.monotonic()
+            edit = _detachment(self._index, doomed)  # searches go on while it scans the graph
             with self._index_lock:
-                _detach(self._index, doomed)
+                edit()
                 self._detached = detached
             logger.debug(
                 "%d HNSW node(s) detached in %.3f s (%d detached of %d)",

@@ -14,6 +14,11 @@ ones; only the choice of candidates is approximate, and it is measured each time
 built (:func:`top1_agreement`): one that does not find the exact scan's top-1 on at least
 :data:`MIN_AGREEMENT` of its probes is not used.
 
+The candidates are scored inside Faiss (``IndexRefine`` over the codes and the exact index's
+storage, :meth:`Prefilter.score_from`): gathering 256 float16 rows into NumPy and casting them cost
+0.12 ms a query, and each NumPy view of Faiss's buffers 0.03 ms, on the VM above, a quarter of the
+search at 2·10⁴ templates.
+
 Rows: a prefilter's row i is the exact index's storage position i. The owner
 (:class:`~.index.TemplateIndex`) appends to both together; a removal moves rows within the exact
 index, so it drops the prefilter (:meth:`Prefilter.wipe`) and builds another from the rows left.
@@ -21,7 +26,7 @@ index, so it drops the prefilter (:meth:`Prefilter.wipe`) and builds another fro
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Optional
 
 import faiss
 import numpy as np
@@ -49,6 +54,8 @@ class Prefilter:
 
     def __init__(self, fast_scan: faiss.IndexPQFastScan) -> None:
         self._codes = fast_scan
+        self._scored: Optional[faiss.IndexRefine] = None  # codes, then the rows: see score_from
+        self._rows: Any = None  # the exact storage scored from (kept: IndexRefine does not own it)
 
     @classmethod
     def trained(cls, sample: np.ndarray) -> Prefilter:
@@ -72,10 +79,35 @@ class Prefilter:
         return int(self._codes.ntotal)
 
     def add(self, rows: np.ndarray) -> None:
-        """Append rows: (n, d) float16 or float32 (unit vectors), encoded by chunks."""
+        """Append rows: (n, d) float16 or float32 (unit vectors), encoded by chunks. Once bound to the
+        exact storage (:meth:`score_from`), call it after the storage's own addition."""
         for start in range(0, rows.shape[0], _CHUNK_ROWS):
             part = np.ascontiguousarray(rows[start : start + _CHUNK_ROWS], dtype=np.float32)
             self._codes.add(part)
+        if self._scored is not None:
+            if int(self._rows.ntotal) != len(self):
+                raise ValueError(f"prefilter rows {len(self)} and exact rows {int(self._rows.ntotal)} differ")
+            self._scored.ntotal = len(self)  # IndexRefine refuses candidates past the count it knows
+
+    def score_from(self, storage: Any) -> None:
+        """Score candidates from ``storage``: the exact index's own (an ``IndexFlat`` or float16
+        ``IndexScalarQuantizer``, inner product), whose row i is this prefilter's row i, as many
+        rows as this one has. It must outlive the binding: its owner drops the prefilter before
+        replacing it."""
+        scored = faiss.IndexRefine(self._codes, storage)  # Faiss checks d, metric and counts
+        self._scored, self._rows = scored, storage
+
+    def search(self, queries: np.ndarray, depth: int, scores: np.ndarray, rows: np.ndarray) -> None:
+        """Fill ``scores`` ((q, k) float32, exact inner products, descending) and ``rows`` ((q, k)
+        int64, -1 past what was found) for ``queries`` ((q, d) float32, C-contiguous unit rows):
+        the k best of each query's ``depth`` candidates (depth ≥ k), scored from the storage bound
+        by :meth:`score_from`."""
+        scored = self._scored
+        if scored is None:
+            raise RuntimeError("a prefilter searched before score_from bound it to the exact rows")
+        count, k = rows.shape
+        scored.k_factor = (depth + 0.5) / k  # Faiss takes int(k · k_factor) candidates: depth
+        scored.search_c(count, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(rows))
 
     def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
         """(≤ count,) int64: the rows whose codes score highest against ``query`` ((1, d) float32)."""
@@ -92,23 +124,12 @@ class Prefilter:
         if table.size():
             faiss.rev_swig_ptr(table.get(), table.size())[:] = 0
         self._codes.ntotal = 0
+        self._scored, self._rows = None, None
 
     def code_bytes(self) -> np.ndarray:
         """(bytes,) uint8: a view of the packed codes, for tests that check :meth:`wipe`."""
         table = self._codes.codes
         return faiss.rev_swig_ptr(table.get(), table.size())
-
-
-def rescored(
-    rows: np.ndarray, stored: np.ndarray, query: np.ndarray, k: int
-) -> Tuple[np.ndarray, np.ndarray]:
-    """The k best of ``rows`` by exact inner product: (scores (k',) float32 descending, rows (k',)).
-
-    stored: (n, d) float16 or float32, the exact index's rows; query: (d,) float32.
-    """
-    scores = stored[rows].astype(np.float32) @ query
-    order = np.argsort(-scores, kind="stable")[:k]
-    return scores[order], rows[order]
 
 
 def top1_agreement(

@@ -42,11 +42,13 @@ def test_the_gallery_bench_measures_every_kind_and_renders_its_json(
     assert (
         detached["detached"] == 33 * 3 and detached["recall_at_1"] >= 0.99
     )  # 5 % of 2 000, whole identities
+    assert detached["searches_during_removals"] >= 1
+    assert 0 < detached["search_during_removals_p50_ms"] <= detached["search_during_removals_max_ms"]
     capsys.readouterr()
     assert gallery_bench.main(["--render", str(out)]) == 0
     rendered = capsys.readouterr().out
     assert "| 2,000 | exact float16 **(default)** |" in rendered
-    assert "| templates | removal p50 / max ms | detached |" in rendered
+    assert "| templates | removal p50 / max ms | searches meanwhile p50 / max ms | detached |" in rendered
 
 
 def test_the_enrolment_bench_counts_the_index_bytes_of_each_setting() -> None:

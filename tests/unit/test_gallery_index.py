@@ -32,7 +32,7 @@ from appliance.gallery.index import (
     probe_queries,
 )
 from tests.mqtt_broker import wait_until
-from tests.support import Held
+from tests.support import Held, meanwhile
 
 D = 128
 MODEL = "mobilefacenet@1"
@@ -434,9 +434,16 @@ def _lists(index: TemplateIndex) -> Iterator[np.ndarray]:
             yield neighbors[start : offsets[node] + hnsw.cum_nb_neighbors(level + 1)]
 
 
-def test_an_hnsw_removal_detaches_the_nodes_and_leaves_nothing_of_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compared_nodes", [0, 64], ids=["links-looked-up", "links-compared"])
+def test_an_hnsw_removal_detaches_the_nodes_and_leaves_nothing_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compared_nodes: int
+) -> None:
     """No search reaches a removed template, no link leads to or from it, its vector is gone from
-    memory and from the saved file, and the graph's entry point moves when it is the one removed."""
+    memory and from the saved file, and the graph's entry point moves when it is the one removed.
+    Both ways of finding the links (a table of the nodes, or a comparison with each), over chunks
+    that end inside neighbour lists."""
+    monkeypatch.setattr(index_module, "_COMPARED_NODES", compared_nodes)
+    monkeypatch.setattr(index_module, "_LINK_CHUNK", 1000)
     x, ids = identities(3000), some_ids(3000)
     index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)  # float32: bytes as given
     _, _, _, hnsw = _graph(index)
@@ -448,7 +455,14 @@ def test_an_hnsw_removal_detaches_the_nodes_and_leaves_nothing_of_them(tmp_path:
     before = tmp_path / "before.index"
     index.save(before, MODEL, 1)
     assert all(stored[row].tobytes() in before.read_bytes() for row in doomed)  # what the check below seeks
+    lists_before = [links.copy() for links in _lists(index)]
     assert index.remove(ids[doomed]) == doomed.shape[0]
+    owners = np.repeat(np.arange(3000), _graph(index)[2])  # the node of each list, in _lists' order
+    for node, links, was in zip(owners, _lists(index), lists_before):  # the others' links kept, in order
+        expected = (
+            [] if node in doomed else [link for link in was.tolist() if link >= 0 and link not in doomed]
+        )
+        assert links.tolist() == expected + [-1] * (links.shape[0] - len(expected))
     assert (index.kind, index.detached, len(index)) == ("hnsw", doomed.shape[0], 3000 - doomed.shape[0])
     assert not np.isin(index.ids(), ids[doomed]).any() and index.ids().shape[0] == len(index)
     assert not np.isin(_all_found(index, x[doomed]), ids[doomed]).any()
@@ -473,6 +487,34 @@ def test_an_hnsw_removal_detaches_the_nodes_and_leaves_nothing_of_them(tmp_path:
         len(loaded) == len(index) + 3
         and loaded.search(x[doomed[:3]], 1)[1][:, 0].tolist() == ids[doomed[:3]].tolist()
     )
+
+
+def test_searches_go_on_while_a_removal_scans_the_graph_for_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan for the links to detached nodes (0.5 s at 10⁶ templates) holds no search; other
+    changes wait for the removal, and the graph they then see has the nodes detached."""
+    x, ids = identities(3000), some_ids(3000)
+    index = TemplateIndex.build(D, ids, x, approximate_above=1000, recall_sample=0)
+    doomed = np.arange(0, 3000, 100)
+    scanning = Held(monkeypatch, index_module, "_links_to")
+    removal = threading.Thread(target=index.remove, args=(ids[doomed],))
+    addition = threading.Thread(target=index.add, args=(some_ids(1, seed=7), x[:1]))
+    removal.start()
+    try:
+        assert scanning.entered.wait(10)
+        searched = meanwhile(lambda: index.search(x[doomed], 1))  # the nodes are still in the graph
+        assert searched and searched[0][1][:, 0].tolist() == ids[doomed].tolist()
+        addition.start()
+        addition.join(0.3)
+        assert addition.is_alive()  # writers wait
+    finally:
+        scanning.release()
+        removal.join(10)
+        addition.join(10)
+    assert not removal.is_alive() and not addition.is_alive()
+    assert (index.detached, len(index)) == (doomed.shape[0], 3000 - doomed.shape[0] + 1)
+    assert not np.isin(_all_found(index, x[doomed]), ids[doomed]).any()
+    neighbors, _, _, _ = _graph(index)
+    assert not np.isin(neighbors, doomed).any()
 
 
 def test_a_header_whose_detached_count_disagrees_with_the_payload_is_corrupt(tmp_path: Path) -> None:
