@@ -24,7 +24,8 @@ Two kinds of index, chosen by the number of templates, each storing its template
            ``IndexIDMap2``'s reverse map held them 8.5–8.9 ms (16 ms at 2·10⁵). From
            ``prefilter_above`` templates a search goes through a prefilter (:mod:`.prefilter`): a
            32-byte code per row picks 256 candidates, which the rows score exactly. It is built on
-           a thread of its own, follows additions, and is rebuilt after a removal (the rows move).
+           a thread of its own, follows additions, and makes a removal's row moves in its codes
+           (rebuilt instead after one of more than ``prefilter.MAX_FOLLOWED_REMOVALS`` rows).
 ``hnsw``   above ``approximate_above`` templates, a graph search whose breadth is ``ef_search``
            (``gallery.hnsw_ef_search``): ``IndexIDMap(IndexHNSWSQ(d, QT_fp16, M))`` in float16,
            ``IndexIDMap(IndexHNSWFlat(d, M))`` in float32, inner product; the graph adds ≈ 8·M bytes
@@ -431,8 +432,8 @@ def _detachment(index: Any, nodes: np.ndarray) -> Callable[[], None]:
     ``IndexIDMap``, in place: once it has run no link leads to them or from them, their vectors are
     zeros and their ids :data:`DETACHED_ID`.
 
-    This finds the links to the nodes — a scan of the graph, linear in it (50 ms for one identity at
-    10⁶ templates on the 2-core AMD host) — and works out the lists that lose them. That only reads
+    This finds the links to the nodes — a scan of the graph, linear in it (a removal of one identity
+    took 74 ms at 10⁶ templates on the 2-core AMD host) — and works out the lists that lose them. That only reads
     the graph, so searches go on meanwhile; the caller keeps every other change out until the edit
     has run (the writer lock), so the graph cannot change in between. The edit writes what was
     worked out, and is all that searches must wait for. Faiss's search reads a node's neighbour
@@ -445,7 +446,7 @@ def _detachment(index: Any, nodes: np.ndarray) -> Callable[[], None]:
     neighbors = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())  # (slots,) int32, in place
     offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)  # (total + 1,) node i's first slot
     levels = faiss.vector_to_array(hnsw.levels)  # (total,) int32: levels node i is on
-    gone = np.zeros(total + 1, bool)
+    gone = np.zeros(total + 1, bool)  # indexed by node + 1, so that a list's -1 padding reads False
     gone[nodes + 1] = True
     # Every list holding a link to a detached node: its node, and its level from the node's slot.
     links = _links_to(neighbors, nodes, gone)
@@ -486,8 +487,10 @@ def _detachment(index: Any, nodes: np.ndarray) -> Callable[[], None]:
     return edit
 
 
-def _remove_rows(index: Any, rows: np.ndarray) -> None:
-    """Take ``rows`` (ascending positions in storage order) out of an exact ``IndexIDMap``, in place.
+def _remove_rows(index: Any, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Take ``rows`` (ascending positions in storage order) out of an exact ``IndexIDMap``, in place;
+    returns the moves made, ``(holes, movers, kept)``: row ``movers[i]`` went to ``holes[i]`` (both
+    ``(h,) int64``), and the rows from ``kept`` on were dropped — what a prefilter follows.
 
     Faiss's ``remove_ids`` moves every later row down, a pass over the whole index while searches
     wait. A scan does not care about order, so the last kept rows move into the removed ones'
@@ -509,6 +512,7 @@ def _remove_rows(index: Any, rows: np.ndarray) -> None:
     index.id_map.resize(kept)
     inner.ntotal = kept
     index.ntotal = kept
+    return holes, movers, kept
 
 
 def _without_reverse_map(index: Any) -> Any:
@@ -1180,8 +1184,11 @@ class TemplateIndex:
                 self._rebuild.forget(stored[doomed])
             if self._kind == EXACT:
                 with self._index_lock:
-                    _remove_rows(self._index, doomed)
-                    self._drop_prefilter()  # rows moved: searches scan all until the next one is built
+                    moves = _remove_rows(self._index, doomed)
+                    if self._prefilter is not None and doomed.shape[0] <= prefilters.MAX_FOLLOWED_REMOVALS:
+                        self._prefilter.remove_rows(*moves)  # its codes move as the rows did
+                    else:  # searches scan all until the next one is built
+                        self._drop_prefilter()
                 self._prefilter_later()
                 return int(doomed.shape[0])
             detached = self._detached + doomed.shape[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -60,24 +61,62 @@ def test_a_prefiltered_search_finds_the_top1_of_a_full_scan_with_its_exact_score
     assert not full.prefiltered and not full.wait_prefilter(DEADLINE_S)  # under prefilter_above: none
 
 
-def test_additions_join_the_prefilter_and_a_removal_drops_it_until_the_next_is_built() -> None:
+def row_codes(prefilter: prefilters.Prefilter) -> np.ndarray:
+    """(rows, 32) uint8: each row's code, unpacked from Faiss's blocks of 32 interleaved rows; then
+    the rows of the last block past the count (padding), which must be zeros."""
+    fast_scan = prefilter._codes
+    packer = fast_scan.get_CodePacker()
+    rows = -(-len(prefilter) // packer.nvec) * packer.nvec
+    out = np.empty((rows, fast_scan.code_size), np.uint8)
+    for row in range(rows):
+        packer.unpack_1_c(fast_scan.codes.get(), row, faiss.swig_ptr(out[row]))
+    assert prefilter.code_bytes().shape == (rows * fast_scan.code_size,)
+    return out
+
+
+def test_additions_join_the_prefilter_and_a_removal_moves_its_codes_as_the_rows() -> None:
+    """After a removal each row holds the code its template had, the rows given up are zeros, and
+    searches find what a full scan finds."""
     x, ids = identities(N), ids_for(N)
     index = prefiltered(x, ids)
     more, more_ids = identities(30, seed=9), ids_for(30, offset=5 * 10**12)
     index.add(more_ids, more)
-    assert index.prefiltered and len(index._prefilter) == N + 30  # its rows follow the exact index's
+    prefilter = index._prefilter
+    assert prefilter is not None and len(prefilter) == N + 30  # its rows follow the exact index's
     np.testing.assert_array_equal(index.search(more, 1)[1][:, 0], more_ids)
+    codes_of = dict(zip(index.ids().tolist(), row_codes(prefilter)[: N + 30].tolist()))
+    gone = np.concatenate([ids[5:3000:97], more_ids[-3:-1]])  # scattered, and among the last rows
+    assert index.remove(gone) == gone.shape[0]
+    kept = N + 30 - gone.shape[0]
+    assert index.prefiltered and index._prefilter is prefilter and len(prefilter) == kept
+    after = row_codes(prefilter)
+    assert after[:kept].tolist() == [codes_of[i] for i in index.ids().tolist()]
+    assert not after[kept:].any()
+    every, every_id = np.concatenate([x, more]), np.concatenate([ids, more_ids])
+    assert not np.isin(index.search(every[np.isin(every_id, gone)], 10)[1], gone).any()
+    left = ~np.isin(every_id, gone)
+    np.testing.assert_array_equal(index.search(every[left], 1)[1][:, 0], every_id[left])
+    index.add(ids_for(5, offset=9 * 10**12), identities(5, seed=11))  # appended after the moves
+    assert len(prefilter) == kept + 5
+    np.testing.assert_array_equal(index.search(every[left][-50:], 1)[1][:, 0], every_id[left][-50:])
+
+
+def test_a_large_removal_drops_the_prefilter_until_the_next_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefilters, "MAX_FOLLOWED_REMOVALS", 100)
+    x, ids = identities(N), ids_for(N)
+    index = prefiltered(x, ids)
     gone = ids[:300]
     assert index.remove(gone) == 300
-    assert not index.prefiltered  # rows moved: every search scans all meanwhile
+    assert not index.prefiltered  # every search scans all meanwhile
     assert not np.isin(index.search(x[:300], 10)[1], gone).any()
-    assert index.wait_prefilter(DEADLINE_S) and len(index._prefilter) == N - 300 + 30
+    assert index.wait_prefilter(DEADLINE_S) and len(index._prefilter) == N - 300
     assert not np.isin(index.search(x[:300], 10)[1], gone).any()
     np.testing.assert_array_equal(index.search(x[300:400], 1)[1][:, 0], ids[300:400])
 
 
-def test_a_removal_zeroes_the_codes_of_the_prefilter_it_drops() -> None:
+def test_a_removal_zeroes_the_codes_of_the_prefilter_it_drops(monkeypatch: pytest.MonkeyPatch) -> None:
     """A code is a coarse copy of a face's template: none outlives the removal in memory."""
+    monkeypatch.setattr(prefilters, "MAX_FOLLOWED_REMOVALS", 2)
     x, ids = identities(N), ids_for(N)
     index = prefiltered(x, ids)
     dropped = index._prefilter
