@@ -485,19 +485,24 @@ class SizeBench:
 @contextlib.contextmanager
 def _searching(index: TemplateIndex, queries: np.ndarray) -> Iterator[List[float]]:
     """Searches one query at a time on another thread (one OpenMP thread, as the daemon's) for as
-    long as the block runs; yields the list their latencies (ms) go into — at least one search."""
+    long as the block runs; yields the list their latencies (ms) go into — at least one search. A
+    search that fails is raised here once the block ends."""
     latencies_ms: List[float] = []
+    failed: List[BaseException] = []
     stop = threading.Event()
 
     def search() -> None:
         faiss.omp_set_num_threads(1)
-        for i in itertools.count():
-            if stop.is_set() and latencies_ms:
-                return
-            query = queries[i % queries.shape[0]][None]
-            started = time.perf_counter()
-            index.search(query, 1)
-            latencies_ms.append((time.perf_counter() - started) * 1000)
+        try:
+            for i in itertools.count():
+                if stop.is_set() and latencies_ms:
+                    return
+                query = queries[i % queries.shape[0]][None]
+                started = time.perf_counter()
+                index.search(query, 1)
+                latencies_ms.append((time.perf_counter() - started) * 1000)
+        except Exception as err:  # the measuring thread's to report
+            failed.append(err)
 
     searcher = threading.Thread(target=search, name="bench-search", daemon=True)
     searcher.start()
@@ -506,6 +511,8 @@ def _searching(index: TemplateIndex, queries: np.ndarray) -> Iterator[List[float
     finally:
         stop.set()
         searcher.join()
+    if failed:
+        raise RuntimeError("a search during the removals failed") from failed[0]
 
 
 def compare_threads(bench: SizeBench) -> Dict[str, Any]:

@@ -97,7 +97,7 @@ class Prefilter:
             self._scored.ntotal = len(self)  # IndexRefine refuses candidates past the count it knows
 
     def remove_rows(self, holes: np.ndarray, movers: np.ndarray, kept: int) -> None:
-        """Make the exact index's removal (``_remove_rows`` in :mod:`.index`): the code of row
+        """Follow the exact index's removal (``_remove_rows`` in :mod:`.index`): the code of row
         ``movers[i]`` moves to row ``holes[i]`` (``(h,) int64`` each), then the rows from ``kept`` on
         are overwritten with zeros (a code is a coarse copy of a face's template) and dropped."""
         fast_scan = self._codes
