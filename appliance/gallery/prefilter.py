@@ -62,7 +62,6 @@ class Prefilter:
     def __init__(self, fast_scan: faiss.IndexPQFastScan) -> None:
         self._codes = fast_scan
         self._scored: Optional[faiss.IndexRefine] = None  # codes, then the rows: see score_from
-        self._rows: Any = None  # the exact storage scored from (kept: IndexRefine does not own it)
 
     @classmethod
     def trained(cls, sample: np.ndarray) -> Prefilter:
@@ -92,8 +91,9 @@ class Prefilter:
             part = np.ascontiguousarray(rows[start : start + _CHUNK_ROWS], dtype=np.float32)
             self._codes.add(part)
         if self._scored is not None:
-            if int(self._rows.ntotal) != len(self):
-                raise ValueError(f"prefilter rows {len(self)} and exact rows {int(self._rows.ntotal)} differ")
+            exact_rows = int(self._scored.refine_index.ntotal)
+            if exact_rows != len(self):
+                raise ValueError(f"prefilter rows {len(self)} and exact rows {exact_rows} differ")
             self._scored.ntotal = len(self)  # IndexRefine refuses candidates past the count it knows
 
     def remove_rows(self, holes: np.ndarray, movers: np.ndarray, kept: int) -> None:
@@ -122,7 +122,7 @@ class Prefilter:
         rows as this one has. It must outlive the binding: its owner drops the prefilter before
         replacing it."""
         scored = faiss.IndexRefine(self._codes, storage)  # Faiss checks d, metric and counts
-        self._scored, self._rows = scored, storage
+        self._scored = scored
 
     def search(self, queries: np.ndarray, depth: int, scores: np.ndarray, rows: np.ndarray) -> None:
         """Fill ``scores`` ((q, k) float32, exact inner products, descending) and ``rows`` ((q, k)
@@ -151,7 +151,7 @@ class Prefilter:
         if table.size():
             faiss.rev_swig_ptr(table.get(), table.size())[:] = 0
         self._codes.ntotal = 0
-        self._scored, self._rows = None, None
+        self._scored = None
 
     def code_bytes(self) -> np.ndarray:
         """(bytes,) uint8: a view of the packed codes, for tests that check :meth:`wipe`."""
