@@ -8,10 +8,11 @@ the live models and the gallery without racing the frames. Every command gets on
 
 The removals (``remove``, ``remove_template``) need no model but write a new index snapshot, so that
 no file keeps the removed face: 26 MB at 10⁵ templates, 536 MB for an HNSW graph of 10⁶ — tens of
-milliseconds to seconds of disk. They run on a thread of their own (``gallery-change``), and the
-pipeline goes on with its frames and its searches meanwhile (the gallery's locks allow it: see
-:mod:`appliance.gallery.gallery`). The commands after one wait until it is answered, so every command
-still sees the ones before it done; a reload waits too (:meth:`CommandService.busy`).
+milliseconds to seconds of disk. They run on the ``gallery-change`` thread
+(:mod:`appliance.change_thread`), and the pipeline goes on with its frames and its searches meanwhile.
+The commands after one wait until it is answered, so every command still sees the ones before it
+done; a reload waits too (:meth:`CommandService.busy`), and so they wait for an adaptive template
+being stored there (:mod:`appliance.template_update`).
 
 The same thread reads the gallery again when another process changed its store — the command line's
 ``gallery remove``, ``enroll``, ``templates --remove``, ``not-this`` while the daemon runs —
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
+from .change_thread import ChangeThread
 from .commands import (
     AccessCommand,
     CommandError,
@@ -87,6 +88,8 @@ class CommandService:
         state: the ``…/state`` document, for ``status``.
         reloading, reloaded: systemd's RELOADING=1 / READY=1 around a reload.
         sightings: the store of kept faces (``events.keep_crops_h``), for ``not_this``; ``None`` when off.
+        templates: the template update (``[adaptive]``), whose rules a reload replaces; ``None`` when off.
+        changes: the ``gallery-change`` thread, shared with the template update (a new one if ``None``).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class CommandService:
         reloaded: Callable[[], Any] = lambda: None,
         sightings: Optional[SightingStore] = None,
         templates: Optional[TemplateUpdater] = None,
+        changes: Optional[ChangeThread] = None,
     ) -> None:
         self.sightings = sightings
         self.templates = templates
@@ -113,8 +117,8 @@ class CommandService:
         self._reloading = reloading
         self._reloaded = reloaded
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)  # of (name, request id, command)
-        #: The removal or reading under way off the pipeline thread, if any (see the module).
-        self._change: Optional[threading.Thread] = None
+        #: Where removals and readings of the gallery run, off the pipeline thread (see the module).
+        self.changes = changes if changes is not None else ChangeThread()
         self._watched_at = float("-inf")
 
     # -- paho's thread ----------------------------------------------------------------------------------
@@ -134,9 +138,9 @@ class CommandService:
     # -- the pipeline thread ----------------------------------------------------------------------------
 
     def busy(self) -> bool:
-        """Whether a removal, or a reading of the gallery, is under way off the pipeline thread (the
-        next commands wait for it)."""
-        return self._change is not None and self._change.is_alive()
+        """Whether a removal, a reading of the gallery or an adaptive template is under way off the
+        pipeline thread (the next commands wait for it)."""
+        return self.changes.busy()
 
     def run_pending(self) -> int:
         """Carry out the queued commands in order, answering each; a removal is handed to its own
@@ -150,15 +154,10 @@ class CommandService:
                 break
             taken += 1
             if isinstance(command, OFF_THE_PIPELINE):
-                self._off_the_pipeline(self._carry_out, name, request_id, command)
+                self.changes.start(self._carry_out, name, request_id, command)  # not busy: it starts
                 break
             self._carry_out(name, request_id, command)
         return taken
-
-    def _off_the_pipeline(self, work: Callable[..., None], *args: Any) -> None:
-        """Start ``work(*args)`` on the ``gallery-change`` thread (one at a time: see :meth:`busy`)."""
-        self._change = threading.Thread(target=work, args=args, name="gallery-change", daemon=True)
-        self._change.start()
 
     def watch_store(self, now: Optional[float] = None) -> bool:
         """Between two frames: when another process changed the gallery's store, read the gallery
@@ -172,8 +171,7 @@ class CommandService:
         gallery = self.runtime.gallery
         if gallery is None or not gallery.changed_elsewhere():
             return False
-        self._off_the_pipeline(self._read_again, gallery)
-        return True
+        return self.changes.start(self._read_again, gallery)
 
     @staticmethod
     def _read_again(gallery: Any) -> None:
@@ -190,12 +188,6 @@ class CommandService:
                 "%d templates",
                 len(gallery),
             )
-
-    def join(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for a removal or reading under way (the daemon's stop)."""
-        change = self._change
-        if change is not None:
-            change.join(max(0.0, timeout))
 
     def _carry_out(self, name: str, request_id: Optional[str], command: object) -> None:
         try:

@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .access.judge import AccessJudge
 from .camera import CameraThread, create_source
+from .change_thread import ChangeThread
 from .command_service import CommandService
 from .config import ApplianceConfig
 from .decisions import DecisionSettings
@@ -142,6 +143,8 @@ class Appliance:
         self.outbox: Optional[Outbox] = None
         self.recorder: Optional[EventRecorder] = None
         self.templates: Optional[TemplateUpdater] = None  # adaptive.enabled
+        #: Gallery work off the pipeline thread: removals, readings of the store, adaptive templates.
+        self.changes = ChangeThread()
         self.sightings: Optional[SightingStore] = None  # faces kept (events.keep_crops_h, [unknowns])
         self.keeper: Optional[SightingKeeper] = None
         self.commands: Optional[CommandService] = None
@@ -247,7 +250,9 @@ class Appliance:
             samples=config.adaptive.enabled or keep_settings(config).active,
         )
         if config.adaptive.enabled:
-            self.templates = TemplateUpdater(self.gallery, config.adaptive, config.liveness.enabled)
+            self.templates = TemplateUpdater(
+                self.gallery, config.adaptive, config.liveness.enabled, changes=self.changes
+            )
         outbox = self.outbox
         self.door = PeripheralHub(
             create_peripherals(config),
@@ -284,6 +289,7 @@ class Appliance:
             self.notifier.ready,
             sightings=self.sightings,
             templates=self.templates,
+            changes=self.changes,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
         self.fleet = self._fleet_member(self.link)
@@ -351,13 +357,10 @@ class Appliance:
             if not pipeline_ended:
                 logger.warning("the pipeline thread did not stop in time (a model call stuck?)")
         gallery_free = fleet_ended  # the fleet thread applies its records to the gallery
-        if self.commands is not None:  # a removal (its snapshot) or a reading of the gallery under way
-            self.commands.join(deadline.remaining(OFFLINE_RESERVE_S))
-            gallery_free = gallery_free and not self.commands.busy()
-            if self.commands.busy():
-                logger.warning(
-                    "a gallery change did not finish in time; the index is rebuilt at the next start"
-                )
+        # A removal (its snapshot), a reading of the gallery or an adaptive template under way.
+        if not self.changes.join(deadline.remaining(OFFLINE_RESERVE_S)):
+            gallery_free = False
+            logger.warning("a gallery change did not finish in time; the index is rebuilt at the next start")
         if self.keeper is not None:  # after the pipeline: the faces of its last events are written
             self.keeper.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         if self.swap is not None:

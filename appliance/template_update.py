@@ -17,25 +17,29 @@ otherwise pull the identity towards itself, one template at a time):
 * **rate**: at most one per ``adaptive.min_interval_s`` per identity (a person standing in view is
   re-announced every ``decision.reannounce_s``; that must not fill every slot with near-copies).
 
-Above ``gallery.approximate_above`` templates the index is an HNSW graph, where an eviction detaches
-a node with a scan of the graph's links (tens of milliseconds at 10⁵ templates, holding searches
-off) and every so often rebuilds the graph (minutes at 10⁶): there an identity whose adaptive
-templates are full learns no more (reason ``approximate index``) rather than have the pipeline thread
-pay that. Nor does the update wait for the gallery: while another change is in progress or an index
-file is being written, the passage teaches nothing (reason ``gallery busy``).
+Where it runs: the pipeline thread, told of each stored event (:class:`appliance.event_recorder.
+EventRecorder` ``on_stored``), checks what it holds in memory — granted, margin, liveness, quality,
+the model that embedded the frame — and hands a passage that qualifies to the ``gallery-change``
+thread (:mod:`appliance.change_thread`), where the rest reads the store (the rate and drift rules)
+and writes it (one transaction and an in-memory index change; the index file is written with the
+next enrolment or removal, or at close). So the door never waits for a disk or an index edit to
+learn. That matters most above ``gallery.approximate_above`` templates, where the index is an HNSW
+graph and replacing an identity's oldest adaptive template detaches a node with a scan of the
+graph's links (10 ms at 10⁵ templates, 74 ms at 10⁶ on the AMD host); the graph is rebuilt on a
+thread of its own once detached nodes pass a tenth of it. Learning is never worth a queue: while the
+``gallery-change`` thread is busy (a removal, a reading of the store, the last passage's template) or
+another change holds the gallery (an enrolment's transaction, a fleet batch, an index file being
+written), the passage teaches nothing (reason ``gallery busy``).
 
 Every addition is recorded (the template's ``kind``, ``source_event`` = the access event's id, the
 passage's score and margin, the model version, the time) and reversible: ``gallery templates ID``
 lists them and ``--remove`` deletes one for real.
-
-Runs on the pipeline thread, after the event is stored (:class:`appliance.event_recorder.EventRecorder`
-``on_stored``): the embedding was computed there already; the update is one store transaction and an
-in-memory index change — the index file is written with the next enrolment or removal, or at close.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,9 +47,10 @@ from typing import Callable, Counter, Dict, List, Optional
 
 import numpy as np
 
+from .change_thread import ChangeThread
 from .config import AdaptiveConfig
 from .decisions import GRANTED
-from .gallery.errors import GalleryBusyError, GalleryError, IdentityError
+from .gallery.errors import GalleryBusyError, GalleryError, IdentityError, StaleEmbeddingError
 from .gallery.gallery import Gallery
 from .gallery.store import ADAPTIVE, ENROLLED, TemplateInfo, TemplateOrigin
 from .pipeline import Outcome
@@ -72,11 +77,14 @@ class TemplateUpdater:
     """Decides, per stored access event, whether its passage becomes an adaptive template.
 
     Args:
-        gallery: the daemon's gallery (pipeline thread).
-        settings: the ``[adaptive]`` section.
+        gallery: the daemon's gallery.
+        settings: the ``[adaptive]`` section (a reload replaces it, while the ``gallery-change``
+            thread is idle).
         liveness_enabled: ``liveness.enabled``; with ``require_liveness`` and liveness off nothing is
             learnt (the configuration refuses that combination; this is the second guard).
         clock: seconds since the epoch (tests pass their own).
+        changes: the ``gallery-change`` thread, where :meth:`on_stored` hands a passage that
+            qualifies (see the module); ``None``: it is learnt on the calling thread.
     """
 
     def __init__(
@@ -85,35 +93,57 @@ class TemplateUpdater:
         settings: AdaptiveConfig,
         liveness_enabled: bool,
         clock: Callable[[], float] = time.time,
+        changes: Optional[ChangeThread] = None,
     ) -> None:
         self.gallery = gallery
         self.settings = settings
         self.liveness_enabled = liveness_enabled
+        self.changes = changes
         self._clock = clock
-        #: Templates added, and outcomes refused per reason (the refusal's first words).
+        #: Templates added, and outcomes refused per reason (the refusal's first words); counted by
+        #: the pipeline thread and the ``gallery-change`` thread, under ``_counting``.
         self.added = 0
         self.refused: Counter[str] = Counter()
+        self._counting = threading.Lock()
 
     def on_stored(self, outcome: Outcome, event_id: str) -> None:
-        """The :class:`EventRecorder` hook: consider the outcome; a failure is logged, never raised
-        (recognition goes on whatever happens to learning)."""
+        """The :class:`EventRecorder` hook (pipeline thread): screen the outcome, and learn from one
+        that qualifies on the ``gallery-change`` thread (see the module). Never raises: recognition
+        goes on whatever happens to learning."""
+        refusal = self._screen(outcome)
+        if refusal is not None:
+            self._refuse(UpdateVerdict(None, refusal, []), event_id)
+        elif self.changes is None:
+            self.learn(outcome, event_id)
+        elif not self.changes.start(self.learn, outcome, event_id):
+            self._refuse(
+                UpdateVerdict(None, "gallery busy: the gallery-change thread was at work", []), event_id
+            )
+
+    def learn(self, outcome: Outcome, event_id: str) -> None:
+        """:meth:`consider` the outcome, logging a failure instead of raising it."""
         try:
             self.consider(outcome, event_id)
         except GalleryError as err:
-            self.refused["store error"] += 1
+            self._refuse(UpdateVerdict(None, "store error", []), event_id)
             logger.warning("template update from event %s failed: %s", event_id, err)
 
     def consider(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
-        """Add an adaptive template from ``outcome`` when every rule of the module holds.
+        """Add an adaptive template from ``outcome`` when every rule of the module holds, on this
+        thread (it reads and writes the store).
 
         Raises:
             GalleryError: the store refused the write (a full disk).
         """
         verdict = self._judge(outcome, event_id)
         if verdict.added is None:
-            self.refused[verdict.reason.split(":")[0]] += 1
-            logger.debug("event %s: no template update (%s)", event_id, verdict.reason)
+            self._refuse(verdict, event_id)
         return verdict
+
+    def _refuse(self, verdict: UpdateVerdict, event_id: str) -> None:
+        with self._counting:
+            self.refused[verdict.reason.split(":")[0]] += 1
+        logger.debug("event %s: no template update (%s)", event_id, verdict.reason)
 
     def _judge(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
         try:
@@ -123,28 +153,39 @@ class TemplateUpdater:
             # moment ago may be gone by the time the update looks at them. Nothing to learn.
             return UpdateVerdict(None, "removed: the identity was removed since the passage", [])
 
-    def _judge_passage(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
+    def _screen(self, outcome: Outcome) -> Optional[str]:
+        """The rules that need nothing but the outcome and the settings (no store, no index): why the
+        passage teaches nothing, or ``None`` when the store's rules are to be checked."""
         settings = self.settings
         decision, sample = outcome.decision, outcome.sample
         if not settings.enabled:
-            return UpdateVerdict(None, "disabled", [])
+            return "disabled"
         if decision.decision != GRANTED or decision.identity_id is None:
-            return UpdateVerdict(None, f"not granted: {decision.decision}", [])
+            return f"not granted: {decision.decision}"
         if sample is None:
-            return UpdateVerdict(None, "no embedded frame", [])
+            return "no embedded frame"
         if sample.model_version != self.gallery.model_version:
-            return UpdateVerdict(None, "model switched: the frame was embedded by another model", [])
+            return "model switched: the frame was embedded by another model"
         if decision.margin is not None and decision.margin < settings.min_margin:
-            return UpdateVerdict(None, f"low margin: {decision.margin:.3f} < {settings.min_margin:g}", [])
+            return f"low margin: {decision.margin:.3f} < {settings.min_margin:g}"
         if settings.require_liveness:
             if not self.liveness_enabled:
-                return UpdateVerdict(None, "no liveness: liveness.enabled is false", [])
+                return "no liveness: liveness.enabled is false"
             if decision.liveness is None or not decision.liveness[1]:
-                return UpdateVerdict(None, "no liveness: the passage's liveness did not pass", [])
+                return "no liveness: the passage's liveness did not pass"
             if sample.liveness is None or not sample.liveness[1]:
-                return UpdateVerdict(None, "no liveness: the chosen frame's liveness did not pass", [])
+                return "no liveness: the chosen frame's liveness did not pass"
         if sample.quality < settings.min_quality:
-            return UpdateVerdict(None, f"low quality: {sample.quality:.3f} < {settings.min_quality:g}", [])
+            return f"low quality: {sample.quality:.3f} < {settings.min_quality:g}"
+        return None
+
+    def _judge_passage(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
+        refusal = self._screen(outcome)
+        if refusal is not None:
+            return UpdateVerdict(None, refusal, [])
+        settings = self.settings
+        decision, sample = outcome.decision, outcome.sample
+        assert decision.identity_id is not None and sample is not None  # screened
         identity_id = decision.identity_id
         infos = self.gallery.store.template_infos(identity_id)
         if self._too_soon(infos):
@@ -163,17 +204,6 @@ class TemplateUpdater:
                 [],
                 similarity,
             )
-        if self.gallery.approximate and self._adaptive_count(infos) >= settings.max_per_identity:
-            # Making room evicts the oldest adaptive template: on an HNSW graph a detachment that
-            # scans the graph's links, and now and then a rebuild of the graph (minutes at 10⁶),
-            # both on the pipeline thread, with the door waiting.
-            return UpdateVerdict(
-                None,
-                f"approximate index: the identity holds {settings.max_per_identity} adaptive templates "
-                "and replacing one would change the HNSW graph on the pipeline thread",
-                [],
-                similarity,
-            )
         origin = TemplateOrigin(ADAPTIVE, event_id, decision.score, decision.margin)
         try:
             added, evicted = self.gallery.add_adaptive(
@@ -185,14 +215,20 @@ class TemplateUpdater:
                 settings.max_per_identity,
                 save=False,
                 wait=False,
+                embedded_with=sample.model_version,
+            )
+        except StaleEmbeddingError:  # screened against the model before, switched since
+            return UpdateVerdict(
+                None, "model switched: the frame was embedded by another model", [], similarity
             )
         except GalleryBusyError:
-            # Another change, or an index file being written (a removal's snapshot: seconds at
-            # 10⁶ templates): the door's next passage is worth more than this template.
+            # Another change, or an index file being written (a fleet batch's save: seconds at 10⁶
+            # templates): waiting would hold the commands queued behind this thread.
             return UpdateVerdict(
                 None, "gallery busy: another change or an index write was in progress", [], similarity
             )
-        self.added += 1
+        with self._counting:
+            self.added += 1
         logger.info(
             "template update: an adaptive template from event %s (score %.3f, margin %s, quality %.2f); %d evicted",
             event_id,
@@ -210,11 +246,6 @@ class TemplateUpdater:
         latest = max((t for t in times if t is not None), default=None)
         return latest is not None and self._clock() - latest < self.settings.min_interval_s
 
-    def _adaptive_count(self, infos: List[TemplateInfo]) -> int:
-        """The identity's adaptive templates of the active model (those an addition may evict)."""
-        version = self.gallery.model_version
-        return sum(1 for info in infos if info.origin.kind == ADAPTIVE and info.model_version == version)
-
     def _enrolled_embeddings(self, identity_id: str) -> np.ndarray:
         """``(E, D)`` float32: the identity's enrolled templates of the active model."""
         vectors = [
@@ -226,7 +257,8 @@ class TemplateUpdater:
 
     def state(self) -> Dict[str, object]:
         """For ``…/state``: templates added and refusals by reason since the start."""
-        return {"added": self.added, "refused": dict(self.refused)}
+        with self._counting:
+            return {"added": self.added, "refused": dict(self.refused)}
 
 
 def _epoch(stamp: str) -> Optional[float]:

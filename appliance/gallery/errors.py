@@ -37,7 +37,7 @@ class BundleError(GalleryError):
 
 
 class GalleryBusyError(GalleryError):
-    """A change asked not to wait (the pipeline's template update) found the gallery busy: another
+    """A change asked not to wait (the template update) found the gallery busy: another
     change in progress, or its index file being written. Nothing was changed."""
 
 

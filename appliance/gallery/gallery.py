@@ -20,8 +20,8 @@ added to it, and while a new HNSW graph is built (it waits only for an in-place 
 index's removal, an HNSW detachment); what it reports goes through the owners map, which a removal
 empties first (:meth:`Gallery._update_index`). So a change on one thread — a removal's snapshot
 (26 MB at 10⁵ float16 templates, 536 MB for an HNSW graph of 10⁶), a store's fsync, a refresh —
-does not hold the searches of another: the daemon runs its removals off the pipeline thread
-(:mod:`appliance.command_service`) for that.
+does not hold the searches of another: the daemon runs its removals and its adaptive templates off
+the pipeline thread (:mod:`appliance.change_thread`) for that.
 """
 
 from __future__ import annotations
@@ -493,6 +493,7 @@ class Gallery:
         keep: int,
         save: bool = True,
         wait: bool = True,
+        embedded_with: Optional[str] = None,
     ) -> Tuple[int, List[int]]:
         """Store one adaptive template of the active embedder (evicting the identity's oldest adaptive
         ones beyond ``keep``, see :meth:`TemplateStore.add_adaptive`) and update the index in memory.
@@ -500,17 +501,21 @@ class Gallery:
         Args:
             embedding: ``(D,)`` float32 unit vector; ``crop``: ``(112, 112, 3)`` uint8 or ``None``.
             save: write the index file now; the daemon passes ``False`` so a passage costs one store
-                transaction and no index write on the pipeline thread — the change is written with the
-                next enrolment or removal, or at close (after a crash the stale index is rebuilt from
-                the store).
+                transaction and no index write — the change is written with the next enrolment or
+                removal, or at close (after a crash the stale index is rebuilt from the store).
             wait: ``False`` to refuse rather than wait while another change is in progress (its store
-                transaction or its index files: the pipeline thread must not wait for a disk).
+                transaction or its index files): the daemon's ``gallery-change`` thread, which
+                learns, must not hold the commands queued behind it for a template.
+            embedded_with: the ``name@version`` that made ``embedding``, when it was made on another
+                thread than this call's: checked under the change lock, against a model switch that
+                came in between.
 
         Returns:
             ``(the new template id, the template ids evicted)``.
 
         Raises:
             GalleryBusyError: with ``wait=False``, the gallery was busy; nothing was stored.
+            StaleEmbeddingError: ``embedded_with`` is not the gallery's model now; nothing was stored.
         """
         vectors = np.asarray(embedding, np.float32).reshape(1, -1)
         if not self._changes.acquire(blocking=wait):
@@ -519,6 +524,11 @@ class Gallery:
                 "the template was not added"
             )
         try:
+            if embedded_with is not None and embedded_with != self.model_version:
+                raise StaleEmbeddingError(
+                    f"an adaptive template of {identity_id!r} embedded with {embedded_with}, but the gallery "
+                    f"now holds {self.model_version} templates (a model switch came in between)"
+                )
             added, evicted = self.store.add_adaptive(
                 identity_id, self.model_version, vectors[0], crop, quality, origin, keep
             )

@@ -166,7 +166,9 @@ def appliance(tmp_path: Path, shared_models: Path, shared_data: Path) -> Iterato
     daemon.pipeline = Pipeline(
         runtime, daemon.gallery, DecisionSettings.from_config(config), daemon.latencies
     )
-    daemon.commands = CommandService(config, None, runtime, daemon.pipeline, daemon._answer, daemon.state)
+    daemon.commands = CommandService(
+        config, None, runtime, daemon.pipeline, daemon._answer, daemon.state, changes=daemon.changes
+    )
     Enroller(runtime.analyzer, daemon.gallery, config.gallery).enroll(
         "obama", "Barack Obama", [("obama.jpg", read_image(shared_data / "faces/fr_obama/obama.jpg"))]
     )
@@ -218,7 +220,7 @@ def test_daemon_command_handler(appliance: _Answering, shared_data: Path, budget
         assert appliance.commands is not None
         appliance.commands.receive(name, payload)
         appliance.commands.run_pending()
-        appliance.commands.join(60.0)  # a removal is carried out, and answered, on its own thread
+        appliance.changes.join(60.0)  # a removal is carried out, and answered, on its own thread
         assert len(appliance.answers) == 1, appliance.answers
         answered, document = appliance.answers[0]
         assert answered == name

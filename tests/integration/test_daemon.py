@@ -24,6 +24,7 @@ from tests.support import (
     make_passage_video,
     notify_listener,
     passage_video,
+    run_cli,
     unique_events,
 )
 
@@ -55,7 +56,11 @@ def test_person_granted_and_stranger_unknown(
     mosquitto: MosquittoBroker,
     recorder: Recorder,
 ) -> None:
-    config = daemon_config(tmp_path, storage, shared_models, mosquitto, passage_video(tmp_path, shared_data))
+    # [adaptive] on: the grant teaches a template, handed by the pipeline thread to gallery-change.
+    adaptive = "enabled = true\nrequire_liveness = false\nmin_quality = 0.0\nmin_interval_s = 0.0"
+    config = daemon_config(
+        tmp_path, storage, shared_models, mosquitto, passage_video(tmp_path, shared_data), adaptive=adaptive
+    )
     daemon = Daemon(config)
     try:
         assert daemon.wait(timeout=120) == 0, daemon.text
@@ -83,6 +88,11 @@ def test_person_granted_and_stranger_unknown(
     # capture_to_outbox is the events' own latency_ms (rounded to 0.1 there): its median lies between.
     latencies = [event["latency_ms"] for event in events]
     assert min(latencies) - 0.06 <= stages["capture_to_outbox"]["p50"] <= max(latencies) + 0.06, stages
+    assert state["adaptive"]["added"] == 1, state["adaptive"]  # the last state: after the stop's joins
+    listed = run_cli("gallery", "templates", "obama", "--json", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    learnt = [t for t in json.loads(listed.stdout)["templates"] if t["kind"] == "adaptive"]
+    assert [t["source_event"] for t in learnt] == [granted["event_id"]]
 
 
 def test_events_survive_a_broker_outage_and_a_sigkill(

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
+from appliance.change_thread import ChangeThread
 from appliance.cli import main
 from appliance.command_service import CommandService
 from appliance.commands import CommandError, ReloadCommand, RemoveTemplateCommand, TemplatesCommand
@@ -35,6 +36,7 @@ from appliance.config_load import load_config, validate_config
 from appliance.decisions import GRANTED, DecisionEngine, DecisionSettings, Observation
 from appliance.enrollment import Enroller
 from appliance.event_recorder import EventRecorder
+from appliance.gallery import index as index_module
 from appliance.gallery.delta import delta_path
 from appliance.gallery.gallery import INDEX_FILE, STORE_FILE, Gallery
 from appliance.gallery.store import ADAPTIVE, ENROLLED
@@ -46,7 +48,7 @@ from appliance.template_update import TemplateUpdater
 from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import read_image
 from appliance.vision.quality import assess
-from tests.support import live_runtime
+from tests.support import Held, live_runtime, meanwhile
 
 #: Frames a still photo is shown for as one passage (the default vote needs 3 of 5).
 PASSAGE_FRAMES = 5
@@ -280,11 +282,18 @@ def test_the_bound_evicts_the_oldest_adaptive_template_never_an_enrolled_one(
     assert sorted(index.ids().tolist()) == sorted(ids.tolist())
 
 
-def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebuilding_the_graph(
-    tmp_path: Path, analyzer: FaceAnalyzer, labelled: List[Tuple[str, str, Face]]
+def test_on_an_approximate_index_a_full_identity_learns_on_the_gallery_change_thread(
+    tmp_path: Path,
+    analyzer: FaceAnalyzer,
+    labelled: List[Tuple[str, str, Face]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Above ``gallery.approximate_above`` the index is HNSW, whose removal rebuilds the graph: the
-    update adds adaptive templates up to the bound, then refuses instead of evicting one."""
+    """Above ``gallery.approximate_above`` the index is HNSW, where replacing an identity's oldest
+    adaptive template detaches its node with a scan of the graph's links. The pipeline thread only
+    screens the passage and hands it to the ``gallery-change`` thread: held there in the scan, the
+    door still searches, and another passage meanwhile is refused as ``gallery busy``, not queued.
+    The full identity learns on, oldest out; the graph stays a graph and holds exactly the store's
+    templates."""
     config = validate_config(
         {
             "storage": {"dir": str(tmp_path / "state")},
@@ -299,6 +308,7 @@ def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebui
         }
     )
     gallery = Gallery.open(config, analyzer.embedder.version, analyzer.embedder.dim)
+    changes = ChangeThread()
     try:
         rng = np.random.default_rng(16)
         for number in range(201):  # 1 005 templates of strangers: past approximate_above
@@ -309,29 +319,53 @@ def test_on_an_approximate_index_a_full_identity_learns_no_more_instead_of_rebui
         person = _of(labelled, "deepface_personC")
         _enrol(gallery, "c", [person[0][1]])
         assert gallery.wait_rebuilt(30.0) and gallery.approximate  # the graph is built on its own thread
-        updater = TemplateUpdater(gallery, config.adaptive, False)
-        verdicts = [
-            updater.consider(_passage(gallery, face), f"ev-{Path(path).stem}") for path, face in person[1:]
-        ]
-        added = [verdict.added for verdict in verdicts if verdict.added is not None]
-        full = [verdict for verdict in verdicts if verdict.reason.startswith("approximate index")]
-        assert len(added) == 2 and full, [verdict.reason for verdict in verdicts]
-        assert not any(verdict.evicted for verdict in verdicts)
-        assert updater.refused["approximate index"] == len(full)
-        kept = [info.id for info in gallery.store.template_infos("c") if info.origin.kind == ADAPTIVE]
-        assert kept == added
-        assert gallery.approximate and len(gallery) == 1005 + 1 + 2
+        updater = TemplateUpdater(gallery, config.adaptive, False, changes=changes)
+        learnt: List[List[int]] = []  # the identity's adaptive templates after each passage that taught
+        replaced = False
+        for path, face in person[1:]:
+            outcome = _passage(gallery, face)
+            scan: Optional[Held] = None
+            if len(learnt) >= 2 and not replaced:  # full: this one replaces the oldest
+                scan = Held(monkeypatch, index_module, "_links_to")
+            updater.on_stored(outcome, f"ev-{Path(path).stem}")
+            if scan is not None:
+                while not scan.entered.wait(0.01) and changes.busy():
+                    pass
+                if not scan.entered.is_set():  # refused before any write (drift, margin …)
+                    monkeypatch.undo()
+                else:
+                    replaced = True
+                    probe = face.embedding[None, :]
+                    found = meanwhile(lambda: gallery.search(probe)[0])  # noqa: B023 (joined at once)
+                    assert found and found[0][0].identity_id == "c"  # the door searches meanwhile
+                    refused = updater.refused["gallery busy"]
+                    updater.on_stored(outcome, "ev-while-busy")
+                    assert updater.refused["gallery busy"] == refused + 1
+                    scan.release()
+            assert changes.join(30.0)
+            kept = [info.id for info in gallery.store.template_infos("c") if info.origin.kind == ADAPTIVE]
+            if not learnt or kept != learnt[-1]:
+                learnt.append(kept)
+        assert replaced, (learnt, dict(updater.refused))
+        assert len(learnt[-1]) == 2 and updater.added == len(learnt) >= 3, (learnt, dict(updater.refused))
+        for before, after in zip(learnt[1:], learnt[2:]):
+            assert after[0] == before[1] and after[1] not in before  # the oldest went, the newest came
+        assert "approximate index" not in updater.refused
+        ids, _, _ = gallery.store.embeddings(gallery.model_version)
+        assert gallery.approximate and sorted(gallery._index.ids().tolist()) == sorted(ids.tolist())
+        assert len(gallery) == 1005 + 1 + 2
     finally:
+        changes.join(30.0)
         gallery.close()
 
 
 def test_a_busy_gallery_is_not_waited_for_and_the_passage_teaches_nothing(
     tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]]
 ) -> None:
-    """The update runs on the pipeline thread, which must not wait for a disk: while another thread's
-    change is in progress (a removal writing its snapshot, an enrolment's store transaction), a
-    passage that qualifies is refused as ``gallery busy``; once the gallery is free, the same
-    passage is learnt."""
+    """The update does not wait for the gallery (on the ``gallery-change`` thread, waiting would hold
+    the commands queued behind it): while another thread's change is in progress (a fleet batch's
+    index file, an enrolment's store transaction), a passage that qualifies is refused as ``gallery
+    busy``; once the gallery is free, the same passage is learnt."""
     person = _of(labelled, "deepface_personC")
     _enrol(gallery, "c", [person[0][1]])
     updater = TemplateUpdater(gallery, _config(tmp_path, min_quality=0.0).adaptive, False)
@@ -355,6 +389,39 @@ def test_a_busy_gallery_is_not_waited_for_and_the_passage_teaches_nothing(
     assert updater.refused["gallery busy"] == 1 and _kinds(gallery, "c") == [ENROLLED]
     learnt = updater.consider(outcome, "ev-free")
     assert learnt.added is not None and _kinds(gallery, "c") == [ENROLLED, ADAPTIVE]
+
+
+def test_the_pipeline_thread_screens_and_a_model_switch_meanwhile_leaves_no_stale_template(
+    tmp_path: Path, gallery: Gallery, labelled: List[Tuple[str, str, Face]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``on_stored`` refuses what the outcome alone refuses on the calling (pipeline) thread, starting
+    nothing; a passage that qualifies is learnt on the ``gallery-change`` thread. A model switch
+    between the handing over and the write (the pipeline thread swaps models between frames) is
+    caught under the change lock: the old model's embedding is not stored as a template of the new."""
+    person = _of(labelled, "deepface_personC")
+    _enrol(gallery, "c", [person[0][1]])
+    changes = ChangeThread()
+    updater = TemplateUpdater(
+        gallery, _config(tmp_path, min_quality=0.0, min_margin=0.2).adaptive, False, changes=changes
+    )
+    outcome = _passage(gallery, person[1][1])
+    weak = replace(outcome, decision=replace(outcome.decision, margin=0.1))
+    updater.on_stored(weak, "ev-weak")
+    assert not changes.busy() and dict(updater.refused) == {"low margin": 1}
+
+    write = Held(monkeypatch, Gallery, "add_adaptive")
+    updater.on_stored(outcome, "ev-switched")
+    assert write.entered.wait(10.0) and changes.busy()
+    old = gallery.model_version
+    gallery.switch_model("another-embedder@2", gallery.dim)
+    write.release()
+    assert changes.join(10.0)
+    assert updater.added == 0 and updater.refused["model switched"] == 1, dict(updater.refused)
+    assert [info.origin.kind for info in gallery.store.template_infos("c")] == [ENROLLED]
+    gallery.switch_model(old, gallery.dim)
+    monkeypatch.undo()
+    updater.on_stored(outcome, "ev-learnt")
+    assert changes.join(10.0) and updater.added == 1 and _kinds(gallery, "c") == [ENROLLED, ADAPTIVE]
 
 
 def test_a_passage_of_someone_removed_since_teaches_nothing_and_is_counted(
@@ -635,7 +702,8 @@ def test_the_pipeline_teaches_the_gallery_after_a_stored_granted_event(
         Enroller(runtime.analyzer, gallery, config.gallery).enroll(
             "kit", "Kit", [("john1", read_image(shared_data / "faces/fr_kit_harington/john1.jpeg"))]
         )
-        updater = TemplateUpdater(gallery, config.adaptive, config.liveness.enabled)
+        changes = ChangeThread()
+        updater = TemplateUpdater(gallery, config.adaptive, config.liveness.enabled, changes=changes)
         stored: List[Tuple[str, str]] = []
 
         def on_stored(outcome: Outcome, event_id: str) -> None:
@@ -652,6 +720,7 @@ def test_the_pipeline_teaches_the_gallery_after_a_stored_granted_event(
                 if stored:
                     break
             assert stored and stored[0][0] == GRANTED, stored
+            assert changes.join(30.0)  # the pipeline thread handed the passage over
             event_id = stored[0][1]
             assert [entry.event_id for entry in outbox.pending(10)] == [event_id]
         infos = gallery.store.template_infos("obama")

@@ -64,7 +64,7 @@ def test_the_pipeline_goes_on_while_a_removal_writes_its_snapshot(
         assert answers == []
     finally:
         write.release()
-        service.join(DEADLINE_S)
+        service.changes.join(DEADLINE_S)
     assert not service.busy()
     service.run_pending()
     assert [(name, document["request_id"], document["ok"]) for name, document in answers] == [
@@ -88,7 +88,7 @@ def test_a_refused_removal_off_the_pipeline_is_answered_and_the_queue_goes_on(
     service.receive("status", json.dumps({"request_id": "r3"}).encode())
     for _ in range(3):
         service.run_pending()
-        service.join(DEADLINE_S)
+        service.changes.join(DEADLINE_S)
     service.run_pending()
     assert [(document["request_id"], document["ok"]) for _, document in answers] == [
         ("r1", False),
@@ -118,7 +118,7 @@ def test_a_change_made_by_another_process_is_read_again_without_a_reload(
     assert gallery.changed_elsewhere()
     assert not service.watch_store(now=101.0)  # asked less than STORE_WATCH_S ago
     assert service.watch_store(now=100.0 + STORE_WATCH_S)
-    service.join(DEADLINE_S)
+    service.changes.join(DEADLINE_S)
     assert not service.busy() and not gallery.changed_elsewhere()
     assert "p3" not in [hits[0].identity_id for hits in gallery.search(kept, 1)]
     assert [hits[0].identity_id for hits in gallery.search(added, 1)] == ["cli"]
