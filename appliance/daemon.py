@@ -361,6 +361,7 @@ class Appliance:
         if not self.changes.join(deadline.remaining(OFFLINE_RESERVE_S)):
             gallery_free = False
             logger.warning("a gallery change did not finish in time; the index is rebuilt at the next start")
+        self.changes.close()
         if self.keeper is not None:  # after the pipeline: the faces of its last events are written
             self.keeper.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))
         if self.swap is not None:

@@ -356,6 +356,7 @@ def test_on_an_approximate_index_a_full_identity_learns_on_the_gallery_change_th
         assert len(gallery) == 1005 + 1 + 2
     finally:
         changes.join(30.0)
+        changes.close()
         gallery.close()
 
 
@@ -422,6 +423,7 @@ def test_the_pipeline_thread_screens_and_a_model_switch_meanwhile_leaves_no_stal
     monkeypatch.undo()
     updater.on_stored(outcome, "ev-learnt")
     assert changes.join(10.0) and updater.added == 1 and _kinds(gallery, "c") == [ENROLLED, ADAPTIVE]
+    changes.close()
 
 
 def test_a_passage_of_someone_removed_since_teaches_nothing_and_is_counted(
@@ -721,6 +723,7 @@ def test_the_pipeline_teaches_the_gallery_after_a_stored_granted_event(
                     break
             assert stored and stored[0][0] == GRANTED, stored
             assert changes.join(30.0)  # the pipeline thread handed the passage over
+            changes.close()
             event_id = stored[0][1]
             assert [entry.event_id for entry in outbox.pending(10)] == [event_id]
         infos = gallery.store.template_infos("obama")

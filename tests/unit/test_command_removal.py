@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from appliance.change_thread import ChangeThread
 from appliance.command_service import STORE_WATCH_S, CommandService
 from appliance.config_load import validate_config
 from appliance.gallery.gallery import INDEX_FILE, Gallery
@@ -34,7 +35,17 @@ def gallery(tmp_path: Path) -> Iterator[Gallery]:
         yield opened
 
 
-def _service(gallery: Gallery, tmp_path: Path, answers: List[Tuple[str, Dict[str, Any]]]) -> CommandService:
+@pytest.fixture
+def changes() -> Iterator[ChangeThread]:
+    thread = ChangeThread()
+    yield thread
+    thread.join(DEADLINE_S)
+    thread.close()
+
+
+def _service(
+    gallery: Gallery, tmp_path: Path, answers: List[Tuple[str, Dict[str, Any]]], changes: ChangeThread
+) -> CommandService:
     return CommandService(
         validate_config({"storage": {"dir": str(tmp_path)}}),
         None,
@@ -42,17 +53,18 @@ def _service(gallery: Gallery, tmp_path: Path, answers: List[Tuple[str, Dict[str
         SimpleNamespace(settings=SimpleNamespace(threshold=0.5)),  # type: ignore[arg-type]
         lambda name, document: answers.append((name, document)),
         dict,
+        changes=changes,
     )
 
 
 def test_the_pipeline_goes_on_while_a_removal_writes_its_snapshot(
-    gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: ChangeThread
 ) -> None:
     removed = unit_vectors(2, 4242, dim=D)
     gallery.add("gone", "Gone", removed)
     write = Held(monkeypatch, gallery.saved, "save", DEADLINE_S)
     answers: List[Tuple[str, Dict[str, Any]]] = []
-    service = _service(gallery, tmp_path, answers)
+    service = _service(gallery, tmp_path, answers, changes)
     service.receive("remove", json.dumps({"request_id": "r1", "id": "gone"}).encode())
     service.receive("templates", json.dumps({"request_id": "r2", "id": "p3"}).encode())
     try:
@@ -77,10 +89,10 @@ def test_the_pipeline_goes_on_while_a_removal_writes_its_snapshot(
 
 
 def test_a_refused_removal_off_the_pipeline_is_answered_and_the_queue_goes_on(
-    gallery: Gallery, tmp_path: Path
+    gallery: Gallery, tmp_path: Path, changes: ChangeThread
 ) -> None:
     answers: List[Tuple[str, Dict[str, Any]]] = []
-    service = _service(gallery, tmp_path, answers)
+    service = _service(gallery, tmp_path, answers, changes)
     service.receive("remove", json.dumps({"request_id": "r1", "id": "nobody"}).encode())
     service.receive(
         "remove_template", json.dumps({"request_id": "r2", "id": "p1", "template_id": 1}).encode()
@@ -99,12 +111,12 @@ def test_a_refused_removal_off_the_pipeline_is_answered_and_the_queue_goes_on(
 
 
 def test_a_change_made_by_another_process_is_read_again_without_a_reload(
-    gallery: Gallery, tmp_path: Path
+    gallery: Gallery, tmp_path: Path, changes: ChangeThread
 ) -> None:
     """The command line changes the store while the daemon runs: between two frames the daemon
     notices it (at most every STORE_WATCH_S) and reads the gallery again off the pipeline thread."""
     answers: List[Tuple[str, Dict[str, Any]]] = []
-    service = _service(gallery, tmp_path, answers)
+    service = _service(gallery, tmp_path, answers, changes)
     kept, added = unit_vectors(2, 103, dim=D), unit_vectors(1, 5151, dim=D)
     gallery.add("own", "Own", unit_vectors(1, 5050, dim=D))  # the daemon's own change: in memory already
     assert not gallery.changed_elsewhere() and not service.watch_store(now=100.0)
