@@ -154,7 +154,8 @@ class CommandService:
                 break
             taken += 1
             if isinstance(command, OFF_THE_PIPELINE):
-                self.changes.start(self._carry_out, name, request_id, command)  # not busy: it starts
+                if not self.changes.start(self._carry_out, name, request_id, command):  # closed
+                    self._answer(name, failure(request_id, "busy", "the appliance is stopping; try again"))
                 break
             self._carry_out(name, request_id, command)
         return taken

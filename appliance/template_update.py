@@ -112,20 +112,18 @@ class TemplateUpdater:
         goes on whatever happens to learning."""
         refusal = self._screen(outcome)
         if refusal is not None:
-            self._refuse(UpdateVerdict(None, refusal, []), event_id)
+            self._refuse(refusal, event_id)
         elif self.changes is None:
-            self.learn(outcome, event_id)
-        elif not self.changes.start(self.learn, outcome, event_id):
-            self._refuse(
-                UpdateVerdict(None, "gallery busy: the gallery-change thread was at work", []), event_id
-            )
+            self._learn(outcome, event_id)
+        elif not self.changes.start(self._learn, outcome, event_id):
+            self._refuse("gallery busy: the gallery-change thread was at work", event_id)
 
-    def learn(self, outcome: Outcome, event_id: str) -> None:
+    def _learn(self, outcome: Outcome, event_id: str) -> None:
         """:meth:`consider` the outcome, logging a failure instead of raising it."""
         try:
             self.consider(outcome, event_id)
         except GalleryError as err:
-            self._refuse(UpdateVerdict(None, "store error", []), event_id)
+            self._refuse("store error", event_id)
             logger.warning("template update from event %s failed: %s", event_id, err)
 
     def consider(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
@@ -137,13 +135,14 @@ class TemplateUpdater:
         """
         verdict = self._judge(outcome, event_id)
         if verdict.added is None:
-            self._refuse(verdict, event_id)
+            self._refuse(verdict.reason, event_id)
         return verdict
 
-    def _refuse(self, verdict: UpdateVerdict, event_id: str) -> None:
+    def _refuse(self, reason: str, event_id: str) -> None:
+        """Count a refusal under its first words."""
         with self._counting:
-            self.refused[verdict.reason.split(":")[0]] += 1
-        logger.debug("event %s: no template update (%s)", event_id, verdict.reason)
+            self.refused[reason.split(":", maxsplit=1)[0]] += 1
+        logger.debug("event %s: no template update (%s)", event_id, reason)
 
     def _judge(self, outcome: Outcome, event_id: str) -> UpdateVerdict:
         try:

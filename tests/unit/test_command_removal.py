@@ -135,3 +135,19 @@ def test_a_change_made_by_another_process_is_read_again_without_a_reload(
     assert "p3" not in [hits[0].identity_id for hits in gallery.search(kept, 1)]
     assert [hits[0].identity_id for hits in gallery.search(added, 1)] == ["cli"]
     assert not service.watch_store(now=200.0) and answers == []
+
+
+def test_a_removal_after_the_change_thread_closed_is_answered_busy(
+    gallery: Gallery, tmp_path: Path, changes: ChangeThread
+) -> None:
+    """The daemon's stop closes the gallery-change thread: a removal taken after that is answered,
+    not dropped, and nothing is removed."""
+    answers: List[Tuple[str, Dict[str, Any]]] = []
+    service = _service(gallery, tmp_path, answers, changes)
+    changes.close()
+    service.receive("remove", json.dumps({"request_id": "r1", "id": "p1"}).encode())
+    assert service.run_pending() == 1
+    assert [(name, document["ok"], document["error"]["code"]) for name, document in answers] == [
+        ("remove", False, "busy")
+    ]
+    assert "p1" in [identity.id for identity in gallery.identities()]
