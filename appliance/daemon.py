@@ -572,8 +572,13 @@ class Appliance:
         from .fleet.member import FleetMember
 
         try:
+            pipeline = self.pipeline
             member = FleetMember(
-                self.config.fleet, self.config.device.id, self._runtime(), link.publish_retained
+                self.config.fleet,
+                self.config.device.id,
+                self._runtime(),
+                link.publish_retained,
+                in_view=lambda: pipeline is not None and pipeline.faces_in_view,
             )
         except (FleetError, OSError) as err:
             logger.error("fleet: cannot take part (%s); running on the identities held here", err)

@@ -191,6 +191,9 @@ class Pipeline:
         #: The best match score of each face embedded in the last turn (a model swap's health check
         #: watches their distribution: a collapsed embedder scores every face alike).
         self.last_scores: List[float] = []
+        #: Whether any camera tracks a face after the last turn (someone at the door): read by the
+        #: fleet thread, which then gives the pipeline thread smaller jobs (a bool: one atomic read).
+        self.faces_in_view = False
 
     def set_threshold(self, threshold: float) -> None:
         """Change the match threshold for decisions from now on (every camera)."""
@@ -235,7 +238,13 @@ class Pipeline:
                 outcomes.extend(
                     self._observe(item, candidates.get(k, {}), liveness.get(k, {}), vectors.get(k, {}))
                 )
+        self._note_faces_in_view()
         return outcomes
+
+    def _note_faces_in_view(self) -> None:
+        """Set :attr:`faces_in_view` from the trackers (a track lives until it misses
+        ``decision.track_max_missed`` frames, so one missed detection does not clear it)."""
+        self.faces_in_view = any(lane.tracker.active_ids for lane in self.lanes.values())
 
     def finish(self, now: float) -> List[Outcome]:
         """End every camera's tracks (the daemon stops): their last decisions, if any."""
@@ -250,6 +259,7 @@ class Pipeline:
         outcomes: List[Outcome] = []
         for track in lane.tracker.close_all():
             outcomes.extend(self._end(lane, track, now))
+        self._note_faces_in_view()
         return outcomes
 
     def _lane(self, camera_id: str) -> CameraLane:

@@ -62,7 +62,9 @@ class PipelineWorker:
         fps: the frame rate meter (every camera's frames).
         latencies: where the ``between_frames`` stage goes: the time this thread spent on jobs and
             commands between two turns, recorded for the turns that had any (what the door's frames
-            waited for: a fleet batch's embedding, an enrolment, a model switch, a reload).
+            waited for: a fleet batch's embedding, an enrolment, a model switch, a reload); and
+            ``between_frames_in_view``, the same for the turns when a camera tracked a face (what
+            someone at the door waited for).
     """
 
     def __init__(
@@ -189,7 +191,10 @@ class PipelineWorker:
             self._commands.reload()
             done += 1
         if done:
-            self.latencies.record("between_frames", (time.monotonic() - started) * 1000.0)
+            waited = (time.monotonic() - started) * 1000.0
+            self.latencies.record("between_frames", waited)
+            if self._pipeline is not None and self._pipeline.faces_in_view:  # someone was waiting
+                self.latencies.record("between_frames_in_view", waited)
 
     def _loop(self) -> None:
         pipeline, cameras, recorder = self._pipeline, self._cameras, self._recorder

@@ -11,7 +11,8 @@ Threads and ownership:
 * the **pipeline** thread, the one owner of the models, embeds the crops with *this door's* active
   embedder, one embedder batch (``embedder.batch_size`` crops) per job
   (:meth:`appliance.runtime.ModelRuntime.submit`) between two frames: that is all the door's frames
-  wait for, and a catch-up's jobs take turns with the frames.
+  wait for, and a catch-up's jobs take turns with the frames. While the door's cameras track a face,
+  a job embeds one record's crops instead: someone waiting at the door waits for less.
 * the fleet thread stores each record in one transaction (identity, policy, templates, revision) and
   updates the search index, under the gallery's change lock as the command thread's removals do,
   while the pipeline thread embeds the next batch. Tombstones and the manifest's removals need no
@@ -48,7 +49,8 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
@@ -107,6 +109,8 @@ class FleetMember:
         device_id: this door's id (its digest topic).
         runtime: the model runtime; batches run on its owner thread.
         publish: ``publish(topic, payload)`` of a retained document (:meth:`MqttLink.publish_retained`).
+        in_view: whether the door's cameras track a face now (:attr:`appliance.pipeline.Pipeline.
+            faces_in_view`): then a catch-up embeds one record per job (see :func:`apply_batch`).
 
     Raises:
         FleetError: the fleet key or the trusted authority keys cannot be read.
@@ -118,6 +122,7 @@ class FleetMember:
         device_id: str,
         runtime: ModelRuntime,
         publish: Callable[[str, bytes], None],
+        in_view: Callable[[], bool] = lambda: False,
     ) -> None:
         from ..updates.keys import load_trusted_keys
 
@@ -128,6 +133,7 @@ class FleetMember:
         self.device_id = device_id
         self._runtime = runtime
         self._publish = publish
+        self._in_view = in_view
         self._key = read_fleet_key(config.fleet_key_file)
         try:
             self._trusted = load_trusted_keys(config.trusted_keys_dir)
@@ -351,7 +357,12 @@ class FleetMember:
         """Apply a batch (this thread; the embedding on the pipeline thread)."""
         gallery = self._gallery()
         applied, removed, refusals = apply_batch(
-            gallery, batch, self._embed, self._runtime.config.embedder.batch_size, save=self._queue.empty()
+            gallery,
+            batch,
+            self._embed,
+            self._runtime.config.embedder.batch_size,
+            save=self._queue.empty(),
+            in_view=self._in_view,
         )
         entries = gallery.store.fleet_identities()
         with self._lock:
@@ -437,12 +448,15 @@ def apply_batch(
     embed: Callable[[np.ndarray], EmbeddingJob],
     crops_per_embedding: int,
     save: bool,
+    in_view: Callable[[], bool] = lambda: False,
 ) -> Tuple[int, int, List[Tuple[str, str, str]]]:
     """Apply verified records, one store transaction each, off the pipeline thread.
 
     The records are embedded in groups of at most ``crops_per_embedding`` crops (more only for one
     record that has more), and the next group's embedding is started before this group is stored:
-    the pipeline thread embeds one group while this thread stores the one before.
+    the pipeline thread embeds one group while this thread stores the one before. Each group is cut
+    when its embedding starts: while ``in_view()`` (someone at the door) a group is one record, so
+    the door's frames wait for one record's crops between two turns, not a whole batch.
 
     Args:
         gallery: the door's gallery; each change holds its change lock.
@@ -451,6 +465,7 @@ def apply_batch(
             are, and returns the job.
         save: write the index files after the batch (the last batch of a burst); otherwise the
             store holds the truth and the next save or start catches the files up.
+        in_view: whether the door's cameras track a face now (:attr:`Pipeline.faces_in_view`).
 
     Returns:
         ``(identities applied, identities removed, refusals (id, reason, message))``.
@@ -474,14 +489,20 @@ def apply_batch(
             )
         elif held is None or record.revision > held[0]:
             pending.append(record)
-    groups = _groups(pending, crops_per_embedding)
+    rest = deque(pending)
+
+    def next_group() -> List[Record]:
+        return _take_group(rest, 1 if in_view() else crops_per_embedding)
+
+    groups = [next_group()] if rest else []
     jobs = [_start(groups[0], embed)] if groups else []  # jobs[i] embeds groups[i]
     applied = removed = tries = 0
     try:
         while groups:
             group, job = groups.pop(0), jobs.pop(0)
             version, vectors_of = _vectors_of(group, job)
-            if groups and not jobs:  # the next group is embedded while this one is stored
+            if not groups and rest:  # the next group is embedded while this one is stored
+                groups.append(next_group())
                 jobs.append(_start(groups[0], embed))
             for position, record in enumerate(group):
                 try:
@@ -530,22 +551,19 @@ def store_identity(
     )
 
 
-def _groups(records: List[Record], crops: int) -> List[List[Record]]:
-    """``records`` in order, cut into groups that carry at most ``crops`` crops each (a record with
-    more is a group of its own; a tombstone carries none)."""
-    groups: List[List[Record]] = []
+def _take_group(records: Deque[Record], crops: int) -> List[Record]:
+    """The next group from the front of ``records`` (taken out): the records that carry at most
+    ``crops`` crops together (a record with more is a group of its own; a tombstone carries none)."""
     group: List[Record] = []
     taken = 0
-    for record in records:
+    while records:
+        record = records[0]
         count = len(record.crops) if isinstance(record, IdentityRecord) else 0
         if group and taken + count > crops:
-            groups.append(group)
-            group, taken = [], 0
-        group.append(record)
+            break
+        group.append(records.popleft())
         taken += count
-    if group:
-        groups.append(group)
-    return groups
+    return group
 
 
 def _start(group: List[Record], embed: Callable[[np.ndarray], EmbeddingJob]) -> Optional[EmbeddingJob]:

@@ -86,6 +86,7 @@ def test_one_embedding_and_one_liveness_call_per_turn_for_both_cameras(
     settings = DecisionSettings.from_config(validate_config({}))
     pipeline = Pipeline(runtime, gallery, settings, Latencies(), camera_ids=["entry", "exit"])
     person, stranger = read_image(shared_data / PERSON), read_image(shared_data / STRANGER)
+    assert not pipeline.faces_in_view
 
     outcomes: List[Outcome] = []
     turns_embedding = 0
@@ -112,10 +113,15 @@ def test_one_embedding_and_one_liveness_call_per_turn_for_both_cameras(
     assert by_camera["exit"].decision == "unknown" and by_camera["exit"].identity_id is None
     assert turns_embedding >= 2
 
-    # Each camera has its own tracks: ending one camera's ends only those.
+    # Each camera has its own tracks: ending one camera's ends only those. Faces are in view (what a
+    # fleet catch-up watches) while either camera tracks one.
     assert pipeline.lanes["entry"].tracker.active_ids and pipeline.lanes["exit"].tracker.active_ids
+    assert pipeline.faces_in_view
     pipeline.finish_camera("exit", float(MAX_TURNS))
     assert pipeline.lanes["entry"].tracker.active_ids and not pipeline.lanes["exit"].tracker.active_ids
+    assert pipeline.faces_in_view
+    pipeline.finish_camera("entry", float(MAX_TURNS))
+    assert not pipeline.faces_in_view
     with pytest.raises(ValueError, match="no camera 'lobby'"):
         pipeline.process_frames([CameraFrame("lobby", person, 0.0)])
 

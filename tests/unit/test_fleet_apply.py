@@ -260,6 +260,36 @@ def test_a_catch_up_is_embedded_one_embedder_batch_per_job_the_next_while_this_o
     assert len(gallery) == 19
 
 
+def test_while_someone_is_at_the_door_a_job_embeds_one_record(gallery: Gallery) -> None:
+    """Each group is cut when its embedding starts: while ``in_view()`` it is one record, otherwise
+    up to the embedder batch's crops; every record is stored."""
+    sizes: List[int] = []
+    in_view: List[bool] = []
+    faces = iter([False, True, True, True, False, False])  # someone arrives, then leaves
+
+    def embed(crops: np.ndarray) -> EmbeddingJob:
+        sizes.append(len(crops))
+        return _done((gallery.model_version, unit_vectors(len(crops), len(sizes), dim=128)))
+
+    def door() -> bool:
+        in_view.append(next(faces))
+        return in_view[-1]
+
+    crops = random_crops(2, 11)
+    batch: List[Any] = [
+        IdentityRecord(
+            f"p-{number:012d}", 1, "P", None, CONSENT_AT, IdentityPolicy(), tuple(crops), (0.9, 0.9)
+        )
+        for number in range(12)
+    ]  # 2 crops each: 24 in all
+    batch.insert(5, Tombstone("p-000000000099", 1, CONSENT_AT))
+    assert apply_batch(gallery, batch, embed, 8, save=True, in_view=door) == (12, 1, [])
+    # 4 records; one at a time while in view (the tombstone alone, asking no model); then 4, and 2.
+    assert in_view == [False, True, True, True, False, False]
+    assert sizes == [8, 2, 2, 8, 4]
+    assert len(gallery) == 24 and len(gallery.store.fleet_identities()) == 12
+
+
 @pytest.mark.parametrize("fleet_ended", [True, False])
 def test_the_daemon_closes_the_gallery_only_once_the_fleet_thread_has_ended(
     gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet_ended: bool
