@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.mqtt_broker import MosquittoBroker, Recorder, wait_until
 from tests.support import (
     DEVICE,
     ROOT,
     Daemon,
+    command,
     daemon_config,
     event_documents,
     make_passage_video,
@@ -382,3 +383,36 @@ def test_missing_camera_file_is_retried_until_it_appears(
     warnings = [line for line in daemon.log if "WARNING" in line and "camera" in line.lower()]
     assert len(warnings) == 1, warnings
     assert sum("recovered" in line for line in daemon.log) == 1
+
+
+def test_what_someone_at_the_door_waited_for_is_a_stage_of_its_own(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """``latency_ms.between_frames_in_view`` holds only the turns when a camera tracked a face: the
+    ``status`` commands answered between the frames of a face that stays in view are in it (and in
+    ``between_frames``); with an empty scene they are in ``between_frames`` alone."""
+
+    def stages() -> Dict[str, Any]:
+        states = recorder.on(f"{ROOT}/state")
+        return json.loads(states[-1].payload).get("latency_ms") or {} if states else {}
+
+    for scene, photo in (("empty", None), ("face", shared_data / "faces/fr_obama/obama2.jpg")):
+        video = make_passage_video(tmp_path / f"{scene}.avi", [(photo, 30)])
+        daemon = Daemon(daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop"))
+        wanted = "between_frames_in_view" if photo is not None else "between_frames"
+        try:
+            recorder.wait_for_message(f"{ROOT}/availability", b"online", timeout=60)
+            for number in range(3):  # some after the first frame, whatever the start's timing
+                command(recorder, "status", {"request_id": f"{scene}-{number}"})
+                time.sleep(0.3)
+            wait_until(lambda stage=wanted: stage in stages(), 30, f"{wanted} in …/state ({scene} scene)")
+        finally:
+            daemon.close()
+        assert "between_frames" in stages()
+        assert ("between_frames_in_view" in stages()) == (photo is not None), (scene, stages())
+        recorder.clear()
