@@ -57,6 +57,9 @@ from .pipeline import Outcome
 
 logger = logging.getLogger(__name__)
 
+#: The refusal of a frame embedded by another model than the gallery's (screened, or caught at the write).
+MODEL_SWITCHED = "model switched: the frame was embedded by another model"
+
 
 @dataclass(frozen=True)
 class UpdateVerdict:
@@ -148,8 +151,8 @@ class TemplateUpdater:
         try:
             return self._judge_passage(outcome, event_id)
         except IdentityError:
-            # A removal runs on its own thread (appliance.command_service): the person granted a
-            # moment ago may be gone by the time the update looks at them. Nothing to learn.
+            # A removal (a command, a fleet tombstone, the command line's) may come between the
+            # passage and the update: the person granted a moment ago may be gone. Nothing to learn.
             return UpdateVerdict(None, "removed: the identity was removed since the passage", [])
 
     def _screen(self, outcome: Outcome) -> Optional[str]:
@@ -164,7 +167,7 @@ class TemplateUpdater:
         if sample is None:
             return "no embedded frame"
         if sample.model_version != self.gallery.model_version:
-            return "model switched: the frame was embedded by another model"
+            return MODEL_SWITCHED
         if decision.margin is not None and decision.margin < settings.min_margin:
             return f"low margin: {decision.margin:.3f} < {settings.min_margin:g}"
         if settings.require_liveness:
@@ -217,9 +220,7 @@ class TemplateUpdater:
                 embedded_with=sample.model_version,
             )
         except StaleEmbeddingError:  # screened against the model before, switched since
-            return UpdateVerdict(
-                None, "model switched: the frame was embedded by another model", [], similarity
-            )
+            return UpdateVerdict(None, MODEL_SWITCHED, [], similarity)
         except GalleryBusyError:
             # Another change, or an index file being written (a fleet batch's save: seconds at 10⁶
             # templates): waiting would hold the commands queued behind this thread.
