@@ -547,16 +547,18 @@ class Appliance:
         service = EngineService(dataclasses.replace(loader.options, build_missing=False))
         return supervisor_for(self.config, service, loader.open_cpu, self.notifier.extend_timeout)
 
-    def _adopt_engine(self, target: Any) -> bool:
+    def _adopt_engine(self, target: Any, in_place: Callable[[], None]) -> bool:
         """Called by the engine-builder thread after a build: the pipeline thread opens the engine and
-        puts it in place of the model's CPU back-end between two frames."""
+        puts it in place of the model's CPU back-end between two frames, marking it ready as it does
+        (``in_place``), so the state document never shows the engine's precision on a model still
+        marked as building."""
         runtime, engines = self.runtime, self.engines
         if runtime is None or engines is None:
             return False
         open_engine = engines.open_engine
         return bool(
             runtime.call(
-                lambda rt: rt.adopt_engine(target, open_engine),
+                lambda rt: rt.adopt_engine(target, open_engine, in_place),
                 f"switching {target.name} to its TensorRT engine",
                 JOB_TIMEOUT_S,
                 self.stop_event,

@@ -103,6 +103,11 @@ class StateReporter:
         gallery = app.gallery
         worker = app.worker
         recorder = app.recorder
+        engines, precisions = (
+            app.runtime.engine_report(app.engines.status if app.engines is not None else dict)
+            if app.runtime is not None
+            else ({}, {})
+        )
         return {
             "firmware": __version__,
             "device_id": app.config.device.id,
@@ -112,8 +117,8 @@ class StateReporter:
             "backend": {
                 "type": app.config.backend.type,
                 "degraded": app.runtime.degraded if app.runtime is not None else None,
-                "engines": app.engines.status() if app.engines is not None else {},
-                "precisions": app.runtime.engine_precisions() if app.runtime is not None else {},
+                "engines": engines,
+                "precisions": precisions,
             },
             "models": app.runtime.model_versions if app.runtime is not None else {},
             "gallery": {

@@ -47,6 +47,9 @@ JOIN_TIMEOUT_S = 10.0
 
 TENSORRT, CPU = "tensorrt", "cpu"
 
+#: ``switch(target, in_place)``: puts a freshly built engine in place (see :meth:`EngineSupervisor.start`).
+Switch = Callable[[EngineTarget, Callable[[], None]], bool]
+
 
 @dataclass
 class ModelEngineState:
@@ -107,7 +110,7 @@ class EngineSupervisor:
         self._queue: List[EngineTarget] = []
         self._cancel = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._switch: Optional[Callable[[EngineTarget], bool]] = None
+        self._switch: Optional[Switch] = None
         self._closed = False
 
     # -- opening (start-up, the caller's thread) ------------------------------------------------------
@@ -195,12 +198,13 @@ class EngineSupervisor:
         with self._lock:
             return [target.name for target in self._queue]
 
-    def start(self, switch: Callable[[EngineTarget], bool]) -> bool:
+    def start(self, switch: Switch) -> bool:
         """Build the queued engines one after the other in a background thread.
 
-        After each build ``switch(target)`` is called (from the background thread); it must put the
-        new engine in place between two frames and return ``True``, or ``False`` when the model was
-        replaced meanwhile (a model update), so the engine is no longer wanted. Returns whether a
+        After each build ``switch(target, in_place)`` is called (from the background thread); it must
+        put the new engine in place between two frames, call ``in_place()`` (which marks the model
+        ready) as the engine takes its place, and return ``True``; or return ``False`` when the model
+        was replaced meanwhile (a model update), so the engine is no longer wanted. Returns whether a
         thread was started (there was something to build).
         """
         with self._lock:
@@ -214,7 +218,7 @@ class EngineSupervisor:
             self._thread.start()
         return True
 
-    def _run(self, switch: Callable[[EngineTarget], bool]) -> None:
+    def _run(self, switch: Switch) -> None:
         while not self._cancel.is_set():
             with self._lock:
                 if not self._queue:
@@ -237,7 +241,7 @@ class EngineSupervisor:
             if self._cancel.is_set():
                 return
             try:
-                switched = switch(target)
+                switched = switch(target, lambda name=target.name: self._mark_ready(name))
             except Exception as err:
                 logger.error(
                     "%s stays on the CPU back-end: the new engine did not load: %s", target.name, err
@@ -246,7 +250,7 @@ class EngineSupervisor:
                 continue
             if switched:
                 logger.info("%s switched to its TensorRT engine", target.name)
-                self._set(target.name, ModelEngineState(TENSORRT, "ready"))
+                self._mark_ready(target.name)  # a no-op when ``in_place`` marked it
             else:
                 self._set(
                     target.name,
@@ -341,6 +345,12 @@ class EngineSupervisor:
         with self._lock:
             self._states[name] = state
 
+    def _mark_ready(self, name: str) -> None:
+        with self._lock:
+            state = self._states.get(name)
+            if state is None or (state.backend, state.state) != (TENSORRT, "ready"):
+                self._states[name] = ModelEngineState(TENSORRT, "ready")
+
     def _state_reason(self, name: str) -> Optional[str]:
         with self._lock:
             state = self._states.get(name)
@@ -373,5 +383,6 @@ __all__ = [
     "TENSORRT",
     "EngineSupervisor",
     "ModelEngineState",
+    "Switch",
     "supervisor_for",
 ]

@@ -159,7 +159,11 @@ class ModelRuntime:
             raise
         self._install(loaded)
 
-    def _install(self, loaded: Dict[str, InferenceBackend]) -> None:
+    def _install(
+        self, loaded: Dict[str, InferenceBackend], in_place: Optional[Callable[[], None]] = None
+    ) -> None:
+        """Make ``loaded`` the live models; ``in_place()`` runs under the snapshot lock, so a reader of
+        :meth:`engine_report` sees what it records together with the new snapshots."""
         analyzer = FaceAnalyzer.assemble(self.config, loaded, self.loader.max_batch, self.loader.degraded)
         self._loaded = loaded
         self._analyzer = analyzer
@@ -172,6 +176,8 @@ class ModelRuntime:
                 if manifest is not None
             }
             self._embedder = (analyzer.embedder.version, analyzer.embedder.dim)
+            if in_place is not None:
+                in_place()
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -205,6 +211,19 @@ class ModelRuntime:
         engine's manifest: what was built, and why that precision)."""
         with self._lock:
             return {name: dict(value) for name, value in self._precisions.items()}
+
+    def engine_report(
+        self, engine_states: Callable[[], Dict[str, Dict[str, Any]]]
+    ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, str]]]:
+        """``(engine_states(), engine_precisions())`` as of one moment.
+
+        ``engine_states`` is the engine supervisor's status. A switch to a freshly built engine marks
+        the model ready under the lock this reads under (:meth:`adopt_engine`'s ``in_place``), so the
+        two never disagree about a model that has just switched.
+        """
+        with self._lock:
+            states = engine_states()
+            return states, {name: dict(value) for name, value in self._precisions.items()}
 
     @property
     def degraded(self) -> Optional[str]:
@@ -564,9 +583,13 @@ class ModelRuntime:
     # -- TensorRT engines built in the background (owner; reached through jobs) ------------------------
 
     def adopt_engine(
-        self, target: EngineTarget, open_engine: Callable[[EngineTarget], InferenceBackend]
+        self,
+        target: EngineTarget,
+        open_engine: Callable[[EngineTarget], InferenceBackend],
+        in_place: Optional[Callable[[], None]] = None,
     ) -> bool:
-        """Put ``target``'s freshly built engine in place of its CPU back-end, between two frames.
+        """Put ``target``'s freshly built engine in place of its CPU back-end, between two frames;
+        ``in_place()`` (the engine supervisor marking the model ready) runs as it takes its place.
 
         ``False`` when the model no longer runs on the CPU with that spec (replaced by an update
         meanwhile): the engine is not wanted any more.
@@ -583,7 +606,7 @@ class ModelRuntime:
             raise
         loaded = dict(self._loaded)
         loaded[target.name] = backend
-        self._install(loaded)
+        self._install(loaded, in_place)
         current.close()
         return True
 

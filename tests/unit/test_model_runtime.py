@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
-from typing import Iterator, List
+from types import SimpleNamespace
+from typing import Any, Iterator, List
 
 import numpy as np
 import pytest
@@ -216,3 +217,35 @@ def test_the_health_check_sees_every_face_scored_alike() -> None:
     assert collapsed_scores([1.0, 1.0, 0.99995, 1.0, 1.0, 1.0]) is not None
     assert collapsed_scores([0.61, 0.58, 0.64, 0.6, 0.59]) is None  # a real face at the door varies
     assert collapsed_scores([1.0, 1.0]) is None  # too few to tell
+
+
+def test_a_reader_sees_an_engine_in_place_and_marked_ready_together(runtime: ModelRuntime) -> None:
+    """The state document's ``engines`` and ``precisions`` come from one moment: a reader during the
+    switch waits for the model to be marked ready, rather than seeing the engine's precision on a
+    model still marked as building. The "engine" is the model on the CPU back-end with an engine's
+    manifest (no TensorRT here)."""
+    target = target_for(runtime.config, "mtcnn-onet", None)
+    engine = runtime.loader.open_cpu(target)
+    engine.manifest = SimpleNamespace(precision="fp16", precision_reason="no fast INT8 here")  # type: ignore[attr-defined]
+    states = {"mtcnn-onet": "building"}
+    switching = threading.Event()
+    seen: List[Any] = []
+
+    def in_place() -> None:
+        switching.set()
+        # Holds the switch open a moment for the reader below; a window, not a figure expected.
+        threading.Event().wait(0.3)
+        states["mtcnn-onet"] = "ready"
+
+    def read() -> None:
+        switching.wait(WAIT_S)
+        seen.append(runtime.engine_report(lambda: dict(states)))
+
+    reader = threading.Thread(target=read, name="state-report")
+    reader.start()
+    assert runtime.adopt_engine(target, lambda built: engine, in_place)
+    reader.join(WAIT_S)
+    assert seen == [
+        ({"mtcnn-onet": "ready"}, {"mtcnn-onet": {"precision": "fp16", "reason": "no fast INT8 here"}})
+    ]
+    assert runtime.analyzer is not None and runtime.backend_keys()["mtcnn-onet"] == "cpu"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from appliance.runtime.engines import CPU, TENSORRT, EngineSupervisor
+from appliance.runtime.engines import CPU, TENSORRT, EngineSupervisor, Switch
 from engines.backends import BackendOptions
 from engines.errors import EngineBuildError, EngineLoadError, EngineMissingError, ModelMissingError
 from engines.registry import get_model
@@ -112,20 +112,34 @@ def target(name: str) -> EngineTarget:
 
 
 class Switcher:
-    """The daemon's part: put the built engine in place (here: open it and remember it)."""
+    """The daemon's part: put the built engine in place (here: open it and remember it), marking it
+    ready as it takes its place; ``seen`` records what ``watch()`` showed just before and after."""
 
-    def __init__(self, fake: FakeTensorRT, answer: Optional[bool] = True, error: Optional[Exception] = None):
+    def __init__(
+        self,
+        fake: FakeTensorRT,
+        answer: Optional[bool] = True,
+        error: Optional[Exception] = None,
+        watch: Optional[Callable[[], Any]] = None,
+    ):
         self.fake = fake
         self.answer = answer
         self.error = error
+        self.watch = watch
         self.switched: List[Any] = []
+        self.seen: List[Any] = []
 
-    def __call__(self, built: EngineTarget) -> bool:
+    def __call__(self, built: EngineTarget, in_place: Callable[[], None]) -> bool:
         if self.error is not None:
             raise self.error
         if not self.answer:
             return False
         self.switched.append(self.fake.open_trt(built))
+        if self.watch is not None:
+            self.seen.append(self.watch())
+        in_place()
+        if self.watch is not None:
+            self.seen.append(self.watch())
         return True
 
 
@@ -134,7 +148,7 @@ def fake() -> FakeTensorRT:
     return FakeTensorRT()
 
 
-def run_to_end(supervisor: EngineSupervisor, switch: Callable[[EngineTarget], bool]) -> None:
+def run_to_end(supervisor: EngineSupervisor, switch: Switch) -> None:
     try:
         assert supervisor.start(switch)
         assert supervisor.wait(WAIT_S), "the background builds did not finish"
@@ -169,10 +183,13 @@ def test_a_mismatch_serves_on_the_cpu_and_builds_in_the_background(fake: FakeTen
     assert supervisor.pending == ["mtcnn-rnet"]
     assert supervisor.degraded() and "mtcnn-rnet runs on the CPU" in supervisor.degraded()[0]
 
-    switch = Switcher(fake)
+    switch = Switcher(fake, watch=lambda: supervisor.status()["mtcnn-rnet"]["state"])
     run_to_end(supervisor, switch)
     assert [b.name for b in switch.switched] == ["mtcnn-rnet"]
     assert all(b.key == TENSORRT for b in switch.switched)
+    # Ready the moment the engine takes its place (under the runtime's snapshot lock in the daemon),
+    # not after the switch has returned.
+    assert switch.seen == ["building", "ready"]
     assert supervisor.status()["mtcnn-rnet"] == {"backend": TENSORRT, "state": "ready", "reason": None}
     assert supervisor.degraded() == []
     assert fake.calls.count("build mtcnn-rnet") == 1 and "build mtcnn-pnet" not in fake.calls
