@@ -2,7 +2,7 @@
 and doors converging after an enrol and a remove (issue 14).
 
     python -m bench.fleet [--identities 1000 10000] [--doors 3] [--rounds 3] [--scene empty|passage]
-                          [--json OUT] [--quick]
+                          [--in-view-job-ms MS …] [--json OUT] [--quick]
 
 Everything is real: a Mosquitto on a free loopback port, ``face-appliance run`` subprocesses on the CPU
 back-end with ``[fleet]`` enabled, the authority's command line for the convergence part.
@@ -19,7 +19,9 @@ back-end with ``[fleet]`` enabled, the authority's command line for the converge
    that stops short (no progress for a minute) is reported with its numbers (applied, its manifest
    revision, its own ``dropped`` count, the broker's "being dropped" log lines), restarted once to
    see whether a reconnection brings the rest, and the same size is then run again on a broker with
-   ``max_queued_messages 0`` to measure the door's own speed.
+   ``max_queued_messages 0`` to measure the door's own speed. With ``--in-view-job-ms``, each size is
+   caught up once per value of ``fleet.in_view_job_ms`` (what a job may take between two frames
+   while a camera tracks a face: the passage scene), side by side.
 2. **The cost per identity**, timed in this process with the real code before the door starts:
    *verify* (:func:`open_record` on the record with one signature bit flipped: envelope, base64,
    Ed25519), *decrypt* (with a wrong fleet key: AES-GCM over the whole ciphertext, minus verify),
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import shutil
@@ -62,6 +65,7 @@ from appliance.access.policy import IdentityPolicy
 from appliance.config import MqttConfig
 from appliance.config_load import validate_config
 from appliance.fleet.broker import FleetBroker
+from appliance.fleet.door_settings import FleetConfig
 from appliance.fleet.errors import BAD_SIGNATURE, DECRYPT_FAILED, FleetRecordError
 from appliance.fleet.member import store_identity
 from appliance.fleet.records import (
@@ -328,9 +332,11 @@ def catch_up(
     signing_key: Any,
     video: Path,
     broker_config: str = "",
+    in_view_job_ms: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Publish ``sealed`` on a fresh broker (``broker_config``: extra Mosquitto lines), start one fresh
-    door, and time its catch-up; a door that stops short is restarted once to see whether it resumes."""
+    door (``in_view_job_ms``: its ``fleet.in_view_job_ms``, else the default), and time its catch-up;
+    a door that stops short is restarted once to see whether it resumes."""
     count = len(sealed)
     entries = {identity_id: revision for identity_id, revision, _ in sealed}
     manifest = seal_manifest(Manifest(count + 1, entries, {}, CONSENT_AT), CATCH_UP_SITE, signing_key)
@@ -347,7 +353,14 @@ def catch_up(
         )
         rss_after = _rss(broker_pid)
         config = fleet_door_config(
-            workdir / CATCH_UP_DOOR, CATCH_UP_DOOR, CATCH_UP_SITE, authority, SHARED / "models", broker, video
+            workdir / CATCH_UP_DOOR,
+            CATCH_UP_DOOR,
+            CATCH_UP_SITE,
+            authority,
+            SHARED / "models",
+            broker,
+            video,
+            "" if in_view_job_ms is None else f"in_view_job_ms = {in_view_job_ms}\n",
         )
         topic = door_topic(DEFAULT_PREFIX, CATCH_UP_SITE, CATCH_UP_DOOR)
         with ExitStack() as stack:
@@ -381,6 +394,7 @@ def catch_up(
     span = None if catch_up_s is None or joined_s is None else catch_up_s - joined_s
     return {
         "identities": count,
+        "in_view_job_ms": FleetConfig().in_view_job_ms if in_view_job_ms is None else in_view_job_ms,
         "broker": broker_config or DEFAULT_QUEUE,
         "complete": watched["digest_ok"],
         "applied": watched["applied"],
@@ -403,8 +417,8 @@ def catch_up(
         # What the door's frames waited for between two turns (the batches' part on the pipeline
         # thread), over the last turns that had any.
         "door_between_frames_ms": (door_state.get("latency_ms") or {}).get("between_frames"),
-        # The same over the turns when a camera tracked a face (the passage scene): the jobs are one
-        # record each then.
+        # The same over the turns when a camera tracked a face (the passage scene): a job takes about
+        # ``in_view_job_ms`` then.
         "door_between_frames_in_view_ms": (door_state.get("latency_ms") or {}).get("between_frames_in_view"),
         "broker_dropped_log_lines": broker.log_text().count("being dropped"),
         "publish_s": round(publish_s, 2),
@@ -595,8 +609,16 @@ def _until_joined(recorder: Recorder, devices: Sequence[str], started: float) ->
 # -- the whole run -----------------------------------------------------------------------------------------
 
 
-def run(identities: Sequence[int], doors: int, rounds: int, scene: str, workdir: Path) -> Dict[str, Any]:
-    """Every part of the benchmark (see the module doc); the report as a JSON-ready dict."""
+def run(
+    identities: Sequence[int],
+    doors: int,
+    rounds: int,
+    scene: str,
+    workdir: Path,
+    in_view_jobs_ms: Sequence[Optional[float]] = (None,),
+) -> Dict[str, Any]:
+    """Every part of the benchmark (see the module doc); the report as a JSON-ready dict.
+    ``in_view_jobs_ms``: the catch-ups' ``fleet.in_view_job_ms`` values (``None``: the default)."""
     rng = np.random.default_rng(14)
     video = _scene(workdir, scene)
     nowhere = SimpleNamespace(host="127.0.0.1", port=free_port())  # fleet init connects to no broker
@@ -624,23 +646,31 @@ def run(identities: Sequence[int], doors: int, rounds: int, scene: str, workdir:
     clean = seal_record(identity("p-000000000001", 1, crop), CATCH_UP_SITE, fleet_key, signing_key)
     crop_png = len(cv2.imencode(".png", crop)[1])
     runs = []
-    for count in identities:
-        result = catch_up(workdir / f"catch-up-{count}", authority, sealed[:count], signing_key, video)
+    for budget, count in itertools.product(in_view_jobs_ms, identities):
+        folder = workdir / f"catch-up-{count}-{budget}"
+        result = catch_up(folder, authority, sealed[:count], signing_key, video, in_view_job_ms=budget)
         result["costs"] = costs[count]
         runs.append(result)
         if not result["complete"]:  # the same on a broker that bounds nothing: the door's own speed
             result = catch_up(
-                workdir / f"catch-up-{count}-unbounded",
+                workdir / f"catch-up-{count}-{budget}-unbounded",
                 authority,
                 sealed[:count],
                 signing_key,
                 video,
                 UNBOUNDED_QUEUE,
+                budget,
             )
             result["costs"] = costs[count]
             runs.append(result)
     return {
-        "options": {"identities": list(identities), "doors": doors, "rounds": rounds, "scene": scene},
+        "options": {
+            "identities": list(identities),
+            "doors": doors,
+            "rounds": rounds,
+            "scene": scene,
+            "in_view_job_ms": list(in_view_jobs_ms),
+        },
         "seal_ms_per_record": round(seal_s / most * 1000, 3),
         "clean_crop_png_bytes": crop_png,
         "clean_record_bytes": len(clean),
@@ -703,6 +733,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
     _table(
         (
             "identities",
+            "in view job (ms)",
             "broker",
             "applied",
             "start → in the fleet (s)",
@@ -717,6 +748,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
         [
             (
                 r["identities"],
+                r["in_view_job_ms"],
                 r["broker"],
                 f"{r['applied']}" + ("" if r["complete"] else f" (stopped; {_restarted(r)})"),
                 _ms(r["joined_s"]),
@@ -837,6 +869,13 @@ def main() -> int:
     parser.add_argument(
         "--scene", choices=("empty", "passage"), default="empty", help="what the doors' cameras see"
     )
+    parser.add_argument(
+        "--in-view-job-ms",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="catch up once per value of fleet.in_view_job_ms (default: the configuration's default)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--quick", action="store_true", help="a tiny run: 20 identities, 2 doors, 1 round")
     args = parser.parse_args()
@@ -847,7 +886,7 @@ def main() -> int:
     machine = describe()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as folder:
-        report = run(args.identities, args.doors, args.rounds, args.scene, Path(folder))
+        report = run(args.identities, args.doors, args.rounds, args.scene, Path(folder), args.in_view_job_ms)
     report["findings"] = findings(report)
     report["wall_s"] = round(time.monotonic() - started, 1)
     print_report(report, machine)

@@ -239,11 +239,19 @@ def fleet_authority_config(folder: Path, site: str, broker: Any, models: Path) -
 
 
 def fleet_door_config(
-    folder: Path, device: str, site: str, authority: Path, models: Path, broker: Any, video: Path
+    folder: Path,
+    device: str,
+    site: str,
+    authority: Path,
+    models: Path,
+    broker: Any,
+    video: Path,
+    fleet: str = "",
 ) -> Path:
     """Write ``folder/appliance.toml``: door ``device`` of ``site`` in the fleet of the authority whose
     ``auth.toml`` is ``authority`` (its fleet key, a copy of its public key in ``folder/trusted``), on a
-    looping ``video``, with quick reconnects and a ``…/state`` every second."""
+    looping ``video``, with quick reconnects and a ``…/state`` every second; ``fleet``: more lines of
+    its ``[fleet]`` section."""
     keys = authority.parent / "keys"
     trusted = folder / "trusted"
     trusted.mkdir(parents=True)
@@ -255,7 +263,7 @@ def fleet_door_config(
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
         f"[metrics]\nstate_interval_s = 1.0\n"
         f'[fleet]\nenabled = true\nsite = "{site}"\nfleet_key_file = "{keys / "fleet.key"}"\n'
-        f'trusted_keys_dir = "{trusted}"\n'
+        f'trusted_keys_dir = "{trusted}"\n{fleet}'
     )
     return config
 

@@ -48,6 +48,15 @@ class FleetConfig(StrictModel):
         "about 50 KB; what does not fit is fetched again later).",
     )
 
+    in_view_job_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="While a camera tracks a face, a catch-up job embeds as many crops as fit in this many "
+        "milliseconds between two frames, at the cost per crop measured here (at least one record; the "
+        "embedder batch otherwise).",
+    )
+
     @model_validator(mode="after")
     def _needs_keys(self) -> FleetConfig:
         if self.enabled and (self.fleet_key_file is None or self.trusted_keys_dir is None):

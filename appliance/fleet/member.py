@@ -110,7 +110,8 @@ class FleetMember:
         runtime: the model runtime; batches run on its owner thread.
         publish: ``publish(topic, payload)`` of a retained document (:meth:`MqttLink.publish_retained`).
         in_view: whether the door's cameras track a face now (:attr:`appliance.pipeline.Pipeline.
-            faces_in_view`): then a catch-up embeds one record per job (see :func:`apply_batch`).
+            faces_in_view`): then a catch-up job embeds what fits in ``config.in_view_job_ms``
+            (:class:`EmbeddingPace`).
 
     Raises:
         FleetError: the fleet key or the trusted authority keys cannot be read.
@@ -133,7 +134,9 @@ class FleetMember:
         self.device_id = device_id
         self._runtime = runtime
         self._publish = publish
-        self._in_view = in_view
+        self._pace = EmbeddingPace(
+            runtime.config.embedder.batch_size, config.in_view_job_ms / 1000.0, in_view
+        )
         self._key = read_fleet_key(config.fleet_key_file)
         try:
             self._trusted = load_trusted_keys(config.trusted_keys_dir)
@@ -351,7 +354,7 @@ class FleetMember:
         return gallery
 
     def _embed(self, crops: np.ndarray) -> PipelineEmbedding:
-        return PipelineEmbedding(self._runtime, crops, self._stop)
+        return PipelineEmbedding(self._runtime, crops, self._stop, self._pace)
 
     def _apply(self, batch: List[Record]) -> None:
         """Apply a batch (this thread; the embedding on the pipeline thread)."""
@@ -360,9 +363,8 @@ class FleetMember:
             gallery,
             batch,
             self._embed,
-            self._runtime.config.embedder.batch_size,
+            self._pace.crops,
             save=self._queue.empty(),
-            in_view=self._in_view,
         )
         entries = gallery.store.fleet_identities()
         with self._lock:
@@ -426,14 +428,65 @@ class EmbeddingJob(Protocol):
     def cancel(self) -> bool: ...
 
 
+class EmbeddingPace:
+    """How many crops the next catch-up job may embed between two frames (asked as each job starts).
+
+    Nobody at the door: the embedder's batch. Someone at the door (``in_view()``): as many as fit in
+    ``in_view_s`` at the cost per crop of the last job, timed on the pipeline thread (:meth:`timed`),
+    so that someone at the door waits about that long between two frames whatever the models cost
+    here; at least one record (:func:`apply_batch`). The cost per crop of a batch is at most that of
+    a smaller one (a batch saves per-call work), so sizing from it converges on a job of
+    ``in_view_s`` from below and shrinks at once after a slow job. Before any job is timed: one crop.
+
+    Args:
+        batch: the embedder batch (``embedder.batch_size``), the most crops a job takes.
+        in_view_s: ``fleet.in_view_job_ms`` in seconds.
+        in_view: whether the door's cameras track a face now (:attr:`Pipeline.faces_in_view`).
+    """
+
+    def __init__(self, batch: int, in_view_s: float, in_view: Callable[[], bool] = lambda: False) -> None:
+        self.batch = batch
+        self.in_view_s = in_view_s
+        self._in_view = in_view
+        self._per_crop_s: Optional[float] = None  # written by the pipeline thread, one float
+
+    def crops(self) -> int:
+        if not self._in_view():
+            return self.batch
+        per_crop = self._per_crop_s
+        if per_crop is None:
+            return 1
+        return max(1, min(self.batch, int(self.in_view_s / max(per_crop, 1e-6))))
+
+    def timed(self, crops: int, seconds: float) -> None:
+        """(Pipeline thread.) One job embedded ``crops`` crops in ``seconds``."""
+        if crops > 0:
+            self._per_crop_s = seconds / crops
+
+
 class PipelineEmbedding:
     """:func:`embed_crops` submitted as a job of ``runtime``'s owner thread; :meth:`result` waits for
-    it as :meth:`ModelRuntime.call` does (:data:`JOB_TIMEOUT_S`, ended by ``stop``)."""
+    it as :meth:`ModelRuntime.call` does (:data:`JOB_TIMEOUT_S`, ended by ``stop``). With ``pace``,
+    the embedding is timed where it runs, for the next jobs' size."""
 
-    def __init__(self, runtime: ModelRuntime, crops: np.ndarray, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        crops: np.ndarray,
+        stop: threading.Event,
+        pace: Optional[EmbeddingPace] = None,
+    ) -> None:
         self._runtime, self._stop = runtime, stop
         self._what = f"embedding {len(crops)} fleet crop(s)"
-        self._future = runtime.submit(lambda rt: embed_crops(rt, crops), self._what)
+
+        def job(rt: ModelRuntime) -> Tuple[str, np.ndarray]:
+            started = time.perf_counter()
+            embedded = embed_crops(rt, crops)
+            if pace is not None:
+                pace.timed(len(crops), time.perf_counter() - started)
+            return embedded
+
+        self._future = runtime.submit(job, self._what)
 
     def result(self) -> Tuple[str, np.ndarray]:
         return self._runtime.wait(self._future, self._what, JOB_TIMEOUT_S, self._stop)  # type: ignore[no-any-return]
@@ -446,26 +499,25 @@ def apply_batch(
     gallery: Gallery,
     batch: List[Record],
     embed: Callable[[np.ndarray], EmbeddingJob],
-    crops_per_embedding: int,
+    crops: Callable[[], int],
     save: bool,
-    in_view: Callable[[], bool] = lambda: False,
 ) -> Tuple[int, int, List[Tuple[str, str, str]]]:
     """Apply verified records, one store transaction each, off the pipeline thread.
 
-    The records are embedded in groups of at most ``crops_per_embedding`` crops (more only for one
-    record that has more), and the next group's embedding is started before this group is stored:
-    the pipeline thread embeds one group while this thread stores the one before. Each group is cut
-    when its embedding starts: while ``in_view()`` (someone at the door) a group is one record, so
-    the door's frames wait for one record's crops between two turns, not a whole batch.
+    The records are embedded in groups of at most ``crops()`` crops (more only for one record that
+    has more), and the next group's embedding is started before this group is stored: the pipeline
+    thread embeds one group while this thread stores the one before. Each group is cut when its
+    embedding starts, so its size follows the door (:meth:`EmbeddingPace.crops`: fewer crops while
+    someone is at the door).
 
     Args:
         gallery: the door's gallery; each change holds its change lock.
         batch: the records, in any order (the newest revision of each id wins).
         embed: ``embed(crops)`` starts embedding ``(N, 112, 112, 3)`` uint8 crops where the models
             are, and returns the job.
+        crops: how many crops the next group may carry, asked as its embedding starts.
         save: write the index files after the batch (the last batch of a burst); otherwise the
             store holds the truth and the next save or start catches the files up.
-        in_view: whether the door's cameras track a face now (:attr:`Pipeline.faces_in_view`).
 
     Returns:
         ``(identities applied, identities removed, refusals (id, reason, message))``.
@@ -492,7 +544,7 @@ def apply_batch(
     rest = deque(pending)
 
     def next_group() -> List[Record]:
-        return _take_group(rest, 1 if in_view() else crops_per_embedding)
+        return _take_group(rest, crops())
 
     groups = [next_group()] if rest else []
     jobs = [_start(groups[0], embed)] if groups else []  # jobs[i] embeds groups[i]
@@ -608,6 +660,7 @@ def prune_to_manifest(gallery: Gallery, manifest: Manifest) -> int:
 
 __all__ = [
     "EmbeddingJob",
+    "EmbeddingPace",
     "FleetMember",
     "PipelineEmbedding",
     "apply_batch",

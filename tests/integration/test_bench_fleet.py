@@ -36,6 +36,7 @@ def test_quick_fleet_benchmark(tmp_path: Path, shared_models: Path, shared_data:
     assert report["machine"]["cores"] and report["findings"] == []
     (catch_up,) = report["catch_up"]
     assert catch_up["identities"] == catch_up["applied"] == 20 and catch_up["complete"]
+    assert catch_up["in_view_job_ms"] == 10.0  # the configuration's default
     assert catch_up["joined_s"] <= catch_up["all_applied_s"] and catch_up["per_identity_ms"] > 0
     costs = catch_up["costs"]
     assert all(costs[k] > 0 for k in ("verify_ms", "embed_ms_per_crop", "store_ms", "sum_ms"))
@@ -46,5 +47,9 @@ def test_quick_fleet_benchmark(tmp_path: Path, shared_models: Path, shared_data:
     (round_,) = convergence["rounds"]
     for change in ("enrol", "remove"):
         assert set(round_[change]) == {"door-1", "door-2"} and all(v >= 0 for v in round_[change].values())
-    for heading in ("| identities | broker |", "| identities | verify |", "| change | round |"):
+    for heading in (
+        "| identities | in view job (ms) | broker |",
+        "| identities | verify |",
+        "| change | round |",
+    ):
         assert heading in done.stdout, done.stdout

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -24,6 +24,7 @@ from appliance.config_load import validate_config
 from appliance.fleet.errors import FleetError
 from appliance.fleet.member import (
     EmbeddingJob,
+    EmbeddingPace,
     PipelineEmbedding,
     apply_batch,
     embed_crops,
@@ -69,10 +70,10 @@ def _crop(runtime: ModelRuntime, shared_data: Path) -> np.ndarray:
 
 
 class _FleetThread:
-    """``apply_batch`` on a thread of its own, embedding through the runtime's jobs as the door does;
-    the version of every embedding it used is kept."""
+    """``apply_batch`` on a thread of its own, embedding through the runtime's jobs as the door does
+    (paced by ``pace`` when given); the version of every embedding it used is kept."""
 
-    def __init__(self, runtime: ModelRuntime, batch: List[Any]) -> None:
+    def __init__(self, runtime: ModelRuntime, batch: List[Any], pace: Optional[EmbeddingPace] = None) -> None:
         self.versions: List[str] = []
         self.outcome: List[Any] = []
         versions = self.versions
@@ -85,13 +86,14 @@ class _FleetThread:
 
         assert runtime.gallery is not None
         gallery, stop = runtime.gallery, threading.Event()
+        paced = pace or EmbeddingPace(runtime.config.embedder.batch_size, 0.0)
         self.thread = threading.Thread(
             target=lambda: self.outcome.append(
                 apply_batch(
                     gallery,
                     batch,
-                    lambda crops: Recorded(runtime, crops, stop),
-                    runtime.config.embedder.batch_size,
+                    lambda crops: Recorded(runtime, crops, stop, paced),
+                    paced.crops,
                     save=True,
                 )
             ),
@@ -121,9 +123,19 @@ def test_the_pipeline_thread_only_embeds_and_goes_on_while_the_store_is_written(
     assert gallery is not None
     crop = _crop(runtime, shared_data)
     write = Held(monkeypatch, gallery.store, "put_fleet_identity", DEADLINE_S)
-    fleet = _FleetThread(runtime, [_record("p-000000000001", 1, crop)])
+    timings: List[Tuple[str, int, float]] = []
+
+    class Timed(EmbeddingPace):
+        def timed(self, crops: int, seconds: float) -> None:
+            timings.append((threading.current_thread().name, crops, seconds))
+            super().timed(crops, seconds)
+
+    fleet = _FleetThread(runtime, [_record("p-000000000001", 1, crop)], Timed(8, 0.010))
     try:
         fleet.turn_until(runtime, write.entered.is_set)  # the embedding ran here, as a job
+        # … and was timed where it ran, for the size of the jobs while someone is at the door.
+        assert [(name, crops) for name, crops, _ in timings] == [(threading.current_thread().name, 1)]
+        assert timings[0][2] > 0
         # The store is being written on the fleet thread: this thread's jobs and searches go on.
         assert fleet.versions == [runtime.model_versions["embedder"]]
         assert runtime.run_jobs() == 0
@@ -180,7 +192,11 @@ def test_model_switches_that_keep_coming_leave_the_records_for_later(
 
     with pytest.raises(FleetError, match="model switch came in between"):
         apply_batch(
-            gallery, [_record("p-000000000003", 1, _crop(runtime, shared_data))], embed_then_switch, 8, True
+            gallery,
+            [_record("p-000000000003", 1, _crop(runtime, shared_data))],
+            embed_then_switch,
+            lambda: 8,
+            True,
         )
     assert gallery.store.fleet_identities() == {}
 
@@ -216,8 +232,8 @@ def test_tombstones_and_the_manifest_never_reach_the_models(gallery: Gallery) ->
             [0.9],
         )
     batch = [Tombstone("p-000000000001", 2, CONSENT_AT), Tombstone("p-000000000001", 3, CONSENT_AT)]
-    assert apply_batch(gallery, batch, _no_model, 8, save=True) == (0, 1, [])
-    assert apply_batch(gallery, [Tombstone("p-000000000002", 1, CONSENT_AT)], _no_model, 8, True) == (
+    assert apply_batch(gallery, batch, _no_model, lambda: 8, save=True) == (0, 1, [])
+    assert apply_batch(gallery, [Tombstone("p-000000000002", 1, CONSENT_AT)], _no_model, lambda: 8, True) == (
         0,
         0,
         [],  # the same revision again: skipped quietly
@@ -253,41 +269,43 @@ def test_a_catch_up_is_embedded_one_embedder_batch_per_job_the_next_while_this_o
         for number in range(10)
     ]  # 1, 2, 3, 1, 2, … crops: 19 in all
     batch.insert(4, Tombstone("p-000000000099", 1, CONSENT_AT))
-    assert apply_batch(gallery, batch, embed, 8, save=True) == (10, 1, [])
+    assert apply_batch(gallery, batch, embed, lambda: 8, save=True) == (10, 1, [])
     # Whole records, at most 8 crops a call (1+2+3+1 and the tombstone, 2+3+1+2, 3+1); the second
     # group's embedding starts before the first group is stored, the third once it is.
     assert sizes == [7, 8, 4] and stored_before == [0, 0, 4]
     assert len(gallery) == 19
 
 
-def test_while_someone_is_at_the_door_a_job_embeds_one_record(gallery: Gallery) -> None:
-    """Each group is cut when its embedding starts: while ``in_view()`` it is one record, otherwise
-    up to the embedder batch's crops; every record is stored."""
+def test_while_someone_is_at_the_door_a_job_embeds_what_fits_in_the_budget(gallery: Gallery) -> None:
+    """Each group is cut when its embedding starts: while ``in_view()`` it holds the crops that fit
+    in ``in_view_s`` at the last job's cost per crop (one before any job is timed, one record at
+    least), otherwise the embedder batch; every record is stored. The costs are stated (the
+    pipeline thread times the real jobs): 0.5 ms a call and 3 ms a crop, one job of 40 ms."""
+    views = iter([True, True, True, True, False, True, True, True])  # someone there; gone a moment
+    pace = EmbeddingPace(8, 0.010, lambda: next(views))
     sizes: List[int] = []
-    in_view: List[bool] = []
-    faces = iter([False, True, True, True, False, False])  # someone arrives, then leaves
 
     def embed(crops: np.ndarray) -> EmbeddingJob:
         sizes.append(len(crops))
+        slow = len(sizes) == 6  # e.g. a collection on the pipeline thread
+        pace.timed(len(crops), 0.040 if slow else 0.0005 + 0.003 * len(crops))
         return _done((gallery.model_version, unit_vectors(len(crops), len(sizes), dim=128)))
 
-    def door() -> bool:
-        in_view.append(next(faces))
-        return in_view[-1]
-
-    crops = random_crops(2, 11)
+    crop = random_crops(1, 11)
     batch: List[Any] = [
-        IdentityRecord(
-            f"p-{number:012d}", 1, "P", None, CONSENT_AT, IdentityPolicy(), tuple(crops), (0.9, 0.9)
-        )
-        for number in range(12)
-    ]  # 2 crops each: 24 in all
-    batch.insert(5, Tombstone("p-000000000099", 1, CONSENT_AT))
-    assert apply_batch(gallery, batch, embed, 8, save=True, in_view=door) == (12, 1, [])
-    # 4 records; one at a time while in view (the tombstone alone, asking no model); then 4, and 2.
-    assert in_view == [False, True, True, True, False, False]
-    assert sizes == [8, 2, 2, 8, 4]
-    assert len(gallery) == 24 and len(gallery.store.fleet_identities()) == 12
+        IdentityRecord(f"p-{number:012d}", 1, "P", None, CONSENT_AT, IdentityPolicy(), tuple(crop), (0.9,))
+        for number in range(23)
+    ]
+    assert apply_batch(gallery, batch, embed, pace.crops, save=True) == (23, 0, [])
+    # In view: 1 untimed, then 10 / 3.5 → 2, 10 / 3.25 → 3, 3 (9.5 ms a job: the budget, from below);
+    # nobody: the batch, 8; in view: 3, 40 ms → 1, 10 / 3.5 → 2.
+    assert sizes == [1, 2, 3, 3, 8, 3, 1, 2]
+    assert len(gallery) == 23 and len(gallery.store.fleet_identities()) == 23
+    # A record of more crops than fit is one group of its own; with no budget a job is one record.
+    assert EmbeddingPace(8, 0.0, lambda: True).crops() == 1
+    idle = EmbeddingPace(8, 0.010, lambda: False)
+    idle.timed(1, 1.0)
+    assert idle.crops() == 8
 
 
 @pytest.mark.parametrize("fleet_ended", [True, False])
