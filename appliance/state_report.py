@@ -73,8 +73,9 @@ class StateReporter:
         degraded = list(app.degraded)
         if app.runtime is not None and app.runtime.degraded:
             degraded.append(f"backend: {app.runtime.degraded}")
-        if app.engines is not None:
-            degraded.extend(f"backend: {text}" for text in app.engines.degraded())
+        if app.engines is not None and app.runtime is not None:
+            lines, _ = app.runtime.engine_report(app.engines.degraded)
+            degraded.extend(f"backend: {text}" for text in lines)
         statuses = self.camera_statuses()
         for camera in statuses:
             which = "camera" if len(statuses) == 1 else f"camera {camera.get('id')}"
@@ -104,7 +105,7 @@ class StateReporter:
         worker = app.worker
         recorder = app.recorder
         engines, precisions = (
-            app.runtime.engine_report(app.engines.status if app.engines is not None else dict)
+            app.runtime.engine_report(app.engines.status if app.engines is not None else lambda live: {})
             if app.runtime is not None
             else ({}, {})
         )

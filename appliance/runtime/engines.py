@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from engines.backends import InferenceBackend
 from engines.errors import EngineError, EngineLoadError, EngineMissingError
@@ -106,7 +106,9 @@ class EngineSupervisor:
         self._extend_every_s = extend_every_s
         self._extend_by_s = extend_by_s
         self._lock = threading.Lock()
-        self._states: Dict[str, ModelEngineState] = {}
+        # Per model and version: an update's candidate has its own state beside the live model's,
+        # and the state of the model that serves is the one reported (see :meth:`status`).
+        self._states: Dict[Tuple[str, str], ModelEngineState] = {}
         self._queue: List[EngineTarget] = []
         self._cancel = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -138,13 +140,13 @@ class EngineSupervisor:
                     raise
                 return self._on_cpu(target, "failed", f"TensorRT cannot load the engine: {err}")
             else:
-                self._set(target.name, ModelEngineState(TENSORRT, "ready"))
+                self._set(target, ModelEngineState(TENSORRT, "ready"))
                 return backend
         logger.info("%s: no usable TensorRT engine: %s", target.name, reason)
         if self.fallback == "none":
             self._build_now(target, reason)
             backend = self._open_trt(target)
-            self._set(target.name, ModelEngineState(TENSORRT, "ready"))
+            self._set(target, ModelEngineState(TENSORRT, "ready"))
             return backend
         backend = self._on_cpu(target, "queued", reason)
         with self._lock:
@@ -156,14 +158,14 @@ class EngineSupervisor:
 
     def _on_cpu(self, target: EngineTarget, state: str, reason: str) -> InferenceBackend:
         backend = self._open_cpu(target)
-        self._set(target.name, ModelEngineState(CPU, state, reason))
+        self._set(target, ModelEngineState(CPU, state, reason))
         logger.warning("%s serves on the CPU back-end: %s", target.name, reason)
         return backend
 
     def _build_now(self, target: EngineTarget, reason: str) -> None:
         """Build before the model opens, keeping systemd's start timeout ahead of the build."""
         logger.warning("%s: building its TensorRT engine before start-up completes (%s)", target.name, reason)
-        self._set(target.name, ModelEngineState(CPU, "building", reason))
+        self._set(target, ModelEngineState(CPU, "building", reason))
         done = threading.Event()
         ticker: Optional[threading.Thread] = None
         if self._extend is not None:
@@ -183,7 +185,7 @@ class EngineSupervisor:
         try:
             self._build(target, self._cancel)
         except BaseException as err:
-            self._set(target.name, ModelEngineState(CPU, "failed", f"engine build failed: {err}"))
+            self._set(target, ModelEngineState(CPU, "failed", f"engine build failed: {err}"))
             raise
         finally:
             done.set()
@@ -224,8 +226,8 @@ class EngineSupervisor:
                 if not self._queue:
                     return
                 target = self._queue.pop(0)
-            reason = self._state_reason(target.name)
-            self._set(target.name, ModelEngineState(CPU, "building", reason))
+            reason = self._state_reason(target)
+            self._set(target, ModelEngineState(CPU, "building", reason))
             logger.info("%s: building its TensorRT engine in the background (%s)", target.name, reason)
             try:
                 self._build(target, self._cancel)
@@ -236,24 +238,24 @@ class EngineSupervisor:
                     else f"engine build failed: {err}"
                 )
                 logger.error("%s stays on the CPU back-end: %s", target.name, text)
-                self._set(target.name, ModelEngineState(CPU, "failed", text))
+                self._set(target, ModelEngineState(CPU, "failed", text))
                 continue
             if self._cancel.is_set():
                 return
             try:
-                switched = switch(target, lambda name=target.name: self._mark_ready(name))
+                switched = switch(target, lambda built=target: self._mark_ready(built))
             except Exception as err:
                 logger.error(
                     "%s stays on the CPU back-end: the new engine did not load: %s", target.name, err
                 )
-                self._set(target.name, ModelEngineState(CPU, "failed", f"the new engine did not load: {err}"))
+                self._set(target, ModelEngineState(CPU, "failed", f"the new engine did not load: {err}"))
                 continue
             if switched:
                 logger.info("%s switched to its TensorRT engine", target.name)
-                self._mark_ready(target.name)  # a no-op when ``in_place`` marked it
+                self._mark_ready(target)  # a no-op when ``in_place`` marked it
             else:
                 self._set(
-                    target.name,
+                    target,
                     ModelEngineState(CPU, "superseded", "the model changed while its engine was built"),
                 )
 
@@ -314,12 +316,12 @@ class EngineSupervisor:
         if reason is None:
             return None
         logger.info("%s: building its TensorRT engine for the update (%s)", target.name, reason)
-        self._set(target.name, ModelEngineState(CPU, "building", reason))
+        self._set(target, ModelEngineState(CPU, "building", reason))
         try:
             self._build(target, cancel)
         except EngineError as err:
             text = "the engine build was cancelled" if cancel.is_set() else f"engine build failed: {err}"
-            self._set(target.name, ModelEngineState(CPU, "failed", text))
+            self._set(target, ModelEngineState(CPU, "failed", text))
             if self.fallback == "none":
                 raise
             return text
@@ -327,33 +329,44 @@ class EngineSupervisor:
 
     # -- status ---------------------------------------------------------------------------------------
 
-    def status(self) -> Dict[str, Dict[str, Any]]:
-        """Model name → where it runs, the build state and the reason it is not on TensorRT."""
-        with self._lock:
-            return {name: state.to_json() for name, state in self._states.items()}
+    def status(self, live: Optional[Mapping[str, str]] = None) -> Dict[str, Dict[str, Any]]:
+        """Model name → where it runs, the build state and the reason it is not on TensorRT.
 
-    def degraded(self) -> List[str]:
-        """One sentence per model that runs on the CPU instead of TensorRT."""
+        ``live``: model name → the version that serves (the model runtime's snapshot), whose state
+        is then the one reported, not that of an update's candidate opened beside it (refused or not
+        switched yet). A model not in ``live`` (none is, before the models are first installed, or
+        without ``live``) reports its latest state.
+        """
         with self._lock:
-            return [
-                f"{name} runs on the CPU ({state.state}): {state.reason}"
-                for name, state in self._states.items()
-                if state.backend == CPU
-            ]
+            latest: Dict[str, ModelEngineState] = {}
+            for (name, version), state in self._states.items():  # oldest first
+                if live is None or name not in live or version == live[name]:
+                    latest[name] = state
+            return {name: state.to_json() for name, state in latest.items()}
 
-    def _set(self, name: str, state: ModelEngineState) -> None:
-        with self._lock:
-            self._states[name] = state
+    def degraded(self, live: Optional[Mapping[str, str]] = None) -> List[str]:
+        """One sentence per model that runs on the CPU instead of TensorRT (``live`` as in :meth:`status`)."""
+        return [
+            f"{name} runs on the CPU ({state['state']}): {state['reason']}"
+            for name, state in self.status(live).items()
+            if state["backend"] == CPU
+        ]
 
-    def _mark_ready(self, name: str) -> None:
+    def _set(self, target: EngineTarget, state: ModelEngineState) -> None:
+        key = (target.name, target.spec.version)
         with self._lock:
-            state = self._states.get(name)
-            if state is None or (state.backend, state.state) != (TENSORRT, "ready"):
-                self._states[name] = ModelEngineState(TENSORRT, "ready")
+            self._states.pop(key, None)  # the latest last
+            self._states[key] = state
 
-    def _state_reason(self, name: str) -> Optional[str]:
+    def _mark_ready(self, target: EngineTarget) -> None:
         with self._lock:
-            state = self._states.get(name)
+            state = self._states.get((target.name, target.spec.version))
+        if state is None or (state.backend, state.state) != (TENSORRT, "ready"):
+            self._set(target, ModelEngineState(TENSORRT, "ready"))
+
+    def _state_reason(self, target: EngineTarget) -> Optional[str]:
+        with self._lock:
+            state = self._states.get((target.name, target.spec.version))
             return state.reason if state is not None else None
 
 

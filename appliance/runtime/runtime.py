@@ -31,7 +31,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -117,6 +117,7 @@ class ModelRuntime:
         self._lock = threading.Lock()  # guards the snapshots and the closed flag
         self._versions: Dict[str, str] = {}
         self._keys: Dict[str, str] = {}
+        self._live_versions: Dict[str, str] = {}
         self._precisions: Dict[str, Dict[str, str]] = {}
         self._embedder: Tuple[str, int] = ("", 0)
         self._closed = False
@@ -170,6 +171,7 @@ class ModelRuntime:
         with self._lock:
             self._versions = analyzer.model_versions
             self._keys = {name: backend.key for name, backend in loaded.items()}
+            self._live_versions = {name: backend.spec.version for name, backend in loaded.items()}
             self._precisions = {
                 name: {"precision": manifest.precision, "reason": manifest.precision_reason}
                 for name, manifest in ((n, getattr(b, "manifest", None)) for n, b in loaded.items())
@@ -213,16 +215,18 @@ class ModelRuntime:
             return {name: dict(value) for name, value in self._precisions.items()}
 
     def engine_report(
-        self, engine_states: Callable[[], Dict[str, Dict[str, Any]]]
-    ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, str]]]:
-        """``(engine_states(), engine_precisions())`` as of one moment.
+        self, engine_states: Callable[[Mapping[str, str]], T]
+    ) -> Tuple[T, Dict[str, Dict[str, str]]]:
+        """``(engine_states(live versions), engine_precisions())`` as of one moment.
 
-        ``engine_states`` is the engine supervisor's status. A switch to a freshly built engine marks
-        the model ready under the lock this reads under (:meth:`adopt_engine`'s ``in_place``), so the
-        two never disagree about a model that has just switched.
+        ``engine_states`` is the engine supervisor's :meth:`~appliance.runtime.engines.
+        EngineSupervisor.status` or ``degraded``, given each live model's version (name → version) so
+        that it reports the models that serve, not an update's candidate. A switch to a freshly
+        built engine marks the model ready under the lock this reads under (:meth:`adopt_engine`'s
+        ``in_place``), so the two never disagree about a model that has just switched.
         """
         with self._lock:
-            states = engine_states()
+            states = engine_states(dict(self._live_versions))
             return states, {name: dict(value) for name, value in self._precisions.items()}
 
     @property

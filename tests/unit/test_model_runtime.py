@@ -239,13 +239,16 @@ def test_a_reader_sees_an_engine_in_place_and_marked_ready_together(runtime: Mod
 
     def read() -> None:
         switching.wait(WAIT_S)
-        seen.append(runtime.engine_report(lambda: dict(states)))
+        seen.append(runtime.engine_report(lambda live: {**states, "live onet": live["mtcnn-onet"]}))
 
     reader = threading.Thread(target=read, name="state-report")
     reader.start()
     assert runtime.adopt_engine(target, lambda built: engine, in_place)
     reader.join(WAIT_S)
     assert seen == [
-        ({"mtcnn-onet": "ready"}, {"mtcnn-onet": {"precision": "fp16", "reason": "no fast INT8 here"}})
+        (
+            {"mtcnn-onet": "ready", "live onet": target.spec.version},  # the states of what serves
+            {"mtcnn-onet": {"precision": "fp16", "reason": "no fast INT8 here"}},
+        )
     ]
     assert runtime.analyzer is not None and runtime.backend_keys()["mtcnn-onet"] == "cpu"

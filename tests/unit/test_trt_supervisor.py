@@ -350,3 +350,32 @@ def test_the_service_checks_the_manifest_before_anything_is_deserialized(
     upgraded = EngineService(options, platform=replace(orin, tensorrt_version="8.6.1"))
     reason = upgraded.check(model)
     assert reason is not None and "TensorRT 8.5.2.2, this device runs 8.6.1" in reason
+
+
+def test_an_update_candidate_beside_the_live_model_does_not_speak_for_it(fake: FakeTensorRT) -> None:
+    """An update's candidate has a state of its own: the state document and the degraded flags read
+    the state of the version that serves, so a candidate on the CPU that is refused (or not switched
+    yet) never makes the live engine look like a CPU fallback — nor the reverse."""
+    fake.cached = {"mobilefacenet"}
+    supervisor = fake.supervisor()
+    live = target("mobilefacenet")
+    assert supervisor.open(live).key == TENSORRT
+    candidate = replace(live, spec=replace(live.spec, version="2.0.0"))
+    fake.cached.clear()  # the candidate's engine is not built yet
+    fake.build_error["mobilefacenet"] = EngineBuildError("mobilefacenet: out of memory while building")
+    assert supervisor.prepare(candidate, threading.Event()) is not None
+    assert supervisor.open(candidate).key == CPU  # queued again for the background
+    serving = {"mobilefacenet": live.spec.version}
+    assert supervisor.status(serving) == {
+        "mobilefacenet": {"backend": TENSORRT, "state": "ready", "reason": None}
+    }
+    assert supervisor.degraded(serving) == []
+    # Once the candidate serves (or with no live versions: the latest state), its own state shows.
+    for view in ({"mobilefacenet": "2.0.0"}, None):
+        state = supervisor.status(view)["mobilefacenet"]
+        assert state["backend"] == CPU and state["state"] == "queued", view
+        assert (
+            supervisor.degraded(view)
+            and "mobilefacenet runs on the CPU (queued)" in supervisor.degraded(view)[0]
+        )
+    supervisor.close()
