@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from engines.backends import InferenceBackend
 from engines.errors import EngineError, EngineLoadError, EngineMissingError
+from engines.registry import ModelSpec
 from engines.tensorrt.service import EngineService, EngineTarget
 
 from ..config import ApplianceConfig
@@ -106,8 +107,8 @@ class EngineSupervisor:
         self._extend_every_s = extend_every_s
         self._extend_by_s = extend_by_s
         self._lock = threading.Lock()
-        # Per model and version: an update's candidate has its own state beside the live model's,
-        # and the state of the model that serves is the one reported (see :meth:`status`).
+        # Per model name and model (:func:`model_of`): an update's candidate has its own state beside
+        # the live model's, and the state of the model that serves is the one reported (:meth:`status`).
         self._states: Dict[Tuple[str, str], ModelEngineState] = {}
         self._queue: List[EngineTarget] = []
         self._cancel = threading.Event()
@@ -332,15 +333,15 @@ class EngineSupervisor:
     def status(self, live: Optional[Mapping[str, str]] = None) -> Dict[str, Dict[str, Any]]:
         """Model name → where it runs, the build state and the reason it is not on TensorRT.
 
-        ``live``: model name → the version that serves (the model runtime's snapshot), whose state
-        is then the one reported, not that of an update's candidate opened beside it (refused or not
+        ``live``: model name → :func:`model_of` the model that serves (the model runtime's
+        snapshot), whose state is then the one reported, not that of an update's candidate opened beside it (refused or not
         switched yet). A model not in ``live`` (none is, before the models are first installed, or
         without ``live``) reports its latest state.
         """
         with self._lock:
             latest: Dict[str, ModelEngineState] = {}
-            for (name, version), state in self._states.items():  # oldest first
-                if live is None or name not in live or version == live[name]:
+            for (name, model), state in self._states.items():  # oldest first
+                if live is None or name not in live or model == live[name]:
                     latest[name] = state
             return {name: state.to_json() for name, state in latest.items()}
 
@@ -353,21 +354,27 @@ class EngineSupervisor:
         ]
 
     def _set(self, target: EngineTarget, state: ModelEngineState) -> None:
-        key = (target.name, target.spec.version)
+        key = (target.name, model_of(target.spec))
         with self._lock:
             self._states.pop(key, None)  # the latest last
             self._states[key] = state
 
     def _mark_ready(self, target: EngineTarget) -> None:
         with self._lock:
-            state = self._states.get((target.name, target.spec.version))
+            state = self._states.get((target.name, model_of(target.spec)))
         if state is None or (state.backend, state.state) != (TENSORRT, "ready"):
             self._set(target, ModelEngineState(TENSORRT, "ready"))
 
     def _state_reason(self, target: EngineTarget) -> Optional[str]:
         with self._lock:
-            state = self._states.get((target.name, target.spec.version))
+            state = self._states.get((target.name, model_of(target.spec)))
             return state.reason if state is not None else None
+
+
+def model_of(spec: ModelSpec) -> str:
+    """``version sha256``: which model an engine state is about — an update's package may carry the
+    registry's file under another version, or a new file under the same version."""
+    return f"{spec.version} {spec.sha256}"
 
 
 def supervisor_for(
@@ -397,5 +404,6 @@ __all__ = [
     "EngineSupervisor",
     "ModelEngineState",
     "Switch",
+    "model_of",
     "supervisor_for",
 ]

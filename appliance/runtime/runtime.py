@@ -45,6 +45,7 @@ from ..gallery.gallery import Gallery
 from ..gallery.reembed import BATCH, Reembedding, reembed, reembed_impostors, rows_for
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.embedder import Embedder
+from .engines import model_of
 from .loading import ModelLoader, open_all
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class ModelRuntime:
         self._lock = threading.Lock()  # guards the snapshots and the closed flag
         self._versions: Dict[str, str] = {}
         self._keys: Dict[str, str] = {}
-        self._live_versions: Dict[str, str] = {}
+        self._live_models: Dict[str, str] = {}
         self._precisions: Dict[str, Dict[str, str]] = {}
         self._embedder: Tuple[str, int] = ("", 0)
         self._closed = False
@@ -171,7 +172,7 @@ class ModelRuntime:
         with self._lock:
             self._versions = analyzer.model_versions
             self._keys = {name: backend.key for name, backend in loaded.items()}
-            self._live_versions = {name: backend.spec.version for name, backend in loaded.items()}
+            self._live_models = {name: model_of(backend.spec) for name, backend in loaded.items()}
             self._precisions = {
                 name: {"precision": manifest.precision, "reason": manifest.precision_reason}
                 for name, manifest in ((n, getattr(b, "manifest", None)) for n, b in loaded.items())
@@ -217,16 +218,17 @@ class ModelRuntime:
     def engine_report(
         self, engine_states: Callable[[Mapping[str, str]], T]
     ) -> Tuple[T, Dict[str, Dict[str, str]]]:
-        """``(engine_states(live versions), engine_precisions())`` as of one moment.
+        """``(engine_states(live models), engine_precisions())`` as of one moment.
 
         ``engine_states`` is the engine supervisor's :meth:`~appliance.runtime.engines.
-        EngineSupervisor.status` or ``degraded``, given each live model's version (name → version) so
-        that it reports the models that serve, not an update's candidate. A switch to a freshly
+        EngineSupervisor.status` or ``degraded``, given which model serves under each name (name →
+        :func:`~appliance.runtime.engines.model_of` its spec) so that it reports the models that
+        serve, not an update's candidate. A switch to a freshly
         built engine marks the model ready under the lock this reads under (:meth:`adopt_engine`'s
         ``in_place``), so the two never disagree about a model that has just switched.
         """
         with self._lock:
-            states = engine_states(dict(self._live_versions))
+            states = engine_states(dict(self._live_models))
             return states, {name: dict(value) for name, value in self._precisions.items()}
 
     @property

@@ -222,7 +222,11 @@ def test_cpu_first_then_engines_then_a_can_pushed_embedder(
         assert precision["precision"] == expected, precision
         # The state document speaks for the new version, which serves from its engine.
         backend = app.state()["backend"]
-        assert backend["engines"]["mobilefacenet"] == {"backend": "tensorrt", "state": "ready", "reason": None}
+        assert backend["engines"]["mobilefacenet"] == {
+            "backend": "tensorrt",
+            "state": "ready",
+            "reason": None,
+        }
         assert backend["precisions"]["mobilefacenet"] == precision and app.state()["degraded"] == []
         assert app.gallery is not None and app.gallery.model_version == "mobilefacenet@2.0.0"
         assert len(app.gallery) == 1  # Obama's template, re-embedded by the new engine

@@ -16,6 +16,7 @@ import pytest
 from appliance.config_load import validate_config
 from appliance.gallery.gallery import Gallery
 from appliance.runtime import ModelLoader, ModelOwnershipError, ModelRuntime, RuntimeJobError, ValidationError
+from appliance.runtime.engines import model_of
 from appliance.runtime.loading import model_targets, target_for
 from appliance.vision.image import read_image
 
@@ -247,7 +248,7 @@ def test_a_reader_sees_an_engine_in_place_and_marked_ready_together(runtime: Mod
     reader.join(WAIT_S)
     assert seen == [
         (
-            {"mtcnn-onet": "ready", "live onet": target.spec.version},  # the states of what serves
+            {"mtcnn-onet": "ready", "live onet": model_of(target.spec)},  # the states of what serves
             {"mtcnn-onet": {"precision": "fp16", "reason": "no fast INT8 here"}},
         )
     ]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from appliance.runtime.engines import CPU, TENSORRT, EngineSupervisor, Switch
+from appliance.runtime.engines import CPU, TENSORRT, EngineSupervisor, Switch, model_of
 from engines.backends import BackendOptions
 from engines.errors import EngineBuildError, EngineLoadError, EngineMissingError, ModelMissingError
 from engines.registry import get_model
@@ -354,24 +354,25 @@ def test_the_service_checks_the_manifest_before_anything_is_deserialized(
 
 def test_an_update_candidate_beside_the_live_model_does_not_speak_for_it(fake: FakeTensorRT) -> None:
     """An update's candidate has a state of its own: the state document and the degraded flags read
-    the state of the version that serves, so a candidate on the CPU that is refused (or not switched
+    the state of the model that serves, so a candidate on the CPU that is refused (or not switched
     yet) never makes the live engine look like a CPU fallback — nor the reverse."""
     fake.cached = {"mobilefacenet"}
     supervisor = fake.supervisor()
     live = target("mobilefacenet")
     assert supervisor.open(live).key == TENSORRT
-    candidate = replace(live, spec=replace(live.spec, version="2.0.0"))
+    # Release 2 of the same version: another file (its sha256) under the same version name.
+    candidate = replace(live, spec=replace(live.spec, sha256="0" * 64))
     fake.cached.clear()  # the candidate's engine is not built yet
     fake.build_error["mobilefacenet"] = EngineBuildError("mobilefacenet: out of memory while building")
     assert supervisor.prepare(candidate, threading.Event()) is not None
     assert supervisor.open(candidate).key == CPU  # queued again for the background
-    serving = {"mobilefacenet": live.spec.version}
+    serving = {"mobilefacenet": model_of(live.spec)}
     assert supervisor.status(serving) == {
         "mobilefacenet": {"backend": TENSORRT, "state": "ready", "reason": None}
     }
     assert supervisor.degraded(serving) == []
-    # Once the candidate serves (or with no live versions: the latest state), its own state shows.
-    for view in ({"mobilefacenet": "2.0.0"}, None):
+    # Once the candidate serves (or with no live files: the latest state), its own state shows.
+    for view in ({"mobilefacenet": model_of(candidate.spec)}, None):
         state = supervisor.status(view)["mobilefacenet"]
         assert state["backend"] == CPU and state["state"] == "queued", view
         assert (
