@@ -223,9 +223,9 @@ class ModelRuntime:
         ``engine_states`` is the engine supervisor's :meth:`~appliance.runtime.engines.
         EngineSupervisor.status` or ``degraded``, given which model serves under each name (name →
         :func:`~appliance.runtime.engines.model_of` its spec) so that it reports the models that
-        serve, not an update's candidate. A switch to a freshly
-        built engine marks the model ready under the lock this reads under (:meth:`adopt_engine`'s
-        ``in_place``), so the two never disagree about a model that has just switched.
+        serve, not an update's candidate. A switch to a freshly built engine marks the model ready
+        under the lock this reads under (:meth:`adopt_engine`'s ``in_place``), so the two never
+        disagree about a model that has just switched.
         """
         with self._lock:
             states = engine_states(dict(self._live_models))
