@@ -371,7 +371,7 @@ def test_an_update_candidate_beside_the_live_model_does_not_speak_for_it(fake: F
         "mobilefacenet": {"backend": TENSORRT, "state": "ready", "reason": None}
     }
     assert supervisor.degraded(serving) == []
-    # Once the candidate serves (or with no live files: the latest state), its own state shows.
+    # Once the candidate serves (or with no live models given: the latest state), its own state shows.
     for view in ({"mobilefacenet": model_of(candidate.spec)}, None):
         state = supervisor.status(view)["mobilefacenet"]
         assert state["backend"] == CPU and state["state"] == "queued", view
