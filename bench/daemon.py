@@ -1,17 +1,21 @@
 """The daemon end to end: start-up to READY, frame to published event, and a soak with resource sampling.
 
-    python -m bench.daemon [--minutes 2] [--sample-s 10] [--cameras 1 2] [--json OUT]
+    python -m bench.daemon [--minutes 2] [--sample-s 10] [--cameras 1 2] [--config FILE] [--data-dir DIR]
+                           [--json OUT]
 
 Starts a real Mosquitto on a free loopback port, enrols one person, writes a looping video in which
 that person and a stranger keep walking up to the door, and runs ``face-appliance run`` on it as a
-subprocess (CPU back-end) with a ``NOTIFY_SOCKET`` the bench reads. It reports:
+subprocess (CPU back-end; with ``--config``, the ``[models]`` and ``[backend]`` of the appliance's
+file — TensorRT on a Jetson, from the engine cache ``face-appliance engines build`` filled) with a
+``NOTIFY_SOCKET`` the bench reads. It reports:
 
 * start-up: process start → ``READY=1`` (models already fetched);
 * latency: frame capture → event in the outbox (the event's ``latency_ms``) plus outbox → received by
   a subscriber, p50/p90/p99 over every event;
 * soak: resident memory, threads, open files and outbox depth sampled every ``--sample-s``; growth
   per hour by a least-squares line over the second half of the run (after warm-up);
-* the daemon's own figures from its last ``…/state`` (fps, stage latencies, dropped frames);
+* the daemon's own figures from its last ``…/state`` (fps, stage latencies, dropped frames, and
+  which back-end serves each model, with the engines' precisions);
 * per camera: frames processed per second (between the first ``…/state`` after READY and the last),
   frames and events. ``--cameras 2`` runs the daemon with two cameras (``[[cameras]]``) playing the
   same video, so every passage is seen by both; ``--cameras 1 2`` runs one daemon after the other
@@ -159,9 +163,54 @@ def _per_camera(states: List[Dict[str, Any]], events: List[Dict[str, Any]]) -> L
     return rows
 
 
-def run(minutes: float, sample_s: float, workdir: Path, cameras: int = 1) -> Dict[str, Any]:
+def appliance_tables(path: Path) -> Dict[str, Dict[str, Any]]:
+    """The ``[models]`` and ``[backend]`` tables of the appliance's configuration file, resolved as
+    the appliance resolves them (relative paths from the file's folder), with TensorRT's engine cache
+    where the appliance keeps it (``backend.tensorrt.engine_dir``, else under its ``[storage]``), so
+    that the bench's daemon loads the engines ``face-appliance engines build`` made. The file's other
+    sections are not read (its systemd credentials, for one, exist only in the service).
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or those tables are invalid.
+    """
+    from appliance.config_load import read_toml_file, validate_config
+
+    data = read_toml_file(path)
+    wanted = {name: data[name] for name in ("models", "backend", "storage") if name in data}
+    config = validate_config(wanted, base_dir=path.resolve().parent, source=path)
+    backend = config.backend.model_dump(mode="json", exclude_none=True)
+    backend["tensorrt"]["engine_dir"] = str(config.engine_dir)
+    return {"models": config.models.model_dump(mode="json", exclude_none=True), "backend": backend}
+
+
+def toml_tables(tables: Dict[str, Dict[str, Any]], path: Tuple[str, ...] = ()) -> str:
+    """``{"table": {"key": value, "sub": {...}}}`` as TOML tables (values as JSON writes them, which
+    TOML reads the same: strings, numbers, booleans, lists of them)."""
+    lines: List[str] = []
+    for name, table in tables.items():
+        here = (*path, name)
+        lines.append(f"[{'.'.join(here)}]")
+        lines += [
+            f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)
+        ]
+        nested = {key: value for key, value in table.items() if isinstance(value, dict)}
+        if nested:
+            lines.append(toml_tables(nested, here).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    minutes: float,
+    sample_s: float,
+    workdir: Path,
+    cameras: int = 1,
+    appliance: Optional[Dict[str, Dict[str, Any]]] = None,
+    data: Path = SHARED / "data",
+) -> Dict[str, Any]:
     """One daemon run of ``minutes`` on ``cameras`` video cameras (1: a ``[camera]`` table as a
-    single-camera appliance has; more: ``[[cameras]]`` ``cam0``, ``cam1``, … on the same video)."""
+    single-camera appliance has; more: ``[[cameras]]`` ``cam0``, ``cam1``, … on the same video), on
+    the CPU back-end with ``shared/models``, or on ``appliance``'s models and back-end
+    (:func:`appliance_tables`); the photos from ``data``."""
     sys.path.insert(0, str(REPO))
     from appliance.config_load import validate_config
     from appliance.enrollment import Enroller
@@ -170,9 +219,10 @@ def run(minutes: float, sample_s: float, workdir: Path, cameras: int = 1) -> Dic
     from tests.mqtt_broker import MosquittoBroker, Recorder
     from tests.support import make_passage_video
 
-    models, data = SHARED / "models", SHARED / "data"
+    tables = appliance or {"models": {"dir": str(SHARED / "models")}}
     storage = workdir / "state"
-    config = validate_config({"models": {"dir": str(models)}, "storage": {"dir": str(storage)}})
+    # The enrolment runs on the same back-end as the daemon: a Jetson has no CPU back-end installed.
+    config = validate_config({**tables, "storage": {"dir": str(storage)}})
     with load_analyzer(config, liveness=False) as analyzer, Gallery.open(
         config, analyzer.embedder.version, analyzer.embedder.dim
     ) as gallery:
@@ -199,9 +249,9 @@ def run(minutes: float, sample_s: float, workdir: Path, cameras: int = 1) -> Dic
             for index in range(cameras)
         )
     config_file.write_text(
-        f'[device]\nid = "{DEVICE}"\n[models]\ndir = "{models}"\n[storage]\ndir = "{storage}"\n'
+        f'[device]\nid = "{DEVICE}"\n[storage]\ndir = "{storage}"\n'
         f'{camera_tables}[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-        f"[metrics]\nstate_interval_s = 5.0\n"
+        f"[metrics]\nstate_interval_s = 5.0\n{toml_tables(tables)}"
     )
     notify = workdir / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -292,7 +342,7 @@ def run(minutes: float, sample_s: float, workdir: Path, cameras: int = 1) -> Dic
         "samples": samples,
         "leaks": leak_report(samples),
         "daemon_state": {
-            k: state.get(k) for k in ("fps", "frames", "latency_ms", "camera", "cameras", "outbox")
+            k: state.get(k) for k in ("fps", "frames", "latency_ms", "camera", "cameras", "outbox", "backend")
         },
         "cameras": _per_camera(running, [event for _, event in received]),
     }
@@ -317,6 +367,19 @@ def _print_report(report: Dict[str, Any], minutes: float) -> None:
         f"\ndaemon: {state.get('fps')} fps, {state.get('frames')} frames, dropped {state.get('camera', {}).get('dropped')}"
     )
     print("stage latency (ms): " + json.dumps(state.get("latency_ms")))
+    print("served by: " + _served_by(state.get("backend") or {}))
+
+
+def _served_by(backend: Dict[str, Any]) -> str:
+    """Each model's back-end from ``…/state``'s ``backend``: TensorRT with its engine's precision, or
+    the back-end type (a model whose engine is not built yet runs on the CPU with ``fallback = "cpu"``)."""
+    engines, precisions = backend.get("engines") or {}, backend.get("precisions") or {}
+    if not engines:
+        return str(backend.get("type"))
+    return ", ".join(
+        f"{name} {state.get('backend')} ({(precisions.get(name) or {}).get('precision') or state.get('state')})"
+        for name, state in sorted(engines.items())
+    )
 
 
 def _print_cameras(reports: Dict[int, Dict[str, Any]]) -> None:
@@ -352,13 +415,31 @@ def main() -> None:
         default=[1],
         help="video cameras of the daemon (1 or 2); '1 2' runs both, one after the other",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the appliance's configuration file: its [models] and [backend] (TensorRT on a Jetson, "
+        "after `face-appliance engines build`) instead of the CPU back-end on shared/models",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=SHARED / "data", help="the photos (default: shared/data)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    appliance = None
+    if args.config is not None:
+        from appliance.errors import ConfigError
+
+        try:
+            appliance = appliance_tables(args.config)
+        except ConfigError as err:
+            parser.error(str(err))
     machine = describe()
     reports: Dict[int, Dict[str, Any]] = {}
     for count in dict.fromkeys(args.cameras):
         with tempfile.TemporaryDirectory(prefix="bench-daemon-") as folder:
-            reports[count] = run(args.minutes, args.sample_s, Path(folder), count)
+            reports[count] = run(args.minutes, args.sample_s, Path(folder), count, appliance, args.data_dir)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     for count, report in reports.items():
         if len(reports) > 1:
