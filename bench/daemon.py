@@ -164,20 +164,17 @@ def _per_camera(states: List[Dict[str, Any]], events: List[Dict[str, Any]]) -> L
 
 
 def appliance_tables(path: Path) -> Dict[str, Dict[str, Any]]:
-    """The ``[models]`` and ``[backend]`` tables of the appliance's configuration file, resolved as
-    the appliance resolves them (relative paths from the file's folder), with TensorRT's engine cache
-    where the appliance keeps it (``backend.tensorrt.engine_dir``, else under its ``[storage]``), so
-    that the bench's daemon loads the engines ``face-appliance engines build`` made. The file's other
-    sections are not read (its systemd credentials, for one, exist only in the service).
+    """The ``[models]`` and ``[backend]`` tables of the appliance's configuration file
+    (:mod:`bench.appliance_file`), resolved, with TensorRT's engine cache where the appliance keeps it
+    (``backend.tensorrt.engine_dir``, else under its ``[storage]``), so that the bench's daemon loads
+    the engines ``face-appliance engines build`` made.
 
     Raises:
         ConfigError: the file is missing, not TOML, or those tables are invalid.
     """
-    from appliance.config_load import read_toml_file, validate_config
+    from .appliance_file import appliance_config
 
-    data = read_toml_file(path)
-    wanted = {name: data[name] for name in ("models", "backend", "storage") if name in data}
-    config = validate_config(wanted, base_dir=path.resolve().parent, source=path)
+    config = appliance_config(path)
     backend = config.backend.model_dump(mode="json", exclude_none=True)
     backend["tensorrt"]["engine_dir"] = str(config.engine_dir)
     return {"models": config.models.model_dump(mode="json", exclude_none=True), "backend": backend}

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from appliance.config import ApplianceConfig
-from appliance.config_load import read_toml_file, validate_config
+from appliance.config_load import validate_config
 from appliance.errors import ConfigError
 from appliance.evaluation import VerificationReport, far_key, pair_scores, verification_report
 from appliance.runtime.loading import load_analyzer
@@ -58,6 +58,7 @@ from appliance.vision.analyzer import FaceAnalyzer
 from appliance.vision.image import ImageError, read_image
 
 from .against import RevisionError, bench_against, import_revision, print_against
+from .appliance_file import appliance_config
 from .figures import fmt, overhead
 from .machine import describe, rss_mib
 from .own_work import STEPS, input_shape, own_work_by_step
@@ -592,14 +593,14 @@ def make_config(models_dir: Path, threads: int) -> ApplianceConfig:
 
 
 def config_from_file(path: Path) -> ApplianceConfig:
-    """The appliance's configuration file, for its models and back-end (TensorRT on a Jetson), with the
-    bench's detector and liveness, so that its figures compare with the CPU back-end's.
+    """The appliance's configuration file, for its models and back-end (TensorRT on a Jetson; only
+    those tables, :mod:`bench.appliance_file`), with the bench's detector and liveness, so that its
+    figures compare with the CPU back-end's.
 
     Raises:
-        ConfigError: the file is missing, not TOML, or invalid.
+        ConfigError: the file is missing, not TOML, or its models or back-end are invalid.
     """
-    data = _with_bench_settings(read_toml_file(path))
-    return validate_config(data, base_dir=path.resolve().parent, source=path)
+    return appliance_config(path, _with_bench_settings)
 
 
 def _with_bench_settings(data: Dict[str, Any]) -> Dict[str, Any]:

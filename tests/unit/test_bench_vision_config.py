@@ -53,10 +53,28 @@ enabled = false
 def test_a_wrong_file_is_refused_with_its_key_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"backend\.typo"):
         vision.config_from_file(_write(tmp_path, '[backend]\ntypo = "tensorrt"\n'))
-    with pytest.raises(ConfigError, match="detector"):
-        vision.config_from_file(_write(tmp_path, 'detector = "mtcnn"\n'))
+    with pytest.raises(ConfigError, match=r"models"):
+        vision.config_from_file(_write(tmp_path, 'models = "my-models"\n'))
     with pytest.raises(ConfigError, match="does not exist"):
         vision.config_from_file(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        vision.config_from_file(_write(tmp_path, "[backend\n"))
+
+
+def test_only_the_models_and_the_back_end_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device's file, as ``systemd/install.sh`` leaves it, names a systemd credential that exists only
+    inside the service: the bench, run from a shell, does not read that section (nor any other)."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = _write(
+        tmp_path,
+        '[backend]\ntype = "tensorrt"\n\n[storage]\ndir = "state"\n\n'
+        '[gallery]\nkey_file = "${CREDENTIALS_DIRECTORY}/gallery_key"\n\n[detector]\nmax_side = 1\n',
+    )
+    config = vision.config_from_file(path)
+    assert (
+        config.backend.type == "tensorrt" and config.engine_dir == (tmp_path / "state" / "engines").resolve()
+    )
+    assert config.gallery.key_file is None and config.detector.max_side != 1
 
 
 @pytest.mark.parametrize("flag", [["--threads", "2"], ["--models-dir", "x"]])
