@@ -55,6 +55,7 @@ import enum
 import itertools
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1494,6 +1495,33 @@ def install_from_environment() -> Optional[Record]:
     if len(parts) > 2:
         record.build_seconds = float(parts[2])
     return record
+
+
+def run_python_on_fakes(
+    arguments: Sequence[str], fakes: str = "10.3,orin", timeout: float = 600.0
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGUMENTS`` from the repository root in a subprocess on the fakes (:data:`ENVIRONMENT`
+    set to ``fakes``, ``tests/fake_site`` first on the path), outside any systemd service (no
+    ``CREDENTIALS_DIRECTORY``): how a command or a benchmark run on a device is tried here. Its output
+    is captured; ``timeout`` bounds a hung run."""
+    import os
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        ENVIRONMENT: fakes,
+        "PYTHONPATH": f"{repo / 'tests' / 'fake_site'}{os.pathsep}{repo}",
+    }
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    return subprocess.run(
+        [sys.executable, *arguments],
+        check=False,
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def uninstall() -> None:

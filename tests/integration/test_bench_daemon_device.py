@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import fake_tensorrt
-from tests.conftest import REPO_ROOT as REPO
 from tests.mqtt_broker import MosquittoMissingError, find_mosquitto
 
 TIMEOUT_S = 600  # a bound for a hung run, never an expectation about speed
@@ -42,24 +39,26 @@ def test_the_daemon_bench_runs_on_the_configured_tensorrt(
         # Relative paths are the file's, as the appliance reads them.
         f'[models]\ndir = "{os.path.relpath(shared_models, appliance)}"\n\n[storage]\ndir = "state"\n\n'
         '[backend]\ntype = "tensorrt"\nfallback = "none"\n\n[backend.tensorrt]\nprecision = "fp16"\n'
-        "max_batch = 4\nworkspace_mb = 64\n\n[detector]\nmax_side = 320\n\n"
+        "max_batch = 4\nworkspace_mb = 64\n\n"
+        # Not read by the bench: a section that names a credential of the service.
         '[updates]\nenabled = true\nsecurity_secret_file = "${CREDENTIALS_DIRECTORY}/uds_secret"\n'
     )
     figures = tmp_path / "daemon.json"
-    env = {
-        **os.environ,
-        fake_tensorrt.ENVIRONMENT: "10.3,orin",
-        "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}",
-    }
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    command = [sys.executable, "-m", "bench.daemon", "--config", str(config), "--data-dir", str(shared_data)]
-    done = subprocess.run(
-        [*command, "--minutes", "0.2", "--sample-s", "2", "--json", str(figures)],
-        check=False,
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = fake_tensorrt.run_python_on_fakes(
+        [
+            "-m",
+            "bench.daemon",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(shared_data),
+            "--minutes",
+            "0.2",
+            "--sample-s",
+            "2",
+            "--json",
+            str(figures),
+        ],
         timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

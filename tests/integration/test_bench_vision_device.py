@@ -10,13 +10,9 @@ appliance's configuration puts every model on TensorRT (engines built first, as
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests import fake_tensorrt
-from tests.conftest import REPO_ROOT as REPO
 
 TIMEOUT_S = 600  # a bound for a hung run, never an expectation about speed
 
@@ -31,19 +27,20 @@ def test_the_bench_runs_every_model_on_the_configured_tensorrt(
         "max_batch = 16\n\n[detector]\nmin_face_px = 80\n\n[liveness]\nenabled = false\n"
     )
     figures = tmp_path / "vision.json"
-    env = {
-        **os.environ,
-        fake_tensorrt.ENVIRONMENT: "10.3,orin",
-        "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}",
-    }
-    command = [sys.executable, "-m", "bench.vision", "--config", str(config), "--data-dir", str(shared_data)]
-    done = subprocess.run(
-        [*command, "--no-peer", "--frames", "1", "--json", str(figures)],
-        check=False,
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = fake_tensorrt.run_python_on_fakes(
+        [
+            "-m",
+            "bench.vision",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(shared_data),
+            "--no-peer",
+            "--frames",
+            "1",
+            "--json",
+            str(figures),
+        ],
         timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
