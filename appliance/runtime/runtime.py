@@ -212,8 +212,7 @@ class ModelRuntime:
     def engine_precisions(self) -> Dict[str, Dict[str, str]]:
         """Model → ``{"precision", "reason"}`` of each model that runs from a TensorRT engine (from the
         engine's manifest: what was built, and why that precision)."""
-        with self._lock:
-            return {name: dict(value) for name, value in self._precisions.items()}
+        return self.engine_report(lambda live: None)[1]
 
     def engine_report(
         self, engine_states: Callable[[Mapping[str, str]], T]
