@@ -34,7 +34,9 @@ back-end with ``[fleet]`` enabled, the authority's command line for the converge
 4. **Convergence.** ``--doors`` daemons of another site run and are in step; per round, ``fleet
    enroll`` (the CLI, a real photo) and then ``fleet remove``: the seconds from the moment the record
    (or tombstone) reaches a subscriber until each door's digest document shows the change, per door
-   and the slowest; ``fleet status`` at the end must say every door is in step.
+   and the slowest. Then a roster, one row per person folder of the shared faces, through ``fleet
+   enroll-batch``: its wall time, per person, and the seconds from its start until each door holds
+   everyone. ``fleet status`` at the end must say every door is in step.
 
 ``--quick`` is the tiny run CI uses (``tests/integration/test_bench_fleet.py``): 20 identities, two
 doors, one round. The exit status is 1 when a door did not apply everything (on a broker as installed)
@@ -582,11 +584,39 @@ def converge(workdir: Path, doors: int, rounds: int, video: Path) -> Dict[str, A
                         "remove_cli_s": round(remove_cli_s, 2),
                     }
                 )
+            report["roster"] = enroll_roster(workdir, auth, recorder, devices, live)
             status = run_cli("fleet", "status", *auth, "--json")
             report["status_in_step"] = status.returncode == 0
     finally:
         broker.stop()
     return report
+
+
+def enroll_roster(
+    workdir: Path, auth: Sequence[str], recorder: Recorder, devices: Sequence[str], live: Dict[str, int]
+) -> Dict[str, Any]:
+    """``fleet enroll-batch`` of a roster with one row per person folder of the shared faces (every
+    photo of the folder, ``--largest``): the command's wall time, and per door the seconds from the
+    command's start to its digest document holding everyone (``live`` gains them)."""
+    folders = sorted(p for p in (SHARED / "data/faces").iterdir() if p.is_dir())
+    roster = workdir / "roster.csv"
+    rows = [f"{folder},Roster Person {index},R-{index:05}" for index, folder in enumerate(folders, 1)]
+    roster.write_text("\n".join(["photos,name,external_id", *rows]) + "\n")
+    since = time.time()
+    done = json.loads(_cli("fleet", "enroll-batch", *auth, "--largest", "--json", str(roster)))
+    cli_s = time.time() - since
+    for person in done["people"]:
+        if person["status"] == "published":
+            live[person["id"]] = person["revision"]
+    in_step = _until_in_step(recorder, devices, since, fleet_digest(live), "roster")
+    return {
+        "people": len(folders),
+        "photos": sum(len(person["photos"]) for person in done["people"]),
+        "published": done["published"],
+        "cli_s": round(cli_s, 2),
+        "per_person_s": round(cli_s / len(folders), 3),
+        "in_step_s": in_step,
+    }
 
 
 def _until_joined(recorder: Recorder, devices: Sequence[str], started: float) -> Dict[str, float]:
@@ -836,6 +866,14 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
             for index, r in enumerate(convergence["rounds"], 1)
             for change, cli in (("enrol", "enroll_cli_s"), ("remove", "remove_cli_s"))
         ],
+    )
+    roster = convergence["roster"]
+    single = [r["enroll_cli_s"] for r in convergence["rounds"]]
+    print(
+        f"\na roster of {roster['people']} people ({roster['photos']} photos, the shared faces) with `fleet "
+        f"enroll-batch`: {roster['published']} published in {roster['cli_s']:.2f} s, {roster['per_person_s']:.3f} "
+        f"s a person (one `fleet enroll`: {min(single):.2f}–{max(single):.2f} s); from the command's start to "
+        "each door in step: " + ", ".join(f"{d} {roster['in_step_s'][d]:.2f} s" for d in devices)
     )
     joined = convergence["joined_s"]
     in_step = "every door in step" if convergence.get("status_in_step") else "NOT in step"

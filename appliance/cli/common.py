@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 from ..config import DEFAULT_CONFIG_PATH, ApplianceConfig
 from ..config_load import default_config, load_config
@@ -69,3 +72,18 @@ __all__ = [
     "config_path",
     "load_cli_config",
 ]
+
+
+def usage_error(message: str) -> int:
+    """Say what is wrong with the command line on standard error; the exit code of a usage error."""
+    sys.stderr.write(f"error: {message}\n")
+    return EXIT_CONFIG
+
+
+def emit(args: argparse.Namespace, document: Any, lines: Sequence[str]) -> None:
+    """``document`` as indented JSON with ``--json``, else ``lines`` (already escaped for a terminal)."""
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2))
+    else:
+        for line in lines:
+            print(line)

@@ -1,27 +1,23 @@
-"""``face-appliance fleet init | enroll | set | remove | list | status | prune | republish``: the site's
+"""``face-appliance fleet init | enroll | enroll-batch | set | remove | list | status | prune | republish``: the site's
 enrolment authority (see :mod:`appliance.fleet.authority`), configured by its own file (``AUTH.toml``,
 :mod:`appliance.fleet.settings`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..access.policy import IdentityPolicy, parse_instant
 from ..fleet.authority import Authority, AuthorityState, Published, StatusReport, load_signing_key
 from ..fleet.errors import FleetError
 from ..fleet.records import MAX_CROPS, create_fleet_key, read_fleet_key
 from ..fleet.settings import AuthorityFile, load_authority_config, signing_key_name
-from ..gallery.errors import IdentityError
-from ..gallery.store import check_identity_id, utc_now
-from ..gallery.text import check_external_id, check_name, printable
+from ..gallery.text import printable
 from ..logs import setup_logging
 from .access_cmd import add_policy_options, policy_changes
-from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from .common import EXIT_FAILURE, EXIT_OK, emit, usage_error
+from .fleet_enroll import PEOPLE_PER_CHANGE, enroll_batch, enroll_one
 
 CONFIG_ENV = "FACE_APPLIANCE_FLEET_CONFIG"
 
@@ -40,6 +36,15 @@ The authority's file (AUTH.toml), relative paths from its folder:
 
   [models]                             # the models enroll uses ([detector], [gallery] limits too)
   dir = "/var/lib/face-appliance/models"
+"""
+
+
+_ROSTER_EXAMPLE = """\
+A roster (UTF-8; comma, semicolon or tab; relative photo paths from the roster's folder):
+
+  photos,name,external_id,id,groups,valid_from,valid_until,consent_at
+  people/ada,Ada Lovelace,B-1815,,staff lab,,2027-06-30T18:00:00+02:00,
+  people/alan.jpg,Alan Turing,B-1912,,staff,,,2026-11-30T09:00:00Z
 """
 
 
@@ -92,6 +97,33 @@ def add_parser(subparsers: Any) -> None:
     add_policy_options(enroll, changing=False)
     _config_option(enroll)
     enroll.set_defaults(handler=_enroll)
+
+    batch = actions.add_parser(
+        "enroll-batch",
+        help="publish a site's people from a roster (CSV: photos, name, external_id, id, groups, …)",
+        description="Reads the roster (one person per row: a photo or a folder of photos, the name, an\n"
+        "id or an external id, optionally groups, valid_from, valid_until, consent_at) and refuses it\n"
+        "whole, every problem with its line, before any model loads. Each person's photos are checked\n"
+        f"as `enroll` checks them; the {MAX_CROPS} best accepted ones are published, {PEOPLE_PER_CHANGE} "
+        "people per\nchange. Who is enrolled already (by id, or by external id) is skipped before their\n"
+        "photos are read: a roster that stopped is run again as it is. Exit 0 when everyone is published\n"
+        "or enrolled already, 1 when someone had no photo accepted. Enrolling asserts that each person\n"
+        "consented (GDPR art. 9).",
+        epilog=_ROSTER_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("roster", type=Path, metavar="ROSTER.csv")
+    batch.add_argument(
+        "--replace", action="store_true", help="replace the photos and details of people enrolled already"
+    )
+    batch.add_argument("--largest", action="store_true", help="use the largest face of each photo")
+    batch.add_argument(
+        "--check",
+        action="store_true",
+        help="check the roster and every photo, publish nothing (no keys or broker needed)",
+    )
+    _config_option(batch)
+    batch.set_defaults(handler=_enroll_batch)
 
     change = actions.add_parser(
         "set", help="change an identity's policy (validity, groups, suspension) at every door"
@@ -151,14 +183,6 @@ def _load(args: argparse.Namespace) -> AuthorityFile:
     return config
 
 
-def _emit(args: argparse.Namespace, document: Any, lines: List[str]) -> None:
-    if args.json:
-        print(json.dumps(document, indent=2))
-    else:
-        for line in lines:
-            print(line)
-
-
 def _published(args: argparse.Namespace, published: Published, extra: Optional[Dict[str, Any]] = None) -> int:
     document = {
         "id": published.identity_id,
@@ -168,17 +192,12 @@ def _published(args: argparse.Namespace, published: Published, extra: Optional[D
         **(extra or {}),
     }
     what = "tombstone" if published.kind == "tombstone" else "record"
-    _emit(
+    emit(
         args,
         document,
         [f"{published.identity_id}: {what} r{published.revision} published on {published.topic}"],
     )
     return EXIT_OK
-
-
-def _usage(message: str) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    return EXIT_CONFIG
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -205,7 +224,7 @@ def _init(args: argparse.Namespace) -> int:
     else:
         name = signing_key_name(settings)
         if name is None:
-            return _usage(
+            return usage_error(
                 f"authority.signing_key {settings.signing_key} must end in .key for init to create it"
             )
         pair = generate_keypair(settings.signing_key.parent, name)
@@ -216,7 +235,7 @@ def _init(args: argparse.Namespace) -> int:
     lines.append(f'  site = "{settings.site}", prefix = "{settings.prefix}"')
     lines.append(f"  fleet_key_file: a copy of {settings.fleet_key_file} (a systemd credential, mode 0600)")
     lines.append(f"  trusted_keys_dir: a folder holding {public}")
-    _emit(
+    emit(
         args,
         {
             "state_dir": str(settings.state_dir),
@@ -231,70 +250,17 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from ..enrollment import Enroller
-    from ..runtime.loading import load_analyzer
-    from ..vision.image import ImageError, read_image
+    return enroll_one(args, _load(args))
 
-    config = _load(args)
-    try:
-        name = check_name(args.name)
-        external_id = check_external_id(args.external_id)
-        if args.identity_id is not None:
-            check_identity_id(args.identity_id)
-    except IdentityError as err:
-        return _usage(str(err))
-    consent_at = args.consent_at or utc_now()
-    parse_instant(consent_at, "--consent-at")
-    policy = IdentityPolicy().changed(policy_changes(args), "")
-    if len(args.images) > MAX_CROPS:
-        return _usage(f"{len(args.images)} photos: a record carries at most {MAX_CROPS}")
-    authority = Authority.open(config)  # the keys before the models: fail fast
-    known = authority.state.index.identities.get(args.identity_id or "")
-    if known is not None and not args.replace:
-        return _usage(
-            f"identity {args.identity_id!r} is enrolled already (r{known.revision}); pass --replace to replace "
-            "its photos and details, or use `fleet set` for its policy"
-        )
-    verdicts: List[Dict[str, Any]] = []
-    crops, qualities = [], []
-    with load_analyzer(config.appliance_config(), liveness=False) as analyzer:
-        # check_photo needs no gallery: the authority has none, and stores nothing locally.
-        enroller = Enroller(analyzer, None, config.gallery)  # type: ignore[arg-type]
-        for path in args.images:
-            try:
-                image = read_image(path)
-            except ImageError as err:
-                verdicts.append({"source": str(path), "accepted": False, "reason": str(err)})
-                continue
-            verdict, accepted = enroller.check_photo(image, str(path), args.face, args.largest)
-            verdicts.append({"source": str(path), "accepted": verdict.accepted, "reason": verdict.reason})
-            if accepted is not None:
-                crops.append(accepted.crop)
-                qualities.append(float(accepted.quality.score))
-    lines = [
-        f"  {'ok ' if v['accepted'] else 'NO '} {printable(v['source'])}: {printable(v['reason'])}"
-        for v in verdicts
-    ]
-    if not crops:
-        _emit(
-            args, {"published": False, "photos": verdicts}, ["no photo accepted; nothing published", *lines]
-        )
-        return EXIT_FAILURE
-    published = authority.enroll(
-        args.identity_id, name, external_id, consent_at, policy, crops, qualities, args.replace
-    )
-    if args.json:
-        return _published(args, published, {"photos": verdicts, "crops": len(crops)})
-    _published(args, published)
-    for line in lines:
-        print(line)
-    return EXIT_OK
+
+def _enroll_batch(args: argparse.Namespace) -> int:
+    return enroll_batch(args, _load(args))
 
 
 def _set(args: argparse.Namespace) -> int:
     changes = policy_changes(args)
     if not changes:
-        return _usage(
+        return usage_error(
             "nothing to change: give --valid-from, --valid-until, --groups, --add-group, --suspend, …"
         )
     authority = Authority.open(_load(args))
@@ -326,7 +292,7 @@ def _list(args: argparse.Namespace) -> int:
         lines.append(f"  {identity_id:24} r{entry.revision:<6} {who:28} {entry.published_at}{external}")
     for identity_id, removal in sorted(index.tombstones.items()):
         lines.append(f"  {identity_id:24} r{removal.revision:<6} removed {removal.removed_at}")
-    _emit(args, document, lines)
+    emit(args, document, lines)
     return EXIT_OK
 
 
@@ -358,11 +324,11 @@ def _status_lines(report: StatusReport, site: str) -> List[str]:
 
 def _status(args: argparse.Namespace) -> int:
     if not 0 < args.wait <= 600:
-        return _usage("--wait takes 0 to 600 seconds")
+        return usage_error("--wait takes 0 to 600 seconds")
     config = _load(args)
     authority = Authority.open(config)
     report = authority.status(args.wait)
-    _emit(args, {"site": authority.site, **report.document()}, _status_lines(report, authority.site))
+    emit(args, {"site": authority.site, **report.document()}, _status_lines(report, authority.site))
     return EXIT_OK if report.all_in_step else EXIT_FAILURE
 
 
@@ -370,7 +336,7 @@ def _prune(args: argparse.Namespace) -> int:
     config = _load(args)
     cleared = Authority.open(config).prune()
     days = config.authority.tombstone_days
-    _emit(
+    emit(
         args,
         {"cleared": cleared},
         [f"cleared {len(cleared)} tombstone(s) older than {days} days", *(f"  {i}" for i in cleared)],
@@ -380,7 +346,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _republish(args: argparse.Namespace) -> int:
     count, manifest = Authority.open(_load(args)).republish()
-    _emit(
+    emit(
         args,
         {"records": count, "manifest_revision": manifest.revision},
         [f"published {count} record(s) again and manifest r{manifest.revision}"],

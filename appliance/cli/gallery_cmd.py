@@ -23,13 +23,13 @@ from ..gallery.errors import BundleError, GalleryError, IdentityError
 from ..gallery.gallery import Gallery
 from ..gallery.store import check_identity_id, slugify, utc_now
 from ..gallery.text import check_external_id, check_name, printable
+from ..photo_files import is_photo
 from ..runtime.loading import load_analyzer
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.image import ImageError, read_image
 from .access_cmd import add_policy_options, policy_changes
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 PASSPHRASE_ENV = "FACE_APPLIANCE_BUNDLE_PASSPHRASE"
 
 
@@ -170,7 +170,7 @@ def _open_with_analyzer(config: ApplianceConfig) -> Tuple[FaceAnalyzer, Gallery]
 
 
 def _images_of(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_photo(p))
 
 
 def _load(paths: List[Path]) -> Iterator[Tuple[str, Any]]:

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from engines.registry import KIND_EMBEDDER, MODELS
 
 from .. import __version__
+from ..photo_files import PhotoFolderError, photos_in
 from ..updates.errors import KeyFileError, PackageError
-from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
+from .common import EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config, usage_error
 from .keys_cmd import read_passphrase
 
 if TYPE_CHECKING:
     from ..updates.package import VerifiedPackage
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 _KINDS = [spec.name for spec in MODELS]
 _EMBEDDERS = [spec.name for spec in MODELS if spec.kind == KIND_EMBEDDER]
 
@@ -175,11 +175,6 @@ def _refused(err: PackageError, as_json: bool) -> int:
     return EXIT_FAILURE
 
 
-def _usage(message: str) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    return EXIT_CONFIG
-
-
 # -- commands ------------------------------------------------------------------------------------------
 
 
@@ -216,21 +211,20 @@ def _build_problems(args: argparse.Namespace) -> Optional[str]:
 def _build(args: argparse.Namespace) -> int:
     problem = _build_problems(args)
     if problem:
-        return _usage(problem)
+        return usage_error(problem)
     from ..updates.keys import load_private_key
     from ..updates.package import aligned_faces, build_package
 
     try:
         key = load_private_key(args.key, read_passphrase(args.key_passphrase_file))
     except KeyFileError as err:
-        return _usage(str(err))
+        return usage_error(str(err))
     faces = None
     if args.reference_images is not None:
-        images = sorted(
-            p for p in args.reference_images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not images:
-            return _usage(f"--reference-images {args.reference_images} holds no images")
+        try:
+            images = photos_in(args.reference_images)
+        except PhotoFolderError as err:
+            return usage_error(f"--reference-images: {err}")
         faces = aligned_faces(images, load_cli_config(args).models.dir)
     try:
         package = build_package(
@@ -266,7 +260,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         trusted = load_trusted_keys(args.trusted)
     except KeyFileError as err:
-        return _usage(str(err))
+        return usage_error(str(err))
     max_size = None if args.max_size_mb is None else int(args.max_size_mb * 1024 * 1024)
     try:
         package = verify_package(

@@ -137,6 +137,33 @@ class Index:
         gone = self.tombstones.get(identity_id)
         return max(live.revision if live else 0, gone.revision if gone else 0)
 
+    def by_external_id(self) -> Dict[str, str]:
+        """External id → the live identity holding it (those the index keeps: ``keep_names``)."""
+        return {e.external_id: i for i, e in self.identities.items() if e.external_id is not None}
+
+    def holder(
+        self, identity_id: Optional[str], external_id: Optional[str], by_external: Mapping[str, str]
+    ) -> Optional[str]:
+        """The live identity a person to enrol is: ``identity_id`` when it is live, else, without an id,
+        the live holder of ``external_id``; ``None`` for a new person.
+
+        Args:
+            by_external: :meth:`by_external_id` (built once for a batch).
+
+        Raises:
+            FleetError: ``external_id`` is held by another live identity than ``identity_id`` (one badge,
+                two people).
+        """
+        other = by_external.get(external_id) if external_id is not None else None
+        if identity_id is None:
+            return other
+        if other is not None and other != identity_id:
+            raise FleetError(
+                f"external id {external_id!r} is held by identity {other!r} (r{self.identities[other].revision}), "
+                f"not {identity_id!r}; enrol that person with --id {other}, or change the external id"
+            )
+        return identity_id if identity_id in self.identities else None
+
     def manifest(self, revision: int, published_at: Optional[str] = None) -> Manifest:
         return Manifest(
             revision,
@@ -500,6 +527,34 @@ class Published:
     topic: str
 
 
+@dataclass(frozen=True)
+class Held:
+    """A person of a batch the state holds live already, left as it is (no ``replace``)."""
+
+    identity_id: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One person to publish, photos checked: what ``fleet enroll`` and each roster row give.
+
+    Attributes:
+        identity_id: the id to enrol under; ``None``: the live holder of ``external_id``, else a new
+            random id.
+        crops: ``(112, 112, 3)`` uint8 BGR aligned faces, 1–20.
+        qualities: their quality scores in [0, 1].
+    """
+
+    identity_id: Optional[str]
+    name: str
+    external_id: Optional[str]
+    consent_at: str
+    policy: IdentityPolicy
+    crops: Tuple[np.ndarray, ...]
+    qualities: Tuple[float, ...]
+
+
 class Authority:
     """The site's enrolment authority: its configuration, keys and state, and the broker.
 
@@ -599,43 +654,78 @@ class Authority:
 
     # -- changes --------------------------------------------------------------------------------------
 
-    def enroll(
-        self,
-        identity_id: Optional[str],
-        name: str,
-        external_id: Optional[str],
-        consent_at: str,
-        policy: IdentityPolicy,
-        crops: Sequence[np.ndarray],
-        qualities: Sequence[float],
-        replace: bool = False,
-    ) -> Published:
-        """Publish an identity record (a new id is random unless given), then the manifest.
-
-        Args:
-            crops: ``(112, 112, 3)`` uint8 BGR aligned faces, 1–20.
-            qualities: their quality scores in [0, 1].
-            replace: an id that is live already is replaced (photos, name, policy) instead of refused.
+    def enroll(self, person: Enrolment, replace: bool = False) -> Published:
+        """Publish one identity record, then the manifest.
 
         Raises:
-            FleetError: the id is live and ``replace`` is not set, the broker fails.
+            FleetError: the person is live already (by id, or by external id without one) and ``replace``
+                is not set; the external id is another identity's; the broker fails.
+            FleetRecordError: ``invalid``: a field no door would accept.
+        """
+        (outcome,) = self.enroll_many([person], replace)
+        if isinstance(outcome, Held):
+            how = "" if person.identity_id else f" as the holder of external id {person.external_id!r}"
+            raise FleetError(
+                f"identity {outcome.identity_id!r} is enrolled already{how} (r{outcome.revision}); pass "
+                "--replace to replace its photos and details, or use `fleet set` for its policy"
+            )
+        return outcome
+
+    def enroll_many(self, people: Sequence[Enrolment], replace: bool = False) -> List[Union[Published, Held]]:
+        """Publish the records of ``people`` under one lock and one connection, then one manifest.
+
+        The state takes them all before the first is published (one index write), so a broker failing
+        half-way leaves the whole batch for ``fleet republish``.
+
+        Returns:
+            Per person, in order: what was published, or :class:`Held` for a live one left as it is.
+
+        Raises:
+            FleetError: an external id is another identity's (nothing of the batch is published); the
+                broker fails.
             FleetRecordError: ``invalid``: a field no door would accept.
         """
         with self._change() as (broker, allocate):
             index = self.state.index
-            if identity_id is None:
-                identity_id = random_identity_id()
-                while identity_id in index.identities or identity_id in index.tombstones:
-                    identity_id = random_identity_id()
-            elif identity_id in index.identities and not replace:
-                raise FleetError(
-                    f"identity {identity_id!r} is enrolled already (r{index.identities[identity_id].revision}); "
-                    "pass --replace to replace its photos and details, or use `fleet set` for its policy"
+            by_external = index.by_external_id()
+            outcomes: List[Union[Held, str]] = []  # held, or the id to publish under
+            for person in people:  # every id first: a refused batch uses no revision
+                holder = index.holder(person.identity_id, person.external_id, by_external)
+                if holder is not None and not replace:
+                    outcomes.append(Held(holder, index.identities[holder].revision))
+                    continue
+                identity_id = person.identity_id or holder or self._new_identity_id(outcomes)
+                before = index.identities.get(identity_id)
+                if before is not None and before.external_id is not None:
+                    by_external.pop(before.external_id, None)  # replaced: its old badge is free
+                if person.external_id is not None:
+                    by_external[person.external_id] = identity_id
+                outcomes.append(identity_id)
+            records = [
+                IdentityRecord(
+                    identity_id,
+                    allocate(),
+                    person.name,
+                    person.external_id,
+                    person.consent_at,
+                    person.policy,
+                    tuple(person.crops),
+                    tuple(person.qualities),
                 )
-            record = IdentityRecord(
-                identity_id, allocate(), name, external_id, consent_at, policy, tuple(crops), tuple(qualities)
-            )
-            return self._publish_record(broker, record)
+                for person, identity_id in zip(people, outcomes)
+                if isinstance(identity_id, str)
+            ]
+            published = iter(self._publish_records(broker, records))
+            return [outcome if isinstance(outcome, Held) else next(published) for outcome in outcomes]
+
+    def _new_identity_id(self, taken: Sequence[object]) -> str:
+        """A random id that neither the index nor ``taken`` (the batch's ids so far) holds."""
+        index = self.state.index
+        while True:
+            identity_id = random_identity_id()
+            if identity_id not in index.identities and identity_id not in index.tombstones:
+                if identity_id not in taken:
+                    return identity_id
 
     def set_policy(self, identity_id: str, changes: Mapping[str, object]) -> Published:
         """Republish a live identity with its policy changed (validity, groups, suspension).
@@ -676,29 +766,48 @@ class Authority:
             return self._publish_record(broker, Tombstone(identity_id, allocate(), removed_at or utc_now()))
 
     def _publish_record(self, broker: FleetBroker, record: Union[IdentityRecord, Tombstone]) -> Published:
-        payload = seal_record(record, self.site, self.fleet_key, self.signing_key)
+        return self._publish_records(broker, [record])[0]
+
+    def _publish_records(
+        self, broker: FleetBroker, records: Sequence[Union[IdentityRecord, Tombstone]]
+    ) -> List[Published]:
+        """Seal ``records`` into the state (one index write), publish each, then the manifest at the last
+        one's revision (the newest: they were allocated in order). Nothing to publish: nothing sent."""
+        if not records:
+            return []
         index = self.state.index
-        if isinstance(record, IdentityRecord):
-            keep = self.settings.keep_names
-            index.identities[record.id] = Entry(
-                record.revision,
-                utc_now(),
-                record.name if keep else None,
-                record.external_id if keep else None,
-            )
-            index.tombstones.pop(record.id, None)
-            kind = "identity"
-        else:
-            index.identities.pop(record.id, None)
-            index.tombstones[record.id] = Removal(record.revision, record.removed_at)
-            kind = "tombstone"
-        self.state.put_sealed(record.id, payload)
+        sealed: List[Tuple[Published, bytes]] = []
+        for record in records:
+            payload = seal_record(record, self.site, self.fleet_key, self.signing_key)
+            if isinstance(record, IdentityRecord):
+                keep = self.settings.keep_names
+                index.identities[record.id] = Entry(
+                    record.revision,
+                    utc_now(),
+                    record.name if keep else None,
+                    record.external_id if keep else None,
+                )
+                index.tombstones.pop(record.id, None)
+                kind = "identity"
+            else:
+                index.identities.pop(record.id, None)
+                index.tombstones[record.id] = Removal(record.revision, record.removed_at)
+                kind = "tombstone"
+            self.state.put_sealed(record.id, payload)
+            topic = record_topic(self.prefix, self.site, record.id)
+            sealed.append((Published(record.id, record.revision, kind, topic), payload))
         self.state.save_index()
-        topic = record_topic(self.prefix, self.site, record.id)
-        self._send(broker, topic, payload)
-        self._publish_manifest(broker, record.revision)
-        logger.info("published the %s of %s at revision %d", kind, record.id, record.revision)
-        return Published(record.id, record.revision, kind, topic)
+        for published, payload in sealed:
+            self._send(broker, published.topic, payload)
+        self._publish_manifest(broker, records[-1].revision)
+        for published, _ in sealed:
+            logger.info(
+                "published the %s of %s at revision %d",
+                published.kind,
+                published.identity_id,
+                published.revision,
+            )
+        return [published for published, _ in sealed]
 
     def _current_record(self, broker: FleetBroker, identity_id: str) -> IdentityRecord:
         if identity_id not in self.state.index.identities:
@@ -857,7 +966,9 @@ __all__ = [
     "Authority",
     "AuthorityState",
     "DoorStatus",
+    "Enrolment",
     "Entry",
+    "Held",
     "Index",
     "Published",
     "Removal",

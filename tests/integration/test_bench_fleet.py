@@ -47,6 +47,10 @@ def test_quick_fleet_benchmark(tmp_path: Path, shared_models: Path, shared_data:
     (round_,) = convergence["rounds"]
     for change in ("enrol", "remove"):
         assert set(round_[change]) == {"door-1", "door-2"} and all(v >= 0 for v in round_[change].values())
+    roster = convergence["roster"]  # every person folder of the shared faces, through enroll-batch
+    assert roster["published"] == roster["people"] > 20 and roster["photos"] > roster["people"]
+    assert set(roster["in_step_s"]) == {"door-1", "door-2"} and 0 < roster["per_person_s"] < roster["cli_s"]
+    assert "with `fleet enroll-batch`:" in done.stdout
     for heading in (
         "| identities | in view job (ms) | broker |",
         "| identities | verify |",

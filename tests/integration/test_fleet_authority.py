@@ -230,3 +230,118 @@ def test_broker_unreachable_is_a_clear_error(
     assert code == 1 and "cannot reach" in err
     state: List[Path] = sorted((tmp_path / "state").iterdir())
     assert [p.name for p in state] == ["lock"]  # nothing allocated, nothing written
+
+
+def test_enroll_batch_from_a_roster_resumes_after_an_interruption(
+    capsys: pytest.CaptureFixture,
+    auth_file: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from appliance.cli import fleet_enroll
+
+    faces = shared_data / "faces"
+    roster = tmp_path / "roster.csv"
+    roster.write_text(
+        "photos,name,external_id,groups\n"
+        f"{faces / 'fr_obama'},Barack Obama,B-1,staff\n"
+        f"{faces / 'fr_biden'},Joe Biden,B-2,\n"
+        f"{faces / 'fr_kit_harington' / 'john1.jpeg'},Kit Harington,B-3,staff night\n"
+        f"{faces / 'fr_lin_manuel_miranda'},Lin-Manuel Miranda,B-4,\n"  # two faces in the photo
+    )
+    assert fleet(capsys, "init", "--config", str(auth_file))[0] == 0
+    batch = ("enroll-batch", "--config", str(auth_file), "--json", str(roster))
+
+    # A roster with a wrong row: refused whole with its line, before any model loads.
+    bad = tmp_path / "bad.csv"
+    bad.write_text(roster.read_text() + f"{faces / 'nobody'},Nobody,B-5,\n")
+    code, _, err = fleet(capsys, "enroll-batch", "--config", str(auth_file), str(bad))
+    assert code == 2 and "line 6:" in err and "does not exist" in err and "nothing was published" in err
+
+    # --check: every photo checked, nothing published.
+    code, out, err = fleet(capsys, *batch, "--check")
+    checked = json.loads(out)
+    assert code == 1, err
+    assert (checked["would publish"], checked["refused"], checked["published"]) == (3, 1, 0)
+    assert "2 faces found" in checked["people"][3]["photos"][0]["reason"]
+
+    # Interrupted while checking the fourth person, two people per change: the first two are published,
+    # the third was checked but not yet published.
+    monkeypatch.setattr(fleet_enroll, "PEOPLE_PER_CHANGE", 2)
+    checked_paths: List[List[Path]] = []
+    check_photos = fleet_enroll.check_photos
+    interrupt = True
+
+    def counted(enroller: Any, paths: Any, face: Any, largest: bool) -> Any:
+        checked_paths.append(list(paths))
+        if interrupt and len(checked_paths) == 4:
+            raise KeyboardInterrupt
+        return check_photos(enroller, paths, face, largest)
+
+    monkeypatch.setattr(fleet_enroll, "check_photos", counted)
+    code, _, err = fleet(capsys, *batch)
+    assert code == 130 and "interrupted: 2 published" in err and "Run the same command again" in err
+    live = _manifest_entries(recorder, auth_file, 2)
+    assert len(live) == 2
+
+    # Run again as it is: the two are held without their photos being read; the rest is checked.
+    checked_paths.clear()
+    interrupt = False
+    code, out, err = fleet(capsys, *batch)
+    report = json.loads(out)
+    assert code == 1, err  # Lin-Manuel: no photo accepted
+    assert (report["published"], report["held"], report["refused"]) == (1, 2, 1)
+    assert [paths[0].parent.name for paths in checked_paths] == ["fr_kit_harington", "fr_lin_manuel_miranda"]
+    held = [person["id"] for person in report["people"][:2]]
+    assert set(held) == set(live)
+
+    # --largest takes the largest face of Lin-Manuel's photo: everyone is enrolled, each once.
+    code, out, err = fleet(capsys, *batch, "--largest")
+    report = json.loads(out)
+    assert code == 0, err
+    assert (report["published"], report["held"], report["refused"]) == (1, 3, 0)
+    ids = [person["id"] for person in report["people"]]
+    entries = _manifest_entries(recorder, auth_file, 4)
+    assert sorted(entries) == sorted(ids) and len(set(ids)) == 4
+
+    keys_dir = auth_file.parent / "keys"
+    fleet_key, trusted = read_fleet_key(keys_dir / "fleet.key"), load_trusted_keys(keys_dir)
+    with Recorder(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/records/+") as late:
+        late.wait_for(lambda ms: len(ms) >= 4, what="the four retained records")
+        records = {
+            m.topic: open_record(m.payload, SITE, fleet_key, trusted, topic_id=m.topic.rsplit("/", 1)[1])
+            for m in late.messages
+        }
+    by_badge = {r.external_id: r for r in records.values() if isinstance(r, IdentityRecord)}
+    assert sorted(by_badge) == ["B-1", "B-2", "B-3", "B-4"]
+    obama_photos = report["people"][0]
+    assert by_badge["B-1"].name == "Barack Obama" and by_badge["B-1"].policy.groups == ("staff",)
+    assert len(by_badge["B-1"].crops) == 6 and obama_photos["status"] == "held"
+    assert by_badge["B-3"].policy.groups == ("night", "staff") and len(by_badge["B-3"].crops) == 1
+    assert all(crop.shape == (112, 112, 3) for r in by_badge.values() for crop in r.crops)
+
+    # --replace: the holder of the badge is replaced under the same id, at a new revision.
+    one = tmp_path / "one.csv"
+    one.write_text(f"photos,name,external_id\n{faces / 'fr_kit_harington'},Kit Harington,B-3\n")
+    code, out, err = fleet(
+        capsys, "enroll-batch", "--config", str(auth_file), "--json", "--replace", str(one)
+    )
+    assert code == 0, err
+    (replaced,) = json.loads(out)["people"]
+    assert replaced["status"] == "published" and replaced["id"] == by_badge["B-3"].id
+    assert replaced["revision"] > max(entries.values())
+
+
+def _manifest_entries(recorder: Recorder, auth_file: Path, count: int) -> Dict[str, int]:
+    """The entries of the newest manifest on the broker once it lists ``count`` identities."""
+    trusted = load_trusted_keys(auth_file.parent / "keys")
+
+    def entries() -> Dict[str, int]:
+        messages = recorder.on(manifest_topic(PREFIX, SITE))
+        return open_manifest(messages[-1].payload, SITE, trusted).entries if messages else {}
+
+    recorder.wait_for(lambda _: len(entries()) == count, what=f"a manifest of {count} identities")
+    return entries()

@@ -16,7 +16,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.access.policy import IdentityPolicy
 from appliance.errors import ConfigError
-from appliance.fleet.authority import Authority, AuthorityState, Entry, StatusReport, compare_doors
+from appliance.fleet.authority import (
+    Authority,
+    AuthorityState,
+    Enrolment,
+    Entry,
+    Held,
+    Published,
+    StatusReport,
+    compare_doors,
+)
 from appliance.fleet.errors import FleetError
 from appliance.fleet.records import (
     IdentityRecord,
@@ -45,6 +54,7 @@ class FakeBroker:
         self.retained: Dict[str, bytes] = {}
         self.published: List[str] = []
         self.down = False
+        self.fail_after: Optional[int] = None  # publishes accepted before the broker goes away
         self._filters: List[str] = []
 
     def __call__(self) -> FakeBroker:
@@ -60,6 +70,8 @@ class FakeBroker:
         pass
 
     def publish(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        if self.fail_after is not None and len(self.published) >= self.fail_after:
+            raise FleetError("the MQTT broker fake:1883 did not acknowledge the message: connection lost")
         self.published.append(topic)
         if payload:
             self.retained[topic] = payload
@@ -100,9 +112,15 @@ def _authority(tmp_path: Path, signer: Ed25519PrivateKey, broker: FakeBroker, **
     return Authority(_config(tmp_path, **settings), signer, bytes(32), broker)
 
 
-def _enroll(authority: Authority, identity_id: Optional[str] = None, name: str = "Ada") -> Any:
+def _person(
+    identity_id: Optional[str] = None, name: str = "Ada", external_id: Optional[str] = None
+) -> Enrolment:
     crop = np.full((112, 112, 3), 120, np.uint8)
-    return authority.enroll(identity_id, name, None, NOW, IdentityPolicy(), [crop], [0.8], replace=True)
+    return Enrolment(identity_id, name, external_id, NOW, IdentityPolicy(), (crop,), (0.8,))
+
+
+def _enroll(authority: Authority, identity_id: Optional[str] = None, name: str = "Ada") -> Any:
+    return authority.enroll(_person(identity_id, name), replace=True)
 
 
 # -- the revision counter ----------------------------------------------------------------------------------
@@ -188,15 +206,7 @@ def test_enroll_remove_set_prune(tmp_path: Path, signer: Ed25519PrivateKey) -> N
     published = _enroll(authority)
     assert published.identity_id.startswith("p-") and len(published.identity_id) == 14
     with pytest.raises(FleetError, match="enrolled already"):
-        authority.enroll(
-            published.identity_id,
-            "Ada",
-            None,
-            NOW,
-            IdentityPolicy(),
-            [np.zeros((112, 112, 3), np.uint8)],
-            [0.5],
-        )
+        authority.enroll(_person(published.identity_id))
     changed = authority.set_policy(published.identity_id, {"suspended": True, "add_groups": ["night"]})
     record = open_record(broker.retained[changed.topic], SITE, bytes(32), authority.trusted)
     assert isinstance(record, IdentityRecord) and record.revision == 2 and record.name == "Ada"
@@ -238,6 +248,89 @@ def test_broker_down_changes_nothing_then_republish(tmp_path: Path, signer: Ed25
         record_topic(PREFIX, SITE, "p-aaaaaaaaaaaa"),
         manifest_topic(PREFIX, SITE),
     }
+
+
+# -- a batch (fleet enroll-batch) ------------------------------------------------------------------------
+
+
+def test_a_batch_is_one_change_and_a_second_run_holds_everyone(
+    tmp_path: Path, signer: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    writes: List[int] = []
+    save_index = AuthorityState.save_index
+    monkeypatch.setattr(AuthorityState, "save_index", lambda state: (writes.append(1), save_index(state)))
+    people = [_person("p-grace", "Grace"), _person(None, "Ada", "B-1815"), _person(None, "Alan", "B-1912")]
+    first = authority.enroll_many(people)
+    assert [type(outcome) for outcome in first] == [Published] * 3
+    assert [outcome.revision for outcome in first] == [1, 2, 3]
+    grace, ada, alan = (outcome.identity_id for outcome in first)
+    assert grace == "p-grace" and ada.startswith("p-") and alan.startswith("p-") and ada != alan
+    record_topics = [record_topic(PREFIX, SITE, i) for i in (grace, ada, alan)]
+    assert broker.published == [*record_topics, manifest_topic(PREFIX, SITE)]  # one manifest, last
+    assert len(writes) == 1  # one index write for the batch
+    manifest = open_manifest(broker.retained[manifest_topic(PREFIX, SITE)], SITE, authority.trusted)
+    assert (manifest.revision, manifest.entries) == (3, {grace: 1, ada: 2, alan: 3})
+    record = open_record(broker.retained[record_topics[1]], SITE, bytes(32), authority.trusted)
+    assert isinstance(record, IdentityRecord) and (record.name, record.external_id) == ("Ada", "B-1815")
+
+    # The same roster again: found by id and by external id, nothing published, no revision used.
+    again = authority.enroll_many(people)
+    assert again == [Held(grace, 1), Held(ada, 2), Held(alan, 3)]
+    assert len(broker.published) == 4 and authority.state.counter == 3
+
+    # With replace, a person without an id replaces the holder of their external id.
+    (replaced,) = authority.enroll_many([_person(None, "Ada L.", "B-1815")], replace=True)
+    assert isinstance(replaced, Published) and (replaced.identity_id, replaced.revision) == (ada, 4)
+    assert authority.state.index.identities[ada].name == "Ada L."
+    # One enrolment (fleet enroll) of a badge that is enrolled: refused, and says whose it is.
+    with pytest.raises(FleetError, match="enrolled already as the holder of external id 'B-1912'"):
+        authority.enroll(_person(None, "Alan", "B-1912"))
+
+
+def test_a_badge_held_by_another_identity_refuses_the_batch(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    (ada,) = authority.enroll_many([_person(None, "Ada", "B-1815")])
+    published = list(broker.published)
+    with pytest.raises(FleetError, match=f"external id 'B-1815' is held by identity '{ada.identity_id}'"):
+        authority.enroll_many([_person("p-new", "New"), _person("p-grace", "Grace", "B-1815")], replace=True)
+    assert broker.published == published and authority.state.counter == 1
+    assert set(authority.state.index.identities) == {ada.identity_id}
+    # A changed badge frees the old one within the same batch.
+    moved = authority.enroll_many(
+        [_person(ada.identity_id, "Ada", "B-2000"), _person(None, "Grace", "B-1815")], replace=True
+    )
+    assert moved[1].identity_id != ada.identity_id
+    assert authority.state.index.by_external_id() == {
+        "B-2000": ada.identity_id,
+        "B-1815": moved[1].identity_id,
+    }
+
+
+def test_a_broker_lost_half_way_leaves_the_whole_batch_to_republish(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    broker.fail_after = 1
+    people = [_person(f"p-{index}", f"Person {index}") for index in range(3)]
+    with pytest.raises(FleetError, match="run `face-appliance fleet republish`"):
+        authority.enroll_many(people)
+    assert broker.published == [record_topic(PREFIX, SITE, "p-0")]
+    assert {i: e.revision for i, e in authority.state.index.identities.items()} == {
+        "p-0": 1,
+        "p-1": 2,
+        "p-2": 3,
+    }
+    broker.fail_after = None
+    count, manifest = authority.republish()
+    assert count == 3 and manifest.entries == {"p-0": 1, "p-1": 2, "p-2": 3}
+    # Run again, the batch holds everyone: nothing is enrolled twice.
+    assert [type(o) for o in authority.enroll_many(people)] == [Held] * 3
 
 
 # -- status ------------------------------------------------------------------------------------------------

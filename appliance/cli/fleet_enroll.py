@@ -1,0 +1,345 @@
+"""``face-appliance fleet enroll`` (one person) and ``fleet enroll-batch ROSTER.csv`` (a site's people,
+:mod:`appliance.fleet.roster`): photos checked as ``enroll`` checks them, the aligned crops of the
+accepted ones published by the authority (:class:`~appliance.fleet.authority.Authority`).
+
+A batch loads the models once and publishes :data:`PEOPLE_PER_CHANGE` people per change (one lock,
+one connection, one index write, one manifest), so its cost per person is the photos' checks. Who is
+live already (by id, or by external id) is skipped before their photos are read, unless ``--replace``:
+a roster that stopped half-way is run again as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ..access.policy import IdentityPolicy, parse_instant
+from ..fleet.authority import Authority, AuthorityState, Enrolment, Index, Published
+from ..fleet.errors import FleetError
+from ..fleet.records import MAX_CROPS
+from ..fleet.roster import Person, RosterError, read_roster
+from ..fleet.settings import AuthorityFile
+from ..gallery.errors import IdentityError
+from ..gallery.store import check_identity_id, utc_now
+from ..gallery.text import check_external_id, check_name, printable
+from .access_cmd import policy_changes
+from .common import EXIT_FAILURE, EXIT_OK, emit, usage_error
+
+#: People published per change of a batch: enough to make the change's fixed cost (lock, connection,
+#: index write, manifest) small per person, few enough that an interruption loses little work.
+PEOPLE_PER_CHANGE = 50
+
+PUBLISHED, HELD, REFUSED, WOULD_PUBLISH = "published", "held", "refused", "would publish"
+
+
+@dataclass
+class CheckedPhotos:
+    """The photos of one person after the checks: a verdict per photo, the best crops kept.
+
+    Attributes:
+        crops: ``(112, 112, 3)`` uint8 BGR aligned faces of the kept photos, best first (≤ MAX_CROPS).
+        qualities: their quality scores in [0, 1].
+    """
+
+    verdicts: List[Dict[str, Any]] = field(default_factory=list)
+    crops: List[Any] = field(default_factory=list)
+    qualities: List[float] = field(default_factory=list)
+
+
+def check_photos(enroller: Any, paths: Sequence[Path], face: Optional[int], largest: bool) -> CheckedPhotos:
+    """Check each photo as ``enroll`` does and keep the :data:`MAX_CROPS` best accepted ones."""
+    from ..vision.image import ImageError, read_image
+
+    checked = CheckedPhotos()
+    accepted: List[Tuple[float, int, Any]] = []
+    for path in paths:
+        try:
+            image = read_image(path)
+        except ImageError as err:
+            checked.verdicts.append({"source": str(path), "accepted": False, "reason": str(err)})
+            continue
+        verdict, good = enroller.check_photo(image, str(path), face, largest)
+        checked.verdicts.append({"source": str(path), "accepted": verdict.accepted, "reason": verdict.reason})
+        if good is not None:
+            accepted.append((float(good.quality.score), len(checked.verdicts) - 1, good.crop))
+    accepted.sort(key=lambda item: -item[0])
+    for quality, _position, crop in accepted[:MAX_CROPS]:
+        checked.crops.append(crop)
+        checked.qualities.append(quality)
+    for _, position, _ in accepted[MAX_CROPS:]:
+        verdict = checked.verdicts[position]
+        verdict["accepted"] = False
+        verdict["reason"] += f"; not among the {MAX_CROPS} best, which a record carries"
+    return checked
+
+
+def _photo_lines(verdicts: Sequence[Dict[str, Any]], refused_only: bool = False) -> List[str]:
+    return [
+        f"  {'ok ' if v['accepted'] else 'NO '} {printable(v['source'])}: {printable(v['reason'])}"
+        for v in verdicts
+        if not (refused_only and v["accepted"])
+    ]
+
+
+# -- one person ------------------------------------------------------------------------------------------
+
+
+def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
+    """``fleet enroll``: one person's photos (at most MAX_CROPS), published as one record."""
+    from ..enrollment import Enroller
+    from ..runtime.loading import load_analyzer
+
+    try:
+        name = check_name(args.name)
+        external_id = check_external_id(args.external_id)
+        if args.identity_id is not None:
+            check_identity_id(args.identity_id)
+    except IdentityError as err:
+        return usage_error(str(err))
+    consent_at = args.consent_at or utc_now()
+    parse_instant(consent_at, "--consent-at")
+    policy = IdentityPolicy().changed(policy_changes(args), "")
+    if len(args.images) > MAX_CROPS:
+        return usage_error(f"{len(args.images)} photos: a record carries at most {MAX_CROPS}")
+    authority = Authority.open(config)  # the keys before the models: fail fast
+    index = authority.state.index
+    holder = index.holder(args.identity_id, external_id, index.by_external_id())
+    if holder is not None and not args.replace:
+        how = "" if args.identity_id else f" (it holds external id {external_id!r})"
+        return usage_error(
+            f"identity {holder!r} is enrolled already{how} (r{index.identities[holder].revision}); pass "
+            "--replace to replace its photos and details, or use `fleet set` for its policy"
+        )
+    with load_analyzer(config.appliance_config(), liveness=False) as analyzer:
+        # check_photo needs no gallery: the authority has none, and stores nothing locally.
+        enroller = Enroller(analyzer, None, config.gallery)  # type: ignore[arg-type]
+        checked = check_photos(enroller, args.images, args.face, args.largest)
+    lines = _photo_lines(checked.verdicts)
+    if not checked.crops:
+        emit(
+            args,
+            {"published": False, "photos": checked.verdicts},
+            ["no photo accepted; nothing published", *lines],
+        )
+        return EXIT_FAILURE
+    person = Enrolment(
+        args.identity_id,
+        name,
+        external_id,
+        consent_at,
+        policy,
+        tuple(checked.crops),
+        tuple(checked.qualities),
+    )
+    published = authority.enroll(person, args.replace)
+    document = {
+        "id": published.identity_id,
+        "revision": published.revision,
+        "kind": published.kind,
+        "topic": published.topic,
+        "photos": checked.verdicts,
+        "crops": len(checked.crops),
+    }
+    head = f"{published.identity_id}: record r{published.revision} published on {published.topic}"
+    emit(args, document, [head, *lines])
+    return EXIT_OK
+
+
+# -- a roster --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One roster person's outcome, as it is reported."""
+
+    person: Person
+    status: str = ""
+    identity_id: Optional[str] = None
+    revision: Optional[int] = None
+    note: str = ""
+    photos: List[Dict[str, Any]] = field(default_factory=list)
+
+    def document(self) -> Dict[str, Any]:
+        return {
+            "line": self.person.line,
+            "status": self.status,
+            "id": self.identity_id,
+            "revision": self.revision,
+            "note": self.note,
+            "photos": self.photos,
+        }
+
+    def lines(self) -> List[str]:
+        who = printable(self.person.name)
+        if self.person.external_id:
+            who += f" ({printable(self.person.external_id)})"
+        revision = f"r{self.revision}" if self.revision is not None else "-"
+        head = f"line {self.person.line:<6} {self.status:13} {self.identity_id or '-':24} {revision:8} {who}"
+        return [head + (f": {self.note}" if self.note else ""), *_photo_lines(self.photos, refused_only=True)]
+
+
+class _Report:
+    """The rows in roster order, printed as their outcomes are known (a batch's once it is published)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: List[_Row] = []
+        self._printed = 0
+
+    def add(self, row: _Row) -> _Row:
+        self.rows.append(row)
+        return row
+
+    def flush(self) -> None:
+        """Print every row up to the first whose outcome is not known yet."""
+        from tqdm import tqdm
+
+        while self._printed < len(self.rows) and self.rows[self._printed].status:
+            if not self.args.json:
+                for line in self.rows[self._printed].lines():
+                    tqdm.write(line, file=sys.stdout)  # above the progress bar, which stays last
+            self._printed += 1
+
+    def counts(self) -> Dict[str, int]:
+        statuses = [row.status for row in self.rows]
+        return {status: statuses.count(status) for status in (PUBLISHED, WOULD_PUBLISH, HELD, REFUSED)}
+
+
+def _precheck(people: Sequence[Person], index: Index) -> Tuple[Dict[int, str], List[str]]:
+    """Per roster line, the live identity each person is (from the state, read without its lock), and
+    the rows whose external id is another identity's."""
+    by_external = index.by_external_id()
+    holders: Dict[int, str] = {}
+    problems: List[str] = []
+    for person in people:
+        try:
+            holder = index.holder(person.identity_id, person.external_id, by_external)
+        except FleetError as err:
+            problems.append(f"line {person.line}: {err}")
+            continue
+        if holder is not None:
+            holders[person.line] = holder
+    return holders, problems
+
+
+def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
+    """``fleet enroll-batch ROSTER.csv [--replace] [--check]``: see the module docstring."""
+    settings = config.authority
+    try:
+        people = read_roster(args.roster, utc_now(), ids_required=not settings.keep_names)
+    except RosterError as err:
+        return usage_error(str(err))
+    authority = None if args.check else Authority.open(config)  # the keys before the models
+    index = AuthorityState(settings.state_dir, settings.site).index
+    holders, problems = _precheck(people, index)
+    if problems:
+        return usage_error(str(RosterError(args.roster, problems)))
+    report = _Report(args)
+    waiting: List[Tuple[_Row, Enrolment]] = []
+
+    def publish() -> None:
+        if authority is not None and waiting:
+            outcomes = authority.enroll_many([person for _, person in waiting], args.replace)
+            for (row, _), outcome in zip(waiting, outcomes):
+                row.identity_id, row.revision = outcome.identity_id, outcome.revision
+                if isinstance(outcome, Published):
+                    row.status = PUBLISHED
+                else:
+                    row.status, row.note = HELD, "enrolled meanwhile by another command"
+            waiting.clear()
+        report.flush()
+
+    try:
+        with ExitStack() as stack:
+            photos = _PhotoChecker(config, stack)
+            for person in _progress(people):
+                row = report.add(_Row(person, identity_id=holders.get(person.line)))
+                if row.identity_id is not None and not args.replace:
+                    row.status, row.revision = HELD, index.identities[row.identity_id].revision
+                    row.note = "enrolled already (--replace replaces)"
+                    report.flush()
+                    continue
+                checked = photos.check(person.photos, args.largest)
+                row.photos = checked.verdicts
+                kept = f"{len(checked.crops)} of {len(person.photos)} photo(s)"
+                if not checked.crops:
+                    row.status, row.note = REFUSED, "no photo accepted"
+                elif authority is None:
+                    row.status, row.note = WOULD_PUBLISH, kept
+                else:
+                    row.note = kept
+                    waiting.append((row, _enrolment(person, row.identity_id, checked)))
+                if len(waiting) >= PEOPLE_PER_CHANGE:
+                    publish()
+                report.flush()
+            publish()
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"interrupted: {report.counts()[PUBLISHED]} published; the people not listed above were not. "
+            "Run the same command again to go on: who is enrolled is skipped\n"
+        )
+        raise
+    counts = report.counts()
+    summary = (
+        f"{counts[PUBLISHED]} published, {counts[HELD]} enrolled already, {counts[REFUSED]} refused "
+        f"(no photo accepted), of {len(people)} people"
+    )
+    if args.check:
+        summary = (
+            f"checked, nothing published: {counts[WOULD_PUBLISH]} would be published, "
+            + summary.split(", ", 1)[1]
+        )
+    if args.json:
+        print(json.dumps({**counts, "people": [row.document() for row in report.rows]}, indent=2))
+    else:
+        print(summary)
+    return EXIT_FAILURE if counts[REFUSED] else EXIT_OK
+
+
+class _PhotoChecker:
+    """:func:`check_photos` with the models loaded at the first photo (a roster run again when everyone
+    is enrolled loads none), and closed with ``stack``."""
+
+    def __init__(self, config: AuthorityFile, stack: ExitStack) -> None:
+        self._config = config
+        self._stack = stack
+        self._enroller: Any = None
+
+    def check(self, paths: Sequence[Path], largest: bool) -> CheckedPhotos:
+        if self._enroller is None:
+            from ..enrollment import Enroller
+            from ..runtime.loading import load_analyzer
+
+            analyzer = self._stack.enter_context(
+                load_analyzer(self._config.appliance_config(), liveness=False)
+            )
+            # check_photo needs no gallery: the authority has none, and stores nothing locally.
+            self._enroller = Enroller(analyzer, None, self._config.gallery)  # type: ignore[arg-type]
+        return check_photos(self._enroller, paths, None, largest)
+
+
+def _enrolment(person: Person, holder: Optional[str], checked: CheckedPhotos) -> Enrolment:
+    return Enrolment(
+        person.identity_id or holder,
+        person.name,
+        person.external_id,
+        person.consent_at,
+        person.policy,
+        tuple(checked.crops),
+        tuple(checked.qualities),
+    )
+
+
+def _progress(people: Sequence[Person]) -> Iterator[Person]:
+    """The people, with a progress bar on a terminal's standard error."""
+    from tqdm import tqdm
+
+    return iter(tqdm(people, unit="person", desc="checking", disable=None, file=sys.stderr, leave=False))
+
+
+__all__ = ["PEOPLE_PER_CHANGE", "CheckedPhotos", "check_photos", "enroll_batch", "enroll_one"]

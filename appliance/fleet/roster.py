@@ -1,0 +1,220 @@
+"""The roster of ``face-appliance fleet enroll-batch``: one person per row of a CSV file, read and
+checked whole before any model loads or anything is published.
+
+Format (UTF-8, a byte-order mark allowed; comma-, semicolon- or tab-separated, as the header line
+shows; a header names the columns, in any order)::
+
+    photos,name,external_id,id,groups,valid_from,valid_until,consent_at
+    people/ada,Ada Lovelace,B-1815,,staff lab,,2027-06-30T18:00:00+02:00,
+    people/alan.jpg,Alan Turing,B-1912,,staff,,,2026-11-30T09:00:00Z
+
+* ``photos`` (required): a photo file, or a folder whose photos (directly in it, at most
+  :data:`MAX_PHOTOS_PER_PERSON`) are all checked; a relative path is taken from the roster's folder.
+* ``name`` (required): the person's name, as ``fleet enroll --name``.
+* ``external_id``, ``id``: as ``--external-id`` and ``--id``. A row needs one of them so that running
+  the same roster again (after an interruption) finds the people it enrolled: without ``id``, the live
+  identity holding the row's ``external_id`` is that person (the authority keeps external ids in its
+  state, ``keep_names``), and with neither a new random id would enrol the person twice.
+* ``groups``: access groups separated by spaces or commas (a group name holds neither).
+* ``valid_from``, ``valid_until``, ``consent_at``: RFC 3339 with an offset; ``consent_at`` defaults to
+  the time the command started.
+
+An empty cell is an absent value. Every problem is reported with its line, all at once: a roster is
+fixed and run again, never published in part because a later row was malformed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from engines.errors import FileReadError
+from engines.files import read_bounded_text
+
+from ..access.errors import PolicyError
+from ..access.policy import IdentityPolicy, parse_instant
+from ..gallery.errors import IdentityError
+from ..gallery.store import check_identity_id
+from ..gallery.text import check_external_id, check_name
+from ..photo_files import PhotoFolderError, is_photo, photos_in
+from .errors import FleetError
+
+COLUMNS = ("photos", "name", "external_id", "id", "groups", "valid_from", "valid_until", "consent_at")
+REQUIRED = ("photos", "name")
+MAX_ROSTER_BYTES = 16 * 2**20
+MAX_PEOPLE = 100_000
+#: Photos checked per person at most (the best :data:`~appliance.fleet.records.MAX_CROPS` are kept).
+MAX_PHOTOS_PER_PERSON = 100
+#: Problems listed in the error at most (the count of the rest follows).
+MAX_PROBLEMS_SHOWN = 50
+_DELIMITERS = (",", ";", "\t")
+
+
+class RosterError(FleetError):
+    """A roster that cannot be used; ``problems`` lists each one with its line."""
+
+    def __init__(self, source: Path, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        shown = self.problems[:MAX_PROBLEMS_SHOWN]
+        more = len(self.problems) - len(shown)
+        lines = [f"the roster {source} cannot be used; nothing was published:", *(f"  {p}" for p in shown)]
+        if more:
+            lines.append(f"  … and {more} more")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Person:
+    """One roster row, checked.
+
+    Attributes:
+        line: the row's line in the file (its last line, for a quoted cell over several lines).
+        photos: the photo files to check, 1–:data:`MAX_PHOTOS_PER_PERSON`.
+        identity_id: the id to enrol under, or ``None`` (the external id's holder, else a new random id).
+    """
+
+    line: int
+    photos: Tuple[Path, ...]
+    name: str
+    identity_id: Optional[str]
+    external_id: Optional[str]
+    consent_at: str
+    policy: IdentityPolicy
+
+
+def _delimiter(header: str) -> str:
+    """The separator the header line uses most (a roster has at least two columns)."""
+    counts = {delimiter: header.count(delimiter) for delimiter in _DELIMITERS}
+    return max(_DELIMITERS, key=lambda delimiter: counts[delimiter])
+
+
+def _columns(header: Sequence[str]) -> Tuple[Dict[str, int], List[str]]:
+    """Column name → position, and the problems of the header."""
+    problems: List[str] = []
+    positions: Dict[str, int] = {}
+    for position, cell in enumerate(header):
+        name = cell.strip().lower()
+        if name not in COLUMNS:
+            problems.append(
+                f"line 1: column {cell[:40]!r} is not known; the columns are {', '.join(COLUMNS)}"
+            )
+        elif name in positions:
+            problems.append(f"line 1: column {name!r} appears twice")
+        else:
+            positions[name] = position
+    problems.extend(f"line 1: the column {name!r} is required" for name in REQUIRED if name not in positions)
+    return positions, problems
+
+
+def _photos(cell: str, base: Path) -> Tuple[Path, ...]:
+    path = Path(cell)
+    if not path.is_absolute():
+        path = base / path
+    if path.is_dir():
+        return tuple(photos_in(path, MAX_PHOTOS_PER_PERSON))
+    if not path.exists():
+        raise PhotoFolderError(f"{path} does not exist")
+    if not path.is_file() or not is_photo(path):
+        raise PhotoFolderError(f"{path} is neither a folder nor a photo file")
+    return (path,)
+
+
+def _groups(cell: str) -> List[str]:
+    return [name for name in re.split(r"[\s,]+", cell) if name]
+
+
+def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, ids_required: bool) -> Person:
+    """One row's cells (stripped; empty ones left out) → a :class:`Person`.
+
+    Raises:
+        IdentityError, PolicyError, PhotoFolderError: the first problem of the row.
+    """
+    name = check_name(cells.get("name", ""))
+    identity_id = cells.get("id")
+    if identity_id is not None:
+        check_identity_id(identity_id)
+    external_id = check_external_id(cells.get("external_id"))
+    if identity_id is None and (external_id is None or ids_required):
+        raise IdentityError(
+            (
+                "give an id: the authority keeps no external ids (authority.keep_names = false)"
+                if ids_required
+                else "give an id or an external_id"
+            )
+            + ", so that running the roster again finds this person instead of enrolling them twice"
+        )
+    consent_at = cells.get("consent_at", consent_default)
+    parse_instant(consent_at, "consent_at")
+    changes: Dict[str, object] = {key: cells[key] for key in ("valid_from", "valid_until") if key in cells}
+    if "groups" in cells:
+        changes["groups"] = _groups(cells["groups"])
+    policy = IdentityPolicy().changed(changes, "")
+    return Person(line, _photos(cells["photos"], base), name, identity_id, external_id, consent_at, policy)
+
+
+def read_roster(path: Path, consent_default: str, ids_required: bool = False) -> List[Person]:
+    """Read and check a whole roster (see the module docstring).
+
+    Args:
+        consent_default: RFC 3339, the consent time of a row without ``consent_at``.
+        ids_required: every row needs an ``id`` (the authority's state keeps no external ids).
+
+    Raises:
+        RosterError: the file cannot be read, or any row is wrong (every problem, with its line).
+    """
+    path = Path(path)
+    try:
+        text = read_bounded_text(path, MAX_ROSTER_BYTES)
+    except FileReadError as err:
+        raise RosterError(path, [f"the file {err}"]) from None
+    first_line = text.split("\n", 1)[0]
+    if not first_line.strip():
+        raise RosterError(path, [f"line 1 must name the columns: {', '.join(COLUMNS)}"])
+    # newline="": a quoted cell keeps its line breaks (the csv module's rule); the reader's own limit of
+    # 128 KiB a cell and the file's bound keep every cell small.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line), strict=True)
+    try:
+        header = next(reader)
+        positions, problems = _columns(header)
+        if problems:
+            raise RosterError(path, problems)
+        people: List[Person] = []
+        owners: Dict[Tuple[str, str], int] = {}
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(people) >= MAX_PEOPLE:
+                problems.append(f"line {line}: a roster holds at most {MAX_PEOPLE} people; split it")
+                break
+            if len(row) != len(header):
+                problems.append(f"line {line}: {len(row)} cells, the header has {len(header)}")
+                continue
+            cells = {name: row[position].strip() for name, position in positions.items()}
+            cells = {name: value for name, value in cells.items() if value}
+            try:
+                person = _person(cells, line, path.parent, consent_default, ids_required)
+            except (IdentityError, PolicyError, PhotoFolderError) as err:
+                problems.append(f"line {line}: {err}")
+                continue
+            for key, value in (("id", person.identity_id), ("external_id", person.external_id)):
+                if value is None:
+                    continue
+                first = owners.setdefault((key, value), line)
+                if first != line:
+                    problems.append(f"line {line}: {key} {value!r} is on line {first} too")
+            people.append(person)
+    except csv.Error as err:
+        raise RosterError(path, [*problems, f"line {reader.line_num}: not CSV ({err})"]) from None
+    if problems:
+        raise RosterError(path, problems)
+    if not people:
+        raise RosterError(path, ["no person: the roster has a header and no row"])
+    return people
+
+
+__all__ = ["COLUMNS", "MAX_PEOPLE", "MAX_PHOTOS_PER_PERSON", "Person", "RosterError", "read_roster"]

@@ -1,0 +1,173 @@
+"""The roster of ``fleet enroll-batch`` (:mod:`appliance.fleet.roster`): what a site's CSV may hold, and
+that a wrong one is refused whole, every problem with its line, before any photo is looked at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from appliance.fleet import roster
+from appliance.fleet.roster import MAX_PHOTOS_PER_PERSON, RosterError, read_roster
+
+NOW = "2026-12-06T10:00:00Z"
+
+
+def _photo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not read: the roster only lists photos")
+    return path
+
+
+@pytest.fixture
+def people(tmp_path: Path) -> Path:
+    """A folder of photos for Ada (two photos and a note) and one photo file for Alan."""
+    _photo(tmp_path / "people" / "ada" / "2.jpg")
+    _photo(tmp_path / "people" / "ada" / "1.PNG")
+    (tmp_path / "people" / "ada" / "notes.txt").write_text("not a photo")
+    _photo(tmp_path / "people" / "alan.jpeg")
+    return tmp_path
+
+
+def _write(folder: Path, text: str, name: str = "roster.csv", encoding: str = "utf-8") -> Path:
+    path = folder / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def _problems(path: Path, **kwargs: object) -> List[str]:
+    with pytest.raises(RosterError) as caught:
+        read_roster(path, NOW, **kwargs)  # type: ignore[arg-type]
+    assert "nothing was published" in str(caught.value)
+    return caught.value.problems
+
+
+def test_a_roster_in_any_column_order_with_folders_files_and_policies(people: Path) -> None:
+    path = _write(
+        people,
+        "\ufeffName , PHOTOS,external_id,groups,valid_until,consent_at,id\n"
+        'Ada Lovelace,people/ada,B-1815,"staff, lab",2027-06-30T18:00:00+02:00,,\n'
+        "\n"
+        f"Alan Turing,{people / 'people' / 'alan.jpeg'},,staff,,2026-11-30T09:00:00Z,p-alan\n",
+    )
+    ada, alan = read_roster(path, NOW)
+    assert ada.line == 2 and alan.line == 4  # the blank line is skipped, and counted
+    assert ada.photos == (people / "people/ada/1.PNG", people / "people/ada/2.jpg")  # sorted, photos only
+    assert (ada.name, ada.external_id, ada.identity_id, ada.consent_at) == (
+        "Ada Lovelace",
+        "B-1815",
+        None,
+        NOW,
+    )
+    assert ada.policy.groups == ("lab", "staff")
+    assert ada.policy.valid_until is not None and ada.policy.valid_until.hour == 16  # in UTC
+    assert alan.photos == (people / "people/alan.jpeg",)  # an absolute path is taken as it is
+    assert (alan.identity_id, alan.external_id, alan.consent_at) == ("p-alan", None, "2026-11-30T09:00:00Z")
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_semicolon_and_tab_separated_rosters(people: Path, delimiter: str) -> None:
+    path = _write(
+        people,
+        delimiter.join(["photos", "name", "id"])
+        + "\n"
+        + delimiter.join(["people/ada", "Ada, Countess", "p-ada"])
+        + "\n",
+    )
+    (ada,) = read_roster(path, NOW)
+    assert ada.name == "Ada, Countess" and ada.identity_id == "p-ada"
+
+
+def test_every_problem_is_reported_with_its_line(people: Path) -> None:
+    rows = [
+        "photos,name,external_id,id,valid_from,valid_until,groups",
+        "people/ada,Ada,B-1,,,,",  # good
+        "people/alan.jpeg,Alan,B-1,,,,",  # the same external id as line 2
+        "people/ada,Grace,,p-ada,,,",  # good
+        "people/ada,Hedy,,p-ada,,,",  # the same id as line 4
+        "people/ada,\x1b[2JAdmin,B-3,,,,",  # an escape sequence in a name
+        "people/ada,Joan,,bad id!,,,",  # an id a topic cannot carry
+        "people/ada,Kate,,,,,",  # neither id nor external id: a second run would enrol her twice
+        "people/nobody,Lise,B-4,,,,",  # no such photo or folder
+        "people/ada/notes.txt,Mary,B-5,,,,",  # not a photo
+        "people/ada,Nina,B-6,,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,",  # until before from
+        "people/ada,Olga,B-7,,tomorrow,,",  # not RFC 3339
+        "people/ada,Pia,B-8,,,,bad/group",  # a group name that is not one
+        "people/ada,Rosa,B-9,,,",  # a cell short
+    ]
+    problems = _problems(_write(people, "\n".join(rows) + "\n"))
+    lines = [int(problem.split(":")[0].split()[1]) for problem in problems]
+    assert lines == [3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], problems
+    text = "\n".join(problems)
+    for expected in (
+        "external_id 'B-1' is on line 2 too",
+        "id 'p-ada' is on line 4 too",
+        "ESCAPE",
+        "not allowed",
+        "give an id or an external_id",
+        "does not exist",
+        "neither a folder nor a photo file",
+        "is not after valid_from",
+        "ISO 8601",
+        "group name",
+        "6 cells, the header has 7",
+    ):
+        assert expected in text, expected
+
+
+def test_a_header_that_is_not_the_rosters_is_refused(people: Path) -> None:
+    problems = _problems(_write(people, "foto,name,name\npeople/ada,Ada,Ada\n"))
+    assert problems == [
+        "line 1: column 'foto' is not known; the columns are photos, name, external_id, id, groups, "
+        "valid_from, valid_until, consent_at",
+        "line 1: column 'name' appears twice",
+        "line 1: the column 'photos' is required",
+    ]
+    assert _problems(_write(people, "\nphotos,name\n")) == [
+        "line 1 must name the columns: photos, name, external_id, id, groups, valid_from, valid_until, consent_at"
+    ]
+    assert _problems(_write(people, "photos,name,id\n")) == ["no person: the roster has a header and no row"]
+
+
+def test_unreadable_rosters(people: Path) -> None:
+    (missing,) = _problems(people / "absent.csv")
+    assert "does not exist" in missing or "No such file" in missing
+    (latin,) = _problems(_write(people, "photos,name,id\npeople/ada,Zoë,p-z\n", encoding="latin-1"))
+    assert "not UTF-8" in latin
+    (quote,) = _problems(_write(people, 'photos,name,id\npeople/ada,"Ada,p-a\n'))
+    assert quote.startswith("line ") and "not CSV" in quote
+
+
+def test_bounds(people: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    crowded = people / "crowded"
+    for index in range(MAX_PHOTOS_PER_PERSON + 1):
+        _photo(crowded / f"{index:03}.jpg")
+    (empty := people / "empty").mkdir()
+    (too_many, no_photo) = _problems(_write(people, "photos,name,id\ncrowded,Ada,p-a\nempty,Alan,p-b\n"))
+    assert f"holds {MAX_PHOTOS_PER_PERSON + 1} photos; at most {MAX_PHOTOS_PER_PERSON}" in too_many
+    assert no_photo.startswith("line 3:") and f"{empty} holds no photo" in no_photo
+
+    monkeypatch.setattr(roster, "MAX_PEOPLE", 2)
+    rows = "".join(f"people/ada,P{index},p-{index}\n" for index in range(3))
+    (crowd,) = _problems(_write(people, "photos,name,id\n" + rows))
+    assert crowd == "line 4: a roster holds at most 2 people; split it"
+
+    monkeypatch.setattr(roster, "MAX_ROSTER_BYTES", 64)
+    (large,) = _problems(_write(people, "photos,name,id\n" + rows))
+    assert "64" in large
+
+
+def test_without_external_ids_in_the_state_every_row_needs_an_id(people: Path) -> None:
+    path = _write(people, "photos,name,external_id,id\npeople/ada,Ada,B-1,\npeople/ada,Alan,B-2,p-alan\n")
+    (problem,) = _problems(path, ids_required=True)
+    assert problem.startswith("line 2: give an id: the authority keeps no external ids")
+    assert len(read_roster(path, NOW)) == 2
+
+
+def test_the_error_lists_fifty_problems_and_counts_the_rest(people: Path) -> None:
+    rows = "".join(f"people/ada,Person {index}\n" for index in range(60))
+    with pytest.raises(RosterError) as caught:
+        read_roster(_write(people, "photos,name\n" + rows), NOW)
+    assert len(caught.value.problems) == 60
+    assert str(caught.value).count("give an id") == 50 and str(caught.value).endswith("… and 10 more")
