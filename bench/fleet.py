@@ -2,7 +2,7 @@
 and doors converging after an enrol and a remove (issue 14).
 
     python -m bench.fleet [--identities 1000 10000] [--doors 3] [--rounds 3] [--scene empty|passage]
-                          [--in-view-job-ms MS …] [--json OUT] [--quick]
+                          [--in-view-job-ms MS …] [--roster N] [--json OUT] [--quick]
 
 Everything is real: a Mosquitto on a free loopback port, ``face-appliance run`` subprocesses on the CPU
 back-end with ``[fleet]`` enabled, the authority's command line for the convergence part.
@@ -34,9 +34,9 @@ back-end with ``[fleet]`` enabled, the authority's command line for the converge
 4. **Convergence.** ``--doors`` daemons of another site run and are in step; per round, ``fleet
    enroll`` (the CLI, a real photo) and then ``fleet remove``: the seconds from the moment the record
    (or tombstone) reaches a subscriber until each door's digest document shows the change, per door
-   and the slowest. Then a roster, one row per person folder of the shared faces, through ``fleet
-   enroll-batch``: its wall time, per person, and the seconds from its start until each door holds
-   everyone. ``fleet status`` at the end must say every door is in step.
+   and the slowest. Then a roster, one row per person folder of the shared faces (``--roster N``
+   rows: the folders again, each row its own badge), through ``fleet enroll-batch``: its wall time,
+   per person, and the seconds from its start until each door holds everyone. ``fleet status`` at the end must say every door is in step.
 
 ``--quick`` is the tiny run CI uses (``tests/integration/test_bench_fleet.py``): 20 identities, two
 doors, one round. The exit status is 1 when a door did not apply everything (on a broker as installed)
@@ -127,6 +127,8 @@ UNBOUNDED_QUEUE = "max_queued_messages 0"
 JOIN_S = 300.0
 #: Longest wait for every door to show one enrol or remove.
 CONVERGE_S = 120.0
+#: More time for the doors to apply a roster, per person (a few crops each, embedded by every door).
+ROSTER_S_PER_PERSON = 1.0
 QUICK = {"identities": [20], "doors": 2, "rounds": 1}
 
 SealedRecord = Tuple[str, int, bytes]  # id, revision, payload
@@ -498,11 +500,17 @@ def _watch_catch_up(
 
 
 def _until_in_step(
-    recorder: Recorder, devices: Sequence[str], since: float, expected: str, what: str
+    recorder: Recorder,
+    devices: Sequence[str],
+    since: float,
+    expected: str,
+    what: str,
+    timeout: float = CONVERGE_S,
 ) -> Dict[str, float]:
-    """Per door, seconds from ``since`` to its first digest document with ``expected`` received after it."""
+    """Per door, seconds from ``since`` to its first digest document with ``expected`` received after it
+    (each door given ``timeout`` seconds from now)."""
     seen: Dict[str, float] = {}
-    deadline = time.time() + CONVERGE_S
+    deadline = time.time() + timeout
     while len(seen) < len(devices):
         for device in devices:
             if device in seen:
@@ -514,7 +522,7 @@ def _until_in_step(
                     break
         if time.time() > deadline:
             missing = sorted(set(devices) - set(seen))
-            raise RuntimeError(f"{what}: {', '.join(missing)} not in step within {CONVERGE_S:g} s")
+            raise RuntimeError(f"{what}: {', '.join(missing)} not in step within {timeout:g} s")
         time.sleep(0.02)
     return seen
 
@@ -527,8 +535,11 @@ def _published_at(recorder: Recorder, topic: str, since: float, timeout: float =
     return next(m.received_at for m in message if m.topic == topic and m.received_at >= since)
 
 
-def converge(workdir: Path, doors: int, rounds: int, video: Path) -> Dict[str, Any]:
-    """``doors`` daemons in step, then per round ``fleet enroll`` and ``fleet remove``: seconds per door."""
+def converge(
+    workdir: Path, doors: int, rounds: int, video: Path, roster_people: Optional[int] = None
+) -> Dict[str, Any]:
+    """``doors`` daemons in step, then per round ``fleet enroll`` and ``fleet remove``: seconds per door;
+    then a roster of ``roster_people`` (:func:`enroll_roster`)."""
     broker = MosquittoBroker(workdir / "mosquitto").start()
     devices = [f"door-{index + 1}" for index in range(doors)]
     report: Dict[str, Any] = {"doors": doors, "rounds": []}
@@ -584,7 +595,7 @@ def converge(workdir: Path, doors: int, rounds: int, video: Path) -> Dict[str, A
                         "remove_cli_s": round(remove_cli_s, 2),
                     }
                 )
-            report["roster"] = enroll_roster(workdir, auth, recorder, devices, live)
+            report["roster"] = enroll_roster(workdir, auth, recorder, devices, live, roster_people)
             status = run_cli("fleet", "status", *auth, "--json")
             report["status_in_step"] = status.returncode == 0
     finally:
@@ -593,14 +604,21 @@ def converge(workdir: Path, doors: int, rounds: int, video: Path) -> Dict[str, A
 
 
 def enroll_roster(
-    workdir: Path, auth: Sequence[str], recorder: Recorder, devices: Sequence[str], live: Dict[str, int]
+    workdir: Path,
+    auth: Sequence[str],
+    recorder: Recorder,
+    devices: Sequence[str],
+    live: Dict[str, int],
+    people: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """``fleet enroll-batch`` of a roster with one row per person folder of the shared faces (every
-    photo of the folder, ``--largest``): the command's wall time, and per door the seconds from the
+    """``fleet enroll-batch`` of a roster whose rows are the person folders of the shared faces (every
+    photo of the folder, ``--largest``), ``people`` rows (default one per folder; more take the folders
+    again, each row its own badge): the command's wall time, and per door the seconds from the
     command's start to its digest document holding everyone (``live`` gains them)."""
     folders = sorted(p for p in (SHARED / "data/faces").iterdir() if p.is_dir())
+    count = people or len(folders)
     roster = workdir / "roster.csv"
-    rows = [f"{folder},Roster Person {index},R-{index:05}" for index, folder in enumerate(folders, 1)]
+    rows = [f"{folders[i % len(folders)]},Roster Person {i + 1},R-{i + 1:05}" for i in range(count)]
     roster.write_text("\n".join(["photos,name,external_id", *rows]) + "\n")
     since = time.time()
     done = json.loads(_cli("fleet", "enroll-batch", *auth, "--largest", "--json", str(roster)))
@@ -608,13 +626,15 @@ def enroll_roster(
     for person in done["people"]:
         if person["status"] == "published":
             live[person["id"]] = person["revision"]
-    in_step = _until_in_step(recorder, devices, since, fleet_digest(live), "roster")
+    in_step = _until_in_step(
+        recorder, devices, since, fleet_digest(live), "roster", CONVERGE_S + ROSTER_S_PER_PERSON * count
+    )
     return {
-        "people": len(folders),
+        "people": count,
         "photos": sum(len(person["photos"]) for person in done["people"]),
         "published": done["published"],
         "cli_s": round(cli_s, 2),
-        "per_person_s": round(cli_s / len(folders), 3),
+        "per_person_s": round(cli_s / count, 3),
         "in_step_s": in_step,
     }
 
@@ -646,9 +666,11 @@ def run(
     scene: str,
     workdir: Path,
     in_view_jobs_ms: Sequence[Optional[float]] = (None,),
+    roster_people: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Every part of the benchmark (see the module doc); the report as a JSON-ready dict.
-    ``in_view_jobs_ms``: the catch-ups' ``fleet.in_view_job_ms`` values (``None``: the default)."""
+    ``in_view_jobs_ms``: the catch-ups' ``fleet.in_view_job_ms`` values (``None``: the default);
+    ``roster_people``: the rows of the convergence's roster (``None``: one per shared person folder)."""
     rng = np.random.default_rng(14)
     video = _scene(workdir, scene)
     nowhere = SimpleNamespace(host="127.0.0.1", port=free_port())  # fleet init connects to no broker
@@ -700,12 +722,13 @@ def run(
             "rounds": rounds,
             "scene": scene,
             "in_view_job_ms": list(in_view_jobs_ms),
+            "roster_people": roster_people,
         },
         "seal_ms_per_record": round(seal_s / most * 1000, 3),
         "clean_crop_png_bytes": crop_png,
         "clean_record_bytes": len(clean),
         "catch_up": runs,
-        "convergence": converge(workdir / "converge", doors, rounds, video),
+        "convergence": converge(workdir / "converge", doors, rounds, video, roster_people),
     }
 
 
@@ -914,17 +937,33 @@ def main() -> int:
         default=[None],
         help="catch up once per value of fleet.in_view_job_ms (default: the configuration's default)",
     )
+    parser.add_argument(
+        "--roster",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows of the enroll-batch roster (default: one per person folder of the shared faces; more "
+        "take the folders again)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--quick", action="store_true", help="a tiny run: 20 identities, 2 doors, 1 round")
     args = parser.parse_args()
     if args.quick:
         args.identities, args.doors, args.rounds = QUICK["identities"], QUICK["doors"], QUICK["rounds"]
-    if min(args.identities) < 1 or args.doors < 1 or args.rounds < 1:
-        parser.error("--identities, --doors and --rounds must be at least 1")
+    if min(args.identities) < 1 or args.doors < 1 or args.rounds < 1 or (args.roster or 1) < 1:
+        parser.error("--identities, --doors, --rounds and --roster must be at least 1")
     machine = describe()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as folder:
-        report = run(args.identities, args.doors, args.rounds, args.scene, Path(folder), args.in_view_job_ms)
+        report = run(
+            args.identities,
+            args.doors,
+            args.rounds,
+            args.scene,
+            Path(folder),
+            args.in_view_job_ms,
+            args.roster,
+        )
     report["findings"] = findings(report)
     report["wall_s"] = round(time.monotonic() - started, 1)
     print_report(report, machine)

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..access.policy import IdentityPolicy, parse_instant
 from ..fleet.authority import Authority, AuthorityState, Enrolment, Index, Published
 from ..fleet.errors import FleetError
 from ..fleet.records import MAX_CROPS
-from ..fleet.roster import Person, RosterError, read_roster
+from ..fleet.roster import LookAlikes, Person, RosterError, read_roster
 from ..fleet.settings import AuthorityFile
 from ..gallery.errors import IdentityError
 from ..gallery.store import check_identity_id, utc_now
@@ -34,7 +36,7 @@ from .common import EXIT_FAILURE, EXIT_OK, emit, usage_error
 #: index write, manifest) small per person, few enough that an interruption loses little work.
 PEOPLE_PER_CHANGE = 50
 
-PUBLISHED, HELD, REFUSED, WOULD_PUBLISH = "published", "held", "refused", "would publish"
+PUBLISHED, HELD, REFUSED, WOULD_PUBLISH = "published", "held", "refused", "would_publish"
 
 
 @dataclass
@@ -44,11 +46,14 @@ class CheckedPhotos:
     Attributes:
         crops: ``(112, 112, 3)`` uint8 BGR aligned faces of the kept photos, best first (≤ MAX_CROPS).
         qualities: their quality scores in [0, 1].
+        embeddings: the authority's embeddings of those crops (never published: each door embeds
+            with its own model).
     """
 
     verdicts: List[Dict[str, Any]] = field(default_factory=list)
     crops: List[Any] = field(default_factory=list)
     qualities: List[float] = field(default_factory=list)
+    embeddings: List[np.ndarray] = field(default_factory=list)  # (D,) float32 each, as crops
 
 
 def check_photos(enroller: Any, paths: Sequence[Path], face: Optional[int], largest: bool) -> CheckedPhotos:
@@ -56,7 +61,7 @@ def check_photos(enroller: Any, paths: Sequence[Path], face: Optional[int], larg
     from ..vision.image import ImageError, read_image
 
     checked = CheckedPhotos()
-    accepted: List[Tuple[float, int, Any]] = []
+    accepted: List[Tuple[float, int, Any]] = []  # quality, verdict's position, the accepted face
     for path in paths:
         try:
             image = read_image(path)
@@ -66,11 +71,12 @@ def check_photos(enroller: Any, paths: Sequence[Path], face: Optional[int], larg
         verdict, good = enroller.check_photo(image, str(path), face, largest)
         checked.verdicts.append({"source": str(path), "accepted": verdict.accepted, "reason": verdict.reason})
         if good is not None:
-            accepted.append((float(good.quality.score), len(checked.verdicts) - 1, good.crop))
+            accepted.append((float(good.quality.score), len(checked.verdicts) - 1, good))
     accepted.sort(key=lambda item: -item[0])
-    for quality, _position, crop in accepted[:MAX_CROPS]:
-        checked.crops.append(crop)
+    for quality, _position, good in accepted[:MAX_CROPS]:
+        checked.crops.append(good.crop)
         checked.qualities.append(quality)
+        checked.embeddings.append(good.embedding)
     for _, position, _ in accepted[MAX_CROPS:]:
         verdict = checked.verdicts[position]
         verdict["accepted"] = False
@@ -163,6 +169,7 @@ class _Row:
     revision: Optional[int] = None
     note: str = ""
     photos: List[Dict[str, Any]] = field(default_factory=list)
+    look_alikes: List[Tuple[int, float]] = field(default_factory=list)  # (line, score) of LookAlikes
 
     def document(self) -> Dict[str, Any]:
         return {
@@ -172,6 +179,7 @@ class _Row:
             "revision": self.revision,
             "note": self.note,
             "photos": self.photos,
+            "look_alikes": [{"line": line, "score": round(score, 3)} for line, score in self.look_alikes],
         }
 
     def lines(self) -> List[str]:
@@ -179,15 +187,24 @@ class _Row:
         if self.person.external_id:
             who += f" ({printable(self.person.external_id)})"
         revision = f"r{self.revision}" if self.revision is not None else "-"
-        head = f"line {self.person.line:<6} {self.status:13} {self.identity_id or '-':24} {revision:8} {who}"
-        return [head + (f": {self.note}" if self.note else ""), *_photo_lines(self.photos, refused_only=True)]
+        status = self.status.replace("_", " ")
+        head = f"line {self.person.line:<6} {status:13} {self.identity_id or '-':24} {revision:8} {who}"
+        warnings = [
+            f"  warning: very similar to line {line} (score {score:.2f}): the same person twice?"
+            for line, score in self.look_alikes
+        ]
+        return [
+            head + (f": {self.note}" if self.note else ""),
+            *_photo_lines(self.photos, refused_only=True),
+            *warnings,
+        ]
 
 
 class _Report:
     """The rows in roster order, printed as their outcomes are known (a batch's once it is published)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json  # then nothing is printed until the whole document
         self.rows: List[_Row] = []
         self._printed = 0
 
@@ -200,7 +217,7 @@ class _Report:
         from tqdm import tqdm
 
         while self._printed < len(self.rows) and self.rows[self._printed].status:
-            if not self.args.json:
+            if not self.as_json:
                 for line in self.rows[self._printed].lines():
                     tqdm.write(line, file=sys.stdout)  # above the progress bar, which stays last
             self._printed += 1
@@ -239,7 +256,8 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     holders, problems = _precheck(people, index)
     if problems:
         return usage_error(str(RosterError(args.roster, problems)))
-    report = _Report(args)
+    report = _Report(args.json)
+    look_alikes = LookAlikes(config.gallery.duplicate_threshold)
     waiting: List[Tuple[_Row, Enrolment]] = []
 
     def publish() -> None:
@@ -269,11 +287,13 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
                 kept = f"{len(checked.crops)} of {len(person.photos)} photo(s)"
                 if not checked.crops:
                     row.status, row.note = REFUSED, "no photo accepted"
-                elif authority is None:
-                    row.status, row.note = WOULD_PUBLISH, kept
                 else:
+                    row.look_alikes = look_alikes.match_and_add(person.line, checked.embeddings)
                     row.note = kept
-                    waiting.append((row, _enrolment(person, row.identity_id, checked)))
+                    if authority is None:
+                        row.status = WOULD_PUBLISH
+                    else:
+                        waiting.append((row, _enrolment(person, row.identity_id, checked)))
                 if len(waiting) >= PEOPLE_PER_CHANGE:
                     publish()
                 report.flush()

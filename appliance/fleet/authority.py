@@ -19,7 +19,12 @@ Rules:
   backup of the state or a second authority machine never reuses a revision.
 * **The state is the intent.** A change is written to the state, then published (record, then
   manifest, each retained with QoS 1 and acknowledged). When the broker fails half-way the command
-  says so, and ``fleet republish`` sends the state again.
+  says so, and ``fleet republish`` sends the state again. A batch (:meth:`Authority.enroll_many`,
+  ``fleet enroll-batch``) is one change: every record into the state, then each published, then one
+  manifest.
+* **One person, one identity.** Without an id, a person whose external id (a badge) a live identity
+  holds *is* that identity (the index keeps external ids with ``keep_names``): enrolled already,
+  replaced only when asked. A badge held by another identity than the id given is refused.
 * **The broker's manifest is adopted.** Before a change, a manifest on the broker (signed by this
   authority's key) that lists newer revisions than the index — this state was restored from an older
   backup — is merged into the index (ids without names), so the next manifest drops nothing.

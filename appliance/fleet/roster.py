@@ -21,6 +21,8 @@ shows; a header names the columns, in any order)::
 
 An empty cell is an absent value. Every problem is reported with its line, all at once: a roster is
 fixed and run again, never published in part because a later row was malformed.
+
+:class:`LookAlikes` warns when the faces of two rows are one person's (two badges for one person).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from engines.errors import FileReadError
 from engines.files import read_bounded_text
@@ -217,4 +221,54 @@ def read_roster(path: Path, consent_default: str, ids_required: bool = False) ->
     return people
 
 
-__all__ = ["COLUMNS", "MAX_PEOPLE", "MAX_PHOTOS_PER_PERSON", "Person", "RosterError", "read_roster"]
+class LookAlikes:
+    """The faces of the people checked so far in a run, to warn when one person is on two rows (two
+    badges, two ids): what ``enroll``'s duplicate warning does against a door's gallery, here within
+    the roster (the authority has no gallery; people skipped as enrolled are not looked at).
+
+    Args:
+        threshold: ``gallery.duplicate_threshold``, a cosine similarity.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._faces = np.zeros((0, 0), np.float32)  # (capacity, D) unit rows; the first _count used
+        self._lines: List[int] = []  # the roster line of each used row
+        self._count = 0
+
+    def match_and_add(self, line: int, embeddings: Sequence[np.ndarray]) -> List[Tuple[int, float]]:
+        """The earlier people a face of ``line`` is at least ``threshold`` similar to, as ``(line,
+        best score)``, most similar first; then ``embeddings`` ((D,) float32 each) join the faces.
+        """
+        faces = np.stack(embeddings).astype(np.float32)
+        faces /= np.maximum(np.linalg.norm(faces, axis=1, keepdims=True), 1e-12)
+        best: Dict[int, float] = {}
+        if self._count:
+            scores = (faces @ self._faces[: self._count].T).max(axis=0)  # (count,): per earlier face
+            for position in np.flatnonzero(scores >= self.threshold):
+                other = self._lines[position]
+                best[other] = max(best.get(other, -1.0), float(scores[position]))
+        self._append(line, faces)
+        return sorted(best.items(), key=lambda item: -item[1])
+
+    def _append(self, line: int, faces: np.ndarray) -> None:
+        needed = self._count + len(faces)
+        if needed > len(self._faces):  # capacity doubles: appending stays linear over a run
+            grown = np.zeros((max(needed, 2 * len(self._faces), 64), faces.shape[1]), np.float32)
+            if self._count:
+                grown[: self._count] = self._faces[: self._count]
+            self._faces = grown
+        self._faces[self._count : needed] = faces
+        self._lines.extend([line] * len(faces))
+        self._count = needed
+
+
+__all__ = [
+    "COLUMNS",
+    "MAX_PEOPLE",
+    "MAX_PHOTOS_PER_PERSON",
+    "LookAlikes",
+    "Person",
+    "RosterError",
+    "read_roster",
+]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -265,8 +266,23 @@ def test_enroll_batch_from_a_roster_resumes_after_an_interruption(
     code, out, err = fleet(capsys, *batch, "--check")
     checked = json.loads(out)
     assert code == 1, err
-    assert (checked["would publish"], checked["refused"], checked["published"]) == (3, 1, 0)
+    assert (checked["would_publish"], checked["refused"], checked["published"]) == (3, 1, 0)
     assert "2 faces found" in checked["people"][3]["photos"][0]["reason"]
+    assert all(person["look_alikes"] == [] for person in checked["people"])  # four different people
+
+    # One person on two rows (two badges): warned, with the earlier row's line.
+    twice = tmp_path / "twice.csv"
+    twice.write_text(
+        "photos,name,external_id\n"
+        f"{faces / 'fr_obama'},Barack Obama,B-1\n"
+        f"{faces / 'fr_biden'},Joe Biden,B-2\n"
+        f"{faces / 'fr_obama' / 'obama.jpg'},B. Obama,B-9\n"
+    )
+    code, out, err = fleet(capsys, "enroll-batch", "--config", str(auth_file), "--check", str(twice))
+    assert code == 0, err
+    (warning,) = re.findall(r"warning: very similar to line (\d+) \(score ([0-9.]+)\)", out)
+    assert warning[0] == "2" and float(warning[1]) >= 0.6  # obama.jpg is one of line 2's photos
+    assert out.index("line 4") < out.index("warning:")
 
     # Interrupted while checking the fourth person, two people per change: the first two are published,
     # the third was checked but not yet published.

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
 
 from appliance.fleet import roster
-from appliance.fleet.roster import MAX_PHOTOS_PER_PERSON, RosterError, read_roster
+from appliance.fleet.roster import MAX_PHOTOS_PER_PERSON, LookAlikes, RosterError, read_roster
 
 NOW = "2026-12-06T10:00:00Z"
 
@@ -171,3 +172,20 @@ def test_the_error_lists_fifty_problems_and_counts_the_rest(people: Path) -> Non
         read_roster(_write(people, "photos,name\n" + rows), NOW)
     assert len(caught.value.problems) == 60
     assert str(caught.value).count("give an id") == 50 and str(caught.value).endswith("… and 10 more")
+
+
+def test_look_alikes_name_the_earlier_rows_of_one_face() -> None:
+    rng = np.random.default_rng(7)
+    ada, alan, grace = (rng.standard_normal(128).astype(np.float32) for _ in range(3))
+    near_ada = ada + 0.3 * rng.standard_normal(128).astype(np.float32)  # cosine about 0.96
+    look_alikes = LookAlikes(0.6)
+    assert look_alikes.match_and_add(2, [ada, 5 * ada]) == []  # unit-normalised: scale means nothing
+    assert look_alikes.match_and_add(3, [alan]) == []
+    for line in range(4, 70):  # past the first capacity: the buffer grows and keeps every face
+        assert look_alikes.match_and_add(line, [rng.standard_normal(128).astype(np.float32)]) == []
+    (match,) = look_alikes.match_and_add(70, [grace, near_ada])
+    assert match[0] == 2 and 0.9 < match[1] < 1.0
+    both = look_alikes.match_and_add(71, [alan, ada])  # the same faces as lines 2 and 3, and near 70
+    lines = [line for line, _ in both]
+    assert sorted(lines[:2]) == [2, 3] and lines[2:] == [70]
+    assert both[0][1] > 0.999 and both[1][1] > 0.999 and 0.9 < both[2][1] < 0.999
