@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List
 
 from ..fleet.authority import Authority, AuthorityState, Published, StatusReport, load_signing_key
 from ..fleet.errors import FleetError
@@ -134,9 +134,21 @@ def add_parser(subparsers: Any) -> None:
     change.set_defaults(handler=_set)
 
     remove = actions.add_parser(
-        "remove", help="publish a signed tombstone: every door deletes the identity for real"
+        "remove",
+        help="publish signed tombstones: every door deletes the identities for real",
+        description="Removes the identities named, by id or by external id (a leaver's badge), as one "
+        "change: every one is live, or nothing is removed. With one ID, --json prints its tombstone's "
+        'document; with more, {"removed": [...]}.',
     )
-    remove.add_argument("identity_id", metavar="ID")
+    remove.add_argument("identity_ids", nargs="*", metavar="ID")
+    remove.add_argument(
+        "--external-id",
+        dest="external_ids",
+        action="append",
+        default=[],
+        metavar="BADGE",
+        help="also remove the live identity holding this external id (repeatable)",
+    )
     _config_option(remove)
     remove.set_defaults(handler=_remove)
 
@@ -183,14 +195,8 @@ def _load(args: argparse.Namespace) -> AuthorityFile:
     return config
 
 
-def _published(args: argparse.Namespace, published: Published, extra: Optional[Dict[str, Any]] = None) -> int:
-    document = {
-        "id": published.identity_id,
-        "revision": published.revision,
-        "kind": published.kind,
-        "topic": published.topic,
-        **(extra or {}),
-    }
+def _published(args: argparse.Namespace, published: Published) -> int:
+    document = published.document()
     what = "tombstone" if published.kind == "tombstone" else "record"
     emit(
         args,
@@ -268,8 +274,18 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    if not args.identity_ids and not args.external_ids:
+        return usage_error("name the identities to remove: IDs, or --external-id BADGE")
     authority = Authority.open(_load(args))
-    return _published(args, authority.remove(args.identity_id))
+    if len(args.identity_ids) == 1 and not args.external_ids:
+        return _published(args, authority.remove(args.identity_ids[0]))
+    removed = authority.remove_many(args.identity_ids, args.external_ids)
+    emit(
+        args,
+        {"removed": [p.document() for p in removed]},
+        [f"{p.identity_id}: tombstone r{p.revision} published on {p.topic}" for p in removed],
+    )
+    return EXIT_OK
 
 
 def _list(args: argparse.Namespace) -> int:

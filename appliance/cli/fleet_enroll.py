@@ -143,14 +143,7 @@ def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
         tuple(checked.qualities),
     )
     published = authority.enroll(person, args.replace)
-    document = {
-        "id": published.identity_id,
-        "revision": published.revision,
-        "kind": published.kind,
-        "topic": published.topic,
-        "photos": checked.verdicts,
-        "crops": len(checked.crops),
-    }
+    document = {**published.document(), "photos": checked.verdicts, "crops": len(checked.crops)}
     head = f"{published.identity_id}: record r{published.revision} published on {published.topic}"
     emit(args, document, [head, *lines])
     return EXIT_OK

@@ -531,6 +531,10 @@ class Published:
     kind: str
     topic: str
 
+    def document(self) -> Dict[str, Any]:
+        """The ``--json`` form of the fleet commands."""
+        return {"id": self.identity_id, "revision": self.revision, "kind": self.kind, "topic": self.topic}
+
 
 @dataclass(frozen=True)
 class Held:
@@ -763,12 +767,40 @@ class Authority:
         Raises:
             FleetError: the id is not live here nor in the broker's manifest.
         """
+        (published,) = self.remove_many([identity_id], (), removed_at)
+        return published
+
+    def remove_many(
+        self, identity_ids: Sequence[str], external_ids: Sequence[str] = (), removed_at: Optional[str] = None
+    ) -> List[Published]:
+        """Publish the tombstones of live identities, named by id or by external id (a leaver's badge),
+        as one change: each tombstone, then one manifest. Each identity is removed once, in the order
+        named.
+
+        Raises:
+            FleetError: one of them is not live here nor in the broker's manifest, or no live identity
+                holds an external id (every one is named; nothing is removed).
+        """
         with self._change() as (broker, allocate):
-            if identity_id not in self.state.index.identities:
-                raise FleetError(
-                    f"identity {identity_id!r} is not enrolled in site {self.site!r} (`fleet list`)"
+            index = self.state.index
+            by_external = index.by_external_id()
+            problems = [
+                f"external id {e!r}: held by no live identity" for e in external_ids if e not in by_external
+            ]
+            problems += [f"{i!r}: not enrolled" for i in identity_ids if i not in index.identities]
+            if problems:
+                shown = "; ".join(problems[:20]) + (
+                    f"; … and {len(problems) - 20} more" if len(problems) > 20 else ""
                 )
-            return self._publish_record(broker, Tombstone(identity_id, allocate(), removed_at or utc_now()))
+                raise FleetError(
+                    f"nothing was removed from site {self.site!r}: {shown} (see `fleet list`; external ids "
+                    "are kept with keep_names)"
+                )
+            named = [*identity_ids, *(by_external[e] for e in external_ids)]
+            when = removed_at or utc_now()
+            return self._publish_records(
+                broker, [Tombstone(i, allocate(), when) for i in dict.fromkeys(named)]
+            )
 
     def _publish_record(self, broker: FleetBroker, record: Union[IdentityRecord, Tombstone]) -> Published:
         return self._publish_records(broker, [record])[0]

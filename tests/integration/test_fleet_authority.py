@@ -350,6 +350,21 @@ def test_enroll_batch_from_a_roster_resumes_after_an_interruption(
     assert replaced["status"] == "published" and replaced["id"] == by_badge["B-3"].id
     assert replaced["revision"] > max(entries.values())
 
+    # Leavers by badge and by id, in one command; a badge nobody holds refuses the whole command.
+    code, _, err = fleet(capsys, "remove", "--config", str(auth_file), "--external-id", "B-404")
+    assert code == 1 and "nothing was removed" in err and "'B-404'" in err
+    code, out, err = fleet(
+        capsys, "remove", "--config", str(auth_file), "--json", by_badge["B-2"].id, "--external-id", "B-1"
+    )
+    assert code == 0, err
+    removed = json.loads(out)["removed"]
+    assert [r["id"] for r in removed] == [by_badge["B-2"].id, by_badge["B-1"].id]
+    assert all(r["kind"] == "tombstone" for r in removed)
+    left = _manifest_entries(recorder, auth_file, 2)
+    assert sorted(left) == sorted([by_badge["B-3"].id, by_badge["B-4"].id])
+    code, _, err = fleet(capsys, "remove", "--config", str(auth_file))
+    assert code == 2 and "--external-id" in err
+
 
 def _manifest_entries(recorder: Recorder, auth_file: Path, count: int) -> Dict[str, int]:
     """The entries of the newest manifest on the broker once it lists ``count`` identities."""

@@ -333,6 +333,35 @@ def test_a_broker_lost_half_way_leaves_the_whole_batch_to_republish(
     assert [type(o) for o in authority.enroll_many(people)] == [Held] * 3
 
 
+def test_leavers_are_removed_as_one_change_by_id_or_badge(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    people = [_person(None, f"Person {index}", f"B-{index}") for index in range(4)]
+    ids = [outcome.identity_id for outcome in authority.enroll_many(people)]
+    before, counter = len(broker.published), authority.state.counter
+    # An unknown id and a badge nobody holds: every one named, nothing removed, no revision used.
+    with pytest.raises(FleetError) as refused:
+        authority.remove_many([ids[0], "p-nobody"], ["B-1", "B-99"])
+    assert "nothing was removed" in str(refused.value)
+    assert "'p-nobody': not enrolled" in str(refused.value) and "external id 'B-99'" in str(refused.value)
+    assert len(broker.published) == before and authority.state.counter == counter
+
+    # Person 0 by id and by badge (once), person 2 by badge.
+    removed = authority.remove_many([ids[0]], ["B-0", "B-2"], removed_at=NOW)
+    assert [(p.identity_id, p.revision, p.kind) for p in removed] == [
+        (ids[0], 5, "tombstone"),
+        (ids[2], 6, "tombstone"),
+    ]
+    assert broker.published[before:] == [
+        record_topic(PREFIX, SITE, ids[0]),
+        record_topic(PREFIX, SITE, ids[2]),
+        manifest_topic(PREFIX, SITE),
+    ]
+    manifest = open_manifest(broker.retained[manifest_topic(PREFIX, SITE)], SITE, authority.trusted)
+    assert manifest.entries == {ids[1]: 2, ids[3]: 4} and manifest.tombstones == {ids[0]: 5, ids[2]: 6}
+    assert authority.state.index.by_external_id() == {"B-1": ids[1], "B-3": ids[3]}
+
+
 # -- status ------------------------------------------------------------------------------------------------
 
 
