@@ -38,7 +38,8 @@ def add_parser(subparsers: Any) -> None:
         "enroll",
         help="add a person (or a folder of people) to the gallery from photos",
         description="Enrol photos of a person, or with --from-dir one sub-folder per person (the folder "
-        "name is the id and the name). Each photo is checked (one face, size, sharpness, pose) and the "
+        "name is the id and the name), or with --roster the people of a CSV roster (`fleet enroll-batch "
+        "--help` shows its columns; who is enrolled already is skipped). Each photo is checked (one face, size, sharpness, pose) and the "
         "reason is printed for each refused one. Enrolling asserts that the person consented (GDPR art. 9); "
         "the consent time is stored.",
     )
@@ -50,6 +51,13 @@ def add_parser(subparsers: Any) -> None:
     enroll.add_argument("--external-id", help="an id in another system, e.g. a badge number")
     enroll.add_argument("--consent-at", help="when consent was given, RFC 3339 (default: now)")
     enroll.add_argument("--from-dir", type=Path, help="one sub-folder of photos per person")
+    enroll.add_argument(
+        "--roster",
+        type=Path,
+        metavar="ROSTER.csv",
+        help="people from a CSV roster, as `fleet enroll-batch` takes it (photos, name, external_id, id, "
+        "groups, valid_from, valid_until, consent_at); who is enrolled already is skipped",
+    )
     choose = enroll.add_mutually_exclusive_group()
     choose.add_argument(
         "--face", type=int, help="use face N (1-based, as `detect` numbers them) of each photo"
@@ -229,8 +237,10 @@ def _result_json(result: EnrollmentResult) -> Dict[str, Any]:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    if args.roster is not None:
+        return _enroll_roster(args)
     if bool(args.from_dir) == bool(args.images):
-        sys.stderr.write("error: give photos, or --from-dir DIR (not both)\n")
+        sys.stderr.write("error: give photos, --from-dir DIR or --roster ROSTER.csv (one of them)\n")
         return EXIT_CONFIG
     config = load_cli_config(args)
     jobs: List[Tuple[str, str, List[Path]]] = []
@@ -303,6 +313,19 @@ def _enroll(args: argparse.Namespace) -> int:
         for result in results:
             _report(result)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _enroll_roster(args: argparse.Namespace) -> int:
+    from .enroll_roster import enroll_roster
+
+    given = [args.images, args.from_dir, args.name, args.identity_id, args.external_id, args.consent_at]
+    if any(given) or args.face is not None or policy_changes(args):
+        sys.stderr.write(
+            "error: --roster gives each person's photos, name, ids, consent and policy; give only "
+            "--largest, --keep, --json with it\n"
+        )
+        return EXIT_CONFIG
+    return enroll_roster(args, load_cli_config(args))
 
 
 def _identify(args: argparse.Namespace) -> int:

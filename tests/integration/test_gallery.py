@@ -370,3 +370,56 @@ def test_a_search_from_another_thread_runs_on_one_openmp_thread(
         assert seen == [1]
     finally:
         gallery.close()
+
+
+def test_enroll_from_a_roster(tmp_path: Path, shared_models: Path, shared_data: Path) -> None:
+    """The roster `fleet enroll-batch` takes, into one door's gallery: ids planned before any model
+    loads, people enrolled already skipped, and the policy and badge of each row stored."""
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'[models]\ndir = "{shared_models}"\n[storage]\ndir = "{tmp_path / "state"}"\n')
+    faces = shared_data / "faces"
+    roster = tmp_path / "roster.csv"
+    roster.write_text(
+        "photos;name;external_id;id;groups;valid_until\n"
+        f"{faces / 'fr_obama'};Barack Obama;B-1;;staff;2030-01-01T00:00:00Z\n"
+        f"{faces / 'fr_biden' / 'biden.jpg'};Joe Biden;;joe;;\n"
+        f"{faces / 'fr_lin_manuel_miranda'};Lin-Manuel Miranda;B-3;;;\n"  # two faces: none accepted
+    )
+    first = run_cli("enroll", "--roster", str(roster), "--config", str(config), "--json", "--keep", "3")
+    assert first.returncode == 1, first.stderr  # Lin-Manuel: no photo accepted
+    report = json.loads(first.stdout)
+    assert (report["enrolled"], report["held"], report["refused"]) == (2, 0, 1)
+    obama, biden, lin = report["people"]
+    assert (obama["id"], obama["templates"], biden["id"], lin["id"]) == (
+        "barack-obama",
+        3,
+        "joe",
+        "lin-manuel-miranda",
+    )
+    assert "2 faces found" in lin["photos"][0]["reason"]
+    listing = json.loads(run_cli("gallery", "list", "--json", "--config", str(config)).stdout)
+    stored = {i["id"]: i for i in listing["identities"]}
+    assert sorted(stored) == ["barack-obama", "joe"]
+    assert stored["barack-obama"]["external_id"] == "B-1"
+    assert stored["barack-obama"]["policy"]["groups"] == ["staff"]
+
+    # Again with --largest: the two are skipped (by badge and by id), Lin-Manuel is enrolled.
+    again = run_cli("enroll", "--roster", str(roster), "--config", str(config), "--largest")
+    assert again.returncode == 0, again.stderr
+    assert "barack-obama (Barack Obama): enrolled already, skipped" in again.stdout
+    assert "1 enrolled, 2 enrolled already, 0 refused" in again.stdout
+
+    # A row whose name makes an id another person holds, and a badge held by another id: refused
+    # whole, before any model loads, nothing stored.
+    clash = tmp_path / "clash.csv"
+    clash.write_text(
+        "photos,name,external_id,id\n"
+        f"{faces / 'fr_biden'},Barack Obama,B-77,\n"
+        f"{faces / 'fr_biden'},Joe B.,B-1,joe\n"
+    )
+    refused = run_cli("enroll", "--roster", str(clash), "--config", str(config))
+    assert refused.returncode == 2
+    assert "line 2: the id 'barack-obama' made from the name is another person's" in refused.stderr
+    assert "line 3: external id 'B-1' is held by identity 'barack-obama', not 'joe'" in refused.stderr
+    mixed = run_cli("enroll", "--roster", str(roster), "--name", "X", "--config", str(config))
+    assert mixed.returncode == 2 and "--roster gives each person's" in mixed.stderr

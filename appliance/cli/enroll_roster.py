@@ -1,0 +1,129 @@
+"""``face-appliance enroll --roster ROSTER.csv``: a door's people from the roster ``fleet enroll-batch``
+takes (:mod:`appliance.fleet.roster`), into this door's own gallery.
+
+Each row's identity is planned against the gallery before any model loads: its ``id``, else the
+identity holding its ``external_id``, else a new id made from the name (``Ada Lovelace`` →
+``ada-lovelace``). Someone enrolled already is skipped (``enroll --id`` adds photos to one person); a
+badge held by another identity, or a made id that another person holds, refuses the roster whole,
+every problem with its line. The others are enrolled as ``enroll`` enrols: the same checks, the best
+photos kept, the duplicate warning against the gallery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import ExitStack
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..config import ApplianceConfig
+from ..fleet.roster import Person, RosterError, read_roster
+from ..gallery.errors import IdentityError
+from ..gallery.store import Identity, slugify, utc_now
+from ..gallery.text import printable
+from .common import EXIT_FAILURE, EXIT_OK, usage_error
+
+
+def plan(
+    people: Sequence[Person], identities: Sequence[Identity]
+) -> Tuple[List[Tuple[str, bool]], List[str]]:
+    """Per person, ``(identity id, enrolled already)``, and the problems that refuse the roster.
+
+    Args:
+        identities: the gallery's identities.
+    """
+    existing = {identity.id for identity in identities}
+    by_external = {i.external_id: i.id for i in identities if i.external_id is not None}
+    planned: List[Tuple[str, bool]] = []
+    problems: List[str] = []
+    used: Dict[str, int] = {}  # id → the roster line that takes it
+    for person in people:
+        holder = by_external.get(person.external_id) if person.external_id is not None else None
+        if person.identity_id is not None and holder not in (None, person.identity_id):
+            problems.append(
+                f"line {person.line}: external id {person.external_id!r} is held by identity {holder!r}, "
+                f"not {person.identity_id!r}"
+            )
+            continue
+        identity_id = person.identity_id or holder or slugify(person.name)
+        made = person.identity_id is None and holder is None
+        if made and identity_id in existing:
+            problems.append(
+                f"line {person.line}: the id {identity_id!r} made from the name is another person's; give "
+                "this row an id"
+            )
+            continue
+        if identity_id in used:
+            problems.append(f"line {person.line}: id {identity_id!r} is line {used[identity_id]}'s too")
+            continue
+        used[identity_id] = person.line
+        planned.append((identity_id, identity_id in existing))
+    return planned, problems
+
+
+def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
+    """``enroll --roster ROSTER.csv [--largest] [--keep N] [--json]``: see the module docstring."""
+    from ..enrollment import Enroller
+    from ..runtime.loading import load_analyzer
+    from .gallery_cmd import _load, _report, _result_json, open_gallery  # gallery_cmd imports this lazily
+
+    try:
+        people = read_roster(args.roster, utc_now())
+    except RosterError as err:
+        return usage_error(str(err))
+    with open_gallery(config) as gallery, ExitStack() as stack:
+        planned, problems = plan(people, gallery.identities())
+        if problems:
+            return usage_error(str(RosterError(args.roster, problems)))
+        documents: List[Dict[str, object]] = []
+        counts = {"enrolled": 0, "held": 0, "refused": 0}
+        enroller: Optional[Enroller] = None
+        for person, (identity_id, held) in zip(people, planned):
+            if held:
+                counts["held"] += 1
+                documents.append({"line": person.line, "id": identity_id, "status": "held"})
+                if not args.json:
+                    print(
+                        f"{identity_id} ({printable(person.name)}): enrolled already, skipped (`enroll --id "
+                        f"{identity_id}` adds photos)"
+                    )
+                continue
+            if enroller is None:  # the models load for the first person to enrol
+                analyzer = stack.enter_context(load_analyzer(config, liveness=False))
+                enroller = Enroller(analyzer, gallery, config.gallery)
+            try:
+                result = enroller.enroll(
+                    identity_id,
+                    person.name,
+                    list(_load(list(person.photos))),
+                    person.external_id,
+                    person.consent_at,
+                    None,
+                    args.largest,
+                    person.policy,
+                    keep=args.keep,
+                )
+            except IdentityError as err:
+                counts["refused"] += 1
+                documents.append(
+                    {"line": person.line, "id": identity_id, "status": "refused", "error": str(err)}
+                )
+                if not args.json:
+                    print(f"{identity_id}: refused: {printable(str(err))}")
+                continue
+            status = "enrolled" if result.template_ids else "refused"
+            counts[status] += 1
+            documents.append({"line": person.line, "status": status, **_result_json(result)})
+            if not args.json:
+                _report(result)
+    if args.json:
+        print(json.dumps({**counts, "people": documents}, indent=2))
+    else:
+        print(
+            f"{counts['enrolled']} enrolled, {counts['held']} enrolled already, {counts['refused']} refused "
+            f"(no photo accepted), of {len(people)} people"
+        )
+    return EXIT_FAILURE if counts["refused"] else EXIT_OK
+
+
+__all__ = ["enroll_roster", "plan"]
