@@ -2,10 +2,11 @@
 takes (:mod:`appliance.fleet.roster`), into this door's own gallery.
 
 Each row's identity is planned against the gallery before any model loads: its ``id``, else the
-identity holding its ``external_id``, else a new id made from the name (``Ada Lovelace`` →
-``ada-lovelace``). Someone enrolled already is skipped (``enroll --id`` adds photos to one person); a
-badge held by another identity, or a made id that another person holds, refuses the roster whole,
-every problem with its line. The others are enrolled as ``enroll`` enrols: the same checks, the best
+identity holding its ``external_id``, else the id made from the name (``Ada Lovelace`` →
+``ada-lovelace``), which is this person's when the identity holding it has the same name and no other
+badge. Someone enrolled already is skipped (``enroll --id`` adds photos to one person); a badge held by
+another identity, or a made id that another person holds, refuses the roster whole, every problem
+with its line. The others are enrolled as ``enroll`` enrols: the same checks, the best
 photos kept, the duplicate warning against the gallery.
 """
 
@@ -17,7 +18,7 @@ from contextlib import ExitStack
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import ApplianceConfig
-from ..fleet.roster import Person, RosterError, read_roster
+from ..fleet.roster import BY_NAME, Person, RosterError, read_roster
 from ..gallery.errors import IdentityError
 from ..gallery.store import Identity, slugify, utc_now
 from ..gallery.text import printable
@@ -32,7 +33,7 @@ def plan(
     Args:
         identities: the gallery's identities.
     """
-    existing = {identity.id for identity in identities}
+    existing = {identity.id: identity for identity in identities}
     by_external = {i.external_id: i.id for i in identities if i.external_id is not None}
     planned: List[Tuple[str, bool]] = []
     problems: List[str] = []
@@ -46,8 +47,8 @@ def plan(
             )
             continue
         identity_id = person.identity_id or holder or slugify(person.name)
-        made = person.identity_id is None and holder is None
-        if made and identity_id in existing:
+        made = existing.get(identity_id) if person.identity_id is None and holder is None else None
+        if made is not None and not _same_person(made, person):
             problems.append(
                 f"line {person.line}: the id {identity_id!r} made from the name is another person's; give "
                 "this row an id"
@@ -61,6 +62,12 @@ def plan(
     return planned, problems
 
 
+def _same_person(identity: Identity, person: Person) -> bool:
+    """Whether the identity holding the id made from ``person``'s name is that person: the same name, and
+    no other badge."""
+    return identity.name == person.name and None in (identity.external_id, person.external_id)
+
+
 def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
     """``enroll --roster ROSTER.csv [--largest] [--keep N] [--json]``: see the module docstring."""
     from ..enrollment import Enroller
@@ -68,7 +75,7 @@ def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
     from .gallery_cmd import _load, _report, _result_json, open_gallery  # gallery_cmd imports this lazily
 
     try:
-        people = read_roster(args.roster, utc_now())
+        people = read_roster(args.roster, utc_now(), BY_NAME)
     except RosterError as err:
         return usage_error(str(err))
     with open_gallery(config) as gallery, ExitStack() as stack:

@@ -24,7 +24,7 @@ from ..access.policy import IdentityPolicy, parse_instant
 from ..fleet.authority import Authority, AuthorityState, Enrolment, Index, Published
 from ..fleet.errors import FleetError
 from ..fleet.records import MAX_CROPS
-from ..fleet.roster import LookAlikes, Person, RosterError, read_roster
+from ..fleet.roster import BY_ID, BY_ID_OR_BADGE, LookAlikes, Person, RosterError, read_roster
 from ..fleet.settings import AuthorityFile
 from ..gallery.errors import IdentityError
 from ..gallery.store import check_identity_id, utc_now
@@ -241,7 +241,7 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     """``fleet enroll-batch ROSTER.csv [--replace] [--check]``: see the module docstring."""
     settings = config.authority
     try:
-        people = read_roster(args.roster, utc_now(), ids_required=not settings.keep_names)
+        people = read_roster(args.roster, utc_now(), BY_ID_OR_BADGE if settings.keep_names else BY_ID)
     except RosterError as err:
         return usage_error(str(err))
     authority = None if args.check else Authority.open(config)  # the keys before the models

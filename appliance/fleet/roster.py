@@ -11,10 +11,11 @@ shows; a header names the columns, in any order)::
 * ``photos`` (required): a photo file, or a folder whose photos (directly in it, at most
   :data:`MAX_PHOTOS_PER_PERSON`) are all checked; a relative path is taken from the roster's folder.
 * ``name`` (required): the person's name, as ``fleet enroll --name``.
-* ``external_id``, ``id``: as ``--external-id`` and ``--id``. A row needs one of them so that running
-  the same roster again (after an interruption) finds the people it enrolled: without ``id``, the live
-  identity holding the row's ``external_id`` is that person (the authority keeps external ids in its
-  state, ``keep_names``), and with neither a new random id would enrol the person twice.
+* ``external_id``, ``id``: as ``--external-id`` and ``--id``. For the fleet a row needs one of them so
+  that running the same roster again (after an interruption) finds the people it enrolled: without
+  ``id``, the live identity holding the row's ``external_id`` is that person (the authority keeps
+  external ids in its state, ``keep_names``), and with neither a new random id would enrol the person
+  twice (:data:`BY_ID_OR_BADGE`). A door's own gallery makes a new id from the name (:data:`BY_NAME`).
 * ``groups``: access groups separated by spaces or commas (a group name holds neither).
 * ``valid_from``, ``valid_until``, ``consent_at``: RFC 3339 with an offset; ``consent_at`` defaults to
   the time the command started.
@@ -56,6 +57,17 @@ MAX_PHOTOS_PER_PERSON = 100
 #: Problems listed in the error at most (the count of the rest follows).
 MAX_PROBLEMS_SHOWN = 50
 _DELIMITERS = (",", ";", "\t")
+#: What finds a row's person again when the roster is run a second time (so nobody is enrolled twice):
+#: the fleet's new ids are random, so a row needs an id or an external id (a badge) the state keeps;
+BY_ID_OR_BADGE = "id_or_badge"
+#: … or an id, where the authority keeps no external ids (``keep_names = false``);
+BY_ID = "id"
+#: … and a door's gallery makes a new id from the name, the same on every run: any row will do.
+BY_NAME = "name"
+_NEEDED = {
+    BY_ID_OR_BADGE: "give an id or an external_id",
+    BY_ID: "give an id: the authority keeps no external ids (authority.keep_names = false)",
+}
 
 
 class RosterError(FleetError):
@@ -65,7 +77,7 @@ class RosterError(FleetError):
         self.problems = list(problems)
         shown = self.problems[:MAX_PROBLEMS_SHOWN]
         more = len(self.problems) - len(shown)
-        lines = [f"the roster {source} cannot be used; nothing was published:", *(f"  {p}" for p in shown)]
+        lines = [f"the roster {source} cannot be used; nothing was enrolled:", *(f"  {p}" for p in shown)]
         if more:
             lines.append(f"  … and {more} more")
         super().__init__("\n".join(lines))
@@ -131,7 +143,7 @@ def _groups(cell: str) -> List[str]:
     return [name for name in re.split(r"[\s,]+", cell) if name]
 
 
-def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, ids_required: bool) -> Person:
+def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, found_by: str) -> Person:
     """One row's cells (stripped; empty ones left out) → a :class:`Person`.
 
     Raises:
@@ -142,14 +154,10 @@ def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, 
     if identity_id is not None:
         check_identity_id(identity_id)
     external_id = check_external_id(cells.get("external_id"))
-    if identity_id is None and (external_id is None or ids_required):
+    if identity_id is None and found_by != BY_NAME and (external_id is None or found_by == BY_ID):
         raise IdentityError(
-            (
-                "give an id: the authority keeps no external ids (authority.keep_names = false)"
-                if ids_required
-                else "give an id or an external_id"
-            )
-            + ", so that running the roster again finds this person instead of enrolling them twice"
+            _NEEDED[found_by] + ", so that running the roster again finds this person instead of enrolling "
+            "them twice"
         )
     consent_at = cells.get("consent_at", consent_default)
     parse_instant(consent_at, "consent_at")
@@ -160,12 +168,13 @@ def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, 
     return Person(line, _photos(cells["photos"], base), name, identity_id, external_id, consent_at, policy)
 
 
-def read_roster(path: Path, consent_default: str, ids_required: bool = False) -> List[Person]:
+def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE) -> List[Person]:
     """Read and check a whole roster (see the module docstring).
 
     Args:
         consent_default: RFC 3339, the consent time of a row without ``consent_at``.
-        ids_required: every row needs an ``id`` (the authority's state keeps no external ids).
+        found_by: what finds a row's person again on a second run, and so what a row must give:
+            :data:`BY_ID_OR_BADGE`, :data:`BY_ID` or :data:`BY_NAME`.
 
     Raises:
         RosterError: the file cannot be read, or any row is wrong (every problem, with its line).
@@ -201,7 +210,7 @@ def read_roster(path: Path, consent_default: str, ids_required: bool = False) ->
             cells = {name: row[position].strip() for name, position in positions.items()}
             cells = {name: value for name, value in cells.items() if value}
             try:
-                person = _person(cells, line, path.parent, consent_default, ids_required)
+                person = _person(cells, line, path.parent, consent_default, found_by)
             except (IdentityError, PolicyError, PhotoFolderError) as err:
                 problems.append(f"line {line}: {err}")
                 continue
@@ -264,6 +273,9 @@ class LookAlikes:
 
 
 __all__ = [
+    "BY_ID",
+    "BY_ID_OR_BADGE",
+    "BY_NAME",
     "COLUMNS",
     "MAX_PEOPLE",
     "MAX_PHOTOS_PER_PERSON",

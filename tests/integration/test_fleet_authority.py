@@ -260,7 +260,7 @@ def test_enroll_batch_from_a_roster_resumes_after_an_interruption(
     bad = tmp_path / "bad.csv"
     bad.write_text(roster.read_text() + f"{faces / 'nobody'},Nobody,B-5,\n")
     code, _, err = fleet(capsys, "enroll-batch", "--config", str(auth_file), str(bad))
-    assert code == 2 and "line 6:" in err and "does not exist" in err and "nothing was published" in err
+    assert code == 2 and "line 6:" in err and "does not exist" in err and "nothing was enrolled" in err
 
     # --check: every photo checked, nothing published.
     code, out, err = fleet(capsys, *batch, "--check")

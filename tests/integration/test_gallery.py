@@ -383,7 +383,7 @@ def test_enroll_from_a_roster(tmp_path: Path, shared_models: Path, shared_data: 
         "photos;name;external_id;id;groups;valid_until\n"
         f"{faces / 'fr_obama'};Barack Obama;B-1;;staff;2030-01-01T00:00:00Z\n"
         f"{faces / 'fr_biden' / 'biden.jpg'};Joe Biden;;joe;;\n"
-        f"{faces / 'fr_lin_manuel_miranda'};Lin-Manuel Miranda;B-3;;;\n"  # two faces: none accepted
+        f"{faces / 'fr_lin_manuel_miranda'};Lin-Manuel Miranda;;;;\n"  # two faces; no id, no badge
     )
     first = run_cli("enroll", "--roster", str(roster), "--config", str(config), "--json", "--keep", "3")
     assert first.returncode == 1, first.stderr  # Lin-Manuel: no photo accepted
@@ -408,6 +408,9 @@ def test_enroll_from_a_roster(tmp_path: Path, shared_models: Path, shared_data: 
     assert again.returncode == 0, again.stderr
     assert "barack-obama (Barack Obama): enrolled already, skipped" in again.stdout
     assert "1 enrolled, 2 enrolled already, 0 refused" in again.stdout
+    # A third time: Lin-Manuel, who had neither id nor badge, is found by the id made from his name.
+    third = run_cli("enroll", "--roster", str(roster), "--config", str(config), "--largest")
+    assert third.returncode == 0 and "0 enrolled, 3 enrolled already" in third.stdout, third.stderr
 
     # A row whose name makes an id another person holds, and a badge held by another id: refused
     # whole, before any model loads, nothing stored.

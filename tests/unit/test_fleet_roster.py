@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from appliance.fleet import roster
-from appliance.fleet.roster import MAX_PHOTOS_PER_PERSON, LookAlikes, RosterError, read_roster
+from appliance.fleet.roster import (
+    BY_ID,
+    BY_NAME,
+    MAX_PHOTOS_PER_PERSON,
+    LookAlikes,
+    RosterError,
+    read_roster,
+)
 
 NOW = "2026-12-06T10:00:00Z"
 
@@ -40,7 +47,7 @@ def _write(folder: Path, text: str, name: str = "roster.csv", encoding: str = "u
 def _problems(path: Path, **kwargs: object) -> List[str]:
     with pytest.raises(RosterError) as caught:
         read_roster(path, NOW, **kwargs)  # type: ignore[arg-type]
-    assert "nothing was published" in str(caught.value)
+    assert "nothing was enrolled" in str(caught.value)
     return caught.value.problems
 
 
@@ -159,11 +166,16 @@ def test_bounds(people: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "64" in large
 
 
-def test_without_external_ids_in_the_state_every_row_needs_an_id(people: Path) -> None:
+def test_what_a_row_must_give_to_be_found_again(people: Path) -> None:
     path = _write(people, "photos,name,external_id,id\npeople/ada,Ada,B-1,\npeople/ada,Alan,B-2,p-alan\n")
-    (problem,) = _problems(path, ids_required=True)
+    (problem,) = _problems(path, found_by=BY_ID)
     assert problem.startswith("line 2: give an id: the authority keeps no external ids")
     assert len(read_roster(path, NOW)) == 2
+    # A door's gallery makes ids from names: a row with neither is fine there.
+    bare = _write(people, "photos,name\npeople/ada,Ada\n", name="bare.csv")
+    (ada,) = read_roster(bare, NOW, BY_NAME)
+    assert (ada.identity_id, ada.external_id) == (None, None)
+    assert "give an id or an external_id" in _problems(bare)[0]
 
 
 def test_the_error_lists_fifty_problems_and_counts_the_rest(people: Path) -> None:
