@@ -12,9 +12,10 @@ path) before anything is done; a refused command changes nothing.
 =============== ================================================================ ==================
 command         payload                                                          result
 =============== ================================================================ ==================
-``enroll``      ``request_id``, ``name``, ``image`` (base64 JPEG/PNG), optional  identity id,
-                ``id``, ``external_id``, ``consent_at``, ``face`` (1-based)       templates, photo
-                                                                                 verdict, duplicates
+``enroll``      ``request_id``, ``name``, ``image`` (base64 JPEG/PNG) or          identity id,
+                ``event_id`` (an ``unknown`` access event's kept face: walk-up    templates, photo
+                enrolment), optional ``id``, ``external_id``, ``consent_at``,     verdict, duplicates
+                ``face`` (1-based, with ``image``)
 ``remove``      ``request_id``, ``id``                                           templates removed
 ``reload``      ``request_id``                                                   gallery size,
                                                                                  threshold
@@ -36,6 +37,9 @@ command         payload                                                         
                 is not that identity ("this is not X"; needs                      example's id, the
                 ``events.keep_crops_h``)                                          identity's count
 =============== ================================================================ ==================
+
+``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
+``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness).
 
 ``not_this`` is refused with its own codes: ``not_kept`` (no face kept for that event: keeping is off,
 it expired, or not this appliance's event), ``not_a_grant`` (the event was denied or unknown),
@@ -125,9 +129,17 @@ class _Command(BaseModel):
         return value
 
 
+#: An access event's id (a UUID as the events carry it), as ``not_this`` and ``enroll`` take it.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
+
+
 class EnrollCommand(_Command):
+    """``enroll``: a person from a photo (``image``), or from the face kept for an access event the
+    door decided ``unknown`` (``event_id``: walk-up enrolment; needs ``events.keep_crops_h``)."""
+
     name: str = Field(min_length=1, max_length=200)
-    image: str = Field(min_length=4, description="base64 of a JPEG, PNG or WebP photo")
+    image: Optional[str] = Field(None, min_length=4, description="base64 of a JPEG, PNG or WebP photo")
+    event_id: Optional[str] = Field(None, min_length=1, max_length=64, pattern=EVENT_ID_PATTERN)
     id: Optional[str] = Field(None, min_length=1, max_length=64)
     external_id: Optional[str] = Field(None, min_length=1, max_length=200)
     consent_at: Optional[str] = Field(None, min_length=1, max_length=40)
@@ -138,6 +150,12 @@ class EnrollCommand(_Command):
 
     @model_validator(mode="after")
     def _policy(self) -> EnrollCommand:
+        if (self.image is None) == (self.event_id is None):
+            raise ValueError(
+                "give image (a photo) or event_id (an unknown visitor's access event), one of them"
+            )
+        if self.event_id is not None and self.face is not None:
+            raise ValueError("face chooses among a photo's faces; an event has one")
         self.policy()  # a malformed date or group name is refused before anything is done
         return self
 
@@ -160,7 +178,7 @@ class EnrollCommand(_Command):
 
     def image_bytes(self) -> bytes:
         try:
-            data = base64.b64decode(self.image, validate=True)
+            data = base64.b64decode(self.image or "", validate=True)
         except (binascii.Error, ValueError) as err:
             raise CommandError(f"image: not valid base64 ({err})", "invalid") from err
         if len(data) > MAX_IMAGE_BYTES:
@@ -268,7 +286,7 @@ class NotThisCommand(_Command):
     """``not_this`` ("this is not X"): the face of access event ``event_id`` becomes an impostor example of the identity
     it was granted to (``id``, optional, must be that identity)."""
 
-    event_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    event_id: str = Field(min_length=1, max_length=64, pattern=EVENT_ID_PATTERN)
     id: Optional[str] = Field(None, min_length=1, max_length=64)
 
 

@@ -222,3 +222,13 @@ class Enroller:
             for info in store.template_infos(identity_id)
             if info.origin.kind == ENROLLED and info.model_version == self.gallery.model_version
         )
+
+
+def crop_as_photo(crop: np.ndarray) -> np.ndarray:
+    """An aligned ``(112, 112, 3)`` uint8 crop (a face seen at the door, kept by the sightings store) as a
+    photo the enrolment path reads: doubled and framed (``(352, 352, 3)`` uint8), so the detector and the
+    quality checks see a face with margins."""
+    import cv2
+
+    large = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_CUBIC)
+    return cv2.copyMakeBorder(large, 64, 64, 64, 64, cv2.BORDER_CONSTANT, value=(96, 96, 96))

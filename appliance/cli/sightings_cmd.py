@@ -213,17 +213,8 @@ def _export_crop(store: SightingStore, cluster_id: str, folder: str) -> int:
     return EXIT_OK
 
 
-def crop_as_photo(crop: Any) -> Any:
-    """An aligned ``(112, 112, 3)`` uint8 crop as a photo the enrolment path reads: doubled and framed
-    (``(352, 352, 3)`` uint8), so the detector and the quality checks see a face with margins."""
-    import cv2
-
-    large = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_CUBIC)
-    return cv2.copyMakeBorder(large, 64, 64, 64, 64, cv2.BORDER_CONSTANT, value=(96, 96, 96))
-
-
 def _enroll_unknown(args: argparse.Namespace) -> int:
-    from ..enrollment import Enroller
+    from ..enrollment import Enroller, crop_as_photo
     from ..gallery.store import check_identity_id, utc_now
     from ..gallery.text import check_name
     from .gallery_cmd import _open_with_analyzer
@@ -273,4 +264,4 @@ def _enroll_unknown(args: argparse.Namespace) -> int:
     return EXIT_OK if result.template_ids else EXIT_FAILURE
 
 
-__all__ = ["add_actions", "crop_as_photo", "open_sightings"]
+__all__ = ["add_actions", "open_sightings"]

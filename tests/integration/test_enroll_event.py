@@ -1,0 +1,100 @@
+"""Walk-up enrolment with the real models, the real daemon and a real broker: a visitor the door does
+not know walks up, the operator sends ``enroll`` with that ``unknown`` event's id and a name, and from
+the next passage on the visitor is granted under that name. The face comes from the sightings store
+(``events.keep_crops_h``), goes through the enrolment checks, and leaves the store once enrolled.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any, Dict, List
+
+from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.support import (
+    Daemon,
+    command,
+    daemon_config,
+    event_documents,
+    make_passage_video,
+    unique_events,
+    wait_online,
+)
+
+OBAMA_WALKS = "faces/fr_obama/obama2.jpg"  # enrolled (the storage fixture) from obama.jpg
+KATE = "faces/fnp_kate_siegel/1.jpg"  # nobody the door knows
+
+
+def _decided(events: List[Dict[str, Any]], decision: str) -> List[Dict[str, Any]]:
+    return [e for e in events if e["decision"] == decision]
+
+
+def test_an_unknown_visitor_is_enrolled_from_their_access_event(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    video = make_passage_video(
+        tmp_path / "door.avi",
+        [(None, 3), (shared_data / OBAMA_WALKS, 25), (None, 12), (shared_data / KATE, 25), (None, 12)],
+    )
+    config_path = daemon_config(
+        tmp_path, storage, shared_models, mosquitto, video, at_end="loop", events="keep_crops_h = 1.0"
+    )
+    daemon = Daemon(config_path)
+    try:
+        wait_online(recorder, daemon)
+        messages = recorder.wait_for(
+            lambda ms: _decided(event_documents(ms), "unknown") and _decided(event_documents(ms), "granted"),
+            180,
+            "Kate unknown and Obama granted",
+        )
+        unknown = _decided(event_documents(messages), "unknown")[0]
+        granted = _decided(event_documents(messages), "granted")[0]
+        kate = {"name": "Kate Siegel", "id": "kate", "consent_at": "2026-12-06T12:00:00Z"}
+
+        # Refusals, each with its code; nothing is enrolled.
+        for request_id, document, code in (
+            ("e1", {**kate, "event_id": "0000-not-an-event"}, "not_kept"),
+            ("e2", {**kate, "event_id": granted["event_id"]}, "not_unknown"),
+            (
+                "e3",
+                {**kate, "event_id": unknown["event_id"], "image": base64.b64encode(b"x" * 8).decode()},
+                "invalid",
+            ),
+            ("e4", {**kate, "event_id": unknown["event_id"], "face": 1}, "invalid"),
+            ("e5", {**kate}, "invalid"),
+        ):
+            answer = command(recorder, "enroll", {"request_id": request_id, **document})
+            assert answer["ok"] is False and answer["error"]["code"] == code, answer
+
+        enrolled = command(recorder, "enroll", {"request_id": "e6", **kate, "event_id": unknown["event_id"]})
+        assert enrolled["ok"] is True, enrolled
+        assert enrolled["result"]["id"] == "kate" and enrolled["result"]["templates"] == 1
+        # The face left the sightings store with its enrolment: the same event cannot be enrolled twice.
+        again = command(
+            recorder, "enroll", {"request_id": "e7", **kate, "id": "kate-2", "event_id": unknown["event_id"]}
+        )
+        assert again["ok"] is False and again["error"]["code"] == "not_kept", again
+        mark = len(recorder.messages)
+
+        # From her next passage on, Kate is granted under her name.
+        def after(ms: List[Any]) -> List[Dict[str, Any]]:
+            return unique_events(event_documents(ms[mark:]))
+
+        recorder.wait_for(
+            lambda ms: any(
+                e["identity"] and e["identity"]["id"] == "kate" for e in _decided(after(ms), "granted")
+            ),
+            240,
+            "Kate granted",
+        )
+        kate_grant = next(
+            e for e in _decided(after(recorder.messages), "granted") if e["identity"]["id"] == "kate"
+        )
+        assert kate_grant["identity"]["name"] == "Kate Siegel" and kate_grant["score"] >= 0.5
+    finally:
+        daemon.stop()
