@@ -560,7 +560,8 @@ class EventsConfig(StrictModel):
         le=720,
         description="Keep each access event's face (aligned crop and embedding, encrypted with the gallery key, "
         "in {storage.dir}/sightings.db) for this many hours, so an operator can mark a wrong grant "
-        '("this is not X": `gallery not-this EVENT_ID`, the not_this command). 0 = off (nothing kept); at most 720.',
+        '("this is not X": `gallery not-this EVENT_ID`, the not_this command) or enrol an unknown visitor '
+        "who walked up (the enroll command with event_id). 0 = off (nothing kept); at most 720.",
     )
     keep_crops_max: int = Field(
         2000,
