@@ -113,14 +113,10 @@ def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
     if len(args.images) > MAX_CROPS:
         return usage_error(f"{len(args.images)} photos: a record carries at most {MAX_CROPS}")
     authority = Authority.open(config)  # the keys before the models: fail fast
-    index = authority.state.index
-    holder = index.holder(args.identity_id, external_id, index.by_external_id())
-    if holder is not None and not args.replace:
-        how = "" if args.identity_id else f" (it holds external id {external_id!r})"
-        return usage_error(
-            f"identity {holder!r} is enrolled already{how} (r{index.identities[holder].revision}); pass "
-            "--replace to replace its photos and details, or use `fleet set` for its policy"
-        )
+    try:
+        authority.check_enrollable(args.identity_id, external_id, args.replace)
+    except FleetError as err:
+        return usage_error(str(err))
     with load_analyzer(config.appliance_config(), liveness=False) as analyzer:
         # check_photo needs no gallery: the authority has none, and stores nothing locally.
         enroller = Enroller(analyzer, None, config.gallery)  # type: ignore[arg-type]

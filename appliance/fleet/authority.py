@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -564,6 +564,15 @@ class Enrolment:
     qualities: Tuple[float, ...]
 
 
+def _enrolled_already(held: Held, badge: Optional[str]) -> str:
+    """Why an enrolment is refused: ``held`` is live (found by ``badge``, its external id, when given)."""
+    how = f" as the holder of external id {badge!r}" if badge is not None else ""
+    return (
+        f"identity {held.identity_id!r} is enrolled already{how} (r{held.revision}); pass --replace to "
+        "replace its photos and details, or use `fleet set` for its policy"
+    )
+
+
 class Authority:
     """The site's enrolment authority: its configuration, keys and state, and the broker.
 
@@ -673,12 +682,21 @@ class Authority:
         """
         (outcome,) = self.enroll_many([person], replace)
         if isinstance(outcome, Held):
-            how = "" if person.identity_id else f" as the holder of external id {person.external_id!r}"
-            raise FleetError(
-                f"identity {outcome.identity_id!r} is enrolled already{how} (r{outcome.revision}); pass "
-                "--replace to replace its photos and details, or use `fleet set` for its policy"
-            )
+            raise FleetError(_enrolled_already(outcome, None if person.identity_id else person.external_id))
         return outcome
+
+    def check_enrollable(self, identity_id: Optional[str], external_id: Optional[str], replace: bool) -> None:
+        """Refuse before any photo is checked what :meth:`enroll` would refuse, from the state as it is
+        now (read without its lock: the change itself checks again).
+
+        Raises:
+            FleetError: the person is live already and ``replace`` is not set, or the badge is another's.
+        """
+        index = self.state.index
+        holder = index.holder(identity_id, external_id, index.by_external_id())
+        if holder is not None and not replace:
+            held = Held(holder, index.identities[holder].revision)
+            raise FleetError(_enrolled_already(held, None if identity_id else external_id))
 
     def enroll_many(self, people: Sequence[Enrolment], replace: bool = False) -> List[Union[Published, Held]]:
         """Publish the records of ``people`` under one lock and one connection, then one manifest.
@@ -703,7 +721,8 @@ class Authority:
                 if holder is not None and not replace:
                     outcomes.append(Held(holder, index.identities[holder].revision))
                     continue
-                identity_id = person.identity_id or holder or self._new_identity_id(outcomes)
+                batch_ids = {o for o in outcomes if isinstance(o, str)}
+                identity_id = person.identity_id or holder or self._new_identity_id(batch_ids)
                 before = index.identities.get(identity_id)
                 if before is not None and before.external_id is not None:
                     by_external.pop(before.external_id, None)  # replaced: its old badge is free
@@ -727,14 +746,15 @@ class Authority:
             published = iter(self._publish_records(broker, records))
             return [outcome if isinstance(outcome, Held) else next(published) for outcome in outcomes]
 
-    def _new_identity_id(self, taken: Sequence[object]) -> str:
+    def _new_identity_id(self, taken: AbstractSet[str]) -> str:
         """A random id that neither the index nor ``taken`` (the batch's ids so far) holds."""
         index = self.state.index
         while True:
             identity_id = random_identity_id()
-            if identity_id not in index.identities and identity_id not in index.tombstones:
-                if identity_id not in taken:
-                    return identity_id
+            if not (
+                identity_id in index.identities or identity_id in index.tombstones or identity_id in taken
+            ):
+                return identity_id
 
     def set_policy(self, identity_id: str, changes: Mapping[str, object]) -> Published:
         """Republish a live identity with its policy changed (validity, groups, suspension).
