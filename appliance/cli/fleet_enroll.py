@@ -294,15 +294,11 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
         )
         raise
     counts = report.counts()
+    done = f"{counts[WOULD_PUBLISH]} would be published" if args.check else f"{counts[PUBLISHED]} published"
     summary = (
-        f"{counts[PUBLISHED]} published, {counts[HELD]} enrolled already, {counts[REFUSED]} refused "
-        f"(no photo accepted), of {len(people)} people"
+        f"{'checked, nothing published: ' if args.check else ''}{done}, {counts[HELD]} enrolled already, "
+        f"{counts[REFUSED]} refused (no photo accepted), of {len(people)} people"
     )
-    if args.check:
-        summary = (
-            f"checked, nothing published: {counts[WOULD_PUBLISH]} would be published, "
-            + summary.split(", ", 1)[1]
-        )
     if args.json:
         print(json.dumps({**counts, "people": [row.document() for row in report.rows]}, indent=2))
     else:
