@@ -1,7 +1,7 @@
 """Walk-up enrolment with the real models, the real daemon and a real broker: a visitor the door does
 not know walks up, the operator sends ``enroll`` with that ``unknown`` event's id and a name, and from
 the next passage on the visitor is granted under that name. The face comes from the sightings store
-(``events.keep_crops_h``), goes through the enrolment checks, and leaves the store once enrolled.
+(``events.keep_crops_h``, or ``[unknowns]`` alone), goes through the enrolment checks, and leaves the store once enrolled.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 from typing import Any, Dict, List
+
+import pytest
 
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
@@ -29,7 +31,13 @@ def _decided(events: List[Dict[str, Any]], decision: str) -> List[Dict[str, Any]
     return [e for e in events if e["decision"] == decision]
 
 
+@pytest.mark.parametrize(
+    "keeping",
+    [{"events": "keep_crops_h = 1.0"}, {"unknowns": "enabled = true\nretention_h = 2.0"}],
+    ids=["every-event's-face", "unknown-visitors-only"],
+)
 def test_an_unknown_visitor_is_enrolled_from_their_access_event(
+    keeping: Dict[str, str],
     tmp_path: Path,
     storage: Path,
     shared_models: Path,
@@ -41,9 +49,7 @@ def test_an_unknown_visitor_is_enrolled_from_their_access_event(
         tmp_path / "door.avi",
         [(None, 3), (shared_data / OBAMA_WALKS, 25), (None, 12), (shared_data / KATE, 25), (None, 12)],
     )
-    config_path = daemon_config(
-        tmp_path, storage, shared_models, mosquitto, video, at_end="loop", events="keep_crops_h = 1.0"
-    )
+    config_path = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop", **keeping)
     daemon = Daemon(config_path)
     try:
         wait_online(recorder, daemon)
@@ -59,7 +65,12 @@ def test_an_unknown_visitor_is_enrolled_from_their_access_event(
         # Refusals, each with its code; nothing is enrolled.
         for request_id, document, code in (
             ("e1", {**kate, "event_id": "0000-not-an-event"}, "not_kept"),
-            ("e2", {**kate, "event_id": granted["event_id"]}, "not_unknown"),
+            # A grant's face is kept only with keep_crops_h; [unknowns] alone keeps unknown faces.
+            (
+                "e2",
+                {**kate, "event_id": granted["event_id"]},
+                "not_unknown" if "events" in keeping else "not_kept",
+            ),
             (
                 "e3",
                 {**kate, "event_id": unknown["event_id"], "image": base64.b64encode(b"x" * 8).decode()},
