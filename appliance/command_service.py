@@ -321,76 +321,59 @@ class CommandService:
             raise CommandError(str(err), err.code) from None
 
     def _enroll(self, command: EnrollCommand) -> Dict[str, Any]:
+        """``enroll``: from a photo, or with ``event_id`` an unknown visitor's kept face
+        (:func:`appliance.sightings.walk_up.enroll_from_event`); refusals carry their code."""
         from .gallery.errors import IdentityError
         from .gallery.store import check_identity_id, slugify, utc_now
+        from .sightings.errors import SightingError
+        from .sightings.walk_up import enroll_from_event
 
         gallery = self.runtime.gallery
         if gallery is None:
             raise CommandError("not ready", "busy")
-        if command.event_id is not None:
-            photo_source, image = f"event {command.event_id}", self._unknown_visitor(command.event_id)
-        else:
-            try:
-                photo_source, image = "image", decode_image(command.image_bytes(), "image")
-            except ImageError as err:
-                raise CommandError(str(err), "invalid") from None
         identity_id = command.id or slugify(command.name)
+        consent_at = command.consent_at or utc_now()
         try:
             check_identity_id(identity_id)
             enroller = Enroller(self.runtime.analyzer, gallery, self.config.gallery)
-            outcome = enroller.enroll(
-                identity_id,
-                command.name,
-                [(photo_source, image)],
-                command.external_id,
-                command.consent_at or utc_now(),
-                command.face,
-                largest=command.event_id is not None,  # the kept crop, framed: its one face
-                policy=command.policy(),
-            )
+            if command.event_id is not None:
+                outcome = enroll_from_event(
+                    enroller,
+                    self.sightings,
+                    command.event_id,
+                    identity_id,
+                    command.name,
+                    command.external_id,
+                    consent_at,
+                    command.policy(),
+                )
+            else:
+                try:
+                    image = decode_image(command.image_bytes(), "image")
+                except ImageError as err:
+                    raise CommandError(str(err), "invalid") from None
+                outcome = enroller.enroll(
+                    identity_id,
+                    command.name,
+                    [("image", image)],
+                    command.external_id,
+                    consent_at,
+                    command.face,
+                    policy=command.policy(),
+                )
         except IdentityError as err:
             raise CommandError(str(err)) from None
+        except SightingError as err:
+            raise CommandError(str(err), err.code) from None
         photo = outcome.photos[0]
         if not outcome.template_ids:
             raise CommandError(f"photo refused: {photo.reason}")
-        if command.event_id is not None and self.sightings is not None:
-            self.sightings.forget_event(command.event_id)  # the gallery's copy is the only one now
-            logger.info("an unknown visitor's kept face was enrolled")
         return {
             "id": identity_id,
             "templates": len(outcome.template_ids),
             "photo": photo.reason,
             "duplicates": outcome.duplicates,
         }
-
-    def _unknown_visitor(self, event_id: str) -> Any:
-        """The face kept for access event ``event_id`` as a photo to enrol: ``(352, 352, 3)`` uint8 BGR.
-
-        Raises:
-            CommandError: ``not_kept`` (keeping is off, it expired, not this door's event; a face is
-                kept by ``events.keep_crops_h`` or, an unknown visitor's, by ``[unknowns]``) or
-                ``not_unknown`` (the door knew the face: granted, or denied by the policy or liveness).
-        """
-        from .decisions import UNKNOWN
-        from .enrollment import crop_as_photo
-
-        face = self.sightings.face(event_id) if self.sightings is not None else None
-        if face is None or face.crop is None:
-            reason = (
-                "faces of access events are not kept on this appliance (events.keep_crops_h = 0, "
-                "[unknowns] off)"
-                if self.sightings is None
-                else f"it expired (events.keep_crops_h = {self.config.events.keep_crops_h:g} h, "
-                "unknowns.retention_h), was not recorded on this appliance, or is not an access event id"
-            )
-            raise CommandError(f"no face is kept for event {event_id!r}: {reason}", "not_kept")
-        if face.decision != UNKNOWN:
-            raise CommandError(
-                f"event {event_id!r} was {face.decision}: the door knew that face (or refused it for "
-                "liveness); only an unknown visitor's face is enrolled from an event",
-                "not_unknown",
-            )
-        return crop_as_photo(face.crop)
 
     def reload(self) -> Dict[str, Any]:
         """Re-read thresholds, ``[decision]``, ``[access]`` and ``[adaptive]``'s rules from the

@@ -71,6 +71,30 @@ def add_actions(actions: Any) -> None:
     enrol.add_argument("--json", action="store_true")
     add_config_option(enrol)
     enrol.set_defaults(handler=_enroll_unknown)
+    _add_enroll_event(actions)
+
+
+def _add_enroll_event(actions: Any) -> None:
+    from .access_cmd import add_policy_options
+
+    walk_up = actions.add_parser(
+        "enroll-event",
+        help="walk-up enrolment: enrol the face kept for an access event decided unknown (with consent)",
+        description="Enrol the visitor of an access event the door decided unknown, from the face kept for "
+        "it (events.keep_crops_h, or [unknowns]), through the enrolment checks of `enroll`. --consent "
+        "asserts that the person consented (GDPR art. 9). The face leaves the sightings store once "
+        "enrolled. A running daemon uses the new identity after `reload` (or use the MQTT command enroll "
+        "with event_id).",
+    )
+    walk_up.add_argument("event_id", metavar="EVENT_ID")
+    walk_up.add_argument("--name", required=True)
+    walk_up.add_argument("--id", dest="identity_id", help="identity id (default: from the name)")
+    walk_up.add_argument("--external-id", help="an id in another system, e.g. a badge number")
+    walk_up.add_argument("--consent", action="store_true", help="the person consented to enrolment")
+    add_policy_options(walk_up, changing=False)
+    walk_up.add_argument("--json", action="store_true")
+    add_config_option(walk_up)
+    walk_up.set_defaults(handler=_enroll_event)
 
 
 def open_sightings(config: ApplianceConfig, required: bool = True) -> Optional[SightingStore]:
@@ -261,6 +285,57 @@ def _enroll_unknown(args: argparse.Namespace) -> int:
         print(f"{result.identity_id}: {len(result.template_ids)} template(s) from cluster {args.cluster}")
         for photo in result.photos:
             print(f"  {'ok ' if photo.accepted else 'NO '} {photo.source}: {photo.reason}")
+    return EXIT_OK if result.template_ids else EXIT_FAILURE
+
+
+def _enroll_event(args: argparse.Namespace) -> int:
+    from ..access.policy import IdentityPolicy
+    from ..enrollment import Enroller
+    from ..gallery.store import check_identity_id, slugify, utc_now
+    from ..gallery.text import check_external_id, check_name
+    from ..sightings.walk_up import enroll_from_event
+    from .access_cmd import policy_changes
+    from .gallery_cmd import _open_with_analyzer, _report, _result_json
+
+    if not args.consent:
+        sys.stderr.write(
+            "error: enrolling a person needs their consent: pass --consent once they have given it\n"
+        )
+        return EXIT_FAILURE
+    identity_id = args.identity_id or slugify(args.name)
+    check_identity_id(identity_id)
+    check_name(args.name)
+    check_external_id(args.external_id)
+    policy = IdentityPolicy().changed(policy_changes(args), "")
+    config = load_cli_config(args)
+    store = open_sightings(config)
+    assert store is not None
+    with store:
+        analyzer, gallery = _open_with_analyzer(config)
+        with analyzer, gallery:
+            try:
+                result = enroll_from_event(
+                    Enroller(analyzer, gallery, config.gallery),
+                    store,
+                    args.event_id,
+                    identity_id,
+                    args.name,
+                    args.external_id,
+                    utc_now(),
+                    policy,
+                )
+            except (SightingError, IdentityError) as err:
+                code = getattr(err, "code", "refused")
+                if args.json:
+                    print(json.dumps({"ok": False, "error": {"code": code, "message": str(err)}}))
+                sys.stderr.write(f"error ({code}): {err}\n")
+                return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(_result_json(result), indent=2))
+    else:
+        _report(result)
+        if result.template_ids:
+            print("a running daemon uses it after `reload`")
     return EXIT_OK if result.template_ids else EXIT_FAILURE
 
 

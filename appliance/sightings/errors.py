@@ -7,7 +7,7 @@
      |                        its key is missing or not the gallery's
      +-- NotKeptError         no face is kept for that event id or cluster (off, expired, unknown id)
      +-- MarkError            a face that is kept cannot become what was asked (not a grant, another
-                              identity, the identity was removed)
+                              identity, the identity was removed; for walk-up enrolment, not unknown)
 """
 
 from __future__ import annotations

@@ -7,11 +7,13 @@ the next passage on the visitor is granted under that name. The face comes from 
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
+from tests.fault_runs import printed_events
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
     Daemon,
@@ -19,6 +21,7 @@ from tests.support import (
     daemon_config,
     event_documents,
     make_passage_video,
+    run_cli,
     unique_events,
     wait_online,
 )
@@ -109,3 +112,38 @@ def test_an_unknown_visitor_is_enrolled_from_their_access_event(
         assert kate_grant["identity"]["name"] == "Kate Siegel" and kate_grant["score"] >= 0.5
     finally:
         daemon.stop()
+
+
+def test_the_command_line_enrols_an_unknown_visitor_from_their_event(
+    tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
+) -> None:
+    """``gallery enroll-event``: the same from the operator's shell, after the daemon saw Kate once."""
+    video = make_passage_video(
+        tmp_path / "door.avi",
+        [(None, 3), (shared_data / OBAMA_WALKS, 25), (None, 12), (shared_data / KATE, 25), (None, 12)],
+    )
+    config_path = daemon_config(
+        tmp_path, storage, shared_models, mosquitto, video, events="keep_crops_h = 1.0"
+    )
+    daemon = Daemon(config_path, args=["--print-events"])
+    assert daemon.wait(timeout=300) == 0, daemon.text[-3000:]
+    events = printed_events(daemon)
+    unknown = _decided(events, "unknown")[0]["event_id"]
+    granted = _decided(events, "granted")[0]["event_id"]
+    enrol = ("gallery", "enroll-event", "--config", str(config_path), "--name", "Kate Siegel", "--id", "kate")
+
+    no_consent = run_cli(*enrol, unknown)
+    assert no_consent.returncode == 1 and "consent" in no_consent.stderr
+    known = run_cli(*enrol, "--consent", granted)
+    assert known.returncode == 1 and "error (not_unknown)" in known.stderr
+    done = run_cli(*enrol, "--consent", "--groups", "visitors", "--json", unknown)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["templates"] == 1
+    again = run_cli(*enrol, "--consent", unknown)
+    assert again.returncode == 1 and "error (not_kept)" in again.stderr
+
+    identified = run_cli("identify", "--json", "--config", str(config_path), str(shared_data / KATE))
+    (face,) = json.loads(identified.stdout)["images"][0]["faces"]
+    assert face["decision"] == "granted" and face["identity"]["id"] == "kate"
+    listing = json.loads(run_cli("gallery", "list", "--json", "--config", str(config_path)).stdout)
+    assert next(i for i in listing["identities"] if i["id"] == "kate")["policy"]["groups"] == ["visitors"]
