@@ -114,6 +114,23 @@ def open_sightings(config: ApplianceConfig, required: bool = True) -> Optional[S
     return SightingStore.open(path, config.gallery_key_file, config.events.keep_crops_max)
 
 
+def _refused(args: argparse.Namespace, err: Exception) -> int:
+    """A refusal on standard error with its code (``not_kept``, ``not_a_grant``, …), and with ``--json``
+    as ``{"ok": false, "error": {"code", "message"}}`` as the MQTT command answers it."""
+    code = getattr(err, "code", "refused")
+    if args.json:
+        print(json.dumps({"ok": False, "error": {"code": code, "message": str(err)}}))
+    sys.stderr.write(f"error ({code}): {err}\n")
+    return EXIT_FAILURE
+
+
+def _no_consent() -> int:
+    sys.stderr.write(
+        "error: enrolling a person needs their consent: pass --consent once they have given it\n"
+    )
+    return EXIT_FAILURE
+
+
 def _not_this(args: argparse.Namespace) -> int:
     from ..sightings.impostors import mark_not
     from .gallery_cmd import open_gallery
@@ -142,11 +159,7 @@ def _not_this(args: argparse.Namespace) -> int:
                 if analyzer is not None:
                     analyzer.close()
         except (SightingError, IdentityError) as err:
-            code = getattr(err, "code", "refused")
-            if args.json:
-                print(json.dumps({"ok": False, "error": {"code": code, "message": str(err)}}))
-            sys.stderr.write(f"error ({code}): {err}\n")
-            return EXIT_FAILURE
+            return _refused(args, err)
         finally:
             if sightings is not None:
                 sightings.close()
@@ -244,10 +257,7 @@ def _enroll_unknown(args: argparse.Namespace) -> int:
     from .gallery_cmd import _open_with_analyzer
 
     if not args.consent:
-        sys.stderr.write(
-            "error: enrolling a person needs their consent: pass --consent once they have given it\n"
-        )
-        return EXIT_FAILURE
+        return _no_consent()
     check_identity_id(args.identity_id)
     check_name(args.name)
     config = load_cli_config(args)
@@ -298,10 +308,7 @@ def _enroll_event(args: argparse.Namespace) -> int:
     from .gallery_cmd import _open_with_analyzer, _report, _result_json
 
     if not args.consent:
-        sys.stderr.write(
-            "error: enrolling a person needs their consent: pass --consent once they have given it\n"
-        )
-        return EXIT_FAILURE
+        return _no_consent()
     identity_id = args.identity_id or slugify(args.name)
     check_identity_id(identity_id)
     check_name(args.name)
@@ -325,11 +332,7 @@ def _enroll_event(args: argparse.Namespace) -> int:
                     policy,
                 )
             except (SightingError, IdentityError) as err:
-                code = getattr(err, "code", "refused")
-                if args.json:
-                    print(json.dumps({"ok": False, "error": {"code": code, "message": str(err)}}))
-                sys.stderr.write(f"error ({code}): {err}\n")
-                return EXIT_FAILURE
+                return _refused(args, err)
     if args.json:
         print(json.dumps(_result_json(result), indent=2))
     else:
