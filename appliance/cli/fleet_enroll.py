@@ -241,7 +241,8 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     except RosterError as err:
         return usage_error(str(err))
     authority = None if args.check else Authority.open(config)  # the keys before the models
-    index = AuthorityState(settings.state_dir, settings.site).index
+    state = authority.state if authority is not None else AuthorityState(settings.state_dir, settings.site)
+    index = state.index  # read without the lock: each change checks again under it
     holders, problems = _precheck(people, index)
     if problems:
         return usage_error(str(RosterError(args.roster, problems)))

@@ -779,7 +779,8 @@ class Authority:
                 current.crops,
                 current.qualities,
             )
-            return self._publish_record(broker, record)
+            (published,) = self._publish_records(broker, [record])
+            return published
 
     def remove(self, identity_id: str, removed_at: Optional[str] = None) -> Published:
         """Publish a signed tombstone for a live identity (every door deletes it), then the manifest.
@@ -821,9 +822,6 @@ class Authority:
             return self._publish_records(
                 broker, [Tombstone(i, allocate(), when) for i in dict.fromkeys(named)]
             )
-
-    def _publish_record(self, broker: FleetBroker, record: Union[IdentityRecord, Tombstone]) -> Published:
-        return self._publish_records(broker, [record])[0]
 
     def _publish_records(
         self, broker: FleetBroker, records: Sequence[Union[IdentityRecord, Tombstone]]
