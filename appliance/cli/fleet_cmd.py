@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 from ..fleet.authority import Authority, AuthorityState, Published, StatusReport, load_signing_key
 from ..fleet.errors import FleetError
@@ -327,6 +327,7 @@ def _status_lines(report: StatusReport, site: str) -> List[str]:
             f"  {door.device_id:24} {step:12} {online:8} {applied} applied"
             + (f": {differences}" if differences else "")
         )
+    lines.extend(_look_alike_lines(report))
     lines.extend(f"note: {printable(note)}" for note in report.notes)
     bad = [door.device_id for door in report.doors if not door.ok]
     if not report.doors:
@@ -335,6 +336,36 @@ def _status_lines(report: StatusReport, site: str) -> List[str]:
         lines.append(f"{len(bad)} of {len(report.doors)} door(s) not in step: {', '.join(bad)}")
     else:
         lines.append(f"all {len(report.doors)} door(s) in step")
+    return lines
+
+
+def _look_alike_lines(report: StatusReport) -> List[str]:
+    """The look-alikes the doors found, each pair once, with the names the index holds."""
+    pairs = report.look_alikes()
+    if not pairs:
+        return []
+
+    def who(identity_id: Optional[str]) -> str:
+        if identity_id is None:
+            return "an identity enrolled at the door"
+        name = report.names.get(identity_id)
+        return f"{identity_id} ({printable(name)})" if name else identity_id
+
+    lines = [
+        f"look-alikes: {len(pairs)} pair(s) of identities whose faces match at a door's duplicate "
+        "threshold — one person under two ids is still let in as the other when one is removed "
+        "(`fleet remove` the one that should go; twins stay listed):"
+    ]
+    lines.extend(
+        f"  {who(pair.id)} ~ {who(pair.like)} {pair.score:.2f} at {', '.join(pair.doors)}" for pair in pairs
+    )
+    for door in report.doors:
+        digest = door.digest
+        if digest is not None and digest.look_alike_count > len(digest.look_alikes):
+            lines.append(
+                f"  {door.device_id} holds {digest.look_alike_count} look-alike pair(s) and lists the "
+                f"{len(digest.look_alikes)} best"
+            )
     return lines
 
 

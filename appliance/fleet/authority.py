@@ -431,6 +431,7 @@ class DoorStatus:
             "manifest_revision": None if door is None else door.manifest_revision,
             "digest": None if door is None else door.digest,
             "refused": None if door is None else door.document()["refused"],
+            "look_alikes": None if door is None else door.document()["look_alikes"],
             "ts": None if door is None else door.ts,
             "differences": self.differences(manifest),
         }
@@ -471,19 +472,53 @@ def compare_doors(
     return statuses
 
 
+@dataclass(frozen=True)
+class SiteLookAlike:
+    """Two identities whose faces matched at one door or more (:class:`~.records.LookAlikeNote`):
+    ``id`` the one whose record found it, ``like`` the other (``None``: an identity enrolled at each
+    of those doors); the best ``score`` and the doors."""
+
+    id: str
+    like: Optional[str]
+    score: float
+    doors: Tuple[str, ...]
+
+    def document(self) -> Dict[str, Any]:
+        return {"id": self.id, "like": self.like, "score": round(self.score, 4), "doors": list(self.doors)}
+
+
 @dataclass
 class StatusReport:
-    """``fleet status``: the manifest compared, where it came from, and every door."""
+    """``fleet status``: the manifest compared, where it came from, and every door.
+
+    ``names``: identity id → name, of the identities the authority's index names (for the
+    look-alikes' lines).
+    """
 
     manifest: Manifest
     source: str
     doors: List[DoorStatus]
     notes: List[str] = field(default_factory=list)
+    names: Dict[str, str] = field(default_factory=dict)
 
     @property
     def all_in_step(self) -> bool:
         """At least one door, and every door in step and not offline."""
         return bool(self.doors) and all(door.ok for door in self.doors)
+
+    def look_alikes(self) -> List[SiteLookAlike]:
+        """The look-alikes the doors list, each pair once (either way round), best score first."""
+        pairs: Dict[Tuple[str, str], Tuple[str, Optional[str], float, List[str]]] = {}
+        for door in self.doors:
+            for note in () if door.digest is None else door.digest.look_alikes:
+                ids = (note.id, note.like or "")  # a local identity ("": no id is empty) at any door
+                key = (min(ids), max(ids))
+                first, second, score, doors = pairs.get(key, (note.id, note.like, note.score, []))
+                if note.score > score:
+                    first, second, score = note.id, note.like, note.score
+                pairs[key] = (first, second, score, [*doors, door.device_id])
+        found = [SiteLookAlike(a, b, score, tuple(doors)) for a, b, score, doors in pairs.values()]
+        return sorted(found, key=lambda pair: (-pair.score, pair.id, pair.like or ""))
 
     def document(self) -> Dict[str, Any]:
         return {
@@ -495,6 +530,7 @@ class StatusReport:
                 "source": self.source,
             },
             "doors": [door.document(self.manifest) for door in self.doors],
+            "look_alikes": [pair.document() for pair in self.look_alikes()],
             "in_step": self.all_in_step,
             "notes": list(self.notes),
         }
@@ -958,8 +994,10 @@ class Authority:
             except FleetRecordError as err:
                 notes.append(f"the broker's manifest is not usable: {err}")
         local_revision = self.state.revision
-        local = self.state.index.manifest(local_revision) if local_revision else None
+        index = self.state.index
+        local = index.manifest(local_revision) if local_revision else None
         manifest, source = _newest(local, on_broker, notes)
+        names = {identity_id: e.name for identity_id, e in index.identities.items() if e.name}
         return StatusReport(
             manifest,
             source,
@@ -970,6 +1008,7 @@ class Authority:
                 _availability(messages, self.settings.door_prefix),
             ),
             notes,
+            names,
         )
 
 
@@ -1027,6 +1066,7 @@ __all__ = [
     "Index",
     "Published",
     "Removal",
+    "SiteLookAlike",
     "StatusReport",
     "compare_doors",
     "load_signing_key",

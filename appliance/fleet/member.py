@@ -41,6 +41,11 @@ Rules:
 * After every change the door publishes its digest document, retained, on
   ``{prefix}/{site}/doors/{device_id}``: the count and the hash over ``(id, revision)`` of the fleet
   identities it holds, so ``fleet status`` tells in step from not.
+* **Look-alikes.** Before a record is stored, its faces are searched in this door's gallery: another
+  identity they match at ``gallery.duplicate_threshold`` (one person under two badges — removing one
+  would leave them let in as the other — or twins) is stored with it as a look-alike, and the digest
+  lists the best of them for ``fleet status``. The authority keeps no faces, so only a door can
+  tell; a look-alike leaves with either identity, and a newer revision finds its own again.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -62,6 +67,7 @@ from .errors import FleetError
 from .records import (
     FleetRecordError,
     IdentityRecord,
+    LookAlikeNote,
     Manifest,
     Refusal,
     Tombstone,
@@ -78,6 +84,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from ..gallery.gallery import Gallery
+    from ..gallery.store import LookAlike
     from ..runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
@@ -97,6 +104,9 @@ RETRY_S = 1.0
 FETCH_CHUNK = 500
 #: The quiet time (no record waiting) before missing records are asked for again.
 FETCH_IDLE_S = 1.0
+#: Identities listed per face when a record's faces are searched for look-alikes (its own older
+#: revision may take one of them).
+LOOK_ALIKE_DEPTH = 4
 
 Record = Union[IdentityRecord, Tombstone]
 
@@ -168,6 +178,7 @@ class FleetMember:
         self._fetched_rounds = 0
         self._queued_bytes = 0
         self._entries: Dict[str, int] = {}
+        self._look_alikes: List[LookAlike] = []
         self._published: Optional[bytes] = None
 
     # -- wiring (before the link starts) ---------------------------------------------------------------
@@ -205,7 +216,7 @@ class FleetMember:
 
     def start(self) -> None:
         """Read what this door holds, publish its digest, and start the fleet thread."""
-        self._entries = self._gallery().store.fleet_identities()
+        self._read_held()
         self._publish_digest()
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         self._thread.start()
@@ -237,6 +248,10 @@ class FleetMember:
                 "dropped": self._dropped,
                 "changes": self._applied_total + self._removed_total,
                 "refused": {"count": self._refused, "last": self._last_refusal},
+                "look_alikes": [
+                    {"id": pair.id, "like": pair.like_id, "score": round(pair.score, 4)}
+                    for pair in self._look_alikes
+                ],
             }
 
     # -- the fleet thread --------------------------------------------------------------------------------
@@ -365,12 +380,12 @@ class FleetMember:
             self._embed,
             self._pace.crops,
             save=self._queue.empty(),
+            look_alike_threshold=self._runtime.config.gallery.duplicate_threshold,
         )
-        entries = gallery.store.fleet_identities()
         with self._lock:
             self._applied_total += applied
             self._removed_total += removed
-            self._entries = entries
+        self._read_held()
         for identity_id, reason, message in refusals:
             self._refuse(identity_id, reason, message)
 
@@ -380,20 +395,33 @@ class FleetMember:
                 return
         gallery = self._gallery()
         removed = prune_to_manifest(gallery, manifest)
-        entries = gallery.store.fleet_identities()
         with self._lock:
             self._manifest_revision = manifest.revision
             self._manifest = manifest
             self._removed_total += removed
-            self._entries = entries
+        self._read_held()
         if removed:
             logger.info("fleet: %d identit(ies) gone from the site's manifest were removed", removed)
+
+    def _read_held(self) -> None:
+        """The fleet identities this door holds and its look-alikes, from the store."""
+        store = self._gallery().store
+        entries = store.fleet_identities()
+        look_alikes = store.look_alikes()
+        with self._lock:
+            self._entries = entries
+            self._look_alikes = look_alikes
 
     def _publish_digest(self) -> None:
         import json
 
         with self._lock:
             last = self._last_refusal
+            # A local identity's id stays on the door (it is often made from the person's name).
+            look_alikes = [
+                LookAlikeNote(pair.id, pair.like_id if pair.like_id in self._entries else None, pair.score)
+                for pair in self._look_alikes
+            ]
             document = door_document(
                 self.device_id,
                 self.config.site,
@@ -402,6 +430,7 @@ class FleetMember:
                 self._refused,
                 None if last is None else Refusal(last["id"], last["reason"], last["at"]),
                 rfc3339_now(),
+                look_alikes,
             )
         payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
         if payload != self._published:
@@ -501,6 +530,7 @@ def apply_batch(
     embed: Callable[[np.ndarray], EmbeddingJob],
     crops: Callable[[], int],
     save: bool,
+    look_alike_threshold: Optional[float] = None,
 ) -> Tuple[int, int, List[Tuple[str, str, str]]]:
     """Apply verified records, one store transaction each, off the pipeline thread.
 
@@ -518,6 +548,9 @@ def apply_batch(
         crops: how many crops the next group may carry, asked as its embedding starts.
         save: write the index files after the batch (the last batch of a burst); otherwise the
             store holds the truth and the next save or start catches the files up.
+        look_alike_threshold: each identity record's faces are searched in the gallery before it
+            is stored, and the other identities they match at this score are stored with it as its
+            look-alikes (:func:`find_look_alikes`); ``None``: not searched.
 
     Returns:
         ``(identities applied, identities removed, refusals (id, reason, message))``.
@@ -559,7 +592,13 @@ def apply_batch(
             for position, record in enumerate(group):
                 try:
                     if isinstance(record, IdentityRecord):
-                        store_identity(gallery, record, vectors_of[record.id], version)
+                        vectors = vectors_of[record.id]
+                        look_alikes = (
+                            []
+                            if look_alike_threshold is None
+                            else find_look_alikes(gallery, record.id, vectors, look_alike_threshold)
+                        )
+                        store_identity(gallery, record, vectors, version, look_alikes)
                         applied += 1
                     else:
                         gallery.remove_fleet_identity(record.id, record.revision, save=False)
@@ -583,11 +622,29 @@ def apply_batch(
     return applied, removed, refusals
 
 
+def find_look_alikes(
+    gallery: Gallery, identity_id: str, embeddings: np.ndarray, threshold: float
+) -> List[Tuple[str, float]]:
+    """The identities other than ``identity_id`` that any of ``embeddings`` (``(N, D)`` float32, one
+    identity's faces) matches at ``threshold`` or above: ``(identity id, best score)``, best first."""
+    best: Dict[str, float] = {}
+    for candidates in gallery.search(embeddings, LOOK_ALIKE_DEPTH):
+        for candidate in candidates:
+            if candidate.identity_id != identity_id and candidate.score >= threshold:
+                best[candidate.identity_id] = max(candidate.score, best.get(candidate.identity_id, -1.0))
+    return sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))
+
+
 def store_identity(
-    gallery: Gallery, record: IdentityRecord, embeddings: np.ndarray, embedded_with: Optional[str] = None
+    gallery: Gallery,
+    record: IdentityRecord,
+    embeddings: np.ndarray,
+    embedded_with: Optional[str] = None,
+    look_alikes: Sequence[Tuple[str, float]] = (),
 ) -> None:
     """One identity record into the gallery, its index files left for the next save
-    (:meth:`Gallery.apply_fleet_identity`; ``embeddings``: ``(N, D)`` float32, one per crop)."""
+    (:meth:`Gallery.apply_fleet_identity`; ``embeddings``: ``(N, D)`` float32, one per crop;
+    ``look_alikes``: :func:`find_look_alikes`)."""
     gallery.apply_fleet_identity(
         record.id,
         record.revision,
@@ -600,6 +657,7 @@ def store_identity(
         record.qualities,
         save=False,
         embedded_with=embedded_with,
+        look_alikes=look_alikes,
     )
 
 
@@ -665,5 +723,6 @@ __all__ = [
     "PipelineEmbedding",
     "apply_batch",
     "embed_crops",
+    "find_look_alikes",
     "prune_to_manifest",
 ]

@@ -65,7 +65,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -104,6 +104,8 @@ MAX_RECORD_BYTES = 4 * 2**20
 MAX_MANIFEST_BYTES = 16 * 2**20
 #: Largest door digest document.
 MAX_DOOR_DOCUMENT_BYTES = 64 * 1024
+#: Look-alike pairs a door's digest document lists, at most (the best scores; it counts them all).
+MAX_LOOK_ALIKES_LISTED = 20
 #: Aligned crops one identity record carries, at most.
 MAX_CROPS = 20
 #: Largest PNG of one 112×112 crop (its raw pixels are 37 632 bytes).
@@ -677,8 +679,27 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class LookAlikeNote:
+    """A look-alike a door found: fleet identity ``id``'s faces matched fleet identity ``like`` at
+    cosine ``score``, at or above the door's ``gallery.duplicate_threshold``, when its record was
+    applied. ``like`` is ``None`` for an identity enrolled at that door: a local id (often made from
+    the person's name) stays on the door."""
+
+    id: str
+    like: Optional[str]
+    score: float
+
+    def document(self) -> Dict[str, Any]:
+        return {"id": self.id, "like": self.like, "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
 class DoorDigest:
-    """A door's digest document, parsed (:func:`parse_door_document`)."""
+    """A door's digest document, parsed (:func:`parse_door_document`).
+
+    ``look_alikes``: the best-scored :data:`MAX_LOOK_ALIKES_LISTED` of the door's ``look_alike_count``
+    pairs (none from a door older than the look-alikes).
+    """
 
     device_id: str
     site: str
@@ -688,6 +709,8 @@ class DoorDigest:
     refused: int
     last_refused: Optional[Refusal]
     ts: str
+    look_alike_count: int = 0
+    look_alikes: Tuple[LookAlikeNote, ...] = ()
 
     def document(self) -> Dict[str, Any]:
         """The JSON-ready document (as :func:`door_document` builds it)."""
@@ -702,6 +725,10 @@ class DoorDigest:
                 "count": self.refused,
                 "last": None if last is None else {"id": last.id, "reason": last.reason, "at": last.at},
             },
+            "look_alikes": {
+                "count": self.look_alike_count,
+                "listed": [note.document() for note in self.look_alikes],
+            },
             "ts": self.ts,
         }
 
@@ -714,6 +741,7 @@ def door_document(
     refused: int,
     last_refused: Optional[Refusal],
     ts: str,
+    look_alikes: Sequence[LookAlikeNote] = (),
 ) -> Dict[str, Any]:
     """What a door retains on :func:`door_topic`: its digest over the fleet entries it applied.
 
@@ -722,9 +750,20 @@ def door_document(
         refused: records refused since the door started.
         last_refused: the last of them, or ``None``.
         ts: RFC 3339 UTC.
+        look_alikes: every look-alike pair the door holds, best score first; the document lists the
+            first :data:`MAX_LOOK_ALIKES_LISTED` and counts them all.
     """
     return DoorDigest(
-        device_id, site, manifest_revision, len(applied), fleet_digest(applied), refused, last_refused, ts
+        device_id,
+        site,
+        manifest_revision,
+        len(applied),
+        fleet_digest(applied),
+        refused,
+        last_refused,
+        ts,
+        len(look_alikes),
+        tuple(look_alikes[:MAX_LOOK_ALIKES_LISTED]),
     ).document()
 
 
@@ -780,6 +819,7 @@ def parse_door_document(payload: Union[bytes, str, Mapping[str, Any]]) -> DoorDi
     digest = document["digest"]
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise _refuse(INVALID, "digest: expected 64 lowercase hex digits")
+    look_alike_count, look_alikes = _look_alikes(document.get("look_alikes"))
     return DoorDigest(
         device_id=_level(document["device_id"], "device_id", INVALID),
         site=_level(document["site"], "site", INVALID),
@@ -789,7 +829,40 @@ def parse_door_document(payload: Union[bytes, str, Mapping[str, Any]]) -> DoorDi
         refused=_count(refused["count"], "refused.count"),
         last_refused=last_refusal,
         ts=_short_text(document["ts"], "ts", 64) or "",
+        look_alike_count=look_alike_count,
+        look_alikes=look_alikes,
     )
+
+
+def _look_alikes(value: Any) -> Tuple[int, Tuple[LookAlikeNote, ...]]:
+    """A door document's ``look_alikes`` (absent from a door older than them: none)."""
+    if value is None:
+        return 0, ()
+    if not isinstance(value, dict) or not {"count", "listed"} <= set(value):
+        raise _refuse(INVALID, "look_alikes: expected an object with count and listed")
+    count, listed = _count(value["count"], "look_alikes.count"), value["listed"]
+    if not isinstance(listed, list) or len(listed) > min(count, MAX_LOOK_ALIKES_LISTED):
+        raise _refuse(
+            INVALID,
+            f"look_alikes.listed: expected a list of at most {MAX_LOOK_ALIKES_LISTED} pairs, and no more "
+            "than look_alikes.count",
+        )
+    notes = []
+    for position, item in enumerate(listed):
+        name = f"look_alikes.listed[{position}]"
+        if not isinstance(item, dict) or not {"id", "like", "score"} <= set(item):
+            raise _refuse(INVALID, f"{name}: expected an object with id, like (or null) and score")
+        score = item.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not -1.0 <= score <= 1.0:
+            raise _refuse(INVALID, f"{name}.score: expected a number from -1 to 1")
+        notes.append(
+            LookAlikeNote(
+                _identity_id(item.get("id"), f"{name}.id", INVALID),
+                None if item.get("like") is None else _identity_id(item["like"], f"{name}.like", INVALID),
+                float(score),
+            )
+        )
+    return count, tuple(notes)
 
 
 # -- the fleet key ----------------------------------------------------------------------------------------
@@ -857,12 +930,14 @@ def create_fleet_key(path: Path) -> bytes:
 
 __all__ = [
     "MAX_CROPS",
+    "MAX_LOOK_ALIKES_LISTED",
     "MAX_MANIFEST_BYTES",
     "MAX_RECORD_BYTES",
     "RECORD_FORMAT",
     "DoorDigest",
     "FleetRecordError",
     "IdentityRecord",
+    "LookAlikeNote",
     "Manifest",
     "Refusal",
     "Tombstone",

@@ -600,11 +600,14 @@ class Gallery:
         qualities: Sequence[float],
         save: bool = True,
         embedded_with: Optional[str] = None,
+        look_alikes: Sequence[Tuple[str, float]] = (),
     ) -> None:
         """Store a fleet record's identity (embedded with the active embedder) and update the index.
 
         Args:
             embeddings: ``(N, D)`` float32 unit vectors; ``crops``: ``(N, 112, 112, 3)`` uint8.
+            look_alikes: the other identities these embeddings match at the duplicate threshold,
+                ``(identity id, score)`` (:meth:`TemplateStore.put_fleet_identity`).
             save: write the index file now (a catch-up saves once at its end: :meth:`save_index`).
             embedded_with: the ``name@version`` that made ``embeddings``, when they were made on
                 another thread than this call's: checked under the change lock, against a model
@@ -630,6 +633,7 @@ class Gallery:
                 embeddings,
                 crops,
                 qualities,
+                look_alikes,
             )
             self._update_index(removed, added, embeddings, identity_id, name, save)
 

@@ -109,6 +109,19 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
         )""",
         "CREATE INDEX impostors_by_identity ON impostors(identity_id)",
     ),
+    # Fleet look-alikes (appliance.fleet.member): a fleet identity whose faces match another identity
+    # of this gallery at the duplicate threshold when its record was applied (two badges of one
+    # person, or twins), for the door's digest; deleted with either identity.
+    6: (
+        """CREATE TABLE look_alikes (
+            id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            like_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            score REAL NOT NULL,
+            found_at TEXT NOT NULL,
+            PRIMARY KEY (id, like_id)
+        )""",
+        "CREATE INDEX look_alikes_by_like ON look_alikes(like_id)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -213,6 +226,17 @@ class TemplateInfo:
             "score": None if self.origin.score is None else round(float(self.origin.score), 4),
             "margin": None if self.origin.margin is None else round(float(self.origin.margin), 4),
         }
+
+
+@dataclass(frozen=True)
+class LookAlike:
+    """A fleet identity ``id`` whose faces matched identity ``like_id`` at ``score`` (cosine) when its
+    record was applied (no biometric data)."""
+
+    id: str
+    like_id: str
+    score: float
+    found_at: str
 
 
 @dataclass(frozen=True)
@@ -686,6 +710,7 @@ class TemplateStore:
         embeddings: np.ndarray,
         crops: np.ndarray,
         qualities: Sequence[float],
+        look_alikes: Sequence[Tuple[str, float]] = (),
     ) -> Tuple[List[int], List[int]]:
         """Apply a fleet record in one transaction: the identity, its policy and its templates replace
         what an older revision stored.
@@ -693,6 +718,9 @@ class TemplateStore:
         Args:
             embeddings: ``(N, D)`` float32 unit vectors of this door's embedder, from ``crops``.
             crops: ``(N, 112, 112, 3)`` uint8 aligned crops (kept: a model swap re-embeds them).
+            look_alikes: ``(identity id, score)`` of the other identities these embeddings match at
+                the duplicate threshold; they replace every look-alike this identity had, either
+                way round. One that is gone by now is left out.
 
         Returns:
             ``(template ids removed, template ids added)``, for the search index.
@@ -744,10 +772,24 @@ class TemplateStore:
                     )
                 )
             self._note_fleet(db, identity_id, revision, "identity", now)
+            db.execute("DELETE FROM look_alikes WHERE id=? OR like_id=?", (identity_id, identity_id))
+            db.executemany(
+                "INSERT INTO look_alikes (id, like_id, score, found_at) SELECT ?, id, ?, ? "
+                "FROM identities WHERE id=? AND id<>?",
+                [(identity_id, float(score), now, other, identity_id) for other, score in look_alikes],
+            )
             self._bump(db)
         if removed:
             self._purge()
         return removed, added
+
+    def look_alikes(self) -> List[LookAlike]:
+        """Every look-alike pair (:meth:`put_fleet_identity`), best score first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, like_id, score, found_at FROM look_alikes ORDER BY score DESC, id, like_id"
+            ).fetchall()
+        return [LookAlike(str(row[0]), str(row[1]), float(row[2]), str(row[3])) for row in rows]
 
     def remove_fleet_identity(self, identity_id: str, revision: int) -> List[int]:
         """Apply a fleet tombstone: delete the identity for real (as :meth:`remove`) and remember the
@@ -1227,6 +1269,7 @@ __all__ = [
     "ENROLLED",
     "GalleryKeyError",
     "Identity",
+    "LookAlike",
     "Template",
     "TemplateInfo",
     "TemplateOrigin",

@@ -1,6 +1,7 @@
 """The fleet end to end: a real Mosquitto, the enrolment authority's command line, and three appliances
-(subprocesses) on a looping video of a person. Enrol once, every door grants; remove, every door
-forgets (for real); a door stopped during both catches up; hostile records change nothing anywhere."""
+(subprocesses) on a looping video of a person. Enrol once, every door grants; the same person under a
+second id is found by the doors and listed by ``fleet status``; remove, every door forgets (for real);
+a door stopped during both catches up; hostile records change nothing anywhere."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ SITE = "hq"
 PREFIX = "face-appliance-fleet"
 DOORS = ("door-a", "door-b", "door-c")
 PERSON = "p-obama"  # the person of the video
+SECOND_BADGE = "p-obama-2"  # the same person enrolled again, under another id
 OTHER = "p-ada"
 
 
@@ -103,6 +105,21 @@ def test_enrol_once_every_door_knows(
             )
         status = json.loads(_ok("fleet", "status", *auth, "--json"))
         assert {door["device_id"] for door in status["doors"]} == set(DOORS)
+        # Ada is enrolled at door A itself (a local id, made from her name) before the fleet enrols her.
+        photo = base64.b64encode((faces / "deepface_personA/img6.jpg").read_bytes()).decode()
+        recorder.publish(
+            "face-appliance/door-a/cmd/enroll",
+            json.dumps({"request_id": "local-1", "name": "Ada Lovelace", "image": photo}).encode(),
+        )
+        recorder.wait_for(
+            lambda messages: any(
+                m.topic == "face-appliance/door-a/cmd/enroll/result"
+                and b'"ok":true' in m.payload.replace(b" ", b"")
+                for m in messages
+            ),
+            60,
+            "door A enrols Ada locally",
+        )
 
         running["door-c"].stop()  # door C is away during both changes
         since = time.time()
@@ -126,7 +143,7 @@ def test_enrol_once_every_door_knows(
             OTHER,
             "--groups",
             "staff",
-            str(faces / "deepface_personA/img1.jpg"),
+            str(faces / "deepface_personA/img2.jpg"),
         )
         for device in ("door-a", "door-b"):
             _wait_decision(
@@ -141,13 +158,52 @@ def test_enrol_once_every_door_knows(
             b"Barack" not in recorder.on(record_topic(PREFIX, SITE, PERSON))[-1].payload
             and record["kind"] == "identity"
         )
+        # The same person again under another id, from another photo: each door that applies it finds
+        # it matches PERSON, and `fleet status` lists the pair once, with the doors and the names.
+        _ok(
+            "fleet",
+            "enroll",
+            *auth,
+            "--name",
+            "B. Obama",
+            "--id",
+            SECOND_BADGE,
+            str(faces / "fr_obama/obama2.jpg"),
+        )
+        wait_until(
+            lambda: all(
+                SECOND_BADGE
+                in {pair["id"] for pair in _fleet_applied(recorder, device).get("look_alikes", [])}
+                for device in ("door-a", "door-b")
+            ),
+            60,
+            "doors a and b find the look-alike",
+        )
         out_of_step = run_cli("fleet", "status", *auth, "--json")
         assert out_of_step.returncode == 1
-        behind = [d["device_id"] for d in json.loads(out_of_step.stdout)["doors"] if not d["in_step"]]
+        report = json.loads(out_of_step.stdout)
+        behind = [d["device_id"] for d in report["doors"] if not d["in_step"]]
         assert behind == ["door-c"], out_of_step.stdout
+        pairs = {(pair["id"], pair["like"]): pair for pair in report["look_alikes"]}
+        assert set(pairs) == {(SECOND_BADGE, PERSON), (OTHER, None)}, report["look_alikes"]
+        assert pairs[SECOND_BADGE, PERSON]["doors"] == ["door-a", "door-b"]
+        assert pairs[OTHER, None]["doors"] == ["door-a"]  # her local id stays on door A
+        # the doors' gallery.duplicate_threshold, by default
+        assert all(0.6 <= pair["score"] <= 1.0 for pair in pairs.values())
+        by_door = {d["device_id"]: d["look_alikes"] for d in report["doors"]}
+        assert by_door["door-a"]["count"] == 2 and by_door["door-c"]["count"] == 0
+        assert {(p["id"], p["like"]) for p in _fleet_applied(recorder, "door-a")["look_alikes"]} == {
+            (SECOND_BADGE, PERSON),
+            (OTHER, "ada-lovelace"),  # the door's own …/state names it
+        }
+        assert b"ada-lovelace" not in recorder.on(f"{PREFIX}/{SITE}/doors/door-a")[-1].payload
+        lines = run_cli("fleet", "status", *auth).stdout
+        assert f"{SECOND_BADGE} (B. Obama) ~ {PERSON} (Barack Obama)" in lines, lines
+        assert f"{OTHER} (Ada) ~ an identity enrolled at the door" in lines, lines
 
+        # Removing one id would still let him in as the other: both go, in one change.
         since = time.time()
-        _ok("fleet", "remove", *auth, PERSON)
+        _ok("fleet", "remove", *auth, PERSON, SECOND_BADGE)
         for device in ("door-a", "door-b"):
             wait_until(
                 lambda device=device: PERSON not in _store_ids(doors[device]),
@@ -162,6 +218,8 @@ def test_enrol_once_every_door_knows(
         running["door-c"] = Daemon(doors["door-c"])  # catches up from the retained records
         wait_until(lambda: run_cli("fleet", "status", *auth).returncode == 0, 120, "every door in step")
         assert _store_ids(doors["door-c"]) == {OTHER}
+        look_alikes = json.loads(_ok("fleet", "status", *auth, "--json"))["look_alikes"]
+        assert [(pair["id"], pair["like"]) for pair in look_alikes] == [(OTHER, None)]  # Obama's are gone
         # Its catch-up's embedding ran as a job between two frames, and the door reports that wait.
         wait_until(
             lambda: "between_frames" in (_state(recorder, "door-c").get("latency_ms") or {}),

@@ -323,3 +323,93 @@ def test_the_daemon_closes_the_gallery_only_once_the_fleet_thread_has_ended(
     appliance.stop()  # nothing else was started: stop is safe after a failed start
     # A fleet thread still storing a record keeps the gallery open (the process exit ends both).
     assert events == (["fleet stopped", "gallery closed"] if fleet_ended else ["fleet stopped"])
+
+
+def _near(vector: np.ndarray, seed: int, by: float) -> np.ndarray:
+    """A unit vector about ``by`` (a small angle, radians) from the unit ``vector``: another capture
+    of the same face."""
+    step = unit_vectors(1, seed, dim=len(vector))[0]
+    moved = vector + by * (step - (step @ vector) * vector)
+    return (moved / np.linalg.norm(moved)).astype(np.float32)
+
+
+def test_a_record_whose_faces_match_another_identity_is_stored_with_its_look_alike(gallery: Gallery) -> None:
+    """Before a record is stored its faces are searched: another identity (of the fleet or enrolled
+    here) they match at the threshold is stored with it as its look-alike, and a look-alike leaves
+    with either identity or the next revision's own search. The embeddings are stated: one person's
+    face, another capture of it (cosine ≈ 0.9), and strangers (cosine ≈ 0)."""
+    face = unit_vectors(1, 100, dim=128)[0]
+    gallery.add("local-ada", "Ada", face[None, :])  # enrolled at this door
+    planned: List[np.ndarray] = []
+
+    def embed(crops: np.ndarray) -> EmbeddingJob:
+        vectors, planned[: len(crops)] = np.stack(planned[: len(crops)]), []
+        return _done((gallery.model_version, vectors))
+
+    def apply(*records: Tuple[str, int, List[np.ndarray]]) -> None:
+        batch: List[Any] = []
+        for identity_id, revision, vectors in records:
+            planned.extend(vectors)
+            crops = random_crops(len(vectors), revision)
+            batch.append(
+                IdentityRecord(
+                    identity_id,
+                    revision,
+                    "P",
+                    None,
+                    CONSENT_AT,
+                    IdentityPolicy(),
+                    tuple(crops),
+                    (0.9,) * len(crops),
+                )
+            )
+        applied = apply_batch(gallery, batch, embed, lambda: 8, save=True, look_alike_threshold=0.6)
+        assert applied == (len(records), 0, [])
+
+    def pairs() -> List[Tuple[str, str, float]]:
+        return [(pair.id, pair.like_id, round(pair.score, 2)) for pair in gallery.store.look_alikes()]
+
+    stranger, other = unit_vectors(2, 101, dim=128)
+    near = _near(face, 102, 0.45)
+    apply(("p-1", 1, [stranger]), ("p-2", 1, [other, near]), ("p-3", 1, [unit_vectors(1, 103, dim=128)[0]]))
+    score = round(float(near @ face), 2)
+    assert 0.6 <= score < 0.99
+    # p-2's second face is Ada's: she is enrolled here and under p-2; p-1 and p-3 are strangers.
+    assert pairs() == [("p-2", "local-ada", score)]
+
+    # The same face under two more ids, in one batch: p-5 is stored after p-4, and its search sees
+    # p-4 as well as Ada and p-2 (whose second face is hers); best scores first.
+    apply(("p-4", 1, [_near(face, 104, 0.2)]), ("p-5", 1, [face]))
+    found = pairs()
+    assert {(a, b) for a, b, _ in found} == {
+        ("p-2", "local-ada"),
+        ("p-4", "local-ada"),
+        ("p-4", "p-2"),
+        ("p-5", "local-ada"),
+        ("p-5", "p-2"),
+        ("p-5", "p-4"),
+    }
+    assert [s for _, _, s in found] == sorted((s for _, _, s in found), reverse=True)
+    assert found[0] == ("p-5", "local-ada", 1.0)
+
+    # p-4's next revision is another face: every look-alike of p-4, either way round, is gone.
+    apply(("p-4", 2, [stranger * -1.0]))
+    assert {(a, b) for a, b, _ in pairs()} == {("p-2", "local-ada"), ("p-5", "local-ada"), ("p-5", "p-2")}
+    # A tombstone, and a local removal, take their identity's look-alikes with them.
+    assert apply_batch(gallery, [Tombstone("p-5", 2, CONSENT_AT)], _no_model, lambda: 8, save=True) == (
+        0,
+        1,
+        [],
+    )
+    assert pairs() == [("p-2", "local-ada", score)]
+    gallery.remove("local-ada")
+    assert pairs() == []
+    # Without a threshold nothing is searched.
+    apply_batch(
+        gallery,
+        [IdentityRecord("p-6", 1, "P", None, CONSENT_AT, IdentityPolicy(), (random_crops(1, 6)[0],), (0.9,))],
+        lambda crops: _done((gallery.model_version, face[None, :])),
+        lambda: 8,
+        save=True,
+    )
+    assert pairs() == []

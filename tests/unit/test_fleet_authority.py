@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.access.policy import IdentityPolicy
+from appliance.cli.fleet_cmd import _status_lines
 from appliance.errors import ConfigError
 from appliance.fleet.authority import (
     Authority,
@@ -29,6 +30,7 @@ from appliance.fleet.authority import (
 from appliance.fleet.errors import FleetError
 from appliance.fleet.records import (
     IdentityRecord,
+    LookAlikeNote,
     Manifest,
     Refusal,
     Tombstone,
@@ -420,6 +422,36 @@ def test_compare_doors() -> None:
     assert report.all_in_step and report.document()["manifest"]["digest"] == fleet_digest(manifest.entries)
     assert not StatusReport(manifest, "broker", []).all_in_step  # no door reported: not "all in step"
     assert not StatusReport(manifest, "broker", list(statuses.values())).all_in_step
+
+
+def test_the_doors_look_alikes_are_listed_once_a_pair() -> None:
+    """Each door lists the pairs it found from its side (the identity whose record found it first);
+    the report lists each pair once, either way round, with its best score and every door."""
+    manifest = Manifest(3, {"p-1": 1, "p-2": 2, "p-3": 3}, {}, NOW)
+    entries = dict(manifest.entries)
+
+    def door(device_id: str, *notes: LookAlikeNote, count: Optional[int] = None) -> bytes:
+        document = door_document(device_id, SITE, 3, entries, 0, None, NOW, list(notes))
+        if count is not None:
+            document["look_alikes"]["count"] = count
+        return json.dumps(document).encode()
+
+    documents = {
+        "door-1": door("door-1", LookAlikeNote("p-2", "p-1", 0.81), LookAlikeNote("p-3", None, 0.7)),
+        "door-2": door("door-2", LookAlikeNote("p-1", "p-2", 0.84), count=25),  # applied in another order
+        "door-3": door("door-3", LookAlikeNote("p-3", None, 0.65)),  # another local identity there
+    }
+    report = StatusReport(manifest, "broker", compare_doors(manifest, SITE, documents), names={"p-1": "Ann"})
+    assert [pair.document() for pair in report.look_alikes()] == [
+        {"id": "p-1", "like": "p-2", "score": 0.84, "doors": ["door-1", "door-2"]},
+        {"id": "p-3", "like": None, "score": 0.7, "doors": ["door-1", "door-3"]},
+    ]
+    assert report.document()["look_alikes"] == [pair.document() for pair in report.look_alikes()]
+    assert report.all_in_step  # a look-alike is a warning, not a difference from the manifest
+    lines = _status_lines(report, SITE)
+    assert "  p-1 (Ann) ~ p-2 0.84 at door-1, door-2" in lines
+    assert "  p-3 ~ an identity enrolled at the door 0.70 at door-1, door-3" in lines
+    assert "  door-2 holds 25 look-alike pair(s) and lists the 1 best" in lines
 
 
 def test_status_against_the_broker(tmp_path: Path, signer: Ed25519PrivateKey) -> None:

@@ -24,8 +24,10 @@ from appliance.errors import ApplianceError
 from appliance.fleet.errors import RECORD_REASONS, FleetError, FleetRecordError
 from appliance.fleet.records import (
     MAX_CROPS,
+    MAX_LOOK_ALIKES_LISTED,
     MAX_RECORD_BYTES,
     IdentityRecord,
+    LookAlikeNote,
     Manifest,
     Refusal,
     Tombstone,
@@ -228,8 +230,9 @@ def test_topics() -> None:
 
 
 def test_door_document_round_trip() -> None:
+    look_alikes = [LookAlikeNote("p-2", "p-1", 0.912345), LookAlikeNote("p-2", None, 0.8)]
     document = door_document(
-        "door-1", SITE, 12, {"p-1": 3, "p-2": 12}, 2, Refusal("p-9", "bad_signature", NOW), NOW
+        "door-1", SITE, 12, {"p-1": 3, "p-2": 12}, 2, Refusal("p-9", "bad_signature", NOW), NOW, look_alikes
     )
     assert document == {
         "device_id": "door-1",
@@ -238,13 +241,32 @@ def test_door_document_round_trip() -> None:
         "applied": 2,
         "digest": fleet_digest({"p-1": 3, "p-2": 12}),
         "refused": {"count": 2, "last": {"id": "p-9", "reason": "bad_signature", "at": NOW}},
+        "look_alikes": {
+            "count": 2,
+            "listed": [
+                {"id": "p-2", "like": "p-1", "score": 0.9123},
+                {"id": "p-2", "like": None, "score": 0.8},  # enrolled at the door: no id
+            ],
+        },
         "ts": NOW,
     }
     parsed = parse_door_document(json.dumps(document).encode())
     assert parsed.document() == document
     assert parse_door_document(document) == parsed
+    assert parsed.look_alikes == (LookAlikeNote("p-2", "p-1", 0.9123), look_alikes[1])
     fresh = door_document("door-2", SITE, None, {}, 0, None, NOW)
     assert parse_door_document(json.dumps(fresh)).manifest_revision is None
+    # A door older than the look-alikes says nothing of them: none.
+    del fresh["look_alikes"]
+    assert parse_door_document(json.dumps(fresh)).look_alikes == ()
+
+
+def test_a_door_lists_its_best_look_alikes_and_counts_them_all() -> None:
+    many = [LookAlikeNote(f"p-{i}", "p-0", 0.99 - i / 1000) for i in range(1, 31)]
+    document = door_document("door-1", SITE, 1, {"p-1": 1}, 0, None, NOW, many)
+    parsed = parse_door_document(json.dumps(document).encode())
+    assert parsed.look_alike_count == 30
+    assert parsed.look_alikes == tuple(many[:MAX_LOOK_ALIKES_LISTED])
 
 
 @pytest.mark.parametrize(
@@ -258,6 +280,17 @@ def test_door_document_round_trip() -> None:
         {"refused": {"count": 1}},
         {"refused": {"count": 1, "last": "p-1"}},
         {"ts": "x" * 100},
+        {"look_alikes": []},
+        {"look_alikes": {"count": 1}},
+        {"look_alikes": {"count": -1, "listed": []}},
+        {"look_alikes": {"count": 0, "listed": [{"id": "p-1", "like": "p-2", "score": 0.9}]}},
+        {"look_alikes": {"count": 99, "listed": [{"id": "p-1", "like": "p-2", "score": 0.9}] * 21}},
+        {"look_alikes": {"count": 1, "listed": ["p-1"]}},
+        {"look_alikes": {"count": 1, "listed": [{"id": "p/1", "like": "p-2", "score": 0.9}]}},
+        {"look_alikes": {"count": 1, "listed": [{"id": "p-1", "score": 0.9}]}},
+        {"look_alikes": {"count": 1, "listed": [{"id": "p-1", "like": "p-2", "score": 1.5}]}},
+        {"look_alikes": {"count": 1, "listed": [{"id": "p-1", "like": "p-2", "score": "0.9"}]}},
+        {"look_alikes": {"count": 1, "listed": [{"id": "p-1", "like": "p-2", "score": True}]}},
     ],
 )
 def test_door_document_refused(change: Dict[str, Any]) -> None:
