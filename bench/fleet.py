@@ -404,6 +404,9 @@ def catch_up(
         "applied": watched["applied"],
         "digest_ok": watched["digest_ok"],
         "manifest_revision": watched["manifest_revision"],
+        # Every record is a noisy copy of one face: each one's look-alike search finds the identities
+        # applied before it (the worst case of that search, and of what the door stores).
+        "look_alikes": watched["look_alikes"],
         "joined_s": joined_s,
         "all_applied_s": catch_up_s,
         "catch_up_s": None if span is None else round(span, 2),
@@ -463,7 +466,13 @@ def _watch_catch_up(
 ) -> Dict[str, Any]:
     """Follow the door's digest documents (from ``started`` on) until it applied ``count`` with the
     ``expected`` digest, or made no progress for ``stall_s`` seconds."""
-    result: Dict[str, Any] = {"applied": 0, "digest_ok": False, "manifest_revision": None, "progress": []}
+    result: Dict[str, Any] = {
+        "applied": 0,
+        "digest_ok": False,
+        "manifest_revision": None,
+        "look_alikes": 0,
+        "progress": [],
+    }
     door_peak = broker_peak = 0.0
     last_change = started
     seen = 0
@@ -478,6 +487,7 @@ def _watch_catch_up(
                 last_change = at
             result["applied"] = document.applied
             result["manifest_revision"] = document.manifest_revision
+            result["look_alikes"] = document.look_alike_count
             result["progress"].append([round(at - started, 2), document.applied])
             if document.applied == count and document.digest == expected:
                 result["digest_ok"] = True
@@ -781,7 +791,9 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
         f"\nA fresh door catching up (one daemon, CPU back-end, {report['options']['scene']} scene looping, "
         "records subscribed at QoS 0; frames waited: the pipeline thread's time on jobs between two turns "
         "that had any, `…/state` → `latency_ms.between_frames` over its last 512 such turns; with a face "
-        "in view: `between_frames_in_view`, the turns when a camera tracked one):\n"
+        "in view: `between_frames_in_view`, the turns when a camera tracked one; look-alike pairs: every "
+        "record is a noisy copy of one face, so each record's search finds those applied before it, the "
+        "worst case of the door's look-alike search):\n"
     )
     _table(
         (
@@ -796,6 +808,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
             "identities/s",
             "frames waited p50 / p99 (ms)",
             "with a face in view p50 / p99 (ms)",
+            "look-alike pairs",
             "door peak RSS (MiB)",
         ),
         [
@@ -811,6 +824,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
                 _ms(r["identities_per_s"]),
                 _waited(r.get("door_between_frames_ms")),
                 _waited(r.get("door_between_frames_in_view_ms")),
+                r.get("look_alikes", "–"),
                 r["door_peak_rss_mib"],
             )
             for r in runs

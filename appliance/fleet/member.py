@@ -65,6 +65,7 @@ from ..logs import RateLimitedLog
 from .door_settings import FleetConfig
 from .errors import FleetError
 from .records import (
+    MAX_LOOK_ALIKES_LISTED,
     FleetRecordError,
     IdentityRecord,
     LookAlikeNote,
@@ -248,10 +249,13 @@ class FleetMember:
                 "dropped": self._dropped,
                 "changes": self._applied_total + self._removed_total,
                 "refused": {"count": self._refused, "last": self._last_refusal},
-                "look_alikes": [
-                    {"id": pair.id, "like": pair.like_id, "score": round(pair.score, 4)}
-                    for pair in self._look_alikes
-                ],
+                "look_alikes": {
+                    "count": len(self._look_alikes),
+                    "listed": [
+                        {"id": pair.id, "like": pair.like_id, "score": round(pair.score, 4)}
+                        for pair in self._look_alikes[:MAX_LOOK_ALIKES_LISTED]
+                    ],
+                },
             }
 
     # -- the fleet thread --------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ def test_quick_fleet_benchmark(tmp_path: Path, shared_models: Path, shared_data:
     assert catch_up["identities"] == catch_up["applied"] == 20 and catch_up["complete"]
     assert catch_up["in_view_job_ms"] == 10.0  # the configuration's default
     assert catch_up["joined_s"] <= catch_up["all_applied_s"] and catch_up["per_identity_ms"] > 0
+    # One face under 20 ids: record k finds the min(k, 4) applied before it (the search's depth).
+    assert catch_up["look_alikes"] == sum(min(k, 4) for k in range(20))
     costs = catch_up["costs"]
     assert all(costs[k] > 0 for k in ("verify_ms", "embed_ms_per_crop", "store_ms", "sum_ms"))
     assert 20_000 < catch_up["record_bytes_mean"] <= catch_up["record_bytes_max"] < 200_000

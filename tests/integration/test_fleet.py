@@ -55,6 +55,10 @@ def _fleet_applied(recorder: Recorder, device: str) -> Dict[str, Any]:
     return _state(recorder, device).get("fleet") or {}
 
 
+def _look_alikes_listed(recorder: Recorder, device: str) -> List[Dict[str, Any]]:
+    return (_fleet_applied(recorder, device).get("look_alikes") or {}).get("listed", [])
+
+
 def _decisions_since(recorder: Recorder, device: str, since: float) -> List[Dict[str, Any]]:
     messages = [
         m
@@ -172,8 +176,7 @@ def test_enrol_once_every_door_knows(
         )
         wait_until(
             lambda: all(
-                SECOND_BADGE
-                in {pair["id"] for pair in _fleet_applied(recorder, device).get("look_alikes", [])}
+                SECOND_BADGE in {pair["id"] for pair in _look_alikes_listed(recorder, device)}
                 for device in ("door-a", "door-b")
             ),
             60,
@@ -192,7 +195,7 @@ def test_enrol_once_every_door_knows(
         assert all(0.6 <= pair["score"] <= 1.0 for pair in pairs.values())
         by_door = {d["device_id"]: d["look_alikes"] for d in report["doors"]}
         assert by_door["door-a"]["count"] == 2 and by_door["door-c"]["count"] == 0
-        assert {(p["id"], p["like"]) for p in _fleet_applied(recorder, "door-a")["look_alikes"]} == {
+        assert {(p["id"], p["like"]) for p in _look_alikes_listed(recorder, "door-a")} == {
             (SECOND_BADGE, PERSON),
             (OTHER, "ada-lovelace"),  # the door's own …/state names it
         }
