@@ -179,7 +179,8 @@ class FleetMember:
         self._fetched_rounds = 0
         self._queued_bytes = 0
         self._entries: Dict[str, int] = {}
-        self._look_alikes: List[LookAlike] = []
+        self._look_alikes: List[LookAlike] = []  # the best MAX_LOOK_ALIKES_LISTED
+        self._look_alike_count = 0
         self._published: Optional[bytes] = None
 
     # -- wiring (before the link starts) ---------------------------------------------------------------
@@ -250,10 +251,10 @@ class FleetMember:
                 "changes": self._applied_total + self._removed_total,
                 "refused": {"count": self._refused, "last": self._last_refusal},
                 "look_alikes": {
-                    "count": len(self._look_alikes),
+                    "count": self._look_alike_count,
                     "listed": [
                         {"id": pair.id, "like": pair.like_id, "score": round(pair.score, 4)}
-                        for pair in self._look_alikes[:MAX_LOOK_ALIKES_LISTED]
+                        for pair in self._look_alikes
                     ],
                 },
             }
@@ -411,10 +412,10 @@ class FleetMember:
         """The fleet identities this door holds and its look-alikes, from the store."""
         store = self._gallery().store
         entries = store.fleet_identities()
-        look_alikes = store.look_alikes()
+        count, look_alikes = store.look_alikes(MAX_LOOK_ALIKES_LISTED)
         with self._lock:
             self._entries = entries
-            self._look_alikes = look_alikes
+            self._look_alike_count, self._look_alikes = count, look_alikes
 
     def _publish_digest(self) -> None:
         import json
@@ -435,6 +436,7 @@ class FleetMember:
                 None if last is None else Refusal(last["id"], last["reason"], last["at"]),
                 rfc3339_now(),
                 look_alikes,
+                self._look_alike_count,
             )
         payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
         if payload != self._published:

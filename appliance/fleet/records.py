@@ -742,6 +742,7 @@ def door_document(
     last_refused: Optional[Refusal],
     ts: str,
     look_alikes: Sequence[LookAlikeNote] = (),
+    look_alike_count: Optional[int] = None,
 ) -> Dict[str, Any]:
     """What a door retains on :func:`door_topic`: its digest over the fleet entries it applied.
 
@@ -750,8 +751,9 @@ def door_document(
         refused: records refused since the door started.
         last_refused: the last of them, or ``None``.
         ts: RFC 3339 UTC.
-        look_alikes: every look-alike pair the door holds, best score first; the document lists the
-            first :data:`MAX_LOOK_ALIKES_LISTED` and counts them all.
+        look_alikes: the look-alike pairs the door holds, best score first; the document lists the
+            first :data:`MAX_LOOK_ALIKES_LISTED`.
+        look_alike_count: how many pairs the door holds (``None``: ``len(look_alikes)``).
     """
     return DoorDigest(
         device_id,
@@ -762,7 +764,7 @@ def door_document(
         refused,
         last_refused,
         ts,
-        len(look_alikes),
+        len(look_alikes) if look_alike_count is None else look_alike_count,
         tuple(look_alikes[:MAX_LOOK_ALIKES_LISTED]),
     ).document()
 

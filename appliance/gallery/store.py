@@ -783,13 +783,16 @@ class TemplateStore:
             self._purge()
         return removed, added
 
-    def look_alikes(self) -> List[LookAlike]:
-        """Every look-alike pair (:meth:`put_fleet_identity`), best score first."""
+    def look_alikes(self, most: int = -1) -> Tuple[int, List[LookAlike]]:
+        """The look-alike pairs (:meth:`put_fleet_identity`): how many, and the ``most`` best-scored
+        (all with ``-1``), best first."""
         with self._lock:
+            count = self._db.execute("SELECT COUNT(*) FROM look_alikes").fetchone()[0]
             rows = self._db.execute(
-                "SELECT id, like_id, score, found_at FROM look_alikes ORDER BY score DESC, id, like_id"
+                "SELECT id, like_id, score, found_at FROM look_alikes ORDER BY score DESC, id, like_id LIMIT ?",
+                (int(most),),
             ).fetchall()
-        return [LookAlike(str(row[0]), str(row[1]), float(row[2]), str(row[3])) for row in rows]
+        return int(count), [LookAlike(str(row[0]), str(row[1]), float(row[2]), str(row[3])) for row in rows]
 
     def remove_fleet_identity(self, identity_id: str, revision: int) -> List[int]:
         """Apply a fleet tombstone: delete the identity for real (as :meth:`remove`) and remember the

@@ -367,7 +367,9 @@ def test_a_record_whose_faces_match_another_identity_is_stored_with_its_look_ali
         assert applied == (len(records), 0, [])
 
     def pairs() -> List[Tuple[str, str, float]]:
-        return [(pair.id, pair.like_id, round(pair.score, 2)) for pair in gallery.store.look_alikes()]
+        count, listed = gallery.store.look_alikes()
+        assert count == len(listed) and gallery.store.look_alikes(2) == (count, listed[:2])
+        return [(pair.id, pair.like_id, round(pair.score, 2)) for pair in listed]
 
     stranger, other = unit_vectors(2, 101, dim=128)
     near = _near(face, 102, 0.45)
