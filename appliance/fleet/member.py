@@ -599,10 +599,12 @@ def apply_batch(
                 try:
                     if isinstance(record, IdentityRecord):
                         vectors = vectors_of[record.id]
+                        # Not searched with another model's embeddings (a switch came in between):
+                        # the store refuses them, and the record is embedded again.
                         look_alikes = (
-                            []
-                            if look_alike_threshold is None
-                            else find_look_alikes(gallery, record.id, vectors, look_alike_threshold)
+                            find_look_alikes(gallery, record.id, vectors, look_alike_threshold)
+                            if look_alike_threshold is not None and version == gallery.model_version
+                            else []
                         )
                         store_identity(gallery, record, vectors, version, look_alikes)
                         applied += 1

@@ -415,3 +415,28 @@ def test_a_record_whose_faces_match_another_identity_is_stored_with_its_look_ali
         save=True,
     )
     assert pairs() == []
+
+
+def test_faces_of_a_model_switched_away_are_not_searched_for_look_alikes(gallery: Gallery) -> None:
+    """Embeddings made before a switch to an embedder of another size are refused by the store (the
+    record is embedded again); searching them first would feed the index vectors of the wrong size."""
+    searched: List[int] = []
+    search = gallery.search
+
+    def counted(embeddings: np.ndarray, identities: int = 2) -> Any:
+        searched.append(len(embeddings))
+        return search(embeddings, identities)
+
+    gallery.search = counted  # type: ignore[method-assign]
+    old = gallery.model_version
+
+    def embed_then_switch(crops: np.ndarray) -> EmbeddingJob:
+        gallery.switch_model(f"{old}-next-{len(searched)}", 256)  # a switch before every store
+        return _done((old, unit_vectors(len(crops), 1, dim=128)))
+
+    record = IdentityRecord(
+        "p-7", 1, "P", None, CONSENT_AT, IdentityPolicy(), (random_crops(1, 7)[0],), (0.9,)
+    )
+    with pytest.raises(FleetError, match="model switch came in between"):
+        apply_batch(gallery, [record], embed_then_switch, lambda: 8, True, look_alike_threshold=0.6)
+    assert searched == [] and gallery.store.fleet_identities() == {}
