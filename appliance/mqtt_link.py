@@ -401,16 +401,24 @@ class MqttLink:
         """Ask the broker to send these topics' retained messages again (subscribe, then unsubscribe at
         once; they arrive through the :meth:`subscribe` handler whose filter they match). Any thread.
 
+        A topic that is itself one of the :meth:`subscribe` filters is subscribed again at its QoS
+        and never unsubscribed: a SUBSCRIBE identical to a subscription replaces it and the broker
+        sends its retained message again (MQTT 3.1.1 §3.8.4), where an UNSUBSCRIBE would end it —
+        a door that asked for the fleet's manifest so stopped getting the next ones.
+
         Returns:
             False when not connected (nothing asked).
         """
         client = self._client
         with self._lock:
             connected = self._connected and not self._stopping
+            held = {topic: self._extra[topic][0] for topic in topics if topic in self._extra}
         if client is None or not connected or not topics:
             return False
-        client.subscribe([(topic, 0) for topic in topics])
-        client.unsubscribe(list(topics))
+        client.subscribe([(topic, held.get(topic, 0)) for topic in topics])
+        passing = [topic for topic in topics if topic not in held]
+        if passing:
+            client.unsubscribe(passing)
         return True
 
     def publish_retained(self, topic: str, payload: bytes) -> None:

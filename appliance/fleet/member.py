@@ -181,6 +181,7 @@ class FleetMember:
         self._entries: Dict[str, int] = {}
         self._look_alikes: List[LookAlike] = []  # the best MAX_LOOK_ALIKES_LISTED
         self._look_alike_count = 0
+        self._generation = -1  # the store's, when what it holds was last read
         self._published: Optional[bytes] = None
 
     # -- wiring (before the link starts) ---------------------------------------------------------------
@@ -267,8 +268,11 @@ class FleetMember:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
                 self._fetch_missing()
+                self._follow_local_changes()
                 continue
-            self._fetch_after = time.monotonic() + FETCH_IDLE_S
+            # Quiet time after a message, without cutting short the back-off of a fetch whose
+            # records keep arriving and not settling it (an older record retained in their place).
+            self._fetch_after = max(self._fetch_after, time.monotonic() + FETCH_IDLE_S)
             batch: List[Record] = []
             manifests: List[Manifest] = []
             crops = 0
@@ -408,14 +412,28 @@ class FleetMember:
         if removed:
             logger.info("fleet: %d identit(ies) gone from the site's manifest were removed", removed)
 
-    def _read_held(self) -> None:
-        """The fleet identities this door holds and its look-alikes, from the store."""
+    def _read_held(self) -> bool:
+        """The fleet identities this door holds and its look-alikes, from the store; whether they
+        changed."""
         store = self._gallery().store
+        self._generation = store.generation
         entries = store.fleet_identities()
         count, look_alikes = store.look_alikes(MAX_LOOK_ALIKES_LISTED)
         with self._lock:
+            changed = (entries, count, look_alikes) != (
+                self._entries,
+                self._look_alike_count,
+                self._look_alikes,
+            )
             self._entries = entries
             self._look_alike_count, self._look_alikes = count, look_alikes
+        return changed
+
+    def _follow_local_changes(self) -> None:
+        """A change made here rather than by the fleet (a local identity removed takes its
+        look-alikes with it) shows in the digest once the fleet thread is idle."""
+        if self._gallery().store.generation != self._generation and self._read_held():
+            self._publish_digest()
 
     def _publish_digest(self) -> None:
         import json

@@ -221,6 +221,19 @@ def test_enrol_once_every_door_knows(
         running["door-c"] = Daemon(doors["door-c"])  # catches up from the retained records
         wait_until(lambda: run_cli("fleet", "status", *auth).returncode == 0, 120, "every door in step")
         assert _store_ids(doors["door-c"]) == {OTHER}
+        # Every door follows the manifest live, the doors that asked for it again at their start too.
+        wait_until(
+            lambda: (
+                {
+                    d["manifest_revision"] == report["manifest"]["revision"]
+                    for report in [json.loads(_ok("fleet", "status", *auth, "--json", "--wait", "0.3"))]
+                    for d in report["doors"]
+                }
+                == {True}
+            ),
+            60,
+            "every door on the site's newest manifest",
+        )
         look_alikes = json.loads(_ok("fleet", "status", *auth, "--json"))["look_alikes"]
         assert [(pair["id"], pair["like"]) for pair in look_alikes] == [(OTHER, None)]  # Obama's are gone
         # Its catch-up's embedding ran as a job between two frames, and the door reports that wait.
@@ -287,6 +300,19 @@ def test_enrol_once_every_door_knows(
             assert _store_ids(doors[device]) == before[device] and "night" in _policy_groups(
                 doors[device], OTHER
             )
+
+        # Ada's local enrolment removed at door A: her look-alike goes with it, and door A's digest
+        # says so once its fleet thread is idle (no fleet record came).
+        recorder.publish(
+            "face-appliance/door-a/cmd/remove",
+            json.dumps({"request_id": "local-2", "id": "ada-lovelace"}).encode(),
+        )
+        wait_until(
+            lambda: json.loads(_ok("fleet", "status", *auth, "--json", "--wait", "0.3"))["look_alikes"] == [],
+            60,
+            "the look-alike gone from door A's digest",
+        )
+        assert "ada-lovelace" not in _store_ids(doors["door-a"])
     finally:
         for daemon in running.values():
             daemon.stop()

@@ -520,3 +520,49 @@ def test_events_unacknowledged_too_long_are_sent_again(
     recorder.wait_for(lambda ms: len(event_ids(ms, events)) >= 5, what="the 5 events")
     assert link.drain(5.0)
     assert event_ids(recorder.messages, events) == ids
+
+
+def test_fetching_retained_messages_again_keeps_the_link_s_own_subscriptions(
+    mosquitto: MosquittoBroker, recorder: Recorder, make_link: LinkFactory
+) -> None:
+    """``fetch_retained`` re-sends retained messages. For a topic that is one of the link's own
+    subscriptions (a door's fleet manifest) it must not end that subscription: the next live message
+    on it still arrives. A topic only covered by a wildcard subscription keeps coming through it."""
+    config = make_config(mosquitto.port)
+    link, _, _ = make_link(config, start=False)
+    received: List[Tuple[str, bytes, bool]] = []
+    for topic_filter in ("site/manifest", "site/records/+"):
+        link.subscribe(topic_filter, lambda t, p, r: received.append((t, p, r)), qos=0)
+    recorder.publish("site/manifest", b"m1", retain=True)
+    recorder.publish("site/records/a", b"a1", retain=True)
+    link.start()
+    assert link.wait_connected(10)
+    wait_until(
+        lambda: {("site/manifest", b"m1", True), ("site/records/a", b"a1", True)} <= set(received),
+        10,
+        "the retained messages",
+    )
+
+    received.clear()
+    assert link.fetch_retained(["site/manifest", "site/records/a"])
+    wait_until(
+        lambda: {("site/manifest", b"m1", True), ("site/records/a", b"a1", True)} <= set(received),
+        10,
+        "them again",
+    )
+    # A publish of the link's after them: once it is through, the broker has taken the fetch's
+    # SUBSCRIBE and UNSUBSCRIBE (one connection's packets are handled in order).
+    link.publish_retained("site/marker", b"after the fetch")
+    recorder.wait_for_message("site/marker", b"after the fetch", timeout=10)
+    received.clear()
+    recorder.publish("site/manifest", b"m2", retain=True)
+    recorder.publish("site/records/a", b"a2", retain=True)
+    wait_until(
+        lambda: {("site/manifest", b"m2", False), ("site/records/a", b"a2", False)} <= set(received),
+        10,
+        "the live messages after the fetch",
+    )
+    assert sorted(received) == [
+        ("site/manifest", b"m2", False),
+        ("site/records/a", b"a2", False),
+    ]  # each once
