@@ -322,7 +322,13 @@ def _status_lines(report: StatusReport, site: str) -> List[str]:
         online = {True: "online", False: "OFFLINE", None: "?"}[door.reachable]
         step = "in step" if door.in_step else "NOT in step"
         applied = "-" if door.digest is None else str(door.digest.applied)
-        differences = "; ".join(printable(note) for note in door.differences(manifest))
+        notes = door.differences(manifest)
+        seen = None if door.digest is None else door.digest.manifest_revision
+        if door.in_step and seen is not None and seen < manifest.revision:
+            # Its identities are the site's, but the manifest that removes what a pruned tombstone
+            # no longer can has not reached it (yet: a door gets each one live).
+            notes.append(f"follows manifest r{seen}, the site's is r{manifest.revision}")
+        differences = "; ".join(printable(note) for note in notes)
         lines.append(
             f"  {door.device_id:24} {step:12} {online:8} {applied} applied"
             + (f": {differences}" if differences else "")

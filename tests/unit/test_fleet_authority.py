@@ -420,6 +420,13 @@ def test_compare_doors() -> None:
 
     report = StatusReport(manifest, "broker", [statuses["door-1"]])
     assert report.all_in_step and report.document()["manifest"]["digest"] == fleet_digest(manifest.entries)
+    # In step, but on an older manifest: said, not counted against it.
+    behind = compare_doors(manifest, SITE, {"door-9": _door("door-9", {"p-1": 3, "p-2": 9}, 8)})
+    lines = _status_lines(StatusReport(manifest, "broker", behind), SITE)
+    assert behind[0].ok and any(
+        "door-9" in line and "follows manifest r8, the site's is r9" in line for line in lines
+    )
+    assert lines[-1] == "all 1 door(s) in step"
     assert not StatusReport(manifest, "broker", []).all_in_step  # no door reported: not "all in step"
     assert not StatusReport(manifest, "broker", list(statuses.values())).all_in_step
 
