@@ -152,6 +152,17 @@ def add_parser(subparsers: Any) -> None:
     _config_option(remove)
     remove.set_defaults(handler=_remove)
 
+    distinct = actions.add_parser(
+        "distinct",
+        help="mark two identities the doors list as look-alikes as different people (twins)",
+        description="fleet status no longer lists the pair as look-alikes (the doors still find it; "
+        "nothing is published). The mark goes with either identity; --undo takes it back.",
+    )
+    distinct.add_argument("identity_ids", nargs=2, metavar="ID")
+    distinct.add_argument("--undo", action="store_true", help="list the pair again")
+    _config_option(distinct)
+    distinct.set_defaults(handler=_distinct)
+
     listing = actions.add_parser("list", help="the identities and tombstones published (from the state)")
     _config_option(listing)
     listing.set_defaults(handler=_list)
@@ -288,6 +299,18 @@ def _remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _distinct(args: argparse.Namespace) -> int:
+    first, second = args.identity_ids
+    changed = Authority.open(_load(args)).mark_distinct(first, second, distinct=not args.undo)
+    state = "listed as look-alikes again" if args.undo else "marked distinct people"
+    emit(
+        args,
+        {"pair": sorted([first, second]), "distinct": not args.undo, "changed": changed},
+        [f"{first} and {second}: {state}" if changed else f"{first} and {second}: {state} already"],
+    )
+    return EXIT_OK
+
+
 def _list(args: argparse.Namespace) -> int:
     config = _load(args)
     state = AuthorityState(config.authority.state_dir, config.authority.site)
@@ -348,8 +371,13 @@ def _status_lines(report: StatusReport, site: str) -> List[str]:
 def _look_alike_lines(report: StatusReport) -> List[str]:
     """The look-alikes the doors found, each pair once, with the names the index holds."""
     pairs = report.look_alikes()
+    hidden = (
+        [f"look-alikes: {len(report.distinct)} pair(s) marked distinct people (`fleet distinct`) not listed"]
+        if report.distinct
+        else []
+    )
     if not pairs:
-        return []
+        return hidden
 
     def who(identity_id: Optional[str]) -> str:
         if identity_id is None:
@@ -360,7 +388,7 @@ def _look_alike_lines(report: StatusReport) -> List[str]:
     lines = [
         f"look-alikes: {len(pairs)} pair(s) of identities whose faces match at a door's duplicate "
         "threshold — one person under two ids is still let in as the other when one is removed "
-        "(`fleet remove` the one that should go; twins stay listed):"
+        "(`fleet remove` the one that should go; `fleet distinct` two people who look alike):"
     ]
     lines.extend(
         f"  {who(pair.id)} ~ {who(pair.like)} {pair.score:.2f} at {', '.join(pair.doors)}" for pair in pairs
@@ -372,7 +400,7 @@ def _look_alike_lines(report: StatusReport) -> List[str]:
                 f"  {door.device_id} holds {digest.look_alike_count} look-alike pair(s) and lists the "
                 f"{len(digest.look_alikes)} best"
             )
-    return lines
+    return lines + hidden
 
 
 def _status(args: argparse.Namespace) -> int:

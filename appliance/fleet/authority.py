@@ -43,7 +43,20 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    AbstractSet,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -123,11 +136,18 @@ class Removal:
 
 @dataclass
 class Index:
-    """What the authority published: live identities and retained tombstones, by id."""
+    """What the authority published: live identities and retained tombstones, by id; and the pairs
+    of live identities marked distinct people (``fleet distinct``: twins the doors list as
+    look-alikes), each pair sorted."""
 
     site: str
     identities: Dict[str, Entry] = field(default_factory=dict)
     tombstones: Dict[str, Removal] = field(default_factory=dict)
+    distinct: Set[Tuple[str, str]] = field(default_factory=set)
+
+    def distinct_live(self) -> Set[Tuple[str, str]]:
+        """The pairs marked distinct whose two identities are both live (a pair goes with either)."""
+        return {pair for pair in self.distinct if pair[0] in self.identities and pair[1] in self.identities}
 
     def newest(self) -> int:
         """The highest revision the index holds (0 for none)."""
@@ -183,6 +203,7 @@ class Index:
             "site": self.site,
             "identities": {i: e.document() for i, e in sorted(self.identities.items())},
             "tombstones": {i: t.document() for i, t in sorted(self.tombstones.items())},
+            "distinct": [list(pair) for pair in sorted(self.distinct_live())],
         }
 
     @classmethod
@@ -199,9 +220,19 @@ class Index:
                 str(i): Removal(int(t["revision"]), str(t["removed_at"]))
                 for i, t in document["tombstones"].items()
             }
-            return cls(str(document["site"]), identities, tombstones)
+            distinct = set()
+            for pair in document.get("distinct", []):  # absent from an index older than it
+                if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(i, str) for i in pair):
+                    raise ValueError(f"distinct: {str(pair)[:80]} is not a pair of identity ids")
+                distinct.add(distinct_pair(pair[0], pair[1]))
+            return cls(str(document["site"]), identities, tombstones, distinct)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise FleetError(f"{where} is damaged ({err}); restore it from a backup") from None
+
+
+def distinct_pair(first: str, second: str) -> Tuple[str, str]:
+    """Two identity ids as :attr:`Index.distinct` keeps them (sorted)."""
+    return (first, second) if first <= second else (second, first)
 
 
 class AuthorityState:
@@ -492,7 +523,8 @@ class StatusReport:
     """``fleet status``: the manifest compared, where it came from, and every door.
 
     ``names``: identity id → name, of the identities the authority's index names (for the
-    look-alikes' lines).
+    look-alikes' lines); ``distinct``: the pairs marked distinct people (:attr:`Index.distinct`),
+    which :meth:`look_alikes` leaves out.
     """
 
     manifest: Manifest
@@ -500,6 +532,7 @@ class StatusReport:
     doors: List[DoorStatus]
     notes: List[str] = field(default_factory=list)
     names: Dict[str, str] = field(default_factory=dict)
+    distinct: Set[Tuple[str, str]] = field(default_factory=set)
 
     @property
     def all_in_step(self) -> bool:
@@ -507,12 +540,15 @@ class StatusReport:
         return bool(self.doors) and all(door.ok for door in self.doors)
 
     def look_alikes(self) -> List[SiteLookAlike]:
-        """The look-alikes the doors list, each pair once (either way round), best score first."""
+        """The look-alikes the doors list, each pair once (either way round), best score first; not
+        the pairs marked distinct."""
         pairs: Dict[Tuple[str, str], Tuple[str, Optional[str], float, List[str]]] = {}
         for door in self.doors:
             for note in () if door.digest is None else door.digest.look_alikes:
-                ids = (note.id, note.like or "")  # a local identity ("": no id is empty) at any door
-                key = (min(ids), max(ids))
+                # A local identity ("": no id is empty) at any door.
+                key = distinct_pair(note.id, note.like or "")
+                if key in self.distinct:
+                    continue
                 first, second, score, doors = pairs.get(key, (note.id, note.like, note.score, []))
                 if note.score > score:
                     first, second, score = note.id, note.like, note.score
@@ -531,6 +567,7 @@ class StatusReport:
             },
             "doors": [door.document(self.manifest) for door in self.doors],
             "look_alikes": [pair.document() for pair in self.look_alikes()],
+            "distinct": [list(pair) for pair in sorted(self.distinct)],
             "in_step": self.all_in_step,
             "notes": list(self.notes),
         }
@@ -818,6 +855,32 @@ class Authority:
             (published,) = self._publish_records(broker, [record])
             return published
 
+    def mark_distinct(self, first: str, second: str, distinct: bool = True) -> bool:
+        """Mark two live identities as distinct people (twins), so that ``fleet status`` no longer
+        lists them as look-alikes; ``distinct=False`` takes the mark back. Nothing is published: the
+        doors keep finding the pair, the authority leaves it out. Returns whether it changed.
+
+        Raises:
+            FleetError: the same id twice, or (to mark) one of them not live.
+        """
+        if first == second:
+            raise FleetError(f"{first!r} twice: name two identities")
+        pair = distinct_pair(first, second)
+        with self.state.locked():
+            index = self.state.index
+            if distinct:
+                gone = [i for i in pair if i not in index.identities]
+                if gone:
+                    raise FleetError(f"not live here: {', '.join(gone)}; only live identities are marked")
+                changed = pair not in index.distinct
+                index.distinct.add(pair)
+            else:
+                changed = pair in index.distinct
+                index.distinct.discard(pair)
+            if changed:
+                self.state.save_index()
+        return changed
+
     def remove(self, identity_id: str, removed_at: Optional[str] = None) -> Published:
         """Publish a signed tombstone for a live identity (every door deletes it), then the manifest.
 
@@ -998,6 +1061,7 @@ class Authority:
         local = index.manifest(local_revision) if local_revision else None
         manifest, source = _newest(local, on_broker, notes)
         names = {identity_id: e.name for identity_id, e in index.identities.items() if e.name}
+        distinct = index.distinct_live()
         return StatusReport(
             manifest,
             source,
@@ -1009,6 +1073,7 @@ class Authority:
             ),
             notes,
             names,
+            distinct,
         )
 
 
@@ -1069,6 +1134,7 @@ __all__ = [
     "SiteLookAlike",
     "StatusReport",
     "compare_doors",
+    "distinct_pair",
     "load_signing_key",
     "random_identity_id",
 ]

@@ -203,6 +203,12 @@ def test_enrol_once_every_door_knows(
         lines = run_cli("fleet", "status", *auth).stdout
         assert f"{SECOND_BADGE} (B. Obama) ~ {PERSON} (Barack Obama)" in lines, lines
         assert f"{OTHER} (Ada) ~ an identity enrolled at the door" in lines, lines
+        # Were they twins, the operator would mark them distinct: no longer listed, until undone.
+        _ok("fleet", "distinct", *auth, PERSON, SECOND_BADGE)
+        marked = json.loads(run_cli("fleet", "status", *auth, "--json", "--wait", "0.3").stdout)  # C is away
+        assert [(p["id"], p["like"]) for p in marked["look_alikes"]] == [(OTHER, None)]
+        assert marked["distinct"] == [sorted([PERSON, SECOND_BADGE])]
+        _ok("fleet", "distinct", *auth, PERSON, SECOND_BADGE, "--undo")
 
         # Removing one id would still let him in as the other: both go, in one change.
         since = time.time()

@@ -461,6 +461,43 @@ def test_the_doors_look_alikes_are_listed_once_a_pair() -> None:
     assert "  door-2 holds 25 look-alike pair(s) and lists the 1 best" in lines
 
 
+def test_two_people_marked_distinct_are_not_listed_as_look_alikes(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    """Twins stay look-alikes at every door; ``fleet distinct`` keeps them out of the report, and the
+    mark goes with either identity."""
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    for identity_id in ("p-ann", "p-bea", "p-cy"):
+        _enroll(authority, identity_id)
+    with pytest.raises(FleetError, match="twice"):
+        authority.mark_distinct("p-ann", "p-ann")
+    with pytest.raises(FleetError, match="not live here: p-zed"):
+        authority.mark_distinct("p-ann", "p-zed")
+    assert authority.mark_distinct("p-bea", "p-ann") and not authority.mark_distinct("p-ann", "p-bea")
+    again = AuthorityState(tmp_path / "state", SITE)  # saved with the index
+    assert again.index.distinct == {("p-ann", "p-bea")}
+
+    manifest = again.index.manifest(again.revision)
+    notes = [LookAlikeNote("p-bea", "p-ann", 0.9), LookAlikeNote("p-cy", "p-ann", 0.7)]
+    documents = {
+        "door-1": json.dumps(door_document("door-1", SITE, 3, manifest.entries, 0, None, NOW, notes))
+    }
+    report = StatusReport(
+        manifest, "broker", compare_doors(manifest, SITE, documents), distinct=again.index.distinct_live()
+    )
+    assert [(pair.id, pair.like) for pair in report.look_alikes()] == [("p-cy", "p-ann")]
+    lines = _status_lines(report, SITE)
+    assert "look-alikes: 1 pair(s) marked distinct people (`fleet distinct`) not listed" in lines
+    assert report.document()["distinct"] == [["p-ann", "p-bea"]]
+
+    assert authority.mark_distinct("p-ann", "p-bea", distinct=False)
+    assert not authority.mark_distinct("p-ann", "p-bea", distinct=False)
+    assert authority.mark_distinct("p-ann", "p-cy")
+    authority.remove("p-cy")  # the mark goes with it
+    assert AuthorityState(tmp_path / "state", SITE).index.document()["distinct"] == []
+
+
 def test_status_against_the_broker(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
     broker = FakeBroker()
     authority = _authority(tmp_path, signer, broker)
