@@ -54,6 +54,11 @@ class Latencies:
         with self._lock:
             self._samples.setdefault(stage, collections.deque(maxlen=SAMPLES)).append(milliseconds)
 
+    def counts(self) -> Dict[str, int]:
+        """``{stage: samples retained}`` (at most :data:`SAMPLES` each)."""
+        with self._lock:
+            return {stage: len(values) for stage, values in self._samples.items() if values}
+
     def percentiles(self, quantiles: Iterable[float] = (50, 90, 99)) -> Dict[str, Dict[str, float]]:
         """``{stage: {"p50": ms, "p90": ms, "p99": ms}}`` over the retained samples."""
         wanted = list(quantiles)

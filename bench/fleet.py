@@ -427,6 +427,9 @@ def catch_up(
         # The same over the turns when a camera tracked a face (the passage scene): a job takes about
         # ``in_view_job_ms`` then.
         "door_between_frames_in_view_ms": (door_state.get("latency_ms") or {}).get("between_frames_in_view"),
+        # The embedding jobs that ran while a face was in view, by how they were sized: for someone
+        # in view (``fleet.in_view_job_ms``), or before anyone was (a whole batch).
+        "door_jobs_in_view_ms": (door_state.get("fleet") or {}).get("jobs_in_view_ms"),
         "broker_dropped_log_lines": broker.log_text().count("being dropped"),
         "publish_s": round(publish_s, 2),
         "record_bytes_mean": round(float(np.mean(sizes)), 1),
@@ -791,7 +794,9 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
         f"\nA fresh door catching up (one daemon, CPU back-end, {report['options']['scene']} scene looping, "
         "records subscribed at QoS 0; frames waited: the pipeline thread's time on jobs between two turns "
         "that had any, `…/state` → `latency_ms.between_frames` over its last 512 such turns; with a face "
-        "in view: `between_frames_in_view`, the turns when a camera tracked one; look-alike pairs: every "
+        "in view: `between_frames_in_view`, the turns when a camera tracked one; in-view jobs: the "
+        "embedding jobs that ran while one was tracked, sized for someone in view or before anyone was "
+        "(`fleet.jobs_in_view_ms`); look-alike pairs: every "
         "record is a noisy copy of one face, so each record's search finds those applied before it, the "
         "worst case of the door's look-alike search):\n"
     )
@@ -808,6 +813,8 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
             "identities/s",
             "frames waited p50 / p99 (ms)",
             "with a face in view p50 / p99 (ms)",
+            "in-view jobs sized in view p50 / p99 (ms, n)",
+            "sized before p50 / p99 (ms, n)",
             "look-alike pairs",
             "door peak RSS (MiB)",
         ),
@@ -824,6 +831,8 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
                 _ms(r["identities_per_s"]),
                 _waited(r.get("door_between_frames_ms")),
                 _waited(r.get("door_between_frames_in_view_ms")),
+                _jobs(r.get("door_jobs_in_view_ms"), "sized_in_view"),
+                _jobs(r.get("door_jobs_in_view_ms"), "sized_before"),
                 r.get("look_alikes", "–"),
                 r["door_peak_rss_mib"],
             )
@@ -927,6 +936,11 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
 
 def _waited(percentiles: Optional[Dict[str, float]]) -> str:
     return "–" if not percentiles else f"{percentiles['p50']:.1f} / {percentiles['p99']:.1f}"
+
+
+def _jobs(document: Optional[Dict[str, Any]], kind: str) -> str:
+    figures = (document or {}).get(kind)
+    return "–" if not figures else f"{_waited(figures)} ({figures['n']})"
 
 
 def _restarted(run: Dict[str, Any]) -> str:

@@ -62,6 +62,7 @@ import numpy as np
 from ..events import rfc3339_now
 from ..gallery.errors import IdentityError, StaleEmbeddingError
 from ..logs import RateLimitedLog
+from ..metrics import Latencies
 from .door_settings import FleetConfig
 from .errors import FleetError
 from .records import (
@@ -251,6 +252,7 @@ class FleetMember:
                 "dropped": self._dropped,
                 "changes": self._applied_total + self._removed_total,
                 "refused": {"count": self._refused, "last": self._last_refusal},
+                "jobs_in_view_ms": self._pace.document(),
                 "look_alikes": {
                     "count": self._look_alike_count,
                     "listed": [
@@ -491,6 +493,11 @@ class EmbeddingPace:
     a smaller one (a batch saves per-call work), so sizing from it converges on a job of
     ``in_view_s`` from below and shrinks at once after a slow job. Before any job is timed: one crop.
 
+    A job is sized when its embedding is handed over, which may be a few frames before it runs:
+    someone who comes into view meanwhile waits for a job sized for nobody. :attr:`jobs_in_view`
+    keeps the jobs that ran while someone was in view apart by how they were sized
+    (``sized_in_view``, ``sized_before``), in ms.
+
     Args:
         batch: the embedder batch (``embedder.batch_size``), the most crops a job takes.
         in_view_s: ``fleet.in_view_job_ms`` in seconds.
@@ -502,19 +509,33 @@ class EmbeddingPace:
         self.in_view_s = in_view_s
         self._in_view = in_view
         self._per_crop_s: Optional[float] = None  # written by the pipeline thread, one float
+        #: Whether the last :meth:`crops` saw someone in view (the thread that sizes the jobs).
+        self.sized_in_view = False
+        self.jobs_in_view = Latencies()
 
     def crops(self) -> int:
-        if not self._in_view():
+        self.sized_in_view = self._in_view()
+        if not self.sized_in_view:
             return self.batch
         per_crop = self._per_crop_s
         if per_crop is None:
             return 1
         return max(1, min(self.batch, int(self.in_view_s / max(per_crop, 1e-6))))
 
-    def timed(self, crops: int, seconds: float) -> None:
-        """(Pipeline thread.) One job embedded ``crops`` crops in ``seconds``."""
+    def timed(self, crops: int, seconds: float, sized_in_view: Optional[bool] = None) -> None:
+        """(Pipeline thread.) One job embedded ``crops`` crops in ``seconds``; ``sized_in_view``:
+        :attr:`sized_in_view` when it was sized (``None``: not known, not kept apart)."""
         if crops > 0:
             self._per_crop_s = seconds / crops
+        if sized_in_view is not None and self._in_view():
+            self.jobs_in_view.record("sized_in_view" if sized_in_view else "sized_before", seconds * 1000.0)
+
+    def document(self) -> Dict[str, Dict[str, float]]:
+        """``{"sized_in_view" | "sized_before": {"p50", "p90", "p99" (ms), "n"}}``, for ``…/state``."""
+        counts = self.jobs_in_view.counts()
+        return {
+            kind: {**figures, "n": counts[kind]} for kind, figures in self.jobs_in_view.percentiles().items()
+        }
 
 
 class PipelineEmbedding:
@@ -531,12 +552,13 @@ class PipelineEmbedding:
     ) -> None:
         self._runtime, self._stop = runtime, stop
         self._what = f"embedding {len(crops)} fleet crop(s)"
+        sized_in_view = None if pace is None else pace.sized_in_view  # sized just now, on this thread
 
         def job(rt: ModelRuntime) -> Tuple[str, np.ndarray]:
             started = time.perf_counter()
             embedded = embed_crops(rt, crops)
             if pace is not None:
-                pace.timed(len(crops), time.perf_counter() - started)
+                pace.timed(len(crops), time.perf_counter() - started, sized_in_view)
             return embedded
 
         self._future = runtime.submit(job, self._what)

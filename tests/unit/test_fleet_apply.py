@@ -126,9 +126,10 @@ def test_the_pipeline_thread_only_embeds_and_goes_on_while_the_store_is_written(
     timings: List[Tuple[str, int, float]] = []
 
     class Timed(EmbeddingPace):
-        def timed(self, crops: int, seconds: float) -> None:
+        def timed(self, crops: int, seconds: float, sized_in_view: Optional[bool] = None) -> None:
             timings.append((threading.current_thread().name, crops, seconds))
-            super().timed(crops, seconds)
+            assert sized_in_view is False  # sized (and run) with nobody in view
+            super().timed(crops, seconds, sized_in_view)
 
     fleet = _FleetThread(runtime, [_record("p-000000000001", 1, crop)], Timed(8, 0.010))
     try:
@@ -440,3 +441,22 @@ def test_faces_of_a_model_switched_away_are_not_searched_for_look_alikes(gallery
     with pytest.raises(FleetError, match="model switch came in between"):
         apply_batch(gallery, [record], embed_then_switch, lambda: 8, True, look_alike_threshold=0.6)
     assert searched == [] and gallery.store.fleet_identities() == {}
+
+
+def test_the_jobs_that_ran_while_someone_was_in_view_are_kept_apart_by_how_they_were_sized() -> None:
+    """A job sized while nobody was in view (a whole batch) may run once someone is: those are the
+    in-view waits the budget did not bound, kept apart from the jobs sized for someone in view."""
+    view = [False]
+    pace = EmbeddingPace(8, 0.010, lambda: view[0])
+    assert pace.crops() == 8 and pace.sized_in_view is False
+    view[0] = True  # someone came into view before it ran
+    pace.timed(8, 0.024, sized_in_view=False)
+    assert pace.crops() == 3 and pace.sized_in_view is True  # 10 ms at 3 ms a crop
+    pace.timed(3, 0.009, sized_in_view=True)
+    pace.timed(3, 0.0093, sized_in_view=True)
+    view[0] = False
+    pace.timed(8, 0.024, sized_in_view=False)  # nobody in view when it ran: not an in-view wait
+    pace.timed(8, 0.024)  # not known how it was sized: not kept apart
+    document = pace.document()
+    assert document["sized_before"] == {"p50": 24.0, "p90": 24.0, "p99": 24.0, "n": 1}
+    assert document["sized_in_view"]["n"] == 2 and 9.0 <= document["sized_in_view"]["p99"] <= 9.3
