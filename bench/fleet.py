@@ -428,7 +428,7 @@ def catch_up(
         # ``in_view_job_ms`` then.
         "door_between_frames_in_view_ms": (door_state.get("latency_ms") or {}).get("between_frames_in_view"),
         # The embedding jobs that ran while a face was in view, by how they were sized: for someone
-        # in view (``fleet.in_view_job_ms``), or before anyone was (a whole batch).
+        # in view (``fleet.in_view_job_ms``), or for nobody and again as they started.
         "door_jobs_in_view_ms": (door_state.get("fleet") or {}).get("jobs_in_view_ms"),
         "broker_dropped_log_lines": broker.log_text().count("being dropped"),
         "publish_s": round(publish_s, 2),
@@ -795,8 +795,8 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
         "records subscribed at QoS 0; frames waited: the pipeline thread's time on jobs between two turns "
         "that had any, `…/state` → `latency_ms.between_frames` over its last 512 such turns; with a face "
         "in view: `between_frames_in_view`, the turns when a camera tracked one; in-view jobs: the "
-        "embedding jobs that ran while one was tracked, sized for someone in view or before anyone was "
-        "(`fleet.jobs_in_view_ms`); look-alike pairs: every "
+        "embedding jobs that ran while one was tracked, sized for someone in view, or sized for nobody "
+        "and sized again as they started (`fleet.jobs_in_view_ms`); look-alike pairs: every "
         "record is a noisy copy of one face, so each record's search finds those applied before it, the "
         "worst case of the door's look-alike search):\n"
     )
@@ -814,7 +814,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
             "frames waited p50 / p99 (ms)",
             "with a face in view p50 / p99 (ms)",
             "in-view jobs sized in view p50 / p99 (ms, n)",
-            "sized before p50 / p99 (ms, n)",
+            "resized at start p50 / p99 (ms, n)",
             "look-alike pairs",
             "door peak RSS (MiB)",
         ),
@@ -832,7 +832,7 @@ def print_report(report: Dict[str, Any], machine: Dict[str, str]) -> None:
                 _waited(r.get("door_between_frames_ms")),
                 _waited(r.get("door_between_frames_in_view_ms")),
                 _jobs(r.get("door_jobs_in_view_ms"), "sized_in_view"),
-                _jobs(r.get("door_jobs_in_view_ms"), "sized_before"),
+                _jobs(r.get("door_jobs_in_view_ms"), "resized_at_start"),
                 r.get("look_alikes", "–"),
                 r["door_peak_rss_mib"],
             )

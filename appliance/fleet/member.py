@@ -493,10 +493,11 @@ class EmbeddingPace:
     a smaller one (a batch saves per-call work), so sizing from it converges on a job of
     ``in_view_s`` from below and shrinks at once after a slow job. Before any job is timed: one crop.
 
-    A job is sized when its embedding is handed over, which may be a few frames before it runs:
-    someone who comes into view meanwhile waits for a job sized for nobody. :attr:`jobs_in_view`
-    keeps the jobs that ran while someone was in view apart by how they were sized
-    (``sized_in_view``, ``sized_before``), in ms.
+    A job is sized when its embedding is handed over, which may be a few frames before it runs. One
+    sized for nobody that finds someone in view when it starts is sized again there
+    (:meth:`in_view_now`, :class:`PipelineEmbedding`): it embeds what fits and leaves the rest for
+    the next turns. :attr:`jobs_in_view` keeps the jobs that ran while someone was in view apart by
+    how they were sized (``sized_in_view``; ``resized_at_start``), in ms.
 
     Args:
         batch: the embedder batch (``embedder.batch_size``), the most crops a job takes.
@@ -514,24 +515,31 @@ class EmbeddingPace:
         self.jobs_in_view = Latencies()
 
     def crops(self) -> int:
+        """(The thread that hands the jobs over.) The next job's crops; sets :attr:`sized_in_view`."""
         self.sized_in_view = self._in_view()
-        if not self.sized_in_view:
-            return self.batch
+        return self._in_view_crops() if self.sized_in_view else self.batch
+
+    def in_view_now(self) -> Optional[int]:
+        """(Pipeline thread, as a job starts.) With someone in view, the crops that fit in the budget
+        now; ``None`` with nobody."""
+        return self._in_view_crops() if self._in_view() else None
+
+    def _in_view_crops(self) -> int:
         per_crop = self._per_crop_s
         if per_crop is None:
             return 1
         return max(1, min(self.batch, int(self.in_view_s / max(per_crop, 1e-6))))
 
-    def timed(self, crops: int, seconds: float, sized_in_view: Optional[bool] = None) -> None:
-        """(Pipeline thread.) One job embedded ``crops`` crops in ``seconds``; ``sized_in_view``:
-        :attr:`sized_in_view` when it was sized (``None``: not known, not kept apart)."""
+    def timed(self, crops: int, seconds: float, kind: Optional[str] = None) -> None:
+        """(Pipeline thread.) One job embedded ``crops`` crops in ``seconds``; ``kind``: how it was
+        sized, kept apart when someone was in view (``None``: not known, not kept)."""
         if crops > 0:
             self._per_crop_s = seconds / crops
-        if sized_in_view is not None and self._in_view():
-            self.jobs_in_view.record("sized_in_view" if sized_in_view else "sized_before", seconds * 1000.0)
+        if kind is not None and self._in_view():
+            self.jobs_in_view.record(kind, seconds * 1000.0)
 
     def document(self) -> Dict[str, Dict[str, float]]:
-        """``{"sized_in_view" | "sized_before": {"p50", "p90", "p99" (ms), "n"}}``, for ``…/state``."""
+        """``{"sized_in_view" | "resized_at_start": {"p50", "p90", "p99" (ms), "n"}}``, for ``…/state``."""
         counts = self.jobs_in_view.counts()
         return {
             kind: {**figures, "n": counts[kind]} for kind, figures in self.jobs_in_view.percentiles().items()
@@ -540,8 +548,10 @@ class EmbeddingPace:
 
 class PipelineEmbedding:
     """:func:`embed_crops` submitted as a job of ``runtime``'s owner thread; :meth:`result` waits for
-    it as :meth:`ModelRuntime.call` does (:data:`JOB_TIMEOUT_S`, ended by ``stop``). With ``pace``,
-    the embedding is timed where it runs, for the next jobs' size."""
+    it as :meth:`ModelRuntime.call` does (:data:`JOB_TIMEOUT_S` a job, ended by ``stop``). With
+    ``pace``, the embedding is timed where it runs, for the next jobs' size; and a job sized for
+    nobody that finds someone in view as it starts embeds what fits in the budget and submits the
+    rest as a job of its own, for the next turn (:meth:`EmbeddingPace.in_view_now`)."""
 
     def __init__(
         self,
@@ -550,21 +560,41 @@ class PipelineEmbedding:
         stop: threading.Event,
         pace: Optional[EmbeddingPace] = None,
     ) -> None:
-        self._runtime, self._stop = runtime, stop
+        self._runtime, self._stop, self._pace = runtime, stop, pace
         self._what = f"embedding {len(crops)} fleet crop(s)"
-        sized_in_view = None if pace is None else pace.sized_in_view  # sized just now, on this thread
+        self._parts: List[Tuple[str, np.ndarray]] = []  # (version, (n, D) float32), in order
+        # Sized just now, on this thread (None without a pace: not known).
+        self._sized_in_view = None if pace is None else pace.sized_in_view
+        self._future = runtime.submit(lambda rt: self._job(rt, crops), self._what)
 
-        def job(rt: ModelRuntime) -> Tuple[str, np.ndarray]:
-            started = time.perf_counter()
-            embedded = embed_crops(rt, crops)
-            if pace is not None:
-                pace.timed(len(crops), time.perf_counter() - started, sized_in_view)
-            return embedded
-
-        self._future = runtime.submit(job, self._what)
+    def _job(self, runtime: ModelRuntime, crops: np.ndarray) -> None:
+        """(Pipeline thread.) Embed ``crops``, or what fits while someone is in view."""
+        pace = self._pace
+        take, kind = len(crops), None
+        if pace is not None:
+            kind = "sized_in_view" if self._sized_in_view else None
+            fits = None if self._sized_in_view else pace.in_view_now()
+            if fits is not None:  # sized for nobody, and someone came into view since
+                take, kind = min(take, fits), "resized_at_start"
+        started = time.perf_counter()
+        self._parts.append(embed_crops(runtime, crops[:take]))
+        if pace is not None:
+            pace.timed(take, time.perf_counter() - started, kind)
+        if take < len(crops):
+            rest = crops[take:]
+            # Assigned before this job's future resolves: result() then waits for the rest, which
+            # runs at the next turn (run_jobs runs what was queued when it was called).
+            self._future = runtime.submit(lambda rt: self._job(rt, rest), self._what)
 
     def result(self) -> Tuple[str, np.ndarray]:
-        return self._runtime.wait(self._future, self._what, JOB_TIMEOUT_S, self._stop)  # type: ignore[no-any-return]
+        future = None
+        while future is not self._future:  # a job that left a rest has set the next one by now
+            future = self._future
+            self._runtime.wait(future, self._what, JOB_TIMEOUT_S, self._stop)
+        versions = sorted({version for version, _ in self._parts})
+        # Parts made by two models (a switch came between them) match no gallery: the store refuses
+        # them as stale and the crops are embedded again.
+        return "+".join(versions), np.concatenate([vectors for _, vectors in self._parts])
 
     def cancel(self) -> bool:
         return self._future.cancel()

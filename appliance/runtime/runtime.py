@@ -311,14 +311,16 @@ class ModelRuntime:
                 return future.result()  # type: ignore[no-any-return]
 
     def run_jobs(self) -> int:
-        """Run the queued jobs (owner thread, between two frames). Returns how many ran."""
+        """Run the jobs queued when it is called (owner thread, between two frames); one queued
+        meanwhile, by another thread or by one of these jobs (the rest of a fleet embedding cut for
+        someone in view), waits for the next call: the next frame comes first. Returns how many ran."""
         self._require_owner("running model jobs")
         count = 0
-        while True:
+        for _ in range(self._jobs.qsize()):
             try:
                 job = self._jobs.get_nowait()
-            except queue.Empty:
-                return count
+            except queue.Empty:  # close() took them
+                break
             if not job.future.set_running_or_notify_cancel():
                 continue
             count += 1
@@ -328,6 +330,7 @@ class ModelRuntime:
                 job.future.set_exception(err)
             else:
                 job.future.set_result(outcome)
+        return count
 
     def close(self) -> None:
         """Refuse new jobs, cancel the queued ones and release every back-end (the owner thread, or any

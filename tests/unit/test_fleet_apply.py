@@ -126,10 +126,10 @@ def test_the_pipeline_thread_only_embeds_and_goes_on_while_the_store_is_written(
     timings: List[Tuple[str, int, float]] = []
 
     class Timed(EmbeddingPace):
-        def timed(self, crops: int, seconds: float, sized_in_view: Optional[bool] = None) -> None:
+        def timed(self, crops: int, seconds: float, kind: Optional[str] = None) -> None:
             timings.append((threading.current_thread().name, crops, seconds))
-            assert sized_in_view is False  # sized (and run) with nobody in view
-            super().timed(crops, seconds, sized_in_view)
+            assert kind is None  # sized (and run) with nobody in view
+            super().timed(crops, seconds, kind)
 
     fleet = _FleetThread(runtime, [_record("p-000000000001", 1, crop)], Timed(8, 0.010))
     try:
@@ -443,20 +443,48 @@ def test_faces_of_a_model_switched_away_are_not_searched_for_look_alikes(gallery
     assert searched == [] and gallery.store.fleet_identities() == {}
 
 
-def test_the_jobs_that_ran_while_someone_was_in_view_are_kept_apart_by_how_they_were_sized() -> None:
-    """A job sized while nobody was in view (a whole batch) may run once someone is: those are the
-    in-view waits the budget did not bound, kept apart from the jobs sized for someone in view."""
+def test_a_job_sized_for_nobody_that_finds_someone_in_view_embeds_what_fits_and_leaves_the_rest(
+    runtime: ModelRuntime,
+) -> None:
+    """A job is sized when it is handed over; if someone comes into view before it runs, it embeds
+    what fits in the budget at its start and submits the rest for the next turn (``run_jobs`` runs
+    what was queued when it was called). The embeddings come back whole and in order, the jobs kept
+    apart by how they were sized. The real embedder; the cost per crop is stated for the sizes."""
     view = [False]
     pace = EmbeddingPace(8, 0.010, lambda: view[0])
-    assert pace.crops() == 8 and pace.sized_in_view is False
+    crops = random_crops(8, 21)
+    expected = runtime.analyzer.embedder.embed(crops)  # this thread owns the models
+    assert pace.crops() == 8 and pace.sized_in_view is False  # handed over for nobody: a batch
+    job = PipelineEmbedding(runtime, crops, threading.Event(), pace)
     view[0] = True  # someone came into view before it ran
-    pace.timed(8, 0.024, sized_in_view=False)
-    assert pace.crops() == 3 and pace.sized_in_view is True  # 10 ms at 3 ms a crop
-    pace.timed(3, 0.009, sized_in_view=True)
-    pace.timed(3, 0.0093, sized_in_view=True)
+    pace.timed(3, 0.009)  # 3 ms a crop: 3 fit in 10 ms (not kept apart: no kind)
+    sizes: List[int] = []
+    timed = pace.timed
+
+    def recorded(count: int, seconds: float, kind: Optional[str] = None) -> None:
+        sizes.append(count)
+        timed(count, 0.003 * count, kind)  # the stated cost, whatever this machine took
+
+    pace.timed = recorded  # type: ignore[method-assign]
+    turns = 0
+    while len(sizes) < 3 and turns < 10:  # one job a turn: 3, 3, then 2
+        turns += 1
+        assert runtime.run_jobs() == 1
+    version, vectors = job.result()
+    assert sizes == [3, 3, 2] and turns == 3
+    assert version == runtime.analyzer.embedder.version
+    np.testing.assert_allclose(vectors, expected, atol=1e-4)
+    assert pace.document()["resized_at_start"]["n"] == 3
+
+    # Sized for someone in view: run as it is, kept apart as such; with nobody in view: not kept.
+    assert pace.crops() == 3 and pace.sized_in_view is True
+    PipelineEmbedding(runtime, crops[:3], threading.Event(), pace)
+    assert runtime.run_jobs() == 1 and sizes[-1] == 3
+    assert pace.document()["sized_in_view"]["n"] == 1
     view[0] = False
-    pace.timed(8, 0.024, sized_in_view=False)  # nobody in view when it ran: not an in-view wait
-    pace.timed(8, 0.024)  # not known how it was sized: not kept apart
-    document = pace.document()
-    assert document["sized_before"] == {"p50": 24.0, "p90": 24.0, "p99": 24.0, "n": 1}
-    assert document["sized_in_view"]["n"] == 2 and 9.0 <= document["sized_in_view"]["p99"] <= 9.3
+    PipelineEmbedding(runtime, crops, threading.Event(), pace)
+    assert runtime.run_jobs() == 1 and sizes[-1] == 8
+    assert {kind: figures["n"] for kind, figures in pace.document().items()} == {
+        "resized_at_start": 3,
+        "sized_in_view": 1,
+    }
