@@ -102,6 +102,17 @@ def add_parser(subparsers: Any) -> None:
     change.add_argument("--json", action="store_true")
     add_config_option(change)
     change.set_defaults(handler=_set)
+    look_alikes = actions.add_parser(
+        "look-alikes",
+        help="identities of the fleet whose faces matched another identity here (gallery.duplicate_threshold)",
+        description="The look-alike pairs this door found when it applied the fleet's records, best score "
+        "first, with the names it holds: one person under two ids, or twins. A pair with an identity "
+        "enrolled here is settled here (remove that enrolment if the fleet now holds the person); the "
+        "fleet's own pairs are listed by `fleet status` and marked with `fleet distinct`.",
+    )
+    look_alikes.add_argument("--json", action="store_true")
+    add_config_option(look_alikes)
+    look_alikes.set_defaults(handler=_look_alikes)
     remove = actions.add_parser("remove", help="delete an identity, its templates, crops and index entries")
     remove.add_argument("identity_id", metavar="ID")
     add_config_option(remove)
@@ -418,6 +429,45 @@ def _list(args: argparse.Namespace) -> int:
                 f"  {identity.id:24} {printable(identity.name):28} {identity.templates} template(s){external}"
                 f"{_policy_text(identity.policy)}"
             )
+    return EXIT_OK
+
+
+def _look_alikes(args: argparse.Namespace) -> int:
+    from ..gallery.gallery import STORE_FILE
+    from ..gallery.store import TemplateStore
+
+    config = load_cli_config(args)
+    path = config.storage.dir / STORE_FILE
+    if not path.is_file():
+        raise GalleryError(f"no gallery at {path}")
+    # The store alone (no index, no model): a running daemon's gallery is read beside it.
+    with TemplateStore.open(path, config.gallery_key_file) as store:
+        count, pairs = store.look_alikes()
+        names, fleet = store.names(), store.fleet_identities()
+    rows = [
+        {
+            "id": pair.id,
+            "name": names.get(pair.id),
+            "like": pair.like_id,
+            "like_name": names.get(pair.like_id),
+            "like_enrolled_here": pair.like_id not in fleet,
+            "score": round(pair.score, 4),
+            "found_at": pair.found_at,
+        }
+        for pair in pairs
+    ]
+    if args.json:
+        print(json.dumps({"count": count, "look_alikes": rows}, indent=2))
+        return EXIT_OK
+    print(
+        f"{count} look-alike pair(s) found here at gallery.duplicate_threshold {config.gallery.duplicate_threshold:g}"
+    )
+    for row in rows:
+        where = ", enrolled here" if row["like_enrolled_here"] else ""
+        print(
+            f"  {row['id']} ({printable(row['name'] or '-')}) ~ {row['like']} "
+            f"({printable(row['like_name'] or '-')}{where}) {row['score']:.2f}  found {row['found_at']}"
+        )
     return EXIT_OK
 
 

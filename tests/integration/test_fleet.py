@@ -200,6 +200,15 @@ def test_enrol_once_every_door_knows(
             (OTHER, "ada-lovelace"),  # the door's own …/state names it
         }
         assert b"ada-lovelace" not in recorder.on(f"{PREFIX}/{SITE}/doors/door-a")[-1].payload
+        # At door A itself, beside its running daemon, the pairs with the names it holds.
+        here = json.loads(_ok("gallery", "look-alikes", "--config", str(doors["door-a"]), "--json"))
+        assert here["count"] == 2
+        assert {
+            (r["id"], r["like"], r["like_name"], r["like_enrolled_here"]) for r in here["look_alikes"]
+        } == {
+            (SECOND_BADGE, PERSON, "Barack Obama", False),
+            (OTHER, "ada-lovelace", "Ada Lovelace", True),
+        }
         lines = run_cli("fleet", "status", *auth).stdout
         assert f"{SECOND_BADGE} (B. Obama) ~ {PERSON} (Barack Obama)" in lines, lines
         assert f"{OTHER} (Ada) ~ an identity enrolled at the door" in lines, lines
