@@ -319,7 +319,7 @@ class ModelRuntime:
         for _ in range(self._jobs.qsize()):
             try:
                 job = self._jobs.get_nowait()
-            except queue.Empty:  # close() took them
+            except queue.Empty:  # only this thread takes jobs out; kept against a surprise
                 break
             if not job.future.set_running_or_notify_cancel():
                 continue
