@@ -453,6 +453,7 @@ class DoorStatus:
 
     def document(self, manifest: Manifest) -> Dict[str, Any]:
         door = self.digest
+        published = {} if door is None else door.document()
         return {
             "device_id": self.device_id,
             "reachable": self.reachable,
@@ -461,8 +462,8 @@ class DoorStatus:
             "applied": None if door is None else door.applied,
             "manifest_revision": None if door is None else door.manifest_revision,
             "digest": None if door is None else door.digest,
-            "refused": None if door is None else door.document()["refused"],
-            "look_alikes": None if door is None else door.document()["look_alikes"],
+            "refused": published.get("refused"),
+            "look_alikes": published.get("look_alikes"),
             "ts": None if door is None else door.ts,
             "differences": self.differences(manifest),
         }

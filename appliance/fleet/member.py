@@ -572,10 +572,12 @@ class PipelineEmbedding:
         pace = self._pace
         take, kind = len(crops), None
         if pace is not None:
-            kind = "sized_in_view" if self._sized_in_view else None
-            fits = None if self._sized_in_view else pace.in_view_now()
-            if fits is not None:  # sized for nobody, and someone came into view since
-                take, kind = min(take, fits), "resized_at_start"
+            if self._sized_in_view:
+                kind = "sized_in_view"
+            else:
+                fits = pace.in_view_now()
+                if fits is not None:  # sized for nobody, and someone came into view since
+                    take, kind = min(take, fits), "resized_at_start"
         started = time.perf_counter()
         self._parts.append(embed_crops(runtime, crops[:take]))
         if pace is not None:
