@@ -367,13 +367,22 @@ class CommandService:
             raise CommandError(str(err), err.code) from None
         photo = outcome.photos[0]
         if not outcome.template_ids:
-            raise CommandError(f"photo refused: {photo.reason}")
-        return {
+            if len(outcome.photos) == 1:
+                raise CommandError(f"photo refused: {photo.reason}")
+            refusals = "; ".join(f"{view.source}: {view.reason}" for view in outcome.photos)
+            raise CommandError(f"every view refused: {refusals}")
+        answer: Dict[str, Any] = {
             "id": identity_id,
             "templates": len(outcome.template_ids),
             "photo": photo.reason,
             "duplicates": outcome.duplicates,
         }
+        if command.event_id is not None:  # the views of the event's face, each with its verdict
+            answer["photos"] = [
+                {"source": view.source, "accepted": view.accepted, "reason": view.reason}
+                for view in outcome.photos
+            ]
+        return answer
 
     def reload(self) -> Dict[str, Any]:
         """Re-read thresholds, ``[decision]``, ``[access]`` and ``[adaptive]``'s rules from the

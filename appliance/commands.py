@@ -39,7 +39,9 @@ command         payload                                                         
 =============== ================================================================ ==================
 
 ``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
-``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness).
+``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness). It enrols
+the event's face and the other views kept with it (``events.walk_up_views``); its result adds
+``photos``, each view's ``source``, ``accepted`` and ``reason``.
 
 ``not_this`` is refused with its own codes: ``not_kept`` (no face kept for that event: keeping is off,
 it expired, or not this appliance's event), ``not_a_grant`` (the event was denied or unknown),

@@ -567,8 +567,18 @@ class EventsConfig(StrictModel):
         2000,
         ge=10,
         le=100_000,
-        description="Faces kept at most (events.keep_crops_h and [unknowns] together, about 30 KB each); the "
-        "oldest are deleted first.",
+        description="Faces kept at most (events.keep_crops_h and [unknowns] together, about 30 KB each, and "
+        "30 KB more for each further view of an unknown face); the oldest are deleted first.",
+    )
+    walk_up_views: int = Field(
+        3,
+        ge=1,
+        le=5,
+        description="Views of an unknown visitor's face kept with their event, for walk-up enrolment: the "
+        "best-quality frame and up to this many minus one others that differ from it (a turn of the head, "
+        "a step closer; cosine below 0.9) and still match it at match.threshold. Each goes through the "
+        "enrolment checks, and the best are enrolled (up to gallery.max_enrolled_templates). 1 = the best "
+        "frame only.",
     )
 
 

@@ -247,7 +247,7 @@ class Appliance:
             self.latencies,
             AccessJudge.for_door(config.access, store),
             [camera.id for camera in config.configured_cameras],
-            samples=config.adaptive.enabled or keep_settings(config).active,
+            views=pipeline_views(config),
         )
         if config.adaptive.enabled:
             self.templates = TemplateUpdater(
@@ -643,6 +643,14 @@ def keep_settings(config: ApplianceConfig) -> KeepSettings:
         else None
     )
     return KeepSettings(config.events.keep_crops_h * 3600.0, clusters)
+
+
+def pipeline_views(config: ApplianceConfig) -> int:
+    """Embedded frames a track's outcome carries: with faces kept, an unknown visitor's views for walk-up
+    enrolment (``events.walk_up_views``); with ``adaptive`` alone, the best one; else none."""
+    if keep_settings(config).active:
+        return config.events.walk_up_views
+    return 1 if config.adaptive.enabled else 0
 
 
 def run_daemon(config: ApplianceConfig, config_path: Optional[Path], print_events: bool = False) -> int:

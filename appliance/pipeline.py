@@ -34,6 +34,7 @@ from .decisions import (
     DecisionSettings,
     Observation,
 )
+from .face_views import FaceSample, keep_view
 from .gallery.gallery import Gallery
 from .metrics import Latencies, StageTimer
 from .tracking import IouTracker
@@ -46,37 +47,18 @@ from .vision.quality import FaceQuality, assess
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, eq=False)
-class FaceSample:
-    """A track's best-quality *embedded* frame of the evaluation that decided: what a template update
-    (:mod:`appliance.template_update`) may learn from. Never logged.
-
-    Attributes:
-        quality: the frame's face quality in ``[0, 1]``.
-        embedding: ``(D,)`` float32 unit vector of ``model_version``.
-        crop: ``(112, 112, 3)`` uint8 aligned crop.
-        liveness: ``(score, passed)`` of that frame, ``None`` when not checked.
-        model_version: the gallery's embedder version when it was embedded (a model switch between
-            the frame and the decision makes it unusable).
-    """
-
-    quality: float
-    embedding: np.ndarray
-    crop: np.ndarray
-    liveness: Optional[Tuple[float, bool]]
-    model_version: str
-
-
 @dataclass(frozen=True)
 class Outcome:
     """A decision with what the event needs: the frame's capture time, the track's best crop and the
-    camera that saw it; with ``samples`` on, the :class:`FaceSample` of its best embedded frame."""
+    camera that saw it; with the pipeline's ``views``, the :class:`FaceSample` of its best embedded
+    frame and its other views (:func:`appliance.face_views.keep_view`, best first)."""
 
     decision: Decision
     captured_at: float
     crop: Optional[np.ndarray]  # (112, 112, 3) uint8
     camera_id: str = DEFAULT_CAMERA_ID
     sample: Optional[FaceSample] = None
+    views: Tuple[FaceSample, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,8 +90,9 @@ class CameraLane:
         self.engine = DecisionEngine(settings)
         #: track id → (quality, its best ``(112, 112, 3)`` uint8 crop so far)
         self.best_crop: Dict[int, Tuple[float, np.ndarray]] = {}
-        #: track id → its best-quality embedded frame so far (only with the pipeline's ``samples``)
-        self.best_sample: Dict[int, FaceSample] = {}
+        #: track id → its views so far, the best-quality embedded frame first (only with the
+        #: pipeline's ``views``)
+        self.views: Dict[int, List[FaceSample]] = {}
         #: Whether the faces last checked for liveness had no colour (an infrared / night-mode camera):
         #: liveness then refuses nearly every live face. ``None`` until liveness has checked a face.
         self.colourless: Optional[bool] = None
@@ -160,8 +143,9 @@ class Pipeline:
             camera, a turn is one frame).
         judge: the access policy a ``granted`` vote must pass (``None``: every recognised person passes).
         camera_ids: the cameras, one lane each (default: the single ``[camera]``'s default id).
-        samples: keep each track's best embedded frame for its outcome (:class:`FaceSample`; on when
-            ``adaptive.enabled``).
+        views: embedded frames of each track kept for its outcome (:class:`FaceSample`): 0 none, 1 the
+            best (for ``adaptive`` and kept faces), more for walk-up enrolment
+            (``events.walk_up_views``: the best and differing others, :func:`keep_view`).
 
     Raises:
         ValueError: no camera, or a camera id given twice.
@@ -175,10 +159,12 @@ class Pipeline:
         latencies: Latencies,
         judge: Optional[AccessJudge] = None,
         camera_ids: Sequence[str] = (DEFAULT_CAMERA_ID,),
-        samples: bool = False,
+        views: int = 0,
     ) -> None:
         if not camera_ids or len(set(camera_ids)) != len(camera_ids):
             raise ValueError(f"a pipeline needs one or more distinct camera ids, got {list(camera_ids)}")
+        if views < 0:
+            raise ValueError(f"views must be 0 or more, not {views}")
         self.models = models
         self.gallery = gallery
         self.judge = judge
@@ -187,7 +173,7 @@ class Pipeline:
             camera_id: CameraLane(camera_id, settings) for camera_id in camera_ids
         }
         self._timer = StageTimer(latencies)
-        self.samples = samples
+        self.views = views
         #: The best match score of each face embedded in the last turn (a model swap's health check
         #: watches their distribution: a collapsed embedder scores every face alike).
         self.last_scores: List[float] = []
@@ -279,7 +265,7 @@ class Pipeline:
 
         Returns:
             per frame (index in ``seen``), per face: the gallery's candidates, ``(score, passed)``
-            when liveness is on, and (with ``samples``) the ``(D,)`` float32 embedding.
+            when liveness is on, and (with ``views``) the ``(D,)`` float32 embedding.
         """
         candidates: Dict[int, Dict[int, List[Candidate]]] = {}
         liveness: Dict[int, Dict[int, Tuple[float, bool]]] = {}
@@ -305,7 +291,7 @@ class Pipeline:
                 candidates.setdefault(k, {})[i] = found
                 if found:
                     self.last_scores.append(found[0].score)
-        if self.samples:
+        if self.views:
             for (k, i), vector in zip(wanted, embeddings):
                 vectors.setdefault(k, {})[i] = vector
         return candidates, liveness, vectors
@@ -326,15 +312,16 @@ class Pipeline:
             if best is None or quality > best[0]:
                 lane.best_crop[track] = (quality, item.crops[i])
             if i in vectors:
-                sample = lane.best_sample.get(track)
-                if sample is None or quality > sample.quality:
-                    lane.best_sample[track] = FaceSample(
-                        quality,
-                        np.array(vectors[i], np.float32),
-                        item.crops[i],
-                        liveness.get(i),
-                        self.gallery.model_version,
-                    )
+                frame = FaceSample(
+                    quality,
+                    np.array(vectors[i], np.float32),
+                    item.crops[i],
+                    liveness.get(i),
+                    self.gallery.model_version,
+                )
+                lane.views[track] = keep_view(
+                    lane.views.get(track, ()), frame, self.views, self.settings.threshold
+                )
             observation = Observation(
                 timestamp=captured_at,
                 box=item.faces.boxes[i],
@@ -352,7 +339,7 @@ class Pipeline:
         decision = lane.engine.end_track(track, now)
         outcomes = [self._outcome(lane, decision, now, keep=False)] if decision is not None else []
         lane.best_crop.pop(track, None)
-        lane.best_sample.pop(track, None)
+        lane.views.pop(track, None)
         return outcomes
 
     def _admit(self, decision: Decision) -> Decision:
@@ -370,9 +357,11 @@ class Pipeline:
     def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:
         decision = self._admit(decision)
         best = lane.best_crop.get(decision.track_id)
-        sample = lane.best_sample.get(decision.track_id)
+        views = lane.views.get(decision.track_id, [])
         if keep:
-            # The next announcement of this track starts a fresh choice of its best crop and sample.
+            # The next announcement of this track starts a fresh choice of its best crop and views.
             lane.best_crop.pop(decision.track_id, None)
-            lane.best_sample.pop(decision.track_id, None)
-        return Outcome(decision, captured_at, None if best is None else best[1], lane.camera_id, sample)
+            lane.views.pop(decision.track_id, None)
+        crop = None if best is None else best[1]
+        sample = views[0] if views else None
+        return Outcome(decision, captured_at, crop, lane.camera_id, sample, tuple(views[1:]))

@@ -2,8 +2,8 @@
 thread.
 
 The pipeline thread only hands over what it has in memory (:meth:`SightingKeeper.offer`: the event id,
-the decision and the track's best embedded frame — crop and embedding) into a bounded queue, and goes
-on; a thread of the keeper's own owns the writes (sealing, PNG encoding, an SQLite transaction with
+the decision and the track's best embedded frame — crop and embedding — with an unknown face's other
+views) into a bounded queue, and goes on; a thread of the keeper's own owns the writes (sealing, PNG encoding, an SQLite transaction with
 ``synchronous=FULL``, clustering an unknown face) and the periodic expiry. A full queue (the disk
 stalls) drops the face, counted and logged once per episode — never the pipeline's time.
 """
@@ -94,6 +94,8 @@ class SightingKeeper:
             model_version=sample.model_version,
             embedding=sample.embedding,
             crop=sample.crop,
+            # Only an unknown face is enrolled from its event (walk-up enrolment): only its views are kept.
+            views=tuple(view.crop for view in outcome.views) if decision.decision == UNKNOWN else (),
         )
         try:
             self._queue.put_nowait(face)

@@ -1,11 +1,13 @@
 """The store of faces seen at the door: encrypted, kept for a bounded time, bounded in size.
 
 Separate from the gallery (its own SQLite file, ``{storage.dir}/sightings.db``), sealed with the
-gallery key (:class:`appliance.gallery.crypto.Sealer`). It holds two kinds of rows:
+gallery key (:class:`appliance.gallery.crypto.Sealer`). It holds three kinds of rows:
 
 * **faces**: one per access event whose face was kept (``events.keep_crops_h``, or an ``unknown``
   face kept for ``unknowns``): the event id, when, which camera, the decision, the identity and score,
   the aligned crop (PNG) and the embedding (float32) with the embedder's version — both sealed;
+* **face views**: an ``unknown`` face's other views (``events.walk_up_views``, for walk-up
+  enrolment), sealed aligned crops only, deleted with their face;
 * **clusters** of unknown faces (``unknowns.enabled``): a sealed centroid per cluster; its members are
   face rows pointing at it.
 
@@ -45,38 +47,51 @@ from .errors import SightingStoreError
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "sightings.db"
-SCHEMA_VERSION = 1
 KEY_CHECK_PLAINTEXT = b"face-appliance sightings key check v1"
 #: Most faces kept when the caller does not say (``events.keep_crops_max``).
 DEFAULT_MAX_FACES = 2000
 
-_SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE clusters (
-        id TEXT PRIMARY KEY,
-        model_version TEXT NOT NULL,
-        centroid BLOB NOT NULL,
-        created_at REAL NOT NULL
-    )""",
-    """CREATE TABLE faces (
-        event_id TEXT PRIMARY KEY,
-        seen_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        camera_id TEXT NOT NULL,
-        decision TEXT NOT NULL,
-        identity_id TEXT,
-        score REAL,
-        quality REAL NOT NULL,
-        model_version TEXT NOT NULL,
-        embedding BLOB NOT NULL,
-        crop BLOB,
-        cluster_id TEXT REFERENCES clusters(id) ON DELETE CASCADE,
-        cluster_until REAL
-    )""",
-    "CREATE INDEX faces_by_expiry ON faces(expires_at)",
-    "CREATE INDEX faces_by_cluster ON faces(cluster_id)",
-    "CREATE INDEX faces_by_time ON faces(seen_at)",
-)
+#: Schema migrations: version → statements that bring version-1 to version.
+MIGRATIONS: Dict[int, Sequence[str]] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE clusters (
+            id TEXT PRIMARY KEY,
+            model_version TEXT NOT NULL,
+            centroid BLOB NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE faces (
+            event_id TEXT PRIMARY KEY,
+            seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            camera_id TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            identity_id TEXT,
+            score REAL,
+            quality REAL NOT NULL,
+            model_version TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            crop BLOB,
+            cluster_id TEXT REFERENCES clusters(id) ON DELETE CASCADE,
+            cluster_until REAL
+        )""",
+        "CREATE INDEX faces_by_expiry ON faces(expires_at)",
+        "CREATE INDEX faces_by_cluster ON faces(cluster_id)",
+        "CREATE INDEX faces_by_time ON faces(seen_at)",
+    ),
+    # An unknown face's other views (appliance.face_views) for walk-up enrolment: sealed crops only,
+    # deleted with their face (and with its crop when a full cluster drops it).
+    2: (
+        """CREATE TABLE face_views (
+            event_id TEXT NOT NULL REFERENCES faces(event_id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            crop BLOB NOT NULL,
+            PRIMARY KEY (event_id, rank)
+        )""",
+    ),
+}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,8 @@ class SeenFace:
         model_version: the embedder that computed ``embedding``.
         embedding: ``(D,)`` float32 unit vector.
         crop: ``(112, 112, 3)`` uint8 BGR aligned face.
+        views: the face's other views, ``(112, 112, 3)`` uint8 BGR aligned crops, best first (an unknown
+            face's, for walk-up enrolment: :mod:`appliance.face_views`).
     """
 
     event_id: str
@@ -103,6 +120,7 @@ class SeenFace:
     model_version: str
     embedding: np.ndarray
     crop: np.ndarray
+    views: Tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,8 +277,7 @@ class SightingStore:
             except GalleryKeyError as err:
                 raise SightingStoreError(str(err)) from None
             store = cls(connection, sealer, path, max_faces, clock)
-            if version == 0:
-                store._create()
+            store._migrate(version)
             store._check_key()
             store.expire()
         except sqlite3.Error as err:
@@ -271,14 +288,22 @@ class SightingStore:
             raise
         return store
 
-    def _create(self) -> None:
+    def _migrate(self, version: int) -> None:
+        """Bring a store of schema ``version`` (0: a new file) to :data:`SCHEMA_VERSION`, in one
+        transaction: an interrupted migration leaves the store as it was."""
+        if version == SCHEMA_VERSION:
+            return
         with self._write() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            check = self._sealer.seal(KEY_CHECK_PLAINTEXT, "sightings-key-check")
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            db.execute("INSERT INTO meta VALUES ('key_check', ?)", (base64.b64encode(check).decode(),))
-            db.execute("INSERT INTO meta VALUES ('dropped_full', '0')")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    db.execute(statement)
+                if version:
+                    logger.info("sightings %s migrated to schema version %d", self.path, target)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if version == 0:
+                check = self._sealer.seal(KEY_CHECK_PLAINTEXT, "sightings-key-check")
+                db.execute("INSERT INTO meta VALUES ('key_check', ?)", (base64.b64encode(check).decode(),))
+                db.execute("INSERT INTO meta VALUES ('dropped_full', '0')")
 
     def _check_key(self) -> None:
         row = self._conn().execute("SELECT value FROM meta WHERE key='key_check'").fetchone()
@@ -345,20 +370,28 @@ class SightingStore:
         except GalleryStoreError as err:
             raise SightingStoreError(f"sightings store {self.path}: {err}") from None
 
-    def _seal_crop(self, crop: np.ndarray, event_id: str) -> bytes:
+    def _seal_crop(self, crop: np.ndarray, context: str) -> bytes:
         ok, png = cv2.imencode(".png", np.ascontiguousarray(crop, np.uint8))
         if not ok:
             raise SightingStoreError("cannot encode a face crop")
-        return self._sealer.seal(png.tobytes(), f"sighting-crop:{event_id}")
+        return self._sealer.seal(png.tobytes(), context)
 
-    def _open_crop(self, blob: Optional[bytes], event_id: str) -> Optional[np.ndarray]:
+    def _open_crop(self, blob: Optional[bytes], context: str) -> Optional[np.ndarray]:
         if blob is None:
             return None
         try:
-            png = self._sealer.open(bytes(blob), f"sighting-crop:{event_id}")
+            png = self._sealer.open(bytes(blob), context)
         except GalleryStoreError as err:
             raise SightingStoreError(f"sightings store {self.path}: {err}") from None
         return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+
+    @staticmethod
+    def _crop_context(event_id: str) -> str:
+        return f"sighting-crop:{event_id}"
+
+    @staticmethod
+    def _view_context(event_id: str, rank: int) -> str:
+        return f"sighting-view:{event_id}:{rank}"
 
     @staticmethod
     def _embedding_context(event_id: str, model_version: str) -> str:
@@ -417,13 +450,20 @@ class SightingStore:
                         self._seal_vector(
                             embedding, self._embedding_context(face.event_id, face.model_version)
                         ),
-                        self._seal_crop(face.crop, face.event_id),
+                        self._seal_crop(face.crop, self._crop_context(face.event_id)),
                         cluster_id,
                         cluster_until,
                     ),
                 )
             except sqlite3.IntegrityError as err:
                 raise SightingStoreError(f"event {face.event_id} is kept already ({err})") from None
+            db.executemany(
+                "INSERT INTO face_views (event_id, rank, crop) VALUES (?, ?, ?)",
+                [
+                    (face.event_id, rank, self._seal_crop(view, self._view_context(face.event_id, rank)))
+                    for rank, view in enumerate(face.views, 2)
+                ],
+            )
             if cluster_id is not None and cluster is not None:
                 self._update_centroid(db, cluster_id, face.model_version)
                 deleted = self._cap_crops(db, cluster_id, cluster.max_crops) or deleted
@@ -500,14 +540,21 @@ class SightingStore:
         return True
 
     def _cap_crops(self, db: sqlite3.Connection, cluster_id: str, max_crops: int) -> bool:
-        """Keep the ``max_crops`` best-quality crops of a cluster; the others' crops are deleted."""
+        """Keep the ``max_crops`` best-quality crops of a cluster; the others' crops (and views) are deleted."""
         cursor = db.execute(
             "UPDATE faces SET crop=NULL WHERE cluster_id=? AND crop IS NOT NULL AND event_id NOT IN "
             "(SELECT event_id FROM faces WHERE cluster_id=? AND crop IS NOT NULL "
             "ORDER BY quality DESC, seen_at DESC LIMIT ?)",
             (cluster_id, cluster_id, max_crops),
         )
-        return cursor.rowcount > 0
+        if cursor.rowcount <= 0:
+            return False
+        db.execute(
+            "DELETE FROM face_views WHERE event_id IN "
+            "(SELECT event_id FROM faces WHERE cluster_id=? AND crop IS NULL)",
+            (cluster_id,),
+        )
+        return True
 
     def _cap_rows(self, db: sqlite3.Connection) -> bool:
         count = int(db.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
@@ -631,7 +678,7 @@ class SightingStore:
             float(quality),
             str(version),
             self._open_vector(emb, self._embedding_context(event_id, version)),
-            self._open_crop(crop, event_id),
+            self._open_crop(crop, self._crop_context(event_id)),
             cid,
         )
 
@@ -648,6 +695,22 @@ class SightingStore:
                 .fetchone()
             )
         return None if row is None else self._face(row)
+
+    def views(self, event_id: str) -> List[np.ndarray]:
+        """The other views kept with an access event's face (:attr:`SeenFace.views`), decrypted, best
+        first: ``(112, 112, 3)`` uint8 BGR crops; empty when it has none, is not kept or expired."""
+        now = self.clock()
+        with self._lock:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT v.rank, v.crop FROM face_views v JOIN faces f ON f.event_id = v.event_id "
+                    "WHERE v.event_id=? AND f.expires_at > ? ORDER BY v.rank",
+                    (event_id, now),
+                )
+                .fetchall()
+            )
+        return [self._open_crop(blob, self._view_context(event_id, int(rank))) for rank, blob in rows]
 
     def clusters(self) -> List[Cluster]:
         """Every live cluster of unknown faces, the most often seen first (expired ones deleted first)."""
@@ -706,11 +769,13 @@ class SightingStore:
             yield self._face(row)
 
     def counts(self) -> Dict[str, int]:
-        """``faces``, ``clusters`` and ``dropped_full`` (faces deleted for the size bound, ever)."""
+        """``faces``, their other ``views``, ``clusters`` and ``dropped_full`` (faces deleted for the size
+        bound, ever)."""
         with self._lock:
             db = self._conn()
             return {
                 "faces": int(db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]),
+                "views": int(db.execute("SELECT COUNT(*) FROM face_views").fetchone()[0]),
                 "clusters": int(db.execute("SELECT COUNT(*) FROM clusters").fetchone()[0]),
                 "dropped_full": int(
                     (db.execute("SELECT value FROM meta WHERE key='dropped_full'").fetchone() or (0,))[0]

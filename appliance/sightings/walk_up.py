@@ -3,8 +3,11 @@ person's enrolled template — the visitor stands at the door, the operator give
 event's id.
 
 The face comes from the sightings store (``events.keep_crops_h``, or ``[unknowns]`` for unknown
-visitors), goes through the enrolment checks as a photo would (:func:`appliance.enrollment.crop_as_photo`),
-and once enrolled is deleted from the store: the gallery's copy is the only one.
+visitors) with the other views of it kept with the event (``events.walk_up_views``,
+:mod:`appliance.face_views`); each goes through the enrolment checks as a photo would
+(:func:`appliance.enrollment.crop_as_photo`), the best are enrolled (up to
+``gallery.max_enrolled_templates``), and once enrolled the event's faces are deleted from the store:
+the gallery's copies are the only ones.
 
 Used by the MQTT command ``enroll`` with ``event_id`` (:mod:`appliance.command_service`, on the pipeline
 thread) and by ``face-appliance gallery enroll-event``.
@@ -40,8 +43,8 @@ def enroll_from_event(
         sightings: the sightings store, ``None`` when no face is kept on this appliance.
 
     Returns:
-        The enrolment's result; no template stored when the face failed the enrolment checks (the
-        face then stays kept).
+        The enrolment's result, a verdict per view; no template stored when every view failed the
+        enrolment checks (the faces then stay kept).
 
     Raises:
         NotKeptError: no face is kept for that event (keeping is off, it expired, it was enrolled
@@ -65,10 +68,16 @@ def enroll_from_event(
             "only an unknown visitor's face is enrolled from an event",
             "not_unknown",
         )
+    photos = [(f"event {event_id}", crop_as_photo(face.crop))]
+    if sightings is not None:
+        photos.extend(
+            (f"event {event_id}, view {rank}", crop_as_photo(view))
+            for rank, view in enumerate(sightings.views(event_id), 2)
+        )
     result = enroller.enroll(
         identity_id,
         name,
-        [(f"event {event_id}", crop_as_photo(face.crop))],
+        photos,
         external_id,
         consent_at,
         largest=True,  # the kept crop, framed: its one face

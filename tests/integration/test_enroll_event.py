@@ -11,8 +11,13 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 
+from appliance.cli.sightings_cmd import open_sightings
+from appliance.config_load import load_config
+from appliance.face_views import SAME_VIEW
+from appliance.vision.analyzer import FaceAnalyzer
 from tests.fault_runs import printed_events
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
@@ -88,6 +93,9 @@ def test_an_unknown_visitor_is_enrolled_from_their_access_event(
         enrolled = command(recorder, "enroll", {"request_id": "e6", **kate, "event_id": unknown["event_id"]})
         assert enrolled["ok"] is True, enrolled
         assert enrolled["result"]["id"] == "kate" and enrolled["result"]["templates"] == 1
+        # Her still photo shows one view however near it comes: the answer lists that one.
+        (view,) = enrolled["result"]["photos"]
+        assert view["source"] == f"event {unknown['event_id']}" and view["accepted"] is True
         # The face left the sightings store with its enrolment: the same event cannot be enrolled twice.
         again = command(
             recorder, "enroll", {"request_id": "e7", **kate, "id": "kate-2", "event_id": unknown["event_id"]}
@@ -147,3 +155,64 @@ def test_the_command_line_enrols_an_unknown_visitor_from_their_event(
     assert face["decision"] == "granted" and face["identity"]["id"] == "kate"
     listing = json.loads(run_cli("gallery", "list", "--json", "--config", str(config_path)).stdout)
     assert next(i for i in listing["identities"] if i["id"] == "kate")["policy"]["groups"] == ["visitors"]
+
+
+def test_a_visitor_is_enrolled_from_the_differing_views_of_their_passage(
+    tmp_path: Path, shared_models: Path, shared_data: Path, analyzer: FaceAnalyzer, mosquitto: MosquittoBroker
+) -> None:
+    """The audience clip through the daemon (nobody enrolled, ``events.walk_up_views`` 3 by default): a
+    face decided unknown is kept with up to two more views of it, each differing from the best frame
+    and still matching it — checked again here with the real embedder on the kept crops — and walk-up
+    enrolment puts every view through the enrolment checks."""
+    config_path = daemon_config(
+        tmp_path,
+        tmp_path / "state",
+        shared_models,
+        mosquitto,
+        shared_data / "video/fr_short_hamilton_clip.mp4",
+        events="keep_crops_h = 1.0",
+    )
+    daemon = Daemon(config_path, args=["--print-events"])
+    assert daemon.wait(timeout=300) == 0, daemon.text[-3000:]
+    unknown = [e["event_id"] for e in printed_events(daemon) if e["decision"] == "unknown"]
+    assert unknown, "the clip gave no unknown event"
+    config = load_config(config_path)
+    with open_sightings(config) as store:  # type: ignore[union-attr]
+        views = {event: store.views(event) for event in unknown}
+        faces = {event: store.face(event) for event in unknown}
+        held = store.counts()["views"]
+    assert held == sum(len(found) for found in views.values())
+    assert all(len(found) <= 2 for found in views.values())
+    several = sorted((event for event in unknown if views[event]), key=lambda event: -len(views[event]))
+    assert several, f"no unknown face of {len(unknown)} was kept with another view"
+    for event in several:
+        face = faces[event]
+        assert face is not None and face.crop is not None
+        cosines = analyzer.embedder.embed(np.stack(views[event])) @ face.embedding
+        assert (cosines < SAME_VIEW + 1e-3).all(), cosines
+        assert (cosines >= config.match.threshold - 1e-3).all(), cosines
+
+    event = several[0]
+    done = run_cli(
+        "gallery",
+        "enroll-event",
+        "--config",
+        str(config_path),
+        "--name",
+        "A Visitor",
+        "--consent",
+        "--json",
+        event,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    sources = [photo["source"] for photo in result["photos"]]
+    assert sources == [f"event {event}"] + [
+        f"event {event}, view {n}" for n in range(2, len(views[event]) + 2)
+    ]
+    # More than one template from one passage (on this clip, two of the three views pass the checks;
+    # the other is too blurred).
+    assert result["templates"] == sum(photo["accepted"] for photo in result["photos"]) >= 2, result
+    with open_sightings(config) as store:  # type: ignore[union-attr]
+        assert store.face(event) is None and store.views(event) == []
+        assert store.counts()["views"] == held - len(views[event])

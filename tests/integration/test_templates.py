@@ -36,13 +36,14 @@ from appliance.config_load import load_config, validate_config
 from appliance.decisions import GRANTED, DecisionEngine, DecisionSettings, Observation
 from appliance.enrollment import Enroller
 from appliance.event_recorder import EventRecorder
+from appliance.face_views import FaceSample
 from appliance.gallery import index as index_module
 from appliance.gallery.delta import delta_path
 from appliance.gallery.gallery import INDEX_FILE, STORE_FILE, Gallery
 from appliance.gallery.store import ADAPTIVE, ENROLLED
 from appliance.metrics import Latencies
 from appliance.outbox import Outbox
-from appliance.pipeline import CameraFrame, FaceSample, Outcome, Pipeline
+from appliance.pipeline import CameraFrame, Outcome, Pipeline
 from appliance.runtime import ModelRuntime
 from appliance.template_update import TemplateUpdater
 from appliance.vision.analyzer import FaceAnalyzer
@@ -715,7 +716,7 @@ def test_the_pipeline_teaches_the_gallery_after_a_stored_granted_event(
         with Outbox.open(config.storage.dir / "outbox.db", 1000, 3600.0) as outbox:
             recorder = EventRecorder(config, outbox, Latencies(), lambda: None, on_stored=on_stored)
             settings = DecisionSettings.from_config(config)
-            pipeline = Pipeline(runtime, gallery, settings, Latencies(), samples=True)
+            pipeline = Pipeline(runtime, gallery, settings, Latencies(), views=1)
             image = read_image(shared_data / "faces/fr_obama/obama-480p.jpg")
             for turn in range(40):
                 recorder.record(pipeline.process_frames([CameraFrame("cam0", image, float(turn))]), {})

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 
 from appliance.config_load import validate_config
+from appliance.decisions import Decision
 from appliance.errors import ConfigError
+from appliance.face_views import FaceSample
 from appliance.gallery.crypto import create_key
+from appliance.pipeline import Outcome
 from appliance.sightings.errors import NotKeptError, SightingStoreError
-from appliance.sightings.store import ClusterSettings, SeenFace, SightingStore
+from appliance.sightings.keeper import KeepSettings, SightingKeeper
+from appliance.sightings.store import SCHEMA_VERSION, ClusterSettings, SeenFace, SightingStore
 
 
 class Clock:
@@ -24,7 +28,9 @@ class Clock:
         return self.now
 
 
-def _face(event_id: str, vector: np.ndarray, decision: str = "granted", quality: float = 0.8) -> SeenFace:
+def _face(
+    event_id: str, vector: np.ndarray, decision: str = "granted", quality: float = 0.8, views: int = 0
+) -> SeenFace:
     rng = np.random.default_rng(abs(hash(event_id)) % 2**32)
     return SeenFace(
         event_id,
@@ -37,6 +43,7 @@ def _face(event_id: str, vector: np.ndarray, decision: str = "granted", quality:
         "mobilefacenet@v1",
         vector / np.linalg.norm(vector),
         rng.integers(0, 255, (112, 112, 3), dtype=np.uint8),
+        tuple(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(views)),
     )
 
 
@@ -115,6 +122,125 @@ def test_unknown_faces_cluster_expire_at_the_retention_and_a_purge_leaves_nothin
         assert not [n for n, blob in enumerate(blobs_b) if blob[12:44] in data]
 
 
+def _view_blobs(path: Path) -> List[bytes]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return [bytes(row[0]) for row in db.execute("SELECT crop FROM face_views")]
+
+
+def test_an_unknown_face_keeps_its_other_views_sealed_and_they_leave_with_it(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.db"
+    rng = np.random.default_rng(3)
+    with SightingStore.open(path, tmp_path / "k", clock=clock) as store:
+        face = _face("u1", rng.normal(size=128).astype(np.float32), "unknown", views=2)
+        store.put(face, keep_s=3600)
+        store.put(_face("u2", rng.normal(size=128).astype(np.float32), "unknown", views=1), keep_s=60)
+        store.put(_face("g1", rng.normal(size=128).astype(np.float32)), keep_s=3600)
+        assert store.counts()["views"] == 3
+        views = store.views("u1")
+        assert len(views) == 2  # PNG: the very pixels, best first
+        for kept, given in zip(views, face.views):
+            np.testing.assert_array_equal(kept, given)
+        assert store.views("g1") == [] and store.views("no-such-event") == []
+        blobs = _view_blobs(path)
+        data = _bytes(path)
+        assert all(view.tobytes()[:64] not in data for view in face.views)  # sealed, not in the clear
+        # Each view is sealed to its event and rank: two swapped blobs do not open.
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE face_views SET rank = -rank WHERE event_id = 'u1'")
+            db.execute("UPDATE face_views SET rank = 5 + rank WHERE event_id = 'u1'")  # 2 ↔ 3
+        with pytest.raises(SightingStoreError):
+            store.views("u1")
+        # Expiry takes a face's views with it (u2, kept 60 s); walk-up enrolment forgets u1's.
+        clock.now += 61
+        assert store.views("u2") == []
+        store.expire()
+        assert store.counts()["views"] == 2
+        assert store.forget_event("u1")
+        assert store.counts()["views"] == 0
+        data = _bytes(path)
+        assert not [n for n, blob in enumerate(blobs) if blob[12:44] in data]
+
+
+def test_a_cluster_that_drops_a_members_crop_drops_its_views(tmp_path: Path) -> None:
+    clock = Clock()
+    vector = np.random.default_rng(5).normal(size=128).astype(np.float32)
+    settings = ClusterSettings(threshold=0.6, retention_s=100.0, max_clusters=10, max_crops=1)
+    with SightingStore.open(tmp_path / "s.db", tmp_path / "k", clock=clock) as store:
+        store.put(_face("low", vector, "unknown", quality=0.4, views=2), 0.0, settings)
+        store.put(_face("high", vector, "unknown", quality=0.9, views=1), 0.0, settings)
+        assert store.counts()["views"] == 1
+        assert store.views("low") == [] and len(store.views("high")) == 1
+
+
+def test_a_schema_1_store_is_migrated_with_its_faces(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.db"
+    vector = np.random.default_rng(9).normal(size=128).astype(np.float32)
+    with SightingStore.open(path, tmp_path / "k", clock=clock) as store:
+        store.put(_face("old", vector, "unknown"), 3600)
+    # What firmware of schema 1 left: no table of views.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE face_views")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    with SightingStore.open(path, tmp_path / "k", clock=clock) as store:
+        kept = store.face("old")
+        assert kept is not None and kept.crop is not None and store.views("old") == []
+        store.put(_face("new", vector, "unknown", views=2), 3600)
+        assert len(store.views("new")) == 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+            SCHEMA_VERSION
+        )
+        db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(SightingStoreError, match="newer than this firmware"):
+        SightingStore.open(path, tmp_path / "k", clock=clock)
+
+
+def _outcome(decision: str, views: int) -> Outcome:
+    rng = np.random.default_rng(views)
+    samples = [
+        FaceSample(
+            0.9 - n / 10,
+            rng.normal(size=128).astype(np.float32),
+            rng.integers(0, 255, (112, 112, 3), dtype=np.uint8),
+            None,
+            "mobilefacenet@v1",
+        )
+        for n in range(1 + views)
+    ]
+    verdict = Decision(
+        track_id=3,
+        decision=decision,  # type: ignore[arg-type]
+        identity_id="person-a" if decision == "granted" else None,
+        name=None,
+        score=0.7,
+        threshold=0.5,
+        frames=12,
+        liveness=None,
+        box=np.array([10.0, 20.0, 90.0, 120.0], np.float32),
+        quality=0.9,
+        first_seen=0.0,
+        decided_at=1.0,
+        reason="test",
+    )
+    return Outcome(verdict, 1.0, samples[0].crop, "cam0", samples[0], tuple(samples[1:]))
+
+
+def test_the_keeper_keeps_the_views_of_an_unknown_face_only(tmp_path: Path) -> None:
+    with SightingStore.open(tmp_path / "s.db", tmp_path / "k", clock=Clock()) as store:
+        keeper = SightingKeeper(store, KeepSettings(3600.0), wall_clock=Clock())
+        keeper.start()
+        unknown, granted = _outcome("unknown", 2), _outcome("granted", 2)
+        keeper.offer(unknown, "u1")
+        keeper.offer(granted, "g1")
+        keeper.close()
+        assert keeper.kept == 2
+        for kept, given in zip(store.views("u1"), unknown.views):
+            np.testing.assert_array_equal(kept, given.crop)
+        assert len(store.views("u1")) == 2 and store.views("g1") == []
+
+
 def test_another_key_is_refused(tmp_path: Path) -> None:
     clock = Clock()
     with SightingStore.open(tmp_path / "s.db", tmp_path / "k1", clock=clock) as store:
@@ -132,6 +258,19 @@ def test_the_retention_settings_are_validated() -> None:
         {"events": {"keep_crops_h": -1.0}},
         {"events": {"keep_crops_h": 721.0}},
         {"unknowns": {"retention_h": 0.0}},
+        {"events": {"walk_up_views": 0}},
+        {"events": {"walk_up_views": 6}},
     ):
         with pytest.raises(ConfigError):
             validate_config(bad)
+
+
+def test_the_pipeline_keeps_views_only_where_something_uses_them() -> None:
+    from appliance.daemon import pipeline_views
+
+    assert pipeline_views(validate_config({})) == 0
+    assert pipeline_views(validate_config({"adaptive": {"enabled": True, "require_liveness": False}})) == 1
+    assert pipeline_views(validate_config({"events": {"keep_crops_h": 1.0}})) == 3
+    assert (
+        pipeline_views(validate_config({"unknowns": {"enabled": True}, "events": {"walk_up_views": 1}})) == 1
+    )
