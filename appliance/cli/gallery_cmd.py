@@ -21,7 +21,7 @@ from ..enrollment import Enroller, EnrollmentResult
 from ..gallery.bundle import MAX_BUNDLE_BYTES
 from ..gallery.errors import BundleError, GalleryError, IdentityError
 from ..gallery.gallery import Gallery
-from ..gallery.store import check_identity_id, slugify, utc_now
+from ..gallery.store import TemplateStore, check_identity_id, slugify, utc_now
 from ..gallery.text import check_external_id, check_name, printable
 from ..photo_files import is_photo
 from ..runtime.loading import load_analyzer
@@ -107,12 +107,25 @@ def add_parser(subparsers: Any) -> None:
         help="identities of the fleet whose faces matched another identity here (gallery.duplicate_threshold)",
         description="The look-alike pairs this door found when it applied the fleet's records, best score "
         "first, with the names it holds: one person under two ids, or twins. A pair with an identity "
-        "enrolled here is settled here (remove that enrolment if the fleet now holds the person); the "
-        "fleet's own pairs are listed by `fleet status` and marked with `fleet distinct`.",
+        "enrolled here is settled here: remove that enrolment if the fleet now holds the person, or mark "
+        "two people with `gallery distinct`; the fleet's own pairs are listed by `fleet status` and "
+        "marked with `fleet distinct`.",
     )
     look_alikes.add_argument("--json", action="store_true")
     add_config_option(look_alikes)
     look_alikes.set_defaults(handler=_look_alikes)
+    distinct = actions.add_parser(
+        "distinct",
+        help="mark a look-alike pair with an identity enrolled here as two people (twins), or --undo",
+        description="Two identities, one of them enrolled at this door, are two different people: their "
+        "look-alike pair is no longer listed here, in the door's digest or in the authority's `fleet "
+        "status`. Written beside a running daemon, which publishes its digest again within a second. "
+        "A pair of two fleet identities is marked at the authority (`fleet distinct`).",
+    )
+    distinct.add_argument("identity_ids", metavar="ID", nargs=2)
+    distinct.add_argument("--undo", action="store_true", help="list the pair again")
+    add_config_option(distinct)
+    distinct.set_defaults(handler=_distinct)
     remove = actions.add_parser("remove", help="delete an identity, its templates, crops and index entries")
     remove.add_argument("identity_id", metavar="ID")
     add_config_option(remove)
@@ -432,18 +445,22 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _look_alikes(args: argparse.Namespace) -> int:
+def _open_store(config: ApplianceConfig) -> TemplateStore:
+    """The gallery's store alone (no index, no model), to read or mark beside a running daemon."""
     from ..gallery.gallery import STORE_FILE
-    from ..gallery.store import TemplateStore
 
-    config = load_cli_config(args)
     path = config.storage.dir / STORE_FILE
     if not path.is_file():
         raise GalleryError(f"no gallery at {path}")
-    # The store alone (no index, no model): a running daemon's gallery is read beside it.
-    with TemplateStore.open(path, config.gallery_key_file) as store:
+    return TemplateStore.open(path, config.gallery_key_file)
+
+
+def _look_alikes(args: argparse.Namespace) -> int:
+    config = load_cli_config(args)
+    with _open_store(config) as store:
         count, pairs = store.look_alikes()
         names, fleet = store.names(), store.fleet_identities()
+        marked = store.distinct_pairs()
     rows = [
         {
             "id": pair.id,
@@ -456,8 +473,9 @@ def _look_alikes(args: argparse.Namespace) -> int:
         }
         for pair in pairs
     ]
+    distinct = [{"ids": [first, second], "marked_at": marked_at} for first, second, marked_at in marked]
     if args.json:
-        print(json.dumps({"count": count, "look_alikes": rows}, indent=2))
+        print(json.dumps({"count": count, "look_alikes": rows, "distinct": distinct}, indent=2))
         return EXIT_OK
     print(
         f"{count} look-alike pair(s) found here at gallery.duplicate_threshold {config.gallery.duplicate_threshold:g}"
@@ -468,6 +486,23 @@ def _look_alikes(args: argparse.Namespace) -> int:
             f"  {row['id']} ({printable(row['name'] or '-')}) ~ {row['like']} "
             f"({printable(row['like_name'] or '-')}{where}) {row['score']:.2f}  found {row['found_at']}"
         )
+    if distinct:
+        print(
+            f"{len(distinct)} pair(s) marked distinct here (gallery distinct ID ID --undo lists one again):"
+        )
+        for first, second, marked_at in marked:
+            print(f"  {first} ≠ {second}  marked {marked_at}")
+    return EXIT_OK
+
+
+def _distinct(args: argparse.Namespace) -> int:
+    first, second = args.identity_ids
+    with _open_store(load_cli_config(args)) as store:
+        changed = store.mark_distinct(first, second, distinct=not args.undo)
+    if args.undo:
+        print(f"{first} and {second}: {'listed again' if changed else 'were not marked distinct'}")
+    else:
+        print(f"{first} ≠ {second}: {'marked distinct' if changed else 'marked distinct already'}")
     return EXIT_OK
 
 

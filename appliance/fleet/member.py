@@ -86,7 +86,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from ..gallery.gallery import Gallery
-    from ..gallery.store import LookAlike
+    from ..gallery.store import LookAlike, TemplateStore
     from ..runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ class FleetMember:
         self._entries: Dict[str, int] = {}
         self._look_alikes: List[LookAlike] = []  # the best MAX_LOOK_ALIKES_LISTED
         self._look_alike_count = 0
-        self._generation = -1  # the store's, when what it holds was last read
+        #: The store's generation and data version when what it holds was last read.
+        self._store_seen: Tuple[int, int] = (-1, -1)
         self._published: Optional[bytes] = None
 
     # -- wiring (before the link starts) ---------------------------------------------------------------
@@ -418,7 +419,7 @@ class FleetMember:
         """The fleet identities this door holds and its look-alikes, from the store; whether they
         changed."""
         store = self._gallery().store
-        self._generation = store.generation
+        self._store_seen = self._store_version(store)
         entries = store.fleet_identities()
         count, look_alikes = store.look_alikes(MAX_LOOK_ALIKES_LISTED)
         with self._lock:
@@ -431,10 +432,18 @@ class FleetMember:
             self._look_alike_count, self._look_alikes = count, look_alikes
         return changed
 
+    @staticmethod
+    def _store_version(store: TemplateStore) -> Tuple[int, int]:
+        """What changes with the store: its generation (every change of identities or templates,
+        this process's too) and SQLite's data version (every commit of another process)."""
+        return store.generation, store.data_version()
+
     def _follow_local_changes(self) -> None:
         """A change made here rather than by the fleet (a local identity removed takes its
-        look-alikes with it) shows in the digest once the fleet thread is idle."""
-        if self._gallery().store.generation != self._generation and self._read_held():
+        look-alikes with it; ``gallery distinct`` beside the daemon hides a pair) shows in the digest
+        once the fleet thread is idle."""
+        store = self._gallery().store
+        if self._store_version(store) != self._store_seen and self._read_held():
             self._publish_digest()
 
     def _publish_digest(self) -> None:

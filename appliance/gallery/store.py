@@ -122,6 +122,18 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
         )""",
         "CREATE INDEX look_alikes_by_like ON look_alikes(like_id)",
     ),
+    # Look-alike pairs marked as two people at this door (``gallery distinct``): a pair with an
+    # identity enrolled here, which the fleet's authority cannot name; the pair (smaller id first)
+    # is no longer listed, until the mark is undone, and the mark goes with either identity.
+    7: (
+        """CREATE TABLE distinct_pairs (
+            id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            like_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            marked_at TEXT NOT NULL,
+            PRIMARY KEY (id, like_id)
+        )""",
+        "CREATE INDEX distinct_pairs_by_like ON distinct_pairs(like_id)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -783,16 +795,70 @@ class TemplateStore:
             self._purge()
         return removed, added
 
+    #: The look-alike pairs not marked distinct here.
+    _UNMARKED = (
+        "FROM look_alikes a WHERE NOT EXISTS (SELECT 1 FROM distinct_pairs d WHERE "
+        "d.id = MIN(a.id, a.like_id) AND d.like_id = MAX(a.id, a.like_id))"
+    )
+
     def look_alikes(self, most: int = -1) -> Tuple[int, List[LookAlike]]:
-        """The look-alike pairs (:meth:`put_fleet_identity`): how many, and the ``most`` best-scored
-        (all with ``-1``), best first."""
+        """The look-alike pairs (:meth:`put_fleet_identity`) not marked distinct (:meth:`mark_distinct`):
+        how many, and the ``most`` best-scored (all with ``-1``), best first."""
         with self._lock:
-            count = self._db.execute("SELECT COUNT(*) FROM look_alikes").fetchone()[0]
+            count = self._db.execute(f"SELECT COUNT(*) {self._UNMARKED}").fetchone()[0]
             rows = self._db.execute(
-                "SELECT id, like_id, score, found_at FROM look_alikes ORDER BY score DESC, id, like_id LIMIT ?",
+                f"SELECT a.id, a.like_id, a.score, a.found_at {self._UNMARKED} "
+                "ORDER BY a.score DESC, a.id, a.like_id LIMIT ?",
                 (int(most),),
             ).fetchall()
         return int(count), [LookAlike(str(row[0]), str(row[1]), float(row[2]), str(row[3])) for row in rows]
+
+    def distinct_pairs(self) -> List[Tuple[str, str, str]]:
+        """The pairs marked distinct here: ``(id, other id, marked_at)``, the smaller id first, sorted."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, like_id, marked_at FROM distinct_pairs ORDER BY id, like_id")
+            return [(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+    def mark_distinct(self, first: str, second: str, distinct: bool = True) -> bool:
+        """Mark two identities as two people (``distinct``) or undo the mark; returns whether it changed.
+
+        A pair of the fleet's own identities is marked at its authority (``fleet distinct``, which
+        every door's pair follows); here only a pair with an identity enrolled at this door, whose id
+        never leaves it. The look-alikes found stay stored: an undone mark lists them again at once.
+
+        Raises:
+            IdentityError: an id this gallery does not hold, the same id twice, or two fleet identities.
+        """
+        if first == second:
+            raise IdentityError(f"{first!r} twice: a pair of two identities is marked distinct")
+        low, high = sorted((first, second))
+        with self._transaction() as db:
+            held = {
+                str(row[0]): row[1] is not None
+                for row in db.execute(
+                    "SELECT i.id, f.id FROM identities i LEFT JOIN fleet_records f "
+                    "ON f.id = i.id AND f.kind='identity' WHERE i.id IN (?, ?)",
+                    (low, high),
+                )
+            }
+            missing = [identity for identity in (first, second) if identity not in held]
+            if missing:
+                raise IdentityError(f"no identity {missing[0]!r} in this gallery")
+            if all(held.values()):
+                raise IdentityError(
+                    f"{first!r} and {second!r} are both the fleet's: mark them at the authority "
+                    "(fleet distinct), which every door follows"
+                )
+            if distinct:
+                changed = db.execute(
+                    "INSERT OR IGNORE INTO distinct_pairs (id, like_id, marked_at) VALUES (?, ?, ?)",
+                    (low, high, utc_now()),
+                ).rowcount
+            else:
+                changed = db.execute(
+                    "DELETE FROM distinct_pairs WHERE id=? AND like_id=?", (low, high)
+                ).rowcount
+        return changed > 0
 
     def remove_fleet_identity(self, identity_id: str, revision: int) -> List[int]:
         """Apply a fleet tombstone: delete the identity for real (as :meth:`remove`) and remember the

@@ -9,7 +9,7 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -315,6 +315,26 @@ def test_enrol_once_every_door_knows(
             assert _store_ids(doors[device]) == before[device] and "night" in _policy_groups(
                 doors[device], OTHER
             )
+
+        # Were Ada and the fleet's p-ada two people (twins), door A marks the pair, with its local id,
+        # beside its daemon: it leaves door A's digest and `fleet status`, until undone.
+        door_a = ("--config", str(doors["door-a"]))
+
+        def site_pairs() -> List[Tuple[str, Optional[str]]]:
+            report = json.loads(_ok("fleet", "status", *auth, "--json", "--wait", "0.3"))
+            return [(pair["id"], pair["like"]) for pair in report["look_alikes"]]
+
+        _ok("gallery", "distinct", *door_a, "ada-lovelace", OTHER)
+        wait_until(lambda: site_pairs() == [], 60, "the pair hidden by door A's mark")
+        here = json.loads(_ok("gallery", "look-alikes", *door_a, "--json"))
+        assert here["count"] == 0 and [d["ids"] for d in here["distinct"]] == [
+            sorted(["ada-lovelace", OTHER])
+        ]
+        for pair, refusal in (([OTHER, "p-nobody"], "no identity 'p-nobody'"), ([OTHER, OTHER], "twice")):
+            refused = run_cli("gallery", "distinct", *door_a, *pair)
+            assert refused.returncode == 1 and refusal in refused.stderr, refused.stderr
+        _ok("gallery", "distinct", *door_a, "ada-lovelace", OTHER, "--undo")
+        wait_until(lambda: site_pairs() == [(OTHER, None)], 60, "the pair listed again")
 
         # Ada's local enrolment removed at door A: her look-alike goes with it, and door A's digest
         # says so once its fleet thread is idle (no fleet record came).

@@ -31,6 +31,7 @@ from appliance.fleet.member import (
     prune_to_manifest,
 )
 from appliance.fleet.records import IdentityRecord, Manifest, Tombstone
+from appliance.gallery.errors import IdentityError
 from appliance.gallery.gallery import Gallery
 from appliance.runtime import ModelLoader, ModelRuntime, model_targets
 from appliance.runtime.loading import target_for
@@ -398,13 +399,33 @@ def test_a_record_whose_faces_match_another_identity_is_stored_with_its_look_ali
     # p-4's next revision is another face: every look-alike of p-4, either way round, is gone.
     apply(("p-4", 2, [stranger * -1.0]))
     assert {(a, b) for a, b, _ in pairs()} == {("p-2", "local-ada"), ("p-5", "local-ada"), ("p-5", "p-2")}
-    # A tombstone, and a local removal, take their identity's look-alikes with them.
-    assert apply_batch(gallery, [Tombstone("p-5", 2, CONSENT_AT)], _no_model, lambda: 8, save=True) == (
+    # Were Ada and p-5 twins, the pair is marked at this door (Ada's id never leaves it): listed no
+    # more, a next revision of p-5 included, until the mark is undone.
+    store = gallery.store
+    assert store.mark_distinct("p-5", "local-ada")
+    assert not store.mark_distinct("local-ada", "p-5")  # the same pair, either way round
+    assert [(a, b) for a, b, _ in store.distinct_pairs()] == [("local-ada", "p-5")]
+    assert {(a, b) for a, b, _ in pairs()} == {("p-2", "local-ada"), ("p-5", "p-2")}
+    for first, second, refusal in (
+        ("p-5", "p-5", "twice"),
+        ("p-5", "nobody", "no identity 'nobody'"),
+        ("p-5", "p-2", "both the fleet's"),
+    ):
+        with pytest.raises(IdentityError, match=refusal):
+            store.mark_distinct(first, second)
+    apply(("p-5", 2, [face]))
+    assert {(a, b) for a, b, _ in pairs()} == {("p-2", "local-ada"), ("p-5", "p-2")}
+    assert store.mark_distinct("local-ada", "p-5", distinct=False)
+    assert not store.mark_distinct("local-ada", "p-5", distinct=False)
+    assert {(a, b) for a, b, _ in pairs()} == {("p-2", "local-ada"), ("p-5", "local-ada"), ("p-5", "p-2")}
+    assert store.mark_distinct("p-5", "local-ada")
+    # A tombstone, and a local removal, take their identity's look-alikes (and marks) with them.
+    assert apply_batch(gallery, [Tombstone("p-5", 3, CONSENT_AT)], _no_model, lambda: 8, save=True) == (
         0,
         1,
         [],
     )
-    assert pairs() == [("p-2", "local-ada", score)]
+    assert pairs() == [("p-2", "local-ada", score)] and store.distinct_pairs() == []
     gallery.remove("local-ada")
     assert pairs() == []
     # Without a threshold nothing is searched.
