@@ -60,8 +60,9 @@ def add_actions(actions: Any) -> None:
     enrol = actions.add_parser(
         "enroll-unknown",
         help="enrol a frequent unknown visitor from the crops of their cluster (with their consent)",
-        description="Enrol the person of a cluster of unknown visitors from its kept crops, through the "
-        "enrolment checks of `enroll` (one face, size, sharpness, pose). --consent asserts that the person "
+        description="Enrol the person of a cluster of unknown visitors from its kept crops (and the other "
+        "views kept with them, events.walk_up_views), through the enrolment checks of `enroll` (one face, "
+        "size, sharpness, pose); the best are enrolled. --consent asserts that the person "
         "consented (GDPR art. 9). The cluster is purged once enrolled.",
     )
     enrol.add_argument("cluster", metavar="CLUSTER")
@@ -264,8 +265,13 @@ def _enroll_unknown(args: argparse.Namespace) -> int:
     store = open_sightings(config)
     assert store is not None
     with store:
-        faces = store.cluster_faces(args.cluster)
-        photos = [(f"cluster {args.cluster} face {n}", crop_as_photo(f.crop)) for n, f in enumerate(faces, 1)]
+        photos = []
+        for n, face in enumerate(store.cluster_faces(args.cluster), 1):
+            photos.append((f"cluster {args.cluster} face {n}", crop_as_photo(face.crop)))
+            photos.extend(
+                (f"cluster {args.cluster} face {n}, view {rank}", crop_as_photo(view))
+                for rank, view in enumerate(store.views(face.event_id), 2)
+            )
         if not photos:
             raise NotKeptError(f"cluster {args.cluster!r} has no crop kept")
         analyzer, gallery = _open_with_analyzer(config)

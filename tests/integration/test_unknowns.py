@@ -23,6 +23,10 @@ from tests.support import Daemon, daemon_config, run_cli
 def _sealed(path: Path, cluster: str) -> List[bytes]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT embedding, crop FROM faces WHERE cluster_id=?", (cluster,)).fetchall()
+        rows += db.execute(
+            "SELECT v.crop, NULL FROM face_views v JOIN faces f ON f.event_id = v.event_id WHERE f.cluster_id=?",
+            (cluster,),
+        ).fetchall()
         rows += db.execute("SELECT centroid, NULL FROM clusters WHERE id=?", (cluster,)).fetchall()
     return [bytes(b) for row in rows for b in row if b is not None]
 
@@ -88,6 +92,14 @@ def test_unknown_visitors_are_clustered_listed_purged_and_expire(
         str(config_path),
     )
     assert refused.returncode == 1 and "consent" in refused.stderr
+    # Each cluster's kept crops are offered with the other views kept with them (events.walk_up_views).
+    key_file = validate_config({"storage": {"dir": str(storage)}}).gallery_key_file
+    with SightingStore.open(storage / STORE_FILE, key_file) as store:
+        offered = {
+            c["id"]: sum(1 + len(store.views(face.event_id)) for face in store.cluster_faces(c["id"]))
+            for c in clusters
+        }
+        assert store.counts()["views"] > 0, "no unknown face of the clip was kept with another view"
     # The audience turns its heads: a cluster whose crops the enrolment checks refuse stays, with the reason.
     enrolled_from = None
     for cluster in clusters:
@@ -115,6 +127,7 @@ def test_unknown_visitors_are_clustered_listed_purged_and_expire(
             str(config_path),
         )
         report = json.loads(enrolled.stdout)
+        assert len(report["photos"]) == offered[cluster["id"]], report
         if enrolled.returncode == 0:
             assert report["templates"] >= 1
             enrolled_from = cluster
