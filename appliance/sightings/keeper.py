@@ -3,8 +3,9 @@ thread.
 
 The pipeline thread only hands over what it has in memory (:meth:`SightingKeeper.offer`: the event id,
 the decision and the track's best embedded frame — crop and embedding — with an unknown face's other
-views) into a bounded queue, and goes on; a thread of the keeper's own owns the writes (sealing, PNG encoding, an SQLite transaction with
-``synchronous=FULL``, clustering an unknown face) and the periodic expiry. A full queue (the disk
+views) into a bounded queue, and goes on; a thread of the keeper's own owns the writes (sealing, PNG
+encoding, an SQLite transaction with ``synchronous=FULL``, clustering an unknown face) and the
+periodic expiry. A full queue (the disk
 stalls) drops the face, counted and logged once per episode — never the pipeline's time.
 """
 

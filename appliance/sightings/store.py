@@ -277,8 +277,9 @@ class SightingStore:
             except GalleryKeyError as err:
                 raise SightingStoreError(str(err)) from None
             store = cls(connection, sealer, path, max_faces, clock)
+            if version:
+                store._check_key()  # before a migration writes to it
             store._migrate(version)
-            store._check_key()
             store.expire()
         except sqlite3.Error as err:
             connection.close()
@@ -540,7 +541,8 @@ class SightingStore:
         return True
 
     def _cap_crops(self, db: sqlite3.Connection, cluster_id: str, max_crops: int) -> bool:
-        """Keep the ``max_crops`` best-quality crops of a cluster; the others' crops (and views) are deleted."""
+        """Keep the ``max_crops`` best-quality crops of a cluster; the others' crops and views are
+        deleted."""
         cursor = db.execute(
             "UPDATE faces SET crop=NULL WHERE cluster_id=? AND crop IS NOT NULL AND event_id NOT IN "
             "(SELECT event_id FROM faces WHERE cluster_id=? AND crop IS NOT NULL "

@@ -183,6 +183,13 @@ def test_a_schema_1_store_is_migrated_with_its_faces(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE face_views")
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    # Another key is refused before anything is migrated.
+    create_key(tmp_path / "other")
+    with pytest.raises(SightingStoreError, match="another key"):
+        SightingStore.open(path, tmp_path / "other", clock=clock)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name='face_views'").fetchone()
     with SightingStore.open(path, tmp_path / "k", clock=clock) as store:
         kept = store.face("old")
         assert kept is not None and kept.crop is not None and store.views("old") == []
