@@ -35,6 +35,7 @@ from .change_thread import ChangeThread
 from .commands import (
     AccessCommand,
     CommandError,
+    DistinctCommand,
     EnrollCommand,
     NotThisCommand,
     ReloadCommand,
@@ -229,7 +230,22 @@ class CommandService:
             return self._enroll(command)
         if isinstance(command, NotThisCommand):
             return self._not_this(command)
+        if isinstance(command, DistinctCommand):
+            return self._distinct(command, gallery.store)
         return self._access(command, gallery.store)
+
+    @staticmethod
+    def _distinct(command: DistinctCommand, store: Any) -> Dict[str, Any]:
+        """``distinct``: a look-alike pair with an identity enrolled here marked two people, or not
+        (:meth:`appliance.gallery.store.TemplateStore.mark_distinct`); the fleet's digest follows."""
+        from .gallery.errors import IdentityError
+
+        first, second = command.ids
+        try:
+            changed = store.mark_distinct(first, second, distinct=not command.undo)
+        except IdentityError as err:
+            raise CommandError(str(err)) from None
+        return {"ids": sorted(command.ids), "distinct": not command.undo, "changed": changed}
 
     def _access(self, command: object, store: Any) -> Dict[str, Any]:
         """The access-policy commands: an identity's policy, groups, calendars (see :mod:`.commands`)."""

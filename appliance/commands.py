@@ -36,6 +36,8 @@ command         payload                                                         
 ``not_this``    ``request_id``, ``event_id``, optional ``id``: the event's face  the impostor
                 is not that identity ("this is not X"; needs                      example's id, the
                 ``events.keep_crops_h``)                                          identity's count
+``distinct``    ``request_id``, ``ids`` (two identity ids, one enrolled at this   the pair, marked
+                door), optional ``undo``: a look-alike pair is two people         or not, changed
 =============== ================================================================ ==================
 
 ``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
@@ -292,6 +294,22 @@ class NotThisCommand(_Command):
     id: Optional[str] = Field(None, min_length=1, max_length=64)
 
 
+class DistinctCommand(_Command):
+    """``distinct``: two identities, one of them enrolled at this door, are two people (twins): their
+    look-alike pair is listed no more (``undo``: listed again); as ``gallery distinct``."""
+
+    ids: List[str] = Field(min_length=2, max_length=2)
+    undo: bool = False
+
+    @model_validator(mode="after")
+    def _two(self) -> DistinctCommand:
+        if not all(1 <= len(identity_id) <= 64 for identity_id in self.ids):
+            raise ValueError("ids: identity ids of 1 to 64 characters")
+        if self.ids[0] == self.ids[1]:
+            raise ValueError("ids: two different identities, not the same one twice")
+        return self
+
+
 COMMANDS: Dict[str, Type[_Command]] = {
     "enroll": EnrollCommand,
     "remove": RemoveCommand,
@@ -307,6 +325,7 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "not_this": NotThisCommand,
     "templates": TemplatesCommand,
     "remove_template": RemoveTemplateCommand,
+    "distinct": DistinctCommand,
 }
 
 

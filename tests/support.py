@@ -407,11 +407,14 @@ def wait_online(recorder: Any, daemon: Daemon, timeout: float = 90.0) -> None:
         ) from None
 
 
-def command(recorder: Any, name: str, document: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
-    """Send a command (a JSON document with a ``request_id``) and wait for its answer."""
+def command(
+    recorder: Any, name: str, document: Dict[str, Any], timeout: float = 60.0, root: str = ROOT
+) -> Dict[str, Any]:
+    """Send a command (a JSON document with a ``request_id``) to the appliance at topic ``root`` and
+    wait for its answer."""
     request_id = document["request_id"]
-    topic = f"{ROOT}/cmd/{name}/result"
-    recorder.publish(f"{ROOT}/cmd/{name}", json.dumps(document).encode("utf-8"))
+    topic = f"{root}/cmd/{name}/result"
+    recorder.publish(f"{root}/cmd/{name}", json.dumps(document).encode("utf-8"))
 
     def answered(messages: List[Any]) -> bool:
         return any(

@@ -182,7 +182,7 @@ class FleetMember:
         self._entries: Dict[str, int] = {}
         self._look_alikes: List[LookAlike] = []  # the best MAX_LOOK_ALIKES_LISTED
         self._look_alike_count = 0
-        #: The store's generation and data version when what it holds was last read.
+        #: The store's commits and data version when what it holds was last read.
         self._store_seen: Tuple[int, int] = (-1, -1)
         self._published: Optional[bytes] = None
 
@@ -434,14 +434,14 @@ class FleetMember:
 
     @staticmethod
     def _store_version(store: TemplateStore) -> Tuple[int, int]:
-        """What changes with the store: its generation (every change of identities or templates,
-        this process's too) and SQLite's data version (every commit of another process)."""
-        return store.generation, store.data_version()
+        """What changes with the store: this process's commits, and SQLite's data version (every
+        commit of another process: the command line beside the daemon)."""
+        return store.commits, store.data_version()
 
     def _follow_local_changes(self) -> None:
         """A change made here rather than by the fleet (a local identity removed takes its
-        look-alikes with it; ``gallery distinct`` beside the daemon hides a pair) shows in the digest
-        once the fleet thread is idle."""
+        look-alikes with it; a pair marked distinct by the ``distinct`` command, or by ``gallery
+        distinct`` beside the daemon) shows in the digest once the fleet thread is idle."""
         store = self._gallery().store
         if self._store_version(store) != self._store_seen and self._read_held():
             self._publish_digest()

@@ -22,10 +22,11 @@ import logging
 import re
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import cv2
 import numpy as np
@@ -281,6 +282,9 @@ class TemplateStore:
         self._sealer = sealer
         self._lock = threading.RLock()
         self.path = path
+        #: Write transactions this process committed (its own changes; :meth:`data_version` tells
+        #: another process's). Written under the lock; read as one int.
+        self.commits = 0
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -377,10 +381,16 @@ class TemplateStore:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    def _transaction(self) -> ContextManager[sqlite3.Connection]:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction under the store's lock; SQLite failures (a full disk, an I/O error)
         come out as :class:`GalleryStoreError`, after a rollback, with nothing of it written."""
-        return write_transaction(self._lock, lambda: self._db, GalleryStoreError, f"the gallery {self.path}")
+        with self._lock:
+            with write_transaction(
+                self._lock, lambda: self._db, GalleryStoreError, f"the gallery {self.path}"
+            ) as db:
+                yield db
+            self.commits += 1
 
     def _bump(self, db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")

@@ -61,6 +61,8 @@ _FIELDS = {
     "consent_at": st.text(max_size=45) | _json,
     "face": st.integers(min_value=-5, max_value=200) | _json,
     "threshold": st.floats() | st.sampled_from([0.0, 1.0, 1e-9, 0.5, 2.0]) | _json,
+    "ids": st.lists(st.text(max_size=70) | st.sampled_from(["obama", "nobody", "a" * 65]), max_size=3)
+    | _json,
 }
 
 

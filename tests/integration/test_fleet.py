@@ -23,7 +23,7 @@ from appliance.fleet.records import (
 )
 from appliance.updates.keys import key_id, load_public_key
 from tests.mqtt_broker import MosquittoBroker, Recorder, wait_until
-from tests.support import Daemon, fleet_authority_config, fleet_door_config, passage_video, run_cli
+from tests.support import Daemon, command, fleet_authority_config, fleet_door_config, passage_video, run_cli
 
 SITE = "hq"
 PREFIX = "face-appliance-fleet"
@@ -111,19 +111,13 @@ def test_enrol_once_every_door_knows(
         assert {door["device_id"] for door in status["doors"]} == set(DOORS)
         # Ada is enrolled at door A itself (a local id, made from her name) before the fleet enrols her.
         photo = base64.b64encode((faces / "deepface_personA/img6.jpg").read_bytes()).decode()
-        recorder.publish(
-            "face-appliance/door-a/cmd/enroll",
-            json.dumps({"request_id": "local-1", "name": "Ada Lovelace", "image": photo}).encode(),
+        enrolled = command(
+            recorder,
+            "enroll",
+            {"request_id": "local-1", "name": "Ada Lovelace", "image": photo},
+            root="face-appliance/door-a",
         )
-        recorder.wait_for(
-            lambda messages: any(
-                m.topic == "face-appliance/door-a/cmd/enroll/result"
-                and b'"ok":true' in m.payload.replace(b" ", b"")
-                for m in messages
-            ),
-            60,
-            "door A enrols Ada locally",
-        )
+        assert enrolled["ok"] is True, enrolled
 
         running["door-c"].stop()  # door C is away during both changes
         since = time.time()
@@ -212,7 +206,15 @@ def test_enrol_once_every_door_knows(
         lines = run_cli("fleet", "status", *auth).stdout
         assert f"{SECOND_BADGE} (B. Obama) ~ {PERSON} (Barack Obama)" in lines, lines
         assert f"{OTHER} (Ada) ~ an identity enrolled at the door" in lines, lines
-        # Were they twins, the operator would mark them distinct: no longer listed, until undone.
+        # Were they twins, the operator would mark them distinct: no longer listed, until undone. A
+        # pair of two fleet identities is the authority's to mark, not a door's.
+        at_door = command(
+            recorder,
+            "distinct",
+            {"request_id": "d-0", "ids": [PERSON, SECOND_BADGE]},
+            root="face-appliance/door-a",
+        )
+        assert at_door["ok"] is False and "(fleet distinct)" in at_door["error"]["message"], at_door
         _ok("fleet", "distinct", *auth, PERSON, SECOND_BADGE)
         marked = json.loads(run_cli("fleet", "status", *auth, "--json", "--wait", "0.3").stdout)  # C is away
         assert [(p["id"], p["like"]) for p in marked["look_alikes"]] == [(OTHER, None)]
@@ -333,7 +335,18 @@ def test_enrol_once_every_door_knows(
         for pair, refusal in (([OTHER, "p-nobody"], "no identity 'p-nobody'"), ([OTHER, OTHER], "twice")):
             refused = run_cli("gallery", "distinct", *door_a, *pair)
             assert refused.returncode == 1 and refusal in refused.stderr, refused.stderr
-        _ok("gallery", "distinct", *door_a, "ada-lovelace", OTHER, "--undo")
+        # The same over MQTT, done by the daemon itself: undone, the pair is listed again.
+        undone = command(
+            recorder,
+            "distinct",
+            {"request_id": "d-1", "ids": [OTHER, "ada-lovelace"], "undo": True},
+            root="face-appliance/door-a",
+        )
+        assert undone["ok"] is True and undone["result"] == {
+            "ids": sorted([OTHER, "ada-lovelace"]),
+            "distinct": False,
+            "changed": True,
+        }, undone
         wait_until(lambda: site_pairs() == [(OTHER, None)], 60, "the pair listed again")
 
         # Ada's local enrolment removed at door A: her look-alike goes with it, and door A's digest

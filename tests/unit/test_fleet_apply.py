@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from appliance.access.policy import IdentityPolicy
+from appliance.commands import CommandError, DistinctCommand, parse
 from appliance.config_load import validate_config
 from appliance.fleet.errors import FleetError
 from appliance.fleet.member import (
@@ -402,7 +403,9 @@ def test_a_record_whose_faces_match_another_identity_is_stored_with_its_look_ali
     # Were Ada and p-5 twins, the pair is marked at this door (Ada's id never leaves it): listed no
     # more, a next revision of p-5 included, until the mark is undone.
     store = gallery.store
+    commits = store.commits
     assert store.mark_distinct("p-5", "local-ada")
+    assert store.commits == commits + 1  # what the fleet thread follows to publish the digest again
     assert not store.mark_distinct("local-ada", "p-5")  # the same pair, either way round
     assert [(a, b) for a, b, _ in store.distinct_pairs()] == [("local-ada", "p-5")]
     assert {(a, b) for a, b, _ in pairs()} == {("p-2", "local-ada"), ("p-5", "p-2")}
@@ -437,6 +440,21 @@ def test_a_record_whose_faces_match_another_identity_is_stored_with_its_look_ali
         save=True,
     )
     assert pairs() == []
+
+
+def test_the_distinct_command_is_validated_before_anything_is_done() -> None:
+    _, command = parse("distinct", b'{"request_id": "d", "ids": ["p-5", "local-ada"]}')
+    assert isinstance(command, DistinctCommand) and command.ids == ["p-5", "local-ada"] and not command.undo
+    for payload, message in (
+        (b'{"request_id": "r", "ids": ["p-5"]}', "at least 2"),
+        (b'{"request_id": "r", "ids": ["p-5", "a", "b"]}', "at most 2"),
+        (b'{"request_id": "r", "ids": ["p-5", "p-5"]}', "not the same one twice"),
+        (b'{"request_id": "r", "ids": ["p-5", ""]}', "1 to 64 characters"),
+        (b'{"request_id": "r", "ids": ["p-5", "local-ada"], "undo": "yes"}', "valid boolean"),
+    ):
+        with pytest.raises(CommandError, match=message) as raised:
+            parse("distinct", payload)
+        assert raised.value.code == "invalid" and raised.value.request_id == "r"
 
 
 def test_faces_of_a_model_switched_away_are_not_searched_for_look_alikes(gallery: Gallery) -> None:
