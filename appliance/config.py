@@ -573,7 +573,7 @@ class EventsConfig(StrictModel):
     walk_up_views: int = Field(
         3,
         ge=1,
-        le=5,
+        le=5,  # the face and appliance.sightings.store.MAX_VIEWS others
         description="Views of an unknown visitor's face kept with their event, for walk-up enrolment: the "
         "best-quality frame and up to this many minus one others that differ from it (a turn of the head, "
         "a step closer; cosine below 0.9) and still match it at match.threshold. Each goes through the "

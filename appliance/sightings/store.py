@@ -50,6 +50,8 @@ STORE_FILE = "sightings.db"
 KEY_CHECK_PLAINTEXT = b"face-appliance sightings key check v1"
 #: Most faces kept when the caller does not say (``events.keep_crops_max``).
 DEFAULT_MAX_FACES = 2000
+#: Other views kept with a face at most (``events.walk_up_views`` is at most 5: the face and 4 more).
+MAX_VIEWS = 4
 
 #: Schema migrations: version → statements that bring version-1 to version.
 MIGRATIONS: Dict[int, Sequence[str]] = {
@@ -420,6 +422,10 @@ class SightingStore:
         embedding = _unit(face.embedding)
         if not np.isfinite(embedding).all() or not embedding.size:
             raise SightingStoreError("a face's embedding is empty or not finite; not kept")
+        if len(face.views) > MAX_VIEWS:
+            raise SightingStoreError(
+                f"a face with {len(face.views)} other views; at most {MAX_VIEWS} are kept (not kept)"
+            )
         now = self.clock()
         keep_until = now + max(0.0, keep_s)
         cluster_until = now + cluster.retention_s if cluster is not None else None
@@ -707,8 +713,8 @@ class SightingStore:
                 self._conn()
                 .execute(
                     "SELECT v.rank, v.crop FROM face_views v JOIN faces f ON f.event_id = v.event_id "
-                    "WHERE v.event_id=? AND f.expires_at > ? ORDER BY v.rank",
-                    (event_id, now),
+                    "WHERE v.event_id=? AND f.expires_at > ? ORDER BY v.rank LIMIT ?",
+                    (event_id, now, MAX_VIEWS),
                 )
                 .fetchall()
             )
@@ -787,6 +793,7 @@ class SightingStore:
 
 __all__ = [
     "DEFAULT_MAX_FACES",
+    "MAX_VIEWS",
     "STORE_FILE",
     "Cluster",
     "ClusterSettings",

@@ -17,7 +17,7 @@ from appliance.gallery.crypto import create_key
 from appliance.pipeline import Outcome
 from appliance.sightings.errors import NotKeptError, SightingStoreError
 from appliance.sightings.keeper import KeepSettings, SightingKeeper
-from appliance.sightings.store import SCHEMA_VERSION, ClusterSettings, SeenFace, SightingStore
+from appliance.sightings.store import MAX_VIEWS, SCHEMA_VERSION, ClusterSettings, SeenFace, SightingStore
 
 
 class Clock:
@@ -142,6 +142,9 @@ def test_an_unknown_face_keeps_its_other_views_sealed_and_they_leave_with_it(tmp
         for kept, given in zip(views, face.views):
             np.testing.assert_array_equal(kept, given)
         assert store.views("g1") == [] and store.views("no-such-event") == []
+        with pytest.raises(SightingStoreError, match="at most 4"):
+            store.put(_face("u9", rng.normal(size=128).astype(np.float32), "unknown", views=5), 60)
+        assert store.face("u9") is None
         blobs = _view_blobs(path)
         data = _bytes(path)
         assert all(view.tobytes()[:64] not in data for view in face.views)  # sealed, not in the clear
@@ -278,6 +281,9 @@ def test_the_pipeline_keeps_views_only_where_something_uses_them() -> None:
     assert pipeline_views(validate_config({})) == 0
     assert pipeline_views(validate_config({"adaptive": {"enabled": True, "require_liveness": False}})) == 1
     assert pipeline_views(validate_config({"events": {"keep_crops_h": 1.0}})) == 3
+    # The most the configuration allows is the face and the other views the store keeps.
+    most = validate_config({"events": {"keep_crops_h": 1.0, "walk_up_views": MAX_VIEWS + 1}})
+    assert pipeline_views(most) == MAX_VIEWS + 1
     assert (
         pipeline_views(validate_config({"unknowns": {"enabled": True}, "events": {"walk_up_views": 1}})) == 1
     )
