@@ -35,6 +35,7 @@ from ..access.errors import PolicyError
 from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
+from .migrations import migrate
 from .text import check_external_id, check_name
 from .transaction import write_transaction
 
@@ -353,11 +354,7 @@ class TemplateStore:
         if version == SCHEMA_VERSION:
             return
         with self._transaction() as db:
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    db.execute(statement)
-                logger.info("gallery %s migrated to schema version %d", self.path, target)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            migrate(db, MIGRATIONS, version, f"gallery {self.path}")
             if version == 0:
                 check = self._sealer.seal(KEY_CHECK_PLAINTEXT, "key-check")
                 db.execute("INSERT INTO meta VALUES ('key_check', ?)", (base64.b64encode(check).decode(),))

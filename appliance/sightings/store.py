@@ -41,6 +41,7 @@ import numpy as np
 
 from ..gallery.crypto import Sealer, create_key, read_key
 from ..gallery.errors import GalleryKeyError, GalleryStoreError
+from ..gallery.migrations import migrate
 from ..gallery.transaction import write_transaction
 from .errors import SightingStoreError
 
@@ -297,12 +298,7 @@ class SightingStore:
         if version == SCHEMA_VERSION:
             return
         with self._write() as db:
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    db.execute(statement)
-                if version:
-                    logger.info("sightings %s migrated to schema version %d", self.path, target)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            migrate(db, MIGRATIONS, version, f"sightings {self.path}")
             if version == 0:
                 check = self._sealer.seal(KEY_CHECK_PLAINTEXT, "sightings-key-check")
                 db.execute("INSERT INTO meta VALUES ('key_check', ?)", (base64.b64encode(check).decode(),))
