@@ -388,7 +388,8 @@ def _look_alike_lines(report: StatusReport) -> List[str]:
     lines = [
         f"look-alikes: {len(pairs)} pair(s) of identities whose faces match at a door's duplicate "
         "threshold — one person under two ids is still let in as the other when one is removed "
-        "(`fleet remove` the one that should go; `fleet distinct` two people who look alike):"
+        "(`fleet remove` the one that should go; `fleet distinct` two people who look alike, or "
+        "`gallery distinct` at the door for an identity enrolled there):"
     ]
     lines.extend(
         f"  {who(pair.id)} ~ {who(pair.like)} {pair.score:.2f} at {', '.join(pair.doors)}" for pair in pairs
