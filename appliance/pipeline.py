@@ -173,7 +173,8 @@ class Pipeline:
             camera_id: CameraLane(camera_id, settings) for camera_id in camera_ids
         }
         self._timer = StageTimer(latencies)
-        self.views = views
+        #: Embedded frames kept per track for its outcome (``views``).
+        self.views_per_track = views
         #: The best match score of each face embedded in the last turn (a model swap's health check
         #: watches their distribution: a collapsed embedder scores every face alike).
         self.last_scores: List[float] = []
@@ -291,7 +292,7 @@ class Pipeline:
                 candidates.setdefault(k, {})[i] = found
                 if found:
                     self.last_scores.append(found[0].score)
-        if self.views:
+        if self.views_per_track:
             for (k, i), vector in zip(wanted, embeddings):
                 vectors.setdefault(k, {})[i] = vector
         return candidates, liveness, vectors
@@ -320,7 +321,7 @@ class Pipeline:
                     self.gallery.model_version,
                 )
                 lane.views[track] = keep_view(
-                    lane.views.get(track, ()), frame, self.views, self.settings.threshold
+                    lane.views.get(track, ()), frame, self.views_per_track, self.settings.threshold
                 )
             observation = Observation(
                 timestamp=captured_at,
