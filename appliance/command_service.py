@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
+from .access.passback import forget_when_off, presence_document
+from .access.presence import PresenceStore
 from .change_thread import ChangeThread
 from .commands import (
     AccessCommand,
@@ -38,6 +40,8 @@ from .commands import (
     DistinctCommand,
     EnrollCommand,
     NotThisCommand,
+    PresenceCommand,
+    PresenceResetCommand,
     ReloadCommand,
     RemoveCalendarCommand,
     RemoveCommand,
@@ -106,8 +110,11 @@ class CommandService:
         sightings: Optional[SightingStore] = None,
         templates: Optional[TemplateUpdater] = None,
         changes: Optional[ChangeThread] = None,
+        presence: Optional[PresenceStore] = None,
     ) -> None:
         self.sightings = sightings
+        #: The identities' last passages (anti-passback), when a camera has a direction.
+        self.presence = presence
         self.templates = templates
         self.config = config
         self.config_path = config_path
@@ -232,7 +239,24 @@ class CommandService:
             return self._not_this(command)
         if isinstance(command, DistinctCommand):
             return self._distinct(command, gallery.store)
+        if isinstance(command, (PresenceCommand, PresenceResetCommand)):
+            return self._presence(command, gallery.store)
         return self._access(command, gallery.store)
+
+    def _presence(self, command: Union[PresenceCommand, PresenceResetCommand], store: Any) -> Dict[str, Any]:
+        """``presence`` (anti-passback's state: who passed in or out last) and ``presence_reset``."""
+        judge = self.pipeline.judge
+        passback = judge.passback if judge is not None else None
+        if passback is None:
+            raise CommandError(
+                "anti-passback is off at this door: [access.anti_passback] mode is 'off' (or no camera "
+                "has a direction); nothing is kept about who is in"
+            )
+        if isinstance(command, PresenceResetCommand):
+            forgotten = passback.store.reset(None if command.all else command.ids)
+            logger.info("anti-passback: a command forgot the last passages of %d identities", forgotten)
+            return {"forgotten": forgotten}
+        return presence_document(passback, store, command.direction, command.limit)
 
     @staticmethod
     def _distinct(command: DistinctCommand, store: Any) -> Dict[str, Any]:
@@ -419,8 +443,19 @@ class CommandService:
                 self.config.liveness.threshold = fresh.liveness.threshold
                 self.config.access = fresh.access
                 self._reload_adaptive(fresh)
-                if gallery is not None:  # this door's groups and time zone, from the next passage on
-                    self.pipeline.judge = AccessJudge.for_door(fresh.access, gallery.store)
+                if self.presence is not None:
+                    forget_when_off(self.presence, fresh.access.anti_passback.mode)
+                elif fresh.access.anti_passback.mode != "off":
+                    logger.warning(
+                        "anti-passback stays off until a restart: the cameras' directions are read at "
+                        "the start, and none had one then"
+                    )
+                if (
+                    gallery is not None
+                ):  # this door's groups, time zone, anti-passback, from the next passage on
+                    self.pipeline.judge = AccessJudge.for_door(
+                        fresh.access, gallery.store, self.presence, self.config.camera_directions
+                    )
             self.pipeline.set_threshold(self.config.match.threshold)
             liveness = self.runtime.analyzer.liveness
             if liveness is not None:

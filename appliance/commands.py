@@ -38,7 +38,12 @@ command         payload                                                         
                 ``events.keep_crops_h``)                                          identity's count
 ``distinct``    ``request_id``, ``ids`` (two identity ids, one enrolled at this   the pair, marked
                 door), optional ``undo``: a look-alike pair is two people         or not, changed
+``presence``    ``request_id``, optional ``direction`` (``in``/``out``), ``limit``  counts, the last
+                (1–5000, default 1000): anti-passback's state                      passages listed
+``presence_reset`` ``request_id``, ``ids`` (identity ids) or ``all``: true       how many forgotten
 =============== ================================================================ ==================
+
+``presence`` and ``presence_reset`` are refused when anti-passback is off (``[access.anti_passback]``).
 
 ``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
 ``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness). It enrols
@@ -78,6 +83,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import Literal
 
 from .access.policy import AccessGroup, HolidayCalendar, IdentityPolicy
 from .config import MATCH_THRESHOLD_MAX, MATCH_THRESHOLD_MIN
@@ -310,6 +316,34 @@ class DistinctCommand(_Command):
         return self
 
 
+#: The most passages a ``presence`` answer lists (its counts are always whole).
+MAX_PRESENCE_LISTED = 5000
+
+
+class PresenceCommand(_Command):
+    """``presence``: who passed in or out last (anti-passback's state since the last reset): a muster
+    list; as ``access presence list``."""
+
+    direction: Optional[Literal["in", "out"]] = None
+    limit: int = Field(1000, ge=1, le=MAX_PRESENCE_LISTED)
+
+
+class PresenceResetCommand(_Command):
+    """``presence_reset``: forget the last passage of ``ids``, or of everyone (``all``), so their next
+    passage passes either way; as ``access presence reset``."""
+
+    ids: Optional[List[str]] = Field(None, min_length=1, max_length=1000)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _whom(self) -> PresenceResetCommand:
+        if (self.ids is None) == (not self.all):
+            raise ValueError("give ids (a list of identity ids) or all: true, not both")
+        if self.ids is not None and not all(1 <= len(identity_id) <= 64 for identity_id in self.ids):
+            raise ValueError("ids: identity ids of 1 to 64 characters")
+        return self
+
+
 COMMANDS: Dict[str, Type[_Command]] = {
     "enroll": EnrollCommand,
     "remove": RemoveCommand,
@@ -326,6 +360,8 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "templates": TemplatesCommand,
     "remove_template": RemoveTemplateCommand,
     "distinct": DistinctCommand,
+    "presence": PresenceCommand,
+    "presence_reset": PresenceResetCommand,
 }
 
 

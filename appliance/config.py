@@ -93,6 +93,12 @@ class CameraConfig(StrictModel):
         description="When a video file or image folder ends: stop the daemon cleanly, or loop. With "
         "several cameras, 'stop' ends this camera; the daemon stops once every camera has ended.",
     )
+    direction: Literal["none", "in", "out"] = Field(
+        "none",
+        description="Which way the people this camera sees pass: in (entering the area behind the door), "
+        "out (leaving it), or none. Anti-passback ([access.anti_passback]) and `access presence` follow "
+        "each identity's last granted direction.",
+    )
     width: Optional[int] = Field(
         None,
         ge=16,
@@ -933,6 +939,19 @@ class ApplianceConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _passback_needs_both_ways(self) -> ApplianceConfig:
+        mode = self.access.anti_passback.mode
+        directions = {camera.direction for camera in self.configured_cameras}
+        if mode != "off" and not {"in", "out"} <= directions:
+            found = ", ".join(f"{c.id}: {c.direction}" for c in self.configured_cameras)
+            raise ValueError(
+                f"access.anti_passback.mode = {mode!r} follows people in and out, but the cameras "
+                f"({found}) do not see both ways; set direction = 'in' on the entry camera and "
+                "direction = 'out' on the exit camera ([[cameras]]), or set the mode to 'off'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _adaptive_needs_liveness(self) -> ApplianceConfig:
         if self.adaptive.enabled and self.adaptive.require_liveness and not self.liveness.enabled:
             raise ValueError(
@@ -946,6 +965,11 @@ class ApplianceConfig(StrictModel):
         """The cameras this appliance runs, in the file's order: the ``[[cameras]]`` tables, or the
         single ``[camera]``."""
         return list(self.cameras) if self.cameras is not None else [self.camera]
+
+    @property
+    def camera_directions(self) -> Dict[str, str]:
+        """Camera id → ``in`` / ``out``, of the cameras that have a direction (anti-passback's)."""
+        return {c.id: c.direction for c in self.configured_cameras if c.direction != "none"}
 
     @property
     def engine_dir(self) -> Path:

@@ -44,6 +44,8 @@ from types import FrameType
 from typing import Any, Callable, Dict, List, Optional
 
 from .access.judge import AccessJudge
+from .access.passback import open_presence
+from .access.presence import PresenceStore
 from .camera import CameraThread, create_source
 from .change_thread import ChangeThread
 from .command_service import CommandService
@@ -147,6 +149,8 @@ class Appliance:
         self.changes = ChangeThread()
         self.sightings: Optional[SightingStore] = None  # faces kept (events.keep_crops_h, [unknowns])
         self.keeper: Optional[SightingKeeper] = None
+        #: The identities' last passages (anti-passback); written on the pipeline thread.
+        self.presence: Optional[PresenceStore] = None
         self.commands: Optional[CommandService] = None
         self.link: Optional[MqttLink] = None
         self.cameras: List[CameraThread] = []
@@ -240,12 +244,13 @@ class Appliance:
         self.gallery = self.worker.wait_loaded()
         store = self.gallery.store
         self._open_sightings()
+        self.presence = open_presence(config)
         self.pipeline = Pipeline(
             self.runtime,
             self.gallery,
             DecisionSettings.from_config(config),
             self.latencies,
-            AccessJudge.for_door(config.access, store),
+            AccessJudge.for_door(config.access, store, self.presence, config.camera_directions),
             [camera.id for camera in config.configured_cameras],
             views=pipeline_views(config),
         )
@@ -290,6 +295,7 @@ class Appliance:
             sightings=self.sightings,
             templates=self.templates,
             changes=self.changes,
+            presence=self.presence,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
         self.fleet = self._fleet_member(self.link)
@@ -388,6 +394,8 @@ class Appliance:
         closables: List[Any] = (
             [self.gallery, self.outbox] if pipeline_ended and gallery_free else [self.outbox]
         )
+        if pipeline_ended:  # its writer
+            closables.append(self.presence)
         closables.append(self.sightings)
         for closable in closables:
             if closable is not None:

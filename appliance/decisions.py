@@ -152,6 +152,8 @@ class Decision:
             ``None`` for ``granted`` and ``unknown``.
         margin: ``granted``/``denied``: the vote's margin (``score`` minus the runner-up identity's
             mean), ``None`` when no runner-up was listed or for ``unknown``.
+        anti_passback: ``violation`` when a ``soft`` anti-passback granted a passback
+            (:mod:`appliance.access.passback`), else ``None``.
     """
 
     track_id: int
@@ -169,6 +171,7 @@ class Decision:
     reason: str
     access_reason: Optional[str] = None
     margin: Optional[float] = None
+    anti_passback: Optional[str] = None
 
 
 @dataclass(frozen=True)

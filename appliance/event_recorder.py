@@ -88,6 +88,7 @@ class EventRecorder:
         self.camera_events: Dict[str, int] = {}
         # With several cameras the log line names the camera (with one, it reads as it always did).
         cameras = config.configured_cameras
+        self._directions = config.camera_directions
         self._camera_words = {c.id: f"camera {c.id}, " for c in cameras} if len(cameras) > 1 else {}
         #: Events that could not be written to the outbox (a full disk), ever; and the current error.
         self.events_lost = 0
@@ -108,6 +109,7 @@ class EventRecorder:
                 latency_ms,
                 crop,
                 self.config.events.crop_quality,
+                self._directions.get(outcome.camera_id),
             )
             payload = encode(event)
             try:

@@ -10,11 +10,15 @@ Schema 1 (DESIGN §5.3)::
      "latency_ms"}
 
 plus ``"crop"`` (base64 JPEG of the face) only when ``events.face_crop`` is on. Never an embedding.
+A camera with a direction adds ``"direction": "in" | "out"``; a passback that ``soft`` anti-passback
+granted adds ``"anti_passback": "violation"`` (:mod:`appliance.access.passback`; a ``hard`` one is
+``denied`` with the reason ``anti_passback``). Both were added within schema 1, as optional keys.
 ``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
 
 ``reason`` says why a ``denied`` passage was denied: ``liveness`` (the vote's liveness check failed;
 ``identity`` stays null, as the face may be a photo of someone) or the access policy's reason
-(``expired``, ``not_yet_valid``, ``suspended``, ``not_in_group``, ``outside_schedule``, ``holiday``;
+(``expired``, ``not_yet_valid``, ``suspended``, ``not_in_group``, ``outside_schedule``, ``holiday``,
+``anti_passback``;
 ``identity`` names the recognised person). It is null for ``granted`` and ``unknown``. It was added
 within schema 1: a schema-1 consumer that ignores unknown keys reads the same documents as before,
 only ``denied`` is now also sent for recognised people outside their policy. The vote's own reasoning
@@ -51,11 +55,13 @@ def access_event(
     latency_ms: float,
     crop: Optional[np.ndarray] = None,
     crop_quality: int = 85,
+    direction: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The event document for one decision.
 
     Args:
         crop: ``(112, 112, 3)`` uint8 aligned face to embed as JPEG, or ``None``.
+        direction: the camera's (``in`` / ``out``), or ``None``.
     """
     x1, y1, x2, y2 = (float(v) for v in decision.box)
     event: Dict[str, Any] = {
@@ -88,6 +94,10 @@ def access_event(
         },
         "latency_ms": round(float(latency_ms), 1),
     }
+    if direction is not None:
+        event["direction"] = direction
+    if decision.anti_passback is not None:
+        event["anti_passback"] = decision.anti_passback
     if crop is not None:
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])
         if ok:

@@ -343,20 +343,23 @@ class Pipeline:
         lane.views.pop(track, None)
         return outcomes
 
-    def _admit(self, decision: Decision) -> Decision:
-        """A vote's ``granted`` checked against the access policy: ``denied`` with the reason when it fails."""
+    def _admit(self, lane: CameraLane, decision: Decision) -> Decision:
+        """A vote's ``granted`` checked against the access policy and, at a camera with a direction,
+        anti-passback (which records the passage): ``denied`` with the reason when it fails."""
         if self.judge is None or decision.decision != GRANTED or decision.identity_id is None:
             return decision
-        reason = self.judge.judge(decision.identity_id)
-        if reason is None:
-            return decision
-        if reason == GONE:  # removed from the gallery while in view: no longer anyone we know
+        verdict = self.judge.judge_passage(decision.identity_id, lane.camera_id)
+        if verdict.reason is None:
+            return (
+                replace(decision, anti_passback=verdict.anti_passback) if verdict.anti_passback else decision
+            )
+        if verdict.reason == GONE:  # removed from the gallery while in view: no longer anyone we know
             return replace(decision, decision=UNKNOWN, identity_id=None, name=None)
-        logger.debug("track %d: recognised but denied by the access policy: %s", decision.track_id, reason)
-        return replace(decision, decision=DENIED, access_reason=reason)
+        logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)
+        return replace(decision, decision=DENIED, access_reason=verdict.reason)
 
     def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:
-        decision = self._admit(decision)
+        decision = self._admit(lane, decision)
         best = lane.best_crop.get(decision.track_id)
         views = lane.views.get(decision.track_id, [])
         if keep:

@@ -25,7 +25,9 @@ The rules, in the order they are checked (the first that fails is the ``reason``
    have admitted now, else ``outside_schedule``. A group this door names but nobody defined admits
    nobody (``doctor`` reports it).
 
-A passage the vote denied for liveness keeps the reason ``liveness``.
+A passage the vote denied for liveness keeps the reason ``liveness``. A grant these rules allow at a
+camera with a direction is then held to anti-passback (:mod:`appliance.access.passback`), whose
+``hard`` mode denies with the reason ``anti_passback``.
 """
 
 from __future__ import annotations
@@ -38,8 +40,18 @@ from .errors import PolicyError
 from .schedule import WeeklySchedule
 from .zones import load_zone
 
-#: The reasons a recognised person is denied (``liveness`` comes from the vote, the rest from here).
-REASONS = ("expired", "not_yet_valid", "suspended", "not_in_group", "outside_schedule", "holiday", "liveness")
+#: The reasons a recognised person is denied (``liveness`` comes from the vote, ``anti_passback`` from
+#: :mod:`appliance.access.passback`, the rest from here).
+REASONS = (
+    "expired",
+    "not_yet_valid",
+    "suspended",
+    "not_in_group",
+    "outside_schedule",
+    "holiday",
+    "liveness",
+    "anti_passback",
+)
 MAX_GROUPS = 64
 MAX_HOLIDAYS = 1000
 GROUP_NAME_HELP = "1–64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"

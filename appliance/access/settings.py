@@ -2,11 +2,63 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from pydantic import Field, field_validator
+from typing_extensions import Literal
 
 from ..config_types import StrictModel
+
+
+def _group_list(value: List[str]) -> List[str]:
+    from .policy import check_group_name
+
+    for name in value:
+        check_group_name(name)
+    if len(set(value)) != len(value):
+        raise ValueError("a group is listed twice")
+    return value
+
+
+class AntiPassbackConfig(StrictModel):
+    """[access.anti_passback] — Who is in, who is out: a grant at an entry camera (a camera's
+    ``direction = "in"``) for someone already inside, or at an exit camera for someone already out,
+    is a passback (see :mod:`appliance.access.passback`)."""
+
+    mode: Literal["off", "soft", "hard"] = Field(
+        "off",
+        description="off: nothing is kept about who is in; soft: a passback is granted and its event "
+        "carries anti_passback = 'violation'; hard: a passback is denied with the reason "
+        "'anti_passback' until the state is reset. Needs a camera with direction 'in' and one with "
+        "'out'.",
+    )
+    same_passage_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="A grant in the direction of the same identity's last one, within this many "
+        "seconds of it, is the same passage (the face stayed at the door, its track was lost and found "
+        "again), not a passback.",
+    )
+    reset_at: Optional[str] = Field(
+        None,
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="Local time (access.time_zone), HH:MM, at which everyone's state is forgotten each "
+        "day (nobody is in or out until their next passage); unset: only a reset command forgets.",
+        json_schema_extra={"example": "03:00"},
+    )
+    exempt_groups: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Members of these access groups are never held to anti-passback (security staff); "
+        "their passages are still recorded.",
+        json_schema_extra={"example": ["security"]},
+    )
+
+    @field_validator("exempt_groups")
+    @classmethod
+    def _group_names(cls, value: List[str]) -> List[str]:
+        return _group_list(value)
 
 
 class AccessConfig(StrictModel):
@@ -25,6 +77,8 @@ class AccessConfig(StrictModel):
         json_schema_extra={"example": ["staff", "visitors"]},
     )
 
+    anti_passback: AntiPassbackConfig = Field(default_factory=AntiPassbackConfig)
+
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -36,13 +90,7 @@ class AccessConfig(StrictModel):
     @field_validator("groups")
     @classmethod
     def _group_names(cls, value: List[str]) -> List[str]:
-        from .policy import check_group_name
-
-        for name in value:
-            check_group_name(name)
-        if len(set(value)) != len(value):
-            raise ValueError("a group is listed twice")
-        return value
+        return _group_list(value)
 
 
-__all__ = ["AccessConfig"]
+__all__ = ["AccessConfig", "AntiPassbackConfig"]

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional
 
+from ..access.errors import PolicyError
 from ..access.judge import GONE, AccessJudge
+from ..access.passback import presence_document
 from ..access.policy import REASONS, AccessGroup, HolidayCalendar, parse_instant
+from ..access.presence import PRESENCE_FILE, PresenceStore
 from ..gallery.errors import IdentityError
 from ..gallery.text import printable
 from .common import EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
@@ -106,9 +110,35 @@ def add_parser(subparsers: Any) -> None:
     check = actions.add_parser("check", help="would this identity pass this door now (or at --at)?")
     check.add_argument("identity_id", metavar="ID")
     check.add_argument("--at", metavar="TIME", help="ISO 8601 time with an offset (default: now)")
+    check.add_argument(
+        "--camera", metavar="CAMERA", help="also anti-passback at this camera (asked, not recorded)"
+    )
     check.add_argument("--json", action="store_true")
     add_config_option(check)
     check.set_defaults(handler=_check)
+
+    presence = actions.add_parser(
+        "presence",
+        help="anti-passback: who passed in or out last; forget someone's last passage",
+        description="The state [access.anti_passback] follows: each identity's last granted passage at "
+        "a camera with a direction, since the last daily reset. Works beside the running daemon.",
+    )
+    presence_actions = presence.add_subparsers(dest="presence_action", metavar="ACTION")
+    presence_actions.required = True
+    listing = presence_actions.add_parser("list", help="the last passages, newest first (a muster list)")
+    listing.add_argument("--direction", choices=("in", "out"), help="only those who passed this way last")
+    listing.add_argument("--limit", type=int, default=1000, metavar="N", help="list at most N (default 1000)")
+    listing.add_argument("--json", action="store_true")
+    add_config_option(listing)
+    listing.set_defaults(handler=_presence_list)
+    reset = presence_actions.add_parser(
+        "reset", help="forget last passages: their next passage passes either way"
+    )
+    whom = reset.add_mutually_exclusive_group(required=True)
+    whom.add_argument("ids", nargs="*", default=[], metavar="ID")
+    whom.add_argument("--all", action="store_true", help="everyone's")
+    add_config_option(reset)
+    reset.set_defaults(handler=_presence_reset)
 
 
 def _gallery(args: argparse.Namespace) -> Any:
@@ -187,9 +217,16 @@ def _calendar_remove(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     at = parse_instant(args.at, "--at") if args.at else datetime.now(timezone.utc)
     config, gallery = _gallery(args)
-    with gallery:
-        judge = AccessJudge.for_door(config.access, gallery.store)
-        reason = judge.judge(args.identity_id, at)
+    with gallery, _presence(config, args.camera is not None) as presence:
+        judge = AccessJudge.for_door(config.access, gallery.store, presence, config.camera_directions)
+        if args.camera is None:
+            reason = judge.judge(args.identity_id, at)
+        else:
+            if args.camera not in config.camera_directions:
+                raise PolicyError(
+                    f"camera {args.camera!r} has no direction in {args.config}; see [[cameras]]"
+                )
+            reason = judge.judge_passage(args.identity_id, args.camera, at, record=False).reason
     if reason == GONE:
         raise IdentityError(f"no identity {args.identity_id!r} in the gallery")
     document = {
@@ -205,6 +242,57 @@ def _check(args: argparse.Namespace) -> int:
             f"{printable(args.identity_id)} at {at.isoformat()}: {document['decision']}{f' ({reason})' if reason else ''}"
         )
     return EXIT_OK if reason is None else EXIT_FAILURE
+
+
+@contextmanager
+def _presence(config: Any, wanted: bool = True) -> Iterator[Optional[PresenceStore]]:
+    """The presence store, when ``wanted``; anti-passback must be on.
+
+    Raises:
+        PolicyError: anti-passback is off (the daemon keeps nothing then).
+    """
+    if not wanted:
+        yield None
+        return
+    if config.access.anti_passback.mode == "off" or not config.camera_directions:
+        raise PolicyError(
+            "anti-passback is off in this configuration ([access.anti_passback] mode, and a camera "
+            "with direction 'in' and one with 'out'); nothing is kept about who is in"
+        )
+    with PresenceStore.open(config.storage.dir / PRESENCE_FILE) as store:
+        yield store
+
+
+def _presence_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise PolicyError(f"--limit must be at least 1, not {args.limit}")
+    config, gallery = _gallery(args)
+    with gallery, _presence(config) as presence:
+        judge = AccessJudge.for_door(config.access, gallery.store, presence, config.camera_directions)
+        assert judge.passback is not None  # on, as _presence checked
+        document = presence_document(judge.passback, gallery.store, args.direction, args.limit)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    reset = f", forgotten daily at {document['reset_at']}" if document["reset_at"] else ""
+    print(f"anti-passback {document['mode']}{reset}: {document['in']} in, {document['out']} out")
+    for entry in document["passages"]:
+        print(
+            f"  {entry['direction']:<3} {entry['since']}  {printable(entry['id'])}  "
+            f"{printable(entry['name'])} ({printable(entry['camera_id'])})"
+        )
+    if document["truncated"]:
+        print(f"  … the {args.limit} newest listed (--limit)")
+    return EXIT_OK
+
+
+def _presence_reset(args: argparse.Namespace) -> int:
+    config = load_cli_config(args)
+    with _presence(config) as presence:
+        assert presence is not None
+        forgotten = presence.reset(None if args.all else args.ids)
+    print(f"forgot the last passage of {forgotten} identit{'y' if forgotten == 1 else 'ies'}")
+    return EXIT_OK
 
 
 __all__ = ["REASONS", "add_parser", "add_policy_options", "policy_changes"]

@@ -1,0 +1,213 @@
+"""Where each identity last passed: the state anti-passback follows (``presence.db`` in the storage
+directory), kept across restarts.
+
+One row per identity — its last *granted* passage: the direction (``in`` or ``out``), the camera and
+the instant (Unix seconds, the wall clock). It names people and where they are, so it holds nothing
+more than that row, deleted rows are overwritten (``secure_delete``), and with anti-passback off the
+daemon empties it. A row whose identity left the gallery is dropped at the next listing.
+
+The daemon's pipeline thread writes it; the command line reads and resets it beside the running
+daemon (SQLite in WAL mode, one connection per process, a lock per connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from ..errors import ApplianceError
+from .policy import format_instant
+
+logger = logging.getLogger(__name__)
+
+PRESENCE_FILE = "presence.db"
+DIRECTIONS = ("in", "out")
+_SCHEMA_VERSION = 1
+#: The most rows one listing returns (a gallery of 100 000 people is listed in pages of this).
+MAX_LISTED = 100_000
+
+
+class PresenceError(ApplianceError):
+    """The presence store cannot be opened, read or written (a damaged file, a newer schema, a full
+    disk, permissions).
+
+    Example scenarios: the file is not SQLite; it was written by newer firmware; the disk is full."""
+
+
+@dataclass(frozen=True)
+class Presence:
+    """One identity's last granted passage.
+
+    Attributes:
+        identity_id: the gallery identity.
+        direction: ``in`` or ``out``.
+        camera_id: the camera that saw it.
+        at: when (Unix seconds, wall clock).
+    """
+
+    identity_id: str
+    direction: str
+    camera_id: str
+    at: float
+
+    def document(self) -> Dict[str, Any]:
+        """JSON-ready: ``{"id", "direction", "camera_id", "since"}`` (``since``: RFC 3339 UTC)."""
+        from datetime import datetime, timezone
+
+        since = format_instant(datetime.fromtimestamp(self.at, timezone.utc))
+        return {
+            "id": self.identity_id,
+            "direction": self.direction,
+            "camera_id": self.camera_id,
+            "since": since,
+        }
+
+
+class PresenceStore:
+    """The identities' last passages on disk (see the module). Thread-safe: one connection behind a lock.
+
+    Open it with :meth:`open`.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db: Optional[sqlite3.Connection] = connection
+        self._lock = threading.Lock()
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> PresenceStore:
+        """Open (or create, mode 0600) the store at ``path``.
+
+        Raises:
+            PresenceError: not a usable database, or one of a newer schema.
+        """
+        path = Path(path)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(str(path), os.O_CREAT | os.O_RDWR, 0o600))
+            db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as err:
+            raise PresenceError(f"cannot open the presence store {path}: {err}") from err
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > _SCHEMA_VERSION:
+                raise PresenceError(
+                    f"{path} has schema version {version}, newer than this firmware's {_SCHEMA_VERSION}; "
+                    "update the firmware, or delete the file (everyone's anti-passback state starts afresh)"
+                )
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS presence ("
+                " identity_id TEXT PRIMARY KEY,"
+                " direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),"
+                " camera_id TEXT NOT NULL,"
+                " at REAL NOT NULL)"
+            )
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            db.close()
+            raise PresenceError(
+                f"{path} is not a usable presence database: {err}; delete it to start everyone's "
+                "anti-passback state afresh"
+            ) from err
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, path)
+
+    def _run(self, what: str, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            if self._db is None:
+                raise PresenceError(f"the presence store {self.path} is closed")
+            try:
+                return work(self._db)
+            except sqlite3.Error as err:
+                raise PresenceError(f"cannot {what} the presence store {self.path}: {err}") from err
+
+    def last(self, identity_id: str) -> Optional[Presence]:
+        """The identity's last granted passage, or ``None``."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT identity_id, direction, camera_id, at FROM presence WHERE identity_id = ?",
+                (identity_id,),
+            ).fetchone(),
+        )
+        return None if row is None else Presence(*row)
+
+    def record(self, presence: Presence) -> None:
+        """Keep ``presence`` as its identity's last passage (replacing the one before).
+
+        Raises:
+            ValueError: a direction other than ``in`` / ``out``.
+            PresenceError: it cannot be written (a full disk).
+        """
+        if presence.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {presence.direction!r}")
+        self._run(
+            "write to",
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO presence VALUES (?, ?, ?, ?)",
+                (presence.identity_id, presence.direction, presence.camera_id, float(presence.at)),
+            ),
+        )
+
+    def entries(self, direction: Optional[str] = None, since: Optional[float] = None) -> List[Presence]:
+        """The kept passages, oldest first (at most :data:`MAX_LISTED`): all, or those in ``direction``;
+        with ``since``, only those at or after it (older ones were reset)."""
+        query = "SELECT identity_id, direction, camera_id, at FROM presence WHERE at >= ?"
+        arguments: List[Any] = [float("-inf") if since is None else since]
+        if direction is not None:
+            query += " AND direction = ?"
+            arguments.append(direction)
+        query += f" ORDER BY at, identity_id LIMIT {MAX_LISTED}"
+        rows = self._run("read", lambda db: db.execute(query, arguments).fetchall())
+        return [Presence(*row) for row in rows]
+
+    def reset(self, identity_ids: Optional[Sequence[str]] = None, before: Optional[float] = None) -> int:
+        """Forget passages: of ``identity_ids`` (``None``: everyone's), or with ``before`` only those
+        older than it (a daily reset). Returns how many were forgotten."""
+
+        def delete(db: sqlite3.Connection) -> int:
+            if before is not None:
+                return db.execute("DELETE FROM presence WHERE at < ?", (before,)).rowcount
+            if identity_ids is None:
+                return db.execute("DELETE FROM presence").rowcount
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                count = sum(
+                    db.execute("DELETE FROM presence WHERE identity_id = ?", (identity_id,)).rowcount
+                    for identity_id in identity_ids
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return count
+
+        return int(self._run("write to", delete))
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> PresenceStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+__all__ = ["DIRECTIONS", "MAX_LISTED", "PRESENCE_FILE", "Presence", "PresenceError", "PresenceStore"]
