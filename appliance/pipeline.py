@@ -350,9 +350,7 @@ class Pipeline:
             return decision
         verdict = self.judge.judge_passage(decision.identity_id, lane.camera_id)
         if verdict.reason is None:
-            return (
-                replace(decision, anti_passback=verdict.anti_passback) if verdict.anti_passback else decision
-            )
+            return replace(decision, anti_passback=verdict.anti_passback)
         if verdict.reason == GONE:  # removed from the gallery while in view: no longer anyone we know
             return replace(decision, decision=UNKNOWN, identity_id=None, name=None)
         logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)

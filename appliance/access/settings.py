@@ -21,9 +21,7 @@ def _group_list(value: List[str]) -> List[str]:
 
 
 class AntiPassbackConfig(StrictModel):
-    """[access.anti_passback] — Who is in, who is out: a grant at an entry camera (a camera's
-    ``direction = "in"``) for someone already inside, or at an exit camera for someone already out,
-    is a passback (see :mod:`appliance.access.passback`)."""
+    """[access.anti_passback] — Who is in, who is out: a grant at an entry camera (direction 'in') for someone whose last passage was in, or at an exit camera for someone already out, is a passback."""
 
     mode: Literal["off", "soft", "hard"] = Field(
         "off",

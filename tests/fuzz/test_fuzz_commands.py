@@ -63,6 +63,9 @@ _FIELDS = {
     "threshold": st.floats() | st.sampled_from([0.0, 1.0, 1e-9, 0.5, 2.0]) | _json,
     "ids": st.lists(st.text(max_size=70) | st.sampled_from(["obama", "nobody", "a" * 65]), max_size=3)
     | _json,
+    "direction": st.sampled_from(["in", "out", "none", "IN", ""]) | _json,
+    "limit": st.integers(min_value=-5, max_value=6000) | _json,
+    "all": st.booleans() | _json,
 }
 
 

@@ -4,11 +4,13 @@ validity, change it, groups, schedules, holidays, bundles) and in the daemon's e
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
 from appliance.access.policy import IdentityPolicy, parse_instant
+from appliance.access.presence import PRESENCE_FILE, Presence, PresenceStore
 from appliance.gallery.store import TemplateStore
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
@@ -16,6 +18,7 @@ from tests.support import (
     command,
     daemon_config,
     event_documents,
+    make_passage_video,
     passage_video,
     run_cli,
     unique_events,
@@ -221,3 +224,125 @@ def test_the_policy_is_managed_over_mqtt_on_a_running_daemon(
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:  # survives the restart
         assert store.identity("obama").policy.groups == ("staff",)
         assert set(store.policy_tables().calendars) == {"public"}
+
+
+def _two_way_config(
+    tmp_path: Path,
+    storage: Path,
+    models: Path,
+    broker: MosquittoBroker,
+    entry: Path,
+    exit_: Path,
+    at_end: str,
+    mode: str = "hard",
+) -> Path:
+    """An entry camera (direction in) and an exit camera (out), anti-passback in ``mode``."""
+    config = daemon_config(
+        tmp_path,
+        storage,
+        models,
+        broker,
+        None,
+        cameras=[("entry", entry, at_end), ("exit", exit_, at_end)],
+        access=f'[access.anti_passback]\nmode = "{mode}"\nsame_passage_s = 0',
+    )
+    text = config.read_text()
+    for camera, direction in (("entry", "in"), ("exit", "out")):
+        text = text.replace(f'id = "{camera}"\n', f'id = "{camera}"\ndirection = "{direction}"\n')
+    config.write_text(text)
+    return config
+
+
+def _run_until_the_videos_end(config: Path, recorder: Recorder) -> Dict[str, List[Dict[str, Any]]]:
+    """The daemon over both videos; its events per camera, as (decision, reason, direction), and
+    ``"violation"`` added when soft anti-passback flagged one."""
+    recorder.clear()
+    daemon = Daemon(config)
+    try:
+        assert daemon.wait(timeout=180) == 0, daemon.text
+    finally:
+        daemon.close()
+    events: Dict[str, List[Any]] = {"entry": [], "exit": []}
+    for event in unique_events(event_documents(recorder.messages)):
+        flag = (event["anti_passback"],) if "anti_passback" in event else ()
+        events[event["camera_id"]].append((event["decision"], event["reason"], event["direction"], *flag))
+    return events
+
+
+def test_hard_anti_passback_at_an_entry_and_an_exit_camera(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    obama = shared_data / "faces/fr_obama/obama2.jpg"
+    # 1. In twice, never seen leaving: the second entry is a passback.
+    twice = make_passage_video(tmp_path / "twice.avi", [(obama, 25), (None, 20), (obama, 25), (None, 10)])
+    nobody = make_passage_video(tmp_path / "nobody.avi", [(None, 20)])
+    config = _two_way_config(tmp_path, storage, shared_models, mosquitto, twice, nobody, "stop")
+    events = _run_until_the_videos_end(config, recorder)
+    assert events == {
+        "entry": [("granted", None, "in"), ("denied", "anti_passback", "in")],
+        "exit": [],
+    }, events
+    c = ("--config", str(config))
+    listed = json.loads(_ok("access", "presence", "list", "--json", *c))
+    assert (listed["mode"], listed["in"], listed["out"]) == ("hard", 1, 0)
+    assert [(p["id"], p["name"], p["camera_id"]) for p in listed["passages"]] == [
+        ("obama", "Barack Obama", "entry")
+    ]
+    asked = run_cli("access", "check", "obama", "--camera", "entry", "--json", *c)
+    assert asked.returncode == 1 and json.loads(asked.stdout)["reason"] == "anti_passback", asked
+    assert json.loads(_ok("access", "check", "obama", "--camera", "exit", "--json", *c))["reason"] is None
+    assert run_cli("access", "check", "obama", "--camera", "lobby", *c).returncode != 0
+
+    # 2. After a restart (the state is kept): refused at the entry, out through the exit, then in again.
+    entry = make_passage_video(tmp_path / "entry.avi", [(obama, 25), (None, 60), (obama, 25), (None, 10)])
+    exit_ = make_passage_video(tmp_path / "exit.avi", [(None, 35), (obama, 25), (None, 10)])
+    config = _two_way_config(tmp_path, storage, shared_models, mosquitto, entry, exit_, "stop")
+    events = _run_until_the_videos_end(config, recorder)
+    assert events == {
+        "entry": [("denied", "anti_passback", "in"), ("granted", None, "in")],
+        "exit": [("granted", None, "out")],
+    }, events
+
+    # 3. Security's view and reset over MQTT, on a running daemon; a reload that turns it off keeps nothing.
+    quiet = make_passage_video(tmp_path / "quiet.avi", [(None, 10)])
+    config = _two_way_config(tmp_path, storage, shared_models, mosquitto, quiet, quiet, "loop")
+    recorder.clear()  # the last run's "online" is not this one's
+    daemon = Daemon(config)
+    try:
+        wait_online(recorder, daemon)
+        answer = command(recorder, "presence", {"request_id": "p1", "direction": "in"})
+        assert answer["ok"] and (answer["result"]["in"], answer["result"]["out"]) == (1, 0), answer
+        assert answer["result"]["passages"][0]["id"] == "obama"
+        refused = command(recorder, "presence_reset", {"request_id": "r0", "ids": ["obama"], "all": True})
+        assert refused["error"]["code"] == "invalid" and "not both" in refused["error"]["message"], refused
+        answer = command(recorder, "presence_reset", {"request_id": "r1", "ids": ["obama", "nobody"]})
+        assert answer["result"] == {"forgotten": 1}, answer
+        assert command(recorder, "presence", {"request_id": "p2"})["result"]["passages"] == []
+        assert (
+            json.loads(_ok("access", "check", "obama", "--camera", "entry", "--json", *c))["reason"] is None
+        )
+        with PresenceStore.open(storage / PRESENCE_FILE) as store:  # as the daemon records a passage
+            store.record(Presence("obama", "in", "entry", time.time()))
+        assert command(recorder, "presence", {"request_id": "p3"})["result"]["in"] == 1
+        config.write_text(config.read_text().replace('mode = "hard"', 'mode = "off"'))
+        assert command(recorder, "reload", {"request_id": "l1"})["ok"]
+        refused = command(recorder, "presence", {"request_id": "p4"})
+        assert refused["error"]["code"] == "refused" and "anti-passback is off" in refused["error"]["message"]
+        with PresenceStore.open(storage / PRESENCE_FILE) as store:
+            assert store.entries() == []  # off keeps nothing about who is in
+    finally:
+        daemon.stop()
+        daemon.close()
+
+    # 4. Soft: the second entry is granted, and its event says it was a passback.
+    config = _two_way_config(tmp_path, storage, shared_models, mosquitto, twice, nobody, "stop", "soft")
+    events = _run_until_the_videos_end(config, recorder)
+    assert events == {
+        "entry": [("granted", None, "in"), ("granted", None, "in", "violation")],
+        "exit": [],
+    }, events
