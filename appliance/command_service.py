@@ -38,6 +38,8 @@ from .commands import (
     AccessCommand,
     CommandError,
     DistinctCommand,
+    DoorModeCommand,
+    DoorOpenCommand,
     EnrollCommand,
     NotThisCommand,
     PresenceCommand,
@@ -111,7 +113,10 @@ class CommandService:
         templates: Optional[TemplateUpdater] = None,
         changes: Optional[ChangeThread] = None,
         presence: Optional[PresenceStore] = None,
+        door: Optional[Any] = None,
     ) -> None:
+        #: The door's own I/O (:class:`appliance.door.controller.DoorController`), when it runs.
+        self.door = door
         self.sightings = sightings
         #: The identities' last passages (anti-passback), when a camera has a direction.
         self.presence = presence
@@ -241,7 +246,24 @@ class CommandService:
             return self._distinct(command, gallery.store)
         if isinstance(command, (PresenceCommand, PresenceResetCommand)):
             return self._presence(command, gallery.store)
+        if isinstance(command, (DoorOpenCommand, DoorModeCommand)):
+            return self._door(command)
         return self._access(command, gallery.store)
+
+    def _door(self, command: Union[DoorOpenCommand, DoorModeCommand]) -> Dict[str, Any]:
+        """``door_open`` and ``door_mode``: handed to the door's owner thread, which reports what it
+        did as door events (``remote_open``, ``door_unlocked``, ``door_locked``)."""
+        if self.door is None:
+            raise CommandError(
+                "this appliance drives no door: [door] is not enabled, or it could not start (see …/state "
+                "degraded)"
+            )
+        if isinstance(command, DoorOpenCommand):
+            self.door.remote_open(command.request_id)
+            logger.info("door: remote open by command %s", command.request_id)
+            return {"pulse_s": self.config.door.relay.pulse_s}
+        self.door.set_mode(command.mode, None if command.minutes is None else command.minutes * 60.0)
+        return {"mode": command.mode, "minutes": command.minutes}
 
     def _presence(self, command: Union[PresenceCommand, PresenceResetCommand], store: Any) -> Dict[str, Any]:
         """``presence`` (anti-passback's state: who passed in or out last) and ``presence_reset``."""

@@ -41,9 +41,13 @@ command         payload                                                         
 ``presence``    ``request_id``, optional ``direction`` (``in``/``out``), ``limit``  counts, the last
                 (1–5000, default 1000): anti-passback's state                      passages listed
 ``presence_reset`` ``request_id``, ``ids`` (identity ids) or ``all``: true       how many forgotten
+``door_open``   ``request_id``: pulse the relay once                             the pulse's length
+``door_mode``   ``request_id``, ``mode`` (``schedule``, ``unlocked``,             the mode, minutes
+                ``locked``), optional ``minutes`` (1–10080)
 =============== ================================================================ ==================
 
-``presence`` and ``presence_reset`` are refused when anti-passback is off (``[access.anti_passback]``).
+``presence`` and ``presence_reset`` are refused when anti-passback is off (``[access.anti_passback]``);
+``door_open`` and ``door_mode`` when the door's own I/O is not running (``[door]``).
 
 ``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
 ``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness). It enrols
@@ -344,6 +348,18 @@ class PresenceResetCommand(_Command):
         return self
 
 
+class DoorOpenCommand(_Command):
+    """``door_open``: pulse the door's relay once, as a grant does (a buzz-in from reception)."""
+
+
+class DoorModeCommand(_Command):
+    """``door_mode``: hold the door ``unlocked``, keep it ``locked`` through its unlock windows, or give
+    it back to the ``schedule``; for ``minutes``, or until the next ``door_mode`` or a restart."""
+
+    mode: Literal["schedule", "unlocked", "locked"]
+    minutes: Optional[int] = Field(None, ge=1, le=10080)
+
+
 COMMANDS: Dict[str, Type[_Command]] = {
     "enroll": EnrollCommand,
     "remove": RemoveCommand,
@@ -362,6 +378,8 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "distinct": DistinctCommand,
     "presence": PresenceCommand,
     "presence_reset": PresenceResetCommand,
+    "door_open": DoorOpenCommand,
+    "door_mode": DoorModeCommand,
 }
 
 

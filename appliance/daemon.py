@@ -269,10 +269,6 @@ class Appliance:
         self.degraded.extend(self.door.failures)
         self.reporter.board.attach(self.door.emitter("board"))  # throttling start/end as door events
 
-        def credential_of(identity_id: str) -> Optional[str]:
-            identity = store.identity(identity_id)
-            return identity.external_id if identity is not None else None
-
         self.recorder = EventRecorder(
             config,
             self.outbox,
@@ -280,7 +276,7 @@ class Appliance:
             self._notify_link,
             self.print_events,
             self.door.on_passage if self.door.peripherals else None,
-            credential_of,
+            store.identity,
             self._stored_listener(),
         )
         self.commands = CommandService(
@@ -296,6 +292,7 @@ class Appliance:
             templates=self.templates,
             changes=self.changes,
             presence=self.presence,
+            door=next((p for p in self.door.peripherals if p.name == "door"), None),
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
         self.fleet = self._fleet_member(self.link)

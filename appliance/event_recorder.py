@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .config import ApplianceConfig
 from .events import access_event, encode
@@ -18,6 +18,9 @@ from .metrics import Latencies
 from .outbox import Outbox, OutboxError
 from .peripherals import Passage
 from .pipeline import Outcome
+
+if TYPE_CHECKING:
+    from .gallery.store import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ class EventRecorder:
         notify: tells the MQTT link that events are waiting.
         print_events: also write each event as a JSON line to stdout (the demo's view).
         on_passage: told of each stored event (the door's relay, an OSDP panel), after it is stored.
-        credential_of: an identity's ``external_id`` (the badge number a panel knows), or ``None``.
+        identity_of: an identity of the gallery, or ``None``: its ``external_id`` (the badge number a
+            panel knows) and its groups (the door's first person in) go to the door.
         on_stored: told of each outcome whose event was stored, with its ``event_id`` (the template
             update, :mod:`appliance.template_update`); pipeline thread, after the door is told.
     """
@@ -72,13 +76,13 @@ class EventRecorder:
         notify: Callable[[], None],
         print_events: bool = False,
         on_passage: Optional[Callable[[Passage], None]] = None,
-        credential_of: Optional[Callable[[str], Optional[str]]] = None,
+        identity_of: Optional[Callable[[str], Optional[Identity]]] = None,
         on_stored: Optional[Callable[[Outcome, str], None]] = None,
     ) -> None:
         self.config = config
         self._on_stored = on_stored
         self._on_passage = on_passage
-        self._credential_of = credential_of
+        self._identity_of = identity_of
         self.outbox = outbox
         self.latencies = latencies
         self._notify = notify
@@ -148,10 +152,13 @@ class EventRecorder:
         if self._on_passage is None:
             return
         identity = event["identity"]["id"] if event["identity"] else None
-        credential = None
-        if identity is not None and self._credential_of is not None:
-            credential = self._credential_of(identity)
-        self._on_passage(Passage(event["event_id"], event["decision"], event["reason"], identity, credential))
+        found = (
+            self._identity_of(identity) if identity is not None and self._identity_of is not None else None
+        )
+        credential, groups = (found.external_id, found.policy.groups) if found is not None else (None, ())
+        self._on_passage(
+            Passage(event["event_id"], event["decision"], event["reason"], identity, credential, groups)
+        )
 
     def _failed(self, err: OutboxError, decision: str) -> None:
         """An event could not be stored: counted, logged once per episode, shown in the state."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:
     from .config import ApplianceConfig
@@ -52,6 +52,7 @@ class Passage:
         reason: why a recognised person was denied (``expired``, ``outside_schedule``, …), else ``None``.
         identity_id: the recognised identity, or ``None``.
         credential: the identity's ``external_id`` (a badge number for a panel), or ``None``.
+        groups: the identity's access groups (the door's first person in), or ``()``.
     """
 
     event_id: str
@@ -59,6 +60,7 @@ class Passage:
     reason: Optional[str]
     identity_id: Optional[str]
     credential: Optional[str]
+    groups: Tuple[str, ...] = ()
 
 
 class Peripheral(abc.ABC):
@@ -186,7 +188,7 @@ def create_peripherals(config: ApplianceConfig) -> List[Peripheral]:
     if config.door.enabled:
         from .door import create_door
 
-        peripherals.append(create_door(config.door))
+        peripherals.append(create_door(config.door, config.access.time_zone))
     if config.osdp.enabled:
         from .osdp import create_reader
 

@@ -801,6 +801,20 @@ def door_config(base: Mapping[str, Any], *layers: Mapping[str, Any], **door: Any
     return validate_config({"door": data}).door
 
 
+#: Set (to anything) in a daemon subprocess's environment, with ``tests/fake_site`` on its
+#: ``PYTHONPATH``: its ``import gpiod`` finds the 2.x double over :func:`door_sim`.
+ENVIRONMENT = "FACE_APPLIANCE_FAKE_GPIO"
+
+
+def install_from_environment() -> None:
+    """At interpreter start (``tests/fake_site/sitecustomize.py``): the ``gpiod`` 2.x double over
+    :func:`door_sim` for a daemon subprocess, whose door is then seen through its MQTT door events and
+    ``…/state`` (no GPIO hardware here)."""
+    import sys
+
+    sys.modules["gpiod"] = gpiod_v2(door_sim())
+
+
 def install(monkeypatch: Any, backend: str, sim: GpioSim, **options: Any) -> ModuleType:
     """Put the double of ``backend``'s library where ``import`` finds it (undone by ``monkeypatch``)."""
     import sys

@@ -66,6 +66,16 @@ def check_group_name(name: object, what: str = "group") -> str:
     return name
 
 
+def check_group_list(names: List[str]) -> List[str]:
+    """Return ``names`` if every one is a valid group name and none is listed twice, else raise
+    :class:`PolicyError` (a :class:`ValueError`: the configuration names the key)."""
+    for name in names:
+        check_group_name(name)
+    if len(set(names)) != len(names):
+        raise PolicyError("a group is listed twice")
+    return names
+
+
 def parse_instant(text: object, what: str) -> datetime:
     """An ISO 8601 date-time *with* an offset (``2026-12-31T18:00:00+01:00``, ``…Z``) → aware UTC datetime.
 
@@ -310,6 +320,7 @@ __all__ = [
     "HolidayCalendar",
     "IdentityPolicy",
     "PolicyTables",
+    "check_group_list",
     "check_group_name",
     "format_instant",
     "normalise_groups",

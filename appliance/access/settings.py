@@ -10,16 +10,6 @@ from typing_extensions import Literal
 from ..config_types import StrictModel
 
 
-def _group_list(value: List[str]) -> List[str]:
-    from .policy import check_group_name
-
-    for name in value:
-        check_group_name(name)
-    if len(set(value)) != len(value):
-        raise ValueError("a group is listed twice")
-    return value
-
-
 class AntiPassbackConfig(StrictModel):
     """[access.anti_passback] — Who is in, who is out: a grant at an entry camera (direction 'in') for someone whose last passage was in, or at an exit camera for someone already out, is a passback."""
 
@@ -56,7 +46,9 @@ class AntiPassbackConfig(StrictModel):
     @field_validator("exempt_groups")
     @classmethod
     def _group_names(cls, value: List[str]) -> List[str]:
-        return _group_list(value)
+        from .policy import check_group_list
+
+        return check_group_list(value)
 
 
 class AccessConfig(StrictModel):
@@ -88,7 +80,9 @@ class AccessConfig(StrictModel):
     @field_validator("groups")
     @classmethod
     def _group_names(cls, value: List[str]) -> List[str]:
-        return _group_list(value)
+        from .policy import check_group_list
+
+        return check_group_list(value)
 
 
 __all__ = ["AccessConfig", "AntiPassbackConfig"]

@@ -21,11 +21,12 @@ if TYPE_CHECKING:
     from ..peripherals import Peripheral
 
 
-def create_door(config: DoorConfig) -> Peripheral:
-    """The door controller ``config`` describes, not yet started (:meth:`Peripheral.start` opens the lines)."""
+def create_door(config: DoorConfig, time_zone: str = "UTC") -> Peripheral:
+    """The door controller ``config`` describes, not yet started (:meth:`Peripheral.start` opens the
+    lines); ``time_zone`` is the one of ``door.unlock.schedule`` (``access.time_zone``)."""
     from .controller import DoorController
 
-    return DoorController(config)
+    return DoorController(config, time_zone=time_zone)
 
 
 __all__ = ["DoorConfig", "DoorError", "create_door"]

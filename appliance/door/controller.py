@@ -8,6 +8,15 @@ the relay if its wanted state changed, and emits the door events. The lines are 
 :meth:`DoorController.start` on the caller's thread (so a bad line fails the start with the key
 named) and touched only by the owner thread afterwards; it releases the relay and the lines when it
 stops.
+
+**Unlocked** (remain open, :class:`~appliance.door.settings.DoorUnlockConfig`): at each wake the
+thread reads the wall clock in the door's time zone against ``door.unlock.schedule``. Within a
+window the door is held unlocked — with ``first_person_groups``, only once a member of one of them
+was granted here within that window (a snow day, when nobody comes, leaves the door locked). A
+remote ``door_mode`` (:meth:`DoorController.set_mode`) overrides the schedule: ``unlocked`` holds
+it, ``locked`` keeps it locked through the windows (a grant still opens it for one passage), for a
+time or until ``schedule`` gives it back; a restart gives it back too. The wake-ups of at most
+:data:`MAX_WAIT_S` see a window's edge within a second.
 """
 
 from __future__ import annotations
@@ -17,8 +26,11 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
+from ..access.schedule import WeeklySchedule
+from ..access.zones import load_zone
 from ..events import rfc3339_now
 from ..logs import RateLimitedLog
 from ..peripherals import EmitDoorEvent, Passage, Peripheral
@@ -33,6 +45,12 @@ logger = logging.getLogger(__name__)
 MAX_WAIT_S = 1.0
 #: The pause after a failed GPIO call before the next try.
 ERROR_BACKOFF_S = 1.0
+#: The modes of :meth:`DoorController.set_mode`.
+MODES = ("schedule", "unlocked", "locked")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class DoorController(Peripheral):
@@ -42,6 +60,8 @@ class DoorController(Peripheral):
         config: ``[door]``.
         open_lines: requests the lines (tests pass one that builds them on a double of the chip).
         clock: monotonic seconds.
+        time_zone: the IANA zone of ``door.unlock.schedule`` (``access.time_zone``).
+        wall_clock: the current aware datetime (tests fix it).
     """
 
     name = "door"
@@ -51,13 +71,25 @@ class DoorController(Peripheral):
         config: DoorConfig,
         open_lines: Callable[[DoorConfig], DoorLines] = open_lines,
         clock: Callable[[], float] = time.monotonic,
+        time_zone: str = "UTC",
+        wall_clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._config = config
         self._open_lines = open_lines
         self._clock = clock
         self._logic = DoorLogic(config)
         self._lock = threading.Lock()
-        self._grants: queue.SimpleQueue = queue.SimpleQueue()  # of access event ids
+        #: For the owner thread: ``("grant", event id, groups)``, ``("open", request id)``,
+        #: ``("mode", mode, seconds or None)``.
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._schedule = WeeklySchedule.parse(config.unlock.schedule)
+        self._zone = load_zone(time_zone)
+        self._wall_clock = wall_clock
+        self._first_groups: FrozenSet[str] = frozenset(config.unlock.first_person_groups)
+        #: The access event of the first person in, in the current window (``None``: not yet).
+        self._first_in: Optional[str] = None
+        #: The remote mode and when it gives way to the schedule (monotonic; ``None``: never).
+        self._mode: Tuple[str, Optional[float]] = ("schedule", None)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lines: Optional[DoorLines] = None
@@ -116,7 +148,26 @@ class DoorController(Peripheral):
         """Pulse the relay for a granted passage (queued for the owner thread; returns at once)."""
         if passage.decision != "granted":
             return
-        self._grants.put(passage.event_id)
+        self._requests.put(("grant", passage.event_id, passage.groups))
+        self._wake()
+
+    def remote_open(self, request_id: Optional[str]) -> None:
+        """Pulse the relay once, as a grant does (the ``door_open`` command; returns at once)."""
+        self._requests.put(("open", request_id))
+        self._wake()
+
+    def set_mode(self, mode: str, for_s: Optional[float] = None) -> None:
+        """``unlocked`` (held open), ``locked`` (never by schedule) or ``schedule`` (the configured
+        windows), for ``for_s`` seconds or until changed again (the ``door_mode`` command).
+
+        Raises:
+            ValueError: an unknown mode, or a duration that is not positive.
+        """
+        if mode not in MODES:
+            raise ValueError(f"door mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if for_s is not None and not for_s > 0:
+            raise ValueError(f"a door mode lasts a positive number of seconds, not {for_s!r}")
+        self._requests.put(("mode", mode, for_s))
         self._wake()
 
     def state(self) -> Dict[str, Any]:
@@ -125,13 +176,19 @@ class DoorController(Peripheral):
         {"backend": "gpiod", "running": true, "relay": "on" | "off",
          "door": "open" | "closed" | null (no contact), "exit": "pressed" | "released" | null,
          "alarm": "door_forced" | "door_held" | null,
-         "counts": {"grants", "exit_requests", "openings", "forced", "held"},
+         "unlocked_by": "schedule" | "first_person" | "remote" | null,
+         "mode": "schedule" | "unlocked" | "locked", "mode_left_s": float | null, "first_person_in": bool,
+         "counts": {"grants", "exit_requests", "remote_opens", "openings", "forced", "held"},
          "last_event": {"kind", "ts"} | null, "errors": int, "last_error": str | null}
         """
         with self._lock:
             document = self._logic.snapshot()
             thread = self._thread
+            mode, until = self._mode
             document.update(
+                mode=mode,
+                mode_left_s=None if until is None else round(max(0.0, until - self._clock()), 1),
+                first_person_in=self._first_in is not None,
                 backend=self._backend,
                 running=bool(thread and thread.is_alive()) and not self._stop.is_set(),
                 relay="on" if self._relay else "off",
@@ -201,7 +258,7 @@ class DoorController(Peripheral):
             self._stop.set()
             return
         timeout = MAX_WAIT_S if deadline is None else min(MAX_WAIT_S, deadline - self._clock())
-        if not self._grants.empty():
+        if not self._requests.empty():
             timeout = 0.0
         lines.wait(max(0.0, timeout), wake_r)
         self._drain_wake(wake_r)
@@ -209,14 +266,21 @@ class DoorController(Peripheral):
             return
         inputs = lines.read_inputs()
         now = self._clock()
+        window = bool(self._schedule.windows) and self._schedule.admits(
+            self._wall_clock().astimezone(self._zone)
+        )
         with self._lock:
+            events = []
+            if not window:
+                self._first_in = None
             while True:
                 try:
-                    event_id = self._grants.get_nowait()
+                    request = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                self._logic.grant(now, event_id)
-            events = self._logic.update(now, inputs)
+                events.extend(self._take(request, now, window))
+            events.extend(self._logic.hold(now, *self._wanted_hold(now, window)))
+            events.extend(self._logic.update(now, inputs))
             relay = self._logic.relay_on
             changed = relay != self._relay
         if changed:
@@ -226,6 +290,38 @@ class DoorController(Peripheral):
             logger.debug("door: relay %s", "on" if relay else "off")
         for event in events:
             self._publish(event)
+
+    def _take(self, request: Tuple[Any, ...], now: float, window: bool) -> List[DoorEvent]:
+        """One request of another thread (under the lock)."""
+        kind = request[0]
+        if kind == "grant":
+            _, event_id, groups = request
+            self._logic.grant(now, event_id)
+            if window and self._first_in is None and self._first_groups.intersection(groups):
+                self._first_in = event_id
+            return []
+        if kind == "open":
+            return [self._logic.remote_open(now, request[1])]
+        _, mode, for_s = request
+        self._mode = (mode, None if for_s is None else now + for_s)
+        logger.info("door: mode %s%s", mode, "" if for_s is None else f" for {for_s:g} s")
+        return []
+
+    def _wanted_hold(self, now: float, window: bool) -> Tuple[Optional[str], Dict[str, Any]]:
+        """Why the door should be held unlocked now, and the details of its ``door_unlocked`` (under the lock)."""
+        mode, until = self._mode
+        if until is not None and now >= until:
+            mode, self._mode = "schedule", ("schedule", None)
+            logger.info("door: the remote mode ended; back to the schedule")
+        if mode == "unlocked":
+            return "remote", {}
+        if mode == "locked" or not window:
+            return None, {}
+        if not self._first_groups:
+            return "schedule", {}
+        if self._first_in is None:
+            return None, {}
+        return "first_person", {"access_event_id": self._first_in}
 
     @staticmethod
     def _drain_wake(fd: int) -> None:
@@ -265,4 +361,4 @@ class DoorController(Peripheral):
         logger.info("door: stopped; relay released, lines freed")
 
 
-__all__ = ["ERROR_BACKOFF_S", "MAX_WAIT_S", "DoorController"]
+__all__ = ["ERROR_BACKOFF_S", "MAX_WAIT_S", "MODES", "DoorController"]

@@ -16,6 +16,12 @@ carries ``now`` (monotonic seconds), so the timers are tested with fixed clocks,
 * **Debounce**: a level counts once it has held ``debounce_s``; it counts from when it was first
   seen, so debounce does not delay the forced/authorised judgement.
 * A door found open at start is ``unknown`` (not forced); it can still be held.
+* **Remote open**: a one-off pulse asked over MQTT (``door_open``), like a grant; it raises
+  ``remote_open`` with the command's ``request_id``.
+* **Held unlocked** (:meth:`DoorLogic.hold`; ``by`` the unlock schedule, the first person in, or a
+  remote ``door_mode``): the relay stays energised, every opening is authorised and a door left open
+  is not ``door_held``; holding raises ``door_unlocked`` (``by``), letting go ``door_locked``
+  (``was``). A door still open when it is locked again is held open from that moment.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ DOOR_FORCED = "door_forced"
 DOOR_HELD = "door_held"
 DOOR_CLOSED = "door_closed"
 EXIT_REQUEST = "exit_request"
+REMOTE_OPEN = "remote_open"
+DOOR_UNLOCKED = "door_unlocked"
+DOOR_LOCKED = "door_locked"
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,16 @@ class DoorLogic:
         self._opening_event: Optional[str] = None
         self._forced = False
         self._held = False
-        self.counts = {"grants": 0, "exit_requests": 0, "openings": 0, "forced": 0, "held": 0}
+        #: Why the door is held unlocked (``schedule``, ``first_person``, ``remote``), or ``None``.
+        self.unlocked_by: Optional[str] = None
+        self.counts = {
+            "grants": 0,
+            "exit_requests": 0,
+            "remote_opens": 0,
+            "openings": 0,
+            "forced": 0,
+            "held": 0,
+        }
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
@@ -125,7 +143,7 @@ class DoorLogic:
     @property
     def relay_on(self) -> bool:
         """Whether the relay should be energised (as of the last :meth:`update`)."""
-        return self.relay_until is not None
+        return self.relay_until is not None or self.unlocked_by is not None
 
     # -- what happens -----------------------------------------------------------------------------------------
 
@@ -133,6 +151,27 @@ class DoorLogic:
         """A granted passage: pulse the relay (or extend the pulse)."""
         self.counts["grants"] += 1
         self._authorise(now, "granted", event_id, pulse=True)
+
+    def remote_open(self, now: float, request_id: Optional[str]) -> DoorEvent:
+        """A remote open (the ``door_open`` command): pulse the relay as a grant does."""
+        self.counts["remote_opens"] += 1
+        self._authorise(now, "remote", request_id, pulse=True)
+        return DoorEvent(REMOTE_OPEN, {"request_id": request_id, "pulse_s": self.pulse_s})
+
+    def hold(
+        self, now: float, by: Optional[str], details: Optional[Mapping[str, Any]] = None
+    ) -> List[DoorEvent]:
+        """Hold the door unlocked, ``by`` ``schedule``, ``first_person`` or ``remote``; ``None``: lock it
+        again. ``details`` go into the ``door_unlocked`` event. Returns the events (none without a change)."""
+        was, self.unlocked_by = self.unlocked_by, by
+        if by == was:
+            return []
+        if by is not None:
+            return [DoorEvent(DOOR_UNLOCKED, {"by": by, **(details or {})})]
+        if self.door_open:  # left open at the relock: held open from now
+            self._opened_at, self._held = now, False
+        self._authorised_until = max(self._authorised_until, now + self.grace_s)
+        return [DoorEvent(DOOR_LOCKED, {"was": was, "door": "open" if self.door_open else "closed"})]
 
     def _authorise(self, now: float, by: str, event_id: Optional[str], pulse: bool) -> None:
         if pulse:
@@ -161,7 +200,8 @@ class DoorLogic:
             changed = contact.sample(inputs[CONTACT], now)
             if changed is not None:
                 events.extend(self._opened(changed) if contact.level else self._closed(changed))
-        if self.door_open and not self._held and now >= self._opened_at + self.held_open_s:
+        held_open = now >= self._opened_at + self.held_open_s
+        if self.door_open and not self._held and self.unlocked_by is None and held_open:
             self._held = True
             self.counts["held"] += 1
             events.append(
@@ -183,6 +223,9 @@ class DoorLogic:
         self.counts["openings"] += 1
         self._opened_at = at
         self._held = False
+        if self.unlocked_by is not None:
+            self._opening, self._opening_event, self._forced = "unlocked", None, False
+            return []
         if at <= self._authorised_until:
             self._opening, self._opening_event, self._forced = (
                 self._authorised_by,
@@ -219,7 +262,7 @@ class DoorLogic:
         """The earliest time a timer runs out (relay pulse, debounce, held-open); ``None``: none pending."""
         times = [item.deadline() for item in self._inputs.values()]
         times.append(self.relay_until)
-        if self.door_open and not self._held:
+        if self.door_open and not self._held and self.unlocked_by is None:
             times.append(self._opened_at + self.held_open_s)
         pending = [time for time in times if time is not None]
         return min(pending) if pending else None
@@ -234,8 +277,20 @@ class DoorLogic:
             "door": None if door is None else "open" if door else "closed",
             "exit": None if exit_button is None else "pressed" if exit_button.level else "released",
             "alarm": alarm,
+            "unlocked_by": self.unlocked_by,
             "counts": dict(self.counts),
         }
 
 
-__all__ = ["DOOR_CLOSED", "DOOR_FORCED", "DOOR_HELD", "EXIT_REQUEST", "Debounced", "DoorEvent", "DoorLogic"]
+__all__ = [
+    "DOOR_CLOSED",
+    "DOOR_FORCED",
+    "DOOR_HELD",
+    "DOOR_LOCKED",
+    "DOOR_UNLOCKED",
+    "EXIT_REQUEST",
+    "REMOTE_OPEN",
+    "Debounced",
+    "DoorEvent",
+    "DoorLogic",
+]

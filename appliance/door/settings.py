@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated, Literal
 
 from ..config_types import StrictModel
@@ -129,6 +129,50 @@ class DoorExitConfig(DoorInputConfig):
     )
 
 
+class DoorUnlockConfig(StrictModel):
+    """[door.unlock] — Remain open: weekly windows during which the relay is held and the door is free to open, optionally only once the first person of a group has come."""
+
+    schedule: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Windows 'DAYS HH:MM-HH:MM' in access.time_zone, as an access group's (e.g. "
+        "'mon-fri 08:00-18:00'); empty: the door is never unlocked by schedule.",
+        json_schema_extra={"example": ["mon-fri 08:00-18:00"]},
+    )
+    first_person_groups: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="First person in: within a window the door stays locked (a grant still opens it for "
+        "one passage) until a member of one of these access groups is granted here; then it stays "
+        "unlocked until the window ends. Empty: unlocked from the window's start.",
+        json_schema_extra={"example": ["managers"]},
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _windows(cls, value: List[str]) -> List[str]:
+        from ..access.schedule import WeeklySchedule
+
+        WeeklySchedule.parse(value)  # a PolicyError is a ValueError: reported with the key path
+        return value
+
+    @field_validator("first_person_groups")
+    @classmethod
+    def _groups(cls, value: List[str]) -> List[str]:
+        from ..access.policy import check_group_list
+
+        return check_group_list(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> DoorUnlockConfig:
+        if self.first_person_groups and not self.schedule:
+            raise ValueError(
+                "door.unlock.first_person_groups needs door.unlock.schedule: the windows within which the "
+                "first person's grant unlocks the door"
+            )
+        return self
+
+
 class DoorConfig(StrictModel):
     """[door] — The door's own I/O through GPIO: strike relay, door contact, request-to-exit. Off by default."""
 
@@ -157,6 +201,7 @@ class DoorConfig(StrictModel):
     relay: DoorRelayConfig = Field(default_factory=DoorRelayConfig)
     contact: DoorContactConfig = Field(default_factory=DoorContactConfig)
     exit: DoorExitConfig = Field(default_factory=DoorExitConfig)
+    unlock: DoorUnlockConfig = Field(default_factory=DoorUnlockConfig)
 
     def wired(self) -> List[Tuple[str, Union[DoorRelayConfig, DoorInputConfig]]]:
         """The sections whose line is set, as ``(name, section)``: relay first, then contact, exit."""
@@ -232,4 +277,5 @@ __all__ = [
     "DoorExitConfig",
     "DoorInputConfig",
     "DoorRelayConfig",
+    "DoorUnlockConfig",
 ]

@@ -318,6 +318,8 @@ def test_hard_anti_passback_at_an_entry_and_an_exit_camera(
         answer = command(recorder, "presence", {"request_id": "p1", "direction": "in"})
         assert answer["ok"] and (answer["result"]["in"], answer["result"]["out"]) == (1, 0), answer
         assert answer["result"]["passages"][0]["id"] == "obama"
+        refused = command(recorder, "door_open", {"request_id": "d1"})  # no [door] here
+        assert refused["error"]["code"] == "refused" and "drives no door" in refused["error"]["message"]
         refused = command(recorder, "presence_reset", {"request_id": "r0", "ids": ["obama"], "all": True})
         assert refused["error"]["code"] == "invalid" and "not both" in refused["error"]["message"], refused
         answer = command(recorder, "presence_reset", {"request_id": "r1", "ids": ["obama", "nobody"]})

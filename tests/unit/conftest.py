@@ -1,15 +1,19 @@
 """Fixtures unit tests share: a signing key pair, its trust store, a tiny model (model packages); an
-empty gallery."""
+empty gallery; simulated GPIO chips and door controllers started on them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from appliance.door.controller import DoorController
+from appliance.door.settings import DoorConfig
 from appliance.updates.keys import generate_keypair, key_id, load_private_key
+from tests.door_support import Recorder
+from tests.fake_gpio import GpioSim, door_sim, install
 from tests.package_tools import tiny_rnet
 
 if TYPE_CHECKING:
@@ -47,3 +51,28 @@ def gallery(tmp_path: Path) -> Iterator[Gallery]:
         validate_config({"storage": {"dir": str(tmp_path)}}), "mobilefacenet@foamliu-v1.0", 128
     ) as opened:
         yield opened
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> GpioSim:
+    """The door's simulated chips (:func:`tests.fake_gpio.door_sim`) behind the ``gpiod`` 2.x double."""
+    sim = door_sim()
+    install(monkeypatch, "gpiod", sim)
+    return sim
+
+
+@pytest.fixture
+def started() -> Any:
+    """Starts controllers and closes every one of them at the end of the test."""
+    made: List[DoorController] = []
+
+    def start(config: DoorConfig, **kwargs: Any) -> Tuple[DoorController, Recorder]:
+        door = DoorController(config, **kwargs)
+        recorder = Recorder()
+        door.start(recorder)
+        made.append(door)
+        return door, recorder
+
+    yield start
+    for door in made:
+        door.close(5.0)

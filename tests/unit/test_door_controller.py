@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
@@ -28,11 +28,11 @@ from appliance.door.lines import DoorLines, open_lines
 from appliance.door.logic import DoorLogic
 from appliance.door.settings import DoorConfig
 from appliance.peripherals import Passage
-from tests.fake_gpio import GpioSim, door_config, door_sim, install
+from tests.door_support import LIMIT_S, ManualClock, Recorder, until
+from tests.fake_gpio import GpioSim, door_config, install
 
 CHIP0 = "/dev/gpiochip0"
 RELAY, CONTACT, EXIT = 12, 13, 14
-LIMIT_S = 10.0  # the longest any wait below may take; they end as soon as the condition holds
 
 
 WIRED: Dict[str, Any] = {
@@ -123,7 +123,14 @@ def test_an_opening_within_the_pulse_and_grace_is_authorised() -> None:
     assert logic.update(5.0, CLOSED) == []  # an ordinary passage raises nothing
     [forced] = logic.update(4.2 + 1.0, OPEN)
     assert forced.kind == "door_forced" and forced.details == {"after_authorisation_s": 1.2}
-    assert logic.counts == {"grants": 1, "exit_requests": 0, "openings": 2, "forced": 1, "held": 0}
+    assert logic.counts == {
+        "grants": 1,
+        "exit_requests": 0,
+        "remote_opens": 0,
+        "openings": 2,
+        "forced": 1,
+        "held": 0,
+    }
 
 
 def test_held_open_fires_once_per_opening_then_closed_clears_it() -> None:
@@ -197,42 +204,12 @@ def test_without_a_contact_only_the_relay_runs() -> None:
         "door": None,
         "exit": None,
         "alarm": None,
-        "counts": {"grants": 1, "exit_requests": 0, "openings": 0, "forced": 0, "held": 0},
+        "unlocked_by": None,
+        "counts": {"grants": 1, "exit_requests": 0, "remote_opens": 0, "openings": 0, "forced": 0, "held": 0},
     }
 
 
 # == the controller's thread, with real short times ===============================================================
-
-
-class Recorder:
-    """The ``emit`` callback: keeps every door event, lets a test wait for one."""
-
-    def __init__(self) -> None:
-        self.events: List[Tuple[str, Dict[str, Any]]] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, kind: str, details: Mapping[str, Any]) -> None:
-        json.dumps(details)  # what the outbox stores must be JSON
-        with self._changed:
-            self.events.append((kind, dict(details)))
-            self._changed.notify_all()
-
-    def kinds(self) -> List[str]:
-        with self._changed:
-            return [kind for kind, _ in self.events]
-
-    def wait_for(self, kind: str, count: int = 1) -> Dict[str, Any]:
-        with self._changed:
-            found = self._changed.wait_for(lambda: self.kinds().count(kind) >= count, LIMIT_S)
-            assert found, f"no {kind} within {LIMIT_S} s; events: {self.events}"
-            return [details for k, details in self.events if k == kind][count - 1]
-
-
-def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + LIMIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {LIMIT_S} s"
-        time.sleep(0.002)
 
 
 def _passage(decision: str = "granted", event_id: str = "e1") -> Passage:
@@ -246,30 +223,6 @@ FAST = {
 }
 
 
-@pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch) -> GpioSim:
-    sim = door_sim()
-    install(monkeypatch, "gpiod", sim)
-    return sim
-
-
-@pytest.fixture
-def started() -> Any:
-    """Starts controllers and closes every one of them at the end of the test."""
-    made: List[DoorController] = []
-
-    def start(config: DoorConfig, **kwargs: Any) -> Tuple[DoorController, Recorder]:
-        door = DoorController(config, **kwargs)
-        recorder = Recorder()
-        door.start(recorder)
-        made.append(door)
-        return door, recorder
-
-    yield start
-    for door in made:
-        door.close(5.0)
-
-
 def _relay_writes(sim: GpioSim, since: float) -> List[Tuple[float, bool]]:
     return [(at, level) for at, level in sim.line(CHIP0, RELAY).writes if at >= since]
 
@@ -281,8 +234,8 @@ def test_a_granted_passage_pulses_the_relay_once(sim: GpioSim, started: Any) -> 
     door.on_passage(_passage("unknown"))
     granted_at = time.monotonic()
     door.on_passage(_passage())
-    _until(lambda: relay.level, "relay on")
-    _until(lambda: not relay.level, "relay off")
+    until(lambda: relay.level, "relay on")
+    until(lambda: not relay.level, "relay off")
     writes = _relay_writes(sim, granted_at)
     assert [level for _, level in writes] == [True, False]
     assert writes[1][0] - granted_at >= 0.1  # never shorter than pulse_s
@@ -294,11 +247,11 @@ def test_a_second_grant_extends_the_pulse(sim: GpioSim, started: Any) -> None:
     relay = sim.line(CHIP0, RELAY)
     first = time.monotonic()
     door.on_passage(_passage(event_id="e1"))
-    _until(lambda: relay.level, "relay on")
+    until(lambda: relay.level, "relay on")
     second = time.monotonic()
     door.on_passage(_passage(event_id="e2"))
-    _until(lambda: door.state()["counts"]["grants"] == 2, "the second grant taken")
-    _until(lambda: not relay.level, "relay off")
+    until(lambda: door.state()["counts"]["grants"] == 2, "the second grant taken")
+    until(lambda: not relay.level, "relay off")
     writes = _relay_writes(sim, first)
     assert [level for _, level in writes] == [True, False]  # it stayed on: no blink between the grants
     assert writes[1][0] - second >= 0.5
@@ -323,11 +276,11 @@ def test_forced_held_and_closed(sim: GpioSim, started: Any) -> None:
 def test_a_granted_opening_raises_nothing(sim: GpioSim, started: Any) -> None:
     door, recorder = started(_config(FAST, relay={"pulse_s": 1.0}))
     door.on_passage(_passage())
-    _until(lambda: door.state()["relay"] == "on", "relay on")
+    until(lambda: door.state()["relay"] == "on", "relay on")
     sim.set_input(CHIP0, CONTACT, True)
-    _until(lambda: door.state()["counts"]["openings"] == 1, "the opening counted")
+    until(lambda: door.state()["counts"]["openings"] == 1, "the opening counted")
     sim.set_input(CHIP0, CONTACT, False)
-    _until(lambda: door.state()["door"] == "closed", "the door closed")
+    until(lambda: door.state()["door"] == "closed", "the door closed")
     assert recorder.kinds() == [] and door.state()["counts"]["forced"] == 0
 
 
@@ -336,9 +289,9 @@ def test_request_to_exit_pulses_and_reports(sim: GpioSim, started: Any) -> None:
     pressed_at = time.monotonic()
     sim.set_input(CHIP0, EXIT, True)
     assert recorder.wait_for("exit_request") == {"unlocks": True}
-    _until(lambda: [level for _, level in _relay_writes(sim, pressed_at)] == [True, False], "a relay pulse")
+    until(lambda: [level for _, level in _relay_writes(sim, pressed_at)] == [True, False], "a relay pulse")
     sim.set_input(CHIP0, EXIT, False)
-    _until(lambda: door.state()["exit"] == "released", "the button released")
+    until(lambda: door.state()["exit"] == "released", "the button released")
     assert recorder.kinds() == ["exit_request"] and door.state()["counts"]["exit_requests"] == 1
 
 
@@ -347,7 +300,7 @@ def test_a_bouncing_contact_opens_once(sim: GpioSim, started: Any) -> None:
     sim.bounce(CHIP0, CONTACT, [True, False, True, False, True, False])
     sim.set_input(CHIP0, CONTACT, True)
     recorder.wait_for("door_forced")
-    _until(lambda: door.state()["door"] == "open", "the door open")
+    until(lambda: door.state()["door"] == "open", "the door open")
     assert door.state()["counts"]["openings"] == 1 and recorder.kinds().count("door_forced") == 1
 
 
@@ -360,13 +313,13 @@ def test_active_low_relay_and_contact(sim: GpioSim, started: Any) -> None:
     recorder.wait_for("door_forced")
     granted_at = time.monotonic()
     door.on_passage(_passage())
-    _until(lambda: [level for _, level in _relay_writes(sim, granted_at)] == [False, True], "a low pulse")
+    until(lambda: [level for _, level in _relay_writes(sim, granted_at)] == [False, True], "a low pulse")
 
 
 def test_close_releases_the_relay_and_the_lines(sim: GpioSim, started: Any) -> None:
     door, _ = started(_config(relay={"pulse_s": 60.0}))
     door.on_passage(_passage())
-    _until(lambda: sim.line(CHIP0, RELAY).level, "relay on")
+    until(lambda: sim.line(CHIP0, RELAY).level, "relay on")
     thread = door._thread
     door.close(5.0)
     assert thread is not None and not thread.is_alive()
@@ -387,35 +340,21 @@ def test_the_other_back_ends_end_to_end(
     recorder.wait_for("door_forced")
     granted_at = time.monotonic()
     door.on_passage(_passage())
-    _until(lambda: [level for _, level in _relay_writes(sim, granted_at)] == [True, False], "a relay pulse")
+    until(lambda: [level for _, level in _relay_writes(sim, granted_at)] == [True, False], "a relay pulse")
 
 
 # -- a manual clock: the timers follow the clock the controller is given -------------------------------------------
-
-
-class ManualClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 def test_the_timers_run_on_the_given_clock(sim: GpioSim, started: Any) -> None:
     clock = ManualClock()
     door, recorder = started(_config(relay={"pulse_s": 0.1}, contact={"debounce_s": 0}), clock=clock)
     door.on_passage(_passage())
-    _until(lambda: door.state()["relay"] == "on", "relay on")
+    until(lambda: door.state()["relay"] == "on", "relay on")
     time.sleep(0.3)  # three real pulses, but the clock has not moved
     assert door.state()["relay"] == "on"
     clock.advance(0.1)
-    _until(lambda: door.state()["relay"] == "off", "relay off once the clock passed the pulse")
+    until(lambda: door.state()["relay"] == "off", "relay off once the clock passed the pulse")
     clock.advance(60.0)
     sim.set_input(CHIP0, CONTACT, True)
     recorder.wait_for("door_forced")
@@ -463,9 +402,9 @@ def test_a_failing_read_is_counted_and_survived(started: Any, monkeypatch: pytes
     lines = ScriptedLines(fail_reads=2)
     door, _ = started(_config(FAST), open_lines=lambda config: lines)
     door.on_passage(_passage())
-    _until(lambda: door.state()["errors"] == 2, "two errors counted")
+    until(lambda: door.state()["errors"] == 2, "two errors counted")
     assert door.state()["last_error"] == "OSError: [Errno 5] Input/output error"
-    _until(lambda: lines.relay[-2:] == [True, False], "a pulse after the errors")
+    until(lambda: lines.relay[-2:] == [True, False], "a pulse after the errors")
     assert door.state()["running"]
 
 
@@ -507,7 +446,8 @@ def test_create_door_and_the_state_document(sim: GpioSim, started: Any) -> None:
     assert door.state()["running"] is False
     door, _ = started(_config())
     assert set(door.state()) == {
-        "backend", "running", "relay", "door", "exit", "alarm", "counts", "last_event", "errors", "last_error"
+        "backend", "running", "relay", "door", "exit", "alarm", "counts", "last_event", "errors", "last_error",
+        "unlocked_by", "mode", "mode_left_s", "first_person_in",
     }  # fmt: skip
     assert door.state()["backend"] == "gpiod" and door.state()["running"]
     assert json.loads(json.dumps(door.state())) == door.state()

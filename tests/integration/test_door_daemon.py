@@ -1,0 +1,103 @@
+"""The door held unlocked by the daemon: first person in from a real face, and the remote ``door_mode``
+and ``door_open`` commands over a real Mosquitto.
+
+The daemon runs as a subprocess whose ``import gpiod`` finds the 2.x double over simulated chips
+(``tests/fake_site``, :mod:`tests.fake_gpio`): there is no GPIO hardware here. What the door did is
+read where an operator reads it: the door events on ``…/door`` and the door's part of ``…/state``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+from appliance.access.policy import IdentityPolicy
+from appliance.gallery.store import TemplateStore
+from tests import fake_gpio
+from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.support import (
+    ROOT,
+    Daemon,
+    command,
+    daemon_config,
+    event_documents,
+    make_passage_video,
+    wait_online,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DOOR = """enabled = true
+backend = "gpiod"
+[door.relay]
+line = 12
+pulse_s = 0.5
+[door.unlock]
+schedule = ["daily 00:00-24:00"]
+first_person_groups = ["managers"]"""
+
+
+def _door_events(messages: List[Any]) -> List[Dict[str, Any]]:
+    return [json.loads(m.payload) for m in messages if m.topic == f"{ROOT}/door"]
+
+
+def _door_event(recorder: Recorder, kind: str, count: int = 1) -> Dict[str, Any]:
+    """The ``count``-th door event of ``kind``, once it came."""
+    messages = recorder.wait_for(
+        lambda found: sum(e["kind"] == kind for e in _door_events(found)) >= count, 60, f"door event {kind}"
+    )
+    return [e for e in _door_events(messages) if e["kind"] == kind][count - 1]
+
+
+def test_first_person_in_and_the_remote_door_commands(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
+        store.set_policy("obama", IdentityPolicy(groups=("managers",)))
+    video = make_passage_video(
+        tmp_path / "door.avi", [(None, 5), (shared_data / "faces/fr_obama/obama2.jpg", 25), (None, 20)]
+    )
+    config = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop", door=DOOR)
+    env = {fake_gpio.ENVIRONMENT: "1", "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}"}
+    daemon = Daemon(config, env=env)
+    try:
+        wait_online(recorder, daemon)
+        # Locked through the window until the first manager is granted here; then unlocked.
+        unlocked = _door_event(recorder, "door_unlocked")
+        grants = [e for e in event_documents(recorder.messages) if e["decision"] == "granted"]
+        assert unlocked["by"] == "first_person" and unlocked["source"] == "door", unlocked
+        assert unlocked["access_event_id"] == grants[0]["event_id"]
+        assert grants[0]["identity"]["id"] == "obama"
+
+        answer = command(recorder, "door_mode", {"request_id": "m1", "mode": "locked", "minutes": 30})
+        assert answer["ok"] and answer["result"] == {"mode": "locked", "minutes": 30}, answer
+        assert _door_event(recorder, "door_locked")["was"] == "first_person"
+        state = command(recorder, "status", {"request_id": "s1"})["result"]["door"]["door"]
+        assert state["mode"] == "locked" and 0 < state["mode_left_s"] <= 1800 and state["first_person_in"]
+
+        assert command(recorder, "door_mode", {"request_id": "m2", "mode": "schedule"})["ok"]
+        assert _door_event(recorder, "door_unlocked", 2)["by"] == "first_person"  # still within its window
+
+        answer = command(recorder, "door_open", {"request_id": "o1"})
+        assert answer["ok"] and answer["result"] == {"pulse_s": 0.5}, answer
+        assert _door_event(recorder, "remote_open")["request_id"] == "o1"
+
+        refused = command(recorder, "door_mode", {"request_id": "m3", "mode": "open"})
+        assert refused["error"]["code"] == "invalid" and "mode" in refused["error"]["message"], refused
+        refused = command(recorder, "door_mode", {"request_id": "m4", "mode": "locked", "minutes": 0})
+        assert refused["error"]["code"] == "invalid", refused
+        state = command(recorder, "status", {"request_id": "s2"})["result"]["door"]["door"]
+        assert (
+            state["unlocked_by"] == "first_person" and state["relay"] == "on" and state["mode"] == "schedule"
+        )
+        assert state["counts"]["remote_opens"] == 1
+    finally:
+        daemon.stop()
+        daemon.close()
+    assert "Traceback" not in daemon.text, daemon.text
