@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
-from .access.passback import forget_when_off, presence_document
-from .access.presence import PresenceStore
+from .access.passback import forget_removed, forget_when_off, presence_document
+from .access.presence import PresenceError, PresenceStore
 from .change_thread import ChangeThread
 from .commands import (
     AccessCommand,
@@ -117,6 +117,7 @@ class CommandService:
     ) -> None:
         #: The door's own I/O (:class:`appliance.door.controller.DoorController`), when it runs.
         self.door = door
+        self._presence_generation: Optional[int] = None
         self.sightings = sightings
         #: The identities' last passages (anti-passback), when a camera has a direction.
         self.presence = presence
@@ -183,9 +184,28 @@ class CommandService:
             return False
         self._watched_at = now
         gallery = self.runtime.gallery
-        if gallery is None or not gallery.changed_elsewhere():
+        if gallery is None:
+            return False
+        self._forget_removed(gallery.store)
+        if not gallery.changed_elsewhere():
             return False
         return self.changes.start(self._read_again, gallery)
+
+    def _forget_removed(self, store: Any) -> None:
+        """Anti-passback keeps nothing of a removed person: once the gallery's generation has moved
+        (a ``remove``, ``gallery remove`` beside the daemon, a fleet removal), the passages of the
+        identities it no longer holds are deleted."""
+        if self.presence is None:
+            return
+        generation = store.generation
+        if generation == self._presence_generation:
+            return
+        try:
+            forget_removed(self.presence, store.names().__contains__)
+        except PresenceError as err:
+            logger.warning("anti-passback: the passages of removed identities stay for now: %s", err)
+            return
+        self._presence_generation = generation
 
     @staticmethod
     def _read_again(gallery: Any) -> None:

@@ -146,14 +146,8 @@ class AntiPassback:
             PresenceError: the store cannot be read.
         """
         self._forget_before_reset(now)
-        kept = self.store.entries(direction, self._since(now))
-        gone = [entry.identity_id for entry in kept if not known(entry.identity_id)]
-        if gone:
-            self.store.reset(gone)
-            logger.info(
-                "anti-passback: forgot the passages of %d identities no longer in the gallery", len(gone)
-            )
-        return [entry for entry in kept if known(entry.identity_id)]
+        forget_removed(self.store, known)
+        return self.store.entries(direction, self._since(now))
 
     def _last(self, identity_id: str, now: datetime) -> Optional[Presence]:
         self._forget_before_reset(now)
@@ -236,6 +230,21 @@ def open_presence(config: ApplianceConfig) -> Optional[PresenceStore]:
     return store
 
 
+def forget_removed(store: PresenceStore, known: Callable[[str], bool]) -> int:
+    """Delete the passages of identities ``known`` does not know (removed from the gallery); returns
+    how many.
+
+    Raises:
+        PresenceError: the store cannot be read or written.
+    """
+    gone = [entry.identity_id for entry in store.entries() if not known(entry.identity_id)]
+    if not gone:
+        return 0
+    forgotten = store.reset(gone)
+    logger.info("anti-passback: forgot the passages of %d identities no longer in the gallery", forgotten)
+    return forgotten
+
+
 def forget_when_off(store: PresenceStore, mode: str) -> None:
     """Empty ``store`` when anti-passback is ``off`` (at start, and at a reload that turns it off)."""
     if mode == "off":
@@ -249,6 +258,7 @@ __all__ = [
     "VIOLATION",
     "AntiPassback",
     "PassbackCheck",
+    "forget_removed",
     "forget_when_off",
     "last_reset",
     "open_presence",

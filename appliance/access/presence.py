@@ -4,7 +4,8 @@ directory), kept across restarts.
 One row per identity — its last *granted* passage: the direction (``in`` or ``out``), the camera and
 the instant (Unix seconds, the wall clock). It names people and where they are, so it holds nothing
 more than that row, deleted rows are overwritten (``secure_delete``), and with anti-passback off the
-daemon empties it. A row whose identity left the gallery is dropped at the next listing.
+daemon empties it. A row whose identity left the gallery is deleted once the daemon sees the
+gallery change (:meth:`appliance.command_service.CommandService.watch_store`).
 
 The daemon's pipeline thread writes it; the command line reads and resets it beside the running
 daemon (SQLite in WAL mode, one connection per process, a lock per connection).

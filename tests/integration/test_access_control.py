@@ -3,6 +3,7 @@ validity, change it, groups, schedules, holidays, bundles) and in the daemon's e
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from datetime import datetime, timezone
@@ -328,7 +329,21 @@ def test_hard_anti_passback_at_an_entry_and_an_exit_camera(
         assert (
             json.loads(_ok("access", "check", "obama", "--camera", "entry", "--json", *c))["reason"] is None
         )
+        # A removed person leaves no passage behind: Kit is enrolled, passes in, and is removed.
+        photo = (shared_data / "faces/fr_kit_harington/john1.jpeg").read_bytes()
+        enrolled = command(
+            recorder,
+            "enroll",
+            {"request_id": "e1", "id": "kit", "name": "Kit", "image": base64.b64encode(photo).decode()},
+        )
+        assert enrolled["ok"], enrolled
         with PresenceStore.open(storage / PRESENCE_FILE) as store:  # as the daemon records a passage
+            store.record(Presence("kit", "in", "entry", time.time()))
+            assert command(recorder, "remove", {"request_id": "x1", "id": "kit"})["ok"]
+            deadline = time.monotonic() + 30
+            while store.last("kit") is not None:
+                assert time.monotonic() < deadline, "the removed person's passage is still kept"
+                time.sleep(0.1)
             store.record(Presence("obama", "in", "entry", time.time()))
         assert command(recorder, "presence", {"request_id": "p3"})["result"]["in"] == 1
         config.write_text(config.read_text().replace('mode = "hard"', 'mode = "off"'))
