@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from engines.backends import backend_class, backend_status, open_model
 from engines.errors import BackendUnavailableError, EngineError
@@ -461,7 +461,55 @@ def check_access(config: ApplianceConfig) -> List[Check]:
             checks.append(
                 Check(WARN, "access policy", f"identities name undefined groups: {', '.join(unknown[:10])}")
             )
+    checks.extend(_named_groups(config, tables, identities))
+    checks.extend(check_presence(config))
     return checks
+
+
+def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -> List[Check]:
+    """The groups anti-passback exempts and the door's first person comes from: defined, and (a first
+    person's) with members — a first-person group with nobody in it keeps the door locked through
+    every window."""
+    checks: List[Check] = []
+    named = [
+        ("access.anti_passback.exempt_groups", g, False) for g in config.access.anti_passback.exempt_groups
+    ]
+    named += [("door.unlock.first_person_groups", g, True) for g in config.door.unlock.first_person_groups]
+    for key, group, needs_members in named:
+        if group not in tables.groups:
+            checks.append(Check(WARN, key, f"names group {group!r}, which is not defined"))
+        elif needs_members and not any(
+            group in identity.policy.groups and not identity.policy.suspended for identity in identities
+        ):
+            checks.append(
+                Check(
+                    WARN,
+                    key,
+                    f"nobody (not suspended) is in {group!r}: no first person of it can unlock the door",
+                    f"face-appliance gallery set ID --add-group {group}",
+                )
+            )
+    return checks
+
+
+def check_presence(config: ApplianceConfig) -> List[Check]:
+    """Anti-passback's store of last passages opens (when anti-passback is on)."""
+    from .access.presence import PRESENCE_FILE, PresenceError, PresenceStore
+
+    mode = config.access.anti_passback.mode
+    if mode == "off":
+        return []
+    path = config.storage.dir / PRESENCE_FILE
+    ways = ", ".join(f"{camera} {way}" for camera, way in config.camera_directions.items())
+    if not path.is_file():
+        return [Check(OK, "anti-passback", f"{mode}; {ways}; no passage kept yet")]
+    try:
+        with PresenceStore.open(path) as store:
+            kept = store.entries()
+    except PresenceError as err:
+        return [Check(FAIL, "anti-passback", str(err))]
+    inside = sum(entry.direction == "in" for entry in kept)
+    return [Check(OK, "anti-passback", f"{mode}; {ways}; {len(kept)} passages kept, {inside} in")]
 
 
 def check_door(config: ApplianceConfig) -> List[Check]:

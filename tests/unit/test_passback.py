@@ -322,3 +322,38 @@ def test_the_event_carries_the_direction_and_a_soft_violation() -> None:
     )
     assert flagged["direction"] == "in" and flagged["anti_passback"] == "violation"
     assert flagged["decision"] == "granted" and flagged["reason"] is None
+
+
+def test_doctor_checks_the_store_and_the_groups_named(tmp_path: Path) -> None:
+    from appliance.access.policy import AccessGroup
+    from appliance.doctor import FAIL, OK, WARN, check_access
+
+    config = validate_config(
+        {
+            "storage": {"dir": str(tmp_path)},
+            "access": {"anti_passback": {"mode": "hard", "exempt_groups": ["security"]}},
+            "cameras": TWO_WAYS,
+            "door": {"unlock": {"schedule": ["daily 08:00-18:00"], "first_person_groups": ["managers"]}},
+        }
+    )
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add("ada", "Ada", VERSION, _vector(0), policy=IdentityPolicy(groups=("staff",)))
+        store.put_group(AccessGroup.from_parts("managers", ["daily 00:00-24:00"], []))
+    found = {(c.status, c.subject, c.detail) for c in check_access(config)}
+    assert (
+        WARN,
+        "access.anti_passback.exempt_groups",
+        "names group 'security', which is not defined",
+    ) in found
+    assert any(
+        status == WARN and subject == "door.unlock.first_person_groups" and "nobody (not suspended)" in detail
+        for status, subject, detail in found
+    ), found
+    assert (OK, "anti-passback", "hard; entry in, exit out; no passage kept yet") in found
+    with PresenceStore.open(tmp_path / PRESENCE_FILE) as presence:
+        presence.record(Presence("ada", "in", "entry", 1.0))
+    assert any(c.detail.endswith("1 passages kept, 1 in") for c in check_access(config))
+    (tmp_path / PRESENCE_FILE).write_bytes(b"garbage" * 500)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"{PRESENCE_FILE}{suffix}").unlink(missing_ok=True)
+    assert any(c.status == FAIL and c.subject == "anti-passback" for c in check_access(config))
