@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
+from .access.area import AreaFeed
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
 from .access.passback import forget_removed, forget_when_off, presence_document
@@ -114,7 +115,10 @@ class CommandService:
         changes: Optional[ChangeThread] = None,
         presence: Optional[PresenceStore] = None,
         door: Optional[Any] = None,
+        area: Optional[AreaFeed] = None,
     ) -> None:
+        #: The other doors' passages (anti-passback across an area), applied between frames.
+        self.area = area
         #: The door's own I/O (:class:`appliance.door.controller.DoorController`), when it runs.
         self.door = door
         self._presence_generation: Optional[int] = None
@@ -190,6 +194,20 @@ class CommandService:
         if not gallery.changed_elsewhere():
             return False
         return self.changes.start(self._read_again, gallery)
+
+    def take_area_passages(self) -> int:
+        """Between two frames: record the passages granted at the area's other doors
+        (:class:`appliance.access.area.AreaFeed`); returns how many were taken."""
+        gallery = self.runtime.gallery
+        if self.area is None or gallery is None:
+            return 0
+        judge = self.pipeline.judge
+        passback = judge.passback if judge is not None else None
+        store = gallery.store
+        return self.area.apply(
+            passback.store if passback is not None else None,
+            lambda identity_id: store.identity(identity_id) is not None,
+        )
 
     def _forget_removed(self, store: Any) -> None:
         """Anti-passback keeps nothing of a removed person: once the gallery's generation has moved

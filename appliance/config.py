@@ -940,14 +940,22 @@ class ApplianceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _passback_needs_both_ways(self) -> ApplianceConfig:
-        mode = self.access.anti_passback.mode
-        directions = {camera.direction for camera in self.configured_cameras}
-        if mode != "off" and not {"in", "out"} <= directions:
+        passback = self.access.anti_passback
+        if self.device.id in passback.area_doors:
+            raise ValueError(
+                f"access.anti_passback.area_doors names this appliance ({self.device.id!r}); list the "
+                "area's other doors only"
+            )
+        directions = {camera.direction for camera in self.configured_cameras} - {"none"}
+        # With other doors in the area, one way here is enough (the way back may be another door's).
+        enough = bool(directions) if passback.area_doors else {"in", "out"} <= directions
+        if passback.mode != "off" and not enough:
             found = ", ".join(f"{c.id}: {c.direction}" for c in self.configured_cameras)
             raise ValueError(
-                f"access.anti_passback.mode = {mode!r} follows people in and out, but the cameras "
+                f"access.anti_passback.mode = {passback.mode!r} follows people in and out, but the cameras "
                 f"({found}) do not see both ways; set direction = 'in' on the entry camera and "
-                "direction = 'out' on the exit camera ([[cameras]]), or set the mode to 'off'"
+                "direction = 'out' on the exit camera ([[cameras]]), name the area's other doors in "
+                "access.anti_passback.area_doors, or set the mode to 'off'"
             )
         return self
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional
 
+from .access.area import AreaFeed
 from .access.judge import AccessJudge
 from .access.passback import open_presence
 from .access.presence import PresenceStore
@@ -151,6 +152,8 @@ class Appliance:
         self.keeper: Optional[SightingKeeper] = None
         #: The identities' last passages (anti-passback); written on the pipeline thread.
         self.presence: Optional[PresenceStore] = None
+        #: The other doors' passages (``access.anti_passback.area_doors``).
+        self.area: Optional[AreaFeed] = None
         self.commands: Optional[CommandService] = None
         self.link: Optional[MqttLink] = None
         self.cameras: List[CameraThread] = []
@@ -245,6 +248,8 @@ class Appliance:
         store = self.gallery.store
         self._open_sightings()
         self.presence = open_presence(config)
+        if self.presence is not None and config.access.anti_passback.area_doors:
+            self.area = AreaFeed(config.mqtt.prefix, config.access.anti_passback.area_doors)
         self.pipeline = Pipeline(
             self.runtime,
             self.gallery,
@@ -293,8 +298,15 @@ class Appliance:
             changes=self.changes,
             presence=self.presence,
             door=next((p for p in self.door.peripherals if p.name == "door"), None),
+            area=self.area,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
+        if self.area is not None:
+            for topic in self.area.topics:
+                self.link.subscribe(topic, self.area.offer, qos=1)
+            logger.info(
+                "anti-passback: following the passages of %s", ", ".join(sorted(self.area.topics.values()))
+            )
         self.fleet = self._fleet_member(self.link)
         self._start_updates()
         self.link.publish_state(self.state())

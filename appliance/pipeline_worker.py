@@ -183,6 +183,7 @@ class PipelineWorker:
         done = self.runtime.run_jobs()
         assert self._commands is not None
         done += self._commands.run_pending()
+        done += self._commands.take_area_passages()
         self._commands.watch_store()
         # A reload refreshes the gallery here: it waits while a removal writes its snapshot, rather
         # than hold the frames behind that write.

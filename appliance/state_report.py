@@ -146,6 +146,7 @@ class StateReporter:
             "adaptive": {"added": app.templates.added, "refused": dict(app.templates.refused)}
             if app.templates is not None
             else None,
+            "area": app.area.state() if app.area is not None else None,
             "board": self.board.document(),
             "degraded": self.degraded(),
             "pid": os.getpid(),

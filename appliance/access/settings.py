@@ -18,7 +18,7 @@ class AntiPassbackConfig(StrictModel):
         description="off: nothing is kept about who is in; soft: a passback is granted and its event "
         "carries anti_passback = 'violation'; hard: a passback is denied with the reason "
         "'anti_passback' until the state is reset. Needs a camera with direction 'in' and one with "
-        "'out'.",
+        "'out' here, or a camera with a direction and area_doors.",
     )
     same_passage_s: float = Field(
         60.0,
@@ -42,6 +42,27 @@ class AntiPassbackConfig(StrictModel):
         "their passages are still recorded.",
         json_schema_extra={"example": ["security"]},
     )
+
+    area_doors: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Device ids of the area's other appliances (same broker and mqtt.prefix): the "
+        "passages granted there (their …/events) count here too, so someone who entered at one door is "
+        "in at all of them. Needs read on their …/events in the broker's ACL.",
+        json_schema_extra={"example": ["door-2", "garage-1"]},
+    )
+
+    @field_validator("area_doors")
+    @classmethod
+    def _door_ids(cls, value: List[str]) -> List[str]:
+        import re
+
+        for door in value:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", door):
+                raise ValueError(f"{door!r:.80} is not a device id (letters, digits, '_', '.', '-')")
+        if len(set(value)) != len(value):
+            raise ValueError("a door is listed twice")
+        return value
 
     @field_validator("exempt_groups")
     @classmethod

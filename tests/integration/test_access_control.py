@@ -10,8 +10,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
+
 from appliance.access.policy import IdentityPolicy, parse_instant
 from appliance.access.presence import PRESENCE_FILE, Presence, PresenceStore
+from appliance.decisions import Decision
+from appliance.events import access_event, encode
 from appliance.gallery.store import TemplateStore
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
@@ -363,3 +367,78 @@ def test_hard_anti_passback_at_an_entry_and_an_exit_camera(
         "entry": [("granted", None, "in"), ("granted", None, "in", "violation")],
         "exit": [],
     }, events
+
+
+def _door_b_event(direction: str) -> bytes:
+    """An access event of door B (another appliance of the area) granting Obama, as its code writes it."""
+    granted = Decision(
+        1, "granted", "obama", "Barack Obama", 0.8, 0.5, 9, None, np.zeros(4, np.float32), 0.9, 0, 1, ""
+    )
+    return encode(access_event(granted, "door-b", "gate", {}, 5.0, direction=direction))
+
+
+def _kept_from_door_b(storage: Path, direction: str) -> None:
+    """Wait until door A keeps Obama's passage at door B in ``direction``."""
+    deadline = time.monotonic() + 30
+    with PresenceStore.open(storage / PRESENCE_FILE) as store:
+        while True:
+            last = store.last("obama")
+            if last is not None and (last.camera_id, last.direction) == ("door-b/gate", direction):
+                return
+            assert time.monotonic() < deadline, f"door B's passage {direction} not applied; kept {last}"
+            time.sleep(0.1)
+
+
+def test_anti_passback_across_the_doors_of_an_area(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """Door A has only an entry camera; door B (the test publishes its events, as B's appliance would)
+    is the area's other door. Someone who entered at B is refused at A's entry until B lets them out."""
+    obama = shared_data / "faces/fr_obama/obama2.jpg"
+    video = make_passage_video(tmp_path / "entry.avi", [(None, 20), (obama, 25), (None, 20)])
+    config = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        None,
+        cameras=[("entry", video, "loop")],
+        access='[access.anti_passback]\nmode = "hard"\nsame_passage_s = 0\narea_doors = ["door-b"]',
+    )
+    config.write_text(config.read_text().replace('id = "entry"\n', 'id = "entry"\ndirection = "in"\n'))
+    door_b = "face-appliance/door-b/events"
+    daemon = Daemon(config)
+    try:
+        wait_online(recorder, daemon)
+        recorder.publish(door_b, _door_b_event("in"))
+        _kept_from_door_b(storage, "in")
+        recorder.clear()
+        entry = recorder.wait_for(lambda m: bool(event_documents(m)), 60, "an entry event")
+        first = event_documents(entry)[0]
+        assert (first["decision"], first["reason"]) == ("denied", "anti_passback"), first
+
+        recorder.publish(door_b, _door_b_event("out"))
+        _kept_from_door_b(storage, "out")
+        recorder.clear()
+        entry = recorder.wait_for(lambda m: bool(event_documents(m)), 60, "an entry event")
+        first = event_documents(entry)[0]
+        assert (first["decision"], first["direction"]) == ("granted", "in"), first
+
+        recorder.publish(door_b, b"{not json")
+        recorder.publish(door_b, _door_b_event("in").replace(b'"door-b"', b'"door-c"'))
+        deadline = time.monotonic() + 30
+        while True:
+            area = command(recorder, "status", {"request_id": f"s{time.monotonic()}"})["result"]["area"]
+            if area["refused"] >= 2:
+                break
+            assert time.monotonic() < deadline, area
+            time.sleep(0.2)
+        assert area["doors"] == ["door-b"] and area["applied"] == 2 and area["received"] == 4, area
+    finally:
+        daemon.stop()
+        daemon.close()

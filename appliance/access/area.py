@@ -1,0 +1,175 @@
+"""Anti-passback across an area's doors: the passages granted at the other appliances of the area,
+read from their access events on the broker.
+
+An area (a building, a car park) has several doors, each with its own appliance. With
+``access.anti_passback.area_doors`` naming the others' device ids, this appliance subscribes to their
+``{mqtt.prefix}/{device_id}/events`` and takes each ``granted`` event that has a ``direction`` as that
+identity's last passage, when it is newer than the one kept here. Someone who entered at door B is
+then *in* at door A too. No new record type: the events every door already publishes carry the
+identity id, the direction and the instant.
+
+What it rests on, and what it cannot do:
+
+* **The broker's ACL**: the events are not signed, so whoever may publish on another door's
+  ``…/events`` can make people *in* or *out* here (a ``hard`` door then refuses them). Give each
+  door ``write`` on its own topics only; this door needs ``read`` on the others' ``…/events``.
+* **Identity ids** are compared as they are: the fleet gives an identity the same id at every door
+  (:mod:`appliance.fleet`); one enrolled by hand at two doors under two ids is two people here.
+* **Clocks**: the newer passage wins by its ``ts``; the doors' clocks must agree (NTP).
+* **Offline**: a door that was not connected misses the passages made meanwhile (events are not
+  retained); it learns each person's state at their next passage. A ``hard`` door errs towards
+  letting them through.
+
+Every message is bounded and checked; a bad one is counted and logged (rate-limited), never applied.
+Messages are parsed on paho's network thread and queued (bounded); the pipeline thread, which owns the
+presence store's writes, applies them between frames (:meth:`AreaFeed.apply`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from ..logs import RateLimitedLog
+from .presence import DIRECTIONS, Presence, PresenceError, PresenceStore
+
+logger = logging.getLogger(__name__)
+
+#: The largest event taken (a face crop makes an event a few tens of KiB).
+MAX_EVENT_BYTES = 256 * 1024
+#: Passages waiting for the pipeline thread at most; beyond, the newest are dropped and counted.
+MAX_QUEUED = 1000
+_IDENTITY = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+
+
+@dataclass(frozen=True)
+class AreaPassage:
+    """A passage granted at another door of the area (``at``: Unix seconds from the event's ``ts``)."""
+
+    door: str
+    identity_id: str
+    direction: str
+    camera_id: str
+    at: float
+
+
+def parse_passage(door: str, payload: bytes) -> Optional[AreaPassage]:
+    """The passage of one access event published by ``door``; ``None`` for an event that is not one
+    (not ``granted``, or from a camera without a direction).
+
+    Raises:
+        ValueError: not an access event of ``door`` (too large, not JSON, a key missing or malformed).
+    """
+    from .policy import parse_instant
+
+    if len(payload) > MAX_EVENT_BYTES:
+        raise ValueError(f"{len(payload)} bytes, more than {MAX_EVENT_BYTES}")
+    try:
+        event = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not JSON ({err})") from None
+    if not isinstance(event, dict) or event.get("schema") != 1:
+        raise ValueError("not a schema-1 access event")
+    if event.get("device_id") != door:
+        raise ValueError(f"device_id {str(event.get('device_id'))[:70]!r} is not the door it came from")
+    if event.get("decision") != "granted" or event.get("direction") is None:
+        return None
+    direction, identity, camera = event.get("direction"), event.get("identity"), event.get("camera_id")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {str(direction)[:20]!r} is not in or out")
+    if not isinstance(identity, dict) or not isinstance(identity.get("id"), str):
+        raise ValueError("a granted event without an identity id")
+    if not _IDENTITY.match(identity["id"]):
+        raise ValueError("the identity id is not 1–64 printable characters")
+    if not isinstance(camera, str) or not _NAME.match(camera):
+        raise ValueError(f"camera_id {str(camera)[:70]!r} is not a camera id")
+    at = parse_instant(event.get("ts"), "ts").timestamp()  # a PolicyError is a ValueError
+    return AreaPassage(door, identity["id"], direction, camera, at)
+
+
+class AreaFeed:
+    """The other doors' passages, from paho's thread (:meth:`offer`) to the pipeline thread (:meth:`apply`).
+
+    Args:
+        prefix: ``mqtt.prefix``.
+        doors: the other doors' device ids (``access.anti_passback.area_doors``).
+    """
+
+    def __init__(self, prefix: str, doors: List[str]) -> None:
+        self.topics: Dict[str, str] = {f"{prefix}/{door}/events": door for door in doors}
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
+        self._log = RateLimitedLog(logger, 60.0)
+        self.counts = {
+            "received": 0,
+            "applied": 0,
+            "older": 0,
+            "unknown_identity": 0,
+            "refused": 0,
+            "dropped": 0,
+        }
+
+    def offer(self, topic: str, payload: bytes, retained: bool) -> None:
+        """paho's thread: check one message of a subscribed topic and queue its passage (never blocks)."""
+        door = self.topics.get(topic)
+        if door is None or retained:  # events are never retained; a retained one is not a door's event
+            return
+        self.counts["received"] += 1
+        try:
+            passage = parse_passage(door, payload)
+        except ValueError as err:
+            self.counts["refused"] += 1
+            self._log.report(
+                f"refused {door}", "anti-passback: an event of door %s was refused: %s", door, err
+            )
+            return
+        if passage is None:
+            return
+        try:
+            self._queue.put_nowait(passage)
+        except queue.Full:
+            self.counts["dropped"] += 1
+            self._log.report(
+                "full", "anti-passback: %d passages of other doors wait; one was dropped", MAX_QUEUED
+            )
+
+    def apply(self, store: Optional[PresenceStore], known: Callable[[str], bool]) -> int:
+        """The pipeline thread: record the queued passages that are newer than the ones kept, for the
+        identities ``known`` (in this gallery). With ``store`` ``None`` (anti-passback off) they are
+        dropped. Returns how many were taken from the queue."""
+        taken = 0
+        while True:
+            try:
+                passage: AreaPassage = self._queue.get_nowait()
+            except queue.Empty:
+                return taken
+            taken += 1
+            if store is None:
+                continue
+            if not known(passage.identity_id):
+                self.counts["unknown_identity"] += 1
+                continue
+            try:
+                last = store.last(passage.identity_id)
+                if last is not None and last.at >= passage.at:
+                    self.counts["older"] += 1
+                    continue
+                camera = f"{passage.door}/{passage.camera_id}"
+                store.record(Presence(passage.identity_id, passage.direction, camera, passage.at))
+            except PresenceError as err:
+                self._log.report(
+                    "store", "anti-passback: a passage of door %s was not recorded: %s", passage.door, err
+                )
+                continue
+            self.counts["applied"] += 1
+
+    def state(self) -> Dict[str, Any]:
+        """For ``…/state``: the doors followed and the counts."""
+        return {"doors": sorted(self.topics.values()), **self.counts}
+
+
+__all__ = ["MAX_EVENT_BYTES", "MAX_QUEUED", "AreaFeed", "AreaPassage", "parse_passage"]
