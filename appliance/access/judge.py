@@ -100,14 +100,12 @@ class AccessJudge:
         reason = self.judge_policy(identity.policy, now)
         if reason is not None or self.passback is None:
             return Verdict(reason)
-        check = self.passback.check(identity_id, identity.policy.groups, camera_id, now)
-        if check is None:
-            return Verdict()
-        if check.passback and self.passback.hard:
+        passback = self.passback.is_passback(identity_id, identity.policy.groups, camera_id, now)
+        if passback and self.passback.hard:
             return Verdict(PASSBACK)
         if record:
             self.passback.record(identity_id, camera_id, now)
-        return Verdict(None, VIOLATION if check.passback else None)
+        return Verdict(None, VIOLATION if passback else None)
 
 
 __all__ = ["GONE", "AccessJudge", "PolicySource", "Verdict"]

@@ -30,7 +30,6 @@ bookkeeping — and says so in the log.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
@@ -47,23 +46,6 @@ logger = logging.getLogger(__name__)
 PASSBACK = "anti_passback"
 #: An event's ``anti_passback`` when ``soft`` granted a passback.
 VIOLATION = "violation"
-
-
-@dataclass(frozen=True)
-class PassbackCheck:
-    """What anti-passback says of one grant.
-
-    Attributes:
-        direction: the camera's, ``in`` or ``out``.
-        passback: it is a passback (the last passage was in the same direction, and not this one).
-        exempt: the identity is in an exempt group (never a passback).
-        last: the identity's last passage since the last reset, or ``None``.
-    """
-
-    direction: str
-    passback: bool
-    exempt: bool = False
-    last: Optional[Presence] = None
 
 
 def last_reset(now: datetime, reset_at: Optional[str], zone: tzinfo) -> Optional[datetime]:
@@ -106,25 +88,20 @@ class AntiPassback:
     def hard(self) -> bool:
         return self.settings.mode == "hard"
 
-    def check(
-        self, identity_id: str, groups: Sequence[str], camera_id: str, now: datetime
-    ) -> Optional[PassbackCheck]:
-        """Judge a grant at ``camera_id`` (``now``: aware). ``None``: the camera has no direction, or
-        the store cannot be read (logged; the grant stands)."""
+    def is_passback(self, identity_id: str, groups: Sequence[str], camera_id: str, now: datetime) -> bool:
+        """Whether a grant at ``camera_id`` (``now``: aware) is a passback (see the module). Never at a
+        camera without a direction, nor when the store cannot be read (logged; the grant stands)."""
         direction = self.directions.get(camera_id)
-        if direction is None:
-            return None
+        if direction is None or self._exempt.intersection(groups):
+            return False
         try:
             last = self._last(identity_id, now)
         except PresenceError as err:
             self._failures.report("read", "anti-passback not checked: %s", err)
-            return None
-        if self._exempt.intersection(groups):
-            return PassbackCheck(direction, False, True, last)
+            return False
         if last is None or last.direction != direction:
-            return PassbackCheck(direction, False, False, last)
-        same_passage = 0.0 <= now.timestamp() - last.at <= self.settings.same_passage_s
-        return PassbackCheck(direction, not same_passage, False, last)
+            return False
+        return not 0.0 <= now.timestamp() - last.at <= self.settings.same_passage_s  # not the same passage
 
     def record(self, identity_id: str, camera_id: str, now: datetime) -> None:
         """Keep a granted passage at ``camera_id`` (a camera without a direction: nothing)."""
@@ -257,7 +234,6 @@ __all__ = [
     "PASSBACK",
     "VIOLATION",
     "AntiPassback",
-    "PassbackCheck",
     "forget_removed",
     "forget_when_off",
     "last_reset",
