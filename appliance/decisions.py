@@ -154,6 +154,8 @@ class Decision:
             mean), ``None`` when no runner-up was listed or for ``unknown``.
         anti_passback: ``violation`` when a ``soft`` anti-passback granted a passback
             (:mod:`appliance.access.passback`), else ``None``.
+        companions: the identities whose held grants this grant completed (the two-person rule,
+            :mod:`appliance.access.two_person`).
     """
 
     track_id: int
@@ -172,6 +174,7 @@ class Decision:
     access_reason: Optional[str] = None
     margin: Optional[float] = None
     anti_passback: Optional[str] = None
+    companions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

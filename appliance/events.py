@@ -12,13 +12,15 @@ Schema 1 (DESIGN §5.3)::
 plus ``"crop"`` (base64 JPEG of the face) only when ``events.face_crop`` is on. Never an embedding.
 A camera with a direction adds ``"direction": "in" | "out"``; a passback that ``soft`` anti-passback
 granted adds ``"anti_passback": "violation"`` (:mod:`appliance.access.passback`; a ``hard`` one is
-``denied`` with the reason ``anti_passback``). Both were added within schema 1, as optional keys.
+``denied`` with the reason ``anti_passback``); a grant that completed the held grants of the
+two-person rule adds ``"companions": [identity ids]`` (:mod:`appliance.access.two_person`; a held
+grant is ``denied`` with the reason ``two_person``). All were added within schema 1, as optional keys.
 ``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
 
 ``reason`` says why a ``denied`` passage was denied: ``liveness`` (the vote's liveness check failed;
 ``identity`` stays null, as the face may be a photo of someone) or the access policy's reason
 (``expired``, ``not_yet_valid``, ``suspended``, ``not_in_group``, ``outside_schedule``, ``holiday``,
-``anti_passback``;
+``anti_passback``, ``two_person``;
 ``identity`` names the recognised person). It is null for ``granted`` and ``unknown``. It was added
 within schema 1: a schema-1 consumer that ignores unknown keys reads the same documents as before,
 only ``denied`` is now also sent for recognised people outside their policy. The vote's own reasoning
@@ -98,6 +100,8 @@ def access_event(
         event["direction"] = direction
     if decision.anti_passback is not None:
         event["anti_passback"] = decision.anti_passback
+    if decision.companions:
+        event["companions"] = list(decision.companions)
     if crop is not None:
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])
         if ok:

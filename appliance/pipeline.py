@@ -350,7 +350,7 @@ class Pipeline:
             return decision
         verdict = self.judge.judge_passage(decision.identity_id, lane.camera_id)
         if verdict.reason is None:
-            return replace(decision, anti_passback=verdict.anti_passback)
+            return replace(decision, anti_passback=verdict.anti_passback, companions=verdict.companions)
         if verdict.reason == GONE:  # removed from the gallery while in view: no longer anyone we know
             return replace(decision, decision=UNKNOWN, identity_id=None, name=None)
         logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)

@@ -1,17 +1,19 @@
 """The policy applied to a recognised face: reads the identity's policy and the groups from the gallery
 store at the moment of the decision (a change by command or CLI counts from the next passage), then,
-at a camera with a direction, anti-passback (:mod:`appliance.access.passback`)."""
+at a camera with a direction, anti-passback (:mod:`appliance.access.passback`), and the two-person
+rule (:mod:`appliance.access.two_person`)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Tuple
 
 from .passback import PASSBACK, VIOLATION, AntiPassback
 from .policy import AccessPolicy, IdentityPolicy, PolicyTables
 from .settings import AccessConfig
+from .two_person import TWO_PERSON, TwoPersonRule, Waiting
 
 if TYPE_CHECKING:
     from ..gallery.store import Identity
@@ -39,10 +41,13 @@ class Verdict:
         reason: ``None`` (admitted), a reason from :data:`appliance.access.policy.REASONS`, or :data:`GONE`.
         anti_passback: :data:`~appliance.access.passback.VIOLATION` when ``soft`` anti-passback
             admitted a passback, else ``None``.
+        companions: the identities whose held grants this one completed (the two-person rule): they
+            pass with it.
     """
 
     reason: Optional[str] = None
     anti_passback: Optional[str] = None
+    companions: Tuple[str, ...] = ()
 
 
 class AccessJudge:
@@ -52,14 +57,20 @@ class AccessJudge:
         policy: the door's rules (its groups, time zone and clock).
         source: the gallery store.
         passback: anti-passback, when it is on.
+        two_person: the two-person rule, when some groups need a companion.
     """
 
     def __init__(
-        self, policy: AccessPolicy, source: PolicySource, passback: Optional[AntiPassback] = None
+        self,
+        policy: AccessPolicy,
+        source: PolicySource,
+        passback: Optional[AntiPassback] = None,
+        two_person: Optional[TwoPersonRule] = None,
     ) -> None:
         self.policy = policy
         self.source = source
         self.passback = passback
+        self.two_person = two_person
 
     @classmethod
     def for_door(
@@ -75,7 +86,9 @@ class AccessJudge:
         passback = None
         if presence is not None and access.anti_passback.mode != "off":
             passback = AntiPassback(access.anti_passback, directions or {}, presence, policy.zone)
-        return cls(policy, source, passback)
+        rule = access.two_person
+        two_person = TwoPersonRule(rule.groups, rule.companions, rule.within_s) if rule.groups else None
+        return cls(policy, source, passback, two_person)
 
     def judge(self, identity_id: str, now: Optional[datetime] = None) -> Optional[str]:
         """``None`` (admitted), a reason from :data:`appliance.access.policy.REASONS`, or :data:`GONE`."""
@@ -91,21 +104,33 @@ class AccessJudge:
     def judge_passage(
         self, identity_id: str, camera_id: str, now: Optional[datetime] = None, record: bool = True
     ) -> Verdict:
-        """:meth:`judge`, then anti-passback at ``camera_id``; an admitted passage is recorded
-        (``record=False``: only asked, as ``access check --camera`` does)."""
+        """:meth:`judge`, then anti-passback at ``camera_id``, then the two-person rule; an admitted
+        passage is recorded, with the held ones it completed (``record=False``: only asked, as
+        ``access check --camera`` does — the two-person rule, which lives on what happens, is left out)."""
         now = self.policy.clock() if now is None else now
         identity = self.source.identity(identity_id)
         if identity is None:
             return Verdict(GONE)
+        groups = identity.policy.groups
         reason = self.judge_policy(identity.policy, now)
-        if reason is not None or self.passback is None:
+        if reason is not None:
             return Verdict(reason)
-        passback = self.passback.is_passback(identity_id, identity.policy.groups, camera_id, now)
-        if passback and self.passback.hard:
+        passback = self.passback is not None and self.passback.is_passback(
+            identity_id, groups, camera_id, now
+        )
+        if passback and self.passback is not None and self.passback.hard:
             return Verdict(PASSBACK)
-        if record:
-            self.passback.record(identity_id, camera_id, now)
-        return Verdict(None, VIOLATION if passback else None)
+        if not record:
+            return Verdict(None, VIOLATION if passback else None)
+        completed: Tuple[Waiting, ...] = ()
+        if self.two_person is not None:
+            admitted, completed = self.two_person.admit(identity_id, groups, camera_id, now.timestamp())
+            if not admitted:
+                return Verdict(TWO_PERSON)
+        if self.passback is not None:
+            for passage in ((identity_id, camera_id), *((w.identity_id, w.camera_id) for w in completed)):
+                self.passback.record(*passage, now)
+        return Verdict(None, VIOLATION if passback else None, tuple(w.identity_id for w in completed))
 
 
 __all__ = ["GONE", "AccessJudge", "PolicySource", "Verdict"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from typing_extensions import Literal
 
 from ..config_types import StrictModel
@@ -72,6 +72,38 @@ class AntiPassbackConfig(StrictModel):
         return check_group_list(value)
 
 
+class TwoPersonConfig(StrictModel):
+    """[access.two_person] — Members of some groups pass only with a second person granted here soon after (dual authentication)."""
+
+    groups: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Members of these access groups need a companion: their grant is held (denied, "
+        "reason 'two_person') until a second person is granted here within within_s. Empty: off.",
+        json_schema_extra={"example": ["vault"]},
+    )
+    companions: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The groups a companion must be in; empty: anyone granted here.",
+        json_schema_extra={"example": ["supervisors"]},
+    )
+    within_s: float = Field(30.0, ge=1, le=600, description="How long a held grant waits for its companion.")
+
+    @field_validator("groups", "companions")
+    @classmethod
+    def _group_names(cls, value: List[str]) -> List[str]:
+        from .policy import check_group_list
+
+        return check_group_list(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> TwoPersonConfig:
+        if self.companions and not self.groups:
+            raise ValueError("access.two_person.companions is set but access.two_person.groups is empty")
+        return self
+
+
 class AccessConfig(StrictModel):
     """[access] — Which access groups this door admits, and the time zone its schedules are read in."""
 
@@ -89,6 +121,7 @@ class AccessConfig(StrictModel):
     )
 
     anti_passback: AntiPassbackConfig = Field(default_factory=AntiPassbackConfig)
+    two_person: TwoPersonConfig = Field(default_factory=TwoPersonConfig)
 
     @field_validator("time_zone")
     @classmethod
@@ -106,4 +139,4 @@ class AccessConfig(StrictModel):
         return check_group_list(value)
 
 
-__all__ = ["AccessConfig", "AntiPassbackConfig"]
+__all__ = ["AccessConfig", "AntiPassbackConfig", "TwoPersonConfig"]

@@ -442,3 +442,49 @@ def test_anti_passback_across_the_doors_of_an_area(
     finally:
         daemon.stop()
         daemon.close()
+
+
+def test_the_two_person_rule_in_the_daemon(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """Obama (vault) is held until Kit (a supervisor) is granted; Kit's grant names him."""
+    faces = shared_data / "faces"
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
+        store.set_policy("obama", IdentityPolicy(groups=("vault",)))
+    video = make_passage_video(
+        tmp_path / "vault.avi",
+        [
+            (None, 5),
+            (faces / "fr_obama/obama2.jpg", 25),
+            (None, 10),
+            (faces / "fr_kit_harington/john1.jpeg", 25),
+        ],
+    )
+    config = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        video,
+        access='[access.two_person]\ngroups = ["vault"]\ncompanions = ["supervisors"]\nwithin_s = 600',
+    )
+    kit = faces / "fr_kit_harington/john2.jpeg"
+    _ok(
+        "enroll", "--config", str(config), "--name", "Kit", "--id", "kit", "--groups", "supervisors", str(kit)
+    )
+    daemon = Daemon(config)
+    try:
+        assert daemon.wait(timeout=120) == 0, daemon.text
+    finally:
+        daemon.close()
+    events = unique_events(event_documents(recorder.messages))
+    assert [(e["decision"], e["reason"], e["identity"]["id"]) for e in events] == [
+        ("denied", "two_person", "obama"),
+        ("granted", None, "kit"),
+    ], daemon.text
+    assert events[1]["companions"] == ["obama"] and "companions" not in events[0]
