@@ -467,14 +467,17 @@ def check_access(config: ApplianceConfig) -> List[Check]:
 
 
 def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -> List[Check]:
-    """The groups anti-passback exempts and the door's first person comes from: defined, and (a first
-    person's) with members — a first-person group with nobody in it keeps the door locked through
-    every window."""
+    """The groups anti-passback exempts, the door's first person comes from, and the two-person rule
+    holds and takes companions from: defined, and (those someone must come from) with members — a
+    first-person group with nobody in it keeps the door locked through every window, a companion
+    group with nobody in it holds every grant it applies to."""
     checks: List[Check] = []
     named = [
         ("access.anti_passback.exempt_groups", g, False) for g in config.access.anti_passback.exempt_groups
     ]
     named += [("door.unlock.first_person_groups", g, True) for g in config.door.unlock.first_person_groups]
+    named += [("access.two_person.groups", g, False) for g in config.access.two_person.groups]
+    named += [("access.two_person.companions", g, True) for g in config.access.two_person.companions]
     for key, group, needs_members in named:
         if group not in tables.groups:
             checks.append(Check(WARN, key, f"names group {group!r}, which is not defined"))
@@ -485,7 +488,7 @@ def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -
                 Check(
                     WARN,
                     key,
-                    f"nobody (not suspended) is in {group!r}: no first person of it can unlock the door",
+                    f"nobody (not suspended) is in {group!r}: nobody of it can come",
                     f"face-appliance gallery set ID --add-group {group}",
                 )
             )

@@ -331,9 +331,12 @@ def test_doctor_checks_the_store_and_the_groups_named(tmp_path: Path) -> None:
     config = validate_config(
         {
             "storage": {"dir": str(tmp_path)},
-            "access": {"anti_passback": {"mode": "hard", "exempt_groups": ["security"]}},
             "cameras": TWO_WAYS,
             "door": {"unlock": {"schedule": ["daily 08:00-18:00"], "first_person_groups": ["managers"]}},
+            "access": {
+                "anti_passback": {"mode": "hard", "exempt_groups": ["security"]},
+                "two_person": {"groups": ["vault"], "companions": ["managers"]},
+            },
         }
     )
     with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
@@ -349,6 +352,8 @@ def test_doctor_checks_the_store_and_the_groups_named(tmp_path: Path) -> None:
         status == WARN and subject == "door.unlock.first_person_groups" and "nobody (not suspended)" in detail
         for status, subject, detail in found
     ), found
+    assert (WARN, "access.two_person.groups", "names group 'vault', which is not defined") in found
+    assert any(s == WARN and subject == "access.two_person.companions" for s, subject, _ in found), found
     assert (OK, "anti-passback", "hard; entry in, exit out; no passage kept yet") in found
     with PresenceStore.open(tmp_path / PRESENCE_FILE) as presence:
         presence.record(Presence("ada", "in", "entry", 1.0))
