@@ -367,6 +367,29 @@ class LivenessConfig(StrictModel):
 
     enabled: bool = Field(False, description="Check liveness before granting access.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Fused live score needed to pass.")
+    alarm_after: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Raise a spoof_alarm door event when this many passages at one camera are denied for "
+        "liveness within alarm_window_s (someone trying photos or screens one after another); 0: off.",
+    )
+    alarm_window_s: float = Field(60.0, gt=0, le=3600, description="The window of liveness.alarm_after.")
+    lockout_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="After a spoof alarm, grants at that camera are denied (reason 'lockout') until this long "
+        "after its last liveness failure; 0: the alarm only.",
+    )
+
+    @model_validator(mode="after")
+    def _alarm(self) -> LivenessConfig:
+        if self.alarm_after and not self.enabled:
+            raise ValueError("liveness.alarm_after counts liveness failures, but liveness.enabled is false")
+        if self.lockout_s and not self.alarm_after:
+            raise ValueError("liveness.lockout_s follows a spoof alarm; set liveness.alarm_after too")
+        return self
 
 
 class MatchConfig(StrictModel):

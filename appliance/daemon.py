@@ -47,6 +47,7 @@ from .access.area import AreaFeed
 from .access.judge import AccessJudge
 from .access.passback import open_presence
 from .access.presence import PresenceStore
+from .attack_guard import AttackGuard
 from .camera import CameraThread, create_source
 from .change_thread import ChangeThread
 from .command_service import CommandService
@@ -258,6 +259,7 @@ class Appliance:
             AccessJudge.for_door(config.access, store, self.presence, config.camera_directions),
             [camera.id for camera in config.configured_cameras],
             views=pipeline_views(config),
+            guard=attack_guard(config),
         )
         if config.adaptive.enabled:
             self.templates = TemplateUpdater(
@@ -283,6 +285,7 @@ class Appliance:
             self.door.on_passage if self.door.peripherals else None,
             store.identity,
             self._stored_listener(),
+            self.door.emitter("liveness"),
         )
         self.commands = CommandService(
             config,
@@ -660,6 +663,14 @@ def keep_settings(config: ApplianceConfig) -> KeepSettings:
         else None
     )
     return KeepSettings(config.events.keep_crops_h * 3600.0, clusters)
+
+
+def attack_guard(config: ApplianceConfig) -> Optional[AttackGuard]:
+    """The counter of liveness denials per camera, with ``liveness.alarm_after`` (else ``None``)."""
+    liveness = config.liveness
+    if not liveness.alarm_after:
+        return None
+    return AttackGuard(liveness.alarm_after, liveness.alarm_window_s, liveness.lockout_s)
 
 
 def pipeline_views(config: ApplianceConfig) -> int:

@@ -11,12 +11,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from .attack_guard import SPOOF_ALARM
 from .config import ApplianceConfig
 from .events import access_event, encode
 from .logs import journal_fields, model_fields
 from .metrics import Latencies
 from .outbox import Outbox, OutboxError
-from .peripherals import Passage
+from .peripherals import EmitDoorEvent, Passage
 from .pipeline import Outcome
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class EventRecorder:
             panel knows) and its groups (the door's first person in) go to the door.
         on_stored: told of each outcome whose event was stored, with its ``event_id`` (the template
             update, :mod:`appliance.template_update`); pipeline thread, after the door is told.
+        on_alarm: ``emit(kind, details)`` of a door event (:meth:`appliance.peripherals.PeripheralHub.emitter`):
+            the spoof alarm an outcome raised goes out through it, with its ``access_event_id``.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class EventRecorder:
         on_passage: Optional[Callable[[Passage], None]] = None,
         identity_of: Optional[Callable[[str], Optional[Identity]]] = None,
         on_stored: Optional[Callable[[Outcome, str], None]] = None,
+        on_alarm: Optional[EmitDoorEvent] = None,
     ) -> None:
         self.config = config
+        self._on_alarm = on_alarm
         self._on_stored = on_stored
         self._on_passage = on_passage
         self._identity_of = identity_of
@@ -143,6 +148,8 @@ class EventRecorder:
                 sys.stdout.write(payload.decode("utf-8") + "\n")
                 sys.stdout.flush()
             self._tell_door(event)
+            if outcome.alarm is not None and self._on_alarm is not None:
+                self._on_alarm(SPOOF_ALARM, {**outcome.alarm, "access_event_id": event["event_id"]})
             if self._on_stored is not None:
                 self._on_stored(outcome, event["event_id"])
         self._notify()

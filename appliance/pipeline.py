@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from .access.judge import GONE, AccessJudge
+from .attack_guard import AttackGuard
 from .config import DEFAULT_CAMERA_ID
 from .decisions import (
     DENIED,
@@ -59,6 +60,8 @@ class Outcome:
     camera_id: str = DEFAULT_CAMERA_ID
     sample: Optional[FaceSample] = None
     views: Tuple[FaceSample, ...] = ()
+    #: The spoof alarm this decision raised (:class:`appliance.attack_guard.AttackGuard`), or ``None``.
+    alarm: Optional[Dict[str, Any]] = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class Pipeline:
         views: embedded frames of each track kept for its outcome (:class:`FaceSample`): 0 none, 1 the
             best (for ``adaptive`` and kept faces), more for walk-up enrolment
             (``events.walk_up_views``: the best and differing others, :func:`keep_view`).
+        guard: counts liveness denials per camera: an alarm, a lockout (``liveness.alarm_after``).
 
     Raises:
         ValueError: no camera, or a camera id given twice.
@@ -160,6 +164,7 @@ class Pipeline:
         judge: Optional[AccessJudge] = None,
         camera_ids: Sequence[str] = (DEFAULT_CAMERA_ID,),
         views: int = 0,
+        guard: Optional[AttackGuard] = None,
     ) -> None:
         if not camera_ids or len(set(camera_ids)) != len(camera_ids):
             raise ValueError(f"a pipeline needs one or more distinct camera ids, got {list(camera_ids)}")
@@ -168,6 +173,7 @@ class Pipeline:
         self.models = models
         self.gallery = gallery
         self.judge = judge
+        self.guard = guard
         self.settings = settings
         self.lanes: Dict[str, CameraLane] = {
             camera_id: CameraLane(camera_id, settings) for camera_id in camera_ids
@@ -357,6 +363,9 @@ class Pipeline:
         return replace(decision, decision=DENIED, access_reason=verdict.reason)
 
     def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:
+        alarm = None
+        if self.guard is not None:  # before the judge: a locked-out grant records no passage
+            decision, alarm = self.guard.check(lane.camera_id, decision, captured_at)
         decision = self._admit(lane, decision)
         best = lane.best_crop.get(decision.track_id)
         views = lane.views.get(decision.track_id, [])
@@ -366,4 +375,4 @@ class Pipeline:
             lane.views.pop(decision.track_id, None)
         crop = None if best is None else best[1]
         sample = views[0] if views else None
-        return Outcome(decision, captured_at, crop, lane.camera_id, sample, tuple(views[1:]))
+        return Outcome(decision, captured_at, crop, lane.camera_id, sample, tuple(views[1:]), alarm)

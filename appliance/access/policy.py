@@ -41,8 +41,8 @@ from .schedule import WeeklySchedule
 from .zones import load_zone
 
 #: The reasons a recognised person is denied (``liveness`` comes from the vote, ``anti_passback`` from
-#: :mod:`appliance.access.passback`, ``two_person`` from :mod:`appliance.access.two_person`, the rest
-#: from here).
+#: :mod:`appliance.access.passback`, ``two_person`` from :mod:`appliance.access.two_person`, ``lockout``
+#: from :mod:`appliance.attack_guard`, the rest from here).
 REASONS = (
     "expired",
     "not_yet_valid",
@@ -53,6 +53,7 @@ REASONS = (
     "liveness",
     "anti_passback",
     "two_person",
+    "lockout",
 )
 MAX_GROUPS = 64
 MAX_HOLIDAYS = 1000
