@@ -15,7 +15,9 @@ What it rests on, and what it cannot do:
   door ``write`` on its own topics only; this door needs ``read`` on the others' ``…/events``.
 * **Identity ids** are compared as they are: the fleet gives an identity the same id at every door
   (:mod:`appliance.fleet`); one enrolled by hand at two doors under two ids is two people here.
-* **Clocks**: the newer passage wins by its ``ts``; the doors' clocks must agree (NTP).
+* **Clocks**: the newer passage wins by its ``ts``; the doors' clocks must agree (NTP). An event
+  stamped more than :data:`MAX_AHEAD_S` ahead of this clock is refused: it would outrank every real
+  passage.
 * **Offline**: a door that was not connected misses the passages made meanwhile (events are not
   retained); it learns each person's state at their next passage. A ``hard`` door errs towards
   letting them through.
@@ -31,6 +33,7 @@ import json
 import logging
 import queue
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -43,6 +46,9 @@ logger = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 256 * 1024
 #: Passages waiting for the pipeline thread at most; beyond, the newest are dropped and counted.
 MAX_QUEUED = 1000
+#: How far ahead of this appliance's clock another door's event may be stamped: further ahead, it
+#: would outrank every real passage until a reset, so it is refused.
+MAX_AHEAD_S = 300.0
 _IDENTITY = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 
@@ -98,10 +104,12 @@ class AreaFeed:
     Args:
         prefix: ``mqtt.prefix``.
         doors: the other doors' device ids (``access.anti_passback.area_doors``).
+        clock: Unix seconds (tests fix it).
     """
 
-    def __init__(self, prefix: str, doors: List[str]) -> None:
+    def __init__(self, prefix: str, doors: List[str], clock: Callable[[], float] = time.time) -> None:
         self.topics: Dict[str, str] = {f"{prefix}/{door}/events": door for door in doors}
+        self._clock = clock
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self._log = RateLimitedLog(logger, 60.0)
         self.counts = {
@@ -121,6 +129,10 @@ class AreaFeed:
         self.counts["received"] += 1
         try:
             passage = parse_passage(door, payload)
+            if passage is not None and passage.at > self._clock() + MAX_AHEAD_S:
+                raise ValueError(
+                    f"stamped {passage.at - self._clock():.0f} s ahead of this appliance's clock"
+                )
         except ValueError as err:
             self.counts["refused"] += 1
             self._log.report(
@@ -172,4 +184,4 @@ class AreaFeed:
         return {"doors": sorted(self.topics.values()), **self.counts}
 
 
-__all__ = ["MAX_EVENT_BYTES", "MAX_QUEUED", "AreaFeed", "AreaPassage", "parse_passage"]
+__all__ = ["MAX_AHEAD_S", "MAX_EVENT_BYTES", "MAX_QUEUED", "AreaFeed", "AreaPassage", "parse_passage"]

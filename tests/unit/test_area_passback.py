@@ -67,7 +67,7 @@ def test_a_wrong_event_is_refused(payload: bytes, match: str) -> None:
 
 
 def test_the_feed_applies_newer_passages_of_known_people(store: PresenceStore) -> None:
-    feed = AreaFeed("face-appliance", ["door-b"])
+    feed = AreaFeed("face-appliance", ["door-b"], clock=lambda: 1796637600.0)
     assert feed.topics == {TOPIC: "door-b"}
     store.record(Presence("ada", "out", "exit", 1796637000.0))
     feed.offer(TOPIC, encode(_event(ts="2026-12-07T10:00:00Z")), False)  # newer: ada is in
@@ -91,8 +91,17 @@ def test_the_feed_applies_newer_passages_of_known_people(store: PresenceStore) -
     assert feed.apply(store, {"ada"}.__contains__) == 0
 
 
+def test_a_passage_from_the_future_is_refused(store: PresenceStore) -> None:
+    now = 1796637600.0  # 2026-12-07T10:00:00Z
+    feed = AreaFeed("face-appliance", ["door-b"], clock=lambda: now)
+    feed.offer(TOPIC, encode(_event(ts="2026-12-07T10:05:00Z")), False)  # 300 s ahead: a clock off a bit
+    feed.offer(TOPIC, encode(_event(direction="out", ts="2026-12-07T10:05:01Z")), False)
+    assert feed.apply(store, lambda _: True) == 1 and feed.counts["refused"] == 1
+    assert store.last("ada").direction == "in"
+
+
 def test_the_queue_is_bounded_and_off_drops_what_came(store: PresenceStore) -> None:
-    feed = AreaFeed("p", ["door-b"])
+    feed = AreaFeed("p", ["door-b"], clock=lambda: 1796637600.0)
     for second in range(MAX_QUEUED + 5):
         feed.offer("p/door-b/events", encode(_event(ts=f"2026-12-07T10:00:{second % 60:02d}Z")), False)
     assert feed.counts["dropped"] == 5
