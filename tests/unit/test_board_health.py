@@ -353,6 +353,7 @@ def fake_app() -> SimpleNamespace:
             "fleet",
             "keeper",
             "templates",
+            "area",
         )
     )
     return SimpleNamespace(
