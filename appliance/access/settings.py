@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from pydantic import Field, field_validator, model_validator
-from typing_extensions import Literal
+from pydantic import AfterValidator, Field, field_validator, model_validator
+from typing_extensions import Annotated, Literal
 
 from ..config_types import StrictModel
+
+
+def _group_names(value: List[str]) -> List[str]:
+    from .policy import check_group_list  # lazily: the configuration loads without the policy's modules
+
+    return check_group_list(value)
+
+
+#: Access group names, each valid and none listed twice (a :class:`PolicyError`, a ValueError, names
+#: the key otherwise).
+GroupNames = Annotated[List[str], AfterValidator(_group_names)]
 
 
 class AntiPassbackConfig(StrictModel):
@@ -35,14 +46,13 @@ class AntiPassbackConfig(StrictModel):
         "day (nobody is in or out until their next passage); unset: only a reset command forgets.",
         json_schema_extra={"example": "03:00"},
     )
-    exempt_groups: List[str] = Field(
+    exempt_groups: GroupNames = Field(
         default_factory=list,
         max_length=64,
         description="Members of these access groups are never held to anti-passback (security staff); "
         "their passages are still recorded.",
         json_schema_extra={"example": ["security"]},
     )
-
     area_doors: List[str] = Field(
         default_factory=list,
         max_length=64,
@@ -64,38 +74,24 @@ class AntiPassbackConfig(StrictModel):
             raise ValueError("a door is listed twice")
         return value
 
-    @field_validator("exempt_groups")
-    @classmethod
-    def _group_names(cls, value: List[str]) -> List[str]:
-        from .policy import check_group_list
-
-        return check_group_list(value)
-
 
 class TwoPersonConfig(StrictModel):
     """[access.two_person] — Members of some groups pass only with a second person granted here soon after (dual authentication)."""
 
-    groups: List[str] = Field(
+    groups: GroupNames = Field(
         default_factory=list,
         max_length=64,
         description="Members of these access groups need a companion: their grant is held (denied, "
         "reason 'two_person') until a second person is granted here within within_s. Empty: off.",
         json_schema_extra={"example": ["vault"]},
     )
-    companions: List[str] = Field(
+    companions: GroupNames = Field(
         default_factory=list,
         max_length=64,
         description="The groups a companion must be in; empty: anyone granted here.",
         json_schema_extra={"example": ["supervisors"]},
     )
     within_s: float = Field(30.0, ge=1, le=600, description="How long a held grant waits for its companion.")
-
-    @field_validator("groups", "companions")
-    @classmethod
-    def _group_names(cls, value: List[str]) -> List[str]:
-        from .policy import check_group_list
-
-        return check_group_list(value)
 
     @model_validator(mode="after")
     def _check(self) -> TwoPersonConfig:
@@ -112,7 +108,7 @@ class AccessConfig(StrictModel):
         description="IANA time zone of the group schedules and holiday dates at this door, e.g. Europe/Berlin.",
         json_schema_extra={"example": "Europe/Berlin"},
     )
-    groups: List[str] = Field(
+    groups: GroupNames = Field(
         default_factory=list,
         max_length=64,
         description="Access groups this door admits (defined with `face-appliance access group set`). "
@@ -131,12 +127,5 @@ class AccessConfig(StrictModel):
         load_zone(value)  # a PolicyError is a ValueError: reported with the key path
         return value
 
-    @field_validator("groups")
-    @classmethod
-    def _group_names(cls, value: List[str]) -> List[str]:
-        from .policy import check_group_list
 
-        return check_group_list(value)
-
-
-__all__ = ["AccessConfig", "AntiPassbackConfig", "TwoPersonConfig"]
+__all__ = ["AccessConfig", "AntiPassbackConfig", "GroupNames", "TwoPersonConfig"]

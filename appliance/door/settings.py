@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated, Literal
 
+from ..access.settings import GroupNames
 from ..config_types import StrictModel
 
 #: The back-ends; ``auto`` picks whichever libgpiod binding ``import gpiod`` finds (never Jetson.GPIO,
@@ -139,7 +140,7 @@ class DoorUnlockConfig(StrictModel):
         "'mon-fri 08:00-18:00'); empty: the door is never unlocked by schedule.",
         json_schema_extra={"example": ["mon-fri 08:00-18:00"]},
     )
-    first_person_groups: List[str] = Field(
+    first_person_groups: GroupNames = Field(
         default_factory=list,
         max_length=64,
         description="First person in: within a window the door stays locked (a grant still opens it for "
@@ -155,13 +156,6 @@ class DoorUnlockConfig(StrictModel):
 
         WeeklySchedule.parse(value)  # a PolicyError is a ValueError: reported with the key path
         return value
-
-    @field_validator("first_person_groups")
-    @classmethod
-    def _groups(cls, value: List[str]) -> List[str]:
-        from ..access.policy import check_group_list
-
-        return check_group_list(value)
 
     @model_validator(mode="after")
     def _check(self) -> DoorUnlockConfig:
