@@ -15,6 +15,7 @@ topic                           retained  QoS   content
 ``{root}/cmd/{name}``           no        1     commands in (subscribed when enabled)
 ``{root}/cmd/{name}/result``    no        1     command results out
 ``{ha}/sensor/{node}/…/config`` yes       1     Home Assistant discovery (opt-in)
+``{ha}/button/{node}/…/config`` yes       1     its "Open door" button (with ``[door]``)
 ==============================  ========  ====  ===============================================
 
 Protocol: **MQTT 3.1.1**. Everything this contract needs (QoS 1, retained messages, a retained last
@@ -83,6 +84,7 @@ Broker ACL (what the appliance's user needs)::
     topic read  {root}/cmd/+
     topic write {root}/cmd/+/result
     topic write {ha}/sensor/{node}/+/config      # only with mqtt.homeassistant.discovery
+    topic write {ha}/button/{node}/+/config      # and with door.enabled
 
 MQTT 3.1.1 gives a client no way to learn that the broker's ACL drops what it publishes (the
 broker acknowledges and discards), and Mosquitto grants a denied subscription without saying so. So
@@ -228,8 +230,9 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
     One ``sensor`` component per topic ``{prefix}/sensor/{node}/{object}/config`` (the
     single-component form, understood by old and new Home Assistant releases): the last access
     decision and the last identity (from the events topic) and the frame rate (from the state
-    document's ``fps``). All share the availability topic and a device block, so they appear as one
-    device named after ``device.name`` (or ``device.id``).
+    document's ``fps``); with the door's own I/O (``door.enabled``), a ``button`` "Open door" that
+    sends the ``door_open`` command (request id ``home-assistant``). All share the availability topic
+    and a device block, so they appear as one device named after ``device.name`` (or ``device.id``).
     """
     root = config.topic_root
     events = f"{root}/events"
@@ -287,13 +290,22 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
             },
         ),
     ]
+    components = [("sensor", object_id, fields) for object_id, fields in sensors]
+    if config.door.enabled:
+        door_open = {
+            "name": "Open door",
+            "icon": "mdi:door-open",
+            "command_topic": f"{root}/cmd/door_open",
+            "payload_press": json.dumps({"request_id": "home-assistant"}),
+        }
+        components.append(("button", "door_open", door_open))
     prefix = config.mqtt.homeassistant.prefix
     messages = []
-    for object_id, fields in sensors:
+    for component, object_id, fields in components:
         document = dict(shared)
         document["unique_id"] = f"{node}_{object_id}"
         document.update(fields)
-        messages.append((f"{prefix}/sensor/{node}/{object_id}/config", document))
+        messages.append((f"{prefix}/{component}/{node}/{object_id}/config", document))
     return messages
 
 

@@ -63,7 +63,16 @@ def test_first_person_in_and_the_remote_door_commands(
     video = make_passage_video(
         tmp_path / "door.avi", [(None, 5), (shared_data / "faces/fr_obama/obama2.jpg", 25), (None, 20)]
     )
-    config = daemon_config(tmp_path, storage, shared_models, mosquitto, video, at_end="loop", door=DOOR)
+    config = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        video,
+        at_end="loop",
+        door=DOOR,
+        **{"mqtt.homeassistant": "discovery = true"},
+    )
     env = {fake_gpio.ENVIRONMENT: "1", "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}"}
     daemon = Daemon(config, env=env)
     try:
@@ -87,6 +96,10 @@ def test_first_person_in_and_the_remote_door_commands(
         answer = command(recorder, "door_open", {"request_id": "o1"})
         assert answer["ok"] and answer["result"] == {"pulse_s": 0.5}, answer
         assert _door_event(recorder, "remote_open")["request_id"] == "o1"
+        # Home Assistant's "Open door" button, pressed: what its discovery config says to send
+        button = json.loads(recorder.on("homeassistant/button/door-test/door_open/config")[-1].payload)
+        recorder.publish(button["command_topic"], button["payload_press"].encode())
+        assert _door_event(recorder, "remote_open", 2)["request_id"] == "home-assistant"
 
         refused = command(recorder, "door_mode", {"request_id": "m3", "mode": "open"})
         assert refused["error"]["code"] == "invalid" and "mode" in refused["error"]["message"], refused
@@ -96,7 +109,7 @@ def test_first_person_in_and_the_remote_door_commands(
         assert (
             state["unlocked_by"] == "first_person" and state["relay"] == "on" and state["mode"] == "schedule"
         )
-        assert state["counts"]["remote_opens"] == 1
+        assert state["counts"]["remote_opens"] == 2
     finally:
         daemon.stop()
         daemon.close()

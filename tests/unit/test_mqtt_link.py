@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 import pytest
 
+from appliance.commands import parse
 from appliance.config_load import validate_config
 from appliance.mqtt_link import MqttLink, MqttLinkError, encode_document, home_assistant_discovery
 from appliance.outbox import Outbox
@@ -42,6 +43,20 @@ def test_discovery_topics_and_node_id_are_valid_for_home_assistant() -> None:
         assert document["device"]["name"] == "gate.north"  # no device.name: the id
         assert document["origin"]["name"] == "face-appliance"
         json.dumps(document)
+
+
+def test_a_door_adds_an_open_button_that_sends_door_open() -> None:
+    mqtt = {"host": "127.0.0.1", "homeassistant": {"discovery": True}}
+    config = validate_config(
+        {"device": {"id": "gate.north"}, "mqtt": mqtt, "door": {"enabled": True, "relay": {"line": 12}}}
+    )
+    button = dict(home_assistant_discovery(config))["homeassistant/button/gate_north/door_open/config"]
+    assert button["command_topic"] == "face-appliance/gate.north/cmd/door_open"
+    assert json.loads(button["payload_press"]) == {"request_id": "home-assistant"}
+    assert button["unique_id"] == "gate_north_door_open" and button["availability_topic"].endswith(
+        "/availability"
+    )
+    parse("door_open", button["payload_press"].encode())  # what it sends is a valid command
 
 
 def test_missing_tls_file_is_a_clear_start_error(tmp_path: Path) -> None:
