@@ -73,6 +73,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: Denials never reported to the panel, even with ``report_denied``: the face may be a photo (a
+#: liveness failure, or any grant at a camera locked after a spoof alarm).
+NEVER_REPORTED = ("liveness", "lockout")
+
+
 class _EventSender:
     """Hands door events to ``emit`` on a thread of its own, in order."""
 
@@ -402,7 +407,7 @@ class OsdpReader(Peripheral):
         config = self._config
         if passage.decision == "granted":
             return passage.credential or ""
-        if passage.decision == "denied" and config.report_denied and passage.reason != "liveness":
+        if passage.decision == "denied" and config.report_denied and passage.reason not in NEVER_REPORTED:
             return passage.credential or ""
         if passage.decision == "unknown" and config.unknown_card is not None:
             return config.unknown_card
