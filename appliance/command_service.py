@@ -510,9 +510,8 @@ class CommandService:
                         "anti-passback stays off until a restart: the cameras' directions are read at "
                         "the start, and none had one then"
                     )
-                if (
-                    gallery is not None
-                ):  # this door's groups, time zone, anti-passback, from the next passage on
+                # This door's groups, time zone, anti-passback and two-person rule, from the next passage on.
+                if gallery is not None:
                     self.pipeline.judge = AccessJudge.for_door(
                         fresh.access, gallery.store, self.presence, self.config.camera_directions
                     )

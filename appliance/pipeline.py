@@ -350,8 +350,9 @@ class Pipeline:
         return outcomes
 
     def _admit(self, lane: CameraLane, decision: Decision) -> Decision:
-        """A vote's ``granted`` checked against the access policy and, at a camera with a direction,
-        anti-passback (which records the passage): ``denied`` with the reason when it fails."""
+        """A vote's ``granted`` checked by the judge — the access policy, anti-passback at a camera with a
+        direction (which records the passage), the two-person rule: ``denied`` with the reason when
+        one of them refuses it, else granted with what anti-passback and the two-person rule said."""
         if self.judge is None or decision.decision != GRANTED or decision.identity_id is None:
             return decision
         verdict = self.judge.judge_passage(decision.identity_id, lane.camera_id)
