@@ -27,7 +27,7 @@ import logging
 import queue
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from .access.area import AreaFeed
 from .access.errors import PolicyError
@@ -122,6 +122,7 @@ class CommandService:
         #: The door's own I/O (:class:`appliance.door.controller.DoorController`), when it runs.
         self.door = door
         self._presence_generation: Optional[int] = None
+        self._calendars_seen: Optional[Tuple[int, int]] = None
         self.sightings = sightings
         #: The identities' last passages (anti-passback), when a camera has a direction.
         self.presence = presence
@@ -191,6 +192,7 @@ class CommandService:
         if gallery is None:
             return False
         self._forget_removed(gallery.store)
+        self._share_closed_days(gallery.store)
         if not gallery.changed_elsewhere():
             return False
         return self.changes.start(self._read_again, gallery)
@@ -208,6 +210,19 @@ class CommandService:
             passback.store if passback is not None else None,
             lambda identity_id: store.identity(identity_id) is not None,
         )
+
+    def _share_closed_days(self, store: Any) -> None:
+        """The door's unlock windows stay shut on the days of ``door.unlock.holidays``: read from the
+        gallery's calendars whenever they may have changed (this process's commits — a
+        ``set_calendar`` — or another's, by SQLite's data version) and handed to the door's thread."""
+        names = self.config.door.unlock.holidays
+        if self.door is None or not names:
+            return
+        version = (store.commits, store.data_version())
+        if version == self._calendars_seen:
+            return
+        self._calendars_seen = version
+        self.door.set_closed_days(store.policy_tables().days_of(names))
 
     def _forget_removed(self, store: Any) -> None:
         """Anti-passback keeps nothing of a removed person: once the gallery's generation has moved

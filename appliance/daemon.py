@@ -272,6 +272,9 @@ class Appliance:
             lambda event_id, payload: outbox.put(event_id, payload, "door"),
             self._notify_link,
         )
+        door: Any = next((p for p in self.door.peripherals if p.name == "door"), None)
+        if door is not None and config.door.unlock.holidays:  # shut from its first wake on a holiday
+            door.set_closed_days(store.policy_tables().days_of(config.door.unlock.holidays))
         self.door.start()
         self.degraded.extend(self.door.failures)
         self.reporter.board.attach(self.door.emitter("board"))  # throttling start/end as door events

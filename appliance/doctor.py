@@ -492,6 +492,16 @@ def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -
                     f"face-appliance gallery set ID --add-group {group}",
                 )
             )
+    for calendar in config.door.unlock.holidays:
+        if calendar not in tables.calendars:
+            checks.append(
+                Check(
+                    WARN,
+                    "door.unlock.holidays",
+                    f"names holiday calendar {calendar!r}, which is not defined: it closes no window",
+                    f"face-appliance access calendar set {calendar} YYYY-MM-DD …",
+                )
+            )
     return checks
 
 

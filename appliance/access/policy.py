@@ -69,13 +69,13 @@ def check_group_name(name: object, what: str = "group") -> str:
     return name
 
 
-def check_group_list(names: List[str]) -> List[str]:
-    """Return ``names`` if every one is a valid group name and none is listed twice, else raise
-    :class:`PolicyError` (a :class:`ValueError`: the configuration names the key)."""
+def check_group_list(names: List[str], what: str = "group") -> List[str]:
+    """Return ``names`` if every one is a valid group (or ``what``) name and none is listed twice,
+    else raise :class:`PolicyError` (a :class:`ValueError`: the configuration names the key)."""
     for name in names:
-        check_group_name(name)
+        check_group_name(name, what)
     if len(set(names)) != len(names):
-        raise PolicyError("a group is listed twice")
+        raise PolicyError(f"a {what} is listed twice")
     return names
 
 
@@ -266,6 +266,12 @@ class PolicyTables:
 
     groups: Mapping[str, AccessGroup] = field(default_factory=dict)
     calendars: Mapping[str, HolidayCalendar] = field(default_factory=dict)
+
+    def days_of(self, calendars: Iterable[str]) -> FrozenSet[date]:
+        """Every day of the named calendars that are defined (``door.unlock.holidays``)."""
+        return frozenset(
+            day for name in calendars if name in self.calendars for day in self.calendars[name].days
+        )
 
 
 class AccessPolicy:

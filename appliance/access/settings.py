@@ -16,9 +16,17 @@ def _group_names(value: List[str]) -> List[str]:
     return check_group_list(value)
 
 
+def _calendar_names(value: List[str]) -> List[str]:
+    from .policy import check_group_list
+
+    return check_group_list(value, "holiday calendar")
+
+
 #: Access group names, each valid and none listed twice (a :class:`PolicyError`, a ValueError, names
 #: the key otherwise).
 GroupNames = Annotated[List[str], AfterValidator(_group_names)]
+#: Holiday calendar names, the same way.
+CalendarNames = Annotated[List[str], AfterValidator(_calendar_names)]
 
 
 class AntiPassbackConfig(StrictModel):
@@ -128,4 +136,4 @@ class AccessConfig(StrictModel):
         return value
 
 
-__all__ = ["AccessConfig", "AntiPassbackConfig", "GroupNames", "TwoPersonConfig"]
+__all__ = ["AccessConfig", "AntiPassbackConfig", "CalendarNames", "GroupNames", "TwoPersonConfig"]

@@ -12,7 +12,8 @@ stops.
 **Unlocked** (remain open, :class:`~appliance.door.settings.DoorUnlockConfig`): at each wake the
 thread reads the wall clock in the door's time zone against ``door.unlock.schedule``. Within a
 window the door is held unlocked — with ``first_person_groups``, only once a member of one of them
-was granted here within that window (a snow day, when nobody comes, leaves the door locked). A
+was granted here within that window (a snow day, when nobody comes, leaves the door locked); on a
+day of ``door.unlock.holidays`` (:meth:`DoorController.set_closed_days`) no window opens. A
 remote ``door_mode`` (:meth:`DoorController.set_mode`) overrides the schedule: ``unlocked`` holds
 it, ``locked`` keeps it locked through the windows (a grant still opens it for one passage), for a
 time or until ``schedule`` gives it back; a restart gives it back too. The wake-ups of at most
@@ -26,7 +27,7 @@ import os
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ..access.schedule import WeeklySchedule
@@ -90,6 +91,8 @@ class DoorController(Peripheral):
         self._first_in: Optional[str] = None
         #: The remote mode and when it gives way to the schedule (monotonic; ``None``: never).
         self._mode: Tuple[str, Optional[float]] = ("schedule", None)
+        #: The local days of ``door.unlock.holidays`` (:meth:`set_closed_days`): no window opens on them.
+        self._closed_days: FrozenSet[date] = frozenset()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lines: Optional[DoorLines] = None
@@ -156,6 +159,12 @@ class DoorController(Peripheral):
         self._requests.put(("open", request_id))
         self._wake()
 
+    def set_closed_days(self, days: FrozenSet[date]) -> None:
+        """The local dates of ``door.unlock.holidays`` (from the gallery's calendars, which the pipeline
+        thread reads): no unlock window opens on them. Any thread; takes effect at the next wake."""
+        with self._lock:
+            self._closed_days = frozenset(days)
+
     def set_mode(self, mode: str, for_s: Optional[float] = None) -> None:
         """``unlocked`` (held open), ``locked`` (never by schedule) or ``schedule`` (the configured
         windows), for ``for_s`` seconds or until changed again (the ``door_mode`` command).
@@ -178,6 +187,7 @@ class DoorController(Peripheral):
          "alarm": "door_forced" | "door_held" | null,
          "unlocked_by": "schedule" | "first_person" | "remote" | null,
          "mode": "schedule" | "unlocked" | "locked", "mode_left_s": float | null, "first_person_in": bool,
+         "closed_today": bool (a day of ``door.unlock.holidays``),
          "counts": {"grants", "exit_requests", "remote_opens", "openings", "forced", "held"},
          "last_event": {"kind", "ts"} | null, "errors": int, "last_error": str | null}
         """
@@ -189,6 +199,7 @@ class DoorController(Peripheral):
                 mode=mode,
                 mode_left_s=None if until is None else round(max(0.0, until - self._clock()), 1),
                 first_person_in=self._first_in is not None,
+                closed_today=self._wall_clock().astimezone(self._zone).date() in self._closed_days,
                 backend=self._backend,
                 running=bool(thread and thread.is_alive()) and not self._stop.is_set(),
                 relay="on" if self._relay else "off",
@@ -266,10 +277,13 @@ class DoorController(Peripheral):
             return
         inputs = lines.read_inputs()
         now = self._clock()
-        window = bool(self._schedule.windows) and self._schedule.admits(
-            self._wall_clock().astimezone(self._zone)
-        )
+        local = self._wall_clock().astimezone(self._zone)
         with self._lock:
+            window = (
+                bool(self._schedule.windows)
+                and self._schedule.admits(local)
+                and local.date() not in self._closed_days
+            )
             events = []
             if not window:
                 self._first_in = None

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated, Literal
 
-from ..access.settings import GroupNames
+from ..access.settings import CalendarNames, GroupNames
 from ..config_types import StrictModel
 
 #: The back-ends; ``auto`` picks whichever libgpiod binding ``import gpiod`` finds (never Jetson.GPIO,
@@ -148,6 +148,13 @@ class DoorUnlockConfig(StrictModel):
         "unlocked until the window ends. Empty: unlocked from the window's start.",
         json_schema_extra={"example": ["managers"]},
     )
+    holidays: CalendarNames = Field(
+        default_factory=list,
+        max_length=64,
+        description="Holiday calendars (defined with `face-appliance access calendar set`) on whose days "
+        "no window unlocks the door, in access.time_zone.",
+        json_schema_extra={"example": ["public"]},
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -159,10 +166,10 @@ class DoorUnlockConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> DoorUnlockConfig:
-        if self.first_person_groups and not self.schedule:
+        if (self.first_person_groups or self.holidays) and not self.schedule:
             raise ValueError(
-                "door.unlock.first_person_groups needs door.unlock.schedule: the windows within which the "
-                "first person's grant unlocks the door"
+                "door.unlock.first_person_groups and door.unlock.holidays need door.unlock.schedule: the "
+                "windows they apply to"
             )
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -35,7 +36,8 @@ line = 12
 pulse_s = 0.5
 [door.unlock]
 schedule = ["daily 00:00-24:00"]
-first_person_groups = ["managers"]"""
+first_person_groups = ["managers"]
+holidays = ["public"]"""
 
 
 def _door_events(messages: List[Any]) -> List[Dict[str, Any]]:
@@ -109,7 +111,17 @@ def test_first_person_in_and_the_remote_door_commands(
         assert (
             state["unlocked_by"] == "first_person" and state["relay"] == "on" and state["mode"] == "schedule"
         )
-        assert state["counts"]["remote_opens"] == 2
+        assert state["counts"]["remote_opens"] == 2 and not state["closed_today"]
+
+        # Today becomes a holiday of the calendar door.unlock.holidays names: the window shuts; and
+        # once it is not, the next manager's grant unlocks the door again (the video loops).
+        today = datetime.now(timezone.utc).date().isoformat()
+        answer = command(recorder, "set_calendar", {"request_id": "c1", "name": "public", "days": [today]})
+        assert answer["ok"], answer
+        assert _door_event(recorder, "door_locked", 2)["was"] == "first_person"
+        assert command(recorder, "status", {"request_id": "s3"})["result"]["door"]["door"]["closed_today"]
+        assert command(recorder, "remove_calendar", {"request_id": "c2", "name": "public"})["ok"]
+        assert _door_event(recorder, "door_unlocked", 3)["by"] == "first_person"
     finally:
         daemon.stop()
         daemon.close()

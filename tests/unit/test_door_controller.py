@@ -447,7 +447,7 @@ def test_create_door_and_the_state_document(sim: GpioSim, started: Any) -> None:
     door, _ = started(_config())
     assert set(door.state()) == {
         "backend", "running", "relay", "door", "exit", "alarm", "counts", "last_event", "errors", "last_error",
-        "unlocked_by", "mode", "mode_left_s", "first_person_in",
+        "unlocked_by", "mode", "mode_left_s", "first_person_in", "closed_today",
     }  # fmt: skip
     assert door.state()["backend"] == "gpiod" and door.state()["running"]
     assert json.loads(json.dumps(door.state())) == door.state()

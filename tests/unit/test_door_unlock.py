@@ -13,7 +13,7 @@ from typing import Any, Tuple
 
 import pytest
 
-from appliance.access.policy import parse_instant
+from appliance.access.policy import HolidayCalendar, PolicyTables, parse_instant
 from appliance.config_load import validate_config
 from appliance.door.controller import DoorController
 from appliance.peripherals import Passage
@@ -95,7 +95,9 @@ def test_a_remote_open_pulses_like_a_grant_and_names_its_request() -> None:
     [
         ({"schedule": ["mon-fri 8:00-18:00"]}, r"door\.unlock\.schedule"),
         ({"schedule": ["someday 08:00-18:00"]}, r"door\.unlock\.schedule"),
-        ({"first_person_groups": ["managers"]}, "needs door.unlock.schedule"),
+        ({"first_person_groups": ["managers"]}, "need door.unlock.schedule"),
+        ({"holidays": ["public"]}, "need door.unlock.schedule"),
+        ({"schedule": ["daily 08:00-18:00"], "holidays": ["x y"]}, "holiday calendar name"),
         ({"schedule": ["daily 08:00-18:00"], "first_person_groups": ["a b"]}, "first_person_groups"),
         ({"schedule": ["daily 08:00-18:00"], "hold": True}, "hold"),
     ],
@@ -184,6 +186,34 @@ def test_a_remote_mode_overrides_the_schedule_for_a_while(sim: GpioSim, started:
     for mode, seconds in (("open", None), ("locked", 0.0), ("locked", -5.0)):
         with pytest.raises(ValueError):
             door.set_mode(mode, seconds)
+
+
+def test_no_window_opens_on_a_holiday(sim: GpioSim, started: Any) -> None:
+    wall = WallClock(WEDNESDAY_10)
+    door, recorder, _ = _door(started, wall, schedule=["mon-fri 08:00-18:00"], holidays=["public"])
+    recorder.wait_for("door_unlocked")
+    door.set_closed_days(frozenset({WEDNESDAY_10.date()}))
+    assert recorder.wait_for("door_locked") == {"was": "schedule", "door": "closed"}
+    assert door.state()["closed_today"]
+    wall.set(WEDNESDAY_10 + timedelta(days=1))  # Thursday: an ordinary day again
+    assert recorder.wait_for("door_unlocked", 2) == {"by": "schedule"}
+    assert not door.state()["closed_today"]
+
+
+def test_the_days_of_the_named_calendars() -> None:
+    tables = PolicyTables(
+        {},
+        {
+            "public": HolidayCalendar.from_parts("public", ["2026-12-25", "2026-12-26"]),
+            "site": HolidayCalendar.from_parts("site", ["2026-12-24"]),
+        },
+    )
+    assert {d.isoformat() for d in tables.days_of(["public", "site", "undefined"])} == {
+        "2026-12-24",
+        "2026-12-25",
+        "2026-12-26",
+    }
+    assert tables.days_of([]) == frozenset()
 
 
 def test_a_remote_open_is_a_pulse_with_its_request_id(sim: GpioSim, started: Any) -> None:
