@@ -200,8 +200,10 @@ class CommandService:
     def take_area_passages(self) -> int:
         """Between two frames: record the passages granted at the area's other doors
         (:class:`appliance.access.area.AreaFeed`); returns how many were taken."""
+        if self.area is None:  # every frame: the cheap test first
+            return 0
         gallery = self.runtime.gallery
-        if self.area is None or gallery is None:
+        if gallery is None:
             return 0
         judge = self.pipeline.judge
         passback = judge.passback if judge is not None else None
@@ -218,10 +220,10 @@ class CommandService:
         names = self.config.door.unlock.holidays
         if self.door is None or not names:
             return
-        version = (store.commits, store.data_version())
-        if version == self._calendars_seen:
+        mark = store.change_mark()
+        if mark == self._calendars_seen:
             return
-        self._calendars_seen = version
+        self._calendars_seen = mark
         self.door.set_closed_days(store.policy_tables().days_of(names))
 
     def _forget_removed(self, store: Any) -> None:

@@ -276,6 +276,8 @@ class Appliance:
         if door is not None and config.door.unlock.holidays:  # shut from its first wake on a holiday
             door.set_closed_days(store.policy_tables().days_of(config.door.unlock.holidays))
         self.door.start()
+        if door not in self.door.peripherals:  # it could not start: no door to command
+            door = None
         self.degraded.extend(self.door.failures)
         self.reporter.board.attach(self.door.emitter("board"))  # throttling start/end as door events
 
@@ -303,7 +305,7 @@ class Appliance:
             templates=self.templates,
             changes=self.changes,
             presence=self.presence,
-            door=next((p for p in self.door.peripherals if p.name == "door"), None),
+            door=door,
             area=self.area,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -58,8 +59,6 @@ class Presence:
 
     def document(self) -> Dict[str, Any]:
         """JSON-ready: ``{"id", "direction", "camera_id", "since"}`` (``since``: RFC 3339 UTC)."""
-        from datetime import datetime, timezone
-
         since = format_instant(datetime.fromtimestamp(self.at, timezone.utc))
         return {
             "id": self.identity_id,

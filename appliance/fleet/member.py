@@ -86,7 +86,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from ..gallery.gallery import Gallery
-    from ..gallery.store import LookAlike, TemplateStore
+    from ..gallery.store import LookAlike
     from ..runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
@@ -419,7 +419,7 @@ class FleetMember:
         """The fleet identities this door holds and its look-alikes, from the store; whether they
         changed."""
         store = self._gallery().store
-        self._store_seen = self._store_version(store)
+        self._store_seen = store.change_mark()
         entries = store.fleet_identities()
         count, look_alikes = store.look_alikes(MAX_LOOK_ALIKES_LISTED)
         with self._lock:
@@ -432,18 +432,12 @@ class FleetMember:
             self._look_alike_count, self._look_alikes = count, look_alikes
         return changed
 
-    @staticmethod
-    def _store_version(store: TemplateStore) -> Tuple[int, int]:
-        """What changes with the store: this process's commits, and SQLite's data version (every
-        commit of another process: the command line beside the daemon)."""
-        return store.commits, store.data_version()
-
     def _follow_local_changes(self) -> None:
         """A change made here rather than by the fleet (a local identity removed takes its
         look-alikes with it; a pair marked distinct by the ``distinct`` command, or by ``gallery
         distinct`` beside the daemon) shows in the digest once the fleet thread is idle."""
         store = self._gallery().store
-        if self._store_version(store) != self._store_seen and self._read_held():
+        if store.change_mark() != self._store_seen and self._read_held():
             self._publish_digest()
 
     def _publish_digest(self) -> None:

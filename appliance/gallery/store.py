@@ -405,6 +405,12 @@ class TemplateStore:
         with self._lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    def change_mark(self) -> Tuple[int, int]:
+        """What moves with every change of the store: this process's commits and SQLite's data version
+        (every commit of another process: the command line beside the daemon). Compare two marks to
+        learn that something changed, not what."""
+        return self.commits, self.data_version()
+
     def close(self) -> None:
         """Checkpoint the WAL and close. Safe to call more than once."""
         with self._lock:
