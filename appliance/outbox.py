@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 from .errors import ApplianceError
+from .sqlite_files import open_private_database
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +157,9 @@ class Outbox:
             raise ValueError(f"max_age_s must be positive, not {max_age_s}")
         path = Path(path)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(str(path), os.O_CREAT | os.O_RDWR, 0o600))
+            connection = _connect(path)
         except OSError as err:
             raise OutboxError(f"cannot create the outbox {path}: {err}") from err
-        try:
-            connection = _connect(path)
         except sqlite3.OperationalError as err:  # locked, I/O error, permissions: not corruption
             raise OutboxError(f"cannot open the outbox {path}: {err}") from err
         except sqlite3.DatabaseError as err:
@@ -174,7 +172,7 @@ class Outbox:
             )
             try:
                 connection = _connect(path)
-            except sqlite3.DatabaseError as again:
+            except (OSError, sqlite3.DatabaseError) as again:
                 raise OutboxError(f"cannot open the outbox {path}: {again}") from again
         outbox = cls(connection, path, max_events, max_age_s, clock)
         with outbox._lock:
@@ -451,14 +449,9 @@ class Outbox:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open the database, set durability pragmas and create or check the schema."""
-    db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    """Open (or create) the database and create or check the schema."""
+    db = open_private_database(path, synchronous="FULL", timeout_s=10.0)
     try:
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot switch to WAL journaling (got {mode!r})")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA secure_delete=ON")  # not every SQLite build has it on by default
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > _SCHEMA_VERSION:
             raise sqlite3.OperationalError(
@@ -495,5 +488,4 @@ def _quarantine(path: Path, now: float) -> Path:
                 os.replace(str(source), f"{target}{suffix}")
             except OSError as err:
                 raise OutboxError(f"cannot move the damaged outbox {source} aside: {err}") from err
-    os.close(os.open(str(path), os.O_CREAT | os.O_RDWR, 0o600))
     return target

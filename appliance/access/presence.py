@@ -14,7 +14,6 @@ daemon (SQLite in WAL mode, one connection per process, a lock per connection).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import ApplianceError
+from ..sqlite_files import open_private_database
 from .policy import format_instant
 
 logger = logging.getLogger(__name__)
@@ -87,19 +87,12 @@ class PresenceStore:
             PresenceError: not a usable database, or one of a newer schema.
         """
         path = Path(path)
+        db: Optional[sqlite3.Connection] = None
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(str(path), os.O_CREAT | os.O_RDWR, 0o600))
-            db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as err:
-            raise PresenceError(f"cannot open the presence store {path}: {err}") from err
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
             # A passage is written on the pipeline thread at each grant: NORMAL spares it an fsync per
             # grant (0.5 ms on the development VM, tens of ms on a busy eMMC). A power cut may lose
             # the last passages: those people then pass either way once, as after a reset.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA secure_delete=ON")
+            db = open_private_database(path, synchronous="NORMAL", timeout_s=10.0)
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             if version > _SCHEMA_VERSION:
                 raise PresenceError(
@@ -116,16 +109,18 @@ class PresenceStore:
             )
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             db.execute("COMMIT")
-        except sqlite3.Error as err:
-            db.close()
-            raise PresenceError(
-                f"{path} is not a usable presence database: {err}; delete it to start everyone's "
-                "anti-passback state afresh"
-            ) from err
-        except BaseException:
-            db.close()
+            return cls(db, path)
+        except BaseException as err:
+            if db is not None:
+                db.close()
+            if isinstance(err, (OSError, sqlite3.OperationalError)):  # permissions, a lock, I/O
+                raise PresenceError(f"cannot open the presence store {path}: {err}") from err
+            if isinstance(err, sqlite3.DatabaseError):
+                raise PresenceError(
+                    f"{path} is not a usable presence database: {err}; delete it to start everyone's "
+                    "anti-passback state afresh"
+                ) from err
             raise
-        return cls(db, path)
 
     def _run(self, what: str, work: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:

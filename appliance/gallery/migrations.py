@@ -14,6 +14,15 @@ from typing import Mapping, Sequence
 logger = logging.getLogger(__name__)
 
 
+def schema_version(db: sqlite3.Connection) -> int:
+    """The store's schema version from its ``meta`` table: 0 for a new (empty) file."""
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+    if not has_meta:
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def migrate(db: sqlite3.Connection, migrations: Mapping[int, Sequence[str]], version: int, what: str) -> None:
     """Within an open write transaction: bring a store of schema ``version`` (0: a new file) to the
     newest of ``migrations``, and record that version in ``meta``.
@@ -31,4 +40,4 @@ def migrate(db: sqlite3.Connection, migrations: Mapping[int, Sequence[str]], ver
     db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(latest),))
 
 
-__all__ = ["migrate"]
+__all__ = ["migrate", "schema_version"]

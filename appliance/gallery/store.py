@@ -33,9 +33,10 @@ import numpy as np
 
 from ..access.errors import PolicyError
 from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
+from ..sqlite_files import open_private_database
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
-from .migrations import migrate
+from .migrations import migrate, schema_version
 from .text import check_external_id, check_name
 from .transaction import write_transaction
 
@@ -297,20 +298,15 @@ class TemplateStore:
             GalleryKeyError: the key is missing while the store holds data, exposed, or not this store's.
             GalleryStoreError: the file is not a usable database, or its schema is newer than ours.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        existed = path.exists() and path.stat().st_size > 0
         try:
-            connection = sqlite3.connect(
-                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA foreign_keys=ON")
-            connection.execute("PRAGMA secure_delete=ON")
-            version = cls._schema_version(connection)
+            existed = path.exists() and path.stat().st_size > 0
+            connection = open_private_database(path, synchronous="FULL", timeout_s=30.0)
+        except (OSError, sqlite3.OperationalError) as err:  # permissions, a lock, I/O
+            raise GalleryStoreError(f"cannot open the gallery {path}: {err}") from err
         except sqlite3.DatabaseError as err:
             raise GalleryStoreError(f"{path} is not a usable gallery database: {err}") from err
         try:
+            version = schema_version(connection)
             key_check = cls._meta(connection, "key_check") if version else None
             if key_file.exists():
                 key = read_key(key_file)
@@ -329,16 +325,6 @@ class TemplateStore:
             connection.close()
             raise
         return store
-
-    @staticmethod
-    def _schema_version(connection: sqlite3.Connection) -> int:
-        has_meta = connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        if not has_meta:
-            return 0
-        row = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return int(row[0]) if row else 0
 
     @staticmethod
     def _meta(connection: sqlite3.Connection, key: str) -> Optional[str]:

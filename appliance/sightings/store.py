@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import secrets
 import sqlite3
 import threading
@@ -41,8 +40,9 @@ import numpy as np
 
 from ..gallery.crypto import Sealer, create_key, read_key
 from ..gallery.errors import GalleryKeyError, GalleryStoreError
-from ..gallery.migrations import migrate
+from ..gallery.migrations import migrate, schema_version
 from ..gallery.transaction import write_transaction
+from ..sqlite_files import open_private_database
 from .errors import SightingStoreError
 
 logger = logging.getLogger(__name__)
@@ -241,26 +241,14 @@ class SightingStore:
             raise ValueError(f"max_faces must be at least 1, not {max_faces}")
         path = Path(path)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             existed = path.exists() and path.stat().st_size > 0
-            os.close(os.open(str(path), os.O_CREAT | os.O_RDWR, 0o600))
-            connection = sqlite3.connect(
-                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as err:
+            connection = open_private_database(path, synchronous="FULL", timeout_s=30.0)
+        except (OSError, sqlite3.OperationalError) as err:  # permissions, a lock, I/O
             raise SightingStoreError(f"cannot open the sightings store {path}: {err}") from err
+        except sqlite3.DatabaseError as err:
+            raise SightingStoreError(f"{path} is not a usable sightings database: {err}") from err
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA foreign_keys=ON")
-            connection.execute("PRAGMA secure_delete=ON")
-            has_meta = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-            ).fetchone()
-            version = 0
-            if has_meta:
-                row = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                version = int(row[0]) if row else 0
+            version = schema_version(connection)
             if version > SCHEMA_VERSION:
                 raise SightingStoreError(
                     f"{path} has schema version {version}, newer than this firmware's {SCHEMA_VERSION}; "
