@@ -161,9 +161,10 @@ class DoorController(Peripheral):
 
     def set_closed_days(self, days: FrozenSet[date]) -> None:
         """The local dates of ``door.unlock.holidays`` (from the gallery's calendars, which the pipeline
-        thread reads): no unlock window opens on them. Any thread; takes effect at the next wake."""
+        thread reads): no unlock window opens on them. Any thread; takes effect at once."""
         with self._lock:
             self._closed_days = frozenset(days)
+        self._wake()
 
     def set_mode(self, mode: str, for_s: Optional[float] = None) -> None:
         """``unlocked`` (held open), ``locked`` (never by schedule) or ``schedule`` (the configured
