@@ -969,6 +969,13 @@ class ApplianceConfig(StrictModel):
                 f"access.anti_passback.area_doors names this appliance ({self.device.id!r}); list the "
                 "area's other doors only"
             )
+        if passback.area_doors and passback.area_events == "signed" and self.fleet.fleet_key_file is None:
+            raise ValueError(
+                "access.anti_passback.area_doors takes only the other doors' events signed with the site's "
+                "fleet key (area_events = 'signed'), but fleet.fleet_key_file is not set; give every door "
+                "of the area the site's fleet key (fleet.fleet_key_file; `fleet init` creates it), or set "
+                "access.anti_passback.area_events = 'unsigned' to rely on the broker's ACL alone"
+            )
         directions = {camera.direction for camera in self.configured_cameras} - {"none"}
         # With other doors in the area, one way here is enough (the way back may be another door's).
         enough = bool(directions) if passback.area_doors else {"in", "out"} <= directions

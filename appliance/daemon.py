@@ -53,6 +53,7 @@ from .change_thread import ChangeThread
 from .command_service import CommandService
 from .config import ApplianceConfig
 from .decisions import DecisionSettings
+from .event_mac import EventKey
 from .event_recorder import EventRecorder
 from .faults import Faults
 from .gallery.gallery import Gallery
@@ -249,8 +250,8 @@ class Appliance:
         store = self.gallery.store
         self._open_sightings()
         self.presence = open_presence(config)
-        if self.presence is not None and config.access.anti_passback.area_doors:
-            self.area = AreaFeed(config.mqtt.prefix, config.access.anti_passback.area_doors)
+        event_key = self._event_key()
+        self._open_area(event_key)
         self.pipeline = Pipeline(
             self.runtime,
             self.gallery,
@@ -291,6 +292,7 @@ class Appliance:
             store.identity,
             self._stored_listener(),
             self.door.emitter("liveness"),
+            event_key,
         )
         self.commands = CommandService(
             config,
@@ -589,6 +591,35 @@ class Appliance:
                 self.stop_event,
             )
         )
+
+    def _event_key(self) -> Optional[EventKey]:
+        """The key that signs this door's access events, from the site's fleet key when one is set.
+        A key that cannot be read leaves the events unsigned, degraded and saying why."""
+        path = self.config.fleet.fleet_key_file
+        if path is None:
+            return None
+        from .fleet.errors import FleetError
+        from .fleet.records import read_fleet_key
+
+        try:
+            return EventKey(read_fleet_key(path))
+        except FleetError as err:
+            logger.error("access events go out unsigned: %s", err)
+            self.degraded.append(f"event signing: {err}")
+            return None
+
+    def _open_area(self, event_key: Optional[EventKey]) -> None:
+        """The other doors' passages (``access.anti_passback.area_doors``), with anti-passback on. Signed
+        events without the key to check them: not followed at all, rather than taken unchecked."""
+        passback = self.config.access.anti_passback
+        if self.presence is None or not passback.area_doors:
+            return
+        if passback.area_events == "signed" and event_key is None:
+            logger.error("anti-passback: the area's doors are not followed: their events cannot be checked")
+            self.degraded.append("area: the fleet key cannot be read; the area's doors are not followed")
+            return
+        key = event_key if passback.area_events == "signed" else None
+        self.area = AreaFeed(self.config.mqtt.prefix, passback.area_doors, key)
 
     def _fleet_member(self, link: MqttLink) -> Optional[Any]:
         """With ``[fleet]`` enabled: the member that applies the site's records, subscribed on ``link``.

@@ -544,24 +544,29 @@ def check_door(config: ApplianceConfig) -> List[Check]:
 
 
 def check_fleet(config: ApplianceConfig) -> List[Check]:
-    """``[fleet]``: the site's fleet key and the trusted authority keys (the records themselves are
-    checked by the daemon, each with its reason in ``…/state``)."""
+    """``[fleet]``: the site's fleet key (which also signs the access events when set without the
+    fleet) and the trusted authority keys (the records themselves are checked by the daemon, each
+    with its reason in ``…/state``)."""
     fleet = config.fleet
-    if not fleet.enabled:
-        return [Check(OK, "fleet", "disabled (fleet.enabled = false)")]
     from .fleet.errors import FleetError
     from .fleet.records import read_fleet_key
     from .updates.keys import load_trusted_keys
 
     checks: List[Check] = []
-    assert fleet.fleet_key_file is not None and fleet.trusted_keys_dir is not None
-    try:
-        read_fleet_key(fleet.fleet_key_file)
-        checks.append(Check(OK, "fleet key", f"{fleet.fleet_key_file} readable, 32 bytes"))
-    except (FleetError, OSError) as err:
-        checks.append(
-            Check(FAIL, "fleet key", str(err), "copy the site's fleet key (face-appliance fleet init) there")
-        )
+    if fleet.fleet_key_file is not None:
+        try:
+            read_fleet_key(fleet.fleet_key_file)
+            checks.append(
+                Check(
+                    OK, "fleet key", f"{fleet.fleet_key_file} readable, 32 bytes; it signs the access events"
+                )
+            )
+        except (FleetError, OSError) as err:
+            fix = "copy the site's fleet key (face-appliance fleet init) there"
+            checks.append(Check(FAIL, "fleet key", str(err), fix))
+    if not fleet.enabled:
+        return [*checks, Check(OK, "fleet", "disabled (fleet.enabled = false)")]
+    assert fleet.trusted_keys_dir is not None
     try:
         trusted = load_trusted_keys(fleet.trusted_keys_dir)
     except Exception as err:

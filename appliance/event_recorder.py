@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .attack_guard import SPOOF_ALARM
 from .config import ApplianceConfig
+from .event_mac import EventKey
 from .events import access_event, encode
 from .logs import journal_fields, model_fields
 from .metrics import Latencies
@@ -69,6 +70,8 @@ class EventRecorder:
             update, :mod:`appliance.template_update`); pipeline thread, after the door is told.
         on_alarm: ``emit(kind, details)`` of a door event (:meth:`appliance.peripherals.PeripheralHub.emitter`):
             the spoof alarm an outcome raised goes out through it, with its ``access_event_id``.
+        event_key: signs each event (its ``mac``, :mod:`appliance.event_mac`) when the site's fleet
+            key is set, so that the area's other doors can trust it.
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class EventRecorder:
         identity_of: Optional[Callable[[str], Optional[Identity]]] = None,
         on_stored: Optional[Callable[[Outcome, str], None]] = None,
         on_alarm: Optional[EmitDoorEvent] = None,
+        event_key: Optional[EventKey] = None,
     ) -> None:
         self.config = config
+        self._event_key = event_key
         self._on_alarm = on_alarm
         self._on_stored = on_stored
         self._on_passage = on_passage
@@ -120,6 +125,8 @@ class EventRecorder:
                 self.config.events.crop_quality,
                 self._directions.get(outcome.camera_id),
             )
+            if self._event_key is not None:
+                self._event_key.sign(event)
             payload = encode(event)
             try:
                 self.outbox.put(event["event_id"], payload)

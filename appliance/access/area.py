@@ -10,9 +10,11 @@ identity id, the direction and the instant.
 
 What it rests on, and what it cannot do:
 
-* **The broker's ACL**: the events are not signed, so whoever may publish on another door's
-  ``…/events`` can make people *in* or *out* here (a ``hard`` door then refuses them). Give each
-  door ``write`` on its own topics only; this door needs ``read`` on the others' ``…/events``.
+* **The site's fleet key** (``area_events = "signed"``, the default): a passage counts only when its
+  event carries a valid ``mac`` (:mod:`appliance.event_mac`), which only an appliance holding the
+  key can write; so a client that may publish on the broker cannot make people *in* or *out* here.
+  With ``"unsigned"`` only the broker's ACL does that: give each door ``write`` on its own topics
+  only. Either way this door needs ``read`` on the others' ``…/events``.
 * **Identity ids** are compared as they are: the fleet gives an identity the same id at every door
   (:mod:`appliance.fleet`); one enrolled by hand at two doors under two ids is two people here.
 * **Clocks**: the newer passage wins by its ``ts``; the doors' clocks must agree (NTP). An event
@@ -37,6 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+from ..event_mac import EventKey, EventMacError
 from ..logs import RateLimitedLog
 from .presence import DIRECTIONS, Presence, PresenceError, PresenceStore
 
@@ -64,11 +67,16 @@ class AreaPassage:
     at: float
 
 
-def parse_passage(door: str, payload: bytes) -> Optional[AreaPassage]:
+def parse_passage(door: str, payload: bytes, key: Optional[EventKey] = None) -> Optional[AreaPassage]:
     """The passage of one access event published by ``door``; ``None`` for an event that is not one
     (not ``granted``, or from a camera without a direction).
 
+    Args:
+        key: the site's event key: a passage counts only when its event's ``mac`` is valid under it;
+            ``None``: unsigned events count (``area_events = "unsigned"``).
+
     Raises:
+        EventMacError: a passage whose event's ``mac`` is missing, under another key, or wrong.
         ValueError: not an access event of ``door`` (too large, not JSON, a key missing or malformed).
     """
     from .policy import parse_instant
@@ -85,6 +93,8 @@ def parse_passage(door: str, payload: bytes) -> Optional[AreaPassage]:
         raise ValueError(f"device_id {str(event.get('device_id'))[:70]!r} is not the door it came from")
     if event.get("decision") != "granted" or event.get("direction") is None:
         return None
+    if key is not None:
+        key.verify(event)
     direction, identity, camera = event.get("direction"), event.get("identity"), event.get("camera_id")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {str(direction)[:20]!r} is not in or out")
@@ -104,11 +114,19 @@ class AreaFeed:
     Args:
         prefix: ``mqtt.prefix``.
         doors: the other doors' device ids (``access.anti_passback.area_doors``).
+        key: the site's event key, when their events must be signed (``area_events = "signed"``).
         clock: Unix seconds (tests fix it).
     """
 
-    def __init__(self, prefix: str, doors: List[str], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        doors: List[str],
+        key: Optional[EventKey],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.topics: Dict[str, str] = {f"{prefix}/{door}/events": door for door in doors}
+        self._key = key
         self._clock = clock
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self._log = RateLimitedLog(logger, 60.0)
@@ -118,6 +136,7 @@ class AreaFeed:
             "older": 0,
             "unknown_identity": 0,
             "refused": 0,
+            "unauthenticated": 0,
             "dropped": 0,
         }
 
@@ -128,13 +147,13 @@ class AreaFeed:
             return
         self.counts["received"] += 1
         try:
-            passage = parse_passage(door, payload)
+            passage = parse_passage(door, payload, self._key)
             if passage is not None and passage.at > self._clock() + MAX_AHEAD_S:
                 raise ValueError(
                     f"stamped {passage.at - self._clock():.0f} s ahead of this appliance's clock"
                 )
         except ValueError as err:
-            self.counts["refused"] += 1
+            self.counts["unauthenticated" if isinstance(err, EventMacError) else "refused"] += 1
             self._log.report(
                 f"refused {door}", "anti-passback: an event of door %s was refused: %s", door, err
             )
@@ -180,8 +199,8 @@ class AreaFeed:
             self.counts["applied"] += 1
 
     def state(self) -> Dict[str, Any]:
-        """For ``…/state``: the doors followed and the counts."""
-        return {"doors": sorted(self.topics.values()), **self.counts}
+        """For ``…/state``: the doors followed, whether their events must be signed, and the counts."""
+        return {"doors": sorted(self.topics.values()), "signed": self._key is not None, **self.counts}
 
 
 __all__ = ["MAX_AHEAD_S", "MAX_EVENT_BYTES", "MAX_QUEUED", "AreaFeed", "AreaPassage", "parse_passage"]

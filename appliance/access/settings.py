@@ -69,6 +69,13 @@ class AntiPassbackConfig(StrictModel):
         "in at all of them. Needs read on their …/events in the broker's ACL.",
         json_schema_extra={"example": ["door-2", "garage-1"]},
     )
+    area_events: Literal["signed", "unsigned"] = Field(
+        "signed",
+        description="signed: an area door's event counts only with a valid mac under the site's fleet "
+        "key (every door of the area sets fleet.fleet_key_file, and signs its own events with it); "
+        "unsigned: any well-formed event on their …/events counts, and only the broker's ACL keeps "
+        "others from publishing there.",
+    )
 
     @field_validator("area_doors")
     @classmethod

@@ -8,14 +8,16 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from appliance.access.policy import IdentityPolicy, parse_instant
 from appliance.access.presence import PRESENCE_FILE, Presence, PresenceStore
 from appliance.decisions import Decision
+from appliance.event_mac import EventKey
 from appliance.events import access_event, encode
+from appliance.fleet.records import create_fleet_key
 from appliance.gallery.store import TemplateStore
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.support import (
@@ -369,12 +371,16 @@ def test_hard_anti_passback_at_an_entry_and_an_exit_camera(
     }, events
 
 
-def _door_b_event(direction: str) -> bytes:
-    """An access event of door B (another appliance of the area) granting Obama, as its code writes it."""
+def _door_b_event(direction: str, key: Optional[EventKey]) -> bytes:
+    """An access event of door B (another appliance of the area) granting Obama, as its code writes it,
+    signed with the site's fleet key when ``key`` is given."""
     granted = Decision(
         1, "granted", "obama", "Barack Obama", 0.8, 0.5, 9, None, np.zeros(4, np.float32), 0.9, 0, 1, ""
     )
-    return encode(access_event(granted, "door-b", "gate", {}, 5.0, direction=direction))
+    event = access_event(granted, "door-b", "gate", {}, 5.0, direction=direction)
+    if key is not None:
+        key.sign(event)
+    return encode(event)
 
 
 def _kept_from_door_b(storage: Path, direction: str) -> None:
@@ -398,7 +404,8 @@ def test_anti_passback_across_the_doors_of_an_area(
     recorder: Recorder,
 ) -> None:
     """Door A has only an entry camera; door B (the test publishes its events, as B's appliance would)
-    is the area's other door. Someone who entered at B is refused at A's entry until B lets them out."""
+    is the area's other door. Someone who entered at B is refused at A's entry until B lets them out.
+    Both hold the site's fleet key: B's events count only signed with it, and A signs its own."""
     obama = shared_data / "faces/fr_obama/obama2.jpg"
     video = make_passage_video(tmp_path / "entry.avi", [(None, 20), (obama, 25), (None, 20)])
     config = daemon_config(
@@ -410,19 +417,23 @@ def test_anti_passback_across_the_doors_of_an_area(
         cameras=[("entry", video, "loop")],
         access='[access.anti_passback]\nmode = "hard"\nsame_passage_s = 0\narea_doors = ["door-b"]',
     )
-    config.write_text(config.read_text().replace('id = "entry"\n', 'id = "entry"\ndirection = "in"\n'))
+    key_file = tmp_path / "fleet.key"
+    site_key = EventKey(create_fleet_key(key_file))
+    text = config.read_text().replace('id = "entry"\n', 'id = "entry"\ndirection = "in"\n')
+    config.write_text(f'{text}\n[fleet]\nfleet_key_file = "{key_file}"\n')
     door_b = "face-appliance/door-b/events"
     daemon = Daemon(config)
     try:
         wait_online(recorder, daemon)
-        recorder.publish(door_b, _door_b_event("in"))
+        recorder.publish(door_b, _door_b_event("in", site_key))
         _kept_from_door_b(storage, "in")
         recorder.clear()
         entry = recorder.wait_for(lambda m: bool(event_documents(m)), 60, "an entry event")
         first = event_documents(entry)[0]
         assert (first["decision"], first["reason"]) == ("denied", "anti_passback"), first
+        site_key.verify(first)  # door A's own events are signed for the area's other doors
 
-        recorder.publish(door_b, _door_b_event("out"))
+        recorder.publish(door_b, _door_b_event("out", site_key))
         _kept_from_door_b(storage, "out")
         recorder.clear()
         entry = recorder.wait_for(lambda m: bool(event_documents(m)), 60, "an entry event")
@@ -430,15 +441,25 @@ def test_anti_passback_across_the_doors_of_an_area(
         assert (first["decision"], first["direction"]) == ("granted", "in"), first
 
         recorder.publish(door_b, b"{not json")
-        recorder.publish(door_b, _door_b_event("in").replace(b'"door-b"', b'"door-c"'))
+        recorder.publish(door_b, _door_b_event("in", site_key).replace(b'"door-b"', b'"door-c"'))
+        recorder.publish(door_b, _door_b_event("in", None))  # a client on the broker without the key
         deadline = time.monotonic() + 30
         while True:
             area = command(recorder, "status", {"request_id": f"s{time.monotonic()}"})["result"]["area"]
-            if area["refused"] >= 2:
+            if area["refused"] + area["unauthenticated"] >= 3:
                 break
             assert time.monotonic() < deadline, area
             time.sleep(0.2)
-        assert area["doors"] == ["door-b"] and area["applied"] == 2 and area["received"] == 4, area
+        assert (area["refused"], area["unauthenticated"], area["applied"], area["received"]) == (
+            2,
+            1,
+            2,
+            5,
+        ), area
+        assert area["doors"] == ["door-b"] and area["signed"] is True, area
+        with PresenceStore.open(storage / PRESENCE_FILE) as store:
+            last = store.last("obama")  # his own entry here, not the unsigned "in" at door B
+        assert last is not None and (last.camera_id, last.direction) == ("entry", "in"), last
     finally:
         daemon.stop()
         daemon.close()

@@ -14,9 +14,12 @@ from appliance.access.area import MAX_EVENT_BYTES, MAX_QUEUED, AreaFeed, AreaPas
 from appliance.access.presence import PRESENCE_FILE, Presence, PresenceStore
 from appliance.config_load import validate_config
 from appliance.decisions import Decision
+from appliance.event_mac import EventKey
 from appliance.events import access_event, encode
 
 TOPIC = "face-appliance/door-b/events"
+#: The site's event key, from a fleet key (every door of the area holds the same).
+KEY = EventKey(bytes(range(32)))
 
 
 def _event(decision: str = "granted", direction: Any = "in", **changes: Any) -> Dict[str, Any]:
@@ -27,6 +30,12 @@ def _event(decision: str = "granted", direction: Any = "in", **changes: Any) -> 
     event = access_event(made, "door-b", "lobby", {}, 5.0, direction=direction)
     event.update(changes)
     return event
+
+
+def _signed(event: Dict[str, Any], key: EventKey = KEY) -> bytes:
+    """The event as door B publishes it with the site's fleet key."""
+    key.sign(event)
+    return encode(event)
 
 
 @pytest.fixture
@@ -67,25 +76,27 @@ def test_a_wrong_event_is_refused(payload: bytes, match: str) -> None:
 
 
 def test_the_feed_applies_newer_passages_of_known_people(store: PresenceStore) -> None:
-    feed = AreaFeed("face-appliance", ["door-b"], clock=lambda: 1796637600.0)
+    feed = AreaFeed("face-appliance", ["door-b"], KEY, clock=lambda: 1796637600.0)
     assert feed.topics == {TOPIC: "door-b"}
     store.record(Presence("ada", "out", "exit", 1796637000.0))
-    feed.offer(TOPIC, encode(_event(ts="2026-12-07T10:00:00Z")), False)  # newer: ada is in
-    feed.offer(TOPIC, encode(_event(direction="out", ts="2026-12-07T09:00:00Z")), False)  # older
-    feed.offer(TOPIC, encode(_event(identity={"id": "bob"}, ts="2026-12-07T10:00:00Z")), False)
-    feed.offer(TOPIC, encode(_event(ts="2026-12-07T11:00:00Z")), True)  # retained: not an event
-    feed.offer("face-appliance/door-z/events", encode(_event()), False)  # not followed
+    feed.offer(TOPIC, _signed(_event(ts="2026-12-07T10:00:00Z")), False)  # newer: ada is in
+    feed.offer(TOPIC, _signed(_event(direction="out", ts="2026-12-07T09:00:00Z")), False)  # older
+    feed.offer(TOPIC, _signed(_event(identity={"id": "bob"}, ts="2026-12-07T10:00:00Z")), False)
+    feed.offer(TOPIC, _signed(_event(ts="2026-12-07T11:00:00Z")), True)  # retained: not an event
+    feed.offer("face-appliance/door-z/events", _signed(_event()), False)  # not followed
     feed.offer(TOPIC, b"garbage", False)
     assert feed.apply(store, {"ada"}.__contains__) == 3
     assert store.last("ada") == Presence("ada", "in", "door-b/lobby", 1796637600.0)
     assert store.last("bob") is None
     assert feed.state() == {
         "doors": ["door-b"],
+        "signed": True,
         "received": 4,
         "applied": 1,
         "older": 1,
         "unknown_identity": 1,
         "refused": 1,
+        "unauthenticated": 0,
         "dropped": 0,
     }
     assert feed.apply(store, {"ada"}.__contains__) == 0
@@ -93,32 +104,77 @@ def test_the_feed_applies_newer_passages_of_known_people(store: PresenceStore) -
 
 def test_a_passage_from_the_future_is_refused(store: PresenceStore) -> None:
     now = 1796637600.0  # 2026-12-07T10:00:00Z
-    feed = AreaFeed("face-appliance", ["door-b"], clock=lambda: now)
-    feed.offer(TOPIC, encode(_event(ts="2026-12-07T10:05:00Z")), False)  # 300 s ahead: a clock off a bit
-    feed.offer(TOPIC, encode(_event(direction="out", ts="2026-12-07T10:05:01Z")), False)
+    feed = AreaFeed("face-appliance", ["door-b"], KEY, clock=lambda: now)
+    feed.offer(TOPIC, _signed(_event(ts="2026-12-07T10:05:00Z")), False)  # 300 s ahead: a clock off a bit
+    feed.offer(TOPIC, _signed(_event(direction="out", ts="2026-12-07T10:05:01Z")), False)
     assert feed.apply(store, lambda _: True) == 1 and feed.counts["refused"] == 1
     assert store.last("ada").direction == "in"
 
 
 def test_the_queue_is_bounded_and_off_drops_what_came(store: PresenceStore) -> None:
-    feed = AreaFeed("p", ["door-b"], clock=lambda: 1796637600.0)
+    feed = AreaFeed("p", ["door-b"], None, clock=lambda: 1796637600.0)  # unsigned
     for second in range(MAX_QUEUED + 5):
         feed.offer("p/door-b/events", encode(_event(ts=f"2026-12-07T10:00:{second % 60:02d}Z")), False)
     assert feed.counts["dropped"] == 5
     assert feed.apply(None, lambda _: True) == MAX_QUEUED and store.entries() == []
 
 
-def test_area_doors_in_the_configuration() -> None:
+def test_only_events_signed_with_the_site_key_count(store: PresenceStore) -> None:
+    """A client that may publish on door B's topic, but holds no fleet key, makes nobody in or out."""
+    feed = AreaFeed("face-appliance", ["door-b"], KEY, clock=lambda: 1796637600.0)
+    at = {"ts": "2026-12-07T10:00:00Z"}
+    tampered = json.loads(_signed(_event(**at)))
+    tampered["identity"]["id"] = "bob"
+    forged = _event(**at)
+    forged["mac"] = {"alg": "HMAC-SHA256", "key_id": KEY.key_id, "value": "0" * 64}
+    for payload in (
+        encode(_event(**at)),  # unsigned
+        _signed(_event(**at), EventKey(bytes(32))),  # another site's key
+        encode(tampered),
+        encode(forged),
+    ):
+        feed.offer(TOPIC, payload, False)
+    feed.offer(TOPIC, encode(_event("denied", reason="expired")), False)  # no passage: not even checked
+    assert feed.apply(store, lambda _: True) == 0 and store.entries() == []
+    assert (feed.counts["unauthenticated"], feed.counts["refused"], feed.counts["received"]) == (4, 0, 5)
+    feed.offer(TOPIC, _signed(_event(**at)), False)
+    assert feed.apply(store, lambda _: True) == 1 and store.last("ada").direction == "in"
+
+
+def test_an_unsigned_area_takes_well_formed_events() -> None:
+    feed = AreaFeed("face-appliance", ["door-b"], None, clock=lambda: 1796637600.0)
+    feed.offer(TOPIC, encode(_event(ts="2026-12-07T10:00:00Z")), False)
+    assert feed.state()["signed"] is False and feed.counts["unauthenticated"] == 0
+    assert feed.apply(None, lambda _: True) == 1
+
+
+def test_area_doors_in_the_configuration(tmp_path: Path) -> None:
     one_way = [{"id": "entry", "source": "a.avi", "direction": "in"}]
+    key_file = str(tmp_path / "fleet.key")
     config = validate_config(
-        {"access": {"anti_passback": {"mode": "hard", "area_doors": ["door-b"]}}, "cameras": one_way}
+        {
+            "access": {"anti_passback": {"mode": "hard", "area_doors": ["door-b"]}},
+            "cameras": one_way,
+            "fleet": {"fleet_key_file": key_file},
+        }
     )
     assert config.access.anti_passback.area_doors == ["door-b"]
+    assert config.access.anti_passback.area_events == "signed"
+    with pytest.raises(Exception, match=r"fleet.fleet_key_file is not set.*area_events = 'unsigned'"):
+        validate_config(
+            {"access": {"anti_passback": {"mode": "hard", "area_doors": ["door-b"]}}, "cameras": one_way}
+        )
+    unsigned = {"mode": "hard", "area_doors": ["door-b"], "area_events": "unsigned"}
+    assert (
+        validate_config({"access": {"anti_passback": unsigned}, "cameras": one_way}).fleet.fleet_key_file
+        is None
+    )
     for section, match in (
         ({"area_doors": ["door-b"]}, "do not see both ways"),  # no camera with a direction at all
         ({"area_doors": ["here"]}, "names this appliance"),
         ({"area_doors": ["door b"]}, "not a device id"),
         ({"area_doors": ["b", "b"]}, "listed twice"),
+        ({"area_events": "maybe"}, "signed"),
     ):
         with pytest.raises(Exception, match=match):
             validate_config(
@@ -126,6 +182,30 @@ def test_area_doors_in_the_configuration() -> None:
                     "device": {"id": "here"},
                     "access": {"anti_passback": {"mode": "soft", **section}},
                     "camera": {"direction": "none"},
+                    "fleet": {"fleet_key_file": key_file},
                 }
             )
     json.dumps(config.access.anti_passback.model_dump())
+
+
+def test_an_unreadable_fleet_key_leaves_events_unsigned_and_the_area_unfollowed(tmp_path: Path) -> None:
+    """Never an area followed unchecked: without its key the daemon follows none of it, and says so."""
+    from appliance.daemon import Appliance
+
+    settings = {
+        "storage": {"dir": str(tmp_path / "state")},
+        "access": {"anti_passback": {"mode": "hard", "area_doors": ["door-b"]}},
+        "cameras": [{"id": "entry", "source": "a.avi", "direction": "in"}],
+        "fleet": {"fleet_key_file": str(tmp_path / "missing.key")},
+    }
+    appliance = Appliance(validate_config(settings))
+    with PresenceStore.open(tmp_path / PRESENCE_FILE) as appliance.presence:
+        key = appliance._event_key()
+        appliance._open_area(key)
+        assert key is None and appliance.area is None
+        assert [d.split(":")[0] for d in appliance.degraded] == ["event signing", "area"], appliance.degraded
+        settings["access"]["anti_passback"]["area_events"] = "unsigned"  # type: ignore[index]
+        unsigned = Appliance(validate_config(settings))
+        unsigned.presence = appliance.presence
+        unsigned._open_area(unsigned._event_key())
+        assert unsigned.area is not None and unsigned.area.state()["signed"] is False
