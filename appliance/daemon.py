@@ -44,6 +44,7 @@ from types import FrameType
 from typing import Any, Callable, Dict, List, Optional
 
 from .access.area import AreaFeed
+from .access.area_link import AreaLink
 from .access.judge import AccessJudge
 from .access.passback import open_presence
 from .access.presence import PresenceStore
@@ -156,6 +157,7 @@ class Appliance:
         self.presence: Optional[PresenceStore] = None
         #: The other doors' passages (``access.anti_passback.area_doors``).
         self.area: Optional[AreaFeed] = None
+        self.area_link: Optional[AreaLink] = None
         self.commands: Optional[CommandService] = None
         self.link: Optional[MqttLink] = None
         self.cameras: List[CameraThread] = []
@@ -311,12 +313,9 @@ class Appliance:
             area=self.area,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)
-        if self.area is not None:
-            for topic in self.area.topics:
-                self.link.subscribe(topic, self.area.offer, qos=1)
-            logger.info(
-                "anti-passback: following the passages of %s", ", ".join(sorted(self.area.topics.values()))
-            )
+        if self.area is not None:  # a session of its own, kept by the broker while this door is away
+            self.area_link = AreaLink(config, self.area)
+            self.area_link.start()
         self.fleet = self._fleet_member(self.link)
         self._start_updates()
         self.link.publish_state(self.state())
@@ -368,6 +367,8 @@ class Appliance:
             self.swap.cancel()
         if self.uds is not None:
             self.uds.close()
+        if self.area_link is not None:  # what is not applied yet comes again at the next start
+            self.area_link.stop()
         fleet_ended = True
         if self.fleet is not None:  # its embeddings wait on the pipeline thread: stopped first
             fleet_ended = self.fleet.close(min(BUILD_JOIN_S, deadline.remaining(OFFLINE_RESERVE_S)))

@@ -24,7 +24,8 @@ VerneMQ, EMQX, cloud IoT hubs, PLC gateways). MQTT 5's extras (reason strings, r
 properties) are not needed: commands carry their ``request_id`` in the payload. Clean session:
 the broker keeps nothing for us while we are away. Delivery of events rests on the on-disk outbox,
 not on a broker session, and a command sent while the appliance is offline should time out at the
-sender rather than run hours later.
+sender rather than run hours later. (The area's other doors' events, which a door needs after being
+away, come over a persistent session of their own: :mod:`appliance.access.area_link`.)
 
 Events (at least once)
 ----------------------
@@ -117,7 +118,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from . import __version__
-from .config import ApplianceConfig, MqttTlsConfig
+from .config import ApplianceConfig, MqttConfig, MqttTlsConfig
 from .errors import ApplianceError
 from .outbox import Outbox, OutboxError
 
@@ -172,6 +173,19 @@ def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
             f"key_file={tls.key_file}): {err}"
         ) from err
     return context
+
+
+def configure_client(client: mqtt.Client, settings: MqttConfig, context: Optional[ssl.SSLContext]) -> None:
+    """What every client of this appliance shares: TLS (``context`` from :func:`tls_context`), the
+    user name and password, and the reconnect delays of ``[mqtt]``."""
+    if context is not None:
+        client.tls_set_context(context)
+        if settings.tls.insecure:
+            client.tls_insecure_set(True)
+    if settings.username is not None:
+        secret = settings.secret_password()
+        client.username_pw_set(settings.username, None if secret is None else secret.get_secret_value())
+    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
 
 
 def _deliver_to(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
@@ -462,16 +476,10 @@ class MqttLink:
             manual_ack=True,  # a command is acknowledged once taken (see _on_command_message)
         )
         client.suppress_exceptions = True  # second line of defence; every callback catches anyway
-        if context is not None:
-            client.tls_set_context(context)
-            if settings.tls.insecure:
-                client.tls_insecure_set(True)
-                logger.warning("mqtt.tls.insecure is set: the broker's host name is not checked")
-        if settings.username is not None:
-            secret = settings.secret_password()
-            client.username_pw_set(settings.username, None if secret is None else secret.get_secret_value())
+        configure_client(client, settings, context)
+        if context is not None and settings.tls.insecure:
+            logger.warning("mqtt.tls.insecure is set: the broker's host name is not checked")
         client.will_set(self._availability_topic, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(self._window + _ANSWERS_IN_FLIGHT)
         client.max_queued_messages_set(self._window + ANSWER_SLOTS + _OTHER_QUEUED)
         client.on_connect = self._guard("on_connect", self._on_connect)

@@ -20,13 +20,16 @@ What it rests on, and what it cannot do:
 * **Clocks**: the newer passage wins by its ``ts``; the doors' clocks must agree (NTP). An event
   stamped more than :data:`MAX_AHEAD_S` ahead of this clock is refused: it would outrank every real
   passage.
-* **Offline**: a door that was not connected misses the passages made meanwhile (events are not
-  retained); it learns each person's state at their next passage. A ``hard`` door errs towards
-  letting them through.
+* **Offline**: the events come over a persistent MQTT session of their own
+  (:mod:`appliance.access.area_link`), so the broker keeps the ones published while this door is
+  disconnected or restarting, and delivers them when it is back (within the broker's queue limit;
+  a session the broker lost, with the passages made meanwhile, is learnt at each person's next
+  passage: a ``hard`` door errs towards letting them through).
 
 Every message is bounded and checked; a bad one is counted and logged (rate-limited), never applied.
 Messages are parsed on paho's network thread and queued (bounded); the pipeline thread, which owns the
-presence store's writes, applies them between frames (:meth:`AreaFeed.apply`).
+presence store's writes, applies them between frames (:meth:`AreaFeed.apply`) and only then
+acknowledges them to the broker.
 """
 
 from __future__ import annotations
@@ -128,6 +131,9 @@ class AreaFeed:
         self.topics: Dict[str, str] = {f"{prefix}/{door}/events": door for door in doors}
         self._key = key
         self._clock = clock
+        #: The persistent session that brings the events (:class:`appliance.access.area_link.AreaLink`
+        #: keeps it up to date): ``connected``, ``resumed``, ``connects``.
+        self.session: Dict[str, Any] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self._log = RateLimitedLog(logger, 60.0)
         self.counts = {
@@ -140,11 +146,34 @@ class AreaFeed:
             "dropped": 0,
         }
 
-    def offer(self, topic: str, payload: bytes, retained: bool) -> None:
-        """paho's thread: check one message of a subscribed topic and queue its passage (never blocks)."""
+    def offer(
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool,
+        acknowledge: Optional[Callable[[], None]] = None,
+        wait_s: float = 0.0,
+    ) -> None:
+        """paho's thread: check one message of a subscribed topic and queue it, waiting up to ``wait_s``
+        for room. ``acknowledge`` is called on the pipeline thread once the message was applied or
+        refused, in the order the messages came; a message that found no room is counted as
+        ``dropped`` and never acknowledged (the broker sends it again at the next connect)."""
+        passage: Optional[AreaPassage] = None
         door = self.topics.get(topic)
-        if door is None or retained:  # events are never retained; a retained one is not a door's event
+        if door is not None and not retained:  # events are never retained: a retained one is no door's event
+            passage = self._check(door, payload)
+        if passage is None and acknowledge is None:
             return
+        try:
+            self._queue.put((passage, acknowledge), timeout=wait_s)
+        except queue.Full:
+            self.counts["dropped"] += 1
+            self._log.report(
+                "full", "anti-passback: %d passages of other doors wait; one was dropped", MAX_QUEUED
+            )
+
+    def _check(self, door: str, payload: bytes) -> Optional[AreaPassage]:
+        """The passage of one of ``door``'s events, or ``None`` (not a passage, or refused and counted)."""
         self.counts["received"] += 1
         try:
             passage = parse_passage(door, payload, self._key)
@@ -157,50 +186,52 @@ class AreaFeed:
             self._log.report(
                 f"refused {door}", "anti-passback: an event of door %s was refused: %s", door, err
             )
-            return
-        if passage is None:
-            return
-        try:
-            self._queue.put_nowait(passage)
-        except queue.Full:
-            self.counts["dropped"] += 1
-            self._log.report(
-                "full", "anti-passback: %d passages of other doors wait; one was dropped", MAX_QUEUED
-            )
+            return None
+        return passage
 
     def apply(self, store: Optional[PresenceStore], known: Callable[[str], bool]) -> int:
         """The pipeline thread: record the queued passages that are newer than the ones kept, for the
-        identities ``known`` (in this gallery). With ``store`` ``None`` (anti-passback off) they are
-        dropped. Returns how many were taken from the queue."""
+        identities ``known`` (in this gallery), and acknowledge each message. With ``store`` ``None``
+        (anti-passback off) they are dropped. Returns how many were taken from the queue."""
         taken = 0
         while True:
             try:
-                passage: AreaPassage = self._queue.get_nowait()
+                passage, acknowledge = self._queue.get_nowait()
             except queue.Empty:
                 return taken
             taken += 1
-            if store is None:
-                continue
-            if not known(passage.identity_id):
-                self.counts["unknown_identity"] += 1
-                continue
-            try:
-                last = store.last(passage.identity_id)
-                if last is not None and last.at >= passage.at:
-                    self.counts["older"] += 1
-                    continue
-                camera = f"{passage.door}/{passage.camera_id}"
-                store.record(Presence(passage.identity_id, passage.direction, camera, passage.at))
-            except PresenceError as err:
-                self._log.report(
-                    "store", "anti-passback: a passage of door %s was not recorded: %s", passage.door, err
-                )
-                continue
-            self.counts["applied"] += 1
+            if passage is not None and store is not None:
+                self._record(passage, store, known)
+            if acknowledge is not None:
+                acknowledge()
+
+    def _record(self, passage: AreaPassage, store: PresenceStore, known: Callable[[str], bool]) -> None:
+        if not known(passage.identity_id):
+            self.counts["unknown_identity"] += 1
+            return
+        try:
+            last = store.last(passage.identity_id)
+            if last is not None and last.at >= passage.at:
+                self.counts["older"] += 1
+                return
+            camera = f"{passage.door}/{passage.camera_id}"
+            store.record(Presence(passage.identity_id, passage.direction, camera, passage.at))
+        except PresenceError as err:
+            self._log.report(
+                "store", "anti-passback: a passage of door %s was not recorded: %s", passage.door, err
+            )
+            return
+        self.counts["applied"] += 1
 
     def state(self) -> Dict[str, Any]:
-        """For ``…/state``: the doors followed, whether their events must be signed, and the counts."""
-        return {"doors": sorted(self.topics.values()), "signed": self._key is not None, **self.counts}
+        """For ``…/state``: the doors followed, whether their events must be signed, the counts and the
+        session (``None`` before a link keeps it)."""
+        return {
+            "doors": sorted(self.topics.values()),
+            "signed": self._key is not None,
+            **self.counts,
+            "session": dict(self.session) or None,
+        }
 
 
 __all__ = ["MAX_AHEAD_S", "MAX_EVENT_BYTES", "MAX_QUEUED", "AreaFeed", "AreaPassage", "parse_passage"]

@@ -405,7 +405,8 @@ def test_anti_passback_across_the_doors_of_an_area(
 ) -> None:
     """Door A has only an entry camera; door B (the test publishes its events, as B's appliance would)
     is the area's other door. Someone who entered at B is refused at A's entry until B lets them out.
-    Both hold the site's fleet key: B's events count only signed with it, and A signs its own."""
+    Both hold the site's fleet key: B's events count only signed with it, and A signs its own. What B
+    publishes while A is away reaches A when it is back."""
     obama = shared_data / "faces/fr_obama/obama2.jpg"
     video = make_passage_video(tmp_path / "entry.avi", [(None, 20), (obama, 25), (None, 20)])
     config = daemon_config(
@@ -460,6 +461,20 @@ def test_anti_passback_across_the_doors_of_an_area(
         with PresenceStore.open(storage / PRESENCE_FILE) as store:
             last = store.last("obama")  # his own entry here, not the unsigned "in" at door B
         assert last is not None and (last.camera_id, last.direction) == ("entry", "in"), last
+
+        # Door A is away; door B lets Obama out meanwhile. The broker keeps the event in A's area
+        # session, and A, back, lets him in again (without it: denied, anti_passback).
+        daemon.stop()
+        daemon.close()
+        recorder.publish(door_b, _door_b_event("out", site_key))
+        recorder.clear()
+        daemon = Daemon(config)
+        wait_online(recorder, daemon)
+        entry = recorder.wait_for(lambda m: bool(event_documents(m)), 60, "an entry event after the restart")
+        first = event_documents(entry)[0]
+        assert (first["decision"], first["direction"]) == ("granted", "in"), first
+        area = command(recorder, "status", {"request_id": "after-restart"})["result"]["area"]
+        assert area["applied"] == 1 and area["session"]["resumed"] is True, area
     finally:
         daemon.stop()
         daemon.close()

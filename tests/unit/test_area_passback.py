@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import numpy as np
 import pytest
@@ -98,6 +98,7 @@ def test_the_feed_applies_newer_passages_of_known_people(store: PresenceStore) -
         "refused": 1,
         "unauthenticated": 0,
         "dropped": 0,
+        "session": None,
     }
     assert feed.apply(store, {"ada"}.__contains__) == 0
 
@@ -139,6 +140,31 @@ def test_only_events_signed_with_the_site_key_count(store: PresenceStore) -> Non
     assert (feed.counts["unauthenticated"], feed.counts["refused"], feed.counts["received"]) == (4, 0, 5)
     feed.offer(TOPIC, _signed(_event(**at)), False)
     assert feed.apply(store, lambda _: True) == 1 and store.last("ada").direction == "in"
+
+
+def test_each_message_is_acknowledged_in_order_once_applied(store: PresenceStore) -> None:
+    """The broker sends again what was not acknowledged; so an ack comes only after the pipeline thread
+    applied (or refused) the message, in the order they came (MQTT 3.1.1 §4.6)."""
+    feed = AreaFeed("face-appliance", ["door-b"], KEY, clock=lambda: 1796637600.0)
+    acked: List[str] = []
+    feed.offer(TOPIC, _signed(_event(ts="2026-12-07T10:00:00Z")), False, lambda: acked.append("passage"))
+    feed.offer(TOPIC, b"garbage", False, lambda: acked.append("refused"))
+    feed.offer(TOPIC, encode(_event("unknown")), False, lambda: acked.append("not a passage"))
+    assert acked == [] and store.last("ada") is None
+    assert feed.apply(store, lambda _: True) == 3
+    assert acked == ["passage", "refused", "not a passage"] and store.last("ada") is not None
+    feed.offer(TOPIC, _signed(_event(ts="2026-12-07T10:00:01Z")), False, lambda: acked.append("off"))
+    feed.apply(None, lambda _: True)  # anti-passback turned off meanwhile: dropped, still acknowledged
+    assert acked[-1] == "off"
+
+
+def test_a_message_that_finds_no_room_is_left_to_the_broker() -> None:
+    feed = AreaFeed("p", ["door-b"], None, clock=lambda: 1796637600.0)
+    acked: List[int] = []
+    for n in range(MAX_QUEUED + 1):
+        feed.offer("p/door-b/events", b"garbage", False, lambda n=n: acked.append(n), wait_s=0.01)
+    assert feed.counts["dropped"] == 1
+    assert feed.apply(None, lambda _: True) == MAX_QUEUED and acked == list(range(MAX_QUEUED))
 
 
 def test_an_unsigned_area_takes_well_formed_events() -> None:
