@@ -27,7 +27,7 @@ import logging
 import queue
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from .access.area import AreaFeed
 from .access.errors import PolicyError
@@ -114,13 +114,13 @@ class CommandService:
         templates: Optional[TemplateUpdater] = None,
         changes: Optional[ChangeThread] = None,
         presence: Optional[PresenceStore] = None,
-        door: Optional[Any] = None,
+        doors: Sequence[Any] = (),
         area: Optional[AreaFeed] = None,
     ) -> None:
         #: The other doors' passages (anti-passback across an area), applied between frames.
         self.area = area
-        #: The door's own I/O (:class:`appliance.door.controller.DoorController`), when it runs.
-        self.door = door
+        #: The doors' own I/O (:class:`appliance.door.controller.DoorController`) that run, by id.
+        self.doors: Dict[str, Any] = {door.name: door for door in doors}
         self._presence_generation: Optional[int] = None
         self._calendars_seen: Optional[Tuple[int, int]] = None
         self.sightings = sightings
@@ -214,17 +214,19 @@ class CommandService:
         )
 
     def _share_closed_days(self, store: Any) -> None:
-        """The door's unlock windows stay shut on the days of ``door.unlock.holidays``: read from the
+        """Each door's unlock windows stay shut on the days of its ``unlock.holidays``: read from the
         gallery's calendars whenever they may have changed (this process's commits — a
         ``set_calendar`` — or another's, by SQLite's data version) and handed to the door's thread."""
-        names = self.config.door.unlock.holidays
-        if self.door is None or not names:
+        doors = [door for door in self.doors.values() if door.config.unlock.holidays]
+        if not doors:
             return
         mark = store.change_mark()
         if mark == self._calendars_seen:
             return
         self._calendars_seen = mark
-        self.door.set_closed_days(store.policy_tables().days_of(names))
+        tables = store.policy_tables()
+        for door in doors:
+            door.set_closed_days(tables.days_of(door.config.unlock.holidays))
 
     def _forget_removed(self, store: Any) -> None:
         """Anti-passback keeps nothing of a removed person: once the gallery's generation has moved
@@ -306,19 +308,30 @@ class CommandService:
         return self._access(command, gallery.store)
 
     def _door(self, command: Union[DoorOpenCommand, DoorModeCommand]) -> Dict[str, Any]:
-        """``door_open`` and ``door_mode``: handed to the door's owner thread, which reports what it
-        did as door events (``remote_open``, ``door_unlocked``, ``door_locked``)."""
-        if self.door is None:
+        """``door_open`` and ``door_mode``: handed to the named door's owner thread (the only one's
+        when ``door`` is left out), which reports what it did as door events (``remote_open``,
+        ``door_unlocked``, ``door_locked``)."""
+        if not self.doors:
             raise CommandError(
                 "this appliance drives no door: [door] is not enabled, or it could not start (see …/state "
                 "degraded)"
             )
+        if command.door is None and len(self.doors) > 1:
+            raise CommandError(
+                f"this appliance drives {len(self.doors)} doors: name one with door ({self._door_ids()})"
+            )
+        door = self.doors.get(command.door) if command.door is not None else next(iter(self.doors.values()))
+        if door is None:
+            raise CommandError(f"no door {command.door!r} runs here (doors: {self._door_ids()})")
         if isinstance(command, DoorOpenCommand):
-            self.door.remote_open(command.request_id)
-            logger.info("door: remote open by command %s", command.request_id)
-            return {"pulse_s": self.config.door.relay.pulse_s}
-        self.door.set_mode(command.mode, None if command.minutes is None else command.minutes * 60.0)
-        return {"mode": command.mode, "minutes": command.minutes}
+            door.remote_open(command.request_id)
+            logger.info("door %s: remote open by command %s", door.name, command.request_id)
+            return {"door": door.name, "pulse_s": door.config.relay.pulse_s}
+        door.set_mode(command.mode, None if command.minutes is None else command.minutes * 60.0)
+        return {"door": door.name, "mode": command.mode, "minutes": command.minutes}
+
+    def _door_ids(self) -> str:
+        return ", ".join(sorted(self.doors))
 
     def _presence(self, command: Union[PresenceCommand, PresenceResetCommand], store: Any) -> Dict[str, Any]:
         """``presence`` (anti-passback's state: who passed in or out last) and ``presence_reset``."""

@@ -348,11 +348,16 @@ class PresenceResetCommand(_Command):
         return self
 
 
-class DoorOpenCommand(_Command):
-    """``door_open``: pulse the door's relay once, as a grant does (a buzz-in from reception)."""
+class _DoorCommand(_Command):
+    door: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class DoorModeCommand(_Command):
+class DoorOpenCommand(_DoorCommand):
+    """``door_open``: pulse the door's relay once, as a grant does (a buzz-in from reception); ``door``
+    names one of several doors."""
+
+
+class DoorModeCommand(_DoorCommand):
     """``door_mode``: hold the door ``unlocked``, keep it ``locked`` through its unlock windows, or give
     it back to the ``schedule``; for ``minutes``, or until the next ``door_mode`` or a restart."""
 

@@ -32,7 +32,7 @@ from typing_extensions import Annotated, Literal
 
 from .access.settings import AccessConfig
 from .config_types import ConfigPath, StrictModel
-from .door.settings import DoorConfig
+from .door.settings import DoorConfig, DoorEntryConfig
 from .fleet.door_settings import FleetConfig
 from .osdp.settings import OsdpConfig
 
@@ -919,6 +919,19 @@ class ApplianceConfig(StrictModel):
     unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
     door: DoorConfig = Field(default_factory=DoorConfig)
+    doors: Optional[List[DoorEntryConfig]] = Field(
+        None,
+        description="Several doors on one appliance, instead of [door]: one [[doors]] table per door, with "
+        "the keys of [door] (its subtables as dotted keys, e.g. relay.line = 12), an id of its own "
+        "(required, unique) and the cameras whose grants open it — a turnstile's two ways, or two doors "
+        "each with its camera. Every door has its own relay, inputs, unlock windows and owner thread.",
+        json_schema_extra={
+            "example": [
+                {"id": "entry", "cameras": ["entry"], "relay.line": 12},
+                {"id": "exit", "cameras": ["exit"], "relay.line": 16},
+            ]
+        },
+    )
     osdp: OsdpConfig = Field(default_factory=OsdpConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
@@ -951,6 +964,67 @@ class ApplianceConfig(StrictModel):
                 )
             first_of[camera.id] = index
         return cameras
+
+    @field_validator("doors")
+    @classmethod
+    def _distinct_doors(cls, doors: Optional[List[DoorEntryConfig]]) -> Optional[List[DoorEntryConfig]]:
+        if doors is None:
+            return None
+        if not doors:
+            raise ValueError(
+                "an empty list; give one [[doors]] table per door, or describe one door in [door]"
+            )
+        first_of: Dict[str, int] = {}
+        for index, door in enumerate(doors):
+            if "id" not in door.model_fields_set:
+                raise ValueError(
+                    f'doors[{index}] has no id: every [[doors]] table names its door (e.g. id = "entry"); '
+                    "its door events carry it as door_id"
+                )
+            if door.id in first_of:
+                raise ValueError(
+                    f"doors[{index}] has the id {door.id!r} of doors[{first_of[door.id]}]; give every door an "
+                    "id of its own"
+                )
+            first_of[door.id] = index
+        return doors
+
+    @model_validator(mode="after")
+    def _doors_fit_together(self) -> ApplianceConfig:
+        if self.doors is not None and "door" in self.model_fields_set:
+            raise ValueError(
+                "[door] and [[doors]] are both given; keep [door] for one door, or move its keys into one more "
+                "[[doors]] table with an id of its own"
+            )
+        doors = self.configured_doors
+        cameras = {camera.id for camera in self.configured_cameras}
+        places: Dict[Any, str] = {}
+        for door in doors:
+            unknown = [camera for camera in door.cameras if camera not in cameras]
+            if unknown:
+                raise ValueError(
+                    f"door {door.id!r} opens for camera(s) {', '.join(map(repr, unknown))}, which are not "
+                    f"configured (the cameras: {', '.join(sorted(cameras))})"
+                )
+            if len(doors) > 1 and not door.cameras:
+                raise ValueError(
+                    f"door {door.id!r} names no cameras: with several doors each names the cameras whose grants "
+                    'open it (cameras = ["entry"]), or every grant would open every door'
+                )
+            for where, section in door.line_places():
+                if where in places:
+                    raise ValueError(
+                        f"door {door.id!r}: {section}.line ({where[1]!r} on {where[0] or 'the header'}) is "
+                        f"already a line of door {places[where]!r}; each door needs lines of its own"
+                    )
+                places[where] = door.id
+        modes = {door.jetson_pin_mode for door in doors if door.backend == "jetson-gpio"}
+        if len(modes) > 1:
+            raise ValueError(
+                "the jetson-gpio doors number their pins differently (jetson_pin_mode "
+                f"{', '.join(sorted(modes))}); Jetson.GPIO has one numbering per process: use the same"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_camera_form(self) -> ApplianceConfig:
@@ -1003,6 +1077,13 @@ class ApplianceConfig(StrictModel):
         """The cameras this appliance runs, in the file's order: the ``[[cameras]]`` tables, or the
         single ``[camera]``."""
         return list(self.cameras) if self.cameras is not None else [self.camera]
+
+    @property
+    def configured_doors(self) -> List[DoorConfig]:
+        """The doors this appliance drives, in the file's order: the enabled ``[[doors]]`` tables, or
+        ``[door]`` when enabled; none otherwise."""
+        doors: List[DoorConfig] = list(self.doors) if self.doors is not None else [self.door]
+        return [door for door in doors if door.enabled]
 
     @property
     def camera_directions(self) -> Dict[str, str]:

@@ -275,12 +275,12 @@ class Appliance:
             lambda event_id, payload: outbox.put(event_id, payload, "door"),
             self._notify_link,
         )
-        door: Any = next((p for p in self.door.peripherals if p.name == "door"), None)
-        if door is not None and config.door.unlock.holidays:  # shut from its first wake on a holiday
-            door.set_closed_days(store.policy_tables().days_of(config.door.unlock.holidays))
+        doors: List[Any] = [p for p in self.door.peripherals if p.source == "door"]
+        for door in doors:  # shut from its first wake on a holiday
+            if door.config.unlock.holidays:
+                door.set_closed_days(store.policy_tables().days_of(door.config.unlock.holidays))
         self.door.start()
-        if door not in self.door.peripherals:  # it could not start: no door to command
-            door = None
+        doors = [door for door in doors if door in self.door.peripherals]  # those that could not start: gone
         self.degraded.extend(self.door.failures)
         self.reporter.board.attach(self.door.emitter("board"))  # throttling start/end as door events
 
@@ -309,7 +309,7 @@ class Appliance:
             templates=self.templates,
             changes=self.changes,
             presence=self.presence,
-            door=door,
+            doors=doors,
             area=self.area,
         )
         self.link = MqttLink(config, self.outbox, self.commands.receive)

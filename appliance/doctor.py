@@ -34,6 +34,7 @@ from engines.tensorrt.platform import (
 
 from .config import ApplianceConfig
 from .config_load import secret_file_warnings
+from .door.settings import DEFAULT_DOOR_ID
 from .runtime.loading import backend_options, load_analyzer
 
 logger = logging.getLogger(__name__)
@@ -475,7 +476,9 @@ def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -
     named = [
         ("access.anti_passback.exempt_groups", g, False) for g in config.access.anti_passback.exempt_groups
     ]
-    named += [("door.unlock.first_person_groups", g, True) for g in config.door.unlock.first_person_groups]
+    for door in config.configured_doors:
+        key = _door_key(door.id, "unlock.first_person_groups")
+        named += [(key, g, True) for g in door.unlock.first_person_groups]
     named += [("access.two_person.groups", g, False) for g in config.access.two_person.groups]
     named += [("access.two_person.companions", g, True) for g in config.access.two_person.companions]
     for key, group, needs_members in named:
@@ -492,17 +495,23 @@ def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -
                     f"face-appliance gallery set ID --add-group {group}",
                 )
             )
-    for calendar in config.door.unlock.holidays:
+    holidays = [(door.id, calendar) for door in config.configured_doors for calendar in door.unlock.holidays]
+    for door_id, calendar in holidays:
         if calendar not in tables.calendars:
             checks.append(
                 Check(
                     WARN,
-                    "door.unlock.holidays",
+                    _door_key(door_id, "unlock.holidays"),
                     f"names holiday calendar {calendar!r}, which is not defined: it closes no window",
                     f"face-appliance access calendar set {calendar} YYYY-MM-DD …",
                 )
             )
     return checks
+
+
+def _door_key(door_id: str, key: str) -> str:
+    """A door's key as the configuration spells it: ``door.KEY``, or the door's id with several."""
+    return f"door.{key}" if door_id == DEFAULT_DOOR_ID else f"doors[{door_id}].{key}"
 
 
 def check_presence(config: ApplianceConfig) -> List[Check]:
@@ -528,11 +537,18 @@ def check_presence(config: ApplianceConfig) -> List[Check]:
 def check_door(config: ApplianceConfig) -> List[Check]:
     """The door's GPIO lines and the OSDP port, when enabled."""
     checks: List[Check] = []
-    if config.door.enabled:
+    doors = config.configured_doors
+    for door in doors:
         from .door.doctor import doctor_checks as door_checks
 
-        checks.extend(Check(*found) for found in door_checks(config.door))
-    else:
+        named = (
+            "door" if door.id == DEFAULT_DOOR_ID else f"door {door.id}"
+        )  # which of several: "door entry lines"
+        checks.extend(
+            Check(status, subject.replace("door", named, 1), detail, hint)
+            for status, subject, detail, hint in door_checks(door)
+        )
+    if not doors:
         checks.append(Check(OK, "door I/O", "disabled (door.enabled = false)"))
     if config.osdp.enabled:
         from .osdp.doctor import doctor_checks as osdp_checks

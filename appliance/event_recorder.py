@@ -171,7 +171,15 @@ class EventRecorder:
         )
         credential, groups = (found.external_id, found.policy.groups) if found is not None else (None, ())
         self._on_passage(
-            Passage(event["event_id"], event["decision"], event["reason"], identity, credential, groups)
+            Passage(
+                event["event_id"],
+                event["decision"],
+                event["reason"],
+                identity,
+                credential,
+                groups,
+                event["camera_id"],
+            )
         )
 
     def _failed(self, err: OutboxError, decision: str) -> None:

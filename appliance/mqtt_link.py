@@ -305,14 +305,18 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
         ),
     ]
     components = [("sensor", object_id, fields) for object_id, fields in sensors]
-    if config.door.enabled:
+    doors = config.configured_doors
+    for door in doors:  # one button per door; with several, each names its door
+        press: Dict[str, Any] = {"request_id": "home-assistant"}
+        if len(doors) > 1:
+            press["door"] = door.id
         door_open = {
-            "name": "Open door",
+            "name": "Open door" if len(doors) == 1 else f"Open {door.id}",
             "icon": "mdi:door-open",
             "command_topic": f"{root}/cmd/door_open",
-            "payload_press": json.dumps({"request_id": "home-assistant"}),
+            "payload_press": json.dumps(press),
         }
-        components.append(("button", "door_open", door_open))
+        components.append(("button", "door_open" if len(doors) == 1 else f"door_open_{door.id}", door_open))
     prefix = config.mqtt.homeassistant.prefix
     messages = []
     for component, object_id, fields in components:

@@ -53,6 +53,7 @@ class Passage:
         identity_id: the recognised identity, or ``None``.
         credential: the identity's ``external_id`` (a badge number for a panel), or ``None``.
         groups: the identity's access groups (the door's first person in), or ``()``.
+        camera_id: the camera that saw it (a door opens for its own cameras), or ``None``.
     """
 
     event_id: str
@@ -61,6 +62,7 @@ class Passage:
     identity_id: Optional[str]
     credential: Optional[str]
     groups: Tuple[str, ...] = ()
+    camera_id: Optional[str] = None
 
 
 class Peripheral(abc.ABC):
@@ -68,6 +70,11 @@ class Peripheral(abc.ABC):
 
     #: Key of this device's document in ``…/state`` → ``door``.
     name: str = "peripheral"
+
+    @property
+    def source(self) -> str:
+        """The ``source`` of its door events: its name, unless several of a kind share one (doors)."""
+        return self.name
 
     @abc.abstractmethod
     def start(self, emit: EmitDoorEvent) -> None:
@@ -124,7 +131,7 @@ class PeripheralHub:
         started: List[Peripheral] = []
         for peripheral in self.peripherals:
             try:
-                peripheral.start(self._emitter(peripheral.name))
+                peripheral.start(self._emitter(peripheral.source))
             except Exception as err:
                 logger.error("%s: cannot start (%s); running without it", peripheral.name, err)
                 self.failures.append(f"{peripheral.name} unavailable: {err}")
@@ -183,12 +190,12 @@ class PeripheralHub:
 
 
 def create_peripherals(config: ApplianceConfig) -> List[Peripheral]:
-    """The peripherals ``config`` enables (``[door]``, ``[osdp]``), not yet started."""
+    """The peripherals ``config`` enables (``[door]`` or each of ``[[doors]]``, ``[osdp]``), not yet started."""
     peripherals: List[Peripheral] = []
-    if config.door.enabled:
+    for door in config.configured_doors:
         from .door import create_door
 
-        peripherals.append(create_door(config.door, config.access.time_zone))
+        peripherals.append(create_door(door, config.access.time_zone))
     if config.osdp.enabled:
         from .osdp import create_reader
 

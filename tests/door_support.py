@@ -14,16 +14,24 @@ LIMIT_S = 10.0  # the longest any wait may take; it ends as soon as the conditio
 
 
 class Recorder:
-    """The ``emit`` callback: keeps every door event, lets a test wait for one."""
+    """The ``emit`` callback: keeps every door event (the details a kind has, without the ``door_id``
+    every event of a door carries, checked here), lets a test wait for one.
 
-    def __init__(self) -> None:
+    Args:
+        door_id: the id of the door whose events these are.
+    """
+
+    def __init__(self, door_id: str = "door") -> None:
+        self.door_id = door_id
         self.events: List[Tuple[str, Dict[str, Any]]] = []
         self._changed = threading.Condition()
 
     def __call__(self, kind: str, details: Mapping[str, Any]) -> None:
         json.dumps(details)  # what the outbox stores must be JSON
+        kept = dict(details)
+        assert kept.pop("door_id", None) == self.door_id, f"{kind} {details} is not door {self.door_id!r}'s"
         with self._changed:
-            self.events.append((kind, dict(details)))
+            self.events.append((kind, kept))
             self._changed.notify_all()
 
     def kinds(self) -> List[str]:

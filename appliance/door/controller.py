@@ -38,7 +38,7 @@ from ..peripherals import EmitDoorEvent, Passage, Peripheral
 from .errors import DoorError
 from .lines import DoorLines, open_lines
 from .logic import DOOR_FORCED, DOOR_HELD, DoorEvent, DoorLogic
-from .settings import DoorConfig
+from .settings import DEFAULT_DOOR_ID, DoorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class DoorController(Peripheral):
         wall_clock: the current aware datetime (tests fix it).
     """
 
-    name = "door"
+    #: Every door's events have the source ``door`` (and their ``door_id``); :attr:`name` is the door's id.
+    source = "door"
 
     def __init__(
         self,
@@ -76,6 +77,9 @@ class DoorController(Peripheral):
         wall_clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._config = config
+        self.name = config.id
+        #: How the log names this door: "door", or "door ID" when it has an id of its own (several doors).
+        self._tag = "door" if config.id == DEFAULT_DOOR_ID else f"door {config.id}"
         self._open_lines = open_lines
         self._clock = clock
         self._logic = DoorLogic(config)
@@ -107,6 +111,11 @@ class DoorController(Peripheral):
         self._last_event: Optional[Dict[str, str]] = None
         self._log = RateLimitedLog(logger, interval_s=60.0)
 
+    @property
+    def config(self) -> DoorConfig:
+        """This door's settings (``[door]`` or its ``[[doors]]`` table)."""
+        return self._config
+
     # -- Peripheral ---------------------------------------------------------------------------------------------
 
     def start(self, emit: EmitDoorEvent) -> None:
@@ -117,7 +126,9 @@ class DoorController(Peripheral):
         """
         with self._lock:
             if self._thread is not None or self._closed:
-                raise DoorError("door: start() called on a controller that was started or closed before")
+                raise DoorError(
+                    f"{self._tag}: start() called on a controller that was started or closed before"
+                )
         lines = self._open_lines(self._config)
         try:
             lines.set_relay(False)
@@ -125,13 +136,13 @@ class DoorController(Peripheral):
         except OSError as err:
             lines.close()
             raise DoorError(
-                f"door: the lines were requested through {lines.backend} but cannot be set or read ({err}); "
+                f"{self._tag}: the lines were requested through {lines.backend} but cannot be set or read ({err}); "
                 f"check the wiring and `gpioinfo`"
             ) from err
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
-        thread = threading.Thread(target=self._run, name="door", daemon=True)
+        thread = threading.Thread(target=self._run, name=self._tag.replace(" ", "-"), daemon=True)
         with self._lock:
             self._lines, self._emit, self._backend, self._relay = lines, emit, lines.backend, False
             self._wake_r, self._wake_w, self._thread = wake_r, wake_w, thread
@@ -139,7 +150,8 @@ class DoorController(Peripheral):
             snapshot = self._logic.snapshot()
         thread.start()
         logger.info(
-            "door: started through %s (door %s, exit %s; pulse %.1f s, held-open limit %.0f s)",
+            "%s: started through %s (door %s, exit %s; pulse %.1f s, held-open limit %.0f s)",
+            self._tag,
             lines.backend,
             snapshot["door"] or "not wired",
             snapshot["exit"] or "not wired",
@@ -148,8 +160,9 @@ class DoorController(Peripheral):
         )
 
     def on_passage(self, passage: Passage) -> None:
-        """Pulse the relay for a granted passage (queued for the owner thread; returns at once)."""
-        if passage.decision != "granted":
+        """Pulse the relay for a granted passage at one of this door's cameras (queued for the owner
+        thread; returns at once)."""
+        if passage.decision != "granted" or not self._config.opens_for(passage.camera_id):
             return
         self._requests.put(("grant", passage.event_id, passage.groups))
         self._wake()
@@ -225,8 +238,9 @@ class DoorController(Peripheral):
         if thread.is_alive():
             # The pipe stays open: the thread may still select() on it.
             logger.warning(
-                "door: the owner thread did not stop within %.1f s (blocked in the %s back-end?); the "
+                "%s: the owner thread did not stop within %.1f s (blocked in the %s back-end?); the "
                 "lines are released when the process exits",
+                self._tag,
                 timeout,
                 self._backend,
             )
@@ -302,7 +316,7 @@ class DoorController(Peripheral):
             lines.set_relay(relay)
             with self._lock:
                 self._relay = relay
-            logger.debug("door: relay %s", "on" if relay else "off")
+            logger.debug("%s: relay %s", self._tag, "on" if relay else "off")
         for event in events:
             self._publish(event)
 
@@ -319,7 +333,7 @@ class DoorController(Peripheral):
             return [self._logic.remote_open(now, request[1])]
         _, mode, for_s = request
         self._mode = (mode, None if for_s is None else now + for_s)
-        logger.info("door: mode %s%s", mode, "" if for_s is None else f" for {for_s:g} s")
+        logger.info("%s: mode %s%s", self._tag, mode, "" if for_s is None else f" for {for_s:g} s")
         return []
 
     def _wanted_hold(self, now: float, window: bool) -> Tuple[Optional[str], Dict[str, Any]]:
@@ -327,7 +341,7 @@ class DoorController(Peripheral):
         mode, until = self._mode
         if until is not None and now >= until:
             mode, self._mode = "schedule", ("schedule", None)
-            logger.info("door: the remote mode ended; back to the schedule")
+            logger.info("%s: the remote mode ended; back to the schedule", self._tag)
         if mode == "unlocked":
             return "remote", {}
         if mode == "locked" or not window:
@@ -348,32 +362,32 @@ class DoorController(Peripheral):
 
     def _publish(self, event: DoorEvent) -> None:
         level = logging.WARNING if event.kind in (DOOR_FORCED, DOOR_HELD) else logging.INFO
-        logger.log(level, "door: %s %s", event.kind, event.details)
+        logger.log(level, "%s: %s %s", self._tag, event.kind, event.details)
         with self._lock:
             self._last_event = {"kind": event.kind, "ts": rfc3339_now()}
             emit = self._emit
         if emit is None:  # pragma: no cover - set before the thread starts
             return
         try:
-            emit(event.kind, event.details)
+            emit(event.kind, {**event.details, "door_id": self.name})
         except Exception:  # emit never raises by contract; a bug there must not stop the door
-            logger.exception("door: storing the %s event failed", event.kind)
+            logger.exception("%s: storing the %s event failed", self._tag, event.kind)
 
     def _failed(self, err: Exception) -> None:
         with self._lock:
             self._errors += 1
             self._last_error = f"{type(err).__name__}: {err}"
-        self._log.report("gpio", "door: the %s back-end failed: %s; retrying", self._backend, err)
+        self._log.report("gpio", "%s: the %s back-end failed: %s; retrying", self._tag, self._backend, err)
 
     def _release(self, lines: DoorLines) -> None:
         try:
             lines.set_relay(False)
         except Exception as err:
-            logger.warning("door: releasing the relay at stop failed: %s", err)
+            logger.warning("%s: releasing the relay at stop failed: %s", self._tag, err)
         with self._lock:
             self._relay = False
         lines.close()
-        logger.info("door: stopped; relay released, lines freed")
+        logger.info("%s: stopped; relay released, lines freed", self._tag)
 
 
 __all__ = ["ERROR_BACKOFF_S", "MAX_WAIT_S", "MODES", "DoorController"]

@@ -174,10 +174,29 @@ class DoorUnlockConfig(StrictModel):
         return self
 
 
+#: The door's id when there is one: its peripheral's name and its key in ``…/state`` → ``door``.
+DEFAULT_DOOR_ID = "door"
+#: Not a door's id: the OSDP reader's key in ``…/state`` → ``door``.
+RESERVED_DOOR_IDS = ("osdp",)
+
+
 class DoorConfig(StrictModel):
-    """[door] — The door's own I/O through GPIO: strike relay, door contact, request-to-exit. Off by default."""
+    """[door] — The door's own I/O through GPIO: strike relay, door contact, request-to-exit. Off by default (several doors: one [[doors]] table each, with these keys)."""
 
     enabled: bool = Field(False, description="Drive the door's relay and read its inputs through GPIO.")
+    id: str = Field(
+        DEFAULT_DOOR_ID,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The door's id: door_id in its door events, its key in …/state → door, and the door "
+        "the door_open and door_mode commands name. Required and unique in [[doors]]; not 'osdp'.",
+    )
+    cameras: List[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The cameras (their ids) whose grants open this door; empty: every camera's. With "
+        "several [[doors]], each names its own (a turnstile's entry camera opens the entry way).",
+        json_schema_extra={"example": ["entry"]},
+    )
     backend: DoorBackendName = Field(
         "auto",
         description="gpiod: libgpiod v2 (pip gpiod>=2.2, Python ≥ 3.9); gpiod1: libgpiod v1 (apt "
@@ -204,6 +223,19 @@ class DoorConfig(StrictModel):
     exit: DoorExitConfig = Field(default_factory=DoorExitConfig)
     unlock: DoorUnlockConfig = Field(default_factory=DoorUnlockConfig)
 
+    def line_places(self) -> List[Tuple[Tuple[Optional[str], Union[int, str]], str]]:
+        """``((chip, line), section name)`` of each wired line (chip ``None``: a Jetson.GPIO pin), so that
+        two doors on one box are checked for a line they would share."""
+        jetson = self.backend == "jetson-gpio"
+        return [
+            ((None if jetson else section.chip or self.chip, section.line), name)  # type: ignore[misc]
+            for name, section in self.wired()
+        ]
+
+    def opens_for(self, camera_id: Optional[str]) -> bool:
+        """Whether a grant at ``camera_id`` opens this door (``None``: a camera-less caller, e.g. a test)."""
+        return not self.cameras or camera_id is None or camera_id in self.cameras
+
     def wired(self) -> List[Tuple[str, Union[DoorRelayConfig, DoorInputConfig]]]:
         """The sections whose line is set, as ``(name, section)``: relay first, then contact, exit."""
         sections: List[Tuple[str, Union[DoorRelayConfig, DoorInputConfig]]] = [
@@ -213,6 +245,20 @@ class DoorConfig(StrictModel):
         ]
         return [(name, section) for name, section in sections if section.line is not None]
 
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_DOOR_IDS:
+            raise ValueError(f"{value!r} is the OSDP reader's name in …/state; give the door another id")
+        return value
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_ids(cls, value: List[str]) -> List[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a camera is listed twice")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> DoorConfig:
         if self.enabled and self.relay.line is None:
@@ -220,13 +266,12 @@ class DoorConfig(StrictModel):
                 "door.relay.line must be set when door.enabled is true (the relay's line offset on "
                 "door.chip, or its line name; `gpioinfo` lists them)"
             )
-        seen: Dict[Tuple[str, Union[int, str]], str] = {}
-        for name, section in self.wired():
-            where = (section.chip or self.chip, section.line)
+        seen: Dict[Tuple[Optional[str], Union[int, str]], str] = {}
+        for where, name in self.line_places():
             if where in seen:
                 raise ValueError(
                     f"door.{name}.line and door.{seen[where]}.line are the same line "
-                    f"({section.line!r} on {where[0]}); each needs its own"
+                    f"({where[1]!r} on {where[0] or 'the header'}); each needs its own"
                 )
             seen[where] = name
         if self.backend == "jetson-gpio":
@@ -271,10 +316,18 @@ class DoorConfig(StrictModel):
             )
 
 
+class DoorEntryConfig(DoorConfig):
+    """[[doors]] — One of several doors on one appliance: the keys of [door], on by default."""
+
+    enabled: bool = Field(True, description="Drive this door (false: keep its table, leave it alone).")
+
+
 __all__ = [
     "DEFAULT_CHIP",
+    "DEFAULT_DOOR_ID",
     "DoorConfig",
     "DoorContactConfig",
+    "DoorEntryConfig",
     "DoorExitConfig",
     "DoorInputConfig",
     "DoorRelayConfig",

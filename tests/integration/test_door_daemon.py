@@ -82,12 +82,16 @@ def test_first_person_in_and_the_remote_door_commands(
         # Locked through the window until the first manager is granted here; then unlocked.
         unlocked = _door_event(recorder, "door_unlocked")
         grants = [e for e in event_documents(recorder.messages) if e["decision"] == "granted"]
-        assert unlocked["by"] == "first_person" and unlocked["source"] == "door", unlocked
+        assert (unlocked["by"], unlocked["source"], unlocked["door_id"]) == (
+            "first_person",
+            "door",
+            "door",
+        ), unlocked
         assert unlocked["access_event_id"] == grants[0]["event_id"]
         assert grants[0]["identity"]["id"] == "obama"
 
         answer = command(recorder, "door_mode", {"request_id": "m1", "mode": "locked", "minutes": 30})
-        assert answer["ok"] and answer["result"] == {"mode": "locked", "minutes": 30}, answer
+        assert answer["ok"] and answer["result"] == {"door": "door", "mode": "locked", "minutes": 30}, answer
         assert _door_event(recorder, "door_locked")["was"] == "first_person"
         state = command(recorder, "status", {"request_id": "s1"})["result"]["door"]["door"]
         assert state["mode"] == "locked" and 0 < state["mode_left_s"] <= 1800 and state["first_person_in"]
@@ -96,7 +100,7 @@ def test_first_person_in_and_the_remote_door_commands(
         assert _door_event(recorder, "door_unlocked", 2)["by"] == "first_person"  # still within its window
 
         answer = command(recorder, "door_open", {"request_id": "o1"})
-        assert answer["ok"] and answer["result"] == {"pulse_s": 0.5}, answer
+        assert answer["ok"] and answer["result"] == {"door": "door", "pulse_s": 0.5}, answer
         assert _door_event(recorder, "remote_open")["request_id"] == "o1"
         # Home Assistant's "Open door" button, pressed: what its discovery config says to send
         button = json.loads(recorder.on("homeassistant/button/door-test/door_open/config")[-1].payload)
@@ -122,6 +126,64 @@ def test_first_person_in_and_the_remote_door_commands(
         assert command(recorder, "status", {"request_id": "s3"})["result"]["door"]["door"]["closed_today"]
         assert command(recorder, "remove_calendar", {"request_id": "c2", "name": "public"})["ok"]
         assert _door_event(recorder, "door_unlocked", 3)["by"] == "first_person"
+    finally:
+        daemon.stop()
+        daemon.close()
+    assert "Traceback" not in daemon.text, daemon.text
+
+
+def test_a_turnstile_whose_two_ways_open_for_their_own_cameras(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """[[doors]]: Obama at the entry camera opens the entry way's relay only; the exit way, whose camera
+    sees nobody, stays shut; the door commands name the way."""
+    entry = make_passage_video(
+        tmp_path / "entry.avi", [(None, 5), (shared_data / "faces/fr_obama/obama2.jpg", 25), (None, 20)]
+    )
+    empty = make_passage_video(tmp_path / "exit.avi", [(None, 50)])
+    config = daemon_config(
+        tmp_path,
+        storage,
+        shared_models,
+        mosquitto,
+        None,
+        cameras=[("entry", entry, "loop"), ("exit", empty, "loop")],
+    )
+    ways = "".join(
+        f'[[doors]]\nid = "{way}"\nbackend = "gpiod"\ncameras = ["{camera}"]\nrelay.line = {line}\nrelay.pulse_s = 0.5\n'
+        for way, camera, line in (("way-in", "entry", 12), ("way-out", "exit", 20))
+    )
+    config.write_text(config.read_text() + ways)
+    env = {fake_gpio.ENVIRONMENT: "1", "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}"}
+    daemon = Daemon(config, env=env)
+    try:
+        wait_online(recorder, daemon)
+        recorder.wait_for(
+            lambda found: any(e["decision"] == "granted" for e in event_documents(found)),
+            60,
+            "a grant at the entry",
+        )
+        doors = command(recorder, "status", {"request_id": "s1"})["result"]["door"]
+        assert set(doors) == {"way-in", "way-out"}, doors
+        assert doors["way-in"]["counts"]["grants"] >= 1 and doors["way-out"]["counts"]["grants"] == 0, doors
+
+        refused = command(recorder, "door_open", {"request_id": "o1"})
+        assert not refused["ok"] and "name one with door" in refused["error"]["message"], refused
+        answer = command(recorder, "door_open", {"request_id": "o2", "door": "way-out"})
+        assert answer["ok"] and answer["result"] == {"door": "way-out", "pulse_s": 0.5}, answer
+        opened = _door_event(recorder, "remote_open")
+        assert (opened["request_id"], opened["door_id"], opened["source"]) == ("o2", "way-out", "door"), (
+            opened
+        )
+        doors = command(recorder, "status", {"request_id": "s2"})["result"]["door"]
+        assert (
+            doors["way-out"]["counts"]["remote_opens"] == 1 and doors["way-in"]["counts"]["remote_opens"] == 0
+        )
     finally:
         daemon.stop()
         daemon.close()

@@ -332,7 +332,11 @@ def test_doctor_checks_the_store_and_the_groups_named(tmp_path: Path) -> None:
         {
             "storage": {"dir": str(tmp_path)},
             "cameras": TWO_WAYS,
-            "door": {"unlock": {"schedule": ["daily 08:00-18:00"], "first_person_groups": ["managers"]}},
+            "door": {
+                "enabled": True,
+                "relay": {"line": 12},
+                "unlock": {"schedule": ["daily 08:00-18:00"], "first_person_groups": ["managers"]},
+            },
             "access": {
                 "anti_passback": {"mode": "hard", "exempt_groups": ["security"]},
                 "two_person": {"groups": ["vault"], "companions": ["managers"]},
