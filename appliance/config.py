@@ -888,6 +888,26 @@ class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
 
+def _check_table_ids(tables: List[Any], key: str, thing: str, carried: str) -> None:
+    """Every ``[[key]]`` table names its ``thing`` with an id of its own (``carried``: where the id goes).
+
+    Raises:
+        ValueError: a table without an id, or with the id of an earlier one.
+    """
+    first_of: Dict[str, int] = {}
+    for index, table in enumerate(tables):
+        if "id" not in table.model_fields_set:
+            raise ValueError(
+                f'{key}[{index}] has no id: every [[{key}]] table names its {thing} (e.g. id = "entry"); {carried}'
+            )
+        if table.id in first_of:
+            raise ValueError(
+                f"{key}[{index}] has the id {table.id!r} of {key}[{first_of[table.id]}]; give every {thing} an id "
+                "of its own"
+            )
+        first_of[table.id] = index
+
+
 class ApplianceConfig(StrictModel):
     """The whole configuration file."""
 
@@ -943,50 +963,22 @@ class ApplianceConfig(StrictModel):
     @field_validator("cameras")
     @classmethod
     def _distinct_cameras(cls, cameras: Optional[List[CameraConfig]]) -> Optional[List[CameraConfig]]:
-        if cameras is None:
-            return None
-        if not cameras:
+        if cameras is not None and not cameras:
             raise ValueError(
                 "an empty list; give one [[cameras]] table per camera, or leave cameras out and "
                 "describe a single camera in [camera]"
             )
-        first_of: Dict[str, int] = {}
-        for index, camera in enumerate(cameras):
-            if "id" not in camera.model_fields_set:
-                raise ValueError(
-                    f"cameras[{index}] has no id: every [[cameras]] table names its camera (e.g. "
-                    f'id = "entry"); events carry it as camera_id'
-                )
-            if camera.id in first_of:
-                raise ValueError(
-                    f"cameras[{index}] has the id {camera.id!r} of cameras[{first_of[camera.id]}]; give "
-                    "every camera an id of its own (it tells their events apart)"
-                )
-            first_of[camera.id] = index
+        _check_table_ids(cameras or [], "cameras", "camera", "events carry it as camera_id")
         return cameras
 
     @field_validator("doors")
     @classmethod
     def _distinct_doors(cls, doors: Optional[List[DoorEntryConfig]]) -> Optional[List[DoorEntryConfig]]:
-        if doors is None:
-            return None
-        if not doors:
+        if doors is not None and not doors:
             raise ValueError(
                 "an empty list; give one [[doors]] table per door, or describe one door in [door]"
             )
-        first_of: Dict[str, int] = {}
-        for index, door in enumerate(doors):
-            if "id" not in door.model_fields_set:
-                raise ValueError(
-                    f'doors[{index}] has no id: every [[doors]] table names its door (e.g. id = "entry"); '
-                    "its door events carry it as door_id"
-                )
-            if door.id in first_of:
-                raise ValueError(
-                    f"doors[{index}] has the id {door.id!r} of doors[{first_of[door.id]}]; give every door an "
-                    "id of its own"
-                )
-            first_of[door.id] = index
+        _check_table_ids(doors or [], "doors", "door", "its door events carry it as door_id")
         return doors
 
     @model_validator(mode="after")
