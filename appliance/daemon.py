@@ -276,9 +276,10 @@ class Appliance:
             self._notify_link,
         )
         doors: List[Any] = [p for p in self.door.peripherals if p.source == "door"]
-        for door in doors:  # shut from its first wake on a holiday
-            if door.config.unlock.holidays:
-                door.set_closed_days(store.policy_tables().days_of(door.config.unlock.holidays))
+        closing = [door for door in doors if door.config.unlock.holidays]
+        tables = store.policy_tables() if closing else None
+        for door in closing:  # shut from its first wake on a holiday
+            door.set_closed_days(tables.days_of(door.config.unlock.holidays))
         self.door.start()
         doors = [door for door in doors if door in self.door.peripherals]  # those that could not start: gone
         self.degraded.extend(self.door.failures)

@@ -541,9 +541,8 @@ def check_door(config: ApplianceConfig) -> List[Check]:
     for door in doors:
         from .door.doctor import doctor_checks as door_checks
 
-        named = (
-            "door" if door.id == DEFAULT_DOOR_ID else f"door {door.id}"
-        )  # which of several: "door entry lines"
+        # Which of several: "door entry lines".
+        named = "door" if door.id == DEFAULT_DOOR_ID else f"door {door.id}"
         checks.extend(
             Check(status, subject.replace("door", named, 1), detail, hint)
             for status, subject, detail, hint in door_checks(door)

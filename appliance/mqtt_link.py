@@ -316,7 +316,8 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
             "command_topic": f"{root}/cmd/door_open",
             "payload_press": json.dumps(press),
         }
-        components.append(("button", "door_open" if len(doors) == 1 else f"door_open_{door.id}", door_open))
+        object_id = "door_open" if len(doors) == 1 else "door_open_" + re.sub(r"[^A-Za-z0-9_-]", "_", door.id)
+        components.append(("button", object_id, door_open))
     prefix = config.mqtt.homeassistant.prefix
     messages = []
     for component, object_id, fields in components:

@@ -192,10 +192,10 @@ class PeripheralHub:
 def create_peripherals(config: ApplianceConfig) -> List[Peripheral]:
     """The peripherals ``config`` enables (``[door]`` or each of ``[[doors]]``, ``[osdp]``), not yet started."""
     peripherals: List[Peripheral] = []
-    for door in config.configured_doors:
+    if config.configured_doors:
         from .door import create_door
 
-        peripherals.append(create_door(door, config.access.time_zone))
+        peripherals.extend(create_door(door, config.access.time_zone) for door in config.configured_doors)
     if config.osdp.enabled:
         from .osdp import create_reader
 

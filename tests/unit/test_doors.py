@@ -147,6 +147,14 @@ def test_home_assistant_gets_one_open_button_per_door(tmp_path: Path) -> None:
     press = json.loads(buttons["homeassistant/button/gate/door_open_way-out/config"]["payload_press"])
     assert press == {"request_id": "home-assistant", "door": "way-out"}
     assert buttons["homeassistant/button/gate/door_open_way-out/config"]["name"] == "Open way-out"
+    dotted = _config(
+        tmp_path,
+        [TURNSTILE[0], {**TURNSTILE[1], "id": "way.out"}],
+        mqtt={"homeassistant": {"discovery": True}},
+        device={"id": "gate"},
+    )
+    topics = [topic for topic, _ in home_assistant_discovery(dotted)]
+    assert "homeassistant/button/gate/door_open_way_out/config" in topics  # object ids: [A-Za-z0-9_-]
 
 
 def test_the_door_commands_name_a_door_when_there_are_several(
