@@ -343,7 +343,7 @@ class CommandService:
                 "has a direction); nothing is kept about who is in"
             )
         if isinstance(command, PresenceResetCommand):
-            forgotten = passback.store.reset(None if command.all else command.ids)
+            forgotten = passback.store.reset(None if command.all else command.ids, forgotten_at=time.time())
             logger.info("anti-passback: a command forgot the last passages of %d identities", forgotten)
             return {"forgotten": forgotten}
         return presence_document(passback, store, command.direction, command.limit)

@@ -211,7 +211,9 @@ class AreaFeed:
             return
         try:
             last = store.last(passage.identity_id)
-            if last is not None and last.at >= passage.at:
+            reset = store.forgotten_since(passage.identity_id)
+            kept_newer = last is not None and last.at >= passage.at
+            if kept_newer or (reset is not None and reset >= passage.at):  # or an operator's reset of it
                 self.counts["older"] += 1
                 return
             camera = f"{passage.door}/{passage.camera_id}"

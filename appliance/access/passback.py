@@ -214,7 +214,7 @@ def forget_removed(store: PresenceStore, known: Callable[[str], bool]) -> int:
     Raises:
         PresenceError: the store cannot be read or written.
     """
-    gone = [entry.identity_id for entry in store.entries() if not known(entry.identity_id)]
+    gone = [identity_id for identity_id in store.identity_ids() if not known(identity_id)]
     if not gone:
         return 0
     forgotten = store.reset(gone)

@@ -2,8 +2,9 @@
 directory), kept across restarts.
 
 One row per identity — its last *granted* passage: the direction (``in`` or ``out``), the camera and
-the instant (Unix seconds, the wall clock). It names people and where they are, so it holds nothing
-more than that row, deleted rows are overwritten (``secure_delete``), and with anti-passback off the
+the instant (Unix seconds, the wall clock) — and, after an operator's reset, when they (or everyone)
+were last forgotten, so that another door's older passage is not taken again. It names people and
+where they are, so it holds nothing more than that, deleted rows are overwritten (``secure_delete``), and with anti-passback off the
 daemon empties it. A row whose identity left the gallery is deleted once the daemon sees the
 gallery change (:meth:`appliance.command_service.CommandService.watch_store`).
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 PRESENCE_FILE = "presence.db"
 DIRECTIONS = ("in", "out")
 _SCHEMA_VERSION = 1
+#: The ``forgotten`` row of a reset of everyone (no identity id is empty).
+_EVERYONE = ""
 #: The most rows one listing returns (a gallery of 100 000 people is listed in pages of this).
 MAX_LISTED = 100_000
 
@@ -107,6 +110,12 @@ class PresenceStore:
                 " camera_id TEXT NOT NULL,"
                 " at REAL NOT NULL)"
             )
+            # When an operator last forgot someone ('' for everyone): a passage of another door stamped
+            # before it (a late delivery, a replay) is not taken again. Added within schema 1: a firmware
+            # that does not know it ignores it, which only gives up that check.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS forgotten (identity_id TEXT PRIMARY KEY, at REAL NOT NULL)"
+            )
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             db.execute("COMMIT")
             return cls(db, path)
@@ -171,28 +180,74 @@ class PresenceStore:
         rows = self._run("read", lambda db: db.execute(query, arguments).fetchall())
         return [Presence(*row) for row in rows]
 
-    def reset(self, identity_ids: Optional[Sequence[str]] = None, before: Optional[float] = None) -> int:
+    def reset(
+        self,
+        identity_ids: Optional[Sequence[str]] = None,
+        before: Optional[float] = None,
+        forgotten_at: Optional[float] = None,
+    ) -> int:
         """Forget passages: of ``identity_ids`` (``None``: everyone's), or with ``before`` only those
-        older than it (a daily reset). Returns how many were forgotten."""
+        older than it (a daily reset, which also ends the operators' resets it supersedes). Returns how
+        many were forgotten.
+
+        Args:
+            forgotten_at: an operator's reset (Unix seconds, now): kept, so that a passage of another door
+                stamped at or before it is not taken again (:meth:`forgotten_since`). Without it (a removed
+                identity, anti-passback turned off) nothing is kept about them at all.
+        """
 
         def delete(db: sqlite3.Connection) -> int:
-            if before is not None:
-                return db.execute("DELETE FROM presence WHERE at < ?", (before,)).rowcount
-            if identity_ids is None:
-                return db.execute("DELETE FROM presence").rowcount
             db.execute("BEGIN IMMEDIATE")
             try:
-                count = sum(
-                    db.execute("DELETE FROM presence WHERE identity_id = ?", (identity_id,)).rowcount
-                    for identity_id in identity_ids
-                )
+                if before is not None:
+                    db.execute("DELETE FROM forgotten WHERE at < ?", (before,))
+                    count = db.execute("DELETE FROM presence WHERE at < ?", (before,)).rowcount
+                elif identity_ids is None:
+                    db.execute("DELETE FROM forgotten")
+                    count = db.execute("DELETE FROM presence").rowcount
+                else:
+                    count = 0
+                    for identity_id in identity_ids:
+                        db.execute("DELETE FROM forgotten WHERE identity_id = ?", (identity_id,))
+                        count += db.execute(
+                            "DELETE FROM presence WHERE identity_id = ?", (identity_id,)
+                        ).rowcount
+                if forgotten_at is not None and before is None:
+                    db.executemany(
+                        "INSERT INTO forgotten VALUES (?, ?)",
+                        [
+                            (identity_id, float(forgotten_at))
+                            for identity_id in ([_EVERYONE] if identity_ids is None else identity_ids)
+                        ],
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return count
+            return int(count)
 
         return int(self._run("write to", delete))
+
+    def identity_ids(self) -> List[str]:
+        """Every identity the store keeps anything about: a passage, or an operator's reset."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT identity_id FROM presence UNION SELECT identity_id FROM forgotten WHERE identity_id != ?",
+                (_EVERYONE,),
+            ).fetchall(),
+        )
+        return [row[0] for row in rows]
+
+    def forgotten_since(self, identity_id: str) -> Optional[float]:
+        """When an operator last forgot ``identity_id`` (or everyone), or ``None``."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT MAX(at) FROM forgotten WHERE identity_id IN (?, ?)", (identity_id, _EVERYONE)
+            ).fetchone(),
+        )
+        return None if row is None or row[0] is None else float(row[0])
 
     def close(self) -> None:
         """Close the connection; idempotent."""

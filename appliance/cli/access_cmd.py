@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterator, List, Optional
@@ -290,7 +291,7 @@ def _presence_reset(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     with _presence(config) as presence:
         assert presence is not None
-        forgotten = presence.reset(None if args.all else args.ids)
+        forgotten = presence.reset(None if args.all else args.ids, forgotten_at=time.time())
     print(f"forgot the last passage of {forgotten} identit{'y' if forgotten == 1 else 'ies'}")
     return EXIT_OK
 

@@ -235,3 +235,41 @@ def test_an_unreadable_fleet_key_leaves_events_unsigned_and_the_area_unfollowed(
         unsigned.presence = appliance.presence
         unsigned._open_area(unsigned._event_key())
         assert unsigned.area is not None and unsigned.area.state()["signed"] is False
+
+
+def test_an_operators_reset_is_not_undone_by_an_older_event(store: PresenceStore) -> None:
+    """Security forgets Ada; door B's signed ``in`` from before that (delivered late, or published again
+    by someone who recorded it) does not make her *in* again. A newer one does."""
+    feed = AreaFeed("face-appliance", ["door-b"], KEY, clock=lambda: 1796637600.0)
+    entered = _signed(_event(ts="2026-12-07T09:00:00Z"))
+    feed.offer(TOPIC, entered, False)
+    feed.apply(store, lambda _: True)
+    assert store.last("ada") is not None
+    assert store.reset(["ada"], forgotten_at=1796634000.0 + 60) == 1  # 09:01
+    feed.offer(TOPIC, entered, False)  # the same event again
+    feed.apply(store, lambda _: True)
+    assert store.last("ada") is None and feed.counts["older"] == 1
+    feed.offer(TOPIC, _signed(_event(ts="2026-12-07T09:30:00Z")), False)
+    feed.apply(store, lambda _: True)
+    assert store.last("ada") is not None and store.last("ada").at == 1796634000.0 + 1800
+
+
+def test_the_resets_kept_and_when_they_go(store: PresenceStore) -> None:
+    from appliance.access.passback import forget_removed
+
+    store.record(Presence("bob", "in", "entry", 50.0))
+    assert store.reset(["ada"], forgotten_at=100.0) == 0 and store.forgotten_since("ada") == 100.0
+    assert store.forgotten_since("bob") is None and sorted(store.identity_ids()) == ["ada", "bob"]
+    assert store.reset(None, forgotten_at=200.0) == 1  # everyone: bob's passage, and a reset of all
+    assert (store.forgotten_since("ada"), store.forgotten_since("carol")) == (200.0, 200.0)
+    assert (
+        store.reset([], forgotten_at=300.0) == 0 and store.forgotten_since("carol") == 200.0
+    )  # nobody named
+    store.reset(["ada"], forgotten_at=250.0)
+    assert forget_removed(store, lambda identity_id: identity_id != "ada") == 0  # no passage, but her reset
+    assert store.identity_ids() == [] and store.forgotten_since("ada") == 200.0  # only everyone's is left
+    store.reset(before=201.0)  # a daily reset supersedes the operators' resets before it
+    assert store.forgotten_since("ada") is None
+    store.reset(["dan"], forgotten_at=400.0)
+    store.reset()  # anti-passback off: nothing kept about anyone
+    assert store.forgotten_since("dan") is None
