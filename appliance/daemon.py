@@ -274,6 +274,7 @@ class Appliance:
             config.device.id,
             lambda event_id, payload: outbox.put(event_id, payload, "door"),
             self._notify_link,
+            event_key,
         )
         doors: List[Any] = [p for p in self.door.peripherals if p.source == "door"]
         closing = [door for door in doors if door.config.unlock.holidays]

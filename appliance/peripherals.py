@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 if TYPE_CHECKING:
     from .config import ApplianceConfig
+    from .event_mac import EventKey
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class PeripheralHub:
         store: ``store(event_id, payload)`` writes a door event to the durable outbox (topic ``door``);
             it may raise :class:`appliance.outbox.OutboxError` (counted, logged).
         notify: tells the MQTT link that events are waiting.
+        event_key: signs each door event (its ``mac``, :mod:`appliance.event_mac`) when the site's
+            fleet key is set, as the access events are.
     """
 
     def __init__(
@@ -115,8 +118,10 @@ class PeripheralHub:
         device_id: str,
         store: Callable[[str, bytes], None],
         notify: Callable[[], None],
+        event_key: Optional[EventKey] = None,
     ) -> None:
         self.peripherals = list(peripherals)
+        self._event_key = event_key
         self.device_id = device_id
         self._store = store
         self._notify = notify
@@ -151,6 +156,8 @@ class PeripheralHub:
         def emit(kind: str, details: Mapping[str, Any]) -> None:
             try:
                 event = door_event(self.device_id, source, kind, details)
+                if self._event_key is not None:
+                    self._event_key.sign(event)
                 self._store(event["event_id"], encode(event))
             except Exception as err:  # a full disk: counted; the peripheral's thread goes on
                 self.events_lost += 1

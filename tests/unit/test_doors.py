@@ -15,6 +15,7 @@ from appliance.config import ApplianceConfig
 from appliance.config_load import validate_config
 from appliance.doctor import check_door
 from appliance.door.controller import DoorController
+from appliance.event_mac import EventKey, EventMacError
 from appliance.gallery.gallery import Gallery
 from appliance.mqtt_link import home_assistant_discovery
 from appliance.peripherals import Passage, PeripheralHub, create_peripherals
@@ -72,13 +73,17 @@ def test_each_way_opens_for_its_own_camera(sim: GpioSim, turnstile: Any) -> None
     assert recorders["way-in"].kinds() == []  # each door's events are its own (the recorder checks door_id)
 
 
-def test_the_hub_reports_each_door_and_stores_its_events_as_door_events(sim: GpioSim, tmp_path: Path) -> None:
+def test_the_hub_reports_each_door_and_stores_its_events_signed(sim: GpioSim, tmp_path: Path) -> None:
+    """Door events are stored as the door's (``source`` door, its ``door_id``), signed with the site's key
+    when the appliance holds one, as its access events are."""
     stored: List[Dict[str, Any]] = []
+    key = EventKey(bytes(range(32)))
     hub = PeripheralHub(
         create_peripherals(_config(tmp_path)),
         "dev-1",
         lambda _id, payload: stored.append(json.loads(payload)),
         dict,
+        key,
     )
     hub.start()
     try:
@@ -87,6 +92,10 @@ def test_the_hub_reports_each_door_and_stores_its_events_as_door_events(sim: Gpi
         until(lambda: any(event["kind"] == "remote_open" for event in stored), "the remote_open door event")
         (event,) = [event for event in stored if event["kind"] == "remote_open"]
         assert (event["source"], event["door_id"], event["device_id"]) == ("door", "way-out", "dev-1")
+        key.verify(event)
+        event["door_id"] = "way-in"
+        with pytest.raises(EventMacError):
+            key.verify(event)
     finally:
         hub.close(lambda: 5.0)
 
