@@ -37,7 +37,7 @@ from ..logs import RateLimitedLog
 from ..peripherals import EmitDoorEvent, Passage, Peripheral
 from .errors import DoorError
 from .lines import DoorLines, open_lines
-from .logic import DOOR_FORCED, DOOR_HELD, DoorEvent, DoorLogic
+from .logic import DOOR_FORCED, DOOR_HELD, TAMPERED, DoorEvent, DoorLogic
 from .settings import DEFAULT_DOOR_ID, DoorConfig
 
 logger = logging.getLogger(__name__)
@@ -198,11 +198,12 @@ class DoorController(Peripheral):
 
         {"backend": "gpiod", "running": true, "relay": "on" | "off",
          "door": "open" | "closed" | null (no contact), "exit": "pressed" | "released" | null,
+         "tamper": "active" | "normal" | null (no tamper switch),
          "alarm": "door_forced" | "door_held" | null,
          "unlocked_by": "schedule" | "first_person" | "remote" | null,
          "mode": "schedule" | "unlocked" | "locked", "mode_left_s": float | null, "first_person_in": bool,
          "closed_today": bool (a day of ``door.unlock.holidays``),
-         "counts": {"grants", "exit_requests", "remote_opens", "openings", "forced", "held"},
+         "counts": {"grants", "exit_requests", "remote_opens", "openings", "forced", "held", "tampers"},
          "last_event": {"kind", "ts"} | null, "errors": int, "last_error": str | null}
         """
         with self._lock:
@@ -361,7 +362,7 @@ class DoorController(Peripheral):
             pass
 
     def _publish(self, event: DoorEvent) -> None:
-        level = logging.WARNING if event.kind in (DOOR_FORCED, DOOR_HELD) else logging.INFO
+        level = logging.WARNING if event.kind in (DOOR_FORCED, DOOR_HELD, TAMPERED) else logging.INFO
         logger.log(level, "%s: %s %s", self._tag, event.kind, event.details)
         with self._lock:
             self._last_event = {"kind": event.kind, "ts": rfc3339_now()}

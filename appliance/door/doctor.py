@@ -107,6 +107,7 @@ def _lines_check(config: DoorConfig) -> Check:
     words = {
         "contact": lambda active: "door open" if active else "door closed",
         "exit": lambda active: "exit pressed" if active else "exit released",
+        "tamper": lambda active: "housing TAMPERED" if active else "housing closed",
     }
     now = "; ".join(words[role](active) for role, active in levels.items()) or "no inputs wired"
     return ("ok", "door lines", f"{names} requested and released ({now})", "")
@@ -133,7 +134,9 @@ def _setup_warnings(config: DoorConfig, backend: str) -> List[Check]:
                 "shorten the pulse or lengthen the held-open limit",
             )
         )
-    if backend == "gpiod1" and (config.contact.debounce_s or config.exit.debounce_s):
+    if backend == "gpiod1" and any(
+        section.debounce_s for section in (config.contact, config.exit, config.tamper)
+    ):
         warnings.append(
             (
                 "ok",

@@ -37,6 +37,7 @@ CONSUMER = "face-appliance"
 RELAY = "relay"
 CONTACT = "contact"
 EXIT = "exit"
+TAMPER = "tamper"
 
 _GPIOD2_HINT = (
     "pip install 'gpiod>=2.2' (the face-appliance[door] extra; aarch64 wheels exist for Python 3.9 and "
@@ -54,7 +55,7 @@ class LineSpec:
     """One wired line, resolved from ``[door]``.
 
     Attributes:
-        role: ``relay``, ``contact`` or ``exit``.
+        role: ``relay``, ``contact``, ``exit`` or ``tamper``.
         chip: the chip's device path (``gpiod``, ``gpiod1``); unused by ``jetson-gpio``.
         chip_key: the configuration key the chip came from (``door.relay.chip`` or ``door.chip``).
         line: the offset or line name (a pin number or name for ``jetson-gpio``).
@@ -252,6 +253,7 @@ __all__ = [
     "CONTACT",
     "EXIT",
     "RELAY",
+    "TAMPER",
     "DoorLines",
     "LineSpec",
     "gpiod_api",

@@ -18,6 +18,9 @@ carries ``now`` (monotonic seconds), so the timers are tested with fixed clocks,
 * A door found open at start is ``unknown`` (not forced); it can still be held.
 * **Remote open**: a one-off pulse asked over MQTT (``door_open``), like a grant; it raises
   ``remote_open`` with the command's ``request_id``.
+* **Tamper** (``door.tamper``): the housing's switch going active raises ``tamper`` — also when it is
+  active at start (once it has held ``debounce_s``: a box that boots open is reported) — and going
+  back ``tamper_cleared`` (``active_s``). An alarm only: the door's behaviour does not change.
 * **Held unlocked** (:meth:`DoorLogic.hold`; ``by`` the unlock schedule, the first person in, or a
   remote ``door_mode``): the relay stays energised, every opening is authorised and a door left open
   is not ``door_held``; holding raises ``door_unlocked`` (``by``), letting go ``door_locked``
@@ -30,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from .lines import CONTACT, EXIT
+from .lines import CONTACT, EXIT, TAMPER
 from .settings import DoorConfig
 
 DOOR_FORCED = "door_forced"
@@ -40,6 +43,8 @@ EXIT_REQUEST = "exit_request"
 REMOTE_OPEN = "remote_open"
 DOOR_UNLOCKED = "door_unlocked"
 DOOR_LOCKED = "door_locked"
+TAMPERED = "tamper"
+TAMPER_CLEARED = "tamper_cleared"
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,12 @@ class DoorLogic:
         self.grace_s = config.contact.forced_grace_s
         self.held_open_s = config.contact.held_open_s
         self.exit_unlocks = config.exit.unlocks
-        self._debounce = {CONTACT: config.contact.debounce_s, EXIT: config.exit.debounce_s}
+        self._debounce = {
+            CONTACT: config.contact.debounce_s,
+            EXIT: config.exit.debounce_s,
+            TAMPER: config.tamper.debounce_s,
+        }
+        self._tampered_at = 0.0
         self._inputs: Dict[str, Debounced] = {}
         self.relay_until: Optional[float] = None
         self._authorised_until = -math.inf
@@ -120,6 +130,7 @@ class DoorLogic:
             "openings": 0,
             "forced": 0,
             "held": 0,
+            "tampers": 0,
         }
 
     # -- inputs ---------------------------------------------------------------------------------------------
@@ -127,7 +138,8 @@ class DoorLogic:
     def begin(self, now: float, inputs: Mapping[str, bool]) -> None:
         """Take the inputs' levels at start as accepted (a door open at start is an ``unknown`` opening)."""
         self._inputs = {
-            name: Debounced(self._debounce[name], level, now)
+            # The tamper switch starts "normal": one found active is then reported, not taken as the norm.
+            name: Debounced(self._debounce[name], level and name != TAMPER, now)
             for name, level in inputs.items()
             if name in self._debounce
         }
@@ -200,6 +212,15 @@ class DoorLogic:
             changed = contact.sample(inputs[CONTACT], now)
             if changed is not None:
                 events.extend(self._opened(changed) if contact.level else self._closed(changed))
+        tamper = self._inputs.get(TAMPER)
+        if tamper is not None and TAMPER in inputs:
+            changed = tamper.sample(inputs[TAMPER], now)
+            if changed is not None and tamper.level:
+                self.counts["tampers"] += 1
+                self._tampered_at = changed
+                events.append(DoorEvent(TAMPERED, {}))
+            elif changed is not None:
+                events.append(DoorEvent(TAMPER_CLEARED, {"active_s": _seconds(changed - self._tampered_at)}))
         held_open = now >= self._opened_at + self.held_open_s
         if self.door_open and not self._held and self.unlocked_by is None and held_open:
             self._held = True
@@ -271,11 +292,13 @@ class DoorLogic:
         """The door's part of ``…/state`` (see :meth:`appliance.door.controller.DoorController.state`)."""
         door = self.door_open
         exit_button = self._inputs.get(EXIT)
+        tamper = self._inputs.get(TAMPER)
         alarm = DOOR_HELD if self._held else DOOR_FORCED if self._forced else None
         return {
             "relay": "on" if self.relay_on else "off",
             "door": None if door is None else "open" if door else "closed",
             "exit": None if exit_button is None else "pressed" if exit_button.level else "released",
+            "tamper": None if tamper is None else "active" if tamper.level else "normal",
             "alarm": alarm,
             "unlocked_by": self.unlocked_by,
             "counts": dict(self.counts),
@@ -290,6 +313,8 @@ __all__ = [
     "DOOR_UNLOCKED",
     "EXIT_REQUEST",
     "REMOTE_OPEN",
+    "TAMPERED",
+    "TAMPER_CLEARED",
     "Debounced",
     "DoorEvent",
     "DoorLogic",

@@ -130,6 +130,10 @@ class DoorExitConfig(DoorInputConfig):
     )
 
 
+class DoorTamperConfig(DoorInputConfig):
+    """[door.tamper] — The tamper switch of the terminal's or the reader's housing: active means opened or torn off the wall."""
+
+
 class DoorUnlockConfig(StrictModel):
     """[door.unlock] — Remain open: weekly windows during which the relay is held and the door is free to open, optionally only once the first person of a group has come."""
 
@@ -221,6 +225,7 @@ class DoorConfig(StrictModel):
     relay: DoorRelayConfig = Field(default_factory=DoorRelayConfig)
     contact: DoorContactConfig = Field(default_factory=DoorContactConfig)
     exit: DoorExitConfig = Field(default_factory=DoorExitConfig)
+    tamper: DoorTamperConfig = Field(default_factory=DoorTamperConfig)
     unlock: DoorUnlockConfig = Field(default_factory=DoorUnlockConfig)
 
     def line_places(self) -> List[Tuple[Tuple[Optional[str], Union[int, str]], str]]:
@@ -242,6 +247,7 @@ class DoorConfig(StrictModel):
             ("relay", self.relay),
             ("contact", self.contact),
             ("exit", self.exit),
+            ("tamper", self.tamper),
         ]
         return [(name, section) for name, section in sections if section.line is not None]
 
@@ -331,5 +337,6 @@ __all__ = [
     "DoorExitConfig",
     "DoorInputConfig",
     "DoorRelayConfig",
+    "DoorTamperConfig",
     "DoorUnlockConfig",
 ]

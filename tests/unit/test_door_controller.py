@@ -32,7 +32,7 @@ from tests.door_support import LIMIT_S, ManualClock, Recorder, until
 from tests.fake_gpio import GpioSim, door_config, install
 
 CHIP0 = "/dev/gpiochip0"
-RELAY, CONTACT, EXIT = 12, 13, 14
+RELAY, CONTACT, EXIT, TAMPER = 12, 13, 14, 15
 
 
 WIRED: Dict[str, Any] = {
@@ -130,6 +130,7 @@ def test_an_opening_within_the_pulse_and_grace_is_authorised() -> None:
         "openings": 2,
         "forced": 1,
         "held": 0,
+        "tampers": 0,
     }
 
 
@@ -203,9 +204,18 @@ def test_without_a_contact_only_the_relay_runs() -> None:
         "relay": "on",
         "door": None,
         "exit": None,
+        "tamper": None,
         "alarm": None,
         "unlocked_by": None,
-        "counts": {"grants": 1, "exit_requests": 0, "remote_opens": 0, "openings": 0, "forced": 0, "held": 0},
+        "counts": {
+            "grants": 1,
+            "exit_requests": 0,
+            "remote_opens": 0,
+            "openings": 0,
+            "forced": 0,
+            "held": 0,
+            "tampers": 0,
+        },
     }
 
 
@@ -293,6 +303,30 @@ def test_request_to_exit_pulses_and_reports(sim: GpioSim, started: Any) -> None:
     sim.set_input(CHIP0, EXIT, False)
     until(lambda: door.state()["exit"] == "released", "the button released")
     assert recorder.kinds() == ["exit_request"] and door.state()["counts"]["exit_requests"] == 1
+
+
+def test_the_tamper_switch_raises_and_clears_an_alarm() -> None:
+    logic = DoorLogic(_config(tamper={"line": TAMPER, "debounce_s": 0.5}))
+    logic.begin(0.0, {"contact": False, "exit": False, "tamper": True})  # the housing open at boot
+    assert logic.update(0.2, {"tamper": True}) == []  # the first read: not yet held for its debounce
+    [tampered] = logic.update(0.7, {"tamper": True})
+    assert (tampered.kind, tampered.details) == ("tamper", {})
+    assert logic.snapshot()["tamper"] == "active" and logic.counts["tampers"] == 1
+    assert logic.update(5.0, {"tamper": False}) == []
+    [cleared] = logic.update(5.5, {"tamper": False})
+    # active from first seen (0.2) to first seen normal (5.0)
+    assert (cleared.kind, cleared.details) == ("tamper_cleared", {"active_s": 4.8})
+    assert not logic.relay_on and logic.snapshot()["tamper"] == "normal"  # an alarm only
+    assert DoorLogic(_config()).snapshot()["tamper"] is None  # not wired
+
+
+def test_a_tampered_housing_is_reported_through_the_thread(sim: GpioSim, started: Any) -> None:
+    door, recorder = started(_config(FAST, tamper={"line": TAMPER, "debounce_s": 0.01}))
+    sim.set_input(CHIP0, TAMPER, True)
+    assert recorder.wait_for("tamper") == {}
+    sim.set_input(CHIP0, TAMPER, False)
+    assert recorder.wait_for("tamper_cleared")["active_s"] >= 0
+    assert door.state()["tamper"] == "normal" and door.state()["counts"]["tampers"] == 1
 
 
 def test_a_bouncing_contact_opens_once(sim: GpioSim, started: Any) -> None:
@@ -446,7 +480,7 @@ def test_create_door_and_the_state_document(sim: GpioSim, started: Any) -> None:
     assert door.state()["running"] is False
     door, _ = started(_config())
     assert set(door.state()) == {
-        "backend", "running", "relay", "door", "exit", "alarm", "counts", "last_event", "errors", "last_error",
+        "backend", "running", "relay", "door", "exit", "tamper", "alarm", "counts", "last_event", "errors", "last_error",
         "unlocked_by", "mode", "mode_left_s", "first_person_in", "closed_today",
     }  # fmt: skip
     assert door.state()["backend"] == "gpiod" and door.state()["running"]
