@@ -90,6 +90,10 @@ class Peripheral(abc.ABC):
     def on_passage(self, passage: Passage) -> None:
         """React to one access decision (pulse the relay, report a card read); must not block."""
 
+    def on_door_event(self, kind: str, details: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Another device's door event, once stored (a door's ``tamper``, which a panel's reader
+        reports); any thread, must not block. Ignored unless a device needs it."""
+
     @abc.abstractmethod
     def state(self) -> Dict[str, Any]:
         """A JSON-ready summary for ``…/state`` (any thread)."""
@@ -166,6 +170,12 @@ class PeripheralHub:
             self.events_total += 1
             logger.info("door event: %s %s", source, kind)
             self._notify()
+            for peripheral in self.peripherals:  # the others hear of it (a door's tamper, for the panel)
+                if peripheral.source != source:
+                    try:
+                        peripheral.on_door_event(kind, details)
+                    except Exception:
+                        logger.exception("%s: on_door_event failed", peripheral.name)
 
         return emit
 

@@ -88,6 +88,8 @@ class Panel:
         self.channel = SerialChannel(port, baud_rate)
         self.channel.open()
         self._events: queue.Queue = queue.Queue()  # of the event dicts libosdp gives
+        #: The reader's status reports (``osdp_LSTATR`` …), in order.
+        self.statuses: List[Dict[str, Any]] = []
         self.cp = osdp.ControlPanel(
             [osdp.PDInfo(address, self.channel, scbk=scbk)],
             log_level=osdp.LogLevel.Emergency,
@@ -96,7 +98,10 @@ class Panel:
         self.cp.start()
 
     def _on_event(self, pd: int, event: Dict[str, Any]) -> int:
-        self._events.put(event)
+        if event.get("event") == self.osdp.Event.Status:  # kept apart: card_reads() drains the rest
+            self.statuses.append(event)
+        else:
+            self._events.put(event)
         return 0
 
     def secure(self) -> bool:

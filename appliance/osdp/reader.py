@@ -15,7 +15,11 @@ What the owner thread does, every :data:`TICK_S`:
    :data:`LINK_GRACE_S` (a Secure Channel restart by the panel is not an outage);
 4. withdraws a card read the panel has not collected within ``osdp.card_read_ttl_s`` (or when the
    link drops): a stale card read must never open the door later;
-5. reopens the serial port after an I/O error (an unplugged USB adapter).
+5. reopens the serial port after an I/O error (an unplugged USB adapter);
+6. reports the tamper state of the doors' housings (``door.tamper``, told through
+   :meth:`OsdpReader.on_door_event`) to the panel as a local status report (``osdp_LSTATR``: tamper
+   bit set while any door's switch is active), when it changes and again when the link comes back
+   up tampered; one the link lost before the panel collected it is sent again.
 
 After a card read is collected, the panel's first green / red LED command within
 ``osdp.panel_decision_s`` is its decision: ``panel_granted`` / ``panel_denied`` (see
@@ -40,7 +44,7 @@ import queue
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Deque, Dict, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, Mapping, Optional, Set, Tuple
 
 from ..peripherals import EmitDoorEvent, Passage, Peripheral
 from . import binding
@@ -159,6 +163,12 @@ class OsdpReader(Peripheral):
         self._last_commands: Dict[str, Dict[str, Any]] = {}
         self._last_decision: Optional[Dict[str, Any]] = None
         self._keyset: Optional[Dict[str, Any]] = None
+        #: ``(door id, active)`` of the doors' tamper events, for the owner thread.
+        self._tamper_news: queue.SimpleQueue = queue.SimpleQueue()
+        self._tampered: Set[str] = set()  # the doors whose tamper switch is active (owner thread)
+        self._tamper_reported = False  # what the panel last collected (owner thread)
+        self._status_in_flight = False
+        self._tamper_state: Dict[str, Any] = {"active": False, "reported": False, "reports": 0}
 
     # -- Peripheral -----------------------------------------------------------------------------------
 
@@ -219,6 +229,12 @@ class OsdpReader(Peripheral):
             return
         self._wake.set()
 
+    def on_door_event(self, kind: str, details: Mapping[str, Any]) -> None:
+        """A door's ``tamper`` / ``tamper_cleared``: queued for the owner thread to report (never blocks)."""
+        if kind in ("tamper", "tamper_cleared"):
+            self._tamper_news.put((str(details.get("door_id", "door")), kind == "tamper"))
+            self._wake.set()
+
     def state(self) -> Dict[str, Any]:
         """The link, the card reads, the panel's answers and its last commands (JSON-ready)."""
         config = self._config
@@ -251,6 +267,7 @@ class OsdpReader(Peripheral):
                 "keyset": dict(self._keyset) if self._keyset else None,
                 "serial": {"errors": self._channel.errors, "error": self._channel.error},
                 "events_dropped": self._sender.dropped if self._sender is not None else 0,
+                "tamper": dict(self._tamper_state),
             }
 
     def close(self, timeout: float) -> None:
@@ -295,6 +312,7 @@ class OsdpReader(Peripheral):
                 self._serve_passages()
                 self._refresh()
                 self._follow_link()
+                self._serve_tamper()
                 self._expire()
                 self._wake.wait(TICK_S)
                 self._wake.clear()
@@ -366,6 +384,7 @@ class OsdpReader(Peripheral):
         """``osdp_online`` / ``osdp_offline``: the link became usable, or has not been for LINK_GRACE_S."""
         self._announced = up
         if up:
+            self._tamper_reported = False  # a panel that restarted assumes a closed housing
             secure = self._link == "secure"
             logger.info("OSDP panel link up (Secure Channel %s)", "active" if secure else "off")
             self._send("osdp_online", {"secure_channel": secure, "address": self._config.address})
@@ -399,6 +418,46 @@ class OsdpReader(Peripheral):
             else "the panel link went down before the panel collected it"
         )
         self._refuse(event_id, self._withdraw_reason, f"withdrawn: {why}", count=False)
+
+    # -- the doors' tamper → local status ------------------------------------------------------------
+
+    def _serve_tamper(self) -> None:
+        while True:
+            try:
+                door_id, active = self._tamper_news.get_nowait()
+            except queue.Empty:
+                break
+            if active:
+                self._tampered.add(door_id)
+            else:
+                self._tampered.discard(door_id)
+        wanted = bool(self._tampered)
+        with self._lock:
+            self._tamper_state["active"] = wanted
+        if not self._usable or self._status_in_flight or wanted == self._tamper_reported:
+            return
+        lib = self._lib
+        report = {
+            "event": lib.EVENT_STATUS,
+            "type": lib.STATUS_REPORT_LOCAL,
+            "report": bytes([int(wanted), 0]),
+        }
+        if self._pd.submit_event(report):  # bit 0 of each byte: tamper, then power (0: normal)
+            self._status_in_flight = True
+            logger.info(
+                "OSDP: local status queued for the panel (tamper %s)", "active" if wanted else "normal"
+            )
+
+    def _status_done(self, event: Mapping[str, Any], status: int) -> None:
+        """libosdp is done with a local status report: collected (the panel knows), or flushed (sent again)."""
+        self._status_in_flight = False
+        if status != self._lib.COMPLETION_OK:
+            return
+        report = bytes(event.get("report") or b"\0")
+        self._tamper_reported = bool(report[0] & 1)
+        with self._lock:
+            self._tamper_state["reported"] = self._tamper_reported
+            self._tamper_state["reports"] += 1
 
     # -- passages → card reads --------------------------------------------------------------------------
 
@@ -477,7 +536,10 @@ class OsdpReader(Peripheral):
     # -- libosdp callbacks (inside refresh(), on the owner thread) -------------------------------------
 
     def _on_event_done(self, event: Mapping[str, Any], status: int) -> None:
-        """libosdp is done with a queued card read: collected by the panel, or withdrawn."""
+        """libosdp is done with a queued card read (collected by the panel, or withdrawn) or a status report."""
+        if event.get("event") == self._lib.EVENT_STATUS:
+            self._status_done(event, status)
+            return
         if not self._pending:
             return
         event_id, _ = self._pending.popleft()

@@ -326,3 +326,32 @@ def test_doctor_checks(bus: Bus, tmp_path: Path) -> None:
     failed = statuses()["osdp secure channel"]
     assert failed[0] == "fail" and "short" not in failed[1]
     assert doctor_checks(OsdpConfig()) == []
+
+
+def test_a_doors_tamper_reaches_the_panel_as_a_local_status(bus: Bus) -> None:
+    """The door's tamper switch (a door event) becomes an osdp_LSTATR with the tamper bit; cleared, a
+    normal one; a tamper while the panel is away is reported when the link is back."""
+    osdp = osdp_module()
+    reader = bus.reader()
+    with bus.panel() as panel:
+        assert panel.wait(panel.secure), "no Secure Channel between the panel and the reader"
+        reader.on_door_event("exit_request", {"unlocks": True, "door_id": "door"})  # nothing to report
+        reader.on_door_event("tamper", {"door_id": "way-in"})
+        assert panel.wait(lambda: len(panel.statuses) == 1), panel.statuses
+        (report,) = panel.statuses
+        assert report["type"] == osdp.StatusReportType.Local and report["report"][:2] == b"\x01\x00", report
+        reader.on_door_event("tamper", {"door_id": "way-out"})  # still tampered: nothing new
+        reader.on_door_event("tamper_cleared", {"door_id": "way-in", "active_s": 3.0})
+        time.sleep(0.5)
+        assert len(panel.statuses) == 1  # way-out's housing is still open
+        reader.on_door_event("tamper_cleared", {"door_id": "way-out", "active_s": 4.0})
+        assert panel.wait(lambda: len(panel.statuses) == 2), panel.statuses
+        assert panel.statuses[1]["report"][:2] == b"\x00\x00"
+        assert reader.state()["tamper"] == {"active": False, "reported": False, "reports": 2}
+    reader.on_door_event("tamper", {"door_id": "way-in"})  # the panel is away
+    _wait(lambda: reader.state()["tamper"]["active"])
+    assert reader.state()["tamper"]["reported"] is False
+    with bus.panel() as panel:
+        assert panel.wait(lambda: len(panel.statuses) == 1, timeout=20.0), "the tamper was not reported"
+        assert panel.statuses[0]["report"][:2] == b"\x01\x00"
+    assert reader.state()["tamper"]["reported"] is True

@@ -18,7 +18,7 @@ from appliance.door.controller import DoorController
 from appliance.event_mac import EventKey, EventMacError
 from appliance.gallery.gallery import Gallery
 from appliance.mqtt_link import home_assistant_discovery
-from appliance.peripherals import Passage, PeripheralHub, create_peripherals
+from appliance.peripherals import Passage, Peripheral, PeripheralHub, create_peripherals
 from tests.door_support import Recorder, until
 from tests.fake_gpio import GpioSim
 
@@ -209,3 +209,42 @@ def test_doctor_names_each_door(tmp_path: Path) -> None:
     assert subjects[0].startswith("door way-in") and any(s.startswith("door way-out") for s in subjects), (
         subjects
     )
+
+
+class _Listener(Peripheral):
+    """A device that records the other devices' door events (as the OSDP reader hears a tamper)."""
+
+    name = "listener"
+
+    def __init__(self) -> None:
+        self.heard: List[Tuple[str, Dict[str, Any]]] = []
+
+    def start(self, emit: Any) -> None:
+        pass
+
+    def on_passage(self, passage: Passage) -> None:
+        pass
+
+    def on_door_event(self, kind: str, details: Any) -> None:
+        self.heard.append((kind, dict(details)))
+
+    def state(self) -> Dict[str, Any]:
+        return {}
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+def test_a_doors_tamper_is_told_to_the_other_devices(sim: GpioSim, tmp_path: Path) -> None:
+    doors = [{**TURNSTILE[0], "tamper": {"line": 15, "debounce_s": 0.01}}, TURNSTILE[1]]
+    listener = _Listener()
+    hub = PeripheralHub(
+        [*create_peripherals(_config(tmp_path, doors)), listener], "dev-1", lambda *_: None, dict
+    )
+    hub.start()
+    try:
+        sim.set_input(CHIP0, 15, True)
+        until(lambda: any(kind == "tamper" for kind, _ in listener.heard), "the tamper told to the listener")
+        assert ("tamper", {"door_id": "way-in"}) in listener.heard
+    finally:
+        hub.close(lambda: 5.0)
