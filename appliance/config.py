@@ -888,6 +888,15 @@ class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
 
+def _one_form(config: StrictModel, single: str, many: str, thing: str) -> None:
+    """``[single]`` or ``[[many]]`` tables, not both (``thing``: what one table describes)."""
+    if getattr(config, many) is not None and single in config.model_fields_set:
+        raise ValueError(
+            f"[{single}] and [[{many}]] are both given; keep [{single}] for one {thing}, or move its keys "
+            f"into one more [[{many}]] table with an id of its own"
+        )
+
+
 def _check_table_ids(tables: List[Any], key: str, thing: str, carried: str) -> None:
     """Every ``[[key]]`` table names its ``thing`` with an id of its own (``carried``: where the id goes).
 
@@ -983,11 +992,7 @@ class ApplianceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _doors_fit_together(self) -> ApplianceConfig:
-        if self.doors is not None and "door" in self.model_fields_set:
-            raise ValueError(
-                "[door] and [[doors]] are both given; keep [door] for one door, or move its keys into one more "
-                "[[doors]] table with an id of its own"
-            )
+        _one_form(self, "door", "doors", "door")
         doors = self.configured_doors
         cameras = {camera.id for camera in self.configured_cameras}
         places: Dict[Any, str] = {}
@@ -1020,11 +1025,7 @@ class ApplianceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_camera_form(self) -> ApplianceConfig:
-        if self.cameras is not None and "camera" in self.model_fields_set:
-            raise ValueError(
-                "[camera] and [[cameras]] are both given; keep [camera] for one camera, or move its keys "
-                "into one more [[cameras]] table with an id of its own"
-            )
+        _one_form(self, "camera", "cameras", "camera")
         return self
 
     @model_validator(mode="after")
