@@ -166,18 +166,21 @@ class PeripheralHub:
             except Exception as err:  # a full disk: counted; the peripheral's thread goes on
                 self.events_lost += 1
                 logger.warning("%s event %s lost: %s", source, kind, err)
-                return
-            self.events_total += 1
-            logger.info("door event: %s %s", source, kind)
-            self._notify()
-            for peripheral in self.peripherals:  # the others hear of it (a door's tamper, for the panel)
-                if peripheral.source != source:
-                    try:
-                        peripheral.on_door_event(kind, details)
-                    except Exception:
-                        logger.exception("%s: on_door_event failed", peripheral.name)
+            else:
+                self.events_total += 1
+                logger.info("door event: %s %s", source, kind)
+                self._notify()
+            self._tell_others(source, kind, details)  # stored or not: a tamper still reaches the panel
 
         return emit
+
+    def _tell_others(self, source: str, kind: str, details: Mapping[str, Any]) -> None:
+        for peripheral in self.peripherals:
+            if peripheral.source != source:
+                try:
+                    peripheral.on_door_event(kind, details)
+                except Exception:
+                    logger.exception("%s: on_door_event failed", peripheral.name)
 
     def on_passage(self, passage: Passage) -> None:
         """Tell every peripheral (pipeline thread); a peripheral's error is logged, never raised."""

@@ -107,7 +107,7 @@ def _lines_check(config: DoorConfig) -> Check:
     words = {
         "contact": lambda active: "door open" if active else "door closed",
         "exit": lambda active: "exit pressed" if active else "exit released",
-        "tamper": lambda active: "housing TAMPERED" if active else "housing closed",
+        "tamper": lambda active: "housing open (tamper active)" if active else "housing closed",
     }
     now = "; ".join(words[role](active) for role, active in levels.items()) or "no inputs wired"
     return ("ok", "door lines", f"{names} requested and released ({now})", "")
