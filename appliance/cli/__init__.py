@@ -56,6 +56,11 @@ _COMMANDS: Tuple[Tuple[str, str, str], ...] = (
         "access groups, weekly schedules, holiday calendars; check an identity against the policy",
     ),
     ("fleet", "fleet_cmd", "the site's enrolment authority: enrol once, every door of the site applies it"),
+    (
+        "events",
+        "events_cmd",
+        "verify the signatures (mac) of saved access and door events with the site's key",
+    ),
     ("doctor", "doctor_cmd", "check config, models, back-ends and storage; run each model once"),
     ("keys", "keys_cmd", "create and inspect the keys that sign model packages"),
     ("package", "package_cmd", "build or verify a signed model package"),
