@@ -214,7 +214,7 @@ class PresenceStore:
                         ).rowcount
                 if forgotten_at is not None and before is None:
                     db.executemany(
-                        "INSERT INTO forgotten VALUES (?, ?)",
+                        "INSERT OR REPLACE INTO forgotten VALUES (?, ?)",  # an id named twice
                         [
                             (identity_id, float(forgotten_at))
                             for identity_id in ([_EVERYONE] if identity_ids is None else identity_ids)

@@ -265,7 +265,7 @@ def test_the_resets_kept_and_when_they_go(store: PresenceStore) -> None:
     assert (
         store.reset([], forgotten_at=300.0) == 0 and store.forgotten_since("carol") == 200.0
     )  # nobody named
-    store.reset(["ada"], forgotten_at=250.0)
+    store.reset(["ada", "ada"], forgotten_at=250.0)  # named twice: one reset
     assert forget_removed(store, lambda identity_id: identity_id != "ada") == 0  # no passage, but her reset
     assert store.identity_ids() == [] and store.forgotten_since("ada") == 200.0  # only everyone's is left
     store.reset(before=201.0)  # a daily reset supersedes the operators' resets before it
