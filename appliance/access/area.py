@@ -131,9 +131,9 @@ class AreaFeed:
         self.topics: Dict[str, str] = {f"{prefix}/{door}/events": door for door in doors}
         self._key = key
         self._clock = clock
-        #: The persistent session that brings the events (:class:`appliance.access.area_link.AreaLink`
-        #: keeps it up to date): ``connected``, ``resumed``, ``connects``.
-        self.session: Dict[str, Any] = {}
+        #: The state of the persistent session that brings the events (``connected``, ``resumed``,
+        #: ``connects``): :meth:`appliance.access.area_link.AreaLink.state`, once a link brings them.
+        self.session: Optional[Callable[[], Dict[str, Any]]] = None
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self._log = RateLimitedLog(logger, 60.0)
         self.counts = {
@@ -232,7 +232,7 @@ class AreaFeed:
             "doors": sorted(self.topics.values()),
             "signed": self._key is not None,
             **self.counts,
-            "session": dict(self.session) or None,
+            "session": self.session() if self.session is not None else None,
         }
 
 

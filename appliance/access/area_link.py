@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -49,7 +49,7 @@ class AreaLink:
 
     Args:
         config: the appliance's configuration (``[mqtt]``, the client id).
-        feed: where the messages go; its ``session`` document is kept up to date here.
+        feed: where the messages go; its ``…/state`` reads the session from :meth:`state`.
     """
 
     def __init__(self, config: ApplianceConfig, feed: AreaFeed) -> None:
@@ -60,9 +60,10 @@ class AreaLink:
         self._lock = threading.Lock()
         self._generation = 0  # successful connects; an acknowledgement belongs to one of them
         self._connected = False
+        self._resumed: Optional[bool] = None  # whether the broker had kept the session, at the last connect
         self._client: Optional[mqtt.Client] = None
         self._log = RateLimitedLog(logger, 60.0)
-        feed.session.update({"connected": False, "resumed": None, "connects": 0})
+        feed.session = self.state
 
     def start(self) -> None:
         """Connect in the background (never blocks on the broker).
@@ -99,7 +100,11 @@ class AreaLink:
             self._connected = False
         client.disconnect()
         client.loop_stop()  # joins the network thread; a blocked offer ends within OFFER_WAIT_S
-        self._feed.session["connected"] = False
+
+    def state(self) -> Dict[str, Any]:
+        """``connected``, ``resumed`` (the broker had kept the session) and ``connects`` (any thread)."""
+        with self._lock:
+            return {"connected": self._connected, "resumed": self._resumed, "connects": self._generation}
 
     # -- paho's network thread ---------------------------------------------------------------------
 
@@ -118,9 +123,7 @@ class AreaLink:
         resumed = bool(getattr(flags, "session_present", False))
         with self._lock:
             self._generation += 1
-            self._connected = True
-            connects = self._generation
-        self._feed.session.update({"connected": True, "resumed": resumed, "connects": connects})
+            self._connected, self._resumed = True, resumed
         # Subscribed again even on a resumed session: the same subscription replaces itself, and a
         # broker that lost the session (restarted without persistence) gets it back.
         for topic in self._feed.topics:
@@ -137,7 +140,6 @@ class AreaLink:
     ) -> None:
         with self._lock:
             self._connected = False
-        self._feed.session["connected"] = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:

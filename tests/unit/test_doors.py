@@ -116,28 +116,20 @@ def test_the_hub_reports_each_door_and_stores_its_events_signed(sim: GpioSim, tm
             {"door": {"enabled": True, "relay": {"line": 30}}},
             r"\[door\] and \[\[doors\]\] are both given",
         ),
-        (
-            [
-                {**door, "backend": "jetson-gpio", "relay": {"line": line}}
-                for door, line in zip(TURNSTILE, (12, 16))
-            ],
-            {},
-            None,
-        ),
     ],
 )
-def test_the_doors_are_checked_together(tmp_path: Path, doors: Any, more: Any, match: Any) -> None:
-    if match is None:  # jetson-gpio doors on header pins 12 and 16, one numbering: accepted
-        assert [door.id for door in _config(tmp_path, doors, **more).configured_doors] == [
-            "way-in",
-            "way-out",
-        ]
-        modes = [{**doors[0], "jetson_pin_mode": "BCM"}, doors[1]]
-        with pytest.raises(Exception, match="number their pins differently"):
-            _config(tmp_path, modes)
-        return
+def test_the_doors_are_checked_together(tmp_path: Path, doors: Any, more: Any, match: str) -> None:
     with pytest.raises(Exception, match=match):
         validate_config({"storage": {"dir": str(tmp_path)}, "cameras": CAMERAS, "doors": doors, **more})
+
+
+def test_jetson_gpio_doors_share_one_pin_numbering(tmp_path: Path) -> None:
+    doors = [
+        {**door, "backend": "jetson-gpio", "relay": {"line": line}} for door, line in zip(TURNSTILE, (12, 16))
+    ]
+    assert [door.id for door in _config(tmp_path, doors).configured_doors] == ["way-in", "way-out"]
+    with pytest.raises(Exception, match="number their pins differently"):
+        _config(tmp_path, [{**doors[0], "jetson_pin_mode": "BCM"}, doors[1]])
 
 
 def test_a_door_table_that_is_off_is_left_alone(tmp_path: Path) -> None:
