@@ -363,6 +363,8 @@ class CommandService:
 
     def _access(self, command: object, store: Any) -> Dict[str, Any]:
         """The access-policy commands: an identity's policy, groups, calendars (see :mod:`.commands`)."""
+        from .gallery.errors import IdentityError
+
         if isinstance(command, SetPolicyCommand):
             identity = store.identity(command.id)
             if identity is None:
@@ -371,9 +373,12 @@ class CommandService:
                 policy = identity.policy.changed(command.changes())
             except PolicyError as err:  # e.g. valid_until now before the stored valid_from
                 raise CommandError(str(err), "invalid") from None
-            store.set_policy(identity.id, policy)
+            try:
+                store.set_policy(identity.id, policy)
+            except IdentityError as err:  # a card another identity holds
+                raise CommandError(str(err)) from None
             logger.info("access policy of an identity changed by command")
-            return {"id": identity.id, "policy": policy.document()}
+            return {"id": identity.id, "policy": policy.public_document()}
         if isinstance(command, SetGroupCommand):
             group = command.group()
             store.put_group(group)
@@ -540,10 +545,14 @@ class CommandService:
                         "anti-passback stays off until a restart: the cameras' directions are read at "
                         "the start, and none had one then"
                     )
-                # This door's groups, time zone, anti-passback and two-person rule, from the next passage on.
+                # This door's groups, time zone, anti-passback, second factor and two-person rule, from the next passage on.
                 if gallery is not None:
                     self.pipeline.judge = AccessJudge.for_door(
-                        fresh.access, gallery.store, self.presence, self.config.camera_directions
+                        fresh.access,
+                        gallery.store,
+                        self.presence,
+                        self.config.camera_directions,
+                        self.config.reader_cameras,  # the readers started with the daemon
                     )
             self.pipeline.set_threshold(self.config.match.threshold)
             liveness = self.runtime.analyzer.liveness

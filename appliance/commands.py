@@ -24,7 +24,10 @@ command         payload                                                         
 ``set_policy``  ``request_id``, ``id``, any of ``valid_from``, ``valid_until``    the identity's
                 (ISO 8601 with an offset; ``null`` removes the bound),            policy
                 ``suspended``, ``groups`` (replaces), ``add_groups``,
-                ``remove_groups``
+                ``remove_groups``, ``cards`` (replaces), ``add_cards``,
+                ``remove_cards`` (``w26:7:12345`` …), ``pin``, ``duress_pin``
+                (4–8 digits, hashed on the door; ``null`` clears; the answer
+                says only whether each is set)
 ``set_group``   ``request_id``, ``name``, ``schedule`` (windows, e.g.            the group
                 ``"mon-fri 08:00-18:00"``), optional ``holidays`` (calendars)
 ``remove_group`` ``request_id``, ``name``                                        removed or not
@@ -89,6 +92,7 @@ from pydantic import (
 )
 from typing_extensions import Literal
 
+from .access.credentials import MAX_CARDS
 from .access.policy import AccessGroup, HolidayCalendar, IdentityPolicy
 from .config import MATCH_THRESHOLD_MAX, MATCH_THRESHOLD_MIN
 from .config_load import ConfigIssue
@@ -226,13 +230,17 @@ class SetPolicyCommand(_Command):
     groups: Optional[List[str]] = Field(None, max_length=64)
     add_groups: Optional[List[str]] = Field(None, max_length=64)
     remove_groups: Optional[List[str]] = Field(None, max_length=64)
+    cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
+    add_cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
+    remove_cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
+    #: The PIN's digits (hashed on the door; ``null`` clears it); never echoed in the answer.
+    pin: Optional[str] = Field(None, max_length=8, repr=False)
+    duress_pin: Optional[str] = Field(None, max_length=8, repr=False)
 
     @model_validator(mode="after")
     def _something(self) -> SetPolicyCommand:
         if not self.changes():
-            raise ValueError(
-                "nothing to change: give valid_from, valid_until, suspended, groups, add_groups or remove_groups"
-            )
+            raise ValueError("nothing to change: give one of " + ", ".join(_POLICY_KEYS))
         IdentityPolicy().changed(self.changes())  # malformed values are refused before anything is done
         return self
 
@@ -242,7 +250,19 @@ class SetPolicyCommand(_Command):
         return {key: getattr(self, key) for key in sorted(given) if key in _POLICY_KEYS}
 
 
-_POLICY_KEYS = ("valid_from", "valid_until", "suspended", "groups", "add_groups", "remove_groups")
+_POLICY_KEYS = (
+    "valid_from",
+    "valid_until",
+    "suspended",
+    "groups",
+    "add_groups",
+    "remove_groups",
+    "cards",
+    "add_cards",
+    "remove_cards",
+    "pin",
+    "duress_pin",
+)
 
 
 class SetGroupCommand(_Command):

@@ -34,6 +34,7 @@ from .access.settings import AccessConfig
 from .config_types import ConfigPath, StrictModel
 from .door.settings import DoorConfig, DoorEntryConfig
 from .fleet.door_settings import FleetConfig
+from .osdp.card_reader_settings import CredentialReaderConfig
 from .osdp.settings import OsdpConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
@@ -962,6 +963,7 @@ class ApplianceConfig(StrictModel):
         },
     )
     osdp: OsdpConfig = Field(default_factory=OsdpConfig)
+    credential_reader: CredentialReaderConfig = Field(default_factory=CredentialReaderConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -1055,6 +1057,35 @@ class ApplianceConfig(StrictModel):
                 "access.anti_passback.area_doors, or set the mode to 'off'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _second_factor_needs_a_reader(self) -> ApplianceConfig:
+        reader, require = self.credential_reader, self.access.second_factor.require
+        if require != "off" and not reader.enabled:
+            raise ValueError(
+                f"access.second_factor.require = {require!r} asks for a card or PIN at the door, but no "
+                "reader takes them: describe the card reader in [credential_reader] (enabled = true), "
+                "or set require = 'off'"
+            )
+        cameras = {camera.id for camera in self.configured_cameras}
+        unknown = [camera for camera in reader.cameras if camera not in cameras]
+        if reader.enabled and unknown:
+            raise ValueError(
+                f"credential_reader.cameras names {', '.join(map(repr, unknown))}, which are not configured "
+                f"(the cameras: {', '.join(sorted(cameras))})"
+            )
+        if reader.enabled and reader.id in {door.id for door in self.configured_doors}:
+            raise ValueError(
+                f"credential_reader.id {reader.id!r} is also a door's id; both key …/state → door: "
+                "give the reader an id of its own"
+            )
+        return self
+
+    @property
+    def reader_cameras(self) -> Dict[str, List[str]]:
+        """Reader id → the cameras it stands at (empty: every camera), of the enabled card readers."""
+        reader = self.credential_reader
+        return {reader.id: list(reader.cameras)} if reader.enabled else {}
 
     @model_validator(mode="after")
     def _adaptive_needs_liveness(self) -> ApplianceConfig:

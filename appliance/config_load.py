@@ -178,6 +178,7 @@ def _named_files(config: ApplianceConfig) -> List[Tuple[str, Optional[Path], int
         ("mqtt.tls.key_file", tls.key_file, MAX_TLS_FILE_BYTES),
         ("updates.security_secret_file", config.updates.security_secret_file, MAX_SECRET_BYTES),
         ("osdp.scbk_file", config.osdp.scbk_file, MAX_SECRET_BYTES),
+        ("credential_reader.scbk_file", config.credential_reader.scbk_file, MAX_SECRET_BYTES),
         ("fleet.fleet_key_file", config.fleet.fleet_key_file, MAX_SECRET_BYTES),
     ]
 
@@ -212,6 +213,7 @@ def secret_file_warnings(config: ApplianceConfig) -> List[str]:
         ("mqtt.tls.key_file", config.mqtt.tls.key_file),
         ("updates.security_secret_file", config.updates.security_secret_file),
         ("osdp.scbk_file", config.osdp.scbk_file),
+        ("credential_reader.scbk_file", config.credential_reader.scbk_file),
         ("fleet.fleet_key_file", config.fleet.fleet_key_file),
     ):
         if path is None:

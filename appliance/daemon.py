@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .access.area import AreaFeed
 from .access.area_link import AreaLink
+from .access.credentials import CredentialInbox
 from .access.judge import AccessJudge
 from .access.passback import open_presence
 from .access.presence import PresenceStore
@@ -259,7 +260,9 @@ class Appliance:
             self.gallery,
             DecisionSettings.from_config(config),
             self.latencies,
-            AccessJudge.for_door(config.access, store, self.presence, config.camera_directions),
+            AccessJudge.for_door(
+                config.access, store, self.presence, config.camera_directions, config.reader_cameras
+            ),
             [camera.id for camera in config.configured_cameras],
             views=pipeline_views(config),
             guard=attack_guard(config),
@@ -268,9 +271,11 @@ class Appliance:
             self.templates = TemplateUpdater(
                 self.gallery, config.adaptive, config.liveness.enabled, changes=self.changes
             )
+        if config.credential_reader.enabled:
+            self.pipeline.credentials = CredentialInbox(wake=self.worker.frame_ready.set)
         outbox = self.outbox
         self.door = PeripheralHub(
-            create_peripherals(config),
+            create_peripherals(config, self.pipeline.credentials),
             config.device.id,
             lambda event_id, payload: outbox.put(event_id, payload, "door"),
             self._notify_link,

@@ -156,6 +156,9 @@ class Decision:
             (:mod:`appliance.access.passback`), else ``None``.
         companions: the identities whose held grants this grant completed (the two-person rule,
             :mod:`appliance.access.two_person`).
+        factors: ``("face", "card" | "pin")`` when a card or PIN completed the grant
+            (:mod:`appliance.access.second_factor`), else ``()``.
+        duress: the PIN was the identity's duress PIN (the grant is a silent alarm).
     """
 
     track_id: int
@@ -175,6 +178,8 @@ class Decision:
     margin: Optional[float] = None
     anti_passback: Optional[str] = None
     companions: Tuple[str, ...] = ()
+    factors: Tuple[str, ...] = ()
+    duress: bool = False
 
 
 @dataclass(frozen=True)

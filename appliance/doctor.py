@@ -463,8 +463,47 @@ def check_access(config: ApplianceConfig) -> List[Check]:
                 Check(WARN, "access policy", f"identities name undefined groups: {', '.join(unknown[:10])}")
             )
     checks.extend(_named_groups(config, tables, identities))
+    checks.extend(_second_factors(config, identities))
     checks.extend(check_presence(config))
     return checks
+
+
+def _second_factors(config: ApplianceConfig, identities: List[Any]) -> List[Check]:
+    """Under ``access.second_factor``: the people it applies to hold what it asks for — one without a
+    card (or a PIN) can never pass, as their face alone is held."""
+    from .access.second_factor import ACCEPTS
+
+    factor = config.access.second_factor
+    if factor.require == "off":
+        return []
+    key = "access.second_factor"
+    applies = [
+        i
+        for i in identities
+        if not i.policy.suspended and (not factor.groups or set(factor.groups) & set(i.policy.groups))
+    ]
+    kinds = ACCEPTS[factor.require]
+    lacking = [
+        i.id
+        for i in applies
+        if not (("card" in kinds and i.policy.cards) or ("pin" in kinds and i.policy.pin is not None))
+    ]
+    duress = sum(i.policy.duress_pin is not None for i in applies)
+    what = " or ".join(kinds)
+    if lacking:
+        shown = ", ".join(lacking[:10]) + (" …" if len(lacking) > 10 else "")
+        return [
+            Check(
+                WARN,
+                key,
+                f"{len(lacking)} of the {len(applies)} people it applies to hold no {what} and cannot pass: {shown}",
+                "face-appliance gallery set ID --card w26:FACILITY:CARD (or --pin)",
+            )
+        ]
+    detail = f"{what} after the face, for {len(applies)} people; {duress} hold a duress PIN"
+    if "pin" not in kinds and duress:
+        detail += " (unused: this door asks for no PIN)"
+    return [Check(OK, key, detail)]
 
 
 def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -> List[Check]:
@@ -535,7 +574,7 @@ def check_presence(config: ApplianceConfig) -> List[Check]:
 
 
 def check_door(config: ApplianceConfig) -> List[Check]:
-    """The door's GPIO lines and the OSDP port, when enabled."""
+    """The door's GPIO lines, the OSDP port and the card reader's, when enabled."""
     checks: List[Check] = []
     doors = config.configured_doors
     for door in doors:
@@ -555,6 +594,10 @@ def check_door(config: ApplianceConfig) -> List[Check]:
         checks.extend(Check(*found) for found in osdp_checks(config.osdp))
     else:
         checks.append(Check(OK, "OSDP", "disabled (osdp.enabled = false)"))
+    if config.credential_reader.enabled:
+        from .osdp.doctor import card_reader_checks
+
+        checks.extend(Check(*found) for found in card_reader_checks(config.credential_reader))
     return checks
 
 

@@ -14,13 +14,17 @@ A camera with a direction adds ``"direction": "in" | "out"``; a passback that ``
 granted adds ``"anti_passback": "violation"`` (:mod:`appliance.access.passback`; a ``hard`` one is
 ``denied`` with the reason ``anti_passback``); a grant that completed the held grants of the
 two-person rule adds ``"companions": [identity ids]`` (:mod:`appliance.access.two_person`; a held
-grant is ``denied`` with the reason ``two_person``). All were added within schema 1, as optional keys.
+grant is ``denied`` with the reason ``two_person``); a grant a card or PIN completed adds
+``"factors": ["face", "card" | "pin"]``, and ``"duress": true`` when the PIN was the duress PIN
+(:mod:`appliance.access.second_factor`; a held face is ``denied`` with the reason ``second_factor``,
+a card or PIN that was not the waiting person's with ``wrong_credential``). All were added within
+schema 1, as optional keys.
 ``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
 
 ``reason`` says why a ``denied`` passage was denied: ``liveness`` (the vote's liveness check failed;
 ``identity`` stays null, as the face may be a photo of someone) or the access policy's reason
 (``expired``, ``not_yet_valid``, ``suspended``, ``not_in_group``, ``outside_schedule``, ``holiday``,
-``anti_passback``, ``two_person``;
+``anti_passback``, ``two_person``, ``second_factor``, ``wrong_credential``, ``lockout``;
 ``identity`` names the recognised person). It is null for ``granted`` and ``unknown``. It was added
 within schema 1: a schema-1 consumer that ignores unknown keys reads the same documents as before,
 only ``denied`` is now also sent for recognised people outside their policy. The vote's own reasoning
@@ -102,6 +106,10 @@ def access_event(
         event["anti_passback"] = decision.anti_passback
     if decision.companions:
         event["companions"] = list(decision.companions)
+    if decision.factors:
+        event["factors"] = list(decision.factors)
+    if decision.duress:
+        event["duress"] = True
     if crop is not None:
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])
         if ok:

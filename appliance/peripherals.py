@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:
+    from .access.credentials import CredentialInbox
     from .config import ApplianceConfig
     from .event_mac import EventKey
 
@@ -209,8 +210,11 @@ class PeripheralHub:
                 logger.exception("%s: close failed", peripheral.name)
 
 
-def create_peripherals(config: ApplianceConfig) -> List[Peripheral]:
-    """The peripherals ``config`` enables (``[door]`` or each of ``[[doors]]``, ``[osdp]``), not yet started."""
+def create_peripherals(
+    config: ApplianceConfig, credentials: Optional[CredentialInbox] = None
+) -> List[Peripheral]:
+    """The peripherals ``config`` enables (``[door]`` or each of ``[[doors]]``, ``[osdp]``,
+    ``[credential_reader]``, whose cards and PINs go to ``credentials``), not yet started."""
     peripherals: List[Peripheral] = []
     if config.configured_doors:
         from .door import create_door
@@ -220,6 +224,12 @@ def create_peripherals(config: ApplianceConfig) -> List[Peripheral]:
         from .osdp import create_reader
 
         peripherals.append(create_reader(config.osdp))
+    if config.credential_reader.enabled:
+        from .osdp import create_card_reader
+
+        if credentials is None:
+            raise ValueError("a credential reader needs the inbox its cards and PINs go to")
+        peripherals.append(create_card_reader(config.credential_reader, credentials.offer))
     return peripherals
 
 

@@ -17,12 +17,15 @@ camera's decisions.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .access.judge import GONE, AccessJudge
+from .access.credentials import CredentialInbox, PresentedCredential
+from .access.judge import GONE, AccessJudge, Verdict
+from .access.second_factor import SECOND_FACTOR, WRONG_CREDENTIAL
 from .attack_guard import AttackGuard
 from .config import DEFAULT_CAMERA_ID
 from .decisions import (
@@ -187,6 +190,11 @@ class Pipeline:
         #: Whether any camera tracks a face after the last turn (someone at the door): read by the
         #: fleet thread, which then gives the pipeline thread smaller jobs (a bool: one atomic read).
         self.faces_in_view = False
+        #: identity id → the outcome of its face grant held for a card or PIN (the judge's second
+        #: factor): what the grant that completes it, or a wrong attempt, reports.
+        self._held: Dict[str, Outcome] = {}
+        #: Where the card readers' cards and PINs wait for this thread (``None``: no reader).
+        self.credentials: Optional[CredentialInbox] = None
 
     def set_threshold(self, threshold: float) -> None:
         """Change the match threshold for decisions from now on (every camera)."""
@@ -363,6 +371,58 @@ class Pipeline:
         logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)
         return replace(decision, decision=DENIED, access_reason=verdict.reason)
 
+    def take_credentials(self, now: float) -> List[Outcome]:
+        """Between two turns: the cards and PINs waiting in :attr:`credentials`, presented
+        (:meth:`present_credentials`)."""
+        if self.credentials is None:
+            return []
+        presented = self.credentials.drain()
+        return self.present_credentials(presented, now) if presented else []
+
+    def present_credentials(self, credentials: Sequence[PresentedCredential], now: float) -> List[Outcome]:
+        """Cards and PINs from the readers at the door (:class:`appliance.access.credentials.CredentialInbox`),
+        oldest first: the outcomes of the held face grants they decided (see
+        :mod:`appliance.access.second_factor`); ``now`` is the monotonic time, the events' capture time."""
+        if self.judge is None or self.judge.second_factor is None:
+            return []
+        outcomes: List[Outcome] = []
+        for credential in credentials:
+            for identity_id, _camera_id, verdict in self.judge.present(credential):
+                held = self._held.get(identity_id)
+                if held is None:  # held before a reload of the judge: nothing left to report it with
+                    continue
+                if verdict.reason != WRONG_CREDENTIAL:  # decided; a wrong one leaves it waiting
+                    del self._held[identity_id]
+                outcomes.append(self._decided_by_credential(held, verdict, now))
+        waiting = {w.identity_id for w in self.judge.second_factor.waiting(time.time())}
+        for identity_id in [i for i in self._held if i not in waiting]:
+            del self._held[identity_id]
+        return outcomes
+
+    @staticmethod
+    def _decided_by_credential(held: Outcome, verdict: Verdict, now: float) -> Outcome:
+        """The held face grant's outcome, as the card or PIN decided it."""
+        decision = held.decision
+        if verdict.reason is None:
+            if verdict.duress:
+                logger.warning(
+                    "camera %s: a duress PIN opened the door; the event carries the alarm", held.camera_id
+                )
+            decision = replace(
+                decision,
+                decision=GRANTED,
+                access_reason=None,
+                anti_passback=verdict.anti_passback,
+                companions=verdict.companions,
+                factors=verdict.factors,
+                duress=verdict.duress,
+            )
+        elif verdict.reason == GONE:
+            decision = replace(decision, decision=UNKNOWN, identity_id=None, name=None, access_reason=None)
+        else:
+            decision = replace(decision, decision=DENIED, access_reason=verdict.reason)
+        return replace(held, decision=replace(decision, decided_at=now), captured_at=now, alarm=None)
+
     def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:
         alarm = None
         if self.guard is not None:  # before the judge: a locked-out grant records no passage
@@ -376,4 +436,7 @@ class Pipeline:
             lane.views.pop(decision.track_id, None)
         crop = None if best is None else best[1]
         sample = views[0] if views else None
-        return Outcome(decision, captured_at, crop, lane.camera_id, sample, tuple(views[1:]), alarm)
+        outcome = Outcome(decision, captured_at, crop, lane.camera_id, sample, tuple(views[1:]), alarm)
+        if decision.access_reason == SECOND_FACTOR and decision.identity_id is not None:
+            self._held[decision.identity_id] = outcome
+        return outcome

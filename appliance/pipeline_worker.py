@@ -203,6 +203,9 @@ class PipelineWorker:
         ended: Set[str] = set()  # cameras whose video ended, their tracks closed
         while not self.stop.is_set():
             self._between_frames()
+            decided = pipeline.take_credentials(time.monotonic())
+            if decided:
+                recorder.record(decided, self.runtime.model_versions)
             self.frame_ready.wait(FRAME_WAIT_S)
             self.frame_ready.clear()  # before taking: a frame that comes meanwhile sets it again
             taken: List[Tuple[str, Frame]] = []

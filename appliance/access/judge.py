@@ -1,17 +1,19 @@
 """The policy applied to a recognised face: reads the identity's policy and the groups from the gallery
 store at the moment of the decision (a change by command or CLI counts from the next passage), then,
-at a camera with a direction, anti-passback (:mod:`appliance.access.passback`), and the two-person
-rule (:mod:`appliance.access.two_person`)."""
+at a camera with a direction, anti-passback (:mod:`appliance.access.passback`), a second factor
+(:mod:`appliance.access.second_factor`) and the two-person rule (:mod:`appliance.access.two_person`)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Tuple
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from .credentials import PresentedCredential
 from .passback import PASSBACK, VIOLATION, AntiPassback
 from .policy import AccessPolicy, IdentityPolicy, PolicyTables
+from .second_factor import SECOND_FACTOR, WRONG_CREDENTIAL, Completion, SecondFactorRule
 from .settings import AccessConfig
 from .two_person import TWO_PERSON, TwoPersonRule, Waiting
 
@@ -43,11 +45,16 @@ class Verdict:
             admitted a passback, else ``None``.
         companions: the identities whose held grants this one completed (the two-person rule): they
             pass with it.
+        factors: what opened beside the face, ``("face", "card")`` or ``("face", "pin")``, when a
+            second factor was asked; else ``()``.
+        duress: the PIN was the identity's duress PIN.
     """
 
     reason: Optional[str] = None
     anti_passback: Optional[str] = None
     companions: Tuple[str, ...] = ()
+    factors: Tuple[str, ...] = ()
+    duress: bool = False
 
 
 class AccessJudge:
@@ -58,6 +65,7 @@ class AccessJudge:
         source: the gallery store.
         passback: anti-passback, when it is on.
         two_person: the two-person rule, when some groups need a companion.
+        second_factor: the card or PIN a face must add, when the door asks for one.
     """
 
     def __init__(
@@ -66,11 +74,13 @@ class AccessJudge:
         source: PolicySource,
         passback: Optional[AntiPassback] = None,
         two_person: Optional[TwoPersonRule] = None,
+        second_factor: Optional[SecondFactorRule] = None,
     ) -> None:
         self.policy = policy
         self.source = source
         self.passback = passback
         self.two_person = two_person
+        self.second_factor = second_factor
 
     @classmethod
     def for_door(
@@ -79,16 +89,25 @@ class AccessJudge:
         source: PolicySource,
         presence: Optional[PresenceStore] = None,
         directions: Optional[Mapping[str, str]] = None,
+        readers: Optional[Mapping[str, Sequence[str]]] = None,
     ) -> AccessJudge:
         """The judge of the ``[access]`` section; with ``presence`` (and ``access.anti_passback.mode``
-        other than ``off``), anti-passback at the cameras of ``directions`` (camera id → in / out)."""
+        other than ``off``), anti-passback at the cameras of ``directions`` (camera id → in / out);
+        with ``access.second_factor.require``, a card or PIN from ``readers`` (reader id → its cameras,
+        none: every camera)."""
         policy = AccessPolicy(access.groups, access.time_zone)
         passback = None
         if presence is not None and access.anti_passback.mode != "off":
             passback = AntiPassback(access.anti_passback, directions or {}, presence, policy.zone)
         rule = access.two_person
         two_person = TwoPersonRule(rule.groups, rule.companions, rule.within_s) if rule.groups else None
-        return cls(policy, source, passback, two_person)
+        factor = access.second_factor
+        second_factor = None
+        if factor.require != "off":
+            second_factor = SecondFactorRule(
+                factor.require, factor.groups, factor.within_s, factor.max_attempts, readers or {}
+            )
+        return cls(policy, source, passback, two_person, second_factor)
 
     def judge(self, identity_id: str, now: Optional[datetime] = None) -> Optional[str]:
         """``None`` (admitted), a reason from :data:`appliance.access.policy.REASONS`, or :data:`GONE`."""
@@ -102,11 +121,18 @@ class AccessJudge:
         return self.policy.judge(policy, self.source.policy_tables(), now)
 
     def judge_passage(
-        self, identity_id: str, camera_id: str, now: Optional[datetime] = None, record: bool = True
+        self,
+        identity_id: str,
+        camera_id: str,
+        now: Optional[datetime] = None,
+        record: bool = True,
+        completion: Optional[Completion] = None,
     ) -> Verdict:
-        """:meth:`judge`, then anti-passback at ``camera_id``, then the two-person rule; an admitted
-        passage is recorded, with the held ones it completed (``record=False``: only asked, as
-        ``access check --camera`` does — the two-person rule, which lives on what happens, is left out)."""
+        """:meth:`judge`, then anti-passback at ``camera_id``, then the second factor, then the two-person
+        rule; an admitted passage is recorded, with the held ones it completed (``record=False``: only
+        asked, as ``access check --camera`` does — the second factor and the two-person rule, which live
+        on what happens, are left out). ``completion``: the card or PIN that completed this held
+        grant (:meth:`present`): the policy and anti-passback are asked again, not the second factor."""
         now = self.policy.clock() if now is None else now
         identity = self.source.identity(identity_id)
         if identity is None:
@@ -122,6 +148,10 @@ class AccessJudge:
             return Verdict(PASSBACK)
         if not record:
             return Verdict(None, VIOLATION if passback else None)
+        if completion is None and self.second_factor is not None and self.second_factor.needs(groups):
+            completion = self.second_factor.hold(identity_id, camera_id, identity.policy, now.timestamp())
+            if completion is None:
+                return Verdict(SECOND_FACTOR)
         completed: Tuple[Waiting, ...] = ()
         if self.two_person is not None:
             admitted, completed = self.two_person.admit(identity_id, groups, camera_id, now.timestamp())
@@ -130,7 +160,38 @@ class AccessJudge:
         if self.passback is not None:
             for passage in ((identity_id, camera_id), *((w.identity_id, w.camera_id) for w in completed)):
                 self.passback.record(*passage, now)
-        return Verdict(None, VIOLATION if passback else None, tuple(w.identity_id for w in completed))
+        factors = ("face", completion.factor) if completion is not None else ()
+        return Verdict(
+            None,
+            VIOLATION if passback else None,
+            tuple(w.identity_id for w in completed),
+            factors,
+            completion is not None and completion.duress,
+        )
+
+    def present(
+        self, credential: PresentedCredential, now: Optional[datetime] = None
+    ) -> List[Tuple[str, str, Verdict]]:
+        """A card or PIN from a reader at the door: ``(identity id, camera id, verdict)`` for the held
+        grant it decided — admitted (or denied by what changed meanwhile: a suspension, another
+        door's passage) when it completed it, ``wrong_credential`` when it was not theirs; nothing
+        when nobody waits (it then waits for its face) or the door asks for no second factor."""
+        if self.second_factor is None:
+            return []
+        now = datetime.fromtimestamp(credential.at, timezone.utc) if now is None else now
+
+        def policy_of(identity_id: str) -> Optional[IdentityPolicy]:
+            identity = self.source.identity(identity_id)
+            return None if identity is None else identity.policy
+
+        decided: List[Tuple[str, str, Verdict]] = []
+        for outcome in self.second_factor.present(credential, policy_of):
+            if isinstance(outcome, Completion):
+                verdict = self.judge_passage(outcome.identity_id, outcome.camera_id, now, completion=outcome)
+            else:
+                verdict = Verdict(WRONG_CREDENTIAL)
+            decided.append((outcome.identity_id, outcome.camera_id, verdict))
+        return decided
 
 
 __all__ = ["GONE", "AccessJudge", "PolicySource", "Verdict"]

@@ -5,7 +5,9 @@ offline.
 Where each part lives, and why:
 
 * **Per identity** (in the gallery store, carried in bundles): ``valid_from`` / ``valid_until``
-  (ISO 8601 with an offset; a visitor's pass), ``suspended``, ``groups``.
+  (ISO 8601 with an offset; a visitor's pass), ``suspended``, ``groups``; and the second factors a
+  door may ask for (:mod:`appliance.access.second_factor`): ``cards``, and the hashes of a ``pin`` and a
+  ``duress_pin`` (:mod:`appliance.access.credentials`).
 * **Groups and holiday calendars** (in the gallery store too, beside the identities they govern):
   operators change them remotely (MQTT commands) and a fleet carries them, so they are data, not
   installation settings. A group has a :class:`~.schedule.WeeklySchedule` and names the holiday
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .credentials import MAX_CARDS, check_pin, check_pin_hash, hash_pin, parse_card, verify_pin
 from .errors import PolicyError
 from .schedule import WeeklySchedule
 from .zones import load_zone
@@ -54,7 +57,13 @@ REASONS = (
     "anti_passback",
     "two_person",
     "lockout",
+    "second_factor",
+    "wrong_credential",
 )
+#: The policy document's keys; the credentials' are left out of it while unset, so a record without
+#: them reads the same on a firmware that predates them.
+POLICY_KEYS = ("valid_from", "valid_until", "suspended", "groups")
+CREDENTIAL_KEYS = ("cards", "pin", "duress_pin")
 MAX_GROUPS = 64
 MAX_HOLIDAYS = 1000
 GROUP_NAME_HELP = "1–64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
@@ -125,12 +134,19 @@ def parse_day(text: object, what: str) -> date:
 
 @dataclass(frozen=True)
 class IdentityPolicy:
-    """One identity's part of the policy. Datetimes are aware, in UTC."""
+    """One identity's part of the policy. Datetimes are aware, in UTC.
+
+    ``cards`` are canonical card texts (:func:`~appliance.access.credentials.parse_card`), sorted;
+    ``pin`` and ``duress_pin`` are PIN hashes (:func:`~appliance.access.credentials.hash_pin`) or ``None``.
+    """
 
     valid_from: Optional[datetime] = None
     valid_until: Optional[datetime] = None
     suspended: bool = False
     groups: Tuple[str, ...] = ()
+    cards: Tuple[str, ...] = ()
+    pin: Optional[str] = field(default=None, repr=False)
+    duress_pin: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.groups) > MAX_GROUPS:
@@ -142,17 +158,22 @@ class IdentityPolicy:
                 f"valid_until ({format_instant(self.valid_until)}) is not after valid_from "
                 f"({format_instant(self.valid_from)})"
             )
+        if len(self.cards) > MAX_CARDS:
+            raise PolicyError(f"an identity holds at most {MAX_CARDS} cards, got {len(self.cards)}")
 
     def changed(self, changes: Mapping[str, object], where: str = "policy") -> IdentityPolicy:
         """A copy with ``changes`` applied: the keys of :meth:`document`; ``None`` clears a validity bound.
 
-        Also takes ``add_groups`` / ``remove_groups`` (lists of names).
+        Also takes ``add_groups`` / ``remove_groups`` and ``add_cards`` / ``remove_cards`` (lists), and
+        ``pin`` / ``duress_pin`` as the PIN's digits (hashed here; ``None`` clears it). A duress PIN
+        equal to the PIN is refused: it could never raise its alarm.
 
         Raises:
             PolicyError: an unknown key or a malformed value (named with ``where``).
         """
         document = self.document()
-        groups = set(self.groups)
+        groups, cards = set(self.groups), set(self.cards)
+        pins = {"pin": self.pin, "duress_pin": self.duress_pin}
         for key, value in changes.items():
             if key == "add_groups":
                 groups |= set(normalise_groups(_names(value, _at(where, key))))
@@ -160,21 +181,49 @@ class IdentityPolicy:
                 groups -= set(_names(value, _at(where, key)))
             elif key == "groups":
                 groups = set(normalise_groups(_names(value, _at(where, key))))
-            elif key in document:
+            elif key == "add_cards":
+                cards |= set(normalise_cards(_names(value, _at(where, key), "cards"), _at(where, key)))
+            elif key == "remove_cards":
+                cards -= set(normalise_cards(_names(value, _at(where, key), "cards"), _at(where, key)))
+            elif key == "cards":
+                cards = set(normalise_cards(_names(value, _at(where, key), "cards"), _at(where, key)))
+            elif key in pins:
+                pins[key] = None if value is None else hash_pin(_pin(value, _at(where, key)))
+            elif key in POLICY_KEYS:
                 document[key] = value
             else:
                 raise PolicyError(f"{_at(where, str(key)[:40])}: unknown key")
-        document["groups"] = sorted(groups)
+        for key in ("pin", "duress_pin"):
+            if key in changes and changes[key] is not None and pins[key] is not None:
+                other = pins["duress_pin" if key == "pin" else "pin"]
+                if verify_pin(str(changes[key]), other):
+                    raise PolicyError(f"{_at(where, key)}: the PIN and the duress PIN must differ")
+        document.update(groups=sorted(groups), cards=sorted(cards), **pins)
         return IdentityPolicy.from_document(document, where)
 
     def document(self) -> Dict[str, object]:
-        """JSON-ready form (CLI ``--json``, MQTT answers, bundles)."""
-        return {
+        """JSON-ready form (bundles, fleet records); the credentials' keys only when set."""
+        document: Dict[str, object] = {
             "valid_from": format_instant(self.valid_from),
             "valid_until": format_instant(self.valid_until),
             "suspended": self.suspended,
             "groups": list(self.groups),
         }
+        if self.cards:
+            document["cards"] = list(self.cards)
+        for key in ("pin", "duress_pin"):
+            if getattr(self, key) is not None:
+                document[key] = getattr(self, key)
+        return document
+
+    def public_document(self) -> Dict[str, object]:
+        """What an operator is shown (CLI ``--json``, MQTT answers): every key, the PINs as whether
+        they are set, never their hashes."""
+        document = self.document()
+        document.update(
+            cards=list(self.cards), pin=self.pin is not None, duress_pin=self.duress_pin is not None
+        )
+        return document
 
     @classmethod
     def from_document(cls, document: Mapping[str, object], where: str = "policy") -> IdentityPolicy:
@@ -183,7 +232,7 @@ class IdentityPolicy:
         Raises:
             PolicyError: a value of the wrong type or form, named with ``where``.
         """
-        unknown = set(document) - {"valid_from", "valid_until", "suspended", "groups"}
+        unknown = set(document) - set(POLICY_KEYS) - set(CREDENTIAL_KEYS)
         if unknown:
             raise PolicyError(f"{where or 'policy'}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
         suspended = document.get("suspended", False)
@@ -196,7 +245,14 @@ class IdentityPolicy:
         for key in ("valid_from", "valid_until"):
             value = document.get(key)
             bounds[key] = None if value is None else parse_instant(value, _at(where, key))
-        return cls(bounds["valid_from"], bounds["valid_until"], suspended, normalise_groups(groups))
+        cards = normalise_cards(_names(document.get("cards", []), _at(where, "cards"), "cards"), where)
+        pins = {
+            key: None if document.get(key) is None else check_pin_hash(document[key], _at(where, key))
+            for key in ("pin", "duress_pin")
+        }
+        return cls(
+            bounds["valid_from"], bounds["valid_until"], suspended, normalise_groups(groups), cards, **pins
+        )
 
 
 def _at(where: str, key: str) -> str:
@@ -204,10 +260,25 @@ def _at(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _names(value: object, where: str) -> List[str]:
+def _names(value: object, where: str, what: str = "group names") -> List[str]:
     if not isinstance(value, (list, tuple)):
-        raise PolicyError(f"{where} must be a list of group names")
+        raise PolicyError(f"{where} must be a list of {what}")
     return list(value)
+
+
+def _pin(value: object, where: str) -> str:
+    try:
+        return check_pin(value)
+    except PolicyError as err:
+        raise PolicyError(f"{where}: {err}") from None
+
+
+def normalise_cards(cards: Iterable[object], where: str = "cards") -> Tuple[str, ...]:
+    """Checked, canonical, de-duplicated, sorted cards (:func:`~appliance.access.credentials.parse_card`)."""
+    try:
+        return tuple(sorted({parse_card(card) for card in cards}))
+    except PolicyError as err:
+        raise PolicyError(f"{where}: {err}") from None
 
 
 def normalise_groups(groups: Iterable[object]) -> Tuple[str, ...]:
@@ -332,6 +403,7 @@ __all__ = [
     "check_group_list",
     "check_group_name",
     "format_instant",
+    "normalise_cards",
     "normalise_groups",
     "parse_day",
     "parse_instant",

@@ -115,6 +115,31 @@ class TwoPersonConfig(StrictModel):
         return self
 
 
+class SecondFactorConfig(StrictModel):
+    """[access.second_factor] — A recognised face completed by a card or a PIN at the reader beside the
+    camera ([credential_reader]): multi-factor, per group. See :mod:`appliance.access.second_factor`."""
+
+    require: Literal["off", "card", "pin", "card_or_pin"] = Field(
+        "off",
+        description="What a face grant must add before the door opens: 'card', 'pin', 'card_or_pin', or "
+        "'off' (the face alone). Needs [credential_reader]. A duress PIN counts wherever a PIN does.",
+    )
+    groups: GroupNames = Field(
+        default_factory=list,
+        description="Whose grants need it: members of these groups. Empty: everyone's.",
+    )
+    within_s: float = Field(
+        15.0,
+        ge=2,
+        le=120,
+        description="How long a face grant waits for the card or PIN, and a card or PIN presented first "
+        "waits for the face.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Wrong cards or PINs before a waiting face grant is given up."
+    )
+
+
 class AccessConfig(StrictModel):
     """[access] — Which access groups this door admits, and the time zone its schedules are read in."""
 
@@ -133,6 +158,7 @@ class AccessConfig(StrictModel):
 
     anti_passback: AntiPassbackConfig = Field(default_factory=AntiPassbackConfig)
     two_person: TwoPersonConfig = Field(default_factory=TwoPersonConfig)
+    second_factor: SecondFactorConfig = Field(default_factory=SecondFactorConfig)
 
     @field_validator("time_zone")
     @classmethod
@@ -143,4 +169,11 @@ class AccessConfig(StrictModel):
         return value
 
 
-__all__ = ["AccessConfig", "AntiPassbackConfig", "CalendarNames", "GroupNames", "TwoPersonConfig"]
+__all__ = [
+    "AccessConfig",
+    "AntiPassbackConfig",
+    "CalendarNames",
+    "GroupNames",
+    "SecondFactorConfig",
+    "TwoPersonConfig",
+]

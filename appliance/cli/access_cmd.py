@@ -26,7 +26,8 @@ CLEAR = "none"
 
 
 def add_policy_options(parser: argparse.ArgumentParser, changing: bool) -> None:
-    """``--valid-from``, ``--valid-until``, ``--groups`` (and with ``changing``: add/remove, suspend/resume)."""
+    """``--valid-from``, ``--valid-until``, ``--groups``, ``--card``, ``--pin``, ``--duress-pin`` (and
+    with ``changing``: add/remove, suspend/resume, clear the PINs)."""
     clear = f" ('{CLEAR}' removes it)" if changing else ""
     parser.add_argument("--valid-from", metavar="TIME", help=f"valid from, ISO 8601 with an offset{clear}")
     parser.add_argument(
@@ -39,6 +40,28 @@ def add_policy_options(parser: argparse.ArgumentParser, changing: bool) -> None:
         suspend = parser.add_mutually_exclusive_group()
         suspend.add_argument("--suspend", action="store_true", help="deny at every door until resumed")
         suspend.add_argument("--resume", action="store_true", help="lift a suspension")
+    parser.add_argument(
+        "--card",
+        action="append",
+        default=[],
+        metavar="CARD",
+        help="a card for a door that asks for one: w26:FACILITY:CARD, w34:FACILITY:CARD or raw:BITS:HEX"
+        + (" (added to the identity's)" if changing else ""),
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="set a PIN (4-8 digits), typed at the prompt or one line of standard input; never an argument",
+    )
+    parser.add_argument(
+        "--duress-pin",
+        action="store_true",
+        help="set a duress PIN: it opens like the PIN and raises a silent alarm (read after --pin's)",
+    )
+    if changing:
+        parser.add_argument("--remove-card", action="append", default=[], metavar="CARD")
+        parser.add_argument("--clear-pin", action="store_true", help="remove the PIN")
+        parser.add_argument("--clear-duress-pin", action="store_true", help="remove the duress PIN")
 
 
 def policy_changes(args: argparse.Namespace) -> Dict[str, object]:
@@ -58,7 +81,26 @@ def policy_changes(args: argparse.Namespace) -> Dict[str, object]:
         changes["suspended"] = True
     if getattr(args, "resume", False):
         changes["suspended"] = False
+    if getattr(args, "card", None):
+        changes["add_cards"] = list(args.card)
+    if getattr(args, "remove_card", None):
+        changes["remove_cards"] = list(args.remove_card)
+    for key, label in (("pin", "PIN"), ("duress_pin", "duress PIN")):
+        if getattr(args, f"clear_{key}", False):
+            changes[key] = None
+        elif getattr(args, key, False):
+            changes[key] = read_pin(label)
     return changes
+
+
+def read_pin(label: str) -> str:
+    """A PIN typed at the terminal (not echoed), or one line of standard input (a script's pipe)."""
+    import getpass
+    import sys
+
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{label}: ")
+    return sys.stdin.readline(64).rstrip("\r\n")
 
 
 def add_parser(subparsers: Any) -> None:

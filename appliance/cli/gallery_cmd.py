@@ -518,6 +518,9 @@ def _policy_text(policy: IdentityPolicy) -> str:
         parts.append(f"until {document['valid_until']}")
     if policy.suspended:
         parts.append("SUSPENDED")
+    if policy.cards:
+        parts.append(f"{len(policy.cards)} card{'s' if len(policy.cards) > 1 else ''}")
+    parts += [label for label, hashed in (("PIN", policy.pin), ("duress PIN", policy.duress_pin)) if hashed]
     return "".join(f" · {part}" for part in parts)
 
 
@@ -526,7 +529,8 @@ def _set(args: argparse.Namespace) -> int:
     if not changes:
         sys.stderr.write(
             "error: nothing to change: give --valid-from, --valid-until, --groups, --add-group, "
-            "--remove-group, --suspend or --resume\n"
+            "--remove-group, --suspend, --resume, --card, --remove-card, --pin, --duress-pin, --clear-pin "
+            "or --clear-duress-pin\n"
         )
         return EXIT_CONFIG
     gallery = open_gallery(load_cli_config(args))
@@ -537,7 +541,7 @@ def _set(args: argparse.Namespace) -> int:
         policy = identity.policy.changed(changes, "")
         gallery.store.set_policy(identity.id, policy)
     if args.json:
-        print(json.dumps({"id": identity.id, "policy": policy.document()}))
+        print(json.dumps({"id": identity.id, "policy": policy.public_document()}))
     else:
         print(f"{identity.id}:{_policy_text(policy) or ' no restriction'}")
     return EXIT_OK

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from ..access.errors import PolicyError
-from ..access.policy import AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
+from ..access.policy import CREDENTIAL_KEYS, AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
 from ..sqlite_files import open_private_database
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
 from .errors import GalleryKeyError, GalleryStoreError, IdentityError
@@ -137,6 +137,9 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
         )""",
         "CREATE INDEX distinct_pairs_by_like ON distinct_pairs(like_id)",
     ),
+    # The second factors a door may ask for (appliance.access.credentials): the identity's cards and
+    # PIN hashes, a JSON object holding only what is set.
+    8: ("ALTER TABLE identities ADD COLUMN credentials TEXT NOT NULL DEFAULT '{}'",),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -173,7 +176,7 @@ class Identity:
             "consent_at": self.consent_at,
             "created_at": self.created_at,
             "templates": self.templates,
-            "policy": self.policy.document(),
+            "policy": self.policy.public_document(),
         }
 
 
@@ -488,7 +491,7 @@ class TemplateStore:
     _IDENTITY_COLUMNS = (
         "i.id, i.name, i.external_id, i.consent_at, i.created_at, "
         "(SELECT COUNT(*) FROM templates t WHERE t.identity_id = i.id), "
-        "i.valid_from, i.valid_until, i.suspended, i.groups"
+        "i.valid_from, i.valid_until, i.suspended, i.groups, i.credentials"
     )
 
     def identities(self) -> List[Identity]:
@@ -519,14 +522,18 @@ class TemplateStore:
         )
 
     def _policy(self, identity_id: str, columns: Sequence) -> IdentityPolicy:
-        valid_from, valid_until, suspended, groups = columns
+        valid_from, valid_until, suspended, groups, credentials = columns
         try:
+            credentials = json.loads(credentials)
+            if not isinstance(credentials, dict) or not set(credentials) <= set(CREDENTIAL_KEYS):
+                raise PolicyError(f"its credentials are not an object of {', '.join(CREDENTIAL_KEYS)}")
             return IdentityPolicy.from_document(
                 {
                     "valid_from": valid_from,
                     "valid_until": valid_until,
                     "suspended": bool(suspended),
                     "groups": json.loads(groups),
+                    **credentials,
                 },
                 f"the stored policy of {identity_id!r}",
             )
@@ -626,13 +633,16 @@ class TemplateStore:
     @staticmethod
     def _write_policy(db: sqlite3.Connection, identity_id: str, policy: IdentityPolicy) -> None:
         document = policy.document()
+        credentials = {key: document[key] for key in CREDENTIAL_KEYS if key in document}
         db.execute(
-            "UPDATE identities SET valid_from=?, valid_until=?, suspended=?, groups=? WHERE id=?",
+            "UPDATE identities SET valid_from=?, valid_until=?, suspended=?, groups=?, credentials=? "
+            "WHERE id=?",
             (
                 document["valid_from"],
                 document["valid_until"],
                 int(policy.suspended),
                 json.dumps(list(policy.groups)),
+                json.dumps(credentials, sort_keys=True),
                 identity_id,
             ),
         )
@@ -641,12 +651,41 @@ class TemplateStore:
         """Replace an identity's access policy (one transaction).
 
         Raises:
-            IdentityError: no such identity.
+            IdentityError: no such identity, or one of its cards is another identity's (a card names
+                one person).
         """
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
                 raise IdentityError(f"no identity {identity_id!r}")
+            if policy.cards:
+                holder = self._card_holder(db, policy.cards, identity_id)
+                if holder is not None:
+                    raise IdentityError(
+                        f"a card given is already {holder!r}'s: remove it there first "
+                        "(gallery set ID --remove-card CARD, or the set_policy command's remove_cards)"
+                    )
             self._write_policy(db, identity_id, policy)
+
+    @staticmethod
+    def _card_holder(db: sqlite3.Connection, cards: Sequence[str], other_than: str) -> Optional[str]:
+        """The first identity other than ``other_than`` that holds one of ``cards``, or ``None``."""
+        wanted = set(cards)
+        rows = db.execute(
+            "SELECT id, credentials FROM identities WHERE id<>? AND credentials LIKE '%cards%'", (other_than,)
+        )
+        for holder, credentials in rows:
+            try:
+                held = json.loads(credentials).get("cards", [])
+            except (ValueError, AttributeError):
+                continue
+            if wanted.intersection(held):
+                return str(holder)
+        return None
+
+    def card_holder(self, card: str) -> Optional[str]:
+        """The identity holding ``card`` (canonical text), or ``None``."""
+        with self._lock:
+            return self._card_holder(self._db, (card,), "")
 
     def policy_tables(self) -> PolicyTables:
         """The defined access groups and holiday calendars (a damaged row is logged and left out)."""

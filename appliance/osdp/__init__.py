@@ -5,21 +5,27 @@ On ``granted`` the reader reports the person's ``external_id`` to the panel as a
 (:mod:`.keys`); the panel's LED, buzzer and text commands are logged and kept for ``…/state``, and its
 green / red LED answer becomes a ``panel_granted`` / ``panel_denied`` door event (:mod:`.commands`).
 
+The opposite role too: the appliance as the control panel of a card-and-keypad reader beside its
+camera (``[credential_reader]``), whose cards and PINs complete a face (:mod:`.card_reader`).
+
 Modules: :mod:`.settings` (``[osdp]``), :mod:`.credential`, :mod:`.keys`, :mod:`.channel` (the serial
 port), :mod:`.binding` (libosdp, imported on demand), :mod:`.commands`, :mod:`.reader` (the
-:class:`~appliance.peripherals.Peripheral`), :mod:`.doctor`.
+:class:`~appliance.peripherals.Peripheral`), :mod:`.doctor`; :mod:`.card_reader_settings`
+(``[credential_reader]``) and :mod:`.card_reader`.
 
 Importing this package is cheap: libosdp (``osdp_sys``) is imported only when the reader starts.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from .card_reader_settings import CredentialReaderConfig
 from .errors import OsdpError
 from .settings import OsdpConfig
 
 if TYPE_CHECKING:
+    from ..access.credentials import PresentedCredential
     from ..peripherals import Peripheral
 
 
@@ -34,4 +40,17 @@ def create_reader(config: OsdpConfig) -> Peripheral:
     return OsdpReader(config)
 
 
-__all__ = ["OsdpConfig", "OsdpError", "create_reader"]
+def create_card_reader(
+    config: CredentialReaderConfig, offer: Callable[[PresentedCredential], bool]
+) -> Peripheral:
+    """The credential reader ``config`` describes, not yet started; its cards and PINs go to ``offer``.
+
+    Raises:
+        OsdpError: ``credential_reader.port`` is not set.
+    """
+    from .card_reader import CardReader
+
+    return CardReader(config, offer)
+
+
+__all__ = ["CredentialReaderConfig", "OsdpConfig", "OsdpError", "create_card_reader", "create_reader"]

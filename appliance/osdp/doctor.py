@@ -1,4 +1,5 @@
-"""``doctor`` checks of the OSDP reader: libosdp importable, the serial port, the Secure Channel key.
+"""``doctor`` checks of the OSDP reader and of the credential reader: libosdp importable, the serial
+port, the Secure Channel key.
 
 Each finding is ``(status, subject, detail, hint)`` with status ``ok`` / ``warn`` / ``fail``, for
 :mod:`appliance.doctor` to show with its own checks. Nothing here logs or returns the key.
@@ -12,6 +13,7 @@ from importlib import metadata
 from typing import List, Tuple
 
 from .binding import INSTALL_HINT, load
+from .card_reader_settings import CredentialReaderConfig
 from .channel import open_port
 from .errors import OsdpError
 from .keys import KEY_FORM, load_scbk
@@ -101,4 +103,73 @@ def doctor_checks(config: OsdpConfig) -> List[Finding]:
     return findings
 
 
-__all__ = ["doctor_checks"]
+def card_reader_checks(config: CredentialReaderConfig) -> List[Finding]:
+    """The findings about ``[credential_reader]`` (none when it is disabled)."""
+    if not config.enabled:
+        return []
+    from .card_reader import load_library
+
+    findings: List[Finding] = []
+    try:
+        load_library()
+        findings.append((OK, "credential reader library", "libosdp's control panel is importable", ""))
+    except OsdpError as err:
+        findings.append((FAIL, "credential reader library", str(err), INSTALL_HINT))
+    if config.port is not None:
+        findings.append(_card_reader_port(config))
+    findings.append(_card_reader_key(config))
+    return findings
+
+
+def _credential_reader_message(err: OsdpError, key: str) -> str:
+    """The message of a shared helper's ``err`` (``osdp.KEY: …``) naming ``credential_reader.KEY``."""
+    from .card_reader import rename_key
+
+    return str(rename_key(err, f"osdp.{key}", f"credential_reader.{key}"))
+
+
+def _card_reader_port(config: CredentialReaderConfig) -> Finding:
+    port = config.port or ""
+    try:
+        fd = open_port(port, config.baud_rate)
+    except OsdpError as err:
+        detail = _credential_reader_message(err, "port")
+        busy = "in use by another program" in detail
+        hint = (
+            "if the appliance is running it holds the port: that is expected"
+            if busy
+            else "check the device name, the adapter, and that the service user is in the 'dialout' group"
+        )
+        return (WARN if busy else FAIL, "credential reader port", detail, hint)
+    os.close(fd)
+    return (
+        OK,
+        "credential reader port",
+        f"{port} opens at {config.baud_rate} baud, reader address {config.address}",
+        "",
+    )
+
+
+def _card_reader_key(config: CredentialReaderConfig) -> Finding:
+    subject = "credential reader secure channel"
+    if not config.secure_channel:
+        return (
+            WARN,
+            subject,
+            "credential_reader.secure_channel is false: card numbers and PINs cross the line in the clear",
+            "set a key on the reader and in credential_reader.scbk_file, and secure_channel = true",
+        )
+    path = config.scbk_file
+    if path is None:
+        return (FAIL, subject, "credential_reader.scbk_file is not set", f"write {KEY_FORM}")
+    try:
+        load_scbk(path)
+    except OsdpError as err:
+        detail = _credential_reader_message(err, "scbk_file")
+        return (FAIL, subject, detail, f"write {KEY_FORM}")
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (WARN, subject, f"{path} is readable by other users", f"chmod 600 {path}")
+    return (OK, subject, f"key in {path} is well formed", "")
+
+
+__all__ = ["card_reader_checks", "doctor_checks"]

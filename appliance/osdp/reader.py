@@ -82,7 +82,7 @@ def _now() -> str:
 NEVER_REPORTED = ("liveness", "lockout")
 
 
-class _EventSender:
+class EventSender:
     """Hands door events to ``emit`` on a thread of its own, in order."""
 
     def __init__(self, emit: EmitDoorEvent) -> None:
@@ -138,7 +138,7 @@ class OsdpReader(Peripheral):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
-        self._sender: Optional[_EventSender] = None
+        self._sender: Optional[EventSender] = None
         self._channel = SerialChannel(config.port, config.baud_rate)
         self._lib: Any = None
         self._pd: Any = None
@@ -198,7 +198,7 @@ class OsdpReader(Peripheral):
             ) from None
         self._lib, self._pd = lib, pd
         self._names = binding.command_names(lib)
-        self._sender = _EventSender(emit)
+        self._sender = EventSender(emit)
         self._thread = threading.Thread(target=self._run, name="osdp-reader", daemon=True)
         self._thread.start()
         logger.info(

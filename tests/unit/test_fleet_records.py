@@ -176,6 +176,19 @@ def test_identity_round_trip(signer: Ed25519PrivateKey, trusted: Dict[str, Ed255
     assert opened.policy.groups == ("staff",)
 
 
+def test_an_identitys_cards_and_pin_hashes_travel_sealed(
+    signer: Ed25519PrivateKey, trusted: Dict[str, Ed25519PublicKey]
+) -> None:
+    policy = IdentityPolicy(groups=("vault",)).changed(
+        {"cards": ["w26:7:12345"], "pin": "2468", "duress_pin": "1357"}
+    )
+    payload = seal_record(_record(policy=policy), SITE, FLEET_KEY, signer)
+    for secret in (b"w26:7:12345", b"scrypt", policy.pin.encode()):  # type: ignore[union-attr]
+        assert secret not in payload
+    opened = open_record(payload, SITE, FLEET_KEY, trusted, topic_id="p-0123456789ab")
+    assert isinstance(opened, IdentityRecord) and opened.policy == policy
+
+
 def test_tombstone_round_trip(signer: Ed25519PrivateKey, trusted: Dict[str, Ed25519PublicKey]) -> None:
     tombstone = Tombstone("p-0123456789ab", 9, NOW)
     payload = seal_record(tombstone, SITE, FLEET_KEY, signer)

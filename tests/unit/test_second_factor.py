@@ -1,0 +1,447 @@
+"""Multi-factor access: cards and PINs on identities, the rule that holds a face grant for them, the
+judge and the pipeline that complete it, the duress PIN, and what commands, the store and the
+configuration accept (the reader itself: tests/integration/test_card_reader.py)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import numpy as np
+import pytest
+
+from appliance.access.credentials import (
+    CredentialInbox,
+    PresentedCredential,
+    card_from_bits,
+    check_pin_hash,
+    hash_pin,
+    parse_card,
+    verify_pin,
+)
+from appliance.access.errors import PolicyError
+from appliance.access.judge import AccessJudge
+from appliance.access.passback import PASSBACK
+from appliance.access.policy import IdentityPolicy, parse_instant
+from appliance.access.presence import PRESENCE_FILE, PresenceStore
+from appliance.access.second_factor import (
+    MAX_WAITING,
+    SECOND_FACTOR,
+    WRONG_CREDENTIAL,
+    Completion,
+    Refusal,
+    SecondFactorRule,
+)
+from appliance.access.settings import AccessConfig
+from appliance.commands import CommandError, parse
+from appliance.config_load import validate_config
+from appliance.decisions import Decision, DecisionSettings
+from appliance.events import access_event
+from appliance.gallery.errors import IdentityError
+from appliance.gallery.store import TemplateStore
+from appliance.metrics import Latencies
+from appliance.osdp.credential import encode
+from appliance.osdp.settings import OsdpCredentialConfig
+from appliance.pipeline import Pipeline
+
+VERSION = "mobilefacenet@foamliu-v1.0"
+NOON = parse_instant("2026-12-07T12:00:00Z", "t")
+T0 = NOON.timestamp()
+CARD = "w26:7:12345"
+READER = "reader"
+
+
+# -- cards and PINs ----------------------------------------------------------------------------------
+
+
+def test_card_reads_become_one_canonical_text_and_misreads_are_refused() -> None:
+    assert card_from_bits(26, bytes.fromhex("83981CC0")) == CARD  # the example of appliance.osdp.credential
+    for number, config in (
+        ("12345", OsdpCredentialConfig(format="wiegand34", facility_code=300)),
+        ("65535", OsdpCredentialConfig(format="wiegand26", facility_code=255)),
+        ("0", OsdpCredentialConfig(format="wiegand26", facility_code=0)),
+    ):
+        data = encode(number, config)  # what our own OSDP reader sends a panel reads back the same
+        expected = f"w{data.bits}:{config.facility_code}:{number}"
+        assert card_from_bits(data.bits, data.data) == expected == parse_card(expected.upper())
+    assert (
+        card_from_bits(37, bytes.fromhex("0000abcde0")) == "raw:37:1579bc"
+    )  # 40 bits sent, the last 3 padding
+    assert card_from_bits(8, b"\x00\xff") == "raw:8:0"  # extra bytes beyond the bit count are ignored
+    flipped = bytes([0x83 ^ 0x80]) + bytes.fromhex("981CC0")  # the leading even parity bit flipped
+    for bits, data, match in (
+        (26, flipped, "parity"),
+        (26, bytes.fromhex("83981C"), "needs 4"),
+        (0, b"", "1–128"),
+        (129, bytes(17), "1–128"),
+    ):
+        with pytest.raises(PolicyError, match=match):
+            card_from_bits(bits, data)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "w26:256:1", "w26:1:65536", "w34:65536:1", "raw:0:0", "raw:4:1f", "7:12345", "w26:-1:2", 42]
+)
+def test_a_malformed_card_is_refused(text: Any) -> None:
+    with pytest.raises(PolicyError):
+        parse_card(text)
+
+
+def test_pins_are_kept_only_as_salted_hashes_with_a_bounded_cost() -> None:
+    first, second = hash_pin("123456"), hash_pin("123456")
+    assert first != second and "123456" not in first  # a fresh salt each time
+    assert verify_pin("123456", first) and verify_pin("123456", second)
+    assert not verify_pin("123457", first) and not verify_pin("123456", None)
+    assert not verify_pin("12345x", first) and not verify_pin("123456", "scrypt$garbage")
+    for pin in ("123", "123456789", "12a4", "", " 1234"):
+        with pytest.raises(PolicyError, match="4–8 digits"):
+            hash_pin(pin)
+    costly = first.replace("scrypt$12$", "scrypt$24$")  # a hostile record asking for minutes of work
+    with pytest.raises(PolicyError, match="out of bounds"):
+        check_pin_hash(costly)
+    assert not verify_pin("123456", costly)
+
+
+def test_the_inbox_is_bounded_and_wakes_the_pipeline() -> None:
+    woken: List[int] = []
+    inbox = CredentialInbox(capacity=2, wake=lambda: woken.append(1))
+    presented = [PresentedCredential("pin", "1234", READER, T0 + i) for i in range(3)]
+    assert [inbox.offer(c) for c in presented] == [True, True, False]
+    assert inbox.dropped == 1 and len(woken) == 2
+    assert inbox.drain() == presented[:2] and inbox.drain() == []
+    assert "1234" not in repr(presented[0])  # a PIN never reaches a log through a repr
+
+
+# -- an identity's credentials -----------------------------------------------------------------------
+
+
+def test_an_identitys_cards_and_pins_change_and_round_trip_without_showing_the_hashes() -> None:
+    policy = IdentityPolicy().changed({"add_cards": ["W26:007:12345", "raw:37:1abc"], "pin": "2468"})
+    assert policy.cards == ("raw:37:1abc", CARD) and verify_pin("2468", policy.pin)
+    assert IdentityPolicy.from_document(json.loads(json.dumps(policy.document()))) == policy
+    public = policy.public_document()
+    assert public["pin"] is True and public["duress_pin"] is False and "scrypt" not in json.dumps(public)
+    assert "scrypt" not in repr(policy)
+    # without credentials the document is what an older firmware wrote and reads
+    assert set(IdentityPolicy().document()) == {"valid_from", "valid_until", "suspended", "groups"}
+    duress = policy.changed({"duress_pin": "9999", "remove_cards": ["raw:37:1ABC"]})
+    assert duress.cards == (CARD,) and verify_pin("9999", duress.duress_pin) and duress.pin == policy.pin
+    assert duress.changed({"pin": None, "cards": []}).document().keys() == {
+        "valid_from",
+        "valid_until",
+        "suspended",
+        "groups",
+        "duress_pin",
+    }
+    for changes, match in (
+        ({"duress_pin": "2468"}, "must differ"),
+        ({"pin": "12"}, "policy.pin: a PIN is 4–8 digits"),
+        ({"add_cards": "w26:7:1"}, "list of cards"),
+        ({"add_cards": ["w26:7:1"] * 1 + [f"w26:7:{i}" for i in range(2, 10)]}, "at most 8 cards"),
+    ):
+        with pytest.raises(PolicyError, match=match):
+            policy.changed(changes)
+    with pytest.raises(PolicyError, match="must differ"):
+        duress.changed({"pin": "9999"})
+    with pytest.raises(PolicyError, match="pin must be a PIN hash"):
+        IdentityPolicy.from_document({"pin": "1234"})  # a record holds hashes, never PINs
+
+
+def test_the_store_keeps_credentials_refuses_a_card_held_by_another_and_reads_a_damaged_row_as_suspended(
+    tmp_path: Path,
+) -> None:
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        for who in ("ada", "bob"):
+            store.add(who, who.title(), VERSION, _unit(len(who) + ord(who[0])))
+        store.set_policy("ada", IdentityPolicy().changed({"cards": [CARD], "pin": "2468"}))
+        assert store.card_holder(CARD) == "ada" and store.card_holder("w26:7:1") is None
+        with pytest.raises(IdentityError, match="already 'ada'"):
+            store.set_policy("bob", IdentityPolicy(cards=(CARD,)))
+        store.set_policy("ada", store.identity("ada").policy)  # her own card again: fine
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        ada = store.identity("ada")
+        assert ada.policy.cards == (CARD,) and verify_pin("2468", ada.policy.pin)
+        assert ada.document()["policy"]["pin"] is True  # gallery list --json
+    with sqlite3.connect(str(tmp_path / "gallery.db")) as db:
+        db.execute("UPDATE identities SET credentials='{\"pin\": \"1234\"}' WHERE id='ada'")
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        assert store.identity("ada").policy.suspended  # never a grant from a damaged row
+
+
+def test_the_set_policy_command_takes_cards_and_pins_and_refuses_bad_ones() -> None:
+    def command(**keys: Any) -> Any:
+        return parse("set_policy", json.dumps({"request_id": "r", "id": "ada", **keys}).encode())[1]
+
+    assert command(add_cards=[CARD], pin="2468").changes() == {"add_cards": [CARD], "pin": "2468"}
+    assert command(pin=None).changes() == {"pin": None}
+    assert "2468" not in repr(command(pin="2468"))
+    for keys, match in (
+        ({"pin": "12"}, "a PIN is 4–8 digits"),
+        ({"pin": 1234}, "pin"),
+        ({"duress_pin": "123456789"}, "at most 8"),
+        ({"add_cards": ["w26:300:1"]}, "facility 0–255"),
+        ({"remove_cards": [CARD] * 9}, "remove_cards"),
+    ):
+        with pytest.raises(CommandError, match=match):
+            command(**keys)
+
+
+# -- the rule ----------------------------------------------------------------------------------------
+
+
+def _credential(kind: str, value: str, at: float, reader: str = READER) -> PresentedCredential:
+    return PresentedCredential(kind, value, reader, T0 + at)  # type: ignore[arg-type]
+
+
+def _policies(**policies: IdentityPolicy) -> Any:
+    return policies.get
+
+
+ADA = IdentityPolicy(groups=("vault",), cards=(CARD,), pin=hash_pin("2468"), duress_pin=hash_pin("1357"))
+BOB = IdentityPolicy(groups=("vault",), cards=("w26:7:1",), pin=hash_pin("1111"))
+
+
+def test_a_face_waits_for_its_own_card_and_a_wrong_one_counts_as_an_attempt() -> None:
+    rule = SecondFactorRule("card", ["vault"], 15, 2, {READER: []})
+    assert rule.needs(["vault", "x"]) and not rule.needs(["staff"])
+    assert rule.hold("ada", "cam", ADA, T0) is None
+    policies = _policies(ada=ADA, bob=BOB)
+    assert rule.present(_credential("pin", "2468", 1), policies) == []  # not asked for here: ignored
+    assert rule.present(_credential("card", "w26:7:1", 2), policies) == [
+        Refusal("ada", "cam", "card", READER, False)
+    ]
+    assert rule.present(_credential("card", CARD, 3), policies) == [
+        Completion("ada", "cam", "card", False, READER)
+    ]
+    assert rule.waiting() == ()
+    rule.hold("ada", "cam", ADA, T0 + 10)
+    rule.present(_credential("card", "w26:7:1", 11), policies)
+    assert rule.present(_credential("card", "w26:7:2", 12), policies) == [
+        Refusal("ada", "cam", "card", READER, True)  # max_attempts: the wait is given up
+    ]
+    assert rule.waiting() == ()
+    assert rule.present(_credential("card", CARD, 13), policies) == []  # nobody waits: it waits for a face
+
+
+def test_a_pin_completes_its_owner_among_several_and_the_duress_pin_says_so() -> None:
+    rule = SecondFactorRule("card_or_pin", [], 15, 3, {READER: ["entry"]})
+    rule.hold("ada", "entry", ADA, T0)
+    rule.hold("bob", "entry", BOB, T0 + 1)
+    policies = _policies(ada=ADA, bob=BOB)
+    assert rule.present(_credential("pin", "1111", 2), policies) == [
+        Completion("bob", "entry", "pin", False, READER)
+    ]
+    assert rule.present(_credential("pin", "1357", 3), policies) == [
+        Completion("ada", "entry", "pin", True, READER)
+    ]
+    # a reader serves only its cameras; an unknown reader is ignored
+    rule.hold("ada", "exit", ADA, T0 + 4)
+    assert rule.present(_credential("pin", "2468", 5), policies) == []
+    assert rule.present(_credential("pin", "2468", 6, reader="elsewhere"), policies) == []
+    assert [w.identity_id for w in rule.waiting()] == ["ada"]
+
+
+def test_a_card_first_waits_for_its_face_within_s_and_is_used_once() -> None:
+    rule = SecondFactorRule("card", [], 15, 3, {READER: []})
+    policies = _policies(ada=ADA)
+    assert rule.present(_credential("card", CARD, 0), policies) == []
+    assert rule.hold("bob", "cam", BOB, T0 + 1) is None  # not bob's card: he waits
+    assert rule.hold("ada", "cam", ADA, T0 + 2) == Completion("ada", "cam", "card", False, READER)
+    assert rule.hold("ada", "cam", ADA, T0 + 3) is None  # used up
+    rule.present(_credential("card", CARD, 100), policies)
+    assert rule.hold("ada", "cam", ADA, T0 + 116) is None  # too late
+    assert [w.identity_id for w in rule.waiting(T0 + 116)] == ["ada"]  # bob's wait expired
+
+
+def test_waits_are_bounded_and_a_removed_identitys_wait_ends() -> None:
+    rule = SecondFactorRule("pin", [], 15, 3, {READER: []})
+    for i in range(MAX_WAITING + 2):
+        rule.hold(f"p{i}", "cam", ADA, T0 + i)
+    assert [w.identity_id for w in rule.waiting()] == [f"p{i}" for i in range(2, MAX_WAITING + 2)]
+    assert rule.present(_credential("pin", "2468", 7), _policies()) == []  # every one removed meanwhile
+    assert rule.waiting() == ()
+    with pytest.raises(ValueError, match="require"):
+        SecondFactorRule("face", [], 15, 3, {})
+
+
+# -- the judge and the pipeline ------------------------------------------------------------------------
+
+
+def _unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=(1, 128)).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[TemplateStore]:
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add("ada", "Ada", VERSION, _unit(1), policy=ADA)
+        store.add("tom", "Tom", VERSION, _unit(2), policy=IdentityPolicy(groups=("staff",)))
+        yield store
+
+
+def _access(**second_factor: Any) -> AccessConfig:
+    return AccessConfig.model_validate(
+        {"second_factor": {"require": "card_or_pin", "groups": ["vault"], **second_factor}}
+    )
+
+
+def test_the_judge_holds_a_grant_records_it_when_completed_and_asks_the_policy_again(
+    gallery: TemplateStore, tmp_path: Path
+) -> None:
+    with PresenceStore.open(tmp_path / PRESENCE_FILE) as presence:
+        access = _access().model_copy(
+            update={
+                "anti_passback": AccessConfig.model_validate(
+                    {"anti_passback": {"mode": "hard"}}
+                ).anti_passback
+            }
+        )
+        judge = AccessJudge.for_door(access, gallery, presence, {"entry": "in"}, {READER: []})
+        assert judge.judge_passage("tom", "entry", NOON).factors == ()  # not in a group that needs it
+        assert judge.judge_passage("ada", "entry", NOON).reason == SECOND_FACTOR
+        assert presence.last("ada") is None  # held: not a passage yet
+        assert judge.judge_passage("ada", "entry", NOON, record=False).reason is None  # access check
+        [(who, camera, verdict)] = judge.present(_credential("card", CARD, 5))
+        assert (who, camera, verdict.reason, verdict.factors, verdict.duress) == (
+            "ada",
+            "entry",
+            None,
+            ("face", "card"),
+            False,
+        )
+        assert presence.last("ada").direction == "in"
+        assert judge.judge_passage("ada", "entry", NOON + timedelta(minutes=3)).reason == PASSBACK
+        # suspended while she waited: the PIN completes the wait, the policy still refuses
+        presence.reset(["ada"], None, None)
+        judge.judge_passage("ada", "entry", NOON + timedelta(minutes=5))
+        gallery.set_policy("ada", ADA.changed({"suspended": True}))
+        [(_, _, verdict)] = judge.present(_credential("pin", "2468", 301))
+        assert verdict.reason == "suspended"
+        gallery.set_policy("ada", ADA)
+        judge.judge_passage("ada", "entry", NOON + timedelta(minutes=10))
+        [(_, _, verdict)] = judge.present(_credential("pin", "0000", 601))
+        assert verdict.reason == WRONG_CREDENTIAL
+    assert AccessJudge.for_door(AccessConfig(), gallery).second_factor is None
+    assert AccessJudge.for_door(AccessConfig(), gallery).present(_credential("card", CARD, 0)) == []
+
+
+class _NoModels:
+    analyzer = None
+
+
+def test_the_pipeline_reports_the_held_face_then_the_grant_its_pin_completed_with_the_duress_flag(
+    gallery: TemplateStore,
+) -> None:
+    judge = AccessJudge.for_door(_access(), gallery, readers={READER: []})
+    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
+    lane = pipeline.lanes["cam0"]
+    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    lane.best_crop[7] = (0.9, np.zeros((112, 112, 3), np.uint8))
+    held = pipeline._outcome(lane, vote, 1.0, keep=True)
+    assert (held.decision.decision, held.decision.access_reason) == ("denied", SECOND_FACTOR)
+    inbox = CredentialInbox()
+    pipeline.credentials = inbox
+    at = judge.second_factor.waiting()[0].at
+    inbox.offer(PresentedCredential("pin", "0000", READER, at + 1))
+    inbox.offer(PresentedCredential("pin", "1357", READER, at + 2))
+    wrong, opened = pipeline.take_credentials(50.0)
+    assert (wrong.decision.decision, wrong.decision.access_reason) == ("denied", WRONG_CREDENTIAL)
+    assert opened.decision.decision == "granted" and opened.captured_at == 50.0
+    assert opened.crop is held.crop and opened.camera_id == "cam0"
+    event = access_event(opened.decision, "door", "cam0", {}, 1.0)
+    assert event["factors"] == ["face", "pin"] and event["duress"] is True and event["reason"] is None
+    assert "factors" not in access_event(held.decision, "door", "cam0", {}, 1.0)
+    assert pipeline.take_credentials(51.0) == [] and pipeline._held == {}
+
+
+# -- the configuration ---------------------------------------------------------------------------------
+
+
+READER_SECTION = {"enabled": True, "port": "/dev/ttyUSB1", "secure_channel": False}
+
+
+def test_the_configuration_asks_for_a_reader_at_known_cameras() -> None:
+    config = validate_config(
+        {"access": {"second_factor": {"require": "pin"}}, "credential_reader": {**READER_SECTION, "id": "r1"}}
+    )
+    assert config.reader_cameras == {"r1": []}
+    assert validate_config({}).reader_cameras == {}
+    for document, match in (
+        ({"access": {"second_factor": {"require": "card"}}}, r"\[credential_reader\]"),
+        ({"credential_reader": {**READER_SECTION, "cameras": ["nowhere"]}}, "nowhere"),
+        ({"access": {"second_factor": {"require": "face"}}}, "require"),
+        ({"access": {"second_factor": {"require": "pin", "within_s": 1}}}, "within_s"),
+        (
+            {
+                "credential_reader": {**READER_SECTION, "id": "door"},
+                "door": {"enabled": True, "relay": {"line": 12}},
+            },
+            "id of its own",
+        ),
+    ):
+        with pytest.raises(Exception, match=match):
+            validate_config(document)
+
+
+def test_doctor_names_the_people_who_hold_nothing_the_door_asks_for(tmp_path: Path) -> None:
+    from appliance.doctor import OK, WARN, check_access
+
+    document = {
+        "storage": {"dir": str(tmp_path)},
+        "access": {"second_factor": {"require": "card", "groups": ["vault"]}},
+        "credential_reader": READER_SECTION,
+    }
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add("ada", "Ada", VERSION, _unit(1), policy=ADA)
+        store.add(
+            "bob", "Bob", VERSION, _unit(2), policy=IdentityPolicy(groups=("vault",), pin=hash_pin("1111"))
+        )
+        store.add("tom", "Tom", VERSION, _unit(3), policy=IdentityPolicy(groups=("staff",)))
+    [check] = [c for c in check_access(validate_config(document)) if c.subject == "access.second_factor"]
+    assert check.status == WARN and "1 of the 2 people" in check.detail and check.detail.endswith(": bob")
+    document["access"] = {"second_factor": {"require": "card_or_pin", "groups": ["vault"]}}
+    [check] = [c for c in check_access(validate_config(document)) if c.subject == "access.second_factor"]
+    assert check.status == OK and "for 2 people; 1 hold a duress PIN" in check.detail
+
+
+def test_the_command_line_sets_cards_and_reads_pins_from_standard_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import io
+
+    from appliance import cli
+
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'[storage]\ndir = "{tmp_path}"\n')
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add("ada", "Ada", VERSION, _unit(1))
+    monkeypatch.setattr("sys.stdin", io.StringIO("2468\n1357\n"))
+    arguments = [
+        "gallery",
+        "set",
+        "ada",
+        "--card",
+        "w26:7:12345",
+        "--pin",
+        "--duress-pin",
+        "--config",
+        str(config),
+    ]
+    assert cli.main(arguments) == cli.EXIT_OK
+    assert capsys.readouterr().out.strip() == "ada: · 1 card · PIN · duress PIN"
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        policy = store.identity("ada").policy
+    assert (
+        policy.cards == (CARD,) and verify_pin("2468", policy.pin) and verify_pin("1357", policy.duress_pin)
+    )
+    clear = ["gallery", "set", "ada", "--clear-pin", "--remove-card", CARD, "--json", "--config", str(config)]
+    assert cli.main(clear) == cli.EXIT_OK
+    shown = json.loads(capsys.readouterr().out)["policy"]
+    assert (shown["cards"], shown["pin"], shown["duress_pin"]) == ([], False, True)
+    monkeypatch.setattr("sys.stdin", io.StringIO("12\n"))
+    assert cli.main(["gallery", "set", "ada", "--pin", "--config", str(config)]) != cli.EXIT_OK
+    assert "a PIN is 4–8 digits" in capsys.readouterr().err
