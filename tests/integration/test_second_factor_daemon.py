@@ -1,0 +1,115 @@
+"""Face + card and face + PIN in the daemon: the real models on a real face, a real broker, and libosdp's
+real peripheral device playing the card-and-keypad reader over a ``socat`` pty pair (Secure Channel on).
+
+Obama, in ``vault``, is held for his second factor; a wrong PIN is reported, his card opens the door
+(and the reader turns green), and, at his next passage, his duress PIN opens it too, with the alarm in
+the event only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+from appliance.access.policy import IdentityPolicy
+from appliance.gallery.store import TemplateStore
+from tests.card_reader_support import KeypadReader
+from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.osdp_support import KEY, pty_pair, write_key
+from tests.support import ROOT, Daemon, daemon_config, event_documents, make_passage_video, unique_events
+
+#: Facility 7, card 12345 as a 26-bit Wiegand read.
+CARD_READ = bytes.fromhex("83981cc0")
+
+
+def _wait_event(
+    recorder: Recorder, daemon: Daemon, what: str, matches: Callable[[Dict[str, Any]], bool], after: int = 0
+) -> int:
+    """Wait for an access event after the first ``after`` ones that ``matches``; its index."""
+
+    def found(messages: List[Any]) -> bool:
+        return any(matches(e) for e in unique_events(event_documents(messages))[after:])
+
+    try:
+        recorder.wait_for(found, timeout=90, what=what)
+    except AssertionError:
+        raise AssertionError(f"{what}; daemon log:\n{daemon.text[-4000:]}") from None
+    events = unique_events(event_documents(recorder.messages))
+    return next(i for i in range(after, len(events)) if matches(events[i]))
+
+
+def _event(recorder: Recorder, index: int) -> Dict[str, Any]:
+    return unique_events(event_documents(recorder.messages))[index]
+
+
+def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    policy = IdentityPolicy(groups=("vault",)).changed(
+        {"cards": ["w26:7:12345"], "pin": "2468", "duress_pin": "1357"}
+    )
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
+        store.set_policy("obama", policy)
+    video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
+    key = write_key(tmp_path / "reader_scbk", KEY)
+    with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
+        config = daemon_config(
+            tmp_path,
+            storage,
+            shared_models,
+            mosquitto,
+            video,
+            at_end="loop",
+            access='[access.second_factor]\nrequire = "card_or_pin"\ngroups = ["vault"]\nwithin_s = 60',
+            credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
+            decision="reannounce_s = 4.0",
+        )
+        daemon = Daemon(config)
+        try:
+            held = _wait_event(
+                recorder,
+                daemon,
+                "Obama's face held for his second factor",
+                lambda e: e["reason"] == "second_factor" and e["identity"]["id"] == "obama",
+            )
+            assert _event(recorder, held)["decision"] == "denied"
+            reader.wait_for(reader.secure, "the reader's Secure Channel")
+            reader.keys("0000#")
+            wrong = _wait_event(
+                recorder, daemon, "a wrong PIN reported", lambda e: e["reason"] == "wrong_credential", held
+            )
+            assert _event(recorder, wrong)["identity"]["id"] == "obama"
+            reader.card(CARD_READ, 26)
+            opened = _wait_event(
+                recorder, daemon, "the card opens", lambda e: e["decision"] == "granted", wrong
+            )
+            event = _event(recorder, opened)
+            assert event["factors"] == ["face", "card"] and "duress" not in event
+            green = reader.osdp.CommandLEDColor.Green
+            reader.wait_for(
+                lambda: any(c.get("on_color") == green for c in reader.of(reader.osdp.Command.LED)),
+                "a green LED on the reader",
+            )
+            again = _wait_event(
+                recorder,
+                daemon,
+                "his next passage held again",
+                lambda e: e["reason"] == "second_factor",
+                opened + 1,
+            )
+            reader.keys("1357#")
+            duress = _wait_event(
+                recorder, daemon, "the duress PIN opens", lambda e: e["decision"] == "granted", again
+            )
+            event = _event(recorder, duress)
+            assert event["factors"] == ["face", "pin"] and event["duress"] is True
+            assert event["identity"]["id"] == "obama" and event["reason"] is None
+            door_events = [m for m in recorder.messages if m.topic == f"{ROOT}/door"]
+            assert any(b'"reader_online"' in m.payload for m in door_events)
+        finally:
+            assert daemon.stop() == 0, daemon.text[-4000:]
