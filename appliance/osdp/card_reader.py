@@ -43,10 +43,8 @@ import collections
 import importlib
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -59,26 +57,18 @@ from ..access.credentials import (
 )
 from ..access.errors import PolicyError
 from ..access.second_factor import SECOND_FACTOR
-from ..peripherals import EmitDoorEvent, Passage, Peripheral
+from ..peripherals import EmitDoorEvent, Passage
 from . import binding
 from .card_reader_settings import CredentialReaderConfig
 from .channel import SerialChannel
 from .errors import OsdpError
 from .keys import load_scbk
-from .reader import EventSender
+from .owner import LINK_GRACE_S, TICK_S, OsdpOwner, utc_now
 
 logger = logging.getLogger(__name__)
 
-#: Owner-loop period: libosdp wants ``refresh()`` at least every 50 ms.
-TICK_S = 0.01
 #: Decisions waiting for the owner thread to show them; more are dropped (only the latest is shown).
 FEEDBACK_QUEUE = 16
-#: Seconds between checks of the serial port for a hang-up.
-CHECK_S = 0.25
-#: Seconds between attempts to reopen a failed serial port.
-REOPEN_S = 2.0
-#: How long the link may be unusable before ``reader_offline``.
-LINK_GRACE_S = 1.0
 #: First and longest wait between restarts of libosdp's link to a reader that does not answer.
 RESTART_FIRST_S, RESTART_MAX_S = 2.0, 16.0
 #: How long the reader may stay silent (from start, or after a loss) before a WARNING with what to check.
@@ -114,10 +104,6 @@ CP_METHODS = (
     "enable_pd",
     "is_pd_enabled",
 )
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def load_library() -> ModuleType:
@@ -344,7 +330,7 @@ def signal_commands(lib: Any, signal: Signal) -> List[Dict[str, Any]]:
 # -- the peripheral ------------------------------------------------------------------------------------
 
 
-class CardReader(Peripheral):
+class CardReader(OsdpOwner):
     """A card-and-keypad reader polled over OSDP; see the module docstring.
 
     Args:
@@ -361,19 +347,13 @@ class CardReader(Peripheral):
             raise OsdpError(
                 "credential_reader.port is not set; name the serial device of the reader's RS-485 line"
             )
+        super().__init__(SerialChannel(config.port, config.baud_rate), f"credential reader {config.id}")
         self.name = config.id
         self._config = config
         self._offer = offer
         self._feedback: queue.Queue = queue.Queue(FEEDBACK_QUEUE)  # of SIGNALS keys
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._sender: Optional[EventSender] = None
-        self._channel = SerialChannel(config.port, config.baud_rate)
         self._lib: Any = None
         self._cp: Any = None
-        self._closed = False
         # Owner-thread state.
         self._keypad = KeypadEntry(config.pin_timeout_s)
         self._usable = False
@@ -383,8 +363,6 @@ class CardReader(Peripheral):
         self._next_restart: Optional[float] = None
         self._reenable = False  # the reader was disabled in libosdp, to be enabled after a refresh()
         self._warned = False
-        self._next_reopen = 0.0
-        self._next_check = 0.0
         # Shared with state() (under _lock).
         self._link = "offline"
         self._link_since: Optional[str] = None
@@ -424,9 +402,7 @@ class CardReader(Peripheral):
                 f"libosdp refused the credential reader's settings (credential_reader.address): {err}"
             ) from None
         self._lib, self._cp = lib, cp
-        self._sender = EventSender(emit)
-        self._thread = threading.Thread(target=self._run, name="osdp-card-reader", daemon=True)
-        self._thread.start()
+        self._start_owner(emit, "osdp-card-reader")
         logger.info(
             "credential reader %s: polling address %d on %s, %d baud, Secure Channel %s",
             self.name,
@@ -490,24 +466,8 @@ class CardReader(Peripheral):
                 "events_dropped": self._sender.dropped if self._sender is not None else 0,
             }
 
-    def close(self, timeout: float) -> None:
-        """Stop the owner thread, release the port and stop the event thread within ``timeout`` s."""
-        if self._closed:
-            return
-        self._closed = True
-        deadline = time.monotonic() + timeout
-        self._stop.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                logger.error("the credential reader thread did not stop within %.1f s", timeout)
-                return
-        self._cp = None  # libosdp's teardown (the owner thread is gone)
-        self._channel.close()
-        if self._sender is not None:
-            self._sender.close(max(0.0, deadline - time.monotonic()))
+    def _release(self) -> None:
+        self._cp = None  # libosdp's teardown
 
     # -- start-up --------------------------------------------------------------------------------------
 
@@ -562,19 +522,7 @@ class CardReader(Peripheral):
                 self._announce(False, "closed" if self._stop.is_set() else "reader_failed")
 
     def _refresh(self) -> None:
-        channel = self._channel
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + CHECK_S
-            channel.check()
-        if channel.error is not None or not channel.is_open:
-            if now >= self._next_reopen:
-                self._next_reopen = now + REOPEN_S
-                try:
-                    channel.open()
-                    logger.info("credential reader %s: serial port %s reopened", self.name, channel.path)
-                except OsdpError as err:
-                    logger.debug("credential reader serial port still unusable: %s", err)
+        self._keep_port()
         self._cp.refresh()
 
     def _follow_link(self) -> None:
@@ -588,7 +536,7 @@ class CardReader(Peripheral):
         if link != self._link:
             logger.info("credential reader %s: link %s → %s", self.name, self._link, link)
             with self._lock:
-                self._link, self._link_since = link, _now()
+                self._link, self._link_since = link, utc_now()
         usable = secure if self._config.secure_channel else online
         if usable != self._usable:
             self._usable = usable
@@ -657,10 +605,6 @@ class CardReader(Peripheral):
             reason,
         )
         self._send("reader_offline", {"reader_id": self.name, "reason": reason})
-
-    def _send(self, kind: str, details: Dict[str, Any]) -> None:
-        if self._sender is not None:
-            self._sender.send(kind, details)
 
     # -- feedback -------------------------------------------------------------------------------------
 
@@ -775,7 +719,7 @@ class CardReader(Peripheral):
             taken = False
         with self._lock:
             self._counts[f"{kind}s"] += 1
-            self._last_read_at = _now()
+            self._last_read_at = utc_now()
             if not taken:
                 self._counts["dropped"] += 1
         if not taken:

@@ -41,40 +41,25 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Deque, Dict, Mapping, Optional, Set, Tuple
 
-from ..peripherals import EmitDoorEvent, Passage, Peripheral
+from ..peripherals import EmitDoorEvent, Passage
 from . import binding
 from .channel import SerialChannel
 from .commands import summarize, verdict
 from .credential import UnfitCredentialError, encode
 from .errors import OsdpError
 from .keys import load_scbk, store_scbk
+from .owner import LINK_GRACE_S, TICK_S, OsdpOwner, utc_now
 from .settings import OsdpConfig
 
 logger = logging.getLogger(__name__)
 
-#: Owner-loop period: libosdp wants ``refresh()`` at least every 50 ms.
-TICK_S = 0.01
 #: Passages waiting for the owner thread; more are refused (``queue_full``).
 PASSAGE_QUEUE = 64
-#: Door events waiting to be stored; more are dropped with a WARNING.
-EVENT_QUEUE = 256
-#: Seconds between checks of the serial port for a hang-up.
-CHECK_S = 0.25
-#: Seconds between attempts to reopen a failed serial port.
-REOPEN_S = 2.0
-#: How long the link may be unusable before ``osdp_offline`` (a Secure Channel restart takes ~0.2 s).
-LINK_GRACE_S = 1.0
 #: How long the panel may talk without a Secure Channel before a WARNING about the key.
 NO_SECURE_WARNING_S = 10.0
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 #: Denials never reported to the panel, even with ``report_denied``: the face may be a photo (a
@@ -82,45 +67,7 @@ def _now() -> str:
 NEVER_REPORTED = ("liveness", "lockout")
 
 
-class EventSender:
-    """Hands door events to ``emit`` on a thread of its own, in order."""
-
-    def __init__(self, emit: EmitDoorEvent) -> None:
-        self._emit = emit
-        self._queue: queue.Queue = queue.Queue(EVENT_QUEUE)  # of (kind, details), None to stop
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="osdp-events", daemon=True)
-        self._thread.start()
-
-    def send(self, kind: str, details: Dict[str, Any]) -> None:
-        try:
-            self._queue.put_nowait((kind, details))
-        except queue.Full:
-            self.dropped += 1
-            logger.warning(
-                "OSDP door event %s dropped: %d events are waiting to be stored", kind, EVENT_QUEUE
-            )
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._emit(*item)
-            except Exception:  # emit never raises by contract; a bug must not end the thread
-                logger.exception("storing the OSDP door event %s failed", item[0])
-
-    def close(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(None, timeout=max(0.0, timeout))
-        except queue.Full:
-            pass
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class OsdpReader(Peripheral):
+class OsdpReader(OsdpOwner):
     """The appliance as an OSDP reader (peripheral device); see the module docstring.
 
     Args:
@@ -132,18 +79,12 @@ class OsdpReader(Peripheral):
     def __init__(self, config: OsdpConfig) -> None:
         if config.port is None:
             raise OsdpError("osdp.port is not set; name the serial device of the RS-485 bus")
+        super().__init__(SerialChannel(config.port, config.baud_rate), "OSDP reader")
         self._config = config
         self._passages: queue.Queue = queue.Queue(PASSAGE_QUEUE)  # of Passage
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._sender: Optional[EventSender] = None
-        self._channel = SerialChannel(config.port, config.baud_rate)
         self._lib: Any = None
         self._pd: Any = None
         self._names: Dict[int, str] = {}
-        self._closed = False
         # Owner-thread state.
         self._pending: Deque[Tuple[str, float]] = collections.deque()  # (event_id, submitted at)
         self._withdraw_reason = "not_collected"
@@ -152,8 +93,6 @@ class OsdpReader(Peripheral):
         self._announced = False  # the last door event said "online"
         self._down: Optional[Tuple[float, str]] = None  # (since, reason) of the link's last drop
         self._insecure_since: Optional[float] = None
-        self._next_reopen = 0.0
-        self._next_check = 0.0
         # Shared with state() (under _lock).
         self._link = "offline"
         self._link_since: Optional[str] = None
@@ -198,9 +137,7 @@ class OsdpReader(Peripheral):
             ) from None
         self._lib, self._pd = lib, pd
         self._names = binding.command_names(lib)
-        self._sender = EventSender(emit)
-        self._thread = threading.Thread(target=self._run, name="osdp-reader", daemon=True)
-        self._thread.start()
+        self._start_owner(emit, "osdp-reader")
         logger.info(
             "OSDP reader at address %d on %s, %d baud, Secure Channel %s%s, card data %s",
             config.address,
@@ -270,24 +207,8 @@ class OsdpReader(Peripheral):
                 "tamper": dict(self._tamper_state),
             }
 
-    def close(self, timeout: float) -> None:
-        """Stop the owner thread, release the port and stop the event thread within ``timeout`` s."""
-        if self._closed:
-            return
-        self._closed = True
-        deadline = time.monotonic() + timeout
-        self._stop.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                logger.error("the OSDP reader thread did not stop within %.1f s", timeout)
-                return
-        self._pd = None  # libosdp's teardown (the owner thread is gone)
-        self._channel.close()
-        if self._sender is not None:
-            self._sender.close(max(0.0, deadline - time.monotonic()))
+    def _release(self) -> None:
+        self._pd = None  # libosdp's teardown
 
     # -- start-up --------------------------------------------------------------------------------------
 
@@ -326,19 +247,7 @@ class OsdpReader(Peripheral):
                 self._announce(False, "closed" if self._stop.is_set() else "reader_failed")
 
     def _refresh(self) -> None:
-        channel = self._channel
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + CHECK_S
-            channel.check()
-        if channel.error is not None or not channel.is_open:
-            if now >= self._next_reopen:
-                self._next_reopen = now + REOPEN_S
-                try:
-                    channel.open()
-                    logger.info("OSDP serial port %s reopened", channel.path)
-                except OsdpError as err:
-                    logger.debug("OSDP serial port still unusable: %s", err)
+        self._keep_port()
         self._pd.refresh()
 
     def _follow_link(self) -> None:
@@ -348,7 +257,7 @@ class OsdpReader(Peripheral):
         if link != self._link:
             logger.info("OSDP link %s → %s", self._link, link)
             with self._lock:
-                self._link, self._link_since = link, _now()
+                self._link, self._link_since = link, utc_now()
         usable = secure if self._config.secure_channel else online
         if usable != self._usable:
             self._usable = usable
@@ -529,10 +438,6 @@ class OsdpReader(Peripheral):
                 self._refused[reason] += 1
         self._send("osdp_report_refused", {"access_event_id": event_id, "reason": reason})
 
-    def _send(self, kind: str, details: Dict[str, Any]) -> None:
-        if self._sender is not None:
-            self._sender.send(kind, details)
-
     # -- libosdp callbacks (inside refresh(), on the owner thread) -------------------------------------
 
     def _on_event_done(self, event: Mapping[str, Any], status: int) -> None:
@@ -577,7 +482,7 @@ class OsdpReader(Peripheral):
             summary["stored"] = stored
             status = 0 if stored else -1
             with self._lock:
-                self._keyset = {"ts": _now(), "stored": stored}
+                self._keyset = {"ts": utc_now(), "stored": stored}
         elif kind in ("comset", "manufacturer", "file_transfer"):
             status = -1
             if kind == "comset":
@@ -588,7 +493,7 @@ class OsdpReader(Peripheral):
                     summary.get("baud_rate"),
                 )
         summary["accepted"] = status == 0
-        summary["ts"] = _now()
+        summary["ts"] = utc_now()
         with self._lock:
             previous = self._last_commands.get(kind)
             self._commands[kind] += 1

@@ -1,0 +1,155 @@
+"""What the appliance's two OSDP peripherals share — a panel's reader (:mod:`.reader`) and a card
+reader's panel (:mod:`.card_reader`): one owner thread for the serial port and libosdp's object, the
+port watched and reopened, door events stored from a small thread of their own, and ``close()`` within
+its deadline.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from ..peripherals import EmitDoorEvent, Peripheral
+from .channel import SerialChannel
+from .errors import OsdpError
+
+logger = logging.getLogger(__name__)
+
+#: Owner-loop period: libosdp wants ``refresh()`` at least every 50 ms.
+TICK_S = 0.01
+#: Door events waiting to be stored; more are dropped with a WARNING.
+EVENT_QUEUE = 256
+#: Seconds between checks of the serial port for a hang-up.
+CHECK_S = 0.25
+#: Seconds between attempts to reopen a failed serial port.
+REOPEN_S = 2.0
+#: How long the link may be unusable before it is reported down (a Secure Channel restart takes ~0.2 s).
+LINK_GRACE_S = 1.0
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with milliseconds, for ``…/state``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class EventSender:
+    """Hands door events to ``emit`` on a thread of its own, in order."""
+
+    def __init__(self, emit: EmitDoorEvent) -> None:
+        self._emit = emit
+        self._queue: queue.Queue = queue.Queue(EVENT_QUEUE)  # of (kind, details), None to stop
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="osdp-events", daemon=True)
+        self._thread.start()
+
+    def send(self, kind: str, details: Dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait((kind, details))
+        except queue.Full:
+            self.dropped += 1
+            logger.warning(
+                "OSDP door event %s dropped: %d events are waiting to be stored", kind, EVENT_QUEUE
+            )
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._emit(*item)
+            except Exception:  # emit never raises by contract; a bug must not end the thread
+                logger.exception("storing the OSDP door event %s failed", item[0])
+
+    def close(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(None, timeout=max(0.0, timeout))
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class OsdpOwner(Peripheral):
+    """A peripheral on an OSDP line: the owner thread, the port, the door events (see the module).
+
+    A subclass opens libosdp's object in ``start`` and then calls :meth:`_start_owner`; its
+    :meth:`_run` loop calls :meth:`_keep_port` before each ``refresh()``; :meth:`_release` drops
+    libosdp's object once the owner thread is gone.
+
+    Args:
+        channel: the serial port (not yet open).
+        describe: how the logs name this peripheral (``OSDP reader``, ``credential reader entry``).
+    """
+
+    def __init__(self, channel: SerialChannel, describe: str) -> None:
+        self._channel = channel
+        self._describe = describe
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._sender: Optional[EventSender] = None
+        self._closed = False
+        self._next_reopen = 0.0
+        self._next_check = 0.0
+
+    def _start_owner(self, emit: EmitDoorEvent, thread_name: str) -> None:
+        self._sender = EventSender(emit)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self._thread.start()
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """The owner thread's loop, until ``_stop`` is set."""
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Drop libosdp's object (its teardown), once the owner thread has ended."""
+
+    def close(self, timeout: float) -> None:
+        """Stop the owner thread, release the port and stop the event thread within ``timeout`` s."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.error("the %s thread did not stop within %.1f s", self._describe, timeout)
+                return
+        self._release()
+        self._channel.close()
+        if self._sender is not None:
+            self._sender.close(max(0.0, deadline - time.monotonic()))
+
+    def _keep_port(self) -> None:
+        """Check the port for a hang-up now and then, and reopen a failed one (an unplugged adapter)."""
+        channel = self._channel
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + CHECK_S
+            channel.check()
+        if channel.error is not None or not channel.is_open:
+            if now >= self._next_reopen:
+                self._next_reopen = now + REOPEN_S
+                try:
+                    channel.open()
+                    logger.info("%s: serial port %s reopened", self._describe, channel.path)
+                except OsdpError as err:
+                    logger.debug("%s: serial port still unusable: %s", self._describe, err)
+
+    def _send(self, kind: str, details: Dict[str, Any]) -> None:
+        if self._sender is not None:
+            self._sender.send(kind, details)
+
+
+__all__ = ["CHECK_S", "LINK_GRACE_S", "REOPEN_S", "TICK_S", "EventSender", "OsdpOwner", "utc_now"]
