@@ -126,7 +126,7 @@ def add_parser(subparsers: Any) -> None:
     batch.set_defaults(handler=_enroll_batch)
 
     change = actions.add_parser(
-        "set", help="change an identity's policy (validity, groups, suspension) at every door"
+        "set", help="change an identity's policy (validity, groups, suspension, cards, PINs) at every door"
     )
     change.add_argument("identity_id", metavar="ID")
     add_policy_options(change, changing=True)

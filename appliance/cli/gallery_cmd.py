@@ -95,7 +95,7 @@ def add_parser(subparsers: Any) -> None:
     add_config_option(listing)
     listing.set_defaults(handler=_list)
     change = actions.add_parser(
-        "set", help="change an identity's access policy: validity, groups, suspension"
+        "set", help="change an identity's access policy: validity, groups, suspension, cards, PINs"
     )
     change.add_argument("identity_id", metavar="ID")
     add_policy_options(change, changing=True)

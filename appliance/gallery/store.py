@@ -576,8 +576,8 @@ class TemplateStore:
 
         Raises:
             IdentityError: bad id, a name or external id that is empty, too long or holds control
-                characters (:mod:`.text`), the id belongs to someone with another name, or it does
-                not exist and ``create`` is false.
+                characters (:mod:`.text`), the id belongs to someone with another name, it does
+                not exist and ``create`` is false, or the new identity's policy gives it another's card.
         """
         check_identity_id(identity_id)
         embeddings = np.asarray(embeddings, np.float32)
@@ -598,7 +598,9 @@ class TemplateStore:
                     "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, ?, ?, ?)",
                     (identity_id, name, external_id, consent_at or now, now),
                 )
-                self._write_policy(db, identity_id, policy or IdentityPolicy())
+                policy = policy or IdentityPolicy()
+                self._refuse_card_clash(db, identity_id, policy)
+                self._write_policy(db, identity_id, policy)
             elif row[0] != name:
                 raise IdentityError(f"identity {identity_id!r} belongs to another name; choose another id")
             for index, embedding in enumerate(embeddings):
@@ -657,14 +659,24 @@ class TemplateStore:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
                 raise IdentityError(f"no identity {identity_id!r}")
-            if policy.cards:
-                holder = self._card_holder(db, policy.cards, identity_id)
-                if holder is not None:
-                    raise IdentityError(
-                        f"a card given is already {holder!r}'s: remove it there first "
-                        "(gallery set ID --remove-card CARD, or the set_policy command's remove_cards)"
-                    )
+            self._refuse_card_clash(db, identity_id, policy)
             self._write_policy(db, identity_id, policy)
+
+    @classmethod
+    def _refuse_card_clash(cls, db: sqlite3.Connection, identity_id: str, policy: IdentityPolicy) -> None:
+        """An operator's change (enrolment, ``gallery set``, ``set_policy``) may not give ``identity_id``
+        a card another identity holds: a card names one person here. (A fleet record is the
+        authority's word and is taken as it is.)
+
+        Raises:
+            IdentityError: naming the holder and the way out.
+        """
+        holder = cls._card_holder(db, policy.cards, identity_id) if policy.cards else None
+        if holder is not None:
+            raise IdentityError(
+                f"a card given is already {holder!r}'s: remove it there first "
+                "(gallery set ID --remove-card CARD, or the set_policy command's remove_cards)"
+            )
 
     @staticmethod
     def _card_holder(db: sqlite3.Connection, cards: Sequence[str], other_than: str) -> Optional[str]:

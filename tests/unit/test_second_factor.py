@@ -161,6 +161,9 @@ def test_the_store_keeps_credentials_refuses_a_card_held_by_another_and_reads_a_
         with pytest.raises(IdentityError, match="already 'ada'"):
             store.set_policy("bob", IdentityPolicy(cards=(CARD,)))
         store.set_policy("ada", store.identity("ada").policy)  # her own card again: fine
+        with pytest.raises(IdentityError, match="already 'ada'"):
+            store.add("cy", "Cy", VERSION, _unit(5), policy=IdentityPolicy(cards=(CARD,)))
+        assert store.identity("cy") is None  # nothing of the enrolment was kept
     with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
         ada = store.identity("ada")
         assert ada.policy.cards == (CARD,) and verify_pin("2468", ada.policy.pin)
