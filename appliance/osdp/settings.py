@@ -170,7 +170,8 @@ class OsdpConfig(StrictModel):
     report_denied: bool = Field(
         False,
         description="Also report a recognised person denied by the local policy (never a liveness failure "
-        "or a spoof lockout), so the panel decides; off: only granted produces a card read.",
+        "or a spoof lockout, nor a face held for its card or PIN), so the panel decides; off: "
+        "only granted produces a card read.",
     )
     unknown_card: Optional[str] = Field(
         None,
