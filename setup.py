@@ -116,6 +116,8 @@ setup(
             "onnxconverter-common>=1.15",
             # The door tests check their Jetson.GPIO double against its source (pure Python).
             "Jetson.GPIO>=2.1",
+            # The Home Assistant discovery tests render its templates as Home Assistant does (Jinja2).
+            "Jinja2>=3.0",
             # The systemd tests drive the real sd_notify and JournalHandler (the systemd extra).
             "systemd-python>=234; sys_platform == 'linux'",
             # scripts/lint-deploy.sh: hadolint on the Dockerfiles, shellcheck on the shell scripts

@@ -16,6 +16,7 @@ topic                           retained  QoS   content
 ``{root}/cmd/{name}/result``    no        1     command results out
 ``{ha}/sensor/{node}/…/config`` yes       1     Home Assistant discovery (opt-in)
 ``{ha}/button/{node}/…/config`` yes       1     its "Open door" button (with ``[door]``)
+``{ha}/binary_sensor/{node}/…`` yes       1     its "Duress" alarm (when a door asks for PINs)
 ==============================  ========  ====  ===============================================
 
 Protocol: **MQTT 3.1.1**. Everything this contract needs (QoS 1, retained messages, a retained last
@@ -86,6 +87,7 @@ Broker ACL (what the appliance's user needs)::
     topic write {root}/cmd/+/result
     topic write {ha}/sensor/{node}/+/config      # only with mqtt.homeassistant.discovery
     topic write {ha}/button/{node}/+/config      # and with door.enabled
+    topic write {ha}/binary_sensor/{node}/+/config   # and with a PIN asked (access.second_factor)
 
 MQTT 3.1.1 gives a client no way to learn that the broker's ACL drops what it publishes (the
 broker acknowledges and discards), and Mosquitto grants a denied subscription without saying so. So
@@ -118,6 +120,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from . import __version__
+from .access.second_factor import ACCEPTS
 from .config import ApplianceConfig, MqttConfig, MqttTlsConfig
 from .errors import ApplianceError
 from .outbox import Outbox, OutboxError
@@ -245,8 +248,11 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
     single-component form, understood by old and new Home Assistant releases): the last access
     decision and the last identity (from the events topic) and the frame rate (from the state
     document's ``fps``); with the door's own I/O (``door.enabled``), a ``button`` "Open door" that
-    sends the ``door_open`` command (request id ``home-assistant``). All share the availability topic
-    and a device block, so they appear as one device named after ``device.name`` (or ``device.id``).
+    sends the ``door_open`` command (request id ``home-assistant``); where a door asks for PINs
+    (``access.second_factor.require``), a ``binary_sensor`` "Duress" that is on while the last access
+    event was opened by a duress PIN (:mod:`appliance.access.second_factor`), for an automation to
+    raise the silent alarm. All share the availability topic and a device block, so they appear as
+    one device named after ``device.name`` (or ``device.id``).
     """
     root = config.topic_root
     events = f"{root}/events"
@@ -318,6 +324,19 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
         }
         object_id = "door_open" if len(doors) == 1 else "door_open_" + re.sub(r"[^A-Za-z0-9_-]", "_", door.id)
         components.append(("button", object_id, door_open))
+    if "pin" in ACCEPTS.get(config.access.second_factor.require, ()):
+        duress = {
+            "name": "Duress",
+            "device_class": "safety",
+            "state_topic": events,
+            "value_template": "{{ 'ON' if value_json.duress is defined and value_json.duress else 'OFF' }}",
+            "json_attributes_topic": events,
+            "json_attributes_template": (
+                "{{ {'event_id': value_json.event_id, 'ts': value_json.ts, 'camera_id': value_json.camera_id, "
+                "'identity_id': (value_json.identity.id if value_json.identity else none)} | tojson }}"
+            ),
+        }
+        components.append(("binary_sensor", "duress", duress))
     prefix = config.mqtt.homeassistant.prefix
     messages = []
     for component, object_id, fields in components:

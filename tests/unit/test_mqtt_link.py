@@ -59,6 +59,30 @@ def test_a_door_adds_an_open_button_that_sends_door_open() -> None:
     parse("door_open", button["payload_press"].encode())  # what it sends is a valid command
 
 
+def test_a_door_that_asks_for_pins_adds_a_duress_alarm_that_only_a_duress_grant_turns_on() -> None:
+    import jinja2
+
+    def config(require: str) -> Any:
+        return validate_config(
+            {
+                "device": {"id": "gate.north"},
+                "mqtt": {"host": "127.0.0.1", "homeassistant": {"discovery": True}},
+                "access": {"second_factor": {"require": require}},
+                "credential_reader": {"enabled": True, "port": "/dev/ttyUSB1", "secure_channel": False},
+            }
+        )
+
+    topic = "homeassistant/binary_sensor/gate_north/duress/config"
+    assert topic not in dict(home_assistant_discovery(config("card")))  # no PIN asked: no duress PIN
+    sensor = dict(home_assistant_discovery(config("card_or_pin")))[topic]
+    assert sensor["state_topic"] == "face-appliance/gate.north/events" and sensor["device_class"] == "safety"
+    template = jinja2.Environment().from_string(sensor["value_template"])  # as Home Assistant renders it
+    granted = {"decision": "granted", "factors": ["face", "pin"]}
+    assert template.render(value_json={**granted, "duress": True}) == "ON"
+    assert template.render(value_json=granted) == "OFF"  # the next event: off again
+    assert template.render(value_json={"decision": "unknown"}) == "OFF"
+
+
 def test_missing_tls_file_is_a_clear_start_error(tmp_path: Path) -> None:
     config = _config({"tls": {"enabled": True, "ca_file": str(tmp_path / "missing-ca.crt")}})
     with Outbox.open(tmp_path / "outbox.sqlite", 100, 60.0) as outbox:
