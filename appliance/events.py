@@ -24,7 +24,8 @@ schema 1, as optional keys.
 ``reason`` says why a ``denied`` passage was denied: ``liveness`` (the vote's liveness check failed;
 ``identity`` stays null, as the face may be a photo of someone) or the access policy's reason
 (``expired``, ``not_yet_valid``, ``suspended``, ``not_in_group``, ``outside_schedule``, ``holiday``,
-``anti_passback``, ``two_person``, ``second_factor``, ``wrong_credential``, ``lockout``;
+``anti_passback``, ``two_person``, ``second_factor``, ``wrong_credential``, ``credential_lockout``,
+``lockout``;
 ``identity`` names the recognised person). It is null for ``granted`` and ``unknown``. It was added
 within schema 1: a schema-1 consumer that ignores unknown keys reads the same documents as before,
 only ``denied`` is now also sent for recognised people outside their policy. The vote's own reasoning

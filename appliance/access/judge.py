@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, List, Mapping, Optional, Protocol, Sequence, T
 from .credentials import PresentedCredential
 from .passback import PASSBACK, VIOLATION, AntiPassback
 from .policy import AccessPolicy, IdentityPolicy, PolicyTables
-from .second_factor import SECOND_FACTOR, WRONG_CREDENTIAL, Completion, SecondFactorRule
+from .second_factor import CREDENTIAL_LOCKOUT, SECOND_FACTOR, WRONG_CREDENTIAL, Completion, SecondFactorRule
 from .settings import AccessConfig
 from .two_person import TWO_PERSON, TwoPersonRule, Waiting
 
@@ -105,7 +105,13 @@ class AccessJudge:
         second_factor = None
         if factor.require != "off":
             second_factor = SecondFactorRule(
-                factor.require, factor.groups, factor.within_s, factor.max_attempts, readers or {}
+                factor.require,
+                factor.groups,
+                factor.within_s,
+                factor.max_attempts,
+                readers or {},
+                factor.lockout_after,
+                factor.lockout_s,
             )
         return cls(policy, source, passback, two_person, second_factor)
 
@@ -148,8 +154,11 @@ class AccessJudge:
             return Verdict(PASSBACK)
         if not record:
             return Verdict(None, VIOLATION if passback else None)
-        if completion is None and self.second_factor is not None and self.second_factor.needs(groups):
-            completion = self.second_factor.hold(identity_id, camera_id, identity.policy, now.timestamp())
+        factor = self.second_factor
+        if completion is None and factor is not None and factor.needs(groups):
+            if factor.locked_out(identity_id, now.timestamp()):
+                return Verdict(CREDENTIAL_LOCKOUT)
+            completion = factor.hold(identity_id, camera_id, identity.policy, now.timestamp())
             if completion is None:
                 return Verdict(SECOND_FACTOR)
         completed: Tuple[Waiting, ...] = ()

@@ -59,6 +59,7 @@ REASONS = (
     "lockout",
     "second_factor",
     "wrong_credential",
+    "credential_lockout",
 )
 #: The policy document's keys; the credentials' are left out of it while unset, so a record without
 #: them reads the same on a firmware that predates them.

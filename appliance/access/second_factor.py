@@ -15,6 +15,12 @@ stands at the camera (its ``cameras``; every camera when it names none). Either 
   matches it opens at once. A credential matching nobody who comes is forgotten, unreported (a card
   waved at an idle reader is not an attempt on anyone).
 
+**Guessing.** ``max_attempts`` bounds the tries on one wait; the face can come again, so across
+waits one identity may collect ``lockout_after`` wrong cards or PINs in ``lockout_s`` — after that its
+face grants are denied at once with the reason ``credential_lockout`` (not held, nothing to guess
+at) until ``lockout_s`` has passed since the last wrong one. A 4-digit PIN then takes years to guess
+at the door, not hours. The count lives in memory with the waits.
+
 **Duress.** The identity's ``duress_pin``, entered wherever its PIN is asked, opens the door exactly
 as the PIN does — the door, the reader and the event's ``decision`` show nothing else — and the access
 event carries ``"duress": true``, which the site's monitoring turns into a silent alarm.
@@ -40,11 +46,15 @@ logger = logging.getLogger(__name__)
 SECOND_FACTOR = "second_factor"
 #: The reason of a card or PIN that is not the waiting person's.
 WRONG_CREDENTIAL = "wrong_credential"
+#: The reason a face grant is denied without a wait while its identity is locked out for guessing.
+CREDENTIAL_LOCKOUT = "credential_lockout"
 #: Faces waiting at once (more are refused the oldest first: a crowd at one reader cannot make a PIN
 #: cost more than this many checks).
 MAX_WAITING = 4
 #: Credentials presented first, kept per reader.
 MAX_PRESENTED = 4
+#: Identities whose wrong credentials are counted at once.
+MAX_LOCKOUTS = 256
 
 #: Which kinds of credential each ``require`` accepts.
 ACCEPTS = {"card": ("card",), "pin": ("pin",), "card_or_pin": ("card", "pin")}
@@ -101,6 +111,9 @@ class SecondFactorRule:
         within_s: how long a face waits for its credential, and a credential for its face.
         max_attempts: wrong credentials before a wait is given up.
         readers: reader id → the cameras it stands at (empty: every camera).
+        lockout_after: wrong credentials on one identity's waits within ``lockout_s`` that lock it out
+            (0: never).
+        lockout_s: the window of those, and how long the lockout lasts after the last one.
     """
 
     def __init__(
@@ -110,6 +123,8 @@ class SecondFactorRule:
         within_s: float,
         max_attempts: int,
         readers: Mapping[str, Sequence[str]],
+        lockout_after: int = 0,
+        lockout_s: float = 900.0,
     ) -> None:
         if require not in ACCEPTS:
             raise ValueError(f"require must be one of {', '.join(ACCEPTS)}, got {require!r}")
@@ -119,8 +134,12 @@ class SecondFactorRule:
         self.within_s = within_s
         self.max_attempts = max_attempts
         self.readers: Dict[str, FrozenSet[str]] = {r: frozenset(c) for r, c in readers.items()}
+        self.lockout_after = lockout_after
+        self.lockout_s = lockout_s
         self._waiting: Dict[str, Waiting] = {}
         self._presented: Dict[str, Deque[PresentedCredential]] = {}
+        #: identity id → the times (Unix seconds) of its recent wrong credentials, at most lockout_after
+        self._wrong: Dict[str, Deque[float]] = {}
 
     def needs(self, groups: Sequence[str]) -> bool:
         """Whether a member of ``groups`` must add a second factor."""
@@ -130,6 +149,18 @@ class SecondFactorRule:
         """Whether ``reader`` stands at ``camera_id``."""
         cameras = self.readers.get(reader)
         return cameras is not None and (not cameras or camera_id in cameras)
+
+    def locked_out(self, identity_id: str, at: float) -> bool:
+        """Whether ``identity_id`` collected ``lockout_after`` wrong credentials, the last one less
+        than ``lockout_s`` before ``at``."""
+        wrong = self._wrong.get(identity_id)
+        if not self.lockout_after or wrong is None or len(wrong) < self.lockout_after:
+            return False
+        if 0.0 <= at - wrong[-1] <= self.lockout_s and wrong[-1] - wrong[0] <= self.lockout_s:
+            return True
+        if not 0.0 <= at - wrong[-1] <= self.lockout_s:
+            del self._wrong[identity_id]  # served (or a clock set back): a fresh count
+        return False
 
     def hold(
         self, identity_id: str, camera_id: str, policy: IdentityPolicy, at: float
@@ -198,6 +229,7 @@ class SecondFactorRule:
             self._presented.setdefault(credential.reader, deque(maxlen=MAX_PRESENTED)).append(credential)
             return []
         tried = here[0]
+        self._note_wrong(tried.identity_id, credential.at)
         attempts = tried.attempts + 1
         given_up = attempts >= self.max_attempts
         if given_up:
@@ -225,6 +257,22 @@ class SecondFactorRule:
             return True
         return None
 
+    def _note_wrong(self, identity_id: str, at: float) -> None:
+        if not self.lockout_after:
+            return
+        wrong = self._wrong.setdefault(identity_id, deque(maxlen=self.lockout_after))
+        wrong.append(at)
+        if len(wrong) == self.lockout_after and wrong[-1] - wrong[0] <= self.lockout_s:
+            logger.warning(
+                "second factor: %d wrong cards or PINs on one person's waits within %.0f s; their face "
+                "is refused for %.0f s (credential_lockout)",
+                self.lockout_after,
+                self.lockout_s,
+                self.lockout_s,
+            )
+        while len(self._wrong) > MAX_LOCKOUTS:  # bounded: the oldest count goes first
+            del self._wrong[next(iter(self._wrong))]
+
     def _expire(self, at: float) -> None:
         for identity_id in [i for i, w in self._waiting.items() if not 0.0 <= at - w.at <= self.within_s]:
             del self._waiting[identity_id]
@@ -235,6 +283,7 @@ class SecondFactorRule:
 
 __all__ = [
     "ACCEPTS",
+    "CREDENTIAL_LOCKOUT",
     "MAX_WAITING",
     "SECOND_FACTOR",
     "WRONG_CREDENTIAL",

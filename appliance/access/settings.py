@@ -138,6 +138,17 @@ class SecondFactorConfig(StrictModel):
     max_attempts: int = Field(
         3, ge=1, le=10, description="Wrong cards or PINs before a waiting face grant is given up."
     )
+    lockout_after: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description="Wrong cards or PINs on one person's waits within lockout_s after which their face is "
+        "refused at once (reason 'credential_lockout') until lockout_s has passed since the last one; "
+        "0: never (the face may come again and again, max_attempts tries each time).",
+    )
+    lockout_s: float = Field(
+        900.0, ge=60, le=86400, description="The window of lockout_after, and how long a lockout lasts."
+    )
 
 
 class AccessConfig(StrictModel):

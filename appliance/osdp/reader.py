@@ -64,10 +64,10 @@ NO_SECURE_WARNING_S = 10.0
 
 #: Denials never reported to the panel, even with ``report_denied``: the face may be a photo (a
 #: liveness failure, or any grant at a camera locked after a spoof alarm); or the grant is held for a
-#: card or PIN that only this door's own reader takes (``second_factor``, and a ``wrong_credential``
-#: tried on it): the panel, deciding on the face's card alone, would skip it. (A ``two_person`` hold
-#: is reported: a panel may keep a two-person rule of its own.)
-NEVER_REPORTED = ("liveness", "lockout", "second_factor", "wrong_credential")
+#: card or PIN that only this door's own reader takes (``second_factor``, a ``wrong_credential`` tried
+#: on it, a ``credential_lockout`` for guessing): the panel, deciding on the face's card alone, would
+#: skip it. (A ``two_person`` hold is reported: a panel may keep a two-person rule of its own.)
+NEVER_REPORTED = ("liveness", "lockout", "second_factor", "wrong_credential", "credential_lockout")
 
 
 class OsdpReader(OsdpOwner):

@@ -235,7 +235,11 @@ def test_report_options_raw_cards_denied_and_unknown(bus: Bus) -> None:
         reader.on_passage(passage("denied", "04A2B3C4D5", reason="outside_schedule"))
         reader.on_passage(passage("denied", None, reason="liveness"))  # a photo never reaches the panel
         reader.on_passage(passage("denied", "0A0B0C0D0E", reason="lockout"))  # nor a locked camera's face
-        for held in ("second_factor", "wrong_credential"):  # nor a face held for its card or PIN
+        for held in (
+            "second_factor",
+            "wrong_credential",
+            "credential_lockout",
+        ):  # nor a face held for its card or PIN
             reader.on_passage(passage("denied", "0A0B0C0D0E", reason=held))
         reader.on_passage(passage("unknown", None))
         reads = panel.card_reads(wait_s=1.5)

@@ -28,6 +28,7 @@ from appliance.access.passback import PASSBACK
 from appliance.access.policy import IdentityPolicy, parse_instant
 from appliance.access.presence import PRESENCE_FILE, PresenceStore
 from appliance.access.second_factor import (
+    CREDENTIAL_LOCKOUT,
     MAX_WAITING,
     SECOND_FACTOR,
     WRONG_CREDENTIAL,
@@ -448,3 +449,30 @@ def test_the_command_line_sets_cards_and_reads_pins_from_standard_input(
     monkeypatch.setattr("sys.stdin", io.StringIO("12\n"))
     assert cli.main(["gallery", "set", "ada", "--pin", "--config", str(config)]) != cli.EXIT_OK
     assert "a PIN is 4–8 digits" in capsys.readouterr().err
+
+
+def test_wrong_credentials_across_waits_lock_the_face_out_until_lockout_s_has_passed(
+    gallery: TemplateStore,
+) -> None:
+    access = _access(max_attempts=2, lockout_after=4, lockout_s=600)
+    judge = AccessJudge.for_door(access, gallery, readers={READER: []})
+    seconds = 0
+    for _ in range(2):  # two waits, two wrong PINs each: the fourth locks her out
+        assert judge.judge_passage("ada", "cam", NOON + timedelta(seconds=seconds)).reason == SECOND_FACTOR
+        for _ in range(2):
+            seconds += 1
+            [(_, _, verdict)] = judge.present(_credential("pin", "0000", seconds))
+            assert verdict.reason == WRONG_CREDENTIAL
+    later = NOON + timedelta(seconds=seconds + 599)
+    assert judge.judge_passage("ada", "cam", later).reason == CREDENTIAL_LOCKOUT
+    assert judge.second_factor.waiting() == ()  # not held: nothing to guess at
+    assert judge.judge_passage("tom", "cam", later).reason is None  # nobody else is affected
+    free = NOON + timedelta(seconds=seconds + 601)
+    assert judge.judge_passage("ada", "cam", free).reason == SECOND_FACTOR
+    [(_, _, verdict)] = judge.present(_credential("pin", "2468", seconds + 602))
+    assert verdict.reason is None and verdict.factors == ("face", "pin")
+    never = AccessJudge.for_door(_access(max_attempts=1, lockout_after=0), gallery, readers={READER: []})
+    for i in range(20):
+        never.judge_passage("ada", "cam", NOON + timedelta(seconds=2 * i))
+        never.present(_credential("pin", "0000", 2 * i + 1))
+    assert never.judge_passage("ada", "cam", NOON + timedelta(seconds=50)).reason == SECOND_FACTOR
