@@ -398,10 +398,7 @@ class CommandService:
         if isinstance(command, AccessCommand):
             tables = store.policy_tables()
             return {
-                "door": {
-                    "groups": list(self.config.access.groups),
-                    "time_zone": self.config.access.time_zone,
-                },
+                "door": self.config.access.door_document(),
                 "groups": [group.document() for _, group in sorted(tables.groups.items())],
                 "calendars": [calendar.document() for _, calendar in sorted(tables.calendars.items())],
             }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated, Literal
@@ -170,6 +170,17 @@ class AccessConfig(StrictModel):
     anti_passback: AntiPassbackConfig = Field(default_factory=AntiPassbackConfig)
     two_person: TwoPersonConfig = Field(default_factory=TwoPersonConfig)
     second_factor: SecondFactorConfig = Field(default_factory=SecondFactorConfig)
+
+    def door_document(self) -> Dict[str, Any]:
+        """What this door applies, for ``access show`` and the ``access`` command: its groups and time
+        zone, and the second factor when it asks for one."""
+        document: Dict[str, Any] = {"groups": list(self.groups), "time_zone": self.time_zone}
+        if self.second_factor.require != "off":
+            document["second_factor"] = {
+                "require": self.second_factor.require,
+                "groups": list(self.second_factor.groups),
+            }
+        return document
 
     @field_validator("time_zone")
     @classmethod

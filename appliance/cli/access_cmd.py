@@ -196,7 +196,7 @@ def _show(args: argparse.Namespace) -> int:
     with gallery:
         tables = gallery.store.policy_tables()
     document = {
-        "door": {"groups": list(config.access.groups), "time_zone": config.access.time_zone},
+        "door": config.access.door_document(),
         "groups": [group.document() for group in sorted(tables.groups.values(), key=lambda g: g.name)],
         "calendars": [c.document() for c in sorted(tables.calendars.values(), key=lambda c: c.name)],
     }
@@ -205,6 +205,10 @@ def _show(args: argparse.Namespace) -> int:
         return EXIT_OK
     door_groups = ", ".join(config.access.groups) or "(not checked: every valid identity)"
     print(f"this door admits: {door_groups}; time zone {config.access.time_zone}")
+    factor = document["door"].get("second_factor")
+    if factor:
+        whose = ", ".join(factor["groups"]) or "everyone"
+        print(f"  then a {factor['require'].replace('_', ' ')} at the reader, for {whose}")
     for group in document["groups"]:
         holidays = f"; closed on {', '.join(group['holidays'])}" if group["holidays"] else ""
         print(

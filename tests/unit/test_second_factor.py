@@ -373,6 +373,8 @@ def test_the_configuration_asks_for_a_reader_at_known_cameras() -> None:
         {"access": {"second_factor": {"require": "pin"}}, "credential_reader": {**READER_SECTION, "id": "r1"}}
     )
     assert config.reader_cameras == {"r1": []}
+    assert config.access.door_document()["second_factor"] == {"require": "pin", "groups": []}  # access show
+    assert "second_factor" not in AccessConfig().door_document()
     assert validate_config({}).reader_cameras == {}
     for document, match in (
         ({"access": {"second_factor": {"require": "card"}}}, r"\[credential_reader\]"),
