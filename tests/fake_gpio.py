@@ -804,15 +804,41 @@ def door_config(base: Mapping[str, Any], *layers: Mapping[str, Any], **door: Any
 #: Set (to anything) in a daemon subprocess's environment, with ``tests/fake_site`` on its
 #: ``PYTHONPATH``: its ``import gpiod`` finds the 2.x double over :func:`door_sim`.
 ENVIRONMENT = "FACE_APPLIANCE_FAKE_GPIO"
+#: Optionally, the path of a FIFO through which the test drives the subprocess's inputs
+#: (:func:`drive_inputs`): lines ``CHIP OFFSET LEVEL``, e.g. ``/dev/gpiochip0 15 1``.
+CONTROL_ENVIRONMENT = "FACE_APPLIANCE_FAKE_GPIO_CONTROL"
 
 
 def install_from_environment() -> None:
     """At interpreter start (``tests/fake_site/sitecustomize.py``): the ``gpiod`` 2.x double over
     :func:`door_sim` for a daemon subprocess, whose door is then seen through its MQTT door events and
-    ``…/state`` (no GPIO hardware here)."""
+    ``…/state`` (no GPIO hardware here); with :data:`CONTROL_ENVIRONMENT`, its inputs follow what the
+    test writes to that FIFO."""
     import sys
 
-    sys.modules["gpiod"] = gpiod_v2(door_sim())
+    sim = door_sim()
+    sys.modules["gpiod"] = gpiod_v2(sim)
+    control = os.environ.get(CONTROL_ENVIRONMENT)
+    if control:
+        threading.Thread(
+            target=drive_inputs, args=(sim, control), name="fake-gpio-control", daemon=True
+        ).start()
+
+
+def drive_inputs(sim: GpioSim, fifo: str) -> None:
+    """Set ``sim``'s input levels from the lines ``CHIP OFFSET LEVEL`` written to ``fifo`` (the
+    subprocess's side of a test's hand on a switch); reopens it after each writer closes."""
+    while True:
+        with open(fifo, encoding="ascii") as commands:  # blocks until the test opens it for writing
+            for line in commands:
+                chip, offset, level = line.split()
+                sim.set_input(chip, int(offset), level == "1")
+
+
+def set_input_through(fifo: str, chip: str, offset: int, level: bool) -> None:
+    """The test's side of :func:`drive_inputs`: one input of the subprocess's simulated chips."""
+    with open(fifo, "w", encoding="ascii") as control:
+        control.write(f"{chip} {offset} {int(level)}\n")
 
 
 def install(monkeypatch: Any, backend: str, sim: GpioSim, **options: Any) -> ModuleType:

@@ -188,3 +188,56 @@ def test_a_turnstile_whose_two_ways_open_for_their_own_cameras(
         daemon.stop()
         daemon.close()
     assert "Traceback" not in daemon.text, daemon.text
+
+
+def test_a_housing_opened_reaches_mqtt_and_the_access_panel_and_closing_it_clears_both(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """The tamper switch in the daemon: the test opens and closes the housing through the GPIO double's
+    control FIFO; the door events go out on MQTT, and the OSDP link reports the tamper to libosdp's
+    real control panel (over a ``socat`` pty pair) as a local status, then its clearing."""
+    from tests.osdp_support import KEY, Panel, pty_pair, write_key
+
+    fifo = tmp_path / "gpio-control"
+    os.mkfifo(fifo)
+    video = make_passage_video(tmp_path / "empty.avi", [(None, 30)])
+    key = write_key(tmp_path / "osdp_scbk", KEY)
+    with pty_pair(tmp_path) as (reader_end, panel_end), Panel(panel_end, 5, KEY) as panel:
+        config = daemon_config(
+            tmp_path,
+            storage,
+            shared_models,
+            mosquitto,
+            video,
+            at_end="loop",
+            door='enabled = true\nbackend = "gpiod"\n[door.relay]\nline = 12\n[door.tamper]\nline = 15\n'
+            "debounce_s = 0.05",
+            osdp=f'enabled = true\nport = "{reader_end}"\naddress = 5\nscbk_file = "{key}"',
+        )
+        env = {
+            fake_gpio.ENVIRONMENT: "1",
+            fake_gpio.CONTROL_ENVIRONMENT: str(fifo),
+            "PYTHONPATH": f"{REPO / 'tests' / 'fake_site'}{os.pathsep}{REPO}",
+        }
+        daemon = Daemon(config, env=env)
+        try:
+            wait_online(recorder, daemon)
+            assert panel.wait(panel.secure, timeout=30), "no Secure Channel with the daemon's reader"
+            fake_gpio.set_input_through(str(fifo), "/dev/gpiochip0", 15, True)  # the housing opens
+            assert _door_event(recorder, "tamper")["door_id"] == "door"
+            assert panel.wait(lambda: len(panel.statuses) == 1, timeout=30), panel.statuses
+            assert panel.statuses[0]["report"][:2] == b"\x01\x00"
+            fake_gpio.set_input_through(str(fifo), "/dev/gpiochip0", 15, False)  # and is closed again
+            assert _door_event(recorder, "tamper_cleared")["active_s"] >= 0
+            assert panel.wait(lambda: len(panel.statuses) == 2, timeout=30), panel.statuses
+            assert panel.statuses[1]["report"][:2] == b"\x00\x00"
+            state = command(recorder, "status", {"request_id": "s1"})["result"]["door"]
+            assert state["door"]["counts"]["tampers"] == 1 and state["osdp"]["tamper"]["reports"] == 2, state
+        finally:
+            daemon.stop()
+            daemon.close()
+    assert "Traceback" not in daemon.text, daemon.text
