@@ -203,7 +203,25 @@ def test_the_policy_is_managed_over_mqtt_on_a_running_daemon(
             "valid_until": "2098-12-31T23:00:00Z",
             "suspended": False,
             "groups": ["staff"],
+            "cards": [],
+            "pin": False,
+            "duress_pin": False,
         }, answer
+        # a card and a PIN over MQTT: the PIN is hashed on the door, the answer says only that it is set
+        answer = command(
+            recorder,
+            "set_policy",
+            {"request_id": "p1b", "id": "obama", "add_cards": ["W26:7:12345"], "pin": "2468"},
+        )
+        policy = answer["result"]["policy"]
+        assert (policy["cards"], policy["pin"], policy["duress_pin"]) == (["w26:7:12345"], True, False), (
+            answer
+        )
+        assert "scrypt" not in json.dumps(answer) and "2468" not in json.dumps(answer)
+        answer = command(
+            recorder, "set_policy", {"request_id": "p1c", "id": "obama", "pin": None, "cards": []}
+        )
+        assert (answer["result"]["policy"]["cards"], answer["result"]["policy"]["pin"]) == ([], False), answer
         answer = command(recorder, "access", {"request_id": "a1"})
         assert answer["result"]["door"] == {"groups": ["staff"], "time_zone": "Europe/Berlin"}
         assert [g["name"] for g in answer["result"]["groups"]] == ["staff"]
