@@ -488,10 +488,10 @@ class TemplateStore:
 
     # -- identities ----------------------------------------------------------------------------------
 
+    _POLICY_COLUMNS = "i.valid_from, i.valid_until, i.suspended, i.groups, i.credentials"
     _IDENTITY_COLUMNS = (
         "i.id, i.name, i.external_id, i.consent_at, i.created_at, "
-        "(SELECT COUNT(*) FROM templates t WHERE t.identity_id = i.id), "
-        "i.valid_from, i.valid_until, i.suspended, i.groups, i.credentials"
+        f"(SELECT COUNT(*) FROM templates t WHERE t.identity_id = i.id), {_POLICY_COLUMNS}"
     )
 
     def identities(self) -> List[Identity]:
@@ -521,22 +521,31 @@ class TemplateStore:
             self._policy(identity_id, row[6:]),
         )
 
-    def _policy(self, identity_id: str, columns: Sequence) -> IdentityPolicy:
+    @staticmethod
+    def _parse_policy(identity_id: str, columns: Sequence) -> IdentityPolicy:
+        """The policy of the identity row's policy columns (:data:`_POLICY_COLUMNS`).
+
+        Raises:
+            PolicyError, ValueError, TypeError: a damaged row.
+        """
         valid_from, valid_until, suspended, groups, credentials = columns
+        credentials = json.loads(credentials)
+        if not isinstance(credentials, dict) or not set(credentials) <= set(CREDENTIAL_KEYS):
+            raise PolicyError(f"its credentials are not an object of {', '.join(CREDENTIAL_KEYS)}")
+        return IdentityPolicy.from_document(
+            {
+                "valid_from": valid_from,
+                "valid_until": valid_until,
+                "suspended": bool(suspended),
+                "groups": json.loads(groups),
+                **credentials,
+            },
+            f"the stored policy of {identity_id!r}",
+        )
+
+    def _policy(self, identity_id: str, columns: Sequence) -> IdentityPolicy:
         try:
-            credentials = json.loads(credentials)
-            if not isinstance(credentials, dict) or not set(credentials) <= set(CREDENTIAL_KEYS):
-                raise PolicyError(f"its credentials are not an object of {', '.join(CREDENTIAL_KEYS)}")
-            return IdentityPolicy.from_document(
-                {
-                    "valid_from": valid_from,
-                    "valid_until": valid_until,
-                    "suspended": bool(suspended),
-                    "groups": json.loads(groups),
-                    **credentials,
-                },
-                f"the stored policy of {identity_id!r}",
-            )
+            return self._parse_policy(identity_id, columns)
         except (PolicyError, ValueError, TypeError) as err:
             # A damaged row must not grant: the identity is treated as suspended, and `gallery check` says why.
             logger.error(
@@ -1331,8 +1340,9 @@ class TemplateStore:
     # -- health --------------------------------------------------------------------------------------
 
     def check(self, progress: Optional[Callable[[int], None]] = None) -> List[str]:
-        """Integrity problems: SQLite's own check, dangling templates, and every sealed value opened
-        (templates and impostor examples)."""
+        """Integrity problems: SQLite's own check, dangling templates, every identity's access policy
+        read (a damaged one counts as suspended), and every sealed value opened (templates and
+        impostor examples)."""
         problems: List[str] = []
         with self._lock:
             result = [row[0] for row in self._db.execute("PRAGMA integrity_check").fetchall()]
@@ -1341,7 +1351,15 @@ class TemplateStore:
             dangling = self._db.execute("PRAGMA foreign_key_check").fetchall()
             if dangling:
                 problems.append(f"{len(dangling)} template(s) without an identity")
+            policies = self._db.execute(f"SELECT i.id, {self._POLICY_COLUMNS} FROM identities i").fetchall()
             rows = self._db.execute(f"SELECT {self._TEMPLATE_COLUMNS} FROM templates").fetchall()
+        for identity_id, *columns in policies:
+            try:
+                self._parse_policy(identity_id, columns)
+            except (PolicyError, ValueError, TypeError) as err:
+                problems.append(
+                    f"identity {identity_id}: access policy unreadable, treated as suspended ({err})"
+                )
         for row in rows:
             try:
                 self._template(row)

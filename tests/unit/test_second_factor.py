@@ -173,6 +173,8 @@ def test_the_store_keeps_credentials_refuses_a_card_held_by_another_and_reads_a_
         db.execute("UPDATE identities SET credentials='{\"pin\": \"1234\"}' WHERE id='ada'")
     with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
         assert store.identity("ada").policy.suspended  # never a grant from a damaged row
+        [problem] = store.check()  # and gallery check says why
+        assert problem.startswith("identity ada: access policy unreadable") and "PIN hash" in problem
 
 
 def test_the_set_policy_command_takes_cards_and_pins_and_refuses_bad_ones() -> None:
