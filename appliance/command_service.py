@@ -27,9 +27,10 @@ import logging
 import queue
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .access.area import AreaFeed
+from .access.card_learning import CardLearning
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
 from .access.passback import forget_removed, forget_when_off, presence_document
@@ -42,6 +43,7 @@ from .commands import (
     DoorModeCommand,
     DoorOpenCommand,
     EnrollCommand,
+    LearnCardCommand,
     NotThisCommand,
     PresenceCommand,
     PresenceResetCommand,
@@ -63,7 +65,7 @@ from .commands import (
 from .config import ApplianceConfig
 from .config_load import load_config
 from .enrollment import Enroller
-from .pipeline import Pipeline
+from .pipeline import Outcome, Pipeline
 from .runtime import ModelRuntime
 from .sightings.store import SightingStore
 from .template_update import TemplateUpdater
@@ -76,6 +78,8 @@ MAX_QUEUED = 100
 
 #: Commands carried out on their own thread: they need no model, and write the index's snapshot.
 OFF_THE_PIPELINE = (RemoveCommand, RemoveTemplateCommand)
+#: What :meth:`CommandService.execute` returns for a command answered later (``learn_card``).
+ANSWERED_LATER: Dict[str, Any] = {}
 
 #: How often, at most, the pipeline asks whether another process changed the gallery's store (s).
 STORE_WATCH_S = 2.0
@@ -138,6 +142,8 @@ class CommandService:
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)  # of (name, request id, command)
         #: Where removals and readings of the gallery run, off the pipeline thread (see the module).
         self.changes = changes if changes is not None else ChangeThread()
+        #: A ``learn_card`` waiting for the card to come to the reader.
+        self.learning = CardLearning(self._answer_later)
         self._watched_at = float("-inf")
 
     # -- paho's thread ----------------------------------------------------------------------------------
@@ -213,6 +219,31 @@ class CommandService:
             lambda identity_id: store.identity(identity_id) is not None,
         )
 
+    def take_credentials(self, now: float) -> List[Outcome]:
+        """Between two frames: the cards and PINs from the readers — a card a ``learn_card`` waits
+        for is learned, the rest go to the held face grants (:meth:`Pipeline.present_credentials`)."""
+        inbox = self.pipeline.credentials
+        if inbox is None:  # every frame: the cheap test first
+            return []
+        presented = inbox.drain()
+        if self.learning.armed is not None:
+            gallery = self.runtime.gallery
+            if gallery is not None:
+                presented = self.learning.take(presented, gallery.store, time.time())
+        return self.pipeline.present_credentials(presented, now) if presented else []
+
+    def stop_learning(self) -> None:
+        """At the stop: a ``learn_card`` still waiting is answered."""
+        self.learning.abandon("the appliance is stopping; send learn_card again once it is back")
+
+    def _answer_later(
+        self, name: str, request_id: Optional[str], outcome: Optional[Dict[str, Any]], error: Optional[Any]
+    ) -> None:
+        if error is not None:
+            self._answer(name, failure(request_id, error[0], error[1]))
+        else:
+            self._answer(name, result(request_id, outcome))
+
     def _share_closed_days(self, store: Any) -> None:
         """Each door's unlock windows stay shut on the days of its ``unlock.holidays``: read from the
         gallery's calendars whenever they may have changed (this process's commits — a
@@ -269,7 +300,8 @@ class CommandService:
             logger.exception("command %s failed", name)
             self._answer(name, failure(request_id, "failed", f"{type(err).__name__}: {err}"))
         else:
-            self._answer(name, result(request_id, outcome))
+            if outcome is not ANSWERED_LATER:
+                self._answer(name, result(request_id, outcome))
 
     def execute(self, command: object) -> Dict[str, Any]:
         """Carry out one validated command and return its result document."""
@@ -305,7 +337,27 @@ class CommandService:
             return self._presence(command, gallery.store)
         if isinstance(command, (DoorOpenCommand, DoorModeCommand)):
             return self._door(command)
+        if isinstance(command, LearnCardCommand):
+            return self._learn_card(command, gallery.store)
         return self._access(command, gallery.store)
+
+    def _learn_card(self, command: LearnCardCommand, store: Any) -> Dict[str, Any]:
+        """``learn_card``: armed here, answered when the card comes (:mod:`.access.card_learning`)."""
+        readers = self.config.reader_cameras
+        if self.pipeline.credentials is None or not readers:
+            raise CommandError("no card reader here: describe it in [credential_reader]", "invalid")
+        if command.reader is not None and command.reader not in readers:
+            raise CommandError(
+                f"no card reader {command.reader!r}; the readers: {', '.join(readers)}", "invalid"
+            )
+        if store.identity(command.id) is None:
+            raise CommandError(f"no identity {command.id!r}")
+        until = time.time() + command.within_s
+        if not self.learning.arm(command.id, "learn_card", command.request_id, command.reader, until):
+            raise CommandError(
+                f"a card is being learned for {self.learning.armed!r}; try again once it is answered", "busy"
+            )
+        return ANSWERED_LATER
 
     def _door(self, command: Union[DoorOpenCommand, DoorModeCommand]) -> Dict[str, Any]:
         """``door_open`` and ``door_mode``: handed to the named door's owner thread (the only one's

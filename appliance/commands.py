@@ -47,10 +47,16 @@ command         payload                                                         
 ``door_open``   ``request_id``: pulse the relay once                             the pulse's length
 ``door_mode``   ``request_id``, ``mode`` (``schedule``, ``unlocked``,             the mode, minutes
                 ``locked``), optional ``minutes`` (1–10080)
+``learn_card``  ``request_id``, ``id``, optional ``within_s`` (5–300, default     the identity, the
+                30), ``reader``: the next card read at the reader becomes one     card, whether it
+                of the identity's cards (answered when it comes)                  was added
 =============== ================================================================ ==================
 
 ``presence`` and ``presence_reset`` are refused when anti-passback is off (``[access.anti_passback]``);
-``door_open`` and ``door_mode`` when the door's own I/O is not running (``[door]``).
+``door_open`` and ``door_mode`` when the door's own I/O is not running (``[door]``); ``learn_card``
+without a card reader (``[credential_reader]``), while another waits (``busy``), and, once armed, with
+``timeout`` when no card came, ``invalid`` when the card is another identity's
+(:mod:`appliance.access.card_learning`).
 
 ``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
 ``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness). It enrols
@@ -385,6 +391,14 @@ class DoorModeCommand(_DoorCommand):
     minutes: Optional[int] = Field(None, ge=1, le=10080)
 
 
+class LearnCardCommand(_Command):
+    """``learn_card``: the next card read at the reader becomes one of ``id``'s cards."""
+
+    id: str = Field(min_length=1, max_length=64)
+    within_s: float = Field(30.0, ge=5, le=300)
+    reader: Optional[str] = Field(None, min_length=1, max_length=64)
+
+
 COMMANDS: Dict[str, Type[_Command]] = {
     "enroll": EnrollCommand,
     "remove": RemoveCommand,
@@ -405,6 +419,7 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "presence_reset": PresenceResetCommand,
     "door_open": DoorOpenCommand,
     "door_mode": DoorModeCommand,
+    "learn_card": LearnCardCommand,
 }
 
 

@@ -371,14 +371,6 @@ class Pipeline:
         logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)
         return replace(decision, decision=DENIED, access_reason=verdict.reason)
 
-    def take_credentials(self, now: float) -> List[Outcome]:
-        """Between two turns: the cards and PINs waiting in :attr:`credentials`, presented
-        (:meth:`present_credentials`)."""
-        if self.credentials is None:
-            return []
-        presented = self.credentials.drain()
-        return self.present_credentials(presented, now) if presented else []
-
     def present_credentials(self, credentials: Sequence[PresentedCredential], now: float) -> List[Outcome]:
         """Cards and PINs from the readers at the door (:class:`appliance.access.credentials.CredentialInbox`),
         oldest first: the outcomes of the held face grants they decided (see

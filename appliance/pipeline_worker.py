@@ -203,7 +203,7 @@ class PipelineWorker:
         ended: Set[str] = set()  # cameras whose video ended, their tracks closed
         while not self.stop.is_set():
             self._between_frames()
-            decided = pipeline.take_credentials(time.monotonic())
+            decided = self._commands.take_credentials(time.monotonic())
             if decided:
                 recorder.record(decided, self.runtime.model_versions)
             self.frame_ready.wait(FRAME_WAIT_S)
@@ -232,6 +232,7 @@ class PipelineWorker:
             else:
                 self.loop_heartbeat = time.monotonic()
         recorder.record(pipeline.finish(time.monotonic()), self.runtime.model_versions)
+        self._commands.stop_learning()
         self._between_frames()
 
     def _process(

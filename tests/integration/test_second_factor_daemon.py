@@ -8,6 +8,7 @@ the event only.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -16,7 +17,15 @@ from appliance.gallery.store import TemplateStore
 from tests.card_reader_support import KeypadReader
 from tests.mqtt_broker import MosquittoBroker, Recorder
 from tests.osdp_support import KEY, pty_pair, write_key
-from tests.support import ROOT, Daemon, daemon_config, event_documents, make_passage_video, unique_events
+from tests.support import (
+    ROOT,
+    Daemon,
+    command,
+    daemon_config,
+    event_documents,
+    make_passage_video,
+    unique_events,
+)
 
 #: Facility 7, card 12345 as a 26-bit Wiegand read.
 CARD_READ = bytes.fromhex("83981cc0")
@@ -111,5 +120,15 @@ def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
             assert event["identity"]["id"] == "obama" and event["reason"] is None
             door_events = [m for m in recorder.messages if m.topic == f"{ROOT}/door"]
             assert any(b'"reader_online"' in m.payload for m in door_events)
+
+            # a second card, learned by presenting it: the answer comes when it is read
+            request = {"request_id": "learn-1", "id": "obama", "within_s": 60}
+            recorder.publish(f"{ROOT}/cmd/learn_card", json.dumps(request).encode())
+            daemon.wait_log("learning a card at the reader")
+            reader.card(bytes.fromhex("04800f80"), 26)  # facility 9, card 31
+            answer = recorder.wait_for_message(f"{ROOT}/cmd/learn_card/result", timeout=30)
+            assert json.loads(answer.payload)["result"] == {"id": "obama", "card": "w26:9:31", "added": True}
+            busy = command(recorder, "learn_card", {"request_id": "learn-2", "id": "nobody"})
+            assert busy["error"]["code"] == "refused" and "no identity" in busy["error"]["message"], busy
         finally:
             assert daemon.stop() == 0, daemon.text[-4000:]

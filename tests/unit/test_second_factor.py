@@ -349,19 +349,19 @@ def test_the_pipeline_reports_the_held_face_then_the_grant_its_pin_completed_wit
     lane.best_crop[7] = (0.9, np.zeros((112, 112, 3), np.uint8))
     held = pipeline._outcome(lane, vote, 1.0, keep=True)
     assert (held.decision.decision, held.decision.access_reason) == ("denied", SECOND_FACTOR)
-    inbox = CredentialInbox()
-    pipeline.credentials = inbox
     at = judge.second_factor.waiting()[0].at
-    inbox.offer(PresentedCredential("pin", "0000", READER, at + 1))
-    inbox.offer(PresentedCredential("pin", "1357", READER, at + 2))
-    wrong, opened = pipeline.take_credentials(50.0)
+    presented = [
+        PresentedCredential("pin", "0000", READER, at + 1),
+        PresentedCredential("pin", "1357", READER, at + 2),
+    ]
+    wrong, opened = pipeline.present_credentials(presented, 50.0)
     assert (wrong.decision.decision, wrong.decision.access_reason) == ("denied", WRONG_CREDENTIAL)
     assert opened.decision.decision == "granted" and opened.captured_at == 50.0
     assert opened.crop is held.crop and opened.camera_id == "cam0"
     event = access_event(opened.decision, "door", "cam0", {}, 1.0)
     assert event["factors"] == ["face", "pin"] and event["duress"] is True and event["reason"] is None
     assert "factors" not in access_event(held.decision, "door", "cam0", {}, 1.0)
-    assert pipeline.take_credentials(51.0) == [] and pipeline._held == {}
+    assert pipeline.present_credentials([], 51.0) == [] and pipeline._held == {}
 
 
 # -- the configuration ---------------------------------------------------------------------------------
@@ -480,3 +480,31 @@ def test_wrong_credentials_across_waits_lock_the_face_out_until_lockout_s_has_pa
         never.judge_passage("ada", "cam", NOON + timedelta(seconds=2 * i))
         never.present(_credential("pin", "0000", 2 * i + 1))
     assert never.judge_passage("ada", "cam", NOON + timedelta(seconds=50)).reason == SECOND_FACTOR
+
+
+def test_a_card_is_learned_from_the_reader_and_every_learning_is_answered(gallery: TemplateStore) -> None:
+    from appliance.access.card_learning import CardLearning
+
+    answers: List[Any] = []
+    learning = CardLearning(lambda *answer: answers.append(answer))
+    assert learning.arm("tom", "learn_card", "l1", None, T0 + 30)
+    assert not learning.arm("ada", "learn_card", "l2", None, T0 + 30)  # one at a time
+    pin, card = _credential("pin", "2468", 1), _credential("card", "w26:9:777", 2)
+    assert learning.take([pin, card], gallery, T0 + 2) == [pin]  # the PIN goes on; the card is learned
+    assert answers.pop() == ("learn_card", "l1", {"id": "tom", "card": "w26:9:777", "added": True}, None)
+    assert gallery.identity("tom").policy.cards == ("w26:9:777",) and learning.armed is None
+    assert learning.take([card], gallery, T0 + 3) == [card]  # nothing armed: it goes to the second factor
+
+    learning.arm("tom", "learn_card", "l3", "elsewhere", T0 + 30)
+    assert learning.take([card], gallery, T0 + 4) == [card]  # another reader's card is not taken
+    assert learning.take([], gallery, T0 + 31) == [] and answers.pop()[3][0] == "timeout"
+    learning.arm("tom", "learn_card", "l4", None, T0 + 60)
+    learning.take([_credential("card", CARD, 40)], gallery, T0 + 40)  # ada's card
+    _, request_id, outcome, (code, message) = answers.pop()
+    assert (request_id, outcome, code) == ("l4", None, "invalid") and "already 'ada'" in message
+    assert gallery.identity("tom").policy.cards == ("w26:9:777",)
+    learning.arm("tom", "learn_card", "l5", None, T0 + 60)
+    learning.abandon("stopping")
+    assert answers.pop() == ("learn_card", "l5", None, ("busy", "stopping"))
+    learning.abandon("stopping")
+    assert answers == []  # nothing armed: nothing answered twice
