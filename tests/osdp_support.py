@@ -63,6 +63,11 @@ def pty_pair(folder: Path) -> Iterator[Tuple[str, str]]:
         process.wait(timeout=10)
 
 
+def osdp_threads() -> List[str]:
+    """The names of the OSDP threads still alive (``osdp-…``: a closed reader leaves none)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("osdp-") and t.is_alive()]
+
+
 def write_key(path: Path, key: bytes) -> Path:
     """An SCBK file as the appliance reads it (32 hex digits, mode 0600)."""
     path.write_text(key.hex() + "\n")

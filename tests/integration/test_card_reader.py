@@ -9,7 +9,6 @@ start-up failure names the key to fix, and ``close()`` keeps its deadline.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,8 @@ from appliance.osdp.card_reader_settings import CredentialReaderConfig
 from appliance.osdp.doctor import card_reader_checks
 from appliance.peripherals import Passage
 from tests.card_reader_support import KeypadReader
-from tests.osdp_support import KEY, DoorEvents, osdp_module, pty_pair, write_key
+from tests.mqtt_broker import wait_until
+from tests.osdp_support import KEY, DoorEvents, osdp_module, osdp_threads, pty_pair, write_key
 
 ADDRESS = 3
 #: Facility 7, card 12345 as a 26-bit Wiegand read (HID H10301), packed from the first byte's top bit.
@@ -104,17 +104,6 @@ def line(tmp_path: Path) -> Iterator[Line]:
                 reader.close(5.0)
 
 
-def _osdp_threads() -> List[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("osdp-") and t.is_alive()]
-
-
-def _wait(condition: Any, what: str = "condition", timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not met within {timeout} s"
-        time.sleep(0.02)
-
-
 def test_every_libosdp_name_the_credential_reader_uses_exists() -> None:
     lib = load_library()
     for name in CP_CONSTANTS:
@@ -173,7 +162,7 @@ def test_a_full_inbox_drops_and_counts(line: Line) -> None:
         line.events.wait_for("reader_online")
         device.card(CARD, 26)
         device.card(CARD, 26)
-        _wait(lambda: reader.state()["cards"] == 2, "two card reads")
+        wait_until(lambda: reader.state()["cards"] == 2, 15.0, "two card reads")
     assert reader.state()["dropped"] == 1
     assert len(line.presented.inbox.drain()) == 1
 
@@ -216,7 +205,7 @@ def test_the_link_goes_down_and_comes_back(line: Line) -> None:
     ]
     assert reader.state()["link"] == "offline"
     reader.on_passage(passage("granted"))  # nothing to show it on: dropped, never shown late
-    _wait(lambda: reader.state()["feedback"]["dropped"] == 1, "the dropped feedback")
+    wait_until(lambda: reader.state()["feedback"]["dropped"] == 1, 15.0, "the dropped feedback")
     with line.device() as device:  # back: the appliance polls it again without waiting minutes
         line.events.wait_for("reader_online", count=2, timeout=30.0)
         reader.on_passage(passage("denied", reason="expired"))
@@ -228,7 +217,7 @@ def test_the_link_goes_down_and_comes_back(line: Line) -> None:
     started = time.monotonic()
     reader.close(2.0)
     assert time.monotonic() - started < 2.0
-    assert not _osdp_threads()
+    assert not osdp_threads()
     assert line.events.kinds()[-1] == "reader_offline" and line.events.of("reader_offline")[-1] == {
         "reader_id": "entry-reader",
         "reason": "closed",

@@ -9,7 +9,6 @@ card read withdrawn, a lost serial port reopened, and ``close()`` within its dea
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,17 @@ from appliance.osdp.doctor import doctor_checks
 from appliance.osdp.reader import OsdpReader
 from appliance.osdp.settings import OsdpConfig
 from appliance.peripherals import Passage
-from tests.osdp_support import KEY, OTHER_KEY, DoorEvents, Panel, osdp_module, pty_pair, write_key
+from tests.mqtt_broker import wait_until
+from tests.osdp_support import (
+    KEY,
+    OTHER_KEY,
+    DoorEvents,
+    Panel,
+    osdp_module,
+    osdp_threads,
+    pty_pair,
+    write_key,
+)
 
 ADDRESS = 5
 
@@ -86,17 +95,6 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
                 reader.close(5.0)
 
 
-def _osdp_threads() -> List[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("osdp-") and t.is_alive()]
-
-
-def _wait(condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_secure_channel_one_card_read_per_grant_and_the_panels_answer(bus: Bus) -> None:
     osdp = osdp_module()
     reader = bus.reader()
@@ -136,7 +134,7 @@ def test_secure_channel_one_card_read_per_grant_and_the_panels_answer(bus: Bus) 
         panel.led(osdp.CommandLEDColor.Green, temporary=False)
         panel.buzzer()
         panel.text("Welcome")
-        _wait(lambda: reader.state()["commands"].get("text") == 1)
+        wait_until(lambda: reader.state()["commands"].get("text") == 1, 15.0, "the reader's state")
         state = reader.state()
         assert state["card_reads"] == {"sent": 2, "delivered": 2, "withdrawn": 0, "refused": {}}
         assert state["panel"]["granted"] == 1 and state["panel"]["denied"] == 1
@@ -150,7 +148,7 @@ def test_secure_channel_one_card_read_per_grant_and_the_panels_answer(bus: Bus) 
     started = time.monotonic()
     reader.close(2.0)
     assert time.monotonic() - started < 2.0
-    assert not _osdp_threads()
+    assert not osdp_threads()
     assert bus.events.kinds()[-1] == "osdp_offline" and bus.events.of("osdp_offline")[-1] == {
         "reason": "closed"
     }
@@ -161,7 +159,9 @@ def test_secure_channel_one_card_read_per_grant_and_the_panels_answer(bus: Bus) 
 def test_a_wrong_key_gives_no_secure_channel_and_no_card_data(bus: Bus) -> None:
     reader = bus.reader()
     with bus.panel(OTHER_KEY) as panel:
-        _wait(lambda: reader.state()["link"] == "online")  # the panel talks to the reader …
+        wait_until(
+            lambda: reader.state()["link"] == "online", 15.0, "the reader's state"
+        )  # the panel talks to the reader …
         time.sleep(2.0)
         assert not panel.secure() and reader.state()["link"] == "online"  # … but never securely
         granted = passage("granted", "12345")
@@ -193,7 +193,7 @@ def test_install_mode_takes_the_panels_key_and_other_keysets_are_refused(bus: Bu
     with bus.panel(OTHER_KEY) as panel:
         assert panel.wait(panel.secure)
         panel.set_key(KEY)
-        _wait(lambda: reader.state()["keyset"] is not None)
+        wait_until(lambda: reader.state()["keyset"] is not None, 15.0, "the reader's state")
     assert reader.state()["keyset"]["stored"] is False
     assert reader.state()["last_commands"]["keyset"]["accepted"] is False
     assert key_file.read_text() == OTHER_KEY.hex() + "\n"
@@ -278,7 +278,7 @@ def test_a_lost_serial_port_is_reopened(tmp_path: Path) -> None:
             with Panel(panel_end, ADDRESS, KEY) as panel:
                 assert panel.wait(panel.secure)
         # socat is gone: the reader's end of the line fails (EIO), as with an unplugged USB adapter.
-        _wait(lambda: reader.state()["serial"]["errors"] > 0, timeout=10)
+        wait_until(lambda: reader.state()["serial"]["errors"] > 0, 10.0, "the reader's state")
         with pty_pair(tmp_path) as (reader_end, panel_end):  # plugged in again, same device name
             with Panel(panel_end, ADDRESS, KEY) as panel:
                 assert panel.wait(panel.secure, timeout=20), reader.state()
@@ -355,7 +355,7 @@ def test_a_doors_tamper_reaches_the_panel_as_a_local_status(bus: Bus) -> None:
         assert panel.statuses[1]["report"][:2] == b"\x00\x00"
         assert reader.state()["tamper"] == {"active": False, "reported": False, "reports": 2}
     reader.on_door_event("tamper", {"door_id": "way-in"})  # the panel is away
-    _wait(lambda: reader.state()["tamper"]["active"])
+    wait_until(lambda: reader.state()["tamper"]["active"], 15.0, "the reader's state")
     assert reader.state()["tamper"]["reported"] is False
     with bus.panel() as panel:
         assert panel.wait(lambda: len(panel.statuses) == 1, timeout=20.0), "the tamper was not reported"
