@@ -127,13 +127,6 @@ def load_library() -> ModuleType:
     return module
 
 
-def rename_key(err: OsdpError, old: str, new: str) -> OsdpError:
-    """``err`` naming the key ``new`` where it names ``old``: the port and key helpers are shared with
-    the ``[osdp]`` reader, whose messages start with its own keys (``osdp.port: …``)."""
-    text = str(err)
-    return OsdpError(new + text[len(old) :] if text.startswith(old) else text)
-
-
 # -- the keypad ----------------------------------------------------------------------------------------
 
 
@@ -347,7 +340,10 @@ class CardReader(OsdpOwner):
             raise OsdpError(
                 "credential_reader.port is not set; name the serial device of the reader's RS-485 line"
             )
-        super().__init__(SerialChannel(config.port, config.baud_rate), f"credential reader {config.id}")
+        super().__init__(
+            SerialChannel(config.port, config.baud_rate, "credential_reader.port"),
+            f"credential reader {config.id}",
+        )
         self.name = config.id
         self._config = config
         self._offer = offer
@@ -388,10 +384,7 @@ class CardReader(OsdpOwner):
         config = self._config
         lib = load_library()
         scbk = self._load_key()
-        try:
-            self._channel.open()
-        except OsdpError as err:
-            raise rename_key(err, "osdp.port", "credential_reader.port") from None
+        self._channel.open()
         try:
             lib.set_loglevel(lib.LOG_CRIT)  # libosdp prints to stdout; the reader logs what matters
             cp = lib.ControlPanel([self._pd_info(lib, scbk)])
@@ -480,10 +473,7 @@ class CardReader(OsdpOwner):
             raise OsdpError(
                 "credential_reader.scbk_file is not set; name the file with the reader's 32-hex-digit key"
             )
-        try:
-            return load_scbk(config.scbk_file)
-        except OsdpError as err:
-            raise rename_key(err, "osdp.scbk_file", "credential_reader.scbk_file") from None
+        return load_scbk(config.scbk_file, "credential_reader.scbk_file")
 
     def _pd_info(self, lib: Any, scbk: Optional[bytes]) -> Dict[str, Any]:
         """The reader as libosdp's control panel takes it (``osdp_pd_info_t``, ``python/osdp_sys/cp.c``).
@@ -742,7 +732,6 @@ __all__ = [
     "KeypadOutcome",
     "Signal",
     "load_library",
-    "rename_key",
     "signal_commands",
     "signal_for",
 ]

@@ -67,35 +67,33 @@ def _configure(fd: int, baud_rate: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, speed, speed, cc])
 
 
-def open_port(path: str, baud_rate: int) -> int:
+def open_port(path: str, baud_rate: int, key: str = "osdp.port") -> int:
     """Open and configure the serial device; the file descriptor.
 
     Raises:
         OsdpError: the device is missing, busy, not permitted, or not a tty (the message names
-            ``osdp.port`` and what to try).
+            the configuration ``key`` and what to try).
     """
     flags = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError as err:
-        raise OsdpError(_open_advice(path, err)) from None
+        raise OsdpError(f"{key}: {_open_advice(path, err)}") from None
     try:
         if not os.isatty(fd):
-            raise OsdpError(
-                f"osdp.port: {path} is not a serial device (a tty); name the RS-485 adapter's device"
-            )
+            raise OsdpError(f"{key}: {path} is not a serial device (a tty); name the RS-485 adapter's device")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise OsdpError(
-                f"osdp.port: {path} is in use by another program (a second appliance, or a terminal program?)"
+                f"{key}: {path} is in use by another program (a second appliance, or a terminal program?)"
             ) from None
         try:
             fcntl.ioctl(fd, termios.TIOCEXCL)
             _configure(fd, baud_rate)
             termios.tcflush(fd, termios.TCIOFLUSH)
         except (OSError, termios.error) as err:
-            raise OsdpError(f"osdp.port: cannot configure {path} at {baud_rate} baud ({err})") from None
+            raise OsdpError(f"{key}: cannot configure {path} at {baud_rate} baud ({err})") from None
     except BaseException:
         os.close(fd)
         raise
@@ -103,17 +101,17 @@ def open_port(path: str, baud_rate: int) -> int:
 
 
 def _open_advice(path: str, err: OSError) -> str:
-    """An ``open`` failure, with what to try."""
+    """An ``open`` failure, with what to try (after the configuration key)."""
     if err.errno == errno.ENOENT:
         return (
-            f"osdp.port: {path} does not exist; plug in the RS-485 adapter or name the right device "
+            f"{path} does not exist; plug in the RS-485 adapter or name the right device "
             f"(ls /dev/ttyUSB* /dev/ttyTHS*)"
         )
     if err.errno in (errno.EACCES, errno.EPERM):
-        return f"osdp.port: no permission to open {path}; add the service user to the 'dialout' group"
+        return f"no permission to open {path}; add the service user to the 'dialout' group"
     if err.errno == errno.EBUSY:
-        return f"osdp.port: {path} is in use by another program (a getty or a second appliance?)"
-    return f"osdp.port: cannot open {path}: {err.strerror or err}"
+        return f"{path} is in use by another program (a getty or a second appliance?)"
+    return f"cannot open {path}: {err.strerror or err}"
 
 
 class SerialChannel:
@@ -122,14 +120,16 @@ class SerialChannel:
     Args:
         path: the device (``osdp.port``).
         baud_rate: the bus speed (``osdp.baud_rate``).
+        key: the configuration key that names the device, for the messages.
     """
 
     #: libosdp's channel id (one PD on its own channel).
     id = 0
 
-    def __init__(self, path: str, baud_rate: int) -> None:
+    def __init__(self, path: str, baud_rate: int, key: str = "osdp.port") -> None:
         self.path = path
         self.baud_rate = baud_rate
+        self.key = key
         self._fd: Optional[int] = None
         #: The last ``OSError`` of a read or a write (the port must be reopened), else ``None``.
         self.error: Optional[str] = None
@@ -142,7 +142,7 @@ class SerialChannel:
             OsdpError: as :func:`open_port`.
         """
         self.close()
-        self._fd = open_port(self.path, self.baud_rate)
+        self._fd = open_port(self.path, self.baud_rate, self.key)
         self.error = None
 
     @property

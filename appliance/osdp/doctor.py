@@ -121,19 +121,12 @@ def card_reader_checks(config: CredentialReaderConfig) -> List[Finding]:
     return findings
 
 
-def _credential_reader_message(err: OsdpError, key: str) -> str:
-    """The message of a shared helper's ``err`` (``osdp.KEY: …``) naming ``credential_reader.KEY``."""
-    from .card_reader import rename_key
-
-    return str(rename_key(err, f"osdp.{key}", f"credential_reader.{key}"))
-
-
 def _card_reader_port(config: CredentialReaderConfig) -> Finding:
     port = config.port or ""
     try:
-        fd = open_port(port, config.baud_rate)
+        fd = open_port(port, config.baud_rate, "credential_reader.port")
     except OsdpError as err:
-        detail = _credential_reader_message(err, "port")
+        detail = str(err)
         busy = "in use by another program" in detail
         hint = (
             "if the appliance is running it holds the port: that is expected"
@@ -163,10 +156,9 @@ def _card_reader_key(config: CredentialReaderConfig) -> Finding:
     if path is None:
         return (FAIL, subject, "credential_reader.scbk_file is not set", f"write {KEY_FORM}")
     try:
-        load_scbk(path)
+        load_scbk(path, "credential_reader.scbk_file")
     except OsdpError as err:
-        detail = _credential_reader_message(err, "scbk_file")
-        return (FAIL, subject, detail, f"write {KEY_FORM}")
+        return (FAIL, subject, str(err), f"write {KEY_FORM}")
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         return (WARN, subject, f"{path} is readable by other users", f"chmod 600 {path}")
     return (OK, subject, f"key in {path} is well formed", "")

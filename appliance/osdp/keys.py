@@ -41,8 +41,8 @@ def parse_scbk(text: str) -> bytes:
         raise ValueError("its first line is not hex digits (0-9, a-f)") from None
 
 
-def load_scbk(path: Path) -> bytes:
-    """Read the key from ``osdp.scbk_file``.
+def load_scbk(path: Path, key: str = "osdp.scbk_file") -> bytes:
+    """Read the key from ``path`` (the configuration's ``key``, which the messages name).
 
     Raises:
         OsdpError: the file is missing, unreadable, not a regular file, too large, or malformed.
@@ -50,13 +50,13 @@ def load_scbk(path: Path) -> bytes:
     try:
         data = read_bounded(path, MAX_SCBK_FILE_BYTES)
     except FileReadError as err:
-        raise OsdpError(f"osdp.scbk_file: {err}; write {KEY_FORM}") from None
+        raise OsdpError(f"{key}: {err}; write {KEY_FORM}") from None
     try:
         return parse_scbk(data.decode("ascii"))
     except UnicodeDecodeError:
-        raise OsdpError(f"osdp.scbk_file: {path} is not ASCII text; write {KEY_FORM}") from None
+        raise OsdpError(f"{key}: {path} is not ASCII text; write {KEY_FORM}") from None
     except ValueError as err:
-        raise OsdpError(f"osdp.scbk_file: {path}: {err}; write {KEY_FORM}") from None
+        raise OsdpError(f"{key}: {path}: {err}; write {KEY_FORM}") from None
 
 
 def store_scbk(path: Path, key: bytes) -> None:
