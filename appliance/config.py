@@ -34,7 +34,7 @@ from .access.settings import AccessConfig
 from .config_types import ConfigPath, StrictModel
 from .door.settings import DoorConfig, DoorEntryConfig
 from .fleet.door_settings import FleetConfig
-from .osdp.card_reader_settings import CredentialReaderConfig
+from .osdp.card_reader_settings import CredentialReaderConfig, CredentialReaderEntryConfig
 from .osdp.settings import OsdpConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
@@ -964,6 +964,18 @@ class ApplianceConfig(StrictModel):
     )
     osdp: OsdpConfig = Field(default_factory=OsdpConfig)
     credential_reader: CredentialReaderConfig = Field(default_factory=CredentialReaderConfig)
+    credential_readers: Optional[List[CredentialReaderEntryConfig]] = Field(
+        None,
+        description="Several card readers, instead of [credential_reader]: one [[credential_readers]] table "
+        "per reader, with the keys of [credential_reader], an id of its own (required, unique), a serial "
+        "port of its own and the cameras it stands at — a turnstile's entry and exit readers.",
+        json_schema_extra={
+            "example": [
+                {"id": "entry-reader", "port": "/dev/ttyUSB1", "cameras": ["entry"]},
+                {"id": "exit-reader", "port": "/dev/ttyUSB2", "cameras": ["exit"]},
+            ]
+        },
+    )
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -981,6 +993,21 @@ class ApplianceConfig(StrictModel):
             )
         _check_table_ids(cameras or [], "cameras", "camera", "events carry it as camera_id")
         return cameras
+
+    @field_validator("credential_readers")
+    @classmethod
+    def _distinct_readers(
+        cls, readers: Optional[List[CredentialReaderEntryConfig]]
+    ) -> Optional[List[CredentialReaderEntryConfig]]:
+        if readers is not None and not readers:
+            raise ValueError(
+                "an empty list; give one [[credential_readers]] table per reader, or describe one in "
+                "[credential_reader]"
+            )
+        _check_table_ids(
+            readers or [], "credential_readers", "reader", "the cards and PINs it presents carry it"
+        )
+        return readers
 
     @field_validator("doors")
     @classmethod
@@ -1059,33 +1086,52 @@ class ApplianceConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _second_factor_needs_a_reader(self) -> ApplianceConfig:
-        reader, require = self.credential_reader, self.access.second_factor.require
-        if require != "off" and not reader.enabled:
+    def _readers_fit_together(self) -> ApplianceConfig:
+        _one_form(self, "credential_reader", "credential_readers", "reader")
+        readers, require = self.configured_readers, self.access.second_factor.require
+        if require != "off" and not readers:
             raise ValueError(
                 f"access.second_factor.require = {require!r} asks for a card or PIN at the door, but no "
                 "reader takes them: describe the card reader in [credential_reader] (enabled = true), "
                 "or set require = 'off'"
             )
         cameras = {camera.id for camera in self.configured_cameras}
-        unknown = [camera for camera in reader.cameras if camera not in cameras]
-        if reader.enabled and unknown:
-            raise ValueError(
-                f"credential_reader.cameras names {', '.join(map(repr, unknown))}, which are not configured "
-                f"(the cameras: {', '.join(sorted(cameras))})"
-            )
-        if reader.enabled and reader.id in {door.id for door in self.configured_doors}:
-            raise ValueError(
-                f"credential_reader.id {reader.id!r} is also a door's id; both key …/state → door: "
-                "give the reader an id of its own"
-            )
+        doors = {door.id for door in self.configured_doors}
+        ports: Dict[str, str] = {}
+        for reader in readers:
+            unknown = [camera for camera in reader.cameras if camera not in cameras]
+            if unknown:
+                raise ValueError(
+                    f"reader {reader.id!r} names camera(s) {', '.join(map(repr, unknown))}, which are not "
+                    f"configured (the cameras: {', '.join(sorted(cameras))})"
+                )
+            if reader.id in doors:
+                raise ValueError(
+                    f"reader id {reader.id!r} is also a door's id; both key …/state → door: give the reader "
+                    "an id of its own"
+                )
+            port = str(reader.port)
+            if port in ports:
+                raise ValueError(
+                    f"readers {ports[port]!r} and {reader.id!r} both name port {port}; each reader needs a "
+                    "serial port of its own (one control panel per line)"
+                )
+            ports[port] = reader.id
         return self
 
     @property
+    def configured_readers(self) -> List[CredentialReaderConfig]:
+        """The card readers this appliance polls, in the file's order: the enabled
+        ``[[credential_readers]]`` tables, or ``[credential_reader]`` when enabled; none otherwise."""
+        tables: List[CredentialReaderConfig] = (
+            list(self.credential_readers) if self.credential_readers is not None else [self.credential_reader]
+        )
+        return [reader for reader in tables if reader.enabled]
+
+    @property
     def reader_cameras(self) -> Dict[str, List[str]]:
-        """Reader id → the cameras it stands at (empty: every camera), of the enabled card readers."""
-        reader = self.credential_reader
-        return {reader.id: list(reader.cameras)} if reader.enabled else {}
+        """Reader id → the cameras it stands at (empty: every camera), of the card readers polled."""
+        return {reader.id: list(reader.cameras) for reader in self.configured_readers}
 
     @model_validator(mode="after")
     def _adaptive_needs_liveness(self) -> ApplianceConfig:

@@ -178,9 +178,16 @@ def _named_files(config: ApplianceConfig) -> List[Tuple[str, Optional[Path], int
         ("mqtt.tls.key_file", tls.key_file, MAX_TLS_FILE_BYTES),
         ("updates.security_secret_file", config.updates.security_secret_file, MAX_SECRET_BYTES),
         ("osdp.scbk_file", config.osdp.scbk_file, MAX_SECRET_BYTES),
-        ("credential_reader.scbk_file", config.credential_reader.scbk_file, MAX_SECRET_BYTES),
         ("fleet.fleet_key_file", config.fleet.fleet_key_file, MAX_SECRET_BYTES),
+        *((f"{key}.scbk_file", path, MAX_SECRET_BYTES) for key, path in _reader_keys(config)),
     ]
+
+
+def _reader_keys(config: ApplianceConfig) -> List[Tuple[str, Optional[Path]]]:
+    """(configuration key, Secure Channel key file) of each card reader polled."""
+    if config.credential_readers is None:
+        return [("credential_reader", r.scbk_file) for r in config.configured_readers]
+    return [(f"credential_readers[{r.id}]", r.scbk_file) for r in config.configured_readers]
 
 
 def check_named_files(files: Sequence[Tuple[str, Optional[Path], int]]) -> List[ConfigIssue]:
@@ -213,8 +220,8 @@ def secret_file_warnings(config: ApplianceConfig) -> List[str]:
         ("mqtt.tls.key_file", config.mqtt.tls.key_file),
         ("updates.security_secret_file", config.updates.security_secret_file),
         ("osdp.scbk_file", config.osdp.scbk_file),
-        ("credential_reader.scbk_file", config.credential_reader.scbk_file),
         ("fleet.fleet_key_file", config.fleet.fleet_key_file),
+        *((f"{key}.scbk_file", path) for key, path in _reader_keys(config)),
     ):
         if path is None:
             continue

@@ -271,7 +271,7 @@ class Appliance:
             self.templates = TemplateUpdater(
                 self.gallery, config.adaptive, config.liveness.enabled, changes=self.changes
             )
-        if config.credential_reader.enabled:
+        if config.configured_readers:
             self.pipeline.credentials = CredentialInbox(wake=self.worker.frame_ready.set)
         outbox = self.outbox
         self.door = PeripheralHub(

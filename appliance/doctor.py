@@ -594,10 +594,10 @@ def check_door(config: ApplianceConfig) -> List[Check]:
         checks.extend(Check(*found) for found in osdp_checks(config.osdp))
     else:
         checks.append(Check(OK, "OSDP", "disabled (osdp.enabled = false)"))
-    if config.credential_reader.enabled:
+    for reader in config.configured_readers:
         from .osdp.doctor import card_reader_checks
 
-        checks.extend(Check(*found) for found in card_reader_checks(config.credential_reader))
+        checks.extend(Check(*found) for found in card_reader_checks(reader))
     return checks
 
 

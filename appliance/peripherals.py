@@ -214,7 +214,8 @@ def create_peripherals(
     config: ApplianceConfig, credentials: Optional[CredentialInbox] = None
 ) -> List[Peripheral]:
     """The peripherals ``config`` enables (``[door]`` or each of ``[[doors]]``, ``[osdp]``,
-    ``[credential_reader]``, whose cards and PINs go to ``credentials``), not yet started."""
+    ``[credential_reader]`` or each of ``[[credential_readers]]``, whose cards and PINs go to
+    ``credentials``), not yet started."""
     peripherals: List[Peripheral] = []
     if config.configured_doors:
         from .door import create_door
@@ -224,12 +225,14 @@ def create_peripherals(
         from .osdp import create_reader
 
         peripherals.append(create_reader(config.osdp))
-    if config.credential_reader.enabled:
+    if config.configured_readers:
         from .osdp import create_card_reader
 
         if credentials is None:
             raise ValueError("a credential reader needs the inbox its cards and PINs go to")
-        peripherals.append(create_card_reader(config.credential_reader, credentials.offer))
+        peripherals.extend(
+            create_card_reader(reader, credentials.offer) for reader in config.configured_readers
+        )
     return peripherals
 
 

@@ -133,4 +133,17 @@ class CredentialReaderConfig(StrictModel):
         return not self.cameras or camera_id is None or camera_id in self.cameras
 
 
-__all__ = ["ID_PATTERN", "MAX_CAMERAS", "RESERVED_IDS", "CredentialReaderConfig"]
+class CredentialReaderEntryConfig(CredentialReaderConfig):
+    """[[credential_readers]] — One of several card readers (a turnstile's two ways): the keys of
+    [credential_reader], on by default, each on a serial port of its own."""
+
+    enabled: bool = Field(True, description="Poll this reader (false: keep its table, leave it alone).")
+
+
+__all__ = [
+    "ID_PATTERN",
+    "MAX_CAMERAS",
+    "RESERVED_IDS",
+    "CredentialReaderConfig",
+    "CredentialReaderEntryConfig",
+]

@@ -508,3 +508,40 @@ def test_a_card_is_learned_from_the_reader_and_every_learning_is_answered(galler
     assert answers.pop() == ("learn_card", "l5", None, ("busy", "stopping"))
     learning.abandon("stopping")
     assert answers == []  # nothing armed: nothing answered twice
+
+
+def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port() -> None:
+    from appliance.peripherals import create_peripherals
+
+    cameras = [{"id": "entry", "source": "0"}, {"id": "exit", "source": "1"}]
+    readers = [
+        {"id": "entry-reader", "port": "/dev/ttyUSB1", "secure_channel": False, "cameras": ["entry"]},
+        {"id": "exit-reader", "port": "/dev/ttyUSB2", "secure_channel": False, "cameras": ["exit"]},
+    ]
+    document = {
+        "cameras": cameras,
+        "credential_readers": readers,
+        "access": {"second_factor": {"require": "card"}},
+    }
+    config = validate_config(document)
+    assert config.reader_cameras == {"entry-reader": ["entry"], "exit-reader": ["exit"]}
+    built = create_peripherals(config, CredentialInbox())
+    assert [(p.name, p.source) for p in built] == [
+        ("entry-reader", "credential_reader"),
+        ("exit-reader", "credential_reader"),
+    ]
+    off = [dict(readers[0]), {**readers[1], "enabled": False}]
+    assert list(validate_config({**document, "credential_readers": off}).reader_cameras) == ["entry-reader"]
+    for change, match in (
+        ({"credential_readers": [readers[0], {**readers[1], "port": "/dev/ttyUSB1"}]}, "port of its own"),
+        ({"credential_readers": [readers[0], {**readers[1], "id": "entry-reader"}]}, "an id of its own"),
+        (
+            {"credential_readers": [readers[0], {k: v for k, v in readers[1].items() if k != "id"}]},
+            "has no id",
+        ),
+        ({"credential_readers": []}, "empty list"),
+        ({"credential_reader": {**READER_SECTION}}, r"\[credential_reader\] and \[\[credential_readers\]\]"),
+        ({"credential_readers": [{**readers[0], "cameras": ["lobby"]}]}, "lobby"),
+    ):
+        with pytest.raises(Exception, match=match):
+            validate_config({**document, **change})
