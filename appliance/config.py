@@ -18,7 +18,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, get_args, get_origin
 
 from pydantic import (
     Field,
@@ -898,6 +898,16 @@ def _one_form(config: StrictModel, single: str, many: str, thing: str) -> None:
         )
 
 
+def _known_cameras(what: str, named: Sequence[str], cameras: Set[str]) -> None:
+    """Every camera ``named`` is one of ``cameras``, else a ValueError beginning with ``what``."""
+    unknown = [camera for camera in named if camera not in cameras]
+    if unknown:
+        raise ValueError(
+            f"{what} camera(s) {', '.join(map(repr, unknown))}, which are not configured (the cameras: "
+            f"{', '.join(sorted(cameras))})"
+        )
+
+
 def _check_table_ids(tables: List[Any], key: str, thing: str, carried: str) -> None:
     """Every ``[[key]]`` table names its ``thing`` with an id of its own (``carried``: where the id goes).
 
@@ -1026,12 +1036,7 @@ class ApplianceConfig(StrictModel):
         cameras = {camera.id for camera in self.configured_cameras}
         places: Dict[Any, str] = {}
         for door in doors:
-            unknown = [camera for camera in door.cameras if camera not in cameras]
-            if unknown:
-                raise ValueError(
-                    f"door {door.id!r} opens for camera(s) {', '.join(map(repr, unknown))}, which are not "
-                    f"configured (the cameras: {', '.join(sorted(cameras))})"
-                )
+            _known_cameras(f"door {door.id!r} opens for", door.cameras, cameras)
             if len(doors) > 1 and not door.cameras:
                 raise ValueError(
                     f"door {door.id!r} names no cameras: with several doors each names the cameras whose grants "
@@ -1099,12 +1104,7 @@ class ApplianceConfig(StrictModel):
         doors = {door.id for door in self.configured_doors}
         ports: Dict[str, str] = {}
         for reader in readers:
-            unknown = [camera for camera in reader.cameras if camera not in cameras]
-            if unknown:
-                raise ValueError(
-                    f"reader {reader.id!r} names camera(s) {', '.join(map(repr, unknown))}, which are not "
-                    f"configured (the cameras: {', '.join(sorted(cameras))})"
-                )
+            _known_cameras(f"reader {reader.id!r} stands at", reader.cameras, cameras)
             if reader.id in doors:
                 raise ValueError(
                     f"reader id {reader.id!r} is also a door's id; both key …/state → door: give the reader "
