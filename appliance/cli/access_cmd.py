@@ -93,6 +93,16 @@ def policy_changes(args: argparse.Namespace) -> Dict[str, object]:
     return changes
 
 
+def policy_options_given(args: argparse.Namespace) -> bool:
+    """Whether any policy option was given (without reading a PIN, as :func:`policy_changes` would)."""
+    named = ("valid_from", "valid_until", "groups")
+    flags = ("add_group", "remove_group", "suspend", "resume", "card", "remove_card", "pin", "duress_pin")
+    flags += ("clear_pin", "clear_duress_pin")
+    return any(getattr(args, key, None) is not None for key in named) or any(
+        getattr(args, key, None) for key in flags
+    )
+
+
 def read_pin(label: str) -> str:
     """A PIN typed at the terminal (not echoed), or one line of standard input (a script's pipe)."""
     import getpass
@@ -342,4 +352,4 @@ def _presence_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-__all__ = ["REASONS", "add_parser", "add_policy_options", "policy_changes"]
+__all__ = ["REASONS", "add_parser", "add_policy_options", "policy_changes", "policy_options_given"]

@@ -27,7 +27,7 @@ from ..photo_files import is_photo
 from ..runtime.loading import load_analyzer
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.image import ImageError, read_image
-from .access_cmd import add_policy_options, policy_changes
+from .access_cmd import add_policy_options, policy_changes, policy_options_given
 from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
 
 PASSPHRASE_ENV = "FACE_APPLIANCE_BUNDLE_PASSPHRASE"
@@ -343,7 +343,7 @@ def _enroll_roster(args: argparse.Namespace) -> int:
     from .enroll_roster import enroll_roster
 
     given = [args.images, args.from_dir, args.name, args.identity_id, args.external_id, args.consent_at]
-    if any(given) or args.face is not None or policy_changes(args):
+    if any(given) or args.face is not None or policy_options_given(args):
         sys.stderr.write(
             "error: --roster gives each person's photos, name, ids, consent and policy; give only "
             "--largest, --keep, --json with it\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -453,6 +454,11 @@ def test_the_command_line_sets_cards_and_reads_pins_from_standard_input(
     monkeypatch.setattr("sys.stdin", io.StringIO("12\n"))
     assert cli.main(["gallery", "set", "ada", "--pin", "--config", str(config)]) != cli.EXIT_OK
     assert "a PIN is 4–8 digits" in capsys.readouterr().err
+    # a roster gives its own policies: --pin with it is refused before any PIN is asked for
+    monkeypatch.setattr("sys.stdin", io.StringIO("2468\n"))
+    roster = ["enroll", "--roster", str(tmp_path / "people.csv"), "--pin", "--config", str(config)]
+    assert cli.main(roster) == cli.EXIT_CONFIG
+    assert "--roster gives each person's" in capsys.readouterr().err and sys.stdin.read() == "2468\n"
 
 
 def test_wrong_credentials_across_waits_lock_the_face_out_until_lockout_s_has_passed(
