@@ -60,7 +60,6 @@ from ..access.second_factor import SECOND_FACTOR
 from ..peripherals import EmitDoorEvent, Passage
 from . import binding
 from .card_reader_settings import CredentialReaderConfig
-from .channel import SerialChannel
 from .errors import OsdpError
 from .keys import load_scbk
 from .owner import LINK_GRACE_S, TICK_S, OsdpOwner, utc_now
@@ -340,10 +339,7 @@ class CardReader(OsdpOwner):
             raise OsdpError(
                 "credential_reader.port is not set; name the serial device of the reader's RS-485 line"
             )
-        super().__init__(
-            SerialChannel(config.port, config.baud_rate, "credential_reader.port"),
-            f"credential reader {config.id}",
-        )
+        super().__init__(config, "credential_reader.port", f"credential reader {config.id}")
         self.name = config.id
         self._config = config
         self._offer = offer
@@ -352,16 +348,12 @@ class CardReader(OsdpOwner):
         self._cp: Any = None
         # Owner-thread state.
         self._keypad = KeypadEntry(config.pin_timeout_s)
-        self._usable = False
-        self._announced = False  # the last door event said "online"
         self._down_since: Optional[float] = time.monotonic()
         self._restart_wait = RESTART_FIRST_S
         self._next_restart: Optional[float] = None
         self._reenable = False  # the reader was disabled in libosdp, to be enabled after a refresh()
         self._warned = False
         # Shared with state() (under _lock).
-        self._link = "offline"
-        self._link_since: Optional[str] = None
         self._counts: Dict[str, int] = collections.Counter()
         self._feedback_counts: Dict[str, int] = collections.Counter()
         self._last_read_at: Optional[str] = None
@@ -432,16 +424,9 @@ class CardReader(OsdpOwner):
         with self._lock:
             return {
                 "id": self.name,
-                "port": config.port,
-                "address": config.address,
-                "baud_rate": config.baud_rate,
-                "running": self._thread is not None and self._thread.is_alive(),
-                "link": self._link,
-                "link_since": self._link_since,
+                **self._link_state(),
                 "online": self._link != "offline",
                 "secure": self._link == "secure",
-                "usable": self._usable,
-                "secure_channel": config.secure_channel,
                 "cards": self._counts["cards"],
                 "pins": self._counts["pins"],
                 "misreads": self._counts["misreads"],
@@ -455,8 +440,6 @@ class CardReader(OsdpOwner):
                     "replaced": self._feedback_counts["replaced"],
                     "dropped": self._feedback_counts["dropped"],
                 },
-                "serial": {"errors": self._channel.errors, "error": self._channel.error},
-                "events_dropped": self._sender.dropped if self._sender is not None else 0,
             }
 
     def _release(self) -> None:
@@ -507,9 +490,7 @@ class CardReader(OsdpOwner):
         except Exception:
             logger.exception("the credential reader thread failed; cards and PINs are not read")
         finally:
-            self._usable = False
-            if self._announced:
-                self._announce(False, "closed" if self._stop.is_set() else "reader_failed")
+            self._end_link()
 
     def _refresh(self) -> None:
         self._keep_port()
@@ -521,13 +502,8 @@ class CardReader(OsdpOwner):
             cp.enable_pd(PD)  # libosdp starts over: poll, capabilities, Secure Channel
             self._reenable = False
         online, secure = bool(cp.status() & 1 << PD), bool(cp.sc_status() & 1 << PD)
-        link = "secure" if secure else "online" if online else "offline"
+        usable = self._note_link(online, secure)
         now = time.monotonic()
-        if link != self._link:
-            logger.info("credential reader %s: link %s → %s", self.name, self._link, link)
-            with self._lock:
-                self._link, self._link_since = link, utc_now()
-        usable = secure if self._config.secure_channel else online
         if usable != self._usable:
             self._usable = usable
             if usable:

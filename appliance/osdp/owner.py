@@ -14,6 +14,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
+from typing_extensions import Protocol
+
 from ..peripherals import EmitDoorEvent, Peripheral
 from .channel import SerialChannel
 from .errors import OsdpError
@@ -75,20 +77,32 @@ class EventSender:
         self._thread.join(max(0.0, deadline - time.monotonic()))
 
 
+class LinkSettings(Protocol):
+    """What both ends' configurations say about their line (``[osdp]``, ``[credential_reader]``)."""
+
+    port: Optional[str]
+    baud_rate: int
+    address: int
+    secure_channel: bool
+
+
 class OsdpOwner(Peripheral):
-    """A peripheral on an OSDP line: the owner thread, the port, the door events (see the module).
+    """A peripheral on an OSDP line: the owner thread, the port, the link, the door events (see the module).
 
     A subclass opens libosdp's object in ``start`` and then calls :meth:`_start_owner`; its
-    :meth:`_run` loop calls :meth:`_keep_port` before each ``refresh()``; :meth:`_release` drops
-    libosdp's object once the owner thread is gone.
+    :meth:`_run` loop calls :meth:`_keep_port` before each ``refresh()`` and :meth:`_note_link` with
+    what libosdp says of the link, and :meth:`_end_link` when it ends; :meth:`_announce` reports the
+    link up or down; :meth:`_release` drops libosdp's object once the owner thread is gone.
 
     Args:
-        channel: the serial port (not yet open).
+        settings: the line's configuration (its ``port`` set).
+        port_key: the configuration key of the port, for the messages.
         describe: how the logs name this peripheral (``OSDP reader``, ``credential reader entry``).
     """
 
-    def __init__(self, channel: SerialChannel, describe: str) -> None:
-        self._channel = channel
+    def __init__(self, settings: LinkSettings, port_key: str, describe: str) -> None:
+        self._settings = settings
+        self._channel = SerialChannel(str(settings.port), settings.baud_rate, port_key)
         self._describe = describe
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -98,6 +112,12 @@ class OsdpOwner(Peripheral):
         self._closed = False
         self._next_reopen = 0.0
         self._next_check = 0.0
+        # Owner-thread state.
+        self._usable = False
+        self._announced = False  # the last door event said the link is up
+        # Shared with state() (under _lock).
+        self._link = "offline"
+        self._link_since: Optional[str] = None
 
     def _start_owner(self, emit: EmitDoorEvent, thread_name: str) -> None:
         self._sender = EventSender(emit)
@@ -111,6 +131,42 @@ class OsdpOwner(Peripheral):
     @abc.abstractmethod
     def _release(self) -> None:
         """Drop libosdp's object (its teardown), once the owner thread has ended."""
+
+    @abc.abstractmethod
+    def _announce(self, up: bool, reason: str) -> None:
+        """Report the link up (``reason`` empty) or down (``reason`` why) as a door event."""
+
+    def _note_link(self, online: bool, secure: bool) -> bool:
+        """Record the link as libosdp sees it (``offline`` / ``online`` / ``secure``; logged when it
+        changes); whether it is usable: secure, or online where no Secure Channel is required."""
+        link = "secure" if secure else "online" if online else "offline"
+        if link != self._link:
+            logger.info("%s: link %s → %s", self._describe, self._link, link)
+            with self._lock:
+                self._link, self._link_since = link, utc_now()
+        return secure if self._settings.secure_channel else online
+
+    def _end_link(self) -> None:
+        """At the owner thread's end: the link is unusable, and reported down if it was reported up."""
+        self._usable = False
+        if self._announced:
+            self._announce(False, "closed" if self._stop.is_set() else "reader_failed")
+
+    def _link_state(self) -> Dict[str, Any]:
+        """The line's part of ``…/state`` (under ``_lock``): its settings, the thread, the link."""
+        settings = self._settings
+        return {
+            "port": settings.port,
+            "address": settings.address,
+            "baud_rate": settings.baud_rate,
+            "running": self._thread is not None and self._thread.is_alive(),
+            "link": self._link,
+            "link_since": self._link_since,
+            "usable": self._usable,
+            "secure_channel": settings.secure_channel,
+            "serial": {"errors": self._channel.errors, "error": self._channel.error},
+            "events_dropped": self._sender.dropped if self._sender is not None else 0,
+        }
 
     def close(self, timeout: float) -> None:
         """Stop the owner thread, release the port and stop the event thread within ``timeout`` s."""
@@ -152,4 +208,13 @@ class OsdpOwner(Peripheral):
             self._sender.send(kind, details)
 
 
-__all__ = ["CHECK_S", "LINK_GRACE_S", "REOPEN_S", "TICK_S", "EventSender", "OsdpOwner", "utc_now"]
+__all__ = [
+    "CHECK_S",
+    "LINK_GRACE_S",
+    "REOPEN_S",
+    "TICK_S",
+    "EventSender",
+    "LinkSettings",
+    "OsdpOwner",
+    "utc_now",
+]

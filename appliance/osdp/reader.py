@@ -46,7 +46,6 @@ from typing import Any, Deque, Dict, Mapping, Optional, Set, Tuple
 
 from ..peripherals import EmitDoorEvent, Passage
 from . import binding
-from .channel import SerialChannel
 from .commands import summarize, verdict
 from .credential import UnfitCredentialError, encode
 from .errors import OsdpError
@@ -82,7 +81,7 @@ class OsdpReader(OsdpOwner):
     def __init__(self, config: OsdpConfig) -> None:
         if config.port is None:
             raise OsdpError("osdp.port is not set; name the serial device of the RS-485 bus")
-        super().__init__(SerialChannel(config.port, config.baud_rate), "OSDP reader")
+        super().__init__(config, "osdp.port", "OSDP reader")
         self._config = config
         self._passages: queue.Queue = queue.Queue(PASSAGE_QUEUE)  # of Passage
         self._lib: Any = None
@@ -92,13 +91,9 @@ class OsdpReader(OsdpOwner):
         self._pending: Deque[Tuple[str, float]] = collections.deque()  # (event_id, submitted at)
         self._withdraw_reason = "not_collected"
         self._awaiting: Optional[Tuple[str, float]] = None  # (event_id, collected at)
-        self._usable = False
-        self._announced = False  # the last door event said "online"
         self._down: Optional[Tuple[float, str]] = None  # (since, reason) of the link's last drop
         self._insecure_since: Optional[float] = None
         # Shared with state() (under _lock).
-        self._link = "offline"
-        self._link_since: Optional[str] = None
         self._counts: Dict[str, int] = collections.Counter()
         self._refused: Dict[str, int] = collections.Counter()
         self._commands: Dict[str, int] = collections.Counter()
@@ -180,14 +175,7 @@ class OsdpReader(OsdpOwner):
         config = self._config
         with self._lock:
             return {
-                "port": config.port,
-                "address": config.address,
-                "baud_rate": config.baud_rate,
-                "running": self._thread is not None and self._thread.is_alive(),
-                "link": self._link,
-                "link_since": self._link_since,
-                "usable": self._usable,
-                "secure_channel": config.secure_channel,
+                **self._link_state(),
                 "install_mode": config.install_mode,
                 "format": config.credential.format,
                 "card_reads": {
@@ -205,8 +193,6 @@ class OsdpReader(OsdpOwner):
                 "commands": dict(self._commands),
                 "last_commands": {kind: dict(summary) for kind, summary in self._last_commands.items()},
                 "keyset": dict(self._keyset) if self._keyset else None,
-                "serial": {"errors": self._channel.errors, "error": self._channel.error},
-                "events_dropped": self._sender.dropped if self._sender is not None else 0,
                 "tamper": dict(self._tamper_state),
             }
 
@@ -245,9 +231,7 @@ class OsdpReader(OsdpOwner):
         finally:
             if self._pending:
                 self._withdraw("link_down")
-            self._usable = False
-            if self._announced:
-                self._announce(False, "closed" if self._stop.is_set() else "reader_failed")
+            self._end_link()
 
     def _refresh(self) -> None:
         self._keep_port()
@@ -255,13 +239,8 @@ class OsdpReader(OsdpOwner):
 
     def _follow_link(self) -> None:
         online, secure = bool(self._pd.is_online()), bool(self._pd.is_sc_active())
-        link = "secure" if secure else "online" if online else "offline"
+        usable = self._note_link(online, secure)
         now = time.monotonic()
-        if link != self._link:
-            logger.info("OSDP link %s → %s", self._link, link)
-            with self._lock:
-                self._link, self._link_since = link, utc_now()
-        usable = secure if self._config.secure_channel else online
         if usable != self._usable:
             self._usable = usable
             if not usable:
