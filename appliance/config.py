@@ -31,7 +31,7 @@ from pydantic import (
 from typing_extensions import Annotated, Literal
 
 from .access.settings import AccessConfig
-from .config_types import ConfigPath, StrictModel
+from .config_types import ID_PATTERN, ConfigPath, StrictModel
 from .door.settings import DoorConfig, DoorEntryConfig
 from .fleet.door_settings import FleetConfig
 from .osdp.card_reader_settings import CredentialReaderConfig, CredentialReaderEntryConfig
@@ -40,7 +40,7 @@ from .osdp.settings import OsdpConfig
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
 #: What an identifier (``device.id``, a camera's ``id``) may hold: it goes into MQTT topics, events and
 #: log fields, so no '/', '+', '#', spaces or control characters.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_PATTERN = ID_PATTERN
 #: The id of the single ``[camera]`` when it does not name itself.
 DEFAULT_CAMERA_ID = "cam0"
 #: Lowest ``match.threshold`` (and ``set_threshold``): a cosine similarity of L2-normalised

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import List
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from typing_extensions import Annotated
@@ -33,6 +34,29 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 #: A filesystem path; relative paths are taken from the configuration file's folder.
 ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path)]
+
+#: Ids of the configuration (cameras, doors, card readers): letters, digits, ``_ . -``, 1-64
+#: characters, starting with a letter or a digit.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Not the id of a door or a card reader: the OSDP reader's key in ``…/state`` → ``door``, beside theirs.
+RESERVED_PERIPHERAL_IDS = ("osdp",)
+
+
+def check_peripheral_id(value: str) -> str:
+    """``value`` when it is not a reserved key of ``…/state`` → ``door`` (a door's or a reader's id)."""
+    if value in RESERVED_PERIPHERAL_IDS:
+        raise ValueError(f"{value!r} is the OSDP reader's name in …/state; give it another id")
+    return value
+
+
+def _distinct_cameras(value: List[str]) -> List[str]:
+    if len(set(value)) != len(value):
+        raise ValueError("a camera is listed twice")
+    return value
+
+
+#: The cameras a door or a reader serves: camera ids, none listed twice.
+CameraIds = Annotated[List[Annotated[str, Field(pattern=ID_PATTERN)]], AfterValidator(_distinct_cameras)]
 
 
 class StrictModel(BaseModel):

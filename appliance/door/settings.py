@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated, Literal
 
 from ..access.settings import CalendarNames, GroupNames
-from ..config_types import StrictModel
+from ..config_types import ID_PATTERN, CameraIds, StrictModel, check_peripheral_id
 
 #: The back-ends; ``auto`` picks whichever libgpiod binding ``import gpiod`` finds (never Jetson.GPIO,
 #: whose pin numbers are not chip offsets).
@@ -180,21 +180,19 @@ class DoorUnlockConfig(StrictModel):
 
 #: The door's id when there is one: its peripheral's name and its key in ``…/state`` → ``door``.
 DEFAULT_DOOR_ID = "door"
-#: Not a door's id: the OSDP reader's key in ``…/state`` → ``door``.
-RESERVED_DOOR_IDS = ("osdp",)
 
 
 class DoorConfig(StrictModel):
     """[door] — The door's own I/O through GPIO: strike relay, door contact, request-to-exit. Off by default (several doors: one [[doors]] table each, with these keys)."""
 
     enabled: bool = Field(False, description="Drive the door's relay and read its inputs through GPIO.")
-    id: str = Field(
+    id: Annotated[str, AfterValidator(check_peripheral_id)] = Field(
         DEFAULT_DOOR_ID,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        pattern=ID_PATTERN,
         description="The door's id: door_id in its door events, its key in …/state → door, and the door "
         "the door_open and door_mode commands name. Required and unique in [[doors]]; not 'osdp'.",
     )
-    cameras: List[str] = Field(
+    cameras: CameraIds = Field(
         default_factory=list,
         max_length=64,
         description="The cameras (their ids) whose grants open this door; empty: every camera's. With "
@@ -250,20 +248,6 @@ class DoorConfig(StrictModel):
             ("tamper", self.tamper),
         ]
         return [(name, section) for name, section in sections if section.line is not None]
-
-    @field_validator("id")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        if value in RESERVED_DOOR_IDS:
-            raise ValueError(f"{value!r} is the OSDP reader's name in …/state; give the door another id")
-        return value
-
-    @field_validator("cameras")
-    @classmethod
-    def _camera_ids(cls, value: List[str]) -> List[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("a camera is listed twice")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> DoorConfig:

@@ -24,23 +24,16 @@ Cross-field rules (each error names its key): ``credential_reader.port`` is need
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from typing_extensions import Annotated, Literal
 
-from ..config_types import ConfigPath, StrictModel
+from ..config_types import ID_PATTERN, CameraIds, ConfigPath, StrictModel, check_peripheral_id
 from .settings import MAX_ADDRESS
 
-#: Ids of the configuration: letters, digits, ``_ . -``, 1-64 characters, starting with a letter or a
-#: digit (:data:`appliance.config.NAME_PATTERN`, not imported: :mod:`appliance.config` imports this).
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-#: The ``…/state`` → ``door`` key of the OSDP reader of :mod:`appliance.osdp.reader`: not a reader's id.
-RESERVED_IDS = ("osdp",)
 #: Most cameras one reader may stand at.
 MAX_CAMERAS = 64
-
-CameraId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class CredentialReaderConfig(StrictModel):
@@ -51,7 +44,7 @@ class CredentialReaderConfig(StrictModel):
     """
 
     enabled: bool = Field(False, description="Poll an OSDP card-and-keypad reader on a serial port.")
-    id: str = Field(
+    id: Annotated[str, AfterValidator(check_peripheral_id)] = Field(
         "reader",
         pattern=ID_PATTERN,
         description="The reader's id: `reader` of the cards and PINs it presents, and its key in …/state → "
@@ -79,7 +72,7 @@ class CredentialReaderConfig(StrictModel):
         "first line (needed with secure_channel).",
         json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/reader_scbk"},
     )
-    cameras: List[CameraId] = Field(
+    cameras: CameraIds = Field(
         default_factory=list,
         max_length=MAX_CAMERAS,
         description="The cameras (their ids) this reader stands at: their decisions light its LED, and "
@@ -97,20 +90,6 @@ class CredentialReaderConfig(StrictModel):
         description="Drive the reader's LED and buzzer: green and a beep when granted, blinking amber "
         "while a card or PIN is awaited, red and two beeps when denied.",
     )
-
-    @field_validator("id")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        if value in RESERVED_IDS:
-            raise ValueError(f"{value!r} is the OSDP reader's name in …/state; give this reader another id")
-        return value
-
-    @field_validator("cameras")
-    @classmethod
-    def _camera_ids(cls, value: List[str]) -> List[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("a camera is listed twice")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> CredentialReaderConfig:
@@ -140,10 +119,4 @@ class CredentialReaderEntryConfig(CredentialReaderConfig):
     enabled: bool = Field(True, description="Poll this reader (false: keep its table, leave it alone).")
 
 
-__all__ = [
-    "ID_PATTERN",
-    "MAX_CAMERAS",
-    "RESERVED_IDS",
-    "CredentialReaderConfig",
-    "CredentialReaderEntryConfig",
-]
+__all__ = ["MAX_CAMERAS", "CredentialReaderConfig", "CredentialReaderEntryConfig"]
