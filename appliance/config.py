@@ -908,6 +908,22 @@ def _known_cameras(what: str, named: Sequence[str], cameras: Set[str]) -> None:
         )
 
 
+#: ``[[key]]`` → (what one table describes, where its id goes, what to do instead of an empty list).
+_TABLE_WORDS = {
+    "cameras": (
+        "camera",
+        "events carry it as camera_id",
+        "leave cameras out and describe a single camera in [camera]",
+    ),
+    "credential_readers": (
+        "reader",
+        "the cards and PINs it presents carry it",
+        "describe one in [credential_reader]",
+    ),
+    "doors": ("door", "its door events carry it as door_id", "describe one door in [door]"),
+}
+
+
 def _check_table_ids(tables: List[Any], key: str, thing: str, carried: str) -> None:
     """Every ``[[key]]`` table names its ``thing`` with an id of its own (``carried``: where the id goes).
 
@@ -993,41 +1009,15 @@ class ApplianceConfig(StrictModel):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
-    @field_validator("cameras")
+    @field_validator("cameras", "credential_readers", "doors")
     @classmethod
-    def _distinct_cameras(cls, cameras: Optional[List[CameraConfig]]) -> Optional[List[CameraConfig]]:
-        if cameras is not None and not cameras:
-            raise ValueError(
-                "an empty list; give one [[cameras]] table per camera, or leave cameras out and "
-                "describe a single camera in [camera]"
-            )
-        _check_table_ids(cameras or [], "cameras", "camera", "events carry it as camera_id")
-        return cameras
-
-    @field_validator("credential_readers")
-    @classmethod
-    def _distinct_readers(
-        cls, readers: Optional[List[CredentialReaderEntryConfig]]
-    ) -> Optional[List[CredentialReaderEntryConfig]]:
-        if readers is not None and not readers:
-            raise ValueError(
-                "an empty list; give one [[credential_readers]] table per reader, or describe one in "
-                "[credential_reader]"
-            )
-        _check_table_ids(
-            readers or [], "credential_readers", "reader", "the cards and PINs it presents carry it"
-        )
-        return readers
-
-    @field_validator("doors")
-    @classmethod
-    def _distinct_doors(cls, doors: Optional[List[DoorEntryConfig]]) -> Optional[List[DoorEntryConfig]]:
-        if doors is not None and not doors:
-            raise ValueError(
-                "an empty list; give one [[doors]] table per door, or describe one door in [door]"
-            )
-        _check_table_ids(doors or [], "doors", "door", "its door events carry it as door_id")
-        return doors
+    def _tables_named(cls, tables: Optional[List[Any]], info: ValidationInfo) -> Optional[List[Any]]:
+        """Each ``[[key]]`` list: not empty, every table with an id of its own (:func:`_check_table_ids`)."""
+        thing, carried, instead = _TABLE_WORDS[info.field_name]
+        if tables is not None and not tables:
+            raise ValueError(f"an empty list; give one [[{info.field_name}]] table per {thing}, or {instead}")
+        _check_table_ids(tables or [], info.field_name, thing, carried)
+        return tables
 
     @model_validator(mode="after")
     def _doors_fit_together(self) -> ApplianceConfig:
