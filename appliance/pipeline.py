@@ -386,10 +386,16 @@ class Pipeline:
                 if verdict.reason != WRONG_CREDENTIAL:  # decided; a wrong one leaves it waiting
                     del self._held[identity_id]
                 outcomes.append(self._decided_by_credential(held, verdict, now))
-        waiting = {w.identity_id for w in self.judge.second_factor.waiting(time.time())}
+        self._forget_unheld()
+        return outcomes
+
+    def _forget_unheld(self) -> None:
+        """Keep the outcomes of the grants still waiting only (a wait expired, or ended meanwhile):
+        at most the rule's few waits' worth of crops."""
+        factor = self.judge.second_factor if self.judge is not None else None
+        waiting = {w.identity_id for w in factor.waiting(time.time())} if factor is not None else set()
         for identity_id in [i for i in self._held if i not in waiting]:
             del self._held[identity_id]
-        return outcomes
 
     @staticmethod
     def _decided_by_credential(held: Outcome, verdict: Verdict, now: float) -> Outcome:
@@ -431,4 +437,5 @@ class Pipeline:
         outcome = Outcome(decision, captured_at, crop, lane.camera_id, sample, tuple(views[1:]), alarm)
         if decision.access_reason == SECOND_FACTOR and decision.identity_id is not None:
             self._held[decision.identity_id] = outcome
+            self._forget_unheld()  # without credentials coming, the waits expire here
         return outcome

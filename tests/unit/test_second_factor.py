@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -551,3 +552,19 @@ def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port() -> None:
     ):
         with pytest.raises(Exception, match=match):
             validate_config({**document, **change})
+
+
+def test_the_pipeline_keeps_the_outcomes_of_the_waiting_grants_only(gallery: TemplateStore) -> None:
+    """Faces held and never completed do not pile up: their outcomes (with crops) go when their wait
+    ends, at the next hold, without a card or PIN ever coming."""
+    gallery.set_policy("tom", IdentityPolicy(groups=("vault",)))
+    judge = AccessJudge.for_door(_access(), gallery, readers={READER: []})
+    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
+    lane = pipeline.lanes["cam0"]
+    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    pipeline._outcome(lane, vote, 1.0, keep=True)
+    assert set(pipeline._held) == {"ada"}
+    waits = judge.second_factor._waiting
+    waits["ada"] = replace(waits["ada"], at=waits["ada"].at - 60)  # her wait ended a while ago
+    pipeline._outcome(lane, replace(vote, track_id=8, identity_id="tom", name="Tom"), 2.0, keep=True)
+    assert set(pipeline._held) == {"tom"}
