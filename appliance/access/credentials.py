@@ -191,7 +191,8 @@ def verify_pin(pin: str, stored: Optional[str]) -> bool:
 
 class CredentialInbox:
     """Cards and PINs on their way from a reader's thread to the pipeline thread: bounded, never
-    blocking the reader; what finds no room is counted and dropped (the person presents it again).
+    blocking the reader; what finds no room is refused, and the reader counts it as dropped (the
+    person presents it again).
 
     Args:
         capacity: credentials held at most between two turns of the pipeline.
@@ -204,14 +205,12 @@ class CredentialInbox:
         self._capacity = capacity
         self._wake = wake
         self._lock = threading.Lock()
-        self.dropped = 0
 
     def offer(self, credential: PresentedCredential) -> bool:
         """Queue one credential (any thread); ``False`` when the inbox is full."""
         with self._lock:
             if len(self._queue) >= self._capacity:
-                self.dropped += 1
-                return False
+                return False  # the reader counts it
             self._queue.append(credential)
         if self._wake is not None:
             self._wake()

@@ -703,11 +703,6 @@ class TemplateStore:
                 return str(holder)
         return None
 
-    def card_holder(self, card: str) -> Optional[str]:
-        """The identity holding ``card`` (canonical text), or ``None``."""
-        with self._lock:
-            return self._card_holder(self._db, (card,), "")
-
     def policy_tables(self) -> PolicyTables:
         """The defined access groups and holiday calendars (a damaged row is logged and left out)."""
         groups: Dict[str, AccessGroup] = {}
