@@ -129,6 +129,27 @@ class _Seen:
     wanted: List[int]  # the faces to check for liveness, embed and match
 
 
+def _judged(decision: Decision, verdict: Verdict, camera_id: str) -> Decision:
+    """A recognised face's decision as the judge's ``verdict`` has it: granted with what anti-passback,
+    the two-person rule and the second factor said (its factors, a duress PIN's alarm); ``unknown`` for
+    an identity removed meanwhile; else denied with the reason."""
+    if verdict.reason is None:
+        if verdict.duress:
+            logger.warning("camera %s: a duress PIN opened the door; the event carries the alarm", camera_id)
+        return replace(
+            decision,
+            decision=GRANTED,
+            access_reason=None,
+            anti_passback=verdict.anti_passback,
+            companions=verdict.companions,
+            factors=verdict.factors,
+            duress=verdict.duress,
+        )
+    if verdict.reason == GONE:  # removed from the gallery while in view: no longer anyone we know
+        return replace(decision, decision=UNKNOWN, identity_id=None, name=None, access_reason=None)
+    return replace(decision, decision=DENIED, access_reason=verdict.reason)
+
+
 class ModelSource(Protocol):
     """Where the live models are read from once per turn: the daemon's
     :class:`appliance.runtime.ModelRuntime` (a switch between two turns changes what it returns)."""
@@ -364,12 +385,9 @@ class Pipeline:
         if self.judge is None or decision.decision != GRANTED or decision.identity_id is None:
             return decision
         verdict = self.judge.judge_passage(decision.identity_id, lane.camera_id)
-        if verdict.reason is None:
-            return replace(decision, anti_passback=verdict.anti_passback, companions=verdict.companions)
-        if verdict.reason == GONE:  # removed from the gallery while in view: no longer anyone we know
-            return replace(decision, decision=UNKNOWN, identity_id=None, name=None)
-        logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)
-        return replace(decision, decision=DENIED, access_reason=verdict.reason)
+        if verdict.reason is not None:
+            logger.debug("track %d: recognised but denied: %s", decision.track_id, verdict.reason)
+        return _judged(decision, verdict, lane.camera_id)
 
     def present_credentials(self, credentials: Sequence[PresentedCredential], now: float) -> List[Outcome]:
         """Cards and PINs from the readers at the door (:class:`appliance.access.credentials.CredentialInbox`),
@@ -400,25 +418,7 @@ class Pipeline:
     @staticmethod
     def _decided_by_credential(held: Outcome, verdict: Verdict, now: float) -> Outcome:
         """The held face grant's outcome, as the card or PIN decided it."""
-        decision = held.decision
-        if verdict.reason is None:
-            if verdict.duress:
-                logger.warning(
-                    "camera %s: a duress PIN opened the door; the event carries the alarm", held.camera_id
-                )
-            decision = replace(
-                decision,
-                decision=GRANTED,
-                access_reason=None,
-                anti_passback=verdict.anti_passback,
-                companions=verdict.companions,
-                factors=verdict.factors,
-                duress=verdict.duress,
-            )
-        elif verdict.reason == GONE:
-            decision = replace(decision, decision=UNKNOWN, identity_id=None, name=None, access_reason=None)
-        else:
-            decision = replace(decision, decision=DENIED, access_reason=verdict.reason)
+        decision = _judged(held.decision, verdict, held.camera_id)
         return replace(held, decision=replace(decision, decided_at=now), captured_at=now, alarm=None)
 
     def _outcome(self, lane: CameraLane, decision: Decision, captured_at: float, keep: bool) -> Outcome:

@@ -274,11 +274,14 @@ class SecondFactorRule:
             del self._wrong[next(iter(self._wrong))]
 
     def _expire(self, at: float) -> None:
-        for identity_id in [i for i, w in self._waiting.items() if not 0.0 <= at - w.at <= self.within_s]:
+        """Drop the waits and credentials more than ``within_s`` from ``at``, either way: older ones
+        lapsed, and ones that far ahead mean a clock set back. (A credential stamped by the reader's
+        thread a moment before a face's wait began is no reason to end that wait.)"""
+        for identity_id in [i for i, w in self._waiting.items() if abs(at - w.at) > self.within_s]:
             del self._waiting[identity_id]
         for presented in self._presented.values():
-            while presented and not 0.0 <= at - presented[0].at <= self.within_s:
-                presented.popleft()
+            for credential in [c for c in presented if abs(at - c.at) > self.within_s]:
+                presented.remove(credential)
 
 
 __all__ = [

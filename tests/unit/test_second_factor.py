@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -567,3 +568,39 @@ def test_the_pipeline_keeps_the_outcomes_of_the_waiting_grants_only(gallery: Tem
     waits["ada"] = replace(waits["ada"], at=waits["ada"].at - 60)  # her wait ended a while ago
     pipeline._outcome(lane, replace(vote, track_id=8, identity_id="tom", name="Tom"), 2.0, keep=True)
     assert set(pipeline._held) == {"tom"}
+
+
+def test_a_credential_read_a_moment_before_the_wait_began_still_completes_it() -> None:
+    """The reader's thread stamps a card as it reads it; the pipeline may hold the face a few ms
+    later: that order is no reason to drop the wait (only a gap over within_s either way is)."""
+    rule = SecondFactorRule("card", [], 15, 3, {READER: []})
+    rule.hold("ada", "cam", ADA, T0 + 5.0)
+    assert rule.present(_credential("card", CARD, 4.99), _policies(ada=ADA)) == [
+        Completion("ada", "cam", "card", False, READER)
+    ]
+    rule.hold("ada", "cam", ADA, T0 + 100.0)
+    assert (
+        rule.present(_credential("card", CARD, 80.0), _policies(ada=ADA)) == []
+    )  # 20 s before: a clock step
+    assert rule.waiting() == ()
+
+
+def test_a_face_that_finds_its_card_or_duress_pin_already_presented_opens_with_its_factors(
+    gallery: TemplateStore,
+) -> None:
+    judge = AccessJudge.for_door(_access(), gallery, readers={READER: []})
+    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
+    lane = pipeline.lanes["cam0"]
+    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    now = time.time()
+    assert pipeline.present_credentials([PresentedCredential("card", CARD, READER, now)], 1.0) == []
+    opened = pipeline._outcome(lane, vote, 2.0, keep=True)
+    assert (opened.decision.decision, opened.decision.factors, opened.decision.duress) == (
+        "granted",
+        ("face", "card"),
+        False,
+    )
+    assert pipeline.present_credentials([PresentedCredential("pin", "1357", READER, time.time())], 3.0) == []
+    duress = pipeline._outcome(lane, replace(vote, track_id=8), 4.0, keep=True).decision
+    assert (duress.decision, duress.factors, duress.duress) == ("granted", ("face", "pin"), True)
+    assert access_event(duress, "door", "cam0", {}, 1.0)["duress"] is True
