@@ -6,7 +6,7 @@ queues it (a full queue or a malformed command is answered at once, never droppe
 the live models and the gallery without racing the frames. Every command gets one answer on
 ``…/cmd/{name}/result``.
 
-The removals (``remove``, ``remove_template``) need no model but write a new index snapshot, so that
+The removals (``remove``, ``remove_template``, ``forget_face``) need no model but write a new index snapshot, so that
 no file keeps the removed face: 26 MB at 10⁵ templates, 536 MB for an HNSW graph of 10⁶ — tens of
 milliseconds to seconds of disk. They run on the ``gallery-change`` thread
 (:mod:`appliance.change_thread`), and the pipeline goes on with its frames and its searches meanwhile.
@@ -43,6 +43,7 @@ from .commands import (
     DoorModeCommand,
     DoorOpenCommand,
     EnrollCommand,
+    ForgetFaceCommand,
     LearnCardCommand,
     NotThisCommand,
     PresenceCommand,
@@ -77,7 +78,7 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED = 100
 
 #: Commands carried out on their own thread: they need no model, and write the index's snapshot.
-OFF_THE_PIPELINE = (RemoveCommand, RemoveTemplateCommand)
+OFF_THE_PIPELINE = (RemoveCommand, RemoveTemplateCommand, ForgetFaceCommand)
 #: What :meth:`CommandService.execute` returns for a command answered later (``learn_card``).
 ANSWERED_LATER: Dict[str, Any] = {}
 
@@ -325,6 +326,14 @@ class CommandService:
             except IdentityError as err:
                 raise CommandError(str(err)) from None
             return {"id": command.id, "templates_removed": removed}
+        if isinstance(command, ForgetFaceCommand):
+            from .gallery.errors import IdentityError
+
+            try:
+                removed = gallery.forget_face(command.id)
+            except IdentityError as err:
+                raise CommandError(str(err)) from None
+            return {"id": command.id, "removed": removed}
         if isinstance(command, (TemplatesCommand, RemoveTemplateCommand)):
             return self._templates(command, gallery)
         if isinstance(command, EnrollCommand):
@@ -517,6 +526,8 @@ class CommandService:
             raise CommandError("not ready", "busy")
         identity_id = command.id or slugify(command.name)
         consent_at = command.consent_at or utc_now()
+        if command.no_face:
+            return self._enroll_without_face(command, gallery, identity_id, consent_at)
         try:
             check_identity_id(identity_id)
             enroller = Enroller(self.runtime.analyzer, gallery, self.config.gallery)
@@ -566,6 +577,32 @@ class CommandService:
                 {"source": view.source, "accepted": view.accepted, "reason": view.reason}
                 for view in outcome.photos
             ]
+        return answer
+
+    @staticmethod
+    def _enroll_without_face(
+        command: EnrollCommand, gallery: Any, identity_id: str, consent_at: str
+    ) -> Dict[str, Any]:
+        """``enroll`` with ``no_face``: an identity without a face, its policy only (no model)."""
+        from .gallery.errors import IdentityError
+        from .gallery.store import check_identity_id
+
+        try:
+            check_identity_id(identity_id)
+        except IdentityError as err:
+            raise CommandError(f"id: {err}", "invalid") from None
+        try:
+            policy = command.policy()
+            gallery.add_identity(identity_id, command.name, command.external_id, consent_at, policy)
+        except PolicyError as err:
+            raise CommandError(str(err), "invalid") from None
+        except IdentityError as err:  # a bad or taken id, another identity's card
+            raise CommandError(str(err)) from None
+        answer: Dict[str, Any] = {"id": identity_id, "templates": 0, "policy": policy.public_document()}
+        if not policy.cards:
+            answer["warning"] = (
+                "no face and no card: they cannot pass until a card is learned (learn_card) or set (set_policy)"
+            )
         return answer
 
     def reload(self) -> Dict[str, Any]:

@@ -14,9 +14,14 @@ command         payload                                                         
 =============== ================================================================ ==================
 ``enroll``      ``request_id``, ``name``, ``image`` (base64 JPEG/PNG) or          identity id,
                 ``event_id`` (an ``unknown`` access event's kept face: walk-up    templates, photo
-                enrolment), optional ``id``, ``external_id``, ``consent_at``,     verdict, duplicates
-                ``face`` (1-based, with ``image``)
+                enrolment) or ``no_face``: true (neither: a person without a      verdict, duplicates
+                face, card and PIN only), optional ``id``, ``external_id``,       (``no_face``: id,
+                ``consent_at``, ``face`` (1-based, with ``image``), and the       0 templates, the
+                policy keys of ``set_policy`` for a new identity                  policy)
 ``remove``      ``request_id``, ``id``                                           templates removed
+``forget_face`` ``request_id``, ``id``: consent withdrawn, every template and    identity id,
+                crop of the identity deleted for real; it stays, with its        ``removed``
+                cards and PIN                                                    (templates)
 ``reload``      ``request_id``                                                   gallery size,
                                                                                  threshold
 ``status``      ``request_id``                                                   the state document
@@ -68,8 +73,16 @@ it expired, or not this appliance's event), ``not_a_grant`` (the event was denie
 ``wrong_identity`` (granted to another identity than ``id``), ``no_identity`` (removed since),
 ``too_many`` (the identity's impostor examples are full), ``other_model``.
 
-``enroll`` also takes ``valid_from``, ``valid_until`` and ``groups`` for a new identity (see
-:mod:`appliance.access.policy`).
+``enroll`` also takes the policy keys of ``set_policy`` for a new identity (``valid_from``,
+``valid_until``, ``groups``, ``cards``, ``pin``, …; see :mod:`appliance.access.policy`); an identity
+that exists keeps its policy. With ``no_face`` it takes no ``image``, ``event_id`` or ``face``
+(``invalid``), loads no model, and its answer adds ``warning`` when the person holds no card (they
+cannot pass until one is learned, ``learn_card``, or set, ``set_policy``). An id that exists is
+``refused``.
+
+``forget_face`` (and ``remove``, ``remove_template``) run off the pipeline thread: they write the
+index's snapshot, so that no file keeps the removed face. An unknown id is ``refused``; an identity
+without a template answers ``removed`` 0.
 
 Every command may carry ``ts``, when it was sent (RFC 3339 with an offset): a command stamped more
 than ``commands.max_age_s`` before (or ahead of) the appliance's clock is refused as ``stale``.
@@ -157,9 +170,32 @@ class _Command(BaseModel):
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
 
 
-class EnrollCommand(_Command):
+class _PolicyKeys(_Command):
+    """The access-policy keys of ``set_policy``, which ``enroll`` takes too (for a new identity)."""
+
+    valid_from: Optional[str] = Field(None, min_length=1, max_length=64)
+    valid_until: Optional[str] = Field(None, min_length=1, max_length=64)
+    suspended: Optional[bool] = None
+    groups: Optional[List[str]] = Field(None, max_length=64)
+    add_groups: Optional[List[str]] = Field(None, max_length=64)
+    remove_groups: Optional[List[str]] = Field(None, max_length=64)
+    cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
+    add_cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
+    remove_cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
+    #: The PIN's digits (hashed on the door; ``null`` clears it); never echoed in the answer.
+    pin: Optional[str] = Field(None, max_length=8, repr=False)
+    duress_pin: Optional[str] = Field(None, max_length=8, repr=False)
+
+    def changes(self) -> Dict[str, object]:
+        """The policy keys the sender gave (``null`` clears a validity bound; an absent key keeps its value)."""
+        return {key: getattr(self, key) for key in sorted(self.model_fields_set) if key in _POLICY_KEYS}
+
+
+class EnrollCommand(_PolicyKeys):
     """``enroll``: a person from a photo (``image``), or from the face kept for an access event the
-    door decided ``unknown`` (``event_id``: walk-up enrolment; needs ``events.keep_crops_h``)."""
+    door decided ``unknown`` (``event_id``: walk-up enrolment; needs ``events.keep_crops_h``), or with
+    ``no_face`` and neither a person without a face, who passes with the cards and PIN given. The
+    policy keys of ``set_policy`` give a new identity its access policy."""
 
     name: str = Field(min_length=1, max_length=200)
     image: Optional[str] = Field(None, min_length=4, description="base64 of a JPEG, PNG or WebP photo")
@@ -168,26 +204,29 @@ class EnrollCommand(_Command):
     external_id: Optional[str] = Field(None, min_length=1, max_length=200)
     consent_at: Optional[str] = Field(None, min_length=1, max_length=40)
     face: Optional[int] = Field(None, ge=1, le=100)
-    valid_from: Optional[str] = Field(None, min_length=1, max_length=64)
-    valid_until: Optional[str] = Field(None, min_length=1, max_length=64)
-    groups: List[str] = Field(default_factory=list, max_length=64)
+    no_face: bool = False
 
     @model_validator(mode="after")
     def _policy(self) -> EnrollCommand:
-        if (self.image is None) == (self.event_id is None):
+        if self.no_face:
+            given = [key for key in ("image", "event_id", "face") if getattr(self, key) is not None]
+            if given:
+                raise ValueError(
+                    f"no_face: a person without a face takes no {', '.join(given)} (card and PIN only)"
+                )
+        elif (self.image is None) == (self.event_id is None):
             raise ValueError(
-                "give image (a photo) or event_id (an unknown visitor's access event), one of them"
+                "give image (a photo) or event_id (an unknown visitor's access event), one of them, or "
+                "no_face: true for a person without a face"
             )
         if self.event_id is not None and self.face is not None:
             raise ValueError("face chooses among a photo's faces; an event has one")
-        self.policy()  # a malformed date or group name is refused before anything is done
+        self.policy()  # a malformed date, group, card or PIN is refused before anything is done
         return self
 
     def policy(self) -> IdentityPolicy:
         """The new identity's access policy."""
-        return IdentityPolicy().changed(
-            {"valid_from": self.valid_from, "valid_until": self.valid_until, "groups": self.groups}
-        )
+        return IdentityPolicy().changed(self.changes())
 
     @field_validator("name", "external_id")
     @classmethod
@@ -228,20 +267,8 @@ class RemoveTemplateCommand(_Command):
     template_id: int = Field(ge=1)
 
 
-class SetPolicyCommand(_Command):
+class SetPolicyCommand(_PolicyKeys):
     id: str = Field(min_length=1, max_length=64)
-    valid_from: Optional[str] = Field(None, min_length=1, max_length=64)
-    valid_until: Optional[str] = Field(None, min_length=1, max_length=64)
-    suspended: Optional[bool] = None
-    groups: Optional[List[str]] = Field(None, max_length=64)
-    add_groups: Optional[List[str]] = Field(None, max_length=64)
-    remove_groups: Optional[List[str]] = Field(None, max_length=64)
-    cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
-    add_cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
-    remove_cards: Optional[List[str]] = Field(None, max_length=MAX_CARDS)
-    #: The PIN's digits (hashed on the door; ``null`` clears it); never echoed in the answer.
-    pin: Optional[str] = Field(None, max_length=8, repr=False)
-    duress_pin: Optional[str] = Field(None, max_length=8, repr=False)
 
     @model_validator(mode="after")
     def _something(self) -> SetPolicyCommand:
@@ -250,10 +277,12 @@ class SetPolicyCommand(_Command):
         IdentityPolicy().changed(self.changes())  # malformed values are refused before anything is done
         return self
 
-    def changes(self) -> Dict[str, object]:
-        """The keys the sender gave (``null`` clears a validity bound; an absent key keeps its value)."""
-        given = self.model_fields_set - {"request_id", "ts", "id"}
-        return {key: getattr(self, key) for key in sorted(given) if key in _POLICY_KEYS}
+
+class ForgetFaceCommand(_Command):
+    """``forget_face``: consent withdrawn: every template of identity ``id`` (and its crops, impostor
+    examples) deleted for real; the identity stays, with its cards and PIN."""
+
+    id: str = Field(min_length=1, max_length=64)
 
 
 _POLICY_KEYS = (
@@ -420,6 +449,7 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "door_open": DoorOpenCommand,
     "door_mode": DoorModeCommand,
     "learn_card": LearnCardCommand,
+    "forget_face": ForgetFaceCommand,
 }
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from ..config import DEFAULT_CONFIG_PATH, ApplianceConfig
 from ..config_load import default_config, load_config
@@ -71,6 +71,7 @@ __all__ = [
     "config_named",
     "config_path",
     "load_cli_config",
+    "no_face_problem",
 ]
 
 
@@ -87,3 +88,26 @@ def emit(args: argparse.Namespace, document: Any, lines: Sequence[str]) -> None:
     else:
         for line in lines:
             print(line)
+
+
+def no_face_problem(args: argparse.Namespace) -> Optional[str]:
+    """What a ``--no-face`` enrolment was given that takes a face (photos, ``--face``, …), or ``None``
+    (``enroll`` and ``fleet enroll``)."""
+    given = [
+        label
+        for label, value in (
+            ("photos", getattr(args, "images", None)),
+            ("--from-dir", getattr(args, "from_dir", None)),
+            ("--roster", getattr(args, "roster", None)),
+            ("--face", getattr(args, "face", None) is not None),
+            ("--largest", getattr(args, "largest", False)),
+            ("--keep", getattr(args, "keep", None) is not None),
+        )
+        if value
+    ]
+    if not given:
+        return None
+    return (
+        f"--no-face enrols a person without a face (card and PIN only): it takes no {', '.join(given)}; "
+        "give --name (and --id, --external-id, --card, --pin, …) only"
+    )

@@ -79,9 +79,16 @@ def add_parser(subparsers: Any) -> None:
         help="publish a person (photos checked as `enroll` checks them) to every door of the site",
         description="Each photo is checked as `enroll` checks it (one face, size, sharpness, pose); the "
         f"aligned crops of the accepted ones (at most {MAX_CROPS}) are published, encrypted. Enrolling "
-        "asserts that the person consented (GDPR art. 9).",
+        "asserts that the person consented (GDPR art. 9). With --no-face and no photo, a person who "
+        "declined face enrolment is published without a face: they pass with the cards and PIN given "
+        "(--card, --pin); no model is loaded.",
     )
-    enroll.add_argument("images", nargs="+", type=Path, metavar="PHOTO")
+    enroll.add_argument("images", nargs="*", type=Path, metavar="PHOTO")
+    enroll.add_argument(
+        "--no-face",
+        action="store_true",
+        help="publish the person without a face (no photo): card and PIN only",
+    )
     enroll.add_argument("--name", required=True, help="the person's name (encrypted; never in a topic)")
     enroll.add_argument(
         "--id", dest="identity_id", help="identity id (default: random, p- and 12 hex digits)"
@@ -126,9 +133,18 @@ def add_parser(subparsers: Any) -> None:
     batch.set_defaults(handler=_enroll_batch)
 
     change = actions.add_parser(
-        "set", help="change an identity's policy (validity, groups, suspension, cards, PINs) at every door"
+        "set",
+        help="change an identity's policy (validity, groups, suspension, cards, PINs) at every door",
+        description="Republishes the identity's record with its policy changed; with --forget-face without "
+        "its crops (consent withdrawn): every door deletes the identity's templates for real and keeps it "
+        "with its cards and PIN.",
     )
     change.add_argument("identity_id", metavar="ID")
+    change.add_argument(
+        "--forget-face",
+        action="store_true",
+        help="republish without the face: every door deletes its templates; cards and PIN stay",
+    )
     add_policy_options(change, changing=True)
     _config_option(change)
     change.set_defaults(handler=_set)
@@ -276,12 +292,24 @@ def _enroll_batch(args: argparse.Namespace) -> int:
 
 def _set(args: argparse.Namespace) -> int:
     changes = policy_changes(args)
-    if not changes:
+    if not changes and not args.forget_face:
         return usage_error(
-            "nothing to change: give --valid-from, --valid-until, --groups, --add-group, --suspend, …"
+            "nothing to change: give --valid-from, --valid-until, --groups, --add-group, --suspend, …, "
+            "or --forget-face"
         )
     authority = Authority.open(_load(args))
-    return _published(args, authority.set_policy(args.identity_id, changes))
+    published = authority.set_policy(args.identity_id, changes, forget_face=args.forget_face)
+    if not args.forget_face:
+        return _published(args, published)
+    emit(
+        args,
+        {**published.document(), "crops": 0},
+        [
+            f"{published.identity_id}: record r{published.revision} published on {published.topic} "
+            "without a face: every door deletes its templates, and keeps its cards and PIN"
+        ],
+    )
+    return EXIT_OK
 
 
 def _remove(args: argparse.Namespace) -> int:

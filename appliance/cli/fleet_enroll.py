@@ -30,7 +30,7 @@ from ..gallery.errors import IdentityError
 from ..gallery.store import check_identity_id, utc_now
 from ..gallery.text import check_external_id, check_name, printable
 from .access_cmd import policy_changes
-from .common import EXIT_FAILURE, EXIT_OK, emit, usage_error
+from .common import EXIT_FAILURE, EXIT_OK, emit, no_face_problem, usage_error
 
 #: People published per change of a batch: enough to make the change's fixed cost (lock, connection,
 #: index write, manifest) small per person, few enough that an interruption loses little work.
@@ -96,10 +96,19 @@ def _photo_lines(verdicts: Sequence[Dict[str, Any]], refused_only: bool = False)
 
 
 def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
-    """``fleet enroll``: one person's photos (at most MAX_CROPS), published as one record."""
+    """``fleet enroll``: one person's photos (at most MAX_CROPS), published as one record; with
+    ``--no-face``, a person without a face (no photo, no model loaded)."""
     from ..enrollment import Enroller
     from ..runtime.loading import load_analyzer
 
+    if args.no_face:
+        problem = no_face_problem(args)
+        if problem is not None:
+            return usage_error(problem)
+    elif not args.images:
+        return usage_error(
+            "give the person's photos, or --no-face for a person enrolled without a face (card and PIN only)"
+        )
     try:
         name = check_name(args.name)
         external_id = check_external_id(args.external_id)
@@ -117,6 +126,8 @@ def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
         authority.check_enrollable(args.identity_id, external_id, args.replace)
     except FleetError as err:
         return usage_error(str(err))
+    if args.no_face:
+        return _enroll_without_face(args, authority, name, external_id, consent_at, policy)
     with load_analyzer(config.appliance_config(), liveness=False) as analyzer:
         # check_photo needs no gallery: the authority has none, and stores nothing locally.
         enroller = Enroller(analyzer, None, config.gallery)  # type: ignore[arg-type]
@@ -142,6 +153,31 @@ def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
     document = {**published.document(), "photos": checked.verdicts, "crops": len(checked.crops)}
     head = f"{published.identity_id}: record r{published.revision} published on {published.topic}"
     emit(args, document, [head, *lines])
+    return EXIT_OK
+
+
+def _enroll_without_face(
+    args: argparse.Namespace,
+    authority: Authority,
+    name: str,
+    external_id: Optional[str],
+    consent_at: str,
+    policy: IdentityPolicy,
+) -> int:
+    """``fleet enroll --no-face``: a record with no crop; a warning when it holds no card."""
+    person = Enrolment(args.identity_id, name, external_id, consent_at, policy, (), ())
+    published = authority.enroll(person, args.replace)
+    document = {**published.document(), "photos": [], "crops": 0}
+    head = (
+        f"{published.identity_id}: record r{published.revision} published on {published.topic}, "
+        "without a face (card and PIN only)"
+    )
+    emit(args, document, [head])
+    if not policy.cards:
+        sys.stderr.write(
+            f"warning: {published.identity_id} has no face and holds no card: no door lets them in until "
+            f"one is given (`face-appliance fleet set {published.identity_id} --card CARD`)\n"
+        )
     return EXIT_OK
 
 

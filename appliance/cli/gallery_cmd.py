@@ -14,7 +14,7 @@ from engines.errors import FileReadError
 from engines.files import read_bounded
 
 from ..access.judge import GONE, AccessJudge
-from ..access.policy import IdentityPolicy
+from ..access.policy import IdentityPolicy, parse_instant
 from ..config import ApplianceConfig
 from ..config_load import read_secret_file
 from ..enrollment import Enroller, EnrollmentResult
@@ -28,7 +28,7 @@ from ..runtime.loading import load_analyzer
 from ..vision.analyzer import FaceAnalyzer
 from ..vision.image import ImageError, read_image
 from .access_cmd import add_policy_options, policy_changes, policy_options_given
-from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config
+from .common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_option, load_cli_config, no_face_problem
 
 PASSPHRASE_ENV = "FACE_APPLIANCE_BUNDLE_PASSPHRASE"
 
@@ -41,9 +41,15 @@ def add_parser(subparsers: Any) -> None:
         "name is the id and the name), or with --roster the people of a CSV roster (`fleet enroll-batch "
         "--help` shows its columns; who is enrolled already is skipped). Each photo is checked (one face, size, sharpness, pose) and the "
         "reason is printed for each refused one. Enrolling asserts that the person consented (GDPR art. 9); "
-        "the consent time is stored.",
+        "the consent time is stored. With --no-face and no photo, a person who declines face enrolment is "
+        "added without a face: they pass with the cards and PIN given (--card, --pin); no model is loaded.",
     )
     enroll.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
+    enroll.add_argument(
+        "--no-face",
+        action="store_true",
+        help="add the person without a face (no photo, no template): card and PIN only",
+    )
     enroll.add_argument("--name", help="the person's name (required for a new identity)")
     enroll.add_argument(
         "--id", dest="identity_id", help="identity id (default: from the name); an existing id adds photos"
@@ -95,9 +101,19 @@ def add_parser(subparsers: Any) -> None:
     add_config_option(listing)
     listing.set_defaults(handler=_list)
     change = actions.add_parser(
-        "set", help="change an identity's access policy: validity, groups, suspension, cards, PINs"
+        "set",
+        help="change an identity's access policy: validity, groups, suspension, cards, PINs; --forget-face",
+        description="Change an identity's access policy. --forget-face (consent withdrawn) deletes every "
+        "template of the identity for real — every model version, enrolled and adaptive, crops and "
+        "impostor examples included; secure delete, WAL checkpoint, a new index snapshot — and keeps the "
+        "identity with its name, cards and PIN.",
     )
     change.add_argument("identity_id", metavar="ID")
+    change.add_argument(
+        "--forget-face",
+        action="store_true",
+        help="delete the identity's templates and crops for real; its cards and PIN stay",
+    )
     add_policy_options(change, changing=True)
     change.add_argument("--json", action="store_true")
     add_config_option(change)
@@ -261,10 +277,15 @@ def _result_json(result: EnrollmentResult) -> Dict[str, Any]:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    if args.no_face:
+        return _enroll_without_face(args)
     if args.roster is not None:
         return _enroll_roster(args)
     if bool(args.from_dir) == bool(args.images):
-        sys.stderr.write("error: give photos, --from-dir DIR or --roster ROSTER.csv (one of them)\n")
+        sys.stderr.write(
+            "error: give photos, --from-dir DIR or --roster ROSTER.csv (one of them), or --no-face for a "
+            "person without a face (card and PIN only)\n"
+        )
         return EXIT_CONFIG
     config = load_cli_config(args)
     jobs: List[Tuple[str, str, List[Path]]] = []
@@ -337,6 +358,38 @@ def _enroll(args: argparse.Namespace) -> int:
         for result in results:
             _report(result)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _enroll_without_face(args: argparse.Namespace) -> int:
+    """``enroll --no-face --name NAME``: an identity without a face (its policy only); no model loaded."""
+    problem = no_face_problem(args)
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        return EXIT_CONFIG
+    if args.name is None:
+        sys.stderr.write("error: --no-face needs --name (and optionally --id)\n")
+        return EXIT_CONFIG
+    name = check_name(args.name)
+    identity_id = check_identity_id(args.identity_id or slugify(name))
+    external_id = check_external_id(args.external_id)
+    consent_at = args.consent_at or utc_now()
+    parse_instant(consent_at, "--consent-at")
+    policy = IdentityPolicy().changed(policy_changes(args), "")
+    gallery = open_gallery(load_cli_config(args))
+    with gallery:
+        gallery.add_identity(identity_id, name, external_id, consent_at, policy)
+    if args.json:
+        print(
+            json.dumps({"id": identity_id, "name": name, "templates": 0, "policy": policy.public_document()})
+        )
+    else:
+        print(f"{identity_id} ({printable(name)}): added without a face, 0 templates{_policy_text(policy)}")
+    if not policy.cards:
+        sys.stderr.write(
+            f"warning: {identity_id} has no face and holds no card: they cannot pass until one is learned "
+            f"(the MQTT learn_card command) or set (`face-appliance gallery set {identity_id} --card CARD`)\n"
+        )
+    return EXIT_OK
 
 
 def _enroll_roster(args: argparse.Namespace) -> int:
@@ -438,8 +491,9 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{len(identities)} identities, {sum(versions.values())} templates ({len(gallery)} searchable)")
         for identity in identities:
             external = f"  external id {printable(identity.external_id)}" if identity.external_id else ""
+            face = "" if identity.templates else ", no face"
             print(
-                f"  {identity.id:24} {printable(identity.name):28} {identity.templates} template(s){external}"
+                f"  {identity.id:24} {printable(identity.name):28} {identity.templates} template(s){face}{external}"
                 f"{_policy_text(identity.policy)}"
             )
     return EXIT_OK
@@ -526,24 +580,43 @@ def _policy_text(policy: IdentityPolicy) -> str:
 
 def _set(args: argparse.Namespace) -> int:
     changes = policy_changes(args)
-    if not changes:
+    if not changes and not args.forget_face:
         sys.stderr.write(
             "error: nothing to change: give --valid-from, --valid-until, --groups, --add-group, "
-            "--remove-group, --suspend, --resume, --card, --remove-card, --pin, --duress-pin, --clear-pin "
-            "or --clear-duress-pin\n"
+            "--remove-group, --suspend, --resume, --card, --remove-card, --pin, --duress-pin, --clear-pin, "
+            "--clear-duress-pin or --forget-face\n"
         )
         return EXIT_CONFIG
+    forgotten = None
     gallery = open_gallery(load_cli_config(args))
     with gallery:
         identity = gallery.store.identity(args.identity_id)
         if identity is None:
             raise IdentityError(f"no identity {args.identity_id!r}")
         policy = identity.policy.changed(changes, "")
-        gallery.store.set_policy(identity.id, policy)
+        if changes:  # first: a refused change (another's card) forgets nothing
+            gallery.store.set_policy(identity.id, policy)
+        if args.forget_face:
+            forgotten = gallery.forget_face(identity.id)
     if args.json:
-        print(json.dumps({"id": identity.id, "policy": policy.public_document()}))
-    else:
+        document: Dict[str, Any] = {"id": identity.id, "policy": policy.public_document()}
+        if forgotten is not None:
+            document["templates_removed"] = forgotten
+        print(json.dumps(document))
+        return EXIT_OK
+    if changes:
         print(f"{identity.id}:{_policy_text(policy) or ' no restriction'}")
+    if forgotten is not None:
+        print(
+            f"{identity.id}: face forgotten, {forgotten} template(s) and crops deleted, index updated; "
+            f"kept:{_policy_text(policy) or ' no restriction'}"
+        )
+        if not policy.cards:
+            sys.stderr.write(
+                f"warning: {identity.id} now has no face and holds no card: they cannot pass until one is "
+                f"learned (the MQTT learn_card command) or set (`face-appliance gallery set {identity.id} "
+                "--card CARD`)\n"
+            )
     return EXIT_OK
 
 

@@ -625,7 +625,8 @@ class Enrolment:
     Attributes:
         identity_id: the id to enrol under; ``None``: the live holder of ``external_id``, else a new
             random id.
-        crops: ``(112, 112, 3)`` uint8 BGR aligned faces, 1–20.
+        crops: ``(112, 112, 3)`` uint8 BGR aligned faces, 0–20 (none: a person enrolled without a
+            face, who passes with the cards and PIN of ``policy``; ``fleet enroll --no-face``).
         qualities: their quality scores in [0, 1].
     """
 
@@ -830,11 +831,16 @@ class Authority:
             ):
                 return identity_id
 
-    def set_policy(self, identity_id: str, changes: Mapping[str, object]) -> Published:
-        """Republish a live identity with its policy changed (validity, groups, suspension).
+    def set_policy(
+        self, identity_id: str, changes: Mapping[str, object], forget_face: bool = False
+    ) -> Published:
+        """Republish a live identity with its policy changed (validity, groups, suspension, cards,
+        PINs), and with ``forget_face`` without its crops: consent withdrawn, every door deletes the
+        identity's templates and keeps it with its cards and PIN (``fleet set ID --forget-face``).
 
         The current record is taken from this state, else from the broker, and opened with the fleet
-        key: the photos need not be given again.
+        key: the photos need not be given again. The record the state keeps, and the one the broker
+        retains, are replaced by the new one: the authority holds no crop of a forgotten face.
 
         Raises:
             FleetError: the id is not live, or its record cannot be found or opened.
@@ -850,8 +856,8 @@ class Authority:
                 current.external_id,
                 current.consent_at,
                 policy,
-                current.crops,
-                current.qualities,
+                () if forget_face else current.crops,
+                () if forget_face else current.qualities,
             )
             (published,) = self._publish_records(broker, [record])
             return published

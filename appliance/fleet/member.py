@@ -28,6 +28,9 @@ Rules:
   (records and tombstones alike): a stale or replayed record never wins. The same revision again —
   every retained record comes back at each reconnect — is skipped quietly.
 * A tombstone deletes the identity for real (as ``remove`` does) and its revision is remembered.
+* A record without crops is an identity without a face (card and PIN only): nothing reaches the
+  pipeline thread, and the templates the door held of it (enrolled and adaptive), its impostor
+  examples and look-alikes are deleted for real in the record's transaction (consent withdrawn).
 * The signed manifest lists the site's live identities. Fleet identities this door holds that are
   not in a newer manifest (their tombstones pruned while the door was away) are removed; the ones it
   lists that this door lacks (or holds at an older revision) are asked for again, by topic, in chunks
@@ -66,6 +69,7 @@ from ..metrics import Latencies
 from .door_settings import FleetConfig
 from .errors import FleetError
 from .records import (
+    CROP_SIDE,
     MAX_LOOK_ALIKES_LISTED,
     FleetRecordError,
     IdentityRecord,
@@ -672,7 +676,12 @@ def apply_batch(
                 jobs.append(_start(groups[0], embed))
             for position, record in enumerate(group):
                 try:
-                    if isinstance(record, IdentityRecord):
+                    if isinstance(record, IdentityRecord) and not len(record.crops):
+                        # No face (card and PIN only): nothing embedded, nothing to compare; the
+                        # templates this door held of it are deleted with the record's store.
+                        store_identity(gallery, record, np.zeros((0, gallery.dim), np.float32))
+                        applied += 1
+                    elif isinstance(record, IdentityRecord):
                         vectors = vectors_of[record.id]
                         # Not searched with another model's embeddings (a switch came in between):
                         # the store refuses them, and the record is embedded again.
@@ -727,7 +736,9 @@ def store_identity(
 ) -> None:
     """One identity record into the gallery, its index files left for the next save
     (:meth:`Gallery.apply_fleet_identity`; ``embeddings``: ``(N, D)`` float32, one per crop;
-    ``look_alikes``: :func:`find_look_alikes`)."""
+    ``look_alikes``: :func:`find_look_alikes`). A record without crops stores an identity without a
+    face, deleting the templates it held here."""
+    crops = np.stack(record.crops) if len(record.crops) else np.zeros((0, CROP_SIDE, CROP_SIDE, 3), np.uint8)
     gallery.apply_fleet_identity(
         record.id,
         record.revision,
@@ -736,7 +747,7 @@ def store_identity(
         record.consent_at,
         record.policy,
         embeddings,
-        np.stack(record.crops),
+        crops,
         record.qualities,
         save=False,
         embedded_with=embedded_with,

@@ -26,9 +26,14 @@ otherwise) so that a topic names nobody.
   (``format, site, kind, id, revision, key_id``) as associated data: a ciphertext moved to another id,
   revision or site does not open even with a valid signature.
 * The plaintext of an identity is ``{"name", "external_id", "consent_at", "policy", "crops": [base64
-  PNG, 112×112], "qualities": [number]}`` (1–:data:`MAX_CROPS` aligned crops, the door embeds them
+  PNG, 112×112], "qualities": [number]}`` (0–:data:`MAX_CROPS` aligned crops, the door embeds them
   with its own embedder); of a tombstone ``{"removed_at"}``. A name or a face is never in the clear.
   Unknown keys are refused: a new field is a new format, never silently ignored by an older door.
+* An identity with no crop (``"crops": [], "qualities": []``) has no face: it passes with the cards
+  and PIN of its policy only. A door applying it holds no template of it, and one that held some (a
+  record going from N crops to 0: consent withdrawn) deletes them for real. A door older than that
+  refuses such a record as ``invalid`` and keeps what it applied before — its templates too — so
+  update every door of the site before publishing one (``fleet status`` names the doors that refused).
 
 **Manifest** (signed, not encrypted: its ids are opaque)::
 
@@ -154,7 +159,8 @@ class IdentityRecord:
         name, external_id: the person's name and an id in another system (e.g. a badge number).
         consent_at: when consent was given, RFC 3339.
         policy: validity, suspension, groups.
-        crops: 1–:data:`MAX_CROPS` aligned faces, each ``(112, 112, 3)`` uint8 BGR.
+        crops: 0–:data:`MAX_CROPS` aligned faces, each ``(112, 112, 3)`` uint8 BGR (none: an
+            identity without a face, card and PIN only).
         qualities: one enrolment quality score per crop, in [0, 1].
     """
 
@@ -424,8 +430,8 @@ def _qualities(values: Any, count: int) -> Tuple[float, ...]:
 def _identity_plaintext(record: IdentityRecord) -> Dict[str, Any]:
     """The checked plaintext of ``record`` (what a door will accept, or :class:`FleetRecordError`)."""
     crops = record.crops
-    if not isinstance(crops, (list, tuple)) or not 1 <= len(crops) <= MAX_CROPS:
-        raise _refuse(INVALID, f"crops: expected 1–{MAX_CROPS} aligned crops")
+    if not isinstance(crops, (list, tuple)) or len(crops) > MAX_CROPS:
+        raise _refuse(INVALID, f"crops: expected 0–{MAX_CROPS} aligned crops")
     external_id = record.external_id
     if not isinstance(record.policy, IdentityPolicy):
         raise _refuse(INVALID, "policy: expected an IdentityPolicy")
@@ -446,8 +452,8 @@ def _parse_identity(document: Any, identity_id: str, revision: int) -> IdentityR
         keys = sorted(map(str, document)) if isinstance(document, dict) else type(document).__name__
         raise _refuse(INVALID, f"an identity holds exactly {sorted(_IDENTITY_KEYS)}, found {keys}")
     crops = document["crops"]
-    if not isinstance(crops, list) or not 1 <= len(crops) <= MAX_CROPS:
-        raise _refuse(INVALID, f"crops: expected 1–{MAX_CROPS} aligned crops")
+    if not isinstance(crops, list) or len(crops) > MAX_CROPS:
+        raise _refuse(INVALID, f"crops: expected a list of 0–{MAX_CROPS} aligned crops")
     qualities = _qualities(document["qualities"], len(crops))
     name = _person_text(document["name"], "name", MAX_NAME)
     external_id = document["external_id"]

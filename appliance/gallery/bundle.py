@@ -17,6 +17,11 @@ where ``key = scrypt(passphrase, salt, n=2**15, r=8, p=1)`` and ``payload`` is U
 ``policy`` and ``access`` (:mod:`appliance.access.policy`) were added within format 1: a bundle
 without them imports with no restriction and no groups, and an older firmware ignores them.
 
+``templates`` may be empty (0 to :data:`MAX_TEMPLATES_PER_IDENTITY`): an identity without a face, who
+passes with the cards and PIN of its policy only, is carried too. A firmware older than that refuses
+such a bundle whole (``templates: expected 1–1000 templates``), nothing imported; import it there
+from a bundle exported without those identities, or update that firmware first.
+
 A bundle moves a gallery between devices (each device keeps its own at-rest key). Importing validates
 every field before anything is written; a wrong passphrase and a tampered file are the same error
 (the tag does not verify), and nothing is imported.
@@ -65,7 +70,8 @@ def _b64(data: bytes) -> str:
 
 
 def export_bundle(store: TemplateStore, passphrase: str) -> bytes:
-    """Every identity of ``store`` with its enrolled templates (adaptive ones stay on this door), as an encrypted bundle."""
+    """Every identity of ``store`` with its enrolled templates (adaptive ones stay on this door), as an
+    encrypted bundle; an identity without a face goes with none."""
     identities: List[Dict[str, Any]] = []
     for identity in store.identities():
         templates = []
@@ -269,8 +275,11 @@ def _identity(entry: Any, where: str) -> BundleIdentity:
     if not IDENTITY_ID_PATTERN.match(identity_id):
         raise BundleError(f"{where}.id: {identity_id!r} is not an allowed identity id")
     templates = entry.get("templates")
-    if not isinstance(templates, list) or not 1 <= len(templates) <= MAX_TEMPLATES_PER_IDENTITY:
-        raise BundleError(f"{where}.templates: expected 1–{MAX_TEMPLATES_PER_IDENTITY} templates")
+    if not isinstance(templates, list) or len(templates) > MAX_TEMPLATES_PER_IDENTITY:
+        raise BundleError(
+            f"{where}.templates: expected a list of 0–{MAX_TEMPLATES_PER_IDENTITY} templates "
+            "(0: an identity without a face)"
+        )
     name = _person_text(_text(entry, "name", where) or "", f"{where}.name", "name")
     external_id = _text(entry, "external_id", where, optional=True)
     if external_id is not None:

@@ -458,6 +458,69 @@ class Gallery:
             self._persist([self._record(ids, vectors)], removal=False, save=True)
         return ids
 
+    def add_identity(
+        self,
+        identity_id: str,
+        name: str,
+        external_id: Optional[str] = None,
+        consent_at: Optional[str] = None,
+        policy: Optional[IdentityPolicy] = None,
+    ) -> None:
+        """Create an identity without a face (no template: it passes with its cards and PIN only; see
+        :meth:`TemplateStore.add_identity`). Nothing is indexed; its name is known from now on.
+
+        Raises:
+            IdentityError: a bad id, name or external id, an id that exists, another identity's card.
+        """
+        with self._changes:
+            self.store.add_identity(identity_id, name, external_id, consent_at, policy)
+            if self._index is None:
+                self.refresh()
+                return
+            with self._lock:
+                self._names[identity_id] = name
+            # No template to index, but the store's generation moved: the delta records it, so the
+            # saved index stays current.
+            self._persist([self._record([], None)], removal=False, save=True)
+        logger.info("gallery: an identity without a face was added")
+
+    def forget_face(self, identity_id: str) -> int:
+        """Consent withdrawn: delete an identity's templates (every model version, enrolled and
+        adaptive, crops included) and impostor examples for real, and their index entries, keeping
+        the identity with its name, cards and PIN (:meth:`TemplateStore.forget_face`). The index
+        file is written as a new snapshot, so no removed embedding stays in a file.
+
+        Returns:
+            The templates deleted (0, and nothing changed, for an identity without any).
+
+        Raises:
+            IdentityError: no such identity.
+        """
+        with self._changes:
+            # The identity's indexed templates, as remove() finds them (IdentityError when unknown).
+            gone = [
+                info.id
+                for info in self.store.template_infos(identity_id)
+                if info.model_version == self.model_version
+            ]
+            generation = self.store.generation
+            count = self.store.forget_face(identity_id)
+            if self._index is None:
+                self.refresh()
+            elif self.store.generation != generation:
+                with self._lock:  # first: see _update_index
+                    for template_id in gone:
+                        self._owners.pop(template_id, None)
+                    self._impostors.pop(identity_id, None)  # deleted with the templates
+                if gone:
+                    self._index.remove(np.asarray(gone, np.int64))
+                # A new snapshot when indexed templates went (none of them may stay in a file); else a record.
+                self._persist([self._record([], None)], removal=bool(gone), save=True)
+        logger.info(
+            "gallery: an identity's face was forgotten: %d template(s) deleted, its cards and PIN kept", count
+        )
+        return count
+
     def remove(self, identity_id: str) -> int:
         """Delete an identity, its templates and crops, and its index entries. Returns templates removed."""
         with self._changes:
@@ -604,6 +667,9 @@ class Gallery:
     ) -> None:
         """Store a fleet record's identity (embedded with the active embedder) and update the index.
 
+        A record without crops (N = 0) is an identity without a face: its templates and impostor
+        examples are deleted, here too (:meth:`TemplateStore.put_fleet_identity`).
+
         Args:
             embeddings: ``(N, D)`` float32 unit vectors; ``crops``: ``(N, 112, 112, 3)`` uint8.
             look_alikes: the other identities these embeddings match at the duplicate threshold,
@@ -636,6 +702,9 @@ class Gallery:
                 look_alikes,
             )
             self._update_index(removed, added, embeddings, identity_id, name, save)
+            if not len(crops):
+                with self._lock:  # after the owners let go of its templates (_update_index)
+                    self._impostors.pop(identity_id, None)
 
     def remove_fleet_identity(self, identity_id: str, revision: int, save: bool = True) -> int:
         """Apply a fleet tombstone (deleted for real, as :meth:`remove`). Returns the templates removed."""
@@ -752,6 +821,14 @@ class Gallery:
                 for template in identity.templates:
                     by_version.setdefault(template.model_version, []).append(template)
                 try:
+                    if not by_version:  # an identity without a face: its policy only
+                        self.store.add_identity(
+                            identity.id,
+                            identity.name,
+                            identity.external_id,
+                            identity.consent_at,
+                            identity.policy,
+                        )
                     for version, templates in by_version.items():
                         dims = {t.embedding.shape[0] for t in templates}
                         if len(dims) != 1:

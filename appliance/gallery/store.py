@@ -157,7 +157,8 @@ def slugify(name: str) -> str:
 
 @dataclass(frozen=True)
 class Identity:
-    """One enrolled person (no biometric data here)."""
+    """One enrolled person (no biometric data here); ``templates`` 0 is an identity without a face,
+    which passes with its cards and PIN only (:meth:`TemplateStore.add_identity`)."""
 
     id: str
     name: str
@@ -621,6 +622,80 @@ class TemplateStore:
             self._bump(db)
         return ids
 
+    def add_identity(
+        self,
+        identity_id: str,
+        name: str,
+        external_id: Optional[str] = None,
+        consent_at: Optional[str] = None,
+        policy: Optional[IdentityPolicy] = None,
+    ) -> None:
+        """Create an identity without a face: no template, only its access policy (its cards and PIN,
+        with which it passes a door that takes them). One transaction.
+
+        For a person who declines face enrolment (GDPR art. 9 asks for a non-biometric way in); photos
+        enrolled later with :meth:`add` give the same identity templates.
+
+        Raises:
+            IdentityError: a bad id, a name or external id that is empty, too long or holds control
+                characters (:mod:`.text`), an id that exists already, or a policy that gives it
+                another identity's card.
+        """
+        check_identity_id(identity_id)
+        check_name(name)
+        check_external_id(external_id)
+        policy = policy or IdentityPolicy()
+        now = utc_now()
+        with self._transaction() as db:
+            row = db.execute("SELECT name FROM identities WHERE id=?", (identity_id,)).fetchone()
+            if row is not None:
+                raise IdentityError(
+                    f"identity {identity_id!r} exists already; change its policy with `gallery set "
+                    f"{identity_id}` (or the set_policy command), or choose another id"
+                )
+            db.execute(
+                "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, ?, ?, ?)",
+                (identity_id, name, external_id, consent_at or now, now),
+            )
+            self._refuse_card_clash(db, identity_id, policy)
+            self._write_policy(db, identity_id, policy)
+            self._bump(db)
+
+    def forget_face(self, identity_id: str) -> int:
+        """Consent withdrawn: delete every template of an identity (every model version, enrolled and
+        adaptive, their crops) and its impostor examples, for real (``secure_delete``, WAL
+        checkpoint), keeping the identity, its name and its access policy (cards, PIN). Its
+        look-alike pairs (found by its face) go too. One transaction.
+
+        Returns:
+            The templates deleted (0 for an identity without any: nothing changes).
+
+        Raises:
+            IdentityError: no such identity.
+        """
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
+                raise IdentityError(f"no identity {identity_id!r}")
+            removed, impostors = self._delete_face(db, identity_id)
+            if removed or impostors:
+                self._bump(db)
+        if removed or impostors:
+            self._purge()
+        return len(removed)
+
+    @staticmethod
+    def _delete_face(db: sqlite3.Connection, identity_id: str) -> Tuple[List[int], int]:
+        """Delete what an identity's face left (inside the caller's transaction): its templates of
+        every kind and version, its impostor examples and its look-alike pairs. Returns ``(the
+        template ids deleted, the impostor examples deleted)``."""
+        removed = [
+            int(row[0]) for row in db.execute("SELECT id FROM templates WHERE identity_id=?", (identity_id,))
+        ]
+        db.execute("DELETE FROM templates WHERE identity_id=?", (identity_id,))
+        impostors = db.execute("DELETE FROM impostors WHERE identity_id=?", (identity_id,)).rowcount
+        db.execute("DELETE FROM look_alikes WHERE id=? OR like_id=?", (identity_id, identity_id))
+        return removed, int(impostors)
+
     def remove(self, identity_id: str) -> int:
         """Delete an identity with all its templates and crops, for real. Returns the templates removed.
 
@@ -686,6 +761,17 @@ class TemplateStore:
                 f"a card given is already {holder!r}'s: remove it there first "
                 "(gallery set ID --remove-card CARD, or the set_policy command's remove_cards)"
             )
+
+    def card_holders(self, card: str) -> List[Identity]:
+        """The identities that hold ``card`` (canonical text, :func:`appliance.access.credentials.parse_card`):
+        one, or none; more only when fleet records clash (the authority's word is taken as it is)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._IDENTITY_COLUMNS} FROM identities i WHERE i.credentials LIKE ? ORDER BY i.id",
+                (f"%{json.dumps(card)}%",),
+            ).fetchall()
+        holders = (self._identity(row) for row in rows)
+        return [identity for identity in holders if card in identity.policy.cards]
 
     @staticmethod
     def _card_holder(db: sqlite3.Connection, cards: Sequence[str], other_than: str) -> Optional[str]:
@@ -781,9 +867,14 @@ class TemplateStore:
         """Apply a fleet record in one transaction: the identity, its policy and its templates replace
         what an older revision stored.
 
+        A record without crops is an identity without a face (card and PIN only): every template it
+        held here — this door's adaptive ones too — its impostor examples and its look-alikes are
+        deleted for real (:meth:`forget_face`), in the same transaction.
+
         Args:
-            embeddings: ``(N, D)`` float32 unit vectors of this door's embedder, from ``crops``.
-            crops: ``(N, 112, 112, 3)`` uint8 aligned crops (kept: a model swap re-embeds them).
+            embeddings: ``(N, D)`` float32 unit vectors of this door's embedder, from ``crops`` (any
+                empty array when there is no crop).
+            crops: ``(N, 112, 112, 3)`` uint8 aligned crops (kept: a model swap re-embeds them); N may be 0.
             look_alikes: ``(identity id, score)`` of the other identities these embeddings match at
                 the duplicate threshold; they replace every look-alike this identity had, either
                 way round. One that is gone by now is left out.
@@ -799,12 +890,16 @@ class TemplateStore:
         check_name(name)
         check_external_id(external_id)
         embeddings = np.asarray(embeddings, np.float32)
+        faceless = not len(crops)
+        if faceless and not embeddings.size:
+            embeddings = np.zeros((0, 0), np.float32)
         if embeddings.ndim != 2 or len(embeddings) != len(crops) or not np.isfinite(embeddings).all():
             raise IdentityError(
                 f"need (N, D) finite embeddings for {len(crops)} crops, got {embeddings.shape}"
             )
         now = utc_now()
         added: List[int] = []
+        impostors = 0
         with self._transaction() as db:
             local = db.execute(
                 "SELECT 1 FROM identities i WHERE i.id=? AND NOT EXISTS "
@@ -815,15 +910,18 @@ class TemplateStore:
                 raise IdentityError(
                     f"identity {identity_id!r} was enrolled locally; the fleet does not replace it"
                 )
-            # The record's templates replace the enrolled ones; this door's adaptive templates of the
-            # identity stay (they are local: no fleet record carries them, so none is duplicated).
-            removed = [
-                int(row[0])
-                for row in db.execute(
-                    "SELECT id FROM templates WHERE identity_id=? AND kind=?", (identity_id, ENROLLED)
-                )
-            ]
-            db.execute("DELETE FROM templates WHERE identity_id=? AND kind=?", (identity_id, ENROLLED))
+            if faceless:  # no face (declined, or consent withdrawn): nothing of one stays here
+                removed, impostors = self._delete_face(db, identity_id)
+            else:
+                # The record's templates replace the enrolled ones; this door's adaptive templates of the
+                # identity stay (they are local: no fleet record carries them, so none is duplicated).
+                removed = [
+                    int(row[0])
+                    for row in db.execute(
+                        "SELECT id FROM templates WHERE identity_id=? AND kind=?", (identity_id, ENROLLED)
+                    )
+                ]
+                db.execute("DELETE FROM templates WHERE identity_id=? AND kind=?", (identity_id, ENROLLED))
             db.execute(
                 "INSERT INTO identities (id, name, external_id, consent_at, created_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, external_id=excluded.external_id, "
@@ -845,7 +943,7 @@ class TemplateStore:
                 [(identity_id, float(score), now, other, identity_id) for other, score in look_alikes],
             )
             self._bump(db)
-        if removed:
+        if removed or impostors:
             self._purge()
         return removed, added
 

@@ -234,6 +234,22 @@ def test_the_policy_is_managed_over_mqtt_on_a_running_daemon(
         assert refused["error"]["code"] == "invalid" and "not after" in refused["error"]["message"], refused
         refused = command(recorder, "remove_group", {"request_id": "r1", "name": "night"})
         assert refused["error"]["code"] == "refused"
+        # a person without a face (card and PIN only), and a face forgotten (on the change thread)
+        answer = command(
+            recorder,
+            "enroll",
+            {"request_id": "n1", "name": "Vera", "id": "vera", "no_face": True, "cards": ["w26:7:4242"]},
+        )
+        assert answer["ok"] and answer["result"]["templates"] == 0, answer
+        assert answer["result"]["policy"]["cards"] == ["w26:7:4242"]
+        refused = command(
+            recorder, "enroll", {"request_id": "n2", "name": "Vera", "no_face": True, "image": "AAAA"}
+        )
+        assert refused["error"]["code"] == "invalid" and "no_face" in refused["error"]["message"], refused
+        answer = command(recorder, "forget_face", {"request_id": "f1", "id": "vera"})
+        assert answer["result"] == {"id": "vera", "removed": 0}, answer
+        refused = command(recorder, "forget_face", {"request_id": "f2", "id": "nobody"})
+        assert refused["error"]["code"] == "refused", refused
         # the next passages of the enrolled person are granted through the staff group
         recorder.wait_for(
             lambda messages: any(e["decision"] == "granted" for e in event_documents(messages)), 90, "a grant"
@@ -249,6 +265,8 @@ def test_the_policy_is_managed_over_mqtt_on_a_running_daemon(
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:  # survives the restart
         assert store.identity("obama").policy.groups == ("staff",)
         assert set(store.policy_tables().calendars) == {"public"}
+        vera = store.identity("vera")
+        assert vera is not None and vera.templates == 0 and vera.policy.cards == ("w26:7:4242",)
 
 
 def _two_way_config(

@@ -1,7 +1,8 @@
 """What a process of the command line imports: ``--help`` and ``config check`` start without ONNX Runtime,
-OpenCV, Faiss or onnx (``--help`` without NumPy or pydantic either), and a ``detect`` or ``evaluate``
-whose prepared model is cached loads no ``onnx``. Read from ``python -X importtime``: every module
-the process imported, in a real process as a user starts it. No timings are asserted."""
+OpenCV, Faiss or onnx (``--help`` without NumPy or pydantic either), a ``detect`` or ``evaluate``
+whose prepared model is cached loads no ``onnx``, and an ``enroll --no-face`` loads no model. Read
+from ``python -X importtime``: every module the process imported, in a real process as a user starts
+it. No timings are asserted."""
 
 from __future__ import annotations
 
@@ -69,3 +70,12 @@ def test_detect_and_a_cached_evaluate_load_no_onnx(
     assert "onnx" in imported(*evaluate)  # the first run prepares MobileFaceNet and caches it
     assert list((tmp_path / "state" / "engines" / "prepared").glob("mobilefacenet-*.onnx"))
     assert not imported(*evaluate) & {"onnx", "faiss"}
+
+
+def test_an_enrolment_without_a_face_loads_no_model(tmp_path: Path, shared_models: Path) -> None:
+    config = _config(tmp_path, shared_models)
+    modules = imported(
+        "enroll", "--no-face", "--name", "Ada Lovelace", "--card", "w26:7:12345", "--config", config
+    )
+    assert not modules & {"onnxruntime", "onnx"}, sorted(modules & {"onnxruntime", "onnx"})
+    assert "faiss" in modules  # the gallery is opened: the identity is stored

@@ -185,6 +185,55 @@ def test_enroll_status_remove(
     assert fleet(capsys, "set", "--config", str(auth_file), identity_id, "--suspend")[0] == 1
 
 
+def test_a_person_without_a_face_is_published_and_a_face_forgotten(
+    capsys: pytest.CaptureFixture, auth_file: Path, recorder: Recorder
+) -> None:
+    """``fleet enroll --no-face`` publishes a record without crops (no model loaded, no photo);
+    ``fleet set ID --forget-face`` republishes a record with crops without them."""
+    from appliance.access.policy import IdentityPolicy
+    from appliance.fleet.authority import Authority, Enrolment
+    from appliance.fleet.settings import load_authority_config
+
+    assert fleet(capsys, "init", "--config", str(auth_file))[0] == 0
+    keys_dir = auth_file.parent / "keys"
+    fleet_key, trusted = read_fleet_key(keys_dir / "fleet.key"), load_trusted_keys(keys_dir)
+
+    def record(identity_id: str, revision: int) -> IdentityRecord:
+        topic = record_topic(PREFIX, SITE, identity_id)
+        recorder.wait_for(
+            lambda ms: len([m for m in ms if m.topic == topic]) >= revision,
+            what=f"r{revision} of {identity_id}",
+        )
+        opened = open_record(recorder.on(topic)[-1].payload, SITE, fleet_key, trusted, topic_id=identity_id)
+        assert isinstance(opened, IdentityRecord)
+        return opened
+
+    code, out, err = fleet(
+        capsys, "enroll", "--config", str(auth_file), "--no-face", "--name", "Ada Lovelace",
+        "--id", "p-0000000000aa", "--card", "w26:7:12345", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["crops"] == 0 and "warning" not in err
+    ada = record("p-0000000000aa", 1)
+    assert ada.crops == () and ada.qualities == () and ada.policy.cards == ("w26:7:12345",)
+    code, _, err = fleet(
+        capsys, "enroll", "--config", str(auth_file), "--no-face", "--name", "Vera", "--id", "p-0000000000ee"
+    )
+    assert code == 0 and "holds no card" in err
+
+    crop = np.full((112, 112, 3), 120, np.uint8)
+    authority = Authority.open(load_authority_config(auth_file))
+    bob = authority.enroll(Enrolment("p-0000000000bb", "Bob", None, NOW, IdentityPolicy(), (crop,), (0.8,)))
+    assert len(record(bob.identity_id, 1).crops) == 1
+    code, out, err = fleet(
+        capsys, "set", "--config", str(auth_file), bob.identity_id, "--forget-face", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["crops"] == 0 and json.loads(out)["revision"] > bob.revision
+    forgotten = record(bob.identity_id, 2)
+    assert forgotten.crops == () and forgotten.name == "Bob"
+
+
 def test_refused_photos_publish_nothing(
     capsys: pytest.CaptureFixture, auth_file: Path, recorder: Recorder, tmp_path: Path
 ) -> None:

@@ -449,7 +449,8 @@ def _huge_png() -> bytes:
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
-        ({"crops": []}, "crops"),
+        ({"crops": {}}, "crops"),
+        ({"crops": []}, "qualities"),  # none (no face) with the two qualities of two crops
         ({"crops": [_png(_crop(3))] * (MAX_CROPS + 1), "qualities": [0.5] * (MAX_CROPS + 1)}, "crops"),
         ({"crops": [_png(np.zeros((64, 64, 3), np.uint8))]}, "112"),
         ({"crops": [_b64(_huge_png())]}, "112"),
@@ -498,7 +499,8 @@ def test_invalid_plaintext_forms(signer: Ed25519PrivateKey, trusted: Dict[str, E
         {"external_id": "x\u2028y"},
         {"crops": (np.zeros((112, 112), np.uint8),)},
         {"crops": (np.zeros((112, 112, 3), np.float32),)},
-        {"crops": ()},
+        {"crops": ()},  # no face, but the qualities of two crops
+        {"crops": _crop(1)},  # an image, not a tuple of them
         {"crops": (_crop(1),) * (MAX_CROPS + 1), "qualities": (0.5,) * (MAX_CROPS + 1)},
         {"qualities": (0.5,)},
         {"id": "has space"},

@@ -212,8 +212,8 @@ def _forge(document: object, passphrase: str = "correct horse battery") -> bytes
             "not an allowed",
         ),
         (
-            {"format": 1, "identities": [{"id": "a", "name": "n", "consent_at": "t", "templates": []}]},
-            "1–1000 templates",
+            {"format": 1, "identities": [{"id": "a", "name": "n", "consent_at": "t", "templates": {}}]},
+            "0–1000 templates",
         ),
         (
             {
