@@ -222,7 +222,8 @@ class CommandService:
 
     def take_credentials(self, now: float) -> List[Outcome]:
         """Between two frames: the cards and PINs from the readers — a card a ``learn_card`` waits
-        for is learned, the rest go to the held face grants (:meth:`Pipeline.present_credentials`)."""
+        for is learned, the rest go to the held face grants and the passages without a face
+        (:meth:`Pipeline.present_credentials`)."""
         inbox = self.pipeline.credentials
         if inbox is None:  # every frame: the cheap test first
             return []
@@ -631,15 +632,10 @@ class CommandService:
                         "anti-passback stays off until a restart: the cameras' directions are read at "
                         "the start, and none had one then"
                     )
-                # This door's groups, time zone, anti-passback, second factor and two-person rule, from the next passage on.
+                # This door's groups, time zone, anti-passback, second factor, card and PIN without a face
+                # and two-person rule, from the next passage on (the cameras and readers started with the daemon).
                 if gallery is not None:
-                    self.pipeline.judge = AccessJudge.for_door(
-                        fresh.access,
-                        gallery.store,
-                        self.presence,
-                        self.config.camera_directions,
-                        self.config.reader_cameras,  # the readers started with the daemon
-                    )
+                    self.pipeline.judge = AccessJudge.for_appliance(self.config, gallery.store, self.presence)
             self.pipeline.set_threshold(self.config.match.threshold)
             liveness = self.runtime.analyzer.liveness
             if liveness is not None:

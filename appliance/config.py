@@ -1090,11 +1090,24 @@ class ApplianceConfig(StrictModel):
                 "reader takes them: describe the card reader in [credential_reader] (enabled = true), "
                 "or set require = 'off'"
             )
+        without_face = self.access.without_face.require
+        if without_face != "off" and not readers:
+            raise ValueError(
+                f"access.without_face.require = {without_face!r} lets people without a face in by card, but "
+                "no reader takes cards: describe the card reader in [credential_reader] (enabled = true), "
+                "or set require = 'off'"
+            )
         cameras = {camera.id for camera in self.configured_cameras}
         doors = {door.id for door in self.configured_doors}
         ports: Dict[str, str] = {}
         for reader in readers:
             _known_cameras(f"reader {reader.id!r} stands at", reader.cameras, cameras)
+            if without_face != "off" and len(reader.cameras or cameras) != 1:
+                raise ValueError(
+                    f"access.without_face.require = {without_face!r}: a card shown at reader {reader.id!r} "
+                    f"must count at one camera (its door, its direction), but the reader stands at "
+                    f"{len(reader.cameras or cameras)}; name the one it stands at in its cameras"
+                )
             if reader.id in doors:
                 raise ValueError(
                     f"reader id {reader.id!r} is also a door's id; both key …/state → door: give the reader "

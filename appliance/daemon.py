@@ -260,9 +260,7 @@ class Appliance:
             self.gallery,
             DecisionSettings.from_config(config),
             self.latencies,
-            AccessJudge.for_door(
-                config.access, store, self.presence, config.camera_directions, config.reader_cameras
-            ),
+            AccessJudge.for_appliance(config, store, self.presence),
             [camera.id for camera in config.configured_cameras],
             views=pipeline_views(config),
             guard=attack_guard(config),

@@ -157,7 +157,9 @@ class Decision:
         companions: the identities whose held grants this grant completed (the two-person rule,
             :mod:`appliance.access.two_person`).
         factors: ``("face", "card" | "pin")`` when a card or PIN completed the grant
-            (:mod:`appliance.access.second_factor`), else ``()``.
+            (:mod:`appliance.access.second_factor`); ``("card",)`` or ``("card", "pin")`` for a passage
+            without a face (:mod:`appliance.access.without_face`: no track, box, score or liveness —
+            ``track_id`` -1, ``frames`` 0); else ``()``.
         duress: the PIN was the identity's duress PIN (the grant is a silent alarm).
     """
 
@@ -180,6 +182,15 @@ class Decision:
     companions: Tuple[str, ...] = ()
     factors: Tuple[str, ...] = ()
     duress: bool = False
+
+    @property
+    def faceless(self) -> bool:
+        """A passage by card (and PIN) without a face: nothing of this decision was seen by a camera."""
+        return bool(self.factors) and self.factors[0] != "face"
+
+
+#: ``Decision.track_id`` of a passage without a face.
+NO_TRACK = -1
 
 
 @dataclass(frozen=True)

@@ -464,6 +464,7 @@ def check_access(config: ApplianceConfig) -> List[Check]:
             )
     checks.extend(_named_groups(config, tables, identities))
     checks.extend(_second_factors(config, identities))
+    checks.extend(_without_face(config, identities))
     checks.extend(check_presence(config))
     return checks
 
@@ -480,23 +481,25 @@ def _second_factors(config: ApplianceConfig, identities: List[Any]) -> List[Chec
     applies = [
         i
         for i in identities
-        if not i.policy.suspended and (not factor.groups or set(factor.groups) & set(i.policy.groups))
+        if i.templates
+        and not i.policy.suspended
+        and (not factor.groups or set(factor.groups) & set(i.policy.groups))
     ]
     kinds = ACCEPTS[factor.require]
     lacking = [
-        i.id
+        i
         for i in applies
         if not (("card" in kinds and i.policy.cards) or ("pin" in kinds and i.policy.pin is not None))
     ]
     duress = sum(i.policy.duress_pin is not None for i in applies)
     what = " or ".join(kinds)
     if lacking:
-        shown = ", ".join(lacking[:10]) + (" …" if len(lacking) > 10 else "")
         return [
             Check(
                 WARN,
                 key,
-                f"{len(lacking)} of the {len(applies)} people it applies to hold no {what} and cannot pass: {shown}",
+                f"{len(lacking)} of the {len(applies)} people it applies to hold no {what} and cannot pass: "
+                f"{_some(lacking)}",
                 "face-appliance gallery set ID --card w26:FACILITY:CARD (or --pin)",
             )
         ]
@@ -504,6 +507,48 @@ def _second_factors(config: ApplianceConfig, identities: List[Any]) -> List[Chec
     if "pin" not in kinds and duress:
         detail += " (unused: this door asks for no PIN)"
     return [Check(OK, key, detail)]
+
+
+def _without_face(config: ApplianceConfig, identities: List[Any]) -> List[Check]:
+    """People without a face (no templates) pass only by ``access.without_face``, with what it asks for:
+    one without it can never pass here."""
+    faceless = [i for i in identities if not i.templates and not i.policy.suspended]
+    require = config.access.without_face.require
+    key = "access.without_face"
+    if not faceless:
+        return (
+            []
+            if require == "off"
+            else [Check(OK, key, f"{require.replace('_', ' ')}; nobody is without a face")]
+        )
+    if require == "off":
+        return [
+            Check(
+                WARN,
+                key,
+                f"{len(faceless)} people have no face enrolled and cannot pass here: {_some(faceless)}",
+                "set access.without_face.require = 'card_and_pin', or enrol their faces",
+            )
+        ]
+    needs_pin = require == "card_and_pin"
+    lacking = [i for i in faceless if not i.policy.cards or (needs_pin and i.policy.pin is None)]
+    what = "a card and a PIN" if needs_pin else "a card"
+    if lacking:
+        return [
+            Check(
+                WARN,
+                key,
+                f"{len(lacking)} of the {len(faceless)} people without a face hold no {what} and cannot "
+                f"pass: {_some(lacking)}",
+                "face-appliance gallery set ID --card w26:FACILITY:CARD --pin",
+            )
+        ]
+    return [Check(OK, key, f"{what} for {len(faceless)} people without a face")]
+
+
+def _some(identities: List[Any], most: int = 10) -> str:
+    """The first ``most`` identity ids, and `…` for more."""
+    return ", ".join(i.id for i in identities[:most]) + (" …" if len(identities) > most else "")
 
 
 def _named_groups(config: ApplianceConfig, tables: Any, identities: List[Any]) -> List[Check]:

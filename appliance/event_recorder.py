@@ -34,7 +34,7 @@ def access_event_fields(event: Dict[str, Any]) -> Dict[str, str]:
     """The journal fields of a stored access event: ids, the decision and the model versions.
 
     ``DECISION``, ``REASON`` (``denied`` only), ``EVENT_ID``, ``IDENTITY_ID`` (when the event names
-    an identity), ``CAMERA_ID``, ``TRACK_ID``, ``MODEL_DETECTOR``/``MODEL_EMBEDDER``/… and
+    an identity), ``CAMERA_ID``, ``TRACK_ID`` (not for a passage without a face), ``MODEL_DETECTOR``/``MODEL_EMBEDDER``/… and
     ``MESSAGE_ID``; never the name, the face crop, the score or the box.
     """
     identity = event.get("identity")
@@ -137,14 +137,23 @@ class EventRecorder:
             self.events_total += 1
             self.camera_events[outcome.camera_id] = self.camera_events.get(outcome.camera_id, 0) + 1
             self.latencies.record("capture_to_outbox", latency_ms)
-            logger.info(
-                "access event: %s, %strack %d, %d frames",
-                event["decision"],
-                self._camera_words.get(outcome.camera_id, ""),
-                outcome.decision.track_id,
-                outcome.decision.frames,
-                extra=access_event_fields(event),
-            )
+            if outcome.decision.faceless:
+                logger.info(
+                    "access event: %s, %s%s without a face",
+                    event["decision"],
+                    self._camera_words.get(outcome.camera_id, ""),
+                    " and ".join(outcome.decision.factors),
+                    extra=access_event_fields(event),
+                )
+            else:
+                logger.info(
+                    "access event: %s, %strack %d, %d frames",
+                    event["decision"],
+                    self._camera_words.get(outcome.camera_id, ""),
+                    outcome.decision.track_id,
+                    outcome.decision.frames,
+                    extra=access_event_fields(event),
+                )
             logger.debug(
                 "camera %s, track %d: %s",
                 outcome.camera_id,

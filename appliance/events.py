@@ -19,6 +19,13 @@ grant is ``denied`` with the reason ``two_person``); a grant a card or PIN compl
 (:mod:`appliance.access.second_factor`; a held face is ``denied`` with the reason ``second_factor``,
 a card or PIN that was not the waiting person's with ``wrong_credential``). All were added within
 schema 1, as optional keys.
+
+**Schema 2** is a passage without a face (:mod:`appliance.access.without_face`): a card, or a card
+and PIN, of someone enrolled without a face, or a card nobody holds (``unknown``). It is a schema-1
+document whose ``face``, ``score``, ``track_id`` and ``liveness`` are null and ``frames`` 0, with
+``"factors": ["card"]`` or ``["card", "pin"]``. Only these events carry 2: a consumer that checks the
+schema, as a versioned document asks, skips what it cannot read rather than misread it; every other
+event stays schema 1.
 ``event_id`` is unique per event: consumers de-duplicate redelivered events by it.
 
 ``reason`` says why a ``denied`` passage was denied: ``liveness`` (the vote's liveness check failed;
@@ -47,6 +54,10 @@ import numpy as np
 from .decisions import Decision
 
 SCHEMA_VERSION = 1
+#: The schema of an access event without a face (see the module).
+FACELESS_SCHEMA_VERSION = 2
+#: The access event schemas this firmware writes and reads.
+ACCESS_SCHEMAS = (SCHEMA_VERSION, FACELESS_SCHEMA_VERSION)
 
 
 def rfc3339_now() -> str:
@@ -70,9 +81,10 @@ def access_event(
         crop: ``(112, 112, 3)`` uint8 aligned face to embed as JPEG, or ``None``.
         direction: the camera's (``in`` / ``out``), or ``None``.
     """
+    faceless = decision.faceless
     x1, y1, x2, y2 = (float(v) for v in decision.box)
     event: Dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
+        "schema": FACELESS_SCHEMA_VERSION if faceless else SCHEMA_VERSION,
         "event_id": str(uuid.uuid4()),
         "ts": rfc3339_now(),
         "device_id": device_id,
@@ -87,7 +99,7 @@ def access_event(
         ),
         "score": None if decision.score is None else round(float(decision.score), 4),
         "threshold": round(float(decision.threshold), 4),
-        "track_id": int(decision.track_id),
+        "track_id": None if faceless else int(decision.track_id),
         "frames": int(decision.frames),
         "liveness": (
             None
@@ -95,7 +107,9 @@ def access_event(
             else {"score": round(float(decision.liveness[0]), 4), "passed": bool(decision.liveness[1])}
         ),
         "models": dict(models),
-        "face": {
+        "face": None
+        if faceless
+        else {
             "box": [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)],
             "quality": round(float(decision.quality), 3),
         },
@@ -111,7 +125,7 @@ def access_event(
         event["factors"] = list(decision.factors)
     if decision.duress:
         event["duress"] = True
-    if crop is not None:
+    if crop is not None and not faceless:
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, crop_quality])
         if ok:
             event["crop"] = base64.b64encode(jpeg.tobytes()).decode("ascii")

@@ -249,7 +249,7 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
     decision and the last identity (from the events topic) and the frame rate (from the state
     document's ``fps``); with the door's own I/O (``door.enabled``), a ``button`` "Open door" that
     sends the ``door_open`` command (request id ``home-assistant``); where a door asks for PINs
-    (``access.second_factor.require``), a ``binary_sensor`` "Duress" that is on while the last access
+    (``access.second_factor.require``, ``access.without_face.require``), a ``binary_sensor`` "Duress" that is on while the last access
     event was opened by a duress PIN (:mod:`appliance.access.second_factor`), for an automation to
     raise the silent alarm. All share the availability topic and a device block, so they appear as
     one device named after ``device.name`` (or ``device.id``).
@@ -324,7 +324,8 @@ def home_assistant_discovery(config: ApplianceConfig) -> List[Tuple[str, Dict[st
         }
         object_id = "door_open" if len(doors) == 1 else "door_open_" + re.sub(r"[^A-Za-z0-9_-]", "_", door.id)
         components.append(("button", object_id, door_open))
-    if "pin" in ACCEPTS.get(config.access.second_factor.require, ()):
+    asks_pin = "pin" in ACCEPTS.get(config.access.second_factor.require, ())
+    if asks_pin or config.access.without_face.require == "card_and_pin":
         duress = {
             "name": "Duress",
             "device_class": "safety",

@@ -24,13 +24,14 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 
 from .access.credentials import CredentialInbox, PresentedCredential
-from .access.judge import GONE, AccessJudge, Verdict
+from .access.judge import GONE, AccessJudge, CredentialPassage, Verdict
 from .access.second_factor import SECOND_FACTOR, WRONG_CREDENTIAL
 from .attack_guard import AttackGuard
 from .config import DEFAULT_CAMERA_ID
 from .decisions import (
     DENIED,
     GRANTED,
+    NO_TRACK,
     UNKNOWN,
     Candidate,
     Decision,
@@ -392,20 +393,48 @@ class Pipeline:
     def present_credentials(self, credentials: Sequence[PresentedCredential], now: float) -> List[Outcome]:
         """Cards and PINs from the readers at the door (:class:`appliance.access.credentials.CredentialInbox`),
         oldest first: the outcomes of the held face grants they decided (see
-        :mod:`appliance.access.second_factor`); ``now`` is the monotonic time, the events' capture time."""
-        if self.judge is None or self.judge.second_factor is None:
+        :mod:`appliance.access.second_factor`) and of the passages without a face
+        (:mod:`appliance.access.without_face`); ``now`` is the monotonic time, the events' capture time."""
+        if self.judge is None or not self.judge.takes_credentials:
             return []
         outcomes: List[Outcome] = []
         for credential in credentials:
-            for identity_id, _camera_id, verdict in self.judge.present(credential):
-                held = self._held.get(identity_id)
+            for passage in self.judge.present(credential):
+                if passage.faceless:
+                    outcomes.append(self._faceless(passage, now))
+                    continue
+                held = self._held.get(passage.identity_id or "")
                 if held is None:  # held before a reload of the judge: nothing left to report it with
                     continue
-                if verdict.reason != WRONG_CREDENTIAL:  # decided; a wrong one leaves it waiting
-                    del self._held[identity_id]
-                outcomes.append(self._decided_by_credential(held, verdict, now))
+                if passage.verdict.reason != WRONG_CREDENTIAL:  # decided; a wrong one leaves it waiting
+                    del self._held[held.decision.identity_id or ""]
+                outcomes.append(self._decided_by_credential(held, passage.verdict, now))
         self._forget_unheld()
         return outcomes
+
+    def _faceless(self, passage: CredentialPassage, now: float) -> Outcome:
+        """The outcome of a passage by card (and PIN) without a face: granted or denied as the judge says,
+        ``unknown`` for a card nobody here holds."""
+        identity_id = passage.identity_id
+        decision = Decision(
+            track_id=NO_TRACK,
+            decision=GRANTED if identity_id is not None else UNKNOWN,
+            identity_id=identity_id,
+            name=passage.name,
+            score=None,
+            threshold=self.settings.threshold,
+            frames=0,
+            liveness=None,
+            box=np.zeros(4, np.float32),
+            quality=0.0,
+            first_seen=now,
+            decided_at=now,
+            reason=" and ".join(passage.factors) + " without a face",
+            factors=passage.factors,
+        )
+        if identity_id is not None:
+            decision = _judged(decision, passage.verdict, passage.camera_id)
+        return Outcome(decision, now, None, passage.camera_id)
 
     def _forget_unheld(self) -> None:
         """Keep the outcomes of the grants still waiting only (a wait expired, or ended meanwhile):

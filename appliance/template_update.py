@@ -164,6 +164,8 @@ class TemplateUpdater:
             return "disabled"
         if decision.decision != GRANTED or decision.identity_id is None:
             return f"not granted: {decision.decision}"
+        if decision.faceless:
+            return "no face: a card and PIN"
         if sample is None:
             return "no embedded frame"
         if sample.model_version != self.gallery.model_version:

@@ -90,8 +90,10 @@ def parse_passage(door: str, payload: bytes, key: Optional[EventKey] = None) -> 
         event = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"not JSON ({err})") from None
-    if not isinstance(event, dict) or event.get("schema") != 1:
-        raise ValueError("not a schema-1 access event")
+    # 1, or 2 for a passage without a face (card and PIN): appliance.events.ACCESS_SCHEMAS, not imported
+    # here for the OpenCV it would bring.
+    if not isinstance(event, dict) or event.get("schema") not in (1, 2):
+        raise ValueError("not a schema-1 or schema-2 access event")
     if event.get("device_id") != door:
         raise ValueError(f"device_id {str(event.get('device_id'))[:70]!r} is not the door it came from")
     if event.get("decision") != "granted" or event.get("direction") is None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .credentials import PresentedCredential, verify_pin
+from .guessing import GuessCounter
 from .policy import IdentityPolicy
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,6 @@ CREDENTIAL_LOCKOUT = "credential_lockout"
 MAX_WAITING = 4
 #: Credentials presented first, kept per reader.
 MAX_PRESENTED = 4
-#: Identities whose wrong credentials are counted at once.
-MAX_LOCKOUTS = 256
-
 #: Which kinds of credential each ``require`` accepts.
 ACCEPTS = {"card": ("card",), "pin": ("pin",), "card_or_pin": ("card", "pin")}
 
@@ -134,12 +132,9 @@ class SecondFactorRule:
         self.within_s = within_s
         self.max_attempts = max_attempts
         self.readers: Dict[str, FrozenSet[str]] = {r: frozenset(c) for r, c in readers.items()}
-        self.lockout_after = lockout_after
-        self.lockout_s = lockout_s
         self._waiting: Dict[str, Waiting] = {}
         self._presented: Dict[str, Deque[PresentedCredential]] = {}
-        #: identity id → the times (Unix seconds) of its recent wrong credentials, at most lockout_after
-        self._wrong: Dict[str, Deque[float]] = {}
+        self._guesses = GuessCounter(lockout_after, lockout_s, "their face")
 
     def needs(self, groups: Sequence[str]) -> bool:
         """Whether a member of ``groups`` must add a second factor."""
@@ -153,14 +148,7 @@ class SecondFactorRule:
     def locked_out(self, identity_id: str, at: float) -> bool:
         """Whether ``identity_id`` collected ``lockout_after`` wrong credentials, the last one less
         than ``lockout_s`` before ``at``."""
-        wrong = self._wrong.get(identity_id)
-        if not self.lockout_after or wrong is None or len(wrong) < self.lockout_after:
-            return False
-        if 0.0 <= at - wrong[-1] <= self.lockout_s and wrong[-1] - wrong[0] <= self.lockout_s:
-            return True
-        if not 0.0 <= at - wrong[-1] <= self.lockout_s:
-            del self._wrong[identity_id]  # served (or a clock set back): a fresh count
-        return False
+        return self._guesses.locked_out(identity_id, at)
 
     def hold(
         self, identity_id: str, camera_id: str, policy: IdentityPolicy, at: float
@@ -229,9 +217,10 @@ class SecondFactorRule:
             self._presented.setdefault(credential.reader, deque(maxlen=MAX_PRESENTED)).append(credential)
             return []
         tried = here[0]
-        self._note_wrong(tried.identity_id, credential.at)
+        self._guesses.note(tried.identity_id, credential.at)
         attempts = tried.attempts + 1
-        given_up = attempts >= self.max_attempts
+        # A wrong one that locks the face out ends the wait too: its tries left would be guesses past the lockout.
+        given_up = attempts >= self.max_attempts or self._guesses.locked_out(tried.identity_id, credential.at)
         if given_up:
             del self._waiting[tried.identity_id]
         else:
@@ -256,22 +245,6 @@ class SecondFactorRule:
         if verify_pin(credential.value, policy.duress_pin):
             return True
         return None
-
-    def _note_wrong(self, identity_id: str, at: float) -> None:
-        if not self.lockout_after:
-            return
-        wrong = self._wrong.setdefault(identity_id, deque(maxlen=self.lockout_after))
-        wrong.append(at)
-        if len(wrong) == self.lockout_after and wrong[-1] - wrong[0] <= self.lockout_s:
-            logger.warning(
-                "second factor: %d wrong cards or PINs on one person's waits within %.0f s; their face "
-                "is refused for %.0f s (credential_lockout)",
-                self.lockout_after,
-                self.lockout_s,
-                self.lockout_s,
-            )
-        while len(self._wrong) > MAX_LOCKOUTS:  # bounded: the oldest count goes first
-            del self._wrong[next(iter(self._wrong))]
 
     def _expire(self, at: float) -> None:
         """Drop the waits and credentials more than ``within_s`` from ``at``, either way: older ones

@@ -151,6 +151,31 @@ class SecondFactorConfig(StrictModel):
     )
 
 
+class WithoutFaceConfig(StrictModel):
+    """[access.without_face] — A card and PIN (or the card alone) for the people enrolled without a face:
+    the non-biometric way in. See :mod:`appliance.access.without_face`."""
+
+    require: Literal["off", "card_and_pin", "card"] = Field(
+        "off",
+        description="How people without a face (no templates: `enroll --no-face`, `gallery set "
+        "--forget-face`) pass at a card reader that stands at one camera: 'card_and_pin', 'card' (the "
+        "card alone), or 'off' (they cannot). People with a face pass by their face. Needs "
+        "[credential_reader].",
+    )
+    within_s: float = Field(10.0, ge=2, le=60, description="How long after the card its PIN may come.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Wrong PINs before the card must be shown again.")
+    lockout_after: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="Wrong PINs on one person's card within lockout_s after which the card is refused at "
+        "once (reason 'credential_lockout') until lockout_s has passed since the last one; 0: never.",
+    )
+    lockout_s: float = Field(
+        900.0, ge=60, le=86400, description="The window of lockout_after, and how long a lockout lasts."
+    )
+
+
 class AccessConfig(StrictModel):
     """[access] — Which access groups this door admits, and the time zone its schedules are read in."""
 
@@ -170,16 +195,19 @@ class AccessConfig(StrictModel):
     anti_passback: AntiPassbackConfig = Field(default_factory=AntiPassbackConfig)
     two_person: TwoPersonConfig = Field(default_factory=TwoPersonConfig)
     second_factor: SecondFactorConfig = Field(default_factory=SecondFactorConfig)
+    without_face: WithoutFaceConfig = Field(default_factory=WithoutFaceConfig)
 
     def door_document(self) -> Dict[str, Any]:
         """What this door applies, for ``access show`` and the ``access`` command: its groups and time
-        zone, and the second factor when it asks for one."""
+        zone, the second factor when it asks for one, and how people without a face pass when they may."""
         document: Dict[str, Any] = {"groups": list(self.groups), "time_zone": self.time_zone}
         if self.second_factor.require != "off":
             document["second_factor"] = {
                 "require": self.second_factor.require,
                 "groups": list(self.second_factor.groups),
             }
+        if self.without_face.require != "off":
+            document["without_face"] = {"require": self.without_face.require}
         return document
 
     @field_validator("time_zone")
@@ -198,4 +226,5 @@ __all__ = [
     "GroupNames",
     "SecondFactorConfig",
     "TwoPersonConfig",
+    "WithoutFaceConfig",
 ]

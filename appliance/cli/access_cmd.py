@@ -219,6 +219,9 @@ def _show(args: argparse.Namespace) -> int:
     if factor:
         whose = ", ".join(factor["groups"]) or "everyone"
         print(f"  then a {factor['require'].replace('_', ' ')} at the reader, for {whose}")
+    without_face = document["door"].get("without_face")
+    if without_face:
+        print(f"  people without a face: {without_face['require'].replace('_', ' ')} at the reader")
     for group in document["groups"]:
         holidays = f"; closed on {', '.join(group['holidays'])}" if group["holidays"] else ""
         print(

@@ -1,9 +1,9 @@
-"""Face + card and face + PIN in the daemon: the real models on a real face, a real broker, and libosdp's
+"""Face + card, face + PIN, and card + PIN without a face in the daemon: the real models on a real face, a real broker, and libosdp's
 real peripheral device playing the card-and-keypad reader over a ``socat`` pty pair (Secure Channel on).
 
 Obama, in ``vault``, is held for his second factor; a wrong PIN is reported, his card opens the door
 (and the reader turns green), and, at his next passage, his duress PIN opens it too, with the alarm in
-the event only.
+the event only. Vera, enrolled without a face, passes by her card and PIN alone (schema-2 events).
 """
 
 from __future__ import annotations
@@ -130,5 +130,88 @@ def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
             assert json.loads(answer.payload)["result"] == {"id": "obama", "card": "w26:9:31", "added": True}
             busy = command(recorder, "learn_card", {"request_id": "learn-2", "id": "nobody"})
             assert busy["error"]["code"] == "refused" and "no identity" in busy["error"]["message"], busy
+        finally:
+            assert daemon.stop() == 0, daemon.text[-4000:]
+
+
+def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """Vera declined face enrolment: her card, then her PIN at the reader open the door — schema-2
+    events without a face, the reader amber while it waits for the PIN, then green."""
+    policy = IdentityPolicy().changed({"cards": ["w26:7:12345"], "pin": "2468", "duress_pin": "1357"})
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
+        store.add_identity("vera", "Vera", policy=policy)
+    video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
+    key = write_key(tmp_path / "reader_scbk", KEY)
+    with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
+        config = daemon_config(
+            tmp_path,
+            storage,
+            shared_models,
+            mosquitto,
+            video,
+            at_end="loop",
+            access='[access.without_face]\nrequire = "card_and_pin"\nwithin_s = 30',
+            credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
+        )
+        daemon = Daemon(config)
+        try:
+            reader.wait_for(reader.secure, "the reader's Secure Channel")
+            reader.card(CARD_READ, 26)
+            held = _wait_event(
+                recorder,
+                daemon,
+                "Vera's card held for her PIN",
+                lambda e: e["schema"] == 2 and e["reason"] == "second_factor",
+            )
+            event = _event(recorder, held)
+            assert event["identity"] == {"id": "vera", "name": "Vera"} and event["factors"] == ["card"]
+            assert (event["face"], event["track_id"], event["score"]) == (None, None, None)
+            amber = reader.osdp.CommandLEDColor.Amber
+            reader.wait_for(
+                lambda: any(c.get("on_color") == amber for c in reader.of(reader.osdp.Command.LED)),
+                "the reader blinking amber for the PIN",
+            )
+            reader.keys("0000#")
+            wrong = _wait_event(
+                recorder,
+                daemon,
+                "a wrong PIN reported",
+                lambda e: e["schema"] == 2 and e["reason"] == "wrong_credential",
+                held,
+            )
+            reader.keys("1357#")
+            opened = _wait_event(
+                recorder,
+                daemon,
+                "her duress PIN opens",
+                lambda e: e["schema"] == 2 and e["decision"] == "granted",
+                wrong,
+            )
+            event = _event(recorder, opened)
+            assert event["factors"] == ["card", "pin"] and event["duress"] is True
+            assert event["identity"]["id"] == "vera" and event["camera_id"] == "cam0"
+            green = reader.osdp.CommandLEDColor.Green
+            reader.wait_for(
+                lambda: any(c.get("on_color") == green for c in reader.of(reader.osdp.Command.LED)),
+                "a green LED on the reader",
+            )
+            reader.card(bytes.fromhex("04800f80"), 26)  # facility 9, card 31: nobody's
+            nobody = _wait_event(
+                recorder,
+                daemon,
+                "an unknown card reported",
+                lambda e: e["schema"] == 2 and e["decision"] == "unknown",
+                opened,
+            )
+            assert _event(recorder, nobody)["identity"] is None
+            faces = [e for e in unique_events(event_documents(recorder.messages)) if e["schema"] == 1]
+            assert faces and all(e["face"] is not None for e in faces)  # Obama, by his face, as before
         finally:
             assert daemon.stop() == 0, daemon.text[-4000:]

@@ -26,7 +26,7 @@ from appliance.access.credentials import (
     verify_pin,
 )
 from appliance.access.errors import PolicyError
-from appliance.access.judge import AccessJudge
+from appliance.access.judge import AccessJudge, Verdict
 from appliance.access.passback import PASSBACK
 from appliance.access.policy import IdentityPolicy, parse_instant
 from appliance.access.presence import PRESENCE_FILE, PresenceStore
@@ -313,8 +313,9 @@ def test_the_judge_holds_a_grant_records_it_when_completed_and_asks_the_policy_a
         assert judge.judge_passage("ada", "entry", NOON).reason == SECOND_FACTOR
         assert presence.last("ada") is None  # held: not a passage yet
         assert judge.judge_passage("ada", "entry", NOON, record=False).reason is None  # access check
-        [(who, camera, verdict)] = judge.present(_credential("card", CARD, 5))
-        assert (who, camera, verdict.reason, verdict.factors, verdict.duress) == (
+        [passage] = judge.present(_credential("card", CARD, 5))
+        verdict = passage.verdict
+        assert (passage.identity_id, passage.camera_id, verdict.reason, verdict.factors, verdict.duress) == (
             "ada",
             "entry",
             None,
@@ -327,14 +328,18 @@ def test_the_judge_holds_a_grant_records_it_when_completed_and_asks_the_policy_a
         presence.reset(["ada"], None, None)
         judge.judge_passage("ada", "entry", NOON + timedelta(minutes=5))
         gallery.set_policy("ada", ADA.changed({"suspended": True}))
-        [(_, _, verdict)] = judge.present(_credential("pin", "2468", 301))
+        [verdict] = _verdicts(judge, _credential("pin", "2468", 301))
         assert verdict.reason == "suspended"
         gallery.set_policy("ada", ADA)
         judge.judge_passage("ada", "entry", NOON + timedelta(minutes=10))
-        [(_, _, verdict)] = judge.present(_credential("pin", "0000", 601))
+        [verdict] = _verdicts(judge, _credential("pin", "0000", 601))
         assert verdict.reason == WRONG_CREDENTIAL
     assert AccessJudge.for_door(AccessConfig(), gallery).second_factor is None
     assert AccessJudge.for_door(AccessConfig(), gallery).present(_credential("card", CARD, 0)) == []
+
+
+def _verdicts(judge: AccessJudge, credential: PresentedCredential) -> List[Verdict]:
+    return [passage.verdict for passage in judge.present(credential)]
 
 
 class _NoModels:
@@ -472,7 +477,7 @@ def test_wrong_credentials_across_waits_lock_the_face_out_until_lockout_s_has_pa
         assert judge.judge_passage("ada", "cam", NOON + timedelta(seconds=seconds)).reason == SECOND_FACTOR
         for _ in range(2):
             seconds += 1
-            [(_, _, verdict)] = judge.present(_credential("pin", "0000", seconds))
+            [verdict] = _verdicts(judge, _credential("pin", "0000", seconds))
             assert verdict.reason == WRONG_CREDENTIAL
     later = NOON + timedelta(seconds=seconds + 599)
     assert judge.judge_passage("ada", "cam", later).reason == CREDENTIAL_LOCKOUT
@@ -480,8 +485,16 @@ def test_wrong_credentials_across_waits_lock_the_face_out_until_lockout_s_has_pa
     assert judge.judge_passage("tom", "cam", later).reason is None  # nobody else is affected
     free = NOON + timedelta(seconds=seconds + 601)
     assert judge.judge_passage("ada", "cam", free).reason == SECOND_FACTOR
-    [(_, _, verdict)] = judge.present(_credential("pin", "2468", seconds + 602))
+    [verdict] = _verdicts(judge, _credential("pin", "2468", seconds + 602))
     assert verdict.reason is None and verdict.factors == ("face", "pin")
+    # a wrong PIN that locks her out ends the wait it came on, whatever tries it had left
+    access = _access(max_attempts=3, lockout_after=2, lockout_s=600)
+    judge = AccessJudge.for_door(access, gallery, readers={READER: []})
+    judge.judge_passage("ada", "cam", NOON)
+    _verdicts(judge, _credential("pin", "0000", 1))
+    [verdict] = _verdicts(judge, _credential("pin", "0001", 2))
+    assert verdict.reason == WRONG_CREDENTIAL and judge.second_factor.waiting() == ()
+    assert _verdicts(judge, _credential("pin", "2468", 3)) == []  # nothing left to complete
     never = AccessJudge.for_door(_access(max_attempts=1, lockout_after=0), gallery, readers={READER: []})
     for i in range(20):
         never.judge_passage("ada", "cam", NOON + timedelta(seconds=2 * i))
