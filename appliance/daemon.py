@@ -252,6 +252,8 @@ class Appliance:
         self.gallery = self.worker.wait_loaded()
         store = self.gallery.store
         self._open_sightings()
+        if self.keeper is not None:  # a face removed or forgotten takes what was kept of it along
+            self.gallery.face_forgotten = self.keeper.forget_identity
         self.presence = open_presence(config)
         event_key = self._event_key()
         self._open_area(event_key)

@@ -199,13 +199,25 @@ def _positive_int(text: str) -> int:
 
 
 def open_gallery(config: ApplianceConfig) -> Gallery:
-    """The gallery for the configured embedder, without loading any model."""
+    """The gallery for the configured embedder, without loading any model; an identity removed or
+    whose face is forgotten through it takes the faces kept of its passages along (``sightings.db``)."""
     from engines.registry import EMBEDDER_MODELS
 
     from ..updates.active import resolve_model
 
     spec, _folder = resolve_model(config, EMBEDDER_MODELS[config.embedder.model][0])
-    return Gallery.open(config, spec.qualified_version, int(spec.embedding_dim or 0))
+    gallery = Gallery.open(config, spec.qualified_version, int(spec.embedding_dim or 0))
+    gallery.face_forgotten = lambda identity_id: _forget_kept_faces(config, identity_id)
+    return gallery
+
+
+def _forget_kept_faces(config: ApplianceConfig, identity_id: str) -> None:
+    from .sightings_cmd import open_sightings
+
+    store = open_sightings(config, required=False)
+    if store is not None:
+        with store:
+            store.forget_identity(identity_id)
 
 
 def _open_with_analyzer(config: ApplianceConfig) -> Tuple[FaceAnalyzer, Gallery]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as replace_fields
 from functools import partial
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -149,6 +149,10 @@ class Gallery:
         #: identity id → (impostor example ids (K,) int64, their (K, D) float32 embeddings) of the
         #: active embedder: "this is not X" (see :meth:`search`).
         self._impostors: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        #: Told, after the change, of each identity whose face was deleted here — removed, its face
+        #: forgotten, a fleet tombstone or a record without crops — so that the faces kept of its
+        #: passages go too (:meth:`appliance.sightings.store.SightingStore.forget_identity`).
+        self.face_forgotten: Optional[Callable[[str], None]] = None
         self.refresh()
 
     @classmethod
@@ -519,7 +523,21 @@ class Gallery:
         logger.info(
             "gallery: an identity's face was forgotten: %d template(s) deleted, its cards and PIN kept", count
         )
+        self._tell_forgotten(identity_id)
         return count
+
+    def _tell_forgotten(self, identity_id: str) -> None:
+        """:attr:`face_forgotten`, whose failure is logged: the change it follows stands."""
+        if self.face_forgotten is None:
+            return
+        try:
+            self.face_forgotten(identity_id)
+        except Exception as err:  # the gallery's change is done: say what stays behind
+            logger.error(
+                "gallery: the faces kept of a removed or forgotten face could not be deleted (%s); they "
+                "go when they expire (events.keep_crops_h)",
+                err,
+            )
 
     def remove(self, identity_id: str) -> int:
         """Delete an identity, its templates and crops, and its index entries. Returns templates removed."""
@@ -544,6 +562,7 @@ class Gallery:
                 # A new snapshot when templates went (none of them may stay in a file); else a record.
                 self._persist([self._record([], None)], removal=bool(gone), save=True)
         logger.info("gallery: an identity and %d template(s) were removed", count)
+        self._tell_forgotten(identity_id)
         return count
 
     def add_adaptive(
@@ -705,12 +724,15 @@ class Gallery:
             if not len(crops):
                 with self._lock:  # after the owners let go of its templates (_update_index)
                     self._impostors.pop(identity_id, None)
+        if not len(crops):
+            self._tell_forgotten(identity_id)
 
     def remove_fleet_identity(self, identity_id: str, revision: int, save: bool = True) -> int:
         """Apply a fleet tombstone (deleted for real, as :meth:`remove`). Returns the templates removed."""
         with self._changes:
             removed = self.store.remove_fleet_identity(identity_id, revision)
             self._update_index(removed, [], None, identity_id, None, save)
+        self._tell_forgotten(identity_id)
         return len(removed)
 
     def _update_index(

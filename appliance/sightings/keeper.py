@@ -32,6 +32,13 @@ EXPIRY_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
+class _Forget:
+    """A queued :meth:`SightingKeeper.forget_identity`: after the faces offered before it."""
+
+    identity_id: str
+
+
+@dataclass(frozen=True)
 class KeepSettings:
     """What is kept: every event's face for ``keep_s`` seconds (0: none), and with ``clusters`` the
     faces decided ``unknown`` as members of clusters of unknown visitors."""
@@ -59,7 +66,7 @@ class SightingKeeper:
         self.store = store
         self.settings = settings
         self._clock = wall_clock
-        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)  # of Optional[SeenFace]
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)  # of SeenFace, _Forget, None (stop)
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         #: Faces written, and faces lost (a full queue, a failed write), ever.
@@ -108,6 +115,20 @@ class SightingKeeper:
                 )
             self.error = "the writer is behind"
 
+    def forget_identity(self, identity_id: str) -> None:
+        """The faces kept of ``identity_id``'s passages go (any thread: the gallery's change; the
+        person was removed or their face forgotten): now, and again on the keeper's thread after the
+        faces offered before this call, which it would otherwise write afterwards."""
+        self.store.forget_identity(identity_id)
+        if self._thread is None or self._closed:
+            return
+        try:
+            self._queue.put_nowait(_Forget(identity_id))
+        except queue.Full:  # the writer is behind: what waits is written and stays until its expiry
+            logger.warning(
+                "sightings: the writer is behind; faces of a forgotten face may be kept until they expire"
+            )
+
     # -- the keeper's thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -123,7 +144,10 @@ class SightingKeeper:
                 try:
                     if face is None:  # close()
                         return
-                    self._write(face)
+                    if isinstance(face, _Forget):
+                        self._forget(face.identity_id)
+                    else:
+                        self._write(face)
                 finally:
                     self._queue.task_done()
             if time.monotonic() >= next_expiry:
@@ -147,6 +171,12 @@ class SightingKeeper:
         if self.error is not None:
             logger.info("sightings: faces are kept again (%d lost in all)", self.lost)
             self.error = None
+
+    def _forget(self, identity_id: str) -> None:
+        try:
+            self.store.forget_identity(identity_id)
+        except SightingError as err:
+            logger.error("sightings: the faces of a forgotten face could not be deleted (%s)", err)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within ``timeout``), stop the thread. The store stays open (its owner closes it)."""

@@ -637,6 +637,26 @@ class SightingStore:
             self._checkpoint()
         return removed
 
+    def forget_identity(self, identity_id: str) -> int:
+        """Delete every kept face of ``identity_id``'s passages (granted and denied as them, crops,
+        views, embeddings): the person was removed, or withdrew consent to their face, and what the
+        door kept of it goes now, not when it expires. Returns the faces deleted."""
+        with self._write() as db:
+            clusters = [
+                str(row[0])
+                for row in db.execute(
+                    "SELECT DISTINCT cluster_id FROM faces WHERE identity_id=? AND cluster_id IS NOT NULL",
+                    (identity_id,),
+                )
+            ]
+            removed = db.execute("DELETE FROM faces WHERE identity_id=?", (identity_id,)).rowcount
+            if clusters:
+                self._recompute(db, clusters)
+        if removed:
+            self._checkpoint()
+            logger.info("sightings: %d kept face(s) of a removed or forgotten face deleted", removed)
+        return int(removed)
+
     # -- reading -------------------------------------------------------------------------------------
 
     _FACE_COLUMNS = (

@@ -205,8 +205,15 @@ def test_a_marked_wrong_grant_is_no_longer_granted_while_the_identity_still_is(
         )
     listed = run_cli("gallery", "impostors", "--json", "--config", str(config_path))
     assert [row["source_event"] for row in json.loads(listed.stdout)["impostors"]] == [wrong["event_id"]]
+
+    def kept_of_a() -> int:
+        with sqlite3.connect(f"file:{storage / SIGHTINGS_FILE}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT COUNT(*) FROM faces WHERE identity_id='person-a'").fetchone()[0])
+
+    assert kept_of_a() > 0  # A's own passages were kept
     removed = run_cli("gallery", "remove", "person-a", "--config", str(config_path))
     assert removed.returncode == 0, removed.stderr
+    assert kept_of_a() == 0  # and went with A, not at their expiry
     gallery_bytes = _files(storage, STORE_FILE)
     traces = [n for n, blob in enumerate(blobs) if blob[12:44] in gallery_bytes]
     traces += ["event id"] if wrong["event_id"].encode() in gallery_bytes else []

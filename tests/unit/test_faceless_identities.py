@@ -32,7 +32,7 @@ from appliance.config_load import validate_config
 from appliance.fleet.authority import Enrolment
 from appliance.fleet.errors import FleetRecordError
 from appliance.fleet.member import EmbeddingJob, apply_batch
-from appliance.fleet.records import IdentityRecord, open_record, record_topic, seal_record
+from appliance.fleet.records import IdentityRecord, Tombstone, open_record, record_topic, seal_record
 from appliance.gallery.bundle import export_bundle, open_bundle, parse_bundle
 from appliance.gallery.delta import delta_path
 from appliance.gallery.errors import BundleError, IdentityError
@@ -428,8 +428,11 @@ def test_a_record_going_to_no_crops_deletes_the_face_at_the_door(gallery: Galler
     assert gallery.store.look_alikes()[0] == 1 and gallery.store.identity("p-000000000009").templates == 3
     gone = np.concatenate([face, unit_vectors(1, 62, dim=D)])
     assert _top(gallery, gone[1:]) == [["p-000000000009"]] * 2
-    # N → 0 crops: the authority's `fleet set --forget-face`
+    # N → 0 crops: the authority's `fleet set --forget-face`; the faces kept of the passages go too
+    told: List[str] = []
+    gallery.face_forgotten = told.append
     assert apply_batch(gallery, [_record("p-000000000009", 2)], _no_model, lambda: 8, save=True) == (1, 0, [])
+    assert told == ["p-000000000009"]
     person = gallery.store.identity("p-000000000009")
     assert person is not None and person.templates == 0 and person.policy == WITH_CARD
     assert gallery.store.impostors("p-000000000009") == [] and gallery.store.look_alikes()[0] == 0
@@ -441,6 +444,9 @@ def test_a_record_going_to_no_crops_deletes_the_face_at_the_door(gallery: Galler
     local = IdentityRecord("local-ada", 3, "Ada", None, NOW, IdentityPolicy(), (), ())
     (refusal,) = apply_batch(gallery, [local], _no_model, lambda: 8, save=True)[2]
     assert refusal[1] == "local_identity" and gallery.store.identity("local-ada").templates == 1
+    tombstone = Tombstone("p-000000000009", 3, NOW)
+    assert apply_batch(gallery, [tombstone], _no_model, lambda: 8, save=True) == (0, 1, [])
+    assert told == ["p-000000000009"] * 2 and gallery.store.identity("p-000000000009") is None
 
 
 # -- the authority ---------------------------------------------------------------------------------------

@@ -287,3 +287,74 @@ def test_the_pipeline_keeps_views_only_where_something_uses_them() -> None:
     assert (
         pipeline_views(validate_config({"unknowns": {"enabled": True}, "events": {"walk_up_views": 1}})) == 1
     )
+
+
+def test_the_faces_kept_of_a_removed_or_forgotten_face_go_at_once_and_leave_no_trace(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from appliance import cli
+    from appliance.gallery.gallery import Gallery
+
+    path = tmp_path / "sightings.db"
+    vector = np.arange(1, 129, dtype=np.float32)
+    with SightingStore.open(path, tmp_path / "gallery.key") as store:
+        for event_id, identity in (("event-1", "person-a"), ("event-2", "person-a"), ("event-3", "person-b")):
+            store.put(replace(_face(event_id, vector), identity_id=identity), keep_s=3600)
+        store.put(_face("event-4", vector, decision="unknown"), keep_s=3600)
+        blobs = _sealed(path)
+        assert store.forget_identity("person-a") == 2 and store.forget_identity("nobody") == 0
+        assert store.face("event-1") is None and store.face("event-2") is None
+        assert store.face("event-3") is not None and store.face("event-4") is not None
+        data = _bytes(path)
+        assert b"event-1" not in data and b"person-a" not in data
+        assert sum(blob[12:44] in data for blob in blobs) == 4  # event-3's and event-4's crop and embedding
+
+    # Every way a face leaves the gallery tells the hook; the CLI's hook deletes in sightings.db.
+    config = validate_config({"storage": {"dir": str(tmp_path)}})
+    told: List[str] = []
+    with Gallery.open(config, "mobilefacenet@v1", 128) as gallery:
+        gallery.face_forgotten = told.append
+        gallery.add("person-b", "B", vector[None, :] / np.linalg.norm(vector))
+        gallery.add("person-c", "C", vector[None, :] / np.linalg.norm(vector))
+        gallery.forget_face("person-b")
+        gallery.remove("person-c")
+        assert told == ["person-b", "person-c"]
+
+        def broken(identity_id: str) -> None:
+            raise OSError("disk gone")
+
+        gallery.face_forgotten = broken
+        gallery.add_identity("person-d", "D")
+        assert gallery.remove("person-d") == 0  # the removal stands; the failure is logged
+    with SightingStore.open(path, tmp_path / "gallery.key") as store:
+        store.put(replace(_face("event-5", vector), identity_id="person-e"), keep_s=3600)
+    config_file = tmp_path / "appliance.toml"
+    config_file.write_text(f'[storage]\ndir = "{tmp_path}"\n[models]\ndir = "{tmp_path / "no-models"}"\n')
+    with Gallery.open(config, "mobilefacenet@v1", 128) as gallery:
+        gallery.add("person-e", "E", vector[None, :] / np.linalg.norm(vector))
+    assert cli.main(["gallery", "remove", "person-e", "--config", str(config_file)]) == 0
+    with SightingStore.open(path, tmp_path / "gallery.key") as store:
+        assert store.face("event-5") is None and store.face("event-3") is not None
+
+
+def test_a_face_offered_before_its_identity_was_forgotten_does_not_outlive_it(tmp_path: Path) -> None:
+    import threading
+
+    with SightingStore.open(tmp_path / "s.db", tmp_path / "k", clock=Clock()) as store:
+        keeper = SightingKeeper(store, KeepSettings(3600.0), wall_clock=Clock())
+        writing, release = threading.Event(), threading.Event()
+        put = store.put
+
+        def slow_put(*args: object, **kwargs: object) -> object:
+            writing.set()
+            release.wait(10)  # the disk is slow: the face is written after the forget
+            return put(*args, **kwargs)  # type: ignore[arg-type]
+
+        store.put = slow_put  # type: ignore[method-assign]
+        keeper.start()
+        keeper.offer(_outcome("granted", 0), "g1")
+        assert writing.wait(10)
+        keeper.forget_identity("person-a")  # the gallery removed A meanwhile
+        release.set()
+        keeper.close()
+        assert keeper.kept == 1 and store.face("g1") is None
