@@ -310,6 +310,9 @@ class AccessJudge:
             else:
                 verdict = Verdict(WRONG_CREDENTIAL)
             return CredentialPassage(holder.id, camera_id, verdict, True, ("card", "pin"), holder.name)
+        # Any card shown here ends the wait of the one before: the PIN that follows is the new card's
+        # (or nobody's), never the earlier card's, whoever's card this one is.
+        rule.forget(credential.reader)
         holders = self.source.card_holders(credential.value)
         if len(holders) > 1:
             logger.warning(

@@ -155,7 +155,7 @@ class WithoutFaceRule:
         return PinMismatch(wait, given_up)
 
     def forget(self, reader: str) -> None:
-        """Drop the card waiting at ``reader`` (its holder is gone from the gallery)."""
+        """Drop the card waiting at ``reader`` (another card was shown there, or its holder is gone)."""
         self._waits.pop(reader, None)
 
 

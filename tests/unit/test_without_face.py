@@ -349,8 +349,14 @@ def test_home_assistant_offers_the_duress_sensor_where_people_without_a_face_typ
     assert "duress" not in components({"without_face": {"require": "card"}})
 
 
-def test_a_pin_after_within_s_opens_nothing(store: TemplateStore) -> None:
+def test_a_pin_after_within_s_or_after_another_card_opens_nothing(store: TemplateStore) -> None:
     judge = AccessJudge.for_door(_access(), store, readers={READER: ["entry"]})
     judge.present(_at(0, "card", VERA_CARD))
     assert judge.without_face.waiting(READER, T0 + 9.9) is not None  # type: ignore[union-attr]
     assert judge.present(_at(10.5, "pin", "2468")) == []  # too late: the card must come again
+    # another card shown at the reader meanwhile, whoever's, ends the wait: the PIN is not Vera's then
+    for other in (ADA_CARD, "w26:1:1"):
+        [held] = judge.present(_at(20, "card", VERA_CARD))
+        assert held.verdict.reason == SECOND_FACTOR
+        judge.present(_at(21, "card", other))
+        assert judge.present(_at(22, "pin", "2468")) == []
