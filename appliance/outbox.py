@@ -15,6 +15,12 @@ The outbox is bounded, because a broker that stays away for weeks must not fill 
   week-old backlog is worth less than today's;
 * by age (``outbox.max_age_h``): events older than that are dropped.
 
+Before anything is dropped, the outbox says it is filling: at :data:`NEARLY_FULL` of
+``outbox.max_events`` (terminals alarm at "offline events 90 % full") a WARNING is logged once, and
+:meth:`Outbox.stats` reports ``nearly_full`` (the ``…/state`` document's ``degraded`` names it) until
+it is back under half full, so the operator hears of a broker that stays away while no event is lost
+yet.
+
 Nothing is dropped silently. Both kinds of drop are counted, the counters are kept in the
 database (they survive restarts) and are reported by :meth:`Outbox.stats` for the retained
 ``…/state`` document. Each overflow episode is logged once at WARNING (an episode ends when the
@@ -48,6 +54,9 @@ from .errors import ApplianceError
 from .sqlite_files import open_private_database
 
 logger = logging.getLogger(__name__)
+
+#: The share of ``max_events`` at which the outbox warns that it is filling (it stops warning under half).
+NEARLY_FULL = 0.9
 
 _SCHEMA_VERSION = 1
 #: Stamps before this (2020-01-01T00:00:00Z) come from a clock that was not set yet.
@@ -122,6 +131,9 @@ class Outbox:
         self._overflow_episode = 0  # events dropped for the count bound in the current episode
         self._age_episode = 0  # events dropped for their age in the current episode
         self._next_expiry_check = 0.0
+        #: Whether the depth reached NEARLY_FULL of max_events and has not been under half since.
+        self.nearly_full = False
+        self._note_fill_locked()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -246,6 +258,7 @@ class Outbox:
             self._depth += 1 - expired - overflow
             self._apply_counters(changes)
             self._note_drops(expired, overflow)
+            self._note_fill_locked()
             return seq
 
     def ack(self, seq: int) -> bool:
@@ -279,6 +292,7 @@ class Outbox:
                 self._write_counters(db, {"acked_total": deleted})
             self._depth -= deleted
             self._apply_counters({"acked_total": deleted})
+            self._note_fill_locked()
             self._note_drained_locked()
             return deleted
 
@@ -319,7 +333,8 @@ class Outbox:
         """Figures for the ``…/state`` document.
 
         Returns:
-            ``depth`` (pending events), ``oldest_age_s`` (age of the oldest pending event in
+            ``depth`` (pending events), ``capacity`` (``outbox.max_events``), ``nearly_full`` (see
+            the module), ``oldest_age_s`` (age of the oldest pending event in
             seconds, None when empty), ``dropped_overflow`` and ``dropped_age`` (events dropped for
             each bound, ever), ``put_total`` and ``acked_total`` (ever, across restarts).
 
@@ -333,7 +348,12 @@ class Outbox:
             except sqlite3.Error as err:
                 raise OutboxError(f"cannot read the outbox {self._path}: {err}") from err
             oldest = None if row is None or row[0] is None else max(0.0, self._clock() - float(row[0]))
-            stats: Dict[str, Any] = {"depth": self._depth, "oldest_age_s": oldest}
+            stats: Dict[str, Any] = {
+                "depth": self._depth,
+                "capacity": self._max_events,
+                "nearly_full": self.nearly_full,
+                "oldest_age_s": oldest,
+            }
             for name in ("dropped_overflow", "dropped_age", "put_total", "acked_total"):
                 stats[name] = self._counters[name]
             return stats
@@ -372,6 +392,7 @@ class Outbox:
         self._depth -= expired
         self._apply_counters({"dropped_age": expired})
         self._note_drops(expired, 0)
+        self._note_fill_locked()
         self._note_drained_locked()
 
     @contextmanager
@@ -420,6 +441,22 @@ class Outbox:
                     self._max_age_s / 3600.0,
                 )
             self._age_episode += expired
+
+    def _note_fill_locked(self) -> None:
+        """Warn once when the depth reaches :data:`NEARLY_FULL` of ``max_events``; clear under half."""
+        if not self.nearly_full and self._depth >= NEARLY_FULL * self._max_events:
+            self.nearly_full = True
+            logger.warning(
+                "Outbox %d %% full: %d of %d events wait for the broker's acknowledgement; at %d the "
+                "oldest are dropped. Is the broker reachable?",
+                round(100 * NEARLY_FULL),
+                self._depth,
+                self._max_events,
+                self._max_events,
+            )
+        elif self.nearly_full and self._depth <= self._max_events // 2:
+            self.nearly_full = False
+            logger.info("Outbox under half full again (%d of %d events)", self._depth, self._max_events)
 
     def _note_drained_locked(self) -> None:
         if self._depth > 0:

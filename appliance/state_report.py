@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from . import __version__
 from .board_health import BoardMonitor
 from .events import rfc3339_now
+from .outbox import NEARLY_FULL
 
 if TYPE_CHECKING:
     from .daemon import Appliance
@@ -90,6 +91,11 @@ class StateReporter:
                 )
         if app.recorder is not None and app.recorder.outbox_error is not None:
             degraded.append(f"outbox: {app.recorder.outbox_error}")
+        if app.outbox is not None and app.outbox.nearly_full:
+            degraded.append(
+                f"outbox: {round(100 * NEARLY_FULL)} % full of events the broker has not acknowledged; "
+                "the oldest are dropped when it is full"
+            )
         if app.keeper is not None and app.keeper.error is not None:
             degraded.append(f"sightings: faces are not kept: {app.keeper.error}")
         board = self.board.document()

@@ -76,8 +76,8 @@ def test_overflow_drops_oldest_counts_and_logs_once_per_episode(
             outbox.put(f"e{i}", b"{}")
         assert _ids(outbox) == ["e3", "e4", "e5", "e6", "e7"]
         assert outbox.stats()["dropped_overflow"] == 3
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and "Outbox full" in warnings[0].getMessage()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert sum("Outbox full" in m for m in warnings) == 1 and sum("% full" in m for m in warnings) == 1
     with Outbox.open(path, 5, 3600.0) as outbox:  # the counters are on disk
         stats = outbox.stats()
         assert stats["dropped_overflow"] == 3 and stats["put_total"] == 8 and stats["depth"] == 5
@@ -92,6 +92,33 @@ def test_overflow_drops_oldest_counts_and_logs_once_per_episode(
             outbox.put(f"f{i}", b"{}")
         assert sum("Outbox full" in r.getMessage() for r in caplog.records) == 1
         assert outbox.stats()["dropped_overflow"] == 6
+
+
+def test_it_says_it_is_filling_before_anything_is_dropped_and_stops_under_half(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="appliance.outbox")
+    path = tmp_path / "outbox.sqlite"
+    with Outbox.open(path, 20, 3600.0) as outbox:
+        seqs = [outbox.put(f"e{i}", b"{}") for i in range(17)]
+        assert not outbox.nearly_full and outbox.stats()["capacity"] == 20
+        seqs.append(outbox.put("e17", b"{}"))  # 18 of 20: 90 %
+        stats = outbox.stats()
+        assert stats["nearly_full"] is True and stats["dropped_overflow"] == 0  # nothing lost yet
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [
+            "Outbox 90 % full: 18 of 20 events wait for the broker's acknowledgement; at 20 the oldest are "
+            "dropped. Is the broker reachable?"
+        ]
+        outbox.put("e18", b"{}")
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # once
+    with Outbox.open(path, 20, 3600.0) as reopened:  # a restart finds it filling too
+        assert reopened.nearly_full
+        reopened.ack_many(seqs[:8])  # 11 left: still over half
+        assert reopened.nearly_full
+        reopened.ack_many(seqs[8:10])  # 9 left: under half
+        assert not reopened.nearly_full and not reopened.stats()["nearly_full"]
+        assert "Outbox under half full again (9 of 20 events)" in caplog.text
 
 
 def test_age_bound_drops_and_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -168,3 +195,19 @@ def test_concurrent_puts_and_acks(tmp_path: Path) -> None:
         assert len(set(seqs)) == 200 and outbox.depth() == 200
         assert outbox.ack_many(seqs[:150]) == 150
         assert outbox.depth() == 50 and len(outbox.pending(1000)) == 50
+
+
+def test_the_state_says_the_outbox_is_filling(tmp_path: Path) -> None:
+    from appliance.board_health import BoardHealthReader, BoardMonitor
+    from appliance.state_report import StateReporter
+    from tests.unit.test_board_health import fake_app
+
+    app = fake_app()
+    with Outbox.open(tmp_path / "outbox.sqlite", 10, 3600.0) as outbox:
+        app.outbox = outbox
+        reporter = StateReporter(app, BoardMonitor(BoardHealthReader(tmp_path)))  # type: ignore[arg-type]
+        for i in range(9):
+            outbox.put(f"e{i}", b"{}")
+        state = reporter.state()
+        assert state["outbox"]["nearly_full"] is True
+        assert [d for d in state["degraded"] if d.startswith("outbox: 90 % full")]
