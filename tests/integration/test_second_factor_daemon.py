@@ -9,8 +9,9 @@ the event only. Vera, enrolled without a face, passes by her card and PIN alone 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 from appliance.access.policy import IdentityPolicy
 from appliance.gallery.store import TemplateStore
@@ -51,6 +52,37 @@ def _event(recorder: Recorder, index: int) -> Dict[str, Any]:
     return unique_events(event_documents(recorder.messages))[index]
 
 
+@contextmanager
+def _door_with_reader(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    **config: str,
+) -> Iterator[Tuple[Daemon, KeypadReader]]:
+    """The daemon on a loop of Obama's photo with ``config``'s sections, and libosdp's peripheral
+    device as its card-and-keypad reader (Secure Channel) on a pty pair; stopped cleanly at the end."""
+    video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
+    key = write_key(tmp_path / "reader_scbk", KEY)
+    with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
+        path = daemon_config(
+            tmp_path,
+            storage,
+            shared_models,
+            mosquitto,
+            video,
+            at_end="loop",
+            credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
+            **config,
+        )
+        daemon = Daemon(path)
+        try:
+            yield daemon, reader
+        finally:
+            assert daemon.stop() == 0, daemon.text[-4000:]
+
+
 def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
     tmp_path: Path,
     storage: Path,
@@ -64,74 +96,63 @@ def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
     )
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
         store.set_policy("obama", policy)
-    video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
-    key = write_key(tmp_path / "reader_scbk", KEY)
-    with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
-        config = daemon_config(
-            tmp_path,
-            storage,
-            shared_models,
-            mosquitto,
-            video,
-            at_end="loop",
-            access='[access.second_factor]\nrequire = "card_or_pin"\ngroups = ["vault"]\nwithin_s = 60',
-            credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
-            decision="reannounce_s = 4.0",
+    with _door_with_reader(
+        tmp_path,
+        storage,
+        shared_models,
+        shared_data,
+        mosquitto,
+        access='[access.second_factor]\nrequire = "card_or_pin"\ngroups = ["vault"]\nwithin_s = 60',
+        decision="reannounce_s = 4.0",
+    ) as (daemon, reader):
+        held = _wait_event(
+            recorder,
+            daemon,
+            "Obama's face held for his second factor",
+            lambda e: e["reason"] == "second_factor" and e["identity"]["id"] == "obama",
         )
-        daemon = Daemon(config)
-        try:
-            held = _wait_event(
-                recorder,
-                daemon,
-                "Obama's face held for his second factor",
-                lambda e: e["reason"] == "second_factor" and e["identity"]["id"] == "obama",
-            )
-            assert _event(recorder, held)["decision"] == "denied"
-            reader.wait_for(reader.secure, "the reader's Secure Channel")
-            reader.keys("0000#")
-            wrong = _wait_event(
-                recorder, daemon, "a wrong PIN reported", lambda e: e["reason"] == "wrong_credential", held
-            )
-            assert _event(recorder, wrong)["identity"]["id"] == "obama"
-            reader.card(CARD_READ, 26)
-            opened = _wait_event(
-                recorder, daemon, "the card opens", lambda e: e["decision"] == "granted", wrong
-            )
-            event = _event(recorder, opened)
-            assert event["factors"] == ["face", "card"] and "duress" not in event
-            green = reader.osdp.CommandLEDColor.Green
-            reader.wait_for(
-                lambda: any(c.get("on_color") == green for c in reader.of(reader.osdp.Command.LED)),
-                "a green LED on the reader",
-            )
-            again = _wait_event(
-                recorder,
-                daemon,
-                "his next passage held again",
-                lambda e: e["reason"] == "second_factor",
-                opened + 1,
-            )
-            reader.keys("1357#")
-            duress = _wait_event(
-                recorder, daemon, "the duress PIN opens", lambda e: e["decision"] == "granted", again
-            )
-            event = _event(recorder, duress)
-            assert event["factors"] == ["face", "pin"] and event["duress"] is True
-            assert event["identity"]["id"] == "obama" and event["reason"] is None
-            door_events = [m for m in recorder.messages if m.topic == f"{ROOT}/door"]
-            assert any(b'"reader_online"' in m.payload for m in door_events)
+        assert _event(recorder, held)["decision"] == "denied"
+        reader.wait_for(reader.secure, "the reader's Secure Channel")
+        reader.keys("0000#")
+        wrong = _wait_event(
+            recorder, daemon, "a wrong PIN reported", lambda e: e["reason"] == "wrong_credential", held
+        )
+        assert _event(recorder, wrong)["identity"]["id"] == "obama"
+        reader.card(CARD_READ, 26)
+        opened = _wait_event(recorder, daemon, "the card opens", lambda e: e["decision"] == "granted", wrong)
+        event = _event(recorder, opened)
+        assert event["factors"] == ["face", "card"] and "duress" not in event
+        green = reader.osdp.CommandLEDColor.Green
+        reader.wait_for(
+            lambda: any(c.get("on_color") == green for c in reader.of(reader.osdp.Command.LED)),
+            "a green LED on the reader",
+        )
+        again = _wait_event(
+            recorder,
+            daemon,
+            "his next passage held again",
+            lambda e: e["reason"] == "second_factor",
+            opened + 1,
+        )
+        reader.keys("1357#")
+        duress = _wait_event(
+            recorder, daemon, "the duress PIN opens", lambda e: e["decision"] == "granted", again
+        )
+        event = _event(recorder, duress)
+        assert event["factors"] == ["face", "pin"] and event["duress"] is True
+        assert event["identity"]["id"] == "obama" and event["reason"] is None
+        door_events = [m for m in recorder.messages if m.topic == f"{ROOT}/door"]
+        assert any(b'"reader_online"' in m.payload for m in door_events)
 
-            # a second card, learned by presenting it: the answer comes when it is read
-            request = {"request_id": "learn-1", "id": "obama", "within_s": 60}
-            recorder.publish(f"{ROOT}/cmd/learn_card", json.dumps(request).encode())
-            daemon.wait_log("learning a card at the reader")
-            reader.card(bytes.fromhex("04800f80"), 26)  # facility 9, card 31
-            answer = recorder.wait_for_message(f"{ROOT}/cmd/learn_card/result", timeout=30)
-            assert json.loads(answer.payload)["result"] == {"id": "obama", "card": "w26:9:31", "added": True}
-            busy = command(recorder, "learn_card", {"request_id": "learn-2", "id": "nobody"})
-            assert busy["error"]["code"] == "refused" and "no identity" in busy["error"]["message"], busy
-        finally:
-            assert daemon.stop() == 0, daemon.text[-4000:]
+        # a second card, learned by presenting it: the answer comes when it is read
+        request = {"request_id": "learn-1", "id": "obama", "within_s": 60}
+        recorder.publish(f"{ROOT}/cmd/learn_card", json.dumps(request).encode())
+        daemon.wait_log("learning a card at the reader")
+        reader.card(bytes.fromhex("04800f80"), 26)  # facility 9, card 31
+        answer = recorder.wait_for_message(f"{ROOT}/cmd/learn_card/result", timeout=30)
+        assert json.loads(answer.payload)["result"] == {"id": "obama", "card": "w26:9:31", "added": True}
+        busy = command(recorder, "learn_card", {"request_id": "learn-2", "id": "nobody"})
+        assert busy["error"]["code"] == "refused" and "no identity" in busy["error"]["message"], busy
 
 
 def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
@@ -147,71 +168,62 @@ def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
     policy = IdentityPolicy().changed({"cards": ["w26:7:12345"], "pin": "2468", "duress_pin": "1357"})
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
         store.add_identity("vera", "Vera", policy=policy)
-    video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
-    key = write_key(tmp_path / "reader_scbk", KEY)
-    with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
-        config = daemon_config(
-            tmp_path,
-            storage,
-            shared_models,
-            mosquitto,
-            video,
-            at_end="loop",
-            access='[access.without_face]\nrequire = "card_and_pin"\nwithin_s = 30',
-            credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
+    with _door_with_reader(
+        tmp_path,
+        storage,
+        shared_models,
+        shared_data,
+        mosquitto,
+        access='[access.without_face]\nrequire = "card_and_pin"\nwithin_s = 30',
+    ) as (daemon, reader):
+        reader.wait_for(reader.secure, "the reader's Secure Channel")
+        reader.card(CARD_READ, 26)
+        held = _wait_event(
+            recorder,
+            daemon,
+            "Vera's card held for her PIN",
+            lambda e: e["schema"] == 2 and e["reason"] == "second_factor",
         )
-        daemon = Daemon(config)
-        try:
-            reader.wait_for(reader.secure, "the reader's Secure Channel")
-            reader.card(CARD_READ, 26)
-            held = _wait_event(
-                recorder,
-                daemon,
-                "Vera's card held for her PIN",
-                lambda e: e["schema"] == 2 and e["reason"] == "second_factor",
-            )
-            event = _event(recorder, held)
-            assert event["identity"] == {"id": "vera", "name": "Vera"} and event["factors"] == ["card"]
-            assert (event["face"], event["track_id"], event["score"]) == (None, None, None)
-            amber = reader.osdp.CommandLEDColor.Amber
-            reader.wait_for(
-                lambda: any(c.get("on_color") == amber for c in reader.of(reader.osdp.Command.LED)),
-                "the reader blinking amber for the PIN",
-            )
-            reader.keys("0000#")
-            wrong = _wait_event(
-                recorder,
-                daemon,
-                "a wrong PIN reported",
-                lambda e: e["schema"] == 2 and e["reason"] == "wrong_credential",
-                held,
-            )
-            reader.keys("1357#")
-            opened = _wait_event(
-                recorder,
-                daemon,
-                "her duress PIN opens",
-                lambda e: e["schema"] == 2 and e["decision"] == "granted",
-                wrong,
-            )
-            event = _event(recorder, opened)
-            assert event["factors"] == ["card", "pin"] and event["duress"] is True
-            assert event["identity"]["id"] == "vera" and event["camera_id"] == "cam0"
-            green = reader.osdp.CommandLEDColor.Green
-            reader.wait_for(
-                lambda: any(c.get("on_color") == green for c in reader.of(reader.osdp.Command.LED)),
-                "a green LED on the reader",
-            )
-            reader.card(bytes.fromhex("04800f80"), 26)  # facility 9, card 31: nobody's
-            nobody = _wait_event(
-                recorder,
-                daemon,
-                "an unknown card reported",
-                lambda e: e["schema"] == 2 and e["decision"] == "unknown",
-                opened,
-            )
-            assert _event(recorder, nobody)["identity"] is None
-            faces = [e for e in unique_events(event_documents(recorder.messages)) if e["schema"] == 1]
-            assert faces and all(e["face"] is not None for e in faces)  # Obama, by his face, as before
-        finally:
-            assert daemon.stop() == 0, daemon.text[-4000:]
+        event = _event(recorder, held)
+        assert event["identity"] == {"id": "vera", "name": "Vera"} and event["factors"] == ["card"]
+        assert (event["face"], event["track_id"], event["score"]) == (None, None, None)
+        amber = reader.osdp.CommandLEDColor.Amber
+        reader.wait_for(
+            lambda: any(c.get("on_color") == amber for c in reader.of(reader.osdp.Command.LED)),
+            "the reader blinking amber for the PIN",
+        )
+        reader.keys("0000#")
+        wrong = _wait_event(
+            recorder,
+            daemon,
+            "a wrong PIN reported",
+            lambda e: e["schema"] == 2 and e["reason"] == "wrong_credential",
+            held,
+        )
+        reader.keys("1357#")
+        opened = _wait_event(
+            recorder,
+            daemon,
+            "her duress PIN opens",
+            lambda e: e["schema"] == 2 and e["decision"] == "granted",
+            wrong,
+        )
+        event = _event(recorder, opened)
+        assert event["factors"] == ["card", "pin"] and event["duress"] is True
+        assert event["identity"]["id"] == "vera" and event["camera_id"] == "cam0"
+        green = reader.osdp.CommandLEDColor.Green
+        reader.wait_for(
+            lambda: any(c.get("on_color") == green for c in reader.of(reader.osdp.Command.LED)),
+            "a green LED on the reader",
+        )
+        reader.card(bytes.fromhex("04800f80"), 26)  # facility 9, card 31: nobody's
+        nobody = _wait_event(
+            recorder,
+            daemon,
+            "an unknown card reported",
+            lambda e: e["schema"] == 2 and e["decision"] == "unknown",
+            opened,
+        )
+        assert _event(recorder, nobody)["identity"] is None
+        faces = [e for e in unique_events(event_documents(recorder.messages)) if e["schema"] == 1]
+        assert faces and all(e["face"] is not None for e in faces)  # Obama, by his face, as before
