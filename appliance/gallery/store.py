@@ -140,6 +140,17 @@ MIGRATIONS: Dict[int, Sequence[str]] = {
     # The second factors a door may ask for (appliance.access.credentials): the identity's cards and
     # PIN hashes, a JSON object holding only what is set.
     8: ("ALTER TABLE identities ADD COLUMN credentials TEXT NOT NULL DEFAULT '{}'",),
+    # Who holds a card, found by the card: a card read at the reader looks it up on the pipeline
+    # thread (scanning every identity's credentials took 25 ms at 10⁵ identities here). Written with
+    # the credentials (_write_policy); filled from them when an older store is migrated (_migrate).
+    9: (
+        """CREATE TABLE cards (
+            card TEXT NOT NULL,
+            identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            PRIMARY KEY (card, identity_id)
+        )""",
+        "CREATE INDEX cards_by_identity ON cards(identity_id)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -345,11 +356,29 @@ class TemplateStore:
             return
         with self._transaction() as db:
             migrate(db, MIGRATIONS, version, f"gallery {self.path}")
+            if 0 < version < 9:
+                self._index_cards(db)
             if version == 0:
                 check = self._sealer.seal(KEY_CHECK_PLAINTEXT, "key-check")
                 db.execute("INSERT INTO meta VALUES ('key_check', ?)", (base64.b64encode(check).decode(),))
                 db.execute("INSERT INTO meta VALUES ('generation', '0')")
                 db.execute("INSERT INTO meta VALUES ('created_at', ?)", (utc_now(),))
+
+    @staticmethod
+    def _index_cards(db: sqlite3.Connection) -> None:
+        """Fill the ``cards`` table from every identity's stored credentials (a schema-8 store); a
+        damaged row adds nothing (it reads as suspended, and ``gallery check`` names it)."""
+        rows = db.execute("SELECT id, credentials FROM identities WHERE credentials LIKE '%cards%'")
+        for identity_id, credentials in rows.fetchall():
+            try:
+                cards = json.loads(credentials).get("cards", [])
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(cards, list):
+                db.executemany(
+                    "INSERT OR IGNORE INTO cards (card, identity_id) VALUES (?, ?)",
+                    [(card, identity_id) for card in cards if isinstance(card, str)],
+                )
 
     def _check_key(self) -> None:
         stored = self._meta(self._db, "key_check")
@@ -732,6 +761,11 @@ class TemplateStore:
                 identity_id,
             ),
         )
+        db.execute("DELETE FROM cards WHERE identity_id=?", (identity_id,))
+        db.executemany(
+            "INSERT INTO cards (card, identity_id) VALUES (?, ?)",
+            [(card, identity_id) for card in policy.cards],
+        )
 
     def set_policy(self, identity_id: str, policy: IdentityPolicy) -> None:
         """Replace an identity's access policy (one transaction).
@@ -767,8 +801,9 @@ class TemplateStore:
         one, or none; more only when fleet records clash (the authority's word is taken as it is)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {self._IDENTITY_COLUMNS} FROM identities i WHERE i.credentials LIKE ? ORDER BY i.id",
-                (f"%{json.dumps(card)}%",),
+                f"SELECT {self._IDENTITY_COLUMNS} FROM cards c JOIN identities i ON i.id = c.identity_id "
+                "WHERE c.card=? ORDER BY i.id",
+                (card,),
             ).fetchall()
         holders = (self._identity(row) for row in rows)
         return [identity for identity in holders if card in identity.policy.cards]
@@ -776,17 +811,13 @@ class TemplateStore:
     @staticmethod
     def _card_holder(db: sqlite3.Connection, cards: Sequence[str], other_than: str) -> Optional[str]:
         """The first identity other than ``other_than`` that holds one of ``cards``, or ``None``."""
-        wanted = set(cards)
-        rows = db.execute(
-            "SELECT id, credentials FROM identities WHERE id<>? AND credentials LIKE '%cards%'", (other_than,)
-        )
-        for holder, credentials in rows:
-            try:
-                held = json.loads(credentials).get("cards", [])
-            except (ValueError, AttributeError):
-                continue
-            if wanted.intersection(held):
-                return str(holder)
+        for card in sorted(set(cards)):
+            row = db.execute(
+                "SELECT identity_id FROM cards WHERE card=? AND identity_id<>? ORDER BY identity_id LIMIT 1",
+                (card, other_than),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
         return None
 
     def policy_tables(self) -> PolicyTables:

@@ -25,6 +25,7 @@ from appliance.access.without_face import CardWait, PinMatch, PinMismatch, Witho
 from appliance.config_load import validate_config
 from appliance.decisions import DecisionSettings
 from appliance.events import access_event
+from appliance.gallery.errors import IdentityError
 from appliance.gallery.store import TemplateStore
 from appliance.metrics import Latencies
 from appliance.pipeline import Pipeline
@@ -197,6 +198,7 @@ def test_a_card_two_fleet_records_hold_opens_nothing(store: TemplateStore, tmp_p
         db.execute(
             "UPDATE identities SET credentials=? WHERE id='vic'", (json.dumps({"cards": [VERA_CARD]}),)
         )
+        db.execute("INSERT INTO cards (card, identity_id) VALUES (?, 'vic')", (VERA_CARD,))
     assert [i.id for i in store.card_holders(VERA_CARD)] == ["vera", "vic"]
     judge = AccessJudge.for_door(_access("card"), store, readers={READER: ["entry"]})
     [passage] = judge.present(_at(0, "card", VERA_CARD))
@@ -360,3 +362,25 @@ def test_a_pin_after_within_s_or_after_another_card_opens_nothing(store: Templat
         assert held.verdict.reason == SECOND_FACTOR
         judge.present(_at(21, "card", other))
         assert judge.present(_at(22, "pin", "2468")) == []
+
+
+def test_cards_are_found_by_an_index_that_an_older_store_gains_on_opening(tmp_path: Path) -> None:
+    path, key = tmp_path / "gallery.db", tmp_path / "gallery.key"
+    with TemplateStore.open(path, key) as store:
+        store.add_identity("vera", "Vera", policy=VERA)
+        store.add_identity("vic", "Vic", policy=IdentityPolicy(cards=("w26:7:300", "w34:9:9")))
+        store.set_policy("vic", IdentityPolicy(cards=("w34:9:9",)))  # w26:7:300 let go
+        assert [i.id for i in store.card_holders("w34:9:9")] == ["vic"]
+        assert store.card_holders("w26:7:300") == []
+    with sqlite3.connect(path) as db:  # as schema 8 left it: the credentials, no index
+        db.execute("DROP TABLE cards")
+        db.execute("UPDATE meta SET value='8' WHERE key='schema_version'")
+    with TemplateStore.open(path, key) as store:
+        assert [i.id for i in store.card_holders(VERA_CARD)] == ["vera"]
+        assert [i.id for i in store.card_holders("w34:9:9")] == ["vic"]
+        with pytest.raises(IdentityError, match="'vera'"):  # a card names one person, by the index too
+            store.add_identity("val", "Val", policy=IdentityPolicy(cards=(VERA_CARD,)))
+        store.remove("vera")
+        assert store.card_holders(VERA_CARD) == []  # gone with its holder
+        store.add_identity("val", "Val", policy=IdentityPolicy(cards=(VERA_CARD,)))
+        assert [i.id for i in store.card_holders(VERA_CARD)] == ["val"]
