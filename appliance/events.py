@@ -56,8 +56,6 @@ from .decisions import Decision
 SCHEMA_VERSION = 1
 #: The schema of an access event without a face (see the module).
 FACELESS_SCHEMA_VERSION = 2
-#: The access event schemas this firmware writes and reads.
-ACCESS_SCHEMAS = (SCHEMA_VERSION, FACELESS_SCHEMA_VERSION)
 
 
 def rfc3339_now() -> str:

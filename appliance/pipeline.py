@@ -403,11 +403,14 @@ class Pipeline:
                 if passage.faceless:
                     outcomes.append(self._faceless(passage, now))
                     continue
-                held = self._held.get(passage.identity_id or "")
-                if held is None:  # held before a reload of the judge: nothing left to report it with
+                identity_id = passage.identity_id
+                held = self._held.get(identity_id) if identity_id is not None else None
+                if (
+                    identity_id is None or held is None
+                ):  # held before a reload of the judge: nothing to report it with
                     continue
                 if passage.verdict.reason != WRONG_CREDENTIAL:  # decided; a wrong one leaves it waiting
-                    del self._held[held.decision.identity_id or ""]
+                    del self._held[identity_id]
                 outcomes.append(self._decided_by_credential(held, passage.verdict, now))
         self._forget_unheld()
         return outcomes

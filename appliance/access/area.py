@@ -90,8 +90,8 @@ def parse_passage(door: str, payload: bytes, key: Optional[EventKey] = None) -> 
         event = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"not JSON ({err})") from None
-    # 1, or 2 for a passage without a face (card and PIN): appliance.events.ACCESS_SCHEMAS, not imported
-    # here for the OpenCV it would bring.
+    # 1, or 2 for a passage without a face (card and PIN): appliance.events' SCHEMA_VERSION and
+    # FACELESS_SCHEMA_VERSION, not imported here for the OpenCV that module brings.
     if not isinstance(event, dict) or event.get("schema") not in (1, 2):
         raise ValueError("not a schema-1 or schema-2 access event")
     if event.get("device_id") != door:
