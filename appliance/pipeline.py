@@ -405,9 +405,8 @@ class Pipeline:
                     continue
                 identity_id = passage.identity_id
                 held = self._held.get(identity_id) if identity_id is not None else None
-                if (
-                    identity_id is None or held is None
-                ):  # held before a reload of the judge: nothing to report it with
+                # None: held before a reload of the judge, nothing left to report it with
+                if identity_id is None or held is None:
                     continue
                 if passage.verdict.reason != WRONG_CREDENTIAL:  # decided; a wrong one leaves it waiting
                     del self._held[identity_id]
