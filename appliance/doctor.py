@@ -538,7 +538,7 @@ def _without_face(config: ApplianceConfig, identities: List[Any]) -> List[Check]
             Check(
                 WARN,
                 key,
-                f"{len(lacking)} of the {len(faceless)} people without a face hold no {what} and cannot "
+                f"{len(lacking)} of the {len(faceless)} people without a face lack {what} and cannot "
                 f"pass: {_some(lacking)}",
                 "face-appliance gallery set ID --card w26:FACILITY:CARD --pin",
             )

@@ -329,7 +329,7 @@ def test_doctor_names_the_people_without_a_face_who_cannot_pass(tmp_path: Path) 
 
     assert check().status == WARN and "2 people have no face enrolled" in check().detail
     document["access"] = {"without_face": {"require": "card_and_pin"}}
-    assert check().status == WARN and check().detail.endswith("hold no a card and a PIN and cannot pass: vic")
+    assert check().status == WARN and check().detail.endswith("lack a card and a PIN and cannot pass: vic")
     document["access"] = {"without_face": {"require": "card"}}
     assert check().status == OK and "for 2 people without a face" in check().detail
 
