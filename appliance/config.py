@@ -34,7 +34,11 @@ from .access.settings import AccessConfig
 from .config_types import ID_PATTERN, ConfigPath, StrictModel
 from .door.settings import DoorConfig, DoorEntryConfig
 from .fleet.door_settings import FleetConfig
-from .osdp.card_reader_settings import CredentialReaderConfig, CredentialReaderEntryConfig
+from .osdp.card_reader_settings import (
+    MAX_READERS_PER_LINE,
+    CredentialReaderConfig,
+    CredentialReaderEntryConfig,
+)
 from .osdp.settings import OsdpConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/face-appliance/appliance.toml")
@@ -908,6 +912,32 @@ def _known_cameras(what: str, named: Sequence[str], cameras: Set[str]) -> None:
         )
 
 
+def _joins_line(reader: CredentialReaderConfig, line: List[CredentialReaderConfig]) -> None:
+    """Add ``reader`` to the readers already on its port (one RS-485 line, one control panel polling them
+    all): an address of its own, the line's ``baud_rate``, at most :data:`MAX_READERS_PER_LINE`;
+    else a ValueError naming both readers and the key."""
+    port = reader.port
+    for other in line:
+        if other.address == reader.address:
+            raise ValueError(
+                f"readers {other.id!r} and {reader.id!r} both name address {reader.address} on port {port}; "
+                "readers sharing a serial port (one RS-485 line) each need an address of their own: set "
+                "another address on one of them, and the same on the reader itself"
+            )
+    if line and line[0].baud_rate != reader.baud_rate:
+        raise ValueError(
+            f"readers {line[0].id!r} and {reader.id!r} share port {port} but not its baud_rate "
+            f"({line[0].baud_rate} and {reader.baud_rate}); the readers on one line run at one speed: set "
+            "the same baud_rate on both, and on the readers themselves"
+        )
+    if len(line) == MAX_READERS_PER_LINE:
+        raise ValueError(
+            f"reader {reader.id!r} would be reader {MAX_READERS_PER_LINE + 1} on port {port}; one line "
+            f"polls at most {MAX_READERS_PER_LINE}: put the others on a serial port of their own"
+        )
+    line.append(reader)
+
+
 #: ``[[key]]`` → (what one table describes, where its id goes, what to do instead of an empty list).
 _TABLE_WORDS = {
     "cameras": (
@@ -993,12 +1023,13 @@ class ApplianceConfig(StrictModel):
     credential_readers: Optional[List[CredentialReaderEntryConfig]] = Field(
         None,
         description="Several card readers, instead of [credential_reader]: one [[credential_readers]] table "
-        "per reader, with the keys of [credential_reader], an id of its own (required, unique), a serial "
-        "port of its own and the cameras it stands at — a turnstile's entry and exit readers.",
+        "per reader, with the keys of [credential_reader], an id of its own (required, unique) and the "
+        "cameras it stands at — a turnstile's entry and exit readers. Readers may share a port (one RS-485 "
+        "line, polled by one control panel) at addresses of their own and one baud_rate.",
         json_schema_extra={
             "example": [
-                {"id": "entry-reader", "port": "/dev/ttyUSB1", "cameras": ["entry"]},
-                {"id": "exit-reader", "port": "/dev/ttyUSB2", "cameras": ["exit"]},
+                {"id": "entry-reader", "port": "/dev/ttyUSB1", "address": 0, "cameras": ["entry"]},
+                {"id": "exit-reader", "port": "/dev/ttyUSB1", "address": 1, "cameras": ["exit"]},
             ]
         },
     )
@@ -1099,27 +1130,21 @@ class ApplianceConfig(StrictModel):
             )
         cameras = {camera.id for camera in self.configured_cameras}
         doors = {door.id for door in self.configured_doors}
-        ports: Dict[str, str] = {}
+        lines: Dict[str, List[CredentialReaderConfig]] = {}
         for reader in readers:
             _known_cameras(f"reader {reader.id!r} stands at", reader.cameras, cameras)
             if without_face != "off" and len(reader.cameras or cameras) != 1:
                 raise ValueError(
                     f"access.without_face.require = {without_face!r}: a card shown at reader {reader.id!r} "
                     f"must count at one camera (its door, its direction), but the reader stands at "
-                    f"{len(reader.cameras or cameras)}; name the one it stands at in its cameras"
+                    f"{len(reader.cameras or cameras)} cameras; name the one it stands at in its cameras"
                 )
             if reader.id in doors:
                 raise ValueError(
                     f"reader id {reader.id!r} is also a door's id; both key …/state → door: give the reader "
                     "an id of its own"
                 )
-            port = str(reader.port)
-            if port in ports:
-                raise ValueError(
-                    f"readers {ports[port]!r} and {reader.id!r} both name port {port}; each reader needs a "
-                    "serial port of its own (one control panel per line)"
-                )
-            ports[port] = reader.id
+            _joins_line(reader, lines.setdefault(str(reader.port), []))
         return self
 
     @property

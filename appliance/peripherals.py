@@ -214,8 +214,8 @@ def create_peripherals(
     config: ApplianceConfig, credentials: Optional[CredentialInbox] = None
 ) -> List[Peripheral]:
     """The peripherals ``config`` enables (``[door]`` or each of ``[[doors]]``, ``[osdp]``,
-    ``[credential_reader]`` or each of ``[[credential_readers]]``, whose cards and PINs go to
-    ``credentials``), not yet started."""
+    ``[credential_reader]`` or each of ``[[credential_readers]]`` — those sharing a serial port polled
+    by one control panel — whose cards and PINs go to ``credentials``), not yet started."""
     peripherals: List[Peripheral] = []
     if config.configured_doors:
         from .door import create_door
@@ -226,13 +226,11 @@ def create_peripherals(
 
         peripherals.append(create_reader(config.osdp))
     if config.configured_readers:
-        from .osdp import create_card_reader
+        from .osdp import create_card_readers
 
         if credentials is None:
             raise ValueError("a credential reader needs the inbox its cards and PINs go to")
-        peripherals.extend(
-            create_card_reader(reader, credentials.offer) for reader in config.configured_readers
-        )
+        peripherals.extend(create_card_readers(config.configured_readers, credentials.offer))
     return peripherals
 
 

@@ -8,6 +8,9 @@ and records the LED and buzzer commands it is sent.
 
 ``osdp`` (libosdp's Python wrapper) imports on Python 3.9+ only; these helpers serve the integration
 tests, which run on the project's main Python.
+
+:class:`ReaderBus` puts several of them on one line (OSDP multi-drop): it owns the readers' end of the
+pair and gives each reader a channel of its own that hears every byte the control panel sends.
 """
 
 from __future__ import annotations
@@ -35,13 +38,24 @@ class KeypadReader:
         port: the reader's end of the pty pair.
         address: its OSDP address.
         scbk: its Secure Channel key (``None``: install mode, the well-known SCBK-D).
+        channel: its channel, instead of opening ``port`` (a :class:`ReaderBus` tap); closed with it.
     """
 
-    def __init__(self, port: str, address: int, scbk: Optional[bytes] = KEY, baud_rate: int = 9600) -> None:
+    def __init__(
+        self,
+        port: str,
+        address: int,
+        scbk: Optional[bytes] = KEY,
+        baud_rate: int = 9600,
+        channel: Optional[Any] = None,
+    ) -> None:
         osdp = osdp_module()
         self.osdp = osdp
-        self.channel = SerialChannel(port, baud_rate)
-        self.channel.open()
+        self.address = address
+        if channel is None:
+            channel = SerialChannel(port, baud_rate)
+            channel.open()
+        self.channel = channel
         self._lock = threading.Lock()
         #: The commands the control panel sent, in order (libosdp's command dicts).
         self.commands: List[Dict[str, Any]] = []
@@ -115,6 +129,96 @@ class KeypadReader:
         self.channel.close()
 
     def __enter__(self) -> KeypadReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BusTap:
+    """One reader's channel on a :class:`ReaderBus`, as libosdp's peripheral device calls it.
+
+    ``read`` gives the bytes the control panel sent since (every reader hears every frame, as on a
+    real RS-485 line, and libosdp's reader answers only its own address); ``write`` sends to the line;
+    ``flush`` drops this reader's unread bytes only.
+    """
+
+    id = 0
+
+    def __init__(self, bus: ReaderBus) -> None:
+        self._bus = bus
+        self.pending = bytearray()  # under the bus's lock
+
+    def read(self, max_bytes: int) -> bytes:
+        return self._bus._take(self, max_bytes)
+
+    def write(self, data: bytes) -> int:
+        return self._bus._write(data)
+
+    def flush(self) -> None:
+        self._bus._take(self, len(self.pending) + (1 << 16))
+
+    def close(self) -> None:
+        self._bus._detach(self)
+
+
+class ReaderBus:
+    """Several :class:`KeypadReader` on one line: the readers' end of the pty pair, owned here.
+
+    Args:
+        port: the readers' end of the pty pair.
+    """
+
+    def __init__(self, port: str, baud_rate: int = 9600) -> None:
+        self.port = port
+        self._line = SerialChannel(port, baud_rate)
+        self._line.open()
+        self._lock = threading.Lock()
+        self._taps: List[BusTap] = []
+        self.readers: List[KeypadReader] = []
+
+    def reader(self, address: int, scbk: Optional[bytes] = KEY) -> KeypadReader:
+        """A reader at ``address`` on the line (closed with the bus, or before by its ``close()``)."""
+        tap = BusTap(self)
+        with self._lock:
+            self._taps.append(tap)
+        reader = KeypadReader(self.port, address, scbk, channel=tap)
+        self.readers.append(reader)
+        return reader
+
+    def _pump(self) -> None:
+        """Hand what the panel sent to every tap (under the lock)."""
+        while True:
+            data = self._line.read(4096)
+            if not data:
+                return
+            for tap in self._taps:
+                tap.pending.extend(data)
+
+    def _take(self, tap: BusTap, max_bytes: int) -> bytes:
+        with self._lock:
+            self._pump()
+            data = bytes(tap.pending[:max_bytes])
+            del tap.pending[:max_bytes]
+            return data
+
+    def _write(self, data: bytes) -> int:
+        with self._lock:
+            return self._line.write(data)
+
+    def _detach(self, tap: BusTap) -> None:
+        with self._lock:
+            if tap in self._taps:
+                self._taps.remove(tap)
+
+    def close(self) -> None:
+        """Stop every reader still running and close the line."""
+        for reader in self.readers:
+            if reader.pd.ctx is not None:
+                reader.close()
+        self._line.close()
+
+    def __enter__(self) -> ReaderBus:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,31 +1,38 @@
-"""The appliance as the OSDP control panel of a card-and-keypad reader beside its camera.
+"""The appliance as the OSDP control panel of card-and-keypad readers beside its cameras.
 
-One thread owns libosdp's control panel (``osdp_sys.ControlPanel``, for one reader) and the serial
-port. Every :data:`TICK_S` it:
+Each reader (``[credential_reader]``, or one ``[[credential_readers]]`` table) is a
+:class:`CardReader`: a :class:`~appliance.peripherals.Peripheral` of its own (its id keys ``…/state`` →
+door, and is the ``reader`` of what it presents), polled by the control panel of its serial line
+(:class:`~appliance.osdp.card_reader_line.CardReaderLine`: libosdp's ``osdp_sys.ControlPanel`` for
+every reader on the port, and the one thread that owns both). Readers sharing a port share the line,
+each at its own address (OSDP multi-drop); a reader alone on its port has a line of its own.
 
-1. shows the latest decision :meth:`CardReader.on_passage` queued on the reader's LED and buzzer
-   (``credential_reader.feedback``; dropped, never kept for later, while the link is down);
-2. calls libosdp's ``refresh()``, which polls the reader: its card reads and key presses arrive in
+On the line's owner thread, every :data:`TICK_S`, each reader:
+
+1. shows the latest decision :meth:`CardReader.on_passage` queued on its LED and buzzer
+   (``credential_reader.feedback``; dropped, never kept for later, while its link is down);
+2. takes what libosdp's ``refresh()`` polled from it: card reads and key presses arrive in
    :meth:`CardReader._on_event`. A card read becomes a :class:`~appliance.access.credentials.PresentedCredential`
    of kind ``card`` (:func:`~appliance.access.credentials.card_from_bits`; a misread is counted, never
    offered); key presses go through a :class:`KeypadEntry`, and a PIN ended with ``#`` is offered as
    kind ``pin``. What the ``offer`` callback refuses (the pipeline's inbox is full) is counted;
-3. follows the link: ``offline``, ``online`` (the reader answers), ``secure`` (Secure Channel up).
+3. follows its link: ``offline``, ``online`` (the reader answers), ``secure`` (Secure Channel up).
    The link is *usable* when ``secure`` (libosdp keeps a reader offline until its Secure Channel is
    up), or ``online`` with ``credential_reader.secure_channel = false``. ``reader_online`` is sent
    when it becomes usable, ``reader_offline`` when it has not been for :data:`LINK_GRACE_S`;
-4. brings a lost reader back: libosdp, once a reader stops answering, waits five minutes before
-   polling it again; the owner thread restarts libosdp's link to it after :data:`RESTART_FIRST_S`,
-   then ever more rarely (up to :data:`RESTART_MAX_S`), so a reader power-cycled or plugged in late
-   is back within seconds;
-5. discards a partial PIN after ``credential_reader.pin_timeout_s`` without a key press, and reopens
-   the serial port after an I/O error (an unplugged USB adapter).
+4. is brought back when lost: libosdp, once a reader stops answering, waits five minutes before
+   polling it again; the owner thread restarts libosdp's link to that reader (its PD alone) after
+   :data:`RESTART_FIRST_S`, then ever more rarely (up to :data:`RESTART_MAX_S`), so a reader
+   power-cycled or plugged in late is back within seconds;
+5. discards a partial PIN after ``credential_reader.pin_timeout_s`` without a key press. The line
+   reopens its serial port after an I/O error (an unplugged USB adapter): every reader on it is down
+   meanwhile (``reader_offline`` with the reason ``port_error``).
 
 The reader's keys (the ``osdp_KEYPAD`` reply of SIA OSDP 2.2; libosdp hands its bytes over as they
 are): the digits as ASCII ``0x30``-``0x39``, ``*`` (clear) as ``0x7F`` (DEL) and ``#`` (enter) as
 ``0x0D`` (CR); the function keys (``0x41``-``0x48``) are no part of a PIN.
 
-Door events (``emit(kind, details)``, from a small thread of their own)::
+Door events (``emit(kind, details)``, from the line's small thread of its own)::
 
     reader_online   {"reader_id", "secure_channel": bool, "address": int}
     reader_offline  {"reader_id", "reason": "no_reply" | "port_error" | "closed" | "reader_failed"}
@@ -40,13 +47,12 @@ libosdp is driven through its C extension ``osdp_sys``, as :mod:`appliance.osdp.
 from __future__ import annotations
 
 import collections
-import importlib
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..access.credentials import (
     PIN_DIGITS,
@@ -57,12 +63,13 @@ from ..access.credentials import (
 )
 from ..access.errors import PolicyError
 from ..access.second_factor import SECOND_FACTOR
-from ..peripherals import EmitDoorEvent, Passage
-from . import binding
+from ..peripherals import EmitDoorEvent, Passage, Peripheral
+from .card_reader_line import CP_CONSTANTS, CP_METHODS, CardReaderLine, load_library
 from .card_reader_settings import CredentialReaderConfig
+from .channel import SerialChannel
 from .errors import OsdpError
 from .keys import load_scbk
-from .owner import LINK_GRACE_S, TICK_S, OsdpOwner, utc_now
+from .owner import LINK_GRACE_S, TICK_S, link_of, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -72,58 +79,10 @@ FEEDBACK_QUEUE = 16
 RESTART_FIRST_S, RESTART_MAX_S = 2.0, 16.0
 #: How long the reader may stay silent (from start, or after a loss) before a WARNING with what to check.
 NO_ANSWER_WARNING_S = 15.0
-#: The reader's index in libosdp's control panel (it polls this one reader).
-PD = 0
 
 #: OSDP key codes (``osdp_KEYPAD``): ``#`` ends a PIN, ``*`` clears it.
 KEY_ENTER, KEY_CLEAR = 0x0D, 0x7F
 _DIGITS = range(0x30, 0x3A)
-
-#: What the credential reader uses of ``osdp_sys`` (checked when it starts).
-CP_CONSTANTS = (
-    "FLAG_ENFORCE_SECURE",
-    "EVENT_CARDREAD",
-    "EVENT_KEYPRESS",
-    "CMD_LED",
-    "CMD_BUZZER",
-    "LED_COLOR_NONE",
-    "LED_COLOR_RED",
-    "LED_COLOR_GREEN",
-    "LED_COLOR_AMBER",
-    "LOG_CRIT",
-)
-#: Methods of ``osdp_sys.ControlPanel`` the credential reader calls.
-CP_METHODS = (
-    "refresh",
-    "set_event_callback",
-    "submit_command",
-    "status",
-    "sc_status",
-    "disable_pd",
-    "enable_pd",
-    "is_pd_enabled",
-)
-
-
-def load_library() -> ModuleType:
-    """``osdp_sys`` with every name the credential reader uses.
-
-    Raises:
-        OsdpError: libosdp is not installed, or lacks a name (an incompatible release).
-    """
-    try:
-        module = importlib.import_module(binding.MODULE)
-    except ImportError as err:
-        raise OsdpError(
-            f"credential_reader.enabled needs libosdp, which cannot be imported ({err}); {binding.INSTALL_HINT}"
-        ) from None
-    missing = [name for name in CP_CONSTANTS if not hasattr(module, name)]
-    missing += [f"ControlPanel.{name}" for name in CP_METHODS if not hasattr(module.ControlPanel, name)]
-    if missing:
-        raise OsdpError(
-            f"the installed libosdp lacks {', '.join(missing)}; install a 3.x release ({binding.INSTALL_HINT})"
-        )
-    return module
 
 
 # -- the keypad ----------------------------------------------------------------------------------------
@@ -322,38 +281,60 @@ def signal_commands(lib: Any, signal: Signal) -> List[Dict[str, Any]]:
 # -- the peripheral ------------------------------------------------------------------------------------
 
 
-class CardReader(OsdpOwner):
-    """A card-and-keypad reader polled over OSDP; see the module docstring.
+class CardReader(Peripheral):
+    """A card-and-keypad reader polled over OSDP by the control panel of its line; see the module
+    docstring.
+
+    The methods named ``_serve_feedback``, ``_follow_link``, ``_expire_keys``, ``_on_event``,
+    ``_retire`` and ``_end_link`` run on the line's owner thread only.
 
     Args:
-        config: the ``[credential_reader]`` section.
+        config: the reader's ``[credential_reader]`` section (or ``[[credential_readers]]`` table).
         offer: takes each card or PIN presented (any thread, never blocks); ``False`` when it has no
             room (:meth:`appliance.access.credentials.CredentialInbox.offer`).
+        line: the line of the readers sharing its port (:func:`create_card_readers`); ``None``: a line
+            of its own.
 
     Raises:
-        OsdpError: ``credential_reader.port`` is not set.
+        OsdpError: ``credential_reader.port`` is not set, or the reader does not fit ``line``.
     """
 
-    def __init__(self, config: CredentialReaderConfig, offer: Callable[[PresentedCredential], bool]) -> None:
+    def __init__(
+        self,
+        config: CredentialReaderConfig,
+        offer: Callable[[PresentedCredential], bool],
+        line: Optional[CardReaderLine] = None,
+    ) -> None:
         if config.port is None:
             raise OsdpError(
                 "credential_reader.port is not set; name the serial device of the reader's RS-485 line"
             )
-        super().__init__(config, "credential_reader.port", f"credential reader {config.id}")
         self.name = config.id
-        self._config = config
+        self.config = config
         self._offer = offer
+        self._line = line if line is not None else CardReaderLine(config.port, config.baud_rate)
+        self._line.add(self)
         self._feedback: queue.Queue = queue.Queue(FEEDBACK_QUEUE)  # of SIGNALS keys
-        self._lib: Any = None
-        self._cp: Any = None
+        self._lock = threading.Lock()
+        self._emit: Optional[EmitDoorEvent] = None
+        self._started = False
+        self._closed = False
+        #: Set once the line no longer serves the reader (closed; or the line's thread ended).
+        self._retired = threading.Event()
+        #: The reader's index in the line's control panel (set when the line opens).
+        self._pd = 0
         # Owner-thread state.
         self._keypad = KeypadEntry(config.pin_timeout_s)
-        self._down_since: Optional[float] = time.monotonic()
+        self._usable = False
+        self._announced = False  # the last door event said the link is up
+        self._down_since: Optional[float] = None
         self._restart_wait = RESTART_FIRST_S
         self._next_restart: Optional[float] = None
         self._reenable = False  # the reader was disabled in libosdp, to be enabled after a refresh()
         self._warned = False
         # Shared with state() (under _lock).
+        self._link = "offline"
+        self._link_since: Optional[str] = None
         self._counts: Dict[str, int] = collections.Counter()
         self._feedback_counts: Dict[str, int] = collections.Counter()
         self._last_read_at: Optional[str] = None
@@ -363,31 +344,25 @@ class CardReader(OsdpOwner):
         """The ``source`` of its door events."""
         return "credential_reader"
 
+    @property
+    def line(self) -> CardReaderLine:
+        """The line whose control panel polls this reader."""
+        return self._line
+
     # -- Peripheral -----------------------------------------------------------------------------------
 
     def start(self, emit: EmitDoorEvent) -> None:
-        """Load libosdp and the key, open the port, start the owner thread.
+        """Have the line poll the reader: the first reader's start loads libosdp and the keys, opens the
+        port and starts the line's owner thread.
 
         Raises:
-            OsdpError: libosdp missing, the key file or the port unusable (the message names the key).
+            OsdpError: libosdp missing, the port or this reader's key file unusable (the message names
+                the key).
         """
-        if self._thread is not None or self._closed:
+        if self._started or self._closed:
             raise OsdpError(f"the credential reader {self.name!r} was already started")
-        config = self._config
-        lib = load_library()
-        scbk = self._load_key()
-        self._channel.open()
-        try:
-            lib.set_loglevel(lib.LOG_CRIT)  # libosdp prints to stdout; the reader logs what matters
-            cp = lib.ControlPanel([self._pd_info(lib, scbk)])
-            cp.set_event_callback(self._on_event)
-        except Exception as err:
-            self._channel.close()
-            raise OsdpError(
-                f"libosdp refused the credential reader's settings (credential_reader.address): {err}"
-            ) from None
-        self._lib, self._cp = lib, cp
-        self._start_owner(emit, "osdp-card-reader")
+        self._line.start_reader(self, emit)
+        config = self.config
         logger.info(
             "credential reader %s: polling address %d on %s, %d baud, Secure Channel %s",
             self.name,
@@ -398,14 +373,16 @@ class CardReader(OsdpOwner):
         )
         if not config.secure_channel:
             logger.warning(
-                "credential_reader.secure_channel is false: card numbers and PINs cross the line in the clear"
+                "credential_reader.secure_channel is false (reader %s): card numbers and PINs cross the "
+                "line in the clear",
+                self.name,
             )
 
     def on_passage(self, passage: Passage) -> None:
         """Queue the reader's answer to one decision at its cameras for the owner thread (never blocks)."""
-        if not self._config.feedback or self._thread is None or self._stop.is_set():
+        if not self.config.feedback or not self._started or self._closed:
             return
-        if not self._config.stands_at(passage.camera_id):
+        if not self.config.stands_at(passage.camera_id):
             return
         signal = signal_for(passage)
         if signal is None:
@@ -416,15 +393,27 @@ class CardReader(OsdpOwner):
             with self._lock:
                 self._feedback_counts["dropped"] += 1
             return
-        self._wake.set()
+        self._line.wake()
 
     def state(self) -> Dict[str, Any]:
-        """The link, what the reader presented, and its feedback (JSON-ready; no card number, no PIN)."""
-        config = self._config
+        """The link, what the reader presented, and its feedback (JSON-ready; no card number, no PIN).
+
+        ``serial`` and ``events_dropped`` are the line's, the same for every reader on its port.
+        """
+        config = self.config
+        port = self._line.port_state()
         with self._lock:
             return {
                 "id": self.name,
-                **self._link_state(),
+                "port": config.port,
+                "address": config.address,
+                "baud_rate": config.baud_rate,
+                "running": self._started and not self._retired.is_set() and self._line.running,
+                "link": self._link,
+                "link_since": self._link_since,
+                "usable": self._usable,
+                "secure_channel": config.secure_channel,
+                **port,
                 "online": self._link != "offline",
                 "secure": self._link == "secure",
                 "cards": self._counts["cards"],
@@ -442,14 +431,18 @@ class CardReader(OsdpOwner):
                 },
             }
 
-    def _release(self) -> None:
-        self._cp = None  # libosdp's teardown
+    def close(self, timeout: float) -> None:
+        """Stop serving the reader within ``timeout`` s (``reader_offline``, ``closed``, if it was up);
+        the last reader of a line closes the line: its thread, its port. Idempotent."""
+        if self._closed:
+            return
+        self._line.close_reader(self, timeout)
 
-    # -- start-up --------------------------------------------------------------------------------------
+    # -- start-up (the daemon's thread, from the line) ---------------------------------------------------
 
     def _load_key(self) -> Optional[bytes]:
         """The reader's SCBK, or ``None`` without Secure Channel."""
-        config = self._config
+        config = self.config
         if not config.secure_channel:
             return None
         if config.scbk_file is None:
@@ -458,51 +451,40 @@ class CardReader(OsdpOwner):
             )
         return load_scbk(config.scbk_file, "credential_reader.scbk_file")
 
-    def _pd_info(self, lib: Any, scbk: Optional[bytes]) -> Dict[str, Any]:
-        """The reader as libosdp's control panel takes it (``osdp_pd_info_t``, ``python/osdp_sys/cp.c``).
+    def _pd_info(self, lib: Any, scbk: Optional[bytes], channel: SerialChannel) -> Dict[str, Any]:
+        """The reader as libosdp's control panel takes it (``osdp_pd_info_t``, ``python/osdp_sys/cp.c``):
+        its address, flags and key, on the line's one ``channel``.
 
         With a key, Secure Channel is enforced: libosdp keeps the reader offline until the Secure
         Channel is up, so no card read or key press is ever taken in the clear.
         """
-        config = self._config
+        config = self.config
         info: Dict[str, Any] = {
             "name": config.id,
             "address": config.address,
             "flags": lib.FLAG_ENFORCE_SECURE if scbk is not None else 0,
-            "channel": self._channel,
+            "channel": channel,
             "baud_rate": config.baud_rate,
         }
         if scbk is not None:
             info["scbk"] = scbk
         return info
 
-    # -- the owner thread ------------------------------------------------------------------------------
+    def _attach(self, emit: EmitDoorEvent) -> None:
+        """Served from now on, its door events going to ``emit`` (the line's ``start_reader``)."""
+        self._emit = emit
+        self._down_since = time.monotonic()
+        self._started = True
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._serve_feedback()
-                self._refresh()
-                self._follow_link()
-                self._expire_keys()
-                self._wake.wait(TICK_S)
-                self._wake.clear()
-        except Exception:
-            logger.exception("the credential reader thread failed; cards and PINs are not read")
-        finally:
-            self._end_link()
+    # -- the link (owner thread) -----------------------------------------------------------------------
 
-    def _refresh(self) -> None:
-        self._keep_port()
-        self._cp.refresh()
-
-    def _follow_link(self) -> None:
-        cp = self._cp
-        if self._reenable and not cp.is_pd_enabled(PD):
-            cp.enable_pd(PD)  # libosdp starts over: poll, capabilities, Secure Channel
+    def _follow_link(self, cp: Any, online_mask: int, secure_mask: int, port_error: bool) -> None:
+        """Follow the reader's link from libosdp's status bitmasks (bit ``_pd``: this reader)."""
+        pd = self._pd
+        if self._reenable and not cp.is_pd_enabled(pd):
+            cp.enable_pd(pd)  # libosdp starts over: poll, capabilities, Secure Channel
             self._reenable = False
-        online, secure = bool(cp.status() & 1 << PD), bool(cp.sc_status() & 1 << PD)
-        usable = self._note_link(online, secure)
+        usable = self._note_link(bool(online_mask & 1 << pd), bool(secure_mask & 1 << pd))
         now = time.monotonic()
         if usable != self._usable:
             self._usable = usable
@@ -518,34 +500,44 @@ class CardReader(OsdpOwner):
             return
         down_for = now - (self._down_since if self._down_since is not None else now)
         if self._announced and down_for > LINK_GRACE_S:
-            self._announce(False, "port_error" if self._channel.error is not None else "no_reply")
-        self._restart_when_due(now)
+            self._announce(False, "port_error" if port_error else "no_reply")
+        self._restart_when_due(cp, now)
         if not self._warned and down_for > NO_ANSWER_WARNING_S:
             self._warned = True
+            config = self.config
             logger.warning(
                 "credential reader %s: no %sanswer from the reader at address %d on %s; check its power and "
                 "wiring, credential_reader.address and baud_rate%s",
                 self.name,
-                "secure " if self._config.secure_channel else "",
-                self._config.address,
-                self._config.port,
-                ", and that it holds the key of credential_reader.scbk_file"
-                if self._config.secure_channel
-                else "",
+                "secure " if config.secure_channel else "",
+                config.address,
+                config.port,
+                ", and that it holds the key of credential_reader.scbk_file" if config.secure_channel else "",
             )
 
-    def _restart_when_due(self, now: float) -> None:
-        """Restart libosdp's link to a silent reader (libosdp alone would wait five minutes).
+    def _note_link(self, online: bool, secure: bool) -> bool:
+        """Record the link as libosdp sees it (logged when it changes); whether it is usable: secure, or
+        online where no Secure Channel is required."""
+        link = link_of(online, secure)
+        if link != self._link:
+            logger.info("credential reader %s: link %s → %s", self.name, self._link, link)
+            with self._lock:
+                self._link, self._link_since = link, utc_now()
+        return secure if self.config.secure_channel else online
+
+    def _restart_when_due(self, cp: Any, now: float) -> None:
+        """Restart libosdp's link to this silent reader (libosdp alone would wait five minutes).
 
         libosdp's ``disable_pd`` takes effect at the next ``refresh()``; :meth:`_follow_link` then
-        enables the reader again, which starts its state machine over.
+        enables the reader again, which starts its state machine over. The other readers on the line
+        are left alone.
         """
         if self._next_restart is None:
             self._next_restart = now + self._restart_wait
             return
         if now < self._next_restart or self._reenable:
             return
-        if self._cp.is_pd_enabled(PD) and self._cp.disable_pd(PD):
+        if cp.is_pd_enabled(self._pd) and cp.disable_pd(self._pd):
             self._reenable = True
             logger.debug("credential reader %s: restarting the link", self.name)
         self._restart_wait = min(self._restart_wait * 2, RESTART_MAX_S)
@@ -559,9 +551,10 @@ class CardReader(OsdpOwner):
             logger.info(
                 "credential reader %s: link up (Secure Channel %s)", self.name, "active" if secure else "off"
             )
-            self._send(
+            self._line.send_event(
                 "reader_online",
-                {"reader_id": self.name, "secure_channel": secure, "address": self._config.address},
+                {"reader_id": self.name, "secure_channel": secure, "address": self.config.address},
+                self._emit,
             )
             return
         logger.log(
@@ -570,11 +563,29 @@ class CardReader(OsdpOwner):
             self.name,
             reason,
         )
-        self._send("reader_offline", {"reader_id": self.name, "reason": reason})
+        self._line.send_event("reader_offline", {"reader_id": self.name, "reason": reason}, self._emit)
+
+    def _end_link(self, reason: str) -> None:
+        """No longer served (``closed``, or ``reader_failed`` when the line's thread failed): the link
+        is unusable, and reported down if it was reported up."""
+        self._usable = False
+        self._keypad.clear()
+        if self._announced:
+            self._announce(False, reason)
+
+    def _retire(self, cp: Any) -> None:
+        """Closed while the line goes on: libosdp stops polling it, and its link is reported closed."""
+        try:
+            if cp.is_pd_enabled(self._pd):
+                cp.disable_pd(self._pd)
+        except Exception:  # the other readers on the line go on regardless
+            logger.exception("credential reader %s: libosdp did not stop polling it", self.name)
+        self._end_link("closed")
+        self._retired.set()
 
     # -- feedback -------------------------------------------------------------------------------------
 
-    def _serve_feedback(self) -> None:
+    def _serve_feedback(self, lib: Any, cp: Any) -> None:
         """Show the latest queued answer (an older one still queued is replaced: it is stale)."""
         latest: Optional[str] = None
         replaced = 0
@@ -594,9 +605,7 @@ class CardReader(OsdpOwner):
                 self._feedback_counts["replaced"] += replaced
                 self._feedback_counts["dropped"] += 1
             return
-        shown = all(
-            self._cp.submit_command(PD, command) for command in signal_commands(self._lib, SIGNALS[latest])
-        )
+        shown = all(cp.submit_command(self._pd, command) for command in signal_commands(lib, SIGNALS[latest]))
         with self._lock:
             self._feedback_counts["replaced"] += replaced
             self._feedback_counts["shown" if shown else "dropped"] += 1
@@ -607,19 +616,18 @@ class CardReader(OsdpOwner):
 
     # -- what the reader presents (inside refresh(), on the owner thread) ---------------------------------
 
-    def _on_event(self, pd: int, event: Mapping[str, Any]) -> int:
-        """One event of the reader. Never raises: libosdp's C callback would leave the exception set."""
+    def _on_event(self, lib: Any, event: Mapping[str, Any]) -> None:
+        """One event of the reader, from the line's libosdp callback. Never raises."""
         try:
             kind = event.get("event")
-            if kind == self._lib.EVENT_CARDREAD:
+            if kind == lib.EVENT_CARDREAD:
                 self._card_read(event)
-            elif kind == self._lib.EVENT_KEYPRESS:
+            elif kind == lib.EVENT_KEYPRESS:
                 self._key_press(event)
             else:
                 logger.debug("credential reader %s: event %s ignored", self.name, kind)
         except Exception:
             logger.exception("handling an event of the credential reader %s failed", self.name)
-        return 0
 
     def _card_read(self, event: Mapping[str, Any]) -> None:
         bits, data = event.get("length"), event.get("data")
@@ -696,6 +704,31 @@ class CardReader(OsdpOwner):
             )
 
 
+def create_card_readers(
+    configs: Sequence[CredentialReaderConfig], offer: Callable[[PresentedCredential], bool]
+) -> List[CardReader]:
+    """One :class:`CardReader` per configuration, in order; those naming one ``port`` share one
+    :class:`~appliance.osdp.card_reader_line.CardReaderLine` (one control panel per line).
+
+    Raises:
+        OsdpError: a reader's ``port`` is not set, or readers on one port do not fit together (another
+            baud rate, an address taken twice; the configuration's validator refuses these first).
+    """
+    lines: Dict[str, CardReaderLine] = {}
+    readers: List[CardReader] = []
+    for config in configs:
+        if config.port is None:
+            raise OsdpError(
+                f"credential reader {config.id!r}: credential_reader.port is not set; name the serial "
+                "device of the reader's RS-485 line"
+            )
+        line = lines.get(config.port)
+        if line is None:
+            line = lines[config.port] = CardReaderLine(config.port, config.baud_rate)
+        readers.append(CardReader(config, offer, line))
+    return readers
+
+
 __all__ = [
     "CP_CONSTANTS",
     "CP_METHODS",
@@ -704,9 +737,11 @@ __all__ = [
     "SIGNALS",
     "TICK_S",
     "CardReader",
+    "CardReaderLine",
     "KeypadEntry",
     "KeypadOutcome",
     "Signal",
+    "create_card_readers",
     "load_library",
     "signal_commands",
     "signal_for",

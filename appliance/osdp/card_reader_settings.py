@@ -20,6 +20,12 @@ Example::
 
 Cross-field rules (each error names its key): ``credential_reader.port`` is needed when
 ``credential_reader.enabled``; ``credential_reader.scbk_file`` when ``credential_reader.secure_channel``.
+
+Several readers (``[[credential_readers]]``) may share one ``port``, an RS-485 line that one control
+panel polls (OSDP multi-drop): each at an ``address`` of its own, all at the line's ``baud_rate``, at
+most :data:`MAX_READERS_PER_LINE`; everything else (``id``, ``secure_channel``, ``scbk_file``,
+``cameras``, ``feedback``, ``pin_timeout_s``) is each reader's own. The daemon's root model
+(``appliance.config``) checks the readers together.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from .settings import MAX_ADDRESS
 
 #: Most cameras one reader may stand at.
 MAX_CAMERAS = 64
+#: Most readers on one serial port: libosdp's Python binding reports the control panel's links as a
+#: 32-bit mask (``ControlPanel.status`` / ``sc_status``), one bit per reader.
+MAX_READERS_PER_LINE = 32
 
 
 class CredentialReaderConfig(StrictModel):
@@ -53,14 +62,17 @@ class CredentialReaderConfig(StrictModel):
     port: Optional[str] = Field(
         None,
         pattern=r"^/",
-        description="Serial device of the reader's RS-485 line (needed when enabled).",
+        description="Serial device of the reader's RS-485 line (needed when enabled); readers sharing a "
+        "line name the same port, each at an address of its own.",
         json_schema_extra={"example": "/dev/ttyUSB1"},
     )
     # The values of osdp.settings.BAUD_RATES, written out as a Literal needs (a unit test keeps them equal).
     baud_rate: Literal[9600, 19200, 38400, 57600, 115200, 230400] = Field(
-        9600, description="Line speed, as set on the reader."
+        9600, description="Line speed, as set on the reader (the same for every reader on one port)."
     )
-    address: int = Field(0, ge=0, le=MAX_ADDRESS, description="The reader's OSDP address (0-126).")
+    address: int = Field(
+        0, ge=0, le=MAX_ADDRESS, description="The reader's OSDP address (0-126; its own on a shared port)."
+    )
     secure_channel: bool = Field(
         True,
         description="Require OSDP Secure Channel (AES-128) with the key in scbk_file; off: card numbers "
@@ -114,9 +126,9 @@ class CredentialReaderConfig(StrictModel):
 
 class CredentialReaderEntryConfig(CredentialReaderConfig):
     """[[credential_readers]] — One of several card readers (a turnstile's two ways): the keys of
-    [credential_reader], on by default, each on a serial port of its own."""
+    [credential_reader], on by default; readers may share a serial port at addresses of their own."""
 
     enabled: bool = Field(True, description="Poll this reader (false: keep its table, leave it alone).")
 
 
-__all__ = ["MAX_CAMERAS", "CredentialReaderConfig", "CredentialReaderEntryConfig"]
+__all__ = ["MAX_CAMERAS", "MAX_READERS_PER_LINE", "CredentialReaderConfig", "CredentialReaderEntryConfig"]

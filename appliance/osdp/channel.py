@@ -121,12 +121,14 @@ class SerialChannel:
         path: the device (``osdp.port``).
         baud_rate: the bus speed (``osdp.baud_rate``).
         key: the configuration key that names the device, for the messages.
+        channel_id: libosdp's channel id. A control panel whose readers share one channel object (one
+            RS-485 line) takes turns on it by this id, and its lock reads 0 as "nobody's": such a
+            channel needs an id other than 0. One device on a channel of its own: 0.
     """
 
-    #: libosdp's channel id (one PD on its own channel).
-    id = 0
-
-    def __init__(self, path: str, baud_rate: int, key: str = "osdp.port") -> None:
+    def __init__(self, path: str, baud_rate: int, key: str = "osdp.port", channel_id: int = 0) -> None:
+        #: libosdp's channel id (read once, when libosdp's object is made).
+        self.id = channel_id
         self.path = path
         self.baud_rate = baud_rate
         self.key = key

@@ -1,4 +1,5 @@
-"""[credential_reader] validation: defaults, ranges, the cross-field rules; every error names its key."""
+"""[credential_reader] validation: defaults, ranges, the cross-field rules; every error names its key;
+and several [[credential_readers]] on one serial port (one line): addresses of their own, one speed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any, Dict, List
 import pytest
 from pydantic import Field, ValidationError
 
-from appliance.config_load import validation_issues
+from appliance.config_load import validate_config, validation_issues
 from appliance.config_types import StrictModel
-from appliance.osdp.card_reader_settings import CredentialReaderConfig
+from appliance.errors import ConfigError
+from appliance.osdp.card_reader_settings import MAX_READERS_PER_LINE, CredentialReaderConfig
 from appliance.osdp.settings import BAUD_RATES
 
 ENABLED = {"enabled": True, "port": "/dev/ttyUSB1", "scbk_file": "/etc/face-appliance/reader_scbk"}
@@ -127,3 +129,90 @@ def test_errors_name_the_key(section: Dict[str, Any], expected: str) -> None:
 def test_every_key_is_described() -> None:
     for name, field in CredentialReaderConfig.model_fields.items():
         assert field.description, name
+
+
+# -- several readers on one serial port (the daemon's root model checks them together) --------------------
+
+TWO_CAMERAS = [{"id": "entry", "source": "0"}, {"id": "exit", "source": "1"}]
+
+
+def _readers(*tables: Dict[str, Any]) -> Dict[str, Any]:
+    """A configuration with ``tables`` as [[credential_readers]] (each on /dev/ttyUSB1, no key, unless
+    it says otherwise)."""
+    base = {"port": "/dev/ttyUSB1", "secure_channel": False}
+    return {"cameras": TWO_CAMERAS, "credential_readers": [{**base, **table} for table in tables]}
+
+
+def _refused(document: Dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as raised:
+        validate_config(document)
+    return str(raised.value)
+
+
+def test_readers_share_a_line_at_addresses_of_their_own(tmp_path: Path) -> None:
+    """Everything but the port and its speed is each reader's own: id, address, key, cameras, feedback."""
+    key = tmp_path / "exit_scbk"
+    document = _readers(
+        {"id": "entry-reader", "address": 0, "cameras": ["entry"], "pin_timeout_s": 8.0},
+        {
+            "id": "exit-reader",
+            "address": 1,
+            "cameras": ["exit"],
+            "secure_channel": True,
+            "scbk_file": str(key),
+            "feedback": False,
+        },
+        {"id": "lobby-reader", "address": 2, "port": "/dev/ttyUSB2", "baud_rate": 115200},
+        {"id": "spare-reader", "address": 3, "baud_rate": 38400, "enabled": False},  # off: not on the line
+    )
+    readers = validate_config(document).configured_readers
+    assert [(r.id, r.port, r.address) for r in readers] == [
+        ("entry-reader", "/dev/ttyUSB1", 0),
+        ("exit-reader", "/dev/ttyUSB1", 1),
+        ("lobby-reader", "/dev/ttyUSB2", 2),
+    ]
+    assert readers[1].scbk_file == key and not readers[1].feedback and readers[0].pin_timeout_s == 8.0
+    # The same address on another port is another line's.
+    assert validate_config(
+        _readers({"id": "a", "address": 0}, {"id": "b", "address": 0, "port": "/dev/ttyS1"})
+    )
+
+
+def test_one_line_takes_at_most_max_readers() -> None:
+    assert MAX_READERS_PER_LINE == 32  # libosdp's Python binding: a 32-bit mask of the links
+    full = [{"id": f"r{address}", "address": address} for address in range(MAX_READERS_PER_LINE)]
+    assert len(validate_config(_readers(*full)).configured_readers) == MAX_READERS_PER_LINE
+    found = _refused(_readers(*full, {"id": "one-more", "address": 100}))
+    assert "reader 'one-more' would be reader 33 on port /dev/ttyUSB1; one line polls at most 32" in found
+
+
+@pytest.mark.parametrize(
+    ("tables", "expected"),
+    [
+        (
+            [{"id": "entry-reader", "address": 5}, {"id": "exit-reader", "address": 5}],
+            "readers 'entry-reader' and 'exit-reader' both name address 5 on port /dev/ttyUSB1; readers "
+            "sharing a serial port (one RS-485 line) each need an address of their own",
+        ),
+        (
+            [{"id": "a", "address": 0}, {"id": "b", "address": 1}, {"id": "c", "address": 0}],
+            "readers 'a' and 'c' both name address 0 on port /dev/ttyUSB1",
+        ),
+        (
+            [{"id": "entry-reader", "address": 0}, {"id": "exit-reader", "address": 1, "baud_rate": 19200}],
+            "readers 'entry-reader' and 'exit-reader' share port /dev/ttyUSB1 but not its baud_rate (9600 "
+            "and 19200); the readers on one line run at one speed",
+        ),
+        (
+            [{"id": "a", "address": 0}, {"id": "b", "address": 0}],
+            "readers 'a' and 'b' both name address 0",  # both left at the default address
+        ),
+        (
+            [{"id": "a", "address": 0}, {"id": "a", "address": 1}],
+            "an id of its own",  # still: a reader id is one reader's
+        ),
+    ],
+)
+def test_readers_on_one_line_that_do_not_fit_together(tables: List[Dict[str, Any]], expected: str) -> None:
+    found = _refused(_readers(*[{"address": 0, **table} for table in tables]))
+    assert expected in found, found

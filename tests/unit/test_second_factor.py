@@ -530,7 +530,8 @@ def test_a_card_is_learned_from_the_reader_and_every_learning_is_answered(galler
     assert answers == []  # nothing armed: nothing answered twice
 
 
-def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port() -> None:
+def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port_or_both_on_one_line() -> None:
+    from appliance.osdp.card_reader import CardReader
     from appliance.peripherals import create_peripherals
 
     cameras = [{"id": "entry", "source": "0"}, {"id": "exit", "source": "1"}]
@@ -550,10 +551,32 @@ def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port() -> None:
         ("entry-reader", "credential_reader"),
         ("exit-reader", "credential_reader"),
     ]
+    assert all(isinstance(p, CardReader) for p in built)
+    assert built[0].line is not built[1].line  # type: ignore[attr-defined]
+    # Both on one RS-485 line, at addresses of their own: one control panel polls the two.
+    one_line = [readers[0], {**readers[1], "port": "/dev/ttyUSB1", "address": 1}]
+    shared = validate_config({**document, "credential_readers": one_line})
+    assert shared.reader_cameras == {"entry-reader": ["entry"], "exit-reader": ["exit"]}
+    built = create_peripherals(shared, CredentialInbox())
+    assert [(p.name, p.source) for p in built] == [
+        ("entry-reader", "credential_reader"),
+        ("exit-reader", "credential_reader"),
+    ]
+    line = built[0].line  # type: ignore[attr-defined]
+    assert built[1].line is line and line.reader_ids == ["entry-reader", "exit-reader"]  # type: ignore[attr-defined]
     off = [dict(readers[0]), {**readers[1], "enabled": False}]
     assert list(validate_config({**document, "credential_readers": off}).reader_cameras) == ["entry-reader"]
     for change, match in (
-        ({"credential_readers": [readers[0], {**readers[1], "port": "/dev/ttyUSB1"}]}, "port of its own"),
+        (
+            {"credential_readers": [readers[0], {**readers[1], "port": "/dev/ttyUSB1"}]},
+            r"readers 'entry-reader' and 'exit-reader' both name address 0 on port /dev/ttyUSB1; .*"
+            r"an address of their own",
+        ),
+        (
+            {"credential_readers": [readers[0], {**one_line[1], "baud_rate": 19200}]},
+            r"readers 'entry-reader' and 'exit-reader' share port /dev/ttyUSB1 but not its baud_rate "
+            r"\(9600 and 19200\)",
+        ),
         ({"credential_readers": [readers[0], {**readers[1], "id": "entry-reader"}]}, "an id of its own"),
         (
             {"credential_readers": [readers[0], {k: v for k, v in readers[1].items() if k != "id"}]},
