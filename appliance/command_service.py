@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .access.area import AreaFeed
-from .access.card_learning import CardLearning
 from .access.errors import PolicyError
 from .access.judge import AccessJudge
+from .access.learning import CredentialLearning
 from .access.passback import forget_removed, forget_when_off, presence_document
 from .access.presence import PresenceError, PresenceStore
 from .change_thread import ChangeThread
@@ -45,6 +45,7 @@ from .commands import (
     EnrollCommand,
     ForgetFaceCommand,
     LearnCardCommand,
+    LearnPinCommand,
     NotThisCommand,
     PresenceCommand,
     PresenceResetCommand,
@@ -143,8 +144,8 @@ class CommandService:
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)  # of (name, request id, command)
         #: Where removals and readings of the gallery run, off the pipeline thread (see the module).
         self.changes = changes if changes is not None else ChangeThread()
-        #: A ``learn_card`` waiting for the card to come to the reader.
-        self.learning = CardLearning(self._answer_later)
+        #: A ``learn_card`` or ``learn_pin`` waiting for the card or PIN to come to the reader.
+        self.learning = CredentialLearning(self._answer_later)
         self._watched_at = float("-inf")
 
     # -- paho's thread ----------------------------------------------------------------------------------
@@ -221,8 +222,8 @@ class CommandService:
         )
 
     def take_credentials(self, now: float) -> List[Outcome]:
-        """Between two frames: the cards and PINs from the readers — a card a ``learn_card`` waits
-        for is learned, the rest go to the held face grants and the passages without a face
+        """Between two frames: the cards and PINs from the readers — what a ``learn_card`` or
+        ``learn_pin`` waits for is learned, the rest go to the held face grants and the passages without a face
         (:meth:`Pipeline.present_credentials`)."""
         inbox = self.pipeline.credentials
         if inbox is None:  # every frame: the cheap test first
@@ -235,8 +236,8 @@ class CommandService:
         return self.pipeline.present_credentials(presented, now) if presented else []
 
     def stop_learning(self) -> None:
-        """At the stop: a ``learn_card`` still waiting is answered."""
-        self.learning.abandon("the appliance is stopping; send learn_card again once it is back")
+        """At the stop: a ``learn_card`` or ``learn_pin`` still waiting is answered."""
+        self.learning.abandon("the appliance is stopping; send the learning again once it is back")
 
     def _answer_later(
         self, name: str, request_id: Optional[str], outcome: Optional[Dict[str, Any]], error: Optional[Any]
@@ -347,12 +348,13 @@ class CommandService:
             return self._presence(command, gallery.store)
         if isinstance(command, (DoorOpenCommand, DoorModeCommand)):
             return self._door(command)
-        if isinstance(command, LearnCardCommand):
-            return self._learn_card(command, gallery.store)
+        if isinstance(command, LearnCardCommand):  # and LearnPinCommand
+            return self._learn(command, gallery.store)
         return self._access(command, gallery.store)
 
-    def _learn_card(self, command: LearnCardCommand, store: Any) -> Dict[str, Any]:
-        """``learn_card``: armed here, answered when the card comes (:mod:`.access.card_learning`)."""
+    def _learn(self, command: LearnCardCommand, store: Any) -> Dict[str, Any]:
+        """``learn_card`` and ``learn_pin``: armed here, answered when the card or the PIN typed twice
+        comes (:mod:`.access.learning`)."""
         readers = self.config.reader_cameras
         if self.pipeline.credentials is None or not readers:
             raise CommandError("no card reader here: describe it in [credential_reader]", "invalid")
@@ -363,9 +365,14 @@ class CommandService:
         if store.identity(command.id) is None:
             raise CommandError(f"no identity {command.id!r}")
         until = time.time() + command.within_s
-        if not self.learning.arm(command.id, "learn_card", command.request_id, command.reader, until):
+        if isinstance(command, LearnPinCommand):
+            name, what = "learn_pin", "duress_pin" if command.duress else "pin"
+        else:
+            name, what = "learn_card", "card"
+        if not self.learning.arm(command.id, name, command.request_id, command.reader, until, what):
             raise CommandError(
-                f"a card is being learned for {self.learning.armed!r}; try again once it is answered", "busy"
+                f"a card or PIN is being learned for {self.learning.armed!r}; try again once it is answered",
+                "busy",
             )
         return ANSWERED_LATER
 

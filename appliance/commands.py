@@ -55,13 +55,17 @@ command         payload                                                         
 ``learn_card``  ``request_id``, ``id``, optional ``within_s`` (5–300, default     the identity, the
                 30), ``reader``: the next card read at the reader becomes one     card, whether it
                 of the identity's cards (answered when it comes)                  was added
+``learn_pin``   ``request_id``, ``id``, optional ``within_s`` (5–300, default     the identity,
+                60), ``reader``, ``duress``: the PIN then typed twice at one      ``pin`` (or
+                reader becomes the identity's PIN (or duress PIN)                 ``duress_pin``):
+                                                                                  ``set``
 =============== ================================================================ ==================
 
 ``presence`` and ``presence_reset`` are refused when anti-passback is off (``[access.anti_passback]``);
 ``door_open`` and ``door_mode`` when the door's own I/O is not running (``[door]``); ``learn_card``
-without a card reader (``[credential_reader]``), while another waits (``busy``), and, once armed, with
-``timeout`` when no card came, ``invalid`` when the card is another identity's
-(:mod:`appliance.access.card_learning`).
+and ``learn_pin`` without a card reader (``[credential_reader]``), while another learning waits
+(``busy``), and, once armed, with ``timeout`` when nothing came, ``invalid`` when the card is another
+identity's, the two PINs differ or the duress PIN would be the PIN (:mod:`appliance.access.learning`).
 
 ``enroll`` with ``event_id`` is refused as ``not_kept`` (no face kept for that event, as below) or
 ``not_unknown`` (the door knew the face: granted, or denied by the policy or by liveness). It enrols
@@ -428,6 +432,14 @@ class LearnCardCommand(_Command):
     reader: Optional[str] = Field(None, min_length=1, max_length=64)
 
 
+class LearnPinCommand(LearnCardCommand):
+    """``learn_pin``: the PIN then typed twice at one reader becomes ``id``'s PIN (``duress``: its duress
+    PIN); the digits never travel (:mod:`appliance.access.learning`)."""
+
+    within_s: float = Field(60.0, ge=5, le=300)
+    duress: bool = False
+
+
 COMMANDS: Dict[str, Type[_Command]] = {
     "enroll": EnrollCommand,
     "remove": RemoveCommand,
@@ -449,6 +461,7 @@ COMMANDS: Dict[str, Type[_Command]] = {
     "door_open": DoorOpenCommand,
     "door_mode": DoorModeCommand,
     "learn_card": LearnCardCommand,
+    "learn_pin": LearnPinCommand,
     "forget_face": ForgetFaceCommand,
 }
 

@@ -3,7 +3,8 @@ real peripheral device playing the card-and-keypad reader over a ``socat`` pty p
 
 Obama, in ``vault``, is held for his second factor; a wrong PIN is reported, his card opens the door
 (and the reader turns green), and, at his next passage, his duress PIN opens it too, with the alarm in
-the event only. Vera, enrolled without a face, passes by her card and PIN alone (schema-2 events).
+the event only. Vera, enrolled without a face, passes by her card and PIN alone (schema-2 events), and
+sets a new PIN by typing it twice at the reader.
 """
 
 from __future__ import annotations
@@ -227,3 +228,23 @@ def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
         assert _event(recorder, nobody)["identity"] is None
         faces = [e for e in unique_events(event_documents(recorder.messages)) if e["schema"] == 1]
         assert faces and all(e["face"] is not None for e in faces)  # Obama, by his face, as before
+
+        # Vera chooses a new PIN at the reader: typed twice, it never travels; then it opens
+        request = {"request_id": "pin-1", "id": "vera"}
+        recorder.publish(f"{ROOT}/cmd/learn_pin", json.dumps(request).encode())
+        daemon.wait_log("learning a pin at the reader")
+        reader.keys("2580#")
+        reader.keys("2580#")
+        answer = recorder.wait_for_message(f"{ROOT}/cmd/learn_pin/result", timeout=30)
+        assert json.loads(answer.payload)["result"] == {"id": "vera", "pin": "set"}
+        assert not [m for m in recorder.messages if b"2580" in m.payload]
+        reader.card(CARD_READ, 26)
+        reader.keys("2580#")
+        again = _wait_event(
+            recorder,
+            daemon,
+            "her new PIN opens",
+            lambda e: e["schema"] == 2 and e["decision"] == "granted" and "duress" not in e,
+            nobody,
+        )
+        assert _event(recorder, again)["factors"] == ["card", "pin"]

@@ -503,10 +503,10 @@ def test_wrong_credentials_across_waits_lock_the_face_out_until_lockout_s_has_pa
 
 
 def test_a_card_is_learned_from_the_reader_and_every_learning_is_answered(gallery: TemplateStore) -> None:
-    from appliance.access.card_learning import CardLearning
+    from appliance.access.learning import CredentialLearning
 
     answers: List[Any] = []
-    learning = CardLearning(lambda *answer: answers.append(answer))
+    learning = CredentialLearning(lambda *answer: answers.append(answer))
     assert learning.arm("tom", "learn_card", "l1", None, T0 + 30)
     assert not learning.arm("ada", "learn_card", "l2", None, T0 + 30)  # one at a time
     pin, card = _credential("pin", "2468", 1), _credential("card", "w26:9:777", 2)
@@ -528,6 +528,60 @@ def test_a_card_is_learned_from_the_reader_and_every_learning_is_answered(galler
     assert answers.pop() == ("learn_card", "l5", None, ("busy", "stopping"))
     learning.abandon("stopping")
     assert answers == []  # nothing armed: nothing answered twice
+
+
+def test_a_pin_is_learned_typed_twice_at_one_reader_and_never_leaves_the_door(
+    gallery: TemplateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from appliance.access.learning import CredentialLearning
+
+    caplog.set_level("DEBUG")
+    answers: List[Any] = []
+    learning = CredentialLearning(lambda *answer: answers.append(answer))
+    assert learning.arm("tom", "learn_pin", "p1", None, T0 + 60, "pin")
+    card, first = _credential("card", "w26:9:777", 1), _credential("pin", "2580", 2)
+    assert learning.take([card, first], gallery, T0 + 2) == [card]  # the card goes on; the PIN is taken
+    assert answers == [] and learning.armed == "tom"
+    other = _credential("pin", "2580", 3, reader="elsewhere")
+    assert learning.take([other], gallery, T0 + 3) == [
+        other
+    ]  # the second entry must come at the first's reader
+    assert learning.take([_credential("pin", "2580", 4)], gallery, T0 + 4) == []
+    assert answers.pop() == ("learn_pin", "p1", {"id": "tom", "pin": "set"}, None)
+    policy = gallery.identity("tom").policy
+    assert verify_pin("2580", policy.pin) and "2580" not in json.dumps(policy.document())
+    # the duress PIN: two entries that differ are refused; one equal to the PIN is refused
+    learning.arm("tom", "learn_pin", "p2", None, T0 + 60, "duress_pin")
+    learning.take([_credential("pin", "1357", 5), _credential("pin", "1358", 6)], gallery, T0 + 6)
+    _, request_id, outcome, (code, message) = answers.pop()
+    assert (request_id, outcome, code) == ("p2", None, "invalid") and "differ" in message
+    learning.arm("tom", "learn_pin", "p3", None, T0 + 60, "duress_pin")
+    learning.take([_credential("pin", "2580", 7), _credential("pin", "2580", 8)], gallery, T0 + 8)
+    assert answers.pop()[3][0] == "invalid" and gallery.identity("tom").policy.duress_pin is None
+    learning.arm("tom", "learn_pin", "p4", None, T0 + 60, "duress_pin")
+    learning.take([_credential("pin", "1357", 9), _credential("pin", "1357", 10)], gallery, T0 + 10)
+    assert answers.pop() == ("learn_pin", "p4", {"id": "tom", "duress_pin": "set"}, None)
+    assert verify_pin("1357", gallery.identity("tom").policy.duress_pin)
+    learning.arm("tom", "learn_pin", "p5", None, T0 + 60, "pin")
+    learning.take([_credential("pin", "9999", 11)], gallery, T0 + 11)
+    assert learning.take([], gallery, T0 + 61) == [] and answers.pop()[3][0] == "timeout"
+    assert verify_pin("2580", gallery.identity("tom").policy.pin)  # unchanged
+    assert not [
+        r for r in caplog.records if any(p in r.getMessage() for p in ("2580", "1357", "1358", "9999"))
+    ]
+    with pytest.raises(ValueError, match="learning sets"):
+        learning.arm("tom", "learn_pin", "p6", None, T0 + 60, "groups")
+    # the command: a PIN never travels in it
+    command = parse("learn_pin", json.dumps({"request_id": "p7", "id": "tom", "duress": True}).encode())[1]
+    assert (command.id, command.within_s, command.duress, command.reader) == ("tom", 60.0, True, None)
+    for payload in (
+        {"id": "tom", "pin": "2580"},
+        {"id": "tom", "within_s": 1},
+        {"id": "tom", "duress": "yes"},
+    ):
+        with pytest.raises(CommandError) as refused:
+            parse("learn_pin", json.dumps({"request_id": "p8", **payload}).encode())
+        assert refused.value.code == "invalid"
 
 
 def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port_or_both_on_one_line() -> None:
