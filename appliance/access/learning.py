@@ -5,7 +5,9 @@ door's card readers for one identity —
   terminal's "register card" does, without the operator having to know the card's format or numbers;
 * ``learn_pin``: the person types their new PIN, ``#``, and the same PIN again, ``#``, at one reader: it
   becomes their PIN (or, with ``duress``, their duress PIN). The digits never leave the door: not
-  through MQTT, not through the operator, not into a log; only their hash is stored.
+  through MQTT, not through the operator, not into a log; only their hash is stored. Someone who
+  holds cards shows one of them first, at that reader: a bystander at the reader while the learning
+  waits cannot choose another person's PIN.
 
 One learning at a time, on the pipeline thread: the command is answered when the card or the second
 PIN comes (``{"id", "card", "added"}`` / ``{"id", "pin": "set" | "duress_pin": "set"}``), when nothing
@@ -44,6 +46,7 @@ class _Armed:
     until: float
     what: str  # a key of LEARNS
     first: Optional[str] = None  # a PIN learning's first entry
+    card_shown: bool = False  # a PIN learning: the holder's card was shown (or they hold none)
 
     def __repr__(self) -> str:  # never the PIN's digits, should this ever be logged
         return f"_Armed({self.identity_id!r}, {self.what}, reader={self.reader!r})"
@@ -93,6 +96,13 @@ class CredentialLearning:
         remaining: List[PresentedCredential] = []
         for credential in presented:
             armed = self._armed
+            if armed is not None and armed.what != "card" and not armed.card_shown:
+                armed = self._card_first(armed, credential, store)
+                if armed is None:  # the card was taken, or the learning answered
+                    continue
+                if not armed.card_shown:  # waiting for their card: this is not the learning's
+                    remaining.append(credential)
+                    continue
             if (
                 armed is None
                 or credential.kind != LEARNS[armed.what]
@@ -126,6 +136,33 @@ class CredentialLearning:
         armed, self._armed = self._armed, None
         if armed is not None:
             self._answer(armed.name, armed.request_id, None, ("busy", why))
+
+    def _card_first(self, armed: _Armed, credential: PresentedCredential, store: Any) -> Optional[_Armed]:
+        """A PIN learning before its card: for someone who holds cards, one of theirs must be shown
+        first at a reader of the learning (it then holds that reader); ``None`` when ``credential``
+        was that card, or refused the learning (another card), else the learning as it stands (the
+        credential is not for it)."""
+        identity = self._identity(armed, store)
+        if identity is None:
+            self._armed = None
+            return None
+        if not identity.policy.cards:  # nothing to show: the PIN typed twice is all
+            self._armed = replace(armed, card_shown=True)
+            return self._armed
+        if credential.kind != "card" or armed.reader not in (None, credential.reader):
+            return armed
+        self._armed = None
+        if credential.value not in identity.policy.cards:
+            self._answer(
+                armed.name,
+                armed.request_id,
+                None,
+                ("invalid", "the card shown is not theirs; send learn_pin again and show one of their cards"),
+            )
+            return None
+        self._armed = replace(armed, card_shown=True, reader=credential.reader)
+        logger.info("learning a PIN: their card was shown; waiting for the PIN typed twice")
+        return None
 
     def _identity(self, armed: _Armed, store: Any) -> Any:
         identity = store.identity(armed.identity_id)

@@ -233,6 +233,8 @@ def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
         request = {"request_id": "pin-1", "id": "vera"}
         recorder.publish(f"{ROOT}/cmd/learn_pin", json.dumps(request).encode())
         daemon.wait_log("learning a pin at the reader")
+        reader.card(CARD_READ, 26)  # hers, first: nobody else at the reader chooses her PIN
+        daemon.wait_log("their card was shown")
         reader.keys("2580#")
         reader.keys("2580#")
         answer = recorder.wait_for_message(f"{ROOT}/cmd/learn_pin/result", timeout=30)

@@ -571,6 +571,20 @@ def test_a_pin_is_learned_typed_twice_at_one_reader_and_never_leaves_the_door(
     ]
     with pytest.raises(ValueError, match="learning sets"):
         learning.arm("tom", "learn_pin", "p6", None, T0 + 60, "groups")
+    # someone who holds cards shows one first, at the reader the PIN is then typed at
+    learning.arm("ada", "learn_pin", "p9", None, T0 + 60, "pin")
+    early = _credential("pin", "4444", 20)
+    assert learning.take([early], gallery, T0 + 20) == [early]  # before her card: not the learning's
+    learning.take([_credential("card", "w26:9:777", 21)], gallery, T0 + 21)  # tom's card
+    _, request_id, outcome, (code, message) = answers.pop()
+    assert (request_id, code) == ("p9", "invalid") and "not theirs" in message
+    learning.arm("ada", "learn_pin", "p10", None, T0 + 60, "pin")
+    assert learning.take([_credential("card", CARD, 22)], gallery, T0 + 22) == []  # her card, taken
+    elsewhere = _credential("pin", "4444", 23, reader="elsewhere")
+    assert learning.take([elsewhere], gallery, T0 + 23) == [elsewhere]  # the reader of her card only
+    learning.take([_credential("pin", "4444", 24), _credential("pin", "4444", 25)], gallery, T0 + 25)
+    assert answers.pop() == ("learn_pin", "p10", {"id": "ada", "pin": "set"}, None)
+    assert verify_pin("4444", gallery.identity("ada").policy.pin)
     # the command: a PIN never travels in it
     command = parse("learn_pin", json.dumps({"request_id": "p7", "id": "tom", "duress": True}).encode())[1]
     assert (command.id, command.within_s, command.duress, command.reader) == ("tom", 60.0, True, None)
