@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -49,7 +49,7 @@ from appliance.gallery.store import TemplateStore
 from appliance.metrics import Latencies
 from appliance.osdp.credential import encode
 from appliance.osdp.settings import OsdpCredentialConfig
-from appliance.pipeline import Pipeline
+from appliance.pipeline import CameraLane, Pipeline
 
 VERSION = "mobilefacenet@foamliu-v1.0"
 NOON = parse_instant("2026-12-07T12:00:00Z", "t")
@@ -346,13 +346,18 @@ class _NoModels:
     analyzer = None
 
 
+def _pipeline_and_vote(judge: AccessJudge) -> Tuple[Pipeline, CameraLane, Decision]:
+    """A pipeline without models around ``judge``, its camera's lane, and Ada's granted vote there."""
+    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
+    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    return pipeline, pipeline.lanes["cam0"], vote
+
+
 def test_the_pipeline_reports_the_held_face_then_the_grant_its_pin_completed_with_the_duress_flag(
     gallery: TemplateStore,
 ) -> None:
     judge = AccessJudge.for_door(_access(), gallery, readers={READER: []})
-    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
-    lane = pipeline.lanes["cam0"]
-    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    pipeline, lane, vote = _pipeline_and_vote(judge)
     lane.best_crop[7] = (0.9, np.zeros((112, 112, 3), np.uint8))
     held = pipeline._outcome(lane, vote, 1.0, keep=True)
     assert (held.decision.decision, held.decision.access_reason) == ("denied", SECOND_FACTOR)
@@ -663,9 +668,7 @@ def test_the_pipeline_keeps_the_outcomes_of_the_waiting_grants_only(gallery: Tem
     ends, at the next hold, without a card or PIN ever coming."""
     gallery.set_policy("tom", IdentityPolicy(groups=("vault",)))
     judge = AccessJudge.for_door(_access(), gallery, readers={READER: []})
-    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
-    lane = pipeline.lanes["cam0"]
-    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    pipeline, lane, vote = _pipeline_and_vote(judge)
     pipeline._outcome(lane, vote, 1.0, keep=True)
     assert set(pipeline._held) == {"ada"}
     waits = judge.second_factor._waiting
@@ -693,9 +696,7 @@ def test_a_face_that_finds_its_card_or_duress_pin_already_presented_opens_with_i
     gallery: TemplateStore,
 ) -> None:
     judge = AccessJudge.for_door(_access(), gallery, readers={READER: []})
-    pipeline = Pipeline(_NoModels(), None, DecisionSettings(), Latencies(), judge)  # type: ignore[arg-type]
-    lane = pipeline.lanes["cam0"]
-    vote = Decision(7, "granted", "ada", "Ada", 0.8, 0.5, 5, None, np.zeros(4, np.float32), 0.9, 0.0, 1.0, "")
+    pipeline, lane, vote = _pipeline_and_vote(judge)
     now = time.time()
     assert pipeline.present_credentials([PresentedCredential("card", CARD, READER, now)], 1.0) == []
     opened = pipeline._outcome(lane, vote, 2.0, keep=True)
