@@ -71,18 +71,21 @@ class CredentialPassage:
         identity_id: whose passage; ``None`` for a card nobody here holds (an ``unknown`` event).
         camera_id: the camera the passage counts at.
         verdict: the judge's word.
-        faceless: a passage without a face (:mod:`appliance.access.without_face`); else the held face
-            grant of ``identity_id`` that the credential decided.
-        factors: what was presented without a face, ``("card",)`` or ``("card", "pin")``.
+        factors: what was presented without a face, ``("card",)`` or ``("card", "pin")``; ``()`` for
+            the held face grant of ``identity_id`` that the credential decided.
         name: the display name of ``identity_id`` without a face.
     """
 
     identity_id: Optional[str]
     camera_id: str
     verdict: Verdict
-    faceless: bool = False
     factors: Tuple[str, ...] = ()
     name: Optional[str] = None
+
+    @property
+    def faceless(self) -> bool:
+        """A passage without a face (:mod:`appliance.access.without_face`)."""
+        return bool(self.factors)
 
 
 class AccessJudge:
@@ -300,7 +303,7 @@ class AccessJudge:
             holder = self.source.identity(wait.identity_id)
             if holder is None:  # removed meanwhile
                 rule.forget(credential.reader)
-                return CredentialPassage(wait.identity_id, camera_id, Verdict(GONE), True, ("card", "pin"))
+                return CredentialPassage(wait.identity_id, camera_id, Verdict(GONE), ("card", "pin"))
             result = rule.pin(credential, holder.policy)
             assert result is not None  # the wait was there a moment ago, on this thread
             if isinstance(result, PinMatch):
@@ -309,7 +312,7 @@ class AccessJudge:
                 )
             else:
                 verdict = Verdict(WRONG_CREDENTIAL)
-            return CredentialPassage(holder.id, camera_id, verdict, True, ("card", "pin"), holder.name)
+            return CredentialPassage(holder.id, camera_id, verdict, ("card", "pin"), holder.name)
         # Any card shown here ends the wait of the one before: the PIN that follows is the new card's
         # (or nobody's), never the earlier card's, whoever's card this one is.
         rule.forget(credential.reader)
@@ -322,7 +325,7 @@ class AccessJudge:
                 len(holders),
             )
         if len(holders) != 1:
-            return CredentialPassage(None, camera_id, Verdict(None), True, ("card",))
+            return CredentialPassage(None, camera_id, Verdict(None), ("card",))
         holder = holders[0]
         if holder.templates:  # theirs to complete a face with, not a way in without it
             return None
@@ -335,7 +338,7 @@ class AccessJudge:
             if verdict.reason is None:  # nothing refuses it before the PIN: ask for it
                 rule.hold(holder.id, credential.reader, at)
                 verdict = Verdict(SECOND_FACTOR)
-        return CredentialPassage(holder.id, camera_id, verdict, True, ("card",), holder.name)
+        return CredentialPassage(holder.id, camera_id, verdict, ("card",), holder.name)
 
 
 __all__ = ["GONE", "AccessJudge", "CredentialPassage", "PolicySource", "Verdict"]
