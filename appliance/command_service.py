@@ -355,6 +355,8 @@ class CommandService:
     def _learn(self, command: LearnCardCommand, store: Any) -> Dict[str, Any]:
         """``learn_card`` and ``learn_pin``: armed here, answered when the card or the PIN typed twice
         comes (:mod:`.access.learning`)."""
+        from .gallery.errors import IdentityError
+
         readers = self.config.reader_cameras
         if self.pipeline.credentials is None or not readers:
             raise CommandError("no card reader here: describe it in [credential_reader]", "invalid")
@@ -364,6 +366,10 @@ class CommandService:
             )
         if store.identity(command.id) is None:
             raise CommandError(f"no identity {command.id!r}")
+        try:  # checked again when the credential comes
+            store.check_local_change(command.id, "policy")
+        except IdentityError as err:
+            raise CommandError(str(err)) from None
         until = time.time() + command.within_s
         if isinstance(command, LearnPinCommand):
             name, what = "learn_pin", "duress_pin" if command.duress else "pin"

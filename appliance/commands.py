@@ -3,8 +3,8 @@
 A command arrives as JSON on ``{prefix}/{device_id}/cmd/{name}`` and is answered on
 ``…/cmd/{name}/result`` with ``{"request_id", "ok": true, "result", "ts"}`` or
 ``{"request_id", "ok": false, "error": {"code", "message"}, "ts"}``; error codes: ``invalid_json``,
-``unknown_command``, ``invalid``, ``refused`` (valid but not possible: unknown id, no face…; ``not_this``
-has finer ones, below),
+``unknown_command``, ``invalid``, ``refused`` (valid but not possible: unknown id, no face, a change
+at a fleet door to an identity the site's authority owns…; ``not_this`` has finer ones, below),
 ``busy``, ``stale``, ``failed``, and from the MQTT link ``payload_too_large``, ``retained``, ``handler_failed``. Payloads are
 validated strictly (unknown keys, wrong types and out-of-range values are refused with the key
 path) before anything is done; a refused command changes nothing.

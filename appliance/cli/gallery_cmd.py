@@ -518,7 +518,7 @@ def _open_store(config: ApplianceConfig) -> TemplateStore:
     path = config.storage.dir / STORE_FILE
     if not path.is_file():
         raise GalleryError(f"no gallery at {path}")
-    return TemplateStore.open(path, config.gallery_key_file)
+    return TemplateStore.open(path, config.gallery_key_file, config.fleet.enabled)
 
 
 def _look_alikes(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@
      +-- GalleryKeyError       the encryption key is missing, unreadable, exposed or the wrong one
      +-- GalleryStoreError     the database cannot be opened, is newer than this firmware, or is damaged
      +-- IdentityError         enrolment or removal asked for something impossible (unknown id, clash)
+     |    +-- FleetIdentityError   a change made at a fleet door to an identity the site authority owns
      +-- BundleError           an export bundle is unreadable, forged, or has the wrong passphrase
      +-- GalleryBusyError      a change that would not wait found the gallery busy
      +-- StaleEmbeddingError   embeddings made by another embedder than the one the gallery holds now
@@ -30,6 +31,12 @@ class GalleryStoreError(GalleryError):
 
 class IdentityError(GalleryError):
     """An identity operation that cannot be done: unknown id, id taken by another name, bad id."""
+
+
+class FleetIdentityError(IdentityError):
+    """A change made at this door (``gallery set``, ``remove``, ``learn_pin`` …) to an identity that the
+    site's fleet records brought: it is the enrolment authority's to change (``fleet set``); the
+    identity's next record would undo a change made here."""
 
 
 class BundleError(GalleryError):

@@ -174,7 +174,7 @@ class Gallery:
         """
         store_path = config.storage.dir / STORE_FILE
         check_store_not_lost(store_path, config.storage.dir / INDEX_FILE, config.gallery_key_file)
-        store = TemplateStore.open(store_path, config.gallery_key_file)
+        store = TemplateStore.open(store_path, config.gallery_key_file, config.fleet.enabled)
         try:
             return cls(
                 store,
@@ -833,16 +833,16 @@ class Gallery:
             self._check_lengths(identities)
             existing = {identity.id for identity in self.store.identities()}
             for identity in identities:
-                if identity.id in existing:
-                    if not replace:
-                        skipped[identity.id] = "already in the gallery (use --replace)"
-                        continue
-                    self.store.remove(identity.id)
-                    replaced.append(identity.id)
                 by_version: Dict[str, list] = {}
                 for template in identity.templates:
                     by_version.setdefault(template.model_version, []).append(template)
                 try:
+                    if identity.id in existing:
+                        if not replace:
+                            skipped[identity.id] = "already in the gallery (use --replace)"
+                            continue
+                        self.store.remove(identity.id)  # refused for a fleet identity
+                        replaced.append(identity.id)
                     if not by_version:  # an identity without a face: its policy only
                         self.store.add_identity(
                             identity.id,

@@ -35,7 +35,7 @@ from ..access.errors import PolicyError
 from ..access.policy import CREDENTIAL_KEYS, AccessGroup, HolidayCalendar, IdentityPolicy, PolicyTables
 from ..sqlite_files import open_private_database
 from .crypto import SEAL_OVERHEAD_BYTES, Sealer, create_key, read_key
-from .errors import GalleryKeyError, GalleryStoreError, IdentityError
+from .errors import FleetIdentityError, GalleryKeyError, GalleryStoreError, IdentityError
 from .migrations import migrate, schema_version
 from .text import check_external_id, check_name
 from .transaction import write_transaction
@@ -291,14 +291,31 @@ class ImpostorInfo:
         }
 
 
+#: What a change refused at a fleet door (:meth:`TemplateStore.check_local_change`) is done with at the
+#: site's enrolment authority, by the change refused.
+_AT_THE_AUTHORITY = {
+    "policy": "`face-appliance fleet set {id} …`",
+    "remove": "`face-appliance fleet remove {id}`",
+    "forget_face": "`face-appliance fleet set {id} --forget-face`",
+    "photos": "`face-appliance fleet enroll --id {id} --replace PHOTOS…`",
+}
+
+
 class TemplateStore:
     """The gallery database. Use :meth:`open`; :meth:`close` is idempotent."""
 
-    def __init__(self, connection: sqlite3.Connection, sealer: Sealer, path: Path) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, sealer: Sealer, path: Path, fleet_managed: bool = False
+    ) -> None:
         self._db = connection
         self._sealer = sealer
         self._lock = threading.RLock()
         self.path = path
+        #: Whether this door takes part in a fleet (``[fleet] enabled``): then the identities its records
+        #: brought are the site authority's, and a change made here to their details, policy, photos or
+        #: existence is refused (:class:`FleetIdentityError`): the identity's next record would undo it
+        #: without a word, and the other doors would never have it.
+        self.fleet_managed = fleet_managed
         #: Write transactions this process committed (its own changes; :meth:`data_version` tells
         #: another process's). Written under the lock; read as one int.
         self.commits = 0
@@ -306,8 +323,9 @@ class TemplateStore:
     # -- opening -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, key_file: Path) -> TemplateStore:
-        """Open (or create) the store at ``path`` with the key in ``key_file``.
+    def open(cls, path: Path, key_file: Path, fleet_managed: bool = False) -> TemplateStore:
+        """Open (or create) the store at ``path`` with the key in ``key_file``; ``fleet_managed``: see
+        :attr:`fleet_managed`.
 
         Raises:
             GalleryKeyError: the key is missing while the store holds data, exposed, or not this store's.
@@ -333,7 +351,7 @@ class TemplateStore:
             else:
                 key = create_key(key_file)
             sealer = Sealer(key)
-            store = cls(connection, sealer, path)
+            store = cls(connection, sealer, path, fleet_managed)
             store._migrate(version)
             store._check_key()
         except BaseException:
@@ -642,6 +660,8 @@ class TemplateStore:
                 self._write_policy(db, identity_id, policy)
             elif row[0] != name:
                 raise IdentityError(f"identity {identity_id!r} belongs to another name; choose another id")
+            else:
+                self._refuse_fleet_identity(db, identity_id, "photos")
             for index, embedding in enumerate(embeddings):
                 crop = None if crops is None else crops[index]
                 quality = None if qualities is None else float(qualities[index])
@@ -705,6 +725,7 @@ class TemplateStore:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
                 raise IdentityError(f"no identity {identity_id!r}")
+            self._refuse_fleet_identity(db, identity_id, "forget_face")
             removed, impostors = self._delete_face(db, identity_id)
             if removed or impostors:
                 self._bump(db)
@@ -732,6 +753,7 @@ class TemplateStore:
             IdentityError: no such identity.
         """
         with self._transaction() as db:
+            self._refuse_fleet_identity(db, identity_id, "remove")
             count = db.execute(
                 "SELECT COUNT(*) FROM templates WHERE identity_id=?", (identity_id,)
             ).fetchone()[0]
@@ -777,6 +799,7 @@ class TemplateStore:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM identities WHERE id=?", (identity_id,)).fetchone() is None:
                 raise IdentityError(f"no identity {identity_id!r}")
+            self._refuse_fleet_identity(db, identity_id, "policy")
             self._refuse_card_clash(db, identity_id, policy)
             self._write_policy(db, identity_id, policy)
 
@@ -866,6 +889,35 @@ class TemplateStore:
             return bool(db.execute("DELETE FROM holiday_calendars WHERE name=?", (name,)).rowcount)
 
     # -- fleet records (appliance.fleet) -------------------------------------------------------------
+
+    def check_local_change(self, identity_id: str, change: str) -> None:
+        """Refuse a change made at this door to a fleet identity (see :attr:`fleet_managed`).
+
+        Args:
+            change: ``policy`` (validity, groups, suspension, cards, PINs), ``remove``, ``forget_face``
+                or ``photos`` (enrolled templates added or removed; adaptive ones stay the door's).
+
+        Raises:
+            FleetIdentityError: naming the record's revision and the authority's command.
+        """
+        with self._lock:
+            self._refuse_fleet_identity(self._db, identity_id, change)
+
+    def _refuse_fleet_identity(self, db: sqlite3.Connection, identity_id: str, change: str) -> None:
+        if not self.fleet_managed:
+            return
+        row = db.execute(
+            "SELECT f.revision FROM fleet_records f JOIN identities i ON i.id = f.id "
+            "WHERE f.id=? AND f.kind='identity'",
+            (identity_id,),
+        ).fetchone()
+        if row is not None:
+            how = _AT_THE_AUTHORITY[change].format(id=identity_id)
+            raise FleetIdentityError(
+                f"identity {identity_id!r} is the site's (fleet record r{int(row[0])}): change it at the "
+                f"enrolment authority with {how}; a change made at this door would be undone by its next "
+                "record, and the other doors would never have it"
+            )
 
     def fleet_revisions(self) -> Dict[str, Tuple[int, str]]:
         """identity id → ``(revision, kind)`` of the fleet record last applied (``identity`` or ``tombstone``)."""
@@ -1243,6 +1295,7 @@ class TemplateStore:
                 )
             info = TemplateInfo(int(row[0]), str(row[1]), str(row[2]), row[3], str(row[4]), _origin(row[5:]))
             if info.origin.kind == ENROLLED:
+                self._refuse_fleet_identity(db, identity_id, "photos")
                 others = db.execute(
                     "SELECT COUNT(*) FROM templates WHERE identity_id=? AND model_version=? AND kind=? AND id<>?",
                     (identity_id, info.model_version, ENROLLED, info.id),

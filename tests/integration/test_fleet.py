@@ -296,6 +296,18 @@ def test_enrol_once_every_door_knows(
                 60,
                 f"{device} applies the newer record",
             )
+        # At a door, the site's identity is the authority's: a change made there is refused (its next
+        # record would undo it, and the other doors would never have it), over MQTT and beside the
+        # daemon alike, naming the authority's command.
+        refused = command(
+            recorder,
+            "set_policy",
+            {"request_id": "p-0", "id": OTHER, "suspended": True},
+            root="face-appliance/door-a",
+        )
+        assert refused["ok"] is False and f"fleet set {OTHER}" in refused["error"]["message"], refused
+        beside = run_cli("gallery", "remove", "--config", str(doors["door-b"]), OTHER)
+        assert beside.returncode == 1 and f"fleet remove {OTHER}" in beside.stderr, beside.stderr
         envelope = json.loads(recorder.on(record_topic(PREFIX, SITE, OTHER))[-1].payload)
         ciphertext = bytearray(base64.b64decode(envelope["ciphertext"]))
         ciphertext[len(ciphertext) // 2] ^= 1
