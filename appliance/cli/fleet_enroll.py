@@ -123,7 +123,7 @@ def enroll_one(args: argparse.Namespace, config: AuthorityFile) -> int:
         return usage_error(f"{len(args.images)} photos: a record carries at most {MAX_CROPS}")
     authority = Authority.open(config)  # the keys before the models: fail fast
     try:
-        authority.check_enrollable(args.identity_id, external_id, args.replace)
+        authority.check_enrollable(args.identity_id, external_id, args.replace, name, policy.cards)
     except FleetError as err:
         return usage_error(str(err))
     if args.no_face:

@@ -5,8 +5,9 @@ State (``authority.state_dir``, mode 0700, every file 0600, written atomically: 
 rename)::
 
     revision        the revision counter (one decimal line)
-    index.json      what was published: live ids (revision, and with keep_names their name and
-                    external id) and retained tombstones (revision, removal time)
+    index.json      what was published: live ids (revision, the keyed digests of their cards, and
+                    with keep_names their name and external id) and retained tombstones (revision,
+                    removal time)
     records/ID.json the sealed record or tombstone last published for each id (already encrypted and
                     signed), so `fleet republish` can restore a broker that lost its retained messages
     manifest.json   the sealed manifest last published
@@ -25,6 +26,10 @@ Rules:
 * **One person, one identity.** Without an id, a person whose external id (a badge) a live identity
   holds *is* that identity (the index keeps external ids with ``keep_names``): enrolled already,
   replaced only when asked. A badge held by another identity than the id given is refused.
+* **One card, one person.** A card another live identity holds is refused (every door would let the
+  card open nothing: it names nobody there). The index keeps each identity's cards as digests keyed
+  with the fleet key (:func:`card_digest`), not the numbers; an index written before it has none,
+  and they are filled from this state's sealed records at the next change.
 * **The broker's manifest is adopted.** Before a change, a manifest on the broker (signed by this
   authority's key) that lists newer revisions than the index — this state was restored from an older
   backup — is merged into the index (ids without names), so the next manifest drops nothing.
@@ -36,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -67,6 +74,7 @@ from engines.files import atomic_writer, read_bounded
 from ..access.policy import IdentityPolicy, parse_instant
 from ..config_load import read_secret_file
 from ..gallery.store import IDENTITY_ID_PATTERN, utc_now
+from ..gallery.text import printable
 from ..updates.errors import KeyFileError
 from ..updates.keys import key_id, load_private_key
 from .broker import FleetBroker, Messages
@@ -97,6 +105,15 @@ MAX_STATE_FILE_BYTES = 256 * 2**20
 RANDOM_ID_HEX = 12
 
 
+def card_digest(fleet_key: bytes, card: str) -> str:
+    """What the index keeps of a card (canonical text,
+    :func:`~appliance.access.credentials.parse_card`): 32 hex digits of an HMAC-SHA256 keyed with the
+    site's fleet key. Enough to find who holds a card given to someone; a card number cannot be read
+    from it, nor tried against it, without the key."""
+    mac = hmac.new(fleet_key, b"face-appliance card\x00" + card.encode("ascii"), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
 def random_identity_id() -> str:
     """An opaque identity id, ``p-`` and 12 random hex digits: the topic names nobody."""
     return "p-" + os.urandom(RANDOM_ID_HEX // 2).hex()
@@ -107,12 +124,17 @@ def random_identity_id() -> str:
 
 @dataclass
 class Entry:
-    """One live identity in the authority's index (no biometric data)."""
+    """One live identity in the authority's index (no biometric data).
+
+    ``card_digests``: :func:`card_digest` of each card its record gives, sorted; ``None`` where not
+    known (an index older than them, or an id adopted from the broker's manifest).
+    """
 
     revision: int
     published_at: str
     name: Optional[str] = None
     external_id: Optional[str] = None
+    card_digests: Optional[Tuple[str, ...]] = None
 
     def document(self) -> Dict[str, Any]:
         return {
@@ -162,6 +184,40 @@ class Index:
         gone = self.tombstones.get(identity_id)
         return max(live.revision if live else 0, gone.revision if gone else 0)
 
+    def card_clashes(
+        self, people: Sequence[Tuple[Optional[str], Sequence[str]]], digest: Callable[[str], str]
+    ) -> List[Tuple[int, str, Union[str, int]]]:
+        """The cards of people about to be published that someone else holds.
+
+        Args:
+            people: per person, ``(identity id, or None for a new one; canonical cards)``. An identity
+                among them gives up the cards it held (its record is replaced).
+            digest: :func:`card_digest` with the fleet key.
+
+        Returns:
+            ``(position in people, card, holder)``: the holder is a live identity's id, or the position
+            of an earlier person given the same card.
+        """
+        republished = {identity_id for identity_id, _ in people if identity_id is not None}
+        holders: Dict[str, Union[str, int]] = {
+            card: identity_id
+            for identity_id, entry in self.identities.items()
+            if identity_id not in republished
+            for card in entry.card_digests or ()
+        }
+        clashes: List[Tuple[int, str, Union[str, int]]] = []
+        for position, (identity_id, cards) in enumerate(people):
+            for card in cards:
+                key = digest(card)
+                holder = holders.get(key)
+                if holder is None or (
+                    isinstance(holder, int) and identity_id is not None and people[holder][0] == identity_id
+                ):
+                    holders[key] = position
+                else:
+                    clashes.append((position, card, holder))
+        return clashes
+
     def by_external_id(self) -> Dict[str, str]:
         """External id → the live identity holding it (those the index keeps: ``keep_names``)."""
         return {e.external_id: i for i, e in self.identities.items() if e.external_id is not None}
@@ -201,7 +257,13 @@ class Index:
         return {
             "format": INDEX_FORMAT,
             "site": self.site,
-            "identities": {i: e.document() for i, e in sorted(self.identities.items())},
+            "identities": {
+                i: {
+                    **e.document(),
+                    **({} if e.card_digests is None else {"card_digests": list(e.card_digests)}),
+                }
+                for i, e in sorted(self.identities.items())
+            },
             "tombstones": {i: t.document() for i, t in sorted(self.tombstones.items())},
             "distinct": [list(pair) for pair in sorted(self.distinct_live())],
         }
@@ -213,7 +275,13 @@ class Index:
             if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
                 raise ValueError(f"not an index of format {INDEX_FORMAT}")
             identities = {
-                str(i): Entry(int(e["revision"]), str(e["published_at"]), e.get("name"), e.get("external_id"))
+                str(i): Entry(
+                    int(e["revision"]),
+                    str(e["published_at"]),
+                    e.get("name"),
+                    e.get("external_id"),
+                    _card_digests(e.get("card_digests")),  # absent from an index older than them
+                )
                 for i, e in document["identities"].items()
             }
             tombstones = {
@@ -228,6 +296,16 @@ class Index:
             return cls(str(document["site"]), identities, tombstones, distinct)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise FleetError(f"{where} is damaged ({err}); restore it from a backup") from None
+
+
+def _card_digests(value: Any) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(d, str) and re.fullmatch(r"[0-9a-f]{32}", d) for d in value
+    ):
+        raise ValueError(f"card_digests: {str(value)[:80]} is not a list of card digests")
+    return tuple(sorted(value))
 
 
 def distinct_pair(first: str, second: str) -> Tuple[str, str]:
@@ -639,6 +717,19 @@ class Enrolment:
     qualities: Tuple[float, ...]
 
 
+def card_clash_text(card: str, name: str, holder: Union[str, int], index: Index, names: Sequence[str]) -> str:
+    """Why ``card`` cannot be given to ``name``: ``holder`` (a live identity, or the position in
+    ``names`` of another person given it too) holds it."""
+    if isinstance(holder, int):
+        return f"card {card} is given to {printable(name)} and to {printable(names[holder])}: one card, one person"
+    entry = index.identities[holder]
+    who = f" ({printable(entry.name)})" if entry.name else ""
+    return (
+        f"card {card} of {printable(name)} is held by identity {holder!r}{who}, r{entry.revision}: remove "
+        f"it there first (`face-appliance fleet set {holder} --remove-card {card}`)"
+    )
+
+
 def _enrolled_already(held: Held, badge: Optional[str]) -> str:
     """Why an enrolment is refused: ``held`` is live (found by ``badge``, its external id, when given)."""
     how = f" as the holder of external id {badge!r}" if badge is not None else ""
@@ -733,7 +824,66 @@ class Authority:
         the change's revision (called once the change is known to be possible)."""
         with self.state.locked(), self._broker() as broker:
             floor = self._catch_up(broker)
+            self._fill_card_digests()
             yield broker, lambda: self.state.allocate(floor)
+
+    def card_digest(self, card: str) -> str:
+        """:func:`card_digest` with this site's fleet key."""
+        return card_digest(self.fleet_key, card)
+
+    def _fill_card_digests(self) -> None:
+        """Give the live identities whose cards the index does not know (an index older than them)
+        their digests, from the sealed records this state keeps; those it lacks (adopted from the
+        broker's manifest) stay unknown, and a card they hold is not found."""
+        index = self.state.index
+        unknown = [i for i, entry in index.identities.items() if entry.card_digests is None]
+        filled = 0
+        for identity_id in unknown:
+            payload = self.state.sealed(identity_id)
+            try:
+                record = (
+                    None
+                    if payload is None
+                    else open_record(payload, self.site, self.fleet_key, self.trusted, topic_id=identity_id)
+                )
+            except FleetRecordError as err:
+                logger.warning("the sealed record of %s kept here cannot be opened: %s", identity_id, err)
+                record = None
+            if isinstance(record, IdentityRecord):
+                index.identities[identity_id].card_digests = self._digests(record.policy.cards)
+                filled += 1
+        if filled:
+            self.state.save_index()
+        if len(unknown) > filled:
+            logger.warning(
+                "the cards of %d identities are not known here (their records are not in this state): a "
+                "card one of them holds is not found when given to someone else",
+                len(unknown) - filled,
+            )
+
+    def _digests(self, cards: Sequence[str]) -> Tuple[str, ...]:
+        return tuple(sorted(self.card_digest(card) for card in cards))
+
+    def _refuse_card_clashes(self, people: Sequence[Tuple[Optional[str], str, Sequence[str]]]) -> None:
+        """Refuse cards that another live identity, or another of ``people``, holds.
+
+        Args:
+            people: per person about to be published, ``(identity id or None, name, cards)``.
+
+        Raises:
+            FleetError: every clash, with the holder and the way out; nothing is published.
+        """
+        index = self.state.index
+        clashes = index.card_clashes([(i, cards) for i, _, cards in people], self.card_digest)
+        if clashes:
+            raise FleetError(
+                f"nothing was published to site {self.site!r}: "
+                + "; ".join(
+                    card_clash_text(card, people[position][1], holder, index, [n for _, n, _ in people])
+                    for position, card, holder in clashes[:20]
+                )
+                + (f"; … and {len(clashes) - 20} more" if len(clashes) > 20 else "")
+            )
 
     def _send(self, broker: FleetBroker, topic: str, payload: bytes) -> None:
         """Publish what the state already holds; a failure says how to finish the change."""
@@ -760,18 +910,27 @@ class Authority:
             raise FleetError(_enrolled_already(outcome, None if person.identity_id else person.external_id))
         return outcome
 
-    def check_enrollable(self, identity_id: Optional[str], external_id: Optional[str], replace: bool) -> None:
+    def check_enrollable(
+        self,
+        identity_id: Optional[str],
+        external_id: Optional[str],
+        replace: bool,
+        name: str = "",
+        cards: Sequence[str] = (),
+    ) -> None:
         """Refuse before any photo is checked what :meth:`enroll` would refuse, from the state as it is
         now (read without its lock: the change itself checks again).
 
         Raises:
-            FleetError: the person is live already and ``replace`` is not set, or the badge is another's.
+            FleetError: the person is live already and ``replace`` is not set, the badge is another's,
+                or one of ``cards`` is another identity's.
         """
         index = self.state.index
         holder = index.holder(identity_id, external_id, index.by_external_id())
         if holder is not None and not replace:
             held = Held(holder, index.identities[holder].revision)
             raise FleetError(_enrolled_already(held, None if identity_id else external_id))
+        self._refuse_card_clashes([(identity_id or holder, name, cards)])
 
     def enroll_many(self, people: Sequence[Enrolment], replace: bool = False) -> List[Union[Published, Held]]:
         """Publish the records of ``people`` under one lock and one connection, then one manifest.
@@ -783,8 +942,8 @@ class Authority:
             Per person, in order: what was published, or :class:`Held` for a live one left as it is.
 
         Raises:
-            FleetError: an external id is another identity's (nothing of the batch is published); the
-                broker fails.
+            FleetError: an external id or a card is another identity's (nothing of the batch is
+                published); the broker fails.
             FleetRecordError: ``invalid``: a field no door would accept.
         """
         with self._change() as (broker, allocate):
@@ -804,6 +963,13 @@ class Authority:
                 if person.external_id is not None:
                     by_external[person.external_id] = identity_id
                 outcomes.append(identity_id)
+            self._refuse_card_clashes(
+                [
+                    (identity_id, person.name, person.policy.cards)
+                    for person, identity_id in zip(people, outcomes)
+                    if isinstance(identity_id, str)
+                ]
+            )
             records = [
                 IdentityRecord(
                     identity_id,
@@ -843,12 +1009,14 @@ class Authority:
         retains, are replaced by the new one: the authority holds no crop of a forgotten face.
 
         Raises:
-            FleetError: the id is not live, or its record cannot be found or opened.
+            FleetError: the id is not live, its record cannot be found or opened, or a card given is
+                another identity's.
             PolicyError: a malformed change.
         """
         with self._change() as (broker, allocate):
             current = self._current_record(broker, identity_id)
             policy = current.policy.changed(changes, "")
+            self._refuse_card_clashes([(identity_id, current.name, policy.cards)])
             record = IdentityRecord(
                 identity_id,
                 allocate(),
@@ -947,6 +1115,7 @@ class Authority:
                     utc_now(),
                     record.name if keep else None,
                     record.external_id if keep else None,
+                    self._digests(record.policy.cards),
                 )
                 index.tombstones.pop(record.id, None)
                 kind = "identity"

@@ -4,7 +4,9 @@ configuration file's errors with key paths."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -311,6 +313,76 @@ def test_a_badge_held_by_another_identity_refuses_the_batch(
         "B-2000": ada.identity_id,
         "B-1815": moved[1].identity_id,
     }
+
+
+def _carded(identity_id: Optional[str], name: str, *cards: str) -> Enrolment:
+    return dataclasses.replace(_person(identity_id, name), policy=IdentityPolicy(cards=cards))
+
+
+def test_a_card_names_one_person_across_the_site(tmp_path: Path, signer: Ed25519PrivateKey) -> None:
+    """A card another live identity holds is refused at enrolment, in a batch (against the site and
+    within the batch) and at `fleet set`, naming the holder; a replaced record gives its cards up; the
+    index keeps keyed digests of the cards, never their numbers."""
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    ada = authority.enroll(_carded("p-ada", "Ada", "w26:7:1", "w26:7:2"))
+    published = list(broker.published)
+    refusals = [
+        (
+            lambda: authority.enroll(_carded(None, "Alan", "w26:7:2")),
+            "card w26:7:2 of Alan is held by identity 'p-ada' (Ada), r1",
+        ),
+        (
+            lambda: authority.check_enrollable(None, None, False, "Alan", ["w26:7:1"]),
+            "fleet set p-ada --remove-card w26:7:1",
+        ),
+        (
+            lambda: authority.enroll_many(
+                [_carded(None, "Alan", "w26:9:1"), _carded("p-grace", "Grace", "w26:9:1")]
+            ),
+            "card w26:9:1 is given to Grace and to Alan",
+        ),
+    ]
+    for refused, message in refusals:
+        with pytest.raises(FleetError, match=re.escape(message)):
+            refused()
+    assert broker.published == published and authority.state.counter == 1
+    alan = authority.enroll(_carded("p-alan", "Alan", "w26:9:1"))
+    with pytest.raises(FleetError, match="card w26:9:1 of Ada is held by identity 'p-alan'"):
+        authority.set_policy(ada.identity_id, {"add_cards": ["w26:9:1"]})
+    # Ada's record replaced without card 2 frees it, in the same batch that gives it to Grace.
+    moved = authority.enroll_many(
+        [_carded("p-ada", "Ada", "w26:7:1"), _carded("p-grace", "Grace", "w26:7:2")], replace=True
+    )
+    assert [m.identity_id for m in moved] == ["p-ada", "p-grace"]
+    authority.set_policy(alan.identity_id, {"remove_cards": ["w26:9:1"]})
+    authority.set_policy(ada.identity_id, {"add_cards": ["w26:9:1"]})  # free now
+    index = (tmp_path / "state" / "index.json").read_bytes()
+    assert b"w26" not in index and b"card_digests" in index
+    digests = {
+        i: e.card_digests for i, e in AuthorityState(tmp_path / "state", SITE).index.identities.items()
+    }
+    assert digests == {
+        "p-ada": tuple(sorted(authority.card_digest(c) for c in ("w26:7:1", "w26:9:1"))),
+        "p-grace": (authority.card_digest("w26:7:2"),),
+        "p-alan": (),
+    }
+
+
+def test_an_index_older_than_card_digests_gets_them_from_the_sealed_records(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    authority.enroll(_carded("p-ada", "Ada", "w26:7:1"))
+    path = tmp_path / "state" / "index.json"
+    document = json.loads(path.read_text())
+    del document["identities"]["p-ada"]["card_digests"]  # as an older authority wrote it
+    path.write_text(json.dumps(document))
+    later = _authority(tmp_path, signer, broker)
+    with pytest.raises(FleetError, match="held by identity 'p-ada'"):
+        later.enroll(_carded(None, "Alan", "w26:7:1"))
+    assert later.state.index.identities["p-ada"].card_digests == (later.card_digest("w26:7:1"),)
 
 
 def test_a_broker_lost_half_way_leaves_the_whole_batch_to_republish(
