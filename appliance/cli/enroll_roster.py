@@ -4,18 +4,20 @@ takes (:mod:`appliance.fleet.roster`), into this door's own gallery.
 Each row's identity is planned against the gallery before any model loads: its ``id``, else the
 identity holding its ``external_id``, else the id made from the name (``Ada Lovelace`` →
 ``ada-lovelace``), which is this person's when the identity holding it has the same name and no other
-badge. Someone enrolled already is skipped (``enroll --id`` adds photos to one person); a badge held by
-another identity, or a made id that another person holds, refuses the roster whole, every problem
-with its line. The others are enrolled as ``enroll`` enrols: the same checks, the best
-photos kept, the duplicate warning against the gallery.
+badge. Someone enrolled already is skipped (``enroll --id`` adds photos to one person); a badge or a
+card held by another identity, or a made id that another person holds, refuses the roster whole,
+every problem with its line. The others are enrolled as ``enroll`` enrols: the same checks, the best
+photos kept, the duplicate warning against the gallery; a ``no_face`` row as ``enroll --no-face``
+does, with no model loaded for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import ExitStack
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import ApplianceConfig
 from ..fleet.roster import BY_NAME, Person, RosterError, read_roster
@@ -35,6 +37,7 @@ def plan(
     """
     existing = {identity.id: identity for identity in identities}
     by_external = {i.external_id: i.id for i in identities if i.external_id is not None}
+    by_card = {card: i.id for i in identities for card in i.policy.cards}
     planned: List[Tuple[str, bool]] = []
     problems: List[str] = []
     used: Dict[str, int] = {}  # id → the roster line that takes it
@@ -58,7 +61,15 @@ def plan(
             problems.append(f"line {person.line}: id {identity_id!r} is line {used[identity_id]}'s too")
             continue
         used[identity_id] = person.line
-        planned.append((identity_id, identity_id in existing))
+        held = identity_id in existing
+        planned.append((identity_id, held))
+        for card in () if held else person.policy.cards:  # who is held keeps the cards they hold
+            holder = by_card.get(card)
+            if holder is not None and holder != identity_id:
+                problems.append(
+                    f"line {person.line}: card {card} is held by identity {holder!r}; remove it there first "
+                    f"(gallery set {holder} --remove-card {card}) or from this row"
+                )
     return planned, problems
 
 
@@ -95,34 +106,34 @@ def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
                         f"{identity_id}` adds photos)"
                     )
                 continue
-            if enroller is None:  # the models load for the first person to enrol
-                analyzer = stack.enter_context(load_analyzer(config, liveness=False))
-                enroller = Enroller(analyzer, gallery, config.gallery)
             try:
-                result = enroller.enroll(
-                    identity_id,
-                    person.name,
-                    list(_load(list(person.photos))),
-                    person.external_id,
-                    person.consent_at,
-                    None,
-                    args.largest,
-                    person.policy,
-                    keep=args.keep,
-                )
+                if person.faceless:
+                    document = _without_face(gallery, person, identity_id, args.json)
+                else:
+                    if enroller is None:  # the models load for the first person with photos to enrol
+                        analyzer = stack.enter_context(load_analyzer(config, liveness=False))
+                        enroller = Enroller(analyzer, gallery, config.gallery)
+                    result = enroller.enroll(
+                        identity_id,
+                        person.name,
+                        list(_load(list(person.photos))),
+                        person.external_id,
+                        person.consent_at,
+                        None,
+                        args.largest,
+                        person.policy,
+                        keep=args.keep,
+                    )
+                    status = "enrolled" if result.template_ids else "refused"
+                    document = {"line": person.line, "status": status, **_result_json(result)}
+                    if not args.json:
+                        _report(result)
             except IdentityError as err:
-                counts["refused"] += 1
-                documents.append(
-                    {"line": person.line, "id": identity_id, "status": "refused", "error": str(err)}
-                )
+                document = {"line": person.line, "id": identity_id, "status": "refused", "error": str(err)}
                 if not args.json:
                     print(f"{identity_id}: refused: {printable(str(err))}")
-                continue
-            status = "enrolled" if result.template_ids else "refused"
-            counts[status] += 1
-            documents.append({"line": person.line, "status": status, **_result_json(result)})
-            if not args.json:
-                _report(result)
+            counts[str(document["status"])] += 1
+            documents.append(document)
     if args.json:
         print(json.dumps({**counts, "people": documents}, indent=2))
     else:
@@ -131,6 +142,20 @@ def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
             f"(no photo accepted), of {len(people)} people"
         )
     return EXIT_FAILURE if counts["refused"] else EXIT_OK
+
+
+def _without_face(gallery: Any, person: Person, identity_id: str, as_json: bool) -> Dict[str, object]:
+    """A ``no_face`` row, enrolled as ``enroll --no-face`` enrols (no model); its report."""
+    gallery.add_identity(identity_id, person.name, person.external_id, person.consent_at, person.policy)
+    if not as_json:
+        print(f"{identity_id} ({printable(person.name)}): added without a face, 0 templates")
+    if not person.policy.cards:
+        sys.stderr.write(
+            f"warning: line {person.line}: {identity_id} has no face and holds no card: they cannot pass until "
+            f"one is learned (the MQTT learn_card command) or set (gallery set {identity_id} --card CARD)\n"
+        )
+    document: Dict[str, object] = {"line": person.line, "status": "enrolled", "id": identity_id}
+    return {**document, "name": person.name, "templates": 0, "photos": [], "duplicates": []}
 
 
 __all__ = ["enroll_roster", "plan"]

@@ -42,9 +42,13 @@ The authority's file (AUTH.toml), relative paths from its folder:
 _ROSTER_EXAMPLE = """\
 A roster (UTF-8; comma, semicolon or tab; relative photo paths from the roster's folder):
 
-  photos,name,external_id,id,groups,valid_from,valid_until,consent_at
-  people/ada,Ada Lovelace,B-1815,,staff lab,,2027-06-30T18:00:00+02:00,
-  people/alan.jpg,Alan Turing,B-1912,,staff,,,2026-11-30T09:00:00Z
+  photos,name,external_id,id,groups,valid_until,cards,no_face
+  people/ada,Ada Lovelace,B-1815,,staff lab,2027-06-30T18:00:00+02:00,w26:7:1815,
+  people/alan.jpg,Alan Turing,B-1912,,staff,,,
+  ,Grace Hopper,B-1906,,staff,,w26:7:1906,yes
+
+Other columns: valid_from, consent_at. cards: separated by spaces or commas. no_face = yes: a
+person enrolled without a face (no photos; cards and PIN only). No PIN column: `fleet set --pin`.
 """
 
 
@@ -109,8 +113,9 @@ def add_parser(subparsers: Any) -> None:
         "enroll-batch",
         help="publish a site's people from a roster (CSV: photos, name, external_id, id, groups, …)",
         description="Reads the roster (one person per row: a photo or a folder of photos, the name, an\n"
-        "id or an external id, optionally groups, valid_from, valid_until, consent_at) and refuses it\n"
-        "whole, every problem with its line, before any model loads. Each person's photos are checked\n"
+        "id or an external id, optionally groups, valid_from, valid_until, consent_at, cards, no_face)\n"
+        "and refuses it whole, every problem with its line (a card another identity holds too), before\n"
+        "any model loads. Each person's photos are checked\n"
         f"as `enroll` checks them; the {MAX_CROPS} best accepted ones are published, {PEOPLE_PER_CHANGE} "
         "people per\nchange. Who is enrolled already (by id, or by external id) is skipped before their\n"
         "photos are read: a roster that stopped is run again as it is. Exit 0 when everyone is published\n"

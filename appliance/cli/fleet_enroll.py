@@ -5,25 +5,36 @@ accepted ones published by the authority (:class:`~appliance.fleet.authority.Aut
 A batch loads the models once and publishes :data:`PEOPLE_PER_CHANGE` people per change (one lock,
 one connection, one index write, one manifest), so its cost per person is the photos' checks. Who is
 live already (by id, or by external id) is skipped before their photos are read, unless ``--replace``:
-a roster that stopped half-way is run again as it is.
+a roster that stopped half-way is run again as it is. A ``no_face`` row is published without a
+photo, as ``fleet enroll --no-face``; a card that another live identity holds refuses the roster
+before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..access.policy import IdentityPolicy, parse_instant
-from ..fleet.authority import Authority, AuthorityState, Enrolment, Index, Published
+from ..fleet.authority import (
+    Authority,
+    AuthorityState,
+    Enrolment,
+    Index,
+    Published,
+    card_clash_text,
+    card_digest,
+)
 from ..fleet.errors import FleetError
-from ..fleet.records import MAX_CROPS
+from ..fleet.records import MAX_CROPS, read_fleet_key
 from ..fleet.roster import BY_ID, BY_ID_OR_BADGE, LookAlikes, Person, RosterError, read_roster
 from ..fleet.settings import AuthorityFile
 from ..gallery.errors import IdentityError
@@ -269,6 +280,39 @@ def _precheck(people: Sequence[Person], index: Index) -> Tuple[Dict[int, str], L
     return holders, problems
 
 
+def _card_digest(config: AuthorityFile, authority: Optional[Authority]) -> Optional[Callable[[str], str]]:
+    """What keys the site's card digests: the authority's; with ``--check`` (no keys needed) the fleet
+    key's when it can be read here, else ``None`` (the cards are then checked within the roster only)."""
+    if authority is not None:
+        return authority.card_digest
+    try:
+        fleet_key = read_fleet_key(config.authority.fleet_key_file)
+    except FleetError as err:
+        sys.stderr.write(f"note: the cards are not checked against the site's identities: {err}\n")
+        return None
+    return functools.partial(card_digest, fleet_key)
+
+
+def _card_problems(
+    people: Sequence[Person],
+    index: Index,
+    holders: Dict[int, str],
+    replace: bool,
+    digest: Optional[Callable[[str], str]],
+) -> List[str]:
+    """The rows about to be published that give a card another live identity holds (who is enrolled
+    already is not published without ``replace``, and keeps the cards they hold)."""
+    if digest is None:
+        return []
+    published = [p for p in people if p.line not in holders or replace]
+    wanted = [(p.identity_id or holders.get(p.line), p.policy.cards) for p in published]
+    names = [p.name for p in published]
+    return [
+        f"line {published[position].line}: {card_clash_text(card, names[position], holder, index, names)}"
+        for position, card, holder in index.card_clashes(wanted, digest)
+    ]
+
+
 def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     """``fleet enroll-batch ROSTER.csv [--replace] [--check]``: see the module docstring."""
     settings = config.authority
@@ -280,6 +324,7 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     state = authority.state if authority is not None else AuthorityState(settings.state_dir, settings.site)
     index = state.index  # read without the lock: each change checks again under it
     holders, problems = _precheck(people, index)
+    problems += _card_problems(people, index, holders, args.replace, _card_digest(config, authority))
     if problems:
         return usage_error(str(RosterError(args.roster, problems)))
     report = _Report(args.json)
@@ -308,18 +353,23 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
                     row.note = "enrolled already (--replace replaces)"
                     report.flush()
                     continue
-                checked = photos.check(person.photos, args.largest)
-                row.photos = checked.verdicts
-                kept = f"{len(checked.crops)} of {len(person.photos)} photo(s)"
-                if not checked.crops:
-                    row.status, row.note = REFUSED, "no photo accepted"
+                if person.faceless:  # published as it is: no photo, no model
+                    checked = CheckedPhotos()
+                    row.note = "without a face" + ("" if person.policy.cards else ", holding no card yet")
                 else:
-                    row.look_alikes = look_alikes.match_and_add(person.line, checked.embeddings)
-                    row.note = kept
-                    if authority is None:
-                        row.status = WOULD_PUBLISH
+                    checked = photos.check(person.photos, args.largest)
+                    row.photos = checked.verdicts
+                    row.note = f"{len(checked.crops)} of {len(person.photos)} photo(s)"
+                    if not checked.crops:
+                        row.status, row.note = REFUSED, "no photo accepted"
                     else:
-                        waiting.append((row, _enrolment(person, row.identity_id, checked)))
+                        row.look_alikes = look_alikes.match_and_add(person.line, checked.embeddings)
+                if row.status:
+                    pass
+                elif authority is None:
+                    row.status = WOULD_PUBLISH
+                else:
+                    waiting.append((row, _enrolment(person, row.identity_id, checked)))
                 if len(waiting) >= PEOPLE_PER_CHANGE:
                     publish()
                 report.flush()

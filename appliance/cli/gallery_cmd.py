@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         metavar="ROSTER.csv",
         help="people from a CSV roster, as `fleet enroll-batch` takes it (photos, name, external_id, id, "
-        "groups, valid_from, valid_until, consent_at); who is enrolled already is skipped",
+        "groups, valid_from, valid_until, consent_at, cards, no_face); who is enrolled already is skipped",
     )
     choose = enroll.add_mutually_exclusive_group()
     choose.add_argument(

@@ -4,13 +4,21 @@ checked whole before any model loads or anything is published.
 Format (UTF-8, a byte-order mark allowed; comma-, semicolon- or tab-separated, as the header line
 shows; a header names the columns, in any order)::
 
-    photos,name,external_id,id,groups,valid_from,valid_until,consent_at
-    people/ada,Ada Lovelace,B-1815,,staff lab,,2027-06-30T18:00:00+02:00,
-    people/alan.jpg,Alan Turing,B-1912,,staff,,,2026-11-30T09:00:00Z
+    photos,name,external_id,id,groups,valid_from,valid_until,consent_at,cards,no_face
+    people/ada,Ada Lovelace,B-1815,,staff lab,,2027-06-30T18:00:00+02:00,,w26:7:1815,
+    people/alan.jpg,Alan Turing,B-1912,,staff,,,2026-11-30T09:00:00Z,,
+    ,Grace Hopper,B-1906,,staff,,,,w26:7:1906 w26:7:1907,yes
 
-* ``photos`` (required): a photo file, or a folder whose photos (directly in it, at most
+* ``photos``: a photo file, or a folder whose photos (directly in it, at most
   :data:`MAX_PHOTOS_PER_PERSON`) are all checked; a relative path is taken from the roster's folder.
+  Required on every row but those of ``no_face``.
 * ``name`` (required): the person's name, as ``fleet enroll --name``.
+* ``cards``: the person's cards (:func:`~appliance.access.credentials.parse_card`, at most
+  :data:`~appliance.access.credentials.MAX_CARDS`) separated by spaces or commas; a card on two rows
+  is refused. No PIN column: a PIN in a file is a secret every reader of the file learns; a door's
+  person types theirs at the reader (MQTT ``learn_pin``), a fleet's is set with ``fleet set --pin``.
+* ``no_face``: ``yes`` (or ``true``, ``1``) for a person enrolled without a face, who passes with
+  their cards (and PIN); such a row has no photos. Empty, ``no``, ``false`` or ``0``: photos.
 * ``external_id``, ``id``: as ``--external-id`` and ``--id``. For the fleet a row needs one of them so
   that running the same roster again (after an interruption) finds the people it enrolled: without
   ``id``, the live identity holding the row's ``external_id`` is that person (the authority keeps
@@ -48,8 +56,20 @@ from ..gallery.text import check_external_id, check_name
 from ..photo_files import PhotoFolderError, is_photo, photos_in
 from .errors import FleetError
 
-COLUMNS = ("photos", "name", "external_id", "id", "groups", "valid_from", "valid_until", "consent_at")
-REQUIRED = ("photos", "name")
+COLUMNS = (
+    "photos",
+    "name",
+    "external_id",
+    "id",
+    "groups",
+    "valid_from",
+    "valid_until",
+    "consent_at",
+    "cards",
+    "no_face",
+)
+REQUIRED = ("name",)
+_YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
 MAX_ROSTER_BYTES = 16 * 2**20
 MAX_PEOPLE = 100_000
 #: Photos checked per person at most (the best :data:`~appliance.fleet.records.MAX_CROPS` are kept).
@@ -89,7 +109,8 @@ class Person:
 
     Attributes:
         line: the row's line in the file (its last line, for a quoted cell over several lines).
-        photos: the photo files to check, 1–:data:`MAX_PHOTOS_PER_PERSON`.
+        photos: the photo files to check, 1–:data:`MAX_PHOTOS_PER_PERSON`; none for a person without
+            a face (``no_face``).
         identity_id: the id to enrol under, or ``None`` (the external id's holder, else a new random id).
     """
 
@@ -100,6 +121,11 @@ class Person:
     external_id: Optional[str]
     consent_at: str
     policy: IdentityPolicy
+
+    @property
+    def faceless(self) -> bool:
+        """Enrolled without a face: no photo, the cards and PIN of :attr:`policy` only."""
+        return not self.photos
 
 
 def _delimiter(header: str) -> str:
@@ -139,8 +165,21 @@ def _photos(cell: str, base: Path) -> Tuple[Path, ...]:
     return (path,)
 
 
-def _groups(cell: str) -> List[str]:
+def _names(cell: str) -> List[str]:
+    """A cell's groups or cards, separated by spaces or commas (neither holds one)."""
     return [name for name in re.split(r"[\s,]+", cell) if name]
+
+
+def _no_face(cells: Dict[str, str]) -> bool:
+    value = cells.get("no_face", "").lower()
+    if value not in (*_YES, *_NO, ""):
+        raise IdentityError(f"no_face is yes or no, got {cells['no_face'][:20]!r}")
+    no_face = value in _YES
+    if no_face and "photos" in cells:
+        raise IdentityError("a person without a face (no_face) has no photos; empty the photos cell")
+    if not no_face and "photos" not in cells:
+        raise IdentityError("photos are required; no_face = yes enrols a person without a face (cards only)")
+    return no_face
 
 
 def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, found_by: str) -> Person:
@@ -162,10 +201,12 @@ def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, 
     consent_at = cells.get("consent_at", consent_default)
     parse_instant(consent_at, "consent_at")
     changes: Dict[str, object] = {key: cells[key] for key in ("valid_from", "valid_until") if key in cells}
-    if "groups" in cells:
-        changes["groups"] = _groups(cells["groups"])
+    for key in ("groups", "cards"):
+        if key in cells:
+            changes[key] = _names(cells[key])
     policy = IdentityPolicy().changed(changes, "")
-    return Person(line, _photos(cells["photos"], base), name, identity_id, external_id, consent_at, policy)
+    photos = () if _no_face(cells) else _photos(cells["photos"], base)
+    return Person(line, photos, name, identity_id, external_id, consent_at, policy)
 
 
 def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE) -> List[Person]:
@@ -214,7 +255,8 @@ def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE
             except (IdentityError, PolicyError, PhotoFolderError) as err:
                 problems.append(f"line {line}: {err}")
                 continue
-            for key, value in (("id", person.identity_id), ("external_id", person.external_id)):
+            given = [("id", person.identity_id), ("external_id", person.external_id)]
+            for key, value in [*given, *(("card", card) for card in person.policy.cards)]:
                 if value is None:
                     continue
                 first = owners.setdefault((key, value), line)

@@ -578,6 +578,85 @@ def test_the_fleet_command_line_refuses_what_a_person_without_a_face_cannot_take
         assert code == 2 and message in err, (argv, code, err)
 
 
+def test_a_roster_enrols_people_without_a_face_with_their_cards_at_a_door(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``enroll --roster`` with ``cards`` and ``no_face`` columns: people without a face enrolled with no
+    model (the models folder does not exist), a card another identity holds refusing the roster whole."""
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'[storage]\ndir = "{tmp_path}"\n[models]\ndir = "{tmp_path / "no-models"}"\n')
+    conf = ("--config", str(config))
+    assert (
+        _cli(monkeypatch, capsys, "", "enroll", "--no-face", "--name", "Vera", "--card", CARD, *conf)[0] == 0
+    )
+    roster = tmp_path / "people.csv"
+    roster.write_text("name,external_id,cards,no_face\nGrace Hopper,B-1906,w26:1:1 w26:1:2,yes\nHedy,,,yes\n")
+    code, out, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(roster), "--json", *conf)
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["enrolled"], report["held"], report["refused"]) == (2, 0, 0)
+    assert [(p["id"], p["templates"]) for p in report["people"]] == [("grace-hopper", 0), ("hedy", 0)]
+    assert "line 3: hedy has no face and holds no card" in err and "grace" not in err
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        grace = store.identity("grace-hopper")
+        assert grace.templates == 0 and grace.policy.cards == ("w26:1:1", "w26:1:2")
+        assert grace.external_id == "B-1906"
+    code, out, _ = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(roster), *conf)
+    assert code == 0 and "0 enrolled, 2 enrolled already" in out
+    clash = tmp_path / "clash.csv"
+    clash.write_text(f"name,cards,no_face\nAlan,{CARD},yes\nJoan,w26:1:2,yes\nKate,w26:3:3,yes\n")
+    code, _, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(clash), *conf)
+    assert code == 2 and "nothing was enrolled" in err
+    assert f"line 2: card {CARD} is held by identity 'vera'" in err
+    assert "line 3: card w26:1:2 is held by identity 'grace-hopper'" in err
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        assert sorted(i.id for i in store.identities()) == ["grace-hopper", "hedy", "vera"]
+
+
+def test_a_fleet_roster_publishes_people_without_a_face_and_refuses_a_sites_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``fleet enroll-batch`` with ``no_face`` rows: records without crops, no model loaded (none is
+    configured); a card that a live identity holds refuses the roster, ``--check`` included."""
+    from appliance.fleet import authority as authority_module
+    from appliance.fleet.records import read_fleet_key
+    from appliance.updates.keys import load_public_key
+
+    broker = FakeBroker()
+    monkeypatch.setattr(authority_module, "FleetBroker", lambda *args: broker)
+    auth = tmp_path / "AUTH.toml"
+    auth.write_text(
+        f'[authority]\nsite = "{SITE}"\nsigning_key = "keys/a.key"\nfleet_key_file = "keys/fleet.key"\n'
+        f'state_dir = "state"\n[mqtt]\nhost = "127.0.0.1"\nport = 9\n[models]\ndir = "{tmp_path / "none"}"\n'
+    )
+    fleet = ("fleet", "enroll-batch", "--config", str(auth))
+    assert _cli(monkeypatch, capsys, "", "fleet", "init", "--config", str(auth))[0] == 0
+    roster = tmp_path / "people.csv"
+    roster.write_text("name,id,cards,no_face\nGrace,p-grace,w26:1:1,yes\nHedy,p-hedy,,yes\n")
+    code, out, err = _cli(monkeypatch, capsys, "", *fleet, "--json", str(roster))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["published"] == 2 and [p["note"] for p in report["people"]] == [
+        "without a face",
+        "without a face, holding no card yet",
+    ]
+    public = load_public_key(tmp_path / "keys" / "a.pub")
+    grace = open_record(
+        broker.retained[record_topic("face-appliance-fleet", SITE, "p-grace")],
+        SITE,
+        read_fleet_key(tmp_path / "keys" / "fleet.key"),
+        {key_id(public): public},
+    )
+    assert isinstance(grace, IdentityRecord) and grace.crops == () and grace.policy.cards == ("w26:1:1",)
+    clash = tmp_path / "clash.csv"
+    clash.write_text("name,id,cards,no_face\nAlan,p-alan,w26:1:1,yes\n")
+    published = list(broker.published)
+    for check in ((), ("--check",)):
+        code, _, err = _cli(monkeypatch, capsys, "", *fleet, *check, str(clash))
+        assert code == 2 and "line 2: card w26:1:1 of Alan is held by identity 'p-grace' (Grace)" in err, err
+    assert broker.published == published
+
+
 # -- MQTT commands ---------------------------------------------------------------------------------------
 
 

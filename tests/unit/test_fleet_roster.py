@@ -124,17 +124,60 @@ def test_every_problem_is_reported_with_its_line(people: Path) -> None:
         assert expected in text, expected
 
 
+def test_cards_and_people_without_a_face(people: Path) -> None:
+    """A ``cards`` column gives each person cards (canonical, checked); ``no_face`` rows have no photos
+    and are people without a face. A card on two rows, a photo on a no_face row, a row with neither,
+    a malformed card or no_face value: each refused with its line."""
+    path = _write(
+        people,
+        "name,id,photos,cards,no_face\n"
+        'Ada,p-ada,people/ada,"W26:7:1815, w26:7:1816",\n'
+        "Grace,p-grace,,w34:300:1906,yes\n"
+        "Hedy,p-hedy,,,TRUE\n"  # no card: the commands warn
+        "Alan,p-alan,people/alan.jpeg,,no\n",
+    )
+    ada, grace, hedy, alan = read_roster(path, NOW)
+    assert (ada.faceless, ada.policy.cards) == (False, ("w26:7:1815", "w26:7:1816"))
+    assert (grace.faceless, grace.photos, grace.policy.cards) == (True, (), ("w34:300:1906",))
+    assert (hedy.faceless, hedy.policy.cards, alan.faceless) == (True, (), False)
+    # Only the columns needed: a roster of people without a face has no photos column.
+    (vera,) = read_roster(_write(people, "name,id,cards,no_face\nVera,p-vera,w26:1:2,yes\n"), NOW)
+    assert vera.faceless and vera.policy.cards == ("w26:1:2",)
+    rows = [
+        "name,id,photos,cards,no_face",
+        "Ada,p-ada,people/ada,w26:7:1815,",  # good
+        "Alan,p-alan,people/alan.jpeg,w26:7:1815,",  # Ada's card
+        "Grace,p-grace,people/ada,,yes",  # photos on a no_face row
+        "Hedy,p-hedy,,,",  # neither photos nor no_face
+        "Joan,p-joan,,w26:999:1,yes",  # facility out of range
+        "Kate,p-kate,,w26:1:1,maybe",  # no_face neither yes nor no
+        "Lise,p-lise,," + " ".join(f"w26:1:{n}" for n in range(9)) + ",yes",  # nine cards
+    ]
+    problems = _problems(_write(people, "\n".join(rows) + "\n"))
+    assert [int(problem.split(":")[0].split()[1]) for problem in problems] == [3, 4, 5, 6, 7, 8], problems
+    text = "\n".join(problems)
+    for expected in (
+        "card 'w26:7:1815' is on line 2 too",
+        "has no photos; empty the photos cell",
+        "photos are required; no_face = yes enrols a person without a face",
+        "facility 0–255",
+        "no_face is yes or no, got 'maybe'",
+        "at most 8 cards",
+    ):
+        assert expected in text, expected
+
+
 def test_a_header_that_is_not_the_rosters_is_refused(people: Path) -> None:
     problems = _problems(_write(people, "foto,name,name\npeople/ada,Ada,Ada\n"))
+    columns = "photos, name, external_id, id, groups, valid_from, valid_until, consent_at, cards, no_face"
     assert problems == [
-        "line 1: column 'foto' is not known; the columns are photos, name, external_id, id, groups, "
-        "valid_from, valid_until, consent_at",
+        f"line 1: column 'foto' is not known; the columns are {columns}",
         "line 1: column 'name' appears twice",
-        "line 1: the column 'photos' is required",
     ]
-    assert _problems(_write(people, "\nphotos,name\n")) == [
-        "line 1 must name the columns: photos, name, external_id, id, groups, valid_from, valid_until, consent_at"
+    assert _problems(_write(people, "photos,id\npeople/ada,p-ada\n")) == [
+        "line 1: the column 'name' is required"
     ]
+    assert _problems(_write(people, "\nphotos,name\n")) == [f"line 1 must name the columns: {columns}"]
     assert _problems(_write(people, "photos,name,id\n")) == ["no person: the roster has a header and no row"]
 
 
