@@ -23,6 +23,7 @@ until the new one replaces it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import time
@@ -354,9 +355,8 @@ class CommandService:
 
     def _learn(self, command: LearnCardCommand, store: Any) -> Dict[str, Any]:
         """``learn_card`` and ``learn_pin``: armed here, answered when the card or the PIN typed twice
-        comes (:mod:`.access.learning`)."""
-        from .gallery.errors import IdentityError
-
+        comes (:mod:`.access.learning`); with ``for_fleet``, for the site's authority (nothing stored
+        here, the PIN's hash answered sealed)."""
         readers = self.config.reader_cameras
         if self.pipeline.credentials is None or not readers:
             raise CommandError("no card reader here: describe it in [credential_reader]", "invalid")
@@ -366,21 +366,56 @@ class CommandService:
             )
         if store.identity(command.id) is None:
             raise CommandError(f"no identity {command.id!r}")
-        try:  # checked again when the credential comes
-            store.check_local_change(command.id, "policy")
-        except IdentityError as err:
-            raise CommandError(str(err)) from None
-        until = time.time() + command.within_s
         if isinstance(command, LearnPinCommand):
             name, what = "learn_pin", "duress_pin" if command.duress else "pin"
         else:
             name, what = "learn_card", "card"
-        if not self.learning.arm(command.id, name, command.request_id, command.reader, until, what):
+        seal = self._fleet_seal(command, store, what) if command.for_fleet else None
+        if not command.for_fleet:
+            from .gallery.errors import IdentityError
+
+            try:  # checked again when the credential comes
+                store.check_local_change(command.id, "policy")
+            except IdentityError as err:
+                raise CommandError(str(err)) from None
+        until = time.time() + command.within_s
+        if not self.learning.arm(
+            command.id, name, command.request_id, command.reader, until, what, command.for_fleet, seal
+        ):
             raise CommandError(
                 f"a card or PIN is being learned for {self.learning.armed!r}; try again once it is answered",
                 "busy",
             )
         return ANSWERED_LATER
+
+    def _fleet_seal(self, command: LearnCardCommand, store: Any, what: str) -> Optional[Callable[[str], str]]:
+        """For a learning ``for_fleet``: what seals a PIN hash for the authority (``None`` for a card).
+
+        Raises:
+            CommandError: this door is in no fleet, the identity was enrolled here, or the fleet key
+                cannot be read.
+        """
+        fleet = self.config.fleet
+        if not fleet.enabled:
+            raise CommandError(
+                "for_fleet: this door takes part in no fleet ([fleet] enabled = false)", "invalid"
+            )
+        if store.fleet_revision(command.id) is None:
+            raise CommandError(
+                f"for_fleet: identity {command.id!r} was enrolled at this door, not by the fleet; learn "
+                "without for_fleet"
+            )
+        if what == "card":
+            return None
+        from .fleet.errors import FleetError
+        from .fleet.records import read_fleet_key
+        from .fleet.sealed_pin import seal_pin_hash
+
+        try:
+            fleet_key = read_fleet_key(fleet.fleet_key_file)
+        except FleetError as err:
+            raise CommandError(f"for_fleet: {err}", "failed") from None
+        return functools.partial(seal_pin_hash, fleet_key, fleet.site, command.id, command.request_id, what)
 
     def _door(self, command: Union[DoorOpenCommand, DoorModeCommand]) -> Dict[str, Any]:
         """``door_open`` and ``door_mode``: handed to the named door's owner thread (the only one's

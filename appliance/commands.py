@@ -61,6 +61,12 @@ command         payload                                                         
                                                                                   ``set``
 =============== ================================================================ ==================
 
+Both take ``for_fleet``: true at a door in a fleet, for an identity of the site's records (sent by the
+authority's ``fleet learn-card`` / ``fleet learn-pin``): nothing is stored here — the identity is the
+authority's — and the answer carries what was learned for the authority to publish: the card
+(``{"id", "card", "for_fleet": true}``), or the PIN's hash sealed with the fleet key (``{"id", "pin":
+"sealed", "sealed"}``). Without it, a fleet identity is ``refused`` there; with it, a local one is.
+
 ``presence`` and ``presence_reset`` are refused when anti-passback is off (``[access.anti_passback]``);
 ``door_open`` and ``door_mode`` when the door's own I/O is not running (``[door]``); ``learn_card``
 and ``learn_pin`` without a card reader (``[credential_reader]``), while another learning waits
@@ -425,16 +431,20 @@ class DoorModeCommand(_DoorCommand):
 
 
 class LearnCardCommand(_Command):
-    """``learn_card``: the next card read at the reader becomes one of ``id``'s cards."""
+    """``learn_card``: the next card read at the reader becomes one of ``id``'s cards; with
+    ``for_fleet``, for a fleet identity, it is answered for the site's authority and not stored here
+    (``fleet learn-card``)."""
 
     id: str = Field(min_length=1, max_length=64)
     within_s: float = Field(30.0, ge=5, le=300)
     reader: Optional[str] = Field(None, min_length=1, max_length=64)
+    for_fleet: bool = False
 
 
 class LearnPinCommand(LearnCardCommand):
     """``learn_pin``: the PIN then typed twice at one reader becomes ``id``'s PIN (``duress``: its duress
-    PIN); the digits never travel (:mod:`appliance.access.learning`)."""
+    PIN); the digits never travel (:mod:`appliance.access.learning`). With ``for_fleet``, its hash is
+    answered sealed for the site's authority (:mod:`appliance.fleet.sealed_pin`) and not stored here."""
 
     within_s: float = Field(60.0, ge=5, le=300)
     duress: bool = False

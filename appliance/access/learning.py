@@ -16,6 +16,13 @@ would be the PIN (``invalid``), or when the daemon stops (``busy``). While a lea
 takes at its readers — cards for ``learn_card``, PINs for ``learn_pin`` — goes to it, not to the access
 rules; the rest passes as usual. A PIN learning keeps the first entry in memory only until the second
 comes or the learning ends.
+
+A learning **for the fleet** (``for_fleet``: a fleet identity, asked by the site's authority with
+``fleet learn-card`` / ``fleet learn-pin``) stores nothing here — the identity is the authority's, and
+its next record would undo a change made here — and answers what was learned for the authority to
+publish: the card (``{"id", "card", "for_fleet": true}``), or the PIN's hash sealed with the fleet key
+(``{"id", "pin": "sealed", "sealed"}``, :mod:`appliance.fleet.sealed_pin`). The same checks come first:
+the card is nobody else's here, the two entries agree, the duress PIN is not the PIN.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class _Armed:
     what: str  # a key of LEARNS
     first: Optional[str] = None  # a PIN learning's first entry
     card_shown: bool = False  # a PIN learning: the holder's card was shown (or they hold none)
+    for_fleet: bool = False  # answered for the site's authority, stored nowhere here
+    seal: Optional[Callable[[str], str]] = None  # for_fleet: a PIN hash → its sealed text
 
     def __repr__(self) -> str:  # never the PIN's digits, should this ever be logged
         return f"_Armed({self.identity_id!r}, {self.what}, reader={self.reader!r})"
@@ -76,15 +85,26 @@ class CredentialLearning:
         reader: Optional[str],
         until: float,
         what: str = "card",
+        for_fleet: bool = False,
+        seal: Optional[Callable[[str], str]] = None,
     ) -> bool:
         """Wait for ``what`` (``card``, ``pin`` or ``duress_pin``) for ``identity_id`` until ``until``
         (Unix seconds) at ``reader`` (``None``: any; a PIN's second entry must come at the reader of
-        its first). ``False`` when a learning already waits (the caller refuses the command)."""
+        its first). ``False`` when a learning already waits (the caller refuses the command).
+
+        Args:
+            for_fleet: answer what was learned for the site's authority and store nothing (see the
+                module); a PIN learning then needs ``seal`` (a PIN hash → its sealed text).
+        """
         if what not in LEARNS:
             raise ValueError(f"a learning sets one of {', '.join(LEARNS)}, not {what!r}")
+        if for_fleet and what != "card" and seal is None:
+            raise ValueError("a PIN learned for the fleet needs what seals its hash")
         if self._armed is not None:
             return False
-        self._armed = _Armed(identity_id, name, request_id, reader, until, what)
+        self._armed = _Armed(
+            identity_id, name, request_id, reader, until, what, for_fleet=for_fleet, seal=seal
+        )
         logger.info("learning a %s at the reader for an identity", what.replace("_", " "))
         return True
 
@@ -180,10 +200,19 @@ class CredentialLearning:
             return
         added = card not in identity.policy.cards
         try:
-            if added:
-                store.set_policy(identity.id, identity.policy.changed({"add_cards": [card]}))
+            policy = identity.policy.changed({"add_cards": [card]})  # at most 8 cards
+            if armed.for_fleet:
+                _refuse_held_card(store, card, identity.id)
+            elif added:
+                store.set_policy(identity.id, policy)
         except (IdentityError, PolicyError) as err:  # another's card, or already 8 cards
             self._answer(armed.name, armed.request_id, None, ("invalid", str(err)))
+            return
+        if armed.for_fleet:
+            logger.info("a card was learned at the reader for a fleet identity, answered for the authority")
+            self._answer(
+                armed.name, armed.request_id, {"id": identity.id, "card": card, "for_fleet": True}, None
+            )
             return
         logger.info(
             "a card was learned at the reader for an identity (%s)", "added" if added else "held already"
@@ -205,12 +234,40 @@ class CredentialLearning:
         if identity is None:
             return
         try:
-            store.set_policy(identity.id, identity.policy.changed({armed.what: second}))
-        except (IdentityError, PolicyError) as err:  # the duress PIN equal to the PIN
+            policy = identity.policy.changed({armed.what: second})  # the duress PIN is not the PIN
+            if armed.seal is None:
+                store.set_policy(identity.id, policy)
+        except (IdentityError, PolicyError) as err:
             self._answer(armed.name, armed.request_id, None, ("invalid", str(err)))
+            return
+        if armed.seal is not None:
+            sealed = armed.seal(getattr(policy, armed.what))
+            logger.info(
+                "a %s was learned at the reader for a fleet identity, answered sealed",
+                armed.what.replace("_", " "),
+            )
+            self._answer(
+                armed.name,
+                armed.request_id,
+                {"id": identity.id, armed.what: "sealed", "sealed": sealed},
+                None,
+            )
             return
         logger.info("a %s was learned at the reader for an identity", armed.what.replace("_", " "))
         self._answer(armed.name, armed.request_id, {"id": identity.id, armed.what: "set"}, None)
+
+
+def _refuse_held_card(store: Any, card: str, identity_id: str) -> None:
+    """A card learned for the fleet is checked as a stored one would be: nobody else holds it here.
+
+    Raises:
+        IdentityError: naming the holder.
+    """
+    from ..gallery.errors import IdentityError
+
+    others = [holder.id for holder in store.card_holders(card) if holder.id != identity_id]
+    if others:
+        raise IdentityError(f"the card is held by {others[0]!r} here; remove it there first")
 
 
 __all__ = ["LEARNS", "CredentialLearning"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -153,6 +154,40 @@ def add_parser(subparsers: Any) -> None:
     add_policy_options(change, changing=True)
     _config_option(change)
     change.set_defaults(handler=_set)
+
+    for what, summary in (
+        ("card", "the next card shown at a door's reader becomes one of the identity's cards"),
+        ("pin", "a PIN typed twice at a door's reader becomes the identity's PIN (its digits reach nobody)"),
+    ):
+        learn = actions.add_parser(
+            f"learn-{what}",
+            help=summary,
+            description=f"Asks DOOR (its device id) to learn {'a card' if what == 'card' else 'a PIN'} for "
+            "the identity at its reader — MQTT learn_"
+            f"{what} with for_fleet, on {{door_prefix}}/DOOR/cmd/ — waits for the person there, then "
+            "publishes the identity's record with it: every door applies it. The door stores nothing "
+            "itself. "
+            + (
+                "The card must be nobody else's at the site."
+                if what == "card"
+                else "Someone who holds cards shows one of them first; then the new PIN, #, and the same "
+                "PIN again, #. Only its hash travels, sealed with the fleet key."
+            ),
+        )
+        learn.add_argument("identity_id", metavar="ID")
+        learn.add_argument("--door", required=True, metavar="DEVICE", help="the door whose reader is used")
+        learn.add_argument("--reader", metavar="NAME", help="one of the door's readers (default: any)")
+        learn.add_argument(
+            "--within",
+            type=float,
+            default=30.0 if what == "card" else 60.0,
+            metavar="S",
+            help=f"seconds the door waits for the person (5–300, default {30 if what == 'card' else 60})",
+        )
+        if what == "pin":
+            learn.add_argument("--duress", action="store_true", help="learn the duress PIN instead")
+        _config_option(learn)
+        learn.set_defaults(handler=_learn, learns=what)
 
     remove = actions.add_parser(
         "remove",
@@ -312,6 +347,33 @@ def _set(args: argparse.Namespace) -> int:
         [
             f"{published.identity_id}: record r{published.revision} published on {published.topic} "
             "without a face: every door deletes its templates, and keeps its cards and PIN"
+        ],
+    )
+    return EXIT_OK
+
+
+def _learn(args: argparse.Namespace) -> int:
+    """``fleet learn-card`` and ``fleet learn-pin`` (:mod:`appliance.fleet.door_learning`)."""
+    from ..fleet.door_learning import learn_at_door
+
+    if not 5 <= args.within <= 300:
+        return usage_error(f"--within is 5–300 seconds, got {args.within:g}")
+    what = "duress_pin" if getattr(args, "duress", False) else args.learns
+    authority = Authority.open(_load(args))
+    person = (
+        "show the card"
+        if what == "card"
+        else "show one of their cards, if they hold any, then type the new PIN, #, and again, #"
+    )
+    sys.stderr.write(f"waiting up to {args.within:g} s at door {args.door}: the person should {person}\n")
+    learned = learn_at_door(authority, args.identity_id, args.door, what, args.within, args.reader)
+    published = learned.published
+    label = f"card {learned.card}" if learned.card is not None else what.replace("_", " ")
+    emit(
+        args,
+        {**published.document(), "learned": what, "card": learned.card, "door": args.door},
+        [
+            f"{published.identity_id}: {label} learned at {args.door}; record r{published.revision} published on {published.topic}"
         ],
     )
     return EXIT_OK

@@ -781,6 +781,11 @@ class Authority:
             config, load_signing_key(config.authority), read_fleet_key(config.authority.fleet_key_file)
         )
 
+    def broker(self) -> FleetBroker:
+        """A connection to the site's broker, connected on enter (for what is not a change of the state:
+        asking a door, :mod:`.door_learning`)."""
+        return self._broker()
+
     # -- the broker's view ----------------------------------------------------------------------------
 
     def _broker_manifest(self, broker: FleetBroker) -> Optional[Manifest]:
@@ -998,11 +1003,17 @@ class Authority:
                 return identity_id
 
     def set_policy(
-        self, identity_id: str, changes: Mapping[str, object], forget_face: bool = False
+        self,
+        identity_id: str,
+        changes: Mapping[str, object],
+        forget_face: bool = False,
+        pin_hashes: Optional[Mapping[str, str]] = None,
     ) -> Published:
         """Republish a live identity with its policy changed (validity, groups, suspension, cards,
         PINs), and with ``forget_face`` without its crops: consent withdrawn, every door deletes the
         identity's templates and keeps it with its cards and PIN (``fleet set ID --forget-face``).
+        ``pin_hashes`` sets ``pin`` / ``duress_pin`` to hashes made at a door (``fleet learn-pin``,
+        :mod:`.sealed_pin`), after ``changes``.
 
         The current record is taken from this state, else from the broker, and opened with the fleet
         key: the photos need not be given again. The record the state keeps, and the one the broker
@@ -1016,6 +1027,8 @@ class Authority:
         with self._change() as (broker, allocate):
             current = self._current_record(broker, identity_id)
             policy = current.policy.changed(changes, "")
+            if pin_hashes:  # checked as a record's are
+                policy = IdentityPolicy.from_document({**policy.document(), **pin_hashes}, "")
             self._refuse_card_clashes([(identity_id, current.name, policy.cards)])
             record = IdentityRecord(
                 identity_id,

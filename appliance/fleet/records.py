@@ -373,7 +373,12 @@ def _verify(public: Ed25519PublicKey, signature: bytes, domain: bytes, signed: M
         ) from None
 
 
-def _fleet_aead(fleet_key: bytes) -> AESGCM:
+def fleet_aead(fleet_key: bytes) -> AESGCM:
+    """AES-256-GCM under the site's fleet key (records, and the PIN hashes of :mod:`.sealed_pin`).
+
+    Raises:
+        FleetError: the key is not 32 bytes.
+    """
     if not isinstance(fleet_key, bytes) or len(fleet_key) != FLEET_KEY_BYTES:
         raise FleetError(f"the fleet key must be {FLEET_KEY_BYTES} bytes")
     return AESGCM(fleet_key)
@@ -499,7 +504,7 @@ def seal_record(
             ``too_large`` — the sealed record is over :data:`MAX_RECORD_BYTES`.
         FleetError: the fleet key is not 32 bytes.
     """
-    aead = _fleet_aead(fleet_key)
+    aead = fleet_aead(fleet_key)
     _level(site, "site", INVALID)
     identity_id = _identity_id(record.id, "id", INVALID)
     revision = _revision(record.revision, "revision", INVALID)
@@ -554,7 +559,7 @@ def open_record(
         FleetRecordError: with its ``reason``; no other exception for any ``payload``.
         FleetError: the fleet key is not 32 bytes (a configuration problem, not the record's).
     """
-    aead = _fleet_aead(fleet_key)
+    aead = fleet_aead(fleet_key)
     envelope = _open_envelope(payload, MAX_RECORD_BYTES, _ENVELOPE_KEYS, "a record envelope")
     kind = envelope["kind"]
     if kind not in (IDENTITY, TOMBSTONE):

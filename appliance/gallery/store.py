@@ -903,18 +903,27 @@ class TemplateStore:
         with self._lock:
             self._refuse_fleet_identity(self._db, identity_id, change)
 
-    def _refuse_fleet_identity(self, db: sqlite3.Connection, identity_id: str, change: str) -> None:
-        if not self.fleet_managed:
-            return
+    def fleet_revision(self, identity_id: str) -> Optional[int]:
+        """The revision of the fleet record that brought ``identity_id`` here, ``None`` for an identity
+        enrolled here (or none)."""
+        with self._lock:
+            return self._fleet_revision(self._db, identity_id)
+
+    @staticmethod
+    def _fleet_revision(db: sqlite3.Connection, identity_id: str) -> Optional[int]:
         row = db.execute(
             "SELECT f.revision FROM fleet_records f JOIN identities i ON i.id = f.id "
             "WHERE f.id=? AND f.kind='identity'",
             (identity_id,),
         ).fetchone()
-        if row is not None:
+        return None if row is None else int(row[0])
+
+    def _refuse_fleet_identity(self, db: sqlite3.Connection, identity_id: str, change: str) -> None:
+        revision = self._fleet_revision(db, identity_id) if self.fleet_managed else None
+        if revision is not None:
             how = _AT_THE_AUTHORITY[change].format(id=identity_id)
             raise FleetIdentityError(
-                f"identity {identity_id!r} is the site's (fleet record r{int(row[0])}): change it at the "
+                f"identity {identity_id!r} is the site's (fleet record r{revision}): change it at the "
                 f"enrolment authority with {how}; a change made at this door would be undone by its next "
                 "record, and the other doors would never have it"
             )

@@ -4,30 +4,40 @@ real peripheral device playing the card-and-keypad reader over a ``socat`` pty p
 Obama, in ``vault``, is held for his second factor; a wrong PIN is reported, his card opens the door
 (and the reader turns green), and, at his next passage, his duress PIN opens it too, with the alarm in
 the event only. Vera, enrolled without a face, passes by her card and PIN alone (schema-2 events), and
-sets a new PIN by typing it twice at the reader.
+sets a new PIN by typing it twice at the reader; enrolled by the fleet's authority, her card and PIN
+are learned at the reader for the authority, which publishes them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
+from appliance.access.credentials import verify_pin
 from appliance.access.policy import IdentityPolicy
 from appliance.gallery.store import TemplateStore
 from tests.card_reader_support import KeypadReader
-from tests.mqtt_broker import MosquittoBroker, Recorder
+from tests.mqtt_broker import MosquittoBroker, Recorder, wait_until
 from tests.osdp_support import KEY, pty_pair, write_key
 from tests.support import (
+    DEVICE,
     ROOT,
     Daemon,
     command,
     daemon_config,
     event_documents,
+    fleet_authority_config,
     make_passage_video,
+    run_cli,
     unique_events,
 )
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 #: Facility 7, card 12345 as a 26-bit Wiegand read.
 CARD_READ = bytes.fromhex("83981cc0")
@@ -250,3 +260,93 @@ def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
             nobody,
         )
         assert _event(recorder, again)["factors"] == ["card", "pin"]
+
+
+def test_a_fleet_persons_card_and_pin_are_learned_at_a_door_and_published_by_the_authority(
+    tmp_path: Path,
+    storage: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """Vera is the fleet's, enrolled without a face by the authority: the door refuses to learn her
+    PIN for itself (her next record would undo it), but learns her card, then her PIN, for the
+    authority (``fleet learn-card`` / ``fleet learn-pin``), which publishes them; every door applies the
+    record, and her card and PIN open this one. The PIN's digits are in no MQTT message and no output."""
+    authority = fleet_authority_config(tmp_path / "authority", "hq", mosquitto, shared_models)
+    auth = ("--config", str(authority))
+    assert run_cli("fleet", "init", *auth).returncode == 0
+    enrolled = run_cli("fleet", "enroll", *auth, "--no-face", "--name", "Vera", "--id", "vera")
+    assert enrolled.returncode == 0, enrolled.stderr
+    keys, trusted = authority.parent / "keys", tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(keys / "authority.pub", trusted / "authority.pub")
+    fleet = f'enabled = true\nsite = "hq"\nfleet_key_file = "{keys / "fleet.key"}"\ntrusted_keys_dir = "{trusted}"'
+    with _door_with_reader(
+        tmp_path,
+        storage,
+        shared_models,
+        shared_data,
+        mosquitto,
+        access='[access.without_face]\nrequire = "card_and_pin"\nwithin_s = 30',
+        fleet=fleet,
+    ) as (daemon, reader):
+        wait_until(lambda: _policy(storage, "vera") is not None, 60, "the door applies Vera's record")
+        reader.wait_for(reader.secure, "the reader's Secure Channel")
+        refused = command(recorder, "learn_pin", {"request_id": "local-pin", "id": "vera"})
+        assert refused["ok"] is False and "fleet set vera" in refused["error"]["message"], refused
+        local = command(recorder, "learn_card", {"request_id": "f-obama", "id": "obama", "for_fleet": True})
+        assert local["ok"] is False and "enrolled at this door" in local["error"]["message"], local
+
+        learn_card = _authority_learning(authority, "learn-card", "vera", "--within", "30")
+        daemon.wait_log("learning a card at the reader")
+        reader.card(CARD_READ, 26)
+        out, err = learn_card.communicate(timeout=60)
+        assert learn_card.returncode == 0, err
+        assert json.loads(out)["card"] == "w26:7:12345" and json.loads(out)["learned"] == "card"
+        wait_until(
+            lambda: _policy(storage, "vera").cards == ("w26:7:12345",), 60, "the door applies her card"
+        )
+
+        learn_pin = _authority_learning(authority, "learn-pin", "vera")
+        daemon.wait_log("learning a pin at the reader")
+        reader.card(CARD_READ, 26)  # hers, first
+        daemon.wait_log("their card was shown")
+        reader.keys("2580#")
+        reader.keys("2580#")
+        out, err = learn_pin.communicate(timeout=60)
+        assert learn_pin.returncode == 0, err
+        assert json.loads(out)["learned"] == "pin" and "2580" not in out + err
+        assert not [m for m in recorder.messages if b"2580" in m.payload]
+        wait_until(lambda: _policy(storage, "vera").pin is not None, 60, "the door applies her PIN")
+        assert verify_pin("2580", _policy(storage, "vera").pin)
+
+        reader.card(CARD_READ, 26)
+        reader.keys("2580#")
+        _wait_event(
+            recorder,
+            daemon,
+            "her card and the PIN she chose open the door",
+            lambda e: e["schema"] == 2 and e["decision"] == "granted" and e["identity"]["id"] == "vera",
+        )
+
+
+def _authority_learning(authority: Path, action: str, identity_id: str, *more: str) -> subprocess.Popen:
+    """``fleet learn-card`` / ``learn-pin`` at the test's door, running while the test plays the person."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "appliance", "fleet", action, "--config", str(authority), identity_id),
+            *("--door", DEVICE, "--json", *more),
+        ],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _policy(storage: Path, identity_id: str) -> Any:
+    with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
+        identity = store.identity(identity_id)
+        return None if identity is None else identity.policy

@@ -603,6 +603,70 @@ def test_a_pin_is_learned_typed_twice_at_one_reader_and_never_leaves_the_door(
         assert refused.value.code == "invalid"
 
 
+def test_a_card_and_a_pin_learned_for_the_fleet_are_answered_not_stored(
+    gallery: TemplateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``for_fleet``: the same checks as a learning for the door, nothing stored, the card answered and
+    the PIN's hash answered sealed for the authority, bound to the request (it opens for nothing else)."""
+    import functools
+
+    from appliance.access.learning import CredentialLearning
+    from appliance.fleet.errors import FleetError
+    from appliance.fleet.sealed_pin import open_pin_hash, seal_pin_hash
+
+    caplog.set_level("DEBUG")
+    key = bytes(range(32))
+    answers: List[Any] = []
+    learning = CredentialLearning(lambda *answer: answers.append(answer))
+    before = gallery.identity("tom").policy
+    assert learning.arm("tom", "learn_card", "f1", None, T0 + 30, "card", for_fleet=True)
+    learning.take([_credential("card", "w26:9:777", 1)], gallery, T0 + 1)
+    assert answers.pop() == ("learn_card", "f1", {"id": "tom", "card": "w26:9:777", "for_fleet": True}, None)
+    learning.arm("tom", "learn_card", "f2", None, T0 + 30, "card", for_fleet=True)
+    learning.take([_credential("card", CARD, 2)], gallery, T0 + 2)  # ada's card here
+    _, _, outcome, (code, message) = answers.pop()
+    assert (outcome, code) == (None, "invalid") and "held by 'ada' here" in message
+
+    seal = functools.partial(seal_pin_hash, key, "hq", "tom", "f3", "pin")
+    learning.arm("tom", "learn_pin", "f3", None, T0 + 60, "pin", for_fleet=True, seal=seal)
+    learning.take([_credential("pin", "2580", 3), _credential("pin", "2580", 4)], gallery, T0 + 4)
+    name, request_id, result, error = answers.pop()
+    assert (name, request_id, error, result["id"], result["pin"]) == (
+        "learn_pin",
+        "f3",
+        None,
+        "tom",
+        "sealed",
+    )
+    pin_hash = open_pin_hash(result["sealed"], key, "hq", "tom", "f3", "pin")
+    assert verify_pin("2580", pin_hash) and "2580" not in result["sealed"]
+    for wrong in (
+        (bytes(32), "hq", "tom", "f3", "pin"),  # another site's key
+        (key, "lab", "tom", "f3", "pin"),
+        (key, "hq", "ada", "f3", "pin"),  # moved to another person
+        (key, "hq", "tom", "f4", "pin"),  # replayed into another request
+        (key, "hq", "tom", "f3", "duress_pin"),  # taken as the other PIN
+    ):
+        with pytest.raises(FleetError, match="does not open"):
+            open_pin_hash(result["sealed"], *wrong)
+    for hostile, why in (("x" * 600, "at most 512"), (None, "at most 512"), ("not base64!", "not base64")):
+        with pytest.raises(FleetError, match=why):
+            open_pin_hash(hostile, key, "hq", "tom", "f3", "pin")
+    not_a_hash = seal_pin_hash(key, "hq", "tom", "f3", "pin", "2580")
+    with pytest.raises(FleetError, match="holds no PIN hash"):
+        open_pin_hash(not_a_hash, key, "hq", "tom", "f3", "pin")
+    # the duress PIN equal to the stored PIN is refused at the door, as for a learning there
+    gallery.set_policy("tom", before.changed({"pin": "2580"}))
+    learning.arm("tom", "learn_pin", "f5", None, T0 + 60, "duress_pin", for_fleet=True, seal=seal)
+    learning.take([_credential("pin", "2580", 5), _credential("pin", "2580", 6)], gallery, T0 + 6)
+    assert answers.pop()[3][0] == "invalid"
+    assert gallery.identity("tom").policy.cards == before.cards  # nothing learned for the fleet was stored
+    assert gallery.identity("tom").policy.duress_pin is None
+    assert not [r for r in caplog.records if "2580" in r.getMessage()]
+    with pytest.raises(ValueError, match="needs what seals"):
+        learning.arm("tom", "learn_pin", "f6", None, T0 + 60, "pin", for_fleet=True)
+
+
 def test_a_turnstile_has_a_reader_per_way_each_on_its_own_port_or_both_on_one_line() -> None:
     from appliance.osdp.card_reader import CardReader
     from appliance.peripherals import create_peripherals
