@@ -370,8 +370,10 @@ class CommandService:
             name, what = "learn_pin", "duress_pin" if command.duress else "pin"
         else:
             name, what = "learn_card", "card"
-        seal = self._fleet_seal(command, store, what) if command.for_fleet else None
-        if not command.for_fleet:
+        seal: Optional[Callable[[str], str]] = None
+        if command.for_fleet:
+            seal = self._fleet_seal(command, store, what)
+        else:
             from .gallery.errors import IdentityError
 
             try:  # checked again when the credential comes
