@@ -465,6 +465,7 @@ def check_access(config: ApplianceConfig) -> List[Check]:
     checks.extend(_named_groups(config, tables, identities))
     checks.extend(_second_factors(config, identities))
     checks.extend(_without_face(config, identities))
+    checks.extend(_face_optional(config, identities))
     checks.extend(check_presence(config))
     return checks
 
@@ -544,6 +545,40 @@ def _without_face(config: ApplianceConfig, identities: List[Any]) -> List[Check]
             )
         ]
     return [Check(OK, key, f"{what} for {len(faceless)} people without a face")]
+
+
+def _face_optional(config: ApplianceConfig, identities: List[Any]) -> List[Check]:
+    """People with a face whom ``access.without_face.face_optional_groups`` lets pass by card too: how
+    many (their card and a watched PIN replace their face), and those who hold too little to."""
+    rule = config.access.without_face
+    groups = set(rule.face_optional_groups)
+    if not groups:
+        return []
+    key = "access.without_face.face_optional_groups"
+    members = [i for i in identities if i.templates and groups & set(i.policy.groups)]
+    if not members:
+        return [Check(WARN, key, f"nobody with a face is in {', '.join(sorted(groups))}", "")]
+    needs_pin = rule.require == "card_and_pin"
+    lacking = [i for i in members if not i.policy.cards or (needs_pin and i.policy.pin is None)]
+    what = "a card and a PIN" if needs_pin else "a card"
+    if lacking:
+        return [
+            Check(
+                WARN,
+                key,
+                f"{len(lacking)} of the {len(members)} people of {', '.join(sorted(groups))} lack {what}: "
+                f"only their face lets them in: {_some(lacking)}",
+                "face-appliance gallery set ID --card w26:FACILITY:CARD --pin",
+            )
+        ]
+    return [
+        Check(
+            OK,
+            key,
+            f"people with a face in these groups ({len(members)}) may also pass by {what}: their card "
+            "and PIN replace their face",
+        )
+    ]
 
 
 def _some(identities: List[Any], most: int = 10) -> str:

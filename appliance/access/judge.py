@@ -168,6 +168,7 @@ class AccessJudge:
                 at_one,
                 rule_settings.lockout_after,
                 rule_settings.lockout_s,
+                rule_settings.face_optional_groups,
             )
         return cls(policy, source, passback, two_person, second_factor, without_face)
 
@@ -286,6 +287,11 @@ class AccessJudge:
         identity = self.source.identity(identity_id)
         return None if identity is None else identity.policy
 
+    def _face_held(self, identity_id: str) -> bool:
+        """Whether the second factor holds ``identity_id``'s face for a card or PIN now."""
+        factor = self.second_factor
+        return factor is not None and any(w.identity_id == identity_id for w in factor.waiting())
+
     def _without_face(
         self, rule: WithoutFaceRule, credential: PresentedCredential, now: datetime
     ) -> Optional[CredentialPassage]:
@@ -327,8 +333,8 @@ class AccessJudge:
         if len(holders) != 1:
             return CredentialPassage(None, camera_id, Verdict(None), ("card",))
         holder = holders[0]
-        if holder.templates:  # theirs to complete a face with, not a way in without it
-            return None
+        if holder.templates and not (rule.face_optional(holder.policy) and not self._face_held(holder.id)):
+            return None  # theirs to complete a face with, not a way in without it
         if rule.locked_out(holder.id, at):
             verdict = Verdict(CREDENTIAL_LOCKOUT)
         elif not rule.needs_pin:

@@ -174,6 +174,25 @@ class WithoutFaceConfig(StrictModel):
     lockout_s: float = Field(
         900.0, ge=60, le=86400, description="The window of lockout_after, and how long a lockout lasts."
     )
+    face_optional_groups: GroupNames = Field(
+        default_factory=list,
+        max_length=64,
+        description="Access groups whose members, though enrolled with a face, may pass here by `require` "
+        "too, when the camera cannot see them (a mask, a helmet, a camera fault: 'face or card and PIN'). "
+        "Their stolen card and a watched PIN then replace their face: name only groups that need it. "
+        "Where [access.second_factor] holds their face, their card still completes it. Empty: only "
+        "people without a face pass by card.",
+        json_schema_extra={"example": ["maintenance"]},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WithoutFaceConfig:
+        if self.face_optional_groups and self.require == "off":
+            raise ValueError(
+                "access.without_face.face_optional_groups is set but access.without_face.require is 'off': "
+                "set require to 'card_and_pin' (or 'card'), or empty the groups"
+            )
+        return self
 
 
 class AccessConfig(StrictModel):

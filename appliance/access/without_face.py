@@ -18,7 +18,10 @@ The access policy (validity, suspension, groups and schedules), anti-passback an
 apply as they do to a face. A card nobody here holds is an ``unknown`` event with ``"factors":
 ["card"]``. A card of someone enrolled with a face is not a way in without it: it completes their face
 where the door asks for a second factor (:mod:`appliance.access.second_factor`), and is otherwise
-ignored. The events of these passages have no face (``face``, ``score``, ``track_id`` and ``liveness``
+ignored — unless one of their groups is a ``face_optional_groups``: they may then pass this way too,
+when the camera cannot see them (a site's choice, for the groups that need it: their stolen card and a
+watched PIN replace their face), except while the second factor holds their face, which the card then
+completes. The events of these passages have no face (``face``, ``score``, ``track_id`` and ``liveness``
 null): they carry ``"schema": 2`` (:mod:`appliance.events`).
 
 The waits live in memory on the pipeline thread, one per reader: a restart forgets them.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .credentials import PresentedCredential, verify_pin
 from .guessing import GuessCounter
@@ -82,6 +85,7 @@ class WithoutFaceRule:
         reader_cameras: reader id → the one camera its passages count at.
         lockout_after: wrong PINs on one identity's cards within ``lockout_s`` that lock it out (0: never).
         lockout_s: the window of those, and how long the lockout lasts after the last one.
+        face_optional_groups: the access groups whose members with a face may pass by this rule too.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class WithoutFaceRule:
         reader_cameras: Mapping[str, str],
         lockout_after: int = 0,
         lockout_s: float = 900.0,
+        face_optional_groups: Sequence[str] = (),
     ) -> None:
         if require not in REQUIRES:
             raise ValueError(f"require must be one of {', '.join(REQUIRES)}, got {require!r}")
@@ -99,6 +104,7 @@ class WithoutFaceRule:
         self.within_s = within_s
         self.max_attempts = max_attempts
         self.reader_cameras = dict(reader_cameras)
+        self.face_optional_groups = frozenset(face_optional_groups)
         self._guesses = GuessCounter(lockout_after, lockout_s, "their card")
         #: reader id → the card waiting there for its PIN
         self._waits: Dict[str, CardWait] = {}
@@ -107,6 +113,11 @@ class WithoutFaceRule:
     def needs_pin(self) -> bool:
         """Whether a card waits for its PIN (``card_and_pin``)."""
         return self.require == "card_and_pin"
+
+    def face_optional(self, policy: IdentityPolicy) -> bool:
+        """Whether someone with a face and ``policy`` may pass by this rule too (one of their groups is a
+        ``face_optional_groups``)."""
+        return not self.face_optional_groups.isdisjoint(policy.groups)
 
     def camera_of(self, reader: str) -> Optional[str]:
         """The camera ``reader``'s passages count at, or ``None`` for a reader this rule does not serve."""

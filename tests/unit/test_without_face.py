@@ -153,6 +153,74 @@ def test_a_card_then_its_pin_opens_for_someone_without_a_face(store: TemplateSto
         assert judge.present(_at(203, "card", VERA_CARD, "elsewhere")) == []  # a reader it does not serve
 
 
+def test_a_face_optional_group_passes_by_card_and_pin_but_a_held_face_is_completed_by_its_card(
+    store: TemplateStore,
+) -> None:
+    """``face_optional_groups``: Ada, with a face, in ``maintenance``, passes by her card and PIN too
+    (schema-2, no face); Tom, with a face in no such group, does not; while the second factor holds
+    Ada's face, her card completes it instead."""
+    store.set_policy("ada", IdentityPolicy(groups=("maintenance",), cards=(ADA_CARD,), pin=hash_pin("9999")))
+    store.add("tom", "Tom", VERSION, _unit(2), policy=IdentityPolicy(groups=("staff",), cards=("w26:7:300",)))
+    judge = AccessJudge.for_door(
+        _access(face_optional_groups=["maintenance"]), store, readers={READER: ["entry"]}
+    )
+    [held] = judge.present(_at(0, "card", ADA_CARD))
+    assert (held.identity_id, held.verdict.reason, held.faceless) == ("ada", SECOND_FACTOR, True)
+    [opened] = judge.present(_at(1, "pin", "9999"))
+    assert (opened.verdict.reason, opened.verdict.factors) == (None, ("card", "pin"))
+    assert judge.present(_at(5, "card", "w26:7:300")) == []  # Tom: his face is his way in
+    assert (
+        AccessJudge.for_door(_access(), store, readers={READER: ["entry"]}).present(_at(6, "card", ADA_CARD))
+        == []
+    )  # without the option, her card alone is no way in
+    # With the second factor too: her face held, her card completes it (face and card), not a wait.
+    both = _access(face_optional_groups=["maintenance"]).model_copy(
+        update={
+            "second_factor": AccessConfig.model_validate(
+                {"second_factor": {"require": "card", "groups": ["maintenance"]}}
+            ).second_factor
+        }
+    )
+    judge = AccessJudge.for_door(both, store, readers={READER: ["entry"]})
+    assert judge.judge_passage("ada", "entry", NOON).reason == SECOND_FACTOR
+    [completed] = judge.present(_at(10, "card", ADA_CARD))
+    assert (completed.verdict.reason, completed.verdict.factors) == (None, ("face", "card"))
+    assert not completed.faceless and judge.without_face.waiting(READER, T0 + 11) is None
+    [alone] = judge.present(_at(70, "card", ADA_CARD))  # no face held now: the card waits for her PIN
+    assert (alone.verdict.reason, alone.factors) == (SECOND_FACTOR, ("card",))
+
+
+def test_face_optional_groups_need_the_rule_and_doctor_counts_their_people(tmp_path: Path) -> None:
+    from appliance.doctor import OK, WARN, check_access
+
+    with pytest.raises(ValueError, match="face_optional_groups is set but"):
+        _access("off", face_optional_groups=["maintenance"])
+    document: Dict[str, Any] = {
+        "storage": {"dir": str(tmp_path)},
+        "credential_reader": READER_SECTION,
+        "access": {"without_face": {"require": "card_and_pin", "face_optional_groups": ["maintenance"]}},
+    }
+
+    def check() -> Any:
+        subject = "access.without_face.face_optional_groups"
+        [found] = [c for c in check_access(validate_config(document)) if c.subject == subject]
+        return found
+
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add("ada", "Ada", VERSION, _unit(1), policy=IdentityPolicy(groups=("staff",)))
+    assert check().status == WARN and "nobody with a face is in maintenance" in check().detail
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.set_policy("ada", IdentityPolicy(groups=("maintenance",), cards=(ADA_CARD,)))
+    assert check().status == WARN and check().detail.endswith("only their face lets them in: ada")
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.set_policy(
+            "ada", IdentityPolicy(groups=("maintenance",), cards=(ADA_CARD,), pin=hash_pin("9999"))
+        )
+    assert check().status == OK and check().detail.startswith(
+        "people with a face in these groups (1) may also pass"
+    )
+
+
 def test_the_policy_is_asked_at_the_card_and_again_at_the_pin(store: TemplateStore) -> None:
     judge = AccessJudge.for_door(_access(), store, readers={READER: ["entry"]})
     store.set_policy("vera", VERA.changed({"suspended": True}))
