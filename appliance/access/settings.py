@@ -226,7 +226,10 @@ class AccessConfig(StrictModel):
                 "groups": list(self.second_factor.groups),
             }
         if self.without_face.require != "off":
-            document["without_face"] = {"require": self.without_face.require}
+            document["without_face"] = {
+                "require": self.without_face.require,
+                "face_optional_groups": list(self.without_face.face_optional_groups),
+            }
         return document
 
     @field_validator("time_zone")

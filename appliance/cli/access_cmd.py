@@ -222,6 +222,9 @@ def _show(args: argparse.Namespace) -> int:
     without_face = document["door"].get("without_face")
     if without_face:
         print(f"  people without a face: {without_face['require'].replace('_', ' ')} at the reader")
+        if without_face["face_optional_groups"]:
+            groups = ", ".join(without_face["face_optional_groups"])
+            print(f"  the same for people with a face in: {groups} (their card and PIN replace their face)")
     for group in document["groups"]:
         holidays = f"; closed on {', '.join(group['holidays'])}" if group["holidays"] else ""
         print(

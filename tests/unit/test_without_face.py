@@ -351,7 +351,10 @@ def test_the_configuration_asks_for_a_reader_that_counts_at_one_camera() -> None
     config = validate_config(
         {"access": {"without_face": {"require": "card_and_pin"}}, "credential_reader": READER_SECTION}
     )
-    assert config.access.door_document()["without_face"] == {"require": "card_and_pin"}
+    assert config.access.door_document()["without_face"] == {
+        "require": "card_and_pin",
+        "face_optional_groups": [],
+    }
     assert "without_face" not in AccessConfig().door_document()
     judge = AccessJudge.for_appliance(config, None)  # type: ignore[arg-type]
     assert judge.without_face is not None and judge.without_face.reader_cameras == {"reader": "cam0"}
