@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from engines.backends import backend_class, backend_status, open_model
 from engines.errors import BackendUnavailableError, EngineError
@@ -466,6 +466,7 @@ def check_access(config: ApplianceConfig) -> List[Check]:
     checks.extend(_second_factors(config, identities))
     checks.extend(_without_face(config, identities))
     checks.extend(_face_optional(config, identities))
+    checks.extend(_shared_cards(identities))
     checks.extend(check_presence(config))
     return checks
 
@@ -577,6 +578,29 @@ def _face_optional(config: ApplianceConfig, identities: List[Any]) -> List[Check
             key,
             f"people with a face in these groups ({len(members)}) may also pass by {what}: their card "
             "and PIN replace their face",
+        )
+    ]
+
+
+def _shared_cards(identities: List[Any]) -> List[Check]:
+    """Cards several identities hold, which open nothing (a card names one person): a fleet record
+    takes a card a local identity held, or records of older firmware that clash."""
+    holders: Dict[str, List[str]] = {}
+    for identity in identities:
+        for card in identity.policy.cards:
+            holders.setdefault(card, []).append(identity.id)
+    shared = sorted((card, ids) for card, ids in holders.items() if len(ids) > 1)
+    if not shared:
+        return []
+    listed = "; ".join(f"{card} ({', '.join(ids)})" for card, ids in shared[:10])
+    return [
+        Check(
+            WARN,
+            "cards",
+            f"{len(shared)} card(s) held by several identities open nothing: {listed}"
+            + (" …" if len(shared) > 10 else ""),
+            "leave each card to one person: gallery set ID --remove-card CARD (an identity enrolled here), "
+            "fleet set ID --remove-card CARD (the fleet's)",
         )
     ]
 

@@ -405,6 +405,31 @@ def test_doctor_names_the_people_without_a_face_who_cannot_pass(tmp_path: Path) 
     assert check().status == OK and "for 2 people without a face" in check().detail
 
 
+def test_doctor_names_a_card_that_several_identities_hold(tmp_path: Path) -> None:
+    """A fleet record taken as it is can give a card a local identity holds: it then opens nothing."""
+    from appliance.doctor import WARN, check_access
+
+    document: Dict[str, Any] = {"storage": {"dir": str(tmp_path)}}
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.add_identity("vera", "Vera", policy=VERA)
+    assert not [c for c in check_access(validate_config(document)) if c.subject == "cards"]
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        store.put_fleet_identity(
+            "p-1",
+            3,
+            "Fleet",
+            None,
+            "2026-12-01T00:00:00Z",
+            IdentityPolicy(cards=(VERA_CARD,)),
+            VERSION,
+            np.zeros((0, 0), np.float32),
+            np.zeros((0, 112, 112, 3), np.uint8),
+            [],
+        )
+    [found] = [c for c in check_access(validate_config(document)) if c.subject == "cards"]
+    assert found.status == WARN and found.detail.endswith(f"open nothing: {VERA_CARD} (p-1, vera)")
+
+
 def test_home_assistant_offers_the_duress_sensor_where_people_without_a_face_type_pins() -> None:
     from appliance.mqtt_link import home_assistant_discovery
 
