@@ -123,10 +123,8 @@ def _publish(
 ) -> Learned:
     if answer.get("ok") is not True:
         error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
-        raise FleetError(
-            f"door {door!r} answered {str(error.get('code'))[:40]}: {str(error.get('message'))[:300]}; "
-            "nothing was published"
-        )
+        code, message = str(error.get("code") or "an error")[:40], str(error.get("message") or "")[:300]
+        raise FleetError(f"door {door!r} answered {code}: {message}; nothing was published")
     result = answer.get("result")
     if not isinstance(result, dict) or result.get("id") != identity_id:
         raise FleetError(
