@@ -383,6 +383,11 @@ def test_an_index_older_than_card_digests_gets_them_from_the_sealed_records(
     with pytest.raises(FleetError, match="held by identity 'p-ada'"):
         later.enroll(_carded(None, "Alan", "w26:7:1"))
     assert later.state.index.identities["p-ada"].card_digests == (later.card_digest("w26:7:1"),)
+    for damaged in (["w26:7:1"], "0" * 32, [1]):  # a card number, not a list, not a digest
+        document["identities"]["p-ada"]["card_digests"] = damaged
+        path.write_text(json.dumps(document))
+        with pytest.raises(FleetError, match=r"card_digests: .* is not a list of card digests"):
+            assert AuthorityState(tmp_path / "state", SITE).index is None
 
 
 def test_a_broker_lost_half_way_leaves_the_whole_batch_to_republish(
