@@ -28,16 +28,16 @@ from .common import EXIT_FAILURE, EXIT_OK, usage_error
 
 
 def plan(
-    people: Sequence[Person], identities: Sequence[Identity]
+    people: Sequence[Person], identities: Sequence[Identity], update: bool = False
 ) -> Tuple[List[Tuple[str, bool]], List[str]]:
     """Per person, ``(identity id, enrolled already)``, and the problems that refuse the roster.
 
     Args:
         identities: the gallery's identities.
+        update: ``--update``: who is enrolled already takes the roster's cards too (a ``cards`` column).
     """
     existing = {identity.id: identity for identity in identities}
     by_external = {i.external_id: i.id for i in identities if i.external_id is not None}
-    by_card = {card: i.id for i in identities for card in i.policy.cards}
     planned: List[Tuple[str, bool]] = []
     problems: List[str] = []
     used: Dict[str, int] = {}  # id → the roster line that takes it
@@ -61,16 +61,38 @@ def plan(
             problems.append(f"line {person.line}: id {identity_id!r} is line {used[identity_id]}'s too")
             continue
         used[identity_id] = person.line
-        held = identity_id in existing
-        planned.append((identity_id, held))
-        for card in () if held else person.policy.cards:  # who is held keeps the cards they hold
+        planned.append((identity_id, identity_id in existing))
+    if problems:  # planned then lacks their rows; the cards are checked once the ids are known
+        return planned, problems
+    return planned, _card_problems(people, planned, identities, update)
+
+
+def _card_problems(
+    people: Sequence[Person],
+    planned: Sequence[Tuple[str, bool]],
+    identities: Sequence[Identity],
+    update: bool,
+) -> List[str]:
+    """The rows that give a card another identity holds. Who is enrolled already keeps the cards they
+    hold, unless ``update`` with a ``cards`` column: they then give theirs up for the roster's."""
+    ids = {person.line: identity_id for person, (identity_id, _) in zip(people, planned)}
+    taking = [
+        person
+        for person, (_, held) in zip(people, planned)
+        if not held or (update and "cards" in person.policy_changes)
+    ]
+    giving_up = {ids[person.line] for person in taking}
+    by_card = {card: i.id for i in identities if i.id not in giving_up for card in i.policy.cards}
+    problems: List[str] = []
+    for person in taking:
+        for card in person.policy.cards:
             holder = by_card.get(card)
-            if holder is not None and holder != identity_id:
+            if holder is not None and holder != ids[person.line]:
                 problems.append(
                     f"line {person.line}: card {card} is held by identity {holder!r}; remove it there first "
                     f"(gallery set {holder} --remove-card {card}) or from this row"
                 )
-    return planned, problems
+    return problems
 
 
 def _same_person(identity: Identity, person: Person) -> bool:
@@ -90,13 +112,18 @@ def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
     except RosterError as err:
         return usage_error(str(err))
     with open_gallery(config) as gallery, ExitStack() as stack:
-        planned, problems = plan(people, gallery.identities())
+        planned, problems = plan(people, gallery.identities(), args.update)
         if problems:
             return usage_error(str(RosterError(args.roster, problems)))
         documents: List[Dict[str, object]] = []
-        counts = {"enrolled": 0, "held": 0, "refused": 0}
+        counts = {"enrolled": 0, "updated": 0, "held": 0, "refused": 0}
         enroller: Optional[Enroller] = None
         for person, (identity_id, held) in zip(people, planned):
+            if held and args.update and person.policy_changes:
+                document = _update(gallery, person, identity_id, args.json)
+                counts[str(document["status"])] += 1
+                documents.append(document)
+                continue
             if held:
                 counts["held"] += 1
                 documents.append({"line": person.line, "id": identity_id, "status": "held"})
@@ -137,11 +164,39 @@ def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
     if args.json:
         print(json.dumps({**counts, "people": documents}, indent=2))
     else:
+        updated = f"{counts['updated']} updated, " if args.update else ""
         print(
-            f"{counts['enrolled']} enrolled, {counts['held']} enrolled already, {counts['refused']} refused "
-            f"(no photo accepted), of {len(people)} people"
+            f"{counts['enrolled']} enrolled, {updated}{counts['held']} enrolled already, {counts['refused']} "
+            f"refused, of {len(people)} people"
         )
     return EXIT_FAILURE if counts["refused"] else EXIT_OK
+
+
+def _update(gallery: Any, person: Person, identity_id: str, as_json: bool) -> Dict[str, object]:
+    """``--update``: someone enrolled already takes the roster's policy columns; their report."""
+    from ..access.errors import PolicyError
+
+    identity = gallery.store.identity(identity_id)
+    document: Dict[str, object] = {"line": person.line, "id": identity_id}
+    try:
+        policy = identity.policy.changed(person.policy_changes, "")
+        if policy == identity.policy:
+            status = "held"
+        else:
+            gallery.store.set_policy(identity_id, policy)  # refused for a fleet identity at a fleet door
+            status = "updated"
+    except (IdentityError, PolicyError) as err:
+        if not as_json:
+            print(f"{identity_id}: refused: {printable(str(err))}")
+        return {**document, "status": "refused", "error": str(err)}
+    if not as_json:
+        done = (
+            "policy updated"
+            if status == "updated"
+            else "enrolled already, the policy is the roster's already"
+        )
+        print(f"{identity_id} ({printable(person.name)}): {done}")
+    return {**document, "status": status}
 
 
 def _without_face(gallery: Any, person: Person, identity_id: str, as_json: bool) -> Dict[str, object]:

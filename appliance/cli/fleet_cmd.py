@@ -126,8 +126,15 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     batch.add_argument("roster", type=Path, metavar="ROSTER.csv")
-    batch.add_argument(
+    again = batch.add_mutually_exclusive_group()
+    again.add_argument(
         "--replace", action="store_true", help="replace the photos and details of people enrolled already"
+    )
+    again.add_argument(
+        "--update",
+        action="store_true",
+        help="give people enrolled already the roster's groups, validity and cards (the columns it has; "
+        "an empty cell clears), keeping their face and PINs",
     )
     batch.add_argument("--largest", action="store_true", help="use the largest face of each photo")
     batch.add_argument(

@@ -5,7 +5,9 @@ accepted ones published by the authority (:class:`~appliance.fleet.authority.Aut
 A batch loads the models once and publishes :data:`PEOPLE_PER_CHANGE` people per change (one lock,
 one connection, one index write, one manifest), so its cost per person is the photos' checks. Who is
 live already (by id, or by external id) is skipped before their photos are read, unless ``--replace``:
-a roster that stopped half-way is run again as it is. A ``no_face`` row is published without a
+a roster that stopped half-way is run again as it is; with ``--update`` their access policy takes the
+roster's policy columns (groups, validity, cards: the HR export run again), their face and PINs kept.
+A ``no_face`` row is published without a
 photo, as ``fleet enroll --no-face``; a card that another live identity holds refuses the roster
 before any model loads.
 """
@@ -19,7 +21,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,7 +49,7 @@ from .common import EXIT_FAILURE, EXIT_OK, emit, no_face_problem, usage_error
 #: index write, manifest) small per person, few enough that an interruption loses little work.
 PEOPLE_PER_CHANGE = 50
 
-PUBLISHED, HELD, REFUSED, WOULD_PUBLISH = "published", "held", "refused", "would_publish"
+PUBLISHED, UPDATED, HELD, REFUSED, WOULD_PUBLISH = "published", "updated", "held", "refused", "would_publish"
 
 
 @dataclass
@@ -260,7 +262,9 @@ class _Report:
 
     def counts(self) -> Dict[str, int]:
         statuses = [row.status for row in self.rows]
-        return {status: statuses.count(status) for status in (PUBLISHED, WOULD_PUBLISH, HELD, REFUSED)}
+        return {
+            status: statuses.count(status) for status in (PUBLISHED, UPDATED, WOULD_PUBLISH, HELD, REFUSED)
+        }
 
 
 def _precheck(people: Sequence[Person], index: Index) -> Tuple[Dict[int, str], List[str]]:
@@ -297,14 +301,18 @@ def _card_problems(
     people: Sequence[Person],
     index: Index,
     holders: Dict[int, str],
-    replace: bool,
+    args: argparse.Namespace,
     digest: Optional[Callable[[str], str]],
 ) -> List[str]:
     """The rows about to be published that give a card another live identity holds (who is enrolled
-    already is not published without ``replace``, and keeps the cards they hold)."""
+    already keeps the cards they hold, unless ``--replace``, or ``--update`` with a ``cards`` column)."""
     if digest is None:
         return []
-    published = [p for p in people if p.line not in holders or replace]
+    published = [
+        p
+        for p in people
+        if p.line not in holders or args.replace or (args.update and "cards" in p.policy_changes)
+    ]
     wanted = [(p.identity_id or holders.get(p.line), p.policy.cards) for p in published]
     names = [p.name for p in published]
     return [
@@ -324,14 +332,23 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     state = authority.state if authority is not None else AuthorityState(settings.state_dir, settings.site)
     index = state.index  # read without the lock: each change checks again under it
     holders, problems = _precheck(people, index)
-    problems += _card_problems(people, index, holders, args.replace, _card_digest(config, authority))
+    problems += _card_problems(people, index, holders, args, _card_digest(config, authority))
     if problems:
         return usage_error(str(RosterError(args.roster, problems)))
     report = _Report(args.json)
     look_alikes = LookAlikes(config.gallery.duplicate_threshold)
     waiting: List[Tuple[_Row, Enrolment]] = []
+    updating: List[Tuple[_Row, str, Mapping[str, object]]] = []  # --update: (row, id, policy changes)
 
     def publish() -> None:
+        if authority is not None and updating:  # first: a card one of them gives up may be a new person's
+            changed = authority.set_policies([(identity_id, change) for _, identity_id, change in updating])
+            for (row, _, _), outcome in zip(updating, changed):
+                if outcome is None:
+                    row.status, row.note = HELD, "enrolled already; the policy is the roster's already"
+                else:
+                    row.status, row.revision, row.note = UPDATED, outcome.revision, "policy updated"
+            updating.clear()
         if authority is not None and waiting:
             outcomes = authority.enroll_many([person for _, person in waiting], args.replace)
             for (row, _), outcome in zip(waiting, outcomes):
@@ -348,9 +365,18 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
             photos = _PhotoChecker(config, stack)
             for person in _progress(people):
                 row = report.add(_Row(person, identity_id=holders.get(person.line)))
+                if row.identity_id is not None and args.update and person.policy_changes:
+                    if authority is None:
+                        row.status, row.note = WOULD_PUBLISH, "its policy updated where it differs"
+                    else:
+                        updating.append((row, row.identity_id, person.policy_changes))
+                    if len(waiting) + len(updating) >= PEOPLE_PER_CHANGE:
+                        publish()
+                    report.flush()
+                    continue
                 if row.identity_id is not None and not args.replace:
                     row.status, row.revision = HELD, index.identities[row.identity_id].revision
-                    row.note = "enrolled already (--replace replaces)"
+                    row.note = "enrolled already (--replace replaces, --update updates its policy)"
                     report.flush()
                     continue
                 if person.faceless:  # published as it is: no photo, no model
@@ -370,7 +396,7 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
                     row.status = WOULD_PUBLISH
                 else:
                     waiting.append((row, _enrolment(person, row.identity_id, checked)))
-                if len(waiting) >= PEOPLE_PER_CHANGE:
+                if len(waiting) + len(updating) >= PEOPLE_PER_CHANGE:
                     publish()
                 report.flush()
             publish()
@@ -383,7 +409,9 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     counts = report.counts()
     done = f"{counts[WOULD_PUBLISH]} would be published" if args.check else f"{counts[PUBLISHED]} published"
     summary = (
-        f"{'checked, nothing published: ' if args.check else ''}{done}, {counts[HELD]} enrolled already, "
+        f"{'checked, nothing published: ' if args.check else ''}{done}, "
+        + (f"{counts[UPDATED]} updated, " if args.update and not args.check else "")
+        + f"{counts[HELD]} enrolled already, "
         f"{counts[REFUSED]} refused (no photo accepted), of {len(people)} people"
     )
     if args.json:

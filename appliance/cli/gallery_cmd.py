@@ -64,6 +64,12 @@ def add_parser(subparsers: Any) -> None:
         help="people from a CSV roster, as `fleet enroll-batch` takes it (photos, name, external_id, id, "
         "groups, valid_from, valid_until, consent_at, cards, no_face); who is enrolled already is skipped",
     )
+    enroll.add_argument(
+        "--update",
+        action="store_true",
+        help="with --roster: give people enrolled already the roster's groups, validity and cards (the "
+        "columns it has; an empty cell clears), keeping their face and PINs",
+    )
     choose = enroll.add_mutually_exclusive_group()
     choose.add_argument(
         "--face", type=int, help="use face N (1-based, as `detect` numbers them) of each photo"
@@ -293,6 +299,9 @@ def _enroll(args: argparse.Namespace) -> int:
         return _enroll_without_face(args)
     if args.roster is not None:
         return _enroll_roster(args)
+    if args.update:
+        sys.stderr.write("error: --update goes with --roster (one person's policy: gallery set ID …)\n")
+        return EXIT_CONFIG
     if bool(args.from_dir) == bool(args.images):
         sys.stderr.write(
             "error: give photos, --from-dir DIR or --roster ROSTER.csv (one of them), or --no-face for a "
@@ -411,7 +420,7 @@ def _enroll_roster(args: argparse.Namespace) -> int:
     if any(given) or args.face is not None or policy_options_given(args):
         sys.stderr.write(
             "error: --roster gives each person's photos, name, ids, consent and policy; give only "
-            "--largest, --keep, --json with it\n"
+            "--largest, --keep, --update, --json with it\n"
         )
         return EXIT_CONFIG
     return enroll_roster(args, load_cli_config(args))

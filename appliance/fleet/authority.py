@@ -717,6 +717,22 @@ class Enrolment:
     qualities: Tuple[float, ...]
 
 
+def _with_policy(
+    current: IdentityRecord, revision: int, policy: IdentityPolicy, forget_face: bool = False
+) -> IdentityRecord:
+    """``current`` at ``revision`` with ``policy`` (and without its crops with ``forget_face``)."""
+    return IdentityRecord(
+        current.id,
+        revision,
+        current.name,
+        current.external_id,
+        current.consent_at,
+        policy,
+        () if forget_face else current.crops,
+        () if forget_face else current.qualities,
+    )
+
+
 def card_clash_text(card: str, name: str, holder: Union[str, int], index: Index, names: Sequence[str]) -> str:
     """Why ``card`` cannot be given to ``name``: ``holder`` (a live identity, or the position in
     ``names`` of another person given it too) holds it."""
@@ -1030,18 +1046,35 @@ class Authority:
             if pin_hashes:  # checked as a record's are
                 policy = IdentityPolicy.from_document({**policy.document(), **pin_hashes}, "")
             self._refuse_card_clashes([(identity_id, current.name, policy.cards)])
-            record = IdentityRecord(
-                identity_id,
-                allocate(),
-                current.name,
-                current.external_id,
-                current.consent_at,
-                policy,
-                () if forget_face else current.crops,
-                () if forget_face else current.qualities,
-            )
+            record = _with_policy(current, allocate(), policy, forget_face)
             (published,) = self._publish_records(broker, [record])
             return published
+
+    def set_policies(self, changes: Sequence[Tuple[str, Mapping[str, object]]]) -> List[Optional[Published]]:
+        """:meth:`set_policy` for many identities as one change (one lock, connection, index write and
+        manifest): ``(identity id, policy changes)`` each (``fleet enroll-batch --update``).
+
+        Returns:
+            Per item, what was published, or ``None`` where the policy is as it was (nothing published).
+
+        Raises:
+            FleetError: an id that is not live, a record that cannot be found or opened, or a card
+                another identity holds (every clash; nothing of the batch is published).
+            PolicyError: a malformed change.
+        """
+        with self._change() as (broker, allocate):
+            updated: List[Tuple[IdentityRecord, IdentityPolicy]] = []
+            for identity_id, change in changes:
+                current = self._current_record(broker, identity_id)
+                updated.append((current, current.policy.changed(change, "")))
+            self._refuse_card_clashes([(c.id, c.name, policy.cards) for c, policy in updated])
+            records = [
+                _with_policy(current, allocate(), policy)
+                for current, policy in updated
+                if policy != current.policy
+            ]
+            published = iter(self._publish_records(broker, records))
+            return [next(published) if policy != current.policy else None for current, policy in updated]
 
     def mark_distinct(self, first: str, second: str, distinct: bool = True) -> bool:
         """Mark two live identities as distinct people (twins), so that ``fleet status`` no longer

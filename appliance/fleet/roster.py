@@ -39,9 +39,9 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,6 +69,8 @@ COLUMNS = (
     "no_face",
 )
 REQUIRED = ("name",)
+#: The columns ``--update`` applies to a person enrolled already (their access policy).
+POLICY_COLUMNS = ("groups", "valid_from", "valid_until", "cards")
 _YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
 MAX_ROSTER_BYTES = 16 * 2**20
 MAX_PEOPLE = 100_000
@@ -112,6 +114,9 @@ class Person:
         photos: the photo files to check, 1–:data:`MAX_PHOTOS_PER_PERSON`; none for a person without
             a face (``no_face``).
         identity_id: the id to enrol under, or ``None`` (the external id's holder, else a new random id).
+        policy_changes: what the roster says of the policy, for a person enrolled already (``--update``):
+            the columns it has of :data:`POLICY_COLUMNS`, an empty cell clearing (no group, no bound,
+            no card); the others are not the roster's to change.
     """
 
     line: int
@@ -121,6 +126,7 @@ class Person:
     external_id: Optional[str]
     consent_at: str
     policy: IdentityPolicy
+    policy_changes: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def faceless(self) -> bool:
@@ -182,8 +188,15 @@ def _no_face(cells: Dict[str, str]) -> bool:
     return no_face
 
 
-def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, found_by: str) -> Person:
-    """One row's cells (stripped; empty ones left out) → a :class:`Person`.
+def _person(
+    cells: Dict[str, str],
+    line: int,
+    base: Path,
+    consent_default: str,
+    found_by: str,
+    columns: AbstractSet[str] = frozenset(),
+) -> Person:
+    """One row's cells (stripped; empty ones left out) → a :class:`Person`; ``columns``: the header's.
 
     Raises:
         IdentityError, PolicyError, PhotoFolderError: the first problem of the row.
@@ -200,13 +213,13 @@ def _person(cells: Dict[str, str], line: int, base: Path, consent_default: str, 
         )
     consent_at = cells.get("consent_at", consent_default)
     parse_instant(consent_at, "consent_at")
-    changes: Dict[str, object] = {key: cells[key] for key in ("valid_from", "valid_until") if key in cells}
-    for key in ("groups", "cards"):
-        if key in cells:
-            changes[key] = _names(cells[key])
+    changes: Dict[str, object] = {}
+    for key in POLICY_COLUMNS:
+        if key in columns or key in cells:  # an empty cell: no group, no bound, no card
+            changes[key] = _names(cells.get(key, "")) if key in ("groups", "cards") else cells.get(key)
     policy = IdentityPolicy().changed(changes, "")
     photos = () if _no_face(cells) else _photos(cells["photos"], base)
-    return Person(line, photos, name, identity_id, external_id, consent_at, policy)
+    return Person(line, photos, name, identity_id, external_id, consent_at, policy, changes)
 
 
 def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE) -> List[Person]:
@@ -251,7 +264,7 @@ def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE
             cells = {name: row[position].strip() for name, position in positions.items()}
             cells = {name: value for name, value in cells.items() if value}
             try:
-                person = _person(cells, line, path.parent, consent_default, found_by)
+                person = _person(cells, line, path.parent, consent_default, found_by, set(positions))
             except (IdentityError, PolicyError, PhotoFolderError) as err:
                 problems.append(f"line {line}: {err}")
                 continue
@@ -321,6 +334,7 @@ __all__ = [
     "COLUMNS",
     "MAX_PEOPLE",
     "MAX_PHOTOS_PER_PERSON",
+    "POLICY_COLUMNS",
     "LookAlikes",
     "Person",
     "RosterError",

@@ -611,6 +611,23 @@ def test_a_roster_enrols_people_without_a_face_with_their_cards_at_a_door(
     assert "line 3: card w26:1:2 is held by identity 'grace-hopper'" in err
     with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
         assert sorted(i.id for i in store.identities()) == ["grace-hopper", "hedy", "vera"]
+    # With --update, people enrolled already take the roster's groups and cards: Hedy the card Grace
+    # gives up in the same run; a card another holds still refuses the roster whole.
+    export = tmp_path / "export.csv"
+    export.write_text("name,groups,cards,no_face\nGrace Hopper,night,w26:1:3,yes\nHedy,,w26:1:1,yes\n")
+    code, out, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
+    assert code == 0 and "0 enrolled, 2 updated, 0 enrolled already" in out, out + err
+    with TemplateStore.open(tmp_path / "gallery.db", tmp_path / "gallery.key") as store:
+        grace, hedy = store.identity("grace-hopper"), store.identity("hedy")
+        assert grace.policy.cards == ("w26:1:3",) and grace.policy.groups == ("night",)
+        assert hedy.policy.cards == ("w26:1:1",) and grace.external_id == "B-1906"  # not a policy column
+    code, out, _ = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
+    assert code == 0 and "0 updated, 2 enrolled already" in out
+    export.write_text(f"name,cards,no_face\nHedy,{CARD},yes\n")  # Vera's
+    code, _, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
+    assert code == 2 and f"line 2: card {CARD} is held by identity 'vera'" in err
+    code, _, err = _cli(monkeypatch, capsys, "", "enroll", "--name", "X", "--update", *conf)
+    assert code == 2 and "--update goes with --roster" in err
 
 
 def test_a_fleet_roster_publishes_people_without_a_face_and_refuses_a_sites_card(
@@ -655,6 +672,30 @@ def test_a_fleet_roster_publishes_people_without_a_face_and_refuses_a_sites_card
         code, _, err = _cli(monkeypatch, capsys, "", *fleet, *check, str(clash))
         assert code == 2 and "line 2: card w26:1:1 of Alan is held by identity 'p-grace' (Grace)" in err, err
     assert broker.published == published
+    # The HR export again, with --update: Grace's groups and cards change, Hedy gets a card, and Ida,
+    # new, takes the card Grace gives up in the same run; run again, nothing changes.
+    export = tmp_path / "export.csv"
+    export.write_text(
+        "name,id,groups,cards,no_face\nGrace,p-grace,night,w26:1:5,yes\nHedy,p-hedy,,w26:1:6,yes\n"
+        "Ida,p-ida,,w26:1:1,yes\n"
+    )
+    code, out, err = _cli(monkeypatch, capsys, "", *fleet, "--update", "--json", str(export))
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["updated"], report["published"], report["held"]) == (2, 1, 0)
+    assert [p["status"] for p in report["people"]] == ["updated", "updated", "published"]
+    grace = open_record(
+        broker.retained[record_topic("face-appliance-fleet", SITE, "p-grace")],
+        SITE,
+        read_fleet_key(tmp_path / "keys" / "fleet.key"),
+        {key_id(public): public},
+    )
+    assert grace.policy.cards == ("w26:1:5",) and grace.policy.groups == ("night",)
+    code, out, err = _cli(monkeypatch, capsys, "", *fleet, "--update", str(export))
+    assert code == 0 and "0 published, 0 updated, 3 enrolled already" in out, out
+    with pytest.raises(SystemExit) as usage:
+        _cli(monkeypatch, capsys, "", *fleet, "--update", "--replace", str(export))
+    assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 # -- MQTT commands ---------------------------------------------------------------------------------------

@@ -369,6 +369,32 @@ def test_a_card_names_one_person_across_the_site(tmp_path: Path, signer: Ed25519
     }
 
 
+def test_policies_of_many_are_set_as_one_change_keeping_their_faces(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    authority.enroll_many([_carded("p-ada", "Ada", "w26:7:1"), _carded("p-alan", "Alan", "w26:7:2")])
+    broker.published.clear()
+    changed = authority.set_policies(
+        [
+            ("p-ada", {"cards": ["w26:7:9"], "groups": ["night"]}),  # gives w26:7:1 up …
+            ("p-alan", {"cards": ["w26:7:2"]}),  # as it is: nothing published
+        ]
+    )
+    assert changed[1] is None and changed[0].revision == 3
+    assert broker.published == [changed[0].topic, manifest_topic(PREFIX, SITE)]  # one record, one manifest
+    record = open_record(broker.retained[changed[0].topic], SITE, bytes(32), authority.trusted)
+    assert record.policy.cards == ("w26:7:9",) and record.policy.groups == ("night",)
+    assert len(record.crops) == 1 and record.name == "Ada"  # the face kept
+    (moved,) = authority.set_policies([("p-alan", {"add_cards": ["w26:7:1"]})])  # … now free
+    assert moved is not None
+    with pytest.raises(FleetError, match="card w26:7:9 of Alan is held by identity 'p-ada'"):
+        authority.set_policies([("p-alan", {"add_cards": ["w26:7:9"]})])
+    with pytest.raises(FleetError, match="not enrolled"):
+        authority.set_policies([("p-nobody", {"groups": []})])
+
+
 def test_an_index_older_than_card_digests_gets_them_from_the_sealed_records(
     tmp_path: Path, signer: Ed25519PrivateKey
 ) -> None:
