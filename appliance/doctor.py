@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from engines.backends import backend_class, backend_status, open_model
 from engines.errors import BackendUnavailableError, EngineError
@@ -532,9 +532,7 @@ def _without_face(config: ApplianceConfig, identities: List[Any]) -> List[Check]
                 "set access.without_face.require = 'card_and_pin', or enrol their faces",
             )
         ]
-    needs_pin = require == "card_and_pin"
-    lacking = [i for i in faceless if not i.policy.cards or (needs_pin and i.policy.pin is None)]
-    what = "a card and a PIN" if needs_pin else "a card"
+    lacking, what = _lacking(faceless, require)
     if lacking:
         return [
             Check(
@@ -548,6 +546,13 @@ def _without_face(config: ApplianceConfig, identities: List[Any]) -> List[Check]
     return [Check(OK, key, f"{what} for {len(faceless)} people without a face")]
 
 
+def _lacking(identities: List[Any], require: str) -> Tuple[List[Any], str]:
+    """Those of ``identities`` who lack what ``access.without_face.require`` asks for, and what it is."""
+    needs_pin = require == "card_and_pin"
+    lacking = [i for i in identities if not i.policy.cards or (needs_pin and i.policy.pin is None)]
+    return lacking, "a card and a PIN" if needs_pin else "a card"
+
+
 def _face_optional(config: ApplianceConfig, identities: List[Any]) -> List[Check]:
     """People with a face whom ``access.without_face.face_optional_groups`` lets pass by card too: how
     many (their card and a watched PIN replace their face), and those who hold too little to."""
@@ -559,9 +564,7 @@ def _face_optional(config: ApplianceConfig, identities: List[Any]) -> List[Check
     members = [i for i in identities if i.templates and groups & set(i.policy.groups)]
     if not members:
         return [Check(WARN, key, f"nobody with a face is in {', '.join(sorted(groups))}", "")]
-    needs_pin = rule.require == "card_and_pin"
-    lacking = [i for i in members if not i.policy.cards or (needs_pin and i.policy.pin is None)]
-    what = "a card and a PIN" if needs_pin else "a card"
+    lacking, what = _lacking(members, rule.require)
     if lacking:
         return [
             Check(
