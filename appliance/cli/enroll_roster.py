@@ -61,6 +61,11 @@ def plan(
             problems.append(f"line {person.line}: id {identity_id!r} is line {used[identity_id]}'s too")
             continue
         used[identity_id] = person.line
+        if person.needs_photos and identity_id not in existing:
+            problems.append(
+                f"line {person.line}: {identity_id!r} is not enrolled yet: give photos, or no_face"
+            )
+            continue
         planned.append((identity_id, identity_id in existing))
     if problems:  # planned then lacks their rows; the cards are checked once the ids are known
         return planned, problems
@@ -108,7 +113,7 @@ def enroll_roster(args: argparse.Namespace, config: ApplianceConfig) -> int:
     from .gallery_cmd import _load, _report, _result_json, open_gallery  # gallery_cmd imports this lazily
 
     try:
-        people = read_roster(args.roster, utc_now(), BY_NAME)
+        people = read_roster(args.roster, utc_now(), BY_NAME, photos_optional=args.update)
     except RosterError as err:
         return usage_error(str(err))
     with open_gallery(config) as gallery, ExitStack() as stack:

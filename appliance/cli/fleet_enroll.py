@@ -281,6 +281,8 @@ def _precheck(people: Sequence[Person], index: Index) -> Tuple[Dict[int, str], L
             continue
         if holder is not None:
             holders[person.line] = holder
+        elif person.needs_photos:
+            problems.append(f"line {person.line}: not enrolled yet: give photos, or no_face")
     return holders, problems
 
 
@@ -325,7 +327,8 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
     """``fleet enroll-batch ROSTER.csv [--replace] [--check]``: see the module docstring."""
     settings = config.authority
     try:
-        people = read_roster(args.roster, utc_now(), BY_ID_OR_BADGE if settings.keep_names else BY_ID)
+        found_by = BY_ID_OR_BADGE if settings.keep_names else BY_ID
+        people = read_roster(args.roster, utc_now(), found_by, photos_optional=args.update)
     except RosterError as err:
         return usage_error(str(err))
     authority = None if args.check else Authority.open(config)  # the keys before the models

@@ -127,11 +127,14 @@ class Person:
     consent_at: str
     policy: IdentityPolicy
     policy_changes: Mapping[str, object] = field(default_factory=dict)
+    #: ``no_face``: enrolled without a face, the cards and PIN of :attr:`policy` only.
+    faceless: bool = False
 
     @property
-    def faceless(self) -> bool:
-        """Enrolled without a face: no photo, the cards and PIN of :attr:`policy` only."""
-        return not self.photos
+    def needs_photos(self) -> bool:
+        """A row with neither photos nor ``no_face`` (``--update`` reads such rows): it can only update
+        someone enrolled already."""
+        return not self.photos and not self.faceless
 
 
 def _delimiter(header: str) -> str:
@@ -176,14 +179,14 @@ def _names(cell: str) -> List[str]:
     return [name for name in re.split(r"[\s,]+", cell) if name]
 
 
-def _no_face(cells: Dict[str, str]) -> bool:
+def _no_face(cells: Dict[str, str], photos_optional: bool) -> bool:
     value = cells.get("no_face", "").lower()
     if value not in (*_YES, *_NO, ""):
         raise IdentityError(f"no_face is yes or no, got {cells['no_face'][:20]!r}")
     no_face = value in _YES
     if no_face and "photos" in cells:
         raise IdentityError("a person without a face (no_face) has no photos; empty the photos cell")
-    if not no_face and "photos" not in cells:
+    if not no_face and "photos" not in cells and not photos_optional:
         raise IdentityError("photos are required; no_face = yes enrols a person without a face (cards only)")
     return no_face
 
@@ -195,6 +198,7 @@ def _person(
     consent_default: str,
     found_by: str,
     columns: AbstractSet[str] = frozenset(),
+    photos_optional: bool = False,
 ) -> Person:
     """One row's cells (stripped; empty ones left out) → a :class:`Person`; ``columns``: the header's.
 
@@ -218,17 +222,22 @@ def _person(
         if key in columns or key in cells:  # an empty cell: no group, no bound, no card
             changes[key] = _names(cells.get(key, "")) if key in ("groups", "cards") else cells.get(key)
     policy = IdentityPolicy().changed(changes, "")
-    photos = () if _no_face(cells) else _photos(cells["photos"], base)
-    return Person(line, photos, name, identity_id, external_id, consent_at, policy, changes)
+    no_face = _no_face(cells, photos_optional)
+    photos = _photos(cells["photos"], base) if "photos" in cells else ()
+    return Person(line, photos, name, identity_id, external_id, consent_at, policy, changes, no_face)
 
 
-def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE) -> List[Person]:
+def read_roster(
+    path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE, photos_optional: bool = False
+) -> List[Person]:
     """Read and check a whole roster (see the module docstring).
 
     Args:
         consent_default: RFC 3339, the consent time of a row without ``consent_at``.
         found_by: what finds a row's person again on a second run, and so what a row must give:
             :data:`BY_ID_OR_BADGE`, :data:`BY_ID` or :data:`BY_NAME`.
+        photos_optional: ``--update``: a row may have neither photos nor ``no_face``
+            (:attr:`Person.needs_photos`: the caller refuses it for someone not enrolled yet).
 
     Raises:
         RosterError: the file cannot be read, or any row is wrong (every problem, with its line).
@@ -264,7 +273,9 @@ def read_roster(path: Path, consent_default: str, found_by: str = BY_ID_OR_BADGE
             cells = {name: row[position].strip() for name, position in positions.items()}
             cells = {name: value for name, value in cells.items() if value}
             try:
-                person = _person(cells, line, path.parent, consent_default, found_by, set(positions))
+                person = _person(
+                    cells, line, path.parent, consent_default, found_by, set(positions), photos_optional
+                )
             except (IdentityError, PolicyError, PhotoFolderError) as err:
                 problems.append(f"line {line}: {err}")
                 continue

@@ -623,6 +623,14 @@ def test_a_roster_enrols_people_without_a_face_with_their_cards_at_a_door(
         assert hedy.policy.cards == ("w26:1:1",) and grace.external_id == "B-1906"  # not a policy column
     code, out, _ = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
     assert code == 0 and "0 updated, 2 enrolled already" in out
+    export.write_text("name,groups\nGrace Hopper,staff\n")  # an HR export has no photos column
+    code, out, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
+    assert code == 0 and "0 enrolled, 1 updated" in out, out + err
+    export.write_text("name,groups\nGrace Hopper,staff\nNew Person,staff\n")
+    code, _, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
+    assert code == 2 and "line 3: 'new-person' is not enrolled yet: give photos, or no_face" in err
+    code, _, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), *conf)
+    assert code == 2 and "line 2: photos are required" in err  # without --update, every row needs them
     export.write_text(f"name,cards,no_face\nHedy,{CARD},yes\n")  # Vera's
     code, _, err = _cli(monkeypatch, capsys, "", "enroll", "--roster", str(export), "--update", *conf)
     assert code == 2 and f"line 2: card {CARD} is held by identity 'vera'" in err
@@ -693,6 +701,12 @@ def test_a_fleet_roster_publishes_people_without_a_face_and_refuses_a_sites_card
     assert grace.policy.cards == ("w26:1:5",) and grace.policy.groups == ("night",)
     code, out, err = _cli(monkeypatch, capsys, "", *fleet, "--update", str(export))
     assert code == 0 and "0 published, 0 updated, 3 enrolled already" in out, out
+    export.write_text("id,name,groups\np-grace,Grace,staff\np-new,New,staff\n")
+    code, _, err = _cli(monkeypatch, capsys, "", *fleet, "--update", str(export))
+    assert code == 2 and "line 3: not enrolled yet: give photos, or no_face" in err, err
+    export.write_text("id,name,groups\np-grace,Grace,staff\n")
+    code, out, err = _cli(monkeypatch, capsys, "", *fleet, "--update", str(export))
+    assert code == 0 and "1 updated" in out, out + err
     with pytest.raises(SystemExit) as usage:
         _cli(monkeypatch, capsys, "", *fleet, "--update", "--replace", str(export))
     assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
