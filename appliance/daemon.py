@@ -607,10 +607,12 @@ class Appliance:
         if path is None:
             return None
         from .fleet.errors import FleetError
-        from .fleet.records import read_fleet_key
+        from .fleet.records import read_fleet_key, read_previous_fleet_key
 
         try:
-            return EventKey(read_fleet_key(path))
+            return EventKey(
+                read_fleet_key(path), read_previous_fleet_key(self.config.fleet.previous_fleet_key_file)
+            )
         except FleetError as err:
             logger.error("access events go out unsigned: %s", err)
             self.degraded.append(f"event signing: {err}")

@@ -12,6 +12,10 @@ no spaces, UTF-8 as is (``json.dumps(event, sort_keys=True, separators=(",", ":"
 ensure_ascii=False)``). ``key_id`` names the derived key (the first 8 bytes of its SHA-256 over a
 label), so a door of another site, or one with a replaced key, is told apart from a forgery.
 
+After the site's fleet key is rotated (``fleet rotate-key``), a door given the new key as
+``fleet.fleet_key_file`` and the old one as ``fleet.previous_fleet_key_file`` signs under the new key
+and verifies under both, so the doors of an area can be given the new key one after the other.
+
 What it proves: the event was written by an appliance that holds this site's fleet key, and not one
 byte of it changed since. What it does not: which door wrote it (every door of the site holds the
 key; the receiver checks that ``device_id`` is the door of the topic, and the MAC covers it), nor
@@ -26,7 +30,7 @@ import hashlib
 import hmac
 import json
 import re
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -44,25 +48,43 @@ class EventMacError(ValueError):
     """An event's ``mac`` is missing, malformed, under another key, or does not match."""
 
 
+def _mac_key(fleet_key: bytes) -> bytes:
+    if not isinstance(fleet_key, bytes) or len(fleet_key) != 32:
+        raise ValueError("the fleet key must be 32 bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(fleet_key)
+
+
+def _key_id(mac_key: bytes) -> str:
+    return hashlib.sha256(_KEY_ID_LABEL + mac_key).hexdigest()[:16]
+
+
 class EventKey:
-    """The key that authenticates access events, derived from the site's 32-byte fleet key.
+    """The key that authenticates access events, derived from the site's 32-byte fleet key; with
+    ``previous`` (the fleet key before the site's last rotation, ``fleet rotate-key``), events signed
+    under it are verified too, while the doors of the area are given the new key one by one. Events
+    are signed under the current key only.
 
     Raises:
-        ValueError: ``fleet_key`` is not 32 bytes.
+        ValueError: a key is not 32 bytes.
     """
 
-    def __init__(self, fleet_key: bytes) -> None:
-        if not isinstance(fleet_key, bytes) or len(fleet_key) != 32:
-            raise ValueError("the fleet key must be 32 bytes")
-        self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(fleet_key)
-        self.key_id = hashlib.sha256(_KEY_ID_LABEL + self._key).hexdigest()[:16]
+    def __init__(self, fleet_key: bytes, previous: Optional[bytes] = None) -> None:
+        self._key = _mac_key(fleet_key)
+        self.key_id = _key_id(self._key)
+        #: key id → MAC key, of the keys whose events are verified
+        self._verifies = {self.key_id: self._key}
+        if previous is not None:
+            older = _mac_key(previous)
+            self._verifies[_key_id(older)] = older
 
-    def _value(self, event: Mapping[str, Any]) -> str:
+    def _value(self, event: Mapping[str, Any], mac_key: Optional[bytes] = None) -> str:
         body = {key: value for key, value in event.items() if key != "mac"}
         canonical = json.dumps(
             body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
-        return hmac.new(self._key, _CONTEXT + canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+        return hmac.new(
+            mac_key or self._key, _CONTEXT + canonical.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
 
     def sign(self, event: Dict[str, Any]) -> None:
         """Add (or replace) the event's ``mac``; the event must be JSON (no NaN)."""
@@ -85,13 +107,14 @@ class EventKey:
         key_id, value = mac["key_id"], mac["value"]
         if not isinstance(key_id, str) or not _HEX16.match(key_id) or not isinstance(value, str):
             raise EventMacError("a malformed mac key_id (16 lowercase hex digits)")
-        if key_id != self.key_id:
+        mac_key = self._verifies.get(key_id)
+        if mac_key is None:
             raise EventMacError(
                 f"signed under key {key_id}, not this site's {self.key_id} (another site's door, or a "
-                "fleet key that differs between the doors)"
+                "fleet key that differs between the doors: one given the rotated key before this one?)"
             )
         try:
-            expected = self._value(event)
+            expected = self._value(event, mac_key)
         except ValueError as err:  # NaN or infinity: not JSON, not signed by a door
             raise EventMacError(f"not canonical JSON ({err})") from None
         if not _HEX64.match(value) or not hmac.compare_digest(value, expected):

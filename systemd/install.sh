@@ -259,11 +259,14 @@ write_new_file "$CRED_DIR/uds_secret" "$cred_mode" "$cred_owner" \
 # The fleet ([fleet]): the site's key and the enrolment authority's public key, from the authority
 # (face-appliance fleet init); the OSDP Secure Channel key ([osdp]), the panel's. Placeholders.
 write_new_file "$CRED_DIR/fleet_key" "$cred_mode" "$cred_owner" "every door of the site holds the same key" empty
+write_new_file "$CRED_DIR/fleet_key_previous" "$cred_mode" "$cred_owner" \
+    "it opens what was sealed before the site's last key rotation" empty
 write_new_file "$CRED_DIR/fleet_authority_key" "$cred_mode" "$cred_owner" \
     "it decides whose fleet records are trusted" empty
 write_new_file "$CRED_DIR/osdp_scbk" "$cred_mode" "$cred_owner" "the access panel holds the same key" empty
 if ((!DRY_RUN)); then
-    for cred in gallery_key mqtt_password package_public_key uds_secret fleet_key fleet_authority_key osdp_scbk; do
+    for cred in gallery_key mqtt_password package_public_key uds_secret fleet_key fleet_key_previous \
+        fleet_authority_key osdp_scbk; do
         set_owner "$CRED_DIR/$cred" "$cred_mode" "$cred_owner"
     done
 fi

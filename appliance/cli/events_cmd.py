@@ -31,12 +31,19 @@ def add_parser(subparsers: Any) -> None:
         help="check each event (one JSON document per line) against the site's fleet key",
         description="Read events one JSON document per line (files, or standard input with '-' or no "
         "file) and check each one's mac against the key derived from the site's fleet key: the file "
-        "given with --fleet-key, else the configuration's fleet.fleet_key_file. Prints one line per "
-        "event; exits 1 when any event fails.",
+        "given with --fleet-key, else the configuration's fleet.fleet_key_file (and the key before the "
+        "site's last rotation: --previous-fleet-key, else fleet.previous_fleet_key_file). Prints one line "
+        "per event; exits 1 when any event fails.",
     )
     verify.add_argument("files", nargs="*", type=Path, metavar="FILE", help="event files; '-' or none: stdin")
     verify.add_argument(
         "--fleet-key", type=Path, default=None, help="the site's fleet key file (64 hex digits)"
+    )
+    verify.add_argument(
+        "--previous-fleet-key",
+        type=Path,
+        default=None,
+        help="the fleet key before the site's last rotation: events signed under it verify too",
     )
     verify.add_argument("--quiet", action="store_true", help="print only the events that fail")
     add_config_option(verify)
@@ -46,9 +53,16 @@ def add_parser(subparsers: Any) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from ..event_mac import EventKey
     from ..fleet.errors import FleetError
-    from ..fleet.records import read_fleet_key
+    from ..fleet.records import read_fleet_key, read_previous_fleet_key
 
-    key_file = args.fleet_key if args.fleet_key is not None else load_cli_config(args).fleet.fleet_key_file
+    if args.fleet_key is not None:
+        key_file, previous_file = args.fleet_key, args.previous_fleet_key
+    else:
+        fleet = load_cli_config(args).fleet
+        key_file, previous_file = (
+            fleet.fleet_key_file,
+            args.previous_fleet_key or fleet.previous_fleet_key_file,
+        )
     if key_file is None:
         print(
             "no fleet key: give --fleet-key FILE, or set fleet.fleet_key_file in the configuration",
@@ -56,7 +70,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     try:
-        key = EventKey(read_fleet_key(key_file))
+        key = EventKey(read_fleet_key(key_file), read_previous_fleet_key(previous_file))
     except FleetError as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG

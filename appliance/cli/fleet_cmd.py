@@ -248,6 +248,19 @@ def add_parser(subparsers: Any) -> None:
     _config_option(prune)
     prune.set_defaults(handler=_prune)
 
+    rotate = actions.add_parser(
+        "rotate-key",
+        help="a new fleet key: every record resealed under it; doors left without it open nothing new",
+        description="Makes a new fleet key (authority.fleet_key_file; the old one beside it as .previous), "
+        "reseals every live record and retained tombstone under it at the same revision (no door applies "
+        "anything again) and publishes them. Give every door that stays in the site the new key "
+        "(fleet.fleet_key_file) and the old one (fleet.previous_fleet_key_file) and restart it; a door "
+        "left out — lost, stolen, out of service — opens nothing published from then on. An interrupted "
+        "rotation is finished by running the command again.",
+    )
+    _config_option(rotate)
+    rotate.set_defaults(handler=_rotate_key)
+
     republish = actions.add_parser(
         "republish",
         help="publish every record of the state again, and the manifest (after a broker lost them)",
@@ -381,6 +394,30 @@ def _learn(args: argparse.Namespace) -> int:
         {**published.document(), "learned": what, "card": learned.card, "door": args.door},
         [
             f"{published.identity_id}: {label} learned at {args.door}; record r{published.revision} published on {published.topic}"
+        ],
+    )
+    return EXIT_OK
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    config = _load(args)
+    authority = Authority.open(config)
+    resealed, published = authority.rotate_fleet_key()
+    current = Path(config.authority.fleet_key_file)
+    previous = current.with_name(current.name + ".previous")
+    emit(
+        args,
+        {
+            "resealed": resealed,
+            "published": published,
+            "fleet_key_file": str(current),
+            "previous": str(previous),
+        },
+        [
+            f"site {config.authority.site}: the fleet key is new; {published} record(s) published under it "
+            f"({resealed} resealed now)",
+            f"give every door that stays in the site {current} as fleet_key and {previous} as "
+            "fleet_key_previous (fleet.fleet_key_file, fleet.previous_fleet_key_file), and restart it",
         ],
     )
     return EXIT_OK

@@ -69,7 +69,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engines.errors import FileReadError
-from engines.files import atomic_writer, read_bounded
+from engines.files import atomic_writer, commit_file, read_bounded
 
 from ..access.policy import IdentityPolicy, parse_instant
 from ..config_load import read_secret_file
@@ -844,9 +844,111 @@ class Authority:
         """Lock the state, connect, adopt the broker's manifest; yields the broker and what allocates
         the change's revision (called once the change is known to be possible)."""
         with self.state.locked(), self._broker() as broker:
+            self._refuse_unfinished_rotation()
             floor = self._catch_up(broker)
             self._fill_card_digests()
             yield broker, lambda: self.state.allocate(floor)
+
+    def _key_files(self) -> Tuple[Path, Path, Path]:
+        """The fleet key file, the one of the key it replaces (``.previous``) and the one a rotation
+        writes first (``.next``)."""
+        current = Path(self.settings.fleet_key_file)
+        return (
+            current,
+            current.with_name(current.name + ".previous"),
+            current.with_name(current.name + ".next"),
+        )
+
+    def _refuse_unfinished_rotation(self) -> None:
+        if self._key_files()[2].exists():
+            raise FleetError(
+                f"a fleet key rotation was interrupted ({self._key_files()[2]} is there): run `face-appliance "
+                "fleet rotate-key` again to finish it before any other change"
+            )
+
+    # -- the fleet key -------------------------------------------------------------------------------
+
+    def rotate_fleet_key(self) -> Tuple[int, int]:
+        """A new fleet key for the site: every live record and retained tombstone resealed under it (same
+        revisions: a door that holds them applies nothing again), kept in the state and published.
+
+        The new key goes to ``fleet_key_file``, the old one to ``fleet_key_file.previous``; every door
+        that stays in the site gets both (``fleet.fleet_key_file``, ``fleet.previous_fleet_key_file``),
+        and a door that does not — lost, stolen, taken out of service — opens nothing published from
+        now on. Crash-safe: the new key is written first as ``.next``, and running the command again
+        after an interruption finishes with it (every other change is refused until then).
+
+        Returns:
+            ``(records resealed now, records published)``: fewer resealed when a rotation is finished
+            after an interruption.
+
+        Raises:
+            FleetError: a record neither in this state nor on the broker, one that opens with none of the
+                keys, or the broker failing (run the command again).
+        """
+        from .records import create_fleet_key, read_previous_fleet_key, reseal_record
+
+        current_file, previous_file, next_file = self._key_files()
+        with self.state.locked(), self._broker() as broker:
+            self._catch_up(broker)
+            resuming = next_file.exists()
+            new_key = read_fleet_key(next_file) if resuming else create_fleet_key(next_file)
+            previous = read_previous_fleet_key(previous_file) if previous_file.exists() else None
+            old_keys = [self.fleet_key, *([previous] if previous is not None else [])]
+            index = self.state.index
+            ids = sorted(set(index.identities) | set(index.tombstones))
+            payloads = self._sealed_records(broker, ids)
+            resealed: Dict[str, bytes] = {}
+            failed: List[str] = []
+            changed = 0
+            for identity_id in ids:
+                try:
+                    resealed[identity_id], was_old = reseal_record(
+                        payloads[identity_id], self.site, old_keys, new_key, self.signing_key, self.trusted
+                    )
+                    changed += was_old
+                except (KeyError, FleetRecordError) as err:
+                    failed.append(
+                        f"{identity_id} ({'not found' if isinstance(err, KeyError) else err.reason})"
+                    )
+            if failed:
+                if not resuming:
+                    next_file.unlink()
+                raise FleetError(
+                    f"the fleet key was not rotated: {len(failed)} record(s) neither in this state nor on the "
+                    f"broker, or opening with no key of this site: {', '.join(failed[:10])}"
+                )
+            for identity_id, payload in resealed.items():  # the state first: it is the intent
+                self.state.put_sealed(identity_id, payload)
+            for entry in index.identities.values():  # keyed with the fleet key: made again at the next change
+                entry.card_digests = None
+            self.state.save_index()
+            with atomic_writer(previous_file, mode=0o600) as stream:
+                stream.write(self.fleet_key.hex().encode("ascii") + b"\n")
+            commit_file(next_file, current_file)
+            self.fleet_key = new_key
+            logger.warning(
+                "the fleet key of site %s was rotated: give every door of the site the new %s (and %s as its "
+                "previous key)",
+                self.site,
+                current_file,
+                previous_file,
+            )
+            for identity_id, payload in resealed.items():
+                self._send(broker, record_topic(self.prefix, self.site, identity_id), payload)
+        return changed, len(resealed)
+
+    def _sealed_records(self, broker: FleetBroker, ids: Sequence[str]) -> Dict[str, bytes]:
+        """The sealed record or tombstone of each of ``ids``: this state's, else the one the broker
+        retains (ids adopted from its manifest)."""
+        found = {i: payload for i in ids for payload in [self.state.sealed(i)] if payload is not None}
+        lacking = [record_topic(self.prefix, self.site, i) for i in ids if i not in found]
+        for start in range(0, len(lacking), 500):
+            topics = lacking[start : start + 500]
+            broker.subscribe(topics)
+            messages = broker.collect(self.settings.broker_wait_s, lambda m, t=topics: all(x in m for x in t))
+            found.update({topic.rsplit("/", 1)[1]: messages[topic] for topic in topics if topic in messages})
+        return found
 
     def card_digest(self, card: str) -> str:
         """:func:`card_digest` with this site's fleet key."""
@@ -1212,6 +1314,7 @@ class Authority:
         moment = now or datetime.now(timezone.utc)
         limit = timedelta(days=self.settings.tombstone_days)
         with self.state.locked(), self._broker() as broker:
+            self._refuse_unfinished_rotation()
             floor = self._catch_up(broker)
             index = self.state.index
             old = sorted(
@@ -1240,6 +1343,7 @@ class Authority:
             ``(records published, the manifest)``.
         """
         with self.state.locked(), self._broker() as broker:
+            self._refuse_unfinished_rotation()
             floor = self._catch_up(broker)
             index = self.state.index
             count = 0

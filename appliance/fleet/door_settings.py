@@ -28,6 +28,13 @@ class FleetConfig(StrictModel):
         description="The site's fleet key (64 hex characters), e.g. ${CREDENTIALS_DIRECTORY}/fleet_key.",
         json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/fleet_key"},
     )
+    previous_fleet_key_file: Optional[ConfigPath] = Field(
+        None,
+        description="The fleet key before the site's last rotation (`fleet rotate-key`), e.g. "
+        "${CREDENTIALS_DIRECTORY}/fleet_key_previous: records and area events sealed under it are still "
+        "opened while the authority reseals them. An empty file: none.",
+        json_schema_extra={"example": "${CREDENTIALS_DIRECTORY}/fleet_key_previous"},
+    )
     trusted_keys_dir: Optional[ConfigPath] = Field(
         None,
         description="Folder of the enrolment authorities' public keys (.pub); records signed otherwise are refused.",

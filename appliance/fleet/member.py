@@ -84,6 +84,7 @@ from .records import (
     open_manifest,
     open_record,
     read_fleet_key,
+    read_previous_fleet_key,
     record_topic,
     records_filter,
 )
@@ -154,6 +155,7 @@ class FleetMember:
             runtime.config.embedder.batch_size, config.in_view_job_ms / 1000.0, in_view
         )
         self._key = read_fleet_key(config.fleet_key_file)
+        self._previous_key = read_previous_fleet_key(config.previous_fleet_key_file)
         try:
             self._trusted = load_trusted_keys(config.trusted_keys_dir)
         except Exception as err:
@@ -361,7 +363,9 @@ class FleetMember:
             if topic == self._manifest_topic:
                 return open_manifest(payload, self.config.site, self._trusted)
             topic_id = topic.rsplit("/", 1)[-1]
-            return open_record(payload, self.config.site, self._key, self._trusted, topic_id=topic_id)
+            return open_record(
+                payload, self.config.site, self._key, self._trusted, topic_id, self._previous_key
+            )
         except FleetRecordError as err:
             self._refuse(topic.rsplit("/", 1)[-1], err.reason, str(err))
             return None

@@ -540,6 +540,7 @@ def open_record(
     fleet_key: bytes,
     trusted: Mapping[str, Ed25519PublicKey],
     topic_id: Optional[str] = None,
+    previous_key: Optional[bytes] = None,
 ) -> Union[IdentityRecord, Tombstone]:
     """Verify, decrypt and validate a record envelope.
 
@@ -554,19 +555,77 @@ def open_record(
         trusted: the authority keys accepted, by key id (:func:`appliance.updates.keys.load_trusted_keys`).
         topic_id: the id the record was published under (the last level of its topic); a record
             published on another id's topic is refused with ``wrong_id``.
+        previous_key: the fleet key before the last rotation (``fleet rotate-key``): a record that does
+            not open with ``fleet_key`` is tried with it.
 
     Raises:
         FleetRecordError: with its ``reason``; no other exception for any ``payload``.
-        FleetError: the fleet key is not 32 bytes (a configuration problem, not the record's).
+        FleetError: a fleet key is not 32 bytes (a configuration problem, not the record's).
     """
-    aead = fleet_aead(fleet_key)
+    envelope, plaintext, _ = _open_record_envelope(
+        payload, site, (fleet_key, previous_key), trusted, topic_id
+    )
+    document = _json(plaintext, INVALID, "decrypted record")
+    if envelope["kind"] == IDENTITY:
+        return _parse_identity(document, envelope["id"], envelope["revision"])
+    return _parse_tombstone(document, envelope["id"], envelope["revision"])
+
+
+def reseal_record(
+    payload: bytes,
+    site: str,
+    old_keys: Sequence[bytes],
+    fleet_key: bytes,
+    signing_key: Ed25519PrivateKey,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> Tuple[bytes, bool]:
+    """A sealed record under ``fleet_key`` (``fleet rotate-key``): the same header — id, revision —
+    and plaintext, a new nonce, signed again. The plaintext is not parsed (no crop decoded), so a
+    site's records are resealed in seconds.
+
+    Args:
+        old_keys: the keys it may be sealed under now, tried after ``fleet_key``.
+
+    Returns:
+        ``(the payload, whether it changed)``: one that opens with ``fleet_key`` already is returned as
+        it is.
+
+    Raises:
+        FleetRecordError: not a record of ``site`` signed by a trusted key that opens with one of the keys.
+    """
+    envelope, plaintext, opened_with = _open_record_envelope(
+        payload, site, (fleet_key, *old_keys), trusted, None
+    )
+    if opened_with == 0:
+        return payload, False
+    header: Dict[str, Any] = {
+        **{key: envelope[key] for key in _HEADER_KEYS},
+        "key_id": key_id(signing_key.public_key()),
+    }
+    nonce = os.urandom(NONCE_BYTES)
+    ciphertext = fleet_aead(fleet_key).encrypt(nonce, plaintext, _RECORD_DOMAIN + _canonical(header))
+    resealed: Dict[str, Any] = {**header, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)}
+    resealed["signature"] = _b64(signing_key.sign(_RECORD_DOMAIN + _canonical(resealed)))
+    return json.dumps(resealed, separators=(",", ":")).encode("ascii"), True
+
+
+def _open_record_envelope(
+    payload: bytes,
+    site: str,
+    fleet_keys: Sequence[Optional[bytes]],
+    trusted: Mapping[str, Ed25519PublicKey],
+    topic_id: Optional[str],
+) -> Tuple[Dict[str, Any], bytes, int]:
+    """Verify a record envelope and decrypt it: ``(envelope, plaintext bytes, index in fleet_keys of
+    the key that opened it)``; a ``None`` key is skipped (see :func:`open_record`)."""
+    aeads = [(index, fleet_aead(key)) for index, key in enumerate(fleet_keys) if key is not None]
     envelope = _open_envelope(payload, MAX_RECORD_BYTES, _ENVELOPE_KEYS, "a record envelope")
     kind = envelope["kind"]
     if kind not in (IDENTITY, TOMBSTONE):
         raise _refuse(MALFORMED, f"kind {str(kind)[:20]!r} is not identity or tombstone")
     record_site = _level(envelope["site"], "site", MALFORMED)
     identity_id = _identity_id(envelope["id"], "id", MALFORMED)
-    revision = _revision(envelope["revision"], "revision", MALFORMED)
+    _revision(envelope["revision"], "revision", MALFORMED)
     nonce = _decode_b64(envelope["nonce"], "nonce", NONCE_BYTES)
     ciphertext = _decode_b64(envelope["ciphertext"], "ciphertext", MAX_RECORD_BYTES)
     signature = _decode_b64(envelope["signature"], "signature", SIGNATURE_BYTES)
@@ -582,17 +641,17 @@ def open_record(
             WRONG_ID,
             f"the record of {identity_id!r} was published on the topic of {printable(str(topic_id)[:70])!r}",
         )
-    header = {key: envelope[key] for key in _HEADER_KEYS}
-    try:
-        plaintext = aead.decrypt(nonce, ciphertext, _RECORD_DOMAIN + _canonical(header))
-    except InvalidTag:
-        raise _refuse(
-            DECRYPT_FAILED, "the ciphertext does not open with this site's fleet key and this header"
-        ) from None
-    document = _json(plaintext, INVALID, "decrypted record")
-    if kind == IDENTITY:
-        return _parse_identity(document, identity_id, revision)
-    return _parse_tombstone(document, identity_id, revision)
+    associated = _RECORD_DOMAIN + _canonical({key: envelope[key] for key in _HEADER_KEYS})
+    for index, aead in aeads:
+        try:
+            return envelope, aead.decrypt(nonce, ciphertext, associated), index
+        except InvalidTag:
+            continue
+    raise _refuse(
+        DECRYPT_FAILED,
+        "the ciphertext does not open with this site's fleet key and this header (sealed under another "
+        "site's key, or a newer one this door has not been given: fleet rotate-key)",
+    )
 
 
 # -- the manifest -----------------------------------------------------------------------------------------
@@ -918,6 +977,22 @@ def read_fleet_key(path: Path) -> bytes:
             f"(`face-appliance fleet init` creates one)"
         )
     return bytes.fromhex(text)
+
+
+def read_previous_fleet_key(path: Optional[Path]) -> Optional[bytes]:
+    """The fleet key before the last rotation (``fleet.previous_fleet_key_file``), or ``None``: no file
+    named, or an empty one (the systemd credential is created empty).
+
+    Raises:
+        FleetError: as :func:`read_fleet_key`, for a file that is not empty.
+    """
+    if path is None:
+        return None
+    try:
+        empty = Path(path).stat().st_size == 0
+    except OSError:
+        empty = False  # read_fleet_key says why
+    return None if empty else read_fleet_key(path)
 
 
 def create_fleet_key(path: Path) -> bytes:

@@ -72,6 +72,7 @@ def test_credentials_are_the_files_install_sh_creates() -> None:
             "package_public_key",
             "uds_secret",
             "fleet_key",
+            "fleet_key_previous",
             "fleet_authority_key",
             "osdp_scbk",
         )
