@@ -1,12 +1,14 @@
 """The fleet end to end: a real Mosquitto, the enrolment authority's command line, and three appliances
 (subprocesses) on a looping video of a person. Enrol once, every door grants; the same person under a
 second id is found by the doors and listed by ``fleet status``; remove, every door forgets (for real);
-a door stopped during both catches up; hostile records change nothing anywhere."""
+a door stopped during both catches up; hostile records change nothing anywhere. A rotated fleet key
+reaches the doors given it and no other."""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -425,3 +427,68 @@ def test_a_fresh_door_gets_every_record_from_a_broker_that_drops_part_of_the_bur
     # Whether the broker cuts the burst depends on how fast the door reads: with a limit of 5 it
     # almost always does (the log says so); either way every record must arrive.
     assert result["complete"] and result["applied"] == 150 and result["after_restart"] is None, result
+
+
+def test_a_rotated_fleet_key_reaches_the_doors_given_it_and_no_other(
+    tmp_path: Path,
+    authority: Path,
+    shared_models: Path,
+    shared_data: Path,
+    mosquitto: MosquittoBroker,
+    recorder: Recorder,
+) -> None:
+    """``fleet rotate-key`` with two doors: the one kept in the site is given the new key and the old
+    one as its previous key and restarted — it applies what is published after, and applies nothing
+    again; the one left out (lost, say) keeps the old key and opens nothing published after."""
+    auth = ("--config", str(authority))
+    keys = authority.parent / "keys"
+    old_key = tmp_path / "old.key"
+    shutil.copy(keys / "fleet.key", old_key)
+    old_key.chmod(0o600)
+    video = passage_video(tmp_path, shared_data)
+    kept = fleet_door_config(tmp_path / "kept", "door-kept", SITE, authority, shared_models, mosquitto, video)
+    left = fleet_door_config(tmp_path / "left", "door-left", SITE, authority, shared_models, mosquitto, video)
+    left.write_text(left.read_text().replace(str(keys / "fleet.key"), str(old_key)))
+    _ok("fleet", "enroll", *auth, "--no-face", "--name", "Ada", "--id", "p-ada", "--card", "w26:7:1")
+    running = {"kept": Daemon(kept), "left": Daemon(left)}
+    try:
+        for config in (kept, left):
+            wait_until(
+                lambda config=config: "p-ada" in _store_ids(config), 120, f"{config.parent.name} applies Ada"
+            )
+        before = _fleet_revisions(kept)
+        rotated = json.loads(_ok("fleet", "rotate-key", *auth, "--json"))
+        assert (
+            rotated["published"] == 1 and (keys / "fleet.key.previous").read_bytes() == old_key.read_bytes()
+        )
+        assert (keys / "fleet.key").read_bytes() != old_key.read_bytes()
+        running["kept"].stop()
+        kept.write_text(kept.read_text() + f'previous_fleet_key_file = "{keys / "fleet.key.previous"}"\n')
+        running["kept"] = Daemon(kept)
+        _ok("fleet", "enroll", *auth, "--no-face", "--name", "Bob", "--id", "p-bob", "--card", "w26:7:2")
+        wait_until(lambda: "p-bob" in _store_ids(kept), 120, "the door given the new key applies Bob")
+        assert _fleet_revisions(kept)["p-ada"] == before["p-ada"]  # resealed, not applied again
+        wait_until(
+            lambda: (
+                (_fleet_applied(recorder, "door-left").get("refused") or {}).get("last", {}).get("reason")
+                == "decrypt_failed"
+            ),
+            120,
+            "the door left out refuses what it cannot open",
+        )
+        assert _store_ids(left) == {"p-ada"}  # what it held stays; nothing new
+        report = json.loads(run_cli("fleet", "status", *auth, "--json").stdout)
+        in_step = {door["device_id"]: door["in_step"] for door in report["doors"]}
+        assert in_step == {"door-kept": True, "door-left": False}, report["doors"]
+    finally:
+        for daemon in running.values():
+            daemon.stop()
+            daemon.close()
+
+
+def _fleet_revisions(config: Path) -> Dict[str, Tuple[int, str]]:
+    from appliance.gallery.store import TemplateStore
+
+    state = config.parent / "state"
+    with TemplateStore.open(state / "gallery.db", state / "gallery.key") as store:
+        return store.fleet_revisions()
