@@ -981,18 +981,18 @@ def read_fleet_key(path: Path) -> bytes:
 
 def read_previous_fleet_key(path: Optional[Path]) -> Optional[bytes]:
     """The fleet key before the last rotation (``fleet.previous_fleet_key_file``), or ``None``: no file
-    named, or an empty one (the systemd credential is created empty).
+    named, or an empty one (blank: the systemd credential and the Compose secret are created so).
 
     Raises:
-        FleetError: as :func:`read_fleet_key`, for a file that is not empty.
+        FleetError: as :func:`read_fleet_key`, for a file that is not blank.
     """
     if path is None:
         return None
     try:
-        empty = Path(path).stat().st_size == 0
-    except OSError:
-        empty = False  # read_fleet_key says why
-    return None if empty else read_fleet_key(path)
+        blank = not read_bounded(path, MAX_FLEET_KEY_FILE_BYTES).strip()
+    except FileReadError:
+        blank = False  # read_fleet_key says why
+    return None if blank else read_fleet_key(path)
 
 
 def create_fleet_key(path: Path) -> bytes:

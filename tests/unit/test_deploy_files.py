@@ -288,6 +288,7 @@ def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "gallery_key": "ab" * 32,
         "uds_secret": "cd" * 32,
         "fleet_key": "",
+        "fleet_key_previous": "",
         "osdp_scbk": "",
     }
     for name in expected_secrets():
