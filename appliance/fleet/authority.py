@@ -91,6 +91,7 @@ from .records import (
     open_record,
     parse_door_document,
     read_fleet_key,
+    record_policy,
     record_topic,
     seal_manifest,
     seal_record,
@@ -964,16 +965,16 @@ class Authority:
         for identity_id in unknown:
             payload = self.state.sealed(identity_id)
             try:
-                record = (
+                policy = (
                     None
                     if payload is None
-                    else open_record(payload, self.site, self.fleet_key, self.trusted, topic_id=identity_id)
+                    else record_policy(payload, self.site, self.fleet_key, self.trusted, identity_id)
                 )
             except FleetRecordError as err:
                 logger.warning("the sealed record of %s kept here cannot be opened: %s", identity_id, err)
-                record = None
-            if isinstance(record, IdentityRecord):
-                index.identities[identity_id].card_digests = self._digests(record.policy.cards)
+                policy = None
+            if policy is not None:
+                index.identities[identity_id].card_digests = self._digests(policy.cards)
                 filled += 1
         if filled:
             self.state.save_index()
