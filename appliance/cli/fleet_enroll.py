@@ -393,11 +393,9 @@ def enroll_batch(args: argparse.Namespace, config: AuthorityFile) -> int:
                         row.status, row.note = REFUSED, "no photo accepted"
                     else:
                         row.look_alikes = look_alikes.match_and_add(person.line, checked.embeddings)
-                if row.status:
-                    pass
-                elif authority is None:
+                if not row.status and authority is None:
                     row.status = WOULD_PUBLISH
-                else:
+                elif not row.status:
                     waiting.append((row, _enrolment(person, row.identity_id, checked)))
                 if len(waiting) + len(updating) >= PEOPLE_PER_CHANGE:
                     publish()
