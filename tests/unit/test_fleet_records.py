@@ -41,8 +41,10 @@ from appliance.fleet.records import (
     open_record,
     parse_door_document,
     read_fleet_key,
+    record_policy,
     record_topic,
     records_filter,
+    reseal_record,
     seal_manifest,
     seal_record,
     topic_level,
@@ -599,6 +601,14 @@ def test_seeded_mutations_only_ever_raise_fleet_record_error(
     for attempt in range(400):
         original = originals[attempt % 2]
         mutated = _mutate(original, rng)
+        for reader in (  # the authority's readers: the policy alone, and a reseal under a new key
+            lambda m: record_policy(m, SITE, FLEET_KEY, trusted, "p-0123456789ab"),
+            lambda m: reseal_record(m, SITE, [FLEET_KEY], bytes(range(32)), signer, trusted),
+        ):
+            try:
+                reader(mutated)
+            except FleetRecordError as err:
+                assert err.reason in RECORD_REASONS
         try:
             opened: Optional[Any] = open_record(mutated, SITE, FLEET_KEY, trusted, topic_id="p-0123456789ab")
         except FleetRecordError as err:
