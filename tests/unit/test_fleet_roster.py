@@ -244,3 +244,42 @@ def test_look_alikes_name_the_earlier_rows_of_one_face() -> None:
     lines = [line for line, _ in both]
     assert sorted(lines[:2]) == [2, 3] and lines[2:] == [70]
     assert both[0][1] > 0.999 and both[1][1] > 0.999 and 0.9 < both[2][1] < 0.999
+
+
+def test_seeded_mutations_of_a_roster_are_read_or_refused_as_a_roster_error(people: Path) -> None:
+    """Bytes flipped, dropped, repeated or spliced into a roster with every column: each one is read
+    (the people then hold checked values) or refused with RosterError, never anything else."""
+    import random
+
+    original = (
+        b"photos,name,external_id,id,groups,valid_from,valid_until,consent_at,cards,no_face\n"
+        b'people/ada,Ada Lovelace,B-1815,,"staff, lab",,2027-06-30T18:00:00+02:00,,w26:7:1815,\n'
+        b",Grace Hopper,B-1906,p-grace,staff,,,2026-11-30T09:00:00Z,w26:7:1906 w34:300:7,yes\n"
+    )
+    rng = random.Random(20261207)
+    splices = [b",", b'"', b"\n", b"\r", b";", b"\t", b"\x00", b"\xff", b"yes", b"w26:", b"..", b"/"]
+    read = 0
+    for _ in range(600):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.3:
+                data[at] = rng.randrange(256)
+            elif choice < 0.5:
+                del data[at : at + rng.randint(1, 8)]
+            elif choice < 0.8:
+                data[at:at] = rng.choice(splices)
+            else:
+                data[at:at] = data[: rng.randint(1, 40)]
+        try:
+            result = read_roster(
+                _write(people, data.decode("latin-1"), encoding="latin-1"), NOW, BY_NAME, True
+            )
+        except RosterError:
+            continue
+        read += 1
+        for person in result:
+            assert person.name and all(card.count(":") == 2 for card in person.policy.cards)
+            assert person.faceless or person.photos or person.needs_photos
+    assert 0 < read < 600  # some mutations leave a valid roster, most do not
