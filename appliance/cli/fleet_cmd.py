@@ -248,6 +248,17 @@ def add_parser(subparsers: Any) -> None:
     _config_option(prune)
     prune.set_defaults(handler=_prune)
 
+    forget = actions.add_parser(
+        "forget-door",
+        help="clear the digest of doors taken out of the site: fleet status no longer lists them",
+        description="Clears each door's retained digest document, so that `fleet status` no longer lists "
+        "it (and can exit 0 again). A door that still runs publishes it again at its next change: revoke "
+        "its broker credentials first; rotate the fleet key (`fleet rotate-key`) when the door is lost.",
+    )
+    forget.add_argument("device_ids", nargs="+", metavar="DEVICE")
+    _config_option(forget)
+    forget.set_defaults(handler=_forget_door)
+
     rotate = actions.add_parser(
         "rotate-key",
         help="a new fleet key: every record resealed under it; doors left without it open nothing new",
@@ -394,6 +405,19 @@ def _learn(args: argparse.Namespace) -> int:
         {**published.document(), "learned": what, "card": learned.card, "door": args.door},
         [
             f"{published.identity_id}: {label} learned at {args.door}; record r{published.revision} published on {published.topic}"
+        ],
+    )
+    return EXIT_OK
+
+
+def _forget_door(args: argparse.Namespace) -> int:
+    Authority.open(_load(args)).forget_doors(args.device_ids)
+    emit(
+        args,
+        {"forgotten": sorted(set(args.device_ids))},
+        [
+            f"{device}: its digest was cleared; fleet status no longer lists it"
+            for device in sorted(set(args.device_ids))
         ],
     )
     return EXIT_OK

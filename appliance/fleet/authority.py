@@ -80,12 +80,15 @@ from ..updates.keys import key_id, load_private_key
 from .broker import FleetBroker, Messages
 from .errors import FleetError, FleetRecordError
 from .records import (
+    LEVEL_PATTERN,
     MAX_REVISION,
     DoorDigest,
     IdentityRecord,
     Manifest,
     Tombstone,
+    door_topic,
     doors_filter,
+    fleet_key_id,
     manifest_topic,
     open_manifest,
     open_record,
@@ -102,6 +105,10 @@ from .settings import AuthorityConfig, AuthorityFile
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
+#: A door's ``…/state`` read for its fleet key id at most (a state document is a few kilobytes).
+MAX_STATE_DOCUMENT_BYTES = 1024 * 1024
+#: :attr:`DoorStatus.fleet_key`: the door holds the site's fleet key, or another (an older) one.
+CURRENT_KEY, OTHER_KEY = "current", "other"
 MAX_STATE_FILE_BYTES = 256 * 2**20
 RANDOM_ID_HEX = 12
 
@@ -496,20 +503,28 @@ class DoorStatus:
     expected: int
     digest: Optional[DoorDigest] = None
     problem: Optional[str] = None
+    #: Whether the door holds the site's fleet key (its ``…/state``): ``current``, ``other`` (an older
+    #: one: not given the rotated key), or ``None`` when it is not known.
+    fleet_key: Optional[str] = None
 
     @property
     def ok(self) -> bool:
-        """In step and not known to be offline."""
-        return self.in_step and self.reachable is not False
+        """In step, not known to be offline, not known to hold another fleet key."""
+        return self.in_step and self.reachable is not False and self.fleet_key != OTHER_KEY
 
     def differences(self, manifest: Manifest) -> List[str]:
         """What differs from the manifest, in words (empty when in step)."""
         if self.problem is not None:
             return [self.problem]
+        rotated = (
+            ["holds another fleet key than the site's: give it the rotated fleet key and the previous one"]
+            if self.fleet_key == OTHER_KEY
+            else []
+        )
         door = self.digest
         if door is None or self.in_step:
-            return []
-        notes: List[str] = []
+            return rotated
+        notes: List[str] = rotated
         if door.applied != self.expected:
             word = "missing" if door.applied < self.expected else "extra"
             notes.append(
@@ -544,6 +559,7 @@ class DoorStatus:
             "refused": published.get("refused"),
             "look_alikes": published.get("look_alikes"),
             "ts": None if door is None else door.ts,
+            "fleet_key": self.fleet_key,
             "differences": self.differences(manifest),
         }
 
@@ -553,14 +569,19 @@ def compare_doors(
     site: str,
     documents: Mapping[str, bytes],
     availability: Optional[Mapping[str, str]] = None,
+    key_ids: Optional[Mapping[str, str]] = None,
+    site_key_id: Optional[str] = None,
 ) -> List[DoorStatus]:
     """Each door's digest document against the manifest, sorted by device id.
 
     Args:
         documents: device id (the last level of its door topic) → the retained document.
         availability: device id → its ``…/availability`` payload (``online``/``offline``), when known.
+        key_ids: device id → the fleet key id its ``…/state`` gives, when known.
+        site_key_id: the site's fleet key id (:func:`~.records.fleet_key_id`).
     """
     availability = availability or {}
+    key_ids = key_ids or {}
     expected_digest, expected = manifest.digest, len(manifest.entries)
     statuses = []
     for device_id in sorted(documents):
@@ -579,7 +600,11 @@ def compare_doors(
         elif door.device_id != device_id:
             problem = f"the document names device {door.device_id!r}"
         in_step = problem is None and door.digest == expected_digest and door.applied == expected
-        statuses.append(DoorStatus(device_id, reachable, in_step, expected, door, problem))
+        held = key_ids.get(device_id)
+        fleet_key = (
+            None if held is None or site_key_id is None else CURRENT_KEY if held == site_key_id else OTHER_KEY
+        )
+        statuses.append(DoorStatus(device_id, reachable, in_step, expected, door, problem, fleet_key))
     return statuses
 
 
@@ -938,6 +963,34 @@ class Authority:
             for identity_id, payload in resealed.items():
                 self._send(broker, record_topic(self.prefix, self.site, identity_id), payload)
         return changed, len(resealed)
+
+    def forget_doors(self, device_ids: Sequence[str]) -> None:
+        """Clear the retained digest of doors taken out of the site (``fleet forget-door``): ``fleet
+        status`` no longer lists them. A door that still runs publishes its digest again at its next
+        change: revoke its broker credentials first (and rotate the fleet key, :meth:`rotate_fleet_key`).
+
+        Raises:
+            FleetError: a device id that is not a topic level, or whose digest the broker does not retain
+                (every one named; nothing is cleared).
+        """
+        bad = [device for device in device_ids if not LEVEL_PATTERN.match(device)]
+        if bad:
+            raise FleetError(f"not a device id: {', '.join(repr(d[:70]) for d in bad)}; nothing was cleared")
+        topics = {device: door_topic(self.prefix, self.site, device) for device in dict.fromkeys(device_ids)}
+        with self._broker() as broker:
+            broker.subscribe(list(topics.values()))
+            retained = broker.collect(
+                self.settings.broker_wait_s, lambda m: all(t in m for t in topics.values())
+            )
+            unknown = [device for device, topic in topics.items() if topic not in retained]
+            if unknown:
+                raise FleetError(
+                    f"no door {', '.join(unknown)} has a digest in site {self.site!r} (see `fleet status`); "
+                    "nothing was cleared"
+                )
+            for device, topic in topics.items():
+                broker.publish(topic, b"")  # an empty retained message clears the topic
+                logger.info("the digest of door %s was cleared from site %s", device, self.site)
 
     def _sealed_records(self, broker: FleetBroker, ids: Sequence[str]) -> Dict[str, bytes]:
         """The sealed record or tombstone of each of ``ids``: this state's, else the one the broker
@@ -1369,13 +1422,16 @@ class Authority:
         doors = doors_filter(self.prefix, self.site)
         manifest_at = manifest_topic(self.prefix, self.site)
         availability_filter = f"{self.settings.door_prefix}/+/availability"
+        state_filter = f"{self.settings.door_prefix}/+/state"
         notes: List[str] = []
         with self._broker() as broker:
-            granted = broker.subscribe([doors, manifest_at, availability_filter])
+            granted = broker.subscribe([doors, manifest_at, availability_filter, state_filter])
             if not granted[0]:
                 raise FleetError(f"the broker does not let the authority read {doors}")
             if not granted[2]:
                 notes.append(f"cannot read {availability_filter}: whether doors are online is unknown")
+            if not granted[3]:
+                notes.append(f"cannot read {state_filter}: which fleet key each door holds is unknown")
             messages = broker.collect(wait_s)
         on_broker: Optional[Manifest] = None
         if manifest_at in messages:
@@ -1397,6 +1453,8 @@ class Authority:
                 self.site,
                 _by_level(messages, doors),
                 _availability(messages, self.settings.door_prefix),
+                _door_key_ids(messages, self.settings.door_prefix),
+                fleet_key_id(self.fleet_key),
             ),
             notes,
             names,
@@ -1434,6 +1492,24 @@ def _by_level(messages: Messages, filter_: str) -> Dict[str, bytes]:
         level = topic_level(topic, filter_)
         if level is not None:
             found[level] = payload
+    return found
+
+
+def _door_key_ids(messages: Messages, door_prefix: str) -> Dict[str, str]:
+    """Device id → the fleet key id of its retained ``{door_prefix}/{device}/state`` (``fleet.key_id``);
+    a document that is not one, or too large, says nothing."""
+    found: Dict[str, str] = {}
+    head, tail = f"{door_prefix}/", "/state"
+    for topic, payload in messages.items():
+        device = topic[len(head) : -len(tail)] if topic.startswith(head) and topic.endswith(tail) else ""
+        if not device or "/" in device or len(payload) > MAX_STATE_DOCUMENT_BYTES:
+            continue
+        try:
+            key = json.loads(payload.decode("utf-8"))["fleet"]["key_id"]
+        except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
+            continue
+        if isinstance(key, str) and re.fullmatch(r"[0-9a-f]{16}", key):
+            found[device] = key
     return found
 
 

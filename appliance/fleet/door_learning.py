@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
 from .authority import Authority, Published
 from .errors import FleetError
+from .records import LEVEL_PATTERN
 from .sealed_pin import open_pin_hash
 
 #: The door's answer at most (an answer is a few hundred bytes).
 MAX_ANSWER_BYTES = 64 * 1024
-_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LEARNS = {"card": "learn_card", "pin": "learn_pin", "duress_pin": "learn_pin"}
 
 
@@ -63,7 +62,7 @@ def learn_at_door(
     """
     if what not in _LEARNS:
         raise ValueError(f"a door learns one of {', '.join(_LEARNS)}, not {what!r}")
-    if not _DEVICE.match(door):
+    if not LEVEL_PATTERN.match(door):
         raise FleetError(f"door {door[:70]!r} is not a device id (letters, digits, '_', '.', '-')")
     if identity_id not in authority.state.index.identities:
         raise FleetError(

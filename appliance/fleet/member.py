@@ -80,6 +80,7 @@ from .records import (
     door_document,
     door_topic,
     fleet_digest,
+    fleet_key_id,
     manifest_topic,
     open_manifest,
     open_record,
@@ -251,6 +252,8 @@ class FleetMember:
         with self._lock:
             return {
                 "site": self.config.site,
+                "key_id": fleet_key_id(self._key),
+                "previous_key_id": None if self._previous_key is None else fleet_key_id(self._previous_key),
                 "applied": len(self._entries),
                 "digest": fleet_digest(self._entries),
                 "manifest_revision": self._manifest_revision,

@@ -205,6 +205,12 @@ class Manifest:
         return fleet_digest(self.entries)
 
 
+def fleet_key_id(fleet_key: bytes) -> str:
+    """16 hex digits that name a fleet key without giving it away: which key a door holds (its
+    ``…/state``), told apart from the site's by ``fleet status`` after ``fleet rotate-key``."""
+    return hashlib.sha256(b"face-appliance fleet key id v1\x00" + fleet_key).hexdigest()[:16]
+
+
 def fleet_digest(entries: Mapping[str, int]) -> str:
     """sha256 (hex) over the lines ``f"{id}:{revision}\\n"`` sorted by id; ``{}`` gives sha256 of nothing."""
     digest = hashlib.sha256()

@@ -439,7 +439,8 @@ def test_a_rotated_fleet_key_reaches_the_doors_given_it_and_no_other(
 ) -> None:
     """``fleet rotate-key`` with two doors: the one kept in the site is given the new key and the old
     one as its previous key and restarted — it applies what is published after, and applies nothing
-    again; the one left out (lost, say) keeps the old key and opens nothing published after."""
+    again; the one left out (lost, say) keeps the old key and opens nothing published after; `fleet
+    status` tells the two apart by the key ids of their ``…/state``, and forgets the one left out."""
     auth = ("--config", str(authority))
     keys = authority.parent / "keys"
     old_key = tmp_path / "old.key"
@@ -477,9 +478,20 @@ def test_a_rotated_fleet_key_reaches_the_doors_given_it_and_no_other(
             "the door left out refuses what it cannot open",
         )
         assert _store_ids(left) == {"p-ada"}  # what it held stays; nothing new
+        wait_until(
+            lambda: _fleet_applied(recorder, "door-kept").get("previous_key_id") is not None,
+            60,
+            "door-kept's …/state names the keys it holds",
+        )
         report = json.loads(run_cli("fleet", "status", *auth, "--json").stdout)
-        in_step = {door["device_id"]: door["in_step"] for door in report["doors"]}
-        assert in_step == {"door-kept": True, "door-left": False}, report["doors"]
+        doors = {door["device_id"]: (door["in_step"], door["fleet_key"]) for door in report["doors"]}
+        assert doors == {"door-kept": (True, "current"), "door-left": (False, "other")}, report["doors"]
+        # Out of service: stopped (its broker credentials revoked, in the field), then forgotten.
+        running["left"].stop()
+        _ok("fleet", "forget-door", *auth, "door-left")
+        status = run_cli("fleet", "status", *auth, "--json")
+        assert status.returncode == 0, status.stdout
+        assert [door["device_id"] for door in json.loads(status.stdout)["doors"]] == ["door-kept"]
     finally:
         for daemon in running.values():
             daemon.stop()

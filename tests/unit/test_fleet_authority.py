@@ -39,6 +39,7 @@ from appliance.fleet.records import (
     door_document,
     door_topic,
     fleet_digest,
+    fleet_key_id,
     manifest_topic,
     open_manifest,
     open_record,
@@ -474,6 +475,45 @@ def _door(device_id: str, entries: Dict[str, int], revision: Optional[int], **ch
     document = door_document(device_id, SITE, revision, entries, 0, None, NOW)
     document.update(changes)
     return json.dumps(document).encode()
+
+
+def test_a_door_holding_another_fleet_key_is_not_in_step_and_a_forgotten_door_is_not_listed(
+    tmp_path: Path, signer: Ed25519PrivateKey
+) -> None:
+    manifest = Manifest(9, {"p-1": 3}, {}, NOW)
+    documents = {d: _door(d, {"p-1": 3}, 9) for d in ("door-1", "door-2", "door-3")}
+    site = fleet_key_id(bytes(32))
+    statuses = {
+        s.device_id: s
+        for s in compare_doors(
+            manifest, SITE, documents, {}, {"door-1": site, "door-2": fleet_key_id(bytes(range(32)))}, site
+        )
+    }
+    assert [(statuses[d].fleet_key, statuses[d].ok) for d in sorted(statuses)] == [
+        ("current", True),
+        ("other", False),  # in step today, but it cannot open what comes next
+        (None, True),  # its state not read
+    ]
+    assert "holds another fleet key" in statuses["door-2"].differences(manifest)[0]
+    assert statuses["door-2"].document(manifest)["fleet_key"] == "other"
+    # Read from the doors' retained …/state by `fleet status`; a forgotten door is no longer listed.
+    broker = FakeBroker()
+    authority = _authority(tmp_path, signer, broker)
+    for device, key in (("door-1", bytes(32)), ("door-2", bytes(range(32)))):
+        broker.retained[door_topic(PREFIX, SITE, device)] = documents[device]
+        state = {"fleet": {"key_id": fleet_key_id(key)}}
+        broker.retained[f"face-appliance/{device}/state"] = json.dumps(state).encode()
+    broker.retained["face-appliance/door-3/state"] = b"[" * 2_000_000  # too large: says nothing
+    report = authority.status(0.0)
+    assert {d.device_id: d.fleet_key for d in report.doors} == {"door-1": "current", "door-2": "other"}
+    assert not report.all_in_step
+    for bad, message in ((["door-9"], "no door door-9 has a digest"), (["door/#"], "not a device id")):
+        with pytest.raises(FleetError, match=message):
+            authority.forget_doors(["door-2", *bad])
+    assert door_topic(PREFIX, SITE, "door-2") in broker.retained  # nothing cleared
+    authority.forget_doors(["door-2"])
+    report = authority.status(0.0)
+    assert [d.device_id for d in report.doors] == ["door-1"]
 
 
 def test_compare_doors() -> None:
