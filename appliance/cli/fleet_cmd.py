@@ -400,11 +400,16 @@ def _learn(args: argparse.Namespace) -> int:
     learned = learn_at_door(authority, args.identity_id, args.door, what, args.within, args.reader)
     published = learned.published
     label = f"card {learned.card}" if learned.card is not None else what.replace("_", " ")
+    document = {"learned": what, "card": learned.card, "door": args.door}
+    if published is None:  # a card they held already
+        emit(args, {"id": args.identity_id, **document}, [f"{args.identity_id}: {label} is theirs already"])
+        return EXIT_OK
     emit(
         args,
-        {**published.document(), "learned": what, "card": learned.card, "door": args.door},
+        {**published.document(), **document},
         [
-            f"{published.identity_id}: {label} learned at {args.door}; record r{published.revision} published on {published.topic}"
+            f"{published.identity_id}: {label} learned at {args.door}; record r{published.revision} "
+            f"published on {published.topic}"
         ],
     )
     return EXIT_OK

@@ -32,9 +32,9 @@ _LEARNS = {"card": "learn_card", "pin": "learn_pin", "duress_pin": "learn_pin"}
 @dataclass(frozen=True)
 class Learned:
     """What a door learned and the authority published: ``card`` (the card added), or ``None`` for a
-    PIN (only its hash travelled)."""
+    PIN (only its hash travelled); ``published`` is ``None`` for a card the person held already."""
 
-    published: Published
+    published: Optional[Published]
     what: str
     card: Optional[str] = None
 
@@ -133,7 +133,8 @@ def _publish(
         card = result.get("card")
         if not isinstance(card, str) or result.get("for_fleet") is not True:
             raise FleetError(f"door {door!r} answered no card learned for the fleet (older firmware?)")
-        return Learned(authority.set_policy(identity_id, {"add_cards": [card]}), what, card)
+        (published,) = authority.set_policies([(identity_id, {"add_cards": [card]})])
+        return Learned(published, what, card)
     if result.get(what) != "sealed":
         raise FleetError(f"door {door!r} answered no sealed {what.replace('_', ' ')} (older firmware?)")
     pin_hash = open_pin_hash(

@@ -93,6 +93,9 @@ def test_a_card_learned_at_a_door_is_added_unless_the_site_holds_it(
 
     authority, broker, learn = _learn(tmp_path, signer, card("w26:7:2"), "card")
     assert learn().card == "w26:7:2"
+    published = list(broker.published)
+    again = learn()  # a card they hold already: nothing to publish
+    assert again.published is None and broker.published == published
     assert broker.commands[0]["within_s"] == 5.0 and "duress" not in broker.commands[0]
     authority.enroll(_carded("p-alan", "Alan", "w26:9:9"))
     broker.answer = card("w26:9:9")
