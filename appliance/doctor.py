@@ -708,24 +708,64 @@ def check_door(config: ApplianceConfig) -> List[Check]:
     return checks
 
 
+def _previous_fleet_key(path: Optional[Path], key: bytes) -> List[Check]:
+    """``fleet.previous_fleet_key_file``: readable when set, and not the current key (a rotated key
+    installed in the wrong credential)."""
+    from .fleet.errors import FleetError
+    from .fleet.records import fleet_key_id, read_previous_fleet_key
+
+    if path is None:
+        return []
+    try:
+        previous = read_previous_fleet_key(path)
+    except FleetError as err:
+        return [
+            Check(
+                FAIL,
+                "previous fleet key",
+                str(err),
+                "give it the key before the site's rotation, or empty it",
+            )
+        ]
+    if previous is None:
+        return [Check(OK, "previous fleet key", f"{path} is empty: none")]
+    if previous == key:
+        return [
+            Check(
+                WARN,
+                "previous fleet key",
+                f"{path} holds the current fleet key: records and events of the key before the rotation "
+                "are not opened",
+                "the rotated key goes into fleet_key, the one it replaced into fleet_key_previous",
+            )
+        ]
+    return [
+        Check(OK, "previous fleet key", f"{path}: key id {fleet_key_id(previous)}, opened beside the current")
+    ]
+
+
 def check_fleet(config: ApplianceConfig) -> List[Check]:
     """``[fleet]``: the site's fleet key (which also signs the access events when set without the
     fleet) and the trusted authority keys (the records themselves are checked by the daemon, each
     with its reason in ``…/state``)."""
     fleet = config.fleet
     from .fleet.errors import FleetError
-    from .fleet.records import read_fleet_key
+    from .fleet.records import fleet_key_id, read_fleet_key
     from .updates.keys import load_trusted_keys
 
     checks: List[Check] = []
     if fleet.fleet_key_file is not None:
         try:
-            read_fleet_key(fleet.fleet_key_file)
+            key = read_fleet_key(fleet.fleet_key_file)
             checks.append(
                 Check(
-                    OK, "fleet key", f"{fleet.fleet_key_file} readable, 32 bytes; it signs the access events"
+                    OK,
+                    "fleet key",
+                    f"{fleet.fleet_key_file} readable, 32 bytes, key id {fleet_key_id(key)} (compare with "
+                    "`fleet status`); it signs the access events",
                 )
             )
+            checks.extend(_previous_fleet_key(fleet.previous_fleet_key_file, key))
         except (FleetError, OSError) as err:
             fix = "copy the site's fleet key (face-appliance fleet init) there"
             checks.append(Check(FAIL, "fleet key", str(err), fix))

@@ -577,8 +577,13 @@ def _status(args: argparse.Namespace) -> int:
         return usage_error("--wait takes 0 to 600 seconds")
     config = _load(args)
     authority = Authority.open(config)
+    from ..fleet.records import fleet_key_id
+
     report = authority.status(args.wait)
-    emit(args, {"site": authority.site, **report.document()}, _status_lines(report, authority.site))
+    key_id = fleet_key_id(authority.fleet_key)
+    lines = _status_lines(report, authority.site)
+    lines[0] += f"; fleet key id {key_id}"
+    emit(args, {"site": authority.site, "fleet_key_id": key_id, **report.document()}, lines)
     return EXIT_OK if report.all_in_step else EXIT_FAILURE
 
 

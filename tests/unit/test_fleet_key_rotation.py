@@ -147,3 +147,32 @@ def test_area_events_signed_under_either_key_verify_where_both_are_known(tmp_pat
     assert read_previous_fleet_key(empty) is None and read_previous_fleet_key(None) is None
     empty.write_text(OLD.hex() + "\n")
     assert read_previous_fleet_key(empty) == OLD
+
+
+def test_doctor_names_the_door_s_key_ids_and_a_previous_key_installed_as_the_current(tmp_path: Path) -> None:
+    from appliance.config_load import validate_config
+    from appliance.doctor import FAIL, OK, WARN, check_fleet
+    from appliance.fleet.records import fleet_key_id
+
+    current, previous = tmp_path / "fleet_key", tmp_path / "fleet_key_previous"
+    for path, key in ((current, bytes(range(32))), (previous, OLD)):
+        path.write_text(key.hex() + "\n")
+        path.chmod(0o600)
+    config = validate_config(
+        {"fleet": {"fleet_key_file": str(current), "previous_fleet_key_file": str(previous)}}
+    )
+
+    def checks() -> Any:
+        return {c.subject: c for c in check_fleet(config)}
+
+    found = checks()
+    assert fleet_key_id(bytes(range(32))) in found["fleet key"].detail
+    assert (
+        found["previous fleet key"].status == OK and fleet_key_id(OLD) in found["previous fleet key"].detail
+    )
+    previous.write_text(bytes(range(32)).hex() + "\n")  # the rotated key in both credentials
+    assert checks()["previous fleet key"].status == WARN
+    previous.write_text("")
+    assert checks()["previous fleet key"].status == OK and "empty" in checks()["previous fleet key"].detail
+    previous.write_text("not a key\n")
+    assert checks()["previous fleet key"].status == FAIL
