@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.fleet.records import (
     IdentityRecord,
+    fleet_key_id,
     open_record,
     read_fleet_key,
     record_topic,
@@ -484,6 +485,7 @@ def test_a_rotated_fleet_key_reaches_the_doors_given_it_and_no_other(
             "door-kept's …/state names the keys it holds",
         )
         report = json.loads(run_cli("fleet", "status", *auth, "--json").stdout)
+        assert report["fleet_key_id"] == fleet_key_id(read_fleet_key(keys / "fleet.key"))
         doors = {door["device_id"]: (door["in_step"], door["fleet_key"]) for door in report["doors"]}
         assert doors == {"door-kept": (True, "current"), "door-left": (False, "other")}, report["doors"]
         # Out of service: stopped (its broker credentials revoked, in the field), then forgotten.
