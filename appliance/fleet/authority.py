@@ -69,7 +69,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engines.errors import FileReadError
-from engines.files import atomic_writer, commit_file, read_bounded
+from engines.files import atomic_writer, read_bounded
 
 from ..access.policy import IdentityPolicy, parse_instant
 from ..config_load import read_secret_file
@@ -901,8 +901,9 @@ class Authority:
         The new key goes to ``fleet_key_file``, the old one to ``fleet_key_file.previous``; every door
         that stays in the site gets both (``fleet.fleet_key_file``, ``fleet.previous_fleet_key_file``),
         and a door that does not — lost, stolen, taken out of service — opens nothing published from
-        now on. Crash-safe: the new key is written first as ``.next``, and running the command again
-        after an interruption finishes with it (every other change is refused until then).
+        now on. Crash-safe: the new key is written first as ``.next``, which stays until every record
+        is published; running the command again after an interruption (a crash, the broker gone)
+        finishes with it, and every other change is refused until then.
 
         Returns:
             ``(records resealed now, records published)``: fewer resealed when a rotation is finished
@@ -949,10 +950,20 @@ class Authority:
             for entry in index.identities.values():  # keyed with the fleet key: made again at the next change
                 entry.card_digests = None
             self.state.save_index()
-            with atomic_writer(previous_file, mode=0o600) as stream:
-                stream.write(self.fleet_key.hex().encode("ascii") + b"\n")
-            commit_file(next_file, current_file)
-            self.fleet_key = new_key
+            if self.fleet_key != new_key:  # else an interrupted rotation switched the files already
+                for path, key in ((previous_file, self.fleet_key), (current_file, new_key)):
+                    with atomic_writer(path, mode=0o600) as stream:
+                        stream.write(key.hex().encode("ascii") + b"\n")
+                self.fleet_key = new_key
+            try:
+                for identity_id, payload in resealed.items():
+                    broker.publish(record_topic(self.prefix, self.site, identity_id), payload)
+            except FleetError as err:
+                raise FleetError(
+                    f"{err}. The rotation is not finished: run `face-appliance fleet rotate-key` again when the "
+                    "broker is back"
+                ) from None
+            next_file.unlink()  # done: the doors may be given the keys
             logger.warning(
                 "the fleet key of site %s was rotated: give every door of the site the new %s (and %s as its "
                 "previous key)",
@@ -960,8 +971,6 @@ class Authority:
                 current_file,
                 previous_file,
             )
-            for identity_id, payload in resealed.items():
-                self._send(broker, record_topic(self.prefix, self.site, identity_id), payload)
         return changed, len(resealed)
 
     def forget_doors(self, device_ids: Sequence[str]) -> None:

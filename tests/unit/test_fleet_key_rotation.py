@@ -78,19 +78,33 @@ def test_a_rotation_reseals_every_record_at_its_revision_under_a_new_key(
     assert authority.state.index.identities["p-ada"].card_digests == (authority.card_digest("w26:7:1"),)
 
 
+@pytest.mark.parametrize("interrupted", ["before the key files", "while publishing"])
 def test_an_interrupted_rotation_refuses_other_changes_and_is_finished_with_the_same_key(
-    tmp_path: Path, signer: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, signer: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch, interrupted: str
 ) -> None:
     authority, broker = _site(tmp_path, signer)
     keys = tmp_path / "keys"
+    if interrupted == "before the key files":
+        writer = authority_module.atomic_writer
 
-    def crash(*_: Any) -> None:
-        raise OSError("power lost")
+        def crash(path: Path, *args: Any, **kwargs: Any) -> Any:
+            if Path(path).name.startswith("fleet.key"):  # the state is written; the key files are not
+                raise OSError("power lost")
+            return writer(path, *args, **kwargs)
 
-    monkeypatch.setattr(authority_module, "commit_file", crash)
-    with pytest.raises(OSError, match="power lost"):
-        authority.rotate_fleet_key()
-    monkeypatch.undo()
+        monkeypatch.setattr(authority_module, "atomic_writer", crash)
+        with pytest.raises(OSError, match="power lost"):
+            authority.rotate_fleet_key()
+        monkeypatch.undo()
+        assert not (keys / "fleet.key").exists() and authority.fleet_key == OLD  # the test's key: in memory
+    else:
+        broker.fail_after = len(broker.published) + 1  # one record out, then the broker is gone
+        with pytest.raises(
+            FleetError, match="rotation is not finished: run `face-appliance fleet rotate-key`"
+        ):
+            authority.rotate_fleet_key()
+        broker.fail_after = None
+        assert read_fleet_key(keys / "fleet.key") != OLD  # the key files were switched
     pending = read_fleet_key(keys / "fleet.key.next")  # the state holds records sealed under it now
     published = list(broker.published)
     for change in (lambda: authority.enroll(_carded(None, "Eve")), authority.republish, authority.prune):
@@ -98,9 +112,11 @@ def test_an_interrupted_rotation_refuses_other_changes_and_is_finished_with_the_
             change()
     assert broker.published == published
     resealed, count = authority.rotate_fleet_key()
-    assert count == 2 and resealed == 0  # every state record was resealed before the crash
+    assert count == 2 and resealed == 0  # every state record was resealed before the interruption
     assert read_fleet_key(keys / "fleet.key") == pending and not (keys / "fleet.key.next").exists()
-    assert open_record(broker.retained[_topic("p-ada")], SITE, pending, authority.trusted).revision == 1
+    assert read_previous_fleet_key(keys / "fleet.key.previous") == OLD  # not the new key, on the rerun
+    for identity_id in ("p-ada", "p-alan"):
+        assert open_record(broker.retained[_topic(identity_id)], SITE, pending, authority.trusted)
     authority.enroll(_carded("p-eve", "Eve"))  # changes go on, under the new key
     assert open_record(broker.retained[_topic("p-eve")], SITE, pending, authority.trusted).name == "Eve"
 
