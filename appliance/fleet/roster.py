@@ -253,6 +253,7 @@ def read_roster(
     # newline="": a quoted cell keeps its line breaks (the csv module's rule); the reader's own limit of
     # 128 KiB a cell and the file's bound keep every cell small.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line), strict=True)
+    problems: List[str] = []  # the header itself may not be CSV (below)
     try:
         header = next(reader)
         positions, problems = _columns(header)

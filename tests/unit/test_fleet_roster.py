@@ -181,6 +181,16 @@ def test_a_header_that_is_not_the_rosters_is_refused(people: Path) -> None:
     assert _problems(_write(people, "photos,name,id\n")) == ["no person: the roster has a header and no row"]
 
 
+def test_a_header_that_is_not_csv_is_refused_as_a_roster_error(people: Path) -> None:
+    """Found by the seeded mutations on Python 3.8, whose csv module refuses a NUL byte: a header line
+    the csv reader refuses was an UnboundLocalError, not the roster's error."""
+    (problem,) = _problems(_write(people, '"name"x,photos\nAda,people/ada\n'))  # a quote, then more
+    assert problem.startswith("line 1: not CSV")
+    # A NUL byte: Python 3.8's csv refuses it (not CSV); later ones read it (an unknown column).
+    (problem,) = _problems(_write(people, "name,pho\x00tos\nAda,people/ada\n"))
+    assert problem.startswith("line 1: ") and ("not CSV" in problem or "is not known" in problem)
+
+
 def test_unreadable_rosters(people: Path) -> None:
     (missing,) = _problems(people / "absent.csv")
     assert "does not exist" in missing or "No such file" in missing
