@@ -16,7 +16,9 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Tuple
+
+import pytest
 
 from appliance.access.credentials import verify_pin
 from appliance.access.policy import IdentityPolicy
@@ -63,56 +65,51 @@ def _event(recorder: Recorder, index: int) -> Dict[str, Any]:
     return unique_events(event_documents(recorder.messages))[index]
 
 
-@contextmanager
-def _door_with_reader(
-    tmp_path: Path,
-    storage: Path,
-    shared_models: Path,
-    shared_data: Path,
-    mosquitto: MosquittoBroker,
-    **config: str,
-) -> Iterator[Tuple[Daemon, KeypadReader]]:
-    """The daemon on a loop of Obama's photo with ``config``'s sections, and libosdp's peripheral
-    device as its card-and-keypad reader (Secure Channel) on a pty pair; stopped cleanly at the end."""
-    video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
-    key = write_key(tmp_path / "reader_scbk", KEY)
-    with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
-        path = daemon_config(
-            tmp_path,
-            storage,
-            shared_models,
-            mosquitto,
-            video,
-            at_end="loop",
-            credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
-            **config,
-        )
-        daemon = Daemon(path)
-        try:
-            yield daemon, reader
-        finally:
-            assert daemon.stop() == 0, daemon.text[-4000:]
+#: ``door_with_reader(**sections)``: a context of the daemon and its reader (the fixture below).
+DoorWithReader = Callable[..., ContextManager[Tuple[Daemon, KeypadReader]]]
+
+
+@pytest.fixture
+def door_with_reader(
+    tmp_path: Path, storage: Path, shared_models: Path, shared_data: Path, mosquitto: MosquittoBroker
+) -> DoorWithReader:
+    """``door_with_reader(**sections)``: the daemon on a loop of Obama's photo with those sections, and
+    libosdp's peripheral device as its card-and-keypad reader (Secure Channel) on a pty pair; stopped
+    cleanly at the end."""
+
+    @contextmanager
+    def start(**config: str) -> Iterator[Tuple[Daemon, KeypadReader]]:
+        video = make_passage_video(tmp_path / "door.avi", [(shared_data / "faces/fr_obama/obama2.jpg", 30)])
+        key = write_key(tmp_path / "reader_scbk", KEY)
+        with pty_pair(tmp_path) as (appliance_end, reader_end), KeypadReader(reader_end, 0) as reader:
+            path = daemon_config(
+                tmp_path,
+                storage,
+                shared_models,
+                mosquitto,
+                video,
+                at_end="loop",
+                credential_reader=f'enabled = true\nport = "{appliance_end}"\naddress = 0\nscbk_file = "{key}"',
+                **config,
+            )
+            daemon = Daemon(path)
+            try:
+                yield daemon, reader
+            finally:
+                assert daemon.stop() == 0, daemon.text[-4000:]
+
+    return start
 
 
 def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
-    tmp_path: Path,
-    storage: Path,
-    shared_models: Path,
-    shared_data: Path,
-    mosquitto: MosquittoBroker,
-    recorder: Recorder,
+    storage: Path, door_with_reader: DoorWithReader, recorder: Recorder
 ) -> None:
     policy = IdentityPolicy(groups=("vault",)).changed(
         {"cards": ["w26:7:12345"], "pin": "2468", "duress_pin": "1357"}
     )
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
         store.set_policy("obama", policy)
-    with _door_with_reader(
-        tmp_path,
-        storage,
-        shared_models,
-        shared_data,
-        mosquitto,
+    with door_with_reader(
         access='[access.second_factor]\nrequire = "card_or_pin"\ngroups = ["vault"]\nwithin_s = 60',
         decision="reannounce_s = 4.0",
     ) as (daemon, reader):
@@ -167,24 +164,14 @@ def test_a_held_face_is_opened_by_its_card_and_by_its_duress_pin(
 
 
 def test_someone_without_a_face_passes_by_card_and_pin_and_the_events_say_so(
-    tmp_path: Path,
-    storage: Path,
-    shared_models: Path,
-    shared_data: Path,
-    mosquitto: MosquittoBroker,
-    recorder: Recorder,
+    storage: Path, door_with_reader: DoorWithReader, recorder: Recorder
 ) -> None:
     """Vera declined face enrolment: her card, then her PIN at the reader open the door — schema-2
     events without a face, the reader amber while it waits for the PIN, then green."""
     policy = IdentityPolicy().changed({"cards": ["w26:7:12345"], "pin": "2468", "duress_pin": "1357"})
     with TemplateStore.open(storage / "gallery.db", storage / "gallery.key") as store:
         store.add_identity("vera", "Vera", policy=policy)
-    with _door_with_reader(
-        tmp_path,
-        storage,
-        shared_models,
-        shared_data,
-        mosquitto,
+    with door_with_reader(
         access='[access.without_face]\nrequire = "card_and_pin"\nwithin_s = 30',
     ) as (daemon, reader):
         reader.wait_for(reader.secure, "the reader's Secure Channel")
@@ -266,8 +253,8 @@ def test_a_fleet_persons_card_and_pin_are_learned_at_a_door_and_published_by_the
     tmp_path: Path,
     storage: Path,
     shared_models: Path,
-    shared_data: Path,
     mosquitto: MosquittoBroker,
+    door_with_reader: DoorWithReader,
     recorder: Recorder,
 ) -> None:
     """Vera is the fleet's, enrolled without a face by the authority: the door refuses to learn her
@@ -283,12 +270,7 @@ def test_a_fleet_persons_card_and_pin_are_learned_at_a_door_and_published_by_the
     trusted.mkdir()
     shutil.copy(keys / "authority.pub", trusted / "authority.pub")
     fleet = f'enabled = true\nsite = "hq"\nfleet_key_file = "{keys / "fleet.key"}"\ntrusted_keys_dir = "{trusted}"'
-    with _door_with_reader(
-        tmp_path,
-        storage,
-        shared_models,
-        shared_data,
-        mosquitto,
+    with door_with_reader(
         access='[access.without_face]\nrequire = "card_and_pin"\nwithin_s = 30',
         fleet=fleet,
     ) as (daemon, reader):
