@@ -886,10 +886,11 @@ class Authority:
         )
 
     def _refuse_unfinished_rotation(self) -> None:
-        if self._key_files()[2].exists():
+        pending = self._key_files()[2]
+        if pending.exists():
             raise FleetError(
-                f"a fleet key rotation was interrupted ({self._key_files()[2]} is there): run `face-appliance "
-                "fleet rotate-key` again to finish it before any other change"
+                f"a fleet key rotation was interrupted ({pending} is there): run `face-appliance fleet "
+                "rotate-key` again to finish it before any other change"
             )
 
     # -- the fleet key -------------------------------------------------------------------------------
@@ -1508,10 +1509,8 @@ def _door_key_ids(messages: Messages, door_prefix: str) -> Dict[str, str]:
     """Device id → the fleet key id of its retained ``{door_prefix}/{device}/state`` (``fleet.key_id``);
     a document that is not one, or too large, says nothing."""
     found: Dict[str, str] = {}
-    head, tail = f"{door_prefix}/", "/state"
-    for topic, payload in messages.items():
-        device = topic[len(head) : -len(tail)] if topic.startswith(head) and topic.endswith(tail) else ""
-        if not device or "/" in device or len(payload) > MAX_STATE_DOCUMENT_BYTES:
+    for device, payload in _door_documents(messages, door_prefix, "state").items():
+        if len(payload) > MAX_STATE_DOCUMENT_BYTES:
             continue
         try:
             key = json.loads(payload.decode("utf-8"))["fleet"]["key_id"]
@@ -1524,12 +1523,20 @@ def _door_key_ids(messages: Messages, door_prefix: str) -> Dict[str, str]:
 
 def _availability(messages: Messages, door_prefix: str) -> Dict[str, str]:
     """Device id → its ``{door_prefix}/{device}/availability`` payload (``online`` / ``offline``)."""
-    found: Dict[str, str] = {}
-    head, tail = f"{door_prefix}/", "/availability"
+    return {
+        device: payload.decode("utf-8", "replace").strip()[:16]
+        for device, payload in _door_documents(messages, door_prefix, "availability").items()
+    }
+
+
+def _door_documents(messages: Messages, door_prefix: str, name: str) -> Dict[str, bytes]:
+    """Device id → the payload of its ``{door_prefix}/{device}/{name}`` among ``messages``."""
+    head, tail = f"{door_prefix}/", f"/{name}"
+    found: Dict[str, bytes] = {}
     for topic, payload in messages.items():
         device = topic[len(head) : -len(tail)] if topic.startswith(head) and topic.endswith(tail) else ""
         if device and "/" not in device:
-            found[device] = payload.decode("utf-8", "replace").strip()[:16]
+            found[device] = payload
     return found
 
 
